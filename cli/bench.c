@@ -1,0 +1,284 @@
+#define _POSIX_C_SOURCE 200809L
+// wick bench: the benchmark suite. One JSON object per line with --json:
+// {"name", "device", "mode": "lazy"|"eager", "us": median, "p10", "p90", "iters"} plus
+// "gflops" or "gbs" where they apply. Timings never decide pass/fail anywhere.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "wick.h"
+
+typedef struct bench_case bench_case;
+typedef struct {
+  wk_tensor *in[8];     // inputs, realized
+  wk_tensor *state[8];  // optimizer state carried across iterations
+  int nstate;
+  int step;
+} bench_env;
+
+struct bench_case {
+  const char *name;
+  void (*setup)(const bench_case *c, bench_env *e);
+  // Builds one call's graph and returns the tensors to evaluate (new references).
+  int (*run)(const bench_case *c, bench_env *e, wk_tensor **out);
+  int64_t a, b, c, d;   // case parameters
+  double flops, bytes;  // per call, for gflops / gbs
+};
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+static wk_tensor *input(int nd, const int64_t *shape, float scale, uint64_t seed) {
+  wk_tensor *t = wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale);
+  wk_eval(1, &t);
+  return t;
+}
+#define SH(...) (int64_t[]){__VA_ARGS__}
+
+// ---- LoRA ----
+static void lora_setup(const bench_case *c, bench_env *e) {
+  int64_t n = c->a, r = c->b, rows = c->c;
+  e->in[0] = input(3, rows == 1 ? SH(1, 1, n) : SH(8, rows / 8, n), 1.0f, 1);
+  e->in[1] = input(2, SH(n, n), 1.0f / sqrtf((float)n), 2);
+  e->in[2] = input(2, SH(n, r), 1.0f / sqrtf((float)n), 3);
+  e->in[3] = input(2, SH(r, n), 0.01f, 4);
+}
+static int lora_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  float scale = 2.0f; // alpha / r: 16 / 8 and 32 / 16
+  wk_tensor *y = e->in[0];
+  int calls = c->d ? (int)c->d : 1;
+  wk_scope_begin();
+  for (int i = 0; i < calls; i++) y = wk_lora(y, e->in[1], e->in[2], e->in[3], scale);
+  out[0] = wk_keep(y);
+  wk_scope_end();
+  return 1;
+}
+
+// forward, MSE loss, grads to A and B, AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-8, wd 0.01)
+static void train_setup(const bench_case *c, bench_env *e) {
+  lora_setup(c, e);
+  e->in[4] = input(3, SH(8, c->c / 8, c->a), 1.0f, 5);
+  for (int k = 0; k < 4; k++) e->state[k] = wk_zeros(2, wk_shape(e->in[2 + k / 2]), WK_F32);
+  wk_eval(4, e->state);
+  e->nstate = 4;
+}
+static wk_tensor *adamw(wk_tensor *p, wk_tensor *g, wk_tensor *m, wk_tensor *v, int t, wk_tensor **m2, wk_tensor **v2) {
+  const float lr = 1e-4f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f;
+  *m2 = wk_add(wk_mul_scalar(m, b1), wk_mul_scalar(g, 1 - b1));
+  *v2 = wk_add(wk_mul_scalar(v, b2), wk_mul_scalar(wk_square(g), 1 - b2));
+  float c1 = 1.0f / (1.0f - powf(b1, (float)t)), c2 = 1.0f / (1.0f - powf(b2, (float)t));
+  wk_tensor *upd = wk_div(wk_mul_scalar(*m2, c1), wk_add_scalar(wk_sqrt(wk_mul_scalar(*v2, c2)), eps));
+  return wk_sub(wk_mul_scalar(p, 1 - lr * wd), wk_mul_scalar(upd, lr));
+}
+static int train_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  (void)c;
+  wk_scope_begin();
+  wk_tensor *A = e->in[2], *B = e->in[3];
+  wk_set_trainable(A, 1);
+  wk_set_trainable(B, 1);
+  wk_tensor *y = wk_lora(e->in[0], e->in[1], A, B, 2.0f);
+  wk_tensor *loss = wk_mean(wk_square(wk_sub(y, e->in[4])), 0, NULL, 0);
+  wk_tensor *g[2];
+  wk_grad(loss, 2, (wk_tensor *[]){A, B}, g);
+  int t = ++e->step;
+  wk_tensor *m[2], *v[2];
+  wk_tensor *pa = adamw(A, g[0], e->state[0], e->state[1], t, &m[0], &v[0]);
+  wk_tensor *pb = adamw(B, g[1], e->state[2], e->state[3], t, &m[1], &v[1]);
+  wk_tensor *res[7] = {loss, pa, pb, m[0], v[0], m[1], v[1]};
+  for (int k = 0; k < 7; k++) out[k] = wk_keep(res[k]);
+  wk_scope_end();
+  return 7;
+}
+// After evaluation the new parameters and moments replace the old ones.
+static void train_commit(bench_env *e, wk_tensor **out) {
+  wk_tensor *next[6] = {out[1], out[2], out[3], out[4], out[5], out[6]};
+  wk_tensor_free(e->in[2]);
+  wk_tensor_free(e->in[3]);
+  e->in[2] = wk_tensor_ref(next[0]);
+  e->in[3] = wk_tensor_ref(next[1]);
+  for (int k = 0; k < 4; k++) { wk_tensor_free(e->state[k]); e->state[k] = wk_tensor_ref(next[2 + k]); }
+}
+
+// ---- softmax / rmsnorm / chain ----
+static void rows_setup(const bench_case *c, bench_env *e) {
+  int64_t n = c->a * c->b * c->c;
+  e->in[0] = input(2, SH(n / c->c, c->c), 1.0f, 7);
+  e->in[1] = input(1, SH(c->c), 1.0f, 8);
+}
+static int softmax_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  wk_scope_begin();
+  wk_tensor *y = e->in[0];
+  for (int i = 0; i < (c->d ? c->d : 1); i++) y = wk_softmax(y, -1);
+  out[0] = wk_keep(y);
+  wk_scope_end();
+  return 1;
+}
+static int rmsnorm_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  wk_scope_begin();
+  wk_tensor *y = e->in[0];
+  for (int i = 0; i < (c->d ? c->d : 1); i++) y = wk_rms_norm(y, e->in[1], 1e-5f);
+  out[0] = wk_keep(y);
+  wk_scope_end();
+  return 1;
+}
+static void chain_setup(const bench_case *c, bench_env *e) {
+  e->in[0] = input(1, &c->a, 1.0f, 9);
+  e->in[1] = input(1, &c->a, 1.0f, 10);
+}
+static int chain_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  (void)c;
+  wk_scope_begin();
+  wk_tensor *x = e->in[0], *y = e->in[1];
+  wk_tensor *t = wk_add(x, y);
+  t = wk_mul(t, y);
+  t = wk_sub(t, x);
+  t = wk_mul_scalar(t, 0.5f);
+  t = wk_tanh(t);
+  t = wk_add_scalar(t, 1.0f);
+  t = wk_mul(t, x);
+  out[0] = wk_keep(wk_abs(t));
+  wk_scope_end();
+  return 1;
+}
+static void matmul_setup(const bench_case *c, bench_env *e) {
+  e->in[0] = input(2, SH(c->a, c->a), 1.0f, 11);
+  e->in[1] = input(2, SH(c->a, c->a), 1.0f, 12);
+}
+static int matmul_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  (void)c;
+  out[0] = wk_keep(wk_matmul(e->in[0], e->in[1]));
+  return 1;
+}
+static int copy_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  (void)c;
+  out[0] = wk_keep(wk_contiguous(e->in[0]));
+  return 1;
+}
+
+#define LORA(n, ...) lora_setup, lora_run, n, 8, 1, __VA_ARGS__
+static const bench_case cases[] = {
+    {"lora_fwd/512", LORA(512, 0, 2.0 * 512 * 512, 4.0 * 512 * 512)},
+    {"lora_fwd/1024", LORA(1024, 0, 2.0 * 1024 * 1024, 4.0 * 1024 * 1024)},
+    {"lora_fwd/2048", LORA(2048, 0, 2.0 * 2048 * 2048, 4.0 * 2048 * 2048)},
+    {"lora_fwd/512x10", LORA(512, 10, 20.0 * 512 * 512, 0)},
+    {"lora_fwd/8x128x1024r16", lora_setup, lora_run, 1024, 16, 1024, 0, 2.0 * 1024 * 1024 * 1024, 0},
+    {"lora_train_step/8x128x1024r16", train_setup, train_run, 1024, 16, 1024, 0, 6.0 * 1024 * 1024 * 1024, 0},
+    {"softmax/4x16x1024", rows_setup, softmax_run, 4, 16, 1024, 0, 0, 8.0 * 65536},
+    {"softmax/4x16x1024x10", rows_setup, softmax_run, 4, 16, 1024, 10, 0, 0},
+    {"softmax/8x16x512x512", rows_setup, softmax_run, 8 * 16, 512, 512, 0, 0, 8.0 * 128 * 512 * 512},
+    {"rmsnorm/4x16x1024", rows_setup, rmsnorm_run, 4, 16, 1024, 0, 0, 8.0 * 65536},
+    {"rmsnorm/4x16x1024x10", rows_setup, rmsnorm_run, 4, 16, 1024, 10, 0, 0},
+    {"rmsnorm/8x512x2048", rows_setup, rmsnorm_run, 8, 512, 2048, 0, 0, 8.0 * 8 * 512 * 2048},
+    {"chain8/1024", chain_setup, chain_run, 1024, 0, 0, 0, 0, 12.0 * 1024},
+    {"chain8/16M", chain_setup, chain_run, 16 << 20, 0, 0, 0, 0, 12.0 * (16 << 20)},
+    {"copy/16M", chain_setup, copy_run, 16 << 20, 0, 0, 0, 0, 8.0 * (16 << 20)},
+    {"matmul/1024", matmul_setup, matmul_run, 1024, 0, 0, 0, 2.0 * 1024 * 1024 * 1024, 0},
+    {"matmul/2048", matmul_setup, matmul_run, 2048, 0, 0, 0, 2.0 * 2048 * 2048 * 2048, 0},
+};
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+typedef struct { double med, p10, p90; int iters; size_t peak, unplanned; } result;
+
+static int run_case(const bench_case *c, int eager, double budget_us, result *res) {
+  bench_env e = {0};
+  c->setup(c, &e);
+  wk_set_eager(eager);
+  int cap = 100000, n = 0;
+  double *t = malloc(sizeof(double) * (size_t)cap), start = now_us();
+  int ok = 1;
+  for (int warm = 1; ok && n < cap;) {
+    wk_tensor *out[8];
+    double t0 = now_us();
+    int k = c->run(c, &e, out);
+    for (int q = 0; q < k; q++) if (!out[q]) ok = 0;
+    if (ok && wk_eval(k, out)) ok = 0;
+    double t1 = now_us();
+    if (ok && c->run == train_run) train_commit(&e, out);
+    for (int q = 0; q < k; q++) wk_tensor_free(out[q]);
+    if (warm) { warm = 0; continue; } // first call compiles the plan
+    t[n++] = t1 - t0;
+    if (now_us() - start > budget_us && n >= 5) break;
+  }
+  wk_set_eager(0);
+  if (ok && !eager) {
+    wk_eval_stats st;
+    wk_last_eval_stats(&st);
+    res->peak = st.arena_bytes;
+    res->unplanned = st.unplanned_bytes;
+  }
+  if (ok) {
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    res->med = t[n / 2];
+    res->p10 = t[n / 10];
+    res->p90 = t[n * 9 / 10];
+    res->iters = n;
+  }
+  free(t);
+  for (int k = 0; k < 8; k++) { wk_tensor_free(e.in[k]); wk_tensor_free(e.state[k]); }
+  return ok;
+}
+
+static void usage(void) {
+  fprintf(stderr, "usage: wick bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu] [--time SECONDS]\n");
+}
+
+int wick_bench_main(int argc, char **argv) {
+  int json = 0, modes = 3;
+  const char *filter = NULL;
+  double budget = 1.0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--json")) json = 1;
+    else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
+    else if (!strcmp(argv[i], "--time") && i + 1 < argc) budget = atof(argv[++i]);
+    else if (!strcmp(argv[i], "--mode") && i + 1 < argc) {
+      const char *m = argv[++i];
+      modes = !strcmp(m, "lazy") ? 1 : !strcmp(m, "eager") ? 2 : !strcmp(m, "both") ? 3 : 0;
+      if (!modes) { fprintf(stderr, "wick bench: unknown mode '%s' (lazy, eager or both)\n", m); return 2; }
+    } else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+      const char *d = argv[++i];
+      if (strcmp(d, "cpu")) { fprintf(stderr, "wick bench: device '%s' is not available in this build\n", d); return 2; }
+    } else {
+      fprintf(stderr, "wick bench: unknown option '%s'\n", argv[i]);
+      usage();
+      return 2;
+    }
+  }
+  if (!json) printf("%-32s %-6s %12s %12s %12s %8s %10s\n", "case", "mode", "median us", "p10", "p90", "iters", "rate");
+  int failures = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    const bench_case *c = &cases[i];
+    if (filter && !strstr(c->name, filter)) continue;
+    for (int m = 0; m < 2; m++) {
+      if (!((modes >> m) & 1)) continue;
+      result r = {0};
+      if (!run_case(c, m, budget * 1e6, &r)) {
+        fprintf(stderr, "wick bench: %s (%s) failed: %s\n", c->name, m ? "eager" : "lazy", wk_last_error());
+        failures++;
+        continue;
+      }
+      char rate[64] = "";
+      if (c->flops > 0) snprintf(rate, sizeof rate, "\"gflops\": %.1f", c->flops / r.med * 1e-3);
+      else if (c->bytes > 0) snprintf(rate, sizeof rate, "\"gbs\": %.2f", c->bytes / r.med * 1e-3);
+      if (json) {
+        printf("{\"name\": \"%s\", \"device\": \"cpu\", \"mode\": \"%s\", \"us\": %.3f, \"p10\": %.3f, \"p90\": %.3f, "
+               "\"iters\": %d%s%s",
+               c->name, m ? "eager" : "lazy", r.med, r.p10, r.p90, r.iters, rate[0] ? ", " : "", rate);
+        if (!m && r.unplanned) printf(", \"peak_bytes\": %zu, \"unplanned_bytes\": %zu", r.peak, r.unplanned);
+        printf("}\n");
+      } else {
+        printf("%-32s %-6s %12.2f %12.2f %12.2f %8d %10s\n", c->name, m ? "eager" : "lazy", r.med, r.p10, r.p90, r.iters,
+               rate[0] ? strchr(rate, ':') + 2 : "");
+      }
+      fflush(stdout);
+    }
+  }
+  return failures ? 1 : 0;
+}

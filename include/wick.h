@@ -1,0 +1,7 @@
+// wick: a lazy tensor engine with LoRA fine-tuning, generation and embeddings.
+// One include for the whole public API.
+#pragma once
+#include "wick/base.h"
+#include "wick/tensor.h"
+#include "wick/ops.h"
+#include "wick/grad.h"

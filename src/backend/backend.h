@@ -1,0 +1,77 @@
+// The backend interface: what the engine's executor needs from a device.
+//
+// The planner turns a graph into a list of steps; each step is one kernel launch
+// reading and writing operands. An operand is a strided view into a slot: slot
+// pointers are bound per run (leaves, outputs) or fixed per plan (the arena).
+// A backend implements the vtable below; optional entries may be NULL.
+#pragma once
+#include "../engine/engine.h"
+
+// One strided view that a kernel reads or writes.
+typedef struct {
+  int slot;                        // index into the run's slot pointer table
+  wk_dtype dtype;
+  int ndim;
+  int64_t shape[WK_MAX_DIMS];
+  int64_t stride[WK_MAX_DIMS];     // elements; 0 on broadcast axes
+  int64_t offset;                  // elements from the slot's base
+} wk_operand;
+
+// Fused elementwise program: registers hold blocks of f32 values.
+// Instruction `op` is an elementwise wk_op, or one of the pseudo-ops below.
+enum { WK_EW_LOAD = WK_OP_COUNT + 1 };  // dst = operand[a] (broadcast to the group shape)
+typedef struct {
+  uint16_t op;
+  uint8_t dst, a, b, c;
+  int32_t src;          // graph node whose scalar attributes this uses, or -1
+  wk_attrs attrs;
+} wk_ew_instr;
+
+// At most this many registers are live in one program (the CPU VM's register file).
+#define WK_EW_MAX_REGS 64
+typedef struct {
+  int n;                // instructions
+  int nregs;
+  int out_reg;          // register holding the result
+  wk_ew_instr *code;
+} wk_ew_prog;
+
+// A scheduled kernel.
+typedef struct {
+  wk_op op;             // the kernel; WK_OP_COUNT means a fused elementwise group
+  int src;              // graph node whose scalar attributes (attrs.f, attrs.u) it uses, or -1
+  int lora_src;         // LoRA: the node holding the scale
+  wk_attrs attrs;
+  int nin;
+  wk_operand in[WK_MAX_IN];
+  wk_operand out;
+  // Elementwise group (op == WK_OP_COUNT), or the prologue that computes in[0]
+  // of a reduction / normalization kernel (prog.n > 0): in that case the prologue
+  // reads operands pro_in[0..npro) and in[0] only describes the shape.
+  wk_ew_prog prog;
+  int npro;
+  wk_operand pro_in[WK_MAX_IN];
+} wk_step;
+
+#define WK_STEP_FUSED_EW WK_OP_COUNT
+
+typedef struct wk_backend {
+  const char *name;
+  wk_device device;
+  void *(*alloc)(size_t bytes);                 // NULL on out-of-memory
+  void (*free)(void *p);
+  wk_status (*upload)(void *dst, const void *src, size_t bytes);    // host -> device
+  wk_status (*download)(void *dst, const void *src, size_t bytes);  // device -> host
+  // Runs (or enqueues, on asynchronous devices) one step; slots[i] is slot i's base.
+  wk_status (*run)(const wk_step *step, void *const *slots);
+  wk_status (*sync)(void);                      // waits for everything enqueued
+  // Optional: capture a whole plan once and replay it (CUDA graphs).
+  void *(*capture_begin)(void);
+  wk_status (*capture_end)(void *handle);
+  wk_status (*replay)(void *handle);
+  void (*capture_free)(void *handle);
+} wk_backend;
+
+// The backend for a device, or NULL (with an error set) when it is not compiled in
+// or has no device.
+const wk_backend *wk_backend_get(wk_device dev);

@@ -1,0 +1,44 @@
+// The CPU backend: host memory, synchronous execution, ISA dispatch.
+#include <stdlib.h>
+#include <string.h>
+#include "cpu_kernels.h"
+#include "../../engine/plan.h"
+
+static void *cpu_alloc(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~(size_t)63); }
+static void cpu_free(void *p) { free(p); }
+static wk_status cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); return WK_OK; }
+
+static wk_status cpu_run(const wk_step *s, void *const *slots) {
+  bool ew = s->op == WK_STEP_FUSED_EW;
+  switch (wk_cpu_isa()) {
+    case WK_ISA_AVX512: return ew ? wk_cpu_ew_avx512(s, slots) : wk_cpu_kernel_avx512(s, slots);
+    case WK_ISA_AVX2: return ew ? wk_cpu_ew_avx2(s, slots) : wk_cpu_kernel_avx2(s, slots);
+    default: return ew ? wk_cpu_ew_scalar(s, slots) : wk_cpu_kernel_scalar(s, slots);
+  }
+}
+
+static wk_status cpu_sync(void) { return WK_OK; }
+
+static const wk_backend cpu_backend = {
+    .name = "cpu", .device = WK_CPU, .alloc = cpu_alloc, .free = cpu_free,
+    .upload = cpu_copy, .download = cpu_copy, .run = cpu_run, .sync = cpu_sync,
+};
+
+const wk_backend *wk_backend_cpu(void) { return &cpu_backend; }
+
+// Constant folding evaluates one element with the scalar VM, so folded values
+// are bit-identical to what the kernels would compute.
+float wk_ew_scalar(int op, const wk_attrs *attrs, float a, float b, float c) {
+  wk_ew_instr code[4] = {
+      {.op = WK_OP_CONST, .dst = 0, .attrs = {.f = {a}}},
+      {.op = WK_OP_CONST, .dst = 1, .attrs = {.f = {b}}},
+      {.op = WK_OP_CONST, .dst = 2, .attrs = {.f = {c}}},
+      {.op = (uint16_t)op, .dst = 3, .a = 0, .b = 1, .c = 2, .attrs = *attrs},
+  };
+  float out = 0;
+  void *slots[1] = {&out};
+  wk_step s = {.op = WK_STEP_FUSED_EW, .out = {.slot = 0, .dtype = WK_F32, .ndim = 0},
+               .prog = {.n = 4, .nregs = 4, .out_reg = 3, .code = code}};
+  wk_cpu_ew_scalar(&s, slots);
+  return out;
+}

@@ -1,0 +1,220 @@
+// The fused elementwise VM. A fused group is a small register program; each
+// thread runs it over blocks of WK_EW_BLOCK elements, so a chain of N ops makes
+// one pass over memory with its intermediates held in L1. Compiled per ISA.
+#include <math.h>
+#include <stdlib.h>
+#include "cpu_kernels.h"
+#include "simd_math.h"
+#include "threadpool.h"
+
+// ---- loads: any dtype, any strides, broadcast -> contiguous f32 ----
+static void convert_run(const void *p, wk_dtype dt, int64_t stride, int64_t n, float *out) {
+  switch (dt) {
+    case WK_F32: {
+      const float *s = p;
+      if (stride == 1) for (int64_t i = 0; i < n; i++) out[i] = s[i];
+      else if (stride == 0) for (int64_t i = 0; i < n; i++) out[i] = s[0];
+      else for (int64_t i = 0; i < n; i++) out[i] = s[i * stride];
+      break;
+    }
+    case WK_BF16: {
+      const uint16_t *s = p;
+      for (int64_t i = 0; i < n; i++) out[i] = wkm_bits2f((uint32_t)s[i * stride] << 16);
+      break;
+    }
+    case WK_F16: {
+      const uint16_t *s = p;
+      for (int64_t i = 0; i < n; i++) out[i] = wk_f16_to_f32(s[i * stride]);
+      break;
+    }
+    case WK_I32: {
+      const int32_t *s = p;
+      for (int64_t i = 0; i < n; i++) out[i] = (float)s[i * stride];
+      break;
+    }
+    default: break;
+  }
+}
+
+static void load(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out) {
+  size_t es = wk_dtype_size(o->dtype);
+  const char *base = (const char *)slots[o->slot] + o->offset * (int64_t)es;
+  int nd = o->ndim;
+  if (nd == 0) { convert_run(base, o->dtype, 0, n, out); return; }
+  // position of `start` in the operand's index space
+  int64_t idx[WK_MAX_DIMS], rem = start, off = 0;
+  for (int d = nd - 1; d >= 0; d--) {
+    idx[d] = o->shape[d] ? rem % o->shape[d] : 0;
+    rem = o->shape[d] ? rem / o->shape[d] : 0;
+    off += idx[d] * o->stride[d];
+  }
+  int64_t last = o->shape[nd - 1], st = o->stride[nd - 1];
+  while (n > 0) {
+    int64_t run = last - idx[nd - 1];
+    if (run > n) run = n;
+    convert_run(base + off * (int64_t)es, o->dtype, st, run, out);
+    out += run;
+    n -= run;
+    off += run * st;
+    idx[nd - 1] += run;
+    for (int d = nd - 1; d > 0 && idx[d] == o->shape[d]; d--) { // carry
+      off -= idx[d] * o->stride[d];
+      idx[d] = 0;
+      idx[d - 1]++;
+      off += o->stride[d - 1];
+    }
+  }
+}
+
+void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
+void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out) {
+  load(o, slots, start, n, out);
+}
+
+static void store(const wk_operand *o, void *const *slots, int64_t start, int64_t n, const float *v) {
+  char *p = (char *)slots[o->slot] + (o->offset + start) * (int64_t)wk_dtype_size(o->dtype);
+  switch (o->dtype) {
+    case WK_F32: { float *d = (float *)p; for (int64_t i = 0; i < n; i++) d[i] = v[i]; break; }
+    case WK_BF16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_bf16(v[i]); break; }
+    case WK_F16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_f16(v[i]); break; }
+    case WK_I32: { int32_t *d = (int32_t *)p; for (int64_t i = 0; i < n; i++) d[i] = (int32_t)v[i]; break; }
+    default: break;
+  }
+}
+
+// ---- the interpreter ----
+static inline float u01(uint64_t seed, uint64_t i) { return (float)(wk_rng_hash(seed, i) >> 40) * 0x1p-24f; }
+
+static inline float gelu_grad(float x) { // d/dx x*Phi(x)
+  float phi = 0.3989422804f * wkm_exp(-0.5f * x * x);
+  return 0.5f * (1.0f + wkm_erf(x * 0.70710678118f)) + x * phi;
+}
+static inline float gelu_tanh_grad(float x) {
+  const float k = 0.7978845608f, c = 0.044715f;
+  float u = k * (x + c * x * x * x), t = wkm_tanh(u);
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+}
+
+static void exec_instr(const wk_ew_instr *in, float *R, int64_t start, int n) {
+  float *d = R + (size_t)in->dst * WK_EW_BLOCK;
+  const float *a = R + (size_t)in->a * WK_EW_BLOCK, *b = R + (size_t)in->b * WK_EW_BLOCK;
+  const float *c = R + (size_t)in->c * WK_EW_BLOCK;
+  const float f0 = in->attrs.f[0], f1 = in->attrs.f[1];
+  const uint64_t seed = in->attrs.u;
+  switch (in->op) {
+#define LOOP(expr) for (int i = 0; i < n; i++) d[i] = (expr); break
+    case WK_OP_CONST: LOOP(f0);
+    case WK_OP_ARANGE: LOOP(f0 + (float)(start + i) * f1);
+    case WK_OP_RAND: LOOP(f0 + (f1 - f0) * u01(seed, (uint64_t)(start + i)));
+    case WK_OP_RANDN:
+      for (int i = 0; i < n; i++) { // Box-Muller on two hashed uniforms
+        uint64_t h = wk_rng_hash(seed, (uint64_t)(start + i));
+        float u1 = ((float)(h >> 40) + 1.0f) * 0x1p-24f, u2 = (float)(h & 0xffffff) * 0x1p-24f;
+        d[i] = sqrtf(-2.0f * logf(u1)) * cosf(6.283185307f * u2);
+      }
+      break;
+    case WK_OP_DROPOUT: LOOP(u01(seed, (uint64_t)(start + i)) < f0 ? 0.0f : a[i] / (1.0f - f0));
+    case WK_OP_CAUSAL_MASK: {
+      int64_t T = in->attrs.i[0], S = in->attrs.i[1];
+      for (int i = 0; i < n; i++) {
+        int64_t k = start + i, col = k % S, row = (k / S) % T;
+        d[i] = col > row + (S - T) ? -INFINITY : 0.0f;
+      }
+      break;
+    }
+    case WK_OP_NEG: LOOP(-a[i]);
+    case WK_OP_ABS: LOOP(fabsf(a[i]));
+    case WK_OP_EXP: LOOP(wkm_exp(a[i]));
+    case WK_OP_LOG: LOOP(wkm_log(a[i]));
+    case WK_OP_SQRT: LOOP(sqrtf(a[i]));
+    case WK_OP_RSQRT: LOOP(1.0f / sqrtf(a[i]));
+    case WK_OP_SQUARE: LOOP(a[i] * a[i]);
+    case WK_OP_TANH: LOOP(wkm_tanh(a[i]));
+    case WK_OP_SIGMOID: LOOP(wkm_sigmoid(a[i]));
+    case WK_OP_RELU: LOOP(a[i] > 0 ? a[i] : 0.0f);
+    case WK_OP_GELU: LOOP(0.5f * a[i] * (1.0f + wkm_erf(a[i] * 0.70710678118f)));
+    case WK_OP_GELU_TANH:
+      LOOP(0.5f * a[i] * (1.0f + wkm_tanh(0.7978845608f * (a[i] + 0.044715f * a[i] * a[i] * a[i]))));
+    case WK_OP_SILU: LOOP(a[i] * wkm_sigmoid(a[i]));
+    case WK_OP_ADD_SCALAR: LOOP(a[i] + f0);
+    case WK_OP_MUL_SCALAR: LOOP(a[i] * f0);
+    case WK_OP_POW_SCALAR:
+      if (f0 == 2.0f) { LOOP(a[i] * a[i]); }
+      else if (f0 == 0.5f) { LOOP(sqrtf(a[i])); }
+      else if (f0 == 1.0f) { LOOP(a[i]); }
+      else if (f0 == -1.0f) { LOOP(1.0f / a[i]); }
+      else { LOOP(powf(a[i], f0)); }
+    case WK_OP_CAST: {
+      wk_dtype to = (wk_dtype)in->attrs.i[0];
+      if (to == WK_BF16) { LOOP(wk_bf16_to_f32(wk_f32_to_bf16(a[i]))); }
+      else if (to == WK_F16) { LOOP(wk_f16_to_f32(wk_f32_to_f16(a[i]))); }
+      else if (to == WK_I32) { LOOP(truncf(a[i])); }
+      else { LOOP(a[i]); }
+    }
+    case WK_OP_COPY:
+    case WK_OP_STOP_GRAD: LOOP(a[i]);
+    case WK_OP_ADD: LOOP(a[i] + b[i]);
+    case WK_OP_SUB: LOOP(a[i] - b[i]);
+    case WK_OP_MUL: LOOP(a[i] * b[i]);
+    case WK_OP_DIV: LOOP(a[i] / b[i]);
+    case WK_OP_MAXIMUM: LOOP(a[i] >= b[i] || b[i] != b[i] ? a[i] : b[i]);
+    case WK_OP_MINIMUM: LOOP(a[i] <= b[i] || b[i] != b[i] ? a[i] : b[i]);
+    case WK_OP_EQ: LOOP(a[i] == b[i] ? 1.0f : 0.0f);
+    case WK_OP_NE: LOOP(a[i] != b[i] ? 1.0f : 0.0f);
+    case WK_OP_LT: LOOP(a[i] < b[i] ? 1.0f : 0.0f);
+    case WK_OP_LE: LOOP(a[i] <= b[i] ? 1.0f : 0.0f);
+    case WK_OP_GT: LOOP(a[i] > b[i] ? 1.0f : 0.0f);
+    case WK_OP_GE: LOOP(a[i] >= b[i] ? 1.0f : 0.0f);
+    case WK_OP_GELU_BWD: LOOP(b[i] * gelu_grad(a[i]));
+    case WK_OP_GELU_TANH_BWD: LOOP(b[i] * gelu_tanh_grad(a[i]));
+    case WK_OP_WHERE: LOOP(a[i] != 0.0f ? b[i] : c[i]);
+#undef LOOP
+    default: break;
+  }
+}
+
+// Register file per thread: static TLS so that nothing is allocated per call.
+static _Thread_local float regfile[WK_EW_MAX_REGS * WK_EW_BLOCK] __attribute__((aligned(64)));
+static float *regs_for(int nregs) { (void)nregs; return regfile; }
+
+// Runs prog over [start, start+n) (n <= WK_EW_BLOCK); returns the result register.
+static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots, int64_t start,
+                              int n, float *R) {
+  for (int q = 0; q < prog->n; q++) {
+    const wk_ew_instr *in = &prog->code[q];
+    if (in->op == WK_EW_LOAD) load(&ops[in->a], slots, start, n, R + (size_t)in->dst * WK_EW_BLOCK);
+    else exec_instr(in, R, start, n);
+  }
+  return R + (size_t)prog->out_reg * WK_EW_BLOCK;
+}
+
+void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out) {
+  float *R = regs_for(s->prog.nregs);
+  for (int64_t k = 0; k < n; k += WK_EW_BLOCK) {
+    int m = (int)(n - k < WK_EW_BLOCK ? n - k : WK_EW_BLOCK);
+    const float *v = run_block(&s->prog, s->pro_in, slots, start + k, m, R);
+    for (int i = 0; i < m; i++) out[k + i] = v[i];
+  }
+}
+
+typedef struct { const wk_step *s; void *const *slots; } ew_ctx;
+
+static void ew_range(void *ctx, int64_t begin, int64_t end, int tid) {
+  (void)tid;
+  const ew_ctx *c = ctx;
+  float *R = regs_for(c->s->prog.nregs);
+  for (int64_t k = begin; k < end; k += WK_EW_BLOCK) {
+    int m = (int)(end - k < WK_EW_BLOCK ? end - k : WK_EW_BLOCK);
+    const float *v = run_block(&c->s->prog, c->s->in, c->slots, k, m, R);
+    store(&c->s->out, c->slots, k, m, v);
+  }
+}
+
+wk_status WK_ISA_FN(wk_cpu_ew)(const wk_step *s, void *const *slots) {
+  int64_t n = 1;
+  for (int d = 0; d < s->out.ndim; d++) n *= s->out.shape[d];
+  ew_ctx c = {s, slots};
+  // ~16k elements per task: big enough to amortize dispatch, small enough to balance
+  wk_parallel_for(n, 32 * WK_EW_BLOCK, ew_range, &c);
+  return WK_OK;
+}

@@ -1,0 +1,21 @@
+// Matrix multiply kernels for the CPU backend (row-major, strided batches).
+//
+//   for b in [0, batch):
+//     C_b[M,N] = alpha * op(A_b)[M,K] @ op(B_b)[K,N] + beta * C_b
+//
+// op(X) is X or X^T (transA/transB). A_b = A + b*strideA (elements), likewise B, C.
+// lda/ldb/ldc are row strides in elements of the matrices as stored. beta = 0 means
+// C is not read (it may hold garbage or NaN). Threads come from wk_parallel_for.
+#pragma once
+#include <stdint.h>
+
+void wk_gemm_f32(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float *A, int64_t lda, int64_t strideA,
+                 const float *B, int64_t ldb, int64_t strideB, float beta,
+                 float *C, int64_t ldc, int64_t strideC, int64_t batch);
+
+// bf16 inputs (raw uint16 bf16 bits), f32 accumulation and f32 output.
+void wk_gemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                  const uint16_t *A, int64_t lda, int64_t strideA,
+                  const uint16_t *B, int64_t ldb, int64_t strideB, float beta,
+                  float *C, int64_t ldc, int64_t strideC, int64_t batch);

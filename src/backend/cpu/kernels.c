@@ -1,0 +1,345 @@
+// CPU kernels other than the elementwise VM: reductions, argmax, concat, pad,
+// matmul and the fused LoRA kernel. Compiled per ISA like ew.c.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cpu_kernels.h"
+#include "gemm.h"
+#include "threadpool.h"
+
+void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
+void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out);
+wk_status WK_ISA_FN(wk_cpu_nn)(const wk_step *s, void *const *slots);
+
+static int64_t numel_of(const wk_operand *o) {
+  int64_t n = 1;
+  for (int d = 0; d < o->ndim; d++) n *= o->shape[d];
+  return n;
+}
+
+// Values of input 0 at linear indices [start, start + n): computed by the fused
+// prologue when there is one, otherwise read (any layout, any dtype).
+static void input0(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out) {
+  if (s->prog.n) WK_ISA_FN(wk_cpu_prologue)(s, slots, start, n, out);
+  else WK_ISA_FN(wk_cpu_load_f32)(&s->in[0], slots, start, n, out);
+}
+
+static void store_f32(const wk_operand *o, void *const *slots, int64_t start, int64_t n, const float *v) {
+  char *p = (char *)slots[o->slot] + (o->offset + start) * (int64_t)wk_dtype_size(o->dtype);
+  switch (o->dtype) {
+    case WK_F32: memcpy(p, v, (size_t)n * sizeof(float)); break;
+    case WK_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *)p)[i] = wk_f32_to_bf16(v[i]); break;
+    case WK_F16: for (int64_t i = 0; i < n; i++) ((uint16_t *)p)[i] = wk_f32_to_f16(v[i]); break;
+    case WK_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)p)[i] = (int32_t)v[i]; break;
+    default: break;
+  }
+}
+
+// ---- reductions: shape seen as (outer O, reduced R, inner I) ----
+typedef struct {
+  const wk_step *s;
+  void *const *slots;
+  int64_t O, R, I;
+  bool is_max;
+} red_ctx;
+
+#define CHUNK 2048
+
+static float row_reduce(const float *v, int64_t n, bool is_max) {
+  float acc[16];
+  for (int l = 0; l < 16; l++) acc[l] = is_max ? -INFINITY : 0.0f;
+  int64_t i = 0;
+  if (is_max) {
+    for (; i + 16 <= n; i += 16)
+      for (int l = 0; l < 16; l++) acc[l] = v[i + l] > acc[l] || v[i + l] != v[i + l] ? v[i + l] : acc[l];
+    for (; i < n; i++) acc[0] = v[i] > acc[0] || v[i] != v[i] ? v[i] : acc[0];
+    float m = acc[0];
+    for (int l = 1; l < 16; l++) m = acc[l] > m || acc[l] != acc[l] ? acc[l] : m;
+    return m;
+  }
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; l++) acc[l] += v[i + l];
+  for (; i < n; i++) acc[i & 15] += v[i];
+  float t = 0;
+  for (int l = 0; l < 16; l++) t += acc[l];
+  return t;
+}
+
+static float combine(float total, float v, bool is_max) {
+  return is_max ? (v > total || v != v ? v : total) : total + v;
+}
+
+static void red_inner(void *ctx, int64_t b, int64_t e, int tid) { // I == 1: reduce contiguous rows
+  (void)tid;
+  const red_ctx *c = ctx;
+  float buf[CHUNK];
+  for (int64_t o = b; o < e; o++) {
+    float total = c->is_max ? -INFINITY : 0.0f;
+    for (int64_t k = 0; k < c->R; k += CHUNK) {
+      int64_t n = c->R - k < CHUNK ? c->R - k : CHUNK;
+      input0(c->s, c->slots, o * c->R + k, n, buf);
+      total = combine(total, row_reduce(buf, n, c->is_max), c->is_max);
+    }
+    store_f32(&c->s->out, c->slots, o, 1, &total);
+  }
+}
+
+static void red_outer(void *ctx, int64_t b, int64_t e, int tid) { // I > 1: accumulate rows
+  (void)tid;
+  const red_ctx *c = ctx;
+  float acc[CHUNK], buf[CHUNK];
+  // work items: (o, column chunk)
+  int64_t chunks = (c->I + CHUNK - 1) / CHUNK;
+  for (int64_t w = b; w < e; w++) {
+    int64_t o = w / chunks, j0 = (w % chunks) * CHUNK, n = c->I - j0 < CHUNK ? c->I - j0 : CHUNK;
+    for (int64_t j = 0; j < n; j++) acc[j] = c->is_max ? -INFINITY : 0.0f;
+    for (int64_t r = 0; r < c->R; r++) {
+      input0(c->s, c->slots, (o * c->R + r) * c->I + j0, n, buf);
+      if (c->is_max) for (int64_t j = 0; j < n; j++) acc[j] = buf[j] > acc[j] || buf[j] != buf[j] ? buf[j] : acc[j];
+      else for (int64_t j = 0; j < n; j++) acc[j] += buf[j];
+    }
+    store_f32(&c->s->out, c->slots, o * c->I + j0, n, acc);
+  }
+}
+
+// (O, R, I) when the reduced axes form one block; false if they are scattered.
+static bool split_axes(const wk_operand *in, uint32_t mask, int64_t *O, int64_t *R, int64_t *I) {
+  int first = -1, last = -1;
+  for (int d = 0; d < in->ndim; d++)
+    if ((mask >> d & 1) && in->shape[d] != 1) { if (first < 0) first = d; last = d; }
+  *O = *R = *I = 1;
+  if (first < 0) { for (int d = 0; d < in->ndim; d++) *O *= in->shape[d]; return true; }
+  for (int d = 0; d < in->ndim; d++) {
+    bool red = (mask >> d & 1) != 0;
+    if (d < first) *O *= in->shape[d];
+    else if (d > last) *I *= in->shape[d];
+    else if (red || in->shape[d] == 1) *R *= in->shape[d];
+    else return false;
+  }
+  return true;
+}
+
+static wk_status reduce_kernel(const wk_step *s, void *const *slots, bool is_max) {
+  red_ctx c = {s, slots, 0, 0, 0, is_max};
+  wk_step moved;
+  if (!split_axes(&s->in[0], s->attrs.axes, &c.O, &c.R, &c.I)) {
+    // Scattered axes: read the input through a permuted view that puts the
+    // reduced axes last (kept axes keep their order, so the output is unchanged).
+    // The compiler never gives such a reduction a prologue.
+    if (s->prog.n) return wk_error(WK_ERR_STATE, "reduce: prologue with scattered axes");
+    moved = *s;
+    wk_operand *in = &moved.in[0];
+    int k = 0;
+    for (int pass = 0; pass < 2; pass++)
+      for (int d = 0; d < s->in[0].ndim; d++)
+        if (((s->attrs.axes >> d) & 1) == (unsigned)pass) {
+          in->shape[k] = s->in[0].shape[d];
+          in->stride[k] = s->in[0].stride[d];
+          k++;
+        }
+    int kept = 0;
+    for (int d = 0; d < s->in[0].ndim; d++) kept += !((s->attrs.axes >> d) & 1);
+    moved.attrs.axes = ~((1u << kept) - 1) & ((1u << s->in[0].ndim) - 1);
+    c.s = s = &moved;
+    split_axes(&s->in[0], s->attrs.axes, &c.O, &c.R, &c.I);
+  }
+  if (c.I == 1) wk_parallel_for(c.O, c.R >= 4096 ? 1 : 4096 / (c.R ? c.R : 1) + 1, red_inner, &c);
+  else wk_parallel_for(c.O * ((c.I + CHUNK - 1) / CHUNK), 1, red_outer, &c);
+  return WK_OK;
+}
+
+// ---- argmax along one axis ----
+static wk_status argmax_kernel(const wk_step *s, void *const *slots) {
+  int ax = (int)s->attrs.i[0];
+  const wk_operand *in = &s->in[0];
+  int64_t O = 1, R = in->shape[ax], I = 1;
+  for (int d = 0; d < ax; d++) O *= in->shape[d];
+  for (int d = ax + 1; d < in->ndim; d++) I *= in->shape[d];
+  float *row = malloc(sizeof(float) * (size_t)(R ? R : 1));
+  if (!row) return wk_error(WK_ERR_OOM, "argmax: out of memory");
+  int32_t *out = (int32_t *)wk_operand_ptr(&s->out, slots);
+  for (int64_t o = 0; o < O; o++)
+    for (int64_t i = 0; i < I; i++) {
+      int64_t best = 0;
+      float bv = -INFINITY;
+      for (int64_t r = 0; r < R; r++) {
+        float v;
+        input0(s, slots, (o * R + r) * I + i, 1, &v);
+        if (v > bv || (v != v && bv == bv)) { bv = v; best = r; }
+        row[0] = v;
+      }
+      out[o * I + i] = (int32_t)best;
+    }
+  free(row);
+  return WK_OK;
+}
+
+// ---- strided copies that keep the dtype (concat, pad) ----
+static void copy_strided(char *dst, const int64_t *dst_stride, const char *src, const int64_t *src_stride,
+                         const int64_t *shape, int nd, size_t es) {
+  int64_t idx[WK_MAX_DIMS] = {0}, total = 1;
+  for (int d = 0; d < nd; d++) total *= shape[d];
+  if (!total) return;
+  int64_t last = nd ? shape[nd - 1] : 1, ds = nd ? dst_stride[nd - 1] : 1, ss = nd ? src_stride[nd - 1] : 1;
+  for (int64_t done = 0; done < total; done += last) {
+    int64_t doff = 0, soff = 0;
+    for (int d = 0; d < nd - 1; d++) { doff += idx[d] * dst_stride[d]; soff += idx[d] * src_stride[d]; }
+    if (ds == 1 && ss == 1) memcpy(dst + doff * (int64_t)es, src + soff * (int64_t)es, (size_t)last * es);
+    else
+      for (int64_t i = 0; i < last; i++)
+        memcpy(dst + (doff + i * ds) * (int64_t)es, src + (soff + i * ss) * (int64_t)es, es);
+    for (int d = nd - 2; d >= 0; d--) {
+      if (++idx[d] < shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+static wk_status concat_kernel(const wk_step *s, void *const *slots) {
+  int ax = (int)s->attrs.i[0];
+  const wk_operand *out = &s->out;
+  size_t es = wk_dtype_size(out->dtype);
+  int64_t ostride[WK_MAX_DIMS], start = 0;
+  wk_contiguous_strides(out->ndim, out->shape, ostride);
+  char *base = (char *)wk_operand_ptr(out, slots);
+  for (int k = 0; k < s->nin; k++) {
+    const wk_operand *in = &s->in[k];
+    copy_strided(base + start * ostride[ax] * (int64_t)es, ostride, (const char *)wk_operand_ptr(in, slots),
+                 in->stride, in->shape, in->ndim, es);
+    start += in->shape[ax];
+  }
+  return WK_OK;
+}
+
+static wk_status pad_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *out = &s->out, *in = &s->in[0];
+  int ax = (int)s->attrs.i[0];
+  int64_t before = s->attrs.i[1], n = numel_of(out);
+  size_t es = wk_dtype_size(out->dtype);
+  char *base = (char *)wk_operand_ptr(out, slots);
+  float v = s->attrs.f[0];
+  for (int64_t i = 0; i < n; i++) store_f32(out, slots, i, 1, &v); // fill, then copy the interior
+  int64_t ostride[WK_MAX_DIMS];
+  wk_contiguous_strides(out->ndim, out->shape, ostride);
+  copy_strided(base + before * ostride[ax] * (int64_t)es, ostride, (const char *)wk_operand_ptr(in, slots), in->stride,
+               in->shape, in->ndim, es);
+  (void)base;
+  return WK_OK;
+}
+
+// ---- matmul ----
+// A matrix operand as GEMM wants it: pointer, transpose flag, leading dimension.
+typedef struct { const void *p; int trans; int64_t ld; } mat;
+
+static bool as_mat(const wk_operand *o, void *const *slots, int64_t batch_off, mat *m) {
+  int nd = o->ndim;
+  int64_t rows = o->shape[nd - 2], cols = o->shape[nd - 1], s0 = o->stride[nd - 2], s1 = o->stride[nd - 1];
+  m->p = (const char *)wk_operand_ptr(o, slots) + batch_off * (int64_t)wk_dtype_size(o->dtype);
+  if ((s1 == 1 || cols == 1) && (rows == 1 || s0 >= cols)) {
+    m->trans = 0;
+    m->ld = rows == 1 ? cols : s0;
+    return true;
+  }
+  if ((s0 == 1 || rows == 1) && (cols == 1 || s1 >= rows)) {
+    m->trans = 1;
+    m->ld = cols == 1 ? rows : s1;
+    return true;
+  }
+  return false;
+}
+
+// Copies a strided operand into a dense f32 buffer (for layouts GEMM can't take).
+static float *densify(const wk_operand *o, void *const *slots) {
+  int64_t n = numel_of(o);
+  float *buf = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+  if (buf) WK_ISA_FN(wk_cpu_load_f32)(o, slots, 0, n, buf);
+  return buf;
+}
+
+static wk_status matmul_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *a = &s->in[0], *b = &s->in[1], *out = &s->out;
+  int nd = out->ndim;
+  int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[a->ndim - 1];
+  int64_t batch = M * N > 0 ? numel_of(out) / (M * N) : 0;
+  // f16/bf16 operands: widen to f32 (bf16 goes straight to the bf16 GEMM)
+  bool half = a->dtype != WK_F32;
+  float *da = NULL, *db = NULL, *dc = NULL;
+  wk_operand ad = *a, bd = *b;
+  void *local[3];
+  void *const *sa = slots, *const *sb = slots;
+  mat ma, mb;
+  bool ok_a = !half && as_mat(a, slots, 0, &ma), ok_b = !half && as_mat(b, slots, 0, &mb);
+  if (!ok_a) {
+    if (!(da = densify(a, slots))) return wk_error(WK_ERR_OOM, "matmul: out of memory");
+    ad.slot = 0; ad.offset = 0; ad.dtype = WK_F32;
+    wk_contiguous_strides(ad.ndim, ad.shape, ad.stride);
+    local[0] = da;
+    sa = local;
+  }
+  if (!ok_b) {
+    if (!(db = densify(b, slots))) { free(da); return wk_error(WK_ERR_OOM, "matmul: out of memory"); }
+    bd.slot = 1; bd.offset = 0; bd.dtype = WK_F32;
+    wk_contiguous_strides(bd.ndim, bd.shape, bd.stride);
+    local[1] = db;
+    sb = local;
+  }
+  float *c = out->dtype == WK_F32 ? (float *)wk_operand_ptr(out, slots) : NULL;
+  if (!c && !(c = dc = malloc(sizeof(float) * (size_t)(batch * M * N > 0 ? batch * M * N : 1)))) {
+    free(da); free(db);
+    return wk_error(WK_ERR_OOM, "matmul: out of memory");
+  }
+  // batch offsets: output batch index -> operand offsets (broadcast axes have stride 0)
+  int bnd = nd - 2;
+  int64_t idx[WK_MAX_DIMS] = {0};
+  for (int64_t bi = 0; bi < batch; bi++) {
+    int64_t oa = 0, ob = 0;
+    for (int d = 0; d < bnd; d++) {
+      int da_ = d - (bnd - (ad.ndim - 2)), db_ = d - (bnd - (bd.ndim - 2));
+      if (da_ >= 0 && ad.shape[da_] != 1) oa += idx[d] * ad.stride[da_];
+      if (db_ >= 0 && bd.shape[db_] != 1) ob += idx[d] * bd.stride[db_];
+    }
+    as_mat(&ad, sa, oa, &ma);
+    as_mat(&bd, sb, ob, &mb);
+    wk_gemm_f32(ma.trans, mb.trans, M, N, K, 1.0f, ma.p, ma.ld, 0, mb.p, mb.ld, 0, 0.0f, c + bi * M * N, N, 0, 1);
+    for (int d = bnd - 1; d >= 0; d--) {
+      if (++idx[d] < out->shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+  if (dc) store_f32(out, slots, 0, batch * M * N, dc);
+  free(da);
+  free(db);
+  free(dc);
+  return WK_OK;
+}
+
+// ---- LoRA: out = x@W + scale * (x@A)@B, f32, one kernel ----
+static wk_status lora_kernel(const wk_step *s, void *const *slots) {
+  mat x, w, a, b;
+  if (!as_mat(&s->in[0], slots, 0, &x) || !as_mat(&s->in[1], slots, 0, &w) || !as_mat(&s->in[2], slots, 0, &a) ||
+      !as_mat(&s->in[3], slots, 0, &b))
+    return wk_error(WK_ERR_STATE, "lora: operand layout not supported by the fused kernel");
+  int64_t M = s->in[0].shape[0], K = s->in[0].shape[1], N = s->in[1].shape[1], r = s->in[2].shape[1];
+  float *out = (float *)wk_operand_ptr(&s->out, slots);
+  static _Thread_local float small[4096];
+  float *t = M * r <= 4096 ? small : malloc(sizeof(float) * (size_t)(M * r));
+  if (!t) return wk_error(WK_ERR_OOM, "lora: out of memory");
+  wk_gemm_f32(x.trans, a.trans, M, r, K, s->attrs.f[0], x.p, x.ld, 0, a.p, a.ld, 0, 0.0f, t, r, 0, 1);
+  wk_gemm_f32(x.trans, w.trans, M, N, K, 1.0f, x.p, x.ld, 0, w.p, w.ld, 0, 0.0f, out, N, 0, 1);
+  wk_gemm_f32(0, b.trans, M, N, r, 1.0f, t, r, 0, b.p, b.ld, 0, 1.0f, out, N, 0, 1);
+  if (t != small) free(t);
+  return WK_OK;
+}
+
+wk_status WK_ISA_FN(wk_cpu_kernel)(const wk_step *s, void *const *slots) {
+  switch (s->op) {
+    case WK_OP_SUM: return reduce_kernel(s, slots, false);
+    case WK_OP_MAX: return reduce_kernel(s, slots, true);
+    case WK_OP_ARGMAX: return argmax_kernel(s, slots);
+    case WK_OP_CONCAT: return concat_kernel(s, slots);
+    case WK_OP_PAD: return pad_kernel(s, slots);
+    case WK_OP_MATMUL: return matmul_kernel(s, slots);
+    case WK_OP_LORA: return lora_kernel(s, slots);
+    default: return WK_ISA_FN(wk_cpu_nn)(s, slots);
+  }
+}

@@ -1,0 +1,991 @@
+// Neural-network kernels: softmax, norms, rope, embedding, attention, cross-entropy.
+// Compiled per ISA like ew.c. Row kernels (B = rows, D = last axis) read each row
+// once into L1 (straight from memory when it is f32 with a unit stride, else
+// converted, or computed by the fused elementwise prologue), compute in f32 with
+// 16 partial accumulators the compiler vectorizes, and write once. Rows are split
+// over the thread pool with a grain that keeps small tensors on one thread.
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cpu_kernels.h"
+#include "gemm.h"
+#include "simd_math.h"
+#include "threadpool.h"
+
+void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
+void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out);
+wk_status WK_ISA_FN(wk_cpu_nn)(const wk_step *s, void *const *slots);
+
+// Elements per parallel task: enough to amortize a dispatch (~1-2 us), few enough
+// that a 64k-element row kernel still uses two threads.
+#define GRAIN_ELEMS 16384
+#define LOCAL_FLOATS 8192
+
+// ---- operand access ----
+static int64_t numel_of(const wk_operand *o) {
+  int64_t n = 1;
+  for (int d = 0; d < o->ndim; d++) n *= o->shape[d];
+  return n;
+}
+static int64_t last_of(const wk_operand *o) { return o->ndim ? o->shape[o->ndim - 1] : 1; }
+
+// Element offset of row r of o viewed as [rows, last axis].
+static int64_t row_offset(const wk_operand *o, int64_t r) {
+  int64_t off = o->offset;
+  for (int d = o->ndim - 2; d >= 0; d--) {
+    int64_t n = o->shape[d];
+    off += (r % n) * o->stride[d];
+    r /= n;
+  }
+  return off;
+}
+// Element offset of linear index i of o.
+static int64_t elem_offset(const wk_operand *o, int64_t i) {
+  int64_t off = o->offset;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    int64_t n = o->shape[d];
+    off += (i % n) * o->stride[d];
+    i /= n;
+  }
+  return off;
+}
+
+static bool direct_f32(const wk_operand *o) {
+  return o->slot >= 0 && o->dtype == WK_F32 && (o->ndim == 0 || o->stride[o->ndim - 1] == 1 || last_of(o) == 1);
+}
+
+// Row r (length D) of o in f32: a pointer into memory when possible, else converted into buf.
+static const float *row_in(const wk_operand *o, void *const *slots, int64_t r, int64_t D, float *buf) {
+  if (direct_f32(o)) return (const float *)slots[o->slot] + row_offset(o, r);
+  WK_ISA_FN(wk_cpu_load_f32)(o, slots, r * D, D, buf);
+  return buf;
+}
+// Same for input 0, which a fused prologue may compute instead of memory.
+static const float *row_in0(const wk_step *s, void *const *slots, int64_t r, int64_t D, float *buf) {
+  if (s->prog.n) {
+    WK_ISA_FN(wk_cpu_prologue)(s, slots, r * D, D, buf);
+    return buf;
+  }
+  return row_in(&s->in[0], slots, r, D, buf);
+}
+
+static inline uint16_t to_bf16(float f) {
+  uint32_t u = wkm_f2bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+// Writes n values at linear index start of a contiguous output.
+static void store(const wk_operand *o, void *const *slots, int64_t start, int64_t n, const float *v) {
+  char *p = (char *)slots[o->slot] + (o->offset + start) * (int64_t)wk_dtype_size(o->dtype);
+  switch (o->dtype) {
+    case WK_F32: if ((const float *)p != v) memcpy(p, v, (size_t)n * sizeof(float)); break;
+    case WK_BF16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = to_bf16(v[i]); break; }
+    case WK_F16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_f16(v[i]); break; }
+    default: break;
+  }
+}
+// Where a kernel writes output row r: straight into an f32 output, else into tmp.
+static float *row_out(const wk_operand *o, void *const *slots, int64_t r, int64_t D, float *tmp) {
+  if (o->dtype != WK_F32) return tmp;
+  return (float *)slots[o->slot] + o->offset + r * D;
+}
+
+// Ids and targets as a contiguous int32 array (caller frees).
+static int32_t *read_i32(const wk_operand *o, void *const *slots, int64_t n) {
+  int32_t *v = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+  if (!v) return NULL;
+  const int32_t *p = (const int32_t *)slots[o->slot];
+  for (int64_t i = 0; i < n; i++) v[i] = p[elem_offset(o, i)];
+  return v;
+}
+
+// Per-task scratch: on the stack when small.
+typedef struct { float *p; bool heap; } scratch;
+static bool scratch_get(scratch *sc, float *local, int64_t n) {
+  sc->heap = n > LOCAL_FLOATS;
+  sc->p = sc->heap ? malloc(sizeof(float) * (size_t)n) : local;
+  return sc->p != NULL;
+}
+static void scratch_put(scratch *sc) { if (sc->heap) free(sc->p); }
+
+static int64_t grain_rows(int64_t D) { return D >= GRAIN_ELEMS ? 1 : GRAIN_ELEMS / (D ? D : 1); }
+
+// ---- vector helpers (16 partial accumulators: the compiler keeps them in one or two registers) ----
+static inline float expz(float x) { return x < -87.0f ? 0.0f : wkm_exp(x); } // exp(-inf) = 0 exactly
+
+static inline float hsum16(const float *a) {
+  float t = 0;
+  for (int l = 0; l < 16; l++) t += a[l];
+  return t;
+}
+static float vsum(const float *x, int64_t n) {
+  float acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; l++) acc[l] += x[i + l];
+  for (; i < n; i++) acc[i & 15] += x[i];
+  return hsum16(acc);
+}
+static float vdot(const float *x, const float *y, int64_t n) {
+  float acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; l++) acc[l] += x[i + l] * y[i + l];
+  for (; i < n; i++) acc[i & 15] += x[i] * y[i];
+  return hsum16(acc);
+}
+// sum (x - c)^2
+static float vsqdev(const float *x, int64_t n, float c) {
+  float acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; l++) { float d = x[i + l] - c; acc[l] += d * d; }
+  for (; i < n; i++) { float d = x[i] - c; acc[i & 15] += d * d; }
+  return hsum16(acc);
+}
+// max, and exp with its sums, written with intrinsics: the compiler does not
+// vectorize the branchy scalar forms (roundf, compares under -ftrapping-math).
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// exp(x - m) computed as 2^t, t = x*log2(e) - m*log2(e) (one fused rounding), split
+// t = n + f with |f| <= 1/2; 2^f by a degree-5 Chebyshev fit (2.4e-7 relative).
+#define EXP2_C0 1.0000001192092896f
+#define EXP2_C1 0.6931471824645996f
+#define EXP2_C2 0.2402210682630539f
+#define EXP2_C3 0.055503569543361664f
+#define EXP2_C4 0.009676031768321991f
+#define EXP2_C5 0.0013390863314270973f
+#define LOG2E 1.44269504088896341f
+// t clamped at -200 gives scalef(1, -200) = 0 exactly (exp(-inf) = 0); NaN stays NaN.
+static inline __m512 exp2_16(__m512 t) {
+  t = _mm512_max_ps(_mm512_set1_ps(-200.0f), t);
+  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(EXP2_C5), f, _mm512_set1_ps(EXP2_C4));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C3));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C2));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C1));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C0));
+  return _mm512_scalef_ps(p, n);
+}
+static inline __mmask16 tail16(int64_t k) { return (__mmask16)((1u << k) - 1u); }
+static float vmax(const float *x, int64_t n) {
+  __m512 a0 = _mm512_set1_ps(-INFINITY), a1 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm512_max_ps(a0, _mm512_loadu_ps(x + i));
+    a1 = _mm512_max_ps(a1, _mm512_loadu_ps(x + i + 16));
+  }
+  for (; i + 16 <= n; i += 16) a0 = _mm512_max_ps(a0, _mm512_loadu_ps(x + i));
+  if (i < n) a1 = _mm512_max_ps(a1, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail16(n - i), x + i));
+  return _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+}
+// y = exp(x - m) (y may be NULL); returns sum exp(x - m). Needs x <= m.
+static float vexp(const float *x, float *y, int64_t n, float m) {
+  __m512 l2e = _mm512_set1_ps(LOG2E), ml = _mm512_set1_ps(m * LOG2E), s0 = _mm512_setzero_ps(), s1 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m512 e0 = exp2_16(_mm512_fmsub_ps(_mm512_loadu_ps(x + i), l2e, ml));
+    __m512 e1 = exp2_16(_mm512_fmsub_ps(_mm512_loadu_ps(x + i + 16), l2e, ml));
+    if (y) { _mm512_storeu_ps(y + i, e0); _mm512_storeu_ps(y + i + 16, e1); }
+    s0 = _mm512_add_ps(s0, e0);
+    s1 = _mm512_add_ps(s1, e1);
+  }
+  for (; i + 16 <= n; i += 16) {
+    __m512 e0 = exp2_16(_mm512_fmsub_ps(_mm512_loadu_ps(x + i), l2e, ml));
+    if (y) _mm512_storeu_ps(y + i, e0);
+    s0 = _mm512_add_ps(s0, e0);
+  }
+  if (i < n) {
+    __mmask16 k = tail16(n - i);
+    __m512 e = _mm512_maskz_mov_ps(k, exp2_16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, x + i), l2e, ml)));
+    if (y) _mm512_mask_storeu_ps(y + i, k, e);
+    s1 = _mm512_add_ps(s1, e);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define EXP2_C0 1.0000001192092896f
+#define EXP2_C1 0.6931471824645996f
+#define EXP2_C2 0.2402210682630539f
+#define EXP2_C3 0.055503569543361664f
+#define EXP2_C4 0.009676031768321991f
+#define EXP2_C5 0.0013390863314270973f
+#define LOG2E 1.44269504088896341f
+// 2^t for t <= 0 (see the AVX-512 version); lanes below -126 (-inf included) are zeroed.
+static inline __m256 exp2_8(__m256 t) {
+  __m256 keep = _mm256_cmp_ps(t, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ);
+  __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm256_sub_ps(t, n);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(EXP2_C5), f, _mm256_set1_ps(EXP2_C4));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C3));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C2));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C1));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C0));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(keep, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+static inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+static float vmax(const float *x, int64_t n) {
+  __m256 a0 = _mm256_set1_ps(-INFINITY), a1 = a0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_max_ps(a0, _mm256_loadu_ps(x + i));
+    a1 = _mm256_max_ps(a1, _mm256_loadu_ps(x + i + 8));
+  }
+  float t[8], m;
+  _mm256_storeu_ps(t, _mm256_max_ps(a0, a1));
+  m = t[0];
+  for (int l = 1; l < 8; l++) m = t[l] > m ? t[l] : m;
+  for (; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+static float vexp(const float *x, float *y, int64_t n, float m) {
+  __m256 l2e = _mm256_set1_ps(LOG2E), ml = _mm256_set1_ps(m * LOG2E), s0 = _mm256_setzero_ps(), s1 = s0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 e0 = exp2_8(_mm256_fmsub_ps(_mm256_loadu_ps(x + i), l2e, ml));
+    __m256 e1 = exp2_8(_mm256_fmsub_ps(_mm256_loadu_ps(x + i + 8), l2e, ml));
+    if (y) { _mm256_storeu_ps(y + i, e0); _mm256_storeu_ps(y + i + 8, e1); }
+    s0 = _mm256_add_ps(s0, e0);
+    s1 = _mm256_add_ps(s1, e1);
+  }
+  float t = hsum8(_mm256_add_ps(s0, s1));
+  for (; i < n; i++) {
+    float e = expz(x[i] - m);
+    if (y) y[i] = e;
+    t += e;
+  }
+  return t;
+}
+#else
+static float vmax(const float *x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+static float vexp(const float *x, float *y, int64_t n, float m) {
+  float acc[16] = {0};
+  for (int64_t i = 0; i < n; i++) {
+    float e = expz(x[i] - m);
+    if (y) y[i] = e;
+    acc[i & 15] += e;
+  }
+  return hsum16(acc);
+}
+#endif
+#if defined(__AVX512F__)
+static void stream_row(float *dst, const float *src, int64_t n) {
+  if (((uintptr_t)dst & 63) || (n & 15)) { memcpy(dst, src, sizeof(float) * (size_t)n); return; }
+  for (int64_t i = 0; i < n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+}
+static void stream_fence(void) { _mm_sfence(); }
+#elif defined(__AVX2__)
+static void stream_row(float *dst, const float *src, int64_t n) {
+  if (((uintptr_t)dst & 31) || (n & 7)) { memcpy(dst, src, sizeof(float) * (size_t)n); return; }
+  for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+}
+static void stream_fence(void) { _mm_sfence(); }
+#else
+static void stream_row(float *dst, const float *src, int64_t n) { memcpy(dst, src, sizeof(float) * (size_t)n); }
+static void stream_fence(void) {}
+#endif
+static float vexp_store(const float *x, float *y, int64_t n, float m) { return vexp(x, y, n, m); }
+static float vexp_sum(const float *x, int64_t n, float m) { return vexp(x, NULL, n, m); }
+
+// ---- generic row-kernel context ----
+typedef struct {
+  const wk_step *s;
+  void *const *slots;
+  int64_t D;
+  const float *w, *b;   // norm weight / bias in f32 (NULL when absent)
+  float *part;          // per-task partial sums (NORM_DW)
+  int64_t T;            // rope: positions per sequence
+  const float *cs;      // rope: [T][cos(h) | sin(h)]
+  const int32_t *ids;   // embedding
+  bool nt;              // f32 output too big for the caches: streaming stores
+  _Atomic int oom;
+} rctx;
+
+// Outputs above this size do not stay in cache: write them with streaming stores,
+// which skip the read-for-ownership of each output line (a third of the traffic).
+#define NT_BYTES (16ll << 20)
+static bool want_nt(const wk_operand *out) {
+  return out->dtype == WK_F32 && numel_of(out) * 4 >= NT_BYTES;
+}
+// Where a row kernel computes output row r, and how the finished row is written.
+static float *row_dst(const rctx *c, int64_t r, float *tmp) {
+  return c->nt ? tmp : row_out(&c->s->out, c->slots, r, c->D, tmp);
+}
+static void put_row(const rctx *c, int64_t r, const float *y) {
+  if (c->nt) stream_row((float *)c->slots[c->s->out.slot] + c->s->out.offset + r * c->D, y, c->D);
+  else store(&c->s->out, c->slots, r * c->D, c->D, y);
+}
+
+// ---- softmax / log-softmax over the last axis ----
+static void softmax_rows(void *vc, int64_t b, int64_t e, int tid, bool log_sm) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 2 * D)) { c->oom = 1; return; }
+  float *buf = sc.p, *tmp = sc.p + D;
+  for (int64_t r = b; r < e; r++) {
+    const float *x = row_in0(s, c->slots, r, D, buf);
+    float *y = row_dst(c, r, tmp);
+    float m = vmax(x, D);
+    if (log_sm) {
+      float lse = m + logf(vexp_sum(x, D, m));
+      for (int64_t i = 0; i < D; i++) y[i] = x[i] - lse;
+    } else {
+      float inv = 1.0f / vexp_store(x, y, D, m);
+      for (int64_t i = 0; i < D; i++) y[i] *= inv;
+    }
+    put_row(c, r, y);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+static void softmax_range(void *c, int64_t b, int64_t e, int tid) { softmax_rows(c, b, e, tid, false); }
+static void log_softmax_range(void *c, int64_t b, int64_t e, int tid) { softmax_rows(c, b, e, tid, true); }
+
+// (y, dy) -> y * (dy - sum(dy * y))  or, for log-softmax, dy - exp(y) * sum(dy)
+static void softmax_bwd_rows(void *vc, int64_t b, int64_t e, int tid, bool log_sm) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 3 * D)) { c->oom = 1; return; }
+  for (int64_t r = b; r < e; r++) {
+    const float *y = row_in(&s->in[0], c->slots, r, D, sc.p);
+    const float *dy = row_in(&s->in[1], c->slots, r, D, sc.p + D);
+    float *dx = row_dst(c, r, sc.p + 2 * D);
+    if (log_sm) {
+      float t = vsum(dy, D);
+      for (int64_t i = 0; i < D; i++) dx[i] = dy[i] - expz(y[i]) * t;
+    } else {
+      float t = vdot(y, dy, D);
+      for (int64_t i = 0; i < D; i++) dx[i] = y[i] * (dy[i] - t);
+    }
+    put_row(c, r, dx);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+static void softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) { softmax_bwd_rows(c, b, e, tid, false); }
+static void log_softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) { softmax_bwd_rows(c, b, e, tid, true); }
+
+// ---- norms ----
+static float rms_scale(const float *x, int64_t D, float eps) {
+  return 1.0f / sqrtf(vdot(x, x, D) / (float)D + eps);
+}
+static void rms_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D;
+  float eps = s->attrs.f[0];
+  const float *w = c->w;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 2 * D)) { c->oom = 1; return; }
+  for (int64_t r = b; r < e; r++) {
+    const float *x = row_in0(s, c->slots, r, D, sc.p);
+    float *y = row_dst(c, r, sc.p + D);
+    float k = rms_scale(x, D, eps);
+    if (w) for (int64_t i = 0; i < D; i++) y[i] = x[i] * k * w[i];
+    else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
+    put_row(c, r, y);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+// dx = r * (g - xhat * mean(g * xhat)), g = dy * w, xhat = x * r
+static void rms_bwd_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D;
+  float eps = s->attrs.f[0];
+  const float *w = c->w;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 4 * D)) { c->oom = 1; return; }
+  float *g = sc.p + 3 * D;
+  for (int64_t r = b; r < e; r++) {
+    const float *x = row_in(&s->in[0], c->slots, r, D, sc.p);
+    const float *dy = row_in(&s->in[s->nin - 1], c->slots, r, D, sc.p + D);
+    float *dx = row_dst(c, r, sc.p + 2 * D);
+    float k = rms_scale(x, D, eps);
+    if (w) { for (int64_t i = 0; i < D; i++) g[i] = dy[i] * w[i]; }
+    else memcpy(g, dy, sizeof(float) * (size_t)D);
+    float a = k * k * k * vdot(g, x, D) / (float)D;
+    for (int64_t i = 0; i < D; i++) dx[i] = k * g[i] - a * x[i];
+    put_row(c, r, dx);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+
+static void ln_stats(const float *x, int64_t D, float eps, float *mean, float *rstd) {
+  float m = vsum(x, D) / (float)D;
+  *mean = m;
+  *rstd = 1.0f / sqrtf(vsqdev(x, D, m) / (float)D + eps);
+}
+static void ln_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D;
+  float eps = s->attrs.f[0];
+  const float *w = c->w, *bb = c->b;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 2 * D)) { c->oom = 1; return; }
+  for (int64_t r = b; r < e; r++) {
+    const float *x = row_in0(s, c->slots, r, D, sc.p);
+    float *y = row_dst(c, r, sc.p + D);
+    float m, k;
+    ln_stats(x, D, eps, &m, &k);
+    if (w && bb) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k * w[i] + bb[i];
+    else if (w) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k * w[i];
+    else if (bb) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k + bb[i];
+    else for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k;
+    put_row(c, r, y);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w
+static void ln_bwd_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D;
+  float eps = s->attrs.f[0];
+  const float *w = c->w;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 5 * D)) { c->oom = 1; return; }
+  float *g = sc.p + 3 * D, *xh = sc.p + 4 * D;
+  for (int64_t r = b; r < e; r++) {
+    const float *x = row_in(&s->in[0], c->slots, r, D, sc.p);
+    const float *dy = row_in(&s->in[s->nin - 1], c->slots, r, D, sc.p + D);
+    float *dx = row_dst(c, r, sc.p + 2 * D);
+    float m, k;
+    ln_stats(x, D, eps, &m, &k);
+    if (w) { for (int64_t i = 0; i < D; i++) g[i] = dy[i] * w[i]; }
+    else memcpy(g, dy, sizeof(float) * (size_t)D);
+    for (int64_t i = 0; i < D; i++) xh[i] = (x[i] - m) * k;
+    float mg = vsum(g, D) / (float)D, mgx = vdot(g, xh, D) / (float)D;
+    for (int64_t i = 0; i < D; i++) dx[i] = k * (g[i] - mg - xh[i] * mgx);
+    put_row(c, r, dx);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+// Per-task partial sums of dy * xhat (and dy for layer norm) into c->part[tid].
+static void norm_dw_range(void *vc, int64_t b, int64_t e, int tid) {
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D;
+  float eps = s->attrs.f[0];
+  bool layer = s->attrs.i[0] != 0;
+  float *dw = c->part + (size_t)tid * 2 * (size_t)D, *db = dw + D;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 2 * D)) { c->oom = 1; return; }
+  for (int64_t r = b; r < e; r++) {
+    const float *x = row_in(&s->in[0], c->slots, r, D, sc.p);
+    const float *dy = row_in(&s->in[1], c->slots, r, D, sc.p + D);
+    if (layer) {
+      float m, k;
+      ln_stats(x, D, eps, &m, &k);
+      for (int64_t i = 0; i < D; i++) { dw[i] += dy[i] * (x[i] - m) * k; db[i] += dy[i]; }
+    } else {
+      float k = rms_scale(x, D, eps);
+      for (int64_t i = 0; i < D; i++) dw[i] += dy[i] * x[i] * k;
+    }
+  }
+  scratch_put(&sc);
+}
+
+// A norm parameter (weight / bias) as a dense f32 vector: its memory when possible.
+static const float *param_f32(const wk_operand *o, void *const *slots, int64_t D, float **owned) {
+  *owned = NULL;
+  if (direct_f32(o)) return (const float *)slots[o->slot] + o->offset;
+  if (!(*owned = malloc(sizeof(float) * (size_t)(D ? D : 1)))) return NULL;
+  WK_ISA_FN(wk_cpu_load_f32)(o, slots, 0, D, *owned);
+  return *owned;
+}
+
+static wk_status norm_kernel(const wk_step *s, void *const *slots, const char *name) {
+  rctx c = {.s = s, .slots = slots, .D = last_of(&s->in[0]), .nt = want_nt(&s->out)};
+  int64_t rows = c.D ? numel_of(&s->in[0]) / c.D : 0;
+  float *ow = NULL, *ob = NULL;
+  bool has_w = s->attrs.i[0] != 0, has_b = s->op == WK_OP_LAYER_NORM && s->attrs.i[1] != 0;
+  if (has_w && !(c.w = param_f32(&s->in[1], slots, c.D, &ow))) return wk_error(WK_ERR_OOM, "%s: out of memory", name);
+  if (has_b && !(c.b = param_f32(&s->in[1 + has_w], slots, c.D, &ob))) {
+    free(ow);
+    return wk_error(WK_ERR_OOM, "%s: out of memory", name);
+  }
+  wk_range_fn fn = s->op == WK_OP_RMS_NORM ? rms_range : s->op == WK_OP_LAYER_NORM ? ln_range
+                 : s->op == WK_OP_RMS_NORM_BWD ? rms_bwd_range : ln_bwd_range;
+  wk_parallel_for(rows, grain_rows(c.D), fn, &c);
+  free(ow);
+  free(ob);
+  return c.oom ? wk_error(WK_ERR_OOM, "%s: out of memory", name) : WK_OK;
+}
+
+static wk_status norm_dw_kernel(const wk_step *s, void *const *slots) {
+  rctx c = {.s = s, .slots = slots, .D = last_of(&s->in[0])};
+  const char *name = s->attrs.i[0] ? "layer_norm" : "rms_norm";
+  int64_t D = c.D, rows = D ? numel_of(&s->in[0]) / D : 0;
+  int nt = wk_threads();
+  c.part = calloc((size_t)nt * 2 * (size_t)(D ? D : 1), sizeof(float));
+  if (!c.part) return wk_error(WK_ERR_OOM, "%s: out of memory", name);
+  wk_parallel_for(rows, grain_rows(D), norm_dw_range, &c);
+  // fixed-order sum of the partials: the result does not depend on timing
+  int64_t w = s->attrs.i[0] ? 2 * D : D;
+  for (int t = 1; t < nt; t++) {
+    const float *p = c.part + (size_t)t * 2 * (size_t)D;
+    for (int64_t i = 0; i < w; i++) c.part[i] += p[i];
+  }
+  store(&s->out, slots, 0, w, c.part);
+  free(c.part);
+  return c.oom ? wk_error(WK_ERR_OOM, "%s: out of memory", name) : WK_OK;
+}
+
+// ---- rotary embedding ----
+// cos/sin table for (theta, offset, T, D), cached: training and prefill reuse it
+// every step. Angles are f32 products pos * inv_freq like HF's; cos/sin in double.
+static pthread_mutex_t rope_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct { float theta; int64_t offset, T, D; float *cs; } rope_cache;
+
+static const float *rope_table(float theta, int64_t offset, int64_t T, int64_t D) {
+  if (rope_cache.cs && rope_cache.theta == theta && rope_cache.offset == offset && rope_cache.T == T &&
+      rope_cache.D == D)
+    return rope_cache.cs;
+  int64_t h = D / 2;
+  float *cs = malloc(sizeof(float) * (size_t)(T * D > 0 ? T * D : 1));
+  if (!cs) return NULL;
+  for (int64_t i = 0; i < h; i++) {
+    float inv = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)D));
+    for (int64_t t = 0; t < T; t++) {
+      float ang = (float)(offset + t) * inv;
+      cs[t * D + i] = (float)cos((double)ang);
+      cs[t * D + h + i] = (float)sin((double)ang);
+    }
+  }
+  free(rope_cache.cs);
+  rope_cache.cs = cs;
+  rope_cache.theta = theta;
+  rope_cache.offset = offset;
+  rope_cache.T = T;
+  rope_cache.D = D;
+  return cs;
+}
+
+static void rope_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D, h = D / 2;
+  float sign = s->attrs.f[1];
+  bool inter = s->attrs.i[1] != 0;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 3 * D)) { c->oom = 1; return; }
+  float *sn = sc.p + 2 * D;
+  for (int64_t r = b; r < e; r++) {
+    const float *x = row_in(&s->in[0], c->slots, r, D, sc.p);
+    float *y = row_dst(c, r, sc.p + D);
+    const float *co = c->cs + (r % c->T) * D, *si = co + h;
+    for (int64_t i = 0; i < h; i++) sn[i] = sign * si[i];
+    if (inter) {
+      for (int64_t i = 0; i < h; i++) {
+        float x0 = x[2 * i], x1 = x[2 * i + 1];
+        y[2 * i] = x0 * co[i] - x1 * sn[i];
+        y[2 * i + 1] = x1 * co[i] + x0 * sn[i];
+      }
+    } else {
+      for (int64_t i = 0; i < h; i++) {
+        float x0 = x[i], x1 = x[i + h];
+        y[i] = x0 * co[i] - x1 * sn[i];
+        y[i + h] = x1 * co[i] + x0 * sn[i];
+      }
+    }
+    put_row(c, r, y);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+
+static wk_status rope_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *x = &s->in[0];
+  rctx c = {.s = s, .slots = slots, .D = last_of(x), .T = x->ndim >= 2 ? x->shape[x->ndim - 2] : 1,
+            .nt = want_nt(&s->out)};
+  int64_t rows = c.D ? numel_of(x) / c.D : 0;
+  if (!rows) return WK_OK;
+  pthread_mutex_lock(&rope_mu); // held while the table is in use
+  c.cs = rope_table(s->attrs.f[0], s->attrs.i[0], c.T, c.D);
+  if (c.cs) wk_parallel_for(rows, grain_rows(c.D), rope_range, &c);
+  pthread_mutex_unlock(&rope_mu);
+  return c.cs && !c.oom ? WK_OK : wk_error(WK_ERR_OOM, "rope: out of memory");
+}
+
+// ---- embedding ----
+static void embed_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  const wk_operand *tab = &s->in[0];
+  int64_t D = c->D;
+  size_t es = wk_dtype_size(tab->dtype);
+  bool same = tab->dtype == s->out.dtype && (tab->stride[1] == 1 || D == 1);
+  char *out = (char *)wk_operand_ptr(&s->out, c->slots);
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!same && !scratch_get(&sc, local, D)) { c->oom = 1; return; }
+  for (int64_t j = b; j < e; j++) {
+    int64_t id = c->ids[j];
+    if (same) {
+      const char *src = (const char *)c->slots[tab->slot] + (tab->offset + id * tab->stride[0]) * (int64_t)es;
+      memcpy(out + j * D * (int64_t)es, src, (size_t)D * es);
+    } else {
+      WK_ISA_FN(wk_cpu_load_f32)(tab, c->slots, id * D, D, sc.p);
+      store(&s->out, c->slots, j * D, D, sc.p);
+    }
+  }
+  if (!same) scratch_put(&sc);
+}
+
+static wk_status embedding_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *tab = &s->in[0], *ids = &s->in[1];
+  int64_t V = tab->shape[0], N = numel_of(ids);
+  rctx c = {.s = s, .slots = slots, .D = tab->shape[1]};
+  int32_t *id = read_i32(ids, slots, N);
+  if (!id) return wk_error(WK_ERR_OOM, "embedding: out of memory");
+  for (int64_t j = 0; j < N; j++)
+    if (id[j] < 0 || id[j] >= V) {
+      wk_status st = wk_error(WK_ERR_ARG, "embedding: id %d at position %lld is out of range for a table of %lld rows",
+                              id[j], (long long)j, (long long)V);
+      free(id);
+      return st;
+    }
+  c.ids = id;
+  wk_parallel_for(N, grain_rows(c.D), embed_range, &c);
+  free(id);
+  return c.oom ? wk_error(WK_ERR_OOM, "embedding: out of memory") : WK_OK;
+}
+
+// Scatter-add of dy rows into dtable[V, D]. Each task owns a range of table rows and
+// scans every id, so no two tasks write the same row (no atomics, deterministic).
+static void embed_bwd_range(void *vc, int64_t vb, int64_t ve, int tid) {
+  (void)tid;
+  rctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D, N = c->T;
+  float *acc = c->part;
+  memset(acc + vb * D, 0, sizeof(float) * (size_t)((ve - vb) * D));
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, D)) { c->oom = 1; return; }
+  for (int64_t j = 0; j < N; j++) {
+    int64_t id = c->ids[j];
+    if (id < vb || id >= ve) continue;
+    const float *dy = row_in(&s->in[1], c->slots, j, D, sc.p);
+    float *a = acc + id * D;
+    for (int64_t i = 0; i < D; i++) a[i] += dy[i];
+  }
+  if (s->out.dtype != WK_F32) store(&s->out, c->slots, vb * D, (ve - vb) * D, acc + vb * D);
+  scratch_put(&sc);
+}
+
+static wk_status embedding_bwd_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *ids = &s->in[0];
+  int64_t V = s->out.shape[0], D = s->out.shape[1], N = numel_of(ids);
+  rctx c = {.s = s, .slots = slots, .D = D, .T = N};
+  int32_t *id = read_i32(ids, slots, N);
+  float *scratch_acc = NULL;
+  if (s->out.dtype == WK_F32) c.part = (float *)wk_operand_ptr(&s->out, slots);
+  else c.part = scratch_acc = malloc(sizeof(float) * (size_t)(V * D > 0 ? V * D : 1));
+  if (!id || !c.part) { free(id); free(scratch_acc); return wk_error(WK_ERR_OOM, "embedding: out of memory"); }
+  c.ids = id;
+  wk_parallel_for(V, V * D < 4 * GRAIN_ELEMS ? V : 1, embed_bwd_range, &c);
+  free(id);
+  free(scratch_acc);
+  return c.oom ? wk_error(WK_ERR_OOM, "embedding: out of memory") : WK_OK;
+}
+
+// ---- cross-entropy: loss = logsumexp(x) - x[target] per row ----
+typedef struct {
+  const wk_step *s;
+  void *const *slots;
+  int64_t V;
+  const int32_t *t;
+  float *loss;         // forward: per-row losses
+  const float *g;      // backward: per-row dloss (NULL: gs for every row)
+  float gs;
+  _Atomic int oom;
+} ce_ctx;
+
+static void ce_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  ce_ctx *c = vc;
+  int64_t V = c->V;
+  int32_t ignore = (int32_t)c->s->attrs.i[0];
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, V)) { c->oom = 1; return; }
+  for (int64_t r = b; r < e; r++) {
+    if (c->t[r] == ignore) { c->loss[r] = 0; continue; }
+    const float *x = row_in(&c->s->in[0], c->slots, r, V, sc.p);
+    float m = vmax(x, V);
+    c->loss[r] = m + logf(vexp_sum(x, V, m)) - x[c->t[r]];
+  }
+  scratch_put(&sc);
+}
+
+// dlogits = (softmax(x) - onehot(target)) * g; zero rows for ignored targets
+static void ce_bwd_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  ce_ctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t V = c->V;
+  int32_t ignore = (int32_t)s->attrs.i[0];
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 2 * V)) { c->oom = 1; return; }
+  for (int64_t r = b; r < e; r++) {
+    float *y = row_out(&s->out, c->slots, r, V, sc.p + V);
+    if (c->t[r] == ignore) {
+      memset(y, 0, sizeof(float) * (size_t)V);
+    } else {
+      const float *x = row_in(&s->in[0], c->slots, r, V, sc.p);
+      float g = c->g ? c->g[r] : c->gs;
+      float m = vmax(x, V), k = g / vexp_store(x, y, V, m);
+      for (int64_t i = 0; i < V; i++) y[i] *= k;
+      y[c->t[r]] -= g;
+    }
+    store(&s->out, c->slots, r * V, V, y);
+  }
+  scratch_put(&sc);
+}
+
+static wk_status ce_kernel(const wk_step *s, void *const *slots, bool bwd) {
+  const wk_operand *tg = &s->in[1];
+  int64_t V = last_of(&s->in[0]), N = numel_of(tg);
+  int32_t ignore = (int32_t)s->attrs.i[0];
+  int red = (int)s->attrs.i[1];
+  ce_ctx c = {.s = s, .slots = slots, .V = V};
+  int32_t *t = read_i32(tg, slots, N);
+  if (!t) return wk_error(WK_ERR_OOM, "cross_entropy: out of memory");
+  int64_t count = 0;
+  for (int64_t r = 0; r < N; r++) {
+    if (t[r] == ignore) continue;
+    if (t[r] < 0 || t[r] >= V) {
+      wk_status st = wk_error(WK_ERR_ARG,
+                              "cross_entropy: target %d at position %lld is out of range [0, %lld) and is not "
+                              "ignore_index (%d)", t[r], (long long)r, (long long)V, ignore);
+      free(t);
+      return st;
+    }
+    count++;
+  }
+  c.t = t;
+  float *buf = malloc(sizeof(float) * (size_t)(N > 0 ? N : 1));
+  if (!buf) { free(t); return wk_error(WK_ERR_OOM, "cross_entropy: out of memory"); }
+  if (bwd) {
+    if (red == 0) {
+      WK_ISA_FN(wk_cpu_load_f32)(&s->in[2], slots, 0, N, buf);
+      c.g = buf;
+    } else {
+      WK_ISA_FN(wk_cpu_load_f32)(&s->in[2], slots, 0, 1, &c.gs);
+      if (red == 1) c.gs = count ? c.gs / (float)count : NAN;
+    }
+    wk_parallel_for(N, grain_rows(V), ce_bwd_range, &c);
+  } else {
+    c.loss = buf;
+    wk_parallel_for(N, grain_rows(V), ce_range, &c);
+    if (red == 0) {
+      store(&s->out, slots, 0, N, buf);
+    } else { // fixed-order double sum: the same result on any thread count
+      double acc = 0;
+      for (int64_t r = 0; r < N; r++) acc += buf[r];
+      float v = red == 1 ? (count ? (float)(acc / (double)count) : NAN) : (float)acc;
+      store(&s->out, slots, 0, 1, &v);
+    }
+  }
+  free(buf);
+  free(t);
+  return c.oom ? wk_error(WK_ERR_OOM, "cross_entropy: out of memory") : WK_OK;
+}
+
+// ---- scaled dot-product attention ----
+// Flash-style: a task takes a tile of query rows -- the G query heads that share one
+// kv head times up to SDPA_TQ positions -- and walks its visible keys in blocks of
+// SDPA_BK: S = Q K^T and O += P V are small GEMMs, with an online softmax (running
+// max m, sum l per row) in between. No [T, S] matrix is ever stored.
+#define SDPA_BK 64
+#define SDPA_ROWS 64
+typedef struct { const float *p; int64_t s0, s1, s2; } mat4; // unit stride on the last axis
+
+typedef struct {
+  const wk_step *s;
+  void *const *slots;
+  mat4 q, k, v;
+  const float *mask;
+  int64_t ms[4];
+  int64_t Hq, Hkv, T, S, D, G, TQ, ntq;
+  float scale;
+  bool causal;
+  _Atomic int oom;
+} sdpa_ctx;
+
+// A [B, H, N, D] operand as f32 with a unit last stride (converted into *owned if needed).
+static bool as_mat4(const wk_operand *o, void *const *slots, mat4 *m, float **owned) {
+  *owned = NULL;
+  if (direct_f32(o)) {
+    *m = (mat4){(const float *)slots[o->slot] + o->offset, o->stride[0], o->stride[1], o->stride[2]};
+    return true;
+  }
+  int64_t n = numel_of(o);
+  if (!(*owned = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)))) return false;
+  WK_ISA_FN(wk_cpu_load_f32)(o, slots, 0, n, *owned);
+  *m = (mat4){*owned, o->shape[1] * o->shape[2] * o->shape[3], o->shape[2] * o->shape[3], o->shape[3]};
+  return true;
+}
+
+static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  sdpa_ctx *c = vc;
+  const wk_step *s = c->s;
+  int64_t D = c->D, T = c->T, S = c->S, G = c->G, R = G * c->TQ;
+  float *buf = malloc(sizeof(float) * (size_t)(R * (2 * D + SDPA_BK + 2) + D));
+  if (!buf) { c->oom = 1; return; }
+  float *qt = buf, *o = qt + R * D, *sc = o + R * D, *m = sc + R * SDPA_BK, *l = m + R, *tmp = l + R;
+  for (int64_t item = b; item < e; item++) {
+    int64_t t0 = (item % c->ntq) * c->TQ, hk = (item / c->ntq) % c->Hkv, bb = item / (c->ntq * c->Hkv);
+    int64_t tn = T - t0 < c->TQ ? T - t0 : c->TQ, rows = G * tn; // row i = g * tn + tt
+    for (int64_t i = 0; i < rows; i++) {
+      int64_t h = hk * G + i / tn, t = t0 + i % tn;
+      const float *qr = c->q.p + bb * c->q.s0 + h * c->q.s1 + t * c->q.s2;
+      for (int64_t d = 0; d < D; d++) { qt[i * D + d] = qr[d] * c->scale; o[i * D + d] = 0; }
+      m[i] = -INFINITY;
+      l[i] = 0;
+    }
+    const float *kb = c->k.p + bb * c->k.s0 + hk * c->k.s1, *vb = c->v.p + bb * c->v.s0 + hk * c->v.s1;
+    int64_t kend = c->causal ? t0 + tn + S - T : S; // keys any row of the tile sees
+    if (kend > S) kend = S;
+    for (int64_t s0 = 0; s0 < kend; s0 += SDPA_BK) {
+      int64_t n = kend - s0 < SDPA_BK ? kend - s0 : SDPA_BK;
+      wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, kb + s0 * c->k.s2, c->k.s2, 0, 0.0f, sc, SDPA_BK, 0, 1);
+      for (int64_t i = 0; i < rows; i++) {
+        int64_t h = hk * G + i / tn, t = t0 + i % tn;
+        float *srow = sc + i * SDPA_BK;
+        if (c->mask) {
+          const float *mr = c->mask + bb * c->ms[0] + h * c->ms[1] + t * c->ms[2] + s0 * c->ms[3];
+          for (int64_t j = 0; j < n; j++) srow[j] += mr[j * c->ms[3]];
+        }
+        if (c->causal) // key s0 + j is visible when s0 + j <= t + S - T
+          for (int64_t j = t + S - T + 1 - s0 > 0 ? t + S - T + 1 - s0 : 0; j < n; j++) srow[j] = -INFINITY;
+        float bm = vmax(srow, n);
+        if (!(bm > -INFINITY)) { memset(srow, 0, sizeof(float) * (size_t)n); continue; } // all masked
+        if (bm > m[i]) {
+          float a = expz(m[i] - bm);
+          l[i] *= a;
+          for (int64_t d = 0; d < D; d++) o[i * D + d] *= a;
+          m[i] = bm;
+        }
+        l[i] += vexp(srow, srow, n, m[i]);
+      }
+      wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, vb + s0 * c->v.s2, c->v.s2, 0, 1.0f, o, D, 0, 1);
+    }
+    for (int64_t i = 0; i < rows; i++) {
+      int64_t h = hk * G + i / tn, t = t0 + i % tn, r = (bb * c->Hq + h) * T + t;
+      float *y = row_out(&s->out, c->slots, r, D, tmp), inv = l[i] > 0 ? 1.0f / l[i] : 0.0f; // fully masked: 0
+      for (int64_t d = 0; d < D; d++) y[d] = o[i * D + d] * inv;
+      store(&s->out, c->slots, r * D, D, y);
+    }
+  }
+  free(buf);
+}
+
+static wk_status sdpa_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *q = &s->in[0], *k = &s->in[1];
+  sdpa_ctx c = {.s = s, .slots = slots, .Hq = q->shape[1], .Hkv = k->shape[1], .T = q->shape[2], .S = k->shape[2],
+                .D = q->shape[3], .G = q->shape[1] / k->shape[1], .scale = s->attrs.f[0], .causal = s->attrs.i[0] != 0};
+  if (!numel_of(&s->out)) return WK_OK;
+  c.TQ = SDPA_ROWS / c.G > 0 ? SDPA_ROWS / c.G : 1;
+  if (c.TQ > c.T) c.TQ = c.T;
+  c.ntq = (c.T + c.TQ - 1) / c.TQ;
+  float *oq = NULL, *ok = NULL, *ov = NULL, *om = NULL;
+  bool fine = as_mat4(q, slots, &c.q, &oq) && as_mat4(k, slots, &c.k, &ok) && as_mat4(&s->in[2], slots, &c.v, &ov);
+  if (fine && s->nin > 3) {
+    const wk_operand *mk = &s->in[3];
+    int64_t st[WK_MAX_DIMS];
+    if (mk->dtype == WK_F32) {
+      c.mask = (const float *)slots[mk->slot] + mk->offset;
+      memcpy(st, mk->stride, sizeof st);
+    } else if ((om = malloc(sizeof(float) * (size_t)(numel_of(mk) > 0 ? numel_of(mk) : 1)))) {
+      WK_ISA_FN(wk_cpu_load_f32)(mk, slots, 0, numel_of(mk), om);
+      wk_contiguous_strides(mk->ndim, mk->shape, st);
+      c.mask = om;
+    } else {
+      fine = false;
+    }
+    for (int d = 0; d < mk->ndim; d++) c.ms[4 - mk->ndim + d] = mk->shape[d] == 1 ? 0 : st[d];
+  }
+  if (fine) {
+    int64_t items = q->shape[0] * c.Hkv * c.ntq, flops = c.G * c.TQ * c.S * c.D * 4;
+    wk_parallel_for(items, flops >= (1 << 18) ? 1 : (1 << 18) / (flops ? flops : 1), sdpa_range, &c);
+  }
+  free(oq);
+  free(ok);
+  free(ov);
+  free(om);
+  return fine && !c.oom ? WK_OK : wk_error(WK_ERR_OOM, "sdpa: out of memory");
+}
+
+// ---- dispatch ----
+static wk_status rows_kernel(const wk_step *s, void *const *slots, wk_range_fn fn, const char *name) {
+  rctx c = {.s = s, .slots = slots, .D = last_of(&s->out), .nt = want_nt(&s->out)};
+  int64_t rows = c.D ? numel_of(&s->out) / c.D : 0;
+  wk_parallel_for(rows, grain_rows(c.D), fn, &c);
+  return c.oom ? wk_error(WK_ERR_OOM, "%s: out of memory", name) : WK_OK;
+}
+
+wk_status WK_ISA_FN(wk_cpu_nn)(const wk_step *s, void *const *slots) {
+  switch (s->op) {
+    case WK_OP_SOFTMAX: return rows_kernel(s, slots, softmax_range, "softmax");
+    case WK_OP_LOG_SOFTMAX: return rows_kernel(s, slots, log_softmax_range, "log_softmax");
+    case WK_OP_SOFTMAX_BWD: return rows_kernel(s, slots, softmax_bwd_range, "softmax");
+    case WK_OP_LOG_SOFTMAX_BWD: return rows_kernel(s, slots, log_softmax_bwd_range, "log_softmax");
+    case WK_OP_RMS_NORM:
+    case WK_OP_RMS_NORM_BWD: return norm_kernel(s, slots, "rms_norm");
+    case WK_OP_LAYER_NORM:
+    case WK_OP_LAYER_NORM_BWD: return norm_kernel(s, slots, "layer_norm");
+    case WK_OP_NORM_DW: return norm_dw_kernel(s, slots);
+    case WK_OP_ROPE: return rope_kernel(s, slots);
+    case WK_OP_EMBEDDING: return embedding_kernel(s, slots);
+    case WK_OP_EMBEDDING_BWD: return embedding_bwd_kernel(s, slots);
+    case WK_OP_SDPA: return sdpa_kernel(s, slots);
+    case WK_OP_CROSS_ENTROPY: return ce_kernel(s, slots, false);
+    case WK_OP_CROSS_ENTROPY_BWD: return ce_kernel(s, slots, true);
+    default: return wk_error(WK_ERR_STATE, "%s: no CPU kernel", wk_ops[s->op].name);
+  }
+}

@@ -1,0 +1,689 @@
+// The compiler: graph -> optimized, fused, memory-planned list of steps.
+//
+// Passes, in order: common-subexpression elimination, constant folding of scalar
+// constants, dead-code elimination, LoRA pattern rewrite, fusion (elementwise
+// groups; elementwise prologues into reductions and normalizations), step
+// scheduling in topological order, liveness-based arena planning with in-place
+// reuse. The result depends only on the graph's structure, so it is cached.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "plan.h"
+
+typedef struct {
+  wk_tensor *t;
+  wk_op op;
+  int nin;
+  int in[WK_MAX_IN];
+  bool leaf, target, dead, root, escapes, has_const;
+  float cval;          // value when op == CONST
+  int uses;            // consumers among live nodes
+  int consumer;        // the consumer when uses == 1
+  int base;            // for views: the node whose storage they alias (self otherwise)
+  int slot;            // storage slot of materialized nodes and leaves
+  int step;            // step that defines it
+  int last_use;        // last step reading its storage
+  bool lora;           // this ADD node runs as a fused LoRA kernel
+  int lora_in[4];
+  float lora_scale;
+  int lora_scale_src;   // the mul_scalar node holding the scale
+} irnode;
+
+typedef struct {
+  const wk_topo *g;
+  irnode *n;
+  int count;
+} ir;
+
+static bool is_ew(wk_op op) {
+  wk_op_kind k = wk_ops[op].kind;
+  return k == WK_KIND_EW1 || k == WK_KIND_EW2 || k == WK_KIND_EW3 || k == WK_KIND_SRC;
+}
+static bool takes_prologue(wk_op op) {
+  return op == WK_OP_SUM || op == WK_OP_MAX || op == WK_OP_SOFTMAX || op == WK_OP_LOG_SOFTMAX ||
+         op == WK_OP_RMS_NORM || op == WK_OP_LAYER_NORM;
+}
+static bool same_shape(const wk_tensor *a, const wk_tensor *b) {
+  return a->ndim == b->ndim && !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim);
+}
+
+// ---- IR construction ----
+static bool ir_build(ir *r, const wk_topo *g, int ntargets, const int *targets) {
+  r->g = g;
+  r->count = g->n;
+  r->n = calloc((size_t)g->n, sizeof *r->n);
+  if (!r->n) return false;
+  for (int i = 0; i < g->n; i++) {
+    irnode *x = &r->n[i];
+    wk_tensor *t = g->nodes[i];
+    x->t = t;
+    x->op = t->op;
+    x->leaf = t->buf != NULL;
+    x->base = i;
+    x->slot = -1;
+    x->step = -1;
+    x->last_use = -1;
+    if (!x->leaf) {
+      x->nin = t->nin;
+      for (int k = 0; k < t->nin; k++) x->in[k] = wk_topo_index(g, t->in[k]);
+      if (t->op == WK_OP_CONST) { x->has_const = true; x->cval = t->attrs.f[0]; }
+    }
+  }
+  for (int k = 0; k < ntargets; k++) r->n[targets[k]].target = true;
+  return true;
+}
+
+// ---- CSE: identical op, attrs, inputs, dtype and layout compute the same value ----
+static bool same_node(const wk_topo *g, const int *rep, const wk_tensor *x, const wk_tensor *y) {
+  if (x->buf || y->buf || x->op != y->op || x->nin != y->nin || x->dtype != y->dtype) return false;
+  if (!same_shape(x, y) || memcmp(&x->attrs, &y->attrs, sizeof x->attrs)) return false;
+  if (x->op == WK_OP_VIEW && (x->offset != y->offset || memcmp(x->stride, y->stride, sizeof(int64_t) * (size_t)x->ndim)))
+    return false;
+  for (int k = 0; k < x->nin; k++)
+    if (rep[wk_topo_index(g, x->in[k])] != rep[wk_topo_index(g, y->in[k])]) return false;
+  return true;
+}
+
+void wk_graph_cse(const wk_topo *g, int *rep) {
+  size_t cap = 1;
+  while (cap < (size_t)g->n * 2) cap <<= 1;
+  int *table = malloc(cap * sizeof *table);
+  for (int i = 0; i < g->n; i++) rep[i] = i;
+  if (!table) return; // no merging: still correct
+  memset(table, -1, cap * sizeof *table);
+  for (int i = 0; i < g->n; i++) {
+    const wk_tensor *x = g->nodes[i];
+    if (x->buf) continue;
+    uint64_t h = (uint64_t)x->op * 0x100000001b3ull;
+    for (int k = 0; k < x->nin; k++) h = (h ^ (uint64_t)rep[wk_topo_index(g, x->in[k])]) * 0x100000001b3ull;
+    for (int d = 0; d < x->ndim; d++) h = (h ^ (uint64_t)x->shape[d]) * 0x100000001b3ull;
+    size_t j = (size_t)h & (cap - 1);
+    for (; table[j] >= 0; j = (j + 1) & (cap - 1))
+      if (same_node(g, rep, g->nodes[table[j]], x)) break;
+    if (table[j] >= 0) rep[i] = table[j];
+    else table[j] = i;
+  }
+  free(table);
+}
+
+static void cse(ir *r) {
+  int *rep = malloc(sizeof(int) * (size_t)(r->count + 1));
+  if (!rep) return;
+  wk_graph_cse(r->g, rep);
+  for (int i = 0; i < r->count; i++) {
+    irnode *x = &r->n[i];
+    for (int k = 0; k < x->nin; k++) x->in[k] = rep[x->in[k]];
+    if (rep[i] == i) continue;
+    x->dead = true;
+    x->base = rep[i]; // targets that were merged find their representative here
+    if (x->target) r->n[rep[i]].target = true;
+  }
+  free(rep);
+}
+
+// ---- constant folding: elementwise ops on scalar constants become constants ----
+static int fold_constants(ir *r) {
+  int folded = 0;
+  for (int i = 0; i < r->count; i++) {
+    irnode *x = &r->n[i];
+    // a view (broadcast, reshape...) of a constant is the same constant
+    if (!x->leaf && !x->dead && x->op == WK_OP_VIEW && r->n[x->in[0]].has_const) {
+      x->op = WK_OP_CONST;
+      x->has_const = true;
+      x->cval = r->n[x->in[0]].cval;
+      x->nin = 0;
+      folded++;
+      continue;
+    }
+    if (x->leaf || x->dead || x->nin == 0 || !is_ew(x->op) || x->op == WK_OP_DROPOUT || x->op == WK_OP_COPY)
+      continue;
+    // Scalar attributes are run-time parameters, not part of the plan's key: a
+    // plan built for mul_scalar(c, 0.9) also serves mul_scalar(c, 0.8).
+    if (x->op == WK_OP_ADD_SCALAR || x->op == WK_OP_MUL_SCALAR || x->op == WK_OP_POW_SCALAR) continue;
+    if (x->t->dtype == WK_I32) continue;
+    float v[3] = {0};
+    bool all = true;
+    for (int k = 0; k < x->nin && all; k++) {
+      const irnode *c = &r->n[x->in[k]];
+      all = c->has_const;
+      v[k] = c->cval;
+    }
+    if (!all) continue;
+    x->cval = wk_ew_scalar(x->op, &x->t->attrs, v[0], v[1], v[2]);
+    x->has_const = true;
+    x->op = WK_OP_CONST;
+    x->nin = 0;
+    folded++;
+  }
+  return folded;
+}
+
+// ---- DCE and use counts ----
+static void count_uses(ir *r) {
+  for (int i = 0; i < r->count; i++) { r->n[i].uses = 0; r->n[i].consumer = -1; }
+  bool *live = calloc((size_t)r->count, sizeof *live);
+  if (!live) return;
+  for (int i = r->count - 1; i >= 0; i--) {
+    irnode *x = &r->n[i];
+    if (x->target && !x->dead) live[i] = true;
+    if (!live[i]) { x->dead = true; continue; }
+    x->dead = false;
+    int nin = x->lora ? 4 : x->nin;
+    const int *in = x->lora ? x->lora_in : x->in;
+    for (int k = 0; k < nin; k++) {
+      irnode *c = &r->n[in[k]];
+      live[in[k]] = true;
+      c->uses++;
+      c->consumer = i;
+    }
+  }
+  free(live);
+}
+
+// ---- LoRA: x@W + s * ((x@A)@B) ----
+static int strip_reshape(const ir *r, int i) {
+  // A contiguous reshape of a pending node reads the same memory: look through it.
+  for (;;) {
+    const irnode *x = &r->n[i];
+    if (x->leaf || x->op != WK_OP_VIEW || x->uses != 1) return i;
+    if (r->n[x->in[0]].leaf || x->t->offset != 0 || !wk_is_contiguous(x->t)) return i;
+    i = x->in[0];
+  }
+}
+static bool same_value(const ir *r, int a, int b) {
+  if (a == b) return true;
+  const wk_tensor *x = r->n[a].t, *y = r->n[b].t;
+  return r->n[a].leaf && r->n[b].leaf && x->buf == y->buf && x->offset == y->offset && same_shape(x, y) &&
+         !memcmp(x->stride, y->stride, sizeof(int64_t) * (size_t)x->ndim);
+}
+static bool is_2d_matmul(const ir *r, int i) {
+  return r->n[i].op == WK_OP_MATMUL && !r->n[i].leaf && r->n[i].t->ndim == 2;
+}
+
+static bool match_lora(ir *r, int add) {
+  irnode *x = &r->n[add];
+  if (x->op != WK_OP_ADD || x->leaf) return false;
+  for (int side = 0; side < 2; side++) {
+    int base = strip_reshape(r, x->in[side]), sc = x->in[1 - side];
+    if (!is_2d_matmul(r, base) || r->n[sc].op != WK_OP_MUL_SCALAR || r->n[sc].leaf) continue;
+    int up = strip_reshape(r, r->n[sc].in[0]);
+    if (!is_2d_matmul(r, up)) continue;
+    int down = strip_reshape(r, r->n[up].in[0]);
+    if (!is_2d_matmul(r, down)) continue;
+    int xin = r->n[base].in[0];
+    if (!same_value(r, xin, r->n[down].in[0])) continue;
+    if (!same_shape(r->n[base].t, r->n[up].t) || wk_numel(r->n[base].t) != wk_numel(x->t)) continue;
+    // the intermediates must not be needed elsewhere
+    if (x->t->dtype != WK_F32) continue;
+    if (r->n[base].uses != 1 || r->n[up].uses != 1 || r->n[down].uses != 1 || r->n[sc].uses != 1) continue;
+    if (r->n[base].target || r->n[up].target || r->n[down].target) continue;
+    x->lora = true;
+    x->lora_in[0] = xin;
+    x->lora_in[1] = r->n[base].in[1];
+    x->lora_in[2] = r->n[down].in[1];
+    x->lora_in[3] = r->n[up].in[1];
+    x->lora_scale = r->n[sc].t->attrs.f[0];
+    x->lora_scale_src = sc;
+    return true;
+  }
+  return false;
+}
+
+// ---- fusion ----
+// A node is inlined (not materialized) when its only consumer computes it on the fly.
+static bool inlinable(const ir *r, int i) {
+  const irnode *x = &r->n[i];
+  if (x->leaf || x->target || x->lora || !is_ew(x->op)) return false;
+  if (x->op == WK_OP_CONST) return true; // a fill: duplicated into every consumer
+  if (x->uses != 1) return false;
+  const irnode *c = &r->n[x->consumer];
+  if (c->lora || c->leaf) return false;
+  if (is_ew(c->op)) return same_shape(x->t, c->t);
+  if (!takes_prologue(c->op) || c->in[0] != i) return false;
+  if (c->op == WK_OP_SUM || c->op == WK_OP_MAX) { // the reduced axes must form one block
+    int first = -1, last = -1;
+    for (int d = 0; d < x->t->ndim; d++)
+      if ((c->t->attrs.axes >> d & 1) && x->t->shape[d] != 1) { if (first < 0) first = d; last = d; }
+    for (int d = first + 1; first >= 0 && d < last; d++)
+      if (!(c->t->attrs.axes >> d & 1) && x->t->shape[d] != 1) return false;
+  }
+  return true;
+}
+
+// Groups stay small enough for one program (instructions, loads, registers):
+// a node whose inlined subtree grows too large is materialized instead. This also
+// bounds the recursion depth of code generation on very long chains.
+#define GROUP_MAX_INSTR 128
+
+static void mark_roots(ir *r) {
+  int *size = calloc((size_t)r->count + 1, sizeof *size), *loads = calloc((size_t)r->count + 1, sizeof *loads);
+  for (int i = 0; i < r->count; i++) {
+    irnode *x = &r->n[i];
+    if (x->dead || x->leaf) continue;
+    x->root = x->op != WK_OP_VIEW && !inlinable(r, i);
+    if (!size || !loads) continue;
+    size[i] = 1;
+    for (int k = 0; k < x->nin && !x->lora; k++) {
+      int j = x->in[k];
+      bool inl = !r->n[j].leaf && !r->n[j].root && r->n[j].op != WK_OP_VIEW;
+      size[i] += inl ? size[j] : 1;
+      loads[i] += inl ? loads[j] : 1;
+    }
+    if (!x->root && (size[i] > GROUP_MAX_INSTR || loads[i] >= WK_MAX_IN)) {
+      x->root = true;
+      size[i] = 1;
+      loads[i] = 1;
+    }
+  }
+  free(size);
+  free(loads);
+  // CONST nodes read by a non-elementwise consumer (matmul of zeros...) must exist in memory
+  for (int i = 0; i < r->count; i++) {
+    irnode *x = &r->n[i];
+    if (x->dead || x->leaf || x->op == WK_OP_VIEW || !x->root) continue;
+    int nin = x->lora ? 4 : x->nin;
+    const int *in = x->lora ? x->lora_in : x->in;
+    for (int k = 0; k < nin; k++) {
+      irnode *c = &r->n[in[k]];
+      bool reads_memory = !is_ew(x->op) && !(takes_prologue(x->op) && k == 0);
+      if (c->op == WK_OP_CONST && !c->leaf && reads_memory) c->root = true;
+    }
+  }
+  // views alias their base's storage: find it
+  for (int i = 0; i < r->count; i++) {
+    irnode *x = &r->n[i];
+    if (x->dead || x->leaf || x->op != WK_OP_VIEW) continue;
+    int b = x->in[0];
+    while (!r->n[b].leaf && r->n[b].op == WK_OP_VIEW) b = r->n[b].in[0];
+    x->base = b;
+    if (!r->n[b].leaf) r->n[b].root = true;
+    if (x->target) r->n[b].escapes = true;
+  }
+}
+
+// ---- operands and programs ----
+typedef struct {
+  ir *r;
+  wk_plan *p;
+} cctx;
+
+// Operand reading node i's value broadcast to (ndim, shape).
+static wk_operand operand_of(const ir *r, int i, int ndim, const int64_t *shape) {
+  const irnode *x = &r->n[i];
+  const wk_tensor *t = x->t;
+  const irnode *b = x->op == WK_OP_VIEW && !x->leaf ? &r->n[x->base] : x;
+  wk_operand o = {.slot = b->slot, .dtype = t->dtype, .ndim = ndim};
+  o.offset = x->leaf ? 0 : t->offset - (b->leaf ? b->t->offset : 0);
+  int lead = ndim - t->ndim;
+  for (int d = 0; d < ndim; d++) {
+    o.shape[d] = shape[d];
+    int s = d - lead;
+    o.stride[d] = s < 0 || t->shape[s] == 1 ? 0 : t->stride[s];
+  }
+  return o;
+}
+static wk_operand operand_self(const ir *r, int i) {
+  return operand_of(r, i, r->n[i].t->ndim, r->n[i].t->shape);
+}
+
+typedef struct {
+  wk_ew_instr code[256];
+  int n;
+  int loads[WK_MAX_IN * 4];
+  int load_reg[WK_MAX_IN * 4];
+  int nloads;
+  wk_operand ops[WK_MAX_IN];
+  int nops;
+  int nregs;
+  unsigned long long busy[4]; // register occupancy bitmap
+  bool overflow;
+} progbuf;
+
+static int reg_alloc(progbuf *pb) {
+  for (int k = 0; k < WK_EW_MAX_REGS; k++)
+    if (!(pb->busy[k / 64] >> (k % 64) & 1)) {
+      pb->busy[k / 64] |= 1ull << (k % 64);
+      if (k + 1 > pb->nregs) pb->nregs = k + 1;
+      return k;
+    }
+  pb->overflow = true;
+  return 0;
+}
+static void reg_free(progbuf *pb, int reg, bool pinned) {
+  if (!pinned) pb->busy[reg / 64] &= ~(1ull << (reg % 64));
+}
+static bool reg_pinned(const progbuf *pb, int reg) {
+  for (int k = 0; k < pb->nloads; k++) if (pb->load_reg[k] == reg) return true;
+  return false;
+}
+
+static int emit_value(ir *r, progbuf *pb, int i, const wk_tensor *group);
+
+static int emit_load(ir *r, progbuf *pb, int i, const wk_tensor *group) {
+  for (int k = 0; k < pb->nloads; k++) if (pb->loads[k] == i) return pb->load_reg[k];
+  if (pb->nops == WK_MAX_IN || pb->nloads == WK_MAX_IN * 4) { pb->overflow = true; return 0; }
+  int opi = pb->nops++;
+  pb->ops[opi] = operand_of(r, i, group->ndim, group->shape);
+  int reg = reg_alloc(pb);
+  if (pb->n == 256) { pb->overflow = true; return 0; }
+  pb->code[pb->n++] = (wk_ew_instr){.op = WK_EW_LOAD, .dst = (uint8_t)reg, .a = (uint8_t)opi, .src = -1};
+  pb->loads[pb->nloads] = i;
+  pb->load_reg[pb->nloads++] = reg;
+  return reg;
+}
+
+// Emits code computing node i into a register; returns it.
+static int emit_value(ir *r, progbuf *pb, int i, const wk_tensor *group) {
+  irnode *x = &r->n[i];
+  bool inl = !x->leaf && !x->root && x->op != WK_OP_VIEW;
+  if (!inl) return emit_load(r, pb, i, group);
+  int regs[3] = {0};
+  for (int k = 0; k < x->nin; k++) regs[k] = emit_value(r, pb, x->in[k], group);
+  for (int k = 0; k < x->nin; k++) reg_free(pb, regs[k], reg_pinned(pb, regs[k]));
+  int dst = reg_alloc(pb);
+  if (pb->n == 256) { pb->overflow = true; return 0; }
+  wk_ew_instr in = {.op = (uint16_t)x->op, .dst = (uint8_t)dst, .a = (uint8_t)regs[0], .b = (uint8_t)regs[1],
+                    .c = (uint8_t)regs[2], .src = i, .attrs = x->t->attrs};
+  if (x->op == WK_OP_CONST) { in.attrs.f[0] = x->cval; in.src = -1; } // keyed by value (or folded)
+  if (x->op == WK_OP_CAST) in.attrs.i[1] = x->t->in[0] ? x->t->in[0]->dtype : WK_F32;
+  if (x->op == WK_OP_CAUSAL_MASK || x->op == WK_OP_RAND || x->op == WK_OP_RANDN || x->op == WK_OP_ARANGE ||
+      x->op == WK_OP_DROPOUT)
+    in.attrs.i[3] = 0; // index-based sources: linear index in the group equals their own
+  pb->code[pb->n++] = in;
+  return dst;
+}
+
+static bool finish_prog(progbuf *pb, int out, wk_ew_prog *prog) {
+  if (pb->overflow) return false;
+  prog->n = pb->n;
+  prog->nregs = pb->nregs;
+  prog->out_reg = out;
+  prog->code = malloc(sizeof(wk_ew_instr) * (size_t)pb->n);
+  if (!prog->code) return false;
+  memcpy(prog->code, pb->code, sizeof(wk_ew_instr) * (size_t)pb->n);
+  return true;
+}
+
+// ---- steps ----
+static bool build_step(ir *r, int i, wk_step *s) {
+  irnode *x = &r->n[i];
+  memset(s, 0, sizeof *s);
+  s->attrs = x->t->attrs;
+  s->src = i;
+  s->out = operand_self(r, i);
+  s->out.offset = 0;
+  if (x->lora) {
+    s->op = WK_OP_LORA;
+    s->nin = 4;
+    for (int k = 0; k < 4; k++) s->in[k] = operand_self(r, x->lora_in[k]);
+    s->attrs.f[0] = x->lora_scale;
+    s->src = -1;
+    s->lora_src = x->lora_scale_src;
+    // the LoRA kernel writes [M, N]: view the output as the base matmul's shape
+    const wk_tensor *w = r->n[x->lora_in[1]].t, *in0 = r->n[x->lora_in[0]].t;
+    s->out.ndim = 2;
+    s->out.shape[0] = in0->shape[0];
+    s->out.shape[1] = w->shape[1];
+    s->out.stride[0] = w->shape[1];
+    s->out.stride[1] = 1;
+    return true;
+  }
+  progbuf pb = {0};
+  if (is_ew(x->op)) {
+    s->op = WK_STEP_FUSED_EW;
+    // emit the root itself as if inlined
+    bool was_root = x->root;
+    x->root = false;
+    int out = emit_value(r, &pb, i, x->t);
+    x->root = was_root;
+    if (!finish_prog(&pb, out, &s->prog)) return false;
+    s->nin = pb.nops;
+    memcpy(s->in, pb.ops, sizeof(wk_operand) * (size_t)pb.nops);
+    return true;
+  }
+  s->op = x->op;
+  s->nin = x->nin;
+  for (int k = 0; k < x->nin; k++) s->in[k] = operand_self(r, x->in[k]);
+  if (takes_prologue(x->op)) {
+    int src = x->in[0];
+    const irnode *c = &r->n[src];
+    if (!c->leaf && !c->root && c->op != WK_OP_VIEW) {
+      int out = emit_value(r, &pb, src, c->t);
+      if (!finish_prog(&pb, out, &s->prog)) return false;
+      s->npro = pb.nops;
+      memcpy(s->pro_in, pb.ops, sizeof(wk_operand) * (size_t)pb.nops);
+      s->in[0].slot = -1; // computed by the prologue
+    }
+  }
+  return true;
+}
+
+// ---- memory plan ----
+typedef struct { int64_t off, size; } span;
+
+static int64_t arena_place(span *used, int *nused, int64_t size) {
+  // first fit among the gaps between live spans (kept sorted by offset)
+  int64_t at = 0;
+  int k = 0;
+  for (; k < *nused; k++) {
+    if (used[k].off - at >= size) break;
+    if (used[k].off + used[k].size > at) at = used[k].off + used[k].size;
+  }
+  memmove(&used[k + 1], &used[k], sizeof(span) * (size_t)(*nused - k));
+  used[k] = (span){at, size};
+  (*nused)++;
+  return at;
+}
+static void arena_release(span *used, int *nused, int64_t off) {
+  for (int k = 0; k < *nused; k++)
+    if (used[k].off == off) {
+      memmove(&used[k], &used[k + 1], sizeof(span) * (size_t)(*nused - k - 1));
+      (*nused)--;
+      return;
+    }
+}
+
+static size_t node_bytes(const irnode *x) {
+  return (size_t)wk_numel(x->t) * wk_dtype_size(x->t->dtype);
+}
+static int64_t padded(size_t b) { return (int64_t)((b + 63) & ~(size_t)63); }
+
+static bool inlined(const irnode *x) { return !x->leaf && !x->root && x->op != WK_OP_VIEW; }
+
+// Marks every stored node that step `k` (computing node i) reads.
+static void collect_reads(ir *r, int i, int k, bool top) {
+  irnode *x = &r->n[i];
+  if (!top && !inlined(x)) {
+    int b = x->op == WK_OP_VIEW && !x->leaf ? x->base : i;
+    if (r->n[b].last_use < k) r->n[b].last_use = k;
+    return;
+  }
+  int nin = x->lora ? 4 : x->nin;
+  const int *in = x->lora ? x->lora_in : x->in;
+  for (int q = 0; q < nin; q++) collect_reads(r, in[q], k, false);
+}
+
+// The dense, same-shape input that an elementwise root at step k may overwrite.
+static int inplace_candidate(ir *r, int i, int k) {
+  irnode *x = &r->n[i];
+  if (!is_ew(x->op)) return -1;
+  for (int q = 0; q < x->nin; q++) {
+    int j = x->in[q];
+    irnode *y = &r->n[j];
+    if (y->leaf || !y->root || y->escapes || y->target || y->last_use != k) continue;
+    if (!same_shape(y->t, x->t) || y->t->dtype != x->t->dtype) continue;
+    return j;
+  }
+  return -1;
+}
+
+// ---- driver ----
+static void plan_fail(wk_plan *p, const char *why) {
+  wk_error(WK_ERR_OOM, "compile: %s", why);
+  wk_plan_free(p);
+}
+
+wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
+  ir r;
+  if (!ir_build(&r, g, ntargets, targets)) { wk_error(WK_ERR_OOM, "compile: out of memory"); return NULL; }
+  wk_plan *p = calloc(1, sizeof *p);
+  if (!p) { free(r.n); wk_error(WK_ERR_OOM, "compile: out of memory"); return NULL; }
+  p->ngraph = g->n;
+  cse(&r);
+  fold_constants(&r);
+  count_uses(&r);
+  for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_lora(&r, i);
+  count_uses(&r);
+  mark_roots(&r);
+
+  // schedule: roots in topological order
+  int *roots = malloc(sizeof(int) * (size_t)(r.count + 1));
+  if (!roots) { free(r.n); plan_fail(p, "out of memory"); return NULL; }
+  int nroots = 0, live = 0;
+  for (int i = 0; i < r.count; i++) {
+    irnode *x = &r.n[i];
+    if (x->dead || x->leaf) continue;
+    live++;
+    if (x->root) { x->step = nroots; roots[nroots++] = i; }
+  }
+  p->fused_ops = live - nroots;
+  for (int i = 0; i < r.count; i++) p->fused_ops -= !r.n[i].dead && !r.n[i].leaf && r.n[i].op == WK_OP_VIEW;
+  for (int k = 0; k < nroots; k++) collect_reads(&r, roots[k], k, true);
+
+  // slots: leaves first, then escaping outputs, then arena intermediates
+  int slot = 0;
+  p->leaf_nodes = malloc(sizeof(int) * (size_t)(r.count + 1));
+  p->outs = calloc((size_t)nroots + 1, sizeof *p->outs);
+  p->arena_off = calloc((size_t)nroots + 1, sizeof *p->arena_off);
+  span *used = malloc(sizeof(span) * (size_t)(nroots + 1));
+  p->steps = calloc((size_t)nroots + 1, sizeof *p->steps);
+  if (!p->leaf_nodes || !p->outs || !p->arena_off || !used || !p->steps) {
+    free(roots); free(used); free(r.n); plan_fail(p, "out of memory"); return NULL;
+  }
+  for (int i = 0; i < r.count; i++)
+    if (r.n[i].leaf && !r.n[i].dead) { p->leaf_nodes[slot] = i; r.n[i].slot = slot++; }
+  p->nleaves = slot;
+  for (int k = 0; k < nroots; k++) {
+    irnode *x = &r.n[roots[k]];
+    if (!x->target && !x->escapes) continue;
+    p->outs[p->nouts++] = (wk_plan_out){.node = roots[k], .slot = slot, .bytes = node_bytes(x), .base = roots[k]};
+    x->slot = slot++;
+  }
+  int first_arena = slot, nused = 0;
+  int64_t peak = 0;
+  int64_t *span_of = calloc((size_t)r.count + 1, sizeof *span_of); // arena offset per node
+  if (!span_of) { free(roots); free(used); free(r.n); plan_fail(p, "out of memory"); return NULL; }
+  // dying[k]: arena nodes whose last reader is step k (a linked list through next_dead)
+  int *dying = malloc(sizeof(int) * (size_t)(nroots + 1)), *next_dead = malloc(sizeof(int) * (size_t)(r.count + 1));
+  if (!dying || !next_dead) { free(dying); free(next_dead); free(span_of); free(roots); free(used); free(r.n); plan_fail(p, "out of memory"); return NULL; }
+  for (int k = 0; k <= nroots; k++) dying[k] = -1;
+  for (int k = 0; k < nroots; k++) {
+    int i = roots[k];
+    irnode *x = &r.n[i];
+    // spans whose last reader was the previous step are free again
+    for (int q = k > 0 ? dying[k - 1] : -1; q >= 0; q = next_dead[q])
+      if (r.n[q].last_use != -3) { arena_release(used, &nused, span_of[q]); r.n[q].last_use = -3; }
+    if (x->slot >= 0) continue;
+    int64_t size = padded(node_bytes(x));
+    int j = inplace_candidate(&r, i, k);
+    int64_t off;
+    if (j >= 0 && r.n[j].slot >= first_arena && padded(node_bytes(&r.n[j])) == size) {
+      off = span_of[j];
+      r.n[j].last_use = -3; // its span passes to x
+    } else {
+      off = arena_place(used, &nused, size);
+    }
+    span_of[i] = off;
+    if (x->last_use >= k) { next_dead[i] = dying[x->last_use]; dying[x->last_use] = i; }
+    x->slot = slot++;
+    p->arena_off[x->slot - first_arena] = off;
+    p->narena++;
+    if (off + size > peak) peak = off + size;
+  }
+  free(span_of);
+  free(used);
+  free(dying);
+  free(next_dead);
+  p->nslots = slot;
+  p->arena_bytes = (size_t)peak;
+  // the unfused, unplanned figure: every live node's result kept in its own buffer
+  p->unplanned_bytes = 0;
+  for (int i = 0; i < r.count; i++)
+    if (!r.n[i].dead && !r.n[i].leaf && r.n[i].op != WK_OP_VIEW && !r.n[i].target) p->unplanned_bytes += node_bytes(&r.n[i]);
+  // views read their base's slot
+  for (int i = 0; i < r.count; i++) {
+    irnode *x = &r.n[i];
+    if (!x->dead && !x->leaf && x->op == WK_OP_VIEW) x->slot = r.n[x->base].slot;
+  }
+  p->nsteps = nroots;
+  for (int k = 0; k < nroots; k++) {
+    if (!build_step(&r, roots[k], &p->steps[k])) {
+      free(roots); free(r.n);
+      wk_error(WK_ERR_STATE, "compile: fused group too large (more than WK_EW_MAX_REGS live values or %d inputs)", WK_MAX_IN);
+      wk_plan_free(p);
+      return NULL;
+    }
+  }
+  // targets: which output holds each (through CSE merges and views)
+  p->ntargets = ntargets;
+  p->target_node = malloc(sizeof(int) * (size_t)(ntargets + 1));
+  p->target_out = malloc(sizeof(int) * (size_t)(ntargets + 1));
+  if (!p->target_node || !p->target_out) { free(roots); free(r.n); plan_fail(p, "out of memory"); return NULL; }
+  for (int k = 0; k < ntargets; k++) {
+    int i = targets[k];
+    while (r.n[i].dead && r.n[i].base != i) i = r.n[i].base;       // CSE representative
+    if (!r.n[i].leaf && r.n[i].op == WK_OP_VIEW) i = r.n[i].base;   // a view's storage
+    p->target_node[k] = targets[k];
+    p->target_out[k] = -1;
+    for (int o = 0; o < p->nouts; o++) if (p->outs[o].node == i) p->target_out[k] = o;
+    if (p->target_out[k] < 0) p->target_out[k] = -1 - r.n[i].slot; // a leaf: share its storage
+  }
+  free(roots);
+  free(r.n);
+  return p;
+}
+
+void wk_plan_free(wk_plan *p) {
+  if (!p) return;
+  for (int k = 0; k < p->nsteps; k++) free(p->steps[k].prog.code);
+  free(p->steps);
+  free(p->leaf_nodes);
+  free(p->outs);
+  free(p->arena_off);
+  free(p->target_node);
+  free(p->target_out);
+  free(p->key);
+  free(p->arena);
+  free(p);
+}
+
+static const char *op_label(const wk_step *s) {
+  return s->op == WK_STEP_FUSED_EW ? "fused" : wk_ops[s->op].name;
+}
+
+void wk_plan_dump(const wk_plan *p, const wk_topo *g) {
+  (void)g;
+  fprintf(stderr, "wick plan %016llx: %d graph nodes -> %d steps (%d ops fused into others), %d leaves, %d outputs\n",
+          (unsigned long long)p->hash, p->ngraph, p->nsteps, p->fused_ops, p->nleaves, p->nouts);
+  for (int k = 0; k < p->nsteps; k++) {
+    const wk_step *s = &p->steps[k];
+    char sh[160];
+    fprintf(stderr, "  step %2d %-16s -> slot %d %s %s", k, op_label(s), s->out.slot,
+            wk_dtype_name(s->out.dtype), wk_fmt_shape(s->out.ndim, s->out.shape, sh, sizeof sh));
+    if (s->prog.n) {
+      fprintf(stderr, "  [");
+      for (int q = 0; q < s->prog.n; q++) {
+        int op = s->prog.code[q].op;
+        fprintf(stderr, "%s%s", q ? " " : "", op == WK_EW_LOAD ? "load" : wk_ops[op].name);
+      }
+      fprintf(stderr, "]");
+    }
+    fprintf(stderr, "  reads");
+    const wk_operand *in = s->npro ? s->pro_in : s->in;
+    int nin = s->npro ? s->npro : s->nin;
+    for (int q = 0; q < nin; q++) fprintf(stderr, " %d", in[q].slot);
+    fprintf(stderr, "\n");
+  }
+  fprintf(stderr, "  arena: %d buffers in %zu bytes (peak; unplanned %zu bytes)\n", p->narena, p->arena_bytes,
+          p->unplanned_bytes);
+}

@@ -1,0 +1,118 @@
+// Engine internals: the tensor struct, the op table and helpers shared by ops_*.c.
+#pragma once
+#include <stdarg.h>
+#include <stdbool.h>
+#include "wick.h"
+
+typedef enum {
+#define WK_OP(name, kind, nin) WK_OP_##name,
+#include "ops.def"
+#undef WK_OP
+  WK_OP_COUNT
+} wk_op;
+
+typedef enum { WK_KIND_SRC, WK_KIND_EW1, WK_KIND_EW2, WK_KIND_EW3, WK_KIND_RED,
+               WK_KIND_VIEW, WK_KIND_KERN } wk_op_kind;
+
+typedef struct { const char *name; wk_op_kind kind; int nin; } wk_op_info;
+extern wk_op_info wk_ops[WK_OP_COUNT];
+
+#define WK_MAX_IN 8
+
+// Op attributes: plain values so that they hash and compare by bytes.
+typedef struct {
+  float f[4];
+  int64_t i[4];
+  uint64_t u;      // seeds
+  uint32_t axes;   // reduction axis mask
+} wk_attrs;
+
+// Storage shared by tensors and views. Freed with its last reference.
+typedef struct wk_buffer {
+  int refcount;
+  wk_device device;
+  size_t bytes;
+  void *data;
+  void (*release)(void *ctx); // external memory: called instead of free
+  void *release_ctx;
+} wk_buffer;
+
+#define WK_TENSOR_MAGIC 0x7715A3C1u
+#define WK_TENSOR_DEAD 0xDEADBEEFu
+
+struct wk_tensor {
+  uint32_t magic;
+  int refcount;
+  wk_dtype dtype;
+  wk_device device;
+  int ndim;
+  int64_t shape[WK_MAX_DIMS];
+  int64_t stride[WK_MAX_DIMS];   // in elements
+  int64_t offset;                // in elements, into buf
+  wk_buffer *buf;                // NULL while pending
+  // The node that computes this tensor (kept until it is realized).
+  wk_op op;
+  int nin;
+  wk_tensor *in[WK_MAX_IN];
+  wk_attrs attrs;
+  bool trainable;
+  int scope;                     // depth of the scope holding a reference to it, or 0
+  size_t scope_idx;              // its entry in that scope's list
+};
+
+// ---- errors (errors.c) ----
+wk_status wk_error(wk_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// ---- tensor internals (tensor.c) ----
+// New pending node of `op` with inputs retained, contiguous strides, attrs copied.
+wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, int nin,
+                       wk_tensor *const *in, const wk_attrs *attrs);
+// Hands a fresh tensor to the caller: registers it with the current scope and, in
+// eager mode, evaluates it. Returns t (or NULL if eager evaluation failed).
+wk_tensor *wk_node_finish(wk_tensor *t);
+wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes);
+void wk_buffer_release(wk_buffer *b);
+void wk_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
+int64_t wk_shape_numel(int ndim, const int64_t *shape);
+bool wk_tensor_valid(const wk_tensor *t, const char *op);
+// "[2,3,4]"
+const char *wk_fmt_shape(int ndim, const int64_t *shape, char *buf, size_t len);
+int wk_norm_axis(int axis, int ndim, const char *op); // -1 on error (message set)
+bool wk_is_float(wk_dtype dt);
+
+// ---- broadcasting (ops_elementwise.c) ----
+// Broadcast shape of a and b into out; false (error set) if incompatible.
+bool wk_broadcast_shape(const char *op, const wk_tensor *a, const wk_tensor *b,
+                        int *ndim, int64_t *out);
+
+// ---- conversions (dtype.c) ----
+float wk_f16_to_f32(uint16_t h);
+uint16_t wk_f32_to_f16(float f);
+float wk_bf16_to_f32(uint16_t h);
+uint16_t wk_f32_to_bf16(float f);
+
+// ---- evaluation (eval.c) ----
+wk_status wk_eval_internal(int n, wk_tensor *const *ts);
+
+// ---- autograd (autograd.c) ----
+// A VJP gets the node, the cotangent g of its output, and which inputs need
+// gradients; it writes new references (or leaves NULL) into gin[0..nin).
+typedef wk_status (*wk_vjp_fn)(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin);
+#define WK_OP(name, kind, nin) \
+  wk_status wk_vjp_##name(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin);
+#include "ops.def"
+#undef WK_OP
+// VJP for ops with no gradient (sources, comparisons, integer outputs).
+wk_status wk_vjp_none(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin);
+// Sums g over the axes that broadcasting added to reach `like`'s shape.
+wk_tensor *wk_unbroadcast(wk_tensor *g, const wk_tensor *like);
+// Elementwise builders used by other op files.
+wk_tensor *wk_unary(wk_op op, wk_tensor *a, const wk_attrs *attrs);
+wk_tensor *wk_binary(wk_op op, wk_tensor *a, wk_tensor *b);
+// Unsigned 64-bit hash of (seed, index): the counter-based RNG behind rand / dropout.
+static inline uint64_t wk_rng_hash(uint64_t seed, uint64_t idx) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + idx * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}

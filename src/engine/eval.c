@@ -1,0 +1,330 @@
+// wk_eval: collect the graph, find or compile its plan, bind storage, run it.
+//
+// Plans are cached by the graph's structure (ops, attributes, shapes, strides,
+// wiring; not the data), so a training or decode step compiles once. The cache is
+// a bounded LRU: variable shapes cannot grow it without limit.
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "plan.h"
+
+#define PLAN_CACHE_MAX 128
+
+static wk_plan *cache[PLAN_CACHE_MAX];
+static int cache_n;
+static uint64_t cache_clock;
+static uint64_t stat_compiles, stat_hits;
+static const wk_plan *last_plan;
+
+const wk_plan *wk_last_plan(void) { return last_plan; }
+
+// ---- structural key ----
+typedef struct { unsigned char *b; size_t n, cap; bool oom; } keybuf;
+
+static void put(keybuf *k, const void *p, size_t n) {
+  if (k->n + n > k->cap) {
+    size_t cap = k->cap ? k->cap * 2 : 4096;
+    while (cap < k->n + n) cap *= 2;
+    unsigned char *b = realloc(k->b, cap);
+    if (!b) { k->oom = true; return; }
+    k->b = b;
+    k->cap = cap;
+  }
+  memcpy(k->b + k->n, p, n);
+  k->n += n;
+}
+
+static int view_base(const wk_topo *g, int i) {
+  const wk_tensor *t = g->nodes[i];
+  while (!t->buf && t->op == WK_OP_VIEW) t = t->in[0];
+  return wk_topo_index(g, t);
+}
+
+// The key: the graph's structure after merging identical nodes. Scalar
+// attributes (attrs.f, attrs.u: scales, eps, seeds) are left out and patched into
+// the plan at run time, so a step whose learning rate or seed changes reuses its
+// plan; a constant's value is kept (constant folding depends on it).
+static void key_build(keybuf *k, const wk_topo *g, const int *rep, int ntargets, const int *targets) {
+  for (int i = 0; i < g->n; i++) {
+    const wk_tensor *t = g->nodes[i];
+    if (rep[i] != i) {
+      int32_t alias[2] = {-2, rep[i]};
+      put(k, alias, sizeof alias);
+      continue;
+    }
+    int32_t hdr[4] = {t->buf ? -1 : (int32_t)t->op, t->dtype, t->ndim, t->buf ? (int32_t)t->device : t->nin};
+    put(k, hdr, sizeof hdr);
+    put(k, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    if (t->buf || t->op == WK_OP_VIEW) put(k, t->stride, sizeof(int64_t) * (size_t)t->ndim);
+    if (t->buf) continue;
+    if (t->op == WK_OP_VIEW) {
+      const wk_tensor *b = g->nodes[view_base(g, i)];
+      int64_t rel = t->offset - (b->buf ? b->offset : 0);
+      put(k, &rel, sizeof rel);
+    }
+    wk_attrs a = t->attrs;
+    if (t->op != WK_OP_CONST) {
+      memset(a.f, 0, sizeof a.f);
+      a.u = 0;
+    }
+    put(k, &a, sizeof a);
+    for (int q = 0; q < t->nin; q++) {
+      int32_t idx = rep[wk_topo_index(g, t->in[q])];
+      put(k, &idx, sizeof idx);
+    }
+  }
+  put(k, &ntargets, sizeof ntargets);
+  put(k, targets, sizeof(int) * (size_t)ntargets);
+}
+
+// Copies this graph's scalar attributes into the (possibly cached) plan.
+static void patch_scalars(wk_plan *p, const wk_topo *g) {
+  for (int k = 0; k < p->nsteps; k++) {
+    wk_step *s = &p->steps[k];
+    if (s->op == WK_OP_LORA) s->attrs.f[0] = g->nodes[s->lora_src]->attrs.f[0];
+    else if (s->src >= 0) {
+      memcpy(s->attrs.f, g->nodes[s->src]->attrs.f, sizeof s->attrs.f);
+      s->attrs.u = g->nodes[s->src]->attrs.u;
+    }
+    for (int q = 0; q < s->prog.n; q++) {
+      wk_ew_instr *in = &s->prog.code[q];
+      if (in->src < 0) continue;
+      memcpy(in->attrs.f, g->nodes[in->src]->attrs.f, sizeof in->attrs.f);
+      in->attrs.u = g->nodes[in->src]->attrs.u;
+    }
+  }
+}
+
+static uint64_t fnv1a(const unsigned char *p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+static wk_plan *cache_find(uint64_t h, const keybuf *k) {
+  for (int i = 0; i < cache_n; i++)
+    if (cache[i]->hash == h && cache[i]->keylen == k->n && !memcmp(cache[i]->key, k->b, k->n)) {
+      cache[i]->lru = ++cache_clock;
+      return cache[i];
+    }
+  return NULL;
+}
+
+static void cache_insert(wk_plan *p) {
+  if (cache_n == PLAN_CACHE_MAX) { // evict the least recently used
+    int old = 0;
+    for (int i = 1; i < cache_n; i++) if (cache[i]->lru < cache[old]->lru) old = i;
+    wk_plan_free(cache[old]);
+    cache[old] = cache[--cache_n];
+  }
+  p->lru = ++cache_clock;
+  cache[cache_n++] = p;
+}
+
+void wk_last_eval_stats(wk_eval_stats *out) {
+  memset(out, 0, sizeof *out);
+  out->plans_compiled = stat_compiles;
+  out->plan_cache_hits = stat_hits;
+  if (!last_plan) return;
+  out->graph_nodes = last_plan->ngraph;
+  out->steps = last_plan->nsteps;
+  out->fused_ops = last_plan->fused_ops;
+  out->arena_bytes = last_plan->arena_bytes;
+  out->unplanned_bytes = last_plan->unplanned_bytes;
+}
+
+void wk_plan_cache_stats(uint64_t *compiles, uint64_t *hits, int *entries) {
+  if (compiles) *compiles = stat_compiles;
+  if (hits) *hits = stat_hits;
+  if (entries) *entries = cache_n;
+}
+
+// ---- running ----
+typedef struct {
+  const wk_backend *be;
+  wk_plan *plan;
+  void **slots;
+  wk_buffer **hold;    // leaf buffers kept alive while the plan runs
+  int nhold;
+  wk_status status;
+} job;
+
+static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
+static job *q_job;             // in flight, or NULL
+static wk_status q_status;     // first failure of async work since the last sync
+static pthread_t q_thread;
+static bool q_started;
+
+static wk_status job_run(job *j) {
+  for (int k = 0; k < j->plan->nsteps; k++) {
+    wk_status s = j->be->run(&j->plan->steps[k], j->slots);
+    if (s) return s;
+  }
+  return j->be->sync ? j->be->sync() : WK_OK;
+}
+
+static void job_free(job *j) {
+  for (int k = 0; k < j->nhold; k++) wk_buffer_release(j->hold[k]);
+  free(j->hold);
+  free(j->slots);
+  free(j);
+}
+
+static void *executor(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&q_mu);
+  for (;;) {
+    while (!q_job) pthread_cond_wait(&q_cv, &q_mu);
+    job *j = q_job;
+    pthread_mutex_unlock(&q_mu);
+    wk_status s = job_run(j);
+    pthread_mutex_lock(&q_mu);
+    if (s && !q_status) q_status = s;
+    job_free(j);
+    q_job = NULL;
+    pthread_cond_broadcast(&q_cv);
+  }
+  return NULL;
+}
+
+wk_status wk_sync(void) {
+  pthread_mutex_lock(&q_mu);
+  while (q_job) pthread_cond_wait(&q_cv, &q_mu);
+  wk_status s = q_status;
+  q_status = WK_OK;
+  pthread_mutex_unlock(&q_mu);
+  if (s) return wk_error(s, "asynchronous evaluation failed: %s", wk_last_error());
+  return WK_OK;
+}
+
+static wk_status job_submit(job *j) {
+  pthread_mutex_lock(&q_mu);
+  if (!q_started) {
+    if (pthread_create(&q_thread, NULL, executor, NULL)) {
+      pthread_mutex_unlock(&q_mu);
+      wk_status s = job_run(j); // no thread: run inline
+      job_free(j);
+      return s;
+    }
+    pthread_detach(q_thread);
+    q_started = true;
+  }
+  q_job = j;
+  pthread_cond_broadcast(&q_cv);
+  pthread_mutex_unlock(&q_mu);
+  return WK_OK;
+}
+
+static bool pending(const wk_tensor *t) { return !t->buf; }
+
+static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
+  wk_status s = wk_sync(); // one plan in flight at a time; its arena is reused
+  if (s) return s;
+  int np = 0;
+  for (int i = 0; i < n; i++) {
+    if (!wk_tensor_valid(ts[i], "eval")) return WK_ERR_ARG;
+    if (!ts[i]->buf) np++;
+  }
+  if (!np) return WK_OK;
+  wk_topo g;
+  if (!wk_topo_build(&g, n, ts, pending)) return wk_error(WK_ERR_OOM, "eval: out of memory");
+  int *targets = malloc(sizeof(int) * (size_t)n);
+  int nt = 0;
+  if (!targets) { wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory"); }
+  for (int i = 0; i < n; i++) {
+    if (ts[i]->buf) continue;
+    int idx = wk_topo_index(&g, ts[i]);
+    bool dup = false;
+    for (int q = 0; q < nt; q++) dup |= targets[q] == idx;
+    if (!dup) targets[nt++] = idx;
+  }
+  keybuf key = {0};
+  int *rep = malloc(sizeof(int) * (size_t)(g.n + 1));
+  if (!rep) { free(targets); wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory"); }
+  wk_graph_cse(&g, rep);
+  key_build(&key, &g, rep, nt, targets);
+  free(rep);
+  if (key.oom) { free(key.b); free(targets); wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory"); }
+  uint64_t h = fnv1a(key.b, key.n);
+  wk_plan *plan = cache_find(h, &key);
+  if (plan) {
+    stat_hits++;
+    free(key.b);
+  } else {
+    plan = wk_plan_compile(&g, nt, targets);
+    if (!plan) { free(key.b); free(targets); wk_topo_free(&g); return WK_ERR_STATE; }
+    plan->hash = h;
+    plan->key = key.b;
+    plan->keylen = key.n;
+    plan->device = g.nodes[targets[0]]->device;
+    stat_compiles++;
+    if (getenv("WICK_DUMP_GRAPH")) wk_plan_dump(plan, &g);
+    cache_insert(plan);
+  }
+  free(targets);
+  patch_scalars(plan, &g);
+  last_plan = plan;
+  const wk_backend *be = wk_backend_get(plan->device);
+  if (!be) { wk_topo_free(&g); return WK_ERR_DEVICE; }
+  if (!plan->arena && plan->arena_bytes) {
+    plan->arena = be->alloc(plan->arena_bytes);
+    if (!plan->arena) { wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory for a %zu-byte arena", plan->arena_bytes); }
+  }
+  job *j = calloc(1, sizeof *j);
+  wk_buffer **outs = calloc((size_t)plan->nouts + 1, sizeof *outs);
+  if (!j || !outs || !(j->slots = calloc((size_t)plan->nslots + 1, sizeof(void *))) ||
+      !(j->hold = calloc((size_t)plan->nleaves + 1, sizeof(wk_buffer *)))) {
+    if (j) { free(j->slots); free(j); }
+    free(outs);
+    wk_topo_free(&g);
+    return wk_error(WK_ERR_OOM, "eval: out of memory");
+  }
+  j->be = be;
+  j->plan = plan;
+  for (int k = 0; k < plan->nleaves; k++) {
+    wk_tensor *t = g.nodes[plan->leaf_nodes[k]];
+    j->slots[k] = (char *)t->buf->data + t->offset * (int64_t)wk_dtype_size(t->dtype);
+    j->hold[j->nhold++] = t->buf;
+    t->buf->refcount++;
+  }
+  for (int o = 0; o < plan->nouts; o++) {
+    outs[o] = wk_buffer_alloc(plan->device, plan->outs[o].bytes);
+    if (!outs[o]) {
+      for (int q = 0; q < o; q++) wk_buffer_release(outs[q]);
+      free(outs);
+      job_free(j);
+      wk_topo_free(&g);
+      return WK_ERR_OOM;
+    }
+    j->slots[plan->outs[o].slot] = outs[o]->data;
+  }
+  int first_arena = plan->nslots - plan->narena;
+  for (int k = 0; k < plan->narena; k++) j->slots[first_arena + k] = (char *)plan->arena + plan->arena_off[k];
+  // attach storage to the targets now: their data is valid once the job is done
+  for (int k = 0; k < plan->ntargets; k++) {
+    wk_tensor *t = g.nodes[plan->target_node[k]];
+    int o = plan->target_out[k];
+    wk_buffer *b;
+    if (o >= 0) b = outs[o];
+    else b = g.nodes[plan->leaf_nodes[-1 - o]]->buf;
+    b->refcount++;
+    t->buf = b;
+    // a target viewing a leaf keeps the leaf's offset in its own layout
+    if (o < 0) t->offset = t->offset; // layouts are already relative to the buffer
+    for (int q = 0; q < t->nin; q++) wk_tensor_free(t->in[q]);
+    t->nin = 0;
+  }
+  for (int o = 0; o < plan->nouts; o++) wk_buffer_release(outs[o]);
+  free(outs);
+  wk_topo_free(&g);
+  if (async) return job_submit(j);
+  s = job_run(j);
+  job_free(j);
+  return s;
+}
+
+wk_status wk_eval_internal(int n, wk_tensor *const *ts) { return eval_impl(n, ts, false); }
+wk_status wk_eval(int n, wk_tensor *const *ts) { return eval_impl(n, ts, false); }
+wk_status wk_eval_async(int n, wk_tensor *const *ts) { return eval_impl(n, ts, true); }

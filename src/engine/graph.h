@@ -1,0 +1,19 @@
+// Graph walks shared by autograd and the compiler: topological order of the
+// nodes that targets depend on, with a pointer -> index map.
+#pragma once
+#include "engine.h"
+
+typedef struct {
+  wk_tensor **nodes;  // topological order: inputs before consumers
+  int n, cap;
+  // open-addressing map tensor* -> index in nodes
+  wk_tensor **keys;
+  int *vals;
+  int mapcap, mapused;
+} wk_topo;
+
+// Visits tensors reachable from targets. `descend(t)` says whether to walk into
+// t's inputs (leaves are still listed). Returns false on out-of-memory.
+bool wk_topo_build(wk_topo *g, int n, wk_tensor *const *targets, bool (*descend)(const wk_tensor *t));
+int wk_topo_index(const wk_topo *g, const wk_tensor *t); // -1 if absent
+void wk_topo_free(wk_topo *g);

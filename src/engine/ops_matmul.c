@@ -1,0 +1,97 @@
+// Matrix multiply (batched, broadcasting batch axes, transposes as free views) and LoRA.
+#include <string.h>
+#include "engine.h"
+
+static wk_tensor *matmul_node(wk_tensor *a, wk_tensor *b) {
+  char x[160], y[160];
+  if (a->ndim < 2 || b->ndim < 2) {
+    wk_error(WK_ERR_SHAPE, "matmul: operands need at least 2 dimensions, got %s and %s (reshape vectors to [1,K] / [K,1])",
+             wk_shape_str(a, x, sizeof x), wk_shape_str(b, y, sizeof y));
+    return NULL;
+  }
+  int64_t M = a->shape[a->ndim - 2], K = a->shape[a->ndim - 1], K2 = b->shape[b->ndim - 2], N = b->shape[b->ndim - 1];
+  if (K != K2) {
+    wk_error(WK_ERR_SHAPE, "matmul: inner dimensions differ: %s @ %s (%lld vs %lld)", wk_shape_str(a, x, sizeof x),
+             wk_shape_str(b, y, sizeof y), (long long)K, (long long)K2);
+    return NULL;
+  }
+  if (a->dtype != b->dtype || !wk_is_float(a->dtype)) {
+    wk_error(WK_ERR_DTYPE, "matmul: operands must share a float dtype, got %s and %s", wk_dtype_name(a->dtype),
+             wk_dtype_name(b->dtype));
+    return NULL;
+  }
+  if (a->device != b->device) {
+    wk_error(WK_ERR_DEVICE, "matmul: operands are on different devices");
+    return NULL;
+  }
+  // batch axes broadcast like elementwise ops
+  wk_tensor ba = {.ndim = a->ndim - 2}, bb = {.ndim = b->ndim - 2};
+  memcpy(ba.shape, a->shape, sizeof(int64_t) * (size_t)ba.ndim);
+  memcpy(bb.shape, b->shape, sizeof(int64_t) * (size_t)bb.ndim);
+  int nd;
+  int64_t sh[WK_MAX_DIMS + 2];
+  if (!wk_broadcast_shape("matmul (batch axes)", &ba, &bb, &nd, sh)) return NULL;
+  sh[nd] = M;
+  sh[nd + 1] = N;
+  wk_tensor *in[2] = {a, b};
+  return wk_node_finish(wk_node_new(WK_OP_MATMUL, a->dtype, nd + 2, sh, 2, in, NULL));
+}
+
+wk_tensor *wk_matmul(wk_tensor *a, wk_tensor *b) {
+  if (!wk_tensor_valid(a, "matmul") || !wk_tensor_valid(b, "matmul")) return NULL;
+  // [..., M, K] @ [K, N]: fold the batch into M so that the weight gradient is one
+  // GEMM instead of a batch of GEMMs summed afterwards.
+  if (a->ndim > 2 && b->ndim == 2 && a->shape[a->ndim - 1] == b->shape[0]) {
+    int64_t K = a->shape[a->ndim - 1], flat[2] = {wk_numel(a) / (K ? K : 1), K};
+    wk_tensor *a2 = wk_reshape(a, 2, flat);
+    wk_tensor *r2 = a2 ? matmul_node(a2, b) : NULL;
+    wk_tensor *r = NULL;
+    if (r2) {
+      int64_t sh[WK_MAX_DIMS];
+      memcpy(sh, a->shape, sizeof sh);
+      sh[a->ndim - 1] = b->shape[1];
+      r = wk_reshape(r2, a->ndim, sh);
+    }
+    wk_tensor_free(wk_keep(a2));
+    wk_tensor_free(wk_keep(r2));
+    return r;
+  }
+  return matmul_node(a, b);
+}
+
+wk_tensor *wk_matmul_t(wk_tensor *a, int trans_a, wk_tensor *b, int trans_b) {
+  if (!wk_tensor_valid(a, "matmul") || !wk_tensor_valid(b, "matmul")) return NULL;
+  wk_tensor *x = trans_a ? wk_transpose(a, -1, -2) : wk_tensor_ref(a);
+  wk_tensor *y = trans_b ? wk_transpose(b, -1, -2) : wk_tensor_ref(b);
+  wk_tensor *r = x && y ? wk_matmul(x, y) : NULL;
+  if (trans_a) wk_keep(x);
+  if (trans_b) wk_keep(y);
+  wk_tensor_free(x);
+  wk_tensor_free(y);
+  return r;
+}
+
+// Built from primitives so that autograd needs nothing new; the fusion pass
+// recognizes x@W + s*((x@A)@B) and runs it as one kernel.
+wk_tensor *wk_lora(wk_tensor *x, wk_tensor *W, wk_tensor *A, wk_tensor *B, float scale) {
+  wk_scope_begin();
+  wk_tensor *base = wk_matmul(x, W);
+  wk_tensor *down = wk_matmul(x, A);
+  wk_tensor *up = wk_matmul(down, B);
+  wk_tensor *r = wk_keep(wk_add(base, wk_mul_scalar(up, scale)));
+  wk_scope_end();
+  return wk_node_finish(r) ? r : NULL;
+}
+
+// ---- VJPs ----
+wk_status wk_vjp_MATMUL(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  wk_tensor *a = node->in[0], *b = node->in[1];
+  if (need[0]) gin[0] = wk_unbroadcast(wk_matmul_t(g, 0, b, 1), a);
+  if (need[1]) gin[1] = wk_unbroadcast(wk_matmul_t(a, 1, g, 0), b);
+  return WK_OK;
+}
+
+wk_status wk_vjp_LORA(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  (void)node, (void)g, (void)need, (void)gin;
+  return wk_error(WK_ERR_STATE, "lora: the fused node exists only inside compiled plans");
+}

@@ -1,0 +1,52 @@
+// Compiled plans: the optimized, fused, memory-planned form of a graph.
+#pragma once
+#include "../backend/backend.h"
+#include "graph.h"
+
+// How the tensors of a graph map to slots at run time.
+typedef struct {
+  int node;          // index in the graph's topological order
+  int slot;
+  size_t bytes;
+  int base;          // targets: index of the node whose buffer the target views
+} wk_plan_out;
+
+typedef struct wk_plan {
+  uint64_t hash;
+  unsigned char *key;
+  size_t keylen;
+  wk_device device;
+  int nsteps;
+  wk_step *steps;
+  int nslots;        // leaves, then outputs, then arena intermediates
+  int nleaves;
+  int *leaf_nodes;   // graph index of each leaf slot
+  int nouts;
+  wk_plan_out *outs; // one per materialized target base
+  int ntargets;
+  int *target_node;  // graph index of target k
+  int *target_out;   // which outs[] entry holds target k's storage
+  int narena;
+  int64_t *arena_off; // byte offset of each arena slot
+  size_t arena_bytes; // the planner's peak for intermediates
+  size_t unplanned_bytes; // every node materialized, nothing reused (for comparison)
+  void *arena;
+  int fused_ops;     // graph nodes folded into other steps
+  int ngraph;        // nodes before optimization
+  uint64_t lru;
+} wk_plan;
+
+// Common-subexpression classes of g's nodes: rep[i] is the first node computing
+// the same value as node i (attributes compared by value). Plans are keyed by it.
+void wk_graph_cse(const wk_topo *g, int *rep);
+// Compiles the graph (topological order g, targets given as graph indices).
+wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets);
+void wk_plan_free(wk_plan *p);
+void wk_plan_dump(const wk_plan *p, const wk_topo *g);
+
+// Evaluates a fused elementwise op on scalars (constant folding, tests).
+float wk_ew_scalar(int op, const wk_attrs *attrs, float a, float b, float c);
+
+// The plan run by the most recent wk_eval on this process (tests and tools).
+const wk_plan *wk_last_plan(void);
+void wk_plan_cache_stats(uint64_t *compiles, uint64_t *hits, int *entries);

@@ -1,0 +1,426 @@
+// Tensor handles: creation, reference counting, scopes, inspection and data access.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "engine.h"
+
+// ---- buffers ----
+wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
+  wk_buffer *b = calloc(1, sizeof *b);
+  if (!b) return NULL;
+  b->refcount = 1;
+  b->device = dev;
+  b->bytes = bytes;
+  if (dev != WK_CPU) { free(b); wk_error(WK_ERR_DEVICE, "device %d has no allocator", dev); return NULL; }
+  // 64-byte alignment for AVX-512 loads; round up so the size is a multiple.
+  b->data = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+  if (!b->data && bytes) {
+    free(b);
+    wk_error(WK_ERR_OOM, "out of memory allocating %zu bytes", bytes);
+    return NULL;
+  }
+  return b;
+}
+
+void wk_buffer_release(wk_buffer *b) {
+  if (!b || --b->refcount > 0) return;
+  if (b->release) b->release(b->release_ctx);
+  else free(b->data);
+  free(b);
+}
+
+// ---- shapes ----
+void wk_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride) {
+  int64_t s = 1;
+  for (int d = ndim - 1; d >= 0; d--) { stride[d] = s; s *= shape[d]; }
+}
+
+int64_t wk_shape_numel(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; d++) n *= shape[d];
+  return n;
+}
+
+const char *wk_fmt_shape(int ndim, const int64_t *shape, char *buf, size_t len) {
+  size_t o = 0;
+  o += (size_t)snprintf(buf + o, len - o, "[");
+  for (int d = 0; d < ndim && o < len; d++)
+    o += (size_t)snprintf(buf + o, len - o, d ? ",%lld" : "%lld", (long long)shape[d]);
+  if (o < len) snprintf(buf + o, len - o, "]");
+  return buf;
+}
+
+int wk_norm_axis(int axis, int ndim, const char *op) {
+  int a = axis < 0 ? axis + ndim : axis;
+  if (a < 0 || a >= (ndim ? ndim : 1)) {
+    wk_error(WK_ERR_ARG, "%s: axis %d is out of range for a %d-d tensor", op, axis, ndim);
+    return -1;
+  }
+  return a;
+}
+
+// ---- lifetime ----
+#ifdef WICK_DEBUG
+// Freed handles stay readable (marked dead) for a while, so a use after free is
+// reported by wk_tensor_valid instead of reading recycled memory.
+#define QUARANTINE 4096
+static _Thread_local wk_tensor *quarantine[QUARANTINE];
+static _Thread_local unsigned quarantine_next;
+static void tensor_dispose(wk_tensor *t) {
+  t->magic = WK_TENSOR_DEAD;
+  unsigned i = quarantine_next++ % QUARANTINE;
+  free(quarantine[i]);
+  quarantine[i] = t;
+}
+#else
+static void tensor_dispose(wk_tensor *t) { t->magic = WK_TENSOR_DEAD; free(t); }
+#endif
+
+bool wk_tensor_valid(const wk_tensor *t, const char *op) {
+  if (!t) {
+    // The input failed earlier; keep its message, which names the real cause.
+    if (!wk_last_error()[0]) wk_error(WK_ERR_ARG, "%s: input tensor is NULL", op);
+    return false;
+  }
+  if (t->magic != WK_TENSOR_MAGIC) {
+    wk_error(WK_ERR_STATE, "%s: tensor %p was freed or is not a tensor", op, (const void *)t);
+    return false;
+  }
+  return true;
+}
+
+wk_tensor *wk_tensor_ref(wk_tensor *t) {
+  if (t) t->refcount++;
+  return t;
+}
+
+// Iterative release so that freeing a 100k-node chain doesn't overflow the stack.
+void wk_tensor_free(wk_tensor *t) {
+  if (!t) return;
+  if (t->magic != WK_TENSOR_MAGIC) {
+    fprintf(stderr, "wick: wk_tensor_free: %p was already freed\n", (void *)t);
+    return;
+  }
+
+  size_t cap = 64, n = 0;
+  wk_tensor *local[64], **stack = local;
+  stack[n++] = t;
+  while (n) {
+    wk_tensor *x = stack[--n];
+    if (--x->refcount > 0) continue;
+    for (int i = 0; i < x->nin; i++) {
+      if (!x->in[i]) continue;
+      if (n == cap) {
+        wk_tensor **bigger = malloc(cap * 2 * sizeof *bigger);
+        if (!bigger) abort(); // cannot unwind a half-freed graph
+        memcpy(bigger, stack, n * sizeof *stack);
+        if (stack != local) free(stack);
+        stack = bigger;
+        cap *= 2;
+      }
+      stack[n++] = x->in[i];
+    }
+    wk_buffer_release(x->buf);
+    tensor_dispose(x);
+  }
+  if (stack != local) free(stack);
+}
+
+// ---- scopes ----
+typedef struct { wk_tensor **items; size_t n, cap; } scope_list;
+#define MAX_SCOPES 64
+static _Thread_local scope_list scopes[MAX_SCOPES];
+static _Thread_local int scope_depth;
+
+void wk_scope_begin(void) {
+  if (scope_depth == MAX_SCOPES) {
+    fprintf(stderr, "wick: scopes nested deeper than %d; ignoring\n", MAX_SCOPES);
+    return;
+  }
+  scopes[scope_depth++].n = 0;
+}
+
+static void scope_forget(wk_tensor *t) {
+  if (!t->scope || t->scope > scope_depth) { t->scope = 0; return; }
+  scope_list *s = &scopes[t->scope - 1];
+  if (t->scope_idx < s->n && s->items[t->scope_idx] == t) s->items[t->scope_idx] = NULL;
+  t->scope = 0;
+}
+
+void wk_scope_end(void) {
+  if (!scope_depth) return;
+  scope_list *s = &scopes[scope_depth - 1];
+  for (size_t i = 0; i < s->n; i++) {
+    wk_tensor *t = s->items[i];
+    if (!t) continue;
+    s->items[i] = NULL;
+    t->scope = 0;
+    wk_tensor_free(t);
+  }
+  s->n = 0;
+  scope_depth--;
+}
+
+static void scope_add(wk_tensor *t) {
+  if (!scope_depth) return;
+  scope_list *s = &scopes[scope_depth - 1];
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    wk_tensor **items = realloc(s->items, cap * sizeof *items);
+    if (!items) return; // the tensor then simply belongs to the caller
+    s->items = items;
+    s->cap = cap;
+  }
+  t->scope = scope_depth;
+  t->scope_idx = s->n;
+  s->items[s->n++] = t;
+}
+
+wk_tensor *wk_keep(wk_tensor *t) {
+  if (t && t->magic == WK_TENSOR_MAGIC) scope_forget(t);
+  return t;
+}
+
+// ---- nodes ----
+wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, int nin,
+                       wk_tensor *const *in, const wk_attrs *attrs) {
+  if (ndim > WK_MAX_DIMS) {
+    wk_error(WK_ERR_SHAPE, "%s: result has %d dimensions; at most %d are supported",
+             wk_ops[op].name, ndim, WK_MAX_DIMS);
+    return NULL;
+  }
+  for (int d = 0; d < ndim; d++)
+    if (shape[d] < 0) {
+      char b[160];
+      wk_error(WK_ERR_SHAPE, "%s: negative dimension in shape %s", wk_ops[op].name,
+               wk_fmt_shape(ndim, shape, b, sizeof b));
+      return NULL;
+    }
+  wk_tensor *t = calloc(1, sizeof *t);
+  if (!t) { wk_error(WK_ERR_OOM, "%s: out of memory", wk_ops[op].name); return NULL; }
+  t->magic = WK_TENSOR_MAGIC;
+  t->refcount = 1;
+  t->dtype = dt;
+  t->device = nin ? in[0]->device : WK_CPU;
+  t->ndim = ndim;
+  if (ndim) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+  wk_contiguous_strides(ndim, shape, t->stride);
+  t->op = op;
+  t->nin = nin;
+  for (int i = 0; i < nin; i++) t->in[i] = wk_tensor_ref(in[i]);
+  if (attrs) t->attrs = *attrs;
+  return t;
+}
+
+static _Thread_local int eager_mode = -1;
+
+int wk_eager(void) {
+  if (eager_mode < 0) {
+    const char *e = getenv("WICK_EAGER");
+    eager_mode = e && *e && *e != '0';
+  }
+  return eager_mode;
+}
+void wk_set_eager(int on) { eager_mode = on ? 1 : 0; }
+
+wk_tensor *wk_node_finish(wk_tensor *t) {
+  if (!t) return NULL;
+  if (wk_eager() && !t->buf && wk_eval_internal(1, &t) != WK_OK) {
+    wk_tensor_free(t);
+    return NULL;
+  }
+  scope_add(t);
+  return t;
+}
+
+// ---- creation ----
+static bool check_shape(const char *op, int ndim, const int64_t *shape) {
+  if (ndim < 0 || ndim > WK_MAX_DIMS || (ndim && !shape)) {
+    wk_error(WK_ERR_SHAPE, "%s: ndim %d is out of range [0, %d]", op, ndim, WK_MAX_DIMS);
+    return false;
+  }
+  for (int d = 0; d < ndim; d++)
+    if (shape[d] < 0) {
+      wk_error(WK_ERR_SHAPE, "%s: dimension %d is negative (%lld)", op, d, (long long)shape[d]);
+      return false;
+    }
+  return true;
+}
+
+static bool check_dtype(const char *op, wk_dtype dt) {
+  if ((unsigned)dt >= WK_DTYPE_COUNT) { wk_error(WK_ERR_DTYPE, "%s: unknown dtype %d", op, dt); return false; }
+  return true;
+}
+
+static wk_tensor *realized_new(int ndim, const int64_t *shape, wk_dtype dt, wk_buffer *b) {
+  wk_tensor *t = wk_node_new(WK_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
+  if (!t) { wk_buffer_release(b); return NULL; }
+  t->buf = b;
+  return t;
+}
+
+wk_tensor *wk_from_data(int ndim, const int64_t *shape, wk_dtype dt, const void *data) {
+  if (!check_shape("from_data", ndim, shape) || !check_dtype("from_data", dt)) return NULL;
+  size_t bytes = (size_t)wk_shape_numel(ndim, shape) * wk_dtype_size(dt);
+  if (bytes && !data) { wk_error(WK_ERR_ARG, "from_data: data is NULL"); return NULL; }
+  wk_buffer *b = wk_buffer_alloc(WK_CPU, bytes);
+  if (!b) return NULL;
+  if (bytes) memcpy(b->data, data, bytes);
+  return wk_node_finish(realized_new(ndim, shape, dt, b));
+}
+
+static void release_nothing(void *ctx) { (void)ctx; }
+
+wk_tensor *wk_from_external(int ndim, const int64_t *shape, wk_dtype dt, void *data,
+                            void (*release)(void *ctx), void *ctx) {
+  if (!check_shape("from_external", ndim, shape) || !check_dtype("from_external", dt)) return NULL;
+  wk_buffer *b = calloc(1, sizeof *b);
+  if (!b) { wk_error(WK_ERR_OOM, "from_external: out of memory"); return NULL; }
+  *b = (wk_buffer){.refcount = 1, .device = WK_CPU, .data = data,
+                   .bytes = (size_t)wk_shape_numel(ndim, shape) * wk_dtype_size(dt),
+                   .release = release ? release : release_nothing, .release_ctx = ctx};
+  return wk_node_finish(realized_new(ndim, shape, dt, b));
+}
+
+static wk_tensor *source(wk_op op, const char *name, int ndim, const int64_t *shape, wk_dtype dt,
+                         const wk_attrs *a) {
+  if (!check_shape(name, ndim, shape) || !check_dtype(name, dt)) return NULL;
+  return wk_node_finish(wk_node_new(op, dt, ndim, shape, 0, NULL, a));
+}
+
+wk_tensor *wk_full(int ndim, const int64_t *shape, wk_dtype dt, double value) {
+  wk_attrs a = {.f = {(float)value}};
+  return source(WK_OP_CONST, "full", ndim, shape, dt, &a);
+}
+wk_tensor *wk_zeros(int ndim, const int64_t *shape, wk_dtype dt) { return wk_full(ndim, shape, dt, 0); }
+wk_tensor *wk_ones(int ndim, const int64_t *shape, wk_dtype dt) { return wk_full(ndim, shape, dt, 1); }
+wk_tensor *wk_scalar(float value) { return wk_full(0, NULL, WK_F32, value); }
+
+wk_tensor *wk_arange(double start, double stop, double step, wk_dtype dt) {
+  if (step == 0 || (stop - start) / step < 0) {
+    wk_error(WK_ERR_ARG, "arange: start %g, stop %g, step %g gives no sequence", start, stop, step);
+    return NULL;
+  }
+  int64_t n = (int64_t)__builtin_ceil((stop - start) / step);
+  wk_attrs a = {.f = {(float)start, (float)step}};
+  return source(WK_OP_ARANGE, "arange", 1, &n, dt, &a);
+}
+
+wk_tensor *wk_randn(int ndim, const int64_t *shape, wk_dtype dt, uint64_t seed) {
+  wk_attrs a = {.u = seed};
+  return source(WK_OP_RANDN, "randn", ndim, shape, dt, &a);
+}
+
+wk_tensor *wk_rand(int ndim, const int64_t *shape, wk_dtype dt, double lo, double hi, uint64_t seed) {
+  wk_attrs a = {.f = {(float)lo, (float)hi}, .u = seed};
+  return source(WK_OP_RAND, "rand", ndim, shape, dt, &a);
+}
+
+// ---- inspection ----
+int wk_ndim(const wk_tensor *t) { return t ? t->ndim : 0; }
+int64_t wk_dim(const wk_tensor *t, int axis) {
+  if (!t) return -1;
+  int a = axis < 0 ? axis + t->ndim : axis;
+  return a >= 0 && a < t->ndim ? t->shape[a] : -1;
+}
+const int64_t *wk_shape(const wk_tensor *t) { return t ? t->shape : NULL; }
+int64_t wk_numel(const wk_tensor *t) { return t ? wk_shape_numel(t->ndim, t->shape) : 0; }
+wk_dtype wk_tensor_dtype(const wk_tensor *t) { return t ? t->dtype : WK_F32; }
+wk_device wk_tensor_device(const wk_tensor *t) { return t ? t->device : WK_CPU; }
+int wk_is_evaluated(const wk_tensor *t) { return t && t->buf; }
+
+int wk_is_contiguous(const wk_tensor *t) {
+  if (!t) return 0;
+  int64_t s = 1;
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    if (t->shape[d] != 1 && t->stride[d] != s) return 0;
+    s *= t->shape[d];
+  }
+  return 1;
+}
+
+char *wk_shape_str(const wk_tensor *t, char *buf, size_t len) {
+  char s[160];
+  if (!t) { snprintf(buf, len, "(null)"); return buf; }
+  snprintf(buf, len, "%s%s", wk_dtype_name(t->dtype), wk_fmt_shape(t->ndim, t->shape, s, sizeof s));
+  return buf;
+}
+
+void wk_set_trainable(wk_tensor *t, int on) { if (t) t->trainable = on != 0; }
+int wk_trainable(const wk_tensor *t) { return t && t->trainable; }
+
+// ---- data access ----
+// Makes t realized, contiguous and host-resident, replacing its storage if needed.
+static wk_status realize_contiguous(wk_tensor *t) {
+  wk_status s = wk_eval(1, &t);
+  if (s) return s;
+  if (wk_is_contiguous(t) && t->device == WK_CPU) return WK_OK;
+  wk_tensor *c = wk_contiguous(t);
+  if (!c) return WK_ERR_STATE;
+  wk_keep(c);
+  s = wk_eval(1, &c);
+  if (!s) {
+    wk_buffer_release(t->buf);
+    t->buf = c->buf;
+    c->buf->refcount++;
+    wk_contiguous_strides(t->ndim, t->shape, t->stride);
+    t->offset = 0;
+  }
+  wk_tensor_free(c);
+  return s;
+}
+
+const void *wk_tensor_data(wk_tensor *t) {
+  if (!wk_tensor_valid(t, "tensor_data") || realize_contiguous(t)) return NULL;
+  return (const char *)t->buf->data + t->offset * (int64_t)wk_dtype_size(t->dtype);
+}
+
+wk_status wk_tensor_read_f32(wk_tensor *t, float *out, int64_t n) {
+  if (!wk_tensor_valid(t, "tensor_read_f32")) return WK_ERR_ARG;
+  int64_t numel = wk_numel(t);
+  if (n < numel) return wk_error(WK_ERR_ARG, "tensor_read_f32: buffer holds %lld floats, tensor has %lld",
+                                 (long long)n, (long long)numel);
+  const void *p = wk_tensor_data(t);
+  if (!p) return WK_ERR_STATE;
+  for (int64_t i = 0; i < numel; i++) {
+    switch (t->dtype) {
+      case WK_F32: out[i] = ((const float *)p)[i]; break;
+      case WK_F16: out[i] = wk_f16_to_f32(((const uint16_t *)p)[i]); break;
+      case WK_BF16: out[i] = wk_bf16_to_f32(((const uint16_t *)p)[i]); break;
+      case WK_I32: out[i] = (float)((const int32_t *)p)[i]; break;
+      default: return wk_error(WK_ERR_DTYPE, "tensor_read_f32: unknown dtype");
+    }
+  }
+  return WK_OK;
+}
+
+float wk_item(wk_tensor *t) {
+  float v = __builtin_nanf("");
+  if (!wk_tensor_valid(t, "item")) return v;
+  if (wk_numel(t) != 1) {
+    char b[160];
+    wk_error(WK_ERR_SHAPE, "item: tensor %s has %lld elements, not 1", wk_shape_str(t, b, sizeof b),
+             (long long)wk_numel(t));
+    return v;
+  }
+  wk_tensor_read_f32(t, &v, 1);
+  return v;
+}
+
+wk_status wk_tensor_assign(wk_tensor *dst, wk_tensor *src) {
+  if (!wk_tensor_valid(dst, "tensor_assign") || !wk_tensor_valid(src, "tensor_assign")) return WK_ERR_ARG;
+  char a[160], b[160];
+  if (dst->ndim != src->ndim || memcmp(dst->shape, src->shape, (size_t)dst->ndim * sizeof(int64_t)) ||
+      dst->dtype != src->dtype)
+    return wk_error(WK_ERR_SHAPE, "tensor_assign: source %s does not match destination %s",
+                    wk_shape_str(src, a, sizeof a), wk_shape_str(dst, b, sizeof b));
+  if (!dst->buf || !wk_is_contiguous(dst))
+    return wk_error(WK_ERR_STATE, "tensor_assign: destination must be evaluated and contiguous");
+  const void *p = wk_tensor_data(src);
+  if (!p) return WK_ERR_STATE;
+  wk_status s = wk_sync();
+  if (s) return s;
+  memmove((char *)dst->buf->data + dst->offset * (int64_t)wk_dtype_size(dst->dtype), p,
+          (size_t)wk_numel(dst) * wk_dtype_size(dst->dtype));
+  return WK_OK;
+}
