@@ -63,6 +63,10 @@ struct wk_tensor {
 // ---- errors (errors.c) ----
 wk_status wk_error(wk_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// ---- host memory (host_alloc.c): 64-byte aligned, large blocks cached ----
+void *wk_host_alloc(size_t bytes);
+void wk_host_free(void *p, size_t bytes);
+
 // ---- tensor internals (tensor.c) ----
 // New pending node of `op` with inputs retained, contiguous strides, attrs copied.
 wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, int nin,

@@ -96,10 +96,18 @@ static void patch_scalars(wk_plan *p, const wk_topo *g) {
   }
 }
 
-static uint64_t fnv1a(const unsigned char *p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
+// 8 bytes at a time: the key is hashed on every evaluation.
+static uint64_t key_hash(const unsigned char *p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull ^ n;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+  }
+  for (; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h ^ (h >> 32);
 }
 
 static wk_plan *cache_find(uint64_t h, const keybuf *k) {
@@ -247,7 +255,7 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
   key_build(&key, &g, rep, nt, targets);
   free(rep);
   if (key.oom) { free(key.b); free(targets); wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory"); }
-  uint64_t h = fnv1a(key.b, key.n);
+  uint64_t h = key_hash(key.b, key.n);
   wk_plan *plan = cache_find(h, &key);
   if (plan) {
     stat_hits++;

@@ -13,7 +13,7 @@ wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
   b->bytes = bytes;
   if (dev != WK_CPU) { free(b); wk_error(WK_ERR_DEVICE, "device %d has no allocator", dev); return NULL; }
   // 64-byte alignment for AVX-512 loads; round up so the size is a multiple.
-  b->data = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+  b->data = wk_host_alloc(bytes);
   if (!b->data && bytes) {
     free(b);
     wk_error(WK_ERR_OOM, "out of memory allocating %zu bytes", bytes);
@@ -25,7 +25,7 @@ wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
 void wk_buffer_release(wk_buffer *b) {
   if (!b || --b->refcount > 0) return;
   if (b->release) b->release(b->release_ctx);
-  else free(b->data);
+  else wk_host_free(b->data, b->bytes);
   free(b);
 }
 

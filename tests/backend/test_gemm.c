@@ -125,7 +125,8 @@ static void run_isa(const char *name) {
             }
             // Batches with strides, and blocks larger than MC / KC / NC.
             run_case(name, bf16, tA, tB, 33, 70, 19, 1.5f, 0.5f, 3);
-            run_case(name, bf16, tA, tB, 5, 40, 600, 1.0f, 0.0f, 2);
+            run_case(name, bf16, tA, tB, 5, 40, 601, 1.0f, 0.0f, 2);
+            run_case(name, bf16, tA, tB, 20, 2100, 30, 1.0f, 0.5f, 1);  // several NC blocks
             run_case(name, bf16, tA, tB, 300, 20, 530, 1.0f, 1.0f, 1);
             run_case(name, bf16, tA, tB, 270, 1100, 520, 0.5f, 0.5f, 1);
         }

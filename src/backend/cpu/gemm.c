@@ -14,7 +14,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdio.h>
 
 #include "cpu_isa.h"
 #include "gemm_internal.h"
@@ -248,7 +247,6 @@ typedef struct {
     const wk_ukr *uk;
     int64_t MC, KC, NC;  // KC in source elements (even for bf16 pairs)
     int tm, tn;          // thread tile grid per matrix
-    int order;
     int64_t mstep, nstep;
 } wk_gemm_plan;
 
@@ -281,16 +279,6 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
             for (int64_t ic = m0; ic < m1; ic += pl->MC) {
                 int64_t mc = wk_min64(pl->MC, m1 - ic);
                 wk_pack_block(g, uk, A, ars, aks, ic, mc, pc, kc, MR, pa);
-                if (pl->order) {
-                    for (int64_t jr = 0; jr < nc; jr += NR) {
-                        const float *bp = pb + jr * kcu;
-                        int nr = (int)wk_min64(NR, nc - jr);
-                        for (int64_t ir = 0; ir < mc; ir += MR)
-                            uk->fn(kcu, pa + ir * kcu, bp, NR, C + (ic + ir) * g->ldc + jc + jr,
-                                   g->ldc, (int)wk_min64(MR, mc - ir), nr, g->alpha, beta);
-                    }
-                    continue;
-                }
                 for (int64_t ir = 0; ir < mc; ir += MR) {
                     const float *ap = pa + ir * kcu;
                     float *cr = C + (ic + ir) * g->ldc + jc;
@@ -341,20 +329,14 @@ static int wk_useful_threads(double flops) {
 
 static void wk_gemm_packed(const wk_gemm_args *g, wk_cpu_isa_t isa) {
     wk_gemm_plan pl = {.g = g, .uk = wk_pick_ukr(g, isa)};
-    // B block KC x NC ~ 512 KiB (half of Zen4's 1 MiB L2); A micro-panel MR x KC in L1.
-    pl.KC = pl.uk->bf16 ? 512 : 256;
-    pl.NC = wk_roundup(512 * 256 / (pl.uk->bf16 ? pl.KC / 2 : pl.KC), pl.uk->nr);
-    pl.MC = wk_roundup(256, pl.uk->mr);
-    { // TUNE-HACK
-        const char *e = getenv("WK_TUNE");
-        int ki, mc, kc, nc;
-        if (e && sscanf(e, "%d,%d,%d,%d,%d", &ki, &mc, &kc, &nc, &pl.order) == 5) {
-            pl.uk = (g->bf16 && wk_cpu_has_bf16() ? wk_ukr_avx512_bf16 : wk_ukr_avx512_f32) + ki;
-            pl.MC = wk_roundup(mc, pl.uk->mr); pl.KC = kc; pl.NC = wk_roundup(nc, pl.uk->nr);
-        }
-    }
-    if (g->K < pl.KC) pl.KC = pl.uk->bf16 ? wk_roundup(g->K, 2) : g->K;
     const int MR = pl.uk->mr, NR = pl.uk->nr;
+    // KC x MR A micro-panel in L1 (6 KiB), KC x NC B block in L2. NC = 1024 means a
+    // 2048-wide problem on 2 threads packs its A once; measured on Zen4 (1 MiB L2),
+    // a B block the size of L2 still beats re-packing A for every half.
+    pl.KC = pl.uk->bf16 ? 512 : 256;
+    pl.NC = 1024;
+    pl.MC = wk_roundup(256, MR);
+    if (g->K < pl.KC) pl.KC = pl.uk->bf16 ? wk_roundup(g->K, 2) : g->K;
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K * (double)g->batch;
     int T = wk_useful_threads(flops);
     pl.tm = pl.tn = 1;
@@ -362,7 +344,9 @@ static void wk_gemm_packed(const wk_gemm_args *g, wk_cpu_isa_t isa) {
         // Split each matrix into T tiles, choosing the grid that packs least.
         int64_t mb = (g->M + MR - 1) / MR, nb = (g->N + NR - 1) / NR;
         double best = 1e300;
-        for (int tm = 1; tm <= T; tm++) {
+        // Ties go to splitting M: threads then write disjoint rows of C, and no
+        // cache line straddles two threads' tiles when C is not 64-byte aligned.
+        for (int tm = T; tm >= 1; tm--) {
             if (T % tm) continue;
             int tn = T / tm;
             if (tm > mb || tn > nb) continue;

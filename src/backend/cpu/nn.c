@@ -318,7 +318,9 @@ typedef struct {
 
 // Outputs above this size do not stay in cache: write them with streaming stores,
 // which skip the read-for-ownership of each output line (a third of the traffic).
+#ifndef NT_BYTES
 #define NT_BYTES (16ll << 20)
+#endif
 static bool want_nt(const wk_operand *out) {
   return out->dtype == WK_F32 && numel_of(out) * 4 >= NT_BYTES;
 }
