@@ -162,6 +162,7 @@ static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
 static job *q_job;             // in flight, or NULL
 static wk_status q_status;     // first failure of async work since the last sync
+static char q_message[1024];   // its message (errors are thread-local: copy it over)
 static pthread_t q_thread;
 static bool q_started;
 
@@ -189,7 +190,10 @@ static void *executor(void *arg) {
     pthread_mutex_unlock(&q_mu);
     wk_status s = job_run(j);
     pthread_mutex_lock(&q_mu);
-    if (s && !q_status) q_status = s;
+    if (s && !q_status) {
+      q_status = s;
+      snprintf(q_message, sizeof q_message, "%s", wk_last_error());
+    }
     job_free(j);
     q_job = NULL;
     pthread_cond_broadcast(&q_cv);
@@ -203,7 +207,7 @@ wk_status wk_sync(void) {
   wk_status s = q_status;
   q_status = WK_OK;
   pthread_mutex_unlock(&q_mu);
-  if (s) return wk_error(s, "asynchronous evaluation failed: %s", wk_last_error());
+  if (s) return wk_error(s, "asynchronous evaluation failed: %s", q_message);
   return WK_OK;
 }
 

@@ -353,9 +353,10 @@ wk_status wk_vjp_CAUSAL_MASK(wk_tensor *node, wk_tensor *g, const bool *need, wk
 
 // Attention backward from primitives, in f32, with query heads grouped by their kv
 // head: q5 [B, Hkv, G, T, D] against k5 [B, Hkv, 1, S, D] broadcasts over G, and the
-// gradients of k and v sum over G.
-//   P = softmax(q k^T * scale + mask), dV = P^T dO, dS = P * (dO v^T - rowsum(dO * O)),
-//   dQ = dS k * scale, dK = dS^T q * scale.
+// gradients of k and v sum over G. P is recomputed (nothing is saved by the forward):
+//   P = softmax(q k^T * scale + mask), dV = P^T dO, dS = softmax_bwd(P, dO v^T),
+//   dQ = dS k * scale, dK = dS^T q * scale, dmask = dS (summed to the mask's shape).
+// A fully masked row has P = NaN here (softmax of all -inf) where the forward gives 0.
 static wk_tensor *to5(wk_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d, int64_t e) {
   int64_t sh[5] = {a, b, c, d, e};
   return wk_reshape(t, 5, sh);

@@ -95,10 +95,11 @@ static inline float gelu_tanh_grad(float x) {
   return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
 }
 
-static void exec_instr(const wk_ew_instr *in, float *R, int64_t start, int n) {
-  float *d = R + (size_t)in->dst * WK_EW_BLOCK;
-  const float *a = R + (size_t)in->a * WK_EW_BLOCK, *b = R + (size_t)in->b * WK_EW_BLOCK;
-  const float *c = R + (size_t)in->c * WK_EW_BLOCK;
+// rp[r] is where register r's values are: its slot in R, or straight in the
+// input tensor when a load needed no conversion (no copy).
+static void exec_instr(const wk_ew_instr *in, float *R, const float *const *rp, int64_t start, int n) {
+  float *restrict d = R + (size_t)in->dst * WK_EW_BLOCK;
+  const float *restrict a = rp[in->a], *restrict b = rp[in->b], *restrict c = rp[in->c];
   const float f0 = in->attrs.f[0], f1 = in->attrs.f[1];
   const uint64_t seed = in->attrs.u;
   switch (in->op) {
@@ -178,14 +179,40 @@ static _Thread_local float regfile[WK_EW_MAX_REGS * WK_EW_BLOCK] __attribute__((
 static float *regs_for(int nregs) { (void)nregs; return regfile; }
 
 // Runs prog over [start, start+n) (n <= WK_EW_BLOCK); returns the result register.
+// Direct pointer to n f32 values of o at linear index start, when they are stored
+// contiguously in the same order; NULL when a conversion or gather is needed.
+static const float *direct(const wk_operand *o, void *const *slots, int64_t start, int n) {
+  if (o->dtype != WK_F32 || o->ndim == 0 || o->stride[o->ndim - 1] != 1) return NULL;
+  int64_t last = o->shape[o->ndim - 1];
+  if (start % last + n > last && o->ndim > 1) { // the run crosses rows: rows must be adjacent
+    for (int d = o->ndim - 1; d > 0; d--)
+      if (o->shape[d] != 1 && o->stride[d - 1] != o->stride[d] * o->shape[d]) return NULL;
+  }
+  int64_t rem = start, off = 0;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    off += (o->shape[d] ? rem % o->shape[d] : 0) * o->stride[d];
+    rem = o->shape[d] ? rem / o->shape[d] : 0;
+  }
+  return (const float *)slots[o->slot] + o->offset + off;
+}
+
+// Runs prog over [start, start+n) (n <= WK_EW_BLOCK); returns the result's values.
 static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots, int64_t start,
                               int n, float *R) {
+  const float *rp[WK_EW_MAX_REGS];
   for (int q = 0; q < prog->n; q++) {
     const wk_ew_instr *in = &prog->code[q];
-    if (in->op == WK_EW_LOAD) load(&ops[in->a], slots, start, n, R + (size_t)in->dst * WK_EW_BLOCK);
-    else exec_instr(in, R, start, n);
+    float *reg = R + (size_t)in->dst * WK_EW_BLOCK;
+    if (in->op == WK_EW_LOAD) {
+      const float *p = direct(&ops[in->a], slots, start, n);
+      if (!p) load(&ops[in->a], slots, start, n, reg);
+      rp[in->dst] = p ? p : reg;
+    } else {
+      exec_instr(in, R, rp, start, n);
+      rp[in->dst] = reg;
+    }
   }
-  return R + (size_t)prog->out_reg * WK_EW_BLOCK;
+  return rp[prog->out_reg];
 }
 
 void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out) {

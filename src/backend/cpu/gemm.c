@@ -23,8 +23,8 @@
 // Per-thread workspace, reused across calls so steady state never mallocs.
 
 typedef struct {
-    void *buf[3];  // 0: packed A, 1: packed B, 2: small-path scratch
-    size_t cap[3];
+    void *buf[4];  // 0: packed A, 1: packed B, 2: small-path scratch, 3: K-split partials
+    size_t cap[4];
 } wk_gemm_ws;
 
 static pthread_key_t wk_ws_key;
@@ -33,7 +33,7 @@ static _Thread_local wk_gemm_ws *wk_ws_tls;
 
 static void wk_ws_free(void *p) {
     wk_gemm_ws *ws = p;
-    for (int i = 0; i < 3; i++) free(ws->buf[i]);
+    for (int i = 0; i < 4; i++) free(ws->buf[i]);
     free(ws);
 }
 static void wk_ws_key_init(void) { (void)pthread_key_create(&wk_ws_key, wk_ws_free); }
@@ -372,24 +372,29 @@ typedef struct {
     int dot;         // W form (see gemm_internal.h)
     int64_t n;       // columns of Y
     int64_t ldw;
-    int chunks;      // column chunks per matrix
+    int chunks;      // column chunks per matrix, or K chunks when part != NULL
+    float *part;     // K split: chunk t writes rows x n partial sums at part + t*rows*n
 } wk_small_plan;
 
 static void wk_small_task(void *ctx, int64_t begin, int64_t end, int tid) {
     (void)tid;
     const wk_small_plan *sp = ctx;
     const wk_gemm_args *g = sp->g;
-    const int64_t K = g->K;
     const size_t es = wk_esize(g);
     const int rows = sp->rows;
-    // Scratch: X (rows x K), then Y^T (rows x chunk) when C is transposed.
+    const int64_t K = g->K;
     int64_t cw = wk_roundup((sp->n + sp->chunks - 1) / sp->chunks, 16);
+    int64_t kw = wk_roundup((K + sp->chunks - 1) / sp->chunks, 16);
+    // Scratch: X (rows x K), then Y^T (rows x chunk) when C is transposed.
     float *x = wk_ws_get(2, (size_t)(rows * K + (sp->swap ? rows * cw : 0)) * sizeof(float));
     if (!x) return;
     for (int64_t it = begin; it < end; it++) {
         int64_t b = it / sp->chunks, c = it % sp->chunks;
-        int64_t j0 = c * cw, j1 = wk_min64(sp->n, j0 + cw);
-        if (j0 >= j1) continue;
+        int64_t j0 = 0, j1 = sp->n, k0 = 0, k1 = K;
+        if (sp->part) k0 = c * kw, k1 = wk_min64(K, k0 + kw);
+        else j0 = c * cw, j1 = wk_min64(sp->n, j0 + cw);
+        if (j0 >= j1 || k0 >= k1) continue;
+        int64_t kn = k1 - k0, nw = j1 - j0;
         const void *A = wk_at(g->A, b * g->sA, es), *B = wk_at(g->B, b * g->sB, es);
         float *C = g->C + b * g->sC;
         // X[r][k]: op(A)[r,k], or op(B)[k,r] when swapped; as (r, k) strides.
@@ -398,22 +403,24 @@ static void wk_small_task(void *ctx, int64_t begin, int64_t end, int tid) {
         int64_t xld = sp->swap ? g->ldb : g->lda;
         int64_t xrs = xt ? 1 : xld, xks = xt ? xld : 1;
         for (int r = 0; r < rows; r++)
-            for (int64_t k = 0; k < K; k++) x[r * K + k] = wk_ldw(g->bf16, xs, r * xrs + k * xks);
+            for (int64_t k = 0; k < kn; k++)
+                x[r * kn + k] = wk_ldw(g->bf16, xs, r * xrs + (k0 + k) * xks);
         const void *W = sp->swap ? A : B;
-        const void *w = wk_at(W, sp->dot ? j0 * sp->ldw : j0, es);
-        if (!sp->swap) {
-            sp->fn(rows, K, j1 - j0, x, K, w, sp->ldw, C + j0, g->ldc, g->alpha, g->beta);
-            continue;
-        }
-        // Y^T lives in strided C columns: gather, compute contiguous, scatter.
-        float *y = x + rows * K;
-        int64_t nw = j1 - j0;
-        if (g->beta != 0.0f)
+        const void *w = wk_at(W, sp->dot ? j0 * sp->ldw + k0 : k0 * sp->ldw + j0, es);
+        if (sp->part) {
+            sp->fn(rows, kn, nw, x, kn, w, sp->ldw, sp->part + c * rows * sp->n, sp->n, 1.0f, 0.0f);
+        } else if (!sp->swap) {
+            sp->fn(rows, kn, nw, x, kn, w, sp->ldw, C + j0, g->ldc, g->alpha, g->beta);
+        } else {
+            // Y^T lives in strided C columns: gather, compute contiguous, scatter.
+            float *y = x + rows * K;
+            if (g->beta != 0.0f)
+                for (int r = 0; r < rows; r++)
+                    for (int64_t j = 0; j < nw; j++) y[r * nw + j] = C[(j0 + j) * g->ldc + r];
+            sp->fn(rows, kn, nw, x, kn, w, sp->ldw, y, nw, g->alpha, g->beta);
             for (int r = 0; r < rows; r++)
-                for (int64_t j = 0; j < nw; j++) y[r * nw + j] = C[(j0 + j) * g->ldc + r];
-        sp->fn(rows, K, nw, x, K, w, sp->ldw, y, nw, g->alpha, g->beta);
-        for (int r = 0; r < rows; r++)
-            for (int64_t j = 0; j < nw; j++) C[(j0 + j) * g->ldc + r] = y[r * nw + j];
+                for (int64_t j = 0; j < nw; j++) C[(j0 + j) * g->ldc + r] = y[r * nw + j];
+        }
     }
 }
 
@@ -438,11 +445,34 @@ static void wk_gemm_small(const wk_gemm_args *g, wk_cpu_isa_t isa, int swap) {
     int want = (int)(bytes / 65536.0);
     if (want < 1) want = 1;
     if (want < T) T = want;
+    if (T == 1) {
+        sp.chunks = 1;
+        wk_small_task(&sp, 0, g->batch, 0);
+        return;
+    }
+    // Axpy form reads W row by row: splitting K gives each thread whole contiguous
+    // rows (one long sequential stream) instead of a slice of every row, at the cost
+    // of summing T partial results at the end.
+    if (!sp.dot && !swap && g->batch == 1 && g->K >= 64 * T) {
+        sp.chunks = T;
+        sp.part = wk_ws_get(3, (size_t)(T * sp.rows * sp.n) * sizeof(float));
+        if (sp.part) {
+            wk_parallel_for(T, 1, wk_small_task, &sp);
+            for (int r = 0; r < sp.rows; r++) {
+                float *c = g->C + r * g->ldc;
+                for (int64_t j = 0; j < sp.n; j++) {
+                    float acc = 0.0f;
+                    for (int t = 0; t < T; t++) acc += sp.part[(t * sp.rows + r) * sp.n + j];
+                    c[j] = g->beta != 0.0f ? g->alpha * acc + g->beta * c[j] : g->alpha * acc;
+                }
+            }
+            return;
+        }
+    }
+    sp.part = NULL;
     int64_t maxchunks = (sp.n + 63) / 64;
     sp.chunks = g->batch >= T ? 1 : (int)wk_min64(T, maxchunks);
-    int64_t items = g->batch * sp.chunks;
-    if (T == 1) wk_small_task(&sp, 0, items, 0);
-    else wk_parallel_for(items, 1, wk_small_task, &sp);
+    wk_parallel_for(g->batch * sp.chunks, 1, wk_small_task, &sp);
 }
 
 // ---------------------------------------------------------------------------
