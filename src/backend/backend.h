@@ -19,7 +19,10 @@ typedef struct {
 
 // Fused elementwise program: registers hold blocks of f32 values.
 // Instruction `op` is an elementwise wk_op, or one of the pseudo-ops below.
-enum { WK_EW_LOAD = WK_OP_COUNT + 1 };  // dst = operand[a] (broadcast to the group shape)
+enum {
+  WK_EW_LOAD = WK_OP_COUNT + 1,  // dst = operand[a] (broadcast to the group shape)
+  WK_EW_LOAD_ROW                  // dst = the row produced by the previous stage of a row chain
+};
 typedef struct {
   uint16_t op;
   uint8_t dst, a, b, c;
@@ -51,6 +54,12 @@ typedef struct {
   wk_ew_prog prog;
   int npro;
   wk_operand pro_in[WK_MAX_IN];
+  // Row chains: consecutive steps that work on the same rows (softmax, norms and
+  // elementwise prologues / epilogues between them) run as one pass, each row held
+  // in L1 from the first stage to the last. The head has chain = number of steps;
+  // the members after it have chain = -1 (the executor skips them). In a member,
+  // in[0].slot == -1 without a prologue means "the previous stage's row".
+  int chain;
 } wk_step;
 
 #define WK_STEP_FUSED_EW WK_OP_COUNT

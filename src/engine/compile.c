@@ -24,6 +24,7 @@ typedef struct {
   int step;            // step that defines it
   int last_use;        // last step reading its storage
   bool lora;           // this ADD node runs as a fused LoRA kernel
+  bool rowfused;       // a row op computed inside a row chain (not stored)
   int lora_in[4];
   float lora_scale;
   int lora_scale_src;   // the mul_scalar node holding the scale
@@ -230,6 +231,40 @@ static bool match_lora(ir *r, int add) {
 }
 
 // ---- fusion ----
+static bool is_rowop(wk_op op) {
+  return op == WK_OP_SOFTMAX || op == WK_OP_LOG_SOFTMAX || op == WK_OP_RMS_NORM || op == WK_OP_LAYER_NORM;
+}
+
+// Row chains: a softmax / norm whose only consumer keeps working on the same rows
+// (the next row op, or elementwise code feeding one or finishing the chain) is not
+// stored; the chain runs as one pass per row. A program may read one such row.
+static void mark_row_chains(ir *r) {
+  int *row_src = malloc(sizeof(int) * (size_t)(r->count + 1));
+  if (!row_src) return;
+  for (int i = 0; i < r->count; i++) row_src[i] = -1;
+  for (int i = 0; i < r->count; i++) {
+    irnode *x = &r->n[i];
+    if (x->leaf || x->dead || !is_rowop(x->op) || x->target || x->escapes || x->uses != 1) continue;
+    if (x->t->dtype != WK_F32) continue; // stages keep f32 rows: exact only for f32
+    int c = x->consumer;
+    if (!same_shape(x->t, r->n[c].t) || r->n[c].lora) continue;
+    bool direct = is_rowop(r->n[c].op) && r->n[c].in[0] == i;
+    if (!direct && !is_ew(r->n[c].op)) continue;
+    // the program that will read this row: climb through inlined elementwise code
+    int owner = c;
+    while (!direct && !r->n[owner].root && !r->n[owner].rowfused && r->n[owner].op != WK_OP_VIEW &&
+           r->n[owner].uses == 1 && is_ew(r->n[owner].op))
+      owner = r->n[owner].consumer;
+    irnode *o = &r->n[owner];
+    if (o->leaf || o->lora || !(is_rowop(o->op) || is_ew(o->op)) || !same_shape(o->t, x->t)) continue;
+    if (row_src[owner] >= 0) continue;
+    row_src[owner] = i;
+    x->rowfused = true;
+    x->root = false;
+  }
+  free(row_src);
+}
+
 // A node is inlined (not materialized) when its only consumer computes it on the fly.
 static bool inlinable(const ir *r, int i) {
   const irnode *x = &r->n[i];
@@ -289,6 +324,7 @@ static void mark_roots(ir *r) {
       if (c->op == WK_OP_CONST && !c->leaf && reads_memory) c->root = true;
     }
   }
+  mark_row_chains(r);
   // views alias their base's storage: find it
   for (int i = 0; i < r->count; i++) {
     irnode *x = &r->n[i];
@@ -337,6 +373,7 @@ typedef struct {
   int nregs;
   unsigned long long busy[4]; // register occupancy bitmap
   bool overflow;
+  int row_reg, row_src;       // row chains: the LOAD_ROW register and the node it reads
 } progbuf;
 
 static int reg_alloc(progbuf *pb) {
@@ -375,6 +412,17 @@ static int emit_load(ir *r, progbuf *pb, int i, const wk_tensor *group) {
 // Emits code computing node i into a register; returns it.
 static int emit_value(ir *r, progbuf *pb, int i, const wk_tensor *group) {
   irnode *x = &r->n[i];
+  if (x->rowfused) { // the previous stage's row
+    if (pb->row_reg < 0) {
+      pb->row_reg = reg_alloc(pb);
+      pb->row_src = i;
+      if (pb->n == 256) { pb->overflow = true; return 0; }
+      pb->code[pb->n++] = (wk_ew_instr){.op = WK_EW_LOAD_ROW, .dst = (uint8_t)pb->row_reg, .src = -1};
+      pb->loads[pb->nloads] = i; // pinned like a load
+      pb->load_reg[pb->nloads++] = pb->row_reg;
+    }
+    return pb->row_reg;
+  }
   bool inl = !x->leaf && !x->root && x->op != WK_OP_VIEW;
   if (!inl) return emit_load(r, pb, i, group);
   int regs[3] = {0};
@@ -405,8 +453,10 @@ static bool finish_prog(progbuf *pb, int out, wk_ew_prog *prog) {
 }
 
 // ---- steps ----
-static bool build_step(ir *r, int i, wk_step *s) {
+// Builds the step computing node i. *pred is the row-chain stage feeding it (-1 if none).
+static bool build_step(ir *r, int i, wk_step *s, int *pred) {
   irnode *x = &r->n[i];
+  *pred = -1;
   memset(s, 0, sizeof *s);
   s->attrs = x->t->attrs;
   s->src = i;
@@ -428,7 +478,7 @@ static bool build_step(ir *r, int i, wk_step *s) {
     s->out.stride[1] = 1;
     return true;
   }
-  progbuf pb = {0};
+  progbuf pb = {.row_reg = -1, .row_src = -1};
   if (is_ew(x->op)) {
     s->op = WK_STEP_FUSED_EW;
     // emit the root itself as if inlined
@@ -439,6 +489,7 @@ static bool build_step(ir *r, int i, wk_step *s) {
     if (!finish_prog(&pb, out, &s->prog)) return false;
     s->nin = pb.nops;
     memcpy(s->in, pb.ops, sizeof(wk_operand) * (size_t)pb.nops);
+    *pred = pb.row_src;
     return true;
   }
   s->op = x->op;
@@ -447,12 +498,16 @@ static bool build_step(ir *r, int i, wk_step *s) {
   if (takes_prologue(x->op)) {
     int src = x->in[0];
     const irnode *c = &r->n[src];
-    if (!c->leaf && !c->root && c->op != WK_OP_VIEW) {
+    if (c->rowfused) { // reads the previous stage's row directly
+      s->in[0].slot = -1;
+      *pred = src;
+    } else if (!c->leaf && !c->root && c->op != WK_OP_VIEW) {
       int out = emit_value(r, &pb, src, c->t);
       if (!finish_prog(&pb, out, &s->prog)) return false;
       s->npro = pb.nops;
       memcpy(s->pro_in, pb.ops, sizeof(wk_operand) * (size_t)pb.nops);
       s->in[0].slot = -1; // computed by the prologue
+      *pred = pb.row_src;
     }
   }
   return true;
@@ -615,14 +670,35 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
     irnode *x = &r.n[i];
     if (!x->dead && !x->leaf && x->op == WK_OP_VIEW) x->slot = r.n[x->base].slot;
   }
-  p->nsteps = nroots;
-  for (int k = 0; k < nroots; k++) {
-    if (!build_step(&r, roots[k], &p->steps[k])) {
-      free(roots); free(r.n);
-      wk_error(WK_ERR_STATE, "compile: fused group too large (more than WK_EW_MAX_REGS live values or %d inputs)", WK_MAX_IN);
-      wk_plan_free(p);
-      return NULL;
+  // steps: one per root; a row chain's stages come out in order before its tail
+  int *stage = malloc(sizeof(int) * (size_t)(r.count + 1));
+  wk_step *steps = calloc((size_t)r.count + 1, sizeof *steps);
+  bool ok = stage && steps;
+  int nsteps = 0;
+  for (int k = 0; k < nroots && ok; k++) {
+    int n = 0, pred = roots[k];
+    while (pred >= 0 && ok) { // walk back to the chain's first stage
+      wk_step tmp;
+      stage[n++] = pred;
+      ok = build_step(&r, pred, &tmp, &pred);
+      free(tmp.prog.code);
     }
+    for (int q = n - 1; q >= 0 && ok; q--) {
+      wk_step *st = &steps[nsteps++];
+      int unused;
+      ok = build_step(&r, stage[q], st, &unused);
+      st->chain = n > 1 ? (q == n - 1 ? n : -1) : 0;
+    }
+  }
+  free(stage);
+  free(p->steps);
+  p->steps = steps;
+  p->nsteps = nsteps;
+  if (!ok) {
+    free(roots); free(r.n);
+    wk_error(WK_ERR_STATE, "compile: fused group too large (more than WK_EW_MAX_REGS live values or %d inputs)", WK_MAX_IN);
+    wk_plan_free(p);
+    return NULL;
   }
   // targets: which output holds each (through CSE merges and views)
   p->ntargets = ntargets;
@@ -668,7 +744,7 @@ void wk_plan_dump(const wk_plan *p, const wk_topo *g) {
   for (int k = 0; k < p->nsteps; k++) {
     const wk_step *s = &p->steps[k];
     char sh[160];
-    fprintf(stderr, "  step %2d %-16s -> slot %d %s %s", k, op_label(s), s->out.slot,
+    fprintf(stderr, "  step %2d %s%-16s -> slot %d %s %s", k, s->chain > 0 ? "row chain > " : s->chain < 0 ? "            > " : "", op_label(s), s->out.slot,
             wk_dtype_name(s->out.dtype), wk_fmt_shape(s->out.ndim, s->out.shape, sh, sizeof sh));
     if (s->prog.n) {
       fprintf(stderr, "  [");

@@ -168,6 +168,7 @@ static bool q_started;
 
 static wk_status job_run(job *j) {
   for (int k = 0; k < j->plan->nsteps; k++) {
+    if (j->plan->steps[k].chain < 0) continue; // runs inside its chain's head
     wk_status s = j->be->run(&j->plan->steps[k], j->slots);
     if (s) return s;
   }

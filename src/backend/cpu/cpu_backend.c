@@ -10,6 +10,13 @@ static wk_status cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst
 
 static wk_status cpu_run(const wk_step *s, void *const *slots) {
   bool ew = s->op == WK_STEP_FUSED_EW;
+  if (s->chain > 0) {
+    switch (wk_cpu_isa()) {
+      case WK_ISA_AVX512: return wk_cpu_rowchain_avx512(s, slots);
+      case WK_ISA_AVX2: return wk_cpu_rowchain_avx2(s, slots);
+      default: return wk_cpu_rowchain_scalar(s, slots);
+    }
+  }
   switch (wk_cpu_isa()) {
     case WK_ISA_AVX512: return ew ? wk_cpu_ew_avx512(s, slots) : wk_cpu_kernel_avx512(s, slots);
     case WK_ISA_AVX2: return ew ? wk_cpu_ew_avx2(s, slots) : wk_cpu_kernel_avx2(s, slots);

@@ -24,7 +24,12 @@ static inline void *wk_operand_ptr(const wk_operand *o, void *const *slots) {
   /* values of the step's (virtual) input 0, for linear indices [start, start + n) */            \
   void wk_cpu_prologue_##isa(const wk_step *s, void *const *slots, int64_t start, int64_t n,     \
                              float *out);                                                         \
-  wk_status wk_cpu_kernel_##isa(const wk_step *s, void *const *slots);
+  wk_status wk_cpu_kernel_##isa(const wk_step *s, void *const *slots);                           \
+  /* a row chain starting at s (s->chain steps) */                                              \
+  wk_status wk_cpu_rowchain_##isa(const wk_step *s, void *const *slots);                         \
+  /* prog over linear indices [start, start + n); LOAD_ROW reads row[0..n) */                   \
+  void wk_cpu_ew_eval_##isa(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots,   \
+                            int64_t start, int64_t n, const float *row, float *out);
 WK_DECLARE_ISA(scalar)
 WK_DECLARE_ISA(avx2)
 WK_DECLARE_ISA(avx512)

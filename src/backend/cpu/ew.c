@@ -198,12 +198,14 @@ static const float *direct(const wk_operand *o, void *const *slots, int64_t star
 
 // Runs prog over [start, start+n) (n <= WK_EW_BLOCK); returns the result's values.
 static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots, int64_t start,
-                              int n, float *R) {
+                              int n, const float *row, float *R) {
   const float *rp[WK_EW_MAX_REGS];
   for (int q = 0; q < prog->n; q++) {
     const wk_ew_instr *in = &prog->code[q];
     float *reg = R + (size_t)in->dst * WK_EW_BLOCK;
-    if (in->op == WK_EW_LOAD) {
+    if (in->op == WK_EW_LOAD_ROW) {
+      rp[in->dst] = row;
+    } else if (in->op == WK_EW_LOAD) {
       const float *p = direct(&ops[in->a], slots, start, n);
       if (!p) load(&ops[in->a], slots, start, n, reg);
       rp[in->dst] = p ? p : reg;
@@ -215,13 +217,18 @@ static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, voi
   return rp[prog->out_reg];
 }
 
-void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out) {
-  float *R = regs_for(s->prog.nregs);
+void WK_ISA_FN(wk_cpu_ew_eval)(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots, int64_t start,
+                               int64_t n, const float *row, float *out) {
+  float *R = regs_for(prog->nregs);
   for (int64_t k = 0; k < n; k += WK_EW_BLOCK) {
     int m = (int)(n - k < WK_EW_BLOCK ? n - k : WK_EW_BLOCK);
-    const float *v = run_block(&s->prog, s->pro_in, slots, start + k, m, R);
+    const float *v = run_block(prog, ops, slots, start + k, m, row ? row + k : NULL, R);
     for (int i = 0; i < m; i++) out[k + i] = v[i];
   }
+}
+
+void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out) {
+  WK_ISA_FN(wk_cpu_ew_eval)(&s->prog, s->pro_in, slots, start, n, NULL, out);
 }
 
 typedef struct { const wk_step *s; void *const *slots; } ew_ctx;
@@ -232,7 +239,7 @@ static void ew_range(void *ctx, int64_t begin, int64_t end, int tid) {
   float *R = regs_for(c->s->prog.nregs);
   for (int64_t k = begin; k < end; k += WK_EW_BLOCK) {
     int m = (int)(end - k < WK_EW_BLOCK ? end - k : WK_EW_BLOCK);
-    const float *v = run_block(&c->s->prog, c->s->in, c->slots, k, m, R);
+    const float *v = run_block(&c->s->prog, c->s->in, c->slots, k, m, NULL, R);
     store(&c->s->out, c->slots, k, m, v);
   }
 }

@@ -318,10 +318,11 @@ static const wk_ukr *wk_pick_ukr(const wk_gemm_args *g, wk_cpu_isa_t isa) {
     return &wk_ukr_scalar_f32;
 }
 
-// Threads worth using: each should get at least ~1 MFLOP, or dispatch dominates.
+// Threads worth using: each should get >= 250K multiply-adds (~2.5 us), so that the
+// ~1 us dispatch and the per-thread packing stay small next to the work.
 static int wk_useful_threads(double flops) {
     int nt = wk_threads();
-    double per = 2e6;
+    double per = 5e5;
     int want = (int)(flops / per);
     if (want < 1) want = 1;
     return want < nt ? want : nt;

@@ -17,6 +17,8 @@
 
 void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
 void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out);
+void WK_ISA_FN(wk_cpu_ew_eval)(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots, int64_t start,
+                               int64_t n, const float *row, float *out);
 wk_status WK_ISA_FN(wk_cpu_nn)(const wk_step *s, void *const *slots);
 
 // Elements per parallel task: enough to amortize a dispatch (~1-2 us), few enough
@@ -334,6 +336,17 @@ static void put_row(const rctx *c, int64_t r, const float *y) {
 }
 
 // ---- softmax / log-softmax over the last axis ----
+static void softmax_row(const float *x, float *y, int64_t D, bool log_sm) {
+  float m = vmax(x, D);
+  if (log_sm) {
+    float lse = m + logf(vexp_sum(x, D, m));
+    for (int64_t i = 0; i < D; i++) y[i] = x[i] - lse;
+  } else {
+    float inv = 1.0f / vexp_store(x, y, D, m);
+    for (int64_t i = 0; i < D; i++) y[i] *= inv;
+  }
+}
+
 static void softmax_rows(void *vc, int64_t b, int64_t e, int tid, bool log_sm) {
   (void)tid;
   rctx *c = vc;
@@ -346,14 +359,7 @@ static void softmax_rows(void *vc, int64_t b, int64_t e, int tid, bool log_sm) {
   for (int64_t r = b; r < e; r++) {
     const float *x = row_in0(s, c->slots, r, D, buf);
     float *y = row_dst(c, r, tmp);
-    float m = vmax(x, D);
-    if (log_sm) {
-      float lse = m + logf(vexp_sum(x, D, m));
-      for (int64_t i = 0; i < D; i++) y[i] = x[i] - lse;
-    } else {
-      float inv = 1.0f / vexp_store(x, y, D, m);
-      for (int64_t i = 0; i < D; i++) y[i] *= inv;
-    }
+    softmax_row(x, y, D, log_sm);
     put_row(c, r, y);
   }
   if (c->nt) stream_fence();
@@ -394,6 +400,11 @@ static void log_softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) { soft
 static float rms_scale(const float *x, int64_t D, float eps) {
   return 1.0f / sqrtf(vdot(x, x, D) / (float)D + eps);
 }
+static void rms_row(const float *x, float *y, int64_t D, float eps, const float *w) {
+  float k = rms_scale(x, D, eps);
+  if (w) for (int64_t i = 0; i < D; i++) y[i] = x[i] * k * w[i];
+  else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
+}
 static void rms_range(void *vc, int64_t b, int64_t e, int tid) {
   (void)tid;
   rctx *c = vc;
@@ -407,9 +418,7 @@ static void rms_range(void *vc, int64_t b, int64_t e, int tid) {
   for (int64_t r = b; r < e; r++) {
     const float *x = row_in0(s, c->slots, r, D, sc.p);
     float *y = row_dst(c, r, sc.p + D);
-    float k = rms_scale(x, D, eps);
-    if (w) for (int64_t i = 0; i < D; i++) y[i] = x[i] * k * w[i];
-    else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
+    rms_row(x, y, D, eps, w);
     put_row(c, r, y);
   }
   if (c->nt) stream_fence();
@@ -447,6 +456,14 @@ static void ln_stats(const float *x, int64_t D, float eps, float *mean, float *r
   *mean = m;
   *rstd = 1.0f / sqrtf(vsqdev(x, D, m) / (float)D + eps);
 }
+static void ln_row(const float *x, float *y, int64_t D, float eps, const float *w, const float *bb) {
+  float m, k;
+  ln_stats(x, D, eps, &m, &k);
+  if (w && bb) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k * w[i] + bb[i];
+  else if (w) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k * w[i];
+  else if (bb) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k + bb[i];
+  else for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k;
+}
 static void ln_range(void *vc, int64_t b, int64_t e, int tid) {
   (void)tid;
   rctx *c = vc;
@@ -460,12 +477,7 @@ static void ln_range(void *vc, int64_t b, int64_t e, int tid) {
   for (int64_t r = b; r < e; r++) {
     const float *x = row_in0(s, c->slots, r, D, sc.p);
     float *y = row_dst(c, r, sc.p + D);
-    float m, k;
-    ln_stats(x, D, eps, &m, &k);
-    if (w && bb) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k * w[i] + bb[i];
-    else if (w) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k * w[i];
-    else if (bb) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k + bb[i];
-    else for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k;
+    ln_row(x, y, D, eps, w, bb);
     put_row(c, r, y);
   }
   if (c->nt) stream_fence();
@@ -969,6 +981,76 @@ static wk_status rows_kernel(const wk_step *s, void *const *slots, wk_range_fn f
   int64_t rows = c.D ? numel_of(&s->out) / c.D : 0;
   wk_parallel_for(rows, grain_rows(c.D), fn, &c);
   return c.oom ? wk_error(WK_ERR_OOM, "%s: out of memory", name) : WK_OK;
+}
+
+// ---- row chains: several row stages per pass, the row staying in L1 ----
+#define CHAIN_MAX 64
+typedef struct {
+  const wk_step *s;
+  void *const *slots;
+  int64_t D;
+  int n;
+  const float *w[CHAIN_MAX], *b[CHAIN_MAX];
+  _Atomic int oom;
+} chain_ctx;
+
+static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
+  (void)tid;
+  chain_ctx *c = vc;
+  int64_t D = c->D;
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, 3 * D)) { c->oom = 1; return; }
+  float *ping = sc.p, *pong = sc.p + D, *tmp = sc.p + 2 * D;
+  for (int64_t r = rb; r < re; r++) {
+    const float *cur = NULL;
+    for (int j = 0; j < c->n; j++) {
+      const wk_step *st = &c->s[j];
+      float *dst = cur == ping ? pong : ping;
+      if (st->op == WK_STEP_FUSED_EW) { // epilogue
+        WK_ISA_FN(wk_cpu_ew_eval)(&st->prog, st->in, c->slots, r * D, D, cur, dst);
+        cur = dst;
+        continue;
+      }
+      const float *x = cur;
+      if (st->prog.n) {
+        WK_ISA_FN(wk_cpu_ew_eval)(&st->prog, st->pro_in, c->slots, r * D, D, cur, tmp);
+        x = tmp;
+      } else if (st->in[0].slot >= 0) {
+        x = row_in(&st->in[0], c->slots, r, D, tmp);
+      }
+      float eps = st->attrs.f[0];
+      switch (st->op) {
+        case WK_OP_SOFTMAX: softmax_row(x, dst, D, false); break;
+        case WK_OP_LOG_SOFTMAX: softmax_row(x, dst, D, true); break;
+        case WK_OP_RMS_NORM: rms_row(x, dst, D, eps, c->w[j]); break;
+        default: ln_row(x, dst, D, eps, c->w[j], c->b[j]); break;
+      }
+      cur = dst;
+    }
+    store(&c->s[c->n - 1].out, c->slots, r * D, D, cur);
+  }
+  scratch_put(&sc);
+}
+
+wk_status WK_ISA_FN(wk_cpu_rowchain)(const wk_step *s, void *const *slots) {
+  chain_ctx c = {.s = s, .slots = slots, .n = s->chain};
+  if (c.n > CHAIN_MAX) return wk_error(WK_ERR_STATE, "row chain of %d stages (at most %d)", c.n, CHAIN_MAX);
+  const wk_operand *out = &s[c.n - 1].out;
+  c.D = last_of(out);
+  int64_t rows = c.D ? numel_of(out) / c.D : 0;
+  float *owned[2 * CHAIN_MAX] = {0};
+  bool oom = false;
+  for (int j = 0; j < c.n; j++) {
+    const wk_step *st = &s[j];
+    if (st->op != WK_OP_RMS_NORM && st->op != WK_OP_LAYER_NORM) continue;
+    bool has_w = st->attrs.i[0] != 0, has_b = st->op == WK_OP_LAYER_NORM && st->attrs.i[1] != 0;
+    if (has_w && !(c.w[j] = param_f32(&st->in[1], slots, c.D, &owned[2 * j]))) oom = true;
+    if (has_b && !(c.b[j] = param_f32(&st->in[1 + has_w], slots, c.D, &owned[2 * j + 1]))) oom = true;
+  }
+  if (!oom) wk_parallel_for(rows, grain_rows(c.D), chain_range, &c);
+  for (int j = 0; j < 2 * c.n; j++) free(owned[j]);
+  return oom || c.oom ? wk_error(WK_ERR_OOM, "row chain: out of memory") : WK_OK;
 }
 
 wk_status WK_ISA_FN(wk_cpu_nn)(const wk_step *s, void *const *slots) {
