@@ -6,6 +6,7 @@
 // (WICK_CACHE_MB, default 256) and only holds blocks of 256 KiB or more.
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include "engine.h"
 
 #define CACHE_MIN ((size_t)256 << 10)
@@ -48,16 +49,22 @@ void *wk_host_alloc(size_t bytes) {
 void wk_host_free(void *p, size_t bytes) {
   if (!p) return;
   size_t have = rounded(bytes ? bytes : 1);
-  if (have >= CACHE_MIN) {
+  if (have >= CACHE_MIN && have <= limit()) {
+    // make room by dropping the oldest blocks: recent sizes are the likely next requests
+    void *drop[CACHE_SLOTS];
+    int ndrop = 0;
     pthread_mutex_lock(&mu);
-    if (ncached < CACHE_SLOTS && cached_bytes + have <= limit()) {
-      cache[ncached].p = p;
-      cache[ncached++].bytes = have;
-      cached_bytes += have;
-      pthread_mutex_unlock(&mu);
-      return;
+    while (ncached && (ncached == CACHE_SLOTS || cached_bytes + have > limit())) {
+      drop[ndrop++] = cache[0].p;
+      cached_bytes -= cache[0].bytes;
+      memmove(&cache[0], &cache[1], sizeof cache[0] * (size_t)--ncached);
     }
+    cache[ncached].p = p;
+    cache[ncached++].bytes = have;
+    cached_bytes += have;
     pthread_mutex_unlock(&mu);
+    for (int i = 0; i < ndrop; i++) free(drop[i]);
+    return;
   }
   free(p);
 }

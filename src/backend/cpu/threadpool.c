@@ -55,20 +55,22 @@ static _Thread_local int wk_in_worker;  // nested wk_parallel_for from a chunk r
 // Claims and runs chunks of job `gen` until none are left. Chunk c runs as tid c,
 // so per-thread scratch indexed by tid is never shared by two running chunks.
 static void wk_run_chunks(uint32_t gen) {
-    wk_range_fn fn = atomic_load_explicit(&wk_pool.fn, memory_order_relaxed);
-    void *ctx = atomic_load_explicit(&wk_pool.ctx, memory_order_relaxed);
-    int64_t n = atomic_load_explicit(&wk_pool.n, memory_order_relaxed);
-    int nchunks = atomic_load_explicit(&wk_pool.nchunks, memory_order_relaxed);
-    uint64_t t = atomic_load_explicit(&wk_pool.ticket, memory_order_acquire);
     for (;;) {
-        if ((uint32_t)(t >> 32) != gen || (int)(uint32_t)t >= nchunks) return;
-        if (!atomic_compare_exchange_weak_explicit(&wk_pool.ticket, &t, t + 1,
-                                                   memory_order_acq_rel, memory_order_acquire))
-            continue;  // t now holds the current value
+        uint64_t t = atomic_load_explicit(&wk_pool.ticket, memory_order_acquire);
+        if ((uint32_t)(t >> 32) != gen) return;
+        // Read after acquiring a ticket of `gen`: these are that job's fields, or a
+        // later job's, in which case `gen` is complete and the CAS below fails.
+        int nchunks = atomic_load_explicit(&wk_pool.nchunks, memory_order_relaxed);
+        wk_range_fn fn = atomic_load_explicit(&wk_pool.fn, memory_order_relaxed);
+        void *ctx = atomic_load_explicit(&wk_pool.ctx, memory_order_relaxed);
+        int64_t n = atomic_load_explicit(&wk_pool.n, memory_order_relaxed);
         int c = (int)(uint32_t)t;
+        if (c >= nchunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&wk_pool.ticket, &t, t + 1,
+                                                   memory_order_acq_rel, memory_order_relaxed))
+            continue;
         fn(ctx, n * c / nchunks, n * (c + 1) / nchunks, c);
         atomic_fetch_add_explicit(&wk_pool.done, 1, memory_order_release);
-        t = atomic_load_explicit(&wk_pool.ticket, memory_order_acquire);
     }
 }
 
