@@ -6,6 +6,13 @@
 #include "cpu_kernels.h"
 #include "simd_math.h"
 #include "threadpool.h"
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+// Outputs this large do not stay in cache: streaming stores skip the read for
+// ownership of each output line (a third of the memory traffic of a copy).
+#define STREAM_BYTES (4 << 20)
 
 // ---- loads: any dtype, any strides, broadcast -> contiguous f32 ----
 static void convert_run(const void *p, wk_dtype dt, int64_t stride, int64_t n, float *out) {
@@ -71,10 +78,27 @@ void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t
   load(o, slots, start, n, out);
 }
 
-static void store(const wk_operand *o, void *const *slots, int64_t start, int64_t n, const float *v) {
+static void stream_f32(float *d, const float *v, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i < n && ((uintptr_t)(d + i) & 63); i++) d[i] = v[i];
+  for (; i + 16 <= n; i += 16) _mm512_stream_ps(d + i, _mm512_loadu_ps(v + i));
+#elif defined(__AVX2__)
+  for (; i < n && ((uintptr_t)(d + i) & 31); i++) d[i] = v[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(d + i, _mm256_loadu_ps(v + i));
+#endif
+  for (; i < n; i++) d[i] = v[i];
+}
+
+static void store(const wk_operand *o, void *const *slots, int64_t start, int64_t n, const float *v, bool stream) {
   char *p = (char *)slots[o->slot] + (o->offset + start) * (int64_t)wk_dtype_size(o->dtype);
   switch (o->dtype) {
-    case WK_F32: { float *d = (float *)p; for (int64_t i = 0; i < n; i++) d[i] = v[i]; break; }
+    case WK_F32: {
+      float *d = (float *)p;
+      if (stream) stream_f32(d, v, n);
+      else for (int64_t i = 0; i < n; i++) d[i] = v[i];
+      break;
+    }
     case WK_BF16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_bf16(v[i]); break; }
     case WK_F16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_f16(v[i]); break; }
     case WK_I32: { int32_t *d = (int32_t *)p; for (int64_t i = 0; i < n; i++) d[i] = (int32_t)v[i]; break; }
@@ -197,8 +221,32 @@ static const float *direct(const wk_operand *o, void *const *slots, int64_t star
 }
 
 // Runs prog over [start, start+n) (n <= WK_EW_BLOCK); returns the result's values.
-static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots, int64_t start,
-                              int n, const float *row, float *R) {
+static int prog_nops(const wk_ew_prog *prog) {
+  int n = 0;
+  for (int q = 0; q < prog->n; q++)
+    if (prog->code[q].op == WK_EW_LOAD && prog->code[q].a + 1 > n) n = prog->code[q].a + 1;
+  return n;
+}
+
+// f32 operands stored densely in the group's order (the common case): element i
+// is at base[i], so a block needs no index arithmetic at all.
+typedef struct { const float *base[WK_MAX_IN]; } dense_map;
+
+static void dense_init(dense_map *dm, const wk_operand *ops, int nops, void *const *slots) {
+  for (int k = 0; k < nops; k++) {
+    const wk_operand *o = &ops[k];
+    bool dense = o->dtype == WK_F32 && o->slot >= 0;
+    int64_t st = 1;
+    for (int d = o->ndim - 1; d >= 0 && dense; d--) {
+      if (o->shape[d] != 1 && o->stride[d] != st) dense = false;
+      st *= o->shape[d];
+    }
+    dm->base[k] = dense ? (const float *)slots[o->slot] + o->offset : NULL;
+  }
+}
+
+static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, const dense_map *dm, void *const *slots,
+                              int64_t start, int n, const float *row, float *R) {
   const float *rp[WK_EW_MAX_REGS];
   for (int q = 0; q < prog->n; q++) {
     const wk_ew_instr *in = &prog->code[q];
@@ -206,9 +254,12 @@ static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, voi
     if (in->op == WK_EW_LOAD_ROW) {
       rp[in->dst] = row;
     } else if (in->op == WK_EW_LOAD) {
-      const float *p = direct(&ops[in->a], slots, start, n);
+      const float *p = dm->base[in->a] ? dm->base[in->a] + start : direct(&ops[in->a], slots, start, n);
       if (!p) load(&ops[in->a], slots, start, n, reg);
       rp[in->dst] = p ? p : reg;
+    } else if ((in->op == WK_OP_COPY || in->op == WK_OP_STOP_GRAD) &&
+               (rp[in->a] < R || rp[in->a] >= R + WK_EW_MAX_REGS * WK_EW_BLOCK)) {
+      rp[in->dst] = rp[in->a]; // identity on tensor memory: no copy (never overwritten)
     } else {
       exec_instr(in, R, rp, start, n);
       rp[in->dst] = reg;
@@ -220,9 +271,11 @@ static const float *run_block(const wk_ew_prog *prog, const wk_operand *ops, voi
 void WK_ISA_FN(wk_cpu_ew_eval)(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots, int64_t start,
                                int64_t n, const float *row, float *out) {
   float *R = regs_for(prog->nregs);
+  dense_map dm;
+  dense_init(&dm, ops, prog_nops(prog), slots);
   for (int64_t k = 0; k < n; k += WK_EW_BLOCK) {
     int m = (int)(n - k < WK_EW_BLOCK ? n - k : WK_EW_BLOCK);
-    const float *v = run_block(prog, ops, slots, start + k, m, row ? row + k : NULL, R);
+    const float *v = run_block(prog, ops, &dm, slots, start + k, m, row ? row + k : NULL, R);
     for (int i = 0; i < m; i++) out[k + i] = v[i];
   }
 }
@@ -231,23 +284,28 @@ void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t st
   WK_ISA_FN(wk_cpu_ew_eval)(&s->prog, s->pro_in, slots, start, n, NULL, out);
 }
 
-typedef struct { const wk_step *s; void *const *slots; } ew_ctx;
+typedef struct { const wk_step *s; void *const *slots; bool stream; } ew_ctx;
 
 static void ew_range(void *ctx, int64_t begin, int64_t end, int tid) {
   (void)tid;
   const ew_ctx *c = ctx;
   float *R = regs_for(c->s->prog.nregs);
+  dense_map dm;
+  dense_init(&dm, c->s->in, c->s->nin, c->slots);
   for (int64_t k = begin; k < end; k += WK_EW_BLOCK) {
     int m = (int)(end - k < WK_EW_BLOCK ? end - k : WK_EW_BLOCK);
-    const float *v = run_block(&c->s->prog, c->s->in, c->slots, k, m, NULL, R);
-    store(&c->s->out, c->slots, k, m, v);
+    const float *v = run_block(&c->s->prog, c->s->in, &dm, c->slots, k, m, NULL, R);
+    store(&c->s->out, c->slots, k, m, v, c->stream);
   }
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if (c->stream) _mm_sfence();
+#endif
 }
 
 wk_status WK_ISA_FN(wk_cpu_ew)(const wk_step *s, void *const *slots) {
   int64_t n = 1;
   for (int d = 0; d < s->out.ndim; d++) n *= s->out.shape[d];
-  ew_ctx c = {s, slots};
+  ew_ctx c = {s, slots, s->out.dtype == WK_F32 && n * 4 >= STREAM_BYTES};
   // ~16k elements per task: big enough to amortize dispatch, small enough to balance
   wk_parallel_for(n, 32 * WK_EW_BLOCK, ew_range, &c);
   return WK_OK;
