@@ -729,8 +729,8 @@ void wk_plan_free(wk_plan *p) {
   free(p->target_node);
   free(p->target_out);
   free(p->key);
-  free(p->arena);
-  free(p);
+  free(p); // the arena belongs to the backend: eval.c returns it first
+
 }
 
 static const char *op_label(const wk_step *s) {

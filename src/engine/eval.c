@@ -11,7 +11,12 @@
 
 #define PLAN_CACHE_MAX 128
 
+// Arenas of cached plans stay allocated for reuse, up to this many bytes in all
+// (WICK_ARENA_CACHE_MB); past it the least recently used plans give theirs back.
+#define ARENA_CACHE_DEFAULT_MB 1024
+
 static wk_plan *cache[PLAN_CACHE_MAX];
+static size_t arena_bytes_held;
 static int cache_n;
 static uint64_t cache_clock;
 static uint64_t stat_compiles, stat_hits;
@@ -110,6 +115,29 @@ static uint64_t key_hash(const unsigned char *p, size_t n) {
   return h ^ (h >> 32);
 }
 
+static void plan_drop_arena(wk_plan *p) {
+  if (!p->arena) return;
+  const wk_backend *be = wk_backend_get(p->device);
+  if (be) be->free(p->arena);
+  p->arena = NULL;
+  arena_bytes_held -= p->arena_bytes;
+}
+
+static void arena_budget(const wk_plan *keep) {
+  static size_t limit;
+  if (!limit) {
+    const char *e = getenv("WICK_ARENA_CACHE_MB");
+    limit = (size_t)(e && atol(e) > 0 ? atol(e) : ARENA_CACHE_DEFAULT_MB) << 20;
+  }
+  while (arena_bytes_held > limit) {
+    wk_plan *victim = NULL;
+    for (int i = 0; i < cache_n; i++)
+      if (cache[i] != keep && cache[i]->arena && (!victim || cache[i]->lru < victim->lru)) victim = cache[i];
+    if (!victim) return;
+    plan_drop_arena(victim);
+  }
+}
+
 static wk_plan *cache_find(uint64_t h, const keybuf *k) {
   for (int i = 0; i < cache_n; i++)
     if (cache[i]->hash == h && cache[i]->keylen == k->n && !memcmp(cache[i]->key, k->b, k->n)) {
@@ -123,6 +151,7 @@ static void cache_insert(wk_plan *p) {
   if (cache_n == PLAN_CACHE_MAX) { // evict the least recently used
     int old = 0;
     for (int i = 1; i < cache_n; i++) if (cache[i]->lru < cache[old]->lru) old = i;
+    plan_drop_arena(cache[old]);
     wk_plan_free(cache[old]);
     cache[old] = cache[--cache_n];
   }
@@ -284,6 +313,8 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
   if (!plan->arena && plan->arena_bytes) {
     plan->arena = be->alloc(plan->arena_bytes);
     if (!plan->arena) { wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory for a %zu-byte arena", plan->arena_bytes); }
+    arena_bytes_held += plan->arena_bytes;
+    arena_budget(plan);
   }
   job *j = calloc(1, sizeof *j);
   wk_buffer **outs = calloc((size_t)plan->nouts + 1, sizeof *outs);
