@@ -7,7 +7,9 @@
 static inline float wkm_bits2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t wkm_f2bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
-static inline float wkm_exp(float x) {
+// exp(x) = 2^n * (1 + p(r)), x = n*ln2 + r, |r| <= ln2/2. Returns p(r) = e^r - 1
+// (Cephes' polynomial) and the scale 2^n; exp and expm1 both build on it.
+static inline float wkm_exp_reduce(float x, float *scale) {
   x = x < -87.3f ? -87.3f : x;
   x = x > 88.7f ? 88.7f : x;
   // round to nearest with the 1.5 * 2^23 trick: vectorizes, unlike roundf
@@ -19,9 +21,13 @@ static inline float wkm_exp(float x) {
   p = p * r + 4.1665795894E-2f;
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t e = (int32_t)n;
-  return p * wkm_bits2f((uint32_t)(e + 127) << 23);
+  *scale = wkm_bits2f((uint32_t)((int32_t)n + 127) << 23);
+  return p * r * r + r;
+}
+
+static inline float wkm_exp(float x) {
+  float sc, p = wkm_exp_reduce(x, &sc);
+  return (p + 1.0f) * sc;
 }
 
 static inline float wkm_log(float x) {
@@ -49,21 +55,10 @@ static inline float wkm_log(float x) {
   return x == __builtin_inff() ? x : r;
 }
 
-// expm1 with the same reduction as wkm_exp: 2^n * (1 + p) - 1 = s*p + (s - 1),
-// which is exactly p when n = 0, so small arguments keep their relative accuracy.
+// expm1 = 2^n * (1 + p) - 1 = s*p + (s - 1): exactly p when n = 0, so small
+// arguments keep their relative accuracy.
 static inline float wkm_expm1(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.7f ? 88.7f : x;
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r;
-  float sc = wkm_bits2f((uint32_t)((int32_t)n + 127) << 23);
+  float sc, p = wkm_exp_reduce(x, &sc);
   return sc * p + (sc - 1.0f);
 }
 
