@@ -558,7 +558,22 @@ static void collect_reads(ir *r, int i, int k, bool top) {
   for (int q = 0; q < nin; q++) collect_reads(r, in[q], k, false);
 }
 
-// The dense, same-shape input that an elementwise root at step k may overwrite.
+// How step code rooted at i reads the storage of node j: counts every read, and
+// those that are not plain reads of j itself (through a view of j, say).
+static void count_reads(const ir *r, int i, int j, bool top, int *reads, int *strided) {
+  const irnode *x = &r->n[i];
+  if (!top && !inlined(x)) {
+    int b = x->op == WK_OP_VIEW && !x->leaf ? x->base : i;
+    if (b == j) { (*reads)++; *strided += i != j; }
+    return;
+  }
+  int nin = x->lora ? 4 : x->nin;
+  const int *in = x->lora ? x->lora_in : x->in;
+  for (int q = 0; q < nin; q++) count_reads(r, in[q], j, false, reads, strided);
+}
+
+// The input that an elementwise root at step k may overwrite: it dies here, has
+// the output's shape and dtype, and every read of it is element i for output i.
 static int inplace_candidate(ir *r, int i, int k) {
   irnode *x = &r->n[i];
   if (!is_ew(x->op)) return -1;
@@ -567,6 +582,9 @@ static int inplace_candidate(ir *r, int i, int k) {
     irnode *y = &r->n[j];
     if (y->leaf || !y->root || y->escapes || y->target || y->last_use != k) continue;
     if (!same_shape(y->t, x->t) || y->t->dtype != x->t->dtype) continue;
+    int reads = 0, strided = 0;
+    count_reads(r, i, j, true, &reads, &strided);
+    if (strided) continue; // a transposed or shifted read would see overwritten values
     return j;
   }
   return -1;

@@ -436,6 +436,17 @@ static void test_fusion_and_plans(void) {
   wk_eval(1, &z);
   p = wk_last_plan();
   CHECK(p->narena == 5 && p->arena_bytes == 2 * 64 * 64 * 4, "5 intermediates in 2 buffers (%zu bytes)", p->arena_bytes);
+  // in-place reuse must not overwrite what a transposed read of the same buffer needs
+  wk_tensor *sqm = gc_input(2, SHAPE(64, 64), -1, 1, 94);
+  wk_tensor *prod = wk_matmul(sqm, sqm); // an arena intermediate
+  wk_tensor *sym = wk_add(wk_exp(prod), wk_transpose(prod, 0, 1));
+  float *symv = read_all(sym), *pv = read_all(wk_matmul(sqm, sqm));
+  int asym = 0;
+  for (int i2 = 0; i2 < 64; i2++)
+    for (int j2 = 0; j2 < 64; j2++)
+      asym += fabsf(symv[i2 * 64 + j2] - (expf(pv[i2 * 64 + j2]) + pv[j2 * 64 + i2])) > 1e-3f * fabsf(symv[i2 * 64 + j2]);
+  CHECK(asym == 0, "no in-place write over a transposed read (%d wrong)", asym);
+  free(symv); free(pv);
   // async evaluation
   wk_tensor *as = chain8(y, x);
   CHECK(wk_eval_async(1, &as) == WK_OK && wk_sync() == WK_OK, "eval_async + sync");
