@@ -1,0 +1,15 @@
+// Small file helpers shared by the readers in src/io.
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+
+// Reads a whole file into a malloc'd, NUL-terminated buffer (caller frees); *len gets
+// its size. Files larger than max bytes are refused. NULL with wk_last_error() set
+// (naming the path) on failure.
+char *wk_read_file(const char *path, size_t max, size_t *len);
+// "dir/of/path/" + name, malloc'd (caller frees); the directory of a bare file name is ".".
+char *wk_path_sibling(const char *path, const char *name);
+// 1 if path names a directory, 0 otherwise.
+bool wk_is_dir(const char *path);
+// 1 if s ends with suffix.
+bool wk_ends_with(const char *s, const char *suffix);
