@@ -32,6 +32,14 @@ wk_tensor *wk_arange(double start, double stop, double step, wk_dtype dt);
 wk_tensor *wk_randn(int ndim, const int64_t *shape, wk_dtype dt, uint64_t seed);
 wk_tensor *wk_rand(int ndim, const int64_t *shape, wk_dtype dt, double lo, double hi, uint64_t seed);
 
+// ---- devices ----
+// A copy of t on `dev` (lazy, like any op; the planner sees the transfer). The
+// same tensor (a new reference) when t is already there. Gradients flow back.
+wk_tensor *wk_to_device(wk_tensor *t, wk_device dev);
+// 1 when this build and machine can run tensors on dev.
+int wk_device_available(wk_device dev);
+const char *wk_device_name(wk_device dev);
+
 // ---- lifetime ----
 wk_tensor *wk_tensor_ref(wk_tensor *t);   // +1 reference; returns t
 void wk_tensor_free(wk_tensor *t);        // -1 reference; NULL is fine
@@ -70,8 +78,10 @@ void wk_last_eval_stats(wk_eval_stats *out);   // 1: every op evaluates as it is
 int wk_eager(void);
 
 // ---- data access (evaluates implicitly) ----
-// Pointer to the contiguous, host-resident data of t (evaluating and making it
-// contiguous on the host if needed). Valid while t lives. NULL on failure.
+// Pointer to the contiguous data of a CPU tensor (evaluating and making it
+// contiguous if needed). Valid while t lives. NULL on failure, and for tensors on
+// other devices (copy them with wk_to_device(t, WK_CPU); wk_tensor_read_f32 and
+// wk_item do that themselves).
 const void *wk_tensor_data(wk_tensor *t);
 // Copies t converted to f32 into out (numel floats).
 wk_status wk_tensor_read_f32(wk_tensor *t, float *out, int64_t n);

@@ -13,7 +13,7 @@ const wk_backend *wk_backend_get(wk_device dev) {
     case WK_CUDA: return wk_backend_cuda();
 #endif
     default:
-      wk_error(WK_ERR_DEVICE, "device %d is not available in this build (rebuild with WICK_CUDA=ON for cuda)", dev);
+      wk_error(WK_ERR_DEVICE, "%s is not available in this build (configure with -DWICK_CUDA=ON)", wk_device_name(dev));
       return NULL;
   }
 }

@@ -42,6 +42,7 @@ typedef struct {
 // A scheduled kernel.
 typedef struct {
   wk_op op;             // the kernel; WK_OP_COUNT means a fused elementwise group
+  wk_device device;     // whose backend runs it (a transfer: the accelerator's side)
   int src;              // graph node whose scalar attributes (attrs.f, attrs.u) it uses, or -1
   int lora_src;         // LoRA: the node holding the scale
   wk_attrs attrs;

@@ -460,6 +460,8 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
   memset(s, 0, sizeof *s);
   s->attrs = x->t->attrs;
   s->src = i;
+  // a transfer runs on the accelerator's backend, whichever way it goes
+  s->device = x->op == WK_OP_TRANSFER && x->t->device == WK_CPU ? x->t->in[0]->device : x->t->device;
   s->out = operand_self(r, i);
   s->out.offset = 0;
   if (x->lora) {
@@ -642,43 +644,64 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
     p->outs[p->nouts++] = (wk_plan_out){.node = roots[k], .slot = slot, .bytes = node_bytes(x), .base = roots[k]};
     x->slot = slot++;
   }
-  int first_arena = slot, nused = 0;
-  int64_t peak = 0;
+  // one arena per device; each packs its own intermediates
+  int first_arena = slot, nused[WK_DEVICE_COUNT] = {0};
+  int64_t peak[WK_DEVICE_COUNT] = {0};
+  span *used_dev[WK_DEVICE_COUNT] = {used};
+  for (int d = 1; d < WK_DEVICE_COUNT; d++) used_dev[d] = malloc(sizeof(span) * (size_t)(nroots + 1));
   int64_t *span_of = calloc((size_t)r.count + 1, sizeof *span_of); // arena offset per node
-  if (!span_of) { free(roots); free(used); free(r.n); plan_fail(p, "out of memory"); return NULL; }
   // dying[k]: arena nodes whose last reader is step k (a linked list through next_dead)
   int *dying = malloc(sizeof(int) * (size_t)(nroots + 1)), *next_dead = malloc(sizeof(int) * (size_t)(r.count + 1));
-  if (!dying || !next_dead) { free(dying); free(next_dead); free(span_of); free(roots); free(used); free(r.n); plan_fail(p, "out of memory"); return NULL; }
+  p->arena_dev = calloc((size_t)nroots + 1, sizeof *p->arena_dev);
+  bool mem_ok = span_of && dying && next_dead && p->arena_dev;
+  for (int d = 1; d < WK_DEVICE_COUNT; d++) mem_ok = mem_ok && used_dev[d];
+  if (!mem_ok) {
+    for (int d = 1; d < WK_DEVICE_COUNT; d++) free(used_dev[d]);
+    free(dying); free(next_dead); free(span_of); free(roots); free(used); free(r.n);
+    plan_fail(p, "out of memory");
+    return NULL;
+  }
   for (int k = 0; k <= nroots; k++) dying[k] = -1;
   for (int k = 0; k < nroots; k++) {
     int i = roots[k];
     irnode *x = &r.n[i];
     // spans whose last reader was the previous step are free again
     for (int q = k > 0 ? dying[k - 1] : -1; q >= 0; q = next_dead[q])
-      if (r.n[q].last_use != -3) { arena_release(used, &nused, span_of[q]); r.n[q].last_use = -3; }
+      if (r.n[q].last_use != -3) {
+        int d = (int)r.n[q].t->device;
+        arena_release(used_dev[d], &nused[d], span_of[q]);
+        r.n[q].last_use = -3;
+      }
     if (x->slot >= 0) continue;
+    int dev = (int)x->t->device;
     int64_t size = padded(node_bytes(x));
     int j = inplace_candidate(&r, i, k);
     int64_t off;
-    if (j >= 0 && r.n[j].slot >= first_arena && padded(node_bytes(&r.n[j])) == size) {
+    if (j >= 0 && r.n[j].slot >= first_arena && padded(node_bytes(&r.n[j])) == size && (int)r.n[j].t->device == dev) {
       off = span_of[j];
       r.n[j].last_use = -3; // its span passes to x
     } else {
-      off = arena_place(used, &nused, size);
+      off = arena_place(used_dev[dev], &nused[dev], size);
     }
     span_of[i] = off;
     if (x->last_use >= k) { next_dead[i] = dying[x->last_use]; dying[x->last_use] = i; }
     x->slot = slot++;
     p->arena_off[x->slot - first_arena] = off;
+    p->arena_dev[x->slot - first_arena] = dev;
     p->narena++;
-    if (off + size > peak) peak = off + size;
+    if (off + size > peak[dev]) peak[dev] = off + size;
   }
+  for (int d = 1; d < WK_DEVICE_COUNT; d++) free(used_dev[d]);
   free(span_of);
   free(used);
   free(dying);
   free(next_dead);
   p->nslots = slot;
-  p->arena_bytes = (size_t)peak;
+  p->arena_bytes = 0;
+  for (int d = 0; d < WK_DEVICE_COUNT; d++) {
+    p->arena_dev_bytes[d] = (size_t)peak[d];
+    p->arena_bytes += (size_t)peak[d];
+  }
   // the unfused, unplanned figure: every live node's result kept in its own buffer
   p->unplanned_bytes = 0;
   for (int i = 0; i < r.count; i++)
@@ -744,6 +767,7 @@ void wk_plan_free(wk_plan *p) {
   free(p->leaf_nodes);
   free(p->outs);
   free(p->arena_off);
+  free(p->arena_dev);
   free(p->target_node);
   free(p->target_out);
   free(p->key);

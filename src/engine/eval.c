@@ -115,12 +115,37 @@ static uint64_t key_hash(const unsigned char *p, size_t n) {
   return h ^ (h >> 32);
 }
 
+static bool has_arena(const wk_plan *p) {
+  for (int d = 0; d < WK_DEVICE_COUNT; d++) if (p->arena[d]) return true;
+  return false;
+}
+
 static void plan_drop_arena(wk_plan *p) {
-  if (!p->arena) return;
-  const wk_backend *be = wk_backend_get(p->device);
-  if (be) be->free(p->arena);
-  p->arena = NULL;
-  arena_bytes_held -= p->arena_bytes;
+  for (int d = 0; d < WK_DEVICE_COUNT; d++) {
+    if (!p->arena[d]) continue;
+    const wk_backend *be = wk_backend_get((wk_device)d);
+    if (be) be->free(p->arena[d]);
+    p->arena[d] = NULL;
+    arena_bytes_held -= p->arena_dev_bytes[d];
+  }
+}
+
+static void arena_budget(const wk_plan *keep);
+
+// Allocates the plan's arenas that are missing (after a cache eviction, say).
+static wk_status plan_arenas(wk_plan *p) {
+  for (int d = 0; d < WK_DEVICE_COUNT; d++) {
+    if (p->arena[d] || !p->arena_dev_bytes[d]) continue;
+    const wk_backend *be = wk_backend_get((wk_device)d);
+    if (!be) return WK_ERR_DEVICE;
+    p->arena[d] = be->alloc(p->arena_dev_bytes[d]);
+    if (!p->arena[d])
+      return wk_error(WK_ERR_OOM, "eval: out of %s memory for a %zu-byte arena", wk_device_name((wk_device)d),
+                      p->arena_dev_bytes[d]);
+    arena_bytes_held += p->arena_dev_bytes[d];
+  }
+  arena_budget(p);
+  return WK_OK;
 }
 
 static void arena_budget(const wk_plan *keep) {
@@ -132,7 +157,7 @@ static void arena_budget(const wk_plan *keep) {
   while (arena_bytes_held > limit) {
     wk_plan *victim = NULL;
     for (int i = 0; i < cache_n; i++)
-      if (cache[i] != keep && cache[i]->arena && (!victim || cache[i]->lru < victim->lru)) victim = cache[i];
+      if (cache[i] != keep && has_arena(cache[i]) && (!victim || cache[i]->lru < victim->lru)) victim = cache[i];
     if (!victim) return;
     plan_drop_arena(victim);
   }
@@ -179,7 +204,6 @@ void wk_plan_cache_stats(uint64_t *compiles, uint64_t *hits, int *entries) {
 
 // ---- running ----
 typedef struct {
-  const wk_backend *be;
   wk_plan *plan;
   void **slots;
   wk_buffer **hold;    // leaf buffers kept alive while the plan runs
@@ -196,12 +220,22 @@ static pthread_t q_thread;
 static bool q_started;
 
 static wk_status job_run(job *j) {
-  for (int k = 0; k < j->plan->nsteps; k++) {
-    if (j->plan->steps[k].chain < 0) continue; // runs inside its chain's head
-    wk_status s = j->be->run(&j->plan->steps[k], j->slots);
-    if (s) return s;
+  bool used[WK_DEVICE_COUNT] = {0};
+  wk_status s = WK_OK;
+  for (int k = 0; k < j->plan->nsteps && !s; k++) {
+    const wk_step *st = &j->plan->steps[k];
+    if (st->chain < 0) continue; // runs inside its chain's head
+    const wk_backend *be = wk_backend_get(st->device);
+    s = be ? be->run(st, j->slots) : WK_ERR_DEVICE;
+    used[st->device] = true;
   }
-  return j->be->sync ? j->be->sync() : WK_OK;
+  // asynchronous backends report kernel faults here, so sync even after a failure
+  for (int d = 0; d < WK_DEVICE_COUNT; d++) {
+    const wk_backend *be = used[d] ? wk_backend_get((wk_device)d) : NULL;
+    wk_status e = be && be->sync ? be->sync() : WK_OK;
+    if (!s) s = e;
+  }
+  return s;
 }
 
 static void job_free(job *j) {
@@ -300,7 +334,6 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
     plan->hash = h;
     plan->key = key.b;
     plan->keylen = key.n;
-    plan->device = g.nodes[targets[0]]->device;
     stat_compiles++;
     if (getenv("WICK_DUMP_GRAPH")) wk_plan_dump(plan, &g);
     cache_insert(plan);
@@ -308,14 +341,7 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
   free(targets);
   patch_scalars(plan, &g);
   last_plan = plan;
-  const wk_backend *be = wk_backend_get(plan->device);
-  if (!be) { wk_topo_free(&g); return WK_ERR_DEVICE; }
-  if (!plan->arena && plan->arena_bytes) {
-    plan->arena = be->alloc(plan->arena_bytes);
-    if (!plan->arena) { wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory for a %zu-byte arena", plan->arena_bytes); }
-    arena_bytes_held += plan->arena_bytes;
-    arena_budget(plan);
-  }
+  if ((s = plan_arenas(plan))) { wk_topo_free(&g); return s; }
   job *j = calloc(1, sizeof *j);
   wk_buffer **outs = calloc((size_t)plan->nouts + 1, sizeof *outs);
   if (!j || !outs || !(j->slots = calloc((size_t)plan->nslots + 1, sizeof(void *))) ||
@@ -325,7 +351,6 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
     wk_topo_free(&g);
     return wk_error(WK_ERR_OOM, "eval: out of memory");
   }
-  j->be = be;
   j->plan = plan;
   for (int k = 0; k < plan->nleaves; k++) {
     wk_tensor *t = g.nodes[plan->leaf_nodes[k]];
@@ -334,7 +359,7 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
     t->buf->refcount++;
   }
   for (int o = 0; o < plan->nouts; o++) {
-    outs[o] = wk_buffer_alloc(plan->device, plan->outs[o].bytes);
+    outs[o] = wk_buffer_alloc(g.nodes[plan->outs[o].node]->device, plan->outs[o].bytes);
     if (!outs[o]) {
       for (int q = 0; q < o; q++) wk_buffer_release(outs[q]);
       free(outs);
@@ -345,7 +370,8 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
     j->slots[plan->outs[o].slot] = outs[o]->data;
   }
   int first_arena = plan->nslots - plan->narena;
-  for (int k = 0; k < plan->narena; k++) j->slots[first_arena + k] = (char *)plan->arena + plan->arena_off[k];
+  for (int k = 0; k < plan->narena; k++)
+    j->slots[first_arena + k] = (char *)plan->arena[plan->arena_dev[k]] + plan->arena_off[k];
   // attach storage to the targets now: their data is valid once the job is done
   for (int k = 0; k < plan->ntargets; k++) {
     wk_tensor *t = g.nodes[plan->target_node[k]];

@@ -15,7 +15,6 @@ typedef struct wk_plan {
   uint64_t hash;
   unsigned char *key;
   size_t keylen;
-  wk_device device;
   int nsteps;
   wk_step *steps;
   int nslots;        // leaves, then outputs, then arena intermediates
@@ -27,10 +26,12 @@ typedef struct wk_plan {
   int *target_node;  // graph index of target k
   int *target_out;   // which outs[] entry holds target k's storage
   int narena;
-  int64_t *arena_off; // byte offset of each arena slot
-  size_t arena_bytes; // the planner's peak for intermediates
+  int64_t *arena_off; // byte offset of each arena slot in its device's arena
+  int *arena_dev;     // the device of each arena slot
+  size_t arena_dev_bytes[WK_DEVICE_COUNT];
+  size_t arena_bytes; // the planner's peak for intermediates, all devices
   size_t unplanned_bytes; // every node materialized, nothing reused (for comparison)
-  void *arena;
+  void *arena[WK_DEVICE_COUNT];
   int fused_ops;     // graph nodes folded into other steps
   int ngraph;        // nodes before optimization
   uint64_t lru;

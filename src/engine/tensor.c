@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "engine.h"
+#include "../backend/backend.h"
 
 // ---- buffers ----
 wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
@@ -11,7 +12,16 @@ wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
   b->refcount = 1;
   b->device = dev;
   b->bytes = bytes;
-  if (dev != WK_CPU) { free(b); wk_error(WK_ERR_DEVICE, "device %d has no allocator", dev); return NULL; }
+  if (dev != WK_CPU) {
+    const wk_backend *be = wk_backend_get(dev);
+    b->data = be ? be->alloc(bytes ? bytes : 1) : NULL;
+    if (!b->data) {
+      free(b);
+      if (be) wk_error(WK_ERR_OOM, "out of %s memory allocating %zu bytes", wk_device_name(dev), bytes);
+      return NULL;
+    }
+    return b;
+  }
   // 64-byte alignment for AVX-512 loads; round up so the size is a multiple.
   b->data = wk_host_alloc(bytes);
   if (!b->data && bytes) {
@@ -25,6 +35,7 @@ wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
 void wk_buffer_release(wk_buffer *b) {
   if (!b || --b->refcount > 0) return;
   if (b->release) b->release(b->release_ctx);
+  else if (b->device != WK_CPU) wk_backend_get(b->device)->free(b->data);
   else wk_host_free(b->data, b->bytes);
   free(b);
 }
@@ -202,6 +213,13 @@ wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, in
   t->refcount = 1;
   t->dtype = dt;
   t->device = nin ? in[0]->device : WK_CPU;
+  for (int i = 1; i < nin && op != WK_OP_TRANSFER; i++)
+    if (in[i]->device != t->device) {
+      wk_error(WK_ERR_DEVICE, "%s: input %d is on %s but input 0 is on %s; move one with wk_to_device",
+               wk_ops[op].name, i, wk_device_name(in[i]->device), wk_device_name(t->device));
+      free(t);
+      return NULL;
+    }
   t->ndim = ndim;
   if (ndim) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
   wk_contiguous_strides(ndim, shape, t->stride);
@@ -371,7 +389,13 @@ static wk_status realize_contiguous(wk_tensor *t) {
 }
 
 const void *wk_tensor_data(wk_tensor *t) {
-  if (!wk_tensor_valid(t, "tensor_data") || realize_contiguous(t)) return NULL;
+  if (!wk_tensor_valid(t, "tensor_data")) return NULL;
+  if (t->device != WK_CPU) {
+    wk_error(WK_ERR_DEVICE, "tensor_data: the tensor is on %s; copy it with wk_to_device(t, WK_CPU)",
+             wk_device_name(t->device));
+    return NULL;
+  }
+  if (realize_contiguous(t)) return NULL;
   return (const char *)t->buf->data + t->offset * (int64_t)wk_dtype_size(t->dtype);
 }
 
@@ -380,17 +404,19 @@ wk_status wk_tensor_read_f32(wk_tensor *t, float *out, int64_t n) {
   int64_t numel = wk_numel(t);
   if (n < numel) return wk_error(WK_ERR_ARG, "tensor_read_f32: buffer holds %lld floats, tensor has %lld",
                                  (long long)n, (long long)numel);
-  const void *p = wk_tensor_data(t);
-  if (!p) return WK_ERR_STATE;
+  wk_tensor *host = t->device == WK_CPU ? wk_tensor_ref(t) : wk_keep(wk_to_device(t, WK_CPU));
+  const void *p = host ? wk_tensor_data(host) : NULL;
+  if (!p) { wk_tensor_free(host); return WK_ERR_STATE; }
   for (int64_t i = 0; i < numel; i++) {
     switch (t->dtype) {
       case WK_F32: out[i] = ((const float *)p)[i]; break;
       case WK_F16: out[i] = wk_f16_to_f32(((const uint16_t *)p)[i]); break;
       case WK_BF16: out[i] = wk_bf16_to_f32(((const uint16_t *)p)[i]); break;
       case WK_I32: out[i] = (float)((const int32_t *)p)[i]; break;
-      default: return wk_error(WK_ERR_DTYPE, "tensor_read_f32: unknown dtype");
+      default: wk_tensor_free(host); return wk_error(WK_ERR_DTYPE, "tensor_read_f32: unknown dtype");
     }
   }
+  wk_tensor_free(host);
   return WK_OK;
 }
 
@@ -414,8 +440,8 @@ wk_status wk_tensor_assign(wk_tensor *dst, wk_tensor *src) {
       dst->dtype != src->dtype)
     return wk_error(WK_ERR_SHAPE, "tensor_assign: source %s does not match destination %s",
                     wk_shape_str(src, a, sizeof a), wk_shape_str(dst, b, sizeof b));
-  if (!dst->buf || !wk_is_contiguous(dst))
-    return wk_error(WK_ERR_STATE, "tensor_assign: destination must be evaluated and contiguous");
+  if (!dst->buf || !wk_is_contiguous(dst) || dst->device != WK_CPU)
+    return wk_error(WK_ERR_STATE, "tensor_assign: destination must be an evaluated, contiguous CPU tensor");
   const void *p = wk_tensor_data(src);
   if (!p) return WK_ERR_STATE;
   wk_status s = wk_sync();

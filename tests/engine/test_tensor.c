@@ -75,6 +75,15 @@ static void test_errors(void) {
   wk_tensor *huge = wk_zeros(2, SHAPE(1 << 21, 1 << 21), WK_F32);
   CHECK(huge && wk_eval(1, &huge) != WK_OK && strstr(wk_last_error(), "out of memory"), "huge allocation fails cleanly");
   wk_scope_end();
+  // devices: a CPU "transfer" is the same tensor; an absent device is a clear error
+  wk_scope_begin();
+  wk_tensor *h = wk_ones(1, SHAPE(3), WK_F32);
+  CHECK(wk_to_device(h, WK_CPU) == h, "to_device on the same device");
+  if (!wk_device_available(WK_CUDA)) {
+    CHECK(wk_to_device(h, WK_CUDA) == NULL && strstr(wk_last_error(), "cuda"), "missing device named");
+  }
+  CHECK(!strcmp(wk_device_name(WK_CUDA), "cuda"), "device names");
+  wk_scope_end();
 #ifdef WICK_DEBUG
   wk_tensor *dead = wk_ones(1, SHAPE(2), WK_F32);
   wk_tensor_free(dead);
