@@ -97,3 +97,16 @@ wk_status wk_grad(wk_tensor *loss, int n, wk_tensor *const *params, wk_tensor **
   wk_topo_free(&g);
   return st;
 }
+
+wk_status wk_value_and_grad(wk_tensor *loss, int n, wk_tensor *const *params, wk_tensor **grads, float *value) {
+  wk_status st = wk_grad(loss, n, params, grads);
+  if (st) return st;
+  wk_tensor **all = malloc(sizeof *all * (size_t)(n + 1));
+  if (!all) return wk_error(WK_ERR_OOM, "value_and_grad: out of memory");
+  all[0] = loss;
+  for (int i = 0; i < n; i++) all[i + 1] = grads[i];
+  st = wk_eval(n + 1, all);
+  free(all);
+  if (!st && value) *value = wk_item(loss);
+  return st;
+}

@@ -363,6 +363,14 @@ static void test_grad_semantics(void) {
   float *g0 = read_all(g[0]), *g1 = read_all(g[1]), *fv = read_all(frozen);
   CHECK(g0[2] == fv[2] && g1[0] == 0 && g1[3] == 0, "gradient flows only to trainable leaves");
   CHECK(wk_grad(wk_exp(x), 1, &x, g) != WK_OK && strstr(wk_last_error(), "one element"), "non-scalar loss rejected");
+  float value = 0;
+  wk_tensor *vg;
+  CHECK(wk_value_and_grad(wk_sum(wk_square(x), 0, NULL, 0), 1, &x, &vg, &value) == WK_OK && wk_is_evaluated(vg),
+        "value_and_grad evaluates");
+  float *xv = read_all(x), *gv = read_all(vg);
+  CHECK(fabsf(value - (xv[0] * xv[0] + xv[1] * xv[1] + xv[2] * xv[2] + xv[3] * xv[3])) < 1e-6f && gv[1] == 2 * xv[1],
+        "value_and_grad values");
+  free(xv); free(gv);
   free(g0); free(g1); free(fv);
   wk_scope_end();
 }
