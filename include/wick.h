@@ -5,3 +5,4 @@
 #include "wick/tensor.h"
 #include "wick/ops.h"
 #include "wick/grad.h"
+#include "wick/gguf.h"

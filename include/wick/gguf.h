@@ -14,7 +14,9 @@
 // pointer the handle gives out (keys, strings, descriptors, tensor data) lives
 // until wk_gguf_close. Tensors made by wk_gguf_tensor_f32 / wk_gguf_tensor_load are
 // ordinary wick tensors (free with wk_tensor_free); zero-copy ones keep the file
-// mapped after wk_gguf_close until they are freed.
+// mapped after wk_gguf_close until they are freed. The mapping is private and
+// writable: writing to a zero-copy tensor (an optimizer step) never changes the file,
+// but the handle's descriptors see the new values.
 // Scalar byte order: little-endian files only (what every GGUF writer emits).
 #pragma once
 #include "base.h"
