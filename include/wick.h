@@ -6,3 +6,5 @@
 #include "wick/ops.h"
 #include "wick/grad.h"
 #include "wick/gguf.h"
+#include "wick/io.h"
+#include "wick/model.h"

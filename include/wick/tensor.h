@@ -21,6 +21,7 @@ typedef struct wk_tensor wk_tensor;
 // ---- creation (lazy where the data is computable) ----
 wk_tensor *wk_from_data(int ndim, const int64_t *shape, wk_dtype dt, const void *data); // copies
 // Wraps memory the caller keeps alive until `release(ctx)` is called (may be NULL).
+// On failure (NULL) release is not called: the caller still owns data.
 wk_tensor *wk_from_external(int ndim, const int64_t *shape, wk_dtype dt, void *data,
                             void (*release)(void *ctx), void *ctx);
 wk_tensor *wk_zeros(int ndim, const int64_t *shape, wk_dtype dt);

@@ -292,12 +292,21 @@ static void release_nothing(void *ctx) { (void)ctx; }
 wk_tensor *wk_from_external(int ndim, const int64_t *shape, wk_dtype dt, void *data,
                             void (*release)(void *ctx), void *ctx) {
   if (!check_shape("from_external", ndim, shape) || !check_dtype("from_external", dt)) return NULL;
-  wk_buffer *b = calloc(1, sizeof *b);
-  if (!b) { wk_error(WK_ERR_OOM, "from_external: out of memory"); return NULL; }
+  // The node first: once the buffer exists, nothing below can fail, so on any
+  // failure `release` has not run and the caller still owns `data`.
+  wk_tensor *t = wk_node_new(WK_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
+  wk_buffer *b = t ? calloc(1, sizeof *b) : NULL;
+  if (!b) {
+    free(t);
+    wk_error(WK_ERR_OOM, "from_external: out of memory");
+    return NULL;
+  }
   *b = (wk_buffer){.refcount = 1, .device = WK_CPU, .data = data,
                    .bytes = (size_t)wk_shape_numel(ndim, shape) * wk_dtype_size(dt),
                    .release = release ? release : release_nothing, .release_ctx = ctx};
-  return wk_node_finish(realized_new(ndim, shape, dt, b));
+  t->buf = b;
+  scope_add(t); // realized already: nothing to evaluate
+  return t;
 }
 
 static wk_tensor *source(wk_op op, const char *name, int ndim, const int64_t *shape, wk_dtype dt,

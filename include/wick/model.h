@@ -1,0 +1,76 @@
+// wick model configuration: the hyper-parameters of a supported architecture, read
+// from a Hugging Face config.json (as written by transformers 4.x or 5.x).
+//
+//   wk_model_config c;
+//   if (wk_model_config_load("models/SmolLM2-135M", &c)) puts(wk_last_error());
+//   printf("%s: %lld layers, %lld heads (%lld kv)\n", wk_arch_name(c.arch),
+//          (long long)c.num_hidden_layers, (long long)c.num_attention_heads,
+//          (long long)c.num_key_value_heads);
+//
+// Fields the file leaves out (or sets to null) take transformers' defaults for that
+// architecture (LlamaConfig, Qwen2Config, BertConfig). A field of the wrong type, an
+// impossible value (heads not dividing hidden size, kv heads not dividing heads) or an
+// architecture wick doesn't implement fails with a message naming the file and field.
+// The struct holds no pointers: copy it freely.
+#pragma once
+#include <stdbool.h>
+#include "base.h"
+
+typedef enum { WK_ARCH_UNKNOWN = 0, WK_ARCH_LLAMA, WK_ARCH_QWEN2, WK_ARCH_BERT } wk_arch;
+
+// RoPE frequency scaling (transformers' rope_scaling / rope_parameters).
+typedef enum { WK_ROPE_DEFAULT = 0, WK_ROPE_LINEAR, WK_ROPE_DYNAMIC, WK_ROPE_LLAMA3, WK_ROPE_YARN } wk_rope_type;
+typedef struct {
+  wk_rope_type type;
+  double factor;                             // 1 for default
+  int64_t original_max_position_embeddings;  // llama3, yarn; 0 when absent
+  double low_freq_factor, high_freq_factor;  // llama3
+  double beta_fast, beta_slow;               // yarn (defaults 32 and 1)
+  double mscale, mscale_all_dim;             // yarn; 0 when absent
+  double attention_factor;                   // yarn; 0 when absent (derived from factor)
+} wk_rope_scaling;
+
+#define WK_MAX_EOS 8
+
+typedef struct {
+  wk_arch arch;
+  char model_type[32];          // "llama", "qwen2", "bert"
+  char architecture[64];        // first of "architectures", or ""
+  int64_t vocab_size;
+  int64_t hidden_size;
+  int64_t intermediate_size;
+  int64_t num_hidden_layers;
+  int64_t num_attention_heads;
+  int64_t num_key_value_heads;  // = num_attention_heads unless given (GQA)
+  int64_t head_dim;             // = hidden_size / num_attention_heads unless given
+  int64_t max_position_embeddings;
+  double norm_eps;              // rms_norm_eps (Llama, Qwen2) or layer_norm_eps (BERT)
+  double rope_theta;            // 0 for BERT (absolute position embeddings)
+  wk_rope_scaling rope_scaling;
+  bool tie_word_embeddings;
+  bool qkv_bias;                // biases on q, k, v projections (always on for Qwen2)
+  bool o_bias;                  // bias on the output projection
+  bool mlp_bias;
+  char hidden_act[32];          // "silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"
+  int64_t bos_token_id;         // -1 when none
+  int64_t pad_token_id;         // -1 when none
+  int n_eos;                    // eos_token_id may be one id or a list
+  int64_t eos_token_ids[WK_MAX_EOS];
+  char dtype_name[16];          // torch_dtype (4.x) or dtype (5.x): "bfloat16", or ""
+  bool has_dtype;               // dtype_name is float32, float16 or bfloat16 ...
+  wk_dtype dtype;               // ... and this is it
+  // Qwen2
+  bool use_sliding_window;
+  int64_t sliding_window;       // 0 when none
+  int64_t max_window_layers;
+  // BERT
+  int64_t type_vocab_size;
+  char position_embedding_type[16];  // "absolute"
+} wk_model_config;
+
+// Reads `path`: a config.json file, or a directory holding one.
+wk_status wk_model_config_load(const char *path, wk_model_config *out);
+// Parses config.json text; `source` names it in error messages.
+wk_status wk_model_config_parse(const char *text, size_t len, const char *source, wk_model_config *out);
+// "llama", "qwen2", "bert" (or "unknown").
+const char *wk_arch_name(wk_arch arch);

@@ -1,0 +1,171 @@
+// safetensors writer: evaluate everything first, then write a temporary file in the
+// target's directory, fsync it, rename it over the target and fsync the directory, so
+// a crash or a failure at any point leaves either the old file or the new one.
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "engine/engine.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+
+typedef struct {
+  const char *name;
+  wk_tensor *t;
+  const void *data;
+  size_t bytes;
+} item;
+
+// Largest element size first (so that every tensor's offset stays a multiple of its
+// element size when the data section is 8-aligned), then by name: the reference
+// writer's order.
+static int cmp_item(const void *a, const void *b) {
+  const item *x = a, *y = b;
+  size_t sx = wk_dtype_size(wk_tensor_dtype(x->t)), sy = wk_dtype_size(wk_tensor_dtype(y->t));
+  if (sx != sy) return sx > sy ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+static int cmp_name(const void *a, const void *b) {
+  return strcmp(((const item *)a)->name, ((const item *)b)->name);
+}
+
+static bool write_all(int fd, const void *p, size_t n) {
+  const char *c = p;
+  while (n) {
+    size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
+    ssize_t w = write(fd, c, chunk);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) { if (!w) errno = EIO; return false; }
+    c += w;
+    n -= (size_t)w;
+  }
+  return true;
+}
+
+static void fsync_dir(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+  if (!dir) return;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) { fsync(fd); close(fd); }  // best effort: some filesystems refuse it
+  free(dir);
+}
+
+static wk_status build_header(const char *path, item *it, int n, const char *const *meta, wk_jbuf *h) {
+  wk_jbuf_puts(h, "{");
+  bool first = true;
+  if (meta && meta[0]) {
+    wk_jbuf_puts(h, "\"__metadata__\":{");
+    for (int k = 0; meta[k]; k += 2) {
+      if (!meta[k + 1]) return wk_error(WK_ERR_ARG, "%s: metadata key \"%.200s\" has no value", path, meta[k]);
+      for (int j = 0; j < k; j += 2)
+        if (!strcmp(meta[j], meta[k])) return wk_error(WK_ERR_ARG, "%s: metadata key \"%.200s\" given twice", path, meta[k]);
+      if (k) wk_jbuf_puts(h, ",");
+      wk_json_write_string(h, meta[k], strlen(meta[k]));
+      wk_jbuf_puts(h, ":");
+      wk_json_write_string(h, meta[k + 1], strlen(meta[k + 1]));
+    }
+    wk_jbuf_puts(h, "}");
+    first = false;
+  }
+  uint64_t off = 0;
+  for (int i = 0; i < n; i++) {
+    wk_tensor *t = it[i].t;
+    if (!first) wk_jbuf_puts(h, ",");
+    first = false;
+    wk_json_write_string(h, it[i].name, strlen(it[i].name));
+    wk_jbuf_printf(h, ":{\"dtype\":\"%s\",\"shape\":[", wk_st_dtype_str(wk_tensor_dtype(t)));
+    for (int d = 0; d < wk_ndim(t); d++) wk_jbuf_printf(h, "%s%lld", d ? "," : "", (long long)wk_dim(t, d));
+    wk_jbuf_printf(h, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                   (unsigned long long)(off + it[i].bytes));
+    off += it[i].bytes;
+  }
+  wk_jbuf_puts(h, "}");
+  while (h->len % 8) wk_jbuf_puts(h, " ");  // the data section starts 8-aligned
+  if (h->failed) return wk_error(WK_ERR_OOM, "%s: out of memory building the header", path);
+  if (h->len > WK_ST_MAX_HEADER)
+    return wk_error(WK_ERR_ARG, "%s: header of %zu bytes is over the format's limit of %llu", path, h->len, WK_ST_MAX_HEADER);
+  return WK_OK;
+}
+
+wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tensor *const *tensors,
+                     const char *const *metadata) {
+  if (!path) return wk_error(WK_ERR_ARG, "st_save: path is NULL");
+  if (n < 0 || (n && (!names || !tensors))) return wk_error(WK_ERR_ARG, "%s: st_save: bad tensor list (n = %d)", path, n);
+  item *it = calloc((size_t)(n ? n : 1), sizeof *it);
+  if (!it) return wk_error(WK_ERR_OOM, "%s: out of memory", path);
+  wk_status s = WK_OK;
+  for (int i = 0; i < n && !s; i++) {
+    if (!names[i]) s = wk_error(WK_ERR_ARG, "%s: name %d is NULL", path, i);
+    else if (!strcmp(names[i], "__metadata__")) s = wk_error(WK_ERR_ARG, "%s: \"__metadata__\" can't name a tensor", path);
+    else if (!tensors[i] || !wk_tensor_valid(tensors[i], "st_save"))
+      s = wk_error(WK_ERR_ARG, "%s: tensor \"%.200s\" is NULL or freed", path, names[i]);
+    else if (!wk_st_dtype_str(wk_tensor_dtype(tensors[i])))
+      s = wk_error(WK_ERR_DTYPE, "%s: tensor \"%.200s\" has dtype %s, which safetensors can't store", path, names[i],
+                   wk_dtype_name(wk_tensor_dtype(tensors[i])));
+    else it[i] = (item){.name = names[i], .t = tensors[i]};
+  }
+  if (!s && n > 1) {
+    qsort(it, (size_t)n, sizeof *it, cmp_name);
+    for (int i = 1; i < n && !s; i++)
+      if (!strcmp(it[i - 1].name, it[i].name)) s = wk_error(WK_ERR_ARG, "%s: tensor name \"%.200s\" given twice", path, it[i].name);
+  }
+  // Evaluate before touching the file system: a graph that fails leaves nothing behind.
+  if (!s && n && wk_eval(n, tensors)) {
+    char why[900];
+    snprintf(why, sizeof why, "%s", wk_last_error());
+    s = wk_error(WK_ERR_STATE, "%s: not saved: evaluating the tensors failed: %s", path, why);
+  }
+  for (int i = 0; i < n && !s; i++) {
+    it[i].bytes = (size_t)wk_numel(it[i].t) * wk_dtype_size(wk_tensor_dtype(it[i].t));
+    if (!it[i].bytes) continue;  // nothing to write (and an empty tensor may have no buffer)
+    it[i].data = wk_tensor_data(it[i].t);
+    if (!it[i].data) {
+      char why[900];
+      snprintf(why, sizeof why, "%s", wk_last_error());
+      s = wk_error(WK_ERR_STATE, "%s: not saved: tensor \"%.200s\": %s", path, it[i].name, why);
+    }
+  }
+  if (!s && n > 1) qsort(it, (size_t)n, sizeof *it, cmp_item);
+  wk_jbuf h = {0};
+  if (!s) s = build_header(path, it, n, metadata, &h);
+  if (s) { free(it); wk_jbuf_free(&h); return s; }
+
+  size_t plen = strlen(path);
+  char *tmp = malloc(plen + 12);
+  if (!tmp) { free(it); wk_jbuf_free(&h); return wk_error(WK_ERR_OOM, "%s: out of memory", path); }
+  snprintf(tmp, plen + 12, "%s.tmp.XXXXXX", path);
+  int fd = mkstemp(tmp);
+  if (fd < 0) {
+    s = wk_error(WK_ERR_IO, "%s: can't create a temporary file beside it: %s", path, strerror(errno));
+    free(tmp);
+    free(it);
+    wk_jbuf_free(&h);
+    return s;
+  }
+  // mkstemp makes the file 0600: give it the target's mode, or the usual 0644.
+  struct stat st;
+  fchmod(fd, !stat(path, &st) ? (st.st_mode & 07777) : 0644);
+  uint64_t hlen = h.len;
+  const char *step = "write";
+  bool ok = write_all(fd, &hlen, 8) && write_all(fd, h.data, h.len);
+  for (int i = 0; ok && i < n; i++) ok = write_all(fd, it[i].data, it[i].bytes);
+  if (ok) { step = "fsync"; ok = !fsync(fd); }
+  int err = errno;
+  if (close(fd) && ok) { step = "close"; ok = false; err = errno; }
+  if (ok) { step = "rename"; ok = !rename(tmp, path); err = errno; }
+  if (ok) fsync_dir(path);
+  else {
+    unlink(tmp);
+    s = wk_error(WK_ERR_IO, "%s: not saved: %s of the temporary file failed: %s", path, step, strerror(err));
+  }
+  free(tmp);
+  free(it);
+  wk_jbuf_free(&h);
+  return s;
+}
