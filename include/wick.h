@@ -8,3 +8,4 @@
 #include "wick/gguf.h"
 #include "wick/io.h"
 #include "wick/model.h"
+#include "wick/tokenizer.h"
