@@ -3,11 +3,12 @@
 # builds and runs.
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+CUDA_BUILD ?= build-cuda
 JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test test-release test-asan bench install clean
+.PHONY: all deps build demo test test-release test-asan test-cuda-build bench install clean
 
 all: build
 
@@ -30,8 +31,9 @@ build: deps
 demo: build
 	./$(BUILD)/demo_lora_linear
 
-# The whole suite on every CPU path, then again under ASan + UBSan.
-test: test-release test-asan
+# The whole suite on every CPU path, then again under ASan + UBSan, then the CUDA
+# backend's build (where nvcc exists; its GPU tests skip on machines without a GPU).
+test: test-release test-asan test-cuda-build
 
 test-release: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -42,6 +44,15 @@ test-asan: deps
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS)
 
+test-cuda-build: deps
+	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
+	  NVCC=$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc); \
+	  cmake -S . -B $(CUDA_BUILD) -DCMAKE_BUILD_TYPE=Release -DWICK_CUDA=ON -DCMAKE_CUDA_COMPILER=$$NVCC \
+	    -DWICK_TEST_ALL_ISAS=OFF $(CMAKE_FLAGS) >/dev/null && \
+	  cmake --build $(CUDA_BUILD) -j $(JOBS) && \
+	  ctest --test-dir $(CUDA_BUILD) -L gpu --output-on-failure; \
+	else echo "nvcc not found: skipping the CUDA build"; fi
+
 bench: build
 	./$(BUILD)/wick bench
 
@@ -49,4 +60,4 @@ install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(CUDA_BUILD)

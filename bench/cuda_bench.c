@@ -1,0 +1,183 @@
+// Micro-benchmark of CUDA backend kernels, timed with cudaEvents on the backend's
+// stream (steps built by hand, as the engine's planner would emit them). Prints one
+// JSON object a line: {"name", "device", "us" (median), "p10", "p90", "iters", "gbs" | "tflops"}.
+//   cuda_bench [iters]
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+
+static const wk_backend *gpu;
+
+static wk_operand opc(int slot, wk_dtype dt, int nd, const int64_t *shape) {
+  wk_operand o;
+  memset(&o, 0, sizeof o);
+  o.slot = slot;
+  o.dtype = dt;
+  o.ndim = nd;
+  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
+  wk_contiguous_strides(nd, shape, o.stride);
+  return o;
+}
+static wk_ew_instr ins(int op, int dst, int a, int b, float f0) {
+  wk_ew_instr in;
+  memset(&in, 0, sizeof in);
+  in.op = (uint16_t)op;
+  in.dst = (uint8_t)dst;
+  in.a = (uint8_t)a;
+  in.b = (uint8_t)b;
+  in.src = -1;
+  in.attrs.f[0] = f0;
+  return in;
+}
+static int cmpf(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return x < y ? -1 : x > y;
+}
+
+// Times `iters` runs of the steps (or of copy when s == NULL); prints a JSON line.
+static void timeit(const char *name, const wk_step *s, void *const *slots, int iters, double bytes, double flops,
+                   void *cdst, const void *csrc, size_t cbytes) {
+  cudaStream_t st = (cudaStream_t)wk_cuda_stream();
+  cudaEvent_t ev[2];
+  cudaEventCreate(&ev[0]);
+  cudaEventCreate(&ev[1]);
+  float *ms = malloc(sizeof(float) * (size_t)iters);
+  for (int it = -3; it < iters; it++) {
+    cudaEventRecord(ev[0], st);
+    wk_status rc = s ? gpu->run(s, slots) : (cudaMemcpyAsync(cdst, csrc, cbytes, cudaMemcpyDeviceToDevice, st) ? 1 : 0);
+    cudaEventRecord(ev[1], st);
+    if (rc || gpu->sync()) { fprintf(stderr, "%s: failed: %s\n", name, wk_last_error()); free(ms); return; }
+    if (it >= 0) cudaEventElapsedTime(&ms[it], ev[0], ev[1]);
+  }
+  qsort(ms, (size_t)iters, sizeof(float), cmpf);
+  double us = ms[iters / 2] * 1e3, p10 = ms[iters / 10] * 1e3, p90 = ms[iters * 9 / 10] * 1e3;
+  printf("{\"name\": \"%s\", \"device\": \"cuda\", \"card\": \"%s\", \"us\": %.1f, \"p10\": %.1f, \"p90\": %.1f, \"iters\": %d", name,
+         wk_cuda_device_name(), us, p10, p90, iters);
+  if (bytes > 0) printf(", \"gbs\": %.0f", bytes / (us * 1e-6) / 1e9);
+  if (flops > 0) printf(", \"tflops\": %.1f", flops / (us * 1e-6) / 1e12);
+  printf("}\n");
+  fflush(stdout);
+  free(ms);
+  cudaEventDestroy(ev[0]);
+  cudaEventDestroy(ev[1]);
+}
+
+static void *dev_rand(size_t n, wk_dtype dt) {
+  size_t es = wk_dtype_size(dt);
+  unsigned char *h = malloc(n * es);
+  uint32_t r = 12345;
+  for (size_t i = 0; i < n; i++) {
+    r = r * 1664525u + 1013904223u;
+    float v = (float)(r >> 8) * 0x1p-24f * 2.0f - 1.0f;
+    if (dt == WK_F32) memcpy(h + i * 4, &v, 4);
+    else { uint16_t b = wk_f32_to_bf16(v); memcpy(h + i * 2, &b, 2); }
+  }
+  void *d = gpu->alloc(n * es);
+  gpu->upload(d, h, n * es);
+  gpu->sync();
+  free(h);
+  return d;
+}
+
+int main(int argc, char **argv) {
+  int iters = argc > 1 ? atoi(argv[1]) : 50;
+  gpu = wk_backend_get(WK_CUDA);
+  if (!gpu) { fprintf(stderr, "%s\n", wk_last_error()); return 1; }
+
+  // copy bandwidth (the reference for memory-bound kernels): read + write
+  size_t cb = (size_t)256 << 20;
+  void *c0 = gpu->alloc(cb), *c1 = gpu->alloc(cb);
+  timeit("copy 256MB d2d", NULL, NULL, iters, 2.0 * (double)cb, 0, c1, c0, cb);
+  gpu->free(c0);
+  gpu->free(c1);
+
+  // chain8 on 16M elements: one fused elementwise step, f32 and bf16
+  for (int k = 0; k < 2; k++) {
+    wk_dtype dt = k ? WK_BF16 : WK_F32;
+    int64_t n = (int64_t)16 << 20;
+    void *x = dev_rand((size_t)n, dt), *y = gpu->alloc((size_t)n * wk_dtype_size(dt));
+    void *slots[2] = {x, y};
+    wk_ew_instr code[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), ins(WK_OP_MUL_SCALAR, 1, 0, 0, 1.5f), ins(WK_OP_ADD_SCALAR, 2, 1, 0, 0.25f),
+                          ins(WK_OP_TANH, 3, 2, 0, 0),   ins(WK_OP_MUL, 4, 3, 0, 0),          ins(WK_OP_EXP, 5, 4, 0, 0),
+                          ins(WK_OP_SIGMOID, 6, 5, 0, 0), ins(WK_OP_ADD, 7, 6, 0, 0),        ins(WK_OP_MUL_SCALAR, 8, 7, 0, 0.5f)};
+    wk_step s;
+    memset(&s, 0, sizeof s);
+    s.op = WK_STEP_FUSED_EW;
+    s.device = WK_CUDA;
+    s.src = -1;
+    s.nin = 1;
+    s.in[0] = opc(0, dt, 1, &n);
+    s.out = opc(1, dt, 1, &n);
+    s.prog = (wk_ew_prog){9, 9, 8, code};
+    timeit(k ? "chain8 16M bf16" : "chain8 16M f32", &s, slots, iters, 2.0 * (double)n * (double)wk_dtype_size(dt), 0, 0, 0, 0);
+    gpu->free(x);
+    gpu->free(y);
+  }
+
+  // softmax (8,16,512,512) f32 and rms_norm (8,2048,4096) f32
+  {
+    int64_t sh[4] = {8, 16, 512, 512}, n = 8LL * 16 * 512 * 512;
+    void *x = dev_rand((size_t)n, WK_F32), *y = gpu->alloc((size_t)n * 4);
+    void *slots[2] = {x, y};
+    wk_step s;
+    memset(&s, 0, sizeof s);
+    s.op = WK_OP_SOFTMAX;
+    s.device = WK_CUDA;
+    s.src = -1;
+    s.nin = 1;
+    s.in[0] = opc(0, WK_F32, 4, sh);
+    s.out = opc(1, WK_F32, 4, sh);
+    timeit("softmax (8,16,512,512) f32", &s, slots, iters, 8.0 * (double)n, 0, 0, 0, 0);
+    gpu->free(x);
+    gpu->free(y);
+  }
+  {
+    int64_t sh[3] = {8, 2048, 4096}, n = 8LL * 2048 * 4096;
+    void *x = dev_rand((size_t)n, WK_F32), *w = dev_rand(4096, WK_F32), *y = gpu->alloc((size_t)n * 4);
+    void *slots[3] = {x, w, y};
+    wk_step s;
+    memset(&s, 0, sizeof s);
+    s.op = WK_OP_RMS_NORM;
+    s.device = WK_CUDA;
+    s.src = -1;
+    s.nin = 2;
+    s.in[0] = opc(0, WK_F32, 3, sh);
+    s.in[1] = opc(1, WK_F32, 1, &sh[2]);
+    s.attrs.f[0] = 1e-5f;
+    s.attrs.i[0] = 1;
+    s.out = opc(2, WK_F32, 3, sh);
+    timeit("rms_norm (8,2048,4096) f32", &s, slots, iters, 8.0 * (double)n, 0, 0, 0, 0);
+    gpu->free(x);
+    gpu->free(w);
+    gpu->free(y);
+  }
+
+  // matmul 4096^3, bf16 (f32 accumulate) and f32 (TF32 off)
+  for (int k = 0; k < 2; k++) {
+    wk_dtype dt = k ? WK_F32 : WK_BF16;
+    int64_t sh[2] = {4096, 4096}, n = 4096LL * 4096;
+    void *a = dev_rand((size_t)n, dt), *b = dev_rand((size_t)n, dt), *c = gpu->alloc((size_t)n * wk_dtype_size(dt));
+    void *slots[3] = {a, b, c};
+    wk_step s;
+    memset(&s, 0, sizeof s);
+    s.op = WK_OP_MATMUL;
+    s.device = WK_CUDA;
+    s.src = -1;
+    s.nin = 2;
+    s.in[0] = opc(0, dt, 2, sh);
+    s.in[1] = opc(1, dt, 2, sh);
+    s.out = opc(2, dt, 2, sh);
+    timeit(k ? "matmul 4096 f32" : "matmul 4096 bf16", &s, slots, k ? iters / 2 + 1 : iters, 0, 2.0 * 4096.0 * 4096.0 * 4096.0, 0, 0, 0);
+    gpu->free(a);
+    gpu->free(b);
+    gpu->free(c);
+  }
+  wk_cuda_mem_stats m;
+  wk_cuda_memory_stats(&m);
+  printf("{\"name\": \"cuda allocator\", \"reserved\": %zu, \"peak_reserved\": %zu, \"cuda_mallocs\": %llu, \"cache_hits\": %llu}\n",
+         m.reserved, m.peak_reserved, m.cuda_mallocs, m.cache_hits);
+  return 0;
+}

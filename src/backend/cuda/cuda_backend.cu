@@ -1,0 +1,495 @@
+// The CUDA backend: one stream, a stream-ordered caching allocator, cuBLAS for
+// GEMM, and the dispatcher from scheduled steps to kernels (ew.cu, nn.cu).
+//
+// Everything is enqueued on one stream, so a block freed to the cache can be
+// handed to later work at once: that work is ordered after every earlier reader.
+// Errors a kernel finds in its data (an embedding id out of range) land in a
+// device record and are reported by sync; faults are reported by sync with
+// the last kernel enqueued (WICK_CUDA_SYNC=1 syncs after every step to name it).
+#include <cublas_v2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+#include "cuda_internal.h"
+
+// ---- state ----
+static std::once_flag g_once;
+static bool g_ok;
+static char g_init_err[512];
+static cudaStream_t g_stream;
+static cublasHandle_t g_blas;
+static DevErr *g_err_host, *g_err_dev;
+static int g_sms;
+static size_t g_max_smem;
+static bool g_sync_each, g_tf32;
+static cudaDeviceProp g_prop;
+static const char *g_last_kernel = "none";
+
+cudaStream_t wkc_stream(void) { return g_stream; }
+DevErr *wkc_dev_err(void) { return g_err_dev; }
+int wkc_num_sms(void) { return g_sms; }
+size_t wkc_max_smem(void) { return g_max_smem; }
+
+unsigned char *wkc_blob_buf(void) {
+  alignas(16) static thread_local unsigned char buf[WKC_BLOB_LARGE + 64];
+  return buf;
+}
+
+wk_status wkc_check_launch(const char *kernel) {
+  g_last_kernel = kernel;
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return wk_error(WK_ERR_DEVICE, "cuda: launching %s failed: %s", kernel, cudaGetErrorString(e));
+  return WK_OK;
+}
+
+// ---- caching allocator ----
+// Size classes: 512-byte steps up to 64 KB... then four classes per power of two
+// (at most 25% rounding waste). Free blocks wait in per-class lists; the cache
+// is bounded (WICK_CUDA_CACHE_MB, default half of device memory): past it, free
+// blocks go back to the driver.
+namespace {
+struct Alloc {
+  std::mutex mu;
+  std::unordered_map<void *, size_t> live;          // pointer -> class size
+  std::unordered_map<size_t, std::vector<void *>> free_lists;
+  size_t reserved = 0, peak_reserved = 0, in_use = 0, peak_in_use = 0, cached = 0, limit = 0;
+  unsigned long long mallocs = 0, hits = 0;
+};
+Alloc g_alloc;
+}
+
+static size_t class_size(size_t n) {
+  if (n <= 512) return 512;
+  if (n <= (64u << 10)) return (n + 511) & ~(size_t)511;
+  size_t p = 1;
+  while (p * 2 <= n) p *= 2;  // p <= n < 2p
+  size_t q = p / 4;
+  return (n + q - 1) / q * q;
+}
+
+static void release_cached_locked(size_t target) { // frees cached blocks until cached <= target
+  Alloc &A = g_alloc;
+  if (A.cached <= target) return;
+  cudaStreamSynchronize(g_stream);
+  for (auto &kv : A.free_lists) {
+    while (!kv.second.empty() && A.cached > target) {
+      cudaFree(kv.second.back());
+      kv.second.pop_back();
+      A.cached -= kv.first;
+      A.reserved -= kv.first;
+    }
+  }
+}
+
+static void *wkc_alloc(size_t bytes) {
+  Alloc &A = g_alloc;
+  size_t cs = class_size(bytes ? bytes : 1);
+  std::lock_guard<std::mutex> lk(A.mu);
+  void *p = NULL;
+  auto it = A.free_lists.find(cs);
+  if (it != A.free_lists.end() && !it->second.empty()) {
+    p = it->second.back();
+    it->second.pop_back();
+    A.cached -= cs;
+    A.hits++;
+  } else {
+    cudaError_t e = cudaMalloc(&p, cs);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      release_cached_locked(0);
+      e = cudaMalloc(&p, cs);
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t fr = 0, tot = 0;
+      cudaMemGetInfo(&fr, &tot);
+      wk_error(WK_ERR_OOM, "cuda: out of device memory allocating %zu bytes (wick holds %zu bytes, %zu in use; device has %zu of %zu bytes free)",
+               bytes, A.reserved, A.in_use, fr, tot);
+      return NULL;
+    }
+    A.mallocs++;
+    A.reserved += cs;
+    if (A.reserved > A.peak_reserved) A.peak_reserved = A.reserved;
+  }
+  A.live[p] = cs;
+  A.in_use += cs;
+  if (A.in_use > A.peak_in_use) A.peak_in_use = A.in_use;
+  return p;
+}
+
+static void wkc_free(void *p) {
+  if (!p) return;
+  Alloc &A = g_alloc;
+  std::lock_guard<std::mutex> lk(A.mu);
+  auto it = A.live.find(p);
+  if (it == A.live.end()) return;
+  size_t cs = it->second;
+  A.live.erase(it);
+  A.in_use -= cs;
+  A.free_lists[cs].push_back(p);
+  A.cached += cs;
+  if (A.cached > A.limit) release_cached_locked(A.limit / 2);
+}
+
+void *wkc_tmp_alloc(size_t bytes) { return wkc_alloc(bytes); }
+void wkc_tmp_free(void *p) { wkc_free(p); }
+
+extern "C" void wk_cuda_memory_stats(wk_cuda_mem_stats *out) {
+  Alloc &A = g_alloc;
+  std::lock_guard<std::mutex> lk(A.mu);
+  out->reserved = A.reserved;
+  out->peak_reserved = A.peak_reserved;
+  out->in_use = A.in_use;
+  out->peak_in_use = A.peak_in_use;
+  out->cached_limit = A.limit;
+  out->cuda_mallocs = A.mallocs;
+  out->cache_hits = A.hits;
+}
+
+extern "C" void wk_cuda_empty_cache(void) {
+  if (!g_ok) return;
+  std::lock_guard<std::mutex> lk(g_alloc.mu);
+  release_cached_locked(0);
+}
+
+extern "C" void *wk_cuda_stream(void) { return (void *)g_stream; }
+
+extern "C" const char *wk_cuda_device_name(void) { return g_ok ? g_prop.name : ""; }
+
+// ---- transfers and sync ----
+// The device keeps the record in device memory (atomics on mapped host memory
+// are not guaranteed over PCIe); sync copies it back when a kernel that can set it
+// ran since the last check.
+static bool g_err_armed;
+void wkc_arm_dev_err(void) { g_err_armed = true; }
+
+static wk_status check_dev_err(void) {
+  if (!g_err_armed) return WK_OK;
+  g_err_armed = false;
+  if (cudaMemcpy(g_err_host, g_err_dev, sizeof(DevErr), cudaMemcpyDeviceToHost) != cudaSuccess)
+    return wk_error(WK_ERR_DEVICE, "cuda: reading the kernel error record failed: %s", cudaGetErrorString(cudaGetLastError()));
+  DevErr *e = g_err_host;
+  if (!e->code) return WK_OK;
+  DevErr c = *e;
+  memset(e, 0, sizeof *e);
+  cudaMemset(g_err_dev, 0, sizeof(DevErr));
+  switch (c.kind) {
+    case WKC_ERR_EMBED_ID:
+      return wk_error(WK_ERR_ARG, "embedding: id %lld at position %lld is out of range for a table of %lld rows", c.a,
+                      c.b, c.c);
+    case WKC_ERR_CE_TARGET:
+      return wk_error(WK_ERR_ARG, "cross_entropy: target %lld at position %lld is out of range [0, %lld) and is not ignore_index",
+                      c.a, c.b, c.c);
+    default: return wk_error(WK_ERR_DEVICE, "cuda: a kernel reported error kind %d", c.kind);
+  }
+}
+
+static wk_status wkc_sync(void) {
+  cudaError_t e = cudaStreamSynchronize(g_stream);
+  if (e != cudaSuccess)
+    return wk_error(WK_ERR_DEVICE, "cuda: %s (during the steps since the last sync; last kernel enqueued: %s; run with WICK_CUDA_SYNC=1 to name the failing one)",
+                    cudaGetErrorString(e), g_last_kernel);
+  return check_dev_err();
+}
+
+static wk_status wkc_upload(void *dst, const void *src, size_t bytes) {
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream);
+  if (e != cudaSuccess) return wk_error(WK_ERR_DEVICE, "cuda: upload of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
+  return WK_OK;
+}
+
+static wk_status wkc_download(void *dst, const void *src, size_t bytes) {
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream);
+  if (e != cudaSuccess) return wk_error(WK_ERR_DEVICE, "cuda: download of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
+  return wkc_sync();
+}
+
+// ---- GEMM (cuBLAS, row-major operands mapped onto column-major calls) ----
+typedef struct { const char *p; int trans; int64_t ld; } mat;
+
+static bool as_mat(const wk_operand *o, void *const *slots, mat *m) {
+  int nd = o->ndim;
+  int64_t rows = o->shape[nd - 2], cols = o->shape[nd - 1], s0 = o->stride[nd - 2], s1 = o->stride[nd - 1];
+  m->p = (const char *)slots[o->slot] + o->offset * (int64_t)wkc_esize(o->dtype);
+  if ((s1 == 1 || cols == 1) && (rows == 1 || s0 >= cols)) {
+    m->trans = 0;
+    m->ld = rows == 1 ? cols : s0;
+    return m->ld >= 1;
+  }
+  if ((s0 == 1 || rows == 1) && (cols == 1 || s1 >= rows)) {
+    m->trans = 1;
+    m->ld = cols == 1 ? rows : s1;
+    return m->ld >= 1;
+  }
+  return false;
+}
+
+// One stride for the batch axes of o broadcast to out's batch shape (0 = broadcast).
+static bool batch_stride(const wk_operand *o, const wk_operand *out, int64_t *bs) {
+  int bnd = out->ndim - 2, ond = o->ndim - 2;
+  int64_t expect = -1;
+  *bs = 0;
+  // walk batch axes from the innermost out; collapse
+  int64_t span = 1;
+  bool first = true;
+  for (int d = bnd - 1; d >= 0; d--) {
+    int64_t n = out->shape[d];
+    if (n == 1) continue;
+    int od = d - (bnd - ond);
+    int64_t st = od >= 0 && o->shape[od] != 1 ? o->stride[od] : 0;
+    if (first) { *bs = st; expect = st * n; first = false; span = n; continue; }
+    if (st != expect) return false;
+    expect = st * n;
+    span *= n;
+  }
+  (void)span;
+  return true;
+}
+
+static cudaDataType_t cuda_type(int dt) {
+  return dt == WK_BF16 ? CUDA_R_16BF : dt == WK_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+static wk_status blas_status(cublasStatus_t st, const char *what) {
+  g_last_kernel = what;
+  if (st != CUBLAS_STATUS_SUCCESS) return wk_error(WK_ERR_DEVICE, "cuda: %s failed (cuBLAS status %d)", what, (int)st);
+  return WK_OK;
+}
+
+// C[M,N] (+)= alpha * op(A)[M,K] @ op(B)[K,N], row-major views, `batch` of them.
+static wk_status gemm(const mat &a, const mat &b, int64_t sa, int64_t sb, int in_dt, char *c, int out_dt, int64_t M,
+                      int64_t N, int64_t K, int64_t batch, float alpha, float beta, const char *what) {
+  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || batch > INT32_MAX)
+    return wk_error(WK_ERR_SHAPE, "%s: dimensions too large for cuBLAS (M=%lld N=%lld K=%lld)", what, (long long)M,
+                    (long long)N, (long long)K);
+  cublasComputeType_t ct = in_dt == WK_F32 && g_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  // row-major C = A B  <=>  column-major C^T = B^T A^T
+  cublasStatus_t st = cublasGemmStridedBatchedEx(
+      g_blas, b.trans ? CUBLAS_OP_T : CUBLAS_OP_N, a.trans ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha,
+      b.p, cuda_type(in_dt), (int)b.ld, (long long)sb, a.p, cuda_type(in_dt), (int)a.ld, (long long)sa, &beta, c,
+      cuda_type(out_dt), (int)N, (long long)(M * N), (int)batch, ct, CUBLAS_GEMM_DEFAULT);
+  return blas_status(st, what);
+}
+
+static wk_status matmul(const wk_step *s, void *const *slots) {
+  const wk_operand *out = &s->out;
+  wk_operand a = s->in[0], b = s->in[1];
+  int nd = out->ndim;
+  int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a.shape[a.ndim - 1];
+  int64_t batch = M * N > 0 ? wkc_numel(out) / (M * N) : 0;
+  char *c = (char *)slots[out->slot] + out->offset * (int64_t)wkc_esize(out->dtype);
+  if (!batch) return WK_OK;
+  if (K == 0) {
+    cudaMemsetAsync(c, 0, (size_t)(batch * M * N) * wkc_esize(out->dtype), g_stream);
+    return wkc_check_launch("matmul (K = 0)");
+  }
+  int dt = a.dtype;
+  bool same = a.dtype == b.dtype && a.dtype != WK_I32;
+  if (!same) dt = WK_F32;
+  void *tmp[2] = {NULL, NULL};
+  void *lslots[2];
+  wk_operand *ops[2] = {&a, &b};
+  mat m[2];
+  int64_t bs[2];
+  wk_status st = WK_OK;
+  for (int k = 0; k < 2 && !st; k++) {
+    wk_operand *o = ops[k];
+    bool ok = o->dtype == dt && as_mat(o, slots, &m[k]) && batch_stride(o, out, &bs[k]);
+    if (ok) continue;
+    // densify: the operand broadcast to [out batch..., rows, cols], contiguous, in dtype dt
+    wk_operand v = *o;
+    int ond = o->ndim;
+    v.ndim = nd;
+    for (int d = 0; d < nd - 2; d++) {
+      int od = d - (nd - ond);
+      v.shape[d] = out->shape[d];
+      v.stride[d] = od >= 0 && o->shape[od] != 1 ? o->stride[od] : 0;
+    }
+    v.shape[nd - 2] = o->shape[ond - 2];
+    v.shape[nd - 1] = o->shape[ond - 1];
+    v.stride[nd - 2] = o->stride[ond - 2];
+    v.stride[nd - 1] = o->stride[ond - 1];
+    size_t bytes = (size_t)wkc_numel(&v) * wkc_esize(dt);
+    if (!(tmp[k] = wkc_alloc(bytes))) { st = WK_ERR_OOM; break; }
+    st = wkc_densify(&v, slots, (wk_dtype)dt, tmp[k]);
+    if (st) break;
+    wk_operand d2 = v;
+    d2.slot = k;
+    d2.offset = 0;
+    d2.dtype = (wk_dtype)dt;
+    wk_contiguous_strides(d2.ndim, d2.shape, d2.stride);
+    lslots[k] = tmp[k];
+    as_mat(&d2, lslots, &m[k]);
+    bs[k] = d2.shape[nd - 2] * d2.shape[nd - 1];
+  }
+  if (!st) {
+    if (dt == WK_F32 && out->dtype != WK_F32 && !same) st = wk_error(WK_ERR_DTYPE, "matmul: mixed dtypes");
+    else st = gemm(m[0], m[1], bs[0], bs[1], dt, c, out->dtype, M, N, K, batch, 1.0f, 0.0f, "matmul (cublasGemmStridedBatchedEx)");
+  }
+  wkc_free(tmp[0]);
+  wkc_free(tmp[1]);
+  return st;
+}
+
+// out = x@W + scale * (x@A)@B: three GEMMs on the stream (t = scale x@A is [M, r]).
+static wk_status lora(const wk_step *s, void *const *slots) {
+  int dt = s->in[0].dtype;
+  for (int k = 0; k < 4; k++)
+    if (s->in[k].dtype != dt) return wk_error(WK_ERR_DTYPE, "lora: operands must share a dtype");
+  int64_t M = s->in[0].shape[0], K = s->in[0].shape[1], N = s->in[1].shape[1], r = s->in[2].shape[1];
+  mat x, w, a, b;
+  void *dense[4] = {NULL, NULL, NULL, NULL};
+  void *lslots[4];
+  mat *ms[4] = {&x, &w, &a, &b};
+  wk_status st = WK_OK;
+  for (int k = 0; k < 4 && !st; k++) {
+    if (as_mat(&s->in[k], slots, ms[k])) continue;
+    wk_operand d = s->in[k];
+    if (!(dense[k] = wkc_alloc((size_t)wkc_numel(&d) * wkc_esize(dt)))) { st = WK_ERR_OOM; break; }
+    if ((st = wkc_densify(&d, slots, (wk_dtype)dt, dense[k]))) break;
+    d.slot = k;
+    d.offset = 0;
+    wk_contiguous_strides(d.ndim, d.shape, d.stride);
+    lslots[k] = dense[k];
+    as_mat(&d, lslots, ms[k]);
+  }
+  char *out = (char *)slots[s->out.slot] + s->out.offset * (int64_t)wkc_esize(s->out.dtype);
+  void *t = NULL;
+  if (!st && M * N > 0) {
+    if (!(t = wkc_alloc((size_t)(M * (r ? r : 1)) * wkc_esize(dt)))) st = WK_ERR_OOM;
+    if (!st && (K == 0 || r == 0)) {
+      cudaMemsetAsync(out, 0, (size_t)(M * N) * wkc_esize(s->out.dtype), g_stream);
+      cudaMemsetAsync(t, 0, (size_t)(M * (r ? r : 1)) * wkc_esize(dt), g_stream);
+    }
+    if (!st && K > 0 && r > 0)
+      st = gemm(x, a, 0, 0, dt, (char *)t, dt, M, r, K, 1, s->attrs.f[0], 0.0f, "lora (x@A)");
+    if (!st && K > 0) st = gemm(x, w, 0, 0, dt, out, s->out.dtype, M, N, K, 1, 1.0f, 0.0f, "lora (x@W)");
+    if (!st && r > 0) {
+      mat tm = {(const char *)t, 0, r};
+      st = gemm(tm, b, 0, 0, dt, out, s->out.dtype, M, N, r, 1, 1.0f, 1.0f, "lora (t@B)");
+    }
+  }
+  wkc_free(t);
+  for (int k = 0; k < 4; k++) wkc_free(dense[k]);
+  return st;
+}
+
+// ---- transfers between devices (this backend runs the accelerator's side) ----
+static wk_status transfer(const wk_step *s, void *const *slots) {
+  int to = (int)s->attrs.i[0], from = (int)s->attrs.i[1];
+  size_t bytes = (size_t)wkc_numel(&s->out) * wkc_esize(s->out.dtype);
+  const char *src = (const char *)slots[s->in[0].slot] + s->in[0].offset * (int64_t)wkc_esize(s->in[0].dtype);
+  char *dst = (char *)slots[s->out.slot] + s->out.offset * (int64_t)wkc_esize(s->out.dtype);
+  if (!bytes) return WK_OK;
+  g_last_kernel = "transfer";
+  if (to == WK_CUDA && from == WK_CPU) return wkc_upload(dst, src, bytes);
+  if (to == WK_CPU && from == WK_CUDA) return wkc_download(dst, src, bytes); // waits: host steps may read it next
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream);
+  if (e != cudaSuccess) return wk_error(WK_ERR_DEVICE, "cuda: device copy of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
+  return WK_OK;
+}
+
+// ---- dispatch ----
+static wk_status dispatch(const wk_step *s, void *const *slots) {
+  if (s->chain > 0) return wkc_rowchain(s, s->chain, slots);
+  switch ((int)s->op) {
+    case WK_STEP_FUSED_EW: return wkc_ew(s, slots);
+    case WK_OP_SUM:
+    case WK_OP_MAX: return wkc_reduce(s, slots);
+    case WK_OP_ARGMAX: return wkc_argmax(s, slots);
+    case WK_OP_CONCAT: return wkc_concat(s, slots);
+    case WK_OP_PAD: return wkc_pad(s, slots);
+    case WK_OP_MATMUL: return matmul(s, slots);
+    case WK_OP_LORA: return lora(s, slots);
+    case WK_OP_SOFTMAX:
+    case WK_OP_LOG_SOFTMAX:
+    case WK_OP_RMS_NORM:
+    case WK_OP_LAYER_NORM: return wkc_rowchain(s, 1, slots);
+    case WK_OP_SOFTMAX_BWD:
+    case WK_OP_LOG_SOFTMAX_BWD: return wkc_softmax_bwd(s, slots);
+    case WK_OP_RMS_NORM_BWD:
+    case WK_OP_LAYER_NORM_BWD: return wkc_norm_bwd(s, slots);
+    case WK_OP_NORM_DW: return wkc_norm_dw(s, slots);
+    case WK_OP_ROPE: return wkc_rope(s, slots);
+    case WK_OP_EMBEDDING: return wkc_embedding(s, slots);
+    case WK_OP_EMBEDDING_BWD: return wkc_embedding_bwd(s, slots);
+    case WK_OP_SDPA: return wkc_sdpa(s, slots);
+    case WK_OP_CROSS_ENTROPY: return wkc_cross_entropy(s, slots, false);
+    case WK_OP_CROSS_ENTROPY_BWD: return wkc_cross_entropy(s, slots, true);
+    case WK_OP_TRANSFER: return transfer(s, slots);
+    default:
+      return wk_error(WK_ERR_STATE, "%s: no CUDA kernel", (unsigned)s->op < WK_OP_COUNT ? wk_ops[s->op].name : "?");
+  }
+}
+
+static wk_status wkc_run(const wk_step *s, void *const *slots) {
+  wk_status st = dispatch(s, slots);
+  if (!st && g_sync_each) {
+    st = wkc_sync();
+    if (st) {
+      const char *name = s->op == WK_STEP_FUSED_EW ? "fused elementwise" : (unsigned)s->op < WK_OP_COUNT ? wk_ops[s->op].name : "?";
+      char msg[600];
+      snprintf(msg, sizeof msg, "%s", wk_last_error());
+      return wk_error(st, "%s step: %s", name, msg);
+    }
+  }
+  return st;
+}
+
+// ---- init ----
+static void init_once(void) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    snprintf(g_init_err, sizeof g_init_err, "cuda: no usable device (%s); the CPU backend stays available",
+             e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device found");
+    cudaGetLastError();
+    return;
+  }
+  int dev = 0;
+  const char *env = getenv("WICK_CUDA_DEVICE");
+  if (env) dev = atoi(env);
+  if ((e = cudaSetDevice(dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&g_prop, dev)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking)) != cudaSuccess) {
+    snprintf(g_init_err, sizeof g_init_err, "cuda: device %d: %s", dev, cudaGetErrorString(e));
+    return;
+  }
+  if (cublasCreate(&g_blas) != CUBLAS_STATUS_SUCCESS) {
+    snprintf(g_init_err, sizeof g_init_err, "cuda: cuBLAS could not be initialized");
+    return;
+  }
+  cublasSetStream(g_blas, g_stream);
+  cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH);
+  if ((e = cudaMallocHost((void **)&g_err_host, sizeof(DevErr))) != cudaSuccess ||
+      (e = cudaMalloc((void **)&g_err_dev, sizeof(DevErr))) != cudaSuccess ||
+      (e = cudaMemset(g_err_dev, 0, sizeof(DevErr))) != cudaSuccess) {
+    snprintf(g_init_err, sizeof g_init_err, "cuda: error record: %s", cudaGetErrorString(e));
+    return;
+  }
+  memset(g_err_host, 0, sizeof(DevErr));
+  g_sms = g_prop.multiProcessorCount;
+  int smem = 0;
+  cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  g_max_smem = (size_t)smem;
+  g_sync_each = getenv("WICK_CUDA_SYNC") && atoi(getenv("WICK_CUDA_SYNC"));
+  g_tf32 = getenv("WICK_CUDA_TF32") && atoi(getenv("WICK_CUDA_TF32"));
+  const char *lim = getenv("WICK_CUDA_CACHE_MB");
+  g_alloc.limit = lim && atol(lim) > 0 ? (size_t)atol(lim) << 20 : g_prop.totalGlobalMem / 2;
+  g_ok = true;
+}
+
+static const wk_backend cuda_backend = {
+    "cuda", WK_CUDA, wkc_alloc, wkc_free, wkc_upload, wkc_download, wkc_run, wkc_sync, NULL, NULL, NULL, NULL,
+};
+
+extern "C" const wk_backend *wk_backend_cuda(void) {
+  std::call_once(g_once, init_once);
+  if (!g_ok) {
+    wk_error(WK_ERR_DEVICE, "%s", g_init_err);
+    return NULL;
+  }
+  return &cuda_backend;
+}

@@ -1,0 +1,23 @@
+// The CUDA backend's own entry points beside the wk_backend vtable (C linkage).
+// Compiled only with WICK_CUDA.
+#pragma once
+#include <stddef.h>
+#include "wick/base.h"
+
+// The backend for WK_CUDA, or NULL (error set) when no usable device or driver.
+struct wk_backend;
+const struct wk_backend *wk_backend_cuda(void);
+
+// Device memory held by the caching allocator: reserved = obtained from cudaMalloc
+// (in use + cached free blocks); in_use = handed out now; peaks since start-up.
+typedef struct {
+  size_t reserved, peak_reserved, in_use, peak_in_use, cached_limit;
+  unsigned long long cuda_mallocs, cache_hits;
+} wk_cuda_mem_stats;
+void wk_cuda_memory_stats(wk_cuda_mem_stats *out);
+// Returns every cached free block to the driver (waits for the stream first).
+void wk_cuda_empty_cache(void);
+// The backend's stream (a cudaStream_t), for timing with events.
+void *wk_cuda_stream(void);
+// Name and compute capability of the device in use ("" when none).
+const char *wk_cuda_device_name(void);

@@ -1,0 +1,460 @@
+// CUDA backend internals shared by the .cu files: device operand descriptors,
+// the fused elementwise interpreter, float math that matches the CPU VM, and
+// the launch helpers. Kernel arguments travel as one by-value "blob" (up to
+// ~32 KB of kernel parameters, __grid_constant__): programs and operand views
+// are copied at launch, so nothing is uploaded per step and scalar attributes
+// patched between runs need no extra work.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+extern "C" {
+#include "../backend.h"
+#include "cuda_backend.h"
+}
+
+// ---- descriptors (host builds them, device reads them from parameter space) ----
+enum { DOP_DENSE = 1, DOP_ROWREG = 2, DOP_SMALL = 4 };  // SMALL: fewer than 2^31 elements
+struct DOp {
+  const char *p;          // slot base + offset, in bytes
+  int32_t dtype, ndim;
+  int32_t flags;          // DOP_DENSE: element i at p[i]; DOP_ROWREG: row r at r * rs
+  int32_t pad;
+  int64_t rs;             // row stride (DOP_ROWREG)
+  int64_t shape[WK_MAX_DIMS];
+  int64_t stride[WK_MAX_DIMS];
+};
+
+struct DInstr {
+  uint8_t op, dst, a, b, c, pad[3];
+  float f0, f1;
+  uint64_t u;             // seed; CAUSAL_MASK packs T (low) and S (high); CAST: target dtype
+};
+
+struct DProg {
+  int32_t n, out_reg, nops, code_off;   // code_off: index into the blob's instruction pool
+  DOp ops[WK_MAX_IN];
+};
+
+// ---- blobs ----
+#define WKC_BLOB_SMALL 4096
+#define WKC_BLOB_LARGE 32760
+template <int CAP> struct alignas(8) Blob { unsigned char b[CAP]; };
+
+// Host: the staging buffer a launch's blob is built in (one per host thread).
+unsigned char *wkc_blob_buf(void);
+
+// Launches kern<CAP> with the smallest CAP that holds `size` bytes of blob.
+#define WKC_LAUNCH_BLOB(kern, grid, block, smem, size, buf)                                      \
+  do {                                                                                            \
+    if ((size) <= WKC_BLOB_SMALL)                                                                 \
+      kern<WKC_BLOB_SMALL><<<(grid), (block), (smem), wkc_stream()>>>(*(const Blob<WKC_BLOB_SMALL> *)(buf)); \
+    else                                                                                          \
+      kern<WKC_BLOB_LARGE><<<(grid), (block), (smem), wkc_stream()>>>(*(const Blob<WKC_BLOB_LARGE> *)(buf)); \
+  } while (0)
+
+// ---- backend services (cuda_backend.cu) ----
+cudaStream_t wkc_stream(void);
+void *wkc_tmp_alloc(size_t bytes);          // stream-ordered scratch (free right after enqueuing)
+void wkc_tmp_free(void *p);
+wk_status wkc_check_launch(const char *kernel);   // cudaGetLastError -> wk_error naming the kernel
+struct DevErr { int code, kind; long long a, b, c; };
+DevErr *wkc_dev_err(void);                  // device error record (first error wins)
+void wkc_arm_dev_err(void);                 // a kernel that may set it was enqueued
+int wkc_num_sms(void);
+size_t wkc_max_smem(void);                  // opt-in dynamic shared memory per block
+
+// ---- kernel families (ew.cu, nn.cu) ----
+wk_status wkc_ew(const wk_step *s, void *const *slots);
+wk_status wkc_reduce(const wk_step *s, void *const *slots);
+wk_status wkc_argmax(const wk_step *s, void *const *slots);
+wk_status wkc_concat(const wk_step *s, void *const *slots);
+wk_status wkc_pad(const wk_step *s, void *const *slots);
+// Copies a strided view (any dtype) into dense memory of dtype dt, in the view's shape.
+wk_status wkc_densify(const wk_operand *o, void *const *slots, wk_dtype dt, void *dst);
+wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots);
+wk_status wkc_softmax_bwd(const wk_step *s, void *const *slots);
+wk_status wkc_norm_bwd(const wk_step *s, void *const *slots);
+wk_status wkc_norm_dw(const wk_step *s, void *const *slots);
+wk_status wkc_rope(const wk_step *s, void *const *slots);
+wk_status wkc_embedding(const wk_step *s, void *const *slots);
+wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots);
+wk_status wkc_sdpa(const wk_step *s, void *const *slots);
+wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd);
+
+// ---- host helpers for descriptors ----
+static inline int64_t wkc_numel(const wk_operand *o) {
+  int64_t n = 1;
+  for (int d = 0; d < o->ndim; d++) n *= o->shape[d];
+  return n;
+}
+static inline size_t wkc_esize(int dt) { return dt == WK_F32 || dt == WK_I32 ? 4 : 2; }
+
+// A device view of an operand (slot < 0: no memory, p = NULL).
+static inline DOp wkc_dop(const wk_operand *o, void *const *slots) {
+  DOp d;
+  memset(&d, 0, sizeof d);
+  d.p = o->slot >= 0 ? (const char *)slots[o->slot] + o->offset * (int64_t)wkc_esize(o->dtype) : NULL;
+  d.dtype = o->dtype;
+  d.ndim = o->ndim;
+  int64_t st = 1;
+  bool dense = true;
+  for (int k = o->ndim - 1; k >= 0; k--) {
+    d.shape[k] = o->shape[k];
+    d.stride[k] = o->shape[k] == 1 ? 0 : o->stride[k];
+    if (o->shape[k] != 1 && o->stride[k] != st) dense = false;
+    st *= o->shape[k];
+  }
+  // rows (all axes but the last) with one stride between consecutive rows
+  bool rowreg = true;
+  int64_t rs = 0, span = 1;
+  bool have = false;
+  for (int k = o->ndim - 2; k >= 0; k--) {
+    if (o->shape[k] == 1) continue;
+    if (!have) { rs = o->stride[k]; have = true; }
+    else if (o->stride[k] != rs * span) rowreg = false;
+    span *= o->shape[k];
+  }
+  if (!have) rs = 0;
+  d.rs = rs;
+  d.flags = (dense ? DOP_DENSE : 0) | (rowreg ? DOP_ROWREG : 0) | (st < 0x7fffffff ? DOP_SMALL : 0);
+  return d;
+}
+
+// Appends a program: operands into dp, instructions into the pool at *ncode.
+static inline bool wkc_prog(const wk_ew_prog *pg, const wk_operand *ops, int nops, void *const *slots, DProg *dp,
+                            DInstr *pool, int *ncode, int cap) {
+  if (*ncode + pg->n > cap) return false;
+  dp->n = pg->n;
+  dp->out_reg = pg->out_reg;
+  dp->nops = nops;
+  dp->code_off = *ncode;
+  for (int k = 0; k < nops; k++) dp->ops[k] = wkc_dop(&ops[k], slots);
+  for (int q = 0; q < pg->n; q++) {
+    const wk_ew_instr *in = &pg->code[q];
+    DInstr *o = &pool[(*ncode)++];
+    memset(o, 0, sizeof *o);
+    o->op = (uint8_t)in->op;
+    o->dst = in->dst;
+    o->a = in->a;
+    o->b = in->b;
+    o->c = in->c;
+    o->f0 = in->attrs.f[0];
+    o->f1 = in->attrs.f[1];
+    if (in->op == WK_OP_CAUSAL_MASK)
+      o->u = (uint64_t)(uint32_t)in->attrs.i[0] | (uint64_t)(uint32_t)in->attrs.i[1] << 32;
+    else if (in->op == WK_OP_CAST)
+      o->u = (uint64_t)in->attrs.i[0];
+    else
+      o->u = in->attrs.u;
+  }
+  return true;
+}
+
+// ---- device helpers ----
+#ifdef __CUDACC__
+#define WKC_DEV static __device__ __forceinline__
+
+WKC_DEV float bits2f(uint32_t u) { return __uint_as_float(u); }
+WKC_DEV uint32_t f2bits(float f) { return __float_as_uint(f); }
+
+WKC_DEV float ldv(const char *p, int dt, int64_t off) {
+  switch (dt) {
+    case WK_F32: return ((const float *)p)[off];
+    case WK_BF16: return bits2f((uint32_t)((const uint16_t *)p)[off] << 16);
+    case WK_F16: return __half2float(((const __half *)p)[off]);
+    default: return (float)((const int32_t *)p)[off];
+  }
+}
+WKC_DEV uint16_t to_bf16(float f) { // round to nearest even, quiet NaN (as dtype.c)
+  uint32_t u = f2bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+WKC_DEV void stv(char *p, int dt, int64_t off, float v) {
+  switch (dt) {
+    case WK_F32: ((float *)p)[off] = v; break;
+    case WK_BF16: ((uint16_t *)p)[off] = to_bf16(v); break;
+    case WK_F16: ((__half *)p)[off] = __float2half_rn(v); break;
+    default: ((int32_t *)p)[off] = (int32_t)v; break;
+  }
+}
+
+// Element offset of linear index i of o (its own shape).
+WKC_DEV int64_t op_off(const DOp &o, int64_t i) {
+  if (o.flags & DOP_DENSE) return i;
+  int64_t off = 0;
+  if (o.flags & DOP_SMALL) {
+    uint32_t r = (uint32_t)i;
+    for (int d = o.ndim - 1; d >= 0; d--) {
+      uint32_t n = (uint32_t)o.shape[d], q = r / n;
+      off += (int64_t)(r - q * n) * o.stride[d];
+      r = q;
+    }
+    return off;
+  }
+  for (int d = o.ndim - 1; d >= 0; d--) {
+    int64_t n = o.shape[d];
+    off += (i % n) * o.stride[d];
+    i /= n;
+  }
+  return off;
+}
+// Offset of row r (viewing o as [rows, last axis]).
+WKC_DEV int64_t row_off(const DOp &o, int64_t r) {
+  if (o.flags & DOP_ROWREG) return r * o.rs;
+  int64_t off = 0;
+  for (int d = o.ndim - 2; d >= 0; d--) {
+    int64_t n = o.shape[d];
+    off += (r % n) * o.stride[d];
+    r /= n;
+  }
+  return off;
+}
+WKC_DEV int64_t last_stride(const DOp &o) { return o.ndim ? o.stride[o.ndim - 1] : 0; }
+
+// ---- math: the CPU VM's formulas (simd_math.h), so results agree to rounding ----
+WKC_DEV float wkm_exp_reduce(float x, float *scale) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  *scale = bits2f((uint32_t)((int32_t)n + 127) << 23);
+  return p * r * r + r;
+}
+WKC_DEV float wkm_exp(float x) {
+  float sc, p = wkm_exp_reduce(x, &sc);
+  return (p + 1.0f) * sc;
+}
+WKC_DEV float wkm_log(float x) {
+  uint32_t u = f2bits(x);
+  int32_t e = (int32_t)((u >> 23) & 0xff) - 127;
+  float m = bits2f((u & 0x007fffffu) | 0x3f800000u);
+  int big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e += big;
+  float f = m - 1.0f, z = f * f;
+  float y = 7.0376836292E-2f;
+  y = y * f - 1.1514610310E-1f;
+  y = y * f + 1.1676998740E-1f;
+  y = y * f - 1.2420140846E-1f;
+  y = y * f + 1.4249322787E-1f;
+  y = y * f - 1.6668057665E-1f;
+  y = y * f + 2.0000714765E-1f;
+  y = y * f - 2.4999993993E-1f;
+  y = y * f + 3.3333331174E-1f;
+  y = y * f * z;
+  float r = f + (y - 0.5f * z) + (float)e * 0.693147180559945f;
+  r = x == 0.0f ? -INFINITY : r;
+  r = x < 0.0f || x != x ? NAN : r;
+  return x == INFINITY ? x : r;
+}
+WKC_DEV float wkm_expm1(float x) {
+  float sc, p = wkm_exp_reduce(x, &sc);
+  return sc * p + (sc - 1.0f);
+}
+WKC_DEV float wkm_tanh(float x) {
+  float ax = fabsf(x);
+  float q = wkm_expm1(-2.0f * (ax > 9.0f ? 9.0f : ax));
+  float r = -q / (2.0f + q);
+  return x < 0 ? -r : r;
+}
+WKC_DEV float wkm_sigmoid(float x) { return 1.0f / (1.0f + wkm_exp(-x)); }
+WKC_DEV float wkm_erf(float x) {
+  float ax = fabsf(x);
+  float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float y = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  float r = 1.0f - y * wkm_exp(-ax * ax);
+  float x2 = x * x;
+  float small = ax * 1.1283791671f * (1.0f - x2 * (0.333333333f - x2 * (0.1f - x2 * 0.0238095238f)));
+  r = ax < 0.1f ? small : r;
+  return x < 0 ? -r : r;
+}
+WKC_DEV float expz(float x) { return x < -87.0f ? 0.0f : wkm_exp(x); }
+
+WKC_DEV uint64_t rng_hash(uint64_t seed, uint64_t idx) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + idx * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+WKC_DEV float u01(uint64_t seed, uint64_t i) { return (float)(rng_hash(seed, i) >> 40) * 0x1p-24f; }
+
+WKC_DEV float gelu_grad(float x) {
+  float phi = 0.3989422804f * wkm_exp(-0.5f * x * x);
+  return 0.5f * (1.0f + wkm_erf(x * 0.70710678118f)) + x * phi;
+}
+WKC_DEV float gelu_tanh_grad(float x) {
+  const float k = 0.7978845608f, c = 0.044715f;
+  float u = k * (x + c * x * x * x), t = wkm_tanh(u);
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+}
+WKC_DEV float f16_round(float v) { return __half2float(__float2half_rn(v)); }
+WKC_DEV float bf16_round(float v) { return bits2f((uint32_t)to_bf16(v) << 16); }
+
+// V consecutive elements of a fused program (lin .. lin + V - 1). load(k, t) fills
+// t[0..V) with operand k's values; row[0..V) is the previous row-chain stage's
+// values (WK_EW_LOAD_ROW); NR bounds the registers the program uses. V > 1
+// amortizes decoding each instruction over several elements.
+#define WKC_EACH(expr)                                   \
+  _Pragma("unroll") for (int v = 0; v < V; v++) {        \
+    const float x = a[v];                                \
+    (void)x;                                             \
+    t[v] = (expr);                                       \
+  }                                                      \
+  break
+#define WKC_EACH2(expr)                                  \
+  _Pragma("unroll") for (int v = 0; v < V; v++) {        \
+    const float x = a[v], y = b[v];                      \
+    t[v] = (expr);                                       \
+  }                                                      \
+  break
+template <int V, int NR, class Load>
+WKC_DEV void ew_run(const DInstr *code, int n, int out_reg, int64_t lin, const float *row, const Load &load, float *out) {
+  float R[NR][V];
+  for (int q = 0; q < n; q++) {
+    const DInstr in = code[q];
+    const int op = in.op;
+    float t[V];
+    if (op == WK_EW_LOAD) {
+      load(in.a, t);
+    } else if (op == WK_EW_LOAD_ROW) {
+#pragma unroll
+      for (int v = 0; v < V; v++) t[v] = row[v];
+    } else {
+      const float *a = R[in.a], *b = R[in.b], *c = R[in.c];
+      const float f0 = in.f0, f1 = in.f1;
+      switch (op) {
+        case WK_OP_CONST: WKC_EACH(f0);
+        case WK_OP_ARANGE: WKC_EACH(f0 + (float)(lin + v) * f1);
+        case WK_OP_RAND: WKC_EACH(f0 + (f1 - f0) * u01(in.u, (uint64_t)(lin + v)));
+        case WK_OP_RANDN:
+#pragma unroll
+          for (int v = 0; v < V; v++) {
+            uint64_t h = rng_hash(in.u, (uint64_t)(lin + v));
+            float u1 = ((float)(h >> 40) + 1.0f) * 0x1p-24f, u2 = (float)(h & 0xffffff) * 0x1p-24f;
+            t[v] = sqrtf(-2.0f * logf(u1)) * cosf(6.283185307f * u2);
+          }
+          break;
+        case WK_OP_DROPOUT: WKC_EACH(u01(in.u, (uint64_t)(lin + v)) < f0 ? 0.0f : x / (1.0f - f0));
+        case WK_OP_CAUSAL_MASK: {
+          int64_t T = (int64_t)(uint32_t)(in.u & 0xffffffffu), S = (int64_t)(uint32_t)(in.u >> 32);
+#pragma unroll
+          for (int v = 0; v < V; v++) {
+            int64_t col = (lin + v) % S, rw = ((lin + v) / S) % T;
+            t[v] = col > rw + (S - T) ? -INFINITY : 0.0f;
+          }
+          break;
+        }
+        case WK_OP_NEG: WKC_EACH(-x);
+        case WK_OP_ABS: WKC_EACH(fabsf(x));
+        case WK_OP_EXP: WKC_EACH(wkm_exp(x));
+        case WK_OP_LOG: WKC_EACH(wkm_log(x));
+        case WK_OP_SQRT: WKC_EACH(sqrtf(x));
+        case WK_OP_RSQRT: WKC_EACH(1.0f / sqrtf(x));
+        case WK_OP_SQUARE: WKC_EACH(x * x);
+        case WK_OP_TANH: WKC_EACH(wkm_tanh(x));
+        case WK_OP_SIGMOID: WKC_EACH(wkm_sigmoid(x));
+        case WK_OP_RELU: WKC_EACH(x > 0 ? x : 0.0f);
+        case WK_OP_GELU: WKC_EACH(0.5f * x * (1.0f + wkm_erf(x * 0.70710678118f)));
+        case WK_OP_GELU_TANH: WKC_EACH(0.5f * x * (1.0f + wkm_tanh(0.7978845608f * (x + 0.044715f * x * x * x))));
+        case WK_OP_SILU: WKC_EACH(x * wkm_sigmoid(x));
+        case WK_OP_ADD_SCALAR: WKC_EACH(x + f0);
+        case WK_OP_MUL_SCALAR: WKC_EACH(x * f0);
+        case WK_OP_POW_SCALAR:
+          WKC_EACH(f0 == 2.0f ? x * x : f0 == 0.5f ? sqrtf(x) : f0 == 1.0f ? x : f0 == -1.0f ? 1.0f / x : powf(x, f0));
+        case WK_OP_CAST: {
+          const int to = (int)in.u;
+          WKC_EACH(to == WK_BF16 ? bf16_round(x) : to == WK_F16 ? f16_round(x) : to == WK_I32 ? truncf(x) : x);
+        }
+        case WK_OP_COPY:
+        case WK_OP_STOP_GRAD: WKC_EACH(x);
+        case WK_OP_WHERE:
+#pragma unroll
+          for (int v = 0; v < V; v++) t[v] = a[v] != 0.0f ? b[v] : c[v];
+          break;
+        case WK_OP_ADD: WKC_EACH2(x + y);
+        case WK_OP_SUB: WKC_EACH2(x - y);
+        case WK_OP_MUL: WKC_EACH2(x * y);
+        case WK_OP_DIV: WKC_EACH2(x / y);
+        case WK_OP_MAXIMUM: WKC_EACH2(x >= y || y != y ? x : y);
+        case WK_OP_MINIMUM: WKC_EACH2(x <= y || y != y ? x : y);
+        case WK_OP_EQ: WKC_EACH2(x == y ? 1.0f : 0.0f);
+        case WK_OP_NE: WKC_EACH2(x != y ? 1.0f : 0.0f);
+        case WK_OP_LT: WKC_EACH2(x < y ? 1.0f : 0.0f);
+        case WK_OP_LE: WKC_EACH2(x <= y ? 1.0f : 0.0f);
+        case WK_OP_GT: WKC_EACH2(x > y ? 1.0f : 0.0f);
+        case WK_OP_GE: WKC_EACH2(x >= y ? 1.0f : 0.0f);
+        case WK_OP_GELU_BWD: WKC_EACH2(y * gelu_grad(x));
+        case WK_OP_GELU_TANH_BWD: WKC_EACH2(y * gelu_tanh_grad(x));
+        default: WKC_EACH(0.0f);
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < V; v++) R[in.dst][v] = t[v];
+  }
+#pragma unroll
+  for (int v = 0; v < V; v++) out[v] = R[out_reg][v];
+}
+
+// One element (row-chain stages, prologues of reductions and row kernels).
+template <class Load>
+WKC_DEV float ew_exec(const DInstr *code, int n, int out_reg, int64_t lin, float row, const Load &load) {
+  float out;
+  auto l1 = [&](int k, float *t) { t[0] = load(k); };
+  ew_run<1, WK_EW_MAX_REGS>(code, n, out_reg, lin, &row, l1, &out);
+  return out;
+}
+
+// ---- block reductions (blockDim.x a multiple of 32, at most 1024) ----
+WKC_DEV float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+WKC_DEV float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = w > v || w != w ? w : v;
+  }
+  return v;
+}
+// red: 32 floats of shared scratch. Every thread gets the result.
+WKC_DEV float block_sum(float v, float *red) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : 0.0f;
+  return warp_sum(v);
+}
+WKC_DEV float block_max(float v, float *red) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : -INFINITY;
+  return warp_max(v);
+}
+// Records the first device-side error (checked at sync).
+WKC_DEV void dev_error(DevErr *e, int kind, long long a, long long b, long long c) {
+  if (atomicCAS(&e->code, 0, 1) == 0) {
+    e->kind = kind;
+    e->a = a;
+    e->b = b;
+    e->c = c;
+  }
+}
+enum { WKC_ERR_EMBED_ID = 1, WKC_ERR_CE_TARGET = 2 };
+#endif

@@ -1,0 +1,786 @@
+// Row kernels and the other NN kernels: softmax / log-softmax / RMS / layer norm as
+// row chains (one block per row, the row held in shared memory from the first stage
+// to the last, or in a global scratch row when it does not fit), their backward
+// kernels, NORM_DW, RoPE, embedding (+ scatter-add backward), SDPA forward (one
+// block per query row, online softmax over key tiles) and cross-entropy.
+// B = rows, D = last axis throughout.
+#include "cuda_internal.h"
+
+static int threads_for(int64_t D) {
+  int64_t t = (D / 4 + 31) / 32 * 32;
+  return (int)(t < 32 ? 32 : t > 1024 ? 1024 : t);
+}
+static int capped(int64_t n, int64_t cap) { return (int)(n < 1 ? 1 : n < cap ? n : cap); }
+static char *out_ptr(const wk_operand *o, void *const *slots) {
+  return (char *)slots[o->slot] + o->offset * (int64_t)wkc_esize(o->dtype);
+}
+
+// ---- row chains ----
+enum { IN_ROW = 0, IN_MEM = 1, IN_PRO = 2 };
+struct StageD {
+  int32_t op, in_mode, has_w, has_b;
+  float eps;
+  int32_t pad;
+  DOp in0, w, b;
+  DProg prog;
+};
+struct ChainHdr {
+  int64_t rows, D;
+  int32_t nst, use_smem;
+  float *scratch;
+  char *out;
+  int32_t out_dtype, pad;
+};
+
+static __device__ __forceinline__ float param(const DOp &o, int64_t j) { return ldv(o.p, o.dtype, op_off(o, j)); }
+
+// WARP: each warp owns a row (rows of at most WARP_MAXD, no block barriers);
+// otherwise the block owns a row.
+#define WARP_MAXD 1024
+#define WARP_ROWS 8
+template <bool WARP> static __device__ __forceinline__ float rsum(float v, float *red) {
+  return WARP ? warp_sum(v) : block_sum(v, red);
+}
+template <bool WARP> static __device__ __forceinline__ float rmax(float v, float *red) {
+  return WARP ? warp_max(v) : block_max(v, red);
+}
+
+template <int CAP, bool WARP>
+__global__ void __launch_bounds__(1024) k_rowchain(const __grid_constant__ Blob<CAP> blob) {
+  extern __shared__ float smem[];
+  __shared__ float red[32];
+  const ChainHdr &h = *(const ChainHdr *)blob.b;
+  const StageD *stages = (const StageD *)(blob.b + sizeof(ChainHdr));
+  const DInstr *pool = (const DInstr *)(blob.b + sizeof(ChainHdr) + sizeof(StageD) * h.nst);
+  const int64_t D = h.D;
+  const int lane = WARP ? threadIdx.x & 31 : threadIdx.x, nt = WARP ? 32 : blockDim.x;
+  const int64_t first = WARP ? (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
+  const int64_t rstep = WARP ? (int64_t)gridDim.x * (blockDim.x / 32) : gridDim.x;
+  float *buf = WARP ? smem + (threadIdx.x / 32) * D : h.use_smem ? smem : h.scratch + (int64_t)blockIdx.x * D;
+  for (int64_t row = first; row < h.rows; row += rstep) {
+    for (int si = 0; si < h.nst; si++) {
+      const StageD &st = stages[si];
+      const bool last = si == h.nst - 1;
+      const bool ew = st.op == WK_STEP_FUSED_EW;
+      if (ew || st.in_mode == IN_PRO) {
+        int64_t rb[WK_MAX_IN], ls[WK_MAX_IN];
+        for (int k = 0; k < st.prog.nops; k++) {
+          rb[k] = row_off(st.prog.ops[k], row);
+          ls[k] = last_stride(st.prog.ops[k]);
+        }
+        const DInstr *code = pool + st.prog.code_off;
+        for (int64_t j = lane; j < D; j += nt) {
+          auto load = [&](int k) {
+            const DOp &o = st.prog.ops[k];
+            return ldv(o.p, o.dtype, rb[k] + j * ls[k]);
+          };
+          float v = ew_exec(code, st.prog.n, st.prog.out_reg, row * D + j, buf[j], load);
+          if (ew && last) stv(h.out, h.out_dtype, row * D + j, v);
+          else buf[j] = v;
+        }
+        if (ew) continue;
+      } else if (st.in_mode == IN_MEM) {
+        const int64_t ro = row_off(st.in0, row), l = last_stride(st.in0);
+        if (st.in0.dtype == WK_F32 && l == 1) {
+          const float *p = (const float *)st.in0.p + ro;
+          int64_t j = lane;
+          for (; j + 3 * nt < D; j += 4 * nt) { // four loads in flight
+            float a0 = p[j], a1 = p[j + nt], a2 = p[j + 2 * nt], a3 = p[j + 3 * nt];
+            buf[j] = a0; buf[j + nt] = a1; buf[j + 2 * nt] = a2; buf[j + 3 * nt] = a3;
+          }
+          for (; j < D; j += nt) buf[j] = p[j];
+        } else {
+          for (int64_t j = lane; j < D; j += nt) buf[j] = ldv(st.in0.p, st.in0.dtype, ro + j * l);
+        }
+      }
+      // the row op on buf (each thread reads back only its own elements; reductions sync)
+      float y;
+      if (st.op == WK_OP_SOFTMAX || st.op == WK_OP_LOG_SOFTMAX) {
+        const bool lg = st.op == WK_OP_LOG_SOFTMAX;
+        float m = -INFINITY;
+        for (int64_t j = lane; j < D; j += nt) m = buf[j] > m ? buf[j] : m;
+        m = rmax<WARP>(m, red);
+        float sum = 0;
+        for (int64_t j = lane; j < D; j += nt) {
+          float e = expf(buf[j] - m);
+          sum += e;
+          if (!lg) buf[j] = e;
+        }
+        sum = rsum<WARP>(sum, red);
+        float lse = m + logf(sum), inv = 1.0f / sum;
+        for (int64_t j = lane; j < D; j += nt) {
+          y = lg ? buf[j] - lse : buf[j] * inv;
+          if (last) stv(h.out, h.out_dtype, row * D + j, y);
+          else buf[j] = y;
+        }
+      } else if (st.op == WK_OP_RMS_NORM) {
+        float ss = 0;
+        for (int64_t j = lane; j < D; j += nt) ss += buf[j] * buf[j];
+        ss = rsum<WARP>(ss, red);
+        float k = 1.0f / sqrtf(ss / (float)D + st.eps);
+        for (int64_t j = lane; j < D; j += nt) {
+          y = buf[j] * k;
+          if (st.has_w) y *= param(st.w, j);
+          if (last) stv(h.out, h.out_dtype, row * D + j, y);
+          else buf[j] = y;
+        }
+      } else { // layer norm
+        float s1 = 0;
+        for (int64_t j = lane; j < D; j += nt) s1 += buf[j];
+        float mean = rsum<WARP>(s1, red) / (float)D, s2 = 0;
+        for (int64_t j = lane; j < D; j += nt) { float d = buf[j] - mean; s2 += d * d; }
+        float k = 1.0f / sqrtf(rsum<WARP>(s2, red) / (float)D + st.eps);
+        for (int64_t j = lane; j < D; j += nt) {
+          y = (buf[j] - mean) * k;
+          if (st.has_w) y *= param(st.w, j);
+          if (st.has_b) y += param(st.b, j);
+          if (last) stv(h.out, h.out_dtype, row * D + j, y);
+          else buf[j] = y;
+        }
+      }
+    }
+  }
+}
+
+template <int CAP, bool WARP> static void smem_optin(size_t bytes) {
+  static size_t done;
+  if (bytes > 48 * 1024 && done < bytes) {
+    cudaFuncSetAttribute(k_rowchain<CAP, WARP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)wkc_max_smem() - 1024);
+    done = wkc_max_smem();
+  }
+}
+
+wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
+  const wk_operand *out = &s[n - 1].out;
+  int64_t D = out->ndim ? out->shape[out->ndim - 1] : 1, rows = D ? wkc_numel(out) / D : 0;
+  if (!rows) return WK_OK;
+  unsigned char *buf = wkc_blob_buf();
+  size_t fixed = sizeof(ChainHdr) + sizeof(StageD) * (size_t)n;
+  if (fixed + sizeof(DInstr) > WKC_BLOB_LARGE)
+    return wk_error(WK_ERR_STATE, "cuda: row chain of %d stages is too long for one kernel", n);
+  ChainHdr *h = (ChainHdr *)buf;
+  memset(buf, 0, fixed);
+  StageD *sd = (StageD *)(buf + sizeof(ChainHdr));
+  DInstr *pool = (DInstr *)(buf + fixed);
+  int cap = (int)((WKC_BLOB_LARGE - fixed) / sizeof(DInstr)), ncode = 0;
+  for (int j = 0; j < n; j++) {
+    const wk_step *st = &s[j];
+    StageD *d = &sd[j];
+    d->op = (int32_t)st->op;
+    d->eps = st->attrs.f[0];
+    bool ok = true;
+    if (st->op == WK_STEP_FUSED_EW) {
+      ok = wkc_prog(&st->prog, st->in, st->nin, slots, &d->prog, pool, &ncode, cap);
+    } else {
+      if (st->op != WK_OP_SOFTMAX && st->op != WK_OP_LOG_SOFTMAX && st->op != WK_OP_RMS_NORM && st->op != WK_OP_LAYER_NORM)
+        return wk_error(WK_ERR_STATE, "cuda: %s cannot be a row-chain stage", wk_ops[st->op].name);
+      if (st->prog.n) {
+        d->in_mode = IN_PRO;
+        ok = wkc_prog(&st->prog, st->pro_in, st->npro, slots, &d->prog, pool, &ncode, cap);
+      } else if (st->in[0].slot >= 0) {
+        d->in_mode = IN_MEM;
+        d->in0 = wkc_dop(&st->in[0], slots);
+      } else if (j == 0) {
+        return wk_error(WK_ERR_STATE, "cuda: row chain starts without an input");
+      }
+      bool norm = st->op == WK_OP_RMS_NORM || st->op == WK_OP_LAYER_NORM;
+      d->has_w = norm && st->attrs.i[0] != 0;
+      d->has_b = st->op == WK_OP_LAYER_NORM && st->attrs.i[1] != 0;
+      if (d->has_w) d->w = wkc_dop(&st->in[1], slots);
+      if (d->has_b) d->b = wkc_dop(&st->in[1 + d->has_w], slots);
+    }
+    if (!ok) return wk_error(WK_ERR_STATE, "cuda: row chain programs too long for one kernel");
+  }
+  h->rows = rows;
+  h->D = D;
+  h->nst = n;
+  h->out = out_ptr(out, slots);
+  h->out_dtype = out->dtype;
+  size_t size = fixed + (size_t)ncode * sizeof(DInstr);
+  int threads = threads_for(D);
+  size_t smem = (size_t)D * sizeof(float);
+  bool use_smem = smem + 2048 <= wkc_max_smem();
+  int grid;
+  void *scratch = NULL;
+  if (D <= WARP_MAXD) { // a warp per row
+    smem = (size_t)WARP_ROWS * (size_t)D * sizeof(float);
+    grid = capped((rows + WARP_ROWS - 1) / WARP_ROWS, (int64_t)1 << 30);
+    cudaStream_t cs = wkc_stream();
+    if (size <= WKC_BLOB_SMALL) k_rowchain<WKC_BLOB_SMALL, true><<<grid, 32 * WARP_ROWS, smem, cs>>>(*(const Blob<WKC_BLOB_SMALL> *)buf);
+    else k_rowchain<WKC_BLOB_LARGE, true><<<grid, 32 * WARP_ROWS, smem, cs>>>(*(const Blob<WKC_BLOB_LARGE> *)buf);
+    return wkc_check_launch(n > 1 ? "row chain" : wk_ops[s->op].name);
+  }
+  if (use_smem) {
+    grid = capped(rows, (int64_t)1 << 30);
+    h->use_smem = 1;
+  } else {
+    grid = capped(rows, (int64_t)wkc_num_sms() * 2);
+    if (!(scratch = wkc_tmp_alloc((size_t)grid * (size_t)D * sizeof(float))))
+      return wk_error(WK_ERR_OOM, "cuda: row chain scratch of %lld rows x %lld", (long long)grid, (long long)D);
+    h->scratch = (float *)scratch;
+    smem = 0;
+  }
+  cudaStream_t cs = wkc_stream();
+  if (size <= WKC_BLOB_SMALL) {
+    smem_optin<WKC_BLOB_SMALL, false>(smem);
+    k_rowchain<WKC_BLOB_SMALL, false><<<grid, threads, smem, cs>>>(*(const Blob<WKC_BLOB_SMALL> *)buf);
+  } else {
+    smem_optin<WKC_BLOB_LARGE, false>(smem);
+    k_rowchain<WKC_BLOB_LARGE, false><<<grid, threads, smem, cs>>>(*(const Blob<WKC_BLOB_LARGE> *)buf);
+  }
+  wk_status st = wkc_check_launch(n > 1 ? "row chain" : wk_ops[s->op].name);
+  wkc_tmp_free(scratch);
+  return st;
+}
+
+// ---- backward row kernels ----
+struct RowArgs {
+  DOp x, w, dy;
+  int64_t rows, D;
+  char *out;
+  int32_t out_dtype, op, has_w, pad;
+  float eps;
+};
+
+// (y, dy) -> y * (dy - sum(dy * y))  or  dy - exp(y) * sum(dy)
+__global__ void __launch_bounds__(1024) k_softmax_bwd(const __grid_constant__ RowArgs a) {
+  __shared__ float red[32];
+  const bool lg = a.op == WK_OP_LOG_SOFTMAX_BWD;
+  for (int64_t r = blockIdx.x; r < a.rows; r += gridDim.x) {
+    int64_t yo = row_off(a.x, r), yl = last_stride(a.x), go = row_off(a.dy, r), gl = last_stride(a.dy);
+    float t = 0;
+    for (int64_t j = threadIdx.x; j < a.D; j += blockDim.x) {
+      float dy = ldv(a.dy.p, a.dy.dtype, go + j * gl);
+      t += lg ? dy : dy * ldv(a.x.p, a.x.dtype, yo + j * yl);
+    }
+    t = block_sum(t, red);
+    for (int64_t j = threadIdx.x; j < a.D; j += blockDim.x) {
+      float y = ldv(a.x.p, a.x.dtype, yo + j * yl), dy = ldv(a.dy.p, a.dy.dtype, go + j * gl);
+      stv(a.out, a.out_dtype, r * a.D + j, lg ? dy - expz(y) * t : y * (dy - t));
+    }
+  }
+}
+
+// RMS: dx = k g - k^3 x mean(g x);  layer: dx = k (g - mean(g) - xhat mean(g xhat)); g = dy * w
+__global__ void __launch_bounds__(1024) k_norm_bwd(const __grid_constant__ RowArgs a) {
+  __shared__ float red[32];
+  const bool layer = a.op == WK_OP_LAYER_NORM_BWD;
+  const int64_t D = a.D;
+  for (int64_t r = blockIdx.x; r < a.rows; r += gridDim.x) {
+    int64_t xo = row_off(a.x, r), xl = last_stride(a.x), go = row_off(a.dy, r), gl = last_stride(a.dy);
+    auto X = [&](int64_t j) { return ldv(a.x.p, a.x.dtype, xo + j * xl); };
+    auto G = [&](int64_t j) {
+      float g = ldv(a.dy.p, a.dy.dtype, go + j * gl);
+      return a.has_w ? g * ldv(a.w.p, a.w.dtype, op_off(a.w, j)) : g;
+    };
+    if (!layer) {
+      float ss = 0, gx = 0;
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) { float x = X(j); ss += x * x; gx += G(j) * x; }
+      ss = block_sum(ss, red);
+      gx = block_sum(gx, red);
+      float k = 1.0f / sqrtf(ss / (float)D + a.eps), c = k * k * k * gx / (float)D;
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) stv(a.out, a.out_dtype, r * D + j, k * G(j) - c * X(j));
+    } else {
+      float s1 = 0;
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) s1 += X(j);
+      float mean = block_sum(s1, red) / (float)D, s2 = 0;
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) { float d = X(j) - mean; s2 += d * d; }
+      float k = 1.0f / sqrtf(block_sum(s2, red) / (float)D + a.eps), sg = 0, sgx = 0;
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) { float g = G(j); sg += g; sgx += g * (X(j) - mean) * k; }
+      float mg = block_sum(sg, red) / (float)D, mgx = block_sum(sgx, red) / (float)D;
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+        float xh = (X(j) - mean) * k;
+        stv(a.out, a.out_dtype, r * D + j, k * (G(j) - mg - xh * mgx));
+      }
+    }
+  }
+}
+
+static RowArgs row_args(const wk_step *s, void *const *slots, const wk_operand *x, const wk_operand *dy) {
+  RowArgs a;
+  memset(&a, 0, sizeof a);
+  a.x = wkc_dop(x, slots);
+  a.dy = wkc_dop(dy, slots);
+  a.D = x->ndim ? x->shape[x->ndim - 1] : 1;
+  a.rows = a.D ? wkc_numel(x) / a.D : 0;
+  a.out = out_ptr(&s->out, slots);
+  a.out_dtype = s->out.dtype;
+  a.op = (int32_t)s->op;
+  a.eps = s->attrs.f[0];
+  return a;
+}
+
+wk_status wkc_softmax_bwd(const wk_step *s, void *const *slots) {
+  RowArgs a = row_args(s, slots, &s->in[0], &s->in[1]);
+  if (!a.rows) return WK_OK;
+  k_softmax_bwd<<<capped(a.rows, 1 << 30), threads_for(a.D), 0, wkc_stream()>>>(a);
+  return wkc_check_launch(wk_ops[s->op].name);
+}
+
+wk_status wkc_norm_bwd(const wk_step *s, void *const *slots) {
+  RowArgs a = row_args(s, slots, &s->in[0], &s->in[s->nin - 1]);
+  a.has_w = s->attrs.i[0] != 0;
+  if (a.has_w) a.w = wkc_dop(&s->in[1], slots);
+  if (!a.rows) return WK_OK;
+  k_norm_bwd<<<capped(a.rows, 1 << 30), threads_for(a.D), 0, wkc_stream()>>>(a);
+  return wkc_check_launch(wk_ops[s->op].name);
+}
+
+// ---- NORM_DW: per-row stats, per-chunk column partials, fixed-order final sum ----
+__global__ void __launch_bounds__(1024) k_norm_stats(const __grid_constant__ RowArgs a, float2 *stats) {
+  __shared__ float red[32];
+  const bool layer = a.has_w; // reused: 1 = layer norm
+  for (int64_t r = blockIdx.x; r < a.rows; r += gridDim.x) {
+    int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
+    float mean = 0, k;
+    if (layer) {
+      float s1 = 0;
+      for (int64_t j = threadIdx.x; j < a.D; j += blockDim.x) s1 += ldv(a.x.p, a.x.dtype, xo + j * xl);
+      mean = block_sum(s1, red) / (float)a.D;
+      float s2 = 0;
+      for (int64_t j = threadIdx.x; j < a.D; j += blockDim.x) { float d = ldv(a.x.p, a.x.dtype, xo + j * xl) - mean; s2 += d * d; }
+      k = 1.0f / sqrtf(block_sum(s2, red) / (float)a.D + a.eps);
+    } else {
+      float ss = 0;
+      for (int64_t j = threadIdx.x; j < a.D; j += blockDim.x) { float x = ldv(a.x.p, a.x.dtype, xo + j * xl); ss += x * x; }
+      k = 1.0f / sqrtf(block_sum(ss, red) / (float)a.D + a.eps);
+    }
+    if (threadIdx.x == 0) stats[r] = make_float2(mean, k);
+  }
+}
+
+__global__ void k_norm_dw_part(const __grid_constant__ RowArgs a, const float2 *stats, float *part, int64_t chunk) {
+  int64_t d = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (d >= a.D) return;
+  const bool layer = a.has_w;
+  int64_t r0 = blockIdx.y * chunk, r1 = r0 + chunk < a.rows ? r0 + chunk : a.rows;
+  float dw = 0, db = 0;
+  int64_t xl = last_stride(a.x), gl = last_stride(a.dy);
+  for (int64_t r = r0; r < r1; r++) {
+    float2 st = stats[r];
+    float x = ldv(a.x.p, a.x.dtype, row_off(a.x, r) + d * xl), g = ldv(a.dy.p, a.dy.dtype, row_off(a.dy, r) + d * gl);
+    dw += g * (x - st.x) * st.y;
+    db += g;
+  }
+  float *p = part + (int64_t)blockIdx.y * 2 * a.D;
+  p[d] = dw;
+  if (layer) p[a.D + d] = db;
+}
+
+__global__ void k_norm_dw_final(const __grid_constant__ RowArgs a, const float *part, int nchunk) {
+  int64_t w = a.has_w ? 2 * a.D : a.D;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < w; i += (int64_t)gridDim.x * blockDim.x) {
+    float acc = 0;
+    for (int c = 0; c < nchunk; c++) acc += part[(int64_t)c * 2 * a.D + i];
+    stv(a.out, a.out_dtype, i, acc);
+  }
+}
+
+wk_status wkc_norm_dw(const wk_step *s, void *const *slots) {
+  RowArgs a = row_args(s, slots, &s->in[0], &s->in[1]);
+  a.has_w = s->attrs.i[0] != 0; // layer norm: [dw; db]
+  const char *name = a.has_w ? "layer_norm (dw)" : "rms_norm (dw)";
+  if (!a.D) return WK_OK;
+  if (!a.rows) {
+    cudaMemsetAsync(a.out, 0, (size_t)(a.has_w ? 2 : 1) * (size_t)a.D * wkc_esize(a.out_dtype), wkc_stream());
+    return wkc_check_launch(name);
+  }
+  int64_t nchunk = a.rows < 64 ? a.rows : 64, chunk = (a.rows + nchunk - 1) / nchunk;
+  nchunk = (a.rows + chunk - 1) / chunk;
+  float2 *stats = (float2 *)wkc_tmp_alloc((size_t)a.rows * sizeof(float2));
+  float *part = (float *)wkc_tmp_alloc((size_t)nchunk * 2 * (size_t)a.D * sizeof(float));
+  wk_status st = WK_OK;
+  if (!stats || !part) st = wk_error(WK_ERR_OOM, "%s: out of device memory for partial sums", name);
+  if (!st) {
+    k_norm_stats<<<capped(a.rows, 1 << 30), threads_for(a.D), 0, wkc_stream()>>>(a, stats);
+    k_norm_dw_part<<<dim3((unsigned)((a.D + 255) / 256), (unsigned)nchunk), 256, 0, wkc_stream()>>>(a, stats, part, chunk);
+    k_norm_dw_final<<<capped((2 * a.D + 255) / 256, 1024), 256, 0, wkc_stream()>>>(a, part, (int)nchunk);
+    st = wkc_check_launch(name);
+  }
+  wkc_tmp_free(stats);
+  wkc_tmp_free(part);
+  return st;
+}
+
+// ---- rope: angles as the CPU table (f32 pos * inv_freq, cos / sin in double) ----
+struct RopeArgs {
+  DOp x;
+  char *out;
+  int32_t out_dtype, inter;
+  int64_t rows, D, T, offset;
+  float theta, sign;
+};
+
+__global__ void k_rope(const __grid_constant__ RopeArgs a) {
+  int64_t h = a.D / 2, n = a.rows * h;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t r = e / h, i = e % h, t = r % a.T;
+    float inv = (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
+    float ang = (float)(a.offset + t) * inv;
+    float co = (float)cos((double)ang), sn = a.sign * (float)sin((double)ang);
+    int64_t i0 = a.inter ? 2 * i : i, i1 = a.inter ? 2 * i + 1 : i + h;
+    int64_t ro = row_off(a.x, r), l = last_stride(a.x);
+    float x0 = ldv(a.x.p, a.x.dtype, ro + i0 * l), x1 = ldv(a.x.p, a.x.dtype, ro + i1 * l);
+    stv(a.out, a.out_dtype, r * a.D + i0, x0 * co - x1 * sn);
+    stv(a.out, a.out_dtype, r * a.D + i1, x1 * co + x0 * sn);
+  }
+}
+
+wk_status wkc_rope(const wk_step *s, void *const *slots) {
+  const wk_operand *x = &s->in[0];
+  RopeArgs a;
+  memset(&a, 0, sizeof a);
+  a.x = wkc_dop(x, slots);
+  a.out = out_ptr(&s->out, slots);
+  a.out_dtype = s->out.dtype;
+  a.D = x->shape[x->ndim - 1];
+  a.T = x->ndim >= 2 ? x->shape[x->ndim - 2] : 1;
+  a.rows = a.D ? wkc_numel(x) / a.D : 0;
+  a.theta = s->attrs.f[0];
+  a.sign = s->attrs.f[1];
+  a.offset = s->attrs.i[0];
+  a.inter = s->attrs.i[1] != 0;
+  int64_t n = a.rows * (a.D / 2);
+  if (!n) return WK_OK;
+  k_rope<<<capped((n + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a);
+  return wkc_check_launch("rope");
+}
+
+// ---- embedding ----
+struct EmbArgs {
+  DOp tab, ids, dy;
+  char *out;
+  float *acc;
+  int32_t out_dtype, pad;
+  int64_t N, D, V;
+  DevErr *err;
+};
+
+__global__ void k_embedding(const __grid_constant__ EmbArgs a) {
+  int64_t n = a.N * a.D, ts0 = a.tab.stride[0], ts1 = a.tab.ndim > 1 ? a.tab.stride[1] : 0;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t j = e / a.D, d = e % a.D;
+    int64_t id = ((const int32_t *)a.ids.p)[op_off(a.ids, j)];
+    float v = 0.0f;
+    if (id < 0 || id >= a.V) {
+      if (d == 0) dev_error(a.err, WKC_ERR_EMBED_ID, id, j, a.V);
+    } else {
+      v = ldv(a.tab.p, a.tab.dtype, id * ts0 + d * ts1);
+    }
+    stv(a.out, a.out_dtype, e, v);
+  }
+}
+
+// Scatter-add of dy rows into an f32 accumulator (ids out of range are skipped, as on the CPU).
+__global__ void k_embedding_bwd(const __grid_constant__ EmbArgs a) {
+  int64_t n = a.N * a.D, l = last_stride(a.dy);
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t j = e / a.D, d = e % a.D;
+    int64_t id = ((const int32_t *)a.ids.p)[op_off(a.ids, j)];
+    if (id < 0 || id >= a.V) continue;
+    atomicAdd(&a.acc[id * a.D + d], ldv(a.dy.p, a.dy.dtype, row_off(a.dy, j) + d * l));
+  }
+}
+
+__global__ void k_convert(const float *src, char *dst, int dt, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    stv(dst, dt, i, src[i]);
+}
+
+wk_status wkc_embedding(const wk_step *s, void *const *slots) {
+  EmbArgs a;
+  memset(&a, 0, sizeof a);
+  a.tab = wkc_dop(&s->in[0], slots);
+  a.ids = wkc_dop(&s->in[1], slots);
+  a.out = out_ptr(&s->out, slots);
+  a.out_dtype = s->out.dtype;
+  a.V = s->in[0].shape[0];
+  a.D = s->in[0].shape[1];
+  a.N = wkc_numel(&s->in[1]);
+  a.err = wkc_dev_err();
+  if (!a.N || !a.D) return WK_OK;
+  wkc_arm_dev_err();
+  int64_t n = a.N * a.D;
+  k_embedding<<<capped((n + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a);
+  return wkc_check_launch("embedding");
+}
+
+wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots) {
+  EmbArgs a;
+  memset(&a, 0, sizeof a);
+  a.ids = wkc_dop(&s->in[0], slots);
+  a.dy = wkc_dop(&s->in[1], slots);
+  a.out = out_ptr(&s->out, slots);
+  a.out_dtype = s->out.dtype;
+  a.V = s->out.shape[0];
+  a.D = s->out.shape[1];
+  a.N = wkc_numel(&s->in[0]);
+  int64_t vd = a.V * a.D;
+  if (!vd) return WK_OK;
+  bool f32 = s->out.dtype == WK_F32;
+  a.acc = f32 ? (float *)a.out : (float *)wkc_tmp_alloc((size_t)vd * sizeof(float));
+  if (!a.acc) return wk_error(WK_ERR_OOM, "embedding (backward): out of device memory");
+  cudaMemsetAsync(a.acc, 0, (size_t)vd * sizeof(float), wkc_stream());
+  int64_t n = a.N * a.D;
+  if (n) k_embedding_bwd<<<capped((n + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a);
+  if (!f32) k_convert<<<capped((vd + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a.acc, a.out, a.out_dtype, vd);
+  wk_status st = wkc_check_launch("embedding (backward)");
+  if (!f32) wkc_tmp_free(a.acc);
+  return st;
+}
+
+// ---- SDPA forward: one block per (b, h, t), keys in tiles of blockDim.x ----
+#define SDPA_THREADS 128
+#define SDPA_MAXD 512
+struct SdpaArgs {
+  DOp q, k, v;
+  const char *mask;
+  int32_t mask_dtype, has_mask, causal, pad;
+  int64_t ms[4];
+  int64_t B, Hq, Hkv, T, S, D, G;
+  float scale;
+  char *out;
+  int32_t out_dtype;
+};
+
+__global__ void __launch_bounds__(SDPA_THREADS) k_sdpa(const __grid_constant__ SdpaArgs a) {
+  extern __shared__ float sm[];
+  float *qs = sm, *ps = sm + a.D;
+  __shared__ float red[32];
+  constexpr int PER = SDPA_MAXD / SDPA_THREADS;
+  for (int64_t item = blockIdx.x; item < a.B * a.Hq * a.T; item += gridDim.x) {
+    int64_t t = item % a.T, h = (item / a.T) % a.Hq, b = item / (a.T * a.Hq), hk = h / a.G;
+    const int64_t qo = b * a.q.stride[0] + h * a.q.stride[1] + t * a.q.stride[2];
+    const int64_t ko = b * a.k.stride[0] + hk * a.k.stride[1], vo = b * a.v.stride[0] + hk * a.v.stride[1];
+    for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) qs[d] = ldv(a.q.p, a.q.dtype, qo + d * a.q.stride[3]) * a.scale;
+    float o[PER];
+#pragma unroll
+    for (int c = 0; c < PER; c++) o[c] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    int64_t lim = t + a.S - a.T; // causal: keys <= lim are visible
+    int64_t kend = a.causal ? (lim + 1 < a.S ? lim + 1 : a.S) : a.S;
+    __syncthreads();
+    for (int64_t s0 = 0; s0 < kend; s0 += blockDim.x) {
+      int64_t j = s0 + threadIdx.x;
+      float sc = -INFINITY;
+      if (j < kend) {
+        float acc = 0.0f;
+        const int64_t kr = ko + j * a.k.stride[2];
+        for (int64_t d = 0; d < a.D; d++) acc += qs[d] * ldv(a.k.p, a.k.dtype, kr + d * a.k.stride[3]);
+        if (a.has_mask) acc += ldv(a.mask, a.mask_dtype, b * a.ms[0] + h * a.ms[1] + t * a.ms[2] + j * a.ms[3]);
+        sc = acc;
+      }
+      float bm = block_max(sc, red);
+      if (!(bm > -INFINITY)) { __syncthreads(); continue; } // the whole tile is masked
+      if (bm > m) {
+        float al = expz(m - bm);
+        l *= al;
+#pragma unroll
+        for (int c = 0; c < PER; c++) o[c] *= al;
+        m = bm;
+      }
+      float p = j < kend ? expf(sc - m) : 0.0f;
+      ps[threadIdx.x] = p;
+      l += block_sum(p, red);
+      int64_t n = kend - s0 < (int64_t)blockDim.x ? kend - s0 : blockDim.x;
+#pragma unroll
+      for (int c = 0; c < PER; c++) {
+        int64_t d = threadIdx.x + (int64_t)c * blockDim.x;
+        if (d < a.D) {
+          float acc = o[c];
+          for (int64_t jj = 0; jj < n; jj++) acc += ps[jj] * ldv(a.v.p, a.v.dtype, vo + (s0 + jj) * a.v.stride[2] + d * a.v.stride[3]);
+          o[c] = acc;
+        }
+      }
+      __syncthreads();
+    }
+    float inv = l > 0 ? 1.0f / l : 0.0f;
+    int64_t r = (b * a.Hq + h) * a.T + t;
+#pragma unroll
+    for (int c = 0; c < PER; c++) {
+      int64_t d = threadIdx.x + (int64_t)c * blockDim.x;
+      if (d < a.D) stv(a.out, a.out_dtype, r * a.D + d, o[c] * inv);
+    }
+    __syncthreads();
+  }
+}
+
+wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
+  const wk_operand *q = &s->in[0], *k = &s->in[1];
+  SdpaArgs a;
+  memset(&a, 0, sizeof a);
+  a.q = wkc_dop(q, slots);
+  a.k = wkc_dop(k, slots);
+  a.v = wkc_dop(&s->in[2], slots);
+  a.B = q->shape[0];
+  a.Hq = q->shape[1];
+  a.Hkv = k->shape[1];
+  a.T = q->shape[2];
+  a.S = k->shape[2];
+  a.D = q->shape[3];
+  a.G = a.Hq / (a.Hkv ? a.Hkv : 1);
+  a.scale = s->attrs.f[0];
+  a.causal = s->attrs.i[0] != 0;
+  a.out = out_ptr(&s->out, slots);
+  a.out_dtype = s->out.dtype;
+  if (a.D > SDPA_MAXD) return wk_error(WK_ERR_SHAPE, "sdpa: head dimension %lld is above the CUDA kernel's %d", (long long)a.D, SDPA_MAXD);
+  if (s->nin > 3) {
+    const wk_operand *mk = &s->in[3];
+    a.has_mask = 1;
+    a.mask = (const char *)slots[mk->slot] + mk->offset * (int64_t)wkc_esize(mk->dtype);
+    a.mask_dtype = mk->dtype;
+    for (int d = 0; d < mk->ndim; d++) a.ms[4 - mk->ndim + d] = mk->shape[d] == 1 ? 0 : mk->stride[d];
+  }
+  int64_t items = a.B * a.Hq * a.T;
+  if (!items || !a.D) return WK_OK;
+  size_t smem = ((size_t)a.D + SDPA_THREADS) * sizeof(float);
+  k_sdpa<<<capped(items, (int64_t)1 << 30), SDPA_THREADS, smem, wkc_stream()>>>(a);
+  return wkc_check_launch("sdpa");
+}
+
+// ---- cross-entropy: loss = logsumexp(x) - x[target] per row ----
+struct CeArgs {
+  DOp x, tg, g;
+  int64_t N, V;
+  int32_t ignore, red;
+  float *loss;        // forward, reductions 1 / 2: per-row losses
+  int *valid;         // forward: per-row 1 / 0;  backward: count of valid targets (red == 1)
+  char *out;
+  int32_t out_dtype, pad;
+  DevErr *err;
+};
+
+__global__ void __launch_bounds__(1024) k_ce_rows(const __grid_constant__ CeArgs a) {
+  __shared__ float red[32];
+  for (int64_t r = blockIdx.x; r < a.N; r += gridDim.x) {
+    int64_t t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
+    float loss = 0.0f;
+    bool ok = t != a.ignore && t >= 0 && t < a.V;
+    if (t != a.ignore && !ok && threadIdx.x == 0) dev_error(a.err, WKC_ERR_CE_TARGET, t, r, a.V);
+    if (ok) {
+      int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
+      float m = -INFINITY;
+      for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) { float v = ldv(a.x.p, a.x.dtype, xo + j * xl); m = v > m ? v : m; }
+      m = block_max(m, red);
+      float sum = 0;
+      for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) sum += expf(ldv(a.x.p, a.x.dtype, xo + j * xl) - m);
+      sum = block_sum(sum, red);
+      loss = m + logf(sum) - ldv(a.x.p, a.x.dtype, xo + t * xl);
+    }
+    if (threadIdx.x == 0) {
+      if (a.red == 0) stv(a.out, a.out_dtype, r, loss);
+      else { a.loss[r] = loss; a.valid[r] = ok; }
+    }
+  }
+}
+
+// Fixed-order reduction of the per-row losses (one block: the same result every run).
+__global__ void k_ce_final(const __grid_constant__ CeArgs a) {
+  __shared__ double sd[256];
+  __shared__ long long sc[256];
+  double acc = 0;
+  long long cnt = 0;
+  for (int64_t r = threadIdx.x; r < a.N; r += blockDim.x) { acc += a.loss[r]; cnt += a.valid[r]; }
+  sd[threadIdx.x] = acc;
+  sc[threadIdx.x] = cnt;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if ((int)threadIdx.x < w) { sd[threadIdx.x] += sd[threadIdx.x + w]; sc[threadIdx.x] += sc[threadIdx.x + w]; }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    float v = a.red == 1 ? (sc[0] ? (float)(sd[0] / (double)sc[0]) : NAN) : (float)sd[0];
+    stv(a.out, a.out_dtype, 0, v);
+  }
+}
+
+__global__ void k_ce_count(const __grid_constant__ CeArgs a) {
+  __shared__ int sc[256];
+  int cnt = 0;
+  for (int64_t r = threadIdx.x; r < a.N; r += blockDim.x) {
+    int64_t t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
+    cnt += t != a.ignore && t >= 0 && t < a.V;
+  }
+  sc[threadIdx.x] = cnt;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if ((int)threadIdx.x < w) sc[threadIdx.x] += sc[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *a.valid = sc[0];
+}
+
+// dlogits = (softmax(x) - onehot(target)) * g; zero rows for ignored targets
+__global__ void __launch_bounds__(1024) k_ce_bwd(const __grid_constant__ CeArgs a) {
+  __shared__ float red[32];
+  for (int64_t r = blockIdx.x; r < a.N; r += gridDim.x) {
+    int64_t t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
+    bool ok = t != a.ignore && t >= 0 && t < a.V;
+    if (t != a.ignore && !ok && threadIdx.x == 0) dev_error(a.err, WKC_ERR_CE_TARGET, t, r, a.V);
+    if (!ok) {
+      for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) stv(a.out, a.out_dtype, r * a.V + j, 0.0f);
+      continue;
+    }
+    float g;
+    if (a.red == 0) g = ldv(a.g.p, a.g.dtype, op_off(a.g, r));
+    else {
+      g = ldv(a.g.p, a.g.dtype, 0);
+      if (a.red == 1) g = *a.valid ? g / (float)*a.valid : NAN;
+    }
+    int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) { float v = ldv(a.x.p, a.x.dtype, xo + j * xl); m = v > m ? v : m; }
+    m = block_max(m, red);
+    float sum = 0;
+    for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) sum += expf(ldv(a.x.p, a.x.dtype, xo + j * xl) - m);
+    float k = g / block_sum(sum, red);
+    for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) {
+      float y = expf(ldv(a.x.p, a.x.dtype, xo + j * xl) - m) * k;
+      if (j == t) y -= g;
+      stv(a.out, a.out_dtype, r * a.V + j, y);
+    }
+  }
+}
+
+wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
+  CeArgs a;
+  memset(&a, 0, sizeof a);
+  a.x = wkc_dop(&s->in[0], slots);
+  a.tg = wkc_dop(&s->in[1], slots);
+  a.V = s->in[0].shape[s->in[0].ndim - 1];
+  a.N = wkc_numel(&s->in[1]);
+  a.ignore = (int32_t)s->attrs.i[0];
+  a.red = (int32_t)s->attrs.i[1];
+  a.out = out_ptr(&s->out, slots);
+  a.out_dtype = s->out.dtype;
+  a.err = wkc_dev_err();
+  wkc_arm_dev_err();
+  const char *name = bwd ? "cross_entropy (backward)" : "cross_entropy";
+  int grid = capped(a.N, 1 << 30), threads = threads_for(a.V);
+  void *t1 = NULL, *t2 = NULL;
+  wk_status st = WK_OK;
+  if (bwd) {
+    a.g = wkc_dop(&s->in[2], slots);
+    if (!a.N) return WK_OK;
+    if (a.red == 1) {
+      if (!(a.valid = (int *)(t1 = wkc_tmp_alloc(sizeof(int))))) return wk_error(WK_ERR_OOM, "%s: out of device memory", name);
+      k_ce_count<<<1, 256, 0, wkc_stream()>>>(a);
+    }
+    k_ce_bwd<<<grid, threads, 0, wkc_stream()>>>(a);
+    st = wkc_check_launch(name);
+  } else {
+    if (a.red != 0) {
+      t1 = wkc_tmp_alloc((size_t)(a.N ? a.N : 1) * sizeof(float));
+      t2 = wkc_tmp_alloc((size_t)(a.N ? a.N : 1) * sizeof(int));
+      if (!t1 || !t2) st = wk_error(WK_ERR_OOM, "%s: out of device memory", name);
+      a.loss = (float *)t1;
+      a.valid = (int *)t2;
+    }
+    if (!st && a.N) k_ce_rows<<<grid, threads, 0, wkc_stream()>>>(a);
+    if (!st && a.red != 0) k_ce_final<<<1, 256, 0, wkc_stream()>>>(a);
+    if (!st) st = wkc_check_launch(name);
+  }
+  wkc_tmp_free(t1);
+  wkc_tmp_free(t2);
+  return st;
+}

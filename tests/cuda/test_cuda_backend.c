@@ -1,0 +1,672 @@
+// CUDA backend vs CPU backend: every kernel on the same inputs, steps built by hand
+// (so the test covers layouts the planner may not produce yet), then a few graphs
+// through the public API with wk_to_device. Built and run only with WICK_CUDA.
+//
+// Tolerances (max |gpu - cpu| <= atol + rtol * |cpu|):
+//  - f32 elementwise: the device runs the CPU VM's own polynomial formulas; only
+//    FMA contraction differs -> 1e-5 relative.
+//  - f32 reductions / row kernels / attention: summation order differs (tree vs
+//    16-lane partials) and exp is libm's vs the CPU polynomial (~2e-7 rel) ->
+//    1e-4 relative with a small absolute floor.
+//  - f32 GEMM: cuBLAS (TF32 off) vs the CPU GEMM, K <= 128 -> 1e-4.
+//  - bf16 / f16 outputs: the f32 results may round to neighbouring values: one
+//    ulp is 2^-8 (bf16) / 2^-11 (f16) relative -> 8e-3 / 1e-3.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "check.h"
+
+static const wk_backend *cpu, *gpu;
+
+// ---- buffers: one host copy (CPU backend) and one device copy (CUDA backend) per slot ----
+#define MAXB 24
+typedef struct { void *h, *d; size_t bytes; wk_dtype dt; int64_t n; } tbuf;
+static tbuf B[MAXB];
+static int nb;
+static uint64_t rng = 88172645463325252ull;
+static float frand(float lo, float hi) {
+  rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+  return lo + (hi - lo) * ((float)(uint32_t)(rng >> 40) * 0x1p-24f);
+}
+static void put(void *p, wk_dtype dt, int64_t i, float v) {
+  switch (dt) {
+    case WK_F32: ((float *)p)[i] = v; break;
+    case WK_BF16: ((uint16_t *)p)[i] = wk_f32_to_bf16(v); break;
+    case WK_F16: ((uint16_t *)p)[i] = wk_f32_to_f16(v); break;
+    default: ((int32_t *)p)[i] = (int32_t)v; break;
+  }
+}
+static float get(const void *p, wk_dtype dt, int64_t i) {
+  switch (dt) {
+    case WK_F32: return ((const float *)p)[i];
+    case WK_BF16: return wk_bf16_to_f32(((const uint16_t *)p)[i]);
+    case WK_F16: return wk_f16_to_f32(((const uint16_t *)p)[i]);
+    default: return (float)((const int32_t *)p)[i];
+  }
+}
+static void reset(void) {
+  for (int i = 0; i < nb; i++) { free(B[i].h); gpu->free(B[i].d); }
+  nb = 0;
+}
+// A slot of n elements filled with uniform values in [lo, hi) (integers for i32).
+static int buf(wk_dtype dt, int64_t n, float lo, float hi) {
+  tbuf *b = &B[nb];
+  b->dt = dt;
+  b->n = n;
+  b->bytes = (size_t)(n > 0 ? n : 1) * wk_dtype_size(dt);
+  b->h = malloc(b->bytes);
+  b->d = gpu->alloc(b->bytes);
+  for (int64_t i = 0; i < n; i++) put(b->h, dt, i, dt == WK_I32 ? floorf(frand(lo, hi)) : frand(lo, hi));
+  gpu->upload(b->d, b->h, b->bytes);
+  return nb++;
+}
+static int out_buf(wk_dtype dt, int64_t n) { return buf(dt, n, 0, 0); }
+
+static wk_operand op_c(int slot, wk_dtype dt, int nd, const int64_t *shape) {
+  wk_operand o;
+  memset(&o, 0, sizeof o);
+  o.slot = slot;
+  o.dtype = dt;
+  o.ndim = nd;
+  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
+  wk_contiguous_strides(nd, shape, o.stride);
+  return o;
+}
+static wk_operand op_s(int slot, wk_dtype dt, int nd, const int64_t *shape, const int64_t *stride, int64_t off) {
+  wk_operand o = op_c(slot, dt, nd, shape);
+  memcpy(o.stride, stride, sizeof(int64_t) * (size_t)nd);
+  o.offset = off;
+  return o;
+}
+static wk_ew_instr I(int op, int dst, int a, int b, int c) {
+  wk_ew_instr in;
+  memset(&in, 0, sizeof in);
+  in.op = (uint16_t)op;
+  in.dst = (uint8_t)dst;
+  in.a = (uint8_t)a;
+  in.b = (uint8_t)b;
+  in.c = (uint8_t)c;
+  in.src = -1;
+  return in;
+}
+static wk_ew_instr If(int op, int dst, int a, float f0, float f1) {
+  wk_ew_instr in = I(op, dst, a, 0, 0);
+  in.attrs.f[0] = f0;
+  in.attrs.f[1] = f1;
+  return in;
+}
+static wk_step step0(int op) {
+  wk_step s;
+  memset(&s, 0, sizeof s);
+  s.op = (wk_op)op;
+  s.device = WK_CUDA;
+  s.src = -1;
+  s.lora_src = -1;
+  return s;
+}
+
+// Runs steps (a chain head when s->chain > 0) on both backends; compares slot `out`.
+static void compare(const char *name, const wk_step *s, int out, float atol, float rtol) {
+  void *hs[MAXB], *ds[MAXB];
+  for (int i = 0; i < nb; i++) { hs[i] = B[i].h; ds[i] = B[i].d; }
+  tbuf *o = &B[out];
+  memset(o->h, 0, o->bytes);
+  unsigned char *poison = malloc(o->bytes);
+  memset(poison, 0xff, o->bytes); // NaN in every float dtype: unwritten elements show
+  gpu->upload(o->d, poison, o->bytes);
+  wk_status sc = cpu->run(s, hs);
+  wk_status sg = gpu->run(s, ds);
+  wk_status sy = gpu->sync();
+  CHECK(!sc && !sg && !sy, "%s: run failed (cpu %d, cuda %d, sync %d)", name, sc, sg, sy);
+  gpu->download(poison, o->d, o->bytes);
+  float worst = 0;
+  int64_t at = -1;
+  for (int64_t i = 0; i < o->n; i++) {
+    float c = get(o->h, o->dt, i), g = get(poison, o->dt, i);
+    float err = fabsf(c - g), lim = atol + rtol * fabsf(c);
+    bool same_nonfinite = (isnan(c) && isnan(g)) || (isinf(c) && c == g);
+    if (same_nonfinite) continue;
+    if (!(err <= lim) && (at < 0 || err / lim > worst)) { worst = err / (lim > 0 ? lim : 1); at = i; }
+  }
+  if (at >= 0)
+    CHECK(0, "%s: element %lld: cpu %g, cuda %g (%.1fx the tolerance)", name, (long long)at, get(o->h, o->dt, at),
+          get(poison, o->dt, at), worst);
+  else
+    CHECK(1, "%s", name);
+  free(poison);
+}
+
+// ---- elementwise ----
+static void test_ew(void) {
+  int64_t sh[2] = {300, 37}, row[2] = {1, 37};
+  int a = buf(WK_F32, 300 * 37, -3, 3), b = buf(WK_F32, 37, -2, 2), o = out_buf(WK_F32, 300 * 37);
+  wk_ew_instr code[] = {
+      I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_OP_ADD, 2, 0, 1, 0), I(WK_OP_TANH, 3, 2, 0, 0),
+      I(WK_OP_SIGMOID, 4, 0, 0, 0), I(WK_OP_MUL, 5, 3, 4, 0), I(WK_OP_GELU, 6, 0, 0, 0), I(WK_OP_SUB, 7, 5, 6, 0),
+      I(WK_OP_ABS, 8, 1, 0, 0), If(WK_OP_ADD_SCALAR, 9, 8, 1.0f, 0), I(WK_OP_LOG, 10, 9, 0, 0),
+      I(WK_OP_DIV, 11, 7, 9, 0), I(WK_OP_GT, 12, 0, 1, 0), I(WK_OP_WHERE, 13, 12, 11, 10),
+      I(WK_OP_SILU, 14, 13, 0, 0), I(WK_OP_GELU_TANH, 15, 14, 0, 0), If(WK_OP_POW_SCALAR, 16, 9, 1.5f, 0),
+      I(WK_OP_MAXIMUM, 17, 15, 16, 0), I(WK_OP_EXP, 18, 1, 0, 0), I(WK_OP_GELU_BWD, 19, 0, 18, 0),
+      I(WK_OP_GELU_TANH_BWD, 20, 1, 19, 0), I(WK_OP_ADD, 21, 17, 20, 0), I(WK_OP_RSQRT, 22, 9, 0, 0),
+      I(WK_OP_MINIMUM, 23, 21, 22, 0), I(WK_OP_SQUARE, 24, 23, 0, 0), I(WK_OP_SQRT, 25, 24, 0, 0),
+      I(WK_OP_NEG, 26, 25, 0, 0), I(WK_OP_RELU, 27, 26, 0, 0), I(WK_OP_ADD, 28, 27, 25, 0),
+  };
+  wk_step s = step0(WK_STEP_FUSED_EW);
+  s.nin = 2;
+  s.in[0] = op_c(a, WK_F32, 2, sh);
+  s.in[1] = op_s(b, WK_F32, 2, sh, (int64_t[]){0, 1}, 0);
+  (void)row;
+  s.out = op_c(o, WK_F32, 2, sh);
+  s.prog = (wk_ew_prog){(int)(sizeof code / sizeof code[0]), 29, 28, code};
+  compare("ew f32 chain of 27 ops, broadcast row", &s, o, 1e-5f, 1e-5f);
+  reset();
+
+  // strided and mixed dtypes: bf16 transposed view + f16 + i32 -> f16 output, casts
+  int64_t sh2[3] = {5, 40, 24};
+  int x = buf(WK_BF16, 5 * 24 * 40, -2, 2), y = buf(WK_F16, 24, -1, 1), z = buf(WK_I32, 5 * 40 * 24, -5, 5);
+  int o2 = out_buf(WK_F16, 5 * 40 * 24);
+  wk_ew_instr code2[] = {
+      I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_EW_LOAD, 2, 2, 0, 0), I(WK_OP_MUL, 3, 0, 1, 0),
+      I(WK_OP_ADD, 4, 3, 2, 0), If(WK_OP_MUL_SCALAR, 5, 4, 0.37f, 0), If(WK_OP_CAST, 6, 5, 0, 0),
+      If(WK_OP_CAST, 7, 4, 0, 0), If(WK_OP_CAST, 8, 5, 0, 0), I(WK_OP_ADD, 9, 6, 7, 0), I(WK_OP_ADD, 10, 9, 8, 0)};
+  code2[6].attrs.i[0] = WK_BF16;
+  code2[7].attrs.i[0] = WK_I32;
+  code2[8].attrs.i[0] = WK_F16;
+  wk_step s2 = step0(WK_STEP_FUSED_EW);
+  s2.nin = 3;
+  s2.in[0] = op_s(x, WK_BF16, 3, sh2, (int64_t[]){24 * 40, 1, 40}, 0); // [5, 24, 40] transposed
+  s2.in[1] = op_s(y, WK_F16, 3, sh2, (int64_t[]){0, 0, 1}, 0);
+  s2.in[2] = op_c(z, WK_I32, 3, sh2);
+  s2.out = op_c(o2, WK_F16, 3, sh2);
+  s2.prog = (wk_ew_prog){11, 11, 10, code2};
+  compare("ew transposed bf16 + f16 broadcast + i32, casts, f16 out", &s2, o2, 1e-3f, 1e-3f);
+  reset();
+
+  // index-based sources inside a group (offset view of the output too)
+  int64_t sh3[2] = {64, 96};
+  int o3 = out_buf(WK_F32, 64 * 96), in3 = buf(WK_F32, 64 * 96, -1, 1);
+  wk_ew_instr code3[] = {
+      I(WK_EW_LOAD, 0, 0, 0, 0), If(WK_OP_RAND, 1, 0, -1.0f, 2.0f), I(WK_OP_RANDN, 2, 0, 0, 0),
+      If(WK_OP_DROPOUT, 3, 0, 0.3f, 0), If(WK_OP_ARANGE, 4, 0, 0.5f, 0.01f), I(WK_OP_CAUSAL_MASK, 5, 0, 0, 0),
+      If(WK_OP_CONST, 6, 0, -1e9f, 0), I(WK_OP_MAXIMUM, 7, 5, 6, 0), I(WK_OP_ADD, 8, 1, 2, 0), I(WK_OP_ADD, 9, 8, 3, 0),
+      I(WK_OP_ADD, 10, 9, 4, 0), If(WK_OP_MUL_SCALAR, 11, 7, 1e-9f, 0), I(WK_OP_ADD, 12, 10, 11, 0)};
+  code3[1].attrs.u = 7;
+  code3[2].attrs.u = 1234567;
+  code3[3].attrs.u = 99;
+  code3[5].attrs.i[0] = 16;
+  code3[5].attrs.i[1] = 96;
+  wk_step s3 = step0(WK_STEP_FUSED_EW);
+  s3.nin = 1;
+  s3.in[0] = op_c(in3, WK_F32, 2, sh3);
+  s3.out = op_c(o3, WK_F32, 2, sh3);
+  s3.prog = (wk_ew_prog){13, 13, 12, code3};
+  compare("ew rand, randn, dropout, arange, causal mask", &s3, o3, 1e-5f, 1e-5f);
+  reset();
+}
+
+// ---- reductions, argmax, concat, pad ----
+static void test_reduce(void) {
+  int64_t sh[3] = {6, 50, 33};
+  int x = buf(WK_F32, 6 * 50 * 33, -2, 2), y = buf(WK_BF16, 33, -1, 1);
+  int o1 = out_buf(WK_F32, 6 * 50), o2 = out_buf(WK_F32, 6 * 33), o3 = out_buf(WK_BF16, 50), o4 = out_buf(WK_F32, 6 * 50);
+  wk_step s = step0(WK_OP_SUM);
+  s.nin = 1;
+  s.in[0] = op_c(x, WK_F32, 3, sh);
+  s.attrs.axes = 4;
+  s.out = op_c(o1, WK_F32, 2, (int64_t[]){6, 50});
+  compare("sum over the last axis", &s, o1, 1e-5f, 1e-4f);
+  s.attrs.axes = 2;
+  s.out = op_c(o2, WK_F32, 2, (int64_t[]){6, 33});
+  compare("sum over the middle axis", &s, o2, 1e-5f, 1e-4f);
+  s.op = WK_OP_MAX;
+  s.attrs.axes = 5; // scattered: axes 0 and 2
+  s.out = op_c(o3, WK_BF16, 1, (int64_t[]){50});
+  compare("max over axes 0 and 2 (scattered), bf16 out", &s, o3, 0, 8e-3f);
+  // prologue: sum((x * y)^2) over the last axis, x read transposed
+  wk_ew_instr pro[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_OP_MUL, 2, 0, 1, 0),
+                       I(WK_OP_SQUARE, 3, 2, 0, 0)};
+  wk_step p = step0(WK_OP_SUM);
+  p.nin = 1;
+  p.in[0] = op_c(-1, WK_F32, 3, (int64_t[]){6, 50, 33});
+  p.in[0].slot = -1;
+  p.attrs.axes = 4;
+  p.npro = 2;
+  p.pro_in[0] = op_s(x, WK_F32, 3, (int64_t[]){6, 50, 33}, (int64_t[]){1650, 1, 50}, 0);
+  p.pro_in[1] = op_s(y, WK_BF16, 3, (int64_t[]){6, 50, 33}, (int64_t[]){0, 0, 1}, 0);
+  p.prog = (wk_ew_prog){4, 4, 3, pro};
+  p.out = op_c(o4, WK_F32, 2, (int64_t[]){6, 50});
+  compare("sum with a prologue over a transposed view", &p, o4, 1e-5f, 1e-4f);
+  reset();
+
+  int v = buf(WK_F32, 7 * 300 * 5, -4, 4), ai = out_buf(WK_I32, 35), aj = out_buf(WK_I32, 7 * 300);
+  wk_step am = step0(WK_OP_ARGMAX);
+  am.nin = 1;
+  am.in[0] = op_c(v, WK_F32, 3, (int64_t[]){7, 300, 5});
+  am.attrs.i[0] = 1;
+  am.out = op_c(ai, WK_I32, 2, (int64_t[]){7, 5});
+  compare("argmax over axis 1", &am, ai, 0, 0);
+  am.attrs.i[0] = 2;
+  am.out = op_c(aj, WK_I32, 2, (int64_t[]){7, 300});
+  compare("argmax over the last axis", &am, aj, 0, 0);
+  reset();
+
+  int c0 = buf(WK_BF16, 4 * 3 * 5, -1, 1), c1 = buf(WK_BF16, 4 * 2 * 5, -1, 1), c2 = buf(WK_BF16, 5 * 4, -1, 1);
+  int co = out_buf(WK_BF16, 4 * 6 * 5);
+  wk_step cc = step0(WK_OP_CONCAT);
+  cc.nin = 3;
+  cc.attrs.i[0] = 1;
+  cc.in[0] = op_c(c0, WK_BF16, 3, (int64_t[]){4, 3, 5});
+  cc.in[1] = op_c(c1, WK_BF16, 3, (int64_t[]){4, 2, 5});
+  cc.in[2] = op_s(c2, WK_BF16, 3, (int64_t[]){4, 1, 5}, (int64_t[]){1, 20, 4}, 0); // transposed [5,4] -> [4,1,5]
+  cc.out = op_c(co, WK_BF16, 3, (int64_t[]){4, 6, 5});
+  compare("concat of 3 (one transposed) along axis 1, bf16", &cc, co, 0, 0);
+  int pi = buf(WK_F32, 3 * 7, -1, 1), po = out_buf(WK_F32, 6 * 7);
+  wk_step pd = step0(WK_OP_PAD);
+  pd.nin = 1;
+  pd.in[0] = op_s(pi, WK_F32, 2, (int64_t[]){3, 7}, (int64_t[]){1, 3}, 0);
+  pd.attrs.i[0] = 0;
+  pd.attrs.i[1] = 2;
+  pd.attrs.f[0] = 0.5f;
+  pd.out = op_c(po, WK_F32, 2, (int64_t[]){6, 7});
+  compare("pad axis 0 (2 before, 1 after) of a transposed view", &pd, po, 0, 0);
+  reset();
+}
+
+// ---- matmul and lora ----
+static void test_matmul(void) {
+  int a = buf(WK_F32, 3 * 64 * 48, -1, 1), b = buf(WK_F32, 80 * 48, -1, 1), o = out_buf(WK_F32, 3 * 64 * 80);
+  wk_step s = step0(WK_OP_MATMUL);
+  s.nin = 2;
+  s.in[0] = op_c(a, WK_F32, 3, (int64_t[]){3, 64, 48});
+  s.in[1] = op_s(b, WK_F32, 3, (int64_t[]){3, 48, 80}, (int64_t[]){0, 1, 48}, 0); // broadcast, transposed
+  s.out = op_c(o, WK_F32, 3, (int64_t[]){3, 64, 80});
+  compare("matmul f32 [3,64,48] @ broadcast transposed [48,80]", &s, o, 1e-4f, 1e-4f);
+  reset();
+  int x = buf(WK_BF16, 2 * 3 * 32 * 16, -1, 1), y = buf(WK_BF16, 3 * 16 * 24, -1, 1), z = out_buf(WK_BF16, 2 * 3 * 32 * 24);
+  wk_step t = step0(WK_OP_MATMUL);
+  t.nin = 2;
+  t.in[0] = op_c(x, WK_BF16, 4, (int64_t[]){2, 3, 32, 16});
+  t.in[1] = op_c(y, WK_BF16, 4, (int64_t[]){1, 3, 16, 24});
+  t.out = op_c(z, WK_BF16, 4, (int64_t[]){2, 3, 32, 24});
+  compare("matmul bf16 [2,3,32,16] @ [1,3,16,24] (batch densified)", &t, z, 2e-2f, 8e-3f);
+  int xs = buf(WK_F16, 40 * 2 * 16, -1, 1), yf = buf(WK_F16, 16 * 24, -1, 1), zs = out_buf(WK_F16, 2 * 40 * 24);
+  t.in[0] = op_s(xs, WK_F16, 3, (int64_t[]){2, 40, 16}, (int64_t[]){16, 32, 1}, 0); // permuted batch
+  t.in[1] = op_c(yf, WK_F16, 2, (int64_t[]){16, 24});
+  t.out = op_c(zs, WK_F16, 3, (int64_t[]){2, 40, 24});
+  compare("matmul f16 with a permuted batch view", &t, zs, 5e-3f, 1e-3f);
+  reset();
+
+  int M = 5, K = 64, N = 48, r = 8;
+  int lx = buf(WK_F32, M * K, -1, 1), lw = buf(WK_F32, N * K, -1, 1), la = buf(WK_F32, K * r, -1, 1),
+      lb = buf(WK_F32, r * N, -1, 1), lo = out_buf(WK_F32, M * N);
+  wk_step l = step0(WK_OP_LORA);
+  l.nin = 4;
+  l.in[0] = op_c(lx, WK_F32, 2, (int64_t[]){M, K});
+  l.in[1] = op_s(lw, WK_F32, 2, (int64_t[]){K, N}, (int64_t[]){1, K}, 0);
+  l.in[2] = op_c(la, WK_F32, 2, (int64_t[]){K, r});
+  l.in[3] = op_c(lb, WK_F32, 2, (int64_t[]){r, N});
+  l.attrs.f[0] = 0.75f;
+  l.out = op_c(lo, WK_F32, 2, (int64_t[]){M, N});
+  compare("lora f32 (W transposed)", &l, lo, 1e-4f, 1e-4f);
+  reset();
+}
+
+// ---- row kernels and chains ----
+static void test_rows(void) {
+  int64_t sh[2] = {64, 1000};
+  int x = buf(WK_F32, 64 * 1000, -6, 6), o = out_buf(WK_F32, 64 * 1000), ob = out_buf(WK_BF16, 64 * 1000);
+  wk_step s = step0(WK_OP_SOFTMAX);
+  s.nin = 1;
+  s.in[0] = op_c(x, WK_F32, 2, sh);
+  s.out = op_c(o, WK_F32, 2, sh);
+  compare("softmax f32 [64,1000]", &s, o, 1e-7f, 1e-4f);
+  s.op = WK_OP_LOG_SOFTMAX;
+  compare("log_softmax f32", &s, o, 1e-5f, 1e-5f);
+  s.out = op_c(ob, WK_BF16, 2, sh);
+  compare("log_softmax bf16 out", &s, ob, 1e-3f, 8e-3f);
+  s.op = WK_OP_SOFTMAX;
+  s.in[0] = op_s(x, WK_F32, 2, (int64_t[]){1000, 64}, (int64_t[]){1, 1000}, 0);
+  s.out = op_c(o, WK_F32, 2, (int64_t[]){1000, 64});
+  compare("softmax over a transposed view", &s, o, 1e-7f, 1e-4f);
+  int w = buf(WK_F32, 1000, 0.5f, 1.5f), bb = buf(WK_BF16, 1000, -0.5f, 0.5f);
+  wk_step n = step0(WK_OP_RMS_NORM);
+  n.nin = 2;
+  n.in[0] = op_c(x, WK_F32, 2, sh);
+  n.in[1] = op_c(w, WK_F32, 1, (int64_t[]){1000});
+  n.attrs.f[0] = 1e-5f;
+  n.attrs.i[0] = 1;
+  n.out = op_c(o, WK_F32, 2, sh);
+  compare("rms_norm with weight", &n, o, 1e-5f, 1e-4f);
+  n.op = WK_OP_LAYER_NORM;
+  n.nin = 3;
+  n.in[2] = op_c(bb, WK_BF16, 1, (int64_t[]){1000});
+  n.attrs.i[1] = 1;
+  compare("layer_norm with weight and bf16 bias", &n, o, 1e-5f, 1e-4f);
+  // prologue: layer_norm(x + y) without weight
+  int y = buf(WK_F32, 64 * 1000, -1, 1);
+  wk_ew_instr pro[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_OP_ADD, 2, 0, 1, 0)};
+  wk_step p = step0(WK_OP_LAYER_NORM);
+  p.nin = 1;
+  p.in[0] = op_c(-1, WK_F32, 2, sh);
+  p.attrs.f[0] = 1e-5f;
+  p.npro = 2;
+  p.pro_in[0] = op_c(x, WK_F32, 2, sh);
+  p.pro_in[1] = op_c(y, WK_F32, 2, sh);
+  p.prog = (wk_ew_prog){3, 3, 2, pro};
+  p.out = op_c(o, WK_F32, 2, sh);
+  compare("layer_norm with a prologue", &p, o, 1e-5f, 1e-4f);
+
+  // row chain: rms_norm(x + y, w) -> * z + 1 -> softmax -> layer_norm(2 row, w, b)
+  int z = buf(WK_F32, 64 * 1000, -1, 1);
+  wk_step ch[4];
+  ch[0] = p;
+  ch[0].op = WK_OP_RMS_NORM;
+  ch[0].nin = 2;
+  ch[0].in[1] = op_c(w, WK_F32, 1, (int64_t[]){1000});
+  ch[0].attrs.i[0] = 1;
+  ch[0].chain = 4;
+  ch[0].out = op_c(-1, WK_F32, 2, sh);
+  wk_ew_instr epi[] = {I(WK_EW_LOAD_ROW, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 0, 0, 0), I(WK_OP_MUL, 2, 0, 1, 0),
+                       If(WK_OP_ADD_SCALAR, 3, 2, 1.0f, 0)};
+  ch[1] = step0(WK_STEP_FUSED_EW);
+  ch[1].nin = 1;
+  ch[1].in[0] = op_c(z, WK_F32, 2, sh);
+  ch[1].prog = (wk_ew_prog){4, 4, 3, epi};
+  ch[1].chain = -1;
+  ch[1].out = op_c(-1, WK_F32, 2, sh);
+  ch[2] = step0(WK_OP_SOFTMAX);
+  ch[2].nin = 1;
+  ch[2].in[0] = op_c(-1, WK_F32, 2, sh);
+  ch[2].chain = -1;
+  ch[2].out = op_c(-1, WK_F32, 2, sh);
+  wk_ew_instr pro2[] = {I(WK_EW_LOAD_ROW, 0, 0, 0, 0), If(WK_OP_MUL_SCALAR, 1, 0, 200.0f, 0)};
+  ch[3] = step0(WK_OP_LAYER_NORM);
+  ch[3].nin = 3;
+  ch[3].in[0] = op_c(-1, WK_F32, 2, sh);
+  ch[3].in[1] = op_c(w, WK_F32, 1, (int64_t[]){1000});
+  ch[3].in[2] = op_c(bb, WK_BF16, 1, (int64_t[]){1000});
+  ch[3].attrs.f[0] = 1e-5f;
+  ch[3].attrs.i[0] = 1;
+  ch[3].attrs.i[1] = 1;
+  ch[3].prog = (wk_ew_prog){2, 2, 1, pro2};
+  ch[3].npro = 0;
+  ch[3].chain = -1;
+  ch[3].out = op_c(o, WK_F32, 2, sh);
+  compare("row chain: rms_norm(prologue) -> ew -> softmax -> layer_norm(prologue)", ch, o, 1e-4f, 1e-3f);
+  reset();
+
+  // rows wider than a warp's share (a block per row, the row in shared memory)
+  int64_t wide[2] = {16, 2500};
+  int wx = buf(WK_BF16, 16 * 2500, -3, 3), ww2 = buf(WK_F32, 2500, 0.5f, 1.5f), wo = out_buf(WK_F32, 16 * 2500);
+  wk_step wr = step0(WK_OP_RMS_NORM);
+  wr.nin = 2;
+  wr.in[0] = op_c(wx, WK_BF16, 2, wide);
+  wr.in[1] = op_c(ww2, WK_F32, 1, (int64_t[]){2500});
+  wr.attrs.f[0] = 1e-5f;
+  wr.attrs.i[0] = 1;
+  wr.out = op_c(wo, WK_F32, 2, wide);
+  compare("rms_norm bf16 in, 2500-wide rows (block per row)", &wr, wo, 1e-5f, 1e-4f);
+  int wf = buf(WK_F32, 16 * 2500, -3, 3);
+  wr.op = WK_OP_SOFTMAX;
+  wr.nin = 1;
+  wr.in[0] = op_c(wf, WK_F32, 2, wide);
+  compare("softmax f32, 2500-wide rows (block per row)", &wr, wo, 1e-7f, 1e-4f);
+
+  // a row too long for shared memory: the global scratch path
+  int64_t big[2] = {3, 70000};
+  int bx = buf(WK_F32, 3 * 70000, -8, 8), bo = out_buf(WK_F32, 3 * 70000);
+  wk_step sb = step0(WK_OP_LOG_SOFTMAX);
+  sb.nin = 1;
+  sb.in[0] = op_c(bx, WK_F32, 2, big);
+  sb.out = op_c(bo, WK_F32, 2, big);
+  compare("log_softmax of 70000-wide rows (global scratch)", &sb, bo, 1e-4f, 1e-5f);
+  reset();
+
+  // backward row kernels and NORM_DW
+  int64_t s2[3] = {4, 8, 96};
+  int64_t n2 = 4 * 8 * 96;
+  int yv = buf(WK_F32, n2, 0, 1), dy = buf(WK_F32, n2, -1, 1), xx = buf(WK_F32, n2, -2, 2), ww = buf(WK_F32, 96, 0.5f, 1.5f);
+  int dx = out_buf(WK_F32, n2), dwo = out_buf(WK_F32, 96), dwl = out_buf(WK_F32, 2 * 96), dxb = out_buf(WK_BF16, n2);
+  wk_step bw = step0(WK_OP_SOFTMAX_BWD);
+  bw.nin = 2;
+  bw.in[0] = op_c(yv, WK_F32, 3, s2);
+  bw.in[1] = op_c(dy, WK_F32, 3, s2);
+  bw.out = op_c(dx, WK_F32, 3, s2);
+  compare("softmax_bwd", &bw, dx, 1e-5f, 1e-4f);
+  bw.op = WK_OP_LOG_SOFTMAX_BWD;
+  compare("log_softmax_bwd", &bw, dx, 1e-5f, 1e-4f);
+  wk_step nb2 = step0(WK_OP_RMS_NORM_BWD);
+  nb2.nin = 3;
+  nb2.in[0] = op_c(xx, WK_F32, 3, s2);
+  nb2.in[1] = op_c(ww, WK_F32, 1, (int64_t[]){96});
+  nb2.in[2] = op_s(dy, WK_F32, 3, s2, (int64_t[]){768, 96, 1}, 0);
+  nb2.attrs.f[0] = 1e-6f;
+  nb2.attrs.i[0] = 1;
+  nb2.out = op_c(dx, WK_F32, 3, s2);
+  compare("rms_norm_bwd with weight", &nb2, dx, 1e-5f, 1e-4f);
+  nb2.op = WK_OP_LAYER_NORM_BWD;
+  compare("layer_norm_bwd with weight", &nb2, dx, 1e-5f, 1e-4f);
+  nb2.out = op_c(dxb, WK_BF16, 3, s2);
+  compare("layer_norm_bwd bf16 out", &nb2, dxb, 1e-3f, 8e-3f);
+  wk_step dw = step0(WK_OP_NORM_DW);
+  dw.nin = 2;
+  dw.in[0] = op_c(xx, WK_F32, 3, s2);
+  dw.in[1] = op_c(dy, WK_F32, 3, s2);
+  dw.attrs.f[0] = 1e-6f;
+  dw.out = op_c(dwo, WK_F32, 1, (int64_t[]){96});
+  compare("norm_dw (rms)", &dw, dwo, 1e-4f, 1e-4f);
+  dw.attrs.i[0] = 1;
+  dw.out = op_c(dwl, WK_F32, 2, (int64_t[]){2, 96});
+  compare("norm_dw (layer: dw, db)", &dw, dwl, 1e-4f, 1e-4f);
+  reset();
+}
+
+// ---- rope, embedding, sdpa, cross-entropy ----
+static void test_nn(void) {
+  int64_t sh[4] = {2, 3, 17, 64};
+  int64_t n = 2 * 3 * 17 * 64;
+  int x = buf(WK_F32, n, -1, 1), o = out_buf(WK_F32, n), ob = out_buf(WK_BF16, n);
+  wk_step r = step0(WK_OP_ROPE);
+  r.nin = 1;
+  r.in[0] = op_c(x, WK_F32, 4, sh);
+  r.attrs.f[0] = 10000.0f;
+  r.attrs.f[1] = 1.0f;
+  r.attrs.i[0] = 3;
+  r.out = op_c(o, WK_F32, 4, sh);
+  compare("rope (halves), offset 3", &r, o, 1e-6f, 1e-5f);
+  r.attrs.i[1] = 1;
+  r.attrs.f[1] = -1.0f;
+  r.out = op_c(ob, WK_BF16, 4, sh);
+  compare("rope (interleaved, inverse), bf16 out", &r, ob, 1e-3f, 8e-3f);
+  // a [B, T, H, D] tensor viewed as [B, H, T, D]
+  r.in[0] = op_s(x, WK_F32, 4, sh, (int64_t[]){3 * 17 * 64, 64, 3 * 64, 1}, 0);
+  r.out = op_c(o, WK_F32, 4, sh);
+  compare("rope on a transposed view", &r, o, 1e-6f, 1e-5f);
+  reset();
+
+  int tab = buf(WK_F32, 50 * 24, -1, 1), tabh = buf(WK_BF16, 50 * 24, -1, 1), ids = buf(WK_I32, 4 * 7, 0, 50);
+  int eo = out_buf(WK_F32, 4 * 7 * 24), eh = out_buf(WK_F32, 4 * 7 * 24);
+  wk_step e = step0(WK_OP_EMBEDDING);
+  e.nin = 2;
+  e.in[0] = op_c(tab, WK_F32, 2, (int64_t[]){50, 24});
+  e.in[1] = op_c(ids, WK_I32, 2, (int64_t[]){4, 7});
+  e.out = op_c(eo, WK_F32, 3, (int64_t[]){4, 7, 24});
+  compare("embedding f32", &e, eo, 0, 0);
+  e.in[0] = op_c(tabh, WK_BF16, 2, (int64_t[]){50, 24});
+  e.out = op_c(eh, WK_F32, 3, (int64_t[]){4, 7, 24});
+  compare("embedding bf16 table -> f32", &e, eh, 0, 0);
+  int dy = buf(WK_F32, 4 * 7 * 24, -1, 1), dt = out_buf(WK_F32, 50 * 24), dtb = out_buf(WK_BF16, 50 * 24);
+  wk_step eb = step0(WK_OP_EMBEDDING_BWD);
+  eb.nin = 2;
+  eb.in[0] = op_c(ids, WK_I32, 2, (int64_t[]){4, 7});
+  eb.in[1] = op_c(dy, WK_F32, 3, (int64_t[]){4, 7, 24});
+  eb.attrs.i[0] = 50;
+  eb.out = op_c(dt, WK_F32, 2, (int64_t[]){50, 24});
+  compare("embedding_bwd (scatter-add)", &eb, dt, 1e-6f, 1e-5f);
+  eb.out = op_c(dtb, WK_BF16, 2, (int64_t[]){50, 24});
+  compare("embedding_bwd bf16", &eb, dtb, 1e-3f, 8e-3f);
+  reset();
+
+  // GQA causal attention, S > T (a KV cache), plus an additive mask; and bf16
+  int64_t qs[4] = {2, 4, 9, 32}, ks[4] = {2, 2, 13, 32};
+  int q = buf(WK_F32, 2 * 4 * 9 * 32, -1, 1), k = buf(WK_F32, 2 * 2 * 13 * 32, -1, 1), v = buf(WK_F32, 2 * 2 * 13 * 32, -1, 1);
+  int mk = buf(WK_F32, 9 * 13, -2, 0), so = out_buf(WK_F32, 2 * 4 * 9 * 32);
+  wk_step a = step0(WK_OP_SDPA);
+  a.nin = 3;
+  a.in[0] = op_c(q, WK_F32, 4, qs);
+  a.in[1] = op_c(k, WK_F32, 4, ks);
+  a.in[2] = op_c(v, WK_F32, 4, ks);
+  a.attrs.f[0] = 1.0f / sqrtf(32.0f);
+  a.attrs.i[0] = 1;
+  a.out = op_c(so, WK_F32, 4, qs);
+  compare("sdpa GQA causal (T=9, S=13)", &a, so, 1e-5f, 1e-4f);
+  a.nin = 4;
+  a.in[3] = op_c(mk, WK_F32, 4, (int64_t[]){1, 1, 9, 13});
+  a.attrs.i[0] = 0;
+  compare("sdpa GQA with an additive mask", &a, so, 1e-5f, 1e-4f);
+  // q as a [B, T, H, D] buffer viewed [B, H, T, D]
+  a.nin = 3;
+  a.attrs.i[0] = 1;
+  a.in[0] = op_s(q, WK_F32, 4, qs, (int64_t[]){9 * 4 * 32, 32, 4 * 32, 1}, 0);
+  compare("sdpa causal with a transposed q view", &a, so, 1e-5f, 1e-4f);
+  int qh = buf(WK_BF16, 2 * 4 * 9 * 32, -1, 1), kh = buf(WK_BF16, 2 * 2 * 13 * 32, -1, 1), vh = buf(WK_BF16, 2 * 2 * 13 * 32, -1, 1);
+  int sho = out_buf(WK_BF16, 2 * 4 * 9 * 32);
+  a.in[0] = op_c(qh, WK_BF16, 4, qs);
+  a.in[1] = op_c(kh, WK_BF16, 4, ks);
+  a.in[2] = op_c(vh, WK_BF16, 4, ks);
+  a.out = op_c(sho, WK_BF16, 4, qs);
+  compare("sdpa bf16 causal GQA", &a, sho, 1e-3f, 8e-3f);
+  reset();
+
+  int V = 3000, N = 12;
+  int lg = buf(WK_F32, N * V, -5, 5), tg = buf(WK_I32, N, 0, (float)V), ce = out_buf(WK_F32, N), cm = out_buf(WK_F32, 1);
+  ((int32_t *)B[tg].h)[3] = -100;
+  ((int32_t *)B[tg].h)[7] = -100;
+  gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
+  wk_step c = step0(WK_OP_CROSS_ENTROPY);
+  c.nin = 2;
+  c.in[0] = op_c(lg, WK_F32, 2, (int64_t[]){N, V});
+  c.in[1] = op_c(tg, WK_I32, 1, (int64_t[]){N});
+  c.attrs.i[0] = -100;
+  c.out = op_c(ce, WK_F32, 1, (int64_t[]){N});
+  compare("cross_entropy (none) with ignored targets", &c, ce, 1e-5f, 1e-5f);
+  c.attrs.i[1] = 1;
+  c.out = op_c(cm, WK_F32, 1, (int64_t[]){1});
+  compare("cross_entropy (mean)", &c, cm, 1e-5f, 1e-5f);
+  c.attrs.i[1] = 2;
+  compare("cross_entropy (sum)", &c, cm, 1e-4f, 1e-5f);
+  int g1 = buf(WK_F32, 1, 0.5f, 2), gn = buf(WK_F32, N, -1, 1), dl = out_buf(WK_F32, N * V);
+  wk_step cb = step0(WK_OP_CROSS_ENTROPY_BWD);
+  cb.nin = 3;
+  cb.in[0] = c.in[0];
+  cb.in[1] = c.in[1];
+  cb.in[2] = op_c(g1, WK_F32, 1, (int64_t[]){1});
+  cb.attrs.i[0] = -100;
+  cb.out = op_c(dl, WK_F32, 2, (int64_t[]){N, V});
+  for (int red = 0; red < 3; red++) {
+    cb.attrs.i[1] = red;
+    cb.in[2] = red == 0 ? op_c(gn, WK_F32, 1, (int64_t[]){N}) : op_c(g1, WK_F32, 1, (int64_t[]){1});
+    char name[64];
+    snprintf(name, sizeof name, "cross_entropy_bwd (reduction %d)", red);
+    compare(name, &cb, dl, 1e-7f, 1e-4f);
+  }
+  reset();
+}
+
+// ---- errors found in the data: reported at sync, nothing crashes ----
+static void test_errors(void) {
+  int tab = buf(WK_F32, 10 * 8, -1, 1), ids = buf(WK_I32, 6, 0, 10), o = out_buf(WK_F32, 6 * 8);
+  ((int32_t *)B[ids].h)[4] = 12;
+  gpu->upload(B[ids].d, B[ids].h, B[ids].bytes);
+  void *ds[MAXB];
+  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  wk_step e = step0(WK_OP_EMBEDDING);
+  e.nin = 2;
+  e.in[0] = op_c(tab, WK_F32, 2, (int64_t[]){10, 8});
+  e.in[1] = op_c(ids, WK_I32, 1, (int64_t[]){6});
+  e.out = op_c(o, WK_F32, 2, (int64_t[]){6, 8});
+  wk_status st = gpu->run(&e, ds);
+  CHECK(!st, "bad id: the launch itself succeeds (asynchronous)");
+  st = gpu->sync();
+  CHECK(st == WK_ERR_ARG && strstr(wk_last_error(), "embedding") && strstr(wk_last_error(), "12"),
+        "bad embedding id reported at sync (status %d)", st);
+  st = gpu->sync();
+  CHECK(!st, "the error is reported once; the backend stays usable");
+  int lg = buf(WK_F32, 4 * 5, -1, 1), tg = buf(WK_I32, 4, 0, 5), co = out_buf(WK_F32, 1);
+  ((int32_t *)B[tg].h)[2] = 5;
+  gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
+  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  wk_step c = step0(WK_OP_CROSS_ENTROPY);
+  c.nin = 2;
+  c.in[0] = op_c(lg, WK_F32, 2, (int64_t[]){4, 5});
+  c.in[1] = op_c(tg, WK_I32, 1, (int64_t[]){4});
+  c.attrs.i[0] = -100;
+  c.attrs.i[1] = 1;
+  c.out = op_c(co, WK_F32, 1, (int64_t[]){1});
+  st = gpu->run(&c, ds);
+  st = st ? st : gpu->sync();
+  CHECK(st == WK_ERR_ARG && strstr(wk_last_error(), "cross_entropy"), "bad target reported at sync (status %d)", st);
+  reset();
+  // the allocator: a freed block of the same class comes back without cudaMalloc
+  wk_cuda_mem_stats m0, m1;
+  void *p = gpu->alloc(1 << 20);
+  gpu->free(p);
+  wk_cuda_memory_stats(&m0);
+  void *q = gpu->alloc((1 << 20) - 100);
+  wk_cuda_memory_stats(&m1);
+  CHECK(q && m1.cuda_mallocs == m0.cuda_mallocs && m1.cache_hits == m0.cache_hits + 1, "allocator reuses a cached block");
+  gpu->free(q);
+  CHECK(m1.peak_reserved >= m1.reserved && m1.reserved >= m1.in_use, "allocator stats are consistent");
+}
+
+// ---- through the public API (wk_to_device and per-step devices) ----
+static void test_public(void) {
+  wk_scope_begin();
+  int64_t sh[2] = {32, 257};
+  wk_tensor *x = wk_randn(2, sh, WK_F32, 5), *w = wk_rand(1, (int64_t[]){257}, WK_F32, 0.5, 1.5, 6);
+  wk_tensor *xd = wk_to_device(x, WK_CUDA), *wd = wk_to_device(w, WK_CUDA);
+  CHECK(xd && wd && wk_tensor_device(xd) == WK_CUDA, "to_device(cuda)");
+  wk_tensor *yc = wk_softmax(wk_rms_norm(wk_add(wk_mul_scalar(x, 2.0f), x), w, 1e-5f), -1);
+  wk_tensor *yd = wk_softmax(wk_rms_norm(wk_add(wk_mul_scalar(xd, 2.0f), xd), wd, 1e-5f), -1);
+  wk_tensor *yh = wk_to_device(yd, WK_CPU);
+  float *a = yc ? read_all(yc) : NULL, *b = yh ? read_all(yh) : NULL;
+  float err = a && b ? max_abs_diff(a, b, 32 * 257) : NAN;
+  CHECK(err <= 1e-5f, "public API: softmax(rms_norm(2x + x, w)) on cuda vs cpu: max diff %g", err);
+  free(a);
+  free(b);
+  wk_tensor *m = wk_matmul(xd, wk_transpose(xd, 0, 1));
+  wk_tensor *mc = wk_matmul(x, wk_transpose(x, 0, 1));
+  wk_tensor *mh = m ? wk_to_device(m, WK_CPU) : NULL;
+  a = mc ? read_all(mc) : NULL;
+  b = mh ? read_all(mh) : NULL;
+  err = a && b ? max_abs_diff(a, b, 32 * 32) : NAN;
+  CHECK(err <= 1e-3f, "public API: x @ x^T on cuda vs cpu: max diff %g", err);
+  free(a);
+  free(b);
+  wk_scope_end();
+}
+
+int main(void) {
+  cpu = wk_backend_get(WK_CPU);
+  gpu = wk_backend_get(WK_CUDA);
+  if (!gpu) {
+    printf("no CUDA device: %s\n", wk_last_error());
+    return 77; // skipped
+  }
+  printf("device: %s\n", wk_cuda_device_name());
+  test_ew();
+  test_reduce();
+  test_matmul();
+  test_rows();
+  test_nn();
+  test_errors();
+  test_public();
+  wk_cuda_mem_stats ms;
+  wk_cuda_memory_stats(&ms);
+  printf("cuda memory: reserved %zu, peak reserved %zu, in use %zu, cudaMalloc calls %llu, cache hits %llu\n",
+         ms.reserved, ms.peak_reserved, ms.in_use, ms.cuda_mallocs, ms.cache_hits);
+  return check_report();
+}
