@@ -28,9 +28,9 @@ static const wk_vjp_fn vjps[WK_OP_COUNT] = {
 #undef WK_OP
 };
 
-// Walk into pending nodes, and into views even when realized (a view of a
-// trainable tensor must pass its gradient on).
-static bool grad_descend(const wk_tensor *t) { return !t->buf || t->op == WK_OP_VIEW; }
+// Walk into every tensor that still has its inputs: pending nodes, and realized
+// ones that were not detached (eager mode, data reads, views of trainable leaves).
+static bool grad_descend(const wk_tensor *t) { return t->nin > 0; }
 
 static void accumulate(wk_tensor **slot, wk_tensor *g) {
   if (!*slot) { *slot = g; return; }

@@ -3,10 +3,12 @@
 // Plans are cached by the graph's structure (ops, attributes, shapes, strides,
 // wiring; not the data), so a training or decode step compiles once. The cache is
 // a bounded LRU: variable shapes cannot grow it without limit.
+#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "plan.h"
 
 #define PLAN_CACHE_MAX 128
@@ -219,6 +221,19 @@ static char q_message[1024];   // its message (errors are thread-local: copy it 
 static pthread_t q_thread;
 static bool q_started;
 
+// WICK_PROFILE=1 prints each step's wall time (synchronizing after every step).
+static int profiling(void) {
+  static int on = -1;
+  if (on < 0) on = getenv("WICK_PROFILE") && atoi(getenv("WICK_PROFILE")) > 0;
+  return on;
+}
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
 static wk_status job_run(job *j) {
   bool used[WK_DEVICE_COUNT] = {0};
   wk_status s = WK_OK;
@@ -226,8 +241,15 @@ static wk_status job_run(job *j) {
     const wk_step *st = &j->plan->steps[k];
     if (st->chain < 0) continue; // runs inside its chain's head
     const wk_backend *be = wk_backend_get(st->device);
+    double t0 = profiling() ? now_us() : 0;
     s = be ? be->run(st, j->slots) : WK_ERR_DEVICE;
     used[st->device] = true;
+    if (profiling()) {
+      if (be && be->sync) be->sync();
+      fprintf(stderr, "wick profile %016llx step %2d %-16s %10.1f us\n", (unsigned long long)j->plan->hash, k,
+              st->op == WK_STEP_FUSED_EW ? (st->chain > 0 ? "row chain" : "fused") : wk_ops[st->op].name,
+              now_us() - t0);
+    }
   }
   // asynchronous backends report kernel faults here, so sync even after a failure
   for (int d = 0; d < WK_DEVICE_COUNT; d++) {
@@ -295,7 +317,17 @@ static wk_status job_submit(job *j) {
 
 static bool pending(const wk_tensor *t) { return !t->buf; }
 
-static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
+// Drops the graph behind realized tensors: they become plain leaves.
+static void detach(int n, wk_tensor *const *ts) {
+  for (int i = 0; i < n; i++) {
+    wk_tensor *t = ts[i];
+    if (!t || !t->buf) continue;
+    for (int q = 0; q < t->nin; q++) wk_tensor_free(t->in[q]);
+    t->nin = 0;
+  }
+}
+
+static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   wk_status s = wk_sync(); // one plan in flight at a time; its arena is reused
   if (s) return s;
   int np = 0;
@@ -303,7 +335,10 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
     if (!wk_tensor_valid(ts[i], "eval")) return WK_ERR_ARG;
     if (!ts[i]->buf) np++;
   }
-  if (!np) return WK_OK;
+  if (!np) {
+    if (cut) detach(n, ts);
+    return WK_OK;
+  }
   wk_topo g;
   if (!wk_topo_build(&g, n, ts, pending)) return wk_error(WK_ERR_OOM, "eval: out of memory");
   int *targets = malloc(sizeof(int) * (size_t)n);
@@ -381,11 +416,8 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
     else b = g.nodes[plan->leaf_nodes[-1 - o]]->buf;
     b->refcount++;
     t->buf = b;
-    // a target viewing a leaf keeps the leaf's offset in its own layout
-    if (o < 0) t->offset = t->offset; // layouts are already relative to the buffer
-    for (int q = 0; q < t->nin; q++) wk_tensor_free(t->in[q]);
-    t->nin = 0;
   }
+  if (cut) detach(n, ts);
   for (int o = 0; o < plan->nouts; o++) wk_buffer_release(outs[o]);
   free(outs);
   wk_topo_free(&g);
@@ -395,6 +427,9 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async) {
   return s;
 }
 
-wk_status wk_eval_internal(int n, wk_tensor *const *ts) { return eval_impl(n, ts, false); }
-wk_status wk_eval(int n, wk_tensor *const *ts) { return eval_impl(n, ts, false); }
-wk_status wk_eval_async(int n, wk_tensor *const *ts) { return eval_impl(n, ts, true); }
+// Explicit evaluation detaches (so that, say, updated parameters don't chain
+// every earlier step's graph); implicit evaluation (eager mode, reading data)
+// keeps the graph, so gradients can still be taken through those tensors.
+wk_status wk_eval_internal(int n, wk_tensor *const *ts) { return eval_impl(n, ts, false, false); }
+wk_status wk_eval(int n, wk_tensor *const *ts) { return eval_impl(n, ts, false, true); }
+wk_status wk_eval_async(int n, wk_tensor *const *ts) { return eval_impl(n, ts, true, true); }

@@ -379,13 +379,13 @@ int wk_trainable(const wk_tensor *t) { return t && t->trainable; }
 // ---- data access ----
 // Makes t realized, contiguous and host-resident, replacing its storage if needed.
 static wk_status realize_contiguous(wk_tensor *t) {
-  wk_status s = wk_eval(1, &t);
+  wk_status s = wk_eval_internal(1, &t); // reading data keeps the graph for autograd
   if (s) return s;
   if (wk_is_contiguous(t) && t->device == WK_CPU) return WK_OK;
   wk_tensor *c = wk_contiguous(t);
   if (!c) return WK_ERR_STATE;
   wk_keep(c);
-  s = wk_eval(1, &c);
+  s = wk_eval_internal(1, &c);
   if (!s) {
     wk_buffer_release(t->buf);
     t->buf = c->buf;

@@ -363,6 +363,23 @@ static void test_grad_semantics(void) {
   float *g0 = read_all(g[0]), *g1 = read_all(g[1]), *fv = read_all(frozen);
   CHECK(g0[2] == fv[2] && g1[0] == 0 && g1[3] == 0, "gradient flows only to trainable leaves");
   CHECK(wk_grad(wk_exp(x), 1, &x, g) != WK_OK && strstr(wk_last_error(), "one element"), "non-scalar loss rejected");
+  // eager mode keeps the graph: gradients equal lazy ones; so does reading the
+  // loss before taking its gradient
+  wk_tensor *w = gc_input(2, SHAPE(4, 3), -1, 1, 83), *xm = wk_reshape(x, 2, SHAPE(1, 4));
+  wk_set_trainable(w, 1);
+  wk_tensor *gl, *ge, *gr;
+  wk_grad(wk_sum(wk_tanh(wk_matmul(xm, w)), 0, NULL, 0), 1, &w, &gl);
+  wk_set_eager(1);
+  wk_tensor *le = wk_sum(wk_tanh(wk_matmul(xm, w)), 0, NULL, 0);
+  CHECK(wk_grad(le, 1, &w, &ge) == WK_OK, "eager grad");
+  wk_set_eager(0);
+  wk_tensor *lr = wk_sum(wk_tanh(wk_matmul(xm, w)), 0, NULL, 0);
+  CHECK(!isnan(wk_item(lr)), "read the loss first");
+  wk_grad(lr, 1, &w, &gr);
+  float *vl = read_all(gl), *ve = read_all(ge), *vr = read_all(gr);
+  CHECK(max_abs_diff(vl, ve, 12) == 0 && max_abs_diff(vl, vr, 12) == 0 && vl[0] != 0,
+        "eager and read-first gradients equal lazy ones (%g, %g)", max_abs_diff(vl, ve, 12), max_abs_diff(vl, vr, 12));
+  free(vl); free(ve); free(vr);
   float value = 0;
   wk_tensor *vg;
   CHECK(wk_value_and_grad(wk_sum(wk_square(x), 0, NULL, 0), 1, &x, &vg, &value) == WK_OK && wk_is_evaluated(vg),

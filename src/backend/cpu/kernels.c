@@ -102,6 +102,42 @@ static void red_outer(void *ctx, int64_t b, int64_t e, int tid) { // I > 1: accu
   }
 }
 
+// Few long rows (a loss over a whole batch): each row is cut into slices that
+// run in parallel; the slices' results combine in a fixed order, so the sum does
+// not depend on the thread count's timing.
+#define SPLIT_SLICES 16
+typedef struct { const red_ctx *c; float *part; } split_ctx;
+
+static void red_slices(void *ctx, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  const split_ctx *sc = ctx;
+  const red_ctx *c = sc->c;
+  float buf[CHUNK];
+  for (int64_t w = b; w < e; w++) {
+    int64_t o = w / SPLIT_SLICES, k = w % SPLIT_SLICES;
+    int64_t r0 = c->R * k / SPLIT_SLICES, r1 = c->R * (k + 1) / SPLIT_SLICES;
+    float total = c->is_max ? -INFINITY : 0.0f;
+    for (int64_t r = r0; r < r1; r += CHUNK) {
+      int64_t n = r1 - r < CHUNK ? r1 - r : CHUNK;
+      input0(c->s, c->slots, o * c->R + r, n, buf);
+      total = combine(total, row_reduce(buf, n, c->is_max), c->is_max);
+    }
+    sc->part[w] = total;
+  }
+}
+
+static wk_status reduce_split(const red_ctx *c) {
+  float part[4 * SPLIT_SLICES];
+  split_ctx sc = {c, part};
+  wk_parallel_for(c->O * SPLIT_SLICES, 1, red_slices, &sc);
+  for (int64_t o = 0; o < c->O; o++) {
+    float total = c->is_max ? -INFINITY : 0.0f;
+    for (int k = 0; k < SPLIT_SLICES; k++) total = combine(total, part[o * SPLIT_SLICES + k], c->is_max);
+    store_f32(&c->s->out, c->slots, o, 1, &total);
+  }
+  return WK_OK;
+}
+
 // (O, R, I) when the reduced axes form one block; false if they are scattered.
 static bool split_axes(const wk_operand *in, uint32_t mask, int64_t *O, int64_t *R, int64_t *I) {
   int first = -1, last = -1;
@@ -143,6 +179,7 @@ static wk_status reduce_kernel(const wk_step *s, void *const *slots, bool is_max
     c.s = s = &moved;
     split_axes(&s->in[0], s->attrs.axes, &c.O, &c.R, &c.I);
   }
+  if (c.I == 1 && c.O < 4 && c.R >= (1 << 16)) return reduce_split(&c);
   if (c.I == 1) wk_parallel_for(c.O, c.R >= 4096 ? 1 : 4096 / (c.R ? c.R : 1) + 1, red_inner, &c);
   else wk_parallel_for(c.O * ((c.I + CHUNK - 1) / CHUNK), 1, red_outer, &c);
   return WK_OK;
