@@ -159,14 +159,18 @@ static int copy_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   return 1;
 }
 
+// flops of x[M,N] @ W[N,N] + s * (x @ A[N,r]) @ B[r,N]: 2MN^2 + 4MNr
+#define LORA_FLOPS(M, N, r) (2.0 * (M) * (N) * (N) + 4.0 * (M) * (N) * (r))
 #define LORA(n, ...) lora_setup, lora_run, n, 8, 1, __VA_ARGS__
 static const bench_case cases[] = {
-    {"lora_fwd/512", LORA(512, 0, 2.0 * 512 * 512, 4.0 * 512 * 512)},
-    {"lora_fwd/1024", LORA(1024, 0, 2.0 * 1024 * 1024, 4.0 * 1024 * 1024)},
-    {"lora_fwd/2048", LORA(2048, 0, 2.0 * 2048 * 2048, 4.0 * 2048 * 2048)},
-    {"lora_fwd/512x10", LORA(512, 10, 20.0 * 512 * 512, 0)},
-    {"lora_fwd/8x128x1024r16", lora_setup, lora_run, 1024, 16, 1024, 0, 2.0 * 1024 * 1024 * 1024, 0},
-    {"lora_train_step/8x128x1024r16", train_setup, train_run, 1024, 16, 1024, 0, 6.0 * 1024 * 1024 * 1024, 0},
+    {"lora_fwd/512", LORA(512, 0, LORA_FLOPS(1, 512, 8), 0)},
+    {"lora_fwd/1024", LORA(1024, 0, LORA_FLOPS(1, 1024, 8), 0)},
+    {"lora_fwd/2048", LORA(2048, 0, LORA_FLOPS(1, 2048, 8), 0)},
+    {"lora_fwd/512x10", LORA(512, 10, 10 * LORA_FLOPS(1, 512, 8), 0)},
+    {"lora_fwd/8x128x1024r16", lora_setup, lora_run, 1024, 16, 1024, 0, LORA_FLOPS(1024, 1024, 16), 0},
+    // forward, then dB = down^T g, d(down) = g B^T, dA = x^T d(down): 6MNr more
+    {"lora_train_step/8x128x1024r16", train_setup, train_run, 1024, 16, 1024, 0,
+     LORA_FLOPS(1024, 1024, 16) + 6.0 * 1024 * 1024 * 16, 0},
     {"softmax/4x16x1024", rows_setup, softmax_run, 4, 16, 1024, 0, 0, 8.0 * 65536},
     {"softmax/4x16x1024x10", rows_setup, softmax_run, 4, 16, 1024, 10, 0, 0},
     {"softmax/8x16x512x512", rows_setup, softmax_run, 8 * 16, 512, 512, 0, 0, 8.0 * 128 * 512 * 512},
