@@ -32,10 +32,18 @@ static double now_us(void) {
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
+static wk_device bench_device = WK_CPU;
+
+// A realized random input on the benchmark's device (made on the CPU, then moved).
+static wk_tensor *on_device(wk_tensor *t) {
+  wk_tensor *d = wk_to_device(t, bench_device);
+  wk_tensor_free(t);
+  if (d) wk_eval(1, &d);
+  return d;
+}
+
 static wk_tensor *input(int nd, const int64_t *shape, float scale, uint64_t seed) {
-  wk_tensor *t = wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale);
-  wk_eval(1, &t);
-  return t;
+  return on_device(wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale));
 }
 #define SH(...) (int64_t[]){__VA_ARGS__}
 
@@ -62,8 +70,7 @@ static int lora_run(const bench_case *c, bench_env *e, wk_tensor **out) {
 static void train_setup(const bench_case *c, bench_env *e) {
   lora_setup(c, e);
   e->in[4] = input(3, SH(8, c->c / 8, c->a), 1.0f, 5);
-  for (int k = 0; k < 4; k++) e->state[k] = wk_zeros(2, wk_shape(e->in[2 + k / 2]), WK_F32);
-  wk_eval(4, e->state);
+  for (int k = 0; k < 4; k++) e->state[k] = on_device(wk_zeros(2, wk_shape(e->in[2 + k / 2]), WK_F32));
   e->nstate = 4;
 }
 static wk_tensor *adamw(wk_tensor *p, wk_tensor *g, wk_tensor *m, wk_tensor *v, int t, wk_tensor **m2, wk_tensor **v2) {
@@ -231,7 +238,7 @@ static int run_case(const bench_case *c, int eager, double budget_us, result *re
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: wick bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu] [--time SECONDS]\n");
+  fprintf(stderr, "usage: wick bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu|cuda] [--time SECONDS]\n");
 }
 
 int wick_bench_main(int argc, char **argv) {
@@ -246,9 +253,15 @@ int wick_bench_main(int argc, char **argv) {
       const char *m = argv[++i];
       modes = !strcmp(m, "lazy") ? 1 : !strcmp(m, "eager") ? 2 : !strcmp(m, "both") ? 3 : 0;
       if (!modes) { fprintf(stderr, "wick bench: unknown mode '%s' (lazy, eager or both)\n", m); return 2; }
-    } else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+    } else if ((!strcmp(argv[i], "--device") || !strcmp(argv[i], "-d")) && i + 1 < argc) {
       const char *d = argv[++i];
-      if (strcmp(d, "cpu")) { fprintf(stderr, "wick bench: device '%s' is not available in this build\n", d); return 2; }
+      if (!strcmp(d, "cpu")) bench_device = WK_CPU;
+      else if (!strcmp(d, "cuda")) bench_device = WK_CUDA;
+      else { fprintf(stderr, "wick bench: unknown device '%s' (cpu or cuda)\n", d); return 2; }
+      if (!wk_device_available(bench_device)) {
+        fprintf(stderr, "wick bench: %s\n", wk_last_error());
+        return 2;
+      }
     } else {
       fprintf(stderr, "wick bench: unknown option '%s'\n", argv[i]);
       usage();
@@ -272,9 +285,10 @@ int wick_bench_main(int argc, char **argv) {
       if (c->flops > 0) snprintf(rate, sizeof rate, "\"gflops\": %.1f", c->flops / r.med * 1e-3);
       else if (c->bytes > 0) snprintf(rate, sizeof rate, "\"gbs\": %.2f", c->bytes / r.med * 1e-3);
       if (json) {
-        printf("{\"name\": \"%s\", \"device\": \"cpu\", \"mode\": \"%s\", \"us\": %.3f, \"p10\": %.3f, \"p90\": %.3f, "
+        printf("{\"name\": \"%s\", \"device\": \"%s\", \"mode\": \"%s\", \"us\": %.3f, \"p10\": %.3f, \"p90\": %.3f, "
                "\"iters\": %d%s%s",
-               c->name, m ? "eager" : "lazy", r.med, r.p10, r.p90, r.iters, rate[0] ? ", " : "", rate);
+               c->name, wk_device_name(bench_device), m ? "eager" : "lazy", r.med, r.p10, r.p90, r.iters,
+               rate[0] ? ", " : "", rate);
         if (!m && r.unplanned) printf(", \"peak_bytes\": %zu, \"unplanned_bytes\": %zu", r.peak, r.unplanned);
         printf("}\n");
       } else {

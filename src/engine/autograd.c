@@ -67,7 +67,7 @@ wk_status wk_grad(wk_tensor *loss, int n, wk_tensor *const *params, wk_tensor **
   }
   wk_status st = WK_OK;
   wk_scope_begin();
-  cot[g.n - 1] = wk_keep(wk_ones(loss->ndim, loss->shape, loss->dtype));
+  cot[g.n - 1] = wk_keep(wk_full_on(loss->ndim, loss->shape, loss->dtype, 1.0, loss->device));
   for (int i = g.n - 1; i >= 0 && st == WK_OK; i--) {
     wk_tensor *t = g.nodes[i];
     if (!cot[i] || !req[i] || !grad_descend(t) || t->nin == 0) continue;
@@ -87,7 +87,7 @@ wk_status wk_grad(wk_tensor *loss, int n, wk_tensor *const *params, wk_tensor **
     if (k >= 0 && cot[k]) {
       grads[i] = wk_node_finish(wk_tensor_ref(cot[k]));
     } else {
-      grads[i] = wk_zeros(params[i]->ndim, params[i]->shape, params[i]->dtype);
+      grads[i] = wk_full_on(params[i]->ndim, params[i]->shape, params[i]->dtype, 0.0, params[i]->device);
     }
     if (!grads[i]) st = WK_ERR_STATE;
   }

@@ -22,13 +22,6 @@ bool wk_broadcast_shape(const char *op, const wk_tensor *a, const wk_tensor *b, 
   return true;
 }
 
-static bool same_device(const char *op, const wk_tensor *a, const wk_tensor *b) {
-  if (a->device == b->device) return true;
-  wk_error(WK_ERR_DEVICE, "%s: operands are on different devices (%d and %d); transfer one first",
-           op, a->device, b->device);
-  return false;
-}
-
 static bool float_operand(const char *op, const wk_tensor *a) {
   if (wk_is_float(a->dtype)) return true;
   wk_error(WK_ERR_DTYPE, "%s: needs a float tensor, got %s (cast it first)", op, wk_dtype_name(a->dtype));
@@ -45,7 +38,7 @@ wk_tensor *wk_unary(wk_op op, wk_tensor *a, const wk_attrs *attrs) {
 
 wk_tensor *wk_binary(wk_op op, wk_tensor *a, wk_tensor *b) {
   const char *name = wk_ops[op].name;
-  if (!wk_tensor_valid(a, name) || !wk_tensor_valid(b, name) || !same_device(name, a, b)) return NULL;
+  if (!wk_tensor_valid(a, name) || !wk_tensor_valid(b, name)) return NULL; // devices: wk_node_new
   if (!float_operand(name, a) || !float_operand(name, b)) return NULL;
   if (a->dtype != b->dtype) {
     wk_error(WK_ERR_DTYPE, "%s: dtypes differ (%s and %s); cast one first", name,
@@ -97,7 +90,6 @@ wk_tensor *wk_dropout(wk_tensor *a, float p, uint64_t seed, int training) {
 
 wk_tensor *wk_where(wk_tensor *c, wk_tensor *a, wk_tensor *b) {
   if (!wk_tensor_valid(c, "where") || !wk_tensor_valid(a, "where") || !wk_tensor_valid(b, "where")) return NULL;
-  if (!same_device("where", a, b) || !same_device("where", c, a)) return NULL;
   if (a->dtype != b->dtype) {
     wk_error(WK_ERR_DTYPE, "where: branch dtypes differ (%s and %s)", wk_dtype_name(a->dtype), wk_dtype_name(b->dtype));
     return NULL;

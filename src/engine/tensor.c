@@ -193,6 +193,10 @@ wk_tensor *wk_keep(wk_tensor *t) {
 }
 
 // ---- nodes ----
+static bool is_movable_source(const wk_tensor *t) {
+  return !t->buf && t->nin == 0 && wk_ops[t->op].kind == WK_KIND_SRC;
+}
+
 wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, int nin,
                        wk_tensor *const *in, const wk_attrs *attrs) {
   if (ndim > WK_MAX_DIMS) {
@@ -212,10 +216,14 @@ wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, in
   t->magic = WK_TENSOR_MAGIC;
   t->refcount = 1;
   t->dtype = dt;
+  // The op's device is its inputs' device. Pending constants and random sources
+  // (made with no device in mind, e.g. by autograd) follow the other inputs.
   t->device = nin ? in[0]->device : WK_CPU;
-  for (int i = 1; i < nin && op != WK_OP_TRANSFER; i++)
-    if (in[i]->device != t->device) {
-      wk_error(WK_ERR_DEVICE, "%s: input %d is on %s but input 0 is on %s; move one with wk_to_device",
+  for (int i = 0; i < nin; i++)
+    if (!is_movable_source(in[i])) { t->device = in[i]->device; break; }
+  for (int i = 0; i < nin && op != WK_OP_TRANSFER; i++)
+    if (in[i]->device != t->device && !is_movable_source(in[i])) {
+      wk_error(WK_ERR_DEVICE, "%s: input %d is on %s but the others are on %s; move one with wk_to_device",
                wk_ops[op].name, i, wk_device_name(in[i]->device), wk_device_name(t->device));
       free(t);
       return NULL;
@@ -225,7 +233,16 @@ wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, in
   wk_contiguous_strides(ndim, shape, t->stride);
   t->op = op;
   t->nin = nin;
-  for (int i = 0; i < nin; i++) t->in[i] = wk_tensor_ref(in[i]);
+  for (int i = 0; i < nin; i++) {
+    if (op != WK_OP_TRANSFER && in[i]->device != t->device) { // a source: recreate it where it is used
+      wk_tensor *moved = wk_node_new(in[i]->op, in[i]->dtype, in[i]->ndim, in[i]->shape, 0, NULL, &in[i]->attrs);
+      if (!moved) { for (int k = 0; k < i; k++) wk_tensor_free(t->in[k]); free(t); return NULL; }
+      moved->device = t->device;
+      t->in[i] = moved;
+      continue;
+    }
+    t->in[i] = wk_tensor_ref(in[i]);
+  }
   if (attrs) t->attrs = *attrs;
   return t;
 }
@@ -243,7 +260,9 @@ void wk_set_eager(int on) { eager_mode = on ? 1 : 0; }
 
 wk_tensor *wk_node_finish(wk_tensor *t) {
   if (!t) return NULL;
-  if (wk_eager() && !t->buf && wk_eval_internal(1, &t) != WK_OK) {
+  // Eager mode evaluates every op as it is built; constants and random sources stay
+  // pending until used, so they are computed on the device of the op that uses them.
+  if (wk_eager() && !t->buf && !is_movable_source(t) && wk_eval_internal(1, &t) != WK_OK) {
     wk_tensor_free(t);
     return NULL;
   }
@@ -319,6 +338,12 @@ wk_tensor *wk_full(int ndim, const int64_t *shape, wk_dtype dt, double value) {
   wk_attrs a = {.f = {(float)value}};
   return source(WK_OP_CONST, "full", ndim, shape, dt, &a);
 }
+wk_tensor *wk_full_on(int ndim, const int64_t *shape, wk_dtype dt, double value, wk_device dev) {
+  wk_tensor *t = wk_full(ndim, shape, dt, value);
+  if (t && !t->buf) t->device = dev; // a pending source: computed where it is placed
+  return t;
+}
+
 wk_tensor *wk_zeros(int ndim, const int64_t *shape, wk_dtype dt) { return wk_full(ndim, shape, dt, 0); }
 wk_tensor *wk_ones(int ndim, const int64_t *shape, wk_dtype dt) { return wk_full(ndim, shape, dt, 1); }
 wk_tensor *wk_scalar(float value) { return wk_full(0, NULL, WK_F32, value); }
