@@ -115,10 +115,3 @@ wk_tensor *wk_unbroadcast(wk_tensor *g, const wk_tensor *like);
 // Elementwise builders used by other op files.
 wk_tensor *wk_unary(wk_op op, wk_tensor *a, const wk_attrs *attrs);
 wk_tensor *wk_binary(wk_op op, wk_tensor *a, wk_tensor *b);
-// Unsigned 64-bit hash of (seed, index): the counter-based RNG behind rand / dropout.
-static inline uint64_t wk_rng_hash(uint64_t seed, uint64_t idx) {
-  uint64_t z = seed * 0x9E3779B97F4A7C15ull + idx * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}

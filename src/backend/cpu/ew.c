@@ -4,7 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include "cpu_kernels.h"
-#include "simd_math.h"
+#include "../kernel_math.h"
 #include "threadpool.h"
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -107,18 +107,6 @@ static void store(const wk_operand *o, void *const *slots, int64_t start, int64_
 }
 
 // ---- the interpreter ----
-static inline float u01(uint64_t seed, uint64_t i) { return (float)(wk_rng_hash(seed, i) >> 40) * 0x1p-24f; }
-
-static inline float gelu_grad(float x) { // d/dx x*Phi(x)
-  float phi = 0.3989422804f * wkm_exp(-0.5f * x * x);
-  return 0.5f * (1.0f + wkm_erf(x * 0.70710678118f)) + x * phi;
-}
-static inline float gelu_tanh_grad(float x) {
-  const float k = 0.7978845608f, c = 0.044715f;
-  float u = k * (x + c * x * x * x), t = wkm_tanh(u);
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
-}
-
 // rp[r] is where register r's values are: its slot in R, or straight in the
 // input tensor when a load needed no conversion (no copy).
 static void exec_instr(const wk_ew_instr *in, float *R, const float *const *rp, int64_t start, int n) {
@@ -130,15 +118,15 @@ static void exec_instr(const wk_ew_instr *in, float *R, const float *const *rp, 
 #define LOOP(expr) for (int i = 0; i < n; i++) d[i] = (expr); break
     case WK_OP_CONST: LOOP(f0);
     case WK_OP_ARANGE: LOOP(f0 + (float)(start + i) * f1);
-    case WK_OP_RAND: LOOP(f0 + (f1 - f0) * u01(seed, (uint64_t)(start + i)));
+    case WK_OP_RAND: LOOP(f0 + (f1 - f0) * wkm_u01(seed, (uint64_t)(start + i)));
     case WK_OP_RANDN:
       for (int i = 0; i < n; i++) { // Box-Muller on two hashed uniforms
-        uint64_t h = wk_rng_hash(seed, (uint64_t)(start + i));
+        uint64_t h = wkm_rng_hash(seed, (uint64_t)(start + i));
         float u1 = ((float)(h >> 40) + 1.0f) * 0x1p-24f, u2 = (float)(h & 0xffffff) * 0x1p-24f;
         d[i] = sqrtf(-2.0f * logf(u1)) * cosf(6.283185307f * u2);
       }
       break;
-    case WK_OP_DROPOUT: LOOP(u01(seed, (uint64_t)(start + i)) < f0 ? 0.0f : a[i] / (1.0f - f0));
+    case WK_OP_DROPOUT: LOOP(wkm_u01(seed, (uint64_t)(start + i)) < f0 ? 0.0f : a[i] / (1.0f - f0));
     case WK_OP_CAUSAL_MASK: {
       int64_t T = in->attrs.i[0], S = in->attrs.i[1];
       for (int i = 0; i < n; i++) {
@@ -190,8 +178,8 @@ static void exec_instr(const wk_ew_instr *in, float *R, const float *const *rp, 
     case WK_OP_LE: LOOP(a[i] <= b[i] ? 1.0f : 0.0f);
     case WK_OP_GT: LOOP(a[i] > b[i] ? 1.0f : 0.0f);
     case WK_OP_GE: LOOP(a[i] >= b[i] ? 1.0f : 0.0f);
-    case WK_OP_GELU_BWD: LOOP(b[i] * gelu_grad(a[i]));
-    case WK_OP_GELU_TANH_BWD: LOOP(b[i] * gelu_tanh_grad(a[i]));
+    case WK_OP_GELU_BWD: LOOP(b[i] * wkm_gelu_grad(a[i]));
+    case WK_OP_GELU_TANH_BWD: LOOP(b[i] * wkm_gelu_tanh_grad(a[i]));
     case WK_OP_WHERE: LOOP(a[i] != 0.0f ? b[i] : c[i]);
 #undef LOOP
     default: break;

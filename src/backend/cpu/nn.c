@@ -12,7 +12,7 @@
 #include <string.h>
 #include "cpu_kernels.h"
 #include "gemm.h"
-#include "simd_math.h"
+#include "../kernel_math.h"
 #include "threadpool.h"
 
 void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);

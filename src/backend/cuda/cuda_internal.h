@@ -156,6 +156,7 @@ static inline bool wkc_prog(const wk_ew_prog *pg, const wk_operand *ops, int nop
 
 // ---- device helpers ----
 #ifdef __CUDACC__
+#include "../kernel_math.h"
 #define WKC_DEV static __device__ __forceinline__
 
 WKC_DEV float bits2f(uint32_t u) { return __uint_as_float(u); }
@@ -217,88 +218,8 @@ WKC_DEV int64_t row_off(const DOp &o, int64_t r) {
 }
 WKC_DEV int64_t last_stride(const DOp &o) { return o.ndim ? o.stride[o.ndim - 1] : 0; }
 
-// ---- math: the CPU VM's formulas (simd_math.h), so results agree to rounding ----
-WKC_DEV float wkm_exp_reduce(float x, float *scale) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.7f ? 88.7f : x;
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  *scale = bits2f((uint32_t)((int32_t)n + 127) << 23);
-  return p * r * r + r;
-}
-WKC_DEV float wkm_exp(float x) {
-  float sc, p = wkm_exp_reduce(x, &sc);
-  return (p + 1.0f) * sc;
-}
-WKC_DEV float wkm_log(float x) {
-  uint32_t u = f2bits(x);
-  int32_t e = (int32_t)((u >> 23) & 0xff) - 127;
-  float m = bits2f((u & 0x007fffffu) | 0x3f800000u);
-  int big = m > 1.41421356f;
-  m = big ? m * 0.5f : m;
-  e += big;
-  float f = m - 1.0f, z = f * f;
-  float y = 7.0376836292E-2f;
-  y = y * f - 1.1514610310E-1f;
-  y = y * f + 1.1676998740E-1f;
-  y = y * f - 1.2420140846E-1f;
-  y = y * f + 1.4249322787E-1f;
-  y = y * f - 1.6668057665E-1f;
-  y = y * f + 2.0000714765E-1f;
-  y = y * f - 2.4999993993E-1f;
-  y = y * f + 3.3333331174E-1f;
-  y = y * f * z;
-  float r = f + (y - 0.5f * z) + (float)e * 0.693147180559945f;
-  r = x == 0.0f ? -INFINITY : r;
-  r = x < 0.0f || x != x ? NAN : r;
-  return x == INFINITY ? x : r;
-}
-WKC_DEV float wkm_expm1(float x) {
-  float sc, p = wkm_exp_reduce(x, &sc);
-  return sc * p + (sc - 1.0f);
-}
-WKC_DEV float wkm_tanh(float x) {
-  float ax = fabsf(x);
-  float q = wkm_expm1(-2.0f * (ax > 9.0f ? 9.0f : ax));
-  float r = -q / (2.0f + q);
-  return x < 0 ? -r : r;
-}
-WKC_DEV float wkm_sigmoid(float x) { return 1.0f / (1.0f + wkm_exp(-x)); }
-WKC_DEV float wkm_erf(float x) {
-  float ax = fabsf(x);
-  float t = 1.0f / (1.0f + 0.3275911f * ax);
-  float y = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-  float r = 1.0f - y * wkm_exp(-ax * ax);
-  float x2 = x * x;
-  float small = ax * 1.1283791671f * (1.0f - x2 * (0.333333333f - x2 * (0.1f - x2 * 0.0238095238f)));
-  r = ax < 0.1f ? small : r;
-  return x < 0 ? -r : r;
-}
+// ---- math: the CPU backend's own formulas (kernel_math.h), so results agree ----
 WKC_DEV float expz(float x) { return x < -87.0f ? 0.0f : wkm_exp(x); }
-
-WKC_DEV uint64_t rng_hash(uint64_t seed, uint64_t idx) {
-  uint64_t z = seed * 0x9E3779B97F4A7C15ull + idx * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-WKC_DEV float u01(uint64_t seed, uint64_t i) { return (float)(rng_hash(seed, i) >> 40) * 0x1p-24f; }
-
-WKC_DEV float gelu_grad(float x) {
-  float phi = 0.3989422804f * wkm_exp(-0.5f * x * x);
-  return 0.5f * (1.0f + wkm_erf(x * 0.70710678118f)) + x * phi;
-}
-WKC_DEV float gelu_tanh_grad(float x) {
-  const float k = 0.7978845608f, c = 0.044715f;
-  float u = k * (x + c * x * x * x), t = wkm_tanh(u);
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
-}
 WKC_DEV float f16_round(float v) { return __half2float(__float2half_rn(v)); }
 WKC_DEV float bf16_round(float v) { return bits2f((uint32_t)to_bf16(v) << 16); }
 
@@ -337,16 +258,16 @@ WKC_DEV void ew_run(const DInstr *code, int n, int out_reg, int64_t lin, const f
       switch (op) {
         case WK_OP_CONST: WKC_EACH(f0);
         case WK_OP_ARANGE: WKC_EACH(f0 + (float)(lin + v) * f1);
-        case WK_OP_RAND: WKC_EACH(f0 + (f1 - f0) * u01(in.u, (uint64_t)(lin + v)));
+        case WK_OP_RAND: WKC_EACH(f0 + (f1 - f0) * wkm_u01(in.u, (uint64_t)(lin + v)));
         case WK_OP_RANDN:
 #pragma unroll
           for (int v = 0; v < V; v++) {
-            uint64_t h = rng_hash(in.u, (uint64_t)(lin + v));
+            uint64_t h = wkm_rng_hash(in.u, (uint64_t)(lin + v));
             float u1 = ((float)(h >> 40) + 1.0f) * 0x1p-24f, u2 = (float)(h & 0xffffff) * 0x1p-24f;
             t[v] = sqrtf(-2.0f * logf(u1)) * cosf(6.283185307f * u2);
           }
           break;
-        case WK_OP_DROPOUT: WKC_EACH(u01(in.u, (uint64_t)(lin + v)) < f0 ? 0.0f : x / (1.0f - f0));
+        case WK_OP_DROPOUT: WKC_EACH(wkm_u01(in.u, (uint64_t)(lin + v)) < f0 ? 0.0f : x / (1.0f - f0));
         case WK_OP_CAUSAL_MASK: {
           int64_t T = (int64_t)(uint32_t)(in.u & 0xffffffffu), S = (int64_t)(uint32_t)(in.u >> 32);
 #pragma unroll
@@ -395,8 +316,8 @@ WKC_DEV void ew_run(const DInstr *code, int n, int out_reg, int64_t lin, const f
         case WK_OP_LE: WKC_EACH2(x <= y ? 1.0f : 0.0f);
         case WK_OP_GT: WKC_EACH2(x > y ? 1.0f : 0.0f);
         case WK_OP_GE: WKC_EACH2(x >= y ? 1.0f : 0.0f);
-        case WK_OP_GELU_BWD: WKC_EACH2(y * gelu_grad(x));
-        case WK_OP_GELU_TANH_BWD: WKC_EACH2(y * gelu_tanh_grad(x));
+        case WK_OP_GELU_BWD: WKC_EACH2(y * wkm_gelu_grad(x));
+        case WK_OP_GELU_TANH_BWD: WKC_EACH2(y * wkm_gelu_tanh_grad(x));
         default: WKC_EACH(0.0f);
       }
     }
