@@ -9,3 +9,4 @@
 #include "wick/io.h"
 #include "wick/model.h"
 #include "wick/tokenizer.h"
+#include "wick/embed.h"

@@ -1,0 +1,475 @@
+// BERT encoder and the sentence-embedding pipeline (embed.h), as transformers'
+// BertModel and sentence-transformers' Pooling / Normalize modules compute them.
+// Shape legend: B = batch, T = tokens (padded), D = hidden, H = heads, Dh = D / H,
+// F = intermediate size.
+#include "wick/embed.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "engine/engine.h"
+#include "io/file.h"
+#include "io/json.h"
+#include "wick/io.h"
+#include "wick/model.h"
+#include "wick/ops.h"
+
+#define SIDE_FILE_MAX ((size_t)16 << 20)
+#define EMBED_BATCH 32   // texts per forward pass in wk_embed
+
+typedef struct {
+  wk_tensor *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b, *ln1_w, *ln1_b;
+  wk_tensor *i_w, *i_b, *f_w, *f_b, *ln2_w, *ln2_b;
+} bert_layer;
+
+struct wk_embedder {
+  wk_model_config cfg;
+  wk_tokenizer *tok;
+  wk_tensor *word, *pos, *type_row, *emb_ln_w, *emb_ln_b;  // type_row: token type 0, [1, D]
+  bert_layer *layers;
+  int64_t n_layers, max_len;
+  int32_t pad_id;
+  wk_pooling pooling;
+  int normalize;
+  int gelu_tanh;
+};
+
+// ---- small file helpers ----
+static char *join(const char *dir, const char *name) {
+  size_t a = strlen(dir), b = strlen(name);
+  char *p = malloc(a + b + 2);
+  if (!p) return NULL;
+  memcpy(p, dir, a);
+  size_t k = a;
+  if (a && dir[a - 1] != '/') p[k++] = '/';
+  memcpy(p + k, name, b + 1);
+  return p;
+}
+
+static int file_exists(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  fclose(f);
+  return 1;
+}
+
+// Parses dir/name if it exists: *doc = NULL (status OK) when absent.
+static wk_status load_optional_json(const char *dir, const char *name, wk_json **doc) {
+  *doc = NULL;
+  char *path = join(dir, name);
+  if (!path) return wk_error(WK_ERR_OOM, "out of memory");
+  wk_status s = WK_OK;
+  if (file_exists(path)) {
+    size_t len;
+    char *text = wk_read_file(path, SIDE_FILE_MAX, &len);
+    if (!text) s = WK_ERR_IO;
+    else {
+      *doc = wk_json_parse(text, len, path, NULL);
+      if (!*doc) s = WK_ERR_IO;
+      free(text);
+    }
+  }
+  free(path);
+  return s;
+}
+
+// ---- weights ----
+// The tensor prefix + name as f32, checked against the expected shape.
+static wk_tensor *weight(wk_st_file *f, const char *file, const char *prefix, const char *name,
+                         int ndim, int64_t d0, int64_t d1) {
+  char full[256];
+  snprintf(full, sizeof full, "%s%s", prefix, name);
+  if (wk_st_find(f, full) < 0) {
+    wk_error(WK_ERR_IO, "%s: tensor '%s' is missing (is this a BERT checkpoint?)", file, full);
+    return NULL;
+  }
+  wk_tensor *t = wk_st_get(f, full);
+  if (!t) return NULL;
+  int64_t want[2] = {d0, d1};
+  int ok = wk_ndim(t) == ndim;
+  for (int i = 0; ok && i < ndim; i++) ok = wk_dim(t, i) == want[i];
+  if (!ok) {
+    char got[64], exp[64];
+    wk_error(WK_ERR_SHAPE, "%s: tensor '%s' has shape %s, config.json implies %s", file, full,
+             wk_shape_str(t, got, sizeof got), wk_fmt_shape(ndim, want, exp, sizeof exp));
+    wk_tensor_free(t);
+    return NULL;
+  }
+  if (wk_tensor_dtype(t) != WK_F32) {  // f16 / bf16 checkpoints: converted once, here
+    wk_tensor *c = wk_cast(t, WK_F32);
+    wk_tensor_free(t);
+    if (!c || wk_eval(1, &c)) { wk_tensor_free(c); return NULL; }
+    t = c;
+  }
+  return wk_keep(t);  // the embedder owns its weights, whatever scope the caller is in
+}
+
+static void free_layer(bert_layer *l) {
+  wk_tensor **p = (wk_tensor **)l;
+  for (size_t i = 0; i < sizeof *l / sizeof *p; i++) wk_tensor_free(p[i]);
+}
+
+static wk_status load_weights(wk_embedder *e, const char *dir) {
+  wk_st_file *f = wk_st_open(dir);
+  if (!f) return WK_ERR_IO;
+  char *file = join(dir, "model.safetensors");
+  const char *fname = file ? file : dir;
+  const char *prefix = "";
+  static const char *const prefixes[] = {"", "bert.", "model.", "0.auto_model."};
+  for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+    char n[128];
+    snprintf(n, sizeof n, "%sembeddings.word_embeddings.weight", prefixes[i]);
+    if (wk_st_find(f, n) >= 0) { prefix = prefixes[i]; break; }
+  }
+  const wk_model_config *c = &e->cfg;
+  int64_t D = c->hidden_size, F = c->intermediate_size;
+  wk_status s = WK_OK;
+  e->word = weight(f, fname, prefix, "embeddings.word_embeddings.weight", 2, c->vocab_size, D);
+  e->pos = weight(f, fname, prefix, "embeddings.position_embeddings.weight", 2,
+                  c->max_position_embeddings, D);
+  wk_tensor *types = weight(f, fname, prefix, "embeddings.token_type_embeddings.weight", 2,
+                            c->type_vocab_size, D);
+  e->type_row = types ? wk_keep(wk_slice(types, 0, 0, 1, 1)) : NULL;  // every token has type 0
+  wk_tensor_free(types);
+  e->emb_ln_w = weight(f, fname, prefix, "embeddings.LayerNorm.weight", 1, D, 0);
+  e->emb_ln_b = weight(f, fname, prefix, "embeddings.LayerNorm.bias", 1, D, 0);
+  if (!e->word || !e->pos || !e->type_row || !e->emb_ln_w || !e->emb_ln_b) s = WK_ERR_IO;
+  e->layers = calloc((size_t)e->n_layers, sizeof *e->layers);
+  if (!s && !e->layers) s = wk_error(WK_ERR_OOM, "out of memory");
+  for (int64_t i = 0; !s && i < e->n_layers; i++) {
+    bert_layer *l = &e->layers[i];
+    char b[96];
+#define W(dst, name, nd, a0, a1)                                                      \
+  do {                                                                                \
+    snprintf(b, sizeof b, "encoder.layer.%lld.%s", (long long)i, name);               \
+    if (!s && !(l->dst = weight(f, fname, prefix, b, nd, a0, a1))) s = WK_ERR_IO;     \
+  } while (0)
+    W(q_w, "attention.self.query.weight", 2, D, D);
+    W(q_b, "attention.self.query.bias", 1, D, 0);
+    W(k_w, "attention.self.key.weight", 2, D, D);
+    W(k_b, "attention.self.key.bias", 1, D, 0);
+    W(v_w, "attention.self.value.weight", 2, D, D);
+    W(v_b, "attention.self.value.bias", 1, D, 0);
+    W(o_w, "attention.output.dense.weight", 2, D, D);
+    W(o_b, "attention.output.dense.bias", 1, D, 0);
+    W(ln1_w, "attention.output.LayerNorm.weight", 1, D, 0);
+    W(ln1_b, "attention.output.LayerNorm.bias", 1, D, 0);
+    W(i_w, "intermediate.dense.weight", 2, F, D);
+    W(i_b, "intermediate.dense.bias", 1, F, 0);
+    W(f_w, "output.dense.weight", 2, D, F);
+    W(f_b, "output.dense.bias", 1, D, 0);
+    W(ln2_w, "output.LayerNorm.weight", 1, D, 0);
+    W(ln2_b, "output.LayerNorm.bias", 1, D, 0);
+#undef W
+  }
+  free(file);
+  wk_st_close(f);
+  return s;
+}
+
+// ---- sentence-transformers side files ----
+static wk_status load_pooling(wk_embedder *e, const char *dir) {
+  e->pooling = WK_POOL_MEAN;
+  e->normalize = 0;
+  wk_json *mods = NULL;
+  wk_status s = load_optional_json(dir, "modules.json", &mods);
+  if (s || !mods) return s;
+  char pool_dir[256] = "";
+  if (!wk_json_is(mods, WK_JSON_ARRAY)) {
+    wk_json_free(mods);
+    return wk_error(WK_ERR_IO, "%s/modules.json: expected an array of modules", dir);
+  }
+  for (size_t i = 0; !s && i < wk_json_len(mods); i++) {
+    const wk_json *m = wk_json_at(mods, i);
+    const char *type = wk_json_str(wk_json_get(m, "type"), "");
+    const char *dot = strrchr(type, '.');
+    const char *cls = dot ? dot + 1 : type;
+    if (!strcmp(cls, "Transformer")) continue;
+    if (!strcmp(cls, "Normalize")) { e->normalize = 1; continue; }
+    if (!strcmp(cls, "Pooling")) {
+      snprintf(pool_dir, sizeof pool_dir, "%s", wk_json_str(wk_json_get(m, "path"), "1_Pooling"));
+      continue;
+    }
+    s = wk_error(WK_ERR_IO, "%s/modules.json: module %zu has type '%s', which wick doesn't "
+                 "implement (Transformer, Pooling and Normalize are supported)", dir, i, type);
+  }
+  wk_json_free(mods);
+  if (s || !pool_dir[0]) return s;
+  char *pd = join(dir, pool_dir);
+  if (!pd) return wk_error(WK_ERR_OOM, "out of memory");
+  wk_json *pc = NULL;
+  s = load_optional_json(pd, "config.json", &pc);
+  if (!s && pc) {
+    int cls = wk_json_bool(wk_json_get(pc, "pooling_mode_cls_token"), false);
+    int mean = wk_json_bool(wk_json_get(pc, "pooling_mode_mean_tokens"), false);
+    int other = wk_json_bool(wk_json_get(pc, "pooling_mode_max_tokens"), false) +
+                wk_json_bool(wk_json_get(pc, "pooling_mode_mean_sqrt_len_tokens"), false) +
+                wk_json_bool(wk_json_get(pc, "pooling_mode_weightedmean_tokens"), false) +
+                wk_json_bool(wk_json_get(pc, "pooling_mode_lasttoken"), false);
+    const char *mode = wk_json_str(wk_json_get(pc, "pooling_mode"), NULL);
+    if (mode) { cls = !strcmp(mode, "cls"); mean = !strcmp(mode, "mean"); other = !cls && !mean; }
+    if (other || cls + mean != 1)
+      s = wk_error(WK_ERR_IO, "%s/config.json: pooling must be exactly one of mean or cls "
+                   "tokens (max, mean_sqrt_len, weightedmean and lasttoken are not supported)", pd);
+    else e->pooling = cls ? WK_POOL_CLS : WK_POOL_MEAN;
+  }
+  wk_json_free(pc);
+  free(pd);
+  return s;
+}
+
+static wk_status load_max_len(wk_embedder *e, const char *dir) {
+  e->max_len = e->cfg.max_position_embeddings;
+  wk_json *j = NULL;
+  wk_status s = load_optional_json(dir, "sentence_bert_config.json", &j);
+  if (s) return s;
+  int64_t m = wk_json_int(wk_json_get(j, "max_seq_length"), 0);
+  if (m > 0 && m < e->max_len) e->max_len = m;
+  wk_json_free(j);
+  s = load_optional_json(dir, "tokenizer_config.json", &j);
+  if (s) return s;
+  double tm = wk_json_num(wk_json_get(j, "model_max_length"), 0);  // often 1e30: "no limit"
+  if (tm >= 2 && tm < (double)e->max_len) e->max_len = (int64_t)tm;
+  wk_json_free(j);
+  return WK_OK;
+}
+
+wk_embedder *wk_embedder_load(const char *dir) {
+  if (!dir) { wk_error(WK_ERR_ARG, "embedder_load: dir is NULL"); return NULL; }
+  if (!wk_is_dir(dir)) {
+    wk_error(WK_ERR_IO, "embedder_load: '%s' is not a directory (expected a model folder with "
+             "config.json, model.safetensors and tokenizer.json)", dir);
+    return NULL;
+  }
+  wk_embedder *e = calloc(1, sizeof *e);
+  if (!e) { wk_error(WK_ERR_OOM, "out of memory"); return NULL; }
+  wk_status s = wk_model_config_load(dir, &e->cfg);
+  const wk_model_config *c = &e->cfg;
+  if (!s && c->arch != WK_ARCH_BERT)
+    s = wk_error(WK_ERR_IO, "%s/config.json: model_type '%s' is not an encoder wick can embed "
+                 "with (expected \"bert\")", dir, c->model_type);
+  if (!s && c->position_embedding_type[0] && strcmp(c->position_embedding_type, "absolute"))
+    s = wk_error(WK_ERR_IO, "%s/config.json: position_embedding_type '%s' is not supported "
+                 "(only \"absolute\")", dir, c->position_embedding_type);
+  if (!s) {
+    if (!strcmp(c->hidden_act, "gelu")) e->gelu_tanh = 0;
+    else if (!strcmp(c->hidden_act, "gelu_new") || !strcmp(c->hidden_act, "gelu_pytorch_tanh"))
+      e->gelu_tanh = 1;
+    else s = wk_error(WK_ERR_IO, "%s/config.json: hidden_act '%s' is not supported for BERT "
+                      "(gelu, gelu_new, gelu_pytorch_tanh)", dir, c->hidden_act);
+  }
+  if (!s && (c->type_vocab_size < 1 || c->max_position_embeddings < 2 || c->num_hidden_layers < 1))
+    s = wk_error(WK_ERR_IO, "%s/config.json: type_vocab_size, max_position_embeddings and "
+                 "num_hidden_layers must be positive", dir);
+  e->n_layers = c->num_hidden_layers;
+  e->pad_id = c->pad_token_id >= 0 ? (int32_t)c->pad_token_id : 0;
+  if (!s) s = load_weights(e, dir);
+  if (!s) {
+    char *tp = join(dir, "tokenizer.json");
+    if (!tp) s = wk_error(WK_ERR_OOM, "out of memory");
+    else if (!(e->tok = wk_tokenizer_load_json(tp))) s = WK_ERR_IO;
+    else if ((int64_t)wk_tokenizer_vocab_size(e->tok) > c->vocab_size)
+      s = wk_error(WK_ERR_IO, "%s: %zu token ids but config.json's vocab_size is %lld", tp,
+                   wk_tokenizer_vocab_size(e->tok), (long long)c->vocab_size);
+    free(tp);
+  }
+  if (!s) s = load_pooling(e, dir);
+  if (!s) s = load_max_len(e, dir);
+  if (s) { wk_embedder_free(e); return NULL; }
+  return e;
+}
+
+void wk_embedder_free(wk_embedder *e) {
+  if (!e) return;
+  if (e->layers)
+    for (int64_t i = 0; i < e->n_layers; i++) free_layer(&e->layers[i]);
+  free(e->layers);
+  wk_tensor_free(e->word);
+  wk_tensor_free(e->pos);
+  wk_tensor_free(e->type_row);
+  wk_tensor_free(e->emb_ln_w);
+  wk_tensor_free(e->emb_ln_b);
+  wk_tokenizer_free(e->tok);
+  free(e);
+}
+
+int64_t wk_embedder_dim(const wk_embedder *e) { return e ? e->cfg.hidden_size : 0; }
+int64_t wk_embedder_max_length(const wk_embedder *e) { return e ? e->max_len : 0; }
+wk_pooling wk_embedder_pooling(const wk_embedder *e) { return e ? e->pooling : WK_POOL_MEAN; }
+int wk_embedder_normalizes(const wk_embedder *e) { return e ? e->normalize : 0; }
+const wk_tokenizer *wk_embedder_tokenizer(const wk_embedder *e) { return e ? e->tok : NULL; }
+
+wk_status wk_embedder_tokenize(const wk_embedder *e, const char *text, int32_t **ids, int64_t *n) {
+  if (!e || !text || !ids || !n) return wk_error(WK_ERR_ARG, "embedder_tokenize: NULL argument");
+  size_t cnt;
+  wk_status s = wk_tokenizer_encode(e->tok, text, strlen(text), true, ids, &cnt);
+  if (s) return s;
+  if ((int64_t)cnt > e->max_len) {
+    // HF truncates the text's tokens and then adds the specials: keep a final [SEP].
+    if (cnt && wk_tokenizer_is_special(e->tok, (*ids)[cnt - 1]))
+      (*ids)[e->max_len - 1] = (*ids)[cnt - 1];
+    cnt = (size_t)e->max_len;
+  }
+  *n = (int64_t)cnt;
+  return WK_OK;
+}
+
+// ---- the encoder graph ----
+// y = x @ W^T + b (HF Linear layout: W[out, in]); x [N, in].
+static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b) {
+  return wk_add(wk_matmul_t(x, 0, w, 1), b);
+}
+
+// Ends the scope opened by the caller and returns x reshaped (a view) as a new
+// reference that belongs to the enclosing scope, as the ops' results do.
+static wk_tensor *leave_scope(wk_tensor *x, int ndim, const int64_t *shape) {
+  wk_keep(x);
+  wk_scope_end();
+  wk_tensor *out = wk_reshape(x, ndim, shape);
+  wk_tensor_free(x);
+  return out;
+}
+
+// [B*T, D] -> [B, H, T, Dh]
+static wk_tensor *heads(wk_tensor *x, int64_t B, int64_t T, int64_t H, int64_t Dh) {
+  return wk_permute(wk_reshape(x, 4, (int64_t[]){B, T, H, Dh}), (int[]){0, 2, 1, 3});
+}
+
+wk_tensor *wk_embedder_forward(wk_embedder *e, wk_tensor *ids, wk_tensor *lengths) {
+  if (!e || !ids || !lengths) { wk_error(WK_ERR_ARG, "embedder_forward: NULL argument"); return NULL; }
+  if (wk_ndim(ids) != 2 || wk_tensor_dtype(ids) != WK_I32 || wk_ndim(lengths) != 1 ||
+      wk_tensor_dtype(lengths) != WK_I32 || wk_dim(lengths, 0) != wk_dim(ids, 0)) {
+    char a[64], b[64];
+    wk_error(WK_ERR_SHAPE, "embedder_forward: expected ids i32[B, T] and lengths i32[B], got "
+             "ids %s %s and lengths %s %s", wk_dtype_name(wk_tensor_dtype(ids)),
+             wk_shape_str(ids, a, sizeof a), wk_dtype_name(wk_tensor_dtype(lengths)),
+             wk_shape_str(lengths, b, sizeof b));
+    return NULL;
+  }
+  const wk_model_config *c = &e->cfg;
+  int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), D = c->hidden_size;
+  int64_t H = c->num_attention_heads, Dh = D / H;
+  if (T < 1 || T > c->max_position_embeddings) {
+    wk_error(WK_ERR_SHAPE, "embedder_forward: %lld tokens per row; the model takes 1 to %lld",
+             (long long)T, (long long)c->max_position_embeddings);
+    return NULL;
+  }
+  float eps = (float)c->norm_eps;
+  wk_scope_begin();
+  // embeddings: word + position + token type 0, then LayerNorm
+  wk_tensor *x = wk_add(wk_add(wk_embedding(e->word, ids), wk_slice(e->pos, 0, 0, T, 1)),
+                        e->type_row);
+  x = wk_layer_norm(x, e->emb_ln_w, e->emb_ln_b, eps);
+  x = wk_reshape(x, 2, (int64_t[]){B * T, D});
+  wk_tensor *mask = wk_padding_mask(lengths, T);   // [B, 1, 1, T]: 0 or -inf
+  for (int64_t i = 0; i < e->n_layers; i++) {
+    const bert_layer *l = &e->layers[i];
+    wk_tensor *q = heads(linear(x, l->q_w, l->q_b), B, T, H, Dh);
+    wk_tensor *k = heads(linear(x, l->k_w, l->k_b), B, T, H, Dh);
+    wk_tensor *v = heads(linear(x, l->v_w, l->v_b), B, T, H, Dh);
+    wk_tensor *a = wk_sdpa(q, k, v, mask, 0, 0.0f);                      // [B, H, T, Dh]
+    a = wk_reshape(wk_contiguous(wk_permute(a, (int[]){0, 2, 1, 3})), 2, (int64_t[]){B * T, D});
+    x = wk_layer_norm(wk_add(linear(a, l->o_w, l->o_b), x), l->ln1_w, l->ln1_b, eps);  // post-LN
+    wk_tensor *h = linear(x, l->i_w, l->i_b);                            // [B*T, F]
+    h = e->gelu_tanh ? wk_gelu_tanh(h) : wk_gelu(h);
+    x = wk_layer_norm(wk_add(linear(h, l->f_w, l->f_b), x), l->ln2_w, l->ln2_b, eps);
+  }
+  return leave_scope(x, 3, (int64_t[]){B, T, D});
+}
+
+wk_tensor *wk_embedder_pool(wk_embedder *e, wk_tensor *hidden, wk_tensor *lengths) {
+  if (!e || !hidden || !lengths) { wk_error(WK_ERR_ARG, "embedder_pool: NULL argument"); return NULL; }
+  if (wk_ndim(hidden) != 3 || wk_ndim(lengths) != 1 || wk_dim(lengths, 0) != wk_dim(hidden, 0)) {
+    char a[64], b[64];
+    wk_error(WK_ERR_SHAPE, "embedder_pool: expected hidden [B, T, D] and lengths [B], got %s "
+             "and %s", wk_shape_str(hidden, a, sizeof a), wk_shape_str(lengths, b, sizeof b));
+    return NULL;
+  }
+  int64_t B = wk_dim(hidden, 0), T = wk_dim(hidden, 1);
+  wk_scope_begin();
+  wk_tensor *p;
+  if (e->pooling == WK_POOL_CLS) {
+    p = wk_squeeze(wk_slice(hidden, 1, 0, 1, 1), 1);
+  } else {
+    // m[b, t, 0] = t < lengths[b]; mean = sum(h * m) / max(sum(m), 1e-9) as sentence-transformers
+    wk_tensor *t = wk_reshape(wk_arange(0, (double)T, 1, WK_F32), 3, (int64_t[]){1, T, 1});
+    wk_tensor *len = wk_reshape(wk_cast(lengths, WK_F32), 3, (int64_t[]){B, 1, 1});
+    wk_tensor *m = wk_lt(t, len);                                          // [B, T, 1]
+    wk_tensor *sum = wk_sum(wk_mul(hidden, m), 1, (int[]){1}, 0);          // [B, D]
+    wk_tensor *cnt = wk_maximum(wk_sum(m, 1, (int[]){1}, 0), wk_scalar(1e-9f));  // [B, 1]
+    p = wk_div(sum, cnt);
+  }
+  if (e->normalize) {  // torch.nn.functional.normalize: x / max(||x||, 1e-12)
+    wk_tensor *n2 = wk_sum(wk_square(p), 1, (int[]){-1}, 1);
+    p = wk_mul(p, wk_rsqrt(wk_maximum(n2, wk_scalar(1e-24f))));
+  }
+  return leave_scope(p, 2, (int64_t[]){B, wk_dim(hidden, 2)});
+}
+
+// ---- the pipeline ----
+typedef struct { int64_t len; int idx; } len_idx;
+
+static int by_len(const void *a, const void *b) {
+  const len_idx *x = a, *y = b;
+  if (x->len != y->len) return x->len < y->len ? -1 : 1;
+  return x->idx - y->idx;
+}
+
+wk_status wk_embed(wk_embedder *e, int n, const char *const *texts, float *out) {
+  if (!e) return wk_error(WK_ERR_ARG, "embed: embedder is NULL");
+  if (n < 1 || !texts)
+    return wk_error(WK_ERR_ARG, "embed: no texts given (n = %d): pass at least one", n);
+  if (!out) return wk_error(WK_ERR_ARG, "embed: out is NULL");
+  for (int i = 0; i < n; i++)
+    if (!texts[i]) return wk_error(WK_ERR_ARG, "embed: texts[%d] is NULL", i);
+  int64_t D = e->cfg.hidden_size;
+  int32_t **ids = calloc((size_t)n, sizeof *ids);
+  len_idx *order = calloc((size_t)n, sizeof *order);
+  int32_t *batch_ids = NULL, *lens = NULL;
+  float *res = NULL;
+  wk_status s = ids && order ? WK_OK : wk_error(WK_ERR_OOM, "out of memory");
+  for (int i = 0; !s && i < n; i++) {
+    s = wk_embedder_tokenize(e, texts[i], &ids[i], &order[i].len);
+    if (s) {
+      char msg[512];
+      snprintf(msg, sizeof msg, "%s", wk_last_error());
+      wk_error(s, "embed: texts[%d]: %s", i, msg);
+    }
+    order[i].idx = i;
+  }
+  // Batches of similar length waste little on padding (as sentence-transformers does).
+  if (!s) qsort(order, (size_t)n, sizeof *order, by_len);
+  int64_t maxT = s ? 0 : order[n - 1].len;
+  int bs = n < EMBED_BATCH ? n : EMBED_BATCH;
+  if (!s) {
+    batch_ids = malloc(sizeof *batch_ids * (size_t)(bs * maxT));
+    lens = malloc(sizeof *lens * (size_t)bs);
+    res = malloc(sizeof *res * (size_t)(bs * D));
+    if (!batch_ids || !lens || !res) s = wk_error(WK_ERR_OOM, "out of memory");
+  }
+  for (int start = 0; !s && start < n; start += bs) {
+    int b = n - start < bs ? n - start : bs;
+    int64_t T = order[start + b - 1].len;
+    for (int r = 0; r < b; r++) {
+      const len_idx *o = &order[start + r];
+      lens[r] = (int32_t)o->len;
+      for (int64_t t = 0; t < T; t++) batch_ids[r * T + t] = t < o->len ? ids[o->idx][t] : e->pad_id;
+    }
+    wk_scope_begin();
+    wk_tensor *tid = wk_from_data(2, (int64_t[]){b, T}, WK_I32, batch_ids);
+    wk_tensor *tlen = wk_from_data(1, (int64_t[]){b}, WK_I32, lens);
+    wk_tensor *pooled = wk_embedder_pool(e, wk_embedder_forward(e, tid, tlen), tlen);
+    s = pooled ? wk_tensor_read_f32(pooled, res, b * D) : WK_ERR_STATE;
+    wk_scope_end();  // releases the graph; the weights stay
+    for (int r = 0; !s && r < b; r++)
+      memcpy(out + (size_t)order[start + r].idx * (size_t)D, res + (size_t)r * (size_t)D,
+             sizeof *res * (size_t)D);
+  }
+  if (ids)
+    for (int i = 0; i < n; i++) free(ids[i]);
+  free(ids);
+  free(order);
+  free(batch_ids);
+  free(lens);
+  free(res);
+  return s;
+}
