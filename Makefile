@@ -8,7 +8,7 @@ JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test test-release test-asan test-cuda-build bench install clean
+.PHONY: all deps build demo test test-release test-asan test-cuda-build parity bench install clean
 
 all: build
 
@@ -52,6 +52,15 @@ test-cuda-build: deps
 	  cmake --build $(CUDA_BUILD) -j $(JOBS) && \
 	  ctest --test-dir $(CUDA_BUILD) -L gpu --output-on-failure; \
 	else echo "nvcc not found: skipping the CUDA build"; fi
+
+# The same comparisons live against the reference stacks (torch, transformers,
+# sentence-transformers, gguf) in .venv-bench: regenerated random models with a new
+# seed, and the real models that tools/fetch-models extracts.
+parity: build
+	tools/bench-venv
+	.venv-bench/bin/pip install -q transformers==4.57.6 sentence-transformers==5.1.2 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0
+	tools/fetch-models
+	.venv-bench/bin/python tools/parity_decoder.py --build $(BUILD)
 
 bench: build
 	./$(BUILD)/wick bench

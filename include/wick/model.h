@@ -15,6 +15,7 @@
 #pragma once
 #include <stdbool.h>
 #include "base.h"
+#include "tensor.h"
 
 typedef enum { WK_ARCH_UNKNOWN = 0, WK_ARCH_LLAMA, WK_ARCH_QWEN2, WK_ARCH_BERT } wk_arch;
 
@@ -74,3 +75,54 @@ wk_status wk_model_config_load(const char *path, wk_model_config *out);
 wk_status wk_model_config_parse(const char *text, size_t len, const char *source, wk_model_config *out);
 // "llama", "qwen2", "bert" (or "unknown").
 const char *wk_arch_name(wk_arch arch);
+
+// ---- decoder models (Llama, SmolLM2, Qwen2) ----
+//
+//   wk_model *m = wk_model_load("models/SmolLM2-135M");   // or "model.gguf"
+//   if (!m) { puts(wk_last_error()); return 1; }
+//   int32_t tok[] = {1, 2, 3};
+//   wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 3}, WK_I32, tok);
+//   wk_tensor *logits = wk_model_forward(m, ids, 0);    // lazy f32 [1, 3, V]
+//   const float *p = wk_tensor_data(logits);            // evaluates
+//   wk_tensor_free(logits); wk_tensor_free(ids);
+//   wk_model_free(m);
+//
+// One decoder covers Llama-family models and Qwen2 (q/k/v bias, GQA, RoPE theta,
+// RMSNorm eps, SwiGLU MLP, tied or untied embeddings). Weights stay in the file's
+// dtype (f32, bf16, f16: zero-copy through mmap) and are cast to f32 where used;
+// quantized GGUF tensors are dequantized to f32 at load for now. Logits are f32.
+// Ownership: wk_model_free releases the weights (tensors returned by forward stay
+// valid). A model is not thread-safe.
+typedef struct wk_model wk_model;
+
+// Loads `path`: a directory with config.json and model.safetensors (or a sharded
+// model.safetensors.index.json), or a .gguf file (general.architecture llama or
+// qwen2). NULL with a message naming the file and the tensor or field at fault:
+// missing files, unknown or unsupported architecture (BERT is an encoder: see
+// embed.h), missing tensors, wrong shapes, RoPE scaling or sliding windows that
+// aren't implemented yet.
+wk_model *wk_model_load(const char *path);
+void wk_model_free(wk_model *m);   // NULL is fine
+// The model's hyper-parameters (from config.json or the GGUF metadata). Owned by m.
+const wk_model_config *wk_model_get_config(const wk_model *m);
+// "safetensors" or "gguf".
+const char *wk_model_format(const wk_model *m);
+
+// Logits (lazy f32 [B, T, V]) for ids (i32 [B, T]) at positions pos_offset + t. No
+// cache: every token attends to the earlier tokens of ids only (pos_offset only shifts
+// RoPE, whose scores depend on relative positions). Ids out of [0, V) fail at
+// evaluation with a message naming the id; ids of another dtype or rank fail here.
+wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset);
+
+// A key/value cache for incremental decoding: each call appends ids after what the
+// cache already holds (positions continue from wk_kv_cache_len).
+typedef struct wk_kv_cache wk_kv_cache;
+wk_kv_cache *wk_kv_cache_new(const wk_model *m);
+void wk_kv_cache_free(wk_kv_cache *c);             // NULL is fine
+int64_t wk_kv_cache_len(const wk_kv_cache *c);     // positions held
+void wk_kv_cache_reset(wk_kv_cache *c);            // empties it (keeps the model)
+// Like wk_model_forward at pos_offset = wk_kv_cache_len(c), attending to the cached
+// keys and values too. The logits and the cache are evaluated before returning (so
+// that the next step does not recompute the prefix); the batch size must match the
+// cache's first call. On failure the cache is left as it was.
+wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c);

@@ -1,0 +1,486 @@
+// Decoder-only transformer: Llama, SmolLM2 and Qwen2 from HF safetensors or GGUF.
+// B = batch, T = new tokens, S = keys (cache + new), H = hidden, Hq / Hkv = heads,
+// D = head dim, F = MLP width, V = vocab.
+#include "models/llama.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "engine/engine.h"
+#include "wick/gguf.h"
+#include "wick/io.h"
+#include "wick/ops.h"
+
+// ---- weight sources ----
+typedef struct {
+  wk_st_file *st;
+  wk_gguf *gg;
+  const char *path;
+} source;
+
+// The tensor `name`, kept out of any caller scope; NULL (error set only if required).
+static wk_tensor *src_get(source *s, const char *name, int required) {
+  wk_tensor *t = NULL;
+  if (s->st) {
+    if (wk_st_find(s->st, name) < 0) {
+      if (required) wk_error(WK_ERR_ARG, "model %s: tensor '%s' not found", s->path, name);
+      return NULL;
+    }
+    t = wk_st_get(s->st, name);
+  } else {
+    const wk_gguf_tensor *d = NULL;
+    for (int64_t i = 0; i < wk_gguf_tensor_count(s->gg); i++) {
+      const wk_gguf_tensor *e = wk_gguf_tensor_at(s->gg, i);
+      if (e && !strcmp(e->name, name)) { d = e; break; }
+    }
+    if (!d) {
+      if (required) wk_error(WK_ERR_ARG, "model %s: tensor '%s' not found", s->path, name);
+      return NULL;
+    }
+    // F32/F16/BF16 zero-copy in their dtype; quantized types dequantized to f32 (for now).
+    if (d->type == WK_QT_F32 || d->type == WK_QT_F16 || d->type == WK_QT_BF16) t = wk_gguf_tensor_load(s->gg, name);
+    else t = wk_gguf_tensor_f32(s->gg, name);
+  }
+  return wk_keep(t);
+}
+
+static int src_has(source *s, const char *name) {
+  if (s->st) return wk_st_find(s->st, name) >= 0;
+  for (int64_t i = 0; i < wk_gguf_tensor_count(s->gg); i++) {
+    const wk_gguf_tensor *e = wk_gguf_tensor_at(s->gg, i);
+    if (e && !strcmp(e->name, name)) return 1;
+  }
+  return 0;
+}
+
+// Checks t's shape is [d0] (d1 < 0) or [d0, d1]; frees t and fails otherwise.
+static wk_tensor *expect(source *s, wk_tensor *t, const char *name, int64_t d0, int64_t d1) {
+  if (!t) return NULL;
+  int nd = d1 < 0 ? 1 : 2;
+  if (wk_ndim(t) != nd || wk_dim(t, 0) != d0 || (nd == 2 && wk_dim(t, 1) != d1)) {
+    char b[160];
+    wk_shape_str(t, b, sizeof b);
+    if (nd == 1) wk_error(WK_ERR_SHAPE, "model %s: tensor '%s' is %s, expected [%lld]", s->path, name, b, (long long)d0);
+    else
+      wk_error(WK_ERR_SHAPE, "model %s: tensor '%s' is %s, expected [%lld, %lld]", s->path, name, b, (long long)d0,
+               (long long)d1);
+    wk_tensor_free(t);
+    return NULL;
+  }
+  return t;
+}
+
+static wk_tensor *get_shaped(source *s, const char *name, int required, int64_t d0, int64_t d1) {
+  wk_tensor *t = src_get(s, name, required);
+  return t ? expect(s, t, name, d0, d1) : NULL;
+}
+
+// Names of one layer's tensors, HF or GGUF style (printf formats of the layer index).
+enum { N_ATTN_NORM, N_FFN_NORM, N_Q, N_K, N_V, N_O, N_GATE, N_UP, N_DOWN, N_COUNT };
+static const char *const hf_names[N_COUNT] = {
+    "model.layers.%d.input_layernorm", "model.layers.%d.post_attention_layernorm", "model.layers.%d.self_attn.q_proj",
+    "model.layers.%d.self_attn.k_proj", "model.layers.%d.self_attn.v_proj", "model.layers.%d.self_attn.o_proj",
+    "model.layers.%d.mlp.gate_proj",    "model.layers.%d.mlp.up_proj",                "model.layers.%d.mlp.down_proj"};
+static const char *const gguf_names[N_COUNT] = {"blk.%d.attn_norm", "blk.%d.ffn_norm",   "blk.%d.attn_q",
+                                                "blk.%d.attn_k",    "blk.%d.attn_v",     "blk.%d.attn_output",
+                                                "blk.%d.ffn_gate",  "blk.%d.ffn_up",     "blk.%d.ffn_down"};
+
+static wk_tensor *layer_get(source *s, const char *const *names, int which, int layer, const char *suffix,
+                            int required, int64_t d0, int64_t d1) {
+  char base[128], name[160];
+  snprintf(base, sizeof base, names[which], layer);
+  snprintf(name, sizeof name, "%s.%s", base, suffix);
+  return get_shaped(s, name, required, d0, d1);
+}
+
+static void free_weights(wk_model *m) {
+  if (m->layers) {
+    for (int64_t i = 0; i < m->cfg.num_hidden_layers; i++) {
+      wk_tensor **w = (wk_tensor **)&m->layers[i];
+      for (size_t j = 0; j < sizeof(wk_llama_layer) / sizeof(wk_tensor *); j++) wk_tensor_free(w[j]);
+    }
+    free(m->layers);
+    m->layers = NULL;
+  }
+  wk_tensor_free(m->embed);
+  wk_tensor_free(m->norm);
+  wk_tensor_free(m->lm_head);
+  m->embed = m->norm = m->lm_head = NULL;
+}
+
+// Everything wick doesn't implement yet fails at load rather than giving wrong logits.
+static wk_status check_supported(const wk_model_config *c, const char *path) {
+  if (c->arch != WK_ARCH_LLAMA && c->arch != WK_ARCH_QWEN2)
+    return wk_error(WK_ERR_ARG, "model %s: architecture '%s' is not a decoder wick implements (llama, qwen2)%s", path,
+                    c->model_type[0] ? c->model_type : wk_arch_name(c->arch),
+                    c->arch == WK_ARCH_BERT ? "; BERT is an encoder: load it with the embeddings API" : "");
+  if (c->rope_scaling.type != WK_ROPE_DEFAULT)
+    return wk_error(WK_ERR_ARG, "model %s: rope_scaling of type %d is not supported yet (only default RoPE)", path,
+                    (int)c->rope_scaling.type);
+  if (c->arch == WK_ARCH_QWEN2 && c->use_sliding_window)
+    return wk_error(WK_ERR_ARG, "model %s: use_sliding_window is not supported yet", path);
+  if (strcmp(c->hidden_act, "silu") && c->hidden_act[0])
+    return wk_error(WK_ERR_ARG, "model %s: hidden_act '%s' is not supported (SwiGLU needs silu)", path, c->hidden_act);
+  if (c->head_dim <= 0 || c->head_dim % 2 || c->num_key_value_heads <= 0 ||
+      c->num_attention_heads % c->num_key_value_heads || c->vocab_size <= 0 || c->hidden_size <= 0 ||
+      c->intermediate_size <= 0 || c->num_hidden_layers <= 0 || c->num_hidden_layers > 4096)
+    return wk_error(WK_ERR_ARG,
+                    "model %s: inconsistent sizes (hidden %lld, heads %lld, kv heads %lld, head_dim %lld, layers %lld)",
+                    path, (long long)c->hidden_size, (long long)c->num_attention_heads,
+                    (long long)c->num_key_value_heads, (long long)c->head_dim, (long long)c->num_hidden_layers);
+  if (!(c->rope_theta > 0)) return wk_error(WK_ERR_ARG, "model %s: rope_theta %g must be > 0", path, c->rope_theta);
+  return WK_OK;
+}
+
+// Loads every weight under HF or GGUF names, checking shapes against the config.
+static wk_status load_weights(wk_model *m, source *s, int gguf) {
+  const wk_model_config *c = &m->cfg;
+  int64_t H = c->hidden_size, V = c->vocab_size, F = c->intermediate_size, D = c->head_dim;
+  int64_t Q = c->num_attention_heads * D, KV = c->num_key_value_heads * D;
+  const char *const *nm = gguf ? gguf_names : hf_names;
+  m->embed = get_shaped(s, gguf ? "token_embd.weight" : "model.embed_tokens.weight", 1, V, H);
+  m->norm = get_shaped(s, gguf ? "output_norm.weight" : "model.norm.weight", 1, H, -1);
+  if (!m->embed || !m->norm) return WK_ERR_ARG;
+  const char *head = gguf ? "output.weight" : "lm_head.weight";
+  // HF ties lm_head to the embeddings whenever tie_word_embeddings is set, even if
+  // the file also stores lm_head.weight; GGUF files leave output.weight out instead.
+  if (!gguf && c->tie_word_embeddings) m->lm_head = wk_tensor_ref(m->embed);
+  else {
+    if (src_has(s, head)) {
+      if (!(m->lm_head = get_shaped(s, head, 1, V, H))) return WK_ERR_SHAPE;
+    } else {
+      if (!gguf) return wk_error(WK_ERR_ARG, "model %s: tensor '%s' not found and tie_word_embeddings is false",
+                                 s->path, head);
+      m->lm_head = wk_tensor_ref(m->embed);
+      m->cfg.tie_word_embeddings = true;
+    }
+  }
+  m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
+  if (!m->layers) return wk_error(WK_ERR_OOM, "model %s: out of memory", s->path);
+  for (int i = 0; i < (int)c->num_hidden_layers; i++) {
+    wk_llama_layer *L = &m->layers[i];
+#define W(field, which, d0, d1)                                               \
+  if (!(L->field = layer_get(s, nm, which, i, "weight", 1, d0, d1))) return WK_ERR_ARG;
+#define BIAS(field, which, d0, on)                                                   \
+  if ((on) && !(L->field = layer_get(s, nm, which, i, "bias", 1, d0, -1))) return WK_ERR_ARG;
+    W(attn_norm, N_ATTN_NORM, H, -1)
+    W(ffn_norm, N_FFN_NORM, H, -1)
+    W(wq, N_Q, Q, H)
+    W(wk, N_K, KV, H)
+    W(wv, N_V, KV, H)
+    W(wo, N_O, H, Q)
+    W(w_gate, N_GATE, F, H)
+    W(w_up, N_UP, F, H)
+    W(w_down, N_DOWN, H, F)
+    BIAS(bq, N_Q, Q, c->qkv_bias)
+    BIAS(bk, N_K, KV, c->qkv_bias)
+    BIAS(bv, N_V, KV, c->qkv_bias)
+    BIAS(bo, N_O, H, c->o_bias)
+    BIAS(b_gate, N_GATE, F, c->mlp_bias)
+    BIAS(b_up, N_UP, F, c->mlp_bias)
+    BIAS(b_down, N_DOWN, H, c->mlp_bias)
+#undef W
+#undef BIAS
+  }
+  return WK_OK;
+}
+
+wk_status wk_llama_load_safetensors(wk_model *m, const char *dir) {
+  if (wk_model_config_load(dir, &m->cfg)) return WK_ERR_ARG;
+  if (check_supported(&m->cfg, dir)) return WK_ERR_ARG;
+  source s = {.st = wk_st_open(dir), .path = dir};
+  if (!s.st) return WK_ERR_IO;
+  wk_status st = load_weights(m, &s, 0);
+  wk_st_close(s.st);
+  m->format = "safetensors";
+  return st;
+}
+
+// ---- GGUF: config from metadata ----
+static wk_status gguf_int(wk_gguf *g, const char *arch, const char *key, int64_t *out, int required) {
+  char k[128];
+  snprintf(k, sizeof k, "%s.%s", arch, key);
+  if (!wk_gguf_has_key(g, k)) {
+    if (!required) return WK_OK;
+    return wk_error(WK_ERR_ARG, "model %s: metadata key '%s' is missing", wk_gguf_path(g), k);
+  }
+  return wk_gguf_get_int(g, k, out);
+}
+
+static wk_status gguf_float(wk_gguf *g, const char *arch, const char *key, double *out) {
+  char k[128];
+  snprintf(k, sizeof k, "%s.%s", arch, key);
+  if (!wk_gguf_has_key(g, k)) return WK_OK;
+  return wk_gguf_get_float(g, k, out);
+}
+
+wk_status wk_llama_load_gguf(wk_model *m, const char *path) {
+  wk_gguf *g = wk_gguf_open(path);
+  if (!g) return WK_ERR_IO;
+  wk_model_config *c = &m->cfg;
+  memset(c, 0, sizeof *c);
+  wk_status st = WK_OK;
+  const char *arch = NULL;
+  if ((st = wk_gguf_get_str(g, "general.architecture", &arch))) goto done;
+  snprintf(c->model_type, sizeof c->model_type, "%s", arch);
+  if (!strcmp(arch, "llama")) c->arch = WK_ARCH_LLAMA;
+  else if (!strcmp(arch, "qwen2")) c->arch = WK_ARCH_QWEN2;
+  else {
+    st = wk_error(WK_ERR_ARG, "model %s: general.architecture '%s' is not a decoder wick implements (llama, qwen2)",
+                  path, arch);
+    goto done;
+  }
+  c->rope_theta = 10000.0;
+  c->norm_eps = 1e-5;
+  c->max_position_embeddings = 2048;
+  c->bos_token_id = c->pad_token_id = -1;
+  snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
+  c->rope_scaling.factor = 1;
+  if ((st = gguf_int(g, arch, "block_count", &c->num_hidden_layers, 1)) ||
+      (st = gguf_int(g, arch, "embedding_length", &c->hidden_size, 1)) ||
+      (st = gguf_int(g, arch, "feed_forward_length", &c->intermediate_size, 1)) ||
+      (st = gguf_int(g, arch, "attention.head_count", &c->num_attention_heads, 1)) ||
+      (st = gguf_int(g, arch, "context_length", &c->max_position_embeddings, 0)) ||
+      (st = gguf_float(g, arch, "attention.layer_norm_rms_epsilon", &c->norm_eps)) ||
+      (st = gguf_float(g, arch, "rope.freq_base", &c->rope_theta)))
+    goto done;
+  c->num_key_value_heads = c->num_attention_heads;
+  if ((st = gguf_int(g, arch, "attention.head_count_kv", &c->num_key_value_heads, 0))) goto done;
+  if (c->num_attention_heads <= 0 || c->hidden_size % c->num_attention_heads) {
+    st = wk_error(WK_ERR_ARG, "model %s: %s.attention.head_count %lld does not divide embedding_length %lld", path,
+                  arch, (long long)c->num_attention_heads, (long long)c->hidden_size);
+    goto done;
+  }
+  c->head_dim = c->hidden_size / c->num_attention_heads;
+  if ((st = gguf_int(g, arch, "attention.key_length", &c->head_dim, 0))) goto done;
+  int64_t rope_dim = c->head_dim;
+  if ((st = gguf_int(g, arch, "rope.dimension_count", &rope_dim, 0))) goto done;
+  if (rope_dim != c->head_dim) {
+    st = wk_error(WK_ERR_ARG, "model %s: %s.rope.dimension_count %lld != head dim %lld (partial RoPE) is not supported",
+                  path, arch, (long long)rope_dim, (long long)c->head_dim);
+    goto done;
+  }
+  char k[128];
+  snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+  const char *scaling = NULL;
+  if (wk_gguf_has_key(g, k) && !wk_gguf_get_str(g, k, &scaling) && strcmp(scaling, "none")) {
+    st = wk_error(WK_ERR_ARG, "model %s: %s '%s' is not supported yet (only default RoPE)", path, k, scaling);
+    goto done;
+  }
+  if (wk_gguf_find_tensor(g, "rope_freqs.weight")) {
+    st = wk_error(WK_ERR_ARG, "model %s: tensor 'rope_freqs.weight' (llama3 RoPE scaling) is not supported yet", path);
+    goto done;
+  }
+  wk_clear_error();
+  const wk_gguf_tensor *emb = wk_gguf_find_tensor(g, "token_embd.weight");
+  if (!emb || emb->ndim != 2) {
+    st = wk_error(WK_ERR_ARG, "model %s: tensor 'token_embd.weight' is missing or not 2-d", path);
+    goto done;
+  }
+  c->vocab_size = emb->shape[0];
+  c->qkv_bias = wk_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+  c->tie_word_embeddings = wk_gguf_find_tensor(g, "output.weight") == NULL;
+  wk_clear_error();
+  int64_t v;
+  if (wk_gguf_has_key(g, "tokenizer.ggml.bos_token_id") && !wk_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &v))
+    c->bos_token_id = v;
+  if (wk_gguf_has_key(g, "tokenizer.ggml.eos_token_id") && !wk_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &v))
+    c->eos_token_ids[c->n_eos++] = v;
+  if (wk_gguf_has_key(g, "tokenizer.ggml.padding_token_id") &&
+      !wk_gguf_get_int(g, "tokenizer.ggml.padding_token_id", &v))
+    c->pad_token_id = v;
+  if ((st = check_supported(c, path))) goto done;
+  // llama.cpp's converter permutes llama q/k rows for ggml's interleaved (GPT-J) rope;
+  // applying that rope to the permuted rows gives the same attention scores as HF's
+  // rotate-half on the original rows. Qwen2 files are not permuted (NEOX rope).
+  m->rope_interleaved = c->arch == WK_ARCH_LLAMA;
+  source s = {.gg = g, .path = path};
+  st = load_weights(m, &s, 1);
+  m->format = "gguf";
+done:
+  wk_gguf_close(g);
+  return st;
+}
+
+// ---- public API ----
+static int is_gguf_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  char mg[4] = {0};
+  size_t n = fread(mg, 1, 4, f);
+  fclose(f);
+  return n == 4 && !memcmp(mg, "GGUF", 4);
+}
+
+wk_model *wk_model_load(const char *path) {
+  if (!path) { wk_error(WK_ERR_ARG, "wk_model_load: path is NULL"); return NULL; }
+  struct stat sb;
+  if (stat(path, &sb)) {
+    wk_error(WK_ERR_IO, "model %s: no such file or directory (expected a model directory or a .gguf file)", path);
+    return NULL;
+  }
+  wk_model *m = calloc(1, sizeof *m);
+  if (!m) { wk_error(WK_ERR_OOM, "model %s: out of memory", path); return NULL; }
+  wk_status st;
+  if (S_ISDIR(sb.st_mode)) st = wk_llama_load_safetensors(m, path);
+  else if (is_gguf_file(path)) st = wk_llama_load_gguf(m, path);
+  else st = wk_error(WK_ERR_ARG, "model %s: not a directory (config.json + safetensors) or a GGUF file", path);
+  if (st) { wk_model_free(m); return NULL; }
+  return m;
+}
+
+void wk_model_free(wk_model *m) {
+  if (!m) return;
+  free_weights(m);
+  free(m);
+}
+
+const wk_model_config *wk_model_get_config(const wk_model *m) { return m ? &m->cfg : NULL; }
+const char *wk_model_format(const wk_model *m) { return m ? m->format : NULL; }
+
+// ---- forward ----
+static wk_tensor *f32(wk_tensor *w) { return wk_tensor_dtype(w) == WK_F32 ? w : wk_cast(w, WK_F32); }
+
+// x[..., in] @ W[out, in]^T + b
+static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b) {
+  wk_tensor *y = wk_matmul_t(x, 0, f32(w), 1);
+  return b ? wk_add(y, f32(b)) : y;
+}
+
+// [B, T, heads * D] -> [B, heads, T, D]
+static wk_tensor *heads_first(wk_tensor *x, int64_t B, int64_t T, int64_t nh, int64_t D) {
+  return wk_transpose(wk_reshape(x, 4, (int64_t[]){B, T, nh, D}), 1, 2);
+}
+
+static int check_ids(const wk_model *m, wk_tensor *ids) {
+  if (!m || !ids) { wk_error(WK_ERR_ARG, "model forward: model or ids is NULL"); return 0; }
+  char b[160];
+  if (wk_tensor_dtype(ids) != WK_I32 || wk_ndim(ids) != 2 || wk_dim(ids, 1) == 0) {
+    wk_error(wk_tensor_dtype(ids) != WK_I32 ? WK_ERR_DTYPE : WK_ERR_SHAPE,
+             "model forward: ids must be i32 [B, T] token ids with T > 0, got %s", wk_shape_str(ids, b, sizeof b));
+    return 0;
+  }
+  return 1;
+}
+
+// Builds the graph; with a cache, k/v of each layer are prepended with the cached
+// ones and the new [B, Hkv, S, D] tensors are stored in newk/newv.
+static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
+                          wk_tensor **newk, wk_tensor **newv) {
+  const wk_model_config *c = &m->cfg;
+  int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), D = c->head_dim;
+  int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
+  float eps = (float)c->norm_eps, theta = (float)c->rope_theta;
+  wk_tensor *x = f32(wk_embedding(m->embed, ids));   // [B, T, H]
+  for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+    const wk_llama_layer *L = &m->layers[l];
+    wk_tensor *h = wk_rms_norm(x, f32(L->attn_norm), eps);
+    wk_tensor *q = heads_first(linear(h, L->wq, L->bq), B, T, Hq, D);
+    wk_tensor *k = heads_first(linear(h, L->wk, L->bk), B, T, Hkv, D);
+    wk_tensor *v = heads_first(linear(h, L->wv, L->bv), B, T, Hkv, D);
+    q = wk_rope(q, theta, pos, m->rope_interleaved);
+    k = wk_rope(k, theta, pos, m->rope_interleaved);
+    if (newk) {
+      if (pastk[l]) {
+        k = wk_concat(2, (wk_tensor *[]){pastk[l], k}, 2);
+        v = wk_concat(2, (wk_tensor *[]){pastv[l], v}, 2);
+      }
+      newk[l] = k;
+      newv[l] = v;
+    }
+    wk_tensor *a = wk_sdpa(q, k, v, NULL, 1, 0);    // [B, Hq, T, D]
+    a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
+    x = wk_add(x, linear(a, L->wo, L->bo));
+    h = wk_rms_norm(x, f32(L->ffn_norm), eps);
+    wk_tensor *g = wk_mul(wk_silu(linear(h, L->w_gate, L->b_gate)), linear(h, L->w_up, L->b_up));
+    x = wk_add(x, linear(g, L->w_down, L->b_down));
+  }
+  x = wk_rms_norm(x, f32(m->norm), eps);
+  return linear(x, m->lm_head, NULL);   // [B, T, V]
+}
+
+wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {
+  if (!check_ids(m, ids)) return NULL;
+  if (pos_offset < 0) {
+    wk_error(WK_ERR_ARG, "model forward: pos_offset %lld must be >= 0", (long long)pos_offset);
+    return NULL;
+  }
+  wk_scope_begin();
+  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL));
+  wk_scope_end();
+  return logits ? wk_node_finish(logits) : NULL;   // the caller's scope owns it, like any op's result
+}
+
+// ---- KV cache ----
+wk_kv_cache *wk_kv_cache_new(const wk_model *m) {
+  if (!m) { wk_error(WK_ERR_ARG, "wk_kv_cache_new: model is NULL"); return NULL; }
+  wk_kv_cache *c = calloc(1, sizeof *c);
+  size_t n = (size_t)m->cfg.num_hidden_layers;
+  if (c) {
+    c->k = calloc(n, sizeof *c->k);
+    c->v = calloc(n, sizeof *c->v);
+  }
+  if (!c || !c->k || !c->v) {
+    wk_kv_cache_free(c);
+    wk_error(WK_ERR_OOM, "wk_kv_cache_new: out of memory");
+    return NULL;
+  }
+  c->m = m;
+  return c;
+}
+
+void wk_kv_cache_reset(wk_kv_cache *c) {
+  if (!c) return;
+  for (int64_t i = 0; c->k && c->v && i < c->m->cfg.num_hidden_layers; i++) {
+    wk_tensor_free(c->k[i]);
+    wk_tensor_free(c->v[i]);
+    c->k[i] = c->v[i] = NULL;
+  }
+  c->len = c->batch = 0;
+}
+
+void wk_kv_cache_free(wk_kv_cache *c) {
+  if (!c) return;
+  if (c->m) wk_kv_cache_reset(c);
+  free(c->k);
+  free(c->v);
+  free(c);
+}
+
+int64_t wk_kv_cache_len(const wk_kv_cache *c) { return c ? c->len : 0; }
+
+wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
+  if (!check_ids(m, ids)) return NULL;
+  if (!c || c->m != m) { wk_error(WK_ERR_ARG, "model forward: the cache is NULL or belongs to another model"); return NULL; }
+  if (c->len && wk_dim(ids, 0) != c->batch) {
+    wk_error(WK_ERR_SHAPE, "model forward: ids have batch %lld but the cache holds batch %lld",
+             (long long)wk_dim(ids, 0), (long long)c->batch);
+    return NULL;
+  }
+  int64_t n = m->cfg.num_hidden_layers;
+  wk_tensor **nk = calloc((size_t)(2 * n + 1), sizeof *nk);
+  if (!nk) { wk_error(WK_ERR_OOM, "model forward: out of memory"); return NULL; }
+  wk_tensor **nv = nk + n;
+  wk_scope_begin();
+  wk_tensor *logits = forward(m, ids, c->len, c->k, c->v, nk, nv);
+  int ok = logits != NULL;
+  for (int64_t i = 0; ok && i < n; i++) ok = nk[i] && nv[i];
+  if (ok) {
+    nk[2 * n] = logits;
+    ok = wk_eval((int)(2 * n + 1), nk) == WK_OK;
+  }
+  if (ok) {
+    for (int64_t i = 0; i < n; i++) {
+      wk_tensor_free(c->k[i]);
+      wk_tensor_free(c->v[i]);
+      c->k[i] = wk_keep(nk[i]);   // the scope's reference becomes the cache's
+      c->v[i] = wk_keep(nv[i]);
+    }
+    c->batch = wk_dim(ids, 0);
+    c->len += wk_dim(ids, 1);
+    wk_keep(logits);
+  }
+  wk_scope_end();
+  free(nk);
+  return ok ? wk_node_finish(logits) : NULL;
+}

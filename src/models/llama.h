@@ -1,0 +1,35 @@
+// Decoder models (Llama, SmolLM2, Qwen2): weights and the struct behind wk_model.
+// Public API in include/wick/model.h.
+#pragma once
+#include "wick/model.h"
+#include "wick/tensor.h"
+
+// One transformer block. Linear weights are [out, in] (HF layout) in the file's dtype;
+// absent biases are NULL.
+typedef struct {
+  wk_tensor *attn_norm, *ffn_norm;
+  wk_tensor *wq, *wk, *wv, *wo;
+  wk_tensor *bq, *bk, *bv, *bo;
+  wk_tensor *w_gate, *w_up, *w_down;
+  wk_tensor *b_gate, *b_up, *b_down;
+} wk_llama_layer;
+
+struct wk_model {
+  wk_model_config cfg;
+  const char *format;         // "safetensors" or "gguf"
+  int rope_interleaved;       // 1 for llama GGUF files (q/k rows permuted by the converter)
+  wk_tensor *embed;           // [V, H]
+  wk_tensor *norm;            // [H]
+  wk_tensor *lm_head;         // [V, H]; a reference to embed when tied
+  wk_llama_layer *layers;     // cfg.num_hidden_layers
+};
+
+struct wk_kv_cache {
+  const wk_model *m;
+  int64_t len, batch;
+  wk_tensor **k, **v;         // per layer [B, Hkv, len, D], evaluated; NULL while empty
+};
+
+// Loaders (llama.c): fill m->cfg and the weights, or set the error and return nonzero.
+wk_status wk_llama_load_safetensors(wk_model *m, const char *dir);
+wk_status wk_llama_load_gguf(wk_model *m, const char *path);
