@@ -8,7 +8,7 @@ JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test test-release test-asan test-cuda-build parity bench install clean
+.PHONY: all deps build demo test test-release test-asan test-cuda-build parity bench install clean fuzz
 
 all: build
 
@@ -49,7 +49,7 @@ test-cuda-build: deps
 	  NVCC=$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc); \
 	  cmake -S . -B $(CUDA_BUILD) -DCMAKE_BUILD_TYPE=Release -DWICK_CUDA=ON -DCMAKE_CUDA_COMPILER=$$NVCC \
 	    -DWICK_TEST_ALL_ISAS=OFF $(CMAKE_FLAGS) >/dev/null && \
-	  cmake --build $(CUDA_BUILD) -j $(JOBS) && \
+	  cmake --build $(CUDA_BUILD) -j $(JOBS) --target wick_cli test_cuda_backend cuda_bench && \
 	  ctest --test-dir $(CUDA_BUILD) -L gpu --output-on-failure; \
 	else echo "nvcc not found: skipping the CUDA build"; fi
 
@@ -61,6 +61,12 @@ parity: build
 	.venv-bench/bin/pip install -q transformers==4.57.6 sentence-transformers==5.1.2 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0
 	tools/fetch-models
 	.venv-bench/bin/python tools/parity_decoder.py --build $(BUILD)
+
+# libFuzzer targets (tests/fuzz/) built with clang + ASan/UBSan in a scratch directory,
+# FUZZ_SECONDS each (not part of `make test`). Needs clang and libclang-rt-*-dev.
+FUZZ_SECONDS ?= 60
+fuzz:
+	tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 bench: build
 	./$(BUILD)/wick bench
