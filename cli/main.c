@@ -1,21 +1,37 @@
 // The wick command. Subcommands are thin: all logic lives in the library.
 #include <stdio.h>
 #include <string.h>
-#include "wick.h"
+#include "common.h"
 
 int wick_bench_main(int argc, char **argv);
+int wick_info_main(int argc, char **argv);
+int wick_tokenize_main(int argc, char **argv);
+int wick_logits_main(int argc, char **argv);
+int wick_embed_main(int argc, char **argv);
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: wick <command> [options]\n"
+          "  default models (tools/fetch-models): " WICK_DEFAULT_LM ",\n"
+          "  " WICK_DEFAULT_EMBED "\n"
           "commands:\n"
+          "  info [--json] PATH                                                   architecture, sizes, tensor types\n"
+          "                                     (a model directory, a .safetensors or a .gguf file)\n"
+          "  tokenize [-m MODEL] [--pieces] [--no-special] [TEXT...]              token ids (stdin lines without TEXT)\n"
+          "  logits [-m MODEL] -p PROMPT [--top K] [--json]                       top-K next tokens after the prompt\n"
+          "  embed [-m EMBED_MODEL] [--input FILE] [--batch N]                    one JSON embedding per input line\n"
           "  bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu]   run the benchmark suite\n"
+          "  help                                                                 this text ('wick CMD --help' for one)\n"
           "  version                                                              print the version\n");
 }
 
 int main(int argc, char **argv) {
   if (argc < 2) { usage(stderr); return 2; }
   if (!strcmp(argv[1], "bench")) return wick_bench_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "info")) return wick_info_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "tokenize")) return wick_tokenize_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "logits")) return wick_logits_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "embed")) return wick_embed_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
     printf("wick %d.%d\n", WICK_VERSION_MAJOR, WICK_VERSION_MINOR);
     return 0;

@@ -1,0 +1,32 @@
+// Helpers shared by the wick subcommands: error exits, option values, model paths,
+// tokenizer loading and JSON string output. Thin: no model logic lives here.
+#pragma once
+#include <stdbool.h>
+#include <stdio.h>
+#include "wick.h"
+
+#define WICK_DEFAULT_LM "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define WICK_DEFAULT_EMBED "models/all-minilm-l6-v2"
+
+// Prints "wick <cmd>: <message>" to stderr and returns 2 (a user error).
+int cli_user_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// Prints "wick <cmd>: <wk_last_error()>" to stderr and returns 1 (a library error).
+int cli_lib_error(const char *cmd);
+// The value of option argv[*i] (advances *i); NULL with a message if it is missing.
+const char *cli_opt_value(const char *cmd, int argc, char **argv, int *i);
+// Parses a decimal integer in [lo, hi]; 0 on success.
+int cli_parse_int(const char *s, long lo, long hi, long *out);
+// 0 if path exists; else prints a user error (with a fetch-models hint when is_default).
+int cli_check_path(const char *cmd, const char *path, bool is_default);
+bool cli_is_dir(const char *path);
+bool cli_is_gguf(const char *path);
+// A tokenizer for `path`: a model directory (its tokenizer.json), a tokenizer.json
+// file or a .gguf file (its vocabulary). NULL with wk_last_error() set.
+wk_tokenizer *cli_load_tokenizer(const char *path);
+// 0 unless path is a directory without tokenizer.json (then a user error, 2).
+int cli_check_tokenizer(const char *cmd, const char *path);
+// 1 if s[0..n) is valid UTF-8.
+bool cli_utf8_valid(const char *s, size_t n);
+// Writes s[0..n) as a JSON string (quotes included); bytes that are not valid UTF-8
+// are written as \u00XX of the byte value.
+void cli_json_string(FILE *f, const char *s, size_t n);
