@@ -338,11 +338,6 @@ static void mark_roots(ir *r) {
 }
 
 // ---- operands and programs ----
-typedef struct {
-  ir *r;
-  wk_plan *p;
-} cctx;
-
 // Operand reading node i's value broadcast to (ndim, shape).
 static wk_operand operand_of(const ir *r, int i, int ndim, const int64_t *shape) {
   const irnode *x = &r->n[i];
@@ -433,10 +428,6 @@ static int emit_value(ir *r, progbuf *pb, int i, const wk_tensor *group) {
   wk_ew_instr in = {.op = (uint16_t)x->op, .dst = (uint8_t)dst, .a = (uint8_t)regs[0], .b = (uint8_t)regs[1],
                     .c = (uint8_t)regs[2], .src = i, .attrs = x->t->attrs};
   if (x->op == WK_OP_CONST) { in.attrs.f[0] = x->cval; in.src = -1; } // keyed by value (or folded)
-  if (x->op == WK_OP_CAST) in.attrs.i[1] = x->t->in[0] ? x->t->in[0]->dtype : WK_F32;
-  if (x->op == WK_OP_CAUSAL_MASK || x->op == WK_OP_RAND || x->op == WK_OP_RANDN || x->op == WK_OP_ARANGE ||
-      x->op == WK_OP_DROPOUT)
-    in.attrs.i[3] = 0; // index-based sources: linear index in the group equals their own
   pb->code[pb->n++] = in;
   return dst;
 }
