@@ -192,6 +192,17 @@ wk_tensor *wk_keep(wk_tensor *t) {
   return t;
 }
 
+// Every suffix product of the dims (the strides) and the byte size must fit in
+// int64, even when another dim is 0 and the element count is 0.
+static bool shape_fits(int ndim, const int64_t *shape) {
+  int64_t p = 8; // the widest element, in bytes
+  for (int d = ndim - 1; d >= 0; d--) {
+    if (shape[d] == 0) continue;
+    if (__builtin_mul_overflow(p, shape[d], &p)) return false;
+  }
+  return true;
+}
+
 // ---- nodes ----
 static bool is_movable_source(const wk_tensor *t) {
   return !t->buf && t->nin == 0 && wk_ops[t->op].kind == WK_KIND_SRC;
@@ -211,6 +222,12 @@ wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, in
                wk_fmt_shape(ndim, shape, b, sizeof b));
       return NULL;
     }
+  if (!shape_fits(ndim, shape)) {
+    char b[160];
+    wk_error(WK_ERR_SHAPE, "%s: shape %s is too large to address", wk_ops[op].name,
+             wk_fmt_shape(ndim, shape, b, sizeof b));
+    return NULL;
+  }
   wk_tensor *t = calloc(1, sizeof *t);
   if (!t) { wk_error(WK_ERR_OOM, "%s: out of memory", wk_ops[op].name); return NULL; }
   t->magic = WK_TENSOR_MAGIC;
@@ -281,6 +298,11 @@ static bool check_shape(const char *op, int ndim, const int64_t *shape) {
       wk_error(WK_ERR_SHAPE, "%s: dimension %d is negative (%lld)", op, d, (long long)shape[d]);
       return false;
     }
+  if (!shape_fits(ndim, shape)) {
+    char b[160];
+    wk_error(WK_ERR_SHAPE, "%s: shape %s is too large to address", op, wk_fmt_shape(ndim, shape, b, sizeof b));
+    return false;
+  }
   return true;
 }
 

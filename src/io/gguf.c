@@ -408,9 +408,11 @@ static bool place_tensors(wk_gguf *f) {
   char shape[160];
   for (int64_t i = 0; i < f->n_tensors; i++) {
     wk_gguf_tensor *t = &f->tensors[i];
-    int64_t numel = 1;
+    // zeros skipped: an empty tensor's other dims must still have strides that fit
+    int64_t numel = 1, nonzero = 8;
     for (int d = 0; d < t->ndim; d++)
-      if (__builtin_mul_overflow(numel, t->shape[d], &numel)) {
+      if (__builtin_mul_overflow(numel, t->shape[d], &numel) ||
+          (t->shape[d] && __builtin_mul_overflow(nonzero, t->shape[d], &nonzero))) {
         gguf_fail(f->path, "tensor '%.100s' shape %s has too many elements", t->name,
                   wk_fmt_shape(t->ndim, t->shape, shape, sizeof shape));
         return false;

@@ -201,8 +201,10 @@ static bool parse_entry(wk_st_file *f, st_entry *e, const wk_json *v, uint64_t d
     wk_error(WK_ERR_IO, "%s: tensor \"%.200s\": \"shape\" is %s; it must be an array", path, name, kind(shape));
     return false;
   }
+  // Dims are multiplied with zeros skipped: a 0 makes the tensor empty, but the
+  // strides of the other dims must still fit in int64.
   uint64_t numel = 1;
-  bool overflow = false;
+  bool overflow = false, empty = false;
   for (size_t d = 0; d < shape->n; d++) {
     const wk_json *x = &shape->items[d];
     if (x->type != WK_JSON_NUMBER || !x->is_int || x->i < 0) {
@@ -210,10 +212,12 @@ static bool parse_entry(wk_st_file *f, st_entry *e, const wk_json *v, uint64_t d
       return false;
     }
     uint64_t dim = (uint64_t)x->i;
-    if (dim && numel > UINT64_MAX / dim) overflow = true;
+    if (!dim) empty = true;
+    else if (numel > (uint64_t)INT64_MAX / 8 / dim) overflow = true;
     else numel *= dim;
     if (d < WK_MAX_DIMS) e->shape[d] = x->i;
   }
+  if (empty && !overflow) numel = 0;
   e->ndim = (int)(shape->n < 1000 ? shape->n : 1000);
   if (!overflow && numel > UINT64_MAX / e->bits) overflow = true;
   uint64_t expect = overflow ? 0 : (numel * e->bits + 7) / 8;

@@ -241,6 +241,72 @@ static void test_reduce(void) {
   compare("sum with a prologue over a transposed view", &p, o4, 1e-5f, 1e-4f);
   reset();
 
+  // few outputs, long rows (the two-stage path): sum((x - y)^2) and max(x * y)
+  // over 1.2M elements into 1 and into 3 outputs, rows and columns, with a prologue
+  {
+    const int64_t A = 3, Bn = 400037, N = A * Bn;
+    int bx = buf(WK_F32, N, -2, 2), by = buf(WK_BF16, N, -1, 1);
+    int r1 = out_buf(WK_F32, 1), r3 = out_buf(WK_F32, 3), rb = out_buf(WK_BF16, 3);
+    wk_ew_instr sq[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_OP_SUB, 2, 0, 1, 0),
+                        I(WK_OP_SQUARE, 3, 2, 0, 0)};
+    wk_ew_instr mu[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_OP_MUL, 2, 0, 1, 0)};
+    for (int cols = 0; cols < 2; cols++) {
+      int64_t shp[2] = {cols ? Bn : A, cols ? A : Bn};
+      for (int mx = 0; mx < 2; mx++)
+        for (int into = 0; into < 3; into++) {
+          wk_step q = step0(mx ? WK_OP_MAX : WK_OP_SUM);
+          q.nin = 1;
+          q.in[0] = op_c(-1, WK_F32, 2, shp);
+          q.in[0].slot = -1;
+          q.npro = 2;
+          q.pro_in[0] = op_c(bx, WK_F32, 2, shp);
+          q.pro_in[1] = op_c(by, WK_BF16, 2, shp);
+          q.prog = mx ? (wk_ew_prog){3, 3, 2, mu} : (wk_ew_prog){4, 4, 3, sq};
+          int o = into == 0 ? r1 : into == 1 ? r3 : rb;
+          q.attrs.axes = into == 0 ? 3 : cols ? 1 : 2;
+          q.out = into == 0 ? op_c(o, WK_F32, 1, (int64_t[]){1}) : op_c(o, into == 1 ? WK_F32 : WK_BF16, 1, (int64_t[]){3});
+          char name[128];
+          snprintf(name, sizeof name, "%s over %lld x %lld %s into %d%s (prologue)", mx ? "max" : "sum", (long long)shp[0],
+                   (long long)shp[1], into == 0 ? "(all)" : cols ? "(axis 0)" : "(axis 1)", into == 0 ? 1 : 3,
+                   into == 2 ? ", bf16 out" : "");
+          // the CPU sums columns (I > 1) serially in one f32 accumulator over 400k
+          // rows (~1e-4 relative drift on a positive sum); the GPU's tree is closer
+          float rt = into == 2 ? 8e-3f : cols && into == 1 && !mx ? 5e-4f : 1e-4f;
+          compare(name, &q, o, 1e-5f, rt);
+        }
+    }
+    // no prologue, and a NaN in the middle of a long row: max must give NaN
+    ((float *)B[bx].h)[N / 2 + 1] = NAN;
+    gpu->upload(B[bx].d, B[bx].h, B[bx].bytes);
+    for (int mx = 0; mx < 2; mx++) {
+      wk_step q = step0(mx ? WK_OP_MAX : WK_OP_SUM);
+      q.nin = 1;
+      q.in[0] = op_c(bx, WK_F32, 2, (int64_t[]){A, Bn});
+      q.attrs.axes = 3;
+      q.out = op_c(r1, WK_F32, 1, (int64_t[]){1});
+      compare(mx ? "max over 1.2M elements with a NaN (no prologue)" : "sum over 1.2M elements with a NaN (no prologue)",
+              &q, r1, 1e-5f, 1e-4f);
+      q.attrs.axes = 2;
+      q.out = op_c(r3, WK_F32, 1, (int64_t[]){3});
+      compare(mx ? "max into 3 with a NaN in one row" : "sum into 3 with a NaN in one row", &q, r3, 1e-5f, 1e-4f);
+    }
+    // determinism: the same sum twice gives the same bits
+    wk_step q = step0(WK_OP_SUM);
+    q.nin = 1;
+    q.in[0] = op_c(by, WK_BF16, 2, (int64_t[]){A, Bn});
+    q.attrs.axes = 3;
+    q.out = op_c(r1, WK_F32, 1, (int64_t[]){1});
+    void *ds[MAXB];
+    for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+    float first = 0, again = 0;
+    CHECK(!gpu->run(&q, ds) && !gpu->sync(), "deterministic sum: run");
+    gpu->download(&first, B[r1].d, sizeof first);
+    CHECK(!gpu->run(&q, ds) && !gpu->sync(), "deterministic sum: run again");
+    gpu->download(&again, B[r1].d, sizeof again);
+    CHECK(memcmp(&first, &again, sizeof first) == 0, "sum over 1.2M elements is deterministic (%a vs %a)", first, again);
+  }
+  reset();
+
   int v = buf(WK_F32, 7 * 300 * 5, -4, 4), ai = out_buf(WK_I32, 35), aj = out_buf(WK_I32, 7 * 300);
   wk_step am = step0(WK_OP_ARGMAX);
   am.nin = 1;

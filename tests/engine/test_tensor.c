@@ -69,6 +69,9 @@ static void test_errors(void) {
   CHECK(wk_exp(wk_add(x, wk_ones(1, SHAPE(4), WK_F32))) == NULL && strstr(wk_last_error(), "[3]"),
         "the first failure's message survives the expression");
   CHECK(wk_from_data(9, SHAPE(1, 1, 1, 1, 1, 1, 1, 1, 1), WK_F32, NULL) == NULL, "more than 8 dims rejected");
+  // a zero dim makes numel 0, but the strides of the other dims must still fit
+  CHECK(wk_zeros(3, SHAPE(0, (int64_t)1 << 40, (int64_t)1 << 40), WK_F32) == NULL && strstr(wk_last_error(), "too large"),
+        "shape whose strides overflow rejected");
   CHECK(wk_arange(0, 1, 0, WK_F32) == NULL && strstr(wk_last_error(), "arange"), "arange step 0");
   CHECK(wk_cast(x, (wk_dtype)42) == NULL && strstr(wk_last_error(), "dtype"), "unknown dtype");
   // out of memory is an error, not a crash: 2^42 floats

@@ -179,8 +179,12 @@ static bool src_fill(const wk_step *s, const wk_operand *in0, void *const *slots
   return true;
 }
 
+// Reduces (O, R, I) into out (O, S, I): slice s of output (o, i) combines rows
+// r = s, s + S, ... (in steps of the block's row lanes). S == 1 is the plain
+// one-stage reduction; S > 1 writes f32 partials that a second launch (S == 1,
+// over the partials as (O, S, I)) combines in a fixed order: deterministic.
 struct RedHdr {
-  int64_t O, R, I;
+  int64_t O, R, I, S;
   int32_t is_max, out_dtype;
   char *out;
   SrcHdr src;
@@ -196,11 +200,14 @@ __global__ void __launch_bounds__(256) k_reduce_rows(const __grid_constant__ Blo
   const DInstr *pool = (const DInstr *)(blob.b + sizeof(RedHdr));
   __shared__ float red[32];
   const bool mx = h.is_max;
-  for (int64_t o = blockIdx.x; o < h.O; o += gridDim.x) {
+  const int64_t S = h.S, units = h.O * S, step = S * blockDim.x;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    int64_t o = u / S, s = u - o * S;
     float acc = mx ? -INFINITY : 0.0f;
-    for (int64_t r = threadIdx.x; r < h.R; r += blockDim.x) acc = combine(acc, src_value(h.src, pool, o * h.R + r), mx);
+    for (int64_t r = s * blockDim.x + threadIdx.x; r < h.R; r += step)
+      acc = combine(acc, src_value(h.src, pool, o * h.R + r), mx);
     acc = mx ? block_max(acc, red) : block_sum(acc, red);
-    if (threadIdx.x == 0) stv(h.out, h.out_dtype, o, acc);
+    if (threadIdx.x == 0) stv(h.out, h.out_dtype, u, acc);
   }
 }
 
@@ -210,18 +217,19 @@ __global__ void __launch_bounds__(256) k_reduce_cols(const __grid_constant__ Blo
   const DInstr *pool = (const DInstr *)(blob.b + sizeof(RedHdr));
   __shared__ float part[8][33];
   const bool mx = h.is_max;
-  int64_t chunks = (h.I + 31) / 32, tiles = h.O * chunks;
+  const int64_t S = h.S, chunks = (h.I + 31) / 32, tiles = h.O * S * chunks, step = S * blockDim.y;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    int64_t o = t / chunks, i = (t % chunks) * 32 + threadIdx.x;
+    int64_t u = t / chunks, o = u / S, s = u - o * S, i = (t % chunks) * 32 + threadIdx.x;
     float acc = mx ? -INFINITY : 0.0f;
     if (i < h.I)
-      for (int64_t r = threadIdx.y; r < h.R; r += blockDim.y) acc = combine(acc, src_value(h.src, pool, (o * h.R + r) * h.I + i), mx);
+      for (int64_t r = s * blockDim.y + threadIdx.y; r < h.R; r += step)
+        acc = combine(acc, src_value(h.src, pool, (o * h.R + r) * h.I + i), mx);
     part[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && i < h.I) {
       float v = part[0][threadIdx.x];
       for (int y = 1; y < (int)blockDim.y; y++) v = combine(v, part[y][threadIdx.x], mx);
-      stv(h.out, h.out_dtype, o * h.I + i, v);
+      stv(h.out, h.out_dtype, u * h.I + i, v);
     }
     __syncthreads();
   }
@@ -280,14 +288,51 @@ wk_status wkc_reduce(const wk_step *s, void *const *slots) {
     return wk_error(WK_ERR_STATE, "cuda: reduction prologue too long");
   size_t size = sizeof(RedHdr) + (size_t)ncode * sizeof(DInstr);
   int64_t cap = (int64_t)wkc_num_sms() * 16;
-  if (I == 1) {
-    int g = (int)(O < cap ? O : cap);
-    WKC_LAUNCH_BLOB(k_reduce_rows, g, 256, 0, size, buf);
+  // Few outputs, long rows: split each output's rows into S slices (stage 1,
+  // f32 partials in scratch), then combine the partials in a fixed order.
+  int64_t units = I == 1 ? O : O * ((I + 31) / 32), target = (int64_t)wkc_num_sms() * 8;
+  int64_t min_rows = I == 1 ? 4096 : 128;   // rows per slice, so each thread loads >= 16 values
+  int64_t S = units < target ? target / units : 1, smax = R / min_rows;
+  if (S > smax) S = smax;
+  if (S > 4096) S = 4096;
+  void *part = NULL;
+  if (S >= 2) {
+    if (!(part = wkc_tmp_alloc((size_t)(O * S * I) * sizeof(float))))
+      return wk_error(WK_ERR_OOM, "%s: out of device memory for partials", is_max ? "max" : "sum");
+    h->S = S;
+    h->out_dtype = WK_F32;
+    h->out = (char *)part;
   } else {
-    int64_t tiles = O * ((I + 31) / 32);
-    int g = (int)(tiles < cap ? tiles : cap);
-    WKC_LAUNCH_BLOB(k_reduce_cols, g, dim3(32, 8), 0, size, buf);
+    h->S = 1;
   }
+  for (int stage = 0; stage < 2; stage++) {
+    if (stage == 1) {
+      if (!part) break;
+      // stage 2: the partials as a dense (O, S, I) f32 input, reduced over S
+      memset(h, 0, sizeof *h);
+      h->O = O;
+      h->R = S;
+      h->I = I;
+      h->S = 1;
+      h->is_max = is_max;
+      h->out_dtype = s->out.dtype;
+      h->out = (char *)slots[s->out.slot] + s->out.offset * (int64_t)wkc_esize(s->out.dtype);
+      wk_operand po;
+      memset(&po, 0, sizeof po);
+      po.dtype = WK_F32;
+      po.ndim = 1;
+      po.shape[0] = O * S * I;
+      po.stride[0] = 1;
+      void *pslot[1] = {part};
+      h->src.in0 = wkc_dop(&po, pslot);
+      size = sizeof(RedHdr);
+    }
+    int64_t n = h->S * (I == 1 ? O : O * ((I + 31) / 32));
+    int g = (int)(n < cap ? n : cap);
+    if (I == 1) WKC_LAUNCH_BLOB(k_reduce_rows, g, 256, 0, size, buf);
+    else WKC_LAUNCH_BLOB(k_reduce_cols, g, dim3(32, 8), 0, size, buf);
+  }
+  if (part) wkc_tmp_free(part);
   return wkc_check_launch(is_max ? "max" : "sum");
 }
 
