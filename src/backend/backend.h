@@ -65,6 +65,24 @@ typedef struct {
 
 #define WK_STEP_FUSED_EW WK_OP_COUNT
 
+// A SUM/MAX step's input seen as (outer O, reduced R, inner I) when the reduced
+// axes (attrs.axes) form one block, ignoring size-1 axes; false if they are scattered.
+static inline bool wk_reduce_split(const wk_operand *in, uint32_t mask, int64_t *O, int64_t *R, int64_t *I) {
+  int first = -1, last = -1;
+  for (int d = 0; d < in->ndim; d++)
+    if ((mask >> d & 1) && in->shape[d] != 1) { if (first < 0) first = d; last = d; }
+  *O = *R = *I = 1;
+  if (first < 0) { for (int d = 0; d < in->ndim; d++) *O *= in->shape[d]; return true; }
+  for (int d = 0; d < in->ndim; d++) {
+    bool red = (mask >> d & 1) != 0;
+    if (d < first) *O *= in->shape[d];
+    else if (d > last) *I *= in->shape[d];
+    else if (red || in->shape[d] == 1) *R *= in->shape[d];
+    else return false;
+  }
+  return true;
+}
+
 typedef struct wk_backend {
   const char *name;
   wk_device device;

@@ -144,27 +144,11 @@ static wk_status reduce_split(const red_ctx *c) {
   return WK_OK;
 }
 
-// (O, R, I) when the reduced axes form one block; false if they are scattered.
-static bool split_axes(const wk_operand *in, uint32_t mask, int64_t *O, int64_t *R, int64_t *I) {
-  int first = -1, last = -1;
-  for (int d = 0; d < in->ndim; d++)
-    if ((mask >> d & 1) && in->shape[d] != 1) { if (first < 0) first = d; last = d; }
-  *O = *R = *I = 1;
-  if (first < 0) { for (int d = 0; d < in->ndim; d++) *O *= in->shape[d]; return true; }
-  for (int d = 0; d < in->ndim; d++) {
-    bool red = (mask >> d & 1) != 0;
-    if (d < first) *O *= in->shape[d];
-    else if (d > last) *I *= in->shape[d];
-    else if (red || in->shape[d] == 1) *R *= in->shape[d];
-    else return false;
-  }
-  return true;
-}
 
 static wk_status reduce_kernel(const wk_step *s, void *const *slots, bool is_max) {
   red_ctx c = {s, slots, 0, 0, 0, is_max};
   wk_step moved;
-  if (!split_axes(&s->in[0], s->attrs.axes, &c.O, &c.R, &c.I)) {
+  if (!wk_reduce_split(&s->in[0], s->attrs.axes, &c.O, &c.R, &c.I)) {
     // Scattered axes: read the input through a permuted view that puts the
     // reduced axes last (kept axes keep their order, so the output is unchanged).
     // The compiler never gives such a reduction a prologue.
@@ -183,7 +167,7 @@ static wk_status reduce_kernel(const wk_step *s, void *const *slots, bool is_max
     for (int d = 0; d < s->in[0].ndim; d++) kept += !((s->attrs.axes >> d) & 1);
     moved.attrs.axes = ~((1u << kept) - 1) & ((1u << s->in[0].ndim) - 1);
     c.s = s = &moved;
-    split_axes(&s->in[0], s->attrs.axes, &c.O, &c.R, &c.I);
+    wk_reduce_split(&s->in[0], s->attrs.axes, &c.O, &c.R, &c.I);
   }
   if (c.I == 1 && c.O < 4 && c.R >= (1 << 16)) return reduce_split(&c);
   if (c.I == 1) wk_parallel_for(c.O, c.R >= 4096 ? 1 : 4096 / (c.R ? c.R : 1) + 1, red_inner, &c);

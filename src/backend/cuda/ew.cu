@@ -235,28 +235,13 @@ __global__ void __launch_bounds__(256) k_reduce_cols(const __grid_constant__ Blo
   }
 }
 
-static bool split_axes(const wk_operand *in, uint32_t mask, int64_t *O, int64_t *R, int64_t *I) {
-  int first = -1, last = -1;
-  for (int d = 0; d < in->ndim; d++)
-    if ((mask >> d & 1) && in->shape[d] != 1) { if (first < 0) first = d; last = d; }
-  *O = *R = *I = 1;
-  if (first < 0) { for (int d = 0; d < in->ndim; d++) *O *= in->shape[d]; return true; }
-  for (int d = 0; d < in->ndim; d++) {
-    bool red = (mask >> d & 1) != 0;
-    if (d < first) *O *= in->shape[d];
-    else if (d > last) *I *= in->shape[d];
-    else if (red || in->shape[d] == 1) *R *= in->shape[d];
-    else return false;
-  }
-  return true;
-}
 
 wk_status wkc_reduce(const wk_step *s, void *const *slots) {
   bool is_max = s->op == WK_OP_MAX;
   wk_operand in0 = s->in[0];
   uint32_t axes = s->attrs.axes;
   int64_t O, R, I;
-  if (!split_axes(&in0, axes, &O, &R, &I)) {
+  if (!wk_reduce_split(&in0, axes, &O, &R, &I)) {
     // scattered axes: a permuted view with the reduced axes last (no prologue here)
     if (s->prog.n) return wk_error(WK_ERR_STATE, "reduce: prologue with scattered axes");
     int k = 0;
@@ -270,7 +255,7 @@ wk_status wkc_reduce(const wk_step *s, void *const *slots) {
     int kept = 0;
     for (int d = 0; d < s->in[0].ndim; d++) kept += !((axes >> d) & 1);
     axes = ~((1u << kept) - 1) & ((1u << s->in[0].ndim) - 1);
-    split_axes(&in0, axes, &O, &R, &I);
+    wk_reduce_split(&in0, axes, &O, &R, &I);
   }
   if (O * I == 0) return WK_OK;
   unsigned char *buf = wkc_blob_buf();
