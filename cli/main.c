@@ -8,6 +8,7 @@ int wick_info_main(int argc, char **argv);
 int wick_tokenize_main(int argc, char **argv);
 int wick_logits_main(int argc, char **argv);
 int wick_embed_main(int argc, char **argv);
+int wick_generate_main(int argc, char **argv);
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -19,6 +20,8 @@ static void usage(FILE *f) {
           "                                     (a model directory, a .safetensors or a .gguf file)\n"
           "  tokenize [-m MODEL] [--pieces] [--no-special] [TEXT...]              token ids (stdin lines without TEXT)\n"
           "  logits [-m MODEL] -p PROMPT [--top K] [--json]                       top-K next tokens after the prompt\n"
+          "  generate [-m MODEL] -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
+          "           [--repeat-penalty R] [--seed S] [--stop STR]... [--json]       stream generated text\n"
           "  embed [-m EMBED_MODEL] [--input FILE] [--batch N]                    one JSON embedding per input line\n"
           "  bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu]   run the benchmark suite\n"
           "  help                                                                 this text ('wick CMD --help' for one)\n"
@@ -31,6 +34,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "info")) return wick_info_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "tokenize")) return wick_tokenize_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "logits")) return wick_logits_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "generate")) return wick_generate_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "embed")) return wick_embed_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
     printf("wick %d.%d\n", WICK_VERSION_MAJOR, WICK_VERSION_MINOR);

@@ -10,3 +10,5 @@
 #include "wick/model.h"
 #include "wick/tokenizer.h"
 #include "wick/embed.h"
+#include "wick/sampler.h"
+#include "wick/generate.h"

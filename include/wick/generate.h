@@ -1,0 +1,67 @@
+// wick text generation: prefill the prompt through the KV cache, then decode one
+// token at a time, sampling (sampler.h) and streaming each token to a callback.
+//
+//   static int on_token(const wk_gen_token *t, void *user) {
+//     fwrite(t->text, 1, t->len, stdout);   // UTF-8 complete pieces
+//     return 0;                             // non-zero stops generation
+//   }
+//   wk_generate_params p = wk_generate_defaults();   // greedy, 128 tokens
+//   p.max_tokens = 32;
+//   wk_generate_result r;
+//   if (wk_generate(m, tok, ids, n_ids, &p, on_token, NULL, &r)) puts(wk_last_error());
+//
+// Stops at: an EOS id (the tokenizer's eos and the model config's eos_token_id list;
+// its own text is not emitted), max_tokens, the context limit (the model's
+// max_position_embeddings), a stop string (matched in the generated text across token
+// boundaries; the text from the stop string on is not emitted, and text that might
+// begin a stop string is held back until it can't), or the callback returning
+// non-zero. Text pieces are UTF-8 complete: the bytes of a character split over
+// several tokens reach the callback with the token that completes it (at the end,
+// leftover incomplete bytes are flushed as they are). Without a tokenizer (NULL)
+// pieces are empty and stop strings are refused.
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "wick/base.h"
+#include "wick/model.h"
+#include "wick/sampler.h"
+#include "wick/tokenizer.h"
+
+typedef struct {
+  wk_sampler_params sampler;    // temperature 0 (greedy) by default
+  int32_t max_tokens;           // generated tokens at most (default 128)
+  const char *const *stop;      // stop strings (n_stop of them; empty ones ignored)
+  size_t n_stop;
+  bool ignore_eos;              // keep going past EOS ids
+} wk_generate_params;
+
+typedef enum {
+  WK_STOP_NONE = 0, WK_STOP_EOS, WK_STOP_MAX_TOKENS, WK_STOP_CONTEXT, WK_STOP_STRING, WK_STOP_CALLBACK
+} wk_stop_reason;
+
+typedef struct {
+  int32_t id;
+  const char *text;   // the piece released with this token (not NUL-terminated)
+  size_t len;
+  float prob, logprob;
+  int64_t index;      // 0 for the first generated token
+} wk_gen_token;
+
+// Return non-zero to stop after this token.
+typedef int (*wk_gen_callback)(const wk_gen_token *t, void *user);
+
+typedef struct {
+  int64_t prompt_tokens, generated_tokens;
+  wk_stop_reason stop;
+  double prefill_s, decode_s;   // prefill: the prompt pass (and first sample); decode: the rest
+} wk_generate_result;
+
+wk_generate_params wk_generate_defaults(void);
+const char *wk_stop_reason_name(wk_stop_reason r);   // "eos", "max_tokens", ...
+
+// Generates after prompt[0..n_prompt) (batch 1). cb may be NULL; result may be NULL.
+// An empty prompt, or one that does not fit the context, is an error naming the lengths.
+wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *prompt, size_t n_prompt,
+                      const wk_generate_params *params, wk_gen_callback cb, void *user,
+                      wk_generate_result *result);

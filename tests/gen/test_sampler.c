@@ -1,0 +1,219 @@
+// Samplers against hand-computed distributions: greedy ties, temperature, top-k /
+// top-p / min-p cut points and ties, penalties, bias, seeds, and a chi-square check.
+#include <math.h>
+#include <string.h>
+#include "check.h"
+#include "wick/sampler.h"
+
+#define LN(x) ((float)log(x))
+
+static void softmax(const double *l, int n, double *p) {
+  double mx = -INFINITY, s = 0;
+  for (int i = 0; i < n; i++) if (l[i] > mx) mx = l[i];
+  for (int i = 0; i < n; i++) s += l[i] == -INFINITY ? 0 : exp(l[i] - mx);
+  for (int i = 0; i < n; i++) p[i] = l[i] == -INFINITY ? 0 : exp(l[i] - mx) / s;
+}
+
+// probs of sampler p over logits (n), compared with want (n) to 1e-5.
+static void expect_probs(const char *what, const wk_sampler_params *p, const float *logits, int n, const double *want) {
+  wk_sampler *s = wk_sampler_new(p, n);
+  float got[16];
+  CHECK(s && wk_sampler_probs(s, logits, got) == WK_OK, "%s: probs", what);
+  for (int i = 0; s && i < n; i++)
+    CHECK(fabs(got[i] - want[i]) < 1e-5, "%s: p[%d] = %g, want %g", what, i, (double)got[i], want[i]);
+  wk_sampler_free(s);
+}
+
+int main(void) {
+  wk_sampler_params d = wk_sampler_defaults();
+
+  // greedy: the highest logit, ties to the lowest id; prob under softmax at T = 1
+  {
+    wk_sampler_params p = d;
+    p.temperature = 0;
+    float l[4] = {1, 3, 3, 2};
+    wk_sampler *s = wk_sampler_new(&p, 4);
+    wk_sample r;
+    CHECK(s && wk_sampler_sample(s, l, &r) == WK_OK && r.id == 1, "greedy tie -> id 1, got %d", s ? r.id : -1);
+    double e = exp(3.0) / (exp(1.0) + 2 * exp(3.0) + exp(2.0));
+    CHECK(fabs(r.prob - e) < 1e-6 && fabs(r.logprob - log(e)) < 1e-5, "greedy prob %g want %g", (double)r.prob, e);
+    wk_sampler_free(s);
+  }
+  // temperature: {0, 2 ln 3} / 2 = {0, ln 3} -> {1/4, 3/4}
+  {
+    wk_sampler_params p = d;
+    p.temperature = 2;
+    float l[2] = {0, 2 * LN(3)};
+    expect_probs("temperature 2", &p, l, 2, (double[]){0.25, 0.75});
+    p.temperature = 0.5f;   // {0, 4 ln 3} -> {1/82, 81/82}
+    expect_probs("temperature 0.5", &p, l, 2, (double[]){1.0 / 82, 81.0 / 82});
+  }
+  // top-k: keeps logits >= the k-th highest (ties with the k-th kept)
+  {
+    float l[4] = {4, 3, 3, 1};
+    double w[4];
+    wk_sampler_params p = d;
+    p.top_k = 1;
+    expect_probs("top-k 1", &p, l, 4, (double[]){1, 0, 0, 0});
+    p.top_k = 2;
+    softmax((double[]){4, 3, 3, -INFINITY}, 4, w);
+    expect_probs("top-k 2 (tie kept)", &p, l, 4, w);
+    p.top_k = 3;
+    expect_probs("top-k 3", &p, l, 4, w);
+    p.top_k = 4;
+    softmax((double[]){4, 3, 3, 1}, 4, w);
+    expect_probs("top-k 4", &p, l, 4, w);
+    p.top_k = 100;
+    expect_probs("top-k > V", &p, l, 4, w);
+  }
+  // top-p over {0.5, 0.3, 0.2}: the shortest prefix reaching p
+  {
+    float l[3] = {LN(0.5), LN(0.3), LN(0.2)};
+    wk_sampler_params p = d;
+    p.top_p = 0.8f;
+    expect_probs("top-p 0.8 (exact cut)", &p, l, 3, (double[]){0.625, 0.375, 0});
+    p.top_p = 0.81f;
+    expect_probs("top-p 0.81", &p, l, 3, (double[]){0.5, 0.3, 0.2});
+    p.top_p = 0.5f;
+    expect_probs("top-p 0.5 (exact cut)", &p, l, 3, (double[]){1, 0, 0});
+    p.top_p = 0.49f;
+    expect_probs("top-p 0.49", &p, l, 3, (double[]){1, 0, 0});
+    p.top_p = 0.51f;
+    expect_probs("top-p 0.51", &p, l, 3, (double[]){0.625, 0.375, 0});
+    // ties: {0.4, 0.3, 0.3} at 0.6 keeps the lower id of the tied pair
+    float t[3] = {LN(0.4), LN(0.3), LN(0.3)};
+    p.top_p = 0.6f;
+    expect_probs("top-p tie", &p, t, 3, (double[]){0.4 / 0.7, 0.3 / 0.7, 0});
+    float t2[3] = {LN(0.3), LN(0.4), LN(0.3)};
+    expect_probs("top-p tie (order)", &p, t2, 3, (double[]){0.3 / 0.7, 0.4 / 0.7, 0});
+  }
+  // min-p over {0.5, 0.25, 0.2, 0.05}: keep p >= min_p * 0.5
+  {
+    float l[4] = {LN(0.5), LN(0.25), LN(0.2), LN(0.05)};
+    wk_sampler_params p = d;
+    p.min_p = 0.5f;   // threshold 0.25: equality kept
+    expect_probs("min-p 0.5", &p, l, 4, (double[]){2.0 / 3, 1.0 / 3, 0, 0});
+    p.min_p = 0.51f;
+    expect_probs("min-p 0.51", &p, l, 4, (double[]){1, 0, 0, 0});
+    p.min_p = 0.1f;   // threshold 0.05: all kept
+    expect_probs("min-p 0.1", &p, l, 4, (double[]){0.5, 0.25, 0.2, 0.05});
+    p.min_p = 0.4f;   // threshold 0.2
+    expect_probs("min-p 0.4", &p, l, 4, (double[]){0.5 / 0.95, 0.25 / 0.95, 0.2 / 0.95, 0});
+  }
+  // penalties: history {0, 1, 0}; HF repetition 2 then presence 0.5 and frequency 0.25
+  {
+    float l[4] = {2, -2, 1, 0.5f};
+    double w[4];
+    wk_sampler_params p = d;
+    p.repeat_penalty = 2;
+    wk_sampler *s = wk_sampler_new(&p, 4);
+    wk_sampler_accept(s, 0); wk_sampler_accept(s, 1); wk_sampler_accept(s, 0);
+    float got[4];
+    softmax((double[]){1, -4, 1, 0.5}, 4, w);
+    CHECK(wk_sampler_probs(s, l, got) == WK_OK, "repeat probs");
+    for (int i = 0; i < 4; i++) CHECK(fabs(got[i] - w[i]) < 1e-6, "repeat p[%d] %g want %g", i, (double)got[i], w[i]);
+    wk_sampler_free(s);
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    s = wk_sampler_new(&p, 4);
+    wk_sampler_accept(s, 0); wk_sampler_accept(s, 1); wk_sampler_accept(s, 0);
+    softmax((double[]){0, -4.75, 1, 0.5}, 4, w);
+    CHECK(wk_sampler_probs(s, l, got) == WK_OK, "penalties probs");
+    for (int i = 0; i < 4; i++) CHECK(fabs(got[i] - w[i]) < 1e-6, "penalties p[%d] %g want %g", i, (double)got[i], w[i]);
+    wk_sampler_free(s);
+    // window: repeat_last_n = 1 sees only the last id (0)
+    p.repeat_last_n = 1;
+    s = wk_sampler_new(&p, 4);
+    wk_sampler_accept(s, 1); wk_sampler_accept(s, 0);
+    softmax((double[]){2 / 2.0 - 0.75, -2, 1, 0.5}, 4, w);
+    CHECK(wk_sampler_probs(s, l, got) == WK_OK, "window probs");
+    for (int i = 0; i < 4; i++) CHECK(fabs(got[i] - w[i]) < 1e-6, "window p[%d] %g want %g", i, (double)got[i], w[i]);
+    wk_sampler_free(s);
+  }
+  // bias (and a ban), then temperature: order matters
+  {
+    float l[3] = {0, 0, 0};
+    wk_logit_bias b[2] = {{1, 2 * LN(3)}, {2, -INFINITY}};
+    wk_sampler_params p = d;
+    p.bias = b;
+    p.n_bias = 2;
+    p.temperature = 2;
+    expect_probs("bias + temperature", &p, l, 3, (double[]){0.25, 0.75, 0});
+    p.n_order = 2;   // temperature before bias; the other stages are skipped
+    p.order[0] = WK_SAMPLER_TEMPERATURE;
+    p.order[1] = WK_SAMPLER_BIAS;
+    expect_probs("custom order", &p, l, 3, (double[]){0.1, 0.9, 0});
+    wk_logit_bias all[3] = {{0, -INFINITY}, {1, -INFINITY}, {2, -INFINITY}};
+    p = d;
+    p.bias = all;
+    p.n_bias = 3;
+    wk_sampler *s = wk_sampler_new(&p, 3);
+    wk_sample r;
+    CHECK(s && wk_sampler_sample(s, l, &r) != WK_OK, "all banned is an error");
+    wk_sampler_free(s);
+  }
+  // bad params
+  {
+    wk_sampler_params p = d;
+    p.top_p = 0;
+    CHECK(!wk_sampler_new(&p, 4), "top_p 0 refused");
+    p = d; p.top_k = -1;
+    CHECK(!wk_sampler_new(&p, 4), "top_k -1 refused");
+    p = d; p.min_p = 1.5f;
+    CHECK(!wk_sampler_new(&p, 4), "min_p 1.5 refused");
+    p = d; p.repeat_penalty = 0;
+    CHECK(!wk_sampler_new(&p, 4), "repeat_penalty 0 refused");
+    wk_logit_bias b = {7, 1};
+    p = d; p.bias = &b; p.n_bias = 1;
+    CHECK(!wk_sampler_new(&p, 4), "bias id out of range refused");
+    p = d; p.n_order = 2; p.order[0] = WK_SAMPLER_TOP_K; p.order[1] = WK_SAMPLER_TOP_K;
+    CHECK(!wk_sampler_new(&p, 4), "repeated stage refused");
+  }
+  // seeds: same seed, same draws; another seed, other draws
+  {
+    float l[8] = {0, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f};
+    wk_sampler_params p = d;
+    p.seed = 42;
+    wk_sampler *a = wk_sampler_new(&p, 8), *b = wk_sampler_new(&p, 8);
+    p.seed = 43;
+    wk_sampler *c = wk_sampler_new(&p, 8);
+    int same = 1, diff = 0;
+    int32_t first[200];
+    for (int i = 0; i < 200; i++) {
+      wk_sample x, y, z;
+      wk_sampler_sample(a, l, &x); wk_sampler_sample(b, l, &y); wk_sampler_sample(c, l, &z);
+      same &= x.id == y.id;
+      diff += x.id != z.id;
+      first[i] = x.id;
+    }
+    CHECK(same, "same seed reproduces the draws");
+    CHECK(diff > 50, "another seed gives other draws (%d differ)", diff);
+    wk_sampler_reset(a, 42);
+    same = 1;
+    for (int i = 0; i < 200; i++) { wk_sample x; wk_sampler_sample(a, l, &x); same &= x.id == first[i]; }
+    CHECK(same, "reset with the seed reproduces the draws");
+    wk_sampler_free(a); wk_sampler_free(b); wk_sampler_free(c);
+  }
+  // chi-square over {0.1, 0.2, 0.3, 0.4}, 40000 draws, fixed seed (3 dof; 99.9%: 16.27)
+  {
+    float l[4] = {LN(0.1), LN(0.2), LN(0.3), LN(0.4)};
+    wk_sampler_params p = d;
+    p.seed = 12345;
+    wk_sampler *s = wk_sampler_new(&p, 4);
+    int cnt[4] = {0};
+    const int N = 40000;
+    for (int i = 0; i < N; i++) {
+      wk_sample r;
+      if (wk_sampler_sample(s, l, &r) == WK_OK) cnt[r.id]++;
+      if (i == 0) CHECK(fabs(r.prob - (r.id + 1) * 0.1) < 1e-6, "sampled prob %g for id %d", (double)r.prob, r.id);
+    }
+    double chi = 0;
+    for (int i = 0; i < 4; i++) {
+      double e = N * 0.1 * (i + 1);
+      chi += (cnt[i] - e) * (cnt[i] - e) / e;
+    }
+    CHECK(chi < 16.27, "chi-square %g (counts %d %d %d %d)", chi, cnt[0], cnt[1], cnt[2], cnt[3]);
+    wk_sampler_free(s);
+  }
+  return check_report();
+}
