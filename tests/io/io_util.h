@@ -6,20 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "fixtures.h"
 
-// tests/fixtures/io/<name>, found from this source file's path (CMake compiles with
-// absolute paths) unless WICK_FIXTURES names the fixtures folder.
-static inline const char *fixture(const char *name) {
-  static char buf[4][1024];
-  static int k;
-  char *out = buf[k++ & 3];
-  const char *env = getenv("WICK_FIXTURES");
-  if (env) { snprintf(out, 1024, "%s/io/%s", env, name); return out; }
-  const char *src = __FILE__, *cut = strstr(src, "tests/io/");
-  int n = cut ? (int)(cut - src) : 0;
-  snprintf(out, 1024, "%.*stests/fixtures/io/%s", n, src, name);
-  return out;
-}
+// tests/fixtures/io/<name>
+static inline const char *fixture(const char *name) { return fixture_in("io", name); }
 
 // A fresh directory under TMPDIR (or /tmp); the path is static storage.
 static inline const char *scratch_dir(void) {

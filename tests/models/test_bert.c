@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "check.h"
+#include "fixtures.h"
 #include "io/file.h"
 #include "io/json.h"
 
@@ -18,25 +19,15 @@
 #define TOL_EMB 1e-5f
 #define TOL_BATCH 1e-5f
 
-static char root[1024];  // repository root, from this file's path
-
 static const char *path(const char *rel) {
   static char buf[4][2048];
   static int k;
   char *out = buf[k++ & 3];
-  snprintf(out, 2048, "%s%s", root, rel);
+  snprintf(out, 2048, "%s%s", test_repo_root(), rel);
   return out;
 }
 
-static const char *fixture(const char *rel) {
-  static char buf[4][2048];
-  static int k;
-  char *out = buf[k++ & 3];
-  const char *env = getenv("WICK_FIXTURES");
-  if (env) snprintf(out, 2048, "%s/models/%s", env, rel);
-  else snprintf(out, 2048, "%stests/fixtures/models/%s", root, rel);
-  return out;
-}
+static const char *fixture(const char *rel) { return fixture_in("models", rel); }
 
 // A JSON array of strings from a file: *n strings, malloc'd copies (free with free_strs).
 static char **load_strings(const char *file, int *n) {
@@ -314,8 +305,6 @@ static void test_minilm(void) {
 }
 
 int main(void) {
-  const char *src = __FILE__, *cut = strstr(src, "tests/models/");
-  snprintf(root, sizeof root, "%.*s", cut ? (int)(cut - src) : 0, src);
   test_tiny();
   test_errors();
   test_minilm();

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "check.h"
+#include "fixtures.h"
 #include "models/llama.h"   // struct wk_model: to check weights keep their dtype
 
 // Every comparison is f32 math on the same weights as the reference (the bf16 and
@@ -13,17 +14,7 @@
 // magnitude ~1.
 #define TOL 1e-4f
 
-static const char *fixture(const char *name) {
-  static char buf[4][1024];
-  static int k;
-  char *out = buf[k++ & 3];
-  const char *env = getenv("WICK_FIXTURES");
-  if (env) { snprintf(out, 1024, "%s/models/%s", env, name); return out; }
-  const char *src = __FILE__, *cut = strstr(src, "tests/models/");
-  int n = cut ? (int)(cut - src) : 0;
-  snprintf(out, 1024, "%.*stests/fixtures/models/%s", n, src, name);
-  return out;
-}
+static const char *fixture(const char *name) { return fixture_in("models", name); }
 
 typedef struct { wk_tensor *ids, *logits; } ref_pair;
 

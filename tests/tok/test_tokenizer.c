@@ -7,12 +7,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "check.h"
+#include "fixtures.h"
 #include "io/file.h"
 #include "io/json.h"
 #include "wick/gguf.h"
 #include "wick/tokenizer.h"
 
-static char root[1024];   // repository root, from this file's path
 
 static bool contains_nocase(const char *s, const char *w) {
   for (; *s; s++) {
@@ -22,23 +22,7 @@ static bool contains_nocase(const char *s, const char *w) {
   }
   return false;
 }
-   // repository root, from this file's path
-
-static const char *path_in(const char *dir, const char *name) {
-  static char buf[4][2048];
-  static int k;
-  char *out = buf[k++ & 3];
-  snprintf(out, 2048, "%s/%s", dir, name);
-  return out;
-}
-
-static const char *fixture(const char *name) {
-  const char *env = getenv("WICK_FIXTURES");
-  static char dir[1200];
-  if (env) snprintf(dir, sizeof dir, "%s/tok", env);
-  else snprintf(dir, sizeof dir, "%stests/fixtures/tok", root);
-  return path_in(dir, name);
-}
+static const char *fixture(const char *name) { return fixture_in("tok", name); }
 
 // First file named `name` under dir (depth-first) whose path contains `part` (any
 // case), into out.
@@ -241,8 +225,6 @@ static void check_errors(void) {
 }
 
 int main(void) {
-  const char *src = __FILE__, *cut = strstr(src, "tests/tok/");
-  snprintf(root, sizeof root, "%.*s", cut ? (int)(cut - src) : 0, src);
   size_t len;
   char *text = wk_read_file(fixture("expected.json"), 1 << 26, &len);
   wk_json *doc = text ? wk_json_parse(text, len, "expected.json", NULL) : NULL;
@@ -331,7 +313,7 @@ int main(void) {
   // real models, when models/ has them (tools/fetch-models)
   const char *mdir = getenv("WICK_MODELS");
   char mbuf[1200], found[2048];
-  if (!mdir) { snprintf(mbuf, sizeof mbuf, "%smodels", root); mdir = mbuf; }
+  if (!mdir) { snprintf(mbuf, sizeof mbuf, "%smodels", test_repo_root()); mdir = mbuf; }
   const wk_json *smol = wk_json_get(ex, "smollm2_real"), *mini = wk_json_get(ex, "minilm_real");
   if (smol && find_file(mdir, "SmolLM2-135M-Instruct.Q4_1.gguf", "", found, sizeof found, 0)) {
     wk_tokenizer *t = from_gguf(found);
