@@ -108,6 +108,15 @@ const wk_model_config *wk_model_get_config(const wk_model *m);
 // "safetensors" or "gguf".
 const char *wk_model_format(const wk_model *m);
 
+// The seven linear projections of a decoder block, the targets LoRA adapts.
+typedef enum {
+  WK_PROJ_Q, WK_PROJ_K, WK_PROJ_V, WK_PROJ_O, WK_PROJ_GATE, WK_PROJ_UP, WK_PROJ_DOWN, WK_PROJ_COUNT
+} wk_proj;
+// HF module names: "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj".
+const char *wk_proj_name(wk_proj p);
+// Projection p's weight is [out, in].
+void wk_model_proj_dims(const wk_model *m, wk_proj p, int64_t *out, int64_t *in);
+
 // Logits (lazy f32 [B, T, V]) for ids (i32 [B, T]) at positions pos_offset + t. No
 // cache: every token attends to the earlier tokens of ids only (pos_offset only shifts
 // RoPE, whose scores depend on relative positions). Ids out of [0, V) fail at

@@ -1,8 +1,9 @@
-// File helpers: whole-file reads with a size cap, sibling paths.
+// File helpers: whole-file reads with a size cap, sibling paths, atomic writes.
 #define _POSIX_C_SOURCE 200809L
 #include "io/file.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -62,4 +63,60 @@ bool wk_is_dir(const char *path) {
 bool wk_ends_with(const char *s, const char *suffix) {
   size_t a = strlen(s), b = strlen(suffix);
   return a >= b && !memcmp(s + a - b, suffix, b);
+}
+
+static bool write_all(int fd, const void *p, size_t n) {
+  const char *c = p;
+  while (n) {
+    size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
+    ssize_t w = write(fd, c, chunk);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) { if (!w) errno = EIO; return false; }
+    c += w;
+    n -= (size_t)w;
+  }
+  return true;
+}
+
+void wk_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) { fsync(fd); close(fd); }
+}
+
+void wk_fsync_parent(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+  if (dir) wk_fsync_dir(dir);
+  free(dir);
+}
+
+int wk_write_atomic(const char *path, int n, const void *const *data, const size_t *len) {
+  size_t plen = strlen(path);
+  char *tmp = malloc(plen + 12);
+  if (!tmp) return wk_error(WK_ERR_OOM, "%s: out of memory", path);
+  snprintf(tmp, plen + 12, "%s.tmp.XXXXXX", path);
+  int fd = mkstemp(tmp);
+  if (fd < 0) {
+    wk_status s = wk_error(WK_ERR_IO, "%s: can't create a temporary file beside it: %s", path, strerror(errno));
+    free(tmp);
+    return s;
+  }
+  // mkstemp makes the file 0600: give it the target's mode, or the usual 0644.
+  struct stat st;
+  fchmod(fd, !stat(path, &st) ? (st.st_mode & 07777) : 0644);
+  const char *step = "write";
+  bool ok = true;
+  for (int i = 0; ok && i < n; i++) ok = !len[i] || write_all(fd, data[i], len[i]);
+  if (ok) { step = "fsync"; ok = !fsync(fd); }
+  int err = errno;
+  if (close(fd) && ok) { step = "close"; ok = false; err = errno; }
+  if (ok) { step = "rename"; ok = !rename(tmp, path); err = errno; }
+  wk_status s = WK_OK;
+  if (ok) wk_fsync_parent(path);
+  else {
+    unlink(tmp);
+    s = wk_error(WK_ERR_IO, "%s: not saved: %s of the temporary file failed: %s", path, step, strerror(err));
+  }
+  free(tmp);
+  return s;
 }

@@ -13,3 +13,13 @@ char *wk_path_sibling(const char *path, const char *name);
 bool wk_is_dir(const char *path);
 // 1 if s ends with suffix.
 bool wk_ends_with(const char *s, const char *suffix);
+
+// Writes the concatenation of n pieces (data[i], len[i] bytes) to `path` atomically:
+// a temporary file beside it ("path.tmp.XXXXXX"), fsync, rename over `path`, fsync
+// of the directory. On failure (a full disk, say) `path` is left as it was and the
+// message names the path and the step that failed. The file gets path's old mode, or 0644.
+int wk_write_atomic(const char *path, int n, const void *const *data, const size_t *len);
+// fsync of the directory holding path (best effort: some filesystems refuse it).
+void wk_fsync_parent(const char *path);
+// fsync of a directory itself (best effort).
+void wk_fsync_dir(const char *dir);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "engine/engine.h"
+#include "io/file.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 
@@ -32,28 +33,6 @@ static int cmp_item(const void *a, const void *b) {
 
 static int cmp_name(const void *a, const void *b) {
   return strcmp(((const item *)a)->name, ((const item *)b)->name);
-}
-
-static bool write_all(int fd, const void *p, size_t n) {
-  const char *c = p;
-  while (n) {
-    size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
-    ssize_t w = write(fd, c, chunk);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) { if (!w) errno = EIO; return false; }
-    c += w;
-    n -= (size_t)w;
-  }
-  return true;
-}
-
-static void fsync_dir(const char *path) {
-  const char *slash = strrchr(path, '/');
-  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-  if (!dir) return;
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) { fsync(fd); close(fd); }  // best effort: some filesystems refuse it
-  free(dir);
 }
 
 static wk_status build_header(const char *path, item *it, int n, const char *const *meta, wk_jbuf *h) {
@@ -136,35 +115,19 @@ wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tenso
   if (!s) s = build_header(path, it, n, metadata, &h);
   if (s) { free(it); wk_jbuf_free(&h); return s; }
 
-  size_t plen = strlen(path);
-  char *tmp = malloc(plen + 12);
-  if (!tmp) { free(it); wk_jbuf_free(&h); return wk_error(WK_ERR_OOM, "%s: out of memory", path); }
-  snprintf(tmp, plen + 12, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  if (fd < 0) {
-    s = wk_error(WK_ERR_IO, "%s: can't create a temporary file beside it: %s", path, strerror(errno));
-    free(tmp);
-    free(it);
-    wk_jbuf_free(&h);
-    return s;
-  }
-  // mkstemp makes the file 0600: give it the target's mode, or the usual 0644.
-  struct stat st;
-  fchmod(fd, !stat(path, &st) ? (st.st_mode & 07777) : 0644);
+  // header length, header, then each tensor's bytes
+  const void **pieces = malloc(sizeof *pieces * (size_t)(n + 2));
+  size_t *lens = malloc(sizeof *lens * (size_t)(n + 2));
   uint64_t hlen = h.len;
-  const char *step = "write";
-  bool ok = write_all(fd, &hlen, 8) && write_all(fd, h.data, h.len);
-  for (int i = 0; ok && i < n; i++) ok = write_all(fd, it[i].data, it[i].bytes);
-  if (ok) { step = "fsync"; ok = !fsync(fd); }
-  int err = errno;
-  if (close(fd) && ok) { step = "close"; ok = false; err = errno; }
-  if (ok) { step = "rename"; ok = !rename(tmp, path); err = errno; }
-  if (ok) fsync_dir(path);
+  if (!pieces || !lens) s = wk_error(WK_ERR_OOM, "%s: out of memory", path);
   else {
-    unlink(tmp);
-    s = wk_error(WK_ERR_IO, "%s: not saved: %s of the temporary file failed: %s", path, step, strerror(err));
+    pieces[0] = &hlen, lens[0] = 8;
+    pieces[1] = h.data, lens[1] = h.len;
+    for (int i = 0; i < n; i++) pieces[i + 2] = it[i].data, lens[i + 2] = it[i].bytes;
+    s = wk_write_atomic(path, n + 2, pieces, lens) ? WK_ERR_IO : WK_OK;
   }
-  free(tmp);
+  free(pieces);
+  free(lens);
   free(it);
   wk_jbuf_free(&h);
   return s;

@@ -347,6 +347,56 @@ static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b) {
   return b ? wk_add(y, f32(b)) : y;
 }
 
+const char *wk_proj_name(wk_proj p) {
+  static const char *const names[WK_PROJ_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"};
+  return (unsigned)p < WK_PROJ_COUNT ? names[p] : "unknown";
+}
+
+void wk_model_proj_dims(const wk_model *m, wk_proj p, int64_t *out, int64_t *in) {
+  const wk_model_config *c = &m->cfg;
+  int64_t H = c->hidden_size, F = c->intermediate_size;
+  int64_t Q = c->num_attention_heads * c->head_dim, KV = c->num_key_value_heads * c->head_dim;
+  const int64_t dims[WK_PROJ_COUNT][2] = {{Q, H}, {KV, H}, {KV, H}, {H, Q}, {F, H}, {F, H}, {H, F}};
+  *out = (unsigned)p < WK_PROJ_COUNT ? dims[p][0] : 0;
+  *in = (unsigned)p < WK_PROJ_COUNT ? dims[p][1] : 0;
+}
+
+wk_tensor **wk_llama_proj_weight(wk_model *m, int64_t layer, wk_proj p) {
+  if (!m || layer < 0 || layer >= m->cfg.num_hidden_layers) return NULL;
+  wk_llama_layer *L = &m->layers[layer];
+  wk_tensor **slots[WK_PROJ_COUNT] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+  return (unsigned)p < WK_PROJ_COUNT ? slots[p] : NULL;
+}
+
+void wk_llama_set_lora(wk_model *m, const wk_lora_hook *hook) { m->lora = hook; }
+
+// splitmix64 finalizer: decorrelates the dropout seeds of layers, projections and steps
+static uint64_t mix_seed(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Projection p of layer l: linear, plus the active adapter's low-rank update. x is
+// flattened to 2-D so the compiler sees x@W^T + s*((x@A^T)@B^T) as its LoRA pattern.
+static wk_tensor *proj(const wk_model *m, int64_t l, wk_proj p, wk_tensor *x, wk_tensor *w, wk_tensor *b) {
+  const wk_lora_hook *h = m->lora;
+  size_t i = (size_t)(l * WK_PROJ_COUNT + p);
+  if (!h || !h->A[i] || !h->B[i]) return linear(x, w, b);
+  int nd = wk_ndim(x);
+  int64_t shape[WK_MAX_DIMS];
+  memcpy(shape, wk_shape(x), sizeof(int64_t) * (size_t)nd);
+  shape[nd - 1] = wk_dim(w, 0);
+  wk_tensor *x2 = wk_reshape(x, 2, (int64_t[]){-1, wk_dim(x, -1)});
+  wk_tensor *xa = h->training ? wk_dropout(x2, h->dropout, mix_seed(h->dropout_seed ^ mix_seed(i)), 1) : x2;
+  wk_tensor *up = wk_matmul_t(wk_matmul_t(xa, 0, h->A[i], 1), 0, h->B[i], 1);
+  wk_tensor *y = wk_add(wk_matmul_t(x2, 0, f32(w), 1), wk_mul_scalar(up, h->scale));
+  y = wk_reshape(y, nd, shape);
+  return b ? wk_add(y, f32(b)) : y;
+}
+
 // [B, T, heads * D] -> [B, heads, T, D]
 static wk_tensor *heads_first(wk_tensor *x, int64_t B, int64_t T, int64_t nh, int64_t D) {
   return wk_transpose(wk_reshape(x, 4, (int64_t[]){B, T, nh, D}), 1, 2);
@@ -375,9 +425,9 @@ static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **
   for (int64_t l = 0; l < c->num_hidden_layers; l++) {
     const wk_llama_layer *L = &m->layers[l];
     wk_tensor *h = wk_rms_norm(x, f32(L->attn_norm), eps);
-    wk_tensor *q = heads_first(linear(h, L->wq, L->bq), B, T, Hq, D);
-    wk_tensor *k = heads_first(linear(h, L->wk, L->bk), B, T, Hkv, D);
-    wk_tensor *v = heads_first(linear(h, L->wv, L->bv), B, T, Hkv, D);
+    wk_tensor *q = heads_first(proj(m, l, WK_PROJ_Q, h, L->wq, L->bq), B, T, Hq, D);
+    wk_tensor *k = heads_first(proj(m, l, WK_PROJ_K, h, L->wk, L->bk), B, T, Hkv, D);
+    wk_tensor *v = heads_first(proj(m, l, WK_PROJ_V, h, L->wv, L->bv), B, T, Hkv, D);
     q = wk_rope(q, theta, pos, m->rope_interleaved);
     k = wk_rope(k, theta, pos, m->rope_interleaved);
     if (newk) {
@@ -390,10 +440,11 @@ static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **
     }
     wk_tensor *a = wk_sdpa(q, k, v, NULL, 1, 0);    // [B, Hq, T, D]
     a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
-    x = wk_add(x, linear(a, L->wo, L->bo));
+    x = wk_add(x, proj(m, l, WK_PROJ_O, a, L->wo, L->bo));
     h = wk_rms_norm(x, f32(L->ffn_norm), eps);
-    wk_tensor *g = wk_mul(wk_silu(linear(h, L->w_gate, L->b_gate)), linear(h, L->w_up, L->b_up));
-    x = wk_add(x, linear(g, L->w_down, L->b_down));
+    wk_tensor *g = wk_mul(wk_silu(proj(m, l, WK_PROJ_GATE, h, L->w_gate, L->b_gate)),
+                          proj(m, l, WK_PROJ_UP, h, L->w_up, L->b_up));
+    x = wk_add(x, proj(m, l, WK_PROJ_DOWN, g, L->w_down, L->b_down));
   }
   x = wk_rms_norm(x, f32(m->norm), eps);
   return linear(x, m->lm_head, NULL);   // [B, T, V]

@@ -1,6 +1,7 @@
 // Decoder models (Llama, SmolLM2, Qwen2): weights and the struct behind wk_model.
 // Public API in include/wick/model.h.
 #pragma once
+#include <stdbool.h>
 #include "wick/model.h"
 #include "wick/tensor.h"
 
@@ -14,6 +15,15 @@ typedef struct {
   wk_tensor *b_gate, *b_up, *b_down;
 } wk_llama_layer;
 
+// The active LoRA adapter as the forward pass sees it (built by src/train/lora.c):
+// y = x W^T + scale * (dropout(x) A^T) B^T for each projection that has A and B.
+typedef struct {
+  float scale, dropout;
+  bool training;              // dropout only while training
+  uint64_t dropout_seed;      // mixed with the layer and projection; the trainer sets it per step
+  wk_tensor **A, **B;         // [layer * WK_PROJ_COUNT + proj]: A [r, in], B [out, r]; NULL where absent
+} wk_lora_hook;
+
 struct wk_model {
   wk_model_config cfg;
   const char *format;         // "safetensors" or "gguf"
@@ -22,6 +32,7 @@ struct wk_model {
   wk_tensor *norm;            // [H]
   wk_tensor *lm_head;         // [V, H]; a reference to embed when tied
   wk_llama_layer *layers;     // cfg.num_hidden_layers
+  const wk_lora_hook *lora;   // NULL: no adapter active
 };
 
 struct wk_kv_cache {
@@ -29,6 +40,10 @@ struct wk_kv_cache {
   int64_t len, batch;
   wk_tensor **k, **v;         // per layer [B, Hkv, len, D], evaluated; NULL while empty
 };
+
+// The weight slot of projection p in layer l (merging replaces the tensor in it).
+wk_tensor **wk_llama_proj_weight(wk_model *m, int64_t layer, wk_proj p);
+void wk_llama_set_lora(wk_model *m, const wk_lora_hook *hook);
 
 // Loaders (llama.c): fill m->cfg and the weights, or set the error and return nonzero.
 wk_status wk_llama_load_safetensors(wk_model *m, const char *dir);
