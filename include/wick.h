@@ -9,6 +9,7 @@
 #include "wick/io.h"
 #include "wick/model.h"
 #include "wick/tokenizer.h"
+#include "wick/chat.h"
 #include "wick/embed.h"
 #include "wick/sampler.h"
 #include "wick/generate.h"

@@ -92,3 +92,9 @@ size_t wk_tokenizer_vocab_size(const wk_tokenizer *tok);
 bool wk_tokenizer_is_special(const wk_tokenizer *tok, int32_t id);
 int32_t wk_tokenizer_bos(const wk_tokenizer *tok);   // -1 if unknown
 int32_t wk_tokenizer_eos(const wk_tokenizer *tok);   // -1 if unknown
+// The model's chat template (Jinja text) as its files give it: GGUF
+// tokenizer.chat_template, or beside tokenizer.json a chat_template.jinja or
+// tokenizer_config.json's chat_template. NULL when there is none. Owned by tok. See chat.h.
+const char *wk_tokenizer_chat_template(const wk_tokenizer *tok);
+// The file the tokenizer was loaded from (for messages). Owned by tok.
+const char *wk_tokenizer_source(const wk_tokenizer *tok);

@@ -79,8 +79,12 @@ wk_tokenizer *wk_tokenizer_from_gguf(const wk_gguf *f) {
   if (wk_gguf_has_key(f, "tokenizer.ggml.add_bos_token")) wk_gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &add_bos);
   if (wk_gguf_has_key(f, "tokenizer.ggml.add_eos_token")) wk_gguf_get_bool(f, "tokenizer.ggml.add_eos_token", &add_eos);
   int32_t b = bos < nt ? (int32_t)bos : -1, e = eos < nt ? (int32_t)eos : -1;
-  if (!t->source || wk_tokenizer_set_special(t, b, e, add_bos && b >= 0, add_eos && e >= 0)) {
-    if (!t->source) wk_error(WK_ERR_OOM, "%s: out of memory", path);
+  const char *tpl = NULL;
+  if (wk_gguf_has_key(f, "tokenizer.chat_template") && !wk_gguf_get_str(f, "tokenizer.chat_template", &tpl))
+    t->chat_template = wk_tok_strndup(tpl, strlen(tpl));
+  if (!t->source || (tpl && !t->chat_template) ||
+      wk_tokenizer_set_special(t, b, e, add_bos && b >= 0, add_eos && e >= 0)) {
+    if (!t->source || (tpl && !t->chat_template)) wk_error(WK_ERR_OOM, "%s: out of memory", path);
     wk_tokenizer_free(t);
     t = NULL;
   }

@@ -184,7 +184,22 @@ static const char *merge_parts(const wk_json *m, size_t *la, const char **b, siz
   return NULL;
 }
 
-static void bos_eos_from_config(wk_tokenizer *t, const char *path) {
+// tokenizer_config.json's chat_template: a string, or a list of {name, template}
+// whose "default" entry is the one transformers applies.
+static const char *config_template(const wk_json *cfg) {
+  const wk_json *v = wk_json_get(cfg, "chat_template");
+  if (wk_json_is(v, WK_JSON_STRING)) return wk_json_str(v, NULL);
+  for (size_t i = 0; i < wk_json_len(v); i++) {
+    const wk_json *e = wk_json_at(v, i);
+    const char *name = wk_json_str(wk_json_get(e, "name"), "");
+    if (!strcmp(name, "default")) return wk_json_str(wk_json_get(e, "template"), NULL);
+  }
+  return NULL;
+}
+
+// The files transformers saves next to tokenizer.json: bos / eos and the chat template
+// (chat_template.jinja, which transformers prefers, else tokenizer_config.json's).
+static void config_from_siblings(wk_tokenizer *t, const char *path) {
   char *cfg_path = wk_path_sibling(path, "tokenizer_config.json");
   size_t len;
   char *text = cfg_path ? wk_read_file(cfg_path, 16u << 20, &len) : NULL;
@@ -197,11 +212,19 @@ static void bos_eos_from_config(wk_tokenizer *t, const char *path) {
     int32_t id = s ? wk_tokenizer_token_id(t, s) : -1;
     if (id >= 0) *dst[k] = id;
   }
+  char *jinja_path = wk_path_sibling(path, "chat_template.jinja");
+  t->chat_template = jinja_path ? wk_read_file(jinja_path, 16u << 20, &len) : NULL;
+  const char *tpl = cfg && !t->chat_template ? config_template(cfg) : NULL;
+  if (tpl) t->chat_template = wk_tok_strndup(tpl, strlen(tpl));
   wk_json_free(cfg);
   free(text);
   free(cfg_path);
-  wk_clear_error();   // the file is optional
+  free(jinja_path);
+  wk_clear_error();   // the files are optional
 }
+
+const char *wk_tokenizer_chat_template(const wk_tokenizer *tok) { return tok ? tok->chat_template : NULL; }
+const char *wk_tokenizer_source(const wk_tokenizer *tok) { return tok ? tok->source : NULL; }
 
 wk_tokenizer *wk_tokenizer_from_json(const char *text, size_t len, const char *source) {
   if (!source) source = "tokenizer.json";
@@ -350,6 +373,6 @@ wk_tokenizer *wk_tokenizer_load_json(const char *path) {
   if (!text) return NULL;
   wk_tokenizer *t = wk_tokenizer_from_json(text, len, path);
   free(text);
-  if (t) bos_eos_from_config(t, path);
+  if (t) config_from_siblings(t, path);
   return t;
 }

@@ -148,6 +148,7 @@ struct wk_tokenizer {
   int32_t prefix_ids[WK_MAX_POST], suffix_ids[WK_MAX_POST];
   int n_prefix, n_suffix;
   int32_t bos, eos;
+  char *chat_template;       // the model's chat template (Jinja text), or NULL
   // cache of BPE results per pre-token
   wk_tok_cache *cache;
 };

@@ -71,6 +71,7 @@ bool wk_tok_reserve(wk_tokenizer *t, size_t n_vocab) {
 void wk_tokenizer_free(wk_tokenizer *t) {
   if (!t) return;
   free(t->source);
+  free(t->chat_template);
   free(t->tok_str);
   free(t->tok_len);
   free(t->tok_raw);
