@@ -164,6 +164,7 @@ const wk_gguf_tensor *wk_gguf_find_tensor(const wk_gguf *f, const char *name);
 // A new f32 tensor with the row-major shape: dequantized (F16, BF16, Q8_0, Q4_0, Q4_1,
 // Q4_K, Q5_K, Q6_K) into fresh memory, or, for F32 data, the mapping itself (zero-copy).
 wk_tensor *wk_gguf_tensor_f32(wk_gguf *f, const char *name);
-// F32, F16 and BF16 tensors wrapped zero-copy in their own dtype; other types fail
-// (quantized tensors are read in place by the kernels through the descriptor).
+// F32, F16, BF16 and the block-quantized types (WK_Q8_0, WK_Q4_0, WK_Q4_1, WK_Q4_K,
+// WK_Q5_K, WK_Q6_K) wrapped zero-copy in their own dtype; other types fail. Quantized
+// tensors are read in place by matmul and embedding (see wk_matmul in ops.h).
 wk_tensor *wk_gguf_tensor_load(wk_gguf *f, const char *name);

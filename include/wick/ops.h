@@ -50,6 +50,12 @@ wk_tensor *wk_argmax(wk_tensor *a, int axis, int keepdims);    // i32
 // transpose of the last two axes (no copy).
 wk_tensor *wk_matmul(wk_tensor *a, wk_tensor *b);
 wk_tensor *wk_matmul_t(wk_tensor *a, int trans_a, wk_tensor *b, int trans_b);
+// A block-quantized b (WK_Q8_0 ... WK_Q6_K, 2-d [N, K] as stored in GGUF) is read in
+// place, dequantized on the fly: wk_matmul_t(x, 0, W, 1) is x[..., K] @ W^T -> [..., N]
+// and wk_matmul(g, W) is g[..., N] @ W -> [..., K]. x is f32 and gradients flow to it;
+// W itself is frozen (dequantize it to train it). Other uses of a quantized operand fail.
+// Block-quantized -> f32 (the same as wk_cast(q, WK_F32)).
+wk_tensor *wk_dequantize(wk_tensor *q);
 
 // ---- shape and views (no copy where strides allow) ----
 wk_tensor *wk_reshape(wk_tensor *a, int ndim, const int64_t *shape); // one -1 allowed

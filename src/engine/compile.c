@@ -532,7 +532,7 @@ static void arena_release(span *used, int *nused, int64_t off) {
 }
 
 static size_t node_bytes(const irnode *x) {
-  return (size_t)wk_numel(x->t) * wk_dtype_size(x->t->dtype);
+  return wk_dtype_bytes(x->t->dtype, wk_numel(x->t));
 }
 static int64_t padded(size_t b) { return (int64_t)((b + 63) & ~(size_t)63); }
 

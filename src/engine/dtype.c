@@ -2,13 +2,24 @@
 #include <string.h>
 #include "engine.h"
 
-static const char *const dtype_names[WK_DTYPE_COUNT] = {"f32", "f16", "bf16", "i32"};
-static const size_t dtype_sizes[WK_DTYPE_COUNT] = {4, 2, 2, 4};
+static const char *const dtype_names[WK_DTYPE_COUNT] = {"f32",  "f16",  "bf16", "i32",  "q8_0",
+                                                        "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"};
+static const size_t dtype_sizes[WK_DTYPE_COUNT] = {4, 2, 2, 4, 0, 0, 0, 0, 0, 0};
+// ggml's block sizes (values, bytes); plain types are blocks of one value.
+static const int64_t dtype_block[WK_DTYPE_COUNT] = {1, 1, 1, 1, 32, 32, 32, 256, 256, 256};
+static const size_t dtype_block_bytes[WK_DTYPE_COUNT] = {4, 2, 2, 4, 34, 18, 20, 144, 176, 210};
 
 const char *wk_dtype_name(wk_dtype dt) {
   return (unsigned)dt < WK_DTYPE_COUNT ? dtype_names[dt] : "?";
 }
 size_t wk_dtype_size(wk_dtype dt) { return (unsigned)dt < WK_DTYPE_COUNT ? dtype_sizes[dt] : 0; }
+int wk_dtype_is_quantized(wk_dtype dt) { return dt >= WK_Q8_0 && dt < WK_DTYPE_COUNT; }
+int64_t wk_dtype_block(wk_dtype dt) { return (unsigned)dt < WK_DTYPE_COUNT ? dtype_block[dt] : 0; }
+size_t wk_dtype_block_bytes(wk_dtype dt) { return (unsigned)dt < WK_DTYPE_COUNT ? dtype_block_bytes[dt] : 0; }
+size_t wk_dtype_bytes(wk_dtype dt, int64_t numel) {
+  int64_t b = wk_dtype_block(dt);
+  return b > 0 ? (size_t)(numel / b) * wk_dtype_block_bytes(dt) : 0;
+}
 bool wk_is_float(wk_dtype dt) { return dt == WK_F32 || dt == WK_F16 || dt == WK_BF16; }
 
 static uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }

@@ -85,6 +85,8 @@ bool wk_tensor_valid(const wk_tensor *t, const char *op);
 const char *wk_fmt_shape(int ndim, const int64_t *shape, char *buf, size_t len);
 int wk_norm_axis(int axis, int ndim, const char *op); // -1 on error (message set)
 bool wk_is_float(wk_dtype dt);
+// Bytes of numel values of dt (for block types numel is a multiple of the block).
+size_t wk_dtype_bytes(wk_dtype dt, int64_t numel);
 
 // ---- broadcasting (ops_elementwise.c) ----
 // Broadcast shape of a and b into out; false (error set) if incompatible.
@@ -96,6 +98,10 @@ float wk_f16_to_f32(uint16_t h);
 uint16_t wk_f32_to_f16(float f);
 float wk_bf16_to_f32(uint16_t h);
 uint16_t wk_f32_to_bf16(float f);
+
+// ---- block-quantized operands (ops_quant.c) ----
+// trans = 1: x[..., K] @ W[N, K]^T -> [..., N]; trans = 0: x[..., N] @ W -> [..., K].
+wk_tensor *wk_qmatmul(wk_tensor *x, wk_tensor *w, int trans);
 
 // ---- evaluation (eval.c) ----
 wk_status wk_eval_internal(int n, wk_tensor *const *ts);

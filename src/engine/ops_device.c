@@ -20,6 +20,12 @@ wk_tensor *wk_to_device(wk_tensor *t, wk_device dev) {
     return NULL;
   }
   if (t->device == dev) return wk_node_finish(wk_tensor_ref(t));
+  if (wk_dtype_is_quantized(t->dtype)) { // no device kernel reads blocks: never a silent wrong answer
+    char b[160];
+    wk_error(WK_ERR_DEVICE, "to_device: quantized tensor %s has kernels on the CPU only; dequantize it first "
+             "(wk_cast(t, WK_F32)) to move it to %s", wk_shape_str(t, b, sizeof b), wk_device_name(dev));
+    return NULL;
+  }
   if (!wk_backend_get(dev == WK_CPU ? t->device : dev)) return NULL; // message names the device
   // transfers copy dense memory: make strided views contiguous on their own device first
   wk_tensor *src = wk_is_contiguous(t) ? wk_tensor_ref(t) : wk_keep(wk_contiguous(t));

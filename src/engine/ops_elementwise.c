@@ -76,6 +76,18 @@ wk_tensor *wk_pow_scalar(wk_tensor *a, float e) { return with_scalar(WK_OP_POW_S
 wk_tensor *wk_cast(wk_tensor *a, wk_dtype dt) {
   if ((unsigned)dt >= WK_DTYPE_COUNT) { wk_error(WK_ERR_DTYPE, "cast: unknown dtype %d", dt); return NULL; }
   if (wk_tensor_valid(a, "cast") && a->dtype == dt) return wk_node_finish(wk_tensor_ref(a));
+  if (wk_dtype_is_quantized(dt)) {
+    wk_error(WK_ERR_DTYPE, "cast: cannot cast to %s: quantized types are storage only (made from their blocks)",
+             wk_dtype_name(dt));
+    return NULL;
+  }
+  if (a && wk_dtype_is_quantized(a->dtype)) { // dequantize, then an ordinary cast
+    if (dt == WK_F32) return wk_dequantize(a);
+    wk_scope_begin();
+    wk_tensor *r = wk_keep(wk_cast(wk_dequantize(a), dt));
+    wk_scope_end();
+    return r ? wk_node_finish(r) : NULL;
+  }
   wk_attrs at = {.i = {dt}};
   return wk_unary(WK_OP_CAST, a, &at);
 }

@@ -39,6 +39,7 @@ static wk_tensor *matmul_node(wk_tensor *a, wk_tensor *b) {
 
 wk_tensor *wk_matmul(wk_tensor *a, wk_tensor *b) {
   if (!wk_tensor_valid(a, "matmul") || !wk_tensor_valid(b, "matmul")) return NULL;
+  if (wk_dtype_is_quantized(b->dtype)) return wk_qmatmul(a, b, 0);
   // [..., M, K] @ [K, N]: fold the batch into M so that the weight gradient is one
   // GEMM instead of a batch of GEMMs summed afterwards.
   if (a->ndim > 2 && b->ndim == 2 && a->shape[a->ndim - 1] == b->shape[0]) {
@@ -61,6 +62,8 @@ wk_tensor *wk_matmul(wk_tensor *a, wk_tensor *b) {
 
 wk_tensor *wk_matmul_t(wk_tensor *a, int trans_a, wk_tensor *b, int trans_b) {
   if (!wk_tensor_valid(a, "matmul") || !wk_tensor_valid(b, "matmul")) return NULL;
+  // A quantized weight is never viewed: its kernel reads the blocks in either orientation.
+  if (wk_dtype_is_quantized(b->dtype) && !trans_a) return wk_qmatmul(a, b, trans_b);
   wk_tensor *x = trans_a ? wk_transpose(a, -1, -2) : wk_tensor_ref(a);
   wk_tensor *y = trans_b ? wk_transpose(b, -1, -2) : wk_tensor_ref(b);
   wk_tensor *r = x && y ? wk_matmul(x, y) : NULL;

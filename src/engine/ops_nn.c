@@ -125,7 +125,10 @@ wk_tensor *wk_rope(wk_tensor *x, float theta, int64_t offset, int interleaved) {
 wk_tensor *wk_embedding(wk_tensor *table, wk_tensor *ids) {
   const char *op = "embedding";
   if (!wk_tensor_valid(table, op) || !wk_tensor_valid(ids, op)) return NULL;
-  if (!check_float(op, "table", table) || !check_i32(op, "ids", ids) || !check_device(op, table, ids)) return NULL;
+  // A quantized table is gathered row by row, each row dequantized (output f32).
+  bool quant = wk_dtype_is_quantized(table->dtype);
+  if ((!quant && !check_float(op, "table", table)) || !check_i32(op, "ids", ids) || !check_device(op, table, ids))
+    return NULL;
   char a[160], b[160];
   if (table->ndim != 2 || ids->ndim + 1 > WK_MAX_DIMS) {
     wk_error(WK_ERR_SHAPE, "embedding: table must be [V, D] and ids at most %d-d, got table %s, ids %s",
@@ -136,7 +139,7 @@ wk_tensor *wk_embedding(wk_tensor *table, wk_tensor *ids) {
   memcpy(sh, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
   sh[ids->ndim] = table->shape[1];
   wk_tensor *in[2] = {table, ids};
-  return kernel_node(WK_OP_EMBEDDING, table->dtype, ids->ndim + 1, sh, 2, in, NULL);
+  return kernel_node(WK_OP_EMBEDDING, quant ? WK_F32 : table->dtype, ids->ndim + 1, sh, 2, in, NULL);
 }
 
 // ---- masks ----
@@ -321,6 +324,11 @@ wk_status wk_vjp_ROPE(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor
 
 wk_status wk_vjp_EMBEDDING(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   wk_tensor *table = IN(0), *ids = IN(1);
+  if (need[0] && wk_dtype_is_quantized(table->dtype)) {
+    char b[160];
+    return wk_error(WK_ERR_DTYPE, "embedding: no gradient for quantized table %s (quantized weights are frozen)",
+                    wk_shape_str(table, b, sizeof b));
+  }
   if (need[0]) {
     wk_tensor *in[2] = {ids, g};
     wk_attrs at = {.i = {table->shape[0]}};

@@ -208,6 +208,23 @@ static bool is_movable_source(const wk_tensor *t) {
   return !t->buf && t->nin == 0 && wk_ops[t->op].kind == WK_KIND_SRC;
 }
 
+// The one gate for block-quantized tensors: only the ops whose kernels read blocks
+// take them (their builders check which operand); nothing computes them.
+static bool quant_inputs_ok(wk_op op, wk_dtype dt, int nin, wk_tensor *const *in) {
+  bool reads_blocks = op == WK_OP_QMATMUL || op == WK_OP_DEQUANTIZE || op == WK_OP_EMBEDDING;
+  for (int i = 0; i < nin; i++)
+    if (wk_dtype_is_quantized(in[i]->dtype) && !reads_blocks) {
+      char b[160];
+      wk_error(WK_ERR_DTYPE,
+               "%s: input %d is block-quantized (%s); quantized tensors are read only by matmul (x @ W^T or "
+               "x @ W), embedding and cast/dequantize: wk_cast(t, WK_F32) first",
+               wk_ops[op].name, i, wk_shape_str(in[i], b, sizeof b));
+      return false;
+    }
+  (void)dt; // sources check their dtype themselves (check_computed); leaves may be quantized
+  return true;
+}
+
 wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, int nin,
                        wk_tensor *const *in, const wk_attrs *attrs) {
   if (ndim > WK_MAX_DIMS) {
@@ -228,6 +245,7 @@ wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, in
              wk_fmt_shape(ndim, shape, b, sizeof b));
     return NULL;
   }
+  if (!quant_inputs_ok(op, dt, nin, in)) return NULL;
   wk_tensor *t = calloc(1, sizeof *t);
   if (!t) { wk_error(WK_ERR_OOM, "%s: out of memory", wk_ops[op].name); return NULL; }
   t->magic = WK_TENSOR_MAGIC;
@@ -311,6 +329,29 @@ static bool check_dtype(const char *op, wk_dtype dt) {
   return true;
 }
 
+// Block-quantized data is stored, never computed: it comes in as rows of whole blocks.
+static bool check_stored(const char *op, int ndim, const int64_t *shape, wk_dtype dt) {
+  if (!check_dtype(op, dt)) return false;
+  if (!wk_dtype_is_quantized(dt)) return true;
+  char b[160];
+  if (ndim < 1 || shape[ndim - 1] % wk_dtype_block(dt)) {
+    wk_error(WK_ERR_SHAPE, "%s: a %s tensor needs rows of whole %lld-value blocks, got shape %s", op,
+             wk_dtype_name(dt), (long long)wk_dtype_block(dt), wk_fmt_shape(ndim, shape, b, sizeof b));
+    return false;
+  }
+  return true;
+}
+
+static bool check_computed(const char *op, wk_dtype dt) {
+  if (!check_dtype(op, dt)) return false;
+  if (wk_dtype_is_quantized(dt)) {
+    wk_error(WK_ERR_DTYPE, "%s: %s is a storage type; make quantized tensors from their blocks (wk_from_data)",
+             op, wk_dtype_name(dt));
+    return false;
+  }
+  return true;
+}
+
 static wk_tensor *realized_new(int ndim, const int64_t *shape, wk_dtype dt, wk_buffer *b) {
   wk_tensor *t = wk_node_new(WK_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
   if (!t) { wk_buffer_release(b); return NULL; }
@@ -319,8 +360,8 @@ static wk_tensor *realized_new(int ndim, const int64_t *shape, wk_dtype dt, wk_b
 }
 
 wk_tensor *wk_from_data(int ndim, const int64_t *shape, wk_dtype dt, const void *data) {
-  if (!check_shape("from_data", ndim, shape) || !check_dtype("from_data", dt)) return NULL;
-  size_t bytes = (size_t)wk_shape_numel(ndim, shape) * wk_dtype_size(dt);
+  if (!check_shape("from_data", ndim, shape) || !check_stored("from_data", ndim, shape, dt)) return NULL;
+  size_t bytes = wk_dtype_bytes(dt, wk_shape_numel(ndim, shape));
   if (bytes && !data) { wk_error(WK_ERR_ARG, "from_data: data is NULL"); return NULL; }
   wk_buffer *b = wk_buffer_alloc(WK_CPU, bytes);
   if (!b) return NULL;
@@ -332,7 +373,7 @@ static void release_nothing(void *ctx) { (void)ctx; }
 
 wk_tensor *wk_from_external(int ndim, const int64_t *shape, wk_dtype dt, void *data,
                             void (*release)(void *ctx), void *ctx) {
-  if (!check_shape("from_external", ndim, shape) || !check_dtype("from_external", dt)) return NULL;
+  if (!check_shape("from_external", ndim, shape) || !check_stored("from_external", ndim, shape, dt)) return NULL;
   // The node first: once the buffer exists, nothing below can fail, so on any
   // failure `release` has not run and the caller still owns `data`.
   wk_tensor *t = wk_node_new(WK_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
@@ -343,7 +384,7 @@ wk_tensor *wk_from_external(int ndim, const int64_t *shape, wk_dtype dt, void *d
     return NULL;
   }
   *b = (wk_buffer){.refcount = 1, .device = WK_CPU, .data = data,
-                   .bytes = (size_t)wk_shape_numel(ndim, shape) * wk_dtype_size(dt),
+                   .bytes = wk_dtype_bytes(dt, wk_shape_numel(ndim, shape)),
                    .release = release ? release : release_nothing, .release_ctx = ctx};
   t->buf = b;
   scope_add(t); // realized already: nothing to evaluate
@@ -352,7 +393,7 @@ wk_tensor *wk_from_external(int ndim, const int64_t *shape, wk_dtype dt, void *d
 
 static wk_tensor *source(wk_op op, const char *name, int ndim, const int64_t *shape, wk_dtype dt,
                          const wk_attrs *a) {
-  if (!check_shape(name, ndim, shape) || !check_dtype(name, dt)) return NULL;
+  if (!check_shape(name, ndim, shape) || !check_computed(name, dt)) return NULL;
   return wk_node_finish(wk_node_new(op, dt, ndim, shape, 0, NULL, a));
 }
 
@@ -460,6 +501,12 @@ wk_status wk_tensor_read_f32(wk_tensor *t, float *out, int64_t n) {
   int64_t numel = wk_numel(t);
   if (n < numel) return wk_error(WK_ERR_ARG, "tensor_read_f32: buffer holds %lld floats, tensor has %lld",
                                  (long long)n, (long long)numel);
+  if (wk_dtype_is_quantized(t->dtype)) { // through the dequantize kernel
+    wk_tensor *f = wk_keep(wk_cast(t, WK_F32));
+    wk_status st = f ? wk_tensor_read_f32(f, out, n) : WK_ERR_STATE;
+    wk_tensor_free(f);
+    return st;
+  }
   wk_tensor *host = t->device == WK_CPU ? wk_tensor_ref(t) : wk_keep(wk_to_device(t, WK_CPU));
   const void *p = host ? wk_tensor_data(host) : NULL;
   if (!p) { wk_tensor_free(host); return WK_ERR_STATE; }
@@ -503,6 +550,6 @@ wk_status wk_tensor_assign(wk_tensor *dst, wk_tensor *src) {
   wk_status s = wk_sync();
   if (s) return s;
   memmove((char *)dst->buf->data + dst->offset * (int64_t)wk_dtype_size(dst->dtype), p,
-          (size_t)wk_numel(dst) * wk_dtype_size(dst->dtype));
+          wk_dtype_bytes(dst->dtype, wk_numel(dst)));
   return WK_OK;
 }

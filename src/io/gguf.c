@@ -775,7 +775,8 @@ const wk_gguf_tensor *wk_gguf_find_tensor(const wk_gguf *f, const char *name) {
 
 // Wraps the mapping without a copy when the memory is ours and element-aligned.
 static wk_tensor *wrap_mapped(wk_gguf *f, const wk_gguf_tensor *t, wk_dtype dt) {
-  if (!f->mapped || (uintptr_t)t->data % wk_dtype_size(dt)) return NULL;
+  size_t es = wk_dtype_size(dt); // 0 for block types: kernels read their bytes unaligned
+  if (!f->mapped || (es && (uintptr_t)t->data % es)) return NULL;
   atomic_fetch_add(&f->refs, 1);
   wk_tensor *x = wk_from_external(t->ndim, t->shape, dt, (void *)t->data, gguf_release_cb, f);
   if (!x) gguf_release(f);
@@ -824,9 +825,15 @@ wk_tensor *wk_gguf_tensor_load(wk_gguf *f, const char *name) {
   case WK_QT_F32: dt = WK_F32; break;
   case WK_QT_F16: dt = WK_F16; break;
   case WK_QT_BF16: dt = WK_BF16; break;
+  case WK_QT_Q8_0: dt = WK_Q8_0; break;
+  case WK_QT_Q4_0: dt = WK_Q4_0; break;
+  case WK_QT_Q4_1: dt = WK_Q4_1; break;
+  case WK_QT_Q4_K: dt = WK_Q4_K; break;
+  case WK_QT_Q5_K: dt = WK_Q5_K; break;
+  case WK_QT_Q6_K: dt = WK_Q6_K; break;
   default:
-    wk_error(WK_ERR_DTYPE, "gguf: tensor '%s' in %s has type %s: only F32, F16 and BF16 load as wick "
-             "tensors (wk_gguf_tensor_f32 dequantizes)", name, f->path, wk_qtype_name(t->type));
+    wk_error(WK_ERR_DTYPE, "gguf: tensor '%s' in %s has type %s: only F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, "
+             "Q5_K and Q6_K load as wick tensors", name, f->path, wk_qtype_name(t->type));
     return NULL;
   }
   wk_tensor *x = wrap_mapped(f, t, dt);

@@ -250,7 +250,17 @@ static void test_tensors(void) {
   const expect *x = find_expect("all_types.gguf", "f16.mat", "deq");
   float hv[24];
   CHECK(h && x && !wk_tensor_read_f32(h, hv, 24) && first_bit_diff(hv, expvals + x->offset, 24) < 0, "f16 values");
-  CHECK(wk_gguf_tensor_load(f, "q4_0") == NULL && strstr(wk_last_error(), "Q4_0"), "quantized load refused");
+  // quantized tensors load zero-copy in their block dtype; reading them dequantizes (the kernels' path)
+  wk_tensor *q = wk_gguf_tensor_load(f, "q4_0");
+  const wk_gguf_tensor *qd = wk_gguf_find_tensor(f, "q4_0");
+  x = find_expect("all_types.gguf", "q4_0", "deq");
+  float *qv = qd ? malloc(sizeof(float) * (size_t)qd->numel) : NULL;
+  CHECK(q && wk_tensor_dtype(q) == WK_Q4_0 && qd && wk_tensor_data(q) == qd->data, "Q4_0 loads zero-copy as q4_0");
+  CHECK(q && x && qv && !wk_tensor_read_f32(q, qv, qd->numel) && first_bit_diff(qv, expvals + x->offset, qd->numel) < 0,
+        "q4_0 values through the dequantize kernel");
+  free(qv);
+  wk_tensor_free(q);
+  CHECK(wk_gguf_tensor_load(f, "q5_0") == NULL && strstr(wk_last_error(), "Q5_0"), "Q5_0 load refused");
   // a zero-copy f32 tensor outlives the handle
   wk_tensor *z = wk_gguf_tensor_f32(f, "f32.mat");
   wk_gguf_close(f);

@@ -125,6 +125,7 @@ static const wk_gemv_set wk_gemv_scalar_set = {wk_gemv_s_axpy_f32, wk_gemv_s_dot
 // The problem, as every path sees it.
 
 typedef struct {
+    int serial;  // run on the calling thread (the caller already split the work)
     int bf16;  // A and B hold bf16 bits
     int transA, transB;
     int64_t M, N, K;
@@ -339,7 +340,7 @@ static void wk_gemm_packed(const wk_gemm_args *g, wk_cpu_isa_t isa) {
     pl.MC = wk_roundup(256, MR);
     if (g->K < pl.KC) pl.KC = pl.uk->bf16 ? wk_roundup(g->K, 2) : g->K;
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K * (double)g->batch;
-    int T = wk_useful_threads(flops);
+    int T = g->serial ? 1 : wk_useful_threads(flops);
     pl.tm = pl.tn = 1;
     if (g->batch < T) {
         // Split each matrix into T tiles, choosing the grid that packs least.
@@ -442,7 +443,7 @@ static void wk_gemm_small(const wk_gemm_args *g, wk_cpu_isa_t isa, int swap) {
                    : (g->bf16 ? set->axpy_bf16 : set->axpy_f32);
     // Memory bound: a thread pays off once it streams ~64 KiB of W.
     double bytes = (double)g->K * (double)sp.n * (double)wk_esize(g) * (double)g->batch;
-    int T = wk_threads();
+    int T = g->serial ? 1 : wk_threads();
     int want = (int)(bytes / 65536.0);
     if (want < 1) want = 1;
     if (want < T) T = want;
@@ -502,16 +503,35 @@ void wk_gemm_f32(int transA, int transB, int64_t M, int64_t N, int64_t K, float 
                  const float *A, int64_t lda, int64_t strideA, const float *B, int64_t ldb,
                  int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                  int64_t batch) {
-    wk_gemm_args g = {0,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
+    wk_gemm_args g = {0, 0,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
                       B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch};
     wk_gemm_run(&g);
+}
+
+void wk_gemm_f32_serial(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                        float *C, int64_t ldc) {
+    wk_gemm_args g = {1, 0, transA != 0, transB != 0, M, N, K, alpha, beta, A, B, lda, ldb, 0, 0,
+                      C, ldc, 0, 1};
+    wk_gemm_run(&g);
+}
+
+void wk_gemv_f32_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const float *w,
+                     int64_t ldw, float *y, int64_t ldy, float beta) {
+    const wk_gemv_set *set = &wk_gemv_scalar_set;
+#if defined(__x86_64__)
+    wk_cpu_isa_t isa = wk_cpu_isa();
+    if (isa == WK_ISA_AVX512) set = &wk_gemv_avx512;
+    else if (isa == WK_ISA_AVX2) set = &wk_gemv_avx2;
+#endif
+    set->dot_f32(rows, K, n, x, ldx, w, ldw, y, ldy, 1.0f, beta);
 }
 
 void wk_gemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
                   const uint16_t *A, int64_t lda, int64_t strideA, const uint16_t *B, int64_t ldb,
                   int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                   int64_t batch) {
-    wk_gemm_args g = {1,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
+    wk_gemm_args g = {0, 1,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
                       B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch};
     wk_gemm_run(&g);
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include "cpu_kernels.h"
 #include "gemm.h"
+#include "dequant.h"
 #include "../kernel_math.h"
 #include "threadpool.h"
 
@@ -669,14 +670,19 @@ static void embed_range(void *vc, int64_t b, int64_t e, int tid) {
   const wk_operand *tab = &s->in[0];
   int64_t D = c->D;
   size_t es = wk_dtype_size(tab->dtype);
-  bool same = tab->dtype == s->out.dtype && (tab->stride[1] == 1 || D == 1);
+  bool same = wk_dtype_is_quantized(tab->dtype) || (tab->dtype == s->out.dtype && (tab->stride[1] == 1 || D == 1));
   char *out = (char *)wk_operand_ptr(&s->out, c->slots);
   float local[LOCAL_FLOATS];
-  scratch sc;
+  scratch sc = {0};
   if (!same && !scratch_get(&sc, local, D)) { c->oom = 1; return; }
+  bool quant = wk_dtype_is_quantized(tab->dtype);
   for (int64_t j = b; j < e; j++) {
     int64_t id = c->ids[j];
-    if (same) {
+    if (quant) { // rows of whole blocks, contiguous (quantized tensors are never views)
+      size_t rb = (size_t)(D / wk_dtype_block(tab->dtype)) * wk_dtype_block_bytes(tab->dtype);
+      WK_ISA_FN(wk_cpu_dequant)(tab->dtype, (const char *)c->slots[tab->slot] + (size_t)id * rb,
+                                (float *)(void *)out + j * D, D / wk_dtype_block(tab->dtype));
+    } else if (same) {
       const char *src = (const char *)c->slots[tab->slot] + (tab->offset + id * tab->stride[0]) * (int64_t)es;
       memcpy(out + j * D * (int64_t)es, src, (size_t)D * es);
     } else {

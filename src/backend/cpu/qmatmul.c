@@ -1,0 +1,164 @@
+// Matmul with a block-quantized weight W [N, K] (GGUF layout: each row is K/block
+// blocks), and the dequantize op. W is never expanded whole: each thread expands a
+// panel of its rows into a buffer that stays in cache and runs the f32 kernels on it.
+//   decode (M <= 4 rows of x): panels of a few rows in L1, dot-product GEMV kernels;
+//     each thread streams its own rows of W once, so the cost is W's bytes (4.5-8.5
+//     bits a weight instead of 32).
+//   prefill / training (M > 4): panels of up to 256 rows in L2, the packed GEMM.
+// Compiled per ISA like kernels.c.
+#include <stdlib.h>
+#include <string.h>
+#include "cpu_kernels.h"
+#include "dequant.h"
+#include "gemm.h"
+#include "threadpool.h"
+
+void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
+
+static int64_t numel_of(const wk_operand *o) {
+  int64_t n = 1;
+  for (int d = 0; d < o->ndim; d++) n *= o->shape[d];
+  return n;
+}
+
+static bool contiguous(const wk_operand *o) {
+  int64_t st = 1;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    if (o->shape[d] != 1 && o->stride[d] != st) return false;
+    st *= o->shape[d];
+  }
+  return true;
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+typedef struct {
+  wk_dtype dt;
+  const uint8_t *w;       // W's blocks
+  size_t row_bytes;       // bytes of one row of W
+  int64_t blk;            // values per block
+  int64_t M, N, K;        // x rows; W is [N, K]
+  const float *x;         // [M, K] (trans) or [M, N]
+  float *y;               // [M, N] (trans) or [M, K]
+  int64_t panel;          // W rows per panel
+  int64_t cols;           // x @ W: blocks of each row per panel
+  float **buf;            // one panel buffer per thread
+} qmm;
+
+// y[:, j0:j1] = x @ W[j0:j1, :]^T
+static void qmm_nt_task(void *vc, int64_t j0, int64_t j1, int tid) {
+  const qmm *c = vc;
+  float *p = c->buf[tid];
+  int64_t nb = c->K / c->blk;
+  for (int64_t j = j0; j < j1; j += c->panel) {
+    int64_t n = j1 - j < c->panel ? j1 - j : c->panel;
+    // Rows are contiguous in memory, so one call expands the whole panel.
+    WK_ISA_FN(wk_cpu_dequant)(c->dt, c->w + (size_t)j * c->row_bytes, p, n * nb);
+    if (c->M <= 4) wk_gemv_f32_dot((int)c->M, c->K, n, c->x, c->K, p, c->K, c->y + j, c->N, 0.0f);
+    else wk_gemm_f32_serial(0, 1, c->M, n, c->K, 1.0f, c->x, c->K, p, c->K, 0.0f, c->y + j, c->N);
+  }
+}
+
+// y[:, k0:k1] = x @ W[:, k0:k1], over blocks [b0, b1) of every row (k = b * blk).
+static void qmm_nn_cols(const qmm *c, int64_t b0, int64_t b1, float *p) {
+  int64_t k0 = b0 * c->blk, kw = (b1 - b0) * c->blk;
+  for (int64_t j = 0; j < c->N; j += c->panel) {
+    int64_t n = c->N - j < c->panel ? c->N - j : c->panel;
+    for (int64_t r = 0; r < n; r++)
+      WK_ISA_FN(wk_cpu_dequant)(c->dt, c->w + (size_t)(j + r) * c->row_bytes + (size_t)b0 * wk_dtype_block_bytes(c->dt),
+                                p + r * kw, b1 - b0);
+    wk_gemm_f32_serial(0, 0, c->M, kw, n, 1.0f, c->x + j, c->N, p, kw, j ? 1.0f : 0.0f, c->y + k0, c->K);
+  }
+}
+
+static void qmm_nn_task(void *vc, int64_t b0, int64_t b1, int tid) {
+  const qmm *c = vc;
+  // a chunk may exceed the grain (run inline): the panel buffer holds `cols` blocks
+  for (int64_t b = b0; b < b1; b += c->cols) qmm_nn_cols(c, b, b1 - b < c->cols ? b1 : b + c->cols, c->buf[tid]);
+}
+
+static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *xo = &s->in[0], *wo = &s->in[1];
+  int trans = s->attrs.i[0] != 0;
+  qmm c = {.dt = wo->dtype, .w = wk_operand_ptr(wo, slots), .blk = wk_dtype_block(wo->dtype),
+           .N = wo->shape[0], .K = wo->shape[1]};
+  c.row_bytes = (size_t)(c.K / c.blk) * wk_dtype_block_bytes(c.dt);
+  int64_t in = trans ? c.K : c.N, out = trans ? c.N : c.K;
+  c.M = in ? numel_of(xo) / in : 0;
+  if (!contiguous(&s->out) || s->out.dtype != WK_F32)
+    return wk_error(WK_ERR_STATE, "matmul (quantized): the output must be a contiguous f32 buffer");
+  c.y = wk_operand_ptr(&s->out, slots);
+  if (c.M == 0 || out == 0) return WK_OK;
+  if (in == 0) { memset(c.y, 0, sizeof(float) * (size_t)(c.M * out)); return WK_OK; }
+  float *dense = NULL;
+  if (contiguous(xo)) c.x = wk_operand_ptr(xo, slots);
+  else {
+    if (!(dense = malloc(sizeof(float) * (size_t)(c.M * in)))) return wk_error(WK_ERR_OOM, "matmul: out of memory");
+    WK_ISA_FN(wk_cpu_load_f32)(xo, slots, 0, c.M * in, dense);
+    c.x = dense;
+  }
+  int T = wk_threads();
+  // Decode panels stay in L1 (~32 KB); batched ones in L2 (~768 KB, the GEMM packs from it).
+  int64_t width = trans ? c.K : 0;
+  int64_t items, grain;
+  if (trans) {
+    c.panel = c.M <= 4 ? clamp64(8192 / width, 4, 64) : clamp64(196608 / width / 16 * 16, 16, 256);
+    items = c.N;
+    // a thread pays off once it streams ~64 KB of W
+    grain = clamp64((int64_t)(65536 / (c.row_bytes ? c.row_bytes : 1)), c.panel, c.N > 0 ? c.N : 1);
+  } else {
+    items = c.K / c.blk;
+    grain = c.cols = clamp64((items + T - 1) / T, 1, items);
+    int64_t kw = grain * c.blk;
+    c.panel = clamp64(196608 / kw, 16, 256);
+  }
+  int64_t pw = trans ? c.K : grain * c.blk;
+  float *bufs[64];
+  float *pool = malloc(sizeof(float) * (size_t)(c.panel * pw) * (size_t)T);
+  if (!pool || T > 64) {
+    free(pool);
+    free(dense);
+    return wk_error(WK_ERR_OOM, "matmul (quantized): out of memory for %d panel buffers", T);
+  }
+  for (int t = 0; t < T; t++) bufs[t] = pool + (size_t)t * (size_t)(c.panel * pw);
+  c.buf = bufs;
+  wk_parallel_for(items, grain, trans ? qmm_nt_task : qmm_nn_task, &c);
+  free(pool);
+  free(dense);
+  return WK_OK;
+}
+
+// ---- dequantize: rows in parallel ----
+typedef struct {
+  wk_dtype dt;
+  const uint8_t *src;
+  float *dst;
+  int64_t nb;       // blocks per row
+  size_t row_bytes;
+  int64_t row_len;
+} deq_ctx;
+
+static void deq_task(void *vc, int64_t r0, int64_t r1, int tid) {
+  (void)tid;
+  const deq_ctx *c = vc;
+  for (int64_t r = r0; r < r1; r++)
+    WK_ISA_FN(wk_cpu_dequant)(c->dt, c->src + (size_t)r * c->row_bytes, c->dst + r * c->row_len, c->nb);
+}
+
+static wk_status dequantize_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *q = &s->in[0];
+  if (!contiguous(&s->out) || s->out.dtype != WK_F32)
+    return wk_error(WK_ERR_STATE, "dequantize: the output must be a contiguous f32 buffer");
+  int64_t n = numel_of(q), len = q->ndim ? q->shape[q->ndim - 1] : 1;
+  if (n == 0 || len == 0) return WK_OK;
+  deq_ctx c = {.dt = q->dtype, .src = wk_operand_ptr(q, slots), .dst = wk_operand_ptr(&s->out, slots),
+               .nb = len / wk_dtype_block(q->dtype), .row_len = len};
+  c.row_bytes = (size_t)c.nb * wk_dtype_block_bytes(q->dtype);
+  int64_t rows = n / len;
+  wk_parallel_for(rows, clamp64((int64_t)(262144 / (c.row_bytes ? c.row_bytes : 1)), 1, rows), deq_task, &c);
+  return WK_OK;
+}
+
+wk_status WK_ISA_FN(wk_cpu_qkernel)(const wk_step *s, void *const *slots) {
+  return s->op == WK_OP_QMATMUL ? qmatmul_kernel(s, slots) : dequantize_kernel(s, slots);
+}
