@@ -13,3 +13,6 @@
 #include "wick/embed.h"
 #include "wick/sampler.h"
 #include "wick/generate.h"
+#include "wick/lora.h"
+#include "wick/optim.h"
+#include "wick/train.h"

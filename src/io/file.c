@@ -120,3 +120,35 @@ int wk_write_atomic(const char *path, int n, const void *const *data, const size
   free(tmp);
   return s;
 }
+
+char *wk_path_join(const char *dir, const char *name) {
+  size_t n = strlen(dir) + strlen(name) + 2;
+  char *p = malloc(n);
+  if (p) snprintf(p, n, "%s%s%s", dir, *dir && dir[strlen(dir) - 1] != '/' ? "/" : "", name);
+  return p;
+}
+
+int wk_mkdirs(const char *dir) {
+  char *p = strdup(dir);
+  if (!p) return wk_error(WK_ERR_OOM, "%s: out of memory", dir);
+  for (char *c = p + 1;; c++) {
+    if (*c && *c != '/') continue;
+    char keep = *c;
+    *c = 0;
+    struct stat st;
+    if (mkdir(p, 0755) && errno != EEXIST) {
+      wk_status s = wk_error(WK_ERR_IO, "%s: can't create directory '%s': %s", dir, p, strerror(errno));
+      free(p);
+      return s;
+    }
+    if (stat(p, &st) || !S_ISDIR(st.st_mode)) {
+      wk_status s = wk_error(WK_ERR_IO, "%s: '%s' exists and is not a directory", dir, p);
+      free(p);
+      return s;
+    }
+    *c = keep;
+    if (!keep) break;
+  }
+  free(p);
+  return WK_OK;
+}

@@ -23,3 +23,8 @@ int wk_write_atomic(const char *path, int n, const void *const *data, const size
 void wk_fsync_parent(const char *path);
 // fsync of a directory itself (best effort).
 void wk_fsync_dir(const char *dir);
+// dir + "/" + name, malloc'd (caller frees); NULL when out of memory.
+char *wk_path_join(const char *dir, const char *name);
+// Creates dir and its missing parents (mode 0755). Nonzero with a message naming the
+// component that could not be made (or that exists and is not a directory).
+int wk_mkdirs(const char *dir);

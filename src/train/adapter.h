@@ -1,0 +1,25 @@
+// The struct behind wk_adapter (include/wick/lora.h), shared by lora.c, peft.c and
+// registry.c.
+#pragma once
+#include <stdbool.h>
+#include "models/llama.h"
+#include "wick/lora.h"
+
+struct wk_adapter {
+  wk_model *model;          // the model it was made or loaded for
+  wk_lora_config cfg;
+  int64_t n_layers;
+  wk_lora_hook hook;        // what the model's forward pass reads while active
+  int n_params;
+  wk_tensor **params;       // A and B per adapted projection, in (layer, projection) order
+  char **names;             // PEFT's names of params
+  wk_tensor **originals;    // per slot: the base weight a merge replaced by one of another dtype
+  bool merged;
+};
+
+// An empty adapter for m (config checked); fill it with wk_adapter_put.
+wk_adapter *wk_adapter_alloc(wk_model *m, const wk_lora_config *c);
+// Installs A [r, in] and B [out, r] (evaluated f32; the adapter takes the references)
+// for projection p of layer l, named and marked trainable.
+wk_status wk_adapter_put(wk_adapter *a, int64_t l, wk_proj p, wk_tensor *A, wk_tensor *B);
+wk_status wk_lora_check_config(const wk_lora_config *c, const char *who);

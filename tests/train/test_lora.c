@@ -1,0 +1,303 @@
+// LoRA against peft (fixtures from tools/gen_lora_fixtures.py on the tiny random Qwen2
+// of tests/fixtures/models/qwen2): loading peft's adapter, the loss, every adapter
+// gradient, three AdamW steps; saving in peft's layout; merge / unmerge; the registry;
+// bad adapters.
+#define _POSIX_C_SOURCE 200809L
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "check.h"
+#include "fixtures.h"
+#include "io/file.h"
+#include "io/json.h"
+#include "models/llama.h"
+
+static const char *qwen2_dir(void) { return fixture_in("models", "qwen2"); }
+static const char *lora_fixture(const char *name) { return fixture_in("lora", name); }
+
+// max |a - b| / max(max |b|, floor) over n floats: relative to the tensor's scale
+static float rel_diff(const float *a, const float *b, int64_t n) {
+  float scale = 1e-6f;
+  for (int64_t i = 0; b && i < n; i++) scale = fmaxf(scale, fabsf(b[i]));
+  return max_abs_diff(a, b, n) / scale;
+}
+
+static float tensor_rel_diff(wk_tensor *a, wk_tensor *b) {
+  if (!a || !b || wk_numel(a) != wk_numel(b)) return INFINITY;
+  float *x = read_all(a), *y = read_all(b);
+  float d = rel_diff(x, y, wk_numel(a));
+  free(x);
+  free(y);
+  return d;
+}
+
+// Loss, gradients and three AdamW steps of the adapter in fixture `name` vs peft.
+static void against_peft(const char *name, int expect_params) {
+  char dir[1024];
+  snprintf(dir, sizeof dir, "%s", lora_fixture(name));
+  wk_model *m = wk_model_load(qwen2_dir());
+  wk_adapter *a = m ? wk_adapter_load(m, dir) : NULL;
+  char refpath[1100];
+  snprintf(refpath, sizeof refpath, "%s/reference.safetensors", dir);
+  wk_st_file *ref = wk_st_open(refpath);
+  CHECK(m && a && ref, "%s: load model, adapter and reference", name);
+  if (!m || !a || !ref) goto out;
+  int n = wk_adapter_params(a, NULL);
+  CHECK(n == expect_params, "%s: %d adapter tensors, expected %d", name, n, expect_params);
+  CHECK(wk_model_use_adapter(m, a) == WK_OK, "%s: use adapter", name);
+  wk_tensor *ids = wk_st_get(ref, "ids"), *labels = wk_st_get(ref, "labels");
+  wk_tensor **params = calloc((size_t)n, sizeof *params), **grads = calloc((size_t)n, sizeof *grads);
+  wk_adapter_params(a, params);
+  wk_scope_begin();
+  wk_tensor *loss = wk_causal_lm_loss(m, ids, labels);
+  float value = NAN;
+  CHECK(wk_value_and_grad(loss, n, params, grads, &value) == WK_OK, "%s: value_and_grad", name);
+  float want = wk_item(wk_st_get(ref, "loss"));
+  // f32 forward of two tiny layers: differences are summation order only
+  CHECK(fabsf(value - want) <= 1e-5f * fmaxf(1.0f, fabsf(want)), "%s: loss %.7f, peft %.7f", name, (double)value,
+        (double)want);
+  float worst = 0;
+  for (int i = 0; i < n; i++) {
+    char gname[256];
+    snprintf(gname, sizeof gname, "grad.%s", wk_adapter_param_name(a, i));
+    float d = tensor_rel_diff(grads[i], wk_st_get(ref, gname));
+    CHECK(d <= 1e-4f, "%s: gradient of %s differs by %g (relative)", name, wk_adapter_param_name(a, i), (double)d);
+    worst = fmaxf(worst, d);
+  }
+  printf("%s: loss %.6f (peft %.6f), worst gradient rel diff %.2g\n", name, (double)value, (double)want, (double)worst);
+  wk_scope_end();
+  // three AdamW steps on the same batch (torch.optim.AdamW lr 1e-2, wd 0.01)
+  wk_optim_config oc = wk_adamw_defaults();
+  oc.lr = 1e-2f;
+  wk_optim *opt = wk_optim_new(&oc, n, params);
+  wk_tensor *sl = wk_st_get(ref, "step_loss");
+  float *step_loss = read_all(sl);
+  wk_tensor_free(sl);
+  for (int k = 1; k <= 3 && opt; k++) {
+    wk_scope_begin();
+    wk_adapter_params(a, params);
+    loss = wk_causal_lm_loss(m, ids, labels);
+    CHECK(wk_value_and_grad(loss, n, params, grads, &value) == WK_OK, "%s: step %d grads", name, k);
+    CHECK(step_loss && fabsf(value - step_loss[k - 1]) <= 1e-5f * fmaxf(1.0f, step_loss[k - 1]),
+          "%s: step %d loss %.7f, peft %.7f", name, k, (double)value, step_loss ? (double)step_loss[k - 1] : 0.0);
+    wk_tensor **next = calloc((size_t)n, sizeof *next);
+    CHECK(wk_optim_step(opt, params, grads, -1, 1.0f, next) == WK_OK, "%s: AdamW step %d", name, k);
+    for (int i = 0; i < n; i++) {
+      wk_adapter_set_param(a, i, next[i]);
+      wk_tensor_free(next[i]);
+    }
+    free(next);
+    worst = 0;
+    for (int i = 0; i < n; i++) {
+      char pname[256];
+      snprintf(pname, sizeof pname, "step%d.%s", k, wk_adapter_param_name(a, i));
+      wk_tensor *p = wk_adapter_params(a, params) ? params[i] : NULL;
+      worst = fmaxf(worst, tensor_rel_diff(p, wk_st_get(ref, pname)));
+    }
+    CHECK(worst <= 1e-5f, "%s: adapter weights after AdamW step %d differ by %g (relative)", name, k, (double)worst);
+    wk_scope_end();
+  }
+  free(step_loss);
+  wk_optim_free(opt);
+  free(params);
+  free(grads);
+  wk_tensor_free(ids);
+  wk_tensor_free(labels);
+out:
+  wk_st_close(ref);
+  wk_adapter_free(a);
+  wk_model_free(m);
+}
+
+// Saved files carry peft's tensor names, shapes and config fields: compared with the
+// adapter peft saved, reloaded into wick with the same values.
+static void save_layout(void) {
+  wk_model *m = wk_model_load(qwen2_dir());
+  wk_adapter *a = m ? wk_adapter_load(m, lora_fixture("all")) : NULL;
+  CHECK(a != NULL, "load the 'all' adapter");
+  if (!a) { wk_model_free(m); return; }
+  char tmp[] = "/tmp/wick_lora_XXXXXX";
+  CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
+  char out[256];
+  snprintf(out, sizeof out, "%s/adapter", tmp);
+  CHECK(wk_adapter_save(a, out, "tests/fixtures/models/qwen2") == WK_OK, "save adapter");
+  // tensors: the same names and shapes as peft's file, the same values
+  char p1[1100], p2[300];
+  snprintf(p1, sizeof p1, "%s/adapter_model.safetensors", lora_fixture("all"));
+  snprintf(p2, sizeof p2, "%s/adapter_model.safetensors", out);
+  wk_st_file *theirs = wk_st_open(p1), *ours = wk_st_open(p2);
+  CHECK(theirs && ours && wk_st_count(theirs) == wk_st_count(ours), "same tensor count");
+  for (int i = 0; theirs && ours && i < wk_st_count(theirs); i++) {
+    const char *name = wk_st_name(theirs, i);
+    CHECK(wk_st_find(ours, name) >= 0, "saved file lacks '%s'", name);
+    wk_tensor *x = wk_st_get(theirs, name), *y = wk_st_find(ours, name) >= 0 ? wk_st_get(ours, name) : NULL;
+    CHECK(y && tensor_rel_diff(y, x) == 0.0f, "'%s' differs after a save", name);
+    wk_tensor_free(x);
+    wk_tensor_free(y);
+  }
+  CHECK(ours && wk_st_metadata(ours, "format") && !strcmp(wk_st_metadata(ours, "format"), "pt"), "format metadata");
+  wk_st_close(theirs);
+  wk_st_close(ours);
+  // config: every field peft's loader needs, with peft's values
+  snprintf(p1, sizeof p1, "%s/adapter_config.json", lora_fixture("all"));
+  snprintf(p2, sizeof p2, "%s/adapter_config.json", out);
+  size_t l1, l2;
+  char *t1 = wk_read_file(p1, 1 << 20, &l1), *t2 = wk_read_file(p2, 1 << 20, &l2);
+  wk_json *j1 = t1 ? wk_json_parse(t1, l1, p1, NULL) : NULL, *j2 = t2 ? wk_json_parse(t2, l2, p2, NULL) : NULL;
+  CHECK(j1 && j2, "parse both configs");
+  static const char *const same[] = {"peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "use_rslora",
+                                     "bias", "fan_in_fan_out", "use_dora", "base_model_name_or_path"};
+  for (size_t i = 0; j1 && j2 && i < sizeof same / sizeof *same; i++) {
+    const wk_json *x = wk_json_get(j1, same[i]), *y = wk_json_get(j2, same[i]);
+    int eq = x && y && x->type == y->type &&
+             (x->type == WK_JSON_STRING ? !strcmp(x->s, y->s) : x->type == WK_JSON_NUMBER ? x->d == y->d : x->b == y->b);
+    CHECK(eq, "config field '%s' differs from peft's", same[i]);
+  }
+  const wk_json *tm = wk_json_get(j2, "target_modules");
+  CHECK(wk_json_len(tm) == 7 && wk_json_len(wk_json_get(j1, "target_modules")) == 7, "target_modules lists 7");
+  wk_json_free(j1);
+  wk_json_free(j2);
+  free(t1);
+  free(t2);
+  // reload what we wrote: the same forward
+  wk_adapter *b = wk_adapter_load(m, out);
+  CHECK(b && wk_adapter_config(b)->rank == 2 && wk_adapter_config(b)->rslora &&
+            wk_adapter_config(b)->targets == WK_LORA_ALL_LINEAR,
+        "reload: rank, rslora, targets");
+  wk_adapter_free(b);
+  wk_adapter_free(a);
+  wk_model_free(m);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+  CHECK(system(cmd) == 0, "cleanup");
+}
+
+static float *logits_of(wk_model *m, wk_tensor *ids) {
+  wk_scope_begin();
+  float *v = read_all(wk_model_forward(m, ids, 0));
+  wk_scope_end();
+  return v;
+}
+
+// Merging gives the logits of the active adapter; unmerging gives the base back; the
+// registry switches between adapters without touching base weights.
+static void merge_and_registry(void) {
+  wk_model *m = wk_model_load(qwen2_dir());
+  wk_adapter_registry *r = m ? wk_registry_new(m) : NULL;
+  CHECK(r && wk_registry_load(r, "qv", lora_fixture("qv")) == WK_OK && wk_registry_load(r, "all", lora_fixture("all")) == WK_OK,
+        "registry: load two adapters");
+  if (!r || wk_registry_count(r) != 2) { wk_registry_free(r); wk_model_free(m); return; }
+  int32_t idv[] = {5, 17, 42, 9, 200, 31, 7};
+  wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 7}, WK_I32, idv);
+  int64_t n = 7 * wk_model_get_config(m)->vocab_size;
+  wk_tensor *wq = *wk_llama_proj_weight(m, 0, WK_PROJ_Q);
+  float *base = logits_of(m, ids);
+  CHECK(wk_registry_activate(r, "qv") == WK_OK && !strcmp(wk_registry_active(r), "qv"), "activate qv");
+  float *with_qv = logits_of(m, ids);
+  CHECK(wk_registry_activate(r, "all") == WK_OK, "switch to all");
+  float *with_all = logits_of(m, ids);
+  CHECK(*wk_llama_proj_weight(m, 0, WK_PROJ_Q) == wq, "switching leaves the base weight tensor alone");
+  CHECK(max_abs_diff(base, with_qv, n) > 1e-3f && max_abs_diff(with_qv, with_all, n) > 1e-3f,
+        "adapters change the logits");
+  CHECK(wk_registry_activate(r, NULL) == WK_OK && !wk_registry_active(r), "deactivate");
+  float *again = logits_of(m, ids);
+  CHECK(max_abs_diff(base, again, n) == 0.0f, "no adapter: the base logits exactly");
+  CHECK(wk_registry_activate(r, "nope") != WK_OK && strstr(wk_last_error(), "nope"), "unknown name is named");
+  // merge qv: the logits of the active adapter, from base weights alone
+  wk_adapter *qv = wk_registry_get(r, 0);
+  CHECK(wk_adapter_merge(qv) == WK_OK && wk_adapter_is_merged(qv), "merge");
+  float *merged = logits_of(m, ids);
+  CHECK(max_abs_diff(merged, with_qv, n) <= 1e-5f, "merged logits = adapter logits (diff %g)",
+        (double)max_abs_diff(merged, with_qv, n));
+  CHECK(wk_registry_activate(r, "qv") != WK_OK, "a merged adapter can't also be activated");
+  CHECK(wk_adapter_unmerge(qv) == WK_OK, "unmerge");
+  float *unmerged = logits_of(m, ids);
+  CHECK(max_abs_diff(unmerged, base, n) <= 1e-5f, "unmerged logits = base (diff %g)",
+        (double)max_abs_diff(unmerged, base, n));
+  CHECK(wk_registry_remove(r, "all") == WK_OK && wk_registry_count(r) == 1, "remove");
+  free(base), free(with_qv), free(with_all), free(again), free(merged), free(unmerged);
+  wk_tensor_free(ids);
+  wk_registry_free(r);
+  wk_model_free(m);
+}
+
+// A fresh adapter: peft's initialization (B zero: the logits are the base's; A within
+// +-1/sqrt(in)), seeded.
+static void fresh_adapter(void) {
+  wk_model *m = wk_model_load(qwen2_dir());
+  if (!m) { CHECK(0, "load qwen2"); return; }
+  wk_lora_config c = wk_lora_defaults();
+  c.seed = 7;
+  wk_adapter *a = wk_adapter_new(m, &c), *b = wk_adapter_new(m, &c);
+  CHECK(a && b && wk_adapter_params(a, NULL) == 2 * 2 * 2, "q,v on 2 layers: 8 tensors");
+  if (a && b) {
+    wk_tensor *pa[8], *pb[8];
+    wk_adapter_params(a, pa);
+    wk_adapter_params(b, pb);
+    float *A = read_all(pa[0]), *A2 = read_all(pb[0]), *B = read_all(pa[1]);
+    int64_t na = wk_numel(pa[0]);
+    float bound = 1.0f / sqrtf(32.0f), mx = 0;
+    for (int64_t i = 0; i < na; i++) mx = fmaxf(mx, fabsf(A[i]));
+    CHECK(mx <= bound && mx > 0.5f * bound, "A within +-1/sqrt(in) and spread (max %g)", (double)mx);
+    CHECK(max_abs_diff(A, A2, na) == 0.0f, "same seed, same A");
+    float bz = 0;
+    for (int64_t i = 0; i < wk_numel(pa[1]); i++) bz = fmaxf(bz, fabsf(B[i]));
+    CHECK(bz == 0.0f, "B starts at zero");
+    CHECK(wk_adapter_bytes(a) == (size_t)(2 * (8 * 32 + 32 * 8) + 2 * (8 * 32 + 16 * 8)) * 4, "bytes %zu",
+          wk_adapter_bytes(a));
+    free(A), free(A2), free(B);
+  }
+  wk_adapter_free(a);
+  wk_adapter_free(b);
+  wk_model_free(m);
+}
+
+static void bad_input(void) {
+  wk_model *m = wk_model_load(qwen2_dir());
+  wk_lora_config c = wk_lora_defaults();
+  c.rank = 0;
+  CHECK(!wk_adapter_new(m, &c) && strstr(wk_last_error(), "rank 0"), "rank 0 is refused");
+  unsigned t;
+  CHECK(wk_lora_parse_targets("q,lm_head", &t) != WK_OK && strstr(wk_last_error(), "lm_head"), "unknown target named");
+  CHECK(wk_lora_parse_targets("q,gate", &t) == WK_OK && t == ((1u << WK_PROJ_Q) | (1u << WK_PROJ_GATE)), "short names");
+  CHECK(wk_lora_parse_targets("all-linear", &t) == WK_OK && t == WK_LORA_ALL_LINEAR, "all-linear");
+  // the qwen2 adapter on the llama fixture (other widths): shapes named
+  wk_model *llama = wk_model_load(fixture_in("models", "llama"));
+  CHECK(llama && !wk_adapter_load(llama, lora_fixture("qv")) && strstr(wk_last_error(), "expected"),
+        "an adapter for another model is refused with the shape");
+  CHECK(!wk_adapter_load(m, "/nonexistent/adapter") && strstr(wk_last_error(), "/nonexistent/adapter"),
+        "missing directory named");
+  // a config naming a module the model lacks
+  char tmp[] = "/tmp/wick_badlora_XXXXXX";
+  if (mkdtemp(tmp)) {
+    char p[300];
+    snprintf(p, sizeof p, "%s/adapter_config.json", tmp);
+    FILE *f = fopen(p, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"c_attn\"]}", f);
+    fclose(f);
+    CHECK(!wk_adapter_load(m, tmp) && strstr(wk_last_error(), "c_attn"), "target module the model lacks is named");
+    f = fopen(p, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"use_dora\": true}", f);
+    fclose(f);
+    CHECK(!wk_adapter_load(m, tmp) && strstr(wk_last_error(), "DoRA"), "DoRA refused");
+    f = fopen(p, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"]", f);
+    fclose(f);
+    CHECK(!wk_adapter_load(m, tmp) && strstr(wk_last_error(), "adapter_config.json"), "truncated config named");
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0, "cleanup");
+  }
+  wk_model_free(llama);
+  wk_model_free(m);
+}
+
+int main(void) {
+  against_peft("qv", 2 * 2 * 2);
+  against_peft("all", 2 * 7 * 2);
+  save_layout();
+  merge_and_registry();
+  fresh_adapter();
+  bad_input();
+  return check_report();
+}
