@@ -37,9 +37,9 @@ static wk_tensor *src_get(source *s, const char *name, int required) {
       if (required) wk_error(WK_ERR_ARG, "model %s: tensor '%s' not found", s->path, name);
       return NULL;
     }
-    // F32/F16/BF16 zero-copy in their dtype; quantized types dequantized to f32 (for now).
-    if (d->type == WK_QT_F32 || d->type == WK_QT_F16 || d->type == WK_QT_BF16) t = wk_gguf_tensor_load(s->gg, name);
-    else t = wk_gguf_tensor_f32(s->gg, name);
+    // Zero-copy in the file's dtype: F32/F16/BF16, and the block-quantized types, which
+    // matmul and embedding read in place. Others (Q5_0, ...) fail with the type's name.
+    t = wk_gguf_tensor_load(s->gg, name);
   }
   return wk_keep(t);
 }
@@ -339,7 +339,12 @@ const wk_model_config *wk_model_get_config(const wk_model *m) { return m ? &m->c
 const char *wk_model_format(const wk_model *m) { return m ? m->format : NULL; }
 
 // ---- forward ----
-static wk_tensor *f32(wk_tensor *w) { return wk_tensor_dtype(w) == WK_F32 ? w : wk_cast(w, WK_F32); }
+// f16/bf16 weights widen to f32; quantized ones stay in their blocks (matmul and
+// embedding read them directly, so the model never holds an f32 copy).
+static wk_tensor *f32(wk_tensor *w) {
+  wk_dtype dt = wk_tensor_dtype(w);
+  return dt == WK_F32 || wk_dtype_is_quantized(dt) ? w : wk_cast(w, WK_F32);
+}
 
 // x[..., in] @ W[out, in]^T + b
 static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b) {
