@@ -5,7 +5,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include "common.h"
+#include "gen_opts.h"
 
 static volatile sig_atomic_t g_interrupted;
 static void on_sigint(int sig) { (void)sig; g_interrupted = 1; }
@@ -25,14 +25,6 @@ static int on_token(const wk_gen_token *t, void *user) {
   return g_interrupted ? 1 : 0;
 }
 
-static int parse_float(const char *s, double lo, double hi, float *out) {
-  char *end;
-  double v = strtod(s, &end);
-  if (end == s || *end || !(v >= lo && v <= hi)) return -1;
-  *out = (float)v;
-  return 0;
-}
-
 int wick_generate_main(int argc, char **argv) {
   const char *C = "generate", *model = NULL, *prompt = NULL, *v;
   wk_generate_params gp = wk_generate_defaults();
@@ -42,43 +34,23 @@ int wick_generate_main(int argc, char **argv) {
   if (!stops) return cli_user_error(C, "out of memory");
   size_t n_stop = 0;
   int rc = 0;
-  long lv;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
 #define VAL() do { if (!(v = cli_opt_value(C, argc, argv, &i))) { rc = 2; goto out; } } while (0)
-#define BAD(what) do { rc = cli_user_error(C, "bad %s '%s' (want %s)", a, v, what); goto out; } while (0)
+    int g = cli_gen_option(C, argc, argv, &i, &gp, stops, &n_stop);
+    if (g == 2) { rc = 2; goto out; }
+    if (g) continue;
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); model = v; }
     else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { VAL(); prompt = v; }
-    else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_parse_int(v, 0, INT32_MAX, &lv)) BAD("an integer >= 0"); gp.max_tokens = (int32_t)lv; }
-    else if (!strcmp(a, "--temp")) { VAL(); if (parse_float(v, 0, 1e6, &gp.sampler.temperature)) BAD("a number >= 0"); }
-    else if (!strcmp(a, "--top-k")) { VAL(); if (cli_parse_int(v, 0, INT32_MAX, &lv)) BAD("an integer >= 0"); gp.sampler.top_k = (int32_t)lv; }
-    else if (!strcmp(a, "--top-p")) { VAL(); if (parse_float(v, 1e-9, 1, &gp.sampler.top_p)) BAD("a number in (0, 1]"); }
-    else if (!strcmp(a, "--min-p")) { VAL(); if (parse_float(v, 0, 1, &gp.sampler.min_p)) BAD("a number in [0, 1]"); }
-    else if (!strcmp(a, "--repeat-penalty")) { VAL(); if (parse_float(v, 1e-6, 1e6, &gp.sampler.repeat_penalty)) BAD("a number > 0"); }
-    else if (!strcmp(a, "--presence-penalty")) { VAL(); if (parse_float(v, -1e6, 1e6, &gp.sampler.presence_penalty)) BAD("a number"); }
-    else if (!strcmp(a, "--frequency-penalty")) { VAL(); if (parse_float(v, -1e6, 1e6, &gp.sampler.frequency_penalty)) BAD("a number"); }
-    else if (!strcmp(a, "--seed")) {
-      VAL();
-      char *end;
-      unsigned long long sv = strtoull(v, &end, 10);
-      if (end == v || *end || v[0] == '-') BAD("a non-negative integer");
-      gp.sampler.seed = (uint64_t)sv;
-    }
-    else if (!strcmp(a, "--stop")) { VAL(); if (!v[0]) BAD("a non-empty string"); stops[n_stop++] = v; }
     else if (!strcmp(a, "--json")) json = true;
     else if (!strcmp(a, "--no-special")) special = false;
-    else if (!strcmp(a, "--ignore-eos")) gp.ignore_eos = true;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick generate [-m MODEL] -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
-             "                     [--repeat-penalty R] [--presence-penalty X] [--frequency-penalty X]\n"
-             "                     [--seed S] [--stop STR]... [--ignore-eos] [--no-special] [--json]\n"
-             "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n"
-             "  -n: tokens to generate (default 128); --temp 0 is greedy (default 0.8)\n");
+      printf("usage: wick generate [-m MODEL] -p PROMPT [--no-special] [--json]\n" CLI_GEN_USAGE
+             "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n");
       goto out;
     } else if (a[0] == '-') { rc = cli_user_error(C, "unknown option '%s'", a); goto out; }
     else { rc = cli_user_error(C, "unexpected argument '%s' (the prompt goes after -p)", a); goto out; }
 #undef VAL
-#undef BAD
   }
   if (!prompt) { rc = cli_user_error(C, "missing -p PROMPT"); goto out; }
   if (!prompt[0]) { rc = cli_user_error(C, "the prompt is empty"); goto out; }

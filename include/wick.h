@@ -13,6 +13,7 @@
 #include "wick/embed.h"
 #include "wick/sampler.h"
 #include "wick/generate.h"
+#include "wick/chat_session.h"
 #include "wick/lora.h"
 #include "wick/optim.h"
 #include "wick/train.h"

@@ -12,6 +12,9 @@ Writes under tests/fixtures/chat/:
                transformers' save_pretrained with SmolLM2's template (chat_template.jinja);
   hf_legacy/   the same with the template inside tokenizer_config.json (as SmolLM2's files).
   vocab.gguf   the same vocabulary as GGUF tokenizer.ggml.* keys with tokenizer.chat_template.
+  model/       a random-initialized tiny LlamaForCausalLM over that vocabulary (eos <|im_end|>)
+               with the hf/ tokenizer files: a chat model for tests/cli (wick chat).
+  no_template/ links to model/'s weights and tokenizer.json only: a model without a template.
 With the real SmolLM2 GGUF under models/, checks that its template equals SMOLLM2 below.
 """
 import glob
@@ -151,7 +154,29 @@ def main():
         shutil.rmtree(os.path.join(OUT, sub), ignore_errors=True)
         tok.save_pretrained(os.path.join(OUT, sub), save_jinja_files=jinja)
     write_vocab_gguf(os.path.join(OUT, "vocab.gguf"))
+    write_tiny_model(tok, os.path.join(OUT, "model"))
     print(f"{len(cases)} cases, {len(UNSUPPORTED)} refused templates -> {os.path.relpath(OUT, ROOT)}")
+
+
+def write_tiny_model(tok, out):
+    """A large initializer_range makes its greedy choices decisive (top-2 logit margins of
+    tenths, not thousandths) and its output varied, so that tests comparing two ways of
+    generating can tell them apart."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+                      eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), initializer_range=0.6)
+    shutil.rmtree(out, ignore_errors=True)
+    LlamaForCausalLM(cfg).eval().save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    bare = os.path.join(os.path.dirname(out), "no_template")
+    shutil.rmtree(bare, ignore_errors=True)
+    os.makedirs(bare)
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        os.symlink(os.path.join("..", os.path.basename(out), f), os.path.join(bare, f))
 
 
 def write_vocab_gguf(out):

@@ -52,7 +52,9 @@ typedef struct {
 typedef int (*wk_gen_callback)(const wk_gen_token *t, void *user);
 
 typedef struct {
-  int64_t prompt_tokens, generated_tokens;
+  int64_t prompt_tokens;        // prompt tokens prefilled (not counting cached_tokens)
+  int64_t cached_tokens;        // prompt tokens the cache already held (wk_generate_cached)
+  int64_t generated_tokens;
   wk_stop_reason stop;
   double prefill_s, decode_s;   // prefill: the prompt pass (and first sample); decode: the rest
 } wk_generate_result;
@@ -65,3 +67,14 @@ const char *wk_stop_reason_name(wk_stop_reason r);   // "eos", "max_tokens", ...
 wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *prompt, size_t n_prompt,
                       const wk_generate_params *params, wk_gen_callback cb, void *user,
                       wk_generate_result *result);
+
+// Continues a sequence whose beginning is already in `cache`: ids[0..n_ids) is the whole
+// prompt, and the cache must hold its first wk_kv_cache_len(cache) tokens (the caller
+// keeps track; cut a longer cache back with wk_kv_cache_truncate). Only the rest is
+// prefilled (at least the last id), and the penalties see all of ids, so the tokens
+// equal wk_generate's on the same ids. Afterwards the cache holds ids and the generated
+// tokens that were fed back: all but the last one sampled. A chat keeps one cache for
+// the whole conversation this way (see chat_session.h).
+wk_status wk_generate_cached(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *cache, const int32_t *ids,
+                             size_t n_ids, const wk_generate_params *params, wk_gen_callback cb, void *user,
+                             wk_generate_result *result);

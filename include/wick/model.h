@@ -130,6 +130,9 @@ wk_kv_cache *wk_kv_cache_new(const wk_model *m);
 void wk_kv_cache_free(wk_kv_cache *c);             // NULL is fine
 int64_t wk_kv_cache_len(const wk_kv_cache *c);     // positions held
 void wk_kv_cache_reset(wk_kv_cache *c);            // empties it (keeps the model)
+// Keeps the first len positions (0 <= len <= wk_kv_cache_len): a conversation whose
+// text changed after them re-prefills from there. src/gen/kv_cache.c.
+wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len);
 // Like wk_model_forward at pos_offset = wk_kv_cache_len(c), attending to the cached
 // keys and values too. The logits and the cache are evaluated before returning (so
 // that the next step does not recompute the prefix); the batch size must match the

@@ -101,15 +101,17 @@ static wk_tensor *step(wk_model *m, wk_kv_cache *c, const int32_t *ids, size_t n
   return lg;
 }
 
-wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *prompt, size_t n_prompt,
-                      const wk_generate_params *params, wk_gen_callback cb, void *user,
-                      wk_generate_result *result) {
+// Generates after prompt[0..n_prompt), of which the cache holds the first
+// wk_kv_cache_len(c) (cut back so that at least the last id is prefilled).
+static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, const int32_t *prompt,
+                          size_t n_prompt, const wk_generate_params *params, wk_gen_callback cb, void *user,
+                          wk_generate_result *result) {
   wk_generate_params p = params ? *params : wk_generate_defaults();
   wk_generate_result res;
   memset(&res, 0, sizeof res);
   res.prompt_tokens = (int64_t)n_prompt;
   if (result) *result = res;
-  if (!m) return wk_error(WK_ERR_ARG, "generate: model is NULL");
+  if (!m || !c) return wk_error(WK_ERR_ARG, "generate: model or cache is NULL");
   const wk_model_config *cfg = wk_model_get_config(m);
   int64_t ctx = cfg->max_position_embeddings, V = cfg->vocab_size;
   if (!prompt || !n_prompt) return wk_error(WK_ERR_ARG, "generate: the prompt is empty (0 tokens; want 1 to %lld)", (long long)ctx);
@@ -123,18 +125,25 @@ wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *promp
   int32_t eos_tok = tok ? wk_tokenizer_eos(tok) : -1;
   wk_sampler *s = wk_sampler_new(&p.sampler, V);
   if (!s) return WK_ERR_ARG;
-  wk_kv_cache *c = wk_kv_cache_new(m);
   buf raw = {0}, pend = {0};
   wk_tensor *lg = NULL;
   wk_status st = WK_OK;
-  if (!c) { st = WK_ERR_OOM; goto done; }
+  int64_t cached = wk_kv_cache_len(c);
+  if (cached > (int64_t)n_prompt) {
+    st = wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",
+                  (long long)cached, n_prompt);
+    goto done;
+  }
+  if (cached == (int64_t)n_prompt && (st = wk_kv_cache_truncate(c, --cached))) goto done;
+  res.cached_tokens = cached;
+  res.prompt_tokens = (int64_t)n_prompt - cached;
   for (size_t i = 0; i < n_prompt; i++)
     if ((st = wk_sampler_accept(s, prompt[i]))) goto done;   // also range-checks the ids
   if (!p.max_tokens) { res.stop = WK_STOP_MAX_TOKENS; goto done; }
 
   double t0 = now_s(), t1 = t0;
   const float *row;
-  if (!(lg = step(m, c, prompt, n_prompt, &row, V))) { st = WK_ERR_STATE; goto done; }
+  if (!(lg = step(m, c, prompt + cached, n_prompt - (size_t)cached, &row, V))) { st = WK_ERR_STATE; goto done; }
   for (;;) {
     wk_sample smp;
     if ((st = wk_sampler_sample(s, row, &smp))) goto done;
@@ -188,7 +197,24 @@ done:
   wk_tensor_free(lg);
   free(raw.p);
   free(pend.p);
-  wk_kv_cache_free(c);
   wk_sampler_free(s);
   return st;
+}
+
+wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *prompt, size_t n_prompt,
+                      const wk_generate_params *params, wk_gen_callback cb, void *user,
+                      wk_generate_result *result) {
+  if (result) memset(result, 0, sizeof *result);
+  if (!m) return wk_error(WK_ERR_ARG, "generate: model is NULL");
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  if (!c) return WK_ERR_OOM;
+  wk_status st = generate(m, tok, c, prompt, n_prompt, params, cb, user, result);
+  wk_kv_cache_free(c);
+  return st;
+}
+
+wk_status wk_generate_cached(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *cache, const int32_t *ids,
+                             size_t n_ids, const wk_generate_params *params, wk_gen_callback cb, void *user,
+                             wk_generate_result *result) {
+  return generate(m, tok, cache, ids, n_ids, params, cb, user, result);
 }

@@ -1,0 +1,43 @@
+#include "gen_opts.h"
+#include <stdlib.h>
+#include <string.h>
+
+static int parse_float(const char *s, double lo, double hi, float *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || *end || !(v >= lo && v <= hi)) return -1;
+  *out = (float)v;
+  return 0;
+}
+
+int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_params *gp, const char **stops,
+                   size_t *n_stop) {
+  const char *a = argv[*i], *v;
+  long lv;
+  wk_sampler_params *sp = &gp->sampler;
+#define IS(name) (!strcmp(a, name))
+#define VAL() do { if (!(v = cli_opt_value(C, argc, argv, i))) return 2; } while (0)
+#define BAD(what) return cli_user_error(C, "bad %s '%s' (want %s)", a, v, what)
+  if (IS("-n") || IS("--n-predict")) { VAL(); if (cli_parse_int(v, 0, INT32_MAX, &lv)) BAD("an integer >= 0"); gp->max_tokens = (int32_t)lv; }
+  else if (IS("--temp")) { VAL(); if (parse_float(v, 0, 1e6, &sp->temperature)) BAD("a number >= 0"); }
+  else if (IS("--top-k")) { VAL(); if (cli_parse_int(v, 0, INT32_MAX, &lv)) BAD("an integer >= 0"); sp->top_k = (int32_t)lv; }
+  else if (IS("--top-p")) { VAL(); if (parse_float(v, 1e-9, 1, &sp->top_p)) BAD("a number in (0, 1]"); }
+  else if (IS("--min-p")) { VAL(); if (parse_float(v, 0, 1, &sp->min_p)) BAD("a number in [0, 1]"); }
+  else if (IS("--repeat-penalty")) { VAL(); if (parse_float(v, 1e-6, 1e6, &sp->repeat_penalty)) BAD("a number > 0"); }
+  else if (IS("--presence-penalty")) { VAL(); if (parse_float(v, -1e6, 1e6, &sp->presence_penalty)) BAD("a number"); }
+  else if (IS("--frequency-penalty")) { VAL(); if (parse_float(v, -1e6, 1e6, &sp->frequency_penalty)) BAD("a number"); }
+  else if (IS("--seed")) {
+    VAL();
+    char *end;
+    unsigned long long sv = strtoull(v, &end, 10);
+    if (end == v || *end || v[0] == '-') BAD("a non-negative integer");
+    sp->seed = (uint64_t)sv;
+  }
+  else if (IS("--stop")) { VAL(); if (!v[0]) BAD("a non-empty string"); stops[(*n_stop)++] = v; }
+  else if (IS("--ignore-eos")) gp->ignore_eos = true;
+  else return 0;
+  return 1;
+#undef IS
+#undef VAL
+#undef BAD
+}

@@ -1,0 +1,15 @@
+// Generation options shared by wick generate and wick chat: sampler values, -n, stop
+// strings, EOS handling.
+#pragma once
+#include "common.h"
+
+// Parses argv[*i] if it is a generation option (advancing *i past its value) into gp;
+// stop strings go to stops[*n_stop] (room for argc of them). Returns 1 if it was one,
+// 0 if not, and 2 after printing a user error for a bad or missing value.
+int cli_gen_option(const char *cmd, int argc, char **argv, int *i, wk_generate_params *gp, const char **stops,
+                   size_t *n_stop);
+// The option lines of the usage text.
+#define CLI_GEN_USAGE                                                                         \
+  "  [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"           \
+  "  [--presence-penalty X] [--frequency-penalty X] [--seed S] [--stop STR]... [--ignore-eos]\n" \
+  "  -n: tokens to generate (default 128); --temp 0 is greedy (default 0.8)\n"

@@ -1,0 +1,35 @@
+// KV cache operations the generator needs beyond append (which lives with the model's
+// forward pass in src/models/llama.c).
+#include <stdlib.h>
+#include "engine/engine.h"
+#include "models/llama.h"
+
+wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len) {
+  if (!c) return wk_error(WK_ERR_ARG, "wk_kv_cache_truncate: cache is NULL");
+  if (len < 0 || len > c->len)
+    return wk_error(WK_ERR_ARG, "wk_kv_cache_truncate: length %lld outside [0, %lld]", (long long)len,
+                    (long long)c->len);
+  if (len == c->len) return WK_OK;
+  if (len == 0) { wk_kv_cache_reset(c); return WK_OK; }
+  int64_t n = c->m->cfg.num_hidden_layers;
+  wk_tensor **kv = calloc((size_t)(2 * n), sizeof *kv);
+  if (!kv) return wk_error(WK_ERR_OOM, "wk_kv_cache_truncate: out of memory");
+  wk_scope_begin();
+  for (int64_t i = 0; i < n; i++) {   // [B, Hkv, len, D]: a copy, so the old buffers go
+    kv[i] = wk_contiguous(wk_slice(c->k[i], 2, 0, len, 1));
+    kv[n + i] = wk_contiguous(wk_slice(c->v[i], 2, 0, len, 1));
+  }
+  wk_status st = wk_eval((int)(2 * n), kv);
+  if (!st) {
+    for (int64_t i = 0; i < n; i++) {
+      wk_tensor_free(c->k[i]);
+      wk_tensor_free(c->v[i]);
+      c->k[i] = wk_keep(kv[i]);
+      c->v[i] = wk_keep(kv[n + i]);
+    }
+    c->len = len;
+  }
+  wk_scope_end();
+  free(kv);
+  return st;
+}
