@@ -14,9 +14,7 @@ static void on_sigint(int sig) { (void)sig; g_interrupted = 1; }
 static int on_token(const wk_gen_token *t, void *user) {
   const bool *json = user;
   if (*json) {
-    printf("{\"id\": %d, \"text\": ", t->id);
-    cli_json_string(stdout, t->text, t->len);
-    printf(", \"prob\": %.7g, \"logprob\": %.7g}\n", (double)t->prob, (double)t->logprob);
+    cli_print_token_json(t);
   } else {
     fwrite(t->text, 1, t->len, stdout);
   }

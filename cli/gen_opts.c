@@ -10,6 +10,25 @@ static int parse_float(const char *s, double lo, double hi, float *out) {
   return 0;
 }
 
+#define WK_STR_(x) #x
+#define WK_STR(x) WK_STR_(x)
+
+void cli_print_token_json(const wk_gen_token *t) {
+  printf("{\"id\": %d, \"text\": ", t->id);
+  cli_json_string(stdout, t->text, t->len);
+  printf(", \"prob\": %.7g, \"logprob\": %.7g", (double)t->prob, (double)t->logprob);
+  if (t->n_top) {
+    printf(", \"top\": [");
+    for (int32_t i = 0; i < t->n_top; i++) {
+      printf("%s{\"id\": %d, \"text\": ", i ? ", " : "", t->top[i].id);
+      cli_json_string(stdout, t->top[i].text, t->top[i].len);
+      printf(", \"logprob\": %.7g}", (double)t->top[i].logprob);
+    }
+    putchar(']');
+  }
+  printf("}\n");
+}
+
 int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_params *gp, const char **stops,
                    size_t *n_stop) {
   const char *a = argv[*i], *v;
@@ -35,6 +54,11 @@ int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_par
   }
   else if (IS("--stop")) { VAL(); if (!v[0]) BAD("a non-empty string"); stops[(*n_stop)++] = v; }
   else if (IS("--ignore-eos")) gp->ignore_eos = true;
+  else if (IS("--top-logprobs")) {
+    VAL();
+    if (cli_parse_int(v, 0, WK_MAX_TOP_LOGPROBS, &lv)) BAD("an integer in [0, " WK_STR(WK_MAX_TOP_LOGPROBS) "]");
+    gp->top_logprobs = (int32_t)lv;
+  }
   else return 0;
   return 1;
 #undef IS

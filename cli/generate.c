@@ -15,9 +15,7 @@ typedef struct { bool json; } gen_ctx;
 static int on_token(const wk_gen_token *t, void *user) {
   const gen_ctx *g = user;
   if (g->json) {
-    printf("{\"id\": %d, \"text\": ", t->id);
-    cli_json_string(stdout, t->text, t->len);
-    printf(", \"prob\": %.7g, \"logprob\": %.7g}\n", (double)t->prob, (double)t->logprob);
+    cli_print_token_json(t);
   } else {
     fwrite(t->text, 1, t->len, stdout);
   }

@@ -34,11 +34,22 @@ typedef struct {
   const char *const *stop;      // stop strings (n_stop of them; empty ones ignored)
   size_t n_stop;
   bool ignore_eos;              // keep going past EOS ids
+  int32_t top_logprobs;         // alternatives reported with each token (0 to WK_MAX_TOP_LOGPROBS)
 } wk_generate_params;
+
+#define WK_MAX_TOP_LOGPROBS 100
 
 typedef enum {
   WK_STOP_NONE = 0, WK_STOP_EOS, WK_STOP_MAX_TOKENS, WK_STOP_CONTEXT, WK_STOP_STRING, WK_STOP_CALLBACK
 } wk_stop_reason;
+
+// One of the most probable tokens at a step.
+typedef struct {
+  int32_t id;
+  const char *text;   // the token's bytes (not NUL-terminated; may be part of a character)
+  size_t len;
+  float logprob;
+} wk_gen_alt;
 
 typedef struct {
   int32_t id;
@@ -46,6 +57,12 @@ typedef struct {
   size_t len;
   float prob, logprob;
   int64_t index;      // 0 for the first generated token
+  // With params.top_logprobs = K: the K most probable tokens of the distribution the
+  // token was drawn from (the one prob / logprob refer to), most probable first (ties:
+  // lower id), tokens the filters removed left out, so n_top <= K. Owned by the
+  // generator, valid during the callback.
+  const wk_gen_alt *top;
+  int32_t n_top;
 } wk_gen_token;
 
 // Return non-zero to stop after this token.

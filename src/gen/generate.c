@@ -3,6 +3,7 @@
 // sampling, EOS / max tokens / context / stop strings / callback stops.
 #include "wick/generate.h"
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 #include "engine/engine.h"
@@ -82,6 +83,26 @@ static size_t held_suffix(const char *s, size_t n, const wk_generate_params *p) 
   return best;
 }
 
+// The k most probable ids of probs[0..V) into alt (prob > 0 only; ties: lower id
+// first), by insertion: k is small. Returns how many.
+static int32_t top_k_alts(const wk_tokenizer *tok, const float *probs, int64_t V, int32_t k, wk_gen_alt *alt) {
+  int32_t n = 0;
+  for (int64_t j = 0; j < V; j++) {   // .logprob holds the probability until the end
+    float pj = probs[j];
+    if (!(pj > 0) || (n == k && pj <= alt[n - 1].logprob)) continue;
+    int32_t at = n < k ? n++ : k - 1;
+    while (at > 0 && alt[at - 1].logprob < pj) { alt[at] = alt[at - 1]; at--; }
+    alt[at] = (wk_gen_alt){(int32_t)j, "", 0, pj};
+  }
+  for (int32_t i = 0; i < n; i++) {
+    alt[i].logprob = logf(alt[i].logprob);
+    const char *b = tok ? wk_tokenizer_token_bytes(tok, alt[i].id, &alt[i].len) : NULL;
+    alt[i].text = b ? b : "";
+    if (!b) alt[i].len = 0;
+  }
+  return n;
+}
+
 static bool is_eos(const wk_model_config *cfg, int32_t eos_tok, int32_t id) {
   if (id == eos_tok && eos_tok >= 0) return true;
   for (int i = 0; i < cfg->n_eos; i++) if (cfg->eos_token_ids[i] == id) return true;
@@ -118,6 +139,8 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
   if (ctx > 0 && (int64_t)n_prompt > ctx)
     return wk_error(WK_ERR_ARG, "generate: the prompt has %zu tokens but the context holds %lld", n_prompt, (long long)ctx);
   if (p.max_tokens < 0) return wk_error(WK_ERR_ARG, "generate: max_tokens %d must be >= 0", p.max_tokens);
+  if (p.top_logprobs < 0 || p.top_logprobs > WK_MAX_TOP_LOGPROBS)
+    return wk_error(WK_ERR_ARG, "generate: top_logprobs %d outside [0, %d]", p.top_logprobs, WK_MAX_TOP_LOGPROBS);
   for (size_t k = 0; k < p.n_stop; k++) {
     if (!p.stop || !p.stop[k]) return wk_error(WK_ERR_ARG, "generate: stop string %zu is NULL", k);
     if (!tok && p.stop[k][0]) return wk_error(WK_ERR_ARG, "generate: stop strings need a tokenizer");
@@ -128,6 +151,13 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
   buf raw = {0}, pend = {0};
   wk_tensor *lg = NULL;
   wk_status st = WK_OK;
+  float *probs = NULL;
+  wk_gen_alt *alts = NULL;
+  if (p.top_logprobs && (!(probs = malloc((size_t)V * sizeof *probs)) ||
+                         !(alts = malloc((size_t)p.top_logprobs * sizeof *alts)))) {
+    st = wk_error(WK_ERR_OOM, "generate: out of memory");
+    goto done;
+  }
   int64_t cached = wk_kv_cache_len(c);
   if (cached > (int64_t)n_prompt) {
     st = wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",
@@ -146,12 +176,17 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
   if (!(lg = step(m, c, prompt + cached, n_prompt - (size_t)cached, &row, V))) { st = WK_ERR_STATE; goto done; }
   for (;;) {
     wk_sample smp;
+    int32_t n_top = 0;
+    if (p.top_logprobs) {   // before sampling: the same state, and it draws no randomness
+      if ((st = wk_sampler_probs(s, row, probs))) goto done;
+      n_top = top_k_alts(tok, probs, V, p.top_logprobs, alts);
+    }
     if ((st = wk_sampler_sample(s, row, &smp))) goto done;
     wk_tensor_free(lg);
     lg = NULL;
     if (res.generated_tokens == 0) t1 = now_s();
     res.generated_tokens++;
-    wk_gen_token gt = {smp.id, "", 0, smp.prob, smp.logprob, res.generated_tokens - 1};
+    wk_gen_token gt = {smp.id, "", 0, smp.prob, smp.logprob, res.generated_tokens - 1, alts, n_top};
     bool eos = !p.ignore_eos && is_eos(cfg, eos_tok, smp.id);
     bool last = eos || res.generated_tokens >= p.max_tokens || (ctx > 0 && wk_kv_cache_len(c) >= ctx);
     size_t emit = 0;
@@ -197,6 +232,8 @@ done:
   wk_tensor_free(lg);
   free(raw.p);
   free(pend.p);
+  free(probs);
+  free(alts);
   wk_sampler_free(s);
   return st;
 }

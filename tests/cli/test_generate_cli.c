@@ -1,0 +1,75 @@
+#define _POSIX_C_SOURCE 200809L
+// wick generate's JSON extras on the tiny chat model of tests/fixtures/chat/model:
+// --top-logprobs K prints each token's K alternatives, equal to the library's (which
+// tests/gen/test_top_logprobs.c checks against the model's logits).
+#include <string.h>
+#include <unistd.h>
+#include "check.h"
+#include "cli/run_wick.h"
+#include "io/json.h"
+
+#define MODEL "tests/fixtures/chat/model"
+
+static char out[1 << 18], err[1 << 16];
+
+typedef struct { int32_t ids[8]; wk_gen_alt top[8][4]; int32_t n_top[8]; int n; } collect;
+static int on_tok(const wk_gen_token *t, void *user) {
+  collect *c = user;
+  if (c->n < 8) {
+    c->ids[c->n] = t->id;
+    c->n_top[c->n] = t->n_top;
+    for (int32_t i = 0; i < t->n_top && i < 4; i++) c->top[c->n][i] = t->top[i];
+    c->n++;
+  }
+  return 0;
+}
+
+static void test_top_logprobs(void) {
+  const char *args[] = {"generate", "-m", MODEL, "-p", "Hello there", "-n", "3", "--temp", "0", "--json",
+                        "--top-logprobs", "4", NULL};
+  int rc = run(NULL, out, sizeof out, err, sizeof err, args);
+  CHECK(rc == 0, "generate: rc %d: %s", rc, err);
+  // the library on the same prompt
+  wk_tokenizer *tok = wk_tokenizer_load_json(MODEL "/tokenizer.json");
+  wk_model *m = wk_model_load(MODEL);
+  int32_t *ids = NULL;
+  size_t n = 0;
+  collect c = {0};
+  wk_generate_params p = wk_generate_defaults();
+  p.max_tokens = 3;
+  p.top_logprobs = 4;
+  CHECK(tok && m && !wk_tokenizer_encode(tok, "Hello there", 11, true, &ids, &n) &&
+            !wk_generate(m, tok, ids, n, &p, on_tok, &c, NULL) && c.n == 3, "library generate");
+  int line = 0;
+  for (const char *l = out; *l && line < 3;) {
+    const char *e = strchr(l, '\n');
+    size_t len = e ? (size_t)(e - l) : strlen(l);
+    wk_json *j = wk_json_parse(l, len, "wick output", NULL);
+    const wk_json *top = wk_json_get(j, "top");
+    CHECK(wk_json_int(wk_json_get(j, "id"), -1) == c.ids[line] && wk_json_len(top) == 4 && c.n_top[line] == 4,
+          "token %d: %.*s", line, (int)len, l);
+    for (size_t i = 0; i < wk_json_len(top) && i < 4; i++) {
+      const wk_json *a = wk_json_at(top, i);
+      double lp = wk_json_num(wk_json_get(a, "logprob"), 1);
+      CHECK(wk_json_int(wk_json_get(a, "id"), -1) == c.top[line][i].id && fabs(lp - c.top[line][i].logprob) < 1e-6 &&
+                wk_json_is(wk_json_get(a, "text"), WK_JSON_STRING),
+            "token %d alternative %zu", line, i);
+    }
+    wk_json_free(j);
+    line++;
+    l += len + (e != NULL);
+  }
+  CHECK(line == 3, "3 token lines, got %d", line);
+  free(ids);
+  wk_model_free(m);
+  wk_tokenizer_free(tok);
+  const char *bad[] = {"generate", "-m", MODEL, "-p", "Hi", "--top-logprobs", "1000", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, bad);
+  CHECK(rc == 2 && strstr(err, "--top-logprobs"), "bad --top-logprobs: rc %d: %s", rc, err);
+}
+
+int main(void) {
+  if (chdir(WICK_SOURCE_DIR)) { perror(WICK_SOURCE_DIR); return 1; }
+  test_top_logprobs();
+  return check_report();
+}
