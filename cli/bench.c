@@ -160,6 +160,23 @@ static int matmul_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   out[0] = wk_keep(wk_matmul(e->in[0], e->in[1]));
   return 1;
 }
+// ---- quantized weight (Q4_1, GGUF layout [N, K]): x[M, K] @ W^T, the decoder's linear ----
+static void qmatmul_setup(const bench_case *c, bench_env *e) {
+  int64_t M = c->a, K = c->b, N = c->c, nb = N * K / 32;
+  uint8_t *w = malloc((size_t)nb * 20);
+  uint64_t r = 0x9E3779B97F4A7C15ull;
+  for (int64_t i = 0; i < nb * 20; i++) r = r * 6364136223846793005ull + 1442695040888963407ull, w[i] = (uint8_t)(r >> 56);
+  for (int64_t i = 0; i < nb; i++) w[i * 20] = 0, w[i * 20 + 1] = 0x20, w[i * 20 + 2] = 0, w[i * 20 + 3] = 0xA0; // d 2^-7, m -2^-7
+  e->in[0] = input(2, SH(M, K), 1.0f, 13);
+  e->in[1] = wk_from_data(2, SH(N, K), WK_Q4_1, w);
+  free(w);
+}
+static int qmatmul_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  (void)c;
+  out[0] = wk_keep(wk_matmul_t(e->in[0], 0, e->in[1], 1));
+  return 1;
+}
+
 static int copy_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   (void)c;
   out[0] = wk_keep(wk_contiguous(e->in[0]));
@@ -189,6 +206,11 @@ static const bench_case cases[] = {
     {"copy/16M", chain_setup, copy_run, 16 << 20, 0, 0, 0, 0, 8.0 * (16 << 20)},
     {"matmul/1024", matmul_setup, matmul_run, 1024, 0, 0, 0, 2.0 * 1024 * 1024 * 1024, 0},
     {"matmul/2048", matmul_setup, matmul_run, 2048, 0, 0, 0, 2.0 * 2048 * 2048 * 2048, 0},
+    // SmolLM2-135M's MLP gate (decode and a 128-token prefill) and its tied LM head
+    {"qmatmul_q4_1/1x576x1536", qmatmul_setup, qmatmul_run, 1, 576, 1536, 0, 2.0 * 576 * 1536, 576 * 1536 * 20 / 32},
+    {"qmatmul_q4_1/128x576x1536", qmatmul_setup, qmatmul_run, 128, 576, 1536, 0, 2.0 * 128 * 576 * 1536, 0},
+    {"qmatmul_q4_1/1x576x49152", qmatmul_setup, qmatmul_run, 1, 576, 49152, 0, 2.0 * 576 * 49152,
+     576.0 * 49152 * 20 / 32},
 };
 
 static int cmp_double(const void *a, const void *b) {

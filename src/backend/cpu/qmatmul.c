@@ -42,16 +42,34 @@ typedef struct {
   float *y;               // [M, N] (trans) or [M, K]
   int64_t panel;          // W rows per panel
   int64_t cols;           // x @ W: blocks of each row per panel
+  int fused;              // decode with wk_cpu_qgemv (no panel buffer)
   float **buf;            // one panel buffer per thread
 } qmm;
 
 // y[:, j0:j1] = x @ W[j0:j1, :]^T
 static void qmm_nt_task(void *vc, int64_t j0, int64_t j1, int tid) {
   const qmm *c = vc;
+  if (c->fused) { // decode: blocks expanded in registers, a panel's bytes prefetched ahead
+    for (int64_t j = j0; j < j1; j += c->panel) {
+      int64_t n = j1 - j < c->panel ? j1 - j : c->panel, ahead = j + n;
+      const char *nx = (const char *)c->w + (size_t)ahead * c->row_bytes;
+      size_t nbytes = (size_t)(j1 - ahead < c->panel ? j1 - ahead : c->panel) * c->row_bytes;
+      for (size_t o = 0; o < nbytes; o += 64) __builtin_prefetch(nx + o);
+      WK_ISA_FN(wk_cpu_qgemv)(c->dt, (int)c->M, c->K, n, c->x, c->K, c->w + (size_t)j * c->row_bytes, c->row_bytes,
+                              c->y + j, c->N);
+    }
+    return;
+  }
   float *p = c->buf[tid];
   int64_t nb = c->K / c->blk;
   for (int64_t j = j0; j < j1; j += c->panel) {
     int64_t n = j1 - j < c->panel ? j1 - j : c->panel;
+    // Ask for the next panel's bytes now: one core's out-of-order window keeps only
+    // a few lines of one stream in flight, ~4 GB/s from DRAM; prefetching a panel
+    // ahead keeps dozens in flight.
+    const char *nx = (const char *)c->w + (size_t)(j + n) * c->row_bytes;
+    size_t nbytes = (size_t)(j1 - j - n < c->panel ? j1 - j - n : c->panel) * c->row_bytes;
+    for (size_t o = 0; o < nbytes; o += 64) __builtin_prefetch(nx + o);
     // Rows are contiguous in memory, so one call expands the whole panel.
     WK_ISA_FN(wk_cpu_dequant)(c->dt, c->w + (size_t)j * c->row_bytes, p, n * nb);
     if (c->M <= 4) wk_gemv_f32_dot((int)c->M, c->K, n, c->x, c->K, p, c->K, c->y + j, c->N, 0.0f);
@@ -101,6 +119,8 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
   // Decode panels stay in L1 (~32 KB); batched ones in L2 (~768 KB, the GEMM packs from it).
   int64_t width = trans ? c.K : 0;
   int64_t items, grain;
+  if (trans && c.M <= 4) // probe: does this ISA have the fused kernel for the type?
+    c.fused = WK_ISA_FN(wk_cpu_qgemv)(c.dt, (int)c.M, c.K, 0, c.x, c.K, c.w, c.row_bytes, c.y, c.N);
   if (trans) {
     c.panel = c.M <= 4 ? clamp64(8192 / width, 4, 64) : clamp64(196608 / width / 16 * 16, 16, 256);
     items = c.N;
