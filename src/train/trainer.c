@@ -1,0 +1,318 @@
+// The LoRA trainer: batches, accumulation, clipping, optimizer, schedule, evaluation,
+// metrics, checkpoints and resume. Everything that varies per step (data order,
+// dropout seeds, learning rate) is a function of (seed, step), so a resumed run
+// replays exactly.
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "engine/engine.h"
+#include "models/llama.h"
+#include "train/checkpoint.h"
+#include "wick/grad.h"
+#include "wick/ops.h"
+#include "wick/train.h"
+
+wk_train_options wk_train_defaults(void) {
+  wk_train_options o = {0};
+  o.epochs = 1;
+  o.batch = 4;
+  o.seq_len = 256;
+  o.grad_accum = 1;
+  o.clip = 1.0f;
+  o.optim = wk_adamw_defaults();
+  o.schedule = (wk_schedule){.kind = WK_SCHED_CONSTANT, .lr = 2e-4f};
+  o.shuffle = true;
+  o.keep_checkpoints = 2;
+  return o;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// ---- data order: example k of the run is perm_epoch(k / N)[k % N] ----
+typedef struct {
+  const wk_dataset *d;
+  uint64_t seed;
+  bool shuffle;
+  int64_t epoch;     // the epoch perm holds, or -1
+  int64_t *perm;
+} order;
+
+static int64_t order_at(order *o, int64_t k) {
+  int64_t n = wk_dataset_size(o->d), e = k / n;
+  if (!o->shuffle) return k % n;
+  if (e != o->epoch) {   // Fisher-Yates with a generator seeded by (seed, epoch)
+    uint64_t s = mix(o->seed ^ mix((uint64_t)e + 1));
+    for (int64_t i = 0; i < n; i++) o->perm[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) {
+      s = mix(s);
+      int64_t j = (int64_t)(s % (uint64_t)(i + 1)), t = o->perm[i];
+      o->perm[i] = o->perm[j];
+      o->perm[j] = t;
+    }
+    o->epoch = e;
+  }
+  return o->perm[k % n];
+}
+
+// ---- batches: right-padded, lengths rounded up to a multiple of 16 ----
+typedef struct {
+  wk_tensor *ids, *labels;
+  int64_t tokens;    // labels that count
+  int64_t real;      // non-padding tokens
+} batch_t;
+
+static wk_status make_batch(const wk_dataset *d, const int64_t *idx, int nb, int64_t seq_len, batch_t *b) {
+  int64_t T = 2;
+  for (int i = 0; i < nb; i++) {
+    int64_t n = wk_dataset_get(d, idx[i])->n;
+    if (n > T) T = n;
+  }
+  if (T > seq_len && seq_len >= 2) T = seq_len;
+  int64_t bucket = (T + 15) / 16 * 16;
+  if (bucket <= seq_len || seq_len < 2) T = bucket;
+  int32_t *ids = calloc((size_t)(nb * T), sizeof *ids), *lab = malloc(sizeof *lab * (size_t)(nb * T));
+  if (!ids || !lab) { free(ids); free(lab); return wk_error(WK_ERR_OOM, "train: out of memory for a batch"); }
+  b->tokens = b->real = 0;
+  for (int i = 0; i < nb; i++) {
+    const wk_example *e = wk_dataset_get(d, idx[i]);
+    int64_t n = e->n < T ? e->n : T;
+    memcpy(ids + i * T, e->ids, sizeof *ids * (size_t)n);
+    memcpy(lab + i * T, e->labels, sizeof *lab * (size_t)n);
+    for (int64_t t = n; t < T; t++) lab[i * T + t] = WK_IGNORE_INDEX;   // padding id 0 never counts
+    for (int64_t t = 1; t < n; t++) b->tokens += lab[i * T + t] != WK_IGNORE_INDEX;
+    b->real += n;
+  }
+  b->ids = wk_keep(wk_from_data(2, (int64_t[]){nb, T}, WK_I32, ids));
+  b->labels = wk_keep(wk_from_data(2, (int64_t[]){nb, T}, WK_I32, lab));
+  free(ids);
+  free(lab);
+  if (!b->ids || !b->labels) {
+    wk_tensor_free(b->ids);
+    wk_tensor_free(b->labels);
+    return WK_ERR_OOM;
+  }
+  return WK_OK;
+}
+
+static void free_batch(batch_t *b) {
+  wk_tensor_free(b->ids);
+  wk_tensor_free(b->labels);
+  b->ids = b->labels = NULL;
+}
+
+wk_status wk_eval_loss(wk_model *m, const wk_dataset *d, int batch, float *loss) {
+  int64_t n = wk_dataset_size(d);
+  if (!m || !d || batch < 1 || !loss) return wk_error(WK_ERR_ARG, "eval_loss: bad arguments");
+  const wk_lora_hook *h = m->lora;
+  bool was_training = h && h->training;
+  if (was_training) ((wk_lora_hook *)h)->training = false;
+  double sum = 0;
+  int64_t count = 0;
+  wk_status s = WK_OK;
+  int64_t *idx = malloc(sizeof *idx * (size_t)batch);
+  if (!idx) s = wk_error(WK_ERR_OOM, "eval_loss: out of memory");
+  for (int64_t at = 0; !s && at < n; at += batch) {
+    int nb = (int)(n - at < batch ? n - at : batch);
+    for (int i = 0; i < nb; i++) idx[i] = at + i;
+    batch_t b;
+    if ((s = make_batch(d, idx, nb, INT64_MAX, &b))) break;
+    wk_scope_begin();
+    float v = wk_item(wk_causal_lm_loss(m, b.ids, b.labels));
+    wk_scope_end();
+    if (isnan(v) && b.tokens) s = WK_ERR_STATE;
+    else if (b.tokens) sum += (double)v * (double)b.tokens, count += b.tokens;
+    free_batch(&b);
+  }
+  free(idx);
+  if (was_training) ((wk_lora_hook *)h)->training = true;
+  if (!s) *loss = count ? (float)(sum / (double)count) : NAN;
+  return s;
+}
+
+// ---- one optimizer step: grad_accum micro-batches, averaged ----
+typedef struct {
+  wk_model *m;
+  wk_adapter *a;
+  const wk_dataset *data;
+  const wk_train_options *o;
+  wk_optim *opt;
+  order ord;
+  int n;                 // adapter tensors
+  wk_tensor **params, **acc;
+} trainer;
+
+static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, batch_t *b) {
+  const wk_train_options *o = t->o;
+  int64_t *idx = malloc(sizeof *idx * (size_t)o->batch);
+  if (!idx) return wk_error(WK_ERR_OOM, "train: out of memory");
+  int64_t first = ((step - 1) * o->grad_accum + micro) * o->batch;
+  for (int i = 0; i < o->batch; i++) idx[i] = order_at(&t->ord, first + i);
+  wk_status s = make_batch(t->data, idx, o->batch, o->seq_len, b);
+  free(idx);
+  if (s) return s;
+  wk_adapter_set_training(t->a, true, mix(o->seed ^ mix((uint64_t)(step * o->grad_accum + micro))));
+  wk_adapter_params(t->a, t->params);
+  wk_scope_begin();
+  wk_tensor **g = calloc((size_t)t->n, sizeof *g);
+  wk_tensor *l = wk_causal_lm_loss(t->m, b->ids, b->labels);
+  s = g ? wk_value_and_grad(l, t->n, t->params, g, loss) : wk_error(WK_ERR_OOM, "train: out of memory");
+  for (int i = 0; !s && i < t->n; i++) {
+    // accumulate the sum; the optimizer scales by 1 / grad_accum
+    wk_tensor *sum = t->acc[i] ? wk_add(t->acc[i], g[i]) : wk_tensor_ref(g[i]);
+    wk_keep(sum);
+    wk_tensor_free(t->acc[i]);
+    t->acc[i] = sum;
+  }
+  if (!s && o->grad_accum > 1 && wk_eval(t->n, t->acc)) s = WK_ERR_STATE;
+  wk_scope_end();
+  free(g);
+  wk_adapter_set_training(t->a, false, 0);
+  return s;
+}
+
+static wk_status train_step(trainer *t, int64_t step, float *loss, double *norm, int64_t *tokens) {
+  const wk_train_options *o = t->o;
+  double lsum = 0;
+  *tokens = 0;
+  wk_status s = WK_OK;
+  for (int k = 0; k < o->grad_accum && !s; k++) {
+    batch_t b = {0};
+    float l = NAN;
+    s = micro_step(t, step, k, &l, &b);
+    *tokens += b.real;
+    free_batch(&b);
+    if (!s && !isfinite(l))
+      s = wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
+                   "is intact); try a lower learning rate or clipping", isnan(l) ? "NaN" : "infinite", (long long)step);
+    lsum += l;
+  }
+  *loss = (float)(lsum / o->grad_accum);
+  if (!s) {
+    *norm = wk_global_norm(t->n, t->acc) / o->grad_accum;
+    if (!isfinite(*norm))
+      s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
+                   "(the last checkpoint is intact)", (long long)step);
+  }
+  if (!s) {
+    float lr = wk_schedule_lr(&o->schedule, step - 1);
+    float scale = wk_clip_coef(*norm, o->clip) / (float)o->grad_accum;
+    wk_tensor **next = calloc((size_t)t->n, sizeof *next);
+    wk_adapter_params(t->a, t->params);
+    s = next ? wk_optim_step(t->opt, t->params, t->acc, lr, scale, next) : wk_error(WK_ERR_OOM, "train: out of memory");
+    for (int i = 0; !s && i < t->n; i++) wk_adapter_set_param(t->a, i, next[i]);
+    for (int i = 0; next && i < t->n; i++) wk_tensor_free(next[i]);
+    free(next);
+  }
+  for (int i = 0; i < t->n; i++) {
+    wk_tensor_free(t->acc[i]);
+    t->acc[i] = NULL;
+  }
+  return s;
+}
+
+static int64_t total_steps(const wk_train_options *o, const wk_dataset *d) {
+  if (o->steps > 0) return o->steps;
+  double per = (double)o->batch * o->grad_accum;
+  int64_t s = (int64_t)ceil(o->epochs * (double)wk_dataset_size(d) / per);
+  return s > 0 ? s : 1;
+}
+
+static wk_status check_options(const wk_train_options *o, const wk_dataset *d) {
+  if (!o->out_dir) return wk_error(WK_ERR_ARG, "train: an output directory is required");
+  if (o->batch < 1) return wk_error(WK_ERR_ARG, "train: batch %d must be >= 1", o->batch);
+  if (o->grad_accum < 1) return wk_error(WK_ERR_ARG, "train: grad_accum %d must be >= 1", o->grad_accum);
+  if (o->seq_len < 2) return wk_error(WK_ERR_ARG, "train: seq_len %lld must be >= 2", (long long)o->seq_len);
+  if (o->steps <= 0 && !(o->epochs > 0)) return wk_error(WK_ERR_ARG, "train: give steps > 0 or epochs > 0");
+  if (!(o->schedule.lr >= 0)) return wk_error(WK_ERR_ARG, "train: learning rate %g must be >= 0", o->schedule.lr);
+  if (o->clip < 0) return wk_error(WK_ERR_ARG, "train: clip %g must be >= 0", o->clip);
+  if (!d || !wk_dataset_size(d)) return wk_error(WK_ERR_ARG, "train: the dataset is empty");
+  return WK_OK;
+}
+
+wk_status wk_train(wk_model *m, wk_adapter *a, const wk_dataset *data, const wk_train_options *opts,
+                   wk_train_result *r) {
+  if (!m || !a || !opts) return wk_error(WK_ERR_ARG, "train: model, adapter or options is NULL");
+  wk_train_options o = *opts;
+  wk_status s = check_options(&o, data);
+  if (s) return s;
+  int64_t total = total_steps(&o, data);
+  o.schedule.total = total;
+  trainer t = {.m = m, .a = a, .data = data, .o = &o, .ord = {data, o.seed, o.shuffle, -1, NULL}};
+  t.n = wk_adapter_params(a, NULL);
+  t.params = calloc((size_t)t.n, sizeof *t.params);
+  t.acc = calloc((size_t)t.n, sizeof *t.acc);
+  t.ord.perm = malloc(sizeof *t.ord.perm * (size_t)wk_dataset_size(data));
+  if (!t.params || !t.acc || !t.ord.perm) s = wk_error(WK_ERR_OOM, "train: out of memory");
+  wk_optim_config oc = o.optim;
+  oc.lr = o.schedule.lr;
+  if (!s) {
+    wk_adapter_params(a, t.params);
+    t.opt = wk_optim_new(&oc, t.n, t.params);
+    if (!t.opt) s = WK_ERR_ARG;
+  }
+  wk_ckpt_state cs = {.seed = o.seed, .batch = o.batch, .grad_accum = o.grad_accum, .total_steps = total};
+  int64_t start = 0;
+  if (!s) s = wk_ckpt_prepare_dir(o.out_dir, o.overwrite, o.resume != NULL);
+  if (!s && o.resume) s = wk_ckpt_load(o.resume, a, t.opt, &cs, &start);
+  wk_metrics *mx = s ? NULL : wk_metrics_open(o.out_dir, start);
+  if (!s && !mx) s = WK_ERR_IO;
+  wk_model_use_adapter(m, a);
+  wk_train_result res = {.first_loss = NAN, .last_loss = NAN, .eval_loss = NAN};
+  double t0 = now_s();
+  int64_t tokens = 0, step = start;
+  for (step = start + 1; !s && step <= total; step++) {
+    wk_train_progress p = {.step = step, .total_steps = total, .eval_loss = NAN};
+    int64_t tk = 0;
+    s = train_step(&t, step, &p.loss, &p.grad_norm, &tk);
+    if (s) break;
+    tokens += tk;
+    p.lr = wk_schedule_lr(&o.schedule, step - 1);
+    p.epoch = (step * o.batch * o.grad_accum - 1) / wk_dataset_size(data);
+    p.tokens = tokens;
+    p.elapsed_s = now_s() - t0;
+    p.tokens_per_s = (double)tokens / p.elapsed_s;
+    p.eta_s = p.elapsed_s / (double)(step - start) * (double)(total - step);
+    if (o.eval && ((o.eval_every > 0 && step % o.eval_every == 0) || step == total)) {
+      s = wk_eval_loss(m, o.eval, o.batch, &p.eval_loss);
+      res.eval_loss = p.eval_loss;
+    }
+    if (isnan(res.first_loss)) res.first_loss = p.loss;
+    res.last_loss = p.loss;
+    res.steps_done = step;
+    if (!s) s = wk_metrics_add(mx, &p);
+    int stop = !s && o.callback && o.callback(&p, o.user);
+    cs.step = step;
+    cs.loss = p.loss;
+    if (!s && ((o.save_every > 0 && step % o.save_every == 0) || step == total || stop))
+      s = wk_ckpt_save(o.out_dir, a, t.opt, &cs, o.keep_checkpoints, o.base_name);
+    if (stop) { res.stopped = true; break; }
+  }
+  if (!s && !res.stopped) s = wk_adapter_save(a, o.out_dir, o.base_name);
+  if (mx) {
+    wk_status s2 = wk_metrics_close(mx, o.out_dir);
+    if (!s) s = s2;
+  }
+  res.seconds = now_s() - t0;
+  res.tokens_per_s = res.seconds > 0 ? (double)tokens / res.seconds : 0;
+  if (r) *r = res;
+  for (int i = 0; t.acc && i < t.n; i++) wk_tensor_free(t.acc[i]);
+  wk_optim_free(t.opt);
+  free(t.params);
+  free(t.acc);
+  free(t.ord.perm);
+  return s;
+}
