@@ -14,7 +14,7 @@ static void on_sigint(int sig) { (void)sig; g_interrupted = 1; }
 static int on_token(const wk_gen_token *t, void *user) {
   const bool *json = user;
   if (*json) {
-    cli_print_token_json(t);
+    cli_print_token_json(t, false);
   } else {
     fwrite(t->text, 1, t->len, stdout);
   }

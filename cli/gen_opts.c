@@ -13,8 +13,9 @@ static int parse_float(const char *s, double lo, double hi, float *out) {
 #define WK_STR_(x) #x
 #define WK_STR(x) WK_STR_(x)
 
-void cli_print_token_json(const wk_gen_token *t) {
-  printf("{\"id\": %d, \"text\": ", t->id);
+void cli_print_token_json(const wk_gen_token *t, bool with_seq) {
+  if (with_seq) printf("{\"seq\": %d, \"id\": %d, \"text\": ", t->seq, t->id);
+  else printf("{\"id\": %d, \"text\": ", t->id);
   cli_json_string(stdout, t->text, t->len);
   printf(", \"prob\": %.7g, \"logprob\": %.7g", (double)t->prob, (double)t->logprob);
   if (t->n_top) {

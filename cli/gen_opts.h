@@ -8,9 +8,9 @@
 // 0 if not, and 2 after printing a user error for a bad or missing value.
 int cli_gen_option(const char *cmd, int argc, char **argv, int *i, wk_generate_params *gp, const char **stops,
                    size_t *n_stop);
-// Writes a generated token as one JSON line: id, text, prob, logprob and, when the
-// generator reported alternatives, "top": [{id, text, logprob}...].
-void cli_print_token_json(const wk_gen_token *t);
+// Writes a generated token as one JSON line: "seq" (with_seq: batches), id, text, prob,
+// logprob and, when the generator reported alternatives, "top": [{id, text, logprob}...].
+void cli_print_token_json(const wk_gen_token *t, bool with_seq);
 // The option lines of the usage text.
 #define CLI_GEN_USAGE                                                                         \
   "  [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"           \

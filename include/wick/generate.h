@@ -63,6 +63,7 @@ typedef struct {
   // generator, valid during the callback.
   const wk_gen_alt *top;
   int32_t n_top;
+  int32_t seq;        // which prompt it continues (wk_generate_batch); 0 otherwise
 } wk_gen_token;
 
 // Return non-zero to stop after this token.
@@ -95,3 +96,14 @@ wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *promp
 wk_status wk_generate_cached(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *cache, const int32_t *ids,
                              size_t n_ids, const wk_generate_params *params, wk_gen_callback cb, void *user,
                              wk_generate_result *result);
+
+// Several prompts decoded as one batch: left-padded to the longest (the padding is
+// masked out: wk_kv_cache_set_padding), one forward per step for all of them. Each
+// has its own sampler (params.sampler, the same seed), stop state and result
+// (results: n entries, or NULL); the callback gets t->seq = the prompt's index and
+// its return stops that sequence only. Tokens equal wk_generate's one prompt at a time
+// up to float rounding (other matrix shapes, RoPE at padded positions), which changes
+// a greedy choice only where the top two logits are within ~1e-5.
+wk_status wk_generate_batch(wk_model *m, const wk_tokenizer *tok, size_t n, const int32_t *const *prompts,
+                            const size_t *n_prompts, const wk_generate_params *params, wk_gen_callback cb,
+                            void *user, wk_generate_result *results);

@@ -133,6 +133,11 @@ void wk_kv_cache_reset(wk_kv_cache *c);            // empties it (keeps the mode
 // Keeps the first len positions (0 <= len <= wk_kv_cache_len): a conversation whose
 // text changed after them re-prefills from there. src/gen/kv_cache.c.
 wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len);
+// Left-padded batches: row b's first pad[b] positions hold padding that no position
+// attends to. Set on an empty cache, before its first forward (pad is copied; reset
+// forgets it). Several prompts of different lengths then decode as one batch
+// (wk_generate_batch). src/gen/kv_cache.c.
+wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *pad);
 // Like wk_model_forward at pos_offset = wk_kv_cache_len(c), attending to the cached
 // keys and values too. The logits and the cache are evaluated before returning (so
 // that the next step does not recompute the prefix); the batch size must match the

@@ -4,6 +4,7 @@
 #include "wick/generate.h"
 #include <stdlib.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include "engine/engine.h"
@@ -109,132 +110,221 @@ static bool is_eos(const wk_model_config *cfg, int32_t eos_tok, int32_t id) {
   return false;
 }
 
-// Logits of the last position of a forward_cached call over ids[0..n).
-static wk_tensor *step(wk_model *m, wk_kv_cache *c, const int32_t *ids, size_t n, const float **row, int64_t V) {
-  wk_tensor *t = wk_from_data(2, (int64_t[]){1, (int64_t)n}, WK_I32, ids);
+// One sequence's decoding state.
+typedef struct {
+  wk_sampler *s;
+  buf raw, pend;            // bytes not yet released: incomplete UTF-8, possible stop-string starts
+  wk_generate_result res;
+  int64_t pad;              // its leading padding positions in the batch
+  int32_t next;             // the id it feeds at the next step
+  bool done;
+} seq_state;
+
+// What the sequences of a batch share.
+typedef struct {
+  const wk_tokenizer *tok;
+  const wk_model_config *cfg;
+  const wk_generate_params *p;
+  int32_t eos_tok;
+  int64_t ctx, V;
+  wk_gen_callback cb;
+  void *user;
+  float *probs;             // top_logprobs: the distribution and the alternatives
+  wk_gen_alt *alts;
+} gen_shared;
+
+// The text piece a sampled token releases (into q->pend; *emit bytes of it), and
+// whether it completes a stop string.
+static wk_status release_text(const gen_shared *g, seq_state *q, int32_t id, bool eos, bool last, size_t *emit) {
+  if (!eos) {
+    size_t bl = 0;
+    const char *b = wk_tokenizer_token_bytes(g->tok, id, &bl);
+    if (!b) return wk_error(WK_ERR_ARG, "generate: sampled id %d has no text", id);
+    if (buf_add(&q->raw, b, bl)) return wk_error(WK_ERR_OOM, "generate: out of memory");
+  }
+  size_t ok = last ? q->raw.n : utf8_complete((const unsigned char *)q->raw.p, q->raw.n);
+  if (buf_add(&q->pend, q->raw.p, ok)) return wk_error(WK_ERR_OOM, "generate: out of memory");
+  buf_drop(&q->raw, ok);
+  *emit = q->pend.n;
+  const char *hit = NULL;
+  for (size_t k = 0; k < g->p->n_stop; k++) {
+    const char *h = find(q->pend.p, q->pend.n, g->p->stop[k], strlen(g->p->stop[k]));
+    if (h && (!hit || h < hit)) hit = h;
+  }
+  if (hit) {
+    *emit = (size_t)(hit - q->pend.p);
+    q->res.stop = WK_STOP_STRING;
+  } else if (!last) {
+    *emit = q->pend.n - held_suffix(q->pend.p, q->pend.n, g->p);
+  }
+  return WK_OK;
+}
+
+// Samples sequence `index`'s next token from its logits row and streams it; marks it
+// done when it stops. held: the positions it has in the cache.
+static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, const float *row, int64_t held) {
+  const wk_generate_params *p = g->p;
+  wk_sample smp;
+  int32_t n_top = 0;
+  wk_status st;
+  if (p->top_logprobs) {   // before sampling: the same state, and it draws no randomness
+    if ((st = wk_sampler_probs(q->s, row, g->probs))) return st;
+    n_top = top_k_alts(g->tok, g->probs, g->V, p->top_logprobs, g->alts);
+  }
+  if ((st = wk_sampler_sample(q->s, row, &smp))) return st;
+  q->res.generated_tokens++;
+  wk_gen_token gt = {smp.id, "", 0, smp.prob, smp.logprob, q->res.generated_tokens - 1, g->alts, n_top, index};
+  bool eos = !p->ignore_eos && is_eos(g->cfg, g->eos_tok, smp.id);
+  bool last = eos || q->res.generated_tokens >= p->max_tokens || (g->ctx > 0 && held >= g->ctx);
+  size_t emit = 0;
+  if (g->tok) {
+    if ((st = release_text(g, q, smp.id, eos, last, &emit))) return st;
+    gt.text = q->pend.p;
+    gt.len = emit;
+  }
+  if (g->cb && g->cb(&gt, g->user) && !q->res.stop) q->res.stop = WK_STOP_CALLBACK;
+  if (g->tok) buf_drop(&q->pend, emit);
+  if (eos) q->res.stop = WK_STOP_EOS;
+  else if (!q->res.stop && q->res.generated_tokens >= p->max_tokens) q->res.stop = WK_STOP_MAX_TOKENS;
+  else if (!q->res.stop && last) q->res.stop = WK_STOP_CONTEXT;
+  q->done = q->res.stop != WK_STOP_NONE;
+  q->next = smp.id;
+  return q->done ? WK_OK : wk_sampler_accept(q->s, smp.id);
+}
+
+// Feeds ids [B, T] through the cache; the logits are evaluated.
+static wk_tensor *step(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t T) {
+  wk_tensor *t = wk_from_data(2, (int64_t[]){B, T}, WK_I32, ids);
   if (!t) return NULL;
   wk_tensor *lg = wk_model_forward_cached(m, t, c);
   wk_tensor_free(t);
-  if (!lg) return NULL;
-  const float *d = wk_tensor_data(lg);
-  if (!d) { wk_tensor_free(lg); return NULL; }
-  *row = d + (int64_t)(n - 1) * V;
+  if (lg && !wk_tensor_data(lg)) { wk_tensor_free(lg); return NULL; }
   return lg;
 }
 
-// Generates after prompt[0..n_prompt), of which the cache holds the first
-// wk_kv_cache_len(c) (cut back so that at least the last id is prefilled).
-static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, const int32_t *prompt,
-                          size_t n_prompt, const wk_generate_params *params, wk_gen_callback cb, void *user,
-                          wk_generate_result *result) {
-  wk_generate_params p = params ? *params : wk_generate_defaults();
-  wk_generate_result res;
-  memset(&res, 0, sizeof res);
-  res.prompt_tokens = (int64_t)n_prompt;
-  if (result) *result = res;
-  if (!m || !c) return wk_error(WK_ERR_ARG, "generate: model or cache is NULL");
-  const wk_model_config *cfg = wk_model_get_config(m);
-  int64_t ctx = cfg->max_position_embeddings, V = cfg->vocab_size;
-  if (!prompt || !n_prompt) return wk_error(WK_ERR_ARG, "generate: the prompt is empty (0 tokens; want 1 to %lld)", (long long)ctx);
-  if (ctx > 0 && (int64_t)n_prompt > ctx)
-    return wk_error(WK_ERR_ARG, "generate: the prompt has %zu tokens but the context holds %lld", n_prompt, (long long)ctx);
-  if (p.max_tokens < 0) return wk_error(WK_ERR_ARG, "generate: max_tokens %d must be >= 0", p.max_tokens);
-  if (p.top_logprobs < 0 || p.top_logprobs > WK_MAX_TOP_LOGPROBS)
-    return wk_error(WK_ERR_ARG, "generate: top_logprobs %d outside [0, %d]", p.top_logprobs, WK_MAX_TOP_LOGPROBS);
-  for (size_t k = 0; k < p.n_stop; k++) {
-    if (!p.stop || !p.stop[k]) return wk_error(WK_ERR_ARG, "generate: stop string %zu is NULL", k);
-    if (!tok && p.stop[k][0]) return wk_error(WK_ERR_ARG, "generate: stop strings need a tokenizer");
+static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok, int64_t ctx, size_t B,
+                            const int32_t *const *prompts, const size_t *n_prompts) {
+  for (size_t b = 0; b < B; b++) {
+    char which[48] = "the prompt";
+    if (B > 1) snprintf(which, sizeof which, "prompt %zu", b);
+    if (!prompts[b] || !n_prompts[b])
+      return wk_error(WK_ERR_ARG, "generate: %s is empty (0 tokens; want 1 to %lld)", which, (long long)ctx);
+    if (ctx > 0 && (int64_t)n_prompts[b] > ctx)
+      return wk_error(WK_ERR_ARG, "generate: %s has %zu tokens but the context holds %lld", which, n_prompts[b],
+                      (long long)ctx);
   }
-  int32_t eos_tok = tok ? wk_tokenizer_eos(tok) : -1;
-  wk_sampler *s = wk_sampler_new(&p.sampler, V);
-  if (!s) return WK_ERR_ARG;
-  buf raw = {0}, pend = {0};
+  if (p->max_tokens < 0) return wk_error(WK_ERR_ARG, "generate: max_tokens %d must be >= 0", p->max_tokens);
+  if (p->top_logprobs < 0 || p->top_logprobs > WK_MAX_TOP_LOGPROBS)
+    return wk_error(WK_ERR_ARG, "generate: top_logprobs %d outside [0, %d]", p->top_logprobs, WK_MAX_TOP_LOGPROBS);
+  for (size_t k = 0; k < p->n_stop; k++) {
+    if (!p->stop || !p->stop[k]) return wk_error(WK_ERR_ARG, "generate: stop string %zu is NULL", k);
+    if (!tok && p->stop[k][0]) return wk_error(WK_ERR_ARG, "generate: stop strings need a tokenizer");
+  }
+  return WK_OK;
+}
+
+// The prompts left-padded into one [B, T] block (T = the longest; the first `cached`
+// ids of a single prompt are already in the cache), padding recorded in q[b].pad.
+static int32_t *pack_prompts(size_t B, const int32_t *const *prompts, const size_t *n_prompts, int64_t cached,
+                             seq_state *q, int64_t *T) {
+  size_t longest = 0;
+  for (size_t b = 0; b < B; b++) if (n_prompts[b] > longest) longest = n_prompts[b];
+  *T = (int64_t)longest - cached;
+  int32_t *ids = malloc(B * (size_t)*T * sizeof *ids);
+  if (!ids) return NULL;
+  for (size_t b = 0; b < B; b++) {
+    q[b].pad = (int64_t)(longest - n_prompts[b]);
+    for (int64_t t = 0; t < *T; t++)   // padding repeats the first id: any valid id does
+      ids[(int64_t)b * *T + t] = t < q[b].pad ? prompts[b][0] : prompts[b][t - q[b].pad + cached];
+  }
+  return ids;
+}
+
+// Generates after B prompts at once (B > 1: an empty cache, left padding); with B = 1
+// the cache may hold the prompt's first wk_kv_cache_len(c) ids (cut back so that at
+// least the last one is prefilled).
+static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, size_t B,
+                          const int32_t *const *prompts, const size_t *n_prompts, const wk_generate_params *params,
+                          wk_gen_callback cb, void *user, wk_generate_result *results) {
+  wk_generate_params p = params ? *params : wk_generate_defaults();
+  for (size_t b = 0; results && b < B; b++) {
+    memset(&results[b], 0, sizeof results[b]);
+    results[b].prompt_tokens = (int64_t)n_prompts[b];
+  }
+  const wk_model_config *cfg = wk_model_get_config(m);
+  gen_shared g = {tok, cfg, &p, tok ? wk_tokenizer_eos(tok) : -1, cfg->max_position_embeddings, cfg->vocab_size,
+                  cb, user, NULL, NULL};
+  wk_status st = check_args(&p, tok, g.ctx, B, prompts, n_prompts);
+  if (st) return st;
+  int64_t cached = wk_kv_cache_len(c);
+  if (cached > (int64_t)n_prompts[0] || (B > 1 && cached))
+    return wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",
+                    (long long)cached, n_prompts[0]);
+  seq_state *q = calloc(B, sizeof *q);
+  int32_t *ids = NULL, *next = malloc(B * sizeof *next);
   wk_tensor *lg = NULL;
-  wk_status st = WK_OK;
-  float *probs = NULL;
-  wk_gen_alt *alts = NULL;
-  if (p.top_logprobs && (!(probs = malloc((size_t)V * sizeof *probs)) ||
-                         !(alts = malloc((size_t)p.top_logprobs * sizeof *alts)))) {
+  if (!q || !next) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
+  if (p.top_logprobs && (!(g.probs = malloc((size_t)g.V * sizeof *g.probs)) ||
+                         !(g.alts = malloc((size_t)p.top_logprobs * sizeof *g.alts)))) {
     st = wk_error(WK_ERR_OOM, "generate: out of memory");
     goto done;
   }
-  int64_t cached = wk_kv_cache_len(c);
-  if (cached > (int64_t)n_prompt) {
-    st = wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",
-                  (long long)cached, n_prompt);
-    goto done;
+  if (cached == (int64_t)n_prompts[0] && (st = wk_kv_cache_truncate(c, --cached))) goto done;
+  for (size_t b = 0; b < B; b++) {
+    if (!(q[b].s = wk_sampler_new(&p.sampler, g.V))) { st = WK_ERR_ARG; goto done; }
+    q[b].res.cached_tokens = cached;
+    q[b].res.prompt_tokens = (int64_t)n_prompts[b] - cached;
+    for (size_t i = 0; i < n_prompts[b]; i++)   // also range-checks the ids
+      if ((st = wk_sampler_accept(q[b].s, prompts[b][i]))) goto done;
+    if (!p.max_tokens) { q[b].res.stop = WK_STOP_MAX_TOKENS; q[b].done = true; }
   }
-  if (cached == (int64_t)n_prompt && (st = wk_kv_cache_truncate(c, --cached))) goto done;
-  res.cached_tokens = cached;
-  res.prompt_tokens = (int64_t)n_prompt - cached;
-  for (size_t i = 0; i < n_prompt; i++)
-    if ((st = wk_sampler_accept(s, prompt[i]))) goto done;   // also range-checks the ids
-  if (!p.max_tokens) { res.stop = WK_STOP_MAX_TOKENS; goto done; }
+  if (!p.max_tokens) goto done;
+  int64_t T;
+  if (!(ids = pack_prompts(B, prompts, n_prompts, cached, q, &T))) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
+  bool padded = false;
+  for (size_t b = 0; b < B; b++) padded |= q[b].pad > 0;
+  int64_t *pads = padded ? malloc(B * sizeof *pads) : NULL;
+  for (size_t b = 0; pads && b < B; b++) pads[b] = q[b].pad;
+  st = padded ? (pads ? wk_kv_cache_set_padding(c, (int64_t)B, pads) : wk_error(WK_ERR_OOM, "generate: out of memory")) : WK_OK;
+  free(pads);
+  if (st) goto done;
 
   double t0 = now_s(), t1 = t0;
-  const float *row;
-  if (!(lg = step(m, c, prompt + cached, n_prompt - (size_t)cached, &row, V))) { st = WK_ERR_STATE; goto done; }
-  for (;;) {
-    wk_sample smp;
-    int32_t n_top = 0;
-    if (p.top_logprobs) {   // before sampling: the same state, and it draws no randomness
-      if ((st = wk_sampler_probs(s, row, probs))) goto done;
-      n_top = top_k_alts(tok, probs, V, p.top_logprobs, alts);
+  if (!(lg = step(m, c, ids, (int64_t)B, T))) { st = WK_ERR_STATE; goto done; }
+  for (int64_t rows = T;; rows = 1) {   // rows: positions per sequence in lg
+    const float *d = wk_tensor_data(lg);
+    size_t active = 0;
+    for (size_t b = 0; b < B; b++) {
+      if (q[b].done) continue;
+      const float *row = d + ((int64_t)b * rows + rows - 1) * g.V;
+      if ((st = seq_token(&g, &q[b], (int32_t)b, row, wk_kv_cache_len(c) - q[b].pad))) goto done;
+      active += !q[b].done;
     }
-    if ((st = wk_sampler_sample(s, row, &smp))) goto done;
+    if (t1 == t0) t1 = now_s();
     wk_tensor_free(lg);
     lg = NULL;
-    if (res.generated_tokens == 0) t1 = now_s();
-    res.generated_tokens++;
-    wk_gen_token gt = {smp.id, "", 0, smp.prob, smp.logprob, res.generated_tokens - 1, alts, n_top};
-    bool eos = !p.ignore_eos && is_eos(cfg, eos_tok, smp.id);
-    bool last = eos || res.generated_tokens >= p.max_tokens || (ctx > 0 && wk_kv_cache_len(c) >= ctx);
-    size_t emit = 0;
-    if (tok) {
-      if (!eos) {
-        size_t bl = 0;
-        const char *b = wk_tokenizer_token_bytes(tok, smp.id, &bl);
-        if (!b) { st = wk_error(WK_ERR_ARG, "generate: sampled id %d has no text", smp.id); goto done; }
-        if (buf_add(&raw, b, bl)) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
-      }
-      size_t ok = last ? raw.n : utf8_complete((const unsigned char *)raw.p, raw.n);
-      if (buf_add(&pend, raw.p, ok)) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
-      buf_drop(&raw, ok);
-      emit = pend.n;
-      const char *hit = NULL;
-      for (size_t k = 0; k < p.n_stop; k++) {
-        const char *h = find(pend.p, pend.n, p.stop[k], strlen(p.stop[k]));
-        if (h && (!hit || h < hit)) hit = h;
-      }
-      if (hit) {
-        emit = (size_t)(hit - pend.p);
-        res.stop = WK_STOP_STRING;
-      } else if (!last) {
-        emit = pend.n - held_suffix(pend.p, pend.n, &p);
-      }
-      gt.text = pend.p;
-      gt.len = emit;
-    }
-    if (cb && cb(&gt, user)) { if (!res.stop) res.stop = WK_STOP_CALLBACK; }
-    if (tok) buf_drop(&pend, emit);
-    if (eos) res.stop = WK_STOP_EOS;
-    else if (!res.stop && res.generated_tokens >= p.max_tokens) res.stop = WK_STOP_MAX_TOKENS;
-    else if (!res.stop && last) res.stop = WK_STOP_CONTEXT;
-    if (res.stop) break;
-    if ((st = wk_sampler_accept(s, smp.id))) goto done;
-    if (!(lg = step(m, c, &smp.id, 1, &row, V))) { st = WK_ERR_STATE; goto done; }
+    if (!active) break;
+    for (size_t b = 0; b < B; b++) next[b] = q[b].next;   // finished ones feed their last id, unread
+    if (!(lg = step(m, c, next, (int64_t)B, 1))) { st = WK_ERR_STATE; goto done; }
   }
   double t2 = now_s();
-  res.prefill_s = t1 - t0;
-  res.decode_s = t2 - t1;
+  for (size_t b = 0; b < B; b++) {
+    q[b].res.prefill_s = t1 - t0;
+    q[b].res.decode_s = t2 - t1;
+  }
 done:
-  if (result) *result = res;
+  for (size_t b = 0; q && b < B; b++) {
+    if (results) results[b] = q[b].res;
+    free(q[b].raw.p);
+    free(q[b].pend.p);
+    wk_sampler_free(q[b].s);
+  }
   wk_tensor_free(lg);
-  free(raw.p);
-  free(pend.p);
-  free(probs);
-  free(alts);
-  wk_sampler_free(s);
+  free(q);
+  free(ids);
+  free(next);
+  free(g.probs);
+  free(g.alts);
   return st;
 }
 
@@ -245,7 +335,7 @@ wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *promp
   if (!m) return wk_error(WK_ERR_ARG, "generate: model is NULL");
   wk_kv_cache *c = wk_kv_cache_new(m);
   if (!c) return WK_ERR_OOM;
-  wk_status st = generate(m, tok, c, prompt, n_prompt, params, cb, user, result);
+  wk_status st = generate(m, tok, c, 1, &prompt, &n_prompt, params, cb, user, result);
   wk_kv_cache_free(c);
   return st;
 }
@@ -253,5 +343,18 @@ wk_status wk_generate(wk_model *m, const wk_tokenizer *tok, const int32_t *promp
 wk_status wk_generate_cached(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *cache, const int32_t *ids,
                              size_t n_ids, const wk_generate_params *params, wk_gen_callback cb, void *user,
                              wk_generate_result *result) {
-  return generate(m, tok, cache, ids, n_ids, params, cb, user, result);
+  if (result) memset(result, 0, sizeof *result);
+  if (!m || !cache) return wk_error(WK_ERR_ARG, "generate: model or cache is NULL");
+  return generate(m, tok, cache, 1, &ids, &n_ids, params, cb, user, result);
+}
+
+wk_status wk_generate_batch(wk_model *m, const wk_tokenizer *tok, size_t n, const int32_t *const *prompts,
+                            const size_t *n_prompts, const wk_generate_params *params, wk_gen_callback cb,
+                            void *user, wk_generate_result *results) {
+  if (!m || !n || !prompts || !n_prompts) return wk_error(WK_ERR_ARG, "generate: model or prompts NULL, or no prompts");
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  if (!c) return WK_ERR_OOM;
+  wk_status st = generate(m, tok, c, n, prompts, n_prompts, params, cb, user, results);
+  wk_kv_cache_free(c);
+  return st;
 }

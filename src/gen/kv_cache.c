@@ -1,6 +1,7 @@
 // KV cache operations the generator needs beyond append (which lives with the model's
 // forward pass in src/models/llama.c).
 #include <stdlib.h>
+#include <string.h>
 #include "engine/engine.h"
 #include "models/llama.h"
 
@@ -32,4 +33,18 @@ wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len) {
   wk_scope_end();
   free(kv);
   return st;
+}
+
+wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *pad) {
+  if (!c || !pad || batch < 1) return wk_error(WK_ERR_ARG, "wk_kv_cache_set_padding: cache or pad is NULL, or batch < 1");
+  if (c->len) return wk_error(WK_ERR_STATE, "wk_kv_cache_set_padding: the cache already holds %lld positions", (long long)c->len);
+  for (int64_t b = 0; b < batch; b++)
+    if (pad[b] < 0) return wk_error(WK_ERR_ARG, "wk_kv_cache_set_padding: pad[%lld] = %lld is negative", (long long)b, (long long)pad[b]);
+  int64_t *copy = malloc((size_t)batch * sizeof *copy);
+  if (!copy) return wk_error(WK_ERR_OOM, "wk_kv_cache_set_padding: out of memory");
+  memcpy(copy, pad, (size_t)batch * sizeof *copy);
+  free(c->pad);
+  c->pad = copy;
+  c->pad_batch = batch;
+  return WK_OK;
 }

@@ -3,6 +3,7 @@
 // D = head dim, F = MLP width, V = vocab.
 #include "models/llama.h"
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -421,7 +422,7 @@ static int check_ids(const wk_model *m, wk_tensor *ids) {
 // Builds the graph; with a cache, k/v of each layer are prepended with the cached
 // ones and the new [B, Hkv, S, D] tensors are stored in newk/newv.
 static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
-                          wk_tensor **newk, wk_tensor **newv) {
+                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask) {
   const wk_model_config *c = &m->cfg;
   int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), D = c->head_dim;
   int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
@@ -443,7 +444,7 @@ static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **
       newk[l] = k;
       newv[l] = v;
     }
-    wk_tensor *a = wk_sdpa(q, k, v, NULL, 1, 0);    // [B, Hq, T, D]
+    wk_tensor *a = wk_sdpa(q, k, v, mask, 1, 0);    // [B, Hq, T, D]
     a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
     x = wk_add(x, proj(m, l, WK_PROJ_O, a, L->wo, L->bo));
     h = wk_rms_norm(x, f32(L->ffn_norm), eps);
@@ -462,7 +463,7 @@ wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {
     return NULL;
   }
   wk_scope_begin();
-  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL));
+  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL, NULL));
   wk_scope_end();
   return logits ? wk_node_finish(logits) : NULL;   // the caller's scope owns it, like any op's result
 }
@@ -493,6 +494,8 @@ void wk_kv_cache_reset(wk_kv_cache *c) {
     c->k[i] = c->v[i] = NULL;
   }
   c->len = c->batch = 0;
+  free(c->pad);   // it described the contents
+  c->pad = NULL;
 }
 
 void wk_kv_cache_free(wk_kv_cache *c) {
@@ -505,9 +508,29 @@ void wk_kv_cache_free(wk_kv_cache *c) {
 
 int64_t wk_kv_cache_len(const wk_kv_cache *c) { return c ? c->len : 0; }
 
+// Left-padded batches (wk_kv_cache_set_padding): an additive [B, 1, 1, S] mask that
+// hides row b's first pad[b] keys. A padding query sees no key at all: wk_sdpa gives
+// such rows 0, so nothing non-finite reaches the later layers.
+static wk_tensor *pad_mask(const wk_kv_cache *c, int64_t T) {
+  if (!c->pad) return NULL;
+  int64_t B = c->pad_batch, S = c->len + T;
+  float *v = malloc((size_t)(B * S) * sizeof *v);
+  if (!v) { wk_error(WK_ERR_OOM, "model forward: out of memory"); return NULL; }
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t s = 0; s < S; s++) v[b * S + s] = s < c->pad[b] ? -INFINITY : 0.0f;
+  wk_tensor *t = wk_from_data(4, (int64_t[]){B, 1, 1, S}, WK_F32, v);
+  free(v);
+  return t;
+}
+
 wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
   if (!check_ids(m, ids)) return NULL;
   if (!c || c->m != m) { wk_error(WK_ERR_ARG, "model forward: the cache is NULL or belongs to another model"); return NULL; }
+  if (c->pad && wk_dim(ids, 0) != c->pad_batch) {
+    wk_error(WK_ERR_SHAPE, "model forward: ids have batch %lld but the cache's padding is for batch %lld",
+             (long long)wk_dim(ids, 0), (long long)c->pad_batch);
+    return NULL;
+  }
   if (c->len && wk_dim(ids, 0) != c->batch) {
     wk_error(WK_ERR_SHAPE, "model forward: ids have batch %lld but the cache holds batch %lld",
              (long long)wk_dim(ids, 0), (long long)c->batch);
@@ -518,7 +541,8 @@ wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) 
   if (!nk) { wk_error(WK_ERR_OOM, "model forward: out of memory"); return NULL; }
   wk_tensor **nv = nk + n;
   wk_scope_begin();
-  wk_tensor *logits = forward(m, ids, c->len, c->k, c->v, nk, nv);
+  wk_tensor *mask = pad_mask(c, wk_dim(ids, 1));
+  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, ids, c->len, c->k, c->v, nk, nv, mask);
   int ok = logits != NULL;
   for (int64_t i = 0; ok && i < n; i++) ok = nk[i] && nv[i];
   if (ok) {

@@ -39,6 +39,7 @@ struct wk_kv_cache {
   const wk_model *m;
   int64_t len, batch;
   wk_tensor **k, **v;         // per layer [B, Hkv, len, D], evaluated; NULL while empty
+  int64_t *pad, pad_batch;    // left-padded batches: row b's first pad[b] positions are padding
 };
 
 // The weight slot of projection p in layer l (merging replaces the tensor in it).

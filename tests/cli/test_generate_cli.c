@@ -1,7 +1,8 @@
 #define _POSIX_C_SOURCE 200809L
-// wick generate's JSON extras on the tiny chat model of tests/fixtures/chat/model:
-// --top-logprobs K prints each token's K alternatives, equal to the library's (which
-// tests/gen/test_top_logprobs.c checks against the model's logits).
+// wick generate on the tiny chat model of tests/fixtures/chat/model: --top-logprobs K
+// prints each token's K alternatives, equal to the library's (which
+// tests/gen/test_top_logprobs.c checks against the model's logits); several -p decode
+// as a batch whose tokens equal separate runs'.
 #include <string.h>
 #include <unistd.h>
 #include "check.h"
@@ -68,8 +69,47 @@ static void test_top_logprobs(void) {
   CHECK(rc == 2 && strstr(err, "--top-logprobs"), "bad --top-logprobs: rc %d: %s", rc, err);
 }
 
+// Token ids of --json output lines with "seq" == seq (-1: lines without "seq").
+static int ids_of(const char *text, int seq, int32_t *ids, int cap) {
+  int n = 0;
+  for (const char *l = text; *l;) {
+    const char *e = strchr(l, '\n');
+    size_t len = e ? (size_t)(e - l) : strlen(l);
+    wk_json *j = wk_json_parse(l, len, "wick output", NULL);
+    const wk_json *id = wk_json_get(j, "id");
+    if (id && wk_json_int(wk_json_get(j, "seq"), -1) == seq && n < cap) ids[n++] = (int32_t)wk_json_int(id, -1);
+    wk_json_free(j);
+    l += len + (e != NULL);
+  }
+  return n;
+}
+
+static void test_batch(void) {
+  const char *prompts[] = {"Hello", "How are you doing today, my friend?", "1 2 3"};
+  const char *args[] = {"generate", "-m", MODEL, "-n", "6", "--temp", "0", "--json",
+                        "-p", prompts[0], "-p", prompts[1], "-p", prompts[2], NULL};
+  static char batch[1 << 16];
+  int rc = run(NULL, batch, sizeof batch, err, sizeof err, args);
+  CHECK(rc == 0 && strstr(batch, "{\"seq\": 2, \"prompt_tokens\""), "batch: rc %d: %s%s", rc, batch, err);
+  for (int k = 0; k < 3; k++) {
+    const char *one[] = {"generate", "-m", MODEL, "-n", "6", "--temp", "0", "--json", "-p", prompts[k], NULL};
+    rc = run(NULL, out, sizeof out, err, sizeof err, one);
+    int32_t a[16], b[16];
+    int na = ids_of(batch, k, a, 16), nb = ids_of(out, -1, b, 16);
+    CHECK(rc == 0 && na == 6 && nb == 6 && !memcmp(a, b, sizeof(int32_t) * 6), "prompt %d: batched tokens differ", k);
+  }
+  // text mode: each prompt and its completion, in order
+  const char *text[] = {"generate", "-m", MODEL, "-n", "3", "--temp", "0", "-p", "Hello", "-p", "Bye", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, text);
+  CHECK(rc == 0 && !strncmp(out, "Hello", 5) && strstr(out, "\n\nBye") && strstr(err, "prompt 2:"), "batch text: %s", out);
+  const char *empty[] = {"generate", "-m", MODEL, "-p", "Hello", "-p", "", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, empty);
+  CHECK(rc == 2 && strstr(err, "prompt 2 is empty"), "empty second prompt: rc %d: %s", rc, err);
+}
+
 int main(void) {
   if (chdir(WICK_SOURCE_DIR)) { perror(WICK_SOURCE_DIR); return 1; }
   test_top_logprobs();
+  test_batch();
   return check_report();
 }
