@@ -24,19 +24,77 @@ static int on_tok(const wk_gen_token *t, void *user) {
   return c->stop_at && c->n >= c->stop_at;
 }
 
-// A byte-level tokenizer of 256 single-byte tokens (GPT-2 byte map), no merges.
-static wk_tokenizer *byte_tokenizer(void) {
-  static char store[256][4];
+// GPT-2's byte-level form of byte b (its code point as UTF-8) into o; returns the length.
+static int byte_form(int b, char *o) {
+  int extra = 0;   // bytes without a printable code point map to 256, 257, ... in order
+  for (int k = 0; k < b; k++) extra += !((k >= 33 && k <= 126) || (k >= 161 && k <= 172) || k >= 174);
+  int cp = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174) ? b : 256 + extra;
+  if (cp < 0x80) { o[0] = (char)cp; return 1; }
+  o[0] = (char)(0xC0 | (cp >> 6));
+  o[1] = (char)(0x80 | (cp & 0x3F));
+  return 2;
+}
+
+// A byte-level tokenizer of 256 single-byte tokens, no merges; with `multi`, token 200
+// stands for those bytes instead.
+static wk_tokenizer *byte_tokenizer_with(const char *multi) {
+  static char store[256][64];
   const char *toks[256];
-  int extra = 0;
   for (int b = 0; b < 256; b++) {
-    int cp = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174) ? b : 256 + extra++;
     char *o = store[b];
-    if (cp < 0x80) { o[0] = (char)cp; o[1] = 0; }
-    else { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); o[2] = 0; }
+    int n = 0;
+    if (b == 200 && multi)
+      for (const unsigned char *u = (const unsigned char *)multi; *u && n < 56; u++) n += byte_form(*u, o + n);
+    else
+      n = byte_form(b, o);
+    o[n] = 0;
     toks[b] = o;
   }
   return wk_tokenizer_from_bpe(256, toks, NULL, 0, NULL, WK_PRETOK_NONE);
+}
+static wk_tokenizer *byte_tokenizer(void) { return byte_tokenizer_with(NULL); }
+
+typedef struct { char piece[8][32]; size_t len[8]; int n; } pieces;
+static int on_piece(const wk_gen_token *t, void *user) {
+  pieces *p = user;
+  if (p->n < 8 && t->len < 32) { memcpy(p->piece[p->n], t->text, t->len); p->len[p->n] = t->len; }
+  p->n++;
+  return 0;
+}
+
+// UTF-8 streaming: one token repeated whose bytes are "\x80" + 日 (E6 97 A5) + the
+// first three bytes of 😀 (F0 9F 98 80): the emoji is split across every pair of
+// tokens. Each piece must hold whole characters only: the emoji's head waits for the
+// token that completes it; a stray continuation byte passes as it is; at the end the
+// incomplete head is flushed.
+static void test_utf8_stream(wk_model *m, const int32_t *prompt, int np) {
+  wk_tokenizer *tok = byte_tokenizer_with("\x80\xE6\x97\xA5\xF0\x9F\x98");
+  CHECK(tok != NULL, "tokenizer with a multi-byte token");
+  if (!tok) return;
+  size_t bl = 0;
+  const char *b = wk_tokenizer_token_bytes(tok, 200, &bl);
+  CHECK(bl == 7 && !memcmp(b, "\x80\xE6\x97\xA5\xF0\x9F\x98", 7), "token 200's bytes");
+  wk_logit_bias force = {200, 1e4f};
+  wk_generate_params p = wk_generate_defaults();
+  p.max_tokens = 3;
+  p.ignore_eos = true;
+  p.sampler.bias = &force;
+  p.sampler.n_bias = 1;
+  pieces got = {0};
+  CHECK(wk_generate(m, tok, prompt, (size_t)np, &p, on_piece, &got, NULL) == WK_OK && got.n == 3, "generate");
+  const char *want[3] = {"\x80\xE6\x97\xA5", "\xF0\x9F\x98\x80\xE6\x97\xA5", "\xF0\x9F\x98\x80\xE6\x97\xA5\xF0\x9F\x98"};
+  for (int i = 0; i < 3 && i < got.n; i++)
+    CHECK(got.len[i] == strlen(want[i]) && !memcmp(got.piece[i], want[i], got.len[i]), "piece %d: %zu bytes", i, got.len[i]);
+  // a stop string made of whole characters matches across the split: 😀日 stops at token 2
+  const char *stops[] = {"\xF0\x9F\x98\x80\xE6\x97\xA5"};
+  p.stop = stops;
+  p.n_stop = 1;
+  memset(&got, 0, sizeof got);
+  wk_generate_result r;
+  CHECK(wk_generate(m, tok, prompt, (size_t)np, &p, on_piece, &got, &r) == WK_OK && got.n == 2 &&
+            r.stop == WK_STOP_STRING && got.len[1] == 0, "stop string across the split (%d tokens, %s)", got.n,
+        wk_stop_reason_name(r.stop));
+  wk_tokenizer_free(tok);
 }
 
 int main(void) {
@@ -142,6 +200,7 @@ int main(void) {
   p.ignore_eos = true;
   CHECK(wk_generate(m, NULL, big, 126, &p, NULL, NULL, &r) == WK_OK && r.stop == WK_STOP_CONTEXT && r.generated_tokens == 3,
         "context stop (%lld, %s)", (long long)r.generated_tokens, wk_stop_reason_name(r.stop));
+  test_utf8_stream(m, seq, np);
   wk_model_free(m);
   return check_report();
 }
