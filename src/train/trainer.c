@@ -172,8 +172,7 @@ static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, ba
   s = g ? wk_value_and_grad(l, t->n, t->params, g, loss) : wk_error(WK_ERR_OOM, "train: out of memory");
   for (int i = 0; !s && i < t->n; i++) {
     // accumulate the sum; the optimizer scales by 1 / grad_accum
-    wk_tensor *sum = t->acc[i] ? wk_add(t->acc[i], g[i]) : wk_tensor_ref(g[i]);
-    wk_keep(sum);
+    wk_tensor *sum = wk_keep(t->acc[i] ? wk_add(t->acc[i], g[i]) : g[i]);   // the scope's reference moves here
     wk_tensor_free(t->acc[i]);
     t->acc[i] = sum;
   }

@@ -1,0 +1,366 @@
+// The trainer on the tiny random Qwen2 (tests/fixtures/models/qwen2) with pre-tokenized
+// data: the loss falls; a resumed run's losses are bitwise those of an uninterrupted
+// run (shuffle, dropout and accumulation on); a non-finite loss stops before the update
+// with the last checkpoint intact; a full disk during a save keeps the previous
+// checkpoint; kill -9 of `wick train` at random moments always leaves a loadable
+// checkpoint; dataset formats and malformed lines.
+#define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "check.h"
+#include "fixtures.h"
+
+extern char **environ;
+
+static char g_tmp[64];
+
+static const char *tmp_path(const char *name) {
+  static char buf[4][512];
+  static int k;
+  char *p = buf[k++ & 3];
+  snprintf(p, sizeof buf[0], "%s/%s", g_tmp, name);
+  return p;
+}
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f) { fputs(text, f); fclose(f); }
+}
+
+// 24 pre-tokenized examples of varied lengths over the tiny vocabulary (256), some with
+// masked prompts: "<a b c> -> <c b a>" style sequences the model can learn.
+static void write_data(const char *path) {
+  FILE *f = fopen(path, "w");
+  if (!f) return;
+  for (int i = 0; i < 24; i++) {
+    int n = 3 + i % 5;
+    fprintf(f, "{\"input_ids\": [");
+    for (int t = 0; t < 2 * n + 1; t++) {
+      int id = t < n ? 10 + (i * 7 + t * 13) % 100 : t == n ? 1 : 10 + (i * 7 + (2 * n - t) * 13) % 100;
+      fprintf(f, "%s%d", t ? ", " : "", id);
+    }
+    fprintf(f, "], \"labels\": [");
+    for (int t = 0; t < 2 * n + 1; t++) {
+      int id = t < n ? 10 + (i * 7 + t * 13) % 100 : t == n ? 1 : 10 + (i * 7 + (2 * n - t) * 13) % 100;
+      fprintf(f, "%s%d", t ? ", " : "", t <= n ? -100 : id);
+    }
+    fprintf(f, "]}\n");
+  }
+  fclose(f);
+}
+
+typedef struct {
+  float loss[64];
+  int64_t n;
+  int64_t stop_at;
+} recorder;
+
+static int record(const wk_train_progress *p, void *user) {
+  recorder *r = user;
+  if (p->step < 64) r->loss[p->step] = p->loss;
+  r->n = p->step;
+  return r->stop_at && p->step >= r->stop_at;
+}
+
+static wk_train_options options(const char *out, recorder *rec) {
+  wk_train_options o = wk_train_defaults();
+  o.steps = 8;
+  o.batch = 2;
+  o.grad_accum = 2;
+  o.seq_len = 32;
+  o.schedule = (wk_schedule){.kind = WK_SCHED_WARMUP_COSINE, .lr = 1e-2f, .warmup = 2, .min_lr = 1e-3f};
+  o.seed = 11;
+  o.out_dir = out;
+  o.overwrite = true;
+  o.callback = record;
+  o.user = rec;
+  return o;
+}
+
+static wk_adapter *fresh(wk_model *m) {
+  wk_lora_config c = wk_lora_defaults();
+  c.rank = 4;
+  c.dropout = 0.1f;
+  c.seed = 3;
+  wk_lora_parse_targets("all-linear", &c.targets);
+  return wk_adapter_new(m, &c);
+}
+
+static void resume_is_exact(wk_model *m, const wk_dataset *d) {
+  recorder full = {0}, first = {0}, rest = {0};
+  wk_adapter *a = fresh(m);
+  wk_train_options o = options(tmp_path("full"), &full);
+  wk_train_result r;
+  CHECK(a && wk_train(m, a, d, &o, &r) == WK_OK, "uninterrupted run");
+  CHECK(full.n == 8 && r.last_loss < r.first_loss, "8 steps, loss falls (%g -> %g)", (double)r.first_loss,
+        (double)r.last_loss);
+  wk_adapter_free(a);
+  // the same run stopped after step 3, then resumed from its directory
+  a = fresh(m);
+  o = options(tmp_path("split"), &first);
+  first.stop_at = 3;
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK && r.stopped && r.steps_done == 3, "stopped at step 3");
+  wk_adapter_free(a);
+  a = fresh(m);
+  o = options(tmp_path("split"), &rest);
+  o.overwrite = false;
+  o.resume = tmp_path("split");
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK && rest.n == 8, "resumed run reaches step 8");
+  int same = 1;
+  for (int s = 4; s <= 8; s++) same &= memcmp(&rest.loss[s], &full.loss[s], sizeof(float)) == 0;
+  CHECK(same, "losses after resuming are bitwise those of the uninterrupted run (step 8: %.9g vs %.9g)",
+        (double)rest.loss[8], (double)full.loss[8]);
+  for (int s = 1; s <= 3; s++) same &= memcmp(&first.loss[s], &full.loss[s], sizeof(float)) == 0;
+  CHECK(same, "and before the stop too");
+  // files of a finished run
+  struct stat sb;
+  CHECK(!stat(tmp_path("split/adapter_model.safetensors"), &sb) && !stat(tmp_path("split/loss.svg"), &sb) &&
+            !stat(tmp_path("split/checkpoint-8/optimizer.safetensors"), &sb),
+        "adapter, loss.svg and the last checkpoint exist");
+  // metrics.csv: one header and a row per step, no duplicates from the resume
+  FILE *f = fopen(tmp_path("split/metrics.csv"), "r");
+  int lines = 0;
+  char line[512];
+  while (f && fgets(line, sizeof line, f)) lines++;
+  if (f) fclose(f);
+  CHECK(lines == 9, "metrics.csv has a header and 8 rows (got %d lines)", lines);
+  // a mismatched resume is refused, naming the field
+  wk_adapter_free(a);
+  a = fresh(m);
+  o = options(tmp_path("split"), &rest);
+  o.resume = tmp_path("split");
+  o.batch = 3;
+  CHECK(wk_train(m, a, d, &o, &r) != WK_OK && strstr(wk_last_error(), "batch"), "resume with another batch refused");
+  // an existing output directory is refused without overwrite or resume
+  o = options(tmp_path("split"), &rest);
+  o.overwrite = false;
+  CHECK(wk_train(m, a, d, &o, &r) != WK_OK && strstr(wk_last_error(), "--overwrite"), "existing output refused");
+  wk_adapter_free(a);
+}
+
+// An exploding learning rate: the run stops with a message before applying a
+// non-finite update; the checkpoint of step 1 still loads.
+static void nonfinite_stops(wk_model *m, const wk_dataset *d) {
+  recorder rec = {0};
+  wk_adapter *a = fresh(m);
+  wk_train_options o = options(tmp_path("nan"), &rec);
+  o.optim = wk_sgd_defaults();
+  o.optim.momentum = 0;
+  o.clip = 0;
+  o.schedule = (wk_schedule){.kind = WK_SCHED_CONSTANT, .lr = 1e30f};
+  o.save_every = 1;
+  wk_train_result r;
+  wk_status s = wk_train(m, a, d, &o, &r);
+  CHECK(s != WK_OK && (strstr(wk_last_error(), "NaN") || strstr(wk_last_error(), "infinite") ||
+                       strstr(wk_last_error(), "not finite")),
+        "non-finite loss stops training");
+  CHECK(strstr(wk_last_error(), "checkpoint is intact") != NULL, "the message says the checkpoint is intact");
+  wk_adapter_free(a);
+  a = fresh(m);
+  o = options(tmp_path("nan"), &rec);
+  o.resume = tmp_path("nan");
+  o.steps = r.steps_done + 1;
+  CHECK(r.steps_done >= 1 && wk_train(m, a, d, &o, &r) != WK_OK, "resuming the exploding run fails again");
+  // the checkpoint of step 1 is complete and loads (its weights are what step 1 made)
+  wk_adapter *c1 = wk_adapter_load(m, tmp_path("nan/checkpoint-1"));
+  CHECK(c1 != NULL, "checkpoint-1 is intact and loads");
+  wk_adapter_free(c1);
+  wk_adapter_free(a);
+}
+
+// A file-size limit makes every write past it fail (EFBIG), like a full disk.
+static void full_disk_keeps_checkpoint(wk_model *m, const wk_dataset *d) {
+  recorder rec = {0};
+  wk_adapter *a = fresh(m);
+  wk_train_options o = options(tmp_path("full_disk"), &rec);
+  o.steps = 2;
+  wk_train_result r;
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK, "two steps");
+  wk_adapter_free(a);
+  struct rlimit old, small = {.rlim_cur = 2048, .rlim_max = RLIM_INFINITY};
+  getrlimit(RLIMIT_FSIZE, &old);
+  small.rlim_max = old.rlim_max;
+  signal(SIGXFSZ, SIG_IGN);
+  setrlimit(RLIMIT_FSIZE, &small);
+  a = fresh(m);
+  o = options(tmp_path("full_disk"), &rec);
+  o.steps = 3;
+  o.resume = tmp_path("full_disk");
+  wk_status s = wk_train(m, a, d, &o, &r);
+  setrlimit(RLIMIT_FSIZE, &old);
+  CHECK(s != WK_OK && strstr(wk_last_error(), "not saved"), "a failing save is reported");
+  CHECK(strstr(wk_last_error(), "intact") != NULL, "and says earlier checkpoints are intact");
+  wk_adapter_free(a);
+  a = fresh(m);
+  o = options(tmp_path("full_disk"), &rec);
+  o.steps = 3;
+  o.resume = tmp_path("full_disk/checkpoint-2");
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK && r.steps_done == 3, "checkpoint-2 survived and resumes");
+  wk_adapter_free(a);
+}
+
+// kill -9 of the CLI at random moments: the newest checkpoint always resumes.
+static void kill9(const char *data_path) {
+  char out[512], data[512];
+  snprintf(out, sizeof out, "%s", tmp_path("killed"));
+  snprintf(data, sizeof data, "%s", data_path);
+  srand((unsigned)time(NULL));
+  int resumed = 0, killed = 0;
+  for (int round = 0; round < 4; round++) {
+    char *argv[] = {(char *)WICK_CLI, "train", "-m", (char *)fixture_in("models", "qwen2"), "--data", data,
+                    "-o", out, "--steps", "400", "--batch", "2", "--save-every", "1", "--quiet",
+                    round ? "--resume" : "--overwrite", round ? out : NULL, NULL};
+    pid_t pid;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    if (posix_spawn(&pid, WICK_CLI, &fa, NULL, argv, environ)) { CHECK(0, "spawn wick train"); return; }
+    posix_spawn_file_actions_destroy(&fa);
+    // the first run lives long enough to save a checkpoint, so the others can resume
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(round ? 100 + rand() % 900 : 900) * 1000000L};
+    nanosleep(&ts, NULL);
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    killed += WIFSIGNALED(st);
+    if (!WIFSIGNALED(st)) fprintf(stderr, "round %d: wick train exited with %d before the kill\n", round, WEXITSTATUS(st));
+    resumed += round > 0;
+  }
+  // whatever moment the kills hit, a short resume from the newest checkpoint works
+  char *argv[] = {(char *)WICK_CLI, "train", "-m", (char *)fixture_in("models", "qwen2"), "--data", data,
+                  "-o", out, "--steps", "400", "--batch", "2", "--save-every", "1", "--quiet", "--resume",
+                  out, NULL};
+  pid_t pid;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  CHECK(posix_spawn(&pid, WICK_CLI, &fa, NULL, argv, environ) == 0, "spawn the final resume");
+  posix_spawn_file_actions_destroy(&fa);
+  struct timespec ts = {.tv_sec = 0, .tv_nsec = 600000000L};
+  nanosleep(&ts, NULL);
+  kill(pid, SIGKILL);
+  int st;
+  waitpid(pid, &st, 0);
+  // the newest checkpoint is complete: resume it in-process for one more step
+  wk_model *m = wk_model_load(fixture_in("models", "qwen2"));
+  wk_dataset *d = wk_dataset_load(data, NULL, 256, NULL);
+  wk_lora_config c = wk_lora_defaults();
+  c.seed = 0;
+  wk_adapter *a = m ? wk_adapter_new(m, &c) : NULL;
+  wk_train_options o = wk_train_defaults();
+  o.out_dir = out;
+  o.resume = out;
+  o.batch = 2;
+  o.steps = 400;
+  recorder rec = {0};
+  rec.stop_at = 1;
+  o.callback = record;
+  o.user = &rec;
+  wk_train_result r;
+  CHECK(a && d && wk_train(m, a, d, &o, &r) == WK_OK, "after %d kill -9s the newest checkpoint resumes [%s]", killed,
+        wk_last_error());
+  CHECK(killed == 4, "every run was killed mid-training (%d of 4)", killed);
+  wk_adapter_free(a);
+  wk_dataset_free(d);
+  wk_model_free(m);
+}
+
+typedef struct {
+  char msgs[8][512];
+  int n;
+} warnings;
+
+static void on_warn(const char *msg, void *user) {
+  warnings *w = user;
+  if (w->n < 8) snprintf(w->msgs[w->n++], sizeof w->msgs[0], "%s", msg);
+}
+
+static void datasets(void) {
+  const char *p = tmp_path("bad.jsonl");
+  write_text(p, "{\"input_ids\": [1, 2, 3]}\n\n{\"input_ids\": [1, 2, \n{\"input_ids\": [1, 999]}\n"
+                "{\"input_ids\": [4, 5], \"labels\": [-100, -100]}\n{\"text\": \"needs a tokenizer\"}\n"
+                "{\"input_ids\": [7, 8, 9, 10], \"labels\": [-100, 8, 9, 10]}\n");
+  warnings w = {0};
+  wk_dataset_options o = {.warn = on_warn, .user = &w, .max_len = 3};
+  wk_dataset *d = wk_dataset_load(p, NULL, 256, &o);
+  CHECK(d && wk_dataset_size(d) == 2 && wk_dataset_skipped(d) == 4, "2 good lines, 4 skipped (%lld, %lld)",
+        (long long)wk_dataset_size(d), (long long)wk_dataset_skipped(d));
+  CHECK(w.n == 4 && strstr(w.msgs[0], "bad.jsonl:3") && strstr(w.msgs[1], ":4") && strstr(w.msgs[1], "[0, 256)") &&
+            strstr(w.msgs[2], ":5") && strstr(w.msgs[2], "no token to learn") && strstr(w.msgs[3], "tokenizer"),
+        "each skipped line reported as file:line with the reason (%s | %s)", w.msgs[0], w.n > 1 ? w.msgs[1] : "");
+  const wk_example *e = d ? wk_dataset_get(d, 1) : NULL;
+  CHECK(e && e->n == 3 && e->labels[0] == WK_IGNORE_INDEX && e->labels[2] == 9, "labels kept, truncated to max_len 3");
+  wk_dataset_free(d);
+  o.strict = true;
+  CHECK(!wk_dataset_load(p, NULL, 256, &o) && strstr(wk_last_error(), "bad.jsonl:3"), "--strict stops at line 3");
+  CHECK(!wk_dataset_load(tmp_path("missing.jsonl"), NULL, 256, NULL) && strstr(wk_last_error(), "missing.jsonl"),
+        "a missing file is named");
+}
+
+// The text formats need a tokenizer: the real SmolLM2 one when fetched (skipped otherwise).
+static void text_formats(void) {
+  char path[1200];
+  snprintf(path, sizeof path, "%.1000smodels/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf", test_repo_root());
+  wk_gguf *g = wk_gguf_open(path);
+  if (!g) { printf("SKIP text formats: %s not fetched\n", path); wk_clear_error(); return; }
+  wk_tokenizer *tok = wk_tokenizer_from_gguf(g);
+  wk_gguf_close(g);
+  const char *p = tmp_path("text.jsonl");
+  write_text(p, "{\"text\": \"Hello world\"}\n{\"prompt\": \"2+2=\", \"completion\": \"4\"}\n"
+                "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\"}]}\n");
+  wk_dataset *d = wk_dataset_load(p, tok, 49152, NULL);
+  CHECK(d && wk_dataset_size(d) == 3, "three formats load [%s]", wk_last_error());
+  int32_t eos = wk_tokenizer_eos(tok);
+  const wk_example *t = wk_dataset_get(d, 0), *pc = wk_dataset_get(d, 1), *ms = wk_dataset_get(d, 2);
+  CHECK(t && t->ids[t->n - 1] == eos && t->labels[0] == t->ids[0], "text: loss everywhere, EOS appended");
+  int masked = 0;
+  for (int64_t i = 0; pc && i < pc->n; i++) masked += pc->labels[i] == WK_IGNORE_INDEX;
+  CHECK(pc && pc->n >= 3 && masked == pc->n - 2 && pc->ids[pc->n - 1] == eos,
+        "prompt/completion: only the completion and EOS count (%d of %lld masked)", masked, pc ? (long long)pc->n : 0);
+  // messages: the counted tokens decode to the assistant content and its end marker
+  int32_t counted[64];
+  size_t nc = 0;
+  for (int64_t i = 0; ms && i < ms->n && nc < 64; i++)
+    if (ms->labels[i] != WK_IGNORE_INDEX) counted[nc++] = ms->ids[i];
+  char *text = NULL;
+  size_t len = 0;
+  CHECK(nc && !wk_tokenizer_decode(tok, counted, nc, &text, &len) && !strcmp(text, "Hello<|im_end|>"),
+        "messages: loss on the assistant turn only ('%s')", text ? text : "");
+  free(text);
+  wk_dataset_free(d);
+  wk_tokenizer_free(tok);
+}
+
+int main(void) {
+  snprintf(g_tmp, sizeof g_tmp, "/tmp/wick_trainer_XXXXXX");
+  if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
+  char data[512];
+  snprintf(data, sizeof data, "%s", tmp_path("train.jsonl"));
+  write_data(data);
+  wk_model *m = wk_model_load(fixture_in("models", "qwen2"));
+  wk_dataset *d = wk_dataset_load(data, NULL, 256, NULL);
+  CHECK(m && d && wk_dataset_size(d) == 24, "model and data");
+  if (m && d) {
+    resume_is_exact(m, d);
+    nonfinite_stops(m, d);
+    full_disk_keeps_checkpoint(m, d);
+  }
+  wk_dataset_free(d);
+  wk_model_free(m);
+  kill9(data);
+  datasets();
+  text_formats();
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
+  if (system(cmd)) fprintf(stderr, "cleanup of %s failed\n", g_tmp);
+  return check_report();
+}
