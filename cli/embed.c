@@ -1,43 +1,129 @@
 #define _POSIX_C_SOURCE 200809L
-// wick embed [-m EMBED_MODEL] [--input FILE] [--batch N]: one JSON array per input line
-// (stdin by default), floats with 7 significant digits.
+// wick embed [-m EMBED_MODEL] [--input FILE] [--batch N] [--format json|npy] [-o FILE]:
+// embeds each input line (stdin by default). json: one array per line, floats with 7
+// significant digits, written as each chunk of lines is done; npy: one float32 [n, dim]
+// array (NumPy .npy), written at the end.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "common.h"
 
-static int flush_batch(wk_embedder *e, int n, char **texts, float *out, int64_t dim) {
+typedef struct {
+  FILE *out;
+  bool npy;
+  int64_t dim;
+  float *rows;     // npy: every embedding so far
+  size_t n, cap;   // rows held / room for
+} sink;
+
+static void write_json(FILE *f, const float *v, int64_t dim) {
+  fputc('[', f);
+  for (int64_t j = 0; j < dim; j++) {
+    if (j) fputs(", ", f);
+    if (isfinite(v[j])) fprintf(f, "%.7g", (double)v[j]);
+    else fputs("null", f);
+  }
+  fputs("]\n", f);
+}
+
+// NumPy format 1.0: magic, version, header length, a dict padded to 64 bytes, data.
+static int write_npy(FILE *f, const float *rows, size_t n, int64_t dim) {
+  char dict[128];
+  int len = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %lld), }", n,
+                     (long long)dim);
+  size_t total = ((size_t)len + 1 + 10 + 63) / 64 * 64, hl = total - 10;
+  unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xFF), (unsigned char)(hl >> 8)};
+  fwrite(head, 1, sizeof head, f);
+  fwrite(dict, 1, (size_t)len, f);
+  for (size_t k = (size_t)len; k + 1 < hl; k++) fputc(' ', f);
+  fputc('\n', f);
+  // little-endian hosts only (x86-64, arm64): the floats go out as they are in memory
+  return fwrite(rows, sizeof *rows * (size_t)dim, n, f) == n ? 0 : -1;
+}
+
+static int flush_batch(wk_embedder *e, int n, char **texts, float *out, sink *s) {
   if (!n) return 0;
   if (wk_embed(e, n, (const char *const *)texts, out)) return cli_lib_error("embed");
-  for (int i = 0; i < n; i++) {
-    putchar('[');
-    for (int64_t j = 0; j < dim; j++) {
-      float v = out[(int64_t)i * dim + j];
-      if (j) fputs(", ", stdout);
-      if (isfinite(v)) printf("%.7g", (double)v);
-      else fputs("null", stdout);
-    }
-    fputs("]\n", stdout);
+  if (!s->npy) {
+    for (int i = 0; i < n; i++) write_json(s->out, out + (int64_t)i * s->dim, s->dim);
+    fflush(s->out);
+    return 0;
   }
-  fflush(stdout);
+  if (s->n + (size_t)n > s->cap) {
+    size_t cap = s->cap ? 2 * s->cap : 256;
+    while (cap < s->n + (size_t)n) cap *= 2;
+    float *q = realloc(s->rows, cap * sizeof *q * (size_t)s->dim);
+    if (!q) return cli_user_error("embed", "out of memory");
+    s->rows = q;
+    s->cap = cap;
+  }
+  memcpy(s->rows + s->n * (size_t)s->dim, out, sizeof *out * (size_t)n * (size_t)s->dim);
+  s->n += (size_t)n;
   return 0;
 }
 
+// Embeds every line of `in` in chunks of `batch` lines. Returns the exit code.
+static int embed_lines(wk_embedder *e, FILE *in, const char *name, long batch, sink *s) {
+  char **texts = calloc((size_t)batch, sizeof *texts);
+  float *out = malloc(sizeof(float) * (size_t)batch * (size_t)s->dim);
+  int rc = texts && out ? 0 : cli_user_error("embed", "out of memory"), nb = 0;
+  long lineno = 0;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  while (!rc && (len = getline(&line, &cap, in)) >= 0) {
+    lineno++;
+    if (len && line[len - 1] == '\n') len--;
+    if (len && line[len - 1] == '\r') len--;
+    line[len] = 0;
+    if (!cli_utf8_valid(line, (size_t)len) || memchr(line, 0, (size_t)len)) {
+      rc = cli_user_error("embed", "%s line %ld is not valid UTF-8 text", name, lineno);
+      break;
+    }
+    texts[nb++] = line;
+    line = NULL;
+    cap = 0;
+    if (nb == batch) {
+      rc = flush_batch(e, nb, texts, out, s);
+      for (int i = 0; i < nb; i++) free(texts[i]);
+      nb = 0;
+    }
+  }
+  free(line);
+  if (!rc && ferror(in)) rc = cli_user_error("embed", "error reading %s", name);
+  if (!rc && !lineno) rc = cli_user_error("embed", "no input: %s is empty (one text per line)", name);
+  if (!rc) rc = flush_batch(e, nb, texts, out, s);
+  for (int i = 0; texts && i < nb; i++) free(texts[i]);
+  free(texts);
+  free(out);
+  return rc;
+}
+
 int wick_embed_main(int argc, char **argv) {
-  const char *model = NULL, *input = NULL, *v;
-  long batch = 32;
+  const char *model = NULL, *input = NULL, *output = NULL, *v;
+  long batch = 256;
+  bool npy = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
       if (!(model = cli_opt_value("embed", argc, argv, &i))) return 2;
     } else if (!strcmp(a, "--input") || !strcmp(a, "-i")) {
       if (!(input = cli_opt_value("embed", argc, argv, &i))) return 2;
+    } else if (!strcmp(a, "--output") || !strcmp(a, "-o")) {
+      if (!(output = cli_opt_value("embed", argc, argv, &i))) return 2;
     } else if (!strcmp(a, "--batch")) {
       if (!(v = cli_opt_value("embed", argc, argv, &i))) return 2;
       if (cli_parse_int(v, 1, 4096, &batch)) return cli_user_error("embed", "bad --batch '%s' (want 1..4096)", v);
+    } else if (!strcmp(a, "--format")) {
+      if (!(v = cli_opt_value("embed", argc, argv, &i))) return 2;
+      if (strcmp(v, "json") && strcmp(v, "npy")) return cli_user_error("embed", "bad --format '%s' (want json or npy)", v);
+      npy = !strcmp(v, "npy");
     } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick embed [-m EMBED_MODEL] [--input FILE] [--batch N]\n"
-             "  Embeds each line of FILE (default stdin) and prints one JSON array per line.\n"
+      printf("usage: wick embed [-m EMBED_MODEL] [--input FILE] [--batch N] [--format json|npy] [-o FILE]\n"
+             "  Embeds each line of FILE (default stdin): one JSON array per line, or with --format npy\n"
+             "  one float32 [lines, dim] NumPy array, to stdout or -o FILE. Lines are read N at a time\n"
+             "  (default 256), sorted by length and encoded 32 at a time; texts longer than the model's\n"
+             "  maximum length are truncated.\n"
              "  EMBED_MODEL: a BERT-family model directory (default " WICK_DEFAULT_EMBED ")\n");
       return 0;
     } else if (a[0] == '-' && a[1]) return cli_user_error("embed", "unknown option '%s'", a);
@@ -47,47 +133,21 @@ int wick_embed_main(int argc, char **argv) {
   if (!model) model = WICK_DEFAULT_EMBED;
   if (cli_check_path("embed", model, dflt)) return 2;
   FILE *in = stdin;
-  if (input && strcmp(input, "-")) {
-    if (!(in = fopen(input, "rb"))) return cli_user_error("embed", "cannot open --input %s", input);
-  }
+  if (input && strcmp(input, "-") && !(in = fopen(input, "rb")))
+    return cli_user_error("embed", "cannot open --input %s", input);
+  sink s = {stdout, npy, 0, NULL, 0, 0};
   int rc = 0;
   wk_embedder *e = wk_embedder_load(model);
-  if (!e) { rc = cli_lib_error("embed"); if (in != stdin) fclose(in); return rc; }
-  int64_t dim = wk_embedder_dim(e);
-  char **texts = calloc((size_t)batch, sizeof *texts);
-  float *out = malloc(sizeof(float) * (size_t)batch * (size_t)dim);
-  if (!texts || !out) { rc = cli_user_error("embed", "out of memory"); goto done; }
-  int nb = 0;
-  long lineno = 0;
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  while ((len = getline(&line, &cap, in)) >= 0) {
-    lineno++;
-    if (len && line[len - 1] == '\n') len--;
-    if (len && line[len - 1] == '\r') len--;
-    line[len] = 0;
-    if (!cli_utf8_valid(line, (size_t)len) || memchr(line, 0, (size_t)len)) {
-      rc = cli_user_error("embed", "%s line %ld is not valid UTF-8 text", input ? input : "stdin", lineno);
-      break;
-    }
-    texts[nb++] = line;
-    line = NULL;
-    cap = 0;
-    if (nb == batch) {
-      if ((rc = flush_batch(e, nb, texts, out, dim))) break;
-      for (int i = 0; i < nb; i++) free(texts[i]);
-      nb = 0;
-    }
+  if (!e) rc = cli_lib_error("embed");
+  if (!rc && output && strcmp(output, "-") && !(s.out = fopen(output, "wb")))
+    rc = cli_user_error("embed", "cannot create -o %s", output);
+  if (!rc) {
+    s.dim = wk_embedder_dim(e);
+    rc = embed_lines(e, in, input ? input : "stdin", batch, &s);
   }
-  free(line);
-  if (!rc && ferror(in)) rc = cli_user_error("embed", "error reading %s", input ? input : "stdin");
-  if (!rc && !lineno) rc = cli_user_error("embed", "no input: %s is empty (one text per line)", input ? input : "stdin");
-  if (!rc) rc = flush_batch(e, nb, texts, out, dim);
-  for (int i = 0; i < nb; i++) free(texts[i]);
-done:
-  free(texts);
-  free(out);
+  if (!rc && npy && write_npy(s.out, s.rows, s.n, s.dim)) rc = cli_user_error("embed", "error writing the output");
+  if (s.out && s.out != stdout && fclose(s.out) && !rc) rc = cli_user_error("embed", "error writing %s", output);
+  free(s.rows);
   wk_embedder_free(e);
   if (in != stdin) fclose(in);
   return rc;

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""wick vs sentence-transformers (PyTorch CPU): all-MiniLM-L6-v2 sentences/s.
+
+The same sentences (bench/data/sentences.txt: 256 of ~16 words, from
+tools/gen_bench_sentences.py), the same model directory, 2 threads for both, batch
+size 32 for both (sentence-transformers' default; wick encodes 32 at a time too),
+normalized embeddings. For n = 1, 32 and 256 sentences, each side embeds the first n
+sentences repeatedly for --time seconds (after a warm-up call) and the median call
+gives sentences/s. wick runs as `wick bench --json --filter embed_minilm` (lazy mode)
+from the repository root, beside this process (not at the same time). Also checks
+that the two sides' embeddings agree (cosine) on all 256 sentences.
+
+    .venv-bench/bin/python bench/compare/embed_st.py --wick build/wick
+
+Pinned peer: sentence-transformers==5.1.2 on torch==2.15.0 (tools/bench-venv).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+THREADS = 2
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_v, str(THREADS))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sentence_transformers import SentenceTransformer  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+MODEL = os.path.join(ROOT, "models", "all-minilm-l6-v2")
+SENTENCES = os.path.join(ROOT, "bench", "data", "sentences.txt")
+SIZES = (1, 32, 256)
+
+
+def time_st(model, sentences, n, budget):
+    texts = sentences[:n]
+    model.encode(texts, batch_size=32, normalize_embeddings=True)   # warm-up
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < budget:
+        t0 = time.perf_counter()
+        model.encode(texts, batch_size=32, normalize_embeddings=True)
+        times.append(time.perf_counter() - t0)
+    return n / statistics.median(times), len(times)
+
+
+def run_wick(wick, budget):
+    env = dict(os.environ, WICK_THREADS=str(THREADS))
+    out = subprocess.run([wick, "bench", "--json", "--filter", "embed_minilm", "--mode", "lazy",
+                          "--time", str(budget)], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    rates = {}
+    for line in out.stdout.splitlines():
+        r = json.loads(line)
+        rates[int(r["name"].split("/")[1])] = (r["items_s"], r["iters"])
+    if not rates:
+        sys.exit(f"wick bench ran no embed case:\n{out.stderr}")
+    return rates
+
+
+def check_agreement(wick, model, sentences):
+    """Cosine of wick's and sentence-transformers' embeddings of every sentence."""
+    out = subprocess.run([wick, "embed", "-m", MODEL, "--input", SENTENCES, "--format", "npy"], cwd=ROOT,
+                         capture_output=True, check=True).stdout
+    header_len = int.from_bytes(out[8:10], "little")
+    ours = np.frombuffer(out[10 + header_len:], dtype="<f4").reshape(len(sentences), -1)
+    ref = model.encode(sentences, batch_size=32, normalize_embeddings=True)
+    cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    return float(cos.min())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--wick", default=os.path.join(ROOT, "build", "wick"))
+    ap.add_argument("--time", type=float, default=3.0, help="seconds per case and side")
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    sentences = open(SENTENCES, encoding="utf-8").read().splitlines()
+    model = SentenceTransformer(MODEL, device="cpu")
+    w = run_wick(os.path.abspath(args.wick), args.time)
+    print(f"threads {THREADS}, torch {torch.__version__}, batch size 32, {len(sentences)} sentences of "
+          f"{sum(len(s.split()) for s in sentences) / len(sentences):.1f} words on average")
+    print(f"{'sentences':>9} {'wick sent/s':>12} {'st sent/s':>10} {'wick / st':>9}")
+    for n in SIZES:
+        st, _ = time_st(model, sentences, n, args.time)
+        ours = w.get(n, (float("nan"), 0))[0]
+        print(f"{n:>9} {ours:>12.1f} {st:>10.1f} {ours / st:>9.2f}")
+    print(f"lowest cosine(wick, sentence-transformers) over {len(sentences)} sentences: "
+          f"{check_agreement(os.path.abspath(args.wick), model, sentences):.7f}")
+
+
+if __name__ == "__main__":
+    main()
