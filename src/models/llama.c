@@ -377,6 +377,20 @@ wk_tensor **wk_llama_proj_weight(wk_model *m, int64_t layer, wk_proj p) {
 
 void wk_llama_set_lora(wk_model *m, const wk_lora_hook *hook) { m->lora = hook; }
 
+// llama.cpp's converter stores llama q/k rows as reshape(heads, 2, D/2, cols) with the
+// middle axes swapped (ggml's interleaved rope); HF order is the inverse.
+wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf) {
+  if (!m->rope_interleaved || (p != WK_PROJ_Q && p != WK_PROJ_K)) return wk_tensor_ref(w);
+  int64_t heads = p == WK_PROJ_Q ? m->cfg.num_attention_heads : m->cfg.num_key_value_heads;
+  int64_t rows = wk_dim(w, 0), cols = wk_dim(w, 1), half = rows / heads / 2;
+  wk_scope_begin();
+  wk_tensor *r = to_hf ? wk_reshape(w, 4, (int64_t[]){heads, half, 2, cols})
+                       : wk_reshape(w, 4, (int64_t[]){heads, 2, half, cols});
+  r = wk_keep(wk_reshape(wk_contiguous(wk_transpose(r, 1, 2)), 2, (int64_t[]){rows, cols}));
+  wk_scope_end();
+  return r;
+}
+
 // splitmix64 finalizer: decorrelates the dropout seeds of layers, projections and steps
 static uint64_t mix_seed(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;

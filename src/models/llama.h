@@ -45,6 +45,10 @@ struct wk_kv_cache {
 // The weight slot of projection p in layer l (merging replaces the tensor in it).
 wk_tensor **wk_llama_proj_weight(wk_model *m, int64_t layer, wk_proj p);
 void wk_llama_set_lora(wk_model *m, const wk_lora_hook *hook);
+// Rows of projection p's output (a weight or a LoRA B) between the model's order and
+// HF's: llama GGUF files permute q/k rows (see wk_llama_load_gguf). to_hf = 1: model
+// -> HF; 0: HF -> model. A new reference (w itself, unpermuted, for other models).
+wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf);
 
 // Loaders (llama.c): fill m->cfg and the weights, or set the error and return nonzero.
 wk_status wk_llama_load_safetensors(wk_model *m, const char *dir);

@@ -13,6 +13,8 @@
 #include "wick/io.h"
 #include "wick/ops.h"
 
+static int parse_name(const char *name, int64_t *layer, int *proj, char *ab);
+
 // ---- save ----
 static void write_config(wk_jbuf *b, const wk_lora_config *c, const char *base) {
   wk_jbuf_puts(b, "{\n  \"alpha_pattern\": {},\n  \"auto_mapping\": null,\n  \"base_model_name_or_path\": ");
@@ -43,8 +45,20 @@ wk_status wk_adapter_save(const wk_adapter *a, const char *dir, const char *base
   if (wk_mkdirs(dir)) return WK_ERR_IO;
   char *path = wk_path_join(dir, "adapter_model.safetensors");
   if (!path) return wk_error(WK_ERR_OOM, "adapter_save: out of memory");
-  wk_status s = wk_st_save(path, a->n_params, (const char *const *)a->names, a->params,
-                           (const char *[]){"format", "pt", NULL});
+  // PEFT files hold HF row order: q/k B rows of a llama GGUF base are unpermuted
+  wk_tensor **hf = calloc((size_t)(a->n_params ? a->n_params : 1), sizeof *hf);
+  wk_status s = hf ? WK_OK : wk_error(WK_ERR_OOM, "adapter_save: out of memory");
+  for (int i = 0; !s && i < a->n_params; i++) {
+    int64_t l;
+    int p;
+    char ab;
+    parse_name(a->names[i], &l, &p, &ab);
+    hf[i] = ab == 'B' ? wk_llama_rows_hf(a->model, (wk_proj)p, a->params[i], 1) : wk_tensor_ref(a->params[i]);
+    if (!hf[i]) s = WK_ERR_STATE;
+  }
+  if (!s) s = wk_st_save(path, a->n_params, (const char *const *)a->names, hf, (const char *[]){"format", "pt", NULL});
+  for (int i = 0; hf && i < a->n_params; i++) wk_tensor_free(hf[i]);
+  free(hf);
   free(path);
   if (s) return s;
   wk_jbuf b = {0};
@@ -160,6 +174,8 @@ static wk_tensor *load_param(wk_st_file *f, const char *name, int64_t d0, int64_
   return c;
 }
 
+// Every name must be a LoRA weight of a projection in range, A and B in pairs; the
+// pairs are installed in (layer, projection) order, the order wk_adapter_new uses.
 static wk_status load_tensors(wk_adapter *a, wk_st_file *f, const char *path, unsigned *found) {
   int64_t r = a->cfg.rank;
   int n = wk_st_count(f);
@@ -174,30 +190,33 @@ static wk_status load_tensors(wk_adapter *a, wk_st_file *f, const char *path, un
     if (l >= a->n_layers)
       return wk_error(WK_ERR_SHAPE, "%s: tensor '%s' is for layer %lld but the model has %lld layers", path, name,
                       (long long)l, (long long)a->n_layers);
-    if (ab == 'B') continue;   // taken with its A
-    char bname[160];
-    snprintf(bname, sizeof bname, "%.*s_B.weight", (int)(strlen(name) - strlen("_A.weight")), name);
-    if (wk_st_find(f, bname) < 0) return wk_error(WK_ERR_ARG, "%s: tensor '%s' has no matching '%s'", path, name, bname);
-    int64_t out, in;
-    wk_model_proj_dims(a->model, (wk_proj)p, &out, &in);
-    wk_tensor *A = load_param(f, name, r, in, path);
-    wk_tensor *B = A ? load_param(f, bname, out, r, path) : NULL;
-    if (!A || !B || wk_adapter_put(a, l, (wk_proj)p, A, B)) {
-      wk_tensor_free(A);
-      wk_tensor_free(B);
-      return WK_ERR_ARG;
+    char other[192];
+    snprintf(other, sizeof other, "%.*s_%c.weight", (int)(strlen(name) - strlen("_A.weight")), name, ab == 'A' ? 'B' : 'A');
+    if (wk_st_find(f, other) < 0) return wk_error(WK_ERR_ARG, "%s: tensor '%s' has no matching '%s'", path, name, other);
+  }
+  for (int64_t l = 0; l < a->n_layers; l++)
+    for (int p = 0; p < WK_PROJ_COUNT; p++) {
+      char name[192], bname[192];
+      snprintf(name, sizeof name, "base_model.model.model.layers.%lld.%s.%s.lora_A.weight", (long long)l,
+               p <= WK_PROJ_O ? "self_attn" : "mlp", wk_proj_name((wk_proj)p));
+      if (wk_st_find(f, name) < 0) continue;
+      snprintf(bname, sizeof bname, "%.*s_B.weight", (int)(strlen(name) - strlen("_A.weight")), name);
+      int64_t out, in;
+      wk_model_proj_dims(a->model, (wk_proj)p, &out, &in);
+      wk_tensor *A = load_param(f, name, r, in, path);
+      wk_tensor *B = A ? load_param(f, bname, out, r, path) : NULL;
+      if (B) {   // HF row order -> the model's (llama GGUF q/k)
+        wk_tensor *Bm = wk_llama_rows_hf(a->model, (wk_proj)p, B, 0);
+        wk_tensor_free(B);
+        B = Bm && !wk_eval(1, &Bm) ? Bm : NULL;
+      }
+      if (!A || !B || wk_adapter_put(a, l, (wk_proj)p, A, B)) {
+        wk_tensor_free(A);
+        wk_tensor_free(B);
+        return WK_ERR_ARG;
+      }
+      *found |= 1u << p;
     }
-    *found |= 1u << p;
-  }
-  // a B without its A
-  for (int i = 0; i < n; i++) {
-    int64_t l;
-    int p;
-    char ab;
-    parse_name(wk_st_name(f, i), &l, &p, &ab);
-    if (ab == 'B' && !a->hook.A[l * WK_PROJ_COUNT + p])
-      return wk_error(WK_ERR_ARG, "%s: tensor '%s' has no matching lora_A", path, wk_st_name(f, i));
-  }
   if (!*found) return wk_error(WK_ERR_ARG, "%s: no LoRA tensors", path);
   return WK_OK;
 }

@@ -337,8 +337,61 @@ static void quantized_base(void) {
   wk_model_free(q);
 }
 
+// An adapter trained on a llama GGUF (q/k rows permuted for ggml's rope) is saved in
+// HF row order: loaded into the HF-layout model of the same weights it changes the
+// logits the same way; loading it back into the GGUF model gives the same tensors.
+static void gguf_row_order(void) {
+  wk_model *g = wk_model_load(fixture_in("models", "llama_q8_0.gguf"));
+  wk_model *h = wk_model_load(fixture_in("models", "llama"));
+  wk_lora_config c = wk_lora_defaults();
+  c.targets = (1u << WK_PROJ_Q) | (1u << WK_PROJ_K);
+  c.seed = 5;
+  wk_adapter *a = g && h ? wk_adapter_new(g, &c) : NULL;
+  CHECK(a != NULL, "adapter on the llama Q8_0 GGUF");
+  if (!a) { wk_model_free(g); wk_model_free(h); return; }
+  wk_tensor *ps[16];
+  int n = wk_adapter_params(a, ps);
+  for (int i = 1; i < n; i += 2) {   // B nonzero
+    wk_tensor *b = wk_keep(wk_mul_scalar(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i), 0.5f));
+    wk_eval(1, &b);
+    wk_adapter_set_param(a, i, b);
+    wk_tensor_free(b);
+  }
+  char tmp[] = "/tmp/wick_rows_XXXXXX";
+  CHECK(mkdtemp(tmp) && wk_adapter_save(a, tmp, "llama") == WK_OK, "save");
+  wk_adapter *ah = wk_adapter_load(h, tmp), *ag = wk_adapter_load(g, tmp);
+  CHECK(ah && ag, "load into the HF model and back into the GGUF model");
+  int32_t idv[] = {3, 14, 15, 92, 65, 35, 89};
+  wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 7}, WK_I32, idv);
+  int64_t nl = 7 * wk_model_get_config(h)->vocab_size;
+  float *g0 = logits_of(g, ids), *h0 = logits_of(h, ids);
+  wk_model_use_adapter(g, a);
+  wk_model_use_adapter(h, ah);
+  float *g1 = logits_of(g, ids), *h1 = logits_of(h, ids);
+  float base = max_abs_diff(g0, h0, nl), with = max_abs_diff(g1, h1, nl), moved = max_abs_diff(g0, g1, nl);
+  // the bases differ by Q8_0 rounding only; a wrong row order would differ by ~moved
+  CHECK(moved > 0.1f && with <= 3 * base + 1e-3f, "same adapter effect in both layouts (base diff %g, with adapter %g, "
+        "adapter moves logits by %g)", (double)base, (double)with, (double)moved);
+  wk_tensor *pa[16], *pg[16];
+  wk_adapter_params(a, pa);
+  int same = ag && wk_adapter_params(ag, pg) == n;
+  for (int i = 0; same && i < n; i++) same = tensor_rel_diff(pg[i], pa[i]) == 0.0f;
+  CHECK(same, "save then load on the GGUF model round-trips exactly");
+  free(g0), free(h0), free(g1), free(h1);
+  wk_tensor_free(ids);
+  wk_adapter_free(ah);
+  wk_adapter_free(ag);
+  wk_adapter_free(a);
+  wk_model_free(g);
+  wk_model_free(h);
+  char cmd[64];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+  CHECK(system(cmd) == 0, "cleanup");
+}
+
 int main(void) {
   quantized_base();
+  gguf_row_order();
   against_peft("qv", 2 * 2 * 2);
   against_peft("all", 2 * 7 * 2);
   save_layout();
