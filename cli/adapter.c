@@ -1,6 +1,8 @@
 #define _POSIX_C_SOURCE 200809L
 // wick adapter info DIR [--json]: what a PEFT LoRA adapter directory holds (rank,
 // alpha, targets, layers, tensors, bytes), read from its files without a model.
+// wick adapter merge [-m MODEL] --adapter DIR -o OUT [--dtype f32|f16|bf16]: the base
+// with the adapter folded in, written as a Hugging Face model directory.
 #include <stdlib.h>
 #include <string.h>
 #include "common.h"
@@ -59,10 +61,84 @@ static int info(const char *C, const char *dir, bool json) {
   return 0;
 }
 
+// Copies src to dst (small text files: the tokenizer's); 0 on success.
+static int copy_file(const char *src, const char *dst) {
+  FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
+  char buf[1 << 16];
+  size_t n;
+  int rc = in && out ? 0 : 1;
+  while (!rc && (n = fread(buf, 1, sizeof buf, in)) > 0) rc = fwrite(buf, 1, n, out) != n;
+  if (in) fclose(in);
+  if (out && fclose(out)) rc = 1;
+  return rc;
+}
+
+static int merge(const char *C, int argc, char **argv) {
+  const char *model = NULL, *dir = NULL, *out = NULL, *dtype = NULL, *v;
+  bool overwrite = false;
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; model = v; }
+    else if (!strcmp(a, "--adapter")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; dir = v; }
+    else if (!strcmp(a, "-o") || !strcmp(a, "--out")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; out = v; }
+    else if (!strcmp(a, "--dtype")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; dtype = v; }
+    else if (!strcmp(a, "--overwrite")) overwrite = true;
+    else return cli_user_error(C, "merge: unknown option '%s'", a);
+  }
+  if (!dir || !out) return cli_user_error(C, "merge: needs --adapter DIR and -o OUT");
+  bool dflt = !model;
+  if (!model) model = WICK_DEFAULT_LM;
+  if (cli_check_path(C, model, dflt) || cli_check_path(C, dir, false)) return 2;
+  char probe[4096];
+  snprintf(probe, sizeof probe, "%s/model.safetensors", out);
+  FILE *exists = fopen(probe, "rb");
+  if (exists) {
+    fclose(exists);
+    if (!overwrite) return cli_user_error(C, "merge: %s already holds a model (pass --overwrite to replace it)", out);
+  }
+  wk_model *m = wk_model_load(model);
+  wk_adapter *a = m ? wk_adapter_load(m, dir) : NULL;
+  if (!a) { wk_model_free(m); return cli_lib_error(C); }
+  // the base's float dtype; f16 for a quantized base (never requantized)
+  wk_dtype dt = WK_F16;
+  const wk_model_config *cfg = wk_model_get_config(m);
+  if (cfg->has_dtype && (cfg->dtype == WK_F32 || cfg->dtype == WK_BF16 || cfg->dtype == WK_F16)) dt = cfg->dtype;
+  if (dtype) {
+    if (!strcmp(dtype, "f32")) dt = WK_F32;
+    else if (!strcmp(dtype, "f16")) dt = WK_F16;
+    else if (!strcmp(dtype, "bf16")) dt = WK_BF16;
+    else { wk_adapter_free(a); wk_model_free(m); return cli_user_error(C, "merge: --dtype '%s' is not f32, f16 or bf16", dtype); }
+  }
+  int rc = 0;
+  if (wk_adapter_merge(a) || wk_model_save(m, out, dt)) rc = cli_lib_error(C);
+  if (!rc && cli_is_dir(model)) {   // the tokenizer travels with the weights
+    static const char *const files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                        "generation_config.json", "chat_template.jinja"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+      char src[4096], dst[4096];
+      snprintf(src, sizeof src, "%s/%s", model, files[i]);
+      snprintf(dst, sizeof dst, "%s/%s", out, files[i]);
+      FILE *f = fopen(src, "rb");
+      if (!f) continue;
+      fclose(f);
+      if (copy_file(src, dst)) rc = cli_user_error(C, "merge: copying %s failed", src);
+    }
+  }
+  if (!rc)
+    printf("merged %s into %s: %s (%s)%s\n", dir, model, out, wk_dtype_name(dt),
+           cli_is_dir(model) ? "" : "; a GGUF base's tokenizer is not copied: use the GGUF's vocabulary");
+  wk_adapter_free(a);
+  wk_model_free(m);
+  return rc;
+}
+
 int wick_adapter_main(int argc, char **argv) {
   const char *C = "adapter";
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-    printf("usage: wick adapter info DIR [--json]    what a PEFT LoRA adapter directory holds\n");
+    printf("usage: wick adapter info DIR [--json]    what a PEFT LoRA adapter directory holds\n"
+           "       wick adapter merge [-m MODEL] --adapter DIR -o OUT [--dtype f32|f16|bf16] [--overwrite]\n"
+           "            the model with the adapter folded in, as a Hugging Face directory (default dtype: the\n"
+           "            base's; f16 for a quantized base, which is never requantized)\n");
     return argc < 2 ? 2 : 0;
   }
   if (!strcmp(argv[1], "info")) {
@@ -77,5 +153,6 @@ int wick_adapter_main(int argc, char **argv) {
     if (!dir) return cli_user_error(C, "info: missing the adapter directory");
     return info(C, dir, json);
   }
-  return cli_user_error(C, "unknown subcommand '%s' (info)", argv[1]);
+  if (!strcmp(argv[1], "merge")) return merge(C, argc, argv);
+  return cli_user_error(C, "unknown subcommand '%s' (info, merge)", argv[1]);
 }

@@ -117,6 +117,12 @@ const char *wk_proj_name(wk_proj p);
 // Projection p's weight is [out, in].
 void wk_model_proj_dims(const wk_model *m, wk_proj p, int64_t *out, int64_t *in);
 
+// Writes the model as a Hugging Face directory: config.json and model.safetensors with
+// HF tensor names and row order (llama GGUF q/k rows unpermuted), every tensor in dt
+// (f32, f16 or bf16; quantized blocks dequantized, never requantized). Each file is
+// written atomically. The tokenizer is not written (copy its files alongside).
+wk_status wk_model_save(const wk_model *m, const char *dir, wk_dtype dt);
+
 // Logits (lazy f32 [B, T, V]) for ids (i32 [B, T]) at positions pos_offset + t. No
 // cache: every token attends to the earlier tokens of ids only (pos_offset only shifts
 // RoPE, whose scores depend on relative positions). Ids out of [0, V) fail at
@@ -138,6 +144,14 @@ wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len);
 // forgets it). Several prompts of different lengths then decode as one batch
 // (wk_generate_batch). src/gen/kv_cache.c.
 wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *pad);
+// Stores keys and values as dt: WK_F32 (the default), WK_F16 or WK_BF16 (half the
+// memory; new keys are rounded as they are stored, attention computes in f32). Set on
+// an empty cache. src/gen/kv_cache.c.
+wk_status wk_kv_cache_set_dtype(wk_kv_cache *c, wk_dtype dt);
+// A sliding window: forgets the oldest n positions (0 < n < wk_kv_cache_len). Later
+// tokens keep their positions (RoPE distances stay right), so the context limit no
+// longer stops generation; what was dropped is no longer attended to.
+wk_status wk_kv_cache_drop_oldest(wk_kv_cache *c, int64_t n);
 // Like wk_model_forward at pos_offset = wk_kv_cache_len(c), attending to the cached
 // keys and values too. The logits and the cache are evaluated before returning (so
 // that the next step does not recompute the prefix); the batch size must match the

@@ -352,7 +352,9 @@ static void gguf_row_order(void) {
   wk_tensor *ps[16];
   int n = wk_adapter_params(a, ps);
   for (int i = 1; i < n; i += 2) {   // B nonzero
+    wk_scope_begin();
     wk_tensor *b = wk_keep(wk_mul_scalar(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i), 0.5f));
+    wk_scope_end();
     wk_eval(1, &b);
     wk_adapter_set_param(a, i, b);
     wk_tensor_free(b);
@@ -389,7 +391,58 @@ static void gguf_row_order(void) {
   CHECK(system(cmd) == 0, "cleanup");
 }
 
+// wk_model_save after a merge: the written HF directory, loaded again, gives the logits
+// of the base with the adapter active (f32: summation order only; a Q8_0 llama GGUF
+// base written in f16, q/k rows back in HF order: f16 rounding).
+static void merged_save(const char *model, const char *adapter_fixture, wk_dtype dt, float tol) {
+  wk_model *m = wk_model_load(fixture_in("models", model));
+  wk_adapter *a = NULL;
+  if (m && adapter_fixture) a = wk_adapter_load(m, lora_fixture(adapter_fixture));
+  else if (m) {
+    wk_lora_config c = wk_lora_defaults();
+    c.targets = WK_LORA_ALL_LINEAR;
+    a = wk_adapter_new(m, &c);
+    wk_tensor *ps[64];
+    int n = wk_adapter_params(a, ps);
+    for (int i = 1; i < n; i += 2) {
+      wk_scope_begin();
+      wk_tensor *b = wk_keep(wk_mul_scalar(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i), 0.3f));
+      wk_scope_end();
+      wk_eval(1, &b);
+      wk_adapter_set_param(a, i, b);
+      wk_tensor_free(b);
+    }
+  }
+  CHECK(a != NULL, "%s: adapter", model);
+  if (!a) { wk_model_free(m); return; }
+  int32_t idv[] = {3, 14, 15, 92, 65, 35, 89};
+  wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 7}, WK_I32, idv);
+  int64_t n = 7 * wk_model_get_config(m)->vocab_size;
+  wk_model_use_adapter(m, a);
+  float *active = logits_of(m, ids);
+  char tmp[] = "/tmp/wick_merged_XXXXXX";
+  CHECK(mkdtemp(tmp) && wk_adapter_merge(a) == WK_OK && wk_model_save(m, tmp, dt) == WK_OK, "%s: merge and save", model);
+  wk_model *back = wk_model_load(tmp);
+  CHECK(back && wk_model_get_config(back)->num_hidden_layers == wk_model_get_config(m)->num_hidden_layers &&
+            wk_tensor_dtype(*wk_llama_proj_weight(back, 0, WK_PROJ_Q)) == dt,
+        "%s: the saved directory loads, in %s", model, wk_dtype_name(dt));
+  float *saved = back ? logits_of(back, ids) : NULL;
+  float d = max_abs_diff(saved, active, n);
+  CHECK(d <= tol, "%s: saved merged model logits = adapter logits (diff %g, tolerance %g)", model, (double)d, (double)tol);
+  free(active);
+  free(saved);
+  wk_tensor_free(ids);
+  wk_model_free(back);
+  wk_adapter_free(a);
+  wk_model_free(m);
+  char cmd[64];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+  CHECK(system(cmd) == 0, "cleanup");
+}
+
 int main(void) {
+  merged_save("qwen2", "qv", WK_F32, 1e-5f);
+  merged_save("llama_q8_0.gguf", NULL, WK_F16, 2e-2f);
   quantized_base();
   gguf_row_order();
   against_peft("qv", 2 * 2 * 2);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "check.h"
 #include "fixtures.h"
+#include "models/llama.h"
 
 extern char **environ;
 
@@ -215,7 +216,7 @@ static void kill9(const char *data_path) {
   int resumed = 0, killed = 0;
   for (int round = 0; round < 4; round++) {
     char *argv[] = {(char *)WICK_CLI, "train", "-m", (char *)fixture_in("models", "qwen2"), "--data", data,
-                    "-o", out, "--steps", "400", "--batch", "2", "--save-every", "1", "--quiet",
+                    "-o", out, "--steps", "1000000", "--batch", "2", "--save-every", "1", "--quiet",
                     round ? "--resume" : "--overwrite", round ? out : NULL, NULL};
     pid_t pid;
     posix_spawn_file_actions_t fa;
@@ -236,7 +237,7 @@ static void kill9(const char *data_path) {
   }
   // whatever moment the kills hit, a short resume from the newest checkpoint works
   char *argv[] = {(char *)WICK_CLI, "train", "-m", (char *)fixture_in("models", "qwen2"), "--data", data,
-                  "-o", out, "--steps", "400", "--batch", "2", "--save-every", "1", "--quiet", "--resume",
+                  "-o", out, "--steps", "1000000", "--batch", "2", "--save-every", "1", "--quiet", "--resume",
                   out, NULL};
   pid_t pid;
   posix_spawn_file_actions_t fa;
@@ -260,7 +261,7 @@ static void kill9(const char *data_path) {
   o.out_dir = out;
   o.resume = out;
   o.batch = 2;
-  o.steps = 400;
+  o.steps = 1000000;
   recorder rec = {0};
   rec.stop_at = 1;
   o.callback = record;
@@ -340,6 +341,36 @@ static void text_formats(void) {
   wk_tokenizer_free(tok);
 }
 
+// wick adapter info / merge through the CLI: runs, refuses to overwrite, names bad options.
+static void adapter_cli(void) {
+  char cmd[4096], out[512];
+  snprintf(out, sizeof out, "%s", tmp_path("merged"));
+  snprintf(cmd, sizeof cmd, "%s adapter merge -m %s --adapter %s -o %s > %s 2>&1", WICK_CLI,
+           fixture_in("models", "qwen2"), fixture_in("lora", "qv"), out, tmp_path("merge.log"));
+  CHECK(system(cmd) == 0, "wick adapter merge");
+  wk_model *m = wk_model_load(out);
+  CHECK(m && wk_tensor_dtype(*wk_llama_proj_weight(m, 1, WK_PROJ_V)) == WK_F32, "merged model loads (f32 like its base)");
+  wk_model_free(m);
+  CHECK(system(cmd) != 0, "merging onto an existing model without --overwrite is refused");
+  snprintf(cmd, sizeof cmd, "%s adapter merge -m %s --adapter %s -o %s --overwrite --dtype f8 2>&1 | grep -q \"'f8'\"",
+           WICK_CLI, fixture_in("models", "qwen2"), fixture_in("lora", "qv"), out);
+  CHECK(system(cmd) == 0, "a bad --dtype is named");
+  snprintf(cmd, sizeof cmd, "%s adapter info --json %s | grep -q '\"tensors\": 8'", WICK_CLI, fixture_in("lora", "qv"));
+  CHECK(system(cmd) == 0, "wick adapter info counts the tensors");
+  snprintf(cmd, sizeof cmd, "%s train -m %s --data /nonexistent.jsonl -o %s 2>&1 | grep -q nonexistent.jsonl", WICK_CLI,
+           fixture_in("models", "qwen2"), out);
+  CHECK(system(cmd) == 0, "a missing data file is named");
+  snprintf(cmd, sizeof cmd, "%s train -m %s --data %s -o %s --rank 0 2>&1 | grep -q 'rank 0'", WICK_CLI,
+           fixture_in("models", "qwen2"), tmp_path("train.jsonl"), out);
+  CHECK(system(cmd) == 0, "--rank 0 is refused");
+  snprintf(cmd, sizeof cmd, "%s train -m %s --data %s -o %s --targets q,c_attn 2>&1 | grep -q c_attn", WICK_CLI,
+           fixture_in("models", "qwen2"), tmp_path("train.jsonl"), out);
+  CHECK(system(cmd) == 0, "an unknown target module is named");
+  snprintf(cmd, sizeof cmd, "%s train -m %s --data %s -o %s --steps 1 --quiet 2>&1 | grep -q overwrite", WICK_CLI,
+           fixture_in("models", "qwen2"), tmp_path("train.jsonl"), out);
+  CHECK(system(cmd) == 0, "an existing output directory is refused without --overwrite");
+}
+
 int main(void) {
   snprintf(g_tmp, sizeof g_tmp, "/tmp/wick_trainer_XXXXXX");
   if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
@@ -359,6 +390,7 @@ int main(void) {
   kill9(data);
   datasets();
   text_formats();
+  adapter_cli();
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
   if (system(cmd)) fprintf(stderr, "cleanup of %s failed\n", g_tmp);
