@@ -76,9 +76,10 @@ test-cuda-build: deps
 # seed, and the real models that tools/fetch-models extracts.
 parity: build
 	tools/bench-venv
-	.venv-bench/bin/pip install -q transformers==4.57.6 sentence-transformers==5.1.2 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0
+	.venv-bench/bin/pip install -q transformers==4.57.6 sentence-transformers==5.1.2 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0 peft==0.17.1
 	tools/fetch-models
 	.venv-bench/bin/python tools/parity_decoder.py --build $(BUILD)
+	.venv-bench/bin/python tools/parity_lora.py --build $(BUILD)
 
 # libFuzzer targets (tests/fuzz/) built with clang + ASan/UBSan in a scratch directory,
 # FUZZ_SECONDS each (not part of `make test`). Needs clang and libclang-rt-*-dev.
