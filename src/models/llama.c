@@ -434,9 +434,9 @@ static int check_ids(const wk_model *m, wk_tensor *ids) {
 }
 
 // Builds the graph; with a cache, k/v of each layer are prepended with the cached
-// ones and the new [B, Hkv, S, D] tensors are stored in newk/newv.
+// ones and the new [B, Hkv, S, D] tensors are stored in newk/newv, in kvdt.
 static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
-                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask) {
+                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
   const wk_model_config *c = &m->cfg;
   int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), D = c->head_dim;
   int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
@@ -450,13 +450,19 @@ static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **
     wk_tensor *v = heads_first(proj(m, l, WK_PROJ_V, h, L->wv, L->bv), B, T, Hkv, D);
     q = wk_rope(q, theta, pos, m->rope_interleaved);
     k = wk_rope(k, theta, pos, m->rope_interleaved);
-    if (newk) {
+    if (newk) {   // a f16 / bf16 cache rounds the new keys too: attention sees what is stored
+      if (kvdt != WK_F32) {
+        k = wk_cast(k, kvdt);
+        v = wk_cast(v, kvdt);
+      }
       if (pastk[l]) {
         k = wk_concat(2, (wk_tensor *[]){pastk[l], k}, 2);
         v = wk_concat(2, (wk_tensor *[]){pastv[l], v}, 2);
       }
       newk[l] = k;
       newv[l] = v;
+      k = f32(k);
+      v = f32(v);
     }
     wk_tensor *a = wk_sdpa(q, k, v, mask, 1, 0);    // [B, Hq, T, D]
     a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
@@ -477,7 +483,7 @@ wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {
     return NULL;
   }
   wk_scope_begin();
-  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL, NULL));
+  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL, NULL, WK_F32));
   wk_scope_end();
   return logits ? wk_node_finish(logits) : NULL;   // the caller's scope owns it, like any op's result
 }
@@ -507,7 +513,7 @@ void wk_kv_cache_reset(wk_kv_cache *c) {
     wk_tensor_free(c->v[i]);
     c->k[i] = c->v[i] = NULL;
   }
-  c->len = c->batch = 0;
+  c->len = c->batch = c->shift = 0;
   free(c->pad);   // it described the contents
   c->pad = NULL;
 }
@@ -556,7 +562,8 @@ wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) 
   wk_tensor **nv = nk + n;
   wk_scope_begin();
   wk_tensor *mask = pad_mask(c, wk_dim(ids, 1));
-  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, ids, c->len, c->k, c->v, nk, nv, mask);
+  // positions go on after dropped ones (wk_kv_cache_drop_oldest): RoPE sees the distances
+  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, ids, c->len + c->shift, c->k, c->v, nk, nv, mask, c->dtype);
   int ok = logits != NULL;
   for (int64_t i = 0; ok && i < n; i++) ok = nk[i] && nv[i];
   if (ok) {

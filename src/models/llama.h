@@ -40,6 +40,8 @@ struct wk_kv_cache {
   int64_t len, batch;
   wk_tensor **k, **v;         // per layer [B, Hkv, len, D], evaluated; NULL while empty
   int64_t *pad, pad_batch;    // left-padded batches: row b's first pad[b] positions are padding
+  wk_dtype dtype;             // k/v storage: f32 (0, the default), f16 or bf16
+  int64_t shift;              // positions dropped from the front: position of entry i = shift + i
 };
 
 // The weight slot of projection p in layer l (merging replaces the tensor in it).
