@@ -379,8 +379,7 @@ void wk_llama_set_lora(wk_model *m, const wk_lora_hook *hook) { m->lora = hook; 
 
 // llama.cpp's converter stores llama q/k rows as reshape(heads, 2, D/2, cols) with the
 // middle axes swapped (ggml's interleaved rope); HF order is the inverse.
-wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf) {
-  if (!m->rope_interleaved || (p != WK_PROJ_Q && p != WK_PROJ_K)) return wk_tensor_ref(w);
+static wk_tensor *permute_rows(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf) {
   int64_t heads = p == WK_PROJ_Q ? m->cfg.num_attention_heads : m->cfg.num_key_value_heads;
   int64_t rows = wk_dim(w, 0), cols = wk_dim(w, 1), half = rows / heads / 2;
   wk_scope_begin();
@@ -389,6 +388,23 @@ wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_h
   r = wk_keep(wk_reshape(wk_contiguous(wk_transpose(r, 1, 2)), 2, (int64_t[]){rows, cols}));
   wk_scope_end();
   return r;
+}
+
+wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf) {
+  if (!m->rope_interleaved || (p != WK_PROJ_Q && p != WK_PROJ_K)) return wk_tensor_ref(w);
+  return permute_rows(m, p, w, to_hf);
+}
+
+wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w) {
+  if (m->rope_interleaved || m->cfg.arch != WK_ARCH_LLAMA || (p != WK_PROJ_Q && p != WK_PROJ_K))
+    return wk_tensor_ref(w);   // already in GGUF order, or never permuted (qwen2)
+  return permute_rows(m, p, w, 0);
+}
+
+const char *wk_llama_gguf_proj_name(wk_proj p) {
+  static const char *const names[WK_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                  "ffn_gate", "ffn_up", "ffn_down"};
+  return (unsigned)p < WK_PROJ_COUNT ? names[p] : "unknown";
 }
 
 // splitmix64 finalizer: decorrelates the dropout seeds of layers, projections and steps
