@@ -80,6 +80,7 @@ parity: build
 	tools/fetch-models
 	.venv-bench/bin/python tools/parity_decoder.py --build $(BUILD)
 	.venv-bench/bin/python tools/parity_lora.py --build $(BUILD)
+	.venv-bench/bin/python tools/parity_lora_gguf.py --build $(BUILD)   # llama.cpp loads wick's GGUF LoRA export
 	./$(BUILD)/test_greedy_llama_cpp   # greedy tokens vs llama.cpp and transformers (fixture: tools/gen_llama_cpp_greedy.py)
 
 # libFuzzer targets (tests/fuzz/) built with clang + ASan/UBSan in a scratch directory,

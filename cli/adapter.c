@@ -132,13 +132,45 @@ static int merge(const char *C, int argc, char **argv) {
   return rc;
 }
 
+// wick adapter export [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16]
+static int export_gguf(const char *C, int argc, char **argv) {
+  const char *model = NULL, *dir = NULL, *out = NULL, *v;
+  wk_dtype dt = WK_F32;
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; model = v; }
+    else if (!strcmp(a, "--adapter")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; dir = v; }
+    else if (!strcmp(a, "-o") || !strcmp(a, "--out")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; out = v; }
+    else if (!strcmp(a, "--gguf")) continue;   // the only export format
+    else if (!strcmp(a, "--dtype")) {
+      if (!(v = cli_opt_value(C, argc, argv, &i))) return 2;
+      if (!strcmp(v, "f32")) dt = WK_F32;
+      else if (!strcmp(v, "f16")) dt = WK_F16;
+      else return cli_user_error(C, "export: --dtype '%s' is not f32 or f16", v);
+    } else return cli_user_error(C, "export: unknown option '%s'", a);
+  }
+  if (!dir || !out) return cli_user_error(C, "export: needs --adapter DIR and -o FILE.gguf");
+  bool dflt = !model;
+  if (!model) model = WICK_DEFAULT_LM;
+  if (cli_check_path(C, model, dflt) || cli_check_path(C, dir, false)) return 2;
+  wk_model *m = wk_model_load(model);
+  wk_adapter *a = m ? wk_adapter_load(m, dir) : NULL;
+  int rc = !a || wk_adapter_export_gguf(a, out, dt) ? cli_lib_error(C) : 0;
+  if (!rc) printf("wrote %s: llama.cpp LoRA adapter (%s) for %s\n", out, wk_dtype_name(dt), model);
+  wk_adapter_free(a);
+  wk_model_free(m);
+  return rc;
+}
+
 int wick_adapter_main(int argc, char **argv) {
   const char *C = "adapter";
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
     printf("usage: wick adapter info DIR [--json]    what a PEFT LoRA adapter directory holds\n"
            "       wick adapter merge [-m MODEL] --adapter DIR -o OUT [--dtype f32|f16|bf16] [--overwrite]\n"
            "            the model with the adapter folded in, as a Hugging Face directory (default dtype: the\n"
-           "            base's; f16 for a quantized base, which is never requantized)\n");
+           "            base's; f16 for a quantized base, which is never requantized)\n"
+           "       wick adapter export --gguf [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16]\n"
+           "            llama.cpp's GGUF LoRA format (llama-cli -m BASE.gguf --lora FILE.gguf)\n");
     return argc < 2 ? 2 : 0;
   }
   if (!strcmp(argv[1], "info")) {
@@ -154,5 +186,6 @@ int wick_adapter_main(int argc, char **argv) {
     return info(C, dir, json);
   }
   if (!strcmp(argv[1], "merge")) return merge(C, argc, argv);
-  return cli_user_error(C, "unknown subcommand '%s' (info, merge)", argv[1]);
+  if (!strcmp(argv[1], "export")) return export_gguf(C, argc, argv);
+  return cli_user_error(C, "unknown subcommand '%s' (info, merge, export)", argv[1]);
 }

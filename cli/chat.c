@@ -108,6 +108,7 @@ int wick_chat_main(int argc, char **argv) {
     } else if (a[0] == '-') { rc = cli_user_error(C, "unknown option '%s'", a); goto out; }
     else { rc = cli_user_error(C, "unexpected argument '%s'", a); goto out; }
   }
+  if (gp.sliding_window) { rc = cli_user_error(C, "--sliding-window is not supported in chat (/reset when the context is full)"); goto out; }
   if (system && !cli_utf8_valid(system, strlen(system))) { rc = cli_user_error(C, "--system is not valid UTF-8"); goto out; }
   bool dflt = !model;
   if (!model) model = WICK_DEFAULT_LM;

@@ -55,6 +55,14 @@ int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_par
   }
   else if (IS("--stop")) { VAL(); if (!v[0]) BAD("a non-empty string"); stops[(*n_stop)++] = v; }
   else if (IS("--ignore-eos")) gp->ignore_eos = true;
+  else if (IS("--sliding-window")) gp->sliding_window = true;
+  else if (IS("--cache-type")) {
+    VAL();
+    if (!strcmp(v, "f32")) gp->cache_dtype = WK_F32;
+    else if (!strcmp(v, "f16")) gp->cache_dtype = WK_F16;
+    else if (!strcmp(v, "bf16")) gp->cache_dtype = WK_BF16;
+    else BAD("f32, f16 or bf16");
+  }
   else if (IS("--top-logprobs")) {
     VAL();
     if (cli_parse_int(v, 0, WK_MAX_TOP_LOGPROBS, &lv)) BAD("an integer in [0, " WK_STR(WK_MAX_TOP_LOGPROBS) "]");

@@ -27,7 +27,7 @@ static void usage(FILE *f) {
           "           [--repeat-penalty R] [--seed S] [--stop STR]... [--json]       stream generated text\n"
           "  chat [-m MODEL] [--system TEXT] [--chatml] [generate's sampling options]  chat on stdin lines\n"
           "  train [-m MODEL] --data FILE -o OUTDIR [options]                     LoRA fine-tuning (--help for options)\n"
-          "  adapter info DIR [--json] | merge [-m MODEL] --adapter DIR -o OUT     inspect or merge a PEFT LoRA adapter\n"
+          "  adapter info DIR | merge --adapter DIR -o OUT | export --gguf ...     inspect, merge or convert an adapter\n"
           "  embed [-m EMBED_MODEL] [--input FILE] [--batch N]                    one JSON embedding per input line\n"
           "  bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu]   run the benchmark suite\n"
           "  help                                                                 this text ('wick CMD --help' for one)\n"

@@ -17,7 +17,7 @@ static const char *USAGE =
     "  --lr LR (2e-4)  --schedule constant|linear|cosine|warmup-cosine (constant)  --warmup N (0)  --min-lr LR (0)\n"
     "  --steps N | --epochs E (1)  --batch B (4)  --seq-len L (256)  --grad-accum G (1)  --clip C (1; 0 = off)\n"
     "  --optim adamw|sgd  --weight-decay W (0.01)  --beta1 B1 (0.9)  --beta2 B2 (0.999)  --eps E (1e-8)\n"
-    "  --momentum M (SGD, 0.9)  --seed S (0)  --no-shuffle  --strict  --overwrite  --quiet\n"
+    "  --momentum M (SGD, 0.9)  --seed S (0)  --no-shuffle  --pack  --strict  --overwrite  --quiet\n"
     "  --init-adapter DIR (continue a PEFT adapter: rank, alpha, targets from its config)\n"
     "  --save-every N (0: at the end)  --keep N (2)  --resume DIR  --eval FILE  --eval-every N\n"
     "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n"
@@ -67,7 +67,7 @@ int wick_train_main(int argc, char **argv) {
   const char *C = "train", *model = NULL, *data = NULL, *eval = NULL, *init = NULL, *targets = NULL, *v;
   wk_train_options o = wk_train_defaults();
   wk_lora_config lc = wk_lora_defaults();
-  bool strict = false, have_wd = false, quiet = false;
+  bool strict = false, have_wd = false, quiet = false, pack = false;
   float f;
   long n;
 #define VAL() do { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; } while (0)
@@ -117,7 +117,7 @@ int wick_train_main(int argc, char **argv) {
     else if (!strcmp(a, "--eval")) { VAL(); eval = v; }
     else if (!strcmp(a, "--eval-every")) INT(0, 1L << 40, o.eval_every, "--eval-every");
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(USAGE, stdout); return 0; }
-    else if (!strcmp(a, "--pack")) return cli_user_error(C, "--pack is not implemented yet: each example is its own sequence");
+    else if (!strcmp(a, "--pack")) pack = true;
     else return cli_user_error(C, "unknown option '%s' (wick train --help lists them)", a);
   }
 #undef VAL
@@ -144,8 +144,14 @@ int wick_train_main(int argc, char **argv) {
   wk_model *m = wk_model_load(model);
   if (!m) return cli_lib_error(C);
   int64_t vocab = wk_model_get_config(m)->vocab_size;
-  wk_dataset_options dopt = {.max_len = o.seq_len, .strict = strict, .warn = on_warn};
+  // packed: examples are joined first, so only the pieces are cut at seq_len
+  wk_dataset_options dopt = {.max_len = pack ? 0 : o.seq_len, .strict = strict, .warn = on_warn};
   wk_dataset *train = wk_dataset_load(data, tok, vocab, &dopt);
+  if (train && pack) {
+    wk_dataset *packed = wk_dataset_pack(train, o.seq_len);
+    wk_dataset_free(train);
+    train = packed;
+  }
   wk_dataset *held = train && eval ? wk_dataset_load(eval, tok, vocab, &dopt) : NULL;
   wk_adapter *a = NULL;
   if (!train || (eval && !held)) { rc = cli_lib_error(C); goto out; }

@@ -12,7 +12,8 @@
 //
 // Stops at: an EOS id (the tokenizer's eos and the model config's eos_token_id list;
 // its own text is not emitted), max_tokens, the context limit (the model's
-// max_position_embeddings), a stop string (matched in the generated text across token
+// max_position_embeddings; with sliding_window the oldest half of the cache is dropped
+// instead: wk_kv_cache_drop_oldest), a stop string (matched in the generated text across token
 // boundaries; the text from the stop string on is not emitted, and text that might
 // begin a stop string is held back until it can't), or the callback returning
 // non-zero. Text pieces are UTF-8 complete: the bytes of a character split over
@@ -35,6 +36,8 @@ typedef struct {
   size_t n_stop;
   bool ignore_eos;              // keep going past EOS ids
   int32_t top_logprobs;         // alternatives reported with each token (0 to WK_MAX_TOP_LOGPROBS)
+  wk_dtype cache_dtype;         // KV cache storage: WK_F32 (default), WK_F16, WK_BF16 (a fresh cache only)
+  bool sliding_window;          // at the context limit, forget the oldest half instead of stopping
 } wk_generate_params;
 
 #define WK_MAX_TOP_LOGPROBS 100

@@ -60,6 +60,10 @@ wk_adapter *wk_adapter_load(wk_model *m, const char *dir);
 // Writes dir/adapter_config.json and dir/adapter_model.safetensors in PEFT's layout
 // (creating dir), each file atomically. base names the base model in the config.
 wk_status wk_adapter_save(const wk_adapter *a, const char *dir, const char *base);
+// Writes the adapter as llama.cpp's GGUF LoRA file (llama-cli --lora FILE, on the
+// GGUF of the same base): f32 or f16 tensors, B rows in GGUF order, atomically.
+// rsLoRA's scale is folded into adapter.lora.alpha (llama.cpp scales by alpha / r).
+wk_status wk_adapter_export_gguf(const wk_adapter *a, const char *path, wk_dtype dt);
 // Detaches the adapter if its model uses it, then releases it. NULL is fine.
 void wk_adapter_free(wk_adapter *a);
 

@@ -149,8 +149,9 @@ wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *
 // an empty cache. src/gen/kv_cache.c.
 wk_status wk_kv_cache_set_dtype(wk_kv_cache *c, wk_dtype dt);
 // A sliding window: forgets the oldest n positions (0 < n < wk_kv_cache_len). Later
-// tokens keep their positions (RoPE distances stay right), so the context limit no
-// longer stops generation; what was dropped is no longer attended to.
+// tokens keep their positions (RoPE distances stay right) and attend to the kept ones
+// only (whose keys still carry what their tokens saw before the drop), so the context
+// limit no longer stops generation.
 wk_status wk_kv_cache_drop_oldest(wk_kv_cache *c, int64_t n);
 // Like wk_model_forward at pos_offset = wk_kv_cache_len(c), attending to the cached
 // keys and values too. The logits and the cache are evaluated before returning (so

@@ -54,6 +54,11 @@ int64_t wk_dataset_size(const wk_dataset *d);
 int64_t wk_dataset_skipped(const wk_dataset *d);
 int64_t wk_dataset_tokens(const wk_dataset *d);
 const wk_example *wk_dataset_get(const wk_dataset *d, int64_t i);
+// Packing (--pack): the examples, in order, concatenated and cut into sequences of
+// exactly seq_len tokens (the last may be shorter), labels kept. Attention is not
+// masked at example boundaries (as in transformers' packing without position resets).
+// A new dataset; d is unchanged.
+wk_dataset *wk_dataset_pack(const wk_dataset *d, int64_t seq_len);
 
 // ---- the trainer ----
 //

@@ -152,6 +152,8 @@ wk_status wk_chat_session_say(wk_chat_session *s, const char *user_text, const w
   if (!s || !user_text) return wk_error(WK_ERR_ARG, "wk_chat_session_say: session or text is NULL");
   size_t before = s->n_msgs;
   wk_generate_params p = params ? *params : wk_generate_defaults();
+  // the session tracks the cache's tokens as a prefix of the conversation: no window
+  if (p.sliding_window) return wk_error(WK_ERR_ARG, "chat: a sliding window is not supported; reset when the context is full");
   const char **stops = malloc((p.n_stop + 1) * sizeof *stops);
   if (!stops) return wk_error(WK_ERR_OOM, "chat: out of memory");
   for (size_t i = 0; i < p.n_stop; i++) stops[i] = p.stop[i];

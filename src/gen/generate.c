@@ -175,7 +175,8 @@ static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, con
   q->res.generated_tokens++;
   wk_gen_token gt = {smp.id, "", 0, smp.prob, smp.logprob, q->res.generated_tokens - 1, g->alts, n_top, index};
   bool eos = !p->ignore_eos && is_eos(g->cfg, g->eos_tok, smp.id);
-  bool last = eos || q->res.generated_tokens >= p->max_tokens || (g->ctx > 0 && held >= g->ctx);
+  bool full = g->ctx > 0 && held >= g->ctx && !p->sliding_window;
+  bool last = eos || q->res.generated_tokens >= p->max_tokens || full;
   size_t emit = 0;
   if (g->tok) {
     if ((st = release_text(g, q, smp.id, eos, last, &emit))) return st;
@@ -216,6 +217,8 @@ static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok
   if (p->max_tokens < 0) return wk_error(WK_ERR_ARG, "generate: max_tokens %d must be >= 0", p->max_tokens);
   if (p->top_logprobs < 0 || p->top_logprobs > WK_MAX_TOP_LOGPROBS)
     return wk_error(WK_ERR_ARG, "generate: top_logprobs %d outside [0, %d]", p->top_logprobs, WK_MAX_TOP_LOGPROBS);
+  if (p->cache_dtype != WK_F32 && p->cache_dtype != WK_F16 && p->cache_dtype != WK_BF16)
+    return wk_error(WK_ERR_ARG, "generate: cache_dtype %s is not f32, f16 or bf16", wk_dtype_name(p->cache_dtype));
   for (size_t k = 0; k < p->n_stop; k++) {
     if (!p->stop || !p->stop[k]) return wk_error(WK_ERR_ARG, "generate: stop string %zu is NULL", k);
     if (!tok && p->stop[k][0]) return wk_error(WK_ERR_ARG, "generate: stop strings need a tokenizer");
@@ -270,6 +273,7 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
     goto done;
   }
   if (cached == (int64_t)n_prompts[0] && (st = wk_kv_cache_truncate(c, --cached))) goto done;
+  if (!cached && (st = wk_kv_cache_set_dtype(c, p.cache_dtype))) goto done;
   for (size_t b = 0; b < B; b++) {
     if (!(q[b].s = wk_sampler_new(&p.sampler, g.V))) { st = WK_ERR_ARG; goto done; }
     q[b].res.cached_tokens = cached;
@@ -305,6 +309,8 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
     lg = NULL;
     if (!active) break;
     for (size_t b = 0; b < B; b++) next[b] = q[b].next;   // finished ones feed their last id, unread
+    if (p.sliding_window && g.ctx > 1 && wk_kv_cache_len(c) >= g.ctx && (st = wk_kv_cache_drop_oldest(c, g.ctx / 2)))
+      goto done;
     if (!(lg = step(m, c, next, (int64_t)B, 1))) { st = WK_ERR_STATE; goto done; }
   }
   double t2 = now_s();

@@ -379,8 +379,7 @@ void wk_llama_set_lora(wk_model *m, const wk_lora_hook *hook) { m->lora = hook; 
 
 // llama.cpp's converter stores llama q/k rows as reshape(heads, 2, D/2, cols) with the
 // middle axes swapped (ggml's interleaved rope); HF order is the inverse.
-wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf) {
-  if (!m->rope_interleaved || (p != WK_PROJ_Q && p != WK_PROJ_K)) return wk_tensor_ref(w);
+static wk_tensor *permute_rows(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf) {
   int64_t heads = p == WK_PROJ_Q ? m->cfg.num_attention_heads : m->cfg.num_key_value_heads;
   int64_t rows = wk_dim(w, 0), cols = wk_dim(w, 1), half = rows / heads / 2;
   wk_scope_begin();
@@ -389,6 +388,23 @@ wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_h
   r = wk_keep(wk_reshape(wk_contiguous(wk_transpose(r, 1, 2)), 2, (int64_t[]){rows, cols}));
   wk_scope_end();
   return r;
+}
+
+wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf) {
+  if (!m->rope_interleaved || (p != WK_PROJ_Q && p != WK_PROJ_K)) return wk_tensor_ref(w);
+  return permute_rows(m, p, w, to_hf);
+}
+
+wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w) {
+  if (m->rope_interleaved || m->cfg.arch != WK_ARCH_LLAMA || (p != WK_PROJ_Q && p != WK_PROJ_K))
+    return wk_tensor_ref(w);   // already in GGUF order, or never permuted (qwen2)
+  return permute_rows(m, p, w, 0);
+}
+
+const char *wk_llama_gguf_proj_name(wk_proj p) {
+  static const char *const names[WK_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                  "ffn_gate", "ffn_up", "ffn_down"};
+  return (unsigned)p < WK_PROJ_COUNT ? names[p] : "unknown";
 }
 
 // splitmix64 finalizer: decorrelates the dropout seeds of layers, projections and steps
@@ -434,9 +450,9 @@ static int check_ids(const wk_model *m, wk_tensor *ids) {
 }
 
 // Builds the graph; with a cache, k/v of each layer are prepended with the cached
-// ones and the new [B, Hkv, S, D] tensors are stored in newk/newv.
+// ones and the new [B, Hkv, S, D] tensors are stored in newk/newv, in kvdt.
 static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
-                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask) {
+                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
   const wk_model_config *c = &m->cfg;
   int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), D = c->head_dim;
   int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
@@ -450,13 +466,19 @@ static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **
     wk_tensor *v = heads_first(proj(m, l, WK_PROJ_V, h, L->wv, L->bv), B, T, Hkv, D);
     q = wk_rope(q, theta, pos, m->rope_interleaved);
     k = wk_rope(k, theta, pos, m->rope_interleaved);
-    if (newk) {
+    if (newk) {   // a f16 / bf16 cache rounds the new keys too: attention sees what is stored
+      if (kvdt != WK_F32) {
+        k = wk_cast(k, kvdt);
+        v = wk_cast(v, kvdt);
+      }
       if (pastk[l]) {
         k = wk_concat(2, (wk_tensor *[]){pastk[l], k}, 2);
         v = wk_concat(2, (wk_tensor *[]){pastv[l], v}, 2);
       }
       newk[l] = k;
       newv[l] = v;
+      k = f32(k);
+      v = f32(v);
     }
     wk_tensor *a = wk_sdpa(q, k, v, mask, 1, 0);    // [B, Hq, T, D]
     a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
@@ -477,7 +499,7 @@ wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {
     return NULL;
   }
   wk_scope_begin();
-  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL, NULL));
+  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL, NULL, WK_F32));
   wk_scope_end();
   return logits ? wk_node_finish(logits) : NULL;   // the caller's scope owns it, like any op's result
 }
@@ -507,7 +529,7 @@ void wk_kv_cache_reset(wk_kv_cache *c) {
     wk_tensor_free(c->v[i]);
     c->k[i] = c->v[i] = NULL;
   }
-  c->len = c->batch = 0;
+  c->len = c->batch = c->shift = 0;
   free(c->pad);   // it described the contents
   c->pad = NULL;
 }
@@ -556,7 +578,8 @@ wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) 
   wk_tensor **nv = nk + n;
   wk_scope_begin();
   wk_tensor *mask = pad_mask(c, wk_dim(ids, 1));
-  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, ids, c->len, c->k, c->v, nk, nv, mask);
+  // positions go on after dropped ones (wk_kv_cache_drop_oldest): RoPE sees the distances
+  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, ids, c->len + c->shift, c->k, c->v, nk, nv, mask, c->dtype);
   int ok = logits != NULL;
   for (int64_t i = 0; ok && i < n; i++) ok = nk[i] && nv[i];
   if (ok) {

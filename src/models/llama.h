@@ -40,6 +40,8 @@ struct wk_kv_cache {
   int64_t len, batch;
   wk_tensor **k, **v;         // per layer [B, Hkv, len, D], evaluated; NULL while empty
   int64_t *pad, pad_batch;    // left-padded batches: row b's first pad[b] positions are padding
+  wk_dtype dtype;             // k/v storage: f32 (0, the default), f16 or bf16
+  int64_t shift;              // positions dropped from the front: position of entry i = shift + i
 };
 
 // The weight slot of projection p in layer l (merging replaces the tensor in it).
@@ -49,6 +51,11 @@ void wk_llama_set_lora(wk_model *m, const wk_lora_hook *hook);
 // HF's: llama GGUF files permute q/k rows (see wk_llama_load_gguf). to_hf = 1: model
 // -> HF; 0: HF -> model. A new reference (w itself, unpermuted, for other models).
 wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_hf);
+// The same rows in llama.cpp's GGUF order (for files llama.cpp reads), whatever the
+// model was loaded from. A new reference.
+wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w);
+// GGUF's name of projection p in a block: "attn_q", ..., "ffn_down".
+const char *wk_llama_gguf_proj_name(wk_proj p);
 
 // Loaders (llama.c): fill m->cfg and the weights, or set the error and return nonzero.
 wk_status wk_llama_load_safetensors(wk_model *m, const char *dir);

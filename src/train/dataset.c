@@ -232,3 +232,25 @@ int64_t wk_dataset_size(const wk_dataset *d) { return d ? d->n : 0; }
 int64_t wk_dataset_skipped(const wk_dataset *d) { return d ? d->skipped : 0; }
 int64_t wk_dataset_tokens(const wk_dataset *d) { return d ? d->tokens : 0; }
 const wk_example *wk_dataset_get(const wk_dataset *d, int64_t i) { return d && i >= 0 && i < d->n ? &d->ex[i] : NULL; }
+
+wk_dataset *wk_dataset_pack(const wk_dataset *d, int64_t seq_len) {
+  if (!d || seq_len < 2) { wk_error(WK_ERR_ARG, "dataset_pack: seq_len %lld must be >= 2", (long long)seq_len); return NULL; }
+  wk_dataset *p = calloc(1, sizeof *p);
+  seq s = {0};
+  int ok = p != NULL;
+  for (int64_t i = 0; ok && i < d->n; i++) {
+    const wk_example *e = &d->ex[i];
+    for (int64_t at = 0; ok && at < e->n;) {
+      int64_t take = seq_len - s.n < e->n - at ? seq_len - s.n : e->n - at;
+      ok = seq_push(&s, e->ids + at, (size_t)take, true);
+      if (ok) memcpy(s.labels + s.n - take, e->labels + at, sizeof *s.labels * (size_t)take);
+      at += take;
+      if (ok && s.n == seq_len) ok = add_example(p, &s, 0);
+    }
+  }
+  if (ok && s.n >= 2) ok = add_example(p, &s, 0);
+  free(s.ids);
+  free(s.labels);
+  if (!ok) { wk_dataset_free(p); wk_error(WK_ERR_OOM, "dataset_pack: out of memory"); return NULL; }
+  return p;
+}

@@ -107,8 +107,24 @@ static void test_batch(void) {
   CHECK(rc == 2 && strstr(err, "prompt 2 is empty"), "empty second prompt: rc %d: %s", rc, err);
 }
 
+// --cache-type bf16 runs (tests/gen/test_kv_cache.c checks its logits); bad values are named.
+static void test_cache_options(void) {
+  const char *bf16[] = {"generate", "-m", MODEL, "-p", "Hello there", "-n", "4", "--temp", "0", "--json",
+                        "--cache-type", "bf16", "--sliding-window", NULL};
+  int rc = run(NULL, out, sizeof out, err, sizeof err, bf16);
+  int32_t ids[8];
+  CHECK(rc == 0 && ids_of(out, -1, ids, 8) == 4, "--cache-type bf16: rc %d: %s%s", rc, out, err);
+  const char *bad[] = {"generate", "-m", MODEL, "-p", "Hi", "--cache-type", "q4", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, bad);
+  CHECK(rc == 2 && strstr(err, "--cache-type 'q4'"), "bad --cache-type: rc %d: %s", rc, err);
+  const char *chat[] = {"chat", "-m", MODEL, "--sliding-window", NULL};
+  rc = run("hi\n", out, sizeof out, err, sizeof err, chat);
+  CHECK(rc == 2 && strstr(err, "--sliding-window"), "chat --sliding-window: rc %d: %s", rc, err);
+}
+
 int main(void) {
   if (chdir(WICK_SOURCE_DIR)) { perror(WICK_SOURCE_DIR); return 1; }
+  test_cache_options();
   test_top_logprobs();
   test_batch();
   return check_report();

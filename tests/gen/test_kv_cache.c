@@ -1,9 +1,13 @@
-// KV cache truncation and generation that continues from a cache, on the tiny llama
-// fixture: logits after cutting a cache back and re-feeding equal a full forward's;
-// wk_generate_cached over a cache holding part (or all) of the prompt equals wk_generate.
+// KV cache operations on the tiny llama fixture: logits after cutting a cache back and
+// re-feeding equal a full forward's; wk_generate_cached over a cache holding part (or
+// all) of the prompt equals wk_generate; f16 / bf16 caches store half-size keys and
+// stay within their rounding of the f32 logits; after dropping the oldest positions
+// (sliding window) the logits equal a full forward over the kept tokens at their
+// positions, and generation goes past the context limit.
 #include <string.h>
 #include "check.h"
 #include "fixtures.h"
+#include "models/llama.h"
 #include "wick/generate.h"
 
 typedef struct { int32_t ids[16]; int n; } collect;
@@ -71,6 +75,89 @@ static void test_generate_cached(wk_model *m) {
   }
 }
 
+// Logits of seq[0..n) + one more token through a cache of dtype dt, last row into out.
+static bool cached_logits(wk_model *m, wk_dtype dt, const int32_t *seq, int64_t n, int64_t V, float *out, wk_dtype *stored) {
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  bool ok = c && wk_kv_cache_set_dtype(c, dt) == WK_OK;
+  wk_tensor *a = ok ? feed(m, c, seq, n - 1) : NULL, *b = a ? feed(m, c, seq + n - 1, 1) : NULL;
+  const float *d = b ? wk_tensor_data(b) : NULL;
+  if (d) memcpy(out, d, sizeof(float) * (size_t)V);
+  *stored = c && c->k[0] ? wk_tensor_dtype(c->k[0]) : WK_I32;
+  wk_tensor_free(a);
+  wk_tensor_free(b);
+  wk_kv_cache_free(c);
+  return d != NULL;
+}
+
+static void test_dtype(wk_model *m, int64_t V) {
+  int32_t seq[12] = {1, 7, 3, 99, 42, 5, 17, 200, 8, 64, 3, 9};
+  float *ref = malloc(sizeof(float) * (size_t)V), *got = malloc(sizeof(float) * (size_t)V);
+  wk_dtype st;
+  CHECK(cached_logits(m, WK_F32, seq, 12, V, ref, &st) && st == WK_F32, "f32 cache");
+  // bf16 keeps 8 mantissa bits (relative 2^-9), f16 11 bits: the fixture's logits are
+  // O(1), so keys and values rounded at those precisions move them by well under these
+  const float tol[2] = {2e-2f, 3e-3f};
+  const wk_dtype dts[2] = {WK_BF16, WK_F16};
+  for (int k = 0; k < 2; k++) {
+    bool ok = cached_logits(m, dts[k], seq, 12, V, got, &st);
+    float diff = max_abs_diff(got, ref, V);
+    CHECK(ok && st == dts[k] && diff < tol[k] && diff > 0, "%s cache: stored %s, logits differ by %g",
+          wk_dtype_name(dts[k]), wk_dtype_name(st), (double)diff);
+  }
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  CHECK(wk_kv_cache_set_dtype(c, WK_I32) != WK_OK && strstr(wk_last_error(), "i32"), "i32 cache refused");
+  wk_tensor *a = feed(m, c, seq, 3);
+  CHECK(wk_kv_cache_set_dtype(c, WK_F16) != WK_OK && strstr(wk_last_error(), "already holds"), "dtype of a used cache");
+  wk_tensor_free(a);
+  wk_kv_cache_free(c);
+  free(ref);
+  free(got);
+}
+
+static void test_sliding_window(wk_model *m, int64_t V) {
+  int32_t seq[11] = {1, 7, 3, 99, 42, 5, 17, 200, 8, 64, 33};
+  wk_kv_cache *c = wk_kv_cache_new(m), *ref = wk_kv_cache_new(m);
+  wk_tensor *a = feed(m, c, seq, 10), *a2 = feed(m, ref, seq, 10);
+  CHECK(wk_kv_cache_drop_oldest(c, 4) == WK_OK && wk_kv_cache_len(c) == 6, "drop 4 of 10");
+  wk_tensor *b = feed(m, c, seq + 10, 1);   // at position 10, attending to positions 4..10
+  // the reference keeps all 10 positions and masks the first 4 (the padding mask):
+  // the kept keys still carry what their tokens saw of the dropped ones, as in the window
+  int64_t four = 4;
+  ref->pad = malloc(sizeof four);
+  *ref->pad = four;
+  ref->pad_batch = 1;
+  wk_tensor *w = feed(m, ref, seq + 10, 1);
+  const float *got = b ? wk_tensor_data(b) : NULL, *want = w ? wk_tensor_data(w) : NULL;
+  float diff = got && want ? max_abs_diff(got, want, V) : -1;
+  // 1e-5: the same sums, with masked terms instead of missing ones
+  CHECK(got && want && diff < 1e-5f, "after dropping: max diff %g from masking the same positions", (double)diff);
+  // and dropping did change what the token sees: the whole context gives other logits
+  wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 11}, WK_I32, seq);
+  wk_tensor *all = wk_model_forward(m, ids, 0);
+  const float *whole = all ? wk_tensor_data(all) : NULL;
+  CHECK(got && whole && max_abs_diff(got, whole + 10 * V, V) > 1e-2f, "dropping changed nothing");
+  wk_tensor_free(all);
+  wk_tensor_free(ids);
+  CHECK(wk_kv_cache_drop_oldest(c, 7) != WK_OK && wk_kv_cache_drop_oldest(c, 0) != WK_OK && wk_kv_cache_len(c) == 7,
+        "dropping all or nothing refused");
+  wk_tensor_free(a); wk_tensor_free(a2); wk_tensor_free(b); wk_tensor_free(w);
+  wk_kv_cache_free(c);
+  wk_kv_cache_free(ref);
+
+  // generation past the context (128): 126 prompt tokens, 10 generated
+  int32_t big[126];
+  for (int i = 0; i < 126; i++) big[i] = (int32_t)(i * 37 % 250) + 1;
+  wk_generate_params p = wk_generate_defaults();
+  p.max_tokens = 10;
+  p.ignore_eos = true;
+  wk_generate_result r;
+  CHECK(wk_generate(m, NULL, big, 126, &p, NULL, NULL, &r) == WK_OK && r.stop == WK_STOP_CONTEXT && r.generated_tokens == 3,
+        "without a window: the context stops it (%lld)", (long long)r.generated_tokens);
+  p.sliding_window = true;
+  CHECK(wk_generate(m, NULL, big, 126, &p, NULL, NULL, &r) == WK_OK && r.stop == WK_STOP_MAX_TOKENS && r.generated_tokens == 10,
+        "with a window: %lld tokens, stop %s", (long long)r.generated_tokens, wk_stop_reason_name(r.stop));
+}
+
 int main(void) {
   wk_model *m = wk_model_load(fixture_in("models", "llama"));
   CHECK(m != NULL, "load fixture");
@@ -78,6 +165,8 @@ int main(void) {
   int64_t V = wk_model_get_config(m)->vocab_size;
   test_truncate(m, V);
   test_generate_cached(m);
+  test_dtype(m, V);
+  test_sliding_window(m, V);
   wk_model_free(m);
   return check_report();
 }

@@ -440,7 +440,79 @@ static void merged_save(const char *model, const char *adapter_fixture, wk_dtype
   CHECK(system(cmd) == 0, "cleanup");
 }
 
+// The llama.cpp GGUF export, read back: the adapter keys, every tensor's name, shape
+// and values, B rows in GGUF order whether the base came from the GGUF (rows permuted)
+// or from HF safetensors: the two exports of one adapter are identical.
+static void gguf_export(void) {
+  wk_model *g = wk_model_load(fixture_in("models", "llama_q8_0.gguf"));
+  wk_model *h = wk_model_load(fixture_in("models", "llama"));
+  wk_lora_config c = wk_lora_defaults();
+  c.targets = WK_LORA_ALL_LINEAR;
+  c.rslora = true;
+  c.rank = 4;
+  wk_adapter *a = g && h ? wk_adapter_new(g, &c) : NULL;
+  CHECK(a != NULL, "adapter on the llama GGUF");
+  if (!a) { wk_model_free(g); wk_model_free(h); return; }
+  wk_tensor *ps[64];
+  int n = wk_adapter_params(a, ps);
+  for (int i = 1; i < n; i += 2) {
+    wk_scope_begin();
+    wk_tensor *b = wk_keep(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i));
+    wk_scope_end();
+    wk_eval(1, &b);
+    wk_adapter_set_param(a, i, b);
+    wk_tensor_free(b);
+  }
+  char tmp[] = "/tmp/wick_export_XXXXXX", p1[64], p2[64];
+  CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
+  snprintf(p1, sizeof p1, "%s/from_gguf.gguf", tmp);
+  snprintf(p2, sizeof p2, "%s/from_hf.gguf", tmp);
+  CHECK(wk_adapter_export_gguf(a, p1, WK_F32) == WK_OK && wk_adapter_save(a, tmp, "llama") == WK_OK, "export, save");
+  wk_adapter *ah = wk_adapter_load(h, tmp);
+  CHECK(ah && wk_adapter_export_gguf(ah, p2, WK_F32) == WK_OK, "export from the HF-layout model");
+  wk_gguf *f1 = wk_gguf_open(p1), *f2 = wk_gguf_open(p2);
+  CHECK(f1 && f2, "both exports parse as GGUF");
+  const char *type = NULL, *atype = NULL;
+  float alpha = 0;
+  CHECK(f1 && !wk_gguf_get_str(f1, "general.type", &type) && !strcmp(type, "adapter") &&
+            !wk_gguf_get_str(f1, "adapter.type", &atype) && !strcmp(atype, "lora") &&
+            !wk_gguf_get_f32(f1, "adapter.lora.alpha", &alpha) && fabsf(alpha - 16.0f * 2.0f) < 1e-5f,
+        "adapter keys (rsLoRA folded into alpha: %g)", (double)alpha);
+  CHECK(f1 && wk_gguf_tensor_count(f1) == n && f2 && wk_gguf_tensor_count(f2) == n, "%d tensors", n);
+  const wk_gguf_tensor *ta = f1 ? wk_gguf_find_tensor(f1, "blk.1.ffn_down.weight.lora_a") : NULL;
+  const wk_gguf_tensor *tb = f1 ? wk_gguf_find_tensor(f1, "blk.1.attn_q.weight.lora_b") : NULL;
+  int64_t qout, qin, din, dout;
+  wk_model_proj_dims(g, WK_PROJ_Q, &qout, &qin);
+  wk_model_proj_dims(g, WK_PROJ_DOWN, &dout, &din);
+  CHECK(ta && ta->ndim == 2 && ta->shape[0] == 4 && ta->shape[1] == din && tb && tb->shape[0] == qout &&
+            tb->shape[1] == 4 && tb->type == WK_QT_F32,
+        "lora_a is [r, in] and lora_b [out, r] (ggml ne reversed), f32");
+  int same = f1 && f2;
+  for (int64_t i = 0; same && i < wk_gguf_tensor_count(f1); i++) {
+    const char *name = wk_gguf_tensor_at(f1, i)->name;
+    wk_tensor *x = wk_gguf_tensor_load(f1, name), *y = wk_gguf_tensor_load(f2, name);
+    same = x && y && tensor_rel_diff(x, y) == 0.0f;
+    if (!same) printf("differs: %s\n", name);
+    wk_tensor_free(x);
+    wk_tensor_free(y);
+  }
+  CHECK(same, "the exports from the GGUF and the HF layouts are identical");
+  wk_tensor *a0 = f1 ? wk_gguf_tensor_load(f1, "blk.0.attn_q.weight.lora_a") : NULL;
+  CHECK(a0 && tensor_rel_diff(a0, ps[0]) == 0.0f, "lora_a holds A");
+  wk_tensor_free(a0);
+  wk_gguf_close(f1);
+  wk_gguf_close(f2);
+  wk_adapter_free(ah);
+  wk_adapter_free(a);
+  wk_model_free(g);
+  wk_model_free(h);
+  char cmd[64];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+  CHECK(system(cmd) == 0, "cleanup");
+}
+
 int main(void) {
+  gguf_export();
   merged_save("qwen2", "qv", WK_F32, 1e-5f);
   merged_save("llama_q8_0.gguf", NULL, WK_F16, 2e-2f);
   quantized_base();

@@ -303,6 +303,19 @@ static void datasets(void) {
   wk_dataset_free(d);
   o.strict = true;
   CHECK(!wk_dataset_load(p, NULL, 256, &o) && strstr(wk_last_error(), "bad.jsonl:3"), "--strict stops at line 3");
+  // packing: lengths 5, 7, 4 into pieces of 6 -> 6, 6, 4, in order, labels kept
+  write_text(p, "{\"input_ids\": [1, 2, 3, 4, 5]}\n{\"input_ids\": [6, 7, 8, 9, 10, 11, 12], \"labels\": [-100, 7, 8, 9, 10, 11, 12]}\n"
+                "{\"input_ids\": [13, 14, 15, 16]}\n");
+  wk_dataset *raw = wk_dataset_load(p, NULL, 256, NULL), *packed = raw ? wk_dataset_pack(raw, 6) : NULL;
+  CHECK(packed && wk_dataset_size(packed) == 3 && wk_dataset_get(packed, 0)->n == 6 && wk_dataset_get(packed, 1)->n == 6 &&
+            wk_dataset_get(packed, 2)->n == 4,
+        "pack 5 + 7 + 4 tokens into 6, 6, 4");
+  const wk_example *p1 = packed ? wk_dataset_get(packed, 0) : NULL, *p2 = packed ? wk_dataset_get(packed, 1) : NULL;
+  CHECK(p1 && p2 && p1->ids[5] == 6 && p1->labels[5] == WK_IGNORE_INDEX && p2->ids[0] == 7 && p2->labels[0] == 7 &&
+            p2->ids[5] == 12 && wk_dataset_get(packed, 2)->ids[0] == 13,
+        "packed ids and labels follow the examples in order");
+  wk_dataset_free(raw);
+  wk_dataset_free(packed);
   CHECK(!wk_dataset_load(tmp_path("missing.jsonl"), NULL, 256, NULL) && strstr(wk_last_error(), "missing.jsonl"),
         "a missing file is named");
 }
