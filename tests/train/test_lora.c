@@ -31,6 +31,28 @@ static float tensor_rel_diff(wk_tensor *a, wk_tensor *b) {
   return d;
 }
 
+// rm -rf of a test's temporary directory
+static void remove_tmp(const char *dir) {
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  CHECK(system(cmd) == 0, "cleanup of %s", dir);
+}
+
+// Gives every B of a (which starts at zero) seeded random values of scale `scale`, so
+// the adapter changes the logits.
+static void randomize_b(wk_adapter *a, float scale) {
+  wk_tensor *ps[256];
+  int n = wk_adapter_params(a, NULL) <= 256 ? wk_adapter_params(a, ps) : 0;
+  for (int i = 1; i < n; i += 2) {
+    wk_scope_begin();
+    wk_tensor *b = wk_keep(wk_mul_scalar(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i), scale));
+    wk_scope_end();
+    wk_eval(1, &b);
+    wk_adapter_set_param(a, i, b);
+    wk_tensor_free(b);
+  }
+}
+
 // Loss, gradients and three AdamW steps of the adapter in fixture `name` vs peft.
 static void against_peft(const char *name, int expect_params) {
   char dir[1024];
@@ -167,9 +189,7 @@ static void save_layout(void) {
   wk_adapter_free(b);
   wk_adapter_free(a);
   wk_model_free(m);
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-  CHECK(system(cmd) == 0, "cleanup");
+  remove_tmp(tmp);
 }
 
 static float *logits_of(wk_model *m, wk_tensor *ids) {
@@ -284,9 +304,7 @@ static void bad_input(void) {
     fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"]", f);
     fclose(f);
     CHECK(!wk_adapter_load(m, tmp) && strstr(wk_last_error(), "adapter_config.json"), "truncated config named");
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    CHECK(system(cmd) == 0, "cleanup");
+    remove_tmp(tmp);
   }
   wk_model_free(llama);
   wk_model_free(m);
@@ -349,16 +367,9 @@ static void gguf_row_order(void) {
   wk_adapter *a = g && h ? wk_adapter_new(g, &c) : NULL;
   CHECK(a != NULL, "adapter on the llama Q8_0 GGUF");
   if (!a) { wk_model_free(g); wk_model_free(h); return; }
+  randomize_b(a, 0.5f);
   wk_tensor *ps[16];
   int n = wk_adapter_params(a, ps);
-  for (int i = 1; i < n; i += 2) {   // B nonzero
-    wk_scope_begin();
-    wk_tensor *b = wk_keep(wk_mul_scalar(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i), 0.5f));
-    wk_scope_end();
-    wk_eval(1, &b);
-    wk_adapter_set_param(a, i, b);
-    wk_tensor_free(b);
-  }
   char tmp[] = "/tmp/wick_rows_XXXXXX";
   CHECK(mkdtemp(tmp) && wk_adapter_save(a, tmp, "llama") == WK_OK, "save");
   wk_adapter *ah = wk_adapter_load(h, tmp), *ag = wk_adapter_load(g, tmp);
@@ -386,9 +397,7 @@ static void gguf_row_order(void) {
   wk_adapter_free(a);
   wk_model_free(g);
   wk_model_free(h);
-  char cmd[64];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-  CHECK(system(cmd) == 0, "cleanup");
+  remove_tmp(tmp);
 }
 
 // wk_model_save after a merge: the written HF directory, loaded again, gives the logits
@@ -402,16 +411,7 @@ static void merged_save(const char *model, const char *adapter_fixture, wk_dtype
     wk_lora_config c = wk_lora_defaults();
     c.targets = WK_LORA_ALL_LINEAR;
     a = wk_adapter_new(m, &c);
-    wk_tensor *ps[64];
-    int n = wk_adapter_params(a, ps);
-    for (int i = 1; i < n; i += 2) {
-      wk_scope_begin();
-      wk_tensor *b = wk_keep(wk_mul_scalar(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i), 0.3f));
-      wk_scope_end();
-      wk_eval(1, &b);
-      wk_adapter_set_param(a, i, b);
-      wk_tensor_free(b);
-    }
+    if (a) randomize_b(a, 0.3f);
   }
   CHECK(a != NULL, "%s: adapter", model);
   if (!a) { wk_model_free(m); return; }
@@ -435,9 +435,7 @@ static void merged_save(const char *model, const char *adapter_fixture, wk_dtype
   wk_model_free(back);
   wk_adapter_free(a);
   wk_model_free(m);
-  char cmd[64];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-  CHECK(system(cmd) == 0, "cleanup");
+  remove_tmp(tmp);
 }
 
 // The llama.cpp GGUF export, read back: the adapter keys, every tensor's name, shape
@@ -453,16 +451,9 @@ static void gguf_export(void) {
   wk_adapter *a = g && h ? wk_adapter_new(g, &c) : NULL;
   CHECK(a != NULL, "adapter on the llama GGUF");
   if (!a) { wk_model_free(g); wk_model_free(h); return; }
+  randomize_b(a, 1.0f);
   wk_tensor *ps[64];
   int n = wk_adapter_params(a, ps);
-  for (int i = 1; i < n; i += 2) {
-    wk_scope_begin();
-    wk_tensor *b = wk_keep(wk_randn(2, wk_shape(ps[i]), WK_F32, (uint64_t)i));
-    wk_scope_end();
-    wk_eval(1, &b);
-    wk_adapter_set_param(a, i, b);
-    wk_tensor_free(b);
-  }
   char tmp[] = "/tmp/wick_export_XXXXXX", p1[64], p2[64];
   CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
   snprintf(p1, sizeof p1, "%s/from_gguf.gguf", tmp);
@@ -506,9 +497,7 @@ static void gguf_export(void) {
   wk_adapter_free(a);
   wk_model_free(g);
   wk_model_free(h);
-  char cmd[64];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-  CHECK(system(cmd) == 0, "cleanup");
+  remove_tmp(tmp);
 }
 
 int main(void) {
