@@ -155,6 +155,13 @@ static void test_bad_input(void) {
   const char *bad[] = {"chat", "-m", MODEL, "--top-p", "2", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, bad);
   CHECK(rc == 2 && strstr(err, "--top-p"), "bad option: rc %d: %s", rc, err);
+  // a turn longer than the context (512): a message that says so, exit 1, no crash
+  static char longline[8192];
+  size_t n = 0;
+  for (int i = 0; i < 700 && n + 8 < sizeof longline; i++) n += (size_t)snprintf(longline + n, sizeof longline - n, "w%d ", i);
+  snprintf(longline + n, sizeof longline - n, "\n");
+  rc = run(longline, out, sizeof out, err, sizeof err, ok);
+  CHECK(rc == 1 && strstr(err, "context holds 512") && strstr(err, "conversation"), "too long: rc %d: %s", rc, err);
   const char *missing[] = {"chat", "-m", "tests/fixtures/chat/nonexistent", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, missing);
   CHECK(rc == 2 && strstr(err, "nonexistent"), "missing model: rc %d: %s", rc, err);
