@@ -107,10 +107,24 @@ static int score(wk_model *m, wk_tokenizer *tok, const wk_chat_template *ct, qa 
     while (*s == ' ') s++;
     int ok = !strcmp(s, h[i].answer);
     right += ok;
-    if (i < show) printf("  Q: %s\n  A: %-40s %s (expected %s)\n", h[i].question, s, ok ? "right" : "WRONG", h[i].answer);
+    if (i < show) {
+      printf("  Q: %s\n  A: %-40s %s (expected %s)\n", h[i].question, s, ok ? "right" : "WRONG", h[i].answer);
+      fflush(stdout);
+    }
   }
   printf("  exact match: %d / %d\n", right, n);
   return right;
+}
+
+// Training progress: a line every 10 steps.
+static int on_step(const wk_train_progress *p, void *user) {
+  (void)user;
+  if (p->step % 10 == 0 || p->step == p->total_steps) {
+    printf("  step %3lld/%lld  loss %.4f  lr %.1e  %.0f tokens/s  %.0f s\n", (long long)p->step,
+           (long long)p->total_steps, (double)p->loss, (double)p->lr, p->tokens_per_s, p->elapsed_s);
+    fflush(stdout);
+  }
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -154,6 +168,7 @@ int main(int argc, char **argv) {
   o.out_dir = out;
   o.overwrite = true;
   o.base_name = model;
+  o.callback = on_step;
   printf("\n== LoRA fine-tuning: r=%d, alpha %g, all linear projections, %ld steps of %d examples (%lld in %s) ==\n",
          lc.rank, (double)lc.alpha, steps, o.batch, (long long)wk_dataset_size(train), train_path);
   fflush(stdout);
