@@ -451,45 +451,58 @@ static int check_ids(const wk_model *m, wk_tensor *ids) {
 
 // Builds the graph; with a cache, k/v of each layer are prepended with the cached
 // ones and the new [B, Hkv, S, D] tensors are stored in newk/newv, in kvdt.
-static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
-                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
+// One transformer block on x [B, T, H]; with a cache (newk non-NULL), k/v are
+// prepended with the cached ones and the new [B, Hkv, S, D] tensors stored in
+// newk[l] / newv[l].
+static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
+                        wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
   const wk_model_config *c = &m->cfg;
-  int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), D = c->head_dim;
+  int64_t B = wk_dim(x, 0), T = wk_dim(x, 1), D = c->head_dim;
   int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
   float eps = (float)c->norm_eps, theta = (float)c->rope_theta;
-  wk_tensor *x = f32(wk_embedding(m->embed, ids));   // [B, T, H]
-  for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-    const wk_llama_layer *L = &m->layers[l];
-    wk_tensor *h = wk_rms_norm(x, f32(L->attn_norm), eps);
-    wk_tensor *q = heads_first(proj(m, l, WK_PROJ_Q, h, L->wq, L->bq), B, T, Hq, D);
-    wk_tensor *k = heads_first(proj(m, l, WK_PROJ_K, h, L->wk, L->bk), B, T, Hkv, D);
-    wk_tensor *v = heads_first(proj(m, l, WK_PROJ_V, h, L->wv, L->bv), B, T, Hkv, D);
-    q = wk_rope(q, theta, pos, m->rope_interleaved);
-    k = wk_rope(k, theta, pos, m->rope_interleaved);
-    if (newk) {   // a f16 / bf16 cache rounds the new keys too: attention sees what is stored
-      if (kvdt != WK_F32) {
-        k = wk_cast(k, kvdt);
-        v = wk_cast(v, kvdt);
-      }
-      if (pastk[l]) {
-        k = wk_concat(2, (wk_tensor *[]){pastk[l], k}, 2);
-        v = wk_concat(2, (wk_tensor *[]){pastv[l], v}, 2);
-      }
-      newk[l] = k;
-      newv[l] = v;
-      k = f32(k);
-      v = f32(v);
+  const wk_llama_layer *L = &m->layers[l];
+  wk_tensor *h = wk_rms_norm(x, f32(L->attn_norm), eps);
+  wk_tensor *q = heads_first(proj(m, l, WK_PROJ_Q, h, L->wq, L->bq), B, T, Hq, D);
+  wk_tensor *k = heads_first(proj(m, l, WK_PROJ_K, h, L->wk, L->bk), B, T, Hkv, D);
+  wk_tensor *v = heads_first(proj(m, l, WK_PROJ_V, h, L->wv, L->bv), B, T, Hkv, D);
+  q = wk_rope(q, theta, pos, m->rope_interleaved);
+  k = wk_rope(k, theta, pos, m->rope_interleaved);
+  if (newk) {   // a f16 / bf16 cache rounds the new keys too: attention sees what is stored
+    if (kvdt != WK_F32) {
+      k = wk_cast(k, kvdt);
+      v = wk_cast(v, kvdt);
     }
-    wk_tensor *a = wk_sdpa(q, k, v, mask, 1, 0);    // [B, Hq, T, D]
-    a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
-    x = wk_add(x, proj(m, l, WK_PROJ_O, a, L->wo, L->bo));
-    h = wk_rms_norm(x, f32(L->ffn_norm), eps);
-    wk_tensor *g = wk_mul(wk_silu(proj(m, l, WK_PROJ_GATE, h, L->w_gate, L->b_gate)),
-                          proj(m, l, WK_PROJ_UP, h, L->w_up, L->b_up));
-    x = wk_add(x, proj(m, l, WK_PROJ_DOWN, g, L->w_down, L->b_down));
+    if (pastk[l]) {
+      k = wk_concat(2, (wk_tensor *[]){pastk[l], k}, 2);
+      v = wk_concat(2, (wk_tensor *[]){pastv[l], v}, 2);
+    }
+    newk[l] = k;
+    newv[l] = v;
+    k = f32(k);
+    v = f32(v);
   }
-  x = wk_rms_norm(x, f32(m->norm), eps);
-  return linear(x, m->lm_head, NULL);   // [B, T, V]
+  wk_tensor *a = wk_sdpa(q, k, v, mask, 1, 0);    // [B, Hq, T, D]
+  a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
+  x = wk_add(x, proj(m, l, WK_PROJ_O, a, L->wo, L->bo));
+  h = wk_rms_norm(x, f32(L->ffn_norm), eps);
+  wk_tensor *g = wk_mul(wk_silu(proj(m, l, WK_PROJ_GATE, h, L->w_gate, L->b_gate)),
+                        proj(m, l, WK_PROJ_UP, h, L->w_up, L->b_up));
+  return wk_add(x, proj(m, l, WK_PROJ_DOWN, g, L->w_down, L->b_down));
+}
+
+wk_tensor *wk_llama_embed(wk_model *m, wk_tensor *ids) { return f32(wk_embedding(m->embed, ids)); }
+wk_tensor *wk_llama_block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos) {
+  return block(m, l, x, pos, NULL, NULL, NULL, NULL, NULL, WK_F32);
+}
+wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) {
+  return linear(wk_rms_norm(x, f32(m->norm), (float)m->cfg.norm_eps), m->lm_head, NULL);
+}
+
+static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
+                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
+  wk_tensor *x = wk_llama_embed(m, ids);   // [B, T, H]
+  for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, pastk, pastv, newk, newv, mask, kvdt);
+  return wk_llama_head(m, x);               // [B, T, V]
 }
 
 wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {

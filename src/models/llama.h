@@ -54,6 +54,11 @@ wk_tensor *wk_llama_rows_hf(const wk_model *m, wk_proj p, wk_tensor *w, int to_h
 // The same rows in llama.cpp's GGUF order (for files llama.cpp reads), whatever the
 // model was loaded from. A new reference.
 wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w);
+// The decoder in pieces (lazy, scoped like ops), for layer-by-layer recomputation:
+// logits = head(block(L-1, ... block(0, embed(ids)))), without a cache or mask.
+wk_tensor *wk_llama_embed(wk_model *m, wk_tensor *ids);                          // [B, T, H] f32
+wk_tensor *wk_llama_block(wk_model *m, int64_t layer, wk_tensor *x, int64_t pos);  // [B, T, H]
+wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x);                            // [B, T, V]
 // GGUF's name of projection p in a block: "attn_q", ..., "ffn_down".
 const char *wk_llama_gguf_proj_name(wk_proj p);
 
