@@ -17,7 +17,7 @@ static const char *USAGE =
     "  --lr LR (2e-4)  --schedule constant|linear|cosine|warmup-cosine (constant)  --warmup N (0)  --min-lr LR (0)\n"
     "  --steps N | --epochs E (1)  --batch B (4)  --seq-len L (256)  --grad-accum G (1)  --clip C (1; 0 = off)\n"
     "  --optim adamw|sgd  --weight-decay W (0.01)  --beta1 B1 (0.9)  --beta2 B2 (0.999)  --eps E (1e-8)\n"
-    "  --momentum M (SGD, 0.9)  --seed S (0)  --no-shuffle  --pack  --strict  --overwrite  --quiet\n"
+    "  --momentum M (SGD, 0.9)  --seed S (0)  --no-shuffle  --pack  --grad-checkpoint  --strict  --overwrite  --quiet\n"
     "  --init-adapter DIR (continue a PEFT adapter: rank, alpha, targets from its config)\n"
     "  --save-every N (0: at the end)  --keep N (2)  --resume DIR  --eval FILE  --eval-every N\n"
     "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n"
@@ -118,6 +118,7 @@ int wick_train_main(int argc, char **argv) {
     else if (!strcmp(a, "--eval-every")) INT(0, 1L << 40, o.eval_every, "--eval-every");
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(USAGE, stdout); return 0; }
     else if (!strcmp(a, "--pack")) pack = true;
+    else if (!strcmp(a, "--grad-checkpoint")) o.grad_checkpoint = true;
     else return cli_user_error(C, "unknown option '%s' (wick train --help lists them)", a);
   }
 #undef VAL

@@ -17,6 +17,14 @@
 // T >= 2; padding goes at the end (right), where causal attention keeps it from
 // touching earlier positions. Lazy f32 scalar.
 wk_tensor *wk_causal_lm_loss(wk_model *m, wk_tensor *ids, wk_tensor *labels);
+// The same loss (evaluated, in *loss) and its gradients with respect to the active
+// adapter's tensors params[0..n) (in grads, owned by the caller's scope as
+// wk_value_and_grad's are), with activation
+// checkpointing: the forward keeps only each block's input; the backward recomputes
+// one block at a time from it, so activations of one layer are alive at once (about
+// one more forward pass of compute). Dropout masks repeat exactly in the recompute.
+wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tensor *labels, int n,
+                                           wk_tensor *const *params, wk_tensor **grads, float *loss);
 
 // ---- datasets (JSONL) ----
 //
@@ -99,6 +107,7 @@ typedef struct {
   int batch;                    // sequences per micro-batch (default 4)
   int64_t seq_len;              // longest sequence (default 256; the dataset's max_len)
   int grad_accum;               // micro-batches per step (default 1)
+  bool grad_checkpoint;         // recompute each layer in the backward pass (less memory)
   float clip;                   // global-norm clip (default 1; 0 = off)
   wk_optim_config optim;        // AdamW by default
   wk_schedule schedule;         // lr, kind, warmup, min_lr (total is set from steps)

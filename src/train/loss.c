@@ -1,5 +1,8 @@
 // The causal language-model loss: position t predicts token t + 1.
+#include <stdlib.h>
 #include "engine/engine.h"
+#include "models/llama.h"
+#include "wick/grad.h"
 #include "wick/model.h"
 #include "wick/ops.h"
 #include "wick/train.h"
@@ -20,4 +23,82 @@ wk_tensor *wk_causal_lm_loss(wk_model *m, wk_tensor *ids, wk_tensor *labels) {
   wk_tensor *loss = wk_keep(wk_cross_entropy(logits, targets, WK_IGNORE_INDEX, 1));
   wk_scope_end();
   return loss ? wk_node_finish(loss) : NULL;
+}
+
+// ---- activation checkpointing ----
+// The adapter tensors of layer l among params[0..n), by identity with the model's hook.
+static int layer_params(const wk_model *m, int64_t l, int n, wk_tensor *const *params, int *idx) {
+  const wk_lora_hook *h = m->lora;
+  int k = 0;
+  for (int i = 0; h && i < n; i++)
+    for (int p = 0; p < WK_PROJ_COUNT; p++) {
+      size_t s = (size_t)(l * WK_PROJ_COUNT + p);
+      if (params[i] == h->A[s] || params[i] == h->B[s]) { idx[k++] = i; break; }
+    }
+  return k;
+}
+
+wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tensor *labels, int n,
+                                           wk_tensor *const *params, wk_tensor **grads, float *loss) {
+  int64_t L = wk_model_get_config(m)->num_hidden_layers, T = wk_dim(ids, 1);
+  wk_tensor **xs = calloc((size_t)L + 1, sizeof *xs);
+  wk_tensor **targets = calloc((size_t)n + 1, sizeof *targets), **gs = calloc((size_t)n + 1, sizeof *gs);
+  int *idx = calloc((size_t)n + 1, sizeof *idx);
+  wk_status s = xs && targets && gs && idx ? WK_OK : wk_error(WK_ERR_OOM, "checkpointed loss: out of memory");
+  for (int i = 0; i < n; i++) grads[i] = NULL;
+  // forward, keeping only each block's input
+  wk_scope_begin();
+  wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1), *tg = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
+  if (!s) s = (xs[0] = wk_keep(wk_llama_embed(m, in))) && !wk_eval(1, &xs[0]) ? WK_OK : WK_ERR_STATE;
+  for (int64_t l = 0; !s && l < L; l++) {
+    wk_scope_begin();
+    xs[l + 1] = wk_keep(wk_llama_block(m, l, xs[l], 0));
+    wk_scope_end();
+    s = xs[l + 1] && !wk_eval(1, &xs[l + 1]) ? WK_OK : WK_ERR_STATE;   // explicit: a plain leaf
+  }
+  // the head: loss and d loss / d x_L
+  wk_tensor *g = NULL;
+  if (!s) {
+    wk_set_trainable(xs[L], 1);
+    wk_scope_begin();
+    wk_tensor *l = wk_cross_entropy(wk_llama_head(m, xs[L]), tg, WK_IGNORE_INDEX, 1);
+    s = wk_value_and_grad(l, 1, &xs[L], &g, loss);
+    wk_keep(g);
+    wk_scope_end();
+    wk_set_trainable(xs[L], 0);
+  }
+  // each block again, from its input, with the incoming gradient as the seed
+  for (int64_t l = L - 1; !s && l >= 0; l--) {
+    int k = layer_params(m, l, n, params, idx), first = l > 0;
+    if (first) targets[0] = xs[l];
+    for (int j = 0; j < k; j++) targets[first + j] = params[idx[j]];
+    if (!k && !first) break;
+    wk_set_trainable(xs[l], first);
+    wk_scope_begin();
+    wk_tensor *y = wk_llama_block(m, l, xs[l], 0);
+    wk_tensor *seed = wk_sum(wk_mul(y, wk_stop_gradient(g)), 0, NULL, 0);
+    float unused;
+    s = wk_value_and_grad(seed, first + k, targets, gs, &unused);
+    for (int j = 0; !s && j < first + k; j++) wk_keep(gs[j]);
+    wk_scope_end();
+    wk_set_trainable(xs[l], 0);
+    if (s) break;
+    for (int j = 0; j < k; j++) grads[idx[j]] = gs[first + j];
+    wk_tensor_free(g);
+    g = first ? gs[0] : NULL;
+  }
+  wk_tensor_free(g);
+  for (int i = 0; !s && i < n; i++)   // a tensor no layer reads gets a zero gradient
+    if (!grads[i]) grads[i] = wk_keep(wk_zeros(wk_ndim(params[i]), wk_shape(params[i]), WK_F32));
+  wk_scope_end();
+  for (int64_t l = 0; xs && l <= L; l++) wk_tensor_free(xs[l]);
+  for (int i = 0; i < n; i++) {   // like wk_value_and_grad's: the caller's scope owns them
+    if (s) wk_tensor_free(grads[i]), grads[i] = NULL;
+    else wk_node_finish(grads[i]);
+  }
+  free(xs);
+  free(targets);
+  free(gs);
+  free(idx);
+  return s;
 }

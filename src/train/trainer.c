@@ -168,8 +168,10 @@ static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, ba
   wk_adapter_params(t->a, t->params);
   wk_scope_begin();
   wk_tensor **g = calloc((size_t)t->n, sizeof *g);
-  wk_tensor *l = wk_causal_lm_loss(t->m, b->ids, b->labels);
-  s = g ? wk_value_and_grad(l, t->n, t->params, g, loss) : wk_error(WK_ERR_OOM, "train: out of memory");
+  if (!g) s = wk_error(WK_ERR_OOM, "train: out of memory");
+  else if (o->grad_checkpoint) {
+    s = wk_causal_lm_value_and_grad_ckpt(t->m, b->ids, b->labels, t->n, t->params, g, loss);
+  } else s = wk_value_and_grad(wk_causal_lm_loss(t->m, b->ids, b->labels), t->n, t->params, g, loss);
   for (int i = 0; !s && i < t->n; i++) {
     // accumulate the sum; the optimizer scales by 1 / grad_accum
     wk_tensor *sum = wk_keep(t->acc[i] ? wk_add(t->acc[i], g[i]) : g[i]);   // the scope's reference moves here
