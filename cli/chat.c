@@ -79,7 +79,7 @@ static int converse(const char *C, wk_chat_session *s, const wk_generate_params 
 }
 
 int wick_chat_main(int argc, char **argv) {
-  const char *C = "chat", *model = NULL, *system = NULL, *v;
+  const char *C = "chat", *model = NULL, *system = NULL, *adapter = NULL, *v;
   wk_generate_params gp = wk_generate_defaults();
   gp.sampler.temperature = 0.8f;
   bool json = false, chatml = false;
@@ -92,14 +92,16 @@ int wick_chat_main(int argc, char **argv) {
     int g = cli_gen_option(C, argc, argv, &i, &gp, stops, &n_stop);
     if (g == 2) { rc = 2; goto out; }
     if (g) continue;
-    if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--system")) {
+    if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--system") || !strcmp(a, "--adapter")) {
       if (!(v = cli_opt_value(C, argc, argv, &i))) { rc = 2; goto out; }
-      if (a[2] == 's') system = v; else model = v;
+      if (a[2] == 's') system = v;
+      else if (a[2] == 'a') adapter = v;
+      else model = v;
     }
     else if (!strcmp(a, "--chatml")) chatml = true;
     else if (!strcmp(a, "--json")) json = true;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick chat [-m MODEL] [--system TEXT] [--chatml] [--json]\n" CLI_GEN_USAGE
+      printf("usage: wick chat [-m MODEL] [--adapter DIR] [--system TEXT] [--chatml] [--json]\n" CLI_GEN_USAGE
              "  one user turn per stdin line; /reset starts over, /exit or EOF ends\n"
              "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n"
              "  --system: the system prompt (default: the template's); --chatml: plain ChatML when\n"
@@ -119,13 +121,17 @@ int wick_chat_main(int argc, char **argv) {
   wk_tokenizer *tok = cli_load_tokenizer(model);
   wk_chat_template *tpl = NULL;
   wk_model *m = NULL;
+  wk_adapter *ad = NULL;
   wk_chat_session *s = NULL;
   if (!tok) { rc = cli_lib_error(C); goto done; }
   if (!(tpl = wk_chat_template_from_tokenizer(tok, chatml ? WK_CHAT_FALLBACK_CHATML : 0))) {
     rc = cli_user_error(C, "%s (--chatml renders plain ChatML instead)", wk_last_error());
     goto done;
   }
-  if (!(m = wk_model_load(model)) || !(s = wk_chat_session_new(m, tok, tpl, system))) { rc = cli_lib_error(C); goto done; }
+  if (!(m = cli_load_model(model, adapter, &ad)) || !(s = wk_chat_session_new(m, tok, tpl, system))) {
+    rc = cli_lib_error(C);
+    goto done;
+  }
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;   // no SA_RESTART: Ctrl-C at the prompt ends the read
@@ -133,7 +139,7 @@ int wick_chat_main(int argc, char **argv) {
   rc = converse(C, s, &gp, json);
 done:
   wk_chat_session_free(s);
-  wk_model_free(m);
+  cli_model_free(m, ad);
   wk_chat_template_free(tpl);
   wk_tokenizer_free(tok);
 out:

@@ -145,3 +145,22 @@ void cli_json_string(FILE *f, const char *s, size_t n) {
   }
   fputc('"', f);
 }
+
+wk_model *cli_load_model(const char *path, const char *adapter_dir, wk_adapter **adapter) {
+  *adapter = NULL;
+  wk_model *m = wk_model_load(path);
+  if (!m || !adapter_dir) return m;
+  *adapter = wk_adapter_load(m, adapter_dir);
+  if (!*adapter || wk_model_use_adapter(m, *adapter)) {
+    wk_adapter_free(*adapter);
+    *adapter = NULL;
+    wk_model_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+void cli_model_free(wk_model *m, wk_adapter *adapter) {
+  wk_adapter_free(adapter);   // before its model
+  wk_model_free(m);
+}

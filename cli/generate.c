@@ -67,8 +67,8 @@ static int encode_prompts(const char *C, const wk_tokenizer *tok, size_t np, con
   return 0;
 }
 
-static int run(const char *C, const char *model, size_t np, const char **prompts, bool special, bool json,
-               const wk_generate_params *gp) {
+static int run(const char *C, const char *model, const char *adapter, size_t np, const char **prompts, bool special,
+               bool json, const wk_generate_params *gp) {
   wk_tokenizer *tok = cli_load_tokenizer(model);
   if (!tok) return cli_lib_error(C);
   int32_t **ids = calloc(np, sizeof *ids);
@@ -76,9 +76,10 @@ static int run(const char *C, const char *model, size_t np, const char **prompts
   wk_generate_result *r = calloc(np, sizeof *r);
   gen_ctx g = {json, np > 1, calloc(np, sizeof(text_buf)), false};
   wk_model *m = NULL;
+  wk_adapter *ad = NULL;
   int rc = !ids || !n || !r || !g.texts ? cli_user_error(C, "out of memory") : 0;
   if (!rc) rc = encode_prompts(C, tok, np, prompts, special, ids, n);
-  if (!rc && !(m = wk_model_load(model))) rc = cli_lib_error(C);
+  if (!rc && !(m = cli_load_model(model, adapter, &ad))) rc = cli_lib_error(C);
   if (!rc) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -102,13 +103,13 @@ static int run(const char *C, const char *model, size_t np, const char **prompts
   free(n);
   free(r);
   free(g.texts);
-  wk_model_free(m);
+  cli_model_free(m, ad);
   wk_tokenizer_free(tok);
   return rc;
 }
 
 int wick_generate_main(int argc, char **argv) {
-  const char *C = "generate", *model = NULL, *v;
+  const char *C = "generate", *model = NULL, *adapter = NULL, *v;
   wk_generate_params gp = wk_generate_defaults();
   gp.sampler.temperature = 0.8f;
   bool json = false, special = true;
@@ -124,10 +125,15 @@ int wick_generate_main(int argc, char **argv) {
       else if (a[1] == 'm' || a[2] == 'm') model = v;
       else prompts[np++] = v;
     }
+    else if (!strcmp(a, "--adapter")) {
+      if (!(v = cli_opt_value(C, argc, argv, &i))) rc = 2;
+      else adapter = v;
+    }
     else if (!strcmp(a, "--json")) json = true;
     else if (!strcmp(a, "--no-special")) special = false;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick generate [-m MODEL] -p PROMPT [-p PROMPT]... [--no-special] [--json]\n" CLI_GEN_USAGE
+      printf("usage: wick generate [-m MODEL] [--adapter DIR] -p PROMPT [-p PROMPT]... [--no-special] [--json]\n"
+             CLI_GEN_USAGE "  --adapter: a PEFT LoRA adapter directory (wick train's output) applied to MODEL\n"
              "  several -p: the prompts decode as one batch (--json: each token and summary has \"seq\")\n"
              "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n");
       goto out;
@@ -145,7 +151,7 @@ int wick_generate_main(int argc, char **argv) {
   if (cli_check_path(C, model, dflt) || cli_check_tokenizer(C, model)) { rc = 2; goto out; }
   gp.stop = stops;
   gp.n_stop = n_stop;
-  rc = run(C, model, np, prompts, special, json, &gp);
+  rc = run(C, model, adapter, np, prompts, special, json, &gp);
 out:
   free(stops);
   free(prompts);

@@ -352,6 +352,21 @@ static void text_formats(void) {
   free(text);
   wk_dataset_free(d);
   wk_tokenizer_free(tok);
+  // wick generate --adapter: a zero-B adapter (lr 0) leaves greedy output unchanged; a
+  // bad adapter directory is named
+  char out[512], cmd[4096];
+  snprintf(out, sizeof out, "%s", tmp_path("zero_adapter"));
+  snprintf(cmd, sizeof cmd, "%s train -m %s --data %s -o %s --steps 1 --batch 1 --lr 0 --quiet > /dev/null 2>&1",
+           WICK_CLI, path, p, out);
+  CHECK(system(cmd) == 0, "train a zero adapter on SmolLM2");
+  snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'The capital of France is' -n 8 --temp 0 2>/dev/null > %s && "
+           "%s generate -m %s --adapter %s -p 'The capital of France is' -n 8 --temp 0 2>/dev/null > %s && cmp -s %s %s",
+           WICK_CLI, path, tmp_path("plain.txt"), WICK_CLI, path, out, tmp_path("adapted.txt"), tmp_path("plain.txt"),
+           tmp_path("adapted.txt"));
+  CHECK(system(cmd) == 0, "generate --adapter with a zero adapter = generate without");
+  snprintf(cmd, sizeof cmd, "%s generate -m %s --adapter /nonexistent/ad -p hi 2>&1 | grep -q /nonexistent/ad", WICK_CLI,
+           path);
+  CHECK(system(cmd) == 0, "a missing adapter directory is named");
 }
 
 // wick adapter info / merge through the CLI: runs, refuses to overwrite, names bad options.
