@@ -39,12 +39,14 @@ def prompt_text(llm, want):
 
 def llama_run(llm, toks, gen):
     import numpy as np
+    import llama_cpp
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(toks)
     t1 = time.perf_counter()
     for _ in range(gen):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)  # `scores` is kept only with logits_all
+        nxt = int(np.argmax(np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))))
         llm.eval([nxt])
     t2 = time.perf_counter()
     return len(toks) / (t1 - t0), gen / (t2 - t1)

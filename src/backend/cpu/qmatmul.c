@@ -49,15 +49,9 @@ typedef struct {
 // y[:, j0:j1] = x @ W[j0:j1, :]^T
 static void qmm_nt_task(void *vc, int64_t j0, int64_t j1, int tid) {
   const qmm *c = vc;
-  if (c->fused) { // decode: blocks expanded in registers, a panel's bytes prefetched ahead
-    for (int64_t j = j0; j < j1; j += c->panel) {
-      int64_t n = j1 - j < c->panel ? j1 - j : c->panel, ahead = j + n;
-      const char *nx = (const char *)c->w + (size_t)ahead * c->row_bytes;
-      size_t nbytes = (size_t)(j1 - ahead < c->panel ? j1 - ahead : c->panel) * c->row_bytes;
-      for (size_t o = 0; o < nbytes; o += 64) __builtin_prefetch(nx + o);
-      WK_ISA_FN(wk_cpu_qgemv)(c->dt, (int)c->M, c->K, n, c->x, c->K, c->w + (size_t)j * c->row_bytes, c->row_bytes,
-                              c->y + j, c->N);
-    }
+  if (c->fused) { // decode: blocks expanded in registers, rows prefetched ahead (qgemv.c)
+    WK_ISA_FN(wk_cpu_qgemv)(c->dt, (int)c->M, c->K, j1 - j0, c->x, c->K, c->w + (size_t)j0 * c->row_bytes,
+                            c->row_bytes, c->y + j0, c->N);
     return;
   }
   float *p = c->buf[tid];
@@ -134,7 +128,7 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
   }
   int64_t pw = trans ? c.K : grain * c.blk;
   float *bufs[64];
-  float *pool = malloc(sizeof(float) * (size_t)(c.panel * pw) * (size_t)T);
+  float *pool = malloc(sizeof(float) * (size_t)(c.fused ? 1 : c.panel * pw) * (size_t)T); // fused: no panels
   if (!pool || T > 64) {
     free(pool);
     free(dense);
