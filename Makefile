@@ -65,7 +65,7 @@ test-cuda-build: deps
 	  NVCC=$$(command -v nvcc || echo /usr/local/cuda/bin/nvcc); \
 	  cmake -S . -B $(CUDA_BUILD) -DCMAKE_BUILD_TYPE=Release -DWICK_CUDA=ON -DCMAKE_CUDA_COMPILER=$$NVCC \
 	    -DWICK_TEST_ALL_ISAS=OFF $(CMAKE_FLAGS) >/dev/null && \
-	  cmake --build $(CUDA_BUILD) -j $(JOBS) --target wick_cli test_cuda_backend cuda_bench && \
+	  cmake --build $(CUDA_BUILD) -j $(JOBS) --target wick_cli test_cuda_backend test_cuda_train cuda_bench && \
 	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 	    ctest --test-dir $(CUDA_BUILD) -L gpu --output-on-failure; \
 	  else echo "no GPU here: the CUDA backend was built; its tests run on a GPU machine (ctest -L gpu)"; fi; \

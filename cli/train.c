@@ -20,6 +20,7 @@ static const char *USAGE =
     "  --momentum M (SGD, 0.9)  --seed S (0)  --no-shuffle  --pack  --grad-checkpoint  --strict  --overwrite  --quiet\n"
     "  --init-adapter DIR (continue a PEFT adapter: rank, alpha, targets from its config)\n"
     "  --save-every N (0: at the end)  --keep N (2)  --resume DIR  --eval FILE  --eval-every N\n"
+    "  -d, --device cpu|cuda (cpu): where the model trains (GGUF blocks become f32 on the GPU)\n"
     "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n"
     "  FILE: JSONL lines {\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"} or {\"input_ids\"[,\"labels\"]}\n";
 
@@ -68,6 +69,7 @@ int wick_train_main(int argc, char **argv) {
   wk_train_options o = wk_train_defaults();
   wk_lora_config lc = wk_lora_defaults();
   bool strict = false, have_wd = false, quiet = false, pack = false;
+  wk_device device = WK_CPU;
   float f;
   long n;
 #define VAL() do { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; } while (0)
@@ -119,6 +121,11 @@ int wick_train_main(int argc, char **argv) {
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(USAGE, stdout); return 0; }
     else if (!strcmp(a, "--pack")) pack = true;
     else if (!strcmp(a, "--grad-checkpoint")) o.grad_checkpoint = true;
+    else if (!strcmp(a, "-d") || !strcmp(a, "--device")) {
+      VAL();
+      if (!strcmp(v, "cuda")) device = WK_CUDA;
+      else if (strcmp(v, "cpu")) return cli_user_error(C, "--device: unknown device '%s' (cpu or cuda)", v);
+    }
     else return cli_user_error(C, "unknown option '%s' (wick train --help lists them)", a);
   }
 #undef VAL
@@ -143,7 +150,12 @@ int wick_train_main(int argc, char **argv) {
   if (!cli_is_dir(model) || !stat(tj, &sb)) tok = cli_load_tokenizer(model);   // none: {"input_ids"} data only
   wk_clear_error();
   wk_model *m = wk_model_load(model);
-  if (!m) return cli_lib_error(C);
+  if (!m || (device != WK_CPU && wk_model_to_device(m, device))) {
+    rc = cli_lib_error(C);
+    wk_model_free(m);
+    wk_tokenizer_free(tok);
+    return rc;
+  }
   int64_t vocab = wk_model_get_config(m)->vocab_size;
   // packed: examples are joined first, so only the pieces are cut at seq_len
   wk_dataset_options dopt = {.max_len = pack ? 0 : o.seq_len, .strict = strict, .warn = on_warn};

@@ -117,6 +117,11 @@ const char *wk_proj_name(wk_proj p);
 // Projection p's weight is [out, in].
 void wk_model_proj_dims(const wk_model *m, wk_proj p, int64_t *out, int64_t *in);
 
+// Moves every weight to dev (WK_CUDA: GGUF blocks are dequantized to f32 on the way,
+// as the GPU kernels read floats). All or nothing: on failure the model is unchanged.
+wk_status wk_model_to_device(wk_model *m, wk_device dev);
+wk_device wk_model_device(const wk_model *m);   // where the weights are
+
 // Writes the model as a Hugging Face directory: config.json and model.safetensors with
 // HF tensor names and row order (llama GGUF q/k rows unpermuted), every tensor in dt
 // (f32, f16 or bf16; quantized blocks dequantized, never requantized). Each file is

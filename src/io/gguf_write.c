@@ -78,7 +78,8 @@ wk_status wk_gguf_writer_tensor(wk_gguf_writer *w, const char *name, wk_tensor *
     w->cap = cap;
   }
   wk_scope_begin();
-  wk_tensor *c = wk_keep(wk_contiguous(wk_tensor_dtype(t) == dt ? t : wk_cast(t, dt)));
+  wk_tensor *c = wk_contiguous(wk_tensor_dtype(t) == dt ? t : wk_cast(t, dt));
+  c = wk_keep(c && wk_tensor_device(c) != WK_CPU ? wk_to_device(c, WK_CPU) : c);
   wk_scope_end();
   if (!c || wk_eval(1, &c)) { wk_tensor_free(c); return WK_ERR_STATE; }
   w->names[w->n] = strdup(name);

@@ -94,8 +94,16 @@ wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tenso
     for (int i = 1; i < n && !s; i++)
       if (!strcmp(it[i - 1].name, it[i].name)) s = wk_error(WK_ERR_ARG, "%s: tensor name \"%.200s\" given twice", path, it[i].name);
   }
+  // Tensors on another device are copied to the host first.
+  wk_tensor **host = calloc((size_t)(n ? n : 1), sizeof *host);
+  if (!s && !host) s = wk_error(WK_ERR_OOM, "%s: out of memory", path);
+  for (int i = 0; i < n && !s; i++) {
+    host[i] = wk_tensor_device(it[i].t) == WK_CPU ? wk_tensor_ref(it[i].t) : wk_keep(wk_to_device(it[i].t, WK_CPU));
+    if (!host[i]) s = WK_ERR_DEVICE;
+    else it[i].t = host[i];
+  }
   // Evaluate before touching the file system: a graph that fails leaves nothing behind.
-  if (!s && n && wk_eval(n, tensors)) {
+  if (!s && n && wk_eval(n, host)) {
     char why[900];
     snprintf(why, sizeof why, "%s", wk_last_error());
     s = wk_error(WK_ERR_STATE, "%s: not saved: evaluating the tensors failed: %s", path, why);
@@ -113,7 +121,13 @@ wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tenso
   if (!s && n > 1) qsort(it, (size_t)n, sizeof *it, cmp_item);
   wk_jbuf h = {0};
   if (!s) s = build_header(path, it, n, metadata, &h);
-  if (s) { free(it); wk_jbuf_free(&h); return s; }
+  if (s) {
+    for (int i = 0; host && i < n; i++) wk_tensor_free(host[i]);
+    free(host);
+    free(it);
+    wk_jbuf_free(&h);
+    return s;
+  }
 
   // header length, header, then each tensor's bytes
   const void **pieces = malloc(sizeof *pieces * (size_t)(n + 2));
@@ -128,6 +142,8 @@ wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tenso
   }
   free(pieces);
   free(lens);
+  for (int i = 0; i < n; i++) wk_tensor_free(host[i]);
+  free(host);
   free(it);
   wk_jbuf_free(&h);
   return s;

@@ -109,6 +109,47 @@ static void free_weights(wk_model *m) {
   m->embed = m->norm = m->lm_head = NULL;
 }
 
+// Moves one weight (NULL is fine) to dev, evaluated; quantized blocks are dequantized
+// to f32 first, as no device kernel reads them.
+static wk_tensor *moved(wk_tensor *w, wk_device dev) {
+  if (!w || wk_tensor_device(w) == dev) return w ? wk_tensor_ref(w) : NULL;
+  wk_scope_begin();
+  wk_tensor *src = wk_dtype_is_quantized(wk_tensor_dtype(w)) ? wk_cast(w, WK_F32) : w;
+  wk_tensor *r = wk_keep(wk_to_device(src, dev));
+  wk_scope_end();
+  if (r && wk_eval(1, &r)) { wk_tensor_free(r); r = NULL; }
+  return r;
+}
+
+wk_status wk_model_to_device(wk_model *m, wk_device dev) {
+  if (!m) return wk_error(WK_ERR_ARG, "model_to_device: model is NULL");
+  if (!wk_device_available(dev)) return wk_error(WK_ERR_DEVICE, "model_to_device: %s is not available here", wk_device_name(dev));
+  // every weight slot: embed, norm, lm_head, then each layer's tensors
+  size_t per = sizeof(wk_llama_layer) / sizeof(wk_tensor *), n = 3 + per * (size_t)m->cfg.num_hidden_layers;
+  wk_tensor ***slots = malloc(sizeof *slots * n), **next = calloc(n, sizeof *next);
+  if (!slots || !next) { free(slots); free(next); return wk_error(WK_ERR_OOM, "model_to_device: out of memory"); }
+  slots[0] = &m->embed, slots[1] = &m->norm, slots[2] = &m->lm_head;
+  for (int64_t i = 0; i < m->cfg.num_hidden_layers; i++)
+    for (size_t j = 0; j < per; j++) slots[3 + (size_t)i * per + j] = (wk_tensor **)&m->layers[i] + j;
+  wk_status s = WK_OK;
+  bool tied = m->lm_head == m->embed;
+  for (size_t k = 0; k < n && !s; k++) {
+    if (k == 2 && tied) continue;
+    if (*slots[k] && !(next[k] = moved(*slots[k], dev))) s = WK_ERR_DEVICE;
+  }
+  if (!s && tied) next[2] = wk_tensor_ref(next[0]);
+  for (size_t k = 0; k < n; k++) {   // swap in all or nothing
+    if (s) { wk_tensor_free(next[k]); continue; }
+    wk_tensor_free(*slots[k]);
+    *slots[k] = next[k];
+  }
+  free(slots);
+  free(next);
+  return s;
+}
+
+wk_device wk_model_device(const wk_model *m) { return m && m->embed ? wk_tensor_device(m->embed) : WK_CPU; }
+
 // Everything wick doesn't implement yet fails at load rather than giving wrong logits.
 static wk_status check_supported(const wk_model_config *c, const char *path) {
   if (c->arch != WK_ARCH_LLAMA && c->arch != WK_ARCH_QWEN2)

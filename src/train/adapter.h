@@ -19,7 +19,8 @@ struct wk_adapter {
 
 // An empty adapter for m (config checked); fill it with wk_adapter_put.
 wk_adapter *wk_adapter_alloc(wk_model *m, const wk_lora_config *c);
-// Installs A [r, in] and B [out, r] (evaluated f32; the adapter takes the references)
-// for projection p of layer l, named and marked trainable.
+// Installs A [r, in] and B [out, r] (evaluated f32; moved to the model's device) for
+// projection p of layer l, named and marked trainable. Takes the references, also on
+// failure.
 wk_status wk_adapter_put(wk_adapter *a, int64_t l, wk_proj p, wk_tensor *A, wk_tensor *B);
 wk_status wk_lora_check_config(const wk_lora_config *c, const char *who);

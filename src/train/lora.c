@@ -98,17 +98,38 @@ static void peft_name(char *buf, size_t len, int64_t l, wk_proj p, char ab) {
            ab);
 }
 
+// t (an owned reference) on the model's device, evaluated; NULL on failure (t freed).
+static wk_tensor *to_model_device(const wk_adapter *a, wk_tensor *t) {
+  wk_device dev = wk_model_device(a->model);
+  if (!t || wk_tensor_device(t) == dev) return t;
+  wk_scope_begin();
+  wk_tensor *r = wk_keep(wk_to_device(t, dev));
+  wk_scope_end();
+  wk_tensor_free(t);
+  if (r && wk_eval(1, &r)) { wk_tensor_free(r); r = NULL; }
+  return r;
+}
+
 wk_status wk_adapter_put(wk_adapter *a, int64_t l, wk_proj p, wk_tensor *A, wk_tensor *B) {
   size_t i = (size_t)(l * WK_PROJ_COUNT + p);
-  char name[160];
-  for (int k = 0; k < 2; k++) {
-    wk_tensor *t = k ? B : A;
-    peft_name(name, sizeof name, l, p, k ? 'B' : 'A');
-    a->names[a->n_params] = strdup(name);
-    if (!a->names[a->n_params]) return wk_error(WK_ERR_OOM, "LoRA adapter: out of memory");
-    wk_set_trainable(t, 1);
-    a->params[a->n_params++] = t;
+  A = to_model_device(a, A);
+  B = to_model_device(a, B);
+  char name[2][160];
+  peft_name(name[0], sizeof name[0], l, p, 'A');
+  peft_name(name[1], sizeof name[1], l, p, 'B');
+  char *n0 = A && B ? strdup(name[0]) : NULL, *n1 = n0 ? strdup(name[1]) : NULL;
+  if (!n1) {   // the references are consumed either way
+    free(n0);
+    wk_tensor_free(A);
+    wk_tensor_free(B);
+    return A && B ? wk_error(WK_ERR_OOM, "LoRA adapter: out of memory") : WK_ERR_DEVICE;
   }
+  wk_set_trainable(A, 1);
+  wk_set_trainable(B, 1);
+  a->names[a->n_params] = n0;
+  a->params[a->n_params++] = A;
+  a->names[a->n_params] = n1;
+  a->params[a->n_params++] = B;
   a->hook.A[i] = A;
   a->hook.B[i] = B;
   return WK_OK;
@@ -135,9 +156,13 @@ wk_adapter *wk_adapter_new(wk_model *m, const wk_lora_config *c) {
       wk_tensor *A = wk_keep(wk_rand(2, (int64_t[]){c->rank, in}, WK_F32, -bound, bound,
                                      seed_of(c->seed, (uint64_t)(l * WK_PROJ_COUNT + p))));
       wk_tensor *B = wk_keep(wk_zeros(2, (int64_t[]){out, c->rank}, WK_F32));
-      if (!A || !B || wk_eval(2, (wk_tensor *[]){A, B}) || wk_adapter_put(a, l, (wk_proj)p, A, B)) {
+      if (!A || !B || wk_eval(2, (wk_tensor *[]){A, B})) {
         wk_tensor_free(A);
         wk_tensor_free(B);
+        wk_adapter_free(a);
+        return NULL;
+      }
+      if (wk_adapter_put(a, l, (wk_proj)p, A, B)) {   // put consumed A and B
         wk_adapter_free(a);
         return NULL;
       }
@@ -183,7 +208,8 @@ wk_status wk_adapter_set_param(wk_adapter *a, int i, wk_tensor *t) {
       wk_dim(t, 1) != wk_dim(old, 1))
     return wk_error(WK_ERR_SHAPE, "adapter_set_param: %s is %s, expected %s", a->names[i],
                     t ? wk_shape_str(t, x, sizeof x) : "NULL", wk_shape_str(old, y, sizeof y));
-  wk_tensor_ref(t);
+  t = to_model_device(a, wk_tensor_ref(t));
+  if (!t) return WK_ERR_DEVICE;
   wk_set_trainable(t, 1);
   // parameter i is A or B of slot i / 2 in put order: find the hook entry holding old
   for (int64_t s = 0; s < a->n_layers * WK_PROJ_COUNT; s++) {

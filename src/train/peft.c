@@ -210,11 +210,12 @@ static wk_status load_tensors(wk_adapter *a, wk_st_file *f, const char *path, un
         wk_tensor_free(B);
         B = Bm && !wk_eval(1, &Bm) ? Bm : NULL;
       }
-      if (!A || !B || wk_adapter_put(a, l, (wk_proj)p, A, B)) {
+      if (!A || !B) {
         wk_tensor_free(A);
         wk_tensor_free(B);
         return WK_ERR_ARG;
       }
+      if (wk_adapter_put(a, l, (wk_proj)p, A, B)) return WK_ERR_ARG;   // put consumed A and B
       *found |= 1u << p;
     }
   if (!*found) return wk_error(WK_ERR_ARG, "%s: no LoRA tensors", path);

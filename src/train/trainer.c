@@ -75,7 +75,8 @@ typedef struct {
   int64_t real;      // non-padding tokens
 } batch_t;
 
-static wk_status make_batch(const wk_dataset *d, const int64_t *idx, int nb, int64_t seq_len, batch_t *b) {
+static wk_status make_batch(const wk_dataset *d, const int64_t *idx, int nb, int64_t seq_len, wk_device dev,
+                            batch_t *b) {
   int64_t T = 2;
   for (int i = 0; i < nb; i++) {
     int64_t n = wk_dataset_get(d, idx[i])->n;
@@ -100,6 +101,12 @@ static wk_status make_batch(const wk_dataset *d, const int64_t *idx, int nb, int
   b->labels = wk_keep(wk_from_data(2, (int64_t[]){nb, T}, WK_I32, lab));
   free(ids);
   free(lab);
+  for (int k = 0; k < 2 && dev != WK_CPU; k++) {   // the batch goes where the model is
+    wk_tensor **t = k ? &b->labels : &b->ids;
+    wk_tensor *moved = *t ? wk_keep(wk_to_device(*t, dev)) : NULL;
+    wk_tensor_free(*t);
+    *t = moved;
+  }
   if (!b->ids || !b->labels) {
     wk_tensor_free(b->ids);
     wk_tensor_free(b->labels);
@@ -129,7 +136,7 @@ wk_status wk_eval_loss(wk_model *m, const wk_dataset *d, int batch, float *loss)
     int nb = (int)(n - at < batch ? n - at : batch);
     for (int i = 0; i < nb; i++) idx[i] = at + i;
     batch_t b;
-    if ((s = make_batch(d, idx, nb, INT64_MAX, &b))) break;
+    if ((s = make_batch(d, idx, nb, INT64_MAX, wk_model_device(m), &b))) break;
     wk_scope_begin();
     float v = wk_item(wk_causal_lm_loss(m, b.ids, b.labels));
     wk_scope_end();
@@ -161,7 +168,7 @@ static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, ba
   if (!idx) return wk_error(WK_ERR_OOM, "train: out of memory");
   int64_t first = ((step - 1) * o->grad_accum + micro) * o->batch;
   for (int i = 0; i < o->batch; i++) idx[i] = order_at(&t->ord, first + i);
-  wk_status s = make_batch(t->data, idx, o->batch, o->seq_len, b);
+  wk_status s = make_batch(t->data, idx, o->batch, o->seq_len, wk_model_device(t->m), b);
   free(idx);
   if (s) return s;
   wk_adapter_set_training(t->a, true, mix(o->seed ^ mix((uint64_t)(step * o->grad_accum + micro))));
