@@ -80,6 +80,7 @@ static int converse(const char *C, wk_chat_session *s, const wk_generate_params 
 
 int wick_chat_main(int argc, char **argv) {
   const char *C = "chat", *model = NULL, *system = NULL, *adapter = NULL, *v;
+  wk_device dev = WK_CPU;
   wk_generate_params gp = wk_generate_defaults();
   gp.sampler.temperature = 0.8f;
   bool json = false, chatml = false;
@@ -99,9 +100,12 @@ int wick_chat_main(int argc, char **argv) {
       else model = v;
     }
     else if (!strcmp(a, "--chatml")) chatml = true;
+    else if (!strcmp(a, "-d") || !strcmp(a, "--device")) {
+      if (!(v = cli_opt_value(C, argc, argv, &i)) || cli_parse_device(C, v, &dev)) { rc = 2; goto out; }
+    }
     else if (!strcmp(a, "--json")) json = true;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick chat [-m MODEL] [--adapter DIR] [--system TEXT] [--chatml] [--json]\n" CLI_GEN_USAGE
+      printf("usage: wick chat [-m MODEL] [-d cpu|cuda] [--adapter DIR] [--system TEXT] [--chatml] [--json]\n" CLI_GEN_USAGE
              "  one user turn per stdin line; /reset starts over, /exit or EOF ends\n"
              "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n"
              "  --system: the system prompt (default: the template's); --chatml: plain ChatML when\n"
@@ -128,7 +132,7 @@ int wick_chat_main(int argc, char **argv) {
     rc = cli_user_error(C, "%s (--chatml renders plain ChatML instead)", wk_last_error());
     goto done;
   }
-  if (!(m = cli_load_model(model, adapter, &ad)) || !(s = wk_chat_session_new(m, tok, tpl, system))) {
+  if (!(m = cli_load_model(model, dev, adapter, &ad)) || !(s = wk_chat_session_new(m, tok, tpl, system))) {
     rc = cli_lib_error(C);
     goto done;
   }

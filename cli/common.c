@@ -146,9 +146,13 @@ void cli_json_string(FILE *f, const char *s, size_t n) {
   fputc('"', f);
 }
 
-wk_model *cli_load_model(const char *path, const char *adapter_dir, wk_adapter **adapter) {
+wk_model *cli_load_model(const char *path, wk_device dev, const char *adapter_dir, wk_adapter **adapter) {
   *adapter = NULL;
   wk_model *m = wk_model_load(path);
+  if (m && dev != WK_CPU && wk_model_to_device(m, dev)) {
+    wk_model_free(m);
+    return NULL;
+  }
   if (!m || !adapter_dir) return m;
   *adapter = wk_adapter_load(m, adapter_dir);
   if (!*adapter || wk_model_use_adapter(m, *adapter)) {
@@ -163,4 +167,11 @@ wk_model *cli_load_model(const char *path, const char *adapter_dir, wk_adapter *
 void cli_model_free(wk_model *m, wk_adapter *adapter) {
   wk_adapter_free(adapter);   // before its model
   wk_model_free(m);
+}
+
+int cli_parse_device(const char *cmd, const char *v, wk_device *dev) {
+  if (!strcmp(v, "cpu")) *dev = WK_CPU;
+  else if (!strcmp(v, "cuda")) *dev = WK_CUDA;
+  else return cli_user_error(cmd, "--device: unknown device '%s' (cpu or cuda)", v);
+  return 0;
 }

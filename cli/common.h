@@ -25,9 +25,11 @@ bool cli_is_gguf(const char *path);
 wk_tokenizer *cli_load_tokenizer(const char *path);
 // 0 unless path is a directory without tokenizer.json (then a user error, 2).
 int cli_check_tokenizer(const char *cmd, const char *path);
-// Loads the model at path and, when adapter_dir is not NULL, a PEFT LoRA adapter for it
-// (made active; freed by cli_model_free). NULL with wk_last_error() set.
-wk_model *cli_load_model(const char *path, const char *adapter_dir, wk_adapter **adapter);
+// Loads the model at path onto dev and, when adapter_dir is not NULL, a PEFT LoRA
+// adapter for it (made active; freed by cli_model_free). NULL with wk_last_error() set.
+wk_model *cli_load_model(const char *path, wk_device dev, const char *adapter_dir, wk_adapter **adapter);
+// "-d"/"--device" values: "cpu" or "cuda" into *dev; 2 after a user error.
+int cli_parse_device(const char *cmd, const char *v, wk_device *dev);
 void cli_model_free(wk_model *m, wk_adapter *adapter);
 // 1 if s[0..n) is valid UTF-8.
 bool cli_utf8_valid(const char *s, size_t n);

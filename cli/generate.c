@@ -67,8 +67,8 @@ static int encode_prompts(const char *C, const wk_tokenizer *tok, size_t np, con
   return 0;
 }
 
-static int run(const char *C, const char *model, const char *adapter, size_t np, const char **prompts, bool special,
-               bool json, const wk_generate_params *gp) {
+static int run(const char *C, const char *model, wk_device dev, const char *adapter, size_t np, const char **prompts,
+               bool special, bool json, const wk_generate_params *gp) {
   wk_tokenizer *tok = cli_load_tokenizer(model);
   if (!tok) return cli_lib_error(C);
   int32_t **ids = calloc(np, sizeof *ids);
@@ -79,7 +79,7 @@ static int run(const char *C, const char *model, const char *adapter, size_t np,
   wk_adapter *ad = NULL;
   int rc = !ids || !n || !r || !g.texts ? cli_user_error(C, "out of memory") : 0;
   if (!rc) rc = encode_prompts(C, tok, np, prompts, special, ids, n);
-  if (!rc && !(m = cli_load_model(model, adapter, &ad))) rc = cli_lib_error(C);
+  if (!rc && !(m = cli_load_model(model, dev, adapter, &ad))) rc = cli_lib_error(C);
   if (!rc) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -110,6 +110,7 @@ static int run(const char *C, const char *model, const char *adapter, size_t np,
 
 int wick_generate_main(int argc, char **argv) {
   const char *C = "generate", *model = NULL, *adapter = NULL, *v;
+  wk_device dev = WK_CPU;
   wk_generate_params gp = wk_generate_defaults();
   gp.sampler.temperature = 0.8f;
   bool json = false, special = true;
@@ -129,10 +130,14 @@ int wick_generate_main(int argc, char **argv) {
       if (!(v = cli_opt_value(C, argc, argv, &i))) rc = 2;
       else adapter = v;
     }
+    else if (!strcmp(a, "-d") || !strcmp(a, "--device")) {
+      if (!(v = cli_opt_value(C, argc, argv, &i))) rc = 2;
+      else rc = cli_parse_device(C, v, &dev);
+    }
     else if (!strcmp(a, "--json")) json = true;
     else if (!strcmp(a, "--no-special")) special = false;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick generate [-m MODEL] [--adapter DIR] -p PROMPT [-p PROMPT]... [--no-special] [--json]\n"
+      printf("usage: wick generate [-m MODEL] [-d cpu|cuda] [--adapter DIR] -p PROMPT [-p PROMPT]... [--no-special] [--json]\n"
              CLI_GEN_USAGE "  --adapter: a PEFT LoRA adapter directory (wick train's output) applied to MODEL\n"
              "  several -p: the prompts decode as one batch (--json: each token and summary has \"seq\")\n"
              "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n");
@@ -151,7 +156,7 @@ int wick_generate_main(int argc, char **argv) {
   if (cli_check_path(C, model, dflt) || cli_check_tokenizer(C, model)) { rc = 2; goto out; }
   gp.stop = stops;
   gp.n_stop = n_stop;
-  rc = run(C, model, adapter, np, prompts, special, json, &gp);
+  rc = run(C, model, dev, adapter, np, prompts, special, json, &gp);
 out:
   free(stops);
   free(prompts);

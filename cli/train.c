@@ -121,11 +121,7 @@ int wick_train_main(int argc, char **argv) {
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(USAGE, stdout); return 0; }
     else if (!strcmp(a, "--pack")) pack = true;
     else if (!strcmp(a, "--grad-checkpoint")) o.grad_checkpoint = true;
-    else if (!strcmp(a, "-d") || !strcmp(a, "--device")) {
-      VAL();
-      if (!strcmp(v, "cuda")) device = WK_CUDA;
-      else if (strcmp(v, "cpu")) return cli_user_error(C, "--device: unknown device '%s' (cpu or cuda)", v);
-    }
+    else if (!strcmp(a, "-d") || !strcmp(a, "--device")) { VAL(); if (cli_parse_device(C, v, &device)) return 2; }
     else return cli_user_error(C, "unknown option '%s' (wick train --help lists them)", a);
   }
 #undef VAL

@@ -199,6 +199,11 @@ static wk_tensor *step(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t 
   if (!t) return NULL;
   wk_tensor *lg = wk_model_forward_cached(m, t, c);
   wk_tensor_free(t);
+  if (lg && wk_tensor_device(lg) != WK_CPU) {   // the sampler reads the logits on the host
+    wk_tensor *host = wk_keep(wk_to_device(lg, WK_CPU));
+    wk_tensor_free(lg);
+    lg = host;
+  }
   if (lg && !wk_tensor_data(lg)) { wk_tensor_free(lg); return NULL; }
   return lg;
 }

@@ -541,6 +541,9 @@ wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) {
 
 static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
                           wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
+  wk_device dev = wk_model_device(m);   // host ids and masks follow the weights
+  if (wk_tensor_device(ids) != dev) ids = wk_to_device(ids, dev);
+  if (mask && wk_tensor_device(mask) != dev) mask = wk_to_device(mask, dev);
   wk_tensor *x = wk_llama_embed(m, ids);   // [B, T, H]
   for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, pastk, pastv, newk, newv, mask, kvdt);
   return wk_llama_head(m, x);               // [B, T, V]
