@@ -67,9 +67,10 @@ static int encode_prompts(const char *C, const wk_tokenizer *tok, size_t np, con
   return 0;
 }
 
-static int run(const char *C, const char *model, wk_device dev, const char *adapter, size_t np, const char **prompts,
+static int run(const char *C, const char *model, const char *tokenizer, wk_device dev, const char *adapter, size_t np,
+               const char **prompts,
                bool special, bool json, const wk_generate_params *gp) {
-  wk_tokenizer *tok = cli_load_tokenizer(model);
+  wk_tokenizer *tok = cli_load_tokenizer(tokenizer ? tokenizer : model);
   if (!tok) return cli_lib_error(C);
   int32_t **ids = calloc(np, sizeof *ids);
   size_t *n = calloc(np, sizeof *n);
@@ -109,7 +110,7 @@ static int run(const char *C, const char *model, wk_device dev, const char *adap
 }
 
 int wick_generate_main(int argc, char **argv) {
-  const char *C = "generate", *model = NULL, *adapter = NULL, *v;
+  const char *C = "generate", *model = NULL, *adapter = NULL, *tokenizer = NULL, *v;
   wk_device dev = WK_CPU;
   wk_generate_params gp = wk_generate_defaults();
   gp.sampler.temperature = 0.8f;
@@ -134,11 +135,16 @@ int wick_generate_main(int argc, char **argv) {
       if (!(v = cli_opt_value(C, argc, argv, &i))) rc = 2;
       else rc = cli_parse_device(C, v, &dev);
     }
+    else if (!strcmp(a, "--tokenizer")) {
+      if (!(v = cli_opt_value(C, argc, argv, &i))) rc = 2;
+      else tokenizer = v;
+    }
     else if (!strcmp(a, "--json")) json = true;
     else if (!strcmp(a, "--no-special")) special = false;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       printf("usage: wick generate [-m MODEL] [-d cpu|cuda] [--adapter DIR] -p PROMPT [-p PROMPT]... [--no-special] [--json]\n"
              CLI_GEN_USAGE "  --adapter: a PEFT LoRA adapter directory (wick train's output) applied to MODEL\n"
+             "  --tokenizer PATH: a tokenizer.json or .gguf to use instead of MODEL's own\n"
              "  several -p: the prompts decode as one batch (--json: each token and summary has \"seq\")\n"
              "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n");
       goto out;
@@ -153,10 +159,13 @@ int wick_generate_main(int argc, char **argv) {
   }
   bool dflt = !model;
   if (!model) model = WICK_DEFAULT_LM;
-  if (cli_check_path(C, model, dflt) || cli_check_tokenizer(C, model)) { rc = 2; goto out; }
+  if (cli_check_path(C, model, dflt) || (tokenizer ? cli_check_path(C, tokenizer, false) : cli_check_tokenizer(C, model))) {
+    rc = 2;
+    goto out;
+  }
   gp.stop = stops;
   gp.n_stop = n_stop;
-  rc = run(C, model, dev, adapter, np, prompts, special, json, &gp);
+  rc = run(C, model, tokenizer, dev, adapter, np, prompts, special, json, &gp);
 out:
   free(stops);
   free(prompts);
