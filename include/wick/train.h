@@ -75,7 +75,9 @@ wk_dataset *wk_dataset_pack(const wk_dataset *d, int64_t seq_len);
 //   wk_train_result r;
 //   if (wk_train(m, adapter, data, &o, &r)) puts(wk_last_error());
 //
-// Each step: batch * grad_accum examples (in an order shuffled per epoch by the seed,
+// wk_train makes `a` the model's active adapter (it stays active afterwards) and trains
+// its tensors in place of the old ones. Each step: batch * grad_accum examples (in an
+// order shuffled per epoch by the seed,
 // or file order), each its own sequence padded on the right to the longest of its
 // micro-batch (rounded up to a multiple of 16 so a few compiled plans serve every
 // length); loss and adapter gradients in one lazy graph per micro-batch; gradients
