@@ -276,6 +276,28 @@ static bool as_mat(const wk_operand *o, void *const *slots, int64_t batch_off, m
   return false;
 }
 
+// The right operand has no batch extent of its own (rank 2, or batch axes of size 1
+// or stride 0): every batch multiplies by the same matrix.
+static bool shared_rhs(const wk_operand *b, int bnd) {
+  for (int d = 0; d < b->ndim - 2; d++)
+    if (b->shape[d] != 1 && b->stride[d] != 0) return false;
+  (void)bnd;
+  return true;
+}
+
+// The left operand's batch axes match the output's and step over its rows densely:
+// row r of batch i is row i * M + r of one [batch * M, K] matrix.
+static bool rows_fold(const wk_operand *a, const wk_operand *out, int bnd, int64_t M) {
+  if (a->ndim != out->ndim || a->stride[a->ndim - 1] != 1) return false;
+  int64_t ld = M == 1 ? a->shape[a->ndim - 1] : a->stride[a->ndim - 2], want = M * ld;
+  for (int d = bnd - 1; d >= 0; d--) {
+    if (a->shape[d] != out->shape[d]) return false;
+    if (a->shape[d] != 1 && a->stride[d] != want) return false;
+    want *= a->shape[d];
+  }
+  return true;
+}
+
 // Copies a strided operand into a dense f32 buffer (for layouts GEMM can't take).
 static float *densify(const wk_operand *o, void *const *slots) {
   int64_t n = numel_of(o);
@@ -316,8 +338,16 @@ static wk_status matmul_kernel(const wk_step *s, void *const *slots) {
     free(da); free(db);
     return wk_error(WK_ERR_OOM, "matmul: out of memory");
   }
-  // batch offsets: output batch index -> operand offsets (broadcast axes have stride 0)
   int bnd = nd - 2;
+  // x[B.., M, K] @ W[K, N] with W shared by every batch (a projection of [B, T, K]):
+  // when x's batch axes are dense over its rows, all batches are one GEMM of
+  // batch * M rows, so W is packed once rather than once per batch.
+  if (batch > 1 && shared_rhs(&bd, bnd) && rows_fold(&ad, out, bnd, M) && as_mat(&ad, sa, 0, &ma) && !ma.trans &&
+      as_mat(&bd, sb, 0, &mb)) {
+    wk_gemm_f32(0, mb.trans, batch * M, N, K, 1.0f, ma.p, ma.ld, 0, mb.p, mb.ld, 0, 0.0f, c, N, 0, 1);
+    goto stored;
+  }
+  // batch offsets: output batch index -> operand offsets (broadcast axes have stride 0)
   int64_t idx[WK_MAX_DIMS] = {0};
   for (int64_t bi = 0; bi < batch; bi++) {
     int64_t oa = 0, ob = 0;
@@ -334,6 +364,7 @@ static wk_status matmul_kernel(const wk_step *s, void *const *slots) {
       idx[d] = 0;
     }
   }
+stored:
   if (dc) store_f32(out, slots, 0, batch * M * N, dc);
   free(da);
   free(db);
