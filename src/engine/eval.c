@@ -14,8 +14,12 @@
 #define PLAN_CACHE_MAX 128
 
 // Arenas of cached plans stay allocated for reuse, up to this many bytes in all
-// (WICK_ARENA_CACHE_MB); past it the least recently used plans give theirs back.
+// (WICK_ARENA_CACHE_MB); past it the least recently used plans give theirs back,
+// except the last few used: a training step evaluates several plans (loss and
+// gradients, norm, update) and evicting its big one each step would make it fault
+// its pages in again every step.
 #define ARENA_CACHE_DEFAULT_MB 1024
+#define ARENA_WORKING_SET 4
 
 static wk_plan *cache[PLAN_CACHE_MAX];
 static size_t arena_bytes_held;
@@ -159,7 +163,9 @@ static void arena_budget(const wk_plan *keep) {
   while (arena_bytes_held > limit) {
     wk_plan *victim = NULL;
     for (int i = 0; i < cache_n; i++)
-      if (cache[i] != keep && has_arena(cache[i]) && (!victim || cache[i]->lru < victim->lru)) victim = cache[i];
+      if (cache[i] != keep && has_arena(cache[i]) && cache[i]->lru + ARENA_WORKING_SET <= cache_clock &&
+          (!victim || cache[i]->lru < victim->lru))
+        victim = cache[i];
     if (!victim) return;
     plan_drop_arena(victim);
   }
