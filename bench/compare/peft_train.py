@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """LoRA training step: wick train vs PyTorch + peft on the same model, data and threads.
 
+    tools/bench-venv && .venv-bench/bin/pip install transformers==4.57.6 peft==0.17.1 gguf==0.19.0
     .venv-bench/bin/python bench/compare/peft_train.py [--steps 4] [--batch 4] [--seq 256]
         [--targets q_proj,v_proj | all-linear] [--base f32|q4_1] [--device cpu|cuda]
 
