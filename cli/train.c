@@ -68,7 +68,9 @@ int wick_train_main(int argc, char **argv) {
   const char *C = "train", *model = NULL, *data = NULL, *eval = NULL, *init = NULL, *targets = NULL, *v;
   wk_train_options o = wk_train_defaults();
   wk_lora_config lc = wk_lora_defaults();
-  bool strict = false, have_wd = false, quiet = false, pack = false;
+  bool strict = false, quiet = false, pack = false, sgd = false;
+  // optimizer values apply after parsing, so their order against --optim doesn't matter
+  float wd = NAN, beta1 = NAN, beta2 = NAN, eps = NAN, momentum = NAN;
   wk_device device = WK_CPU;
   float f;
   long n;
@@ -99,14 +101,13 @@ int wick_train_main(int argc, char **argv) {
     else if (!strcmp(a, "--clip")) FLOAT(0, 1e9, o.clip, "--clip");
     else if (!strcmp(a, "--optim")) {
       VAL();
-      if (!strcmp(v, "adamw")) o.optim = wk_adamw_defaults();
-      else if (!strcmp(v, "sgd")) o.optim = wk_sgd_defaults();
-      else return cli_user_error(C, "--optim: unknown optimizer '%s' (adamw or sgd)", v);
-    } else if (!strcmp(a, "--weight-decay")) { FLOAT(0, 10, o.optim.weight_decay, "--weight-decay"); have_wd = true; }
-    else if (!strcmp(a, "--beta1")) FLOAT(0, 0.999999, o.optim.beta1, "--beta1");
-    else if (!strcmp(a, "--beta2")) FLOAT(0, 0.999999, o.optim.beta2, "--beta2");
-    else if (!strcmp(a, "--eps")) FLOAT(1e-30, 1, o.optim.eps, "--eps");
-    else if (!strcmp(a, "--momentum")) FLOAT(0, 0.999999, o.optim.momentum, "--momentum");
+      if (strcmp(v, "adamw") && strcmp(v, "sgd")) return cli_user_error(C, "--optim: unknown optimizer '%s' (adamw or sgd)", v);
+      sgd = !strcmp(v, "sgd");
+    } else if (!strcmp(a, "--weight-decay")) FLOAT(0, 10, wd, "--weight-decay");
+    else if (!strcmp(a, "--beta1")) FLOAT(0, 0.999999, beta1, "--beta1");
+    else if (!strcmp(a, "--beta2")) FLOAT(0, 0.999999, beta2, "--beta2");
+    else if (!strcmp(a, "--eps")) FLOAT(1e-30, 1, eps, "--eps");
+    else if (!strcmp(a, "--momentum")) FLOAT(0, 0.999999, momentum, "--momentum");
     else if (!strcmp(a, "--seed")) { VAL(); char *e; o.seed = strtoull(v, &e, 10); if (e == v || *e) return cli_user_error(C, "--seed: '%s' is not an integer", v); }
     else if (!strcmp(a, "--no-shuffle")) o.shuffle = false;
     else if (!strcmp(a, "--strict")) strict = true;
@@ -127,7 +128,12 @@ int wick_train_main(int argc, char **argv) {
 #undef VAL
 #undef FLOAT
 #undef INT
-  (void)have_wd;
+  o.optim = sgd ? wk_sgd_defaults() : wk_adamw_defaults();
+  if (!isnan(wd)) o.optim.weight_decay = wd;
+  if (!isnan(beta1)) o.optim.beta1 = beta1;
+  if (!isnan(beta2)) o.optim.beta2 = beta2;
+  if (!isnan(eps)) o.optim.eps = eps;
+  if (!isnan(momentum)) o.optim.momentum = momentum;
   if (!data) return cli_user_error(C, "missing --data FILE");
   if (!o.out_dir) return cli_user_error(C, "missing -o OUTDIR");
   if (lc.rank < 1) return cli_user_error(C, "--rank %d must be >= 1", lc.rank);

@@ -87,7 +87,7 @@ static wk_status write_state(const char *path, const wk_ckpt_state *s) {
   return st;
 }
 
-static wk_status save_optim(const char *path, const wk_optim *opt, int64_t step) {
+static wk_status save_optim(const char *path, const wk_optim *opt) {
   int n = wk_optim_state_count(opt);
   const char **names = calloc((size_t)(n ? n : 1), sizeof *names);
   wk_tensor **ts = calloc((size_t)(n ? n : 1), sizeof *ts);
@@ -95,7 +95,6 @@ static wk_status save_optim(const char *path, const wk_optim *opt, int64_t step)
   for (int k = 0; !s && k < n; k++) ts[k] = wk_optim_state(opt, k, &names[k]);
   char steps[32];
   snprintf(steps, sizeof steps, "%lld", (long long)wk_optim_steps(opt));
-  (void)step;
   if (!s) s = wk_st_save(path, n, names, ts, (const char *[]){"optimizer_steps", steps, NULL});
   free(names);
   free(ts);
@@ -141,7 +140,7 @@ wk_status wk_ckpt_save(const char *out, const wk_adapter *a, const wk_optim *opt
     if (mkdir(tmp, 0755)) s = wk_error(WK_ERR_IO, "checkpoint %s: can't create %s: %s", dir, tmp, strerror(errno));
   }
   if (!s) s = wk_adapter_save(a, tmp, base);
-  if (!s) s = save_optim(optp, opt, st->step);
+  if (!s) s = save_optim(optp, opt);
   if (!s) s = write_state(statep, st);
   if (!s) {
     wk_fsync_dir(tmp);
