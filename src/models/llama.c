@@ -394,10 +394,22 @@ static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b) {
   return b ? wk_add(y, f32(b)) : y;
 }
 
+// The loaders' name tables give every other spelling of a projection: wk_proj's order
+// is the tables' from N_Q on.
+_Static_assert(N_DOWN - N_Q == WK_PROJ_DOWN && WK_PROJ_Q == 0, "wk_proj follows the name tables");
+#define LAYER_PREFIX_HF "model.layers.%d."
+#define LAYER_PREFIX_GGUF "blk.%d."
+
+const char *wk_llama_hf_module(wk_proj p) {
+  return (unsigned)p < WK_PROJ_COUNT ? hf_names[N_Q + p] + strlen(LAYER_PREFIX_HF) : "unknown";
+}
+
+const char *wk_llama_gguf_proj_name(wk_proj p) {
+  return (unsigned)p < WK_PROJ_COUNT ? gguf_names[N_Q + p] + strlen(LAYER_PREFIX_GGUF) : "unknown";
+}
+
 const char *wk_proj_name(wk_proj p) {
-  static const char *const names[WK_PROJ_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                  "gate_proj", "up_proj", "down_proj"};
-  return (unsigned)p < WK_PROJ_COUNT ? names[p] : "unknown";
+  return (unsigned)p < WK_PROJ_COUNT ? strrchr(hf_names[N_Q + p], '.') + 1 : "unknown";
 }
 
 void wk_model_proj_dims(const wk_model *m, wk_proj p, int64_t *out, int64_t *in) {
@@ -442,11 +454,6 @@ wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w) {
   return permute_rows(m, p, w, 0);
 }
 
-const char *wk_llama_gguf_proj_name(wk_proj p) {
-  static const char *const names[WK_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                                  "ffn_gate", "ffn_up", "ffn_down"};
-  return (unsigned)p < WK_PROJ_COUNT ? names[p] : "unknown";
-}
 
 // splitmix64 finalizer: decorrelates the dropout seeds of layers, projections and steps
 static uint64_t mix_seed(uint64_t x) {

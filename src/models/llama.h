@@ -59,7 +59,9 @@ wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w);
 wk_tensor *wk_llama_embed(wk_model *m, wk_tensor *ids);                          // [B, T, H] f32
 wk_tensor *wk_llama_block(wk_model *m, int64_t layer, wk_tensor *x, int64_t pos);  // [B, T, H]
 wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x);                            // [B, T, V]
-// GGUF's name of projection p in a block: "attn_q", ..., "ffn_down".
+// Projection p's module inside a block: HF's "self_attn.q_proj", ..., "mlp.down_proj";
+// GGUF's "attn_q", ..., "ffn_down".
+const char *wk_llama_hf_module(wk_proj p);
 const char *wk_llama_gguf_proj_name(wk_proj p);
 
 // Loaders (llama.c): fill m->cfg and the weights, or set the error and return nonzero.

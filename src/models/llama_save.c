@@ -99,10 +99,9 @@ wk_status wk_model_save(const wk_model *m, const char *dir, wk_dtype dt) {
     ok = ok && add(&l, m, name, L->ffn_norm, WK_PROJ_COUNT, dt);
     const wk_tensor *bias[WK_PROJ_COUNT] = {L->bq, L->bk, L->bv, L->bo, L->b_gate, L->b_up, L->b_down};
     for (int p = 0; ok && p < WK_PROJ_COUNT; p++) {
-      const char *block = p <= WK_PROJ_O ? "self_attn" : "mlp";
-      snprintf(name, sizeof name, "model.layers.%lld.%s.%s.weight", (long long)i, block, wk_proj_name((wk_proj)p));
+      snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)i, wk_llama_hf_module((wk_proj)p));
       ok = add(&l, m, name, *wk_llama_proj_weight((wk_model *)m, i, (wk_proj)p), (wk_proj)p, dt);
-      snprintf(name, sizeof name, "model.layers.%lld.%s.%s.bias", (long long)i, block, wk_proj_name((wk_proj)p));
+      snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)i, wk_llama_hf_module((wk_proj)p));
       if (ok && bias[p]) ok = add(&l, m, name, (wk_tensor *)bias[p], (wk_proj)p, dt);
     }
   }

@@ -24,3 +24,6 @@ wk_adapter *wk_adapter_alloc(wk_model *m, const wk_lora_config *c);
 // failure.
 wk_status wk_adapter_put(wk_adapter *a, int64_t l, wk_proj p, wk_tensor *A, wk_tensor *B);
 wk_status wk_lora_check_config(const wk_lora_config *c, const char *who);
+// PEFT's name of A (ab 'A') or B of projection p in layer l:
+// "base_model.model.model.layers.<l>.self_attn.q_proj.lora_A.weight".
+void wk_lora_peft_name(char *buf, size_t len, int64_t l, wk_proj p, char ab);

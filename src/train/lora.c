@@ -91,11 +91,8 @@ wk_adapter *wk_adapter_alloc(wk_model *m, const wk_lora_config *c) {
   return a;
 }
 
-// PEFT's module path of projection p in layer l.
-static void peft_name(char *buf, size_t len, int64_t l, wk_proj p, char ab) {
-  const char *block = p <= WK_PROJ_O ? "self_attn" : "mlp";
-  snprintf(buf, len, "base_model.model.model.layers.%lld.%s.%s.lora_%c.weight", (long long)l, block, wk_proj_name(p),
-           ab);
+void wk_lora_peft_name(char *buf, size_t len, int64_t l, wk_proj p, char ab) {
+  snprintf(buf, len, "base_model.model.model.layers.%lld.%s.lora_%c.weight", (long long)l, wk_llama_hf_module(p), ab);
 }
 
 // t (an owned reference) on the model's device, evaluated; NULL on failure (t freed).
@@ -115,8 +112,8 @@ wk_status wk_adapter_put(wk_adapter *a, int64_t l, wk_proj p, wk_tensor *A, wk_t
   A = to_model_device(a, A);
   B = to_model_device(a, B);
   char name[2][160];
-  peft_name(name[0], sizeof name[0], l, p, 'A');
-  peft_name(name[1], sizeof name[1], l, p, 'B');
+  wk_lora_peft_name(name[0], sizeof name[0], l, p, 'A');
+  wk_lora_peft_name(name[1], sizeof name[1], l, p, 'B');
   char *n0 = A && B ? strdup(name[0]) : NULL, *n1 = n0 ? strdup(name[1]) : NULL;
   if (!n1) {   // the references are consumed either way
     free(n0);

@@ -84,8 +84,7 @@ static int parse_name(const char *name, int64_t *layer, int *proj, char *ab) {
   for (int p = 0; p < WK_PROJ_COUNT; p++) {
     char want[96];
     for (int k = 0; k < 2; k++) {
-      snprintf(want, sizeof want, "%s.%s.lora_%c.weight", p <= WK_PROJ_O ? "self_attn" : "mlp",
-               wk_proj_name((wk_proj)p), k ? 'B' : 'A');
+      snprintf(want, sizeof want, "%s.lora_%c.weight", wk_llama_hf_module((wk_proj)p), k ? 'B' : 'A');
       if (!strcmp(rest, want)) {
         *layer = l, *proj = p, *ab = k ? 'B' : 'A';
         return 1;
@@ -197,10 +196,9 @@ static wk_status load_tensors(wk_adapter *a, wk_st_file *f, const char *path, un
   for (int64_t l = 0; l < a->n_layers; l++)
     for (int p = 0; p < WK_PROJ_COUNT; p++) {
       char name[192], bname[192];
-      snprintf(name, sizeof name, "base_model.model.model.layers.%lld.%s.%s.lora_A.weight", (long long)l,
-               p <= WK_PROJ_O ? "self_attn" : "mlp", wk_proj_name((wk_proj)p));
+      wk_lora_peft_name(name, sizeof name, l, (wk_proj)p, 'A');
       if (wk_st_find(f, name) < 0) continue;
-      snprintf(bname, sizeof bname, "%.*s_B.weight", (int)(strlen(name) - strlen("_A.weight")), name);
+      wk_lora_peft_name(bname, sizeof bname, l, (wk_proj)p, 'B');
       int64_t out, in;
       wk_model_proj_dims(a->model, (wk_proj)p, &out, &in);
       wk_tensor *A = load_param(f, name, r, in, path);
