@@ -73,51 +73,71 @@ static int copy_file(const char *src, const char *dst) {
   return rc;
 }
 
-static int merge(const char *C, int argc, char **argv) {
-  const char *model = NULL, *dir = NULL, *out = NULL, *dtype = NULL, *v;
-  bool overwrite = false;
+// The options merge and export share: -m MODEL, --adapter DIR, -o OUT, --dtype, and
+// for merge --overwrite (export also accepts --gguf, its only format).
+typedef struct {
+  const char *model, *dir, *out, *dtype;
+  bool overwrite, is_default;
+} job;
+
+static int parse_job(const char *C, const char *sub, int argc, char **argv, job *j) {
+  const char *v;
+  bool export = !strcmp(sub, "export");
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; model = v; }
-    else if (!strcmp(a, "--adapter")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; dir = v; }
-    else if (!strcmp(a, "-o") || !strcmp(a, "--out")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; out = v; }
-    else if (!strcmp(a, "--dtype")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; dtype = v; }
-    else if (!strcmp(a, "--overwrite")) overwrite = true;
-    else return cli_user_error(C, "merge: unknown option '%s'", a);
+    const char **dst = !strcmp(a, "-m") || !strcmp(a, "--model") ? &j->model
+                     : !strcmp(a, "--adapter")                   ? &j->dir
+                     : !strcmp(a, "-o") || !strcmp(a, "--out")   ? &j->out
+                     : !strcmp(a, "--dtype")                     ? &j->dtype
+                                                                 : NULL;
+    if (dst) {
+      if (!(v = cli_opt_value(C, argc, argv, &i))) return 2;
+      *dst = v;
+    } else if (!export && !strcmp(a, "--overwrite")) j->overwrite = true;
+    else if (!(export && !strcmp(a, "--gguf"))) return cli_user_error(C, "%s: unknown option '%s'", sub, a);
   }
-  if (!dir || !out) return cli_user_error(C, "merge: needs --adapter DIR and -o OUT");
-  bool dflt = !model;
-  if (!model) model = WICK_DEFAULT_LM;
-  if (cli_check_path(C, model, dflt) || cli_check_path(C, dir, false)) return 2;
+  if (!j->dir || !j->out) return cli_user_error(C, "%s: needs --adapter DIR and -o OUT", sub);
+  j->is_default = !j->model;
+  if (!j->model) j->model = WICK_DEFAULT_LM;
+  return cli_check_path(C, j->model, j->is_default) || cli_check_path(C, j->dir, false) ? 2 : 0;
+}
+
+// f32, f16 or (allow_bf16) bf16 into *dt; 2 after a user error.
+static int parse_dtype(const char *C, const char *sub, const char *v, bool allow_bf16, wk_dtype *dt) {
+  if (!strcmp(v, "f32")) *dt = WK_F32;
+  else if (!strcmp(v, "f16")) *dt = WK_F16;
+  else if (allow_bf16 && !strcmp(v, "bf16")) *dt = WK_BF16;
+  else return cli_user_error(C, "%s: --dtype '%s' is not f32, f16%s", sub, v, allow_bf16 ? " or bf16" : "");
+  return 0;
+}
+
+static int merge(const char *C, int argc, char **argv) {
+  job j = {0};
+  int rc = parse_job(C, "merge", argc, argv, &j);
+  if (rc) return rc;
   char probe[4096];
-  snprintf(probe, sizeof probe, "%s/model.safetensors", out);
+  snprintf(probe, sizeof probe, "%s/model.safetensors", j.out);
   FILE *exists = fopen(probe, "rb");
   if (exists) {
     fclose(exists);
-    if (!overwrite) return cli_user_error(C, "merge: %s already holds a model (pass --overwrite to replace it)", out);
+    if (!j.overwrite) return cli_user_error(C, "merge: %s already holds a model (pass --overwrite to replace it)", j.out);
   }
-  wk_model *m = wk_model_load(model);
-  wk_adapter *a = m ? wk_adapter_load(m, dir) : NULL;
-  if (!a) { wk_model_free(m); return cli_lib_error(C); }
+  wk_adapter *a;
+  wk_model *m = cli_load_model(j.model, WK_CPU, j.dir, &a);
+  if (!m) return cli_lib_error(C);
   // the base's float dtype; f16 for a quantized base (never requantized)
   wk_dtype dt = WK_F16;
   const wk_model_config *cfg = wk_model_get_config(m);
   if (cfg->has_dtype && (cfg->dtype == WK_F32 || cfg->dtype == WK_BF16 || cfg->dtype == WK_F16)) dt = cfg->dtype;
-  if (dtype) {
-    if (!strcmp(dtype, "f32")) dt = WK_F32;
-    else if (!strcmp(dtype, "f16")) dt = WK_F16;
-    else if (!strcmp(dtype, "bf16")) dt = WK_BF16;
-    else { wk_adapter_free(a); wk_model_free(m); return cli_user_error(C, "merge: --dtype '%s' is not f32, f16 or bf16", dtype); }
-  }
-  int rc = 0;
-  if (wk_adapter_merge(a) || wk_model_save(m, out, dt)) rc = cli_lib_error(C);
-  if (!rc && cli_is_dir(model)) {   // the tokenizer travels with the weights
+  if (j.dtype) rc = parse_dtype(C, "merge", j.dtype, true, &dt);
+  if (!rc && (wk_adapter_merge(a) || wk_model_save(m, j.out, dt))) rc = cli_lib_error(C);
+  if (!rc && cli_is_dir(j.model)) {   // the tokenizer travels with the weights
     static const char *const files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                         "generation_config.json", "chat_template.jinja"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
       char src[4096], dst[4096];
-      snprintf(src, sizeof src, "%s/%s", model, files[i]);
-      snprintf(dst, sizeof dst, "%s/%s", out, files[i]);
+      snprintf(src, sizeof src, "%s/%s", j.model, files[i]);
+      snprintf(dst, sizeof dst, "%s/%s", j.out, files[i]);
       FILE *f = fopen(src, "rb");
       if (!f) continue;
       fclose(f);
@@ -125,40 +145,24 @@ static int merge(const char *C, int argc, char **argv) {
     }
   }
   if (!rc)
-    printf("merged %s into %s: %s (%s)%s\n", dir, model, out, wk_dtype_name(dt),
-           cli_is_dir(model) ? "" : "; a GGUF base's tokenizer is not copied: use the GGUF's vocabulary");
-  wk_adapter_free(a);
-  wk_model_free(m);
+    printf("merged %s into %s: %s (%s)%s\n", j.dir, j.model, j.out, wk_dtype_name(dt),
+           cli_is_dir(j.model) ? "" : "; a GGUF base's tokenizer is not copied: use the GGUF's vocabulary");
+  cli_model_free(m, a);
   return rc;
 }
 
-// wick adapter export [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16]
+// wick adapter export --gguf [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16]
 static int export_gguf(const char *C, int argc, char **argv) {
-  const char *model = NULL, *dir = NULL, *out = NULL, *v;
+  job j = {0};
   wk_dtype dt = WK_F32;
-  for (int i = 2; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; model = v; }
-    else if (!strcmp(a, "--adapter")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; dir = v; }
-    else if (!strcmp(a, "-o") || !strcmp(a, "--out")) { if (!(v = cli_opt_value(C, argc, argv, &i))) return 2; out = v; }
-    else if (!strcmp(a, "--gguf")) continue;   // the only export format
-    else if (!strcmp(a, "--dtype")) {
-      if (!(v = cli_opt_value(C, argc, argv, &i))) return 2;
-      if (!strcmp(v, "f32")) dt = WK_F32;
-      else if (!strcmp(v, "f16")) dt = WK_F16;
-      else return cli_user_error(C, "export: --dtype '%s' is not f32 or f16", v);
-    } else return cli_user_error(C, "export: unknown option '%s'", a);
-  }
-  if (!dir || !out) return cli_user_error(C, "export: needs --adapter DIR and -o FILE.gguf");
-  bool dflt = !model;
-  if (!model) model = WICK_DEFAULT_LM;
-  if (cli_check_path(C, model, dflt) || cli_check_path(C, dir, false)) return 2;
-  wk_model *m = wk_model_load(model);
-  wk_adapter *a = m ? wk_adapter_load(m, dir) : NULL;
-  int rc = !a || wk_adapter_export_gguf(a, out, dt) ? cli_lib_error(C) : 0;
-  if (!rc) printf("wrote %s: llama.cpp LoRA adapter (%s) for %s\n", out, wk_dtype_name(dt), model);
-  wk_adapter_free(a);
-  wk_model_free(m);
+  int rc = parse_job(C, "export", argc, argv, &j);
+  if (!rc && j.dtype) rc = parse_dtype(C, "export", j.dtype, false, &dt);
+  if (rc) return rc;
+  wk_adapter *a;
+  wk_model *m = cli_load_model(j.model, WK_CPU, j.dir, &a);
+  rc = !m || wk_adapter_export_gguf(a, j.out, dt) ? cli_lib_error(C) : 0;
+  if (!rc) printf("wrote %s: llama.cpp LoRA adapter (%s) for %s\n", j.out, wk_dtype_name(dt), j.model);
+  cli_model_free(m, a);
   return rc;
 }
 

@@ -61,16 +61,16 @@ bool cli_is_gguf(const char *path) {
   return n == 4 && !memcmp(mg, "GGUF", 4);
 }
 
-int cli_check_tokenizer(const char *cmd, const char *path) {
-  if (!cli_is_dir(path)) return 0;
-  size_t n = strlen(path) + sizeof "/tokenizer.json";
-  char *p = malloc(n);
-  if (!p) return cli_user_error(cmd, "out of memory");
-  snprintf(p, n, "%s/tokenizer.json", path);
+bool cli_has_tokenizer(const char *path) {
+  if (!cli_is_dir(path)) return true;
+  char p[4096];
+  snprintf(p, sizeof p, "%s/tokenizer.json", path);
   struct stat sb;
-  int rc = stat(p, &sb) ? cli_user_error(cmd, "%s has no tokenizer.json", path) : 0;
-  free(p);
-  return rc;
+  return !stat(p, &sb);
+}
+
+int cli_check_tokenizer(const char *cmd, const char *path) {
+  return cli_has_tokenizer(path) ? 0 : cli_user_error(cmd, "%s has no tokenizer.json", path);
 }
 
 wk_tokenizer *cli_load_tokenizer(const char *path) {

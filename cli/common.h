@@ -23,6 +23,8 @@ bool cli_is_gguf(const char *path);
 // A tokenizer for `path`: a model directory (its tokenizer.json), a tokenizer.json
 // file or a .gguf file (its vocabulary). NULL with wk_last_error() set.
 wk_tokenizer *cli_load_tokenizer(const char *path);
+// False only for a directory without tokenizer.json.
+bool cli_has_tokenizer(const char *path);
 // 0 unless path is a directory without tokenizer.json (then a user error, 2).
 int cli_check_tokenizer(const char *cmd, const char *path);
 // Loads the model at path onto dev and, when adapter_dir is not NULL, a PEFT LoRA

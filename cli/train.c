@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include "common.h"
 
 static volatile sig_atomic_t g_interrupted;
@@ -146,10 +145,7 @@ int wick_train_main(int argc, char **argv) {
 
   int rc = 0;
   wk_tokenizer *tok = NULL;
-  struct stat sb;
-  char tj[4096];
-  snprintf(tj, sizeof tj, "%s/tokenizer.json", model);
-  if (!cli_is_dir(model) || !stat(tj, &sb)) tok = cli_load_tokenizer(model);   // none: {"input_ids"} data only
+  if (cli_has_tokenizer(model)) tok = cli_load_tokenizer(model);   // none: {"input_ids"} data only
   wk_clear_error();
   wk_model *m = wk_model_load(model);
   if (!m || (device != WK_CPU && wk_model_to_device(m, device))) {
