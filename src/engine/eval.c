@@ -240,6 +240,27 @@ static double now_us(void) {
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
+// "[4,256,576]" or "[576,576]^T" (last two axes swapped in memory), for the profile.
+static const char *operand_text(const wk_operand *o, char *buf, size_t cap) {
+  size_t n = 0;
+  buf[0] = 0;
+  for (int d = 0; d < o->ndim && n + 24 < cap; d++)
+    n += (size_t)snprintf(buf + n, cap - n, "%s%lld", d ? "," : "[", (long long)o->shape[d]);
+  bool t = o->ndim >= 2 && o->stride[o->ndim - 1] != 1 && o->stride[o->ndim - 2] == 1;
+  snprintf(buf + n, cap - n, "%s]%s", o->ndim ? "" : "[", t ? "^T" : "");
+  return buf;
+}
+
+static void profile_line(const wk_plan *p, int k, const wk_step *st, double us) {
+  char shapes[160] = "", b[48];
+  size_t n = 0;
+  for (int i = 0; i < st->nin && i < 3 && n < sizeof shapes; i++)
+    n += (size_t)snprintf(shapes + n, sizeof shapes - n, "%s ", operand_text(&st->in[i], b, sizeof b));
+  if (n < sizeof shapes) snprintf(shapes + n, sizeof shapes - n, "-> %s", operand_text(&st->out, b, sizeof b));
+  fprintf(stderr, "wick profile %016llx step %2d %-16s %10.1f us  %s\n", (unsigned long long)p->hash, k,
+          st->op == WK_STEP_FUSED_EW ? (st->chain > 0 ? "row chain" : "fused") : wk_ops[st->op].name, us, shapes);
+}
+
 static wk_status job_run(job *j) {
   bool used[WK_DEVICE_COUNT] = {0};
   wk_status s = WK_OK;
@@ -252,9 +273,7 @@ static wk_status job_run(job *j) {
     used[st->device] = true;
     if (profiling()) {
       if (be && be->sync) be->sync();
-      fprintf(stderr, "wick profile %016llx step %2d %-16s %10.1f us\n", (unsigned long long)j->plan->hash, k,
-              st->op == WK_STEP_FUSED_EW ? (st->chain > 0 ? "row chain" : "fused") : wk_ops[st->op].name,
-              now_us() - t0);
+      profile_line(j->plan, k, st, now_us() - t0);
     }
   }
   // asynchronous backends report kernel faults here, so sync even after a failure
