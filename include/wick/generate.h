@@ -11,8 +11,9 @@
 //   if (wk_generate(m, tok, ids, n_ids, &p, on_token, NULL, &r)) puts(wk_last_error());
 //
 // Stops at: an EOS id (the tokenizer's eos and the model config's eos_token_id list;
-// its own text is not emitted), max_tokens, the context limit (the model's
-// max_position_embeddings; with sliding_window the oldest half of the cache is dropped
+// its own text is not emitted), max_tokens, the context limit (the cache's maximum
+// context: wk_kv_cache_max_context, by default the model's max_position_embeddings,
+// counting a batch's padding; with sliding_window the oldest half of the cache is dropped
 // instead: wk_kv_cache_drop_oldest), a stop string (matched in the generated text across token
 // boundaries; the text from the stop string on is not emitted, and text that might
 // begin a stop string is held back until it can't), or the callback returning
@@ -36,7 +37,7 @@ typedef struct {
   size_t n_stop;
   bool ignore_eos;              // keep going past EOS ids
   int32_t top_logprobs;         // alternatives reported with each token (0 to WK_MAX_TOP_LOGPROBS)
-  wk_dtype cache_dtype;         // KV cache storage: WK_F32 (default), WK_F16, WK_BF16 (a fresh cache only)
+  wk_dtype cache_dtype;         // KV cache storage: WK_F32 (default), WK_F16, WK_BF16, WK_Q8_0 (a fresh cache only)
   bool sliding_window;          // at the context limit, forget the oldest half instead of stopping
 } wk_generate_params;
 

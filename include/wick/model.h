@@ -135,12 +135,20 @@ wk_status wk_model_save(const wk_model *m, const char *dir, wk_dtype dt);
 wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset);
 
 // A key/value cache for incremental decoding: each call appends ids after what the
-// cache already holds (positions continue from wk_kv_cache_len).
+// cache already holds (positions continue from wk_kv_cache_len). Its storage is
+// preallocated per layer for the maximum context at the first forward and written in
+// place, so every one-token decode step runs the same compiled plan.
 typedef struct wk_kv_cache wk_kv_cache;
 wk_kv_cache *wk_kv_cache_new(const wk_model *m);
 void wk_kv_cache_free(wk_kv_cache *c);             // NULL is fine
 int64_t wk_kv_cache_len(const wk_kv_cache *c);     // positions held
-void wk_kv_cache_reset(wk_kv_cache *c);            // empties it (keeps the model)
+void wk_kv_cache_reset(wk_kv_cache *c);            // empties it (keeps the model and its storage)
+// The most positions it holds (default: the model's max_position_embeddings). A
+// forward that would go past it fails with a message naming it (generation stops, or
+// slides with wk_kv_cache_drop_oldest). Set on an empty cache; n >= 1. Host storage
+// is reserved, not touched: only the positions written take resident memory.
+wk_status wk_kv_cache_set_max_context(wk_kv_cache *c, int64_t n);
+int64_t wk_kv_cache_max_context(const wk_kv_cache *c);
 // Keeps the first len positions (0 <= len <= wk_kv_cache_len): a conversation whose
 // text changed after them re-prefills from there. src/gen/kv_cache.c.
 wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len);
@@ -150,8 +158,9 @@ wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len);
 // (wk_generate_batch). src/gen/kv_cache.c.
 wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *pad);
 // Stores keys and values as dt: WK_F32 (the default), WK_F16 or WK_BF16 (half the
-// memory; new keys are rounded as they are stored, attention computes in f32). Set on
-// an empty cache. src/gen/kv_cache.c.
+// memory), or WK_Q8_0 (blocks of 32 along the head dimension, which must be a multiple
+// of 32: 34 bytes per 32 values; CPU only). New keys are rounded as they are stored,
+// attention computes in f32. Set on an empty cache. src/gen/kv_cache.c.
 wk_status wk_kv_cache_set_dtype(wk_kv_cache *c, wk_dtype dt);
 // A sliding window: forgets the oldest n positions (0 < n < wk_kv_cache_len). Later
 // tokens keep their positions (RoPE distances stay right) and attend to the kept ones

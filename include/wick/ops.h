@@ -82,6 +82,10 @@ wk_tensor *wk_layer_norm(wk_tensor *x, wk_tensor *weight, wk_tensor *bias, float
 // Rotary embedding on x[..., T, D] (T = second-to-last axis) at positions
 // offset + t. interleaved = 0: rotate-half (Llama/HF); 1: pairs (x0,x1),(x2,x3) (GPT-J).
 wk_tensor *wk_rope(wk_tensor *x, float theta, int64_t offset, int interleaved);
+// The same at positions pos[0] + t, pos an i32 tensor of one element read when the
+// graph runs: a decode step's graph (and its compiled plan) stays the same from token
+// to token while the position moves.
+wk_tensor *wk_rope_at(wk_tensor *x, float theta, wk_tensor *pos, int interleaved);
 // table[V, D], ids i32[...] -> [..., D]
 wk_tensor *wk_embedding(wk_tensor *table, wk_tensor *ids);
 // Additive masks (0 or -inf) in f32: causal [T, S] where query t sees keys s <= t + (S - T);
@@ -91,6 +95,21 @@ wk_tensor *wk_padding_mask(wk_tensor *lengths, int64_t S);
 // q[B, Hq, T, D], k/v[B, Hkv, S, D] with Hq % Hkv == 0 (GQA); mask additive,
 // broadcastable to [B, Hq, T, S], or NULL. scale <= 0 means 1/sqrt(D).
 wk_tensor *wk_sdpa(wk_tensor *q, wk_tensor *k, wk_tensor *v, wk_tensor *mask, int causal, float scale);
+// Attention over a preallocated KV cache: k/v [B, Hkv, S, D] hold S positions of which
+// only the first kv_len[0] exist (kv_len: one i32 value read at run time, 0..S); the
+// causal diagonal ends at key kv_len[0] - 1 (query t sees keys <= t + kv_len - T). k
+// and v may be stored as f16, bf16 or q8_0 (blocks along D) under an f32 q. kv_len NULL
+// is wk_sdpa. No gradient with kv_len (a cache is inference only).
+wk_tensor *wk_sdpa_kv(wk_tensor *q, wk_tensor *k, wk_tensor *v, wk_tensor *mask, wk_tensor *kv_len, int causal,
+                      float scale);
+// Writes src into the evaluated, contiguous dst at dst[..., start:start + n, ...] along
+// axis (start: one i32 value read at run time; the rest of dst keeps its contents) and
+// returns dst's updated storage: an in-place update (no copy of dst), the way a KV
+// cache takes each step's keys. src is converted to dst's dtype (f32, f16, bf16, or
+// q8_0 blocks along the last axis, which must then not be `axis`). Read dst through
+// the result so that the read runs after the write. A start that does not fit fails
+// at evaluation. No gradient.
+wk_tensor *wk_set_slice(wk_tensor *dst, wk_tensor *src, int axis, wk_tensor *start);
 // logits[..., V], targets i32[...]; targets == ignore_index don't count.
 // reduction: 0 = none (per-position losses), 1 = mean over counted, 2 = sum.
 wk_tensor *wk_cross_entropy(wk_tensor *logits, wk_tensor *targets, int ignore_index, int reduction);

@@ -36,6 +36,10 @@ typedef struct {
   int count;
 } ir;
 
+// Nodes that own no storage: views, and in-place updates (set_slice writes into
+// its realized destination, whose slot it shares).
+static bool aliases(const irnode *x) { return !x->leaf && (x->op == WK_OP_VIEW || x->op == WK_OP_SET_SLICE); }
+
 static bool is_ew(wk_op op) {
   wk_op_kind k = wk_ops[op].kind;
   return k == WK_KIND_EW1 || k == WK_KIND_EW2 || k == WK_KIND_EW3 || k == WK_KIND_SRC;
@@ -325,13 +329,14 @@ static void mark_roots(ir *r) {
     }
   }
   mark_row_chains(r);
-  // views alias their base's storage: find it
+  // views alias their base's storage: find it (through in-place updates, to their destination)
   for (int i = 0; i < r->count; i++) {
     irnode *x = &r->n[i];
-    if (x->dead || x->leaf || x->op != WK_OP_VIEW) continue;
+    if (x->dead || !aliases(x)) continue;
     int b = x->in[0];
-    while (!r->n[b].leaf && r->n[b].op == WK_OP_VIEW) b = r->n[b].in[0];
+    while (aliases(&r->n[b])) b = r->n[b].in[0];
     x->base = b;
+    if (x->op == WK_OP_SET_SLICE) continue;
     if (!r->n[b].leaf) r->n[b].root = true;
     if (x->target) r->n[b].escapes = true;
   }
@@ -342,7 +347,7 @@ static void mark_roots(ir *r) {
 static wk_operand operand_of(const ir *r, int i, int ndim, const int64_t *shape) {
   const irnode *x = &r->n[i];
   const wk_tensor *t = x->t;
-  const irnode *b = x->op == WK_OP_VIEW && !x->leaf ? &r->n[x->base] : x;
+  const irnode *b = aliases(x) ? &r->n[x->base] : x;
   wk_operand o = {.slot = b->slot, .dtype = t->dtype, .ndim = ndim};
   o.offset = x->leaf ? 0 : t->offset - (b->leaf ? b->t->offset : 0);
   int lead = ndim - t->ndim;
@@ -629,9 +634,11 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   for (int i = 0; i < r.count; i++)
     if (r.n[i].leaf && !r.n[i].dead) { p->leaf_nodes[slot] = i; r.n[i].slot = slot++; }
   p->nleaves = slot;
+  for (int i = 0; i < r.count; i++)   // an in-place update writes its destination's storage
+    if (!r.n[i].dead && r.n[i].op == WK_OP_SET_SLICE && !r.n[i].leaf) r.n[i].slot = r.n[r.n[i].base].slot;
   for (int k = 0; k < nroots; k++) {
     irnode *x = &r.n[roots[k]];
-    if (!x->target && !x->escapes) continue;
+    if ((!x->target && !x->escapes) || x->slot >= 0) continue;
     p->outs[p->nouts++] = (wk_plan_out){.node = roots[k], .slot = slot, .bytes = node_bytes(x), .base = roots[k]};
     x->slot = slot++;
   }
@@ -696,7 +703,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   // the unfused, unplanned figure: every live node's result kept in its own buffer
   p->unplanned_bytes = 0;
   for (int i = 0; i < r.count; i++)
-    if (!r.n[i].dead && !r.n[i].leaf && r.n[i].op != WK_OP_VIEW && !r.n[i].target) p->unplanned_bytes += node_bytes(&r.n[i]);
+    if (!r.n[i].dead && !aliases(&r.n[i]) && !r.n[i].leaf && !r.n[i].target) p->unplanned_bytes += node_bytes(&r.n[i]);
   // views read their base's slot
   for (int i = 0; i < r.count; i++) {
     irnode *x = &r.n[i];
@@ -740,7 +747,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   for (int k = 0; k < ntargets; k++) {
     int i = targets[k];
     while (r.n[i].dead && r.n[i].base != i) i = r.n[i].base;       // CSE representative
-    if (!r.n[i].leaf && r.n[i].op == WK_OP_VIEW) i = r.n[i].base;   // a view's storage
+    if (aliases(&r.n[i])) i = r.n[i].base;   // a view's (or an in-place update's) storage
     p->target_node[k] = targets[k];
     p->target_out[k] = -1;
     for (int o = 0; o < p->nouts; o++) if (p->outs[o].node == i) p->target_out[k] = o;

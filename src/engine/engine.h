@@ -75,6 +75,9 @@ wk_tensor *wk_node_new(wk_op op, wk_dtype dt, int ndim, const int64_t *shape, in
 // eager mode, evaluates it. Returns t (or NULL if eager evaluation failed).
 wk_tensor *wk_node_finish(wk_tensor *t);
 wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes);
+// A realized tensor whose contents are undefined (storage that is written before it is
+// read, like a preallocated KV cache: untouched host pages cost no resident memory).
+wk_tensor *wk_empty_on(int ndim, const int64_t *shape, wk_dtype dt, wk_device dev);
 // wk_full computed on `dev` (autograd seeds and zero gradients live with their tensors).
 wk_tensor *wk_full_on(int ndim, const int64_t *shape, wk_dtype dt, double value, wk_device dev);
 void wk_buffer_release(wk_buffer *b);

@@ -108,17 +108,32 @@ wk_tensor *wk_layer_norm(wk_tensor *x, wk_tensor *w, wk_tensor *b, float eps) {
 }
 
 // ---- rotary embedding ----
-wk_tensor *wk_rope(wk_tensor *x, float theta, int64_t offset, int interleaved) {
+static wk_tensor *rope_node(wk_tensor *x, float theta, int64_t offset, wk_tensor *pos, int interleaved) {
   const char *op = "rope";
   if (!wk_tensor_valid(x, op) || !check_float(op, "x", x)) return NULL;
+  if (pos && (!wk_tensor_valid(pos, op) || !check_i32(op, "pos", pos) || !check_device(op, x, pos))) return NULL;
   char b[160];
   if (x->ndim < 2 || last_dim(x) % 2) {
     wk_error(WK_ERR_SHAPE, "rope: x must be [..., T, D] with D even, got %s", wk_shape_str(x, b, sizeof b));
     return NULL;
   }
+  if (pos && wk_numel(pos) != 1) {
+    wk_error(WK_ERR_SHAPE, "rope: pos must hold one position, got %s", wk_shape_str(pos, b, sizeof b));
+    return NULL;
+  }
   if (!(theta > 0)) { wk_error(WK_ERR_ARG, "rope: theta = %g must be > 0", (double)theta); return NULL; }
   wk_attrs at = {.f = {theta, 1.0f}, .i = {offset, interleaved != 0}};
-  return kernel_node(WK_OP_ROPE, x->dtype, x->ndim, x->shape, 1, &x, &at);
+  wk_tensor *in[2] = {x, pos};
+  return kernel_node(WK_OP_ROPE, x->dtype, x->ndim, x->shape, pos ? 2 : 1, in, &at);
+}
+
+wk_tensor *wk_rope(wk_tensor *x, float theta, int64_t offset, int interleaved) {
+  return rope_node(x, theta, offset, NULL, interleaved);
+}
+
+wk_tensor *wk_rope_at(wk_tensor *x, float theta, wk_tensor *pos, int interleaved) {
+  if (!pos) { wk_error(WK_ERR_ARG, "rope: pos is NULL"); return NULL; }
+  return rope_node(x, theta, 0, pos, interleaved);
 }
 
 // ---- embedding ----
@@ -172,11 +187,38 @@ wk_tensor *wk_padding_mask(wk_tensor *lengths, int64_t S) {
 }
 
 // ---- attention ----
-wk_tensor *wk_sdpa(wk_tensor *q, wk_tensor *k, wk_tensor *v, wk_tensor *mask, int causal, float scale) {
+// k and v share q's dtype, or (a cache under an f32 q) are stored as f16, bf16 or q8_0.
+static bool sdpa_dtypes_ok(const wk_tensor *q, const wk_tensor *k, const wk_tensor *v) {
+  if (k->dtype != v->dtype) return false;
+  if (k->dtype == q->dtype) return true;
+  return q->dtype == WK_F32 && (k->dtype == WK_F16 || k->dtype == WK_BF16 || k->dtype == WK_Q8_0);
+}
+
+static bool sdpa_mask_ok(const wk_tensor *q, const wk_tensor *k, const wk_tensor *mask) {
+  const char *op = "sdpa";
+  if (!mask) return true;
+  if (!check_float(op, "mask", mask)) return false;
+  const int64_t full[4] = {q->shape[0], q->shape[1], q->shape[2], k->shape[2]};
+  bool ok = mask->ndim <= 4;
+  for (int i = 0; ok && i < mask->ndim; i++) {
+    int64_t m = mask->shape[mask->ndim - 1 - i], f = full[3 - i];
+    ok = m == 1 || m == f;
+  }
+  if (!ok) {
+    char a[160], b[160], c[160], d[160];
+    wk_error(WK_ERR_SHAPE, "sdpa: mask %s does not broadcast to [B, Hq, T, S] = %s (q %s, k %s)",
+             wk_shape_str(mask, a, sizeof a), wk_fmt_shape(4, full, b, sizeof b), wk_shape_str(q, c, sizeof c),
+             wk_shape_str(k, d, sizeof d));
+  }
+  return ok;
+}
+
+wk_tensor *wk_sdpa_kv(wk_tensor *q, wk_tensor *k, wk_tensor *v, wk_tensor *mask, wk_tensor *kv_len, int causal,
+                      float scale) {
   const char *op = "sdpa";
   if (!wk_tensor_valid(q, op) || !wk_tensor_valid(k, op) || !wk_tensor_valid(v, op)) return NULL;
-  if (mask && !wk_tensor_valid(mask, op)) return NULL;
-  char a[160], b[160], c[160], d[160];
+  if ((mask && !wk_tensor_valid(mask, op)) || (kv_len && !wk_tensor_valid(kv_len, op))) return NULL;
+  char a[160], b[160], c[160];
   if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4 || k->shape[0] != q->shape[0] || k->shape[3] != q->shape[3] ||
       memcmp(k->shape, v->shape, sizeof(int64_t) * 4) || k->shape[1] == 0 || q->shape[1] % k->shape[1]) {
     wk_error(WK_ERR_SHAPE,
@@ -185,31 +227,29 @@ wk_tensor *wk_sdpa(wk_tensor *q, wk_tensor *k, wk_tensor *v, wk_tensor *mask, in
     return NULL;
   }
   if (!check_float(op, "q", q)) return NULL;
-  if (k->dtype != q->dtype || v->dtype != q->dtype) {
-    wk_error(WK_ERR_DTYPE, "sdpa: q, k and v must share a dtype, got q %s, k %s, v %s", wk_shape_str(q, a, sizeof a),
-             wk_shape_str(k, b, sizeof b), wk_shape_str(v, c, sizeof c));
+  if (!sdpa_dtypes_ok(q, k, v)) {
+    wk_error(WK_ERR_DTYPE, "sdpa: k and v must share q's dtype (or, under an f32 q, be stored as f16, bf16 or q8_0), "
+             "got q %s, k %s, v %s", wk_shape_str(q, a, sizeof a), wk_shape_str(k, b, sizeof b), wk_shape_str(v, c, sizeof c));
     return NULL;
   }
-  if (!check_device(op, q, k) || !check_device(op, q, v) || !check_device(op, q, mask)) return NULL;
-  if (mask) {
-    if (!check_float(op, "mask", mask)) return NULL;
-    const int64_t full[4] = {q->shape[0], q->shape[1], q->shape[2], k->shape[2]};
-    bool ok = mask->ndim <= 4;
-    for (int i = 0; ok && i < mask->ndim; i++) {
-      int64_t m = mask->shape[mask->ndim - 1 - i], f = full[3 - i];
-      ok = m == 1 || m == f;
-    }
-    if (!ok) {
-      wk_error(WK_ERR_SHAPE, "sdpa: mask %s does not broadcast to [B, Hq, T, S] = %s (q %s, k %s)",
-               wk_shape_str(mask, a, sizeof a), wk_fmt_shape(4, full, b, sizeof b), wk_shape_str(q, c, sizeof c),
-               wk_shape_str(k, d, sizeof d));
-      return NULL;
-    }
+  if (!check_device(op, q, k) || !check_device(op, q, v) || !check_device(op, q, mask) || !check_device(op, q, kv_len))
+    return NULL;
+  if (!sdpa_mask_ok(q, k, mask)) return NULL;
+  if (kv_len && (!check_i32(op, "kv_len", kv_len) || wk_numel(kv_len) != 1)) {
+    if (kv_len->dtype == WK_I32) wk_error(WK_ERR_SHAPE, "sdpa: kv_len must be one i32 value, got %s", wk_shape_str(kv_len, a, sizeof a));
+    return NULL;
   }
   if (!(scale > 0)) scale = 1.0f / sqrtf((float)(q->shape[3] ? q->shape[3] : 1));
-  wk_tensor *in[4] = {q, k, v, mask};
-  wk_attrs at = {.f = {scale}, .i = {causal != 0}};
-  return kernel_node(WK_OP_SDPA, q->dtype, 4, q->shape, mask ? 4 : 3, in, &at);
+  wk_tensor *in[5] = {q, k, v};
+  int n = 3;
+  if (mask) in[n++] = mask;
+  if (kv_len) in[n++] = kv_len;
+  wk_attrs at = {.f = {scale}, .i = {causal != 0, kv_len != NULL}};
+  return kernel_node(WK_OP_SDPA, q->dtype, 4, q->shape, n, in, &at);
+}
+
+wk_tensor *wk_sdpa(wk_tensor *q, wk_tensor *k, wk_tensor *v, wk_tensor *mask, int causal, float scale) {
+  return wk_sdpa_kv(q, k, v, mask, NULL, causal, scale);
 }
 
 // ---- cross-entropy ----
@@ -318,7 +358,8 @@ wk_status wk_vjp_ROPE(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor
   (void)need;
   wk_attrs at = node->attrs;
   at.f[1] = -at.f[1];
-  gin[0] = K(kernel_node(WK_OP_ROPE, IN(0)->dtype, g->ndim, g->shape, 1, &g, &at));
+  wk_tensor *in[2] = {g, node->nin > 1 ? IN(1) : NULL};   // the same positions
+  gin[0] = K(kernel_node(WK_OP_ROPE, IN(0)->dtype, g->ndim, g->shape, node->nin, in, &at));
   return WK_OK;
 }
 
@@ -370,6 +411,8 @@ static wk_tensor *to5(wk_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d, 
   return wk_reshape(t, 5, sh);
 }
 wk_status wk_vjp_SDPA(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  if (node->attrs.i[1] || wk_dtype_is_quantized(IN(1)->dtype))
+    return wk_error(WK_ERR_STATE, "sdpa: no gradient over a KV cache (a run-time kv_len or q8_0 keys): inference only");
   wk_tensor *q = IN(0), *k = IN(1), *v = IN(2), *mask = node->nin > 3 ? IN(3) : NULL;
   int64_t B = q->shape[0], Hq = q->shape[1], T = q->shape[2], D = q->shape[3];
   int64_t Hkv = k->shape[1], S = k->shape[2], G = Hq / Hkv;

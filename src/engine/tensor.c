@@ -211,7 +211,9 @@ static bool is_movable_source(const wk_tensor *t) {
 // The one gate for block-quantized tensors: only the ops whose kernels read blocks
 // take them (their builders check which operand); nothing computes them.
 static bool quant_inputs_ok(wk_op op, wk_dtype dt, int nin, wk_tensor *const *in) {
-  bool reads_blocks = op == WK_OP_QMATMUL || op == WK_OP_DEQUANTIZE || op == WK_OP_EMBEDDING;
+  // (a Q8_0 KV cache is written by set_slice and read by sdpa)
+  bool reads_blocks = op == WK_OP_QMATMUL || op == WK_OP_DEQUANTIZE || op == WK_OP_EMBEDDING ||
+                     op == WK_OP_SET_SLICE || op == WK_OP_SDPA;
   for (int i = 0; i < nin; i++)
     if (wk_dtype_is_quantized(in[i]->dtype) && !reads_blocks) {
       char b[160];
@@ -367,6 +369,15 @@ wk_tensor *wk_from_data(int ndim, const int64_t *shape, wk_dtype dt, const void 
   if (!b) return NULL;
   if (bytes) memcpy(b->data, data, bytes);
   return wk_node_finish(realized_new(ndim, shape, dt, b));
+}
+
+wk_tensor *wk_empty_on(int ndim, const int64_t *shape, wk_dtype dt, wk_device dev) {
+  if (!check_shape("empty", ndim, shape) || !check_stored("empty", ndim, shape, dt)) return NULL;
+  wk_buffer *b = wk_buffer_alloc(dev, wk_dtype_bytes(dt, wk_shape_numel(ndim, shape)));
+  if (!b) return NULL;
+  wk_tensor *t = realized_new(ndim, shape, dt, b);
+  if (t) t->device = dev;
+  return t ? wk_node_finish(t) : NULL;
 }
 
 static void release_nothing(void *ctx) { (void)ctx; }

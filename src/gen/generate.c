@@ -161,7 +161,7 @@ static wk_status release_text(const gen_shared *g, seq_state *q, int32_t id, boo
 }
 
 // Samples sequence `index`'s next token from its logits row and streams it; marks it
-// done when it stops. held: the positions it has in the cache.
+// done when it stops. held: the positions the cache holds.
 static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, const float *row, int64_t held) {
   const wk_generate_params *p = g->p;
   wk_sample smp;
@@ -222,8 +222,8 @@ static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok
   if (p->max_tokens < 0) return wk_error(WK_ERR_ARG, "generate: max_tokens %d must be >= 0", p->max_tokens);
   if (p->top_logprobs < 0 || p->top_logprobs > WK_MAX_TOP_LOGPROBS)
     return wk_error(WK_ERR_ARG, "generate: top_logprobs %d outside [0, %d]", p->top_logprobs, WK_MAX_TOP_LOGPROBS);
-  if (p->cache_dtype != WK_F32 && p->cache_dtype != WK_F16 && p->cache_dtype != WK_BF16)
-    return wk_error(WK_ERR_ARG, "generate: cache_dtype %s is not f32, f16 or bf16", wk_dtype_name(p->cache_dtype));
+  if (p->cache_dtype != WK_F32 && p->cache_dtype != WK_F16 && p->cache_dtype != WK_BF16 && p->cache_dtype != WK_Q8_0)
+    return wk_error(WK_ERR_ARG, "generate: cache_dtype %s is not f32, f16, bf16 or q8_0", wk_dtype_name(p->cache_dtype));
   for (size_t k = 0; k < p->n_stop; k++) {
     if (!p->stop || !p->stop[k]) return wk_error(WK_ERR_ARG, "generate: stop string %zu is NULL", k);
     if (!tok && p->stop[k][0]) return wk_error(WK_ERR_ARG, "generate: stop strings need a tokenizer");
@@ -260,7 +260,7 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
     results[b].prompt_tokens = (int64_t)n_prompts[b];
   }
   const wk_model_config *cfg = wk_model_get_config(m);
-  gen_shared g = {tok, cfg, &p, tok ? wk_tokenizer_eos(tok) : -1, cfg->max_position_embeddings, cfg->vocab_size,
+  gen_shared g = {tok, cfg, &p, tok ? wk_tokenizer_eos(tok) : -1, wk_kv_cache_max_context(c), cfg->vocab_size,
                   cb, user, NULL, NULL};
   wk_status st = check_args(&p, tok, g.ctx, B, prompts, n_prompts);
   if (st) return st;
@@ -306,7 +306,8 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
     for (size_t b = 0; b < B; b++) {
       if (q[b].done) continue;
       const float *row = d + ((int64_t)b * rows + rows - 1) * g.V;
-      if ((st = seq_token(&g, &q[b], (int32_t)b, row, wk_kv_cache_len(c) - q[b].pad))) goto done;
+      // the shared cache's length: padding takes positions of the context too
+      if ((st = seq_token(&g, &q[b], (int32_t)b, row, wk_kv_cache_len(c)))) goto done;
       active += !q[b].done;
     }
     if (t1 == t0) t1 = now_s();

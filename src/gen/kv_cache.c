@@ -1,32 +1,41 @@
 // KV cache operations the generator needs beyond append (which lives with the model's
-// forward pass in src/models/llama.c).
+// forward pass in src/models/llama.c): cutting back, the maximum context, padding,
+// storage type and the sliding window. The storage is preallocated: these move
+// lengths and rows, never reallocate a cache that holds positions.
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "engine/engine.h"
 #include "models/llama.h"
 
-// Keeps positions [from, from + len) of every layer (a copy: the old buffers go).
-static wk_status keep_range(wk_kv_cache *c, int64_t from, int64_t len) {
-  int64_t n = c->m->cfg.num_hidden_layers;
-  wk_tensor **kv = calloc((size_t)(2 * n), sizeof *kv);
-  if (!kv) return wk_error(WK_ERR_OOM, "kv cache: out of memory");
-  wk_scope_begin();
-  for (int64_t i = 0; i < n; i++) {   // [B, Hkv, len, D]
-    kv[i] = wk_contiguous(wk_slice(c->k[i], 2, from, from + len, 1));
-    kv[n + i] = wk_contiguous(wk_slice(c->v[i], 2, from, from + len, 1));
-  }
-  wk_status st = wk_eval((int)(2 * n), kv);
-  if (!st) {
-    for (int64_t i = 0; i < n; i++) {
-      wk_tensor_free(c->k[i]);
-      wk_tensor_free(c->v[i]);
-      c->k[i] = wk_keep(kv[i]);
-      c->v[i] = wk_keep(kv[n + i]);
+// Moves rows [n, len) of every layer to the front of the storage, in place. Host
+// storage moves its bytes (any dtype, q8_0 rows are whole blocks); device storage
+// copies the rows out and writes them back with set_slice.
+static wk_status shift_rows(wk_kv_cache *c, int64_t n) {
+  int64_t L = c->m->cfg.num_hidden_layers, keep = c->len - n;
+  if (wk_tensor_device(c->k[0]) == WK_CPU) {
+    int64_t cap = wk_dim(c->k[0], 2), bh = wk_dim(c->k[0], 0) * wk_dim(c->k[0], 1);
+    size_t row = wk_dtype_bytes(c->dtype, wk_dim(c->k[0], 3));
+    for (int64_t i = 0; i < 2 * L; i++) {
+      wk_tensor *t = i < L ? c->k[i] : c->v[i - L];
+      char *base = (char *)t->buf->data + wk_dtype_bytes(c->dtype, t->offset);
+      for (int64_t j = 0; j < bh; j++)
+        memmove(base + (size_t)(j * cap) * row, base + (size_t)(j * cap + n) * row, (size_t)keep * row);
     }
-    c->len = len;
+    return WK_OK;
   }
+  wk_tensor **w = calloc((size_t)(2 * L), sizeof *w);
+  if (!w) return wk_error(WK_ERR_OOM, "kv cache: out of memory");
+  wk_scope_begin();
+  int32_t zero = 0;
+  wk_tensor *at = wk_to_device(wk_from_data(1, (int64_t[]){1}, WK_I32, &zero), wk_tensor_device(c->k[0]));
+  for (int64_t i = 0; i < 2 * L; i++) {
+    wk_tensor *t = i < L ? c->k[i] : c->v[i - L];
+    w[i] = wk_set_slice(t, wk_contiguous(wk_slice(t, 2, n, c->len, 1)), 2, at);
+  }
+  wk_status st = wk_eval((int)(2 * L), w);
   wk_scope_end();
-  free(kv);
+  free(w);
   return st;
 }
 
@@ -35,9 +44,19 @@ wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len) {
   if (len < 0 || len > c->len)
     return wk_error(WK_ERR_ARG, "wk_kv_cache_truncate: length %lld outside [0, %lld]", (long long)len,
                     (long long)c->len);
-  if (len == c->len) return WK_OK;
-  if (len == 0) { wk_kv_cache_reset(c); return WK_OK; }
-  return keep_range(c, 0, len);
+  if (len == 0) wk_kv_cache_reset(c);
+  else c->len = len;   // rows past the length are never read
+  return WK_OK;
+}
+
+wk_status wk_kv_cache_set_max_context(wk_kv_cache *c, int64_t n) {
+  if (!c) return wk_error(WK_ERR_ARG, "wk_kv_cache_set_max_context: cache is NULL");
+  if (n < 1 || n > INT32_MAX)
+    return wk_error(WK_ERR_ARG, "wk_kv_cache_set_max_context: %lld positions (want 1 to %d)", (long long)n, INT32_MAX);
+  if (c->len)
+    return wk_error(WK_ERR_STATE, "wk_kv_cache_set_max_context: the cache already holds %lld positions", (long long)c->len);
+  c->max_ctx = n;
+  return WK_OK;
 }
 
 wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *pad) {
@@ -56,8 +75,12 @@ wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *
 
 wk_status wk_kv_cache_set_dtype(wk_kv_cache *c, wk_dtype dt) {
   if (!c) return wk_error(WK_ERR_ARG, "wk_kv_cache_set_dtype: cache is NULL");
-  if (dt != WK_F32 && dt != WK_F16 && dt != WK_BF16)
-    return wk_error(WK_ERR_DTYPE, "wk_kv_cache_set_dtype: %s is not a cache type (f32, f16 or bf16)", wk_dtype_name(dt));
+  if (dt != WK_F32 && dt != WK_F16 && dt != WK_BF16 && dt != WK_Q8_0)
+    return wk_error(WK_ERR_DTYPE, "wk_kv_cache_set_dtype: %s is not a cache type (f32, f16, bf16 or q8_0)", wk_dtype_name(dt));
+  int64_t D = c->m->cfg.head_dim;
+  if (dt == WK_Q8_0 && D % 32)
+    return wk_error(WK_ERR_SHAPE, "wk_kv_cache_set_dtype: a q8_0 cache stores blocks of 32 along the head dimension, "
+                    "but this model's head_dim is %lld", (long long)D);
   if (c->len) return wk_error(WK_ERR_STATE, "wk_kv_cache_set_dtype: the cache already holds %lld positions", (long long)c->len);
   c->dtype = dt;
   return WK_OK;
@@ -68,8 +91,9 @@ wk_status wk_kv_cache_drop_oldest(wk_kv_cache *c, int64_t n) {
   if (n <= 0 || n >= c->len)
     return wk_error(WK_ERR_ARG, "wk_kv_cache_drop_oldest: %lld positions of %lld (want 0 < n < length)", (long long)n,
                     (long long)c->len);
-  wk_status st = keep_range(c, n, c->len - n);
+  wk_status st = shift_rows(c, n);
   if (st) return st;
+  c->len -= n;
   c->shift += n;
   for (int64_t b = 0; c->pad && b < c->pad_batch; b++) c->pad[b] = c->pad[b] > n ? c->pad[b] - n : 0;
   return WK_OK;

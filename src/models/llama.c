@@ -497,13 +497,20 @@ static int check_ids(const wk_model *m, wk_tensor *ids) {
   return 1;
 }
 
-// Builds the graph; with a cache, k/v of each layer are prepended with the cached
-// ones and the new [B, Hkv, S, D] tensors are stored in newk/newv, in kvdt.
-// One transformer block on x [B, T, H]; with a cache (newk non-NULL), k/v are
-// prepended with the cached ones and the new [B, Hkv, S, D] tensors stored in
-// newk[l] / newv[l].
-static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
-                        wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
+// A decode or prefill step through a preallocated cache: where this step's keys go
+// and what attention sees, as i32 [1] tensors read at run time, so that every step
+// of the same shape builds the same graph and reuses one compiled plan.
+typedef struct {
+  wk_tensor **k, **v;      // per layer [B, Hkv, capacity, D], written in place
+  wk_tensor *rope_pos;     // position of the first new token (RoPE)
+  wk_tensor *write_pos;    // cache row it is stored at (behind rope_pos after a sliding window)
+  wk_tensor *kv_len;       // rows attention reads: those held plus the new ones
+} cache_step;
+
+// One transformer block on x [B, T, H] at positions pos + t (no cache) or through a
+// cache (cs non-NULL: the new keys and values are stored, then attention reads the
+// cache: a f16 / bf16 / q8_0 cache rounds the new keys too, so attention sees what is stored).
+static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, const cache_step *cs, wk_tensor *mask) {
   const wk_model_config *c = &m->cfg;
   int64_t B = wk_dim(x, 0), T = wk_dim(x, 1), D = c->head_dim;
   int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
@@ -513,23 +520,18 @@ static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, wk_te
   wk_tensor *q = heads_first(proj(m, l, WK_PROJ_Q, h, L->wq, L->bq), B, T, Hq, D);
   wk_tensor *k = heads_first(proj(m, l, WK_PROJ_K, h, L->wk, L->bk), B, T, Hkv, D);
   wk_tensor *v = heads_first(proj(m, l, WK_PROJ_V, h, L->wv, L->bv), B, T, Hkv, D);
-  q = wk_rope(q, theta, pos, m->rope_interleaved);
-  k = wk_rope(k, theta, pos, m->rope_interleaved);
-  if (newk) {   // a f16 / bf16 cache rounds the new keys too: attention sees what is stored
-    if (kvdt != WK_F32) {
-      k = wk_cast(k, kvdt);
-      v = wk_cast(v, kvdt);
-    }
-    if (pastk[l]) {
-      k = wk_concat(2, (wk_tensor *[]){pastk[l], k}, 2);
-      v = wk_concat(2, (wk_tensor *[]){pastv[l], v}, 2);
-    }
-    newk[l] = k;
-    newv[l] = v;
-    k = f32(k);
-    v = f32(v);
+  wk_tensor *a;
+  if (cs) {
+    q = wk_rope_at(q, theta, cs->rope_pos, m->rope_interleaved);
+    k = wk_rope_at(k, theta, cs->rope_pos, m->rope_interleaved);
+    k = wk_set_slice(cs->k[l], k, 2, cs->write_pos);
+    v = wk_set_slice(cs->v[l], v, 2, cs->write_pos);
+    a = wk_sdpa_kv(q, k, v, mask, cs->kv_len, 1, 0);   // [B, Hq, T, D]
+  } else {
+    q = wk_rope(q, theta, pos, m->rope_interleaved);
+    k = wk_rope(k, theta, pos, m->rope_interleaved);
+    a = wk_sdpa(q, k, v, mask, 1, 0);
   }
-  wk_tensor *a = wk_sdpa(q, k, v, mask, 1, 0);    // [B, Hq, T, D]
   a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
   x = wk_add(x, proj(m, l, WK_PROJ_O, a, L->wo, L->bo));
   h = wk_rms_norm(x, f32(L->ffn_norm), eps);
@@ -540,19 +542,15 @@ static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, wk_te
 
 wk_tensor *wk_llama_embed(wk_model *m, wk_tensor *ids) { return f32(wk_embedding(m->embed, ids)); }
 wk_tensor *wk_llama_block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos) {
-  return block(m, l, x, pos, NULL, NULL, NULL, NULL, NULL, WK_F32);
+  return block(m, l, x, pos, NULL, NULL);
 }
 wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) {
   return linear(wk_rms_norm(x, f32(m->norm), (float)m->cfg.norm_eps), m->lm_head, NULL);
 }
 
-static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, wk_tensor **pastk, wk_tensor **pastv,
-                          wk_tensor **newk, wk_tensor **newv, wk_tensor *mask, wk_dtype kvdt) {
-  wk_device dev = wk_model_device(m);   // host ids and masks follow the weights
-  if (wk_tensor_device(ids) != dev) ids = wk_to_device(ids, dev);
-  if (mask && wk_tensor_device(mask) != dev) mask = wk_to_device(mask, dev);
+static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask) {
   wk_tensor *x = wk_llama_embed(m, ids);   // [B, T, H]
-  for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, pastk, pastv, newk, newv, mask, kvdt);
+  for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, cs, mask);
   return wk_llama_head(m, x);               // [B, T, V]
 }
 
@@ -563,7 +561,8 @@ wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {
     return NULL;
   }
   wk_scope_begin();
-  wk_tensor *logits = wk_keep(forward(m, ids, pos_offset, NULL, NULL, NULL, NULL, NULL, WK_F32));
+  wk_device dev = wk_model_device(m);   // host ids follow the weights
+  wk_tensor *logits = wk_keep(forward(m, wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids, pos_offset, NULL, NULL));
   wk_scope_end();
   return logits ? wk_node_finish(logits) : NULL;   // the caller's scope owns it, like any op's result
 }
@@ -586,13 +585,17 @@ wk_kv_cache *wk_kv_cache_new(const wk_model *m) {
   return c;
 }
 
-void wk_kv_cache_reset(wk_kv_cache *c) {
-  if (!c) return;
+void wk_kv_cache_release_storage(wk_kv_cache *c) {
   for (int64_t i = 0; c->k && c->v && i < c->m->cfg.num_hidden_layers; i++) {
     wk_tensor_free(c->k[i]);
     wk_tensor_free(c->v[i]);
     c->k[i] = c->v[i] = NULL;
   }
+}
+
+// Forgets the contents; the storage stays for the next sequence.
+void wk_kv_cache_reset(wk_kv_cache *c) {
+  if (!c) return;
   c->len = c->batch = c->shift = 0;
   free(c->pad);   // it described the contents
   c->pad = NULL;
@@ -600,7 +603,8 @@ void wk_kv_cache_reset(wk_kv_cache *c) {
 
 void wk_kv_cache_free(wk_kv_cache *c) {
   if (!c) return;
-  if (c->m) wk_kv_cache_reset(c);
+  if (c->m) wk_kv_cache_release_storage(c);
+  free(c->pad);
   free(c->k);
   free(c->v);
   free(c);
@@ -608,60 +612,99 @@ void wk_kv_cache_free(wk_kv_cache *c) {
 
 int64_t wk_kv_cache_len(const wk_kv_cache *c) { return c ? c->len : 0; }
 
-// Left-padded batches (wk_kv_cache_set_padding): an additive [B, 1, 1, S] mask that
-// hides row b's first pad[b] keys. A padding query sees no key at all: wk_sdpa gives
-// such rows 0, so nothing non-finite reaches the later layers.
-static wk_tensor *pad_mask(const wk_kv_cache *c, int64_t T) {
+int64_t wk_kv_cache_max_context(const wk_kv_cache *c) {
+  if (!c) return 0;
+  return c->max_ctx > 0 ? c->max_ctx : c->m->cfg.max_position_embeddings > 0 ? c->m->cfg.max_position_embeddings : 2048;
+}
+
+// Every layer's [B, Hkv, capacity, D] storage in the cache's dtype on the model's
+// device, allocated (uninitialized: rows are written before attention reads them)
+// when missing or of another batch, capacity, dtype or device. Only an empty cache
+// is reallocated; the caller checked the batch of a non-empty one.
+static wk_status kv_storage(wk_kv_cache *c, int64_t B) {
+  const wk_model_config *cfg = &c->m->cfg;
+  int64_t cap = wk_kv_cache_max_context(c);
+  wk_device dev = wk_model_device(c->m);
+  wk_tensor *k0 = c->k[0];
+  if (k0 && wk_dim(k0, 0) == B && wk_dim(k0, 2) == cap && wk_tensor_dtype(k0) == c->dtype && wk_tensor_device(k0) == dev)
+    return WK_OK;
+  wk_kv_cache_release_storage(c);
+  int64_t shape[4] = {B, cfg->num_key_value_heads, cap, cfg->head_dim};
+  for (int64_t i = 0; i < cfg->num_hidden_layers; i++) {
+    c->k[i] = wk_keep(wk_empty_on(4, shape, c->dtype, dev));
+    c->v[i] = wk_keep(wk_empty_on(4, shape, c->dtype, dev));
+    if (!c->k[i] || !c->v[i]) {
+      wk_kv_cache_release_storage(c);
+      return wk_error(WK_ERR_OOM, "KV cache: out of memory for %lld layers of [%lld, %lld, %lld, %lld] %s", (long long)cfg->num_hidden_layers,
+                      (long long)B, (long long)shape[1], (long long)cap, (long long)shape[3], wk_dtype_name(c->dtype));
+    }
+  }
+  return WK_OK;
+}
+
+// Left-padded batches (wk_kv_cache_set_padding): an additive [B, 1, 1, capacity] mask
+// that hides row b's first pad[b] keys (the same shape every step: the plan is reused).
+// A padding query sees no key at all: wk_sdpa gives such rows 0, so nothing non-finite
+// reaches the later layers.
+static wk_tensor *pad_mask(const wk_kv_cache *c, int64_t cap) {
   if (!c->pad) return NULL;
-  int64_t B = c->pad_batch, S = c->len + T;
-  float *v = malloc((size_t)(B * S) * sizeof *v);
+  int64_t B = c->pad_batch;
+  float *v = malloc((size_t)(B * cap) * sizeof *v);
   if (!v) { wk_error(WK_ERR_OOM, "model forward: out of memory"); return NULL; }
   for (int64_t b = 0; b < B; b++)
-    for (int64_t s = 0; s < S; s++) v[b * S + s] = s < c->pad[b] ? -INFINITY : 0.0f;
-  wk_tensor *t = wk_from_data(4, (int64_t[]){B, 1, 1, S}, WK_F32, v);
+    for (int64_t s = 0; s < cap; s++) v[b * cap + s] = s < c->pad[b] ? -INFINITY : 0.0f;
+  wk_tensor *t = wk_from_data(4, (int64_t[]){B, 1, 1, cap}, WK_F32, v);
   free(v);
   return t;
 }
 
-wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
-  if (!check_ids(m, ids)) return NULL;
-  if (!c || c->m != m) { wk_error(WK_ERR_ARG, "model forward: the cache is NULL or belongs to another model"); return NULL; }
+// One i32 value on dev (a run-time position).
+static wk_tensor *scalar_i32(int64_t v, wk_device dev) {
+  int32_t x = (int32_t)v;
+  wk_tensor *t = wk_from_data(1, (int64_t[]){1}, WK_I32, &x);
+  return t && dev != WK_CPU ? wk_to_device(t, dev) : t;
+}
+
+static bool check_cache_fits(const wk_model *m, wk_tensor *ids, const wk_kv_cache *c) {
+  if (!c || c->m != m) { wk_error(WK_ERR_ARG, "model forward: the cache is NULL or belongs to another model"); return false; }
   if (c->pad && wk_dim(ids, 0) != c->pad_batch) {
     wk_error(WK_ERR_SHAPE, "model forward: ids have batch %lld but the cache's padding is for batch %lld",
              (long long)wk_dim(ids, 0), (long long)c->pad_batch);
-    return NULL;
+    return false;
   }
   if (c->len && wk_dim(ids, 0) != c->batch) {
     wk_error(WK_ERR_SHAPE, "model forward: ids have batch %lld but the cache holds batch %lld",
              (long long)wk_dim(ids, 0), (long long)c->batch);
-    return NULL;
+    return false;
   }
-  int64_t n = m->cfg.num_hidden_layers;
-  wk_tensor **nk = calloc((size_t)(2 * n + 1), sizeof *nk);
-  if (!nk) { wk_error(WK_ERR_OOM, "model forward: out of memory"); return NULL; }
-  wk_tensor **nv = nk + n;
+  int64_t cap = wk_kv_cache_max_context(c), T = wk_dim(ids, 1);
+  if (c->len + T > cap) {
+    wk_error(WK_ERR_SHAPE, "model forward: the KV cache holds %lld positions and %lld more exceed its maximum context of "
+             "%lld (wk_kv_cache_set_max_context; or a sliding window: wk_kv_cache_drop_oldest)",
+             (long long)c->len, (long long)T, (long long)cap);
+    return false;
+  }
+  return true;
+}
+
+wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
+  if (!check_ids(m, ids) || !check_cache_fits(m, ids, c)) return NULL;
+  int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), cap = wk_kv_cache_max_context(c);
+  if (kv_storage(c, B)) return NULL;
+  wk_device dev = wk_model_device(m);   // host ids and masks follow the weights
   wk_scope_begin();
-  wk_tensor *mask = pad_mask(c, wk_dim(ids, 1));
   // positions go on after dropped ones (wk_kv_cache_drop_oldest): RoPE sees the distances
-  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, ids, c->len + c->shift, c->k, c->v, nk, nv, mask, c->dtype);
-  int ok = logits != NULL;
-  for (int64_t i = 0; ok && i < n; i++) ok = nk[i] && nv[i];
+  cache_step cs = {c->k, c->v, scalar_i32(c->len + c->shift, dev), scalar_i32(c->len, dev), scalar_i32(c->len + T, dev)};
+  wk_tensor *mask = pad_mask(c, cap);
+  if (mask && dev != WK_CPU) mask = wk_to_device(mask, dev);
+  wk_tensor *x = wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids;
+  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, x, 0, &cs, mask);
+  bool ok = logits && wk_eval(1, &logits) == WK_OK;
   if (ok) {
-    nk[2 * n] = logits;
-    ok = wk_eval((int)(2 * n + 1), nk) == WK_OK;
-  }
-  if (ok) {
-    for (int64_t i = 0; i < n; i++) {
-      wk_tensor_free(c->k[i]);
-      wk_tensor_free(c->v[i]);
-      c->k[i] = wk_keep(nk[i]);   // the scope's reference becomes the cache's
-      c->v[i] = wk_keep(nv[i]);
-    }
-    c->batch = wk_dim(ids, 0);
-    c->len += wk_dim(ids, 1);
+    c->batch = B;
+    c->len += T;
     wk_keep(logits);
   }
   wk_scope_end();
-  free(nk);
   return ok ? wk_node_finish(logits) : NULL;
 }

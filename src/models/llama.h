@@ -38,11 +38,16 @@ struct wk_model {
 struct wk_kv_cache {
   const wk_model *m;
   int64_t len, batch;
-  wk_tensor **k, **v;         // per layer [B, Hkv, len, D], evaluated; NULL while empty
+  // per layer [B, Hkv, capacity, D], preallocated at the first forward and written in
+  // place (rows past len are undefined); NULL until then
+  wk_tensor **k, **v;
+  int64_t max_ctx;            // capacity: 0 = the model's max_position_embeddings
   int64_t *pad, pad_batch;    // left-padded batches: row b's first pad[b] positions are padding
-  wk_dtype dtype;             // k/v storage: f32 (0, the default), f16 or bf16
+  wk_dtype dtype;             // k/v storage: f32 (0, the default), f16, bf16 or q8_0
   int64_t shift;              // positions dropped from the front: position of entry i = shift + i
 };
+// Frees the per-layer storage (the next forward allocates it again).
+void wk_kv_cache_release_storage(wk_kv_cache *c);
 
 // The weight slot of projection p in layer l (merging replaces the tensor in it).
 wk_tensor **wk_llama_proj_weight(wk_model *m, int64_t layer, wk_proj p);

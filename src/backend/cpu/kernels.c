@@ -255,6 +255,45 @@ static wk_status pad_kernel(const wk_step *s, void *const *slots) {
   return WK_OK;
 }
 
+// ---- set_slice: src written into dst (the step's output, updated in place) ----
+// Q8_0 as GGUF stores it: per 32 values, d = max|x| / 127 (f16) and round(x / d) as i8.
+static void quantize_q8_0(const float *x, uint8_t *b, int64_t nblocks) {
+  for (int64_t k = 0; k < nblocks; k++, x += 32, b += 34) {
+    float amax = 0;
+    for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t h = wk_f32_to_f16(d);
+    memcpy(b, &h, 2);
+    for (int i = 0; i < 32; i++) b[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
+  }
+}
+
+static wk_status set_slice_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *dst = &s->out, *src = &s->in[1];
+  int ax = (int)s->attrs.i[0];
+  int64_t start = *(const int32_t *)wk_operand_ptr(&s->in[2], slots), n = src->shape[ax], cap = dst->shape[ax];
+  if (start < 0 || start + n > cap)
+    return wk_error(WK_ERR_SHAPE, "set_slice: positions [%lld, %lld) do not fit the destination's %lld along axis %d",
+                    (long long)start, (long long)(start + n), (long long)cap, ax);
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < ax; d++) outer *= dst->shape[d];
+  for (int d = ax + 1; d < dst->ndim; d++) inner *= dst->shape[d];
+  float local[1024];
+  float *buf = inner <= 1024 ? local : malloc(sizeof(float) * (size_t)inner);
+  if (!buf) return wk_error(WK_ERR_OOM, "set_slice: out of memory");
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < n; i++) {
+      int64_t at = (o * cap + start + i) * inner;   // dst is contiguous
+      WK_ISA_FN(wk_cpu_load_f32)(src, slots, (o * n + i) * inner, inner, buf);
+      if (dst->dtype == WK_Q8_0)
+        quantize_q8_0(buf, (uint8_t *)slots[dst->slot] + wk_dtype_bytes(WK_Q8_0, dst->offset + at), inner / 32);
+      else
+        store_f32(dst, slots, at, inner, buf);
+    }
+  if (buf != local) free(buf);
+  return WK_OK;
+}
+
 // ---- matmul ----
 // A matrix operand as GEMM wants it: pointer, transpose flag, leading dimension.
 typedef struct { const void *p; int trans; int64_t ld; } mat;
@@ -397,6 +436,7 @@ wk_status WK_ISA_FN(wk_cpu_kernel)(const wk_step *s, void *const *slots) {
     case WK_OP_ARGMAX: return argmax_kernel(s, slots);
     case WK_OP_CONCAT: return concat_kernel(s, slots);
     case WK_OP_PAD: return pad_kernel(s, slots);
+    case WK_OP_SET_SLICE: return set_slice_kernel(s, slots);
     case WK_OP_MATMUL: return matmul_kernel(s, slots);
     case WK_OP_LORA: return lora_kernel(s, slots);
     case WK_OP_QMATMUL:

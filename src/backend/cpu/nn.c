@@ -151,6 +151,19 @@ static float vsqdev(const float *x, int64_t n, float c) {
   for (; i < n; i++) { float d = x[i] - c; acc[i & 15] += d * d; }
   return hsum16(acc);
 }
+// A row whose max is so negative (a row of -FLT_MAX masks, say) that m * log2(e)
+// overflows: the fused x*log2(e) - m*log2(e) below would be -inf - -inf = NaN, so
+// such rows take the plain exp(x - m).
+static inline bool huge_max(float m) { return !(fabsf(m) < 2e38f); }
+static inline float vexp_far(const float *x, float *y, int64_t n, float m) {
+  float t = 0;
+  for (int64_t i = 0; i < n; i++) {
+    float e = expz(x[i] - m);
+    if (y) y[i] = e;
+    t += e;
+  }
+  return t;
+}
 // max, and exp with its sums, written with intrinsics: the compiler does not
 // vectorize the branchy scalar forms (roundf, compares under -ftrapping-math).
 #if defined(__AVX512F__)
@@ -189,6 +202,7 @@ static float vmax(const float *x, int64_t n) {
 }
 // y = exp(x - m) (y may be NULL); returns sum exp(x - m). Needs x <= m.
 static float vexp(const float *x, float *y, int64_t n, float m) {
+  if (huge_max(m)) return vexp_far(x, y, n, m);
   __m512 l2e = _mm512_set1_ps(LOG2E), ml = _mm512_set1_ps(m * LOG2E), s0 = _mm512_setzero_ps(), s1 = s0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -253,6 +267,7 @@ static float vmax(const float *x, int64_t n) {
   return m;
 }
 static float vexp(const float *x, float *y, int64_t n, float m) {
+  if (huge_max(m)) return vexp_far(x, y, n, m);
   __m256 l2e = _mm256_set1_ps(LOG2E), ml = _mm256_set1_ps(m * LOG2E), s0 = _mm256_setzero_ps(), s1 = s0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -655,8 +670,10 @@ static wk_status rope_kernel(const wk_step *s, void *const *slots) {
             .nt = want_nt(&s->out)};
   int64_t rows = c.D ? numel_of(x) / c.D : 0;
   if (!rows) return WK_OK;
+  int64_t offset = s->attrs.i[0];   // plus the run-time position, if any
+  if (s->nin > 1) offset += *(const int32_t *)wk_operand_ptr(&s->in[1], slots);
   pthread_mutex_lock(&rope_mu); // held while the table is in use
-  c.cs = rope_table(s->attrs.f[0], s->attrs.i[0], c.T, c.D);
+  c.cs = rope_table(s->attrs.f[0], offset, c.T, c.D);
   if (c.cs) wk_parallel_for(rows, grain_rows(c.D), rope_range, &c);
   pthread_mutex_unlock(&rope_mu);
   return c.cs && !c.oom ? WK_OK : wk_error(WK_ERR_OOM, "rope: out of memory");
@@ -864,13 +881,19 @@ static wk_status ce_kernel(const wk_step *s, void *const *slots, bool bwd) {
 #define SDPA_ROWS 64
 typedef struct { const float *p; int64_t s0, s1, s2; } mat4; // unit stride on the last axis
 
+// Keys or values: f32 rows read in place, or rows of another dtype (f16, bf16, or
+// q8_0 blocks: a KV cache) converted one block of SDPA_BK positions at a time, and
+// only the positions that exist (a preallocated cache is mostly empty).
+typedef struct { const wk_operand *o; mat4 m; bool direct; } kvsrc;
+
 typedef struct {
   const wk_step *s;
   void *const *slots;
-  mat4 q, k, v;
+  mat4 q;
+  kvsrc k, v;
   const float *mask;
   int64_t ms[4];
-  int64_t Hq, Hkv, T, S, D, G, TQ, ntq;
+  int64_t Hq, Hkv, T, S, Se, D, G, TQ, ntq;   // S: positions stored, Se: those that exist
   float scale;
   bool causal;
   _Atomic int oom;
@@ -890,14 +913,34 @@ static bool as_mat4(const wk_operand *o, void *const *slots, mat4 *m, float **ow
   return true;
 }
 
+// Rows [s0, s0 + n) of batch bb, kv head hk, as f32 with leading dimension *ld.
+static const float *kv_rows(const sdpa_ctx *c, const kvsrc *src, int64_t bb, int64_t hk, int64_t s0, int64_t n,
+                            float *buf, int64_t *ld) {
+  if (src->direct) {
+    *ld = src->m.s2;
+    return src->m.p + bb * src->m.s0 + hk * src->m.s1 + s0 * src->m.s2;
+  }
+  const wk_operand *o = src->o;
+  int64_t D = c->D, lin = ((bb * c->Hkv + hk) * c->S + s0) * D;
+  *ld = D;
+  if (o->dtype == WK_Q8_0) { // contiguous whole blocks (sdpa_kernel checks)
+    const char *p = (const char *)c->slots[o->slot] + wk_dtype_bytes(WK_Q8_0, o->offset + lin);
+    WK_ISA_FN(wk_cpu_dequant)(WK_Q8_0, p, buf, n * D / 32);
+  } else {
+    WK_ISA_FN(wk_cpu_load_f32)(o, c->slots, lin, n * D, buf);
+  }
+  return buf;
+}
+
 static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
   (void)tid;
   sdpa_ctx *c = vc;
   const wk_step *s = c->s;
-  int64_t D = c->D, T = c->T, S = c->S, G = c->G, R = G * c->TQ;
-  float *buf = malloc(sizeof(float) * (size_t)(R * (2 * D + SDPA_BK + 2) + D));
+  int64_t D = c->D, T = c->T, S = c->Se, G = c->G, R = G * c->TQ;
+  float *buf = malloc(sizeof(float) * (size_t)(R * (2 * D + SDPA_BK + 2) + D + 2 * SDPA_BK * D));
   if (!buf) { c->oom = 1; return; }
   float *qt = buf, *o = qt + R * D, *sc = o + R * D, *m = sc + R * SDPA_BK, *l = m + R, *tmp = l + R;
+  float *kbuf = tmp + D, *vbuf = kbuf + SDPA_BK * D;
   for (int64_t item = b; item < e; item++) {
     int64_t t0 = (item % c->ntq) * c->TQ, hk = (item / c->ntq) % c->Hkv, bb = item / (c->ntq * c->Hkv);
     int64_t tn = T - t0 < c->TQ ? T - t0 : c->TQ, rows = G * tn; // row i = g * tn + tt
@@ -908,12 +951,12 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
       m[i] = -INFINITY;
       l[i] = 0;
     }
-    const float *kb = c->k.p + bb * c->k.s0 + hk * c->k.s1, *vb = c->v.p + bb * c->v.s0 + hk * c->v.s1;
     int64_t kend = c->causal ? t0 + tn + S - T : S; // keys any row of the tile sees
     if (kend > S) kend = S;
     for (int64_t s0 = 0; s0 < kend; s0 += SDPA_BK) {
-      int64_t n = kend - s0 < SDPA_BK ? kend - s0 : SDPA_BK;
-      wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, kb + s0 * c->k.s2, c->k.s2, 0, 0.0f, sc, SDPA_BK, 0, 1);
+      int64_t n = kend - s0 < SDPA_BK ? kend - s0 : SDPA_BK, kld, vld;
+      const float *kr = kv_rows(c, &c->k, bb, hk, s0, n, kbuf, &kld);
+      wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, kr, kld, 0, 0.0f, sc, SDPA_BK, 0, 1);
       for (int64_t i = 0; i < rows; i++) {
         int64_t h = hk * G + i / tn, t = t0 + i % tn;
         float *srow = sc + i * SDPA_BK;
@@ -933,7 +976,8 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
         }
         l[i] += vexp(srow, srow, n, m[i]);
       }
-      wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, vb + s0 * c->v.s2, c->v.s2, 0, 1.0f, o, D, 0, 1);
+      const float *vr = kv_rows(c, &c->v, bb, hk, s0, n, vbuf, &vld);
+      wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, vr, vld, 0, 1.0f, o, D, 0, 1);
     }
     for (int64_t i = 0; i < rows; i++) {
       int64_t h = hk * G + i / tn, t = t0 + i % tn, r = (bb * c->Hq + h) * T + t;
@@ -945,17 +989,37 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
   free(buf);
 }
 
+// k or v: read in place (f32), converted per block (f16, bf16, contiguous q8_0).
+static bool kv_src(const wk_operand *o, void *const *slots, kvsrc *k) {
+  *k = (kvsrc){.o = o, .direct = direct_f32(o)};
+  if (k->direct) k->m = (mat4){(const float *)slots[o->slot] + o->offset, o->stride[0], o->stride[1], o->stride[2]};
+  if (o->dtype != WK_Q8_0) return true;
+  int64_t st[WK_MAX_DIMS];
+  wk_contiguous_strides(o->ndim, o->shape, st);
+  return !memcmp(st, o->stride, sizeof(int64_t) * (size_t)o->ndim) && o->offset % 32 == 0 && o->shape[3] % 32 == 0;
+}
+
 static wk_status sdpa_kernel(const wk_step *s, void *const *slots) {
   const wk_operand *q = &s->in[0], *k = &s->in[1];
   sdpa_ctx c = {.s = s, .slots = slots, .Hq = q->shape[1], .Hkv = k->shape[1], .T = q->shape[2], .S = k->shape[2],
                 .D = q->shape[3], .G = q->shape[1] / k->shape[1], .scale = s->attrs.f[0], .causal = s->attrs.i[0] != 0};
+  c.Se = c.S;
+  int nin = s->nin;
+  if (s->attrs.i[1]) { // the keys that exist: a run-time length
+    int32_t len = *(const int32_t *)wk_operand_ptr(&s->in[--nin], slots);
+    if (len < 0 || len > c.S)
+      return wk_error(WK_ERR_SHAPE, "sdpa: kv_len %d outside [0, %lld] (the keys' capacity)", len, (long long)c.S);
+    c.Se = len;
+  }
   if (!numel_of(&s->out)) return WK_OK;
   c.TQ = SDPA_ROWS / c.G > 0 ? SDPA_ROWS / c.G : 1;
   if (c.TQ > c.T) c.TQ = c.T;
   c.ntq = (c.T + c.TQ - 1) / c.TQ;
-  float *oq = NULL, *ok = NULL, *ov = NULL, *om = NULL;
-  bool fine = as_mat4(q, slots, &c.q, &oq) && as_mat4(k, slots, &c.k, &ok) && as_mat4(&s->in[2], slots, &c.v, &ov);
-  if (fine && s->nin > 3) {
+  if (!kv_src(k, slots, &c.k) || !kv_src(&s->in[2], slots, &c.v))
+    return wk_error(WK_ERR_STATE, "sdpa: q8_0 keys and values must be contiguous whole blocks along D");
+  float *oq = NULL, *om = NULL;
+  bool fine = as_mat4(q, slots, &c.q, &oq);
+  if (fine && nin > 3) {
     const wk_operand *mk = &s->in[3];
     int64_t st[WK_MAX_DIMS];
     if (mk->dtype == WK_F32) {
@@ -971,12 +1035,10 @@ static wk_status sdpa_kernel(const wk_step *s, void *const *slots) {
     for (int d = 0; d < mk->ndim; d++) c.ms[4 - mk->ndim + d] = mk->shape[d] == 1 ? 0 : st[d];
   }
   if (fine) {
-    int64_t items = q->shape[0] * c.Hkv * c.ntq, flops = c.G * c.TQ * c.S * c.D * 4;
+    int64_t items = q->shape[0] * c.Hkv * c.ntq, flops = c.G * c.TQ * c.Se * c.D * 4;
     wk_parallel_for(items, flops >= (1 << 18) ? 1 : (1 << 18) / (flops ? flops : 1), sdpa_range, &c);
   }
   free(oq);
-  free(ok);
-  free(ov);
   free(om);
   return fine && !c.oom ? WK_OK : wk_error(WK_ERR_OOM, "sdpa: out of memory");
 }

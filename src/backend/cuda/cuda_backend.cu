@@ -414,6 +414,7 @@ static wk_status dispatch(const wk_step *s, void *const *slots) {
     case WK_OP_LAYER_NORM_BWD: return wkc_norm_bwd(s, slots);
     case WK_OP_NORM_DW: return wkc_norm_dw(s, slots);
     case WK_OP_ROPE: return wkc_rope(s, slots);
+    case WK_OP_SET_SLICE: return wkc_set_slice(s, slots);
     case WK_OP_EMBEDDING: return wkc_embedding(s, slots);
     case WK_OP_EMBEDDING_BWD: return wkc_embedding_bwd(s, slots);
     case WK_OP_SDPA: return wkc_sdpa(s, slots);

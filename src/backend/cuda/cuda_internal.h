@@ -80,6 +80,7 @@ wk_status wkc_softmax_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_norm_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_norm_dw(const wk_step *s, void *const *slots);
 wk_status wkc_rope(const wk_step *s, void *const *slots);
+wk_status wkc_set_slice(const wk_step *s, void *const *slots);
 wk_status wkc_embedding(const wk_step *s, void *const *slots);
 wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_sdpa(const wk_step *s, void *const *slots);

@@ -408,15 +408,16 @@ struct RopeArgs {
   char *out;
   int32_t out_dtype, inter;
   int64_t rows, D, T, offset;
+  const int32_t *pos;   // run-time position added to offset, or NULL
   float theta, sign;
 };
 
 __global__ void k_rope(const __grid_constant__ RopeArgs a) {
-  int64_t h = a.D / 2, n = a.rows * h;
+  int64_t h = a.D / 2, n = a.rows * h, offset = a.offset + (a.pos ? *a.pos : 0);
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
     int64_t r = e / h, i = e % h, t = r % a.T;
     float inv = (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
-    float ang = (float)(a.offset + t) * inv;
+    float ang = (float)(offset + t) * inv;
     float co = (float)cos((double)ang), sn = a.sign * (float)sin((double)ang);
     int64_t i0 = a.inter ? 2 * i : i, i1 = a.inter ? 2 * i + 1 : i + h;
     int64_t ro = row_off(a.x, r), l = last_stride(a.x);
@@ -439,11 +440,52 @@ wk_status wkc_rope(const wk_step *s, void *const *slots) {
   a.theta = s->attrs.f[0];
   a.sign = s->attrs.f[1];
   a.offset = s->attrs.i[0];
+  a.pos = s->nin > 1 ? (const int32_t *)out_ptr(&s->in[1], slots) : NULL;
   a.inter = s->attrs.i[1] != 0;
   int64_t n = a.rows * (a.D / 2);
   if (!n) return WK_OK;
   k_rope<<<capped((n + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a);
   return wkc_check_launch("rope");
+}
+
+// ---- set_slice: src into dst (the output, updated in place) at a start read on the device ----
+struct SetSliceArgs {
+  DOp src;
+  char *out;
+  const int32_t *start;
+  int32_t out_dtype, pad;
+  int64_t outer, n, cap, inner;
+};
+
+__global__ void k_set_slice(const __grid_constant__ SetSliceArgs a) {
+  int64_t st = *a.start, total = a.outer * a.n * a.inner;
+  if (st < 0 || st + a.n > a.cap) return; // the model checks positions before it builds a step
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t j = e % a.inner, i = (e / a.inner) % a.n, o = e / (a.inner * a.n);
+    stv(a.out, a.out_dtype, (o * a.cap + st + i) * a.inner + j, ldv(a.src.p, a.src.dtype, op_off(a.src, e)));
+  }
+}
+
+wk_status wkc_set_slice(const wk_step *s, void *const *slots) {
+  const wk_operand *dst = &s->out, *src = &s->in[1];
+  if (dst->dtype == WK_Q8_0)
+    return wk_error(WK_ERR_DTYPE, "set_slice: no CUDA kernel writes q8_0 (use an f16 or bf16 cache on CUDA)");
+  SetSliceArgs a;
+  memset(&a, 0, sizeof a);
+  int ax = (int)s->attrs.i[0];
+  a.src = wkc_dop(src, slots);
+  a.out = out_ptr(dst, slots);
+  a.start = (const int32_t *)out_ptr(&s->in[2], slots);
+  a.out_dtype = dst->dtype;
+  a.n = src->shape[ax];
+  a.cap = dst->shape[ax];
+  a.outer = a.inner = 1;
+  for (int d = 0; d < ax; d++) a.outer *= dst->shape[d];
+  for (int d = ax + 1; d < dst->ndim; d++) a.inner *= dst->shape[d];
+  int64_t n = a.outer * a.n * a.inner;
+  if (!n) return WK_OK;
+  k_set_slice<<<capped((n + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a);
+  return wkc_check_launch("set_slice");
 }
 
 // ---- embedding ----
@@ -536,6 +578,7 @@ struct SdpaArgs {
   DOp q, k, v;
   const char *mask;
   int32_t mask_dtype, has_mask, causal, pad;
+  const int32_t *kv_len;   // keys that exist (a preallocated cache), or NULL: all S
   int64_t ms[4];
   int64_t B, Hq, Hkv, T, S, D, G;
   float scale;
@@ -557,8 +600,10 @@ __global__ void __launch_bounds__(SDPA_THREADS) k_sdpa(const __grid_constant__ S
 #pragma unroll
     for (int c = 0; c < PER; c++) o[c] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    int64_t lim = t + a.S - a.T; // causal: keys <= lim are visible
-    int64_t kend = a.causal ? (lim + 1 < a.S ? lim + 1 : a.S) : a.S;
+    int64_t S = a.S;
+    if (a.kv_len) S = *a.kv_len < 0 ? 0 : *a.kv_len < a.S ? *a.kv_len : a.S;
+    int64_t lim = t + S - a.T; // causal: keys <= lim are visible
+    int64_t kend = a.causal ? (lim + 1 < S ? lim + 1 : S) : S;
     __syncthreads();
     for (int64_t s0 = 0; s0 < kend; s0 += blockDim.x) {
       int64_t j = s0 + threadIdx.x;
@@ -624,7 +669,11 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   a.out = out_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   if (a.D > SDPA_MAXD) return wk_error(WK_ERR_SHAPE, "sdpa: head dimension %lld is above the CUDA kernel's %d", (long long)a.D, SDPA_MAXD);
-  if (s->nin > 3) {
+  int nin = s->nin;
+  if (s->attrs.i[1]) a.kv_len = (const int32_t *)out_ptr(&s->in[--nin], slots);
+  if (k->dtype == WK_Q8_0)
+    return wk_error(WK_ERR_DTYPE, "sdpa: q8_0 keys and values have no CUDA kernel (use an f16 or bf16 cache on CUDA)");
+  if (nin > 3) {
     const wk_operand *mk = &s->in[3];
     a.has_mask = 1;
     a.mask = (const char *)slots[mk->slot] + mk->offset * (int64_t)wkc_esize(mk->dtype);
