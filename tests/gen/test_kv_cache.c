@@ -3,10 +3,12 @@
 // all) of the prompt equals wk_generate; f16 / bf16 caches store half-size keys and
 // stay within their rounding of the f32 logits; after dropping the oldest positions
 // (sliding window) the logits equal a full forward over the kept tokens at their
-// positions, and generation goes past the context limit.
+// positions, and generation goes past the context limit; one-token decode steps reuse
+// one compiled plan; a forward past the maximum context fails naming it.
 #include <string.h>
 #include "check.h"
 #include "fixtures.h"
+#include "engine/plan.h"
 #include "models/llama.h"
 #include "wick/generate.h"
 
@@ -158,6 +160,52 @@ static void test_sliding_window(wk_model *m, int64_t V) {
         "with a window: %lld tokens, stop %s", (long long)r.generated_tokens, wk_stop_reason_name(r.stop));
 }
 
+// The cache is preallocated and written in place at run-time positions, so every
+// one-token decode step builds the same graph: after the first step's compile, the
+// plan cache serves the rest (the same structural hash each step).
+static void test_decode_plan_reused(wk_model *m) {
+  int32_t seq[12] = {1, 7, 3, 99, 42, 5, 17, 200, 8, 64, 3, 9};
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  wk_tensor_free(feed(m, c, seq, 4));
+  wk_tensor_free(feed(m, c, seq + 4, 1));
+  wk_eval_stats st;
+  wk_last_eval_stats(&st);
+  uint64_t compiled = st.plans_compiled, hits = st.plan_cache_hits, hash = wk_last_plan() ? wk_last_plan()->hash : 0;
+  int same = 0;
+  for (int t = 5; t < 12; t++) {
+    wk_tensor_free(feed(m, c, seq + t, 1));
+    same += wk_last_plan() && wk_last_plan()->hash == hash;
+  }
+  wk_last_eval_stats(&st);
+  CHECK(st.plans_compiled == compiled && st.plan_cache_hits == hits + 7 && same == 7,
+        "decode steps 2..8: %llu compiles, %llu hits, %d with the first step's hash",
+        (unsigned long long)(st.plans_compiled - compiled), (unsigned long long)(st.plan_cache_hits - hits), same);
+  CHECK(wk_kv_cache_len(c) == 12, "cache len %lld", (long long)wk_kv_cache_len(c));
+  wk_kv_cache_free(c);
+}
+
+// Overflowing the maximum context is an error that names it; the cache stays usable.
+static void test_max_context(wk_model *m, int64_t V) {
+  int32_t seq[12] = {1, 7, 3, 99, 42, 5, 17, 200, 8, 64, 3, 9};
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  CHECK(wk_kv_cache_max_context(c) == wk_model_get_config(m)->max_position_embeddings, "default: the model's context");
+  CHECK(wk_kv_cache_set_max_context(c, 0) != WK_OK && wk_kv_cache_set_max_context(c, 8) == WK_OK &&
+            wk_kv_cache_max_context(c) == 8, "set_max_context");
+  wk_tensor *a = feed(m, c, seq, 6), *b = feed(m, c, seq + 6, 3);
+  CHECK(a && !b && strstr(wk_last_error(), "maximum context of 8") && wk_kv_cache_len(c) == 6,
+        "6 + 3 positions past a context of 8 refused");
+  CHECK(wk_kv_cache_set_max_context(c, 16) != WK_OK && strstr(wk_last_error(), "already holds"), "resize of a used cache");
+  wk_tensor *d = feed(m, c, seq + 6, 2);   // exactly full: its logits equal the uncapped forward's
+  wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 8}, WK_I32, seq);
+  wk_tensor *full = wk_model_forward(m, ids, 0);
+  const float *got = d ? wk_tensor_data(d) : NULL, *want = full ? wk_tensor_data(full) : NULL;
+  CHECK(got && want && max_abs_diff(got + V, want + 7 * V, V) < 1e-5f, "last position of a full cache");
+  wk_tensor *e = feed(m, c, seq + 8, 1);
+  CHECK(!e && strstr(wk_last_error(), "maximum context"), "one past a full cache refused");
+  wk_tensor_free(a); wk_tensor_free(d); wk_tensor_free(ids); wk_tensor_free(full);
+  wk_kv_cache_free(c);
+}
+
 int main(void) {
   wk_model *m = wk_model_load(fixture_in("models", "llama"));
   CHECK(m != NULL, "load fixture");
@@ -167,6 +215,8 @@ int main(void) {
   test_generate_cached(m);
   test_dtype(m, V);
   test_sliding_window(m, V);
+  test_decode_plan_reused(m);
+  test_max_context(m, V);
   wk_model_free(m);
   return check_report();
 }

@@ -996,7 +996,9 @@ static bool kv_src(const wk_operand *o, void *const *slots, kvsrc *k) {
   if (o->dtype != WK_Q8_0) return true;
   int64_t st[WK_MAX_DIMS];
   wk_contiguous_strides(o->ndim, o->shape, st);
-  return !memcmp(st, o->stride, sizeof(int64_t) * (size_t)o->ndim) && o->offset % 32 == 0 && o->shape[3] % 32 == 0;
+  bool dense = true;
+  for (int d = 0; d < o->ndim; d++) dense = dense && (o->shape[d] == 1 || o->stride[d] == st[d]);   // size-1 axes: stride 0
+  return dense && o->offset % 32 == 0 && o->shape[3] % 32 == 0;
 }
 
 static wk_status sdpa_kernel(const wk_step *s, void *const *slots) {
