@@ -61,7 +61,13 @@ int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_par
     if (!strcmp(v, "f32")) gp->cache_dtype = WK_F32;
     else if (!strcmp(v, "f16")) gp->cache_dtype = WK_F16;
     else if (!strcmp(v, "bf16")) gp->cache_dtype = WK_BF16;
-    else BAD("f32, f16 or bf16");
+    else if (!strcmp(v, "q8_0")) gp->cache_dtype = WK_Q8_0;
+    else BAD("f32, f16, bf16 or q8_0");
+  }
+  else if (IS("--ctx-size")) {
+    VAL();
+    if (cli_parse_int(v, 1, INT32_MAX, &lv)) BAD("an integer in [1, 2147483647]");
+    gp->max_context = lv;
   }
   else if (IS("--top-logprobs")) {
     VAL();

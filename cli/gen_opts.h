@@ -15,8 +15,9 @@ void cli_print_token_json(const wk_gen_token *t, bool with_seq);
 #define CLI_GEN_USAGE                                                                         \
   "  [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"           \
   "  [--presence-penalty X] [--frequency-penalty X] [--seed S] [--stop STR]... [--ignore-eos]\n" \
-  "  [--top-logprobs K] [--cache-type f32|f16|bf16] [--sliding-window]\n"                      \
+  "  [--top-logprobs K] [--cache-type f32|f16|bf16|q8_0] [--ctx-size N] [--sliding-window]\n"   \
   "  -n: tokens to generate (default 128); --temp 0 is greedy (default 0.8)\n"                  \
   "  --top-logprobs K: with --json, each token's K most probable alternatives\n"                \
-  "  --cache-type: KV cache storage (default f32); --sliding-window: at the context limit drop\n" \
+  "  --cache-type: KV cache storage (default f32); --ctx-size: positions the cache holds\n"      \
+  "  (default: the model's context length); --sliding-window: at the context limit drop\n"       \
   "  the oldest half of the cache instead of stopping\n"

@@ -38,6 +38,7 @@ typedef struct {
   bool ignore_eos;              // keep going past EOS ids
   int32_t top_logprobs;         // alternatives reported with each token (0 to WK_MAX_TOP_LOGPROBS)
   wk_dtype cache_dtype;         // KV cache storage: WK_F32 (default), WK_F16, WK_BF16, WK_Q8_0 (a fresh cache only)
+  int64_t max_context;          // positions the cache holds (0: the model's; a fresh cache only)
   bool sliding_window;          // at the context limit, forget the oldest half instead of stopping
 } wk_generate_params;
 

@@ -107,7 +107,8 @@ static void test_batch(void) {
   CHECK(rc == 2 && strstr(err, "prompt 2 is empty"), "empty second prompt: rc %d: %s", rc, err);
 }
 
-// --cache-type bf16 runs (tests/gen/test_kv_cache.c checks its logits); bad values are named.
+// --cache-type bf16 runs (tests/gen/test_kv_cache.c checks its logits); bad values, a q8_0 cache
+// on a head dim that is not a multiple of 32 and a prompt longer than --ctx-size are named.
 static void test_cache_options(void) {
   const char *bf16[] = {"generate", "-m", MODEL, "-p", "Hello there", "-n", "4", "--temp", "0", "--json",
                         "--cache-type", "bf16", "--sliding-window", NULL};
@@ -117,6 +118,16 @@ static void test_cache_options(void) {
   const char *bad[] = {"generate", "-m", MODEL, "-p", "Hi", "--cache-type", "q4", NULL};
   rc = run(NULL, out, sizeof out, err, sizeof err, bad);
   CHECK(rc == 2 && strstr(err, "--cache-type 'q4'"), "bad --cache-type: rc %d: %s", rc, err);
+  // q8_0 stores blocks of 32 along the head dimension: the fixture's 8 is refused by name
+  const char *q8[] = {"generate", "-m", MODEL, "-p", "Hi", "--cache-type", "q8_0", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, q8);
+  CHECK(rc != 0 && strstr(err, "head_dim is 8"), "--cache-type q8_0 on head_dim 8: rc %d: %s", rc, err);
+  const char *ctx[] = {"generate", "-m", MODEL, "-p", "Hello there my friend", "--ctx-size", "2", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, ctx);
+  CHECK(rc != 0 && strstr(err, "context holds 2"), "--ctx-size 2 under a longer prompt: rc %d: %s", rc, err);
+  const char *ctx0[] = {"generate", "-m", MODEL, "-p", "Hi", "--ctx-size", "0", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, ctx0);
+  CHECK(rc == 2 && strstr(err, "--ctx-size '0'"), "--ctx-size 0: rc %d: %s", rc, err);
   const char *chat[] = {"chat", "-m", MODEL, "--sliding-window", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, chat);
   CHECK(rc == 2 && strstr(err, "--sliding-window"), "chat --sliding-window: rc %d: %s", rc, err);
