@@ -93,11 +93,14 @@ typedef struct wk_backend {
   // Runs (or enqueues, on asynchronous devices) one step; slots[i] is slot i's base.
   wk_status (*run)(const wk_step *step, void *const *slots);
   wk_status (*sync)(void);                      // waits for everything enqueued
-  // Optional: capture a whole plan once and replay it (CUDA graphs).
-  void *(*capture_begin)(void);
-  wk_status (*capture_end)(void *handle);
-  wk_status (*replay)(void *handle);
-  void (*capture_free)(void *handle);
+  // Optional: replaying runs of steps (CUDA graphs). The executor hands every
+  // maximal run of this device's steps that `capturable` accepts (chain members
+  // included) to run_segment, which runs them in order like `run` would; *state is
+  // the plan's handle for that run (NULL the first time, kept with the plan and
+  // released by segment_free when the plan goes).
+  bool (*capturable)(const wk_step *step);
+  wk_status (*run_segment)(void **state, const wk_step *steps, int n, void *const *slots);
+  void (*segment_free)(void *state);
 } wk_backend;
 
 // The backend for a device, or NULL (with an error set) when it is not compiled in

@@ -180,11 +180,21 @@ static wk_plan *cache_find(uint64_t h, const keybuf *k) {
   return NULL;
 }
 
+static void plan_drop_segments(wk_plan *p) {
+  for (int k = 0; p->segments && k < p->nsteps; k++) {
+    const wk_backend *be = p->segments[k] ? wk_backend_get(p->steps[k].device) : NULL;
+    if (be && be->segment_free) be->segment_free(p->segments[k]);
+  }
+  free(p->segments);
+  p->segments = NULL;
+}
+
 static void cache_insert(wk_plan *p) {
   if (cache_n == PLAN_CACHE_MAX) { // evict the least recently used
     int old = 0;
     for (int i = 1; i < cache_n; i++) if (cache[i]->lru < cache[old]->lru) old = i;
     plan_drop_arena(cache[old]);
+    plan_drop_segments(cache[old]);
     wk_plan_free(cache[old]);
     cache[old] = cache[--cache_n];
   }
@@ -261,6 +271,16 @@ static void profile_line(const wk_plan *p, int k, const wk_step *st, double us) 
           st->op == WK_STEP_FUSED_EW ? (st->chain > 0 ? "row chain" : "fused") : wk_ops[st->op].name, us, shapes);
 }
 
+// The end of the run of steps from k that k's backend replays as one unit (CUDA
+// graphs), or k when there is none. Not while profiling: that times each step.
+static int segment_end(wk_plan *p, int k, const wk_backend *be) {
+  int e = k;
+  if (!be || !be->run_segment || profiling()) return k;
+  while (e < p->nsteps && p->steps[e].device == p->steps[k].device && be->capturable(&p->steps[e])) e++;
+  if (e - k < 2 || (!p->segments && !(p->segments = calloc((size_t)p->nsteps, sizeof(void *))))) return k;
+  return e;
+}
+
 static wk_status job_run(job *j) {
   bool used[WK_DEVICE_COUNT] = {0};
   wk_status s = WK_OK;
@@ -268,6 +288,13 @@ static wk_status job_run(job *j) {
     const wk_step *st = &j->plan->steps[k];
     if (st->chain < 0) continue; // runs inside its chain's head
     const wk_backend *be = wk_backend_get(st->device);
+    int end = segment_end(j->plan, k, be);
+    if (end > k) {
+      s = be->run_segment(&j->plan->segments[k], st, end - k, j->slots);
+      used[st->device] = true;
+      k = end - 1;
+      continue;
+    }
     double t0 = profiling() ? now_us() : 0;
     s = be ? be->run(st, j->slots) : WK_ERR_DEVICE;
     used[st->device] = true;

@@ -32,6 +32,7 @@ typedef struct wk_plan {
   size_t arena_bytes; // the planner's peak for intermediates, all devices
   size_t unplanned_bytes; // every node materialized, nothing reused (for comparison)
   void *arena[WK_DEVICE_COUNT];
+  void **segments;   // per step: the backend's replay state of the step run starting there (CUDA graphs)
   int fused_ops;     // graph nodes folded into other steps
   int ngraph;        // nodes before optimization
   uint64_t lru;

@@ -9,6 +9,7 @@
 #include <cublas_v2.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -18,16 +19,38 @@
 static std::once_flag g_once;
 static bool g_ok;
 static char g_init_err[512];
-static cudaStream_t g_stream;
+static cudaStream_t g_stream, g_cap_stream;
 static cublasHandle_t g_blas;
 static DevErr *g_err_host, *g_err_dev;
 static int g_sms;
 static size_t g_max_smem;
-static bool g_sync_each, g_tf32;
+static bool g_sync_each, g_tf32, g_graphs;
+static void *g_blas_ws;                 // cuBLAS workspace of our own: none is allocated during capture
+#define BLAS_WORKSPACE (32u << 20)
 static cudaDeviceProp g_prop;
 static const char *g_last_kernel = "none";
 
-cudaStream_t wkc_stream(void) { return g_stream; }
+// While a thread captures a step into a CUDA graph (graph.cu) it enqueues on the
+// capture stream, and the scratch its steps allocate stays allocated: the graph
+// keeps those addresses for every replay.
+static thread_local cudaStream_t t_capture;
+static thread_local std::vector<void *> *t_keep;
+
+cudaStream_t wkc_stream(void) { return t_capture ? t_capture : g_stream; }
+
+static void blas_stream(cudaStream_t s) {
+  cublasSetStream(g_blas, s);  // resets the workspace to cuBLAS's own: set ours again
+  if (g_blas_ws) cublasSetWorkspace(g_blas, g_blas_ws, BLAS_WORKSPACE);
+}
+
+void wkc_capture_mode(std::vector<void *> *keep) {
+  t_capture = keep ? g_cap_stream : NULL;
+  t_keep = keep;
+  blas_stream(wkc_stream());
+}
+bool wkc_graphs_enabled(void) { return g_graphs && !g_sync_each; }
+extern "C" void wk_cuda_set_graphs(int on) { g_graphs = on != 0; }
+void wkc_set_last_kernel(const char *what) { g_last_kernel = what; }
 DevErr *wkc_dev_err(void) { return g_err_dev; }
 int wkc_num_sms(void) { return g_sms; }
 size_t wkc_max_smem(void) { return g_max_smem; }
@@ -97,7 +120,7 @@ static void *wkc_alloc(size_t bytes) {
     A.hits++;
   } else {
     cudaError_t e = cudaMalloc(&p, cs);
-    if (e != cudaSuccess) {
+    if (e != cudaSuccess && !t_capture) { // no stream sync or cudaFree inside a capture
       cudaGetLastError();
       release_cached_locked(0);
       e = cudaMalloc(&p, cs);
@@ -115,6 +138,7 @@ static void *wkc_alloc(size_t bytes) {
     if (A.reserved > A.peak_reserved) A.peak_reserved = A.reserved;
   }
   A.live[p] = cs;
+  if (t_keep) t_keep->push_back(p);
   A.in_use += cs;
   if (A.in_use > A.peak_in_use) A.peak_in_use = A.in_use;
   return p;
@@ -122,6 +146,7 @@ static void *wkc_alloc(size_t bytes) {
 
 static void wkc_free(void *p) {
   if (!p) return;
+  if (t_keep && std::find(t_keep->begin(), t_keep->end(), p) != t_keep->end()) return; // the graph keeps it
   Alloc &A = g_alloc;
   std::lock_guard<std::mutex> lk(A.mu);
   auto it = A.live.find(p);
@@ -131,7 +156,7 @@ static void wkc_free(void *p) {
   A.in_use -= cs;
   A.free_lists[cs].push_back(p);
   A.cached += cs;
-  if (A.cached > A.limit) release_cached_locked(A.limit / 2);
+  if (A.cached > A.limit && !t_capture) release_cached_locked(A.limit / 2);
 }
 
 void *wkc_tmp_alloc(size_t bytes) { return wkc_alloc(bytes); }
@@ -165,6 +190,11 @@ extern "C" const char *wk_cuda_device_name(void) { return g_ok ? g_prop.name : "
 // ran since the last check.
 static bool g_err_armed;
 void wkc_arm_dev_err(void) { g_err_armed = true; }
+bool wkc_dev_err_swap(bool armed) {
+  bool was = g_err_armed;
+  g_err_armed = armed;
+  return was;
+}
 
 static wk_status check_dev_err(void) {
   if (!g_err_armed) return WK_OK;
@@ -283,7 +313,7 @@ static wk_status matmul(const wk_step *s, void *const *slots) {
   char *c = (char *)slots[out->slot] + out->offset * (int64_t)wkc_esize(out->dtype);
   if (!batch) return WK_OK;
   if (K == 0) {
-    cudaMemsetAsync(c, 0, (size_t)(batch * M * N) * wkc_esize(out->dtype), g_stream);
+    cudaMemsetAsync(c, 0, (size_t)(batch * M * N) * wkc_esize(out->dtype), wkc_stream());
     return wkc_check_launch("matmul (K = 0)");
   }
   int dt = a.dtype;
@@ -361,8 +391,8 @@ static wk_status lora(const wk_step *s, void *const *slots) {
   if (!st && M * N > 0) {
     if (!(t = wkc_alloc((size_t)(M * (r ? r : 1)) * wkc_esize(dt)))) st = WK_ERR_OOM;
     if (!st && (K == 0 || r == 0)) {
-      cudaMemsetAsync(out, 0, (size_t)(M * N) * wkc_esize(s->out.dtype), g_stream);
-      cudaMemsetAsync(t, 0, (size_t)(M * (r ? r : 1)) * wkc_esize(dt), g_stream);
+      cudaMemsetAsync(out, 0, (size_t)(M * N) * wkc_esize(s->out.dtype), wkc_stream());
+      cudaMemsetAsync(t, 0, (size_t)(M * (r ? r : 1)) * wkc_esize(dt), wkc_stream());
     }
     if (!st && K > 0 && r > 0)
       st = gemm(x, a, 0, 0, dt, (char *)t, dt, M, r, K, 1, s->attrs.f[0], 0.0f, "lora (x@A)");
@@ -387,13 +417,13 @@ static wk_status transfer(const wk_step *s, void *const *slots) {
   g_last_kernel = "transfer";
   if (to == WK_CUDA && from == WK_CPU) return wkc_upload(dst, src, bytes);
   if (to == WK_CPU && from == WK_CUDA) return wkc_download(dst, src, bytes); // waits: host steps may read it next
-  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream);
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, wkc_stream());
   if (e != cudaSuccess) return wk_error(WK_ERR_DEVICE, "cuda: device copy of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
   return WK_OK;
 }
 
 // ---- dispatch ----
-static wk_status dispatch(const wk_step *s, void *const *slots) {
+wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
   if (s->chain > 0) return wkc_rowchain(s, s->chain, slots);
   switch ((int)s->op) {
     case WK_STEP_FUSED_EW: return wkc_ew(s, slots);
@@ -426,8 +456,8 @@ static wk_status dispatch(const wk_step *s, void *const *slots) {
   }
 }
 
-static wk_status wkc_run(const wk_step *s, void *const *slots) {
-  wk_status st = dispatch(s, slots);
+wk_status wkc_run(const wk_step *s, void *const *slots) {
+  wk_status st = wkc_dispatch(s, slots);
   if (!st && g_sync_each) {
     st = wkc_sync();
     if (st) {
@@ -454,7 +484,8 @@ static void init_once(void) {
   const char *env = getenv("WICK_CUDA_DEVICE");
   if (env) dev = atoi(env);
   if ((e = cudaSetDevice(dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&g_prop, dev)) != cudaSuccess ||
-      (e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking)) != cudaSuccess) {
+      (e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&g_cap_stream, cudaStreamNonBlocking)) != cudaSuccess) {
     snprintf(g_init_err, sizeof g_init_err, "cuda: device %d: %s", dev, cudaGetErrorString(e));
     return;
   }
@@ -462,7 +493,8 @@ static void init_once(void) {
     snprintf(g_init_err, sizeof g_init_err, "cuda: cuBLAS could not be initialized");
     return;
   }
-  cublasSetStream(g_blas, g_stream);
+  if (cudaMalloc(&g_blas_ws, BLAS_WORKSPACE) != cudaSuccess) { cudaGetLastError(); g_blas_ws = NULL; }
+  blas_stream(g_stream);
   cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH);
   if ((e = cudaMallocHost((void **)&g_err_host, sizeof(DevErr))) != cudaSuccess ||
       (e = cudaMalloc((void **)&g_err_dev, sizeof(DevErr))) != cudaSuccess ||
@@ -477,13 +509,15 @@ static void init_once(void) {
   g_max_smem = (size_t)smem;
   g_sync_each = getenv("WICK_CUDA_SYNC") && atoi(getenv("WICK_CUDA_SYNC"));
   g_tf32 = getenv("WICK_CUDA_TF32") && atoi(getenv("WICK_CUDA_TF32"));
+  g_graphs = !getenv("WICK_CUDA_GRAPHS") || atoi(getenv("WICK_CUDA_GRAPHS")); // WICK_CUDA_GRAPHS=0: launch step by step
   const char *lim = getenv("WICK_CUDA_CACHE_MB");
   g_alloc.limit = lim && atol(lim) > 0 ? (size_t)atol(lim) << 20 : g_prop.totalGlobalMem / 2;
   g_ok = true;
 }
 
 static const wk_backend cuda_backend = {
-    "cuda", WK_CUDA, wkc_alloc, wkc_free, wkc_upload, wkc_download, wkc_run, wkc_sync, NULL, NULL, NULL, NULL,
+    "cuda",        WK_CUDA, wkc_alloc,      wkc_free,        wkc_upload,      wkc_download,
+    wkc_run,       wkc_sync, wkc_capturable, wkc_run_segment, wkc_segment_free,
 };
 
 extern "C" const wk_backend *wk_backend_cuda(void) {

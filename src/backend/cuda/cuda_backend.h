@@ -21,3 +21,17 @@ void wk_cuda_empty_cache(void);
 void *wk_cuda_stream(void);
 // Name and compute capability of the device in use ("" when none).
 const char *wk_cuda_device_name(void);
+
+// CUDA graph replay of cached plans (WICK_CUDA_GRAPHS=0 turns it off at start-up;
+// this switches it at run time, for tests and benchmarks comparing both paths).
+void wk_cuda_set_graphs(int on);
+typedef struct {
+  unsigned long long captures;   // step runs captured and instantiated as a graph
+  unsigned long long replays;    // graph launches
+  unsigned long long patched;    // steps re-captured into an existing graph (new pointers or scalars)
+  unsigned long long direct;     // step runs launched step by step (first use, too many changes)
+  unsigned long long fallbacks;  // step runs whose capture failed (they run step by step from then on)
+} wk_cuda_graph_stats;
+void wk_cuda_graph_stats_get(wk_cuda_graph_stats *out);
+// Tests: the next capture fails as a host sync inside a step would (the fallback path).
+void wk_cuda_graph_fail_next_capture(void);

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <vector>
 extern "C" {
 #include "../backend.h"
 #include "cuda_backend.h"
@@ -64,8 +65,23 @@ wk_status wkc_check_launch(const char *kernel);   // cudaGetLastError -> wk_erro
 struct DevErr { int code, kind; long long a, b, c; };
 DevErr *wkc_dev_err(void);                  // device error record (first error wins)
 void wkc_arm_dev_err(void);                 // a kernel that may set it was enqueued
+bool wkc_dev_err_swap(bool armed);         // sets the "may have set it" flag, returns the old one
 int wkc_num_sms(void);
 size_t wkc_max_smem(void);                  // opt-in dynamic shared memory per block
+
+// ---- running steps ----
+wk_status wkc_dispatch(const wk_step *s, void *const *slots);  // enqueues a step's kernels
+wk_status wkc_run(const wk_step *s, void *const *slots);       // the same, + WICK_CUDA_SYNC
+void wkc_set_last_kernel(const char *what);                    // named by sync's fault message
+// keep != NULL: this thread enqueues on the capture stream (cuBLAS too) and every
+// block it allocates is listed in *keep and outlives wkc_free (the graph owns it);
+// NULL: back to the backend stream.
+void wkc_capture_mode(std::vector<void *> *keep);
+bool wkc_graphs_enabled(void);   // WICK_CUDA_GRAPHS (default on), off under WICK_CUDA_SYNC
+// CUDA graph replay of step runs (graph.cu), the backend's optional entries.
+bool wkc_capturable(const wk_step *s);
+wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const *slots);
+void wkc_segment_free(void *state);
 
 // ---- kernel families (ew.cu, nn.cu) ----
 wk_status wkc_ew(const wk_step *s, void *const *slots);

@@ -1,0 +1,307 @@
+// Plan replay as CUDA graphs: a run of a cached plan's CUDA steps is captured once
+// (stream capture) and later evaluations launch it as one graph.
+//
+// What a step's kernels see besides the plan's structure are the slot pointers
+// (leaves, outputs and arena, bound per evaluation) and the scalar attributes
+// patched into the plan (learning rate, bias corrections, seeds). Both are baked
+// into the captured kernel parameters, so before each replay every launch unit
+// (a step, or a row chain with its members) compares the pointers and scalars it
+// was captured with against the current ones:
+//  - all equal: launch the graph as it is;
+//  - a few units changed: capture just those units again and swap them into the
+//    instantiated graph (cudaGraphExecChildGraphNodeSetParams: each unit is a child
+//    graph node, so a change touches one node, and the graph is not re-instantiated);
+//  - many changed: launch step by step (patching would cost more than it saves).
+// Copying inputs into plan-owned buffers at fixed addresses was the alternative;
+// it costs a device copy of every leaf per evaluation (the base weights of a
+// training step included), where re-pointing costs host time only for the units
+// whose bindings changed. Evaluations mostly recur with the same pointers anyway:
+// the caching allocator hands a freed output's block to the next evaluation's
+// output, and a training step's parameters alternate between two sets of blocks,
+// so each run keeps a few variants captured with different pointer sets.
+//
+// Scratch that steps allocate while being captured is kept alive with the graph
+// (the replay reuses its addresses). Steps that cannot be captured (transfers to
+// or from the host) are never handed here; a capture that fails anyway (a host
+// sync inside a step, say) makes the run launch step by step from then on.
+// WICK_CUDA_GRAPHS=0 turns replay off.
+#include <limits.h>
+#include <new>
+#include "cuda_internal.h"
+
+namespace {
+const int VARIANTS = 3;        // pointer sets remembered per run of steps
+const int PATCH_COST = 3;      // re-capturing a unit costs about this many plain launches
+const int REBUILD_AFTER = 8;   // step-by-step runs in a row with new pointers before a variant is replaced
+
+struct Unit {                  // one launch unit: a step, or a row chain's head and its members
+  int first, len;
+  std::vector<int> slots;      // the slots its operands read or write
+};
+
+struct Node {
+  cudaGraphNode_t node = NULL; // its child graph node
+  std::vector<void *> keep;    // scratch its kernels use
+  std::vector<unsigned char> scalars;
+};
+
+struct Variant {
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  std::vector<Node> nodes;     // per unit
+  std::vector<void *> slots;   // slot pointers it was captured with
+  bool arms = false;           // a kernel in it may set the device error record
+  unsigned long long used = 0;
+};
+
+struct Segment {
+  std::vector<Unit> units;
+  int nslots = 0;              // 1 + the largest slot index the units use
+  int uses = 0, streak = 0;
+  bool broken = false;         // a capture failed: step by step from now on
+  Variant *v[VARIANTS] = {};
+};
+
+wk_cuda_graph_stats g_stats;
+bool g_fail_next;
+unsigned long long g_clock;
+}
+
+extern "C" void wk_cuda_graph_stats_get(wk_cuda_graph_stats *out) { *out = g_stats; }
+extern "C" void wk_cuda_graph_fail_next_capture(void) { g_fail_next = true; }
+
+bool wkc_capturable(const wk_step *s) {
+  if (s->device != WK_CUDA) return false;
+  // a host side means pageable host memory and a host sync: launched on its own
+  return s->op != WK_OP_TRANSFER || (s->attrs.i[0] == WK_CUDA && s->attrs.i[1] == WK_CUDA);
+}
+
+// ---- units and their bindings ----
+static void add_slot(Unit &u, int slot, int *nslots) {
+  if (slot < 0) return;
+  u.slots.push_back(slot);
+  if (slot >= *nslots) *nslots = slot + 1;
+}
+
+static Segment *segment_new(const wk_step *steps, int n) {
+  Segment *sg = new (std::nothrow) Segment;
+  if (!sg) return NULL;
+  for (int k = 0; k < n; k++) {
+    if (steps[k].chain < 0) continue;
+    Unit u;
+    u.first = k;
+    u.len = steps[k].chain > 0 ? steps[k].chain : 1;
+    for (int m = k; m < k + u.len && m < n; m++) {
+      const wk_step *s = &steps[m];
+      for (int q = 0; q < s->nin; q++) add_slot(u, s->in[q].slot, &sg->nslots);
+      for (int q = 0; q < s->npro; q++) add_slot(u, s->pro_in[q].slot, &sg->nslots);
+      add_slot(u, s->out.slot, &sg->nslots);
+    }
+    sg->units.push_back(u);
+  }
+  return sg;
+}
+
+// The scalar attributes a unit's kernels were built with, in one byte string.
+static void scalars_of(const wk_step *steps, const Unit &u, std::vector<unsigned char> *out) {
+  out->clear();
+  for (int k = u.first; k < u.first + u.len; k++) {
+    const unsigned char *a = (const unsigned char *)&steps[k].attrs;
+    out->insert(out->end(), a, a + sizeof(wk_attrs));
+    for (int q = 0; q < steps[k].prog.n; q++) {
+      a = (const unsigned char *)&steps[k].prog.code[q].attrs;
+      out->insert(out->end(), a, a + sizeof(wk_attrs));
+    }
+  }
+}
+
+static bool same_scalars(const wk_step *steps, const Unit &u, const std::vector<unsigned char> &have) {
+  size_t off = 0;
+  for (int k = u.first; k < u.first + u.len; k++) {
+    const wk_step *s = &steps[k];
+    if (off + sizeof(wk_attrs) * (1 + (size_t)s->prog.n) > have.size()) return false;
+    if (memcmp(&have[off], &s->attrs, sizeof(wk_attrs))) return false;
+    off += sizeof(wk_attrs);
+    for (int q = 0; q < s->prog.n; q++, off += sizeof(wk_attrs))
+      if (memcmp(&have[off], &s->prog.code[q].attrs, sizeof(wk_attrs))) return false;
+  }
+  return off == have.size();
+}
+
+static bool same_pointers(const Unit &u, const Variant *v, void *const *slots) {
+  for (int s : u.slots)
+    if (v->slots[s] != slots[s]) return false;
+  return true;
+}
+
+// ---- capture ----
+static void release(std::vector<void *> *keep) {
+  for (void *p : *keep) wkc_tmp_free(p);
+  keep->clear();
+}
+
+// Captures one unit's kernels into *g (scratch they use into *keep). False when the
+// capture failed; the step-by-step path then runs the unit and reports real errors.
+static bool capture_unit(const wk_step *s, void *const *slots, cudaGraph_t *g, std::vector<void *> *keep) {
+  *g = NULL;
+  wkc_capture_mode(keep);
+  cudaStream_t cs = wkc_stream();
+  cudaError_t e = cudaStreamBeginCapture(cs, cudaStreamCaptureModeRelaxed);
+  wk_status st = WK_OK;
+  if (e == cudaSuccess) {
+    st = wkc_dispatch(s, slots);
+    if (g_fail_next) { // tests: what a host sync inside a step does to a capture
+      g_fail_next = false;
+      cudaStreamSynchronize(cs);
+    }
+    e = cudaStreamEndCapture(cs, g);
+  }
+  wkc_capture_mode(NULL);
+  if (!st && e == cudaSuccess) return true;
+  cudaGetLastError();
+  if (*g) cudaGraphDestroy(*g);
+  *g = NULL;
+  release(keep);
+  return false;
+}
+
+static void variant_free(Variant *v) {
+  if (!v) return;
+  if (v->exec) cudaGraphExecDestroy(v->exec);
+  if (v->graph) cudaGraphDestroy(v->graph);
+  for (Node &n : v->nodes) release(&n.keep);
+  delete v;
+}
+
+// Captures every unit as a chain of child graphs and instantiates it; NULL on failure.
+static Variant *variant_build(const Segment *sg, const wk_step *steps, void *const *slots) {
+  Variant *v = new (std::nothrow) Variant;
+  if (!v) return NULL;
+  bool armed = wkc_dev_err_swap(false);
+  bool ok = cudaGraphCreate(&v->graph, 0) == cudaSuccess;
+  v->nodes.resize(sg->units.size());
+  cudaGraphNode_t prev = NULL;
+  for (size_t i = 0; ok && i < sg->units.size(); i++) {
+    cudaGraph_t g;
+    Node &n = v->nodes[i];
+    ok = capture_unit(&steps[sg->units[i].first], slots, &g, &n.keep);
+    ok = ok && cudaGraphAddChildGraphNode(&n.node, v->graph, prev ? &prev : NULL, prev ? 1 : 0, g) == cudaSuccess;
+    if (g) cudaGraphDestroy(g);
+    prev = n.node;
+    if (ok) scalars_of(steps, sg->units[i], &n.scalars);
+  }
+  ok = ok && cudaGraphInstantiate(&v->exec, v->graph, 0) == cudaSuccess;
+  v->arms = wkc_dev_err_swap(armed);
+  if (!ok) {
+    cudaGetLastError();
+    variant_free(v);
+    return NULL;
+  }
+  v->slots.assign(slots, slots + sg->nslots);
+  g_stats.captures++;
+  return v;
+}
+
+// Re-captures unit i with the current bindings and swaps it into v's executable graph.
+static bool variant_patch(Variant *v, const Segment *sg, int i, const wk_step *steps, void *const *slots) {
+  std::vector<void *> keep;
+  cudaGraph_t g;
+  bool armed = wkc_dev_err_swap(false);
+  bool ok = capture_unit(&steps[sg->units[i].first], slots, &g, &keep);
+  ok = ok && cudaGraphExecChildGraphNodeSetParams(v->exec, v->nodes[i].node, g) == cudaSuccess;
+  if (g) cudaGraphDestroy(g);
+  v->arms |= wkc_dev_err_swap(armed);
+  if (!ok) {
+    cudaGetLastError();
+    release(&keep);
+    return false;
+  }
+  release(&v->nodes[i].keep); // stream order: the graph's earlier launches are done with it first
+  v->nodes[i].keep.swap(keep);
+  scalars_of(steps, sg->units[i], &v->nodes[i].scalars);
+  g_stats.patched++;
+  return true;
+}
+
+// ---- running ----
+static wk_status run_direct(const Segment *sg, const wk_step *steps, void *const *slots) {
+  g_stats.direct++;
+  for (const Unit &u : sg->units) {
+    wk_status st = wkc_run(&steps[u.first], slots);
+    if (st) return st;
+  }
+  return WK_OK;
+}
+
+static wk_status launch(Variant *v) {
+  v->used = ++g_clock;
+  if (v->arms) wkc_arm_dev_err();
+  cudaError_t e = cudaGraphLaunch(v->exec, wkc_stream());
+  wkc_set_last_kernel("a replayed CUDA graph of plan steps (WICK_CUDA_GRAPHS=0 launches them one by one)");
+  if (e != cudaSuccess) return wk_error(WK_ERR_DEVICE, "cuda: launching a CUDA graph failed: %s", cudaGetErrorString(e));
+  g_stats.replays++;
+  return WK_OK;
+}
+
+// Units whose bindings differ from v's: *changed in all, *moved by pointers.
+static void count_changes(const Segment *sg, const Variant *v, const wk_step *steps, void *const *slots, int *changed,
+                          int *moved) {
+  *changed = *moved = 0;
+  for (size_t i = 0; i < sg->units.size(); i++) {
+    bool p = same_pointers(sg->units[i], v, slots);
+    *moved += !p;
+    *changed += !p || !same_scalars(steps, sg->units[i], v->nodes[i].scalars);
+  }
+}
+
+// Builds a variant into slot w (freeing what was there) and launches it.
+static wk_status rebuild(Segment *sg, int w, const wk_step *steps, void *const *slots) {
+  variant_free(sg->v[w]);
+  sg->v[w] = variant_build(sg, steps, slots);
+  sg->streak = 0;
+  if (sg->v[w]) return launch(sg->v[w]);
+  sg->broken = true;
+  g_stats.fallbacks++;
+  return run_direct(sg, steps, slots);
+}
+
+wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const *slots) {
+  Segment *sg = (Segment *)*state;
+  if (!sg && !(sg = segment_new(steps, n))) return wk_error(WK_ERR_OOM, "cuda: out of host memory for a CUDA graph");
+  *state = sg;
+  // a plan evaluated once pays no capture: the second evaluation captures
+  if (!wkc_graphs_enabled() || sg->broken || sg->units.size() < 2 || ++sg->uses < 2)
+    return run_direct(sg, steps, slots);
+  int best = -1, changed = INT_MAX, moved = 0, empty = -1, stalest = 0;
+  for (int w = 0; w < VARIANTS; w++) {
+    if (!sg->v[w]) { if (empty < 0) empty = w; continue; }
+    if (sg->v[stalest] == NULL || sg->v[w]->used < sg->v[stalest]->used) stalest = w;
+    int c, m;
+    count_changes(sg, sg->v[w], steps, slots, &c, &m);
+    if (c < changed) best = w, changed = c, moved = m;
+  }
+  if (best >= 0 && changed == 0) return launch(sg->v[best]);
+  bool worth_patching = changed * PATCH_COST <= (int)sg->units.size();
+  if (empty >= 0 && (best < 0 || (moved > 0 && !worth_patching))) return rebuild(sg, empty, steps, slots); // a new pointer set
+  if (worth_patching) {
+    Variant *v = sg->v[best];
+    for (size_t i = 0; i < sg->units.size(); i++) {
+      const Unit &u = sg->units[i];
+      if (same_pointers(u, v, slots) && same_scalars(steps, u, v->nodes[i].scalars)) continue;
+      if (!variant_patch(v, sg, (int)i, steps, slots)) return rebuild(sg, best, steps, slots);
+    }
+    v->slots.assign(slots, slots + sg->nslots);
+    sg->streak = 0;
+    return launch(v);
+  }
+  // new scalars alone come back changed next time too: only new pointers earn a rebuild
+  if (moved > 0 && ++sg->streak >= REBUILD_AFTER) return rebuild(sg, stalest, steps, slots);
+  return run_direct(sg, steps, slots);
+}
+
+void wkc_segment_free(void *state) {
+  Segment *sg = (Segment *)state;
+  if (!sg) return;
+  for (Variant *v : sg->v) variant_free(v);
+  delete sg;
+}

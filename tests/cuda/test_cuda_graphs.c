@@ -1,0 +1,276 @@
+// CUDA graph replay of cached plans: every plan here is evaluated several times with
+// replay off (step-by-step launches, the reference) and again with replay on, and
+// each evaluation's results must be equal bit for bit: the same kernels run on the
+// same data, only the way they are launched differs. The replay counters prove the
+// graphs were used (captured, replayed, patched with new pointers or scalars).
+// Covered: chained LoRA / softmax / RMSNorm calls (one plan of many steps), a plan
+// split by host steps, a LoRA training step with AdamW over several steps (new
+// parameter buffers and bias corrections every step), a model forward, and a capture
+// that fails (the step-by-step fallback).
+#include <string.h>
+#include "backend/cuda/cuda_backend.h"
+#include "check.h"
+#include "fixtures.h"
+
+static wk_tensor *on_gpu(wk_tensor *t) {
+  wk_tensor *d = wk_to_device(t, WK_CUDA);
+  wk_tensor_free(t);
+  if (d) wk_eval(1, &d);
+  return d;
+}
+
+static wk_tensor *rnd(int nd, const int64_t *shape, float scale, uint64_t seed) {
+  return on_gpu(wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale));
+}
+
+static bool same_bits(wk_tensor *a, wk_tensor *b) {
+  if (!a || !b || wk_numel(a) != wk_numel(b)) return false;
+  float *x = read_all(a), *y = read_all(b);
+  bool eq = x && y && !memcmp(x, y, sizeof(float) * (size_t)wk_numel(a));
+  free(x);
+  free(y);
+  return eq;
+}
+
+static wk_cuda_graph_stats stats(void) {
+  wk_cuda_graph_stats s;
+  wk_cuda_graph_stats_get(&s);
+  return s;
+}
+
+// ---- many steps in one plan: each call's output is the next call's input ----
+#define CALLS 12
+static wk_tensor *chain(int kind, wk_tensor *x, wk_tensor *const *w, float scale) {
+  wk_scope_begin();
+  wk_tensor *y = x;
+  for (int i = 0; i < CALLS; i++) {
+    float s = i == 0 ? scale : 1.0f;  // one call's scalar changes between evaluations
+    if (kind == 0) y = wk_lora(y, w[0], w[1], w[2], s);
+    // row ops on alternating axes: each call is its own kernel (consecutive row ops
+    // on the same rows would fuse into one row-chain kernel, leaving nothing to replay)
+    else if (kind == 1) y = wk_softmax(wk_transpose(wk_mul_scalar(y, s), 1, 2), -1);
+    else y = wk_rms_norm(wk_transpose(wk_add_scalar(y, s), 1, 2), NULL, 1e-5f);
+  }
+  wk_tensor *out = wk_keep(y);
+  wk_scope_end();
+  return out;
+}
+
+// Evaluates the chain `evals` times (new output buffers each time, a scalar that
+// changes on some evaluations) into out[].
+static void run_chains(int kind, wk_tensor *x, wk_tensor *const *w, int evals, wk_tensor **out) {
+  for (int e = 0; e < evals; e++) {
+    float scale = e % 3 == 2 ? 0.5f : 1.0f + 0.25f * (float)(e & 1);
+    out[e] = chain(kind, x, w, scale);
+    CHECK(out[e] && wk_eval(1, &out[e]) == WK_OK, "chain %d eval %d", kind, e);
+  }
+}
+
+static void test_chains(void) {
+  wk_tensor *x = rnd(3, (int64_t[]){1, 1, 512}, 1.0f, 1);
+  wk_tensor *w[3] = {rnd(2, (int64_t[]){512, 512}, 0.044f, 2), rnd(2, (int64_t[]){512, 8}, 0.044f, 3),
+                     rnd(2, (int64_t[]){8, 512}, 0.1f, 4)};
+  wk_tensor *rows = rnd(3, (int64_t[]){4, 16, 512}, 1.0f, 6);
+  enum { EVALS = 7 };
+  for (int kind = 0; kind < 3; kind++) {
+    wk_tensor *ref[EVALS], *got[EVALS];
+    wk_tensor *in = kind == 0 ? x : rows;
+    wk_cuda_set_graphs(0);
+    run_chains(kind, in, w, EVALS, ref);
+    wk_cuda_set_graphs(1);
+    wk_cuda_graph_stats s0 = stats();
+    run_chains(kind, in, w, EVALS, got);
+    wk_cuda_graph_stats s1 = stats();
+    int same = 0;
+    for (int e = 0; e < EVALS; e++) same += same_bits(ref[e], got[e]);
+    CHECK(same == EVALS, "chain %d: %d of %d evaluations equal bit for bit with and without replay", kind, same, EVALS);
+    CHECK(s1.captures > s0.captures && s1.replays >= s0.replays + EVALS - 2,
+          "chain %d: captured and replayed (captures %llu, replays %llu, patched %llu)", kind,
+          s1.captures - s0.captures, s1.replays - s0.replays, s1.patched - s0.patched);
+    CHECK(s1.patched > s0.patched && s1.patched - s0.patched < (unsigned long long)(EVALS * CALLS / 2),
+          "chain %d: new scalars and output pointers re-capture only the steps that use them (patched %llu)", kind,
+          s1.patched - s0.patched);
+    for (int e = 0; e < EVALS; e++) { wk_tensor_free(ref[e]); wk_tensor_free(got[e]); }
+  }
+  wk_tensor_free(x);
+  wk_tensor_free(rows);
+  for (int k = 0; k < 3; k++) wk_tensor_free(w[k]);
+}
+
+// ---- a plan with a host step in the middle: two replayed runs around it ----
+static wk_tensor *split_plan(wk_tensor *x) {
+  wk_scope_begin();
+  wk_tensor *a = wk_softmax(wk_tanh(wk_mul_scalar(x, 2.0f)), -1);
+  a = wk_add_scalar(wk_exp(a), 1.0f);
+  wk_tensor *h = wk_sqrt(wk_to_device(a, WK_CPU));  // computed by the CPU backend
+  wk_tensor *b = wk_to_device(h, WK_CUDA);
+  b = wk_softmax(wk_mul(wk_rms_norm(b, NULL, 1e-5f), x), -1);
+  wk_tensor *out = wk_keep(wk_sum(wk_mul_scalar(b, 3.0f), 1, (int[]){-1}, 0));
+  wk_scope_end();
+  return out;
+}
+
+static void test_split(void) {
+  wk_tensor *x = rnd(2, (int64_t[]){64, 256}, 1.0f, 7);
+  enum { EVALS = 4 };
+  wk_tensor *ref[EVALS], *got[EVALS];
+  for (int on = 0; on < 2; on++) {
+    wk_cuda_set_graphs(on);
+    for (int e = 0; e < EVALS; e++) {
+      wk_tensor **o = on ? &got[e] : &ref[e];
+      *o = split_plan(x);
+      CHECK(*o && wk_eval(1, o) == WK_OK, "split plan eval %d", e);
+    }
+  }
+  int same = 0;
+  for (int e = 0; e < EVALS; e++) same += same_bits(ref[e], got[e]);
+  CHECK(same == EVALS, "plan with a host step: %d of %d evaluations equal bit for bit", same, EVALS);
+  for (int e = 0; e < EVALS; e++) { wk_tensor_free(ref[e]); wk_tensor_free(got[e]); }
+  wk_tensor_free(x);
+}
+
+// ---- LoRA training on the tiny Qwen2 with AdamW: losses and parameters ----
+enum { TSTEPS = 5 };
+typedef struct {
+  float loss[TSTEPS];
+  int n;
+  wk_tensor **params;  // after the last step (references)
+} trained;
+
+static trained train(void) {
+  trained r = {{0}, 0, NULL};
+  wk_model *m = wk_model_load(fixture_in("models", "qwen2"));
+  wk_adapter *a = NULL;
+  if (m && !wk_model_to_device(m, WK_CUDA)) a = wk_adapter_load(m, fixture_in("lora", "all"));
+  if (a) wk_model_use_adapter(m, a);
+  CHECK(a != NULL, "tiny Qwen2 with its adapter on CUDA");
+  if (!a) { wk_model_free(m); return r; }
+  int32_t idv[2 * 12], labv[2 * 12];
+  for (int i = 0; i < 24; i++) idv[i] = (i * 37 + 11) % 256, labv[i] = i % 12 < 3 ? -100 : (i * 53 + 7) % 256;
+  wk_tensor *ids = on_gpu(wk_from_data(2, (int64_t[]){2, 12}, WK_I32, idv));
+  wk_tensor *labels = on_gpu(wk_from_data(2, (int64_t[]){2, 12}, WK_I32, labv));
+  r.n = wk_adapter_params(a, NULL);
+  wk_tensor **p = calloc((size_t)r.n, sizeof *p), **g = calloc((size_t)r.n, sizeof *g), **next = calloc((size_t)r.n, sizeof *next);
+  wk_optim_config oc = wk_adamw_defaults();
+  oc.lr = 1e-2f;
+  wk_adapter_params(a, p);
+  wk_optim *opt = wk_optim_new(&oc, r.n, p);
+  for (int s = 0; s < TSTEPS; s++) {
+    wk_adapter_params(a, p);
+    wk_scope_begin();
+    CHECK(wk_value_and_grad(wk_causal_lm_loss(m, ids, labels), r.n, p, g, &r.loss[s]) == WK_OK, "step %d gradients", s);
+    float lr = 1e-2f * (1.0f - 0.1f * (float)s); // a schedule: lr is a run-time scalar
+    CHECK(wk_optim_step(opt, p, g, lr, 1.0f, next) == WK_OK, "step %d AdamW", s);
+    for (int i = 0; i < r.n; i++) {
+      wk_adapter_set_param(a, i, next[i]);
+      wk_tensor_free(next[i]);
+    }
+    wk_scope_end();
+  }
+  wk_adapter_params(a, p);
+  for (int i = 0; i < r.n; i++) p[i] = wk_tensor_ref(p[i]);
+  r.params = p;
+  free(g);
+  free(next);
+  wk_optim_free(opt);
+  wk_tensor_free(ids);
+  wk_tensor_free(labels);
+  wk_adapter_free(a);
+  wk_model_free(m);
+  return r;
+}
+
+static void test_train(void) {
+  wk_cuda_set_graphs(0);
+  trained ref = train();
+  wk_cuda_set_graphs(1);
+  wk_cuda_graph_stats s0 = stats();
+  trained got = train();
+  wk_cuda_graph_stats s1 = stats();
+  if (!ref.params || !got.params) return;
+  CHECK(!memcmp(ref.loss, got.loss, sizeof ref.loss), "training losses equal bit for bit (step 5: %.9g vs %.9g)",
+        (double)ref.loss[TSTEPS - 1], (double)got.loss[TSTEPS - 1]);
+  int same = 0;
+  for (int i = 0; i < ref.n; i++) same += same_bits(ref.params[i], got.params[i]);
+  CHECK(same == ref.n, "adapter parameters after %d AdamW steps: %d of %d equal bit for bit", TSTEPS, same, ref.n);
+  CHECK(s1.replays > s0.replays, "the training step replays graphs (captures %llu, replays %llu, patched %llu, direct %llu)",
+        s1.captures - s0.captures, s1.replays - s0.replays, s1.patched - s0.patched, s1.direct - s0.direct);
+  printf("training, %d steps: captures %llu, replays %llu, patched units %llu, step-by-step runs %llu\n", TSTEPS,
+         s1.captures - s0.captures, s1.replays - s0.replays, s1.patched - s0.patched, s1.direct - s0.direct);
+  for (int i = 0; i < ref.n; i++) { wk_tensor_free(ref.params[i]); wk_tensor_free(got.params[i]); }
+  free(ref.params);
+  free(got.params);
+}
+
+// ---- a model forward (the decode path's plan shape) ----
+static void test_forward(void) {
+  wk_model *m = wk_model_load(fixture_in("models", "llama"));
+  CHECK(m && !wk_model_to_device(m, WK_CUDA), "tiny Llama on CUDA");
+  if (!m) return;
+  int32_t idv[5] = {1, 17, 42, 99, 7};
+  wk_tensor *ids = on_gpu(wk_from_data(2, (int64_t[]){1, 5}, WK_I32, idv));
+  enum { EVALS = 4 };
+  wk_tensor *ref[EVALS], *got[EVALS];
+  wk_cuda_graph_stats s0 = stats();
+  for (int on = 0; on < 2; on++) {
+    wk_cuda_set_graphs(on);
+    if (on) s0 = stats();
+    for (int e = 0; e < EVALS; e++) {
+      wk_tensor **o = on ? &got[e] : &ref[e];
+      *o = wk_model_forward(m, ids, 0);
+      CHECK(*o && wk_eval(1, o) == WK_OK, "forward %d", e);
+    }
+  }
+  wk_cuda_graph_stats s1 = stats();
+  int same = 0;
+  for (int e = 0; e < EVALS; e++) same += same_bits(ref[e], got[e]);
+  CHECK(same == EVALS, "model forward: %d of %d evaluations equal bit for bit", same, EVALS);
+  CHECK(s1.replays - s0.replays >= EVALS - 2, "model forward replayed as one graph (%llu replays)", s1.replays - s0.replays);
+  for (int e = 0; e < EVALS; e++) { wk_tensor_free(ref[e]); wk_tensor_free(got[e]); }
+  wk_tensor_free(ids);
+  wk_model_free(m);
+}
+
+// ---- a capture that fails: the run launches step by step, results unchanged ----
+static wk_tensor *fallback_plan(wk_tensor *x, wk_tensor *w) {
+  wk_scope_begin();
+  wk_tensor *y = wk_keep(wk_softmax(wk_matmul(wk_softmax(wk_mul_scalar(x, 0.7f), -1), w), -1));
+  wk_scope_end();
+  return y;
+}
+
+static void test_fallback(void) {
+  wk_tensor *x = rnd(2, (int64_t[]){32, 128}, 1.0f, 9), *w = rnd(2, (int64_t[]){128, 128}, 0.1f, 10);
+  wk_tensor *ref = NULL, *got[3] = {NULL, NULL, NULL};
+  wk_cuda_set_graphs(0);
+  ref = fallback_plan(x, w);
+  CHECK(wk_eval(1, &ref) == WK_OK, "reference");
+  wk_cuda_set_graphs(1);
+  wk_cuda_graph_stats s0 = stats();
+  wk_cuda_graph_fail_next_capture();
+  for (int e = 0; e < 3; e++) {
+    got[e] = fallback_plan(x, w);
+    CHECK(wk_eval(1, &got[e]) == WK_OK, "eval %d after a failed capture", e);
+    CHECK(same_bits(ref, got[e]), "eval %d after a failed capture equals the step-by-step result", e);
+  }
+  wk_cuda_graph_stats s1 = stats();
+  CHECK(s1.fallbacks == s0.fallbacks + 1 && s1.replays == s0.replays, "the failed capture fell back (fallbacks %llu)",
+        s1.fallbacks - s0.fallbacks);
+  wk_tensor_free(ref);
+  for (int e = 0; e < 3; e++) wk_tensor_free(got[e]);
+  wk_tensor_free(x);
+  wk_tensor_free(w);
+}
+
+int main(void) {
+  if (!wk_device_available(WK_CUDA)) {
+    printf("no CUDA device: %s\n", wk_last_error());
+    return 77;
+  }
+  test_chains();
+  test_split();
+  test_train();
+  test_forward();
+  test_fallback();
+  return check_report();
+}
