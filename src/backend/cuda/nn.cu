@@ -28,6 +28,7 @@ struct ChainHdr {
   int64_t rows, D;
   int32_t nst, use_smem;
   float *scratch;
+  const float *row_in;    // a piece of a long chain: the rows the previous piece left (dense f32)
   char *out;
   int32_t out_dtype, pad;
 };
@@ -58,6 +59,8 @@ __global__ void __launch_bounds__(1024) k_rowchain(const __grid_constant__ Blob<
   const int64_t rstep = WARP ? (int64_t)gridDim.x * (blockDim.x / 32) : gridDim.x;
   float *buf = WARP ? smem + (threadIdx.x / 32) * D : h.use_smem ? smem : h.scratch + (int64_t)blockIdx.x * D;
   for (int64_t row = first; row < h.rows; row += rstep) {
+    if (h.row_in)
+      for (int64_t j = lane; j < D; j += nt) buf[j] = h.row_in[row * D + j];
     for (int si = 0; si < h.nst; si++) {
       const StageD &st = stages[si];
       const bool last = si == h.nst - 1;
@@ -150,14 +153,17 @@ template <int CAP, bool WARP> static void smem_optin(size_t bytes) {
   }
 }
 
-wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
+// Stages s[0..n) as one kernel: rows start from row_in (or the first stage's input)
+// and the last stage writes out (dense, out_dtype). *fits = false (nothing launched)
+// when the stages and their programs do not fit one kernel's parameters.
+static wk_status rowchain_piece(const wk_step *s, int n, void *const *slots, const float *row_in, char *out_p,
+                                int out_dtype, bool *fits) {
   const wk_operand *out = &s[n - 1].out;
   int64_t D = out->ndim ? out->shape[out->ndim - 1] : 1, rows = D ? wkc_numel(out) / D : 0;
-  if (!rows) return WK_OK;
+  *fits = true;
   unsigned char *buf = wkc_blob_buf();
   size_t fixed = sizeof(ChainHdr) + sizeof(StageD) * (size_t)n;
-  if (fixed + sizeof(DInstr) > WKC_BLOB_LARGE)
-    return wk_error(WK_ERR_STATE, "cuda: row chain of %d stages is too long for one kernel", n);
+  if (fixed + sizeof(DInstr) > WKC_BLOB_LARGE) { *fits = false; return WK_OK; }
   ChainHdr *h = (ChainHdr *)buf;
   memset(buf, 0, fixed);
   StageD *sd = (StageD *)(buf + sizeof(ChainHdr));
@@ -180,7 +186,7 @@ wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
       } else if (st->in[0].slot >= 0) {
         d->in_mode = IN_MEM;
         d->in0 = wkc_dop(&st->in[0], slots);
-      } else if (j == 0) {
+      } else if (j == 0 && !row_in) {
         return wk_error(WK_ERR_STATE, "cuda: row chain starts without an input");
       }
       bool norm = st->op == WK_OP_RMS_NORM || st->op == WK_OP_LAYER_NORM;
@@ -189,13 +195,14 @@ wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
       if (d->has_w) d->w = wkc_dop(&st->in[1], slots);
       if (d->has_b) d->b = wkc_dop(&st->in[1 + d->has_w], slots);
     }
-    if (!ok) return wk_error(WK_ERR_STATE, "cuda: row chain programs too long for one kernel");
+    if (!ok) { *fits = false; return WK_OK; }
   }
   h->rows = rows;
   h->D = D;
   h->nst = n;
-  h->out = out_ptr(out, slots);
-  h->out_dtype = out->dtype;
+  h->row_in = row_in;
+  h->out = out_p;
+  h->out_dtype = out_dtype;
   size_t size = fixed + (size_t)ncode * sizeof(DInstr);
   int threads = threads_for(D);
   size_t smem = (size_t)D * sizeof(float);
@@ -230,6 +237,36 @@ wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
   }
   wk_status st = wkc_check_launch(n > 1 ? "row chain" : wk_ops[s->op].name);
   wkc_tmp_free(scratch);
+  return st;
+}
+
+// A chain too long for one kernel's parameters (a thousand chained softmaxes, say)
+// runs as pieces that hand their rows over in f32 through scratch: the stages keep
+// rows in f32 between them anyway, so the results are the same bits.
+wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
+  const wk_operand *out = &s[n - 1].out;
+  int64_t D = out->ndim ? out->shape[out->ndim - 1] : 1, rows = D ? wkc_numel(out) / D : 0;
+  if (!rows) return WK_OK;
+  bool fits;
+  wk_status st = rowchain_piece(s, n, slots, NULL, out_ptr(out, slots), out->dtype, &fits);
+  if (st || fits) return st;
+  size_t bytes = (size_t)rows * (size_t)D * sizeof(float);
+  float *hand[2] = {(float *)wkc_tmp_alloc(bytes), (float *)wkc_tmp_alloc(bytes)};
+  if (!hand[0] || !hand[1]) st = wk_error(WK_ERR_OOM, "cuda: row chain of %d stages: 2 x %zu bytes of scratch", n, bytes);
+  int per = (int)((WKC_BLOB_LARGE - sizeof(ChainHdr)) / sizeof(StageD)) - 1;
+  for (int done = 0, k = 0; !st && done < n; k ^= 1) {
+    int m = n - done < per ? n - done : per;
+    for (fits = false; !fits && m > 0; m /= 2) {
+      bool last = done + m == n;
+      st = rowchain_piece(s + done, m, slots, done ? hand[k ^ 1] : NULL, last ? out_ptr(out, slots) : (char *)hand[k],
+                          last ? out->dtype : WK_F32, &fits);
+      if (st || fits) break;
+    }
+    if (!st && !fits) st = wk_error(WK_ERR_STATE, "cuda: a row-chain stage's program is too long for one kernel");
+    done += m;
+  }
+  wkc_tmp_free(hand[0]);
+  wkc_tmp_free(hand[1]);
   return st;
 }
 
