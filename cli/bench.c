@@ -24,7 +24,9 @@ struct bench_case {
   int (*run)(const bench_case *c, bench_env *e, wk_tensor **out);
   int64_t a, b, c, d;   // case parameters
   double flops, bytes;  // per call, for gflops / gbs
+  unsigned flags;       // CASE_BF16: inputs in bf16; CASE_GPU: skipped on the CPU (too large or slow there)
 };
+enum { CASE_BF16 = 1, CASE_GPU = 2 };
 
 static double now_us(void) {
   struct timespec ts;
@@ -44,6 +46,16 @@ static wk_tensor *on_device(wk_tensor *t) {
 
 static wk_tensor *input(int nd, const int64_t *shape, float scale, uint64_t seed) {
   return on_device(wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale));
+}
+// The same in the case's dtype (bf16 cases round the f32 values).
+static wk_tensor *input_of(const bench_case *c, int nd, const int64_t *shape, float scale, uint64_t seed) {
+  wk_tensor *t = wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale);
+  if (c->flags & CASE_BF16) {
+    wk_tensor *h = wk_cast(t, WK_BF16);
+    wk_tensor_free(t);
+    t = h;
+  }
+  return on_device(t);
 }
 #define SH(...) (int64_t[]){__VA_ARGS__}
 
@@ -113,8 +125,8 @@ static void train_commit(bench_env *e, wk_tensor **out) {
 // ---- softmax / rmsnorm / chain ----
 static void rows_setup(const bench_case *c, bench_env *e) {
   int64_t n = c->a * c->b * c->c;
-  e->in[0] = input(2, SH(n / c->c, c->c), 1.0f, 7);
-  e->in[1] = input(1, SH(c->c), 1.0f, 8);
+  e->in[0] = input_of(c, 2, SH(n / c->c, c->c), 1.0f, 7);
+  e->in[1] = input_of(c, 1, SH(c->c), 1.0f, 8);
 }
 static int softmax_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   wk_scope_begin();
@@ -133,8 +145,8 @@ static int rmsnorm_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   return 1;
 }
 static void chain_setup(const bench_case *c, bench_env *e) {
-  e->in[0] = input(1, &c->a, 1.0f, 9);
-  e->in[1] = input(1, &c->a, 1.0f, 10);
+  e->in[0] = input_of(c, 1, &c->a, 1.0f, 9);
+  e->in[1] = input_of(c, 1, &c->a, 1.0f, 10);
 }
 static int chain_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   (void)c;
@@ -152,8 +164,8 @@ static int chain_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   return 1;
 }
 static void matmul_setup(const bench_case *c, bench_env *e) {
-  e->in[0] = input(2, SH(c->a, c->a), 1.0f, 11);
-  e->in[1] = input(2, SH(c->a, c->a), 1.0f, 12);
+  e->in[0] = input_of(c, 2, SH(c->a, c->a), 1.0f, 11);
+  e->in[1] = input_of(c, 2, SH(c->a, c->a), 1.0f, 12);
 }
 static int matmul_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   (void)c;
@@ -226,34 +238,50 @@ static int copy_run(const bench_case *c, bench_env *e, wk_tensor **out) {
 #define LORA_FLOPS(M, N, r) (2.0 * (M) * (N) * (N) + 4.0 * (M) * (N) * (r))
 #define LORA(n, ...) lora_setup, lora_run, n, 8, 1, __VA_ARGS__
 static const bench_case cases[] = {
-    {"lora_fwd/512", LORA(512, 0, LORA_FLOPS(1, 512, 8), 0)},
-    {"lora_fwd/1024", LORA(1024, 0, LORA_FLOPS(1, 1024, 8), 0)},
-    {"lora_fwd/2048", LORA(2048, 0, LORA_FLOPS(1, 2048, 8), 0)},
-    {"lora_fwd/512x10", LORA(512, 10, 10 * LORA_FLOPS(1, 512, 8), 0)},
-    {"lora_fwd/8x128x1024r16", lora_setup, lora_run, 1024, 16, 1024, 0, LORA_FLOPS(1024, 1024, 16), 0},
+    {"lora_fwd/512", LORA(512, 0, LORA_FLOPS(1, 512, 8), 0), 0},
+    {"lora_fwd/1024", LORA(1024, 0, LORA_FLOPS(1, 1024, 8), 0), 0},
+    {"lora_fwd/2048", LORA(2048, 0, LORA_FLOPS(1, 2048, 8), 0), 0},
+    {"lora_fwd/512x10", LORA(512, 10, 10 * LORA_FLOPS(1, 512, 8), 0), 0},
+    // the CUDA issue's cases: 1000 calls chained (each output the next input), one
+    // evaluation; per call = the time / 1000 (bench/compare/torch_cuda.py)
+    {"lora_fwd/512x1000", LORA(512, 1000, 1000 * LORA_FLOPS(1, 512, 8), 0, CASE_GPU)},
+    {"lora_fwd/1024x1000", LORA(1024, 1000, 1000 * LORA_FLOPS(1, 1024, 8), 0, CASE_GPU)},
+    {"lora_fwd/2048x1000", LORA(2048, 1000, 1000 * LORA_FLOPS(1, 2048, 8), 0, CASE_GPU)},
+    {"lora_fwd/8x128x1024r16", lora_setup, lora_run, 1024, 16, 1024, 0, LORA_FLOPS(1024, 1024, 16), 0, 0},
     // forward, then dB = down^T g, d(down) = g B^T, dA = x^T d(down): 6MNr more
     {"lora_train_step/8x128x1024r16", train_setup, train_run, 1024, 16, 1024, 0,
-     LORA_FLOPS(1024, 1024, 16) + 6.0 * 1024 * 1024 * 16, 0},
-    {"softmax/4x16x1024", rows_setup, softmax_run, 4, 16, 1024, 0, 0, 8.0 * 65536},
-    {"softmax/4x16x1024x10", rows_setup, softmax_run, 4, 16, 1024, 10, 0, 0},
-    {"softmax/8x16x512x512", rows_setup, softmax_run, 8 * 16, 512, 512, 0, 0, 8.0 * 128 * 512 * 512},
-    {"rmsnorm/4x16x1024", rows_setup, rmsnorm_run, 4, 16, 1024, 0, 0, 8.0 * 65536},
-    {"rmsnorm/4x16x1024x10", rows_setup, rmsnorm_run, 4, 16, 1024, 10, 0, 0},
-    {"rmsnorm/8x512x2048", rows_setup, rmsnorm_run, 8, 512, 2048, 0, 0, 8.0 * 8 * 512 * 2048},
-    {"chain8/1024", chain_setup, chain_run, 1024, 0, 0, 0, 0, 12.0 * 1024},
-    {"chain8/16M", chain_setup, chain_run, 16 << 20, 0, 0, 0, 0, 12.0 * (16 << 20)},
-    {"copy/16M", chain_setup, copy_run, 16 << 20, 0, 0, 0, 0, 8.0 * (16 << 20)},
-    {"matmul/1024", matmul_setup, matmul_run, 1024, 0, 0, 0, 2.0 * 1024 * 1024 * 1024, 0},
-    {"matmul/2048", matmul_setup, matmul_run, 2048, 0, 0, 0, 2.0 * 2048 * 2048 * 2048, 0},
+     LORA_FLOPS(1024, 1024, 16) + 6.0 * 1024 * 1024 * 16, 0, 0},
+    {"softmax/4x16x1024", rows_setup, softmax_run, 4, 16, 1024, 0, 0, 8.0 * 65536, 0},
+    {"softmax/4x16x1024x10", rows_setup, softmax_run, 4, 16, 1024, 10, 0, 0, 0},
+    {"softmax/8x16x512x512", rows_setup, softmax_run, 8 * 16, 512, 512, 0, 0, 8.0 * 128 * 512 * 512, 0},
+    {"softmax/4x16x1024x1000", rows_setup, softmax_run, 4, 16, 1024, 1000, 0, 0, CASE_GPU},
+    {"softmax/8x16x1024x1024", rows_setup, softmax_run, 8 * 16, 1024, 1024, 0, 0, 8.0 * 128 * 1024 * 1024, CASE_GPU},
+    {"softmax/8x16x1024x1024/bf16", rows_setup, softmax_run, 8 * 16, 1024, 1024, 0, 0, 4.0 * 128 * 1024 * 1024,
+     CASE_GPU | CASE_BF16},
+    {"rmsnorm/4x16x1024", rows_setup, rmsnorm_run, 4, 16, 1024, 0, 0, 8.0 * 65536, 0},
+    {"rmsnorm/4x16x1024x10", rows_setup, rmsnorm_run, 4, 16, 1024, 10, 0, 0, 0},
+    {"rmsnorm/8x512x2048", rows_setup, rmsnorm_run, 8, 512, 2048, 0, 0, 8.0 * 8 * 512 * 2048, 0},
+    {"rmsnorm/4x16x1024x1000", rows_setup, rmsnorm_run, 4, 16, 1024, 1000, 0, 0, CASE_GPU},
+    {"rmsnorm/8x2048x4096", rows_setup, rmsnorm_run, 8, 2048, 4096, 0, 0, 8.0 * 8 * 2048 * 4096, CASE_GPU},
+    {"rmsnorm/8x2048x4096/bf16", rows_setup, rmsnorm_run, 8, 2048, 4096, 0, 0, 4.0 * 8 * 2048 * 4096, CASE_GPU | CASE_BF16},
+    {"chain8/1024", chain_setup, chain_run, 1024, 0, 0, 0, 0, 12.0 * 1024, 0},
+    {"chain8/16M", chain_setup, chain_run, 16 << 20, 0, 0, 0, 0, 12.0 * (16 << 20), 0},
+    {"chain8/64M", chain_setup, chain_run, 64 << 20, 0, 0, 0, 0, 12.0 * (64 << 20), CASE_GPU},
+    {"chain8/64M/bf16", chain_setup, chain_run, 64 << 20, 0, 0, 0, 0, 6.0 * (64 << 20), CASE_GPU | CASE_BF16},
+    {"copy/16M", chain_setup, copy_run, 16 << 20, 0, 0, 0, 0, 8.0 * (16 << 20), 0},
+    {"matmul/1024", matmul_setup, matmul_run, 1024, 0, 0, 0, 2.0 * 1024 * 1024 * 1024, 0, 0},
+    {"matmul/2048", matmul_setup, matmul_run, 2048, 0, 0, 0, 2.0 * 2048 * 2048 * 2048, 0, 0},
+    {"matmul/4096", matmul_setup, matmul_run, 4096, 0, 0, 0, 2.0 * 4096 * 4096 * 4096, 0, CASE_GPU},
+    {"matmul/4096/bf16", matmul_setup, matmul_run, 4096, 0, 0, 0, 2.0 * 4096 * 4096 * 4096, 0, CASE_GPU | CASE_BF16},
     // SmolLM2-135M's MLP gate (decode and a 128-token prefill) and its tied LM head
-    {"qmatmul_q4_1/1x576x1536", qmatmul_setup, qmatmul_run, 1, 576, 1536, 0, 2.0 * 576 * 1536, 576 * 1536 * 20 / 32},
-    {"qmatmul_q4_1/128x576x1536", qmatmul_setup, qmatmul_run, 128, 576, 1536, 0, 2.0 * 128 * 576 * 1536, 0},
+    {"qmatmul_q4_1/1x576x1536", qmatmul_setup, qmatmul_run, 1, 576, 1536, 0, 2.0 * 576 * 1536, 576 * 1536 * 20 / 32, 0},
+    {"qmatmul_q4_1/128x576x1536", qmatmul_setup, qmatmul_run, 128, 576, 1536, 0, 2.0 * 128 * 576 * 1536, 0, 0},
     {"qmatmul_q4_1/1x576x49152", qmatmul_setup, qmatmul_run, 1, 576, 49152, 0, 2.0 * 576 * 49152,
-     576.0 * 49152 * 20 / 32},
+     576.0 * 49152 * 20 / 32, 0},
     // sentences per call in a; the rate is sentences/s ("items_s")
-    {"embed_minilm/1", embed_setup, embed_run, 1, 0, 0, 0, 0, 0},
-    {"embed_minilm/32", embed_setup, embed_run, 32, 0, 0, 0, 0, 0},
-    {"embed_minilm/256", embed_setup, embed_run, 256, 0, 0, 0, 0, 0},
+    {"embed_minilm/1", embed_setup, embed_run, 1, 0, 0, 0, 0, 0, 0},
+    {"embed_minilm/32", embed_setup, embed_run, 32, 0, 0, 0, 0, 0, 0},
+    {"embed_minilm/256", embed_setup, embed_run, 256, 0, 0, 0, 0, 0, 0},
 };
 
 static int cmp_double(const void *a, const void *b) {
@@ -339,6 +367,7 @@ int wick_bench_main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     const bench_case *c = &cases[i];
     if (filter && !strstr(c->name, filter)) continue;
+    if ((c->flags & CASE_GPU) && bench_device == WK_CPU) continue;
     if (c->run == embed_run && !embed_available()) {
       fprintf(stderr, "wick bench: %s skipped: needs %s and %s (tools/fetch-models; run from the repository)\n",
               c->name, EMBED_MODEL, EMBED_SENTENCES);
