@@ -1,5 +1,5 @@
 #define _POSIX_C_SOURCE 200809L
-// wick logits [-m MODEL] (-p PROMPT | --ids 1,2,3) [--top K] [--json]: one forward pass
+// wick logits [-m MODEL] [-d cpu|cuda] (-p PROMPT | --ids 1,2,3) [--top K] [--json]: one forward pass
 // over the prompt; the top-K next tokens at the last position with logits and
 // probabilities.
 #include <math.h>
@@ -41,12 +41,15 @@ int wick_logits_main(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *ids_arg = NULL;
   long top = 10;
   bool json = false, special = true;
+  wk_device dev = WK_CPU;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v;
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
       if (!(model = cli_opt_value("logits", argc, argv, &i))) return 2;
     } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
       if (!(prompt = cli_opt_value("logits", argc, argv, &i))) return 2;
+    } else if (!strcmp(a, "-d") || !strcmp(a, "--device")) {
+      if (!(v = cli_opt_value("logits", argc, argv, &i)) || cli_parse_device("logits", v, &dev)) return 2;
     } else if (!strcmp(a, "--ids")) {
       if (!(ids_arg = cli_opt_value("logits", argc, argv, &i))) return 2;
     } else if (!strcmp(a, "--top") || !strcmp(a, "-k")) {
@@ -55,7 +58,7 @@ int wick_logits_main(int argc, char **argv) {
     } else if (!strcmp(a, "--json")) json = true;
     else if (!strcmp(a, "--no-special")) special = false;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick logits [-m MODEL] (-p PROMPT | --ids 1,2,3) [--top K] [--json] [--no-special]\n"
+      printf("usage: wick logits [-m MODEL] [-d cpu|cuda] (-p PROMPT | --ids 1,2,3) [--top K] [--json] [--no-special]\n"
              "  MODEL: a model directory or a .gguf file (default " WICK_DEFAULT_LM ")\n");
       return 0;
     } else if (a[0] == '-') return cli_user_error("logits", "unknown option '%s'", a);
@@ -79,13 +82,22 @@ int wick_logits_main(int argc, char **argv) {
   }
   int rc = 0;
   wk_model *m = NULL;
-  wk_tensor *t_ids = NULL, *logits = NULL;
+  wk_adapter *no_adapter = NULL;
+  wk_tensor *t_ids = NULL, *logits = NULL, *host = NULL;
   if (prompt && wk_tokenizer_encode(tok, prompt, strlen(prompt), special, &ids, &n)) { rc = cli_lib_error("logits"); goto done; }
   if (!n) { rc = cli_user_error("logits", "the prompt encodes to no tokens"); goto done; }
-  if (!(m = wk_model_load(model))) { rc = cli_lib_error("logits"); goto done; }
+  if (!(m = cli_load_model(model, dev, NULL, &no_adapter))) { rc = cli_lib_error("logits"); goto done; }
   t_ids = wk_from_data(2, (int64_t[]){1, (int64_t)n}, WK_I32, ids);
-  if (!t_ids || !(logits = wk_model_forward(m, t_ids, 0))) { rc = cli_lib_error("logits"); goto done; }
-  const float *data = wk_tensor_data(logits);
+  if (t_ids && dev != WK_CPU) { // ids follow the model; the logits come back for the ranking
+    wk_tensor *d = wk_to_device(t_ids, dev);
+    wk_tensor_free(t_ids);
+    t_ids = d;
+  }
+  if (!t_ids || !(logits = wk_model_forward(m, t_ids, 0)) || !(host = wk_to_device(logits, WK_CPU))) {
+    rc = cli_lib_error("logits");
+    goto done;
+  }
+  const float *data = wk_tensor_data(host);
   if (!data) { rc = cli_lib_error("logits"); goto done; }
   int64_t V = wk_shape(logits)[2];
   const float *row = data + (int64_t)(n - 1) * V;
@@ -129,6 +141,7 @@ int wick_logits_main(int argc, char **argv) {
   if (json) printf("]}\n");
   free(order);
 done:
+  wk_tensor_free(host);
   wk_tensor_free(logits);
   wk_tensor_free(t_ids);
   wk_model_free(m);

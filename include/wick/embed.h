@@ -39,6 +39,10 @@ int64_t wk_embedder_max_length(const wk_embedder *e);  // tokens per text, speci
 wk_pooling wk_embedder_pooling(const wk_embedder *e);
 int wk_embedder_normalizes(const wk_embedder *e);      // 1 if embeddings are L2-normalized
 const wk_tokenizer *wk_embedder_tokenizer(const wk_embedder *e);  // owned by e
+// Moves the weights to dev (WK_CUDA: the GPU), all or nothing; wk_embed then runs
+// there (ids go over per batch, embeddings come back to out).
+wk_status wk_embedder_to_device(wk_embedder *e, wk_device dev);
+wk_device wk_embedder_device(const wk_embedder *e);
 
 // Embeds n texts (NUL-terminated UTF-8) into out[n * dim]. Texts are encoded in
 // batches of similar length, padded and masked, so results do not depend on which

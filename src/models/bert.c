@@ -292,6 +292,44 @@ void wk_embedder_free(wk_embedder *e) {
   free(e);
 }
 
+// Weight k of the embedder: the five embedding tensors, then each layer's.
+static wk_tensor **weight_slot(wk_embedder *e, size_t k) {
+  wk_tensor **head[5] = {&e->word, &e->pos, &e->type_row, &e->emb_ln_w, &e->emb_ln_b};
+  size_t per = sizeof(bert_layer) / sizeof(wk_tensor *);
+  return k < 5 ? head[k] : (wk_tensor **)&e->layers[(k - 5) / per] + (k - 5) % per;
+}
+
+wk_status wk_embedder_to_device(wk_embedder *e, wk_device dev) {
+  if (!e) return wk_error(WK_ERR_ARG, "embedder_to_device: embedder is NULL");
+  if (!wk_device_available(dev)) { // the backend said why (no driver, say)
+    char why[512];
+    snprintf(why, sizeof why, "%s", wk_last_error());
+    return wk_error(WK_ERR_DEVICE, "embedder_to_device: %s is not available here: %s", wk_device_name(dev), why);
+  }
+  size_t n = 5 + sizeof(bert_layer) / sizeof(wk_tensor *) * (size_t)e->n_layers;
+  wk_tensor **next = calloc(n, sizeof *next);
+  if (!next) return wk_error(WK_ERR_OOM, "embedder_to_device: out of memory");
+  wk_status s = WK_OK;
+  for (size_t k = 0; k < n && !s; k++) {
+    wk_tensor *w = *weight_slot(e, k);
+    if (!w) continue;
+    wk_scope_begin();
+    next[k] = wk_keep(wk_to_device(w, dev));
+    wk_scope_end();
+    if (!next[k] || wk_eval(1, &next[k])) s = WK_ERR_DEVICE;
+  }
+  for (size_t k = 0; k < n; k++) { // all or nothing: on failure the embedder stays where it was
+    wk_tensor **slot = weight_slot(e, k);
+    if (s) { wk_tensor_free(next[k]); continue; }
+    wk_tensor_free(*slot);
+    *slot = next[k];
+  }
+  free(next);
+  return s;
+}
+
+wk_device wk_embedder_device(const wk_embedder *e) { return e && e->word ? wk_tensor_device(e->word) : WK_CPU; }
+
 int64_t wk_embedder_dim(const wk_embedder *e) { return e ? e->cfg.hidden_size : 0; }
 int64_t wk_embedder_max_length(const wk_embedder *e) { return e ? e->max_len : 0; }
 wk_pooling wk_embedder_pooling(const wk_embedder *e) { return e ? e->pooling : WK_POOL_MEAN; }
@@ -391,9 +429,9 @@ wk_tensor *wk_embedder_pool(wk_embedder *e, wk_tensor *hidden, wk_tensor *length
     p = wk_squeeze(wk_slice(hidden, 1, 0, 1, 1), 1);
   } else {
     // m[b, t, 0] = t < lengths[b]; mean = sum(h * m) / max(sum(m), 1e-9) as sentence-transformers
-    wk_tensor *t = wk_reshape(wk_arange(0, (double)T, 1, WK_F32), 3, (int64_t[]){1, T, 1});
-    wk_tensor *len = wk_reshape(wk_cast(lengths, WK_F32), 3, (int64_t[]){B, 1, 1});
-    wk_tensor *m = wk_lt(t, len);                                          // [B, T, 1]
+    // (the arange meets the lengths before any reshape: a pending source follows their device)
+    wk_tensor *len = wk_reshape(wk_cast(lengths, WK_F32), 2, (int64_t[]){B, 1});
+    wk_tensor *m = wk_reshape(wk_lt(wk_arange(0, (double)T, 1, WK_F32), len), 3, (int64_t[]){B, T, 1});
     wk_tensor *sum = wk_sum(wk_mul(hidden, m), 1, (int[]){1}, 0);          // [B, D]
     wk_tensor *cnt = wk_maximum(wk_sum(m, 1, (int[]){1}, 0), wk_scalar(1e-9f));  // [B, 1]
     p = wk_div(sum, cnt);
@@ -457,6 +495,10 @@ wk_status wk_embed(wk_embedder *e, int n, const char *const *texts, float *out) 
     wk_scope_begin();
     wk_tensor *tid = wk_from_data(2, (int64_t[]){b, T}, WK_I32, batch_ids);
     wk_tensor *tlen = wk_from_data(1, (int64_t[]){b}, WK_I32, lens);
+    if (wk_embedder_device(e) != WK_CPU) { // ids and lengths follow the weights
+      tid = wk_to_device(tid, wk_embedder_device(e));
+      tlen = wk_to_device(tlen, wk_embedder_device(e));
+    }
     wk_tensor *pooled = wk_embedder_pool(e, wk_embedder_forward(e, tid, tlen), tlen);
     s = pooled ? wk_tensor_read_f32(pooled, res, b * D) : WK_ERR_STATE;
     wk_scope_end();  // releases the graph; the weights stay
