@@ -96,5 +96,13 @@ int main(int argc, char **argv) {
     micros("f32 M=1024 K=1024 N=16", 0, 0, 0, 1024, 16, 1024);
     micros("f32 M=1024 K=16 N=1024", 0, 0, 0, 1024, 1024, 16);
     micros("f32 M=1024 K=1024 N=1024 transB", 0, 0, 1, 1024, 1024, 1024);
+    // the frozen projections of a SmolLM2-135M training step (1020 tokens): forward x W^T, backward dY W
+    micros("f32 train q_proj fwd 1020x576x576 ^T", 0, 0, 1, 1020, 576, 576);
+    micros("f32 train up fwd 1020x1536x576 ^T", 0, 0, 1, 1020, 1536, 576);
+    micros("f32 train up bwd 1020x576x1536", 0, 0, 0, 1020, 576, 1536);
+    // attention tiles (sdpa forward and backward): 256 stacked query rows, 64 keys, head dim 64
+    micros("f32 attn S = Q K^T 256x64x64", 0, 0, 1, 256, 64, 64);
+    micros("f32 attn dV = P^T dO 64x64x256", 0, 1, 0, 64, 64, 256);
+    micros("f32 attn dQ = dS K 256x64x64", 0, 0, 0, 256, 64, 64);
     return 0;
 }

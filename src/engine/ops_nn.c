@@ -292,6 +292,10 @@ wk_status wk_vjp_LOG_SOFTMAX(wk_tensor *node, wk_tensor *g, const bool *need, wk
   gin[0] = K(kernel_node(WK_OP_LOG_SOFTMAX_BWD, IN(0)->dtype, node->ndim, node->shape, 2, in, NULL));
   return WK_OK;
 }
+wk_status wk_vjp_SDPA_BWD(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  (void)node, (void)g, (void)need, (void)gin;
+  return no_second_order("sdpa");
+}
 wk_status wk_vjp_SOFTMAX_BWD(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   (void)node, (void)g, (void)need, (void)gin;
   return no_second_order("softmax");
@@ -410,10 +414,29 @@ static wk_tensor *to5(wk_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d, 
   int64_t sh[5] = {a, b, c, d, e};
   return wk_reshape(t, 5, sh);
 }
+// On the CPU one fused kernel (backend/cpu/sdpa_bwd.c) computes all three
+// gradients into one f32 buffer [dq; dk; dv], skipping the key blocks a causal mask
+// hides; the gradients are views of it. The mask's own gradient needs dS in full,
+// so a trainable mask takes the primitive path below.
+static wk_status sdpa_vjp_fused(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  wk_tensor *qkv[3] = {IN(0), IN(1), IN(2)};
+  wk_tensor *in[6] = {IN(0), IN(1), IN(2), node, g, node->nin > 3 ? IN(3) : NULL};
+  int64_t nq = wk_numel(qkv[0]), nk = wk_numel(qkv[1]), total = nq + 2 * nk;
+  wk_tensor *all = kernel_node(WK_OP_SDPA_BWD, WK_F32, 1, &total, in[5] ? 6 : 5, in, &node->attrs);
+  int64_t start[3] = {0, nq, nq + nk};
+  for (int i = 0; i < 3; i++) {
+    if (!need[i]) continue;
+    wk_tensor *part = wk_slice(all, 0, start[i], start[i] + wk_numel(qkv[i]), 1);
+    gin[i] = K(wk_cast(wk_reshape(part, 4, qkv[i]->shape), qkv[i]->dtype));
+  }
+  return WK_OK;
+}
+
 wk_status wk_vjp_SDPA(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   if (node->attrs.i[1] || wk_dtype_is_quantized(IN(1)->dtype))
     return wk_error(WK_ERR_STATE, "sdpa: no gradient over a KV cache (a run-time kv_len or q8_0 keys): inference only");
   wk_tensor *q = IN(0), *k = IN(1), *v = IN(2), *mask = node->nin > 3 ? IN(3) : NULL;
+  if (q->device == WK_CPU && !(mask && need[3])) return sdpa_vjp_fused(node, g, need, gin);
   int64_t B = q->shape[0], Hq = q->shape[1], T = q->shape[2], D = q->shape[3];
   int64_t Hkv = k->shape[1], S = k->shape[2], G = Hq / Hkv;
   float scale = node->attrs.f[0];

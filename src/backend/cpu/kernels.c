@@ -10,6 +10,7 @@
 void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
 void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out);
 wk_status WK_ISA_FN(wk_cpu_nn)(const wk_step *s, void *const *slots);
+wk_status WK_ISA_FN(wk_cpu_sdpa_bwd)(const wk_step *s, void *const *slots);
 wk_status WK_ISA_FN(wk_cpu_qkernel)(const wk_step *s, void *const *slots);
 
 static int64_t numel_of(const wk_operand *o) {
@@ -441,6 +442,7 @@ wk_status WK_ISA_FN(wk_cpu_kernel)(const wk_step *s, void *const *slots) {
     case WK_OP_LORA: return lora_kernel(s, slots);
     case WK_OP_QMATMUL:
     case WK_OP_DEQUANTIZE: return WK_ISA_FN(wk_cpu_qkernel)(s, slots);
+    case WK_OP_SDPA_BWD: return WK_ISA_FN(wk_cpu_sdpa_bwd)(s, slots);
     default: return WK_ISA_FN(wk_cpu_nn)(s, slots);
   }
 }
