@@ -64,6 +64,17 @@ WK_AI void expand(const int T, const uint8_t *b, vf *w) {
   }
   vf d = v_h(b);
   const uint8_t *qs = b + (T == WK_Q4_1 ? 4 : 2);
+#if defined(__AVX512F__)
+  // Each nibble indexes its block's 16 possible values (q * d + m, or (q - 8) * d: the
+  // reference's roundings), one FMA a block; vpermps reads only an index's low 4 bits,
+  // so byte i (value i low, value i + 16 high) needs no mask, and no int -> float
+  // conversion or per-value FMA is left: about a third fewer instructions a block.
+  const vf iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  vf lut = T == WK_Q4_1 ? v_fma(iota, d, v_h(b + 2)) : v_mul(_mm512_sub_ps(iota, _mm512_set1_ps(8)), d);
+  vi q = v_u8(qs);
+  w[0] = _mm512_permutexvar_ps(q, lut);
+  w[1] = _mm512_permutexvar_ps(v_hi4(q), lut);
+#else
   // byte i holds value i (low nibble) and value i + 16 (high)
   for (int v = 0; v < NV / 2; v++) {
     vi q = v_u8(qs + VL * v), lo = v_lo4(q), hi = v_hi4(q);
@@ -76,6 +87,7 @@ WK_AI void expand(const int T, const uint8_t *b, vf *w) {
   } else {
     for (int v = 0; v < NV; v++) w[v] = v_mul(w[v], d);
   }
+#endif
 }
 
 // R x rows against J (1 or 2) rows of W starting at w.
