@@ -714,6 +714,42 @@ static void test_public(void) {
   wk_scope_end();
 }
 
+// The fast row kernel (rows.cu): f32 / bf16 / f16 rows from 8 to 8192 elements (one
+// warp to 256 threads a row), 37 rows (dead rows in the last block), rows strided
+// wider than they are, and a row length that is not a multiple of the vector width
+// (the general kernel). Tolerances as the header's, per output dtype.
+static void test_rows_fast(void) {
+  static const int64_t Ds[] = {8, 1000, 4096, 8192, 2050};
+  static const wk_dtype dts[] = {WK_F32, WK_BF16, WK_F16};
+  char name[96];
+  for (int t = 0; t < 3; t++)
+    for (int k = 0; k < 5; k++) {
+      wk_dtype dt = dts[t];
+      int64_t D = Ds[k], R = 37, pitch = D + 16;
+      float atol = dt == WK_F32 ? 1e-6f : 1e-3f, rtol = dt == WK_F32 ? 1e-4f : dt == WK_BF16 ? 8e-3f : 2e-3f;
+      wk_dtype wdt = dt == WK_F16 ? WK_F32 : dt;  // a weight of the rows' dtype loads as vectors
+      int x = buf(dt, R * pitch, -6, 6), o = out_buf(dt, R * D), w = buf(wdt, D, 0.5f, 1.5f);
+      wk_step s = step0(WK_OP_SOFTMAX);
+      s.nin = 1;
+      s.in[0] = op_c(x, dt, 2, (int64_t[]){R, D});
+      s.out = op_c(o, dt, 2, (int64_t[]){R, D});
+      snprintf(name, sizeof name, "fast softmax %s [37,%lld]", wk_dtype_name(dt), (long long)D);
+      compare(name, &s, o, atol, rtol);
+      s.op = WK_OP_LOG_SOFTMAX;
+      s.in[0] = op_s(x, dt, 2, (int64_t[]){R, D}, (int64_t[]){pitch, 1}, 8);
+      snprintf(name, sizeof name, "fast log_softmax %s, rows %lld apart", wk_dtype_name(dt), (long long)pitch);
+      compare(name, &s, o, atol, rtol);
+      s.op = WK_OP_RMS_NORM;
+      s.nin = 2;
+      s.in[1] = op_c(w, wdt, 1, (int64_t[]){D});
+      s.attrs.f[0] = 1e-5f;
+      s.attrs.i[0] = 1;
+      snprintf(name, sizeof name, "fast rms_norm %s with weight [37,%lld]", wk_dtype_name(dt), (long long)D);
+      compare(name, &s, o, atol, rtol);
+      reset();
+    }
+}
+
 // A row chain longer than one kernel's parameters hold (60 softmax / RMSNorm stages
 // with a scalar between them; the CPU backend takes up to 64) runs in pieces; the CPU
 // computes the same chain.
@@ -749,6 +785,7 @@ int main(void) {
   test_errors();
   test_public();
   test_long_chain();
+  test_rows_fast();
   wk_cuda_mem_stats ms;
   wk_cuda_memory_stats(&ms);
   printf("cuda memory: reserved %zu, peak reserved %zu, in use %zu, cudaMalloc calls %llu, cache hits %llu\n",

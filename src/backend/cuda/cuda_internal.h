@@ -92,6 +92,9 @@ wk_status wkc_pad(const wk_step *s, void *const *slots);
 // Copies a strided view (any dtype) into dense memory of dtype dt, in the view's shape.
 wk_status wkc_densify(const wk_operand *o, void *const *slots, wk_dtype dt, void *dst);
 wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots);
+// A lone softmax / log-softmax / RMSNorm over dense aligned rows (rows.cu): false when
+// the step does not qualify (nothing launched), else *st is the launch's status.
+bool wkc_rows_fast(const wk_step *s, void *const *slots, wk_status *st);
 wk_status wkc_softmax_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_norm_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_norm_dw(const wk_step *s, void *const *slots);

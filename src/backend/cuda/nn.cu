@@ -247,8 +247,10 @@ wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
   const wk_operand *out = &s[n - 1].out;
   int64_t D = out->ndim ? out->shape[out->ndim - 1] : 1, rows = D ? wkc_numel(out) / D : 0;
   if (!rows) return WK_OK;
+  wk_status st;
+  if (n == 1 && wkc_rows_fast(s, slots, &st)) return st;
   bool fits;
-  wk_status st = rowchain_piece(s, n, slots, NULL, out_ptr(out, slots), out->dtype, &fits);
+  st = rowchain_piece(s, n, slots, NULL, out_ptr(out, slots), out->dtype, &fits);
   if (st || fits) return st;
   size_t bytes = (size_t)rows * (size_t)D * sizeof(float);
   float *hand[2] = {(float *)wkc_tmp_alloc(bytes), (float *)wkc_tmp_alloc(bytes)};
