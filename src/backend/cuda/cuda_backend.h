@@ -35,3 +35,6 @@ typedef struct {
 void wk_cuda_graph_stats_get(wk_cuda_graph_stats *out);
 // Tests: the next capture fails as a host sync inside a step would (the fallback path).
 void wk_cuda_graph_fail_next_capture(void);
+// Tests: re-capture changed steps into the graph even where launching them one by one
+// was measured to be cheaper (so that the patch path runs whatever the timings).
+void wk_cuda_graph_always_patch(int on);

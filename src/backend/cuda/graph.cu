@@ -11,7 +11,8 @@
 //  - a few units changed: capture just those units again and swap them into the
 //    instantiated graph (cudaGraphExecChildGraphNodeSetParams: each unit is a child
 //    graph node, so a change touches one node, and the graph is not re-instantiated);
-//  - many changed: launch step by step (patching would cost more than it saves).
+//  - many changed: launch step by step (patching would cost more than it saves:
+//    the host time of both, per unit, is measured as they run).
 // Copying inputs into plan-owned buffers at fixed addresses was the alternative;
 // it costs a device copy of every leaf per evaluation (the base weights of a
 // training step included), where re-pointing costs host time only for the units
@@ -21,22 +22,29 @@
 // so each run keeps a few variants captured with different pointer sets.
 //
 // Scratch that steps allocate while being captured is kept alive with the graph
-// (the replay reuses its addresses). Steps that cannot be captured (transfers to
-// or from the host) are never handed here; a capture that fails anyway (a host
-// sync inside a step, say) makes the run launch step by step from then on.
+// (the replay reuses its addresses). Small uploads inside a run (a decode step's
+// token ids and positions, made on the host each step) are captured as copies from
+// a pinned staging buffer of the run's, which the host fills before each launch:
+// the graph then never reads pageable memory, and the host tensor may live at a new
+// address every step. Downloads and large uploads are never handed here; a capture
+// that fails anyway (a host sync inside a step, say) makes the run launch step by
+// step from then on.
 // WICK_CUDA_GRAPHS=0 turns replay off.
 #include <limits.h>
+#include <time.h>
 #include <new>
 #include "cuda_internal.h"
 
 namespace {
 const int VARIANTS = 3;        // pointer sets remembered per run of steps
-const int PATCH_COST = 3;      // re-capturing a unit costs about this many plain launches
 const int REBUILD_AFTER = 8;   // step-by-step runs in a row with new pointers before a variant is replaced
+const size_t STAGE_MAX = 1 << 20; // uploads up to this many bytes are staged into the graph
 
 struct Unit {                  // one launch unit: a step, or a row chain's head and its members
   int first, len;
-  std::vector<int> slots;      // the slots its operands read or write
+  std::vector<int> slots;      // the slots its kernels read or write on the device
+  void *stage = NULL;          // an upload: pinned staging the graph copies from
+  size_t bytes = 0;
 };
 
 struct Node {
@@ -65,14 +73,34 @@ struct Segment {
 wk_cuda_graph_stats g_stats;
 bool g_fail_next;
 unsigned long long g_clock;
+// Host microseconds per unit, running averages: launching a unit step by step, and
+// re-capturing and swapping it into a graph (a first guess until it has been timed).
+double g_direct_us = 4, g_patch_us = 20;
+bool g_always_patch;   // tests: patch whatever the costs
+}
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+static void average(double *avg, double total, size_t n) {
+  if (n) *avg = 0.8 * *avg + 0.2 * total / (double)n;
 }
 
 extern "C" void wk_cuda_graph_stats_get(wk_cuda_graph_stats *out) { *out = g_stats; }
 extern "C" void wk_cuda_graph_fail_next_capture(void) { g_fail_next = true; }
+extern "C" void wk_cuda_graph_always_patch(int on) { g_always_patch = on != 0; }
+
+static bool is_upload(const wk_step *s) {
+  return s->op == WK_OP_TRANSFER && s->attrs.i[0] == WK_CUDA && s->attrs.i[1] == WK_CPU;
+}
+static size_t upload_bytes(const wk_step *s) { return (size_t)wkc_numel(&s->out) * wkc_esize(s->out.dtype); }
 
 bool wkc_capturable(const wk_step *s) {
   if (s->device != WK_CUDA) return false;
-  // a host side means pageable host memory and a host sync: launched on its own
+  if (is_upload(s)) return upload_bytes(s) <= STAGE_MAX;
+  // a download ends in a host sync (the host may read it next): launched on its own
   return s->op != WK_OP_TRANSFER || (s->attrs.i[0] == WK_CUDA && s->attrs.i[1] == WK_CUDA);
 }
 
@@ -91,6 +119,17 @@ static Segment *segment_new(const wk_step *steps, int n) {
     Unit u;
     u.first = k;
     u.len = steps[k].chain > 0 ? steps[k].chain : 1;
+    if (is_upload(&steps[k])) { // the graph reads the staging, not the host tensor
+      u.bytes = upload_bytes(&steps[k]);
+      if (cudaMallocHost(&u.stage, u.bytes ? u.bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        u.stage = NULL;
+        sg->broken = true;   // no pinned memory: this run launches step by step
+      }
+      add_slot(u, steps[k].out.slot, &sg->nslots);
+      sg->units.push_back(u);
+      continue;
+    }
     for (int m = k; m < k + u.len && m < n; m++) {
       const wk_step *s = &steps[m];
       for (int q = 0; q < s->nin; q++) add_slot(u, s->in[q].slot, &sg->nslots);
@@ -140,16 +179,34 @@ static void release(std::vector<void *> *keep) {
   keep->clear();
 }
 
+// An upload's device copy: from the unit's staging to the step's destination.
+static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const *slots) {
+  char *dst = (char *)slots[s->out.slot] + s->out.offset * (int64_t)wkc_esize(s->out.dtype);
+  if (!u.bytes) return WK_OK;
+  cudaError_t e = cudaMemcpyAsync(dst, u.stage, u.bytes, cudaMemcpyHostToDevice, wkc_stream());
+  return e == cudaSuccess ? WK_OK : wk_error(WK_ERR_DEVICE, "cuda: staged upload of %zu bytes: %s", u.bytes, cudaGetErrorString(e));
+}
+
+// Fills the uploads' staging from the host tensors of this evaluation. The previous
+// launch is done with it: the executor syncs after every plan.
+static void fill_stages(const Segment *sg, const wk_step *steps, void *const *slots) {
+  for (const Unit &u : sg->units) {
+    const wk_step *s = &steps[u.first];
+    if (u.stage && u.bytes)
+      memcpy(u.stage, (const char *)slots[s->in[0].slot] + s->in[0].offset * (int64_t)wkc_esize(s->in[0].dtype), u.bytes);
+  }
+}
+
 // Captures one unit's kernels into *g (scratch they use into *keep). False when the
 // capture failed; the step-by-step path then runs the unit and reports real errors.
-static bool capture_unit(const wk_step *s, void *const *slots, cudaGraph_t *g, std::vector<void *> *keep) {
+static bool capture_unit(const Unit &u, const wk_step *s, void *const *slots, cudaGraph_t *g, std::vector<void *> *keep) {
   *g = NULL;
   wkc_capture_mode(keep);
   cudaStream_t cs = wkc_stream();
   cudaError_t e = cudaStreamBeginCapture(cs, cudaStreamCaptureModeRelaxed);
   wk_status st = WK_OK;
   if (e == cudaSuccess) {
-    st = wkc_dispatch(s, slots);
+    st = u.stage ? upload_from_stage(u, s, slots) : wkc_dispatch(s, slots);
     if (g_fail_next) { // tests: what a host sync inside a step does to a capture
       g_fail_next = false;
       cudaStreamSynchronize(cs);
@@ -184,7 +241,7 @@ static Variant *variant_build(const Segment *sg, const wk_step *steps, void *con
   for (size_t i = 0; ok && i < sg->units.size(); i++) {
     cudaGraph_t g;
     Node &n = v->nodes[i];
-    ok = capture_unit(&steps[sg->units[i].first], slots, &g, &n.keep);
+    ok = capture_unit(sg->units[i], &steps[sg->units[i].first], slots, &g, &n.keep);
     ok = ok && cudaGraphAddChildGraphNode(&n.node, v->graph, prev ? &prev : NULL, prev ? 1 : 0, g) == cudaSuccess;
     if (g) cudaGraphDestroy(g);
     prev = n.node;
@@ -207,7 +264,7 @@ static bool variant_patch(Variant *v, const Segment *sg, int i, const wk_step *s
   std::vector<void *> keep;
   cudaGraph_t g;
   bool armed = wkc_dev_err_swap(false);
-  bool ok = capture_unit(&steps[sg->units[i].first], slots, &g, &keep);
+  bool ok = capture_unit(sg->units[i], &steps[sg->units[i].first], slots, &g, &keep);
   ok = ok && cudaGraphExecChildGraphNodeSetParams(v->exec, v->nodes[i].node, g) == cudaSuccess;
   if (g) cudaGraphDestroy(g);
   v->arms |= wkc_dev_err_swap(armed);
@@ -226,14 +283,17 @@ static bool variant_patch(Variant *v, const Segment *sg, int i, const wk_step *s
 // ---- running ----
 static wk_status run_direct(const Segment *sg, const wk_step *steps, void *const *slots) {
   g_stats.direct++;
+  double t0 = now_us();
   for (const Unit &u : sg->units) {
     wk_status st = wkc_run(&steps[u.first], slots);
     if (st) return st;
   }
+  average(&g_direct_us, now_us() - t0, sg->units.size());
   return WK_OK;
 }
 
-static wk_status launch(Variant *v) {
+static wk_status launch(const Segment *sg, Variant *v, const wk_step *steps, void *const *slots) {
+  fill_stages(sg, steps, slots);
   v->used = ++g_clock;
   if (v->arms) wkc_arm_dev_err();
   cudaError_t e = cudaGraphLaunch(v->exec, wkc_stream());
@@ -259,7 +319,7 @@ static wk_status rebuild(Segment *sg, int w, const wk_step *steps, void *const *
   variant_free(sg->v[w]);
   sg->v[w] = variant_build(sg, steps, slots);
   sg->streak = 0;
-  if (sg->v[w]) return launch(sg->v[w]);
+  if (sg->v[w]) return launch(sg, sg->v[w], steps, slots);
   sg->broken = true;
   g_stats.fallbacks++;
   return run_direct(sg, steps, slots);
@@ -280,19 +340,21 @@ wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const
     count_changes(sg, sg->v[w], steps, slots, &c, &m);
     if (c < changed) best = w, changed = c, moved = m;
   }
-  if (best >= 0 && changed == 0) return launch(sg->v[best]);
-  bool worth_patching = changed * PATCH_COST <= (int)sg->units.size();
+  if (best >= 0 && changed == 0) return launch(sg, sg->v[best], steps, slots);
+  bool worth_patching = g_always_patch || changed * g_patch_us <= (double)sg->units.size() * g_direct_us;
   if (empty >= 0 && (best < 0 || (moved > 0 && !worth_patching))) return rebuild(sg, empty, steps, slots); // a new pointer set
   if (worth_patching) {
     Variant *v = sg->v[best];
+    double t0 = now_us();
     for (size_t i = 0; i < sg->units.size(); i++) {
       const Unit &u = sg->units[i];
       if (same_pointers(u, v, slots) && same_scalars(steps, u, v->nodes[i].scalars)) continue;
       if (!variant_patch(v, sg, (int)i, steps, slots)) return rebuild(sg, best, steps, slots);
     }
+    average(&g_patch_us, now_us() - t0, (size_t)changed);
     v->slots.assign(slots, slots + sg->nslots);
     sg->streak = 0;
-    return launch(v);
+    return launch(sg, v, steps, slots);
   }
   // new scalars alone come back changed next time too: only new pointers earn a rebuild
   if (moved > 0 && ++sg->streak >= REBUILD_AFTER) return rebuild(sg, stalest, steps, slots);
@@ -303,5 +365,7 @@ void wkc_segment_free(void *state) {
   Segment *sg = (Segment *)state;
   if (!sg) return;
   for (Variant *v : sg->v) variant_free(v);
+  for (Unit &u : sg->units)
+    if (u.stage) cudaFreeHost(u.stage);
   delete sg;
 }
