@@ -172,3 +172,7 @@ wk_status wk_kv_cache_drop_oldest(wk_kv_cache *c, int64_t n);
 // that the next step does not recompute the prefix); the batch size must match the
 // cache's first call. On failure the cache is left as it was.
 wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c);
+// The same, with the logits of each sequence's last position only ([B, 1, V]): what
+// generation samples from, without the LM head over the whole prompt (a prompt of T
+// tokens would otherwise cost T rows of it, and a [B, T, V] buffer).
+wk_tensor *wk_model_forward_cached_last(wk_model *m, wk_tensor *ids, wk_kv_cache *c);

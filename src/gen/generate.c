@@ -193,11 +193,11 @@ static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, con
   return q->done ? WK_OK : wk_sampler_accept(q->s, smp.id);
 }
 
-// Feeds ids [B, T] through the cache; the logits are evaluated.
+// Feeds ids [B, T] through the cache; the last position's logits [B, 1, V] are evaluated.
 static wk_tensor *step(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t T) {
   wk_tensor *t = wk_from_data(2, (int64_t[]){B, T}, WK_I32, ids);
   if (!t) return NULL;
-  wk_tensor *lg = wk_model_forward_cached(m, t, c);
+  wk_tensor *lg = wk_model_forward_cached_last(m, t, c);
   wk_tensor_free(t);
   if (lg && wk_tensor_device(lg) != WK_CPU) {   // the sampler reads the logits on the host
     wk_tensor *host = wk_keep(wk_to_device(lg, WK_CPU));
@@ -302,12 +302,12 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
 
   double t0 = now_s(), t1 = t0;
   if (!(lg = step(m, c, ids, (int64_t)B, T))) { st = WK_ERR_STATE; goto done; }
-  for (int64_t rows = T;; rows = 1) {   // rows: positions per sequence in lg
+  for (;;) {
     const float *d = wk_tensor_data(lg);
     size_t active = 0;
     for (size_t b = 0; b < B; b++) {
       if (q[b].done) continue;
-      const float *row = d + ((int64_t)b * rows + rows - 1) * g.V;
+      const float *row = d + (int64_t)b * g.V;
       // the shared cache's length: padding takes positions of the context too
       if ((st = seq_token(&g, &q[b], (int32_t)b, row, wk_kv_cache_len(c)))) goto done;
       active += !q[b].done;

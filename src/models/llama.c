@@ -548,9 +548,11 @@ wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) {
   return linear(wk_rms_norm(x, f32(m->norm), (float)m->cfg.norm_eps), m->lm_head, NULL);
 }
 
-static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask) {
+// last: the head reads only position T - 1 ([B, 1, V]: what generation samples from).
+static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask, bool last) {
   wk_tensor *x = wk_llama_embed(m, ids);   // [B, T, H]
   for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, cs, mask);
+  if (last && wk_dim(ids, 1) > 1) x = wk_slice(x, 1, wk_dim(ids, 1) - 1, wk_dim(ids, 1), 1);
   return wk_llama_head(m, x);               // [B, T, V]
 }
 
@@ -562,7 +564,7 @@ wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {
   }
   wk_scope_begin();
   wk_device dev = wk_model_device(m);   // host ids follow the weights
-  wk_tensor *logits = wk_keep(forward(m, wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids, pos_offset, NULL, NULL));
+  wk_tensor *logits = wk_keep(forward(m, wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids, pos_offset, NULL, NULL, false));
   wk_scope_end();
   return logits ? wk_node_finish(logits) : NULL;   // the caller's scope owns it, like any op's result
 }
@@ -687,7 +689,7 @@ static bool check_cache_fits(const wk_model *m, wk_tensor *ids, const wk_kv_cach
   return true;
 }
 
-wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
+static wk_tensor *forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c, bool last) {
   if (!check_ids(m, ids) || !check_cache_fits(m, ids, c)) return NULL;
   int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), cap = wk_kv_cache_max_context(c);
   if (kv_storage(c, B)) return NULL;
@@ -698,7 +700,7 @@ wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) 
   wk_tensor *mask = pad_mask(c, cap);
   if (mask && dev != WK_CPU) mask = wk_to_device(mask, dev);
   wk_tensor *x = wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids;
-  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, x, 0, &cs, mask);
+  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, x, 0, &cs, mask, last);
   bool ok = logits && wk_eval(1, &logits) == WK_OK;
   if (ok) {
     c->batch = B;
@@ -707,4 +709,9 @@ wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) 
   }
   wk_scope_end();
   return ok ? wk_node_finish(logits) : NULL;
+}
+
+wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) { return forward_cached(m, ids, c, false); }
+wk_tensor *wk_model_forward_cached_last(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
+  return forward_cached(m, ids, c, true);
 }
