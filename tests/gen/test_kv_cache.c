@@ -186,6 +186,22 @@ static void test_decode_plan_reused(wk_model *m) {
   wk_kv_cache_free(c);
 }
 
+// The last-position logits equal the last row of the full cached forward's.
+static void test_forward_last(wk_model *m, int64_t V) {
+  int32_t seq[6] = {1, 7, 3, 99, 42, 5};
+  wk_kv_cache *a = wk_kv_cache_new(m), *b = wk_kv_cache_new(m);
+  wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 6}, WK_I32, seq);
+  wk_tensor *all = wk_model_forward_cached(m, ids, a), *last = wk_model_forward_cached_last(m, ids, b);
+  const float *x = all ? wk_tensor_data(all) : NULL, *y = last ? wk_tensor_data(last) : NULL;
+  CHECK(last && wk_ndim(last) == 3 && wk_dim(last, 1) == 1 && wk_dim(last, 2) == V, "[1, 1, V]");
+  // 1e-6: the same computation but for the head's row count
+  CHECK(x && y && max_abs_diff(x + 5 * V, y, V) < 1e-6f && wk_kv_cache_len(b) == 6, "last row: max diff %g",
+        (double)max_abs_diff(x + 5 * V, y, V));
+  wk_tensor_free(all); wk_tensor_free(last); wk_tensor_free(ids);
+  wk_kv_cache_free(a);
+  wk_kv_cache_free(b);
+}
+
 // Overflowing the maximum context is an error that names it; the cache stays usable.
 static void test_max_context(wk_model *m, int64_t V) {
   int32_t seq[12] = {1, 7, 3, 99, 42, 5, 17, 200, 8, 64, 3, 9};
@@ -265,6 +281,7 @@ int main(void) {
   test_sliding_window(m, V);
   test_decode_plan_reused(m);
   test_max_context(m, V);
+  test_forward_last(m, V);
   wk_model_free(m);
   test_q8_0_smollm2();
   return check_report();
