@@ -23,8 +23,8 @@
 // Per-thread workspace, reused across calls so steady state never mallocs.
 
 typedef struct {
-    void *buf[4];  // 0: packed A, 1: packed B, 2: small-path scratch, 3: K-split partials
-    size_t cap[4];
+    void *buf[5];  // 0: packed A, 1: packed B, 2: small-path scratch, 3: K-split partials,
+    size_t cap[5]; // 4: B expanded from a wk_gemm_bsrc before packing
 } wk_gemm_ws;
 
 static pthread_key_t wk_ws_key;
@@ -33,7 +33,7 @@ static _Thread_local wk_gemm_ws *wk_ws_tls;
 
 static void wk_ws_free(void *p) {
     wk_gemm_ws *ws = p;
-    for (int i = 0; i < 4; i++) free(ws->buf[i]);
+    for (int i = 0; i < 5; i++) free(ws->buf[i]);
     free(ws);
 }
 static void wk_ws_key_init(void) { (void)pthread_key_create(&wk_ws_key, wk_ws_free); }
@@ -134,6 +134,7 @@ typedef struct {
     int64_t lda, ldb, sA, sB;
     float *C;
     int64_t ldc, sC, batch;
+    const wk_gemm_bsrc *bsrc;  // B expands itself (A, lda, transA as usual; B, ldb unused)
 } wk_gemm_args;
 
 static size_t wk_esize(const wk_gemm_args *g) { return g->bf16 ? 2 : 4; }
@@ -240,6 +241,32 @@ static void wk_pack_block(const wk_gemm_args *g, const wk_ukr *uk, const void *s
     }
 }
 
+// B from a wk_gemm_bsrc: columns [j0, j0+nc) x depth [k0, k0+kc) into NR-wide panels.
+static void wk_pack_bsrc(const wk_gemm_bsrc *src, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+                         int NR, float *dst) {
+    if (src->col) {  // expand NR columns as rows of a scratch tile, then pack it transposed
+        float *t = wk_ws_get(4, (size_t)(NR * kc) * sizeof(float));
+        if (!t) return;
+        for (int64_t p = 0; p < nc; p += NR) {
+            int64_t w = nc - p < NR ? nc - p : NR;
+            for (int64_t r = 0; r < w; r++) src->col(src->ctx, j0 + p + r, k0, kc, t + r * kc);
+            wk_pack_f32(t, 0, kc, 1, w, kc, NR, dst + (p / NR) * kc * NR);
+        }
+        return;
+    }
+    float *t = wk_ws_get(4, (size_t)nc * sizeof(float));  // one row of op(B), copied NR-wide
+    if (!t) return;
+    for (int64_t k = 0; k < kc; k++) {
+        src->row(src->ctx, k0 + k, j0, nc, t);
+        for (int64_t p = 0; p < nc; p += NR) {
+            int64_t w = nc - p < NR ? nc - p : NR;
+            float *d = dst + (p / NR) * kc * NR + k * NR;
+            memcpy(d, t + p, (size_t)w * sizeof(float));
+            for (int64_t r = w; r < NR; r++) d[r] = 0.0f;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Packed GEMM.
 
@@ -276,7 +303,8 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
             int64_t kcu = uk->bf16 ? (kc + 1) / 2 : kc;
             // K blocks after the first accumulate onto what the first wrote.
             float beta = pc == 0 ? g->beta : 1.0f;
-            wk_pack_block(g, uk, B, brs, bks, jc, nc, pc, kc, NR, pb);
+            if (g->bsrc) wk_pack_bsrc(g->bsrc, jc, nc, pc, kc, NR, pb);
+            else wk_pack_block(g, uk, B, brs, bks, jc, nc, pc, kc, NR, pb);
             for (int64_t ic = m0; ic < m1; ic += pl->MC) {
                 int64_t mc = wk_min64(pl->MC, m1 - ic);
                 wk_pack_block(g, uk, A, ars, aks, ic, mc, pc, kc, MR, pa);
@@ -338,6 +366,7 @@ static void wk_gemm_packed(const wk_gemm_args *g, wk_cpu_isa_t isa) {
     pl.KC = pl.uk->bf16 ? 512 : 256;
     pl.NC = 1024;
     pl.MC = wk_roundup(256, MR);
+    if (g->bsrc && g->bsrc->kalign > 1) pl.KC = wk_roundup(pl.KC, g->bsrc->kalign);
     if (g->K < pl.KC) pl.KC = pl.uk->bf16 ? wk_roundup(g->K, 2) : g->K;
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K * (double)g->batch;
     int T = g->serial ? 1 : wk_useful_threads(flops);
@@ -494,7 +523,8 @@ static void wk_gemm_run(const wk_gemm_args *g) {
         return;
     }
     wk_cpu_isa_t isa = wk_cpu_isa();
-    if (g->M <= WK_GEMV_MAXROWS) wk_gemm_small(g, isa, 0);
+    if (g->bsrc) wk_gemm_packed(g, isa);  // the small paths read B in place
+    else if (g->M <= WK_GEMV_MAXROWS) wk_gemm_small(g, isa, 0);
     else if (g->N <= WK_GEMV_MAXROWS) wk_gemm_small(g, isa, 1);
     else wk_gemm_packed(g, isa);
 }
@@ -504,7 +534,7 @@ void wk_gemm_f32(int transA, int transB, int64_t M, int64_t N, int64_t K, float 
                  int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                  int64_t batch) {
     wk_gemm_args g = {0, 0,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
-                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch};
+                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch, NULL};
     wk_gemm_run(&g);
 }
 
@@ -512,7 +542,14 @@ void wk_gemm_f32_serial(int transA, int transB, int64_t M, int64_t N, int64_t K,
                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                         float *C, int64_t ldc) {
     wk_gemm_args g = {1, 0, transA != 0, transB != 0, M, N, K, alpha, beta, A, B, lda, ldb, 0, 0,
-                      C, ldc, 0, 1};
+                      C, ldc, 0, 1, NULL};
+    wk_gemm_run(&g);
+}
+
+void wk_gemm_f32_bsrc(int transA, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                      const wk_gemm_bsrc *B, float beta, float *C, int64_t ldc) {
+    wk_gemm_args g = {.transA = transA != 0, .M = M, .N = N, .K = K, .alpha = 1.0f, .beta = beta,
+                      .A = A, .lda = lda, .C = C, .ldc = ldc, .batch = 1, .bsrc = B};
     wk_gemm_run(&g);
 }
 
@@ -532,6 +569,6 @@ void wk_gemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float
                   int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                   int64_t batch) {
     wk_gemm_args g = {0, 1,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
-                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch};
+                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch, NULL};
     wk_gemm_run(&g);
 }

@@ -25,6 +25,25 @@ void wk_gemm_f32_serial(int transA, int transB, int64_t M, int64_t N, int64_t K,
                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                         float *C, int64_t ldc);
 
+// A B operand that expands itself into the GEMM's packed panels, for weights kept in
+// another form (GGUF blocks): the GEMM asks for pieces of op(B) as f32 while packing,
+// so no f32 copy of B exists beyond one thread's panel. One of the two callbacks is set:
+//   col(ctx, j, k0, kc, out): out[0:kc] = op(B)[k0:k0+kc, j], when op(B)'s columns are
+//     contiguous in the source (x @ W^T with W [N, K] in row blocks); k0 is a multiple
+//     of kalign or 0 (the GEMM's depth blocks are multiples of it).
+//   row(ctx, k, j0, n, out): out[0:n] = op(B)[k, j0:j0+n], when its rows are (x @ W).
+// The callbacks run on the GEMM's threads at once: they must not share scratch.
+typedef struct {
+    void (*col)(const void *ctx, int64_t j, int64_t k0, int64_t kc, float *out);
+    void (*row)(const void *ctx, int64_t k, int64_t j0, int64_t n, float *out);
+    const void *ctx;
+    int64_t kalign;
+} wk_gemm_bsrc;
+
+// C[M,N] = op(A) @ op(B) + beta * C with B from a wk_gemm_bsrc (f32 kernels, all threads).
+void wk_gemm_f32_bsrc(int transA, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                      const wk_gemm_bsrc *B, float beta, float *C, int64_t ldc);
+
 // Y[r, 0:n] = X[r, :K] . W[j, :K] (+ beta * Y) for r < rows <= 4, on the calling thread:
 // n dot products against rows of W (ldw apart), X rows ldx apart, Y rows ldy apart.
 void wk_gemv_f32_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const float *w,

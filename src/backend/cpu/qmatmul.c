@@ -89,6 +89,30 @@ static void qmm_nn_task(void *vc, int64_t b0, int64_t b1, int tid) {
   for (int64_t b = b0; b < b1; b += c->cols) qmm_nn_cols(c, b, b1 - b < c->cols ? b1 : b + c->cols, c->buf[tid]);
 }
 
+// Batched x (M > 4 rows): the packed GEMM expands W's blocks straight into its B
+// panels (wk_gemm_bsrc), so x is packed once per thread as in an f32 GEMM and no
+// f32 panel of W is written and read back.
+static void expand_row_blocks(const qmm *c, int64_t r, int64_t b0, int64_t nb, float *out) {
+  WK_ISA_FN(wk_cpu_dequant)(c->dt, c->w + (size_t)r * c->row_bytes + (size_t)b0 * wk_dtype_block_bytes(c->dt), out, nb);
+}
+// x @ W^T: column j of op(B) is row j of W; k0 and kc are whole blocks.
+static void bsrc_col(const void *ctx, int64_t j, int64_t k0, int64_t kc, float *out) {
+  const qmm *c = ctx;
+  expand_row_blocks(c, j, k0 / c->blk, (kc + c->blk - 1) / c->blk, out);
+}
+// x @ W: row k of op(B) is row k of W; [j0, j0 + n) may start or end inside a block.
+static void bsrc_row(const void *ctx, int64_t k, int64_t j0, int64_t n, float *out) {
+  const qmm *c = ctx;
+  int64_t b0 = j0 / c->blk, b1 = (j0 + n + c->blk - 1) / c->blk;
+  if (j0 % c->blk == 0 && (j0 + n) % c->blk == 0) { expand_row_blocks(c, k, b0, b1 - b0, out); return; }
+  float blockbuf[256]; // the largest GGUF block (K-quants)
+  for (int64_t b = b0; b < b1; b++) {
+    expand_row_blocks(c, k, b, 1, blockbuf);
+    int64_t lo = b * c->blk > j0 ? b * c->blk : j0, hi = (b + 1) * c->blk < j0 + n ? (b + 1) * c->blk : j0 + n;
+    memcpy(out + (lo - j0), blockbuf + (lo - b * c->blk), sizeof(float) * (size_t)(hi - lo));
+  }
+}
+
 static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   int trans = s->attrs.i[0] != 0;
@@ -108,6 +132,13 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
     if (!(dense = malloc(sizeof(float) * (size_t)(c.M * in)))) return wk_error(WK_ERR_OOM, "matmul: out of memory");
     WK_ISA_FN(wk_cpu_load_f32)(xo, slots, 0, c.M * in, dense);
     c.x = dense;
+  }
+  if (c.M > 4 && c.blk <= 256) {
+    wk_gemm_bsrc src = {.col = trans ? bsrc_col : NULL, .row = trans ? NULL : bsrc_row, .ctx = &c,
+                        .kalign = trans ? c.blk : 1};
+    wk_gemm_f32_bsrc(0, c.M, out, in, c.x, in, &src, 0.0f, c.y, out);
+    free(dense);
+    return WK_OK;
   }
   int T = wk_threads();
   // Decode panels stay in L1 (~32 KB); batched ones in L2 (~768 KB, the GEMM packs from it).
