@@ -6,6 +6,7 @@
 // exact product fused), so only the order of the f32 sums differs from an f32 matmul
 // over the dequantized matrix. Two rows of W and two half-blocks per step give four
 // independent FMA chains per x row, enough to cover the FMA latency at rows = 1.
+#include <string.h>
 #include "dequant.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -62,7 +63,6 @@ WK_AI void expand(const int T, const uint8_t *b, vf *w) {
     for (int v = 0; v < NV; v++) w[v] = v_mul(v_cvt(v_i8(b + 2 + VL * v)), d);
     return;
   }
-  vf d = v_h(b);
   const uint8_t *qs = b + (T == WK_Q4_1 ? 4 : 2);
 #if defined(__AVX512F__)
   // Each nibble indexes its block's 16 possible values (q * d + m, or (q - 8) * d: the
@@ -70,11 +70,20 @@ WK_AI void expand(const int T, const uint8_t *b, vf *w) {
   // so byte i (value i low, value i + 16 high) needs no mask, and no int -> float
   // conversion or per-value FMA is left: about a third fewer instructions a block.
   const vf iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  vf lut = T == WK_Q4_1 ? v_fma(iota, d, v_h(b + 2)) : v_mul(_mm512_sub_ps(iota, _mm512_set1_ps(8)), d);
+  vf lut;
+  if (T == WK_Q4_1) { // d and m in one broadcast: lanes d, m, d, m, ... then duplicated apart
+    int32_t dm;
+    memcpy(&dm, b, 4);
+    vf t = _mm512_cvtph_ps(_mm256_set1_epi32(dm));
+    lut = v_fma(iota, _mm512_moveldup_ps(t), _mm512_movehdup_ps(t));
+  } else {
+    lut = v_mul(_mm512_sub_ps(iota, _mm512_set1_ps(8)), v_h(b));
+  }
   vi q = v_u8(qs);
   w[0] = _mm512_permutexvar_ps(q, lut);
   w[1] = _mm512_permutexvar_ps(v_hi4(q), lut);
 #else
+  vf d = v_h(b);
   // byte i holds value i (low nibble) and value i + 16 (high)
   for (int v = 0; v < NV / 2; v++) {
     vi q = v_u8(qs + VL * v), lo = v_lo4(q), hi = v_hi4(q);
