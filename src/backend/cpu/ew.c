@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include "cpu_kernels.h"
 #include "../kernel_math.h"
+#include "vmath.h"
 #include "threadpool.h"
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -137,18 +138,17 @@ static void exec_instr(const wk_ew_instr *in, float *R, const float *const *rp, 
     }
     case WK_OP_NEG: LOOP(-a[i]);
     case WK_OP_ABS: LOOP(fabsf(a[i]));
-    case WK_OP_EXP: LOOP(wkm_exp(a[i]));
-    case WK_OP_LOG: LOOP(wkm_log(a[i]));
+    case WK_OP_EXP: vm_exp(d, a, n); break;
+    case WK_OP_LOG: vm_log(d, a, n); break;
     case WK_OP_SQRT: LOOP(sqrtf(a[i]));
     case WK_OP_RSQRT: LOOP(1.0f / sqrtf(a[i]));
     case WK_OP_SQUARE: LOOP(a[i] * a[i]);
-    case WK_OP_TANH: LOOP(wkm_tanh(a[i]));
-    case WK_OP_SIGMOID: LOOP(wkm_sigmoid(a[i]));
+    case WK_OP_TANH: vm_tanh(d, a, n); break;
+    case WK_OP_SIGMOID: vm_sigmoid(d, a, n); break;
     case WK_OP_RELU: LOOP(a[i] > 0 ? a[i] : 0.0f);
-    case WK_OP_GELU: LOOP(0.5f * a[i] * (1.0f + wkm_erf(a[i] * 0.70710678118f)));
-    case WK_OP_GELU_TANH:
-      LOOP(0.5f * a[i] * (1.0f + wkm_tanh(0.7978845608f * (a[i] + 0.044715f * a[i] * a[i] * a[i]))));
-    case WK_OP_SILU: LOOP(a[i] * wkm_sigmoid(a[i]));
+    case WK_OP_GELU: vm_gelu(d, a, n); break;
+    case WK_OP_GELU_TANH: vm_gelu_tanh(d, a, n); break;
+    case WK_OP_SILU: vm_silu(d, a, n); break;
     case WK_OP_ADD_SCALAR: LOOP(a[i] + f0);
     case WK_OP_MUL_SCALAR: LOOP(a[i] * f0);
     case WK_OP_POW_SCALAR:
@@ -272,7 +272,21 @@ void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t st
   WK_ISA_FN(wk_cpu_ew_eval)(&s->prog, s->pro_in, slots, start, n, NULL, out);
 }
 
-typedef struct { const wk_step *s; void *const *slots; bool stream; } ew_ctx;
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include "ew_chain.h"
+#define HAVE_CHAINS 1
+#else
+#define HAVE_CHAINS 0
+typedef int ch_prog;
+#endif
+
+typedef struct {
+  const wk_step *s;
+  void *const *slots;
+  bool stream;
+  bool chain; // cp holds the program as an accumulator chain
+  ch_prog cp;
+} ew_ctx;
 
 static void ew_range(void *ctx, int64_t begin, int64_t end, int tid) {
   (void)tid;
@@ -280,6 +294,13 @@ static void ew_range(void *ctx, int64_t begin, int64_t end, int tid) {
   float *R = regs_for(c->s->prog.nregs);
   dense_map dm;
   dense_init(&dm, c->s->in, c->s->nin, c->slots);
+#if HAVE_CHAINS
+  if (c->chain) { // whole groups of CH_U vectors; the block VM below does the rest
+    int64_t m = (end - begin) / (CH_U * VM_L) * (CH_U * VM_L);
+    ch_run(&c->cp, &dm, begin, m, (float *)wk_operand_ptr(&c->s->out, c->slots) + begin, c->stream);
+    begin += m;
+  }
+#endif
   for (int64_t k = begin; k < end; k += WK_EW_BLOCK) {
     int m = (int)(end - k < WK_EW_BLOCK ? end - k : WK_EW_BLOCK);
     const float *v = run_block(&c->s->prog, c->s->in, &dm, c->slots, k, m, NULL, R);
@@ -293,7 +314,12 @@ static void ew_range(void *ctx, int64_t begin, int64_t end, int tid) {
 wk_status WK_ISA_FN(wk_cpu_ew)(const wk_step *s, void *const *slots) {
   int64_t n = 1;
   for (int d = 0; d < s->out.ndim; d++) n *= s->out.shape[d];
-  ew_ctx c = {s, slots, s->out.dtype == WK_F32 && n * 4 >= STREAM_BYTES};
+  ew_ctx c = {.s = s, .slots = slots, .stream = s->out.dtype == WK_F32 && n * 4 >= STREAM_BYTES};
+#if HAVE_CHAINS
+  dense_map dm;
+  dense_init(&dm, s->in, s->nin, slots);
+  c.chain = s->out.dtype == WK_F32 && ch_build(&s->prog, &dm, &c.cp);
+#endif
   // ~16k elements per task: big enough to amortize dispatch, small enough to balance
   wk_parallel_for(n, 32 * WK_EW_BLOCK, ew_range, &c);
   return WK_OK;
