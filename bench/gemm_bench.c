@@ -100,6 +100,10 @@ int main(int argc, char **argv) {
     micros("f32 train q_proj fwd 1020x576x576 ^T", 0, 0, 1, 1020, 576, 576);
     micros("f32 train up fwd 1020x1536x576 ^T", 0, 0, 1, 1020, 1536, 576);
     micros("f32 train up bwd 1020x576x1536", 0, 0, 0, 1020, 576, 1536);
+    // LoRA r=8 gradients of a training step: dA^T = x^T (dY B), dB = (x A)^T dY
+    micros("f32 lora dA 576x8x1020 transA", 0, 1, 0, 576, 8, 1020);
+    micros("f32 lora dB 8x1536x1020 transA", 0, 1, 0, 8, 1536, 1020);
+    micros("f32 lora xA 1020x8x1536", 0, 0, 0, 1020, 8, 1536);
     // attention tiles (sdpa forward and backward): 256 stacked query rows, 64 keys, head dim 64
     micros("f32 attn S = Q K^T 256x64x64", 0, 0, 1, 256, 64, 64);
     micros("f32 attn dV = P^T dO 64x64x256", 0, 1, 0, 64, 64, 256);

@@ -129,6 +129,8 @@ static void run_isa(const char *name) {
             run_case(name, bf16, tA, tB, 20, 2100, 30, 1.0f, 0.5f, 1);  // several NC blocks
             run_case(name, bf16, tA, tB, 300, 20, 530, 1.0f, 1.0f, 1);
             run_case(name, bf16, tA, tB, 270, 1100, 520, 0.5f, 0.5f, 1);
+            run_case(name, bf16, tA, tB, 129, 8, 300, 1.0f, 0.5f, 2);  // 5 <= N <= 8: the 8-wide tile
+            run_case(name, bf16, tA, tB, 65, 5, 17, -1.0f, 0.0f, 1);
         }
     // Trivial shapes: K = 0 and alpha = 0 scale C by beta; empty M/N do nothing.
     run_case(name, 0, 0, 0, 5, 7, 0, 1.0f, 0.5f, 2);
