@@ -377,6 +377,25 @@ static void test_matmul(void) {
   l.out = op_c(lo, WK_F32, 2, (int64_t[]){M, N});
   compare("lora f32 (W transposed)", &l, lo, 1e-4f, 1e-4f);
   reset();
+  // few rows (decode), row-major W, odd sizes and a rank of one
+  static const int shapes[][4] = {{1, 512, 512, 8}, {3, 1000, 36, 1}, {8, 64, 256, 16}, {2, 100, 30, 4}};
+  char name[64];
+  for (int c = 0; c < 4; c++) {
+    int m = shapes[c][0], k = shapes[c][1], n = shapes[c][2], rr = shapes[c][3];
+    int fx = buf(WK_F32, m * k, -1, 1), fw = buf(WK_F32, k * n, -0.1f, 0.1f), fa = buf(WK_F32, k * rr, -0.1f, 0.1f),
+        fb = buf(WK_F32, rr * n, -1, 1), fo = out_buf(WK_F32, m * n);
+    wk_step f = step0(WK_OP_LORA);
+    f.nin = 4;
+    f.in[0] = op_c(fx, WK_F32, 2, (int64_t[]){m, k});
+    f.in[1] = op_c(fw, WK_F32, 2, (int64_t[]){k, n});
+    f.in[2] = op_c(fa, WK_F32, 2, (int64_t[]){k, rr});
+    f.in[3] = op_c(fb, WK_F32, 2, (int64_t[]){rr, n});
+    f.attrs.f[0] = 2.0f;
+    f.out = op_c(fo, WK_F32, 2, (int64_t[]){m, n});
+    snprintf(name, sizeof name, "lora f32 [%d,%d] x [%d,%d] r%d", m, k, k, n, rr);
+    compare(name, &f, fo, 1e-5f, 1e-4f);
+    reset();
+  }
 }
 
 // ---- row kernels and chains ----

@@ -281,14 +281,16 @@ static bool variant_patch(Variant *v, const Segment *sg, int i, const wk_step *s
 }
 
 // ---- running ----
-static wk_status run_direct(const Segment *sg, const wk_step *steps, void *const *slots) {
+// measure: time the launches (not on a run's first use, which pays one-time costs
+// such as loading kernels).
+static wk_status run_direct(const Segment *sg, const wk_step *steps, void *const *slots, bool measure = true) {
   g_stats.direct++;
   double t0 = now_us();
   for (const Unit &u : sg->units) {
     wk_status st = wkc_run(&steps[u.first], slots);
     if (st) return st;
   }
-  average(&g_direct_us, now_us() - t0, sg->units.size());
+  if (measure) average(&g_direct_us, now_us() - t0, sg->units.size());
   return WK_OK;
 }
 
@@ -331,7 +333,7 @@ wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const
   *state = sg;
   // a plan evaluated once pays no capture: the second evaluation captures
   if (!wkc_graphs_enabled() || sg->broken || sg->units.size() < 2 || ++sg->uses < 2)
-    return run_direct(sg, steps, slots);
+    return run_direct(sg, steps, slots, sg->uses > 1);
   int best = -1, changed = INT_MAX, moved = 0, empty = -1, stalest = 0;
   for (int w = 0; w < VARIANTS; w++) {
     if (!sg->v[w]) { if (empty < 0) empty = w; continue; }
