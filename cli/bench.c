@@ -172,15 +172,20 @@ static int matmul_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   out[0] = wk_keep(wk_matmul(e->in[0], e->in[1]));
   return 1;
 }
-// ---- quantized weight (Q4_1, GGUF layout [N, K]): x[M, K] @ W^T, the decoder's linear ----
+// ---- quantized weight (GGUF layout [N, K]): x[M, K] @ W^T, the decoder's linear; d: the type (0: Q4_1) ----
 static void qmatmul_setup(const bench_case *c, bench_env *e) {
-  int64_t M = c->a, K = c->b, N = c->c, nb = N * K / 32;
-  uint8_t *w = malloc((size_t)nb * 20);
+  wk_dtype dt = c->d ? (wk_dtype)c->d : WK_Q4_1;
+  int64_t M = c->a, K = c->b, N = c->c, bs = (int64_t)wk_dtype_block_bytes(dt), nb = N * K / wk_dtype_block(dt);
+  uint8_t *w = malloc((size_t)(nb * bs));
   uint64_t r = 0x9E3779B97F4A7C15ull;
-  for (int64_t i = 0; i < nb * 20; i++) r = r * 6364136223846793005ull + 1442695040888963407ull, w[i] = (uint8_t)(r >> 56);
-  for (int64_t i = 0; i < nb; i++) w[i * 20] = 0, w[i * 20 + 1] = 0x20, w[i * 20 + 2] = 0, w[i * 20 + 3] = 0xA0; // d 2^-7, m -2^-7
+  for (int64_t i = 0; i < nb * bs; i++) r = r * 6364136223846793005ull + 1442695040888963407ull, w[i] = (uint8_t)(r >> 56);
+  for (uint8_t *p = w; p < w + nb * bs; p += bs) { // f16 scales: d 2^-7, m -2^-7 (Q4_1); 2^-10 (K types)
+    if (dt == WK_Q4_1) p[0] = 0, p[1] = 0x20, p[2] = 0, p[3] = 0xA0;
+    else if (dt == WK_Q6_K) p[208] = 0, p[209] = 0x14;
+    else p[0] = 0, p[1] = 0x14, p[2] = 0, p[3] = 0x14;
+  }
   e->in[0] = input(2, SH(M, K), 1.0f, 13);
-  e->in[1] = wk_from_data(2, SH(N, K), WK_Q4_1, w);
+  e->in[1] = wk_from_data(2, SH(N, K), dt, w);
   free(w);
 }
 static int qmatmul_run(const bench_case *c, bench_env *e, wk_tensor **out) {
@@ -278,6 +283,13 @@ static const bench_case cases[] = {
     {"qmatmul_q4_1/128x576x1536", qmatmul_setup, qmatmul_run, 128, 576, 1536, 0, 2.0 * 128 * 576 * 1536, 0, 0},
     {"qmatmul_q4_1/1x576x49152", qmatmul_setup, qmatmul_run, 1, 576, 49152, 0, 2.0 * 576 * 49152,
      576.0 * 49152 * 20 / 32, 0},
+    // the K-quants' decode GEMV (a 2048-wide model's projection; 4.5 / 5.5 / 6.6 bits a weight)
+    {"qmatmul_q4_k/1x2048x2048", qmatmul_setup, qmatmul_run, 1, 2048, 2048, WK_Q4_K, 2.0 * 2048 * 2048,
+     2048.0 * 2048 * 144 / 256, 0},
+    {"qmatmul_q5_k/1x2048x2048", qmatmul_setup, qmatmul_run, 1, 2048, 2048, WK_Q5_K, 2.0 * 2048 * 2048,
+     2048.0 * 2048 * 176 / 256, 0},
+    {"qmatmul_q6_k/1x2048x2048", qmatmul_setup, qmatmul_run, 1, 2048, 2048, WK_Q6_K, 2.0 * 2048 * 2048,
+     2048.0 * 2048 * 210 / 256, 0},
     // sentences per call in a; the rate is sentences/s ("items_s")
     {"embed_minilm/1", embed_setup, embed_run, 1, 0, 0, 0, 0, 0, 0},
     {"embed_minilm/32", embed_setup, embed_run, 32, 0, 0, 0, 0, 0, 0},

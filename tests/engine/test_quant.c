@@ -78,9 +78,9 @@ static wk_tensor *qmm_nn_fn(wk_tensor *const *in, void *ctx) { return wk_matmul(
 static void test_type(const qpair *t) {
   const char *name = wk_dtype_name(t->dt);
   int64_t blk = wk_dtype_block(t->dt);
-  // odd row counts, 3 blocks per row; and a wide case that splits across threads
-  const int64_t shapes[][2] = {{37, 3 * blk}, {301, (blk == 32 ? 16 : 2) * blk}};
-  for (int sc = 0; sc < 2; sc++) {
+  // odd row counts, 3 blocks per row; a wide case that splits across threads; long rows
+  const int64_t shapes[][2] = {{37, 3 * blk}, {301, (blk == 32 ? 16 : 2) * blk}, {67, 16 * blk}};
+  for (int sc = 0; sc < 3; sc++) {
     int64_t N = shapes[sc][0], K = shapes[sc][1];
     size_t bytes;
     uint8_t *qb = random_blocks(t, N, K, &bytes);
@@ -94,8 +94,8 @@ static void test_type(const qpair *t) {
           (long long)N, (long long)K);
     free(d);
     // x @ W^T and g @ W for decode-sized and batched M (both kernel paths)
-    const int64_t Ms[] = {1, 3, 4, 5, 37};
-    for (int mi = 0; mi < 5; mi++) {
+    const int64_t Ms[] = {1, 2, 3, 4, 5, 37};
+    for (int mi = 0; mi < 6; mi++) {
       int64_t M = Ms[mi];
       wk_tensor *x = wk_randn(2, (int64_t[]){M, K}, WK_F32, 7 + (uint64_t)M);
       float *xv = read_all(x), *y = read_all(wk_matmul_t(x, 0, W, 1));

@@ -32,6 +32,13 @@ static bool contiguous(const wk_operand *o) {
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+// Fused decode GEMV: qgemv.c for the 32-value types, dequant.c for the K-quants.
+static int qgemv(wk_dtype dt, int rows, int64_t K, int64_t n, const float *x, const void *w, size_t rb, float *y,
+                 int64_t ldy) {
+  return WK_ISA_FN(wk_cpu_qgemv)(dt, rows, K, n, x, K, w, rb, y, ldy) ||
+         WK_ISA_FN(wk_cpu_qgemv_k)(dt, rows, K, n, x, K, w, rb, y, ldy);
+}
+
 typedef struct {
   wk_dtype dt;
   const uint8_t *w;       // W's blocks
@@ -49,9 +56,8 @@ typedef struct {
 // y[:, j0:j1] = x @ W[j0:j1, :]^T
 static void qmm_nt_task(void *vc, int64_t j0, int64_t j1, int tid) {
   const qmm *c = vc;
-  if (c->fused) { // decode: blocks expanded in registers, rows prefetched ahead (qgemv.c)
-    WK_ISA_FN(wk_cpu_qgemv)(c->dt, (int)c->M, c->K, j1 - j0, c->x, c->K, c->w + (size_t)j0 * c->row_bytes,
-                            c->row_bytes, c->y + j0, c->N);
+  if (c->fused) { // decode: blocks expanded in registers, rows prefetched ahead
+    qgemv(c->dt, (int)c->M, c->K, j1 - j0, c->x, c->w + (size_t)j0 * c->row_bytes, c->row_bytes, c->y + j0, c->N);
     return;
   }
   float *p = c->buf[tid];
@@ -145,7 +151,7 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
   int64_t width = trans ? c.K : 0;
   int64_t items, grain;
   if (trans && c.M <= 4) // probe: does this ISA have the fused kernel for the type?
-    c.fused = WK_ISA_FN(wk_cpu_qgemv)(c.dt, (int)c.M, c.K, 0, c.x, c.K, c.w, c.row_bytes, c.y, c.N);
+    c.fused = qgemv(c.dt, (int)c.M, c.K, 0, c.x, c.w, c.row_bytes, c.y, c.N);
   if (trans) {
     c.panel = c.M <= 4 ? clamp64(8192 / width, 4, 64) : clamp64(196608 / width / 16 * 16, 16, 256);
     items = c.N;
