@@ -86,6 +86,11 @@ wk_tensor *wk_rope(wk_tensor *x, float theta, int64_t offset, int interleaved);
 // graph runs: a decode step's graph (and its compiled plan) stays the same from token
 // to token while the position moves.
 wk_tensor *wk_rope_at(wk_tensor *x, float theta, wk_tensor *pos, int interleaved);
+// Scaled RoPE (transformers' rope_scaling): angles (offset [+ pos[0]] + t) * inv_freq[i]
+// with inv_freq f32 [D/2] given (linear, dynamic, yarn, llama3 frequencies), and cos and
+// sin multiplied by scale (yarn's attention factor; 1 otherwise). pos may be NULL.
+wk_tensor *wk_rope_freqs(wk_tensor *x, wk_tensor *inv_freq, float scale, int64_t offset, wk_tensor *pos,
+                         int interleaved);
 // table[V, D], ids i32[...] -> [..., D]
 wk_tensor *wk_embedding(wk_tensor *table, wk_tensor *ids);
 // Additive masks (0 or -inf) in f32: causal [T, S] where query t sees keys s <= t + (S - T);

@@ -108,10 +108,14 @@ wk_tensor *wk_layer_norm(wk_tensor *x, wk_tensor *w, wk_tensor *b, float eps) {
 }
 
 // ---- rotary embedding ----
-static wk_tensor *rope_node(wk_tensor *x, float theta, int64_t offset, wk_tensor *pos, int interleaved) {
+// Inputs x[, pos][, inv_freq]; attrs.i[2] says whether inv_freq is there (then theta is
+// unused), attrs.f[2] scales cos and sin (RoPE scaling's attention factor).
+static wk_tensor *rope_node(wk_tensor *x, float theta, int64_t offset, wk_tensor *pos, wk_tensor *inv_freq,
+                            float scale, int interleaved) {
   const char *op = "rope";
   if (!wk_tensor_valid(x, op) || !check_float(op, "x", x)) return NULL;
   if (pos && (!wk_tensor_valid(pos, op) || !check_i32(op, "pos", pos) || !check_device(op, x, pos))) return NULL;
+  if (inv_freq && (!wk_tensor_valid(inv_freq, op) || !check_device(op, x, inv_freq))) return NULL;
   char b[160];
   if (x->ndim < 2 || last_dim(x) % 2) {
     wk_error(WK_ERR_SHAPE, "rope: x must be [..., T, D] with D even, got %s", wk_shape_str(x, b, sizeof b));
@@ -121,19 +125,35 @@ static wk_tensor *rope_node(wk_tensor *x, float theta, int64_t offset, wk_tensor
     wk_error(WK_ERR_SHAPE, "rope: pos must hold one position, got %s", wk_shape_str(pos, b, sizeof b));
     return NULL;
   }
+  if (inv_freq && (inv_freq->dtype != WK_F32 || inv_freq->ndim != 1 || inv_freq->shape[0] != last_dim(x) / 2)) {
+    char a[160];
+    wk_error(WK_ERR_SHAPE, "rope: inv_freq must be f32 [D/2] = [%lld] for x %s, got %s", (long long)(last_dim(x) / 2),
+             wk_shape_str(x, a, sizeof a), wk_shape_str(inv_freq, b, sizeof b));
+    return NULL;
+  }
   if (!(theta > 0)) { wk_error(WK_ERR_ARG, "rope: theta = %g must be > 0", (double)theta); return NULL; }
-  wk_attrs at = {.f = {theta, 1.0f}, .i = {offset, interleaved != 0}};
-  wk_tensor *in[2] = {x, pos};
-  return kernel_node(WK_OP_ROPE, x->dtype, x->ndim, x->shape, pos ? 2 : 1, in, &at);
+  if (!(scale > 0)) { wk_error(WK_ERR_ARG, "rope: attention scale = %g must be > 0", (double)scale); return NULL; }
+  wk_attrs at = {.f = {theta, 1.0f, scale}, .i = {offset, interleaved != 0, inv_freq != NULL}};
+  wk_tensor *in[3] = {x};
+  int n = 1;
+  if (pos) in[n++] = pos;
+  if (inv_freq) in[n++] = inv_freq;
+  return kernel_node(WK_OP_ROPE, x->dtype, x->ndim, x->shape, n, in, &at);
 }
 
 wk_tensor *wk_rope(wk_tensor *x, float theta, int64_t offset, int interleaved) {
-  return rope_node(x, theta, offset, NULL, interleaved);
+  return rope_node(x, theta, offset, NULL, NULL, 1.0f, interleaved);
 }
 
 wk_tensor *wk_rope_at(wk_tensor *x, float theta, wk_tensor *pos, int interleaved) {
   if (!pos) { wk_error(WK_ERR_ARG, "rope: pos is NULL"); return NULL; }
-  return rope_node(x, theta, 0, pos, interleaved);
+  return rope_node(x, theta, 0, pos, NULL, 1.0f, interleaved);
+}
+
+wk_tensor *wk_rope_freqs(wk_tensor *x, wk_tensor *inv_freq, float scale, int64_t offset, wk_tensor *pos,
+                         int interleaved) {
+  if (!inv_freq) { wk_error(WK_ERR_ARG, "rope: inv_freq is NULL"); return NULL; }
+  return rope_node(x, 1.0f, offset, pos, inv_freq, scale, interleaved);
 }
 
 // ---- embedding ----
@@ -357,12 +377,12 @@ wk_status wk_vjp_NORM_DW(wk_tensor *node, wk_tensor *g, const bool *need, wk_ten
   return no_second_order(node->attrs.i[0] ? "layer_norm" : "rms_norm");
 }
 
-// Rope is a rotation: its transpose rotates by the negated angle.
+// Rope is a rotation (times the attention scale): its transpose rotates by the negated angle.
 wk_status wk_vjp_ROPE(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   (void)need;
   wk_attrs at = node->attrs;
   at.f[1] = -at.f[1];
-  wk_tensor *in[2] = {g, node->nin > 1 ? IN(1) : NULL};   // the same positions
+  wk_tensor *in[3] = {g, node->nin > 1 ? IN(1) : NULL, node->nin > 2 ? IN(2) : NULL};   // the same positions
   gin[0] = K(kernel_node(WK_OP_ROPE, IN(0)->dtype, g->ndim, g->shape, node->nin, in, &at));
   return WK_OK;
 }

@@ -156,9 +156,6 @@ static wk_status check_supported(const wk_model_config *c, const char *path) {
     return wk_error(WK_ERR_ARG, "model %s: architecture '%s' is not a decoder wick implements (llama, qwen2)%s", path,
                     c->model_type[0] ? c->model_type : wk_arch_name(c->arch),
                     c->arch == WK_ARCH_BERT ? "; BERT is an encoder: load it with the embeddings API" : "");
-  if (c->rope_scaling.type != WK_ROPE_DEFAULT)
-    return wk_error(WK_ERR_ARG, "model %s: rope_scaling of type %d is not supported yet (only default RoPE)", path,
-                    (int)c->rope_scaling.type);
   if (c->arch == WK_ARCH_QWEN2 && c->use_sliding_window)
     return wk_error(WK_ERR_ARG, "model %s: use_sliding_window is not supported yet", path);
   if (strcmp(c->hidden_act, "silu") && c->hidden_act[0])
@@ -500,6 +497,31 @@ static int check_ids(const wk_model *m, wk_tensor *ids) {
 // A decode or prefill step through a preallocated cache: where this step's keys go
 // and what attention sees, as i32 [1] tensors read at run time, so that every step
 // of the same shape builds the same graph and reuses one compiled plan.
+// Scaled RoPE's inputs for one forward (inv NULL: default RoPE, the kernel's frequencies).
+typedef struct {
+  wk_tensor *inv;          // f32 [D/2]
+  float attn;              // cos / sin factor (yarn's attention factor)
+} rope_in;
+
+// The inverse frequencies at seq_len positions as a tensor on the model's device, or
+// NULL with ri->inv NULL for default RoPE (or on failure, with the error set).
+static void rope_inputs(const wk_model *m, int64_t seq_len, rope_in *ri) {
+  float inv[512];
+  ri->inv = NULL;
+  ri->attn = 1.0f;
+  if (m->cfg.head_dim / 2 > 512 || !wk_llama_rope_freqs(&m->cfg, seq_len, inv, &ri->attn)) return;
+  ri->inv = wk_from_data(1, (int64_t[]){m->cfg.head_dim / 2}, WK_F32, inv);
+  wk_device dev = wk_model_device(m);
+  if (ri->inv && dev != WK_CPU) ri->inv = wk_to_device(ri->inv, dev);
+}
+
+// RoPE on x [B, H, T, D] at positions pos (+ run-time at, when non-NULL) + t.
+static wk_tensor *rope(const wk_model *m, wk_tensor *x, int64_t pos, wk_tensor *at, const rope_in *ri) {
+  float theta = (float)m->cfg.rope_theta;
+  if (ri->inv) return wk_rope_freqs(x, ri->inv, ri->attn, pos, at, m->rope_interleaved);
+  return at ? wk_rope_at(x, theta, at, m->rope_interleaved) : wk_rope(x, theta, pos, m->rope_interleaved);
+}
+
 typedef struct {
   wk_tensor **k, **v;      // per layer [B, Hkv, capacity, D], written in place
   wk_tensor *rope_pos;     // position of the first new token (RoPE)
@@ -510,26 +532,25 @@ typedef struct {
 // One transformer block on x [B, T, H] at positions pos + t (no cache) or through a
 // cache (cs non-NULL: the new keys and values are stored, then attention reads the
 // cache: a f16 / bf16 / q8_0 cache rounds the new keys too, so attention sees what is stored).
-static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, const cache_step *cs, wk_tensor *mask) {
+static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, const cache_step *cs, wk_tensor *mask,
+                        const rope_in *ri) {
   const wk_model_config *c = &m->cfg;
   int64_t B = wk_dim(x, 0), T = wk_dim(x, 1), D = c->head_dim;
   int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
-  float eps = (float)c->norm_eps, theta = (float)c->rope_theta;
+  float eps = (float)c->norm_eps;
   const wk_llama_layer *L = &m->layers[l];
   wk_tensor *h = wk_rms_norm(x, f32(L->attn_norm), eps);
   wk_tensor *q = heads_first(proj(m, l, WK_PROJ_Q, h, L->wq, L->bq), B, T, Hq, D);
   wk_tensor *k = heads_first(proj(m, l, WK_PROJ_K, h, L->wk, L->bk), B, T, Hkv, D);
   wk_tensor *v = heads_first(proj(m, l, WK_PROJ_V, h, L->wv, L->bv), B, T, Hkv, D);
   wk_tensor *a;
+  q = rope(m, q, pos, cs ? cs->rope_pos : NULL, ri);
+  k = rope(m, k, pos, cs ? cs->rope_pos : NULL, ri);
   if (cs) {
-    q = wk_rope_at(q, theta, cs->rope_pos, m->rope_interleaved);
-    k = wk_rope_at(k, theta, cs->rope_pos, m->rope_interleaved);
     k = wk_set_slice(cs->k[l], k, 2, cs->write_pos);
     v = wk_set_slice(cs->v[l], v, 2, cs->write_pos);
     a = wk_sdpa_kv(q, k, v, mask, cs->kv_len, 1, 0);   // [B, Hq, T, D]
   } else {
-    q = wk_rope(q, theta, pos, m->rope_interleaved);
-    k = wk_rope(k, theta, pos, m->rope_interleaved);
     a = wk_sdpa(q, k, v, mask, 1, 0);
   }
   a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
@@ -542,16 +563,22 @@ static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, const
 
 wk_tensor *wk_llama_embed(wk_model *m, wk_tensor *ids) { return f32(wk_embedding(m->embed, ids)); }
 wk_tensor *wk_llama_block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos) {
-  return block(m, l, x, pos, NULL, NULL);
+  rope_in ri;
+  rope_inputs(m, pos + wk_dim(x, 1), &ri);
+  return block(m, l, x, pos, NULL, NULL, &ri);
 }
 wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) {
   return linear(wk_rms_norm(x, f32(m->norm), (float)m->cfg.norm_eps), m->lm_head, NULL);
 }
 
 // last: the head reads only position T - 1 ([B, 1, V]: what generation samples from).
-static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask, bool last) {
+// seq_len: the positions the sequence spans after this forward (dynamic RoPE scaling).
+static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask, bool last,
+                          int64_t seq_len) {
+  rope_in ri;
+  rope_inputs(m, seq_len, &ri);
   wk_tensor *x = wk_llama_embed(m, ids);   // [B, T, H]
-  for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, cs, mask);
+  for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, cs, mask, &ri);
   if (last && wk_dim(ids, 1) > 1) x = wk_slice(x, 1, wk_dim(ids, 1) - 1, wk_dim(ids, 1), 1);
   return wk_llama_head(m, x);               // [B, T, V]
 }
@@ -564,7 +591,8 @@ wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {
   }
   wk_scope_begin();
   wk_device dev = wk_model_device(m);   // host ids follow the weights
-  wk_tensor *logits = wk_keep(forward(m, wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids, pos_offset, NULL, NULL, false));
+  wk_tensor *logits = wk_keep(forward(m, wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids, pos_offset, NULL, NULL, false,
+                                       pos_offset + wk_dim(ids, 1)));
   wk_scope_end();
   return logits ? wk_node_finish(logits) : NULL;   // the caller's scope owns it, like any op's result
 }
@@ -700,7 +728,7 @@ static wk_tensor *forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c, bo
   wk_tensor *mask = pad_mask(c, cap);
   if (mask && dev != WK_CPU) mask = wk_to_device(mask, dev);
   wk_tensor *x = wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids;
-  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, x, 0, &cs, mask, last);
+  wk_tensor *logits = c->pad && !mask ? NULL : forward(m, x, 0, &cs, mask, last, c->shift + c->len + T);
   bool ok = logits && wk_eval(1, &logits) == WK_OK;
   if (ok) {
     c->batch = B;

@@ -69,6 +69,11 @@ wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x);                            
 const char *wk_llama_hf_module(wk_proj p);
 const char *wk_llama_gguf_proj_name(wk_proj p);
 
+// RoPE scaling (rope_scaling.c): the inverse frequencies inv[D/2] and the cos/sin factor
+// *attn of c's rope type for a sequence of seq_len positions (dynamic NTK depends on it),
+// as transformers computes them. false (nothing written but *attn = 1) for default RoPE.
+bool wk_llama_rope_freqs(const wk_model_config *c, int64_t seq_len, float *inv, float *attn);
+
 // Loaders (llama.c): fill m->cfg and the weights, or set the error and return nonzero.
 wk_status wk_llama_load_safetensors(wk_model *m, const char *dir);
 wk_status wk_llama_load_gguf(wk_model *m, const char *path);

@@ -664,14 +664,41 @@ static void rope_range(void *vc, int64_t b, int64_t e, int tid) {
   scratch_put(&sc);
 }
 
+// The table for given inverse frequencies (scaled RoPE), cos and sin times scale: built
+// per call (the frequencies are data, and a dynamic scaling changes them as it goes).
+static float *rope_table_freqs(const float *inv, float scale, int64_t offset, int64_t T, int64_t D) {
+  int64_t h = D / 2;
+  float *cs = malloc(sizeof(float) * (size_t)(T * D > 0 ? T * D : 1));
+  if (!cs) return NULL;
+  for (int64_t i = 0; i < h; i++)
+    for (int64_t t = 0; t < T; t++) {
+      float ang = (float)(offset + t) * inv[i];
+      cs[t * D + i] = (float)cos((double)ang) * scale;
+      cs[t * D + h + i] = (float)sin((double)ang) * scale;
+    }
+  return cs;
+}
+
 static wk_status rope_kernel(const wk_step *s, void *const *slots) {
   const wk_operand *x = &s->in[0];
   rctx c = {.s = s, .slots = slots, .D = last_of(x), .T = x->ndim >= 2 ? x->shape[x->ndim - 2] : 1,
             .nt = want_nt(&s->out)};
   int64_t rows = c.D ? numel_of(x) / c.D : 0;
   if (!rows) return WK_OK;
+  bool freqs = s->attrs.i[2] != 0;
   int64_t offset = s->attrs.i[0];   // plus the run-time position, if any
-  if (s->nin > 1) offset += *(const int32_t *)wk_operand_ptr(&s->in[1], slots);
+  if (s->nin > 1 + freqs) offset += *(const int32_t *)wk_operand_ptr(&s->in[1], slots);
+  if (freqs) {
+    const wk_operand *f = &s->in[s->nin - 1];
+    float scale = s->attrs.f[2] > 0 ? s->attrs.f[2] : 1.0f, *cs = NULL, inv[512];
+    if (c.D / 2 <= 512) WK_ISA_FN(wk_cpu_load_f32)(f, slots, 0, c.D / 2, inv);
+    cs = c.D / 2 <= 512 ? rope_table_freqs(inv, scale, offset, c.T, c.D) : NULL;
+    bool ok = cs != NULL;
+    c.cs = cs;
+    if (ok) wk_parallel_for(rows, grain_rows(c.D), rope_range, &c);
+    free(cs);
+    return ok && !c.oom ? WK_OK : wk_error(WK_ERR_OOM, "rope: out of memory (or a head dim above 1024)");
+  }
   pthread_mutex_lock(&rope_mu); // held while the table is in use
   c.cs = rope_table(s->attrs.f[0], offset, c.T, c.D);
   if (c.cs) wk_parallel_for(rows, grain_rows(c.D), rope_range, &c);

@@ -448,16 +448,17 @@ struct RopeArgs {
   int32_t out_dtype, inter;
   int64_t rows, D, T, offset;
   const int32_t *pos;   // run-time position added to offset, or NULL
-  float theta, sign;
+  const float *inv;     // given inverse frequencies (scaled RoPE), or NULL: theta's
+  float theta, sign, scale;
 };
 
 __global__ void k_rope(const __grid_constant__ RopeArgs a) {
   int64_t h = a.D / 2, n = a.rows * h, offset = a.offset + (a.pos ? *a.pos : 0);
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
     int64_t r = e / h, i = e % h, t = r % a.T;
-    float inv = (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
+    float inv = a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
     float ang = (float)(offset + t) * inv;
-    float co = (float)cos((double)ang), sn = a.sign * (float)sin((double)ang);
+    float co = (float)cos((double)ang) * a.scale, sn = a.sign * ((float)sin((double)ang) * a.scale);
     int64_t i0 = a.inter ? 2 * i : i, i1 = a.inter ? 2 * i + 1 : i + h;
     int64_t ro = row_off(a.x, r), l = last_stride(a.x);
     float x0 = ldv(a.x.p, a.x.dtype, ro + i0 * l), x1 = ldv(a.x.p, a.x.dtype, ro + i1 * l);
@@ -479,7 +480,13 @@ wk_status wkc_rope(const wk_step *s, void *const *slots) {
   a.theta = s->attrs.f[0];
   a.sign = s->attrs.f[1];
   a.offset = s->attrs.i[0];
-  a.pos = s->nin > 1 ? (const int32_t *)out_ptr(&s->in[1], slots) : NULL;
+  int freqs = s->attrs.i[2] != 0;
+  a.pos = s->nin > 1 + freqs ? (const int32_t *)out_ptr(&s->in[1], slots) : NULL;
+  a.inv = freqs ? (const float *)out_ptr(&s->in[s->nin - 1], slots) : NULL;
+  a.scale = s->attrs.f[2] > 0 ? s->attrs.f[2] : 1.0f;
+  const wk_operand *fq = &s->in[s->nin - 1];
+  if (freqs && (fq->dtype != WK_F32 || (fq->stride[0] != 1 && fq->shape[0] > 1)))
+    return wk_error(WK_ERR_STATE, "rope: inv_freq must be a dense f32 vector on CUDA");
   a.inter = s->attrs.i[1] != 0;
   int64_t n = a.rows * (a.D / 2);
   if (!n) return WK_OK;
