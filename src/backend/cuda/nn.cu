@@ -209,7 +209,9 @@ static wk_status rowchain_piece(const wk_step *s, int n, void *const *slots, con
   bool use_smem = smem + 2048 <= wkc_max_smem();
   int grid;
   void *scratch = NULL;
-  if (D <= WARP_MAXD) { // a warp per row
+  // a warp per row, unless the rows are too few to fill the GPU: then a block per row
+  // (a chain's stages are latency-bound; more threads per row shorten each stage)
+  if (D <= WARP_MAXD && rows >= (int64_t)wkc_num_sms() * 4) {
     smem = (size_t)WARP_ROWS * (size_t)D * sizeof(float);
     grid = capped((rows + WARP_ROWS - 1) / WARP_ROWS, (int64_t)1 << 30);
     cudaStream_t cs = wkc_stream();
