@@ -7,20 +7,79 @@
 #include "wick/ops.h"
 #include "wick/train.h"
 
-wk_tensor *wk_causal_lm_loss(wk_model *m, wk_tensor *ids, wk_tensor *labels) {
+// The head only where a label counts. Prompt-completion and chat data leave most
+// positions unlabelled, and each position costs the model's widest matmul twice
+// (2 x 49152 x 576 multiply-adds on SmolLM2) plus a V-wide softmax: so the hidden
+// rows whose next token counts are gathered first (an embedding lookup into the
+// hidden states; its gradient scatters back). The count is padded with ignored
+// rows to a multiple of 64, so a handful of plan shapes serve every batch.
+typedef struct {
+  wk_tensor *rows;     // i32 [n]: rows of the flattened [B * (T - 1)] positions, or NULL: every row
+  wk_tensor *targets;  // i32 [1, n]: their labels (pads ignored)
+} counted_rows;
+
+#define COUNTED_ALIGN 64
+
+static counted_rows select_counted(wk_tensor *targets) {
+  counted_rows c = {0};
+  wk_tensor *host = wk_to_device(targets, WK_CPU);
+  const int32_t *lab = host ? wk_tensor_data(host) : NULL;
+  int64_t total = wk_numel(targets), n = 0;
+  for (int64_t i = 0; lab && i < total; i++) n += lab[i] != WK_IGNORE_INDEX;
+  int64_t padded = (n + COUNTED_ALIGN - 1) / COUNTED_ALIGN * COUNTED_ALIGN;
+  int32_t *idx = lab && padded && padded * 4 <= total * 3 ? malloc(sizeof(int32_t) * (size_t)padded * 2) : NULL;
+  if (idx) { // worth it when at least a quarter of the rows go
+    int32_t *tg = idx + padded;
+    int64_t k = 0;
+    for (int64_t i = 0; i < total; i++)
+      if (lab[i] != WK_IGNORE_INDEX) idx[k] = (int32_t)i, tg[k++] = lab[i];
+    for (; k < padded; k++) idx[k] = 0, tg[k] = WK_IGNORE_INDEX;
+    int64_t shape[2] = {1, padded};
+    wk_device dev = wk_tensor_device(targets);
+    c.rows = wk_to_device(wk_from_data(1, &padded, WK_I32, idx), dev);
+    c.targets = wk_to_device(wk_from_data(2, shape, WK_I32, tg), dev);
+    free(idx);
+  }
+  return c;
+}
+
+// logits [1, n, V] of the counted rows of hidden x [B, T', H], or of every row.
+static wk_tensor *head_logits(wk_model *m, wk_tensor *x, const counted_rows *c) {
+  if (!c->rows) return wk_llama_head(m, x);
+  int64_t H = wk_dim(x, 2), flat[2] = {wk_dim(x, 0) * wk_dim(x, 1), H}, one[3] = {1, wk_dim(c->rows, 0), H};
+  return wk_llama_head(m, wk_reshape(wk_embedding(wk_reshape(x, 2, flat), c->rows), 3, one));
+}
+
+static bool check_loss_args(const char *op, wk_tensor *ids, wk_tensor *labels) {
   if (!ids || !labels || wk_ndim(ids) != 2 || wk_ndim(labels) != 2 || wk_dim(ids, 0) != wk_dim(labels, 0) ||
       wk_dim(ids, 1) != wk_dim(labels, 1) || wk_dim(ids, 1) < 2 || wk_tensor_dtype(labels) != WK_I32) {
     char a[160], b[160];
-    wk_error(WK_ERR_SHAPE, "causal_lm_loss: ids %s and labels %s must both be i32 [B, T] with T >= 2",
+    wk_error(WK_ERR_SHAPE, "%s: ids %s and labels %s must both be i32 [B, T] with T >= 2", op,
              ids ? wk_shape_str(ids, a, sizeof a) : "NULL", labels ? wk_shape_str(labels, b, sizeof b) : "NULL");
-    return NULL;
+    return false;
   }
+  return true;
+}
+
+wk_tensor *wk_causal_lm_loss(wk_model *m, wk_tensor *ids, wk_tensor *labels) {
+  if (!check_loss_args("causal_lm_loss", ids, labels)) return NULL;
   int64_t T = wk_dim(ids, 1);
   wk_scope_begin();
+  wk_device dev = wk_model_device(m);   // host batches follow the weights
+  if (wk_tensor_device(ids) != dev) ids = wk_to_device(ids, dev);
+  if (wk_tensor_device(labels) != dev) labels = wk_to_device(labels, dev);
   // the last position predicts nothing, so it is left out of the forward pass
-  wk_tensor *logits = wk_model_forward(m, wk_slice(ids, 1, 0, T - 1, 1), 0);
-  wk_tensor *targets = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
-  wk_tensor *loss = wk_keep(wk_cross_entropy(logits, targets, WK_IGNORE_INDEX, 1));
+  wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1), *targets = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
+  counted_rows c = select_counted(targets);
+  wk_tensor *logits = NULL;
+  if (c.rows) {
+    wk_tensor *x = wk_llama_embed(m, in);
+    for (int64_t l = 0; l < wk_model_get_config(m)->num_hidden_layers; l++) x = wk_llama_block(m, l, x, 0);
+    logits = head_logits(m, x, &c);
+  } else {
+    logits = wk_model_forward(m, in, 0);
+  }
+  wk_tensor *loss = wk_keep(wk_cross_entropy(logits, c.rows ? c.targets : targets, WK_IGNORE_INDEX, 1));
   wk_scope_end();
   return loss ? wk_node_finish(loss) : NULL;
 }
@@ -49,6 +108,7 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
   // forward, keeping only each block's input
   wk_scope_begin();
   wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1), *tg = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
+  counted_rows c = select_counted(tg);
   if (!s) s = (xs[0] = wk_keep(wk_llama_embed(m, in))) && !wk_eval(1, &xs[0]) ? WK_OK : WK_ERR_STATE;
   for (int64_t l = 0; !s && l < L; l++) {
     wk_scope_begin();
@@ -61,7 +121,7 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
   if (!s) {
     wk_set_trainable(xs[L], 1);
     wk_scope_begin();
-    wk_tensor *l = wk_cross_entropy(wk_llama_head(m, xs[L]), tg, WK_IGNORE_INDEX, 1);
+    wk_tensor *l = wk_cross_entropy(head_logits(m, xs[L], &c), c.rows ? c.targets : tg, WK_IGNORE_INDEX, 1);
     s = wk_value_and_grad(l, 1, &xs[L], &g, loss);
     wk_keep(g);
     wk_scope_end();
