@@ -13,15 +13,27 @@
 #include "check.h"
 #include "fixtures.h"
 
+// t (lazy, made in the caller's scope) realized on the GPU, as a reference of the caller's.
 static wk_tensor *on_gpu(wk_tensor *t) {
-  wk_tensor *d = wk_to_device(t, WK_CUDA);
-  wk_tensor_free(t);
-  if (d) wk_eval(1, &d);
+  wk_tensor *d = wk_keep(wk_to_device(t, WK_CUDA));
+  if (d && wk_eval(1, &d)) { wk_tensor_free(d); d = NULL; }
   return d;
 }
 
+// Values scale * N(0, 1) on the GPU (the graph that made them goes with the scope).
 static wk_tensor *rnd(int nd, const int64_t *shape, float scale, uint64_t seed) {
-  return on_gpu(wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale));
+  wk_scope_begin();
+  wk_tensor *d = on_gpu(wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale));
+  wk_scope_end();
+  return d;
+}
+
+// Token ids i32 [rows, cols] on the GPU.
+static wk_tensor *ids_gpu(int64_t rows, int64_t cols, const int32_t *data) {
+  wk_scope_begin();
+  wk_tensor *d = on_gpu(wk_from_data(2, (int64_t[]){rows, cols}, WK_I32, data));
+  wk_scope_end();
+  return d;
 }
 
 static bool same_bits(wk_tensor *a, wk_tensor *b) {
@@ -150,8 +162,7 @@ static trained train(void) {
   if (!a) { wk_model_free(m); return r; }
   int32_t idv[2 * 12], labv[2 * 12];
   for (int i = 0; i < 24; i++) idv[i] = (i * 37 + 11) % 256, labv[i] = i % 12 < 3 ? -100 : (i * 53 + 7) % 256;
-  wk_tensor *ids = on_gpu(wk_from_data(2, (int64_t[]){2, 12}, WK_I32, idv));
-  wk_tensor *labels = on_gpu(wk_from_data(2, (int64_t[]){2, 12}, WK_I32, labv));
+  wk_tensor *ids = ids_gpu(2, 12, idv), *labels = ids_gpu(2, 12, labv);
   r.n = wk_adapter_params(a, NULL);
   wk_tensor **p = calloc((size_t)r.n, sizeof *p), **g = calloc((size_t)r.n, sizeof *g), **next = calloc((size_t)r.n, sizeof *next);
   wk_optim_config oc = wk_adamw_defaults();
@@ -211,7 +222,7 @@ static void test_forward(void) {
   CHECK(m && !wk_model_to_device(m, WK_CUDA), "tiny Llama on CUDA");
   if (!m) return;
   int32_t idv[5] = {1, 17, 42, 99, 7};
-  wk_tensor *ids = on_gpu(wk_from_data(2, (int64_t[]){1, 5}, WK_I32, idv));
+  wk_tensor *ids = ids_gpu(1, 5, idv);
   enum { EVALS = 4 };
   wk_tensor *ref[EVALS], *got[EVALS];
   wk_cuda_graph_stats s0 = stats();
