@@ -269,6 +269,16 @@ static void quantize_q8_0(const float *x, uint8_t *b, int64_t nblocks) {
   }
 }
 
+// Element offset of src's row (o, i) of `inner` values: o over the axes before ax, i along ax.
+static int64_t src_row(const wk_operand *src, int ax, int64_t o, int64_t i) {
+  int64_t off = src->offset + i * src->stride[ax];
+  for (int d = ax - 1; d >= 0; d--) {
+    off += (o % src->shape[d]) * src->stride[d];
+    o /= src->shape[d];
+  }
+  return off;
+}
+
 static wk_status set_slice_kernel(const wk_step *s, void *const *slots) {
   const wk_operand *dst = &s->out, *src = &s->in[1];
   int ax = (int)s->attrs.i[0];
@@ -282,14 +292,19 @@ static wk_status set_slice_kernel(const wk_step *s, void *const *slots) {
   float local[1024];
   float *buf = inner <= 1024 ? local : malloc(sizeof(float) * (size_t)inner);
   if (!buf) return wk_error(WK_ERR_OOM, "set_slice: out of memory");
+  // rows of an f32 source with unit stride along them (a decode step's keys and values,
+  // transposed views included) are read in place
+  bool direct = src->dtype == WK_F32 && ax == src->ndim - 2 && (src->stride[ax + 1] == 1 || inner == 1);
   for (int64_t o = 0; o < outer; o++)
     for (int64_t i = 0; i < n; i++) {
       int64_t at = (o * cap + start + i) * inner;   // dst is contiguous
-      WK_ISA_FN(wk_cpu_load_f32)(src, slots, (o * n + i) * inner, inner, buf);
+      const float *row = buf;
+      if (direct) row = (const float *)slots[src->slot] + src_row(src, ax, o, i);
+      else WK_ISA_FN(wk_cpu_load_f32)(src, slots, (o * n + i) * inner, inner, buf);
       if (dst->dtype == WK_Q8_0)
-        quantize_q8_0(buf, (uint8_t *)slots[dst->slot] + wk_dtype_bytes(WK_Q8_0, dst->offset + at), inner / 32);
+        quantize_q8_0(row, (uint8_t *)slots[dst->slot] + wk_dtype_bytes(WK_Q8_0, dst->offset + at), inner / 32);
       else
-        store_f32(dst, slots, at, inner, buf);
+        store_f32(dst, slots, at, inner, row);
     }
   if (buf != local) free(buf);
   return WK_OK;
