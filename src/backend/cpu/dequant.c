@@ -166,32 +166,22 @@ void WK_ISA_FN(wk_cpu_dequant)(wk_dtype dt, const void *src, float *dst, int64_t
 // theirs does), so only the order of the f32 sums differs from an f32 matmul over
 // the dequantized matrix. Two W rows per step share each load of x.
 #if defined(__AVX512F__) || defined(__AVX2__)
-#define KAI static inline __attribute__((always_inline))
+#include "vmath.h" // vf, v1, vfma, vmul, vload
+#define KAI VM_AI
+#define KL VM_L
 #if defined(__AVX512F__)
-#define KL 16
-typedef __m512 kf;
 typedef __m512i ki;
-KAI kf k1(float c) { return _mm512_set1_ps(c); }
-KAI kf kfma(kf a, kf b, kf c) { return _mm512_fmadd_ps(a, b, c); }
-KAI kf kmul(kf a, kf b) { return _mm512_mul_ps(a, b); }
-KAI kf kload(const float *p) { return _mm512_loadu_ps(p); }
-KAI float ksum(kf a) { return _mm512_reduce_add_ps(a); }
+KAI float ksum(vf a) { return _mm512_reduce_add_ps(a); }
 KAI ki ku8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 KAI ki kand(ki a, int m) { return _mm512_and_si512(a, _mm512_set1_epi32(m)); }
 KAI ki ksrl(ki a, int s) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(s)); }
 KAI ki kor(ki a, ki b) { return _mm512_or_si512(a, b); }
 KAI ki kshl4(ki a) { return _mm512_slli_epi32(a, 4); }
-KAI kf kcvt(ki a) { return _mm512_cvtepi32_ps(a); }
-KAI kf kcvt_m32(ki a) { return _mm512_cvtepi32_ps(_mm512_sub_epi32(a, _mm512_set1_epi32(32))); }
+KAI ki ksub(ki a, int c) { return _mm512_sub_epi32(a, _mm512_set1_epi32(c)); }
+KAI vf kcvt(ki a) { return _mm512_cvtepi32_ps(a); }
 #else
-#define KL 8
-typedef __m256 kf;
 typedef __m256i ki;
-KAI kf k1(float c) { return _mm256_set1_ps(c); }
-KAI kf kfma(kf a, kf b, kf c) { return _mm256_fmadd_ps(a, b, c); }
-KAI kf kmul(kf a, kf b) { return _mm256_mul_ps(a, b); }
-KAI kf kload(const float *p) { return _mm256_loadu_ps(p); }
-KAI float ksum(kf a) {
+KAI float ksum(vf a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
@@ -201,13 +191,13 @@ KAI ki kand(ki a, int m) { return _mm256_and_si256(a, _mm256_set1_epi32(m)); }
 KAI ki ksrl(ki a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
 KAI ki kor(ki a, ki b) { return _mm256_or_si256(a, b); }
 KAI ki kshl4(ki a) { return _mm256_slli_epi32(a, 4); }
-KAI kf kcvt(ki a) { return _mm256_cvtepi32_ps(a); }
-KAI kf kcvt_m32(ki a) { return _mm256_cvtepi32_ps(_mm256_sub_epi32(a, _mm256_set1_epi32(32))); }
+KAI ki ksub(ki a, int c) { return _mm256_sub_epi32(a, _mm256_set1_epi32(c)); }
+KAI vf kcvt(ki a) { return _mm256_cvtepi32_ps(a); }
 #endif
 #define KV (32 / KL) // vectors per sub-block
 
 // Sub-block s (values 32s .. 32s + 31) of super-block b into w[0 .. KV).
-KAI void kx_sub(const int T, const uint8_t *b, int s, kf *w) {
+KAI void kx_sub(const int T, const uint8_t *b, int s, vf *w) {
   if (T == WK_Q6_K) {
     // half h = s / 4 of 128 values; within it, values kk.. come from ql[kk & 63]
     // (low nibble below 64, high above) and bits 2 (kk / 32) of qh[kk & 31]
@@ -220,38 +210,38 @@ KAI void kx_sub(const int T, const uint8_t *b, int s, kf *w) {
       ki q = ku8(ql + (kk & 63));
       q = kk < 64 ? kand(q, 15) : ksrl(q, 4);
       q = kor(q, kshl4(kand(ksrl(ku8(qh + (kk & 31)), 2 * (kk >> 5)), 3)));
-      w[v] = kmul(k1(d * (float)sc[kk / 16]), kcvt_m32(q)); // (d * scale) first, as the reference
+      w[v] = vmul(v1(d * (float)sc[kk / 16]), kcvt(ksub(q, 32))); // (d * scale) first, as the reference
     }
     return;
   }
   // Q4_K / Q5_K: sub-block s is the low (s even) or high nibbles of qs[32 (s / 2) ..]
   int sc, m;
   k_scale_min(s, b + 4, &sc, &m);
-  kf d0 = k1(ldh(b) * (float)sc), nm = k1(-(ldh(b + 2) * (float)m));
+  vf d0 = v1(ldh(b) * (float)sc), nm = v1(-(ldh(b + 2) * (float)m));
   const uint8_t *qs = b + (T == WK_Q5_K ? 48 : 16) + 32 * (s >> 1), *qh = b + 16;
   for (int v = 0; v < KV; v++) {
     ki q = ku8(qs + KL * v);
     q = s & 1 ? ksrl(q, 4) : kand(q, 15);
     if (T == WK_Q5_K) q = kor(q, kshl4(kand(ksrl(ku8(qh + KL * v), s), 1)));
-    w[v] = kfma(kcvt(q), d0, nm);
+    w[v] = vfma(kcvt(q), d0, nm);
   }
 }
 
 // R x rows against J (1 or 2) rows of W starting at w.
 KAI void kdot_rows(const int T, const int R, const int J, int64_t nb, const float *x, int64_t ldx, const uint8_t *w,
                    size_t rb, size_t bb, float *y, int64_t ldy) {
-  kf acc[4][2][2];
+  vf acc[4][2][2];
   for (int r = 0; r < R; r++)
-    for (int j = 0; j < J; j++) acc[r][j][0] = acc[r][j][1] = k1(0.0f);
+    for (int j = 0; j < J; j++) acc[r][j][0] = acc[r][j][1] = v1(0.0f);
   for (int64_t b = 0; b < nb; b++)
     for (int s = 0; s < 8; s++) {
-      kf wv[2][KV];
+      vf wv[2][KV];
       for (int j = 0; j < J; j++) kx_sub(T, w + (size_t)j * rb + (size_t)b * bb, s, wv[j]);
       for (int r = 0; r < R; r++) {
         const float *xr = x + r * ldx + b * 256 + 32 * s;
         for (int v = 0; v < KV; v++) {
-          kf xv = kload(xr + KL * v);
-          for (int j = 0; j < J; j++) acc[r][j][v & 1] = kfma(xv, wv[j][v], acc[r][j][v & 1]);
+          vf xv = vload(xr + KL * v);
+          for (int j = 0; j < J; j++) acc[r][j][v & 1] = vfma(xv, wv[j][v], acc[r][j][v & 1]);
         }
       }
     }
@@ -307,36 +297,31 @@ static void kdot_rows(const int T, const int R, const int J, int64_t nb, const f
 }
 #endif
 
-static void kgemv_t(const int T, const int R, int64_t K, int64_t n, const float *x, int64_t ldx, const uint8_t *w,
-                    size_t rb, float *y, int64_t ldy) {
-  const size_t bb = wk_dtype_block_bytes((wk_dtype)T);
-  int64_t nb = K / 256, j = 0;
-  // rows a pair at a time, prefetched ~4 KB ahead (one core alone keeps too few
-  // lines of a single stream in flight to reach DRAM bandwidth)
-  const size_t ahead = (4096 / rb + 2) * rb;
-  for (; j + 2 <= n; j += 2) {
-    const char *pf = (const char *)w + (size_t)j * rb + ahead;
-    for (size_t o = 0; o < 2 * rb; o += 64) __builtin_prefetch(pf + o);
-    kdot_rows(T, R, 2, nb, x, ldx, w + (size_t)j * rb, rb, bb, y + j, ldy);
+// Rows of W a pair at a time (each load of x serves both), ~4 KB ahead of them
+// prefetched: one core alone keeps too few lines of one stream in flight.
+#define KGEMV(T, R)                                                                      \
+  for (int64_t j = 0; j < n; j += 2) {                                                   \
+    const uint8_t *wj = w + (size_t)j * rb;                                              \
+    for (size_t o = 0; o < 2 * rb; o += 64) __builtin_prefetch(wj + ahead + o);          \
+    if (j + 1 < n) kdot_rows(T, R, 2, nb, x, ldx, wj, rb, bb, y + j, ldy);               \
+    else kdot_rows(T, R, 1, nb, x, ldx, wj, rb, bb, y + j, ldy);                         \
   }
-  if (j < n) kdot_rows(T, R, 1, nb, x, ldx, w + (size_t)j * rb, rb, bb, y + j, ldy);
-}
-
-#define KGEMV_R(T)                                                     \
-  switch (rows) {                                                      \
-    case 1: kgemv_t(T, 1, K, n, x, ldx, w, rb, y, ldy); break;         \
-    case 2: kgemv_t(T, 2, K, n, x, ldx, w, rb, y, ldy); break;         \
-    case 3: kgemv_t(T, 3, K, n, x, ldx, w, rb, y, ldy); break;         \
-    default: kgemv_t(T, 4, K, n, x, ldx, w, rb, y, ldy); break;        \
-  }
+// one instance per (type, rows <= 4), each specialized by the compiler
+#define KGEMV_TYPE(T)                                                                    \
+  case T:                                                                                \
+    if (rows == 1) { KGEMV(T, 1) } else if (rows == 2) { KGEMV(T, 2) }                   \
+    else if (rows == 3) { KGEMV(T, 3) } else { KGEMV(T, 4) }                             \
+    return 1;
 
 int WK_ISA_FN(wk_cpu_qgemv_k)(wk_dtype dt, int rows, int64_t K, int64_t n, const float *x, int64_t ldx,
                               const void *wp, size_t rb, float *y, int64_t ldy) {
   const uint8_t *w = wp;
+  const size_t bb = wk_dtype_block_bytes(dt), ahead = (4096 / (rb ? rb : 1) + 2) * rb;
+  const int64_t nb = K / 256;
   switch (dt) {
-    case WK_Q4_K: KGEMV_R(WK_Q4_K) return 1;
-    case WK_Q5_K: KGEMV_R(WK_Q5_K) return 1;
-    case WK_Q6_K: KGEMV_R(WK_Q6_K) return 1;
+    KGEMV_TYPE(WK_Q4_K)
+    KGEMV_TYPE(WK_Q5_K)
+    KGEMV_TYPE(WK_Q6_K)
     default: return 0;
   }
 }
