@@ -1,5 +1,7 @@
-// Where the tests find the repository: committed fixtures and fetched models.
+// Where the tests find the repository (committed fixtures and fetched models), and small
+// helpers for reading them and making seeded inputs.
 #pragma once
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,4 +27,29 @@ static inline const char *fixture_in(const char *dir, const char *name) {
   if (env) snprintf(out, sizeof buf[0], "%s/%s/%s", env, dir, name);
   else snprintf(out, sizeof buf[0], "%stests/fixtures/%s/%s", test_repo_root(), dir, name);
   return out;
+}
+
+// A whole file, NUL-terminated, its length in *len (caller frees); NULL if unreadable.
+static inline char *test_slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
+  fclose(f);
+  if (s) s[n] = 0, *len = (size_t)n;
+  return s;
+}
+
+// n floats uniform in [-1, 1) from a seed (xorshift; caller frees).
+static inline float *test_randv(int64_t n, uint64_t seed) {
+  float *v = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; v && i < n; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    v[i] = (float)((double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  }
+  return v;
 }

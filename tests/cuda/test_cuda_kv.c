@@ -8,16 +8,6 @@
 #include "fixtures.h"
 #include "wick/model.h"
 
-static float *randv(int64_t n, uint64_t seed) {
-  float *v = malloc(sizeof(float) * (size_t)n);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (int64_t i = 0; i < n; i++) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    v[i] = (float)((double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  }
-  return v;
-}
-
 static wk_tensor *on(wk_tensor *t, wk_device dev) {
   wk_tensor *r = wk_keep(wk_to_device(t, dev));
   if (r) wk_eval(1, &r);
@@ -102,8 +92,8 @@ int main(void) {
     printf("skipped: no CUDA device\n");
     return 77;
   }
-  float *a = randv(2 * 3 * 16, 1), *q = randv(4 * 2 * 16, 2), *k = randv(2 * 12 * 16, 3), *v = randv(2 * 12 * 16, 4);
-  float *x = randv(2 * 5 * 16, 5), inv[8];
+  float *a = test_randv(2 * 3 * 16, 1), *q = test_randv(4 * 2 * 16, 2), *k = test_randv(2 * 12 * 16, 3), *v = test_randv(2 * 12 * 16, 4);
+  float *x = test_randv(2 * 5 * 16, 5), inv[8];
   for (int i = 0; i < 8; i++) inv[i] = 1.0f / powf(10000.0f, (float)i / 8.0f) / 3.0f;
   compare("set_slice f32", set_slice_on(WK_CPU, WK_F32, a), set_slice_on(WK_CUDA, WK_F32, a), 2 * 8 * 16, 0);
   compare("set_slice f16", set_slice_on(WK_CPU, WK_F16, a), set_slice_on(WK_CUDA, WK_F16, a), 2 * 8 * 16, 0);

@@ -8,16 +8,7 @@
 #include <float.h>
 #include <string.h>
 #include "check.h"
-
-static float *randv(int64_t n, uint64_t seed) {
-  float *v = malloc(sizeof(float) * (size_t)n);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (int64_t i = 0; i < n; i++) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    v[i] = (float)((double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  }
-  return v;
-}
+#include "fixtures.h"
 
 static wk_tensor *i32(int32_t v) { return wk_from_data(1, (int64_t[]){1}, WK_I32, &v); }
 
@@ -30,7 +21,7 @@ static uint64_t compiles(void) {
 // dst [2, 3, 8, 4] f32; src [2, 3, 2, 4] as a transposed view; rows 5 and 6 replaced.
 static void test_set_slice_f32(void) {
   wk_scope_begin();
-  float *d0 = randv(2 * 3 * 8 * 4, 1), *s0 = randv(2 * 2 * 3 * 4, 2);
+  float *d0 = test_randv(2 * 3 * 8 * 4, 1), *s0 = test_randv(2 * 2 * 3 * 4, 2);
   wk_tensor *dst = wk_from_data(4, (int64_t[]){2, 3, 8, 4}, WK_F32, d0);
   wk_tensor *src = wk_transpose(wk_from_data(4, (int64_t[]){2, 2, 3, 4}, WK_F32, s0), 1, 2);   // [2, 3, 2, 4]
   wk_tensor *r = wk_set_slice(dst, src, 2, i32(5));
@@ -65,7 +56,7 @@ static void test_set_slice_f32(void) {
 // last axis: each value within half a step (d / 2, d = max|x| / 127) of the original.
 static void test_set_slice_types(void) {
   wk_scope_begin();
-  float *s0 = randv(2 * 64, 3);
+  float *s0 = test_randv(2 * 64, 3);
   wk_tensor *src = wk_from_data(4, (int64_t[]){1, 2, 1, 64}, WK_F32, s0);
   const wk_dtype dts[2] = {WK_F16, WK_BF16};
   for (int k = 0; k < 2; k++) {
@@ -115,7 +106,7 @@ static void test_set_slice_types(void) {
 static void test_sdpa_kv(void) {
   wk_scope_begin();
   const int64_t S = 20, L = 9, D = 16;
-  float *qv = randv(4 * 3 * D, 4), *kv = randv(2 * S * D, 5), *vv = randv(2 * S * D, 6);
+  float *qv = test_randv(4 * 3 * D, 4), *kv = test_randv(2 * S * D, 5), *vv = test_randv(2 * S * D, 6);
   for (int h = 0; h < 2; h++)
     for (int64_t s = L; s < S; s++)
       for (int64_t d = 0; d < D; d++) kv[(h * S + s) * D + d] = vv[(h * S + s) * D + d] = NAN;
@@ -164,7 +155,7 @@ static void test_sdpa_kv(void) {
 static void test_sdpa_q8_0(void) {
   wk_scope_begin();
   const int64_t S = 16, L = 11, D = 64;
-  float *qv = randv(2 * D, 7), *kv = randv(S * D, 8), *vv = randv(S * D, 9);
+  float *qv = test_randv(2 * D, 7), *kv = test_randv(S * D, 8), *vv = test_randv(S * D, 9);
   wk_tensor *q = wk_from_data(4, (int64_t[]){1, 2, 1, D}, WK_F32, qv);
   wk_tensor *k = wk_from_data(4, (int64_t[]){1, 1, S, D}, WK_F32, kv), *v = wk_from_data(4, (int64_t[]){1, 1, S, D}, WK_F32, vv);
   unsigned char *z = calloc(1, (size_t)(S * D / 32 * 34));
@@ -188,7 +179,7 @@ static void test_sdpa_q8_0(void) {
 
 static void test_rope_at(void) {
   wk_scope_begin();
-  float *xv = randv(2 * 3 * 8, 10);
+  float *xv = test_randv(2 * 3 * 8, 10);
   wk_tensor *x = wk_from_data(3, (int64_t[]){2, 3, 8}, WK_F32, xv);
   for (int inter = 0; inter < 2; inter++) {
     float *want = read_all(wk_rope(x, 10000.0f, 7, inter)), *got = read_all(wk_rope_at(x, 10000.0f, i32(7), inter));

@@ -12,19 +12,6 @@
 #include "fixtures.h"
 #include "io/json.h"
 
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-  fclose(f);
-  if (s) s[n] = 0, *len = (size_t)n;
-  return s;
-}
-
 // Index of the largest of the last row's V logits.
 static int32_t argmax_last(wk_tensor *logits) {
   int64_t V = wk_dim(logits, -1), n = wk_numel(logits);
@@ -57,7 +44,7 @@ static int greedy(wk_model *m, const int32_t *prompt, int64_t n, int steps, int3
 
 int main(void) {
   size_t len = 0;
-  char *text = slurp(fixture_in("models", "llama_cpp_greedy.json"), &len);
+  char *text = test_slurp(fixture_in("models", "llama_cpp_greedy.json"), &len);
   wk_json *doc = text ? wk_json_parse(text, len, "llama_cpp_greedy.json", NULL) : NULL;
   CHECK(doc != NULL, "fixture llama_cpp_greedy.json");
   if (!doc) { free(text); return check_report(); }

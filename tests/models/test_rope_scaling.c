@@ -11,19 +11,6 @@
 #include "io/json.h"
 #include "models/llama.h"
 
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-  fclose(f);
-  if (s) s[n] = 0, *len = (size_t)n;
-  return s;
-}
-
 static float *floats(const wk_json *arr, size_t *n) {
   *n = wk_json_len(arr);
   float *v = malloc(sizeof(float) * (*n ? *n : 1));
@@ -79,7 +66,7 @@ static void check_case(const wk_json *c) {
 
 int main(void) {
   size_t len = 0;
-  char *text = slurp(fixture_in("models", "rope_scaling.json"), &len);
+  char *text = test_slurp(fixture_in("models", "rope_scaling.json"), &len);
   wk_json *doc = text ? wk_json_parse(text, len, "rope_scaling.json", NULL) : NULL;
   CHECK(doc != NULL, "fixture rope_scaling.json");
   const wk_json *cases = doc ? wk_json_get(doc, "cases") : NULL;
