@@ -38,18 +38,7 @@ static inline int write_bytes(const char *path, const void *data, size_t n) {
 }
 
 // Reads a file into a malloc'd buffer; *n gets its size. NULL if it can't be read.
-static inline char *read_bytes(const char *path, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)len + 1);
-  if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) { free(buf); buf = NULL; }
-  fclose(f);
-  if (buf) { buf[len] = 0; *n = (size_t)len; }
-  return buf;
-}
+static inline char *read_bytes(const char *path, size_t *n) { return test_slurp(path, n); }
 
 // Removes the scratch directory and its files (it holds no subdirectories).
 static inline void scratch_cleanup(void) {
