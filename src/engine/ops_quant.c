@@ -24,8 +24,12 @@ wk_tensor *wk_qmatmul(wk_tensor *x, wk_tensor *w, int trans) {
   const char *op = "matmul";
   if (!wk_tensor_valid(x, op) || !wk_tensor_valid(w, op)) return NULL;
   char a[160], b[160];
-  if (!wk_dtype_is_quantized(w->dtype)) {
-    wk_error(WK_ERR_DTYPE, "%s: expected a quantized weight, got %s", op, wk_shape_str(w, b, sizeof b));
+  // f16 / bf16 weights come here too (wk_matmul_t routes frozen contiguous ones): the
+  // kernel expands their rows as it packs instead of casting the whole matrix per use
+  bool half = (w->dtype == WK_F16 || w->dtype == WK_BF16) && wk_is_contiguous(w);
+  if (!wk_dtype_is_quantized(w->dtype) && !half) {
+    wk_error(WK_ERR_DTYPE, "%s: expected a quantized (or contiguous f16/bf16) weight, got %s", op,
+             wk_shape_str(w, b, sizeof b));
     return NULL;
   }
   if (!check_weight(op, w)) return NULL;

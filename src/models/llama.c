@@ -385,9 +385,18 @@ static wk_tensor *f32(wk_tensor *w) {
   return dt == WK_F32 || wk_dtype_is_quantized(dt) ? w : wk_cast(w, WK_F32);
 }
 
+// A projection's weight as the matmul takes it: on the CPU a frozen f16/bf16 matrix
+// is read in place (its rows expand as the GEMM packs them), elsewhere it widens.
+static wk_tensor *mm_weight(wk_tensor *w) {
+  wk_dtype dt = wk_tensor_dtype(w);
+  bool in_place = (dt == WK_F16 || dt == WK_BF16) && wk_tensor_device(w) == WK_CPU && wk_is_contiguous(w) &&
+                  !wk_trainable(w);
+  return in_place ? w : f32(w);
+}
+
 // x[..., in] @ W[out, in]^T + b
 static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b) {
-  wk_tensor *y = wk_matmul_t(x, 0, f32(w), 1);
+  wk_tensor *y = wk_matmul_t(x, 0, mm_weight(w), 1);
   return b ? wk_add(y, f32(b)) : y;
 }
 
@@ -473,7 +482,7 @@ static wk_tensor *proj(const wk_model *m, int64_t l, wk_proj p, wk_tensor *x, wk
   wk_tensor *x2 = wk_reshape(x, 2, (int64_t[]){-1, wk_dim(x, -1)});
   wk_tensor *xa = h->training ? wk_dropout(x2, h->dropout, mix_seed(h->dropout_seed ^ mix_seed(i)), 1) : x2;
   wk_tensor *up = wk_matmul_t(wk_matmul_t(xa, 0, h->A[i], 1), 0, h->B[i], 1);
-  wk_tensor *y = wk_add(wk_matmul_t(x2, 0, f32(w), 1), wk_mul_scalar(up, h->scale));
+  wk_tensor *y = wk_add(wk_matmul_t(x2, 0, mm_weight(w), 1), wk_mul_scalar(up, h->scale));
   y = wk_reshape(y, nd, shape);
   return b ? wk_add(y, f32(b)) : y;
 }

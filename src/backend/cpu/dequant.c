@@ -145,16 +145,43 @@ static void deq_q6_k(const uint8_t *b, float *y, int64_t nb) {
   }
 }
 
+// f16 / bf16 weights read in place by the quantized-matmul kernel (blocks of one value).
+static void deq_bf16(const uint8_t *b, float *y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) { // 16 at a time: the copy-in and the shifts vectorize
+    uint16_t h[16];
+    uint32_t u[16];
+    memcpy(h, b + 2 * i, sizeof h);
+    for (int l = 0; l < 16; l++) u[l] = (uint32_t)h[l] << 16;
+    memcpy(y + i, u, sizeof u);
+  }
+  for (; i < n; i++) {
+    uint16_t h;
+    memcpy(&h, b + 2 * i, 2);
+    uint32_t u = (uint32_t)h << 16;
+    memcpy(&y[i], &u, 4);
+  }
+}
+static void deq_f16(const uint8_t *b, float *y, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 2 * i))));
+#endif
+  for (; i < n; i++) y[i] = ldh(b + 2 * i);
+}
+
 void WK_ISA_FN(wk_cpu_dequant)(wk_dtype dt, const void *src, float *dst, int64_t nblocks) {
   const uint8_t *b = src;
   switch (dt) {
+    case WK_F16: deq_f16(b, dst, nblocks); break;
+    case WK_BF16: deq_bf16(b, dst, nblocks); break;
     case WK_Q8_0: deq_q8_0(b, dst, nblocks); break;
     case WK_Q4_0: deq_q4(b, dst, nblocks, 0); break;
     case WK_Q4_1: deq_q4(b, dst, nblocks, 1); break;
     case WK_Q4_K: deq_q45_k(b, dst, nblocks, 0); break;
     case WK_Q5_K: deq_q45_k(b, dst, nblocks, 1); break;
     case WK_Q6_K: deq_q6_k(b, dst, nblocks); break;
-    default: break; // builders admit only the types above
+    default: break; // builders admit only the types above (and f32, which is never expanded)
   }
 }
 

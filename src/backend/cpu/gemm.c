@@ -458,13 +458,18 @@ static void wk_small_task(void *ctx, int64_t begin, int64_t end, int tid) {
     }
 }
 
-static void wk_gemm_small(const wk_gemm_args *g, wk_cpu_isa_t isa, int swap) {
-    const wk_gemv_set *set = &wk_gemv_scalar_set;
+static const wk_gemv_set *wk_gemv_for_isa(void) {
 #if defined(__x86_64__)
-    if (isa == WK_ISA_AVX512) set = &wk_gemv_avx512;
-    else if (isa == WK_ISA_AVX2) set = &wk_gemv_avx2;
+    wk_cpu_isa_t isa = wk_cpu_isa();
+    if (isa == WK_ISA_AVX512) return &wk_gemv_avx512;
+    if (isa == WK_ISA_AVX2) return &wk_gemv_avx2;
 #endif
-    (void)isa;
+    return &wk_gemv_scalar_set;
+}
+
+static void wk_gemm_small(const wk_gemm_args *g, wk_cpu_isa_t isa, int swap) {
+    (void)isa;  // wk_gemv_for_isa reads the same setting
+    const wk_gemv_set *set = wk_gemv_for_isa();
     wk_small_plan sp = {.g = g, .swap = swap};
     sp.rows = (int)(swap ? g->N : g->M);
     sp.n = swap ? g->M : g->N;
@@ -558,13 +563,12 @@ void wk_gemm_f32_bsrc(int transA, int64_t M, int64_t N, int64_t K, const float *
 
 void wk_gemv_f32_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const float *w,
                      int64_t ldw, float *y, int64_t ldy, float beta) {
-    const wk_gemv_set *set = &wk_gemv_scalar_set;
-#if defined(__x86_64__)
-    wk_cpu_isa_t isa = wk_cpu_isa();
-    if (isa == WK_ISA_AVX512) set = &wk_gemv_avx512;
-    else if (isa == WK_ISA_AVX2) set = &wk_gemv_avx2;
-#endif
-    set->dot_f32(rows, K, n, x, ldx, w, ldw, y, ldy, 1.0f, beta);
+    wk_gemv_for_isa()->dot_f32(rows, K, n, x, ldx, w, ldw, y, ldy, 1.0f, beta);
+}
+
+void wk_gemv_bf16_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const uint16_t *w,
+                      int64_t ldw, float *y, int64_t ldy, float beta) {
+    wk_gemv_for_isa()->dot_bf16(rows, K, n, x, ldx, w, ldw, y, ldy, 1.0f, beta);
 }
 
 void wk_gemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,

@@ -48,3 +48,6 @@ void wk_gemm_f32_bsrc(int transA, int64_t M, int64_t N, int64_t K, const float *
 // n dot products against rows of W (ldw apart), X rows ldx apart, Y rows ldy apart.
 void wk_gemv_f32_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const float *w,
                      int64_t ldw, float *y, int64_t ldy, float beta);
+// The same with W in bf16 bits (x and y stay f32).
+void wk_gemv_bf16_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const uint16_t *w,
+                      int64_t ldw, float *y, int64_t ldy, float beta);

@@ -35,6 +35,10 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo :
 // Fused decode GEMV: qgemv.c for the 32-value types, dequant.c for the K-quants.
 static int qgemv(wk_dtype dt, int rows, int64_t K, int64_t n, const float *x, const void *w, size_t rb, float *y,
                  int64_t ldy) {
+  if (dt == WK_BF16) { // the GEMM's bf16 dot kernels read bf16 rows in place
+    wk_gemv_bf16_dot(rows, K, n, x, K, w, (int64_t)(rb / 2), y, ldy, 0.0f);
+    return 1;
+  }
   return WK_ISA_FN(wk_cpu_qgemv)(dt, rows, K, n, x, K, w, rb, y, ldy) ||
          WK_ISA_FN(wk_cpu_qgemv_k)(dt, rows, K, n, x, K, w, rb, y, ldy);
 }
