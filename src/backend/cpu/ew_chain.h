@@ -12,7 +12,7 @@
 #include <stdbool.h>
 
 #define CH_MAX 32 // ops per chain
-#define CH_U 4    // vectors in flight per op (covers the FMA latency of exp, tanh)
+#define CH_U (64 / VM_L) // 64 values in flight per op: covers the FMA latency of exp, tanh
 #define CH_ACC -2 // operand: the running value itself (x * x)
 
 typedef struct {
