@@ -20,10 +20,10 @@ wk_tensor *wk_to_device(wk_tensor *t, wk_device dev) {
     return NULL;
   }
   if (t->device == dev) return wk_node_finish(wk_tensor_ref(t));
-  if (wk_dtype_is_quantized(t->dtype)) { // no device kernel reads blocks: never a silent wrong answer
+  if (wk_dtype_is_quantized(t->dtype) && !wk_is_contiguous(t)) { // blocks move as bytes: whole rows of them
     char b[160];
-    wk_error(WK_ERR_DEVICE, "to_device: quantized tensor %s has kernels on the CPU only; dequantize it first "
-             "(wk_cast(t, WK_F32)) to move it to %s", wk_shape_str(t, b, sizeof b), wk_device_name(dev));
+    wk_error(WK_ERR_DEVICE, "to_device: quantized tensor %s is a strided view; only contiguous blocks move to %s",
+             wk_shape_str(t, b, sizeof b), wk_device_name(dev));
     return NULL;
   }
   if (!wk_backend_get(dev == WK_CPU ? t->device : dev)) return NULL; // message names the device

@@ -1,4 +1,5 @@
-// Block-quantized weights (GGUF's Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) as operands:
+// Block-quantized weights (GGUF's Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) as operands, on
+// the CPU or CUDA:
 // matmul with W [N, K] on the right (x @ W^T and its transpose x @ W, which is how
 // its gradient reaches x) and dequantization. W stays in its blocks in memory; the
 // kernels expand them on the fly. W is frozen: these ops have no gradient for it.
@@ -11,9 +12,13 @@ static bool check_weight(const char *op, const wk_tensor *w) {
              wk_shape_str(w, b, sizeof b));
     return false;
   }
-  if (w->device != WK_CPU) {
-    wk_error(WK_ERR_DEVICE, "%s: quantized weight %s is on %s; quantized kernels run on the CPU only", op,
-             wk_shape_str(w, b, sizeof b), wk_device_name(w->device));
+  // CUDA has kernels for every block type (src/backend/cuda/qmatmul.cu); f16/bf16
+  // weights are read in place on the CPU only (elsewhere matmul casts them)
+  bool quant = wk_dtype_is_quantized(w->dtype);
+  if (w->device != WK_CPU && !(quant && w->device == WK_CUDA)) {
+    wk_error(WK_ERR_DEVICE, "%s: weight %s is on %s, where no kernel reads %s weights in place%s", op,
+             wk_shape_str(w, b, sizeof b), wk_device_name(w->device), wk_dtype_name(w->dtype),
+             quant ? "" : " (cast it to f32 there)");
     return false;
   }
   return true;
@@ -64,8 +69,8 @@ wk_tensor *wk_dequantize(wk_tensor *q) {
     wk_error(WK_ERR_DTYPE, "dequantize: %s is not block-quantized", wk_shape_str(q, b, sizeof b));
     return NULL;
   }
-  if (q->device != WK_CPU) {
-    wk_error(WK_ERR_DEVICE, "dequantize: quantized tensors live on the CPU");
+  if (q->device != WK_CPU && q->device != WK_CUDA) {
+    wk_error(WK_ERR_DEVICE, "dequantize: no kernel reads quantized tensors on %s", wk_device_name(q->device));
     return NULL;
   }
   return wk_node_finish(wk_node_new(WK_OP_DEQUANTIZE, WK_F32, q->ndim, q->shape, 1, &q, NULL));

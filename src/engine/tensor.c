@@ -211,9 +211,9 @@ static bool is_movable_source(const wk_tensor *t) {
 // The one gate for block-quantized tensors: only the ops whose kernels read blocks
 // take them (their builders check which operand); nothing computes them.
 static bool quant_inputs_ok(wk_op op, wk_dtype dt, int nin, wk_tensor *const *in) {
-  // (a Q8_0 KV cache is written by set_slice and read by sdpa)
+  // (a Q8_0 KV cache is written by set_slice and read by sdpa; transfers move the bytes)
   bool reads_blocks = op == WK_OP_QMATMUL || op == WK_OP_DEQUANTIZE || op == WK_OP_EMBEDDING ||
-                     op == WK_OP_SET_SLICE || op == WK_OP_SDPA;
+                     op == WK_OP_SET_SLICE || op == WK_OP_SDPA || op == WK_OP_TRANSFER;
   for (int i = 0; i < nin; i++)
     if (wk_dtype_is_quantized(in[i]->dtype) && !reads_blocks) {
       char b[160];

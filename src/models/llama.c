@@ -109,13 +109,13 @@ static void free_weights(wk_model *m) {
   m->embed = m->norm = m->lm_head = NULL;
 }
 
-// Moves one weight (NULL is fine) to dev, evaluated; quantized blocks are dequantized
-// to f32 first, as no device kernel reads them.
+// Moves one weight (NULL is fine) to dev, evaluated. Quantized blocks move as they
+// are: the CPU and CUDA kernels read every block type in place (matmul, and the
+// embedding gather, so a tied LM head and embedding stay one tensor of blocks).
 static wk_tensor *moved(wk_tensor *w, wk_device dev) {
   if (!w || wk_tensor_device(w) == dev) return w ? wk_tensor_ref(w) : NULL;
   wk_scope_begin();
-  wk_tensor *src = wk_dtype_is_quantized(wk_tensor_dtype(w)) ? wk_cast(w, WK_F32) : w;
-  wk_tensor *r = wk_keep(wk_to_device(src, dev));
+  wk_tensor *r = wk_keep(wk_to_device(w, dev));
   wk_scope_end();
   if (r && wk_eval(1, &r)) { wk_tensor_free(r); r = NULL; }
   return r;

@@ -410,9 +410,9 @@ static wk_status lora(const wk_step *s, void *const *slots) {
 // ---- transfers between devices (this backend runs the accelerator's side) ----
 static wk_status transfer(const wk_step *s, void *const *slots) {
   int to = (int)s->attrs.i[0], from = (int)s->attrs.i[1];
-  size_t bytes = (size_t)wkc_numel(&s->out) * wkc_esize(s->out.dtype);
-  const char *src = (const char *)slots[s->in[0].slot] + s->in[0].offset * (int64_t)wkc_esize(s->in[0].dtype);
-  char *dst = (char *)slots[s->out.slot] + s->out.offset * (int64_t)wkc_esize(s->out.dtype);
+  size_t bytes = wkc_nbytes(&s->out);
+  const char *src = (const char *)slots[s->in[0].slot] + wkc_off_bytes(&s->in[0]);
+  char *dst = (char *)slots[s->out.slot] + wkc_off_bytes(&s->out);
   if (!bytes) return WK_OK;
   g_last_kernel = "transfer";
   if (to == WK_CUDA && from == WK_CPU) return wkc_upload(dst, src, bytes);
@@ -445,12 +445,14 @@ wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
     case WK_OP_NORM_DW: return wkc_norm_dw(s, slots);
     case WK_OP_ROPE: return wkc_rope(s, slots);
     case WK_OP_SET_SLICE: return wkc_set_slice(s, slots);
-    case WK_OP_EMBEDDING: return wkc_embedding(s, slots);
+    case WK_OP_EMBEDDING: return wk_dtype_is_quantized(s->in[0].dtype) ? wkc_qembedding(s, slots) : wkc_embedding(s, slots);
     case WK_OP_EMBEDDING_BWD: return wkc_embedding_bwd(s, slots);
     case WK_OP_SDPA: return wkc_sdpa(s, slots);
     case WK_OP_CROSS_ENTROPY: return wkc_cross_entropy(s, slots, false);
     case WK_OP_CROSS_ENTROPY_BWD: return wkc_cross_entropy(s, slots, true);
     case WK_OP_TRANSFER: return transfer(s, slots);
+    case WK_OP_QMATMUL: return wkc_qmatmul(s, slots);
+    case WK_OP_DEQUANTIZE: return wkc_dequantize(s, slots);
     default:
       return wk_error(WK_ERR_STATE, "%s: no CUDA kernel", (unsigned)s->op < WK_OP_COUNT ? wk_ops[s->op].name : "?");
   }

@@ -104,6 +104,12 @@ wk_status wkc_embedding(const wk_step *s, void *const *slots);
 wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_sdpa(const wk_step *s, void *const *slots);
 wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd);
+// Block-quantized operands (qmatmul.cu): matmul with W in blocks, dequantize, and
+// embedding from a quantized table.
+bool wkc_quant_supported(wk_dtype dt);
+wk_status wkc_qmatmul(const wk_step *s, void *const *slots);
+wk_status wkc_dequantize(const wk_step *s, void *const *slots);
+wk_status wkc_qembedding(const wk_step *s, void *const *slots);
 
 // ---- host helpers for descriptors ----
 static inline int64_t wkc_numel(const wk_operand *o) {
@@ -112,6 +118,14 @@ static inline int64_t wkc_numel(const wk_operand *o) {
   return n;
 }
 static inline size_t wkc_esize(int dt) { return dt == WK_F32 || dt == WK_I32 ? 4 : 2; }
+// Bytes of an operand's elements and of its offset: block-quantized operands count
+// both in values (whole blocks of them).
+static inline size_t wkc_nbytes(const wk_operand *o) {
+  return wk_dtype_is_quantized(o->dtype) ? wk_dtype_bytes(o->dtype, wkc_numel(o)) : (size_t)wkc_numel(o) * wkc_esize(o->dtype);
+}
+static inline int64_t wkc_off_bytes(const wk_operand *o) {
+  return wk_dtype_is_quantized(o->dtype) ? (int64_t)wk_dtype_bytes(o->dtype, o->offset) : o->offset * (int64_t)wkc_esize(o->dtype);
+}
 
 // A device view of an operand (slot < 0: no memory, p = NULL).
 static inline DOp wkc_dop(const wk_operand *o, void *const *slots) {

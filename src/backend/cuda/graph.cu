@@ -95,7 +95,7 @@ extern "C" void wk_cuda_graph_always_patch(int on) { g_always_patch = on != 0; }
 static bool is_upload(const wk_step *s) {
   return s->op == WK_OP_TRANSFER && s->attrs.i[0] == WK_CUDA && s->attrs.i[1] == WK_CPU;
 }
-static size_t upload_bytes(const wk_step *s) { return (size_t)wkc_numel(&s->out) * wkc_esize(s->out.dtype); }
+static size_t upload_bytes(const wk_step *s) { return wkc_nbytes(&s->out); }
 
 bool wkc_capturable(const wk_step *s) {
   if (s->device != WK_CUDA) return false;
@@ -181,7 +181,7 @@ static void release(std::vector<void *> *keep) {
 
 // An upload's device copy: from the unit's staging to the step's destination.
 static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const *slots) {
-  char *dst = (char *)slots[s->out.slot] + s->out.offset * (int64_t)wkc_esize(s->out.dtype);
+  char *dst = (char *)slots[s->out.slot] + wkc_off_bytes(&s->out);
   if (!u.bytes) return WK_OK;
   cudaError_t e = cudaMemcpyAsync(dst, u.stage, u.bytes, cudaMemcpyHostToDevice, wkc_stream());
   return e == cudaSuccess ? WK_OK : wk_error(WK_ERR_DEVICE, "cuda: staged upload of %zu bytes: %s", u.bytes, cudaGetErrorString(e));
@@ -193,7 +193,7 @@ static void fill_stages(const Segment *sg, const wk_step *steps, void *const *sl
   for (const Unit &u : sg->units) {
     const wk_step *s = &steps[u.first];
     if (u.stage && u.bytes)
-      memcpy(u.stage, (const char *)slots[s->in[0].slot] + s->in[0].offset * (int64_t)wkc_esize(s->in[0].dtype), u.bytes);
+      memcpy(u.stage, (const char *)slots[s->in[0].slot] + wkc_off_bytes(&s->in[0]), u.bytes);
   }
 }
 

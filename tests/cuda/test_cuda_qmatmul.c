@@ -1,0 +1,279 @@
+// Block-quantized weights on CUDA against the CPU backend: for Q8_0, Q4_0, Q4_1,
+// Q4_K, Q5_K and Q6_K (random blocks, as tests/engine/test_quant.c makes them),
+// x @ W^T and x @ W for M in {1, 3, 8, 9, 64, 300} (the GEMV and the tiled kernels),
+// odd N, K over many blocks, a strided x; every output within 1e-5 of sum |x w| of
+// the CPU's. Dequantize and embedding from a quantized table bit-exact; an id out of
+// range is an error. Then the tiny Q8_0 Llama GGUF moved to CUDA keeps its weights
+// in blocks and gives the CPU's logits within 1e-3 (a full forward, and decoding
+// through the KV cache, which replays captured plans).
+// WICK_QMM_BENCH=1 also times the kernels on SmolLM2-135M's decode shapes (Q4_1 and
+// Q8_0): GB/s of weight bytes read against a device-to-device copy.
+// Skipped (77) without a GPU.
+#define _POSIX_C_SOURCE 200809L
+#include <cuda_runtime.h>
+#include <string.h>
+#include <time.h>
+#include "check.h"
+#include "backend/cuda/cuda_backend.h"
+#include "engine/engine.h"
+#include "fixtures.h"
+#include "models/llama.h"
+#include "wick/model.h"
+
+static const wk_dtype types[] = {WK_Q8_0, WK_Q4_0, WK_Q4_1, WK_Q4_K, WK_Q5_K, WK_Q6_K};
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t next_u32(void) {
+  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+  return (uint32_t)(rng >> 11);
+}
+static void put_scale(uint8_t *p, float lo, float hi, int allow_neg) {
+  float v = lo + (hi - lo) * (float)(next_u32() % 10000) / 10000.0f;
+  if (allow_neg && (next_u32() & 1)) v = -v;
+  uint16_t h = wk_f32_to_f16(v);
+  p[0] = (uint8_t)h, p[1] = (uint8_t)(h >> 8);
+}
+// Random quants and sub-block scales, sane f16 super-scales (as test_quant.c).
+static uint8_t *random_blocks(wk_dtype dt, int64_t rows, int64_t cols) {
+  int64_t nb = rows * cols / wk_dtype_block(dt);
+  size_t bb = wk_dtype_block_bytes(dt), bytes = (size_t)nb * bb;
+  uint8_t *b = malloc(bytes);
+  for (size_t i = 0; i < bytes; i++) b[i] = (uint8_t)next_u32();
+  for (int64_t i = 0; i < nb; i++) {
+    uint8_t *p = b + (size_t)i * bb;
+    switch (dt) {
+      case WK_Q8_0: put_scale(p, 0.001f, 0.01f, 1); break;
+      case WK_Q4_0: put_scale(p, 0.01f, 0.2f, 1); break;
+      case WK_Q4_1: put_scale(p, 0.01f, 0.2f, 0); put_scale(p + 2, -1.0f, 0.0f, 0); break;
+      case WK_Q4_K:
+      case WK_Q5_K: put_scale(p, 0.0005f, 0.005f, 0); put_scale(p + 2, 0.0005f, 0.005f, 0); break;
+      case WK_Q6_K: put_scale(p + 208, 0.0001f, 0.001f, 1); break;
+      default: break;
+    }
+  }
+  return b;
+}
+
+static wk_tensor *on(wk_tensor *t, wk_device dev) {
+  wk_tensor *r = wk_keep(wk_to_device(t, dev));
+  if (r && wk_eval(1, &r)) { wk_tensor_free(r); r = NULL; }
+  return r;
+}
+
+// max over outputs of |a - b| / sum_k |x w| (the scale of f32 accumulation error)
+static double worst(const float *a, const float *b, const float *x, const float *w, int64_t M, int64_t N, int64_t K,
+                    int trans) {
+  if (!a || !b) return INFINITY;
+  double e = 0;
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) {
+      double s = 1e-30;
+      for (int64_t k = 0; k < K; k++) s += fabs((double)x[i * K + k] * (trans ? w[j * K + k] : w[k * N + j]));
+      double d = fabs((double)a[i * N + j] - b[i * N + j]) / s;
+      if (d > e || d != d) e = d;
+    }
+  return e;
+}
+
+static void test_type(wk_dtype dt) {
+  const char *name = wk_dtype_name(dt);
+  int64_t blk = wk_dtype_block(dt);
+  int64_t N = blk == 32 ? 131 : 67, K = blk == 32 ? 40 * 32 : 6 * 256; // > 32 chunks a row: lanes loop
+  uint8_t *qb = random_blocks(dt, N, K);
+  wk_scope_begin();
+  wk_tensor *Wc = wk_from_data(2, (int64_t[]){N, K}, dt, qb), *Wg = on(Wc, WK_CUDA);
+  CHECK(Wg && wk_tensor_dtype(Wg) == dt && wk_tensor_device(Wg) == WK_CUDA, "%s: weight moves to cuda in blocks", name);
+  float *wf = read_all(wk_dequantize(Wc)), *wg = Wg ? read_all(wk_dequantize(Wg)) : NULL;
+  CHECK(wf && wg && !memcmp(wf, wg, sizeof(float) * (size_t)(N * K)), "%s: dequantize on cuda bit-exact", name);
+  free(wg);
+  const int64_t Ms[] = {1, 3, 8, 9, 64, 300};
+  for (int mi = 0; Wg && mi < 6; mi++) {
+    int64_t M = Ms[mi];
+    // x @ W^T
+    wk_tensor *x = wk_randn(2, (int64_t[]){M, K}, WK_F32, 7 + (uint64_t)M), *xg = on(x, WK_CUDA);
+    float *xv = read_all(x), *yc = read_all(wk_matmul_t(x, 0, Wc, 1));
+    float *yg = xg ? read_all(wk_matmul_t(xg, 0, Wg, 1)) : NULL;
+    double e = worst(yg, yc, xv, wf, M, N, K, 1);
+    CHECK(e < 1e-5, "%s: [%lld,%lld] @ [%lld,%lld]^T cuda vs cpu %g", name, (long long)M, (long long)K, (long long)N,
+          (long long)K, e);
+    free(xv), free(yc), free(yg);
+    // g @ W (the input gradient's orientation), g as [1, M, N]
+    wk_tensor *g = wk_randn(3, (int64_t[]){1, M, N}, WK_F32, 11 + (uint64_t)M), *gg = on(g, WK_CUDA);
+    float *gv = read_all(g), *zc = read_all(wk_matmul(g, Wc)), *zg = gg ? read_all(wk_matmul(gg, Wg)) : NULL;
+    e = worst(zg, zc, gv, wf, M, K, N, 0);
+    CHECK(e < 1e-5, "%s: [1,%lld,%lld] @ [%lld,%lld] cuda vs cpu %g", name, (long long)M, (long long)N, (long long)N,
+          (long long)K, e);
+    free(gv), free(zc), free(zg);
+    wk_tensor_free(xg), wk_tensor_free(gg);
+  }
+  if (Wg) { // a strided x: x^T's transpose, densified first
+    for (int64_t M = 3; M <= 64; M += 61) {
+      wk_tensor *xt = wk_randn(2, (int64_t[]){K, M}, WK_F32, 3 + (uint64_t)M), *xtg = on(xt, WK_CUDA);
+      wk_tensor *x = wk_transpose(xt, 0, 1);
+      float *xv = read_all(x), *yc = read_all(wk_matmul_t(x, 0, Wc, 1));
+      float *yg = xtg ? read_all(wk_matmul_t(wk_transpose(xtg, 0, 1), 0, Wg, 1)) : NULL;
+      double e = worst(yg, yc, xv, wf, M, N, K, 1);
+      CHECK(e < 1e-5, "%s: strided x [%lld,%lld] cuda vs cpu %g", name, (long long)M, (long long)K, e);
+      free(xv), free(yc), free(yg);
+      wk_tensor_free(xtg);
+    }
+    // embedding from the quantized table: rows bit-exact, an id out of range refused
+    int32_t ids[6] = {0, (int32_t)N - 1, 2, 2, (int32_t)(N / 2), 5};
+    wk_tensor *id = wk_from_data(2, (int64_t[]){2, 3}, WK_I32, ids), *idg = on(id, WK_CUDA);
+    wk_tensor *eg = idg ? wk_embedding(Wg, idg) : NULL;
+    float *ec = read_all(wk_embedding(Wc, id)), *ev = eg ? read_all(eg) : NULL;
+    CHECK(ec && ev && wk_tensor_dtype(eg) == WK_F32 && !memcmp(ec, ev, sizeof(float) * (size_t)(6 * K)),
+          "%s: embedding on cuda bit-exact", name);
+    free(ec), free(ev);
+    int32_t bad[2] = {1, (int32_t)N};
+    wk_tensor *bg = on(wk_from_data(1, (int64_t[]){2}, WK_I32, bad), WK_CUDA);
+    wk_tensor *be = bg ? wk_embedding(Wg, bg) : NULL;
+    CHECK(be && wk_eval(1, &be) && strstr(wk_last_error(), "out of range"), "%s: embedding id out of range refused",
+          name);
+    wk_clear_error();
+    wk_tensor_free(idg), wk_tensor_free(bg);
+  }
+  wk_tensor_free(Wg);
+  wk_scope_end();
+  free(wf), free(qb);
+}
+
+// Refusals: a weight and x on different devices; an f16 weight is not read in place on cuda.
+static void test_errors(void) {
+  uint8_t *qb = random_blocks(WK_Q4_1, 4, 64);
+  wk_scope_begin();
+  wk_tensor *W = on(wk_from_data(2, (int64_t[]){4, 64}, WK_Q4_1, qb), WK_CUDA);
+  CHECK(W && !wk_matmul_t(wk_randn(2, (int64_t[]){2, 64}, WK_F32, 1), 0, W, 1) && strstr(wk_last_error(), "cuda"),
+        "x on the cpu, quantized weight on cuda refused");
+  wk_tensor *h = on(wk_cast(wk_randn(2, (int64_t[]){5, 64}, WK_F32, 2), WK_F16), WK_CUDA);
+  wk_tensor *x = on(wk_randn(2, (int64_t[]){3, 64}, WK_F32, 3), WK_CUDA);
+  wk_tensor *y = h && x ? wk_matmul_t(x, 0, h, 1) : NULL;
+  CHECK(!y && strstr(wk_last_error(), "f16"), "f16 weight under an f32 x on cuda refused by name (callers cast it)");
+  wk_tensor_free(W), wk_tensor_free(h), wk_tensor_free(x);
+  wk_scope_end();
+  free(qb);
+}
+
+// Logits of the tiny Q8_0 Llama: a 7-token forward, then a 4-token prefill and 5
+// single tokens through the cache.
+static float *logits_on(wk_device dev, int64_t *V, int *quant_kept) {
+  wk_model *m = wk_model_load(fixture_in("models", "llama_q8_0.gguf"));
+  if (!m || (dev != WK_CPU && wk_model_to_device(m, dev))) { wk_model_free(m); return NULL; }
+  *V = wk_model_get_config(m)->vocab_size;
+  wk_tensor *wq = *wk_llama_proj_weight(m, 0, WK_PROJ_Q);
+  *quant_kept = wk_tensor_dtype(wq) == WK_Q8_0 && wk_tensor_device(wq) == dev && wk_dtype_is_quantized(wk_tensor_dtype(m->embed)) &&
+                wk_tensor_device(m->embed) == dev;
+  int32_t seq[10] = {1, 7, 3, 99, 42, 5, 17, 200, 8, 64};
+  float *all = malloc(sizeof(float) * (size_t)(13 * *V));
+  bool ok = all != NULL;
+  wk_scope_begin();
+  wk_tensor *ids = on(wk_from_data(2, (int64_t[]){1, 7}, WK_I32, seq), dev);
+  float *f = ids ? read_all(wk_model_forward(m, ids, 0)) : NULL;
+  if ((ok = ok && f)) memcpy(all, f, sizeof(float) * (size_t)(7 * *V));
+  free(f);
+  wk_tensor_free(ids);
+  wk_scope_end();
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  wk_kv_cache_set_max_context(c, 32);
+  for (int t = 0; ok && t < 6; t++) {
+    int64_t n = t ? 1 : 4;
+    wk_scope_begin();
+    wk_tensor *in = wk_from_data(2, (int64_t[]){1, n}, WK_I32, seq + (t ? 3 + t : 0));
+    float *h = read_all(wk_model_forward_cached_last(m, in, c));
+    if ((ok = h != NULL)) memcpy(all + (7 + t) * *V, h, sizeof(float) * (size_t)*V);
+    free(h);
+    wk_scope_end();
+  }
+  wk_kv_cache_free(c);
+  wk_model_free(m);
+  if (!ok) { free(all); return NULL; }
+  return all;
+}
+
+static void test_model(void) {
+  int64_t V = 0;
+  int kc = 0, kg = 0;
+  float *cpu = logits_on(WK_CPU, &V, &kc), *gpu = logits_on(WK_CUDA, &V, &kg);
+  CHECK(kg, "tiny Q8_0 Llama on cuda: projections and embedding stay q8_0 on the device");
+  float d = cpu && gpu ? max_abs_diff(cpu, gpu, 13 * V) : NAN;
+  CHECK(d <= 1e-3f, "tiny Q8_0 Llama logits (forward + cached decode) cuda vs cpu max diff %g", (double)d);
+  free(cpu), free(gpu);
+}
+
+// ---- timing (WICK_QMM_BENCH=1) ----
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// R chained decode GEMVs y = x @ W^T (x: first K of the previous y, so a step's input
+// is the last one's output), evaluated as one plan; the second evaluation replays it.
+static void bench_shape(wk_dtype dt, int64_t N, int64_t K, double copy_gbs) {
+  enum { R = 200 };
+  uint8_t *qb = random_blocks(dt, N, K);
+  wk_tensor *W = on(wk_from_data(2, (int64_t[]){N, K}, dt, qb), WK_CUDA);
+  double best = INFINITY;
+  for (int it = 0; W && it < 4; it++) {
+    wk_scope_begin();
+    wk_tensor *t = on(wk_randn(2, (int64_t[]){1, K}, WK_F32, (uint64_t)it), WK_CUDA);
+    wk_tensor *x = t;
+    for (int r = 0; r < R; r++) {
+      wk_tensor *y = wk_matmul_t(x, 0, W, 1);
+      x = N == K ? y : N > K ? wk_slice(y, 1, 0, K, 1) : wk_pad(y, (int64_t[]){0, 0}, (int64_t[]){0, K - N}, 0.0f);
+    }
+    wk_sync();
+    double t0 = now_s();
+    wk_status st = wk_eval(1, &x);
+    wk_sync();
+    double dtm = now_s() - t0;
+    if (!st && it > 0 && dtm < best) best = dtm;
+    wk_tensor_free(t);
+    wk_scope_end();
+  }
+  double per = best / R, gb = (double)wk_dtype_bytes(dt, N * K) / 1e9;
+  printf("bench %s W [%lld, %lld] M=1: %.2f us per matmul (chain of %d, one plan), %.0f GB/s of weight bytes = %.0f%% of "
+         "copy\n",
+         wk_dtype_name(dt), (long long)N, (long long)K, per * 1e6, R, gb / per, 100 * gb / per / copy_gbs);
+  wk_tensor_free(W);
+  free(qb);
+}
+
+static void bench(void) {
+  // device-to-device copy of 512 MB: read + write bytes per second
+  size_t n = (size_t)512 << 20;
+  void *a = NULL, *b = NULL;
+  double copy = 0;
+  if (cudaMalloc(&a, n) == cudaSuccess && cudaMalloc(&b, n) == cudaSuccess) {
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+    float ms = 0;
+    cudaEventRecord(e0, 0);
+    for (int i = 0; i < 10; i++) cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0);
+    cudaEventRecord(e1, 0);
+    cudaEventSynchronize(e1);
+    cudaEventElapsedTime(&ms, e0, e1);
+    copy = 2.0 * (double)n * 10 / (ms * 1e-3) / 1e9;
+    printf("bench copy bandwidth (device to device, 512 MB, read + write): %.0f GB/s on %s\n", copy,
+           wk_cuda_device_name());
+  }
+  cudaFree(a), cudaFree(b);
+  const int64_t shapes[][2] = {{576, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
+  const wk_dtype dts[] = {WK_Q4_1, WK_Q8_0, WK_Q4_K};
+  for (int d = 0; d < 3; d++)
+    for (int s = 0; s < 4; s++)
+      if (shapes[s][1] % wk_dtype_block(dts[d]) == 0) bench_shape(dts[d], shapes[s][0], shapes[s][1], copy);
+}
+
+int main(void) {
+  if (!wk_device_available(WK_CUDA)) {
+    printf("skipped: no CUDA device\n");
+    return 77;
+  }
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) test_type(types[i]);
+  test_errors();
+  test_model();
+  if (getenv("WICK_QMM_BENCH") && atoi(getenv("WICK_QMM_BENCH"))) bench();
+  return check_report();
+}
