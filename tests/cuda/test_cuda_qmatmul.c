@@ -106,6 +106,25 @@ static void test_type(wk_dtype dt) {
     free(gv), free(zc), free(zg);
     wk_tensor_free(xg), wk_tensor_free(gg);
   }
+  if (Wg) { // a wide W (the decode GEMV's several-rows-a-warp path), M = 1 and 2
+    int64_t NW = 8485, KW = blk == 32 ? 64 : 256;
+    uint8_t *wb = random_blocks(dt, NW, KW);
+    wk_tensor *Wwc = wk_from_data(2, (int64_t[]){NW, KW}, dt, wb), *Wwg = on(Wwc, WK_CUDA);
+    float *wwf = read_all(wk_dequantize(Wwc));
+    for (int64_t M = 1; Wwg && M <= 2; M++) {
+      wk_tensor *x = wk_randn(2, (int64_t[]){M, KW}, WK_F32, 5 + (uint64_t)M), *xg = on(x, WK_CUDA);
+      float *xv = read_all(x), *yc = read_all(wk_matmul_t(x, 0, Wwc, 1));
+      float *yg = xg ? read_all(wk_matmul_t(xg, 0, Wwg, 1)) : NULL;
+      double e = worst(yg, yc, xv, wwf, M, NW, KW, 1);
+      CHECK(e < 1e-5, "%s: [%lld,%lld] @ [%lld,%lld]^T cuda vs cpu %g", name, (long long)M, (long long)KW,
+            (long long)NW, (long long)KW, e);
+      free(xv), free(yc), free(yg);
+      wk_tensor_free(xg);
+    }
+    CHECK(Wwg != NULL, "%s: wide weight on cuda", name);
+    wk_tensor_free(Wwg);
+    free(wwf), free(wb);
+  }
   if (Wg) { // a strided x: x^T's transpose, densified first
     for (int64_t M = 3; M <= 64; M += 61) {
       wk_tensor *xt = wk_randn(2, (int64_t[]){K, M}, WK_F32, 3 + (uint64_t)M), *xtg = on(xt, WK_CUDA);

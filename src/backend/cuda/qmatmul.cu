@@ -10,9 +10,10 @@
 // contraction changes no value: results match the CPU's expansion bit for bit and
 // the products differ from the CPU's only in summation order.
 //
-//   decode, M <= 8 rows of x (k_qgemv_nt): one warp per row of W; lane l expands
-//     chunks l, l + 32, ... of that row and dots them with the M rows of x, then a
-//     warp reduction. W's bytes are read once, x (a few KB) from L1/L2.
+//   decode, M <= 8 rows of x (k_qgemv_nt): one warp per row of W, the row in
+//     segments of 32 chunks copied coalesced into shared memory; lane l expands
+//     chunk l of a segment and dots it with the M rows of x (staged in shared
+//     memory too), then a warp reduction. W's bytes are read once.
 //   x @ W with M <= 8 (the input gradient of decode-sized batches, k_qgemv_nn): one
 //     block per 32 output columns; 64 row slices reduced in shared memory in a fixed
 //     order (deterministic, no atomics).
@@ -106,35 +107,92 @@ struct QArgs {
   int64_t rb;         // bytes of one row of W
 };
 
-#define GEMV_WARPS 4
-template <int DT, int MM>
+template <int DT> struct QInfo;  // values and bytes per block
+template <> struct QInfo<WK_Q8_0> { static constexpr int blk = 32, bytes = 34; };
+template <> struct QInfo<WK_Q4_0> { static constexpr int blk = 32, bytes = 18; };
+template <> struct QInfo<WK_Q4_1> { static constexpr int blk = 32, bytes = 20; };
+template <> struct QInfo<WK_Q4_K> { static constexpr int blk = 256, bytes = 144; };
+template <> struct QInfo<WK_Q5_K> { static constexpr int blk = 256, bytes = 176; };
+template <> struct QInfo<WK_Q6_K> { static constexpr int blk = 256, bytes = 210; };
+
+// Decode GEMV, y[m, n] = x[m, :] . W[n, :]: a warp per row of W, the row taken in
+// segments of 32 chunks (one per lane; a whole number of blocks). Each segment's
+// bytes come in as one coalesced copy into shared memory (every load in flight at
+// once, so a warp waits one memory latency per segment rather than one per
+// dependent byte load), then each lane expands its chunk from there; the block
+// stages the segment's slice of x beside them (chunks padded to 36 floats, so the
+// lanes' float4 reads of x fall in distinct banks).
+// ROWS rows per warp (large N, M <= 2) put more bytes in flight per warp and share
+// each staged slice of x over more rows.
+#define GEMV_WARPS 8
+#define XPAD 36
+template <int DT, int MM, int ROWS>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_qgemv_nt(const QArgs a) {
-  const int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (n >= a.N) return; // whole warps leave
-  const uint8_t *row = a.w + n * a.rb;
+  constexpr int CPB = QInfo<DT>::blk / 32, SEGB = 32 / CPB * QInfo<DT>::bytes;
+  __shared__ __align__(16) float xs[MM][32 * XPAD];
+  __shared__ __align__(16) uint8_t ws[GEMV_WARPS][ROWS][SEGB];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t n0 = ((int64_t)blockIdx.x * GEMV_WARPS + warp) * ROWS;
   const int64_t nc = a.K >> 5;
-  float acc[MM];
+  float acc[ROWS][MM];
 #pragma unroll
-  for (int m = 0; m < MM; m++) acc[m] = 0.0f;
-  for (int64_t j = lane; j < nc; j += 32) {
+  for (int r = 0; r < ROWS; r++)
 #pragma unroll
-    for (int q = 0; q < 4; q++) {
-      float v[8];
-      deq8<DT>(row, j, q, v);
+    for (int m = 0; m < MM; m++) acc[r][m] = 0.0f;
+  for (int64_t c0 = 0; c0 < nc; c0 += 32) {
+    const int cn = nc - c0 < 32 ? (int)(nc - c0) : 32;  // chunks in this segment
+    for (int i = threadIdx.x; i < MM * cn * 32; i += blockDim.x) {
+      const int m = i / (cn * 32), e = i - m * cn * 32;
+      xs[m][(e >> 5) * XPAD + (e & 31)] = __ldg(a.x + m * a.K + c0 * 32 + e);
+    }
+    const int nb = cn / CPB * QInfo<DT>::bytes;  // even: every block size is
 #pragma unroll
-      for (int m = 0; m < MM; m++) {
-        const float *xp = a.x + m * a.K + j * 32 + q * 8;
-#pragma unroll
-        for (int i = 0; i < 8; i++) acc[m] = fmaf(v[i], __ldg(xp + i), acc[m]);
+    for (int r = 0; r < ROWS; r++) {
+      if (n0 + r >= a.N) break;
+      const uint8_t *g = a.w + (n0 + r) * a.rb + c0 / CPB * QInfo<DT>::bytes;
+      uint8_t *d = ws[warp][r];
+      if (!((uintptr_t)g & 3)) {
+        for (int i = lane; i < nb >> 2; i += 32) ((uint32_t *)d)[i] = __ldg((const unsigned int *)g + i);
+        if ((nb & 2) && lane == 0) ((uint16_t *)d)[(nb >> 1) - 1] = __ldg((const unsigned short *)g + (nb >> 1) - 1);
+      } else {
+        for (int i = lane; i < nb >> 1; i += 32) ((uint16_t *)d)[i] = __ldg((const unsigned short *)g + i);
       }
     }
+    __syncthreads();
+    if (lane < cn) {
+#pragma unroll
+      for (int r = 0; r < ROWS; r++) {
+        if (n0 + r >= a.N) break;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+          float v[8];
+          deq8<DT>(ws[warp][r], lane, q, v);
+#pragma unroll
+          for (int m = 0; m < MM; m++) {
+            const float4 x0 = *(const float4 *)&xs[m][lane * XPAD + q * 8], x1 = *(const float4 *)&xs[m][lane * XPAD + q * 8 + 4];
+            float t = acc[r][m];
+            t = fmaf(v[0], x0.x, t);
+            t = fmaf(v[1], x0.y, t);
+            t = fmaf(v[2], x0.z, t);
+            t = fmaf(v[3], x0.w, t);
+            t = fmaf(v[4], x1.x, t);
+            t = fmaf(v[5], x1.y, t);
+            t = fmaf(v[6], x1.z, t);
+            acc[r][m] = fmaf(v[7], x1.w, t);
+          }
+        }
+      }
+    }
+    __syncthreads();
   }
 #pragma unroll
-  for (int m = 0; m < MM; m++) acc[m] = warp_sum(acc[m]);
-  if (lane == 0)
+  for (int r = 0; r < ROWS; r++) {
 #pragma unroll
-    for (int m = 0; m < MM; m++) a.y[m * a.N + n] = acc[m];
+    for (int m = 0; m < MM; m++) acc[r][m] = warp_sum(acc[r][m]);
+    if (n0 + r < a.N && lane == 0)
+#pragma unroll
+      for (int m = 0; m < MM; m++) a.y[m * a.N + n0 + r] = acc[r][m];
+  }
 }
 
 #define NN_SLICES 64
@@ -294,8 +352,15 @@ static wk_status unsupported(const char *op, int dt) {
 
 template <int DT, int MM>
 static void gemv(const QArgs &a, bool trans) {
+  // 4 rows a warp once that still leaves two blocks per SM
+  if constexpr (MM <= 2) {
+    if (trans && a.N >= (int64_t)wkc_num_sms() * 2 * GEMV_WARPS * 4) {
+      k_qgemv_nt<DT, MM, 4><<<(unsigned)((a.N + GEMV_WARPS * 4 - 1) / (GEMV_WARPS * 4)), GEMV_WARPS * 32, 0, wkc_stream()>>>(a);
+      return;
+    }
+  }
   if (trans)
-    k_qgemv_nt<DT, MM><<<(unsigned)((a.N + GEMV_WARPS - 1) / GEMV_WARPS), GEMV_WARPS * 32, 0, wkc_stream()>>>(a);
+    k_qgemv_nt<DT, MM, 1><<<(unsigned)((a.N + GEMV_WARPS - 1) / GEMV_WARPS), GEMV_WARPS * 32, 0, wkc_stream()>>>(a);
   else
     k_qgemv_nn<DT, MM><<<(unsigned)(a.K / 32), NN_SLICES * 4, 0, wkc_stream()>>>(a);
 }
