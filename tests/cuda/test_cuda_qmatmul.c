@@ -1,5 +1,5 @@
 // Block-quantized weights on CUDA against the CPU backend: for Q8_0, Q4_0, Q4_1,
-// Q4_K, Q5_K and Q6_K (random blocks, as tests/engine/test_quant.c makes them),
+// Q4_K, Q5_K and Q6_K (random blocks from quant_blocks.h, as test_quant.c uses),
 // x @ W^T and x @ W for M in {1, 3, 8, 9, 64, 300} (the GEMV and the tiled kernels),
 // odd N, K over many blocks, a strided x; every output within 1e-5 of sum |x w| of
 // the CPU's. Dequantize and embedding from a quantized table bit-exact; an id out of
@@ -18,40 +18,14 @@
 #include "engine/engine.h"
 #include "fixtures.h"
 #include "models/llama.h"
+#include "quant_blocks.h"
 #include "wick/model.h"
 
 static const wk_dtype types[] = {WK_Q8_0, WK_Q4_0, WK_Q4_1, WK_Q4_K, WK_Q5_K, WK_Q6_K};
 
-static uint64_t rng = 88172645463325252ull;
-static uint32_t next_u32(void) {
-  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-  return (uint32_t)(rng >> 11);
-}
-static void put_scale(uint8_t *p, float lo, float hi, int allow_neg) {
-  float v = lo + (hi - lo) * (float)(next_u32() % 10000) / 10000.0f;
-  if (allow_neg && (next_u32() & 1)) v = -v;
-  uint16_t h = wk_f32_to_f16(v);
-  p[0] = (uint8_t)h, p[1] = (uint8_t)(h >> 8);
-}
-// Random quants and sub-block scales, sane f16 super-scales (as test_quant.c).
 static uint8_t *random_blocks(wk_dtype dt, int64_t rows, int64_t cols) {
-  int64_t nb = rows * cols / wk_dtype_block(dt);
-  size_t bb = wk_dtype_block_bytes(dt), bytes = (size_t)nb * bb;
-  uint8_t *b = malloc(bytes);
-  for (size_t i = 0; i < bytes; i++) b[i] = (uint8_t)next_u32();
-  for (int64_t i = 0; i < nb; i++) {
-    uint8_t *p = b + (size_t)i * bb;
-    switch (dt) {
-      case WK_Q8_0: put_scale(p, 0.001f, 0.01f, 1); break;
-      case WK_Q4_0: put_scale(p, 0.01f, 0.2f, 1); break;
-      case WK_Q4_1: put_scale(p, 0.01f, 0.2f, 0); put_scale(p + 2, -1.0f, 0.0f, 0); break;
-      case WK_Q4_K:
-      case WK_Q5_K: put_scale(p, 0.0005f, 0.005f, 0); put_scale(p + 2, 0.0005f, 0.005f, 0); break;
-      case WK_Q6_K: put_scale(p + 208, 0.0001f, 0.001f, 1); break;
-      default: break;
-    }
-  }
-  return b;
+  size_t bytes;
+  return qb_random(dt, rows, cols, &bytes);
 }
 
 static wk_tensor *on(wk_tensor *t, wk_device dev) {

@@ -6,47 +6,11 @@
 #include "gradcheck.h"
 #include "engine/engine.h"
 #include "io/quant.h"
+#include "quant_blocks.h"
 
 typedef struct { wk_dtype dt; int qt; } qpair;
 static const qpair types[] = {{WK_Q8_0, WK_QT_Q8_0}, {WK_Q4_0, WK_QT_Q4_0}, {WK_Q4_1, WK_QT_Q4_1},
                               {WK_Q4_K, WK_QT_Q4_K}, {WK_Q5_K, WK_QT_Q5_K}, {WK_Q6_K, WK_QT_Q6_K}};
-
-static uint64_t rng = 88172645463325252ull;
-static uint32_t next_u32(void) {
-  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-  return (uint32_t)(rng >> 11);
-}
-
-// A little-endian f16 of a small positive or negative scale (every quant bit pattern
-// is random, so the scales decide the magnitudes).
-static void put_scale(uint8_t *p, float lo, float hi, int allow_neg) {
-  float v = lo + (hi - lo) * (float)(next_u32() % 10000) / 10000.0f;
-  if (allow_neg && (next_u32() & 1)) v = -v;
-  uint16_t h = wk_f32_to_f16(v);
-  p[0] = (uint8_t)h, p[1] = (uint8_t)(h >> 8);
-}
-
-// Random blocks of type t: random quants and sub-block scales, sane f16 super-scales.
-static uint8_t *random_blocks(const qpair *t, int64_t rows, int64_t cols, size_t *bytes) {
-  int64_t blk = wk_dtype_block(t->dt), nb = rows * cols / blk;
-  size_t bb = wk_dtype_block_bytes(t->dt);
-  *bytes = (size_t)nb * bb;
-  uint8_t *b = malloc(*bytes);
-  for (size_t i = 0; i < *bytes; i++) b[i] = (uint8_t)next_u32();
-  for (int64_t i = 0; i < nb; i++) {
-    uint8_t *p = b + (size_t)i * bb;
-    switch (t->dt) {
-      case WK_Q8_0: put_scale(p, 0.001f, 0.01f, 1); break;
-      case WK_Q4_0: put_scale(p, 0.01f, 0.2f, 1); break;
-      case WK_Q4_1: put_scale(p, 0.01f, 0.2f, 0); put_scale(p + 2, -1.0f, 0.0f, 0); break;
-      case WK_Q4_K:
-      case WK_Q5_K: put_scale(p, 0.0005f, 0.005f, 0); put_scale(p + 2, 0.0005f, 0.005f, 0); break;
-      case WK_Q6_K: put_scale(p + 208, 0.0001f, 0.001f, 1); break;
-      default: break;
-    }
-  }
-  return b;
-}
 
 static float *reference(const qpair *t, const uint8_t *b, int64_t rows, int64_t cols) {
   float *w = malloc(sizeof(float) * (size_t)(rows * cols));
@@ -83,7 +47,7 @@ static void test_type(const qpair *t) {
   for (int sc = 0; sc < 3; sc++) {
     int64_t N = shapes[sc][0], K = shapes[sc][1];
     size_t bytes;
-    uint8_t *qb = random_blocks(t, N, K, &bytes);
+    uint8_t *qb = qb_random(t->dt, N, K, &bytes);
     float *wf = reference(t, qb, N, K);
     wk_scope_begin();
     wk_tensor *W = wk_from_data(2, (int64_t[]){N, K}, t->dt, qb);
@@ -135,7 +99,7 @@ static void test_type(const qpair *t) {
 static void test_errors(void) {
   wk_scope_begin();
   size_t bytes;
-  uint8_t *qb = random_blocks(&types[2], 4, 64, &bytes);
+  uint8_t *qb = qb_random(types[2].dt, 4, 64, &bytes);
   wk_tensor *W = wk_from_data(2, (int64_t[]){4, 64}, WK_Q4_1, qb);
   wk_tensor *x = wk_randn(2, (int64_t[]){2, 64}, WK_F32, 1);
   CHECK(!wk_add(W, W) && strstr(wk_last_error(), "q4_1"), "add refuses quantized");
