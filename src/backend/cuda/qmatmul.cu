@@ -25,7 +25,8 @@
 //     per-matmul f32 copies of W would bring back the very memory the blocks save,
 //     once per captured plan. No tensor cores: the f32 product keeps the CPU's
 //     precision (no TF32 rounding of x).
-// All kernels allocate nothing and never sync, so captured plans replay them.
+// Nothing syncs, and the one allocation (a dense copy of a strided x) comes from the
+// caching allocator, so captured plans replay these steps.
 #include "cuda_internal.h"
 
 namespace {
