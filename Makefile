@@ -8,7 +8,7 @@ JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 CMAKE_FLAGS ?=
 
-.PHONY: all deps demo-deps build demo test test-release test-asan test-cuda-build parity bench install clean fuzz
+.PHONY: all deps demo-deps build demo test test-release test-asan test-cuda-build test-fuzz fuzz-deps parity bench install clean fuzz
 
 all: build
 
@@ -44,10 +44,12 @@ demo-deps:
 	fi
 
 # The CUDA backend's build first (where nvcc exists; its GPU tests run only where a
-# GPU is present), then the whole suite on every CPU path, then again under ASan +
-# UBSan, so the run ends on the suites that ran.
+# GPU is present), then the file-reader fuzzers for a bounded time (and the saved
+# crash inputs replayed), then the whole suite on every CPU path, then again under
+# ASan + UBSan, so the run ends on the suites that ran.
 test:
 	$(MAKE) --no-print-directory test-cuda-build
+	$(MAKE) --no-print-directory test-fuzz
 	$(MAKE) --no-print-directory test-release
 	$(MAKE) --no-print-directory test-asan
 
@@ -84,10 +86,23 @@ parity: build
 	./$(BUILD)/test_greedy_llama_cpp   # greedy tokens vs llama.cpp and transformers (fixture: tools/gen_llama_cpp_greedy.py)
 
 # libFuzzer targets (tests/fuzz/) built with clang + ASan/UBSan in a scratch directory,
-# FUZZ_SECONDS each (not part of `make test`). Needs clang and libclang-rt-*-dev.
+# FUZZ_SECONDS each. `make test` runs them TEST_FUZZ_SECONDS each; any crash, hang or
+# sanitizer report fails it. clang and its libFuzzer runtime are installed when missing.
 FUZZ_SECONDS ?= 60
-fuzz:
+TEST_FUZZ_SECONDS ?= 15
+fuzz: fuzz-deps
 	tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+test-fuzz: fuzz-deps
+	FUZZ_DIR=$(CURDIR)/build-fuzz tests/fuzz/run.sh $(TEST_FUZZ_SECONDS)
+
+fuzz-deps:
+	@if ! command -v clang >/dev/null 2>&1 || ! printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' \
+	    | clang -x c -fsanitize=fuzzer -o /dev/null - >/dev/null 2>&1; then \
+	  echo "installing: clang libclang-rt-dev (libFuzzer)"; \
+	  SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang libclang-rt-dev; \
+	fi
 
 bench: build
 	./$(BUILD)/wick bench

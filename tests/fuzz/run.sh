@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds wick and the libFuzzer targets in tests/fuzz/ with clang
 # (-fsanitize=fuzzer,address,undefined) into a scratch directory, then runs each target
-# for N seconds. Not part of `make test` / CI.
+# for N seconds, after replaying the saved crash inputs (tests/fuzz/crashes/<target>-*):
+# `make test` (and so CI) runs it 15 s a target; a crash, hang or sanitizer report fails.
 #
 #   tests/fuzz/run.sh                  # every target, 60 s each
 #   tests/fuzz/run.sh 30 json gguf     # 30 s each, only those targets
@@ -66,6 +67,13 @@ seed() {
 
 status=0
 for t in "${TARGETS[@]}"; do
+  # inputs that once crashed a reader must now be handled: each runs once
+  for c in "$ROOT"/tests/fuzz/crashes/"$t"-*; do
+    [ -e "$c" ] || continue
+    if ! "$FUZZ_DIR/fuzz_$t" "$c" >"$FUZZ_DIR/replay_$t.log" 2>&1; then
+      echo "=== fuzz_$t: saved crash $(basename "$c") fails again:"; tail -20 "$FUZZ_DIR/replay_$t.log"; status=1
+    fi
+  done
   seed "$t"
   mkdir -p "$FUZZ_DIR/artifacts/$t"
   echo "=== fuzz_$t: ${SECS}s"
