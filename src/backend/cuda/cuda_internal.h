@@ -3,7 +3,8 @@
 // the launch helpers. Kernel arguments travel as one by-value "blob" (up to
 // ~32 KB of kernel parameters, __grid_constant__): programs and operand views
 // are copied at launch, so nothing is uploaded per step and scalar attributes
-// patched between runs need no extra work.
+// patched between runs need no extra work (inside a captured CUDA graph, the
+// elementwise programs' run-time scalars are read from device memory: DRt).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -30,10 +31,37 @@ struct DOp {
 };
 
 struct DInstr {
-  uint8_t op, dst, a, b, c, pad[3];
+  uint8_t op, dst, a, b, c, rt, pad[2];
   float f0, f1;
-  uint64_t u;             // seed; CAUSAL_MASK packs T (low) and S (high); CAST: target dtype
+  uint64_t u;             // seed; CAUSAL_MASK packs T (low) and S (high); CAST: target dtype; rt: a const DRt *
 };
+
+// An instruction's run-time scalars (attrs.f[0], attrs.f[1], attrs.u) in device
+// memory. A captured graph reads them from there (rt = 1) rather than from its
+// kernel parameters, so new values (a learning rate, AdamW's bias corrections, a
+// clip factor, a dropout seed) need no re-capture: the graph's first node copies
+// them in from pinned staging that the host fills before each launch (graph.cu).
+struct DRt {
+  float f0, f1;
+  uint64_t u;
+};
+
+// Whether the kernels read instruction `in`'s attributes, and they are run-time
+// values (patched into cached plans, not part of the plan key): these are the
+// scalars a captured graph reads from device memory.
+static inline bool wkc_rt_reads(const wk_ew_instr *in) {
+  if (in->src < 0) return false;
+  switch (in->op) {
+    case WK_OP_ARANGE:
+    case WK_OP_RAND:
+    case WK_OP_RANDN:
+    case WK_OP_DROPOUT:
+    case WK_OP_ADD_SCALAR:
+    case WK_OP_MUL_SCALAR:
+    case WK_OP_POW_SCALAR: return true;
+    default: return false;
+  }
+}
 
 struct DProg {
   int32_t n, out_reg, nops, code_off;   // code_off: index into the blob's instruction pool
@@ -80,6 +108,9 @@ void wkc_capture_mode(std::vector<void *> *keep);
 bool wkc_graphs_enabled(void);   // WICK_CUDA_GRAPHS (default on), off under WICK_CUDA_SYNC
 // CUDA graph replay of step runs (graph.cu), the backend's optional entries.
 bool wkc_capturable(const wk_step *s);
+// While a unit is being captured: where the graph keeps instruction in's run-time
+// scalars (wkc_rt_reads); NULL otherwise (the kernel gets them by value).
+const DRt *wkc_rt_scalars(const wk_ew_instr *in);
 wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const *slots);
 void wkc_segment_free(void *state);
 
@@ -184,6 +215,12 @@ static inline bool wkc_prog(const wk_ew_prog *pg, const wk_operand *ops, int nop
       o->u = (uint64_t)in->attrs.i[0];
     else
       o->u = in->attrs.u;
+    const DRt *rt = wkc_rt_reads(in) ? wkc_rt_scalars(in) : NULL;
+    if (rt) {
+      o->rt = 1;
+      o->f0 = o->f1 = 0;
+      o->u = (uint64_t)(uintptr_t)rt;
+    }
   }
   return true;
 }
@@ -288,20 +325,27 @@ WKC_DEV void ew_run(const DInstr *code, int n, int out_reg, int64_t lin, const f
       for (int v = 0; v < V; v++) t[v] = row[v];
     } else {
       const float *a = R[in.a], *b = R[in.b], *c = R[in.c];
-      const float f0 = in.f0, f1 = in.f1;
+      float f0 = in.f0, f1 = in.f1;
+      uint64_t seed = in.u;
+      if (in.rt) {   // a captured graph: the scalars are in device memory
+        const DRt *r = (const DRt *)in.u;
+        f0 = r->f0;
+        f1 = r->f1;
+        seed = r->u;
+      }
       switch (op) {
         case WK_OP_CONST: WKC_EACH(f0);
         case WK_OP_ARANGE: WKC_EACH(f0 + (float)(lin + v) * f1);
-        case WK_OP_RAND: WKC_EACH(f0 + (f1 - f0) * wkm_u01(in.u, (uint64_t)(lin + v)));
+        case WK_OP_RAND: WKC_EACH(f0 + (f1 - f0) * wkm_u01(seed, (uint64_t)(lin + v)));
         case WK_OP_RANDN:
 #pragma unroll
           for (int v = 0; v < V; v++) {
-            uint64_t h = wkm_rng_hash(in.u, (uint64_t)(lin + v));
+            uint64_t h = wkm_rng_hash(seed, (uint64_t)(lin + v));
             float u1 = ((float)(h >> 40) + 1.0f) * 0x1p-24f, u2 = (float)(h & 0xffffff) * 0x1p-24f;
             t[v] = sqrtf(-2.0f * logf(u1)) * cosf(6.283185307f * u2);
           }
           break;
-        case WK_OP_DROPOUT: WKC_EACH(wkm_u01(in.u, (uint64_t)(lin + v)) < f0 ? 0.0f : x / (1.0f - f0));
+        case WK_OP_DROPOUT: WKC_EACH(wkm_u01(seed, (uint64_t)(lin + v)) < f0 ? 0.0f : x / (1.0f - f0));
         case WK_OP_CAUSAL_MASK: {
           int64_t T = (int64_t)(uint32_t)(in.u & 0xffffffffu), S = (int64_t)(uint32_t)(in.u >> 32);
 #pragma unroll

@@ -3,23 +3,35 @@
 //
 // What a step's kernels see besides the plan's structure are the slot pointers
 // (leaves, outputs and arena, bound per evaluation) and the scalar attributes
-// patched into the plan (learning rate, bias corrections, seeds). Both are baked
-// into the captured kernel parameters, so before each replay every launch unit
-// (a step, or a row chain with its members) compares the pointers and scalars it
-// was captured with against the current ones:
+// patched into the plan (learning rate, bias corrections, clip factor, seeds).
+// The elementwise programs' scalars (add/mul/pow_scalar, arange, rand, dropout:
+// wkc_rt_reads) live in a device table of the run's: the graph's first node copies
+// it from pinned staging that the host fills before each launch, and the captured
+// kernels read it through a pointer, so a training step whose learning rate and
+// bias corrections change every step replays as it is. The other scalars (norm
+// eps, RoPE theta, attention and LoRA scales: per-model constants) and the slot
+// pointers are baked into the captured kernel parameters, so before each replay
+// every launch unit (a step, or a row chain with its members) compares the
+// pointers and scalars it was captured with against the current ones:
 //  - all equal: launch the graph as it is;
 //  - a few units changed: capture just those units again and swap them into the
 //    instantiated graph (cudaGraphExecChildGraphNodeSetParams: each unit is a child
 //    graph node, so a change touches one node, and the graph is not re-instantiated);
 //  - many changed, or only scalars: launch step by step (patching would cost more
-//    than it saves: the host time of both, per unit, is measured as they run).
-// Copying inputs into plan-owned buffers at fixed addresses was the alternative;
-// it costs a device copy of every leaf per evaluation (the base weights of a
-// training step included), where re-pointing costs host time only for the units
-// whose bindings changed. Evaluations mostly recur with the same pointers anyway:
-// the caching allocator hands a freed output's block to the next evaluation's
-// output, and a training step's parameters alternate between two sets of blocks,
-// so each run keeps a few variants captured with different pointer sets.
+//    than it saves: the host time of both, per unit, is measured as they run);
+//  - new pointers of small slots: relocate those slots (below) and capture again.
+// Evaluations mostly recur with the same pointers: the caching allocator hands a
+// freed output's block to the next evaluation's output, so each run keeps a few
+// variants captured with different pointer sets. A training step is the exception:
+// its parameters, gradients and AdamW moments share size classes, and the blocks
+// they get drift from step to step without recurring. So a slot seen at a new
+// address (and no larger than RELOC_MAX) is relocated: the graphs see it at a
+// fixed block of the run's own ("home"), and every launch copies it in from where
+// it is now before the units (one kernel for all such slots, from a table the
+// host stages with the scalars) and copies it back out after them if the units
+// write it. That costs a device copy of the moved slots only (the adapter's
+// tensors, not the base weights); a run whose slots alias one another with a
+// relocated one among them launches step by step.
 //
 // Scratch that steps allocate while being captured is kept alive with the graph
 // (the replay reuses its addresses). Small uploads inside a run (a decode step's
@@ -31,12 +43,16 @@
 // step from then on.
 // WICK_CUDA_GRAPHS=0 turns replay off.
 #include <limits.h>
+#include <algorithm>
 #include <time.h>
 #include <new>
+#include <unordered_map>
 #include "cuda_internal.h"
 
 namespace {
 const int VARIANTS = 3;        // pointer sets remembered per run of steps
+const size_t RELOC_MAX = 4u << 20;     // a moved slot up to this many bytes is relocated
+const size_t RELOC_TOTAL = 64u << 20;  // at most this many bytes of homes per run
 const int REBUILD_AFTER = 8;   // step-by-step runs in a row with new pointers before a variant is replaced
 const size_t STAGE_MAX = 1 << 20; // uploads up to this many bytes are staged into the graph
 
@@ -45,6 +61,21 @@ struct Unit {                  // one launch unit: a step, or a row chain's head
   std::vector<int> slots;      // the slots its kernels read or write on the device
   void *stage = NULL;          // an upload: pinned staging the graph copies from
   size_t bytes = 0;
+};
+
+// Where the units touch a slot, in bytes from its base; ok: every view of it has
+// an element size and no negative stride (its span is known).
+struct Extent {
+  int64_t lo = INT64_MAX, hi = 0;
+  int64_t wlo = 0, whi = 0;    // the widest dense write
+  bool ok = true, read = false, written = false;
+  bool full() const { return wlo <= lo && whi >= hi; }  // the units overwrite all of it
+};
+
+struct Copy {                  // one relocated slot's copy, in or out (the device table)
+  char *dst;
+  const char *src;
+  unsigned long long bytes;
 };
 
 struct Node {
@@ -64,7 +95,20 @@ struct Variant {
 
 struct Segment {
   std::vector<Unit> units;
+  // run-time scalars of the units' programs: instruction rt[j] at rt_dev[j]
+  std::vector<const wk_ew_instr *> rt;
+  std::unordered_map<const wk_ew_instr *, int> rt_index;
+  DRt *rt_dev = NULL, *rt_stage = NULL;
   int nslots = 0;              // 1 + the largest slot index the units use
+  std::vector<Extent> ext;     // per slot
+  std::vector<int> used;       // the slots the units use, once each
+  // relocation: home[s] is where the graphs see slot s (NULL: where it is)
+  std::vector<void *> home;
+  std::vector<void *> eff;     // this evaluation's slot pointers as the graphs see them
+  size_t home_bytes = 0;
+  std::vector<int> copy_in, copy_out; // relocated slots copied in before the units / out after them
+  Copy *cp_dev = NULL, *cp_stage = NULL;
+  unsigned long long cp_max = 0; // the largest copy
   int uses = 0, streak = 0;
   bool broken = false;         // a capture failed: step by step from now on
   Variant *v[VARIANTS] = {};
@@ -77,6 +121,7 @@ unsigned long long g_clock;
 // re-capturing and swapping it into a graph (a first guess until it has been timed).
 double g_direct_us = 4, g_patch_us = 20;
 bool g_always_patch;   // tests: patch whatever the costs
+const Segment *g_capturing;   // the run whose unit is being captured (wkc_rt_scalars)
 }
 
 static double now_us(void) {
@@ -104,11 +149,39 @@ bool wkc_capturable(const wk_step *s) {
   return s->op != WK_OP_TRANSFER || (s->attrs.i[0] == WK_CUDA && s->attrs.i[1] == WK_CUDA);
 }
 
+const DRt *wkc_rt_scalars(const wk_ew_instr *in) {
+  if (!g_capturing) return NULL;
+  auto it = g_capturing->rt_index.find(in);
+  return it == g_capturing->rt_index.end() ? NULL : g_capturing->rt_dev + it->second;
+}
+
 // ---- units and their bindings ----
 static void add_slot(Unit &u, int slot, int *nslots) {
   if (slot < 0) return;
   u.slots.push_back(slot);
   if (slot >= *nslots) *nslots = slot + 1;
+}
+
+static void extent_add(Segment *sg, const wk_operand *o, bool write) {
+  if (o->slot < 0) return;
+  if ((int)sg->ext.size() <= o->slot) sg->ext.resize((size_t)o->slot + 1);
+  Extent &e = sg->ext[o->slot];
+  (write ? e.written : e.read) = true;
+  int64_t span = 0, n = 1, st = 1;
+  bool dense = true;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    n *= o->shape[d];
+    if (o->stride[d] < 0) e.ok = false;
+    if (o->shape[d] > 1) span += (o->shape[d] - 1) * o->stride[d];
+    if (o->shape[d] != 1 && o->stride[d] != st) dense = false;
+    st *= o->shape[d];
+  }
+  if (wk_dtype_is_quantized(o->dtype) || o->offset < 0) e.ok = false;
+  if (!e.ok || n == 0) return;
+  int64_t es = (int64_t)wkc_esize(o->dtype), lo = o->offset * es, hi = (o->offset + span + 1) * es;
+  if (write && dense && hi - lo > e.whi - e.wlo) e.wlo = lo, e.whi = hi;
+  if (lo < e.lo) e.lo = lo;
+  if (hi > e.hi) e.hi = hi;
 }
 
 static Segment *segment_new(const wk_step *steps, int n) {
@@ -127,44 +200,66 @@ static Segment *segment_new(const wk_step *steps, int n) {
         sg->broken = true;   // no pinned memory: this run launches step by step
       }
       add_slot(u, steps[k].out.slot, &sg->nslots);
+      extent_add(sg, &steps[k].out, true);
       sg->units.push_back(u);
       continue;
     }
     for (int m = k; m < k + u.len && m < n; m++) {
       const wk_step *s = &steps[m];
-      for (int q = 0; q < s->nin; q++) add_slot(u, s->in[q].slot, &sg->nslots);
-      for (int q = 0; q < s->npro; q++) add_slot(u, s->pro_in[q].slot, &sg->nslots);
+      for (int q = 0; q < s->nin; q++) add_slot(u, s->in[q].slot, &sg->nslots), extent_add(sg, &s->in[q], false);
+      for (int q = 0; q < s->npro; q++) add_slot(u, s->pro_in[q].slot, &sg->nslots), extent_add(sg, &s->pro_in[q], false);
       add_slot(u, s->out.slot, &sg->nslots);
+      extent_add(sg, &s->out, true);
+      for (int q = 0; q < s->prog.n; q++)
+        if (wkc_rt_reads(&s->prog.code[q])) {
+          sg->rt_index[&s->prog.code[q]] = (int)sg->rt.size();
+          sg->rt.push_back(&s->prog.code[q]);
+        }
     }
     sg->units.push_back(u);
+  }
+  sg->ext.resize((size_t)sg->nslots);
+  sg->home.assign((size_t)sg->nslots, NULL);
+  std::vector<char> seen((size_t)sg->nslots, 0);
+  for (const Unit &u : sg->units)
+    for (int s : u.slots)
+      if (!seen[s]) seen[s] = 1, sg->used.push_back(s);
+  size_t rt_bytes = sizeof(DRt) * sg->rt.size();
+  if (rt_bytes && (cudaMalloc((void **)&sg->rt_dev, rt_bytes) != cudaSuccess ||
+                   cudaMallocHost((void **)&sg->rt_stage, rt_bytes) != cudaSuccess)) {
+    cudaGetLastError();
+    sg->broken = true;   // no table for the scalars: this run launches step by step
   }
   return sg;
 }
 
-// The scalar attributes a unit's kernels were built with, in one byte string.
+// The attributes baked into a unit's captured kernels, in order: each step's own
+// (not a fused elementwise step's: its kernel reads only its program's) and its
+// program's instructions', less those read from the run-time scalar table.
+template <class F> static void baked_attrs(const wk_step *steps, const Unit &u, F each) {
+  for (int k = u.first; k < u.first + u.len; k++) {
+    const wk_step *s = &steps[k];
+    if (s->op != WK_STEP_FUSED_EW) each(&s->attrs);
+    for (int q = 0; q < s->prog.n; q++)
+      if (!wkc_rt_reads(&s->prog.code[q])) each(&s->prog.code[q].attrs);
+  }
+}
+
 static void scalars_of(const wk_step *steps, const Unit &u, std::vector<unsigned char> *out) {
   out->clear();
-  for (int k = u.first; k < u.first + u.len; k++) {
-    const unsigned char *a = (const unsigned char *)&steps[k].attrs;
-    out->insert(out->end(), a, a + sizeof(wk_attrs));
-    for (int q = 0; q < steps[k].prog.n; q++) {
-      a = (const unsigned char *)&steps[k].prog.code[q].attrs;
-      out->insert(out->end(), a, a + sizeof(wk_attrs));
-    }
-  }
+  baked_attrs(steps, u, [&](const wk_attrs *a) {
+    out->insert(out->end(), (const unsigned char *)a, (const unsigned char *)(a + 1));
+  });
 }
 
 static bool same_scalars(const wk_step *steps, const Unit &u, const std::vector<unsigned char> &have) {
   size_t off = 0;
-  for (int k = u.first; k < u.first + u.len; k++) {
-    const wk_step *s = &steps[k];
-    if (off + sizeof(wk_attrs) * (1 + (size_t)s->prog.n) > have.size()) return false;
-    if (memcmp(&have[off], &s->attrs, sizeof(wk_attrs))) return false;
-    off += sizeof(wk_attrs);
-    for (int q = 0; q < s->prog.n; q++, off += sizeof(wk_attrs))
-      if (memcmp(&have[off], &s->prog.code[q].attrs, sizeof(wk_attrs))) return false;
-  }
-  return off == have.size();
+  bool same = true;
+  baked_attrs(steps, u, [&](const wk_attrs *a) {
+    same = same && off + sizeof *a <= have.size() && !memcmp(&have[off], a, sizeof *a);
+    off += sizeof *a;
+  });
+  return same && off == have.size();
 }
 
 static bool same_pointers(const Unit &u, const Variant *v, void *const *slots) {
@@ -187,21 +282,130 @@ static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const 
   return e == cudaSuccess ? WK_OK : wk_error(WK_ERR_DEVICE, "cuda: staged upload of %zu bytes: %s", u.bytes, cudaGetErrorString(e));
 }
 
-// Fills the uploads' staging from the host tensors of this evaluation. The previous
-// launch is done with it: the executor syncs after every plan.
+// Fills the uploads' staging from the host tensors of this evaluation, and the
+// run-time scalars' from the plan's instructions. The previous launch is done with
+// them: the executor syncs after every plan.
 static void fill_stages(const Segment *sg, const wk_step *steps, void *const *slots) {
   for (const Unit &u : sg->units) {
     const wk_step *s = &steps[u.first];
     if (u.stage && u.bytes)
       memcpy(u.stage, (const char *)slots[s->in[0].slot] + wkc_off_bytes(&s->in[0]), u.bytes);
   }
+  for (size_t j = 0; j < sg->rt.size(); j++) {
+    const wk_attrs *a = &sg->rt[j]->attrs;
+    sg->rt_stage[j] = DRt{a->f[0], a->f[1], a->u};
+  }
+  Copy *c = sg->cp_stage;
+  for (int k = 0; k < 2; k++)
+    for (int s : k ? sg->copy_out : sg->copy_in) {
+      const Extent &e = sg->ext[s];
+      char *at = (char *)slots[s] + e.lo, *home = (char *)sg->home[s] + e.lo;
+      *c++ = k ? Copy{at, home, (unsigned long long)(e.hi - e.lo)} : Copy{home, at, (unsigned long long)(e.hi - e.lo)};
+    }
+}
+
+// ---- relocation ----
+// The copies of a table of relocated slots: block row y walks entries y, y + gridDim.y, ...
+__global__ void k_copies(const Copy *tab, int n) {
+  const unsigned long long i0 = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x,
+                           step = (unsigned long long)gridDim.x * blockDim.x;
+  for (int k = blockIdx.y; k < n; k += gridDim.y) {
+    const Copy c = tab[k];
+    if (!(((uintptr_t)c.dst | (uintptr_t)c.src | c.bytes) & 15)) {
+      for (unsigned long long i = i0; i < c.bytes / 16; i += step) ((uint4 *)c.dst)[i] = ((const uint4 *)c.src)[i];
+    } else {
+      for (unsigned long long i = i0; i < c.bytes; i += step) c.dst[i] = c.src[i];
+    }
+  }
+}
+
+// Adds a node running the copies tab[0..n) after *prev (which becomes it).
+static bool add_copies(cudaGraph_t g, cudaGraphNode_t *prev, const Copy *tab, int n, unsigned long long max_bytes) {
+  if (!n) return true;
+  unsigned long long blocks = (max_bytes / 16 + 255) / 256;
+  cudaKernelNodeParams kp = {};
+  void *args[2] = {(void *)&tab, (void *)&n};
+  kp.func = (void *)k_copies;
+  kp.gridDim = dim3((unsigned)(blocks < 1 ? 1 : blocks > 64 ? 64 : blocks), (unsigned)(n < 1024 ? n : 1024));
+  kp.blockDim = dim3(256);
+  kp.kernelParams = args;
+  cudaGraphNode_t node;
+  if (cudaGraphAddKernelNode(&node, g, *prev ? prev : NULL, *prev ? 1 : 0, &kp) != cudaSuccess) return false;
+  *prev = node;
+  return true;
+}
+
+// Relocates the slots the units use that moved since v was captured, where they
+// can be (known span, small enough, aligned as cudaMalloc aligns). True if any was.
+static bool relocate(Segment *sg, const Variant *v, void *const *eff, void *const *slots) {
+  bool any = false;
+  for (int s : sg->used) {
+    const Extent &e = sg->ext[s];
+    size_t bytes = e.hi > e.lo ? (size_t)e.hi : 0;
+    if (sg->home[s] || v->slots[s] == eff[s] || !e.ok || !bytes || bytes > RELOC_MAX || !slots[s] ||
+        ((uintptr_t)slots[s] & 255) || sg->home_bytes + bytes > RELOC_TOTAL)
+      continue;
+    if (cudaMalloc(&sg->home[s], bytes) != cudaSuccess) {
+      cudaGetLastError();
+      sg->home[s] = NULL;
+      break;
+    }
+    sg->home_bytes += bytes;
+    if (e.read || !e.full()) sg->copy_in.push_back(s);
+    if (e.written) sg->copy_out.push_back(s);
+    if ((unsigned long long)(e.hi - e.lo) > sg->cp_max) sg->cp_max = (unsigned long long)(e.hi - e.lo);
+    any = true;
+  }
+  if (!any) return false;
+  if (sg->cp_stage) cudaFreeHost(sg->cp_stage);
+  if (sg->cp_dev) cudaFree(sg->cp_dev);
+  sg->cp_stage = sg->cp_dev = NULL;
+  size_t n = sg->copy_in.size() + sg->copy_out.size();
+  if (cudaMallocHost((void **)&sg->cp_stage, sizeof(Copy) * n) != cudaSuccess ||
+      cudaMalloc((void **)&sg->cp_dev, sizeof(Copy) * n) != cudaSuccess) {
+    cudaGetLastError();
+    sg->broken = true;   // no table for the copies: step by step from now on
+  }
+  return true;
+}
+
+// Whether a relocated slot shares memory with another slot the units use, at this
+// evaluation's addresses, where the units write some of it: the graph would see two
+// copies where the steps see one memory. (Slots that alias but are only read, such
+// as a tensor and a view of it bound as two leaves, read the same values either way.)
+static bool aliased(const Segment *sg, void *const *slots) {
+  if (sg->copy_in.empty() && sg->copy_out.empty()) return false;
+  struct Span { uintptr_t lo, hi; bool moved, written; };
+  std::vector<Span> sp;
+  sp.reserve(sg->used.size());
+  for (int s : sg->used) {
+    const Extent &e = sg->ext[s];
+    uintptr_t b = (uintptr_t)slots[s];
+    bool ok = e.ok && e.hi > e.lo;
+    sp.push_back({ok ? b + (uintptr_t)e.lo : b, ok ? b + (uintptr_t)e.hi : b + 1, sg->home[s] != NULL, e.written});
+  }
+  std::sort(sp.begin(), sp.end(), [](const Span &a, const Span &b) { return a.lo < b.lo; });
+  // clusters of overlapping spans: one with a relocated slot and a write is aliased
+  uintptr_t end = 0;
+  bool moved = false, written = false;
+  for (size_t k = 0; k < sp.size(); k++) {
+    bool joins = k && sp[k].lo < end;
+    if (!joins) moved = written = false;
+    moved |= sp[k].moved;
+    written |= sp[k].written;
+    if (joins && moved && written) return true;
+    if (sp[k].hi > end || !joins) end = sp[k].hi;
+  }
+  return false;
 }
 
 // Captures one unit's kernels into *g (scratch they use into *keep). False when the
 // capture failed; the step-by-step path then runs the unit and reports real errors.
-static bool capture_unit(const Unit &u, const wk_step *s, void *const *slots, cudaGraph_t *g, std::vector<void *> *keep) {
+static bool capture_unit(const Segment *sg, const Unit &u, const wk_step *s, void *const *slots, cudaGraph_t *g,
+                         std::vector<void *> *keep) {
   *g = NULL;
   wkc_capture_mode(keep);
+  g_capturing = sg;
   cudaStream_t cs = wkc_stream();
   cudaError_t e = cudaStreamBeginCapture(cs, cudaStreamCaptureModeRelaxed);
   wk_status st = WK_OK;
@@ -214,6 +418,7 @@ static bool capture_unit(const Unit &u, const wk_step *s, void *const *slots, cu
     e = cudaStreamEndCapture(cs, g);
   }
   wkc_capture_mode(NULL);
+  g_capturing = NULL;
   if (!st && e == cudaSuccess) return true;
   cudaGetLastError();
   if (*g) cudaGraphDestroy(*g);
@@ -238,15 +443,27 @@ static Variant *variant_build(const Segment *sg, const wk_step *steps, void *con
   bool ok = cudaGraphCreate(&v->graph, 0) == cudaSuccess;
   v->nodes.resize(sg->units.size());
   cudaGraphNode_t prev = NULL;
+  if (ok && !sg->rt.empty()) // first: the run-time scalars from their staging
+    ok = cudaGraphAddMemcpyNode1D(&prev, v->graph, NULL, 0, sg->rt_dev, sg->rt_stage, sizeof(DRt) * sg->rt.size(),
+                                  cudaMemcpyHostToDevice) == cudaSuccess;
+  int nin = (int)sg->copy_in.size(), nout = (int)sg->copy_out.size();
+  if (ok && nin + nout) { // then the relocated slots' copy table, and the copies in
+    cudaGraphNode_t node;
+    ok = cudaGraphAddMemcpyNode1D(&node, v->graph, prev ? &prev : NULL, prev ? 1 : 0, sg->cp_dev, sg->cp_stage,
+                                  sizeof(Copy) * (size_t)(nin + nout), cudaMemcpyHostToDevice) == cudaSuccess;
+    prev = node;
+    ok = ok && add_copies(v->graph, &prev, sg->cp_dev, nin, sg->cp_max);
+  }
   for (size_t i = 0; ok && i < sg->units.size(); i++) {
     cudaGraph_t g;
     Node &n = v->nodes[i];
-    ok = capture_unit(sg->units[i], &steps[sg->units[i].first], slots, &g, &n.keep);
+    ok = capture_unit(sg, sg->units[i], &steps[sg->units[i].first], slots, &g, &n.keep);
     ok = ok && cudaGraphAddChildGraphNode(&n.node, v->graph, prev ? &prev : NULL, prev ? 1 : 0, g) == cudaSuccess;
     if (g) cudaGraphDestroy(g);
     prev = n.node;
     if (ok) scalars_of(steps, sg->units[i], &n.scalars);
   }
+  ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin, nout, sg->cp_max); // last: the copies out
   ok = ok && cudaGraphInstantiate(&v->exec, v->graph, 0) == cudaSuccess;
   v->arms = wkc_dev_err_swap(armed);
   if (!ok) {
@@ -264,7 +481,7 @@ static bool variant_patch(Variant *v, const Segment *sg, int i, const wk_step *s
   std::vector<void *> keep;
   cudaGraph_t g;
   bool armed = wkc_dev_err_swap(false);
-  bool ok = capture_unit(sg->units[i], &steps[sg->units[i].first], slots, &g, &keep);
+  bool ok = capture_unit(sg, sg->units[i], &steps[sg->units[i].first], slots, &g, &keep);
   ok = ok && cudaGraphExecChildGraphNodeSetParams(v->exec, v->nodes[i].node, g) == cudaSuccess;
   if (g) cudaGraphDestroy(g);
   v->arms |= wkc_dev_err_swap(armed);
@@ -317,9 +534,9 @@ static void count_changes(const Segment *sg, const Variant *v, const wk_step *st
 }
 
 // Builds a variant into slot w (freeing what was there) and launches it.
-static wk_status rebuild(Segment *sg, int w, const wk_step *steps, void *const *slots) {
+static wk_status rebuild(Segment *sg, int w, const wk_step *steps, void *const *eff, void *const *slots) {
   variant_free(sg->v[w]);
-  sg->v[w] = variant_build(sg, steps, slots);
+  sg->v[w] = variant_build(sg, steps, eff);
   sg->streak = 0;
   if (sg->v[w]) return launch(sg, sg->v[w], steps, slots);
   sg->broken = true;
@@ -332,39 +549,51 @@ wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const
   if (!sg && !(sg = segment_new(steps, n))) return wk_error(WK_ERR_OOM, "cuda: out of host memory for a CUDA graph");
   *state = sg;
   // a plan evaluated once pays no capture: the second evaluation captures
-  if (!wkc_graphs_enabled() || sg->broken || sg->units.size() < 2 || ++sg->uses < 2)
+  if (!wkc_graphs_enabled() || sg->broken || sg->units.size() < 2 || ++sg->uses < 2 || aliased(sg, slots))
     return run_direct(sg, steps, slots, sg->uses > 1);
+  // the pointers as the graphs see them: relocated slots at their homes
+  sg->eff.assign(slots, slots + sg->nslots);
+  for (int s : sg->used)
+    if (sg->home[s]) sg->eff[s] = sg->home[s];
+  void *const *eff = sg->eff.data();
   int best = -1, changed = INT_MAX, moved = 0, empty = -1, stalest = 0;
   for (int w = 0; w < VARIANTS; w++) {
     if (!sg->v[w]) { if (empty < 0) empty = w; continue; }
     if (sg->v[stalest] == NULL || sg->v[w]->used < sg->v[stalest]->used) stalest = w;
     int c, m;
-    count_changes(sg, sg->v[w], steps, slots, &c, &m);
+    count_changes(sg, sg->v[w], steps, eff, &c, &m);
     if (c < changed) best = w, changed = c, moved = m;
   }
   if (best >= 0 && changed == 0) return launch(sg, sg->v[best], steps, slots);
-  // Patch only where it clearly pays, and not for new scalars alone: a LoRA training
-  // step whose optimizer units get new bias corrections every step measured slower
-  // patched (H200: 228 us against 213 us step by step; the launch after updates costs
-  // too). Scalars read from device memory instead of kernel parameters would fix that.
+  // Slots at new addresses are relocated where they can be; the variants then see
+  // them at their homes (all are captured again, once).
+  if (moved > 0 && !g_always_patch && relocate(sg, sg->v[best], eff, slots)) {
+    for (Variant *&v : sg->v) variant_free(v), v = NULL;
+    if (sg->broken) return run_direct(sg, steps, slots);
+    for (int s : sg->used)
+      if (sg->home[s]) sg->eff[s] = sg->home[s];
+    return rebuild(sg, 0, steps, eff, slots);
+  }
+  // Patch only where it clearly pays, and not for new scalars alone (the elementwise
+  // programs' scalars are read from device memory; the rest are per-model constants).
   bool worth_patching = g_always_patch || (moved > 0 && 2 * changed * g_patch_us <= (double)sg->units.size() * g_direct_us);
-  if (empty >= 0 && (best < 0 || (moved > 0 && !worth_patching))) return rebuild(sg, empty, steps, slots); // a new pointer set
+  if (empty >= 0 && (best < 0 || (moved > 0 && !worth_patching))) return rebuild(sg, empty, steps, eff, slots); // a new pointer set
   if (worth_patching) {
     Variant *v = sg->v[best];
     double t0 = now_us();
     for (size_t i = 0; i < sg->units.size(); i++) {
       const Unit &u = sg->units[i];
-      if (same_pointers(u, v, slots) && same_scalars(steps, u, v->nodes[i].scalars)) continue;
-      if (!variant_patch(v, sg, (int)i, steps, slots)) return rebuild(sg, best, steps, slots);
+      if (same_pointers(u, v, eff) && same_scalars(steps, u, v->nodes[i].scalars)) continue;
+      if (!variant_patch(v, sg, (int)i, steps, eff)) return rebuild(sg, best, steps, eff, slots);
     }
-    v->slots.assign(slots, slots + sg->nslots);
+    v->slots.assign(eff, eff + sg->nslots);
     sg->streak = 0;
     wk_status st = launch(sg, v, steps, slots);  // a launch after updates uploads them: part of the cost
     average(&g_patch_us, now_us() - t0, (size_t)changed);
     return st;
   }
   // new scalars alone come back changed next time too: only new pointers earn a rebuild
-  if (moved > 0 && ++sg->streak >= REBUILD_AFTER) return rebuild(sg, stalest, steps, slots);
+  if (moved > 0 && ++sg->streak >= REBUILD_AFTER) return rebuild(sg, stalest, steps, eff, slots);
   return run_direct(sg, steps, slots);
 }
 
@@ -374,5 +603,11 @@ void wkc_segment_free(void *state) {
   for (Variant *v : sg->v) variant_free(v);
   for (Unit &u : sg->units)
     if (u.stage) cudaFreeHost(u.stage);
+  if (sg->rt_stage) cudaFreeHost(sg->rt_stage);
+  if (sg->rt_dev) cudaFree(sg->rt_dev);
+  if (sg->cp_stage) cudaFreeHost(sg->cp_stage);
+  if (sg->cp_dev) cudaFree(sg->cp_dev);
+  for (void *h : sg->home)
+    if (h) cudaFree(h);
   delete sg;
 }
