@@ -155,10 +155,10 @@ static float vsqdev(const float *x, int64_t n, float c) {
 // overflows: the fused x*log2(e) - m*log2(e) below would be -inf - -inf = NaN, so
 // such rows take the plain exp(x - m).
 static inline bool huge_max(float m) { return !(fabsf(m) < 2e38f); }
-static inline float vexp_far(const float *x, float *y, int64_t n, float m) {
+static inline float vexp_far(const float *x, float *y, int64_t n, float sc, float m) {
   float t = 0;
   for (int64_t i = 0; i < n; i++) {
-    float e = expz(x[i] - m);
+    float e = expz(sc * x[i] - m);
     if (y) y[i] = e;
     t += e;
   }
@@ -200,10 +200,10 @@ static float vmax(const float *x, int64_t n) {
   if (i < n) a1 = _mm512_max_ps(a1, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail16(n - i), x + i));
   return _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
 }
-// y = exp(x - m) (y may be NULL); returns sum exp(x - m). Needs x <= m.
-static float vexp(const float *x, float *y, int64_t n, float m) {
-  if (huge_max(m)) return vexp_far(x, y, n, m);
-  __m512 l2e = _mm512_set1_ps(LOG2E), ml = _mm512_set1_ps(m * LOG2E), s0 = _mm512_setzero_ps(), s1 = s0;
+// y = exp(sc*x - m) (y may be NULL); returns its sum. Needs sc*x <= m (up to rounding).
+static float vexp_s(const float *x, float *y, int64_t n, float sc, float m) {
+  if (huge_max(m)) return vexp_far(x, y, n, sc, m);
+  __m512 l2e = _mm512_set1_ps(sc * LOG2E), ml = _mm512_set1_ps(m * LOG2E), s0 = _mm512_setzero_ps(), s1 = s0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     __m512 e0 = exp2_16(_mm512_fmsub_ps(_mm512_loadu_ps(x + i), l2e, ml));
@@ -266,9 +266,9 @@ static float vmax(const float *x, int64_t n) {
   for (; i < n; i++) m = x[i] > m ? x[i] : m;
   return m;
 }
-static float vexp(const float *x, float *y, int64_t n, float m) {
-  if (huge_max(m)) return vexp_far(x, y, n, m);
-  __m256 l2e = _mm256_set1_ps(LOG2E), ml = _mm256_set1_ps(m * LOG2E), s0 = _mm256_setzero_ps(), s1 = s0;
+static float vexp_s(const float *x, float *y, int64_t n, float sc, float m) {
+  if (huge_max(m)) return vexp_far(x, y, n, sc, m);
+  __m256 l2e = _mm256_set1_ps(sc * LOG2E), ml = _mm256_set1_ps(m * LOG2E), s0 = _mm256_setzero_ps(), s1 = s0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     __m256 e0 = exp2_8(_mm256_fmsub_ps(_mm256_loadu_ps(x + i), l2e, ml));
@@ -279,7 +279,7 @@ static float vexp(const float *x, float *y, int64_t n, float m) {
   }
   float t = hsum8(_mm256_add_ps(s0, s1));
   for (; i < n; i++) {
-    float e = expz(x[i] - m);
+    float e = expz(sc * x[i] - m);
     if (y) y[i] = e;
     t += e;
   }
@@ -291,10 +291,10 @@ static float vmax(const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
   return m;
 }
-static float vexp(const float *x, float *y, int64_t n, float m) {
+static float vexp_s(const float *x, float *y, int64_t n, float sc, float m) {
   float acc[16] = {0};
   for (int64_t i = 0; i < n; i++) {
-    float e = expz(x[i] - m);
+    float e = expz(sc * x[i] - m);
     if (y) y[i] = e;
     acc[i & 15] += e;
   }
@@ -317,6 +317,7 @@ static void stream_fence(void) { _mm_sfence(); }
 static void stream_row(float *dst, const float *src, int64_t n) { memcpy(dst, src, sizeof(float) * (size_t)n); }
 static void stream_fence(void) {}
 #endif
+static float vexp(const float *x, float *y, int64_t n, float m) { return vexp_s(x, y, n, 1.0f, m); }
 static float vexp_store(const float *x, float *y, int64_t n, float m) { return vexp(x, y, n, m); }
 static float vexp_sum(const float *x, int64_t n, float m) { return vexp(x, NULL, n, m); }
 
@@ -1091,6 +1092,23 @@ typedef struct {
   _Atomic int oom;
 } chain_ctx;
 
+// A softmax stage whose only input is the previous stage's row (no prologue).
+static bool softmax_of_prev(const wk_step *st) {
+  return st->op == WK_OP_SOFTMAX && !st->prog.n && st->in[0].slot < 0;
+}
+
+// Softmax into a softmax: the first leaves its exps e unnormalized and hands over
+// p = 1 / sum(e); the second reads its input e * p inside its exp, as exp(p*e - p)
+// (the input's max is p * max(e) = p: the max entry's exp is 1), which saves the
+// first's scaling pass and the second's max pass.
+static float chain_softmax(const float *x, float *dst, int64_t D, float pend, bool defer) {
+  float sum = pend > 0 ? vexp_s(x, dst, D, pend, pend) : vexp_store(x, dst, D, vmax(x, D));
+  float inv = 1.0f / sum;
+  if (defer) return inv;
+  for (int64_t i = 0; i < D; i++) dst[i] *= inv;
+  return 0;
+}
+
 static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
   (void)tid;
   chain_ctx *c = vc;
@@ -1101,6 +1119,7 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
   float *ping = sc.p, *pong = sc.p + D, *tmp = sc.p + 2 * D;
   for (int64_t r = rb; r < re; r++) {
     const float *cur = NULL;
+    float pend = 0; // > 0: cur holds a softmax's unnormalized exps, to be scaled by pend
     for (int j = 0; j < c->n; j++) {
       const wk_step *st = &c->s[j];
       float *dst = cur == ping ? pong : ping;
@@ -1118,7 +1137,9 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
       }
       float eps = st->attrs.f[0];
       switch (st->op) {
-        case WK_OP_SOFTMAX: softmax_row(x, dst, D, false); break;
+        case WK_OP_SOFTMAX: // pend > 0 only here: a deferring softmax is followed by softmax_of_prev
+          pend = chain_softmax(x, dst, D, pend, j + 1 < c->n && softmax_of_prev(&c->s[j + 1]));
+          break;
         case WK_OP_LOG_SOFTMAX: softmax_row(x, dst, D, true); break;
         case WK_OP_RMS_NORM: rms_row(x, dst, D, eps, c->w[j]); break;
         default: ln_row(x, dst, D, eps, c->w[j], c->b[j]); break;
