@@ -151,6 +151,9 @@ static float vsqdev(const float *x, int64_t n, float c) {
   for (; i < n; i++) { float d = x[i] - c; acc[i & 15] += d * d; }
   return hsum16(acc);
 }
+// max, and exp with its sums, written with intrinsics: the compiler does not
+// vectorize the branchy scalar forms (roundf, compares under -ftrapping-math).
+#if defined(__AVX512F__) || defined(__AVX2__)
 // A row whose max is so negative (a row of -FLT_MAX masks, say) that m * log2(e)
 // overflows: the fused x*log2(e) - m*log2(e) below would be -inf - -inf = NaN, so
 // such rows take the plain exp(x - m).
@@ -164,8 +167,7 @@ static inline float vexp_far(const float *x, float *y, int64_t n, float sc, floa
   }
   return t;
 }
-// max, and exp with its sums, written with intrinsics: the compiler does not
-// vectorize the branchy scalar forms (roundf, compares under -ftrapping-math).
+#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 // exp(x - m) computed as 2^t, t = x*log2(e) - m*log2(e) (one fused rounding), split

@@ -29,9 +29,7 @@ WK_AI vf v_h(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_set1_epi16((short
 WK_AI __m512i v_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 WK_AI __m512i v_i8(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 WK_AI vf v_cvt(__m512i a) { return _mm512_cvtepi32_ps(a); }
-WK_AI __m512i v_lo4(__m512i a) { return _mm512_and_si512(a, _mm512_set1_epi32(15)); }
 WK_AI __m512i v_hi4(__m512i a) { return _mm512_srli_epi32(a, 4); }
-WK_AI __m512i v_sub8(__m512i a) { return _mm512_sub_epi32(a, _mm512_set1_epi32(8)); }
 #else
 #define VL 8
 typedef __m256 vf;
