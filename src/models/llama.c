@@ -106,7 +106,8 @@ static void free_weights(wk_model *m) {
   wk_tensor_free(m->embed);
   wk_tensor_free(m->norm);
   wk_tensor_free(m->lm_head);
-  m->embed = m->norm = m->lm_head = NULL;
+  wk_tensor_free(m->rope_factors);
+  m->embed = m->norm = m->lm_head = m->rope_factors = NULL;
 }
 
 // Moves one weight (NULL is fine) to dev, evaluated. Quantized blocks move as they
@@ -179,6 +180,15 @@ static wk_status load_weights(wk_model *m, source *s, int gguf) {
   const char *const *nm = gguf ? gguf_names : hf_names;
   m->embed = get_shaped(s, gguf ? "token_embd.weight" : "model.embed_tokens.weight", 1, V, H);
   m->norm = get_shaped(s, gguf ? "output_norm.weight" : "model.norm.weight", 1, H, -1);
+  // llama.cpp's converter stores Llama 3's scaled frequencies as per-dimension divisors
+  if (gguf && src_has(s, "rope_freqs.weight")) {
+    m->rope_factors = get_shaped(s, "rope_freqs.weight", 1, D / 2, -1);
+    const float *f = m->rope_factors && wk_tensor_dtype(m->rope_factors) == WK_F32 ? wk_tensor_data(m->rope_factors) : NULL;
+    bool ok = f != NULL;
+    for (int64_t i = 0; ok && i < D / 2; i++) ok = f[i] > 0 && isfinite(f[i]);
+    if (!ok) return wk_error(WK_ERR_ARG, "model %s: tensor 'rope_freqs.weight' must be f32 [%lld] of positive factors", s->path,
+                             (long long)(D / 2));
+  }
   if (!m->embed || !m->norm) return WK_ERR_ARG;
   const char *head = gguf ? "output.weight" : "lm_head.weight";
   // HF ties lm_head to the embeddings whenever tie_word_embeddings is set, even if
@@ -253,6 +263,30 @@ static wk_status gguf_float(wk_gguf *g, const char *arch, const char *key, doubl
   return wk_gguf_get_float(g, k, out);
 }
 
+// RoPE scaling from llama.cpp's keys: rope.scaling.type none / linear / yarn with its
+// factor and original context (yarn's betas and attention factor take transformers'
+// defaults, as llama.cpp's converter writes none of them). Llama 3's scaling comes as
+// a rope_freqs tensor instead (read with the weights).
+static wk_status gguf_rope_scaling(wk_gguf *g, const char *arch, const char *path, wk_model_config *c) {
+  char k[128];
+  snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+  const char *type = "none";
+  if (wk_gguf_has_key(g, k) && wk_gguf_get_str(g, k, &type)) return wk_error(WK_ERR_ARG, "model %s: %s", path, wk_last_error());
+  wk_rope_scaling *r = &c->rope_scaling;
+  *r = (wk_rope_scaling){.type = WK_ROPE_DEFAULT, .factor = 1, .beta_fast = 32, .beta_slow = 1};
+  if (!strcmp(type, "none")) return WK_OK;
+  if (strcmp(type, "linear") && strcmp(type, "yarn"))
+    return wk_error(WK_ERR_ARG, "model %s: %s '%s' is not supported (none, linear, yarn)", path, k, type);
+  r->type = strcmp(type, "linear") ? WK_ROPE_YARN : WK_ROPE_LINEAR;
+  snprintf(k, sizeof k, "%s.rope.scaling.factor", arch);
+  wk_status st = wk_gguf_has_key(g, k) ? wk_gguf_get_float(g, k, &r->factor)
+                                       : wk_error(WK_ERR_ARG, "model %s: %s is required for rope scaling %s", path, k, type);
+  if (!st && !(r->factor > 0)) st = wk_error(WK_ERR_ARG, "model %s: %s = %g must be > 0", path, k, r->factor);
+  if (!st && r->type == WK_ROPE_YARN) st = gguf_int(g, arch, "rope.scaling.original_context_length",
+                                                    &r->original_max_position_embeddings, 1);
+  return st;
+}
+
 wk_status wk_llama_load_gguf(wk_model *m, const char *path) {
   wk_gguf *g = wk_gguf_open(path);
   if (!g) return WK_ERR_IO;
@@ -299,17 +333,7 @@ wk_status wk_llama_load_gguf(wk_model *m, const char *path) {
                   path, arch, (long long)rope_dim, (long long)c->head_dim);
     goto done;
   }
-  char k[128];
-  snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
-  const char *scaling = NULL;
-  if (wk_gguf_has_key(g, k) && !wk_gguf_get_str(g, k, &scaling) && strcmp(scaling, "none")) {
-    st = wk_error(WK_ERR_ARG, "model %s: %s '%s' is not supported yet (only default RoPE)", path, k, scaling);
-    goto done;
-  }
-  if (wk_gguf_find_tensor(g, "rope_freqs.weight")) {
-    st = wk_error(WK_ERR_ARG, "model %s: tensor 'rope_freqs.weight' (llama3 RoPE scaling) is not supported yet", path);
-    goto done;
-  }
+  if ((st = gguf_rope_scaling(g, arch, path, c))) goto done;
   wk_clear_error();
   const wk_gguf_tensor *emb = wk_gguf_find_tensor(g, "token_embd.weight");
   if (!emb || emb->ndim != 2) {
@@ -516,9 +540,16 @@ typedef struct {
 // NULL with ri->inv NULL for default RoPE (or on failure, with the error set).
 static void rope_inputs(const wk_model *m, int64_t seq_len, rope_in *ri) {
   float inv[512];
+  int64_t half = m->cfg.head_dim / 2;
   ri->inv = NULL;
   ri->attn = 1.0f;
-  if (m->cfg.head_dim / 2 > 512 || !wk_llama_rope_freqs(&m->cfg, seq_len, inv, &ri->attn)) return;
+  if (half > 512) return;
+  bool scaled = wk_llama_rope_freqs(&m->cfg, seq_len, inv, &ri->attn);
+  const float *div = m->rope_factors ? wk_tensor_data(m->rope_factors) : NULL;
+  if (!scaled && !div) return;   // plain RoPE: the kernel's own theta^(-2i/D)
+  for (int64_t i = 0; !scaled && i < half; i++)
+    inv[i] = (float)(1.0 / pow(m->cfg.rope_theta, (double)(2 * i) / (double)m->cfg.head_dim));
+  for (int64_t i = 0; div && i < half; i++) inv[i] /= div[i];
   ri->inv = wk_from_data(1, (int64_t[]){m->cfg.head_dim / 2}, WK_F32, inv);
   wk_device dev = wk_model_device(m);
   if (ri->inv && dev != WK_CPU) ri->inv = wk_to_device(ri->inv, dev);

@@ -31,6 +31,7 @@ struct wk_model {
   wk_tensor *embed;           // [V, H]
   wk_tensor *norm;            // [H]
   wk_tensor *lm_head;         // [V, H]; a reference to embed when tied
+  wk_tensor *rope_factors;    // [D/2] divisors of RoPE's frequencies (GGUF rope_freqs.weight, Llama 3), or NULL
   wk_llama_layer *layers;     // cfg.num_hidden_layers
   const wk_lora_hook *lora;   // NULL: no adapter active
 };
