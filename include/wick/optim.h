@@ -49,6 +49,15 @@ void wk_optim_free(wk_optim *o);
 // On failure the state is unchanged.
 wk_status wk_optim_step(wk_optim *o, wk_tensor *const *params, wk_tensor *const *grads, float lr, float grad_scale,
                         wk_tensor **out);
+// The same in two halves, so that one evaluation can hold a whole training step:
+// wk_optim_prepare builds the update lazily into all[0 .. n * (1 + state per param))
+// (new references; gradients scaled by grad_scale and, when non-NULL, by the 0-d
+// tensor scale_t), the caller evaluates all[] with whatever else it needs, then
+// either wk_optim_commit(o, all, out) takes them (out as in wk_optim_step) or it frees
+// them and the state is unchanged.
+wk_status wk_optim_prepare(wk_optim *o, wk_tensor *const *params, wk_tensor *const *grads, float lr, float grad_scale,
+                           wk_tensor *scale_t, wk_tensor **all);
+void wk_optim_commit(wk_optim *o, wk_tensor **all, wk_tensor **out);
 int64_t wk_optim_steps(const wk_optim *o);   // updates done so far
 // The state as named tensors (for checkpoints): "exp_avg.<i>", "exp_avg_sq.<i>" or
 // "momentum.<i>"; wk_optim_state_count tells how many. Owned by o.
@@ -63,6 +72,9 @@ double wk_global_norm(int n, wk_tensor *const *ts);
 // torch.nn.utils.clip_grad_norm_'s factor: min(1, max_norm / (norm + 1e-6)); 1 when
 // max_norm <= 0 (no clipping).
 float wk_clip_coef(double norm, float max_norm);
+// Both as lazy 0-d f32 tensors on the tensors' device (f32 arithmetic throughout).
+wk_tensor *wk_global_norm_lazy(int n, wk_tensor *const *ts);
+wk_tensor *wk_clip_coef_lazy(wk_tensor *norm, float max_norm);
 
 // ---- schedules (transformers' get_*_schedule_with_warmup) ----
 typedef enum { WK_SCHED_CONSTANT = 0, WK_SCHED_LINEAR, WK_SCHED_COSINE, WK_SCHED_WARMUP_COSINE } wk_schedule_kind;

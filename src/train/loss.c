@@ -20,22 +20,26 @@ typedef struct {
 
 #define COUNTED_ALIGN 64
 
-static counted_rows select_counted(wk_tensor *targets) {
+// From labels [B, T] (position t + 1's label is row b * (T - 1) + t's target), read on
+// the host: a batch made there is read in place, a device one is copied back (a
+// transfer, not a kernel). The selection is made on dev.
+static counted_rows select_counted(wk_tensor *labels, wk_device dev) {
   counted_rows c = {0};
-  wk_tensor *host = wk_to_device(targets, WK_CPU);
+  wk_tensor *host = wk_tensor_device(labels) == WK_CPU ? labels : wk_to_device(labels, WK_CPU);
   const int32_t *lab = host ? wk_tensor_data(host) : NULL;
-  int64_t total = wk_numel(targets), n = 0;
-  for (int64_t i = 0; lab && i < total; i++) n += lab[i] != WK_IGNORE_INDEX;
+  int64_t B = wk_dim(labels, 0), T = wk_dim(labels, 1), total = B * (T - 1), n = 0;
+  for (int64_t b = 0; lab && b < B; b++)
+    for (int64_t t = 1; t < T; t++) n += lab[b * T + t] != WK_IGNORE_INDEX;
   int64_t padded = (n + COUNTED_ALIGN - 1) / COUNTED_ALIGN * COUNTED_ALIGN;
   int32_t *idx = lab && padded && padded * 4 <= total * 3 ? malloc(sizeof(int32_t) * (size_t)padded * 2) : NULL;
   if (idx) { // worth it when at least a quarter of the rows go
     int32_t *tg = idx + padded;
     int64_t k = 0;
-    for (int64_t i = 0; i < total; i++)
-      if (lab[i] != WK_IGNORE_INDEX) idx[k] = (int32_t)i, tg[k++] = lab[i];
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t t = 1; t < T; t++)
+        if (lab[b * T + t] != WK_IGNORE_INDEX) idx[k] = (int32_t)(b * (T - 1) + t - 1), tg[k++] = lab[b * T + t];
     for (; k < padded; k++) idx[k] = 0, tg[k] = WK_IGNORE_INDEX;
     int64_t shape[2] = {1, padded};
-    wk_device dev = wk_tensor_device(targets);
     c.rows = wk_to_device(wk_from_data(1, &padded, WK_I32, idx), dev);
     c.targets = wk_to_device(wk_from_data(2, shape, WK_I32, tg), dev);
     free(idx);
@@ -66,11 +70,11 @@ wk_tensor *wk_causal_lm_loss(wk_model *m, wk_tensor *ids, wk_tensor *labels) {
   int64_t T = wk_dim(ids, 1);
   wk_scope_begin();
   wk_device dev = wk_model_device(m);   // host batches follow the weights
+  counted_rows c = select_counted(labels, dev);
   if (wk_tensor_device(ids) != dev) ids = wk_to_device(ids, dev);
   if (wk_tensor_device(labels) != dev) labels = wk_to_device(labels, dev);
   // the last position predicts nothing, so it is left out of the forward pass
   wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1), *targets = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
-  counted_rows c = select_counted(targets);
   wk_tensor *logits = NULL;
   if (c.rows) {
     wk_tensor *x = wk_llama_embed(m, in);
@@ -108,7 +112,7 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
   // forward, keeping only each block's input
   wk_scope_begin();
   wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1), *tg = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
-  counted_rows c = select_counted(tg);
+  counted_rows c = select_counted(labels, wk_tensor_device(tg));
   if (!s) s = (xs[0] = wk_keep(wk_llama_embed(m, in))) && !wk_eval(1, &xs[0]) ? WK_OK : WK_ERR_STATE;
   for (int64_t l = 0; !s && l < L; l++) {
     wk_scope_begin();

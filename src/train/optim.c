@@ -103,17 +103,19 @@ static wk_tensor *sgd(const wk_optim *o, wk_tensor *p, wk_tensor *g, wk_tensor *
   return wk_sub(p, wk_mul_scalar(g, lr));
 }
 
-wk_status wk_optim_step(wk_optim *o, wk_tensor *const *params, wk_tensor *const *grads, float lr, float grad_scale,
-                        wk_tensor **out) {
-  if (!o || (o->n && (!params || !grads || !out))) return wk_error(WK_ERR_ARG, "optim_step: bad arguments");
+// The update as lazy tensors: all[0..n) the new parameters, all[n..) the new state
+// (kept references). The gradients are scaled by grad_scale, and by the 0-d tensor
+// scale_t when given (a clip factor computed on the device).
+wk_status wk_optim_prepare(wk_optim *o, wk_tensor *const *params, wk_tensor *const *grads, float lr, float grad_scale,
+                           wk_tensor *scale_t, wk_tensor **all) {
+  if (!o || (o->n && (!params || !grads || !all))) return wk_error(WK_ERR_ARG, "optim_step: bad arguments");
   if (lr < 0) lr = o->c.lr;
   int per = o->per_param, n = o->n, total = n * (1 + per);
-  wk_tensor **all = calloc((size_t)(total ? total : 1), sizeof *all);
-  if (!all) return wk_error(WK_ERR_OOM, "optim_step: out of memory");
   wk_scope_begin();
   wk_status s = WK_OK;
   for (int i = 0; i < n && !s; i++) {
     wk_tensor *g = grad_scale == 1.0f ? grads[i] : wk_mul_scalar(grads[i], grad_scale);
+    if (scale_t) g = wk_mul(g, scale_t);
     wk_tensor **st = all + n + i * per;
     for (int k = 0; k < per; k++) st[k] = o->state[i * per + k];
     all[i] = o->c.kind == WK_OPT_ADAMW ? adamw(o, params[i], g, st, lr, o->steps + 1) : sgd(o, params[i], g, st, lr);
@@ -121,17 +123,33 @@ wk_status wk_optim_step(wk_optim *o, wk_tensor *const *params, wk_tensor *const 
     for (int k = 0; k < per; k++)
       if (!st[k]) s = WK_ERR_STATE;
   }
-  if (!s) s = wk_eval(total, all);
-  if (!s) {
-    for (int i = 0; i < total; i++) wk_keep(all[i]);
-    for (int i = 0; i < n; i++) out[i] = all[i];
-    for (int k = 0; k < n * per; k++) {
-      wk_tensor_free(o->state[k]);
-      o->state[k] = all[n + k];
-    }
-    o->steps++;
-  }
+  for (int i = 0; i < total; i++) all[i] = s ? NULL : wk_keep(all[i]);
   wk_scope_end();
+  return s;
+}
+
+// Takes the evaluated update: out[i] get the new parameters (the caller's references),
+// the state is replaced and the step counted.
+void wk_optim_commit(wk_optim *o, wk_tensor **all, wk_tensor **out) {
+  int n = o->n;
+  for (int i = 0; i < n; i++) out[i] = all[i];
+  for (int k = 0; k < n * o->per_param; k++) {
+    wk_tensor_free(o->state[k]);
+    o->state[k] = all[n + k];
+  }
+  o->steps++;
+}
+
+wk_status wk_optim_step(wk_optim *o, wk_tensor *const *params, wk_tensor *const *grads, float lr, float grad_scale,
+                        wk_tensor **out) {
+  if (!o || (o->n && (!params || !grads || !out))) return wk_error(WK_ERR_ARG, "optim_step: bad arguments");
+  int total = o->n * (1 + o->per_param);
+  wk_tensor **all = calloc((size_t)(total ? total : 1), sizeof *all);
+  if (!all) return wk_error(WK_ERR_OOM, "optim_step: out of memory");
+  wk_status s = wk_optim_prepare(o, params, grads, lr, grad_scale, NULL, all);
+  if (!s) s = wk_eval(total, all);
+  if (!s) wk_optim_commit(o, all, out);
+  else for (int i = 0; i < total; i++) wk_tensor_free(all[i]);
   free(all);
   return s;
 }
@@ -158,17 +176,35 @@ wk_status wk_optim_set_state(wk_optim *o, int k, wk_tensor *t) {
   return WK_OK;
 }
 
-double wk_global_norm(int n, wk_tensor *const *ts) {
-  if (n <= 0) return 0;
-  wk_scope_begin();
+static wk_tensor *sum_of_squares(int n, wk_tensor *const *ts) {
   wk_tensor *acc = NULL;
   for (int i = 0; i < n; i++) {
     wk_tensor *sq = wk_sum(wk_square(ts[i]), 0, NULL, 0);
     acc = acc ? wk_add(acc, sq) : sq;
   }
+  return acc;
+}
+
+double wk_global_norm(int n, wk_tensor *const *ts) {
+  if (n <= 0) return 0;
+  wk_scope_begin();
+  wk_tensor *acc = sum_of_squares(n, ts);
   double v = acc ? (double)wk_item(acc) : NAN;
   wk_scope_end();
   return sqrt(v);
+}
+
+wk_tensor *wk_global_norm_lazy(int n, wk_tensor *const *ts) {
+  if (n <= 0) { wk_error(WK_ERR_ARG, "global_norm: no tensors"); return NULL; }
+  return wk_sqrt(sum_of_squares(n, ts));
+}
+
+wk_tensor *wk_clip_coef_lazy(wk_tensor *norm, float max_norm) {
+  // constants made from norm itself (0 * norm + c), so they live on its device
+  wk_tensor *zero = wk_mul_scalar(norm, 0.0f);
+  if (!(max_norm > 0)) return wk_add_scalar(zero, 1.0f);
+  wk_tensor *c = wk_div(wk_add_scalar(zero, max_norm), wk_add_scalar(norm, 1e-6f));
+  return wk_minimum(c, wk_add_scalar(zero, 1.0f));
 }
 
 float wk_clip_coef(double norm, float max_norm) {

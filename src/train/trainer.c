@@ -160,7 +160,15 @@ typedef struct {
   order ord;
   int n;                 // adapter tensors
   wk_tensor **params, **acc;
+  wk_tensor *loss;       // one_plan: the step's loss, not evaluated yet
 } trainer;
+
+// A step of one micro-batch without gradient checkpointing runs as one plan: the
+// loss, its gradients, their norm, the clip factor and the update are evaluated
+// together (on CUDA one graph launch), and the update is taken only when the loss
+// and the norm are finite. Otherwise (accumulation, checkpointing) the micro-batches'
+// gradients are evaluated first and the update follows from the norm read back.
+static bool one_plan(const wk_train_options *o) { return o->grad_accum == 1 && !o->grad_checkpoint; }
 
 static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, batch_t *b) {
   const wk_train_options *o = t->o;
@@ -178,6 +186,10 @@ static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, ba
   if (!g) s = wk_error(WK_ERR_OOM, "train: out of memory");
   else if (o->grad_checkpoint) {
     s = wk_causal_lm_value_and_grad_ckpt(t->m, b->ids, b->labels, t->n, t->params, g, loss);
+  } else if (one_plan(o)) {
+    wk_tensor *l = wk_causal_lm_loss(t->m, b->ids, b->labels);
+    s = l ? wk_grad(l, t->n, t->params, g) : WK_ERR_STATE;
+    if (!s) t->loss = wk_keep(l);
   } else s = wk_value_and_grad(wk_causal_lm_loss(t->m, b->ids, b->labels), t->n, t->params, g, loss);
   for (int i = 0; !s && i < t->n; i++) {
     // accumulate the sum; the optimizer scales by 1 / grad_accum
@@ -192,30 +204,70 @@ static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, ba
   return s;
 }
 
+// The one-plan step's evaluation: loss, norm and update together; *taken tells
+// whether the update was committed (both finite).
+static wk_status evaluate_step(trainer *t, int64_t step, float *loss, double *norm, bool *taken) {
+  const wk_train_options *o = t->o;
+  int total = t->n + wk_optim_state_count(t->opt);
+  wk_tensor **all = calloc((size_t)total + 2, sizeof *all), **next = calloc((size_t)t->n + 1, sizeof *next);
+  wk_status s = all && next ? WK_OK : wk_error(WK_ERR_OOM, "train: out of memory");
+  *taken = false;
+  wk_scope_begin();
+  wk_tensor *nt = s ? NULL : wk_global_norm_lazy(t->n, t->acc);
+  if (!s) s = nt ? WK_OK : WK_ERR_STATE;
+  wk_adapter_params(t->a, t->params);
+  if (!s) s = wk_optim_prepare(t->opt, t->params, t->acc, wk_schedule_lr(&o->schedule, step - 1), 1.0f,
+                               wk_clip_coef_lazy(nt, o->clip), all + 2);
+  if (!s) {
+    all[0] = t->loss, all[1] = nt;
+    s = wk_eval(total + 2, all);
+  }
+  if (!s) {
+    *loss = wk_item(t->loss);
+    *norm = (double)wk_item(nt);
+    if (isfinite(*loss) && isfinite(*norm)) {
+      wk_optim_commit(t->opt, all + 2, next);
+      for (int i = 0; i < t->n; i++) wk_adapter_set_param(t->a, i, next[i]), wk_tensor_free(next[i]);
+      *taken = true;
+    }
+  }
+  if (!*taken)
+    for (int i = 2; all && i < total + 2; i++) wk_tensor_free(all[i]);
+  wk_scope_end();
+  free(all);
+  free(next);
+  return s;
+}
+
 static wk_status train_step(trainer *t, int64_t step, float *loss, double *norm, int64_t *tokens) {
   const wk_train_options *o = t->o;
   double lsum = 0;
   *tokens = 0;
   wk_status s = WK_OK;
+  bool taken = false;
   for (int k = 0; k < o->grad_accum && !s; k++) {
     batch_t b = {0};
     float l = NAN;
     s = micro_step(t, step, k, &l, &b);
     *tokens += b.real;
     free_batch(&b);
+    if (!s && one_plan(o)) s = evaluate_step(t, step, &l, norm, &taken);
     if (!s && !isfinite(l))
       s = wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
                    "is intact); try a lower learning rate or clipping", isnan(l) ? "NaN" : "infinite", (long long)step);
     lsum += l;
   }
   *loss = (float)(lsum / o->grad_accum);
-  if (!s) {
+  if (!s && !taken && one_plan(o))   // the loss was finite: the norm was not
+    s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
+                 "(the last checkpoint is intact)", (long long)step);
+  if (!s && !one_plan(o)) {
     *norm = wk_global_norm(t->n, t->acc) / o->grad_accum;
     if (!isfinite(*norm))
       s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
                    "(the last checkpoint is intact)", (long long)step);
   }
-  if (!s) {
+  if (!s && !one_plan(o)) {
     float lr = wk_schedule_lr(&o->schedule, step - 1);
     float scale = wk_clip_coef(*norm, o->clip) / (float)o->grad_accum;
     wk_tensor **next = calloc((size_t)t->n, sizeof *next);
@@ -229,6 +281,8 @@ static wk_status train_step(trainer *t, int64_t step, float *loss, double *norm,
     wk_tensor_free(t->acc[i]);
     t->acc[i] = NULL;
   }
+  wk_tensor_free(t->loss);
+  t->loss = NULL;
   return s;
 }
 

@@ -59,13 +59,14 @@ static void write_data(const char *path) {
 
 typedef struct {
   float loss[64];
+  double norm[64];
   int64_t n;
   int64_t stop_at;
 } recorder;
 
 static int record(const wk_train_progress *p, void *user) {
   recorder *r = user;
-  if (p->step < 64) r->loss[p->step] = p->loss;
+  if (p->step < 64) r->loss[p->step] = p->loss, r->norm[p->step] = p->grad_norm;
   r->n = p->step;
   return r->stop_at && p->step >= r->stop_at;
 }
@@ -456,6 +457,69 @@ static void checkpointing(wk_model *m, const wk_dataset *d) {
   CHECK(dl <= 1e-4f, "losses with and without checkpointing agree (max diff %g)", (double)dl);
 }
 
+static float max_param_diff(wk_adapter *a, wk_adapter *b, bool *finite) {
+  int n = wk_adapter_params(a, NULL);
+  wk_tensor **pa = calloc((size_t)n, sizeof *pa), **pb = calloc((size_t)n, sizeof *pb);
+  wk_adapter_params(a, pa);
+  wk_adapter_params(b, pb);
+  float worst = 0;
+  *finite = true;
+  for (int i = 0; i < n; i++) {
+    float *x = read_all(pa[i]), *y = read_all(pb[i]);
+    for (int64_t k = 0; x && y && k < wk_numel(pa[i]); k++) {
+      worst = fmaxf(worst, fabsf(x[k] - y[k]));
+      *finite = *finite && isfinite(x[k]);
+    }
+    if (!x || !y) worst = INFINITY;
+    free(x), free(y);
+  }
+  free(pa), free(pb);
+  return worst;
+}
+
+// One micro-batch per step runs the loss, gradients, norm, clip factor and update as
+// one plan; it must follow the step-by-step path (taken with checkpointing) within
+// rounding, clipping active, and must not apply a non-finite update.
+static void one_plan_step(wk_model *m, const wk_dataset *d) {
+  recorder one = {0}, steps = {0};
+  wk_adapter *a = fresh(m), *b = fresh(m);
+  wk_train_options o = options(tmp_path("one_plan"), &one);
+  o.grad_accum = 1;
+  o.steps = 4;
+  o.clip = 0.05f;   // below the norms here: the factor is applied
+  wk_train_result r;
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK, "one-plan run: %s", wk_last_error());
+  o = options(tmp_path("step_by_step"), &steps);
+  o.grad_accum = 1;
+  o.steps = 4;
+  o.clip = 0.05f;
+  o.grad_checkpoint = true;
+  CHECK(wk_train(m, b, d, &o, &r) == WK_OK, "step-by-step run: %s", wk_last_error());
+  float dl = 0;
+  for (int s = 1; s <= 4; s++) dl = fmaxf(dl, fabsf(one.loss[s] - steps.loss[s]));
+  bool finite;
+  float dp = max_param_diff(a, b, &finite);
+  CHECK(dl <= 1e-4f && dp <= 1e-5f, "one plan == step by step (losses %g, parameters %g apart)", (double)dl, (double)dp);
+  CHECK(one.norm[1] > 0.05 && fabs(one.norm[1] - steps.norm[1]) <= 1e-4 * steps.norm[1],
+        "the clip factor was in play, and both paths saw the same norm (%g, %g)", one.norm[1], steps.norm[1]);
+  wk_adapter_free(b);
+  // an exploding step stops before its update: the adapter keeps the last finite values
+  recorder boom = {0};
+  b = fresh(m);
+  o = options(tmp_path("one_plan_nan"), &boom);
+  o.grad_accum = 1;
+  o.optim = wk_sgd_defaults();
+  o.optim.momentum = 0;
+  o.clip = 0;
+  o.schedule = (wk_schedule){.kind = WK_SCHED_CONSTANT, .lr = 1e30f};
+  wk_status st = wk_train(m, b, d, &o, &r);
+  CHECK(st != WK_OK && strstr(wk_last_error(), "before the update"), "a non-finite step stops: %s", wk_last_error());
+  (void)max_param_diff(b, b, &finite);
+  CHECK(finite, "the adapter holds no non-finite value after the stop");
+  wk_adapter_free(b);
+  wk_adapter_free(a);
+}
+
 int main(void) {
   snprintf(g_tmp, sizeof g_tmp, "/tmp/wick_trainer_XXXXXX");
   if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
@@ -467,6 +531,7 @@ int main(void) {
   CHECK(m && d && wk_dataset_size(d) == 24, "model and data");
   if (m && d) {
     checkpointing(m, d);
+    one_plan_step(m, d);
     resume_is_exact(m, d);
     nonfinite_stops(m, d);
     full_disk_keeps_checkpoint(m, d);
