@@ -547,8 +547,6 @@ static void rope_inputs(const wk_model *m, int64_t seq_len, rope_in *ri) {
   bool scaled = wk_llama_rope_freqs(&m->cfg, seq_len, inv, &ri->attn);
   const float *div = m->rope_factors ? wk_tensor_data(m->rope_factors) : NULL;
   if (!scaled && !div) return;   // plain RoPE: the kernel's own theta^(-2i/D)
-  for (int64_t i = 0; !scaled && i < half; i++)
-    inv[i] = (float)(1.0 / pow(m->cfg.rope_theta, (double)(2 * i) / (double)m->cfg.head_dim));
   for (int64_t i = 0; div && i < half; i++) inv[i] /= div[i];
   ri->inv = wk_from_data(1, (int64_t[]){m->cfg.head_dim / 2}, WK_F32, inv);
   wk_device dev = wk_model_device(m);
@@ -611,16 +609,27 @@ wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) {
   return linear(wk_rms_norm(x, f32(m->norm), (float)m->cfg.norm_eps), m->lm_head, NULL);
 }
 
-// last: the head reads only position T - 1 ([B, 1, V]: what generation samples from).
+// The hidden states [B, T, H] after the last block.
 // seq_len: the positions the sequence spans after this forward (dynamic RoPE scaling).
-static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask, bool last,
-                          int64_t seq_len) {
+static wk_tensor *hidden(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask,
+                         int64_t seq_len) {
   rope_in ri;
   rope_inputs(m, seq_len, &ri);
   wk_tensor *x = wk_llama_embed(m, ids);   // [B, T, H]
   for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) x = block(m, l, x, pos, cs, mask, &ri);
+  return x;
+}
+
+// last: the head reads only position T - 1 ([B, 1, V]: what generation samples from).
+static wk_tensor *forward(wk_model *m, wk_tensor *ids, int64_t pos, const cache_step *cs, wk_tensor *mask, bool last,
+                          int64_t seq_len) {
+  wk_tensor *x = hidden(m, ids, pos, cs, mask, seq_len);
   if (last && wk_dim(ids, 1) > 1) x = wk_slice(x, 1, wk_dim(ids, 1) - 1, wk_dim(ids, 1), 1);
   return wk_llama_head(m, x);               // [B, T, V]
+}
+
+wk_tensor *wk_llama_hidden(wk_model *m, wk_tensor *ids) {
+  return check_ids(m, ids) ? hidden(m, ids, 0, NULL, NULL, wk_dim(ids, 1)) : NULL;
 }
 
 wk_tensor *wk_model_forward(wk_model *m, wk_tensor *ids, int64_t pos_offset) {

@@ -65,6 +65,9 @@ wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w);
 wk_tensor *wk_llama_embed(wk_model *m, wk_tensor *ids);                          // [B, T, H] f32
 wk_tensor *wk_llama_block(wk_model *m, int64_t layer, wk_tensor *x, int64_t pos);  // [B, T, H]
 wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x);                            // [B, T, V]
+// The hidden states [B, T, H] of ids (on the model's device) after the last block, at
+// positions 0..T-1: wk_model_forward without the head.
+wk_tensor *wk_llama_hidden(wk_model *m, wk_tensor *ids);
 // Projection p's module inside a block: HF's "self_attn.q_proj", ..., "mlp.down_proj";
 // GGUF's "attn_q", ..., "ffn_down".
 const char *wk_llama_hf_module(wk_proj p);
@@ -72,7 +75,8 @@ const char *wk_llama_gguf_proj_name(wk_proj p);
 
 // RoPE scaling (rope_scaling.c): the inverse frequencies inv[D/2] and the cos/sin factor
 // *attn of c's rope type for a sequence of seq_len positions (dynamic NTK depends on it),
-// as transformers computes them. false (nothing written but *attn = 1) for default RoPE.
+// as transformers computes them. false for default RoPE (inv then holds theta^(-2i/D)
+// and *attn = 1: the rope kernel computes those itself).
 bool wk_llama_rope_freqs(const wk_model_config *c, int64_t seq_len, float *inv, float *attn);
 
 // Loaders (llama.c): fill m->cfg and the weights, or set the error and return nonzero.

@@ -72,6 +72,8 @@ bool wk_llama_rope_freqs(const wk_model_config *c, int64_t seq_len, float *inv, 
     }
     case WK_ROPE_LLAMA3: llama3(c, inv); return true;
     case WK_ROPE_YARN: yarn(c, inv, attn); return true;
-    default: return false;
+    default:   // plain RoPE: the frequencies all the same (a rope_freqs tensor divides them)
+      for (int64_t i = 0; i < dim / 2; i++) inv[i] = (float)base_inv(c->rope_theta, i, dim);
+      return false;
   }
 }

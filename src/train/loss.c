@@ -74,16 +74,9 @@ wk_tensor *wk_causal_lm_loss(wk_model *m, wk_tensor *ids, wk_tensor *labels) {
   if (wk_tensor_device(ids) != dev) ids = wk_to_device(ids, dev);
   if (wk_tensor_device(labels) != dev) labels = wk_to_device(labels, dev);
   // the last position predicts nothing, so it is left out of the forward pass
-  wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1), *targets = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
-  wk_tensor *logits = NULL;
-  if (c.rows) {
-    wk_tensor *x = wk_llama_embed(m, in);
-    for (int64_t l = 0; l < wk_model_get_config(m)->num_hidden_layers; l++) x = wk_llama_block(m, l, x, 0);
-    logits = head_logits(m, x, &c);
-  } else {
-    logits = wk_model_forward(m, in, 0);
-  }
-  wk_tensor *loss = wk_keep(wk_cross_entropy(logits, c.rows ? c.targets : targets, WK_IGNORE_INDEX, 1));
+  wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1);
+  wk_tensor *targets = c.rows ? c.targets : wk_contiguous(wk_slice(labels, 1, 1, T, 1));
+  wk_tensor *loss = wk_keep(wk_cross_entropy(head_logits(m, wk_llama_hidden(m, in), &c), targets, WK_IGNORE_INDEX, 1));
   wk_scope_end();
   return loss ? wk_node_finish(loss) : NULL;
 }
@@ -111,8 +104,9 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
   for (int i = 0; i < n; i++) grads[i] = NULL;
   // forward, keeping only each block's input
   wk_scope_begin();
-  wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1), *tg = wk_contiguous(wk_slice(labels, 1, 1, T, 1));
-  counted_rows c = select_counted(labels, wk_tensor_device(tg));
+  wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1);
+  counted_rows c = select_counted(labels, wk_tensor_device(labels));
+  wk_tensor *tg = c.rows ? c.targets : wk_contiguous(wk_slice(labels, 1, 1, T, 1));
   if (!s) s = (xs[0] = wk_keep(wk_llama_embed(m, in))) && !wk_eval(1, &xs[0]) ? WK_OK : WK_ERR_STATE;
   for (int64_t l = 0; !s && l < L; l++) {
     wk_scope_begin();
@@ -125,7 +119,7 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
   if (!s) {
     wk_set_trainable(xs[L], 1);
     wk_scope_begin();
-    wk_tensor *l = wk_cross_entropy(head_logits(m, xs[L], &c), c.rows ? c.targets : tg, WK_IGNORE_INDEX, 1);
+    wk_tensor *l = wk_cross_entropy(head_logits(m, xs[L], &c), tg, WK_IGNORE_INDEX, 1);
     s = wk_value_and_grad(l, 1, &xs[L], &g, loss);
     wk_keep(g);
     wk_scope_end();
