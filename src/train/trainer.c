@@ -204,14 +204,14 @@ static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, ba
   return s;
 }
 
-// The one-plan step's evaluation: loss, norm and update together; *taken tells
-// whether the update was committed (both finite).
-static wk_status evaluate_step(trainer *t, int64_t step, float *loss, double *norm, bool *taken) {
+// The one-plan step's evaluation: loss, norm and update together; the update is
+// committed only when the loss and the norm are both finite.
+static wk_status evaluate_step(trainer *t, int64_t step, float *loss, double *norm) {
   const wk_train_options *o = t->o;
   int total = t->n + wk_optim_state_count(t->opt);
   wk_tensor **all = calloc((size_t)total + 2, sizeof *all), **next = calloc((size_t)t->n + 1, sizeof *next);
   wk_status s = all && next ? WK_OK : wk_error(WK_ERR_OOM, "train: out of memory");
-  *taken = false;
+  bool taken = false;
   wk_scope_begin();
   wk_tensor *nt = s ? NULL : wk_global_norm_lazy(t->n, t->acc);
   if (!s) s = nt ? WK_OK : WK_ERR_STATE;
@@ -228,10 +228,10 @@ static wk_status evaluate_step(trainer *t, int64_t step, float *loss, double *no
     if (isfinite(*loss) && isfinite(*norm)) {
       wk_optim_commit(t->opt, all + 2, next);
       for (int i = 0; i < t->n; i++) wk_adapter_set_param(t->a, i, next[i]), wk_tensor_free(next[i]);
-      *taken = true;
+      taken = true;
     }
   }
-  if (!*taken)
+  if (!taken)
     for (int i = 2; all && i < total + 2; i++) wk_tensor_free(all[i]);
   wk_scope_end();
   free(all);
@@ -244,29 +244,23 @@ static wk_status train_step(trainer *t, int64_t step, float *loss, double *norm,
   double lsum = 0;
   *tokens = 0;
   wk_status s = WK_OK;
-  bool taken = false;
   for (int k = 0; k < o->grad_accum && !s; k++) {
     batch_t b = {0};
     float l = NAN;
     s = micro_step(t, step, k, &l, &b);
     *tokens += b.real;
     free_batch(&b);
-    if (!s && one_plan(o)) s = evaluate_step(t, step, &l, norm, &taken);
+    if (!s && one_plan(o)) s = evaluate_step(t, step, &l, norm);
     if (!s && !isfinite(l))
       s = wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
                    "is intact); try a lower learning rate or clipping", isnan(l) ? "NaN" : "infinite", (long long)step);
     lsum += l;
   }
   *loss = (float)(lsum / o->grad_accum);
-  if (!s && !taken && one_plan(o))   // the loss was finite: the norm was not
+  if (!s && !one_plan(o)) *norm = wk_global_norm(t->n, t->acc) / o->grad_accum;   // one plan: already read
+  if (!s && !isfinite(*norm))
     s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
                  "(the last checkpoint is intact)", (long long)step);
-  if (!s && !one_plan(o)) {
-    *norm = wk_global_norm(t->n, t->acc) / o->grad_accum;
-    if (!isfinite(*norm))
-      s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
-                   "(the last checkpoint is intact)", (long long)step);
-  }
   if (!s && !one_plan(o)) {
     float lr = wk_schedule_lr(&o->schedule, step - 1);
     float scale = wk_clip_coef(*norm, o->clip) / (float)o->grad_accum;
