@@ -1,10 +1,9 @@
-// Matmul with a block-quantized weight W [N, K] (GGUF layout: each row is K/block
-// blocks), and the dequantize op. W is never expanded whole: each thread expands a
-// panel of its rows into a buffer that stays in cache and runs the f32 kernels on it.
-//   decode (M <= 4 rows of x): panels of a few rows in L1, dot-product GEMV kernels;
-//     each thread streams its own rows of W once, so the cost is W's bytes (4.5-8.5
-//     bits a weight instead of 32).
-//   prefill / training (M > 4): panels of up to 256 rows in L2, the packed GEMM.
+// Matmul with a block-quantized (or f16/bf16) weight W [N, K] (GGUF layout: each row
+// is K/block blocks), and the dequantize op. W is never expanded whole:
+//   decode (M <= 4 rows of x): fused GEMV kernels where the type has them, else panels
+//     of a few rows expanded into L1 for the f32 GEMV; each thread streams its own
+//     rows of W once, so the cost is W's bytes (4.5-8.5 bits a weight instead of 32).
+//   prefill / training (M > 4): the packed GEMM expands W's blocks into its B panels.
 // Compiled per ISA like kernels.c.
 #include <stdlib.h>
 #include <string.h>
@@ -76,8 +75,7 @@ static void qmm_nt_task(void *vc, int64_t j0, int64_t j1, int tid) {
     for (size_t o = 0; o < nbytes; o += 64) __builtin_prefetch(nx + o);
     // Rows are contiguous in memory, so one call expands the whole panel.
     WK_ISA_FN(wk_cpu_dequant)(c->dt, c->w + (size_t)j * c->row_bytes, p, n * nb);
-    if (c->M <= 4) wk_gemv_f32_dot((int)c->M, c->K, n, c->x, c->K, p, c->K, c->y + j, c->N, 0.0f);
-    else wk_gemm_f32_serial(0, 1, c->M, n, c->K, 1.0f, c->x, c->K, p, c->K, 0.0f, c->y + j, c->N);
+    wk_gemv_f32_dot((int)c->M, c->K, n, c->x, c->K, p, c->K, c->y + j, c->N, 0.0f);
   }
 }
 
@@ -143,7 +141,7 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
     WK_ISA_FN(wk_cpu_load_f32)(xo, slots, 0, c.M * in, dense);
     c.x = dense;
   }
-  if (c.M > 4 && c.blk <= 256) {
+  if (c.M > 4) {
     wk_gemm_bsrc src = {.col = trans ? bsrc_col : NULL, .row = trans ? NULL : bsrc_row, .ctx = &c,
                         .kalign = trans ? c.blk : 1};
     wk_gemm_f32_bsrc(0, c.M, out, in, c.x, in, &src, 0.0f, c.y, out);
@@ -151,13 +149,11 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
     return WK_OK;
   }
   int T = wk_threads();
-  // Decode panels stay in L1 (~32 KB); batched ones in L2 (~768 KB, the GEMM packs from it).
-  int64_t width = trans ? c.K : 0;
+  // Decode (M <= 4 from here on): panels stay in L1 (~32 KB).
   int64_t items, grain;
-  if (trans && c.M <= 4) // probe: does this ISA have the fused kernel for the type?
-    c.fused = qgemv(c.dt, (int)c.M, c.K, 0, c.x, c.w, c.row_bytes, c.y, c.N);
   if (trans) {
-    c.panel = c.M <= 4 ? clamp64(8192 / width, 4, 64) : clamp64(196608 / width / 16 * 16, 16, 256);
+    c.fused = qgemv(c.dt, (int)c.M, c.K, 0, c.x, c.w, c.row_bytes, c.y, c.N);  // probe: a fused kernel for dt?
+    c.panel = clamp64(8192 / c.K, 4, 64);
     items = c.N;
     // a thread pays off once it streams ~64 KB of W
     grain = clamp64((int64_t)(65536 / (c.row_bytes ? c.row_bytes : 1)), c.panel, c.N > 0 ? c.N : 1);
