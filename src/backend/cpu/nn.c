@@ -15,6 +15,7 @@
 #include "dequant.h"
 #include "../kernel_math.h"
 #include "threadpool.h"
+#include "attn_operands.h"
 
 void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
 void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t start, int64_t n, float *out);
@@ -909,7 +910,6 @@ static wk_status ce_kernel(const wk_step *s, void *const *slots, bool bwd) {
 // max m, sum l per row) in between. No [T, S] matrix is ever stored.
 #define SDPA_BK 64
 #define SDPA_ROWS 64
-typedef struct { const float *p; int64_t s0, s1, s2; } mat4; // unit stride on the last axis
 
 // Keys or values: f32 rows read in place, or rows of another dtype (f16, bf16, or
 // q8_0 blocks: a KV cache) converted one block of SDPA_BK positions at a time, and
@@ -928,20 +928,6 @@ typedef struct {
   bool causal;
   _Atomic int oom;
 } sdpa_ctx;
-
-// A [B, H, N, D] operand as f32 with a unit last stride (converted into *owned if needed).
-static bool as_mat4(const wk_operand *o, void *const *slots, mat4 *m, float **owned) {
-  *owned = NULL;
-  if (direct_f32(o)) {
-    *m = (mat4){(const float *)slots[o->slot] + o->offset, o->stride[0], o->stride[1], o->stride[2]};
-    return true;
-  }
-  int64_t n = numel_of(o);
-  if (!(*owned = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)))) return false;
-  WK_ISA_FN(wk_cpu_load_f32)(o, slots, 0, n, *owned);
-  *m = (mat4){*owned, o->shape[1] * o->shape[2] * o->shape[3], o->shape[2] * o->shape[3], o->shape[3]};
-  return true;
-}
 
 // Rows [s0, s0 + n) of batch bb, kv head hk, as f32 with leading dimension *ld.
 static const float *kv_rows(const sdpa_ctx *c, const kvsrc *src, int64_t bb, int64_t hk, int64_t s0, int64_t n,
@@ -1050,22 +1036,8 @@ static wk_status sdpa_kernel(const wk_step *s, void *const *slots) {
   if (!kv_src(k, slots, &c.k) || !kv_src(&s->in[2], slots, &c.v))
     return wk_error(WK_ERR_STATE, "sdpa: q8_0 keys and values must be contiguous whole blocks along D");
   float *oq = NULL, *om = NULL;
-  bool fine = as_mat4(q, slots, &c.q, &oq);
-  if (fine && nin > 3) {
-    const wk_operand *mk = &s->in[3];
-    int64_t st[WK_MAX_DIMS];
-    if (mk->dtype == WK_F32) {
-      c.mask = (const float *)slots[mk->slot] + mk->offset;
-      memcpy(st, mk->stride, sizeof st);
-    } else if ((om = malloc(sizeof(float) * (size_t)(numel_of(mk) > 0 ? numel_of(mk) : 1)))) {
-      WK_ISA_FN(wk_cpu_load_f32)(mk, slots, 0, numel_of(mk), om);
-      wk_contiguous_strides(mk->ndim, mk->shape, st);
-      c.mask = om;
-    } else {
-      fine = false;
-    }
-    for (int d = 0; d < mk->ndim; d++) c.ms[4 - mk->ndim + d] = mk->shape[d] == 1 ? 0 : st[d];
-  }
+  bool fine = attn_mat4(q, slots, &c.q, &oq);
+  if (fine && nin > 3) fine = attn_mask(&s->in[3], slots, &c.mask, c.ms, &om);
   if (fine) {
     int64_t items = q->shape[0] * c.Hkv * c.ntq, flops = c.G * c.TQ * c.Se * c.D * 4;
     wk_parallel_for(items, flops >= (1 << 18) ? 1 : (1 << 18) / (flops ? flops : 1), sdpa_range, &c);

@@ -20,17 +20,16 @@
 #include "gemm.h"
 #include "../kernel_math.h"
 #include "threadpool.h"
+#include "attn_operands.h"
 
-void WK_ISA_FN(wk_cpu_load_f32)(const wk_operand *o, void *const *slots, int64_t start, int64_t n, float *out);
 wk_status WK_ISA_FN(wk_cpu_sdpa_bwd)(const wk_step *s, void *const *slots);
 
 #define BK 64     // keys per block: a [rows, BK] score tile per row chunk
 #define QR 256    // query rows per chunk: the score and dP tiles stay in L2
 
-typedef struct { const float *p; int64_t s0, s1, s2; } view4; // [B, H, N, D], unit last stride
 
 typedef struct {
-  view4 q, k, v, o, g;
+  mat4 q, k, v, o, g;
   const float *mask;
   int64_t ms[4];                // mask strides over [B, Hq, T, S] (0 on broadcast axes)
   int64_t Hq, Hkv, G, T, S, D;
@@ -40,27 +39,7 @@ typedef struct {
   _Atomic int oom;
 } bwd_ctx;
 
-static int64_t numel_of(const wk_operand *o) {
-  int64_t n = 1;
-  for (int d = 0; d < o->ndim; d++) n *= o->shape[d];
-  return n;
-}
-
-// A [B, H, N, D] operand as f32 with unit last stride, converted into *owned when it is not.
-static bool as_view4(const wk_operand *o, void *const *slots, view4 *m, float **owned) {
-  *owned = NULL;
-  if (o->dtype == WK_F32 && o->stride[3] == 1) {
-    *m = (view4){(const float *)slots[o->slot] + o->offset, o->stride[0], o->stride[1], o->stride[2]};
-    return true;
-  }
-  int64_t n = numel_of(o);
-  if (!(*owned = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)))) return false;
-  WK_ISA_FN(wk_cpu_load_f32)(o, slots, 0, n, *owned);
-  *m = (view4){*owned, o->shape[1] * o->shape[2] * o->shape[3], o->shape[2] * o->shape[3], o->shape[3]};
-  return true;
-}
-
-static const float *row_of(const view4 *m, int64_t b, int64_t h, int64_t t) {
+static const float *row_of(const mat4 *m, int64_t b, int64_t h, int64_t t) {
   return m->p + b * m->s0 + h * m->s1 + t * m->s2;
 }
 
@@ -236,24 +215,6 @@ static void bwd_range(void *vc, int64_t begin, int64_t end, int tid) {
   free(w.qs);
 }
 
-// The mask as f32 with strides over [B, Hq, T, S] (converted into *owned when not f32).
-static bool mask_view(bwd_ctx *c, const wk_operand *mk, void *const *slots, float **owned) {
-  int64_t st[WK_MAX_DIMS];
-  *owned = NULL;
-  if (mk->dtype == WK_F32) {
-    c->mask = (const float *)slots[mk->slot] + mk->offset;
-    memcpy(st, mk->stride, sizeof st);
-  } else {
-    int64_t n = numel_of(mk);
-    if (!(*owned = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)))) return false;
-    WK_ISA_FN(wk_cpu_load_f32)(mk, slots, 0, n, *owned);
-    wk_contiguous_strides(mk->ndim, mk->shape, st);
-    c->mask = *owned;
-  }
-  for (int d = 0; d < mk->ndim; d++) c->ms[4 - mk->ndim + d] = mk->shape[d] == 1 ? 0 : st[d];
-  return true;
-}
-
 wk_status WK_ISA_FN(wk_cpu_sdpa_bwd)(const wk_step *s, void *const *slots) {
   const wk_operand *q = &s->in[0], *k = &s->in[1];
   bwd_ctx c = {.Hq = q->shape[1], .Hkv = k->shape[1], .T = q->shape[2], .S = k->shape[2], .D = q->shape[3],
@@ -263,10 +224,10 @@ wk_status WK_ISA_FN(wk_cpu_sdpa_bwd)(const wk_step *s, void *const *slots) {
   c.dk = c.dq + B * c.Hq * c.T * c.D;
   c.dv = c.dk + B * c.Hkv * c.S * c.D;
   float *owned[6] = {0};
-  view4 *views[5] = {&c.q, &c.k, &c.v, &c.o, &c.g};
+  mat4 *views[5] = {&c.q, &c.k, &c.v, &c.o, &c.g};
   bool fine = true;
-  for (int i = 0; i < 5 && fine; i++) fine = as_view4(&s->in[i], slots, views[i], &owned[i]);
-  if (fine && s->nin > 5) fine = mask_view(&c, &s->in[5], slots, &owned[5]);
+  for (int i = 0; i < 5 && fine; i++) fine = attn_mat4(&s->in[i], slots, views[i], &owned[i]);
+  if (fine && s->nin > 5) fine = attn_mask(&s->in[5], slots, &c.mask, c.ms, &owned[5]);
   if (fine) {
     int64_t items = B * c.Hkv;
     if (c.T > 0 && c.S > 0 && c.D > 0) wk_parallel_for(items, 1, bwd_range, &c);
