@@ -29,6 +29,15 @@ static inline const char *fixture_in(const char *dir, const char *name) {
   return out;
 }
 
+// <dir>/<name> (a test's scratch directory, say), in one of four rotating static buffers.
+static inline const char *test_path_in(const char *dir, const char *name) {
+  static char buf[4][1024];
+  static int k;
+  char *out = buf[k++ & 3];
+  snprintf(out, sizeof buf[0], "%s/%s", dir, name);
+  return out;
+}
+
 // A whole file, NUL-terminated, its length in *len (caller frees); NULL if unreadable.
 static inline char *test_slurp(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");

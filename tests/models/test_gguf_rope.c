@@ -18,13 +18,7 @@
 
 static char g_dir[64];
 
-static const char *tmp(const char *name) {
-  static char buf[4][512];
-  static int k;
-  char *p = buf[k++ & 3];
-  snprintf(p, sizeof buf[0], "%s/%s", g_dir, name);
-  return p;
-}
+static const char *tmp(const char *name) { return test_path_in(g_dir, name); }
 
 typedef struct {
   const char *type;   // rope.scaling.type, or NULL

@@ -22,13 +22,7 @@ extern char **environ;
 
 static char g_tmp[64];
 
-static const char *tmp_path(const char *name) {
-  static char buf[4][512];
-  static int k;
-  char *p = buf[k++ & 3];
-  snprintf(p, sizeof buf[0], "%s/%s", g_tmp, name);
-  return p;
-}
+static const char *tmp_path(const char *name) { return test_path_in(g_tmp, name); }
 
 static void write_text(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
