@@ -467,8 +467,7 @@ static const wk_gemv_set *wk_gemv_for_isa(void) {
     return &wk_gemv_scalar_set;
 }
 
-static void wk_gemm_small(const wk_gemm_args *g, wk_cpu_isa_t isa, int swap) {
-    (void)isa;  // wk_gemv_for_isa reads the same setting
+static void wk_gemm_small(const wk_gemm_args *g, int swap) {
     const wk_gemv_set *set = wk_gemv_for_isa();
     wk_small_plan sp = {.g = g, .swap = swap};
     sp.rows = (int)(swap ? g->N : g->M);
@@ -532,8 +531,8 @@ static void wk_gemm_run(const wk_gemm_args *g) {
     }
     wk_cpu_isa_t isa = wk_cpu_isa();
     if (g->bsrc) wk_gemm_packed(g, isa);  // the small paths read B in place
-    else if (g->M <= WK_GEMV_MAXROWS) wk_gemm_small(g, isa, 0);
-    else if (g->N <= WK_GEMV_MAXROWS) wk_gemm_small(g, isa, 1);
+    else if (g->M <= WK_GEMV_MAXROWS) wk_gemm_small(g, 0);
+    else if (g->N <= WK_GEMV_MAXROWS) wk_gemm_small(g, 1);
     else wk_gemm_packed(g, isa);
 }
 
