@@ -356,15 +356,22 @@ static void put_row(const rctx *c, int64_t r, const float *y) {
 }
 
 // ---- softmax / log-softmax over the last axis ----
+// Softmax into a softmax: the first leaves its exps e unnormalized and hands over
+// p = 1 / sum(e); the second reads its input e * p inside its exp, as exp(p*e - p)
+// (the input's max is p * max(e) = p: the max entry's exp is 1), which saves the
+// first's scaling pass and the second's max pass. pend = 0, defer = false: a plain softmax.
+static float chain_softmax(const float *x, float *dst, int64_t D, float pend, bool defer) {
+  float sum = pend > 0 ? vexp_s(x, dst, D, pend, pend) : vexp_store(x, dst, D, vmax(x, D));
+  float inv = 1.0f / sum;
+  if (defer) return inv;
+  for (int64_t i = 0; i < D; i++) dst[i] *= inv;
+  return 0;
+}
+
 static void softmax_row(const float *x, float *y, int64_t D, bool log_sm) {
-  float m = vmax(x, D);
-  if (log_sm) {
-    float lse = m + logf(vexp_sum(x, D, m));
-    for (int64_t i = 0; i < D; i++) y[i] = x[i] - lse;
-  } else {
-    float inv = 1.0f / vexp_store(x, y, D, m);
-    for (int64_t i = 0; i < D; i++) y[i] *= inv;
-  }
+  if (!log_sm) { chain_softmax(x, y, D, 0, false); return; }
+  float m = vmax(x, D), lse = m + logf(vexp_sum(x, D, m));
+  for (int64_t i = 0; i < D; i++) y[i] = x[i] - lse;
 }
 
 static void softmax_rows(void *vc, int64_t b, int64_t e, int tid, bool log_sm) {
@@ -1069,18 +1076,6 @@ typedef struct {
 // A softmax stage whose only input is the previous stage's row (no prologue).
 static bool softmax_of_prev(const wk_step *st) {
   return st->op == WK_OP_SOFTMAX && !st->prog.n && st->in[0].slot < 0;
-}
-
-// Softmax into a softmax: the first leaves its exps e unnormalized and hands over
-// p = 1 / sum(e); the second reads its input e * p inside its exp, as exp(p*e - p)
-// (the input's max is p * max(e) = p: the max entry's exp is 1), which saves the
-// first's scaling pass and the second's max pass.
-static float chain_softmax(const float *x, float *dst, int64_t D, float pend, bool defer) {
-  float sum = pend > 0 ? vexp_s(x, dst, D, pend, pend) : vexp_store(x, dst, D, vmax(x, D));
-  float inv = 1.0f / sum;
-  if (defer) return inv;
-  for (int64_t i = 0; i < D; i++) dst[i] *= inv;
-  return 0;
 }
 
 static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
