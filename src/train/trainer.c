@@ -217,7 +217,7 @@ static wk_status evaluate_step(trainer *t, int64_t step, float *loss, double *no
   if (!s) s = nt ? WK_OK : WK_ERR_STATE;
   wk_adapter_params(t->a, t->params);
   if (!s) s = wk_optim_prepare(t->opt, t->params, t->acc, wk_schedule_lr(&o->schedule, step - 1), 1.0f,
-                               wk_clip_coef_lazy(nt, o->clip), all + 2);
+                               o->clip > 0 ? wk_clip_coef_lazy(nt, o->clip) : NULL, all + 2);
   if (!s) {
     all[0] = t->loss, all[1] = nt;
     s = wk_eval(total + 2, all);
