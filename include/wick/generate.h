@@ -13,7 +13,7 @@
 // Stops at: an EOS id (the tokenizer's eos and the model config's eos_token_id list;
 // its own text is not emitted), max_tokens, the context limit (the cache's maximum
 // context: wk_kv_cache_max_context, by default the model's max_position_embeddings,
-// counting a batch's padding; with sliding_window the oldest half of the cache is dropped
+// counting the sequence's own positions; with sliding_window its oldest half is dropped
 // instead: wk_kv_cache_drop_oldest), a stop string (matched in the generated text across token
 // boundaries; the text from the stop string on is not emitted, and text that might
 // begin a stop string is held back until it can't), or the callback returning
@@ -103,12 +103,19 @@ wk_status wk_generate_cached(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *
                              wk_generate_result *result);
 
 // Several prompts decoded as one batch: left-padded to the longest (the padding is
-// masked out: wk_kv_cache_set_padding), one forward per step for all of them. Each
-// has its own sampler (params.sampler, the same seed), stop state and result
-// (results: n entries, or NULL); the callback gets t->seq = the prompt's index and
-// its return stops that sequence only. Tokens equal wk_generate's one prompt at a time
-// up to float rounding (other matrix shapes, RoPE at padded positions), which changes
-// a greedy choice only where the top two logits are within ~1e-5.
+// masked out: wk_kv_cache_set_padding), one forward per step for the sequences still
+// going. Each behaves as if alone: its own sampler (params.sampler, the same seed),
+// stop state and result (results: n entries, or NULL), and its own context (max_context
+// counts its own tokens, not its padding; with sliding_window it forgets its own oldest
+// half when its own context is full). A sequence that stops leaves the batch: the
+// cache keeps the live rows only (and drops leading positions none of them sees), so
+// later steps compute only those; each batch size compiles its decode plan once. The
+// callback gets t->seq = the prompt's index and its return stops that sequence only.
+// Tokens equal wk_generate's one prompt at a time up to float rounding (other matrix
+// shapes; RoPE at positions shifted by the padding, which leaves the scores' relative
+// positions as they are), which changes a greedy choice only where the top two logits
+// are within ~1e-5. An empty prompt or one longer than the context is an error naming
+// it as "prompt K of N (prompts[K-1])".
 wk_status wk_generate_batch(wk_model *m, const wk_tokenizer *tok, size_t n, const int32_t *const *prompts,
                             const size_t *n_prompts, const wk_generate_params *params, wk_gen_callback cb,
                             void *user, wk_generate_result *results);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include "engine/engine.h"
+#include "gen/kv_batch.h"
 
 wk_generate_params wk_generate_defaults(void) {
   wk_generate_params p;
@@ -115,7 +116,6 @@ typedef struct {
   wk_sampler *s;
   buf raw, pend;            // bytes not yet released: incomplete UTF-8, possible stop-string starts
   wk_generate_result res;
-  int64_t pad;              // its leading padding positions in the batch
   int32_t next;             // the id it feeds at the next step
   bool done;
 } seq_state;
@@ -126,7 +126,7 @@ typedef struct {
   const wk_model_config *cfg;
   const wk_generate_params *p;
   int32_t eos_tok;
-  int64_t ctx, V;
+  int64_t ctx, V;           // ctx: the context of each sequence (its own positions, not padding)
   wk_gen_callback cb;
   void *user;
   float *probs;             // top_logprobs: the distribution and the alternatives
@@ -161,7 +161,7 @@ static wk_status release_text(const gen_shared *g, seq_state *q, int32_t id, boo
 }
 
 // Samples sequence `index`'s next token from its logits row and streams it; marks it
-// done when it stops. held: the positions the cache holds.
+// done when it stops. held: the sequence's own positions in the cache.
 static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, const float *row, int64_t held) {
   const wk_generate_params *p = g->p;
   wk_sample smp;
@@ -175,7 +175,7 @@ static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, con
   q->res.generated_tokens++;
   wk_gen_token gt = {smp.id, "", 0, smp.prob, smp.logprob, q->res.generated_tokens - 1, g->alts, n_top, index};
   bool eos = !p->ignore_eos && is_eos(g->cfg, g->eos_tok, smp.id);
-  bool full = g->ctx > 0 && held >= g->ctx && !p->sliding_window;
+  bool full = g->ctx > 0 && held >= g->ctx && !(p->sliding_window && g->ctx > 1);   // a window of 1 can't slide
   bool last = eos || q->res.generated_tokens >= p->max_tokens || full;
   size_t emit = 0;
   if (g->tok) {
@@ -211,8 +211,8 @@ static wk_tensor *step(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t 
 static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok, int64_t ctx, size_t B,
                             const int32_t *const *prompts, const size_t *n_prompts) {
   for (size_t b = 0; b < B; b++) {
-    char which[48] = "the prompt";
-    if (B > 1) snprintf(which, sizeof which, "prompt %zu", b);
+    char which[96] = "the prompt";   // both numberings: the CLI's -p count and the array index
+    if (B > 1) snprintf(which, sizeof which, "prompt %zu of %zu (prompts[%zu])", b + 1, B, b);
     if (!prompts[b] || !n_prompts[b])
       return wk_error(WK_ERR_ARG, "generate: %s is empty (0 tokens; want 1 to %lld)", which, (long long)ctx);
     if (ctx > 0 && (int64_t)n_prompts[b] > ctx)
@@ -232,20 +232,75 @@ static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok
 }
 
 // The prompts left-padded into one [B, T] block (T = the longest; the first `cached`
-// ids of a single prompt are already in the cache), padding recorded in q[b].pad.
+// ids of a single prompt are already in the cache), each row's padding in pad[b].
 static int32_t *pack_prompts(size_t B, const int32_t *const *prompts, const size_t *n_prompts, int64_t cached,
-                             seq_state *q, int64_t *T) {
+                             int64_t *pad, int64_t *T) {
   size_t longest = 0;
   for (size_t b = 0; b < B; b++) if (n_prompts[b] > longest) longest = n_prompts[b];
   *T = (int64_t)longest - cached;
   int32_t *ids = malloc(B * (size_t)*T * sizeof *ids);
   if (!ids) return NULL;
   for (size_t b = 0; b < B; b++) {
-    q[b].pad = (int64_t)(longest - n_prompts[b]);
+    pad[b] = (int64_t)(longest - n_prompts[b]);
     for (int64_t t = 0; t < *T; t++)   // padding repeats the first id: any valid id does
-      ids[(int64_t)b * *T + t] = t < q[b].pad ? prompts[b][0] : prompts[b][t - q[b].pad + cached];
+      ids[(int64_t)b * *T + t] = t < pad[b] ? prompts[b][0] : prompts[b][t - pad[b] + cached];
   }
   return ids;
+}
+
+// The sequences still decoding: cache row i holds sequence live[i] (n of them).
+typedef struct {
+  int64_t *live, *rows, n;   // rows: scratch for the rows kept
+  int32_t *next;             // the ids fed at the next step
+} batch;
+
+// After each sampling step: the sequences that stopped leave the batch, one whose own
+// context is full forgets its oldest half (sliding_window, as one sequence alone
+// would), and the positions no live row sees any more (padding, forgotten ones) are
+// dropped: one move of the cache's rows, and the next steps compute only live rows.
+static wk_status settle(const gen_shared *g, wk_kv_cache *c, const seq_state *q, batch *bt) {
+  int64_t len = wk_kv_cache_len(c), kept = 0, drop = len, half = g->ctx / 2;
+  for (int64_t i = 0; i < bt->n; i++) {
+    if (q[bt->live[i]].done) continue;
+    int64_t hidden = wk_kv_cache_row_hidden(c, i);
+    if (g->p->sliding_window && half && len - hidden >= g->ctx) {
+      wk_status st = wk_kv_cache_hide_front(c, i, half);
+      if (st) return st;
+      hidden += half;
+    }
+    bt->rows[kept] = i;
+    bt->live[kept++] = bt->live[i];
+    if (hidden < drop) drop = hidden;
+  }
+  bool changed = kept < bt->n || drop;
+  bt->n = kept;
+  return kept && changed ? wk_kv_cache_keep_rows(c, kept, bt->rows, drop) : WK_OK;
+}
+
+// Prefills ids [B, T] (pad: each row's left padding), then samples and feeds back the
+// live sequences' tokens until every one has stopped. *t1: when the first tokens were
+// sampled (the end of prefill).
+static wk_status run_batch(wk_model *m, wk_kv_cache *c, const gen_shared *g, seq_state *q, batch *bt,
+                           const int32_t *ids, int64_t T, double *t1) {
+  bool padded = false;
+  for (int64_t b = 0; b < bt->n; b++) padded |= bt->rows[b] > 0;
+  wk_status st = padded ? wk_kv_cache_set_padding(c, bt->n, bt->rows) : WK_OK;
+  wk_tensor *lg = st ? NULL : step(m, c, ids, bt->n, T);
+  if (!st && !lg) st = WK_ERR_STATE;
+  for (int64_t b = 0; b < bt->n; b++) bt->live[b] = b;
+  while (lg) {
+    const float *d = wk_tensor_data(lg);
+    int64_t len = wk_kv_cache_len(c);
+    for (int64_t i = 0; !st && i < bt->n; i++)   // each counts its own positions against the context
+      st = seq_token(g, &q[bt->live[i]], (int32_t)bt->live[i], d + i * g->V, len - wk_kv_cache_row_hidden(c, i));
+    if (!*t1) *t1 = now_s();
+    wk_tensor_free(lg);
+    lg = NULL;
+    if (st || (st = settle(g, c, q, bt)) || !bt->n) break;
+    for (int64_t i = 0; i < bt->n; i++) bt->next[i] = q[bt->live[i]].next;
+    if (!(lg = step(m, c, bt->next, bt->n, 1))) st = WK_ERR_STATE;
+  }
+  return st;
 }
 
 // Generates after B prompts at once (B > 1: an empty cache, left padding); with B = 1
@@ -271,9 +326,10 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
     return wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",
                     (long long)cached, n_prompts[0]);
   seq_state *q = calloc(B, sizeof *q);
-  int32_t *ids = NULL, *next = malloc(B * sizeof *next);
-  wk_tensor *lg = NULL;
-  if (!q || !next) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
+  batch bt = {malloc(2 * B * sizeof *bt.live), NULL, (int64_t)B, malloc(B * sizeof *bt.next)};
+  int32_t *ids = NULL;
+  if (!q || !bt.live || !bt.next) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
+  bt.rows = bt.live + B;
   if (p.top_logprobs && (!(g.probs = malloc((size_t)g.V * sizeof *g.probs)) ||
                          !(g.alts = malloc((size_t)p.top_logprobs * sizeof *g.alts)))) {
     st = wk_error(WK_ERR_OOM, "generate: out of memory");
@@ -287,40 +343,13 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
     q[b].res.prompt_tokens = (int64_t)n_prompts[b] - cached;
     for (size_t i = 0; i < n_prompts[b]; i++)   // also range-checks the ids
       if ((st = wk_sampler_accept(q[b].s, prompts[b][i]))) goto done;
-    if (!p.max_tokens) { q[b].res.stop = WK_STOP_MAX_TOKENS; q[b].done = true; }
+    if (!p.max_tokens) q[b].res.stop = WK_STOP_MAX_TOKENS;
   }
   if (!p.max_tokens) goto done;
   int64_t T;
-  if (!(ids = pack_prompts(B, prompts, n_prompts, cached, q, &T))) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
-  bool padded = false;
-  for (size_t b = 0; b < B; b++) padded |= q[b].pad > 0;
-  int64_t *pads = padded ? malloc(B * sizeof *pads) : NULL;
-  for (size_t b = 0; pads && b < B; b++) pads[b] = q[b].pad;
-  st = padded ? (pads ? wk_kv_cache_set_padding(c, (int64_t)B, pads) : wk_error(WK_ERR_OOM, "generate: out of memory")) : WK_OK;
-  free(pads);
-  if (st) goto done;
-
-  double t0 = now_s(), t1 = t0;
-  if (!(lg = step(m, c, ids, (int64_t)B, T))) { st = WK_ERR_STATE; goto done; }
-  for (;;) {
-    const float *d = wk_tensor_data(lg);
-    size_t active = 0;
-    for (size_t b = 0; b < B; b++) {
-      if (q[b].done) continue;
-      const float *row = d + (int64_t)b * g.V;
-      // the shared cache's length: padding takes positions of the context too
-      if ((st = seq_token(&g, &q[b], (int32_t)b, row, wk_kv_cache_len(c)))) goto done;
-      active += !q[b].done;
-    }
-    if (t1 == t0) t1 = now_s();
-    wk_tensor_free(lg);
-    lg = NULL;
-    if (!active) break;
-    for (size_t b = 0; b < B; b++) next[b] = q[b].next;   // finished ones feed their last id, unread
-    if (p.sliding_window && g.ctx > 1 && wk_kv_cache_len(c) >= g.ctx && (st = wk_kv_cache_drop_oldest(c, g.ctx / 2)))
-      goto done;
-    if (!(lg = step(m, c, next, (int64_t)B, 1))) { st = WK_ERR_STATE; goto done; }
-  }
+  if (!(ids = pack_prompts(B, prompts, n_prompts, cached, bt.rows, &T))) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
+  double t0 = now_s(), t1 = 0;
+  if ((st = run_batch(m, c, &g, q, &bt, ids, T, &t1))) goto done;
   double t2 = now_s();
   for (size_t b = 0; b < B; b++) {
     q[b].res.prefill_s = t1 - t0;
@@ -333,10 +362,10 @@ done:
     free(q[b].pend.p);
     wk_sampler_free(q[b].s);
   }
-  wk_tensor_free(lg);
   free(q);
   free(ids);
-  free(next);
+  free(bt.live);
+  free(bt.next);
   free(g.probs);
   free(g.alts);
   return st;

@@ -43,7 +43,8 @@ struct wk_kv_cache {
   // place (rows past len are undefined); NULL until then
   wk_tensor **k, **v;
   int64_t max_ctx;            // capacity: 0 = the model's max_position_embeddings
-  int64_t *pad, pad_batch;    // left-padded batches: row b's first pad[b] positions are padding
+  int64_t *pad, pad_batch;    // row b's first pad[b] positions are hidden: left padding, or what
+                              // its own sliding window forgot (gen/kv_batch.h)
   wk_dtype dtype;             // k/v storage: f32 (0, the default), f16, bf16 or q8_0
   int64_t shift;              // positions dropped from the front: position of entry i = shift + i
 };

@@ -2,7 +2,7 @@
 // wick generate on the tiny chat model of tests/fixtures/chat/model: --top-logprobs K
 // prints each token's K alternatives, equal to the library's (which
 // tests/gen/test_top_logprobs.c checks against the model's logits); several -p decode
-// as a batch whose tokens equal separate runs'.
+// as a batch whose tokens equal separate runs', each prompt with its own context.
 #include <string.h>
 #include <unistd.h>
 #include "check.h"
@@ -105,6 +105,24 @@ static void test_batch(void) {
   const char *empty[] = {"generate", "-m", MODEL, "-p", "Hello", "-p", "", NULL};
   rc = run(NULL, out, sizeof out, err, sizeof err, empty);
   CHECK(rc == 2 && strstr(err, "prompt 2 is empty"), "empty second prompt: rc %d: %s", rc, err);
+
+  // each prompt has its own context: "Hello" (4 tokens) beside one of 19 under
+  // --ctx-size 24 generates 24 - 4 + 1 = 21 tokens, as alone, and the long one 6
+  const char *own[] = {"generate", "-m", MODEL, "-n", "40", "--temp", "0", "--json", "--ignore-eos", "--ctx-size", "24",
+                       "-p", prompts[0], "-p", prompts[1], NULL};
+  rc = run(NULL, batch, sizeof batch, err, sizeof err, own);
+  int32_t a[64], b[64];
+  int na = ids_of(batch, 0, a, 64), nl = ids_of(batch, 1, b, 64);
+  CHECK(rc == 0 && na == 21 && nl == 6 && strstr(batch, "\"generated_tokens\": 21, \"prefill_tok_s\"") &&
+            strstr(batch, "\"stop\": \"context\""), "--ctx-size 24 batch: rc %d, %d and %d tokens: %s", rc, na, nl, err);
+  const char *alone[] = {"generate", "-m", MODEL, "-n", "40", "--temp", "0", "--json", "--ignore-eos", "--ctx-size", "24",
+                         "-p", prompts[0], NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, alone);
+  CHECK(rc == 0 && ids_of(out, -1, b, 64) == 21 && !memcmp(a, b, sizeof(int32_t) * 21), "--ctx-size 24 alone: rc %d", rc);
+  const char *over[] = {"generate", "-m", MODEL, "--ctx-size", "10", "-p", prompts[0], "-p", prompts[1], NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, over);
+  CHECK(rc != 0 && strstr(err, "prompt 2 of 2 (prompts[1]) has 19 tokens but the context holds 10"),
+        "a second prompt over --ctx-size: rc %d: %s", rc, err);
 }
 
 // --cache-type bf16 runs (tests/gen/test_kv_cache.c checks its logits); bad values, a q8_0 cache

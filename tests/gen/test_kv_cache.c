@@ -11,6 +11,7 @@
 #include "check.h"
 #include "fixtures.h"
 #include "engine/plan.h"
+#include "gen/kv_batch.h"
 #include "models/llama.h"
 #include "wick/generate.h"
 
@@ -202,6 +203,85 @@ static void test_forward_last(wk_model *m, int64_t V) {
   wk_kv_cache_free(b);
 }
 
+static wk_tensor *feed_rows(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t n) {
+  wk_tensor *t = wk_from_data(2, (int64_t[]){B, n}, WK_I32, ids);
+  wk_tensor *lg = wk_model_forward_cached(m, t, c);
+  wk_tensor_free(t);
+  return lg;
+}
+
+// Row b of a batched step's last-position logits [B, T, V] against one sequence's.
+static float row_diff(wk_tensor *batch, int64_t b, wk_tensor *one, int64_t V) {
+  const float *x = batch ? wk_tensor_data(batch) : NULL, *y = one ? wk_tensor_data(one) : NULL;
+  int64_t T = batch ? wk_dim(batch, 1) : 0;
+  return x && y ? max_abs_diff(x + ((b + 1) * T - 1) * V, y + (wk_dim(one, 1) - 1) * V, V) : 1e9f;
+}
+
+// A batch's rows leave it (gen/kv_batch.h): the rows kept, fed one more token each,
+// give the logits of caches of their own; hiding one row's oldest positions (its own
+// sliding window) equals dropping them from its own cache, and so does dropping them
+// from the batch (RoPE positions kept). f32 and f16 storage (rows of other byte sizes).
+static void test_keep_rows(wk_model *m, int64_t V) {
+  int32_t seq[3][11];
+  for (int b = 0; b < 3; b++)
+    for (int i = 0; i < 11; i++) seq[b][i] = (int32_t)((b * 71 + i * 37) % 250) + 1;
+  // f16: both sides round the same keys, whose f32 inputs differ by the batch's rounding
+  const wk_dtype dts[2] = {WK_F32, WK_F16};
+  const float tol[2] = {1e-5f, 3e-3f};
+  for (int k = 0; k < 2; k++) {
+    wk_kv_cache *c = wk_kv_cache_new(m), *one[3];
+    int32_t first[3][8], next[3];
+    wk_kv_cache_set_dtype(c, dts[k]);
+    for (int b = 0; b < 3; b++) {
+      memcpy(first[b], seq[b], sizeof first[b]);
+      one[b] = wk_kv_cache_new(m);
+      wk_kv_cache_set_dtype(one[b], dts[k]);
+      wk_tensor_free(feed(m, one[b], seq[b], 8));
+    }
+    wk_tensor_free(feed_rows(m, c, &first[0][0], 3, 8));
+    CHECK(wk_kv_cache_keep_rows(c, 2, (int64_t[]){0, 2}, 0) == WK_OK && c->batch == 2 && wk_dim(c->k[0], 0) == 2 &&
+              wk_kv_cache_len(c) == 8, "keep rows 0 and 2 of 3");
+    next[0] = seq[0][8];
+    next[1] = seq[2][8];
+    wk_tensor *lg = feed_rows(m, c, next, 2, 1), *a = feed(m, one[0], seq[0] + 8, 1), *b = feed(m, one[2], seq[2] + 8, 1);
+    float d0 = row_diff(lg, 0, a, V), d1 = row_diff(lg, 1, b, V);
+    CHECK(d0 < tol[k] && d1 < tol[k], "%s: rows kept vs their own caches: %g %g", wk_dtype_name(dts[k]), (double)d0, (double)d1);
+    wk_tensor_free(lg); wk_tensor_free(a); wk_tensor_free(b);
+
+    // row 0 forgets its first 3 positions, row 1 (sequence 2) none
+    CHECK(wk_kv_cache_hide_front(c, 0, 3) == WK_OK && wk_kv_cache_row_hidden(c, 0) == 3 &&
+              wk_kv_cache_row_hidden(c, 1) == 0, "hide 3 of row 0");
+    CHECK(wk_kv_cache_drop_oldest(one[0], 3) == WK_OK, "drop 3 of sequence 0 alone");
+    next[0] = seq[0][9];
+    next[1] = seq[2][9];
+    lg = feed_rows(m, c, next, 2, 1);
+    a = feed(m, one[0], seq[0] + 9, 1);
+    b = feed(m, one[2], seq[2] + 9, 1);
+    d0 = row_diff(lg, 0, a, V);
+    d1 = row_diff(lg, 1, b, V);
+    CHECK(d0 < tol[k] && d1 < tol[k], "%s: one row's window vs its own cache: %g %g", wk_dtype_name(dts[k]), (double)d0,
+          (double)d1);
+    wk_tensor_free(lg); wk_tensor_free(a); wk_tensor_free(b);
+
+    // sequence 2 alone, without the first 2 positions (hidden from neither: really dropped)
+    CHECK(wk_kv_cache_keep_rows(c, 1, (int64_t[]){1}, 2) == WK_OK && c->batch == 1 && wk_kv_cache_len(c) == 8 &&
+              c->shift == 2 && wk_kv_cache_row_hidden(c, 0) == 0 && !c->pad, "keep row 1, dropping 2 positions");
+    CHECK(wk_kv_cache_drop_oldest(one[2], 2) == WK_OK, "drop 2 of sequence 2 alone");
+    lg = feed(m, c, seq[2] + 10, 1);
+    b = feed(m, one[2], seq[2] + 10, 1);
+    d1 = row_diff(lg, 0, b, V);
+    CHECK(d1 < tol[k], "%s: after dropping from the batch: %g", wk_dtype_name(dts[k]), (double)d1);
+    wk_tensor_free(lg); wk_tensor_free(b);
+
+    CHECK(wk_kv_cache_keep_rows(c, 1, (int64_t[]){0}, 9) != WK_OK && strstr(wk_last_error(), "dropping 9 of 9"),
+          "dropping every position refused: %s", wk_last_error());
+    CHECK(wk_kv_cache_keep_rows(c, 1, (int64_t[]){1}, 0) != WK_OK && wk_kv_cache_hide_front(c, 0, 9) != WK_OK &&
+              wk_kv_cache_len(c) == 9, "a row out of range, hiding every position: refused");
+    wk_kv_cache_free(c);
+    for (int b2 = 0; b2 < 3; b2++) wk_kv_cache_free(one[b2]);
+  }
+}
+
 // Overflowing the maximum context is an error that names it; the cache stays usable.
 static void test_max_context(wk_model *m, int64_t V) {
   int32_t seq[12] = {1, 7, 3, 99, 42, 5, 17, 200, 8, 64, 3, 9};
@@ -281,6 +361,7 @@ int main(void) {
   test_sliding_window(m, V);
   test_decode_plan_reused(m);
   test_max_context(m, V);
+  test_keep_rows(m, V);
   test_forward_last(m, V);
   wk_model_free(m);
   test_q8_0_smollm2();
