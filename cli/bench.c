@@ -226,7 +226,20 @@ static void embed_release(void) {
   free(embed_env.out);
   memset(&embed_env, 0, sizeof embed_env);
 }
-static void embed_setup(const bench_case *c, bench_env *e) { (void)c; (void)e; }
+// CASE_BF16: the encoder's matrices in bf16 (bf16 products); f32 reloads the file,
+// since rounding back would keep the bf16 values.
+static void embed_setup(const bench_case *c, bench_env *e) {
+  (void)e;
+  wk_dtype want = c->flags & CASE_BF16 ? WK_BF16 : WK_F32;
+  if (wk_embedder_weight_dtype(embed_env.e) == want) return;
+  if (want == WK_F32) {
+    wk_embedder_free(embed_env.e);
+    embed_env.e = wk_embedder_load(EMBED_MODEL);
+  } else if (wk_embedder_set_weight_dtype(embed_env.e, want)) {
+    wk_embedder_free(embed_env.e);
+    embed_env.e = NULL;
+  }
+}
 static int embed_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   (void)e;
   (void)out;
@@ -294,6 +307,9 @@ static const bench_case cases[] = {
     {"embed_minilm/1", embed_setup, embed_run, 1, 0, 0, 0, 0, 0, 0},
     {"embed_minilm/32", embed_setup, embed_run, 32, 0, 0, 0, 0, 0, 0},
     {"embed_minilm/256", embed_setup, embed_run, 256, 0, 0, 0, 0, 0, 0},
+    {"embed_minilm_bf16/1", embed_setup, embed_run, 1, 0, 0, 0, 0, 0, CASE_BF16},
+    {"embed_minilm_bf16/32", embed_setup, embed_run, 32, 0, 0, 0, 0, 0, CASE_BF16},
+    {"embed_minilm_bf16/256", embed_setup, embed_run, 256, 0, 0, 0, 0, 0, CASE_BF16},
 };
 
 static int cmp_double(const void *a, const void *b) {

@@ -1,5 +1,5 @@
 #define _POSIX_C_SOURCE 200809L
-// wick embed [-m EMBED_MODEL] [-d cpu|cuda] [--input FILE] [--batch N] [--format json|npy] [-o FILE]:
+// wick embed [-m EMBED_MODEL] [-d cpu|cuda] [--dtype f32|bf16|f16] [--input FILE] [--batch N] [--format json|npy] [-o FILE]:
 // embeds each input line (stdin by default). json: one array per line, floats with 7
 // significant digits, written as each chunk of lines is done; npy: one float32 [n, dim]
 // array (NumPy .npy), written at the end.
@@ -104,6 +104,7 @@ int wick_embed_main(int argc, char **argv) {
   long batch = 256;
   bool npy = false;
   wk_device dev = WK_CPU;
+  wk_dtype wdt = WK_F32;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
@@ -114,6 +115,12 @@ int wick_embed_main(int argc, char **argv) {
       if (!(output = cli_opt_value("embed", argc, argv, &i))) return 2;
     } else if (!strcmp(a, "-d") || !strcmp(a, "--device")) {
       if (!(v = cli_opt_value("embed", argc, argv, &i)) || cli_parse_device("embed", v, &dev)) return 2;
+    } else if (!strcmp(a, "--dtype")) {
+      if (!(v = cli_opt_value("embed", argc, argv, &i))) return 2;
+      if (!strcmp(v, "f32")) wdt = WK_F32;
+      else if (!strcmp(v, "bf16")) wdt = WK_BF16;
+      else if (!strcmp(v, "f16")) wdt = WK_F16;
+      else return cli_user_error("embed", "bad --dtype '%s' (want f32, bf16 or f16)", v);
     } else if (!strcmp(a, "--batch")) {
       if (!(v = cli_opt_value("embed", argc, argv, &i))) return 2;
       if (cli_parse_int(v, 1, 4096, &batch)) return cli_user_error("embed", "bad --batch '%s' (want 1..4096)", v);
@@ -122,11 +129,14 @@ int wick_embed_main(int argc, char **argv) {
       if (strcmp(v, "json") && strcmp(v, "npy")) return cli_user_error("embed", "bad --format '%s' (want json or npy)", v);
       npy = !strcmp(v, "npy");
     } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      printf("usage: wick embed [-m EMBED_MODEL] [-d cpu|cuda] [--input FILE] [--batch N] [--format json|npy] [-o FILE]\n"
+      printf("usage: wick embed [-m EMBED_MODEL] [-d cpu|cuda] [--dtype f32|bf16|f16] [--input FILE] [--batch N]\n"
+             "                  [--format json|npy] [-o FILE]\n"
              "  Embeds each line of FILE (default stdin): one JSON array per line, or with --format npy\n"
              "  one float32 [lines, dim] NumPy array, to stdout or -o FILE. Lines are read N at a time\n"
              "  (default 256), sorted by length and encoded 32 at a time; texts longer than the model's\n"
              "  maximum length are truncated.\n"
+             "  --dtype: how the encoder's projection matrices are stored (default f32); with bf16 they\n"
+             "  multiply bf16-rounded inputs (twice as fast on CPUs with AVX512-BF16, cosine ~0.999 to f32).\n"
              "  EMBED_MODEL: a BERT-family model directory (default " WICK_DEFAULT_EMBED ")\n");
       return 0;
     } else if (a[0] == '-' && a[1]) return cli_user_error("embed", "unknown option '%s'", a);
@@ -141,7 +151,8 @@ int wick_embed_main(int argc, char **argv) {
   sink s = {stdout, npy, 0, NULL, 0, 0};
   int rc = 0;
   wk_embedder *e = wk_embedder_load(model);
-  if (!e || (dev != WK_CPU && wk_embedder_to_device(e, dev))) rc = cli_lib_error("embed");
+  if (!e || (wdt != WK_F32 && wk_embedder_set_weight_dtype(e, wdt)) || (dev != WK_CPU && wk_embedder_to_device(e, dev)))
+    rc = cli_lib_error("embed");
   if (!rc && output && strcmp(output, "-") && !(s.out = fopen(output, "wb")))
     rc = cli_user_error("embed", "cannot create -o %s", output);
   if (!rc) {

@@ -11,8 +11,9 @@ Files (each model directory is what save_pretrained writes, plus ref.safetensors
                   (vocab 256, hidden 64, 2 layers, 4 heads, 2 kv heads, intermediate 128,
                   rope_theta 1e4, rms eps 1e-5).
   llama_bf16/     the same weights saved in bf16. Its reference logits come from the
-                  bf16-rounded weights run in f32 (what wick does: cast to f32 at use), so
-                  the f32 tolerance applies to it as well.
+                  bf16-rounded weights run in f32 with every nn.Linear's input rounded to
+                  bf16 (what wick does: a bf16 weight multiplies bf16-rounded inputs,
+                  accumulating in f32), so the f32 tolerance applies to it as well.
   qwen2/          random-initialized tiny Qwen2ForCausalLM, f32 (vocab 256, hidden 32, 2 layers,
                   4 heads, 2 kv heads, intermediate 64): q/k/v bias, GQA, tied
                   embeddings, rope_theta 1e6, rms eps 1e-6.
@@ -82,10 +83,13 @@ def llama():
     m = randomize(LlamaForCausalLM(cfg), SEED + 1).float().eval()
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=torch.Generator().manual_seed(SEED + 2))
     save_model(m, "llama", ids)
-    # bf16 weights; reference = those weights run in f32
+    # bf16 weights; reference = those weights run in f32 on bf16-rounded linear inputs
     sd = {k: v.to(torch.bfloat16).float() for k, v in m.state_dict().items()}
     mr = LlamaForCausalLM(cfg).float().eval()
     mr.load_state_dict(sd)
+    for mod in mr.modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.register_forward_pre_hook(lambda _, a: (a[0].to(torch.bfloat16).float(),))
     mb = LlamaForCausalLM(cfg).eval()
     mb.load_state_dict(m.state_dict())
     save_model(mb, "llama_bf16", ids, dtype=torch.bfloat16, ref_model=mr)

@@ -10,6 +10,11 @@ gives sentences/s. wick runs as `wick bench --json --filter embed_minilm` (lazy 
 from the repository root, beside this process (not at the same time). Also checks
 that the two sides' embeddings agree (cosine) on all 256 sentences.
 
+Both precisions, each against its own kind: f32 (wick's default; sentence-transformers'
+default) and bf16 matrices (`wick embed --dtype bf16`: bf16 products accumulated in
+f32; sentence-transformers with the model cast to torch.bfloat16, which also keeps
+its activations in bf16). The bf16 row also gives wick bf16 / st f32.
+
     .venv-bench/bin/python bench/compare/embed_st.py --wick build/wick
 
 Pinned peer: sentence-transformers==5.1.2 on torch==2.15.0 (tools/bench-venv).
@@ -48,27 +53,30 @@ def time_st(model, sentences, n, budget):
 
 
 def run_wick(wick, budget):
+    """{(dtype, n): (sentences/s, iterations)} from wick's embed_minilm[_bf16]/n cases."""
     env = dict(os.environ, WICK_THREADS=str(THREADS))
     out = subprocess.run([wick, "bench", "--json", "--filter", "embed_minilm", "--mode", "lazy",
                           "--time", str(budget)], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     rates = {}
     for line in out.stdout.splitlines():
         r = json.loads(line)
-        rates[int(r["name"].split("/")[1])] = (r["items_s"], r["iters"])
+        case, n = r["name"].split("/")
+        rates[("bf16" if case.endswith("_bf16") else "f32", int(n))] = (r["items_s"], r["iters"])
     if not rates:
         sys.exit(f"wick bench ran no embed case:\n{out.stderr}")
     return rates
 
 
-def check_agreement(wick, model, sentences):
-    """Cosine of wick's and sentence-transformers' embeddings of every sentence."""
-    out = subprocess.run([wick, "embed", "-m", MODEL, "--input", SENTENCES, "--format", "npy"], cwd=ROOT,
-                         capture_output=True, check=True).stdout
+def wick_embeddings(wick, dtype, n):
+    out = subprocess.run([wick, "embed", "-m", MODEL, "--dtype", dtype, "--input", SENTENCES, "--format", "npy"],
+                         cwd=ROOT, capture_output=True, check=True).stdout
     header_len = int.from_bytes(out[8:10], "little")
-    ours = np.frombuffer(out[10 + header_len:], dtype="<f4").reshape(len(sentences), -1)
-    ref = model.encode(sentences, batch_size=32, normalize_embeddings=True)
-    cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-    return float(cos.min())
+    return np.frombuffer(out[10 + header_len:], dtype="<f4").reshape(n, -1)
+
+
+def lowest_cosine(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 def main():
@@ -78,17 +86,27 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     sentences = open(SENTENCES, encoding="utf-8").read().splitlines()
-    model = SentenceTransformer(MODEL, device="cpu")
+    models = {"f32": SentenceTransformer(MODEL, device="cpu"),
+              "bf16": SentenceTransformer(MODEL, device="cpu").to(torch.bfloat16)}
     w = run_wick(os.path.abspath(args.wick), args.time)
     print(f"threads {THREADS}, torch {torch.__version__}, batch size 32, {len(sentences)} sentences of "
           f"{sum(len(s.split()) for s in sentences) / len(sentences):.1f} words on average")
-    print(f"{'sentences':>9} {'wick sent/s':>12} {'st sent/s':>10} {'wick / st':>9}")
-    for n in SIZES:
-        st, _ = time_st(model, sentences, n, args.time)
-        ours = w.get(n, (float("nan"), 0))[0]
-        print(f"{n:>9} {ours:>12.1f} {st:>10.1f} {ours / st:>9.2f}")
-    print(f"lowest cosine(wick, sentence-transformers) over {len(sentences)} sentences: "
-          f"{check_agreement(os.path.abspath(args.wick), model, sentences):.7f}")
+    print(f"{'dtype':>5} {'sentences':>9} {'wick sent/s':>12} {'st sent/s':>10} {'wick / st':>9} {'wick / st f32':>13}")
+    st_f32 = {}
+    for dt in ("f32", "bf16"):
+        for n in SIZES:
+            st, _ = time_st(models[dt], sentences, n, args.time)
+            st_f32.setdefault(n, st)
+            ours = w.get((dt, n), (float("nan"), 0))[0]
+            print(f"{dt:>5} {n:>9} {ours:>12.1f} {st:>10.1f} {ours / st:>9.2f} {ours / st_f32[n]:>13.2f}")
+    ref = models["f32"].encode(sentences, batch_size=32, normalize_embeddings=True)
+    ref16 = models["bf16"].encode(sentences, batch_size=32, normalize_embeddings=True, convert_to_numpy=False)
+    ref16 = torch.stack(ref16).float().numpy()
+    wick_abs = os.path.abspath(args.wick)
+    ours, ours16 = wick_embeddings(wick_abs, "f32", len(sentences)), wick_embeddings(wick_abs, "bf16", len(sentences))
+    print(f"lowest cosine over {len(sentences)} sentences, to sentence-transformers f32: wick f32 "
+          f"{lowest_cosine(ours, ref):.7f}, wick bf16 {lowest_cosine(ours16, ref):.7f}, "
+          f"st bf16 {lowest_cosine(ref16, ref):.7f}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,11 @@ wk_tensor *wk_matmul_t(wk_tensor *a, int trans_a, wk_tensor *b, int trans_b);
 // place, dequantized on the fly: wk_matmul_t(x, 0, W, 1) is x[..., K] @ W^T -> [..., N]
 // and wk_matmul(g, W) is g[..., N] @ W -> [..., K]. x is f32 and gradients flow to it;
 // W itself is frozen (dequantize it to train it). Other uses of a quantized operand fail.
+// A frozen, realized, contiguous f16 or bf16 b (a model's weight) under an f32 a is
+// taken the same way instead of being refused for its dtype: the result is f32. A
+// bf16 b multiplies a rounded to bf16 (round to nearest even) with f32 accumulation,
+// at every batch size (on CPUs with AVX512-BF16 at twice the f32 rate); an f16 b
+// widens exactly. Operands of other mixed dtypes are refused.
 // Block-quantized -> f32 (the same as wk_cast(q, WK_F32)).
 wk_tensor *wk_dequantize(wk_tensor *q);
 

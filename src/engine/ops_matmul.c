@@ -37,19 +37,31 @@ static wk_tensor *matmul_node(wk_tensor *a, wk_tensor *b) {
   return wk_node_finish(wk_node_new(WK_OP_MATMUL, a->dtype, nd + 2, sh, 2, in, NULL));
 }
 
-// An f16/bf16 weight under an f32 input on the CPU is read in place by the
-// quantized-matmul kernel, which expands its rows as it packs them, instead of being
-// cast whole to f32 at every use (a model in bf16 used to write an f32 copy of every
-// weight per decode step). Only for a frozen, realized, contiguous 2-d leaf: that
-// kernel gives no gradient to the weight (the input's gradient flows as usual).
-static bool half_weight_in_place(const wk_tensor *a, const wk_tensor *b) {
-  return a->dtype == WK_F32 && (b->dtype == WK_F16 || b->dtype == WK_BF16) && a->device == WK_CPU &&
-         b->device == WK_CPU && b->ndim == 2 && b->buf && b->nin == 0 && !b->trainable && wk_is_contiguous(b);
+// An f16/bf16 weight under an f32 input: a frozen, realized, contiguous 2-d leaf (a
+// model's weight) is taken as it is stored, never refused for its dtype. On the CPU
+// the quantized-matmul kernel reads it in place, expanding its rows as it packs them
+// or running the bf16 GEMM, instead of casting it whole at every use (a model in
+// bf16 used to write an f32 copy of every weight per decode step); that kernel gives
+// the weight no gradient (the input's flows as usual). Elsewhere it widens to f32.
+// A trainable half weight is refused like any mixed-dtype matmul.
+static bool frozen_half_weight(const wk_tensor *a, const wk_tensor *b) {
+  return a->dtype == WK_F32 && (b->dtype == WK_F16 || b->dtype == WK_BF16) && a->device == b->device &&
+         b->ndim == 2 && b->buf && b->nin == 0 && !b->trainable && wk_is_contiguous(b);
+}
+
+// The product of a (f32) with a frozen half weight b, b transposed when trans_b.
+static wk_tensor *half_weight_matmul(wk_tensor *a, wk_tensor *b, int trans_b) {
+  if (a->device == WK_CPU) return wk_qmatmul(a, b, trans_b);
+  wk_scope_begin();
+  wk_tensor *r = wk_keep(wk_matmul_t(a, 0, wk_cast(b, WK_F32), trans_b));
+  wk_scope_end();
+  return r;
 }
 
 wk_tensor *wk_matmul(wk_tensor *a, wk_tensor *b) {
   if (!wk_tensor_valid(a, "matmul") || !wk_tensor_valid(b, "matmul")) return NULL;
-  if (wk_dtype_is_quantized(b->dtype) || half_weight_in_place(a, b)) return wk_qmatmul(a, b, 0);
+  if (wk_dtype_is_quantized(b->dtype)) return wk_qmatmul(a, b, 0);
+  if (frozen_half_weight(a, b)) return half_weight_matmul(a, b, 0);
   // [..., M, K] @ [K, N]: fold the batch into M so that the weight gradient is one
   // GEMM instead of a batch of GEMMs summed afterwards.
   if (a->ndim > 2 && b->ndim == 2 && a->shape[a->ndim - 1] == b->shape[0]) {
@@ -73,7 +85,8 @@ wk_tensor *wk_matmul(wk_tensor *a, wk_tensor *b) {
 wk_tensor *wk_matmul_t(wk_tensor *a, int trans_a, wk_tensor *b, int trans_b) {
   if (!wk_tensor_valid(a, "matmul") || !wk_tensor_valid(b, "matmul")) return NULL;
   // A quantized weight is never viewed: its kernel reads the blocks in either orientation.
-  if ((wk_dtype_is_quantized(b->dtype) || half_weight_in_place(a, b)) && !trans_a) return wk_qmatmul(a, b, trans_b);
+  if (wk_dtype_is_quantized(b->dtype) && !trans_a) return wk_qmatmul(a, b, trans_b);
+  if (frozen_half_weight(a, b) && !trans_a) return half_weight_matmul(a, b, trans_b);
   wk_tensor *x = trans_a ? wk_transpose(a, -1, -2) : wk_tensor_ref(a);
   wk_tensor *y = trans_b ? wk_transpose(b, -1, -2) : wk_tensor_ref(b);
   wk_tensor *r = x && y ? wk_matmul(x, y) : NULL;

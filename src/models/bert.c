@@ -299,26 +299,25 @@ static wk_tensor **weight_slot(wk_embedder *e, size_t k) {
   return k < 5 ? head[k] : (wk_tensor **)&e->layers[(k - 5) / per] + (k - 5) % per;
 }
 
-wk_status wk_embedder_to_device(wk_embedder *e, wk_device dev) {
-  if (!e) return wk_error(WK_ERR_ARG, "embedder_to_device: embedder is NULL");
-  if (!wk_device_available(dev)) { // the backend said why (no driver, say)
-    char why[512];
-    snprintf(why, sizeof why, "%s", wk_last_error());
-    return wk_error(WK_ERR_DEVICE, "embedder_to_device: %s is not available here: %s", wk_device_name(dev), why);
-  }
+// Replaces every weight that conv maps (conv returns a new lazy tensor, or the same
+// pointer to keep it), all or nothing: on failure the embedder keeps what it had.
+typedef wk_tensor *(*weight_conv)(wk_tensor *w, size_t slot, int arg);
+
+static wk_status replace_weights(wk_embedder *e, weight_conv conv, int arg, const char *what) {
   size_t n = 5 + sizeof(bert_layer) / sizeof(wk_tensor *) * (size_t)e->n_layers;
   wk_tensor **next = calloc(n, sizeof *next);
-  if (!next) return wk_error(WK_ERR_OOM, "embedder_to_device: out of memory");
+  if (!next) return wk_error(WK_ERR_OOM, "%s: out of memory", what);
   wk_status s = WK_OK;
   for (size_t k = 0; k < n && !s; k++) {
     wk_tensor *w = *weight_slot(e, k);
     if (!w) continue;
     wk_scope_begin();
-    next[k] = wk_keep(wk_to_device(w, dev));
+    wk_tensor *c = conv(w, k, arg);
+    next[k] = c == w ? wk_tensor_ref(w) : wk_keep(c);
     wk_scope_end();
-    if (!next[k] || wk_eval(1, &next[k])) s = WK_ERR_DEVICE;
+    s = next[k] ? wk_eval(1, &next[k]) : WK_ERR_STATE;  // the op said why
   }
-  for (size_t k = 0; k < n; k++) { // all or nothing: on failure the embedder stays where it was
+  for (size_t k = 0; k < n; k++) {
     wk_tensor **slot = weight_slot(e, k);
     if (s) { wk_tensor_free(next[k]); continue; }
     wk_tensor_free(*slot);
@@ -326,6 +325,40 @@ wk_status wk_embedder_to_device(wk_embedder *e, wk_device dev) {
   }
   free(next);
   return s;
+}
+
+static wk_tensor *conv_device(wk_tensor *w, size_t slot, int dev) {
+  (void)slot;
+  return wk_to_device(w, (wk_device)dev);
+}
+
+wk_status wk_embedder_to_device(wk_embedder *e, wk_device dev) {
+  if (!e) return wk_error(WK_ERR_ARG, "embedder_to_device: embedder is NULL");
+  if (!wk_device_available(dev)) { // the backend said why (no driver, say)
+    char why[512];
+    snprintf(why, sizeof why, "%s", wk_last_error());
+    return wk_error(WK_ERR_DEVICE, "embedder_to_device: %s is not available here: %s", wk_device_name(dev), why);
+  }
+  wk_status s = replace_weights(e, conv_device, (int)dev, "embedder_to_device");
+  return s ? WK_ERR_DEVICE : WK_OK;
+}
+
+// The encoder's projection matrices (q, k, v, attention output, FFN in and out): the
+// 2-d weights of the layers; embeddings, norms and biases stay f32.
+static wk_tensor *conv_dtype(wk_tensor *w, size_t slot, int dt) {
+  bool matrix = slot >= 5 && wk_ndim(w) == 2;
+  return matrix && wk_tensor_dtype(w) != (wk_dtype)dt ? wk_cast(w, (wk_dtype)dt) : w;
+}
+
+wk_status wk_embedder_set_weight_dtype(wk_embedder *e, wk_dtype dt) {
+  if (!e) return wk_error(WK_ERR_ARG, "embedder_set_weight_dtype: embedder is NULL");
+  if (dt != WK_F32 && dt != WK_BF16 && dt != WK_F16)
+    return wk_error(WK_ERR_ARG, "embedder_set_weight_dtype: %s is not f32, bf16 or f16", wk_dtype_name(dt));
+  return replace_weights(e, conv_dtype, (int)dt, "embedder_set_weight_dtype");
+}
+
+wk_dtype wk_embedder_weight_dtype(const wk_embedder *e) {
+  return e && e->n_layers ? wk_tensor_dtype(e->layers[0].q_w) : WK_F32;
 }
 
 wk_device wk_embedder_device(const wk_embedder *e) { return e && e->word ? wk_tensor_device(e->word) : WK_CPU; }

@@ -402,25 +402,17 @@ const wk_model_config *wk_model_get_config(const wk_model *m) { return m ? &m->c
 const char *wk_model_format(const wk_model *m) { return m ? m->format : NULL; }
 
 // ---- forward ----
-// f16/bf16 weights widen to f32; quantized ones stay in their blocks (matmul and
-// embedding read them directly, so the model never holds an f32 copy).
+// Norm weights, biases and gathered embedding rows widen to f32. A projection's
+// weight goes to the matmul as it is stored: quantized blocks and frozen f16/bf16
+// matrices are read in place there, so the model never holds an f32 copy.
 static wk_tensor *f32(wk_tensor *w) {
   wk_dtype dt = wk_tensor_dtype(w);
   return dt == WK_F32 || wk_dtype_is_quantized(dt) ? w : wk_cast(w, WK_F32);
 }
 
-// A projection's weight as the matmul takes it: on the CPU a frozen f16/bf16 matrix
-// is read in place (its rows expand as the GEMM packs them), elsewhere it widens.
-static wk_tensor *mm_weight(wk_tensor *w) {
-  wk_dtype dt = wk_tensor_dtype(w);
-  bool in_place = (dt == WK_F16 || dt == WK_BF16) && wk_tensor_device(w) == WK_CPU && wk_is_contiguous(w) &&
-                  !wk_trainable(w);
-  return in_place ? w : f32(w);
-}
-
-// x[..., in] @ W[out, in]^T + b
+// x[..., in] @ W[out, in]^T + b (a bf16 W multiplies x rounded to bf16; see wk_matmul)
 static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b) {
-  wk_tensor *y = wk_matmul_t(x, 0, mm_weight(w), 1);
+  wk_tensor *y = wk_matmul_t(x, 0, w, 1);
   return b ? wk_add(y, f32(b)) : y;
 }
 
@@ -506,7 +498,7 @@ static wk_tensor *proj(const wk_model *m, int64_t l, wk_proj p, wk_tensor *x, wk
   wk_tensor *x2 = wk_reshape(x, 2, (int64_t[]){-1, wk_dim(x, -1)});
   wk_tensor *xa = h->training ? wk_dropout(x2, h->dropout, mix_seed(h->dropout_seed ^ mix_seed(i)), 1) : x2;
   wk_tensor *up = wk_matmul_t(wk_matmul_t(xa, 0, h->A[i], 1), 0, h->B[i], 1);
-  wk_tensor *y = wk_add(wk_matmul_t(x2, 0, mm_weight(w), 1), wk_mul_scalar(up, h->scale));
+  wk_tensor *y = wk_add(wk_matmul_t(x2, 0, w, 1), wk_mul_scalar(up, h->scale));
   y = wk_reshape(y, nd, shape);
   return b ? wk_add(y, f32(b)) : y;
 }

@@ -84,6 +84,9 @@ int main(void) {
   const char *bad[] = {"embed", "-m", MODEL, "--format", "csv", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, bad);
   CHECK(rc == 2 && strstr(err, "--format 'csv'"), "bad format: rc %d: %s", rc, err);
+  const char *bad_dt[] = {"embed", "-m", MODEL, "--dtype", "q4_0", NULL};
+  rc = run("hi\n", out, sizeof out, err, sizeof err, bad_dt);
+  CHECK(rc == 2 && strstr(err, "--dtype 'q4_0'"), "bad dtype: rc %d: %s", rc, err);
   const char *noout[] = {"embed", "-m", MODEL, "-o", "/nonexistent/dir/x.npy", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, noout);
   CHECK(rc == 2 && strstr(err, "/nonexistent/dir/x.npy"), "bad -o: rc %d: %s", rc, err);

@@ -258,6 +258,42 @@ static void test_errors(void) {
   rmdir(dir);
 }
 
+// bf16 matrices: the products run on bf16-rounded inputs, so the embeddings move
+// (they must: else nothing was rounded) but stay near the f32 reference; the
+// embeddings, norms and biases stay f32; a non-float dtype is refused by name.
+static void test_bf16_weights(void) {
+  wk_embedder *e = wk_embedder_load(fixture("bert_tiny"));
+  int n = 0;
+  char **sent = load_strings(fixture("bert_tiny/sentences.json"), &n);
+  wk_st_file *ref = wk_st_open(fixture("bert_tiny/reference.safetensors"));
+  CHECK(e && sent && ref && n == 6, "bert_tiny and its reference");
+  if (!e || !sent || !ref) { free_strs(sent, n); wk_st_close(ref); wk_embedder_free(e); return; }
+  wk_scope_begin();
+  wk_tensor *eref = wk_st_get(ref, "embeddings");
+  const float *re = wk_tensor_data(eref);
+  const int64_t D = 32;
+  float *out = malloc(sizeof(float) * (size_t)(n * D));
+  CHECK(wk_embedder_weight_dtype(e) == WK_F32 && wk_embedder_set_weight_dtype(e, WK_BF16) == WK_OK &&
+            wk_embedder_weight_dtype(e) == WK_BF16, "matrices to bf16: %s", wk_last_error());
+  CHECK(wk_embed(e, n, (const char *const *)sent, out) == WK_OK, "wk_embed with bf16 matrices");
+  float worst = 1;
+  for (int b = 0; b < n; b++) worst = fminf(worst, cosine(out + b * D, re + b * D, D));
+  float moved = max_abs_diff(out, re, n * D);
+  CHECK(worst >= 0.999f && moved > 1e-6f, "bf16 matrices: worst cosine %.6f to the f32 reference, max-abs-diff %g",
+        (double)worst, (double)moved);
+  printf("tiny bf16: worst cosine %.7f, max-abs-diff %.3g\n", (double)worst, (double)moved);
+  CHECK(wk_embedder_set_weight_dtype(e, WK_I32) != WK_OK && strstr(wk_last_error(), "i32") &&
+            wk_embedder_weight_dtype(e) == WK_BF16, "i32 matrices refused, embedder unchanged: %s", wk_last_error());
+  CHECK(wk_embedder_set_weight_dtype(e, WK_F32) == WK_OK && wk_embedder_weight_dtype(e) == WK_F32 &&
+            wk_embed(e, n, (const char *const *)sent, out) == WK_OK,
+        "back to f32 matrices");
+  free(out);
+  wk_scope_end();
+  wk_st_close(ref);
+  free_strs(sent, n);
+  wk_embedder_free(e);
+}
+
 static void test_minilm(void) {
   const char *env = getenv("WICK_MODELS");
   char dir[1200];
@@ -307,6 +343,7 @@ static void test_minilm(void) {
 int main(void) {
   test_tiny();
   test_errors();
+  test_bf16_weights();
   test_minilm();
   return check_report();
 }

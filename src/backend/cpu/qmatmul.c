@@ -121,6 +121,24 @@ static void bsrc_row(const void *ctx, int64_t k, int64_t j0, int64_t n, float *o
   }
 }
 
+// A bf16 weight multiplies x rounded to bf16 (to nearest even; a NaN stays a quiet
+// NaN), accumulating in f32, whatever the batch size or ISA: decode, prefill and
+// batched rows then agree, and batched rows run the bf16 GEMM (vdpbf16ps does twice
+// the multiply-adds of an f32 FMA). `bits` gets the bf16 bits, `vals` their f32 values.
+static void round_to_bf16(const float *x, int64_t n, uint16_t *bits, float *vals) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], sizeof u);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    r = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r;
+    if (bits) bits[i] = (uint16_t)r;
+    if (vals) {
+      uint32_t v = r << 16;
+      memcpy(&vals[i], &v, sizeof v);
+    }
+  }
+}
+
 static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   int trans = s->attrs.i[0] != 0;
@@ -140,6 +158,19 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
     if (!(dense = malloc(sizeof(float) * (size_t)(c.M * in)))) return wk_error(WK_ERR_OOM, "matmul: out of memory");
     WK_ISA_FN(wk_cpu_load_f32)(xo, slots, 0, c.M * in, dense);
     c.x = dense;
+  }
+  if (c.dt == WK_BF16) {
+    size_t n = (size_t)(c.M * in);
+    void *r = malloc(n * (c.M > 4 ? sizeof(uint16_t) : sizeof(float)));
+    if (!r) { free(dense); return wk_error(WK_ERR_OOM, "matmul (bf16 weight): out of memory for a [%lld, %lld] input", (long long)c.M, (long long)in); }
+    round_to_bf16(c.x, (int64_t)n, c.M > 4 ? r : NULL, c.M > 4 ? NULL : r);
+    free(dense);
+    if (c.M > 4) {  // W [N, K] is op(B) = W^T (trans) or W itself: row-major, K apart
+      wk_gemm_bf16(0, trans, c.M, out, in, 1.0f, r, in, 0, (const uint16_t *)c.w, c.K, 0, 0.0f, c.y, out, 0, 1);
+      free(r);
+      return WK_OK;
+    }
+    c.x = dense = r;  // decode: the GEMV reads the rounded values
   }
   if (c.M > 4) {
     wk_gemm_bsrc src = {.col = trans ? bsrc_col : NULL, .row = trans ? NULL : bsrc_row, .ctx = &c,
