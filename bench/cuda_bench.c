@@ -175,6 +175,64 @@ int main(int argc, char **argv) {
     gpu->free(b);
     gpu->free(c);
   }
+  // attention at the Qwen2.5-0.5B training shape (B 8, Hq 14, Hkv 2, T = S = 512, D 64,
+  // causal): the SDPA step and the SDPA_BWD step alone (bench/compare/torch_cuda.py
+  // times the same through the engine beside torch's flash attention); then decode, one
+  // query against 2048 cached keys (the row kernel). FLOPs count the visible half of the
+  // causal score matrix: 4 B Hq T S D / 2 forward, 2.5x that backward.
+  for (int k = 0; k < 2; k++) {
+    wk_dtype dt = k ? WK_F32 : WK_BF16;
+    int64_t qs[4] = {8, 14, 512, 64}, ks[4] = {8, 2, 512, 64}, nq = 8LL * 14 * 512 * 64, nk = 8LL * 2 * 512 * 64;
+    int64_t total = nq + 2 * nk;
+    void *q = dev_rand((size_t)nq, dt), *kk = dev_rand((size_t)nk, dt), *v = dev_rand((size_t)nk, dt);
+    void *o = gpu->alloc((size_t)nq * wk_dtype_size(dt)), *g = dev_rand((size_t)nq, dt), *d = gpu->alloc((size_t)total * 4);
+    void *slots[6] = {q, kk, v, o, g, d};
+    wk_step s;
+    memset(&s, 0, sizeof s);
+    s.op = WK_OP_SDPA;
+    s.device = WK_CUDA;
+    s.src = -1;
+    s.nin = 3;
+    s.in[0] = opc(0, dt, 4, qs);
+    s.in[1] = opc(1, dt, 4, ks);
+    s.in[2] = opc(2, dt, 4, ks);
+    s.attrs.f[0] = 0.125f;
+    s.attrs.i[0] = 1;
+    s.out = opc(3, dt, 4, qs);
+    double fl = 4.0 * 8 * 14 * 512 * 512 * 64 / 2;
+    timeit(k ? "sdpa 8x14x2x512x64 causal f32" : "sdpa 8x14x2x512x64 causal bf16", &s, slots, iters, 0, fl, 0, 0, 0);
+    s.op = WK_OP_SDPA_BWD;
+    s.nin = 5;
+    s.in[3] = opc(3, dt, 4, qs);
+    s.in[4] = opc(4, dt, 4, qs);
+    s.out = opc(5, WK_F32, 1, &total);
+    timeit(k ? "sdpa_bwd 8x14x2x512x64 causal f32" : "sdpa_bwd 8x14x2x512x64 causal bf16", &s, slots, iters, 0, 2.5 * fl, 0, 0, 0);
+    void *bufs[6] = {q, kk, v, o, g, d};
+    for (int i = 0; i < 6; i++) gpu->free(bufs[i]);
+  }
+  {
+    int64_t qs[4] = {1, 14, 1, 64}, ks[4] = {1, 2, 2048, 64};
+    void *q = dev_rand(14 * 64, WK_BF16), *kk = dev_rand(2 * 2048 * 64, WK_BF16), *v = dev_rand(2 * 2048 * 64, WK_BF16);
+    void *o = gpu->alloc(14 * 64 * 2);
+    void *slots[4] = {q, kk, v, o};
+    wk_step s;
+    memset(&s, 0, sizeof s);
+    s.op = WK_OP_SDPA;
+    s.device = WK_CUDA;
+    s.src = -1;
+    s.nin = 3;
+    s.in[0] = opc(0, WK_BF16, 4, qs);
+    s.in[1] = opc(1, WK_BF16, 4, ks);
+    s.in[2] = opc(2, WK_BF16, 4, ks);
+    s.attrs.f[0] = 0.125f;
+    s.attrs.i[0] = 1;
+    s.out = opc(3, WK_BF16, 4, qs);
+    timeit("sdpa decode 1x14x2 T1 S2048 bf16", &s, slots, iters, 2.0 * 2 * 2048 * 64 * 2, 0, 0, 0, 0);
+    gpu->free(q);
+    gpu->free(kk);
+    gpu->free(v);
+    gpu->free(o);
+  }
   wk_cuda_mem_stats m;
   wk_cuda_memory_stats(&m);
   printf("{\"name\": \"cuda allocator\", \"reserved\": %zu, \"peak_reserved\": %zu, \"cuda_mallocs\": %llu, \"cache_hits\": %llu}\n",

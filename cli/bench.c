@@ -252,6 +252,34 @@ static int copy_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   return 1;
 }
 
+// ---- attention: causal GQA self-attention, D 64 (a = B, b = Hq, c = Hkv, d = T = S) ----
+static void attn_setup(const bench_case *c, bench_env *e) {
+  e->in[0] = input_of(c, 4, SH(c->a, c->b, c->d, 64), 1.0f, 21);
+  e->in[1] = input_of(c, 4, SH(c->a, c->c, c->d, 64), 1.0f, 22);
+  e->in[2] = input_of(c, 4, SH(c->a, c->c, c->d, 64), 1.0f, 23);
+  e->in[3] = input_of(c, 4, SH(c->a, c->b, c->d, 64), 1.0f, 24);   // dL/dout of the training case
+}
+static int attn_fwd_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  (void)c;
+  out[0] = wk_sdpa(e->in[0], e->in[1], e->in[2], NULL, 1, 0);
+  return 1;
+}
+// forward and backward: loss = sum(sdpa(q, k, v) * w), gradients of q, k and v
+static int attn_train_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  (void)c;
+  wk_scope_begin();
+  for (int k = 0; k < 3; k++) wk_set_trainable(e->in[k], 1);
+  wk_tensor *y = wk_sdpa(e->in[0], e->in[1], e->in[2], NULL, 1, 0);
+  wk_tensor *loss = wk_sum(wk_cast(wk_mul(y, e->in[3]), WK_F32), 0, NULL, 0), *g[3] = {0};
+  wk_status st = wk_grad(loss, 3, e->in, g);
+  for (int k = 0; k < 3; k++) out[k] = st ? NULL : wk_keep(g[k]);
+  out[3] = wk_keep(loss);
+  wk_scope_end();
+  return 4;
+}
+// the visible half of the causal score matrix: 4 B Hq T^2 D / 2; backward 2.5x that
+#define ATTN_FLOPS(B, H, T, D) (2.0 * (B) * (H) * (T) * (T) * (D))
+
 // flops of x[M,N] @ W[N,N] + s * (x @ A[N,r]) @ B[r,N]: 2MN^2 + 4MNr
 #define LORA_FLOPS(M, N, r) (2.0 * (M) * (N) * (N) + 4.0 * (M) * (N) * (r))
 #define LORA(n, ...) lora_setup, lora_run, n, 8, 1, __VA_ARGS__
@@ -303,6 +331,13 @@ static const bench_case cases[] = {
      2048.0 * 2048 * 176 / 256, 0},
     {"qmatmul_q6_k/1x2048x2048", qmatmul_setup, qmatmul_run, 1, 2048, 2048, WK_Q6_K, 2.0 * 2048 * 2048,
      2048.0 * 2048 * 210 / 256, 0},
+    // Qwen2.5-0.5B's training shape (bench/compare/torch_cuda.py: beside torch's flash attention)
+    {"sdpa_fwd/8x14x2x512x64", attn_setup, attn_fwd_run, 8, 14, 2, 512, ATTN_FLOPS(8, 14, 512, 64), 0, CASE_GPU},
+    {"sdpa_fwd/8x14x2x512x64/bf16", attn_setup, attn_fwd_run, 8, 14, 2, 512, ATTN_FLOPS(8, 14, 512, 64), 0,
+     CASE_GPU | CASE_BF16},
+    {"sdpa_train/8x14x2x512x64", attn_setup, attn_train_run, 8, 14, 2, 512, 3.5 * ATTN_FLOPS(8, 14, 512, 64), 0, CASE_GPU},
+    {"sdpa_train/8x14x2x512x64/bf16", attn_setup, attn_train_run, 8, 14, 2, 512, 3.5 * ATTN_FLOPS(8, 14, 512, 64), 0,
+     CASE_GPU | CASE_BF16},
     // sentences per call in a; the rate is sentences/s ("items_s")
     {"embed_minilm/1", embed_setup, embed_run, 1, 0, 0, 0, 0, 0, 0},
     {"embed_minilm/32", embed_setup, embed_run, 32, 0, 0, 0, 0, 0, 0},

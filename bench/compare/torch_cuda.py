@@ -46,6 +46,14 @@ GEMM = [
     ("matmul/4096", 4096, "float32"),
     ("matmul/4096/bf16", 4096, "bfloat16"),
 ]
+# causal GQA attention at Qwen2.5-0.5B's training shape: (B, Hq, Hkv, T = S, D)
+ATTN_SHAPE = (8, 14, 2, 512, 64)
+ATTN = [
+    ("sdpa_fwd/8x14x2x512x64/bf16", False, "bfloat16"),
+    ("sdpa_train/8x14x2x512x64/bf16", True, "bfloat16"),
+    ("sdpa_fwd/8x14x2x512x64", False, "float32"),
+    ("sdpa_train/8x14x2x512x64", True, "float32"),
+]
 
 
 def wick_case(build, name, seconds):
@@ -148,6 +156,40 @@ def torch_gemm(torch, n, dtype, seconds):
     return timed(lambda: a @ b, seconds, torch.cuda.synchronize)
 
 
+def torch_attn(torch, train, dtype, seconds):
+    """(microseconds, backend) of scaled_dot_product_attention, causal, GQA; train: forward
+    and backward of sum(out * w), as wick's sdpa_train case. Flash attention where torch has
+    it (bf16); f32 has no flash kernel in torch, so it gets torch's own choice."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    F = torch.nn.functional
+    B, Hq, Hkv, T, D = ATTN_SHAPE
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda h: torch.randn(B, h, T, D, device="cuda", generator=g).to(dt).requires_grad_(train)
+    q, k, v, w = mk(Hq), mk(Hkv), mk(Hkv), mk(Hq).detach()
+    tries = [([SDPBackend.FLASH_ATTENTION], "flash")] if dtype != "float32" else []
+    tries.append(([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                   SDPBackend.MATH], "torch's choice"))
+    for backends, what in tries:
+        def fwd():
+            with sdpa_kernel(backends):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+        def step():
+            if not train:
+                with torch.no_grad():
+                    return fwd()
+            q.grad = k.grad = v.grad = None
+            (fwd() * w).sum().backward()
+        try:
+            step()
+        except RuntimeError as e:
+            print(f"torch sdpa ({what}) refused: {str(e).splitlines()[0]}", flush=True)
+            continue
+        return timed(step, seconds, torch.cuda.synchronize), what
+    return None, None
+
+
 def torch_copy(torch, seconds):
     """Device-to-device copy bandwidth of 256 MB (bytes read + written), GB/s."""
     a = torch.empty(64 << 20, device="cuda")
@@ -206,6 +248,16 @@ def main():
                 continue
             t = torch_gemm(torch, n, dtype, a.time)
             row(name, r["us"], t, None, "", f"; wick {r['gflops'] / 1e3:.1f} TFLOP/s = {t / r['us'] * 100:.0f}% of torch's rate")
+    for name, train, dtype in ATTN:
+        if a.only in name:
+            r = wick_case(a.build, name, a.time)
+            if not r:
+                continue
+            t, what = torch_attn(torch, train, dtype, a.time)
+            if t is None:
+                continue
+            row(name, r["us"], t, None, "", f"; torch sdpa ({what}); wick {r['gflops'] / 1e3:.1f} TFLOP/s, "
+                f"torch {r['gflops'] * r['us'] / t / 1e3:.1f}")
     if a.json:
         with open(a.json, "w") as f:
             for r in rows:

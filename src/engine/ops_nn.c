@@ -434,10 +434,10 @@ static wk_tensor *to5(wk_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d, 
   int64_t sh[5] = {a, b, c, d, e};
   return wk_reshape(t, 5, sh);
 }
-// On the CPU one fused kernel (backend/cpu/sdpa_bwd.c) computes all three
-// gradients into one f32 buffer [dq; dk; dv], skipping the key blocks a causal mask
-// hides; the gradients are views of it. The mask's own gradient needs dS in full,
-// so a trainable mask takes the primitive path below.
+// One fused kernel (backend/cpu/sdpa_bwd.c; on CUDA attn.cu, head dims up to 128)
+// computes all three gradients into one f32 buffer [dq; dk; dv], skipping the key
+// blocks a causal mask hides; the gradients are views of it. The mask's own gradient
+// needs dS in full, so a trainable mask takes the primitive path below.
 static wk_status sdpa_vjp_fused(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   wk_tensor *qkv[3] = {IN(0), IN(1), IN(2)};
   wk_tensor *in[6] = {IN(0), IN(1), IN(2), node, g, node->nin > 3 ? IN(3) : NULL};
@@ -456,7 +456,8 @@ wk_status wk_vjp_SDPA(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor
   if (node->attrs.i[1] || wk_dtype_is_quantized(IN(1)->dtype))
     return wk_error(WK_ERR_STATE, "sdpa: no gradient over a KV cache (a run-time kv_len or q8_0 keys): inference only");
   wk_tensor *q = IN(0), *k = IN(1), *v = IN(2), *mask = node->nin > 3 ? IN(3) : NULL;
-  if (q->device == WK_CPU && !(mask && need[3])) return sdpa_vjp_fused(node, g, need, gin);
+  bool fused = q->device == WK_CPU || (q->device == WK_CUDA && q->shape[3] <= 128);
+  if (fused && !(mask && need[3])) return sdpa_vjp_fused(node, g, need, gin);
   int64_t B = q->shape[0], Hq = q->shape[1], T = q->shape[2], D = q->shape[3];
   int64_t Hkv = k->shape[1], S = k->shape[2], G = Hq / Hkv;
   float scale = node->attrs.f[0];

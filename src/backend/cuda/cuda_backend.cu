@@ -448,6 +448,7 @@ wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
     case WK_OP_EMBEDDING: return wk_dtype_is_quantized(s->in[0].dtype) ? wkc_qembedding(s, slots) : wkc_embedding(s, slots);
     case WK_OP_EMBEDDING_BWD: return wkc_embedding_bwd(s, slots);
     case WK_OP_SDPA: return wkc_sdpa(s, slots);
+    case WK_OP_SDPA_BWD: return wkc_sdpa_bwd(s, slots);
     case WK_OP_CROSS_ENTROPY: return wkc_cross_entropy(s, slots, false);
     case WK_OP_CROSS_ENTROPY_BWD: return wkc_cross_entropy(s, slots, true);
     case WK_OP_TRANSFER: return transfer(s, slots);

@@ -133,7 +133,9 @@ wk_status wkc_rope(const wk_step *s, void *const *slots);
 wk_status wkc_set_slice(const wk_step *s, void *const *slots);
 wk_status wkc_embedding(const wk_step *s, void *const *slots);
 wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots);
-wk_status wkc_sdpa(const wk_step *s, void *const *slots);
+wk_status wkc_sdpa(const wk_step *s, void *const *slots);        // attn.cu: tiled (flash) kernels
+wk_status wkc_sdpa_rows(const wk_step *s, void *const *slots);   // nn.cu: a block per query row (D > 128)
+wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd);
 // Block-quantized operands (qmatmul.cu): matmul with W in blocks, dequantize, and
 // embedding from a quantized table.

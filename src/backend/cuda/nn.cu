@@ -1,8 +1,9 @@
 // Row kernels and the other NN kernels: softmax / log-softmax / RMS / layer norm as
 // row chains (one block per row, the row held in shared memory from the first stage
 // to the last, or in a global scratch row when it does not fit), their backward
-// kernels, NORM_DW, RoPE, embedding (+ scatter-add backward), SDPA forward (one
-// block per query row, online softmax over key tiles) and cross-entropy.
+// kernels, NORM_DW, RoPE, embedding (+ scatter-add backward), SDPA forward for
+// head dims above 128 (one block per query row; attn.cu has the tiled kernels) and
+// cross-entropy.
 // B = rows, D = last axis throughout.
 #include "cuda_internal.h"
 
@@ -619,7 +620,8 @@ wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots) {
   return st;
 }
 
-// ---- SDPA forward: one block per (b, h, t), keys in tiles of blockDim.x ----
+// ---- SDPA forward, one block per (b, h, t), keys in tiles of blockDim.x: attn.cu's
+// tiled kernels run every head dim up to 128 and leave the larger ones to this ----
 #define SDPA_THREADS 128
 #define SDPA_MAXD 512
 struct SdpaArgs {
@@ -698,7 +700,7 @@ __global__ void __launch_bounds__(SDPA_THREADS) k_sdpa(const __grid_constant__ S
   }
 }
 
-wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
+wk_status wkc_sdpa_rows(const wk_step *s, void *const *slots) {
   const wk_operand *q = &s->in[0], *k = &s->in[1];
   SdpaArgs a;
   memset(&a, 0, sizeof a);
