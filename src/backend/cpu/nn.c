@@ -120,6 +120,7 @@ static void scratch_put(scratch *sc) { if (sc->heap) free(sc->p); }
 static int64_t grain_rows(int64_t D) { return D >= GRAIN_ELEMS ? 1 : GRAIN_ELEMS / (D ? D : 1); }
 
 // ---- vector helpers (16 partial accumulators: the compiler keeps them in one or two registers) ----
+#define TAYLOR_MAX 6 // the highest degree of expm1's Taylor polynomial in chained softmaxes
 static inline float expz(float x) { return x < -87.0f ? 0.0f : wkm_exp(x); } // exp(-inf) = 0 exactly
 
 static inline float hsum16(const float *a) {
@@ -228,6 +229,33 @@ static float vexp_s(const float *x, float *y, int64_t n, float sc, float m) {
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
+// y = c[1] x + c[2] x^2 + ... + c[deg] x^deg (y may be NULL); returns its sum (see
+// vexpm1_taylor). Four sums: at degree 1 the adds' latency would bound the loop.
+static inline __attribute__((always_inline)) __m512 poly16(__m512 x, const __m512 *c, int deg) {
+  __m512 p = c[deg];
+  for (int k = deg - 1; k >= 1; k--) p = _mm512_fmadd_ps(p, x, c[k]);
+  return _mm512_mul_ps(p, x);
+}
+static inline __attribute__((always_inline)) float vpoly_n(const float *x, float *y, int64_t n, const float *cf,
+                                                           int deg) {
+  __m512 c[TAYLOR_MAX + 1], s[4];
+  for (int l = 0; l < 4; l++) s[l] = _mm512_setzero_ps();
+  for (int k = 1; k <= deg; k++) c[k] = _mm512_set1_ps(cf[k]);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    for (int l = 0; l < 4; l++) {
+      __m512 e = poly16(_mm512_loadu_ps(x + i + 16 * l), c, deg);
+      if (y) _mm512_storeu_ps(y + i + 16 * l, e);
+      s[l] = _mm512_add_ps(s[l], e);
+    }
+  for (; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : tail16(n - i);
+    __m512 e = poly16(_mm512_maskz_loadu_ps(k, x + i), c, deg); // 0 in masked lanes
+    if (y) _mm512_mask_storeu_ps(y + i, k, e);
+    s[0] = _mm512_add_ps(s[0], e);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+}
 #elif defined(__AVX2__)
 #include <immintrin.h>
 #define EXP2_C0 1.0000001192092896f
@@ -288,6 +316,38 @@ static float vexp_s(const float *x, float *y, int64_t n, float sc, float m) {
   }
   return t;
 }
+static inline __attribute__((always_inline)) __m256 poly8(__m256 x, const __m256 *c, int deg) {
+  __m256 p = c[deg];
+  for (int k = deg - 1; k >= 1; k--) p = _mm256_fmadd_ps(p, x, c[k]);
+  return _mm256_mul_ps(p, x);
+}
+static inline __attribute__((always_inline)) float vpoly_n(const float *x, float *y, int64_t n, const float *cf,
+                                                           int deg) {
+  __m256 c[TAYLOR_MAX + 1], s[4];
+  for (int l = 0; l < 4; l++) s[l] = _mm256_setzero_ps();
+  for (int k = 1; k <= deg; k++) c[k] = _mm256_set1_ps(cf[k]);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int l = 0; l < 4; l++) {
+      __m256 e = poly8(_mm256_loadu_ps(x + i + 8 * l), c, deg);
+      if (y) _mm256_storeu_ps(y + i + 8 * l, e);
+      s[l] = _mm256_add_ps(s[l], e);
+    }
+  for (; i + 8 <= n; i += 8) {
+    __m256 e = poly8(_mm256_loadu_ps(x + i), c, deg);
+    if (y) _mm256_storeu_ps(y + i, e);
+    s[0] = _mm256_add_ps(s[0], e);
+  }
+  float t = hsum8(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])));
+  if (i < n) { // the tail in a padded vector: a value does not depend on its position
+    float buf[8] = {0};
+    memcpy(buf, x + i, sizeof(float) * (size_t)(n - i));
+    _mm256_storeu_ps(buf, poly8(_mm256_loadu_ps(buf), c, deg));
+    for (int64_t l = 0; l < n - i; l++) t += buf[l];
+    if (y) memcpy(y + i, buf, sizeof(float) * (size_t)(n - i));
+  }
+  return t;
+}
 #else
 static float vmax(const float *x, int64_t n) {
   float m = -INFINITY;
@@ -298,6 +358,17 @@ static float vexp_s(const float *x, float *y, int64_t n, float sc, float m) {
   float acc[16] = {0};
   for (int64_t i = 0; i < n; i++) {
     float e = expz(sc * x[i] - m);
+    if (y) y[i] = e;
+    acc[i & 15] += e;
+  }
+  return hsum16(acc);
+}
+static float vpoly_n(const float *x, float *y, int64_t n, const float *c, int deg) {
+  float acc[16] = {0};
+  for (int64_t i = 0; i < n; i++) {
+    float e = c[deg];
+    for (int k = deg - 1; k >= 1; k--) e = e * x[i] + c[k];
+    e *= x[i];
     if (y) y[i] = e;
     acc[i & 15] += e;
   }
@@ -323,6 +394,30 @@ static void stream_fence(void) {}
 static float vexp(const float *x, float *y, int64_t n, float m) { return vexp_s(x, y, n, 1.0f, m); }
 static float vexp_store(const float *x, float *y, int64_t n, float m) { return vexp(x, y, n, m); }
 static float vexp_sum(const float *x, int64_t n, float m) { return vexp(x, NULL, n, m); }
+// y = expm1(p x) by its Taylor polynomial of degree deg, as a polynomial in x (the
+// coefficients p^k / k! are folded once a row); returns its sum.
+static float vexpm1_taylor(const float *x, float *y, int64_t n, float p, int deg) {
+  float c[TAYLOR_MAX + 1], t = 1.0f; // c[0]: unused (expm1 has no constant term)
+  for (int k = 1; k <= deg; k++) c[k] = t = t * p / (float)k;
+  switch (deg) { // one unrolled loop per degree
+    case 1: return vpoly_n(x, y, n, c, 1);
+    case 2: return vpoly_n(x, y, n, c, 2);
+    case 3: return vpoly_n(x, y, n, c, 3);
+    case 4: return vpoly_n(x, y, n, c, 4);
+    case 5: return vpoly_n(x, y, n, c, 5);
+    default: return vpoly_n(x, y, n, c, TAYLOR_MAX);
+  }
+}
+// The lowest degree n for expm1 on [0, U] whose Taylor remainder e^U U^(n+1) / (n+1)!
+// is at most 2^-25, a quarter ulp of the value 1 + expm1 it stands for (in [1, 2)
+// for U < ln 2); 0 when no degree up to TAYLOR_MAX is (U above 0.25, or NaN).
+static int taylor_degree(float U) {
+  if (!(U <= 0.25f)) return 0;
+  float t = 1.2841f * U; // e^0.25 >= e^U
+  for (int n = 1; n <= TAYLOR_MAX; n++)
+    if ((t *= U / (float)(n + 1)) <= 0x1p-25f) return n;
+  return 0;
+}
 
 // ---- generic row-kernel context ----
 typedef struct {
@@ -356,20 +451,42 @@ static void put_row(const rctx *c, int64_t r, const float *y) {
 }
 
 // ---- softmax / log-softmax over the last axis ----
-// Softmax into a softmax: the first leaves its exps e unnormalized and hands over
-// p = 1 / sum(e); the second reads its input e * p inside its exp, as exp(p*e - p)
-// (the input's max is p * max(e) = p: the max entry's exp is 1), which saves the
-// first's scaling pass and the second's max pass. pend = 0, defer = false: a plain softmax.
-static float chain_softmax(const float *x, float *dst, int64_t D, float pend, bool defer) {
-  float sum = pend > 0 ? vexp_s(x, dst, D, pend, pend) : vexp_store(x, dst, D, vmax(x, D));
-  float inv = 1.0f / sum;
-  if (defer) return inv;
-  for (int64_t i = 0; i < D; i++) dst[i] *= inv;
-  return 0;
+// Softmax into a softmax: the first leaves its row v unnormalized and hands over p, the
+// reciprocal of its sum, with a bound B >= v >= 0; the second's input is p*v (up to a
+// shift, which softmax ignores), read inside its exp. That saves the first's scaling
+// pass and the second's max pass: p*v lies in [0, U], U = p*B. Where U is small
+// enough for a short Taylor polynomial (taylor_degree), the row becomes q = expm1(p*v)
+// standing for the values 1 + q: past a first stage over D entries U is about 1/D (a
+// softmax's outputs sum to 1), so a stage costs a polynomial of degree 3 or 4 and
+// then of degree 1, where the general exp costs some ten vector operations; and q
+// keeps the small differences between entries that 1 + q would round away, which
+// makes the chain more exact than stage-by-stage softmaxes. Otherwise the row becomes
+// exp(p*v - U) <= 1 by the general exp. p = 0: a plain input; defer = false: the
+// result is normalized here.
+typedef struct {
+  float p, bound;
+  bool m1; // the row holds q, its values are 1 + q
+} pending;
+static pending chain_softmax(const float *x, float *dst, int64_t D, pending in, bool defer) {
+  pending out = {.bound = 1.0f};
+  float U = in.p * in.bound, sum;
+  int deg = in.p > 0 ? taylor_degree(U) : 0;
+  if (deg) {
+    sum = (float)D + vexpm1_taylor(x, dst, D, in.p, deg);
+    out.bound = U + U * U; // >= expm1(U) for U <= 1
+    out.m1 = true;
+  } else {
+    sum = in.p > 0 ? vexp_s(x, dst, D, in.p, U) : vexp_store(x, dst, D, vmax(x, D));
+  }
+  out.p = 1.0f / sum;
+  if (defer) return out;
+  if (out.m1) for (int64_t i = 0; i < D; i++) dst[i] = dst[i] * out.p + out.p;
+  else for (int64_t i = 0; i < D; i++) dst[i] *= out.p;
+  return (pending){0};
 }
 
 static void softmax_row(const float *x, float *y, int64_t D, bool log_sm) {
-  if (!log_sm) { chain_softmax(x, y, D, 0, false); return; }
+  if (!log_sm) { chain_softmax(x, y, D, (pending){0}, false); return; }
   float m = vmax(x, D), lse = m + logf(vexp_sum(x, D, m));
   for (int64_t i = 0; i < D; i++) y[i] = x[i] - lse;
 }
@@ -1088,7 +1205,7 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
   float *ping = sc.p, *pong = sc.p + D, *tmp = sc.p + 2 * D;
   for (int64_t r = rb; r < re; r++) {
     const float *cur = NULL;
-    float pend = 0; // > 0: cur holds a softmax's unnormalized exps, to be scaled by pend
+    pending pend = {0}; // p > 0: cur holds a softmax's unnormalized row (see chain_softmax)
     for (int j = 0; j < c->n; j++) {
       const wk_step *st = &c->s[j];
       float *dst = cur == ping ? pong : ping;
@@ -1106,7 +1223,7 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
       }
       float eps = st->attrs.f[0];
       switch (st->op) {
-        case WK_OP_SOFTMAX: // pend > 0 only here: a deferring softmax is followed by softmax_of_prev
+        case WK_OP_SOFTMAX: // pend.p > 0 only here: a deferring softmax is followed by softmax_of_prev
           pend = chain_softmax(x, dst, D, pend, j + 1 < c->n && softmax_of_prev(&c->s[j + 1]));
           break;
         case WK_OP_LOG_SOFTMAX: softmax_row(x, dst, D, true); break;
