@@ -1,6 +1,7 @@
 // Flash attention on CUDA (backend/cuda/attn.cu) against the CPU backend: SDPA forward
 // and SDPA_BWD steps built by hand on the same inputs, over shapes that cross the
-// kernels' 64-row / 64-key tiles, causal or not, GQA 4:1 and 1:1, head dims 20 (the
+// kernels' 64-row / 64-key tiles (with and without the keys split over CTAs, and
+// with a split that sees no key), causal or not, GQA 4:1 and 1:1, head dims 20 (the
 // CUDA-core path: not a multiple of 8), 40 (the tensor-core path padded to 64), 64
 // and 128, with an additive mask (broadcast, bf16) and with kv_len; then the autograd
 // on CUDA (which now takes SDPA_BWD) against the CPU's, and the error for a head dim
@@ -210,7 +211,8 @@ static void bwd_case(const shape *c, wk_dtype dt) {
 
 static void test_kernels(void) {
   const shape cases[] = {
-      {2, 8, 2, 77, 77, 64, 1, 0, 0},      // GQA 4:1, causal, T = S across two tiles
+      {2, 8, 2, 77, 77, 64, 1, 0, 0},      // GQA 4:1, causal, T = S across two tiles (keys split over CTAs)
+      {4, 16, 4, 700, 700, 32, 1, 0, 0},   // enough CTAs: keys not split; backward CTAs take 2 heads each (132 SMs)
       {1, 4, 4, 130, 130, 128, 1, 0, 0},   // 1:1, D 128, three tiles
       {2, 4, 1, 70, 131, 64, 0, 1, 0},     // S > T, non-causal, broadcast f32 mask
       {2, 6, 2, 65, 97, 40, 1, 2, 0},      // D 40 (padded), causal with S > T, bf16 padding mask

@@ -8,15 +8,18 @@
 //    score accumulators are re-packed in registers as the A operand of P V.
 //  - anything else (f32, an f32 q over an f16/bf16 cache, strided views): CUDA cores,
 //    256 threads, each a 4 x 4 block of the score tile, everything in f32.
-// Head dimensions above 128 keep nn.cu's row kernel (one block per query row).
+// When that makes fewer CTAs than SMs (decode: one query row per head) the keys are
+// split over CTAs as well and the partial (o, m, l) merged by a second kernel
+// (flash-decoding). Head dimensions above 128 keep nn.cu's row kernel.
 //
 // Backward (SDPA_BWD -> f32 [dq; dk; dv]): as sdpa_bwd.c on the CPU, with the same
 // formulas (P recomputed from the row log-sum-exp L, delta = rowsum(dO * O)):
 //   dV = P^T dO,  dS = P * (dO V^T - delta),  dK = dS^T (Q scale),  dQ = dS K scale.
-// A CTA owns 64 keys of one (b, kv head) and walks the query rows of its whole GQA
-// group stacked t-major (row r = t G + g), so dK and dV are summed over the group in
-// registers and written once; dQ is accumulated with f32 atomics (so its last bits
-// vary from run to run). L comes from a stats pass of the CUDA-core forward (L only,
+// A CTA owns 64 keys of one (b, kv head) and walks the query rows of its GQA group
+// stacked t-major (row r = t G + g), so dK and dV are summed over the group in
+// registers; when that leaves too few CTAs to fill the GPU the group's heads are split
+// over several CTAs whose dK, dV meet in f32 atomics. dQ is accumulated with f32
+// atomics (so the last bits of the gradients vary from run to run). L comes from a stats pass of the CUDA-core forward (L only,
 // no P V); the causal mask skips the row blocks that see none of a CTA's keys.
 // bf16 / f16 with head dims up to 64 run on tensor cores; the rest on CUDA cores.
 // B = batch, Hq / Hkv = query / kv heads, G = Hq / Hkv, T = queries, S = keys, D = head dim.
@@ -34,6 +37,9 @@ struct AttnArgs {
   const int32_t *kv_len;        // keys that exist (a preallocated cache), or NULL: all S
   int64_t ms[4];                // mask strides over [B, Hq, T, S], 0 on broadcast axes
   int64_t B, Hq, Hkv, T, S, D, G;
+  int64_t NS, GS;               // backward: the group's heads in NS splits of GS (a CTA each)
+  int64_t NSP, CHUNK;           // forward: keys in NSP splits of CHUNK tiles (a CTA each), 1: none
+  float *part;                  // NSP > 1: per split and row, o unnormalized [D], then m, l
   float scale;
   int32_t out_dtype;
   char *out;                    // forward output, dense [B, Hq, T, D]
@@ -75,9 +81,10 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_fwd_simt(const __grid_con
   float *Qs = sm, *Ks = Qs + ATTN_BM * LD, *Vs = Ks + ATTN_BN * LD, *Ps = Vs + ATTN_BN * LD;
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
   const int64_t nqb = (a.T + ATTN_BM - 1) / ATTN_BM, BH = a.B * a.Hq, S = eff_keys(a);
-  for (int64_t item = blockIdx.x; item < nqb * BH; item += gridDim.x) {
+  for (int64_t item = blockIdx.x; item < nqb * BH * a.NSP; item += gridDim.x) {
     // the causal mask makes late row blocks the longest: they go first
-    const int64_t qb = nqb - 1 - item / BH, bh = item % BH, b = bh / a.Hq, h = bh % a.Hq, hk = h / a.G;
+    const int64_t sp = item % a.NSP, rest = item / a.NSP;
+    const int64_t qb = nqb - 1 - rest / BH, bh = rest % BH, b = bh / a.Hq, h = bh % a.Hq, hk = h / a.G;
     const int64_t t0 = qb * ATTN_BM;
     __syncthreads();
     for (int e = tid; e < ATTN_BM * DP; e += SIMT_THREADS) {
@@ -96,7 +103,9 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_fwd_simt(const __grid_con
     const int64_t tl = (t0 + ATTN_BM < a.T ? t0 + ATTN_BM : a.T) - 1;
     int64_t kend = a.causal ? tl + S - a.T + 1 : S;   // keys any row of the block sees
     if (kend > S) kend = S;
-    for (int64_t s0 = 0; s0 < kend; s0 += ATTN_BN) {
+    const int64_t kfirst = sp * a.CHUNK * ATTN_BN, kspan = a.CHUNK * ATTN_BN;   // this split's keys
+    const int64_t klast = kfirst + kspan < kend ? kfirst + kspan : kend;
+    for (int64_t s0 = kfirst; s0 < klast; s0 += ATTN_BN) {
       __syncthreads();
       for (int e = tid; e < ATTN_BN * DP; e += SIMT_THREADS) {
         int i = e / DP, d = e % DP;
@@ -167,6 +176,14 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_fwd_simt(const __grid_con
       const int64_t r = (b * a.Hq + h) * a.T + t;
       if (a.lse && tx == 0) a.lse[r] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
       if (!a.want_out) continue;
+      if (a.NSP > 1) {   // this split's share: combined by k_attn_combine
+        float *pp = a.part + (sp * a.B * a.Hq * a.T + r) * (a.D + 2);
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+          if (tx + 16 * j < a.D) pp[tx + 16 * j] = o[i][j];
+        if (tx == 0) { pp[a.D] = m[i]; pp[a.D + 1] = l[i]; }
+        continue;
+      }
       const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;   // a row that sees no key: 0
 #pragma unroll
       for (int j = 0; j < NJ; j++) {
@@ -199,9 +216,11 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_bwd_simt(const __grid_con
   float *Ks = sm, *Vs = Ks + ATTN_BN * LD, *Qs = Vs + ATTN_BN * LD, *Gs = Qs + ATTN_BM * LD;
   float *Ps = Gs + ATTN_BM * LD, *Ds = Ps + ATTN_BM * PL, *Ls = Ds + ATTN_BM * PL, *Es = Ls + ATTN_BM;
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const int64_t nkb = (a.S + ATTN_BN - 1) / ATTN_BN, R = a.T * a.G;
-  for (int64_t item = blockIdx.x; item < a.B * a.Hkv * nkb; item += gridDim.x) {
-    const int64_t kb = item % nkb, hk = (item / nkb) % a.Hkv, b = item / (nkb * a.Hkv), s0 = kb * ATTN_BN;
+  const int64_t nkb = (a.S + ATTN_BN - 1) / ATTN_BN, per = nkb * a.NS;
+  for (int64_t item = blockIdx.x; item < a.B * a.Hkv * per; item += gridDim.x) {
+    const int64_t kb = item % nkb, sp = (item / nkb) % a.NS, hk = (item / per) % a.Hkv, b = item / (per * a.Hkv);
+    const int64_t s0 = kb * ATTN_BN, g0 = sp * a.GS, gs = a.GS < a.G - g0 ? a.GS : a.G - g0;
+    const int64_t R = a.T * gs, hb = hk * a.G + g0;   // rows r = t gs + i of heads hb + i
     __syncthreads();
     for (int e = tid; e < ATTN_BN * DP; e += SIMT_THREADS) {
       int i = e / DP, d = e % DP;
@@ -215,19 +234,19 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_bwd_simt(const __grid_con
     int64_t r0 = 0;
     if (a.causal) {
       int64_t t = s0 - (a.S - a.T);
-      r0 = (t > 0 ? t : 0) * a.G;
+      r0 = (t > 0 ? t : 0) * gs;
     }
     for (; r0 < R; r0 += ATTN_BM) {
       __syncthreads();
       for (int e = tid; e < ATTN_BM * DP; e += SIMT_THREADS) {
         int i = e / DP, d = e % DP;
-        int64_t r = r0 + i, t = r / a.G, h = hk * a.G + r % a.G;
+        int64_t r = r0 + i, t = r / gs, h = hb + r % gs;
         bool in = r < R && d < a.D;
         Qs[i * LD + d] = in ? ldv(a.q.p, a.q.dtype, elem(a.q, b, h, t, d)) * a.scale : 0.0f;
         Gs[i * LD + d] = in ? ldv(a.dout.p, a.dout.dtype, elem(a.dout, b, h, t, d)) : 0.0f;
       }
       if (tid < ATTN_BM) {
-        int64_t r = r0 + tid, t = r / a.G, h = hk * a.G + r % a.G, x = (b * a.Hq + h) * a.T + t;
+        int64_t r = r0 + tid, t = r / gs, h = hb + r % gs, x = (b * a.Hq + h) * a.T + t;
         Ls[tid] = r < R ? a.lse[x] : -INFINITY;
         Es[tid] = r < R ? a.delta[x] : 0.0f;
       }
@@ -247,7 +266,7 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_bwd_simt(const __grid_con
 #pragma unroll
       for (int i = 0; i < 4; i++) {
         const int ri = ty + 16 * i;
-        const int64_t r = r0 + ri, t = r / a.G, h = hk * a.G + r % a.G;
+        const int64_t r = r0 + ri, t = r / gs, h = hb + r % gs;
         const float L = Ls[ri], del = Es[ri];
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -290,7 +309,7 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_bwd_simt(const __grid_con
       }
 #pragma unroll
       for (int i = 0; i < 4; i++) {
-        const int64_t r = r0 + ty + 16 * i, t = r / a.G, h = hk * a.G + r % a.G;
+        const int64_t r = r0 + ty + 16 * i, t = r / gs, h = hb + r % gs;
         if (r >= R) continue;
         float *dst = a.dq + ((b * a.Hq + h) * a.T + t) * a.D;
 #pragma unroll
@@ -308,7 +327,9 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_bwd_simt(const __grid_con
 #pragma unroll
       for (int j = 0; j < NJ; j++) {
         int d = tx + 16 * j;
-        if (d < a.D) { a.dk[at + d] = dk[i][j]; a.dv[at + d] = dv[i][j]; }   // Qs carries the scale
+        if (d >= a.D) continue;   // Qs carries the scale
+        if (a.NS > 1) { atomicAdd(a.dk + at + d, dk[i][j]); atomicAdd(a.dv + at + d, dv[i][j]); }
+        else { a.dk[at + d] = dk[i][j]; a.dv[at + d] = dv[i][j]; }
       }
     }
   }
@@ -380,19 +401,22 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_fwd_mma(const __grid_const
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tg = lane & 3;
   const int64_t nqb = (a.T + ATTN_BM - 1) / ATTN_BM, BH = a.B * a.Hq, S = eff_keys(a);
   const float sl2 = a.scale * LOG2E;   // scores in base 2: exp(x) = exp2(x log2 e)
-  for (int64_t item = blockIdx.x; item < nqb * BH; item += gridDim.x) {
-    const int64_t qb = nqb - 1 - item / BH, bh = item % BH, b = bh / a.Hq, h = bh % a.Hq, hk = h / a.G;
+  for (int64_t item = blockIdx.x; item < nqb * BH * a.NSP; item += gridDim.x) {
+    const int64_t sp = item % a.NSP, rest = item / a.NSP;
+    const int64_t qb = nqb - 1 - rest / BH, bh = rest % BH, b = bh / a.Hq, h = bh % a.Hq, hk = h / a.G;
     const int64_t t0 = qb * ATTN_BM;
     const int64_t tl = (t0 + ATTN_BM < a.T ? t0 + ATTN_BM : a.T) - 1;
     int64_t kend = a.causal ? tl + S - a.T + 1 : S;
     if (kend > S) kend = S;
     if (kend < 0) kend = 0;
-    const int ntiles = (int)((kend + ATTN_BN - 1) / ATTN_BN);
+    const int64_t nt_all = (kend + ATTN_BN - 1) / ATTN_BN, tb = sp * a.CHUNK;
+    const int ntiles = (int)(nt_all - tb < a.CHUNK ? (nt_all > tb ? nt_all - tb : 0) : a.CHUNK);   // this split's
+    const int64_t kbase = tb * ATTN_BN;
     __syncthreads();   // the previous item's readers are done with the buffers
     load_tile<HD>(Qs, a.q, b, h, t0, a.T, a.D);
     if (ntiles) {
-      load_tile<HD>(Ks, a.k, b, hk, 0, kend, a.D);
-      load_tile<HD>(Vs, a.v, b, hk, 0, kend, a.D);
+      load_tile<HD>(Ks, a.k, b, hk, kbase, kend, a.D);
+      load_tile<HD>(Vs, a.v, b, hk, kbase, kend, a.D);
     }
     cp_commit();
     uint32_t qf[KC][4];
@@ -403,8 +427,8 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_fwd_mma(const __grid_const
     for (int it = 0; it < ntiles; it++) {
       const int buf = it & 1;
       if (it + 1 < ntiles) {   // the next tile streams in while this one is used
-        load_tile<HD>(Ks + (buf ^ 1) * 64 * LDS, a.k, b, hk, (int64_t)(it + 1) * ATTN_BN, kend, a.D);
-        load_tile<HD>(Vs + (buf ^ 1) * 64 * LDS, a.v, b, hk, (int64_t)(it + 1) * ATTN_BN, kend, a.D);
+        load_tile<HD>(Ks + (buf ^ 1) * 64 * LDS, a.k, b, hk, kbase + (int64_t)(it + 1) * ATTN_BN, kend, a.D);
+        load_tile<HD>(Vs + (buf ^ 1) * 64 * LDS, a.v, b, hk, kbase + (int64_t)(it + 1) * ATTN_BN, kend, a.D);
         cp_commit();
         cp_wait<1>();
       } else {
@@ -429,7 +453,7 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_fwd_mma(const __grid_const
           MmaT<E>::mma(s[2 * np], qf[kc], kf[0], kf[1]);
           MmaT<E>::mma(s[2 * np + 1], qf[kc], kf[2], kf[3]);
         }
-      const int64_t s0 = (int64_t)it * ATTN_BN;
+      const int64_t s0 = kbase + (int64_t)it * ATTN_BN;
       // scores (base 2, masked) and the running max of rows g (c0, c1) and g + 8 (c2, c3)
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -496,6 +520,16 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_fwd_mma(const __grid_const
       if (a.lse && tg == 0)   // m is in base 2: L = m ln 2 + ln(sum)
         a.lse[(b * a.Hq + h) * a.T + t] = sum > 0.0f ? m[hr] * 0.6931471805599453f + logf(sum) : -INFINITY;
       if (!a.want_out) continue;
+      if (a.NSP > 1) {   // this split's share, m in natural units: combined by k_attn_combine
+        float *pp = a.part + (sp * a.B * a.Hq * a.T + (b * a.Hq + h) * a.T + t) * (a.D + 2);
+#pragma unroll
+        for (int d = 0; d < DT; d++) {
+          const int col = d * 8 + tg * 2;
+          if (col < a.D) { pp[col] = o[d][2 * hr]; pp[col + 1] = o[d][2 * hr + 1]; }
+        }
+        if (tg == 0) { pp[a.D] = m[hr] * 0.6931471805599453f; pp[a.D + 1] = sum; }
+        continue;
+      }
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;   // a row that sees no key: 0
       E *dst = (E *)a.out + ((b * a.Hq + h) * a.T + t) * a.D;
 #pragma unroll
@@ -522,9 +556,11 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_bwd_mma(const __grid_const
   float *Ls = (float *)(Ps + 64 * LDP), *Es = Ls + ATTN_BM;
   int *Ts = (int *)(Es + ATTN_BM), *Hs = Ts + ATTN_BM;   // each stacked row's t (-1: past the end) and head
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tg = lane & 3;
-  const int64_t nkb = (a.S + ATTN_BN - 1) / ATTN_BN, R = a.T * a.G;
-  for (int64_t item = blockIdx.x; item < a.B * a.Hkv * nkb; item += gridDim.x) {
-    const int64_t kb = item % nkb, hk = (item / nkb) % a.Hkv, b = item / (nkb * a.Hkv), s0 = kb * ATTN_BN;
+  const int64_t nkb = (a.S + ATTN_BN - 1) / ATTN_BN, per = nkb * a.NS;
+  for (int64_t item = blockIdx.x; item < a.B * a.Hkv * per; item += gridDim.x) {
+    const int64_t kb = item % nkb, sp = (item / nkb) % a.NS, hk = (item / per) % a.Hkv, b = item / (per * a.Hkv);
+    const int64_t s0 = kb * ATTN_BN, g0 = sp * a.GS, gs = a.GS < a.G - g0 ? a.GS : a.G - g0;
+    const int64_t R = a.T * gs, hb = hk * a.G + g0;   // rows r = t gs + i of heads hb + i
     __syncthreads();
     load_tile<HD>(Ks, a.k, b, hk, s0, a.S, a.D);
     load_tile<HD>(Vs, a.v, b, hk, s0, a.S, a.D);
@@ -539,20 +575,20 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_bwd_mma(const __grid_const
     int64_t r0 = 0;
     if (a.causal) {
       int64_t t = s0 - (a.S - a.T);
-      r0 = (t > 0 ? t : 0) * a.G;
+      r0 = (t > 0 ? t : 0) * gs;
     }
     for (; r0 < R; r0 += ATTN_BM) {
       __syncthreads();   // the previous row block's readers are done
       for (int e = threadIdx.x; e < 64 * CH; e += MMA_THREADS) {
         int i = e / CH, c = e % CH;
-        int64_t r = r0 + i, t = r / a.G, h = hk * a.G + r % a.G;
+        int64_t r = r0 + i, t = r / gs, h = hb + r % gs;
         bool in = r < R && c * 8 < a.D;
         cp16(Qs + i * LDS + c * 8, (const E *)a.q.p + (in ? elem(a.q, b, h, t, c * 8) : 0), in ? 16 : 0);
         cp16(Gs + i * LDS + c * 8, (const E *)a.dout.p + (in ? elem(a.dout, b, h, t, c * 8) : 0), in ? 16 : 0);
       }
       cp_commit();
       if (threadIdx.x < ATTN_BM) {
-        int64_t r = r0 + threadIdx.x, t = r / a.G, h = hk * a.G + r % a.G, x = (b * a.Hq + h) * a.T + t;
+        int64_t r = r0 + threadIdx.x, t = r / gs, h = hb + r % gs, x = (b * a.Hq + h) * a.T + t;
         bool in = r < R;
         Ls[threadIdx.x] = in ? a.lse[x] : -INFINITY;
         Es[threadIdx.x] = in ? a.delta[x] : 0.0f;
@@ -672,13 +708,39 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_bwd_mma(const __grid_const
 #pragma unroll
       for (int d = 0; d < DT; d++) {
         const int col = d * 8 + tg * 2;
-        if (col < a.D) {
+        if (col >= a.D) continue;
+        if (a.NS > 1) {
+          atomicAdd(a.dk + at + col, dk[d][2 * hr] * a.scale);
+          atomicAdd(a.dk + at + col + 1, dk[d][2 * hr + 1] * a.scale);
+          atomicAdd(a.dv + at + col, dv[d][2 * hr]);
+          atomicAdd(a.dv + at + col + 1, dv[d][2 * hr + 1]);
+        } else {
           a.dk[at + col] = dk[d][2 * hr] * a.scale;
           a.dk[at + col + 1] = dk[d][2 * hr + 1] * a.scale;
           a.dv[at + col] = dv[d][2 * hr];
           a.dv[at + col + 1] = dv[d][2 * hr + 1];
         }
       }
+    }
+  }
+}
+
+// The splits of a row merged (flash-decoding): o = sum_i o_i e^(m_i - M) / sum_i l_i e^(m_i - M).
+// One warp per query row.
+__global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = a.B * a.Hq * a.T, wpb = blockDim.x / 32, st = rows * (a.D + 2);
+  for (int64_t r = blockIdx.x * wpb + threadIdx.x / 32; r < rows; r += gridDim.x * wpb) {
+    const float *p = a.part + r * (a.D + 2);
+    float M = -INFINITY, L = 0.0f;
+    for (int64_t i = 0; i < a.NSP; i++) M = fmaxf(M, p[i * st + a.D]);
+    const float mu = M == -INFINITY ? 0.0f : M;
+    for (int64_t i = 0; i < a.NSP; i++) L += p[i * st + a.D + 1] * expf(p[i * st + a.D] - mu);
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;   // a row that sees no key: 0
+    for (int64_t d = lane; d < a.D; d += 32) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < a.NSP; i++) acc += p[i * st + d] * expf(p[i * st + a.D] - mu);
+      stv(a.out, a.out_dtype, r * a.D + d, acc * inv);
     }
   }
 }
@@ -707,6 +769,9 @@ static void attn_args(const wk_step *s, void *const *slots, AttnArgs *a) {
   a->G = a->Hq / (a->Hkv ? a->Hkv : 1);
   a->scale = s->attrs.f[0];
   a->causal = s->attrs.i[0] != 0;
+  a->NSP = 1;
+  a->CHUNK = (a->S + ATTN_BN - 1) / ATTN_BN;
+  a->NS = a->GS = 1;
 }
 static void attn_mask(const wk_operand *mk, void *const *slots, AttnArgs *a) {
   a->has_mask = 1;
@@ -777,7 +842,7 @@ static wk_status simt_fwd(const AttnArgs &a, const char *what) {
   if (smem > wkc_max_smem())
     return wk_error(WK_ERR_DEVICE, "%s: head dimension %lld needs %zu bytes of shared memory, the device has %zu", what,
                     (long long)a.D, smem, wkc_max_smem());
-  const int grid = grid_for((a.T + ATTN_BM - 1) / ATTN_BM * a.B * a.Hq);
+  const int grid = grid_for((a.T + ATTN_BM - 1) / ATTN_BM * a.B * a.Hq * a.NSP);
   cudaStream_t cs = wkc_stream();
   switch (nj) {
     case 2: k_attn_fwd_simt<2><<<grid, SIMT_THREADS, smem, cs>>>(a); break;
@@ -794,7 +859,7 @@ template <class E> static wk_status mma_fwd(const AttnArgs &a, const char *what)
   if (smem > wkc_max_smem())
     return wk_error(WK_ERR_DEVICE, "sdpa: head dimension %lld needs %zu bytes of shared memory, the device has %zu",
                     (long long)a.D, smem, wkc_max_smem());
-  const int grid = grid_for((a.T + ATTN_BM - 1) / ATTN_BM * a.B * a.Hq);
+  const int grid = grid_for((a.T + ATTN_BM - 1) / ATTN_BM * a.B * a.Hq * a.NSP);
   cudaStream_t cs = wkc_stream();
   switch (hd) {
     case 32: k_attn_fwd_mma<32, E><<<grid, MMA_THREADS, smem, cs>>>(a); break;
@@ -822,11 +887,37 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   a.out_dtype = s->out.dtype;
   a.want_out = 1;
   if (!a.B || !a.Hq || !a.T || !a.D) return WK_OK;
+  // Few CTAs (decode: T = 1, a handful of heads) and many key tiles: the keys are split
+  // over CTAs too, up to some 2 CTAs an SM, and the splits merged after (the host sizes
+  // the splits by the capacity S: under kv_len the splits past it find no key).
+  const int64_t ctas = (a.T + ATTN_BM - 1) / ATTN_BM * a.B * a.Hq, ntile = a.CHUNK;
+  void *part = NULL;
+  if (ctas < wkc_num_sms() && ntile > 1) {
+    int64_t want = (2 * wkc_num_sms() + ctas - 1) / ctas;
+    if (want > ntile) want = ntile;
+    a.CHUNK = (ntile + want - 1) / want;
+    a.NSP = (ntile + a.CHUNK - 1) / a.CHUNK;
+    const size_t bytes = sizeof(float) * (size_t)(a.NSP * a.B * a.Hq * a.T * (a.D + 2));
+    if (a.NSP > 1 && !(part = wkc_tmp_alloc(bytes)))
+      return wk_error(WK_ERR_OOM, "sdpa: %zu bytes of split-key partial results (q %lldx%lldx%lldx%lld, %lld keys): "
+                      "out of device memory", bytes, (long long)a.B, (long long)a.Hq, (long long)a.T, (long long)a.D,
+                      (long long)a.S);
+    a.part = (float *)part;
+  }
   const wk_dtype dt = q->dtype;
-  if ((dt == WK_BF16 || dt == WK_F16) && force != 3 && s->out.dtype == dt && ((uintptr_t)a.out & 3) == 0 && mma_operand(q, slots, dt) && mma_operand(k, slots, dt) &&
-      mma_operand(v, slots, dt))
-    return dt == WK_BF16 ? mma_fwd<__nv_bfloat16>(a, "sdpa (tensor cores)") : mma_fwd<__half>(a, "sdpa (tensor cores)");
-  return simt_fwd(a, "sdpa");
+  wk_status st;
+  if ((dt == WK_BF16 || dt == WK_F16) && force != 3 && s->out.dtype == dt && ((uintptr_t)a.out & 3) == 0 &&
+      mma_operand(q, slots, dt) && mma_operand(k, slots, dt) && mma_operand(v, slots, dt))
+    st = dt == WK_BF16 ? mma_fwd<__nv_bfloat16>(a, "sdpa (tensor cores)") : mma_fwd<__half>(a, "sdpa (tensor cores)");
+  else
+    st = simt_fwd(a, "sdpa");
+  if (!st && a.NSP > 1) {
+    const int64_t rows = a.B * a.Hq * a.T;
+    k_attn_combine<<<grid_for((rows + 7) / 8), 256, 0, wkc_stream()>>>(a);
+    st = wkc_check_launch("sdpa (merging key splits)");
+  }
+  wkc_tmp_free(part);
+  return st;
 }
 
 wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {
@@ -843,9 +934,19 @@ wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {
   a.dq = (float *)slot_ptr(&s->out, slots);
   a.dk = a.dq + a.B * a.Hq * a.T * a.D;
   a.dv = a.dk + a.B * a.Hkv * a.S * a.D;
-  const int64_t rows = a.B * a.Hq * a.T;
+  const int64_t rows = a.B * a.Hq * a.T, nkb = (a.S + ATTN_BN - 1) / ATTN_BN, base = a.B * a.Hkv * nkb;
+  // A CTA walks the rows of GS heads of a group; a wide group is split over several CTAs
+  // (summing dK, dV with atomics) until there are some 4 CTAs an SM: GQA 7:1 at
+  // batch 8, two kv heads and 512 keys gives 128 CTAs for 132 SMs unsplit.
+  a.NS = base > 0 ? (4 * wkc_num_sms() + base - 1) / base : 1;
+  if (a.NS > a.G) a.NS = a.G;
+  if (a.NS < 1) a.NS = 1;
+  a.GS = a.G > 0 ? (a.G + a.NS - 1) / a.NS : 1;
+  a.NS = a.G > 0 ? (a.G + a.GS - 1) / a.GS : 1;
   cudaStream_t cs = wkc_stream();
-  if (rows && a.D) cudaMemsetAsync(a.dq, 0, sizeof(float) * (size_t)(rows * a.D), cs);   // dQ is accumulated
+  // dQ is accumulated, and so are dK, dV when the group is split
+  const int64_t zero = a.NS > 1 ? rows * a.D + 2 * a.B * a.Hkv * a.S * a.D : rows * a.D;
+  if (zero > 0) cudaMemsetAsync(a.dq, 0, sizeof(float) * (size_t)zero, cs);
   if (!a.B || !a.Hkv || !a.S || !a.D) return wkc_check_launch("sdpa backward");
   const int nj = a.D <= 32 ? 2 : a.D <= 64 ? 4 : 8;
   const size_t smem = simt_bwd_smem(nj);
@@ -873,7 +974,7 @@ wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {
       st = wkc_check_launch("sdpa backward (delta)");
     }
   }
-  const int grid = grid_for((a.S + ATTN_BN - 1) / ATTN_BN * a.B * a.Hkv);
+  const int grid = grid_for(base * a.NS);
   const wk_dtype dt = s->in[0].dtype;
   bool mma = (dt == WK_BF16 || dt == WK_F16) && a.D <= 64 && forced_kernel() != 3;
   for (int i = 0; i < 5 && mma; i++) mma = i == 3 || mma_operand(&s->in[i], slots, dt);   // out is read by k_attn_delta
