@@ -11,6 +11,7 @@
 // Skipped (77) without a GPU.
 #define _POSIX_C_SOURCE 200809L
 #include <cuda_runtime.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 #include "check.h"
@@ -131,7 +132,9 @@ static void test_type(wk_dtype dt) {
   free(wf), free(qb);
 }
 
-// Refusals: a weight and x on different devices; an f16 weight is not read in place on cuda.
+// A weight and x on different devices are refused. A frozen f16 weight under an f32 x
+// widens on cuda (wk_matmul reads it in place only on the CPU): the CPU's product of
+// the widened weight, within f32 rounding; a trainable one is refused by name.
 static void test_errors(void) {
   uint8_t *qb = random_blocks(WK_Q4_1, 4, 64);
   wk_scope_begin();
@@ -140,8 +143,16 @@ static void test_errors(void) {
         "x on the cpu, quantized weight on cuda refused");
   wk_tensor *h = on(wk_cast(wk_randn(2, (int64_t[]){5, 64}, WK_F32, 2), WK_F16), WK_CUDA);
   wk_tensor *x = on(wk_randn(2, (int64_t[]){3, 64}, WK_F32, 3), WK_CUDA);
-  wk_tensor *y = h && x ? wk_matmul_t(x, 0, h, 1) : NULL;
-  CHECK(!y && strstr(wk_last_error(), "f16"), "f16 weight under an f32 x on cuda refused by name (callers cast it)");
+  wk_tensor *y = h && x ? wk_to_device(wk_matmul_t(x, 0, h, 1), WK_CPU) : NULL;
+  wk_tensor *yr = h && x ? wk_matmul_t(wk_to_device(x, WK_CPU), 0, wk_cast(wk_to_device(h, WK_CPU), WK_F32), 1) : NULL;
+  float *a = y ? read_all(y) : NULL, *b = yr ? read_all(yr) : NULL;
+  float e = 0;
+  for (int i = 0; a && b && i < 15; i++) e = fmaxf(e, fabsf(a[i] - b[i]));
+  CHECK(a && b && e <= 1e-5f, "frozen f16 weight under an f32 x on cuda widens: off by %g (%s)", (double)e,
+        a ? "" : wk_last_error());
+  free(a), free(b);
+  wk_set_trainable(h, 1);
+  CHECK(h && !wk_matmul_t(x, 0, h, 1) && strstr(wk_last_error(), "f16"), "trainable f16 weight on cuda refused by name");
   wk_tensor_free(W), wk_tensor_free(h), wk_tensor_free(x);
   wk_scope_end();
   free(qb);
