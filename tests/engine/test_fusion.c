@@ -16,6 +16,10 @@ static wk_tensor *c_norms(wk_tensor *x, wk_tensor *y, wk_tensor *w, wk_tensor *b
   (void)y;
   return wk_layer_norm(wk_rms_norm(wk_rms_norm(x, w, 1e-5f), NULL, 1e-6f), w, b, 1e-5f);
 }
+static wk_tensor *c_rms4(wk_tensor *x, wk_tensor *y, wk_tensor *w, wk_tensor *b) {
+  (void)y, (void)b; // each norm hands its output's sum of squares to the next
+  return wk_rms_norm(wk_rms_norm(wk_rms_norm(wk_rms_norm(x, w, 1e-5f), NULL, 1e-6f), w, 1e-5f), w, 1e-3f);
+}
 static wk_tensor *c_prologue_between(wk_tensor *x, wk_tensor *y, wk_tensor *w, wk_tensor *b) {
   (void)b; // softmax(rms_norm(x) * 3 + y): elementwise code between two stages
   return wk_softmax(wk_add(wk_mul_scalar(wk_rms_norm(x, w, 1e-5f), 3.0f), y), -1);
@@ -31,7 +35,7 @@ static wk_tensor *c_broadcast_epilogue(wk_tensor *x, wk_tensor *y, wk_tensor *w,
 
 static void test_chains(void) {
   struct { const char *name; chain_fn f; int min_chain; } cases[] = {
-      {"softmax x3", c_softmax3, 3}, {"rms, rms, layer norm", c_norms, 3},
+      {"softmax x3", c_softmax3, 3}, {"rms, rms, layer norm", c_norms, 3}, {"rms x4", c_rms4, 4},
       {"elementwise between stages", c_prologue_between, 2}, {"epilogues", c_epilogue, 2},
       {"broadcast epilogue", c_broadcast_epilogue, 2},
   };

@@ -136,13 +136,24 @@ static float vsum(const float *x, int64_t n) {
   for (; i < n; i++) acc[i & 15] += x[i];
   return hsum16(acc);
 }
+// Four vector accumulators (GCC vectors: the compiler keeps them in registers, where an
+// array indexed by a variable stays in memory): adds in flight hide their latency.
+typedef float v16 __attribute__((vector_size(64)));
 static float vdot(const float *x, const float *y, int64_t n) {
-  float acc[16] = {0};
+  v16 acc[4] = {{0}};
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int l = 0; l < 16; l++) acc[l] += x[i + l] * y[i + l];
-  for (; i < n; i++) acc[i & 15] += x[i] * y[i];
-  return hsum16(acc);
+  for (; i + 64 <= n; i += 64)
+    for (int q = 0; q < 4; q++) {
+      v16 a, b;
+      memcpy(&a, x + i + 16 * q, sizeof a);
+      memcpy(&b, y + i + 16 * q, sizeof b);
+      acc[q] += a * b;
+    }
+  float sum = 0;
+  for (; i < n; i++) sum += x[i] * y[i];
+  v16 t = acc[0] + acc[1] + acc[2] + acc[3];
+  for (int l = 0; l < 16; l++) sum += t[l];
+  return sum;
 }
 // sum (x - c)^2
 static float vsqdev(const float *x, int64_t n, float c) {
@@ -544,11 +555,39 @@ static void log_softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) { soft
 static float rms_scale(const float *x, int64_t D, float eps) {
   return 1.0f / sqrtf(vdot(x, x, D) / (float)D + eps);
 }
-static void rms_row(const float *x, float *y, int64_t D, float eps, const float *w) {
-  float k = rms_scale(x, D, eps);
-  if (w) for (int64_t i = 0; i < D; i++) y[i] = x[i] * k * w[i];
-  else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
+// RMSNorm of a row: y = x * k * w, k from ss = sum(x^2) when the stage before it in a
+// row chain handed it over (ss >= 0), else from a pass of its own. With `hand_over` it returns
+// sum(y^2) for the RMSNorm that follows, accumulated in the scaling pass, so a chain
+// of norms makes one pass per stage instead of two.
+static float rms_row(const float *x, float *y, int64_t D, float eps, const float *w, float ss, bool hand_over) {
+  float k = 1.0f / sqrtf((ss >= 0 ? ss : vdot(x, x, D)) / (float)D + eps);
+  if (!hand_over) {
+    if (w) for (int64_t i = 0; i < D; i++) y[i] = x[i] * k * w[i];
+    else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
+    return -1.0f;
+  }
+  v16 acc[4] = {{0}}, wv = {0}; // as in vdot
+  int64_t i = 0;
+  for (; i + 64 <= D; i += 64)
+    for (int q = 0; q < 4; q++) {
+      v16 v;
+      memcpy(&v, x + i + 16 * q, sizeof v);
+      if (w) memcpy(&wv, w + i + 16 * q, sizeof wv);
+      v = w ? v * k * wv : v * k;
+      memcpy(y + i + 16 * q, &v, sizeof v);
+      acc[q] += v * v;
+    }
+  float sum = 0;
+  for (; i < D; i++) {
+    float v = x[i] * k * (w ? w[i] : 1.0f);
+    y[i] = v;
+    sum += v * v;
+  }
+  v16 t = acc[0] + acc[1] + acc[2] + acc[3];
+  for (int l = 0; l < 16; l++) sum += t[l];
+  return sum;
 }
+
 static void rms_range(void *vc, int64_t b, int64_t e, int tid) {
   (void)tid;
   rctx *c = vc;
@@ -562,7 +601,7 @@ static void rms_range(void *vc, int64_t b, int64_t e, int tid) {
   for (int64_t r = b; r < e; r++) {
     const float *x = row_in0(s, c->slots, r, D, sc.p);
     float *y = row_dst(c, r, sc.p + D);
-    rms_row(x, y, D, eps, w);
+    rms_row(x, y, D, eps, w, -1.0f, false);
     put_row(c, r, y);
   }
   if (c->nt) stream_fence();
@@ -1190,10 +1229,8 @@ typedef struct {
   _Atomic int oom;
 } chain_ctx;
 
-// A softmax stage whose only input is the previous stage's row (no prologue).
-static bool softmax_of_prev(const wk_step *st) {
-  return st->op == WK_OP_SOFTMAX && !st->prog.n && st->in[0].slot < 0;
-}
+// A softmax (RMSNorm) stage whose only input is the previous stage's row (no prologue).
+static bool op_of_prev(const wk_step *st, wk_op op) { return st->op == op && !st->prog.n && st->in[0].slot < 0; }
 
 static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
   (void)tid;
@@ -1206,9 +1243,11 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
   for (int64_t r = rb; r < re; r++) {
     const float *cur = NULL;
     pending pend = {0}; // p > 0: cur holds a softmax's unnormalized row (see chain_softmax)
+    float ss = -1.0f;   // >= 0: sum(cur^2), handed over by an RMSNorm to the next
     for (int j = 0; j < c->n; j++) {
       const wk_step *st = &c->s[j];
       float *dst = cur == ping ? pong : ping;
+      if (j + 1 == c->n) dst = row_out(&st->out, c->slots, r, D, dst); // the last stage writes f32 rows in place
       if (st->op == WK_STEP_FUSED_EW) { // epilogue
         WK_ISA_FN(wk_cpu_ew_eval)(&st->prog, st->in, c->slots, r * D, D, cur, dst);
         cur = dst;
@@ -1223,11 +1262,13 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
       }
       float eps = st->attrs.f[0];
       switch (st->op) {
-        case WK_OP_SOFTMAX: // pend.p > 0 only here: a deferring softmax is followed by softmax_of_prev
-          pend = chain_softmax(x, dst, D, pend, j + 1 < c->n && softmax_of_prev(&c->s[j + 1]));
+        case WK_OP_SOFTMAX: // pend.p > 0 only here: a deferring softmax is followed by op_of_prev
+          pend = chain_softmax(x, dst, D, pend, j + 1 < c->n && op_of_prev(&c->s[j + 1], WK_OP_SOFTMAX));
           break;
         case WK_OP_LOG_SOFTMAX: softmax_row(x, dst, D, true); break;
-        case WK_OP_RMS_NORM: rms_row(x, dst, D, eps, c->w[j]); break;
+        case WK_OP_RMS_NORM: // ss >= 0 only here: a handing-over norm is followed by op_of_prev
+          ss = rms_row(x, dst, D, eps, c->w[j], ss, j + 1 < c->n && op_of_prev(&c->s[j + 1], WK_OP_RMS_NORM));
+          break;
         default: ln_row(x, dst, D, eps, c->w[j], c->b[j]); break;
       }
       cur = dst;
