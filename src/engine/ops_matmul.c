@@ -39,10 +39,11 @@ static wk_tensor *matmul_node(wk_tensor *a, wk_tensor *b) {
 
 // An f16/bf16 weight under an f32 input: a frozen, realized, contiguous 2-d leaf (a
 // model's weight) is taken as it is stored, never refused for its dtype. On the CPU
-// the quantized-matmul kernel reads it in place, expanding its rows as it packs them
-// or running the bf16 GEMM, instead of casting it whole at every use (a model in
-// bf16 used to write an f32 copy of every weight per decode step); that kernel gives
-// the weight no gradient (the input's flows as usual). Elsewhere it widens to f32.
+// and on CUDA the quantized-matmul kernels read it in place (a GEMV over its rows for
+// decode; for batches, on the CPU expanding rows as they pack or the bf16 GEMM, on
+// CUDA a bf16 cuBLAS GEMM), instead of casting it whole at every use (a model in bf16
+// used to write an f32 copy of every weight per decode step); that op gives the
+// weight no gradient (the input's flows as usual). Elsewhere it widens to f32.
 // A trainable half weight is refused like any mixed-dtype matmul.
 static bool frozen_half_weight(const wk_tensor *a, const wk_tensor *b) {
   return a->dtype == WK_F32 && (b->dtype == WK_F16 || b->dtype == WK_BF16) && a->device == b->device &&
@@ -51,7 +52,7 @@ static bool frozen_half_weight(const wk_tensor *a, const wk_tensor *b) {
 
 // The product of a (f32) with a frozen half weight b, b transposed when trans_b.
 static wk_tensor *half_weight_matmul(wk_tensor *a, wk_tensor *b, int trans_b) {
-  if (a->device == WK_CPU) return wk_qmatmul(a, b, trans_b);
+  if (a->device == WK_CPU || a->device == WK_CUDA) return wk_qmatmul(a, b, trans_b);
   wk_scope_begin();
   wk_tensor *r = wk_keep(wk_matmul_t(a, 0, wk_cast(b, WK_F32), trans_b));
   wk_scope_end();

@@ -12,13 +12,12 @@ static bool check_weight(const char *op, const wk_tensor *w) {
              wk_shape_str(w, b, sizeof b));
     return false;
   }
-  // CUDA has kernels for every block type (src/backend/cuda/qmatmul.cu); f16/bf16
-  // weights are read in place on the CPU only (elsewhere matmul casts them)
-  bool quant = wk_dtype_is_quantized(w->dtype);
-  if (w->device != WK_CPU && !(quant && w->device == WK_CUDA)) {
+  // CUDA has kernels for every block type and for f16/bf16 rows
+  // (src/backend/cuda/qmatmul.cu, halfmm.cu); other devices have none
+  if (w->device != WK_CPU && w->device != WK_CUDA) {
     wk_error(WK_ERR_DEVICE, "%s: weight %s is on %s, where no kernel reads %s weights in place%s", op,
              wk_shape_str(w, b, sizeof b), wk_device_name(w->device), wk_dtype_name(w->dtype),
-             quant ? "" : " (cast it to f32 there)");
+             wk_dtype_is_quantized(w->dtype) ? "" : " (cast it to f32 there)");
     return false;
   }
   return true;

@@ -1,13 +1,18 @@
-// Block-quantized weights on CUDA against the CPU backend: for Q8_0, Q4_0, Q4_1,
-// Q4_K, Q5_K and Q6_K (random blocks from quant_blocks.h, as test_quant.c uses),
+// Block-quantized and f16/bf16 weights on CUDA against the CPU backend. For Q8_0, Q4_0,
+// Q4_1, Q4_K, Q5_K and Q6_K (random blocks from quant_blocks.h, as test_quant.c uses):
 // x @ W^T and x @ W for M in {1, 3, 8, 9, 64, 300} (the GEMV and the tiled kernels),
 // odd N, K over many blocks, a strided x; every output within 1e-5 of sum |x w| of
 // the CPU's. Dequantize and embedding from a quantized table bit-exact; an id out of
-// range is an error. Then the tiny Q8_0 Llama GGUF moved to CUDA keeps its weights
-// in blocks and gives the CPU's logits within 1e-3 (a full forward, and decoding
-// through the KV cache, which replays captured plans).
-// WICK_QMM_BENCH=1 also times the kernels on SmolLM2-135M's decode shapes (Q4_1 and
-// Q8_0): GB/s of weight bytes read against a device-to-device copy.
+// range is an error. Frozen f16/bf16 weights read in place (halfmm.cu): the same
+// orientations and M, odd and aligned K, K over several staged segments, a strided x,
+// within 3e-5 of sum |x w| of the CPU's, and the CPU's semantics exactly: a bf16
+// weight multiplies x rounded to bf16, an f16 weight widens. Then the tiny Q8_0
+// Llama GGUF moved to CUDA keeps its weights in blocks and gives the CPU's logits
+// within 1e-3 (a full forward, and decoding through the KV cache, which replays
+// captured plans).
+// WICK_QMM_BENCH=1 also times the decode GEMVs on SmolLM2-135M's shapes (Q4_1, Q8_0,
+// Q4_K) and Qwen2.5-0.5B's (bf16, and two bf16 weights larger than L2): GB/s of
+// weight bytes read against a device-to-device copy.
 // Skipped (77) without a GPU.
 #define _POSIX_C_SOURCE 200809L
 #include <cuda_runtime.h>
@@ -132,9 +137,107 @@ static void test_type(wk_dtype dt) {
   free(wf), free(qb);
 }
 
+// ---- f16 / bf16 weights read in place ----
+// Both sides accumulate in f32 in different orders (the CUDA GEMV splits rows over
+// lanes and warps, cuBLAS over its tiles): over up to 8200 terms the rounding errors
+// stay near sqrt(K) * 6e-8 ~ 5e-6 of sum |x w|. Not rounding x to bf16 would be off by
+// ~2^-9 / sqrt(K) of it (1e-4 at K = 203), and the exact checks below catch it at any K.
+#define HALF_TOL 3e-5
+
+// x @ W^T ([M, K]) and g @ W ([1, M, N]) on cuda against the CPU's, W [N, K] of dt.
+static void half_case(wk_dtype dt, wk_tensor *Wc, wk_tensor *Wg, const float *wf, int64_t N, int64_t K, int64_t M) {
+  const char *name = wk_dtype_name(dt);
+  wk_scope_begin();
+  wk_tensor *x = wk_randn(2, (int64_t[]){M, K}, WK_F32, 7 + (uint64_t)M), *xg = on(x, WK_CUDA);
+  float *xv = read_all(x), *yc = read_all(wk_matmul_t(x, 0, Wc, 1));
+  float *yg = xg ? read_all(wk_matmul_t(xg, 0, Wg, 1)) : NULL;
+  double e = worst(yg, yc, xv, wf, M, N, K, 1);
+  CHECK(e < HALF_TOL, "%s: [%lld,%lld] @ [%lld,%lld]^T cuda vs cpu %g", name, (long long)M, (long long)K, (long long)N,
+        (long long)K, e);
+  free(xv), free(yc), free(yg);
+  wk_tensor *g = wk_randn(3, (int64_t[]){1, M, N}, WK_F32, 11 + (uint64_t)M), *gg = on(g, WK_CUDA);
+  float *gv = read_all(g), *zc = read_all(wk_matmul(g, Wc)), *zg = gg ? read_all(wk_matmul(gg, Wg)) : NULL;
+  e = worst(zg, zc, gv, wf, M, K, N, 0);
+  CHECK(e < HALF_TOL, "%s: [1,%lld,%lld] @ [%lld,%lld] cuda vs cpu %g", name, (long long)M, (long long)N, (long long)N,
+        (long long)K, e);
+  free(gv), free(zc), free(zg);
+  wk_tensor_free(xg), wk_tensor_free(gg);
+  wk_scope_end();
+}
+
+// A frozen random weight [N, K] of dt on the CPU (*cpu) and on cuda (returned), its
+// values as f32 in *vals.
+static wk_tensor *half_weight(wk_dtype dt, int64_t N, int64_t K, uint64_t seed, wk_tensor **cpu, float **vals) {
+  *cpu = wk_keep(wk_cast(wk_randn(2, (int64_t[]){N, K}, WK_F32, seed), dt));
+  if (*cpu && wk_eval(1, cpu)) { wk_tensor_free(*cpu); *cpu = NULL; }
+  *vals = *cpu ? read_all(*cpu) : NULL;
+  return *cpu ? on(*cpu, WK_CUDA) : NULL;
+}
+
+static void test_half(wk_dtype dt) {
+  const char *name = wk_dtype_name(dt);
+  // odd K (2-byte loads), K % 8 == 0 (16-byte loads, rows split over warps, three
+  // stages of x at M = 8), K over two stages at M = 1 (split over 4 warps), and a
+  // wide W (4 rows a warp group at M <= 2)
+  const int64_t shapes[][2] = {{131, 203}, {67, 2056}, {37, 8200}, {8485, 64}};
+  const int64_t Ms[] = {1, 3, 8, 9, 64, 300};
+  for (int si = 0; si < 4; si++) {
+    int64_t N = shapes[si][0], K = shapes[si][1];
+    wk_tensor *Wc = NULL;
+    float *wf = NULL;
+    wk_tensor *Wg = half_weight(dt, N, K, 40 + (uint64_t)si, &Wc, &wf);
+    CHECK(Wg && wk_tensor_dtype(Wg) == dt, "%s: [%lld,%lld] weight moves to cuda as %s", name, (long long)N,
+          (long long)K, name);
+    for (int mi = 0; Wg && mi < 6; mi++)
+      if (si < 2 || Ms[mi] <= 9) half_case(dt, Wc, Wg, wf, N, K, Ms[mi]);
+    if (Wg && si == 0)  // a strided x (x^T's transpose): densified first, for the GEMV and the GEMM
+      for (int64_t M = 3; M <= 64; M += 61) {
+        wk_scope_begin();
+        wk_tensor *xt = wk_randn(2, (int64_t[]){K, M}, WK_F32, 3 + (uint64_t)M), *xtg = on(xt, WK_CUDA);
+        wk_tensor *x = wk_transpose(xt, 0, 1);
+        float *xv = read_all(x), *yc = read_all(wk_matmul_t(x, 0, Wc, 1));
+        float *yg = xtg ? read_all(wk_matmul_t(wk_transpose(xtg, 0, 1), 0, Wg, 1)) : NULL;
+        double e = worst(yg, yc, xv, wf, M, N, K, 1);
+        CHECK(e < HALF_TOL, "%s: strided x [%lld,%lld] cuda vs cpu %g", name, (long long)M, (long long)K, e);
+        free(xv), free(yc), free(yg);
+        wk_tensor_free(xtg);
+        wk_scope_end();
+      }
+    wk_tensor_free(Wc), wk_tensor_free(Wg);
+    free(wf);
+  }
+}
+
+// The CPU's semantics exactly: W of ones [5, 64] and x = 1 + 2^-12 (not a bf16 value;
+// an f16 one). bf16 rounds x to 1: every output is the row length; f16 widens, and x
+// stays as it is: length * (1 + 2^-12), exact in f32. M = 1 and 2 run the GEMV (x @ W^T)
+// and cuBLAS (g @ W); M = 64, cuBLAS both ways.
+static void test_half_rounding(wk_dtype dt) {
+  const float xv = 1.0f + 0x1p-12f;
+  const int64_t Ms[] = {1, 2, 64};
+  for (int mi = 0; mi < 3; mi++) {
+    int64_t M = Ms[mi];
+    wk_scope_begin();
+    wk_tensor *W = on(wk_cast(wk_full(2, (int64_t[]){5, 64}, WK_F32, 1.0f), dt), WK_CUDA);
+    wk_tensor *x = on(wk_full(2, (int64_t[]){M, 64}, WK_F32, xv), WK_CUDA);
+    wk_tensor *g = on(wk_full(2, (int64_t[]){M, 5}, WK_F32, xv), WK_CUDA);
+    float *y = W && x ? read_all(wk_matmul_t(x, 0, W, 1)) : NULL, *z = W && g ? read_all(wk_matmul(g, W)) : NULL;
+    float ey = dt == WK_BF16 ? 64.0f : 64.0f * xv, ez = dt == WK_BF16 ? 5.0f : 5.0f * xv;
+    int bad = !y || !z;
+    for (int64_t i = 0; !bad && i < M * 5; i++) bad = y[i] != ey;
+    for (int64_t i = 0; !bad && i < M * 64; i++) bad = z[i] != ez;
+    CHECK(!bad, "%s weight on cuda, M = %lld: x %s (x @ W^T = %.9g, want %.9g; g @ W = %.9g, want %.9g)",
+          wk_dtype_name(dt), (long long)M, dt == WK_BF16 ? "rounded to bf16" : "kept (f16 widens)",
+          y ? (double)y[0] : NAN, (double)ey, z ? (double)z[0] : NAN, (double)ez);
+    free(y), free(z);
+    wk_tensor_free(W), wk_tensor_free(x), wk_tensor_free(g);
+    wk_scope_end();
+  }
+}
+
 // A weight and x on different devices are refused. A frozen f16 weight under an f32 x
-// widens on cuda (wk_matmul reads it in place only on the CPU): the CPU's product of
-// the widened weight, within f32 rounding; a trainable one is refused by name.
+// is read in place on cuda and widens exactly, as on the CPU: the CPU's product of the
+// weight cast to f32, within f32 rounding; a trainable one is refused by name.
 static void test_errors(void) {
   uint8_t *qb = random_blocks(WK_Q4_1, 4, 64);
   wk_scope_begin();
@@ -213,10 +316,13 @@ static double now_s(void) {
 
 // R chained decode GEMVs y = x @ W^T (x: first K of the previous y, so a step's input
 // is the last one's output), evaluated as one plan; the second evaluation replays it.
+// W [N, K] of dt: random blocks, or random values cast to f16/bf16.
 static void bench_shape(wk_dtype dt, int64_t N, int64_t K, double copy_gbs) {
   enum { R = 200 };
-  uint8_t *qb = random_blocks(dt, N, K);
-  wk_tensor *W = on(wk_from_data(2, (int64_t[]){N, K}, dt, qb), WK_CUDA);
+  bool half = !wk_dtype_is_quantized(dt);
+  uint8_t *qb = half ? NULL : random_blocks(dt, N, K);
+  wk_tensor *W = on(half ? wk_cast(wk_randn(2, (int64_t[]){N, K}, WK_F32, 9), dt) : wk_from_data(2, (int64_t[]){N, K}, dt, qb),
+                    WK_CUDA);
   double best = INFINITY;
   for (int it = 0; W && it < 4; it++) {
     wk_scope_begin();
@@ -268,6 +374,10 @@ static void bench(void) {
   for (int d = 0; d < 3; d++)
     for (int s = 0; s < 4; s++)
       if (shapes[s][1] % wk_dtype_block(dts[d]) == 0) bench_shape(dts[d], shapes[s][0], shapes[s][1], copy);
+  // Qwen2.5-0.5B's decode shapes (q/o, gate/up, down, the tied LM head) in bf16, and
+  // two weights of 117 and 235 MB, larger than L2 (the others but the LM head fit)
+  const int64_t qwen[][2] = {{896, 896}, {4864, 896}, {896, 4864}, {151936, 896}, {14336, 4096}, {28672, 4096}};
+  for (int s = 0; s < 6; s++) bench_shape(WK_BF16, qwen[s][0], qwen[s][1], copy);
 }
 
 int main(void) {
@@ -276,6 +386,10 @@ int main(void) {
     return 77;
   }
   for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) test_type(types[i]);
+  test_half(WK_BF16);
+  test_half(WK_F16);
+  test_half_rounding(WK_BF16);
+  test_half_rounding(WK_F16);
   test_errors();
   test_model();
   if (getenv("WICK_QMM_BENCH") && atoi(getenv("WICK_QMM_BENCH"))) bench();

@@ -238,7 +238,7 @@ static wk_status wkc_download(void *dst, const void *src, size_t bytes) {
 }
 
 // ---- GEMM (cuBLAS, row-major operands mapped onto column-major calls) ----
-typedef struct { const char *p; int trans; int64_t ld; } mat;
+typedef wkc_mat mat;
 
 static bool as_mat(const wk_operand *o, void *const *slots, mat *m) {
   int nd = o->ndim;
@@ -302,6 +302,11 @@ static wk_status gemm(const mat &a, const mat &b, int64_t sa, int64_t sb, int in
       b.p, cuda_type(in_dt), (int)b.ld, (long long)sb, a.p, cuda_type(in_dt), (int)a.ld, (long long)sa, &beta, c,
       cuda_type(out_dt), (int)N, (long long)(M * N), (int)batch, ct, CUBLAS_GEMM_DEFAULT);
   return blas_status(st, what);
+}
+
+wk_status wkc_gemm(const wkc_mat &a, const wkc_mat &b, int in_dt, char *c, int64_t M, int64_t N, int64_t K,
+                   const char *what) {
+  return gemm(a, b, 0, 0, in_dt, c, WK_F32, M, N, K, 1, 1.0f, 0.0f, what);
 }
 
 static wk_status matmul(const wk_step *s, void *const *slots) {

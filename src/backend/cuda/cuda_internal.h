@@ -97,6 +97,14 @@ bool wkc_dev_err_swap(bool armed);         // sets the "may have set it" flag, r
 int wkc_num_sms(void);
 size_t wkc_max_smem(void);                  // opt-in dynamic shared memory per block
 
+// A row-major matrix view for cuBLAS: trans = 1 when its rows are strided by 1 (a
+// transposed view); ld is the stride of the other axis.
+struct wkc_mat { const char *p; int trans; int64_t ld; };
+// C[M, N] (dense f32) = op(A)[M, K] @ op(B)[K, N], A and B of dtype in_dt, accumulating
+// in f32 (TF32 for f32 inputs only under WICK_CUDA_TF32=1).
+wk_status wkc_gemm(const wkc_mat &a, const wkc_mat &b, int in_dt, char *c, int64_t M, int64_t N, int64_t K,
+                   const char *what);
+
 // ---- running steps ----
 wk_status wkc_dispatch(const wk_step *s, void *const *slots);  // enqueues a step's kernels
 wk_status wkc_run(const wk_step *s, void *const *slots);       // the same, + WICK_CUDA_SYNC
@@ -143,12 +151,23 @@ bool wkc_quant_supported(wk_dtype dt);
 wk_status wkc_qmatmul(const wk_step *s, void *const *slots);
 wk_status wkc_dequantize(const wk_step *s, void *const *slots);
 wk_status wkc_qembedding(const wk_step *s, void *const *slots);
+// The same matmul with a frozen f16/bf16 W [N, K] read in place (halfmm.cu).
+wk_status wkc_half_matmul(const wk_step *s, void *const *slots);
 
 // ---- host helpers for descriptors ----
 static inline int64_t wkc_numel(const wk_operand *o) {
   int64_t n = 1;
   for (int d = 0; d < o->ndim; d++) n *= o->shape[d];
   return n;
+}
+// Elements in row-major order with no gaps (axes of length 1 may have any stride).
+static inline bool wkc_is_dense(const wk_operand *o) {
+  int64_t st = 1;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    if (o->shape[d] != 1 && o->stride[d] != st) return false;
+    st *= o->shape[d];
+  }
+  return true;
 }
 static inline size_t wkc_esize(int dt) { return dt == WK_F32 || dt == WK_I32 ? 4 : 2; }
 // Bytes of an operand's elements and of its offset: block-quantized operands count

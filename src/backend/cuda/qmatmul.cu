@@ -25,6 +25,7 @@
 //     per-matmul f32 copies of W would bring back the very memory the blocks save,
 //     once per captured plan. No tensor cores: the f32 product keeps the CPU's
 //     precision (no TF32 rounding of x).
+// f16/bf16 weights take the same step to halfmm.cu.
 // Nothing syncs, and the one allocation (a dense copy of a strided x) comes from the
 // caching allocator, so captured plans replay these steps.
 #include "cuda_internal.h"
@@ -354,15 +355,6 @@ __global__ void k_qrows(const __grid_constant__ DeqArgs a) {
 } // namespace
 
 // ---- host side ----
-static bool dense(const wk_operand *o) {
-  int64_t st = 1;
-  for (int d = o->ndim - 1; d >= 0; d--) {
-    if (o->shape[d] != 1 && o->stride[d] != st) return false;
-    st *= o->shape[d];
-  }
-  return true;
-}
-
 // Quantized operands count their offset in values (whole blocks of them).
 static const uint8_t *qptr(const wk_operand *o, void *const *slots) {
   return (const uint8_t *)slots[o->slot] + wk_dtype_bytes(o->dtype, o->offset);
@@ -433,10 +425,11 @@ wk_status wkc_qmatmul(const wk_step *s, void *const *slots) {
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   const bool trans = s->attrs.i[0] != 0;
   const int dt = wo->dtype;
+  if (dt == WK_F16 || dt == WK_BF16) return wkc_half_matmul(s, slots);
   if (!wkc_quant_supported((wk_dtype)dt)) return unsupported("matmul", dt);
-  if (wo->ndim != 2 || !dense(wo))
+  if (wo->ndim != 2 || !wkc_is_dense(wo))
     return wk_error(WK_ERR_SHAPE, "matmul (quantized, cuda): the weight must be a dense 2-d [N, K] tensor of blocks");
-  if (s->out.dtype != WK_F32 || !dense(&s->out) || xo->dtype != WK_F32)
+  if (s->out.dtype != WK_F32 || !wkc_is_dense(&s->out) || xo->dtype != WK_F32)
     return wk_error(WK_ERR_STATE, "matmul (quantized, cuda): expected an f32 input and a dense f32 output");
   QArgs a;
   a.N = wo->shape[0];
@@ -455,7 +448,7 @@ wk_status wkc_qmatmul(const wk_step *s, void *const *slots) {
     return wk_error(WK_ERR_SHAPE, "matmul (quantized, cuda): %lld rows of x exceed the kernel's grid (at most %d)",
                     (long long)a.M, 65535 * TB);
   void *tmp = NULL;
-  if (dense(xo)) {
+  if (wkc_is_dense(xo)) {
     a.x = (const float *)((const char *)slots[xo->slot] + xo->offset * 4);
   } else { // a strided view of x: made dense first
     if (!(tmp = wkc_tmp_alloc(sizeof(float) * (size_t)(a.M * in))))
@@ -475,7 +468,7 @@ static wk_status qrows(const wk_step *s, void *const *slots, bool gather) {
   const int dt = q->dtype;
   const char *op = gather ? "embedding" : "dequantize";
   if (!wkc_quant_supported((wk_dtype)dt)) return unsupported(op, dt);
-  if (!dense(q) || !dense(&s->out) || s->out.dtype != WK_F32 || q->ndim < 1)
+  if (!wkc_is_dense(q) || !wkc_is_dense(&s->out) || s->out.dtype != WK_F32 || q->ndim < 1)
     return wk_error(WK_ERR_STATE, "%s (quantized, cuda): expected dense blocks and a dense f32 output", op);
   DeqArgs a;
   memset(&a, 0, sizeof a);

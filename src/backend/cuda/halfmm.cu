@@ -1,0 +1,251 @@
+// Matmul with a frozen f16 or bf16 weight W [N, K] read in place (x @ W^T and x @ W),
+// the QMATMUL step for half weights, with the CPU's semantics (cpu/qmatmul.c): a bf16
+// W multiplies x rounded to bf16 (to nearest even) with f32 accumulation; an f16 W
+// widens exactly (f32 math). The output is f32.
+//   decode, x @ W^T with M <= 8 rows (k_hgemv): W's bytes are the cost, so each
+//     warp streams whole rows with 16-byte loads, two chunks of 8 values per row in
+//     flight per lane; x is staged once per block in shared memory (rounded there).
+//     Few long rows (a down projection: N = 896, K = 4864) would leave most SMs
+//     idle with a warp per row, so `split` warps share a row and add their parts
+//     in a fixed order (deterministic, no atomics).
+//   otherwise (prefill, training, and dX = dY @ W in the backward): bf16: x rounded
+//     into a bf16 scratch, then a cuBLAS bf16 GEMM accumulating in f32 (tensor
+//     cores; products of bf16 values are exact in f32, so only the summation order
+//     differs from the CPU's). f16: W widened into an f32 scratch, then an f32 GEMM
+//     (TF32 only under WICK_CUDA_TF32=1, like every f32 matmul).
+// The scratch is one device buffer of this file's, grown on demand and never handed
+// to the caching allocator. Why: a plan captured as a CUDA graph keeps every block
+// its steps allocate for as long as the graph lives (graph.cu), so per-step scratch
+// from the allocator would hold a bf16 copy of every projection's input per captured
+// training step (gigabytes); steps run in stream order, so one buffer serves them
+// all. A graph bakes the buffer's address in, so an outgrown buffer is retired, not
+// freed (growth at least doubles, so the retired ones total less than the live one).
+#include <mutex>
+#include "cuda_internal.h"
+
+namespace {
+
+#define HG_WARPS 8
+#define HG_XS 8192  // floats of x a block stages at a time (32 KB)
+
+struct HArgs {
+  const uint16_t *w;  // W [N, K]: f16 or bf16 bits
+  const float *x;     // [M, K], dense
+  float *y;           // [M, N], dense
+  int64_t M, N, K;
+  int split;          // warps per row of W: 1, 2, 4 or 8
+  int vec;            // rows start 16-byte aligned (K % 8 == 0): 16-byte loads
+};
+
+template <bool BF> __device__ __forceinline__ float xround(float v) { return BF ? bf16_round(v) : v; }
+template <bool BF> __device__ __forceinline__ float widen1(uint16_t u) {
+  return BF ? __uint_as_float((uint32_t)u << 16) : __half2float(__ushort_as_half(u));
+}
+// the two values of a 32-bit word, the lower address first
+template <bool BF> __device__ __forceinline__ float2 widen2(uint32_t u) {
+  if (BF) return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  return make_float2(widen1<false>((uint16_t)u), widen1<false>((uint16_t)(u >> 16)));
+}
+template <bool BF> __device__ __forceinline__ float dot8(uint4 w, const float *x, float acc) {
+  const float4 x0 = *(const float4 *)x, x1 = *(const float4 *)(x + 4);
+  float2 a = widen2<BF>(w.x), b = widen2<BF>(w.y), c = widen2<BF>(w.z), d = widen2<BF>(w.w);
+  acc = fmaf(a.x, x0.x, acc);
+  acc = fmaf(a.y, x0.y, acc);
+  acc = fmaf(b.x, x0.z, acc);
+  acc = fmaf(b.y, x0.w, acc);
+  acc = fmaf(c.x, x1.x, acc);
+  acc = fmaf(c.y, x1.y, acc);
+  acc = fmaf(d.x, x1.z, acc);
+  return fmaf(d.y, x1.w, acc);
+}
+
+// y[m, n] = x[m, :] . W[n, :]. A block holds HG_WARPS / split row groups of ROWS rows;
+// thread t of a group's split * 32 takes 8-value chunks t, t + split * 32, ... of
+// each of its rows. Rows past N repeat row N - 1 (loads stay in bounds, results are
+// dropped), so every thread reaches the barriers.
+template <bool BF, int MM, int ROWS>
+__global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv(const HArgs a) {
+  constexpr int SEG = HG_XS / MM / 8 * 8;  // values of a row per stage
+  __shared__ __align__(16) float xs[MM][SEG];
+  __shared__ float part[HG_WARPS][ROWS * MM];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int grp = warp / a.split, sub = warp - grp * a.split;
+  const int t = sub * 32 + lane, nt = a.split * 32;
+  const int64_t n0 = ((int64_t)blockIdx.x * (HG_WARPS / a.split) + grp) * ROWS;
+  const uint16_t *wr[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) wr[r] = a.w + (n0 + r < a.N ? n0 + r : a.N - 1) * a.K;
+  float acc[ROWS][MM];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int m = 0; m < MM; m++) acc[r][m] = 0.0f;
+  for (int64_t k0 = 0; k0 < a.K; k0 += SEG) {
+    const int kn = a.K - k0 < SEG ? (int)(a.K - k0) : SEG;
+    __syncthreads();  // the last stage's readers are done with xs
+    for (int i = threadIdx.x; i < MM * kn; i += blockDim.x) {
+      const int m = i / kn, e = i - m * kn;
+      xs[m][e] = xround<BF>(__ldg(a.x + m * a.K + k0 + e));
+    }
+    __syncthreads();
+    if (a.vec) {
+      const int nc = kn >> 3;
+      for (int c = t; c < nc; c += 2 * nt) {
+        uint4 w[2][ROWS];  // every load of the step issued before the first use
+#pragma unroll
+        for (int u = 0; u < 2; u++)
+#pragma unroll
+          for (int r = 0; r < ROWS; r++)
+            w[u][r] = c + u * nt < nc ? __ldg((const uint4 *)(wr[r] + k0) + c + u * nt) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+          if (c + u * nt >= nc) break;
+#pragma unroll
+          for (int m = 0; m < MM; m++)
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) acc[r][m] = dot8<BF>(w[u][r], &xs[m][(c + u * nt) * 8], acc[r][m]);
+        }
+      }
+    } else {  // odd K: rows are not 16-byte aligned
+      for (int e = t; e < kn; e += nt)
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+          const float wv = widen1<BF>(wr[r][k0 + e]);
+#pragma unroll
+          for (int m = 0; m < MM; m++) acc[r][m] = fmaf(wv, xs[m][e], acc[r][m]);
+        }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int m = 0; m < MM; m++) {
+      const float v = warp_sum(acc[r][m]);
+      if (lane == 0) part[warp][r * MM + m] = v;
+    }
+  __syncthreads();
+  if (sub == 0 && lane < ROWS * MM) {  // the row's warps' parts, in order
+    const int r = lane / MM, m = lane - r * MM;
+    float s = 0.0f;
+    for (int p = 0; p < a.split; p++) s += part[warp + p][lane];
+    if (n0 + r < a.N) a.y[m * a.N + n0 + r] = s;
+  }
+}
+
+template <bool BF, int MM, int ROWS>
+void gemv_launch(const HArgs &a) {
+  const int64_t rows = (int64_t)(HG_WARPS / a.split) * ROWS;
+  k_hgemv<BF, MM, ROWS><<<(unsigned)((a.N + rows - 1) / rows), HG_WARPS * 32, 0, wkc_stream()>>>(a);
+}
+
+template <bool BF, int MM>
+void gemv_rows(const HArgs &a) {
+  // 4 rows a group (more loads in flight, x shared over more rows) once that still
+  // leaves two blocks per SM
+  if constexpr (MM <= 2)
+    if (a.split == 1 && a.N >= (int64_t)wkc_num_sms() * 2 * HG_WARPS * 4) return gemv_launch<BF, MM, 4>(a);
+  gemv_launch<BF, MM, 1>(a);
+}
+
+template <bool BF>
+void gemv(HArgs a) {
+  // Warps per row: more while each thread still gets 4 chunks of every row and the
+  // grid has fewer than 32 warps an SM.
+  const int64_t chunks = (a.K + 7) / 8;
+  a.split = 1;
+  while (a.split < HG_WARPS && chunks >= (int64_t)a.split * 2 * 32 * 4 && a.N * a.split < (int64_t)wkc_num_sms() * 32)
+    a.split *= 2;
+  switch (a.M) {
+    case 1: return gemv_rows<BF, 1>(a);
+    case 2: return gemv_rows<BF, 2>(a);
+    case 3: return gemv_rows<BF, 3>(a);
+    case 4: return gemv_rows<BF, 4>(a);
+    case 5: return gemv_rows<BF, 5>(a);
+    case 6: return gemv_rows<BF, 6>(a);
+    case 7: return gemv_rows<BF, 7>(a);
+    default: return gemv_rows<BF, 8>(a);
+  }
+}
+
+struct Scratch {
+  std::mutex mu;
+  char *p = NULL;
+  size_t bytes = 0;
+  std::vector<void *> retired;  // outgrown buffers a captured graph may still use
+};
+Scratch g_scr;
+
+// The shared scratch, at least `bytes` long; NULL (an error naming the sizes) when the
+// device has no room.
+char *scratch(size_t bytes, const char *dt, const char *what) {
+  std::lock_guard<std::mutex> lk(g_scr.mu);
+  if (bytes <= g_scr.bytes) return g_scr.p;
+  size_t want = bytes > 2 * g_scr.bytes ? bytes : 2 * g_scr.bytes;
+  want = (want + (1u << 20) - 1) & ~(size_t)((1u << 20) - 1);
+  void *p = NULL;
+  if (cudaMalloc(&p, want) != cudaSuccess) {
+    cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    wk_error(WK_ERR_OOM,
+             "matmul (%s weight, cuda): out of device memory for %zu bytes of scratch (%s); the device has %zu of %zu "
+             "bytes free",
+             dt, want, what, fr, tot);
+    return NULL;
+  }
+  if (g_scr.p) g_scr.retired.push_back(g_scr.p);
+  g_scr.p = (char *)p;
+  g_scr.bytes = want;
+  return g_scr.p;
+}
+
+size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+} // namespace
+
+wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
+  const wk_operand *xo = &s->in[0], *wo = &s->in[1];
+  const bool trans = s->attrs.i[0] != 0, bf = wo->dtype == WK_BF16;
+  const char *dtn = wk_dtype_name(wo->dtype);
+  if (wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))
+    return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input and a dense "
+                    "f32 output", dtn);
+  const int64_t N = wo->shape[0], K = wo->shape[1], in = trans ? K : N, out = trans ? N : K;
+  const int64_t M = out ? wkc_numel(&s->out) / out : 0;
+  const char *w = (const char *)slots[wo->slot] + wo->offset * 2;
+  char *y = (char *)slots[s->out.slot] + s->out.offset * 4;
+  if (M == 0 || out == 0) return WK_OK;
+  if (in == 0) {
+    cudaMemsetAsync(y, 0, sizeof(float) * (size_t)(M * out), wkc_stream());
+    return wkc_check_launch("matmul (half weight, empty)");
+  }
+  const bool gemv_path = trans && M <= 8;
+  // scratch: [x, dense f32 (GEMV) or rounded to bf16 (GEMM)] [W widened to f32 (f16 GEMM)]
+  const bool x_copy = !wkc_is_dense(xo) || (bf && !gemv_path);
+  const size_t xbytes = x_copy ? align256((size_t)(M * in) * (bf && !gemv_path ? 2 : 4)) : 0;
+  const size_t wbytes = !bf && !gemv_path ? (size_t)(N * K) * 4 : 0;
+  char *scr = NULL;
+  if (xbytes + wbytes && !(scr = scratch(xbytes + wbytes, dtn, wbytes ? "the weight widened to f32" : "a copy of x")))
+    return WK_ERR_OOM;
+  const char *x = (const char *)slots[xo->slot] + xo->offset * 4;
+  if (x_copy) {
+    wk_status st = wkc_densify(xo, slots, bf && !gemv_path ? WK_BF16 : WK_F32, scr);  // bf16: rounds to nearest even
+    if (st) return st;
+    x = scr;
+  }
+  if (gemv_path) {
+    HArgs a = {(const uint16_t *)w, (const float *)x, (float *)y, M, N, K, 1, (K & 7) == 0 && !((uintptr_t)w & 15)};
+    if (bf) gemv<true>(a);
+    else gemv<false>(a);
+    return wkc_check_launch(bf ? "matmul (bf16 weight GEMV)" : "matmul (f16 weight GEMV)");
+  }
+  if (wbytes) {
+    wk_status st = wkc_densify(wo, slots, WK_F32, scr + xbytes);
+    if (st) return st;
+    w = scr + xbytes;
+  }
+  // op(W) = W^T (trans) or W, both from W's row-major [N, K]
+  const wkc_mat xa = {x, 0, in}, wb = {w, trans ? 1 : 0, K};
+  return wkc_gemm(xa, wb, bf ? WK_BF16 : WK_F32, y, M, out, in,
+                  bf ? "matmul (bf16 weight, cublasGemmEx)" : "matmul (f16 weight widened, cublasGemmEx)");
+}
