@@ -58,7 +58,8 @@ wk_tensor *wk_matmul_t(wk_tensor *a, int trans_a, wk_tensor *b, int trans_b);
 // taken the same way instead of being refused for its dtype: the result is f32. A
 // bf16 b multiplies a rounded to bf16 (round to nearest even) with f32 accumulation,
 // at every batch size (on CPUs with AVX512-BF16 at twice the f32 rate; on CUDA a
-// GEMV for up to 8 rows, the tensor cores for more); an f16 b widens exactly. Operands of other mixed dtypes are refused.
+// GEMV for up to 8 rows, the tensor cores for more); an f16 b widens exactly.
+// Operands of other mixed dtypes are refused.
 // Block-quantized -> f32 (the same as wk_cast(q, WK_F32)).
 wk_tensor *wk_dequantize(wk_tensor *q);
 
