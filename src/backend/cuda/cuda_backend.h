@@ -38,3 +38,20 @@ void wk_cuda_graph_fail_next_capture(void);
 // Tests: re-capture changed steps into the graph even where launching them one by one
 // was measured to be cheaper (so that the patch path runs whatever the timings).
 void wk_cuda_graph_always_patch(int on);
+
+// Generated kernels for fused elementwise groups (NVRTC, ew_gen.cu). mode 0: the
+// interpreter runs every group; 1: groups of >= 65536 elements get a generated
+// kernel (the default); 2: every group does. WICK_CUDA_NVRTC=0|1|all sets it at
+// start-up; this switches it at run time, for tests and comparisons.
+void wk_cuda_set_ew_gen(int mode);
+typedef struct {
+  unsigned long long compiled;          // distinct kernels compiled and loaded
+  unsigned long long compile_failures;  // NVRTC or loading failed (those groups run in the interpreter)
+  unsigned long long launches;          // launches of generated kernels
+  unsigned long long fallbacks;         // groups that generation would take but the interpreter ran
+  double compile_ms;                    // host time spent compiling and loading
+} wk_cuda_ew_gen_stats;
+void wk_cuda_ew_gen_stats_get(wk_cuda_ew_gen_stats *out);
+// Tests: unknown_op >= 0 is treated as an op the generator does not know (-1: none);
+// broken_source != 0 appends a syntax error to generated sources (the NVRTC failure path).
+void wk_cuda_ew_gen_test_faults(int unknown_op, int broken_source);

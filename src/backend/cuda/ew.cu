@@ -2,8 +2,11 @@
 // The elementwise kernel interprets the group's register program per element:
 // one pass over memory whatever the chain length. Operands are strided views in
 // any dtype; axes that every operand walks contiguously are merged on the host so
-// that most groups index with one division or none.
+// that most groups index with one division or none. Large groups run a kernel
+// generated for their program instead (ew_gen.cu); the interpreter is the fallback
+// and the reference.
 #include "cuda_internal.h"
+#include "ew_gen.h"
 
 // Merges axes that every operand (and the contiguous output) walks alike; drops
 // size-1 axes. All operands share the group shape.
@@ -104,6 +107,8 @@ static wk_status ew_launch(const wk_ew_prog *pg, const wk_operand *in, int nops,
   int64_t sh[WK_MAX_DIMS];
   memcpy(sh, shape, sizeof(int64_t) * (size_t)ndim);
   collapse(ops, nops, &nd, sh);
+  wk_status gst;  // a kernel generated for this program (ew_gen.cu), where there is one
+  if (wkc_ew_gen(pg, ops, nops, slots, nd, sh, n, out, out_dtype, &gst)) return gst ? gst : wkc_check_launch(name);
   unsigned char *buf = wkc_blob_buf();
   EwHdr *h = (EwHdr *)buf;
   memset(h, 0, sizeof *h);
