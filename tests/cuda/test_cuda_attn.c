@@ -27,83 +27,15 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "check.h"
-
-static const wk_backend *cpu, *gpu;
-
-// ---- one host copy (CPU backend) and one device copy (CUDA backend) per slot ----
-#define MAXB 12
-typedef struct { void *h, *d; size_t bytes; wk_dtype dt; int64_t n; } tbuf;
-static tbuf B[MAXB];
-static int nb;
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float frand(float lo, float hi) {
-  rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-  return lo + (hi - lo) * ((float)(uint32_t)(rng >> 40) * 0x1p-24f);
-}
-static void put(void *p, wk_dtype dt, int64_t i, float v) {
-  switch (dt) {
-    case WK_F32: ((float *)p)[i] = v; break;
-    case WK_BF16: ((uint16_t *)p)[i] = wk_f32_to_bf16(v); break;
-    case WK_F16: ((uint16_t *)p)[i] = wk_f32_to_f16(v); break;
-    default: ((int32_t *)p)[i] = (int32_t)v; break;
-  }
-}
-static float get(const void *p, wk_dtype dt, int64_t i) {
-  switch (dt) {
-    case WK_F32: return ((const float *)p)[i];
-    case WK_BF16: return wk_bf16_to_f32(((const uint16_t *)p)[i]);
-    case WK_F16: return wk_f16_to_f32(((const uint16_t *)p)[i]);
-    default: return (float)((const int32_t *)p)[i];
-  }
-}
-static void reset(void) {
-  for (int i = 0; i < nb; i++) { free(B[i].h); gpu->free(B[i].d); }
-  nb = 0;
-}
-static int buf(wk_dtype dt, int64_t n, float lo, float hi) {
-  tbuf *b = &B[nb];
-  b->dt = dt;
-  b->n = n;
-  b->bytes = (size_t)(n > 0 ? n : 1) * wk_dtype_size(dt);
-  b->h = malloc(b->bytes);
-  b->d = gpu->alloc(b->bytes);
-  for (int64_t i = 0; i < n; i++) put(b->h, dt, i, dt == WK_I32 ? lo : frand(lo, hi));
-  gpu->upload(b->d, b->h, b->bytes);
-  return nb++;
-}
-static wk_operand op_c(int slot, wk_dtype dt, int nd, const int64_t *shape) {
-  wk_operand o;
-  memset(&o, 0, sizeof o);
-  o.slot = slot;
-  o.dtype = dt;
-  o.ndim = nd;
-  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
-  wk_contiguous_strides(nd, shape, o.stride);
-  return o;
-}
-static wk_step step0(int op) {
-  wk_step s;
-  memset(&s, 0, sizeof s);
-  s.op = (wk_op)op;
-  s.device = WK_CUDA;
-  s.src = -1;
-  s.lora_src = -1;
-  return s;
-}
+#define DUAL_SEED 0x9e3779b97f4a7c15ull
+#include "dual_slots.h"
 
 // Runs s on both backends and compares slot `out` (poisoned with NaN on the device
 // first, so an element the kernel never writes fails).
 static void compare(const char *name, const wk_step *s, int out, float atol, float rtol) {
-  void *hs[MAXB], *ds[MAXB];
-  for (int i = 0; i < nb; i++) { hs[i] = B[i].h; ds[i] = B[i].d; }
-  tbuf *o = &B[out];
-  memset(o->h, 0, o->bytes);
-  unsigned char *dev = malloc(o->bytes);
-  memset(dev, 0xff, o->bytes);
-  gpu->upload(o->d, dev, o->bytes);
-  wk_status sc = cpu->run(s, hs), sg = gpu->run(s, ds), sy = gpu->sync();
-  CHECK(!sc && !sg && !sy, "%s: run failed (cpu %d, cuda %d, sync %d)", name, sc, sg, sy);
-  gpu->download(dev, o->d, o->bytes);
+  run_host(name, s, out);
+  unsigned char *dev = run_device(name, s, out);
+  const tbuf *o = &B[out];
   float big = 0;
   for (int64_t i = 0; i < o->n; i++) big = fmaxf(big, fabsf(get(o->h, o->dt, i)));
   float worst = 0;
@@ -165,7 +97,7 @@ static void fwd_case(const shape *c, wk_dtype dt) {
   s.nin = 3;
   if (m >= 0) s.in[s.nin++] = mk;
   if (c->kv_len > 0) {
-    s.in[s.nin++] = op_c(buf(WK_I32, 1, (float)c->kv_len, 0), WK_I32, 1, (int64_t[]){1});
+    s.in[s.nin++] = op_c(buf_value(WK_I32, 1, (float)c->kv_len), WK_I32, 1, (int64_t[]){1});
     s.attrs.i[1] = 1;
   }
   s.attrs.f[0] = 1.0f / sqrtf((float)c->d);
@@ -258,7 +190,7 @@ static void test_kernels(void) {
     s.nin = 5;
     s.attrs.f[0] = 0.1f;
     s.out = op_c(out, WK_F32, 1, &total);
-    void *ds[MAXB];
+    void *ds[DUAL_SLOTS];
     for (int i = 0; i < nb; i++) ds[i] = B[i].d;
     wk_status st = gpu->run(&s, ds);
     CHECK(st != WK_OK && strstr(wk_last_error(), "head dimension 160"), "sdpa_bwd with D 160 on CUDA: an error naming it");

@@ -18,114 +18,17 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "check.h"
-
-static const wk_backend *cpu, *gpu;
-
-// ---- buffers: one host copy (CPU backend) and one device copy (CUDA backend) per slot ----
-#define MAXB 24
-typedef struct { void *h, *d; size_t bytes; wk_dtype dt; int64_t n; } tbuf;
-static tbuf B[MAXB];
-static int nb;
-static uint64_t rng = 88172645463325252ull;
-static float frand(float lo, float hi) {
-  rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-  return lo + (hi - lo) * ((float)(uint32_t)(rng >> 40) * 0x1p-24f);
-}
-static void put(void *p, wk_dtype dt, int64_t i, float v) {
-  switch (dt) {
-    case WK_F32: ((float *)p)[i] = v; break;
-    case WK_BF16: ((uint16_t *)p)[i] = wk_f32_to_bf16(v); break;
-    case WK_F16: ((uint16_t *)p)[i] = wk_f32_to_f16(v); break;
-    default: ((int32_t *)p)[i] = (int32_t)v; break;
-  }
-}
-static float get(const void *p, wk_dtype dt, int64_t i) {
-  switch (dt) {
-    case WK_F32: return ((const float *)p)[i];
-    case WK_BF16: return wk_bf16_to_f32(((const uint16_t *)p)[i]);
-    case WK_F16: return wk_f16_to_f32(((const uint16_t *)p)[i]);
-    default: return (float)((const int32_t *)p)[i];
-  }
-}
-static void reset(void) {
-  for (int i = 0; i < nb; i++) { free(B[i].h); gpu->free(B[i].d); }
-  nb = 0;
-}
-// A slot of n elements filled with uniform values in [lo, hi) (integers for i32).
-static int buf(wk_dtype dt, int64_t n, float lo, float hi) {
-  tbuf *b = &B[nb];
-  b->dt = dt;
-  b->n = n;
-  b->bytes = (size_t)(n > 0 ? n : 1) * wk_dtype_size(dt);
-  b->h = malloc(b->bytes);
-  b->d = gpu->alloc(b->bytes);
-  for (int64_t i = 0; i < n; i++) put(b->h, dt, i, dt == WK_I32 ? floorf(frand(lo, hi)) : frand(lo, hi));
-  gpu->upload(b->d, b->h, b->bytes);
-  return nb++;
-}
-static int out_buf(wk_dtype dt, int64_t n) { return buf(dt, n, 0, 0); }
-
-static wk_operand op_c(int slot, wk_dtype dt, int nd, const int64_t *shape) {
-  wk_operand o;
-  memset(&o, 0, sizeof o);
-  o.slot = slot;
-  o.dtype = dt;
-  o.ndim = nd;
-  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
-  wk_contiguous_strides(nd, shape, o.stride);
-  return o;
-}
-static wk_operand op_s(int slot, wk_dtype dt, int nd, const int64_t *shape, const int64_t *stride, int64_t off) {
-  wk_operand o = op_c(slot, dt, nd, shape);
-  memcpy(o.stride, stride, sizeof(int64_t) * (size_t)nd);
-  o.offset = off;
-  return o;
-}
-static wk_ew_instr I(int op, int dst, int a, int b, int c) {
-  wk_ew_instr in;
-  memset(&in, 0, sizeof in);
-  in.op = (uint16_t)op;
-  in.dst = (uint8_t)dst;
-  in.a = (uint8_t)a;
-  in.b = (uint8_t)b;
-  in.c = (uint8_t)c;
-  in.src = -1;
-  return in;
-}
-static wk_ew_instr If(int op, int dst, int a, float f0, float f1) {
-  wk_ew_instr in = I(op, dst, a, 0, 0);
-  in.attrs.f[0] = f0;
-  in.attrs.f[1] = f1;
-  return in;
-}
-static wk_step step0(int op) {
-  wk_step s;
-  memset(&s, 0, sizeof s);
-  s.op = (wk_op)op;
-  s.device = WK_CUDA;
-  s.src = -1;
-  s.lora_src = -1;
-  return s;
-}
+#include "dual_slots.h"
 
 // Runs steps (a chain head when s->chain > 0) on both backends; compares slot `out`.
 static void compare(const char *name, const wk_step *s, int out, float atol, float rtol) {
-  void *hs[MAXB], *ds[MAXB];
-  for (int i = 0; i < nb; i++) { hs[i] = B[i].h; ds[i] = B[i].d; }
-  tbuf *o = &B[out];
-  memset(o->h, 0, o->bytes);
-  unsigned char *poison = malloc(o->bytes);
-  memset(poison, 0xff, o->bytes); // NaN in every float dtype: unwritten elements show
-  gpu->upload(o->d, poison, o->bytes);
-  wk_status sc = cpu->run(s, hs);
-  wk_status sg = gpu->run(s, ds);
-  wk_status sy = gpu->sync();
-  CHECK(!sc && !sg && !sy, "%s: run failed (cpu %d, cuda %d, sync %d)", name, sc, sg, sy);
-  gpu->download(poison, o->d, o->bytes);
+  run_host(name, s, out);
+  unsigned char *dev = run_device(name, s, out);
+  const tbuf *o = &B[out];
   float worst = 0;
   int64_t at = -1;
   for (int64_t i = 0; i < o->n; i++) {
-    float c = get(o->h, o->dt, i), g = get(poison, o->dt, i);
+    float c = get(o->h, o->dt, i), g = get(dev, o->dt, i);
     float err = fabsf(c - g), lim = atol + rtol * fabsf(c);
     bool same_nonfinite = (isnan(c) && isnan(g)) || (isinf(c) && c == g);
     if (same_nonfinite) continue;
@@ -133,10 +36,10 @@ static void compare(const char *name, const wk_step *s, int out, float atol, flo
   }
   if (at >= 0)
     CHECK(0, "%s: element %lld: cpu %g, cuda %g (%.1fx the tolerance)", name, (long long)at, get(o->h, o->dt, at),
-          get(poison, o->dt, at), worst);
+          get(dev, o->dt, at), worst);
   else
     CHECK(1, "%s", name);
-  free(poison);
+  free(dev);
 }
 
 // ---- elementwise ----
@@ -295,7 +198,7 @@ static void test_reduce(void) {
     q.in[0] = op_c(by, WK_BF16, 2, (int64_t[]){A, Bn});
     q.attrs.axes = 3;
     q.out = op_c(r1, WK_F32, 1, (int64_t[]){1});
-    void *ds[MAXB];
+    void *ds[DUAL_SLOTS];
     for (int i = 0; i < nb; i++) ds[i] = B[i].d;
     float first = 0, again = 0;
     CHECK(!gpu->run(&q, ds) && !gpu->sync(), "deterministic sum: run");
@@ -665,7 +568,7 @@ static void test_errors(void) {
   int tab = buf(WK_F32, 10 * 8, -1, 1), ids = buf(WK_I32, 6, 0, 10), o = out_buf(WK_F32, 6 * 8);
   ((int32_t *)B[ids].h)[4] = 12;
   gpu->upload(B[ids].d, B[ids].h, B[ids].bytes);
-  void *ds[MAXB];
+  void *ds[DUAL_SLOTS];
   for (int i = 0; i < nb; i++) ds[i] = B[i].d;
   wk_step e = step0(WK_OP_EMBEDDING);
   e.nin = 2;

@@ -27,78 +27,15 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "check.h"
+#define DUAL_SEED 0x9e3779b97f4a7c15ull
+#include "dual_slots.h"
 
-static const wk_backend *cpu, *gpu;
-
-// ---- slots: a host copy (CPU backend) and a device copy (CUDA backend) each ----
-#define NBUF 12
-typedef struct { void *h, *d; size_t bytes; wk_dtype dt; int64_t n; } slotbuf;
-static slotbuf S[NBUF];
-static int nslot;
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static float urand(float lo, float hi) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return lo + (hi - lo) * (float)(rng_state >> 40) * 0x1p-24f;
-}
-static void put(void *p, wk_dtype dt, int64_t i, float v) {
-  if (dt == WK_F32) ((float *)p)[i] = v;
-  else if (dt == WK_BF16) ((uint16_t *)p)[i] = wk_f32_to_bf16(v);
-  else if (dt == WK_F16) ((uint16_t *)p)[i] = wk_f32_to_f16(v);
-  else ((int32_t *)p)[i] = (int32_t)v;
-}
-static float get(const void *p, wk_dtype dt, int64_t i) {
-  if (dt == WK_F32) return ((const float *)p)[i];
-  if (dt == WK_BF16) return wk_bf16_to_f32(((const uint16_t *)p)[i]);
-  if (dt == WK_F16) return wk_f16_to_f32(((const uint16_t *)p)[i]);
-  return (float)((const int32_t *)p)[i];
-}
-// A slot of n elements, uniform in [lo, hi) (whole numbers for i32).
-static int slot_new(wk_dtype dt, int64_t n, float lo, float hi) {
-  slotbuf *b = &S[nslot];
-  b->dt = dt;
-  b->n = n;
-  b->bytes = (size_t)(n > 0 ? n : 1) * wk_dtype_size(dt);
-  b->h = calloc(1, b->bytes);
-  b->d = gpu->alloc(b->bytes);
-  for (int64_t i = 0; i < n; i++) put(b->h, dt, i, dt == WK_I32 ? floorf(urand(lo, hi)) : urand(lo, hi));
-  gpu->upload(b->d, b->h, b->bytes);
-  return nslot++;
-}
-static void slots_free(void) {
-  for (int i = 0; i < nslot; i++) { free(S[i].h); gpu->free(S[i].d); }
-  nslot = 0;
-}
+// A contiguous operand (stride NULL) or a strided one.
 static wk_operand opnd(int slot, wk_dtype dt, int nd, const int64_t *shape, const int64_t *stride, int64_t offset) {
-  wk_operand o;
-  memset(&o, 0, sizeof o);
-  o.slot = slot;
-  o.dtype = dt;
-  o.ndim = nd;
-  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
-  if (stride) memcpy(o.stride, stride, sizeof(int64_t) * (size_t)nd);
-  else wk_contiguous_strides(nd, shape, o.stride);
+  if (stride) return op_s(slot, dt, nd, shape, stride, offset);
+  wk_operand o = op_c(slot, dt, nd, shape);
   o.offset = offset;
   return o;
-}
-static wk_ew_instr ins(int op, int dst, int a, int b, int c) {
-  wk_ew_instr in;
-  memset(&in, 0, sizeof in);
-  in.op = (uint16_t)op;
-  in.dst = (uint8_t)dst;
-  in.a = (uint8_t)a;
-  in.b = (uint8_t)b;
-  in.c = (uint8_t)c;
-  in.src = -1;
-  return in;
-}
-static wk_ew_instr insf(int op, int dst, int a, float f0, float f1) {
-  wk_ew_instr in = ins(op, dst, a, 0, 0);
-  in.attrs.f[0] = f0;
-  in.attrs.f[1] = f1;
-  return in;
 }
 static wk_step group(int nin, const wk_operand *in, wk_operand out, wk_ew_instr *code, int n, int nregs) {
   wk_step s;
@@ -118,33 +55,17 @@ static wk_cuda_ew_gen_stats gen_stats(void) {
   return s;
 }
 
-// Runs s on the GPU into slot out (poisoned first); returns the downloaded bytes.
-static unsigned char *run_gpu(const wk_step *s, int out) {
-  void *ds[NBUF];
-  for (int i = 0; i < nslot; i++) ds[i] = S[i].d;
-  unsigned char *host = malloc(S[out].bytes);
-  memset(host, 0xff, S[out].bytes); // NaN in every float dtype
-  gpu->upload(S[out].d, host, S[out].bytes);
-  wk_status st = gpu->run(s, ds), sy = gpu->sync();
-  CHECK(!st && !sy, "cuda run failed (%d, sync %d)", st, sy);
-  gpu->download(host, S[out].d, S[out].bytes);
-  return host;
-}
-
 // CPU, generated and interpreted runs of s (see the top of the file); gen: whether
 // a generated kernel must have run (false: the interpreter must have run it).
 static void check_group(const char *name, const wk_step *s, int out, float atol, float rtol, bool gen) {
-  void *hs[NBUF];
-  for (int i = 0; i < nslot; i++) hs[i] = S[i].h;
-  const slotbuf *o = &S[out];
-  memset(o->h, 0, o->bytes);
-  CHECK(cpu->run(s, hs) == WK_OK, "%s: cpu run", name);
+  const tbuf *o = &B[out];
+  run_host(name, s, out);
   wk_cuda_set_ew_gen(2);
   wk_cuda_ew_gen_stats s0 = gen_stats();
-  unsigned char *g = run_gpu(s, out);
+  unsigned char *g = run_device(name, s, out);
   wk_cuda_ew_gen_stats s1 = gen_stats();
   wk_cuda_set_ew_gen(0);
-  unsigned char *r = run_gpu(s, out);
+  unsigned char *r = run_device(name, s, out);
   wk_cuda_ew_gen_stats s2 = gen_stats();
   wk_cuda_set_ew_gen(2);
   bool launched = s1.launches > s0.launches;
@@ -180,24 +101,24 @@ static float tol_of(wk_dtype dt) { return dt == WK_BF16 ? 8e-3f : dt == WK_F16 ?
 static wk_ew_instr chain8[10];
 static void chain8_init(void) {
   int m = 0;
-  chain8[m++] = ins(WK_EW_LOAD, 0, 0, 0, 0);
-  chain8[m++] = ins(WK_EW_LOAD, 1, 1, 0, 0);
-  chain8[m++] = ins(WK_OP_ADD, 2, 0, 1, 0);
-  chain8[m++] = ins(WK_OP_MUL, 3, 2, 1, 0);
-  chain8[m++] = ins(WK_OP_SUB, 2, 3, 0, 0);
-  chain8[m++] = insf(WK_OP_MUL_SCALAR, 3, 2, 0.5f, 0);
-  chain8[m++] = ins(WK_OP_TANH, 2, 3, 0, 0);
-  chain8[m++] = insf(WK_OP_ADD_SCALAR, 3, 2, 1.0f, 0);
-  chain8[m++] = ins(WK_OP_MUL, 2, 3, 0, 0);
-  chain8[m++] = ins(WK_OP_ABS, 3, 2, 0, 0);
+  chain8[m++] = I(WK_EW_LOAD, 0, 0, 0, 0);
+  chain8[m++] = I(WK_EW_LOAD, 1, 1, 0, 0);
+  chain8[m++] = I(WK_OP_ADD, 2, 0, 1, 0);
+  chain8[m++] = I(WK_OP_MUL, 3, 2, 1, 0);
+  chain8[m++] = I(WK_OP_SUB, 2, 3, 0, 0);
+  chain8[m++] = If(WK_OP_MUL_SCALAR, 3, 2, 0.5f, 0);
+  chain8[m++] = I(WK_OP_TANH, 2, 3, 0, 0);
+  chain8[m++] = If(WK_OP_ADD_SCALAR, 3, 2, 1.0f, 0);
+  chain8[m++] = I(WK_OP_MUL, 2, 3, 0, 0);
+  chain8[m++] = I(WK_OP_ABS, 3, 2, 0, 0);
 }
 
 static void run_chain8(const char *name, wk_dtype dt, int64_t n, bool gen) {
-  int x = slot_new(dt, n, -2, 2), y = slot_new(dt, n, -2, 2), o = slot_new(dt, n, 0, 0);
+  int x = buf(dt, n, -2, 2), y = buf(dt, n, -2, 2), o = buf(dt, n, 0, 0);
   wk_operand in[2] = {opnd(x, dt, 1, &n, NULL, 0), opnd(y, dt, 1, &n, NULL, 0)};
   wk_step s = group(2, in, opnd(o, dt, 1, &n, NULL, 0), chain8, 10, 4);
   check_group(name, &s, o, tol_of(dt), tol_of(dt), gen);
-  slots_free();
+  reset();
 }
 
 static void test_dense(void) {
@@ -211,56 +132,56 @@ static void test_dense(void) {
     }
   // mixed dtypes: f32 * bf16 + f16 -> bf16, with a sigmoid and a division
   int64_t n = 4099;
-  int a = slot_new(WK_F32, n, -3, 3), b = slot_new(WK_BF16, n, -1, 1), c = slot_new(WK_F16, n, 0.5f, 2);
-  int o = slot_new(WK_BF16, n, 0, 0);
+  int a = buf(WK_F32, n, -3, 3), b = buf(WK_BF16, n, -1, 1), c = buf(WK_F16, n, 0.5f, 2);
+  int o = buf(WK_BF16, n, 0, 0);
   wk_operand in[3] = {opnd(a, WK_F32, 1, &n, NULL, 0), opnd(b, WK_BF16, 1, &n, NULL, 0), opnd(c, WK_F16, 1, &n, NULL, 0)};
-  wk_ew_instr code[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), ins(WK_EW_LOAD, 1, 1, 0, 0), ins(WK_EW_LOAD, 2, 2, 0, 0),
-                        ins(WK_OP_MUL, 3, 0, 1, 0), ins(WK_OP_ADD, 4, 3, 2, 0), ins(WK_OP_SIGMOID, 5, 4, 0, 0),
-                        ins(WK_OP_DIV, 6, 5, 2, 0)};
+  wk_ew_instr code[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_EW_LOAD, 2, 2, 0, 0),
+                        I(WK_OP_MUL, 3, 0, 1, 0), I(WK_OP_ADD, 4, 3, 2, 0), I(WK_OP_SIGMOID, 5, 4, 0, 0),
+                        I(WK_OP_DIV, 6, 5, 2, 0)};
   wk_step s = group(3, in, opnd(o, WK_BF16, 1, &n, NULL, 0), code, 7, 7);
   check_group("mixed f32 / bf16 / f16 operands, bf16 out", &s, o, 8e-3f, 8e-3f, true);
-  slots_free();
+  reset();
 }
 
 static void test_layouts(void) {
   // row, column and scalar broadcasts over [300, 37]
   int64_t sh[2] = {300, 37}, n = 300 * 37;
-  int a = slot_new(WK_F32, n, -3, 3), r = slot_new(WK_F32, 37, -2, 2), c = slot_new(WK_BF16, 300, -1, 1);
-  int k = slot_new(WK_F32, 1, 0.5f, 1.5f), o = slot_new(WK_F32, n, 0, 0);
+  int a = buf(WK_F32, n, -3, 3), r = buf(WK_F32, 37, -2, 2), c = buf(WK_BF16, 300, -1, 1);
+  int k = buf(WK_F32, 1, 0.5f, 1.5f), o = buf(WK_F32, n, 0, 0);
   wk_operand in[4] = {opnd(a, WK_F32, 2, sh, NULL, 0), opnd(r, WK_F32, 2, sh, (int64_t[]){0, 1}, 0),
                       opnd(c, WK_BF16, 2, sh, (int64_t[]){1, 0}, 0), opnd(k, WK_F32, 2, sh, (int64_t[]){0, 0}, 0)};
-  wk_ew_instr code[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), ins(WK_EW_LOAD, 1, 1, 0, 0), ins(WK_EW_LOAD, 2, 2, 0, 0),
-                        ins(WK_EW_LOAD, 3, 3, 0, 0), ins(WK_OP_ADD, 4, 0, 1, 0),  ins(WK_OP_MUL, 5, 4, 2, 0),
-                        ins(WK_OP_SUB, 6, 5, 3, 0),  ins(WK_OP_SILU, 7, 6, 0, 0), ins(WK_OP_GT, 8, 0, 1, 0),
-                        ins(WK_OP_GELU, 9, 6, 0, 0), ins(WK_OP_WHERE, 10, 8, 7, 9)};
+  wk_ew_instr code[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_EW_LOAD, 2, 2, 0, 0),
+                        I(WK_EW_LOAD, 3, 3, 0, 0), I(WK_OP_ADD, 4, 0, 1, 0),  I(WK_OP_MUL, 5, 4, 2, 0),
+                        I(WK_OP_SUB, 6, 5, 3, 0),  I(WK_OP_SILU, 7, 6, 0, 0), I(WK_OP_GT, 8, 0, 1, 0),
+                        I(WK_OP_GELU, 9, 6, 0, 0), I(WK_OP_WHERE, 10, 8, 7, 9)};
   wk_step s = group(4, in, opnd(o, WK_F32, 2, sh, NULL, 0), code, 11, 11);
   check_group("row, column and scalar broadcasts", &s, o, 1e-5f, 1e-5f, true);
-  slots_free();
+  reset();
 
   // a transposed bf16 view, an f16 row broadcast, i32, casts; f16 out
   int64_t sh2[3] = {5, 40, 24}, n2 = 5 * 40 * 24;
-  int x = slot_new(WK_BF16, n2, -2, 2), y = slot_new(WK_F16, 24, -1, 1), z = slot_new(WK_I32, n2, -5, 5);
-  int o2 = slot_new(WK_F16, n2, 0, 0);
+  int x = buf(WK_BF16, n2, -2, 2), y = buf(WK_F16, 24, -1, 1), z = buf(WK_I32, n2, -5, 5);
+  int o2 = buf(WK_F16, n2, 0, 0);
   wk_operand in2[3] = {opnd(x, WK_BF16, 3, sh2, (int64_t[]){960, 1, 40}, 0),
                        opnd(y, WK_F16, 3, sh2, (int64_t[]){0, 0, 1}, 0), opnd(z, WK_I32, 3, sh2, NULL, 0)};
-  wk_ew_instr code2[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), ins(WK_EW_LOAD, 1, 1, 0, 0), ins(WK_EW_LOAD, 2, 2, 0, 0),
-                         ins(WK_OP_MUL, 3, 0, 1, 0), ins(WK_OP_ADD, 4, 3, 2, 0), insf(WK_OP_MUL_SCALAR, 5, 4, 0.37f, 0),
-                         ins(WK_OP_CAST, 6, 5, 0, 0), ins(WK_OP_CAST, 7, 4, 0, 0), ins(WK_OP_CAST, 8, 5, 0, 0),
-                         ins(WK_OP_ADD, 9, 6, 7, 0), ins(WK_OP_ADD, 10, 9, 8, 0)};
+  wk_ew_instr code2[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_EW_LOAD, 2, 2, 0, 0),
+                         I(WK_OP_MUL, 3, 0, 1, 0), I(WK_OP_ADD, 4, 3, 2, 0), If(WK_OP_MUL_SCALAR, 5, 4, 0.37f, 0),
+                         I(WK_OP_CAST, 6, 5, 0, 0), I(WK_OP_CAST, 7, 4, 0, 0), I(WK_OP_CAST, 8, 5, 0, 0),
+                         I(WK_OP_ADD, 9, 6, 7, 0), I(WK_OP_ADD, 10, 9, 8, 0)};
   code2[6].attrs.i[0] = WK_BF16;
   code2[7].attrs.i[0] = WK_I32;
   code2[8].attrs.i[0] = WK_F16;
   wk_step s2 = group(3, in2, opnd(o2, WK_F16, 3, sh2, NULL, 0), code2, 11, 11);
   check_group("transposed bf16, f16 broadcast, i32, casts, f16 out", &s2, o2, 1e-3f, 1e-3f, true);
-  slots_free();
+  reset();
 
   // dense operands one element off 16-byte alignment: the per-element path
   int64_t n3 = 10007;
-  int u = slot_new(WK_F32, n3 + 1, -2, 2), v = slot_new(WK_F32, n3, -2, 2), o3 = slot_new(WK_F32, n3, 0, 0);
+  int u = buf(WK_F32, n3 + 1, -2, 2), v = buf(WK_F32, n3, -2, 2), o3 = buf(WK_F32, n3, 0, 0);
   wk_operand in3[2] = {opnd(u, WK_F32, 1, &n3, NULL, 1), opnd(v, WK_F32, 1, &n3, NULL, 0)};
   wk_step s3 = group(2, in3, opnd(o3, WK_F32, 1, &n3, NULL, 0), chain8, 10, 4);
   check_group("chain8 with an unaligned operand", &s3, o3, 1e-5f, 1e-5f, true);
-  slots_free();
+  reset();
 
   // special values stored as bf16 and f16 (a lone load: the values reach the
   // rounding untouched): NaN payloads, infinities, signed zeros, subnormals,
@@ -269,40 +190,40 @@ static void test_layouts(void) {
                               0x00000001u, 0x806d0000u, 0x7f7fffffu, 0x477ff000u, 0x3f808000u, 0x3f818000u,
                               0x3f80c000u, 0xc7fff000u, 0x33800000u, 0x387fe000u};
   int64_t n5 = 67;
-  int sv = slot_new(WK_F32, n5, -1e6f, 1e6f);
+  int sv = buf(WK_F32, n5, -1e6f, 1e6f);
   for (int64_t i = 0; i < n5; i++)
-    if (i % 3 != 2) memcpy((float *)S[sv].h + i, &special[(i * 7) % 16], 4);
-  gpu->upload(S[sv].d, S[sv].h, S[sv].bytes);
-  wk_ew_instr code5[] = {ins(WK_EW_LOAD, 0, 0, 0, 0)};
+    if (i % 3 != 2) memcpy((float *)B[sv].h + i, &special[(i * 7) % 16], 4);
+  gpu->upload(B[sv].d, B[sv].h, B[sv].bytes);
+  wk_ew_instr code5[] = {I(WK_EW_LOAD, 0, 0, 0, 0)};
   for (int h = 0; h < 2; h++) {
     wk_dtype dt = h ? WK_F16 : WK_BF16;
-    int o5 = slot_new(dt, n5, 0, 0);
+    int o5 = buf(dt, n5, 0, 0);
     wk_operand in5[1] = {opnd(sv, WK_F32, 1, &n5, NULL, 0)};
     wk_step s5 = group(1, in5, opnd(o5, dt, 1, &n5, NULL, 0), code5, 1, 1);
     check_group(h ? "special values rounded to f16" : "special values rounded to bf16", &s5, o5, 0, tol_of(dt), true);
   }
-  slots_free();
+  reset();
 
   // i32 output (a comparison cast to i32)
   int64_t n4 = 1000;
-  int p = slot_new(WK_F32, n4, -1, 1), q = slot_new(WK_F32, n4, -1, 1), o4 = slot_new(WK_I32, n4, 0, 0);
+  int p = buf(WK_F32, n4, -1, 1), q = buf(WK_F32, n4, -1, 1), o4 = buf(WK_I32, n4, 0, 0);
   wk_operand in4[2] = {opnd(p, WK_F32, 1, &n4, NULL, 0), opnd(q, WK_F32, 1, &n4, NULL, 0)};
-  wk_ew_instr code4[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), ins(WK_EW_LOAD, 1, 1, 0, 0), ins(WK_OP_GE, 2, 0, 1, 0),
-                         insf(WK_OP_MUL_SCALAR, 3, 2, 3.0f, 0)};
+  wk_ew_instr code4[] = {I(WK_EW_LOAD, 0, 0, 0, 0), I(WK_EW_LOAD, 1, 1, 0, 0), I(WK_OP_GE, 2, 0, 1, 0),
+                         If(WK_OP_MUL_SCALAR, 3, 2, 3.0f, 0)};
   wk_step s4 = group(2, in4, opnd(o4, WK_I32, 1, &n4, NULL, 0), code4, 4, 4);
   check_group("comparison stored as i32", &s4, o4, 0, 0, true);
-  slots_free();
+  reset();
 }
 
 static void test_programs(void) {
   // sources computed from the element index (the offset output view is dense)
   int64_t sh[2] = {64, 96}, n = 64 * 96;
-  int in0 = slot_new(WK_F32, n, -1, 1), o = slot_new(WK_F32, n, 0, 0);
-  wk_ew_instr code[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), insf(WK_OP_RAND, 1, 0, -1.0f, 2.0f), ins(WK_OP_RANDN, 2, 0, 0, 0),
-                        insf(WK_OP_DROPOUT, 3, 0, 0.3f, 0), insf(WK_OP_ARANGE, 4, 0, 0.5f, 0.01f),
-                        ins(WK_OP_CAUSAL_MASK, 5, 0, 0, 0), insf(WK_OP_CONST, 6, 0, -1e9f, 0), ins(WK_OP_MAXIMUM, 7, 5, 6, 0),
-                        ins(WK_OP_ADD, 8, 1, 2, 0), ins(WK_OP_ADD, 9, 8, 3, 0), ins(WK_OP_ADD, 10, 9, 4, 0),
-                        insf(WK_OP_MUL_SCALAR, 11, 7, 1e-9f, 0), ins(WK_OP_ADD, 12, 10, 11, 0)};
+  int in0 = buf(WK_F32, n, -1, 1), o = buf(WK_F32, n, 0, 0);
+  wk_ew_instr code[] = {I(WK_EW_LOAD, 0, 0, 0, 0), If(WK_OP_RAND, 1, 0, -1.0f, 2.0f), I(WK_OP_RANDN, 2, 0, 0, 0),
+                        If(WK_OP_DROPOUT, 3, 0, 0.3f, 0), If(WK_OP_ARANGE, 4, 0, 0.5f, 0.01f),
+                        I(WK_OP_CAUSAL_MASK, 5, 0, 0, 0), If(WK_OP_CONST, 6, 0, -1e9f, 0), I(WK_OP_MAXIMUM, 7, 5, 6, 0),
+                        I(WK_OP_ADD, 8, 1, 2, 0), I(WK_OP_ADD, 9, 8, 3, 0), I(WK_OP_ADD, 10, 9, 4, 0),
+                        If(WK_OP_MUL_SCALAR, 11, 7, 1e-9f, 0), I(WK_OP_ADD, 12, 10, 11, 0)};
   code[1].attrs.u = 7;
   code[2].attrs.u = 1234567;
   code[3].attrs.u = 99;
@@ -311,44 +232,44 @@ static void test_programs(void) {
   wk_operand in[1] = {opnd(in0, WK_F32, 2, sh, NULL, 0)};
   wk_step s = group(1, in, opnd(o, WK_F32, 2, sh, NULL, 0), code, 13, 13);
   check_group("rand, randn, dropout, arange, causal mask, const", &s, o, 1e-5f, 1e-5f, true);
-  slots_free();
+  reset();
 
   // a program of 2 + 4 * 16 = 66 instructions (past the tiled path's 48), a row broadcast
   int64_t sh2[2] = {123, 77}, n2 = 123 * 77;
-  int a = slot_new(WK_F32, n2, -1, 1), b = slot_new(WK_F32, 77, -1, 1), o2 = slot_new(WK_F32, n2, 0, 0);
+  int a = buf(WK_F32, n2, -1, 1), b = buf(WK_F32, 77, -1, 1), o2 = buf(WK_F32, n2, 0, 0);
   wk_ew_instr code2[2 + 4 * 16];
   int m = 0;
-  code2[m++] = ins(WK_EW_LOAD, 0, 0, 0, 0);
-  code2[m++] = ins(WK_EW_LOAD, 1, 1, 0, 0);
+  code2[m++] = I(WK_EW_LOAD, 0, 0, 0, 0);
+  code2[m++] = I(WK_EW_LOAD, 1, 1, 0, 0);
   int acc = 0;
   for (int r = 0; r < 16; r++) { // acc = tanh(acc * b + a) * 0.9 - exp(-|acc|) * 0.1
     int t = 2 + (r & 1) * 2;
-    code2[m++] = ins(WK_OP_MUL, t, acc, 1, 0);
-    code2[m++] = ins(WK_OP_ADD, t, t, 0, 0);
-    code2[m++] = ins(r % 3 == 0 ? WK_OP_SIGMOID : r % 3 == 1 ? WK_OP_TANH : WK_OP_GELU_TANH, t + 1, t, 0, 0);
-    code2[m++] = insf(WK_OP_MUL_SCALAR, t, t + 1, 0.9f, 0);
+    code2[m++] = I(WK_OP_MUL, t, acc, 1, 0);
+    code2[m++] = I(WK_OP_ADD, t, t, 0, 0);
+    code2[m++] = I(r % 3 == 0 ? WK_OP_SIGMOID : r % 3 == 1 ? WK_OP_TANH : WK_OP_GELU_TANH, t + 1, t, 0, 0);
+    code2[m++] = If(WK_OP_MUL_SCALAR, t, t + 1, 0.9f, 0);
     acc = t;
   }
   wk_operand in2[2] = {opnd(a, WK_F32, 2, sh2, NULL, 0), opnd(b, WK_F32, 2, sh2, (int64_t[]){0, 1}, 0)};
   wk_step s2 = group(2, in2, opnd(o2, WK_F32, 2, sh2, NULL, 0), code2, m, 6);
   check_group("a program of 66 instructions (per-element path)", &s2, o2, 1e-5f, 1e-5f, true);
-  slots_free();
+  reset();
 }
 
 // Zero elements: nothing launches, nothing fails (and through the public API).
 static void test_zero(void) {
   int64_t sh[2] = {0, 5};
-  int x = slot_new(WK_F32, 0, 0, 0), y = slot_new(WK_F32, 0, 0, 0), o = slot_new(WK_F32, 0, 0, 0);
+  int x = buf(WK_F32, 0, 0, 0), y = buf(WK_F32, 0, 0, 0), o = buf(WK_F32, 0, 0, 0);
   wk_operand in[2] = {opnd(x, WK_F32, 2, sh, NULL, 0), opnd(y, WK_F32, 2, sh, NULL, 0)};
   wk_step s = group(2, in, opnd(o, WK_F32, 2, sh, NULL, 0), chain8, 10, 4);
-  void *ds[NBUF];
-  for (int i = 0; i < nslot; i++) ds[i] = S[i].d;
+  void *ds[DUAL_SLOTS];
+  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
   wk_cuda_ew_gen_stats s0 = gen_stats();
   wk_status st = gpu->run(&s, ds), sy = gpu->sync();
   wk_cuda_ew_gen_stats s1 = gen_stats();
   CHECK(!st && !sy && s1.launches == s0.launches && s1.fallbacks == s0.fallbacks,
         "zero elements: no launch, no error (%d, %d)", st, sy);
-  slots_free();
+  reset();
   wk_scope_begin();
   wk_tensor *a = wk_to_device(wk_zeros(2, sh, WK_BF16), WK_CUDA);
   wk_tensor *r = wk_keep(wk_abs(wk_mul(wk_tanh(wk_add_scalar(a, 1.0f)), a)));
@@ -372,11 +293,11 @@ static void test_fallbacks(void) {
   wk_cuda_ew_gen_test_faults(-1, 0);
   // a compile error concerns one source: later groups still get generated kernels
   int64_t n = 3001;
-  int x = slot_new(WK_F16, n, -1, 1), y = slot_new(WK_F32, n, -1, 1), o = slot_new(WK_F32, n, 0, 0);
+  int x = buf(WK_F16, n, -1, 1), y = buf(WK_F32, n, -1, 1), o = buf(WK_F32, n, 0, 0);
   wk_operand in[2] = {opnd(x, WK_F16, 1, &n, NULL, 0), opnd(y, WK_F32, 1, &n, NULL, 0)};
   wk_step s = group(2, in, opnd(o, WK_F32, 1, &n, NULL, 0), chain8, 10, 4);
   check_group("after a compile error, generation goes on", &s, o, 1e-5f, 1e-5f, true);
-  slots_free();
+  reset();
 }
 
 // The default mode generates kernels from 65536 elements on.
@@ -384,17 +305,17 @@ static void test_threshold(void) {
   const int64_t sizes[2] = {65535, 65536};
   for (int k = 0; k < 2; k++) {
     int64_t n = sizes[k];
-    int x = slot_new(WK_F32, n, -1, 1), y = slot_new(WK_F32, n, -1, 1), o = slot_new(WK_F32, n, 0, 0);
+    int x = buf(WK_F32, n, -1, 1), y = buf(WK_F32, n, -1, 1), o = buf(WK_F32, n, 0, 0);
     wk_operand in[2] = {opnd(x, WK_F32, 1, &n, NULL, 0), opnd(y, WK_F32, 1, &n, NULL, 0)};
     wk_step s = group(2, in, opnd(o, WK_F32, 1, &n, NULL, 0), chain8, 10, 4);
     wk_cuda_set_ew_gen(1);
     wk_cuda_ew_gen_stats s0 = gen_stats();
-    free(run_gpu(&s, o));
+    free(run_device("threshold", &s, o));
     wk_cuda_ew_gen_stats s1 = gen_stats();
     wk_cuda_set_ew_gen(2);
     CHECK((s1.launches > s0.launches) == (k == 1), "default mode, %lld elements: %s", (long long)n,
           k ? "generated" : "interpreted");
-    slots_free();
+    reset();
   }
 }
 
@@ -411,9 +332,9 @@ static void test_graph(void) {
   enum { M = 96, K = 64, EVALS = 5 };
   float *xv = malloc(sizeof(float) * M * K), *w1v = malloc(sizeof(float) * K * K), *w2v = malloc(sizeof(float) * K * K);
   float bv[K];
-  for (int i = 0; i < M * K; i++) xv[i] = urand(-1, 1);
-  for (int i = 0; i < K * K; i++) { w1v[i] = urand(-0.2f, 0.2f); w2v[i] = urand(-0.2f, 0.2f); }
-  for (int i = 0; i < K; i++) bv[i] = urand(-1, 1);
+  for (int i = 0; i < M * K; i++) xv[i] = frand(-1, 1);
+  for (int i = 0; i < K * K; i++) { w1v[i] = frand(-0.2f, 0.2f); w2v[i] = frand(-0.2f, 0.2f); }
+  for (int i = 0; i < K; i++) bv[i] = frand(-1, 1);
   wk_tensor *hx = wk_from_data(2, (int64_t[]){M, K}, WK_F32, xv), *hw1 = wk_from_data(2, (int64_t[]){K, K}, WK_F32, w1v);
   wk_tensor *hw2 = wk_from_data(2, (int64_t[]){K, K}, WK_F32, w2v), *hb = wk_from_data(1, (int64_t[]){K}, WK_F32, bv);
   wk_tensor *d[4], *hs[4] = {hx, hw1, hw2, hb};
