@@ -82,6 +82,23 @@ static void *dev_rand(size_t n, wk_dtype dt) {
   return d;
 }
 
+// Causal SDPA of q (slot 0) over k, v (slots 1, 2) into slot 3, head dim 64 (scale 1/8).
+static wk_step sdpa_step(wk_dtype dt, const int64_t *qs, const int64_t *ks) {
+  wk_step s;
+  memset(&s, 0, sizeof s);
+  s.op = WK_OP_SDPA;
+  s.device = WK_CUDA;
+  s.src = -1;
+  s.nin = 3;
+  s.in[0] = opc(0, dt, 4, qs);
+  s.in[1] = opc(1, dt, 4, ks);
+  s.in[2] = opc(2, dt, 4, ks);
+  s.attrs.f[0] = 0.125f;
+  s.attrs.i[0] = 1;
+  s.out = opc(3, dt, 4, qs);
+  return s;
+}
+
 int main(int argc, char **argv) {
   int iters = argc > 1 ? atoi(argv[1]) : 50;
   gpu = wk_backend_get(WK_CUDA);
@@ -187,18 +204,7 @@ int main(int argc, char **argv) {
     void *q = dev_rand((size_t)nq, dt), *kk = dev_rand((size_t)nk, dt), *v = dev_rand((size_t)nk, dt);
     void *o = gpu->alloc((size_t)nq * wk_dtype_size(dt)), *g = dev_rand((size_t)nq, dt), *d = gpu->alloc((size_t)total * 4);
     void *slots[6] = {q, kk, v, o, g, d};
-    wk_step s;
-    memset(&s, 0, sizeof s);
-    s.op = WK_OP_SDPA;
-    s.device = WK_CUDA;
-    s.src = -1;
-    s.nin = 3;
-    s.in[0] = opc(0, dt, 4, qs);
-    s.in[1] = opc(1, dt, 4, ks);
-    s.in[2] = opc(2, dt, 4, ks);
-    s.attrs.f[0] = 0.125f;
-    s.attrs.i[0] = 1;
-    s.out = opc(3, dt, 4, qs);
+    wk_step s = sdpa_step(dt, qs, ks);
     double fl = 4.0 * 8 * 14 * 512 * 512 * 64 / 2;
     timeit(k ? "sdpa 8x14x2x512x64 causal f32" : "sdpa 8x14x2x512x64 causal bf16", &s, slots, iters, 0, fl, 0, 0, 0);
     s.op = WK_OP_SDPA_BWD;
@@ -215,18 +221,7 @@ int main(int argc, char **argv) {
     void *q = dev_rand(14 * 64, WK_BF16), *kk = dev_rand(2 * 2048 * 64, WK_BF16), *v = dev_rand(2 * 2048 * 64, WK_BF16);
     void *o = gpu->alloc(14 * 64 * 2);
     void *slots[4] = {q, kk, v, o};
-    wk_step s;
-    memset(&s, 0, sizeof s);
-    s.op = WK_OP_SDPA;
-    s.device = WK_CUDA;
-    s.src = -1;
-    s.nin = 3;
-    s.in[0] = opc(0, WK_BF16, 4, qs);
-    s.in[1] = opc(1, WK_BF16, 4, ks);
-    s.in[2] = opc(2, WK_BF16, 4, ks);
-    s.attrs.f[0] = 0.125f;
-    s.attrs.i[0] = 1;
-    s.out = opc(3, WK_BF16, 4, qs);
+    wk_step s = sdpa_step(WK_BF16, qs, ks);
     timeit("sdpa decode 1x14x2 T1 S2048 bf16", &s, slots, iters, 2.0 * 2 * 2048 * 64 * 2, 0, 0, 0, 0);
     gpu->free(q);
     gpu->free(kk);
