@@ -4,6 +4,8 @@
 // DUAL_SEED (before including) picks the random stream; DUAL_SLOTS the capacity.
 #pragma once
 #include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "backend/backend.h"
@@ -17,6 +19,15 @@
 #endif
 
 static const wk_backend *cpu, *gpu;
+
+// Opens both backends; false (the test is skipped: exit code 77) without a GPU.
+static inline bool dual_open(void) {
+  cpu = wk_backend_get(WK_CPU);
+  gpu = wk_backend_get(WK_CUDA);
+  if (!gpu) printf("no CUDA device, skipped: %s\n", wk_last_error());
+  return gpu != NULL;
+}
+
 typedef struct { void *h, *d; size_t bytes; wk_dtype dt; int64_t n; } tbuf;
 static tbuf B[DUAL_SLOTS];
 static int nb;

@@ -236,12 +236,7 @@ static void test_grad(wk_dtype dt, int64_t d) {
 }
 
 int main(void) {
-  cpu = wk_backend_get(WK_CPU);
-  gpu = wk_backend_get(WK_CUDA);
-  if (!gpu) {
-    printf("no CUDA device: %s\n", wk_last_error());
-    return 77; // skipped
-  }
+  if (!dual_open()) return 77;
   printf("device: %s\n", wk_cuda_device_name());
   test_kernels();
   test_grad(WK_F32, 64);

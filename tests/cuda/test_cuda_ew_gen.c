@@ -387,12 +387,7 @@ static void test_graph(void) {
 }
 
 int main(void) {
-  cpu = wk_backend_get(WK_CPU);
-  gpu = wk_backend_get(WK_CUDA);
-  if (!gpu) {
-    printf("skipped: %s\n", wk_last_error());
-    return 77;
-  }
+  if (!dual_open()) return 77;
   chain8_init();
   test_dense();
   test_layouts();
