@@ -162,7 +162,11 @@ static wk_status qmatmul_kernel(const wk_step *s, void *const *slots) {
   if (c.dt == WK_BF16) {
     size_t n = (size_t)(c.M * in);
     void *r = malloc(n * (c.M > 4 ? sizeof(uint16_t) : sizeof(float)));
-    if (!r) { free(dense); return wk_error(WK_ERR_OOM, "matmul (bf16 weight): out of memory for a [%lld, %lld] input", (long long)c.M, (long long)in); }
+    if (!r) {
+      free(dense);
+      return wk_error(WK_ERR_OOM, "matmul (bf16 weight): out of memory for a [%lld, %lld] input", (long long)c.M,
+                      (long long)in);
+    }
     round_to_bf16(c.x, (int64_t)n, c.M > 4 ? r : NULL, c.M > 4 ? NULL : r);
     free(dense);
     if (c.M > 4) {  // W [N, K] is op(B) = W^T (trans) or W itself: row-major, K apart
