@@ -1,5 +1,6 @@
 #define _POSIX_C_SOURCE 200809L
-// wick embed [-m EMBED_MODEL] [-d cpu|cuda] [--dtype f32|bf16|f16] [--input FILE] [--batch N] [--format json|npy] [-o FILE]:
+// wick embed [-m EMBED_MODEL] [-d cpu|cuda] [--dtype f32|bf16|f16] [--input FILE] [--batch N]
+//            [--format json|npy] [-o FILE]:
 // embeds each input line (stdin by default). json: one array per line, floats with 7
 // significant digits, written as each chunk of lines is done; npy: one float32 [n, dim]
 // array (NumPy .npy), written at the end.
