@@ -73,6 +73,23 @@ static __device__ __forceinline__ float half_sum(float v) {
   return v;
 }
 
+// acc[i][j] += sum over a tile's keys c of P[row, c] X[c, dim] for rows ty + 16 i and dims
+// tx + 16 j: P V in the forward, dS K (dQ) in the backward.
+template <int NJ, int LD, int PL>
+static __device__ __forceinline__ void acc_tile(float (&acc)[4][NJ], const float *P, const float *X, int tx, int ty) {
+  for (int c = 0; c < ATTN_BN; c++) {
+    float xv[NJ];
+#pragma unroll
+    for (int j = 0; j < NJ; j++) xv[j] = X[c * LD + tx + 16 * j];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const float p = P[(ty + 16 * i) * PL + c];
+#pragma unroll
+      for (int j = 0; j < NJ; j++) acc[i][j] += p * xv[j];
+    }
+  }
+}
+
 // Forward, or (want_out = 0) the backward's statistics pass: L = logsumexp per row only.
 template <int NJ>
 __global__ void __launch_bounds__(SIMT_THREADS) k_attn_fwd_simt(const __grid_constant__ AttnArgs a) {
@@ -157,17 +174,7 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_fwd_simt(const __grid_con
       }
       if (!a.want_out) continue;
       __syncthreads();
-      for (int c = 0; c < ATTN_BN; c++) {
-        float vv[NJ];
-#pragma unroll
-        for (int j = 0; j < NJ; j++) vv[j] = Vs[c * LD + tx + 16 * j];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          float p = Ps[(ty + 16 * i) * PL + c];
-#pragma unroll
-          for (int j = 0; j < NJ; j++) o[i][j] += p * vv[j];
-        }
-      }
+      acc_tile<NJ, LD, PL>(o, Ps, Vs, tx, ty);
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -296,17 +303,7 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_bwd_simt(const __grid_con
       }
       // dQ += dS K scale (rows ty + 16 i, dims tx + 16 j), accumulated across key blocks
       float dqa[4][NJ] = {};
-      for (int c = 0; c < ATTN_BN; c++) {
-        float kv[NJ];
-#pragma unroll
-        for (int j = 0; j < NJ; j++) kv[j] = Ks[c * LD + tx + 16 * j];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          float ds = Ds[(ty + 16 * i) * PL + c];
-#pragma unroll
-          for (int j = 0; j < NJ; j++) dqa[i][j] += ds * kv[j];
-        }
-      }
+      acc_tile<NJ, LD, PL>(dqa, Ds, Ks, tx, ty);
 #pragma unroll
       for (int i = 0; i < 4; i++) {
         const int64_t r = r0 + ty + 16 * i, t = r / gs, h = hb + r % gs;
