@@ -293,7 +293,7 @@ static wk_status run_batch(wk_model *m, wk_kv_cache *c, const gen_shared *g, seq
     int64_t len = wk_kv_cache_len(c);
     for (int64_t i = 0; !st && i < bt->n; i++)   // each counts its own positions against the context
       st = seq_token(g, &q[bt->live[i]], (int32_t)bt->live[i], d + i * g->V, len - wk_kv_cache_row_hidden(c, i));
-    if (!*t1) *t1 = now_s();
+    if (*t1 == 0.0) *t1 = now_s();   // the first token: prefill ends here
     wk_tensor_free(lg);
     lg = NULL;
     if (st || (st = settle(g, c, q, bt)) || !bt->n) break;

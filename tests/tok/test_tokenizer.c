@@ -277,7 +277,7 @@ int main(void) {
     char *s = malloc(big + 1);
     for (size_t i = 0; i < big; i++) s[i] = "abcdefgh"[i % 8];
     s[big] = 0;
-    char *out;
+    char *out = NULL;
     size_t ol;
     CHECK(!wk_tokenizer_encode(g, s, big, false, &ids, &n) &&
           !wk_tokenizer_decode(g, ids, n, &out, &ol) && ol == big && !memcmp(out, s, big),

@@ -208,7 +208,7 @@ static void kill9(const char *data_path) {
   snprintf(out, sizeof out, "%s", tmp_path("killed"));
   snprintf(data, sizeof data, "%s", data_path);
   srand((unsigned)time(NULL));
-  int resumed = 0, killed = 0;
+  int killed = 0;
   for (int round = 0; round < 4; round++) {
     char *argv[] = {(char *)WICK_CLI, "train", "-m", (char *)fixture_in("models", "qwen2"), "--data", data,
                     "-o", out, "--steps", "1000000", "--batch", "2", "--save-every", "1", "--quiet",
@@ -228,7 +228,6 @@ static void kill9(const char *data_path) {
     waitpid(pid, &st, 0);
     killed += WIFSIGNALED(st);
     if (!WIFSIGNALED(st)) fprintf(stderr, "round %d: wick train exited with %d before the kill\n", round, WEXITSTATUS(st));
-    resumed += round > 0;
   }
   // whatever moment the kills hit, a short resume from the newest checkpoint works
   char *argv[] = {(char *)WICK_CLI, "train", "-m", (char *)fixture_in("models", "qwen2"), "--data", data,
