@@ -30,6 +30,14 @@
 WKM_FN float wkm_bits2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 WKM_FN uint32_t wkm_f2bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
+// f32 -> bf16 bits, rounded to nearest even; a NaN stays a quiet NaN (sign and top of
+// its payload kept). Branch-free, so loops over it vectorize. The one rounding the
+// engine (wk_f32_to_bf16), the CPU kernels, the CUDA kernels and the generated ones use.
+WKM_FN uint16_t wkm_f32_to_bf16(float f) {
+  uint32_t u = wkm_f2bits(f), r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+}
+
 // Constants of exp: x = n*ln2 + r with ln2 in two parts (n*LN2_HI is exact), and
 // the shifter 1.5 * 2^23: x*log2(e) + SHIFT rounds to an integer n that sits in the
 // low mantissa bits (round-to-nearest that vectorizes, unlike roundf).

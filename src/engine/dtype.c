@@ -1,6 +1,7 @@
 // dtype names, sizes and the f16 / bf16 <-> f32 conversions (round to nearest even).
 #include <string.h>
 #include "engine.h"
+#include "../backend/kernel_math.h"
 
 static const char *const dtype_names[WK_DTYPE_COUNT] = {"f32",  "f16",  "bf16", "i32",  "q8_0",
                                                         "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"};
@@ -27,12 +28,7 @@ static float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
 float wk_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
-uint16_t wk_f32_to_bf16(float f) {
-  uint32_t u = f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
+uint16_t wk_f32_to_bf16(float f) { return wkm_f32_to_bf16(f); }
 
 float wk_f16_to_f32(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;

@@ -76,19 +76,13 @@ static const float *row_in0(const wk_step *s, void *const *slots, int64_t r, int
   return row_in(&s->in[0], slots, r, D, buf);
 }
 
-static inline uint16_t to_bf16(float f) {
-  uint32_t u = wkm_f2bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
 
 // Writes n values at linear index start of a contiguous output.
 static void store(const wk_operand *o, void *const *slots, int64_t start, int64_t n, const float *v) {
   char *p = (char *)slots[o->slot] + (o->offset + start) * (int64_t)wk_dtype_size(o->dtype);
   switch (o->dtype) {
     case WK_F32: if ((const float *)p != v) memcpy(p, v, (size_t)n * sizeof(float)); break;
-    case WK_BF16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = to_bf16(v[i]); break; }
+    case WK_BF16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wkm_f32_to_bf16(v[i]); break; }
     case WK_F16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_f16(v[i]); break; }
     default: break;
   }

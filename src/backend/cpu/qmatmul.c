@@ -7,6 +7,7 @@
 // Compiled per ISA like kernels.c.
 #include <stdlib.h>
 #include <string.h>
+#include "../kernel_math.h"
 #include "cpu_kernels.h"
 #include "dequant.h"
 #include "gemm.h"
@@ -127,15 +128,9 @@ static void bsrc_row(const void *ctx, int64_t k, int64_t j0, int64_t n, float *o
 // the multiply-adds of an f32 FMA). `bits` gets the bf16 bits, `vals` their f32 values.
 static void round_to_bf16(const float *x, int64_t n, uint16_t *bits, float *vals) {
   for (int64_t i = 0; i < n; i++) {
-    uint32_t u;
-    memcpy(&u, &x[i], sizeof u);
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    r = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r;
-    if (bits) bits[i] = (uint16_t)r;
-    if (vals) {
-      uint32_t v = r << 16;
-      memcpy(&vals[i], &v, sizeof v);
-    }
+    uint16_t h = wkm_f32_to_bf16(x[i]);
+    if (bits) bits[i] = h;
+    if (vals) vals[i] = wkm_bits2f((uint32_t)h << 16);
   }
 }
 

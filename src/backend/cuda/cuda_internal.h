@@ -262,16 +262,10 @@ WKC_DEV float ldv(const char *p, int dt, int64_t off) {
     default: return (float)((const int32_t *)p)[off];
   }
 }
-WKC_DEV uint16_t to_bf16(float f) { // round to nearest even, quiet NaN (as dtype.c)
-  uint32_t u = f2bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
 WKC_DEV void stv(char *p, int dt, int64_t off, float v) {
   switch (dt) {
     case WK_F32: ((float *)p)[off] = v; break;
-    case WK_BF16: ((uint16_t *)p)[off] = to_bf16(v); break;
+    case WK_BF16: ((uint16_t *)p)[off] = wkm_f32_to_bf16(v); break;
     case WK_F16: ((__half *)p)[off] = __float2half_rn(v); break;
     default: ((int32_t *)p)[off] = (int32_t)v; break;
   }
@@ -313,7 +307,7 @@ WKC_DEV int64_t last_stride(const DOp &o) { return o.ndim ? o.stride[o.ndim - 1]
 // ---- math: the CPU backend's own formulas (kernel_math.h), so results agree ----
 WKC_DEV float expz(float x) { return x < -87.0f ? 0.0f : wkm_exp(x); }
 WKC_DEV float f16_round(float v) { return __half2float(__float2half_rn(v)); }
-WKC_DEV float bf16_round(float v) { return bits2f((uint32_t)to_bf16(v) << 16); }
+WKC_DEV float bf16_round(float v) { return bits2f((uint32_t)wkm_f32_to_bf16(v) << 16); }
 
 // V consecutive elements of a fused program (lin .. lin + V - 1). load(k, t) fills
 // t[0..V) with operand k's values; row[0..V) is the previous row-chain stage's

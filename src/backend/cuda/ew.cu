@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(256) k_ew(const __grid_constant__ Blob<CAP> bl
       *(float4 *)(h.out + i0 * 4) = make_float4(out[0], out[1 % V], out[2 % V], out[3 % V]);
     } else if (V == 4 && full && h.out_dtype == WK_BF16 && !((uintptr_t)h.out & 7)) {
       uint2 q;
-      q.x = (uint32_t)to_bf16(out[0]) | (uint32_t)to_bf16(out[1 % V]) << 16;
-      q.y = (uint32_t)to_bf16(out[2 % V]) | (uint32_t)to_bf16(out[3 % V]) << 16;
+      q.x = (uint32_t)wkm_f32_to_bf16(out[0]) | (uint32_t)wkm_f32_to_bf16(out[1 % V]) << 16;
+      q.y = (uint32_t)wkm_f32_to_bf16(out[2 % V]) | (uint32_t)wkm_f32_to_bf16(out[3 % V]) << 16;
       *(uint2 *)(h.out + i0 * 2) = q;
     } else {
 #pragma unroll

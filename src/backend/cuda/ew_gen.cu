@@ -185,7 +185,7 @@ std::string op_stmt(const wk_ew_instr &in, int q, const std::string &x, const st
     case WK_OP_CAST: {
       *arity = 1;
       int to = (int)in.attrs.i[0];
-      if (to == WK_BF16) addf(&e, "__uint_as_float((unsigned)wg_to_bf16(%s) << 16)", X);
+      if (to == WK_BF16) addf(&e, "__uint_as_float((unsigned)wkm_f32_to_bf16(%s) << 16)", X);
       else if (to == WK_F16) addf(&e, "wg_f16_round(%s)", X);
       else if (to == WK_I32) addf(&e, "truncf(%s)", X);
       else e = x;
@@ -214,18 +214,12 @@ std::string op_stmt(const wk_ew_instr &in, int q, const std::string &x, const st
   return s + e + ";\n";
 }
 
-// Loads, stores and conversions (bf16 rounding as to_bf16 in cuda_internal.h: to
+// Loads, stores and conversions (bf16 rounding: wkm_f32_to_bf16 of kernel_math.h, to
 // nearest even, NaN kept quiet with its sign and payload; f16 through the same cvt
 // instructions as cuda_fp16.h). Tiles move as 16-byte chunks (uint4): cv unpacks
 // one into floats (4 of a 4-byte dtype, 8 of a 2-byte one), pk packs it back.
 const char k_helpers[] = R"(
 #define WG_FN static __device__ __forceinline__
-WG_FN unsigned short wg_to_bf16(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (unsigned short)(u >> 16);
-}
 WG_FN float wg_h2f(unsigned short h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
 WG_FN unsigned short wg_f2h(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
 WG_FN float wg_f16_round(float f) { return wg_h2f(wg_f2h(f)); }
@@ -234,19 +228,19 @@ WG_FN float wg_ld_bf16(const char *p, long long o) { return __uint_as_float((uns
 WG_FN float wg_ld_f16(const char *p, long long o) { return wg_h2f(((const unsigned short *)p)[o]); }
 WG_FN float wg_ld_i32(const char *p, long long o) { return (float)((const int *)p)[o]; }
 WG_FN void wg_st_f32(char *p, long long o, float v) { ((float *)p)[o] = v; }
-WG_FN void wg_st_bf16(char *p, long long o, float v) { ((unsigned short *)p)[o] = wg_to_bf16(v); }
+WG_FN void wg_st_bf16(char *p, long long o, float v) { ((unsigned short *)p)[o] = wkm_f32_to_bf16(v); }
 WG_FN void wg_st_f16(char *p, long long o, float v) { ((unsigned short *)p)[o] = wg_f2h(v); }
 WG_FN void wg_st_i32(char *p, long long o, float v) { ((int *)p)[o] = (int)v; }
 // two values as a bf16 / f16 pair, the first in the low half
 WG_FN unsigned wg_pair_bf16(float a, float b) {
 #if __CUDA_ARCH__ >= 800
-  unsigned r;  // one instruction for both; NaN then gets to_bf16's bits (the instruction's is canonical)
+  unsigned r;  // one instruction for both; NaN then gets wkm_f32_to_bf16's bits (the instruction's is canonical)
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
-  if (a != a) r = (r & 0xffff0000u) | (unsigned)wg_to_bf16(a);
-  if (b != b) r = (r & 0xffffu) | (unsigned)wg_to_bf16(b) << 16;
+  if (a != a) r = (r & 0xffff0000u) | (unsigned)wkm_f32_to_bf16(a);
+  if (b != b) r = (r & 0xffffu) | (unsigned)wkm_f32_to_bf16(b) << 16;
   return r;
 #else
-  return (unsigned)wg_to_bf16(a) | (unsigned)wg_to_bf16(b) << 16;
+  return (unsigned)wkm_f32_to_bf16(a) | (unsigned)wkm_f32_to_bf16(b) << 16;
 #endif
 }
 WG_FN unsigned wg_pair_f16(float a, float b) {
