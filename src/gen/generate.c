@@ -281,10 +281,10 @@ static wk_status settle(const gen_shared *g, wk_kv_cache *c, const seq_state *q,
 // live sequences' tokens until every one has stopped. *t1: when the first tokens were
 // sampled (the end of prefill).
 static wk_status run_batch(wk_model *m, wk_kv_cache *c, const gen_shared *g, seq_state *q, batch *bt,
-                           const int32_t *ids, int64_t T, double *t1) {
+                           const int32_t *ids, const int64_t *pad, int64_t T, double *t1) {
   bool padded = false;
-  for (int64_t b = 0; b < bt->n; b++) padded |= bt->rows[b] > 0;
-  wk_status st = padded ? wk_kv_cache_set_padding(c, bt->n, bt->rows) : WK_OK;
+  for (int64_t b = 0; b < bt->n; b++) padded |= pad[b] > 0;
+  wk_status st = padded ? wk_kv_cache_set_padding(c, bt->n, pad) : WK_OK;
   wk_tensor *lg = st ? NULL : step(m, c, ids, bt->n, T);
   if (!st && !lg) st = WK_ERR_STATE;
   for (int64_t b = 0; b < bt->n; b++) bt->live[b] = b;
@@ -326,10 +326,12 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
     return wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",
                     (long long)cached, n_prompts[0]);
   seq_state *q = calloc(B, sizeof *q);
-  batch bt = {malloc(2 * B * sizeof *bt.live), NULL, (int64_t)B, malloc(B * sizeof *bt.next)};
+  batch bt = {malloc(3 * B * sizeof *bt.live), NULL, (int64_t)B, malloc(B * sizeof *bt.next)};
   int32_t *ids = NULL;
+  int64_t *pad = NULL;   // each prompt's left padding
   if (!q || !bt.live || !bt.next) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
   bt.rows = bt.live + B;
+  pad = bt.live + 2 * B;
   if (p.top_logprobs && (!(g.probs = malloc((size_t)g.V * sizeof *g.probs)) ||
                          !(g.alts = malloc((size_t)p.top_logprobs * sizeof *g.alts)))) {
     st = wk_error(WK_ERR_OOM, "generate: out of memory");
@@ -347,9 +349,9 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
   }
   if (!p.max_tokens) goto done;
   int64_t T;
-  if (!(ids = pack_prompts(B, prompts, n_prompts, cached, bt.rows, &T))) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
+  if (!(ids = pack_prompts(B, prompts, n_prompts, cached, pad, &T))) { st = wk_error(WK_ERR_OOM, "generate: out of memory"); goto done; }
   double t0 = now_s(), t1 = 0;
-  if ((st = run_batch(m, c, &g, q, &bt, ids, T, &t1))) goto done;
+  if ((st = run_batch(m, c, &g, q, &bt, ids, pad, T, &t1))) goto done;
   double t2 = now_s();
   for (size_t b = 0; b < B; b++) {
     q[b].res.prefill_s = t1 - t0;
