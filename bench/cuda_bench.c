@@ -82,14 +82,20 @@ static void *dev_rand(size_t n, wk_dtype dt) {
   return d;
 }
 
-// Causal SDPA of q (slot 0) over k, v (slots 1, 2) into slot 3, head dim 64 (scale 1/8).
-static wk_step sdpa_step(wk_dtype dt, const int64_t *qs, const int64_t *ks) {
+// A CUDA step of op with nin inputs, everything else zero.
+static wk_step cuda_step(int op, int nin) {
   wk_step s;
   memset(&s, 0, sizeof s);
-  s.op = WK_OP_SDPA;
+  s.op = (wk_op)op;
   s.device = WK_CUDA;
   s.src = -1;
-  s.nin = 3;
+  s.nin = nin;
+  return s;
+}
+
+// Causal SDPA of q (slot 0) over k, v (slots 1, 2) into slot 3, head dim 64 (scale 1/8).
+static wk_step sdpa_step(wk_dtype dt, const int64_t *qs, const int64_t *ks) {
+  wk_step s = cuda_step(WK_OP_SDPA, 3);
   s.in[0] = opc(0, dt, 4, qs);
   s.in[1] = opc(1, dt, 4, ks);
   s.in[2] = opc(2, dt, 4, ks);
@@ -120,12 +126,7 @@ int main(int argc, char **argv) {
     wk_ew_instr code[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), ins(WK_OP_MUL_SCALAR, 1, 0, 0, 1.5f), ins(WK_OP_ADD_SCALAR, 2, 1, 0, 0.25f),
                           ins(WK_OP_TANH, 3, 2, 0, 0),   ins(WK_OP_MUL, 4, 3, 0, 0),          ins(WK_OP_EXP, 5, 4, 0, 0),
                           ins(WK_OP_SIGMOID, 6, 5, 0, 0), ins(WK_OP_ADD, 7, 6, 0, 0),        ins(WK_OP_MUL_SCALAR, 8, 7, 0, 0.5f)};
-    wk_step s;
-    memset(&s, 0, sizeof s);
-    s.op = WK_STEP_FUSED_EW;
-    s.device = WK_CUDA;
-    s.src = -1;
-    s.nin = 1;
+    wk_step s = cuda_step(WK_STEP_FUSED_EW, 1);
     s.in[0] = opc(0, dt, 1, &n);
     s.out = opc(1, dt, 1, &n);
     s.prog = (wk_ew_prog){9, 9, 8, code};
@@ -139,12 +140,7 @@ int main(int argc, char **argv) {
     int64_t sh[4] = {8, 16, 512, 512}, n = 8LL * 16 * 512 * 512;
     void *x = dev_rand((size_t)n, WK_F32), *y = gpu->alloc((size_t)n * 4);
     void *slots[2] = {x, y};
-    wk_step s;
-    memset(&s, 0, sizeof s);
-    s.op = WK_OP_SOFTMAX;
-    s.device = WK_CUDA;
-    s.src = -1;
-    s.nin = 1;
+    wk_step s = cuda_step(WK_OP_SOFTMAX, 1);
     s.in[0] = opc(0, WK_F32, 4, sh);
     s.out = opc(1, WK_F32, 4, sh);
     timeit("softmax (8,16,512,512) f32", &s, slots, iters, 8.0 * (double)n, 0, 0, 0, 0);
@@ -155,12 +151,7 @@ int main(int argc, char **argv) {
     int64_t sh[3] = {8, 2048, 4096}, n = 8LL * 2048 * 4096;
     void *x = dev_rand((size_t)n, WK_F32), *w = dev_rand(4096, WK_F32), *y = gpu->alloc((size_t)n * 4);
     void *slots[3] = {x, w, y};
-    wk_step s;
-    memset(&s, 0, sizeof s);
-    s.op = WK_OP_RMS_NORM;
-    s.device = WK_CUDA;
-    s.src = -1;
-    s.nin = 2;
+    wk_step s = cuda_step(WK_OP_RMS_NORM, 2);
     s.in[0] = opc(0, WK_F32, 3, sh);
     s.in[1] = opc(1, WK_F32, 1, &sh[2]);
     s.attrs.f[0] = 1e-5f;
@@ -178,12 +169,7 @@ int main(int argc, char **argv) {
     int64_t sh[2] = {4096, 4096}, n = 4096LL * 4096;
     void *a = dev_rand((size_t)n, dt), *b = dev_rand((size_t)n, dt), *c = gpu->alloc((size_t)n * wk_dtype_size(dt));
     void *slots[3] = {a, b, c};
-    wk_step s;
-    memset(&s, 0, sizeof s);
-    s.op = WK_OP_MATMUL;
-    s.device = WK_CUDA;
-    s.src = -1;
-    s.nin = 2;
+    wk_step s = cuda_step(WK_OP_MATMUL, 2);
     s.in[0] = opc(0, dt, 2, sh);
     s.in[1] = opc(1, dt, 2, sh);
     s.out = opc(2, dt, 2, sh);
