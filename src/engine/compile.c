@@ -1,10 +1,10 @@
 // The compiler: graph -> optimized, fused, memory-planned list of steps.
 //
 // Passes, in order: common-subexpression elimination, constant folding of scalar
-// constants, dead-code elimination, LoRA pattern rewrite, fusion (elementwise
-// groups; elementwise prologues into reductions and normalizations), step
-// scheduling in topological order, liveness-based arena planning with in-place
-// reuse. The result depends only on the graph's structure, so it is cached.
+// constants, dead-code elimination, LoRA pattern rewrite, matmul epilogues (bias,
+// GELU; CUDA), fusion (elementwise groups; elementwise prologues into reductions
+// and normalizations), step scheduling in topological order, liveness-based arena
+// planning with in-place reuse. The result depends only on the graph's structure, so it is cached.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +28,16 @@ typedef struct {
   int lora_in[4];
   float lora_scale;
   int lora_scale_src;   // the mul_scalar node holding the scale
+  bool epi;            // this ADD (or the GELU after it) runs as a matmul with a fused epilogue
+  int epi_kind;        // WK_EPI_*
+  int epi_in[3];       // x, W (as the matmul reads them), bias
 } irnode;
+
+// Nodes computed by one kernel in place of a subgraph (LoRA, matmul epilogues) read
+// these inputs instead of their own.
+static bool kern_fused(const irnode *x) { return x->lora || x->epi; }
+static int fused_nin(const irnode *x) { return x->lora ? 4 : x->epi ? 3 : x->nin; }
+static const int *fused_in(const irnode *x) { return x->lora ? x->lora_in : x->epi ? x->epi_in : x->in; }
 
 typedef struct {
   const wk_topo *g;
@@ -173,8 +182,8 @@ static void count_uses(ir *r) {
     if (x->target && !x->dead) live[i] = true;
     if (!live[i]) { x->dead = true; continue; }
     x->dead = false;
-    int nin = x->lora ? 4 : x->nin;
-    const int *in = x->lora ? x->lora_in : x->in;
+    int nin = fused_nin(x);
+    const int *in = fused_in(x);
     for (int k = 0; k < nin; k++) {
       irnode *c = &r->n[in[k]];
       live[in[k]] = true;
@@ -234,6 +243,56 @@ static bool match_lora(ir *r, int add) {
   return false;
 }
 
+// ---- matmul epilogues: matmul(x, W) + bias [then gelu_tanh] ----
+// On CUDA this is one cuBLASLt call (CUBLASLT_EPILOGUE_BIAS / _GELU_BIAS): the bias
+// add and the GELU happen on the accumulator before the store, instead of a second
+// kernel reading the product back. cuBLASLt's GELU is the tanh form, so an erf
+// GELU fuses only the bias and stays an elementwise kernel. Only CUDA runs the
+// fused step (the CPU backend keeps the unfused graph); WICK_CUDA_LT=0 turns it off.
+static bool epilogues_enabled(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("WICK_CUDA_LT");
+    on = !e || atoi(e) != 0;
+  }
+  return on != 0;
+}
+
+static bool match_epilogue(ir *r, int add) {
+  irnode *x = &r->n[add];
+  if (x->op != WK_OP_ADD || x->leaf || kern_fused(x) || x->t->device != WK_CUDA) return false;
+  wk_dtype dt = x->t->dtype;
+  if (dt != WK_F32 && dt != WK_BF16 && dt != WK_F16) return false;
+  for (int side = 0; side < 2; side++) {
+    int mm = strip_reshape(r, x->in[side]), b = x->in[1 - side];
+    if (!is_2d_matmul(r, mm)) continue;
+    const irnode *m = &r->n[mm];
+    if (m->uses != 1 || m->target || m->escapes || m->t->dtype != dt) continue;
+    int64_t M = m->t->shape[0], N = m->t->shape[1];
+    const wk_tensor *bt = r->n[b].t;
+    // the bias runs along the rows: [N], [1, N], ... and the sum has the product's shape
+    if (bt->dtype != dt || bt->ndim < 1 || bt->shape[bt->ndim - 1] != N || wk_numel(bt) != N) continue;
+    if (wk_numel(x->t) != M * N || x->t->shape[x->t->ndim - 1] != N) continue;
+    if (r->n[x->in[side]].uses != 1) continue;
+    irnode *f = x;
+    int kind = WK_EPI_BIAS;
+    if (x->uses == 1 && !x->target && !x->escapes) {
+      irnode *c = &r->n[x->consumer];
+      if (!c->leaf && c->op == WK_OP_GELU_TANH && !kern_fused(c) && c->t->dtype == dt && same_shape(c->t, x->t)) {
+        f = c;
+        kind = WK_EPI_BIAS_GELU_TANH;
+      }
+    }
+    f->epi = true;
+    f->epi_kind = kind;
+    f->epi_in[0] = m->in[0];
+    f->epi_in[1] = m->in[1];
+    f->epi_in[2] = b;
+    return true;
+  }
+  return false;
+}
+
 // ---- fusion ----
 static bool is_rowop(wk_op op) {
   return op == WK_OP_SOFTMAX || op == WK_OP_LOG_SOFTMAX || op == WK_OP_RMS_NORM || op == WK_OP_LAYER_NORM;
@@ -251,7 +310,7 @@ static void mark_row_chains(ir *r) {
     if (x->leaf || x->dead || !is_rowop(x->op) || x->target || x->escapes || x->uses != 1) continue;
     if (x->t->dtype != WK_F32) continue; // stages keep f32 rows: exact only for f32
     int c = x->consumer;
-    if (!same_shape(x->t, r->n[c].t) || r->n[c].lora) continue;
+    if (!same_shape(x->t, r->n[c].t) || kern_fused(&r->n[c])) continue;
     bool direct = is_rowop(r->n[c].op) && r->n[c].in[0] == i;
     if (!direct && !is_ew(r->n[c].op)) continue;
     // the program that will read this row: climb through inlined elementwise code
@@ -260,7 +319,7 @@ static void mark_row_chains(ir *r) {
            r->n[owner].uses == 1 && is_ew(r->n[owner].op))
       owner = r->n[owner].consumer;
     irnode *o = &r->n[owner];
-    if (o->leaf || o->lora || !(is_rowop(o->op) || is_ew(o->op)) || !same_shape(o->t, x->t)) continue;
+    if (o->leaf || kern_fused(o) || !(is_rowop(o->op) || is_ew(o->op)) || !same_shape(o->t, x->t)) continue;
     if (row_src[owner] >= 0) continue;
     row_src[owner] = i;
     x->rowfused = true;
@@ -272,11 +331,11 @@ static void mark_row_chains(ir *r) {
 // A node is inlined (not materialized) when its only consumer computes it on the fly.
 static bool inlinable(const ir *r, int i) {
   const irnode *x = &r->n[i];
-  if (x->leaf || x->target || x->lora || !is_ew(x->op)) return false;
+  if (x->leaf || x->target || kern_fused(x) || !is_ew(x->op)) return false;
   if (x->op == WK_OP_CONST) return true; // a fill: duplicated into every consumer
   if (x->uses != 1) return false;
   const irnode *c = &r->n[x->consumer];
-  if (c->lora || c->leaf) return false;
+  if (kern_fused(c) || c->leaf) return false;
   if (is_ew(c->op)) return same_shape(x->t, c->t);
   if (!takes_prologue(c->op) || c->in[0] != i) return false;
   if (c->op == WK_OP_SUM || c->op == WK_OP_MAX) { // the reduced axes must form one block
@@ -302,7 +361,7 @@ static void mark_roots(ir *r) {
     x->root = x->op != WK_OP_VIEW && !inlinable(r, i);
     if (!size || !loads) continue;
     size[i] = 1;
-    for (int k = 0; k < x->nin && !x->lora; k++) {
+    for (int k = 0; k < x->nin && !kern_fused(x); k++) {
       int j = x->in[k];
       bool inl = !r->n[j].leaf && !r->n[j].root && r->n[j].op != WK_OP_VIEW;
       size[i] += inl ? size[j] : 1;
@@ -320,11 +379,11 @@ static void mark_roots(ir *r) {
   for (int i = 0; i < r->count; i++) {
     irnode *x = &r->n[i];
     if (x->dead || x->leaf || x->op == WK_OP_VIEW || !x->root) continue;
-    int nin = x->lora ? 4 : x->nin;
-    const int *in = x->lora ? x->lora_in : x->in;
+    int nin = fused_nin(x);
+    const int *in = fused_in(x);
     for (int k = 0; k < nin; k++) {
       irnode *c = &r->n[in[k]];
-      bool reads_memory = !is_ew(x->op) && !(takes_prologue(x->op) && k == 0);
+      bool reads_memory = kern_fused(x) || (!is_ew(x->op) && !(takes_prologue(x->op) && k == 0));
       if (c->op == WK_OP_CONST && !c->leaf && reads_memory) c->root = true;
     }
   }
@@ -476,6 +535,21 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
     s->out.stride[1] = 1;
     return true;
   }
+  if (x->epi) { // matmul(in[0], in[1]) + in[2] along the rows [, gelu]: see plan.h
+    s->op = WK_OP_MATMUL;
+    s->nin = 3;
+    for (int k = 0; k < 3; k++) s->in[k] = operand_self(r, x->epi_in[k]);
+    memset(&s->attrs, 0, sizeof s->attrs);
+    s->attrs.i[0] = x->epi_kind;
+    s->src = -1;
+    const wk_tensor *a = r->n[x->epi_in[0]].t, *w = r->n[x->epi_in[1]].t;
+    s->out.ndim = 2;
+    s->out.shape[0] = a->shape[0];
+    s->out.shape[1] = w->shape[1];
+    s->out.stride[0] = w->shape[1];
+    s->out.stride[1] = 1;
+    return true;
+  }
   progbuf pb = {.row_reg = -1, .row_src = -1};
   if (is_ew(x->op)) {
     s->op = WK_STEP_FUSED_EW;
@@ -551,8 +625,8 @@ static void collect_reads(ir *r, int i, int k, bool top) {
     if (r->n[b].last_use < k) r->n[b].last_use = k;
     return;
   }
-  int nin = x->lora ? 4 : x->nin;
-  const int *in = x->lora ? x->lora_in : x->in;
+  int nin = fused_nin(x);
+  const int *in = fused_in(x);
   for (int q = 0; q < nin; q++) collect_reads(r, in[q], k, false);
 }
 
@@ -565,8 +639,8 @@ static void count_reads(const ir *r, int i, int j, bool top, int *reads, int *st
     if (b == j) { (*reads)++; *strided += i != j; }
     return;
   }
-  int nin = x->lora ? 4 : x->nin;
-  const int *in = x->lora ? x->lora_in : x->in;
+  int nin = fused_nin(x);
+  const int *in = fused_in(x);
   for (int q = 0; q < nin; q++) count_reads(r, in[q], j, false, reads, strided);
 }
 
@@ -574,7 +648,7 @@ static void count_reads(const ir *r, int i, int j, bool top, int *reads, int *st
 // the output's shape and dtype, and every read of it is element i for output i.
 static int inplace_candidate(ir *r, int i, int k) {
   irnode *x = &r->n[i];
-  if (!is_ew(x->op)) return -1;
+  if (!is_ew(x->op) || kern_fused(x)) return -1;
   for (int q = 0; q < x->nin; q++) {
     int j = x->in[q];
     irnode *y = &r->n[j];
@@ -605,6 +679,10 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   count_uses(&r);
   for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_lora(&r, i);
   count_uses(&r);
+  if (epilogues_enabled()) {
+    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_epilogue(&r, i);
+    count_uses(&r);
+  }
   mark_roots(&r);
 
   // schedule: roots in topological order
@@ -774,6 +852,7 @@ void wk_plan_free(wk_plan *p) {
 }
 
 static const char *op_label(const wk_step *s) {
+  if (s->op == WK_OP_MATMUL && s->nin == 3) return s->attrs.i[0] == WK_EPI_BIAS_GELU_TANH ? "matmul+bias+gelu" : "matmul+bias";
   return s->op == WK_STEP_FUSED_EW ? "fused" : wk_ops[s->op].name;
 }
 

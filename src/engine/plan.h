@@ -3,6 +3,12 @@
 #include "../backend/backend.h"
 #include "graph.h"
 
+// Matmul epilogues. A MATMUL step with nin == 3 computes in[0] @ in[1] + in[2], the
+// bias in[2] ([N], [1, N]...) added to every row of the [M, N] product, then the
+// activation attrs.i[0] names (all three operands and the output share one float
+// dtype). The planner emits it for CUDA only, where it is one cuBLASLt call.
+enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2 };
+
 // How the tensors of a graph map to slots at run time.
 typedef struct {
   int node;          // index in the graph's topological order

@@ -1,11 +1,12 @@
 // The CUDA backend: one stream, a stream-ordered caching allocator, cuBLAS for
-// GEMM, and the dispatcher from scheduled steps to kernels (ew.cu, nn.cu).
+// GEMM (cuBLASLt where a bias / GELU epilogue is fused in), and the dispatcher from scheduled steps to kernels (ew.cu, nn.cu).
 //
 // Everything is enqueued on one stream, so a block freed to the cache can be
 // handed to later work at once: that work is ordered after every earlier reader.
 // Errors a kernel finds in its data (an embedding id out of range) land in a
 // device record and are reported by sync; faults are reported by sync with
 // the last kernel enqueued (WICK_CUDA_SYNC=1 syncs after every step to name it).
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +14,11 @@
 #include <mutex>
 #include <unordered_map>
 #include <vector>
+#include <string>
 #include "cuda_internal.h"
+extern "C" {
+#include "../../engine/plan.h"
+}
 
 // ---- state ----
 static std::once_flag g_once;
@@ -21,6 +26,7 @@ static bool g_ok;
 static char g_init_err[512];
 static cudaStream_t g_stream, g_cap_stream;
 static cublasHandle_t g_blas;
+static cublasLtHandle_t g_lt;
 static DevErr *g_err_host, *g_err_dev;
 static int g_sms;
 static size_t g_max_smem;
@@ -369,6 +375,189 @@ static wk_status matmul(const wk_step *s, void *const *slots) {
   return st;
 }
 
+// ---- matmul with a fused epilogue (cuBLASLt) ----
+// out[M, N] = in[0] @ in[1] + bias (over the rows) [then GELU, tanh form]: one
+// cublasLtMatmul with CUBLASLT_EPILOGUE_BIAS / _GELU_BIAS, accumulating in f32
+// (TF32 for f32 under WICK_CUDA_TF32=1, as cuBLAS). Descriptors, layouts and the
+// heuristic's algorithm are cached by shape, layout, dtype, epilogue and operand
+// alignment, so a captured or replayed plan does no descriptor work; the
+// workspace is the one preallocated for cuBLAS (every call is ordered on one
+// stream, so they never use it at once). Where cuBLASLt offers no algorithm
+// (unusual alignment), a cuBLAS GEMM and an in-place elementwise epilogue run instead.
+namespace {
+struct LtKey {
+  int64_t M, N, K, lda, ldb;
+  int32_t ta, tb, dt, kind, tf32, align[4];
+};
+struct LtPlan {
+  cublasLtMatmulDesc_t op = NULL;
+  cublasLtMatrixLayout_t a = NULL, b = NULL, c = NULL;
+  cublasLtMatmulAlgo_t algo;
+  size_t ws = 0;
+  bool ok = false;
+};
+std::mutex g_lt_mu;
+std::unordered_map<std::string, LtPlan> g_lt_cache;
+const size_t LT_CACHE_MAX = 1024;   // entries; past it the cache starts over
+}
+
+static void lt_plan_free(LtPlan &p) {
+  if (p.op) cublasLtMatmulDescDestroy(p.op);
+  if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+  p = LtPlan();
+}
+
+static int32_t align_of(const void *p) {
+  uintptr_t v = (uintptr_t)p;
+  int32_t a = 256;
+  while (a > 1 && (v & (uintptr_t)(a - 1))) a >>= 1;
+  return a;
+}
+
+// Builds the descriptors and asks the heuristic for an algorithm (the cuBLAS call's
+// mapping: row-major C = A B is column-major C^T = B^T A^T, so cuBLASLt's A is our b).
+static void lt_plan_build(LtPlan &p, const LtKey &k, const void *bias) {
+  cudaDataType_t t = k.dt == WK_BF16 ? CUDA_R_16BF : k.dt == WK_F16 ? CUDA_R_16F : CUDA_R_32F;
+  cublasComputeType_t ct = k.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  cublasOperation_t ta = k.tb ? CUBLAS_OP_T : CUBLAS_OP_N, tb = k.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasLtEpilogue_t epi = k.kind == WK_EPI_BIAS_GELU_TANH ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+  bool ok = cublasLtMatmulDescCreate(&p.op, ct, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && cublasLtMatrixLayoutCreate(&p.a, t, (uint64_t)(k.tb ? k.K : k.N), (uint64_t)(k.tb ? k.N : k.K), k.ldb) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && cublasLtMatrixLayoutCreate(&p.b, t, (uint64_t)(k.ta ? k.M : k.K), (uint64_t)(k.ta ? k.K : k.M), k.lda) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && cublasLtMatrixLayoutCreate(&p.c, t, (uint64_t)k.N, (uint64_t)k.M, k.N) == CUBLAS_STATUS_SUCCESS;
+  cublasLtMatmulPreference_t pref = NULL;
+  ok = ok && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS;
+  uint64_t ws = g_blas_ws ? BLAS_WORKSPACE : 0;
+  uint32_t al[4] = {(uint32_t)k.align[1], (uint32_t)k.align[0], (uint32_t)k.align[2], (uint32_t)k.align[2]};
+  const cublasLtMatmulPreferenceAttributes_t which[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  ok = ok && cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
+                 CUBLAS_STATUS_SUCCESS;
+  for (int q = 0; q < 4 && ok; q++)
+    ok = cublasLtMatmulPreferenceSetAttribute(pref, which[q], &al[q], sizeof al[q]) == CUBLAS_STATUS_SUCCESS;
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  ok = ok && cublasLtMatmulAlgoGetHeuristic(g_lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found) == CUBLAS_STATUS_SUCCESS &&
+       found > 0 && res.workspaceSize <= ws;
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  if (!ok) {
+    lt_plan_free(p);
+    return;
+  }
+  p.algo = res.algo;
+  p.ws = res.workspaceSize;
+  p.ok = true;
+}
+
+// Enqueues the fused matmul; false (nothing enqueued) when cuBLASLt has no algorithm.
+static bool lt_matmul(const mat &a, const mat &b, int dt, char *c, const void *bias, int64_t M, int64_t N, int64_t K,
+                      int kind, wk_status *st) {
+  LtKey k;
+  memset(&k, 0, sizeof k);
+  k.M = M, k.N = N, k.K = K, k.lda = a.ld, k.ldb = b.ld;
+  k.ta = a.trans, k.tb = b.trans, k.dt = dt, k.kind = kind, k.tf32 = dt == WK_F32 && g_tf32;
+  k.align[0] = align_of(a.p), k.align[1] = align_of(b.p), k.align[2] = align_of(c), k.align[3] = align_of(bias);
+  std::lock_guard<std::mutex> lk(g_lt_mu);
+  std::string key((const char *)&k, sizeof k);
+  auto it = g_lt_cache.find(key);
+  if (it == g_lt_cache.end()) {
+    if (g_lt_cache.size() >= LT_CACHE_MAX) {
+      for (auto &kv : g_lt_cache) lt_plan_free(kv.second);
+      g_lt_cache.clear();
+    }
+    it = g_lt_cache.emplace(key, LtPlan()).first;
+    lt_plan_build(it->second, k, bias);
+  }
+  LtPlan &p = it->second;
+  if (!p.ok) return false;
+  const float one = 1.0f, zero = 0.0f;
+  cublasStatus_t r = cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+  if (r == CUBLAS_STATUS_SUCCESS)
+    r = cublasLtMatmul(g_lt, p.op, &one, b.p, p.a, a.p, p.b, &zero, c, p.c, c, p.c, &p.algo, p.ws ? g_blas_ws : NULL,
+                       p.ws, wkc_stream());
+  *st = blas_status(r, "matmul with a fused epilogue (cublasLtMatmul)");
+  return true;
+}
+
+// The epilogue on its own, in place on out [M, N] (the fallback): a fused
+// elementwise step out = out + bias [, gelu_tanh].
+static wk_status epilogue_ew(char *out, const char *bias, int dt, int64_t M, int64_t N, int kind) {
+  wk_ew_instr code[4];
+  memset(code, 0, sizeof code);
+  for (int q = 0; q < 4; q++) code[q].src = -1;
+  code[0].op = WK_EW_LOAD, code[0].dst = 0, code[0].a = 0;
+  code[1].op = WK_EW_LOAD, code[1].dst = 1, code[1].a = 1;
+  code[2].op = WK_OP_ADD, code[2].dst = 2, code[2].a = 0, code[2].b = 1;
+  code[3].op = WK_OP_GELU_TANH, code[3].dst = 3, code[3].a = 2;
+  wk_step e;
+  memset(&e, 0, sizeof e);
+  e.op = WK_STEP_FUSED_EW;
+  e.device = WK_CUDA;
+  e.src = -1;
+  e.prog.n = kind == WK_EPI_BIAS_GELU_TANH ? 4 : 3;
+  e.prog.nregs = e.prog.n;
+  e.prog.out_reg = e.prog.n - 1;
+  e.prog.code = code;
+  e.nin = 2;
+  e.out = wk_operand{0, (wk_dtype)dt, 2, {M, N}, {N, 1}, 0};
+  e.in[0] = e.out;
+  e.in[1] = wk_operand{1, (wk_dtype)dt, 2, {M, N}, {0, 1}, 0};
+  void *ls[2] = {out, (void *)bias};
+  return wkc_ew(&e, ls);
+}
+
+static wk_status matmul_epi(const wk_step *s, void *const *slots) {
+  const wk_operand *out = &s->out;
+  int dt = out->dtype, kind = (int)s->attrs.i[0];
+  int64_t M = out->shape[0], N = out->shape[1], K = s->in[0].shape[1];
+  for (int q = 0; q < 3; q++)
+    if (s->in[q].dtype != dt) return wk_error(WK_ERR_DTYPE, "matmul with bias: operands and output must share a dtype");
+  if (kind != WK_EPI_BIAS && kind != WK_EPI_BIAS_GELU_TANH)
+    return wk_error(WK_ERR_STATE, "matmul with bias: unknown epilogue %d", kind);
+  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX)
+    return wk_error(WK_ERR_SHAPE, "matmul with bias: dimensions too large (M=%lld N=%lld K=%lld)", (long long)M,
+                    (long long)N, (long long)K);
+  if (M * N == 0) return WK_OK;
+  char *c = (char *)slots[out->slot] + out->offset * (int64_t)wkc_esize(dt);
+  void *tmp[3] = {NULL, NULL, NULL}, *lslots[3];
+  mat m[2];
+  wk_status st = WK_OK;
+  // operands cuBLAS cannot read as they are, and a bias that is not dense along N
+  for (int q = 0; q < 3 && !st; q++) {
+    const wk_operand *o = &s->in[q];
+    bool direct = q < 2 ? as_mat(o, slots, &m[q]) : (o->stride[o->ndim - 1] == 1 || N == 1);
+    if (direct) continue;
+    if (!(tmp[q] = wkc_alloc((size_t)wkc_numel(o) * wkc_esize(dt)))) { st = WK_ERR_OOM; break; }
+    if ((st = wkc_densify(o, slots, (wk_dtype)dt, tmp[q]))) break;
+    if (q < 2) {
+      wk_operand d = *o;
+      d.slot = q;
+      d.offset = 0;
+      wk_contiguous_strides(d.ndim, d.shape, d.stride);
+      lslots[q] = tmp[q];
+      as_mat(&d, lslots, &m[q]);
+    }
+  }
+  const wk_operand *bo = &s->in[2];
+  const char *bias = tmp[2] ? (const char *)tmp[2] : (const char *)slots[bo->slot] + bo->offset * (int64_t)wkc_esize(dt);
+  if (!st && K == 0) { // the product is zero: out = epilogue(bias)
+    cudaMemsetAsync(c, 0, (size_t)(M * N) * wkc_esize(dt), wkc_stream());
+    st = epilogue_ew(c, bias, dt, M, N, kind);
+  } else if (!st && !lt_matmul(m[0], m[1], dt, c, bias, M, N, K, kind, &st)) {
+    st = gemm(m[0], m[1], 0, 0, dt, c, dt, M, N, K, 1, 1.0f, 0.0f, "matmul (cublasGemmStridedBatchedEx)");
+    if (!st) st = epilogue_ew(c, bias, dt, M, N, kind);
+  }
+  for (int q = 0; q < 3; q++) wkc_free(tmp[q]);
+  return st;
+}
+
 // out = x@W + scale * (x@A)@B: three GEMMs on the stream (t = scale x@A is [M, r]).
 static wk_status lora(const wk_step *s, void *const *slots) {
   int dt = s->in[0].dtype;
@@ -437,7 +626,7 @@ wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
     case WK_OP_ARGMAX: return wkc_argmax(s, slots);
     case WK_OP_CONCAT: return wkc_concat(s, slots);
     case WK_OP_PAD: return wkc_pad(s, slots);
-    case WK_OP_MATMUL: return matmul(s, slots);
+    case WK_OP_MATMUL: return s->nin == 3 ? matmul_epi(s, slots) : matmul(s, slots);
     case WK_OP_LORA: return lora(s, slots);
     case WK_OP_SOFTMAX:
     case WK_OP_LOG_SOFTMAX:
@@ -499,6 +688,10 @@ static void init_once(void) {
   }
   if (cublasCreate(&g_blas) != CUBLAS_STATUS_SUCCESS) {
     snprintf(g_init_err, sizeof g_init_err, "cuda: cuBLAS could not be initialized");
+    return;
+  }
+  if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS) {
+    snprintf(g_init_err, sizeof g_init_err, "cuda: cuBLASLt could not be initialized");
     return;
   }
   if (cudaMalloc(&g_blas_ws, BLAS_WORKSPACE) != cudaSuccess) { cudaGetLastError(); g_blas_ws = NULL; }
