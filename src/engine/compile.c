@@ -3,7 +3,8 @@
 // Passes, in order: common-subexpression elimination, constant folding of scalar
 // constants, dead-code elimination, LoRA pattern rewrite, matmul epilogues (bias,
 // GELU; CUDA), fusion (elementwise groups; elementwise prologues into reductions
-// and normalizations), step scheduling in topological order, liveness-based arena
+// and normalizations), step scheduling in topological order (on CUDA, independent
+// groups with one program side by side, run as one launch), liveness-based arena
 // planning with in-place reuse. The result depends only on the graph's structure, so it is cached.
 #include <stdio.h>
 #include <stdlib.h>
@@ -662,6 +663,283 @@ static int inplace_candidate(ir *r, int i, int k) {
   return -1;
 }
 
+// ---- horizontal fusion (CUDA): independent roots with one program, one launch ----
+// An optimizer step updates every parameter with the same elementwise programs
+// (AdamW: the two moments, then the parameter), one kernel per tensor: a LoRA step
+// of Qwen2.5-0.5B launches hundreds of tiny kernels. Here roots whose programs
+// match (same instructions and non-run-time attributes, same operand dtypes, every
+// operand either dense in the output's shape or one value) and that do not depend
+// on one another are scheduled next to each other; the CUDA backend runs such a
+// group as one launch over a table of its tensors, each with its own run-time
+// scalars (cuda ew.cu). Why a planner pass and not a dedicated AdamW op: the
+// optimizer stays a plain lazy graph (autograd, CPU and every other consumer of
+// its tensors unchanged; SGD and anything alike get it too), and the graph replay
+// needs nothing new. The schedule is a list schedule in the original order; a
+// root joins its group with every ready root of the same program, and an update of
+// a realized tensor (it reads a leaf of its own shape: a parameter or a moment)
+// whose sink-closed group is not complete yet waits until nothing else is ready
+// (its gradient inputs live longer: the trainer's clipping needs them all anyway).
+// The group's members come out as consecutive steps: the head has chain = the
+// group's size, the members chain = -1 (a FUSED_EW head is never a row chain's).
+
+// Instructions whose scalars are run-time values of each member (cuda_internal.h's
+// wkc_rt_reads): they may differ within a group. Every other attribute must match.
+static bool runtime_scalar(const wk_ew_instr *in) {
+  if (in->src < 0) return false;
+  switch (in->op) {
+    case WK_OP_ARANGE: case WK_OP_RAND: case WK_OP_RANDN: case WK_OP_DROPOUT:
+    case WK_OP_ADD_SCALAR: case WK_OP_MUL_SCALAR: case WK_OP_POW_SCALAR: return true;
+    default: return false;
+  }
+}
+
+// 1: dense in out's shape, 2: one value broadcast, 0: neither.
+static int operand_form(const wk_operand *o) {
+  int64_t st = 1;
+  bool dense = true, one = true;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    if (o->shape[d] == 1) continue;
+    if (o->stride[d] != st) dense = false;
+    if (o->stride[d] != 0) one = false;
+    st *= o->shape[d];
+  }
+  return dense ? 1 : one ? 2 : 0;
+}
+
+static bool hgroup_eligible(const wk_step *s) {
+  // (a single element: its operands' forms are ambiguous, and one launch is all it costs)
+  if (s->op != WK_STEP_FUSED_EW || s->device != WK_CUDA || operand_form(&s->out) != 1) return false;
+  int64_t n = 1;
+  for (int d = 0; d < s->out.ndim; d++) n *= s->out.shape[d];
+  if (n < 2) return false;
+  for (int k = 0; k < s->nin; k++) if (!operand_form(&s->in[k])) return false;
+  for (int q = 0; q < s->prog.n; q++) if (s->prog.code[q].op == WK_EW_LOAD_ROW) return false;
+  return true;
+}
+
+static bool same_program(const wk_step *a, const wk_step *b) {
+  if (a->prog.n != b->prog.n || a->prog.nregs != b->prog.nregs || a->prog.out_reg != b->prog.out_reg ||
+      a->nin != b->nin || a->out.dtype != b->out.dtype)
+    return false;
+  for (int k = 0; k < a->nin; k++)
+    if (a->in[k].dtype != b->in[k].dtype || operand_form(&a->in[k]) != operand_form(&b->in[k])) return false;
+  for (int q = 0; q < a->prog.n; q++) {
+    const wk_ew_instr *x = &a->prog.code[q], *y = &b->prog.code[q];
+    if (x->op != y->op || x->dst != y->dst || x->a != y->a || x->b != y->b || x->c != y->c) return false;
+    if (runtime_scalar(x) != runtime_scalar(y)) return false;
+    if (!runtime_scalar(x) && memcmp(&x->attrs, &y->attrs, sizeof x->attrs)) return false;
+  }
+  return true;
+}
+
+// Roots that root i reads (through the code inlined into it), appended to *out.
+static void root_deps(const ir *r, int i, bool top, const int *pos, int *out, int *n) {
+  const irnode *x = &r->n[i];
+  if (!top && !inlined(x)) {
+    int b = x->op == WK_OP_VIEW && !x->leaf ? x->base : i;
+    if (pos[b] >= 0) out[(*n)++] = pos[b];
+    return;
+  }
+  int nin = fused_nin(x);
+  const int *in = fused_in(x);
+  for (int q = 0; q < nin; q++) root_deps(r, in[q], false, pos, out, n);
+}
+static int count_reads_of(const ir *r, int i, bool top) {
+  const irnode *x = &r->n[i];
+  if (!top && !inlined(x)) return 1;
+  int n = 0, nin = fused_nin(x);
+  const int *in = fused_in(x);
+  for (int q = 0; q < nin; q++) n += count_reads_of(r, in[q], false);
+  return n;
+}
+// Whether the code rooted at i reads a realized tensor of shape t (a parameter, a moment).
+static bool reads_leaf_like(const ir *r, int i, bool top, const wk_tensor *t) {
+  const irnode *x = &r->n[i];
+  if (!top && !inlined(x)) {
+    int b = x->op == WK_OP_VIEW && !x->leaf ? x->base : i;
+    return r->n[b].leaf && same_shape(x->t, t);
+  }
+  int nin = fused_nin(x);
+  const int *in = fused_in(x);
+  for (int q = 0; q < nin; q++) if (reads_leaf_like(r, in[q], false, t)) return true;
+  return false;
+}
+
+static bool horizontal_enabled(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("WICK_CUDA_HFUSE");
+    on = !e || atoi(e) != 0;
+  }
+  return on != 0;
+}
+
+typedef struct {
+  int n, nclass;
+  int *cls, *csize;            // program class of each root (-1: none), members per class
+  int *dstart, *dep;           // root k reads roots dep[dstart[k] .. dstart[k + 1]) (-1: not a root)
+  int *cstart, *cons;          // root k is read by roots cons[cstart[k] .. cstart[k + 1])
+  int *indeg, *heap, nh, *dlist, nd, *chead, *cnext, *order, no, *grp;
+  bool *defer, *done;
+} hsched;
+
+static bool grouped(const hsched *h, int k) { return h->cls[k] >= 0 && h->csize[h->cls[k]] > 1; }
+
+static void heap_push(hsched *h, int v) {
+  int i = h->nh++;
+  h->heap[i] = v;
+  while (i && h->heap[(i - 1) / 2] > h->heap[i]) {
+    int p = (i - 1) / 2, t = h->heap[p];
+    h->heap[p] = h->heap[i];
+    h->heap[i] = t;
+    i = p;
+  }
+}
+static int heap_pop(hsched *h) {
+  int top = h->heap[0];
+  h->heap[0] = h->heap[--h->nh];
+  for (int i = 0;;) {
+    int l = 2 * i + 1, m = i;
+    if (l < h->nh && h->heap[l] < h->heap[m]) m = l;
+    if (l + 1 < h->nh && h->heap[l + 1] < h->heap[m]) m = l + 1;
+    if (m == i) break;
+    int t = h->heap[m];
+    h->heap[m] = h->heap[i];
+    h->heap[i] = t;
+    i = m;
+  }
+  return top;
+}
+static void make_ready(hsched *h, int k) {
+  if (grouped(h, k)) { h->cnext[k] = h->chead[h->cls[k]]; h->chead[h->cls[k]] = k; }
+  if (h->defer[k]) h->dlist[h->nd++] = k;
+  else heap_push(h, k);
+}
+static void emit(hsched *h, int k) {
+  h->order[h->no++] = k;
+  h->done[k] = true;
+  for (int q = h->cstart[k]; q < h->cstart[k + 1]; q++)
+    if (--h->indeg[h->cons[q]] == 0) make_ready(h, h->cons[q]);
+}
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+static void hsched_free(hsched *h) {
+  free(h->cls), free(h->csize), free(h->dstart), free(h->dep), free(h->cstart), free(h->cons), free(h->indeg);
+  free(h->heap), free(h->dlist), free(h->chead), free(h->cnext), free(h->order), free(h->defer), free(h->done);
+}
+
+// Reorders roots[0..n) and fills grp[k] (group size at a head, -1 in members, 0
+// elsewhere). False (roots untouched) when there is nothing to group.
+static bool horizontal_schedule(ir *r, int *roots, int n, int *grp) {
+  if (!horizontal_enabled() || n < 2) return false;
+  for (int i = 0; i < r->count; i++) // in-place updates order reads and writes the data flow does not show
+    if (!r->n[i].dead && !r->n[i].leaf && r->n[i].op == WK_OP_SET_SLICE) return false;
+  hsched h = {.n = n, .grp = grp};
+  h.cls = malloc(sizeof(int) * (size_t)n);
+  h.csize = calloc((size_t)n, sizeof(int));
+  int *rep = malloc(sizeof(int) * (size_t)n);
+  wk_step *st = calloc((size_t)n, sizeof *st);
+  bool ok = h.cls && h.csize && rep && st, any = false;
+  for (int k = 0; ok && k < n; k++) {
+    h.cls[k] = -1;
+    irnode *x = &r->n[roots[k]];
+    if (!is_ew(x->op) || kern_fused(x) || x->t->device != WK_CUDA) continue;
+    int pred;
+    if (!build_step(r, roots[k], &st[k], &pred)) { ok = false; break; }
+    if (pred >= 0 || !hgroup_eligible(&st[k])) continue;
+    int c = 0;
+    while (c < h.nclass && !same_program(&st[rep[c]], &st[k])) c++;
+    if (c == h.nclass) rep[h.nclass++] = k;
+    h.cls[k] = c;
+    any |= ++h.csize[c] > 1;
+  }
+  for (int k = 0; st && k < n; k++) free(st[k].prog.code);
+  free(st);
+  free(rep);
+  if (!ok || !any) { hsched_free(&h); return false; }
+  // the dependencies between roots, both ways
+  int *pos = malloc(sizeof(int) * (size_t)(r->count + 1));
+  h.dstart = calloc((size_t)n + 1, sizeof(int));
+  h.cstart = calloc((size_t)n + 2, sizeof(int));
+  h.indeg = calloc((size_t)n, sizeof(int));
+  h.heap = malloc(sizeof(int) * (size_t)n);
+  h.dlist = malloc(sizeof(int) * (size_t)n);
+  h.chead = malloc(sizeof(int) * (size_t)h.nclass);
+  h.cnext = malloc(sizeof(int) * (size_t)n);
+  h.order = malloc(sizeof(int) * (size_t)n);
+  h.defer = calloc((size_t)n, sizeof(bool));
+  h.done = calloc((size_t)n, sizeof(bool));
+  ok = pos && h.dstart && h.cstart && h.indeg && h.heap && h.dlist && h.chead && h.cnext && h.order && h.defer && h.done;
+  if (ok) {
+    for (int i = 0; i < r->count; i++) pos[i] = -1;
+    for (int k = 0; k < n; k++) pos[roots[k]] = k;
+    for (int k = 0; k < n; k++) h.dstart[k + 1] = h.dstart[k] + count_reads_of(r, roots[k], true);
+    h.dep = malloc(sizeof(int) * (size_t)(h.dstart[n] + 1));
+    h.cons = malloc(sizeof(int) * (size_t)(h.dstart[n] + 1));
+    ok = h.dep && h.cons;
+  }
+  if (ok) {
+    for (int k = 0; k < n; k++) {
+      int m = 0;
+      root_deps(r, roots[k], true, pos, h.dep + h.dstart[k], &m);
+      for (int q = h.dstart[k] + m; q < h.dstart[k + 1]; q++) h.dep[q] = -1;
+      for (int q = h.dstart[k]; q < h.dstart[k + 1]; q++)
+        if (h.dep[q] >= 0) { h.indeg[k]++; h.cstart[h.dep[q] + 2]++; }
+    }
+    for (int k = 0; k < n; k++) h.cstart[k + 2] += h.cstart[k + 1];
+    for (int k = 0; k < n; k++)
+      for (int q = h.dstart[k]; q < h.dstart[k + 1]; q++)
+        if (h.dep[q] >= 0) h.cons[h.cstart[h.dep[q] + 1]++] = k;
+    // A grouped root whose consumers are all such roots (sink-closed: nothing else
+    // waits for it) and that updates a realized tensor waits for its whole group.
+    bool *movable = calloc((size_t)n, sizeof(bool));
+    ok = movable != NULL;
+    for (int k = n - 1; ok && k >= 0; k--) {
+      movable[k] = grouped(&h, k);
+      for (int q = h.cstart[k]; q < h.cstart[k + 1] && movable[k]; q++) movable[k] = movable[h.cons[q]];
+      h.defer[k] = movable[k] && reads_leaf_like(r, roots[k], true, r->n[roots[k]].t);
+    }
+    free(movable);
+  }
+  free(pos);
+  if (ok) {
+    for (int c = 0; c < h.nclass; c++) h.chead[c] = -1;
+    for (int k = 0; k < n; k++) if (!h.indeg[k]) make_ready(&h, k);
+    int *batch = malloc(sizeof(int) * (size_t)n);
+    ok = batch != NULL;
+    while (ok) {
+      int k = -1;
+      while (h.nh && k < 0) { k = heap_pop(&h); if (h.done[k]) k = -1; }
+      for (int q = 0; k < 0 && q < h.nd; q++) // nothing else is ready: the waiting updates
+        if (!h.done[h.dlist[q]] && (k < 0 || h.dlist[q] < k)) k = h.dlist[q];
+      if (k < 0) break;
+      if (!grouped(&h, k)) { emit(&h, k); continue; }
+      int m = 0, c = h.cls[k];   // every ready root of k's program, in their original order
+      for (int j = h.chead[c]; j >= 0; j = h.cnext[j]) batch[m++] = j;
+      h.chead[c] = -1;
+      qsort(batch, (size_t)m, sizeof *batch, cmp_int);
+      int start = h.no;
+      for (int q = 0; q < m; q++) emit(&h, batch[q]);
+      for (int q = 0; q < m && m > 1; q++) grp[start + q] = q ? -1 : m;
+    }
+    free(batch);
+    ok = ok && h.no == n;  // every root scheduled (the dependencies form no cycle)
+  }
+  bool grouped_any = false;
+  for (int k = 0; ok && k < n; k++) grouped_any |= grp[k] > 0;
+  if (ok && grouped_any) {
+    int *tmp = malloc(sizeof(int) * (size_t)n);
+    if (tmp) {
+      for (int k = 0; k < n; k++) tmp[k] = roots[h.order[k]];
+      memcpy(roots, tmp, sizeof(int) * (size_t)n);
+      free(tmp);
+    } else ok = false;
+  }
+  if (!ok || !grouped_any) memset(grp, 0, sizeof(int) * (size_t)n);
+  hsched_free(&h);
+  return ok && grouped_any;
+}
+
 // ---- driver ----
 static void plan_fail(wk_plan *p, const char *why) {
   wk_error(WK_ERR_OOM, "compile: %s", why);
@@ -697,7 +975,15 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   }
   p->fused_ops = live - nroots;
   for (int i = 0; i < r.count; i++) p->fused_ops -= !r.n[i].dead && !r.n[i].leaf && r.n[i].op == WK_OP_VIEW;
-  for (int k = 0; k < nroots; k++) collect_reads(&r, roots[k], k, true);
+  int *grp = calloc((size_t)nroots + 1, sizeof *grp);
+  if (!grp) { free(roots); free(r.n); plan_fail(p, "out of memory"); return NULL; }
+  if (horizontal_schedule(&r, roots, nroots, grp))
+    for (int k = 0; k < nroots; k++) r.n[roots[k]].step = k;
+  // a group is one launch: what any member reads stays live until its last member
+  for (int k = 0, end = 0; k < nroots; k++) {
+    if (grp[k] >= 0) end = k + (grp[k] > 0 ? grp[k] - 1 : 0);
+    collect_reads(&r, roots[k], end, true);
+  }
 
   // slots: leaves first, then escaping outputs, then arena intermediates
   int slot = 0;
@@ -707,7 +993,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   span *used = malloc(sizeof(span) * (size_t)(nroots + 1));
   p->steps = calloc((size_t)nroots + 1, sizeof *p->steps);
   if (!p->leaf_nodes || !p->outs || !p->arena_off || !used || !p->steps) {
-    free(roots); free(used); free(r.n); plan_fail(p, "out of memory"); return NULL;
+    free(grp); free(roots); free(used); free(r.n); plan_fail(p, "out of memory"); return NULL;
   }
   for (int i = 0; i < r.count; i++)
     if (r.n[i].leaf && !r.n[i].dead) { p->leaf_nodes[slot] = i; r.n[i].slot = slot++; }
@@ -733,7 +1019,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   for (int d = 1; d < WK_DEVICE_COUNT; d++) mem_ok = mem_ok && used_dev[d];
   if (!mem_ok) {
     for (int d = 1; d < WK_DEVICE_COUNT; d++) free(used_dev[d]);
-    free(dying); free(next_dead); free(span_of); free(roots); free(used); free(r.n);
+    free(dying); free(next_dead); free(span_of); free(grp); free(roots); free(used); free(r.n);
     plan_fail(p, "out of memory");
     return NULL;
   }
@@ -751,7 +1037,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
     if (x->slot >= 0) continue;
     int dev = (int)x->t->device;
     int64_t size = padded(node_bytes(x));
-    int j = inplace_candidate(&r, i, k);
+    int j = grp[k] ? -1 : inplace_candidate(&r, i, k);   // a group's members read all of its inputs
     int64_t off;
     if (j >= 0 && r.n[j].slot >= first_arena && padded(node_bytes(&r.n[j])) == size && (int)r.n[j].t->device == dev) {
       off = span_of[j];
@@ -806,8 +1092,10 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
       ok = build_step(&r, stage[q], st, &unused);
       st->chain = n > 1 ? (q == n - 1 ? n : -1) : 0;
     }
+    if (grp[k] && ok) steps[nsteps - 1].chain = grp[k]; // a group member is a single stage
   }
   free(stage);
+  free(grp);
   free(p->steps);
   p->steps = steps;
   p->nsteps = nsteps;
@@ -863,7 +1151,8 @@ void wk_plan_dump(const wk_plan *p, const wk_topo *g) {
   for (int k = 0; k < p->nsteps; k++) {
     const wk_step *s = &p->steps[k];
     char sh[160];
-    fprintf(stderr, "  step %2d %s%-16s -> slot %d %s %s", k, s->chain > 0 ? "row chain > " : s->chain < 0 ? "            > " : "", op_label(s), s->out.slot,
+    const char *head = s->chain > 0 ? (s->op == WK_STEP_FUSED_EW ? "group     > " : "row chain > ") : s->chain < 0 ? "            > " : "";
+    fprintf(stderr, "  step %2d %s%-16s -> slot %d %s %s", k, head, op_label(s), s->out.slot,
             wk_dtype_name(s->out.dtype), wk_fmt_shape(s->out.ndim, s->out.shape, sh, sizeof sh));
     if (s->prog.n) {
       fprintf(stderr, "  [");

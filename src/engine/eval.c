@@ -268,7 +268,7 @@ static void profile_line(const wk_plan *p, int k, const wk_step *st, double us) 
     n += (size_t)snprintf(shapes + n, sizeof shapes - n, "%s ", operand_text(&st->in[i], b, sizeof b));
   if (n < sizeof shapes) snprintf(shapes + n, sizeof shapes - n, "-> %s", operand_text(&st->out, b, sizeof b));
   fprintf(stderr, "wick profile %016llx step %2d %-16s %10.1f us  %s\n", (unsigned long long)p->hash, k,
-          st->op == WK_STEP_FUSED_EW ? (st->chain > 0 ? "row chain" : "fused") : wk_ops[st->op].name, us, shapes);
+          st->op == WK_STEP_FUSED_EW ? (st->chain > 0 ? "fused group" : "fused") : wk_ops[st->op].name, us, shapes);
 }
 
 // The end of the run of steps from k that k's backend replays as one unit (CUDA

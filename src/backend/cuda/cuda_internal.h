@@ -124,6 +124,9 @@ void wkc_segment_free(void *state);
 
 // ---- kernel families (ew.cu, nn.cu) ----
 wk_status wkc_ew(const wk_step *s, void *const *slots);
+// A horizontal group (a FUSED_EW head with chain = n and its n - 1 members): one
+// launch over all their tensors where they qualify, else one per member.
+wk_status wkc_ew_group(const wk_step *s, int n, void *const *slots);
 wk_status wkc_reduce(const wk_step *s, void *const *slots);
 wk_status wkc_argmax(const wk_step *s, void *const *slots);
 wk_status wkc_concat(const wk_step *s, void *const *slots);

@@ -494,3 +494,220 @@ wk_status wkc_pad(const wk_step *s, void *const *slots) {
   k_pad<<<grid_for(a.n, 256), 256, 0, wkc_stream()>>>(a);
   return wkc_check_launch("pad");
 }
+
+// ---- horizontal groups: one launch for many tensors with the same program ----
+// A FUSED_EW step with chain = n heads n consecutive steps (compile.c's
+// horizontal_schedule): the same instructions over tensors of their own sizes,
+// every operand dense in its step's output shape or a single value. One launch
+// covers all of them: a table of (sizes, pointers, run-time scalars) per member,
+// each block working on one chunk of one member. Each member keeps its own
+// run-time scalars (by value, or inside a captured graph through the run's
+// device table like any program: wkc_rt_scalars), so a group is exact even where
+// they differ. The arithmetic is the interpreter's (ew_run), so results are those
+// of one launch per step. Members of MT_SOLO elements or more run on their own
+// (their launch is cheap next to their traffic, and a generated kernel may serve
+// them); so does everything when a member does not fit the table's rules.
+#define MT_CHUNK 4096          // elements per block
+#define MT_MAX_RT 16           // run-time scalars per program
+#define MT_MAX_CODE 128        // instructions per program (shared memory)
+#define MT_SOLO (1 << 22)
+
+struct alignas(16) MtHdr {   // a multiple of 16 bytes: the instructions follow it
+  int32_t nmem, nops, ncode, out_reg, out_dtype, nrt, stride, pad;
+  int32_t op_dtype[WK_MAX_IN];
+  int32_t scalar_mask;         // operand k is a single value
+  int32_t rt_at[MT_MAX_RT];    // instruction index of each run-time scalar
+};
+struct alignas(8) MtMem {      // followed by ops[nops] pointers, then DRt rt[nrt]
+  int64_t n, block0;           // elements; first block of this member
+  char *out;
+  uint64_t rt_ptr;             // bit r: rt[r].u is a pointer to the scalars (captured)
+};
+
+template <int CAP, int V, int NR>
+__global__ void __launch_bounds__(256) k_ew_multi(const __grid_constant__ Blob<CAP> blob) {
+  const MtHdr &h = *(const MtHdr *)blob.b;
+  const DInstr *code0 = (const DInstr *)(blob.b + sizeof(MtHdr));
+  const unsigned char *mems = blob.b + sizeof(MtHdr) + sizeof(DInstr) * (size_t)h.ncode;
+  // the member this block works on: the last whose first block is <= blockIdx.x
+  int lo = 0, hi = h.nmem - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (((const MtMem *)(mems + (size_t)mid * h.stride))->block0 <= (int64_t)blockIdx.x) lo = mid;
+    else hi = mid - 1;
+  }
+  const MtMem &m = *(const MtMem *)(mems + (size_t)lo * h.stride);
+  const char *const *ops = (const char *const *)(&m + 1);
+  const DRt *rt = (const DRt *)(ops + h.nops);
+  __shared__ DInstr code[MT_MAX_CODE];
+  for (int q = threadIdx.x; q < h.ncode; q += blockDim.x) code[q] = code0[q];
+  __syncthreads();
+  if (threadIdx.x < h.nrt) {
+    DInstr &in = code[h.rt_at[threadIdx.x]];
+    const DRt r = rt[threadIdx.x];
+    in.rt = (uint8_t)((m.rt_ptr >> threadIdx.x) & 1);
+    in.f0 = r.f0;
+    in.f1 = r.f1;
+    in.u = r.u;
+  }
+  __syncthreads();
+  const int64_t n = m.n, c0 = ((int64_t)blockIdx.x - m.block0) * MT_CHUNK;
+  const int64_t c1 = c0 + MT_CHUNK < n ? c0 + MT_CHUNK : n;
+  const float zero[V] = {};
+  for (int64_t i0 = c0 + (int64_t)threadIdx.x * V; i0 < c1; i0 += (int64_t)blockDim.x * V) {
+    const bool full = i0 + V <= c1;
+    auto load = [&](int k, float *t) {
+      const char *p = ops[k];
+      const int dt = h.op_dtype[k];
+      if ((h.scalar_mask >> k) & 1) {
+        const float v0 = ldv(p, dt, 0);
+#pragma unroll
+        for (int v = 0; v < V; v++) t[v] = v0;
+        return;
+      }
+      if (V == 4 && full && dt == WK_F32 && !((uintptr_t)p & 15)) {
+        float4 q = *(const float4 *)(p + i0 * 4);
+        t[0] = q.x; t[1 % V] = q.y; t[2 % V] = q.z; t[3 % V] = q.w;
+        return;
+      }
+#pragma unroll
+      for (int v = 0; v < V; v++) t[v] = i0 + v < c1 ? ldv(p, dt, i0 + v) : 0.0f;
+    };
+    float out[V];
+    ew_run<V, NR>(code, h.ncode, h.out_reg, i0, zero, load, out);
+    if (V == 4 && full && h.out_dtype == WK_F32 && !((uintptr_t)m.out & 15)) {
+      *(float4 *)(m.out + i0 * 4) = make_float4(out[0], out[1 % V], out[2 % V], out[3 % V]);
+    } else {
+#pragma unroll
+      for (int v = 0; v < V; v++)
+        if (i0 + v < c1) stv(m.out, h.out_dtype, i0 + v, out[v]);
+    }
+  }
+}
+
+static int mt_form(const wk_operand *o) {   // 1: dense in its shape, 2: one value, 0: neither
+  int64_t st = 1;
+  bool dense = true, one = true;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    if (o->shape[d] == 1) continue;
+    if (o->stride[d] != st) dense = false;
+    if (o->stride[d] != 0) one = false;
+    st *= o->shape[d];
+  }
+  return dense ? 1 : one ? 2 : 0;
+}
+
+// Whether member s can share head h's launch (the planner's rules, checked again:
+// the attributes that are not run-time scalars must be the head's).
+static bool mt_member_ok(const wk_step *h, const wk_step *s) {
+  if (s->op != WK_STEP_FUSED_EW || s->prog.n != h->prog.n || s->nin != h->nin || s->out.dtype != h->out.dtype ||
+      s->prog.out_reg != h->prog.out_reg || mt_form(&s->out) != 1 || s->out.offset != 0)
+    return false;
+  for (int k = 0; k < s->nin; k++)
+    if (s->in[k].dtype != h->in[k].dtype || !mt_form(&s->in[k]) || mt_form(&s->in[k]) != mt_form(&h->in[k])) return false;
+  if (wkc_numel(&s->out) < 2 || wkc_numel(&h->out) < 2) return false;   // (the planner groups none)
+  for (int q = 0; q < s->prog.n; q++) {
+    const wk_ew_instr *a = &h->prog.code[q], *b = &s->prog.code[q];
+    if (a->op != b->op || a->dst != b->dst || a->a != b->a || a->b != b->b || a->c != b->c) return false;
+    if (a->op == WK_EW_LOAD_ROW || wkc_rt_reads(a) != wkc_rt_reads(b)) return false;
+    if (!wkc_rt_reads(a) && memcmp(&a->attrs, &b->attrs, sizeof a->attrs)) return false;
+  }
+  return true;
+}
+
+static wk_status mt_launch(unsigned char *buf, size_t size, int64_t blocks, int nregs) {
+  cudaStream_t st = wkc_stream();
+  bool small = size <= WKC_BLOB_SMALL;
+  if (nregs <= 16) {
+    if (small) k_ew_multi<WKC_BLOB_SMALL, 4, 16><<<(unsigned)blocks, 256, 0, st>>>(*(const Blob<WKC_BLOB_SMALL> *)buf);
+    else k_ew_multi<WKC_BLOB_LARGE, 4, 16><<<(unsigned)blocks, 256, 0, st>>>(*(const Blob<WKC_BLOB_LARGE> *)buf);
+  } else {
+    if (small) k_ew_multi<WKC_BLOB_SMALL, 1, WK_EW_MAX_REGS><<<(unsigned)blocks, 256, 0, st>>>(*(const Blob<WKC_BLOB_SMALL> *)buf);
+    else k_ew_multi<WKC_BLOB_LARGE, 1, WK_EW_MAX_REGS><<<(unsigned)blocks, 256, 0, st>>>(*(const Blob<WKC_BLOB_LARGE> *)buf);
+  }
+  return wkc_check_launch("fused elementwise group (horizontal)");
+}
+
+wk_status wkc_ew_group(const wk_step *s, int n, void *const *slots) {
+  const wk_step *h = &s[0];
+  bool ok = h->prog.n <= MT_MAX_CODE && h->nin <= WK_MAX_IN;
+  int rt_at[MT_MAX_RT], nrt = 0;
+  for (int q = 0; ok && q < h->prog.n; q++)
+    if (wkc_rt_reads(&h->prog.code[q])) {
+      if (nrt == MT_MAX_RT) ok = false;
+      else rt_at[nrt++] = q;
+    }
+  for (int j = 0; ok && j < n; j++) ok = mt_member_ok(h, &s[j]);
+  if (!ok) { // not a group this kernel takes: one launch per member
+    for (int j = 0; j < n; j++) {
+      wk_status st = wkc_ew(&s[j], slots);
+      if (st) return st;
+    }
+    return WK_OK;
+  }
+  unsigned char *buf = wkc_blob_buf();
+  MtHdr *hd = (MtHdr *)buf;
+  memset(hd, 0, sizeof *hd);
+  hd->nops = h->nin;
+  hd->ncode = h->prog.n;
+  hd->out_reg = h->prog.out_reg;
+  hd->out_dtype = h->out.dtype;
+  hd->nrt = nrt;
+  hd->stride = (int32_t)(sizeof(MtMem) + sizeof(char *) * (size_t)h->nin + sizeof(DRt) * (size_t)nrt);
+  for (int k = 0; k < h->nin; k++) {
+    hd->op_dtype[k] = h->in[k].dtype;
+    if (mt_form(&h->in[k]) == 2) hd->scalar_mask |= 1 << k;
+  }
+  memcpy(hd->rt_at, rt_at, sizeof(int) * (size_t)nrt);
+  DInstr *code = (DInstr *)(buf + sizeof(MtHdr));
+  DProg scratch;   // wkc_prog's operand table is unused: members carry their pointers
+  int ncode = 0;
+  if (!wkc_prog(&h->prog, h->in, 0, slots, &scratch, code, &ncode, h->prog.n))
+    return wk_error(WK_ERR_STATE, "cuda: elementwise group program of %d instructions", h->prog.n);
+  for (int r = 0; r < nrt; r++) code[rt_at[r]].rt = 0;   // each member's scalars replace them
+  const size_t base = sizeof(MtHdr) + sizeof(DInstr) * (size_t)ncode;
+  int m = 0;
+  int64_t blocks = 0;
+  for (int j = 0; j <= n; j++) {
+    bool last = j == n;
+    const wk_step *ms = last ? NULL : &s[j];
+    int64_t cnt = last ? 0 : wkc_numel(&ms->out);
+    if (!last && cnt >= MT_SOLO) {  // large: on its own
+      wk_status st = wkc_ew(ms, slots);
+      if (st) return st;
+      continue;
+    }
+    if (!last && cnt == 0) continue;
+    // flush when the table is full (or at the end)
+    if (m > 0 && (last || base + (size_t)(m + 1) * (size_t)hd->stride > WKC_BLOB_LARGE || blocks + (cnt + MT_CHUNK - 1) / MT_CHUNK > INT32_MAX)) {
+      hd->nmem = m;
+      wk_status st = mt_launch(buf, base + (size_t)m * (size_t)hd->stride, blocks, h->prog.nregs);
+      if (st) return st;
+      m = 0;
+      blocks = 0;
+    }
+    if (last) break;
+    MtMem *mm = (MtMem *)(buf + base + (size_t)m * (size_t)hd->stride);
+    const char **ops = (const char **)(mm + 1);
+    DRt *rt = (DRt *)(ops + h->nin);
+    mm->n = cnt;
+    mm->block0 = blocks;
+    mm->out = (char *)slots[ms->out.slot] + ms->out.offset * (int64_t)wkc_esize(ms->out.dtype);
+    mm->rt_ptr = 0;
+    for (int k = 0; k < h->nin; k++)
+      ops[k] = (const char *)slots[ms->in[k].slot] + ms->in[k].offset * (int64_t)wkc_esize(ms->in[k].dtype);
+    for (int r = 0; r < nrt; r++) {
+      const wk_ew_instr *in = &ms->prog.code[rt_at[r]];
+      const DRt *dev = wkc_rt_scalars(in);
+      if (dev) {
+        mm->rt_ptr |= 1ull << r;
+        rt[r] = DRt{0.0f, 0.0f, (uint64_t)(uintptr_t)dev};
+      } else {
+        rt[r] = DRt{in->attrs.f[0], in->attrs.f[1], in->attrs.u};
+      }
+    }
+    blocks += (cnt + MT_CHUNK - 1) / MT_CHUNK;
+    m++;
+  }
+  return WK_OK;
+}
