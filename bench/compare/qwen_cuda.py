@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A Qwen2.5-0.5B-shaped model on CUDA in bf16: wick beside transformers (and peft) on the same card.
 
-    python3 bench/compare/qwen_cuda.py decode [--tokens 128] [--runs 3] [--build build]
+    python3 bench/compare/qwen_cuda.py decode [--tokens 128] [--runs 3] [--build build] [--variant NAME:VAR=VAL,...]
     python3 bench/compare/qwen_cuda.py train [--steps 10] [--batch 8] [--seq 512] [--build build]
     python3 bench/compare/qwen_cuda.py profile [--build build]    # WICK_PROFILE=1 decode, time per step kind
 
@@ -123,29 +123,49 @@ def wick_cmd(d, a, n):
             "--temp", "0", "--ignore-eos", "--json", "--no-special", "--cache-type", "bf16"]
 
 
+def variants(a):
+    """--variant NAME:VAR=VALUE,VAR=VALUE (repeatable): wick runs under each environment,
+    the runs of the variants alternating; none given: one plain "wick" side."""
+    out = []
+    for v in a.variant or []:
+        name, _, env = v.partition(":")
+        out.append((name, dict(x.split("=", 1) for x in env.split(",") if x)))
+    return out or [("wick", {})]
+
+
 def wick_decode(d, a):
-    runs = []
+    vs = variants(a)
+    runs = {name: [] for name, _ in vs}
     for _ in range(a.runs):
-        r = subprocess.run(wick_cmd(d, a, a.tokens), capture_output=True, text=True)
-        if r.returncode:
-            sys.exit("wick generate failed: " + r.stderr[-2000:])
-        runs.append([json.loads(x) for x in r.stdout.strip().splitlines()])
-    s = runs[-1][-1]
-    return {"side": "wick", "prompt_tokens": s["prompt_tokens"], "generated_tokens": s["generated_tokens"],
-            "decode_tok_s": statistics.median(x[-1]["decode_tok_s"] for x in runs),
-            "runs": [round(x[-1]["decode_tok_s"], 1) for x in runs], "ids": [x["id"] for x in runs[-1][:-1]]}
+        for name, env in vs:   # alternating, so drifts of the card hit every variant alike
+            r = subprocess.run(wick_cmd(d, a, a.tokens), capture_output=True, text=True, env=dict(os.environ, **env))
+            if r.returncode:
+                sys.exit("wick generate (%s) failed: %s" % (name, r.stderr[-2000:]))
+            runs[name].append([json.loads(x) for x in r.stdout.strip().splitlines()])
+    res = []
+    for name, env in vs:
+        rs = runs[name]
+        s = rs[-1][-1]
+        res.append({"side": "wick" if name == "wick" else "wick " + name, "env": env, "prompt_tokens": s["prompt_tokens"],
+                    "generated_tokens": s["generated_tokens"],
+                    "decode_tok_s": statistics.median(x[-1]["decode_tok_s"] for x in rs),
+                    "runs": [round(x[-1]["decode_tok_s"], 1) for x in rs], "ids": [x["id"] for x in rs[-1][:-1]]})
+    return res
 
 
 def decode(d, a):
     import torch
     ids = prompt_ids(d)
-    w = wick_decode(d, a)
+    ws = wick_decode(d, a)
+    w = ws[-1]   # the last variant is the one compared with transformers
     t = torch_decode(d, ids, a)
     bw = copy_bandwidth()
     weights, kv = decode_bytes(len(ids) + a.tokens / 2)
     bound = bw / (weights + kv)
-    for r in (w, t):
+    for r in ws + [t]:
         r["pct_of_bound"] = round(100 * r["decode_tok_s"] / bound, 1)
+        if r is not w and r is not t:
+            r["same_ids_as_last"] = r["ids"] == w["ids"]
         print(json.dumps({k: v for k, v in r.items() if k != "ids"}))
     print(json.dumps({"card": torch.cuda.get_device_name(), "copy_GBps": round(bw / 1e9), "prompt_tokens": len(ids),
                       "new_tokens": a.tokens, "weight_bytes_per_token": weights, "kv_bytes_per_token_mean": kv,
@@ -285,6 +305,8 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--list", type=int, default=0, help="profile: also list this many steps of one run")
     ap.add_argument("--model", default=None, help="a directory to keep the model in (default: a temporary one)")
+    ap.add_argument("--variant", action="append", help="decode: NAME:VAR=VALUE,... wick under that environment "
+                    "(repeatable; the runs alternate; the last one is compared with transformers)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = a.model or tmp

@@ -162,7 +162,9 @@ static wk_status release_text(const gen_shared *g, seq_state *q, int32_t id, boo
 
 // Samples sequence `index`'s next token from its logits row and streams it; marks it
 // done when it stops. held: the sequence's own positions in the cache.
-static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, const float *row, int64_t held) {
+// pre: the token already picked on the device (greedy_on_device), or NULL: sample row.
+static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, const float *row, const wk_sample *pre,
+                           int64_t held) {
   const wk_generate_params *p = g->p;
   wk_sample smp;
   int32_t n_top = 0;
@@ -171,7 +173,8 @@ static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, con
     if ((st = wk_sampler_probs(q->s, row, g->probs))) return st;
     n_top = top_k_alts(g->tok, g->probs, g->V, p->top_logprobs, g->alts);
   }
-  if ((st = wk_sampler_sample(q->s, row, &smp))) return st;
+  if (pre) smp = *pre;
+  else if ((st = wk_sampler_sample(q->s, row, &smp))) return st;
   q->res.generated_tokens++;
   wk_gen_token gt = {smp.id, "", 0, smp.prob, smp.logprob, q->res.generated_tokens - 1, g->alts, n_top, index};
   bool eos = !p->ignore_eos && is_eos(g->cfg, g->eos_tok, smp.id);
@@ -193,19 +196,101 @@ static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, con
   return q->done ? WK_OK : wk_sampler_accept(q->s, smp.id);
 }
 
-// Feeds ids [B, T] through the cache; the last position's logits [B, 1, V] are evaluated.
-static wk_tensor *step(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t T) {
-  wk_tensor *t = wk_from_data(2, (int64_t[]){B, T}, WK_I32, ids);
-  if (!t) return NULL;
-  wk_tensor *lg = wk_model_forward_cached_last(m, t, c);
-  wk_tensor_free(t);
-  if (lg && wk_tensor_device(lg) != WK_CPU) {   // the sampler reads the logits on the host
-    wk_tensor *host = wk_keep(wk_to_device(lg, WK_CPU));
-    wk_tensor_free(lg);
-    lg = host;
+// Whether greedy picks can be made where the logits are: temperature 0 and no stage
+// that moves the maximum or the distribution's normalizer (penalties, bias, top-k/p,
+// min-p; those would change the logprob), no top_logprobs. Then each row needs only its
+// maximum, argmax and sum of exp(logit - max): the sampler's own formulas, with the sum
+// in f32 on the device instead of double (a logprob within ~1e-6 of the host's; the id
+// is the same, the first maximum). WICK_DEVICE_SAMPLE=0 keeps the host path (to compare).
+static bool greedy_on_device(const wk_generate_params *p) {
+  static int env = -1;
+  if (env < 0) {
+    const char *e = getenv("WICK_DEVICE_SAMPLE");
+    env = !(e && !strcmp(e, "0"));
   }
-  if (lg && !wk_tensor_data(lg)) { wk_tensor_free(lg); return NULL; }
-  return lg;
+  const wk_sampler_params *s = &p->sampler;
+  bool penalties = s->repeat_last_n != 0 &&
+                   (s->repeat_penalty != 1.0f || s->presence_penalty != 0 || s->frequency_penalty != 0);
+  return env && !(s->temperature > 0) && !p->top_logprobs && !s->n_bias && s->top_k <= 0 && s->top_p >= 1 &&
+         s->min_p <= 0 && !penalties;
+}
+
+// The logits of one step: on the host, or (greedy_on_device) left on the device with
+// each row's (max, sum of exp(logit - max), V - argmax) in top[B * 3] on the host. A row
+// whose max or sum is not finite (NaN or infinite logits; the sampler has rules for
+// those) falls back to the host logits, copied on demand.
+typedef struct {
+  wk_tensor *lg, *top;
+  const float *host;   // lg's data on the host, once copied
+} step_out;
+
+static void step_free(step_out *o) {
+  wk_tensor_free(o->lg);
+  wk_tensor_free(o->top);
+  memset(o, 0, sizeof *o);
+}
+
+// Row i's logits on the host (copies the step's logits once); NULL on failure.
+static const float *step_row(step_out *o, int64_t i, int64_t V) {
+  if (!o->host) {
+    if (wk_tensor_device(o->lg) != WK_CPU) {
+      wk_tensor *h = wk_keep(wk_to_device(o->lg, WK_CPU));
+      if (!h) return NULL;
+      wk_tensor_free(o->lg);
+      o->lg = h;
+    }
+    if (!(o->host = wk_tensor_data(o->lg))) return NULL;
+  }
+  return o->host + i * V;
+}
+
+// The device's pick for row i, when it has one (finite max and sum).
+static bool step_pick(const step_out *o, int64_t i, int64_t V, wk_sample *smp) {
+  if (!o->top) return false;
+  const float *t = (const float *)wk_tensor_data(o->top) + 3 * i;
+  if (!isfinite(t[0]) || !isfinite(t[1]) || !(t[1] >= 1.0f) || !(t[2] >= 1.0f && t[2] <= (float)V))
+    return false;   // the max's own term is 1; the max was found
+  double lp = -log((double)t[1]);   // the sampler's w[id] - max - log(sum), w[id] = max
+  smp->id = (int32_t)(V - (int64_t)t[2]);
+  smp->logprob = (float)lp;
+  smp->prob = (float)exp(lp);
+  return true;
+}
+
+// Feeds ids [B, T] through the cache; the last position's logits [B, 1, V] are evaluated.
+// rev: V, V - 1, ..., 1 on the logits' device, made at the first greedy step: the first
+// maximum's index is V - max((logit == max) * rev), a reduction the planner fuses with
+// its prologue (the CUDA argmax kernel runs one block a row: 176 us over 151,936 logits
+// on an H200).
+static wk_status step(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t T, bool greedy,
+                      wk_tensor **rev, step_out *o) {
+  memset(o, 0, sizeof *o);
+  wk_tensor *t = wk_from_data(2, (int64_t[]){B, T}, WK_I32, ids);
+  if (!t) return WK_ERR_STATE;
+  o->lg = wk_model_forward_cached_last(m, t, c);
+  wk_tensor_free(t);
+  if (!o->lg) return WK_ERR_STATE;
+  if (wk_tensor_device(o->lg) == WK_CPU || !greedy || wk_dim(o->lg, -1) > (1 << 24))   // the host samples
+    return step_row(o, 0, 0) ? WK_OK : (step_free(o), WK_ERR_STATE);
+  wk_scope_begin();
+  const int64_t V = wk_dim(o->lg, -1);
+  if (!*rev && (*rev = wk_keep(wk_to_device(wk_arange((double)V, 0, -1, WK_F32), wk_tensor_device(o->lg)))) &&
+      wk_eval(1, rev)) {
+    wk_tensor_free(*rev);
+    *rev = NULL;
+  }
+  int ax = -1;
+  wk_tensor *mx = wk_max(o->lg, 1, &ax, 1);
+  wk_tensor *sum = wk_sum(wk_exp(wk_sub(o->lg, mx)), 1, &ax, 1);
+  // ids up to 2^24 are exact in f32
+  wk_tensor *id = wk_max(wk_mul(wk_eq(o->lg, mx), *rev), 1, &ax, 1);
+  o->top = *rev ? wk_keep(wk_to_device(wk_concat(3, (wk_tensor *[]){mx, sum, id}, 2), WK_CPU)) : NULL;
+  wk_scope_end();
+  if (!o->top || !wk_tensor_data(o->top)) {
+    step_free(o);
+    return WK_ERR_STATE;
+  }
+  return WK_OK;
 }
 
 static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok, int64_t ctx, size_t B,
@@ -282,24 +367,31 @@ static wk_status settle(const gen_shared *g, wk_kv_cache *c, const seq_state *q,
 // sampled (the end of prefill).
 static wk_status run_batch(wk_model *m, wk_kv_cache *c, const gen_shared *g, seq_state *q, batch *bt,
                            const int32_t *ids, const int64_t *pad, int64_t T, double *t1) {
-  bool padded = false;
+  bool padded = false, greedy = greedy_on_device(g->p);
   for (int64_t b = 0; b < bt->n; b++) padded |= pad[b] > 0;
   wk_status st = padded ? wk_kv_cache_set_padding(c, bt->n, pad) : WK_OK;
-  wk_tensor *lg = st ? NULL : step(m, c, ids, bt->n, T);
-  if (!st && !lg) st = WK_ERR_STATE;
+  step_out o = {0};
+  wk_tensor *rev = NULL;
+  if (!st) st = step(m, c, ids, bt->n, T, greedy, &rev, &o);
   for (int64_t b = 0; b < bt->n; b++) bt->live[b] = b;
-  while (lg) {
-    const float *d = wk_tensor_data(lg);
+  while (!st && o.lg) {
     int64_t len = wk_kv_cache_len(c);
-    for (int64_t i = 0; !st && i < bt->n; i++)   // each counts its own positions against the context
-      st = seq_token(g, &q[bt->live[i]], (int32_t)bt->live[i], d + i * g->V, len - wk_kv_cache_row_hidden(c, i));
+    for (int64_t i = 0; !st && i < bt->n; i++) {   // each counts its own positions against the context
+      wk_sample pick;
+      bool picked = step_pick(&o, i, g->V, &pick);
+      const float *row = picked ? NULL : step_row(&o, i, g->V);
+      if (!picked && !row) st = WK_ERR_STATE;
+      else st = seq_token(g, &q[bt->live[i]], (int32_t)bt->live[i], row, picked ? &pick : NULL,
+                          len - wk_kv_cache_row_hidden(c, i));
+    }
     if (*t1 == 0.0) *t1 = now_s();   // the first token: prefill ends here
-    wk_tensor_free(lg);
-    lg = NULL;
+    step_free(&o);
     if (st || (st = settle(g, c, q, bt)) || !bt->n) break;
     for (int64_t i = 0; i < bt->n; i++) bt->next[i] = q[bt->live[i]].next;
-    if (!(lg = step(m, c, bt->next, bt->n, 1))) st = WK_ERR_STATE;
+    st = step(m, c, bt->next, bt->n, 1, greedy, &rev, &o);
   }
+  step_free(&o);
+  wk_tensor_free(rev);
   return st;
 }
 

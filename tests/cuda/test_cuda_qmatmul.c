@@ -11,8 +11,9 @@
 // within 1e-3 (a full forward, and decoding through the KV cache, which replays
 // captured plans).
 // WICK_QMM_BENCH=1 also times the decode GEMVs on SmolLM2-135M's shapes (Q4_1, Q8_0,
-// Q4_K) and Qwen2.5-0.5B's (bf16, and two bf16 weights larger than L2): GB/s of
-// weight bytes read against a device-to-device copy.
+// Q4_K) and Qwen2.5-0.5B's (bf16, and two bf16 weights larger than L2; then the Qwen
+// shapes again cycling through 256 MB of copies, so W comes from DRAM): GB/s of weight
+// bytes read against a device-to-device copy. WICK_HGEMV=0 times the older GEMV kernel.
 // Skipped (77) without a GPU.
 #define _POSIX_C_SOURCE 200809L
 #include <cuda_runtime.h>
@@ -179,9 +180,12 @@ static void test_half(wk_dtype dt) {
   // odd K (2-byte loads), K % 8 == 0 (16-byte loads, rows split over warps, three
   // stages of x at M = 8), K over two stages at M = 1 (split over 4 warps), and a
   // wide W (4 rows a warp group at M <= 2)
-  const int64_t shapes[][2] = {{131, 203}, {67, 2056}, {37, 8200}, {8485, 64}};
+  // (then, M = 1 only, the one-row kernel's cases: Qwen2.5-0.5B's k/v and down shapes,
+  // a tiny K, and a wide W split over 2 warps a row, 4 rows a group)
+  const int64_t shapes[][2] = {{131, 203}, {67, 2056}, {37, 8200}, {8485, 64}, {128, 896}, {896, 4864}, {300, 40},
+                               {8500, 2056}};
   const int64_t Ms[] = {1, 3, 8, 9, 64, 300};
-  for (int si = 0; si < 4; si++) {
+  for (int si = 0; si < 8; si++) {
     int64_t N = shapes[si][0], K = shapes[si][1];
     wk_tensor *Wc = NULL;
     float *wf = NULL;
@@ -189,7 +193,7 @@ static void test_half(wk_dtype dt) {
     CHECK(Wg && wk_tensor_dtype(Wg) == dt, "%s: [%lld,%lld] weight moves to cuda as %s", name, (long long)N,
           (long long)K, name);
     for (int mi = 0; Wg && mi < 6; mi++)
-      if (si < 2 || Ms[mi] <= 9) half_case(dt, Wc, Wg, wf, N, K, Ms[mi]);
+      if (si < 2 || (si < 4 && Ms[mi] <= 9) || Ms[mi] == 1) half_case(dt, Wc, Wg, wf, N, K, Ms[mi]);
     if (Wg && si == 0)  // a strided x (x^T's transpose): densified first, for the GEMV and the GEMM
       for (int64_t M = 3; M <= 64; M += 61) {
         wk_scope_begin();
@@ -316,20 +320,29 @@ static double now_s(void) {
 
 // R chained decode GEMVs y = x @ W^T (x: first K of the previous y, so a step's input
 // is the last one's output), evaluated as one plan; the second evaluation replays it.
-// W [N, K] of dt: random blocks, or random values cast to f16/bf16.
-static void bench_shape(wk_dtype dt, int64_t N, int64_t K, double copy_gbs) {
+// W [N, K] of dt: random blocks, or random values cast to f16/bf16. stream: the chain
+// cycles through enough copies of W (up to R) to total 256 MB, so W comes from DRAM as
+// in a model's decode step, not from L2 (50-60 MB on an H100 / H200).
+static void bench_shape(wk_dtype dt, int64_t N, int64_t K, double copy_gbs, bool stream) {
   enum { R = 200 };
   bool half = !wk_dtype_is_quantized(dt);
   uint8_t *qb = half ? NULL : random_blocks(dt, N, K);
-  wk_tensor *W = on(half ? wk_cast(wk_randn(2, (int64_t[]){N, K}, WK_F32, 9), dt) : wk_from_data(2, (int64_t[]){N, K}, dt, qb),
-                    WK_CUDA);
+  size_t wb = wk_dtype_bytes(dt, N * K);
+  int nw = stream ? (int)(((size_t)256 << 20) / wb + 1) : 1;
+  if (nw > R) nw = R;
+  wk_tensor *W[R] = {NULL};
+  bool ok = true;
+  for (int i = 0; i < nw && ok; i++)
+    ok = (W[i] = on(half ? wk_cast(wk_randn(2, (int64_t[]){N, K}, WK_F32, 9 + (uint64_t)i), dt)
+                         : wk_from_data(2, (int64_t[]){N, K}, dt, qb),
+                    WK_CUDA)) != NULL;
   double best = INFINITY;
-  for (int it = 0; W && it < 4; it++) {
+  for (int it = 0; ok && it < 4; it++) {
     wk_scope_begin();
     wk_tensor *t = on(wk_randn(2, (int64_t[]){1, K}, WK_F32, (uint64_t)it), WK_CUDA);
     wk_tensor *x = t;
     for (int r = 0; r < R; r++) {
-      wk_tensor *y = wk_matmul_t(x, 0, W, 1);
+      wk_tensor *y = wk_matmul_t(x, 0, W[r % nw], 1);
       x = N == K ? y : N > K ? wk_slice(y, 1, 0, K, 1) : wk_pad(y, (int64_t[]){0, 0}, (int64_t[]){0, K - N}, 0.0f);
     }
     wk_sync();
@@ -341,11 +354,12 @@ static void bench_shape(wk_dtype dt, int64_t N, int64_t K, double copy_gbs) {
     wk_tensor_free(t);
     wk_scope_end();
   }
-  double per = best / R, gb = (double)wk_dtype_bytes(dt, N * K) / 1e9;
-  printf("bench %s W [%lld, %lld] M=1: %.2f us per matmul (chain of %d, one plan), %.0f GB/s of weight bytes = %.0f%% of "
-         "copy\n",
-         wk_dtype_name(dt), (long long)N, (long long)K, per * 1e6, R, gb / per, 100 * gb / per / copy_gbs);
-  wk_tensor_free(W);
+  double per = best / R, gb = (double)wb / 1e9;
+  printf("bench %s W [%lld, %lld] M=1%s: %.2f us per matmul (chain of %d, one plan), %.0f GB/s of weight bytes = %.0f%% "
+         "of copy\n",
+         wk_dtype_name(dt), (long long)N, (long long)K, stream ? " from DRAM" : "", per * 1e6, R, gb / per,
+         100 * gb / per / copy_gbs);
+  for (int i = 0; i < nw; i++) wk_tensor_free(W[i]);
   free(qb);
 }
 
@@ -373,11 +387,13 @@ static void bench(void) {
   const wk_dtype dts[] = {WK_Q4_1, WK_Q8_0, WK_Q4_K};
   for (int d = 0; d < 3; d++)
     for (int s = 0; s < 4; s++)
-      if (shapes[s][1] % wk_dtype_block(dts[d]) == 0) bench_shape(dts[d], shapes[s][0], shapes[s][1], copy);
-  // Qwen2.5-0.5B's decode shapes (q/o, gate/up, down, the tied LM head) in bf16, and
-  // two weights of 117 and 235 MB, larger than L2 (the others but the LM head fit)
-  const int64_t qwen[][2] = {{896, 896}, {4864, 896}, {896, 4864}, {151936, 896}, {14336, 4096}, {28672, 4096}};
-  for (int s = 0; s < 6; s++) bench_shape(WK_BF16, qwen[s][0], qwen[s][1], copy);
+      if (shapes[s][1] % wk_dtype_block(dts[d]) == 0) bench_shape(dts[d], shapes[s][0], shapes[s][1], copy, false);
+  // Qwen2.5-0.5B's decode shapes (q/o, k/v, gate/up, down, the tied LM head) in bf16, and
+  // two weights of 117 and 235 MB, larger than L2: one W (L2-resident but the last three),
+  // then cycling through copies from DRAM, as decode reads them
+  const int64_t qwen[][2] = {{896, 896}, {128, 896}, {4864, 896}, {896, 4864}, {151936, 896}, {14336, 4096}, {28672, 4096}};
+  for (int s = 0; s < 7; s++) bench_shape(WK_BF16, qwen[s][0], qwen[s][1], copy, false);
+  for (int s = 0; s < 5; s++) bench_shape(WK_BF16, qwen[s][0], qwen[s][1], copy, true);
 }
 
 int main(void) {

@@ -24,6 +24,7 @@
 // bf16 / f16 with head dims up to 64 run on tensor cores; the rest on CUDA cores.
 // B = batch, Hq / Hkv = query / kv heads, G = Hq / Hkv, T = queries, S = keys, D = head dim.
 #include <mutex>
+#include <type_traits>
 #include "cuda_internal.h"
 
 #define ATTN_BM 64          // query rows per CTA
@@ -44,6 +45,7 @@ struct AttnArgs {
   int32_t out_dtype;
   char *out;                    // forward output, dense [B, Hq, T, D]
   float *lse, *delta;           // per query row [B, Hq, T] (the backward's statistics)
+  int *dec_count;               // decode: CTAs done per (b, kv head), zero between launches
   float *dq, *dk, *dv;          // backward outputs, dense f32
 };
 
@@ -742,6 +744,229 @@ __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
   }
 }
 
+// ---- decode: one query row (T = 1) over an f16 / bf16 cache ----
+// A CTA (4 warps) owns one (b, kv head) and a chunk of the keys that exist (sized at
+// run time from kv_len, at least DEC_MIN keys, so a short context wakes few CTAs) and
+// serves all G query heads of the group, so each key and value row is read once per
+// group, not once per head; the last CTA of a group to finish merges the chunks' parts
+// (no second kernel). LPK = D / 8 lanes own
+// one key: each lane loads 16 bytes of its K and V rows (coalesced: a warp reads 32 /
+// LPK whole rows), dots its 8 dims with each head's q, and the key's score is summed
+// over the LPK lanes by shuffles. Softmax runs online per lane group; the groups, then
+// the warps, are merged at the end. The tiled CUDA-core kernel above ran this case with
+// 63 of its 64 query rows empty, scalar loads, and one CTA per query head.
+#define DEC_WARPS 4
+#define DEC_MIN 64   // keys a CTA takes at least
+#define DEC_GMAX 8   // query heads per kv head the decode kernel serves
+
+static __device__ __forceinline__ int64_t dec_chunk(int64_t S, int64_t nsp) {
+  int64_t c = (S + nsp - 1) / nsp;
+  c = c < DEC_MIN ? DEC_MIN : c;
+  return (c + DEC_MIN - 1) / DEC_MIN * DEC_MIN;
+}
+
+template <bool BF> static __device__ __forceinline__ void widen8(uint4 u, float *f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    if (BF) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      f[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffffu)));
+      f[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
+    }
+  }
+}
+
+// (m, l, o) of one head merged with another's: the online softmax's rescaling
+static __device__ __forceinline__ void dec_merge(float &m, float &l, float *o, float mo, float lo, const float *oo) {
+  const float M = fmaxf(m, mo);
+  if (M == -INFINITY) return;   // neither has seen a key
+  const float a1 = expf(m - M), a2 = expf(mo - M);
+  l = l * a1 + lo * a2;
+#pragma unroll
+  for (int e = 0; e < 8; e++) o[e] = o[e] * a1 + oo[e] * a2;
+  m = M;
+}
+
+// q's 8 dims of this lane for each head of the group, scaled; one dtype per branch, so
+// the loads issue together (a dtype switch per element waited on each load in turn).
+template <typename T, int GM>
+static __device__ __forceinline__ void dec_q(const AttnArgs &a, int64_t b, int64_t hk, int dc, float (&q)[GM][8]) {
+  const T *p = (const T *)a.q.p;
+#pragma unroll
+  for (int g = 0; g < GM; g++) {
+    const int64_t h = hk * a.G + (g < a.G ? g : a.G - 1);   // heads past G: loaded, unused
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      const T v = p[elem(a.q, b, h, 0, dc * 8 + e)];
+      if constexpr (sizeof(T) == 4) q[g][e] = v;
+      else if constexpr (std::is_same<T, __nv_bfloat16>::value) q[g][e] = __bfloat162float(v);
+      else q[g][e] = __half2float(v);
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GM; g++)
+#pragma unroll
+    for (int e = 0; e < 8; e++) q[g][e] *= a.scale;
+}
+
+template <int LPK, int GM, bool BF>
+__global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a) {
+  constexpr int KPW = 32 / LPK, D = LPK * 8;
+  __shared__ float so[DEC_WARPS][GM][D], sm[DEC_WARPS][GM], sl[DEC_WARPS][GM];
+  __shared__ int last;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, dc = lane % LPK;
+  const int64_t sp = blockIdx.x, b = blockIdx.y / a.Hkv, hk = blockIdx.y % a.Hkv;
+  const int64_t S = eff_keys(a), chunk = dec_chunk(S, gridDim.x);
+  const int64_t k0 = sp * chunk, k1 = k0 + chunk < S ? k0 + chunk : S;
+  // past the keys that exist: no part (but with no key at all the first CTA writes the 0s)
+  if (k0 >= S && (gridDim.x > 1 && !(S == 0 && sp == 0))) return;
+  const int G = (int)a.G;
+  float q[GM][8], o[GM][8], m[GM], l[GM];
+  if (a.q.dtype == WK_F32) dec_q<float, GM>(a, b, hk, dc, q);
+  else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16, GM>(a, b, hk, dc, q);
+  else dec_q<__half, GM>(a, b, hk, dc, q);
+#pragma unroll
+  for (int g = 0; g < GM; g++) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) o[g][e] = 0.0f;
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+  }
+  const char *kb = a.k.p + 2 * (b * a.k.stride[0] + hk * a.k.stride[1]) + 16 * dc;
+  const char *vb = a.v.p + 2 * (b * a.v.stride[0] + hk * a.v.stride[1]) + 16 * dc;
+  const int64_t ks = 2 * a.k.stride[2], vs = 2 * a.v.stride[2];
+  constexpr int UK = 2;   // keys per lane group in flight
+  // the loop bound is the same for the whole warp: the shuffles need every lane
+  for (int64_t base = k0 + warp * KPW; base < k1; base += DEC_WARPS * KPW * UK) {
+    uint4 kr[UK], vr[UK];
+    bool ok[UK];
+#pragma unroll
+    for (int u = 0; u < UK; u++) {
+      const int64_t j = base + kg + u * DEC_WARPS * KPW;
+      ok[u] = j < k1;
+      const int64_t jj = ok[u] ? j : k0;
+      kr[u] = __ldg((const uint4 *)(kb + jj * ks));
+      vr[u] = __ldg((const uint4 *)(vb + jj * vs));
+    }
+#pragma unroll
+    for (int u = 0; u < UK; u++) {
+      const int64_t j = base + kg + u * DEC_WARPS * KPW;
+      float kf[8], vf[8];
+      widen8<BF>(kr[u], kf);
+      widen8<BF>(vr[u], vf);
+#pragma unroll
+      for (int g = 0; g < GM; g++) {
+        if (g >= G) break;
+        float s = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) s = fmaf(q[g][e], kf[e], s);
+#pragma unroll
+        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (!ok[u]) continue;
+        if (a.has_mask) s += mask_at(a, b, hk * G + g, 0, j);
+        const float mn = fmaxf(m[g], s);
+        if (mn == -INFINITY) continue;   // masked out, and nothing seen yet
+        const float al = expf(m[g] - mn), p = expf(s - mn);
+        l[g] = l[g] * al + p;
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[g][e] = fmaf(p, vf[e], o[g][e] * al);
+        m[g] = mn;
+      }
+    }
+  }
+  // the warp's key groups merged (lanes dc of every group end with the same state)
+#pragma unroll
+  for (int off = LPK; off < 32; off <<= 1)
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+      if (g >= G) break;
+      float oo[8];
+#pragma unroll
+      for (int e = 0; e < 8; e++) oo[e] = __shfl_xor_sync(0xffffffffu, o[g][e], off);
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], off), lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+      dec_merge(m[g], l[g], o[g], mo, lo, oo);
+    }
+  if (kg == 0)
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+      if (g >= G) break;
+#pragma unroll
+      for (int e = 0; e < 8; e++) so[warp][g][dc * 8 + e] = o[g][e];
+      if (dc == 0) sm[warp][g] = m[g], sl[warp][g] = l[g];
+    }
+  __syncthreads();
+  // then the warps, in a fixed order; one thread per (head, dim)
+  for (int i = threadIdx.x; i < G * D; i += DEC_WARPS * 32) {
+    const int g = i / D, d = i - g * D;
+    float M = -INFINITY;
+    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, sm[w][g]);
+    const float mu = M == -INFINITY ? 0.0f : M;
+    float L = 0.0f, O = 0.0f;
+    for (int w = 0; w < DEC_WARPS; w++) {
+      const float f = expf(sm[w][g] - mu);
+      L += sl[w][g] * f;
+      O += so[w][g][d] * f;
+    }
+    const int64_t r = b * a.Hq + hk * G + g;   // T = 1
+    if (gridDim.x == 1) {
+      stv(a.out, a.out_dtype, r * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
+    } else {
+      float *pp = a.part + (sp * a.B * a.Hq + r) * (D + 2);
+      pp[d] = O;
+      if (d == 0) pp[D] = M, pp[D + 1] = L;
+    }
+  }
+  if (gridDim.x == 1) return;
+  // The CTAs of a group that found keys count themselves in; the last one merges their
+  // parts (in split order, so the result does not depend on which is last) and resets
+  // the counter for the next launch.
+  const int64_t nact = S > 0 ? (S + chunk - 1) / chunk : 1;
+  __threadfence();   // this CTA's part is visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&a.dec_count[blockIdx.y], 1) == (int)nact - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int64_t st = a.B * a.Hq * (D + 2);
+  for (int i = threadIdx.x; i < G * D; i += DEC_WARPS * 32) {
+    const int g = i / D, d = i - g * D;
+    const int64_t r = b * a.Hq + hk * G + g;
+    const float *p = a.part + r * (D + 2);
+    float M = -INFINITY, L = 0.0f, O = 0.0f;
+    for (int64_t s = 0; s < nact; s++) M = fmaxf(M, __ldcg(p + s * st + D));
+    const float mu = M == -INFINITY ? 0.0f : M;
+    for (int64_t s = 0; s < nact; s++) {
+      const float f = expf(__ldcg(p + s * st + D) - mu);
+      L += __ldcg(p + s * st + D + 1) * f;
+      O += __ldcg(p + s * st + d) * f;
+    }
+    stv(a.out, a.out_dtype, r * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
+  }
+  if (threadIdx.x == 0) a.dec_count[blockIdx.y] = 0;
+}
+
+// k_attn_decode's counters, one per (batch, kv head) grid row: zero between launches
+// (the last CTA of a launch resets its own). Allocated and zeroed once, in stream order
+// (a graph being captured keeps the memset; it finds them zero again).
+static int *dec_counters(void) {
+  static std::mutex mu;
+  static int *p = NULL;
+  std::lock_guard<std::mutex> lk(mu);
+  if (!p) {
+    void *q = NULL;
+    if (cudaMalloc(&q, sizeof(int) * 65536) != cudaSuccess) {
+      cudaGetLastError();
+      return NULL;
+    }
+    cudaMemsetAsync(q, 0, sizeof(int) * 65536, wkc_stream());
+    p = (int *)q;
+  }
+  return p;
+}
+
 // ---- host ----
 static int grid_for(int64_t items) {
   return (int)(items < 1 ? 1 : items < ((int64_t)1 << 30) ? items : ((int64_t)1 << 30));
@@ -821,12 +1046,13 @@ static void attn_init(void) {
 }
 
 // WICK_CUDA_SDPA forces a kernel (tests and benchmarks compare them): rows (the forward's
-// row kernel), simt (the CUDA-core tiled kernels only, forward and backward).
+// row kernel), simt (the CUDA-core tiled kernels only, forward and backward), tiled (the
+// tiled kernels, no decode kernel).
 static int forced_kernel(void) {
   static int v = -1;
   if (v < 0) {
     const char *e = getenv("WICK_CUDA_SDPA");
-    v = e && !strcmp(e, "rows") ? 1 : e && !strcmp(e, "simt") ? 3 : 0;
+    v = e && !strcmp(e, "rows") ? 1 : e && !strcmp(e, "simt") ? 3 : e && !strcmp(e, "tiled") ? 4 : 0;
   }
   return v;
 }
@@ -866,6 +1092,47 @@ template <class E> static wk_status mma_fwd(const AttnArgs &a, const char *what)
   return wkc_check_launch(what);
 }
 
+template <int LPK, bool BF> static void decode_launch(const AttnArgs &a, dim3 grid) {
+  cudaStream_t cs = wkc_stream();
+  if (a.G <= 1) k_attn_decode<LPK, 1, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
+  else if (a.G <= 2) k_attn_decode<LPK, 2, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
+  else if (a.G <= 4) k_attn_decode<LPK, 4, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
+  else k_attn_decode<LPK, 8, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
+}
+
+// One query row per head over a cache of f16 / bf16 rows (k_attn_decode). The keys that
+// exist are known only at run time (kv_len, read by the kernels), so the grid is sized
+// for the capacity S, some 2 CTAs an SM, and the CTAs past the keys return at once.
+static wk_status decode_fwd(AttnArgs &a, bool bf) {
+  const int64_t groups = a.B * a.Hkv;
+  int64_t nsp = (2 * wkc_num_sms() + groups - 1) / groups, most = (a.S + DEC_MIN - 1) / DEC_MIN;
+  if (nsp > most) nsp = most;
+  if (nsp < 1) nsp = 1;
+  if (groups > 65535)
+    return wk_error(WK_ERR_SHAPE, "sdpa (decode): %lld batch x kv heads is above the grid's 65535", (long long)groups);
+  a.NSP = nsp;
+  void *part = NULL;
+  if (nsp > 1 && !(a.dec_count = dec_counters()))
+    return wk_error(WK_ERR_OOM, "sdpa (decode): out of device memory for 256 KB of split counters");
+  if (nsp > 1) {
+    const size_t bytes = sizeof(float) * (size_t)(nsp * a.B * a.Hq * (a.D + 2));
+    if (!(part = wkc_tmp_alloc(bytes)))
+      return wk_error(WK_ERR_OOM, "sdpa (decode): %zu bytes of split-key partial results (q %lldx%lldx1x%lld, %lld "
+                      "keys): out of device memory", bytes, (long long)a.B, (long long)a.Hq, (long long)a.D,
+                      (long long)a.S);
+    a.part = (float *)part;
+  }
+  const dim3 grid((unsigned)nsp, (unsigned)groups);
+  switch (a.D) {
+    case 32: bf ? decode_launch<4, true>(a, grid) : decode_launch<4, false>(a, grid); break;
+    case 64: bf ? decode_launch<8, true>(a, grid) : decode_launch<8, false>(a, grid); break;
+    default: bf ? decode_launch<16, true>(a, grid) : decode_launch<16, false>(a, grid); break;
+  }
+  wk_status st = wkc_check_launch("sdpa (decode)");
+  wkc_tmp_free(part);
+  return st;
+}
+
 wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   const wk_operand *q = &s->in[0], *k = &s->in[1], *v = &s->in[2];
   if (k->dtype == WK_Q8_0)
@@ -884,6 +1151,10 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   a.out_dtype = s->out.dtype;
   a.want_out = 1;
   if (!a.B || !a.Hq || !a.T || !a.D) return WK_OK;
+  if (a.T == 1 && force == 0 && (a.D == 32 || a.D == 64 || a.D == 128) && a.G <= DEC_GMAX &&
+      a.Hq == a.G * a.Hkv && (k->dtype == WK_BF16 || k->dtype == WK_F16) && v->dtype == k->dtype &&
+      mma_operand(k, slots, k->dtype) && mma_operand(v, slots, k->dtype))
+    return decode_fwd(a, k->dtype == WK_BF16);
   // Few CTAs (decode: T = 1, a handful of heads) and many key tiles: the keys are split
   // over CTAs too, up to some 2 CTAs an SM, and the splits merged after (the host sizes
   // the splits by the capacity S: under kv_len the splits past it find no key).

@@ -21,6 +21,7 @@
 // all. A graph bakes the buffer's address in, so an outgrown buffer is retired, not
 // freed (growth at least doubles, so the retired ones total less than the live one).
 #include <mutex>
+#include <stdlib.h>
 #include "cuda_internal.h"
 
 namespace {
@@ -132,6 +133,128 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv(const HArgs a) {
   }
 }
 
+// One row of x (decode, M = 1), rows 16-byte aligned (K % 8 == 0): the bandwidth path.
+// No shared-memory staging and no barrier before the first load: `split` warps share a
+// row of W, each lane issues its U 16-byte loads of W (L1 bypassed, they are used once)
+// before it touches x, which it reads straight from global memory (a few KB that stay in
+// L1 and L2 for the whole grid) and rounds in registers. The k_hgemv path above waits
+// for x in shared memory first and keeps only two loads per lane in flight, so the
+// small layer shapes paid a DRAM round trip per stage (4-12 us on an H200, where the
+// bytes take 0.4-2 us). The split warps' parts are added in a fixed order (deterministic).
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+// 8 values of x from global memory, rounded to bf16 for a bf16 W
+template <bool BF> __device__ __forceinline__ void ldx8(const float4 *x, float *v) {
+  const float4 x0 = __ldg(x), x1 = __ldg(x + 1);
+  v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
+  if (BF)
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = bf16_round(v[i]);
+}
+template <bool BF> __device__ __forceinline__ float dot8r(uint4 w, const float *x, float acc) {
+  const float2 a = widen2<BF>(w.x), b = widen2<BF>(w.y), c = widen2<BF>(w.z), d = widen2<BF>(w.w);
+  acc = fmaf(a.x, x[0], acc);
+  acc = fmaf(a.y, x[1], acc);
+  acc = fmaf(b.x, x[2], acc);
+  acc = fmaf(b.y, x[3], acc);
+  acc = fmaf(c.x, x[4], acc);
+  acc = fmaf(c.y, x[5], acc);
+  acc = fmaf(d.x, x[6], acc);
+  return fmaf(d.y, x[7], acc);
+}
+
+// A group of `split` warps owns R rows (R = 4 for wide W, so each x chunk is read and
+// rounded once for 4 rows); rows past N repeat row N - 1 (in bounds, dropped).
+template <bool BF, int U, int R>
+__global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
+  __shared__ float part[HG_WARPS][R];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int grp = warp / a.split, sub = warp - grp * a.split;
+  const int t = sub * 32 + lane, nt = a.split * 32;
+  const int64_t n0 = ((int64_t)blockIdx.x * (HG_WARPS / a.split) + grp) * R;
+  const uint4 *wr[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) wr[r] = (const uint4 *)(a.w + (n0 + r < a.N ? n0 + r : a.N - 1) * a.K);
+  const float4 *xv = (const float4 *)a.x;
+  const int nc = (int)(a.K >> 3);
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.0f;
+  for (int c0 = t; c0 < nc; c0 += U * nt) {
+    uint4 w[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      if (c0 + u * nt < nc) {
+        float xr[8];
+        ldx8<BF>(xv + 2 * (c0 + u * nt), xr);
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = dot8r<BF>(w[u][r], xr, acc[r]);
+      }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+  if (a.split == 1) {
+    if (lane < R && n0 + lane < a.N) {
+      float v = acc[0];
+#pragma unroll
+      for (int r = 1; r < R; r++) v = lane == r ? acc[r] : v;
+      a.y[n0 + lane] = v;
+    }
+    return;
+  }
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < R; r++) part[warp][r] = acc[r];
+  __syncthreads();
+  if (sub == 0 && lane < R && n0 + lane < a.N) {
+    float s = 0.0f;
+    for (int p = 0; p < a.split; p++) s += part[warp + p][lane];
+    a.y[n0 + lane] = s;
+  }
+}
+
+// WICK_HGEMV=0 keeps k_hgemv for one-row products too (benchmarks compare the two).
+bool hgemv1_on() {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("WICK_HGEMV");
+    v = e && !strcmp(e, "0") ? 0 : 1;
+  }
+  return v == 1;
+}
+
+// Warps per row: the fewest (1, 2, 4 or 8) that leave each lane at most 8 chunks of 8
+// values, then more while the grid has under 8 warps an SM and each lane keeps 2
+// chunks. A wide W (some 2 blocks an SM at 4 rows a group: the LM head) takes 4 rows a
+// group and 4 loads a row in flight; otherwise 4 loads a lane when that covers the row,
+// else 8 per round.
+template <bool BF>
+void gemv1(HArgs a) {
+  const int64_t nc = a.K / 8;
+  a.split = 1;
+  while (a.split < HG_WARPS && nc > (int64_t)a.split * 32 * 8) a.split *= 2;
+  while (a.split < HG_WARPS && a.N * a.split < (int64_t)wkc_num_sms() * 8 && nc >= (int64_t)a.split * 2 * 32 * 2)
+    a.split *= 2;
+  const int64_t groups = HG_WARPS / a.split;
+  cudaStream_t cs = wkc_stream();
+  if (a.N >= (int64_t)wkc_num_sms() * 2 * groups * 4) {
+    const unsigned grid = (unsigned)((a.N + groups * 4 - 1) / (groups * 4));
+    return k_hgemv1<BF, 4, 4><<<grid, HG_WARPS * 32, 0, cs>>>(a);
+  }
+  const unsigned grid = (unsigned)((a.N + groups - 1) / groups);
+  if (nc <= (int64_t)a.split * 32 * 4) k_hgemv1<BF, 4, 1><<<grid, HG_WARPS * 32, 0, cs>>>(a);
+  else k_hgemv1<BF, 8, 1><<<grid, HG_WARPS * 32, 0, cs>>>(a);
+}
+
 template <bool BF, int MM, int ROWS>
 void gemv_launch(const HArgs &a) {
   const int64_t rows = (int64_t)(HG_WARPS / a.split) * ROWS;
@@ -235,7 +358,9 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   }
   if (gemv_path) {
     HArgs a = {(const uint16_t *)w, (const float *)x, (float *)y, M, N, K, 1, (K & 7) == 0 && !((uintptr_t)w & 15)};
-    if (bf) gemv<true>(a);
+    const bool one = M == 1 && a.vec && !((uintptr_t)x & 15) && hgemv1_on();
+    if (one) bf ? gemv1<true>(a) : gemv1<false>(a);
+    else if (bf) gemv<true>(a);
     else gemv<false>(a);
     return wkc_check_launch(bf ? "matmul (bf16 weight GEMV)" : "matmul (f16 weight GEMV)");
   }

@@ -1,0 +1,173 @@
+// Batch-1 decode on CUDA against the CPU backend:
+//  - attention of one query row over an f16 / bf16 cache (attn.cu's decode kernel: a CTA
+//    per kv head and key chunk, chunks sized at run time from kv_len): GQA 1:1 to 8:1,
+//    head dims 32, 64 and 128, an f32 q over the cache (the models' case) and all-bf16,
+//    kv_len from 1 to 20000 of a 32768-row cache (one CTA, a few, most of them), no
+//    kv_len, and additive masks (f32, and a bf16 padding mask with -inf); kv_len 0 gives
+//    zeros;
+//  - greedy generation picked on the device (generate.c reads each row's max, sum of
+//    exp and argmax instead of the logits): the tiny Llama's tokens equal the CPU's, and
+//    the logprobs those the host sampler computes from the same device logits
+//    (top_logprobs keeps the host path).
+// Tolerances, |cuda - cpu| <= rtol |cpu| + atol max|cpu|: f32 out, both sides in f32 with
+// other summation orders and expf vs the CPU's exp: rtol 1e-4, atol 2e-5 (as
+// test_cuda_attn); bf16 out: one rounding of the output (2^-8) -> rtol 8e-3, atol 4e-3.
+// Skipped (77) without a GPU.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "backend/backend.h"
+#include "check.h"
+#include "fixtures.h"
+#define DUAL_SEED 0x2545f4914f6cdd1dull
+#include "dual_slots.h"
+#include "wick/generate.h"
+#include "wick/model.h"
+
+typedef struct {
+  int64_t b, hq, hkv, s, d;
+  int kv_len;   // > 0: only the first kv_len rows of the cache exist; 0: no kv_len operand
+  int mask;     // 0: none; 1: [1, 1, 1, S] f32 in [-2, 0); 2: [B, 1, 1, S] bf16, -inf on the last keys
+} dcase;
+
+static const char *dname(wk_dtype dt) { return dt == WK_F32 ? "f32" : dt == WK_BF16 ? "bf16" : "f16"; }
+
+// The SDPA step of case c: q of qdt, k / v of kvdt, out of qdt; *out: its slot.
+static wk_step dstep(const dcase *c, wk_dtype qdt, wk_dtype kvdt, int kv_len, int *out) {
+  int64_t qs[4] = {c->b, c->hq, 1, c->d}, ks[4] = {c->b, c->hkv, c->s, c->d};
+  wk_step s = step0(WK_OP_SDPA);
+  s.in[0] = op_c(buf(qdt, c->b * c->hq * c->d, -1, 1), qdt, 4, qs);
+  s.in[1] = op_c(buf(kvdt, c->b * c->hkv * c->s * c->d, -1, 1), kvdt, 4, ks);
+  s.in[2] = op_c(buf(kvdt, c->b * c->hkv * c->s * c->d, -1, 1), kvdt, 4, ks);
+  s.nin = 3;
+  if (c->mask == 1) s.in[s.nin++] = op_c(buf(WK_F32, c->s, -2, 0), WK_F32, 4, (int64_t[]){1, 1, 1, c->s});
+  if (c->mask == 2) {
+    int m = buf(WK_BF16, c->b * c->s, 0, 0);
+    for (int64_t b = 0; b < c->b; b++)
+      for (int64_t j = c->s - 1 - 7 * b; j < c->s; j++) put(B[m].h, WK_BF16, b * c->s + j, -INFINITY);
+    gpu->upload(B[m].d, B[m].h, B[m].bytes);
+    s.in[s.nin++] = op_c(m, WK_BF16, 4, (int64_t[]){c->b, 1, 1, c->s});
+  }
+  if (kv_len >= 0) {
+    s.in[s.nin++] = op_c(buf_value(WK_I32, 1, (float)kv_len), WK_I32, 1, (int64_t[]){1});
+    s.attrs.i[1] = 1;
+  }
+  s.attrs.f[0] = 1.0f / sqrtf((float)c->d);
+  s.attrs.i[0] = 1;   // causal: at T = 1 the query sees every key that exists
+  *out = out_buf(qdt, c->b * c->hq * c->d);
+  s.out = op_c(*out, qdt, 4, qs);
+  return s;
+}
+
+static void attn_case(const dcase *c, wk_dtype qdt, wk_dtype kvdt) {
+  int out;
+  wk_step s = dstep(c, qdt, kvdt, c->kv_len ? c->kv_len : -1, &out);
+  char name[200];
+  snprintf(name, sizeof name, "decode sdpa q %s, cache %s: B%lld Hq%lld Hkv%lld S%lld D%lld kv_len %d%s", dname(qdt),
+           dname(kvdt), (long long)c->b, (long long)c->hq, (long long)c->hkv, (long long)c->s, (long long)c->d,
+           c->kv_len, c->mask == 1 ? " f32 mask" : c->mask == 2 ? " bf16 padding mask" : "");
+  run_host(name, &s, out);
+  unsigned char *dev = run_device(name, &s, out);
+  const tbuf *o = &B[out];
+  const float atol = qdt == WK_F32 ? 2e-5f : 4e-3f, rtol = qdt == WK_F32 ? 1e-4f : 8e-3f;
+  float big = 0, worst = 0;
+  for (int64_t i = 0; i < o->n; i++) big = fmaxf(big, fabsf(get(o->h, o->dt, i)));
+  int64_t at = -1;
+  for (int64_t i = 0; i < o->n; i++) {
+    float r = get(o->h, o->dt, i), g = get(dev, o->dt, i), lim = rtol * fabsf(r) + atol * big, err = fabsf(r - g);
+    if (!(err <= lim) && (at < 0 || err / lim > worst)) worst = err / (lim > 0 ? lim : 1e-30f), at = i;
+  }
+  if (at >= 0)
+    CHECK(0, "%s: element %lld of %lld: cpu %g, cuda %g (%.1fx the tolerance; largest |cpu| %g)", name, (long long)at,
+          (long long)o->n, get(o->h, o->dt, at), get(dev, o->dt, at), worst, big);
+  else
+    CHECK(big > 0, "%s (largest |value| %g)", name, big);
+  free(dev);
+  reset();
+}
+
+static void test_attention(void) {
+  const dcase cases[] = {
+      {1, 14, 2, 4096, 64, 150, 0},      // Qwen2.5-0.5B: G 7, a few key chunks of a long cache
+      {1, 14, 2, 32768, 64, 2000, 0},    // its full capacity, ~30 chunks
+      {1, 14, 2, 32768, 64, 20000, 0},   // most CTAs busy
+      {2, 9, 3, 300, 64, 1, 0},          // SmolLM2's G 3, batch 2, a single key
+      {1, 8, 8, 64, 128, 64, 0},         // 1:1, D 128, one chunk: the output written directly
+      {2, 8, 1, 200, 32, 129, 0},        // G 8, D 32: one key per 4 lanes; a chunk boundary + 1
+      {2, 6, 2, 97, 64, 0, 2},           // no kv_len, a bf16 padding mask with -inf
+      {1, 4, 2, 1000, 64, 700, 1},       // an f32 mask over chunks
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    attn_case(&cases[i], WK_F32, WK_BF16);
+    attn_case(&cases[i], WK_F32, WK_F16);
+    attn_case(&cases[i], WK_BF16, WK_BF16);
+  }
+  // kv_len 0: no key exists, every output is 0 (as on the CPU)
+  const dcase z = {1, 14, 2, 512, 64, 0, 0};
+  int out;
+  wk_step s = dstep(&z, WK_F32, WK_BF16, 0, &out);
+  unsigned char *dev = run_device("decode sdpa, kv_len 0", &s, out);
+  float worst = 0;
+  for (int64_t i = 0; i < B[out].n; i++) worst = fmaxf(worst, fabsf(get(dev, WK_F32, i)));   // NaN: poison left
+  CHECK(worst == 0, "decode sdpa, kv_len 0: outputs are 0 (largest |value| %g)", (double)worst);
+  free(dev);
+  reset();
+}
+
+// ---- greedy picks on the device ----
+typedef struct { int32_t ids[40]; float logprob[40]; int n; } gen_out;
+static int on_gen(const wk_gen_token *t, void *user) {
+  gen_out *o = user;
+  if (o->n < 40) o->ids[o->n] = t->id, o->logprob[o->n++] = t->logprob;
+  return 0;
+}
+
+// 32 greedy tokens after a prompt of 5 on dev, cache in cache_dt; top: top_logprobs.
+static bool gen_on(wk_device dev, wk_dtype cache_dt, int top, gen_out *o) {
+  static const int32_t prompt[] = {1, 7, 3, 99, 42};
+  wk_model *m = wk_model_load(fixture_in("models", "llama"));
+  if (!m || (dev != WK_CPU && wk_model_to_device(m, dev))) { wk_model_free(m); return false; }
+  wk_generate_params p = wk_generate_defaults();
+  p.max_tokens = 32;
+  p.ignore_eos = true;
+  p.top_logprobs = top;
+  p.cache_dtype = cache_dt;
+  memset(o, 0, sizeof *o);
+  wk_status st = wk_generate(m, NULL, prompt, 5, &p, on_gen, o, NULL);
+  wk_model_free(m);
+  return st == WK_OK && o->n == 32;
+}
+
+static void test_greedy(void) {
+  const wk_dtype dts[] = {WK_F32, WK_BF16};
+  for (int i = 0; i < 2; i++) {
+    gen_out c, d, h;
+    bool ok = gen_on(WK_CPU, dts[i], 0, &c) && gen_on(WK_CUDA, dts[i], 0, &d) && gen_on(WK_CUDA, dts[i], 1, &h);
+    CHECK(ok, "greedy generation (%s cache) on cpu and cuda: %s", dname(dts[i]), ok ? "" : wk_last_error());
+    if (!ok) continue;
+    CHECK(!memcmp(c.ids, d.ids, sizeof c.ids), "greedy (%s cache): the device's picks are the cpu's tokens",
+          dname(dts[i]));
+    CHECK(!memcmp(h.ids, d.ids, sizeof h.ids), "greedy (%s cache): the device's picks are the host sampler's",
+          dname(dts[i]));
+    float dc = 0, dh = 0;
+    for (int t = 0; t < 32; t++) {
+      dc = fmaxf(dc, fabsf(c.logprob[t] - d.logprob[t]));
+      dh = fmaxf(dh, fabsf(h.logprob[t] - d.logprob[t]));
+    }
+    // cpu vs cuda: the logits differ by up to 1e-4 (test_cuda_kv); host vs device sampler
+    // on the same device logits: only the sum of exp in f32 instead of double
+    CHECK(dc < 2e-4f, "greedy (%s cache): logprobs cuda vs cpu differ by %g", dname(dts[i]), (double)dc);
+    CHECK(dh < 1e-5f, "greedy (%s cache): logprobs device vs host sampler differ by %g", dname(dts[i]), (double)dh);
+  }
+}
+
+int main(void) {
+  if (!wk_device_available(WK_CUDA) || !dual_open()) {
+    printf("skipped: no CUDA device\n");
+    return 77;
+  }
+  test_attention();
+  test_greedy();
+  return check_report();
+}
