@@ -679,8 +679,9 @@ static int inplace_candidate(ir *r, int i, int k) {
 // a realized tensor (it reads a leaf of its own shape: a parameter or a moment)
 // whose sink-closed group is not complete yet waits until nothing else is ready
 // (its gradient inputs live longer: the trainer's clipping needs them all anyway).
-// The group's members come out as consecutive steps: the head has chain = the
-// group's size, the members chain = -1 (a FUSED_EW head is never a row chain's).
+// Groups of fewer than HGROUP_MIN roots stay separate steps. The group's members
+// come out as consecutive steps: the head has chain = the group's size, the members
+// chain = -1 (a FUSED_EW head is never a row chain's).
 
 // Instructions whose scalars are run-time values of each member (cuda_internal.h's
 // wkc_rt_reads): they may differ within a group. Every other attribute must match.
@@ -783,7 +784,14 @@ typedef struct {
   bool *defer, *done;
 } hsched;
 
-static bool grouped(const hsched *h, int k) { return h->cls[k] >= 0 && h->csize[h->cls[k]] > 1; }
+// Smallest group worth a launch of its own: the group kernel interprets the program
+// (no generated kernel) with each block looping over a 4096-element chunk, so it
+// costs more than one generated launch; measured on an H200 (commit cebd9c3), two
+// parameters' AdamW grouped made lora_train_step 173 -> 181-199 us, while 28
+// parameters' made the tiny-Qwen2 trainer step 1.7-2.0 -> 1.5 ms.
+#define HGROUP_MIN 4
+
+static bool grouped(const hsched *h, int k) { return h->cls[k] >= 0 && h->csize[h->cls[k]] >= HGROUP_MIN; }
 
 static void heap_push(hsched *h, int v) {
   int i = h->nh++;
@@ -851,7 +859,7 @@ static bool horizontal_schedule(ir *r, int *roots, int n, int *grp) {
     while (c < h.nclass && !same_program(&st[rep[c]], &st[k])) c++;
     if (c == h.nclass) rep[h.nclass++] = k;
     h.cls[k] = c;
-    any |= ++h.csize[c] > 1;
+    any |= ++h.csize[c] >= HGROUP_MIN;
   }
   for (int k = 0; st && k < n; k++) free(st[k].prog.code);
   free(st);
@@ -920,7 +928,7 @@ static bool horizontal_schedule(ir *r, int *roots, int n, int *grp) {
       qsort(batch, (size_t)m, sizeof *batch, cmp_int);
       int start = h.no;
       for (int q = 0; q < m; q++) emit(&h, batch[q]);
-      for (int q = 0; q < m && m > 1; q++) grp[start + q] = q ? -1 : m;
+      for (int q = 0; q < m && m >= HGROUP_MIN; q++) grp[start + q] = q ? -1 : m;
     }
     free(batch);
     ok = ok && h.no == n;  // every root scheduled (the dependencies form no cycle)
