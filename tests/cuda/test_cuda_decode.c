@@ -1,10 +1,11 @@
 // Batch-1 decode on CUDA against the CPU backend:
 //  - attention of one query row over an f16 / bf16 cache (attn.cu's decode kernel: a CTA
-//    per kv head and key chunk, chunks sized at run time from kv_len): GQA 1:1 to 8:1,
+//    per kv head and key chunk, chunks sized at run time from kv_len, tiles of 64 keys
+//    staged in shared memory, the last CTA merging): GQA 1:1 to 8:1,
 //    head dims 32, 64 and 128, an f32 q over the cache (the models' case) and all-bf16,
 //    kv_len from 1 to 20000 of a 32768-row cache (one CTA, a few, most of them), no
-//    kv_len, and additive masks (f32, and a bf16 padding mask with -inf); kv_len 0 gives
-//    zeros;
+//    kv_len, and additive masks (f32; a bf16 padding mask with -inf goes to the tiled
+//    kernels); kv_len 0 gives zeros;
 //  - greedy generation picked on the device (generate.c reads each row's max, sum of
 //    exp and argmax instead of the logits): the tiny Llama's tokens equal the CPU's, and
 //    the logprobs those the host sampler computes from the same device logits

@@ -748,13 +748,14 @@ __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
 // A CTA (4 warps) owns one (b, kv head) and a chunk of the keys that exist (sized at
 // run time from kv_len, at least DEC_MIN keys, so a short context wakes few CTAs) and
 // serves all G query heads of the group, so each key and value row is read once per
-// group, not once per head; the last CTA of a group to finish merges the chunks' parts
-// (no second kernel). LPK = D / 8 lanes own
-// one key: each lane loads 16 bytes of its K and V rows (coalesced: a warp reads 32 /
-// LPK whole rows), dots its 8 dims with each head's q, and the key's score is summed
-// over the LPK lanes by shuffles. Softmax runs online per lane group; the groups, then
-// the warps, are merged at the end. The tiled CUDA-core kernel above ran this case with
-// 63 of its 64 query rows empty, scalar loads, and one CTA per query head.
+// group, not once per head. Each tile of DEC_TILE keys is staged in shared memory (all
+// its K and V rows loaded at once, 16 bytes a thread per load), then the G x DEC_TILE
+// scores, the online softmax and P V run as short loops over shared memory. The last
+// CTA of a group to finish merges the chunks' parts (no second kernel). The tiled
+// CUDA-core kernel above ran this case with 63 of its 64 query rows empty, scalar
+// loads and one CTA per query head (33 us per call under ncu on an H200 at ~150 keys;
+// this one 12.4 us; a variant holding everything in registers, its loops unrolled over
+// the heads, 14.9 us).
 #define DEC_WARPS 4
 #define DEC_MIN 64   // keys a CTA takes at least
 #define DEC_GMAX 8   // query heads per kv head the decode kernel serves
@@ -765,173 +766,31 @@ static __device__ __forceinline__ int64_t dec_chunk(int64_t S, int64_t nsp) {
   return (c + DEC_MIN - 1) / DEC_MIN * DEC_MIN;
 }
 
-template <bool BF> static __device__ __forceinline__ void widen8(uint4 u, float *f) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    if (BF) {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    } else {
-      f[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffffu)));
-      f[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
-    }
-  }
+// 2^x in one MUFU instruction (relative error ~2^-22; 2^-inf = 0): the decode kernel
+// keeps its scores in the log2 domain (q scaled by log2 e).
+static __device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
-// (m, l, o) of one head merged with another's: the online softmax's rescaling
-static __device__ __forceinline__ void dec_merge(float &m, float &l, float *o, float mo, float lo, const float *oo) {
-  const float M = fmaxf(m, mo);
-  if (M == -INFINITY) return;   // neither has seen a key
-  const float a1 = expf(m - M), a2 = expf(mo - M);
-  l = l * a1 + lo * a2;
-#pragma unroll
-  for (int e = 0; e < 8; e++) o[e] = o[e] * a1 + oo[e] * a2;
-  m = M;
-}
-
-// q's 8 dims of this lane for each head of the group, scaled; one dtype per branch, so
-// the loads issue together (a dtype switch per element waited on each load in turn).
-template <typename T, int GM>
-static __device__ __forceinline__ void dec_q(const AttnArgs &a, int64_t b, int64_t hk, int dc, float (&q)[GM][8]) {
-  const T *p = (const T *)a.q.p;
-#pragma unroll
-  for (int g = 0; g < GM; g++) {
-    const int64_t h = hk * a.G + (g < a.G ? g : a.G - 1);   // heads past G: loaded, unused
-#pragma unroll
-    for (int e = 0; e < 8; e++) {
-      const T v = p[elem(a.q, b, h, 0, dc * 8 + e)];
-      if constexpr (sizeof(T) == 4) q[g][e] = v;
-      else if constexpr (std::is_same<T, __nv_bfloat16>::value) q[g][e] = __bfloat162float(v);
-      else q[g][e] = __half2float(v);
-    }
-  }
-#pragma unroll
-  for (int g = 0; g < GM; g++)
-#pragma unroll
-    for (int e = 0; e < 8; e++) q[g][e] *= a.scale;
-}
-
-template <int LPK, int GM, bool BF>
-__global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a) {
-  constexpr int KPW = 32 / LPK, D = LPK * 8;
-  __shared__ float so[DEC_WARPS][GM][D], sm[DEC_WARPS][GM], sl[DEC_WARPS][GM];
-  __shared__ int last;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, dc = lane % LPK;
-  const int64_t sp = blockIdx.x, b = blockIdx.y / a.Hkv, hk = blockIdx.y % a.Hkv;
-  const int64_t S = eff_keys(a), chunk = dec_chunk(S, gridDim.x);
-  const int64_t k0 = sp * chunk, k1 = k0 + chunk < S ? k0 + chunk : S;
-  // past the keys that exist: no part (but with no key at all the first CTA writes the 0s)
-  if (k0 >= S && (gridDim.x > 1 && !(S == 0 && sp == 0))) return;
-  const int G = (int)a.G;
-  float q[GM][8], o[GM][8], m[GM], l[GM];
-  if (a.q.dtype == WK_F32) dec_q<float, GM>(a, b, hk, dc, q);
-  else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16, GM>(a, b, hk, dc, q);
-  else dec_q<__half, GM>(a, b, hk, dc, q);
-#pragma unroll
-  for (int g = 0; g < GM; g++) {
-#pragma unroll
-    for (int e = 0; e < 8; e++) o[g][e] = 0.0f;
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-  }
-  const char *kb = a.k.p + 2 * (b * a.k.stride[0] + hk * a.k.stride[1]) + 16 * dc;
-  const char *vb = a.v.p + 2 * (b * a.v.stride[0] + hk * a.v.stride[1]) + 16 * dc;
-  const int64_t ks = 2 * a.k.stride[2], vs = 2 * a.v.stride[2];
-  constexpr int UK = 2;   // keys per lane group in flight
-  // the loop bound is the same for the whole warp: the shuffles need every lane
-  for (int64_t base = k0 + warp * KPW; base < k1; base += DEC_WARPS * KPW * UK) {
-    uint4 kr[UK], vr[UK];
-    bool ok[UK];
-#pragma unroll
-    for (int u = 0; u < UK; u++) {
-      const int64_t j = base + kg + u * DEC_WARPS * KPW;
-      ok[u] = j < k1;
-      const int64_t jj = ok[u] ? j : k0;
-      kr[u] = __ldg((const uint4 *)(kb + jj * ks));
-      vr[u] = __ldg((const uint4 *)(vb + jj * vs));
-    }
-#pragma unroll
-    for (int u = 0; u < UK; u++) {
-      const int64_t j = base + kg + u * DEC_WARPS * KPW;
-      float kf[8], vf[8];
-      widen8<BF>(kr[u], kf);
-      widen8<BF>(vr[u], vf);
-#pragma unroll
-      for (int g = 0; g < GM; g++) {
-        if (g >= G) break;
-        float s = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++) s = fmaf(q[g][e], kf[e], s);
-#pragma unroll
-        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        if (!ok[u]) continue;
-        if (a.has_mask) s += mask_at(a, b, hk * G + g, 0, j);
-        const float mn = fmaxf(m[g], s);
-        if (mn == -INFINITY) continue;   // masked out, and nothing seen yet
-        const float al = expf(m[g] - mn), p = expf(s - mn);
-        l[g] = l[g] * al + p;
-#pragma unroll
-        for (int e = 0; e < 8; e++) o[g][e] = fmaf(p, vf[e], o[g][e] * al);
-        m[g] = mn;
-      }
-    }
-  }
-  // the warp's key groups merged (lanes dc of every group end with the same state)
-#pragma unroll
-  for (int off = LPK; off < 32; off <<= 1)
-#pragma unroll
-    for (int g = 0; g < GM; g++) {
-      if (g >= G) break;
-      float oo[8];
-#pragma unroll
-      for (int e = 0; e < 8; e++) oo[e] = __shfl_xor_sync(0xffffffffu, o[g][e], off);
-      const float mo = __shfl_xor_sync(0xffffffffu, m[g], off), lo = __shfl_xor_sync(0xffffffffu, l[g], off);
-      dec_merge(m[g], l[g], o[g], mo, lo, oo);
-    }
-  if (kg == 0)
-#pragma unroll
-    for (int g = 0; g < GM; g++) {
-      if (g >= G) break;
-#pragma unroll
-      for (int e = 0; e < 8; e++) so[warp][g][dc * 8 + e] = o[g][e];
-      if (dc == 0) sm[warp][g] = m[g], sl[warp][g] = l[g];
-    }
-  __syncthreads();
-  // then the warps, in a fixed order; one thread per (head, dim)
-  for (int i = threadIdx.x; i < G * D; i += DEC_WARPS * 32) {
-    const int g = i / D, d = i - g * D;
-    float M = -INFINITY;
-    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, sm[w][g]);
-    const float mu = M == -INFINITY ? 0.0f : M;
-    float L = 0.0f, O = 0.0f;
-    for (int w = 0; w < DEC_WARPS; w++) {
-      const float f = expf(sm[w][g] - mu);
-      L += sl[w][g] * f;
-      O += so[w][g][d] * f;
-    }
-    const int64_t r = b * a.Hq + hk * G + g;   // T = 1
-    if (gridDim.x == 1) {
-      stv(a.out, a.out_dtype, r * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
-    } else {
-      float *pp = a.part + (sp * a.B * a.Hq + r) * (D + 2);
-      pp[d] = O;
-      if (d == 0) pp[D] = M, pp[D + 1] = L;
-    }
-  }
-  if (gridDim.x == 1) return;
-  // The CTAs of a group that found keys count themselves in; the last one merges their
-  // parts (in split order, so the result does not depend on which is last) and resets
-  // the counter for the next launch.
+// After a decode CTA wrote its part (split sp of its group, rows b * Hq + hk * G + g):
+// the CTAs of a group that found keys count themselves in; the last one merges their
+// parts (in split order, so the result does not depend on which is last) and resets the
+// counter for the next launch. Parts hold o unnormalized, then m (log2 domain), l.
+template <int D>
+static __device__ __forceinline__ void dec_finish(const AttnArgs &a, int64_t b, int64_t hk, int64_t S, int64_t chunk,
+                                                  int *last) {
   const int64_t nact = S > 0 ? (S + chunk - 1) / chunk : 1;
+  const int G = (int)a.G;
   __threadfence();   // this CTA's part is visible before it is counted
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&a.dec_count[blockIdx.y], 1) == (int)nact - 1;
+  if (threadIdx.x == 0) *last = atomicAdd(&a.dec_count[blockIdx.y], 1) == (int)nact - 1;
   __syncthreads();
-  if (!last) return;
+  if (!*last) return;
   __threadfence();
   const int64_t st = a.B * a.Hq * (D + 2);
-  for (int i = threadIdx.x; i < G * D; i += DEC_WARPS * 32) {
+  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
     const int g = i / D, d = i - g * D;
     const int64_t r = b * a.Hq + hk * G + g;
     const float *p = a.part + r * (D + 2);
@@ -939,13 +798,161 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
     for (int64_t s = 0; s < nact; s++) M = fmaxf(M, __ldcg(p + s * st + D));
     const float mu = M == -INFINITY ? 0.0f : M;
     for (int64_t s = 0; s < nact; s++) {
-      const float f = expf(__ldcg(p + s * st + D) - mu);
+      const float f = ex2(__ldcg(p + s * st + D) - mu);
       L += __ldcg(p + s * st + D + 1) * f;
       O += __ldcg(p + s * st + d) * f;
     }
     stv(a.out, a.out_dtype, r * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
   }
   if (threadIdx.x == 0) a.dec_count[blockIdx.y] = 0;
+}
+
+#define DEC_TILE 64   // keys staged at a time (DEC_MIN is a multiple of it)
+// the two values of a 32-bit word of f16 / bf16 bits, the lower address first
+template <bool BF> static __device__ __forceinline__ float2 widen2w(uint32_t w) {
+  if (BF) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+  return make_float2(__half2float(__ushort_as_half((unsigned short)(w & 0xffffu))),
+                     __half2float(__ushort_as_half((unsigned short)(w >> 16))));
+}
+// q of the group's heads into shared memory, scaled (one dtype per branch, so that the
+// loads do not each wait behind a dtype switch)
+template <typename T>
+static __device__ __forceinline__ void dec_q(const AttnArgs &a, int64_t b, int64_t hk, int D, float *qs) {
+  const T *p = (const T *)a.q.p;
+  const float sc = a.scale * 1.4426950408889634f;   // log2 e: scores in the log2 domain
+  for (int i = threadIdx.x; i < (int)a.G * D; i += blockDim.x) {
+    const int g = i / D, d = i - g * D;
+    const T v = p[elem(a.q, b, hk * a.G + g, 0, d)];
+    if constexpr (sizeof(T) == 4) qs[i] = v * sc;
+    else if constexpr (std::is_same<T, __nv_bfloat16>::value) qs[i] = __bfloat162float(v) * sc;
+    else qs[i] = __half2float(v) * sc;
+  }
+}
+
+template <int D, bool BF>
+__global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a) {
+  constexpr int W = D / 2 + 1;   // 32-bit words a staged row, one of padding: column reads hit distinct banks
+  constexpr int NT = DEC_WARPS * 32, CH = DEC_TILE * D / 8 / NT;   // 16-byte chunks a thread stages per matrix
+  constexpr int R = DEC_GMAX * (D / 2) / NT;                      // (head, word) outputs a thread owns
+  __shared__ uint32_t ks[DEC_TILE * W], vs[DEC_TILE * W];
+  __shared__ float qs[DEC_GMAX * D], ps[DEC_GMAX * DEC_TILE], hm[DEC_GMAX], hl[DEC_GMAX], hal[DEC_GMAX];
+  __shared__ int last;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int64_t sp = blockIdx.x, b = blockIdx.y / a.Hkv, hk = blockIdx.y % a.Hkv;
+  const int64_t S = eff_keys(a), chunk = dec_chunk(S, gridDim.x);
+  const int64_t k0 = sp * chunk, k1 = k0 + chunk < S ? k0 + chunk : S;
+  // past the keys that exist: no part (but with no key at all the first CTA writes the 0s)
+  if (k0 >= S && (gridDim.x > 1 && !(S == 0 && sp == 0))) return;
+  const int G = (int)a.G;
+  if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
+  else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
+  else dec_q<__half>(a, b, hk, D, qs);
+  if (tid < G) hm[tid] = -INFINITY, hl[tid] = 0.0f;
+  float2 o[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) o[r] = make_float2(0.0f, 0.0f);
+  const char *kb = a.k.p + 2 * (b * a.k.stride[0] + hk * a.k.stride[1]);
+  const char *vb = a.v.p + 2 * (b * a.v.stride[0] + hk * a.v.stride[1]);
+  const int64_t kst = 2 * a.k.stride[2], vst = 2 * a.v.stride[2];
+  for (int64_t t0 = k0; t0 < k1; t0 += DEC_TILE) {
+    const int n = k1 - t0 < DEC_TILE ? (int)(k1 - t0) : DEC_TILE;
+    uint4 kr[CH], vr[CH];   // every load of the tile issued before the first store
+#pragma unroll
+    for (int c = 0; c < CH; c++) {
+      const int e = tid + c * NT, j = e / (D / 8), q8 = e - j * (D / 8);
+      const int64_t jj = t0 + (j < n ? j : 0);   // rows past the keys: zeros (loaded in bounds)
+      kr[c] = __ldg((const uint4 *)(kb + jj * kst) + q8);
+      vr[c] = __ldg((const uint4 *)(vb + jj * vst) + q8);
+      if (j >= n) kr[c] = vr[c] = make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();   // the last tile's readers are done
+#pragma unroll
+    for (int c = 0; c < CH; c++) {
+      const int e = tid + c * NT, j = e / (D / 8), q8 = e - j * (D / 8);
+      uint32_t *kd = ks + j * W + q8 * 4, *vd = vs + j * W + q8 * 4;
+      kd[0] = kr[c].x, kd[1] = kr[c].y, kd[2] = kr[c].z, kd[3] = kr[c].w;
+      vd[0] = vr[c].x, vd[1] = vr[c].y, vd[2] = vr[c].z, vd[3] = vr[c].w;
+    }
+    __syncthreads();
+    // scores (log2 domain); keys past n: -inf
+    for (int i = tid; i < G * DEC_TILE; i += NT) {
+      const int g = i / DEC_TILE, j = i - g * DEC_TILE;
+      float sc = -INFINITY;
+      if (j < n) {
+        const float *qg = qs + g * D;
+        const uint32_t *kw = ks + j * W;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int w = 0; w < D / 2; w++) {
+          const float2 kf = widen2w<BF>(kw[w]);
+          acc = fmaf(qg[2 * w], kf.x, fmaf(qg[2 * w + 1], kf.y, acc));
+        }
+        sc = acc;
+        if (a.has_mask) {   // an f32 mask (decode_fwd sends others to the tiled kernels)
+          const int64_t at = b * a.ms[0] + (hk * G + g) * a.ms[1] + (t0 + j) * a.ms[3];
+          sc += 1.4426950408889634f * ((const float *)a.mask)[at];
+        }
+      }
+      ps[i] = sc;
+    }
+    __syncthreads();
+    // online softmax per head: a warp per head
+    for (int g = warp; g < G; g += DEC_WARPS) {
+      const float v0 = ps[g * DEC_TILE + lane], v1 = ps[g * DEC_TILE + lane + 32];
+      float mt = fmaxf(v0, v1);
+      for (int off = 16; off > 0; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+      const float mo = hm[g], mn = fmaxf(mo, mt), mu = mn == -INFINITY ? 0.0f : mn;
+      const float p0 = ex2(v0 - mu), p1 = ex2(v1 - mu);
+      ps[g * DEC_TILE + lane] = p0;
+      ps[g * DEC_TILE + lane + 32] = p1;
+      const float ls = warp_sum(p0 + p1);
+      __syncwarp();
+      if (lane == 0) {
+        const float al = ex2(mo - mu);   // 0 before the first key
+        hl[g] = hl[g] * al + ls;
+        hm[g] = mn;
+        hal[g] = al;
+      }
+    }
+    __syncthreads();
+    // o = o al + P V
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int i = tid + r * NT;
+      if (i >= G * (D / 2)) break;
+      const int g = i / (D / 2), w = i - g * (D / 2);
+      const float al = hal[g], *pg = ps + g * DEC_TILE;
+      float2 acc = make_float2(o[r].x * al, o[r].y * al);
+#pragma unroll 8
+      for (int j = 0; j < DEC_TILE; j++) {   // p = 0 and V = 0 past n
+        const float p = pg[j];
+        const float2 vf = widen2w<BF>(vs[j * W + w]);
+        acc.x = fmaf(p, vf.x, acc.x);
+        acc.y = fmaf(p, vf.y, acc.y);
+      }
+      o[r] = acc;
+    }
+  }
+  __syncthreads();   // hm, hl final
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int i = tid + r * NT;
+    if (i >= G * (D / 2)) break;
+    const int g = i / (D / 2), w = i - g * (D / 2);
+    const int64_t row = b * a.Hq + hk * G + g;   // T = 1
+    const float L = hl[g];
+    if (gridDim.x == 1) {
+      const float inv = L > 0.0f ? 1.0f / L : 0.0f;   // a row that sees no key: 0
+      stv(a.out, a.out_dtype, row * D + 2 * w, o[r].x * inv);
+      stv(a.out, a.out_dtype, row * D + 2 * w + 1, o[r].y * inv);
+    } else {
+      float *pp = a.part + (sp * a.B * a.Hq + row) * (D + 2);
+      pp[2 * w] = o[r].x;
+      pp[2 * w + 1] = o[r].y;
+      if (w == 0) pp[D] = hm[g], pp[D + 1] = L;
+    }
+  }
+  if (gridDim.x > 1) dec_finish<D>(a, b, hk, S, chunk, &last);
 }
 
 // k_attn_decode's counters, one per (batch, kv head) grid row: zero between launches
@@ -1092,14 +1099,6 @@ template <class E> static wk_status mma_fwd(const AttnArgs &a, const char *what)
   return wkc_check_launch(what);
 }
 
-template <int LPK, bool BF> static void decode_launch(const AttnArgs &a, dim3 grid) {
-  cudaStream_t cs = wkc_stream();
-  if (a.G <= 1) k_attn_decode<LPK, 1, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
-  else if (a.G <= 2) k_attn_decode<LPK, 2, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
-  else if (a.G <= 4) k_attn_decode<LPK, 4, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
-  else k_attn_decode<LPK, 8, BF><<<grid, DEC_WARPS * 32, 0, cs>>>(a);
-}
-
 // One query row per head over a cache of f16 / bf16 rows (k_attn_decode). The keys that
 // exist are known only at run time (kv_len, read by the kernels), so the grid is sized
 // for the capacity S, some 2 CTAs an SM, and the CTAs past the keys return at once.
@@ -1123,10 +1122,16 @@ static wk_status decode_fwd(AttnArgs &a, bool bf) {
     a.part = (float *)part;
   }
   const dim3 grid((unsigned)nsp, (unsigned)groups);
-  switch (a.D) {
-    case 32: bf ? decode_launch<4, true>(a, grid) : decode_launch<4, false>(a, grid); break;
-    case 64: bf ? decode_launch<8, true>(a, grid) : decode_launch<8, false>(a, grid); break;
-    default: bf ? decode_launch<16, true>(a, grid) : decode_launch<16, false>(a, grid); break;
+  cudaStream_t cs = wkc_stream();
+  const int nt = DEC_WARPS * 32;
+  if (bf) {
+    if (a.D == 32) k_attn_decode<32, true><<<grid, nt, 0, cs>>>(a);
+    else if (a.D == 64) k_attn_decode<64, true><<<grid, nt, 0, cs>>>(a);
+    else k_attn_decode<128, true><<<grid, nt, 0, cs>>>(a);
+  } else {
+    if (a.D == 32) k_attn_decode<32, false><<<grid, nt, 0, cs>>>(a);
+    else if (a.D == 64) k_attn_decode<64, false><<<grid, nt, 0, cs>>>(a);
+    else k_attn_decode<128, false><<<grid, nt, 0, cs>>>(a);
   }
   wk_status st = wkc_check_launch("sdpa (decode)");
   wkc_tmp_free(part);
@@ -1152,6 +1157,7 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   a.want_out = 1;
   if (!a.B || !a.Hq || !a.T || !a.D) return WK_OK;
   if (a.T == 1 && force == 0 && (a.D == 32 || a.D == 64 || a.D == 128) && a.G <= DEC_GMAX &&
+      (!a.has_mask || a.mask_dtype == WK_F32) &&
       a.Hq == a.G * a.Hkv && (k->dtype == WK_BF16 || k->dtype == WK_F16) && v->dtype == k->dtype &&
       mma_operand(k, slots, k->dtype) && mma_operand(v, slots, k->dtype))
     return decode_fwd(a, k->dtype == WK_BF16);
