@@ -339,6 +339,21 @@ static void test_sdpa(void) {
     cmp("sdpa 70 x 75 causal, bf16 mask, tiled", wk_sdpa(qq, kk, vv3, mm, 1, 0), r3, 1e-5);
     free(a); free(bk); free(cv); free(mf); free(r3);
   }
+  // head sizes that are whole vectors (the register-tile path on AVX-512: D / 16 of 1,
+  // 3 and 5 vectors, 10 rows per tile in groups of 4, 23 keys or several blocks)
+  for (int64_t Dw = 16; Dw <= 80; Dw += 32)
+    for (int64_t Sw = 23; Sw <= 150; Sw += 127) {
+      int64_t qw[4] = {B, Hq, T, Dw}, kw[4] = {B, Hkv, Sw, Dw}, mw[4] = {B, 1, T, Sw};
+      wk_tensor *qq = mk(4, qw, -1, 1, 51), *kk = mk(4, kw, -1, 1, 52), *vw = mk(4, kw, -1, 1, 53);
+      wk_tensor *mm = mk(4, mw, -2, 2, 54);
+      float *a = host(qq), *bk = host(kk), *cv = host(vw), *mf = host(mm);
+      double *rw = malloc(sizeof(double) * (size_t)(B * Hq * T * Dw));
+      ref_sdpa(a, bk, cv, mf, B, Hq, Hkv, T, Sw, Dw, 1, 1.0 / sqrt((double)Dw), rw);
+      char name[64];
+      snprintf(name, sizeof name, "sdpa D = %lld, S = %lld, causal + mask", (long long)Dw, (long long)Sw);
+      cmp(name, wk_sdpa(qq, kk, vw, mm, 1, 0), rw, 1e-5);
+      free(a); free(bk); free(cv); free(mf); free(rw);
+    }
   // bf16 inputs: output rounding 2^-8 on |o| < 1
   wk_tensor *qh = wk_cast(q, WK_BF16), *kh = wk_cast(k, WK_BF16), *vh = wk_cast(v, WK_BF16);
   float *qhv = host(wk_cast(qh, WK_F32)), *khv = host(wk_cast(kh, WK_F32)), *vhv = host(wk_cast(vh, WK_F32));

@@ -12,6 +12,7 @@
 #include "gemm.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,7 +77,7 @@ static void wk_ukr_scalar(int64_t kc, const void *a_, const void *b_, int64_t ld
             c[i * ldc + j] = beta != 0.0f ? s + beta * c[i * ldc + j] : s;
         }
 }
-static const wk_ukr wk_ukr_scalar_f32 = {WK_SMR, WK_SNR, 0, wk_ukr_scalar};
+static const wk_ukr wk_ukr_scalar_f32 = {WK_SMR, WK_SNR, 0, wk_ukr_scalar, NULL};
 
 static inline float wk_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -296,6 +297,8 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
     float *pa = wk_ws_get(0, (size_t)(wk_roundup(pl->MC, MR) * kcu_max) * 4);
     float *pb = wk_ws_get(1, (size_t)(wk_roundup(pl->NC, NR) * kcu_max) * 4);
     if (!pa || !pb) return;  // out of memory: nothing sane to do inside a kernel
+    // f32 rows of op(A) contiguous along k: the microkernel reads them in place.
+    const bool direct_a = uk->da && !g->bf16 && aks == 1;
     for (int64_t jc = n0; jc < n1; jc += pl->NC) {
         int64_t nc = wk_min64(pl->NC, n1 - jc);
         for (int64_t pc = 0; pc < g->K; pc += pl->KC) {
@@ -307,14 +310,18 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
             else wk_pack_block(g, uk, B, brs, bks, jc, nc, pc, kc, NR, pb);
             for (int64_t ic = m0; ic < m1; ic += pl->MC) {
                 int64_t mc = wk_min64(pl->MC, m1 - ic);
-                wk_pack_block(g, uk, A, ars, aks, ic, mc, pc, kc, MR, pa);
+                if (!direct_a) wk_pack_block(g, uk, A, ars, aks, ic, mc, pc, kc, MR, pa);
                 for (int64_t ir = 0; ir < mc; ir += MR) {
-                    const float *ap = pa + ir * kcu;
                     float *cr = C + (ic + ir) * g->ldc + jc;
                     int mr = (int)wk_min64(MR, mc - ir);
-                    for (int64_t jr = 0; jr < nc; jr += NR)
-                        uk->fn(kcu, ap, pb + jr * kcu, NR, cr + jr, g->ldc, mr,
-                               (int)wk_min64(NR, nc - jr), g->alpha, beta);
+                    const float *ar = (const float *)A + (ic + ir) * ars + pc;
+                    for (int64_t jr = 0; jr < nc; jr += NR) {
+                        int nr = (int)wk_min64(NR, nc - jr);
+                        if (direct_a)
+                            uk->da(kcu, ar, ars, pb + jr * kcu, NR, cr + jr, g->ldc, mr, nr, g->alpha, beta);
+                        else
+                            uk->fn(kcu, pa + ir * kcu, pb + jr * kcu, NR, cr + jr, g->ldc, mr, nr, g->alpha, beta);
+                    }
                 }
             }
         }
@@ -558,6 +565,10 @@ void wk_gemm_f32_bsrc(int transA, int64_t M, int64_t N, int64_t K, const float *
     wk_gemm_args g = {.transA = transA != 0, .M = M, .N = N, .K = K, .alpha = 1.0f, .beta = beta,
                       .A = A, .lda = lda, .C = C, .ldc = ldc, .batch = 1, .bsrc = B};
     wk_gemm_run(&g);
+}
+
+void wk_transpose_rows_f32(const float *src, int64_t ld, int64_t w, int64_t kc, int W, float *dst) {
+    wk_pack_f32(src, 0, ld, 1, w, kc, W, dst);
 }
 
 void wk_gemv_f32_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const float *w,

@@ -51,3 +51,7 @@ void wk_gemv_f32_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx
 // The same with W in bf16 bits (x and y stay f32).
 void wk_gemv_bf16_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const uint16_t *w,
                       int64_t ldw, float *y, int64_t ldy, float beta);
+
+// dst[k*W + r] = src[r*ld + k] for r < w (zero for w <= r < W), k < kc: w rows of
+// length kc transposed into kc rows of W (the GEMM's panel layout), w <= W.
+void wk_transpose_rows_f32(const float *src, int64_t ld, int64_t w, int64_t kc, int W, float *dst);

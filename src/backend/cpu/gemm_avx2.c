@@ -68,8 +68,8 @@ static WK_T2 void wk_ukr2_f32_6x2(int64_t kc, const void *a, const void *b, int6
 }
 
 const wk_ukr wk_ukr_avx2_f32[2] = {
-    {12, 8, 0, wk_ukr2_f32_12x1},
-    {6, 16, 0, wk_ukr2_f32_6x2},
+    {12, 8, 0, wk_ukr2_f32_12x1, NULL},
+    {6, 16, 0, wk_ukr2_f32_6x2, NULL},
 };
 
 // ---- Small-M kernels ----

@@ -59,26 +59,33 @@ WK_AI WK_T512 void wk_prefetch_c(const int MR, const int NV, const float *c, int
     }
 }
 
-WK_AI WK_T512 void wk_ukr_f32_body(const int MR, const int NV, int64_t kc, const float *a,
-                                   const float *b, int64_t ldb, float *c, int64_t ldc, int mr,
-                                   int nr, float alpha, float beta) {
+// A is a packed panel (lda == 0: element (i, k) at a[k*MR + i]) or, in the direct
+// form, rows of op(A) read in place (a[i*lda + k]): the broadcasts are the same loads
+// either way, and rows of f32 activations need no packing. Direct rows past mr read
+// row mr - 1 (never past the matrix); the store drops them.
+WK_AI WK_T512 void wk_ukr_f32_body(const int MR, const int NV, const int DIRECT, int64_t kc,
+                                   const float *a, int64_t lda, const float *b, int64_t ldb,
+                                   float *c, int64_t ldc, int mr, int nr, float alpha, float beta) {
     __m512 acc[WK_MRMAX][4];
+    const float *ar[WK_MRMAX];
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < MR; i++) {
+        ar[i] = DIRECT ? a + (i < mr ? i : mr - 1) * lda : a + i;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+    }
     wk_prefetch_c(MR, NV, c, ldc);
+    const int64_t astep = DIRECT ? 1 : MR;
     for (int64_t k = 0; k < kc; k++) {
         __m512 bv[4];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + 16 * v);
 #pragma GCC unroll 32
         for (int i = 0; i < MR; i++) {
-            __m512 av = _mm512_set1_ps(a[i]);
+            __m512 av = _mm512_set1_ps(ar[i][k * astep]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
         }
-        a += MR;
         b += ldb;
     }
     wk_store_tile(MR, NV, acc, c, ldc, mr, nr, alpha, beta);
@@ -114,8 +121,14 @@ WK_AI WK_T512 void wk_ukr_bf16_body(const int MR, const int NV, int64_t kc, cons
     static WK_T512 void wk_ukr_f32_##MR##x##NV(int64_t kc, const void *a, const void *b,        \
                                                int64_t ldb, float *c, int64_t ldc, int mr,      \
                                                int nr, float alpha, float beta) {               \
-        wk_ukr_f32_body(MR, NV, kc, (const float *)a, (const float *)b, ldb, c, ldc, mr, nr,    \
-                        alpha, beta);                                                           \
+        wk_ukr_f32_body(MR, NV, 0, kc, (const float *)a, 0, (const float *)b, ldb, c, ldc, mr,  \
+                        nr, alpha, beta);                                                       \
+    }                                                                                           \
+    static WK_T512 void wk_ukr_f32_da_##MR##x##NV(int64_t kc, const float *a, int64_t lda,      \
+                                                  const float *b, int64_t ldb, float *c,        \
+                                                  int64_t ldc, int mr, int nr, float alpha,     \
+                                                  float beta) {                                 \
+        wk_ukr_f32_body(MR, NV, 1, kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, beta);            \
     }                                                                                           \
     static WK_T512 void wk_ukr_bf16_##MR##x##NV(int64_t kc, const void *a, const void *b,       \
                                                 int64_t ldb, float *c, int64_t ldc, int mr,     \
@@ -132,14 +145,14 @@ WK_DEF_UKR(14, 2)
 WK_DEF_UKR(6, 4)
 
 const wk_ukr wk_ukr_avx512_f32[3] = {
-    {24, 16, 0, wk_ukr_f32_24x1},
-    {14, 32, 0, wk_ukr_f32_14x2},
-    {6, 64, 0, wk_ukr_f32_6x4},
+    {24, 16, 0, wk_ukr_f32_24x1, wk_ukr_f32_da_24x1},
+    {14, 32, 0, wk_ukr_f32_14x2, wk_ukr_f32_da_14x2},
+    {6, 64, 0, wk_ukr_f32_6x4, wk_ukr_f32_da_6x4},
 };
 const wk_ukr wk_ukr_avx512_bf16[3] = {
-    {24, 16, 1, wk_ukr_bf16_24x1},
-    {14, 32, 1, wk_ukr_bf16_14x2},
-    {6, 64, 1, wk_ukr_bf16_6x4},
+    {24, 16, 1, wk_ukr_bf16_24x1, NULL},
+    {14, 32, 1, wk_ukr_bf16_14x2, NULL},
+    {6, 64, 1, wk_ukr_bf16_6x4, NULL},
 };
 
 

@@ -9,10 +9,15 @@
 // 32 bits, so packing pads K to even. mr <= MR, nr <= NR mark the valid edge.
 typedef void (*wk_ukr_fn)(int64_t kc, const void *a, const void *b, int64_t ldb, float *c,
                           int64_t ldc, int mr, int nr, float alpha, float beta);
+// The same with A's rows read in place: row i at a + i*lda, unit stride along k
+// (f32 only); rows past mr are not read.
+typedef void (*wk_ukr_da_fn)(int64_t kc, const float *a, int64_t lda, const float *b, int64_t ldb,
+                             float *c, int64_t ldc, int mr, int nr, float alpha, float beta);
 typedef struct {
     int mr, nr;
     int bf16;  // 1: packed operands are bf16 pairs
     wk_ukr_fn fn;
+    wk_ukr_da_fn da;  // NULL where A is always packed
 } wk_ukr;
 
 // Small-M kernels: Y[m, 0:n] = alpha * X[m, :K] @ W + beta * Y[m, 0:n] for m < rows <= 4.

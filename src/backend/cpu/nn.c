@@ -1068,6 +1068,100 @@ static wk_status ce_kernel(const wk_step *s, void *const *slots, bool bwd) {
 #define SDPA_BK 64
 #define SDPA_ROWS 64
 
+#if defined(__AVX512F__)
+// Short attention (sentence encoders: ~20 keys, D = 32): the two products of a key
+// block are a few thousand FMAs, less than the generic GEMM spends planning and
+// packing them, so here they run straight from registers. D % 16 == 0.
+// S[i, 0:n) = Q[i, :] . K^T with K^T in kt (D rows of SDPA_BK, zero past n).
+static inline __attribute__((always_inline)) void attn_qk_tile(const int NR, const int NV, const float *q,
+                                                              int64_t D, const float *kt, float *sc) {
+  __m512 acc[4][4];
+  for (int r = 0; r < NR; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d++) {
+    __m512 kv[4];
+    for (int v = 0; v < NV; v++) kv[v] = _mm512_loadu_ps(kt + d * SDPA_BK + 16 * v);
+    for (int r = 0; r < NR; r++) {
+      __m512 a = _mm512_set1_ps(q[r * D + d]);
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, kv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < NR; r++)
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(sc + r * SDPA_BK + 16 * v, acc[r][v]);
+}
+
+// O[i, d0:d0+16*NV) += P[i, 0:n) . V[0:n, d0:...] (V rows vld apart).
+static inline __attribute__((always_inline)) void attn_pv_tile(const int NR, const int NV, const float *p, int64_t n,
+                                                              const float *v, int64_t vld, float *o, int64_t D) {
+  __m512 acc[4][4];
+  for (int r = 0; r < NR; r++)
+    for (int w = 0; w < NV; w++) acc[r][w] = _mm512_loadu_ps(o + r * D + 16 * w);
+  for (int64_t j = 0; j < n; j++) {
+    __m512 vv[4];
+    for (int w = 0; w < NV; w++) vv[w] = _mm512_loadu_ps(v + j * vld + 16 * w);
+    for (int r = 0; r < NR; r++) {
+      __m512 a = _mm512_set1_ps(p[r * SDPA_BK + j]);
+      for (int w = 0; w < NV; w++) acc[r][w] = _mm512_fmadd_ps(a, vv[w], acc[r][w]);
+    }
+  }
+  for (int r = 0; r < NR; r++)
+    for (int w = 0; w < NV; w++) _mm512_storeu_ps(o + r * D + 16 * w, acc[r][w]);
+}
+
+#define ATTN_TILES(NV)                                                                                  \
+  static void attn_qk_##NV(int64_t rows, const float *q, int64_t D, const float *kt, float *sc) {       \
+    int64_t i = 0;                                                                                      \
+    for (; i + 4 <= rows; i += 4) attn_qk_tile(4, NV, q + i * D, D, kt, sc + i * SDPA_BK);              \
+    for (; i < rows; i++) attn_qk_tile(1, NV, q + i * D, D, kt, sc + i * SDPA_BK);                      \
+  }                                                                                                     \
+  static void attn_pv_##NV(int64_t rows, const float *p, int64_t n, const float *v, int64_t vld,        \
+                           float *o, int64_t D) {                                                       \
+    int64_t i = 0;                                                                                      \
+    for (; i + 4 <= rows; i += 4) attn_pv_tile(4, NV, p + i * SDPA_BK, n, v, vld, o + i * D, D);        \
+    for (; i < rows; i++) attn_pv_tile(1, NV, p + i * SDPA_BK, n, v, vld, o + i * D, D);                \
+  }
+ATTN_TILES(1)
+ATTN_TILES(2)
+ATTN_TILES(3)
+ATTN_TILES(4)
+typedef void (*attn_qk_fn)(int64_t, const float *, int64_t, const float *, float *);
+typedef void (*attn_pv_fn)(int64_t, const float *, int64_t, const float *, int64_t, float *, int64_t);
+static const attn_qk_fn attn_qk[4] = {attn_qk_1, attn_qk_2, attn_qk_3, attn_qk_4};
+static const attn_pv_fn attn_pv[4] = {attn_pv_1, attn_pv_2, attn_pv_3, attn_pv_4};
+
+// S = Q K^T for one block (sc rows SDPA_BK apart); kt: D * SDPA_BK floats of scratch.
+static void block_scores(const float *qt, int64_t rows, int64_t D, const float *k, int64_t kld, int64_t n,
+                         float *kt, float *sc) {
+  if (D % 16) {
+    wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, k, kld, 0, 0.0f, sc, SDPA_BK, 0, 1);
+    return;
+  }
+  wk_transpose_rows_f32(k, kld, n, D, SDPA_BK, kt);
+  attn_qk[(n + 15) / 16 - 1](rows, qt, D, kt, sc);
+}
+
+// O += P V for one block.
+static void block_pv(const float *sc, int64_t rows, int64_t n, const float *v, int64_t vld, int64_t D, float *o) {
+  if (D % 16) {
+    wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, v, vld, 0, 1.0f, o, D, 0, 1);
+    return;
+  }
+  for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    int64_t nv = (D - d0) / 16 < 4 ? (D - d0) / 16 : 4;
+    attn_pv[nv - 1](rows, sc, n, v + d0, vld, o + d0, D);
+  }
+}
+#else
+static void block_scores(const float *qt, int64_t rows, int64_t D, const float *k, int64_t kld, int64_t n,
+                         float *kt, float *sc) {
+  (void)kt;
+  wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, k, kld, 0, 0.0f, sc, SDPA_BK, 0, 1);
+}
+static void block_pv(const float *sc, int64_t rows, int64_t n, const float *v, int64_t vld, int64_t D, float *o) {
+  wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, v, vld, 0, 1.0f, o, D, 0, 1);
+}
+#endif
+
 // Keys or values: f32 rows read in place, or rows of another dtype (f16, bf16, or
 // q8_0 blocks: a KV cache) converted one block of SDPA_BK positions at a time, and
 // only the positions that exist (a preallocated cache is mostly empty).
@@ -1110,10 +1204,10 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
   sdpa_ctx *c = vc;
   const wk_step *s = c->s;
   int64_t D = c->D, T = c->T, S = c->Se, G = c->G, R = G * c->TQ;
-  float *buf = malloc(sizeof(float) * (size_t)(R * (2 * D + SDPA_BK + 2) + D + 2 * SDPA_BK * D));
+  float *buf = malloc(sizeof(float) * (size_t)(R * (2 * D + SDPA_BK + 2) + D + 3 * SDPA_BK * D));
   if (!buf) { c->oom = 1; return; }
   float *qt = buf, *o = qt + R * D, *sc = o + R * D, *m = sc + R * SDPA_BK, *l = m + R, *tmp = l + R;
-  float *kbuf = tmp + D, *vbuf = kbuf + SDPA_BK * D;
+  float *kbuf = tmp + D, *vbuf = kbuf + SDPA_BK * D, *kt = vbuf + SDPA_BK * D;
   for (int64_t item = b; item < e; item++) {
     int64_t t0 = (item % c->ntq) * c->TQ, hk = (item / c->ntq) % c->Hkv, bb = item / (c->ntq * c->Hkv);
     int64_t tn = T - t0 < c->TQ ? T - t0 : c->TQ, rows = G * tn; // row i = g * tn + tt
@@ -1129,7 +1223,7 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
     for (int64_t s0 = 0; s0 < kend; s0 += SDPA_BK) {
       int64_t n = kend - s0 < SDPA_BK ? kend - s0 : SDPA_BK, kld, vld;
       const float *kr = kv_rows(c, &c->k, bb, hk, s0, n, kbuf, &kld);
-      wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, kr, kld, 0, 0.0f, sc, SDPA_BK, 0, 1);
+      block_scores(qt, rows, D, kr, kld, n, kt, sc);
       for (int64_t i = 0; i < rows; i++) {
         int64_t h = hk * G + i / tn, t = t0 + i % tn;
         float *srow = sc + i * SDPA_BK;
@@ -1150,7 +1244,7 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
         l[i] += vexp(srow, srow, n, m[i]);
       }
       const float *vr = kv_rows(c, &c->v, bb, hk, s0, n, vbuf, &vld);
-      wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, vr, vld, 0, 1.0f, o, D, 0, 1);
+      block_pv(sc, rows, n, vr, vld, D, o);
     }
     for (int64_t i = 0; i < rows; i++) {
       int64_t h = hk * G + i / tn, t = t0 + i % tn, r = (bb * c->Hq + h) * T + t;
