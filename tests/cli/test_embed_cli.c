@@ -45,13 +45,16 @@ int main(void) {
   CHECK(wk_embed(e, 5, texts, want) == WK_OK, "library embed");
 
   // -o FILE (stdout would do as well; a file keeps the binary's length exact)
+  // (one name per process: ctest runs this test once per CPU path, side by side)
   size_t len = 0;
-  const char *o[] = {"embed", "-m", MODEL, "--format", "npy", "-o", "/tmp/wick_test_embed.npy", NULL};
+  char npy[64];
+  snprintf(npy, sizeof npy, "/tmp/wick_test_embed_%ld.npy", (long)getpid());
+  const char *o[] = {"embed", "-m", MODEL, "--format", "npy", "-o", npy, NULL};
   int rc = run(input, out, sizeof out, err, sizeof err, o);
   static char file[1 << 16];
-  FILE *f = fopen("/tmp/wick_test_embed.npy", "rb");
+  FILE *f = fopen(npy, "rb");
   if (f) { len = fread(file, 1, sizeof file, f); fclose(f); }
-  unlink("/tmp/wick_test_embed.npy");
+  unlink(npy);
   const float *got = npy_data(file, len, 5, d);
   CHECK(rc == 0 && got, "npy: rc %d, %zu bytes, header %.80s: %s", rc, len, file + 10, err);
   CHECK(got && max_abs_diff(got, want, 5 * d) == 0, "npy data differs from wk_embed by %g",
