@@ -2,9 +2,11 @@
 //
 // Passes, in order: common-subexpression elimination, constant folding of scalar
 // constants, dead-code elimination, LoRA pattern rewrite, matmul epilogues (bias,
-// GELU; CUDA), fusion (elementwise groups; elementwise prologues into reductions
-// and normalizations), step scheduling in topological order (on CUDA, independent
-// groups with one program side by side, run as one launch), liveness-based arena
+// GELU; CUDA), half-weight matmul ends (SwiGLU in, bias / residual out; CUDA), norm
+// weights read without their widening cast (CUDA), fusion (elementwise groups;
+// elementwise prologues into reductions and normalizations), step scheduling in
+// topological order (on CUDA, independent groups with one program side by side, and
+// sibling matmuls / RoPEs / cache writes, each run as one launch), liveness-based arena
 // planning with in-place reuse. The result depends only on the graph's structure, so it is cached.
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,13 +34,18 @@ typedef struct {
   bool epi;            // this ADD (or the GELU after it) runs as a matmul with a fused epilogue
   int epi_kind;        // WK_EPI_*
   int epi_in[3];       // x, W (as the matmul reads them), bias
+  int qmm;             // WK_QMM_* flags: this node runs as a half-weight QMATMUL with fused ends
+  int qmm_nin;
+  int qmm_in[4];       // x (or gate), W [, addend] [, up]: plan.h's QMATMUL step layout
 } irnode;
 
 // Nodes computed by one kernel in place of a subgraph (LoRA, matmul epilogues) read
 // these inputs instead of their own.
-static bool kern_fused(const irnode *x) { return x->lora || x->epi; }
-static int fused_nin(const irnode *x) { return x->lora ? 4 : x->epi ? 3 : x->nin; }
-static const int *fused_in(const irnode *x) { return x->lora ? x->lora_in : x->epi ? x->epi_in : x->in; }
+static bool kern_fused(const irnode *x) { return x->lora || x->epi || x->qmm; }
+static int fused_nin(const irnode *x) { return x->lora ? 4 : x->epi ? 3 : x->qmm ? x->qmm_nin : x->nin; }
+static const int *fused_in(const irnode *x) {
+  return x->lora ? x->lora_in : x->epi ? x->epi_in : x->qmm ? x->qmm_in : x->in;
+}
 
 typedef struct {
   const wk_topo *g;
@@ -292,6 +299,112 @@ static bool match_epilogue(ir *r, int add) {
     return true;
   }
   return false;
+}
+
+// ---- half-weight matmul (CUDA): a SwiGLU prologue, an added bias or residual ----
+// Batch-1 decode runs a frozen bf16 projection as one GEMV (halfmm.cu), whose cost is
+// reading W; the elementwise kernels around it (the q/k/v bias adds, the residual
+// adds after the o and down projections, silu(gate) * up before the down projection)
+// each cost a launch of their own (~3 us on an H100/H200, ~5 per layer). Here they
+// become part of the QMATMUL step: x = silu(gate) * up computed as the kernel reads x,
+// and y = x @ W^T + addend, the addend a bias row ([N]; an f16 / bf16 one read
+// through its widening cast) or a residual of the output's shape. The CUDA kernels
+// compute the same f32 operations as the unfused graph (one add after the dot
+// product). CUDA only (the CPU keeps the unfused graph); autograd is untouched
+// (the rewrite sees only what it is asked to evaluate: the ops' VJPs need neither
+// the product nor the SwiGLU value, so training graphs fuse alike).
+// WICK_CUDA_QEPI=0 / WICK_CUDA_QSWIGLU=0 turn the two halves off.
+static bool env_on(const char *name, int *cache) {
+  if (*cache < 0) {
+    const char *e = getenv(name);
+    *cache = !e || atoi(e) != 0;
+  }
+  return *cache != 0;
+}
+static bool qepi_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QEPI", &on); }
+static bool qswiglu_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QSWIGLU", &on); }
+static bool normw_enabled(void) { static int on = -1; return env_on("WICK_CUDA_NORMW", &on); }
+static bool qgroup_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QGROUP", &on); }
+
+// A QMATMUL node the CUDA half-weight kernels run: x @ W^T, W a contiguous f16 / bf16 [N, K].
+static bool is_half_qmm(const ir *r, int i) {
+  const irnode *m = &r->n[i];
+  if (m->leaf || m->dead || m->op != WK_OP_QMATMUL || m->t->device != WK_CUDA || m->t->attrs.i[0] != 1) return false;
+  const wk_tensor *w = r->n[m->in[1]].t;
+  return (w->dtype == WK_BF16 || w->dtype == WK_F16) && w->ndim == 2 && wk_is_contiguous(w) &&
+         r->n[m->in[0]].t->dtype == WK_F32;
+}
+static bool f32_same_shape(const irnode *a, const irnode *b) {
+  return a->t->dtype == WK_F32 && b->t->dtype == WK_F32 && same_shape(a->t, b->t);
+}
+
+// mm = qmatmul(mul(silu(gate), up), W): mm reads gate and up instead.
+static bool match_qswiglu(ir *r, int mm) {
+  if (!is_half_qmm(r, mm) || r->n[mm].qmm) return false;
+  irnode *m = &r->n[mm];
+  int xi = m->in[0];
+  irnode *x = &r->n[xi];
+  if (x->leaf || x->op != WK_OP_MUL || x->uses != 1 || x->target || kern_fused(x)) return false;
+  for (int side = 0; side < 2; side++) {
+    irnode *s = &r->n[x->in[side]];
+    int up = x->in[1 - side];
+    if (s->leaf || s->op != WK_OP_SILU || s->uses != 1 || s->target || kern_fused(s)) continue;
+    if (!f32_same_shape(s, x) || !f32_same_shape(&r->n[up], x) || !f32_same_shape(&r->n[s->in[0]], x)) continue;
+    if (x->in[0] == x->in[1]) continue;
+    m->qmm = WK_QMM_SWIGLU;
+    m->qmm_nin = 3;
+    m->qmm_in[0] = s->in[0];
+    m->qmm_in[1] = m->in[1];
+    m->qmm_in[2] = up;
+    return true;
+  }
+  return false;
+}
+
+// add(qmatmul(x, W), b) with b a bias row or a residual: one QMATMUL step.
+static bool match_qepilogue(ir *r, int add) {
+  irnode *x = &r->n[add];
+  if (x->leaf || x->op != WK_OP_ADD || kern_fused(x) || x->t->device != WK_CUDA || x->t->dtype != WK_F32) return false;
+  for (int side = 0; side < 2; side++) {
+    int mm = strip_reshape(r, x->in[side]), b = x->in[1 - side];
+    if (!is_half_qmm(r, mm) || x->in[0] == x->in[1]) continue;
+    const irnode *m = &r->n[mm];
+    if (m->uses != 1 || m->target || m->escapes || r->n[x->in[side]].uses != 1) continue;
+    int64_t N = m->t->shape[m->t->ndim - 1];
+    if (wk_numel(x->t) != wk_numel(m->t) || x->t->shape[x->t->ndim - 1] != N) continue;
+    // an f16 / bf16 bias widened by a cast: the kernel widens it itself
+    const irnode *c = &r->n[b];
+    if (!c->leaf && c->op == WK_OP_CAST && (r->n[c->in[0]].t->dtype == WK_BF16 || r->n[c->in[0]].t->dtype == WK_F16) &&
+        same_shape(c->t, r->n[c->in[0]].t))
+      b = c->in[0];
+    const wk_tensor *bt = r->n[b].t;
+    bool bias = wk_numel(bt) == N && bt->shape[bt->ndim - 1] == N && (N == 1 || bt->stride[bt->ndim - 1] == 1);
+    bool resid = bt->dtype == WK_F32 && same_shape(bt, x->t) && wk_is_contiguous(bt);
+    if (!bias && !resid) continue;
+    if (bt->dtype != WK_F32 && bt->dtype != WK_BF16 && bt->dtype != WK_F16) continue;
+    x->qmm = WK_QMM_ADD | m->qmm;
+    x->qmm_nin = 3 + (m->qmm ? 1 : 0);
+    x->qmm_in[0] = m->qmm ? m->qmm_in[0] : m->in[0];
+    x->qmm_in[1] = m->in[1];
+    x->qmm_in[2] = b;
+    if (m->qmm) x->qmm_in[3] = m->qmm_in[2];
+    return true;
+  }
+  return false;
+}
+
+// rms_norm / layer_norm(x, cast(w) [, cast(b)]) with an f16 / bf16 weight: the CUDA row
+// kernels read any float dtype, so they take w itself (no widening kernel per step).
+static void match_norm_weights(ir *r, int i) {
+  irnode *x = &r->n[i];
+  if (x->leaf || x->dead || x->t->device != WK_CUDA || kern_fused(x)) return;
+  if (x->op != WK_OP_RMS_NORM && x->op != WK_OP_LAYER_NORM) return;
+  for (int k = 1; k < x->nin; k++) {
+    const irnode *c = &r->n[x->in[k]];
+    if (c->leaf || c->op != WK_OP_CAST || c->t->dtype != WK_F32) continue;
+    const wk_tensor *src = r->n[c->in[0]].t;
+    if ((src->dtype == WK_BF16 || src->dtype == WK_F16) && same_shape(src, c->t)) x->in[k] = c->in[0];
+  }
 }
 
 // ---- fusion ----
@@ -549,6 +662,17 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
     s->out.shape[1] = w->shape[1];
     s->out.stride[0] = w->shape[1];
     s->out.stride[1] = 1;
+    return true;
+  }
+  if (x->qmm) { // a half-weight matmul with a SwiGLU prologue and / or an addend: see plan.h
+    s->op = WK_OP_QMATMUL;
+    s->nin = x->qmm_nin;
+    for (int k = 0; k < x->qmm_nin; k++) s->in[k] = operand_self(r, x->qmm_in[k]);
+    if (x->qmm & WK_QMM_ADD) s->in[2] = operand_of(r, x->qmm_in[2], x->t->ndim, x->t->shape);
+    memset(&s->attrs, 0, sizeof s->attrs);
+    s->attrs.i[0] = 1;
+    s->attrs.i[1] = x->qmm;
+    s->src = -1;
     return true;
   }
   progbuf pb = {.row_reg = -1, .row_src = -1};
@@ -948,6 +1072,99 @@ static bool horizontal_schedule(ir *r, int *roots, int n, int *grp) {
   return ok && grouped_any;
 }
 
+// ---- sibling steps (CUDA): one launch ----
+// A layer's q, k and v projections (and gate and up) read one x; its q and k RoPE read
+// one position; its k and v cache writes one start. Such siblings are made consecutive
+// steps and marked as a group (head chain = n, members -1), which the CUDA backend runs
+// as one launch (halfmm.cu's grouped GEMV, nn.cu's grouped RoPE / set_slice). A sibling
+// moves up next to the first of its group when every root it reads comes before that
+// first one and it reads no tensor an in-place update of this graph writes; a cache
+// write moves only past roots that neither read nor write its cache. Siblings are looked
+// for among the next SIB_WINDOW roots, at most SIB_MAX a group (the kernels' limit).
+// WICK_CUDA_QGROUP=0 turns it off.
+#define SIB_MAX 4
+#define SIB_WINDOW 16
+
+// The sibling key of root i (what its group shares: x, the position, the start) and
+// its kind, or -1 when it joins no group.
+static int sibling_key(const ir *r, int i, int *kind) {
+  const irnode *x = &r->n[i];
+  if (x->t->device != WK_CUDA && !(x->op == WK_OP_SET_SLICE && r->n[x->base].t->device == WK_CUDA)) return -1;
+  if (x->qmm) {
+    *kind = 1;
+    return x->qmm == WK_QMM_ADD ? x->qmm_in[0] : -1;
+  }
+  if (is_half_qmm(r, i)) return *kind = 1, x->in[0];
+  if (x->op == WK_OP_ROPE && !x->leaf && x->nin >= 2 && r->n[x->in[1]].t->dtype == WK_I32) return *kind = 2, x->in[1];
+  if (x->op == WK_OP_SET_SLICE && !x->leaf && x->nin == 3) return *kind = 3, x->in[2];
+  return -1;
+}
+
+// Whether root j may run at position `at` (before the roots at positions at..jpos-1).
+static bool may_move(ir *r, const int *roots, int at, int jpos, const int *pos, int *deps, const bool *written) {
+  int i = roots[jpos], n = 0;
+  const irnode *x = &r->n[i];
+  root_deps(r, i, true, pos, deps, &n);
+  for (int q = 0; q < n; q++)
+    if (deps[q] >= at) return false;
+  int nin = fused_nin(x);
+  const int *in = fused_in(x);
+  for (int q = 0; q < nin; q++) {   // reads of in-place-updated tensors keep their place
+    int b = aliases(&r->n[in[q]]) ? r->n[in[q]].base : in[q];
+    if (written[b] && !(x->op == WK_OP_SET_SLICE && q == 0)) return false;
+  }
+  if (x->op == WK_OP_SET_SLICE)
+    for (int m = at; m < jpos; m++) {
+      int reads = 0, strided = 0, rm = roots[m];
+      count_reads(r, rm, x->base, true, &reads, &strided);
+      if (reads || (aliases(&r->n[rm]) && r->n[rm].base == x->base)) return false;
+    }
+  return true;
+}
+
+static void group_siblings(ir *r, int *roots, int n, int *grp) {
+  if (!qgroup_enabled() || n < 2) return;
+  bool *written = calloc((size_t)r->count + 1, sizeof *written);
+  int *pos = malloc(sizeof(int) * (size_t)(r->count + 1)), *deps = malloc(sizeof(int) * (size_t)(r->count + 1));
+  if (!written || !pos || !deps) { free(written); free(pos); free(deps); return; }
+  for (int i = 0; i < r->count; i++) {
+    pos[i] = -1;
+    if (!r->n[i].dead && !r->n[i].leaf && r->n[i].op == WK_OP_SET_SLICE) written[r->n[i].base] = true;
+  }
+  for (int k = 0; k < n; k++) pos[roots[k]] = k;
+  for (int k = 0; k < n; k++) {
+    int kind = 0, kind2 = 0, key = grp[k] ? -1 : sibling_key(r, roots[k], &kind);
+    if (key < 0) continue;
+    if (kind == 1) {   // W and a bias: realized, not written here
+      const irnode *x = &r->n[roots[k]];
+      int nin = fused_nin(x);
+      const int *in = fused_in(x);
+      bool ok = true;
+      for (int q = 1; q < nin; q++) ok = ok && r->n[in[q]].leaf && !written[in[q]];
+      if (!ok) continue;
+    }
+    int cnt = 1;
+    for (int j = k + 1; j < n && j <= k + SIB_WINDOW && cnt < SIB_MAX; j++) {
+      if (grp[j] || sibling_key(r, roots[j], &kind2) != key || kind2 != kind) continue;
+      if (!may_move(r, roots, k, j, pos, deps, written)) continue;
+      int v = roots[j], at = k + cnt;
+      memmove(&roots[at + 1], &roots[at], sizeof(int) * (size_t)(j - at));
+      memmove(&grp[at + 1], &grp[at], sizeof(int) * (size_t)(j - at));
+      roots[at] = v;
+      grp[at] = 0;
+      for (int m = at; m <= j; m++) pos[roots[m]] = m;
+      cnt++;
+    }
+    if (cnt < 2) continue;
+    grp[k] = cnt;
+    for (int m = 1; m < cnt; m++) grp[k + m] = -1;
+    k += cnt - 1;
+  }
+  free(written);
+  free(pos);
+  free(deps);
+}
+
 // ---- driver ----
 static void plan_fail(wk_plan *p, const char *why) {
   wk_error(WK_ERR_OOM, "compile: %s", why);
@@ -969,6 +1186,18 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
     for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_epilogue(&r, i);
     count_uses(&r);
   }
+  if (qswiglu_enabled()) {
+    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_qswiglu(&r, i);
+    count_uses(&r);
+  }
+  if (qepi_enabled()) {
+    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_qepilogue(&r, i);
+    count_uses(&r);
+  }
+  if (normw_enabled()) {
+    for (int i = 0; i < r.count; i++) match_norm_weights(&r, i);
+    count_uses(&r);
+  }
   mark_roots(&r);
 
   // schedule: roots in topological order
@@ -985,8 +1214,9 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   for (int i = 0; i < r.count; i++) p->fused_ops -= !r.n[i].dead && !r.n[i].leaf && r.n[i].op == WK_OP_VIEW;
   int *grp = calloc((size_t)nroots + 1, sizeof *grp);
   if (!grp) { free(roots); free(r.n); plan_fail(p, "out of memory"); return NULL; }
-  if (horizontal_schedule(&r, roots, nroots, grp))
-    for (int k = 0; k < nroots; k++) r.n[roots[k]].step = k;
+  horizontal_schedule(&r, roots, nroots, grp);
+  group_siblings(&r, roots, nroots, grp);
+  for (int k = 0; k < nroots; k++) r.n[roots[k]].step = k;
   // a group is one launch: what any member reads stays live until its last member
   for (int k = 0, end = 0; k < nroots; k++) {
     if (grp[k] >= 0) end = k + (grp[k] > 0 ? grp[k] - 1 : 0);
@@ -1148,6 +1378,8 @@ void wk_plan_free(wk_plan *p) {
 }
 
 static const char *op_label(const wk_step *s) {
+  if (s->op == WK_OP_QMATMUL && s->attrs.i[1])
+    return s->attrs.i[1] == WK_QMM_ADD ? "qmatmul+add" : s->attrs.i[1] == WK_QMM_SWIGLU ? "swiglu+qmatmul" : "swiglu+qmatmul+add";
   if (s->op == WK_OP_MATMUL && s->nin == 3) return s->attrs.i[0] == WK_EPI_BIAS_GELU_TANH ? "matmul+bias+gelu" : "matmul+bias";
   return s->op == WK_STEP_FUSED_EW ? "fused" : wk_ops[s->op].name;
 }
@@ -1159,7 +1391,7 @@ void wk_plan_dump(const wk_plan *p, const wk_topo *g) {
   for (int k = 0; k < p->nsteps; k++) {
     const wk_step *s = &p->steps[k];
     char sh[160];
-    const char *head = s->chain > 0 ? (s->op == WK_STEP_FUSED_EW ? "group     > " : "row chain > ") : s->chain < 0 ? "            > " : "";
+    const char *head = s->chain > 0 ? (is_rowop((wk_op)s->op) ? "row chain > " : "group     > ") : s->chain < 0 ? "            > " : "";
     fprintf(stderr, "  step %2d %s%-16s -> slot %d %s %s", k, head, op_label(s), s->out.slot,
             wk_dtype_name(s->out.dtype), wk_fmt_shape(s->out.ndim, s->out.shape, sh, sizeof sh));
     if (s->prog.n) {

@@ -9,6 +9,13 @@
 // dtype). The planner emits it for CUDA only, where it is one cuBLASLt call.
 enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2 };
 
+// Half-weight matmul ends (compile.c's match_qswiglu / match_qepilogue, CUDA only). A
+// QMATMUL step (x @ W^T, W a contiguous f16 / bf16 [N, K]) with attrs.i[1] = flags:
+//   WK_QMM_ADD: in[2] is added to the f32 product, broadcast to the output's shape (a
+//     bias row [N] of f32 / f16 / bf16, or an f32 residual of the output's shape);
+//   WK_QMM_SWIGLU: x is silu(in[0]) * in[nin - 1] (gate and up: dense f32, x's shape).
+enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2 };
+
 // How the tensors of a graph map to slots at run time.
 typedef struct {
   int node;          // index in the graph's topological order

@@ -588,7 +588,9 @@ static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, const
   } else {
     a = wk_sdpa(q, k, v, mask, 1, 0);
   }
-  a = wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
+  // [B, Hq, T, D] -> [B, T, Hq * D]; at T = 1 (decode) the layouts agree: no copy
+  a = T == 1 ? wk_reshape(a, 3, (int64_t[]){B, T, Hq * D})
+             : wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
   x = wk_add(x, proj(m, l, WK_PROJ_O, a, L->wo, L->bo));
   h = wk_rms_norm(x, f32(L->ffn_norm), eps);
   wk_tensor *g = wk_mul(wk_silu(proj(m, l, WK_PROJ_GATE, h, L->w_gate, L->b_gate)),

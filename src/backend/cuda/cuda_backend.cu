@@ -618,7 +618,12 @@ static wk_status transfer(const wk_step *s, void *const *slots) {
 
 // ---- dispatch ----
 wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
-  if (s->chain > 0) return s->op == WK_STEP_FUSED_EW ? wkc_ew_group(s, s->chain, slots) : wkc_rowchain(s, s->chain, slots);
+  if (s->chain > 0) {
+    if (s->op == WK_OP_QMATMUL) return wkc_half_matmul_group(s, s->chain, slots);
+    if (s->op == WK_OP_ROPE) return wkc_rope_group(s, s->chain, slots);
+    if (s->op == WK_OP_SET_SLICE) return wkc_set_slice_group(s, s->chain, slots);
+    return s->op == WK_STEP_FUSED_EW ? wkc_ew_group(s, s->chain, slots) : wkc_rowchain(s, s->chain, slots);
+  }
   switch ((int)s->op) {
     case WK_STEP_FUSED_EW: return wkc_ew(s, slots);
     case WK_OP_SUM:

@@ -156,6 +156,11 @@ wk_status wkc_dequantize(const wk_step *s, void *const *slots);
 wk_status wkc_qembedding(const wk_step *s, void *const *slots);
 // The same matmul with a frozen f16/bf16 W [N, K] read in place (halfmm.cu).
 wk_status wkc_half_matmul(const wk_step *s, void *const *slots);
+// n consecutive QMATMUL steps with f16 / bf16 weights (a planner group): one launch where they can
+wk_status wkc_half_matmul_group(const wk_step *s, int n, void *const *slots);
+// n consecutive ROPE / SET_SLICE steps (a planner group, nn.cu): one launch
+wk_status wkc_rope_group(const wk_step *s, int n, void *const *slots);
+wk_status wkc_set_slice_group(const wk_step *s, int n, void *const *slots);
 
 // ---- host helpers for descriptors ----
 static inline int64_t wkc_numel(const wk_operand *o) {

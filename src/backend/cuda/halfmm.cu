@@ -13,6 +13,10 @@
 //     cores; products of bf16 values are exact in f32, so only the summation order
 //     differs from the CPU's). f16: W widened into an f32 scratch, then an f32 GEMM
 //     (TF32 only under WICK_CUDA_TF32=1, like every f32 matmul).
+// Fused ends (plan.h's WK_QMM_*, planned for CUDA by compile.c): an addend (bias row or
+// residual) is added to each f32 dot product as it is stored, and a SwiGLU x = silu(gate)
+// * up is computed as x is read (each GEMV block recomputes its x chunks: a few thousand
+// values, against the megabytes of W it streams); the GEMM path materializes it first.
 // The scratch is one device buffer of this file's, grown on demand and never handed
 // to the caching allocator. Why: a plan captured as a CUDA graph keeps every block
 // its steps allocate for as long as the graph lives (graph.cu), so per-step scratch
@@ -23,6 +27,7 @@
 #include <mutex>
 #include <stdlib.h>
 #include "cuda_internal.h"
+#include "../../engine/plan.h"
 
 namespace {
 
@@ -36,7 +41,16 @@ struct HArgs {
   int64_t M, N, K;
   int split;          // warps per row of W: 1, 2, 4 or 8
   int vec;            // rows start 16-byte aligned (K % 8 == 0): 16-byte loads
+  const char *add;    // addend (NULL: none): element (m, n) at m * add_rs + n, of add_dt
+  int add_dt;
+  int64_t add_rs;
+  const float *up;    // SwiGLU (NULL: none): x is the gate, x[i] = silu(x[i]) * up[i]
 };
+
+__device__ __forceinline__ float ends(const HArgs &a, float v, int64_t m, int64_t n) {
+  return a.add ? v + ldv(a.add, a.add_dt, m * a.add_rs + n) : v;
+}
+__device__ __forceinline__ float swiglu(float g, float u) { return wkm_silu(g) * u; }
 
 template <bool BF> __device__ __forceinline__ float xround(float v) { return BF ? bf16_round(v) : v; }
 template <bool BF> __device__ __forceinline__ float widen1(uint16_t u) {
@@ -86,7 +100,8 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv(const HArgs a) {
     __syncthreads();  // the last stage's readers are done with xs
     for (int i = threadIdx.x; i < MM * kn; i += blockDim.x) {
       const int m = i / kn, e = i - m * kn;
-      xs[m][e] = xround<BF>(__ldg(a.x + m * a.K + k0 + e));
+      const int64_t xi = m * a.K + k0 + e;
+      xs[m][e] = xround<BF>(a.up ? swiglu(__ldg(a.x + xi), __ldg(a.up + xi)) : __ldg(a.x + xi));
     }
     __syncthreads();
     if (a.vec) {
@@ -129,7 +144,7 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv(const HArgs a) {
     const int r = lane / MM, m = lane - r * MM;
     float s = 0.0f;
     for (int p = 0; p < a.split; p++) s += part[warp + p][lane];
-    if (n0 + r < a.N) a.y[m * a.N + n0 + r] = s;
+    if (n0 + r < a.N) a.y[m * a.N + n0 + r] = ends(a, s, m, n0 + r);
   }
 }
 
@@ -148,10 +163,17 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
                : "l"(p));
   return v;
 }
-// 8 values of x from global memory, rounded to bf16 for a bf16 W
-template <bool BF> __device__ __forceinline__ void ldx8(const float4 *x, float *v) {
+// 8 values of x from global memory (SW: silu(gate) * up, gate in x), rounded to bf16
+// for a bf16 W
+template <bool BF, bool SW> __device__ __forceinline__ void ldx8(const float4 *x, const float4 *up, float *v) {
   const float4 x0 = __ldg(x), x1 = __ldg(x + 1);
   v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
+  if (SW) {
+    const float4 u0 = __ldg(up), u1 = __ldg(up + 1);
+    const float u[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = swiglu(v[i], u[i]);
+  }
   if (BF)
 #pragma unroll
     for (int i = 0; i < 8; i++) v[i] = bf16_round(v[i]);
@@ -170,17 +192,17 @@ template <bool BF> __device__ __forceinline__ float dot8r(uint4 w, const float *
 
 // A group of `split` warps owns R rows (R = 4 for wide W, so each x chunk is read and
 // rounded once for 4 rows); rows past N repeat row N - 1 (in bounds, dropped).
-template <bool BF, int U, int R>
-__global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
+template <bool BF, int U, int R, bool SW>
+__device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   __shared__ float part[HG_WARPS][R];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int grp = warp / a.split, sub = warp - grp * a.split;
   const int t = sub * 32 + lane, nt = a.split * 32;
-  const int64_t n0 = ((int64_t)blockIdx.x * (HG_WARPS / a.split) + grp) * R;
+  const int64_t n0 = (bx * (HG_WARPS / a.split) + grp) * R;
   const uint4 *wr[R];
 #pragma unroll
   for (int r = 0; r < R; r++) wr[r] = (const uint4 *)(a.w + (n0 + r < a.N ? n0 + r : a.N - 1) * a.K);
-  const float4 *xv = (const float4 *)a.x;
+  const float4 *xv = (const float4 *)a.x, *uv = (const float4 *)a.up;
   const int nc = (int)(a.K >> 3);
   float acc[R];
 #pragma unroll
@@ -195,7 +217,7 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
     for (int u = 0; u < U; u++)
       if (c0 + u * nt < nc) {
         float xr[8];
-        ldx8<BF>(xv + 2 * (c0 + u * nt), xr);
+        ldx8<BF, SW>(xv + 2 * (c0 + u * nt), SW ? uv + 2 * (c0 + u * nt) : NULL, xr);
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] = dot8r<BF>(w[u][r], xr, acc[r]);
       }
@@ -207,7 +229,7 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
       float v = acc[0];
 #pragma unroll
       for (int r = 1; r < R; r++) v = lane == r ? acc[r] : v;
-      a.y[n0 + lane] = v;
+      a.y[n0 + lane] = ends(a, v, 0, n0 + lane);
     }
     return;
   }
@@ -218,8 +240,27 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
   if (sub == 0 && lane < R && n0 + lane < a.N) {
     float s = 0.0f;
     for (int p = 0; p < a.split; p++) s += part[warp + p][lane];
-    a.y[n0 + lane] = s;
+    a.y[n0 + lane] = ends(a, s, 0, n0 + lane);
   }
+}
+template <bool BF, int U, int R, bool SW>
+__global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
+  hgemv1_body<BF, U, R, SW>(a, blockIdx.x);
+}
+
+// Sibling products of one x (a layer's q, k and v; gate and up) as one launch: the
+// grid is the members' grids back to back (member i from block first[i]).
+#define HG_GROUP 4
+struct HGroup {
+  HArgs m[HG_GROUP];
+  unsigned first[HG_GROUP + 1];
+  int n;
+};
+template <bool BF, int U, int R, bool SW>
+__global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1g(const __grid_constant__ HGroup g) {
+  int i = 0;
+  while (i + 1 < g.n && blockIdx.x >= g.first[i + 1]) i++;
+  hgemv1_body<BF, U, R, SW>(g.m[i], blockIdx.x - g.first[i]);
 }
 
 // WICK_HGEMV=0 keeps k_hgemv for one-row products too (benchmarks compare the two).
@@ -237,22 +278,94 @@ bool hgemv1_on() {
 // chunks. A wide W (some 2 blocks an SM at 4 rows a group: the LM head) takes 4 rows a
 // group and 4 loads a row in flight; otherwise 4 loads a lane when that covers the row,
 // else 8 per round.
-template <bool BF>
-void gemv1(HArgs a) {
-  const int64_t nc = a.K / 8;
-  a.split = 1;
-  while (a.split < HG_WARPS && nc > (int64_t)a.split * 32 * 8) a.split *= 2;
-  while (a.split < HG_WARPS && a.N * a.split < (int64_t)wkc_num_sms() * 8 && nc >= (int64_t)a.split * 2 * 32 * 2)
-    a.split *= 2;
-  const int64_t groups = HG_WARPS / a.split;
+struct Cfg1 {
+  bool bf, sw;
+  int u, r;  // loads in flight a lane, rows a group: <4, 4>, <4, 1> or <8, 1>
+  unsigned grid;
+  bool operator==(const Cfg1 &o) const { return bf == o.bf && sw == o.sw && u == o.u && r == o.r; }
+};
+Cfg1 cfg1(HArgs *a, bool bf) {
+  const int64_t nc = a->K / 8;
+  a->split = 1;
+  while (a->split < HG_WARPS && nc > (int64_t)a->split * 32 * 8) a->split *= 2;
+  while (a->split < HG_WARPS && a->N * a->split < (int64_t)wkc_num_sms() * 8 && nc >= (int64_t)a->split * 2 * 32 * 2)
+    a->split *= 2;
+  const int64_t groups = HG_WARPS / a->split;
+  // 4 rows a group for a wide W, and for a SwiGLU x (computed once for the 4 rows: one
+  // row a group made the down projection read gate and up from L2 N times, 2x its time)
+  if (a->N >= (int64_t)wkc_num_sms() * 2 * groups * 4 || a->up)
+    return Cfg1{bf, a->up != NULL, 4, 4, (unsigned)((a->N + groups * 4 - 1) / (groups * 4))};
+  return Cfg1{bf, a->up != NULL, nc <= (int64_t)a->split * 32 * 4 ? 4 : 8, 1, (unsigned)((a->N + groups - 1) / groups)};
+}
+template <bool BF, bool SW>
+void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
   cudaStream_t cs = wkc_stream();
-  if (a.N >= (int64_t)wkc_num_sms() * 2 * groups * 4) {
-    const unsigned grid = (unsigned)((a.N + groups * 4 - 1) / (groups * 4));
-    return k_hgemv1<BF, 4, 4><<<grid, HG_WARPS * 32, 0, cs>>>(a);
+  const unsigned grid = g ? g->first[g->n] : c.grid;
+#define HG_LAUNCH(U, R) \
+  g ? k_hgemv1g<BF, U, R, SW><<<grid, HG_WARPS * 32, 0, cs>>>(*g) : k_hgemv1<BF, U, R, SW><<<grid, HG_WARPS * 32, 0, cs>>>(a)
+  if (c.r == 4) HG_LAUNCH(4, 4);
+  else if (c.u == 4) HG_LAUNCH(4, 1);
+  else HG_LAUNCH(8, 1);
+#undef HG_LAUNCH
+}
+// one step (g NULL) or a group of steps of configuration c
+void gemv1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
+  if (c.bf) c.sw ? launch1<true, true>(c, a, g) : launch1<true, false>(c, a, g);
+  else c.sw ? launch1<false, true>(c, a, g) : launch1<false, false>(c, a, g);
+}
+
+// Step s as the one-row GEMV: M = 1, x (and up) dense and 16-byte aligned, K % 8 == 0, W
+// 16-byte aligned; *a filled. False: anything else (wkc_half_matmul's general path).
+bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
+  const wk_operand *xo = &s->in[0], *wo = &s->in[1];
+  const int flags = (int)s->attrs.i[1];
+  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0;
+  if (!hgemv1_on() || !s->attrs.i[0] || s->nin != 2 + has_add + sw) return false;
+  if ((wo->dtype != WK_BF16 && wo->dtype != WK_F16) || wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 ||
+      !wkc_is_dense(xo) || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))
+    return false;
+  const int64_t N = wo->shape[0], K = wo->shape[1];
+  if (N == 0 || K == 0 || K % 8 || wkc_numel(&s->out) != N || wkc_numel(xo) != K) return false;
+  memset(a, 0, sizeof *a);
+  a->w = (const uint16_t *)((const char *)slots[wo->slot] + wo->offset * 2);
+  a->x = (const float *)((const char *)slots[xo->slot] + xo->offset * 4);
+  a->y = (float *)((char *)slots[s->out.slot] + s->out.offset * 4);
+  if (sw) {
+    const wk_operand *uo = &s->in[s->nin - 1];
+    if (uo->dtype != WK_F32 || !wkc_is_dense(uo) || wkc_numel(uo) != K) return false;
+    a->up = (const float *)((const char *)slots[uo->slot] + uo->offset * 4);
   }
-  const unsigned grid = (unsigned)((a.N + groups - 1) / groups);
-  if (nc <= (int64_t)a.split * 32 * 4) k_hgemv1<BF, 4, 1><<<grid, HG_WARPS * 32, 0, cs>>>(a);
-  else k_hgemv1<BF, 8, 1><<<grid, HG_WARPS * 32, 0, cs>>>(a);
+  if (has_add) {
+    const wk_operand *ao = &s->in[2];
+    if ((ao->dtype != WK_F32 && ao->dtype != WK_BF16 && ao->dtype != WK_F16) || ao->ndim < 1 || wkc_numel(ao) != N ||
+        ao->shape[ao->ndim - 1] != N || (N > 1 && ao->stride[ao->ndim - 1] != 1))
+      return false;
+    a->add = (const char *)slots[ao->slot] + ao->offset * (int64_t)wkc_esize(ao->dtype);
+    a->add_dt = ao->dtype;
+  }
+  if (((uintptr_t)a->w | (uintptr_t)a->x | (uintptr_t)a->up) & 15) return false;
+  a->M = 1, a->N = N, a->K = K, a->split = 1, a->vec = 1;
+  *bf = wo->dtype == WK_BF16;
+  return true;
+}
+
+// The GEMM path's ends: x = silu(gate) * up into scratch (bf16 bits for a bf16 W,
+// rounded to nearest even; f32 otherwise), and y += addend after the product.
+__global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, int to_bf16) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const float v = swiglu(g[i], u[i]);
+    if (to_bf16) ((uint16_t *)x)[i] = wkm_f32_to_bf16(v);
+    else ((float *)x)[i] = v;
+  }
+}
+__global__ void k_add_end(HArgs a) {
+  const int64_t n = a.M * a.N;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    a.y[i] = ends(a, a.y[i], i / a.N, i % a.N);
+}
+unsigned grid_for(int64_t n) {
+  const int64_t b = (n + 255) / 256, cap = (int64_t)wkc_num_sms() * 8;
+  return (unsigned)(b < 1 ? 1 : b < cap ? b : cap);
 }
 
 template <bool BF, int MM, int ROWS>
@@ -327,40 +440,72 @@ size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 } // namespace
 
 wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
+  HArgs a;
+  bool bf1;
+  if (one_row(s, slots, &a, &bf1)) {
+    gemv1(cfg1(&a, bf1), a, NULL);
+    return wkc_check_launch(bf1 ? "matmul (bf16 weight GEMV)" : "matmul (f16 weight GEMV)");
+  }
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   const bool trans = s->attrs.i[0] != 0, bf = wo->dtype == WK_BF16;
+  const int flags = (int)s->attrs.i[1];
+  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0;
   const char *dtn = wk_dtype_name(wo->dtype);
   if (wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input and a dense "
                     "f32 output", dtn);
+  if (s->nin != 2 + has_add + sw || (flags && !trans))
+    return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): fused ends %d with %d operands", dtn, flags, s->nin);
   const int64_t N = wo->shape[0], K = wo->shape[1], in = trans ? K : N, out = trans ? N : K;
   const int64_t M = out ? wkc_numel(&s->out) / out : 0;
+  const wk_operand *uo = sw ? &s->in[s->nin - 1] : NULL, *ao = has_add ? &s->in[2] : NULL;
+  if (sw && (!wkc_is_dense(xo) || !wkc_is_dense(uo) || uo->dtype != WK_F32 || wkc_numel(uo) != wkc_numel(xo)))
+    return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the SwiGLU gate and up must be dense f32 of one shape", dtn);
+  DOp ad;
+  memset(&ad, 0, sizeof ad);
+  if (has_add) {
+    ad = wkc_dop(ao, slots);
+    const bool unit = N == 1 || (ao->ndim >= 1 && ao->stride[ao->ndim - 1] == 1);
+    if (!(ad.flags & DOP_ROWREG) || !unit || (ad.rs != 0 && ad.rs != N && M > 1) || wkc_numel(ao) != M * N ||
+        (ao->dtype != WK_F32 && ao->dtype != WK_BF16 && ao->dtype != WK_F16))
+      return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the addend must be a float bias row or a dense residual "
+                      "of the output's shape", dtn);
+  }
   const char *w = (const char *)slots[wo->slot] + wo->offset * 2;
   char *y = (char *)slots[s->out.slot] + s->out.offset * 4;
   if (M == 0 || out == 0) return WK_OK;
+  a = HArgs{(const uint16_t *)w, NULL, (float *)y, M, N, K, 1, 0, has_add ? ad.p : NULL, ad.dtype,
+             M > 1 ? ad.rs : 0, NULL};
   if (in == 0) {
     cudaMemsetAsync(y, 0, sizeof(float) * (size_t)(M * out), wkc_stream());
+    if (has_add) k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
     return wkc_check_launch("matmul (half weight, empty)");
   }
   const bool gemv_path = trans && M <= 8;
   // scratch: [x, dense f32 (GEMV) or rounded to bf16 (GEMM)] [W widened to f32 (f16 GEMM)]
-  const bool x_copy = !wkc_is_dense(xo) || (bf && !gemv_path);
+  const bool x_copy = (!sw && !wkc_is_dense(xo)) || (bf && !gemv_path) || (sw && !gemv_path);
   const size_t xbytes = x_copy ? align256((size_t)(M * in) * (bf && !gemv_path ? 2 : 4)) : 0;
   const size_t wbytes = !bf && !gemv_path ? (size_t)(N * K) * 4 : 0;
   char *scr = NULL;
   if (xbytes + wbytes && !(scr = scratch(xbytes + wbytes, dtn, wbytes ? "the weight widened to f32" : "a copy of x")))
     return WK_ERR_OOM;
   const char *x = (const char *)slots[xo->slot] + xo->offset * 4;
-  if (x_copy) {
+  const float *up = sw ? (const float *)((const char *)slots[uo->slot] + uo->offset * 4) : NULL;
+  if (x_copy && sw) {
+    k_swiglu_x<<<grid_for(M * in), 256, 0, wkc_stream()>>>((const float *)x, up, scr, M * in, bf);
+    wk_status st = wkc_check_launch("matmul (half weight, SwiGLU input)");
+    if (st) return st;
+    x = scr;
+  } else if (x_copy) {
     wk_status st = wkc_densify(xo, slots, bf && !gemv_path ? WK_BF16 : WK_F32, scr);  // bf16: rounds to nearest even
     if (st) return st;
     x = scr;
   }
   if (gemv_path) {
-    HArgs a = {(const uint16_t *)w, (const float *)x, (float *)y, M, N, K, 1, (K & 7) == 0 && !((uintptr_t)w & 15)};
-    const bool one = M == 1 && a.vec && !((uintptr_t)x & 15) && hgemv1_on();
-    if (one) bf ? gemv1<true>(a) : gemv1<false>(a);
-    else if (bf) gemv<true>(a);
+    a.x = (const float *)x;
+    a.up = sw ? up : NULL;
+    a.vec = (K & 7) == 0 && !((uintptr_t)w & 15);
+    if (bf) gemv<true>(a);
     else gemv<false>(a);
     return wkc_check_launch(bf ? "matmul (bf16 weight GEMV)" : "matmul (f16 weight GEMV)");
   }
@@ -371,6 +516,42 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   }
   // op(W) = W^T (trans) or W, both from W's row-major [N, K]
   const wkc_mat xa = {x, 0, in}, wb = {w, trans ? 1 : 0, K};
-  return wkc_gemm(xa, wb, bf ? WK_BF16 : WK_F32, y, M, out, in,
-                  bf ? "matmul (bf16 weight, cublasGemmEx)" : "matmul (f16 weight widened, cublasGemmEx)");
+  wk_status st = wkc_gemm(xa, wb, bf ? WK_BF16 : WK_F32, y, M, out, in,
+                          bf ? "matmul (bf16 weight, cublasGemmEx)" : "matmul (f16 weight widened, cublasGemmEx)");
+  if (st || !has_add) return st;
+  k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
+  return wkc_check_launch("matmul (half weight, addend)");
+}
+
+// Consecutive sibling steps (compile.c's group of half-weight matmuls reading one x): the
+// one-row GEMVs of one kernel configuration as one launch; any other member runs alone.
+wk_status wkc_half_matmul_group(const wk_step *s, int n, void *const *slots) {
+  HGroup g;
+  memset(&g, 0, sizeof g);
+  Cfg1 gc = {};
+  auto flush = [&]() -> wk_status {
+    if (!g.n) return WK_OK;
+    gemv1(gc, g.m[0], g.n > 1 ? &g : NULL);
+    g.n = 0;
+    return wkc_check_launch("matmul (half weight GEMV group)");
+  };
+  for (int k = 0; k < n; k++) {
+    HArgs a;
+    bool bf;
+    if (!one_row(&s[k], slots, &a, &bf)) {
+      wk_status st = wkc_half_matmul(&s[k], slots);
+      if (st) return st;
+      continue;
+    }
+    const Cfg1 c = cfg1(&a, bf);
+    if (g.n && (!(c == gc) || g.n == HG_GROUP)) {
+      wk_status st = flush();
+      if (st) return st;
+    }
+    if (!g.n) gc = c;
+    g.m[g.n] = a;
+    g.first[g.n + 1] = g.first[g.n] + c.grid;
+    g.n++;
+  }
+  return flush();
 }

@@ -455,9 +455,10 @@ struct RopeArgs {
   float theta, sign, scale;
 };
 
-__global__ void k_rope(const __grid_constant__ RopeArgs a) {
+// blocks [0, nb) of the launch work on a (a group gives each member a range of blocks)
+__device__ __forceinline__ void rope_body(const RopeArgs &a, int64_t bx, int64_t nb) {
   int64_t h = a.D / 2, n = a.rows * h, offset = a.offset + (a.pos ? *a.pos : 0);
-  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+  for (int64_t e = bx * blockDim.x + threadIdx.x; e < n; e += nb * blockDim.x) {
     int64_t r = e / h, i = e % h, t = r % a.T;
     float inv = a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
     float ang = (float)(offset + t) * inv;
@@ -469,10 +470,28 @@ __global__ void k_rope(const __grid_constant__ RopeArgs a) {
     stv(a.out, a.out_dtype, r * a.D + i1, x1 * co + x0 * sn);
   }
 }
+__global__ void k_rope(const __grid_constant__ RopeArgs a) { rope_body(a, blockIdx.x, gridDim.x); }
 
-wk_status wkc_rope(const wk_step *s, void *const *slots) {
+// Steps run as one launch (compile.c's sibling groups: a layer's q and k RoPE, its k and
+// v cache writes): member i owns blocks [first[i], first[i + 1]).
+#define NN_GROUP 4
+template <class A> struct NnGroup {
+  A m[NN_GROUP];
+  unsigned first[NN_GROUP + 1];
+  int n;
+};
+template <class A> __device__ __forceinline__ int group_member(const NnGroup<A> &g) {
+  int i = 0;
+  while (i + 1 < g.n && blockIdx.x >= g.first[i + 1]) i++;
+  return i;
+}
+__global__ void k_rope_group(const __grid_constant__ NnGroup<RopeArgs> g) {
+  const int i = group_member(g);
+  rope_body(g.m[i], blockIdx.x - g.first[i], g.first[i + 1] - g.first[i]);
+}
+
+static wk_status rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   const wk_operand *x = &s->in[0];
-  RopeArgs a;
   memset(&a, 0, sizeof a);
   a.x = wkc_dop(x, slots);
   a.out = out_ptr(&s->out, slots);
@@ -491,9 +510,15 @@ wk_status wkc_rope(const wk_step *s, void *const *slots) {
   if (freqs && (fq->dtype != WK_F32 || (fq->stride[0] != 1 && fq->shape[0] > 1)))
     return wk_error(WK_ERR_STATE, "rope: inv_freq must be a dense f32 vector on CUDA");
   a.inter = s->attrs.i[1] != 0;
-  int64_t n = a.rows * (a.D / 2);
-  if (!n) return WK_OK;
-  k_rope<<<capped((n + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a);
+  return WK_OK;
+}
+static int64_t rope_blocks(const RopeArgs &a) { return capped((a.rows * (a.D / 2) + 255) / 256, (int64_t)wkc_num_sms() * 32); }
+
+wk_status wkc_rope(const wk_step *s, void *const *slots) {
+  RopeArgs a;
+  wk_status st = rope_args(s, slots, a);
+  if (st || a.rows * (a.D / 2) == 0) return st;
+  k_rope<<<(unsigned)rope_blocks(a), 256, 0, wkc_stream()>>>(a);
   return wkc_check_launch("rope");
 }
 
@@ -506,20 +531,25 @@ struct SetSliceArgs {
   int64_t outer, n, cap, inner;
 };
 
-__global__ void k_set_slice(const __grid_constant__ SetSliceArgs a) {
+__device__ __forceinline__ void set_slice_body(const SetSliceArgs &a, int64_t bx, int64_t nb) {
   int64_t st = *a.start, total = a.outer * a.n * a.inner;
   if (st < 0 || st + a.n > a.cap) return; // the model checks positions before it builds a step
-  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+  for (int64_t e = bx * blockDim.x + threadIdx.x; e < total; e += nb * blockDim.x) {
     int64_t j = e % a.inner, i = (e / a.inner) % a.n, o = e / (a.inner * a.n);
     stv(a.out, a.out_dtype, (o * a.cap + st + i) * a.inner + j, ldv(a.src.p, a.src.dtype, op_off(a.src, e)));
   }
 }
 
-wk_status wkc_set_slice(const wk_step *s, void *const *slots) {
+__global__ void k_set_slice(const __grid_constant__ SetSliceArgs a) { set_slice_body(a, blockIdx.x, gridDim.x); }
+__global__ void k_set_slice_group(const __grid_constant__ NnGroup<SetSliceArgs> g) {
+  const int i = group_member(g);
+  set_slice_body(g.m[i], blockIdx.x - g.first[i], g.first[i + 1] - g.first[i]);
+}
+
+static wk_status set_slice_args(const wk_step *s, void *const *slots, SetSliceArgs &a) {
   const wk_operand *dst = &s->out, *src = &s->in[1];
   if (dst->dtype == WK_Q8_0)
     return wk_error(WK_ERR_DTYPE, "set_slice: no CUDA kernel writes q8_0 (use an f16 or bf16 cache on CUDA)");
-  SetSliceArgs a;
   memset(&a, 0, sizeof a);
   int ax = (int)s->attrs.i[0];
   a.src = wkc_dop(src, slots);
@@ -531,10 +561,52 @@ wk_status wkc_set_slice(const wk_step *s, void *const *slots) {
   a.outer = a.inner = 1;
   for (int d = 0; d < ax; d++) a.outer *= dst->shape[d];
   for (int d = ax + 1; d < dst->ndim; d++) a.inner *= dst->shape[d];
-  int64_t n = a.outer * a.n * a.inner;
-  if (!n) return WK_OK;
-  k_set_slice<<<capped((n + 255) / 256, (int64_t)wkc_num_sms() * 32), 256, 0, wkc_stream()>>>(a);
+  return WK_OK;
+}
+static int64_t set_slice_blocks(const SetSliceArgs &a) {
+  return capped((a.outer * a.n * a.inner + 255) / 256, (int64_t)wkc_num_sms() * 32);
+}
+
+wk_status wkc_set_slice(const wk_step *s, void *const *slots) {
+  SetSliceArgs a;
+  wk_status st = set_slice_args(s, slots, a);
+  if (st || a.outer * a.n * a.inner == 0) return st;
+  k_set_slice<<<(unsigned)set_slice_blocks(a), 256, 0, wkc_stream()>>>(a);
   return wkc_check_launch("set_slice");
+}
+
+// n consecutive ROPE or SET_SLICE steps (a planner group) as one launch (empty members skipped).
+template <class A, class Fill, class Blocks, class K>
+static wk_status nn_group(const wk_step *s, int n, void *const *slots, Fill fill, Blocks blocks, K kernel, const char *name) {
+  NnGroup<A> g;
+  memset(&g, 0, sizeof g);
+  for (int k = 0; k < n; k++) {
+    if (g.n == NN_GROUP) {
+      kernel<<<g.first[g.n], 256, 0, wkc_stream()>>>(g);
+      wk_status st = wkc_check_launch(name);
+      if (st) return st;
+      memset(&g, 0, sizeof g);
+    }
+    wk_status st = fill(&s[k], slots, g.m[g.n]);
+    if (st) return st;
+    const int64_t nb = blocks(g.m[g.n]);
+    if (nb <= 0) continue;
+    g.first[g.n + 1] = g.first[g.n] + (unsigned)nb;
+    g.n++;
+  }
+  if (!g.n) return WK_OK;
+  kernel<<<g.first[g.n], 256, 0, wkc_stream()>>>(g);
+  return wkc_check_launch(name);
+}
+wk_status wkc_rope_group(const wk_step *s, int n, void *const *slots) {
+  return nn_group<RopeArgs>(s, n, slots, rope_args,
+                            [](const RopeArgs &a) { return a.rows * (a.D / 2) != 0 ? rope_blocks(a) : (int64_t)0; },
+                            k_rope_group, "rope (group)");
+}
+wk_status wkc_set_slice_group(const wk_step *s, int n, void *const *slots) {
+  return nn_group<SetSliceArgs>(s, n, slots, set_slice_args,
+                                [](const SetSliceArgs &a) { return a.outer * a.n * a.inner != 0 ? set_slice_blocks(a) : (int64_t)0; },
+                                k_set_slice_group, "set_slice (group)");
 }
 
 // ---- embedding ----

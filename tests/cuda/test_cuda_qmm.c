@@ -1,0 +1,246 @@
+// The half-weight matmul's fused ends on CUDA (compile.c's match_qswiglu /
+// match_qepilogue / match_norm_weights, halfmm.cu) against the CPU backend, which runs
+// the unfused graph:
+//  - y = x @ W^T + b (b a bf16 / f16 bias read through its cast, or f32), r + x @ W^T
+//    (a residual), silu(g) * u @ W^T, and r + silu(g) * u @ W^T, for f16 and bf16 W,
+//    x [1, M, K] with M = 1 (the one-row GEMV: narrow, split and wide W), 3 (the staged
+//    GEMV) and 12 (the cuBLAS path), K aligned and not: within 2e-5 of sum |x w| + |add|
+//    of the CPU's (SwiGLU: 1e-3, the CPU's silu may differ by an ulp, which can move
+//    x's bf16 rounding); each plan is one QMATMUL step with the expected flags, and its
+//    values are bit-identical to the same graph evaluated unfused on CUDA (the product
+//    or the SwiGLU value made a target, so the planner keeps them);
+//  - sibling products of one x (q, k, v; gate and up): one group step (halfmm.cu's
+//    grouped GEMV launch at M = 1, member by member otherwise), bit-identical to each
+//    product alone;
+//  - the tiny Qwen2 saved in bf16 (q/k/v biases, bf16 norm weights read by the norm
+//    kernels directly): logits of a 6-token forward within 2e-3 of the CPU's, and 16
+//    greedy tokens through a bf16 cache equal to the CPU's.
+// Skipped (77) without a GPU.
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "check.h"
+#include "engine/engine.h"
+#include "engine/plan.h"
+#include "fixtures.h"
+#include "wick/generate.h"
+#include "wick/model.h"
+
+static wk_tensor *on(wk_tensor *t, wk_device dev) {
+  wk_tensor *r = wk_keep(wk_to_device(t, dev));
+  if (r && wk_eval(1, &r)) { wk_tensor_free(r); r = NULL; }
+  return r;
+}
+static wk_tensor *realized(wk_tensor *t) {
+  wk_tensor *r = wk_keep(t);
+  if (r && wk_eval(1, &r)) { wk_tensor_free(r); r = NULL; }
+  return r;
+}
+
+enum { F_BIAS_HALF, F_BIAS_F32, F_RESID, F_SWIGLU, F_SWIGLU_RESID, F_COUNT };
+static const char *fname[F_COUNT] = {"bias (half, cast)", "bias (f32)", "residual", "swiglu", "swiglu + residual"};
+
+typedef struct {
+  wk_tensor *x, *g, *u, *w, *bh, *bf, *r;   // on one device
+} operands;
+
+// The form's graph; *inner: the node the unfused variant makes a target.
+static wk_tensor *form(const operands *o, int f, wk_tensor **inner) {
+  wk_tensor *x = o->x;
+  if (f == F_SWIGLU || f == F_SWIGLU_RESID) x = wk_mul(wk_silu(o->g), o->u);
+  wk_tensor *mm = wk_matmul_t(x, 0, o->w, 1), *y = mm;
+  if (f == F_BIAS_HALF) y = wk_add(mm, wk_cast(o->bh, WK_F32));
+  if (f == F_BIAS_F32) y = wk_add(mm, o->bf);
+  if (f == F_RESID || f == F_SWIGLU_RESID) y = wk_add(o->r, mm);
+  *inner = f == F_SWIGLU ? x : mm;
+  return y;
+}
+
+static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
+  const char *wn = wk_dtype_name(wdt);
+  wk_scope_begin();
+  operands c = {
+      .x = realized(wk_randn(3, (int64_t[]){1, M, K}, WK_F32, 11 + (uint64_t)(M * 7 + K))),
+      .g = realized(wk_mul_scalar(wk_randn(3, (int64_t[]){1, M, K}, WK_F32, 13 + (uint64_t)K), 2.0f)),
+      .u = realized(wk_randn(3, (int64_t[]){1, M, K}, WK_F32, 17 + (uint64_t)N)),
+      .w = realized(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){N, K}, WK_F32, 19 + (uint64_t)N), 0.1f), wdt)),
+      .bh = realized(wk_cast(wk_randn(1, (int64_t[]){N}, WK_F32, 23), wdt)),
+      .bf = realized(wk_randn(1, (int64_t[]){N}, WK_F32, 29)),
+      .r = realized(wk_randn(3, (int64_t[]){1, M, N}, WK_F32, 31 + (uint64_t)M)),
+  };
+  operands d = {on(c.x, WK_CUDA), on(c.g, WK_CUDA), on(c.u, WK_CUDA), on(c.w, WK_CUDA),
+                on(c.bh, WK_CUDA), on(c.bf, WK_CUDA), on(c.r, WK_CUDA)};
+  bool ok = d.x && d.g && d.u && d.w && d.bh && d.bf && d.r;
+  CHECK(ok, "%s [%lld,%lld,%lld]: operands on cuda", wn, (long long)M, (long long)N, (long long)K);
+  float *wv = ok ? read_all(wk_cast(c.w, WK_F32)) : NULL;
+  for (int f = 0; ok && wv && f < F_COUNT; f++) {
+    wk_tensor *ci, *gi, *ui;   // ci, gi: unused here
+    wk_tensor *yc = form(&c, f, &ci), *yg = realized(form(&d, f, &gi)), *yu = form(&d, f, &ui);
+    // the fused plan: one QMATMUL step with this form's flags
+    int want = f == F_SWIGLU ? WK_QMM_SWIGLU : f == F_SWIGLU_RESID ? WK_QMM_SWIGLU | WK_QMM_ADD : WK_QMM_ADD;
+    const wk_plan *p = wk_last_plan();
+    bool one = yg && p && p->nsteps == 1 && p->steps[0].op == WK_OP_QMATMUL && p->steps[0].attrs.i[1] == want;
+    CHECK(one, "%s [%lld,%lld,%lld] %s: one fused QMATMUL step (steps %d, flags %d)", wn, (long long)M, (long long)N,
+          (long long)K, fname[f], p ? p->nsteps : -1, p && p->nsteps ? (int)p->steps[0].attrs.i[1] : -1);
+    // unfused on cuda: the inner node is a target too
+    wk_tensor *both[2] = {ui, yu};
+    bool uok = wk_eval(2, both) == WK_OK;
+    float *vc = read_all(yc), *vg = yg ? read_all(yg) : NULL, *vu = uok ? read_all(yu) : NULL;
+    float *xv = read_all(f == F_SWIGLU || f == F_SWIGLU_RESID ? wk_mul(wk_silu(c.g), c.u) : c.x);
+    float *bv = f == F_BIAS_HALF ? read_all(wk_cast(c.bh, WK_F32)) : f == F_BIAS_F32 ? read_all(c.bf)
+                : f == F_RESID || f == F_SWIGLU_RESID ? read_all(c.r) : NULL;
+    double e = vc && vg && xv ? 0 : INFINITY;
+    for (int64_t i = 0; e < INFINITY && i < M; i++)
+      for (int64_t j = 0; j < N; j++) {
+        double s = 1e-30;
+        for (int64_t k = 0; k < K; k++) s += fabs((double)xv[i * K + k] * wv[j * K + k]);
+        if (bv) s += fabs((double)bv[f == F_RESID || f == F_SWIGLU_RESID ? i * N + j : j]);
+        double q = fabs((double)vg[i * N + j] - vc[i * N + j]) / s;
+        if (q > e || q != q) e = q;
+      }
+    (void)ci, (void)gi;
+    double tol = f == F_SWIGLU || f == F_SWIGLU_RESID ? 1e-3 : 2e-5;
+    CHECK(e < tol, "%s [%lld,%lld,%lld] %s: cuda vs cpu %g (tolerance %g)", wn, (long long)M, (long long)N,
+          (long long)K, fname[f], e, tol);
+    CHECK(vg && vu && !memcmp(vg, vu, sizeof(float) * (size_t)(M * N)),
+          "%s [%lld,%lld,%lld] %s: fused = unfused on cuda, bit for bit (max diff %g)", wn, (long long)M, (long long)N,
+          (long long)K, fname[f], (double)max_abs_diff(vg, vu, M * N));
+    free(vc), free(vg), free(vu), free(xv), free(bv);
+  }
+  free(wv);
+  wk_scope_end();
+}
+
+static void test_ops(void) {
+  // (M, N, K): one-row GEMV narrow / split over a long row / wide, odd K, staged M = 3, cuBLAS M = 12
+  const int64_t cases[][3] = {{1, 37, 136}, {1, 64, 4864}, {1, 8485, 64}, {1, 300, 100},
+                              {3, 37, 136}, {3, 45, 100},  {12, 70, 136}, {12, 33, 100}};
+  const wk_dtype dts[] = {WK_BF16, WK_F16};
+  for (int t = 0; t < 2; t++)
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(dts[t], cases[i][0], cases[i][1], cases[i][2]);
+}
+
+// Siblings of one x (q with a bf16 bias, k plain, v with an f32 bias, a Qwen2 layer's
+// shapes scaled down; then gate and up): one group step, each output bit-identical to
+// the product evaluated on its own and within 2e-5 of sum |x w| + |b| of the CPU's.
+static void test_siblings(wk_dtype wdt, int64_t M) {
+  const char *wn = wk_dtype_name(wdt);
+  const int64_t K = 136, Ns[4] = {112, 16, 16, 300};
+  wk_scope_begin();
+  wk_tensor *xc = realized(wk_randn(3, (int64_t[]){1, M, K}, WK_F32, 41)), *xg = on(xc, WK_CUDA);
+  wk_tensor *wc[4], *wg[4], *bc[4] = {NULL}, *bg[4] = {NULL};
+  bool ok = xg != NULL;
+  for (int i = 0; i < 4; i++) {
+    wc[i] = realized(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){Ns[i], K}, WK_F32, 43 + (uint64_t)i), 0.1f), wdt));
+    wg[i] = on(wc[i], WK_CUDA);
+    if (i == 0) bc[i] = realized(wk_cast(wk_randn(1, (int64_t[]){Ns[i]}, WK_F32, 47), wdt));
+    if (i == 2) bc[i] = realized(wk_randn(1, (int64_t[]){Ns[i]}, WK_F32, 53));
+    if (bc[i]) bg[i] = on(bc[i], WK_CUDA);
+    ok = ok && wg[i] && (!bc[i] || bg[i]);
+  }
+  CHECK(ok, "siblings %s M=%lld: operands on cuda", wn, (long long)M);
+  if (!ok) { wk_scope_end(); return; }
+  wk_tensor *yc[4], *yg[4], *ys[4];
+  for (int i = 0; i < 4; i++) {
+    wk_tensor *b[3] = {bc[i], bg[i], bg[i]};
+    wk_tensor *x[3] = {xc, xg, xg}, *w[3] = {wc[i], wg[i], wg[i]}, *y[3];
+    for (int d = 0; d < 3; d++) {
+      y[d] = wk_matmul_t(x[d], 0, w[d], 1);
+      if (b[d]) y[d] = wk_add(y[d], wk_tensor_dtype(b[d]) == WK_F32 ? b[d] : wk_cast(b[d], WK_F32));
+    }
+    yc[i] = y[0], yg[i] = y[1];
+    ys[i] = realized(y[2]);   // alone: a graph of its own
+  }
+  ok = wk_eval(4, yg) == WK_OK;
+  const wk_plan *p = wk_last_plan();
+  int heads = 0, len = 0;
+  for (int k = 0; ok && p && k < p->nsteps; k++)
+    if (p->steps[k].op == WK_OP_QMATMUL && p->steps[k].chain > 0) heads++, len = p->steps[k].chain;
+  CHECK(ok && p && p->nsteps == 4 && heads == 1 && len == 4, "siblings %s M=%lld: one group of 4 steps (%d steps, %d groups of %d)",
+        wn, (long long)M, p ? p->nsteps : -1, heads, len);
+  float *xv = read_all(xc);
+  for (int i = 0; ok && i < 4; i++) {
+    float *vc = read_all(yc[i]), *vg = read_all(yg[i]), *vs = read_all(ys[i]), *wv = read_all(wk_cast(wc[i], WK_F32));
+    float *bv = bc[i] ? read_all(wk_cast(bc[i], WK_F32)) : NULL;
+    double e = vc && vg && wv && xv ? 0 : INFINITY;
+    for (int64_t m = 0; e < INFINITY && m < M; m++)
+      for (int64_t j = 0; j < Ns[i]; j++) {
+        double s = 1e-30 + (bv ? fabs((double)bv[j]) : 0);
+        for (int64_t k = 0; k < K; k++) s += fabs((double)xv[m * K + k] * wv[j * K + k]);
+        double q = fabs((double)vg[m * Ns[i] + j] - vc[m * Ns[i] + j]) / s;
+        if (q > e || q != q) e = q;
+      }
+    CHECK(e < 2e-5, "siblings %s M=%lld, member %d: cuda vs cpu %g", wn, (long long)M, i, e);
+    CHECK(vg && vs && !memcmp(vg, vs, sizeof(float) * (size_t)(M * Ns[i])),
+          "siblings %s M=%lld, member %d: grouped = alone, bit for bit", wn, (long long)M, i);
+    free(vc), free(vg), free(vs), free(wv), free(bv);
+  }
+  free(xv);
+  wk_scope_end();
+}
+
+// ---- the tiny Qwen2 in bf16 ----
+typedef struct { int32_t ids[16]; int n; } gen_out;
+static int on_gen(const wk_gen_token *t, void *user) {
+  gen_out *o = user;
+  if (o->n < 16) o->ids[o->n++] = t->id;
+  return 0;
+}
+
+static void test_model(void) {
+  char dir[] = "/tmp/wick_qmm_XXXXXX";
+  wk_model *src = wk_model_load(fixture_in("models", "qwen2"));
+  bool saved = src && mkdtemp(dir) && wk_model_save(src, dir, WK_BF16) == WK_OK;
+  wk_model_free(src);
+  CHECK(saved, "qwen2 fixture saved in bf16");
+  if (!saved) return;
+  static const int32_t prompt[] = {1, 7, 3, 99, 42, 5};
+  float *lg[2] = {NULL, NULL};
+  gen_out go[2];
+  int64_t V = 0;
+  for (int dv = 0; dv < 2; dv++) {
+    wk_device dev = dv ? WK_CUDA : WK_CPU;
+    wk_model *m = wk_model_load(dir);
+    if (!m || (dev != WK_CPU && wk_model_to_device(m, dev))) { wk_model_free(m); continue; }
+    V = wk_model_get_config(m)->vocab_size;
+    wk_tensor *ids = wk_from_data(2, (int64_t[]){1, 6}, WK_I32, prompt);
+    wk_tensor *idd = dev == WK_CPU ? wk_tensor_ref(ids) : on(ids, dev);
+    lg[dv] = idd ? read_all(wk_model_forward(m, idd, 0)) : NULL;
+    wk_tensor_free(idd);
+    wk_tensor_free(ids);
+    wk_generate_params p = wk_generate_defaults();
+    p.max_tokens = 16;
+    p.ignore_eos = true;
+    p.cache_dtype = WK_BF16;
+    memset(&go[dv], 0, sizeof go[dv]);
+    if (wk_generate(m, NULL, prompt, 6, &p, on_gen, &go[dv], NULL) != WK_OK) go[dv].n = -1;
+    wk_model_free(m);
+  }
+  float d = max_abs_diff(lg[0], lg[1], 6 * V);
+  CHECK(lg[0] && lg[1] && d < 2e-3f, "qwen2 bf16: forward logits cuda vs cpu differ by %g", (double)d);
+  CHECK(go[0].n == 16 && go[1].n == 16 && !memcmp(go[0].ids, go[1].ids, sizeof go[0].ids),
+        "qwen2 bf16: 16 greedy tokens through a bf16 cache, cuda = cpu (%d, %d tokens)", go[0].n, go[1].n);
+  free(lg[0]), free(lg[1]);
+  char path[256];
+  snprintf(path, sizeof path, "%s/config.json", dir), remove(path);
+  snprintf(path, sizeof path, "%s/model.safetensors", dir), remove(path);
+  rmdir(dir);
+}
+
+int main(void) {
+  // every fusion this file checks on, whatever the defaults (read at the first compile)
+  setenv("WICK_CUDA_QEPI", "1", 1), setenv("WICK_CUDA_QSWIGLU", "1", 1), setenv("WICK_CUDA_NORMW", "1", 1);
+  setenv("WICK_CUDA_QGROUP", "1", 1);
+  if (!wk_device_available(WK_CUDA)) {
+    printf("skipped: no CUDA device\n");
+    return 77;
+  }
+  test_ops();
+  const wk_dtype dts[] = {WK_BF16, WK_F16};
+  for (int t = 0; t < 2; t++) test_siblings(dts[t], 1), test_siblings(dts[t], 3);
+  test_model();
+  return check_report();
+}
