@@ -251,26 +251,31 @@ static bool match_lora(ir *r, int add) {
   return false;
 }
 
-// ---- matmul epilogues: matmul(x, W) + bias [then gelu_tanh] ----
+// ---- matmul epilogues: matmul(x, W) + bias [then gelu / gelu_tanh] ----
 // On CUDA this is one cuBLASLt call (CUBLASLT_EPILOGUE_BIAS / _GELU_BIAS): the bias
 // add and the GELU happen on the accumulator before the store, instead of a second
-// kernel reading the product back. cuBLASLt's GELU is the tanh form, so an erf
-// GELU fuses only the bias and stays an elementwise kernel. Only CUDA runs the
-// fused step (the CPU backend keeps the unfused graph); WICK_CUDA_LT=0 turns it off.
-static bool epilogues_enabled(void) {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("WICK_CUDA_LT");
-    on = !e || atoi(e) != 0;
+// kernel reading the product back. cuBLASLt's GELU is the tanh form, so there an erf
+// GELU fuses only the bias and stays an elementwise kernel; WICK_CUDA_LT=0 turns the
+// CUDA rewrite off. On the CPU (f32) the GEMM applies the bias and either GELU to
+// each block of C while it is in L1 (a BERT FFN: one pass over [tokens, 1536] less);
+// WICK_CPU_EPI=0 turns that off.
+static bool env_on(const char *name, int *cache) {
+  if (*cache < 0) {
+    const char *e = getenv(name);
+    *cache = !e || atoi(e) != 0;
   }
-  return on != 0;
+  return *cache != 0;
 }
+static bool epilogues_enabled(void) { static int on = -1; return env_on("WICK_CUDA_LT", &on); }
+static bool cpu_epilogues_enabled(void) { static int on = -1; return env_on("WICK_CPU_EPI", &on); }
 
 static bool match_epilogue(ir *r, int add) {
   irnode *x = &r->n[add];
-  if (x->op != WK_OP_ADD || x->leaf || kern_fused(x) || x->t->device != WK_CUDA) return false;
+  if (x->op != WK_OP_ADD || x->leaf || kern_fused(x)) return false;
+  bool cpu = x->t->device == WK_CPU;
+  if (cpu ? !cpu_epilogues_enabled() : x->t->device != WK_CUDA || !epilogues_enabled()) return false;
   wk_dtype dt = x->t->dtype;
-  if (dt != WK_F32 && dt != WK_BF16 && dt != WK_F16) return false;
+  if (dt != WK_F32 && (cpu || (dt != WK_BF16 && dt != WK_F16))) return false;
   for (int side = 0; side < 2; side++) {
     int mm = strip_reshape(r, x->in[side]), b = x->in[1 - side];
     if (!is_2d_matmul(r, mm)) continue;
@@ -286,9 +291,10 @@ static bool match_epilogue(ir *r, int add) {
     int kind = WK_EPI_BIAS;
     if (x->uses == 1 && !x->target && !x->escapes) {
       irnode *c = &r->n[x->consumer];
-      if (!c->leaf && c->op == WK_OP_GELU_TANH && !kern_fused(c) && c->t->dtype == dt && same_shape(c->t, x->t)) {
+      bool gelu = c->op == WK_OP_GELU_TANH || (cpu && c->op == WK_OP_GELU);
+      if (!c->leaf && gelu && !kern_fused(c) && c->t->dtype == dt && same_shape(c->t, x->t)) {
         f = c;
-        kind = WK_EPI_BIAS_GELU_TANH;
+        kind = c->op == WK_OP_GELU ? WK_EPI_BIAS_GELU : WK_EPI_BIAS_GELU_TANH;
       }
     }
     f->epi = true;
@@ -314,13 +320,6 @@ static bool match_epilogue(ir *r, int add) {
 // (the rewrite sees only what it is asked to evaluate: the ops' VJPs need neither
 // the product nor the SwiGLU value, so training graphs fuse alike).
 // WICK_CUDA_QEPI=0 / WICK_CUDA_QSWIGLU=0 turn the two halves off.
-static bool env_on(const char *name, int *cache) {
-  if (*cache < 0) {
-    const char *e = getenv(name);
-    *cache = !e || atoi(e) != 0;
-  }
-  return *cache != 0;
-}
 static bool qepi_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QEPI", &on); }
 static bool qswiglu_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QSWIGLU", &on); }
 static bool normw_enabled(void) { static int on = -1; return env_on("WICK_CUDA_NORMW", &on); }
@@ -1182,7 +1181,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   count_uses(&r);
   for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_lora(&r, i);
   count_uses(&r);
-  if (epilogues_enabled()) {
+  {
     for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_epilogue(&r, i);
     count_uses(&r);
   }

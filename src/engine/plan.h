@@ -6,8 +6,9 @@
 // Matmul epilogues. A MATMUL step with nin == 3 computes in[0] @ in[1] + in[2], the
 // bias in[2] ([N], [1, N]...) added to every row of the [M, N] product, then the
 // activation attrs.i[0] names (all three operands and the output share one float
-// dtype). The planner emits it for CUDA only, where it is one cuBLASLt call.
-enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2 };
+// dtype). On CUDA it is one cuBLASLt call (no erf GELU there); on the CPU, f32 only,
+// the GEMM applies it block by block.
+enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2, WK_EPI_BIAS_GELU = 3 };
 
 // Half-weight matmul ends (compile.c's match_qswiglu / match_qepilogue, CUDA only). A
 // QMATMUL step (x @ W^T, W a contiguous f16 / bf16 [N, K]) with attrs.i[1] = flags:

@@ -1,6 +1,7 @@
 // Matmul epilogues on CUDA: matmul(x, W[^T]) + bias [then GELU] planned as one
 // cuBLASLt call (compile.c's match_epilogue, cuda_backend.cu's matmul_epi) against
-// the CPU backend running the unfused graph on the same inputs. Also: the plan
+// the CPU backend on the same inputs (in f32 the CPU fuses too, in its own GEMM:
+// test_matmul_epi checks that against a double reference; f16/bf16 it runs unfused). Also: the plan
 // really holds the fused step (with the GELU only for its tanh form), gradients
 // through it, and the plan replayed as a CUDA graph with new inputs.
 // Tolerances, relative to the largest |reference| value: f32 1e-4 (TF32 off: f32
@@ -10,7 +11,7 @@
 // the summation order).
 #include <string.h>
 #include "check.h"
-#include "engine/plan.h"
+#include "plan_steps.h"
 #include "backend/cuda/cuda_backend.h"
 
 static uint64_t seed = 1;
@@ -54,17 +55,6 @@ static wk_tensor *linear(wk_tensor *x, wk_tensor *w, wk_tensor *b, int trans, in
   return act == ACT_GELU ? wk_gelu(y) : act == ACT_GELU_TANH ? wk_gelu_tanh(y) : y;
 }
 
-// The fused steps of the last plan: how many, and the epilogue of the last one.
-static int fused_steps(int *kind) {
-  const wk_plan *p = wk_last_plan();
-  int n = 0;
-  for (int k = 0; p && k < p->nsteps; k++)
-    if (p->steps[k].op == WK_OP_MATMUL && p->steps[k].nin == 3) {
-      n++;
-      *kind = (int)p->steps[k].attrs.i[0];
-    }
-  return n;
-}
 
 // x [lead..., K] (lead = {M} or {B, T}), W [N, K] (trans) or [K, N], bias [N] or [1, N].
 static void one_case(wk_dtype dt, int nlead, const int64_t *lead, int64_t K, int64_t N, int trans, int bias2d,
@@ -86,7 +76,7 @@ static void one_case(wk_dtype dt, int nlead, const int64_t *lead, int64_t K, int
   wk_tensor *ref = linear(x, w, b, trans, bias_first, act), *got = linear(gx, gw, gb, trans, bias_first, act);
   CHECK(ref && !wk_eval(1, &ref), "%s: CPU", what);
   CHECK(got && !wk_eval(1, &got), "%s: CUDA", what);
-  int kind = 0, n = fused_steps(&kind);
+  int kind = 0, n = epilogue_steps(&kind);
   int want = act == ACT_GELU_TANH ? WK_EPI_BIAS_GELU_TANH : WK_EPI_BIAS;
   CHECK(n == 1 && kind == want, "%s: the plan has %d fused matmul steps (epilogue %d, want 1 of %d)", what, n, kind, want);
   float d = rel(got, ref);
@@ -121,11 +111,11 @@ static void not_fused(void) {
   wk_tensor *ref = wk_add(wk_matmul(x, w), c), *got = wk_add(wk_matmul(gx, gw), gc);
   CHECK(!wk_eval(1, &got), "column bias on CUDA");
   int kind = 0;
-  CHECK(fused_steps(&kind) == 0, "a bias over columns is not a matmul epilogue");
+  CHECK(epilogue_steps(&kind) == 0, "a bias over columns is not a matmul epilogue");
   CHECK(rel(got, ref) <= 1e-5f, "column bias: %g", (double)rel(got, ref));
   wk_tensor *p = wk_matmul(gx, gw), *two[2] = {wk_add(p, gc), p};
   CHECK(!wk_eval(2, two), "product used twice");
-  CHECK(fused_steps(&kind) == 0, "a product that is also a target is not fused");
+  CHECK(epilogue_steps(&kind) == 0, "a product that is also a target is not fused");
   wk_scope_end();
   wk_tensor_free(x), wk_tensor_free(w), wk_tensor_free(c), wk_tensor_free(gx), wk_tensor_free(gw), wk_tensor_free(gc);
 }
@@ -145,7 +135,7 @@ static void gradients(void) {
   wk_tensor *all[4] = {gd[0], gd[1], gd[2], ld};
   CHECK(!wk_eval(4, all), "gradients on CUDA");
   int kind = 0;
-  CHECK(fused_steps(&kind) == 1 && kind == WK_EPI_BIAS, "forward fused with the bias (the GELU input feeds the backward)");
+  CHECK(epilogue_steps(&kind) == 1 && kind == WK_EPI_BIAS, "forward fused with the bias (the GELU input feeds the backward)");
   for (int k = 0; k < 3; k++) {
     float r = rel(gd[k], gh[k]);
     CHECK(r <= 1e-4f, "gradient %d: %g relative to the CPU", k, (double)r);
@@ -170,7 +160,7 @@ static void replay(void) {
     wk_tensor *q1 = linear(p1, w, b, 0, 0, ACT_NONE), *q2 = linear(p2, gw, gb, 0, 0, ACT_NONE);
     CHECK(!wk_eval(1, &q1) && !wk_eval(1, &q2), "replay %d: evaluated", it);
     int kind = 0;
-    CHECK(fused_steps(&kind) == 2, "replay %d: two fused steps", it);
+    CHECK(epilogue_steps(&kind) == 2, "replay %d: two fused steps", it);
     float r = rel(q2, q1);
     CHECK(r <= 2 * tol_of(WK_BF16), "replay %d: %g relative to the CPU", it, (double)r);
     wk_scope_end();

@@ -311,6 +311,16 @@ static void ew_range(void *ctx, int64_t begin, int64_t end, int tid) {
 #endif
 }
 
+// d = op(a) for the activations a GEMM epilogue applies (kernels.c).
+void WK_ISA_FN(wk_cpu_act)(wk_op op, float *d, const float *a, int64_t n);
+void WK_ISA_FN(wk_cpu_act)(wk_op op, float *d, const float *a, int64_t n) {
+  for (int64_t i = 0; i < n; i += 1 << 20) {
+    int m = (int)(n - i < (1 << 20) ? n - i : 1 << 20);
+    if (op == WK_OP_GELU) vm_gelu(d + i, a + i, m);
+    else vm_gelu_tanh(d + i, a + i, m);
+  }
+}
+
 wk_status WK_ISA_FN(wk_cpu_ew)(const wk_step *s, void *const *slots) {
   int64_t n = 1;
   for (int d = 0; d < s->out.ndim; d++) n *= s->out.shape[d];

@@ -136,6 +136,8 @@ typedef struct {
     float *C;
     int64_t ldc, sC, batch;
     const wk_gemm_bsrc *bsrc;  // B expands itself (A, lda, transA as usual; B, ldb unused)
+    wk_gemm_epi_fn epi;        // run on each finished block of C (batch 1), or NULL
+    const void *epi_ctx;
 } wk_gemm_args;
 
 static size_t wk_esize(const wk_gemm_args *g) { return g->bf16 ? 2 : 4; }
@@ -306,6 +308,7 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
             int64_t kcu = uk->bf16 ? (kc + 1) / 2 : kc;
             // K blocks after the first accumulate onto what the first wrote.
             float beta = pc == 0 ? g->beta : 1.0f;
+            bool last_k = pc + kc >= g->K;
             if (g->bsrc) wk_pack_bsrc(g->bsrc, jc, nc, pc, kc, NR, pb);
             else wk_pack_block(g, uk, B, brs, bks, jc, nc, pc, kc, NR, pb);
             for (int64_t ic = m0; ic < m1; ic += pl->MC) {
@@ -321,6 +324,7 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
                             uk->da(kcu, ar, ars, pb + jr * kcu, NR, cr + jr, g->ldc, mr, nr, g->alpha, beta);
                         else
                             uk->fn(kcu, pa + ir * kcu, pb + jr * kcu, NR, cr + jr, g->ldc, mr, nr, g->alpha, beta);
+                        if (last_k && g->epi) g->epi(cr + jr, g->ldc, mr, jc + jr, nr, g->epi_ctx);
                     }
                 }
             }
@@ -534,13 +538,25 @@ static void wk_gemm_run(const wk_gemm_args *g) {
     if (g->M <= 0 || g->N <= 0 || g->batch <= 0) return;
     if (g->K <= 0 || g->alpha == 0.0f) {
         wk_gemm_scale(g);
+        if (g->epi) g->epi(g->C, g->ldc, g->M, 0, g->N, g->epi_ctx);
         return;
     }
-    wk_cpu_isa_t isa = wk_cpu_isa();
-    if (g->bsrc) wk_gemm_packed(g, isa);  // the small paths read B in place
-    else if (g->M <= WK_GEMV_MAXROWS) wk_gemm_small(g, 0);
-    else if (g->N <= WK_GEMV_MAXROWS) wk_gemm_small(g, 1);
-    else wk_gemm_packed(g, isa);
+    bool small = !g->bsrc && (g->M <= WK_GEMV_MAXROWS || g->N <= WK_GEMV_MAXROWS);  // B read in place
+    if (!small) {
+        wk_gemm_packed(g, wk_cpu_isa());  // the epilogue runs per block
+        return;
+    }
+    wk_gemm_small(g, g->M > WK_GEMV_MAXROWS);
+    if (g->epi) g->epi(g->C, g->ldc, g->M, 0, g->N, g->epi_ctx);  // a few rows or columns: once
+}
+
+void wk_gemm_f32_epi(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *A,
+                     int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                     wk_gemm_epi_fn epi, const void *epi_ctx) {
+    wk_gemm_args g = {.transA = transA != 0, .transB = transB != 0, .M = M, .N = N, .K = K,
+                      .alpha = 1.0f, .A = A, .B = B, .lda = lda, .ldb = ldb, .C = C, .ldc = ldc,
+                      .batch = 1, .epi = epi, .epi_ctx = epi_ctx};
+    wk_gemm_run(&g);
 }
 
 void wk_gemm_f32(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
@@ -548,7 +564,7 @@ void wk_gemm_f32(int transA, int transB, int64_t M, int64_t N, int64_t K, float 
                  int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                  int64_t batch) {
     wk_gemm_args g = {0, 0,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
-                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch, NULL};
+                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch, NULL, NULL, NULL};
     wk_gemm_run(&g);
 }
 
@@ -556,7 +572,7 @@ void wk_gemm_f32_serial(int transA, int transB, int64_t M, int64_t N, int64_t K,
                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                         float *C, int64_t ldc) {
     wk_gemm_args g = {1, 0, transA != 0, transB != 0, M, N, K, alpha, beta, A, B, lda, ldb, 0, 0,
-                      C, ldc, 0, 1, NULL};
+                      C, ldc, 0, 1, NULL, NULL, NULL};
     wk_gemm_run(&g);
 }
 
@@ -586,6 +602,6 @@ void wk_gemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float
                   int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                   int64_t batch) {
     wk_gemm_args g = {0, 1,     transA != 0, transB != 0, M,   N,   K,   alpha, beta,  A,
-                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch, NULL};
+                      B,     lda,         ldb,         strideA, strideB, C, ldc, strideC, batch, NULL, NULL, NULL};
     wk_gemm_run(&g);
 }

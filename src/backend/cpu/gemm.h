@@ -55,3 +55,13 @@ void wk_gemv_bf16_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ld
 // dst[k*W + r] = src[r*ld + k] for r < w (zero for w <= r < W), k < kc: w rows of
 // length kc transposed into kc rows of W (the GEMM's panel layout), w <= W.
 void wk_transpose_rows_f32(const float *src, int64_t ld, int64_t w, int64_t kc, int W, float *dst);
+
+// Epilogue: called on finished blocks of C (all of K summed): rows [0, rows) of c
+// (ldc apart), columns col0 .. col0 + ncols of the whole C. Applied while the block
+// is still in L1, it replaces a separate pass over C (a bias add, an activation).
+typedef void (*wk_gemm_epi_fn)(float *c, int64_t ldc, int64_t rows, int64_t col0, int64_t ncols,
+                               const void *ctx);
+// C[M,N] = op(A) @ op(B), then epi on every block of C (one matrix, all threads).
+void wk_gemm_f32_epi(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *A,
+                     int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                     wk_gemm_epi_fn epi, const void *epi_ctx);

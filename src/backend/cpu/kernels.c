@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cpu_kernels.h"
+#include "../../engine/plan.h"
 #include "gemm.h"
 #include "threadpool.h"
 
@@ -12,6 +13,7 @@ void WK_ISA_FN(wk_cpu_prologue)(const wk_step *s, void *const *slots, int64_t st
 wk_status WK_ISA_FN(wk_cpu_nn)(const wk_step *s, void *const *slots);
 wk_status WK_ISA_FN(wk_cpu_sdpa_bwd)(const wk_step *s, void *const *slots);
 wk_status WK_ISA_FN(wk_cpu_qkernel)(const wk_step *s, void *const *slots);
+void WK_ISA_FN(wk_cpu_act)(wk_op op, float *d, const float *a, int64_t n);
 
 static int64_t numel_of(const wk_operand *o) {
   int64_t n = 1;
@@ -427,6 +429,39 @@ stored:
   return WK_OK;
 }
 
+// ---- matmul + bias [+ GELU] (compile.c's epilogue rewrite), f32 ----
+// One GEMM whose blocks of C take the bias and the activation while still in L1,
+// instead of a second pass over C in memory.
+typedef struct { const float *bias; int kind; } epi_ctx;
+
+static void epi_apply(float *c, int64_t ldc, int64_t rows, int64_t col0, int64_t n, const void *vctx) {
+  const epi_ctx *e = vctx;
+  const float *b = e->bias + col0;
+  for (int64_t r = 0; r < rows; r++) {
+    float *row = c + r * ldc;
+    for (int64_t j = 0; j < n; j++) row[j] += b[j];
+    if (e->kind == WK_EPI_BIAS_GELU_TANH) WK_ISA_FN(wk_cpu_act)(WK_OP_GELU_TANH, row, row, n);
+    else if (e->kind == WK_EPI_BIAS_GELU) WK_ISA_FN(wk_cpu_act)(WK_OP_GELU, row, row, n);
+  }
+}
+
+static wk_status matmul_epi_kernel(const wk_step *s, void *const *slots) {
+  mat x, w;
+  const wk_operand *bo = &s->in[2];
+  if (s->in[0].dtype != WK_F32 || s->in[1].dtype != WK_F32 || s->out.dtype != WK_F32 || s->in[0].ndim != 2 ||
+      s->in[1].ndim != 2 || !as_mat(&s->in[0], slots, 0, &x) || !as_mat(&s->in[1], slots, 0, &w))
+    return wk_error(WK_ERR_STATE, "matmul epilogue: operand layout not supported by the CPU kernel");
+  int64_t M = s->in[0].shape[0], K = s->in[0].shape[1], N = s->in[1].shape[1];
+  float *bias = malloc(sizeof(float) * (size_t)N);
+  if (!bias) return wk_error(WK_ERR_OOM, "matmul epilogue: out of memory");
+  WK_ISA_FN(wk_cpu_load_f32)(bo, slots, 0, N, bias);
+  epi_ctx e = {bias, (int)s->attrs.i[0]};
+  wk_gemm_f32_epi(x.trans, w.trans, M, N, K, x.p, x.ld, w.p, w.ld, (float *)wk_operand_ptr(&s->out, slots), N,
+                  epi_apply, &e);
+  free(bias);
+  return WK_OK;
+}
+
 // ---- LoRA: out = x@W + scale * (x@A)@B, f32, one kernel ----
 static wk_status lora_kernel(const wk_step *s, void *const *slots) {
   mat x, w, a, b;
@@ -453,7 +488,7 @@ wk_status WK_ISA_FN(wk_cpu_kernel)(const wk_step *s, void *const *slots) {
     case WK_OP_CONCAT: return concat_kernel(s, slots);
     case WK_OP_PAD: return pad_kernel(s, slots);
     case WK_OP_SET_SLICE: return set_slice_kernel(s, slots);
-    case WK_OP_MATMUL: return matmul_kernel(s, slots);
+    case WK_OP_MATMUL: return s->nin == 3 ? matmul_epi_kernel(s, slots) : matmul_kernel(s, slots);
     case WK_OP_LORA: return lora_kernel(s, slots);
     case WK_OP_QMATMUL:
     case WK_OP_DEQUANTIZE: return WK_ISA_FN(wk_cpu_qkernel)(s, slots);
