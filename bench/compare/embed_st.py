@@ -7,8 +7,12 @@ size 32 for both (sentence-transformers' default; wick encodes 32 at a time too)
 normalized embeddings. For n = 1, 32 and 256 sentences, each side embeds the first n
 sentences repeatedly for --time seconds (after a warm-up call) and the median call
 gives sentences/s. wick runs as `wick bench --json --filter embed_minilm` (lazy mode)
-from the repository root, beside this process (not at the same time). Also checks
-that the two sides' embeddings agree (cosine) on all 256 sentences.
+from the repository root, beside this process (not at the same time). --rounds
+repeats the pair (wick's cases, then sentence-transformers'): each round's ratio
+compares two measurements taken close together, so a slow spell of the machine
+lands on one round rather than on one side; the table gives medians and the range
+of the per-round ratios. Also checks that the two sides' embeddings agree (cosine)
+on all 256 sentences.
 
 Both precisions, each against its own kind: f32 (wick's default; sentence-transformers'
 default) and bf16 matrices (`wick embed --dtype bf16`: bf16 products accumulated in
@@ -82,30 +86,41 @@ def lowest_cosine(a, b):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--wick", default=os.path.join(ROOT, "build", "wick"))
-    ap.add_argument("--time", type=float, default=3.0, help="seconds per case and side")
+    ap.add_argument("--time", type=float, default=3.0, help="seconds per case and side in each round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of (all wick cases, then the same sentence-transformers cases); "
+                         "each ratio pairs one round's two sides, taken a minute apart at most")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     sentences = open(SENTENCES, encoding="utf-8").read().splitlines()
     models = {"f32": SentenceTransformer(MODEL, device="cpu"),
               "bf16": SentenceTransformer(MODEL, device="cpu").to(torch.bfloat16)}
-    w = run_wick(os.path.abspath(args.wick), args.time)
     print(f"threads {THREADS}, torch {torch.__version__}, batch size 32, {len(sentences)} sentences of "
-          f"{sum(len(s.split()) for s in sentences) / len(sentences):.1f} words on average")
-    print(f"{'dtype':>5} {'sentences':>9} {'wick sent/s':>12} {'st sent/s':>10} {'wick / st':>9} {'wick / st f32':>13}")
-    st_f32 = {}
+          f"{sum(len(s.split()) for s in sentences) / len(sentences):.1f} words on average, "
+          f"{args.rounds} rounds")
+    ours, theirs = {}, {}   # (dtype, n) -> [rate per round]
+    for _ in range(args.rounds):
+        w = run_wick(os.path.abspath(args.wick), args.time)
+        for dt in ("f32", "bf16"):
+            for n in SIZES:
+                ours.setdefault((dt, n), []).append(w.get((dt, n), (float("nan"), 0))[0])
+                theirs.setdefault((dt, n), []).append(time_st(models[dt], sentences, n, args.time)[0])
+    med = statistics.median
+    print(f"{'dtype':>5} {'sentences':>9} {'wick sent/s':>12} {'st sent/s':>10} {'wick / st':>9} "
+          f"{'rounds min-max':>15} {'wick / st f32':>13}")
     for dt in ("f32", "bf16"):
         for n in SIZES:
-            st, _ = time_st(models[dt], sentences, n, args.time)
-            st_f32.setdefault(n, st)
-            ours = w.get((dt, n), (float("nan"), 0))[0]
-            print(f"{dt:>5} {n:>9} {ours:>12.1f} {st:>10.1f} {ours / st:>9.2f} {ours / st_f32[n]:>13.2f}")
+            o, t, tf = ours[(dt, n)], theirs[(dt, n)], theirs[("f32", n)]
+            r = [a / b for a, b in zip(o, t)]
+            print(f"{dt:>5} {n:>9} {med(o):>12.1f} {med(t):>10.1f} {med(r):>9.2f} "
+                  f"{min(r):>7.2f}-{max(r):<7.2f} {med([a / b for a, b in zip(o, tf)]):>13.2f}")
     ref = models["f32"].encode(sentences, batch_size=32, normalize_embeddings=True)
     ref16 = models["bf16"].encode(sentences, batch_size=32, normalize_embeddings=True, convert_to_numpy=False)
     ref16 = torch.stack(ref16).float().numpy()
     wick_abs = os.path.abspath(args.wick)
-    ours, ours16 = wick_embeddings(wick_abs, "f32", len(sentences)), wick_embeddings(wick_abs, "bf16", len(sentences))
+    ours_e, ours16 = wick_embeddings(wick_abs, "f32", len(sentences)), wick_embeddings(wick_abs, "bf16", len(sentences))
     print(f"lowest cosine over {len(sentences)} sentences, to sentence-transformers f32: wick f32 "
-          f"{lowest_cosine(ours, ref):.7f}, wick bf16 {lowest_cosine(ours16, ref):.7f}, "
+          f"{lowest_cosine(ours_e, ref):.7f}, wick bf16 {lowest_cosine(ours16, ref):.7f}, "
           f"st bf16 {lowest_cosine(ref16, ref):.7f}")
 
 
