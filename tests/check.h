@@ -37,6 +37,19 @@ static inline float *read_all(wk_tensor *t) {
   return v;
 }
 
+// max |a - b| / max |b| over two tensors' values (INFINITY when either can't be read
+// or their sizes differ).
+static inline float max_rel_diff(wk_tensor *a, wk_tensor *b) {
+  float *x = read_all(a), *y = read_all(b), scale = 1e-6f;
+  int64_t n = wk_numel(b);
+  if (!x || !y || wk_numel(a) != n) { free(x); free(y); return INFINITY; }
+  for (int64_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(y[i]));
+  float d = max_abs_diff(x, y, n) / scale;
+  free(x);
+  free(y);
+  return d;
+}
+
 static inline int check_report(void) {
   printf("%d passed, %d failed\n", check_pass, check_fail);
   return check_fail ? 1 : 0;

@@ -34,18 +34,6 @@ static wk_tensor *on_gpu(wk_tensor *t) {
 
 static float tol_of(wk_dtype dt) { return dt == WK_F32 ? 1e-4f : dt == WK_F16 ? 4e-3f : 2e-2f; }
 
-// max |a - b| / max |b|
-static float rel(wk_tensor *a, wk_tensor *b) {
-  float *x = read_all(a), *y = read_all(b), scale = 1e-6f;
-  int64_t n = wk_numel(b);
-  if (!x || !y || wk_numel(a) != n) { free(x); free(y); return INFINITY; }
-  for (int64_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(y[i]));
-  float d = max_abs_diff(x, y, n) / scale;
-  free(x);
-  free(y);
-  return d;
-}
-
 enum { ACT_NONE, ACT_GELU, ACT_GELU_TANH };
 static const char *act_name[] = {"", " + gelu", " + gelu_tanh"};
 
@@ -79,7 +67,7 @@ static void one_case(wk_dtype dt, int nlead, const int64_t *lead, int64_t K, int
   int kind = 0, n = epilogue_steps(&kind);
   int want = act == ACT_GELU_TANH ? WK_EPI_BIAS_GELU_TANH : WK_EPI_BIAS;
   CHECK(n == 1 && kind == want, "%s: the plan has %d fused matmul steps (epilogue %d, want 1 of %d)", what, n, kind, want);
-  float d = rel(got, ref);
+  float d = max_rel_diff(got, ref);
   CHECK(d <= tol_of(dt), "%s: %g relative to the CPU (tolerance %g)", what, (double)d, (double)tol_of(dt));
   wk_scope_end();
 done:
@@ -112,7 +100,7 @@ static void not_fused(void) {
   CHECK(!wk_eval(1, &got), "column bias on CUDA");
   int kind = 0;
   CHECK(epilogue_steps(&kind) == 0, "a bias over columns is not a matmul epilogue");
-  CHECK(rel(got, ref) <= 1e-5f, "column bias: %g", (double)rel(got, ref));
+  CHECK(max_rel_diff(got, ref) <= 1e-5f, "column bias: %g", (double)max_rel_diff(got, ref));
   wk_tensor *p = wk_matmul(gx, gw), *two[2] = {wk_add(p, gc), p};
   CHECK(!wk_eval(2, two), "product used twice");
   CHECK(epilogue_steps(&kind) == 0, "a product that is also a target is not fused");
@@ -137,7 +125,7 @@ static void gradients(void) {
   int kind = 0;
   CHECK(epilogue_steps(&kind) == 1 && kind == WK_EPI_BIAS, "forward fused with the bias (the GELU input feeds the backward)");
   for (int k = 0; k < 3; k++) {
-    float r = rel(gd[k], gh[k]);
+    float r = max_rel_diff(gd[k], gh[k]);
     CHECK(r <= 1e-4f, "gradient %d: %g relative to the CPU", k, (double)r);
   }
   CHECK(fabsf(wk_item(ld) - wk_item(lh)) <= 1e-4f * fmaxf(1, fabsf(wk_item(lh))), "loss %g vs %g", (double)wk_item(ld),
@@ -161,7 +149,7 @@ static void replay(void) {
     CHECK(!wk_eval(1, &q1) && !wk_eval(1, &q2), "replay %d: evaluated", it);
     int kind = 0;
     CHECK(epilogue_steps(&kind) == 2, "replay %d: two fused steps", it);
-    float r = rel(q2, q1);
+    float r = max_rel_diff(q2, q1);
     CHECK(r <= 2 * tol_of(WK_BF16), "replay %d: %g relative to the CPU", it, (double)r);
     wk_scope_end();
     wk_tensor_free(x), wk_tensor_free(gx);

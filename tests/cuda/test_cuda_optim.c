@@ -20,15 +20,6 @@ static wk_tensor *on(wk_tensor *t, wk_device d) {
   return r;
 }
 
-static float max_rel(wk_tensor *a, wk_tensor *b) {
-  float *x = read_all(a), *y = read_all(b), scale = 1e-6f;
-  int64_t n = wk_numel(b);
-  if (!x || !y || wk_numel(a) != n) { free(x); free(y); return INFINITY; }
-  for (int64_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(y[i]));
-  float d = max_abs_diff(x, y, n) / scale;
-  free(x), free(y);
-  return d;
-}
 
 static bool identical(wk_tensor *a, wk_tensor *b) {
   float *x = read_all(a), *y = read_all(b);
@@ -119,11 +110,11 @@ static void run(const char *name, wk_optim_config oc, int expect_groups) {
     float worst = 0;
     bool same = true;
     for (int i = 0; i < NP; i++) {
-      worst = fmaxf(worst, max_rel(gpu.p[i], cpu.p[i]));
+      worst = fmaxf(worst, max_rel_diff(gpu.p[i], cpu.p[i]));
       same = same && identical(gpu.p[i], one.p[i]);
     }
     for (int k = 0; k < wk_optim_state_count(gpu.o); k++) {
-      worst = fmaxf(worst, max_rel(wk_optim_state(gpu.o, k, NULL), wk_optim_state(cpu.o, k, NULL)));
+      worst = fmaxf(worst, max_rel_diff(wk_optim_state(gpu.o, k, NULL), wk_optim_state(cpu.o, k, NULL)));
       same = same && identical(wk_optim_state(gpu.o, k, NULL), wk_optim_state(one.o, k, NULL));
     }
     CHECK(worst <= 1e-6f, "%s step %d: parameters and state %g relative to the CPU", name, t, (double)worst);
