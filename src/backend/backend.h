@@ -65,6 +65,21 @@ typedef struct {
 
 #define WK_STEP_FUSED_EW WK_OP_COUNT
 
+// How an operand covers its shape: 1 dense (row-major, size-1 axes ignored), 2 one
+// value broadcast to all of it (stride 0 on every axis), 0 neither.
+enum { WK_FORM_OTHER = 0, WK_FORM_DENSE = 1, WK_FORM_SCALAR = 2 };
+static inline int wk_operand_form(const wk_operand *o) {
+  int64_t st = 1;
+  bool dense = true, one = true;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    if (o->shape[d] == 1) continue;
+    if (o->stride[d] != st) dense = false;
+    if (o->stride[d] != 0) one = false;
+    st *= o->shape[d];
+  }
+  return dense ? WK_FORM_DENSE : one ? WK_FORM_SCALAR : WK_FORM_OTHER;
+}
+
 // A SUM/MAX step's input seen as (outer O, reduced R, inner I) when the reduced
 // axes (attrs.axes) form one block, ignoring size-1 axes; false if they are scattered.
 static inline bool wk_reduce_split(const wk_operand *in, uint32_t mask, int64_t *O, int64_t *R, int64_t *I) {

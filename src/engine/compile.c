@@ -817,26 +817,13 @@ static bool runtime_scalar(const wk_ew_instr *in) {
   }
 }
 
-// 1: dense in out's shape, 2: one value broadcast, 0: neither.
-static int operand_form(const wk_operand *o) {
-  int64_t st = 1;
-  bool dense = true, one = true;
-  for (int d = o->ndim - 1; d >= 0; d--) {
-    if (o->shape[d] == 1) continue;
-    if (o->stride[d] != st) dense = false;
-    if (o->stride[d] != 0) one = false;
-    st *= o->shape[d];
-  }
-  return dense ? 1 : one ? 2 : 0;
-}
-
 static bool hgroup_eligible(const wk_step *s) {
   // (a single element: its operands' forms are ambiguous, and one launch is all it costs)
-  if (s->op != WK_STEP_FUSED_EW || s->device != WK_CUDA || operand_form(&s->out) != 1) return false;
+  if (s->op != WK_STEP_FUSED_EW || s->device != WK_CUDA || wk_operand_form(&s->out) != WK_FORM_DENSE) return false;
   int64_t n = 1;
   for (int d = 0; d < s->out.ndim; d++) n *= s->out.shape[d];
   if (n < 2) return false;
-  for (int k = 0; k < s->nin; k++) if (!operand_form(&s->in[k])) return false;
+  for (int k = 0; k < s->nin; k++) if (!wk_operand_form(&s->in[k])) return false;
   for (int q = 0; q < s->prog.n; q++) if (s->prog.code[q].op == WK_EW_LOAD_ROW) return false;
   return true;
 }
@@ -846,7 +833,7 @@ static bool same_program(const wk_step *a, const wk_step *b) {
       a->nin != b->nin || a->out.dtype != b->out.dtype)
     return false;
   for (int k = 0; k < a->nin; k++)
-    if (a->in[k].dtype != b->in[k].dtype || operand_form(&a->in[k]) != operand_form(&b->in[k])) return false;
+    if (a->in[k].dtype != b->in[k].dtype || wk_operand_form(&a->in[k]) != wk_operand_form(&b->in[k])) return false;
   for (int q = 0; q < a->prog.n; q++) {
     const wk_ew_instr *x = &a->prog.code[q], *y = &b->prog.code[q];
     if (x->op != y->op || x->dst != y->dst || x->a != y->a || x->b != y->b || x->c != y->c) return false;

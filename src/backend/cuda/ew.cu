@@ -585,26 +585,15 @@ __global__ void __launch_bounds__(256) k_ew_multi(const __grid_constant__ Blob<C
   }
 }
 
-static int mt_form(const wk_operand *o) {   // 1: dense in its shape, 2: one value, 0: neither
-  int64_t st = 1;
-  bool dense = true, one = true;
-  for (int d = o->ndim - 1; d >= 0; d--) {
-    if (o->shape[d] == 1) continue;
-    if (o->stride[d] != st) dense = false;
-    if (o->stride[d] != 0) one = false;
-    st *= o->shape[d];
-  }
-  return dense ? 1 : one ? 2 : 0;
-}
 
 // Whether member s can share head h's launch (the planner's rules, checked again:
 // the attributes that are not run-time scalars must be the head's).
 static bool mt_member_ok(const wk_step *h, const wk_step *s) {
   if (s->op != WK_STEP_FUSED_EW || s->prog.n != h->prog.n || s->nin != h->nin || s->out.dtype != h->out.dtype ||
-      s->prog.out_reg != h->prog.out_reg || mt_form(&s->out) != 1 || s->out.offset != 0)
+      s->prog.out_reg != h->prog.out_reg || wk_operand_form(&s->out) != WK_FORM_DENSE || s->out.offset != 0)
     return false;
   for (int k = 0; k < s->nin; k++)
-    if (s->in[k].dtype != h->in[k].dtype || !mt_form(&s->in[k]) || mt_form(&s->in[k]) != mt_form(&h->in[k])) return false;
+    if (s->in[k].dtype != h->in[k].dtype || !wk_operand_form(&s->in[k]) || wk_operand_form(&s->in[k]) != wk_operand_form(&h->in[k])) return false;
   if (wkc_numel(&s->out) < 2 || wkc_numel(&h->out) < 2) return false;   // (the planner groups none)
   for (int q = 0; q < s->prog.n; q++) {
     const wk_ew_instr *a = &h->prog.code[q], *b = &s->prog.code[q];
@@ -656,7 +645,7 @@ wk_status wkc_ew_group(const wk_step *s, int n, void *const *slots) {
   hd->stride = (int32_t)(sizeof(MtMem) + sizeof(char *) * (size_t)h->nin + sizeof(DRt) * (size_t)nrt);
   for (int k = 0; k < h->nin; k++) {
     hd->op_dtype[k] = h->in[k].dtype;
-    if (mt_form(&h->in[k]) == 2) hd->scalar_mask |= 1 << k;
+    if (wk_operand_form(&h->in[k]) == WK_FORM_SCALAR) hd->scalar_mask |= 1 << k;
   }
   memcpy(hd->rt_at, rt_at, sizeof(int) * (size_t)nrt);
   DInstr *code = (DInstr *)(buf + sizeof(MtHdr));
