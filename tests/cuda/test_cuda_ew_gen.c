@@ -22,7 +22,10 @@
 // randn, dropout, arange, causal mask), a program too long for the tiled path, an
 // i32 output, zero elements, an op the generator does not know and a source that
 // does not compile (both fall back to the interpreter), the default size threshold,
-// and a plan captured as a CUDA graph whose scalars change between replays.
+// and a plan captured as a CUDA graph whose scalars change between replays; bf16
+// chain8 with NaN / inf in one tile in three (the tile-wide NaN test), an input and
+// an output off 16-byte alignment and views of every other element (the
+// per-element paths). WICK_CUDA_EWGEN=0..7 runs it on each form of the generator.
 #include <string.h>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
@@ -202,6 +205,49 @@ static void test_layouts(void) {
     wk_step s5 = group(1, in5, opnd(o5, dt, 1, &n5, NULL, 0), code5, 1, 1);
     check_group(h ? "special values rounded to f16" : "special values rounded to bf16", &s5, o5, 0, tol_of(dt), true);
   }
+  reset();
+
+  // bf16 chain8 where one tile in a few holds a NaN or an infinity, at each of the 8
+  // places of a tile (the tiled path tests a whole tile for NaN once and redoes only
+  // such tiles pair by pair), a tail of 5; then the same data through views that
+  // must take the per-element path: an input and an output 1 element off 16-byte
+  // alignment, and a view of every other element (strided)
+  int64_t n6 = 8 * 64 + 5;
+  int x6 = buf(WK_BF16, 2 * n6 + 2, -2, 2), y6 = buf(WK_BF16, 2 * n6 + 2, -2, 2), o6 = buf(WK_BF16, n6, 0, 0);
+  int o7 = buf(WK_BF16, n6 + 1, 0, 0);
+  for (int t = 0; t < 64; t += 3) {
+    int64_t at = (int64_t)t * 8 + t % 8;
+    put(B[x6].h, WK_BF16, at, t % 2 ? NAN : INFINITY);
+    if (t % 5 == 0) put(B[y6].h, WK_BF16, at + 1 < n6 ? at + 1 : at, t % 2 ? -INFINITY : NAN);
+  }
+  put(B[x6].h, WK_BF16, n6 - 2, NAN);  // in the tail
+  gpu->upload(B[x6].d, B[x6].h, B[x6].bytes);
+  gpu->upload(B[y6].d, B[y6].h, B[y6].bytes);
+  wk_operand in6[2] = {opnd(x6, WK_BF16, 1, &n6, NULL, 0), opnd(y6, WK_BF16, 1, &n6, NULL, 0)};
+  wk_step s6 = group(2, in6, opnd(o6, WK_BF16, 1, &n6, NULL, 0), chain8, 10, 4);
+  check_group("bf16 chain8, NaN / inf in one tile in three", &s6, o6, tol_of(WK_BF16), tol_of(WK_BF16), true);
+  in6[0] = opnd(x6, WK_BF16, 1, &n6, NULL, 1);
+  s6 = group(2, in6, opnd(o6, WK_BF16, 1, &n6, NULL, 0), chain8, 10, 4);
+  check_group("bf16 chain8, an input 1 element off alignment", &s6, o6, tol_of(WK_BF16), tol_of(WK_BF16), true);
+  // (the output off alignment: element 0 stays unwritten, so against the interpreter only)
+  in6[0] = opnd(x6, WK_BF16, 1, &n6, NULL, 0);
+  s6 = group(2, in6, opnd(o7, WK_BF16, 1, &n6, NULL, 1), chain8, 10, 4);
+  {
+    wk_cuda_ew_gen_stats g0 = gen_stats();
+    unsigned char *gg = run_device("bf16 chain8, output off alignment", &s6, o7);
+    wk_cuda_ew_gen_stats g1 = gen_stats();
+    wk_cuda_set_ew_gen(0);
+    unsigned char *rr = run_device("bf16 chain8, output off alignment", &s6, o7);
+    wk_cuda_set_ew_gen(2);
+    CHECK(g1.launches > g0.launches, "bf16 chain8, the output 1 element off alignment: a generated kernel ran");
+    CHECK(gg && rr && !memcmp(gg, rr, B[o7].bytes), "bf16 chain8, the output 1 element off alignment: the interpreter's bits");
+    free(gg);
+    free(rr);
+  }
+  in6[0] = opnd(x6, WK_BF16, 1, &n6, (int64_t[]){2}, 0);
+  in6[1] = opnd(y6, WK_BF16, 1, &n6, (int64_t[]){2}, 1);
+  s6 = group(2, in6, opnd(o6, WK_BF16, 1, &n6, NULL, 0), chain8, 10, 4);
+  check_group("bf16 chain8 over views of every other element", &s6, o6, tol_of(WK_BF16), tol_of(WK_BF16), true);
   reset();
 
   // i32 output (a comparison cast to i32)

@@ -77,6 +77,7 @@ struct Opnd {
 };
 
 std::atomic<int> g_mode{-1};         // 0 off, 1 groups of >= MIN_ELEMS elements, 2 every group
+std::atomic<int> g_variant{-1};       // WICK_CUDA_EWGEN bits: 1 one NaN test a bf16 tile, 2 streaming loads and stores, 4 8 blocks an SM (see variant())
 std::atomic<int> g_unknown_op{-1};   // tests: an op the generator treats as unknown
 std::atomic<int> g_broken{0};        // tests: generated sources get a syntax error
 std::atomic<unsigned long long> g_launches{0}, g_fallbacks{0};
@@ -91,6 +92,23 @@ int mode(void) {
     g_mode.store(m);
   }
   return m;
+}
+
+// Which of the generator's later forms to use (WICK_CUDA_EWGEN, a bit mask; 0 gives
+// the source of commit 1ca3d18). Measured on an H200, chain8 64M f32 / bf16, wall
+// µs per lazy call, two rounds: 0: 199.1-200.7 / 125.1-125.9; 1 (one NaN test a
+// tile, kept): 199.2-206.3 / 121.2-122.3; 2 (__ldcs / __stcs): 216.5-218.8 /
+// 125.6; 3: 203.5 / 123.8-124.3; 4 (8 blocks an SM, 32 registers, spills):
+// 444-445 / 140; 5: 444-448 / 132-133; 7: 400 / 130-131.
+const int DEFAULT_VARIANT = 1;
+int variant(void) {
+  int v = g_variant.load();
+  if (v < 0) {
+    const char *e = getenv("WICK_CUDA_EWGEN");
+    v = e ? atoi(e) & 7 : DEFAULT_VARIANT;
+    g_variant.store(v);
+  }
+  return v;
 }
 
 void addf(std::string *s, const char *fmt, ...) {
@@ -267,6 +285,22 @@ WG_FN void wg_cv_f16(const uint4 c, float *v) {
 WG_FN uint4 wg_pk_f32(const float *v) { return uint4{__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])}; }
 WG_FN uint4 wg_pk_i32(const float *v) { return uint4{(unsigned)(int)v[0], (unsigned)(int)v[1], (unsigned)(int)v[2], (unsigned)(int)v[3]}; }
 WG_FN uint4 wg_pk_bf16(const float *v) { return uint4{wg_pair_bf16(v[0], v[1]), wg_pair_bf16(v[2], v[3]), wg_pair_bf16(v[4], v[5]), wg_pair_bf16(v[6], v[7])}; }
+// the tile's eight as bf16: four cvt instructions, one NaN test for the tile (the
+// unordered compares chain into one predicate), and only a tile with a NaN redone
+// pair by pair as above: the same bits as wg_pk_bf16 with fewer instructions
+WG_FN uint4 wg_pk_bf16t(const float *v) {
+#if __CUDA_ARCH__ >= 800
+  unsigned r[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r[k]) : "f"(v[2 * k + 1]), "f"(v[2 * k]));
+  const bool nan = (v[0] != v[0]) | (v[1] != v[1]) | (v[2] != v[2]) | (v[3] != v[3]) | (v[4] != v[4]) | (v[5] != v[5]) |
+                   (v[6] != v[6]) | (v[7] != v[7]);
+  if (nan) return wg_pk_bf16(v);
+  return uint4{r[0], r[1], r[2], r[3]};
+#else
+  return wg_pk_bf16(v);
+#endif
+}
 WG_FN uint4 wg_pk_f16(const float *v) { return uint4{wg_pair_f16(v[0], v[1]), wg_pair_f16(v[2], v[3]), wg_pair_f16(v[4], v[5]), wg_pair_f16(v[6], v[7])}; }
 )";
 
@@ -325,7 +359,12 @@ std::string generate(const wk_ew_prog *pg, const Opnd *od, int nops, int nd, boo
   if (nsc) addf(&s, " GScal sc[%d];", nsc);
   s += " };\n";
   s += k_helpers;
-  addf(&s, "extern \"C\" __global__ void __launch_bounds__(%d) wk_ew_gen(const __grid_constant__ GArgs a) {\n", THREADS);
+  const int var = variant();
+  if ((var & 4) && vector_path(pg))
+    addf(&s, "extern \"C\" __global__ void __launch_bounds__(%d, %d) wk_ew_gen(const __grid_constant__ GArgs a) {\n", THREADS,
+         2048 / THREADS);
+  else
+    addf(&s, "extern \"C\" __global__ void __launch_bounds__(%d) wk_ew_gen(const __grid_constant__ GArgs a) {\n", THREADS);
   s += hoist;
   s += "  const wg_idx n = (wg_idx)a.n;\n";
   // operands: pointers, per-thread values of broadcast scalars, strides of strided ones
@@ -369,8 +408,13 @@ std::string generate(const wk_ew_prog *pg, const Opnd *od, int nops, int nd, boo
       if (od[k].kind != K_DENSE) continue;
       int nc = chunks(od[k].dtype);
       addf(&s, "    uint4 c%d[%d];\n", k, nc);
-      addf(&raw_load_c, "      for (int j = 0; j < %d; j++) c%d[j] = ((const uint4 *)p%d)[(long long)t * %d + j];\n", nc, k, k, nc);
-      addf(&raw_load_x, "        for (int j = 0; j < %d; j++) x%d[j] = ((const uint4 *)p%d)[(long long)tn * %d + j];\n", nc, k, k, nc);
+      if (var & 2) {
+        addf(&raw_load_c, "      for (int j = 0; j < %d; j++) c%d[j] = __ldcs((const uint4 *)p%d + (long long)t * %d + j);\n", nc, k, k, nc);
+        addf(&raw_load_x, "        for (int j = 0; j < %d; j++) x%d[j] = __ldcs((const uint4 *)p%d + (long long)tn * %d + j);\n", nc, k, k, nc);
+      } else {
+        addf(&raw_load_c, "      for (int j = 0; j < %d; j++) c%d[j] = ((const uint4 *)p%d)[(long long)t * %d + j];\n", nc, k, k, nc);
+        addf(&raw_load_x, "        for (int j = 0; j < %d; j++) x%d[j] = ((const uint4 *)p%d)[(long long)tn * %d + j];\n", nc, k, k, nc);
+      }
       addf(&shift, "      for (int j = 0; j < %d; j++) c%d[j] = x%d[j];\n", nc, k, k);
     }
     s += "    if (t < tiles) {\n" + raw_load_c + "    }\n";
@@ -398,8 +442,13 @@ std::string generate(const wk_ew_prog *pg, const Opnd *od, int nops, int nd, boo
       if (od[k].kind != K_SCALAR) addf(&s, "l%d[v], ", k);
     s += "i0 + v);\n";
     int oc = chunks(out_dtype);
-    addf(&s, "      for (int j = 0; j < %d; j++) ((uint4 *)a.out)[(long long)t * %d + j] = wg_pk_%s(y + j * %d);\n", oc, oc,
-         odt, per(out_dtype));
+    const char *pk = (var & 1) && out_dtype == WK_BF16 ? "bf16t" : odt;
+    if (var & 2)
+      addf(&s, "      for (int j = 0; j < %d; j++) __stcs((uint4 *)a.out + (long long)t * %d + j, wg_pk_%s(y + j * %d));\n", oc,
+           oc, pk, per(out_dtype));
+    else
+      addf(&s, "      for (int j = 0; j < %d; j++) ((uint4 *)a.out)[(long long)t * %d + j] = wg_pk_%s(y + j * %d);\n", oc, oc,
+           pk, per(out_dtype));
     s += shift;
     addf(&s, "    }\n    done = tiles * %d;\n  }\n", E);
   }
@@ -447,6 +496,7 @@ bool wkc_ew_gen(const wk_ew_prog *pg, const wk_operand *ops, int nops, void *con
   sig += (char)nd;
   sig += (char)nops;
   sig += (char)g_broken.load();
+  sig += (char)variant();
   sig += std::to_string(g_unknown_op.load()) + ":";
   for (int k = 0; k < nops; k++) {
     const wk_operand &o = ops[k];
