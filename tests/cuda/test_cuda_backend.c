@@ -672,6 +672,74 @@ static void test_rows_fast(void) {
     }
 }
 
+// rows.cu's per-op kernel (WICK_CUDA_ROWS_OP, default on) against the kernel before it:
+// the same bits on every output, NaN / infinity rows included (bf16 / f16 results
+// rounded two at a time, a NaN pair redone one by one), and against the CPU. Rows
+// that must not take the fast kernel (an input 3 elements off 16-byte alignment, a
+// row length off the vector width, a strided view of every other element) go to
+// the general kernel and still match the CPU.
+void wkc_rows_test_per_op(int on);  // rows.cu: 1 per-op kernel, 0 the earlier one, -1 the environment's
+static void test_rows_fast_bits(void) {
+  static const wk_dtype dts[] = {WK_F32, WK_BF16, WK_F16};
+  static const int64_t Ds[] = {8, 1024, 4096};
+  char name[128];
+  for (int t = 0; t < 3; t++)
+    for (int k = 0; k < 3; k++) {
+      wk_dtype dt = dts[t];
+      int64_t D = Ds[k], R = 37;
+      float atol = dt == WK_F32 ? 1e-6f : 1e-3f, rtol = dt == WK_F32 ? 1e-4f : dt == WK_BF16 ? 8e-3f : 2e-3f;
+      int x = buf(dt, R * D + 8, -6, 6), o = out_buf(dt, R * D), w = buf(dt, D, 0.5f, 1.5f);
+      // row 3: one NaN; row 5: +inf; row 9: -inf and a NaN; row 11: huge values
+      put(B[x].h, dt, 3 * D + D / 2, NAN);
+      put(B[x].h, dt, 5 * D + 1, INFINITY);
+      put(B[x].h, dt, 9 * D, -INFINITY);
+      put(B[x].h, dt, 9 * D + D - 1, NAN);
+      for (int64_t i = 0; i < D; i += 3) put(B[x].h, dt, 11 * D + i, dt == WK_F16 ? 6e4f : 3e38f);
+      gpu->upload(B[x].d, B[x].h, B[x].bytes);
+      for (int op = 0; op < 3; op++) {
+        wk_step s = step0(op == 0 ? WK_OP_SOFTMAX : op == 1 ? WK_OP_LOG_SOFTMAX : WK_OP_RMS_NORM);
+        s.nin = op == 2 ? 2 : 1;
+        s.in[0] = op_c(x, dt, 2, (int64_t[]){R, D});
+        s.in[1] = op_c(w, dt, 1, (int64_t[]){D});
+        s.attrs.f[0] = 1e-5f;
+        s.attrs.i[0] = op == 2;
+        s.out = op_c(o, dt, 2, (int64_t[]){R, D});
+        snprintf(name, sizeof name, "per-op row kernel, %s %s [37,%lld]", op == 0 ? "softmax" : op == 1 ? "log_softmax" : "rms_norm", wk_dtype_name(dt),
+                 (long long)D);
+        wkc_rows_test_per_op(0);
+        unsigned char *old = run_device(name, &s, o);
+        wkc_rows_test_per_op(1);
+        unsigned char *cur = run_device(name, &s, o);
+        CHECK(old && cur && !memcmp(old, cur, B[o].bytes), "%s: the same bits as the earlier kernel", name);
+        free(old);
+        free(cur);
+        // beside the CPU without the NaN / inf / huge rows (the CPU's exp and sums differ there only in kind)
+        if (op == 0 && k == 1) {
+          int x2 = buf(dt, R * D + 8, -6, 6);
+          s.in[0] = op_s(x2, dt, 2, (int64_t[]){R, D}, (int64_t[]){D, 1}, 3);  // 3 elements off alignment
+          snprintf(name, sizeof name, "softmax %s, rows 3 elements off 16-byte alignment", wk_dtype_name(dt));
+          compare(name, &s, o, atol, rtol);
+          s.op = WK_OP_RMS_NORM;
+          s.nin = 2;
+          s.attrs.i[0] = 1;
+          s.in[0] = op_s(x2, dt, 2, (int64_t[]){R, D / 2}, (int64_t[]){D, 2}, 0);  // every other element
+          s.in[1] = op_c(w, dt, 1, (int64_t[]){D / 2});
+          int o2 = out_buf(dt, R * (D / 2)), o3 = out_buf(dt, R * (D - 3));  // compare() reads a whole buffer
+          s.out = op_c(o2, dt, 2, (int64_t[]){R, D / 2});
+          snprintf(name, sizeof name, "rms_norm %s over a view of every other element", wk_dtype_name(dt));
+          compare(name, &s, o2, atol, rtol);
+          s.in[0] = op_c(x2, dt, 2, (int64_t[]){R, D - 3});  // rows off the vector width
+          s.in[1] = op_c(w, dt, 1, (int64_t[]){D - 3});
+          s.out = op_c(o3, dt, 2, (int64_t[]){R, D - 3});
+          snprintf(name, sizeof name, "rms_norm %s, rows of %lld elements", wk_dtype_name(dt), (long long)(D - 3));
+          compare(name, &s, o3, atol, rtol);
+        }
+      }
+      wkc_rows_test_per_op(-1);
+      reset();
+    }
+}
+
 // A row chain longer than one kernel's parameters hold (60 softmax / RMSNorm stages
 // with a scalar between them; the CPU backend takes up to 64) runs in pieces; the CPU
 // computes the same chain.
@@ -703,6 +771,7 @@ int main(void) {
   test_public();
   test_long_chain();
   test_rows_fast();
+  test_rows_fast_bits();
   wk_cuda_mem_stats ms;
   wk_cuda_memory_stats(&ms);
   printf("cuda memory: reserved %zu, peak reserved %zu, in use %zu, cudaMalloc calls %llu, cache hits %llu\n",

@@ -6,10 +6,12 @@
 // the issue's large cases it reached 11-68% of the copy bandwidth, this is meant to
 // run at the copy rate. Anything else (chains, prologues, strided or misaligned
 // rows, rows over 8K elements) stays on the general kernel.
+#include <stdlib.h>
+#include <atomic>
 #include "cuda_internal.h"
 
 namespace {
-enum { F_SOFTMAX = 0, F_LOG_SOFTMAX = 1, F_RMS = 2 };
+enum { F_SOFTMAX = 0, F_LOG_SOFTMAX = 1, F_RMS = 2, F_RMS_WVEC = 3 /* k_rows_fast_op: a.w_vec set */ };
 const int FAST_BLOCK = 256;
 
 struct FastArgs {
@@ -31,6 +33,7 @@ template <> struct Vec<WK_F32> {
   static __device__ __forceinline__ void store(const char *p, int64_t i, const float *v) {
     ((float4 *)p)[i] = make_float4(v[0], v[1], v[2], v[3]);
   }
+  static __device__ __forceinline__ void store_pairs(const char *p, int64_t i, const float *v) { store(p, i, v); }
 };
 template <int T> struct Vec16 { // bf16 / f16: eight halves in a uint4
   static const int N = 8;
@@ -51,6 +54,19 @@ template <int T> struct Vec16 { // bf16 / f16: eight halves in a uint4
     q.x = put(v[0]) | put(v[1]) << 16, q.y = put(v[2]) | put(v[3]) << 16;
     q.z = put(v[4]) | put(v[5]) << 16, q.w = put(v[6]) | put(v[7]) << 16;
     ((uint4 *)p)[i] = q;
+  }
+  // Two values rounded by one cvt instruction, the first in the low half: the same
+  // bits as put() (round to nearest even; a NaN, which the instruction makes
+  // canonical, is redone by put(), as ew_gen.cu's wg_pair_bf16 does).
+  static __device__ __forceinline__ uint32_t pair(float a, float b) {
+    uint32_t r;
+    if (T == WK_BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    if (a != a || b != b) r = put(a) | put(b) << 16;
+    return r;
+  }
+  static __device__ __forceinline__ void store_pairs(const char *p, int64_t i, const float *v) {
+    ((uint4 *)p)[i] = make_uint4(pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
   }
 };
 template <> struct Vec<WK_BF16> : Vec16<WK_BF16> {};
@@ -141,6 +157,80 @@ __global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast(const __grid_constant_
   }
 }
 
+// The same kernel with the op as a template parameter (each instance holds one op's
+// code: fewer registers, so more rows in flight per SM; the bf16 softmax instance of
+// the kernel above used 96 registers, two blocks an SM) and 2-byte results rounded
+// two at a time. Same f32 math in the same order, so the same bits.
+// WICK_CUDA_ROWS_OP=0 keeps the kernel above.
+template <int T, int TPR, int PER, int OP>
+__global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast_op(const __grid_constant__ FastArgs a) {
+  typedef Vec<T> V;
+  __shared__ float red[FAST_BLOCK / 32];
+  const int rows_per_block = FAST_BLOCK / TPR, lane = threadIdx.x % TPR;
+  const int64_t nvec = a.D / V::N;
+  for (int64_t base = (int64_t)blockIdx.x * rows_per_block; base < a.rows; base += (int64_t)gridDim.x * rows_per_block) {
+    const int64_t row = base + threadIdx.x / TPR;
+    const bool live = row < a.rows;  // dead threads still join the block's barriers
+    float x[PER][V::N];
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+      int64_t vi = lane + (int64_t)i * TPR;
+      if (live && vi < nvec) V::load(a.in, row * a.in_rs / V::N + vi, x[i]);
+      else
+#pragma unroll
+        for (int k = 0; k < V::N; k++) x[i][k] = (OP == F_RMS || OP == F_RMS_WVEC) ? 0.0f : -INFINITY;
+    }
+    if ((OP == F_RMS || OP == F_RMS_WVEC)) {
+      float ss = 0;
+#pragma unroll
+      for (int i = 0; i < PER; i++)
+#pragma unroll
+        for (int k = 0; k < V::N; k++) ss += x[i][k] * x[i][k];
+      ss = group_reduce<TPR, false>(ss, red);
+      const float kk = 1.0f / sqrtf(ss / (float)a.D + a.eps);
+#pragma unroll
+      for (int i = 0; i < PER; i++) {
+        int64_t vi = lane + (int64_t)i * TPR;
+        if (!live || vi >= nvec) continue;
+        float w[V::N];
+        if (OP == F_RMS_WVEC) V::load(a.w.p, vi, w);
+        else
+#pragma unroll
+          for (int k = 0; k < V::N; k++) w[k] = a.w.p ? ldv(a.w.p, a.w.dtype, op_off(a.w, vi * V::N + k)) : 1.0f;
+#pragma unroll
+        for (int k = 0; k < V::N; k++) x[i][k] = x[i][k] * kk * w[k];
+        V::store_pairs(a.out, row * nvec + vi, x[i]);
+      }
+      continue;
+    }
+    float m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+#pragma unroll
+      for (int k = 0; k < V::N; k++) m = x[i][k] > m ? x[i][k] : m;
+    m = group_reduce<TPR, true>(m, red);
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+#pragma unroll
+      for (int k = 0; k < V::N; k++) {
+        float e = expf(x[i][k] - m);  // -inf padding gives 0
+        sum += e;
+        if (OP == F_SOFTMAX) x[i][k] = e;
+      }
+    sum = group_reduce<TPR, false>(sum, red);
+    const float lse = m + logf(sum), inv = 1.0f / sum;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+      int64_t vi = lane + (int64_t)i * TPR;
+      if (!live || vi >= nvec) continue;
+#pragma unroll
+      for (int k = 0; k < V::N; k++) x[i][k] = OP == F_SOFTMAX ? x[i][k] * inv : x[i][k] - lse;
+      V::store_pairs(a.out, row * nvec + vi, x[i]);
+    }
+  }
+}
+
 // Launches with the smallest group width whose registers hold the row (PER vectors of
 // 16 bytes a thread: 32 floats).
 template <int T>
@@ -153,7 +243,36 @@ static void launch(const FastArgs &a, int grid) {
   else if (nvec <= 128 * PER) k_rows_fast<T, 128, PER><<<grid, FAST_BLOCK, 0, cs>>>(a);
   else k_rows_fast<T, 256, PER><<<grid, FAST_BLOCK, 0, cs>>>(a);
 }
+template <int T, int OP>
+static void launch_op(const FastArgs &a, int grid) {
+  const int PER = 32 / Vec<T>::N;
+  int64_t nvec = a.D / Vec<T>::N;
+  cudaStream_t cs = wkc_stream();
+  if (nvec <= 32 * PER) k_rows_fast_op<T, 32, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
+  else if (nvec <= 64 * PER) k_rows_fast_op<T, 64, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
+  else if (nvec <= 128 * PER) k_rows_fast_op<T, 128, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
+  else k_rows_fast_op<T, 256, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
 }
+std::atomic<int> g_per_op{-1};  // WICK_CUDA_ROWS_OP (default 1); tests: wkc_rows_test_per_op
+template <int T>
+static void launch_any(const FastArgs &a, int grid) {
+  int per_op = g_per_op.load();
+  if (per_op < 0) {
+    const char *e = getenv("WICK_CUDA_ROWS_OP");
+    per_op = e ? atoi(e) != 0 : 1;
+    g_per_op.store(per_op);
+  }
+  // log-softmax and a general weight stay on the kernel above: alone in its instance,
+  // log-softmax's sum += exp(..) contracts into an FMA (the kernel above adds the
+  // rounded exp), which changed bits (measured on an H200)
+  if (!per_op || a.op == F_LOG_SOFTMAX || (a.op == F_RMS && !a.w_vec)) launch<T>(a, grid);
+  else if (a.op == F_SOFTMAX) launch_op<T, F_SOFTMAX>(a, grid);
+  else launch_op<T, F_RMS_WVEC>(a, grid);
+}
+}
+
+// Tests: 1 the per-op kernel, 0 the kernel before it, -1 back to WICK_CUDA_ROWS_OP.
+extern "C" void wkc_rows_test_per_op(int on) { g_per_op.store(on < 0 ? -1 : on != 0); }
 
 bool wkc_rows_fast(const wk_step *s, void *const *slots, wk_status *st) {
   int op = s->op == WK_OP_SOFTMAX ? F_SOFTMAX : s->op == WK_OP_LOG_SOFTMAX ? F_LOG_SOFTMAX
@@ -187,9 +306,9 @@ bool wkc_rows_fast(const wk_step *s, void *const *slots, wk_status *st) {
   int tpr = D / vec <= 32 * (32 / vec) ? 32 : D / vec <= 64 * (32 / vec) ? 64 : D / vec <= 128 * (32 / vec) ? 128 : 256;
   int64_t blocks = (rows + FAST_BLOCK / tpr - 1) / (FAST_BLOCK / tpr), cap = (int64_t)wkc_num_sms() * 64;
   int grid = (int)(blocks < cap ? blocks : cap);
-  if (dt == WK_F32) launch<WK_F32>(a, grid);
-  else if (dt == WK_BF16) launch<WK_BF16>(a, grid);
-  else launch<WK_F16>(a, grid);
+  if (dt == WK_F32) launch_any<WK_F32>(a, grid);
+  else if (dt == WK_BF16) launch_any<WK_BF16>(a, grid);
+  else launch_any<WK_F16>(a, grid);
   *st = wkc_check_launch(wk_ops[s->op].name);
   return true;
 }
