@@ -11,7 +11,7 @@
 #include "cuda_internal.h"
 
 namespace {
-enum { F_SOFTMAX = 0, F_LOG_SOFTMAX = 1, F_RMS = 2, F_RMS_WVEC = 3 /* k_rows_fast_op: a.w_vec set */ };
+enum { F_ANY = -1, F_SOFTMAX = 0, F_LOG_SOFTMAX = 1, F_RMS = 2, F_RMS_WVEC = 3 /* a fixed op: F_RMS, a.w_vec set */ };
 const int FAST_BLOCK = 256;
 
 struct FastArgs {
@@ -87,10 +87,23 @@ __device__ __forceinline__ float group_reduce(float v, float *red) {
   return r;
 }
 
-// PER: vectors a thread holds (at most); TPR threads per row.
-template <int T, int TPR, int PER>
+// PER: vectors a thread holds (at most); TPR threads per row. OP: the op, fixed per
+// instance (softmax; RMSNorm with a vector weight), or F_ANY to read it from the
+// arguments at run time. A fixed op's instance holds only that op's code: fewer
+// registers (bf16 softmax 48 against 96), so more rows in flight per SM; it also
+// rounds 2-byte results two at a time. Same f32 math in the same order, so the same
+// bits. log-softmax and other RMSNorm weights take F_ANY (alone in an instance,
+// log-softmax's sum += exp(..) contracts into an FMA, which changed bits on an
+// H200); so does everything under WICK_CUDA_ROWS_OP=0.
+template <int T, int TPR, int PER, int OP>
 __global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast(const __grid_constant__ FastArgs a) {
   typedef Vec<T> V;
+  const int op = OP == F_ANY ? a.op : OP == F_RMS_WVEC ? F_RMS : OP;
+  const bool wvec = OP == F_ANY ? a.w_vec : OP == F_RMS_WVEC;
+  auto store = [&](const char *p, int64_t i, const float *v) {
+    if (OP == F_ANY) V::store(p, i, v);
+    else V::store_pairs(p, i, v);
+  };
   __shared__ float red[FAST_BLOCK / 32];
   const int rows_per_block = FAST_BLOCK / TPR, lane = threadIdx.x % TPR;
   const int64_t nvec = a.D / V::N;
@@ -104,9 +117,9 @@ __global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast(const __grid_constant_
       if (live && vi < nvec) V::load(a.in, row * a.in_rs / V::N + vi, x[i]);
       else
 #pragma unroll
-        for (int k = 0; k < V::N; k++) x[i][k] = a.op == F_RMS ? 0.0f : -INFINITY;
+        for (int k = 0; k < V::N; k++) x[i][k] = op == F_RMS ? 0.0f : -INFINITY;
     }
-    if (a.op == F_RMS) {
+    if (op == F_RMS) {
       float ss = 0;
 #pragma unroll
       for (int i = 0; i < PER; i++)
@@ -119,13 +132,13 @@ __global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast(const __grid_constant_
         int64_t vi = lane + (int64_t)i * TPR;
         if (!live || vi >= nvec) continue;
         float w[V::N];
-        if (a.w_vec) V::load(a.w.p, vi, w);
+        if (wvec) V::load(a.w.p, vi, w);
         else
 #pragma unroll
           for (int k = 0; k < V::N; k++) w[k] = a.w.p ? ldv(a.w.p, a.w.dtype, op_off(a.w, vi * V::N + k)) : 1.0f;
 #pragma unroll
         for (int k = 0; k < V::N; k++) x[i][k] = x[i][k] * kk * w[k];
-        V::store(a.out, row * nvec + vi, x[i]);
+        store(a.out, row * nvec + vi, x[i]);
       }
       continue;
     }
@@ -142,7 +155,7 @@ __global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast(const __grid_constant_
       for (int k = 0; k < V::N; k++) {
         float e = expf(x[i][k] - m);  // -inf padding gives 0
         sum += e;
-        if (a.op == F_SOFTMAX) x[i][k] = e;
+        if (op == F_SOFTMAX) x[i][k] = e;
       }
     sum = group_reduce<TPR, false>(sum, red);
     const float lse = m + logf(sum), inv = 1.0f / sum;
@@ -151,107 +164,23 @@ __global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast(const __grid_constant_
       int64_t vi = lane + (int64_t)i * TPR;
       if (!live || vi >= nvec) continue;
 #pragma unroll
-      for (int k = 0; k < V::N; k++) x[i][k] = a.op == F_SOFTMAX ? x[i][k] * inv : x[i][k] - lse;
-      V::store(a.out, row * nvec + vi, x[i]);
-    }
-  }
-}
-
-// The same kernel with the op as a template parameter (each instance holds one op's
-// code: fewer registers, so more rows in flight per SM; the bf16 softmax instance of
-// the kernel above used 96 registers, two blocks an SM) and 2-byte results rounded
-// two at a time. Same f32 math in the same order, so the same bits.
-// WICK_CUDA_ROWS_OP=0 keeps the kernel above.
-template <int T, int TPR, int PER, int OP>
-__global__ void __launch_bounds__(FAST_BLOCK) k_rows_fast_op(const __grid_constant__ FastArgs a) {
-  typedef Vec<T> V;
-  __shared__ float red[FAST_BLOCK / 32];
-  const int rows_per_block = FAST_BLOCK / TPR, lane = threadIdx.x % TPR;
-  const int64_t nvec = a.D / V::N;
-  for (int64_t base = (int64_t)blockIdx.x * rows_per_block; base < a.rows; base += (int64_t)gridDim.x * rows_per_block) {
-    const int64_t row = base + threadIdx.x / TPR;
-    const bool live = row < a.rows;  // dead threads still join the block's barriers
-    float x[PER][V::N];
-#pragma unroll
-    for (int i = 0; i < PER; i++) {
-      int64_t vi = lane + (int64_t)i * TPR;
-      if (live && vi < nvec) V::load(a.in, row * a.in_rs / V::N + vi, x[i]);
-      else
-#pragma unroll
-        for (int k = 0; k < V::N; k++) x[i][k] = (OP == F_RMS || OP == F_RMS_WVEC) ? 0.0f : -INFINITY;
-    }
-    if ((OP == F_RMS || OP == F_RMS_WVEC)) {
-      float ss = 0;
-#pragma unroll
-      for (int i = 0; i < PER; i++)
-#pragma unroll
-        for (int k = 0; k < V::N; k++) ss += x[i][k] * x[i][k];
-      ss = group_reduce<TPR, false>(ss, red);
-      const float kk = 1.0f / sqrtf(ss / (float)a.D + a.eps);
-#pragma unroll
-      for (int i = 0; i < PER; i++) {
-        int64_t vi = lane + (int64_t)i * TPR;
-        if (!live || vi >= nvec) continue;
-        float w[V::N];
-        if (OP == F_RMS_WVEC) V::load(a.w.p, vi, w);
-        else
-#pragma unroll
-          for (int k = 0; k < V::N; k++) w[k] = a.w.p ? ldv(a.w.p, a.w.dtype, op_off(a.w, vi * V::N + k)) : 1.0f;
-#pragma unroll
-        for (int k = 0; k < V::N; k++) x[i][k] = x[i][k] * kk * w[k];
-        V::store_pairs(a.out, row * nvec + vi, x[i]);
-      }
-      continue;
-    }
-    float m = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < PER; i++)
-#pragma unroll
-      for (int k = 0; k < V::N; k++) m = x[i][k] > m ? x[i][k] : m;
-    m = group_reduce<TPR, true>(m, red);
-    float sum = 0;
-#pragma unroll
-    for (int i = 0; i < PER; i++)
-#pragma unroll
-      for (int k = 0; k < V::N; k++) {
-        float e = expf(x[i][k] - m);  // -inf padding gives 0
-        sum += e;
-        if (OP == F_SOFTMAX) x[i][k] = e;
-      }
-    sum = group_reduce<TPR, false>(sum, red);
-    const float lse = m + logf(sum), inv = 1.0f / sum;
-#pragma unroll
-    for (int i = 0; i < PER; i++) {
-      int64_t vi = lane + (int64_t)i * TPR;
-      if (!live || vi >= nvec) continue;
-#pragma unroll
-      for (int k = 0; k < V::N; k++) x[i][k] = OP == F_SOFTMAX ? x[i][k] * inv : x[i][k] - lse;
-      V::store_pairs(a.out, row * nvec + vi, x[i]);
+      for (int k = 0; k < V::N; k++) x[i][k] = op == F_SOFTMAX ? x[i][k] * inv : x[i][k] - lse;
+      store(a.out, row * nvec + vi, x[i]);
     }
   }
 }
 
 // Launches with the smallest group width whose registers hold the row (PER vectors of
 // 16 bytes a thread: 32 floats).
-template <int T>
+template <int T, int OP>
 static void launch(const FastArgs &a, int grid) {
   const int PER = 32 / Vec<T>::N;
   int64_t nvec = a.D / Vec<T>::N;
   cudaStream_t cs = wkc_stream();
-  if (nvec <= 32 * PER) k_rows_fast<T, 32, PER><<<grid, FAST_BLOCK, 0, cs>>>(a);
-  else if (nvec <= 64 * PER) k_rows_fast<T, 64, PER><<<grid, FAST_BLOCK, 0, cs>>>(a);
-  else if (nvec <= 128 * PER) k_rows_fast<T, 128, PER><<<grid, FAST_BLOCK, 0, cs>>>(a);
-  else k_rows_fast<T, 256, PER><<<grid, FAST_BLOCK, 0, cs>>>(a);
-}
-template <int T, int OP>
-static void launch_op(const FastArgs &a, int grid) {
-  const int PER = 32 / Vec<T>::N;
-  int64_t nvec = a.D / Vec<T>::N;
-  cudaStream_t cs = wkc_stream();
-  if (nvec <= 32 * PER) k_rows_fast_op<T, 32, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
-  else if (nvec <= 64 * PER) k_rows_fast_op<T, 64, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
-  else if (nvec <= 128 * PER) k_rows_fast_op<T, 128, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
-  else k_rows_fast_op<T, 256, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
+  if (nvec <= 32 * PER) k_rows_fast<T, 32, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
+  else if (nvec <= 64 * PER) k_rows_fast<T, 64, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
+  else if (nvec <= 128 * PER) k_rows_fast<T, 128, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
+  else k_rows_fast<T, 256, PER, OP><<<grid, FAST_BLOCK, 0, cs>>>(a);
 }
 std::atomic<int> g_per_op{-1};  // WICK_CUDA_ROWS_OP (default 1); tests: wkc_rows_test_per_op
 template <int T>
@@ -262,12 +191,9 @@ static void launch_any(const FastArgs &a, int grid) {
     per_op = e ? atoi(e) != 0 : 1;
     g_per_op.store(per_op);
   }
-  // log-softmax and a general weight stay on the kernel above: alone in its instance,
-  // log-softmax's sum += exp(..) contracts into an FMA (the kernel above adds the
-  // rounded exp), which changed bits (measured on an H200)
-  if (!per_op || a.op == F_LOG_SOFTMAX || (a.op == F_RMS && !a.w_vec)) launch<T>(a, grid);
-  else if (a.op == F_SOFTMAX) launch_op<T, F_SOFTMAX>(a, grid);
-  else launch_op<T, F_RMS_WVEC>(a, grid);
+  if (!per_op || a.op == F_LOG_SOFTMAX || (a.op == F_RMS && !a.w_vec)) launch<T, F_ANY>(a, grid);
+  else if (a.op == F_SOFTMAX) launch<T, F_SOFTMAX>(a, grid);
+  else launch<T, F_RMS_WVEC>(a, grid);
 }
 }
 
