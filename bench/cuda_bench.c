@@ -11,16 +11,6 @@
 
 static const wk_backend *gpu;
 
-static wk_operand opc(int slot, wk_dtype dt, int nd, const int64_t *shape) {
-  wk_operand o;
-  memset(&o, 0, sizeof o);
-  o.slot = slot;
-  o.dtype = dt;
-  o.ndim = nd;
-  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
-  wk_contiguous_strides(nd, shape, o.stride);
-  return o;
-}
 static wk_ew_instr ins(int op, int dst, int a, int b, float f0) {
   wk_ew_instr in;
   memset(&in, 0, sizeof in);
@@ -96,12 +86,12 @@ static wk_step cuda_step(int op, int nin) {
 // Causal SDPA of q (slot 0) over k, v (slots 1, 2) into slot 3, head dim 64 (scale 1/8).
 static wk_step sdpa_step(wk_dtype dt, const int64_t *qs, const int64_t *ks) {
   wk_step s = cuda_step(WK_OP_SDPA, 3);
-  s.in[0] = opc(0, dt, 4, qs);
-  s.in[1] = opc(1, dt, 4, ks);
-  s.in[2] = opc(2, dt, 4, ks);
+  s.in[0] = wk_operand_dense(0, dt, 4, qs);
+  s.in[1] = wk_operand_dense(1, dt, 4, ks);
+  s.in[2] = wk_operand_dense(2, dt, 4, ks);
   s.attrs.f[0] = 0.125f;
   s.attrs.i[0] = 1;
-  s.out = opc(3, dt, 4, qs);
+  s.out = wk_operand_dense(3, dt, 4, qs);
   return s;
 }
 
@@ -127,8 +117,8 @@ int main(int argc, char **argv) {
                           ins(WK_OP_TANH, 3, 2, 0, 0),   ins(WK_OP_MUL, 4, 3, 0, 0),          ins(WK_OP_EXP, 5, 4, 0, 0),
                           ins(WK_OP_SIGMOID, 6, 5, 0, 0), ins(WK_OP_ADD, 7, 6, 0, 0),        ins(WK_OP_MUL_SCALAR, 8, 7, 0, 0.5f)};
     wk_step s = cuda_step(WK_STEP_FUSED_EW, 1);
-    s.in[0] = opc(0, dt, 1, &n);
-    s.out = opc(1, dt, 1, &n);
+    s.in[0] = wk_operand_dense(0, dt, 1, &n);
+    s.out = wk_operand_dense(1, dt, 1, &n);
     s.prog = (wk_ew_prog){9, 9, 8, code};
     timeit(k ? "chain8 16M bf16" : "chain8 16M f32", &s, slots, iters, 2.0 * (double)n * (double)wk_dtype_size(dt), 0, 0, 0, 0);
     gpu->free(x);
@@ -141,8 +131,8 @@ int main(int argc, char **argv) {
     void *x = dev_rand((size_t)n, WK_F32), *y = gpu->alloc((size_t)n * 4);
     void *slots[2] = {x, y};
     wk_step s = cuda_step(WK_OP_SOFTMAX, 1);
-    s.in[0] = opc(0, WK_F32, 4, sh);
-    s.out = opc(1, WK_F32, 4, sh);
+    s.in[0] = wk_operand_dense(0, WK_F32, 4, sh);
+    s.out = wk_operand_dense(1, WK_F32, 4, sh);
     timeit("softmax (8,16,512,512) f32", &s, slots, iters, 8.0 * (double)n, 0, 0, 0, 0);
     gpu->free(x);
     gpu->free(y);
@@ -152,11 +142,11 @@ int main(int argc, char **argv) {
     void *x = dev_rand((size_t)n, WK_F32), *w = dev_rand(4096, WK_F32), *y = gpu->alloc((size_t)n * 4);
     void *slots[3] = {x, w, y};
     wk_step s = cuda_step(WK_OP_RMS_NORM, 2);
-    s.in[0] = opc(0, WK_F32, 3, sh);
-    s.in[1] = opc(1, WK_F32, 1, &sh[2]);
+    s.in[0] = wk_operand_dense(0, WK_F32, 3, sh);
+    s.in[1] = wk_operand_dense(1, WK_F32, 1, &sh[2]);
     s.attrs.f[0] = 1e-5f;
     s.attrs.i[0] = 1;
-    s.out = opc(2, WK_F32, 3, sh);
+    s.out = wk_operand_dense(2, WK_F32, 3, sh);
     timeit("rms_norm (8,2048,4096) f32", &s, slots, iters, 8.0 * (double)n, 0, 0, 0, 0);
     gpu->free(x);
     gpu->free(w);
@@ -170,9 +160,9 @@ int main(int argc, char **argv) {
     void *a = dev_rand((size_t)n, dt), *b = dev_rand((size_t)n, dt), *c = gpu->alloc((size_t)n * wk_dtype_size(dt));
     void *slots[3] = {a, b, c};
     wk_step s = cuda_step(WK_OP_MATMUL, 2);
-    s.in[0] = opc(0, dt, 2, sh);
-    s.in[1] = opc(1, dt, 2, sh);
-    s.out = opc(2, dt, 2, sh);
+    s.in[0] = wk_operand_dense(0, dt, 2, sh);
+    s.in[1] = wk_operand_dense(1, dt, 2, sh);
+    s.out = wk_operand_dense(2, dt, 2, sh);
     timeit(k ? "matmul 4096 f32" : "matmul 4096 bf16", &s, slots, k ? iters / 2 + 1 : iters, 0, 2.0 * 4096.0 * 4096.0 * 4096.0, 0, 0, 0);
     gpu->free(a);
     gpu->free(b);
@@ -195,9 +185,9 @@ int main(int argc, char **argv) {
     timeit(k ? "sdpa 8x14x2x512x64 causal f32" : "sdpa 8x14x2x512x64 causal bf16", &s, slots, iters, 0, fl, 0, 0, 0);
     s.op = WK_OP_SDPA_BWD;
     s.nin = 5;
-    s.in[3] = opc(3, dt, 4, qs);
-    s.in[4] = opc(4, dt, 4, qs);
-    s.out = opc(5, WK_F32, 1, &total);
+    s.in[3] = wk_operand_dense(3, dt, 4, qs);
+    s.in[4] = wk_operand_dense(4, dt, 4, qs);
+    s.out = wk_operand_dense(5, WK_F32, 1, &total);
     timeit(k ? "sdpa_bwd 8x14x2x512x64 causal f32" : "sdpa_bwd 8x14x2x512x64 causal bf16", &s, slots, iters, 0, 2.5 * fl, 0, 0, 0);
     void *bufs[6] = {q, kk, v, o, g, d};
     for (int i = 0; i < 6; i++) gpu->free(bufs[i]);

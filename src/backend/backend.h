@@ -5,6 +5,7 @@
 // pointers are bound per run (leaves, outputs) or fixed per plan (the arena).
 // A backend implements the vtable below; optional entries may be NULL.
 #pragma once
+#include <string.h>
 #include "../engine/engine.h"
 
 // One strided view that a kernel reads or writes.
@@ -64,6 +65,19 @@ typedef struct {
 } wk_step;
 
 #define WK_STEP_FUSED_EW WK_OP_COUNT
+
+// A dense row-major operand over the whole of `slot` (offset 0): how tests and
+// hand-built benchmark steps describe their buffers.
+static inline wk_operand wk_operand_dense(int slot, wk_dtype dt, int nd, const int64_t *shape) {
+  wk_operand o;
+  memset(&o, 0, sizeof o);
+  o.slot = slot;
+  o.dtype = dt;
+  o.ndim = nd;
+  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
+  wk_contiguous_strides(nd, shape, o.stride);
+  return o;
+}
 
 // How an operand covers its shape: 1 dense (row-major, size-1 axes ignored), 2 one
 // value broadcast to all of it (stride 0 on every axis), 0 neither.

@@ -85,14 +85,7 @@ static inline int out_buf(wk_dtype dt, int64_t n) { return buf(dt, n, 0, 0); }
 
 // Operands: contiguous, or with the given strides and offset.
 static inline wk_operand op_c(int slot, wk_dtype dt, int nd, const int64_t *shape) {
-  wk_operand o;
-  memset(&o, 0, sizeof o);
-  o.slot = slot;
-  o.dtype = dt;
-  o.ndim = nd;
-  memcpy(o.shape, shape, sizeof(int64_t) * (size_t)nd);
-  wk_contiguous_strides(nd, shape, o.stride);
-  return o;
+  return wk_operand_dense(slot, dt, nd, shape);
 }
 static inline wk_operand op_s(int slot, wk_dtype dt, int nd, const int64_t *shape, const int64_t *stride, int64_t off) {
   wk_operand o = op_c(slot, dt, nd, shape);
