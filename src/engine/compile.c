@@ -621,6 +621,16 @@ static bool finish_prog(progbuf *pb, int out, wk_ew_prog *prog) {
 }
 
 // ---- steps ----
+// A fused matmul step writes its [M, N] product densely, whatever view of it
+// (a reshape) the graph's node has: M = x's rows, N = w's columns.
+static void out_as_product(wk_step *s, const wk_tensor *x, const wk_tensor *w) {
+  s->out.ndim = 2;
+  s->out.shape[0] = x->shape[0];
+  s->out.shape[1] = w->shape[1];
+  s->out.stride[0] = w->shape[1];
+  s->out.stride[1] = 1;
+}
+
 // Builds the step computing node i. *pred is the row-chain stage feeding it (-1 if none).
 static bool build_step(ir *r, int i, wk_step *s, int *pred) {
   irnode *x = &r->n[i];
@@ -639,13 +649,7 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
     s->attrs.f[0] = x->lora_scale;
     s->src = -1;
     s->lora_src = x->lora_scale_src;
-    // the LoRA kernel writes [M, N]: view the output as the base matmul's shape
-    const wk_tensor *w = r->n[x->lora_in[1]].t, *in0 = r->n[x->lora_in[0]].t;
-    s->out.ndim = 2;
-    s->out.shape[0] = in0->shape[0];
-    s->out.shape[1] = w->shape[1];
-    s->out.stride[0] = w->shape[1];
-    s->out.stride[1] = 1;
+    out_as_product(s, r->n[x->lora_in[0]].t, r->n[x->lora_in[1]].t);  // the LoRA kernel writes [M, N]
     return true;
   }
   if (x->epi) { // matmul(in[0], in[1]) + in[2] along the rows [, gelu]: see plan.h
@@ -655,12 +659,7 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
     memset(&s->attrs, 0, sizeof s->attrs);
     s->attrs.i[0] = x->epi_kind;
     s->src = -1;
-    const wk_tensor *a = r->n[x->epi_in[0]].t, *w = r->n[x->epi_in[1]].t;
-    s->out.ndim = 2;
-    s->out.shape[0] = a->shape[0];
-    s->out.shape[1] = w->shape[1];
-    s->out.stride[0] = w->shape[1];
-    s->out.stride[1] = 1;
+    out_as_product(s, r->n[x->epi_in[0]].t, r->n[x->epi_in[1]].t);
     return true;
   }
   if (x->qmm) { // a half-weight matmul with a SwiGLU prologue and / or an addend: see plan.h

@@ -1129,38 +1129,35 @@ typedef void (*attn_pv_fn)(int64_t, const float *, int64_t, const float *, int64
 static const attn_qk_fn attn_qk[4] = {attn_qk_1, attn_qk_2, attn_qk_3, attn_qk_4};
 static const attn_pv_fn attn_pv[4] = {attn_pv_1, attn_pv_2, attn_pv_3, attn_pv_4};
 
+#endif
+
 // S = Q K^T for one block (sc rows SDPA_BK apart); kt: D * SDPA_BK floats of scratch.
 static void block_scores(const float *qt, int64_t rows, int64_t D, const float *k, int64_t kld, int64_t n,
                          float *kt, float *sc) {
-  if (D % 16) {
-    wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, k, kld, 0, 0.0f, sc, SDPA_BK, 0, 1);
+#if defined(__AVX512F__)
+  if (D % 16 == 0) {
+    wk_transpose_rows_f32(k, kld, n, D, SDPA_BK, kt);
+    attn_qk[(n + 15) / 16 - 1](rows, qt, D, kt, sc);
     return;
   }
-  wk_transpose_rows_f32(k, kld, n, D, SDPA_BK, kt);
-  attn_qk[(n + 15) / 16 - 1](rows, qt, D, kt, sc);
+#endif
+  (void)kt;
+  wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, k, kld, 0, 0.0f, sc, SDPA_BK, 0, 1);
 }
 
 // O += P V for one block.
 static void block_pv(const float *sc, int64_t rows, int64_t n, const float *v, int64_t vld, int64_t D, float *o) {
-  if (D % 16) {
-    wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, v, vld, 0, 1.0f, o, D, 0, 1);
+#if defined(__AVX512F__)
+  if (D % 16 == 0) {
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+      int64_t nv = (D - d0) / 16 < 4 ? (D - d0) / 16 : 4;
+      attn_pv[nv - 1](rows, sc, n, v + d0, vld, o + d0, D);
+    }
     return;
   }
-  for (int64_t d0 = 0; d0 < D; d0 += 64) {
-    int64_t nv = (D - d0) / 16 < 4 ? (D - d0) / 16 : 4;
-    attn_pv[nv - 1](rows, sc, n, v + d0, vld, o + d0, D);
-  }
-}
-#else
-static void block_scores(const float *qt, int64_t rows, int64_t D, const float *k, int64_t kld, int64_t n,
-                         float *kt, float *sc) {
-  (void)kt;
-  wk_gemm_f32(0, 1, rows, n, D, 1.0f, qt, D, 0, k, kld, 0, 0.0f, sc, SDPA_BK, 0, 1);
-}
-static void block_pv(const float *sc, int64_t rows, int64_t n, const float *v, int64_t vld, int64_t D, float *o) {
+#endif
   wk_gemm_f32(0, 0, rows, D, n, 1.0f, sc, SDPA_BK, 0, v, vld, 0, 1.0f, o, D, 0, 1);
 }
-#endif
 
 // Keys or values: f32 rows read in place, or rows of another dtype (f16, bf16, or
 // q8_0 blocks: a KV cache) converted one block of SDPA_BK positions at a time, and
