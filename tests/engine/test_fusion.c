@@ -140,6 +140,32 @@ static void test_softmax_chain_accuracy(void) {
   wk_scope_end();
 }
 
+// A chain of any length is one pass: 200 alternating RMSNorms (with weights) and
+// softmaxes were refused past 64 stages; equal to stage by stage.
+static void test_long_chain(void) {
+  enum { STAGES = 200 };
+  wk_scope_begin();
+  wk_tensor *x = gc_input(2, SHAPE(6, 40), -2, 2, 41), *w = gc_input(1, SHAPE(40), 0.5f, 1.5f, 42);
+  float *v[2];
+  for (int eager = 0; eager < 2; eager++) {
+    wk_set_eager(eager);
+    wk_tensor *y = x;
+    for (int k = 0; k < STAGES; k++) y = k % 2 ? wk_softmax(y, -1) : wk_rms_norm(y, w, 1e-5f);
+    v[eager] = read_all(y);
+    wk_set_eager(0);
+    if (!eager) {
+      const wk_plan *p = wk_last_plan();
+      CHECK(p && p->steps[0].chain == STAGES, "%d stages as one row chain (its head's chain: %d)", STAGES,
+            p ? p->steps[0].chain : -1);
+    }
+  }
+  CHECK(v[0] && v[1] && max_abs_diff(v[0], v[1], 6 * 40) <= 1e-6f, "%d-stage chain == stage by stage (%g)", STAGES,
+        v[0] && v[1] ? max_abs_diff(v[0], v[1], 6 * 40) : -1.0f);
+  free(v[0]);
+  free(v[1]);
+  wk_scope_end();
+}
+
 static wk_tensor *g_chain(wk_tensor *const *in, void *ctx) {
   (void)ctx;
   return wk_softmax(wk_mul_scalar(wk_rms_norm(in[0], in[1], 1e-5f), 2.0f), -1);
@@ -148,6 +174,7 @@ static wk_tensor *g_chain(wk_tensor *const *in, void *ctx) {
 int main(void) {
   test_chains();
   test_no_chain_when_shared();
+  test_long_chain();
   test_softmax_chain_accuracy();
   wk_scope_begin();
   wk_tensor *x = gc_input(2, SHAPE(3, 16), -1, 1, 41), *w = gc_input(1, SHAPE(16), 0.5f, 1.5f, 42);

@@ -1304,13 +1304,12 @@ static wk_status rows_kernel(const wk_step *s, void *const *slots, wk_range_fn f
 }
 
 // ---- row chains: several row stages per pass, the row staying in L1 ----
-#define CHAIN_MAX 64
 typedef struct {
   const wk_step *s;
   void *const *slots;
   int64_t D;
   int n;
-  const float *w[CHAIN_MAX], *b[CHAIN_MAX];
+  const float **w, **b;  // each stage's norm weight and bias as f32 (NULL: none)
   _Atomic int oom;
 } chain_ctx;
 
@@ -1365,11 +1364,19 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
 
 wk_status WK_ISA_FN(wk_cpu_rowchain)(const wk_step *s, void *const *slots) {
   chain_ctx c = {.s = s, .slots = slots, .n = s->chain};
-  if (c.n > CHAIN_MAX) return wk_error(WK_ERR_STATE, "row chain of %d stages (at most %d)", c.n, CHAIN_MAX);
   const wk_operand *out = &s[c.n - 1].out;
   c.D = last_of(out);
   int64_t rows = c.D ? numel_of(out) / c.D : 0;
-  float *owned[2 * CHAIN_MAX] = {0};
+  // any number of stages: 1,000 chained softmaxes are one pass over each row
+  const float **wb = calloc(2 * (size_t)c.n, sizeof *wb);
+  float **owned = calloc(2 * (size_t)c.n, sizeof *owned);
+  if (!wb || !owned) {
+    free(wb);
+    free(owned);
+    return wk_error(WK_ERR_OOM, "row chain: out of memory");
+  }
+  c.w = wb;
+  c.b = wb + c.n;
   bool oom = false;
   for (int j = 0; j < c.n; j++) {
     const wk_step *st = &s[j];
@@ -1380,6 +1387,8 @@ wk_status WK_ISA_FN(wk_cpu_rowchain)(const wk_step *s, void *const *slots) {
   }
   if (!oom) wk_parallel_for(rows, grain_rows(c.D), chain_range, &c);
   for (int j = 0; j < 2 * c.n; j++) free(owned[j]);
+  free(owned);
+  free(wb);
   return oom || c.oom ? wk_error(WK_ERR_OOM, "row chain: out of memory") : WK_OK;
 }
 
