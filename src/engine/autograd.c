@@ -63,7 +63,7 @@ wk_status wk_grad(wk_tensor *loss, int n, wk_tensor *const *params, wk_tensor **
     bool leaf = !grad_descend(t) || t->nin == 0;
     req[i] = leaf ? t->trainable : false;
     if (!leaf && t->op != WK_OP_STOP_GRAD)
-      for (int k = 0; k < t->nin; k++) if (t->in[k] && req[wk_topo_index(&g, t->in[k])]) req[i] = true;
+      for (int k = 0; k < t->nin; k++) if (t->in[k] && req[wk_topo_in(&g, i, k)]) req[i] = true;
   }
   wk_status st = WK_OK;
   wk_scope_begin();
@@ -73,11 +73,11 @@ wk_status wk_grad(wk_tensor *loss, int n, wk_tensor *const *params, wk_tensor **
     if (!cot[i] || !req[i] || !grad_descend(t) || t->nin == 0) continue;
     bool need[WK_MAX_IN] = {0};
     wk_tensor *gin[WK_MAX_IN] = {0};
-    for (int k = 0; k < t->nin; k++) need[k] = t->in[k] && req[wk_topo_index(&g, t->in[k])];
+    for (int k = 0; k < t->nin; k++) need[k] = t->in[k] && req[wk_topo_in(&g, i, k)];
     st = vjps[t->op](t, cot[i], need, gin);
     for (int k = 0; k < t->nin; k++) {
       if (!gin[k]) continue; // no differentiable path (comparisons, integer outputs)
-      if (need[k]) accumulate(&cot[wk_topo_index(&g, t->in[k])], gin[k]);
+      if (need[k]) accumulate(&cot[wk_topo_in(&g, i, k)], gin[k]);
       else wk_tensor_free(gin[k]);
     }
   }

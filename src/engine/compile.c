@@ -87,7 +87,7 @@ static bool ir_build(ir *r, const wk_topo *g, int ntargets, const int *targets) 
     x->last_use = -1;
     if (!x->leaf) {
       x->nin = t->nin;
-      for (int k = 0; k < t->nin; k++) x->in[k] = wk_topo_index(g, t->in[k]);
+      for (int k = 0; k < t->nin; k++) x->in[k] = wk_topo_in(g, i, k);
       if (t->op == WK_OP_CONST) { x->has_const = true; x->cval = t->attrs.f[0]; }
     }
   }
@@ -96,13 +96,14 @@ static bool ir_build(ir *r, const wk_topo *g, int ntargets, const int *targets) 
 }
 
 // ---- CSE: identical op, attrs, inputs, dtype and layout compute the same value ----
-static bool same_node(const wk_topo *g, const int *rep, const wk_tensor *x, const wk_tensor *y) {
+static bool same_node(const wk_topo *g, const int *rep, int i, int j) {
+  const wk_tensor *x = g->nodes[i], *y = g->nodes[j];
   if (x->buf || y->buf || x->op != y->op || x->nin != y->nin || x->dtype != y->dtype) return false;
   if (!same_shape(x, y) || memcmp(&x->attrs, &y->attrs, sizeof x->attrs)) return false;
   if (x->op == WK_OP_VIEW && (x->offset != y->offset || memcmp(x->stride, y->stride, sizeof(int64_t) * (size_t)x->ndim)))
     return false;
   for (int k = 0; k < x->nin; k++)
-    if (rep[wk_topo_index(g, x->in[k])] != rep[wk_topo_index(g, y->in[k])]) return false;
+    if (rep[wk_topo_in(g, i, k)] != rep[wk_topo_in(g, j, k)]) return false;
   return true;
 }
 
@@ -117,11 +118,11 @@ void wk_graph_cse(const wk_topo *g, int *rep) {
     const wk_tensor *x = g->nodes[i];
     if (x->buf) continue;
     uint64_t h = (uint64_t)x->op * 0x100000001b3ull;
-    for (int k = 0; k < x->nin; k++) h = (h ^ (uint64_t)rep[wk_topo_index(g, x->in[k])]) * 0x100000001b3ull;
+    for (int k = 0; k < x->nin; k++) h = (h ^ (uint64_t)rep[wk_topo_in(g, i, k)]) * 0x100000001b3ull;
     for (int d = 0; d < x->ndim; d++) h = (h ^ (uint64_t)x->shape[d]) * 0x100000001b3ull;
     size_t j = (size_t)h & (cap - 1);
     for (; table[j] >= 0; j = (j + 1) & (cap - 1))
-      if (same_node(g, rep, g->nodes[table[j]], x)) break;
+      if (same_node(g, rep, table[j], i)) break;
     if (table[j] >= 0) rep[i] = table[j];
     else table[j] = i;
   }

@@ -50,21 +50,27 @@ static bool map_put(wk_topo *g, wk_tensor *t, int v) {
   return true;
 }
 
-static bool emit(wk_topo *g, wk_tensor *t) {
+// Lists t after its inputs (all listed already when `walked`, else left out).
+static bool emit(wk_topo *g, wk_tensor *t, bool walked) {
   if (g->n == g->cap) {
     int cap = g->cap ? g->cap * 2 : 64;
     wk_tensor **nodes = realloc(g->nodes, (size_t)cap * sizeof *nodes);
     if (!nodes) return false;
     g->nodes = nodes;
+    int *in = realloc(g->in, (size_t)cap * WK_MAX_IN * sizeof *in);
+    if (!in) return false;
+    g->in = in;
     g->cap = cap;
   }
+  int *in = g->in + (size_t)g->n * WK_MAX_IN;
+  for (int k = 0; k < WK_MAX_IN; k++) in[k] = walked && k < t->nin && t->in[k] ? wk_topo_index(g, t->in[k]) : -1;
   g->nodes[g->n] = t;
   return map_put(g, t, g->n++);
 }
 
 bool wk_topo_build(wk_topo *g, int n, wk_tensor *const *targets, bool (*descend)(const wk_tensor *t)) {
   memset(g, 0, sizeof *g);
-  typedef struct { wk_tensor *t; int next; } frame;
+  typedef struct { wk_tensor *t; int next; bool walk; } frame;
   int cap = 64, sp = 0;
   frame *st = malloc((size_t)cap * sizeof *st);
   if (!st) return false;
@@ -72,11 +78,11 @@ bool wk_topo_build(wk_topo *g, int n, wk_tensor *const *targets, bool (*descend)
   for (int k = 0; k < n && ok; k++) {
     if (!targets[k] || wk_topo_index(g, targets[k]) != -1) continue;
     ok = map_put(g, targets[k], -2);
-    st[sp++] = (frame){targets[k], 0};
+    st[sp++] = (frame){targets[k], 0, descend(targets[k])};
     while (sp && ok) {
       frame *f = &st[sp - 1];
       wk_tensor *t = f->t;
-      if (descend(t) && f->next < t->nin) {
+      if (f->walk && f->next < t->nin) {
         wk_tensor *c = t->in[f->next++];
         if (!c || wk_topo_index(g, c) != -1) continue;
         if (sp == cap) {
@@ -86,11 +92,11 @@ bool wk_topo_build(wk_topo *g, int n, wk_tensor *const *targets, bool (*descend)
           cap *= 2;
         }
         ok = map_put(g, c, -2);
-        st[sp++] = (frame){c, 0};
+        st[sp++] = (frame){c, 0, descend(c)};
         continue;
       }
       sp--;
-      ok = emit(g, t);
+      ok = emit(g, t, f->walk);
     }
   }
   free(st);
@@ -99,6 +105,7 @@ bool wk_topo_build(wk_topo *g, int n, wk_tensor *const *targets, bool (*descend)
 
 void wk_topo_free(wk_topo *g) {
   free(g->nodes);
+  free(g->in);
   free(g->keys);
   free(g->vals);
   memset(g, 0, sizeof *g);
