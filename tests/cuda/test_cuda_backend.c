@@ -280,22 +280,27 @@ static void test_matmul(void) {
   l.out = op_c(lo, WK_F32, 2, (int64_t[]){M, N});
   compare("lora f32 (W transposed)", &l, lo, 1e-4f, 1e-4f);
   reset();
-  // few rows (decode), row-major W, odd sizes and a rank of one
-  static const int shapes[][4] = {{1, 512, 512, 8}, {3, 1000, 36, 1}, {8, 64, 256, 16}, {2, 100, 30, 4}};
-  char name[64];
-  for (int c = 0; c < 4; c++) {
-    int m = shapes[c][0], k = shapes[c][1], n = shapes[c][2], rr = shapes[c][3];
-    int fx = buf(WK_F32, m * k, -1, 1), fw = buf(WK_F32, k * n, -0.1f, 0.1f), fa = buf(WK_F32, k * rr, -0.1f, 0.1f),
-        fb = buf(WK_F32, rr * n, -1, 1), fo = out_buf(WK_F32, m * n);
+  // few rows (decode), row-major W, odd sizes and a rank of one. Up to 4 rows with
+  // N % 4 == 0 and rank <= 32 take the one-launch kernel (lora.cu): a partial column
+  // tile, K shorter than its cluster, rows of x strided (xpad), the largest rank;
+  // the others (8 rows, N = 30, rank 33) the three GEMMs.
+  static const int shapes[][5] = {{1, 512, 512, 8, 0},   {3, 1000, 36, 1, 0},  {8, 64, 256, 16, 0},
+                                  {2, 100, 30, 4, 0},    {1, 2048, 2048, 8, 0}, {4, 77, 132, 32, 3},
+                                  {2, 5, 8, 3, 0},       {1, 1024, 1024, 33, 0}, {2, 300, 1000, 8, 5}};
+  char name[80];
+  for (int c = 0; c < (int)(sizeof shapes / sizeof shapes[0]); c++) {
+    int m = shapes[c][0], k = shapes[c][1], n = shapes[c][2], rr = shapes[c][3], xpad = shapes[c][4];
+    int fx = buf(WK_F32, m * (k + xpad), -1, 1), fw = buf(WK_F32, k * n, -0.1f, 0.1f),
+        fa = buf(WK_F32, k * rr, -0.1f, 0.1f), fb = buf(WK_F32, rr * n, -1, 1), fo = out_buf(WK_F32, m * n);
     wk_step f = step0(WK_OP_LORA);
     f.nin = 4;
-    f.in[0] = op_c(fx, WK_F32, 2, (int64_t[]){m, k});
+    f.in[0] = op_s(fx, WK_F32, 2, (int64_t[]){m, k}, (int64_t[]){k + xpad, 1}, 0);
     f.in[1] = op_c(fw, WK_F32, 2, (int64_t[]){k, n});
     f.in[2] = op_c(fa, WK_F32, 2, (int64_t[]){k, rr});
     f.in[3] = op_c(fb, WK_F32, 2, (int64_t[]){rr, n});
     f.attrs.f[0] = 2.0f;
     f.out = op_c(fo, WK_F32, 2, (int64_t[]){m, n});
-    snprintf(name, sizeof name, "lora f32 [%d,%d] x [%d,%d] r%d", m, k, k, n, rr);
+    snprintf(name, sizeof name, "lora f32 [%d,%d] x [%d,%d] r%d, x rows %d apart", m, k, k, n, rr, k + xpad);
     compare(name, &f, fo, 1e-5f, 1e-4f);
     reset();
   }

@@ -558,7 +558,8 @@ static wk_status matmul_epi(const wk_step *s, void *const *slots) {
   return st;
 }
 
-// out = x@W + scale * (x@A)@B: three GEMMs on the stream (t = scale x@A is [M, r]).
+// out = x@W + scale * (x@A)@B: one launch for a few rows, else three GEMMs on the stream
+// (t = scale x@A is [M, r]).
 static wk_status lora(const wk_step *s, void *const *slots) {
   int dt = s->in[0].dtype;
   for (int k = 0; k < 4; k++)
@@ -582,7 +583,11 @@ static wk_status lora(const wk_step *s, void *const *slots) {
   }
   char *out = (char *)slots[s->out.slot] + s->out.offset * (int64_t)wkc_esize(s->out.dtype);
   void *t = NULL;
-  if (!st && M * N > 0) {
+  if (!st && M * N > 0 && K > 0 && dt == WK_F32 && s->out.dtype == WK_F32 && !x.trans && !w.trans && !a.trans &&
+      !b.trans && wkc_lora_rows_fits(M, K, N, r, w.p, w.ld)) {  // a few rows: one launch (lora.cu)
+    st = wkc_lora_rows((const float *)x.p, x.ld, (const float *)w.p, w.ld, (const float *)a.p, a.ld,
+                       (const float *)b.p, b.ld, (float *)out, M, K, N, r, s->attrs.f[0]);
+  } else if (!st && M * N > 0) {
     if (!(t = wkc_alloc((size_t)(M * (r ? r : 1)) * wkc_esize(dt)))) st = WK_ERR_OOM;
     if (!st && (K == 0 || r == 0)) {
       cudaMemsetAsync(out, 0, (size_t)(M * N) * wkc_esize(s->out.dtype), wkc_stream());

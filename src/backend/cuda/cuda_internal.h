@@ -147,6 +147,13 @@ wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_sdpa(const wk_step *s, void *const *slots);        // attn.cu: tiled (flash) kernels
 wk_status wkc_sdpa_rows(const wk_step *s, void *const *slots);   // nn.cu: a block per query row (D > 128)
 wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots);
+// The fused LoRA step for 1-4 rows of f32 (lora.cu): whether it applies (W row-major
+// with 16-byte aligned rows, N % 4 == 0, rank <= 32; WICK_CUDA_LORA_ROWS=0 turns it
+// off), and its launch. out is dense [M, N].
+bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *w, int64_t ldw);
+wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float *out, int64_t M, int64_t K, int64_t N, int64_t r,
+                        float scale);
 wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd);
 // Block-quantized operands (qmatmul.cu): matmul with W in blocks, dequantize, and
 // embedding from a quantized table.
