@@ -7,9 +7,8 @@ typedef struct {
   wk_tensor **nodes;  // topological order: inputs before consumers
   int *in;            // in[i * WK_MAX_IN + k]: index of nodes[i]->in[k] (-1: not visited)
   int n, cap;
-  // open-addressing map tensor* -> index in nodes
-  wk_tensor **keys;
-  int *vals;
+  // open-addressing map tensor* -> index in nodes (-2: seen, not listed yet)
+  struct wk_topo_slot { wk_tensor *key; int val; } *map;
   int mapcap, mapused;
 } wk_topo;
 

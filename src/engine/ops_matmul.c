@@ -25,7 +25,9 @@ static wk_tensor *matmul_node(wk_tensor *a, wk_tensor *b) {
     return NULL;
   }
   // batch axes broadcast like elementwise ops
-  wk_tensor ba = {.ndim = a->ndim - 2}, bb = {.ndim = b->ndim - 2};
+  wk_tensor ba, bb; // only ndim and shape are read (a zeroed wk_tensor a call cost more than the rest)
+  ba.ndim = a->ndim - 2;
+  bb.ndim = b->ndim - 2;
   memcpy(ba.shape, a->shape, sizeof(int64_t) * (size_t)ba.ndim);
   memcpy(bb.shape, b->shape, sizeof(int64_t) * (size_t)bb.ndim);
   int nd;
