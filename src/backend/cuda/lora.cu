@@ -3,12 +3,14 @@
 //
 // Why: as three cuBLAS calls (x@A, x@W, t@B) a chained call costs three graph
 // nodes of ~3 us each, although at these sizes W (1-16 MB) sits in L2 and its bytes
-// take well under a microsecond. Here a cluster of LR_CL CTAs splits K for each
-// 128-column tile of W: every CTA reads its rows of W, A and x once, adds its part of
-// x@A times B (the product is linear in K, so the parts sum to s * (x@A) @ B), and
-// the cluster adds its CTAs' tiles through distributed shared memory. Every sum runs
-// in a fixed order, so results do not vary from run to run (graph replay on and off
-// give the same bits).
+// take well under a microsecond. Here a cluster of LR_CL CTAs splits K for each 64-
+// or 128-column tile of W: every CTA reads its rows of W, A and x once (all loads of
+// a round in flight before the first multiply) and adds its part of x@A times B (the
+// product is linear in K, so the parts sum to s * (x@A) @ B); B's tile arrives in
+// shared memory by cp.async meanwhile. Each CTA then sends its part of every output
+// entry to the CTA of the cluster that owns the entry (distributed shared memory),
+// which adds the parts after one cluster barrier. Every sum runs in a fixed order,
+// so results do not vary from run to run (graph replay on and off give the same bits).
 #include <cooperative_groups.h>
 
 #include "cuda_internal.h"
@@ -17,8 +19,7 @@ namespace cg = cooperative_groups;
 
 #define LR_CL 8       // CTAs of a cluster (the portable maximum): they split K
 #define LR_WARPS 8    // warps of a CTA: they split the CTA's rows of K again
-#define LR_TILE 128   // columns of W a CTA owns: 32 lanes x 4 floats (16-byte loads)
-#define LR_U 8        // rows of W a warp loads before its first multiply
+#define LR_RMAX 32    // largest rank
 
 struct LoraArgs {
   const float *x, *w, *a, *b;
@@ -28,53 +29,83 @@ struct LoraArgs {
   float scale;
 };
 
-template <int MR>
-__global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32) k_lora_rows(const LoraArgs a) {
+__device__ __forceinline__ void cp_async4(float *smem, const float *gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
+}
+
+// U: rows of W a warp loads before its first multiply (fewer for 4 rows of x, whose
+// accumulators take the registers). At most 128 registers: two CTAs an SM, so that
+// the clusters of a large W fit on the GPU at once.
+template <int VEC> struct Vec;
+template <> struct Vec<4> { typedef float4 t; };
+template <> struct Vec<2> { typedef float2 t; };
+
+// VEC: columns of a lane (a CTA owns 32 * VEC columns of W, read in 8- or 16-byte loads).
+template <int MR, int U, int VEC>
+__global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2) k_lora_rows(const LoraArgs a) {
+  constexpr int LR_TILE = 32 * VEC;
+  constexpr int PER = MR * LR_TILE / LR_CL;        // entries of the output tile each CTA sums up
   __shared__ float part[LR_WARPS][MR][LR_TILE];  // each warp's x@W over its rows
   __shared__ float pxa[LR_WARPS][MR][32];        // each warp's x@A over its rows (lane = rank index)
-  __shared__ float xa[MR][32];                   // this CTA's x@A over its rows of K
-  __shared__ float tile[MR][LR_TILE];            // this CTA's part of the output tile
+  __shared__ float xa[MR][32];                   // this CTA's s * x@A over its rows of K
+  __shared__ float bt[LR_RMAX][LR_TILE];         // B's rows over this CTA's columns
+  __shared__ float inbox[LR_CL][PER];            // the cluster's parts of the entries this CTA owns
   cg::cluster_group cl = cg::this_cluster();
   const int rank = (int)cl.block_rank(), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int c0 = (int)(blockIdx.x / LR_CL) * LR_TILE, col = c0 + lane * 4;
+  const int c0 = (int)(blockIdx.x / LR_CL) * LR_TILE, col = c0 + lane * VEC;
   const bool colok = col < a.N;
   const int kb = rank * a.kc, ke = min(a.K, kb + a.kc);
 
-  float acc[MR][4], pa[MR];
+  // B's tile copied to shared memory in the background while W streams in (columns
+  // past N repeat column N - 1: in bounds, their entries are never written)
+  for (int e = threadIdx.x; e < a.r * LR_TILE; e += LR_WARPS * 32)
+    cp_async4(&bt[e / LR_TILE][e % LR_TILE], a.b + (e / LR_TILE) * a.ldb + min(c0 + e % LR_TILE, a.N - 1));
+
+  // (loads out of range read a clamped address and are zeroed after: no branches, so
+  // the compiler issues all of them before the first use)
+
+  float acc[MR][VEC], pa[MR];
 #pragma unroll
   for (int m = 0; m < MR; m++) {
-    acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
+#pragma unroll
+    for (int v = 0; v < VEC; v++) acc[m][v] = 0.0f;
     pa[m] = 0.0f;
   }
-  for (int k = kb + warp; k < ke; k += LR_WARPS * LR_U) {
-    float4 w[LR_U];
-    float av[LR_U];
+  typedef typename Vec<VEC>::t vec;
+  const float *wcol = a.w + (colok ? col : 0), *acol = a.a + min(lane, a.r - 1);
+  for (int k = kb + warp; k < ke; k += LR_WARPS * U) {
+    vec w[U];
+    float av[U], xv[U][MR];
 #pragma unroll
-    for (int u = 0; u < LR_U; u++) {  // every load of the round before the first use
-      const int64_t kk = k + u * LR_WARPS;
-      const bool in = kk < ke;
-      w[u] = in && colok ? __ldg((const float4 *)(a.w + kk * a.ldw + col)) : make_float4(0, 0, 0, 0);
-      av[u] = in && lane < a.r ? __ldg(a.a + kk * a.lda + lane) : 0.0f;
+    for (int u = 0; u < U; u++) {  // every load of the round before the first use
+      const int64_t kk = min(k + u * LR_WARPS, ke - 1);
+      w[u] = __ldg((const vec *)(wcol + kk * a.ldw));
+      av[u] = __ldg(acol + kk * a.lda);
+#pragma unroll
+      for (int m = 0; m < MR; m++) xv[u][m] = __ldg(a.x + min(m, a.M - 1) * a.ldx + kk);
     }
 #pragma unroll
-    for (int u = 0; u < LR_U; u++) {
-      const int64_t kk = k + u * LR_WARPS;
+    for (int u = 0; u < U; u++) {
+      const bool in = k + u * LR_WARPS < ke;
+      const float *wf = (const float *)&w[u];
+      av[u] = in && lane < a.r ? av[u] : 0.0f;
 #pragma unroll
       for (int m = 0; m < MR; m++) {
-        const float xv = kk < ke && m < a.M ? __ldg(a.x + m * a.ldx + kk) : 0.0f;
-        acc[m][0] = fmaf(xv, w[u].x, acc[m][0]);
-        acc[m][1] = fmaf(xv, w[u].y, acc[m][1]);
-        acc[m][2] = fmaf(xv, w[u].z, acc[m][2]);
-        acc[m][3] = fmaf(xv, w[u].w, acc[m][3]);
-        pa[m] = fmaf(xv, av[u], pa[m]);
+        const float x = in && m < a.M ? xv[u][m] : 0.0f;
+#pragma unroll
+        for (int v = 0; v < VEC; v++)  // a clamped row may hold inf (0 * inf is NaN): select, not multiply
+          acc[m][v] = fmaf(x, colok && in ? wf[v] : 0.0f, acc[m][v]);
+        pa[m] = fmaf(x, av[u], pa[m]);
       }
     }
   }
 #pragma unroll
   for (int m = 0; m < MR; m++) {
-    *(float4 *)&part[warp][m][lane * 4] = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+#pragma unroll
+    for (int v = 0; v < VEC; v++) part[warp][m][lane * VEC + v] = acc[m][v];
     pxa[warp][m][lane] = pa[m];
   }
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
   __syncthreads();
   if (threadIdx.x < MR * 32) {
     const int m = threadIdx.x >> 5, j = threadIdx.x & 31;
@@ -83,25 +114,25 @@ __global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32) k
     xa[m][j] = t * a.scale;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < MR * LR_TILE; e += LR_WARPS * 32) {
-    const int m = e / LR_TILE, c = e % LR_TILE;
+  // this CTA's part of each entry, sent to the CTA of the cluster that owns the entry
+#pragma unroll
+  for (int i = 0; i < (MR * LR_TILE + LR_WARPS * 32 - 1) / (LR_WARPS * 32); i++) {
+    const int e = (int)threadIdx.x + i * LR_WARPS * 32, m = e / LR_TILE, c = e % LR_TILE;
+    if (e >= MR * LR_TILE) break;
     float t = 0.0f;
     for (int q = 0; q < LR_WARPS; q++) t += part[q][m][c];
-    if (c0 + c < a.N)
-      for (int j = 0; j < a.r; j++) t = fmaf(xa[m][j], __ldg(a.b + j * a.ldb + c0 + c), t);
-    tile[m][c] = t;
+    for (int j = 0; j < a.r; j++) t = fmaf(xa[m][j], bt[j][c], t);
+    cl.map_shared_rank(&inbox[0][0], e / PER)[rank * PER + e % PER] = t;
   }
-  cl.sync();  // every CTA's tile is complete
-  const int per = MR * LR_TILE / LR_CL;  // entries of the tile this CTA adds up
-  if (threadIdx.x < per) {
-    const int e = rank * per + threadIdx.x, m = e / LR_TILE, c = e % LR_TILE;
+  cl.sync();  // every part has arrived; nothing reads another CTA's memory after this
+  if (threadIdx.x < PER) {
+    const int e = rank * PER + (int)threadIdx.x, m = e / LR_TILE, c = e % LR_TILE;
     if (m < a.M && c0 + c < a.N) {
       float t = 0.0f;
-      for (int q = 0; q < LR_CL; q++) t += cl.map_shared_rank(&tile[0][0], q)[e];
+      for (int q = 0; q < LR_CL; q++) t += inbox[q][threadIdx.x];
       a.out[(int64_t)m * a.N + c0 + c] = t;
     }
   }
-  cl.sync();  // no CTA leaves while another still reads its tile
 }
 
 bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *w, int64_t ldw) {
@@ -110,7 +141,7 @@ bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *
     const char *e = getenv("WICK_CUDA_LORA_ROWS");
     on = !e || atoi(e);
   }
-  return on && M >= 1 && M <= 4 && r >= 1 && r <= 32 && K >= 1 && K <= INT32_MAX / 2 && N >= 1 &&
+  return on && M >= 1 && M <= 4 && r >= 1 && r <= LR_RMAX && K >= 1 && K <= INT32_MAX / 2 && N >= 1 &&
          N <= INT32_MAX / 2 && N % 4 == 0 && ldw % 4 == 0 && ((uintptr_t)w & 15) == 0;
 }
 
@@ -119,9 +150,20 @@ wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw
                         float scale) {
   LoraArgs g = {x, w, a, b, out, ldx, ldw, lda, ldb, (int)M, (int)K, (int)N, (int)r,
                 (int)((K + LR_CL - 1) / LR_CL), scale};
-  const dim3 grid((unsigned)((N + LR_TILE - 1) / LR_TILE * LR_CL));
-  if (M == 1) k_lora_rows<1><<<grid, LR_WARPS * 32, 0, wkc_stream()>>>(g);
-  else if (M == 2) k_lora_rows<2><<<grid, LR_WARPS * 32, 0, wkc_stream()>>>(g);
-  else k_lora_rows<4><<<grid, LR_WARPS * 32, 0, wkc_stream()>>>(g);
+  // 64-column tiles while 128-column ones would leave the grid under 64 CTAs: (1,1,512)
+  // 4.1 against 4.4-4.5 us a chained call, while 1024 and 2048 are faster with 128
+  // (4.6 against 5.0, 7.9 against 9.5; H200)
+  const int tile = (N + 127) / 128 < 8 ? 64 : 128;
+  const dim3 grid((unsigned)((N + tile - 1) / tile * LR_CL)), block(LR_WARPS * 32);
+  cudaStream_t st = wkc_stream();
+  if (tile == 128) {
+    if (M == 1) k_lora_rows<1, 16, 4><<<grid, block, 0, st>>>(g);
+    else if (M == 2) k_lora_rows<2, 16, 4><<<grid, block, 0, st>>>(g);
+    else k_lora_rows<4, 8, 4><<<grid, block, 0, st>>>(g);
+  } else {
+    if (M == 1) k_lora_rows<1, 16, 2><<<grid, block, 0, st>>>(g);
+    else if (M == 2) k_lora_rows<2, 16, 2><<<grid, block, 0, st>>>(g);
+    else k_lora_rows<4, 8, 2><<<grid, block, 0, st>>>(g);
+  }
   return wkc_check_launch("lora (few rows, k_lora_rows)");
 }
