@@ -50,6 +50,9 @@ __global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2
   __shared__ float xa[MR][32];                   // this CTA's s * x@A over its rows of K
   __shared__ float bt[LR_RMAX][LR_TILE];         // B's rows over this CTA's columns
   __shared__ float inbox[LR_CL][PER];            // the cluster's parts of the entries this CTA owns
+  // A CTA may write another's shared memory only once that CTA has started: each
+  // arrives here and waits (at no cost by then) before its first remote write.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
   cg::cluster_group cl = cg::this_cluster();
   const int rank = (int)cl.block_rank(), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int c0 = (int)(blockIdx.x / LR_CL) * LR_TILE, col = c0 + lane * VEC;
@@ -115,6 +118,7 @@ __global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2
   }
   __syncthreads();
   // this CTA's part of each entry, sent to the CTA of the cluster that owns the entry
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 #pragma unroll
   for (int i = 0; i < (MR * LR_TILE + LR_WARPS * 32 - 1) / (LR_WARPS * 32); i++) {
     const int e = (int)threadIdx.x + i * LR_WARPS * 32, m = e / LR_TILE, c = e % LR_TILE;
