@@ -1072,62 +1072,41 @@ static wk_status ce_kernel(const wk_step *s, void *const *slots, bool bwd) {
 // Short attention (sentence encoders: ~20 keys, D = 32): the two products of a key
 // block are a few thousand FMAs, less than the generic GEMM spends planning and
 // packing them, so here they run straight from registers. D % 16 == 0.
-// S[i, 0:n) = Q[i, :] . K^T with K^T in kt (D rows of SDPA_BK, zero past n).
-static inline __attribute__((always_inline)) void attn_qk_tile(const int NR, const int NV, const float *q,
-                                                              int64_t D, const float *kt, float *sc) {
-  __m512 acc[4][4];
+// C[r, 0:16*NV) = (acc ? C : 0) + sum_k A[r, k] B[k, 0:16*NV) for NR rows, from
+// registers. Both products of a key block have this shape: S = Q K^T (B = K^T in
+// kt: D rows of SDPA_BK, zero past n) and O += P V (B = V, rows vld apart).
+static inline __attribute__((always_inline)) void attn_tile(const int NR, const int NV, const float *a, int64_t lda,
+                                                           int64_t K, const float *b, int64_t ldb, float *c,
+                                                           int64_t ldc, const bool acc) {
+  __m512 sum[4][4];
   for (int r = 0; r < NR; r++)
-    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t d = 0; d < D; d++) {
-    __m512 kv[4];
-    for (int v = 0; v < NV; v++) kv[v] = _mm512_loadu_ps(kt + d * SDPA_BK + 16 * v);
+    for (int v = 0; v < NV; v++) sum[r][v] = acc ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k++) {
+    __m512 bv[4];
+    for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
     for (int r = 0; r < NR; r++) {
-      __m512 a = _mm512_set1_ps(q[r * D + d]);
-      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, kv[v], acc[r][v]);
+      __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      for (int v = 0; v < NV; v++) sum[r][v] = _mm512_fmadd_ps(av, bv[v], sum[r][v]);
     }
   }
   for (int r = 0; r < NR; r++)
-    for (int v = 0; v < NV; v++) _mm512_storeu_ps(sc + r * SDPA_BK + 16 * v, acc[r][v]);
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(c + r * ldc + 16 * v, sum[r][v]);
 }
 
-// O[i, d0:d0+16*NV) += P[i, 0:n) . V[0:n, d0:...] (V rows vld apart).
-static inline __attribute__((always_inline)) void attn_pv_tile(const int NR, const int NV, const float *p, int64_t n,
-                                                              const float *v, int64_t vld, float *o, int64_t D) {
-  __m512 acc[4][4];
-  for (int r = 0; r < NR; r++)
-    for (int w = 0; w < NV; w++) acc[r][w] = _mm512_loadu_ps(o + r * D + 16 * w);
-  for (int64_t j = 0; j < n; j++) {
-    __m512 vv[4];
-    for (int w = 0; w < NV; w++) vv[w] = _mm512_loadu_ps(v + j * vld + 16 * w);
-    for (int r = 0; r < NR; r++) {
-      __m512 a = _mm512_set1_ps(p[r * SDPA_BK + j]);
-      for (int w = 0; w < NV; w++) acc[r][w] = _mm512_fmadd_ps(a, vv[w], acc[r][w]);
-    }
-  }
-  for (int r = 0; r < NR; r++)
-    for (int w = 0; w < NV; w++) _mm512_storeu_ps(o + r * D + 16 * w, acc[r][w]);
-}
-
-#define ATTN_TILES(NV)                                                                                  \
-  static void attn_qk_##NV(int64_t rows, const float *q, int64_t D, const float *kt, float *sc) {       \
-    int64_t i = 0;                                                                                      \
-    for (; i + 4 <= rows; i += 4) attn_qk_tile(4, NV, q + i * D, D, kt, sc + i * SDPA_BK);              \
-    for (; i < rows; i++) attn_qk_tile(1, NV, q + i * D, D, kt, sc + i * SDPA_BK);                      \
-  }                                                                                                     \
-  static void attn_pv_##NV(int64_t rows, const float *p, int64_t n, const float *v, int64_t vld,        \
-                           float *o, int64_t D) {                                                       \
-    int64_t i = 0;                                                                                      \
-    for (; i + 4 <= rows; i += 4) attn_pv_tile(4, NV, p + i * SDPA_BK, n, v, vld, o + i * D, D);        \
-    for (; i < rows; i++) attn_pv_tile(1, NV, p + i * SDPA_BK, n, v, vld, o + i * D, D);                \
+// All rows of a product, four at a time (16 * NV columns).
+#define ATTN_TILES(NV)                                                                                   \
+  static void attn_rows_##NV(int64_t rows, const float *a, int64_t lda, int64_t K, const float *b,       \
+                             int64_t ldb, float *c, int64_t ldc, bool acc) {                             \
+    int64_t i = 0;                                                                                       \
+    for (; i + 4 <= rows; i += 4) attn_tile(4, NV, a + i * lda, lda, K, b, ldb, c + i * ldc, ldc, acc);  \
+    for (; i < rows; i++) attn_tile(1, NV, a + i * lda, lda, K, b, ldb, c + i * ldc, ldc, acc);          \
   }
 ATTN_TILES(1)
 ATTN_TILES(2)
 ATTN_TILES(3)
 ATTN_TILES(4)
-typedef void (*attn_qk_fn)(int64_t, const float *, int64_t, const float *, float *);
-typedef void (*attn_pv_fn)(int64_t, const float *, int64_t, const float *, int64_t, float *, int64_t);
-static const attn_qk_fn attn_qk[4] = {attn_qk_1, attn_qk_2, attn_qk_3, attn_qk_4};
-static const attn_pv_fn attn_pv[4] = {attn_pv_1, attn_pv_2, attn_pv_3, attn_pv_4};
+typedef void (*attn_rows_fn)(int64_t, const float *, int64_t, int64_t, const float *, int64_t, float *, int64_t, bool);
+static const attn_rows_fn attn_rows[4] = {attn_rows_1, attn_rows_2, attn_rows_3, attn_rows_4};
 
 #endif
 
@@ -1137,7 +1116,7 @@ static void block_scores(const float *qt, int64_t rows, int64_t D, const float *
 #if defined(__AVX512F__)
   if (D % 16 == 0) {
     wk_transpose_rows_f32(k, kld, n, D, SDPA_BK, kt);
-    attn_qk[(n + 15) / 16 - 1](rows, qt, D, kt, sc);
+    attn_rows[(n + 15) / 16 - 1](rows, qt, D, D, kt, SDPA_BK, sc, SDPA_BK, false);
     return;
   }
 #endif
@@ -1151,7 +1130,7 @@ static void block_pv(const float *sc, int64_t rows, int64_t n, const float *v, i
   if (D % 16 == 0) {
     for (int64_t d0 = 0; d0 < D; d0 += 64) {
       int64_t nv = (D - d0) / 16 < 4 ? (D - d0) / 16 : 4;
-      attn_pv[nv - 1](rows, sc, n, v + d0, vld, o + d0, D);
+      attn_rows[nv - 1](rows, sc, SDPA_BK, n, v + d0, vld, o + d0, D, true);
     }
     return;
   }
