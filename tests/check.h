@@ -7,6 +7,15 @@
 
 static int check_pass, check_fail;
 
+// GPU tests: leave main with 77 (ctest's SKIP_RETURN_CODE) when no CUDA device works.
+#define SKIP_WITHOUT_CUDA()                                                \
+  do {                                                                     \
+    if (!wk_device_available(WK_CUDA)) {                                   \
+      printf("skipped: no CUDA device (%s)\n", wk_last_error());           \
+      return 77;                                                           \
+    }                                                                      \
+  } while (0)
+
 #define CHECK(cond, ...)                                                   \
   do {                                                                     \
     if (cond) check_pass++;                                                \

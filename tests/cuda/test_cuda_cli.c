@@ -84,10 +84,7 @@ static void test_logits(void) {
 
 int main(void) {
   if (chdir(WICK_SOURCE_DIR)) { perror(WICK_SOURCE_DIR); return 1; }
-  if (!wk_device_available(WK_CUDA)) {
-    printf("no CUDA device: %s\n", wk_last_error());
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   test_embed();
   test_logits();
   return check_report();

@@ -164,10 +164,8 @@ static void test_greedy(void) {
 }
 
 int main(void) {
-  if (!wk_device_available(WK_CUDA) || !dual_open()) {
-    printf("skipped: no CUDA device\n");
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
+  if (!dual_open()) return 77;
   test_attention();
   test_greedy();
   return check_report();

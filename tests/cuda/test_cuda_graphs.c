@@ -354,10 +354,7 @@ static void test_fallback(void) {
 }
 
 int main(void) {
-  if (!wk_device_available(WK_CUDA)) {
-    printf("no CUDA device: %s\n", wk_last_error());
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   test_chains();
   test_split();
   test_train();

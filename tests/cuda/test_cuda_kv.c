@@ -120,10 +120,7 @@ static bool batch_on(wk_device dev, gen_out *o) {
 }
 
 int main(void) {
-  if (!wk_device_available(WK_CUDA)) {
-    printf("skipped: no CUDA device\n");
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   float *a = test_randv(2 * 3 * 16, 1), *q = test_randv(4 * 2 * 16, 2), *k = test_randv(2 * 12 * 16, 3), *v = test_randv(2 * 12 * 16, 4);
   float *x = test_randv(2 * 5 * 16, 5), inv[8];
   for (int i = 0; i < 8; i++) inv[i] = 1.0f / powf(10000.0f, (float)i / 8.0f) / 3.0f;

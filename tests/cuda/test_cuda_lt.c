@@ -161,10 +161,7 @@ static void replay(void) {
 }
 
 int main(void) {
-  if (!wk_device_available(WK_CUDA)) {
-    printf("no CUDA device, skipped: %s\n", wk_last_error());
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   values();
   not_fused();
   gradients();

@@ -129,10 +129,7 @@ static void run(const char *name, wk_optim_config oc, int expect_groups) {
 }
 
 int main(void) {
-  if (!wk_device_available(WK_CUDA)) {
-    printf("no CUDA device, skipped: %s\n", wk_last_error());
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   // LoRA-like shapes (r x K, N x r), odd sizes, two single elements (0 and 3), and
   // one past the group kernel's solo threshold (it runs on its own inside the group)
   for (int i = 0; i < NP; i++) {

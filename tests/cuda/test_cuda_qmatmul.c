@@ -397,10 +397,7 @@ static void bench(void) {
 }
 
 int main(void) {
-  if (!wk_device_available(WK_CUDA)) {
-    printf("skipped: no CUDA device\n");
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) test_type(types[i]);
   test_half(WK_BF16);
   test_half(WK_F16);

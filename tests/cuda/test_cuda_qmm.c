@@ -234,10 +234,7 @@ int main(void) {
   // every fusion this file checks on, whatever the defaults (read at the first compile)
   setenv("WICK_CUDA_QEPI", "1", 1), setenv("WICK_CUDA_QSWIGLU", "1", 1), setenv("WICK_CUDA_NORMW", "1", 1);
   setenv("WICK_CUDA_QGROUP", "1", 1);
-  if (!wk_device_available(WK_CUDA)) {
-    printf("skipped: no CUDA device\n");
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   test_ops();
   const wk_dtype dts[] = {WK_BF16, WK_F16};
   for (int t = 0; t < 2; t++) test_siblings(dts[t], 1), test_siblings(dts[t], 3);

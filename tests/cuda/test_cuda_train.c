@@ -180,10 +180,7 @@ static void generation_matches(void) {
 }
 
 int main(void) {
-  if (!wk_device_available(WK_CUDA)) {
-    printf("no CUDA device: skipped\n");
-    return 77;
-  }
+  SKIP_WITHOUT_CUDA();
   grads_match();
   trainer_matches();
   generation_matches();
