@@ -273,29 +273,29 @@ bool hgemv1_on() {
   return v == 1;
 }
 
-// Warps per row: the fewest (1, 2, 4 or 8) that leave each lane at most 8 chunks of 8
-// values, then more while the grid has under 8 warps an SM and each lane keeps 2
-// chunks. A wide W (some 2 blocks an SM at 4 rows a group: the LM head) takes 4 rows a
-// group and 4 loads a row in flight; otherwise 4 loads a lane when that covers the row,
-// else 8 per round.
+// Rows a group and loads a lane per round: 4 and 4 for a SwiGLU x (computed once for
+// the 4 rows: one row a group made the down projection read gate and up from L2 N
+// times, 2x its time), else 2 and 2. Warps per row: the fewest (1, 2, 4 or 8) that
+// leave each lane at most 8 chunks of 8 values, then more while the grid has under 1.5
+// blocks an SM. Swept on an H200 over Qwen2.5-0.5B's decode shapes (bf16, W streamed
+// from DRAM, 50 launches back to back in a graph; BENCHMARKS.md): gate+up (2 x
+// [4864, 896]) 7.9 -> 6.3 us, down with SwiGLU ([896, 4864]) 9.7 -> 7.1, o ([896, 896])
+// 2.7 -> 2.3, the LM head ([151936, 896]) 62.5 -> 61.4, against 1, 1 or 4 rows a group
+// with 4 or 8 loads and up to 8 warps an SM before.
 struct Cfg1 {
   bool bf, sw;
-  int u, r;  // loads in flight a lane, rows a group: <4, 4>, <4, 1> or <8, 1>
+  int u, r;  // loads in flight a lane a round, rows a group: <4, 4> or <2, 2>
   unsigned grid;
   bool operator==(const Cfg1 &o) const { return bf == o.bf && sw == o.sw && u == o.u && r == o.r; }
 };
 Cfg1 cfg1(HArgs *a, bool bf) {
   const int64_t nc = a->K / 8;
+  const int r = a->up ? 4 : 2;
+  auto blocks = [&](int split) { return (a->N + (HG_WARPS / split) * r - 1) / ((HG_WARPS / split) * r); };
   a->split = 1;
   while (a->split < HG_WARPS && nc > (int64_t)a->split * 32 * 8) a->split *= 2;
-  while (a->split < HG_WARPS && a->N * a->split < (int64_t)wkc_num_sms() * 8 && nc >= (int64_t)a->split * 2 * 32 * 2)
-    a->split *= 2;
-  const int64_t groups = HG_WARPS / a->split;
-  // 4 rows a group for a wide W, and for a SwiGLU x (computed once for the 4 rows: one
-  // row a group made the down projection read gate and up from L2 N times, 2x its time)
-  if (a->N >= (int64_t)wkc_num_sms() * 2 * groups * 4 || a->up)
-    return Cfg1{bf, a->up != NULL, 4, 4, (unsigned)((a->N + groups * 4 - 1) / (groups * 4))};
-  return Cfg1{bf, a->up != NULL, nc <= (int64_t)a->split * 32 * 4 ? 4 : 8, 1, (unsigned)((a->N + groups - 1) / groups)};
+  while (a->split < HG_WARPS && blocks(a->split) * 2 < (int64_t)wkc_num_sms() * 3) a->split *= 2;
+  return Cfg1{bf, a->up != NULL, r, r, (unsigned)blocks(a->split)};
 }
 template <bool BF, bool SW>
 void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
@@ -304,8 +304,7 @@ void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
 #define HG_LAUNCH(U, R) \
   g ? k_hgemv1g<BF, U, R, SW><<<grid, HG_WARPS * 32, 0, cs>>>(*g) : k_hgemv1<BF, U, R, SW><<<grid, HG_WARPS * 32, 0, cs>>>(a)
   if (c.r == 4) HG_LAUNCH(4, 4);
-  else if (c.u == 4) HG_LAUNCH(4, 1);
-  else HG_LAUNCH(8, 1);
+  else HG_LAUNCH(2, 2);
 #undef HG_LAUNCH
 }
 // one step (g NULL) or a group of steps of configuration c
