@@ -36,7 +36,8 @@ typedef struct {
   int epi_in[3];       // x, W (as the matmul reads them), bias
   int qmm;             // WK_QMM_* flags: this node runs as a half-weight QMATMUL with fused ends
   int qmm_nin;
-  int qmm_in[4];       // x (or gate), W [, addend] [, up]: plan.h's QMATMUL step layout
+  int qmm_in[4];       // x (or gate), W [, addend] [, up or norm weight]: plan.h's QMATMUL step layout
+  float qmm_eps;       // WK_QMM_NORM: the norm's eps
 } irnode;
 
 // Nodes computed by one kernel in place of a subgraph (LoRA, matmul epilogues) read
@@ -325,6 +326,7 @@ static bool qepi_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QE
 static bool qswiglu_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QSWIGLU", &on); }
 static bool normw_enabled(void) { static int on = -1; return env_on("WICK_CUDA_NORMW", &on); }
 static bool qgroup_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QGROUP", &on); }
+static bool qnorm_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QNORM", &on); }
 
 // A QMATMUL node the CUDA half-weight kernels run: x @ W^T, W a contiguous f16 / bf16 [N, K].
 static bool is_half_qmm(const ir *r, int i) {
@@ -361,6 +363,39 @@ static bool match_qswiglu(ir *r, int mm) {
   return false;
 }
 
+// mm = qmatmul(rms_norm(h, w), W) over one row (a decode step's q/k/v or gate/up): mm
+// reads h and w, and each GEMV block computes the norm of h itself (its lanes hold the
+// chunks of h they multiply anyway: a sum of squares, no second read) instead of a
+// launch of its own (~3.4 us on an H200, two a layer); halfmm.cu still runs the norm
+// first for a W too wide for that to pay. The norm dies once all its consumers read h.
+// The weight may be an f16 / bf16 one read through its widening cast.
+static bool match_qnorm(ir *r, int mm) {
+  if (!is_half_qmm(r, mm) || r->n[mm].qmm) return false;
+  irnode *m = &r->n[mm];
+  const irnode *n = &r->n[m->in[0]];
+  if (n->leaf || n->op != WK_OP_RMS_NORM || n->nin != 2 || kern_fused(n)) return false;
+  int64_t K = r->n[m->in[1]].t->shape[1];
+  const wk_tensor *h = r->n[n->in[0]].t;
+  if (h->dtype != WK_F32 || n->t->dtype != WK_F32 || wk_numel(h) != K || h->shape[h->ndim - 1] != K ||
+      !wk_is_contiguous(h))
+    return false;
+  int w = n->in[1];
+  const irnode *c = &r->n[w];
+  if (!c->leaf && c->op == WK_OP_CAST && (r->n[c->in[0]].t->dtype == WK_BF16 || r->n[c->in[0]].t->dtype == WK_F16) &&
+      same_shape(c->t, r->n[c->in[0]].t))
+    w = c->in[0];
+  const wk_tensor *wt = r->n[w].t;
+  if (wk_numel(wt) != K || !wk_is_contiguous(wt) || (wt->dtype != WK_F32 && wt->dtype != WK_BF16 && wt->dtype != WK_F16))
+    return false;
+  m->qmm = WK_QMM_NORM;
+  m->qmm_nin = 3;
+  m->qmm_in[0] = n->in[0];
+  m->qmm_in[1] = m->in[1];
+  m->qmm_in[2] = w;
+  m->qmm_eps = n->t->attrs.f[0];
+  return true;
+}
+
 // add(qmatmul(x, W), b) with b a bias row or a residual: one QMATMUL step.
 static bool match_qepilogue(ir *r, int add) {
   irnode *x = &r->n[add];
@@ -383,6 +418,7 @@ static bool match_qepilogue(ir *r, int add) {
     if (!bias && !resid) continue;
     if (bt->dtype != WK_F32 && bt->dtype != WK_BF16 && bt->dtype != WK_F16) continue;
     x->qmm = WK_QMM_ADD | m->qmm;
+    x->qmm_eps = m->qmm_eps;
     x->qmm_nin = 3 + (m->qmm ? 1 : 0);
     x->qmm_in[0] = m->qmm ? m->qmm_in[0] : m->in[0];
     x->qmm_in[1] = m->in[1];
@@ -671,6 +707,7 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
     memset(&s->attrs, 0, sizeof s->attrs);
     s->attrs.i[0] = 1;
     s->attrs.i[1] = x->qmm;
+    s->attrs.f[0] = x->qmm_eps;
     s->src = -1;
     return true;
   }
@@ -1078,7 +1115,7 @@ static int sibling_key(const ir *r, int i, int *kind) {
   if (x->t->device != WK_CUDA && !(x->op == WK_OP_SET_SLICE && r->n[x->base].t->device == WK_CUDA)) return -1;
   if (x->qmm) {
     *kind = 1;
-    return x->qmm == WK_QMM_ADD ? x->qmm_in[0] : -1;
+    return (x->qmm & ~(WK_QMM_ADD | WK_QMM_NORM)) == 0 ? x->qmm_in[0] : -1;   // x or the normed h
   }
   if (is_half_qmm(r, i)) return *kind = 1, x->in[0];
   if (x->op == WK_OP_ROPE && !x->leaf && x->nin >= 2 && r->n[x->in[1]].t->dtype == WK_I32) return *kind = 2, x->in[1];
@@ -1174,6 +1211,10 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   }
   if (qswiglu_enabled()) {
     for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_qswiglu(&r, i);
+    count_uses(&r);
+  }
+  if (qnorm_enabled()) {
+    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_qnorm(&r, i);
     count_uses(&r);
   }
   if (qepi_enabled()) {
@@ -1364,8 +1405,11 @@ void wk_plan_free(wk_plan *p) {
 }
 
 static const char *op_label(const wk_step *s) {
-  if (s->op == WK_OP_QMATMUL && s->attrs.i[1])
-    return s->attrs.i[1] == WK_QMM_ADD ? "qmatmul+add" : s->attrs.i[1] == WK_QMM_SWIGLU ? "swiglu+qmatmul" : "swiglu+qmatmul+add";
+  if (s->op == WK_OP_QMATMUL && s->attrs.i[1]) {
+    static const char *names[8] = {"qmatmul", "qmatmul+add", "swiglu+qmatmul", "swiglu+qmatmul+add", "rmsnorm+qmatmul",
+                                   "rmsnorm+qmatmul+add", "qmatmul?", "qmatmul?"};
+    return names[s->attrs.i[1] & 7];
+  }
   if (s->op == WK_OP_MATMUL && s->nin == 3) return s->attrs.i[0] == WK_EPI_BIAS_GELU_TANH ? "matmul+bias+gelu" : "matmul+bias";
   return s->op == WK_STEP_FUSED_EW ? "fused" : wk_ops[s->op].name;
 }

@@ -14,8 +14,10 @@ enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2, WK_EPI_BIAS_GELU = 3 };
 // QMATMUL step (x @ W^T, W a contiguous f16 / bf16 [N, K]) with attrs.i[1] = flags:
 //   WK_QMM_ADD: in[2] is added to the f32 product, broadcast to the output's shape (a
 //     bias row [N] of f32 / f16 / bf16, or an f32 residual of the output's shape);
-//   WK_QMM_SWIGLU: x is silu(in[0]) * in[nin - 1] (gate and up: dense f32, x's shape).
-enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2 };
+//   WK_QMM_SWIGLU: x is silu(in[0]) * in[nin - 1] (gate and up: dense f32, x's shape);
+//   WK_QMM_NORM: x is rms_norm(in[0], in[nin - 1], eps attrs.f[0]) over one row (in[0]
+//     dense f32 of K values; in[nin - 1] the norm weight [K], dense f32 / f16 / bf16).
+enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2, WK_QMM_NORM = 4 };
 
 // How the tensors of a graph map to slots at run time.
 typedef struct {

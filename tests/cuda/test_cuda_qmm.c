@@ -1,6 +1,6 @@
 // The half-weight matmul's fused ends on CUDA (compile.c's match_qswiglu /
-// match_qepilogue / match_norm_weights, halfmm.cu) against the CPU backend, which runs
-// the unfused graph:
+// match_qepilogue / match_qnorm / match_norm_weights, halfmm.cu) against the CPU
+// backend, which runs the unfused graph:
 //  - y = x @ W^T + b (b a bf16 / f16 bias read through its cast, or f32), r + x @ W^T
 //    (a residual), silu(g) * u @ W^T, and r + silu(g) * u @ W^T, for f16 and bf16 W,
 //    x [1, M, K] with M = 1 (the one-row GEMV: narrow, split and wide W), 3 (the staged
@@ -9,6 +9,12 @@
 //    x's bf16 rounding); each plan is one QMATMUL step with the expected flags, and its
 //    values are bit-identical to the same graph evaluated unfused on CUDA (the product
 //    or the SwiGLU value made a target, so the planner keeps them);
+//  - rms_norm(h, w) @ W^T and the same plus a bf16 / f16 bias (w a half weight read
+//    through its cast): at M = 1 one QMATMUL step whose GEMV blocks compute the norm
+//    (the norm runs first, in a kernel of its own, when the row is not 16-byte aligned
+//    or the grid is wide), within
+//    1e-3 of the CPU's (the sum of squares runs in another order, which can move x's
+//    bf16 rounding) and of the unfused CUDA graph; at M > 1 the norm stays a step;
 //  - sibling products of one x (q, k, v; gate and up): one group step (halfmm.cu's
 //    grouped GEMV launch at M = 1, member by member otherwise), bit-identical to each
 //    product alone;
@@ -40,22 +46,31 @@ static wk_tensor *realized(wk_tensor *t) {
   return r;
 }
 
-enum { F_BIAS_HALF, F_BIAS_F32, F_RESID, F_SWIGLU, F_SWIGLU_RESID, F_COUNT };
-static const char *fname[F_COUNT] = {"bias (half, cast)", "bias (f32)", "residual", "swiglu", "swiglu + residual"};
+enum { F_BIAS_HALF, F_BIAS_F32, F_RESID, F_SWIGLU, F_SWIGLU_RESID, F_NORM, F_NORM_BIAS, F_COUNT };
+static const char *fname[F_COUNT] = {"bias (half, cast)", "bias (f32)", "residual", "swiglu", "swiglu + residual",
+                                     "rmsnorm", "rmsnorm + bias"};
+static bool is_norm(int f) { return f == F_NORM || f == F_NORM_BIAS; }
+static const float NORM_EPS = 1e-6f;
 
 typedef struct {
-  wk_tensor *x, *g, *u, *w, *bh, *bf, *r;   // on one device
+  wk_tensor *x, *g, *u, *w, *bh, *bf, *r, *nw;   // on one device
 } operands;
+
+// x as the form computes it (before the product)
+static wk_tensor *form_x(const operands *o, int f) {
+  if (f == F_SWIGLU || f == F_SWIGLU_RESID) return wk_mul(wk_silu(o->g), o->u);
+  if (is_norm(f)) return wk_rms_norm(o->x, wk_cast(o->nw, WK_F32), NORM_EPS);
+  return o->x;
+}
 
 // The form's graph; *inner: the node the unfused variant makes a target.
 static wk_tensor *form(const operands *o, int f, wk_tensor **inner) {
-  wk_tensor *x = o->x;
-  if (f == F_SWIGLU || f == F_SWIGLU_RESID) x = wk_mul(wk_silu(o->g), o->u);
+  wk_tensor *x = form_x(o, f);
   wk_tensor *mm = wk_matmul_t(x, 0, o->w, 1), *y = mm;
-  if (f == F_BIAS_HALF) y = wk_add(mm, wk_cast(o->bh, WK_F32));
+  if (f == F_BIAS_HALF || f == F_NORM_BIAS) y = wk_add(mm, wk_cast(o->bh, WK_F32));
   if (f == F_BIAS_F32) y = wk_add(mm, o->bf);
   if (f == F_RESID || f == F_SWIGLU_RESID) y = wk_add(o->r, mm);
-  *inner = f == F_SWIGLU ? x : mm;
+  *inner = f == F_SWIGLU || f == F_NORM ? x : mm;
   return y;
 }
 
@@ -70,27 +85,34 @@ static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
       .bh = realized(wk_cast(wk_randn(1, (int64_t[]){N}, WK_F32, 23), wdt)),
       .bf = realized(wk_randn(1, (int64_t[]){N}, WK_F32, 29)),
       .r = realized(wk_randn(3, (int64_t[]){1, M, N}, WK_F32, 31 + (uint64_t)M)),
+      .nw = realized(wk_cast(wk_add_scalar(wk_mul_scalar(wk_randn(1, (int64_t[]){K}, WK_F32, 37), 0.2f), 1.0f), wdt)),
   };
   operands d = {on(c.x, WK_CUDA), on(c.g, WK_CUDA), on(c.u, WK_CUDA), on(c.w, WK_CUDA),
-                on(c.bh, WK_CUDA), on(c.bf, WK_CUDA), on(c.r, WK_CUDA)};
-  bool ok = d.x && d.g && d.u && d.w && d.bh && d.bf && d.r;
+                on(c.bh, WK_CUDA), on(c.bf, WK_CUDA), on(c.r, WK_CUDA), on(c.nw, WK_CUDA)};
+  bool ok = d.x && d.g && d.u && d.w && d.bh && d.bf && d.r && d.nw;
   CHECK(ok, "%s [%lld,%lld,%lld]: operands on cuda", wn, (long long)M, (long long)N, (long long)K);
   float *wv = ok ? read_all(wk_cast(c.w, WK_F32)) : NULL;
   for (int f = 0; ok && wv && f < F_COUNT; f++) {
     wk_tensor *ci, *gi, *ui;   // ci, gi: unused here
     wk_tensor *yc = form(&c, f, &ci), *yg = realized(form(&d, f, &gi)), *yu = form(&d, f, &ui);
-    // the fused plan: one QMATMUL step with this form's flags
-    int want = f == F_SWIGLU ? WK_QMM_SWIGLU : f == F_SWIGLU_RESID ? WK_QMM_SWIGLU | WK_QMM_ADD : WK_QMM_ADD;
+    // the fused plan: one QMATMUL step with this form's flags (a norm: one row only; at
+    // M > 1 the norm is a step of its own, then the product with its addend)
+    int want = f == F_SWIGLU ? WK_QMM_SWIGLU : f == F_SWIGLU_RESID ? WK_QMM_SWIGLU | WK_QMM_ADD
+               : f == F_NORM ? WK_QMM_NORM : f == F_NORM_BIAS ? WK_QMM_NORM | WK_QMM_ADD : WK_QMM_ADD;
     const wk_plan *p = wk_last_plan();
-    bool one = yg && p && p->nsteps == 1 && p->steps[0].op == WK_OP_QMATMUL && p->steps[0].attrs.i[1] == want;
-    CHECK(one, "%s [%lld,%lld,%lld] %s: one fused QMATMUL step (steps %d, flags %d)", wn, (long long)M, (long long)N,
-          (long long)K, fname[f], p ? p->nsteps : -1, p && p->nsteps ? (int)p->steps[0].attrs.i[1] : -1);
+    int nstep = is_norm(f) && M > 1 ? 2 : 1;
+    if (nstep == 2) want = f == F_NORM ? 0 : WK_QMM_ADD;
+    bool one = yg && p && p->nsteps == nstep && p->steps[nstep - 1].op == WK_OP_QMATMUL &&
+               p->steps[nstep - 1].attrs.i[1] == want;
+    CHECK(one, "%s [%lld,%lld,%lld] %s: %d step(s), the last a QMATMUL with flags %d (steps %d, flags %d)", wn,
+          (long long)M, (long long)N, (long long)K, fname[f], nstep, want, p ? p->nsteps : -1,
+          p && p->nsteps ? (int)p->steps[p->nsteps - 1].attrs.i[1] : -1);
     // unfused on cuda: the inner node is a target too
     wk_tensor *both[2] = {ui, yu};
     bool uok = wk_eval(2, both) == WK_OK;
     float *vc = read_all(yc), *vg = yg ? read_all(yg) : NULL, *vu = uok ? read_all(yu) : NULL;
-    float *xv = read_all(f == F_SWIGLU || f == F_SWIGLU_RESID ? wk_mul(wk_silu(c.g), c.u) : c.x);
-    float *bv = f == F_BIAS_HALF ? read_all(wk_cast(c.bh, WK_F32)) : f == F_BIAS_F32 ? read_all(c.bf)
+    float *xv = read_all(form_x(&c, f));
+    float *bv = f == F_BIAS_HALF || f == F_NORM_BIAS ? read_all(wk_cast(c.bh, WK_F32)) : f == F_BIAS_F32 ? read_all(c.bf)
                 : f == F_RESID || f == F_SWIGLU_RESID ? read_all(c.r) : NULL;
     double e = vc && vg && xv ? 0 : INFINITY;
     for (int64_t i = 0; e < INFINITY && i < M; i++)
@@ -102,12 +124,25 @@ static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
         if (q > e || q != q) e = q;
       }
     (void)ci, (void)gi;
-    double tol = f == F_SWIGLU || f == F_SWIGLU_RESID ? 1e-3 : 2e-5;
+    double tol = f == F_SWIGLU || f == F_SWIGLU_RESID || is_norm(f) ? 1e-3 : 2e-5;
     CHECK(e < tol, "%s [%lld,%lld,%lld] %s: cuda vs cpu %g (tolerance %g)", wn, (long long)M, (long long)N,
           (long long)K, fname[f], e, tol);
-    CHECK(vg && vu && !memcmp(vg, vu, sizeof(float) * (size_t)(M * N)),
-          "%s [%lld,%lld,%lld] %s: fused = unfused on cuda, bit for bit (max diff %g)", wn, (long long)M, (long long)N,
-          (long long)K, fname[f], (double)max_abs_diff(vg, vu, M * N));
+    if (!is_norm(f) || M > 1) {
+      CHECK(vg && vu && !memcmp(vg, vu, sizeof(float) * (size_t)(M * N)),
+            "%s [%lld,%lld,%lld] %s: fused = unfused on cuda, bit for bit (max diff %g)", wn, (long long)M,
+            (long long)N, (long long)K, fname[f], (double)max_abs_diff(vg, vu, M * N));
+    } else {   // the norm's sum of squares runs in another order than the row kernel's
+      double eu = vg && vu ? 0 : INFINITY;
+      for (int64_t j = 0; eu < INFINITY && j < N; j++) {
+        double sc = 1e-30;
+        for (int64_t k = 0; k < K; k++) sc += fabs((double)xv[k] * wv[j * K + k]);
+        if (bv) sc += fabs((double)bv[j]);
+        double q = fabs((double)vg[j] - vu[j]) / sc;
+        if (q > eu || q != q) eu = q;
+      }
+      CHECK(eu < tol, "%s [%lld,%lld,%lld] %s: fused vs unfused on cuda %g (tolerance %g)", wn, (long long)M,
+            (long long)N, (long long)K, fname[f], eu, tol);
+    }
     free(vc), free(vg), free(vu), free(xv), free(bv);
   }
   free(wv);
@@ -115,8 +150,9 @@ static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
 }
 
 static void test_ops(void) {
-  // (M, N, K): one-row GEMV narrow / split over a long row / wide, odd K, staged M = 3, cuBLAS M = 12
-  const int64_t cases[][3] = {{1, 37, 136}, {1, 64, 4864}, {1, 8485, 64}, {1, 300, 100},
+  // (M, N, K): one-row GEMV narrow / split over a long row / wide / wide enough that a norm
+  // runs first (halfmm.cu's NORM_FIRST), odd K, staged M = 3, cuBLAS M = 12
+  const int64_t cases[][3] = {{1, 37, 136}, {1, 64, 4864}, {1, 8485, 64}, {1, 20000, 64}, {1, 300, 100},
                               {3, 37, 136}, {3, 45, 100},  {12, 70, 136}, {12, 33, 100}};
   const wk_dtype dts[] = {WK_BF16, WK_F16};
   for (int t = 0; t < 2; t++)

@@ -15,8 +15,9 @@
 //     (TF32 only under WICK_CUDA_TF32=1, like every f32 matmul).
 // Fused ends (plan.h's WK_QMM_*, planned for CUDA by compile.c): an addend (bias row or
 // residual) is added to each f32 dot product as it is stored, and a SwiGLU x = silu(gate)
-// * up is computed as x is read (each GEMV block recomputes its x chunks: a few thousand
-// values, against the megabytes of W it streams); the GEMM path materializes it first.
+// * up or an RMSNorm x = h / rms(h) * w is computed as x is read (each GEMV block
+// recomputes its x chunks, and for the norm the sum of squares of h: a few thousand
+// values, against the megabytes of W it streams); the other paths materialize x first.
 // The scratch is one device buffer of this file's, grown on demand and never handed
 // to the caching allocator. Why: a plan captured as a CUDA graph keeps every block
 // its steps allocate for as long as the graph lives (graph.cu), so per-step scratch
@@ -45,6 +46,9 @@ struct HArgs {
   int add_dt;
   int64_t add_rs;
   const float *up;    // SwiGLU (NULL: none): x is the gate, x[i] = silu(x[i]) * up[i]
+  const char *nw;     // RMSNorm (NULL: none): x[i] = x[i] / sqrt(mean(x^2) + eps) * nw[i], nw of nw_dt
+  int nw_dt;
+  float eps;
 };
 
 __device__ __forceinline__ float ends(const HArgs &a, float v, int64_t m, int64_t n) {
@@ -163,12 +167,17 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
                : "l"(p));
   return v;
 }
-// 8 values of x from global memory (SW: silu(gate) * up, gate in x), rounded to bf16
-// for a bf16 W
-template <bool BF, bool SW> __device__ __forceinline__ void ldx8(const float4 *x, const float4 *up, float *v) {
+// What x is (the step's fused prologue): as stored, silu(gate) * up, or rms_norm(h) * w.
+enum { XM_PLAIN = 0, XM_SWIGLU = 1, XM_NORM = 2 };
+
+// 8 values of x from global memory, chunk c (SWIGLU: silu(gate) * up, gate in a.x),
+// rounded to bf16 for a bf16 W
+template <bool BF, int XM> __device__ __forceinline__ void ldx8(const HArgs &a, int c, float *v) {
+  const float4 *x = (const float4 *)a.x + 2 * c;
   const float4 x0 = __ldg(x), x1 = __ldg(x + 1);
   v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
-  if (SW) {
+  if (XM == XM_SWIGLU) {
+    const float4 *up = (const float4 *)a.up + 2 * c;
     const float4 u0 = __ldg(up), u1 = __ldg(up + 1);
     const float u[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
 #pragma unroll
@@ -190,9 +199,81 @@ template <bool BF> __device__ __forceinline__ float dot8r(uint4 w, const float *
   return fmaf(d.y, x[7], acc);
 }
 
-// A group of `split` warps owns R rows (R = 4 for wide W, so each x chunk is read and
-// rounded once for 4 rows); rows past N repeat row N - 1 (in bounds, dropped).
-template <bool BF, int U, int R, bool SW>
+#define NORM_CHUNKS 4   // 8-value chunks of h a lane holds (registers): K <= 8 * 32 * 4 * 8 = 8192
+
+// 8 values of the norm weight from chunk c, widened
+__device__ __forceinline__ void nw8(const HArgs &a, int c, float *v) {
+  if (a.nw_dt == WK_F32) {
+    const float4 w0 = __ldg((const float4 *)a.nw + 2 * c), w1 = __ldg((const float4 *)a.nw + 2 * c + 1);
+    v[0] = w0.x, v[1] = w0.y, v[2] = w0.z, v[3] = w0.w, v[4] = w1.x, v[5] = w1.y, v[6] = w1.z, v[7] = w1.w;
+    return;
+  }
+  const uint4 q = __ldg((const uint4 *)a.nw + c);
+  const uint32_t u[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const float2 f = a.nw_dt == WK_BF16 ? widen2<true>(u[i]) : widen2<false>(u[i]);
+    v[2 * i] = f.x, v[2 * i + 1] = f.y;
+  }
+}
+
+// The dot products of an RMSNorm x = h / sqrt(mean(h^2) + eps) * nw with the group's R
+// rows. Each lane holds its (at most NORM_CHUNKS: cfg1's split) 8-value chunks of h in registers,
+// so the sum of squares costs no second read: a warp sum, plus one block barrier when
+// `split` warps share a row. W's first loads are issued before h's.
+template <bool BF, int U, int R>
+__device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr, int t, int nt, float *acc) {
+  constexpr int MAXC = NORM_CHUNKS;
+  __shared__ float red[HG_WARPS];
+  const int nc = (int)(a.K >> 3), warp = threadIdx.x >> 5;
+  uint4 w[U][R];
+  auto load = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
+  };
+  load(t);
+  float h[MAXC][8], ss = 0.0f;
+#pragma unroll
+  for (int k = 0; k < MAXC; k++) {
+    const int c = t + k * nt;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float4 h0 = c < nc ? __ldg((const float4 *)a.x + 2 * c) : z, h1 = c < nc ? __ldg((const float4 *)a.x + 2 * c + 1) : z;
+    h[k][0] = h0.x, h[k][1] = h0.y, h[k][2] = h0.z, h[k][3] = h0.w, h[k][4] = h1.x, h[k][5] = h1.y, h[k][6] = h1.z, h[k][7] = h1.w;
+#pragma unroll
+    for (int i = 0; i < 8; i++) ss += h[k][i] * h[k][i];
+  }
+  ss = warp_sum(ss);
+  if (a.split > 1) {   // uniform in a block: every thread reaches the barrier
+    if ((threadIdx.x & 31) == 0) red[warp] = ss;
+    __syncthreads();
+    const int g0 = warp / a.split * a.split;
+    ss = 0.0f;
+    for (int p = 0; p < a.split; p++) ss += red[g0 + p];
+  }
+  const float kn = 1.0f / sqrtf(ss / (float)a.K + a.eps);   // the CPU's formula, summed in another order
+#pragma unroll
+  for (int k = 0; k < MAXC; k += U) {
+    const int c0 = t + k * nt;
+    if (c0 >= nc) break;
+    if (k) load(c0);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      if (c0 + u * nt >= nc) break;
+      float wn[8], xr[8];
+      nw8(a, c0 + u * nt, wn);
+#pragma unroll
+      for (int i = 0; i < 8; i++) xr[i] = xround<BF>(h[k + u][i] * kn * wn[i]);   // as the CPU: (h k) w
+#pragma unroll
+      for (int r = 0; r < R; r++) acc[r] = dot8r<BF>(w[u][r], xr, acc[r]);
+    }
+  }
+}
+
+// A group of `split` warps owns R rows (R = 4 with a SwiGLU x, computed once for the 4
+// rows); rows past N repeat row N - 1 (in bounds, dropped).
+template <bool BF, int U, int R, int XM>
 __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   __shared__ float part[HG_WARPS][R];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -202,25 +283,28 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   const uint4 *wr[R];
 #pragma unroll
   for (int r = 0; r < R; r++) wr[r] = (const uint4 *)(a.w + (n0 + r < a.N ? n0 + r : a.N - 1) * a.K);
-  const float4 *xv = (const float4 *)a.x, *uv = (const float4 *)a.up;
   const int nc = (int)(a.K >> 3);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.0f;
-  for (int c0 = t; c0 < nc; c0 += U * nt) {
-    uint4 w[U][R];
+  if constexpr (XM == XM_NORM) {
+    norm_dots<BF, U, R>(a, wr, t, nt, acc);
+  } else {
+    for (int c0 = t; c0 < nc; c0 += U * nt) {
+      uint4 w[U][R];
 #pragma unroll
-    for (int u = 0; u < U; u++)
+      for (int u = 0; u < U; u++)
 #pragma unroll
-      for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int u = 0; u < U; u++)
-      if (c0 + u * nt < nc) {
-        float xr[8];
-        ldx8<BF, SW>(xv + 2 * (c0 + u * nt), SW ? uv + 2 * (c0 + u * nt) : NULL, xr);
+      for (int u = 0; u < U; u++)
+        if (c0 + u * nt < nc) {
+          float xr[8];
+          ldx8<BF, XM>(a, c0 + u * nt, xr);
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = dot8r<BF>(w[u][r], xr, acc[r]);
-      }
+          for (int r = 0; r < R; r++) acc[r] = dot8r<BF>(w[u][r], xr, acc[r]);
+        }
+    }
   }
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
@@ -243,9 +327,9 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
     a.y[n0 + lane] = ends(a, s, 0, n0 + lane);
   }
 }
-template <bool BF, int U, int R, bool SW>
+template <bool BF, int U, int R, int XM>
 __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
-  hgemv1_body<BF, U, R, SW>(a, blockIdx.x);
+  hgemv1_body<BF, U, R, XM>(a, blockIdx.x);
 }
 
 // Sibling products of one x (a layer's q, k and v; gate and up) as one launch: the
@@ -256,11 +340,11 @@ struct HGroup {
   unsigned first[HG_GROUP + 1];
   int n;
 };
-template <bool BF, int U, int R, bool SW>
+template <bool BF, int U, int R, int XM>
 __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1g(const __grid_constant__ HGroup g) {
   int i = 0;
   while (i + 1 < g.n && blockIdx.x >= g.first[i + 1]) i++;
-  hgemv1_body<BF, U, R, SW>(g.m[i], blockIdx.x - g.first[i]);
+  hgemv1_body<BF, U, R, XM>(g.m[i], blockIdx.x - g.first[i]);
 }
 
 // WICK_HGEMV=0 keeps k_hgemv for one-row products too (benchmarks compare the two).
@@ -283,34 +367,40 @@ bool hgemv1_on() {
 // 2.7 -> 2.3, the LM head ([151936, 896]) 62.5 -> 61.4, against 1, 1 or 4 rows a group
 // with 4 or 8 loads and up to 8 warps an SM before.
 struct Cfg1 {
-  bool bf, sw;
-  int u, r;  // loads in flight a lane a round, rows a group: <4, 4> or <2, 2>
+  bool bf;
+  int xm;    // XM_*: what x is
+  int u, r;  // loads in flight a lane a round, rows a group: <4, 4> (SwiGLU) or <2, 2>
   unsigned grid;
-  bool operator==(const Cfg1 &o) const { return bf == o.bf && sw == o.sw && u == o.u && r == o.r; }
+  bool operator==(const Cfg1 &o) const { return bf == o.bf && xm == o.xm && u == o.u && r == o.r; }
 };
 Cfg1 cfg1(HArgs *a, bool bf) {
   const int64_t nc = a->K / 8;
   const int r = a->up ? 4 : 2;
   auto blocks = [&](int split) { return (a->N + (HG_WARPS / split) * r - 1) / ((HG_WARPS / split) * r); };
+  const int most = a->nw ? NORM_CHUNKS : 8;   // chunks a lane
   a->split = 1;
-  while (a->split < HG_WARPS && nc > (int64_t)a->split * 32 * 8) a->split *= 2;
+  while (a->split < HG_WARPS && nc > (int64_t)a->split * 32 * most) a->split *= 2;
   while (a->split < HG_WARPS && blocks(a->split) * 2 < (int64_t)wkc_num_sms() * 3) a->split *= 2;
-  return Cfg1{bf, a->up != NULL, r, r, (unsigned)blocks(a->split)};
+  return Cfg1{bf, a->up ? XM_SWIGLU : a->nw ? XM_NORM : XM_PLAIN, r, r, (unsigned)blocks(a->split)};
 }
-template <bool BF, bool SW>
+template <bool BF, int XM>
 void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
   cudaStream_t cs = wkc_stream();
   const unsigned grid = g ? g->first[g->n] : c.grid;
-#define HG_LAUNCH(U, R) \
-  g ? k_hgemv1g<BF, U, R, SW><<<grid, HG_WARPS * 32, 0, cs>>>(*g) : k_hgemv1<BF, U, R, SW><<<grid, HG_WARPS * 32, 0, cs>>>(a)
-  if (c.r == 4) HG_LAUNCH(4, 4);
-  else HG_LAUNCH(2, 2);
-#undef HG_LAUNCH
+  constexpr int UR = XM == XM_SWIGLU ? 4 : 2;   // cfg1's u and r
+  if (g) k_hgemv1g<BF, UR, UR, XM><<<grid, HG_WARPS * 32, 0, cs>>>(*g);
+  else k_hgemv1<BF, UR, UR, XM><<<grid, HG_WARPS * 32, 0, cs>>>(a);
+}
+template <bool BF>
+void launch1_x(const Cfg1 &c, const HArgs &a, const HGroup *g) {
+  if (c.xm == XM_SWIGLU) launch1<BF, XM_SWIGLU>(c, a, g);
+  else if (c.xm == XM_NORM) launch1<BF, XM_NORM>(c, a, g);
+  else launch1<BF, XM_PLAIN>(c, a, g);
 }
 // one step (g NULL) or a group of steps of configuration c
 void gemv1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
-  if (c.bf) c.sw ? launch1<true, true>(c, a, g) : launch1<true, false>(c, a, g);
-  else c.sw ? launch1<false, true>(c, a, g) : launch1<false, false>(c, a, g);
+  if (c.bf) launch1_x<true>(c, a, g);
+  else launch1_x<false>(c, a, g);
 }
 
 // Step s as the one-row GEMV: M = 1, x (and up) dense and 16-byte aligned, K % 8 == 0, W
@@ -318,8 +408,8 @@ void gemv1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
 bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   const int flags = (int)s->attrs.i[1];
-  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0;
-  if (!hgemv1_on() || !s->attrs.i[0] || s->nin != 2 + has_add + sw) return false;
+  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0, norm = (flags & WK_QMM_NORM) != 0;
+  if (!hgemv1_on() || !s->attrs.i[0] || s->nin != 2 + has_add + (sw || norm)) return false;
   if ((wo->dtype != WK_BF16 && wo->dtype != WK_F16) || wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 ||
       !wkc_is_dense(xo) || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))
     return false;
@@ -334,6 +424,15 @@ bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
     if (uo->dtype != WK_F32 || !wkc_is_dense(uo) || wkc_numel(uo) != K) return false;
     a->up = (const float *)((const char *)slots[uo->slot] + uo->offset * 4);
   }
+  if (norm) {
+    const wk_operand *no = &s->in[s->nin - 1];
+    if ((no->dtype != WK_F32 && no->dtype != WK_BF16 && no->dtype != WK_F16) || !wkc_is_dense(no) || wkc_numel(no) != K ||
+        K > (int64_t)HG_WARPS * 32 * NORM_CHUNKS * 8)
+      return false;
+    a->nw = (const char *)slots[no->slot] + no->offset * (int64_t)wkc_esize(no->dtype);
+    a->nw_dt = no->dtype;
+    a->eps = s->attrs.f[0];
+  }
   if (has_add) {
     const wk_operand *ao = &s->in[2];
     if ((ao->dtype != WK_F32 && ao->dtype != WK_BF16 && ao->dtype != WK_F16) || ao->ndim < 1 || wkc_numel(ao) != N ||
@@ -342,7 +441,7 @@ bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
     a->add = (const char *)slots[ao->slot] + ao->offset * (int64_t)wkc_esize(ao->dtype);
     a->add_dt = ao->dtype;
   }
-  if (((uintptr_t)a->w | (uintptr_t)a->x | (uintptr_t)a->up) & 15) return false;
+  if (((uintptr_t)a->w | (uintptr_t)a->x | (uintptr_t)a->up | (uintptr_t)a->nw) & 15) return false;
   a->M = 1, a->N = N, a->K = K, a->split = 1, a->vec = 1;
   *bf = wo->dtype == WK_BF16;
   return true;
@@ -355,6 +454,24 @@ __global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, i
     const float v = swiglu(g[i], u[i]);
     if (to_bf16) ((uint16_t *)x)[i] = wkm_f32_to_bf16(v);
     else ((float *)x)[i] = v;
+  }
+}
+// x = rms_norm(h) * w, a block a row of K (f32, or bf16 bits rounded to nearest even)
+__global__ void k_norm_x(const float *h, const char *w, int w_dt, float eps, void *x, int64_t K, int to_bf16) {
+  __shared__ float red[8];
+  const float *hr = h + blockIdx.x * K;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < K; i += blockDim.x) ss += hr[i] * hr[i];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  ss = 0.0f;
+  for (int k = 0; k < (int)(blockDim.x >> 5); k++) ss += red[k];
+  const float kn = 1.0f / sqrtf(ss / (float)K + eps);
+  for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
+    const float v = hr[i] * kn * ldv(w, w_dt, i);
+    if (to_bf16) ((uint16_t *)x)[blockIdx.x * K + i] = wkm_f32_to_bf16(v);
+    else ((float *)x)[blockIdx.x * K + i] = v;
   }
 }
 __global__ void k_add_end(HArgs a) {
@@ -436,30 +553,57 @@ char *scratch(size_t bytes, const char *dt, const char *what) {
 
 size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
+// Step s as the one-row GEMV of configuration *c: ONE_ROW; NORM_FIRST: the same with an
+// RMSNorm x whose grid is over 8 blocks an SM, where each block recomputing the norm and
+// holding h in registers (80 of them: 3 blocks an SM) costs a wide W more than the launch
+// it saves (H200, ncu: the LM head [151936, 896] 62 -> 92 us fused; q/k/v and gate/up,
+// 1 to 2.5 waves, fused: 1,264 -> 1,204 us a decode token); NOT: the general path.
+enum { NOT_ONE_ROW, ONE_ROW, NORM_FIRST };
+int one_row_cfg(const wk_step *s, void *const *slots, HArgs *a, Cfg1 *c) {
+  bool bf;
+  if (!one_row(s, slots, a, &bf)) return NOT_ONE_ROW;
+  *c = cfg1(a, bf);
+  return c->xm == XM_NORM && c->grid > 8u * (unsigned)wkc_num_sms() ? NORM_FIRST : ONE_ROW;
+}
+
 } // namespace
 
 wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   HArgs a;
-  bool bf1;
-  if (one_row(s, slots, &a, &bf1)) {
-    gemv1(cfg1(&a, bf1), a, NULL);
-    return wkc_check_launch(bf1 ? "matmul (bf16 weight GEMV)" : "matmul (f16 weight GEMV)");
+  Cfg1 c1;
+  const int form = one_row_cfg(s, slots, &a, &c1);
+  if (form == NORM_FIRST) {   // x normed into scratch by a block of its own, then the plain GEMV
+    float *xn = (float *)scratch(sizeof(float) * (size_t)a.K, wk_dtype_name(s->in[1].dtype), "the RMSNorm of x");
+    if (!xn) return WK_ERR_OOM;
+    k_norm_x<<<1, 256, 0, wkc_stream()>>>(a.x, a.nw, a.nw_dt, a.eps, xn, a.K, 0);
+    a.x = xn;
+    a.nw = NULL;
+    c1 = cfg1(&a, c1.bf);
+  }
+  if (form != NOT_ONE_ROW) {
+    gemv1(c1, a, NULL);
+    return wkc_check_launch(c1.bf ? "matmul (bf16 weight GEMV)" : "matmul (f16 weight GEMV)");
   }
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   const bool trans = s->attrs.i[0] != 0, bf = wo->dtype == WK_BF16;
   const int flags = (int)s->attrs.i[1];
-  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0;
+  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0, norm = (flags & WK_QMM_NORM) != 0;
   const char *dtn = wk_dtype_name(wo->dtype);
   if (wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input and a dense "
                     "f32 output", dtn);
-  if (s->nin != 2 + has_add + sw || (flags && !trans))
+  if (s->nin != 2 + has_add + (sw || norm) || (sw && norm) || (flags && !trans))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): fused ends %d with %d operands", dtn, flags, s->nin);
   const int64_t N = wo->shape[0], K = wo->shape[1], in = trans ? K : N, out = trans ? N : K;
   const int64_t M = out ? wkc_numel(&s->out) / out : 0;
   const wk_operand *uo = sw ? &s->in[s->nin - 1] : NULL, *ao = has_add ? &s->in[2] : NULL;
+  const wk_operand *no = norm ? &s->in[s->nin - 1] : NULL;
   if (sw && (!wkc_is_dense(xo) || !wkc_is_dense(uo) || uo->dtype != WK_F32 || wkc_numel(uo) != wkc_numel(xo)))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the SwiGLU gate and up must be dense f32 of one shape", dtn);
+  if (norm && (!wkc_is_dense(xo) || !wkc_is_dense(no) || wkc_numel(no) != in ||
+               (no->dtype != WK_F32 && no->dtype != WK_BF16 && no->dtype != WK_F16)))
+    return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the RMSNorm input must be dense f32 and its weight a dense "
+                    "float vector of %lld", dtn, (long long)in);
   DOp ad;
   memset(&ad, 0, sizeof ad);
   if (has_add) {
@@ -482,7 +626,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   }
   const bool gemv_path = trans && M <= 8;
   // scratch: [x, dense f32 (GEMV) or rounded to bf16 (GEMM)] [W widened to f32 (f16 GEMM)]
-  const bool x_copy = (!sw && !wkc_is_dense(xo)) || (bf && !gemv_path) || (sw && !gemv_path);
+  const bool x_copy = (!sw && !wkc_is_dense(xo)) || (bf && !gemv_path) || (sw && !gemv_path) || norm;
   const size_t xbytes = x_copy ? align256((size_t)(M * in) * (bf && !gemv_path ? 2 : 4)) : 0;
   const size_t wbytes = !bf && !gemv_path ? (size_t)(N * K) * 4 : 0;
   char *scr = NULL;
@@ -493,6 +637,13 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   if (x_copy && sw) {
     k_swiglu_x<<<grid_for(M * in), 256, 0, wkc_stream()>>>((const float *)x, up, scr, M * in, bf);
     wk_status st = wkc_check_launch("matmul (half weight, SwiGLU input)");
+    if (st) return st;
+    x = scr;
+  } else if (norm) {
+    const char *nw = (const char *)slots[no->slot] + no->offset * (int64_t)wkc_esize(no->dtype);
+    k_norm_x<<<(unsigned)M, 256, 0, wkc_stream()>>>((const float *)x, nw, no->dtype, s->attrs.f[0], scr, in,
+                                                     bf && !gemv_path);
+    wk_status st = wkc_check_launch("matmul (half weight, RMSNorm input)");
     if (st) return st;
     x = scr;
   } else if (x_copy) {
@@ -536,13 +687,12 @@ wk_status wkc_half_matmul_group(const wk_step *s, int n, void *const *slots) {
   };
   for (int k = 0; k < n; k++) {
     HArgs a;
-    bool bf;
-    if (!one_row(&s[k], slots, &a, &bf)) {
+    Cfg1 c;
+    if (one_row_cfg(&s[k], slots, &a, &c) != ONE_ROW) {
       wk_status st = wkc_half_matmul(&s[k], slots);
       if (st) return st;
       continue;
     }
-    const Cfg1 c = cfg1(&a, bf);
     if (g.n && (!(c == gc) || g.n == HG_GROUP)) {
       wk_status st = flush();
       if (st) return st;
