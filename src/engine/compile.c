@@ -385,7 +385,7 @@ static bool match_qnorm(ir *r, int mm) {
       same_shape(c->t, r->n[c->in[0]].t))
     w = c->in[0];
   const wk_tensor *wt = r->n[w].t;
-  if (wk_numel(wt) != K || !wk_is_contiguous(wt) || (wt->dtype != WK_F32 && wt->dtype != WK_BF16 && wt->dtype != WK_F16))
+  if (wk_numel(wt) != K || !wk_is_contiguous(wt) || !wk_is_float(wt->dtype))
     return false;
   m->qmm = WK_QMM_NORM;
   m->qmm_nin = 3;
@@ -416,7 +416,7 @@ static bool match_qepilogue(ir *r, int add) {
     bool bias = wk_numel(bt) == N && bt->shape[bt->ndim - 1] == N && (N == 1 || bt->stride[bt->ndim - 1] == 1);
     bool resid = bt->dtype == WK_F32 && same_shape(bt, x->t) && wk_is_contiguous(bt);
     if (!bias && !resid) continue;
-    if (bt->dtype != WK_F32 && bt->dtype != WK_BF16 && bt->dtype != WK_F16) continue;
+    if (!wk_is_float(bt->dtype)) continue;
     x->qmm = WK_QMM_ADD | m->qmm;
     x->qmm_eps = m->qmm_eps;
     x->qmm_nin = 3 + (m->qmm ? 1 : 0);
@@ -431,16 +431,25 @@ static bool match_qepilogue(ir *r, int add) {
 
 // rms_norm / layer_norm(x, cast(w) [, cast(b)]) with an f16 / bf16 weight: the CUDA row
 // kernels read any float dtype, so they take w itself (no widening kernel per step).
-static void match_norm_weights(ir *r, int i) {
+static bool match_norm_weights(ir *r, int i) {
   irnode *x = &r->n[i];
-  if (x->leaf || x->dead || x->t->device != WK_CUDA || kern_fused(x)) return;
-  if (x->op != WK_OP_RMS_NORM && x->op != WK_OP_LAYER_NORM) return;
+  if (x->leaf || x->dead || x->t->device != WK_CUDA || kern_fused(x)) return false;
+  if (x->op != WK_OP_RMS_NORM && x->op != WK_OP_LAYER_NORM) return false;
+  bool any = false;
   for (int k = 1; k < x->nin; k++) {
     const irnode *c = &r->n[x->in[k]];
     if (c->leaf || c->op != WK_OP_CAST || c->t->dtype != WK_F32) continue;
     const wk_tensor *src = r->n[c->in[0]].t;
-    if ((src->dtype == WK_BF16 || src->dtype == WK_F16) && same_shape(src, c->t)) x->in[k] = c->in[0];
+    if ((src->dtype == WK_BF16 || src->dtype == WK_F16) && same_shape(src, c->t)) x->in[k] = c->in[0], any = true;
   }
+  return any;
+}
+
+// One rewrite over the live nodes, then the use counts the next one relies on.
+static void rewrite_pass(ir *r, bool (*match)(ir *, int)) {
+  for (int i = 0; i < r->count; i++)
+    if (!r->n[i].dead) match(r, i);
+  count_uses(r);
 }
 
 // ---- fusion ----
@@ -1203,28 +1212,12 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   cse(&r);
   fold_constants(&r);
   count_uses(&r);
-  for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_lora(&r, i);
-  count_uses(&r);
-  {
-    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_epilogue(&r, i);
-    count_uses(&r);
-  }
-  if (qswiglu_enabled()) {
-    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_qswiglu(&r, i);
-    count_uses(&r);
-  }
-  if (qnorm_enabled()) {
-    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_qnorm(&r, i);
-    count_uses(&r);
-  }
-  if (qepi_enabled()) {
-    for (int i = 0; i < r.count; i++) if (!r.n[i].dead) match_qepilogue(&r, i);
-    count_uses(&r);
-  }
-  if (normw_enabled()) {
-    for (int i = 0; i < r.count; i++) match_norm_weights(&r, i);
-    count_uses(&r);
-  }
+  rewrite_pass(&r, match_lora);
+  rewrite_pass(&r, match_epilogue);
+  if (qswiglu_enabled()) rewrite_pass(&r, match_qswiglu);
+  if (qnorm_enabled()) rewrite_pass(&r, match_qnorm);
+  if (qepi_enabled()) rewrite_pass(&r, match_qepilogue);
+  if (normw_enabled()) rewrite_pass(&r, match_norm_weights);
   mark_roots(&r);
 
   // schedule: roots in topological order

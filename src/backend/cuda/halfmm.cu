@@ -199,6 +199,16 @@ template <bool BF> __device__ __forceinline__ float dot8r(uint4 w, const float *
   return fmaf(d.y, x[7], acc);
 }
 
+// One round of W's loads: U chunks of each of the R rows, from chunk c0 on (nt apart);
+// chunks past nc load zeros. All issued before any is used.
+template <int U, int R>
+__device__ __forceinline__ void load_round(uint4 (&w)[U][R], const uint4 *const *wr, int c0, int nt, int nc) {
+#pragma unroll
+  for (int u = 0; u < U; u++)
+#pragma unroll
+    for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
+}
+
 #define NORM_CHUNKS 4   // 8-value chunks of h a lane holds (registers): K <= 8 * 32 * 4 * 8 = 8192
 
 // 8 values of the norm weight from chunk c, widened
@@ -227,13 +237,7 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr
   __shared__ float red[HG_WARPS];
   const int nc = (int)(a.K >> 3), warp = threadIdx.x >> 5;
   uint4 w[U][R];
-  auto load = [&](int c0) {
-#pragma unroll
-    for (int u = 0; u < U; u++)
-#pragma unroll
-      for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
-  };
-  load(t);
+  load_round<U, R>(w, wr, t, nt, nc);
   float h[MAXC][8], ss = 0.0f;
 #pragma unroll
   for (int k = 0; k < MAXC; k++) {
@@ -257,7 +261,7 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr
   for (int k = 0; k < MAXC; k += U) {
     const int c0 = t + k * nt;
     if (c0 >= nc) break;
-    if (k) load(c0);
+    if (k) load_round<U, R>(w, wr, c0, nt, nc);
 #pragma unroll
     for (int u = 0; u < U; u++) {
       if (c0 + u * nt >= nc) break;
@@ -292,10 +296,7 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   } else {
     for (int c0 = t; c0 < nc; c0 += U * nt) {
       uint4 w[U][R];
-#pragma unroll
-      for (int u = 0; u < U; u++)
-#pragma unroll
-        for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
+      load_round<U, R>(w, wr, c0, nt, nc);
 #pragma unroll
       for (int u = 0; u < U; u++)
         if (c0 + u * nt < nc) {
@@ -426,7 +427,7 @@ bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
   }
   if (norm) {
     const wk_operand *no = &s->in[s->nin - 1];
-    if ((no->dtype != WK_F32 && no->dtype != WK_BF16 && no->dtype != WK_F16) || !wkc_is_dense(no) || wkc_numel(no) != K ||
+    if (!wk_is_float(no->dtype) || !wkc_is_dense(no) || wkc_numel(no) != K ||
         K > (int64_t)HG_WARPS * 32 * NORM_CHUNKS * 8)
       return false;
     a->nw = (const char *)slots[no->slot] + no->offset * (int64_t)wkc_esize(no->dtype);
@@ -435,7 +436,7 @@ bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
   }
   if (has_add) {
     const wk_operand *ao = &s->in[2];
-    if ((ao->dtype != WK_F32 && ao->dtype != WK_BF16 && ao->dtype != WK_F16) || ao->ndim < 1 || wkc_numel(ao) != N ||
+    if (!wk_is_float(ao->dtype) || ao->ndim < 1 || wkc_numel(ao) != N ||
         ao->shape[ao->ndim - 1] != N || (N > 1 && ao->stride[ao->ndim - 1] != 1))
       return false;
     a->add = (const char *)slots[ao->slot] + ao->offset * (int64_t)wkc_esize(ao->dtype);
@@ -458,15 +459,11 @@ __global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, i
 }
 // x = rms_norm(h) * w, a block a row of K (f32, or bf16 bits rounded to nearest even)
 __global__ void k_norm_x(const float *h, const char *w, int w_dt, float eps, void *x, int64_t K, int to_bf16) {
-  __shared__ float red[8];
+  __shared__ float red[32];
   const float *hr = h + blockIdx.x * K;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x) ss += hr[i] * hr[i];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  ss = 0.0f;
-  for (int k = 0; k < (int)(blockDim.x >> 5); k++) ss += red[k];
+  ss = block_sum(ss, red);
   const float kn = 1.0f / sqrtf(ss / (float)K + eps);
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
     const float v = hr[i] * kn * ldv(w, w_dt, i);
@@ -601,7 +598,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   if (sw && (!wkc_is_dense(xo) || !wkc_is_dense(uo) || uo->dtype != WK_F32 || wkc_numel(uo) != wkc_numel(xo)))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the SwiGLU gate and up must be dense f32 of one shape", dtn);
   if (norm && (!wkc_is_dense(xo) || !wkc_is_dense(no) || wkc_numel(no) != in ||
-               (no->dtype != WK_F32 && no->dtype != WK_BF16 && no->dtype != WK_F16)))
+               !wk_is_float(no->dtype)))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the RMSNorm input must be dense f32 and its weight a dense "
                     "float vector of %lld", dtn, (long long)in);
   DOp ad;
@@ -610,7 +607,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
     ad = wkc_dop(ao, slots);
     const bool unit = N == 1 || (ao->ndim >= 1 && ao->stride[ao->ndim - 1] == 1);
     if (!(ad.flags & DOP_ROWREG) || !unit || (ad.rs != 0 && ad.rs != N && M > 1) || wkc_numel(ao) != M * N ||
-        (ao->dtype != WK_F32 && ao->dtype != WK_BF16 && ao->dtype != WK_F16))
+        !wk_is_float(ao->dtype))
       return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the addend must be a float bias row or a dense residual "
                       "of the output's shape", dtn);
   }
