@@ -3,12 +3,14 @@
 // each evaluation's results must be equal bit for bit: the same kernels run on the
 // same data, only the way they are launched differs. The replay counters prove the
 // graphs were used (captured, replayed, patched with new pointers or scalars).
-// Covered: chained LoRA / softmax / RMSNorm calls (one plan of many steps), a plan
+// Covered: chained LoRA / softmax / RMSNorm calls (one plan of many steps), chained
+// LoRA calls and bf16 GEMVs captured with programmatic dependent launches, a plan
 // split by host steps, LoRA training steps with gradient clipping and AdamW under a
 // warmup-cosine schedule (new parameter buffers, learning rate, bias corrections and
 // clip factor every step; one graph launch per plan), a model forward, decode steps
 // with the KV cache (one graph launch each), and a capture that fails (the
 // step-by-step fallback).
+#include <stdlib.h>
 #include <string.h>
 #include "backend/cuda/cuda_backend.h"
 #include "check.h"
@@ -21,12 +23,16 @@ static wk_tensor *on_gpu(wk_tensor *t) {
   return d;
 }
 
-// Values scale * N(0, 1) on the GPU (the graph that made them goes with the scope).
-static wk_tensor *rnd(int nd, const int64_t *shape, float scale, uint64_t seed) {
+// Values scale * N(0, 1) of dtype dt on the GPU (the graph that made them goes with the scope).
+static wk_tensor *rnd_as(wk_dtype dt, int nd, const int64_t *shape, float scale, uint64_t seed) {
   wk_scope_begin();
-  wk_tensor *d = on_gpu(wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale));
+  wk_tensor *v = wk_mul_scalar(wk_randn(nd, shape, WK_F32, seed), scale);
+  wk_tensor *d = on_gpu(dt == WK_F32 ? v : wk_cast(v, dt));
   wk_scope_end();
   return d;
+}
+static wk_tensor *rnd(int nd, const int64_t *shape, float scale, uint64_t seed) {
+  return rnd_as(WK_F32, nd, shape, scale, seed);
 }
 
 // Token ids i32 [rows, cols] on the GPU.
@@ -111,6 +117,58 @@ static void test_chains(void) {
   wk_tensor_free(x);
   wk_tensor_free(rows);
   for (int k = 0; k < 3; k++) wk_tensor_free(w[k]);
+}
+
+// ---- PDL: a run captured as one graph; a kernel starts before the one it follows ends ----
+// Chained LoRA calls, and decode-style bf16 GEMVs (RMSNorm in, residual added): replay
+// gives the bits of step-by-step launches, and the kernels that stream a weight were
+// captured as programmatic dependents. A weight computed inside the plan is written by
+// one of its steps, so no kernel may read it before its wait: none is launched that way.
+#define PDL_CALLS 10   // not CALLS: test_chains' LoRA plan, cached with child-graph variants, is another
+static wk_tensor *pdl_chain(int kind, wk_tensor *x, wk_tensor *const *w) {
+  wk_scope_begin();
+  wk_tensor *y = x, *W = kind == 2 ? wk_mul_scalar(w[0], 0.5f) : w[0];
+  for (int i = 0; i < PDL_CALLS; i++)
+    y = kind == 1 ? wk_add(y, wk_matmul_t(wk_rms_norm(y, wk_cast(w[3], WK_F32), 1e-5f), 0, w[4], 1))
+                  : wk_lora(y, W, w[1], w[2], 1.0f);
+  wk_tensor *out = wk_keep(y);
+  wk_scope_end();
+  return out;
+}
+
+static void test_pdl(void) {
+  const char *env = getenv("WICK_CUDA_PDL");
+  const bool on = !env || atoi(env);
+  wk_tensor *x = rnd(3, (int64_t[]){1, 1, 512}, 1.0f, 41);
+  wk_tensor *w[5] = {rnd(2, (int64_t[]){512, 512}, 0.044f, 42), rnd(2, (int64_t[]){512, 8}, 0.044f, 43),
+                     rnd(2, (int64_t[]){8, 512}, 0.1f, 44), rnd_as(WK_BF16, 1, (int64_t[]){512}, 0.1f, 45),
+                     rnd_as(WK_BF16, 2, (int64_t[]){512, 512}, 0.03f, 46)};
+  enum { EVALS = 4 };
+  for (int kind = 0; kind < 3; kind++) {
+    wk_tensor *ref[EVALS], *got[EVALS];
+    wk_cuda_set_graphs(0);
+    for (int e = 0; e < EVALS; e++) {
+      ref[e] = pdl_chain(kind, x, w);
+      CHECK(wk_eval(1, &ref[e]) == WK_OK, "pdl chain %d: reference %d", kind, e);
+    }
+    wk_cuda_set_graphs(1);
+    wk_cuda_graph_stats s0 = stats();
+    for (int e = 0; e < EVALS; e++) {
+      got[e] = pdl_chain(kind, x, w);
+      CHECK(wk_eval(1, &got[e]) == WK_OK, "pdl chain %d: eval %d", kind, e);
+    }
+    wk_cuda_graph_stats s1 = stats();
+    int same = 0;
+    for (int e = 0; e < EVALS; e++) same += same_bits(ref[e], got[e]);
+    CHECK(same == EVALS, "pdl chain %d: %d of %d evaluations equal bit for bit with and without replay", kind, same, EVALS);
+    const unsigned long long pdl = s1.pdl - s0.pdl;
+    CHECK(s1.replays > s0.replays && (kind == 2 || !on ? pdl == 0 : pdl >= PDL_CALLS - 1),
+          "pdl chain %d: replayed (%llu), %llu kernels captured as programmatic dependents", kind,
+          s1.replays - s0.replays, pdl);
+    for (int e = 0; e < EVALS; e++) { wk_tensor_free(ref[e]); wk_tensor_free(got[e]); }
+  }
+  wk_tensor_free(x);
+  for (int k = 0; k < 5; k++) wk_tensor_free(w[k]);
 }
 
 // ---- a plan with a host step in the middle: two replayed runs around it ----
@@ -356,6 +414,7 @@ static void test_fallback(void) {
 int main(void) {
   SKIP_WITHOUT_CUDA();
   test_chains();
+  test_pdl();
   test_split();
   test_train();
   test_forward();

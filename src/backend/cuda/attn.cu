@@ -727,6 +727,7 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_bwd_mma(const __grid_const
 // The splits of a row merged (flash-decoding): o = sum_i o_i e^(m_i - M) / sum_i l_i e^(m_i - M).
 // One warp per query row.
 __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
+  wkc_pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t rows = a.B * a.Hq * a.T, wpb = blockDim.x / 32, st = rows * (a.D + 2);
   for (int64_t r = blockIdx.x * wpb + threadIdx.x / 32; r < rows; r += gridDim.x * wpb) {
@@ -831,6 +832,7 @@ static __device__ __forceinline__ void dec_q(const AttnArgs &a, int64_t b, int64
 
 template <int D, bool BF>
 __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a) {
+  wkc_pdl_trigger();
   constexpr int W = D / 2 + 1;   // 32-bit words a staged row, one of padding: column reads hit distinct banks
   constexpr int NT = DEC_WARPS * 32, CH = DEC_TILE * D / 8 / NT;   // 16-byte chunks a thread stages per matrix
   constexpr int R = DEC_GMAX * (D / 2) / NT;                      // (head, word) outputs a thread owns

@@ -31,6 +31,7 @@ typedef struct {
   unsigned long long patched;    // steps re-captured into an existing graph (new pointers or scalars)
   unsigned long long direct;     // step runs launched step by step (first use, too many changes)
   unsigned long long fallbacks;  // step runs whose capture failed (they run step by step from then on)
+  unsigned long long pdl;        // kernels captured as programmatic dependents (WICK_CUDA_PDL)
 } wk_cuda_graph_stats;
 void wk_cuda_graph_stats_get(wk_cuda_graph_stats *out);
 // Tests: the next capture fails as a host sync inside a step would (the fallback path).

@@ -122,6 +122,52 @@ const DRt *wkc_rt_scalars(const wk_ew_instr *in);
 wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const *slots);
 void wkc_segment_free(void *state);
 
+// ---- programmatic dependent launch (PDL) ----
+// Inside a captured graph, a kernel may start while the kernel before it still
+// runs: it reads the weights it streams (memory no step of the graph writes) before
+// griddepcontrol.wait, and everything else after it, so a chain of one-row GEMVs
+// or LoRA calls overlaps each launch's ramp with the tail of the one before. A
+// kernel launched this way waits (wkc_pdl_wait) in every thread before it reads
+// anything a step writes and before any write of its own, and reads such data with
+// plain loads: never __ldg / ld.global.nc, whose read-only cache is defined only for
+// memory that no kernel writes while this one runs (with __ldg for x, replayed LoRA
+// chains differed from step-by-step launches in 3 of 4 evaluations; ld.global.ca and
+// .cg were slower than plain loads). Every kernel may call
+// wkc_pdl_trigger at its start to let its successor launch early (a successor that
+// was not launched this way waits for its completion anyway).
+//
+// Whether [p, p + bytes) may be read before the wait: true only while graph.cu
+// captures a whole run as one graph (WICK_CUDA_PDL, default on) and no step of it
+// writes those bytes. False otherwise, and launches are ordinary.
+bool wkc_pdl_const(const void *p, size_t bytes);
+void wkc_pdl_launched(void);   // counts a launch as a programmatic dependent (graph stats)
+__device__ __forceinline__ void wkc_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wkc_pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Launches k<<<grid, block, smem>>>(args...) on wkc_stream(), as a programmatic
+// dependent of the work before it when pdl.
+template <typename... P, typename... A>
+void wkc_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, bool pdl, A &&...args) {
+  cudaLaunchAttribute at;
+  at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = wkc_stream();
+  cfg.attrs = pdl ? &at : NULL;
+  cfg.numAttrs = pdl ? 1 : 0;
+  if (cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...) == cudaSuccess && pdl) wkc_pdl_launched();
+}
+
 // ---- kernel families (ew.cu, nn.cu) ----
 wk_status wkc_ew(const wk_step *s, void *const *slots);
 // A horizontal group (a FUSED_EW head with chain = n and its n - 1 members): one

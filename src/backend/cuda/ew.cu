@@ -49,6 +49,7 @@ struct EwHdr {
 // operands load and store as one vector; V = 4 needs at most 16 registers.
 template <int CAP, int V, int NR>
 __global__ void __launch_bounds__(256) k_ew(const __grid_constant__ Blob<CAP> blob) {
+  wkc_pdl_trigger();
   const EwHdr &h = *(const EwHdr *)blob.b;
   const DInstr *code = (const DInstr *)(blob.b + sizeof(EwHdr)) + h.prog.code_off;
   const int64_t step = (int64_t)gridDim.x * blockDim.x, groups = (h.n + V - 1) / V;
@@ -201,6 +202,7 @@ static __device__ __forceinline__ float combine(float acc, float v, bool is_max)
 
 template <int CAP>
 __global__ void __launch_bounds__(256) k_reduce_rows(const __grid_constant__ Blob<CAP> blob) {
+  wkc_pdl_trigger();
   const RedHdr &h = *(const RedHdr *)blob.b;
   const DInstr *pool = (const DInstr *)(blob.b + sizeof(RedHdr));
   __shared__ float red[32];
@@ -345,6 +347,7 @@ static __device__ __forceinline__ bool better(float v, int64_t i, float bv, int6
 
 template <int CAP>
 __global__ void __launch_bounds__(256) k_argmax(const __grid_constant__ Blob<CAP> blob) {
+  wkc_pdl_trigger();
   const ArgHdr &h = *(const ArgHdr *)blob.b;
   const DInstr *pool = (const DInstr *)(blob.b + sizeof(ArgHdr));
   __shared__ float sv[256];
@@ -421,6 +424,7 @@ static __device__ __forceinline__ void copy_elem(char *dst, const char *src, int
 
 // Copies every element of in to out at (its index) * ostride.
 __global__ void k_copy_into(const __grid_constant__ CopyArgs a) {
+  wkc_pdl_trigger();
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t r = i, so = 0, doff = 0;
     for (int d = a.in.ndim - 1; d >= 0; d--) {
@@ -528,6 +532,7 @@ struct alignas(8) MtMem {      // followed by ops[nops] pointers, then DRt rt[nr
 
 template <int CAP, int V, int NR>
 __global__ void __launch_bounds__(256) k_ew_multi(const __grid_constant__ Blob<CAP> blob) {
+  wkc_pdl_trigger();
   const MtHdr &h = *(const MtHdr *)blob.b;
   const DInstr *code0 = (const DInstr *)(blob.b + sizeof(MtHdr));
   const unsigned char *mems = blob.b + sizeof(MtHdr) + sizeof(DInstr) * (size_t)h.ncode;

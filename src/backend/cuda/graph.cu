@@ -85,6 +85,7 @@ struct Node {
 };
 
 struct Variant {
+  bool flat = false;           // one capture of all units (PDL edges; no child nodes to patch)
   cudaGraph_t graph = NULL;
   cudaGraphExec_t exec = NULL;
   std::vector<Node> nodes;     // per unit
@@ -111,6 +112,7 @@ struct Segment {
   unsigned long long cp_max = 0; // the largest copy
   int uses = 0, streak = 0;
   bool broken = false;         // a capture failed: step by step from now on
+  bool no_flat = false;        // a one-capture build failed: child graphs from now on
   Variant *v[VARIANTS] = {};
 };
 
@@ -122,6 +124,31 @@ unsigned long long g_clock;
 double g_direct_us = 4, g_patch_us = 20;
 bool g_always_patch;   // tests: patch whatever the costs
 const Segment *g_capturing;   // the run whose unit is being captured (wkc_rt_scalars)
+// While a run is captured as one graph: the bytes its units write (at the addresses
+// the graph sees), which no kernel may read before its PDL wait; unknown: some
+// write's span is not known, so nothing may.
+bool g_pdl;
+std::vector<std::pair<uintptr_t, uintptr_t>> g_written;
+bool g_written_unknown;
+}
+
+static bool pdl_enabled(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("WICK_CUDA_PDL");
+    on = !e || atoi(e);
+  }
+  return on == 1;
+}
+
+void wkc_pdl_launched(void) { g_stats.pdl++; }
+
+bool wkc_pdl_const(const void *p, size_t bytes) {
+  if (!g_pdl || g_written_unknown) return false;
+  const uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+  for (const auto &w : g_written)
+    if (lo < w.second && w.first < hi) return false;
+  return true;
 }
 
 static double now_us(void) {
@@ -319,14 +346,18 @@ __global__ void k_copies(const Copy *tab, int n) {
   }
 }
 
+static dim3 copies_grid(int n, unsigned long long max_bytes) {
+  unsigned long long blocks = (max_bytes / 16 + 255) / 256;
+  return dim3((unsigned)(blocks < 1 ? 1 : blocks > 64 ? 64 : blocks), (unsigned)(n < 1024 ? n : 1024));
+}
+
 // Adds a node running the copies tab[0..n) after *prev (which becomes it).
 static bool add_copies(cudaGraph_t g, cudaGraphNode_t *prev, const Copy *tab, int n, unsigned long long max_bytes) {
   if (!n) return true;
-  unsigned long long blocks = (max_bytes / 16 + 255) / 256;
   cudaKernelNodeParams kp = {};
   void *args[2] = {(void *)&tab, (void *)&n};
   kp.func = (void *)k_copies;
-  kp.gridDim = dim3((unsigned)(blocks < 1 ? 1 : blocks > 64 ? 64 : blocks), (unsigned)(n < 1024 ? n : 1024));
+  kp.gridDim = copies_grid(n, max_bytes);
   kp.blockDim = dim3(256);
   kp.kernelParams = args;
   cudaGraphNode_t node;
@@ -427,6 +458,54 @@ static bool capture_unit(const Segment *sg, const Unit &u, const wk_step *s, voi
   return false;
 }
 
+// The bytes the units write as the graph sees them (slots at eff), relocated slots'
+// homes included (the copies in write them): g_written for wkc_pdl_const.
+static void note_writes(const Segment *sg, void *const *eff) {
+  g_written.clear();
+  g_written_unknown = false;
+  for (int s : sg->used) {
+    const Extent &e = sg->ext[s];
+    if (!e.written && !sg->home[s]) continue;
+    if (!e.ok || !eff[s]) g_written_unknown = true;
+    else if (e.hi > e.lo) g_written.push_back({(uintptr_t)eff[s] + (uintptr_t)e.lo, (uintptr_t)eff[s] + (uintptr_t)e.hi});
+  }
+}
+
+// Captures all units into v->graph after node prev, as one stream capture, so that
+// kernels launched as programmatic dependents (wkc_launch) get PDL edges to the
+// kernels before them, then the copies out. *forced: a test made it fail.
+static bool capture_flat(const Segment *sg, Variant *v, const wk_step *steps, void *const *slots, cudaGraphNode_t prev,
+                         bool *forced) {
+  wkc_capture_mode(&v->nodes[0].keep);
+  cudaStream_t cs = wkc_stream();
+  cudaError_t e = cudaStreamBeginCaptureToGraph(cs, v->graph, prev ? &prev : NULL, NULL, prev ? 1 : 0,
+                                                cudaStreamCaptureModeRelaxed);
+  wk_status st = WK_OK;
+  if (e == cudaSuccess) {
+    g_capturing = sg;
+    g_pdl = true;
+    note_writes(sg, slots);
+    for (size_t i = 0; !st && i < sg->units.size(); i++) {
+      const Unit &u = sg->units[i];
+      wkc_capture_mode(&v->nodes[i].keep);
+      st = u.stage ? upload_from_stage(u, &steps[u.first], slots) : wkc_dispatch(&steps[u.first], slots);
+      scalars_of(steps, u, &v->nodes[i].scalars);
+    }
+    g_pdl = false;
+    g_capturing = NULL;
+    const int nin = (int)sg->copy_in.size(), nout = (int)sg->copy_out.size();
+    if (!st && nout) k_copies<<<copies_grid(nout, sg->cp_max), 256, 0, cs>>>(sg->cp_dev + nin, nout);
+    if ((*forced = g_fail_next)) { // tests: what a host sync inside a step does to a capture
+      g_fail_next = false;
+      cudaStreamSynchronize(cs);
+    }
+    cudaGraph_t g = v->graph;
+    e = cudaStreamEndCapture(cs, &g);
+  }
+  wkc_capture_mode(NULL);
+  return !st && e == cudaSuccess;
+}
+
 static void variant_free(Variant *v) {
   if (!v) return;
   if (v->exec) cudaGraphExecDestroy(v->exec);
@@ -435,10 +514,13 @@ static void variant_free(Variant *v) {
   delete v;
 }
 
-// Captures every unit as a chain of child graphs and instantiates it; NULL on failure.
-static Variant *variant_build(const Segment *sg, const wk_step *steps, void *const *slots) {
+// Captures every unit, as one capture (PDL) or as a chain of child graphs (patchable;
+// WICK_CUDA_PDL=0, the tests' always-patch, or after a one-capture build failed), and
+// instantiates it; NULL on failure.
+static Variant *variant_build(Segment *sg, const wk_step *steps, void *const *slots) {
   Variant *v = new (std::nothrow) Variant;
   if (!v) return NULL;
+  v->flat = pdl_enabled() && !g_always_patch && !sg->no_flat;
   bool armed = wkc_dev_err_swap(false);
   bool ok = cudaGraphCreate(&v->graph, 0) == cudaSuccess;
   v->nodes.resize(sg->units.size());
@@ -454,7 +536,9 @@ static Variant *variant_build(const Segment *sg, const wk_step *steps, void *con
     prev = node;
     ok = ok && add_copies(v->graph, &prev, sg->cp_dev, nin, sg->cp_max);
   }
-  for (size_t i = 0; ok && i < sg->units.size(); i++) {
+  bool forced = false;
+  if (v->flat) ok = ok && capture_flat(sg, v, steps, slots, prev, &forced);
+  for (size_t i = 0; ok && !v->flat && i < sg->units.size(); i++) {
     cudaGraph_t g;
     Node &n = v->nodes[i];
     ok = capture_unit(sg, sg->units[i], &steps[sg->units[i].first], slots, &g, &n.keep);
@@ -463,13 +547,16 @@ static Variant *variant_build(const Segment *sg, const wk_step *steps, void *con
     prev = n.node;
     if (ok) scalars_of(steps, sg->units[i], &n.scalars);
   }
-  ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin, nout, sg->cp_max); // last: the copies out
+  if (!v->flat) ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin, nout, sg->cp_max); // last: the copies out
   ok = ok && cudaGraphInstantiate(&v->exec, v->graph, 0) == cudaSuccess;
   v->arms = wkc_dev_err_swap(armed);
   if (!ok) {
+    const bool retry = v->flat && !forced;
+    variant_free(v);   // (a graph a failed capture invalidated is freed already: that error too is cleared)
     cudaGetLastError();
-    variant_free(v);
-    return NULL;
+    if (!retry) return NULL;
+    sg->no_flat = true;   // PDL edges or one-capture builds unsupported here: child graphs
+    return variant_build(sg, steps, slots);
   }
   v->slots.assign(slots, slots + sg->nslots);
   g_stats.captures++;
@@ -576,7 +663,8 @@ wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const
   }
   // Patch only where it clearly pays, and not for new scalars alone (the elementwise
   // programs' scalars are read from device memory; the rest are per-model constants).
-  bool worth_patching = g_always_patch || (moved > 0 && 2 * changed * g_patch_us <= (double)sg->units.size() * g_direct_us);
+  bool worth_patching = (best < 0 || !sg->v[best]->flat) &&
+                        (g_always_patch || (moved > 0 && 2 * changed * g_patch_us <= (double)sg->units.size() * g_direct_us));
   if (empty >= 0 && (best < 0 || (moved > 0 && !worth_patching))) return rebuild(sg, empty, steps, eff, slots); // a new pointer set
   if (worth_patching) {
     Variant *v = sg->v[best];

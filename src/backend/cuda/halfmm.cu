@@ -87,6 +87,7 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv(const HArgs a) {
   constexpr int SEG = HG_XS / MM / 8 * 8;  // values of a row per stage
   __shared__ __align__(16) float xs[MM][SEG];
   __shared__ float part[HG_WARPS][ROWS * MM];
+  wkc_pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int grp = warp / a.split, sub = warp - grp * a.split;
   const int t = sub * 32 + lane, nt = a.split * 32;
@@ -174,11 +175,11 @@ enum { XM_PLAIN = 0, XM_SWIGLU = 1, XM_NORM = 2 };
 // rounded to bf16 for a bf16 W
 template <bool BF, int XM> __device__ __forceinline__ void ldx8(const HArgs &a, int c, float *v) {
   const float4 *x = (const float4 *)a.x + 2 * c;
-  const float4 x0 = __ldg(x), x1 = __ldg(x + 1);
+  const float4 x0 = x[0], x1 = x[1];   // x and up: plain loads, not __ldg (PDL: cuda_internal.h)
   v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
   if (XM == XM_SWIGLU) {
     const float4 *up = (const float4 *)a.up + 2 * c;
-    const float4 u0 = __ldg(up), u1 = __ldg(up + 1);
+    const float4 u0 = up[0], u1 = up[1];
     const float u[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
 #pragma unroll
     for (int i = 0; i < 8; i++) v[i] = swiglu(v[i], u[i]);
@@ -238,12 +239,13 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr
   const int nc = (int)(a.K >> 3), warp = threadIdx.x >> 5;
   uint4 w[U][R];
   load_round<U, R>(w, wr, t, nt, nc);
+  wkc_pdl_wait();
   float h[MAXC][8], ss = 0.0f;
 #pragma unroll
   for (int k = 0; k < MAXC; k++) {
     const int c = t + k * nt;
     const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    const float4 h0 = c < nc ? __ldg((const float4 *)a.x + 2 * c) : z, h1 = c < nc ? __ldg((const float4 *)a.x + 2 * c + 1) : z;
+    const float4 h0 = c < nc ? ((const float4 *)a.x)[2 * c] : z, h1 = c < nc ? ((const float4 *)a.x)[2 * c + 1] : z;
     h[k][0] = h0.x, h[k][1] = h0.y, h[k][2] = h0.z, h[k][3] = h0.w, h[k][4] = h1.x, h[k][5] = h1.y, h[k][6] = h1.z, h[k][7] = h1.w;
 #pragma unroll
     for (int i = 0; i < 8; i++) ss += h[k][i] * h[k][i];
@@ -280,6 +282,7 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr
 template <bool BF, int U, int R, int XM>
 __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   __shared__ float part[HG_WARPS][R];
+  wkc_pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int grp = warp / a.split, sub = warp - grp * a.split;
   const int t = sub * 32 + lane, nt = a.split * 32;
@@ -294,9 +297,11 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   if constexpr (XM == XM_NORM) {
     norm_dots<BF, U, R>(a, wr, t, nt, acc);
   } else {
+    uint4 w[U][R];
+    load_round<U, R>(w, wr, t, nt, nc);   // W's first round before the wait (PDL), x after
+    wkc_pdl_wait();
     for (int c0 = t; c0 < nc; c0 += U * nt) {
-      uint4 w[U][R];
-      load_round<U, R>(w, wr, c0, nt, nc);
+      if (c0 != t) load_round<U, R>(w, wr, c0, nt, nc);
 #pragma unroll
       for (int u = 0; u < U; u++)
         if (c0 + u * nt < nc) {
@@ -386,11 +391,15 @@ Cfg1 cfg1(HArgs *a, bool bf) {
 }
 template <bool BF, int XM>
 void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
-  cudaStream_t cs = wkc_stream();
   const unsigned grid = g ? g->first[g->n] : c.grid;
   constexpr int UR = XM == XM_SWIGLU ? 4 : 2;   // cfg1's u and r
-  if (g) k_hgemv1g<BF, UR, UR, XM><<<grid, HG_WARPS * 32, 0, cs>>>(*g);
-  else k_hgemv1<BF, UR, UR, XM><<<grid, HG_WARPS * 32, 0, cs>>>(a);
+  bool pdl = true;   // W is read before the wait: only where no step writes it
+  for (int i = 0; i < (g ? g->n : 1); i++) {
+    const HArgs &m = g ? g->m[i] : a;
+    pdl = pdl && wkc_pdl_const(m.w, sizeof(uint16_t) * (size_t)(m.N * m.K));
+  }
+  if (g) wkc_launch(k_hgemv1g<BF, UR, UR, XM>, grid, HG_WARPS * 32, 0, pdl, *g);
+  else wkc_launch(k_hgemv1<BF, UR, UR, XM>, grid, HG_WARPS * 32, 0, pdl, a);
 }
 template <bool BF>
 void launch1_x(const Cfg1 &c, const HArgs &a, const HGroup *g) {
@@ -460,6 +469,7 @@ __global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, i
 // x = rms_norm(h) * w, a block a row of K (f32, or bf16 bits rounded to nearest even)
 __global__ void k_norm_x(const float *h, const char *w, int w_dt, float eps, void *x, int64_t K, int to_bf16) {
   __shared__ float red[32];
+  wkc_pdl_trigger();
   const float *hr = h + blockIdx.x * K;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x) ss += hr[i] * hr[i];

@@ -3,7 +3,7 @@
 //
 // Why: as three cuBLAS calls (x@A, x@W, t@B) a chained call costs three graph
 // nodes of ~3 us each, although at these sizes W (1-16 MB) sits in L2 and its bytes
-// take well under a microsecond. Here a cluster of LR_CL CTAs splits K for each 64-
+// take well under a microsecond. Here a cluster of CL CTAs (4 or 8) splits K for each 64-
 // or 128-column tile of W: every CTA reads its rows of W, A and x once (all loads of
 // a round in flight before the first multiply) and adds its part of x@A times B (the
 // product is linear in K, so the parts sum to s * (x@A) @ B); B's tile arrives in
@@ -17,8 +17,9 @@
 
 namespace cg = cooperative_groups;
 
-#define LR_CL 8       // CTAs of a cluster (the portable maximum): they split K
 #define LR_WARPS 8    // warps of a CTA: they split the CTA's rows of K again
+#define VEC 4         // columns of a lane (16-byte loads of W)
+#define LR_TILE (32 * VEC) // columns of a CTA
 #define LR_RMAX 32    // largest rank
 
 struct LoraArgs {
@@ -34,33 +35,29 @@ __device__ __forceinline__ void cp_async4(float *smem, const float *gmem) {
 }
 
 // U: rows of W a warp loads before its first multiply (fewer for 4 rows of x, whose
-// accumulators take the registers). At most 128 registers: two CTAs an SM, so that
-// the clusters of a large W fit on the GPU at once.
-template <int VEC> struct Vec;
-template <> struct Vec<4> { typedef float4 t; };
-template <> struct Vec<2> { typedef float2 t; };
-
-// VEC: columns of a lane (a CTA owns 32 * VEC columns of W, read in 8- or 16-byte loads).
-template <int MR, int U, int VEC>
-__global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2) k_lora_rows(const LoraArgs a) {
-  constexpr int LR_TILE = 32 * VEC;
-  constexpr int PER = MR * LR_TILE / LR_CL;        // entries of the output tile each CTA sums up
+// accumulators take the registers); CL: CTAs of a cluster, which split K. At most 128
+// registers: two CTAs an SM, so that the clusters of a large W fit on the GPU at once.
+template <int MR, int U, int CL>
+__global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2) k_lora_rows(const LoraArgs a) {
+  constexpr int PER = MR * LR_TILE / CL;           // entries of the output tile each CTA sums up
   __shared__ float part[LR_WARPS][MR][LR_TILE];  // each warp's x@W over its rows
   __shared__ float pxa[LR_WARPS][MR][32];        // each warp's x@A over its rows (lane = rank index)
   __shared__ float xa[MR][32];                   // this CTA's s * x@A over its rows of K
   __shared__ float bt[LR_RMAX][LR_TILE];         // B's rows over this CTA's columns
-  __shared__ float inbox[LR_CL][PER];            // the cluster's parts of the entries this CTA owns
+  __shared__ float inbox[CL][PER];               // the cluster's parts of the entries this CTA owns
   // A CTA may write another's shared memory only once that CTA has started: each
   // arrives here and waits (at no cost by then) before its first remote write.
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  wkc_pdl_trigger();
   cg::cluster_group cl = cg::this_cluster();
   const int rank = (int)cl.block_rank(), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int c0 = (int)(blockIdx.x / LR_CL) * LR_TILE, col = c0 + lane * VEC;
+  const int c0 = (int)(blockIdx.x / CL) * LR_TILE, col = c0 + lane * VEC;
   const bool colok = col < a.N;
   const int kb = rank * a.kc, ke = min(a.K, kb + a.kc);
 
   // B's tile copied to shared memory in the background while W streams in (columns
-  // past N repeat column N - 1: in bounds, their entries are never written)
+  // past N repeat column N - 1: in bounds, their entries are never written). W, A and
+  // B are read before wkc_pdl_wait (the launch asks wkc_pdl_const), x only after it.
   for (int e = threadIdx.x; e < a.r * LR_TILE; e += LR_WARPS * 32)
     cp_async4(&bt[e / LR_TILE][e % LR_TILE], a.b + (e / LR_TILE) * a.ldb + min(c0 + e % LR_TILE, a.N - 1));
 
@@ -74,8 +71,9 @@ __global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2
     for (int v = 0; v < VEC; v++) acc[m][v] = 0.0f;
     pa[m] = 0.0f;
   }
-  typedef typename Vec<VEC>::t vec;
+  typedef float4 vec;
   const float *wcol = a.w + (colok ? col : 0), *acol = a.a + min(lane, a.r - 1);
+  bool waited = false;
   for (int k = kb + warp; k < ke; k += LR_WARPS * U) {
     vec w[U];
     float av[U], xv[U][MR];
@@ -84,8 +82,13 @@ __global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2
       const int64_t kk = min(k + u * LR_WARPS, ke - 1);
       w[u] = __ldg((const vec *)(wcol + kk * a.ldw));
       av[u] = __ldg(acol + kk * a.lda);
+    }
+    if (!waited) wkc_pdl_wait(), waited = true;
 #pragma unroll
-      for (int m = 0; m < MR; m++) xv[u][m] = __ldg(a.x + min(m, a.M - 1) * a.ldx + kk);
+    for (int u = 0; u < U; u++) {
+      const int64_t kk = min(k + u * LR_WARPS, ke - 1);
+#pragma unroll
+      for (int m = 0; m < MR; m++) xv[u][m] = a.x[min(m, a.M - 1) * a.ldx + kk];   // a plain load, not __ldg: PDL
     }
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -108,6 +111,7 @@ __global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2
     for (int v = 0; v < VEC; v++) part[warp][m][lane * VEC + v] = acc[m][v];
     pxa[warp][m][lane] = pa[m];
   }
+  if (!waited) wkc_pdl_wait();   // a warp with no rows of K
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   __syncthreads();
   if (threadIdx.x < MR * 32) {
@@ -133,7 +137,7 @@ __global__ void __cluster_dims__(LR_CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2
     const int e = rank * PER + (int)threadIdx.x, m = e / LR_TILE, c = e % LR_TILE;
     if (m < a.M && c0 + c < a.N) {
       float t = 0.0f;
-      for (int q = 0; q < LR_CL; q++) t += inbox[q][threadIdx.x];
+      for (int q = 0; q < CL; q++) t += inbox[q][threadIdx.x];
       a.out[(int64_t)m * a.N + c0 + c] = t;
     }
   }
@@ -152,22 +156,21 @@ bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *
 wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw, const float *a, int64_t lda,
                         const float *b, int64_t ldb, float *out, int64_t M, int64_t K, int64_t N, int64_t r,
                         float scale) {
-  LoraArgs g = {x, w, a, b, out, ldx, ldw, lda, ldb, (int)M, (int)K, (int)N, (int)r,
-                (int)((K + LR_CL - 1) / LR_CL), scale};
-  // 64-column tiles while 128-column ones would leave the grid under 64 CTAs: (1,1,512)
-  // 4.1 against 4.4-4.5 us a chained call, while 1024 and 2048 are faster with 128
-  // (4.6 against 5.0, 7.9 against 9.5; H200)
-  const int tile = (N + 127) / 128 < 8 ? 64 : 128;
-  const dim3 grid((unsigned)((N + tile - 1) / tile * LR_CL)), block(LR_WARPS * 32);
-  cudaStream_t st = wkc_stream();
-  if (tile == 128) {
-    if (M == 1) k_lora_rows<1, 16, 4><<<grid, block, 0, st>>>(g);
-    else if (M == 2) k_lora_rows<2, 16, 4><<<grid, block, 0, st>>>(g);
-    else k_lora_rows<4, 8, 4><<<grid, block, 0, st>>>(g);
-  } else {
-    if (M == 1) k_lora_rows<1, 16, 2><<<grid, block, 0, st>>>(g);
-    else if (M == 2) k_lora_rows<2, 16, 2><<<grid, block, 0, st>>>(g);
-    else k_lora_rows<4, 8, 2><<<grid, block, 0, st>>>(g);
-  }
+  const bool pdl = wkc_pdl_const(w, sizeof(float) * (size_t)((K - 1) * ldw + N)) &&
+                   wkc_pdl_const(a, sizeof(float) * (size_t)((K - 1) * lda + r)) &&
+                   wkc_pdl_const(b, sizeof(float) * (size_t)((r - 1) * ldb + N));
+  // 128-column tiles, clusters of 4 at N <= 512 and of 8 above: 1000 chained calls
+  // replayed with PDL (W read before the wait) take 3.0, 3.6 and 6.4 us a call at 512,
+  // 1024 and 2048, against 3.2 (8 CTAs, 64 columns), 3.6 and 6.4 with clusters of 8;
+  // clusters of 2 were slower everywhere (H200). Without PDL, 64-column tiles were
+  // faster at 512 (4.1 against 4.4 us), but one configuration keeps replay and
+  // step-by-step launches equal to the bit.
+  const int cl = N <= 512 ? 4 : 8;
+  LoraArgs g = {x, w, a, b, out, ldx, ldw, lda, ldb, (int)M, (int)K, (int)N, (int)r, (int)((K + cl - 1) / cl), scale};
+  const dim3 grid((unsigned)((N + LR_TILE - 1) / LR_TILE * cl)), block(LR_WARPS * 32);
+  void (*k)(LoraArgs);
+  if (cl == 8) k = M == 1 ? k_lora_rows<1, 16, 8> : M == 2 ? k_lora_rows<2, 16, 8> : k_lora_rows<4, 8, 8>;
+  else k = M == 1 ? k_lora_rows<1, 16, 4> : M == 2 ? k_lora_rows<2, 16, 4> : k_lora_rows<4, 8, 4>;
+  wkc_launch(k, grid, block, 0, pdl, g);
   return wkc_check_launch("lora (few rows, k_lora_rows)");
 }

@@ -49,6 +49,7 @@ template <bool WARP> static __device__ __forceinline__ float rmax(float v, float
 
 template <int CAP, bool WARP>
 __global__ void __launch_bounds__(1024) k_rowchain(const __grid_constant__ Blob<CAP> blob) {
+  wkc_pdl_trigger();
   extern __shared__ float smem[];
   __shared__ float red[32];
   const ChainHdr &h = *(const ChainHdr *)blob.b;
@@ -470,7 +471,10 @@ __device__ __forceinline__ void rope_body(const RopeArgs &a, int64_t bx, int64_t
     stv(a.out, a.out_dtype, r * a.D + i1, x1 * co + x0 * sn);
   }
 }
-__global__ void k_rope(const __grid_constant__ RopeArgs a) { rope_body(a, blockIdx.x, gridDim.x); }
+__global__ void k_rope(const __grid_constant__ RopeArgs a) {
+  wkc_pdl_trigger();
+  rope_body(a, blockIdx.x, gridDim.x);
+}
 
 // Steps run as one launch (compile.c's sibling groups: a layer's q and k RoPE, its k and
 // v cache writes): member i owns blocks [first[i], first[i + 1]).
@@ -486,6 +490,7 @@ template <class A> __device__ __forceinline__ int group_member(const NnGroup<A> 
   return i;
 }
 __global__ void k_rope_group(const __grid_constant__ NnGroup<RopeArgs> g) {
+  wkc_pdl_trigger();
   const int i = group_member(g);
   rope_body(g.m[i], blockIdx.x - g.first[i], g.first[i + 1] - g.first[i]);
 }
