@@ -89,6 +89,14 @@ wk_status wk_tensor_read_f32(wk_tensor *t, float *out, int64_t n);
 float wk_item(wk_tensor *t);             // single-element tensor as float (NaN on error)
 // Overwrites an evaluated, contiguous tensor's contents in place (optimizer updates).
 wk_status wk_tensor_assign(wk_tensor *dst, wk_tensor *src);
+// Promises that t's storage (all of it: views share it) is read-only, so kernels may
+// keep forms derived from it across calls (the CPU GEMM keeps a weight's packed
+// panels). Model loaders freeze their weights. Writing it through wick
+// (wk_tensor_assign, wk_set_slice) ends the promise first, dropping what was derived;
+// writes through a pointer cast from wk_tensor_data are not seen: don't. t must be
+// evaluated. wk_tensor_frozen says whether the promise holds.
+wk_status wk_tensor_freeze(wk_tensor *t);
+int wk_tensor_frozen(const wk_tensor *t);
 
 // ---- autograd marks ----
 void wk_set_trainable(wk_tensor *t, int on);  // gradients flow only to trainable leaves

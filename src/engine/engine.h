@@ -35,6 +35,8 @@ typedef struct wk_buffer {
   void *data;
   void (*release)(void *ctx); // external memory: called instead of free
   void *release_ctx;
+  bool frozen;                // read-only by promise (wk_tensor_freeze): kernels may cache
+                              // derived forms of it; wk_buffer_thaw before any write
 } wk_buffer;
 
 #define WK_TENSOR_MAGIC 0x7715A3C1u
@@ -81,6 +83,8 @@ wk_tensor *wk_empty_on(int ndim, const int64_t *shape, wk_dtype dt, wk_device de
 // wk_full computed on `dev` (autograd seeds and zero gradients live with their tensors).
 wk_tensor *wk_full_on(int ndim, const int64_t *shape, wk_dtype dt, double value, wk_device dev);
 void wk_buffer_release(wk_buffer *b);
+// Ends a frozen buffer's promise (drops what kernels cached from it): call before writing it.
+void wk_buffer_thaw(wk_buffer *b);
 void wk_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 int64_t wk_shape_numel(int ndim, const int64_t *shape);
 bool wk_tensor_valid(const wk_tensor *t, const char *op);

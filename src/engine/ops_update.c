@@ -40,6 +40,7 @@ wk_tensor *wk_set_slice(wk_tensor *dst, wk_tensor *src, int axis, wk_tensor *sta
              wk_device_name(dst->device), wk_device_name(src->device), wk_device_name(start->device));
     return NULL;
   }
+  wk_buffer_thaw(dst->buf);  // written when this node runs: nothing derived from it may outlive that
   wk_tensor *in[3] = {dst, src, start};
   wk_attrs at = {.i = {ax}};
   wk_tensor *t = wk_node_new(WK_OP_SET_SLICE, dst->dtype, dst->ndim, dst->shape, 3, in, &at);

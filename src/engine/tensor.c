@@ -4,6 +4,7 @@
 #include <string.h>
 #include "engine.h"
 #include "../backend/backend.h"
+#include "../backend/cpu/gemm.h"
 
 // ---- buffers ----
 wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
@@ -32,8 +33,15 @@ wk_buffer *wk_buffer_alloc(wk_device dev, size_t bytes) {
   return b;
 }
 
+void wk_buffer_thaw(wk_buffer *b) {
+  if (!b || !b->frozen) return;
+  b->frozen = false;
+  if (b->device == WK_CPU) wk_gemm_thaw(b->data);
+}
+
 void wk_buffer_release(wk_buffer *b) {
   if (!b || --b->refcount > 0) return;
+  wk_buffer_thaw(b);  // its address may come back for other data
   if (b->release) b->release(b->release_ctx);
   else if (b->device != WK_CPU) wk_backend_get(b->device)->free(b->data);
   else wk_host_free(b->data, b->bytes);
@@ -560,7 +568,24 @@ wk_status wk_tensor_assign(wk_tensor *dst, wk_tensor *src) {
   if (!p) return WK_ERR_STATE;
   wk_status s = wk_sync();
   if (s) return s;
+  wk_buffer_thaw(dst->buf);
   memmove((char *)dst->buf->data + dst->offset * (int64_t)wk_dtype_size(dst->dtype), p,
           wk_dtype_bytes(dst->dtype, wk_numel(dst)));
   return WK_OK;
 }
+
+wk_status wk_tensor_freeze(wk_tensor *t) {
+  if (!wk_tensor_valid(t, "tensor_freeze")) return WK_ERR_ARG;
+  if (!t->buf) {
+    char b[160];
+    return wk_error(WK_ERR_STATE, "tensor_freeze: tensor %s is not evaluated (freeze realized weights)",
+                    wk_shape_str(t, b, sizeof b));
+  }
+  if (t->buf->frozen) return WK_OK;
+  if (t->buf->device == WK_CPU && wk_gemm_freeze(t->buf->data, t->buf->bytes))
+    return wk_error(WK_ERR_OOM, "tensor_freeze: out of memory");
+  t->buf->frozen = true;
+  return WK_OK;
+}
+
+int wk_tensor_frozen(const wk_tensor *t) { return t && t->buf && t->buf->frozen; }

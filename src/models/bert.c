@@ -100,7 +100,10 @@ static wk_tensor *weight(wk_st_file *f, const char *file, const char *prefix, co
     if (!c || wk_eval(1, &c)) { wk_tensor_free(c); return NULL; }
     t = c;
   }
-  return wk_keep(t);  // the embedder owns its weights, whatever scope the caller is in
+  // The embedder owns its weights, whatever scope the caller is in, and never writes
+  // them: frozen, the GEMM packs each matrix once instead of on every call.
+  if (wk_tensor_freeze(t)) { wk_tensor_free(t); return NULL; }
+  return wk_keep(t);
 }
 
 static void free_layer(bert_layer *l) {
@@ -316,6 +319,7 @@ static wk_status replace_weights(wk_embedder *e, weight_conv conv, int arg, cons
     next[k] = c == w ? wk_tensor_ref(w) : wk_keep(c);
     wk_scope_end();
     s = next[k] ? wk_eval(1, &next[k]) : WK_ERR_STATE;  // the op said why
+    if (!s) s = wk_tensor_freeze(next[k]);
   }
   for (size_t k = 0; k < n; k++) {
     wk_tensor **slot = weight_slot(e, k);

@@ -140,6 +140,8 @@ typedef struct {
     const void *epi_ctx;
 } wk_gemm_args;
 
+static int64_t wk_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t wk_roundup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 static size_t wk_esize(const wk_gemm_args *g) { return g->bf16 ? 2 : 4; }
 static const void *wk_at(const void *p, int64_t off, size_t es) {
     return (const char *)p + off * (int64_t)es;
@@ -271,6 +273,139 @@ static void wk_pack_bsrc(const wk_gemm_bsrc *src, int64_t j0, int64_t nc, int64_
 }
 
 // ---------------------------------------------------------------------------
+// B packed once. A frozen region is memory nobody writes until it is thawed (model
+// weights); B operands inside one keep their packed panels from call to call. The
+// panels of a whole B: depth block pc (units before it: pcu) holds all Np = N rounded
+// up to NR columns as NR-wide panels, at pcu * Np; column j's panel at + j * kcu.
+
+typedef struct wk_bpack {
+    struct wk_bpack *next;
+    const void *B;  // the key: B's layout and the kernel's panel layout
+    int64_t ldb, K, N, KC;
+    int transB, bf16;
+    const wk_ukr *uk;
+    size_t bytes;
+    void *panels;
+} wk_bpack;
+
+typedef struct {
+    const char *lo, *hi;  // [lo, hi)
+    wk_bpack *packs;
+} wk_frozen;
+
+#define WK_BPACK_BUDGET ((size_t)1 << 30)  // past it B packs per call: no thrashing
+
+static pthread_mutex_t wk_frozen_mu = PTHREAD_MUTEX_INITIALIZER;
+static wk_frozen *wk_frozen_v;
+static int wk_frozen_n, wk_frozen_cap;
+static size_t wk_bpack_bytes;
+
+int wk_gemm_freeze(const void *p, size_t bytes) {
+    if (!p || !bytes) return 0;
+    int rc = 0;
+    pthread_mutex_lock(&wk_frozen_mu);
+    bool known = false;
+    for (int i = 0; i < wk_frozen_n && !known; i++) known = wk_frozen_v[i].lo == (const char *)p;
+    if (!known && wk_frozen_n == wk_frozen_cap) {
+        int cap = wk_frozen_cap ? 2 * wk_frozen_cap : 64;
+        wk_frozen *v = realloc(wk_frozen_v, (size_t)cap * sizeof *v);
+        if (v) wk_frozen_v = v, wk_frozen_cap = cap;
+        else rc = -1;
+    }
+    if (!known && !rc)
+        wk_frozen_v[wk_frozen_n++] = (wk_frozen){(const char *)p, (const char *)p + bytes, NULL};
+    pthread_mutex_unlock(&wk_frozen_mu);
+    return rc;
+}
+
+void wk_gemm_thaw(const void *p) {
+    pthread_mutex_lock(&wk_frozen_mu);
+    for (int i = 0; i < wk_frozen_n; i++) {
+        if (wk_frozen_v[i].lo != (const char *)p) continue;
+        for (wk_bpack *e = wk_frozen_v[i].packs, *nx; e; e = nx) {
+            nx = e->next;
+            wk_bpack_bytes -= e->bytes;
+            free(e->panels);
+            free(e);
+        }
+        wk_frozen_v[i] = wk_frozen_v[--wk_frozen_n];
+        break;
+    }
+    pthread_mutex_unlock(&wk_frozen_mu);
+}
+
+size_t wk_gemm_frozen_bytes(void) {
+    pthread_mutex_lock(&wk_frozen_mu);
+    size_t b = wk_bpack_bytes;
+    pthread_mutex_unlock(&wk_frozen_mu);
+    return b;
+}
+
+static bool wk_bpack_match(const wk_bpack *e, const wk_gemm_args *g, const wk_ukr *uk, int64_t KC) {
+    return e->B == g->B && e->ldb == g->ldb && e->K == g->K && e->N == g->N && e->KC == KC &&
+           e->transB == g->transB && e->bf16 == g->bf16 && e->uk == uk;
+}
+
+// The packed panels of g's B for kernel uk and depth blocks of KC, packing them now
+// if B lies in a frozen region; NULL when it does not (or out of budget / memory).
+static const void *wk_bpack_get(const wk_gemm_args *g, const wk_ukr *uk, int64_t KC) {
+    if (g->batch != 1 || g->bsrc) return NULL;
+    size_t es = wk_esize(g);
+    // B's extent: op(B) is K x N; stored [K, ldb] (or [N, ldb] transposed).
+    int64_t rows = g->transB ? g->N : g->K, cols = g->transB ? g->K : g->N;
+    const char *lo = g->B, *hi = lo + ((rows - 1) * g->ldb + cols) * (int64_t)es;
+    const int NR = uk->nr;
+    int64_t Np = wk_roundup(g->N, NR), Ku = uk->bf16 ? wk_roundup(g->K, 2) / 2 : g->K;
+    size_t bytes = (size_t)(Np * Ku) * 4;
+    pthread_mutex_lock(&wk_frozen_mu);
+    wk_frozen *r = NULL;
+    for (int i = 0; i < wk_frozen_n && !r; i++)
+        if (wk_frozen_v[i].lo <= lo && hi <= wk_frozen_v[i].hi) r = &wk_frozen_v[i];
+    const void *hit = NULL;
+    for (wk_bpack *e = r ? r->packs : NULL; e && !hit; e = e->next)
+        if (wk_bpack_match(e, g, uk, KC)) hit = e->panels;
+    bool room = r && !hit && wk_bpack_bytes + bytes <= WK_BPACK_BUDGET;
+    pthread_mutex_unlock(&wk_frozen_mu);
+    if (!room) return hit;
+    // Packed outside the lock; a region thawed meanwhile is being written, which a
+    // concurrent GEMM on it races with anyway. Insert only if it is still frozen.
+    wk_bpack *e = calloc(1, sizeof *e);
+    void *panels = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!e || !panels) {
+        free(e);
+        free(panels);
+        return NULL;
+    }
+    int64_t brs = g->transB ? g->ldb : 1, bks = g->transB ? 1 : g->ldb;
+    for (int64_t pc = 0; pc < g->K; pc += KC) {
+        int64_t kc = wk_min64(KC, g->K - pc), pcu = uk->bf16 ? pc / 2 : pc;
+        wk_pack_block(g, uk, g->B, brs, bks, 0, g->N, pc, kc, NR, (float *)panels + pcu * Np);
+    }
+    *e = (wk_bpack){.B = g->B, .ldb = g->ldb, .K = g->K, .N = g->N, .KC = KC, .transB = g->transB,
+                    .bf16 = g->bf16, .uk = uk, .bytes = bytes, .panels = panels};
+    pthread_mutex_lock(&wk_frozen_mu);
+    r = NULL;
+    for (int i = 0; i < wk_frozen_n && !r; i++)
+        if (wk_frozen_v[i].lo <= lo && hi <= wk_frozen_v[i].hi) r = &wk_frozen_v[i];
+    hit = NULL;
+    for (wk_bpack *x = r ? r->packs : NULL; x && !hit; x = x->next)
+        if (wk_bpack_match(x, g, uk, KC)) hit = x->panels;
+    if (r && !hit && wk_bpack_bytes + bytes <= WK_BPACK_BUDGET) {
+        e->next = r->packs;
+        r->packs = e;
+        wk_bpack_bytes += bytes;
+        hit = panels;
+        e = NULL;
+    }
+    pthread_mutex_unlock(&wk_frozen_mu);
+    if (e) {
+        free(e->panels);
+        free(e);
+    }
+    return hit;
+}
+
+// ---------------------------------------------------------------------------
 // Packed GEMM.
 
 typedef struct {
@@ -279,10 +414,8 @@ typedef struct {
     int64_t MC, KC, NC;  // KC in source elements (even for bf16 pairs)
     int tm, tn;          // thread tile grid per matrix
     int64_t mstep, nstep;
+    const void *bpk;  // B's panels packed once (wk_bpack_get), or NULL: pack per block
 } wk_gemm_plan;
-
-static int64_t wk_min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static int64_t wk_roundup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t m1, int64_t n0,
                          int64_t n1) {
@@ -297,8 +430,8 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
     int64_t brs = g->transB ? g->ldb : 1, bks = g->transB ? 1 : g->ldb;
     int64_t kcu_max = uk->bf16 ? pl->KC / 2 : pl->KC;
     float *pa = wk_ws_get(0, (size_t)(wk_roundup(pl->MC, MR) * kcu_max) * 4);
-    float *pb = wk_ws_get(1, (size_t)(wk_roundup(pl->NC, NR) * kcu_max) * 4);
-    if (!pa || !pb) return;  // out of memory: nothing sane to do inside a kernel
+    float *pb = pl->bpk ? NULL : wk_ws_get(1, (size_t)(wk_roundup(pl->NC, NR) * kcu_max) * 4);
+    if (!pa || (!pb && !pl->bpk)) return;  // out of memory: nothing sane to do inside a kernel
     // f32 rows of op(A) contiguous along k: the microkernel reads them in place.
     const bool direct_a = uk->da && !g->bf16 && aks == 1;
     for (int64_t jc = n0; jc < n1; jc += pl->NC) {
@@ -309,7 +442,8 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
             // K blocks after the first accumulate onto what the first wrote.
             float beta = pc == 0 ? g->beta : 1.0f;
             bool last_k = pc + kc >= g->K;
-            if (g->bsrc) wk_pack_bsrc(g->bsrc, jc, nc, pc, kc, NR, pb);
+            if (pl->bpk) pb = (float *)pl->bpk + (uk->bf16 ? pc / 2 : pc) * wk_roundup(g->N, NR) + jc * kcu;
+            else if (g->bsrc) wk_pack_bsrc(g->bsrc, jc, nc, pc, kc, NR, pb);
             else wk_pack_block(g, uk, B, brs, bks, jc, nc, pc, kc, NR, pb);
             for (int64_t ic = m0; ic < m1; ic += pl->MC) {
                 int64_t mc = wk_min64(pl->MC, m1 - ic);
@@ -382,6 +516,7 @@ static void wk_gemm_packed(const wk_gemm_args *g, wk_cpu_isa_t isa) {
     pl.MC = wk_roundup(256, MR);
     if (g->bsrc && g->bsrc->kalign > 1) pl.KC = wk_roundup(pl.KC, g->bsrc->kalign);
     if (g->K < pl.KC) pl.KC = pl.uk->bf16 ? wk_roundup(g->K, 2) : g->K;
+    if (!g->serial) pl.bpk = wk_bpack_get(g, pl.uk, pl.KC);
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K * (double)g->batch;
     int T = g->serial ? 1 : wk_useful_threads(flops);
     pl.tm = pl.tn = 1;

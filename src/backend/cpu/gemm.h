@@ -7,6 +7,7 @@
 // lda/ldb/ldc are row strides in elements of the matrices as stored. beta = 0 means
 // C is not read (it may hold garbage or NaN). Threads come from wk_parallel_for.
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 void wk_gemm_f32(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
@@ -65,3 +66,14 @@ typedef void (*wk_gemm_epi_fn)(float *c, int64_t ldc, int64_t rows, int64_t col0
 void wk_gemm_f32_epi(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *A,
                      int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
                      wk_gemm_epi_fn epi, const void *epi_ctx);
+
+// ---- B panels packed once for frozen (read-only) weights ----
+// wk_gemm_freeze declares [p, p + bytes) read-only until wk_gemm_thaw(p): a GEMM whose
+// whole B operand lies there packs it on first use and keeps the panels (up to a byte
+// budget; past it, B packs per call as usual). wk_gemm_thaw drops the region and every
+// panel made from it; the engine calls it before any write to, and on the release of,
+// a frozen buffer. Returns 0, or -1 when out of memory (nothing is cached then).
+int wk_gemm_freeze(const void *p, size_t bytes);
+void wk_gemm_thaw(const void *p);
+// Bytes of packed panels held now (tests).
+size_t wk_gemm_frozen_bytes(void);
