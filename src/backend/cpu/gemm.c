@@ -458,8 +458,10 @@ static void wk_gemm_tile(const wk_gemm_plan *pl, int64_t b, int64_t m0, int64_t 
                             uk->da(kcu, ar, ars, pb + jr * kcu, NR, cr + jr, g->ldc, mr, nr, g->alpha, beta);
                         else
                             uk->fn(kcu, pa + ir * kcu, pb + jr * kcu, NR, cr + jr, g->ldc, mr, nr, g->alpha, beta);
-                        if (last_k && g->epi) g->epi(cr + jr, g->ldc, mr, jc + jr, nr, g->epi_ctx);
                     }
+                    // Once a row panel (MR rows x nc) is done, not per tile: long rows keep
+                    // the epilogue's vector math (erf) busy; short ones leave it latency bound.
+                    if (last_k && g->epi) g->epi(cr, g->ldc, mr, jc, nc, g->epi_ctx);
                 }
             }
         }

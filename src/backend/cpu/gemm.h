@@ -58,8 +58,9 @@ void wk_gemv_bf16_dot(int rows, int64_t K, int64_t n, const float *x, int64_t ld
 void wk_transpose_rows_f32(const float *src, int64_t ld, int64_t w, int64_t kc, int W, float *dst);
 
 // Epilogue: called on finished blocks of C (all of K summed): rows [0, rows) of c
-// (ldc apart), columns col0 .. col0 + ncols of the whole C. Applied while the block
-// is still in L1, it replaces a separate pass over C (a bias add, an activation).
+// (ldc apart), columns col0 .. col0 + ncols of the whole C; the packed GEMM hands it
+// each finished row panel (MR rows x up to NC columns), still in L1 / L2. It replaces
+// a separate pass over C in memory (a bias add, an activation).
 typedef void (*wk_gemm_epi_fn)(float *c, int64_t ldc, int64_t rows, int64_t col0, int64_t ncols,
                                const void *ctx);
 // C[M,N] = op(A) @ op(B), then epi on every block of C (one matrix, all threads).
