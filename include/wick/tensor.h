@@ -91,7 +91,7 @@ float wk_item(wk_tensor *t);             // single-element tensor as float (NaN 
 wk_status wk_tensor_assign(wk_tensor *dst, wk_tensor *src);
 // Promises that t's storage (all of it: views share it) is read-only, so kernels may
 // keep forms derived from it across calls (the CPU GEMM keeps a weight's packed
-// panels). Model loaders freeze their weights. Writing it through wick
+// panels). The embedder freezes its weights. Writing it through wick
 // (wk_tensor_assign, wk_set_slice) ends the promise first, dropping what was derived;
 // writes through a pointer cast from wk_tensor_data are not seen: don't. t must be
 // evaluated. wk_tensor_frozen says whether the promise holds.
