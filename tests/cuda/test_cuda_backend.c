@@ -283,10 +283,14 @@ static void test_matmul(void) {
   // few rows (decode), row-major W, odd sizes and a rank of one. Up to 4 rows with
   // N % 4 == 0 and rank <= 32 take the one-launch kernel (lora.cu): a partial column
   // tile, K shorter than its cluster, rows of x strided (xpad), the largest rank;
-  // the others (8 rows, N = 30, rank 33) the three GEMMs.
+  // the others (8 rows, N = 30, rank 33) the three GEMMs. One row with rank <= 8,
+  // K <= 512 and N % 32 == 0 takes k_lora_row1: K short of the threads' rows (300,
+  // 17), ranks 8, 5 and 1.
   static const int shapes[][5] = {{1, 512, 512, 8, 0},   {3, 1000, 36, 1, 0},  {8, 64, 256, 16, 0},
                                   {2, 100, 30, 4, 0},    {1, 2048, 2048, 8, 0}, {4, 77, 132, 32, 3},
-                                  {2, 5, 8, 3, 0},       {1, 1024, 1024, 33, 0}, {2, 300, 1000, 8, 5}};
+                                  {2, 5, 8, 3, 0},       {1, 1024, 1024, 33, 0}, {2, 300, 1000, 8, 5},
+                                  {1, 300, 64, 8, 0},    {1, 1024, 1024, 8, 0}, {1, 512, 96, 5, 0},
+                                  {1, 17, 32, 1, 0}};
   char name[80];
   for (int c = 0; c < (int)(sizeof shapes / sizeof shapes[0]); c++) {
     int m = shapes[c][0], k = shapes[c][1], n = shapes[c][2], rr = shapes[c][3], xpad = shapes[c][4];

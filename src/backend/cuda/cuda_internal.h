@@ -151,6 +151,25 @@ __device__ __forceinline__ void wkc_pdl_trigger(void) {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+// Loads of memory no step writes, to be issued before wkc_pdl_wait. Not ld.global.nc
+// (__ldg): ptxas moves non-coherent loads past griddepcontrol.wait (the wait was the
+// first instruction of the GEMV and LoRA kernels, their weight loads after it), while
+// a coherent load stays where it is. .cg: through L2 only, as streamed weights go.
+__device__ __forceinline__ float4 wkc_ld_early4(const float *p) {
+  float4 v;
+  asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 wkc_ld_early16(const void *p) {
+  uint4 v;
+  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float wkc_ld_early(const float *p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
 // Launches k<<<grid, block, smem>>>(args...) on wkc_stream(), as a programmatic
 // dependent of the work before it when pdl.
 template <typename... P, typename... A>

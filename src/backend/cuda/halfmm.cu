@@ -202,12 +202,15 @@ template <bool BF> __device__ __forceinline__ float dot8r(uint4 w, const float *
 
 // One round of W's loads: U chunks of each of the R rows, from chunk c0 on (nt apart);
 // chunks past nc load zeros. All issued before any is used.
-template <int U, int R>
+// EARLY: the round before the PDL wait, in coherent loads that stay before it.
+template <int U, int R, bool EARLY = false>
 __device__ __forceinline__ void load_round(uint4 (&w)[U][R], const uint4 *const *wr, int c0, int nt, int nc) {
 #pragma unroll
   for (int u = 0; u < U; u++)
 #pragma unroll
-    for (int r = 0; r < R; r++) w[u][r] = c0 + u * nt < nc ? ld_stream(wr[r] + c0 + u * nt) : make_uint4(0, 0, 0, 0);
+    for (int r = 0; r < R; r++)
+      w[u][r] = c0 + u * nt < nc ? EARLY ? wkc_ld_early16(wr[r] + c0 + u * nt) : ld_stream(wr[r] + c0 + u * nt)
+                                 : make_uint4(0, 0, 0, 0);
 }
 
 #define NORM_CHUNKS 4   // 8-value chunks of h a lane holds (registers): K <= 8 * 32 * 4 * 8 = 8192
@@ -238,7 +241,7 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr
   __shared__ float red[HG_WARPS];
   const int nc = (int)(a.K >> 3), warp = threadIdx.x >> 5;
   uint4 w[U][R];
-  load_round<U, R>(w, wr, t, nt, nc);
+  load_round<U, R, true>(w, wr, t, nt, nc);
   wkc_pdl_wait();
   float h[MAXC][8], ss = 0.0f;
 #pragma unroll
@@ -298,7 +301,7 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
     norm_dots<BF, U, R>(a, wr, t, nt, acc);
   } else {
     uint4 w[U][R];
-    load_round<U, R>(w, wr, t, nt, nc);   // W's first round before the wait (PDL), x after
+    load_round<U, R, true>(w, wr, t, nt, nc);   // W's first round before the wait (PDL), x after
     wkc_pdl_wait();
     for (int c0 = t; c0 < nc; c0 += U * nt) {
       if (c0 != t) load_round<U, R>(w, wr, c0, nt, nc);

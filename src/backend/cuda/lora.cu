@@ -80,8 +80,8 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2) k
 #pragma unroll
     for (int u = 0; u < U; u++) {  // every load of the round before the first use
       const int64_t kk = min(k + u * LR_WARPS, ke - 1);
-      w[u] = __ldg((const vec *)(wcol + kk * a.ldw));
-      av[u] = __ldg(acol + kk * a.lda);
+      w[u] = wkc_ld_early4(wcol + kk * a.ldw);   // coherent: stays before the PDL wait
+      av[u] = wkc_ld_early(acol + kk * a.lda);
     }
     if (!waited) wkc_pdl_wait(), waited = true;
 #pragma unroll
@@ -143,6 +143,113 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2) k
   }
 }
 
+// One row of x, rank <= 8, K <= 512 (the seed's (1,1,512) call): no cluster. A CTA
+// owns 32 columns over all of K, so no partial sums travel between CTAs: its threads
+// hold their 16 rows of W (float4 each), their rows of A and the B tile in registers,
+// all loaded before the PDL wait, and after it read only x, reduce through shuffles
+// and one barrier, and store. The cluster kernel above splits K and adds the parts
+// over distributed shared memory and a cluster barrier, which its chained calls paid
+// after every wait: 1000 chained (1,1,512) calls 3.7-4.4 -> 2.9-3.8 us a call (H200,
+// replayed with PDL; the spread is between runs). At 1024 (16 columns a CTA, one CTA an SM at 146 registers) it
+// was slower than the cluster kernel (4.7 against 4.5-4.6 us), so it stops at 512.
+#define R1_RMAX 8     // largest rank
+#define R1_ROWS 16    // rows of W a thread holds
+#define R1_K 512      // largest K: NKS * R1_ROWS
+__global__ void __launch_bounds__(256) k_lora_row1(const LoraArgs a) {
+  constexpr int TC = 32, CG = TC / 4, NKS = 256 / CG;   // columns a CTA; float4 column groups; K slices
+  constexpr int AR = 2;                                   // rows of A a thread holds (K <= 256 * AR)
+  static_assert(NKS * R1_ROWS == R1_K && 256 * AR >= R1_K, "a CTA's threads cover K");
+  __shared__ float red[8][TC], tr[8][R1_RMAX];
+  wkc_pdl_trigger();
+  const int tid = threadIdx.x, cg = tid % CG, ks = tid / CG, warp = tid >> 5, lane = tid & 31;
+  const int c0 = blockIdx.x * TC, col = c0 + cg * 4;
+  float4 w[R1_ROWS];
+#pragma unroll
+  for (int i = 0; i < R1_ROWS; i++) {
+    const int k = ks + i * NKS;
+    w[i] = wkc_ld_early4(a.w + (int64_t)(k < a.K ? k : 0) * a.ldw + col);   // rows past K: zeroed below
+  }
+  float av[AR][R1_RMAX], bv[R1_RMAX];
+#pragma unroll
+  for (int i = 0; i < AR; i++)
+#pragma unroll
+    for (int j = 0; j < R1_RMAX; j++) {
+      const int k = tid + i * 256;
+      av[i][j] = wkc_ld_early(a.a + (int64_t)(k < a.K ? k : 0) * a.lda + (j < a.r ? j : 0));
+    }
+#pragma unroll
+  for (int j = 0; j < R1_RMAX; j++) bv[j] = wkc_ld_early(a.b + (int64_t)(j < a.r ? j : 0) * a.ldb + c0 + tid % TC);
+  wkc_pdl_wait();   // x only after it, with plain loads (cuda_internal.h)
+  // (loads out of range read a clamped address, in bounds, and are zeroed here: no
+  // branches around the early loads)
+#pragma unroll
+  for (int i = 0; i < R1_ROWS; i++)
+    if (ks + i * NKS >= a.K) w[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int i = 0; i < AR; i++)
+#pragma unroll
+    for (int j = 0; j < R1_RMAX; j++)
+      if (tid + i * 256 >= a.K || j >= a.r) av[i][j] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < R1_RMAX; j++)
+    if (j >= a.r) bv[j] = 0.0f;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int i = 0; i < R1_ROWS; i++) {
+    const int k = ks + i * NKS;
+    const float x = k < a.K ? a.x[k] : 0.0f;
+    acc.x = fmaf(x, w[i].x, acc.x), acc.y = fmaf(x, w[i].y, acc.y);
+    acc.z = fmaf(x, w[i].z, acc.z), acc.w = fmaf(x, w[i].w, acc.w);
+  }
+  float t[R1_RMAX];
+#pragma unroll
+  for (int j = 0; j < R1_RMAX; j++) t[j] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < AR; i++) {
+    const int k = tid + i * 256;
+    const float x = k < a.K ? a.x[k] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < R1_RMAX; j++) t[j] = fmaf(x, av[i][j], t[j]);
+  }
+  // the warp's K slices of each column group, then x@A over the warp
+#pragma unroll
+  for (int off = 16; off >= CG; off >>= 1) {
+    acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off), acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+    acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off), acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+  }
+#pragma unroll
+  for (int j = 0; j < R1_RMAX; j++) t[j] = warp_sum(t[j]);
+  if (lane < CG) red[warp][lane * 4] = acc.x, red[warp][lane * 4 + 1] = acc.y, red[warp][lane * 4 + 2] = acc.z,
+                 red[warp][lane * 4 + 3] = acc.w;
+  if (lane == 0)
+#pragma unroll
+    for (int j = 0; j < R1_RMAX; j++) tr[warp][j] = t[j];
+  __syncthreads();
+  if (tid < TC) {
+    float v = 0.0f, lo = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 8; q++) v += red[q][tid];
+#pragma unroll
+    for (int j = 0; j < R1_RMAX; j++) {
+      float tj = 0.0f;
+#pragma unroll
+      for (int q = 0; q < 8; q++) tj += tr[q][j];
+      lo = fmaf(tj, bv[j], lo);
+    }
+    a.out[c0 + tid] = fmaf(a.scale, lo, v);
+  }
+}
+
+// WICK_CUDA_LORA_ROW1=0 keeps one-row calls on the cluster kernel (benchmarks).
+static bool row1_on(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("WICK_CUDA_LORA_ROW1");
+    on = !e || atoi(e);
+  }
+  return on;
+}
+
 bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *w, int64_t ldw) {
   static int on = -1;
   if (on < 0) {
@@ -165,6 +272,11 @@ wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw
   // clusters of 2 were slower everywhere (H200). Without PDL, 64-column tiles were
   // faster at 512 (4.1 against 4.4 us), but one configuration keeps replay and
   // step-by-step launches equal to the bit.
+  if (M == 1 && r <= R1_RMAX && K <= R1_K && N % 32 == 0 && row1_on()) {
+    LoraArgs g1 = {x, w, a, b, out, ldx, ldw, lda, ldb, 1, (int)K, (int)N, (int)r, 0, scale};
+    wkc_launch(k_lora_row1, (unsigned)(N / 32), 256, 0, pdl, g1);
+    return wkc_check_launch("lora (one row, k_lora_row1)");
+  }
   const int cl = N <= 512 ? 4 : 8;
   LoraArgs g = {x, w, a, b, out, ldx, ldw, lda, ldb, (int)M, (int)K, (int)N, (int)r, (int)((K + cl - 1) / cl), scale};
   const dim3 grid((unsigned)((N + LR_TILE - 1) / LR_TILE * cl)), block(LR_WARPS * 32);
