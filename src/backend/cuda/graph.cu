@@ -20,6 +20,13 @@
 //  - many changed, or only scalars: launch step by step (patching would cost more
 //    than it saves: the host time of both, per unit, is measured as they run);
 //  - new pointers of small slots: relocate those slots (below) and capture again.
+// That is the patchable form. By default (WICK_CUDA_PDL) a variant is instead one
+// stream capture of all its units, so that kernels launched as programmatic
+// dependents (wkc_launch) get PDL edges to the kernel before them and start while it
+// runs (wkc_pdl_const: which bytes they may read before their wait). Such a graph has
+// no child node per unit to swap: a changed pointer set is captured again as another
+// variant. Child graphs remain for WICK_CUDA_PDL=0, the tests' forced patching, and a
+// run whose one-capture build failed.
 // Evaluations mostly recur with the same pointers: the caching allocator hands a
 // freed output's block to the next evaluation's output, so each run keeps a few
 // variants captured with different pointer sets. A training step is the exception:
