@@ -266,12 +266,13 @@ wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw
   const bool pdl = wkc_pdl_const(w, sizeof(float) * (size_t)((K - 1) * ldw + N)) &&
                    wkc_pdl_const(a, sizeof(float) * (size_t)((K - 1) * lda + r)) &&
                    wkc_pdl_const(b, sizeof(float) * (size_t)((r - 1) * ldb + N));
-  // 128-column tiles, clusters of 4 at N <= 512 and of 8 above: 1000 chained calls
-  // replayed with PDL (W read before the wait) take 3.0, 3.6 and 6.4 us a call at 512,
-  // 1024 and 2048, against 3.2 (8 CTAs, 64 columns), 3.6 and 6.4 with clusters of 8;
-  // clusters of 2 were slower everywhere (H200). Without PDL, 64-column tiles were
-  // faster at 512 (4.1 against 4.4 us), but one configuration keeps replay and
-  // step-by-step launches equal to the bit.
+  // The cluster kernel: 128-column tiles, clusters of 4 at N <= 512 and of 8 above.
+  // 1000 chained calls replayed with PDL (H200): at 512, 3.0 us a call against 3.2 with
+  // 64-column tiles in clusters of 8; at 1024 and 2048, 3.9 and 7.5 with clusters of 8
+  // against 5.9-6.0 and 12.7-12.8 with 4 and 6.2-6.4 and 8.4-9.1 with 16 (non-portable);
+  // clusters of 2 were slower everywhere. Without PDL, 64-column tiles were faster at
+  // 512 (4.1 against 4.4 us), but one configuration keeps replay and step-by-step
+  // launches equal to the bit.
   if (M == 1 && r <= R1_RMAX && K <= R1_K && N % 32 == 0 && row1_on()) {
     LoraArgs g1 = {x, w, a, b, out, ldx, ldw, lda, ldb, 1, (int)K, (int)N, (int)r, 0, scale};
     wkc_launch(k_lora_row1, (unsigned)(N / 32), 256, 0, pdl, g1);
