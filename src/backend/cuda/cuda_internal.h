@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <vector>
@@ -114,6 +115,15 @@ void wkc_set_last_kernel(const char *what);                    // named by sync'
 // NULL: back to the backend stream.
 void wkc_capture_mode(std::vector<void *> *keep);
 bool wkc_graphs_enabled(void);   // WICK_CUDA_GRAPHS (default on), off under WICK_CUDA_SYNC
+// A default-on switch: false when the environment sets `name` to 0. Read once (*cache
+// starts at -1).
+static inline bool wkc_switch(const char *name, int *cache) {
+  if (*cache < 0) {
+    const char *e = getenv(name);
+    *cache = !e || atoi(e) != 0;
+  }
+  return *cache != 0;
+}
 // CUDA graph replay of step runs (graph.cu), the backend's optional entries.
 bool wkc_capturable(const wk_step *s);
 // While a unit is being captured: where the graph keeps instruction in's run-time

@@ -377,10 +377,9 @@ bool hgemv1_on() {
 // with 4 or 8 loads and up to 8 warps an SM before.
 struct Cfg1 {
   bool bf;
-  int xm;    // XM_*: what x is
-  int u, r;  // loads in flight a lane a round, rows a group: <4, 4> (SwiGLU) or <2, 2>
+  int xm;    // XM_*: what x is (it fixes the loads and rows: launch1's UR)
   unsigned grid;
-  bool operator==(const Cfg1 &o) const { return bf == o.bf && xm == o.xm && u == o.u && r == o.r; }
+  bool operator==(const Cfg1 &o) const { return bf == o.bf && xm == o.xm; }
 };
 Cfg1 cfg1(HArgs *a, bool bf) {
   const int64_t nc = a->K / 8;
@@ -390,12 +389,12 @@ Cfg1 cfg1(HArgs *a, bool bf) {
   a->split = 1;
   while (a->split < HG_WARPS && nc > (int64_t)a->split * 32 * most) a->split *= 2;
   while (a->split < HG_WARPS && blocks(a->split) * 2 < (int64_t)wkc_num_sms() * 3) a->split *= 2;
-  return Cfg1{bf, a->up ? XM_SWIGLU : a->nw ? XM_NORM : XM_PLAIN, r, r, (unsigned)blocks(a->split)};
+  return Cfg1{bf, a->up ? XM_SWIGLU : a->nw ? XM_NORM : XM_PLAIN, (unsigned)blocks(a->split)};
 }
 template <bool BF, int XM>
 void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
   const unsigned grid = g ? g->first[g->n] : c.grid;
-  constexpr int UR = XM == XM_SWIGLU ? 4 : 2;   // cfg1's u and r
+  constexpr int UR = XM == XM_SWIGLU ? 4 : 2;   // loads a lane a round and rows a group (cfg1's r)
   bool pdl = true;   // W is read before the wait: only where no step writes it
   for (int i = 0; i < (g ? g->n : 1); i++) {
     const HArgs &m = g ? g->m[i] : a;

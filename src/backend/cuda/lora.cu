@@ -3,8 +3,8 @@
 //
 // Why: as three cuBLAS calls (x@A, x@W, t@B) a chained call costs three graph
 // nodes of ~3 us each, although at these sizes W (1-16 MB) sits in L2 and its bytes
-// take well under a microsecond. Here a cluster of CL CTAs (4 or 8) splits K for each 64-
-// or 128-column tile of W: every CTA reads its rows of W, A and x once (all loads of
+// take well under a microsecond. Here a cluster of CL CTAs (4 or 8) splits K for each
+// 128-column tile of W: every CTA reads its rows of W, A and x once (all loads of
 // a round in flight before the first multiply) and adds its part of x@A times B (the
 // product is linear in K, so the parts sum to s * (x@A) @ B); B's tile arrives in
 // shared memory by cp.async meanwhile. Each CTA then sends its part of every output
@@ -71,11 +71,10 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(LR_WARPS * 32, 2) k
     for (int v = 0; v < VEC; v++) acc[m][v] = 0.0f;
     pa[m] = 0.0f;
   }
-  typedef float4 vec;
   const float *wcol = a.w + (colok ? col : 0), *acol = a.a + min(lane, a.r - 1);
   bool waited = false;
   for (int k = kb + warp; k < ke; k += LR_WARPS * U) {
-    vec w[U];
+    float4 w[U];
     float av[U], xv[U][MR];
 #pragma unroll
     for (int u = 0; u < U; u++) {  // every load of the round before the first use
@@ -243,20 +242,12 @@ __global__ void __launch_bounds__(256) k_lora_row1(const LoraArgs a) {
 // WICK_CUDA_LORA_ROW1=0 keeps one-row calls on the cluster kernel (benchmarks).
 static bool row1_on(void) {
   static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("WICK_CUDA_LORA_ROW1");
-    on = !e || atoi(e);
-  }
-  return on;
+  return wkc_switch("WICK_CUDA_LORA_ROW1", &on);
 }
 
 bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *w, int64_t ldw) {
   static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("WICK_CUDA_LORA_ROWS");
-    on = !e || atoi(e);
-  }
-  return on && M >= 1 && M <= 4 && r >= 1 && r <= LR_RMAX && K >= 1 && K <= INT32_MAX / 2 && N >= 1 &&
+  return wkc_switch("WICK_CUDA_LORA_ROWS", &on) && M >= 1 && M <= 4 && r >= 1 && r <= LR_RMAX && K >= 1 && K <= INT32_MAX / 2 && N >= 1 &&
          N <= INT32_MAX / 2 && N % 4 == 0 && ldw % 4 == 0 && ((uintptr_t)w & 15) == 0;
 }
 
