@@ -363,6 +363,15 @@ static bool match_qswiglu(ir *r, int mm) {
   return false;
 }
 
+// Node i widens an f16 / bf16 tensor of its shape to f32: that tensor's index (a CUDA
+// kernel that reads any float dtype takes it directly), else -1.
+static int widened_half(const ir *r, int i) {
+  const irnode *c = &r->n[i];
+  if (c->leaf || c->op != WK_OP_CAST || c->t->dtype != WK_F32) return -1;
+  const wk_tensor *src = r->n[c->in[0]].t;
+  return (src->dtype == WK_BF16 || src->dtype == WK_F16) && same_shape(src, c->t) ? c->in[0] : -1;
+}
+
 // mm = qmatmul(rms_norm(h, w), W) over one row (a decode step's q/k/v or gate/up): mm
 // reads h and w, and each GEMV block computes the norm of h itself (its lanes hold the
 // chunks of h they multiply anyway: a sum of squares, no second read) instead of a
@@ -379,11 +388,8 @@ static bool match_qnorm(ir *r, int mm) {
   if (h->dtype != WK_F32 || n->t->dtype != WK_F32 || wk_numel(h) != K || h->shape[h->ndim - 1] != K ||
       !wk_is_contiguous(h))
     return false;
-  int w = n->in[1];
-  const irnode *c = &r->n[w];
-  if (!c->leaf && c->op == WK_OP_CAST && (r->n[c->in[0]].t->dtype == WK_BF16 || r->n[c->in[0]].t->dtype == WK_F16) &&
-      same_shape(c->t, r->n[c->in[0]].t))
-    w = c->in[0];
+  int w = n->in[1], src = widened_half(r, w);
+  if (src >= 0) w = src;
   const wk_tensor *wt = r->n[w].t;
   if (wk_numel(wt) != K || !wk_is_contiguous(wt) || !wk_is_float(wt->dtype))
     return false;
@@ -437,10 +443,8 @@ static bool match_norm_weights(ir *r, int i) {
   if (x->op != WK_OP_RMS_NORM && x->op != WK_OP_LAYER_NORM) return false;
   bool any = false;
   for (int k = 1; k < x->nin; k++) {
-    const irnode *c = &r->n[x->in[k]];
-    if (c->leaf || c->op != WK_OP_CAST || c->t->dtype != WK_F32) continue;
-    const wk_tensor *src = r->n[c->in[0]].t;
-    if ((src->dtype == WK_BF16 || src->dtype == WK_F16) && same_shape(src, c->t)) x->in[k] = c->in[0], any = true;
+    const int src = widened_half(r, x->in[k]);
+    if (src >= 0) x->in[k] = src, any = true;
   }
   return any;
 }
