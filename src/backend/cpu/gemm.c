@@ -346,6 +346,19 @@ static bool wk_bpack_match(const wk_bpack *e, const wk_gemm_args *g, const wk_uk
            e->transB == g->transB && e->bf16 == g->bf16 && e->uk == uk;
 }
 
+// The frozen region holding [lo, hi) (NULL: none) and, in *hit, g's panels packed
+// there already (NULL: none). Under wk_frozen_mu.
+static wk_frozen *wk_bpack_find(const char *lo, const char *hi, const wk_gemm_args *g, const wk_ukr *uk,
+                                int64_t KC, const void **hit) {
+    wk_frozen *r = NULL;
+    for (int i = 0; i < wk_frozen_n && !r; i++)
+        if (wk_frozen_v[i].lo <= lo && hi <= wk_frozen_v[i].hi) r = &wk_frozen_v[i];
+    *hit = NULL;
+    for (wk_bpack *e = r ? r->packs : NULL; e && !*hit; e = e->next)
+        if (wk_bpack_match(e, g, uk, KC)) *hit = e->panels;
+    return r;
+}
+
 // The packed panels of g's B for kernel uk and depth blocks of KC, packing them now
 // if B lies in a frozen region; NULL when it does not (or out of budget / memory).
 static const void *wk_bpack_get(const wk_gemm_args *g, const wk_ukr *uk, int64_t KC) {
@@ -358,12 +371,8 @@ static const void *wk_bpack_get(const wk_gemm_args *g, const wk_ukr *uk, int64_t
     int64_t Np = wk_roundup(g->N, NR), Ku = uk->bf16 ? wk_roundup(g->K, 2) / 2 : g->K;
     size_t bytes = (size_t)(Np * Ku) * 4;
     pthread_mutex_lock(&wk_frozen_mu);
-    wk_frozen *r = NULL;
-    for (int i = 0; i < wk_frozen_n && !r; i++)
-        if (wk_frozen_v[i].lo <= lo && hi <= wk_frozen_v[i].hi) r = &wk_frozen_v[i];
-    const void *hit = NULL;
-    for (wk_bpack *e = r ? r->packs : NULL; e && !hit; e = e->next)
-        if (wk_bpack_match(e, g, uk, KC)) hit = e->panels;
+    const void *hit;
+    wk_frozen *r = wk_bpack_find(lo, hi, g, uk, KC, &hit);
     bool room = r && !hit && wk_bpack_bytes + bytes <= WK_BPACK_BUDGET;
     pthread_mutex_unlock(&wk_frozen_mu);
     if (!room) return hit;
@@ -384,12 +393,7 @@ static const void *wk_bpack_get(const wk_gemm_args *g, const wk_ukr *uk, int64_t
     *e = (wk_bpack){.B = g->B, .ldb = g->ldb, .K = g->K, .N = g->N, .KC = KC, .transB = g->transB,
                     .bf16 = g->bf16, .uk = uk, .bytes = bytes, .panels = panels};
     pthread_mutex_lock(&wk_frozen_mu);
-    r = NULL;
-    for (int i = 0; i < wk_frozen_n && !r; i++)
-        if (wk_frozen_v[i].lo <= lo && hi <= wk_frozen_v[i].hi) r = &wk_frozen_v[i];
-    hit = NULL;
-    for (wk_bpack *x = r ? r->packs : NULL; x && !hit; x = x->next)
-        if (wk_bpack_match(x, g, uk, KC)) hit = x->panels;
+    r = wk_bpack_find(lo, hi, g, uk, KC, &hit);   // again: the lock was let go while packing
     if (r && !hit && wk_bpack_bytes + bytes <= WK_BPACK_BUDGET) {
         e->next = r->packs;
         r->packs = e;
