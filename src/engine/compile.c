@@ -491,12 +491,38 @@ static void mark_row_chains(ir *r) {
   free(row_src);
 }
 
+// A one-input elementwise op of a stored tensor of its shape, read by several
+// elementwise consumers of that shape, is computed in each of them instead of stored:
+// each consumer loads the input where it would have loaded the result, and the
+// result's buffer and its write are gone. In a SwiGLU MLP's training step silu(gate)
+// is read by the forward product and by the backward's d_up, and the SiLU backward's
+// sigmoid(gate) twice by one expression: stored, they cost two 4864-wide f32 buffers
+// a layer (Qwen2.5-0.5B, batch 8 x 512: 80 MB each, silu(gate) kept for the backward)
+// and a pass over memory each.
+static bool duplicable(const ir *r, int i) {
+  const irnode *x = &r->n[i];
+  if (wk_ops[x->op].kind != WK_KIND_EW1 || x->op == WK_OP_COPY || x->op == WK_OP_DROPOUT || x->escapes) return false;
+  const irnode *in = &r->n[x->in[0]];
+  // (same dtype: a duplicated widening cast would keep the narrow input's larger twin alive)
+  if (!(in->leaf || in->root) || in->op == WK_OP_VIEW || !same_shape(in->t, x->t) || in->t->dtype != x->t->dtype)
+    return false;
+  for (int c = i + 1; c < r->count; c++) {
+    const irnode *y = &r->n[c];
+    if (y->dead || y->leaf) continue;
+    int nin = fused_nin(y);
+    const int *yin = fused_in(y);
+    for (int k = 0; k < nin; k++)
+      if (yin[k] == i && (kern_fused(y) || !is_ew(y->op) || !same_shape(x->t, y->t))) return false;
+  }
+  return true;
+}
+
 // A node is inlined (not materialized) when its only consumer computes it on the fly.
 static bool inlinable(const ir *r, int i) {
   const irnode *x = &r->n[i];
   if (x->leaf || x->target || kern_fused(x) || !is_ew(x->op)) return false;
   if (x->op == WK_OP_CONST) return true; // a fill: duplicated into every consumer
-  if (x->uses != 1) return false;
+  if (x->uses != 1) return x->uses > 1 && duplicable(r, i);
   const irnode *c = &r->n[x->consumer];
   if (kern_fused(c) || c->leaf) return false;
   if (is_ew(c->op)) return same_shape(x->t, c->t);
@@ -647,6 +673,10 @@ static int emit_value(ir *r, progbuf *pb, int i, const wk_tensor *group) {
   }
   bool inl = !x->leaf && !x->root && x->op != WK_OP_VIEW;
   if (!inl) return emit_load(r, pb, i, group);
+  // a duplicated node (duplicable) read twice by one program is computed once, its
+  // register pinned like a load's
+  bool memo = x->uses > 1 && x->op != WK_OP_CONST;
+  for (int k = 0; memo && k < pb->nloads; k++) if (pb->loads[k] == i) return pb->load_reg[k];
   int regs[3] = {0};
   for (int k = 0; k < x->nin; k++) regs[k] = emit_value(r, pb, x->in[k], group);
   for (int k = 0; k < x->nin; k++) reg_free(pb, regs[k], reg_pinned(pb, regs[k]));
@@ -656,6 +686,11 @@ static int emit_value(ir *r, progbuf *pb, int i, const wk_tensor *group) {
                     .c = (uint8_t)regs[2], .src = i, .attrs = x->t->attrs};
   if (x->op == WK_OP_CONST) { in.attrs.f[0] = x->cval; in.src = -1; } // keyed by value (or folded)
   pb->code[pb->n++] = in;
+  if (memo) {
+    if (pb->nloads == WK_MAX_IN * 4) { pb->overflow = true; return 0; }
+    pb->loads[pb->nloads] = i;
+    pb->load_reg[pb->nloads++] = dst;
+  }
   return dst;
 }
 
@@ -820,8 +855,19 @@ static void count_reads(const ir *r, int i, int j, bool top, int *reads, int *st
 
 // The input that an elementwise root at step k may overwrite: it dies here, has
 // the output's shape and dtype, and every read of it is element i for output i.
+// And a cross-entropy backward may overwrite its logits: both backends' kernels read a
+// row whole (its max and sum) before writing it, element i from element i. A large
+// vocabulary's logits and their gradient are the largest tensors of an LM's training
+// step (Qwen2.5-0.5B, batch 8 x 512: 2.5 GB each in f32).
 static int inplace_candidate(ir *r, int i, int k) {
   irnode *x = &r->n[i];
+  if (x->op == WK_OP_CROSS_ENTROPY_BWD && !kern_fused(x)) {
+    int j = x->in[0];
+    irnode *y = &r->n[j];
+    bool ok = !y->leaf && y->root && !y->escapes && !y->target && y->last_use == k && same_shape(y->t, x->t) &&
+              y->t->dtype == x->t->dtype && wk_is_contiguous(y->t) && y->t->offset == 0;
+    return ok ? j : -1;
+  }
   if (!is_ew(x->op) || kern_fused(x)) return -1;
   for (int q = 0; q < x->nin; q++) {
     int j = x->in[q];
@@ -950,6 +996,13 @@ typedef struct {
 // parameters' AdamW grouped made lora_train_step 173 -> 181-199 us, while 28
 // parameters' made the tiny-Qwen2 trainer step 1.7-2.0 -> 1.5 ms.
 #define HGROUP_MIN 4
+// A group saves launches, which matters only for small steps; and its members run
+// when the first of them may, so a new value's buffer lives from there. A step past
+// HGROUP_MAX elements that makes a new value (not an update of a parameter or
+// moment) runs where it stands: in a Qwen2.5-0.5B training step the 24 layers' SiLU
+// backward sigmoids (80 MB each) were grouped and computed all at the start of the
+// backward, holding 1.9 GB at the step's peak.
+#define HGROUP_MAX (1 << 20)
 
 static bool grouped(const hsched *h, int k) { return h->cls[k] >= 0 && h->csize[h->cls[k]] >= HGROUP_MIN; }
 
@@ -1014,7 +1067,8 @@ static bool horizontal_schedule(ir *r, int *roots, int n, int *grp) {
     if (!is_ew(x->op) || kern_fused(x) || x->t->device != WK_CUDA) continue;
     int pred;
     if (!build_step(r, roots[k], &st[k], &pred)) { ok = false; break; }
-    if (pred >= 0 || !hgroup_eligible(&st[k])) continue;
+    if (pred >= 0 || !hgroup_eligible(&st[k]) || (wk_numel(x->t) > HGROUP_MAX && !reads_leaf_like(r, roots[k], true, x->t)))
+      continue;
     int c = 0;
     while (c < h.nclass && !same_program(&st[rep[c]], &st[k])) c++;
     if (c == h.nclass) rep[h.nclass++] = k;

@@ -78,6 +78,39 @@ static void test_no_chain_when_shared(void) {
   wk_scope_end();
 }
 
+// A one-input op read by several elementwise consumers (silu(gate) in a SwiGLU MLP,
+// read by the forward product and by the backward's d_up) is computed in each of them,
+// never stored; one consumer that reads it twice computes it once.
+static void test_duplicated_unary(void) {
+  wk_scope_begin();
+  wk_tensor *g = gc_input(2, SHAPE(64, 96), -3, 3, 51), *u = gc_input(2, SHAPE(64, 96), -1, 1, 52);
+  wk_tensor *s = wk_silu(g), *o[3] = {wk_mul(s, u), wk_add(s, u), wk_mul(wk_sigmoid(g), wk_neg(wk_sigmoid(g)))};
+  CHECK(wk_eval(3, o) == WK_OK, "eval");
+  const wk_plan *p = wk_last_plan();
+  int silus = 0, sigmoids = 0, stores = 0;
+  for (int k = 0; k < p->nsteps; k++) {
+    const wk_step *st = &p->steps[k];
+    stores += st->op == WK_STEP_FUSED_EW;
+    for (int q = 0; q < st->prog.n; q++) {
+      silus += st->prog.code[q].op == WK_OP_SILU;
+      sigmoids += st->prog.code[q].op == WK_OP_SIGMOID;
+    }
+  }
+  CHECK(stores == 3 && silus == 2 && sigmoids == 1,
+        "silu computed in both consumers and sigmoid once in its one (%d steps, %d silu, %d sigmoid)", stores, silus,
+        sigmoids);
+  wk_set_eager(1);
+  wk_tensor *se = wk_silu(g), *e[3] = {wk_mul(se, u), wk_add(se, u), wk_mul(wk_sigmoid(g), wk_neg(wk_sigmoid(g)))};
+  wk_set_eager(0);
+  for (int i = 0; i < 3; i++) {
+    float *a = read_all(o[i]), *b = read_all(e[i]);
+    CHECK(max_abs_diff(a, b, 64 * 96) == 0, "output %d equals eager evaluation", i);
+    free(a);
+    free(b);
+  }
+  wk_scope_end();
+}
+
 // Ten chained softmaxes (one row chain, whose later stages take expm1 by a short
 // Taylor polynomial of their bounded input) and the same stage by stage (eager),
 // against a double reference, over row lengths and input scales that take each
@@ -174,6 +207,7 @@ static wk_tensor *g_chain(wk_tensor *const *in, void *ctx) {
 int main(void) {
   test_chains();
   test_no_chain_when_shared();
+  test_duplicated_unary();
   test_long_chain();
   test_softmax_chain_accuracy();
   wk_scope_begin();

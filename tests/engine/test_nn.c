@@ -10,6 +10,7 @@
 #include <string.h>
 #include "check.h"
 #include "gradcheck.h"
+#include "../../src/engine/plan.h"
 
 static int64_t prod(int n, const int64_t *s) {
   int64_t p = 1;
@@ -480,6 +481,37 @@ static wk_tensor *f_ce(wk_tensor *const *in, void *c) {
   return wk_cross_entropy(in[0], wk_from_data(1, &n, WK_I32, t), -1, g->mode);
 }
 
+// logits computed in the graph (x @ w): the backward may overwrite them in place
+static wk_tensor *f_ce_mm(wk_tensor *const *in, void *c) {
+  (void)c;
+  int32_t t[4] = {1, -1, 4, 0};
+  int64_t n = 4;
+  return wk_cross_entropy(wk_matmul(in[0], in[1]), wk_from_data(1, &n, WK_I32, t), -1, 1);
+}
+
+// The cross-entropy backward writes the logits' gradient over the logits (compile.c's
+// inplace_candidate): the same arena span, and gradients that pass the check.
+static void test_ce_in_place(void) {
+  wk_scope_begin();
+  int64_t xs[2] = {4, 3}, ws[2] = {3, 5};
+  wk_tensor *in[2] = {mk(2, xs, -1, 1, 77), mk(2, ws, -1, 1, 78)};
+  gradcheck("cross_entropy of x @ w", f_ce_mm, NULL, 2, in, 3);
+  wk_tensor *g[2];
+  wk_set_trainable(in[0], 1);
+  wk_set_trainable(in[1], 1);
+  CHECK(wk_value_and_grad(f_ce_mm(in, NULL), 2, in, g, NULL) == WK_OK && wk_eval(2, g) == WK_OK, "value and grad");
+  const wk_plan *p = wk_last_plan();
+  int first = p->nslots - p->narena, found = 0;
+  for (int k = 0; k < p->nsteps; k++) {
+    const wk_step *st = &p->steps[k];
+    if (st->op != WK_OP_CROSS_ENTROPY_BWD) continue;
+    found = st->out.slot >= first && st->in[0].slot >= first &&
+            p->arena_off[st->out.slot - first] == p->arena_off[st->in[0].slot - first] ? 1 : -1;
+  }
+  CHECK(found == 1, "the logits' gradient takes the logits' span (%d)", found);
+  wk_scope_end();
+}
+
 static void test_grads(void) {
   wk_scope_begin();
   int64_t s35[2] = {3, 5}, s234[3] = {2, 3, 4}, d6 = 6, s46[2] = {4, 6}, s16[2] = {1, 6};
@@ -587,6 +619,7 @@ int main(void) {
   test_cross_entropy();
   test_large();
   test_grads();
+  test_ce_in_place();
   test_errors();
   // eager mode runs the same kernels op by op
   wk_set_eager(1);
