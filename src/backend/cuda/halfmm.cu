@@ -575,6 +575,30 @@ int one_row_cfg(const wk_step *s, void *const *slots, HArgs *a, Cfg1 *c) {
   return c->xm == XM_NORM && c->grid > 8u * (unsigned)wkc_num_sms() ? NORM_FIRST : ONE_ROW;
 }
 
+// y = x W^T (trans) or x W for a dense f32 x [M, in] and a bf16 W, mb rows at a time:
+// each block rounded into scr (bf16, to nearest even), then one cuBLAS GEMM; the
+// addend (add non-NULL) after the last block.
+wk_status half_gemm_blocks(const wk_operand *xo, void *const *slots, const char *w, bool trans, char *y, int64_t M,
+                           int64_t out, int64_t in, int64_t mb, char *scr, const HArgs *add) {
+  const int64_t K = trans ? in : out;
+  for (int64_t r0 = 0; r0 < M; r0 += mb) {
+    const int64_t mr = M - r0 < mb ? M - r0 : mb;
+    wk_operand v = *xo;
+    v.ndim = 2;
+    v.shape[0] = mr, v.shape[1] = in;
+    v.stride[0] = in, v.stride[1] = 1;
+    v.offset = xo->offset + r0 * in;
+    wk_status st = wkc_densify(&v, slots, WK_BF16, scr);
+    if (st) return st;
+    const wkc_mat xa = {scr, 0, in}, wb = {w, trans ? 1 : 0, K};
+    st = wkc_gemm(xa, wb, WK_BF16, y + (size_t)(r0 * out) * 4, mr, out, in, "matmul (bf16 weight, cublasGemmEx, row blocks)");
+    if (st) return st;
+  }
+  if (!add) return WK_OK;
+  k_add_end<<<grid_for(add->M * add->N), 256, 0, wkc_stream()>>>(*add);
+  return wkc_check_launch("matmul (half weight, addend)");
+}
+
 } // namespace
 
 wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
@@ -636,7 +660,17 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const bool gemv_path = trans && M <= 8;
   // scratch: [x, dense f32 (GEMV) or rounded to bf16 (GEMM)] [W widened to f32 (f16 GEMM)]
   const bool x_copy = (!sw && !wkc_is_dense(xo)) || (bf && !gemv_path) || (sw && !gemv_path) || norm;
-  const size_t xbytes = x_copy ? align256((size_t)(M * in) * (bf && !gemv_path ? 2 : 4)) : 0;
+  // A dense x rounded for a bf16 GEMM goes in blocks of rows when a copy of all of it
+  // would pass XBLOCK_BYTES: the scratch lives as long as the process, and a
+  // vocabulary-wide x (a training step's logits gradient, [4088, 151936] for
+  // Qwen2.5-0.5B) would hold 1.2 GB in it. The blocks are multiples of 64 rows.
+  const size_t XBLOCK_BYTES = (size_t)64 << 20;
+  int64_t mb = M;
+  if (bf && !gemv_path && !sw && !norm && wkc_is_dense(xo) && (size_t)(M * in) * 2 > XBLOCK_BYTES) {
+    mb = (int64_t)(XBLOCK_BYTES / ((size_t)in * 2));
+    mb = mb >= 128 ? mb / 64 * 64 : mb > 0 ? mb : 1;
+  }
+  const size_t xbytes = x_copy ? align256((size_t)(mb * in) * (bf && !gemv_path ? 2 : 4)) : 0;
   const size_t wbytes = !bf && !gemv_path ? (size_t)(N * K) * 4 : 0;
   char *scr = NULL;
   if (xbytes + wbytes && !(scr = scratch(xbytes + wbytes, dtn, wbytes ? "the weight widened to f32" : "a copy of x")))
@@ -655,6 +689,8 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
     wk_status st = wkc_check_launch("matmul (half weight, RMSNorm input)");
     if (st) return st;
     x = scr;
+  } else if (x_copy && mb < M) {
+    return half_gemm_blocks(xo, slots, w, trans, y, M, out, in, mb, scr, has_add ? &a : NULL);
   } else if (x_copy) {
     wk_status st = wkc_densify(xo, slots, bf && !gemv_path ? WK_BF16 : WK_F32, scr);  // bf16: rounds to nearest even
     if (st) return st;
