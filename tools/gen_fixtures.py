@@ -11,9 +11,10 @@ Files (each model directory is what save_pretrained writes, plus ref.safetensors
                   (vocab 256, hidden 64, 2 layers, 4 heads, 2 kv heads, intermediate 128,
                   rope_theta 1e4, rms eps 1e-5).
   llama_bf16/     the same weights saved in bf16. Its reference logits come from the
-                  bf16-rounded weights run in f32 with every nn.Linear's input rounded to
-                  bf16 (what wick does: a bf16 weight multiplies bf16-rounded inputs,
-                  accumulating in f32), so the f32 tolerance applies to it as well.
+                  bf16-rounded weights run in f32 with every nn.Linear's input and
+                  attention's q, k, v rounded to bf16 (what wick does: a bf16 weight
+                  multiplies bf16-rounded inputs, accumulating in f32, and a bf16 model
+                  attends in bf16), so the f32 tolerance applies to it as well.
   qwen2/          random-initialized tiny Qwen2ForCausalLM, f32 (vocab 256, hidden 32, 2 layers,
                   4 heads, 2 kv heads, intermediate 64): q/k/v bias, GQA, tied
                   embeddings, rope_theta 1e6, rms eps 1e-6.
@@ -29,6 +30,7 @@ ref.safetensors holds "ids" (i32 [2, 7]) and "logits" (f32 [2, 7, V]).
 Norm weights and biases are randomized too (HF initializes them to 1 and 0), so a
 missing norm weight or bias shows up in the logits.
 """
+import copy
 import json
 import os
 import shutil
@@ -75,6 +77,20 @@ def save_model(model, name, ids, dtype=torch.float32, ref_model=None):
               os.path.join(d, "ref.safetensors"))
 
 
+def bf16_attention():
+    """An attention implementation that rounds q, k and v to bf16, then runs sdpa in f32
+    (what wick does for a bf16 model without a KV cache); returns its registered name."""
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def attend(module, q, k, v, *args, **kw):
+        r = lambda t: t.to(torch.bfloat16).float()
+        return sdpa(module, r(q), r(k), r(v), *args, **kw)
+    AttentionInterface.register("wick_bf16_qkv", attend)
+    return "wick_bf16_qkv"
+
+
 def llama():
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
@@ -84,8 +100,9 @@ def llama():
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=torch.Generator().manual_seed(SEED + 2))
     save_model(m, "llama", ids)
     # bf16 weights; reference = those weights run in f32 on bf16-rounded linear inputs
+    # and bf16-rounded attention inputs q, k, v (after RoPE)
     sd = {k: v.to(torch.bfloat16).float() for k, v in m.state_dict().items()}
-    mr = LlamaForCausalLM(cfg).float().eval()
+    mr = LlamaForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation=bf16_attention()).float().eval()
     mr.load_state_dict(sd)
     for mod in mr.modules():
         if isinstance(mod, torch.nn.Linear):

@@ -124,6 +124,11 @@ wk_tensor *wk_set_slice(wk_tensor *dst, wk_tensor *src, int axis, wk_tensor *sta
 // logits[..., V], targets i32[...]; targets == ignore_index don't count.
 // reduction: 0 = none (per-position losses), 1 = mean over counted, 2 = sum.
 wk_tensor *wk_cross_entropy(wk_tensor *logits, wk_tensor *targets, int ignore_index, int reduction);
+// wk_cross_entropy(wk_matmul_t(x, 0, W, 1), ...) for x [..., H] and W [V, H] (a language
+// model's head), reduction 1 or 2. On CUDA with a bf16 W the logits never exist whole:
+// one op computes them by blocks of rows, in the backward again (one GEMM more, the
+// [..., V] logits and their gradient less). Elsewhere it is that graph.
+wk_tensor *wk_linear_cross_entropy(wk_tensor *x, wk_tensor *W, wk_tensor *targets, int ignore_index, int reduction);
 // Zeroes elements with probability p and scales the rest by 1/(1-p); identity when training == 0.
 wk_tensor *wk_dropout(wk_tensor *a, float p, uint64_t seed, int training);
 // LoRA: x @ W + scale * (x @ A) @ B, recognized and run as one fused kernel.

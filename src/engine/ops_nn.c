@@ -5,6 +5,7 @@
 // norms, embedding, cross-entropy), rope with the angle negated, and attention
 // rebuilt from primitives (matmul, softmax) so that it fuses and plans like any graph.
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "engine.h"
 
@@ -295,6 +296,23 @@ wk_tensor *wk_cross_entropy(wk_tensor *logits, wk_tensor *targets, int ignore_in
   return kernel_node(WK_OP_CROSS_ENTROPY, logits->dtype, targets->ndim, targets->shape, 2, in, &at);
 }
 
+// ---- cross-entropy of a linear head ----
+wk_tensor *wk_linear_cross_entropy(wk_tensor *x, wk_tensor *W, wk_tensor *targets, int ignore_index, int reduction) {
+  const char *op = "linear_cross_entropy";
+  if (!wk_tensor_valid(x, op) || !wk_tensor_valid(W, op) || !wk_tensor_valid(targets, op)) return NULL;
+  static int on = -1;   // WICK_CUDA_LINEAR_CE=0: the unfused graph (benchmarks compare them)
+  if (on < 0) on = !getenv("WICK_CUDA_LINEAR_CE") || atoi(getenv("WICK_CUDA_LINEAR_CE")) != 0;
+  bool fused = on && x->device == WK_CUDA && W->device == WK_CUDA && targets->device == WK_CUDA && x->dtype == WK_F32 &&
+               W->dtype == WK_BF16 && W->ndim == 2 && wk_is_contiguous(W) && x->ndim >= 1 &&
+               x->shape[x->ndim - 1] == W->shape[1] && targets->dtype == WK_I32 && targets->ndim == x->ndim - 1 &&
+               !memcmp(targets->shape, x->shape, sizeof(int64_t) * (size_t)targets->ndim) &&
+               (reduction == 1 || reduction == 2) && wk_numel(x) > 0;
+  if (!fused) return wk_cross_entropy(wk_matmul_t(x, 0, W, 1), targets, ignore_index, reduction);
+  wk_tensor *in[3] = {x, W, targets};
+  wk_attrs at = {.i = {ignore_index, reduction}};
+  return kernel_node(WK_OP_LINEAR_CE, WK_F32, 0, NULL, 3, in, &at);
+}
+
 // ---- VJPs ----
 static wk_status no_second_order(const char *op) {
   return wk_error(WK_ERR_STATE, "%s: second derivatives are not supported", op);
@@ -414,6 +432,23 @@ wk_status wk_vjp_CROSS_ENTROPY(wk_tensor *node, wk_tensor *g, const bool *need, 
     gin[0] = K(kernel_node(WK_OP_CROSS_ENTROPY_BWD, logits->dtype, logits->ndim, logits->shape, 3, in, &node->attrs));
   }
   return WK_OK;
+}
+wk_status wk_vjp_LINEAR_CE(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  wk_tensor *x = IN(0);
+  if (need[1]) {
+    char b[160];
+    return wk_error(WK_ERR_STATE, "linear_cross_entropy: no gradient for the head's weight %s (a frozen bf16 matrix)",
+                    wk_shape_str(IN(1), b, sizeof b));
+  }
+  if (need[0]) {
+    wk_tensor *in[4] = {x, IN(1), IN(2), g};
+    gin[0] = K(kernel_node(WK_OP_LINEAR_CE_BWD, WK_F32, x->ndim, x->shape, 4, in, &node->attrs));
+  }
+  return WK_OK;
+}
+wk_status wk_vjp_LINEAR_CE_BWD(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  (void)node, (void)g, (void)need, (void)gin;
+  return no_second_order("linear_cross_entropy");
 }
 wk_status wk_vjp_CROSS_ENTROPY_BWD(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   (void)node, (void)g, (void)need, (void)gin;

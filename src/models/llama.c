@@ -564,6 +564,15 @@ typedef struct {
   wk_tensor *kv_len;       // rows attention reads: those held plus the new ones
 } cache_step;
 
+// The dtype attention runs in without a cache: a half-precision model's own (f16 or
+// bf16 weights: q, k and v rounded once after RoPE, as transformers runs such a model,
+// and on CUDA the tensor-core kernels instead of f32 CUDA-core ones), else f32. With a
+// cache, attention reads keys and values in the cache's dtype (f32 unless asked).
+static wk_dtype attention_dtype(const wk_llama_layer *L) {
+  wk_dtype dt = wk_tensor_dtype(L->wq);
+  return dt == WK_F16 || dt == WK_BF16 ? dt : WK_F32;
+}
+
 // One transformer block on x [B, T, H] at positions pos + t (no cache) or through a
 // cache (cs non-NULL: the new keys and values are stored, then attention reads the
 // cache: a f16 / bf16 / q8_0 cache rounds the new keys too, so attention sees what is stored).
@@ -586,12 +595,13 @@ static wk_tensor *block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos, const
     v = wk_set_slice(cs->v[l], v, 2, cs->write_pos);
     a = wk_sdpa_kv(q, k, v, mask, cs->kv_len, 1, 0);   // [B, Hq, T, D]
   } else {
-    a = wk_sdpa(q, k, v, mask, 1, 0);
+    wk_dtype ad = attention_dtype(L);
+    a = wk_sdpa(wk_cast(q, ad), wk_cast(k, ad), wk_cast(v, ad), mask, 1, 0);
   }
   // [B, Hq, T, D] -> [B, T, Hq * D]; at T = 1 (decode) the layouts agree: no copy
   a = T == 1 ? wk_reshape(a, 3, (int64_t[]){B, T, Hq * D})
              : wk_reshape(wk_contiguous(wk_transpose(a, 1, 2)), 3, (int64_t[]){B, T, Hq * D});
-  x = wk_add(x, proj(m, l, WK_PROJ_O, a, L->wo, L->bo));
+  x = wk_add(x, proj(m, l, WK_PROJ_O, f32(a), L->wo, L->bo));
   h = wk_rms_norm(x, f32(L->ffn_norm), eps);
   wk_tensor *g = wk_mul(wk_silu(proj(m, l, WK_PROJ_GATE, h, L->w_gate, L->b_gate)),
                         proj(m, l, WK_PROJ_UP, h, L->w_up, L->b_up));
@@ -604,8 +614,10 @@ wk_tensor *wk_llama_block(wk_model *m, int64_t l, wk_tensor *x, int64_t pos) {
   rope_inputs(m, pos + wk_dim(x, 1), &ri);
   return block(m, l, x, pos, NULL, NULL, &ri);
 }
-wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) {
-  return linear(wk_rms_norm(x, f32(m->norm), (float)m->cfg.norm_eps), m->lm_head, NULL);
+static wk_tensor *final_norm(wk_model *m, wk_tensor *x) { return wk_rms_norm(x, f32(m->norm), (float)m->cfg.norm_eps); }
+wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x) { return linear(final_norm(m, x), m->lm_head, NULL); }
+wk_tensor *wk_llama_head_loss(wk_model *m, wk_tensor *x, wk_tensor *targets, int ignore_index) {
+  return wk_linear_cross_entropy(final_norm(m, x), m->lm_head, targets, ignore_index, 1);
 }
 
 // The hidden states [B, T, H] after the last block.

@@ -66,6 +66,9 @@ wk_tensor *wk_llama_rows_gguf(const wk_model *m, wk_proj p, wk_tensor *w);
 wk_tensor *wk_llama_embed(wk_model *m, wk_tensor *ids);                          // [B, T, H] f32
 wk_tensor *wk_llama_block(wk_model *m, int64_t layer, wk_tensor *x, int64_t pos);  // [B, T, H]
 wk_tensor *wk_llama_head(wk_model *m, wk_tensor *x);                            // [B, T, V]
+// The head's cross-entropy loss of hidden x [..., H] against targets [...] (mean over
+// those counted), without the logits in memory where wk_linear_cross_entropy can.
+wk_tensor *wk_llama_head_loss(wk_model *m, wk_tensor *x, wk_tensor *targets, int ignore_index);
 // The hidden states [B, T, H] of ids (on the model's device) after the last block, at
 // positions 0..T-1: wk_model_forward without the head.
 wk_tensor *wk_llama_hidden(wk_model *m, wk_tensor *ids);

@@ -47,11 +47,14 @@ static counted_rows select_counted(wk_tensor *labels, wk_device dev) {
   return c;
 }
 
-// logits [1, n, V] of the counted rows of hidden x [B, T', H], or of every row.
-static wk_tensor *head_logits(wk_model *m, wk_tensor *x, const counted_rows *c) {
-  if (!c->rows) return wk_llama_head(m, x);
-  int64_t H = wk_dim(x, 2), flat[2] = {wk_dim(x, 0) * wk_dim(x, 1), H}, one[3] = {1, wk_dim(c->rows, 0), H};
-  return wk_llama_head(m, wk_reshape(wk_embedding(wk_reshape(x, 2, flat), c->rows), 3, one));
+// The mean loss of the counted rows of hidden x [B, T', H] (or of every row) against
+// their targets.
+static wk_tensor *head_loss(wk_model *m, wk_tensor *x, const counted_rows *c, wk_tensor *targets) {
+  if (c->rows) {
+    int64_t H = wk_dim(x, 2), flat[2] = {wk_dim(x, 0) * wk_dim(x, 1), H}, one[3] = {1, wk_dim(c->rows, 0), H};
+    x = wk_reshape(wk_embedding(wk_reshape(x, 2, flat), c->rows), 3, one);
+  }
+  return wk_llama_head_loss(m, x, targets, WK_IGNORE_INDEX);
 }
 
 static bool check_loss_args(const char *op, wk_tensor *ids, wk_tensor *labels) {
@@ -76,7 +79,7 @@ wk_tensor *wk_causal_lm_loss(wk_model *m, wk_tensor *ids, wk_tensor *labels) {
   // the last position predicts nothing, so it is left out of the forward pass
   wk_tensor *in = wk_slice(ids, 1, 0, T - 1, 1);
   wk_tensor *targets = c.rows ? c.targets : wk_contiguous(wk_slice(labels, 1, 1, T, 1));
-  wk_tensor *loss = wk_keep(wk_cross_entropy(head_logits(m, wk_llama_hidden(m, in), &c), targets, WK_IGNORE_INDEX, 1));
+  wk_tensor *loss = wk_keep(head_loss(m, wk_llama_hidden(m, in), &c, targets));
   wk_scope_end();
   return loss ? wk_node_finish(loss) : NULL;
 }
@@ -119,7 +122,7 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
   if (!s) {
     wk_set_trainable(xs[L], 1);
     wk_scope_begin();
-    wk_tensor *l = wk_cross_entropy(head_logits(m, xs[L], &c), tg, WK_IGNORE_INDEX, 1);
+    wk_tensor *l = head_loss(m, xs[L], &c, tg);
     s = wk_value_and_grad(l, 1, &xs[L], &g, loss);
     wk_keep(g);
     wk_scope_end();

@@ -18,8 +18,9 @@
 //  - sibling products of one x (q, k, v; gate and up): one group step (halfmm.cu's
 //    grouped GEMV launch at M = 1, member by member otherwise), bit-identical to each
 //    product alone;
+//  - a dense x too wide for one scratch copy, multiplied in blocks of rows;
 //  - the tiny Qwen2 saved in bf16 (q/k/v biases, bf16 norm weights read by the norm
-//    kernels directly): logits of a 6-token forward within 2e-3 of the CPU's, and 16
+//    kernels directly): logits of a 6-token forward within 2e-2 of the CPU's, and 16
 //    greedy tokens through a bf16 cache equal to the CPU's.
 // Skipped (77) without a GPU.
 #define _POSIX_C_SOURCE 200809L
@@ -256,7 +257,10 @@ static void test_model(void) {
     wk_model_free(m);
   }
   float d = max_abs_diff(lg[0], lg[1], 6 * V);
-  CHECK(lg[0] && lg[1] && d < 2e-3f, "qwen2 bf16: forward logits cuda vs cpu differ by %g", (double)d);
+  // a bf16 model attends in bf16 (llama.c): on CUDA the tensor-core kernel rounds P to
+  // bf16 where the CPU keeps f32, which moves the bf16 rounding of some o_proj inputs by
+  // an ulp; the devices agree to bf16's precision (measured 1.0e-2; 2e-3 with f32 attention)
+  CHECK(lg[0] && lg[1] && d < 2e-2f, "qwen2 bf16: forward logits cuda vs cpu differ by %g", (double)d);
   CHECK(go[0].n == 16 && go[1].n == 16 && !memcmp(go[0].ids, go[1].ids, sizeof go[0].ids),
         "qwen2 bf16: 16 greedy tokens through a bf16 cache, cuda = cpu (%d, %d tokens)", go[0].n, go[1].n);
   free(lg[0]), free(lg[1]);
@@ -266,12 +270,50 @@ static void test_model(void) {
   rmdir(dir);
 }
 
+// A dense x whose bf16 copy would pass the GEMM path's scratch block (halfmm.cu's
+// XBLOCK_BYTES, 64 MB) is rounded and multiplied in blocks of rows: x [160, 262144]
+// (84 MB in bf16: a block of 128 rows, then 32) times a bf16 W^T [8, 262144] and W
+// [262144, 8] (the backward's product with a vocabulary-wide gradient), plus a
+// residual. Within 1e-4 of sum |x w| + |r| of the CPU's: both round x to bf16 the
+// same way, so products are exact and only the order of 262144-term sums differs.
+static void test_row_blocks(void) {
+  const int64_t M = 160, K = 262144, N = 8;
+  wk_scope_begin();
+  wk_tensor *x = realized(wk_randn(2, (int64_t[]){M, K}, WK_F32, 41)), *r = realized(wk_randn(2, (int64_t[]){M, N}, WK_F32, 53));
+  wk_tensor *w[2] = {realized(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){K, N}, WK_F32, 47), 0.1f), WK_BF16)),
+                     realized(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){N, K}, WK_F32, 43), 0.1f), WK_BF16))};
+  wk_tensor *dx = on(x, WK_CUDA), *dr = on(r, WK_CUDA);
+  float *xv = read_all(x), *rv = read_all(r);
+  for (int t = 0; t < 2; t++) {   // t = 0: x @ W, t = 1: x @ W^T
+    wk_tensor *dw = on(w[t], WK_CUDA);
+    float *vc = read_all(wk_add(r, wk_qmatmul(x, w[t], t))), *vg = dx && dw ? read_all(wk_add(dr, wk_qmatmul(dx, dw, t))) : NULL;
+    float *wv = read_all(wk_cast(w[t], WK_F32));
+    double e = vc && vg && wv && xv && rv ? 0 : INFINITY;
+    for (int64_t i = 0; e < INFINITY && i < M; i++)
+      for (int64_t j = 0; j < N; j++) {
+        double sc = 1e-30 + fabs((double)rv[i * N + j]);
+        for (int64_t k = 0; k < K; k++) sc += fabs((double)xv[i * K + k] * wv[t ? j * K + k : k * N + j]);
+        double q = fabs((double)vg[i * N + j] - vc[i * N + j]) / sc;
+        if (q > e || q != q) e = q;
+      }
+    CHECK(e < 1e-4, "x [%lld, %lld] @ W%s in row blocks: cuda vs cpu %g", (long long)M, (long long)K, t ? "^T" : "", e);
+    printf("x [%lld, %lld] @ W%s in row blocks: cuda vs cpu %.2g of sum |x w| + |r|\n", (long long)M, (long long)K,
+           t ? "^T" : "", e);
+    free(vc), free(vg), free(wv);
+    wk_tensor_free(dw);
+  }
+  free(xv), free(rv);
+  wk_tensor_free(dx), wk_tensor_free(dr);
+  wk_scope_end();
+}
+
 int main(void) {
   // every fusion this file checks on, whatever the defaults (read at the first compile)
   setenv("WICK_CUDA_QEPI", "1", 1), setenv("WICK_CUDA_QSWIGLU", "1", 1), setenv("WICK_CUDA_NORMW", "1", 1);
   setenv("WICK_CUDA_QGROUP", "1", 1);
   SKIP_WITHOUT_CUDA();
   test_ops();
+  test_row_blocks();
   const wk_dtype dts[] = {WK_BF16, WK_F16};
   for (int t = 0; t < 2; t++) test_siblings(dts[t], 1), test_siblings(dts[t], 3);
   test_model();

@@ -10,6 +10,9 @@
 #include "check.h"
 #include "fixtures.h"
 #include "backend/cuda/cuda_backend.h"
+#include "engine/engine.h"
+#include "engine/plan.h"
+#include "wick/ops.h"
 
 static float rel(wk_tensor *a, wk_tensor *b) {
   float *x = read_all(a), *y = read_all(b), scale = 1e-6f;
@@ -179,8 +182,131 @@ static void generation_matches(void) {
   CHECK(!memcmp(got[0].ids, got[1].ids, sizeof got[0].ids), "the GPU generates the CPU's tokens");
 }
 
+// A bf16 model attends in bf16 without a cache (llama.c), which on CUDA is the
+// tensor-core attention, forward and backward: the tiny Llama in bf16 against its
+// fixture (q, k, v rounded, the rest f32), and a LoRA adapter's gradients against the
+// CPU's. The tensor-core kernels also round P (and dS in the backward) to bf16 before
+// the products with V (and K, Q), where the CPU keeps f32; that moves the bf16
+// rounding of some inputs of the next projection by an ulp (2^-8 relative), so the
+// devices agree to bf16's precision, not f32's: 2e-2 on logits of max 2.4 (measured
+// 1.1e-2), 5e-2 relative on gradients.
+static void bf16_model(void) {
+  wk_model *mc = wk_model_load(fixture_in("models", "llama_bf16")), *mg = wk_model_load(fixture_in("models", "llama_bf16"));
+  bool ok = mc && mg && wk_model_to_device(mg, WK_CUDA) == WK_OK;
+  CHECK(ok, "llama_bf16 on the CPU and on CUDA [%s]", wk_last_error());
+  wk_st_file *ref = ok ? wk_st_open(fixture_in("models", "llama_bf16/ref.safetensors")) : NULL;
+  wk_tensor *ids = ref ? wk_st_get(ref, "ids") : NULL, *want = ref ? wk_st_get(ref, "logits") : NULL;
+  wk_tensor *gids = ids ? wk_keep(wk_to_device(ids, WK_CUDA)) : NULL;
+  if (!gids || !want) { CHECK(0, "llama_bf16 reference"); goto out; }
+  wk_scope_begin();
+  float *a = read_all(wk_to_device(wk_model_forward(mg, gids, 0), WK_CPU)), *b = read_all(want);
+  float d = a && b ? max_abs_diff(a, b, wk_numel(want)) : NAN;
+  CHECK(d <= 2e-2f, "bf16 model on CUDA: logits differ from the reference by %g", (double)d);
+  free(a);
+  free(b);
+  wk_scope_end();
+  // an adapter with random A and B (B is 0 at init, which would make A's gradient 0),
+  // saved from the CPU and loaded onto the GPU model
+  wk_lora_config cfg = wk_lora_defaults();
+  wk_adapter *ac = wk_adapter_new(mc, &cfg), *ag = NULL;
+  int n = ac ? wk_adapter_params(ac, NULL) : 0;
+  wk_tensor *pc[64], *pg[64], *gc[64], *gg[64];
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s/wick_bf16_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  if (n > 0 && n <= 64 && mkdtemp(dir)) {
+    wk_adapter_params(ac, pc);
+    for (int i = 0; i < n; i++) {
+      float *r = test_randv(wk_numel(pc[i]), 100 + (uint64_t)i);
+      for (int64_t j = 0; j < wk_numel(pc[i]); j++) r[j] *= 0.1f;
+      wk_tensor *t = wk_from_data(wk_ndim(pc[i]), wk_shape(pc[i]), WK_F32, r);
+      CHECK(wk_tensor_assign(pc[i], t) == WK_OK, "adapter values [%s]", wk_last_error());
+      wk_tensor_free(t);
+      free(r);
+    }
+    if (wk_adapter_save(ac, dir, "llama_bf16") == WK_OK) ag = wk_adapter_load(mg, dir);
+    for (int f = 0; f < 2; f++) {
+      char path[320];
+      snprintf(path, sizeof path, "%s/%s", dir, f ? "adapter_model.safetensors" : "adapter_config.json");
+      unlink(path);
+    }
+    rmdir(dir);
+  }
+  ok = ag && wk_adapter_params(ag, NULL) == n && wk_model_use_adapter(mc, ac) == WK_OK &&
+       wk_model_use_adapter(mg, ag) == WK_OK;
+  CHECK(ok, "adapters on the bf16 model [%s]", wk_last_error());
+  if (ok) {
+    wk_adapter_params(ag, pg);
+    wk_scope_begin();
+    float lc = NAN, lg = NAN;
+    CHECK(wk_value_and_grad(wk_causal_lm_loss(mc, ids, ids), n, pc, gc, &lc) == WK_OK, "bf16 model: CPU gradients");
+    CHECK(wk_value_and_grad(wk_causal_lm_loss(mg, gids, gids), n, pg, gg, &lg) == WK_OK, "bf16 model: CUDA gradients [%s]",
+          wk_last_error());
+    float worst = 0;
+    for (int i = 0; i < n; i++) worst = fmaxf(worst, rel(gg[i], gc[i]));
+    CHECK(fabsf(lg - lc) <= 1e-3f * fabsf(lc), "bf16 model: loss on CUDA %.6f, CPU %.6f", (double)lg, (double)lc);
+    CHECK(worst <= 5e-2f, "bf16 model: CUDA gradients vs CPU: %g relative", (double)worst);
+    printf("bf16 model: logits within %.2g of the reference, loss %.6f (CPU %.6f), gradients within %.2g\n", (double)d,
+           (double)lg, (double)lc, (double)worst);
+    wk_scope_end();
+    wk_model_use_adapter(mc, NULL);
+    wk_model_use_adapter(mg, NULL);
+  }
+  wk_adapter_free(ac);
+  wk_adapter_free(ag);
+out:
+  wk_tensor_free(gids);
+  wk_tensor_free(ids);
+  wk_tensor_free(want);
+  wk_st_close(ref);
+  wk_model_free(mc);
+  wk_model_free(mg);
+}
+
+// The head's loss by blocks of rows (wk_linear_cross_entropy, nn.cu's wkc_linear_ce):
+// x [3, 100, 64] f32 (300 rows, some targets ignored) and a bf16 W [70000, 64] (blocks
+// of 192 rows and 108): the loss and dx against the CPU's cross_entropy(x @ W^T), mean
+// and sum. Both round x and dlogits to bf16 before their products, so the losses agree
+// to f32 summation order (1e-5) and dx to an ulp of bf16 on some dlogits (2e-3 of max |dx|).
+static void head_loss_blocks(void) {
+  const int64_t N0 = 3, N1 = 100, H = 64, V = 70000;
+  wk_scope_begin();
+  wk_tensor *x = wk_keep(wk_randn(3, (int64_t[]){N0, N1, H}, WK_F32, 61));
+  wk_tensor *w = wk_keep(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){V, H}, WK_F32, 62), 0.2f), WK_BF16));
+  int32_t *tv = malloc(sizeof(int32_t) * (size_t)(N0 * N1));
+  for (int64_t i = 0; tv && i < N0 * N1; i++) tv[i] = i % 7 == 3 ? -100 : (int32_t)((i * 7919) % V);
+  wk_tensor *t = wk_keep(wk_from_data(2, (int64_t[]){N0, N1}, WK_I32, tv));
+  free(tv);
+  wk_eval(1, &w);
+  wk_tensor *xg = wk_keep(wk_to_device(x, WK_CUDA)), *wg = wk_keep(wk_to_device(w, WK_CUDA)), *tg = wk_keep(wk_to_device(t, WK_CUDA));
+  wk_set_trainable(x, 1);
+  wk_set_trainable(xg, 1);
+  for (int red = 1; red <= 2; red++) {
+    wk_tensor *dc = NULL, *dg = NULL;
+    float lc = NAN, lg = NAN;
+    CHECK(wk_value_and_grad(wk_cross_entropy(wk_matmul_t(x, 0, w, 1), t, -100, red), 1, &x, &dc, &lc) == WK_OK,
+          "CPU head loss [%s]", wk_last_error());
+    CHECK(wk_value_and_grad(wk_linear_cross_entropy(xg, wg, tg, -100, red), 1, &xg, &dg, NULL) == WK_OK &&
+              wk_eval(1, &dg) == WK_OK, "CUDA head loss by blocks [%s]", wk_last_error());
+    const wk_plan *p = wk_last_plan();
+    bool fused = false;
+    for (int k = 0; p && k < p->nsteps; k++) fused |= p->steps[k].op == WK_OP_LINEAR_CE_BWD;
+    lg = wk_item(wk_linear_cross_entropy(xg, wg, tg, -100, red));
+    CHECK(fused, "reduction %d: the backward is one LINEAR_CE_BWD step", red);
+    float e = dc && dg ? rel(dg, dc) : NAN;
+    CHECK(fabsf(lg - lc) <= 1e-5f * fabsf(lc), "reduction %d: loss by blocks %.7f, CPU %.7f", red, (double)lg, (double)lc);
+    CHECK(e <= 2e-3f, "reduction %d: dx by blocks vs CPU: %g of max |dx|", red, (double)e);
+    printf("head loss by blocks, reduction %d: loss %.7f (CPU %.7f), dx within %.2g\n", red, (double)lg, (double)lc, (double)e);
+  }
+  wk_set_trainable(x, 0);
+  wk_set_trainable(xg, 0);
+  wk_tensor_free(x), wk_tensor_free(w), wk_tensor_free(t), wk_tensor_free(xg), wk_tensor_free(wg), wk_tensor_free(tg);
+  wk_scope_end();
+}
+
 int main(void) {
   SKIP_WITHOUT_CUDA();
+  head_loss_blocks();
+  bf16_model();
   grads_match();
   trainer_matches();
   generation_matches();

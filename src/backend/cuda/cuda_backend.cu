@@ -655,6 +655,8 @@ wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
     case WK_OP_SDPA_BWD: return wkc_sdpa_bwd(s, slots);
     case WK_OP_CROSS_ENTROPY: return wkc_cross_entropy(s, slots, false);
     case WK_OP_CROSS_ENTROPY_BWD: return wkc_cross_entropy(s, slots, true);
+    case WK_OP_LINEAR_CE: return wkc_linear_ce(s, slots, false);
+    case WK_OP_LINEAR_CE_BWD: return wkc_linear_ce(s, slots, true);
     case WK_OP_TRANSFER: return transfer(s, slots);
     case WK_OP_QMATMUL: return wkc_qmatmul(s, slots);
     case WK_OP_DEQUANTIZE: return wkc_dequantize(s, slots);

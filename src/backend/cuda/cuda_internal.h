@@ -230,6 +230,7 @@ wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw
                         const float *b, int64_t ldb, float *out, int64_t M, int64_t K, int64_t N, int64_t r,
                         float scale);
 wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd);
+wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd);
 // Block-quantized operands (qmatmul.cu): matmul with W in blocks, dequantize, and
 // embedding from a quantized table.
 bool wkc_quant_supported(wk_dtype dt);

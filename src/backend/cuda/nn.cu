@@ -960,3 +960,99 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
   wkc_tmp_free(t2);
   return st;
 }
+
+// ---- cross-entropy of x W^T by blocks of rows (LINEAR_CE, LINEAR_CE_BWD) ----
+// A vocabulary-wide head's logits ([N, V] f32: 2.5 GB for Qwen2.5-0.5B at batch 8 x
+// 512) and their gradient never exist whole. R rows at a time: x's rows rounded to bf16
+// (as the half-weight matmul rounds its input), times W^T into a block of logits (64 MB
+// or less), and the cross-entropy kernels above on that block. The backward computes
+// the block again, turns it into dlogits in place, rounds it to bf16 (the half-weight
+// matmul's dx = dy W would too) and multiplies by W into dx's rows. One GEMM more than
+// cross_entropy(x @ W^T) with its gradient, whose values this gives (same roundings).
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
+  const char *name = bwd ? "linear_cross_entropy (backward)" : "linear_cross_entropy";
+  const wk_operand *xo = &s->in[0], *wo = &s->in[1], *to = &s->in[2];
+  if (wo->dtype != WK_BF16 || wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 || to->dtype != WK_I32 ||
+      !wkc_is_dense(to) || (bwd && (s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))))
+    return wk_error(WK_ERR_STATE, "%s: expected f32 x, a dense bf16 W [V, H], dense i32 targets and a dense f32 dx", name);
+  const int64_t V = wo->shape[0], H = wo->shape[1], N = wkc_numel(to);
+  if (N == 0 || wkc_numel(xo) != N * H) return wk_error(WK_ERR_STATE, "%s: x is not [N, %lld] for %lld targets", name, (long long)H, (long long)N);
+  const size_t block_bytes = (size_t)64 << 20;
+  int64_t R = (int64_t)(block_bytes / ((size_t)V * 4)) / 64 * 64;
+  if (R < 64) R = 64;
+  if (R > N) R = N;
+  // scratch: [logits block f32 R x V][its bf16 copy R x V (backward)][x's rows in bf16 R x H]
+  //          [per-row losses and flags N (forward) | the count of counted targets (backward)][x dense f32 (strided x)]
+  const size_t lb = align_up((size_t)(R * V) * 4, 256), db = bwd ? align_up((size_t)(R * V) * 2, 256) : 0, xb = align_up((size_t)(R * H) * 2, 256);
+  const size_t rb = align_up(bwd ? sizeof(int) : (size_t)N * 8, 256), dxb = wkc_is_dense(xo) ? 0 : (size_t)(N * H) * 4;
+  char *scr = (char *)wkc_tmp_alloc(lb + db + xb + rb + dxb);
+  if (!scr)
+    return wk_error(WK_ERR_OOM, "%s: out of device memory for %zu bytes of scratch (blocks of %lld rows of %lld logits)",
+                    name, lb + db + xb + rb + dxb, (long long)R, (long long)V);
+  char *logits = scr, *dl = scr + lb, *xr = dl + db, *rows = xr + xb, *xd = rows + rb;
+  const char *w = (const char *)slots[wo->slot] + wo->offset * 2;
+  void *const *xslots = slots;
+  void *dslot[1] = {xd};
+  wk_operand x2 = {xo->slot, WK_F32, 2, {N, H}, {H, 1}, xo->offset};
+  wk_status st = WK_OK;
+  if (dxb) {   // a strided x: made dense once (N x H f32, small beside the logits)
+    st = wkc_densify(xo, slots, WK_F32, xd);
+    x2.slot = 0, x2.offset = 0, xslots = dslot;
+  }
+  CeArgs a;
+  memset(&a, 0, sizeof a);
+  a.V = V;
+  a.ignore = (int32_t)s->attrs.i[0];
+  a.red = (int32_t)s->attrs.i[1];
+  a.err = wkc_dev_err();
+  wkc_arm_dev_err();
+  const int threads = threads_for(V);
+  if (!st && bwd) {
+    a.g = wkc_dop(&s->in[3], slots);
+    a.tg = wkc_dop(to, slots);
+    a.N = N;
+    a.valid = (int *)rows;
+    if (a.red == 1) k_ce_count<<<1, 256, 0, wkc_stream()>>>(a);
+  }
+  float *loss = (float *)rows;
+  int *valid = (int *)(rows + (size_t)N * 4);
+  void *lslot[1] = {logits};
+  for (int64_t r0 = 0; !st && r0 < N; r0 += R) {
+    const int64_t m = N - r0 < R ? N - r0 : R;
+    wk_operand xv = x2, tv = *to, lv = {0, WK_F32, 2, {m, V}, {V, 1}, 0};
+    xv.shape[0] = m, xv.offset += r0 * H;
+    tv.ndim = 1, tv.shape[0] = m, tv.stride[0] = 1, tv.offset += r0;
+    if (!(st = wkc_densify(&xv, xslots, WK_BF16, xr)))
+      st = wkc_gemm(wkc_mat{xr, 0, H}, wkc_mat{w, 1, H}, WK_BF16, logits, m, V, H, "linear_cross_entropy (logits, cublasGemmEx)");
+    if (st) break;
+    a.x = wkc_dop(&lv, lslot);
+    a.tg = wkc_dop(&tv, slots);
+    a.N = m;
+    if (!bwd) {
+      a.loss = loss + r0;
+      a.valid = valid + r0;
+      k_ce_rows<<<capped(m, 1 << 30), threads, 0, wkc_stream()>>>(a);
+      st = wkc_check_launch(name);
+      continue;
+    }
+    a.out = logits;   // dlogits over the logits, row by row (k_ce_bwd reads a row whole first)
+    a.out_dtype = WK_F32;
+    k_ce_bwd<<<capped(m, 1 << 30), threads, 0, wkc_stream()>>>(a);
+    if (!(st = wkc_check_launch(name)) && !(st = wkc_densify(&lv, lslot, WK_BF16, dl)))
+      st = wkc_gemm(wkc_mat{dl, 0, V}, wkc_mat{w, 0, H}, WK_BF16, out_ptr(&s->out, slots) + (size_t)(r0 * H) * 4, m, H, V,
+                    "linear_cross_entropy (dx, cublasGemmEx)");
+  }
+  if (!st && !bwd) {   // the mean or sum over every row, in a fixed order
+    a.N = N;
+    a.loss = loss;
+    a.valid = valid;
+    a.out = out_ptr(&s->out, slots);
+    a.out_dtype = s->out.dtype;
+    k_ce_final<<<1, 256, 0, wkc_stream()>>>(a);
+    st = wkc_check_launch(name);
+  }
+  wkc_tmp_free(scr);
+  return st;
+}
