@@ -451,24 +451,30 @@ struct RopeArgs {
   char *out;
   int32_t out_dtype, inter;
   int64_t rows, D, T, offset;
+  int64_t rpt;          // rows a thread rotates with one (cos, sin): rows t apart share them
   const int32_t *pos;   // run-time position added to offset, or NULL
   const float *inv;     // given inverse frequencies (scaled RoPE), or NULL: theta's
   float theta, sign, scale;
 };
 
 // blocks [0, nb) of the launch work on a (a group gives each member a range of blocks)
+// Element pair i of position t: its angle's cos and sin (in double: the CPU's table)
+// are computed once for the rpt rows of one group of (batch, head) rows at that t.
 __device__ __forceinline__ void rope_body(const RopeArgs &a, int64_t bx, int64_t nb) {
-  int64_t h = a.D / 2, n = a.rows * h, offset = a.offset + (a.pos ? *a.pos : 0);
+  const int64_t h = a.D / 2, bh = a.rows / a.T, groups = (bh + a.rpt - 1) / a.rpt, n = groups * a.T * h;
+  const int64_t offset = a.offset + (a.pos ? *a.pos : 0), l = last_stride(a.x);
   for (int64_t e = bx * blockDim.x + threadIdx.x; e < n; e += nb * blockDim.x) {
-    int64_t r = e / h, i = e % h, t = r % a.T;
-    float inv = a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
-    float ang = (float)(offset + t) * inv;
-    float co = (float)cos((double)ang) * a.scale, sn = a.sign * ((float)sin((double)ang) * a.scale);
-    int64_t i0 = a.inter ? 2 * i : i, i1 = a.inter ? 2 * i + 1 : i + h;
-    int64_t ro = row_off(a.x, r), l = last_stride(a.x);
-    float x0 = ldv(a.x.p, a.x.dtype, ro + i0 * l), x1 = ldv(a.x.p, a.x.dtype, ro + i1 * l);
-    stv(a.out, a.out_dtype, r * a.D + i0, x0 * co - x1 * sn);
-    stv(a.out, a.out_dtype, r * a.D + i1, x1 * co + x0 * sn);
+    const int64_t i = e % h, t = (e / h) % a.T, g0 = e / (h * a.T) * a.rpt;
+    const float inv = a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
+    const float ang = (float)(offset + t) * inv;
+    const float co = (float)cos((double)ang) * a.scale, sn = a.sign * ((float)sin((double)ang) * a.scale);
+    const int64_t i0 = a.inter ? 2 * i : i, i1 = a.inter ? 2 * i + 1 : i + h, g1 = g0 + a.rpt < bh ? g0 + a.rpt : bh;
+    for (int64_t g = g0; g < g1; g++) {
+      const int64_t r = g * a.T + t, ro = row_off(a.x, r);
+      const float x0 = ldv(a.x.p, a.x.dtype, ro + i0 * l), x1 = ldv(a.x.p, a.x.dtype, ro + i1 * l);
+      stv(a.out, a.out_dtype, r * a.D + i0, x0 * co - x1 * sn);
+      stv(a.out, a.out_dtype, r * a.D + i1, x1 * co + x0 * sn);
+    }
   }
 }
 __global__ void k_rope(const __grid_constant__ RopeArgs a) {
@@ -515,9 +521,18 @@ static wk_status rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   if (freqs && (fq->dtype != WK_F32 || (fq->stride[0] != 1 && fq->shape[0] > 1)))
     return wk_error(WK_ERR_STATE, "rope: inv_freq must be a dense f32 vector on CUDA");
   a.inter = s->attrs.i[1] != 0;
+  // rows a thread: enough work items left for ~128K threads. A training step's q
+  // ([8, 14, 511, 64]) shares each angle over 112 rows: 14 a thread cuts the double
+  // trig (which bound the kernel at 60 us on an H200) 14-fold; decode keeps 1.
+  const int64_t pairs = a.rows * (a.D / 2), bh = a.T ? a.rows / a.T : 0;
+  a.rpt = pairs / 131072 < 1 ? 1 : pairs / 131072 > 16 ? 16 : pairs / 131072;
+  if (a.rpt > bh) a.rpt = bh > 0 ? bh : 1;
   return WK_OK;
 }
-static int64_t rope_blocks(const RopeArgs &a) { return capped((a.rows * (a.D / 2) + 255) / 256, (int64_t)wkc_num_sms() * 32); }
+static int64_t rope_blocks(const RopeArgs &a) {
+  const int64_t bh = a.rows / a.T, items = (bh + a.rpt - 1) / a.rpt * a.T * (a.D / 2);
+  return capped((items + 255) / 256, (int64_t)wkc_num_sms() * 32);
+}
 
 wk_status wkc_rope(const wk_step *s, void *const *slots) {
   RopeArgs a;
@@ -826,6 +841,21 @@ struct CeArgs {
   DevErr *err;
 };
 
+// A row's max m and sum of exp(x - m) in one pass over it: each thread keeps a running
+// max and rescales its sum when the max grows, then the block combines them (-inf
+// entries add nothing; a NaN makes the sum NaN).
+__device__ __forceinline__ float2 ce_row_stats(const CeArgs &a, int64_t xo, int64_t xl, float *red) {
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) {
+    const float v = ldv(a.x.p, a.x.dtype, xo + j * xl);
+    if (v > m) { s = s * expf(m - v) + 1.0f; m = v; }
+    else if (v != -INFINITY) s += expf(v - m);
+  }
+  const float bm = block_max(m, red);
+  s = s == 0.0f ? 0.0f : s * expf(m - bm);
+  return make_float2(bm, block_sum(s, red));
+}
+
 __global__ void __launch_bounds__(1024) k_ce_rows(const __grid_constant__ CeArgs a) {
   __shared__ float red[32];
   for (int64_t r = blockIdx.x; r < a.N; r += gridDim.x) {
@@ -834,14 +864,9 @@ __global__ void __launch_bounds__(1024) k_ce_rows(const __grid_constant__ CeArgs
     bool ok = t != a.ignore && t >= 0 && t < a.V;
     if (t != a.ignore && !ok && threadIdx.x == 0) dev_error(a.err, WKC_ERR_CE_TARGET, t, r, a.V);
     if (ok) {
-      int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
-      float m = -INFINITY;
-      for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) { float v = ldv(a.x.p, a.x.dtype, xo + j * xl); m = v > m ? v : m; }
-      m = block_max(m, red);
-      float sum = 0;
-      for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) sum += expf(ldv(a.x.p, a.x.dtype, xo + j * xl) - m);
-      sum = block_sum(sum, red);
-      loss = m + logf(sum) - ldv(a.x.p, a.x.dtype, xo + t * xl);
+      const int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
+      const float2 ms = ce_row_stats(a, xo, xl, red);
+      loss = ms.x + logf(ms.y) - ldv(a.x.p, a.x.dtype, xo + t * xl);
     }
     if (threadIdx.x == 0) {
       if (a.red == 0) stv(a.out, a.out_dtype, r, loss);
@@ -903,13 +928,9 @@ __global__ void __launch_bounds__(1024) k_ce_bwd(const __grid_constant__ CeArgs 
       g = ldv(a.g.p, a.g.dtype, 0);
       if (a.red == 1) g = *a.valid ? g / (float)*a.valid : NAN;
     }
-    int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
-    float m = -INFINITY;
-    for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) { float v = ldv(a.x.p, a.x.dtype, xo + j * xl); m = v > m ? v : m; }
-    m = block_max(m, red);
-    float sum = 0;
-    for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) sum += expf(ldv(a.x.p, a.x.dtype, xo + j * xl) - m);
-    float k = g / block_sum(sum, red);
+    const int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
+    const float2 ms = ce_row_stats(a, xo, xl, red);
+    const float m = ms.x, k = g / ms.y;
     for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) {
       float y = expf(ldv(a.x.p, a.x.dtype, xo + j * xl) - m) * k;
       if (j == t) y -= g;
@@ -964,8 +985,8 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
 // ---- cross-entropy of x W^T by blocks of rows (LINEAR_CE, LINEAR_CE_BWD) ----
 // A vocabulary-wide head's logits ([N, V] f32: 2.5 GB for Qwen2.5-0.5B at batch 8 x
 // 512) and their gradient never exist whole. R rows at a time: x's rows rounded to bf16
-// (as the half-weight matmul rounds its input), times W^T into a block of logits (64 MB
-// or less), and the cross-entropy kernels above on that block. The backward computes
+// (as the half-weight matmul rounds its input), times W^T into a block of logits, and
+// the cross-entropy kernels above on that block. The backward computes
 // the block again, turns it into dlogits in place, rounds it to bf16 (the half-weight
 // matmul's dx = dy W would too) and multiplies by W into dx's rows. One GEMM more than
 // cross_entropy(x @ W^T) with its gradient, whose values this gives (same roundings).
@@ -979,9 +1000,11 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
     return wk_error(WK_ERR_STATE, "%s: expected f32 x, a dense bf16 W [V, H], dense i32 targets and a dense f32 dx", name);
   const int64_t V = wo->shape[0], H = wo->shape[1], N = wkc_numel(to);
   if (N == 0 || wkc_numel(xo) != N * H) return wk_error(WK_ERR_STATE, "%s: x is not [N, %lld] for %lld targets", name, (long long)H, (long long)N);
-  const size_t block_bytes = (size_t)64 << 20;
-  int64_t R = (int64_t)(block_bytes / ((size_t)V * 4)) / 64 * 64;
-  if (R < 64) R = 64;
+  // 256 rows a block (fewer rows left the CE kernels, one CTA a row, a wave short of
+  // the SMs, and the GEMMs at half rate: 64 rows made the step 30% slower), fewer for a
+  // vocabulary past 256K (the block's f32 logits stay under 256 MB)
+  int64_t R = (int64_t)(((size_t)256 << 20) / ((size_t)V * 4)) / 64 * 64;
+  R = R > 256 ? 256 : R < 64 ? 64 : R;
   if (R > N) R = N;
   // scratch: [logits block f32 R x V][its bf16 copy R x V (backward)][x's rows in bf16 R x H]
   //          [per-row losses and flags N (forward) | the count of counted targets (backward)][x dense f32 (strided x)]
