@@ -2,7 +2,7 @@
 """A Qwen2.5-0.5B-shaped model on CUDA in bf16: wick beside transformers (and peft) on the same card.
 
     python3 bench/compare/qwen_cuda.py decode [--tokens 128] [--runs 3] [--build build] [--variant NAME:VAR=VAL,...]
-    python3 bench/compare/qwen_cuda.py train [--steps 10] [--batch 8] [--seq 512] [--build build]
+    python3 bench/compare/qwen_cuda.py train [--steps 10] [--batch 8] [--seq 512] [--build build] [--targets all-linear --rank 16]
     python3 bench/compare/qwen_cuda.py profile [--build build]    # WICK_PROFILE=1 decode, time per step kind
 
 The model (hidden 896, 24 layers, 14 heads, 2 KV heads, head dim 64, intermediate
@@ -20,7 +20,7 @@ prompt's forward pass). The bandwidth bound is the bytes one decode token reads
 context length) over the device-to-device copy bandwidth torch measures here
 (bytes read + written per second).
 
-train: LoRA r=8 alpha 16 on q_proj,v_proj, dropout 0, AdamW lr 1e-4, no clipping,
+train: LoRA r=8 alpha 16 on q_proj,v_proj (or --targets / --rank, alpha twice the rank), dropout 0, AdamW lr 1e-4, no clipping,
 the bf16 base frozen with f32 adapters, batch x seq random tokens (every label
 counted). wick: `wick train -d cuda`, steps after the first from metrics.csv;
 peak GPU memory from nvidia-smi sampled while it runs. peft: torch bf16 model with
@@ -234,8 +234,8 @@ def train(d, a):
             f.write(json.dumps({"input_ids": ids}) + "\n")
     out = os.path.join(d, "adapter")
     cmd = [os.path.join(ROOT, a.build, "wick"), "train", "-m", d, "--data", data, "-o", out, "--overwrite", "--steps",
-           str(a.steps), "--batch", str(a.batch), "--seq-len", str(a.seq), "--targets", "q_proj,v_proj", "--rank", "8",
-           "--alpha", "16", "--lr", "1e-4", "--no-shuffle", "--quiet", "--clip", "0", "--device", "cuda"]
+           str(a.steps), "--batch", str(a.batch), "--seq-len", str(a.seq), "--targets", a.targets, "--rank", str(a.rank),
+           "--alpha", str(2 * a.rank), "--lr", "1e-4", "--no-shuffle", "--quiet", "--clip", "0", "--device", "cuda"]
     mon = NvSmiPeak()
     idle = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                           capture_output=True, text=True).stdout.split()
@@ -252,7 +252,7 @@ def train(d, a):
          "gpu_peak_mib_nvidia_smi": mon.peak - (int(idle[0]) if idle else 0), "loss": float(rows[-1][2])}
     t = torch_train(d, a)
     for x in (w, t):
-        x.update(batch=a.batch, seq=a.seq, targets="q_proj,v_proj", rank=8)
+        x.update(batch=a.batch, seq=a.seq, targets=a.targets, rank=a.rank)
         print(json.dumps(x))
     print(json.dumps({"card": torch.cuda.get_device_name(), "ratio_tokens_per_s": round(w["tokens_per_s"] / t["tokens_per_s"], 3),
                       "ratio_peak_mem": round(w["gpu_peak_mib_nvidia_smi"] / t["gpu_peak_mib_nvidia_smi"], 3)}))
@@ -267,7 +267,8 @@ def torch_train(d, a):
     mon = NvSmiPeak()
     mon.start()
     m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
-    pm = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+    targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+    pm = get_peft_model(m, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, target_modules=targets,
                                       task_type="CAUSAL_LM"), autocast_adapter_dtype=True)
     for p in pm.parameters():
         if p.requires_grad:
@@ -303,6 +304,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--build", default="build")
+    ap.add_argument("--targets", default="q_proj,v_proj", help="train: LoRA targets (a list, or all-linear)")
+    ap.add_argument("--rank", type=int, default=8, help="train: LoRA rank (alpha is twice it)")
     ap.add_argument("--list", type=int, default=0, help="profile: also list this many steps of one run")
     ap.add_argument("--model", default=None, help="a directory to keep the model in (default: a temporary one)")
     ap.add_argument("--variant", action="append", help="decode: NAME:VAR=VALUE,... wick under that environment "
