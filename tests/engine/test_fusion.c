@@ -2,6 +2,7 @@
 // run as one pass; results must equal stage-by-stage (eager) evaluation.
 #include <string.h>
 #include "gradcheck.h"
+#include "../../src/engine/engine.h"
 #include "../../src/engine/plan.h"
 
 #define SHAPE(...) (int64_t[]){__VA_ARGS__}
@@ -99,6 +100,16 @@ static void test_duplicated_unary(void) {
   CHECK(stores == 3 && silus == 2 && sigmoids == 1,
         "silu computed in both consumers and sigmoid once in its one (%d steps, %d silu, %d sigmoid)", stores, silus,
         sigmoids);
+  // the same through a reshape of a stored value (a matmul's output)
+  wk_tensor *w = gc_input(2, SHAPE(96, 96), -0.2f, 0.2f, 53), *u3 = gc_input(3, SHAPE(2, 32, 96), -1, 1, 54);
+  wk_tensor *sv = wk_silu(wk_reshape(wk_matmul(g, w), 3, SHAPE(2, 32, 96))), *o2[2] = {wk_mul(sv, u3), wk_add(sv, u3)};
+  CHECK(wk_eval(2, o2) == WK_OK, "eval");
+  p = wk_last_plan();
+  silus = 0;
+  for (int k = 0; k < p->nsteps; k++)
+    for (int q = 0; q < p->steps[k].prog.n; q++) silus += p->steps[k].prog.code[q].op == WK_OP_SILU;
+  CHECK(p->nsteps == 3 && silus == 2, "silu of a reshaped matmul computed in both consumers (%d steps, %d silu)",
+        p->nsteps, silus);
   wk_set_eager(1);
   wk_tensor *se = wk_silu(g), *e[3] = {wk_mul(se, u), wk_add(se, u), wk_mul(wk_sigmoid(g), wk_neg(wk_sigmoid(g)))};
   wk_set_eager(0);
@@ -108,6 +119,39 @@ static void test_duplicated_unary(void) {
     free(a);
     free(b);
   }
+  wk_scope_end();
+}
+
+// silu(g) * u through a LoRA-style down projection: (p @ A^T) with p = silu(g) * u.
+static wk_tensor *g_swiglu_down(wk_tensor *const *in, void *ctx) {
+  (void)ctx;
+  wk_tensor *p = wk_mul(wk_silu(in[0]), in[1]);
+  return wk_matmul_t(wk_reshape(p, 2, SHAPE(-1, 24)), 0, in[2], 1);
+}
+static bool has_recomputed_mul(const wk_tensor *t, int depth) {
+  if (!t || depth < 0) return false;
+  if (t->op == WK_OP_MUL && t->attrs.u == 1) return true;
+  for (int k = 0; k < t->nin; k++) if (has_recomputed_mul(t->in[k], depth - 1)) return true;
+  return false;
+}
+
+// The weight gradient of a matmul whose input is a differentiated product reads that
+// product computed again (ops_matmul.c's recomputed), not the forward's copy: the
+// gradients pass the finite-difference check, and the graph holds the tagged copy.
+static void test_recomputed_product(void) {
+  wk_scope_begin();
+  wk_tensor *in[3] = {gc_input(3, SHAPE(2, 5, 24), -2, 2, 61), gc_input(3, SHAPE(2, 5, 24), -1, 1, 62),
+                      gc_input(2, SHAPE(6, 24), -0.5f, 0.5f, 63)};
+  gradcheck("matmul of silu(g) * u: gradients of g, u and the weight", g_swiglu_down, NULL, 3, in, 7);
+  for (int i = 0; i < 3; i++) wk_set_trainable(in[i], 1);
+  wk_tensor *gr[3];
+  CHECK(wk_grad(wk_sum(g_swiglu_down(in, NULL), 0, NULL, 0), 3, in, gr) == WK_OK, "grad");
+  CHECK(has_recomputed_mul(gr[2], 6), "the weight's gradient reads a recomputed product");
+  wk_set_trainable(in[0], 0), wk_set_trainable(in[1], 0);   // a product off the gradient path is read as it is
+  wk_tensor *gw;
+  CHECK(wk_grad(wk_sum(g_swiglu_down(in, NULL), 0, NULL, 0), 1, &in[2], &gw) == WK_OK && !has_recomputed_mul(gw, 6),
+        "no copy when the product is not differentiated");
+  wk_set_trainable(in[2], 0);
   wk_scope_end();
 }
 
@@ -208,6 +252,7 @@ int main(void) {
   test_chains();
   test_no_chain_when_shared();
   test_duplicated_unary();
+  test_recomputed_product();
   test_long_chain();
   test_softmax_chain_accuracy();
   wk_scope_begin();
