@@ -155,6 +155,27 @@ static void test_recomputed_product(void) {
   wk_scope_end();
 }
 
+// A small result off a chain (sum(a) beside a @ w @ w @ w, targets in that order) runs
+// right after a, not after the chain the depth-first order puts first: a dies at the
+// chain's first matmul instead of living to the end (compile.c's pull_up_small_sinks).
+static void test_small_sink_pulled_up(void) {
+  wk_scope_begin();
+  wk_tensor *x = gc_input(2, SHAPE(256, 256), -1, 1, 71), *w = gc_input(2, SHAPE(256, 256), -0.1f, 0.1f, 72);
+  wk_tensor *a = wk_mul_scalar(x, 2.0f);
+  wk_tensor *t[2] = {wk_matmul(wk_matmul(wk_matmul(a, w), w), w), wk_sum(a, 0, NULL, 0)};
+  CHECK(wk_eval(2, t) == WK_OK, "eval");
+  const wk_plan *p = wk_last_plan();
+  int at = -1;
+  for (int k = 0; k < p->nsteps; k++) if (p->steps[k].op == WK_OP_SUM) at = k;
+  CHECK(p->nsteps == 5 && at == 1, "the sum runs second of %d steps (at %d)", p->nsteps, at);
+  float *v = read_all(x), got = wk_item(t[1]);
+  double want = 0;
+  for (int i = 0; v && i < 256 * 256; i++) want += 2.0 * v[i];
+  CHECK(fabs(got - want) <= 1e-3 * (1 + fabs(want)), "sum %g, want %g", (double)got, want);
+  free(v);
+  wk_scope_end();
+}
+
 // Ten chained softmaxes (one row chain, whose later stages take expm1 by a short
 // Taylor polynomial of their bounded input) and the same stage by stage (eager),
 // against a double reference, over row lengths and input scales that take each
@@ -253,6 +274,7 @@ int main(void) {
   test_no_chain_when_shared();
   test_duplicated_unary();
   test_recomputed_product();
+  test_small_sink_pulled_up();
   test_long_chain();
   test_softmax_chain_accuracy();
   wk_scope_begin();
