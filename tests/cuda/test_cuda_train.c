@@ -297,6 +297,16 @@ static void head_loss_blocks(void) {
     CHECK(e <= 2e-3f, "reduction %d: dx by blocks vs CPU: %g of max |dx|", red, (double)e);
     printf("head loss by blocks, reduction %d: loss %.7f (CPU %.7f), dx within %.2g\n", red, (double)lg, (double)lc, (double)e);
   }
+  // a target past the vocabulary is an evaluation error naming it and its position
+  // (row 250: in the second block), as cross_entropy's
+  int32_t *bad = malloc(sizeof(int32_t) * 300);
+  for (int i = 0; bad && i < 300; i++) bad[i] = i == 250 ? (int32_t)V + 5 : 3;
+  wk_tensor *tb = bad ? wk_to_device(wk_from_data(1, (int64_t[]){300}, WK_I32, bad), WK_CUDA) : NULL;
+  free(bad);
+  wk_tensor *lb = tb ? wk_linear_cross_entropy(wk_reshape(xg, 2, (int64_t[]){300, H}), wg, tb, -100, 1) : NULL;
+  wk_clear_error();
+  CHECK(lb && wk_eval(1, &lb) != WK_OK && strstr(wk_last_error(), "70005") && strstr(wk_last_error(), "position 250"),
+        "a bad target is reported: %s", wk_last_error());
   wk_set_trainable(x, 0);
   wk_set_trainable(xg, 0);
   wk_tensor_free(x), wk_tensor_free(w), wk_tensor_free(t), wk_tensor_free(xg), wk_tensor_free(wg), wk_tensor_free(tg);

@@ -833,6 +833,7 @@ wk_status wkc_sdpa_rows(const wk_step *s, void *const *slots) {
 struct CeArgs {
   DOp x, tg, g;
   int64_t N, V;
+  int64_t row0;       // the first row's position in the whole (a block of rows: linear_cross_entropy)
   int32_t ignore, red;
   float *loss;        // forward, reductions 1 / 2: per-row losses
   int *valid;         // forward: per-row 1 / 0;  backward: count of valid targets (red == 1)
@@ -862,7 +863,7 @@ __global__ void __launch_bounds__(1024) k_ce_rows(const __grid_constant__ CeArgs
     int64_t t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
     float loss = 0.0f;
     bool ok = t != a.ignore && t >= 0 && t < a.V;
-    if (t != a.ignore && !ok && threadIdx.x == 0) dev_error(a.err, WKC_ERR_CE_TARGET, t, r, a.V);
+    if (t != a.ignore && !ok && threadIdx.x == 0) dev_error(a.err, WKC_ERR_CE_TARGET, t, a.row0 + r, a.V);
     if (ok) {
       const int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
       const float2 ms = ce_row_stats(a, xo, xl, red);
@@ -917,7 +918,7 @@ __global__ void __launch_bounds__(1024) k_ce_bwd(const __grid_constant__ CeArgs 
   for (int64_t r = blockIdx.x; r < a.N; r += gridDim.x) {
     int64_t t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
     bool ok = t != a.ignore && t >= 0 && t < a.V;
-    if (t != a.ignore && !ok && threadIdx.x == 0) dev_error(a.err, WKC_ERR_CE_TARGET, t, r, a.V);
+    if (t != a.ignore && !ok && threadIdx.x == 0) dev_error(a.err, WKC_ERR_CE_TARGET, t, a.row0 + r, a.V);
     if (!ok) {
       for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) stv(a.out, a.out_dtype, r * a.V + j, 0.0f);
       continue;
@@ -1053,6 +1054,7 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
     a.x = wkc_dop(&lv, lslot);
     a.tg = wkc_dop(&tv, slots);
     a.N = m;
+    a.row0 = r0;
     if (!bwd) {
       a.loss = loss + r0;
       a.valid = valid + r0;
