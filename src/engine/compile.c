@@ -261,15 +261,8 @@ static bool match_lora(ir *r, int add) {
 // CUDA rewrite off. On the CPU (f32) the GEMM applies the bias and either GELU to
 // each block of C while it is in L1 (a BERT FFN: one pass over [tokens, 1536] less);
 // WICK_CPU_EPI=0 turns that off.
-static bool env_on(const char *name, int *cache) {
-  if (*cache < 0) {
-    const char *e = getenv(name);
-    *cache = !e || atoi(e) != 0;
-  }
-  return *cache != 0;
-}
-static bool epilogues_enabled(void) { static int on = -1; return env_on("WICK_CUDA_LT", &on); }
-static bool cpu_epilogues_enabled(void) { static int on = -1; return env_on("WICK_CPU_EPI", &on); }
+static bool epilogues_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_LT", &on); }
+static bool cpu_epilogues_enabled(void) { static int on = -1; return wk_env_on("WICK_CPU_EPI", &on); }
 
 static bool match_epilogue(ir *r, int add) {
   irnode *x = &r->n[add];
@@ -322,11 +315,11 @@ static bool match_epilogue(ir *r, int add) {
 // (the rewrite sees only what it is asked to evaluate: the ops' VJPs need neither
 // the product nor the SwiGLU value, so training graphs fuse alike).
 // WICK_CUDA_QEPI=0 / WICK_CUDA_QSWIGLU=0 turn the two halves off.
-static bool qepi_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QEPI", &on); }
-static bool qswiglu_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QSWIGLU", &on); }
-static bool normw_enabled(void) { static int on = -1; return env_on("WICK_CUDA_NORMW", &on); }
-static bool qgroup_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QGROUP", &on); }
-static bool qnorm_enabled(void) { static int on = -1; return env_on("WICK_CUDA_QNORM", &on); }
+static bool qepi_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_QEPI", &on); }
+static bool qswiglu_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_QSWIGLU", &on); }
+static bool normw_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_NORMW", &on); }
+static bool qgroup_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_QGROUP", &on); }
+static bool qnorm_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_QNORM", &on); }
 
 // A QMATMUL node the CUDA half-weight kernels run: x @ W^T, W a contiguous f16 / bf16 [N, K].
 static bool is_half_qmm(const ir *r, int i) {
@@ -999,9 +992,16 @@ static bool read_only_by(const ir *r, int d, int i) {
   return false;
 }
 
+// Whether the graph has in-place updates (set_slice), which order reads and writes the
+// data flow does not show: the passes that reorder roots leave such graphs alone.
+static bool has_inplace_updates(const ir *r) {
+  for (int i = 0; i < r->count; i++)
+    if (!r->n[i].dead && !r->n[i].leaf && r->n[i].op == WK_OP_SET_SLICE) return true;
+  return false;
+}
+
 static void pull_up_small_sinks(ir *r, int *roots, int n) {
-  for (int i = 0; i < r->count; i++)   // in-place updates order reads the data flow does not show
-    if (!r->n[i].dead && !r->n[i].leaf && r->n[i].op == WK_OP_SET_SLICE) return;
+  if (has_inplace_updates(r)) return;
   int *pos = malloc(sizeof(int) * (size_t)(r->count + 1)), *deps = malloc(sizeof(int) * (size_t)(n + 1));
   int *movers = malloc(sizeof(int) * (size_t)(n + 1)), *tmp = malloc(sizeof(int) * (size_t)(n + 1));
   bool *mark = calloc((size_t)n + 1, sizeof *mark);
@@ -1047,14 +1047,7 @@ static void pull_up_small_sinks(ir *r, int *roots, int n) {
   free(pos), free(deps), free(movers), free(tmp), free(mark);
 }
 
-static bool horizontal_enabled(void) {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("WICK_CUDA_HFUSE");
-    on = !e || atoi(e) != 0;
-  }
-  return on != 0;
-}
+static bool horizontal_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_HFUSE", &on); }
 
 typedef struct {
   int n, nclass;
@@ -1127,9 +1120,7 @@ static void hsched_free(hsched *h) {
 // Reorders roots[0..n) and fills grp[k] (group size at a head, -1 in members, 0
 // elsewhere). False (roots untouched) when there is nothing to group.
 static bool horizontal_schedule(ir *r, int *roots, int n, int *grp) {
-  if (!horizontal_enabled() || n < 2) return false;
-  for (int i = 0; i < r->count; i++) // in-place updates order reads and writes the data flow does not show
-    if (!r->n[i].dead && !r->n[i].leaf && r->n[i].op == WK_OP_SET_SLICE) return false;
+  if (!horizontal_enabled() || n < 2 || has_inplace_updates(r)) return false;
   hsched h = {.n = n, .grp = grp};
   h.cls = malloc(sizeof(int) * (size_t)n);
   h.csize = calloc((size_t)n, sizeof(int));

@@ -2,7 +2,18 @@
 #pragma once
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include "wick.h"
+
+// A default-on switch from the environment (NAME=0 turns it off), read once into *cache
+// (which starts at -1).
+static inline bool wk_env_on(const char *name, int *cache) {
+  if (*cache < 0) {
+    const char *e = getenv(name);
+    *cache = !e || atoi(e) != 0;
+  }
+  return *cache != 0;
+}
 
 typedef enum {
 #define WK_OP(name, kind, nin) WK_OP_##name,

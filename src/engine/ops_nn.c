@@ -5,7 +5,6 @@
 // norms, embedding, cross-entropy), rope with the angle negated, and attention
 // rebuilt from primitives (matmul, softmax) so that it fuses and plans like any graph.
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 #include "engine.h"
 
@@ -301,8 +300,7 @@ wk_tensor *wk_linear_cross_entropy(wk_tensor *x, wk_tensor *W, wk_tensor *target
   const char *op = "linear_cross_entropy";
   if (!wk_tensor_valid(x, op) || !wk_tensor_valid(W, op) || !wk_tensor_valid(targets, op)) return NULL;
   static int on = -1;   // WICK_CUDA_LINEAR_CE=0: the unfused graph (benchmarks compare them)
-  if (on < 0) on = !getenv("WICK_CUDA_LINEAR_CE") || atoi(getenv("WICK_CUDA_LINEAR_CE")) != 0;
-  bool fused = on && x->device == WK_CUDA && W->device == WK_CUDA && targets->device == WK_CUDA && x->dtype == WK_F32 &&
+  bool fused = wk_env_on("WICK_CUDA_LINEAR_CE", &on) && x->device == WK_CUDA && W->device == WK_CUDA && targets->device == WK_CUDA && x->dtype == WK_F32 &&
                W->dtype == WK_BF16 && W->ndim == 2 && wk_is_contiguous(W) && x->ndim >= 1 &&
                x->shape[x->ndim - 1] == W->shape[1] && targets->dtype == WK_I32 && targets->ndim == x->ndim - 1 &&
                !memcmp(targets->shape, x->shape, sizeof(int64_t) * (size_t)targets->ndim) &&
