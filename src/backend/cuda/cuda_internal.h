@@ -251,6 +251,8 @@ static inline int64_t wkc_numel(const wk_operand *o) {
   for (int d = 0; d < o->ndim; d++) n *= o->shape[d];
   return n;
 }
+// n rounded up to a multiple of 256 bytes (the start of the next part of a scratch block)
+static inline size_t wkc_align256(size_t n) { return (n + 255) & ~(size_t)255; }
 // Elements in row-major order with no gaps (axes of length 1 may have any stride).
 static inline bool wkc_is_dense(const wk_operand *o) {
   int64_t st = 1;

@@ -560,8 +560,6 @@ char *scratch(size_t bytes, const char *dt, const char *what) {
   return g_scr.p;
 }
 
-size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
-
 // Step s as the one-row GEMV of configuration *c: ONE_ROW; NORM_FIRST: the same with an
 // RMSNorm x whose grid is over 8 blocks an SM, where each block recomputing the norm and
 // holding h in registers (80 of them: 3 blocks an SM) costs a wide W more than the launch
@@ -670,7 +668,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
     mb = (int64_t)(XBLOCK_BYTES / ((size_t)in * 2));
     mb = mb >= 128 ? mb / 64 * 64 : mb > 0 ? mb : 1;
   }
-  const size_t xbytes = x_copy ? align256((size_t)(mb * in) * (bf && !gemv_path ? 2 : 4)) : 0;
+  const size_t xbytes = x_copy ? wkc_align256((size_t)(mb * in) * (bf && !gemv_path ? 2 : 4)) : 0;
   const size_t wbytes = !bf && !gemv_path ? (size_t)(N * K) * 4 : 0;
   char *scr = NULL;
   if (xbytes + wbytes && !(scr = scratch(xbytes + wbytes, dtn, wbytes ? "the weight widened to f32" : "a copy of x")))

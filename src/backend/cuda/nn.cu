@@ -991,8 +991,6 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
 // the block again, turns it into dlogits in place, rounds it to bf16 (the half-weight
 // matmul's dx = dy W would too) and multiplies by W into dx's rows. One GEMM more than
 // cross_entropy(x @ W^T) with its gradient, whose values this gives (same roundings).
-static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
-
 wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
   const char *name = bwd ? "linear_cross_entropy (backward)" : "linear_cross_entropy";
   const wk_operand *xo = &s->in[0], *wo = &s->in[1], *to = &s->in[2];
@@ -1009,8 +1007,8 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
   if (R > N) R = N;
   // scratch: [logits block f32 R x V][its bf16 copy R x V (backward)][x's rows in bf16 R x H]
   //          [per-row losses and flags N (forward) | the count of counted targets (backward)][x dense f32 (strided x)]
-  const size_t lb = align_up((size_t)(R * V) * 4, 256), db = bwd ? align_up((size_t)(R * V) * 2, 256) : 0, xb = align_up((size_t)(R * H) * 2, 256);
-  const size_t rb = align_up(bwd ? sizeof(int) : (size_t)N * 8, 256), dxb = wkc_is_dense(xo) ? 0 : (size_t)(N * H) * 4;
+  const size_t lb = wkc_align256((size_t)(R * V) * 4), db = bwd ? wkc_align256((size_t)(R * V) * 2) : 0, xb = wkc_align256((size_t)(R * H) * 2);
+  const size_t rb = wkc_align256(bwd ? sizeof(int) : (size_t)N * 8), dxb = wkc_is_dense(xo) ? 0 : (size_t)(N * H) * 4;
   char *scr = (char *)wkc_tmp_alloc(lb + db + xb + rb + dxb);
   if (!scr)
     return wk_error(WK_ERR_OOM, "%s: out of device memory for %zu bytes of scratch (blocks of %lld rows of %lld logits)",
