@@ -18,7 +18,8 @@
 //  - sibling products of one x (q, k, v; gate and up): one group step (halfmm.cu's
 //    grouped GEMV launch at M = 1, member by member otherwise), bit-identical to each
 //    product alone;
-//  - a dense x too wide for one scratch copy, multiplied in blocks of rows;
+//  - a dense x too wide for one scratch copy, multiplied in blocks of rows; an x that
+//    only a bf16 GEMM reads, stored in bf16 by its producer;
 //  - the tiny Qwen2 saved in bf16 (q/k/v biases, bf16 norm weights read by the norm
 //    kernels directly): logits of a 6-token forward within 2e-2 of the CPU's, and 16
 //    greedy tokens through a bf16 cache equal to the CPU's.
@@ -307,6 +308,39 @@ static void test_row_blocks(void) {
   wk_scope_end();
 }
 
+// An elementwise root read only by a bf16 GEMM (over 8 rows) is stored in bf16 and read
+// in place (compile.c's bf16_inputs): x = a * b [64, 256] times a bf16 W^T [48, 256]
+// plus a residual, and x times W [256, 48]. The producer's step stores bf16, and the
+// products equal, bit for bit, the same graphs with x a target (kept in f32, rounded by
+// the GEMM path's copy).
+static void test_bf16_inputs(void) {
+  wk_scope_begin();
+  wk_tensor *a = on(wk_randn(2, (int64_t[]){64, 256}, WK_F32, 81), WK_CUDA), *b = on(wk_randn(2, (int64_t[]){64, 256}, WK_F32, 82), WK_CUDA);
+  wk_tensor *r = on(wk_randn(2, (int64_t[]){64, 48}, WK_F32, 83), WK_CUDA);
+  wk_tensor *w[2] = {on(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){256, 48}, WK_F32, 84), 0.1f), WK_BF16), WK_CUDA),
+                     on(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){48, 256}, WK_F32, 85), 0.1f), WK_BF16), WK_CUDA)};
+  for (int t = 0; t < 2 && a && b && r && w[0] && w[1]; t++) {   // t = 0: x @ W, t = 1: x @ W^T + r
+    wk_tensor *x = wk_mul(a, b), *y = wk_qmatmul(x, w[t], t);
+    if (t) y = wk_add(r, y);
+    CHECK(wk_eval(1, &y) == WK_OK, "eval [%s]", wk_last_error());
+    const wk_plan *p = wk_last_plan();
+    bool stored_bf16 = false;
+    for (int k = 0; p && k < p->nsteps; k++)
+      stored_bf16 |= p->steps[k].op == WK_STEP_FUSED_EW && p->steps[k].out.dtype == WK_BF16 && p->steps[k].out.shape[1] == 256;
+    CHECK(stored_bf16, "x @ W%s: the product is stored in bf16", t ? "^T" : "");
+    wk_tensor *x2 = wk_mul(a, b), *y2 = wk_qmatmul(x2, w[t], t);
+    if (t) y2 = wk_add(r, y2);
+    wk_tensor *both[2] = {x2, y2};
+    CHECK(wk_eval(2, both) == WK_OK, "eval with x a target");
+    float *v1 = read_all(y), *v2 = read_all(y2);
+    CHECK(v1 && v2 && !memcmp(v1, v2, sizeof(float) * 64 * 48), "x @ W%s: bf16-stored x = f32 x rounded by the GEMM, bit for bit (max diff %g)",
+          t ? "^T" : "", v1 && v2 ? (double)max_abs_diff(v1, v2, 64 * 48) : -1.0);
+    free(v1), free(v2);
+  }
+  wk_tensor_free(a), wk_tensor_free(b), wk_tensor_free(r), wk_tensor_free(w[0]), wk_tensor_free(w[1]);
+  wk_scope_end();
+}
+
 int main(void) {
   // every fusion this file checks on, whatever the defaults (read at the first compile)
   setenv("WICK_CUDA_QEPI", "1", 1), setenv("WICK_CUDA_QSWIGLU", "1", 1), setenv("WICK_CUDA_NORMW", "1", 1);
@@ -314,6 +348,7 @@ int main(void) {
   SKIP_WITHOUT_CUDA();
   test_ops();
   test_row_blocks();
+  test_bf16_inputs();
   const wk_dtype dts[] = {WK_BF16, WK_F16};
   for (int t = 0; t < 2; t++) test_siblings(dts[t], 1), test_siblings(dts[t], 3);
   test_model();

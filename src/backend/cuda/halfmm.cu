@@ -620,9 +620,12 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const int flags = (int)s->attrs.i[1];
   const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0, norm = (flags & WK_QMM_NORM) != 0;
   const char *dtn = wk_dtype_name(wo->dtype);
-  if (wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))
-    return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input and a dense "
-                    "f32 output", dtn);
+  // x: f32, or already rounded to bf16 by its producer (compile.c's bf16_inputs) for the GEMM
+  const bool x_bf16 = xo->dtype == WK_BF16 && bf && wkc_is_dense(xo) && !(flags & (WK_QMM_SWIGLU | WK_QMM_NORM));
+  if (wo->ndim != 2 || !wkc_is_dense(wo) || (xo->dtype != WK_F32 && !x_bf16) || s->out.dtype != WK_F32 ||
+      !wkc_is_dense(&s->out))
+    return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input (or a dense "
+                    "bf16 one for a bf16 weight) and a dense f32 output", dtn);
   if (s->nin != 2 + has_add + (sw || norm) || (sw && norm) || (flags && !trans))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): fused ends %d with %d operands", dtn, flags, s->nin);
   const int64_t N = wo->shape[0], K = wo->shape[1], in = trans ? K : N, out = trans ? N : K;
@@ -655,9 +658,9 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
     if (has_add) k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
     return wkc_check_launch("matmul (half weight, empty)");
   }
-  const bool gemv_path = trans && M <= 8;
+  const bool gemv_path = trans && M <= 8 && !x_bf16;
   // scratch: [x, dense f32 (GEMV) or rounded to bf16 (GEMM)] [W widened to f32 (f16 GEMM)]
-  const bool x_copy = (!sw && !wkc_is_dense(xo)) || (bf && !gemv_path) || (sw && !gemv_path) || norm;
+  const bool x_copy = !x_bf16 && ((!sw && !wkc_is_dense(xo)) || (bf && !gemv_path) || (sw && !gemv_path) || norm);
   // A dense x rounded for a bf16 GEMM goes in blocks of rows when a copy of all of it
   // would pass XBLOCK_BYTES: the scratch lives as long as the process, and a
   // vocabulary-wide x (a training step's logits gradient, [4088, 151936] for
@@ -673,7 +676,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   char *scr = NULL;
   if (xbytes + wbytes && !(scr = scratch(xbytes + wbytes, dtn, wbytes ? "the weight widened to f32" : "a copy of x")))
     return WK_ERR_OOM;
-  const char *x = (const char *)slots[xo->slot] + xo->offset * 4;
+  const char *x = (const char *)slots[xo->slot] + xo->offset * (x_bf16 ? 2 : 4);
   const float *up = sw ? (const float *)((const char *)slots[uo->slot] + uo->offset * 4) : NULL;
   if (x_copy && sw) {
     k_swiglu_x<<<grid_for(M * in), 256, 0, wkc_stream()>>>((const float *)x, up, scr, M * in, bf);
