@@ -2,12 +2,14 @@
 // the graph (the op calls), the host's work until the plan is enqueued (topological
 // order, CSE, the plan key and cache lookup, binding, launch or graph replay:
 // wk_eval_async) and waiting for the device (wk_sync). One line per case:
-//   eval_overhead [cpu|cuda] [calls] [reps]
-// Cases: lora (1,1,512) r8 and softmax (4,16,1024), chained as in `wick bench`.
+//   eval_overhead [cpu|cuda] [calls] [reps] [lora width]
+// Cases: lora (1,1,n) r8 (n = 512 unless given) and softmax (4,16,1024), chained as in
+// `wick bench`.
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 #include "wick.h"
 
@@ -30,17 +32,21 @@ static wk_tensor *on(wk_device dev, wk_tensor *t) {
 int main(int argc, char **argv) {
   wk_device dev = argc > 1 && !strcmp(argv[1], "cuda") ? WK_CUDA : WK_CPU;
   int calls = argc > 2 ? atoi(argv[2]) : 1000, reps = argc > 3 ? atoi(argv[3]) : 30;
-  if (!wk_device_available(dev) || calls < 1 || reps < 1) {
-    fprintf(stderr, "usage: eval_overhead [cpu|cuda] [calls >= 1] [reps >= 1] (device %s unavailable?)\n",
+  int n = argc > 4 ? atoi(argv[4]) : 512;
+  if (!wk_device_available(dev) || calls < 1 || reps < 1 || n < 1) {
+    fprintf(stderr, "usage: eval_overhead [cpu|cuda] [calls >= 1] [reps >= 1] [lora width >= 1] (device %s unavailable?)\n",
             wk_device_name(dev));
     return 1;
   }
-  wk_tensor *x = on(dev, wk_randn(3, (int64_t[]){1, 1, 512}, WK_F32, 1));
-  wk_tensor *w = on(dev, wk_mul_scalar(wk_randn(2, (int64_t[]){512, 512}, WK_F32, 2), 0.044f));
-  wk_tensor *a = on(dev, wk_mul_scalar(wk_randn(2, (int64_t[]){512, 8}, WK_F32, 3), 0.044f));
-  wk_tensor *b = on(dev, wk_mul_scalar(wk_randn(2, (int64_t[]){8, 512}, WK_F32, 4), 0.01f));
+  const float ws = 1.0f / sqrtf((float)n);   // keeps the chained outputs of order one
+  wk_tensor *x = on(dev, wk_randn(3, (int64_t[]){1, 1, n}, WK_F32, 1));
+  wk_tensor *w = on(dev, wk_mul_scalar(wk_randn(2, (int64_t[]){n, n}, WK_F32, 2), ws));
+  wk_tensor *a = on(dev, wk_mul_scalar(wk_randn(2, (int64_t[]){n, 8}, WK_F32, 3), ws));
+  wk_tensor *b = on(dev, wk_mul_scalar(wk_randn(2, (int64_t[]){8, n}, WK_F32, 4), 0.01f));
   wk_tensor *rows = on(dev, wk_randn(3, (int64_t[]){4, 16, 1024}, WK_F32, 5));
-  const char *names[2] = {"lora (1,1,512) r8", "softmax (4,16,1024)"};
+  char lname[40];
+  snprintf(lname, sizeof lname, "lora (1,1,%d) r8", n);
+  const char *names[2] = {lname, "softmax (4,16,1024)"};
   double *t[3];
   for (int k = 0; k < 3; k++) t[k] = malloc(sizeof(double) * (size_t)reps);
   for (int c = 0; c < 2; c++) {

@@ -754,6 +754,14 @@ static void out_as_product(wk_step *s, const wk_tensor *x, const wk_tensor *w) {
   s->out.stride[1] = 1;
 }
 
+// A contiguous operand's leading axes folded into rows: [M, K] with strides [K, 1].
+static void rows_2d(wk_operand *o) {
+  const int64_t K = o->shape[o->ndim - 1], M = K ? wk_shape_numel(o->ndim, o->shape) / K : 0;
+  o->ndim = 2;
+  o->shape[0] = M, o->shape[1] = K;
+  o->stride[0] = K, o->stride[1] = 1;
+}
+
 // Builds the step computing node i. *pred is the row-chain stage feeding it (-1 if none).
 static bool build_step(ir *r, int i, wk_step *s, int *pred) {
   irnode *x = &r->n[i];
@@ -814,6 +822,11 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
   s->op = x->op;
   s->nin = x->nin;
   for (int k = 0; k < x->nin; k++) s->in[k] = operand_self(r, x->in[k]);
+  if (x->op == WK_OP_LORA) { // wk_lora's node: x (contiguous, checked when built) and out as rows
+    rows_2d(&s->in[0]);
+    rows_2d(&s->out);
+    s->lora_src = i;
+  }
   if (takes_prologue(x->op)) {
     int src = x->in[0];
     const irnode *c = &r->n[src];

@@ -100,12 +100,39 @@ wk_tensor *wk_matmul_t(wk_tensor *a, int trans_a, wk_tensor *b, int trans_b) {
   return r;
 }
 
-// Built from primitives so that autograd needs nothing new; the fusion pass
-// recognizes x@W + s*((x@A)@B) and runs it as one kernel. An x of more than two
-// axes is viewed as rows once, not once per product: 7 nodes a call instead of 11,
-// which is most of the host's time per call in a long lazy chain of small calls.
+// A 2-d operand the LoRA kernels read as it is stored: row-major or its transpose.
+static bool lora_matrix(const wk_tensor *t) {
+  return t->ndim == 2 && t->dtype == WK_F32 && t->shape[0] > 0 && t->shape[1] > 0 &&
+         ((t->stride[1] == 1 && t->stride[0] == t->shape[1]) || (t->stride[0] == 1 && t->stride[1] == t->shape[0]));
+}
+
+// One LORA node when the kernels take the operands as they are: f32, one device, x
+// contiguous (its rows one [M, K] matrix), W [K, N], A [K, r] and B [r, N] stored
+// row-major or transposed. A long lazy chain of small calls spends most of its host
+// time per node (building the graph, then the plan key, its lookup and binding), and
+// the same call as primitives is 7 nodes. Anything else is built from primitives
+// (x viewed as rows once, not once per product), which the fusion pass recognizes.
+static bool lora_one_node(const wk_tensor *x, const wk_tensor *W, const wk_tensor *A, const wk_tensor *B) {
+  return x->ndim >= 2 && x->dtype == WK_F32 && wk_numel(x) > 0 && wk_is_contiguous(x) && lora_matrix(W) &&
+         lora_matrix(A) && lora_matrix(B) && x->device == W->device && W->device == A->device &&
+         A->device == B->device && W->shape[0] == x->shape[x->ndim - 1] && A->shape[0] == W->shape[0] &&
+         B->shape[0] == A->shape[1] && B->shape[1] == W->shape[1];
+}
+
 wk_tensor *wk_lora(wk_tensor *x, wk_tensor *W, wk_tensor *A, wk_tensor *B, float scale) {
-  if (!wk_tensor_valid(x, "lora") || !wk_tensor_valid(W, "lora")) return NULL;
+  if (!wk_tensor_valid(x, "lora") || !wk_tensor_valid(W, "lora") || !wk_tensor_valid(A, "lora") ||
+      !wk_tensor_valid(B, "lora"))
+    return NULL;
+  if (lora_one_node(x, W, A, B)) {
+    int64_t sh[WK_MAX_DIMS];
+    memcpy(sh, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    sh[x->ndim - 1] = W->shape[1];
+    wk_tensor *in[4] = {x, W, A, B};
+    wk_attrs at;
+    memset(&at, 0, sizeof at);
+    at.f[0] = scale;
+    return wk_node_finish(wk_node_new(WK_OP_LORA, WK_F32, x->ndim, sh, 4, in, &at));
+  }
   int64_t K = x->ndim ? x->shape[x->ndim - 1] : 0;
   bool fold = x->ndim > 2 && W->ndim == 2 && W->shape[0] == K && !wk_dtype_is_quantized(W->dtype);
   wk_scope_begin();
@@ -154,7 +181,22 @@ wk_status wk_vjp_MATMUL(wk_tensor *node, wk_tensor *g, const bool *need, wk_tens
   return WK_OK;
 }
 
+// The primitives' gradients, with X = x and G = g as rows ([M, K], [M, N]):
+// dx = G W^T + s (G B^T) A^T, dW = X^T G, dA = X^T s (G B^T), dB = (s X A)^T G.
 wk_status wk_vjp_LORA(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
-  (void)node, (void)g, (void)need, (void)gin;
-  return wk_error(WK_ERR_STATE, "lora: the fused node exists only inside compiled plans");
+  wk_tensor *x = node->in[0], *W = node->in[1], *A = node->in[2], *B = node->in[3];
+  const float s = node->attrs.f[0];
+  const int64_t K = W->shape[0], N = W->shape[1], M = wk_numel(x) / K;
+  wk_scope_begin();
+  wk_tensor *X = wk_reshape(x, 2, (int64_t[]){M, K}), *G = wk_reshape(g, 2, (int64_t[]){M, N});
+  wk_tensor *gb = need[0] || need[2] ? wk_mul_scalar(wk_matmul_t(G, 0, B, 1), s) : NULL;
+  if (need[0])
+    gin[0] = wk_keep(wk_reshape(wk_add(wk_matmul_t(G, 0, W, 1), wk_matmul_t(gb, 0, A, 1)), x->ndim, x->shape));
+  if (need[1]) gin[1] = wk_keep(wk_matmul_t(X, 1, G, 0));
+  if (need[2]) gin[2] = wk_keep(wk_matmul_t(X, 1, gb, 0));
+  if (need[3]) gin[3] = wk_keep(wk_matmul_t(wk_mul_scalar(wk_matmul(X, A), s), 1, G, 0));
+  wk_scope_end();
+  for (int k = 0; k < 4; k++)
+    if (need[k] && !gin[k]) return WK_ERR_STATE;
+  return WK_OK;
 }

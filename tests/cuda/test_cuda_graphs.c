@@ -143,18 +143,24 @@ static void test_pdl(void) {
   wk_tensor *w[5] = {rnd(2, (int64_t[]){512, 512}, 0.044f, 42), rnd(2, (int64_t[]){512, 8}, 0.044f, 43),
                      rnd(2, (int64_t[]){8, 512}, 0.1f, 44), rnd_as(WK_BF16, 1, (int64_t[]){512}, 0.1f, 45),
                      rnd_as(WK_BF16, 2, (int64_t[]){512, 512}, 0.03f, 46)};
+  // kind 3: 2048-wide LoRA, the cluster kernel (lora.cu k_lora_rows), whose W tiles
+  // outlast the loads issued before the wait
+  wk_tensor *x2 = rnd(3, (int64_t[]){1, 1, 2048}, 1.0f, 47);
+  wk_tensor *w2[3] = {rnd(2, (int64_t[]){2048, 2048}, 0.022f, 48), rnd(2, (int64_t[]){2048, 8}, 0.022f, 49),
+                      rnd(2, (int64_t[]){8, 2048}, 0.1f, 50)};
   enum { EVALS = 4 };
-  for (int kind = 0; kind < 3; kind++) {
+  for (int kind = 0; kind < 4; kind++) {
     wk_tensor *ref[EVALS], *got[EVALS];
+    wk_tensor *xin = kind == 3 ? x2 : x, *const *win = kind == 3 ? w2 : w;
     wk_cuda_set_graphs(0);
     for (int e = 0; e < EVALS; e++) {
-      ref[e] = pdl_chain(kind, x, w);
+      ref[e] = pdl_chain(kind, xin, win);
       CHECK(wk_eval(1, &ref[e]) == WK_OK, "pdl chain %d: reference %d", kind, e);
     }
     wk_cuda_set_graphs(1);
     wk_cuda_graph_stats s0 = stats();
     for (int e = 0; e < EVALS; e++) {
-      got[e] = pdl_chain(kind, x, w);
+      got[e] = pdl_chain(kind, xin, win);
       CHECK(wk_eval(1, &got[e]) == WK_OK, "pdl chain %d: eval %d", kind, e);
     }
     wk_cuda_graph_stats s1 = stats();
@@ -168,7 +174,9 @@ static void test_pdl(void) {
     for (int e = 0; e < EVALS; e++) { wk_tensor_free(ref[e]); wk_tensor_free(got[e]); }
   }
   wk_tensor_free(x);
+  wk_tensor_free(x2);
   for (int k = 0; k < 5; k++) wk_tensor_free(w[k]);
+  for (int k = 0; k < 3; k++) wk_tensor_free(w2[k]);
 }
 
 // ---- a plan with a host step in the middle: two replayed runs around it ----

@@ -482,22 +482,61 @@ static void test_fusion_and_plans(void) {
   wk_scope_end();
 }
 
+static wk_tensor *g_lora(wk_tensor *const *in, void *ctx) {
+  const bool trans_w = ctx != NULL;   // W given as the transposed view of a [N, K] leaf
+  return wk_lora(in[0], trans_w ? wk_transpose(in[1], 0, 1) : in[1], in[2], in[3], 1.5f);
+}
+
+// wk_lora: one LORA node (one kernel step) when the kernels take the operands as they
+// are stored; else primitives, which the fusion pass turns into the same step. Both
+// against a host reference, eager as well; gradients of all four operands by finite
+// differences (the node's VJP), W also as a transposed view.
 static void test_lora_fusion(void) {
   wk_scope_begin();
   wk_tensor *x = gc_input(3, SHAPE(2, 5, 32), -1, 1, 101), *W = gc_input(2, SHAPE(32, 24), -0.2f, 0.2f, 102);
   wk_tensor *A = gc_input(2, SHAPE(32, 4), -0.2f, 0.2f, 103), *B = gc_input(2, SHAPE(4, 24), -0.2f, 0.2f, 104);
-  wk_tensor *y = wk_lora(x, W, A, B, 2.0f);
-  float *yv = read_all(y);
-  const wk_plan *p = wk_last_plan();
-  CHECK(p->nsteps == 1 && p->steps[0].op == WK_OP_LORA, "x@W + s*(x@A)@B runs as one LoRA kernel (%d steps)", p->nsteps);
   float *xv = read_all(x), *wv = read_all(W), *av = read_all(A), *bv = read_all(B);
   float base[240], down[40], up[240];
   ref_matmul(xv, wv, base, 10, 32, 24);
   ref_matmul(xv, av, down, 10, 32, 4);
   ref_matmul(down, bv, up, 10, 4, 24);
   for (int i = 0; i < 240; i++) base[i] += 2.0f * up[i];
-  CHECK(max_abs_diff(yv, base, 240) < 1e-5f, "fused LoRA values (%g)", max_abs_diff(yv, base, 240));
-  free(yv); free(xv); free(wv); free(av); free(bv);
+  wk_tensor *y = wk_lora(x, W, A, B, 2.0f);
+  CHECK(y && y->op == WK_OP_LORA && y->nin == 4, "wk_lora records one LORA node");
+  float *yv = read_all(y);
+  const wk_plan *p = wk_last_plan();
+  CHECK(p->nsteps == 1 && p->steps[0].op == WK_OP_LORA, "the node runs as one LoRA kernel (%d steps)", p->nsteps);
+  CHECK(max_abs_diff(yv, base, 240) < 1e-5f, "LoRA node values (%g)", max_abs_diff(yv, base, 240));
+  free(yv);
+  // the same sum written out: the fusion pass recognizes it
+  wk_tensor *x2 = wk_reshape(x, 2, SHAPE(10, 32));
+  wk_tensor *c = wk_add(wk_matmul(x2, W), wk_mul_scalar(wk_matmul(wk_matmul(x2, A), B), 2.0f));
+  yv = read_all(c);
+  p = wk_last_plan();
+  CHECK(p->nsteps == 1 && p->steps[0].op == WK_OP_LORA, "x@W + s*(x@A)@B runs as one LoRA kernel (%d steps)", p->nsteps);
+  CHECK(max_abs_diff(yv, base, 240) < 1e-5f, "fused LoRA pattern values (%g)", max_abs_diff(yv, base, 240));
+  free(yv);
+  // a transposed x is not rows of one matrix: primitives, fused all the same
+  wk_tensor *xt = wk_transpose(gc_input(3, SHAPE(2, 32, 5), -1, 1, 105), 1, 2);
+  wk_tensor *yt = wk_lora(xt, W, A, B, 2.0f);
+  CHECK(yt && yt->op != WK_OP_LORA, "a strided x is built from primitives");
+  float *tv = read_all(yt), *xtv = read_all(wk_contiguous(xt)), tref[240], tdown[40], tup[240];
+  ref_matmul(xtv, wv, tref, 10, 32, 24);
+  ref_matmul(xtv, av, tdown, 10, 32, 4);
+  ref_matmul(tdown, bv, tup, 10, 4, 24);
+  for (int i = 0; i < 240; i++) tref[i] += 2.0f * tup[i];
+  CHECK(max_abs_diff(tv, tref, 240) < 1e-5f, "LoRA of a strided x (%g)", max_abs_diff(tv, tref, 240));
+  free(tv); free(xtv);
+  wk_set_eager(1);
+  yv = read_all(wk_lora(x, W, A, B, 2.0f));
+  wk_set_eager(0);
+  CHECK(max_abs_diff(yv, base, 240) < 1e-5f, "eager LoRA node (%g)", max_abs_diff(yv, base, 240));
+  free(yv);
+  free(xv); free(wv); free(av); free(bv);
+  wk_tensor *in[4] = {x, W, A, B};
+  gradcheck("lora node: x, W, A, B", g_lora, NULL, 4, in, 15);
+  wk_tensor *inT[4] = {x, gc_input(2, SHAPE(24, 32), -0.2f, 0.2f, 106), A, B};
+  gradcheck("lora node with W transposed", g_lora, inT, 4, inT, 15);
   wk_scope_end();
 }
 
