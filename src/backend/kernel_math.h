@@ -141,18 +141,38 @@ WKM_FN float wkm_expm1(float x) {
   return WKM_FMA(sc, p, sc - 1.0f);
 }
 
-// tanh|x| = -q / (2 + q) with q = expm1(-2|x|) in (-1, 0]: one exp, one division by
+// n / d for d in [1, 2] and n in [-1, 1] (tanh's and sigmoid's divisions), the IEEE
+// quotient. A GPU source that defines WKM_DIV12_RCP (kernels ew_gen.cu generates,
+// WICK_CUDA_EWGEN bit 8) takes a reciprocal refined once, the quotient and one
+// remainder correction: the instructions of the division's fast path without its
+// operand range check and slow-path branch, which these ranges never need. It
+// equals the division bit for bit for every float in them and NaN, except -0 / d,
+// +0 here (tanh's copysign sets that sign), and wkm_tanh and wkm_sigmoid equal
+// their division forms for every float: checked on an H200, tools/cuda_exact_check.cu.
+WKM_FN float wkm_div12(float n, float d) {
+#if defined(__CUDA_ARCH__) && defined(WKM_DIV12_RCP)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  r = fmaf(r, fmaf(-d, r, 1.0f), r);
+  float q = __fmul_rn(n, r);
+  return fmaf(fmaf(-d, q, n), r, q);
+#else
+  return n / d;
+#endif
+}
+
+// tanh|x| = -q / (2 + q) with q = expm1(-2|x|) in [-1, 0]: one exp, one division by
 // a number in [1, 2], no branches; tanh rounds to 1 beyond 9.01.
 WKM_FN float wkm_tanh(float x) {
   float ax = fabsf(x);
   float q = wkm_expm1(-2.0f * (ax > 10.0f ? 10.0f : ax));
-  return copysignf(-q / (2.0f + q), x);
+  return copysignf(wkm_div12(-q, 2.0f + q), x);
 }
 
 // With e = exp(-|x|) in [0, 1]: 1 / (1 + e) for x >= 0, e / (1 + e) below: no
 // overflow, and tiny results keep their relative accuracy.
 WKM_FN float wkm_sigmoid(float x) {
-  float e = wkm_exp(-fabsf(x)), r = 1.0f / (1.0f + e);
+  float e = wkm_exp(-fabsf(x)), r = wkm_div12(1.0f, 1.0f + e);
   return x >= 0.0f ? r : e * r;
 }
 

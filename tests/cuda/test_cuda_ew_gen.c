@@ -25,7 +25,7 @@
 // and a plan captured as a CUDA graph whose scalars change between replays; bf16
 // chain8 with NaN / inf in one tile in three (the tile-wide NaN test), an input and
 // an output off 16-byte alignment and views of every other element (the
-// per-element paths). WICK_CUDA_EWGEN=0..7 runs it on each form of the generator.
+// per-element paths). WICK_CUDA_EWGEN=0..63 runs it on each form of the generator.
 #include <string.h>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
