@@ -101,9 +101,14 @@ int mode(void) {
 // tile, kept): 199.2-206.3 / 121.2-122.3; 2 (__ldcs / __stcs): 216.5-218.8 /
 // 125.6; 3: 203.5 / 123.8-124.3; 4 (8 blocks an SM, 32 registers, spills):
 // 444-445 / 140; 5: 444-448 / 132-133; 7: 400 / 130-131.
-// Bits 8, 16 and 32 cut instructions and keep every result bit (not yet timed; the
-// hot path of chain8 bf16's tiled loop, SASS from NVRTC for sm_90, instructions an
-// 8-element tile: 1: 360; 9: 299; 17: 357; 33: 345; 57: 283; f32 1: 338, 57: 260):
+// Bits 8, 16 and 32 cut instructions and keep every result bit (the hot path of
+// chain8 bf16's tiled loop, SASS from NVRTC for sm_90, instructions an 8-element
+// tile: 1: 360; 9: 299; 17: 357; 33: 345; 57: 283; f32 1: 338, 57: 260). On an
+// H200, µs per lazy call, two rounds, bf16 / f32: 1: 124.0-125.7 / 199.7-204.9;
+// 9: 114.7-115.9 / 214.0-216.7; 57: 109.1-111.9 / 217.0-218.3. bf16 gains, f32
+// loses: without the division's call ptxas sinks the next tile's loads to the end
+// of the loop (SASS), which a copy-bound f32 group feels; an L2 prefetch of the
+// next tile with this tile's loads at the top was slower still (242 / 115-117).
 // 8: tanh's and sigmoid's divisions by reciprocal and corrections (kernel_math.h,
 //    wkm_div12): no range check, slow-path branch or the constants reloaded around it;
 // 16: the next tile's load from a clamped index (no zero fill, no branch), and a
