@@ -267,6 +267,27 @@ static void test_matmul(void) {
   compare("matmul f16 with a permuted batch view", &t, zs, 5e-3f, 1e-3f);
   reset();
 
+  // f32 with one dimension <= 16 (skinny.cu): rows path (A contiguous along K), columns
+  // path (A contiguous along M, K split over CTAs), K <= 16 (also with K = 1), and a
+  // small M as the transposed problem; N off the padded widths 4 / 8 / 16.
+  static const int sk[][5] = {{300, 896, 8, 0, 0}, {300, 8, 896, 0, 0}, {96, 300, 8, 1, 0}, {8, 300, 96, 1, 0},
+                              {5, 200, 40, 0, 1}, {77, 1000, 13, 0, 0}, {1000, 37, 3, 1, 1}, {64, 1, 50, 0, 0},
+                              {16, 4100, 16, 1, 0}, {33, 16, 17, 0, 1}};
+  for (int c = 0; c < (int)(sizeof sk / sizeof sk[0]); c++) {
+    const int m = sk[c][0], k = sk[c][1], n = sk[c][2], ta = sk[c][3], tb = sk[c][4];
+    int sa = buf(WK_F32, m * k, -1, 1), sb = buf(WK_F32, k * n, -1, 1), so = out_buf(WK_F32, m * n);
+    wk_step g = step0(WK_OP_MATMUL);
+    g.nin = 2;
+    g.in[0] = ta ? op_s(sa, WK_F32, 2, (int64_t[]){m, k}, (int64_t[]){1, m}, 0) : op_c(sa, WK_F32, 2, (int64_t[]){m, k});
+    g.in[1] = tb ? op_s(sb, WK_F32, 2, (int64_t[]){k, n}, (int64_t[]){1, k}, 0) : op_c(sb, WK_F32, 2, (int64_t[]){k, n});
+    g.out = op_c(so, WK_F32, 2, (int64_t[]){m, n});
+    char nm[96];
+    snprintf(nm, sizeof nm, "matmul f32 [%d,%d]%s @ [%d,%d]%s (one dimension <= 16)", m, k, ta ? "^T view" : "", k, n,
+             tb ? "^T view" : "");
+    compare(nm, &g, so, 1e-3f, 1e-4f);   // sums of up to 4100 terms of order one
+    reset();
+  }
+
   int M = 5, K = 64, N = 48, r = 8;
   int lx = buf(WK_F32, M * K, -1, 1), lw = buf(WK_F32, N * K, -1, 1), la = buf(WK_F32, K * r, -1, 1),
       lb = buf(WK_F32, r * N, -1, 1), lo = out_buf(WK_F32, M * N);

@@ -114,15 +114,19 @@ int mode(void) {
 // 16: the next tile's load from a clamped index (no zero fill, no branch), and a
 //    bf16 tile's NaN test two values a compare (wg_pk_bf16p);
 // 32: |a * b| as one multiply of |a| and |b|.
-const int DEFAULT_VARIANT = 1;
-int variant(void) {
+// The default: 1, and 8 | 16 | 32 for a group whose result is 2 bytes an element
+// (bf16, f16), whose fewer bytes leave it bound by instructions. WICK_CUDA_EWGEN sets
+// one mask for every group.
+const int DEFAULT_VARIANT = 1, HALF_VARIANT = 1 | 8 | 16 | 32;
+int variant(int out_dtype) {
   int v = g_variant.load();
-  if (v < 0) {
+  if (v == -1) {
     const char *e = getenv("WICK_CUDA_EWGEN");
-    v = e ? atoi(e) & 63 : DEFAULT_VARIANT;
+    v = e ? atoi(e) & 63 : -2;
     g_variant.store(v);
   }
-  return v;
+  if (v >= 0) return v;
+  return out_dtype == WK_BF16 || out_dtype == WK_F16 ? HALF_VARIANT : DEFAULT_VARIANT;
 }
 
 void addf(std::string *s, const char *fmt, ...) {
@@ -346,7 +350,7 @@ std::string generate(const wk_ew_prog *pg, const Opnd *od, int nops, int nd, boo
   int prod[WK_EW_MAX_REGS]; // register -> the instruction whose value it holds
   for (int r = 0; r < WK_EW_MAX_REGS; r++) prod[r] = -1;
   int unknown = g_unknown_op.load();
-  const int var = variant();
+  const int var = variant(out_dtype);
   std::vector<std::string> mul_of((size_t)pg->n); // a product's operands, "A), fabsf(B": for |A * B| (bit 32)
   std::string hoist; // per-thread constants: scalars of instructions
   int sc = 0;
@@ -541,7 +545,7 @@ bool wkc_ew_gen(const wk_ew_prog *pg, const wk_operand *ops, int nops, void *con
   sig += (char)nd;
   sig += (char)nops;
   sig += (char)g_broken.load();
-  sig += (char)variant();
+  sig += (char)variant(out_dtype);
   sig += std::to_string(g_unknown_op.load()) + ":";
   for (int k = 0; k < nops; k++) {
     const wk_operand &o = ops[k];
