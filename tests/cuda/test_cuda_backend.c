@@ -593,6 +593,82 @@ static void test_nn(void) {
   reset();
 }
 
+// ---- cross-entropy over long rows: nn.cu's k_ce_split (a row over a cluster of CTAs,
+// rows of at least 4096 f32; WICK_CUDA_CE_SPLIT=0 turns it off) ----
+// V = 4099: rows not 16-byte aligned (scalar loads) and a last piece shorter than the
+// others; V = 8192 through a view with padded rows (float4 loads). Targets at both ends
+// of a row, an ignored one, a row whose max sits in its last piece (the combine
+// rescales the earlier pieces); the backward also into bf16, and its bits the same on
+// a second run (the combine has a fixed order). Tolerances as test_nn's cross-entropy.
+static void test_ce_split(void) {
+  const int64_t N = 9;
+  for (int k = 0; k < 2; k++) {
+    const int64_t V = k ? 8192 : 4099, ld = k ? V + 4 : V;
+    int lg = buf(WK_F32, N * ld, -6, 6), tg = buf(WK_I32, N, 0, (float)V), ce = out_buf(WK_F32, N), cm = out_buf(WK_F32, 1);
+    int g1 = buf(WK_F32, 1, 0.5f, 2), gn = buf(WK_F32, N, -1, 1), dl = out_buf(WK_F32, N * V), dlb = out_buf(WK_BF16, N * V);
+    int32_t *t = (int32_t *)B[tg].h;
+    t[1] = -100, t[2] = 0, t[3] = (int32_t)V - 1;
+    put(B[lg].h, WK_F32, 4 * ld + V - 2, 40.0f);
+    put(B[lg].h, WK_F32, 5 * ld, -80.0f);
+    gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
+    gpu->upload(B[lg].d, B[lg].h, B[lg].bytes);
+    const wk_operand x = op_s(lg, WK_F32, 2, (int64_t[]){N, V}, (int64_t[]){ld, 1}, 0);
+    wk_step c = step0(WK_OP_CROSS_ENTROPY);
+    c.nin = 2;
+    c.in[0] = x;
+    c.in[1] = op_c(tg, WK_I32, 1, (int64_t[]){N});
+    c.attrs.i[0] = -100;
+    char name[96];
+    for (int red = 0; red < 3; red++) {
+      c.attrs.i[1] = red;
+      c.out = red ? op_c(cm, WK_F32, 1, (int64_t[]){1}) : op_c(ce, WK_F32, 1, (int64_t[]){N});
+      snprintf(name, sizeof name, "split cross_entropy V=%lld (reduction %d)", (long long)V, red);
+      compare(name, &c, red ? cm : ce, 1e-5f, 1e-5f);
+    }
+    wk_step cb = step0(WK_OP_CROSS_ENTROPY_BWD);
+    cb.nin = 3;
+    cb.in[0] = x;
+    cb.in[1] = c.in[1];
+    cb.attrs.i[0] = -100;
+    for (int red = 0; red < 3; red++) {
+      cb.attrs.i[1] = red;
+      cb.in[2] = red == 0 ? op_c(gn, WK_F32, 1, (int64_t[]){N}) : op_c(g1, WK_F32, 1, (int64_t[]){1});
+      cb.out = op_c(dl, WK_F32, 2, (int64_t[]){N, V});
+      snprintf(name, sizeof name, "split cross_entropy_bwd V=%lld (reduction %d)", (long long)V, red);
+      compare(name, &cb, dl, 1e-7f, 1e-4f);
+      cb.out = op_c(dlb, WK_BF16, 2, (int64_t[]){N, V});
+      snprintf(name, sizeof name, "split cross_entropy_bwd V=%lld (reduction %d), bf16 out", (long long)V, red);
+      compare(name, &cb, dlb, 1e-6f, 8e-3f);
+    }
+    cb.out = op_c(dl, WK_F32, 2, (int64_t[]){N, V});
+    unsigned char *r1 = run_device("split cross_entropy_bwd, run 1", &cb, dl), *r2 = run_device("run 2", &cb, dl);
+    CHECK(r1 && r2 && !memcmp(r1, r2, B[dl].bytes), "split cross_entropy_bwd V=%lld: the same bits run to run", (long long)V);
+    free(r1);
+    free(r2);
+    reset();
+  }
+  // a bad target in a split row: reported with its position
+  int lg = buf(WK_F32, 4 * 5000, -1, 1), tg = buf(WK_I32, 4, 0, 5000), co = out_buf(WK_F32, 4 * 5000);
+  ((int32_t *)B[tg].h)[2] = 5003;
+  gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
+  int g1 = buf_value(WK_F32, 1, 1.0f);
+  void *ds[DUAL_SLOTS];
+  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  wk_step cb = step0(WK_OP_CROSS_ENTROPY_BWD);
+  cb.nin = 3;
+  cb.in[0] = op_c(lg, WK_F32, 2, (int64_t[]){4, 5000});
+  cb.in[1] = op_c(tg, WK_I32, 1, (int64_t[]){4});
+  cb.in[2] = op_c(g1, WK_F32, 1, (int64_t[]){1});
+  cb.attrs.i[0] = -100;
+  cb.attrs.i[1] = 2;
+  cb.out = op_c(co, WK_F32, 2, (int64_t[]){4, 5000});
+  wk_status st = gpu->run(&cb, ds);
+  st = st ? st : gpu->sync();
+  CHECK(st == WK_ERR_ARG && strstr(wk_last_error(), "5003") && strstr(wk_last_error(), "position 2"),
+        "split cross_entropy_bwd: a bad target reported at sync (%s)", wk_last_error());
+  reset();
+}
+
 // ---- errors found in the data: reported at sync, nothing crashes ----
 static void test_errors(void) {
   int tab = buf(WK_F32, 10 * 8, -1, 1), ids = buf(WK_I32, 6, 0, 10), o = out_buf(WK_F32, 6 * 8);
@@ -797,6 +873,7 @@ int main(void) {
   test_matmul();
   test_rows();
   test_nn();
+  test_ce_split();
   test_errors();
   test_public();
   test_long_chain();

@@ -5,6 +5,7 @@
 // head dims above 128 (one block per query row; attn.cu has the tiled kernels) and
 // cross-entropy.
 // B = rows, D = last axis throughout.
+#include <cooperative_groups.h>
 #include "cuda_internal.h"
 
 static int threads_for(int64_t D) {
@@ -940,6 +941,205 @@ __global__ void __launch_bounds__(1024) k_ce_bwd(const __grid_constant__ CeArgs 
   }
 }
 
+// ---- cross-entropy over long rows: a row split over a cluster of CTAs ----
+// One CTA a row gave 256 CTAs of 1024 threads for a block of 256 rows of 152K logits
+// (two uneven waves on 132 SMs) and the backward read each row twice. Here CE_CLUSTER
+// CTAs share a row: each reduces its piece to a (max, sum) pair, the cluster combines
+// the pairs through distributed shared memory in rank order (every CTA gets the same
+// bits, run to run), and the backward, which kept its piece in shared memory, writes
+// the gradient without reading the row again: one read and one write of the logits.
+#define CE_CLUSTER 8
+#define CE_THREADS 512
+#define CE_SPLIT_MIN 4096   // shorter rows keep one CTA a row (a cluster would idle)
+struct CeSplit {
+  CeArgs a;
+  int64_t piece;   // elements of a row per CTA (a multiple of 4)
+  int32_t vec;     // rows 16-byte aligned, V % 4 == 0 (and the output aligned): float4 loads
+  int32_t pad;
+};
+
+// (max, sum of exp(x - max)) of two parts; -inf maxima (nothing yet) add nothing.
+WKC_DEV float2 ce_merge(float2 p, float2 q) {
+  const float m = fmaxf(p.x, q.x);
+  if (m == -INFINITY) return make_float2(m, p.y + q.y);
+  return make_float2(m, p.y * expf(p.x - m) + q.y * expf(q.x - m));
+}
+// Adds n values to a thread's running (m, s): one rescale for the n when their max
+// grows m (the online form of ce_row_stats, over a vector). A NaN makes s NaN.
+template <int n> WKC_DEV void ce_add(float &m, float &s, const float *v) {
+  float vm = v[0];
+#pragma unroll
+  for (int i = 1; i < n; i++) vm = fmaxf(vm, v[i]);
+  if (vm > m) { s *= expf(m - vm); m = vm; }
+  const float b = m == -INFINITY ? 0.0f : m;   // every v is -inf (or NaN) then
+#pragma unroll
+  for (int i = 0; i < n; i++) s += expf(v[i] - b);
+}
+// The block's (m, s), in a fixed order: every thread gets it.
+WKC_DEV float2 ce_block_merge(float2 p, float2 *red) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1)
+    p = ce_merge(p, make_float2(__shfl_xor_sync(0xffffffffu, p.x, o), __shfl_xor_sync(0xffffffffu, p.y, o)));
+  __syncthreads();
+  if (lane == 0) red[w] = p;
+  __syncthreads();
+  p = lane < nw ? red[lane] : make_float2(-INFINITY, 0.0f);
+  for (int o = 16; o > 0; o >>= 1)
+    p = ce_merge(p, make_float2(__shfl_xor_sync(0xffffffffu, p.x, o), __shfl_xor_sync(0xffffffffu, p.y, o)));
+  return p;
+}
+
+// (m, s) of x[0, n), copied into held[0, n) when HOLD. Four 16-byte loads a thread in
+// flight (32 KB a CTA of 512): enough, with 2-3 CTAs an SM, to cover HBM's latency.
+template <bool HOLD> WKC_DEV float2 ce_piece_stats(const float *x, int64_t n, bool vec, float *held) {
+  float m = -INFINITY, s = 0.0f;
+  const int64_t nt = blockDim.x;
+  if (vec) {
+    const float4 *x4 = (const float4 *)x;
+    const int64_t n4 = n / 4;
+    for (int64_t i = threadIdx.x; i < n4; i += 4 * nt) {
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+        v[u] = i + u * nt < n4 ? x4[i + u * nt] : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        if (HOLD && i + u * nt < n4) ((float4 *)held)[i + u * nt] = v[u];
+        ce_add<4>(m, s, (const float *)&v[u]);
+      }
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += 4 * nt) {
+      float v[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) v[u] = i + u * nt < n ? x[i + u * nt] : -INFINITY;
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+        if (HOLD && i + u * nt < n) held[i + u * nt] = v[u];
+      ce_add<4>(m, s, v);
+    }
+  }
+  return make_float2(m, s);
+}
+
+// The gradient of the piece [j0, j0 + n) of row r from held: exp(x - m) * k, less g
+// at the target t.
+WKC_DEV void ce_piece_grad(const CeSplit &c, const float *held, int64_t r, int64_t j0, int64_t n, float m, float k,
+                           float g, int64_t t) {
+  const CeArgs &a = c.a;
+  if (c.vec && (a.out_dtype == WK_F32 || a.out_dtype == WK_BF16)) {
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+      const float4 v = ((const float4 *)held)[i];
+      const int64_t j = j0 + 4 * i;
+      float y[4] = {expf(v.x - m) * k, expf(v.y - m) * k, expf(v.z - m) * k, expf(v.w - m) * k};
+#pragma unroll
+      for (int u = 0; u < 4; u++) y[u] -= j + u == t ? g : 0.0f;   // (a register index, not t - j)
+      if (a.out_dtype == WK_F32) ((float4 *)a.out)[(r * a.V + j) / 4] = make_float4(y[0], y[1], y[2], y[3]);
+      else
+        ((uint2 *)a.out)[(r * a.V + j) / 4] = make_uint2(wkm_f32_to_bf16(y[0]) | (uint32_t)wkm_f32_to_bf16(y[1]) << 16,
+                                                         wkm_f32_to_bf16(y[2]) | (uint32_t)wkm_f32_to_bf16(y[3]) << 16);
+    }
+    return;
+  }
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    float y = expf(held[i] - m) * k;
+    if (j0 + i == t) y -= g;
+    stv(a.out, a.out_dtype, r * a.V + j0 + i, y);
+  }
+}
+
+// Forward (per-row loss, as k_ce_rows) or backward (dlogits, as k_ce_bwd) of row
+// blockIdx.x / CE_CLUSTER; the CTA of rank q takes elements [q piece, (q + 1) piece).
+// The backward may write over x in place: a CTA writes only its own piece, after the
+// cluster barrier that every CTA passes once it has read its piece.
+template <bool BWD>
+__global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
+    k_ce_split(const __grid_constant__ CeSplit c) {
+  extern __shared__ float4 held4[];   // the backward's piece of the row
+  __shared__ float2 red[32];
+  __shared__ float2 part;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cl = cg::this_cluster();
+  const CeArgs &a = c.a;
+  const int64_t r = blockIdx.x / CE_CLUSTER, t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
+  const unsigned rank = cl.block_rank();
+  const int64_t j0 = rank * c.piece, n = j0 >= a.V ? 0 : a.V - j0 < c.piece ? a.V - j0 : c.piece;
+  const bool ok = t != a.ignore && t >= 0 && t < a.V, lead = rank == 0 && threadIdx.x == 0;
+  if (t != a.ignore && !ok && lead) dev_error(a.err, WKC_ERR_CE_TARGET, t, a.row0 + r, a.V);
+  if (!ok) {   // the same for the whole cluster: no barrier is left waiting
+    if (BWD)
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) stv(a.out, a.out_dtype, r * a.V + j0 + i, 0.0f);
+    else if (lead) {
+      if (a.red == 0) stv(a.out, a.out_dtype, r, 0.0f);
+      else { a.loss[r] = 0.0f; a.valid[r] = 0; }
+    }
+    return;
+  }
+  const float *x = (const float *)a.x.p + row_off(a.x, r);
+  const float xt = !BWD && lead ? x[t] : 0.0f;
+  float2 ms = ce_piece_stats<BWD>(x + j0, n, c.vec, (float *)held4);
+  ms = ce_block_merge(ms, red);
+  if (threadIdx.x == 0) part = ms;
+  cl.sync();
+  ms = make_float2(-INFINITY, 0.0f);
+  for (int q = 0; q < CE_CLUSTER; q++) ms = ce_merge(ms, *cl.map_shared_rank(&part, q));
+  cl.sync();   // no CTA leaves while another reads its part
+  if (!BWD) {
+    if (!lead) return;
+    const float loss = ms.x + logf(ms.y) - xt;
+    if (a.red == 0) stv(a.out, a.out_dtype, r, loss);
+    else { a.loss[r] = loss; a.valid[r] = 1; }
+    return;
+  }
+  float g;
+  if (a.red == 0) g = ldv(a.g.p, a.g.dtype, op_off(a.g, r));
+  else {
+    g = ldv(a.g.p, a.g.dtype, 0);
+    if (a.red == 1) g = *a.valid ? g / (float)*a.valid : NAN;
+  }
+  ce_piece_grad(c, (const float *)held4, r, j0, n, ms.x, g / ms.y, g, t);
+}
+
+static int g_ce_split = -1;   // WICK_CUDA_CE_SPLIT=0: the one-CTA-a-row kernels
+// Whether a's rows (x: their operand) take k_ce_split: f32 rows of unit stride, long
+// enough, and for the backward a piece that fits shared memory. Fills c.
+static bool ce_split_plan(const CeArgs &a, const wk_operand *x, bool bwd, CeSplit &c) {
+  if (!wkc_switch("WICK_CUDA_CE_SPLIT", &g_ce_split) || x->dtype != WK_F32 || a.V < CE_SPLIT_MIN ||
+      x->stride[x->ndim - 1] != 1 || a.N > INT32_MAX / CE_CLUSTER)
+    return false;
+  memset(&c, 0, sizeof c);
+  c.a = a;
+  c.piece = ((a.V + CE_CLUSTER - 1) / CE_CLUSTER + 3) / 4 * 4;
+  if (bwd && (size_t)c.piece * 4 > wkc_max_smem() - 1024) return false;
+  const uintptr_t o = (uintptr_t)a.out;
+  bool vec = a.V % 4 == 0 && (uintptr_t)a.x.p % 16 == 0 && (!bwd || o % 16 == 0 || (a.out_dtype == WK_BF16 && o % 8 == 0));
+  for (int d = 0; d + 1 < x->ndim; d++) vec &= x->stride[d] % 4 == 0 || x->shape[d] == 1;
+  c.vec = vec;
+  return true;
+}
+static void ce_split_launch(const CeSplit &c, bool bwd) {
+  const unsigned grid = (unsigned)(c.a.N * CE_CLUSTER);
+  if (!bwd) {
+    k_ce_split<false><<<grid, CE_THREADS, 0, wkc_stream()>>>(c);
+    return;
+  }
+  static size_t optin;
+  const size_t smem = (size_t)c.piece * 4;
+  if (smem > 48 * 1024 && optin < smem) {
+    cudaFuncSetAttribute(k_ce_split<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)wkc_max_smem() - 1024);
+    optin = wkc_max_smem() - 1024;
+  }
+  k_ce_split<true><<<grid, CE_THREADS, smem, wkc_stream()>>>(c);
+}
+
+// Rows of a (x: its operand) through k_ce_split where they qualify, else one CTA a row.
+static void ce_launch(const CeArgs &a, const wk_operand *x, bool bwd) {
+  CeSplit c;
+  if (ce_split_plan(a, x, bwd, c)) ce_split_launch(c, bwd);
+  else if (bwd) k_ce_bwd<<<capped(a.N, 1 << 30), threads_for(a.V), 0, wkc_stream()>>>(a);
+  else k_ce_rows<<<capped(a.N, 1 << 30), threads_for(a.V), 0, wkc_stream()>>>(a);
+}
+
 wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
   CeArgs a;
   memset(&a, 0, sizeof a);
@@ -954,7 +1154,6 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
   a.err = wkc_dev_err();
   wkc_arm_dev_err();
   const char *name = bwd ? "cross_entropy (backward)" : "cross_entropy";
-  int grid = capped(a.N, 1 << 30), threads = threads_for(a.V);
   void *t1 = NULL, *t2 = NULL;
   wk_status st = WK_OK;
   if (bwd) {
@@ -964,7 +1163,7 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
       if (!(a.valid = (int *)(t1 = wkc_tmp_alloc(sizeof(int))))) return wk_error(WK_ERR_OOM, "%s: out of device memory", name);
       k_ce_count<<<1, 256, 0, wkc_stream()>>>(a);
     }
-    k_ce_bwd<<<grid, threads, 0, wkc_stream()>>>(a);
+    ce_launch(a, &s->in[0], true);
     st = wkc_check_launch(name);
   } else {
     if (a.red != 0) {
@@ -974,7 +1173,7 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
       a.loss = (float *)t1;
       a.valid = (int *)t2;
     }
-    if (!st && a.N) k_ce_rows<<<grid, threads, 0, wkc_stream()>>>(a);
+    if (!st && a.N) ce_launch(a, &s->in[0], false);
     if (!st && a.red != 0) k_ce_final<<<1, 256, 0, wkc_stream()>>>(a);
     if (!st) st = wkc_check_launch(name);
   }
@@ -1030,7 +1229,6 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
   a.red = (int32_t)s->attrs.i[1];
   a.err = wkc_dev_err();
   wkc_arm_dev_err();
-  const int threads = threads_for(V);
   if (!st && bwd) {
     a.g = wkc_dop(&s->in[3], slots);
     a.tg = wkc_dop(to, slots);
@@ -1056,14 +1254,26 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
     if (!bwd) {
       a.loss = loss + r0;
       a.valid = valid + r0;
-      k_ce_rows<<<capped(m, 1 << 30), threads, 0, wkc_stream()>>>(a);
+      ce_launch(a, &lv, false);
       st = wkc_check_launch(name);
       continue;
     }
-    a.out = logits;   // dlogits over the logits, row by row (k_ce_bwd reads a row whole first)
-    a.out_dtype = WK_F32;
-    k_ce_bwd<<<capped(m, 1 << 30), threads, 0, wkc_stream()>>>(a);
-    if (!(st = wkc_check_launch(name)) && !(st = wkc_densify(&lv, lslot, WK_BF16, dl)))
+    // dlogits: straight into their bf16 copy from the split kernel (no f32 write and
+    // no densify pass: the same rounding); else over the logits, then rounded.
+    CeArgs b = a;
+    b.out = dl;
+    b.out_dtype = WK_BF16;
+    CeSplit c;
+    if (ce_split_plan(b, &lv, true, c)) {
+      ce_split_launch(c, true);
+      st = wkc_check_launch(name);
+    } else {
+      a.out = logits;   // row by row (k_ce_bwd reads a row whole first)
+      a.out_dtype = WK_F32;
+      k_ce_bwd<<<capped(m, 1 << 30), threads_for(V), 0, wkc_stream()>>>(a);
+      if (!(st = wkc_check_launch(name))) st = wkc_densify(&lv, lslot, WK_BF16, dl);
+    }
+    if (!st)
       st = wkc_gemm(wkc_mat{dl, 0, V}, wkc_mat{w, 0, H}, WK_BF16, out_ptr(&s->out, slots) + (size_t)(r0 * H) * 4, m, H, V,
                     "linear_cross_entropy (dx, cublasGemmEx)");
   }
