@@ -481,6 +481,39 @@ static void test_rows(void) {
   reset();
 }
 
+// ---- RMS / layer norm backward, a warp a row: nn.cu's k_norm_bwd_rows (f32 rows of
+// D % 4 == 0, D <= 1024; WICK_CUDA_NORM_BWD_ROWS=0 turns it off) ----
+// 37 rows (not a whole number of 8-row CTAs); D = 896 (the model's: 7 float4 a lane),
+// D = 900 (a lane's last float4 masked), x read through padded rows; with and without
+// a weight, f32 and bf16 out; D = 1028 and 898 take k_norm_bwd. Tolerances as test_rows'.
+static void test_norm_bwd_rows(void) {
+  const int64_t R = 37, Ds[4] = {896, 900, 1028, 898};
+  for (int k = 0; k < 4; k++) {
+    const int64_t D = Ds[k], ld = D + 4;
+    int x = buf(WK_F32, R * ld, -2, 2), dy = buf(WK_F32, R * D, -1, 1), w = buf(WK_F32, D, 0.5f, 1.5f);
+    int dx = out_buf(WK_F32, R * D), dxb = out_buf(WK_BF16, R * D);
+    for (int op = 0; op < 2; op++)
+      for (int hw = 0; hw < 2; hw++) {
+        wk_step ns = step0(op ? WK_OP_LAYER_NORM_BWD : WK_OP_RMS_NORM_BWD);
+        ns.nin = hw ? 3 : 2;
+        ns.in[0] = op_s(x, WK_F32, 2, (int64_t[]){R, D}, (int64_t[]){ld, 1}, 0);
+        if (hw) ns.in[1] = op_c(w, WK_F32, 1, (int64_t[]){D});
+        ns.in[ns.nin - 1] = op_c(dy, WK_F32, 2, (int64_t[]){R, D});
+        ns.attrs.f[0] = 1e-6f;
+        ns.attrs.i[0] = hw;
+        char name[96];
+        ns.out = op_c(dx, WK_F32, 2, (int64_t[]){R, D});
+        snprintf(name, sizeof name, "%s_bwd [%lld, %lld]%s", op ? "layer_norm" : "rms_norm", (long long)R, (long long)D,
+                 hw ? " with weight" : "");
+        compare(name, &ns, dx, 1e-5f, 1e-4f);
+        ns.out = op_c(dxb, WK_BF16, 2, (int64_t[]){R, D});
+        strncat(name, ", bf16 out", sizeof name - strlen(name) - 1);
+        compare(name, &ns, dxb, 1e-3f, 8e-3f);
+      }
+    reset();
+  }
+}
+
 // ---- rope, embedding, sdpa, cross-entropy ----
 static void test_nn(void) {
   int64_t sh[4] = {2, 3, 17, 64};
@@ -872,6 +905,7 @@ int main(void) {
   test_reduce();
   test_matmul();
   test_rows();
+  test_norm_bwd_rows();
   test_nn();
   test_ce_split();
   test_errors();

@@ -361,12 +361,110 @@ wk_status wkc_softmax_bwd(const wk_step *s, void *const *slots) {
   return wkc_check_launch(wk_ops[s->op].name);
 }
 
+// ---- RMS / layer norm backward, a warp a row (f32 rows of at most 1024, D % 4 == 0) ----
+// k_norm_bwd gave a 896-wide row a CTA of 224 threads: four elements a thread, two
+// block reductions, and 4088 short CTAs (41 us where the 44 MB moved take ~11). Here
+// a warp holds its row's x and g = dy w in registers (NV float4 a lane, every load
+// issued before the first use: 7 KB a warp in flight for D = 896) and reduces with
+// shuffles; 8 rows a CTA. The same formulas as k_norm_bwd.
+#define NB_ROWS 8
+template <int NV>
+__global__ void __launch_bounds__(32 * NB_ROWS) k_norm_bwd_rows(const __grid_constant__ RowArgs a) {
+  const int lane = threadIdx.x & 31, D4 = (int)(a.D / 4);
+  const int64_t r = (int64_t)blockIdx.x * NB_ROWS + threadIdx.x / 32;
+  if (r >= a.rows) return;
+  const float4 *x4 = (const float4 *)((const float *)a.x.p + row_off(a.x, r));
+  const float4 *g4 = (const float4 *)((const float *)a.dy.p + row_off(a.dy, r));
+  const float4 *w4 = (const float4 *)a.w.p;
+  float4 x[NV], g[NV];
+#pragma unroll
+  for (int v = 0; v < NV; v++) {
+    const int c = lane + 32 * v;
+    x[v] = c < D4 ? x4[c] : make_float4(0, 0, 0, 0);
+    g[v] = c < D4 ? g4[c] : make_float4(0, 0, 0, 0);
+  }
+  if (a.has_w)
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+      const float4 w = lane + 32 * v < D4 ? w4[lane + 32 * v] : make_float4(0, 0, 0, 0);
+      g[v] = make_float4(g[v].x * w.x, g[v].y * w.y, g[v].z * w.z, g[v].w * w.w);
+    }
+  const float D = (float)a.D;
+  float k, mean = 0, mg = 0, c;   // dx = k g - c x + (layer) k (-mg) + c mean
+  if (a.op != WK_OP_LAYER_NORM_BWD) {
+    float ss = 0, gx = 0;
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+      ss += x[v].x * x[v].x + x[v].y * x[v].y + x[v].z * x[v].z + x[v].w * x[v].w;
+      gx += g[v].x * x[v].x + g[v].y * x[v].y + g[v].z * x[v].z + g[v].w * x[v].w;
+    }
+    k = 1.0f / sqrtf(warp_sum(ss) / D + a.eps);
+    c = k * k * k * warp_sum(gx) / D;
+  } else {
+    float s1 = 0, s2 = 0, sg = 0, sgx = 0;
+#pragma unroll
+    for (int v = 0; v < NV; v++) s1 += x[v].x + x[v].y + x[v].z + x[v].w;
+    mean = warp_sum(s1) / D;
+#pragma unroll
+    for (int v = 0; v < NV; v++)
+      if (lane + 32 * v < D4) {
+        const float d0 = x[v].x - mean, d1 = x[v].y - mean, d2 = x[v].z - mean, d3 = x[v].w - mean;
+        s2 += d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3;
+      }
+    k = 1.0f / sqrtf(warp_sum(s2) / D + a.eps);
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+      sg += g[v].x + g[v].y + g[v].z + g[v].w;
+      sgx += g[v].x * (x[v].x - mean) * k + g[v].y * (x[v].y - mean) * k + g[v].z * (x[v].z - mean) * k +
+             g[v].w * (x[v].w - mean) * k;
+    }
+    mg = warp_sum(sg) / D;
+    c = warp_sum(sgx) / D;   // mgx
+  }
+  const bool layer = a.op == WK_OP_LAYER_NORM_BWD;
+#pragma unroll
+  for (int v = 0; v < NV; v++) {
+    const int col = lane + 32 * v;
+    if (col >= D4) break;
+    float y[4], *xv = &x[v].x, *gv = &g[v].x;
+#pragma unroll
+    for (int u = 0; u < 4; u++) y[u] = layer ? k * (gv[u] - mg - (xv[u] - mean) * k * c) : k * gv[u] - c * xv[u];
+    if (a.out_dtype == WK_F32) ((float4 *)a.out)[r * D4 + col] = make_float4(y[0], y[1], y[2], y[3]);
+    else
+      ((uint2 *)a.out)[r * D4 + col] = make_uint2(wkm_f32_to_bf16(y[0]) | (uint32_t)wkm_f32_to_bf16(y[1]) << 16,
+                                                  wkm_f32_to_bf16(y[2]) | (uint32_t)wkm_f32_to_bf16(y[3]) << 16);
+  }
+}
+
+// A 16-byte aligned f32 operand whose rows (last axis D) have unit stride and start
+// every 4 elements.
+static bool rows_vec4(const wk_operand *o, void *const *slots, int64_t D) {
+  bool ok = o->dtype == WK_F32 && D % 4 == 0 && o->stride[o->ndim - 1] == 1 && (uintptr_t)out_ptr(o, slots) % 16 == 0;
+  for (int d = 0; d + 1 < o->ndim; d++) ok &= o->stride[d] % 4 == 0 || o->shape[d] == 1;
+  return ok;
+}
+static int g_norm_rows = -1;   // WICK_CUDA_NORM_BWD_ROWS=0: k_norm_bwd (a CTA a row) always
+// k_norm_bwd_rows where the step qualifies: f32 x, dy and (dense) w, f32 or bf16 out.
+static bool norm_bwd_rows(const wk_step *s, void *const *slots, const RowArgs &a) {
+  typedef void (*K)(RowArgs);
+  static const K ks[8] = {k_norm_bwd_rows<1>, k_norm_bwd_rows<2>, k_norm_bwd_rows<3>, k_norm_bwd_rows<4>,
+                          k_norm_bwd_rows<5>, k_norm_bwd_rows<6>, k_norm_bwd_rows<7>, k_norm_bwd_rows<8>};
+  const wk_operand *w = &s->in[1];
+  if (!wkc_switch("WICK_CUDA_NORM_BWD_ROWS", &g_norm_rows) || a.D > 1024 || !rows_vec4(&s->in[0], slots, a.D) ||
+      !rows_vec4(&s->in[s->nin - 1], slots, a.D) || (a.has_w && (!rows_vec4(w, slots, a.D) || w->ndim != 1)) ||
+      (a.out_dtype != WK_F32 && a.out_dtype != WK_BF16) || (uintptr_t)a.out % 16 != 0)
+    return false;
+  const int nv = (int)((a.D / 4 + 31) / 32);
+  ks[nv - 1]<<<(unsigned)((a.rows + NB_ROWS - 1) / NB_ROWS), 32 * NB_ROWS, 0, wkc_stream()>>>(a);
+  return true;
+}
+
 wk_status wkc_norm_bwd(const wk_step *s, void *const *slots) {
   RowArgs a = row_args(s, slots, &s->in[0], &s->in[s->nin - 1]);
   a.has_w = s->attrs.i[0] != 0;
   if (a.has_w) a.w = wkc_dop(&s->in[1], slots);
   if (!a.rows) return WK_OK;
-  k_norm_bwd<<<capped(a.rows, 1 << 30), threads_for(a.D), 0, wkc_stream()>>>(a);
+  if (!norm_bwd_rows(s, slots, a)) k_norm_bwd<<<capped(a.rows, 1 << 30), threads_for(a.D), 0, wkc_stream()>>>(a);
   return wkc_check_launch(wk_ops[s->op].name);
 }
 
