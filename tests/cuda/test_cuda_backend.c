@@ -514,6 +514,44 @@ static void test_norm_bwd_rows(void) {
   }
 }
 
+// ---- rope, 4 pairs a thread: nn.cu's rope_vec_body (f32 x with 16-byte aligned rows,
+// D % 8 == 0, D <= 512, f32 or bf16 out; WICK_CUDA_ROPE_VEC=0 turns it off) ----
+// [2, 7, 33, 40]: 14 (batch, head) rows a position (groups of 4 rows, the last of 2),
+// h = 20 (5 float4 a half); halves and interleaved, bf16 out, given inverse
+// frequencies, a padded-row view; D = 36 keeps the scalar body. Tolerances as test_nn's.
+static void test_rope_vec(void) {
+  const int64_t Ds[2] = {40, 36};
+  for (int k = 0; k < 2; k++) {
+    const int64_t D = Ds[k], sh[4] = {2, 7, 33, D}, n = 2 * 7 * 33 * D, ld = D + 8;
+    int x = buf(WK_F32, 2 * 7 * 33 * ld, -1, 1), o = out_buf(WK_F32, n), ob = out_buf(WK_BF16, n);
+    int inv = buf(WK_F32, D / 2, 0.001f, 1.0f);
+    wk_step r = step0(WK_OP_ROPE);
+    r.nin = 1;
+    r.in[0] = op_s(x, WK_F32, 4, sh, (int64_t[]){7 * 33 * ld, 33 * ld, ld, 1}, 0);
+    r.attrs.f[0] = 10000.0f;
+    r.attrs.f[1] = 1.0f;
+    r.attrs.i[0] = 5;
+    char name[96];
+    for (int inter = 0; inter < 2; inter++) {
+      r.attrs.i[1] = inter;
+      r.out = op_c(o, WK_F32, 4, sh);
+      snprintf(name, sizeof name, "rope D=%lld %s, padded rows", (long long)D, inter ? "interleaved" : "halves");
+      compare(name, &r, o, 1e-6f, 1e-5f);
+      r.out = op_c(ob, WK_BF16, 4, sh);
+      strncat(name, ", bf16 out", sizeof name - strlen(name) - 1);
+      compare(name, &r, ob, 1e-3f, 8e-3f);
+    }
+    r.nin = 2;
+    r.in[1] = op_c(inv, WK_F32, 1, (int64_t[]){D / 2});
+    r.attrs.i[2] = 1;
+    r.attrs.f[1] = -1.0f;
+    r.out = op_c(o, WK_F32, 4, sh);
+    snprintf(name, sizeof name, "rope D=%lld, given inverse frequencies, inverse", (long long)D);
+    compare(name, &r, o, 1e-6f, 1e-5f);
+    reset();
+  }
+}
+
 // ---- rope, embedding, sdpa, cross-entropy ----
 static void test_nn(void) {
   int64_t sh[4] = {2, 3, 17, 64};
@@ -907,6 +945,7 @@ int main(void) {
   test_rows();
   test_norm_bwd_rows();
   test_nn();
+  test_rope_vec();
   test_ce_split();
   test_errors();
   test_public();

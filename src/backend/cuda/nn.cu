@@ -551,6 +551,7 @@ struct RopeArgs {
   int32_t out_dtype, inter;
   int64_t rows, D, T, offset;
   int64_t rpt;          // rows a thread rotates with one (cos, sin): rows t apart share them
+  int32_t vec, pad;     // rope_vec_body: 4 pairs a thread, float4 loads (see rope_args)
   const int32_t *pos;   // run-time position added to offset, or NULL
   const float *inv;     // given inverse frequencies (scaled RoPE), or NULL: theta's
   float theta, sign, scale;
@@ -576,9 +577,67 @@ __device__ __forceinline__ void rope_body(const RopeArgs &a, int64_t bx, int64_t
     }
   }
 }
-__global__ void k_rope(const __grid_constant__ RopeArgs a) {
+// The same rotation, 4 pairs (two float4 of x) a thread for each of up to ROPE_RPT rows
+// of a group; the inverse frequencies computed once a CTA into inv (its h entries).
+// The scalar body moved 8 bytes a thread at a time (about 9 KB in flight an SM); this
+// one loads ROPE_RPT * 32 bytes before its first store.
+#define ROPE_RPT 4
+#define ROPE_MAXH 256
+template <bool INTER> __device__ __forceinline__ void rope_vec_body(const RopeArgs &a, int64_t bx, int64_t nb, float *inv) {
+  const int64_t h = a.D / 2, h4 = h / 4, bh = a.rows / a.T, n = (bh + ROPE_RPT - 1) / ROPE_RPT * a.T * h4;
+  for (int i = threadIdx.x; i < h; i += blockDim.x)
+    inv[i] = a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
+  __syncthreads();
+  const int64_t offset = a.offset + (a.pos ? *a.pos : 0);
+  for (int64_t e = bx * blockDim.x + threadIdx.x; e < n; e += nb * blockDim.x) {
+    const int64_t q = e % h4, t = (e / h4) % a.T, g0 = e / (h4 * a.T) * ROPE_RPT;
+    float co[4], sn[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      double sd, cd;
+      sincos((double)((float)(offset + t) * inv[4 * q + u]), &sd, &cd);
+      co[u] = (float)cd * a.scale, sn[u] = a.sign * ((float)sd * a.scale);
+    }
+    // halves: pair u is (lo[u], hi[u]) at 4q + u and h + 4q + u; interleaved: at 8q + 2u, 8q + 2u + 1
+    const int64_t e0 = INTER ? 8 * q : 4 * q, e1 = INTER ? 8 * q + 4 : h + 4 * q;
+    float4 lo[ROPE_RPT], hi[ROPE_RPT];
+#pragma unroll
+    for (int k = 0; k < ROPE_RPT; k++)
+      if (g0 + k < bh) {
+        const float *x = (const float *)a.x.p + row_off(a.x, (g0 + k) * a.T + t);
+        lo[k] = *(const float4 *)(x + e0), hi[k] = *(const float4 *)(x + e1);
+      }
+#pragma unroll
+    for (int k = 0; k < ROPE_RPT; k++) {
+      if (g0 + k >= bh) break;
+      float p[8] = {lo[k].x, lo[k].y, lo[k].z, lo[k].w, hi[k].x, hi[k].y, hi[k].z, hi[k].w}, y[8];
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        const int i0 = INTER ? 2 * u : u, i1 = INTER ? 2 * u + 1 : u + 4;   // registers: INTER is fixed
+        y[i0] = p[i0] * co[u] - p[i1] * sn[u];
+        y[i1] = p[i1] * co[u] + p[i0] * sn[u];
+      }
+      const int64_t o = ((g0 + k) * a.T + t) * a.D;
+      if (a.out_dtype == WK_F32) {
+        *(float4 *)((float *)a.out + o + e0) = make_float4(y[0], y[1], y[2], y[3]);
+        *(float4 *)((float *)a.out + o + e1) = make_float4(y[4], y[5], y[6], y[7]);
+      } else {
+        uint16_t *ob = (uint16_t *)a.out + o;
+        *(uint2 *)(ob + e0) = make_uint2(wkm_f32_to_bf16(y[0]) | (uint32_t)wkm_f32_to_bf16(y[1]) << 16,
+                                         wkm_f32_to_bf16(y[2]) | (uint32_t)wkm_f32_to_bf16(y[3]) << 16);
+        *(uint2 *)(ob + e1) = make_uint2(wkm_f32_to_bf16(y[4]) | (uint32_t)wkm_f32_to_bf16(y[5]) << 16,
+                                         wkm_f32_to_bf16(y[6]) | (uint32_t)wkm_f32_to_bf16(y[7]) << 16);
+      }
+    }
+  }
+}
+// (256, 2): 92 registers, no spills (ptxas spilled around the double sincos at 80)
+__global__ void __launch_bounds__(256, 2) k_rope(const __grid_constant__ RopeArgs a) {
+  __shared__ float inv[ROPE_MAXH];
   wkc_pdl_trigger();
-  rope_body(a, blockIdx.x, gridDim.x);
+  if (a.vec && a.inter) rope_vec_body<true>(a, blockIdx.x, gridDim.x, inv);
+  else if (a.vec) rope_vec_body<false>(a, blockIdx.x, gridDim.x, inv);
+  else rope_body(a, blockIdx.x, gridDim.x);
 }
 
 // Steps run as one launch (compile.c's sibling groups: a layer's q and k RoPE, its k and
@@ -594,12 +653,18 @@ template <class A> __device__ __forceinline__ int group_member(const NnGroup<A> 
   while (i + 1 < g.n && blockIdx.x >= g.first[i + 1]) i++;
   return i;
 }
-__global__ void k_rope_group(const __grid_constant__ NnGroup<RopeArgs> g) {
+__global__ void __launch_bounds__(256, 2) k_rope_group(const __grid_constant__ NnGroup<RopeArgs> g) {
   wkc_pdl_trigger();
+  __shared__ float inv[ROPE_MAXH];
   const int i = group_member(g);
-  rope_body(g.m[i], blockIdx.x - g.first[i], g.first[i + 1] - g.first[i]);
+  const RopeArgs &a = g.m[i];
+  const int64_t bx = blockIdx.x - g.first[i], nb = g.first[i + 1] - g.first[i];
+  if (a.vec && a.inter) rope_vec_body<true>(a, bx, nb, inv);
+  else if (a.vec) rope_vec_body<false>(a, bx, nb, inv);
+  else rope_body(a, bx, nb);
 }
 
+static int g_rope_vec = -1;   // WICK_CUDA_ROPE_VEC=0: rope_body (a pair a thread) always
 static wk_status rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   const wk_operand *x = &s->in[0];
   memset(&a, 0, sizeof a);
@@ -626,10 +691,14 @@ static wk_status rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   const int64_t pairs = a.rows * (a.D / 2), bh = a.T ? a.rows / a.T : 0;
   a.rpt = pairs / 131072 < 1 ? 1 : pairs / 131072 > 16 ? 16 : pairs / 131072;
   if (a.rpt > bh) a.rpt = bh > 0 ? bh : 1;
+  const uintptr_t o = (uintptr_t)a.out;
+  a.vec = wkc_switch("WICK_CUDA_ROPE_VEC", &g_rope_vec) && a.D % 8 == 0 && a.D / 2 <= ROPE_MAXH &&
+          rows_vec4(x, slots, a.D) && (a.out_dtype == WK_F32 ? o % 16 == 0 : a.out_dtype == WK_BF16 && o % 8 == 0);
   return WK_OK;
 }
 static int64_t rope_blocks(const RopeArgs &a) {
-  const int64_t bh = a.rows / a.T, items = (bh + a.rpt - 1) / a.rpt * a.T * (a.D / 2);
+  const int64_t bh = a.rows / a.T, items = a.vec ? (bh + ROPE_RPT - 1) / ROPE_RPT * a.T * (a.D / 8)
+                                                 : (bh + a.rpt - 1) / a.rpt * a.T * (a.D / 2);
   return capped((items + 255) / 256, (int64_t)wkc_num_sms() * 32);
 }
 
