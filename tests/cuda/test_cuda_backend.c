@@ -267,9 +267,8 @@ static void test_matmul(void) {
   compare("matmul f16 with a permuted batch view", &t, zs, 5e-3f, 1e-3f);
   reset();
 
-  // f32 with one dimension <= 16 (skinny.cu): rows path (A contiguous along K), columns
-  // path (A contiguous along M, K split over CTAs), K <= 16 (also with K = 1), and a
-  // small M as the transposed problem; N off the padded widths 4 / 8 / 16.
+  // f32 with one dimension <= 16 (LoRA's rank products): A contiguous along K or along
+  // M, K <= 16 (also K = 1), a small M, long K (4100), either operand a transposed view.
   static const int sk[][5] = {{300, 896, 8, 0, 0}, {300, 8, 896, 0, 0}, {96, 300, 8, 1, 0}, {8, 300, 96, 1, 0},
                               {5, 200, 40, 0, 1}, {77, 1000, 13, 0, 0}, {1000, 37, 3, 1, 1}, {64, 1, 50, 0, 0},
                               {16, 4100, 16, 1, 0}, {33, 16, 17, 0, 1}};

@@ -301,9 +301,6 @@ static wk_status gemm(const mat &a, const mat &b, int64_t sa, int64_t sb, int in
   if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || batch > INT32_MAX)
     return wk_error(WK_ERR_SHAPE, "%s: dimensions too large for cuBLAS (M=%lld N=%lld K=%lld)", what, (long long)M,
                     (long long)N, (long long)K);
-  wk_status sst;
-  if (in_dt == WK_F32 && out_dt == WK_F32 && batch == 1 && wkc_skinny_gemm(a, b, (float *)c, M, N, K, alpha, beta, &sst))
-    return sst;
   cublasComputeType_t ct = in_dt == WK_F32 && g_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   // row-major C = A B  <=>  column-major C^T = B^T A^T
   cublasStatus_t st = cublasGemmStridedBatchedEx(

@@ -106,12 +106,6 @@ struct wkc_mat { const char *p; int trans; int64_t ld; };
 wk_status wkc_gemm(const wkc_mat &a, const wkc_mat &b, int in_dt, char *c, int64_t M, int64_t N, int64_t K,
                    const char *what);
 
-// The same for f32 with one of M, N, K at most 16 (skinny.cu): C = alpha op(A) op(B)
-// + beta C in one pass over the large operand, in a fixed order. False (nothing
-// enqueued) for other shapes or layouts, or under WICK_CUDA_SKINNY=0; *st: the launch.
-bool wkc_skinny_gemm(const wkc_mat &a, const wkc_mat &b, float *c, int64_t M, int64_t N, int64_t K, float alpha,
-                     float beta, wk_status *st);
-
 // ---- running steps ----
 wk_status wkc_dispatch(const wk_step *s, void *const *slots);  // enqueues a step's kernels
 wk_status wkc_run(const wk_step *s, void *const *slots);       // the same, + WICK_CUDA_SYNC
