@@ -910,6 +910,27 @@ static void count_reads(const ir *r, int i, int j, bool top, int *reads, int *st
 // row whole (its max and sum) before writing it, element i from element i. A large
 // vocabulary's logits and their gradient are the largest tensors of an LM's training
 // step (Qwen2.5-0.5B, batch 8 x 512: 2.5 GB each in f32).
+// A CUDA half-weight matmul of more than 8 rows with a dense f32 addend (a residual)
+// read last here: its output takes the addend's buffer and cuBLAS adds the product
+// into it (halfmm.cu, beta = 1), instead of a kernel that reads the product and the
+// addend back and writes the sum (k_add_end: 15 us a [4088, 896] residual on an H200,
+// 1.4 ms of a Qwen2.5-0.5B training step). Not where another input is the addend or
+// a view of it, and not on the CPU, whose kernel writes the product before adding.
+static int qmm_addend_in_place(ir *r, int i, int k) {
+  irnode *x = &r->n[i];
+  const int j = x->qmm_in[2];
+  irnode *y = &r->n[j];
+  const int64_t n = x->t->ndim ? x->t->shape[x->t->ndim - 1] : 0;
+  if (x->t->device != WK_CUDA || x->t->dtype != WK_F32 || n <= 0 || wk_numel(x->t) / n <= 8) return -1;
+  if (y->leaf || !y->root || y->escapes || y->target || y->half_out || y->last_use != k) return -1;
+  if (!same_shape(y->t, x->t) || y->t->dtype != WK_F32 || !wk_is_contiguous(y->t) || y->t->offset != 0) return -1;
+  for (int q = 0; q < x->qmm_nin; q++) {
+    const int b = aliases(&r->n[x->qmm_in[q]]) ? r->n[x->qmm_in[q]].base : x->qmm_in[q];
+    if (q != 2 && (x->qmm_in[q] == j || b == j)) return -1;
+  }
+  return j;
+}
+
 static int inplace_candidate(ir *r, int i, int k) {
   irnode *x = &r->n[i];
   if (x->op == WK_OP_CROSS_ENTROPY_BWD && !kern_fused(x)) {
@@ -919,6 +940,7 @@ static int inplace_candidate(ir *r, int i, int k) {
               y->t->dtype == x->t->dtype && wk_is_contiguous(y->t) && y->t->offset == 0;
     return ok ? j : -1;
   }
+  if (x->qmm & WK_QMM_ADD) return qmm_addend_in_place(r, i, k);
   if (!is_ew(x->op) || kern_fused(x) || x->half_out) return -1;
   for (int q = 0; q < x->nin; q++) {
     int j = x->in[q];

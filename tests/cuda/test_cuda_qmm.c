@@ -341,6 +341,41 @@ static void test_bf16_inputs(void) {
   wk_scope_end();
 }
 
+// A residual computed in the plan and read last by a bf16 GEMM (over 8 rows) lends the
+// product its buffer (compile.c's qmm_addend_in_place; cuBLAS adds into it, beta = 1):
+// r + x @ W^T with r = r0 + 0.5, against the same graph with r a target (the product
+// then written apart and the residual added after), bit for bit; at 4 rows (the GEMV)
+// the output keeps its own buffer.
+static int64_t arena_offset(const wk_plan *p, const wk_operand *o) {
+  const int first = p->nslots - p->narena;
+  return o->slot >= first ? p->arena_off[o->slot - first] : -1 - o->slot;
+}
+static void test_addend_in_place(void) {
+  wk_scope_begin();
+  wk_tensor *w = on(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){48, 256}, WK_F32, 91), 0.1f), WK_BF16), WK_CUDA);
+  for (int64_t M = 4; M <= 64 && w; M *= 16) {
+    wk_tensor *x = on(wk_randn(2, (int64_t[]){M, 256}, WK_F32, 92), WK_CUDA), *r0 = on(wk_randn(2, (int64_t[]){M, 48}, WK_F32, 93), WK_CUDA);
+    wk_tensor *r = wk_add_scalar(r0, 0.5f), *y = wk_add(r, wk_qmatmul(x, w, 1));
+    CHECK(wk_eval(1, &y) == WK_OK, "eval [%s]", wk_last_error());
+    const wk_plan *p = wk_last_plan();
+    const wk_step *q = p && p->nsteps ? &p->steps[p->nsteps - 1] : NULL;
+    const bool shared = q && q->op == WK_OP_QMATMUL && q->nin == 3 && arena_offset(p, &q->out) == arena_offset(p, &q->in[2]);
+    CHECK(q && q->op == WK_OP_QMATMUL && shared == (M > 8), "[%lld, 256] @ W^T + r: the output %s the residual's buffer",
+          (long long)M, M > 8 ? "takes" : "keeps apart from");
+    wk_tensor *r2 = wk_add_scalar(r0, 0.5f), *y2 = wk_add(r2, wk_qmatmul(x, w, 1));
+    wk_tensor *both[2] = {r2, y2};
+    CHECK(wk_eval(2, both) == WK_OK, "eval with r a target");
+    float *v1 = read_all(y), *v2 = read_all(y2);
+    CHECK(v1 && v2 && !memcmp(v1, v2, sizeof(float) * (size_t)(M * 48)),
+          "[%lld, 256] @ W^T + r: in place = apart, bit for bit (max diff %g)", (long long)M,
+          v1 && v2 ? (double)max_abs_diff(v1, v2, M * 48) : -1.0);
+    free(v1), free(v2);
+    wk_tensor_free(x), wk_tensor_free(r0);
+  }
+  wk_tensor_free(w);
+  wk_scope_end();
+}
+
 int main(void) {
   // every fusion this file checks on, whatever the defaults (read at the first compile)
   setenv("WICK_CUDA_QEPI", "1", 1), setenv("WICK_CUDA_QSWIGLU", "1", 1), setenv("WICK_CUDA_NORMW", "1", 1);
@@ -349,6 +384,7 @@ int main(void) {
   test_ops();
   test_row_blocks();
   test_bf16_inputs();
+  test_addend_in_place();
   const wk_dtype dts[] = {WK_BF16, WK_F16};
   for (int t = 0; t < 2; t++) test_siblings(dts[t], 1), test_siblings(dts[t], 3);
   test_model();

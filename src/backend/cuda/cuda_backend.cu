@@ -311,8 +311,8 @@ static wk_status gemm(const mat &a, const mat &b, int64_t sa, int64_t sb, int in
 }
 
 wk_status wkc_gemm(const wkc_mat &a, const wkc_mat &b, int in_dt, char *c, int64_t M, int64_t N, int64_t K,
-                   const char *what) {
-  return gemm(a, b, 0, 0, in_dt, c, WK_F32, M, N, K, 1, 1.0f, 0.0f, what);
+                   const char *what, float beta) {
+  return gemm(a, b, 0, 0, in_dt, c, WK_F32, M, N, K, 1, 1.0f, beta, what);
 }
 
 static wk_status matmul(const wk_step *s, void *const *slots) {

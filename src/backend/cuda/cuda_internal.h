@@ -101,10 +101,10 @@ size_t wkc_max_smem(void);                  // opt-in dynamic shared memory per 
 // A row-major matrix view for cuBLAS: trans = 1 when its rows are strided by 1 (a
 // transposed view); ld is the stride of the other axis.
 struct wkc_mat { const char *p; int trans; int64_t ld; };
-// C[M, N] (dense f32) = op(A)[M, K] @ op(B)[K, N], A and B of dtype in_dt, accumulating
-// in f32 (TF32 for f32 inputs only under WICK_CUDA_TF32=1).
+// C[M, N] (dense f32) = op(A)[M, K] @ op(B)[K, N] + beta C, A and B of dtype in_dt,
+// accumulating in f32 (TF32 for f32 inputs only under WICK_CUDA_TF32=1).
 wk_status wkc_gemm(const wkc_mat &a, const wkc_mat &b, int in_dt, char *c, int64_t M, int64_t N, int64_t K,
-                   const char *what);
+                   const char *what, float beta = 0.0f);
 
 // ---- running steps ----
 wk_status wkc_dispatch(const wk_step *s, void *const *slots);  // enqueues a step's kernels

@@ -573,11 +573,11 @@ int one_row_cfg(const wk_step *s, void *const *slots, HArgs *a, Cfg1 *c) {
   return c->xm == XM_NORM && c->grid > 8u * (unsigned)wkc_num_sms() ? NORM_FIRST : ONE_ROW;
 }
 
-// y = x W^T (trans) or x W for a dense f32 x [M, in] and a bf16 W, mb rows at a time:
-// each block rounded into scr (bf16, to nearest even), then one cuBLAS GEMM; the
-// addend (add non-NULL) after the last block.
+// y = x W^T (trans) or x W (+ beta y) for a dense f32 x [M, in] and a bf16 W, mb rows
+// at a time: each block rounded into scr (bf16, to nearest even), then one cuBLAS
+// GEMM; the addend (add non-NULL) after the last block.
 wk_status half_gemm_blocks(const wk_operand *xo, void *const *slots, const char *w, bool trans, char *y, int64_t M,
-                           int64_t out, int64_t in, int64_t mb, char *scr, const HArgs *add) {
+                           int64_t out, int64_t in, int64_t mb, char *scr, const HArgs *add, float beta) {
   const int64_t K = trans ? in : out;
   for (int64_t r0 = 0; r0 < M; r0 += mb) {
     const int64_t mr = M - r0 < mb ? M - r0 : mb;
@@ -589,7 +589,8 @@ wk_status half_gemm_blocks(const wk_operand *xo, void *const *slots, const char 
     wk_status st = wkc_densify(&v, slots, WK_BF16, scr);
     if (st) return st;
     const wkc_mat xa = {scr, 0, in}, wb = {w, trans ? 1 : 0, K};
-    st = wkc_gemm(xa, wb, WK_BF16, y + (size_t)(r0 * out) * 4, mr, out, in, "matmul (bf16 weight, cublasGemmEx, row blocks)");
+    st = wkc_gemm(xa, wb, WK_BF16, y + (size_t)(r0 * out) * 4, mr, out, in, "matmul (bf16 weight, cublasGemmEx, row blocks)",
+                  beta);
     if (st) return st;
   }
   if (!add) return WK_OK;
@@ -651,14 +652,20 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const char *w = (const char *)slots[wo->slot] + wo->offset * 2;
   char *y = (char *)slots[s->out.slot] + s->out.offset * 4;
   if (M == 0 || out == 0) return WK_OK;
-  a = HArgs{(const uint16_t *)w, NULL, (float *)y, M, N, K, 1, 0, has_add ? ad.p : NULL, ad.dtype,
+  // The planner may give y the addend's buffer (compile.c's inplace_candidate: a dense
+  // f32 residual read last here): cuBLAS then adds the product into it (beta = 1), and
+  // no kernel reads the addend back afterwards.
+  const bool add_in_place = has_add && (const void *)ad.p == (const void *)y;
+  const float beta = add_in_place ? 1.0f : 0.0f;
+  a = HArgs{(const uint16_t *)w, NULL, (float *)y, M, N, K, 1, 0, has_add && !add_in_place ? ad.p : NULL, ad.dtype,
              M > 1 ? ad.rs : 0, NULL};
   if (in == 0) {
+    if (add_in_place) return WK_OK;
     cudaMemsetAsync(y, 0, sizeof(float) * (size_t)(M * out), wkc_stream());
     if (has_add) k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
     return wkc_check_launch("matmul (half weight, empty)");
   }
-  const bool gemv_path = trans && M <= 8 && !x_bf16;
+  const bool gemv_path = trans && M <= 8 && !x_bf16 && !add_in_place;
   // scratch: [x, dense f32 (GEMV) or rounded to bf16 (GEMM)] [W widened to f32 (f16 GEMM)]
   const bool x_copy = !x_bf16 && ((!sw && !wkc_is_dense(xo)) || (bf && !gemv_path) || (sw && !gemv_path) || norm);
   // A dense x rounded for a bf16 GEMM goes in blocks of rows when a copy of all of it
@@ -691,7 +698,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
     if (st) return st;
     x = scr;
   } else if (x_copy && mb < M) {
-    return half_gemm_blocks(xo, slots, w, trans, y, M, out, in, mb, scr, has_add ? &a : NULL);
+    return half_gemm_blocks(xo, slots, w, trans, y, M, out, in, mb, scr, a.add ? &a : NULL, beta);
   } else if (x_copy) {
     wk_status st = wkc_densify(xo, slots, bf && !gemv_path ? WK_BF16 : WK_F32, scr);  // bf16: rounds to nearest even
     if (st) return st;
@@ -713,8 +720,8 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   // op(W) = W^T (trans) or W, both from W's row-major [N, K]
   const wkc_mat xa = {x, 0, in}, wb = {w, trans ? 1 : 0, K};
   wk_status st = wkc_gemm(xa, wb, bf ? WK_BF16 : WK_F32, y, M, out, in,
-                          bf ? "matmul (bf16 weight, cublasGemmEx)" : "matmul (f16 weight widened, cublasGemmEx)");
-  if (st || !has_add) return st;
+                          bf ? "matmul (bf16 weight, cublasGemmEx)" : "matmul (f16 weight widened, cublasGemmEx)", beta);
+  if (st || !a.add) return st;
   k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
   return wkc_check_launch("matmul (half weight, addend)");
 }
