@@ -343,7 +343,7 @@ static void test_bf16_inputs(void) {
 
 // A residual computed in the plan and read last by a bf16 GEMM (over 8 rows) lends the
 // product its buffer (compile.c's qmm_addend_in_place; cuBLAS adds into it, beta = 1):
-// r + x @ W^T with r = r0 + 0.5, against the same graph with r a target (the product
+// softmax(r + x @ W^T) with r = r0 + 0.5, against the same graph with r a target (the product
 // then written apart and the residual added after), bit for bit; at 4 rows (the GEMV)
 // the output keeps its own buffer.
 static int64_t arena_offset(const wk_plan *p, const wk_operand *o) {
@@ -355,14 +355,17 @@ static void test_addend_in_place(void) {
   wk_tensor *w = on(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){48, 256}, WK_F32, 91), 0.1f), WK_BF16), WK_CUDA);
   for (int64_t M = 4; M <= 64 && w; M *= 16) {
     wk_tensor *x = on(wk_randn(2, (int64_t[]){M, 256}, WK_F32, 92), WK_CUDA), *r0 = on(wk_randn(2, (int64_t[]){M, 48}, WK_F32, 93), WK_CUDA);
-    wk_tensor *r = wk_add_scalar(r0, 0.5f), *y = wk_add(r, wk_qmatmul(x, w, 1));
+    // (the sum feeds a softmax: a plan's result has a buffer of its own, not the arena's)
+    wk_tensor *r = wk_add_scalar(r0, 0.5f), *y = wk_softmax(wk_add(r, wk_qmatmul(x, w, 1)), -1);
     CHECK(wk_eval(1, &y) == WK_OK, "eval [%s]", wk_last_error());
     const wk_plan *p = wk_last_plan();
-    const wk_step *q = p && p->nsteps ? &p->steps[p->nsteps - 1] : NULL;
+    const wk_step *q = NULL;
+    for (int k = 0; p && k < p->nsteps; k++)
+      if (p->steps[k].op == WK_OP_QMATMUL) q = &p->steps[k];
     const bool shared = q && q->op == WK_OP_QMATMUL && q->nin == 3 && arena_offset(p, &q->out) == arena_offset(p, &q->in[2]);
     CHECK(q && q->op == WK_OP_QMATMUL && shared == (M > 8), "[%lld, 256] @ W^T + r: the output %s the residual's buffer",
           (long long)M, M > 8 ? "takes" : "keeps apart from");
-    wk_tensor *r2 = wk_add_scalar(r0, 0.5f), *y2 = wk_add(r2, wk_qmatmul(x, w, 1));
+    wk_tensor *r2 = wk_add_scalar(r0, 0.5f), *y2 = wk_softmax(wk_add(r2, wk_qmatmul(x, w, 1)), -1);
     wk_tensor *both[2] = {r2, y2};
     CHECK(wk_eval(2, both) == WK_OK, "eval with r a target");
     float *v1 = read_all(y), *v2 = read_all(y2);
