@@ -131,5 +131,7 @@ wk_tensor *wk_cross_entropy(wk_tensor *logits, wk_tensor *targets, int ignore_in
 wk_tensor *wk_linear_cross_entropy(wk_tensor *x, wk_tensor *W, wk_tensor *targets, int ignore_index, int reduction);
 // Zeroes elements with probability p and scales the rest by 1/(1-p); identity when training == 0.
 wk_tensor *wk_dropout(wk_tensor *a, float p, uint64_t seed, int training);
-// LoRA: x @ W + scale * (x @ A) @ B, recognized and run as one fused kernel.
+// LoRA: x @ W + scale * (x @ A) @ B, run as one fused kernel: one node when the kernels
+// take the operands as stored (f32, x contiguous, W / A / B row-major or transposed),
+// else primitives that the fusion pass recognizes.
 wk_tensor *wk_lora(wk_tensor *x, wk_tensor *W, wk_tensor *A, wk_tensor *B, float scale);
