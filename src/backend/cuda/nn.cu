@@ -1080,6 +1080,14 @@ __global__ void k_ce_count(const __grid_constant__ CeArgs a) {
   if (threadIdx.x == 0) *a.valid = sc[0];
 }
 
+// Row r's upstream gradient: its own (no reduction), the sum's, or the mean's (the
+// sum's over the rows counted valid; NaN when none is).
+WKC_DEV float ce_upstream(const CeArgs &a, int64_t r) {
+  if (a.red == 0) return ldv(a.g.p, a.g.dtype, op_off(a.g, r));
+  const float g = ldv(a.g.p, a.g.dtype, 0);
+  return a.red == 1 ? (*a.valid ? g / (float)*a.valid : NAN) : g;
+}
+
 // dlogits = (softmax(x) - onehot(target)) * g; zero rows for ignored targets
 __global__ void __launch_bounds__(1024) k_ce_bwd(const __grid_constant__ CeArgs a) {
   __shared__ float red[32];
@@ -1091,12 +1099,7 @@ __global__ void __launch_bounds__(1024) k_ce_bwd(const __grid_constant__ CeArgs 
       for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) stv(a.out, a.out_dtype, r * a.V + j, 0.0f);
       continue;
     }
-    float g;
-    if (a.red == 0) g = ldv(a.g.p, a.g.dtype, op_off(a.g, r));
-    else {
-      g = ldv(a.g.p, a.g.dtype, 0);
-      if (a.red == 1) g = *a.valid ? g / (float)*a.valid : NAN;
-    }
+    const float g = ce_upstream(a, r);
     const int64_t xo = row_off(a.x, r), xl = last_stride(a.x);
     const float2 ms = ce_row_stats(a, xo, xl, red);
     const float m = ms.x, k = g / ms.y;
@@ -1262,12 +1265,7 @@ __global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
     else { a.loss[r] = loss; a.valid[r] = 1; }
     return;
   }
-  float g;
-  if (a.red == 0) g = ldv(a.g.p, a.g.dtype, op_off(a.g, r));
-  else {
-    g = ldv(a.g.p, a.g.dtype, 0);
-    if (a.red == 1) g = *a.valid ? g / (float)*a.valid : NAN;
-  }
+  const float g = ce_upstream(a, r);
   ce_piece_grad(c, (const float *)held4, r, j0, n, ms.x, g / ms.y, g, t);
 }
 
