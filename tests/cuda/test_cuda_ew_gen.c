@@ -346,9 +346,9 @@ static void test_fallbacks(void) {
   reset();
 }
 
-// The default mode generates kernels from 65536 elements on.
+// The default mode generates kernels from 4096 elements on.
 static void test_threshold(void) {
-  const int64_t sizes[2] = {65535, 65536};
+  const int64_t sizes[2] = {4095, 4096};
   for (int k = 0; k < 2; k++) {
     int64_t n = sizes[k];
     int x = buf(WK_F32, n, -1, 1), y = buf(WK_F32, n, -1, 1), o = buf(WK_F32, n, 0, 0);
