@@ -904,12 +904,15 @@ static void count_reads(const ir *r, int i, int j, bool top, int *reads, int *st
   for (int q = 0; q < nin; q++) count_reads(r, in[q], j, false, reads, strided);
 }
 
-// The input that an elementwise root at step k may overwrite: it dies here, has
-// the output's shape and dtype, and every read of it is element i for output i.
-// And a cross-entropy backward may overwrite its logits: both backends' kernels read a
-// row whole (its max and sum) before writing it, element i from element i. A large
-// vocabulary's logits and their gradient are the largest tensors of an LM's training
-// step (Qwen2.5-0.5B, batch 8 x 512: 2.5 GB each in f32).
+// Whether node j's buffer may become x's output at step k: a stored root that dies
+// there, not a result or read after the plan, of x's shape and dtype, dense from its
+// start.
+static bool buffer_passes(const ir *r, int j, const irnode *x, int k) {
+  const irnode *y = &r->n[j];
+  return !y->leaf && y->root && !y->escapes && !y->target && !y->half_out && y->last_use == k &&
+         same_shape(y->t, x->t) && y->t->dtype == x->t->dtype && wk_is_contiguous(y->t) && y->t->offset == 0;
+}
+
 // A CUDA half-weight matmul of more than 8 rows with a dense f32 addend (a residual)
 // read last here: its output takes the addend's buffer and cuBLAS adds the product
 // into it (halfmm.cu, beta = 1), instead of a kernel that reads the product and the
@@ -919,11 +922,9 @@ static void count_reads(const ir *r, int i, int j, bool top, int *reads, int *st
 static int qmm_addend_in_place(ir *r, int i, int k) {
   irnode *x = &r->n[i];
   const int j = x->qmm_in[2];
-  irnode *y = &r->n[j];
   const int64_t n = x->t->ndim ? x->t->shape[x->t->ndim - 1] : 0;
   if (x->t->device != WK_CUDA || x->t->dtype != WK_F32 || n <= 0 || wk_numel(x->t) / n <= 8) return -1;
-  if (y->leaf || !y->root || y->escapes || y->target || y->half_out || y->last_use != k) return -1;
-  if (!same_shape(y->t, x->t) || y->t->dtype != WK_F32 || !wk_is_contiguous(y->t) || y->t->offset != 0) return -1;
+  if (!buffer_passes(r, j, x, k)) return -1;
   for (int q = 0; q < x->qmm_nin; q++) {
     const int b = aliases(&r->n[x->qmm_in[q]]) ? r->n[x->qmm_in[q]].base : x->qmm_in[q];
     if (q != 2 && (x->qmm_in[q] == j || b == j)) return -1;
@@ -931,15 +932,16 @@ static int qmm_addend_in_place(ir *r, int i, int k) {
   return j;
 }
 
+// The input that an elementwise root at step k may overwrite: it dies here, has
+// the output's shape and dtype, and every read of it is element i for output i.
+// And a cross-entropy backward may overwrite its logits: both backends' kernels read a
+// row whole (its max and sum) before writing it, element i from element i. A large
+// vocabulary's logits and their gradient are the largest tensors of an LM's training
+// step (Qwen2.5-0.5B, batch 8 x 512: 2.5 GB each in f32). And a half-weight matmul
+// may take its residual's buffer (qmm_addend_in_place).
 static int inplace_candidate(ir *r, int i, int k) {
   irnode *x = &r->n[i];
-  if (x->op == WK_OP_CROSS_ENTROPY_BWD && !kern_fused(x)) {
-    int j = x->in[0];
-    irnode *y = &r->n[j];
-    bool ok = !y->leaf && y->root && !y->escapes && !y->target && y->last_use == k && same_shape(y->t, x->t) &&
-              y->t->dtype == x->t->dtype && wk_is_contiguous(y->t) && y->t->offset == 0;
-    return ok ? j : -1;
-  }
+  if (x->op == WK_OP_CROSS_ENTROPY_BWD && !kern_fused(x)) return buffer_passes(r, x->in[0], x, k) ? x->in[0] : -1;
   if (x->qmm & WK_QMM_ADD) return qmm_addend_in_place(r, i, k);
   if (!is_ew(x->op) || kern_fused(x) || x->half_out) return -1;
   for (int q = 0; q < x->nin; q++) {

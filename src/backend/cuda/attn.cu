@@ -260,7 +260,7 @@ static bool delta_vec_operand(const DOp &o, int dt, int64_t D) {
 // WICK_CUDA_DELTA_VEC=0 keeps the warp-a-row delta (benchmarks).
 static bool delta_vec_on(void) {
   static int on = -1;
-  return wkc_switch("WICK_CUDA_DELTA_VEC", &on);
+  return wk_env_on("WICK_CUDA_DELTA_VEC", &on);
 }
 
 // Backward: a CTA per (b, kv head, block of 64 keys).

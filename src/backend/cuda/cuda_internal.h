@@ -115,15 +115,6 @@ void wkc_set_last_kernel(const char *what);                    // named by sync'
 // NULL: back to the backend stream.
 void wkc_capture_mode(std::vector<void *> *keep);
 bool wkc_graphs_enabled(void);   // WICK_CUDA_GRAPHS (default on), off under WICK_CUDA_SYNC
-// A default-on switch: false when the environment sets `name` to 0. Read once (*cache
-// starts at -1).
-static inline bool wkc_switch(const char *name, int *cache) {
-  if (*cache < 0) {
-    const char *e = getenv(name);
-    *cache = !e || atoi(e) != 0;
-  }
-  return *cache != 0;
-}
 // CUDA graph replay of step runs (graph.cu), the backend's optional entries.
 bool wkc_capturable(const wk_step *s);
 // While a unit is being captured: where the graph keeps instruction in's run-time
@@ -401,6 +392,11 @@ WKC_DEV int64_t last_stride(const DOp &o) { return o.ndim ? o.stride[o.ndim - 1]
 WKC_DEV float expz(float x) { return x < -87.0f ? 0.0f : wkm_exp(x); }
 WKC_DEV float f16_round(float v) { return __half2float(__float2half_rn(v)); }
 WKC_DEV float bf16_round(float v) { return bits2f((uint32_t)wkm_f32_to_bf16(v) << 16); }
+// Four floats rounded to bf16 (wkm_f32_to_bf16), packed in memory order: an 8-byte store.
+WKC_DEV uint2 bf16x4(float a, float b, float c, float d) {
+  return make_uint2(wkm_f32_to_bf16(a) | (uint32_t)wkm_f32_to_bf16(b) << 16,
+                    wkm_f32_to_bf16(c) | (uint32_t)wkm_f32_to_bf16(d) << 16);
+}
 
 // V consecutive elements of a fused program (lin .. lin + V - 1). load(k, t) fills
 // t[0..V) with operand k's values; row[0..V) is the previous row-chain stage's

@@ -141,7 +141,7 @@ bool g_written_unknown;
 
 static bool pdl_enabled(void) {
   static int on = -1;
-  return wkc_switch("WICK_CUDA_PDL", &on);
+  return wk_env_on("WICK_CUDA_PDL", &on);
 }
 
 void wkc_pdl_launched(void) { g_stats.pdl++; }

@@ -492,6 +492,11 @@ unsigned grid_for(int64_t n) {
   const int64_t b = (n + 255) / 256, cap = (int64_t)wkc_num_sms() * 8;
   return (unsigned)(b < 1 ? 1 : b < cap ? b : cap);
 }
+// y += the addend, after the product (a's add: the step's addend, not in place).
+wk_status add_end(const HArgs &a) {
+  k_add_end<<<grid_for(a.M * a.N), 256, 0, wkc_stream()>>>(a);
+  return wkc_check_launch("matmul (half weight, addend)");
+}
 
 template <bool BF, int MM, int ROWS>
 void gemv_launch(const HArgs &a) {
@@ -593,9 +598,7 @@ wk_status half_gemm_blocks(const wk_operand *xo, void *const *slots, const char 
                   beta);
     if (st) return st;
   }
-  if (!add) return WK_OK;
-  k_add_end<<<grid_for(add->M * add->N), 256, 0, wkc_stream()>>>(*add);
-  return wkc_check_launch("matmul (half weight, addend)");
+  return add ? add_end(*add) : WK_OK;
 }
 
 } // namespace
@@ -721,9 +724,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const wkc_mat xa = {x, 0, in}, wb = {w, trans ? 1 : 0, K};
   wk_status st = wkc_gemm(xa, wb, bf ? WK_BF16 : WK_F32, y, M, out, in,
                           bf ? "matmul (bf16 weight, cublasGemmEx)" : "matmul (f16 weight widened, cublasGemmEx)", beta);
-  if (st || !a.add) return st;
-  k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
-  return wkc_check_launch("matmul (half weight, addend)");
+  return st || !a.add ? st : add_end(a);
 }
 
 // Consecutive sibling steps (compile.c's group of half-weight matmuls reading one x): the

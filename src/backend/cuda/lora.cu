@@ -242,12 +242,12 @@ __global__ void __launch_bounds__(256) k_lora_row1(const LoraArgs a) {
 // WICK_CUDA_LORA_ROW1=0 keeps one-row calls on the cluster kernel (benchmarks).
 static bool row1_on(void) {
   static int on = -1;
-  return wkc_switch("WICK_CUDA_LORA_ROW1", &on);
+  return wk_env_on("WICK_CUDA_LORA_ROW1", &on);
 }
 
 bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *w, int64_t ldw) {
   static int on = -1;
-  return wkc_switch("WICK_CUDA_LORA_ROWS", &on) && M >= 1 && M <= 4 && r >= 1 && r <= LR_RMAX && K >= 1 && K <= INT32_MAX / 2 && N >= 1 &&
+  return wk_env_on("WICK_CUDA_LORA_ROWS", &on) && M >= 1 && M <= 4 && r >= 1 && r <= LR_RMAX && K >= 1 && K <= INT32_MAX / 2 && N >= 1 &&
          N <= INT32_MAX / 2 && N % 4 == 0 && ldw % 4 == 0 && ((uintptr_t)w & 15) == 0;
 }
 

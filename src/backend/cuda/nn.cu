@@ -431,15 +431,14 @@ __global__ void __launch_bounds__(32 * NB_ROWS) k_norm_bwd_rows(const __grid_con
     for (int u = 0; u < 4; u++) y[u] = layer ? k * (gv[u] - mg - (xv[u] - mean) * k * c) : k * gv[u] - c * xv[u];
     if (a.out_dtype == WK_F32) ((float4 *)a.out)[r * D4 + col] = make_float4(y[0], y[1], y[2], y[3]);
     else
-      ((uint2 *)a.out)[r * D4 + col] = make_uint2(wkm_f32_to_bf16(y[0]) | (uint32_t)wkm_f32_to_bf16(y[1]) << 16,
-                                                  wkm_f32_to_bf16(y[2]) | (uint32_t)wkm_f32_to_bf16(y[3]) << 16);
+      ((uint2 *)a.out)[r * D4 + col] = bf16x4(y[0], y[1], y[2], y[3]);
   }
 }
 
-// A 16-byte aligned f32 operand whose rows (last axis D) have unit stride and start
-// every 4 elements.
-static bool rows_vec4(const wk_operand *o, void *const *slots, int64_t D) {
-  bool ok = o->dtype == WK_F32 && D % 4 == 0 && o->stride[o->ndim - 1] == 1 && (uintptr_t)out_ptr(o, slots) % 16 == 0;
+// An f32 operand at p, 16-byte aligned, whose rows (last axis D) have unit stride and
+// start every 4 elements: rows of float4.
+static bool rows_vec4(const wk_operand *o, const void *p, int64_t D) {
+  bool ok = o->dtype == WK_F32 && D % 4 == 0 && o->stride[o->ndim - 1] == 1 && (uintptr_t)p % 16 == 0;
   for (int d = 0; d + 1 < o->ndim; d++) ok &= o->stride[d] % 4 == 0 || o->shape[d] == 1;
   return ok;
 }
@@ -450,8 +449,9 @@ static bool norm_bwd_rows(const wk_step *s, void *const *slots, const RowArgs &a
   static const K ks[8] = {k_norm_bwd_rows<1>, k_norm_bwd_rows<2>, k_norm_bwd_rows<3>, k_norm_bwd_rows<4>,
                           k_norm_bwd_rows<5>, k_norm_bwd_rows<6>, k_norm_bwd_rows<7>, k_norm_bwd_rows<8>};
   const wk_operand *w = &s->in[1];
-  if (!wkc_switch("WICK_CUDA_NORM_BWD_ROWS", &g_norm_rows) || a.D > 1024 || !rows_vec4(&s->in[0], slots, a.D) ||
-      !rows_vec4(&s->in[s->nin - 1], slots, a.D) || (a.has_w && (!rows_vec4(w, slots, a.D) || w->ndim != 1)) ||
+  const wk_operand *x = &s->in[0], *dy = &s->in[s->nin - 1];
+  if (!wk_env_on("WICK_CUDA_NORM_BWD_ROWS", &g_norm_rows) || a.D > 1024 || !rows_vec4(x, out_ptr(x, slots), a.D) ||
+      !rows_vec4(dy, out_ptr(dy, slots), a.D) || (a.has_w && (!rows_vec4(w, out_ptr(w, slots), a.D) || w->ndim != 1)) ||
       (a.out_dtype != WK_F32 && a.out_dtype != WK_BF16) || (uintptr_t)a.out % 16 != 0)
     return false;
   const int nv = (int)((a.D / 4 + 31) / 32);
@@ -557,6 +557,11 @@ struct RopeArgs {
   float theta, sign, scale;
 };
 
+// Pair i's inverse frequency: given (scaled RoPE), else theta^(-2i/D), in double.
+__device__ __forceinline__ float rope_inv(const RopeArgs &a, int64_t i) {
+  return a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
+}
+
 // blocks [0, nb) of the launch work on a (a group gives each member a range of blocks)
 // Element pair i of position t: its angle's cos and sin (in double: the CPU's table)
 // are computed once for the rpt rows of one group of (batch, head) rows at that t.
@@ -565,8 +570,7 @@ __device__ __forceinline__ void rope_body(const RopeArgs &a, int64_t bx, int64_t
   const int64_t offset = a.offset + (a.pos ? *a.pos : 0), l = last_stride(a.x);
   for (int64_t e = bx * blockDim.x + threadIdx.x; e < n; e += nb * blockDim.x) {
     const int64_t i = e % h, t = (e / h) % a.T, g0 = e / (h * a.T) * a.rpt;
-    const float inv = a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
-    const float ang = (float)(offset + t) * inv;
+    const float ang = (float)(offset + t) * rope_inv(a, i);
     const float co = (float)cos((double)ang) * a.scale, sn = a.sign * ((float)sin((double)ang) * a.scale);
     const int64_t i0 = a.inter ? 2 * i : i, i1 = a.inter ? 2 * i + 1 : i + h, g1 = g0 + a.rpt < bh ? g0 + a.rpt : bh;
     for (int64_t g = g0; g < g1; g++) {
@@ -585,8 +589,7 @@ __device__ __forceinline__ void rope_body(const RopeArgs &a, int64_t bx, int64_t
 #define ROPE_MAXH 256
 template <bool INTER> __device__ __forceinline__ void rope_vec_body(const RopeArgs &a, int64_t bx, int64_t nb, float *inv) {
   const int64_t h = a.D / 2, h4 = h / 4, bh = a.rows / a.T, n = (bh + ROPE_RPT - 1) / ROPE_RPT * a.T * h4;
-  for (int i = threadIdx.x; i < h; i += blockDim.x)
-    inv[i] = a.inv ? a.inv[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
+  for (int i = threadIdx.x; i < h; i += blockDim.x) inv[i] = rope_inv(a, i);
   __syncthreads();
   const int64_t offset = a.offset + (a.pos ? *a.pos : 0);
   for (int64_t e = bx * blockDim.x + threadIdx.x; e < n; e += nb * blockDim.x) {
@@ -623,21 +626,23 @@ template <bool INTER> __device__ __forceinline__ void rope_vec_body(const RopeAr
         *(float4 *)((float *)a.out + o + e1) = make_float4(y[4], y[5], y[6], y[7]);
       } else {
         uint16_t *ob = (uint16_t *)a.out + o;
-        *(uint2 *)(ob + e0) = make_uint2(wkm_f32_to_bf16(y[0]) | (uint32_t)wkm_f32_to_bf16(y[1]) << 16,
-                                         wkm_f32_to_bf16(y[2]) | (uint32_t)wkm_f32_to_bf16(y[3]) << 16);
-        *(uint2 *)(ob + e1) = make_uint2(wkm_f32_to_bf16(y[4]) | (uint32_t)wkm_f32_to_bf16(y[5]) << 16,
-                                         wkm_f32_to_bf16(y[6]) | (uint32_t)wkm_f32_to_bf16(y[7]) << 16);
+        *(uint2 *)(ob + e0) = bf16x4(y[0], y[1], y[2], y[3]);
+        *(uint2 *)(ob + e1) = bf16x4(y[4], y[5], y[6], y[7]);
       }
     }
   }
+}
+// The body a's step takes (rope_args' vec, inter); inv: ROPE_MAXH floats of shared memory.
+__device__ __forceinline__ void rope_run(const RopeArgs &a, int64_t bx, int64_t nb, float *inv) {
+  if (a.vec && a.inter) rope_vec_body<true>(a, bx, nb, inv);
+  else if (a.vec) rope_vec_body<false>(a, bx, nb, inv);
+  else rope_body(a, bx, nb);
 }
 // (256, 2): 92 registers, no spills (ptxas spilled around the double sincos at 80)
 __global__ void __launch_bounds__(256, 2) k_rope(const __grid_constant__ RopeArgs a) {
   __shared__ float inv[ROPE_MAXH];
   wkc_pdl_trigger();
-  if (a.vec && a.inter) rope_vec_body<true>(a, blockIdx.x, gridDim.x, inv);
-  else if (a.vec) rope_vec_body<false>(a, blockIdx.x, gridDim.x, inv);
-  else rope_body(a, blockIdx.x, gridDim.x);
+  rope_run(a, blockIdx.x, gridDim.x, inv);
 }
 
 // Steps run as one launch (compile.c's sibling groups: a layer's q and k RoPE, its k and
@@ -657,11 +662,7 @@ __global__ void __launch_bounds__(256, 2) k_rope_group(const __grid_constant__ N
   wkc_pdl_trigger();
   __shared__ float inv[ROPE_MAXH];
   const int i = group_member(g);
-  const RopeArgs &a = g.m[i];
-  const int64_t bx = blockIdx.x - g.first[i], nb = g.first[i + 1] - g.first[i];
-  if (a.vec && a.inter) rope_vec_body<true>(a, bx, nb, inv);
-  else if (a.vec) rope_vec_body<false>(a, bx, nb, inv);
-  else rope_body(a, bx, nb);
+  rope_run(g.m[i], blockIdx.x - g.first[i], g.first[i + 1] - g.first[i], inv);
 }
 
 static int g_rope_vec = -1;   // WICK_CUDA_ROPE_VEC=0: rope_body (a pair a thread) always
@@ -692,8 +693,8 @@ static wk_status rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   a.rpt = pairs / 131072 < 1 ? 1 : pairs / 131072 > 16 ? 16 : pairs / 131072;
   if (a.rpt > bh) a.rpt = bh > 0 ? bh : 1;
   const uintptr_t o = (uintptr_t)a.out;
-  a.vec = wkc_switch("WICK_CUDA_ROPE_VEC", &g_rope_vec) && a.D % 8 == 0 && a.D / 2 <= ROPE_MAXH &&
-          rows_vec4(x, slots, a.D) && (a.out_dtype == WK_F32 ? o % 16 == 0 : a.out_dtype == WK_BF16 && o % 8 == 0);
+  a.vec = wk_env_on("WICK_CUDA_ROPE_VEC", &g_rope_vec) && a.D % 8 == 0 && a.D / 2 <= ROPE_MAXH &&
+          rows_vec4(x, out_ptr(x, slots), a.D) && (a.out_dtype == WK_F32 ? o % 16 == 0 : a.out_dtype == WK_BF16 && o % 8 == 0);
   return WK_OK;
 }
 static int64_t rope_blocks(const RopeArgs &a) {
@@ -1025,6 +1026,13 @@ __device__ __forceinline__ float2 ce_row_stats(const CeArgs &a, int64_t xo, int6
   return make_float2(bm, block_sum(s, red));
 }
 
+// Row r's loss, counted (valid) or not: the output itself (no reduction), else the
+// per-row parts that k_ce_final adds up.
+WKC_DEV void ce_put_loss(const CeArgs &a, int64_t r, float loss, int valid) {
+  if (a.red == 0) stv(a.out, a.out_dtype, r, loss);
+  else { a.loss[r] = loss; a.valid[r] = valid; }
+}
+
 __global__ void __launch_bounds__(1024) k_ce_rows(const __grid_constant__ CeArgs a) {
   __shared__ float red[32];
   for (int64_t r = blockIdx.x; r < a.N; r += gridDim.x) {
@@ -1037,10 +1045,7 @@ __global__ void __launch_bounds__(1024) k_ce_rows(const __grid_constant__ CeArgs
       const float2 ms = ce_row_stats(a, xo, xl, red);
       loss = ms.x + logf(ms.y) - ldv(a.x.p, a.x.dtype, xo + t * xl);
     }
-    if (threadIdx.x == 0) {
-      if (a.red == 0) stv(a.out, a.out_dtype, r, loss);
-      else { a.loss[r] = loss; a.valid[r] = ok; }
-    }
+    if (threadIdx.x == 0) ce_put_loss(a, r, loss, ok);
   }
 }
 
@@ -1210,8 +1215,7 @@ WKC_DEV void ce_piece_grad(const CeSplit &c, const float *held, int64_t r, int64
       for (int u = 0; u < 4; u++) y[u] -= j + u == t ? g : 0.0f;   // (a register index, not t - j)
       if (a.out_dtype == WK_F32) ((float4 *)a.out)[(r * a.V + j) / 4] = make_float4(y[0], y[1], y[2], y[3]);
       else
-        ((uint2 *)a.out)[(r * a.V + j) / 4] = make_uint2(wkm_f32_to_bf16(y[0]) | (uint32_t)wkm_f32_to_bf16(y[1]) << 16,
-                                                         wkm_f32_to_bf16(y[2]) | (uint32_t)wkm_f32_to_bf16(y[3]) << 16);
+        ((uint2 *)a.out)[(r * a.V + j) / 4] = bf16x4(y[0], y[1], y[2], y[3]);
     }
     return;
   }
@@ -1243,10 +1247,7 @@ __global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
   if (!ok) {   // the same for the whole cluster: no barrier is left waiting
     if (BWD)
       for (int64_t i = threadIdx.x; i < n; i += blockDim.x) stv(a.out, a.out_dtype, r * a.V + j0 + i, 0.0f);
-    else if (lead) {
-      if (a.red == 0) stv(a.out, a.out_dtype, r, 0.0f);
-      else { a.loss[r] = 0.0f; a.valid[r] = 0; }
-    }
+    else if (lead) ce_put_loss(a, r, 0.0f, 0);
     return;
   }
   const float *x = (const float *)a.x.p + row_off(a.x, r);
@@ -1260,9 +1261,7 @@ __global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
   cl.sync();   // no CTA leaves while another reads its part
   if (!BWD) {
     if (!lead) return;
-    const float loss = ms.x + logf(ms.y) - xt;
-    if (a.red == 0) stv(a.out, a.out_dtype, r, loss);
-    else { a.loss[r] = loss; a.valid[r] = 1; }
+    ce_put_loss(a, r, ms.x + logf(ms.y) - xt, 1);
     return;
   }
   const float g = ce_upstream(a, r);
@@ -1273,7 +1272,7 @@ static int g_ce_split = -1;   // WICK_CUDA_CE_SPLIT=0: the one-CTA-a-row kernels
 // Whether a's rows (x: their operand) take k_ce_split: f32 rows of unit stride, long
 // enough, and for the backward a piece that fits shared memory. Fills c.
 static bool ce_split_plan(const CeArgs &a, const wk_operand *x, bool bwd, CeSplit &c) {
-  if (!wkc_switch("WICK_CUDA_CE_SPLIT", &g_ce_split) || x->dtype != WK_F32 || a.V < CE_SPLIT_MIN ||
+  if (!wk_env_on("WICK_CUDA_CE_SPLIT", &g_ce_split) || x->dtype != WK_F32 || a.V < CE_SPLIT_MIN ||
       x->stride[x->ndim - 1] != 1 || a.N > INT32_MAX / CE_CLUSTER)
     return false;
   memset(&c, 0, sizeof c);
@@ -1281,9 +1280,7 @@ static bool ce_split_plan(const CeArgs &a, const wk_operand *x, bool bwd, CeSpli
   c.piece = ((a.V + CE_CLUSTER - 1) / CE_CLUSTER + 3) / 4 * 4;
   if (bwd && (size_t)c.piece * 4 > wkc_max_smem() - 1024) return false;
   const uintptr_t o = (uintptr_t)a.out;
-  bool vec = a.V % 4 == 0 && (uintptr_t)a.x.p % 16 == 0 && (!bwd || o % 16 == 0 || (a.out_dtype == WK_BF16 && o % 8 == 0));
-  for (int d = 0; d + 1 < x->ndim; d++) vec &= x->stride[d] % 4 == 0 || x->shape[d] == 1;
-  c.vec = vec;
+  c.vec = rows_vec4(x, a.x.p, a.V) && (!bwd || o % 16 == 0 || (a.out_dtype == WK_BF16 && o % 8 == 0));
   return true;
 }
 static void ce_split_launch(const CeSplit &c, bool bwd) {
