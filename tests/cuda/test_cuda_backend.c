@@ -935,6 +935,102 @@ static void test_long_chain(void) {
   wk_scope_end();
 }
 
+// rows.cu's register chain kernel (WICK_CUDA_ROWS_CHAIN, default on): chains of row
+// ops alone over rows of at most 1024 values, against the CPU, with the kernel's
+// launch count showing which kernel ran; the same chains on nn.cu's general kernel
+// (switch off) match the CPU too. Covered: every op, weights and biases of each
+// dtype, a bf16 input with a row pitch, a bf16 output, a row length that leaves part
+// of a lane's chunk empty (100), softmaxes of softmaxes (which skip the max), the
+// seed's 1000 chained softmaxes and RMSNorms, and 1500 stages (two launches handing
+// rows over in f32). Rows of 1028 or 102 values
+// are not for it.
+void wkc_rows_test_chain(int on);       // rows.cu: 1 on, 0 off, -1 the environment's
+long long wkc_rows_chain_launches(void);
+static wk_step *chain_steps(int n, int x, wk_dtype in_dt, int64_t R, int64_t D, int64_t pitch, int o, wk_dtype out_dt,
+                            const int *ops, int nops, int w, wk_dtype wdt, int b, wk_dtype bdt) {
+  wk_step *ch = calloc((size_t)n, sizeof *ch);
+  int64_t sh[2] = {R, D};
+  for (int j = 0; ch && j < n; j++) {
+    wk_step *st = &ch[j];
+    *st = step0(ops[j % nops]);
+    bool norm = st->op == WK_OP_RMS_NORM || st->op == WK_OP_LAYER_NORM;
+    st->nin = 1;
+    st->in[0] = j ? op_c(-1, WK_F32, 2, sh) : op_s(x, in_dt, 2, sh, (int64_t[]){pitch, 1}, 0);
+    if (norm && w >= 0) st->in[st->nin++] = op_c(w, wdt, 1, &D), st->attrs.i[0] = 1;
+    if (st->op == WK_OP_LAYER_NORM && b >= 0) st->in[st->nin++] = op_c(b, bdt, 1, &D), st->attrs.i[1] = 1;
+    st->attrs.f[0] = 1e-5f;
+    st->chain = j ? -1 : n;
+    st->out = j + 1 < n ? op_c(-1, WK_F32, 2, sh) : op_c(o, out_dt, 2, sh);
+  }
+  return ch;
+}
+static void chain_case(const char *what, int n, wk_dtype in_dt, int64_t R, int64_t D, int64_t pitch, wk_dtype out_dt,
+                       const int *ops, int nops, wk_dtype wdt, wk_dtype bdt, long long launches) {
+  int x = buf(in_dt, R * pitch, -4, 4), o = out_buf(out_dt, R * D);
+  int w = buf(wdt, D, 0.5f, 1.5f), b = buf(bdt, D, -0.5f, 0.5f);
+  wk_step *ch = chain_steps(n, x, in_dt, R, D, pitch, o, out_dt, ops, nops, w, wdt, b, bdt);
+  float atol = out_dt == WK_F32 ? 1e-6f : 1e-3f, rtol = out_dt == WK_F32 ? 2e-4f : 8e-3f;
+  char name[160];
+  for (int on = 1; ch && on >= 0; on--) {
+    wkc_rows_test_chain(on);
+    long long before = wkc_rows_chain_launches();
+    snprintf(name, sizeof name, "%s (%s kernel)", what, on ? "register chain" : "general");
+    compare(name, ch, o, atol, rtol);
+    long long got = wkc_rows_chain_launches() - before;
+    CHECK(got == (on ? launches : 0), "%s: %lld register-chain launches, expected %lld", name, got, on ? launches : 0);
+  }
+  wkc_rows_test_chain(-1);
+  free(ch);
+  reset();
+}
+static void test_rows_chain(void) {
+  const int all[] = {WK_OP_RMS_NORM, WK_OP_LAYER_NORM, WK_OP_LOG_SOFTMAX, WK_OP_SOFTMAX};
+  const int seed[] = {WK_OP_SOFTMAX, WK_OP_RMS_NORM};
+  chain_case("chain rms -> ln -> log_softmax -> softmax, f32 [64,1024]", 4, WK_F32, 64, 1024, 1024, WK_F32, all, 4,
+             WK_F32, WK_F32, 1);
+  chain_case("chain of 8, bf16 rows 104 apart, bf16 weight, f16 bias [37,100] -> bf16", 8, WK_BF16, 37, 100, 104,
+             WK_BF16, all, 4, WK_BF16, WK_F16, 1);
+  chain_case("chain of 6, f16 weight, bf16 bias [5,896]", 6, WK_F32, 5, 896, 896, WK_F32, all + 1, 3, WK_F16, WK_BF16,
+             1);
+  chain_case("chain of 5 over [40,512] (four warps a row)", 5, WK_F32, 40, 512, 512, WK_F32, all, 4, WK_F32, WK_F32, 1);
+  chain_case("chain of 7 over [9,200] (two warps a row, a part empty)", 7, WK_F32, 9, 200, 200, WK_F32, all, 4, WK_F32,
+             WK_F32, 1);
+  const int soft[] = {WK_OP_SOFTMAX, WK_OP_SOFTMAX, WK_OP_LOG_SOFTMAX, WK_OP_SOFTMAX, WK_OP_SOFTMAX, WK_OP_RMS_NORM};
+  chain_case("chain softmax -> softmax -> log_softmax -> softmax x2 -> rms_norm, x2 [64,1024]", 12, WK_F32, 64, 1024,
+             1024, WK_F32, soft, 6, WK_F32, WK_F32, 1);
+  chain_case("1000 chained softmaxes [64,1024]", 1000, WK_F32, 64, 1024, 1024, WK_F32, seed, 1, WK_F32, WK_F32, 1);
+  chain_case("1000 chained softmax / rms_norm [64,1024]", 1000, WK_F32, 64, 1024, 1024, WK_F32, seed, 2, WK_F32, WK_F32,
+             1);
+  chain_case("1500 chained softmax / rms_norm [64,256] (two launches)", 1500, WK_F32, 64, 256, 256, WK_F32, seed, 2,
+             WK_F32, WK_F32, 2);
+  // a NaN (row 2) or an infinity (row 5) makes its row NaN, through RMSNorm and both
+  // softmaxes (the second skips the max); the other rows sum to 1
+  int x = buf(WK_F32, 8 * 256, -4, 4), o = out_buf(WK_F32, 8 * 256);
+  put(B[x].h, WK_F32, 2 * 256 + 17, NAN);
+  put(B[x].h, WK_F32, 5 * 256 + 200, INFINITY);
+  gpu->upload(B[x].d, B[x].h, B[x].bytes);
+  const int nan_ops[] = {WK_OP_RMS_NORM, WK_OP_SOFTMAX, WK_OP_SOFTMAX};
+  wk_step *ch = chain_steps(3, x, WK_F32, 8, 256, 256, o, WK_F32, nan_ops, 3, -1, WK_F32, -1, WK_F32);
+  unsigned char *dev = ch ? run_device("chain with NaN / inf rows", ch, o) : NULL;
+  int bad = 0;
+  for (int r = 0; dev && r < 8; r++) {
+    double sum = 0;
+    int nans = 0;
+    for (int j = 0; j < 256; j++) {
+      float v = get(dev, WK_F32, r * 256 + j);
+      nans += isnan(v);
+      sum += v;
+    }
+    bad += (r == 2 || r == 5) ? nans != 256 : (nans || fabs(sum - 1) > 1e-5);
+  }
+  CHECK(dev && !bad, "register chain: NaN / inf rows all NaN, the others sum to 1 (%d rows wrong)", bad);
+  free(dev);
+  free(ch);
+  reset();
+  chain_case("chain over rows of 1028 (general kernel)", 3, WK_F32, 8, 1028, 1028, WK_F32, all, 4, WK_F32, WK_F32, 0);
+  chain_case("chain over rows of 102 (general kernel)", 3, WK_F32, 8, 102, 102, WK_F32, all, 4, WK_F32, WK_F32, 0);
+}
+
 int main(void) {
   if (!dual_open()) return 77;
   printf("device: %s\n", wk_cuda_device_name());
@@ -951,6 +1047,7 @@ int main(void) {
   test_long_chain();
   test_rows_fast();
   test_rows_fast_bits();
+  test_rows_chain();
   wk_cuda_mem_stats ms;
   wk_cuda_memory_stats(&ms);
   printf("cuda memory: reserved %zu, peak reserved %zu, in use %zu, cudaMalloc calls %llu, cache hits %llu\n",

@@ -203,6 +203,13 @@ wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots);
 // A lone softmax / log-softmax / RMSNorm over dense aligned rows (rows.cu): false when
 // the step does not qualify (nothing launched), else *st is the launch's status.
 bool wkc_rows_fast(const wk_step *s, void *const *slots, wk_status *st);
+// A chain of softmax / log-softmax / RMSNorm / layer-norm stages alone over rows of at
+// most 1024 values (rows.cu, the rows in registers): the stages one launch takes, 0
+// when the chain does not qualify. A piece of it as nn.cu's pieces (row_in: the
+// previous piece's dense f32 rows, else the first stage's input).
+int wkc_rows_chain_cap(const wk_step *s, int n, void *const *slots);
+wk_status wkc_rows_chain_piece(const wk_step *s, int n, void *const *slots, const float *row_in, char *out_p,
+                               int out_dtype, bool *fits);
 wk_status wkc_softmax_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_norm_bwd(const wk_step *s, void *const *slots);
 wk_status wkc_norm_dw(const wk_step *s, void *const *slots);

@@ -247,26 +247,30 @@ static wk_status rowchain_piece(const wk_step *s, int n, void *const *slots, con
 
 // A chain too long for one kernel's parameters (a thousand chained softmaxes, say)
 // runs as pieces that hand their rows over in f32 through scratch: the stages keep
-// rows in f32 between them anyway, so the results are the same bits.
+// rows in f32 between them anyway, so the results are the same bits. Chains of row
+// ops alone over short rows take rows.cu's register kernel (its pieces the same way).
+typedef wk_status (*chain_piece)(const wk_step *, int, void *const *, const float *, char *, int, bool *);
 wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
   const wk_operand *out = &s[n - 1].out;
   int64_t D = out->ndim ? out->shape[out->ndim - 1] : 1, rows = D ? wkc_numel(out) / D : 0;
   if (!rows) return WK_OK;
   wk_status st;
   if (n == 1 && wkc_rows_fast(s, slots, &st)) return st;
+  const int in_regs = wkc_rows_chain_cap(s, n, slots);
+  const chain_piece piece = in_regs ? wkc_rows_chain_piece : rowchain_piece;
   bool fits;
-  st = rowchain_piece(s, n, slots, NULL, out_ptr(out, slots), out->dtype, &fits);
+  st = piece(s, n, slots, NULL, out_ptr(out, slots), out->dtype, &fits);
   if (st || fits) return st;
   size_t bytes = (size_t)rows * (size_t)D * sizeof(float);
   float *hand[2] = {(float *)wkc_tmp_alloc(bytes), (float *)wkc_tmp_alloc(bytes)};
   if (!hand[0] || !hand[1]) st = wk_error(WK_ERR_OOM, "cuda: row chain of %d stages: 2 x %zu bytes of scratch", n, bytes);
-  int per = (int)((WKC_BLOB_LARGE - sizeof(ChainHdr)) / sizeof(StageD)) - 1;
+  int per = in_regs ? in_regs : (int)((WKC_BLOB_LARGE - sizeof(ChainHdr)) / sizeof(StageD)) - 1;
   for (int done = 0, k = 0; !st && done < n; k ^= 1) {
     int m = n - done < per ? n - done : per;
     for (fits = false; !fits && m > 0; m /= 2) {
       bool last = done + m == n;
-      st = rowchain_piece(s + done, m, slots, done ? hand[k ^ 1] : NULL, last ? out_ptr(out, slots) : (char *)hand[k],
-                          last ? out->dtype : WK_F32, &fits);
+      st = piece(s + done, m, slots, done ? hand[k ^ 1] : NULL, last ? out_ptr(out, slots) : (char *)hand[k],
+                 last ? out->dtype : WK_F32, &fits);
       if (st || fits) break;
     }
     if (!st && !fits) st = wk_error(WK_ERR_STATE, "cuda: a row-chain stage's program is too long for one kernel");

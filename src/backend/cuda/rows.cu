@@ -4,8 +4,10 @@
 // vector accesses, several rows per block. The general row-chain kernel (nn.cu)
 // stages rows through shared memory with scalar loads of any dtype and layout; on
 // the issue's large cases it reached 11-68% of the copy bandwidth, this is meant to
-// run at the copy rate. Anything else (chains, prologues, strided or misaligned
-// rows, rows over 8K elements) stays on the general kernel.
+// run at the copy rate. Chains of these ops (and layer norms) alone, over rows of at
+// most 1024 values, take the register chain kernel at the end of this file; anything
+// else (prologues, elementwise stages, strided or misaligned rows, longer rows) stays
+// on the general kernel.
 #include <stdlib.h>
 #include <atomic>
 #include "cuda_internal.h"
@@ -237,4 +239,229 @@ bool wkc_rows_fast(const wk_step *s, void *const *slots, wk_status *st) {
   else launch_any<WK_F16>(a, grid);
   *st = wkc_check_launch(wk_ops[s->op].name);
   return true;
+}
+
+// ---- row chains in registers ----
+// A chain of softmax / log-softmax / RMSNorm / layer-norm stages with no elementwise
+// code between them, over rows of at most 1024 values (D % 4 == 0): each thread
+// holds four values of a row in registers from the first stage to the last, a row
+// spread over the fewest warps (up to 8, a block) that give every thread its four.
+// A reduction is a warp shuffle, then (several warps) one barrier. nn.cu's general
+// chain kernel stages rows through shared memory with two barriers a reduction, and
+// a chain's stages run back to back, each as long as its latency: 1000 chained
+// softmaxes over (4,16,1024) took 1.55 us a stage there, 0.55 here (H200, `wick
+// bench`'s time a call, host included). A row on one warp (32 values a lane) took
+// 1.9 / 1.0 us a softmax / RMSNorm stage, on 2 warps 1.35 / 0.9, 4 warps 0.66-0.96 /
+// 0.55-0.73 (16 values a lane, latency-bound on one warp a scheduler).
+namespace {
+enum { C_SOFTMAX, C_LOG_SOFTMAX, C_RMS, C_LN };
+struct CStage {       // 32 bytes: 1022 stages fit one launch's parameters
+  const char *w, *b;  // dense weight / bias of D values, or NULL
+  int32_t op, wdt, bdt;
+  float eps;
+};
+struct CHdr {
+  const char *in;
+  char *out;
+  int64_t rows, in_rs;  // in_rs: elements between input rows (output rows are dense)
+  int32_t D, nst, in_dt, out_dt;
+};
+const int CHAIN_BLOCK = 128;  // one-warp rows: 4 rows a block
+std::atomic<long long> g_chain_launches{0};
+std::atomic<int> g_chain_on{-1};  // WICK_CUDA_ROWS_CHAIN (default 1); tests: wkc_rows_test_chain
+
+// Four values at element i (a multiple of 4) of f32 / bf16 / f16 storage.
+__device__ __forceinline__ void ld4(const char *p, int dt, int64_t i, float *v) {
+  if (dt == WK_F32) {
+    float4 q = *(const float4 *)(p + 4 * i);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    return;
+  }
+  uint2 q = *(const uint2 *)(p + 2 * i);
+  uint32_t h[4] = {q.x & 0xffffu, q.x >> 16, q.y & 0xffffu, q.y >> 16};
+#pragma unroll
+  for (int k = 0; k < 4; k++) v[k] = dt == WK_BF16 ? Vec16<WK_BF16>::get(h[k]) : Vec16<WK_F16>::get(h[k]);
+}
+__device__ __forceinline__ void st4(char *p, int dt, int64_t i, const float *v) {
+  if (dt == WK_F32) {
+    *(float4 *)(p + 4 * i) = make_float4(v[0], v[1], v[2], v[3]);
+    return;
+  }
+  uint32_t h[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) h[k] = dt == WK_BF16 ? Vec16<WK_BF16>::put(v[k]) : Vec16<WK_F16>::put(v[k]);
+  *(uint2 *)(p + 2 * i) = make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+}
+
+// Sum or max over the WPR warps that hold a row (the block, when WPR > 1). red holds
+// two sets of WPR partials, used in turn: one barrier a reduction suffices, since a
+// set is written again only after every thread passed the barrier of the reduction
+// between, by which time all have read it.
+template <int WPR, bool MAX>
+__device__ __forceinline__ float row_reduce(float v, float *red, int &phase) {
+  v = MAX ? warp_max(v) : warp_sum(v);
+  if (WPR == 1) return v;
+  float *r = red + phase * WPR;
+  phase ^= 1;
+  if ((threadIdx.x & 31) == 0) r[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float t = r[0];
+#pragma unroll
+  for (int k = 1; k < WPR; k++) t = MAX ? (r[k] > t || r[k] != r[k] ? r[k] : t) : t + r[k];
+  return t;
+}
+
+// WPR: warps a row (1: a block holds CHAIN_BLOCK / 32 rows; more: a block is a row).
+// Thread t of a row holds columns 4t .. 4t + 3 (none when 4t >= D: it joins the
+// reductions with neutral values and stores nothing).
+template <int CAP, int WPR>
+__global__ void __launch_bounds__(256) k_rows_chain(const __grid_constant__ Blob<CAP> blob) {
+  wkc_pdl_trigger();
+  __shared__ float red[2 * WPR];
+  const CHdr &h = *(const CHdr *)blob.b;
+  const CStage *stages = (const CStage *)(blob.b + sizeof(CHdr));
+  const int col = 4 * (WPR == 1 ? threadIdx.x & 31 : threadIdx.x), D = h.D;
+  const int64_t row = WPR == 1 ? (int64_t)blockIdx.x * (CHAIN_BLOCK / 32) + (threadIdx.x >> 5) : blockIdx.x;
+  if (row >= h.rows) return;  // (WPR > 1: the grid is the rows, every thread stays)
+  const bool ok = col < D;
+  float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (ok) ld4(h.in, h.in_dt, row * h.in_rs + col, x);
+  const float inv_d = 1.0f / (float)D;
+  int phase = 0;
+  bool unit = false;  // the row is a softmax's output: every value in [0, 1]
+  for (int si = 0; si < h.nst; si++) {
+    const CStage s = stages[si];
+    if (s.op == C_SOFTMAX || s.op == C_LOG_SOFTMAX) {
+      // The max is subtracted only to keep exp finite; values in [0, 1] need no
+      // shift (exp <= e), which saves the stage's first reduction: the same softmax,
+      // each exp rounded an ulp or so differently. (1000 chained softmaxes: 0.76 ->
+      // 0.55 us a stage.)
+      float mx = 0.0f;
+      if (!unit) {
+        // (a NaN the max drops still makes the row NaN, through its exp)
+        mx = row_reduce<WPR, true>(ok ? fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])) : -INFINITY, red, phase);
+      }
+      unit = s.op == C_SOFTMAX;
+      float e[4];
+#pragma unroll
+      for (int k = 0; k < 4; k++) e[k] = ok ? expf(x[k] - mx) : 0.0f;
+      const float sum = row_reduce<WPR, false>((e[0] + e[1]) + (e[2] + e[3]), red, phase);
+      if (s.op == C_SOFTMAX) {
+        const float inv = 1.0f / sum;
+#pragma unroll
+        for (int k = 0; k < 4; k++) x[k] = e[k] * inv;
+      } else {
+        const float lse = mx + logf(sum);
+#pragma unroll
+        for (int k = 0; k < 4; k++) x[k] -= lse;
+      }
+      continue;
+    }
+    unit = false;
+    float w[4] = {1.0f, 1.0f, 1.0f, 1.0f}, b[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // first: their latency hides
+    if (ok && s.w) ld4(s.w, s.wdt, col, w);                                  // behind the reductions
+    if (ok && s.b) ld4(s.b, s.bdt, col, b);
+    float mean = 0.0f;
+    if (s.op == C_LN) mean = row_reduce<WPR, false>((x[0] + x[1]) + (x[2] + x[3]), red, phase) * inv_d;
+    float q[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) q[k] = ok ? (x[k] - mean) * (x[k] - mean) : 0.0f;
+    const float kk = 1.0f / sqrtf(row_reduce<WPR, false>((q[0] + q[1]) + (q[2] + q[3]), red, phase) * inv_d + s.eps);
+#pragma unroll
+    for (int k = 0; k < 4; k++) x[k] = ok ? (x[k] - mean) * kk * w[k] + b[k] : 0.0f;
+  }
+  if (ok) st4(h.out, h.out_dt, row * D + col, x);
+}
+
+template <int WPR>
+void launch_chain(int64_t rows, size_t size, const unsigned char *buf) {
+  const unsigned grid = (unsigned)(WPR == 1 ? (rows + CHAIN_BLOCK / 32 - 1) / (CHAIN_BLOCK / 32) : rows);
+  const int block = WPR == 1 ? CHAIN_BLOCK : 32 * WPR;
+  if (size <= WKC_BLOB_SMALL)
+    k_rows_chain<WKC_BLOB_SMALL, WPR><<<grid, block, 0, wkc_stream()>>>(*(const Blob<WKC_BLOB_SMALL> *)buf);
+  else
+    k_rows_chain<WKC_BLOB_LARGE, WPR><<<grid, block, 0, wkc_stream()>>>(*(const Blob<WKC_BLOB_LARGE> *)buf);
+}
+
+bool float_dtype(int dt) { return dt == WK_F32 || dt == WK_BF16 || dt == WK_F16; }
+// A dense vector of D values that ld4 / st4 may access four at a time.
+bool vec4_ok(const DOp &o, int64_t n, int64_t D) {
+  return (o.flags & DOP_DENSE) && float_dtype(o.dtype) && n == D && (uintptr_t)o.p % (4 * wkc_esize(o.dtype)) == 0;
+}
+}
+
+extern "C" void wkc_rows_test_chain(int on) { g_chain_on.store(on < 0 ? -1 : on != 0); }
+extern "C" long long wkc_rows_chain_launches(void) { return g_chain_launches.load(); }
+
+int wkc_rows_chain_cap(const wk_step *s, int n, void *const *slots) {
+  int on = g_chain_on.load();
+  if (on < 0) {
+    const char *e = getenv("WICK_CUDA_ROWS_CHAIN");
+    g_chain_on.store(on = !e || atoi(e) != 0);
+  }
+  const wk_operand *out = &s[n - 1].out, *in = &s[0].in[0];
+  if (!on || out->ndim < 1 || in->ndim < 1 || in->slot < 0) return 0;
+  const int64_t D = out->shape[out->ndim - 1], rows = D ? wkc_numel(out) / D : 0;
+  if (D % 4 || D < 4 || D > 1024) return 0;
+  for (int j = 0; j < n; j++) {
+    const wk_step *st = &s[j];
+    bool rowop = st->op == WK_OP_SOFTMAX || st->op == WK_OP_LOG_SOFTMAX || st->op == WK_OP_RMS_NORM ||
+                 st->op == WK_OP_LAYER_NORM;
+    if (!rowop || st->prog.n || (j > 0 && st->in[0].slot >= 0)) return 0;
+    bool norm = st->op == WK_OP_RMS_NORM || st->op == WK_OP_LAYER_NORM;
+    int k = 1;
+    for (int has = 0; norm && has < 2; has++) {  // the weight, then the bias (layer norm)
+      if (!st->attrs.i[has] || (has && st->op != WK_OP_LAYER_NORM)) continue;
+      if (!vec4_ok(wkc_dop(&st->in[k], slots), wkc_numel(&st->in[k]), D)) return 0;
+      k++;
+    }
+  }
+  DOp di = wkc_dop(in, slots), dout = wkc_dop(out, slots);
+  bool unit_last = D == 1 || in->stride[in->ndim - 1] == 1;
+  bool in_ok = (di.flags & DOP_ROWREG) && (rows == 1 || (di.rs >= D && di.rs % 4 == 0)) && unit_last &&
+               float_dtype(in->dtype) && (uintptr_t)di.p % (4 * wkc_esize(in->dtype)) == 0 && wkc_numel(in) == rows * D;
+  if (!in_ok || !vec4_ok(dout, wkc_numel(out), rows * D)) return 0;
+  return (int)((WKC_BLOB_LARGE - sizeof(CHdr)) / sizeof(CStage));
+}
+
+wk_status wkc_rows_chain_piece(const wk_step *s, int n, void *const *slots, const float *row_in, char *out_p,
+                               int out_dtype, bool *fits) {
+  const wk_operand *out = &s[n - 1].out;
+  const int64_t D = out->shape[out->ndim - 1], rows = wkc_numel(out) / D;
+  unsigned char *buf = wkc_blob_buf();
+  size_t size = sizeof(CHdr) + sizeof(CStage) * (size_t)n;
+  if ((*fits = size <= WKC_BLOB_LARGE) == false) return WK_OK;
+  CHdr *h = (CHdr *)buf;
+  memset(buf, 0, size);
+  if (row_in) {
+    h->in = (const char *)row_in, h->in_dt = WK_F32, h->in_rs = D;
+  } else {
+    DOp di = wkc_dop(&s[0].in[0], slots);
+    h->in = di.p, h->in_dt = di.dtype, h->in_rs = rows == 1 ? D : di.rs;
+  }
+  h->out = out_p, h->out_dt = out_dtype;
+  h->rows = rows, h->D = (int32_t)D, h->nst = n;
+  CStage *cs = (CStage *)(buf + sizeof(CHdr));
+  for (int j = 0; j < n; j++) {
+    const wk_step *st = &s[j];
+    cs[j].op = st->op == WK_OP_SOFTMAX ? C_SOFTMAX : st->op == WK_OP_LOG_SOFTMAX ? C_LOG_SOFTMAX
+             : st->op == WK_OP_RMS_NORM ? C_RMS : C_LN;
+    cs[j].eps = st->attrs.f[0];
+    if (cs[j].op < C_RMS) continue;
+    int k = 1;
+    if (st->attrs.i[0]) {
+      DOp w = wkc_dop(&st->in[k++], slots);
+      cs[j].w = w.p, cs[j].wdt = w.dtype;
+    }
+    if (cs[j].op == C_LN && st->attrs.i[1]) {
+      DOp b = wkc_dop(&st->in[k], slots);
+      cs[j].b = b.p, cs[j].bdt = b.dtype;
+    }
+  }
+  if (D <= 128) launch_chain<1>(rows, size, buf);
+  else if (D <= 256) launch_chain<2>(rows, size, buf);
+  else if (D <= 512) launch_chain<4>(rows, size, buf);
+  else launch_chain<8>(rows, size, buf);
+  g_chain_launches++;
+  return wkc_check_launch(n > 1 ? "row chain (registers)" : wk_ops[s->op].name);
 }
