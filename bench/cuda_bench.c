@@ -1,7 +1,8 @@
 // Micro-benchmark of CUDA backend kernels, timed with cudaEvents on the backend's
 // stream (steps built by hand, as the engine's planner would emit them). Prints one
 // JSON object a line: {"name", "device", "us" (median), "p10", "p90", "iters", "gbs" | "tflops"}.
-//   cuda_bench [iters]
+//   cuda_bench [iters] [gemv]     (gemv: only the decode GEMV against cuBLAS)
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,10 +96,97 @@ static wk_step sdpa_step(wk_dtype dt, const int64_t *qs, const int64_t *ks) {
   return s;
 }
 
+// The decode GEMV y[N] = W[N, K] x (bf16 W, f32 accumulation) at Qwen2.5-0.5B's decode
+// shapes: wick's one-row kernel (a QMATMUL step, f32 x and y) against cuBLAS
+// (cublasGemmEx, bf16 x, f32 y, the same W). Each of `launches` calls in a row reads
+// another copy of W, so that W streams from DRAM as in decode (a model's weights do
+// not stay in L2); both sides are captured as one CUDA graph (no host launch time) and
+// timed over its replays: µs a call = graph time / launches.
+static double graph_us(cudaGraphExec_t ge, cudaStream_t st, int reps) {
+  cudaEvent_t ev[2];
+  cudaEventCreate(&ev[0]);
+  cudaEventCreate(&ev[1]);
+  cudaGraphLaunch(ge, st);   // warm-up
+  float *ms = malloc(sizeof(float) * (size_t)reps);
+  for (int i = 0; i < reps; i++) {
+    cudaEventRecord(ev[0], st);
+    cudaGraphLaunch(ge, st);
+    cudaEventRecord(ev[1], st);
+    cudaEventSynchronize(ev[1]);
+    cudaEventElapsedTime(&ms[i], ev[0], ev[1]);
+  }
+  qsort(ms, (size_t)reps, sizeof(float), cmpf);
+  double us = ms[reps / 2] * 1e3;
+  free(ms);
+  cudaEventDestroy(ev[0]);
+  cudaEventDestroy(ev[1]);
+  return us;
+}
+static void bench_gemv(int reps) {
+  static const int64_t shapes[][2] = {{1152, 896}, {896, 896}, {9728, 896}, {4864, 896}, {896, 4864}, {151936, 896}};
+  static const char *what[] = {"q/k/v as one", "q, o", "gate/up as one", "gate, up", "down", "LM head"};
+  cudaStream_t st = (cudaStream_t)wk_cuda_stream();
+  cublasHandle_t h;
+  if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "gemv: cublasCreate failed\n"); return; }
+  cublasSetStream(h, st);
+  for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+    const int64_t N = shapes[c][0], K = shapes[c][1];
+    const size_t wb = (size_t)(N * K) * 2;
+    int copies = (int)(((size_t)160 << 20) / wb) + 1, launches = copies < 64 ? 64 : copies;
+    if (copies > launches) copies = launches;
+    void **w = malloc(sizeof(void *) * (size_t)copies);
+    for (int i = 0; i < copies; i++) w[i] = dev_rand((size_t)(N * K), WK_BF16);
+    void *xf = dev_rand((size_t)K, WK_F32), *xb = dev_rand((size_t)K, WK_BF16), *y = gpu->alloc((size_t)N * 4);
+    double us[2] = {0, 0};
+    for (int side = 0; side < 2; side++) {
+      cudaGraph_t g;
+      cudaGraphExec_t ge = NULL;
+      bool ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed) == cudaSuccess;
+      for (int i = 0; ok && i < launches; i++) {
+        if (side == 0) {
+          int64_t xs[2] = {1, K}, ws[2] = {N, K}, ys[2] = {1, N};
+          void *slots[3] = {xf, w[i % copies], y};
+          wk_step s = cuda_step(WK_OP_QMATMUL, 2);
+          s.in[0] = wk_operand_dense(0, WK_F32, 2, xs);
+          s.in[1] = wk_operand_dense(1, WK_BF16, 2, ws);
+          s.out = wk_operand_dense(2, WK_F32, 2, ys);
+          s.attrs.i[0] = 1;
+          ok = gpu->run(&s, slots) == WK_OK;
+        } else {
+          const float one = 1.0f, zero = 0.0f;
+          ok = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, 1, (int)K, &one, w[i % copies], CUDA_R_16BF, (int)K, xb,
+                            CUDA_R_16BF, (int)K, &zero, y, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+        }
+      }
+      ok = cudaStreamEndCapture(st, &g) == cudaSuccess && ok;
+      ok = ok && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
+      us[side] = ok ? graph_us(ge, st, reps) / launches : -1;
+      if (ge) cudaGraphExecDestroy(ge);
+      if (ok) cudaGraphDestroy(g);
+    }
+    printf("{\"name\": \"gemv %lldx%lld bf16 (%s)\", \"device\": \"cuda\", \"card\": \"%s\", \"us\": %.2f, "
+           "\"cublas_us\": %.2f, \"wick_vs_cublas\": %.2f, \"gbs\": %.0f, \"copies\": %d}\n",
+           (long long)N, (long long)K, what[c], wk_cuda_device_name(), us[0], us[1], us[0] > 0 ? us[1] / us[0] : 0,
+           us[0] > 0 ? (double)wb / (us[0] * 1e-6) / 1e9 : 0, copies);
+    fflush(stdout);
+    for (int i = 0; i < copies; i++) gpu->free(w[i]);
+    free(w);
+    gpu->free(xf);
+    gpu->free(xb);
+    gpu->free(y);
+  }
+  cublasDestroy(h);
+}
+
 int main(int argc, char **argv) {
   int iters = argc > 1 ? atoi(argv[1]) : 50;
   gpu = wk_backend_get(WK_CUDA);
   if (!gpu) { fprintf(stderr, "%s\n", wk_last_error()); return 1; }
+  if (argc > 2 && !strcmp(argv[2], "gemv")) {
+    bench_gemv(iters);
+    return 0;
+  }
 
   // copy bandwidth (the reference for memory-bound kernels): read + write
   size_t cb = (size_t)256 << 20;
@@ -204,6 +292,7 @@ int main(int argc, char **argv) {
     gpu->free(v);
     gpu->free(o);
   }
+  bench_gemv(iters);
   wk_cuda_mem_stats m;
   wk_cuda_memory_stats(&m);
   printf("{\"name\": \"cuda allocator\", \"reserved\": %zu, \"peak_reserved\": %zu, \"cuda_mallocs\": %llu, \"cache_hits\": %llu}\n",

@@ -368,22 +368,26 @@ bool hgemv1_on() {
 
 // Rows a group and loads a lane per round: 4 and 4 for a SwiGLU x (computed once for
 // the 4 rows: one row a group made the down projection read gate and up from L2 N
-// times, 2x its time), else 2 and 2. Warps per row: the fewest (1, 2, 4 or 8) that
-// leave each lane at most 8 chunks of 8 values, then more while the grid has under 1.5
-// blocks an SM. Swept on an H200 over Qwen2.5-0.5B's decode shapes (bf16, W streamed
-// from DRAM, 50 launches back to back in a graph; BENCHMARKS.md): gate+up (2 x
-// [4864, 896]) 7.9 -> 6.3 us, down with SwiGLU ([896, 4864]) 9.7 -> 7.1, o ([896, 896])
-// 2.7 -> 2.3, the LM head ([151936, 896]) 62.5 -> 61.4, against 1, 1 or 4 rows a group
-// with 4 or 8 loads and up to 8 warps an SM before.
+// times, 2x its time), 2 and 2 with a norm, else 4 and 2. A plain x at 4 rows rather
+// than 2 (cuda_bench gemv, H200, W from DRAM): [9728, 896] 7.43 -> 6.75 us, the LM
+// head [151936, 896] 72.9 -> 63.8, [896, 4864] 5.40 -> 5.00, [896, 896] 2.43 -> 2.50;
+// 4 loads a round, 1 row a group, or 8 loads were slower. With a norm 4 rows measured
+// 9.3 -> 10.9 us a group launch (ncu), so those stay at 2. Warps per row: the fewest
+// (1, 2, 4 or 8) that leave each lane at most 8 chunks of 8 values, then more while
+// the grid has under 1.5 blocks an SM. An earlier sweep on an H200 over Qwen2.5-0.5B's
+// decode shapes (bf16, W streamed from DRAM, 50 launches back to back in a graph;
+// BENCHMARKS.md): gate+up (2 x [4864, 896]) 7.9 -> 6.3 us, down with SwiGLU ([896,
+// 4864]) 9.7 -> 7.1, o ([896, 896]) 2.7 -> 2.3, the LM head ([151936, 896]) 62.5 ->
+// 61.4, against 1, 1 or 4 rows a group with 4 or 8 loads and up to 8 warps an SM.
 struct Cfg1 {
   bool bf;
-  int xm;    // XM_*: what x is (it fixes the loads and rows: launch1's UR)
+  int xm;    // XM_*: what x is (it fixes the loads and rows: launch1's U and R)
   unsigned grid;
   bool operator==(const Cfg1 &o) const { return bf == o.bf && xm == o.xm; }
 };
 Cfg1 cfg1(HArgs *a, bool bf) {
   const int64_t nc = a->K / 8;
-  const int r = a->up ? 4 : 2;
+  const int r = a->nw ? 2 : 4;
   auto blocks = [&](int split) { return (a->N + (HG_WARPS / split) * r - 1) / ((HG_WARPS / split) * r); };
   const int most = a->nw ? NORM_CHUNKS : 8;   // chunks a lane
   a->split = 1;
@@ -394,14 +398,14 @@ Cfg1 cfg1(HArgs *a, bool bf) {
 template <bool BF, int XM>
 void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
   const unsigned grid = g ? g->first[g->n] : c.grid;
-  constexpr int UR = XM == XM_SWIGLU ? 4 : 2;   // loads a lane a round and rows a group (cfg1's r)
+  constexpr int U = XM == XM_SWIGLU ? 4 : 2, R = XM == XM_NORM ? 2 : 4;   // loads a lane a round, rows a group (cfg1's r)
   bool pdl = true;   // W is read before the wait: only where no step writes it
   for (int i = 0; i < (g ? g->n : 1); i++) {
     const HArgs &m = g ? g->m[i] : a;
     pdl = pdl && wkc_pdl_const(m.w, sizeof(uint16_t) * (size_t)(m.N * m.K));
   }
-  if (g) wkc_launch(k_hgemv1g<BF, UR, UR, XM>, grid, HG_WARPS * 32, 0, pdl, *g);
-  else wkc_launch(k_hgemv1<BF, UR, UR, XM>, grid, HG_WARPS * 32, 0, pdl, a);
+  if (g) wkc_launch(k_hgemv1g<BF, U, R, XM>, grid, HG_WARPS * 32, 0, pdl, *g);
+  else wkc_launch(k_hgemv1<BF, U, R, XM>, grid, HG_WARPS * 32, 0, pdl, a);
 }
 template <bool BF>
 void launch1_x(const Cfg1 &c, const HArgs &a, const HGroup *g) {
