@@ -1122,19 +1122,24 @@ __global__ void __launch_bounds__(1024) k_ce_bwd(const __grid_constant__ CeArgs 
 
 // ---- cross-entropy over long rows: a row split over a cluster of CTAs ----
 // One CTA a row gave 256 CTAs of 1024 threads for a block of 256 rows of 152K logits
-// (two uneven waves on 132 SMs) and the backward read each row twice. Here CE_CLUSTER
-// CTAs share a row: each reduces its piece to a (max, sum) pair, the cluster combines
+// (two uneven waves on 132 SMs) and the backward read each row twice. Here a cluster
+// of CTAs shares a row: each reduces its piece to a (max, sum) pair, the cluster combines
 // the pairs through distributed shared memory in rank order (every CTA gets the same
 // bits, run to run), and the backward, which kept its piece in shared memory, writes
 // the gradient without reading the row again: one read and one write of the logits.
-#define CE_CLUSTER 8
+// CTAs a row: the forward keeps no piece, so fewer and longer pieces do better (a
+// [256, 151936] block on an H200, ncu: the forward 53.7 us at 2 CTAs a row, 62.0 at
+// 4, 89.8 at 8, 174 at 16; the backward, whose piece stays in shared memory, 163 at 8,
+// 206 at 4 (one CTA an SM), 256 at 16; 16 is a non-portable cluster size).
+#define CE_CLUSTER_FWD 2
+#define CE_CLUSTER_BWD 8
 #define CE_THREADS 512
 #define CE_SPLIT_MIN 4096   // shorter rows keep one CTA a row (a cluster would idle)
 struct CeSplit {
   CeArgs a;
   int64_t piece;   // elements of a row per CTA (a multiple of 4)
   int32_t vec;     // rows 16-byte aligned, V % 4 == 0 (and the output aligned): float4 loads
-  int32_t pad;
+  int32_t cl;      // CTAs a row (the cluster)
 };
 
 // (max, sum of exp(x - max)) of two parts; -inf maxima (nothing yet) add nothing.
@@ -1231,11 +1236,11 @@ WKC_DEV void ce_piece_grad(const CeSplit &c, const float *held, int64_t r, int64
 }
 
 // Forward (per-row loss, as k_ce_rows) or backward (dlogits, as k_ce_bwd) of row
-// blockIdx.x / CE_CLUSTER; the CTA of rank q takes elements [q piece, (q + 1) piece).
+// blockIdx.x / c.cl; the CTA of rank q takes elements [q piece, (q + 1) piece).
 // The backward may write over x in place: a CTA writes only its own piece, after the
 // cluster barrier that every CTA passes once it has read its piece.
 template <bool BWD>
-__global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
+__global__ void __launch_bounds__(CE_THREADS)
     k_ce_split(const __grid_constant__ CeSplit c) {
   extern __shared__ float4 held4[];   // the backward's piece of the row
   __shared__ float2 red[32];
@@ -1243,7 +1248,7 @@ __global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
   namespace cg = cooperative_groups;
   cg::cluster_group cl = cg::this_cluster();
   const CeArgs &a = c.a;
-  const int64_t r = blockIdx.x / CE_CLUSTER, t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
+  const int64_t r = blockIdx.x / c.cl, t = ((const int32_t *)a.tg.p)[op_off(a.tg, r)];
   const unsigned rank = cl.block_rank();
   const int64_t j0 = rank * c.piece, n = j0 >= a.V ? 0 : a.V - j0 < c.piece ? a.V - j0 : c.piece;
   const bool ok = t != a.ignore && t >= 0 && t < a.V, lead = rank == 0 && threadIdx.x == 0;
@@ -1261,7 +1266,7 @@ __global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
   if (threadIdx.x == 0) part = ms;
   cl.sync();
   ms = make_float2(-INFINITY, 0.0f);
-  for (int q = 0; q < CE_CLUSTER; q++) ms = ce_merge(ms, *cl.map_shared_rank(&part, q));
+  for (int q = 0; q < c.cl; q++) ms = ce_merge(ms, *cl.map_shared_rank(&part, q));
   cl.sync();   // no CTA leaves while another reads its part
   if (!BWD) {
     if (!lead) return;
@@ -1277,29 +1282,37 @@ static int g_ce_split = -1;   // WICK_CUDA_CE_SPLIT=0: the one-CTA-a-row kernels
 // enough, and for the backward a piece that fits shared memory. Fills c.
 static bool ce_split_plan(const CeArgs &a, const wk_operand *x, bool bwd, CeSplit &c) {
   if (!wk_env_on("WICK_CUDA_CE_SPLIT", &g_ce_split) || x->dtype != WK_F32 || a.V < CE_SPLIT_MIN ||
-      x->stride[x->ndim - 1] != 1 || a.N > INT32_MAX / CE_CLUSTER)
+      x->stride[x->ndim - 1] != 1 || a.N > INT32_MAX / CE_CLUSTER_BWD)
     return false;
   memset(&c, 0, sizeof c);
   c.a = a;
-  c.piece = ((a.V + CE_CLUSTER - 1) / CE_CLUSTER + 3) / 4 * 4;
+  c.cl = bwd ? CE_CLUSTER_BWD : CE_CLUSTER_FWD;
+  c.piece = ((a.V + c.cl - 1) / c.cl + 3) / 4 * 4;
   if (bwd && (size_t)c.piece * 4 > wkc_max_smem() - 1024) return false;
   const uintptr_t o = (uintptr_t)a.out;
   c.vec = rows_vec4(x, a.x.p, a.V) && (!bwd || o % 16 == 0 || (a.out_dtype == WK_BF16 && o % 8 == 0));
   return true;
 }
 static void ce_split_launch(const CeSplit &c, bool bwd) {
-  const unsigned grid = (unsigned)(c.a.N * CE_CLUSTER);
-  if (!bwd) {
-    k_ce_split<false><<<grid, CE_THREADS, 0, wkc_stream()>>>(c);
-    return;
+  cudaLaunchAttribute at;
+  at.id = cudaLaunchAttributeClusterDimension;
+  at.val.clusterDim.x = (unsigned)c.cl, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)(c.a.N * c.cl));
+  cfg.blockDim = dim3(CE_THREADS);
+  cfg.stream = wkc_stream();
+  cfg.attrs = &at;
+  cfg.numAttrs = 1;
+  void (*k)(CeSplit) = bwd ? k_ce_split<true> : k_ce_split<false>;
+  if (bwd) {
+    static size_t optin;
+    cfg.dynamicSmemBytes = (size_t)c.piece * 4;
+    if (cfg.dynamicSmemBytes > 48 * 1024 && optin < cfg.dynamicSmemBytes) {
+      cudaFuncSetAttribute(k_ce_split<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)wkc_max_smem() - 1024);
+      optin = wkc_max_smem() - 1024;
+    }
   }
-  static size_t optin;
-  const size_t smem = (size_t)c.piece * 4;
-  if (smem > 48 * 1024 && optin < smem) {
-    cudaFuncSetAttribute(k_ce_split<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)wkc_max_smem() - 1024);
-    optin = wkc_max_smem() - 1024;
-  }
-  k_ce_split<true><<<grid, CE_THREADS, smem, wkc_stream()>>>(c);
+  cudaLaunchKernelEx(&cfg, k, c);
 }
 
 // Rows of a (x: its operand) through k_ce_split where they qualify, else one CTA a row.
