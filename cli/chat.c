@@ -81,8 +81,7 @@ static int converse(const char *C, wk_chat_session *s, const wk_generate_params 
 int wick_chat_main(int argc, char **argv) {
   const char *C = "chat", *model = NULL, *system = NULL, *adapter = NULL, *v;
   wk_device dev = WK_CPU;
-  wk_generate_params gp = wk_generate_defaults();
-  gp.sampler.temperature = 0.8f;
+  wk_generate_params gp = cli_gen_defaults();
   bool json = false, chatml = false;
   const char **stops = calloc((size_t)argc, sizeof *stops);
   if (!stops) return cli_user_error(C, "out of memory");
@@ -136,6 +135,7 @@ int wick_chat_main(int argc, char **argv) {
     rc = cli_lib_error(C);
     goto done;
   }
+  cli_gen_resolve(&gp, m);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;   // no SA_RESTART: Ctrl-C at the prompt ends the read

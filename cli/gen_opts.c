@@ -30,6 +30,17 @@ void cli_print_token_json(const wk_gen_token *t, bool with_seq) {
   printf("}\n");
 }
 
+wk_generate_params cli_gen_defaults(void) {
+  wk_generate_params gp = wk_generate_defaults();
+  gp.sampler.temperature = 0.8f;
+  gp.cache_dtype = CLI_CACHE_AUTO;
+  return gp;
+}
+
+void cli_gen_resolve(wk_generate_params *gp, const wk_model *m) {
+  if (gp->cache_dtype == CLI_CACHE_AUTO) gp->cache_dtype = wk_model_cache_dtype(m);
+}
+
 int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_params *gp, const char **stops,
                    size_t *n_stop) {
   const char *a = argv[*i], *v;

@@ -17,6 +17,7 @@ typedef struct {
   bool json, batch;
   text_buf *texts;   // batch text mode: each sequence's text, printed at the end
   bool oom;
+  wk_dtype cache;    // the KV cache's dtype (the JSON summary names it)
 } gen_ctx;
 
 static void text_add(gen_ctx *g, text_buf *b, const char *s, size_t n) {
@@ -47,8 +48,9 @@ static void report(const gen_ctx *g, size_t k, const wk_generate_result *r) {
   if (g->json) {
     if (g->batch) printf("{\"seq\": %zu, ", k); else printf("{");
     printf("\"prompt_tokens\": %lld, \"generated_tokens\": %lld, \"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, "
-           "\"stop\": \"%s\"}\n",
-           (long long)r->prompt_tokens, (long long)r->generated_tokens, pf, dc, wk_stop_reason_name(r->stop));
+           "\"stop\": \"%s\", \"cache_type\": \"%s\"}\n",
+           (long long)r->prompt_tokens, (long long)r->generated_tokens, pf, dc, wk_stop_reason_name(r->stop),
+           wk_dtype_name(g->cache));
   } else {
     char which[32] = "";
     if (g->batch) snprintf(which, sizeof which, "prompt %zu: ", k + 1);   // as the -p options count
@@ -69,19 +71,21 @@ static int encode_prompts(const char *C, const wk_tokenizer *tok, size_t np, con
 
 static int run(const char *C, const char *model, const char *tokenizer, wk_device dev, const char *adapter, size_t np,
                const char **prompts,
-               bool special, bool json, const wk_generate_params *gp) {
+               bool special, bool json, wk_generate_params *gp) {
   wk_tokenizer *tok = cli_load_tokenizer(tokenizer ? tokenizer : model);
   if (!tok) return cli_lib_error(C);
   int32_t **ids = calloc(np, sizeof *ids);
   size_t *n = calloc(np, sizeof *n);
   wk_generate_result *r = calloc(np, sizeof *r);
-  gen_ctx g = {json, np > 1, calloc(np, sizeof(text_buf)), false};
+  gen_ctx g = {json, np > 1, calloc(np, sizeof(text_buf)), false, WK_F32};
   wk_model *m = NULL;
   wk_adapter *ad = NULL;
   int rc = !ids || !n || !r || !g.texts ? cli_user_error(C, "out of memory") : 0;
   if (!rc) rc = encode_prompts(C, tok, np, prompts, special, ids, n);
   if (!rc && !(m = cli_load_model(model, dev, adapter, &ad))) rc = cli_lib_error(C);
   if (!rc) {
+    cli_gen_resolve(gp, m);
+    g.cache = gp->cache_dtype;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
@@ -112,8 +116,7 @@ static int run(const char *C, const char *model, const char *tokenizer, wk_devic
 int wick_generate_main(int argc, char **argv) {
   const char *C = "generate", *model = NULL, *adapter = NULL, *tokenizer = NULL, *v;
   wk_device dev = WK_CPU;
-  wk_generate_params gp = wk_generate_defaults();
-  gp.sampler.temperature = 0.8f;
+  wk_generate_params gp = cli_gen_defaults();
   bool json = false, special = true;
   const char **stops = calloc((size_t)argc, sizeof *stops), **prompts = calloc((size_t)argc, sizeof *prompts);
   size_t n_stop = 0, np = 0;

@@ -133,6 +133,11 @@ static void test_cache_options(void) {
   int rc = run(NULL, out, sizeof out, err, sizeof err, bf16);
   int32_t ids[8];
   CHECK(rc == 0 && ids_of(out, -1, ids, 8) == 4, "--cache-type bf16: rc %d: %s%s", rc, out, err);
+  CHECK(strstr(out, "\"cache_type\": \"bf16\""), "--cache-type bf16: the summary names it: %s", out);
+  // the default on the CPU: f32 (wk_model_cache_dtype)
+  const char *dflt[] = {"generate", "-m", MODEL, "-p", "Hello there", "-n", "2", "--temp", "0", "--json", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, dflt);
+  CHECK(rc == 0 && strstr(out, "\"cache_type\": \"f32\""), "the default cache on the CPU is f32: rc %d: %s%s", rc, out, err);
   const char *bad[] = {"generate", "-m", MODEL, "-p", "Hi", "--cache-type", "q4", NULL};
   rc = run(NULL, out, sizeof out, err, sizeof err, bad);
   CHECK(rc == 2 && strstr(err, "--cache-type 'q4'"), "bad --cache-type: rc %d: %s", rc, err);

@@ -6,7 +6,8 @@
 //    result exactly (same batches, same kernels);
 //  - `wick logits -d cuda` on the tiny Llama gives the reference's top-1 token and its
 //    logit within 1e-3 (the CPU test's bound; logits are O(1));
-//  - an unknown device is a usage error naming it.
+//  - an unknown device is a usage error naming it;
+//  - wick generate -d cuda keeps a bf16 model's KV cache in bf16 by default.
 #include <string.h>
 #include <unistd.h>
 #include "check.h"
@@ -82,10 +83,51 @@ static void test_logits(void) {
   CHECK(rc == 2 && strstr(err, "unknown device 'tpu'"), "wick logits -d tpu: rc %d: %s", rc, err);
 }
 
+// wick generate -d cuda keeps a bf16 model's KV cache in bf16 unless --cache-type says
+// otherwise (wk_model_cache_dtype: the decode attention kernel reads 2-byte caches),
+// and an f32 model's in f32; the chat fixture saved as bf16 serves as the bf16 model.
+static void test_cache_default(void) {
+  const char *chat = "tests/fixtures/chat/model";
+  char dir[] = "/tmp/wick_cache_bf16_XXXXXX";
+  wk_model *m = wk_model_load(chat);
+  bool ok = m && mkdtemp(dir) && wk_model_save(m, dir, WK_BF16) == WK_OK;
+  CHECK(ok, "the chat fixture saved as bf16 [%s]", wk_last_error());
+  CHECK(wk_model_cache_dtype(m) == WK_F32 && wk_model_cache_dtype(NULL) == WK_F32, "wk_model_cache_dtype on the CPU: f32");
+  wk_model *b = ok ? wk_model_load(dir) : NULL;
+  ok = b && wk_model_to_device(b, WK_CUDA) == WK_OK;
+  CHECK(ok && wk_model_cache_dtype(b) == WK_BF16, "wk_model_cache_dtype of a bf16 model on CUDA: bf16 [%s]", wk_last_error());
+  wk_model_free(b);
+  wk_model_free(m);
+  static const struct { const char *model, *cache, *want; } cases[] = {
+      {NULL, NULL, "bf16"}, {NULL, "f32", "f32"}, {"tests/fixtures/chat/model", NULL, "f32"}};
+  for (int k = 0; ok && k < 3; k++) {
+    const char *args[20] = {"generate", "-m", cases[k].model ? cases[k].model : dir, "--tokenizer",
+                            "tests/fixtures/chat/model/tokenizer.json", "-d", "cuda", "-p", "Hello there", "-n", "3",
+                            "--temp", "0", "--json"};
+    int n = 14;
+    if (cases[k].cache) args[n++] = "--cache-type", args[n++] = cases[k].cache;
+    args[n] = NULL;
+    int rc = run(NULL, out, sizeof out, err, sizeof err, args);
+    char want[64];
+    snprintf(want, sizeof want, "\"cache_type\": \"%s\"", cases[k].want);
+    CHECK(rc == 0 && strstr(out, want), "wick generate -d cuda, %s model%s%s: cache %s: rc %d: %s%s",
+          cases[k].model ? "an f32" : "a bf16", cases[k].cache ? ", --cache-type " : "", cases[k].cache ? cases[k].cache : "",
+          cases[k].want, rc, out, err);
+  }
+  char path[96];
+  const char *files[] = {"config.json", "model.safetensors"};
+  for (int i = 0; i < 2; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
 int main(void) {
   if (chdir(WICK_SOURCE_DIR)) { perror(WICK_SOURCE_DIR); return 1; }
   SKIP_WITHOUT_CUDA();
   test_embed();
   test_logits();
+  test_cache_default();
   return check_report();
 }
