@@ -24,7 +24,8 @@ void cli_print_token_json(const wk_gen_token *t, bool with_seq);
   "  [--top-logprobs K] [--cache-type f32|f16|bf16|q8_0] [--ctx-size N] [--sliding-window]\n"   \
   "  -n: tokens to generate (default 128); --temp 0 is greedy (default 0.8)\n"                  \
   "  --top-logprobs K: with --json, each token's K most probable alternatives\n"                \
-  "  --cache-type: KV cache storage (default f32; on CUDA a bf16 or f16 model's own dtype)\n"  \
+  "  --cache-type: KV cache storage (default f32; on CUDA a bf16 / f16 model's dtype, f16 for\n" \
+  "  a GGUF model)\n"                                                                          \
   "  --ctx-size: positions the cache holds (default: the model's context length)\n"          \
   "  --sliding-window: at the context limit drop the oldest half of the cache instead of\n"   \
   "  stopping\n"

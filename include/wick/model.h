@@ -165,8 +165,8 @@ wk_status wk_kv_cache_set_dtype(wk_kv_cache *c, wk_dtype dt);
 // The cache dtype that decodes fastest at the model's own precision: on CUDA a bf16
 // or f16 model's dtype (transformers keeps such a model's cache in its dtype; CUDA's
 // decode attention kernel reads 2-byte caches, an f32 cache takes the tiled kernels,
-// several times slower), else WK_F32. wick generate and chat use it unless --cache-type
-// says otherwise.
+// several times slower) and f16 for a GGUF model (llama.cpp's default cache), else
+// WK_F32. wick generate and chat use it unless --cache-type says otherwise.
 wk_dtype wk_model_cache_dtype(const wk_model *m);
 // A sliding window: forgets the oldest n positions (0 < n < wk_kv_cache_len). Later
 // tokens keep their positions (RoPE distances stay right) and attend to the kept ones

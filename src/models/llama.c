@@ -158,6 +158,7 @@ wk_device wk_model_device(const wk_model *m) { return m && m->embed ? wk_tensor_
 
 wk_dtype wk_model_cache_dtype(const wk_model *m) {
   if (!m || !m->layers || !m->cfg.num_hidden_layers || wk_model_device(m) != WK_CUDA) return WK_F32;
+  if (!strcmp(wk_model_format(m), "gguf")) return WK_F16;   // llama.cpp's default cache (its blocks became f32)
   wk_dtype dt = wk_tensor_dtype(m->layers[0].wq);
   return dt == WK_F16 || dt == WK_BF16 ? dt : WK_F32;
 }

@@ -85,7 +85,8 @@ static void test_logits(void) {
 
 // wick generate -d cuda keeps a bf16 model's KV cache in bf16 unless --cache-type says
 // otherwise (wk_model_cache_dtype: the decode attention kernel reads 2-byte caches),
-// and an f32 model's in f32; the chat fixture saved as bf16 serves as the bf16 model.
+// and an f32 model's in f32 (a GGUF model's in f16, llama.cpp's default); the chat
+// fixture saved as bf16 serves as the bf16 model.
 static void test_cache_default(void) {
   const char *chat = "tests/fixtures/chat/model";
   char dir[] = "/tmp/wick_cache_bf16_XXXXXX";
@@ -98,6 +99,10 @@ static void test_cache_default(void) {
   CHECK(ok && wk_model_cache_dtype(b) == WK_BF16, "wk_model_cache_dtype of a bf16 model on CUDA: bf16 [%s]", wk_last_error());
   wk_model_free(b);
   wk_model_free(m);
+  wk_model *q = wk_model_load("tests/fixtures/models/qwen2_q8_0.gguf");
+  bool qok = q && wk_model_to_device(q, WK_CUDA) == WK_OK;
+  CHECK(qok && wk_model_cache_dtype(q) == WK_F16, "wk_model_cache_dtype of a GGUF model on CUDA: f16 [%s]", wk_last_error());
+  wk_model_free(q);
   static const struct { const char *model, *cache, *want; } cases[] = {
       {NULL, NULL, "bf16"}, {NULL, "f32", "f32"}, {"tests/fixtures/chat/model", NULL, "f32"}};
   for (int k = 0; ok && k < 3; k++) {
