@@ -549,6 +549,18 @@ static void test_rope_vec(void) {
     compare(name, &r, o, 1e-6f, 1e-5f);
     reset();
   }
+  // a training step's q ([8, 14, 512, 64], theta 1e6 as Qwen2's): the vector body over
+  // many row groups
+  const int64_t big[4] = {8, 14, 512, 64}, nbig = 8 * 14 * 512 * 64;
+  int bx = buf(WK_F32, nbig, -1, 1), bo = out_buf(WK_F32, nbig);
+  wk_step q = step0(WK_OP_ROPE);
+  q.nin = 1;
+  q.in[0] = op_c(bx, WK_F32, 4, big);
+  q.attrs.f[0] = 1000000.0f;
+  q.attrs.f[1] = 1.0f;
+  q.out = op_c(bo, WK_F32, 4, big);
+  compare("rope [8,14,512,64], theta 1e6", &q, bo, 1e-6f, 1e-5f);
+  reset();
 }
 
 // ---- rope, embedding, sdpa, cross-entropy ----
