@@ -22,14 +22,14 @@ static int on_token(const wk_gen_token *t, void *user) {
   return g_interrupted ? 1 : 0;
 }
 
-static void report_turn(bool json, long turn, const wk_generate_result *r) {
+static void report_turn(bool json, long turn, const wk_generate_result *r, wk_dtype cache) {
   double pf = r->prefill_s > 0 ? (double)r->prompt_tokens / r->prefill_s : 0;
   double dc = r->decode_s > 0 && r->generated_tokens > 1 ? (double)(r->generated_tokens - 1) / r->decode_s : 0;
   if (json) {
     printf("{\"turn\": %ld, \"prompt_tokens\": %lld, \"cached_tokens\": %lld, \"generated_tokens\": %lld, "
-           "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"stop\": \"%s\"}\n",
+           "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"stop\": \"%s\", \"cache_type\": \"%s\"}\n",
            turn, (long long)r->prompt_tokens, (long long)r->cached_tokens, (long long)r->generated_tokens, pf, dc,
-           wk_stop_reason_name(r->stop));
+           wk_stop_reason_name(r->stop), wk_dtype_name(cache));
   } else {
     putchar('\n');
     fflush(stdout);   // the reply's line before the stats on stderr
@@ -72,7 +72,7 @@ static int converse(const char *C, wk_chat_session *s, const wk_generate_params 
       rc = cli_lib_error(C);
       break;
     }
-    report_turn(json, ++turn, &r);
+    report_turn(json, ++turn, &r, gp->cache_dtype);
   }
   free(line);
   return rc;

@@ -147,6 +147,7 @@ static void test_bad_input(void) {
   const char *chatml[] = {"chat", "-m", "tests/fixtures/chat/no_template", "--chatml", "--temp", "0", "-n", "2", "--json", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, chatml);
   CHECK(rc == 0 && strstr(out, "\"turn\": 1"), "--chatml: rc %d: %s%s", rc, out, err);
+  CHECK(strstr(out, "\"cache_type\": \"f32\""), "a turn's summary names the cache (f32 on the CPU): %s", out);
   const char *ok[] = {"chat", "-m", MODEL, "-n", "2", NULL};
   rc = run("\xff\xfe\n", out, sizeof out, err, sizeof err, ok);
   CHECK(rc == 2 && strstr(err, "line 1 is not valid UTF-8"), "bad UTF-8: rc %d: %s", rc, err);
