@@ -17,7 +17,6 @@ typedef struct {
   bool json, batch;
   text_buf *texts;   // batch text mode: each sequence's text, printed at the end
   bool oom;
-  wk_dtype cache;    // the KV cache's dtype (the JSON summary names it)
 } gen_ctx;
 
 static void text_add(gen_ctx *g, text_buf *b, const char *s, size_t n) {
@@ -42,7 +41,7 @@ static int on_token(const wk_gen_token *t, void *user) {
   return g_interrupted || g->oom ? 1 : 0;
 }
 
-static void report(const gen_ctx *g, size_t k, const wk_generate_result *r) {
+static void report(const gen_ctx *g, size_t k, const wk_generate_result *r, wk_dtype cache) {
   double pf = r->prefill_s > 0 ? (double)r->prompt_tokens / r->prefill_s : 0;
   double dc = r->decode_s > 0 && r->generated_tokens > 1 ? (double)(r->generated_tokens - 1) / r->decode_s : 0;
   if (g->json) {
@@ -50,7 +49,7 @@ static void report(const gen_ctx *g, size_t k, const wk_generate_result *r) {
     printf("\"prompt_tokens\": %lld, \"generated_tokens\": %lld, \"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, "
            "\"stop\": \"%s\", \"cache_type\": \"%s\"}\n",
            (long long)r->prompt_tokens, (long long)r->generated_tokens, pf, dc, wk_stop_reason_name(r->stop),
-           wk_dtype_name(g->cache));
+           wk_dtype_name(cache));
   } else {
     char which[32] = "";
     if (g->batch) snprintf(which, sizeof which, "prompt %zu: ", k + 1);   // as the -p options count
@@ -77,7 +76,7 @@ static int run(const char *C, const char *model, const char *tokenizer, wk_devic
   int32_t **ids = calloc(np, sizeof *ids);
   size_t *n = calloc(np, sizeof *n);
   wk_generate_result *r = calloc(np, sizeof *r);
-  gen_ctx g = {json, np > 1, calloc(np, sizeof(text_buf)), false, WK_F32};
+  gen_ctx g = {json, np > 1, calloc(np, sizeof(text_buf)), false};
   wk_model *m = NULL;
   wk_adapter *ad = NULL;
   int rc = !ids || !n || !r || !g.texts ? cli_user_error(C, "out of memory") : 0;
@@ -85,7 +84,6 @@ static int run(const char *C, const char *model, const char *tokenizer, wk_devic
   if (!rc && !(m = cli_load_model(model, dev, adapter, &ad))) rc = cli_lib_error(C);
   if (!rc) {
     cli_gen_resolve(gp, m);
-    g.cache = gp->cache_dtype;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
@@ -98,7 +96,7 @@ static int run(const char *C, const char *model, const char *tokenizer, wk_devic
       printf("%s%s%.*s\n", k ? "\n" : "", prompts[k], (int)g.texts[k].n, g.texts[k].p ? g.texts[k].p : "");
     fflush(stdout);
     if (st || g.oom) rc = g.oom ? cli_user_error(C, "out of memory") : cli_lib_error(C);
-    for (size_t k = 0; !rc && k < np; k++) report(&g, k, &r[k]);
+    for (size_t k = 0; !rc && k < np; k++) report(&g, k, &r[k], gp->cache_dtype);
   }
   for (size_t k = 0; k < np; k++) {
     if (ids) free(ids[k]);

@@ -156,13 +156,6 @@ wk_status wk_model_to_device(wk_model *m, wk_device dev) {
 
 wk_device wk_model_device(const wk_model *m) { return m && m->embed ? wk_tensor_device(m->embed) : WK_CPU; }
 
-wk_dtype wk_model_cache_dtype(const wk_model *m) {
-  if (!m || !m->layers || !m->cfg.num_hidden_layers || wk_model_device(m) != WK_CUDA) return WK_F32;
-  if (!strcmp(wk_model_format(m), "gguf")) return WK_F16;   // llama.cpp's default cache (its blocks became f32)
-  wk_dtype dt = wk_tensor_dtype(m->layers[0].wq);
-  return dt == WK_F16 || dt == WK_BF16 ? dt : WK_F32;
-}
-
 // Everything wick doesn't implement yet fails at load rather than giving wrong logits.
 static wk_status check_supported(const wk_model_config *c, const char *path) {
   if (c->arch != WK_ARCH_LLAMA && c->arch != WK_ARCH_QWEN2)
@@ -578,6 +571,12 @@ typedef struct {
 static wk_dtype attention_dtype(const wk_llama_layer *L) {
   wk_dtype dt = wk_tensor_dtype(L->wq);
   return dt == WK_F16 || dt == WK_BF16 ? dt : WK_F32;
+}
+
+wk_dtype wk_model_cache_dtype(const wk_model *m) {
+  if (!m || !m->layers || !m->cfg.num_hidden_layers || wk_model_device(m) != WK_CUDA) return WK_F32;
+  if (!strcmp(wk_model_format(m), "gguf")) return WK_F16;   // llama.cpp's default cache (its blocks became f32)
+  return attention_dtype(&m->layers[0]);
 }
 
 // One transformer block on x [B, T, H] at positions pos + t (no cache) or through a

@@ -285,12 +285,14 @@ __device__ __forceinline__ void ld4(const char *p, int dt, int64_t i, float *v) 
 __device__ __forceinline__ void st4(char *p, int dt, int64_t i, const float *v) {
   if (dt == WK_F32) {
     *(float4 *)(p + 4 * i) = make_float4(v[0], v[1], v[2], v[3]);
-    return;
-  }
-  uint32_t h[4];
+  } else if (dt == WK_BF16) {
+    *(uint2 *)(p + 2 * i) = bf16x4(v[0], v[1], v[2], v[3]);
+  } else {
+    uint32_t h[4];
 #pragma unroll
-  for (int k = 0; k < 4; k++) h[k] = dt == WK_BF16 ? Vec16<WK_BF16>::put(v[k]) : Vec16<WK_F16>::put(v[k]);
-  *(uint2 *)(p + 2 * i) = make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+    for (int k = 0; k < 4; k++) h[k] = Vec16<WK_F16>::put(v[k]);
+    *(uint2 *)(p + 2 * i) = make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+  }
 }
 
 // Sum or max over the WPR warps that hold a row (the block, when WPR > 1). red holds
@@ -383,10 +385,9 @@ void launch_chain(int64_t rows, size_t size, const unsigned char *buf) {
     k_rows_chain<WKC_BLOB_LARGE, WPR><<<grid, block, 0, wkc_stream()>>>(*(const Blob<WKC_BLOB_LARGE> *)buf);
 }
 
-bool float_dtype(int dt) { return dt == WK_F32 || dt == WK_BF16 || dt == WK_F16; }
 // A dense vector of D values that ld4 / st4 may access four at a time.
 bool vec4_ok(const DOp &o, int64_t n, int64_t D) {
-  return (o.flags & DOP_DENSE) && float_dtype(o.dtype) && n == D && (uintptr_t)o.p % (4 * wkc_esize(o.dtype)) == 0;
+  return (o.flags & DOP_DENSE) && wk_is_float((wk_dtype)o.dtype) && n == D && (uintptr_t)o.p % (4 * wkc_esize(o.dtype)) == 0;
 }
 }
 
@@ -419,7 +420,7 @@ int wkc_rows_chain_cap(const wk_step *s, int n, void *const *slots) {
   DOp di = wkc_dop(in, slots), dout = wkc_dop(out, slots);
   bool unit_last = D == 1 || in->stride[in->ndim - 1] == 1;
   bool in_ok = (di.flags & DOP_ROWREG) && (rows == 1 || (di.rs >= D && di.rs % 4 == 0)) && unit_last &&
-               float_dtype(in->dtype) && (uintptr_t)di.p % (4 * wkc_esize(in->dtype)) == 0 && wkc_numel(in) == rows * D;
+               wk_is_float(in->dtype) && (uintptr_t)di.p % (4 * wkc_esize(in->dtype)) == 0 && wkc_numel(in) == rows * D;
   if (!in_ok || !vec4_ok(dout, wkc_numel(out), rows * D)) return 0;
   return (int)((WKC_BLOB_LARGE - sizeof(CHdr)) / sizeof(CStage));
 }
