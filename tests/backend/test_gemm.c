@@ -1,3 +1,4 @@
+#define _POSIX_C_SOURCE 200809L  // setenv
 // wk_gemm_f32 / wk_gemm_bf16 against a naive double-precision reference, on every
 // ISA path this CPU has (scalar, AVX2, AVX-512), every transpose combination, odd
 // sizes that leave partial register tiles and cache blocks, M = 1 / N = 1 (the
@@ -131,6 +132,11 @@ static void run_isa(const char *name) {
             run_case(name, bf16, tA, tB, 270, 1100, 520, 0.5f, 0.5f, 1);
             run_case(name, bf16, tA, tB, 129, 8, 300, 1.0f, 0.5f, 2);  // 5 <= N <= 8: the 8-wide tile
             run_case(name, bf16, tA, tB, 65, 5, 17, -1.0f, 0.0f, 1);
+            // One row with K split across threads (W row-major): at 12 threads K = 1024
+            // splits into 11 chunks of 96 and an empty twelfth, whose scratch the
+            // larger call before it left full.
+            run_case(name, bf16, tA, tB, 1, 2048, 2048, 1.0f, 0.0f, 1);
+            run_case(name, bf16, tA, tB, 1, 1024, 1024, 1.0f, 0.0f, 1);
         }
     // Trivial shapes: K = 0 and alpha = 0 scale C by beta; empty M/N do nothing.
     run_case(name, 0, 0, 0, 5, 7, 0, 1.0f, 0.5f, 2);
@@ -140,6 +146,9 @@ static void run_isa(const char *name) {
 }
 
 int main(void) {
+    // More threads than CI's cores (unless the caller chose): the threaded paths split
+    // their work finely, as on a larger machine.
+    setenv("WICK_THREADS", "12", 0);
     printf("threads: %d, best ISA: %s\n", wk_threads(), wk_cpu_isa_name(wk_cpu_isa()));
     wk_cpu_isa_t best = wk_cpu_isa();
     for (int isa = WK_ISA_SCALAR; isa <= WK_ISA_AVX512; isa++) {

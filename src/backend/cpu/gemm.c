@@ -579,7 +579,12 @@ static void wk_small_task(void *ctx, int64_t begin, int64_t end, int tid) {
         int64_t j0 = 0, j1 = sp->n, k0 = 0, k1 = K;
         if (sp->part) k0 = c * kw, k1 = wk_min64(K, k0 + kw);
         else j0 = c * cw, j1 = wk_min64(sp->n, j0 + cw);
-        if (j0 >= j1 || k0 >= k1) continue;
+        if (j0 >= j1 || k0 >= k1) {
+            // K split: rounding the chunks up to 16 can leave the last ones empty, and
+            // every chunk's partial sums are added (the scratch holds an older call's)
+            if (sp->part) memset(sp->part + c * rows * sp->n, 0, sizeof(float) * (size_t)(rows * sp->n));
+            continue;
+        }
         int64_t kn = k1 - k0, nw = j1 - j0;
         const void *A = wk_at(g->A, b * g->sA, es), *B = wk_at(g->B, b * g->sB, es);
         float *C = g->C + b * g->sC;
