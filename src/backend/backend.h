@@ -130,6 +130,10 @@ typedef struct wk_backend {
   bool (*capturable)(const wk_step *step);
   wk_status (*run_segment)(void **state, const wk_step *steps, int n, void *const *slots);
   void (*segment_free)(void *state);
+  // Optional: whether a chain of one-row f32 LoRA calls (x [1, K], W [K, N], rank r,
+  // each call's output the next one's x) runs as one launch; the planner groups
+  // such chains only where it does (compile.c).
+  bool (*lora_chain)(int64_t K, int64_t N, int64_t r);
 } wk_backend;
 
 // The backend for a device, or NULL (with an error set) when it is not compiled in

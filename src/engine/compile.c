@@ -1398,6 +1398,44 @@ static void group_siblings(ir *r, int *roots, int n, int *grp) {
   free(deps);
 }
 
+// ---- LoRA chains (CUDA): one launch ----
+// One-row LoRA calls in a row, each reading the previous one's output (which nothing
+// else reads) and all sharing W, A and B, are marked as a group (head chain = n,
+// members -1): lora.cu runs the chain as one launch that keeps W on the chip. Unlike
+// the sibling groups its members run in order (each hands its output to the next), so a
+// call's output lives only until the next call has read it. Only chains the backend
+// runs as one launch are grouped (its lora_chain; WICK_CUDA_LORA_CHAIN=0 turns it off).
+static bool is_lora(const irnode *x) { return x->lora || (!x->leaf && x->op == WK_OP_LORA); }
+
+static bool lora_chain_head(const ir *r, const irnode *x) {
+  const wk_tensor *t = x->t;
+  if (!is_lora(x) || t->device != WK_CUDA || t->dtype != WK_F32 || t->ndim < 1 || wk_numel(t) != t->shape[t->ndim - 1])
+    return false;
+  const wk_tensor *in = r->n[fused_in(x)[0]].t, *a = r->n[fused_in(x)[2]].t;
+  const wk_backend *b = wk_backend_get(WK_CUDA);
+  return b && b->lora_chain && a->ndim == 2 && b->lora_chain(in->shape[in->ndim - 1], t->shape[t->ndim - 1], a->shape[1]);
+}
+
+// Whether root b continues a LoRA chain ending with root a.
+static bool lora_chain_links(const ir *r, int a, int b) {
+  const irnode *x = &r->n[a], *y = &r->n[b];
+  if (!lora_chain_head(r, y) || x->uses != 1 || x->target || x->escapes) return false;
+  const int *xin = fused_in(x), *yin = fused_in(y);
+  return yin[0] == a && yin[1] == xin[1] && yin[2] == xin[2] && yin[3] == xin[3];
+}
+
+static void group_lora_chains(const ir *r, const int *roots, int n, int *grp) {
+  for (int k = 0; k < n; k++) {
+    if (grp[k] || !lora_chain_head(r, &r->n[roots[k]])) continue;
+    int cnt = 1;
+    while (k + cnt < n && !grp[k + cnt] && lora_chain_links(r, roots[k + cnt - 1], roots[k + cnt])) cnt++;
+    if (cnt < 2) continue;
+    grp[k] = cnt;
+    for (int m = 1; m < cnt; m++) grp[k + m] = -1;
+    k += cnt - 1;
+  }
+}
+
 // ---- driver ----
 static void plan_fail(wk_plan *p, const char *why) {
   wk_error(WK_ERR_OOM, "compile: %s", why);
@@ -1439,10 +1477,13 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   pull_up_small_sinks(&r, roots, nroots);
   horizontal_schedule(&r, roots, nroots, grp);
   group_siblings(&r, roots, nroots, grp);
+  group_lora_chains(&r, roots, nroots, grp);
   for (int k = 0; k < nroots; k++) r.n[roots[k]].step = k;
   // a group is one launch: what any member reads stays live until its last member
+  // (but a LoRA chain's calls run in order)
   for (int k = 0, end = 0; k < nroots; k++) {
-    if (grp[k] >= 0) end = k + (grp[k] > 0 ? grp[k] - 1 : 0);
+    if (is_lora(&r.n[roots[k]])) end = k;
+    else if (grp[k] >= 0) end = k + (grp[k] > 0 ? grp[k] - 1 : 0);
     collect_reads(&r, roots[k], end, true);
   }
 

@@ -1043,6 +1043,76 @@ static void test_rows_chain(void) {
   chain_case("chain over rows of 102 (general kernel)", 3, WK_F32, 8, 102, 102, WK_F32, all, 4, WK_F32, WK_F32, 0);
 }
 
+// lora.cu's chain kernel (WICK_CUDA_LORA_CHAIN, default on): one-row LoRA calls
+// chained through the public API (the planner groups them) against the CPU, with the
+// kernel's launch count showing which kernel ran; with the switch off the same plan
+// runs call by call and matches the CPU too. Covered: the seed's widths (2048 and
+// 1024: 16 and 8 columns a CTA), widths off the CTAs' column and row tiles (1100,
+// 1030), ranks 8, 5, 4 and 1, scales that change from call to call, a chain broken by
+// an output that is also a result (two groups, two launches), 2100 calls (two
+// launches; W a cyclic shift, so that values neither grow nor vanish over the chain),
+// and a W below the kernel's 4 MB (512: call by call).
+void wkc_lora_test_chain(int on);       // lora.cu: 1 on, 0 off, -1 the environment's
+long long wkc_lora_chain_launches(void);
+static void lora_chain_case(int64_t K, int64_t r, int calls, bool shift, int keep_at, long long launches) {
+  wk_scope_begin();
+  uint64_t seed = (uint64_t)(K * 31 + r * 7 + calls);
+  wk_tensor *x = wk_randn(3, (int64_t[]){1, 1, K}, WK_F32, seed), *w;
+  if (shift) {
+    float *wv = calloc((size_t)(K * K), sizeof *wv);
+    for (int64_t k = 0; wv && k < K; k++) wv[k * K + (k + 1) % K] = 1.0f;
+    w = wk_from_data(2, (int64_t[]){K, K}, WK_F32, wv);
+    free(wv);
+  } else {  // about unit gain a call: entries of variance 0.8 / K
+    w = wk_mul_scalar(wk_rand(2, (int64_t[]){K, K}, WK_F32, -1, 1, seed + 1), sqrtf(2.4f / (float)K));
+  }
+  const float ab = shift ? 0.002f : 0.1f;
+  wk_tensor *a = wk_rand(2, (int64_t[]){K, r}, WK_F32, -ab, ab, seed + 2), *b = wk_rand(2, (int64_t[]){r, K}, WK_F32, -ab, ab, seed + 3);
+  wk_tensor *in[2][4] = {{x, w, a, b}};
+  for (int k = 0; k < 4; k++) in[1][k] = wk_to_device(in[0][k], WK_CUDA);
+  wk_tensor *y[2] = {x, in[1][0]}, *kept[2] = {NULL, NULL};
+  for (int i = 0; i < calls; i++)
+    for (int d = 0; d < 2; d++) {
+      y[d] = wk_lora(y[d], in[d][1], in[d][2], in[d][3], i % 3 == 1 ? -0.5f : 2.0f);
+      if (i == keep_at) kept[d] = y[d];
+    }
+  float *ref = read_all(y[0]), *kref = kept[0] ? read_all(kept[0]) : NULL, scale = 1;
+  for (int64_t i = 0; ref && i < K; i++) scale = fmaxf(scale, fabsf(ref[i]));
+  char name[160];
+  for (int on = 1; on >= 0; on--) {
+    wkc_lora_test_chain(on);
+    wk_tensor *gy = wk_keep(wk_mul_scalar(y[1], 1.0f)), *gk = kept[1] ? wk_keep(wk_mul_scalar(kept[1], 1.0f)) : NULL;
+    wk_tensor *outs[2] = {gy, gk};
+    long long before = wkc_lora_chain_launches();
+    wk_status st = wk_eval(gk ? 2 : 1, outs);
+    long long got = wkc_lora_chain_launches() - before;
+    float *g = st ? NULL : read_all(gy), *gkv = gk && !st ? read_all(gk) : NULL;
+    float err = g && ref ? max_abs_diff(g, ref, K) : NAN, kerr = gkv && kref ? max_abs_diff(gkv, kref, K) : 0;
+    snprintf(name, sizeof name, "%d chained lora calls [1,%lld] r%lld%s (%s)", calls, (long long)K, (long long)r,
+             keep_at >= 0 ? ", call 5 also a result" : "", on ? "chain kernel" : "call by call");
+    CHECK(!st && err <= 1e-4f * scale && kerr <= 1e-4f * scale, "%s: max diff %g, kept output %g (largest value %g)",
+          name, err, kerr, scale);
+    CHECK(got == (on ? launches : 0), "%s: %lld chain launches, expected %lld", name, got, on ? launches : 0);
+    wk_tensor_free(gy);
+    if (gk) wk_tensor_free(gk);
+    free(g);
+    free(gkv);
+  }
+  wkc_lora_test_chain(-1);
+  free(ref);
+  free(kref);
+  wk_scope_end();
+}
+static void test_lora_chain(void) {
+  lora_chain_case(2048, 8, 12, false, -1, 1);
+  lora_chain_case(1024, 8, 12, false, -1, 1);
+  lora_chain_case(1100, 5, 9, false, -1, 1);
+  lora_chain_case(1030, 1, 7, false, -1, 1);
+  lora_chain_case(1500, 8, 20, false, 5, 2);
+  lora_chain_case(1024, 4, 2100, true, -1, 2);
+  lora_chain_case(512, 8, 12, false, -1, 0);
+}
+
 int main(void) {
   if (!dual_open()) return 77;
   printf("device: %s\n", wk_cuda_device_name());
@@ -1060,6 +1130,7 @@ int main(void) {
   test_rows_fast();
   test_rows_fast_bits();
   test_rows_chain();
+  test_lora_chain();
   wk_cuda_mem_stats ms;
   wk_cuda_memory_stats(&ms);
   printf("cuda memory: reserved %zu, peak reserved %zu, in use %zu, cudaMalloc calls %llu, cache hits %llu\n",

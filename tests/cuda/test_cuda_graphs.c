@@ -3,7 +3,8 @@
 // each evaluation's results must be equal bit for bit: the same kernels run on the
 // same data, only the way they are launched differs. The replay counters prove the
 // graphs were used (captured, replayed, patched with new pointers or scalars).
-// Covered: chained LoRA / softmax / RMSNorm calls (one plan of many steps), chained
+// Covered: chained LoRA / softmax / RMSNorm calls (one plan of many steps; 1024-wide
+// LoRA calls as one chain kernel, lora.cu), chained
 // LoRA calls and bf16 GEMVs captured with programmatic dependent launches, a plan
 // split by host steps, LoRA training steps with gradient clipping and AdamW under a
 // warmup-cosine schedule (new parameter buffers, learning rate, bias corrections and
@@ -65,12 +66,13 @@ static wk_tensor *chain(int kind, wk_tensor *x, wk_tensor *const *w, float scale
   wk_tensor *y = x;
   for (int i = 0; i < CALLS; i++) {
     float s = i == 0 ? scale : 1.0f;  // one call's scalar changes between evaluations
-    if (kind == 0) y = wk_lora(y, w[0], w[1], w[2], s);
+    if (kind == 0 || kind == 3) y = wk_lora(y, w[0], w[1], w[2], s);
     // row ops on alternating axes: each call is its own kernel (consecutive row ops
     // on the same rows would fuse into one row-chain kernel, leaving nothing to replay)
     else if (kind == 1) y = wk_softmax(wk_transpose(wk_mul_scalar(y, s), 1, 2), -1);
     else y = wk_rms_norm(wk_transpose(wk_add_scalar(y, s), 1, 2), NULL, 1e-5f);
   }
+  if (kind == 3) y = wk_tanh(y);   // one LoRA chain launch (lora.cu), then a step: a run of two
   wk_tensor *out = wk_keep(y);
   wk_scope_end();
   return out;
@@ -91,16 +93,19 @@ static void test_chains(void) {
   wk_tensor *w[3] = {rnd(2, (int64_t[]){512, 512}, 0.044f, 2), rnd(2, (int64_t[]){512, 8}, 0.044f, 3),
                      rnd(2, (int64_t[]){8, 512}, 0.1f, 4)};
   wk_tensor *rows = rnd(3, (int64_t[]){4, 16, 512}, 1.0f, 6);
+  wk_tensor *x2 = rnd(3, (int64_t[]){1, 1, 1024}, 1.0f, 8);   // kind 3: 1024-wide, one chain kernel
+  wk_tensor *w2[3] = {rnd(2, (int64_t[]){1024, 1024}, 0.05f, 9), rnd(2, (int64_t[]){1024, 8}, 0.031f, 10),
+                      rnd(2, (int64_t[]){8, 1024}, 0.1f, 11)};
   enum { EVALS = 7 };
-  for (int kind = 0; kind < 3; kind++) {
+  for (int kind = 0; kind < 4; kind++) {
     wk_tensor *ref[EVALS], *got[EVALS];
-    wk_tensor *in = kind == 0 ? x : rows;
+    wk_tensor *in = kind == 0 ? x : kind == 3 ? x2 : rows, *const *win = kind == 3 ? w2 : w;
     wk_cuda_set_graphs(0);
-    run_chains(kind, in, w, EVALS, ref);
+    run_chains(kind, in, win, EVALS, ref);
     wk_cuda_set_graphs(1);
     wk_cuda_graph_always_patch(1);  // whether patching pays depends on timings; here it must run
     wk_cuda_graph_stats s0 = stats();
-    run_chains(kind, in, w, EVALS, got);
+    run_chains(kind, in, win, EVALS, got);
     wk_cuda_graph_stats s1 = stats();
     wk_cuda_graph_always_patch(0);
     int same = 0;
@@ -115,8 +120,9 @@ static void test_chains(void) {
     for (int e = 0; e < EVALS; e++) { wk_tensor_free(ref[e]); wk_tensor_free(got[e]); }
   }
   wk_tensor_free(x);
+  wk_tensor_free(x2);
   wk_tensor_free(rows);
-  for (int k = 0; k < 3; k++) wk_tensor_free(w[k]);
+  for (int k = 0; k < 3; k++) wk_tensor_free(w[k]), wk_tensor_free(w2[k]);
 }
 
 // ---- PDL: a run captured as one graph; a kernel starts before the one it follows ends ----
@@ -136,7 +142,10 @@ static wk_tensor *pdl_chain(int kind, wk_tensor *x, wk_tensor *const *w) {
   return out;
 }
 
+void wkc_lora_test_chain(int on);   // lora.cu: 1 on, 0 off, -1 the environment's
+
 static void test_pdl(void) {
+  wkc_lora_test_chain(0);   // LoRA calls one by one: a chain would be one launch (lora.cu)
   const char *env = getenv("WICK_CUDA_PDL");
   const bool on = !env || atoi(env);
   wk_tensor *x = rnd(3, (int64_t[]){1, 1, 512}, 1.0f, 41);
@@ -177,6 +186,7 @@ static void test_pdl(void) {
   wk_tensor_free(x2);
   for (int k = 0; k < 5; k++) wk_tensor_free(w[k]);
   for (int k = 0; k < 3; k++) wk_tensor_free(w2[k]);
+  wkc_lora_test_chain(-1);
 }
 
 // ---- a plan with a host step in the middle: two replayed runs around it ----

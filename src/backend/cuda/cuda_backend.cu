@@ -606,6 +606,53 @@ static wk_status lora(const wk_step *s, void *const *slots) {
   return st;
 }
 
+// A LoRA chain group (compile.c): one launch keeping W on the chip when every call
+// is one row of f32 reading the previous call's output, else call by call.
+static bool lora_chain_one_launch(const wk_step *s, int n, void *const *slots, std::vector<float *> &outs,
+                                  std::vector<float> &scales) {
+  mat x, w, a, b, o;
+  const wk_operand *in = s[0].in;
+  if (!as_mat(&in[0], slots, &x) || !as_mat(&in[1], slots, &w) || !as_mat(&in[2], slots, &a) ||
+      !as_mat(&in[3], slots, &b) || x.trans || w.trans || a.trans || b.trans)
+    return false;
+  int64_t M = in[0].shape[0], K = in[0].shape[1], N = in[1].shape[1], r = in[2].shape[1];
+  if (M != 1 || !wkc_lora_chain_fits(K, N, r)) return false;
+  const char *prev = x.p;
+  for (int q = 0; q < n; q++) {
+    const wk_step *t = &s[q];
+    mat xq, wq, aq, bq;
+    for (int k = 0; k < 4; k++)
+      if (t->in[k].dtype != WK_F32) return false;
+    if (t->out.dtype != WK_F32 || !as_mat(&t->in[0], slots, &xq) || !as_mat(&t->in[1], slots, &wq) ||
+        !as_mat(&t->in[2], slots, &aq) || !as_mat(&t->in[3], slots, &bq) || !as_mat(&t->out, slots, &o))
+      return false;
+    if (xq.p != prev || xq.trans || o.trans || wq.p != w.p || wq.ld != w.ld || wq.trans || aq.p != a.p ||
+        aq.ld != a.ld || aq.trans || bq.p != b.p || bq.ld != b.ld || bq.trans || t->in[0].shape[0] != 1 ||
+        t->in[0].shape[1] != K || t->in[1].shape[1] != N || t->in[2].shape[1] != r)
+      return false;
+    // a call's output must not overlap its input: CTAs still read x while others store
+    if (o.p < xq.p + 4 * K && xq.p < o.p + 4 * N) return false;
+    outs.push_back((float *)o.p);
+    scales.push_back(t->attrs.f[0]);
+    prev = o.p;
+  }
+  return true;
+}
+
+static wk_status lora_chain(const wk_step *s, int n, void *const *slots) {
+  std::vector<float *> outs;
+  std::vector<float> scales;
+  if (lora_chain_one_launch(s, n, slots, outs, scales)) {
+    mat x, w, a, b;
+    as_mat(&s->in[0], slots, &x), as_mat(&s->in[1], slots, &w), as_mat(&s->in[2], slots, &a), as_mat(&s->in[3], slots, &b);
+    return wkc_lora_chain((const float *)x.p, (const float *)w.p, w.ld, (const float *)a.p, a.ld, (const float *)b.p,
+                          b.ld, s->in[0].shape[1], s->in[1].shape[1], s->in[2].shape[1], n, outs.data(), scales.data());
+  }
+  wk_status st = WK_OK;
+  for (int q = 0; q < n && !st; q++) st = lora(&s[q], slots);
+  return st;
+}
+
 // ---- transfers between devices (this backend runs the accelerator's side) ----
 static wk_status transfer(const wk_step *s, void *const *slots) {
   int to = (int)s->attrs.i[0], from = (int)s->attrs.i[1];
@@ -627,6 +674,7 @@ wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
     if (s->op == WK_OP_QMATMUL) return wkc_half_matmul_group(s, s->chain, slots);
     if (s->op == WK_OP_ROPE) return wkc_rope_group(s, s->chain, slots);
     if (s->op == WK_OP_SET_SLICE) return wkc_set_slice_group(s, s->chain, slots);
+    if (s->op == WK_OP_LORA) return lora_chain(s, s->chain, slots);
     return s->op == WK_STEP_FUSED_EW ? wkc_ew_group(s, s->chain, slots) : wkc_rowchain(s, s->chain, slots);
   }
   switch ((int)s->op) {
@@ -730,7 +778,7 @@ static void init_once(void) {
 
 static const wk_backend cuda_backend = {
     "cuda",        WK_CUDA, wkc_alloc,      wkc_free,        wkc_upload,      wkc_download,
-    wkc_run,       wkc_sync, wkc_capturable, wkc_run_segment, wkc_segment_free,
+    wkc_run,       wkc_sync, wkc_capturable, wkc_run_segment, wkc_segment_free, wkc_lora_chain_fits,
 };
 
 extern "C" const wk_backend *wk_backend_cuda(void) {

@@ -227,6 +227,14 @@ bool wkc_lora_rows_fits(int64_t M, int64_t K, int64_t N, int64_t r, const void *
 wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw, const float *a, int64_t lda,
                         const float *b, int64_t ldb, float *out, int64_t M, int64_t K, int64_t N, int64_t r,
                         float scale);
+// A chain of one-row LoRA calls (the planner's LoRA chain group: out of call q is
+// x of call q + 1, W [K, K] row-major, A, B shared) in one launch that keeps W on the
+// chip (lora.cu): whether it applies (WICK_CUDA_LORA_CHAIN=0 turns it off), and its
+// launch: x the first call's input, outs and scales one a call.
+bool wkc_lora_chain_fits(int64_t K, int64_t N, int64_t r);
+wk_status wkc_lora_chain(const float *x, const float *w, int64_t ldw, const float *a, int64_t lda, const float *b,
+                         int64_t ldb, int64_t K, int64_t N, int64_t r, int n, float *const *outs,
+                         const float *scales);
 wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd);
 wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd);
 // Block-quantized operands (qmatmul.cu): matmul with W in blocks, dequantize, and

@@ -12,6 +12,7 @@
 // which adds the parts after one cluster barrier. Every sum runs in a fixed order,
 // so results do not vary from run to run (graph replay on and off give the same bits).
 #include <cooperative_groups.h>
+#include <atomic>
 
 #include "cuda_internal.h"
 
@@ -277,4 +278,230 @@ wk_status wkc_lora_rows(const float *x, int64_t ldx, const float *w, int64_t ldw
   else k = M == 1 ? k_lora_rows<1, 16, 4> : M == 2 ? k_lora_rows<2, 16, 4> : k_lora_rows<4, 8, 4>;
   wkc_launch(k, grid, block, 0, pdl, g);
   return wkc_check_launch("lora (few rows, k_lora_rows)");
+}
+
+// ---- chained one-row calls with W held on the chip ----
+// A chain of LoRA calls on one row (the planner's LoRA chain group: each call's
+// output is the next one's input, W, A and B the same) costs, call by call, a read of
+// W from L2 each time: at 2048 x 2048 f32 (16 MB) about 6 us a call, the L2's rate.
+// Here one launch runs the whole chain. Its CTAs (at most one an SM, all resident)
+// each hold a slice of W's columns in registers and all of A in shared memory for
+// the whole chain, so a call reads only x (K floats) and writes its output.
+//
+// The CTAs hand a call's output to each other without a grid barrier: every output
+// value also goes out as one 8-byte word (value, call + 1), and the next call loads
+// each word of x until it carries that tag, so the value and its "ready" arrive in
+// one load (NCCL's LL protocol does the same). A grid barrier (an atomic counter,
+// release / acquire) cost 3.2-3.3 us a call at 2048 where this costs 2.8-2.9 (H200).
+// The words alternate between two buffers: a CTA writes call c's words only after
+// reading all of call c - 1's, which every CTA wrote after reading its copy of call
+// c - 2's, so nobody still needs the words it overwrites. Sums run in a fixed order:
+// results do not vary between runs, and replay gives the bits of step-by-step launches.
+#define LC_THREADS 512
+#define LC_WARPS (LC_THREADS / 32)
+#define LC_RMAX 8
+#define LC_KMAX 8192  // largest K
+#define LC_MAX 2000   // calls a launch (kernel parameters: ~32 KB)
+
+struct LcCall {
+  float *out;
+  float scale, pad;
+};
+struct LcArgs {
+  const float *x, *w, *a, *b;
+  unsigned long long *words;   // [2][K] (value, call + 1), zeroed before the launch
+  int64_t ldw, lda, ldb;
+  int K, N, r, cpc, n;   // cpc: columns a CTA (a power of two <= 32); n: calls
+  LcCall call[LC_MAX];
+};
+
+__device__ __forceinline__ unsigned long long ld_relaxed64(const unsigned long long *p) {
+  unsigned long long v;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_relaxed64(unsigned long long *p, unsigned long long v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+// Thread t takes column c0 + t % cpc and rows g * WR .. g * WR + WR - 1 of K (g = t /
+// cpc), which it reads from shared memory as float4s; a group's rows are WR + 4
+// floats apart there, so that the groups of a warp fall in different banks.
+template <int WR>
+__device__ __forceinline__ int lc_xi(int k) { return k / WR * (WR + 4) + k % WR; }
+
+// x of call c >= 1 into shared memory: call c - 1's words, four a thread at a time,
+// each loaded again until it carries its tag.
+template <int WR>
+__device__ __forceinline__ void lc_take_words(const unsigned long long *src, int K, unsigned tag, float *xs) {
+  for (int k0 = threadIdx.x; k0 < K; k0 += 4 * LC_THREADS) {
+    unsigned long long v[4];
+    bool done;
+    do {
+      done = true;
+#pragma unroll
+      for (int q = 0; q < 4; q++)
+        if (k0 + q * LC_THREADS < K) v[q] = ld_relaxed64(src + k0 + q * LC_THREADS);
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        const int k = k0 + q * LC_THREADS;
+        if (k >= K) continue;
+        if ((unsigned)(v[q] >> 32) == tag) xs[lc_xi<WR>(k)] = __uint_as_float((unsigned)v[q]);
+        else done = false;
+      }
+    } while (!done);
+  }
+}
+
+template <int WR>
+__global__ void __launch_bounds__(LC_THREADS, 1) k_lora_chain(const __grid_constant__ LcArgs a) {
+  extern __shared__ float4 lc_smem[];
+  __shared__ float red[LC_WARPS][32], tr[LC_WARPS][LC_RMAX], bs[LC_RMAX][32];
+  float *as = (float *)lc_smem, *xs = (float *)(lc_smem + 2 * a.K);   // A [K][8], then x (zero past K)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, cpc = a.cpc, ng = LC_THREADS / cpc;
+  const int g = tid / cpc, col = (int)blockIdx.x * cpc + (tid & (cpc - 1));
+  const bool colok = col < a.N;
+  float w[WR];
+#pragma unroll
+  for (int i = 0; i < WR; i++) {
+    const int k = g * WR + i;
+    w[i] = colok && k < a.K ? a.w[(int64_t)k * a.ldw + col] : 0.0f;
+  }
+  for (int e = tid; e < a.K * LC_RMAX; e += LC_THREADS)
+    as[e] = e % LC_RMAX < a.r ? a.a[(int64_t)(e / LC_RMAX) * a.lda + e % LC_RMAX] : 0.0f;
+  for (int e = tid; e < ng * (WR + 4); e += LC_THREADS) xs[e] = 0.0f;
+  if (tid < cpc)
+    for (int j = 0; j < LC_RMAX; j++) bs[j][tid] = colok && j < a.r ? a.b[(int64_t)j * a.ldb + col] : 0.0f;
+  __syncthreads();   // the zeros before x's values
+  const float4 *xg = (const float4 *)(xs + g * (WR + 4));
+  for (int c = 0; c < a.n; c++) {
+    if (c == 0)
+      for (int k = tid; k < a.K; k += LC_THREADS) xs[lc_xi<WR>(k)] = a.x[k];
+    else
+      lc_take_words<WR>(a.words + (int64_t)((c - 1) & 1) * a.K, a.K, (unsigned)c, xs);
+    __syncthreads();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};   // four chains of FMAs, added in a fixed order
+#pragma unroll
+    for (int i = 0; i < WR / 4; i++) {
+      const float4 x4 = xg[i];
+      acc[0] = fmaf(x4.x, w[4 * i], acc[0]);
+      acc[1] = fmaf(x4.y, w[4 * i + 1], acc[1]);
+      acc[2] = fmaf(x4.z, w[4 * i + 2], acc[2]);
+      acc[3] = fmaf(x4.w, w[4 * i + 3], acc[3]);
+    }
+    float v = (acc[0] + acc[1]) + (acc[2] + acc[3]), t[LC_RMAX];
+#pragma unroll
+    for (int j = 0; j < LC_RMAX; j++) t[j] = 0.0f;
+    for (int k = tid; k < a.K; k += LC_THREADS) {   // x@A: every CTA computes all of it
+      const float xv = xs[lc_xi<WR>(k)];
+      const float4 a0 = lc_smem[2 * k], a1 = lc_smem[2 * k + 1];
+      t[0] = fmaf(xv, a0.x, t[0]), t[1] = fmaf(xv, a0.y, t[1]), t[2] = fmaf(xv, a0.z, t[2]), t[3] = fmaf(xv, a0.w, t[3]);
+      t[4] = fmaf(xv, a1.x, t[4]), t[5] = fmaf(xv, a1.y, t[5]), t[6] = fmaf(xv, a1.z, t[6]), t[7] = fmaf(xv, a1.w, t[7]);
+    }
+    for (int off = 16; off >= cpc; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+#pragma unroll
+    for (int j = 0; j < LC_RMAX; j++) t[j] = warp_sum(t[j]);
+    if (lane < cpc) red[warp][lane] = v;
+    if (lane == 0)
+#pragma unroll
+      for (int j = 0; j < LC_RMAX; j++) tr[warp][j] = t[j];
+    __syncthreads();   // (the next call's first barrier keeps these until they are read)
+    if (tid < cpc && colok) {
+      float o = 0.0f, lo = 0.0f;
+#pragma unroll
+      for (int q = 0; q < LC_WARPS; q++) o += red[q][tid];
+#pragma unroll
+      for (int j = 0; j < LC_RMAX; j++) {
+        float tj = 0.0f;
+#pragma unroll
+        for (int q = 0; q < LC_WARPS; q++) tj += tr[q][j];
+        lo = fmaf(tj, bs[j][tid], lo);
+      }
+      const float y = fmaf(a.call[c].scale, lo, o);
+      if (c + 1 < a.n)
+        st_relaxed64(a.words + (int64_t)(c & 1) * a.K + col, (unsigned long long)(c + 1) << 32 | __float_as_uint(y));
+      a.call[c].out[col] = y;
+    }
+  }
+}
+
+__device__ unsigned long long g_lc_words[2 * LC_KMAX];
+std::atomic<long long> g_lc_launches{0};
+std::atomic<int> g_lc_on{-1};  // WICK_CUDA_LORA_CHAIN (default 1); tests: wkc_lora_test_chain
+
+extern "C" void wkc_lora_test_chain(int on) { g_lc_on.store(on < 0 ? -1 : on != 0); }
+extern "C" long long wkc_lora_chain_launches(void) { return g_lc_launches.load(); }
+
+// The kernel for (K, N): columns a CTA and W's registers a thread, or false when W
+// does not fit on the chip (at most one CTA an SM, 64 floats of W a thread).
+struct LcShape { int cpc, wr; };
+static bool lc_shape(int64_t K, int64_t N, LcShape *sh) {
+  const int64_t sms = wkc_num_sms();
+  for (int cpc = 1; cpc <= 32; cpc *= 2) {
+    if ((N + cpc - 1) / cpc > sms) continue;
+    const int64_t rows = (K + LC_THREADS / cpc - 1) / (LC_THREADS / cpc);
+    for (int wr = 4; wr <= 64; wr *= 2)
+      if (rows <= wr) { *sh = {cpc, wr}; return true; }
+    return false;
+  }
+  return false;
+}
+
+static size_t lc_smem_bytes(int64_t K, LcShape sh) {
+  return sizeof(float) * (size_t)(K * LC_RMAX + (int64_t)(LC_THREADS / sh.cpc) * (sh.wr + 4));
+}
+
+// From 1024 x 1024 (4 MB) up. Below it a call reads W from L2 faster than the chain
+// hands x around: 1000 chained (1,1,512) calls 2.1-2.2 us a call against 1.7-1.9 us
+// call by call (H200), at 1024 2.3 against 2.7.
+bool wkc_lora_chain_fits(int64_t K, int64_t N, int64_t r) {
+  int on = g_lc_on.load();
+  if (on < 0) {
+    static int env = -1;
+    on = wk_env_on("WICK_CUDA_LORA_CHAIN", &env);
+  }
+  LcShape sh;
+  return on && r >= 1 && r <= LC_RMAX && K == N && K <= LC_KMAX && K * N >= 1024 * 1024 && lc_shape(K, N, &sh) &&
+         lc_smem_bytes(K, sh) + 4096 <= wkc_max_smem();
+}
+
+wk_status wkc_lora_chain(const float *x, const float *w, int64_t ldw, const float *a, int64_t lda, const float *b,
+                         int64_t ldb, int64_t K, int64_t N, int64_t r, int n, float *const *outs,
+                         const float *scales) {
+  LcShape sh;
+  if (!lc_shape(K, N, &sh)) return wk_error(WK_ERR_STATE, "lora chain: W [%lld, %lld] does not fit", (long long)K, (long long)N);
+  void (*k)(LcArgs) = sh.wr == 4 ? k_lora_chain<4> : sh.wr == 8 ? k_lora_chain<8> : sh.wr == 16 ? k_lora_chain<16>
+                      : sh.wr == 32 ? k_lora_chain<32> : k_lora_chain<64>;
+  const size_t smem = lc_smem_bytes(K, sh);
+  static size_t allowed[5];   // the dynamic shared memory each kernel was allowed so far
+  const int ki = sh.wr == 4 ? 0 : sh.wr == 8 ? 1 : sh.wr == 16 ? 2 : sh.wr == 32 ? 3 : 4;
+  if (smem > allowed[ki]) {
+    cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    allowed[ki] = smem;
+  }
+  // every CTA must be resident at once, or a call's words would never all arrive
+  const unsigned grid = (unsigned)((N + sh.cpc - 1) / sh.cpc);
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, LC_THREADS, smem) != cudaSuccess ||
+      (int64_t)per_sm * wkc_num_sms() < grid) {
+    cudaGetLastError();
+    return wk_error(WK_ERR_STATE, "lora chain: %u CTAs cannot all be resident", grid);
+  }
+  unsigned long long *words = NULL;
+  if (cudaGetSymbolAddress((void **)&words, g_lc_words) != cudaSuccess) return wkc_check_launch("lora chain (words)");
+  LcArgs *args = (LcArgs *)wkc_blob_buf();
+  static_assert(sizeof(LcArgs) <= WKC_BLOB_LARGE, "LcArgs fits a kernel's parameters");
+  for (int q = 0; q < n; q += LC_MAX) {
+    const int m = n - q < LC_MAX ? n - q : LC_MAX;
+    args->x = q ? outs[q - 1] : x, args->w = w, args->a = a, args->b = b, args->words = words;
+    args->ldw = ldw, args->lda = lda, args->ldb = ldb;
+    args->K = (int)K, args->N = (int)N, args->r = (int)r, args->cpc = sh.cpc, args->n = m;
+    for (int c = 0; c < m; c++) args->call[c] = {outs[q + c], scales[q + c], 0.0f};
+    cudaMemsetAsync(words, 0, sizeof(unsigned long long) * 2 * (size_t)K, wkc_stream());
+    wkc_launch(k, grid, LC_THREADS, smem, false, *args);
+    g_lc_launches++;
+    wk_status st = wkc_check_launch("lora chain (k_lora_chain)");
+    if (st) return st;
+  }
+  return WK_OK;
 }
