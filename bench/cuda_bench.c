@@ -1,7 +1,8 @@
 // Micro-benchmark of CUDA backend kernels, timed with cudaEvents on the backend's
 // stream (steps built by hand, as the engine's planner would emit them). Prints one
 // JSON object a line: {"name", "device", "us" (median), "p10", "p90", "iters", "gbs" | "tflops"}.
-//   cuda_bench [iters] [gemv]     (gemv: only the decode GEMV against cuBLAS)
+//   cuda_bench [iters] [gemv | decode]   (gemv: only the decode GEMV against cuBLAS;
+//                                          decode: a decode layer's RoPE, cache writes, attention)
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -179,12 +180,90 @@ static void bench_gemv(int reps) {
   cublasDestroy(h);
 }
 
+// One decode layer's small steps at Qwen2.5-0.5B's shapes (B 1, Hq 14, Hkv 2, D 64, a
+// bf16 cache of 512 positions, position 200): the RoPE group (q and k), the cache writes
+// (k and v) and the attention over 201 keys, each captured `launches` times in a row as
+// one graph: µs a launch = graph time / launches. A one-element elementwise step gives
+// the floor of a launch.
+static void bench_decode(int reps) {
+  enum { launches = 64 };
+  const int64_t D = 64, cap = 512, pos = 200;
+  int64_t qs[4] = {1, 14, 1, D}, ks[4] = {1, 2, 1, D}, cs[4] = {1, 2, cap, D}, one = 1;
+  void *q = dev_rand(14 * D, WK_F32), *k = dev_rand(2 * D, WK_F32), *v = dev_rand(2 * D, WK_F32);
+  void *qo = gpu->alloc(14 * D * 4), *ko = gpu->alloc(2 * D * 4), *o = gpu->alloc(14 * D * 4);
+  void *kc = dev_rand((size_t)(2 * cap * D), WK_BF16), *vc = dev_rand((size_t)(2 * cap * D), WK_BF16);
+  int32_t hp[2] = {(int32_t)pos, (int32_t)pos + 1};
+  void *p = gpu->alloc(8);
+  gpu->upload(p, hp, 8);
+  void *e = gpu->alloc(4);
+  void *slots[11] = {q, k, v, qo, ko, kc, vc, o, p, (char *)p + 4, e};
+  wk_step rope[2], ss[2], at, ew;
+  for (int i = 0; i < 2; i++) {
+    rope[i] = cuda_step(WK_OP_ROPE, 2);
+    rope[i].in[0] = wk_operand_dense(i, WK_F32, 4, i ? ks : qs);
+    rope[i].in[1] = wk_operand_dense(8, WK_I32, 1, &one);
+    rope[i].attrs.f[0] = 1e6f;
+    rope[i].attrs.f[1] = 1.0f;
+    rope[i].out = wk_operand_dense(3 + i, WK_F32, 4, i ? ks : qs);
+    rope[i].chain = i ? -1 : 2;
+    ss[i] = cuda_step(WK_OP_SET_SLICE, 3);
+    ss[i].in[0] = wk_operand_dense(5 + i, WK_BF16, 4, cs);
+    ss[i].in[1] = wk_operand_dense(i ? 2 : 4, WK_F32, 4, ks);
+    ss[i].in[2] = wk_operand_dense(8, WK_I32, 1, &one);
+    ss[i].attrs.i[0] = 2;
+    ss[i].out = wk_operand_dense(5 + i, WK_BF16, 4, cs);
+    ss[i].chain = i ? -1 : 2;
+  }
+  at = cuda_step(WK_OP_SDPA, 4);
+  at.in[0] = wk_operand_dense(3, WK_F32, 4, qs);
+  at.in[1] = wk_operand_dense(5, WK_BF16, 4, cs);
+  at.in[2] = wk_operand_dense(6, WK_BF16, 4, cs);
+  at.in[3] = wk_operand_dense(9, WK_I32, 1, &one);
+  at.attrs.f[0] = 0.125f;
+  at.attrs.i[0] = 1;
+  at.attrs.i[1] = 1;
+  at.out = wk_operand_dense(7, WK_F32, 4, qs);
+  wk_ew_instr code[] = {ins(WK_EW_LOAD, 0, 0, 0, 0), ins(WK_OP_MUL_SCALAR, 1, 0, 0, 1.5f)};
+  ew = cuda_step(WK_STEP_FUSED_EW, 1);
+  ew.in[0] = wk_operand_dense(0, WK_F32, 1, &one);
+  ew.out = wk_operand_dense(10, WK_F32, 1, &one);
+  ew.prog = (wk_ew_prog){2, 2, 1, code};
+  const wk_step *which[4] = {rope, ss, &at, &ew};
+  const char *name[4] = {"rope group (q [1,14,1,64], k [1,2,1,64])", "cache writes (k, v into [1,2,512,64] bf16)",
+                         "decode attention (14 heads over 201 bf16 keys)", "one-element step (the floor)"};
+  cudaStream_t st = (cudaStream_t)wk_cuda_stream();
+  for (int c = 0; c < 4; c++) {
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    // once outside the capture (what a step allocates once, it allocates now)
+    bool ok = gpu->run(which[c], slots) == WK_OK && gpu->sync() == WK_OK;
+    ok = ok && cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+    for (int i = 0; i < launches && ok; i++) ok = gpu->run(which[c], slots) == WK_OK;
+    if (!ok) fprintf(stderr, "decode bench %d: %s\n", c, wk_last_error());
+    ok = cudaStreamEndCapture(st, &g) == cudaSuccess && ok;
+    cudaGetLastError();
+    ok = ok && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
+    double us = ok ? graph_us(ge, st, reps) / launches : -1;
+    if (ge) cudaGraphExecDestroy(ge);
+    if (g) cudaGraphDestroy(g);
+    printf("{\"name\": \"decode: %s\", \"device\": \"cuda\", \"card\": \"%s\", \"us\": %.2f}\n", name[c],
+           wk_cuda_device_name(), us);
+    fflush(stdout);
+  }
+  void *all[] = {q, k, v, qo, ko, o, kc, vc, p, e};
+  for (int i = 0; i < 10; i++) gpu->free(all[i]);
+}
+
 int main(int argc, char **argv) {
   int iters = argc > 1 ? atoi(argv[1]) : 50;
   gpu = wk_backend_get(WK_CUDA);
   if (!gpu) { fprintf(stderr, "%s\n", wk_last_error()); return 1; }
   if (argc > 2 && !strcmp(argv[2], "gemv")) {
     bench_gemv(iters);
+    return 0;
+  }
+  if (argc > 2 && !strcmp(argv[2], "decode")) {
+    bench_decode(iters);
     return 0;
   }
 
