@@ -451,6 +451,39 @@ static size_t lc_smem_bytes(int64_t K, LcShape sh) {
   return sizeof(float) * (size_t)(K * LC_RMAX + (int64_t)(LC_THREADS / sh.cpc) * (sh.wr + 4));
 }
 
+// The kernel for (K, N), its shared memory and grid, allowed that memory; false when
+// its CTAs could not all be resident at once (a call's words would never all arrive).
+struct LcLaunch {
+  void (*k)(LcArgs);
+  LcShape sh;
+  size_t smem;
+  unsigned grid;
+};
+static bool lc_launch(int64_t K, int64_t N, LcLaunch *l) {
+  if (!lc_shape(K, N, &l->sh)) return false;
+  const int wr = l->sh.wr, ki = wr == 4 ? 0 : wr == 8 ? 1 : wr == 16 ? 2 : wr == 32 ? 3 : 4;
+  static void (*const ks[5])(LcArgs) = {k_lora_chain<4>, k_lora_chain<8>, k_lora_chain<16>, k_lora_chain<32>,
+                                         k_lora_chain<64>};
+  static size_t allowed[5];   // the dynamic shared memory each kernel was allowed so far
+  l->k = ks[ki];
+  l->smem = lc_smem_bytes(K, l->sh);
+  l->grid = (unsigned)((N + l->sh.cpc - 1) / l->sh.cpc);
+  if (l->smem + 4096 > wkc_max_smem()) return false;
+  if (l->smem > allowed[ki]) {
+    if (cudaFuncSetAttribute(l->k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)l->smem) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    allowed[ki] = l->smem;
+  }
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, l->k, LC_THREADS, l->smem) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return (int64_t)per_sm * wkc_num_sms() >= l->grid;
+}
+
 // From 1024 x 1024 (4 MB) up. Below it a call reads W from L2 faster than the chain
 // hands x around: 1000 chained (1,1,512) calls 2.1-2.2 us a call against 1.7-1.9 us
 // call by call (H200), at 1024 2.3 against 2.7.
@@ -460,33 +493,16 @@ bool wkc_lora_chain_fits(int64_t K, int64_t N, int64_t r) {
     static int env = -1;
     on = wk_env_on("WICK_CUDA_LORA_CHAIN", &env);
   }
-  LcShape sh;
-  return on && r >= 1 && r <= LC_RMAX && K == N && K <= LC_KMAX && K * N >= 1024 * 1024 && lc_shape(K, N, &sh) &&
-         lc_smem_bytes(K, sh) + 4096 <= wkc_max_smem();
+  LcLaunch l;
+  return on && r >= 1 && r <= LC_RMAX && K == N && K <= LC_KMAX && K * N >= 1024 * 1024 && lc_launch(K, N, &l);
 }
 
 wk_status wkc_lora_chain(const float *x, const float *w, int64_t ldw, const float *a, int64_t lda, const float *b,
                          int64_t ldb, int64_t K, int64_t N, int64_t r, int n, float *const *outs,
                          const float *scales) {
-  LcShape sh;
-  if (!lc_shape(K, N, &sh)) return wk_error(WK_ERR_STATE, "lora chain: W [%lld, %lld] does not fit", (long long)K, (long long)N);
-  void (*k)(LcArgs) = sh.wr == 4 ? k_lora_chain<4> : sh.wr == 8 ? k_lora_chain<8> : sh.wr == 16 ? k_lora_chain<16>
-                      : sh.wr == 32 ? k_lora_chain<32> : k_lora_chain<64>;
-  const size_t smem = lc_smem_bytes(K, sh);
-  static size_t allowed[5];   // the dynamic shared memory each kernel was allowed so far
-  const int ki = sh.wr == 4 ? 0 : sh.wr == 8 ? 1 : sh.wr == 16 ? 2 : sh.wr == 32 ? 3 : 4;
-  if (smem > allowed[ki]) {
-    cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    allowed[ki] = smem;
-  }
-  // every CTA must be resident at once, or a call's words would never all arrive
-  const unsigned grid = (unsigned)((N + sh.cpc - 1) / sh.cpc);
-  int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, LC_THREADS, smem) != cudaSuccess ||
-      (int64_t)per_sm * wkc_num_sms() < grid) {
-    cudaGetLastError();
-    return wk_error(WK_ERR_STATE, "lora chain: %u CTAs cannot all be resident", grid);
-  }
+  LcLaunch l;
+  if (!lc_launch(K, N, &l))   // wkc_lora_chain_fits said yes first
+    return wk_error(WK_ERR_STATE, "lora chain: W [%lld, %lld] does not fit the chip", (long long)K, (long long)N);
   unsigned long long *words = NULL;
   if (cudaGetSymbolAddress((void **)&words, g_lc_words) != cudaSuccess) return wkc_check_launch("lora chain (words)");
   LcArgs *args = (LcArgs *)wkc_blob_buf();
@@ -495,10 +511,10 @@ wk_status wkc_lora_chain(const float *x, const float *w, int64_t ldw, const floa
     const int m = n - q < LC_MAX ? n - q : LC_MAX;
     args->x = q ? outs[q - 1] : x, args->w = w, args->a = a, args->b = b, args->words = words;
     args->ldw = ldw, args->lda = lda, args->ldb = ldb;
-    args->K = (int)K, args->N = (int)N, args->r = (int)r, args->cpc = sh.cpc, args->n = m;
+    args->K = (int)K, args->N = (int)N, args->r = (int)r, args->cpc = l.sh.cpc, args->n = m;
     for (int c = 0; c < m; c++) args->call[c] = {outs[q + c], scales[q + c], 0.0f};
     cudaMemsetAsync(words, 0, sizeof(unsigned long long) * 2 * (size_t)K, wkc_stream());
-    wkc_launch(k, grid, LC_THREADS, smem, false, *args);
+    wkc_launch(l.k, l.grid, LC_THREADS, l.smem, false, *args);
     g_lc_launches++;
     wk_status st = wkc_check_launch("lora chain (k_lora_chain)");
     if (st) return st;
