@@ -67,18 +67,29 @@ static inline tbuf *slot_alloc(wk_dtype dt, int64_t n) {
   b->d = gpu->alloc(b->bytes);
   return b;
 }
+// Copies slot i's host values to its device copy (after a test changed some).
+static inline void slot_upload(int i) { gpu->upload(B[i].d, B[i].h, B[i].bytes); }
+// Sets element at of an i32 slot, on the host and the device.
+static inline void poke_i32(int i, int64_t at, int32_t v) {
+  ((int32_t *)B[i].h)[at] = v;
+  slot_upload(i);
+}
+// The device copies' pointers, as a backend's run takes them.
+static inline void dev_slots(void **ds) {
+  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+}
 // A slot of n elements uniform in [lo, hi) (whole numbers for i32).
 static inline int buf(wk_dtype dt, int64_t n, float lo, float hi) {
   tbuf *b = slot_alloc(dt, n);
   for (int64_t i = 0; i < n; i++) put(b->h, dt, i, dt == WK_I32 ? floorf(frand(lo, hi)) : frand(lo, hi));
-  gpu->upload(b->d, b->h, b->bytes);
+  slot_upload(nb);
   return nb++;
 }
 // A slot of n copies of v (draws nothing from the random stream).
 static inline int buf_value(wk_dtype dt, int64_t n, float v) {
   tbuf *b = slot_alloc(dt, n);
   for (int64_t i = 0; i < n; i++) put(b->h, dt, i, v);
-  gpu->upload(b->d, b->h, b->bytes);
+  slot_upload(nb);
   return nb++;
 }
 static inline int out_buf(wk_dtype dt, int64_t n) { return buf(dt, n, 0, 0); }
@@ -126,7 +137,7 @@ static inline wk_step step0(int op) {
 // (malloc'd), NULL when the run failed.
 static inline unsigned char *run_device(const char *name, const wk_step *s, int out) {
   void *ds[DUAL_SLOTS];
-  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  dev_slots(ds);
   unsigned char *dev = malloc(B[out].bytes);
   memset(dev, 0xff, B[out].bytes);
   gpu->upload(B[out].d, dev, B[out].bytes);

@@ -78,7 +78,7 @@ static int inputs(const shape *c, wk_dtype dt, wk_operand *q, wk_operand *k, wk_
     int m = buf(WK_BF16, c->b * c->s, 0, 0);
     for (int64_t b = 0; b < c->b; b++)
       for (int64_t j = c->s - 1 - 5 * b; j < c->s; j++) put(B[m].h, WK_BF16, b * c->s + j, -INFINITY);
-    gpu->upload(B[m].d, B[m].h, B[m].bytes);
+    slot_upload(m);
     *mk = op_c(m, WK_BF16, 4, (int64_t[]){c->b, 1, 1, c->s});
     return m;
   }
@@ -191,7 +191,7 @@ static void test_kernels(void) {
     s.attrs.f[0] = 0.1f;
     s.out = op_c(out, WK_F32, 1, &total);
     void *ds[DUAL_SLOTS];
-    for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+    dev_slots(ds);
     wk_status st = gpu->run(&s, ds);
     CHECK(st != WK_OK && strstr(wk_last_error(), "head dimension 160"), "sdpa_bwd with D 160 on CUDA: an error naming it");
     CHECK(!gpu->sync(), "the device is fine after the refused step");

@@ -179,7 +179,7 @@ static void test_reduce(void) {
     }
     // no prologue, and a NaN in the middle of a long row: max must give NaN
     ((float *)B[bx].h)[N / 2 + 1] = NAN;
-    gpu->upload(B[bx].d, B[bx].h, B[bx].bytes);
+    slot_upload(bx);
     for (int mx = 0; mx < 2; mx++) {
       wk_step q = step0(mx ? WK_OP_MAX : WK_OP_SUM);
       q.nin = 1;
@@ -199,7 +199,7 @@ static void test_reduce(void) {
     q.attrs.axes = 3;
     q.out = op_c(r1, WK_F32, 1, (int64_t[]){1});
     void *ds[DUAL_SLOTS];
-    for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+    dev_slots(ds);
     float first = 0, again = 0;
     CHECK(!gpu->run(&q, ds) && !gpu->sync(), "deterministic sum: run");
     gpu->download(&first, B[r1].d, sizeof first);
@@ -643,8 +643,7 @@ static void test_nn(void) {
   int V = 3000, N = 12;
   int lg = buf(WK_F32, N * V, -5, 5), tg = buf(WK_I32, N, 0, (float)V), ce = out_buf(WK_F32, N), cm = out_buf(WK_F32, 1);
   ((int32_t *)B[tg].h)[3] = -100;
-  ((int32_t *)B[tg].h)[7] = -100;
-  gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
+  poke_i32(tg, 7, -100);
   wk_step c = step0(WK_OP_CROSS_ENTROPY);
   c.nin = 2;
   c.in[0] = op_c(lg, WK_F32, 2, (int64_t[]){N, V});
@@ -692,8 +691,8 @@ static void test_ce_split(void) {
     t[1] = -100, t[2] = 0, t[3] = (int32_t)V - 1;
     put(B[lg].h, WK_F32, 4 * ld + V - 2, 40.0f);
     put(B[lg].h, WK_F32, 5 * ld, -80.0f);
-    gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
-    gpu->upload(B[lg].d, B[lg].h, B[lg].bytes);
+    slot_upload(tg);
+    slot_upload(lg);
     const wk_operand x = op_s(lg, WK_F32, 2, (int64_t[]){N, V}, (int64_t[]){ld, 1}, 0);
     wk_step c = step0(WK_OP_CROSS_ENTROPY);
     c.nin = 2;
@@ -731,11 +730,10 @@ static void test_ce_split(void) {
   }
   // a bad target in a split row: reported with its position
   int lg = buf(WK_F32, 4 * 5000, -1, 1), tg = buf(WK_I32, 4, 0, 5000), co = out_buf(WK_F32, 4 * 5000);
-  ((int32_t *)B[tg].h)[2] = 5003;
-  gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
+  poke_i32(tg, 2, 5003);
   int g1 = buf_value(WK_F32, 1, 1.0f);
   void *ds[DUAL_SLOTS];
-  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  dev_slots(ds);
   wk_step cb = step0(WK_OP_CROSS_ENTROPY_BWD);
   cb.nin = 3;
   cb.in[0] = op_c(lg, WK_F32, 2, (int64_t[]){4, 5000});
@@ -754,10 +752,9 @@ static void test_ce_split(void) {
 // ---- errors found in the data: reported at sync, nothing crashes ----
 static void test_errors(void) {
   int tab = buf(WK_F32, 10 * 8, -1, 1), ids = buf(WK_I32, 6, 0, 10), o = out_buf(WK_F32, 6 * 8);
-  ((int32_t *)B[ids].h)[4] = 12;
-  gpu->upload(B[ids].d, B[ids].h, B[ids].bytes);
+  poke_i32(ids, 4, 12);
   void *ds[DUAL_SLOTS];
-  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  dev_slots(ds);
   wk_step e = step0(WK_OP_EMBEDDING);
   e.nin = 2;
   e.in[0] = op_c(tab, WK_F32, 2, (int64_t[]){10, 8});
@@ -771,9 +768,8 @@ static void test_errors(void) {
   st = gpu->sync();
   CHECK(!st, "the error is reported once; the backend stays usable");
   int lg = buf(WK_F32, 4 * 5, -1, 1), tg = buf(WK_I32, 4, 0, 5), co = out_buf(WK_F32, 1);
-  ((int32_t *)B[tg].h)[2] = 5;
-  gpu->upload(B[tg].d, B[tg].h, B[tg].bytes);
-  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  poke_i32(tg, 2, 5);
+  dev_slots(ds);
   wk_step c = step0(WK_OP_CROSS_ENTROPY);
   c.nin = 2;
   c.in[0] = op_c(lg, WK_F32, 2, (int64_t[]){4, 5});
@@ -883,7 +879,7 @@ static void test_rows_fast_bits(void) {
       put(B[x].h, dt, 9 * D, -INFINITY);
       put(B[x].h, dt, 9 * D + D - 1, NAN);
       for (int64_t i = 0; i < D; i += 3) put(B[x].h, dt, 11 * D + i, dt == WK_F16 ? 6e4f : 3e38f);
-      gpu->upload(B[x].d, B[x].h, B[x].bytes);
+      slot_upload(x);
       for (int op = 0; op < 3; op++) {
         wk_step s = step0(op == 0 ? WK_OP_SOFTMAX : op == 1 ? WK_OP_LOG_SOFTMAX : WK_OP_RMS_NORM);
         s.nin = op == 2 ? 2 : 1;
@@ -1020,7 +1016,7 @@ static void test_rows_chain(void) {
   int x = buf(WK_F32, 8 * 256, -4, 4), o = out_buf(WK_F32, 8 * 256);
   put(B[x].h, WK_F32, 2 * 256 + 17, NAN);
   put(B[x].h, WK_F32, 5 * 256 + 200, INFINITY);
-  gpu->upload(B[x].d, B[x].h, B[x].bytes);
+  slot_upload(x);
   const int nan_ops[] = {WK_OP_RMS_NORM, WK_OP_SOFTMAX, WK_OP_SOFTMAX};
   wk_step *ch = chain_steps(3, x, WK_F32, 8, 256, 256, o, WK_F32, nan_ops, 3, -1, WK_F32, -1, WK_F32);
   unsigned char *dev = ch ? run_device("chain with NaN / inf rows", ch, o) : NULL;

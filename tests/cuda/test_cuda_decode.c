@@ -47,7 +47,7 @@ static wk_step dstep(const dcase *c, wk_dtype qdt, wk_dtype kvdt, int kv_len, in
     int m = buf(WK_BF16, c->b * c->s, 0, 0);
     for (int64_t b = 0; b < c->b; b++)
       for (int64_t j = c->s - 1 - 7 * b; j < c->s; j++) put(B[m].h, WK_BF16, b * c->s + j, -INFINITY);
-    gpu->upload(B[m].d, B[m].h, B[m].bytes);
+    slot_upload(m);
     s.in[s.nin++] = op_c(m, WK_BF16, 4, (int64_t[]){c->b, 1, 1, c->s});
   }
   if (kv_len >= 0) {

@@ -196,7 +196,7 @@ static void test_layouts(void) {
   int sv = buf(WK_F32, n5, -1e6f, 1e6f);
   for (int64_t i = 0; i < n5; i++)
     if (i % 3 != 2) memcpy((float *)B[sv].h + i, &special[(i * 7) % 16], 4);
-  gpu->upload(B[sv].d, B[sv].h, B[sv].bytes);
+  slot_upload(sv);
   wk_ew_instr code5[] = {I(WK_EW_LOAD, 0, 0, 0, 0)};
   for (int h = 0; h < 2; h++) {
     wk_dtype dt = h ? WK_F16 : WK_BF16;
@@ -221,8 +221,8 @@ static void test_layouts(void) {
     if (t % 5 == 0) put(B[y6].h, WK_BF16, at + 1 < n6 ? at + 1 : at, t % 2 ? -INFINITY : NAN);
   }
   put(B[x6].h, WK_BF16, n6 - 2, NAN);  // in the tail
-  gpu->upload(B[x6].d, B[x6].h, B[x6].bytes);
-  gpu->upload(B[y6].d, B[y6].h, B[y6].bytes);
+  slot_upload(x6);
+  slot_upload(y6);
   wk_operand in6[2] = {opnd(x6, WK_BF16, 1, &n6, NULL, 0), opnd(y6, WK_BF16, 1, &n6, NULL, 0)};
   wk_step s6 = group(2, in6, opnd(o6, WK_BF16, 1, &n6, NULL, 0), chain8, 10, 4);
   check_group("bf16 chain8, NaN / inf in one tile in three", &s6, o6, tol_of(WK_BF16), tol_of(WK_BF16), true);
@@ -309,7 +309,7 @@ static void test_zero(void) {
   wk_operand in[2] = {opnd(x, WK_F32, 2, sh, NULL, 0), opnd(y, WK_F32, 2, sh, NULL, 0)};
   wk_step s = group(2, in, opnd(o, WK_F32, 2, sh, NULL, 0), chain8, 10, 4);
   void *ds[DUAL_SLOTS];
-  for (int i = 0; i < nb; i++) ds[i] = B[i].d;
+  dev_slots(ds);
   wk_cuda_ew_gen_stats s0 = gen_stats();
   wk_status st = gpu->run(&s, ds), sy = gpu->sync();
   wk_cuda_ew_gen_stats s1 = gen_stats();
