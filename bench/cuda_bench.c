@@ -10,6 +10,7 @@
 #include <string.h>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "engine/plan.h"   // WK_QMM_* (the QMATMUL step's fused ends)
 
 static const wk_backend *gpu;
 
@@ -98,7 +99,8 @@ static wk_step sdpa_step(wk_dtype dt, const int64_t *qs, const int64_t *ks) {
 }
 
 // The decode GEMV y[N] = W[N, K] x (bf16 W, f32 accumulation) at Qwen2.5-0.5B's decode
-// shapes: wick's one-row kernel (a QMATMUL step, f32 x and y) against cuBLAS
+// shapes: wick's one-row kernel (a QMATMUL step, f32 x and y; also with the prologue
+// decode fuses in: x = silu(gate) * up for down, rms_norm(h) * w for the others) against cuBLAS
 // (cublasGemmEx, bf16 x, f32 y, the same W). Each of `launches` calls in a row reads
 // another copy of W, so that W streams from DRAM as in decode (a model's weights do
 // not stay in L2); both sides are captured as one CUDA graph (no host launch time) and
@@ -138,20 +140,27 @@ static void bench_gemv(int reps) {
     void **w = malloc(sizeof(void *) * (size_t)copies);
     for (int i = 0; i < copies; i++) w[i] = dev_rand((size_t)(N * K), WK_BF16);
     void *xf = dev_rand((size_t)K, WK_F32), *xb = dev_rand((size_t)K, WK_BF16), *y = gpu->alloc((size_t)N * 4);
-    double us[2] = {0, 0};
-    for (int side = 0; side < 2; side++) {
+    void *pro = dev_rand((size_t)K, K == 4864 ? WK_F32 : WK_BF16);   // SwiGLU's up, or the norm's weight
+    const int fused = K == 4864 ? WK_QMM_SWIGLU : N != 151936 ? WK_QMM_NORM : 0;
+    double us[3] = {0, 0, 0};
+    for (int side = 0; side < 3; side++) {
+      if (side == 2 && !fused) break;
       cudaGraph_t g;
       cudaGraphExec_t ge = NULL;
       bool ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed) == cudaSuccess;
       for (int i = 0; ok && i < launches; i++) {
-        if (side == 0) {
+        if (side != 1) {   // 0: x as stored; 2: x = silu(x) * up (down) or rms_norm(x) * w
           int64_t xs[2] = {1, K}, ws[2] = {N, K}, ys[2] = {1, N};
-          void *slots[3] = {xf, w[i % copies], y};
-          wk_step s = cuda_step(WK_OP_QMATMUL, 2);
+          void *slots[4] = {xf, w[i % copies], y, pro};
+          wk_step s = cuda_step(WK_OP_QMATMUL, side ? 3 : 2);
           s.in[0] = wk_operand_dense(0, WK_F32, 2, xs);
           s.in[1] = wk_operand_dense(1, WK_BF16, 2, ws);
+          if (side) s.in[2] = wk_operand_dense(3, fused == WK_QMM_SWIGLU ? WK_F32 : WK_BF16, fused == WK_QMM_SWIGLU ? 2 : 1,
+                                               fused == WK_QMM_SWIGLU ? xs : &xs[1]);
           s.out = wk_operand_dense(2, WK_F32, 2, ys);
           s.attrs.i[0] = 1;
+          s.attrs.i[1] = side ? fused : 0;
+          s.attrs.f[0] = 1e-6f;
           ok = gpu->run(&s, slots) == WK_OK;
         } else {
           const float one = 1.0f, zero = 0.0f;
@@ -167,15 +176,18 @@ static void bench_gemv(int reps) {
       if (ok) cudaGraphDestroy(g);
     }
     printf("{\"name\": \"gemv %lldx%lld bf16 (%s)\", \"device\": \"cuda\", \"card\": \"%s\", \"us\": %.2f, "
-           "\"cublas_us\": %.2f, \"wick_vs_cublas\": %.2f, \"gbs\": %.0f, \"copies\": %d}\n",
+           "\"cublas_us\": %.2f, \"wick_vs_cublas\": %.2f, \"gbs\": %.0f, \"copies\": %d",
            (long long)N, (long long)K, what[c], wk_cuda_device_name(), us[0], us[1], us[0] > 0 ? us[1] / us[0] : 0,
            us[0] > 0 ? (double)wb / (us[0] * 1e-6) / 1e9 : 0, copies);
+    if (fused) printf(", \"%s_us\": %.2f", fused == WK_QMM_SWIGLU ? "swiglu_x" : "rmsnorm_x", us[2]);
+    printf("}\n");
     fflush(stdout);
     for (int i = 0; i < copies; i++) gpu->free(w[i]);
     free(w);
     gpu->free(xf);
     gpu->free(xb);
     gpu->free(y);
+    gpu->free(pro);
   }
   cublasDestroy(h);
 }
