@@ -357,6 +357,30 @@ static bool match_qswiglu(ir *r, int mm) {
   return false;
 }
 
+// A SwiGLU prologue (match_qswiglu) whose gate is a one-row half GEMV that nothing
+// else reads: the gate's kernel stores silu(gate) (WK_QMM_SILU), once a value, and mm
+// reads x = gate * up (WK_QMM_GLU), where every CTA of mm computed the silu over all of
+// x: a decode down projection of Qwen2.5-0.5B took 7.8 us with the silu, 5.5 with x as
+// stored (H100). The same values: the silu of the same stored gate, times up.
+static bool qsilu_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_QSILU", &on); }
+static bool match_qsilu(ir *r, int mm) {
+  irnode *m = &r->n[mm];
+  if (m->leaf || m->dead || !(m->qmm & WK_QMM_SWIGLU)) return false;
+  const int gi = m->qmm_in[0];
+  irnode *g = &r->n[gi];
+  if (!is_half_qmm(r, gi) || (g->qmm & ~WK_QMM_NORM) || g->uses != 1 || g->target || g->escapes) return false;
+  const int64_t n = g->t->ndim ? g->t->shape[g->t->ndim - 1] : 0;
+  if (n <= 0 || wk_numel(g->t) / n > 8) return false;   // one-row GEMVs (decode), not a GEMM's rows
+  if (!g->qmm) {
+    g->qmm_nin = 2;
+    g->qmm_in[0] = g->in[0];
+    g->qmm_in[1] = g->in[1];
+  }
+  g->qmm |= WK_QMM_SILU;
+  m->qmm = (m->qmm & ~WK_QMM_SWIGLU) | WK_QMM_GLU;
+  return true;
+}
+
 // ---- bf16 inputs of half-weight GEMMs ----
 // A bf16 weight multiplies its input rounded to bf16 (halfmm.cu's GEMM path rounds x
 // into a scratch copy first). When that input is an elementwise root that nothing
@@ -1325,7 +1349,7 @@ static int sibling_key(const ir *r, int i, int *kind) {
   if (x->t->device != WK_CUDA && !(x->op == WK_OP_SET_SLICE && r->n[x->base].t->device == WK_CUDA)) return -1;
   if (x->qmm) {
     *kind = 1;
-    return (x->qmm & ~(WK_QMM_ADD | WK_QMM_NORM)) == 0 ? x->qmm_in[0] : -1;   // x or the normed h
+    return (x->qmm & ~(WK_QMM_ADD | WK_QMM_NORM | WK_QMM_SILU)) == 0 ? x->qmm_in[0] : -1;   // x or the normed h
   }
   if (is_half_qmm(r, i)) return *kind = 1, x->in[0];
   if (x->op == WK_OP_ROPE && !x->leaf && x->nin >= 2 && r->n[x->in[1]].t->dtype == WK_I32) return *kind = 2, x->in[1];
@@ -1456,6 +1480,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   if (qswiglu_enabled()) rewrite_pass(&r, match_qswiglu);
   if (qnorm_enabled()) rewrite_pass(&r, match_qnorm);
   if (qepi_enabled()) rewrite_pass(&r, match_qepilogue);
+  if (qsilu_enabled()) rewrite_pass(&r, match_qsilu);
   if (normw_enabled()) rewrite_pass(&r, match_norm_weights);
   mark_roots(&r);
   bf16_inputs(&r);

@@ -16,8 +16,11 @@ enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2, WK_EPI_BIAS_GELU = 3 };
 //     bias row [N] of f32 / f16 / bf16, or an f32 residual of the output's shape);
 //   WK_QMM_SWIGLU: x is silu(in[0]) * in[nin - 1] (gate and up: dense f32, x's shape);
 //   WK_QMM_NORM: x is rms_norm(in[0], in[nin - 1], eps attrs.f[0]) over one row (in[0]
-//     dense f32 of K values; in[nin - 1] the norm weight [K], dense f32 / f16 / bf16).
-enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2, WK_QMM_NORM = 4 };
+//     dense f32 of K values; in[nin - 1] the norm weight [K], dense f32 / f16 / bf16);
+//   WK_QMM_SILU: the step stores silu of its result (after the addend, if any);
+//   WK_QMM_GLU: x is in[0] * in[nin - 1], in[0] a SwiGLU gate stored already activated
+//     by a WK_QMM_SILU step (operands as for WK_QMM_SWIGLU).
+enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2, WK_QMM_NORM = 4, WK_QMM_SILU = 8, WK_QMM_GLU = 16 };
 
 // How the tensors of a graph map to slots at run time.
 typedef struct {

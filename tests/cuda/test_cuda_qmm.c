@@ -9,6 +9,9 @@
 //    x's bf16 rounding); each plan is one QMATMUL step with the expected flags, and its
 //    values are bit-identical to the same graph evaluated unfused on CUDA (the product
 //    or the SwiGLU value made a target, so the planner keeps them);
+//  - r + silu(x @ Wg^T) * u @ W^T (a decode MLP's gate, then down): at M <= 8 the gate's
+//    step stores silu(gate) (WK_QMM_SILU) and the product reads gate * up (WK_QMM_GLU),
+//    at M = 12 the product keeps the SwiGLU prologue; the same checks as above;
 //  - rms_norm(h, w) @ W^T and the same plus a bf16 / f16 bias (w a half weight read
 //    through its cast): at M = 1 one QMATMUL step whose GEMV blocks compute the norm
 //    (the norm runs first, in a kernel of its own, when the row is not 16-byte aligned
@@ -48,19 +51,20 @@ static wk_tensor *realized(wk_tensor *t) {
   return r;
 }
 
-enum { F_BIAS_HALF, F_BIAS_F32, F_RESID, F_SWIGLU, F_SWIGLU_RESID, F_NORM, F_NORM_BIAS, F_COUNT };
+enum { F_BIAS_HALF, F_BIAS_F32, F_RESID, F_SWIGLU, F_SWIGLU_RESID, F_NORM, F_NORM_BIAS, F_GLU, F_COUNT };
 static const char *fname[F_COUNT] = {"bias (half, cast)", "bias (f32)", "residual", "swiglu", "swiglu + residual",
-                                     "rmsnorm", "rmsnorm + bias"};
+                                     "rmsnorm", "rmsnorm + bias", "gate GEMV + swiglu + residual"};
 static bool is_norm(int f) { return f == F_NORM || f == F_NORM_BIAS; }
 static const float NORM_EPS = 1e-6f;
 
 typedef struct {
-  wk_tensor *x, *g, *u, *w, *bh, *bf, *r, *nw;   // on one device
+  wk_tensor *x, *g, *u, *w, *bh, *bf, *r, *nw, *wg;   // on one device (wg: F_GLU's gate weight [K, K])
 } operands;
 
 // x as the form computes it (before the product)
 static wk_tensor *form_x(const operands *o, int f) {
   if (f == F_SWIGLU || f == F_SWIGLU_RESID) return wk_mul(wk_silu(o->g), o->u);
+  if (f == F_GLU) return wk_mul(wk_silu(wk_matmul_t(o->x, 0, o->wg, 1)), o->u);
   if (is_norm(f)) return wk_rms_norm(o->x, wk_cast(o->nw, WK_F32), NORM_EPS);
   return o->x;
 }
@@ -71,8 +75,8 @@ static wk_tensor *form(const operands *o, int f, wk_tensor **inner) {
   wk_tensor *mm = wk_matmul_t(x, 0, o->w, 1), *y = mm;
   if (f == F_BIAS_HALF || f == F_NORM_BIAS) y = wk_add(mm, wk_cast(o->bh, WK_F32));
   if (f == F_BIAS_F32) y = wk_add(mm, o->bf);
-  if (f == F_RESID || f == F_SWIGLU_RESID) y = wk_add(o->r, mm);
-  *inner = f == F_SWIGLU || f == F_NORM ? x : mm;
+  if (f == F_RESID || f == F_SWIGLU_RESID || f == F_GLU) y = wk_add(o->r, mm);
+  *inner = f == F_SWIGLU || f == F_NORM || f == F_GLU ? x : mm;
   return y;
 }
 
@@ -88,10 +92,11 @@ static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
       .bf = realized(wk_randn(1, (int64_t[]){N}, WK_F32, 29)),
       .r = realized(wk_randn(3, (int64_t[]){1, M, N}, WK_F32, 31 + (uint64_t)M)),
       .nw = realized(wk_cast(wk_add_scalar(wk_mul_scalar(wk_randn(1, (int64_t[]){K}, WK_F32, 37), 0.2f), 1.0f), wdt)),
+      .wg = realized(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){K, K}, WK_F32, 39 + (uint64_t)K), 0.1f), wdt)),
   };
-  operands d = {on(c.x, WK_CUDA), on(c.g, WK_CUDA), on(c.u, WK_CUDA), on(c.w, WK_CUDA),
-                on(c.bh, WK_CUDA), on(c.bf, WK_CUDA), on(c.r, WK_CUDA), on(c.nw, WK_CUDA)};
-  bool ok = d.x && d.g && d.u && d.w && d.bh && d.bf && d.r && d.nw;
+  operands d = {on(c.x, WK_CUDA), on(c.g, WK_CUDA), on(c.u, WK_CUDA), on(c.w, WK_CUDA), on(c.bh, WK_CUDA),
+                on(c.bf, WK_CUDA), on(c.r, WK_CUDA), on(c.nw, WK_CUDA), on(c.wg, WK_CUDA)};
+  bool ok = d.x && d.g && d.u && d.w && d.bh && d.bf && d.r && d.nw && d.wg;
   CHECK(ok, "%s [%lld,%lld,%lld]: operands on cuda", wn, (long long)M, (long long)N, (long long)K);
   float *wv = ok ? read_all(wk_cast(c.w, WK_F32)) : NULL;
   for (int f = 0; ok && wv && f < F_COUNT; f++) {
@@ -102,10 +107,13 @@ static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
     int want = f == F_SWIGLU ? WK_QMM_SWIGLU : f == F_SWIGLU_RESID ? WK_QMM_SWIGLU | WK_QMM_ADD
                : f == F_NORM ? WK_QMM_NORM : f == F_NORM_BIAS ? WK_QMM_NORM | WK_QMM_ADD : WK_QMM_ADD;
     const wk_plan *p = wk_last_plan();
-    int nstep = is_norm(f) && M > 1 ? 2 : 1;
+    int nstep = (is_norm(f) && M > 1) || f == F_GLU ? 2 : 1, want0 = -1;
     if (nstep == 2) want = f == F_NORM ? 0 : WK_QMM_ADD;
+    // the gate's GEMV stores silu(gate) and the product reads gate * up (GEMV rows only)
+    if (f == F_GLU) want0 = M <= 8 ? WK_QMM_SILU : 0, want = WK_QMM_ADD | (M <= 8 ? WK_QMM_GLU : WK_QMM_SWIGLU);
     bool one = yg && p && p->nsteps == nstep && p->steps[nstep - 1].op == WK_OP_QMATMUL &&
-               p->steps[nstep - 1].attrs.i[1] == want;
+               p->steps[nstep - 1].attrs.i[1] == want &&
+               (want0 < 0 || (p->steps[0].op == WK_OP_QMATMUL && p->steps[0].attrs.i[1] == want0));
     CHECK(one, "%s [%lld,%lld,%lld] %s: %d step(s), the last a QMATMUL with flags %d (steps %d, flags %d)", wn,
           (long long)M, (long long)N, (long long)K, fname[f], nstep, want, p ? p->nsteps : -1,
           p && p->nsteps ? (int)p->steps[p->nsteps - 1].attrs.i[1] : -1);
@@ -115,18 +123,18 @@ static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
     float *vc = read_all(yc), *vg = yg ? read_all(yg) : NULL, *vu = uok ? read_all(yu) : NULL;
     float *xv = read_all(form_x(&c, f));
     float *bv = f == F_BIAS_HALF || f == F_NORM_BIAS ? read_all(wk_cast(c.bh, WK_F32)) : f == F_BIAS_F32 ? read_all(c.bf)
-                : f == F_RESID || f == F_SWIGLU_RESID ? read_all(c.r) : NULL;
+                : f == F_RESID || f == F_SWIGLU_RESID || f == F_GLU ? read_all(c.r) : NULL;
     double e = vc && vg && xv ? 0 : INFINITY;
     for (int64_t i = 0; e < INFINITY && i < M; i++)
       for (int64_t j = 0; j < N; j++) {
         double s = 1e-30;
         for (int64_t k = 0; k < K; k++) s += fabs((double)xv[i * K + k] * wv[j * K + k]);
-        if (bv) s += fabs((double)bv[f == F_RESID || f == F_SWIGLU_RESID ? i * N + j : j]);
+        if (bv) s += fabs((double)bv[f == F_RESID || f == F_SWIGLU_RESID || f == F_GLU ? i * N + j : j]);
         double q = fabs((double)vg[i * N + j] - vc[i * N + j]) / s;
         if (q > e || q != q) e = q;
       }
     (void)ci, (void)gi;
-    double tol = f == F_SWIGLU || f == F_SWIGLU_RESID || is_norm(f) ? 1e-3 : 2e-5;
+    double tol = f == F_SWIGLU || f == F_SWIGLU_RESID || f == F_GLU || is_norm(f) ? 1e-3 : 2e-5;
     CHECK(e < tol, "%s [%lld,%lld,%lld] %s: cuda vs cpu %g (tolerance %g)", wn, (long long)M, (long long)N,
           (long long)K, fname[f], e, tol);
     if (!is_norm(f) || M > 1) {

@@ -49,12 +49,16 @@ struct HArgs {
   const char *nw;     // RMSNorm (NULL: none): x[i] = x[i] / sqrt(mean(x^2) + eps) * nw[i], nw of nw_dt
   int nw_dt;
   float eps;
+  int glu;            // with up: the gate is stored activated, x[i] = x[i] * up[i] (WK_QMM_GLU)
+  int silu;           // y = silu(y) after the addend (WK_QMM_SILU)
 };
 
 __device__ __forceinline__ float ends(const HArgs &a, float v, int64_t m, int64_t n) {
-  return a.add ? v + ldv(a.add, a.add_dt, m * a.add_rs + n) : v;
+  const float y = a.add ? v + ldv(a.add, a.add_dt, m * a.add_rs + n) : v;
+  return a.silu ? wkm_silu(y) : y;
 }
 __device__ __forceinline__ float swiglu(float g, float u) { return wkm_silu(g) * u; }
+__device__ __forceinline__ float glu_x(const HArgs &a, float g, float u) { return a.glu ? g * u : swiglu(g, u); }
 
 template <bool BF> __device__ __forceinline__ float xround(float v) { return BF ? bf16_round(v) : v; }
 template <bool BF> __device__ __forceinline__ float widen1(uint16_t u) {
@@ -106,7 +110,7 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv(const HArgs a) {
     for (int i = threadIdx.x; i < MM * kn; i += blockDim.x) {
       const int m = i / kn, e = i - m * kn;
       const int64_t xi = m * a.K + k0 + e;
-      xs[m][e] = xround<BF>(a.up ? swiglu(__ldg(a.x + xi), __ldg(a.up + xi)) : __ldg(a.x + xi));
+      xs[m][e] = xround<BF>(a.up ? glu_x(a, __ldg(a.x + xi), __ldg(a.up + xi)) : __ldg(a.x + xi));
     }
     __syncthreads();
     if (a.vec) {
@@ -182,7 +186,7 @@ template <bool BF, int XM> __device__ __forceinline__ void ldx8(const HArgs &a, 
     const float4 u0 = up[0], u1 = up[1];
     const float u[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
 #pragma unroll
-    for (int i = 0; i < 8; i++) v[i] = swiglu(v[i], u[i]);
+    for (int i = 0; i < 8; i++) v[i] = glu_x(a, v[i], u[i]);
   }
   if (BF)
 #pragma unroll
@@ -424,7 +428,8 @@ void gemv1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
 bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   const int flags = (int)s->attrs.i[1];
-  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0, norm = (flags & WK_QMM_NORM) != 0;
+  const bool has_add = (flags & WK_QMM_ADD) != 0, norm = (flags & WK_QMM_NORM) != 0;
+  const bool sw = (flags & (WK_QMM_SWIGLU | WK_QMM_GLU)) != 0;
   if (!hgemv1_on() || !s->attrs.i[0] || s->nin != 2 + has_add + (sw || norm)) return false;
   if ((wo->dtype != WK_BF16 && wo->dtype != WK_F16) || wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 ||
       !wkc_is_dense(xo) || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))
@@ -439,7 +444,9 @@ bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
     const wk_operand *uo = &s->in[s->nin - 1];
     if (uo->dtype != WK_F32 || !wkc_is_dense(uo) || wkc_numel(uo) != K) return false;
     a->up = (const float *)((const char *)slots[uo->slot] + uo->offset * 4);
+    a->glu = (flags & WK_QMM_GLU) != 0;
   }
+  a->silu = (flags & WK_QMM_SILU) != 0;
   if (norm) {
     const wk_operand *no = &s->in[s->nin - 1];
     if (!wk_is_float(no->dtype) || !wkc_is_dense(no) || wkc_numel(no) != K ||
@@ -463,11 +470,11 @@ bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
   return true;
 }
 
-// The GEMM path's ends: x = silu(gate) * up into scratch (bf16 bits for a bf16 W,
-// rounded to nearest even; f32 otherwise), and y += addend after the product.
-__global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, int to_bf16) {
+// The GEMM path's ends: x = silu(gate) * up (glu: gate * up) into scratch (bf16 bits
+// for a bf16 W, rounded to nearest even; f32 otherwise), and y += addend after the product.
+__global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, int to_bf16, int glu) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const float v = swiglu(g[i], u[i]);
+    const float v = glu ? g[i] * u[i] : swiglu(g[i], u[i]);
     if (to_bf16) ((uint16_t *)x)[i] = wkm_f32_to_bf16(v);
     else ((float *)x)[i] = v;
   }
@@ -496,7 +503,8 @@ unsigned grid_for(int64_t n) {
   const int64_t b = (n + 255) / 256, cap = (int64_t)wkc_num_sms() * 8;
   return (unsigned)(b < 1 ? 1 : b < cap ? b : cap);
 }
-// y += the addend, after the product (a's add: the step's addend, not in place).
+// y += the addend, after the product (a's add: the step's addend, not in place), and the
+// silu of the result (a's silu).
 wk_status add_end(const HArgs &a) {
   k_add_end<<<grid_for(a.M * a.N), 256, 0, wkc_stream()>>>(a);
   return wkc_check_launch("matmul (half weight, addend)");
@@ -626,7 +634,9 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const wk_operand *xo = &s->in[0], *wo = &s->in[1];
   const bool trans = s->attrs.i[0] != 0, bf = wo->dtype == WK_BF16;
   const int flags = (int)s->attrs.i[1];
-  const bool has_add = (flags & WK_QMM_ADD) != 0, sw = (flags & WK_QMM_SWIGLU) != 0, norm = (flags & WK_QMM_NORM) != 0;
+  const bool has_add = (flags & WK_QMM_ADD) != 0, norm = (flags & WK_QMM_NORM) != 0;
+  const bool sw = (flags & (WK_QMM_SWIGLU | WK_QMM_GLU)) != 0, glu = (flags & WK_QMM_GLU) != 0;
+  const bool silu = (flags & WK_QMM_SILU) != 0;
   const char *dtn = wk_dtype_name(wo->dtype);
   // x: f32, or already rounded to bf16 by its producer (compile.c's bf16_inputs) for the GEMM
   const bool x_bf16 = xo->dtype == WK_BF16 && bf && wkc_is_dense(xo) && !(flags & (WK_QMM_SWIGLU | WK_QMM_NORM));
@@ -634,7 +644,8 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
       !wkc_is_dense(&s->out))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input (or a dense "
                     "bf16 one for a bf16 weight) and a dense f32 output", dtn);
-  if (s->nin != 2 + has_add + (sw || norm) || (sw && norm) || (flags && !trans))
+  if (s->nin != 2 + has_add + (sw || norm) || (sw && norm) || (flags && !trans) || (glu && (flags & WK_QMM_SWIGLU)) ||
+      (flags & ~(WK_QMM_ADD | WK_QMM_SWIGLU | WK_QMM_NORM | WK_QMM_SILU | WK_QMM_GLU)))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): fused ends %d with %d operands", dtn, flags, s->nin);
   const int64_t N = wo->shape[0], K = wo->shape[1], in = trans ? K : N, out = trans ? N : K;
   const int64_t M = out ? wkc_numel(&s->out) / out : 0;
@@ -666,10 +677,10 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const float beta = add_in_place ? 1.0f : 0.0f;
   a = HArgs{(const uint16_t *)w, NULL, (float *)y, M, N, K, 1, 0, has_add && !add_in_place ? ad.p : NULL, ad.dtype,
              M > 1 ? ad.rs : 0, NULL};
-  if (in == 0) {
-    if (add_in_place) return WK_OK;
-    cudaMemsetAsync(y, 0, sizeof(float) * (size_t)(M * out), wkc_stream());
-    if (has_add) k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
+  a.glu = glu, a.silu = silu;
+  if (in == 0) {   // y = the addend (in place already, or added to zeros), then the silu
+    if (!add_in_place) cudaMemsetAsync(y, 0, sizeof(float) * (size_t)(M * out), wkc_stream());
+    if (a.add || silu) k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
     return wkc_check_launch("matmul (half weight, empty)");
   }
   const bool gemv_path = trans && M <= 8 && !x_bf16 && !add_in_place;
@@ -693,7 +704,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const char *x = (const char *)slots[xo->slot] + xo->offset * (x_bf16 ? 2 : 4);
   const float *up = sw ? (const float *)((const char *)slots[uo->slot] + uo->offset * 4) : NULL;
   if (x_copy && sw) {
-    k_swiglu_x<<<grid_for(M * in), 256, 0, wkc_stream()>>>((const float *)x, up, scr, M * in, bf);
+    k_swiglu_x<<<grid_for(M * in), 256, 0, wkc_stream()>>>((const float *)x, up, scr, M * in, bf, glu);
     wk_status st = wkc_check_launch("matmul (half weight, SwiGLU input)");
     if (st) return st;
     x = scr;
@@ -705,7 +716,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
     if (st) return st;
     x = scr;
   } else if (x_copy && mb < M) {
-    return half_gemm_blocks(xo, slots, w, trans, y, M, out, in, mb, scr, a.add ? &a : NULL, beta);
+    return half_gemm_blocks(xo, slots, w, trans, y, M, out, in, mb, scr, a.add || silu ? &a : NULL, beta);
   } else if (x_copy) {
     wk_status st = wkc_densify(xo, slots, bf && !gemv_path ? WK_BF16 : WK_F32, scr);  // bf16: rounds to nearest even
     if (st) return st;
@@ -728,7 +739,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const wkc_mat xa = {x, 0, in}, wb = {w, trans ? 1 : 0, K};
   wk_status st = wkc_gemm(xa, wb, bf ? WK_BF16 : WK_F32, y, M, out, in,
                           bf ? "matmul (bf16 weight, cublasGemmEx)" : "matmul (f16 weight widened, cublasGemmEx)", beta);
-  return st || !a.add ? st : add_end(a);
+  return st || !(a.add || silu) ? st : add_end(a);
 }
 
 // Consecutive sibling steps (compile.c's group of half-weight matmuls reading one x): the
