@@ -100,7 +100,8 @@ static wk_step sdpa_step(wk_dtype dt, const int64_t *qs, const int64_t *ks) {
 
 // The decode GEMV y[N] = W[N, K] x (bf16 W, f32 accumulation) at Qwen2.5-0.5B's decode
 // shapes: wick's one-row kernel (a QMATMUL step, f32 x and y; also with the prologue
-// decode fuses in: x = silu(gate) * up for down, rms_norm(h) * w for the others) against cuBLAS
+// decode fuses in: x = silu(gate) * up or gate * up for down, rms_norm(h) * w for the
+// others) against cuBLAS
 // (cublasGemmEx, bf16 x, f32 y, the same W). Each of `launches` calls in a row reads
 // another copy of W, so that W streams from DRAM as in decode (a model's weights do
 // not stay in L2); both sides are captured as one CUDA graph (no host launch time) and
@@ -142,14 +143,14 @@ static void bench_gemv(int reps) {
     void *xf = dev_rand((size_t)K, WK_F32), *xb = dev_rand((size_t)K, WK_BF16), *y = gpu->alloc((size_t)N * 4);
     void *pro = dev_rand((size_t)K, K == 4864 ? WK_F32 : WK_BF16);   // SwiGLU's up, or the norm's weight
     const int fused = K == 4864 ? WK_QMM_SWIGLU : N != 151936 ? WK_QMM_NORM : 0;
-    double us[3] = {0, 0, 0};
-    for (int side = 0; side < 3; side++) {
-      if (side == 2 && !fused) break;
+    double us[4] = {0, 0, 0, 0};
+    for (int side = 0; side < 4; side++) {
+      if ((side == 2 && !fused) || (side == 3 && fused != WK_QMM_SWIGLU)) break;
       cudaGraph_t g;
       cudaGraphExec_t ge = NULL;
       bool ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed) == cudaSuccess;
       for (int i = 0; ok && i < launches; i++) {
-        if (side != 1) {   // 0: x as stored; 2: x = silu(x) * up (down) or rms_norm(x) * w
+        if (side != 1) {   // 0: x as stored; 2: x = silu(x) * up (down) or rms_norm(x) * w; 3: x * up (down)
           int64_t xs[2] = {1, K}, ws[2] = {N, K}, ys[2] = {1, N};
           void *slots[4] = {xf, w[i % copies], y, pro};
           wk_step s = cuda_step(WK_OP_QMATMUL, side ? 3 : 2);
@@ -159,7 +160,7 @@ static void bench_gemv(int reps) {
                                                fused == WK_QMM_SWIGLU ? xs : &xs[1]);
           s.out = wk_operand_dense(2, WK_F32, 2, ys);
           s.attrs.i[0] = 1;
-          s.attrs.i[1] = side ? fused : 0;
+          s.attrs.i[1] = side == 3 ? WK_QMM_GLU : side ? fused : 0;
           s.attrs.f[0] = 1e-6f;
           ok = gpu->run(&s, slots) == WK_OK;
         } else {
@@ -180,6 +181,7 @@ static void bench_gemv(int reps) {
            (long long)N, (long long)K, what[c], wk_cuda_device_name(), us[0], us[1], us[0] > 0 ? us[1] / us[0] : 0,
            us[0] > 0 ? (double)wb / (us[0] * 1e-6) / 1e9 : 0, copies);
     if (fused) printf(", \"%s_us\": %.2f", fused == WK_QMM_SWIGLU ? "swiglu_x" : "rmsnorm_x", us[2]);
+    if (fused == WK_QMM_SWIGLU) printf(", \"gate_times_up_x_us\": %.2f", us[3]);
     printf("}\n");
     fflush(stdout);
     for (int i = 0; i < copies; i++) gpu->free(w[i]);
