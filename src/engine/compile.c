@@ -1431,31 +1431,37 @@ static void group_siblings(ir *r, int *roots, int n, int *grp) {
 // runs as one launch are grouped (its lora_chain; WICK_CUDA_LORA_CHAIN=0 turns it off).
 static bool is_lora(const irnode *x) { return x->lora || (!x->leaf && x->op == WK_OP_LORA); }
 
-static bool lora_chain_head(const ir *r, const irnode *x) {
+// A one-row f32 LoRA call on CUDA.
+static bool lora_row_call(const irnode *x) {
   const wk_tensor *t = x->t;
-  if (!is_lora(x) || t->device != WK_CUDA || t->dtype != WK_F32 || t->ndim < 1 || wk_numel(t) != t->shape[t->ndim - 1])
-    return false;
-  const wk_tensor *in = r->n[fused_in(x)[0]].t, *a = r->n[fused_in(x)[2]].t;
+  return is_lora(x) && t->device == WK_CUDA && t->dtype == WK_F32 && t->ndim >= 1 && wk_numel(t) == t->shape[t->ndim - 1];
+}
+
+// Whether the backend runs chains of call x's shapes as one launch.
+static bool lora_chain_backend(const ir *r, const irnode *x) {
+  const wk_tensor *t = x->t, *in = r->n[fused_in(x)[0]].t, *a = r->n[fused_in(x)[2]].t;
   const wk_backend *b = wk_backend_get(WK_CUDA);
   return b && b->lora_chain && a->ndim == 2 && b->lora_chain(in->shape[in->ndim - 1], t->shape[t->ndim - 1], a->shape[1]);
 }
 
-// Whether root b continues a LoRA chain ending with root a.
+// Whether root b continues a LoRA chain ending with root a (then of a's shapes: the
+// same W, A and B, and x of b is a's output).
 static bool lora_chain_links(const ir *r, int a, int b) {
   const irnode *x = &r->n[a], *y = &r->n[b];
-  if (!lora_chain_head(r, y) || x->uses != 1 || x->target || x->escapes) return false;
+  if (!lora_row_call(y) || x->uses != 1 || x->target || x->escapes) return false;
   const int *xin = fused_in(x), *yin = fused_in(y);
   return yin[0] == a && yin[1] == xin[1] && yin[2] == xin[2] && yin[3] == xin[3];
 }
 
 static void group_lora_chains(const ir *r, const int *roots, int n, int *grp) {
   for (int k = 0; k < n; k++) {
-    if (grp[k] || !lora_chain_head(r, &r->n[roots[k]])) continue;
+    if (grp[k] || !lora_row_call(&r->n[roots[k]])) continue;
     int cnt = 1;
     while (k + cnt < n && !grp[k + cnt] && lora_chain_links(r, roots[k + cnt - 1], roots[k + cnt])) cnt++;
-    if (cnt < 2) continue;
-    grp[k] = cnt;
-    for (int m = 1; m < cnt; m++) grp[k + m] = -1;
+    if (cnt >= 2 && lora_chain_backend(r, &r->n[roots[k]])) {   // asked once a chain
+      grp[k] = cnt;
+      for (int m = 1; m < cnt; m++) grp[k + m] = -1;
+    }
     k += cnt - 1;
   }
 }
