@@ -607,47 +607,45 @@ static wk_status lora(const wk_step *s, void *const *slots) {
 }
 
 // A LoRA chain group (compile.c): one launch keeping W on the chip when every call
-// is one row of f32 reading the previous call's output, else call by call.
-static bool lora_chain_one_launch(const wk_step *s, int n, void *const *slots, std::vector<float *> &outs,
-                                  std::vector<float> &scales) {
-  mat x, w, a, b, o;
-  const wk_operand *in = s[0].in;
-  if (!as_mat(&in[0], slots, &x) || !as_mat(&in[1], slots, &w) || !as_mat(&in[2], slots, &a) ||
-      !as_mat(&in[3], slots, &b) || x.trans || w.trans || a.trans || b.trans)
-    return false;
-  int64_t M = in[0].shape[0], K = in[0].shape[1], N = in[1].shape[1], r = in[2].shape[1];
-  if (M != 1 || !wkc_lora_chain_fits(K, N, r)) return false;
-  const char *prev = x.p;
+// is one row of f32 reading the previous call's output with the first call's W, A and
+// B, else call by call.
+struct LoraChain {
+  mat x, w, a, b;   // the first call's
+  int64_t K, N, r;
+  std::vector<float *> outs;
+  std::vector<float> scales;
+};
+static bool lora_chain_calls(const wk_step *s, int n, void *const *slots, LoraChain &c) {
   for (int q = 0; q < n; q++) {
     const wk_step *t = &s[q];
-    mat xq, wq, aq, bq;
+    mat xq, wq, aq, bq, o;
     for (int k = 0; k < 4; k++)
       if (t->in[k].dtype != WK_F32) return false;
     if (t->out.dtype != WK_F32 || !as_mat(&t->in[0], slots, &xq) || !as_mat(&t->in[1], slots, &wq) ||
-        !as_mat(&t->in[2], slots, &aq) || !as_mat(&t->in[3], slots, &bq) || !as_mat(&t->out, slots, &o))
+        !as_mat(&t->in[2], slots, &aq) || !as_mat(&t->in[3], slots, &bq) || !as_mat(&t->out, slots, &o) ||
+        xq.trans || wq.trans || aq.trans || bq.trans || o.trans || t->in[0].shape[0] != 1)
       return false;
-    if (xq.p != prev || xq.trans || o.trans || wq.p != w.p || wq.ld != w.ld || wq.trans || aq.p != a.p ||
-        aq.ld != a.ld || aq.trans || bq.p != b.p || bq.ld != b.ld || bq.trans || t->in[0].shape[0] != 1 ||
-        t->in[0].shape[1] != K || t->in[1].shape[1] != N || t->in[2].shape[1] != r)
+    const int64_t K = t->in[0].shape[1], N = t->in[1].shape[1], r = t->in[2].shape[1];
+    if (!q) {
+      c = {xq, wq, aq, bq, K, N, r, {}, {}};
+      if (!wkc_lora_chain_fits(K, N, r)) return false;
+    } else if (xq.p != (const char *)c.outs.back() || wq.p != c.w.p || wq.ld != c.w.ld || aq.p != c.a.p ||
+               aq.ld != c.a.ld || bq.p != c.b.p || bq.ld != c.b.ld || K != c.K || N != c.N || r != c.r) {
       return false;
+    }
     // a call's output must not overlap its input: CTAs still read x while others store
     if (o.p < xq.p + 4 * K && xq.p < o.p + 4 * N) return false;
-    outs.push_back((float *)o.p);
-    scales.push_back(t->attrs.f[0]);
-    prev = o.p;
+    c.outs.push_back((float *)o.p);
+    c.scales.push_back(t->attrs.f[0]);
   }
   return true;
 }
 
 static wk_status lora_chain(const wk_step *s, int n, void *const *slots) {
-  std::vector<float *> outs;
-  std::vector<float> scales;
-  if (lora_chain_one_launch(s, n, slots, outs, scales)) {
-    mat x, w, a, b;
-    as_mat(&s->in[0], slots, &x), as_mat(&s->in[1], slots, &w), as_mat(&s->in[2], slots, &a), as_mat(&s->in[3], slots, &b);
-    return wkc_lora_chain((const float *)x.p, (const float *)w.p, w.ld, (const float *)a.p, a.ld, (const float *)b.p,
-                          b.ld, s->in[0].shape[1], s->in[1].shape[1], s->in[2].shape[1], n, outs.data(), scales.data());
-  }
+  LoraChain c;
+  if (lora_chain_calls(s, n, slots, c))
+    return wkc_lora_chain((const float *)c.x.p, (const float *)c.w.p, c.w.ld, (const float *)c.a.p, c.a.ld,
+                          (const float *)c.b.p, c.b.ld, c.K, c.N, c.r, n, c.outs.data(), c.scales.data());
   wk_status st = WK_OK;
   for (int q = 0; q < n && !st; q++) st = lora(&s[q], slots);
   return st;
