@@ -58,7 +58,8 @@ __device__ __forceinline__ float ends(const HArgs &a, float v, int64_t m, int64_
   return a.silu ? wkm_silu(y) : y;
 }
 __device__ __forceinline__ float swiglu(float g, float u) { return wkm_silu(g) * u; }
-__device__ __forceinline__ float glu_x(const HArgs &a, float g, float u) { return a.glu ? g * u : swiglu(g, u); }
+// x from the gate and up: the gate stored activated (glu, WK_QMM_GLU) or not
+__device__ __forceinline__ float glu_x(int glu, float g, float u) { return glu ? g * u : swiglu(g, u); }
 
 template <bool BF> __device__ __forceinline__ float xround(float v) { return BF ? bf16_round(v) : v; }
 template <bool BF> __device__ __forceinline__ float widen1(uint16_t u) {
@@ -110,7 +111,7 @@ __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv(const HArgs a) {
     for (int i = threadIdx.x; i < MM * kn; i += blockDim.x) {
       const int m = i / kn, e = i - m * kn;
       const int64_t xi = m * a.K + k0 + e;
-      xs[m][e] = xround<BF>(a.up ? glu_x(a, __ldg(a.x + xi), __ldg(a.up + xi)) : __ldg(a.x + xi));
+      xs[m][e] = xround<BF>(a.up ? glu_x(a.glu, __ldg(a.x + xi), __ldg(a.up + xi)) : __ldg(a.x + xi));
     }
     __syncthreads();
     if (a.vec) {
@@ -186,7 +187,7 @@ template <bool BF, int XM> __device__ __forceinline__ void ldx8(const HArgs &a, 
     const float4 u0 = up[0], u1 = up[1];
     const float u[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
 #pragma unroll
-    for (int i = 0; i < 8; i++) v[i] = glu_x(a, v[i], u[i]);
+    for (int i = 0; i < 8; i++) v[i] = glu_x(a.glu, v[i], u[i]);
   }
   if (BF)
 #pragma unroll
@@ -474,7 +475,7 @@ bool one_row(const wk_step *s, void *const *slots, HArgs *a, bool *bf) {
 // for a bf16 W, rounded to nearest even; f32 otherwise), and y += addend after the product.
 __global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, int to_bf16, int glu) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const float v = glu ? g[i] * u[i] : swiglu(g[i], u[i]);
+    const float v = glu_x(glu, g[i], u[i]);
     if (to_bf16) ((uint16_t *)x)[i] = wkm_f32_to_bf16(v);
     else ((float *)x)[i] = v;
   }
@@ -680,8 +681,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   a.glu = glu, a.silu = silu;
   if (in == 0) {   // y = the addend (in place already, or added to zeros), then the silu
     if (!add_in_place) cudaMemsetAsync(y, 0, sizeof(float) * (size_t)(M * out), wkc_stream());
-    if (a.add || silu) k_add_end<<<grid_for(M * N), 256, 0, wkc_stream()>>>(a);
-    return wkc_check_launch("matmul (half weight, empty)");
+    return a.add || silu ? add_end(a) : wkc_check_launch("matmul (half weight, empty)");
   }
   const bool gemv_path = trans && M <= 8 && !x_bf16 && !add_in_place;
   // scratch: [x, dense f32 (GEMV) or rounded to bf16 (GEMM)] [W widened to f32 (f16 GEMM)]
