@@ -126,6 +126,53 @@ static double graph_us(cudaGraphExec_t ge, cudaStream_t st, int reps) {
   cudaEventDestroy(ev[1]);
   return us;
 }
+// µs a call of launch(ctx, i) for i < launches, all captured as one graph on st and
+// timed over reps replays; -1 when a launch, the capture or the graph fails.
+static double captured_us(cudaStream_t st, int reps, int launches, bool (*launch)(void *ctx, int i), void *ctx) {
+  cudaGraph_t g = NULL;
+  cudaGraphExec_t ge = NULL;
+  // relaxed: cuBLAS may set up its workspace on its first captured call
+  bool ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed) == cudaSuccess;
+  for (int i = 0; ok && i < launches; i++) ok = launch(ctx, i);
+  if (!ok) fprintf(stderr, "cuda_bench: a captured launch failed: %s\n", wk_last_error());
+  ok = cudaStreamEndCapture(st, &g) == cudaSuccess && ok;
+  cudaGetLastError();
+  ok = ok && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
+  double us = ok ? graph_us(ge, st, reps) / launches : -1;
+  if (ge) cudaGraphExecDestroy(ge);
+  if (g) cudaGraphDestroy(g);
+  return us;
+}
+
+// One GEMV call of bench_gemv: side 0 x as stored, 1 cuBLAS, 2 the fused prologue, 3 x = gate * up.
+typedef struct {
+  cublasHandle_t h;
+  void **w, *xf, *xb, *y, *pro;
+  int64_t N, K;
+  int copies, side, fused;
+} gemv_call;
+static bool gemv_launch(void *ctx, int i) {
+  const gemv_call *c = ctx;
+  const int64_t N = c->N, K = c->K;
+  if (c->side == 1) {
+    const float one = 1.0f, zero = 0.0f;
+    return cublasGemmEx(c->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, 1, (int)K, &one, c->w[i % c->copies], CUDA_R_16BF,
+                        (int)K, c->xb, CUDA_R_16BF, (int)K, &zero, c->y, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+  }
+  int64_t xs[2] = {1, K}, ws[2] = {N, K}, ys[2] = {1, N};
+  void *slots[4] = {c->xf, c->w[i % c->copies], c->y, c->pro};
+  const bool sw = c->fused == WK_QMM_SWIGLU;
+  wk_step s = cuda_step(WK_OP_QMATMUL, c->side ? 3 : 2);
+  s.in[0] = wk_operand_dense(0, WK_F32, 2, xs);
+  s.in[1] = wk_operand_dense(1, WK_BF16, 2, ws);
+  if (c->side) s.in[2] = wk_operand_dense(3, sw ? WK_F32 : WK_BF16, sw ? 2 : 1, sw ? xs : &xs[1]);
+  s.out = wk_operand_dense(2, WK_F32, 2, ys);
+  s.attrs.i[0] = 1;
+  s.attrs.i[1] = c->side == 3 ? WK_QMM_GLU : c->side ? c->fused : 0;
+  s.attrs.f[0] = 1e-6f;
+  return gpu->run(&s, slots) == WK_OK;
+}
 static void bench_gemv(int reps) {
   static const int64_t shapes[][2] = {{1152, 896}, {896, 896}, {9728, 896}, {4864, 896}, {896, 4864}, {151936, 896}};
   static const char *what[] = {"q/k/v as one", "q, o", "gate/up as one", "gate, up", "down", "LM head"};
@@ -144,37 +191,10 @@ static void bench_gemv(int reps) {
     void *pro = dev_rand((size_t)K, K == 4864 ? WK_F32 : WK_BF16);   // SwiGLU's up, or the norm's weight
     const int fused = K == 4864 ? WK_QMM_SWIGLU : N != 151936 ? WK_QMM_NORM : 0;
     double us[4] = {0, 0, 0, 0};
-    for (int side = 0; side < 4; side++) {
-      if ((side == 2 && !fused) || (side == 3 && fused != WK_QMM_SWIGLU)) break;
-      cudaGraph_t g;
-      cudaGraphExec_t ge = NULL;
-      bool ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed) == cudaSuccess;
-      for (int i = 0; ok && i < launches; i++) {
-        if (side != 1) {   // 0: x as stored; 2: x = silu(x) * up (down) or rms_norm(x) * w; 3: x * up (down)
-          int64_t xs[2] = {1, K}, ws[2] = {N, K}, ys[2] = {1, N};
-          void *slots[4] = {xf, w[i % copies], y, pro};
-          wk_step s = cuda_step(WK_OP_QMATMUL, side ? 3 : 2);
-          s.in[0] = wk_operand_dense(0, WK_F32, 2, xs);
-          s.in[1] = wk_operand_dense(1, WK_BF16, 2, ws);
-          if (side) s.in[2] = wk_operand_dense(3, fused == WK_QMM_SWIGLU ? WK_F32 : WK_BF16, fused == WK_QMM_SWIGLU ? 2 : 1,
-                                               fused == WK_QMM_SWIGLU ? xs : &xs[1]);
-          s.out = wk_operand_dense(2, WK_F32, 2, ys);
-          s.attrs.i[0] = 1;
-          s.attrs.i[1] = side == 3 ? WK_QMM_GLU : side ? fused : 0;
-          s.attrs.f[0] = 1e-6f;
-          ok = gpu->run(&s, slots) == WK_OK;
-        } else {
-          const float one = 1.0f, zero = 0.0f;
-          ok = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, 1, (int)K, &one, w[i % copies], CUDA_R_16BF, (int)K, xb,
-                            CUDA_R_16BF, (int)K, &zero, y, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
-        }
-      }
-      ok = cudaStreamEndCapture(st, &g) == cudaSuccess && ok;
-      ok = ok && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
-      us[side] = ok ? graph_us(ge, st, reps) / launches : -1;
-      if (ge) cudaGraphExecDestroy(ge);
-      if (ok) cudaGraphDestroy(g);
+    gemv_call call = {h, w, xf, xb, y, pro, N, K, copies, 0, fused};
+    for (call.side = 0; call.side < 4; call.side++) {
+      if ((call.side == 2 && !fused) || (call.side == 3 && fused != WK_QMM_SWIGLU)) break;
+      us[call.side] = captured_us(st, reps, launches, gemv_launch, &call);
     }
     printf("{\"name\": \"gemv %lldx%lld bf16 (%s)\", \"device\": \"cuda\", \"card\": \"%s\", \"us\": %.2f, "
            "\"cublas_us\": %.2f, \"wick_vs_cublas\": %.2f, \"gbs\": %.0f, \"copies\": %d",
@@ -192,6 +212,17 @@ static void bench_gemv(int reps) {
     gpu->free(pro);
   }
   cublasDestroy(h);
+}
+
+// A step run on the backend's slots (bench_decode's captured launches).
+typedef struct {
+  const wk_step *s;
+  void *const *slots;
+} step_call;
+static bool step_launch(void *ctx, int i) {
+  (void)i;
+  const step_call *c = ctx;
+  return gpu->run(c->s, c->slots) == WK_OK;
 }
 
 // One decode layer's small steps at Qwen2.5-0.5B's shapes (B 1, Hq 14, Hkv 2, D 64, a
@@ -247,19 +278,10 @@ static void bench_decode(int reps) {
                          "decode attention (14 heads over 201 bf16 keys)", "one-element step (the floor)"};
   cudaStream_t st = (cudaStream_t)wk_cuda_stream();
   for (int c = 0; c < 4; c++) {
-    cudaGraph_t g = NULL;
-    cudaGraphExec_t ge = NULL;
     // once outside the capture (what a step allocates once, it allocates now)
-    bool ok = gpu->run(which[c], slots) == WK_OK && gpu->sync() == WK_OK;
-    ok = ok && cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-    for (int i = 0; i < launches && ok; i++) ok = gpu->run(which[c], slots) == WK_OK;
-    if (!ok) fprintf(stderr, "decode bench %d: %s\n", c, wk_last_error());
-    ok = cudaStreamEndCapture(st, &g) == cudaSuccess && ok;
-    cudaGetLastError();
-    ok = ok && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
-    double us = ok ? graph_us(ge, st, reps) / launches : -1;
-    if (ge) cudaGraphExecDestroy(ge);
-    if (g) cudaGraphDestroy(g);
+    step_call call = {which[c], slots};
+    const double us = gpu->run(which[c], slots) == WK_OK && gpu->sync() == WK_OK
+                          ? captured_us(st, reps, launches, step_launch, &call) : -1;
     printf("{\"name\": \"decode: %s\", \"device\": \"cuda\", \"card\": \"%s\", \"us\": %.2f}\n", name[c],
            wk_cuda_device_name(), us);
     fflush(stdout);
