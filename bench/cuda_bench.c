@@ -1,8 +1,8 @@
 // Micro-benchmark of CUDA backend kernels, timed with cudaEvents on the backend's
 // stream (steps built by hand, as the engine's planner would emit them). Prints one
 // JSON object a line: {"name", "device", "us" (median), "p10", "p90", "iters", "gbs" | "tflops"}.
-//   cuda_bench [iters] [gemv | decode]   (gemv: only the decode GEMV against cuBLAS;
-//                                          decode: a decode layer's RoPE, cache writes, attention)
+//   cuda_bench [iters] [gemv | decode | attn]   (gemv: only the decode GEMV against cuBLAS;
+//     decode: a decode layer's RoPE, cache writes, attention; attn: SDPA forward and backward)
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -290,6 +290,45 @@ static void bench_decode(int reps) {
   for (int i = 0; i < 10; i++) gpu->free(all[i]);
 }
 
+static void bench_attn(int iters) {
+  // attention at the Qwen2.5-0.5B training shape (B 8, Hq 14, Hkv 2, T = S = 512, D 64,
+  // causal): the SDPA step and the SDPA_BWD step alone (bench/compare/torch_cuda.py
+  // times the same through the engine beside torch's flash attention); then decode, one
+  // query against 2048 cached keys (the row kernel). FLOPs count the visible half of the
+  // causal score matrix: 4 B Hq T S D / 2 forward, 2.5x that backward.
+  for (int k = 0; k < 2; k++) {
+    wk_dtype dt = k ? WK_F32 : WK_BF16;
+    int64_t qs[4] = {8, 14, 512, 64}, ks[4] = {8, 2, 512, 64}, nq = 8LL * 14 * 512 * 64, nk = 8LL * 2 * 512 * 64;
+    int64_t total = nq + 2 * nk;
+    void *q = dev_rand((size_t)nq, dt), *kk = dev_rand((size_t)nk, dt), *v = dev_rand((size_t)nk, dt);
+    void *o = gpu->alloc((size_t)nq * wk_dtype_size(dt)), *g = dev_rand((size_t)nq, dt), *d = gpu->alloc((size_t)total * 4);
+    void *slots[6] = {q, kk, v, o, g, d};
+    wk_step s = sdpa_step(dt, qs, ks);
+    double fl = 4.0 * 8 * 14 * 512 * 512 * 64 / 2;
+    timeit(k ? "sdpa 8x14x2x512x64 causal f32" : "sdpa 8x14x2x512x64 causal bf16", &s, slots, iters, 0, fl, 0, 0, 0);
+    s.op = WK_OP_SDPA_BWD;
+    s.nin = 5;
+    s.in[3] = wk_operand_dense(3, dt, 4, qs);
+    s.in[4] = wk_operand_dense(4, dt, 4, qs);
+    s.out = wk_operand_dense(5, WK_F32, 1, &total);
+    timeit(k ? "sdpa_bwd 8x14x2x512x64 causal f32" : "sdpa_bwd 8x14x2x512x64 causal bf16", &s, slots, iters, 0, 2.5 * fl, 0, 0, 0);
+    void *bufs[6] = {q, kk, v, o, g, d};
+    for (int i = 0; i < 6; i++) gpu->free(bufs[i]);
+  }
+  {
+    int64_t qs[4] = {1, 14, 1, 64}, ks[4] = {1, 2, 2048, 64};
+    void *q = dev_rand(14 * 64, WK_BF16), *kk = dev_rand(2 * 2048 * 64, WK_BF16), *v = dev_rand(2 * 2048 * 64, WK_BF16);
+    void *o = gpu->alloc(14 * 64 * 2);
+    void *slots[4] = {q, kk, v, o};
+    wk_step s = sdpa_step(WK_BF16, qs, ks);
+    timeit("sdpa decode 1x14x2 T1 S2048 bf16", &s, slots, iters, 2.0 * 2 * 2048 * 64 * 2, 0, 0, 0, 0);
+    gpu->free(q);
+    gpu->free(kk);
+    gpu->free(v);
+    gpu->free(o);
+  }
+}
+
 int main(int argc, char **argv) {
   int iters = argc > 1 ? atoi(argv[1]) : 50;
   gpu = wk_backend_get(WK_CUDA);
@@ -300,6 +339,10 @@ int main(int argc, char **argv) {
   }
   if (argc > 2 && !strcmp(argv[2], "decode")) {
     bench_decode(iters);
+    return 0;
+  }
+  if (argc > 2 && !strcmp(argv[2], "attn")) {
+    bench_attn(iters);
     return 0;
   }
 
@@ -371,42 +414,7 @@ int main(int argc, char **argv) {
     gpu->free(b);
     gpu->free(c);
   }
-  // attention at the Qwen2.5-0.5B training shape (B 8, Hq 14, Hkv 2, T = S = 512, D 64,
-  // causal): the SDPA step and the SDPA_BWD step alone (bench/compare/torch_cuda.py
-  // times the same through the engine beside torch's flash attention); then decode, one
-  // query against 2048 cached keys (the row kernel). FLOPs count the visible half of the
-  // causal score matrix: 4 B Hq T S D / 2 forward, 2.5x that backward.
-  for (int k = 0; k < 2; k++) {
-    wk_dtype dt = k ? WK_F32 : WK_BF16;
-    int64_t qs[4] = {8, 14, 512, 64}, ks[4] = {8, 2, 512, 64}, nq = 8LL * 14 * 512 * 64, nk = 8LL * 2 * 512 * 64;
-    int64_t total = nq + 2 * nk;
-    void *q = dev_rand((size_t)nq, dt), *kk = dev_rand((size_t)nk, dt), *v = dev_rand((size_t)nk, dt);
-    void *o = gpu->alloc((size_t)nq * wk_dtype_size(dt)), *g = dev_rand((size_t)nq, dt), *d = gpu->alloc((size_t)total * 4);
-    void *slots[6] = {q, kk, v, o, g, d};
-    wk_step s = sdpa_step(dt, qs, ks);
-    double fl = 4.0 * 8 * 14 * 512 * 512 * 64 / 2;
-    timeit(k ? "sdpa 8x14x2x512x64 causal f32" : "sdpa 8x14x2x512x64 causal bf16", &s, slots, iters, 0, fl, 0, 0, 0);
-    s.op = WK_OP_SDPA_BWD;
-    s.nin = 5;
-    s.in[3] = wk_operand_dense(3, dt, 4, qs);
-    s.in[4] = wk_operand_dense(4, dt, 4, qs);
-    s.out = wk_operand_dense(5, WK_F32, 1, &total);
-    timeit(k ? "sdpa_bwd 8x14x2x512x64 causal f32" : "sdpa_bwd 8x14x2x512x64 causal bf16", &s, slots, iters, 0, 2.5 * fl, 0, 0, 0);
-    void *bufs[6] = {q, kk, v, o, g, d};
-    for (int i = 0; i < 6; i++) gpu->free(bufs[i]);
-  }
-  {
-    int64_t qs[4] = {1, 14, 1, 64}, ks[4] = {1, 2, 2048, 64};
-    void *q = dev_rand(14 * 64, WK_BF16), *kk = dev_rand(2 * 2048 * 64, WK_BF16), *v = dev_rand(2 * 2048 * 64, WK_BF16);
-    void *o = gpu->alloc(14 * 64 * 2);
-    void *slots[4] = {q, kk, v, o};
-    wk_step s = sdpa_step(WK_BF16, qs, ks);
-    timeit("sdpa decode 1x14x2 T1 S2048 bf16", &s, slots, iters, 2.0 * 2 * 2048 * 64 * 2, 0, 0, 0, 0);
-    gpu->free(q);
-    gpu->free(kk);
-    gpu->free(v);
-    gpu->free(o);
-  }
+  bench_attn(iters);
   bench_gemv(iters);
   wk_cuda_mem_stats m;
   wk_cuda_memory_stats(&m);
