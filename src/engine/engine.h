@@ -48,6 +48,8 @@ typedef struct wk_buffer {
   void *release_ctx;
   bool frozen;                // read-only by promise (wk_tensor_freeze): kernels may cache
                               // derived forms of it; wk_buffer_thaw before any write
+  uint64_t job;               // the last evaluation job that reads or writes it (0: none):
+                              // reading its data waits for that job only
 } wk_buffer;
 
 #define WK_TENSOR_MAGIC 0x7715A3C1u

@@ -5,6 +5,7 @@
 // a bounded LRU: variable shapes cannot grow it without limit.
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,17 +226,47 @@ void wk_plan_cache_stats(uint64_t *compiles, uint64_t *hits, int *entries) {
 }
 
 // ---- running ----
-typedef struct {
+typedef struct job {
   wk_plan *plan;
   void **slots;
-  wk_buffer **hold;    // leaf buffers kept alive while the plan runs
+  wk_buffer **hold;    // the buffers it reads or writes, kept alive while the plan runs
   int nhold;
-  wk_status status;
+  uint64_t seq;        // its number, in submission order (wk_buffer.job)
+  bool gpu;            // a step runs on a device other than the CPU
+  struct job *next;    // in q_done
 } job;
 
+// One job runs at a time, on the executor thread. Everything else (building the next
+// graph, its plan lookup, reading what finished jobs wrote, reference counts) stays on
+// the API thread: a finished job is freed there (q_done), not by the executor, because
+// buffer reference counts are not atomic.
 static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
 static job *q_job;             // in flight, or NULL
+static job *q_done;            // finished, not yet freed
+static uint64_t q_submitted, q_finished;   // the last job numbers submitted and finished
+static atomic_int q_state;     // Q_IDLE, or the kind of job in flight: readable without q_mu
+enum { Q_IDLE, Q_CPU, Q_GPU };
+
+// Around GPU jobs, the threads spin on q_state for up to SPIN_US before they sleep: the
+// API thread waiting for a job, and the executor waiting for the next one (a decode
+// loop submits it at once). A sleeping thread's wake-up took ~100 µs on the GPU hosts'
+// VMs, a tenth of a decode step, twice a step. The executor spins inside
+// cudaStreamSynchronize during the job anyway. CPU jobs don't spin: their threads need
+// the cores.
+#define SPIN_US 2000.0
+
+static double now_us(void);
+
+static void spin_while(int state) {
+  double t0 = now_us();
+  for (int i = 0; atomic_load_explicit(&q_state, memory_order_acquire) == state; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((i & 63) == 63 && now_us() - t0 > SPIN_US) return;
+  }
+}
 static wk_status q_status;     // first failure of async work since the last sync
 static char q_message[1024];   // its message (errors are thread-local: copy it over)
 static pthread_t q_thread;
@@ -331,26 +362,58 @@ static void *executor(void *arg) {
     job *j = q_job;
     pthread_mutex_unlock(&q_mu);
     wk_status s = job_run(j);
+    bool gpu = j->gpu;
     pthread_mutex_lock(&q_mu);
     if (s && !q_status) {
       q_status = s;
       snprintf(q_message, sizeof q_message, "%s", wk_last_error());
     }
-    job_free(j);
+    q_finished = j->seq;
+    j->next = q_done;
+    q_done = j;
     q_job = NULL;
+    atomic_store_explicit(&q_state, Q_IDLE, memory_order_release);
     pthread_cond_broadcast(&q_cv);
+    if (gpu) {
+      pthread_mutex_unlock(&q_mu);
+      spin_while(Q_IDLE);
+      pthread_mutex_lock(&q_mu);
+    }
   }
   return NULL;
 }
 
+// Frees the finished jobs (their holds). Call with q_mu held; unlocks it.
+static void reap_unlock(void) {
+  job *d = q_done;
+  q_done = NULL;
+  pthread_mutex_unlock(&q_mu);
+  while (d) {
+    job *next = d->next;
+    job_free(d);
+    d = next;
+  }
+}
+
 wk_status wk_sync(void) {
+  spin_while(Q_GPU);
   pthread_mutex_lock(&q_mu);
   while (q_job) pthread_cond_wait(&q_cv, &q_mu);
   wk_status s = q_status;
   q_status = WK_OK;
-  pthread_mutex_unlock(&q_mu);
+  reap_unlock();
   if (s) return wk_error(s, "asynchronous evaluation failed: %s", q_message);
   return WK_OK;
+}
+
+// Whether the realized tensors of ts can be read now: no job in flight reads or writes
+// their buffers, and no asynchronous failure waits to be reported (wk_sync reports it).
+static bool settled(int n, wk_tensor *const *ts) {
+  pthread_mutex_lock(&q_mu);
+  bool ok = q_status == WK_OK;
+  for (int i = 0; i < n && ok; i++) ok = !ts[i]->buf || ts[i]->buf->job <= q_finished;
+  reap_unlock();
+  return ok;
 }
 
 static wk_status job_submit(job *j) {
@@ -359,6 +422,7 @@ static wk_status job_submit(job *j) {
     if (pthread_create(&q_thread, NULL, executor, NULL)) {
       pthread_mutex_unlock(&q_mu);
       wk_status s = job_run(j); // no thread: run inline
+      q_finished = j->seq;
       job_free(j);
       return s;
     }
@@ -366,6 +430,7 @@ static wk_status job_submit(job *j) {
     q_started = true;
   }
   q_job = j;
+  atomic_store_explicit(&q_state, j->gpu ? Q_GPU : Q_CPU, memory_order_release);
   pthread_cond_broadcast(&q_cv);
   pthread_mutex_unlock(&q_mu);
   return WK_OK;
@@ -383,17 +448,21 @@ static void detach(int n, wk_tensor *const *ts) {
   }
 }
 
+// The host work before a plan runs (the graph, its key and the plan lookup) overlaps the
+// job in flight; the wait for it comes only before the plan's storage is bound (one plan
+// in flight at a time: its arena and scalars are reused), before a compile (the cache
+// may evict a plan), or when a target is realized already but the job in flight uses it.
 static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
-  wk_status s = wk_sync(); // one plan in flight at a time; its arena is reused
-  if (s) return s;
+  wk_status s = WK_OK;
   int np = 0;
   for (int i = 0; i < n; i++) {
     if (!wk_tensor_valid(ts[i], "eval")) return WK_ERR_ARG;
     if (!ts[i]->buf) np++;
   }
   if (!np) {
-    if (cut) detach(n, ts);
-    return WK_OK;
+    if (!settled(n, ts)) s = wk_sync();
+    if (!s && cut) detach(n, ts);
+    return s;
   }
   wk_topo g;
   if (!wk_topo_build(&g, n, ts, pending)) return wk_error(WK_ERR_OOM, "eval: out of memory");
@@ -419,6 +488,11 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   if (plan) {
     stat_hits++;
     free(key.b);
+  } else if ((s = wk_sync())) {
+    free(key.b);
+    free(targets);
+    wk_topo_free(&g);
+    return s;
   } else {
     plan = wk_plan_compile(&g, nt, targets);
     if (!plan) { free(key.b); free(targets); wk_topo_free(&g); return WK_ERR_STATE; }
@@ -430,24 +504,28 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
     cache_insert(plan);
   }
   free(targets);
+  if ((s = wk_sync())) { wk_topo_free(&g); return s; }
   patch_scalars(plan, &g);
   last_plan = plan;
   if ((s = plan_arenas(plan))) { wk_topo_free(&g); return s; }
   job *j = calloc(1, sizeof *j);
   wk_buffer **outs = calloc((size_t)plan->nouts + 1, sizeof *outs);
   if (!j || !outs || !(j->slots = calloc((size_t)plan->nslots + 1, sizeof(void *))) ||
-      !(j->hold = calloc((size_t)plan->nleaves + 1, sizeof(wk_buffer *)))) {
+      !(j->hold = calloc((size_t)(plan->nleaves + plan->nouts) + 1, sizeof(wk_buffer *)))) {
     if (j) { free(j->slots); free(j); }
     free(outs);
     wk_topo_free(&g);
     return wk_error(WK_ERR_OOM, "eval: out of memory");
   }
   j->plan = plan;
+  j->seq = ++q_submitted;
+  for (int k = 0; k < plan->nsteps && !j->gpu; k++) j->gpu = plan->steps[k].device != WK_CPU;
   for (int k = 0; k < plan->nleaves; k++) {
     wk_tensor *t = g.nodes[plan->leaf_nodes[k]];
     j->slots[k] = (char *)t->buf->data + t->offset * (int64_t)wk_dtype_size(t->dtype);
     j->hold[j->nhold++] = t->buf;
     t->buf->refcount++;
+    t->buf->job = j->seq;   // read, or written in place
   }
   for (int o = 0; o < plan->nouts; o++) {
     outs[o] = wk_buffer_alloc(g.nodes[plan->outs[o].node]->device, plan->outs[o].bytes);
@@ -459,6 +537,9 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
       return WK_ERR_OOM;
     }
     j->slots[plan->outs[o].slot] = outs[o]->data;
+    outs[o]->job = j->seq;
+    outs[o]->refcount++;   // held until the job is freed, even if its tensors go first
+    j->hold[j->nhold++] = outs[o];
   }
   int first_arena = plan->nslots - plan->narena;
   for (int k = 0; k < plan->narena; k++)
@@ -479,6 +560,9 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   wk_topo_free(&g);
   if (async) return job_submit(j);
   s = job_run(j);
+  pthread_mutex_lock(&q_mu);
+  q_finished = j->seq;
+  pthread_mutex_unlock(&q_mu);
   job_free(j);
   return s;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 #include "engine/engine.h"
 #include "gen/kv_batch.h"
+#include "models/llama.h"
 
 wk_generate_params wk_generate_defaults(void) {
   wk_generate_params p;
@@ -221,12 +222,15 @@ static bool greedy_on_device(const wk_generate_params *p) {
 // those) falls back to the host logits, copied on demand.
 typedef struct {
   wk_tensor *lg, *top;
-  const float *host;   // lg's data on the host, once copied
+  wk_tensor *next;       // the device's picks as i32 [B, 1] on the device: a step's input
+  const float *host;     // lg's data on the host, once copied
+  int64_t len, end;      // the cache's length before and after the step
 } step_out;
 
 static void step_free(step_out *o) {
   wk_tensor_free(o->lg);
   wk_tensor_free(o->top);
+  wk_tensor_free(o->next);
   memset(o, 0, sizeof *o);
 }
 
@@ -257,40 +261,70 @@ static bool step_pick(const step_out *o, int64_t i, int64_t V, wk_sample *smp) {
   return true;
 }
 
-// Feeds ids [B, T] through the cache; the last position's logits [B, 1, V] are evaluated.
+// Builds the step that feeds ids [B, T] (i32, on the host or the device) through the
+// cache and evaluates it: the last position's logits [B, 1, V] and, when greedy picks
+// are made on the device, top and next from the same plan, submitted without waiting.
 // rev: V, V - 1, ..., 1 on the logits' device, made at the first greedy step: the first
 // maximum's index is V - max((logit == max) * rev), a reduction the planner fuses with
 // its prologue (the CUDA argmax kernel runs one block a row: 176 us over 151,936 logits
 // on an H200).
-static wk_status step(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t T, bool greedy,
-                      wk_tensor **rev, step_out *o) {
+static wk_status step_submit(wk_model *m, wk_kv_cache *c, wk_tensor *ids, bool greedy, wk_tensor **rev,
+                             step_out *o) {
+  memset(o, 0, sizeof *o);
+  o->len = wk_kv_cache_len(c);
+  if (!(o->lg = wk_llama_forward_step(m, ids, c))) return WK_ERR_STATE;
+  o->end = wk_kv_cache_len(c);
+  const int64_t B = wk_dim(o->lg, 0), V = wk_dim(o->lg, -1);
+  if (wk_tensor_device(o->lg) != WK_CPU && greedy && V <= (1 << 24)) {   // else the host samples
+    wk_scope_begin();
+    if (!*rev && (*rev = wk_keep(wk_to_device(wk_arange((double)V, 0, -1, WK_F32), wk_tensor_device(o->lg)))) &&
+        wk_eval(1, rev)) {
+      wk_tensor_free(*rev);
+      *rev = NULL;
+    }
+    int ax = -1;
+    wk_tensor *mx = wk_max(o->lg, 1, &ax, 1);
+    wk_tensor *sum = wk_sum(wk_exp(wk_sub(o->lg, mx)), 1, &ax, 1);
+    // ids up to 2^24 are exact in f32
+    wk_tensor *id = wk_max(wk_mul(wk_eq(o->lg, mx), *rev), 1, &ax, 1);
+    o->top = *rev ? wk_keep(wk_to_device(wk_concat(3, (wk_tensor *[]){mx, sum, id}, 2), WK_CPU)) : NULL;
+    o->next = *rev ? wk_keep(wk_reshape(wk_cast(wk_add_scalar(wk_neg(id), (float)V), WK_I32), 2, (int64_t[]){B, 1}))
+                   : NULL;
+    wk_scope_end();
+  }
+  // asynchronous only where a step can be fed ahead: elsewhere the host waits at once
+  wk_tensor *ts[3] = {o->lg, o->top, o->next};
+  wk_status st = *rev && !o->top ? WK_ERR_STATE : o->top && o->next ? wk_eval_async(3, ts) : wk_eval(1, ts);
+  if (st) {
+    wk_kv_cache_truncate(c, o->len);
+    step_free(o);
+  }
+  return st;
+}
+
+// step_submit from host ids [B, T].
+static wk_status step_host(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t T, bool greedy,
+                           wk_tensor **rev, step_out *o) {
   memset(o, 0, sizeof *o);
   wk_tensor *t = wk_from_data(2, (int64_t[]){B, T}, WK_I32, ids);
   if (!t) return WK_ERR_STATE;
-  o->lg = wk_model_forward_cached_last(m, t, c);
+  wk_status st = step_submit(m, c, t, greedy, rev, o);
   wk_tensor_free(t);
-  if (!o->lg) return WK_ERR_STATE;
-  if (wk_tensor_device(o->lg) == WK_CPU || !greedy || wk_dim(o->lg, -1) > (1 << 24))   // the host samples
-    return step_row(o, 0, 0) ? WK_OK : (step_free(o), WK_ERR_STATE);
-  wk_scope_begin();
-  const int64_t V = wk_dim(o->lg, -1);
-  if (!*rev && (*rev = wk_keep(wk_to_device(wk_arange((double)V, 0, -1, WK_F32), wk_tensor_device(o->lg)))) &&
-      wk_eval(1, rev)) {
-    wk_tensor_free(*rev);
-    *rev = NULL;
-  }
-  int ax = -1;
-  wk_tensor *mx = wk_max(o->lg, 1, &ax, 1);
-  wk_tensor *sum = wk_sum(wk_exp(wk_sub(o->lg, mx)), 1, &ax, 1);
-  // ids up to 2^24 are exact in f32
-  wk_tensor *id = wk_max(wk_mul(wk_eq(o->lg, mx), *rev), 1, &ax, 1);
-  o->top = *rev ? wk_keep(wk_to_device(wk_concat(3, (wk_tensor *[]){mx, sum, id}, 2), WK_CPU)) : NULL;
-  wk_scope_end();
-  if (!o->top || !wk_tensor_data(o->top)) {
-    step_free(o);
-    return WK_ERR_STATE;
-  }
-  return WK_OK;
+  return st;
+}
+
+// Waits until a submitted step's results can be read on the host.
+static wk_status step_wait(step_out *o) {
+  bool ok = o->top ? wk_tensor_data(o->top) != NULL : step_row(o, 0, 0) != NULL;
+  return ok ? WK_OK : WK_ERR_STATE;
+}
+
+// Drops a step that was fed ahead (a sequence stopped, or the host sampled another id):
+// once it has run, the cache forgets its position.
+static void step_drop(wk_kv_cache *c, step_out *o) {
+  wk_sync();   // its failure, if any, is moot
+  wk_kv_cache_truncate(c, o->len);
+  step_free(o);
 }
 
 static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok, int64_t ctx, size_t B,
@@ -362,33 +396,75 @@ static wk_status settle(const gen_shared *g, wk_kv_cache *c, const seq_state *q,
   return kept && changed ? wk_kv_cache_keep_rows(c, kept, bt->rows, drop) : WK_OK;
 }
 
+// Whether the step after o can be fed from o's device picks before the host has seen
+// them: it is kept if every row's pick came from the device and no sequence stopped, so
+// the batch must be one that settle() leaves alone then (no padding left to drop, no
+// sliding window), and no row may be known to stop at this token (its last token, or its
+// context full).
+// WICK_FEED_AHEAD=0 turns it off (to compare).
+static bool feed_ahead(const gen_shared *g, const wk_kv_cache *c, const seq_state *q, const batch *bt,
+                       const step_out *o) {
+  static int env = -1;
+  if (env < 0) {
+    const char *e = getenv("WICK_FEED_AHEAD");
+    env = !(e && !strcmp(e, "0"));
+  }
+  if (!env || !o->next || g->p->sliding_window) return false;
+  int64_t min_hidden = INT64_MAX;
+  for (int64_t i = 0; i < bt->n; i++) {
+    int64_t hidden = wk_kv_cache_row_hidden(c, i);
+    if (hidden < min_hidden) min_hidden = hidden;
+    if (q[bt->live[i]].res.generated_tokens + 1 >= g->p->max_tokens || (g->ctx > 0 && o->end - hidden >= g->ctx))
+      return false;
+  }
+  return min_hidden == 0;
+}
+
 // Prefills ids [B, T] (pad: each row's left padding), then samples and feeds back the
 // live sequences' tokens until every one has stopped. *t1: when the first tokens were
-// sampled (the end of prefill).
+// sampled (the end of prefill). With greedy picks on the device, each decode step is
+// built and submitted while the one before it runs, its ids taken from that step's picks
+// on the device (feed_ahead); the host reads the picks afterwards, and a step fed ahead
+// is dropped when the host's view differs (a sequence stopped, or the host sampled).
 static wk_status run_batch(wk_model *m, wk_kv_cache *c, const gen_shared *g, seq_state *q, batch *bt,
                            const int32_t *ids, const int64_t *pad, int64_t T, double *t1) {
   bool padded = false, greedy = greedy_on_device(g->p);
   for (int64_t b = 0; b < bt->n; b++) padded |= pad[b] > 0;
   wk_status st = padded ? wk_kv_cache_set_padding(c, bt->n, pad) : WK_OK;
-  step_out o = {0};
+  step_out o = {0}, ahead = {0};
   wk_tensor *rev = NULL;
-  if (!st) st = step(m, c, ids, bt->n, T, greedy, &rev, &o);
+  if (!st) st = step_host(m, c, ids, bt->n, T, greedy, &rev, &o);
   for (int64_t b = 0; b < bt->n; b++) bt->live[b] = b;
   while (!st && o.lg) {
-    int64_t len = wk_kv_cache_len(c);
+    if (feed_ahead(g, c, q, bt, &o)) st = step_submit(m, c, o.next, greedy, &rev, &ahead);
+    if (!st) st = step_wait(&o);
+    if (st) {   // o's picks were not read: the cache forgets its positions too
+      if (ahead.lg) step_drop(c, &ahead);
+      wk_kv_cache_truncate(c, o.len);
+      break;
+    }
+    bool keep = ahead.lg != NULL;
     for (int64_t i = 0; !st && i < bt->n; i++) {   // each counts its own positions against the context
       wk_sample pick;
       bool picked = step_pick(&o, i, g->V, &pick);
       const float *row = picked ? NULL : step_row(&o, i, g->V);
       if (!picked && !row) st = WK_ERR_STATE;
       else st = seq_token(g, &q[bt->live[i]], (int32_t)bt->live[i], row, picked ? &pick : NULL,
-                          len - wk_kv_cache_row_hidden(c, i));
+                          o.end - wk_kv_cache_row_hidden(c, i));
+      keep &= picked && !q[bt->live[i]].done;
     }
     if (*t1 == 0.0) *t1 = now_s();   // the first token: prefill ends here
     step_free(&o);
-    if (st || (st = settle(g, c, q, bt)) || !bt->n) break;
+    if (ahead.lg && (st || !keep)) step_drop(c, &ahead);
+    if (st) break;
+    if (ahead.lg) {   // settle() has nothing to do: no sequence stopped
+      o = ahead;
+      memset(&ahead, 0, sizeof ahead);
+      continue;
+    }
+    if ((st = settle(g, c, q, bt)) || !bt->n) break;
     for (int64_t i = 0; i < bt->n; i++) bt->next[i] = q[bt->live[i]].next;
-    st = step(m, c, bt->next, bt->n, 1, greedy, &rev, &o);
+    st = step_host(m, c, bt->next, bt->n, 1, greedy, &rev, &o);
   }
   step_free(&o);
   wk_tensor_free(rev);

@@ -23,6 +23,8 @@ static wk_status move_rows(wk_kv_cache *c, wk_tensor **dk, wk_tensor **dv, int64
                            int64_t drop) {
   int64_t L = c->m->cfg.num_hidden_layers, keep = c->len - drop, H = wk_dim(c->k[0], 1), cap = wk_dim(c->k[0], 2);
   if (wk_tensor_device(c->k[0]) == WK_CPU) {
+    wk_status st = wk_sync();   // the bytes move under no job in flight
+    if (st) return st;
     size_t row = wk_dtype_bytes(c->dtype, wk_dim(c->k[0], 3));
     for (int64_t i = 0; i < 2 * L; i++) {
       wk_tensor *s = i < L ? c->k[i] : c->v[i - L], *d = i < L ? dk[i] : dv[i - L];

@@ -783,7 +783,9 @@ static bool check_cache_fits(const wk_model *m, wk_tensor *ids, const wk_kv_cach
   return true;
 }
 
-static wk_tensor *forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c, bool last) {
+// eval = false: the logits stay lazy and the cache counts the positions at once (the
+// caller evaluates, and cuts the cache back if that fails).
+static wk_tensor *forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c, bool last, bool eval) {
   if (!check_ids(m, ids) || !check_cache_fits(m, ids, c)) return NULL;
   int64_t B = wk_dim(ids, 0), T = wk_dim(ids, 1), cap = wk_kv_cache_max_context(c);
   if (kv_storage(c, B)) return NULL;
@@ -795,7 +797,7 @@ static wk_tensor *forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c, bo
   if (mask && dev != WK_CPU) mask = wk_to_device(mask, dev);
   wk_tensor *x = wk_tensor_device(ids) != dev ? wk_to_device(ids, dev) : ids;
   wk_tensor *logits = c->pad && !mask ? NULL : forward(m, x, 0, &cs, mask, last, c->shift + c->len + T);
-  bool ok = logits && wk_eval(1, &logits) == WK_OK;
+  bool ok = logits && (!eval || wk_eval(1, &logits) == WK_OK);
   if (ok) {
     c->batch = B;
     c->len += T;
@@ -805,7 +807,12 @@ static wk_tensor *forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c, bo
   return ok ? wk_node_finish(logits) : NULL;
 }
 
-wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) { return forward_cached(m, ids, c, false); }
+wk_tensor *wk_model_forward_cached(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
+  return forward_cached(m, ids, c, false, true);
+}
 wk_tensor *wk_model_forward_cached_last(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
-  return forward_cached(m, ids, c, true);
+  return forward_cached(m, ids, c, true, true);
+}
+wk_tensor *wk_llama_forward_step(wk_model *m, wk_tensor *ids, wk_kv_cache *c) {
+  return forward_cached(m, ids, c, true, false);
 }

@@ -72,6 +72,11 @@ wk_tensor *wk_llama_head_loss(wk_model *m, wk_tensor *x, wk_tensor *targets, int
 // The hidden states [B, T, H] of ids (on the model's device) after the last block, at
 // positions 0..T-1: wk_model_forward without the head.
 wk_tensor *wk_llama_hidden(wk_model *m, wk_tensor *ids);
+// wk_model_forward_cached_last without the evaluation: lazy logits [B, 1, V], and the
+// cache already counts the T new positions. The caller evaluates the logits (their plan
+// writes the cache) and, if that fails or the step is dropped, cuts the cache back with
+// wk_kv_cache_truncate. Generation builds the next step this way while one runs.
+wk_tensor *wk_llama_forward_step(wk_model *m, wk_tensor *ids, wk_kv_cache *c);
 // Projection p's module inside a block: HF's "self_attn.q_proj", ..., "mlp.down_proj";
 // GGUF's "attn_q", ..., "ffn_down".
 const char *wk_llama_hf_module(wk_proj p);

@@ -9,7 +9,9 @@
 //  - greedy generation picked on the device (generate.c reads each row's max, sum of
 //    exp and argmax instead of the logits): the tiny Llama's tokens equal the CPU's, and
 //    the logprobs those the host sampler computes from the same device logits
-//    (top_logprobs keeps the host path).
+//    (top_logprobs keeps the host path);
+//  - steps fed ahead from the device's picks: dropped where a sequence stops (the cache
+//    holds what it should, a continuation picks the same tokens), batches as on the CPU.
 // Tolerances, |cuda - cpu| <= rtol |cpu| + atol max|cpu|: f32 out, both sides in f32 with
 // other summation orders and expf vs the CPU's exp: rtol 1e-4, atol 2e-5 (as
 // test_cuda_attn); bf16 out: one rounding of the output (2^-8) -> rtol 8e-3, atol 4e-3.
@@ -163,10 +165,69 @@ static void test_greedy(void) {
   }
 }
 
+// ---- steps fed ahead (generate.c: each decode step is built from the last step's picks
+// on the device and submitted before the host reads them; dropped when a sequence stops) ----
+typedef struct { gen_out o[2]; int stop_at[2]; } stop_out;
+static int stop_gen(const wk_gen_token *t, void *user) {
+  stop_out *s = user;
+  gen_out *o = &s->o[t->seq];
+  if (o->n < 40) o->ids[o->n] = t->id, o->logprob[o->n++] = t->logprob;
+  return t->index + 1 == s->stop_at[t->seq];
+}
+
+// A callback stop after 9 tokens on the device leaves the cache holding the prompt and
+// the 8 tokens fed back (the step fed ahead with the 9th is dropped), and a generation
+// continuing from that cache picks the tokens the uninterrupted one did; in a batch of
+// two, one sequence stopping leaves the other's tokens as on the CPU.
+static void test_feed_ahead(void) {
+  static const int32_t prompt[] = {1, 7, 3, 99, 42};
+  gen_out full;
+  wk_model *m = wk_model_load(fixture_in("models", "llama"));
+  bool ok = gen_on(WK_CUDA, WK_BF16, 0, &full) && m && !wk_model_to_device(m, WK_CUDA);
+  wk_kv_cache *c = ok ? wk_kv_cache_new(m) : NULL;
+  wk_generate_params p = wk_generate_defaults();
+  p.ignore_eos = true;
+  p.cache_dtype = WK_BF16;
+  p.max_tokens = 32;
+  stop_out s = {.stop_at = {9, 0}};
+  ok = c && wk_generate_cached(m, NULL, c, prompt, 5, &p, stop_gen, &s, NULL) == WK_OK;
+  CHECK(ok && s.o[0].n == 9 && wk_kv_cache_len(c) == 5 + 8,
+        "feed ahead: a stop after 9 tokens leaves %lld cached positions (want 13): %s", (long long)wk_kv_cache_len(c),
+        ok ? "" : wk_last_error());
+  CHECK(ok && !memcmp(s.o[0].ids, full.ids, 9 * sizeof(int32_t)), "feed ahead: the 9 tokens before the stop");
+  int32_t ids[14];
+  memcpy(ids, prompt, sizeof prompt);
+  memcpy(ids + 5, full.ids, 9 * sizeof(int32_t));
+  stop_out r = {.stop_at = {10, 0}};
+  ok = ok && wk_generate_cached(m, NULL, c, ids, 14, &p, stop_gen, &r, NULL) == WK_OK && r.o[0].n == 10;
+  CHECK(ok && !memcmp(r.o[0].ids, full.ids + 9, 10 * sizeof(int32_t)),
+        "feed ahead: continuing from the cache picks tokens 10-19 of the uninterrupted run: %s", ok ? "" : wk_last_error());
+  wk_kv_cache_free(c);
+  wk_model_free(m);
+
+  static const int32_t p1[] = {5, 6, 7, 8, 9, 10, 11};
+  const int32_t *prompts[2] = {prompt, p1};
+  const size_t lens[2] = {5, 7};
+  stop_out b[2] = {{.stop_at = {5, 0}}, {.stop_at = {5, 0}}};
+  for (int d = 0; d < 2; d++) {
+    wk_model *md = wk_model_load(fixture_in("models", "llama"));
+    ok = md && (!d || !wk_model_to_device(md, WK_CUDA)) &&
+         wk_generate_batch(md, NULL, 2, prompts, lens, &p, stop_gen, &b[d], NULL) == WK_OK;
+    CHECK(ok, "feed ahead: a batch of two on %s: %s", d ? "cuda" : "cpu", ok ? "" : wk_last_error());
+    wk_model_free(md);
+  }
+  CHECK(b[1].o[0].n == 5 && b[1].o[1].n == 32, "feed ahead: batch lengths %d and %d (want 5 and 32)", b[1].o[0].n,
+        b[1].o[1].n);
+  for (int q = 0; q < 2; q++)
+    CHECK(b[0].o[q].n == b[1].o[q].n && !memcmp(b[0].o[q].ids, b[1].o[q].ids, sizeof b[0].o[q].ids),
+          "feed ahead: a batch of two, one stopping after 5: sequence %d's tokens are the cpu's", q);
+}
+
 int main(void) {
   SKIP_WITHOUT_CUDA();
   if (!dual_open()) return 77;
   test_attention();
   test_greedy();
+  test_feed_ahead();
   return check_report();
 }
