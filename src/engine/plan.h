@@ -22,6 +22,13 @@ enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2, WK_EPI_BIAS_GELU = 3 };
 //     by a WK_QMM_SILU step (operands as for WK_QMM_SWIGLU).
 enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2, WK_QMM_NORM = 4, WK_QMM_SILU = 8, WK_QMM_GLU = 16 };
 
+// The attention forward's row statistics kept for its backward (compile.c's
+// match_sdpa_lse, CUDA only): an SDPA step with attrs.i[2] = 1 also writes each query
+// row's log-sum-exp L, f32 [B, Hq, T], into its own buffer after the output, at
+// wk_sdpa_lse_offset bytes; an SDPA_BWD step with attrs.i[2] = 1 reads L there, after
+// its in[3] (that forward's output), instead of recomputing it.
+static inline size_t wk_sdpa_lse_offset(size_t out_bytes) { return (out_bytes + 15) & ~(size_t)15; }
+
 // How the tensors of a graph map to slots at run time.
 typedef struct {
   int node;          // index in the graph's topological order

@@ -27,6 +27,8 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "check.h"
+#include "engine/plan.h"
+#include "wick/ops.h"
 #define DUAL_SEED 0x9e3779b97f4a7c15ull
 #include "dual_slots.h"
 
@@ -199,36 +201,53 @@ static void test_kernels(void) {
   }
 }
 
-// The autograd on CUDA: loss = sum(sdpa(q, k, v) * w); dq, dk, dv against the CPU's.
-static void test_grad(wk_dtype dt, int64_t d) {
+// Whether the last plan's attention forward kept its row statistics for its backward
+// (compile.c's match_sdpa_lse: SDPA and SDPA_BWD steps with attrs.i[2] = 1).
+static bool kept_lse(void) {
+  const wk_plan *p = wk_last_plan();
+  int fwd = 0, bwd = 0;
+  for (int k = 0; p && k < p->nsteps; k++) {
+    fwd += p->steps[k].op == WK_OP_SDPA && p->steps[k].attrs.i[2];
+    bwd += p->steps[k].op == WK_OP_SDPA_BWD && p->steps[k].attrs.i[2];
+  }
+  return fwd == 1 && bwd == 1;
+}
+
+// The autograd on CUDA: loss = sum(sdpa(q, k, v[, mask]) * w); dq, dk, dv against the
+// CPU's. The forward and backward share a plan, so the forward keeps L for the
+// backward: with few CTAs (b 2, t 70) through a second pass after the split-key
+// forward, with many (b 4, t 200) from the forward itself.
+static void test_grad(wk_dtype dt, int64_t d, int64_t b, int64_t t, bool masked) {
   wk_scope_begin();
-  int64_t qs[4] = {2, 8, 70, d}, ks[4] = {2, 2, 70, d};
-  wk_tensor *h[4] = {wk_randn(4, qs, WK_F32, 11), wk_randn(4, ks, WK_F32, 12), wk_randn(4, ks, WK_F32, 13),
-                     wk_randn(4, qs, WK_F32, 14)};
+  int64_t qs[4] = {b, 8, t, d}, ks[4] = {b, 2, t, d}, ms[4] = {1, 1, t, t};
+  wk_tensor *h[5] = {wk_randn(4, qs, WK_F32, 11), wk_randn(4, ks, WK_F32, 12), wk_randn(4, ks, WK_F32, 13),
+                     wk_randn(4, qs, WK_F32, 14), wk_rand(4, ms, WK_F32, -1.0, 0.0, 15)};
   float *res[2][3] = {{0}};
   for (int dev = 0; dev < 2; dev++) {
-    wk_tensor *x[4];
-    for (int i = 0; i < 4; i++) {
-      x[i] = wk_cast(h[i], dt);
+    wk_tensor *x[5];
+    for (int i = 0; i < 5; i++) {
+      x[i] = i < 4 ? wk_cast(h[i], dt) : h[i];
       if (dev) x[i] = wk_to_device(x[i], WK_CUDA);
       wk_eval(1, &x[i]);
     }
     for (int i = 0; i < 3; i++) wk_set_trainable(x[i], 1);
-    wk_tensor *y = wk_sdpa(x[0], x[1], x[2], NULL, 1, 0);
+    wk_tensor *y = wk_sdpa(x[0], x[1], x[2], masked ? x[4] : NULL, 1, 0);
     wk_tensor *loss = wk_sum(wk_cast(wk_mul(y, x[3]), WK_F32), 0, NULL, 0), *gr[3] = {0};
-    CHECK(!wk_grad(loss, 3, x, gr), "grad of sdpa on %s", dev ? "cuda" : "cpu");
+    CHECK(!wk_grad(loss, 3, x, gr) && !wk_eval(3, gr), "grad of sdpa on %s", dev ? "cuda" : "cpu");
+    if (dev) CHECK(kept_lse(), "wk_grad of sdpa (%s, D %lld, t %lld): the backward reads the forward's L", dname(dt),
+                   (long long)d, (long long)t);
     for (int i = 0; i < 3; i++) res[dev][i] = gr[i] ? read_all(dev ? wk_to_device(gr[i], WK_CPU) : gr[i]) : NULL;
   }
   const char *nm[3] = {"dq", "dk", "dv"};
   for (int i = 0; i < 3; i++) {
-    int64_t n = i ? 2 * 2 * 70 * d : 2 * 8 * 70 * d;
+    int64_t n = (i ? 2 : 8) * b * t * d;
     float big = 0;
     for (int64_t j = 0; res[0][i] && j < n; j++) big = fmaxf(big, fabsf(res[0][i][j]));
     float err = max_abs_diff(res[0][i], res[1][i], n);
     // the gradients are cast to the inputs' dtype: one ulp of the largest value, or f32's bound
     float lim = dt == WK_F32 ? 1e-4f * big : dt == WK_BF16 ? 8e-3f * big : 1e-3f * big;
-    CHECK(big > 0 && err <= lim, "wk_grad of causal GQA sdpa (%s, D %lld): %s max diff %g (largest %g)", dname(dt),
-          (long long)d, nm[i], err, big);
+    CHECK(big > 0 && err <= lim, "wk_grad of causal GQA sdpa (%s, D %lld, b %lld, t %lld%s): %s max diff %g (largest %g)",
+          dname(dt), (long long)d, (long long)b, (long long)t, masked ? ", masked" : "", nm[i], err, big);
     free(res[0][i]);
     free(res[1][i]);
   }
@@ -239,8 +258,11 @@ int main(void) {
   if (!dual_open()) return 77;
   printf("device: %s\n", wk_cuda_device_name());
   test_kernels();
-  test_grad(WK_F32, 64);
-  test_grad(WK_BF16, 64);
-  test_grad(WK_F16, 32);
+  test_grad(WK_F32, 64, 2, 70, false);
+  test_grad(WK_BF16, 64, 2, 70, false);
+  test_grad(WK_F16, 32, 2, 70, false);
+  test_grad(WK_BF16, 64, 4, 200, false);
+  test_grad(WK_BF16, 64, 4, 200, true);
+  test_grad(WK_F32, 64, 4, 200, true);
   return check_report();
 }

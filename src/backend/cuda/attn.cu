@@ -26,6 +26,7 @@
 #include <mutex>
 #include <type_traits>
 #include "cuda_internal.h"
+#include "../../engine/plan.h"   // wk_sdpa_lse_offset
 
 #define ATTN_BM 64          // query rows per CTA
 #define ATTN_BN 64          // keys per tile
@@ -47,7 +48,19 @@ struct AttnArgs {
   float *lse, *delta;           // per query row [B, Hq, T] (the backward's statistics)
   int *dec_count;               // decode: CTAs done per (b, kv head), zero between launches
   float *dq, *dk, *dv;          // backward outputs, dense f32
+  int32_t add2;                 // backward: pairs of dq / dk / dv go in one 8-byte atomic
 };
+
+// p[0] += x, p[1] += y with atomics: one 8-byte vector atomic where p is 8-byte aligned
+// (a.add2), half the requests the L2 serves for the backward's dQ sums.
+static __device__ __forceinline__ void atomic_add2(const AttnArgs &a, float *p, float x, float y) {
+  if (a.add2) {
+    atomicAdd((float2 *)p, make_float2(x, y));
+  } else {
+    atomicAdd(p, x);
+    atomicAdd(p + 1, y);
+  }
+}
 
 static __device__ __forceinline__ int64_t eff_keys(const AttnArgs &a) {
   if (!a.kv_len) return a.S;
@@ -737,10 +750,7 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_bwd_mma(const __grid_const
 #pragma unroll
         for (int d = 0; d < DT; d++) {
           const int col = d * 8 + tg * 2;
-          if (col < a.D) {
-            atomicAdd(dst + col, dqa[d][2 * hr] * a.scale);
-            atomicAdd(dst + col + 1, dqa[d][2 * hr + 1] * a.scale);
-          }
+          if (col < a.D) atomic_add2(a, dst + col, dqa[d][2 * hr] * a.scale, dqa[d][2 * hr + 1] * a.scale);
         }
       }
     }
@@ -755,10 +765,8 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_bwd_mma(const __grid_const
         const int col = d * 8 + tg * 2;
         if (col >= a.D) continue;
         if (a.NS > 1) {
-          atomicAdd(a.dk + at + col, dk[d][2 * hr] * a.scale);
-          atomicAdd(a.dk + at + col + 1, dk[d][2 * hr + 1] * a.scale);
-          atomicAdd(a.dv + at + col, dv[d][2 * hr]);
-          atomicAdd(a.dv + at + col + 1, dv[d][2 * hr + 1]);
+          atomic_add2(a, a.dk + at + col, dk[d][2 * hr] * a.scale, dk[d][2 * hr + 1] * a.scale);
+          atomic_add2(a, a.dv + at + col, dv[d][2 * hr], dv[d][2 * hr + 1]);
         } else {
           a.dk[at + col] = dk[d][2 * hr] * a.scale;
           a.dk[at + col + 1] = dk[d][2 * hr + 1] * a.scale;
@@ -1190,15 +1198,41 @@ static wk_status decode_fwd(AttnArgs &a, bool bf) {
   return st;
 }
 
+// The statistics pass: each query row's log-sum-exp L into lse, from the products the
+// backward kernel forms (the forward's kernels with want_out = 0, keys unsplit).
+static wk_status lse_pass(const wk_step *s, void *const *slots, AttnArgs a, float *lse, const char *what) {
+  const wk_dtype qt = s->in[0].dtype;
+  if (!a.B || !a.Hq || !a.T || !a.D) return WK_OK;
+  a.want_out = 0;
+  a.lse = lse;
+  a.NSP = 1;
+  a.CHUNK = (a.S + ATTN_BN - 1) / ATTN_BN;
+  a.part = NULL;
+  if ((qt == WK_BF16 || qt == WK_F16) && forced_kernel() != 3 && mma_operand(&s->in[0], slots, qt) &&
+      mma_operand(&s->in[1], slots, qt) && mma_operand(&s->in[2], slots, qt))
+    return qt == WK_BF16 ? mma_fwd<__nv_bfloat16>(a, what) : mma_fwd<__half>(a, what);
+  return simt_fwd(a, what);
+}
+
+// Where an SDPA step with attrs.i[2] keeps L: after the output o (plan.h).
+static float *lse_after(const wk_operand *o, void *const *slots) {
+  return (float *)(slot_ptr(o, slots) + wk_sdpa_lse_offset(wkc_nbytes(o)));
+}
+
+static wk_status sdpa_fwd(const wk_step *s, void *const *slots, float *lse);
+
+// attrs.i[2]: L also goes after the output, for the backward (compile.c's match_sdpa_lse).
 wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
+  float *lse = s->attrs.i[2] ? lse_after(&s->out, slots) : NULL;
+  return sdpa_fwd(s, slots, lse);
+}
+
+static wk_status sdpa_fwd(const wk_step *s, void *const *slots, float *lse) {
   const wk_operand *q = &s->in[0], *k = &s->in[1], *v = &s->in[2];
   if (k->dtype == WK_Q8_0)
     return wk_error(WK_ERR_DTYPE, "sdpa: q8_0 keys and values have no CUDA kernel (use an f16 or bf16 cache on CUDA)");
   const int64_t D = q->shape[3];
   const int force = forced_kernel();
-  // the row kernel only above the tiled kernels' head dims: even for decode (T = 1) the
-  // tiled kernel was 5x faster on an H200 (one query, 2048 cached keys: 105 vs 561 us)
-  if (D > ATTN_MAXD || force == 1) return wkc_sdpa_rows(s, slots);
   AttnArgs a;
   attn_args(s, slots, &a);
   int nin = s->nin;
@@ -1207,12 +1241,20 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   a.out = slot_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   a.want_out = 1;
+  // the row kernel only above the tiled kernels' head dims: even for decode (T = 1) the
+  // tiled kernel was 5x faster on an H200 (one query, 2048 cached keys: 105 vs 561 us)
+  if (D > ATTN_MAXD || force == 1) {
+    wk_status st = wkc_sdpa_rows(s, slots);
+    return st || !lse || D > ATTN_MAXD ? st : lse_pass(s, slots, a, lse, "sdpa (row statistics)");
+  }
   if (!a.B || !a.Hq || !a.T || !a.D) return WK_OK;
   if (a.T == 1 && force == 0 && (a.D == 32 || a.D == 64 || a.D == 128) && a.G <= DEC_GMAX &&
       (!a.has_mask || a.mask_dtype == WK_F32) &&
       a.Hq == a.G * a.Hkv && (k->dtype == WK_BF16 || k->dtype == WK_F16) && v->dtype == k->dtype &&
-      mma_operand(k, slots, k->dtype) && mma_operand(v, slots, k->dtype))
-    return decode_fwd(a, k->dtype == WK_BF16);
+      mma_operand(k, slots, k->dtype) && mma_operand(v, slots, k->dtype)) {
+    wk_status st = decode_fwd(a, k->dtype == WK_BF16);
+    return st || !lse ? st : lse_pass(s, slots, a, lse, "sdpa (row statistics)");
+  }
   // Few CTAs (decode: T = 1, a handful of heads) and many key tiles: the keys are split
   // over CTAs too, up to some 2 CTAs an SM, and the splits merged after (the host sizes
   // the splits by the capacity S: under kv_len the splits past it find no key).
@@ -1232,6 +1274,7 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   }
   const wk_dtype dt = q->dtype;
   wk_status st;
+  a.lse = a.NSP == 1 ? lse : NULL;   // split keys: a CTA's L would be its split's
   if ((dt == WK_BF16 || dt == WK_F16) && force != 3 && s->out.dtype == dt && ((uintptr_t)a.out & 3) == 0 &&
       mma_operand(q, slots, dt) && mma_operand(k, slots, dt) && mma_operand(v, slots, dt))
     st = dt == WK_BF16 ? mma_fwd<__nv_bfloat16>(a, "sdpa (tensor cores)") : mma_fwd<__half>(a, "sdpa (tensor cores)");
@@ -1243,6 +1286,7 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
     st = wkc_check_launch("sdpa (merging key splits)");
   }
   wkc_tmp_free(part);
+  if (!st && lse && a.NSP > 1) st = lse_pass(s, slots, a, lse, "sdpa (row statistics)");
   return st;
 }
 
@@ -1260,6 +1304,9 @@ wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {
   a.dq = (float *)slot_ptr(&s->out, slots);
   a.dk = a.dq + a.B * a.Hq * a.T * a.D;
   a.dv = a.dk + a.B * a.Hkv * a.S * a.D;
+  static int add2_env = -1;   // WICK_CUDA_ATTN_ADD2=0: one 4-byte atomic a value (to compare)
+  if (add2_env < 0) add2_env = !(getenv("WICK_CUDA_ATTN_ADD2") && !strcmp(getenv("WICK_CUDA_ATTN_ADD2"), "0"));
+  a.add2 = add2_env && a.D % 2 == 0 && (uintptr_t)a.dq % 8 == 0;
   const int64_t rows = a.B * a.Hq * a.T, nkb = (a.S + ATTN_BN - 1) / ATTN_BN, base = a.B * a.Hkv * nkb;
   // A CTA walks the rows of GS heads of a group; a wide group is split over several CTAs
   // (summing dK, dV with atomics) until there are some 4 CTAs an SM: GQA 7:1 at
@@ -1280,21 +1327,17 @@ wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {
   if (smem > wkc_max_smem())
     return wk_error(WK_ERR_DEVICE, "sdpa backward: head dimension %lld needs %zu bytes of shared memory, the device has %zu",
                     (long long)a.D, smem, wkc_max_smem());
-  float *stats = rows ? (float *)wkc_tmp_alloc(sizeof(float) * 2 * (size_t)rows) : NULL;
+  const bool kept = s->attrs.i[2] != 0;   // the forward left L after its output
+  const size_t nstat = kept ? 1 : 2;
+  float *stats = rows ? (float *)wkc_tmp_alloc(sizeof(float) * nstat * (size_t)rows) : NULL;
   if (rows && !stats)
     return wk_error(WK_ERR_OOM, "sdpa backward: %zu bytes of row statistics (q %lldx%lldx%lldx%lld): out of device memory",
-                    sizeof(float) * 2 * (size_t)rows, (long long)a.B, (long long)a.Hq, (long long)a.T, (long long)a.D);
-  a.lse = stats;
-  a.delta = stats ? stats + rows : NULL;
+                    sizeof(float) * nstat * (size_t)rows, (long long)a.B, (long long)a.Hq, (long long)a.T, (long long)a.D);
+  a.delta = stats;
+  a.lse = kept ? lse_after(&s->in[3], slots) : stats ? stats + rows : NULL;
   wk_status st = WK_OK;
-  if (rows) {   // want_out = 0: L only, from the same products the backward kernel forms
-    const wk_dtype qt = s->in[0].dtype;
-    const char *what = "sdpa backward (row statistics)";
-    if ((qt == WK_BF16 || qt == WK_F16) && forced_kernel() != 3 && mma_operand(&s->in[0], slots, qt) &&
-        mma_operand(k, slots, qt) && mma_operand(&s->in[2], slots, qt))
-      st = qt == WK_BF16 ? mma_fwd<__nv_bfloat16>(a, what) : mma_fwd<__half>(a, what);
-    else
-      st = simt_fwd(a, what);
+  if (rows) {
+    if (!kept) st = lse_pass(s, slots, a, a.lse, "sdpa backward (row statistics)");
     if (!st) {
       const int dt = a.dout.dtype;
       if (delta_vec_operand(a.dout, dt, a.D) && delta_vec_operand(a.o, dt, a.D) && delta_vec_on()) {
