@@ -44,6 +44,10 @@ wk_tensor *wk_sum(wk_tensor *a, int naxes, const int *axes, int keepdims);
 wk_tensor *wk_mean(wk_tensor *a, int naxes, const int *axes, int keepdims);
 wk_tensor *wk_max(wk_tensor *a, int naxes, const int *axes, int keepdims);
 wk_tensor *wk_argmax(wk_tensor *a, int axis, int keepdims);    // i32
+// Greedy decoding's statistics of each row along the last axis, f32 [..., 3]: the max,
+// the sum of exp(x - max) (so log-probability of the max = -log(sum)), and the index of
+// the first max as a float (exact below 2^24). A row holding a NaN has max NaN.
+wk_tensor *wk_top1(wk_tensor *a);
 
 // ---- linear algebra ----
 // a[..., M, K] @ b[..., K, N]; batch dims broadcast. trans_a / trans_b use the

@@ -67,6 +67,23 @@ wk_tensor *wk_argmax(wk_tensor *a, int axis, int keepdims) {
   return drop_axes(r, a, 1u << ax, keepdims);
 }
 
+wk_tensor *wk_top1(wk_tensor *a) {
+  if (!wk_tensor_valid(a, "top1")) return NULL;
+  char b[160];
+  bool is_float = a->dtype == WK_F32 || a->dtype == WK_BF16 || a->dtype == WK_F16;
+  bool fits = a->ndim >= 1 && a->shape[a->ndim - 1] >= 1 && a->shape[a->ndim - 1] <= (1 << 24);
+  if (!is_float || !fits) {
+    wk_error(fits ? WK_ERR_DTYPE : WK_ERR_SHAPE,
+             "top1: want a float tensor whose last axis holds 1 to 2^24 values, got %s", wk_shape_str(a, b, sizeof b));
+    return NULL;
+  }
+  int64_t sh[WK_MAX_DIMS];
+  memcpy(sh, a->shape, sizeof sh);
+  sh[a->ndim - 1] = 3;
+  wk_attrs at = {0};
+  return wk_node_finish(wk_node_new(WK_OP_TOP1, WK_F32, a->ndim, sh, 1, &a, &at));
+}
+
 // ---- VJPs ----
 wk_status wk_vjp_SUM(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   (void)need;
@@ -88,5 +105,8 @@ wk_status wk_vjp_MAX(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor 
 }
 
 wk_status wk_vjp_ARGMAX(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
+  return wk_vjp_none(node, g, need, gin);
+}
+wk_status wk_vjp_TOP1(wk_tensor *node, wk_tensor *g, const bool *need, wk_tensor **gin) {
   return wk_vjp_none(node, g, need, gin);
 }

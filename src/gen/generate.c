@@ -217,9 +217,9 @@ static bool greedy_on_device(const wk_generate_params *p) {
 }
 
 // The logits of one step: on the host, or (greedy_on_device) left on the device with
-// each row's (max, sum of exp(logit - max), V - argmax) in top[B * 3] on the host. A row
-// whose max or sum is not finite (NaN or infinite logits; the sampler has rules for
-// those) falls back to the host logits, copied on demand.
+// each row's (max, sum of exp(logit - max), argmax) in top[B * 3] on the host (wk_top1).
+// A row whose max or sum is not finite (NaN or infinite logits; the sampler has rules
+// for those) falls back to the host logits, copied on demand.
 typedef struct {
   wk_tensor *lg, *top;
   wk_tensor *next;       // the device's picks as i32 [B, 1] on the device: a step's input
@@ -252,10 +252,10 @@ static const float *step_row(step_out *o, int64_t i, int64_t V) {
 static bool step_pick(const step_out *o, int64_t i, int64_t V, wk_sample *smp) {
   if (!o->top) return false;
   const float *t = (const float *)wk_tensor_data(o->top) + 3 * i;
-  if (!isfinite(t[0]) || !isfinite(t[1]) || !(t[1] >= 1.0f) || !(t[2] >= 1.0f && t[2] <= (float)V))
-    return false;   // the max's own term is 1; the max was found
+  if (!isfinite(t[0]) || !isfinite(t[1]) || !(t[1] >= 1.0f) || !(t[2] >= 0.0f && t[2] < (float)V))
+    return false;   // the max's own term is 1
   double lp = -log((double)t[1]);   // the sampler's w[id] - max - log(sum), w[id] = max
-  smp->id = (int32_t)(V - (int64_t)t[2]);
+  smp->id = (int32_t)t[2];
   smp->logprob = (float)lp;
   smp->prob = (float)exp(lp);
   return true;
@@ -264,37 +264,27 @@ static bool step_pick(const step_out *o, int64_t i, int64_t V, wk_sample *smp) {
 // Builds the step that feeds ids [B, T] (i32, on the host or the device) through the
 // cache and evaluates it: the last position's logits [B, 1, V] and, when greedy picks
 // are made on the device, top and next from the same plan, submitted without waiting.
-// rev: V, V - 1, ..., 1 on the logits' device, made at the first greedy step: the first
-// maximum's index is V - max((logit == max) * rev), a reduction the planner fuses with
-// its prologue (the CUDA argmax kernel runs one block a row: 176 us over 151,936 logits
-// on an H200).
-static wk_status step_submit(wk_model *m, wk_kv_cache *c, wk_tensor *ids, bool greedy, wk_tensor **rev,
-                             step_out *o) {
+static wk_status step_submit(wk_model *m, wk_kv_cache *c, wk_tensor *ids, bool greedy, step_out *o) {
   memset(o, 0, sizeof *o);
   o->len = wk_kv_cache_len(c);
   if (!(o->lg = wk_llama_forward_step(m, ids, c))) return WK_ERR_STATE;
   o->end = wk_kv_cache_len(c);
-  const int64_t B = wk_dim(o->lg, 0), V = wk_dim(o->lg, -1);
-  if (wk_tensor_device(o->lg) != WK_CPU && greedy && V <= (1 << 24)) {   // else the host samples
+  const int64_t B = wk_dim(o->lg, 0);
+  if (wk_tensor_device(o->lg) != WK_CPU && greedy && wk_dim(o->lg, -1) <= (1 << 24)) {   // else the host samples
     wk_scope_begin();
-    if (!*rev && (*rev = wk_keep(wk_to_device(wk_arange((double)V, 0, -1, WK_F32), wk_tensor_device(o->lg)))) &&
-        wk_eval(1, rev)) {
-      wk_tensor_free(*rev);
-      *rev = NULL;
-    }
-    int ax = -1;
-    wk_tensor *mx = wk_max(o->lg, 1, &ax, 1);
-    wk_tensor *sum = wk_sum(wk_exp(wk_sub(o->lg, mx)), 1, &ax, 1);
-    // ids up to 2^24 are exact in f32
-    wk_tensor *id = wk_max(wk_mul(wk_eq(o->lg, mx), *rev), 1, &ax, 1);
-    o->top = *rev ? wk_keep(wk_to_device(wk_concat(3, (wk_tensor *[]){mx, sum, id}, 2), WK_CPU)) : NULL;
-    o->next = *rev ? wk_keep(wk_reshape(wk_cast(wk_add_scalar(wk_neg(id), (float)V), WK_I32), 2, (int64_t[]){B, 1}))
-                   : NULL;
+    wk_tensor *top = wk_reshape(wk_top1(o->lg), 2, (int64_t[]){B, 3});
+    o->top = wk_keep(wk_to_device(top, WK_CPU));
+    o->next = wk_keep(wk_cast(wk_slice(top, 1, 2, 3, 1), WK_I32));   // [B, 1]
     wk_scope_end();
+    if (!o->top || !o->next) {
+      wk_kv_cache_truncate(c, o->len);
+      step_free(o);
+      return WK_ERR_STATE;
+    }
   }
   // asynchronous only where a step can be fed ahead: elsewhere the host waits at once
   wk_tensor *ts[3] = {o->lg, o->top, o->next};
-  wk_status st = *rev && !o->top ? WK_ERR_STATE : o->top && o->next ? wk_eval_async(3, ts) : wk_eval(1, ts);
+  wk_status st = o->top ? wk_eval_async(3, ts) : wk_eval(1, ts);
   if (st) {
     wk_kv_cache_truncate(c, o->len);
     step_free(o);
@@ -304,11 +294,11 @@ static wk_status step_submit(wk_model *m, wk_kv_cache *c, wk_tensor *ids, bool g
 
 // step_submit from host ids [B, T].
 static wk_status step_host(wk_model *m, wk_kv_cache *c, const int32_t *ids, int64_t B, int64_t T, bool greedy,
-                           wk_tensor **rev, step_out *o) {
+                           step_out *o) {
   memset(o, 0, sizeof *o);
   wk_tensor *t = wk_from_data(2, (int64_t[]){B, T}, WK_I32, ids);
   if (!t) return WK_ERR_STATE;
-  wk_status st = step_submit(m, c, t, greedy, rev, o);
+  wk_status st = step_submit(m, c, t, greedy, o);
   wk_tensor_free(t);
   return st;
 }
@@ -432,11 +422,10 @@ static wk_status run_batch(wk_model *m, wk_kv_cache *c, const gen_shared *g, seq
   for (int64_t b = 0; b < bt->n; b++) padded |= pad[b] > 0;
   wk_status st = padded ? wk_kv_cache_set_padding(c, bt->n, pad) : WK_OK;
   step_out o = {0}, ahead = {0};
-  wk_tensor *rev = NULL;
-  if (!st) st = step_host(m, c, ids, bt->n, T, greedy, &rev, &o);
+  if (!st) st = step_host(m, c, ids, bt->n, T, greedy, &o);
   for (int64_t b = 0; b < bt->n; b++) bt->live[b] = b;
   while (!st && o.lg) {
-    if (feed_ahead(g, c, q, bt, &o)) st = step_submit(m, c, o.next, greedy, &rev, &ahead);
+    if (feed_ahead(g, c, q, bt, &o)) st = step_submit(m, c, o.next, greedy, &ahead);
     if (!st) st = step_wait(&o);
     if (st) {   // o's picks were not read: the cache forgets its positions too
       if (ahead.lg) step_drop(c, &ahead);
@@ -464,10 +453,9 @@ static wk_status run_batch(wk_model *m, wk_kv_cache *c, const gen_shared *g, seq
     }
     if ((st = settle(g, c, q, bt)) || !bt->n) break;
     for (int64_t i = 0; i < bt->n; i++) bt->next[i] = q[bt->live[i]].next;
-    st = step_host(m, c, bt->next, bt->n, 1, greedy, &rev, &o);
+    st = step_host(m, c, bt->next, bt->n, 1, greedy, &o);
   }
   step_free(&o);
-  wk_tensor_free(rev);
   return st;
 }
 

@@ -820,6 +820,53 @@ static void test_public(void) {
   wk_scope_end();
 }
 
+// wk_top1 on CUDA (top1.cu: a row split over up to 64 blocks, the last merging) against
+// the CPU: rows of 151,936 (Qwen2.5's vocabulary), 3000 (a few splits) and 100 (one
+// block), with a tie across two splits (the first index wins), the max in the last
+// element, a NaN row (max NaN), an all -inf row, bf16 input and a strided view. The max
+// and index must be equal; the sum, an f32 sum of exps against the CPU's double, within
+// 1e-5 relative.
+static void test_top1(void) {
+  const int64_t Vs[3] = {151936, 3000, 100};
+  for (int vi = 0; vi < 3; vi++) {
+    for (int bf = 0; bf < 2; bf++) {
+      wk_scope_begin();
+      const int64_t V = Vs[vi], R = 6;
+      float *x = malloc(sizeof(float) * (size_t)(R * V));
+      uint64_t st = 7 + (uint64_t)vi;
+      for (int64_t i = 0; i < R * V; i++)
+        x[i] = (float)((st = st * 6364136223846793005ull + 1442695040888963407ull) >> 40) / 1e6f - 8;
+      x[1 * V + 5] = x[1 * V + V - 3] = 40;   // a tie, across splits when the row has several
+      x[2 * V + V - 1] = 41;
+      x[3 * V + V / 2] = NAN;
+      for (int64_t i = 0; i < V; i++) x[4 * V + i] = -INFINITY;
+      wk_tensor *h = wk_from_data(2, (int64_t[]){R, V}, WK_F32, x);
+      if (bf) h = wk_cast(h, WK_BF16);
+      float *c = read_all(wk_top1(h)), *d = read_all(wk_to_device(wk_top1(wk_to_device(h, WK_CUDA)), WK_CPU));
+      int bad = 0;
+      for (int64_t r = 0; r < R; r++) {
+        if (r == 3) { bad += !isnan(d[3 * r]); continue; }
+        if (r == 4) { bad += d[3 * r] != -INFINITY || d[3 * r + 1] != 0; continue; }
+        bad += c[3 * r] != d[3 * r] || c[3 * r + 2] != d[3 * r + 2] || fabsf(c[3 * r + 1] - d[3 * r + 1]) > 1e-5f * c[3 * r + 1];
+      }
+      CHECK(bad == 0 && d[5] == 5 && d[8] == (float)(V - 1), "top1 on cuda vs cpu, %lld rows of %lld %s: %d rows differ",
+            (long long)R, (long long)V, bf ? "bf16" : "f32", bad);
+      free(c);
+      free(d);
+      free(x);
+      wk_scope_end();
+    }
+  }
+  wk_scope_begin();   // a transposed view (made dense first)
+  wk_tensor *x = wk_randn(2, (int64_t[]){5000, 3}, WK_F32, 9);
+  float *c = read_all(wk_top1(wk_transpose(x, 0, 1)));
+  float *d = read_all(wk_to_device(wk_top1(wk_transpose(wk_to_device(x, WK_CUDA), 0, 1)), WK_CPU));
+  CHECK(c[0] == d[0] && c[2] == d[2] && c[8] == d[8] && fabsf(c[4] - d[4]) <= 1e-5f * c[4], "top1 of a strided view on cuda");
+  free(c);
+  free(d);
+  wk_scope_end();
+}
+
 // The fast row kernel (rows.cu): f32 / bf16 / f16 rows from 8 to 8192 elements (one
 // warp to 256 threads a row), 37 rows (dead rows in the last block), rows strided
 // wider than they are, and a row length that is not a multiple of the vector width
@@ -1122,6 +1169,7 @@ int main(void) {
   test_ce_split();
   test_errors();
   test_public();
+  test_top1();
   test_long_chain();
   test_rows_fast();
   test_rows_fast_bits();

@@ -178,6 +178,41 @@ static void test_reductions(void) {
   wk_scope_end();
 }
 
+// wk_top1: each row's max, sum of exp(x - max) and first argmax, against a direct
+// computation; ties keep the first index; NaN makes the max NaN; a transposed view and
+// bf16 input are read as they are.
+static void test_top1(void) {
+  wk_scope_begin();
+  enum { R = 4, V = 300 };
+  float x[R * V];
+  uint64_t st = 99;
+  for (int i = 0; i < R * V; i++) x[i] = (float)((st = st * 6364136223846793005ull + 1442695040888963407ull) >> 40) / 1e6f - 8;
+  x[1 * V + 7] = x[1 * V + 250] = 50;   // a tie: 7 wins
+  x[2 * V + 299] = 60;                  // the last one
+  x[3 * V + 3] = NAN;
+  float *t = read_all(wk_top1(wk_from_data(2, SHAPE(R, V), WK_F32, x)));
+  int bad = 0;
+  for (int r = 0; r < 3; r++) {
+    float m = -INFINITY;
+    int at = 0;
+    for (int i = 0; i < V; i++) if (x[r * V + i] > m) m = x[r * V + i], at = i;
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += exp((double)x[r * V + i] - m);
+    bad += t[3 * r] != m || fabs(t[3 * r + 1] - sum) > 1e-5 * sum || t[3 * r + 2] != (float)at;
+  }
+  CHECK(bad == 0 && t[5] == 7 && t[8] == 299, "top1: max, sum of exp and first argmax of 3 rows (%d wrong)", bad);
+  CHECK(isnan(t[9]), "top1: a row with a NaN has max NaN (got %g)", (double)t[9]);
+  wk_tensor *xt = wk_transpose(wk_from_data(2, SHAPE(V, R), WK_F32, x), 0, 1);   // [R, V] with strides [1, R]
+  float *tt = read_all(wk_top1(xt)), *ref = read_all(wk_top1(wk_contiguous(xt)));
+  CHECK(!memcmp(tt, ref, sizeof(float) * 3 * R), "top1 of a transposed view equals that of its copy");
+  float *tb = read_all(wk_top1(wk_cast(wk_from_data(2, SHAPE(R, V), WK_F32, x), WK_BF16)));
+  CHECK(tb[2] == t[2] && tb[5] == 7, "top1 of bf16 rows");
+  CHECK(!wk_top1(wk_from_data(1, SHAPE(1), WK_I32, (int32_t[]){1})) && strstr(wk_last_error(), "top1"),
+        "top1 of i32: an error naming it");
+  free(t); free(tt); free(ref); free(tb);
+  wk_scope_end();
+}
+
 // ---- views ----
 static void test_views(void) {
   wk_scope_begin();
@@ -565,6 +600,7 @@ int main(void) {
   test_binary_broadcast();
   test_dtypes();
   test_reductions();
+  test_top1();
   test_views();
   test_concat_split_pad();
   test_matmul();

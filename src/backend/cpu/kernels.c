@@ -205,6 +205,32 @@ static wk_status argmax_kernel(const wk_step *s, void *const *slots) {
   return WK_OK;
 }
 
+// Each row's (max, sum of exp(x - max), first argmax) along the last axis; a NaN
+// anywhere in the row makes its max NaN. Two passes over a row: its max, then the sum.
+static wk_status top1_kernel(const wk_step *s, void *const *slots) {
+  const wk_operand *in = &s->in[0];
+  const int64_t V = in->shape[in->ndim - 1], rows = numel_of(in) / V;
+  float *row = malloc(sizeof(float) * (size_t)V), *out = (float *)wk_operand_ptr(&s->out, slots);
+  if (!row) return wk_error(WK_ERR_OOM, "top1: out of memory for a row of %lld values", (long long)V);
+  for (int64_t r = 0; r < rows; r++) {
+    input0(s, slots, r * V, V, row);
+    float m = -INFINITY;
+    int64_t at = 0;
+    bool nan = false;
+    for (int64_t i = 0; i < V; i++) {
+      nan |= row[i] != row[i];
+      if (row[i] > m) m = row[i], at = i;
+    }
+    double sum = 0;
+    for (int64_t i = 0; i < V && m > -INFINITY; i++) sum += exp((double)row[i] - (double)m);
+    out[3 * r] = nan ? NAN : m;
+    out[3 * r + 1] = (float)sum;
+    out[3 * r + 2] = (float)at;
+  }
+  free(row);
+  return WK_OK;
+}
+
 // ---- strided copies that keep the dtype (concat, pad) ----
 static void copy_strided(char *dst, const int64_t *dst_stride, const char *src, const int64_t *src_stride,
                          const int64_t *shape, int nd, size_t es) {
@@ -485,6 +511,7 @@ wk_status WK_ISA_FN(wk_cpu_kernel)(const wk_step *s, void *const *slots) {
     case WK_OP_SUM: return reduce_kernel(s, slots, false);
     case WK_OP_MAX: return reduce_kernel(s, slots, true);
     case WK_OP_ARGMAX: return argmax_kernel(s, slots);
+    case WK_OP_TOP1: return top1_kernel(s, slots);
     case WK_OP_CONCAT: return concat_kernel(s, slots);
     case WK_OP_PAD: return pad_kernel(s, slots);
     case WK_OP_SET_SLICE: return set_slice_kernel(s, slots);

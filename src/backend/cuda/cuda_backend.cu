@@ -680,6 +680,7 @@ wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
     case WK_OP_SUM:
     case WK_OP_MAX: return wkc_reduce(s, slots);
     case WK_OP_ARGMAX: return wkc_argmax(s, slots);
+    case WK_OP_TOP1: return wkc_top1(s, slots);
     case WK_OP_CONCAT: return wkc_concat(s, slots);
     case WK_OP_PAD: return wkc_pad(s, slots);
     case WK_OP_MATMUL: return s->nin == 3 ? matmul_epi(s, slots) : matmul(s, slots);

@@ -195,6 +195,7 @@ wk_status wkc_ew(const wk_step *s, void *const *slots);
 wk_status wkc_ew_group(const wk_step *s, int n, void *const *slots);
 wk_status wkc_reduce(const wk_step *s, void *const *slots);
 wk_status wkc_argmax(const wk_step *s, void *const *slots);
+wk_status wkc_top1(const wk_step *s, void *const *slots);   // top1.cu
 wk_status wkc_concat(const wk_step *s, void *const *slots);
 wk_status wkc_pad(const wk_step *s, void *const *slots);
 // Copies a strided view (any dtype) into dense memory of dtype dt, in the view's shape.
