@@ -554,16 +554,21 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
     b->refcount++;
     t->buf = b;
   }
+  if (async) {
+    s = job_submit(j);
+  } else {
+    s = job_run(j);
+    pthread_mutex_lock(&q_mu);
+    q_finished = j->seq;
+    pthread_mutex_unlock(&q_mu);
+    job_free(j);
+  }
+  // after submitting: freeing the graph behind the targets (a decode step's: some 500
+  // nodes) overlaps the job instead of delaying it; the job holds what it uses
   if (cut) detach(n, ts);
   for (int o = 0; o < plan->nouts; o++) wk_buffer_release(outs[o]);
   free(outs);
   wk_topo_free(&g);
-  if (async) return job_submit(j);
-  s = job_run(j);
-  pthread_mutex_lock(&q_mu);
-  q_finished = j->seq;
-  pthread_mutex_unlock(&q_mu);
-  job_free(j);
   return s;
 }
 
