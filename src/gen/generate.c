@@ -390,7 +390,8 @@ static wk_status settle(const gen_shared *g, wk_kv_cache *c, const seq_state *q,
 // them: it is kept if every row's pick came from the device and no sequence stopped, so
 // the batch must be one that settle() leaves alone then (no padding left to drop, no
 // sliding window), and no row may be known to stop at this token (its last token, or its
-// context full).
+// context full), nor the cache be full (building the step would fail before this
+// step's picks were read).
 // WICK_FEED_AHEAD=0 turns it off (to compare).
 static bool feed_ahead(const gen_shared *g, const wk_kv_cache *c, const seq_state *q, const batch *bt,
                        const step_out *o) {
@@ -399,7 +400,7 @@ static bool feed_ahead(const gen_shared *g, const wk_kv_cache *c, const seq_stat
     const char *e = getenv("WICK_FEED_AHEAD");
     env = !(e && !strcmp(e, "0"));
   }
-  if (!env || !o->next || g->p->sliding_window) return false;
+  if (!env || !o->next || g->p->sliding_window || o->end + 1 > wk_kv_cache_max_context(c)) return false;
   int64_t min_hidden = INT64_MAX;
   for (int64_t i = 0; i < bt->n; i++) {
     int64_t hidden = wk_kv_cache_row_hidden(c, i);
