@@ -248,25 +248,6 @@ static uint64_t q_submitted, q_finished;   // the last job numbers submitted and
 static atomic_int q_state;     // Q_IDLE, or the kind of job in flight: readable without q_mu
 enum { Q_IDLE, Q_CPU, Q_GPU };
 
-// Around GPU jobs, the threads spin on q_state for up to SPIN_US before they sleep: the
-// API thread waiting for a job, and the executor waiting for the next one (a decode
-// loop submits it at once). A sleeping thread's wake-up took ~100 µs on the GPU hosts'
-// VMs, a tenth of a decode step, twice a step. The executor spins inside
-// cudaStreamSynchronize during the job anyway. CPU jobs don't spin: their threads need
-// the cores.
-#define SPIN_US 2000.0
-
-static double now_us(void);
-
-static void spin_while(int state) {
-  double t0 = now_us();
-  for (int i = 0; atomic_load_explicit(&q_state, memory_order_acquire) == state; i++) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    if ((i & 63) == 63 && now_us() - t0 > SPIN_US) return;
-  }
-}
 static wk_status q_status;     // first failure of async work since the last sync
 static char q_message[1024];   // its message (errors are thread-local: copy it over)
 static pthread_t q_thread;
@@ -283,6 +264,24 @@ static double now_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+// Around GPU jobs, the threads spin on q_state for up to SPIN_US before they sleep: the
+// API thread waiting for a job, and the executor waiting for the next one (a decode
+// loop submits it at once). A sleeping thread's wake-up took ~100 µs on the GPU hosts'
+// VMs, a tenth of a decode step, twice a step. The executor spins inside
+// cudaStreamSynchronize during the job anyway. CPU jobs don't spin: their threads need
+// the cores.
+#define SPIN_US 2000.0
+
+static void spin_while(int state) {
+  double t0 = now_us();
+  for (int i = 0; atomic_load_explicit(&q_state, memory_order_acquire) == state; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((i & 63) == 63 && now_us() - t0 > SPIN_US) return;
+  }
 }
 
 // "[4,256,576]" or "[576,576]^T" (last two axes swapped in memory), for the profile.
