@@ -850,7 +850,7 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
     return true;
   }
   if (x->op == WK_OP_SDPA && x->lse_rows) s->attrs.i[2] = 1;
-  if (x->op == WK_OP_SDPA_BWD && r->n[x->in[3]].lse_rows && !r->n[x->in[3]].leaf) s->attrs.i[2] = 1;
+  if (x->op == WK_OP_SDPA_BWD && r->n[x->in[3]].lse_rows) s->attrs.i[2] = 1;
   progbuf pb = {.row_reg = -1, .row_src = -1};
   if (is_ew(x->op)) {
     s->op = WK_STEP_FUSED_EW;

@@ -395,12 +395,8 @@ static wk_status settle(const gen_shared *g, wk_kv_cache *c, const seq_state *q,
 // WICK_FEED_AHEAD=0 turns it off (to compare).
 static bool feed_ahead(const gen_shared *g, const wk_kv_cache *c, const seq_state *q, const batch *bt,
                        const step_out *o) {
-  static int env = -1;
-  if (env < 0) {
-    const char *e = getenv("WICK_FEED_AHEAD");
-    env = !(e && !strcmp(e, "0"));
-  }
-  if (!env || !o->next || g->p->sliding_window || o->end + 1 > wk_kv_cache_max_context(c)) return false;
+  static int on = -1;
+  if (!wk_env_on("WICK_FEED_AHEAD", &on) || !o->next || g->p->sliding_window || o->end + 1 > wk_kv_cache_max_context(c)) return false;
   int64_t min_hidden = INT64_MAX;
   for (int64_t i = 0; i < bt->n; i++) {
     int64_t hidden = wk_kv_cache_row_hidden(c, i);

@@ -170,8 +170,7 @@ static void test_greedy(void) {
 typedef struct { gen_out o[2]; int stop_at[2]; } stop_out;
 static int stop_gen(const wk_gen_token *t, void *user) {
   stop_out *s = user;
-  gen_out *o = &s->o[t->seq];
-  if (o->n < 40) o->ids[o->n] = t->id, o->logprob[o->n++] = t->logprob;
+  on_gen(t, &s->o[t->seq]);
   return t->index + 1 == s->stop_at[t->seq];
 }
 

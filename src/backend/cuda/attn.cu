@@ -1016,22 +1016,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
 }
 
 // k_attn_decode's counters, one per (batch, kv head) grid row: zero between launches
-// (the last CTA of a launch resets its own). Allocated and zeroed once, in stream order
-// (a graph being captured keeps the memset; it finds them zero again).
+// (the last CTA of a launch resets its own).
 static int *dec_counters(void) {
-  static std::mutex mu;
   static int *p = NULL;
-  std::lock_guard<std::mutex> lk(mu);
-  if (!p) {
-    void *q = NULL;
-    if (cudaMalloc(&q, sizeof(int) * 65536) != cudaSuccess) {
-      cudaGetLastError();
-      return NULL;
-    }
-    cudaMemsetAsync(q, 0, sizeof(int) * 65536, wkc_stream());
-    p = (int *)q;
-  }
-  return p;
+  return wkc_zeroed_counters(&p, 65536);
 }
 
 // ---- host ----
@@ -1219,15 +1207,9 @@ static float *lse_after(const wk_operand *o, void *const *slots) {
   return (float *)(slot_ptr(o, slots) + wk_sdpa_lse_offset(wkc_nbytes(o)));
 }
 
-static wk_status sdpa_fwd(const wk_step *s, void *const *slots, float *lse);
-
 // attrs.i[2]: L also goes after the output, for the backward (compile.c's match_sdpa_lse).
 wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   float *lse = s->attrs.i[2] ? lse_after(&s->out, slots) : NULL;
-  return sdpa_fwd(s, slots, lse);
-}
-
-static wk_status sdpa_fwd(const wk_step *s, void *const *slots, float *lse) {
   const wk_operand *q = &s->in[0], *k = &s->in[1], *v = &s->in[2];
   if (k->dtype == WK_Q8_0)
     return wk_error(WK_ERR_DTYPE, "sdpa: q8_0 keys and values have no CUDA kernel (use an f16 or bf16 cache on CUDA)");
@@ -1304,9 +1286,8 @@ wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {
   a.dq = (float *)slot_ptr(&s->out, slots);
   a.dk = a.dq + a.B * a.Hq * a.T * a.D;
   a.dv = a.dk + a.B * a.Hkv * a.S * a.D;
-  static int add2_env = -1;   // WICK_CUDA_ATTN_ADD2=0: one 4-byte atomic a value (to compare)
-  if (add2_env < 0) add2_env = !(getenv("WICK_CUDA_ATTN_ADD2") && !strcmp(getenv("WICK_CUDA_ATTN_ADD2"), "0"));
-  a.add2 = add2_env && a.D % 2 == 0 && (uintptr_t)a.dq % 8 == 0;
+  static int add2_on = -1;   // WICK_CUDA_ATTN_ADD2=0: one 4-byte atomic a value (to compare)
+  a.add2 = wk_env_on("WICK_CUDA_ATTN_ADD2", &add2_on) && a.D % 2 == 0 && (uintptr_t)a.dq % 8 == 0;
   const int64_t rows = a.B * a.Hq * a.T, nkb = (a.S + ATTN_BN - 1) / ATTN_BN, base = a.B * a.Hkv * nkb;
   // A CTA walks the rows of GS heads of a group; a wide group is split over several CTAs
   // (summing dK, dV with atomics) until there are some 4 CTAs an SM: GQA 7:1 at

@@ -168,6 +168,21 @@ static void wkc_free(void *p) {
 void *wkc_tmp_alloc(size_t bytes) { return wkc_alloc(bytes); }
 void wkc_tmp_free(void *p) { wkc_free(p); }
 
+int *wkc_zeroed_counters(int **p, size_t n) {
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lk(mu);
+  if (!*p) {
+    void *q = NULL;
+    if (cudaMalloc(&q, sizeof(int) * n) != cudaSuccess) {
+      cudaGetLastError();
+      return NULL;
+    }
+    cudaMemsetAsync(q, 0, sizeof(int) * n, wkc_stream());
+    *p = (int *)q;
+  }
+  return *p;
+}
+
 extern "C" void wk_cuda_memory_stats(wk_cuda_mem_stats *out) {
   Alloc &A = g_alloc;
   std::lock_guard<std::mutex> lk(A.mu);

@@ -89,6 +89,10 @@ unsigned char *wkc_blob_buf(void);
 // ---- backend services (cuda_backend.cu) ----
 cudaStream_t wkc_stream(void);
 void *wkc_tmp_alloc(size_t bytes);          // stream-ordered scratch (free right after enqueuing)
+// Counters for kernels whose last block to finish does the final step (and leaves its
+// counter zero again): n ints, allocated into *p on the first call and zeroed once in
+// stream order (a graph being captured keeps the memset). NULL if out of memory.
+int *wkc_zeroed_counters(int **p, size_t n);
 void wkc_tmp_free(void *p);
 wk_status wkc_check_launch(const char *kernel);   // cudaGetLastError -> wk_error naming the kernel
 struct DevErr { int code, kind; long long a, b, c; };

@@ -5,14 +5,13 @@
 // the result does not depend on which is last) and resets the row's counter. One
 // launch, where the max, the sum and the argmax as reductions took six.
 #include <math.h>
-#include <mutex>
 #include "cuda_internal.h"
 
 namespace {
 const int TOP1_THREADS = 256;
 const int TOP1_SPLITS = 64;      // CTAs a row, at most
 const int64_t TOP1_PIECE = 2048; // values a CTA, at least
-const int TOP1_ROWS = 65536;     // rows with counters (more: one CTA a row)
+const int TOP1_ROWS = 65536;     // counters: one a row, above the grid's 65535 rows
 
 struct Top1 {
   float m, s;   // running max and sum of exp(x - m)
@@ -91,22 +90,10 @@ __global__ void __launch_bounds__(TOP1_THREADS) k_top1(const __grid_constant__ T
   a.out[3 * row + 2] = t.i == INT64_MAX ? 0.0f : (float)t.i;
 }
 
-// The rows' counters: allocated and zeroed once, in stream order (a graph being
-// captured keeps the memset; the last CTA of each row leaves its counter zero again).
+// The rows' counters (the last CTA of each row leaves its counter zero again).
 static int *top1_counters() {
-  static std::mutex mu;
   static int *p = NULL;
-  std::lock_guard<std::mutex> lk(mu);
-  if (!p) {
-    void *q = NULL;
-    if (cudaMalloc(&q, sizeof(int) * TOP1_ROWS) != cudaSuccess) {
-      cudaGetLastError();
-      return NULL;
-    }
-    cudaMemsetAsync(q, 0, sizeof(int) * TOP1_ROWS, wkc_stream());
-    p = (int *)q;
-  }
-  return p;
+  return wkc_zeroed_counters(&p, TOP1_ROWS);
 }
 
 wk_status wkc_top1(const wk_step *s, void *const *slots) {
@@ -133,7 +120,7 @@ wk_status wkc_top1(const wk_step *s, void *const *slots) {
   a.out = (float *)((char *)slots[s->out.slot] + s->out.offset * 4);
   a.splits = (a.V + TOP1_PIECE - 1) / TOP1_PIECE;
   if (a.splits > TOP1_SPLITS) a.splits = TOP1_SPLITS;
-  if (rows > TOP1_ROWS || !(a.count = a.splits > 1 ? top1_counters() : NULL)) a.splits = 1;
+  if (a.splits > 1 && !(a.count = top1_counters())) a.splits = 1;   // out of memory: one CTA a row
   a.piece = (a.V + a.splits - 1) / a.splits;
   void *part = NULL;
   if (a.splits > 1 && !(part = wkc_tmp_alloc(sizeof(Top1) * (size_t)(rows * a.splits)))) {
