@@ -64,6 +64,10 @@ typedef struct {
   int chain;
 } wk_step;
 
+// A decode layer's attention group (compile.c, CUDA): a ROPE head with chain = 5 heads
+// RoPE of q, RoPE of k, the k and v cache writes and the SDPA reading the cache.
+#define WK_DECODE_ATTN_GROUP 5
+
 #define WK_STEP_FUSED_EW WK_OP_COUNT
 
 // A dense row-major operand over the whole of `slot` (offset 0): how tests and

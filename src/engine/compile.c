@@ -1402,6 +1402,57 @@ static bool may_move(ir *r, const int *roots, int at, int jpos, const int *pos, 
   return true;
 }
 
+// ---- decode attention (CUDA): one launch ----
+// A decode step's attention over a cache comes out of the sibling grouping as a RoPE
+// group (q, k), a cache-write group (k, v) and the SDPA reading the cache through
+// kv_len with one query row. Where those follow each other within a few roots, linked
+// as such (the SDPA reads the first group's q and both writes; the k write stores the
+// other RoPE), and whatever lies between them may run before them (the uploads of the
+// positions), they become one group [RoPE q, RoPE k, write k, write v, SDPA]
+// (WK_DECODE_ATTN_GROUP), which attn.cu runs as one launch: three launches' fixed costs
+// and the round trips of q and the new key through memory go.
+// WICK_CUDA_ATTN_GROUP=0 turns it off.
+#define ATTN_GROUP_WINDOW 8
+static bool attn_group_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_ATTN_GROUP", &on); }
+
+// The group's roots in its order, if the RoPE group at k, the write group at w and the
+// SDPA at e are linked as a decode layer's attention.
+static bool decode_attn_order(const ir *r, const int *roots, int k, int w, int e, int order[WK_DECODE_ATTN_GROUP]) {
+  const irnode *x = &r->n[roots[e]];
+  if (!x->t->attrs.i[1] || x->t->shape[2] != 1 || x->lse_rows || x->t->device != WK_CUDA) return false;
+  int q = x->in[0], ks = x->in[1], vs = x->in[2], kr = roots[k] == q ? roots[k + 1] : roots[k];
+  bool ropes = (roots[k] == q || roots[k + 1] == q) && q != kr;
+  bool writes = (roots[w] == ks && roots[w + 1] == vs) || (roots[w] == vs && roots[w + 1] == ks);
+  if (!ropes || !writes || ks == vs || r->n[ks].in[1] != kr) return false;
+  int o[WK_DECODE_ATTN_GROUP] = {q, kr, ks, vs, roots[e]};
+  memcpy(order, o, sizeof o);
+  return true;
+}
+
+static void group_decode_attention(ir *r, int *roots, int n, int *grp, int *pos, int *deps, const bool *written) {
+  if (!attn_group_enabled()) return;
+  for (int k = 0; k + 4 < n; k++) {
+    if (grp[k] != 2 || r->n[roots[k]].op != WK_OP_ROPE) continue;
+    int w = -1, e = -1, order[WK_DECODE_ATTN_GROUP];
+    for (int m = k + 2; m < n && m < k + 4 + ATTN_GROUP_WINDOW && e < 0; m++) {
+      wk_op op = r->n[roots[m]].op;
+      if (w < 0 && grp[m] == 2 && op == WK_OP_SET_SLICE) w = m++;
+      else if (w >= 0 && !grp[m] && op == WK_OP_SDPA) e = m;
+      else if (grp[m] || !may_move(r, roots, k, m, pos, deps, written)) break;
+    }
+    if (e < 0 || !decode_attn_order(r, roots, k, w, e, order)) continue;
+    int at = k;   // the roots between move before the group, in their order
+    for (int m = k + 2; m < e; m++)
+      if (m < w || m > w + 1) roots[at++] = roots[m];
+    memcpy(&roots[at], order, sizeof order);
+    for (int m = k; m <= e; m++) {
+      grp[m] = m < at ? 0 : m == at ? WK_DECODE_ATTN_GROUP : -1;
+      pos[roots[m]] = m;
+    }
+    k = e;
+  }
+}
+
 static void group_siblings(ir *r, int *roots, int n, int *grp) {
   if (!qgroup_enabled() || n < 2) return;
   bool *written = calloc((size_t)r->count + 1, sizeof *written);
@@ -1440,6 +1491,7 @@ static void group_siblings(ir *r, int *roots, int n, int *grp) {
     for (int m = 1; m < cnt; m++) grp[k + m] = -1;
     k += cnt - 1;
   }
+  group_decode_attention(r, roots, n, grp, pos, deps, written);
   free(written);
   free(pos);
   free(deps);

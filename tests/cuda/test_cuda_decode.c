@@ -25,6 +25,7 @@
 #include "fixtures.h"
 #define DUAL_SEED 0x2545f4914f6cdd1dull
 #include "dual_slots.h"
+#include "engine/plan.h"
 #include "wick/generate.h"
 #include "wick/model.h"
 
@@ -222,9 +223,113 @@ static void test_feed_ahead(void) {
           "feed ahead: a batch of two, one stopping after 5: sequence %d's tokens are the cpu's", q);
 }
 
+// ---- the decode attention group: RoPE of q and k, the cache writes and the SDPA over
+// the cache as one launch (compile.c's group_decode_attention, attn.cu) ----
+typedef struct {
+  int64_t b, hq, hkv, d, cap;
+  int pos;          // the new token's position: its cache row, kv_len pos + 1
+  wk_dtype cache;   // bf16 or f16
+  int inter;        // interleaved RoPE pairs
+  int freqs;        // given inverse frequencies and a cos / sin factor (rope_freqs)
+  int mask;         // an f32 [B, 1, 1, cap] additive mask
+} gcase;
+
+static wk_tensor *on_dev(wk_tensor *t, wk_device dev) {
+  wk_tensor *r = wk_keep(dev == WK_CPU ? t : wk_to_device(t, dev));
+  if (r) wk_eval(1, &r);
+  return r;
+}
+
+typedef struct { float *out, *q, *k, *v; int grouped; } gresult;
+
+// The layer's attention of case c on dev: q, k, v slices of one projection output
+// [B, Hq + 2 Hkv, 1, D] (strided views, as a model's are), a cache holding random
+// rows, RoPE at the run-time position; returns the SDPA output, the rotated q and the
+// cache rows afterwards (f32), and whether the plan ran it as the group.
+static bool group_on(const gcase *c, wk_device dev, gresult *r) {
+  const int64_t H = c->hq + 2 * c->hkv;
+  memset(r, 0, sizeof *r);
+  wk_scope_begin();
+  wk_tensor *proj = on_dev(wk_randn(4, (int64_t[]){c->b, H, 1, c->d}, WK_F32, 11), dev);
+  wk_tensor *kc = on_dev(wk_cast(wk_randn(4, (int64_t[]){c->b, c->hkv, c->cap, c->d}, WK_F32, 12), c->cache), dev);
+  wk_tensor *vc = on_dev(wk_cast(wk_randn(4, (int64_t[]){c->b, c->hkv, c->cap, c->d}, WK_F32, 13), c->cache), dev);
+  int32_t pos = c->pos, len = c->pos + 1;
+  wk_tensor *at = on_dev(wk_from_data(1, (int64_t[]){1}, WK_I32, &pos), dev);
+  wk_tensor *kv_len = on_dev(wk_from_data(1, (int64_t[]){1}, WK_I32, &len), dev);
+  wk_tensor *mask = c->mask ? on_dev(wk_rand(4, (int64_t[]){c->b, 1, 1, c->cap}, WK_F32, -2, 0, 14), dev) : NULL;
+  wk_tensor *inv = NULL;
+  if (c->freqs) {
+    float f[64];
+    for (int64_t i = 0; i < c->d / 2; i++) f[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)c->d) / 4.0f;
+    inv = on_dev(wk_from_data(1, (int64_t[]){c->d / 2}, WK_F32, f), dev);
+  }
+  wk_tensor *xs[3] = {wk_slice(proj, 1, 0, c->hq, 1), wk_slice(proj, 1, c->hq, c->hq + c->hkv, 1),
+                      wk_slice(proj, 1, c->hq + c->hkv, H, 1)};
+  wk_tensor *rq = c->freqs ? wk_rope_freqs(xs[0], inv, 1.25f, 0, at, c->inter) : wk_rope_at(xs[0], 1e6f, at, c->inter);
+  wk_tensor *rk = c->freqs ? wk_rope_freqs(xs[1], inv, 1.25f, 0, at, c->inter) : wk_rope_at(xs[1], 1e6f, at, c->inter);
+  wk_tensor *ks = wk_set_slice(kc, rk, 2, at), *vs = wk_set_slice(vc, xs[2], 2, at);
+  wk_tensor *o = wk_sdpa_kv(rq, ks, vs, mask, kv_len, 1, 0);
+  wk_tensor *ts[2] = {o, rq};
+  bool ok = o && !wk_eval(2, ts);
+  const wk_plan *p = wk_last_plan();
+  for (int k = 0; ok && p && k < p->nsteps; k++)
+    r->grouped |= p->steps[k].op == WK_OP_ROPE && p->steps[k].chain == WK_DECODE_ATTN_GROUP;
+  if (ok) {
+    r->out = read_all(wk_to_device(o, WK_CPU));
+    r->q = read_all(wk_to_device(rq, WK_CPU));
+    r->k = read_all(wk_to_device(wk_cast(kc, WK_F32), WK_CPU));
+    r->v = read_all(wk_to_device(wk_cast(vc, WK_F32), WK_CPU));
+  }
+  wk_tensor *kept[] = {proj, kc, vc, at, kv_len, mask, inv};
+  for (size_t i = 0; i < sizeof kept / sizeof *kept; i++) wk_tensor_free(kept[i]);
+  wk_scope_end();
+  return ok && r->out && r->q && r->k && r->v;
+}
+
+static void gresult_free(gresult *r) { free(r->out); free(r->q); free(r->k); free(r->v); }
+
+static void test_attn_group(void) {
+  const gcase cases[] = {
+      {1, 14, 2, 64, 512, 200, WK_BF16, 0, 0, 0},   // Qwen2.5-0.5B: G 7, 4 key chunks, the new row in the last
+      {1, 14, 2, 64, 512, 63, WK_BF16, 0, 0, 0},    // the new row the last of a chunk's first tile
+      {1, 8, 8, 128, 64, 0, WK_F16, 0, 0, 0},       // the first position, 1:1, D 128, f16 cache
+      {2, 9, 3, 64, 300, 130, WK_BF16, 0, 1, 1},    // batch 2, scaled frequencies, an f32 mask
+      {1, 8, 1, 32, 256, 77, WK_F16, 1, 0, 0},      // G 8, D 32, interleaved pairs
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    const gcase *c = &cases[i];
+    char name[160];
+    snprintf(name, sizeof name, "decode attention group B%lld Hq%lld Hkv%lld D%lld pos %d %s%s%s%s", (long long)c->b,
+             (long long)c->hq, (long long)c->hkv, (long long)c->d, c->pos, dname(c->cache), c->inter ? " interleaved" : "",
+             c->freqs ? " rope_freqs" : "", c->mask ? " masked" : "");
+    gresult h = {0}, g = {0};
+    bool ok = group_on(c, WK_CPU, &h) && group_on(c, WK_CUDA, &g);
+    CHECK(ok, "%s: ran on both devices: %s", name, ok ? "" : wk_last_error());
+    if (ok) {
+      const int64_t nq = c->b * c->hq * c->d, nc = c->b * c->hkv * c->cap * c->d;
+      CHECK(g.grouped, "%s: the plan runs it as one group", name);
+      // RoPE: the same f32 formulas (cos / sin in double) on both sides
+      float dq = max_abs_diff(h.q, g.q, nq), big = 0;
+      CHECK(dq <= 1e-5f, "%s: rotated q, cuda vs cpu max diff %g", name, (double)dq);
+      // the cache: the new rows (rotated k, v) rounded to the cache's dtype; a k value
+      // may round the other way after an f32 rotation that differs in its last bit
+      float dk = 0, dv = max_abs_diff(h.v, g.v, nc);
+      for (int64_t e = 0; e < nc; e++) dk = fmaxf(dk, fabsf(h.k[e] - g.k[e]) / fmaxf(fabsf(h.k[e]), 1e-3f));
+      CHECK(dk <= 1.0f / 128 && dv == 0, "%s: cache rows, cuda vs cpu: k %g (relative), v %g", name, (double)dk, (double)dv);
+      for (int64_t e = 0; e < nq; e++) big = fmaxf(big, fabsf(h.out[e]));
+      float d = max_abs_diff(h.out, g.out, nq);
+      CHECK(d <= 1e-3f * big && big > 0, "%s: output, cuda vs cpu max diff %g (largest |cpu| %g)", name, (double)d,
+            (double)big);
+    }
+    gresult_free(&g);
+    gresult_free(&h);
+  }
+}
+
 int main(void) {
   SKIP_WITHOUT_CUDA();
   if (!dual_open()) return 77;
+  test_attn_group();
   test_attention();
   test_greedy();
   test_feed_ahead();

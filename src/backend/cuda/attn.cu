@@ -26,6 +26,7 @@
 #include <mutex>
 #include <type_traits>
 #include "cuda_internal.h"
+#include "rope.cuh"
 #include "../../engine/plan.h"   // wk_sdpa_lse_offset
 
 #define ATTN_BM 64          // query rows per CTA
@@ -887,8 +888,61 @@ static __device__ __forceinline__ void dec_q(const AttnArgs &a, int64_t b, int64
   }
 }
 
+// The decode attention group's own arguments (wkc_decode_attn_group): q and k before
+// RoPE, v, and where RoPE's results and the new cache rows go. NoFuse: the SDPA alone.
+struct DecFuse {
+  RopeArgs rope;          // q's RoPE: x = q before it, out = q rotated (k's has the same angles)
+  DOp kx, vx;             // k before RoPE, v: [B, Hkv, 1, D]
+  char *ko;               // k rotated (RoPE k's output), dense [B, Hkv, 1, D]
+  int32_t ko_dtype, pad;
+  const int32_t *start;   // the cache row the new key and value go to
+};
+struct NoFuse {};
+
+static __device__ __forceinline__ float round_to(float v, int dt) {
+  return dt == WK_BF16 ? bf16_round(v) : dt == WK_F16 ? f16_round(v) : v;
+}
+template <bool BF> static __device__ __forceinline__ uint16_t half_bits(float v) {
+  return BF ? wkm_f32_to_bf16(v) : __half_as_ushort(__float2half_rn(v));
+}
+
+// The group's prologue, in every CTA of (b, kv head hk): the group's q rows rotated
+// (rounded to RoPE's output dtype, as the SDPA would read them) into qs, scaled; the new
+// key (rotated) and value in the cache's dtype into kn, vn. The first CTA (first) also
+// stores the rotated q and k, as RoPE's outputs. rc, rs: D / 2 floats each.
 template <int D, bool BF>
-__global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a) {
+static __device__ __forceinline__ void dec_rope(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, bool first,
+                                                float *qs, uint16_t *kn, uint16_t *vn, float *rc, float *rs) {
+  constexpr int H = D / 2;
+  const RopeArgs &r = f.rope;
+  const int64_t p = rope_pos0(r);
+  for (int i = threadIdx.x; i < H; i += blockDim.x) rope_cs(r, p, i, &rc[i], &rs[i]);
+  __syncthreads();
+  const float sc = a.scale * 1.4426950408889634f;   // log2 e: scores in the log2 domain (dec_q)
+  const int G = (int)a.G;
+  const int64_t lq = last_stride(r.x), lk = last_stride(f.kx), krow = b * a.Hkv + hk;
+  for (int e = threadIdx.x; e < (G + 1) * H; e += blockDim.x) {   // q's pairs, then k's
+    const int g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+    if (g < G) {
+      const int64_t row = b * a.Hq + hk * G + g, ro = row_off(r.x, row);
+      const float2 y = rope_rot(ldv(r.x.p, r.x.dtype, ro + i0 * lq), ldv(r.x.p, r.x.dtype, ro + i1 * lq), rc[i], rs[i]);
+      qs[g * D + i0] = round_to(y.x, r.out_dtype) * sc;
+      qs[g * D + i1] = round_to(y.y, r.out_dtype) * sc;
+      if (first) stv(r.out, r.out_dtype, row * D + i0, y.x), stv(r.out, r.out_dtype, row * D + i1, y.y);
+    } else {
+      const int64_t ro = row_off(f.kx, krow);
+      const float2 y = rope_rot(ldv(f.kx.p, f.kx.dtype, ro + i0 * lk), ldv(f.kx.p, f.kx.dtype, ro + i1 * lk), rc[i], rs[i]);
+      kn[i0] = half_bits<BF>(round_to(y.x, f.ko_dtype));
+      kn[i1] = half_bits<BF>(round_to(y.y, f.ko_dtype));
+      if (first) stv(f.ko, f.ko_dtype, krow * D + i0, y.x), stv(f.ko, f.ko_dtype, krow * D + i1, y.y);
+    }
+  }
+  for (int d = threadIdx.x; d < D; d += blockDim.x) vn[d] = half_bits<BF>(ldv(f.vx.p, f.vx.dtype, op_off(f.vx, krow * D + d)));
+}
+
+template <int D, bool BF, class F>
+__global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a, const __grid_constant__ F f) {
+  constexpr bool FUSE = std::is_same<F, DecFuse>::value;
   wkc_pdl_trigger();
   constexpr int W = D / 2 + 1;   // 32-bit words a staged row, one of padding: column reads hit distinct banks
   constexpr int NT = DEC_WARPS * 32, NCH = DEC_TILE * D / 8, CH = (NCH + NT - 1) / NT;   // 16-byte chunks a thread stages per matrix
@@ -896,6 +950,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   __shared__ uint32_t ks[DEC_TILE * W], vs[DEC_TILE * W];
   __shared__ float qs[DEC_GMAX * D], ps[DEC_GMAX * DEC_TILE], hm[DEC_GMAX], hl[DEC_GMAX], hal[DEC_GMAX];
   __shared__ int last;
+  __shared__ __align__(16) uint16_t kn[FUSE ? D : 8], vn[FUSE ? D : 8];   // the group's new cache rows
+  __shared__ float rc[FUSE ? D / 2 : 1], rs[FUSE ? D / 2 : 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int64_t sp = blockIdx.x, b = blockIdx.y / a.Hkv, hk = blockIdx.y % a.Hkv;
   const int64_t S = eff_keys(a), chunk = dec_chunk(S, gridDim.x);
@@ -903,9 +959,17 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   // past the keys that exist: no part (but with no key at all the first CTA writes the 0s)
   if (k0 >= S && (gridDim.x > 1 && !(S == 0 && sp == 0))) return;
   const int G = (int)a.G;
-  if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
-  else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
-  else dec_q<__half>(a, b, hk, D, qs);
+  int64_t wpos = -1;   // the group's new row: staged from kn, vn instead of the cache
+  if constexpr (FUSE) {
+    dec_rope<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
+    wpos = *f.start;
+  } else if (a.q.dtype == WK_F32) {
+    dec_q<float>(a, b, hk, D, qs);
+  } else if (a.q.dtype == WK_BF16) {
+    dec_q<__nv_bfloat16>(a, b, hk, D, qs);
+  } else {
+    dec_q<__half>(a, b, hk, D, qs);
+  }
   if (tid < G) hm[tid] = -INFINITY, hl[tid] = 0.0f;
   float2 o[R];
 #pragma unroll
@@ -930,6 +994,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
       const int e = tid + c * NT, j = e / (D / 8), q8 = e - j * (D / 8);
       if (NCH % NT && e >= NCH) break;
       uint32_t *kd = ks + j * W + q8 * 4, *vd = vs + j * W + q8 * 4;
+      if (FUSE && t0 + j == wpos && j < n) kr[c] = ((const uint4 *)kn)[q8], vr[c] = ((const uint4 *)vn)[q8];
       kd[0] = kr[c].x, kd[1] = kr[c].y, kd[2] = kr[c].z, kd[3] = kr[c].w;
       vd[0] = vr[c].x, vd[1] = vr[c].y, vd[2] = vr[c].z, vd[3] = vr[c].w;
     }
@@ -1012,6 +1077,15 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
       if (w == 0) pp[D] = hm[g], pp[D + 1] = L;
     }
   }
+  // the new rows into the cache (as the cache writes would), by one CTA of the group;
+  // the others staged them from kn, vn, so no CTA waits for these stores
+  if (FUSE && sp == 0 && wpos >= 0 && wpos < a.S)
+    for (int c = tid; c < 2 * (D / 8); c += NT) {
+      const bool isv = c >= D / 8;
+      const int q8 = isv ? c - D / 8 : c;
+      char *row = (char *)(isv ? vb + wpos * vst : kb + wpos * kst);
+      ((uint4 *)row)[q8] = ((const uint4 *)(isv ? vn : kn))[q8];
+    }
   if (gridDim.x > 1) dec_finish<D>(a, b, hk, S, chunk, &last);
 }
 
@@ -1150,7 +1224,21 @@ template <class E> static wk_status mma_fwd(const AttnArgs &a, const char *what)
 // One query row per head over a cache of f16 / bf16 rows (k_attn_decode). The keys that
 // exist are known only at run time (kv_len, read by the kernels), so the grid is sized
 // for the capacity S, some 2 CTAs an SM, and the CTAs past the keys return at once.
-static wk_status decode_fwd(AttnArgs &a, bool bf) {
+template <class F> static void decode_launch(const AttnArgs &a, const F &f, bool bf, dim3 grid) {
+  cudaStream_t cs = wkc_stream();
+  const int nt = DEC_WARPS * 32;
+  if (bf) {
+    if (a.D == 32) k_attn_decode<32, true><<<grid, nt, 0, cs>>>(a, f);
+    else if (a.D == 64) k_attn_decode<64, true><<<grid, nt, 0, cs>>>(a, f);
+    else k_attn_decode<128, true><<<grid, nt, 0, cs>>>(a, f);
+  } else {
+    if (a.D == 32) k_attn_decode<32, false><<<grid, nt, 0, cs>>>(a, f);
+    else if (a.D == 64) k_attn_decode<64, false><<<grid, nt, 0, cs>>>(a, f);
+    else k_attn_decode<128, false><<<grid, nt, 0, cs>>>(a, f);
+  }
+}
+// f: the decode attention group's RoPE and cache writes, or NULL (the SDPA alone).
+static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f) {
   const int64_t groups = a.B * a.Hkv;
   int64_t nsp = (2 * wkc_num_sms() + groups - 1) / groups, most = (a.S + DEC_MIN - 1) / DEC_MIN;
   if (nsp > most) nsp = most;
@@ -1170,18 +1258,9 @@ static wk_status decode_fwd(AttnArgs &a, bool bf) {
     a.part = (float *)part;
   }
   const dim3 grid((unsigned)nsp, (unsigned)groups);
-  cudaStream_t cs = wkc_stream();
-  const int nt = DEC_WARPS * 32;
-  if (bf) {
-    if (a.D == 32) k_attn_decode<32, true><<<grid, nt, 0, cs>>>(a);
-    else if (a.D == 64) k_attn_decode<64, true><<<grid, nt, 0, cs>>>(a);
-    else k_attn_decode<128, true><<<grid, nt, 0, cs>>>(a);
-  } else {
-    if (a.D == 32) k_attn_decode<32, false><<<grid, nt, 0, cs>>>(a);
-    else if (a.D == 64) k_attn_decode<64, false><<<grid, nt, 0, cs>>>(a);
-    else k_attn_decode<128, false><<<grid, nt, 0, cs>>>(a);
-  }
-  wk_status st = wkc_check_launch("sdpa (decode)");
+  if (f) decode_launch(a, *f, bf, grid);
+  else decode_launch(a, NoFuse{}, bf, grid);
+  wk_status st = wkc_check_launch(f ? "rope + cache writes + sdpa (decode group)" : "sdpa (decode)");
   wkc_tmp_free(part);
   return st;
 }
@@ -1207,6 +1286,24 @@ static float *lse_after(const wk_operand *o, void *const *slots) {
   return (float *)(slot_ptr(o, slots) + wk_sdpa_lse_offset(wkc_nbytes(o)));
 }
 
+// Whether the decode kernel runs SDPA a (operands set up) over keys k and values v.
+static bool decode_fits(const AttnArgs &a, const wk_operand *k, const wk_operand *v, void *const *slots) {
+  return a.T == 1 && forced_kernel() == 0 && (a.D == 32 || a.D == 64 || a.D == 128) && a.G <= DEC_GMAX &&
+         (!a.has_mask || a.mask_dtype == WK_F32) && a.Hq == a.G * a.Hkv && (k->dtype == WK_BF16 || k->dtype == WK_F16) &&
+         v->dtype == k->dtype && mma_operand(k, slots, k->dtype) && mma_operand(v, slots, k->dtype);
+}
+
+// SDPA step s's operands: kv_len, the mask, the output.
+static void sdpa_args(const wk_step *s, void *const *slots, AttnArgs *a) {
+  attn_args(s, slots, a);
+  int nin = s->nin;
+  if (s->attrs.i[1]) a->kv_len = (const int32_t *)slot_ptr(&s->in[--nin], slots);
+  if (nin > 3) attn_mask(&s->in[3], slots, a);
+  a->out = slot_ptr(&s->out, slots);
+  a->out_dtype = s->out.dtype;
+  a->want_out = 1;
+}
+
 // attrs.i[2]: L also goes after the output, for the backward (compile.c's match_sdpa_lse).
 wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   float *lse = s->attrs.i[2] ? lse_after(&s->out, slots) : NULL;
@@ -1216,13 +1313,7 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   const int64_t D = q->shape[3];
   const int force = forced_kernel();
   AttnArgs a;
-  attn_args(s, slots, &a);
-  int nin = s->nin;
-  if (s->attrs.i[1]) a.kv_len = (const int32_t *)slot_ptr(&s->in[--nin], slots);
-  if (nin > 3) attn_mask(&s->in[3], slots, &a);
-  a.out = slot_ptr(&s->out, slots);
-  a.out_dtype = s->out.dtype;
-  a.want_out = 1;
+  sdpa_args(s, slots, &a);
   // the row kernel only above the tiled kernels' head dims: even for decode (T = 1) the
   // tiled kernel was 5x faster on an H200 (one query, 2048 cached keys: 105 vs 561 us)
   if (D > ATTN_MAXD || force == 1) {
@@ -1230,11 +1321,8 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
     return st || !lse || D > ATTN_MAXD ? st : lse_pass(s, slots, a, lse, "sdpa (row statistics)");
   }
   if (!a.B || !a.Hq || !a.T || !a.D) return WK_OK;
-  if (a.T == 1 && force == 0 && (a.D == 32 || a.D == 64 || a.D == 128) && a.G <= DEC_GMAX &&
-      (!a.has_mask || a.mask_dtype == WK_F32) &&
-      a.Hq == a.G * a.Hkv && (k->dtype == WK_BF16 || k->dtype == WK_F16) && v->dtype == k->dtype &&
-      mma_operand(k, slots, k->dtype) && mma_operand(v, slots, k->dtype)) {
-    wk_status st = decode_fwd(a, k->dtype == WK_BF16);
+  if (decode_fits(a, k, v, slots)) {
+    wk_status st = decode_fwd(a, k->dtype == WK_BF16, NULL);
     return st || !lse ? st : lse_pass(s, slots, a, lse, "sdpa (row statistics)");
   }
   // Few CTAs (decode: T = 1, a handful of heads) and many key tiles: the keys are split
@@ -1270,6 +1358,66 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   wkc_tmp_free(part);
   if (!st && lse && a.NSP > 1) st = lse_pass(s, slots, a, lse, "sdpa (row statistics)");
   return st;
+}
+
+// ---- the decode attention group (compile.c's group_decode_attention) ----
+static bool same_operand(const wk_operand *x, const wk_operand *y) {
+  return x->slot == y->slot && x->offset == y->offset && x->dtype == y->dtype && x->ndim == y->ndim &&
+         !memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim) &&
+         !memcmp(x->stride, y->stride, sizeof(int64_t) * (size_t)x->ndim);
+}
+static bool dense_operand(const wk_operand *o) {
+  int64_t st = 1;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    if (o->shape[d] != 1 && o->stride[d] != st) return false;
+    st *= o->shape[d];
+  }
+  return true;
+}
+
+// Whether s[0..4] (RoPE of q, RoPE of k, the k and v cache writes, SDPA) run as one
+// decode launch, and its arguments: the SDPA reads q from the first RoPE and the cache
+// the writes update (dense, one new row at one start), the new key from the second
+// RoPE, both RoPEs at the same angles, and the decode kernel takes the SDPA.
+static bool decode_group_args(const wk_step *s, void *const *slots, AttnArgs &a, DecFuse &f) {
+  const wk_step *rq = &s[0], *rk = &s[1], *sk = &s[2], *sv = &s[3], *sd = &s[4];
+  if (rq->op != WK_OP_ROPE || rk->op != WK_OP_ROPE || sk->op != WK_OP_SET_SLICE || sv->op != WK_OP_SET_SLICE ||
+      sd->op != WK_OP_SDPA || !sd->attrs.i[1] || sd->attrs.i[2] || sd->in[1].dtype == WK_Q8_0)
+    return false;
+  if (!same_operand(&sd->in[0], &rq->out) || !same_operand(&sk->in[1], &rk->out) || !same_operand(&sd->in[1], &sk->out) ||
+      !same_operand(&sd->in[2], &sv->out) || !dense_operand(&sk->out) || !dense_operand(&sv->out) ||
+      sk->in[2].slot != sv->in[2].slot || sk->in[2].offset != sv->in[2].offset || sk->attrs.i[0] != 2 ||
+      sv->attrs.i[0] != 2 || sk->in[1].ndim != 4 || sk->in[1].shape[2] != 1 || sv->in[1].ndim != 4 || sv->in[1].shape[2] != 1)
+    return false;
+  sdpa_args(sd, slots, &a);
+  if (!a.B || !a.Hq || !a.D || !decode_fits(a, &sd->in[1], &sd->in[2], slots)) return false;
+  memset(&f, 0, sizeof f);
+  RopeArgs r;
+  if (wkc_rope_args(rq, slots, f.rope) || wkc_rope_args(rk, slots, r)) return false;   // the launches report it
+  const RopeArgs &q = f.rope;
+  if (q.T != 1 || r.T != 1 || q.D != a.D || r.D != a.D || q.rows != a.B * a.Hq || r.rows != a.B * a.Hkv || q.pos != r.pos ||
+      q.offset != r.offset || q.inv != r.inv || q.theta != r.theta || q.sign != r.sign || q.scale != r.scale ||
+      q.inter != r.inter || q.hinv != r.hinv)
+    return false;
+  f.kx = r.x;
+  f.ko = r.out;
+  f.ko_dtype = r.out_dtype;
+  f.vx = wkc_dop(&sv->in[1], slots);
+  f.start = (const int32_t *)slot_ptr(&sk->in[2], slots);
+  return true;
+}
+
+// A decode layer's RoPE, cache writes and attention (s[0..4]) as one launch: each CTA
+// rotates its group's q rows and the new key itself and stages the new rows from shared
+// memory; the first CTA of each (batch, kv head) stores RoPE's outputs and the new
+// cache rows. Steps the kernel does not take run as their own three launches.
+wk_status wkc_decode_attn_group(const wk_step *s, void *const *slots) {
+  AttnArgs a;
+  DecFuse f;
+  if (decode_group_args(s, slots, a, f)) return decode_fwd(a, s[4].in[1].dtype == WK_BF16, &f);
+  wk_status st = wkc_rope_group(s, 2, slots);
+  if (!st) st = wkc_set_slice_group(s + 2, 2, slots);
+  return st ? st : wkc_sdpa(s + 4, slots);
 }
 
 wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {

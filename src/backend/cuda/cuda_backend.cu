@@ -685,7 +685,8 @@ static wk_status transfer(const wk_step *s, void *const *slots) {
 wk_status wkc_dispatch(const wk_step *s, void *const *slots) {
   if (s->chain > 0) {
     if (s->op == WK_OP_QMATMUL) return wkc_half_matmul_group(s, s->chain, slots);
-    if (s->op == WK_OP_ROPE) return wkc_rope_group(s, s->chain, slots);
+    if (s->op == WK_OP_ROPE)
+      return s->chain == WK_DECODE_ATTN_GROUP ? wkc_decode_attn_group(s, slots) : wkc_rope_group(s, s->chain, slots);
     if (s->op == WK_OP_SET_SLICE) return wkc_set_slice_group(s, s->chain, slots);
     if (s->op == WK_OP_LORA) return lora_chain(s, s->chain, slots);
     return s->op == WK_STEP_FUSED_EW ? wkc_ew_group(s, s->chain, slots) : wkc_rowchain(s, s->chain, slots);

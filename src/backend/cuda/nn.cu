@@ -7,6 +7,7 @@
 // B = rows, D = last axis throughout.
 #include <cooperative_groups.h>
 #include "cuda_internal.h"
+#include "rope.cuh"
 
 static int threads_for(int64_t D) {
   int64_t t = (D / 4 + 31) / 32 * 32;
@@ -548,43 +549,23 @@ wk_status wkc_norm_dw(const wk_step *s, void *const *slots) {
   return st;
 }
 
-// ---- rope: angles as the CPU table (f32 pos * inv_freq, cos / sin in double) ----
-#define ROPE_MAXH 256   // largest D / 2 of the vector body and of the host's frequency table
-struct RopeArgs {
-  DOp x;
-  char *out;
-  int32_t out_dtype, inter;
-  int64_t rows, D, T, offset;
-  int64_t rpt;          // rows a thread rotates with one (cos, sin): rows t apart share them
-  int32_t vec, pad;     // rope_vec_body: 4 pairs a thread, float4 loads (see rope_args)
-  const int32_t *pos;   // run-time position added to offset, or NULL
-  const float *inv;     // given inverse frequencies (scaled RoPE), or NULL: theta's
-  float theta, sign, scale;
-  int32_t hinv, pad2;   // theta's inverse frequencies are in invh (D / 2 <= ROPE_MAXH)
-  float invh[ROPE_MAXH];   // theta^(-2i/D) in double, computed on the host as the CPU's table is
-};
-
-// Pair i's inverse frequency: given (scaled RoPE), else theta^(-2i/D), in double.
-__device__ __forceinline__ float rope_inv(const RopeArgs &a, int64_t i) {
-  return a.inv ? a.inv[i] : a.hinv ? a.invh[i] : (float)(1.0 / pow((double)a.theta, (double)(2 * i) / (double)a.D));
-}
-
+// ---- rope (rope.cuh: the arguments and the per-pair math) ----
 // blocks [0, nb) of the launch work on a (a group gives each member a range of blocks)
 // Element pair i of position t: its angle's cos and sin (in double: the CPU's table)
 // are computed once for the rpt rows of one group of (batch, head) rows at that t.
 __device__ __forceinline__ void rope_body(const RopeArgs &a, int64_t bx, int64_t nb) {
   const int64_t h = a.D / 2, bh = a.rows / a.T, groups = (bh + a.rpt - 1) / a.rpt, n = groups * a.T * h;
-  const int64_t offset = a.offset + (a.pos ? *a.pos : 0), l = last_stride(a.x);
+  const int64_t offset = rope_pos0(a), l = last_stride(a.x);
   for (int64_t e = bx * blockDim.x + threadIdx.x; e < n; e += nb * blockDim.x) {
     const int64_t i = e % h, t = (e / h) % a.T, g0 = e / (h * a.T) * a.rpt;
-    const float ang = (float)(offset + t) * rope_inv(a, i);
-    const float co = (float)cos((double)ang) * a.scale, sn = a.sign * ((float)sin((double)ang) * a.scale);
+    float co, sn;
+    rope_cs(a, offset + t, i, &co, &sn);
     const int64_t i0 = a.inter ? 2 * i : i, i1 = a.inter ? 2 * i + 1 : i + h, g1 = g0 + a.rpt < bh ? g0 + a.rpt : bh;
     for (int64_t g = g0; g < g1; g++) {
       const int64_t r = g * a.T + t, ro = row_off(a.x, r);
-      const float x0 = ldv(a.x.p, a.x.dtype, ro + i0 * l), x1 = ldv(a.x.p, a.x.dtype, ro + i1 * l);
-      stv(a.out, a.out_dtype, r * a.D + i0, x0 * co - x1 * sn);
-      stv(a.out, a.out_dtype, r * a.D + i1, x1 * co + x0 * sn);
+      const float2 y = rope_rot(ldv(a.x.p, a.x.dtype, ro + i0 * l), ldv(a.x.p, a.x.dtype, ro + i1 * l), co, sn);
+      stv(a.out, a.out_dtype, r * a.D + i0, y.x);
+      stv(a.out, a.out_dtype, r * a.D + i1, y.y);
     }
   }
 }
@@ -597,7 +578,7 @@ template <bool INTER> __device__ __forceinline__ void rope_vec_body(const RopeAr
   const int64_t h = a.D / 2, h4 = h / 4, bh = a.rows / a.T, n = (bh + ROPE_RPT - 1) / ROPE_RPT * a.T * h4;
   for (int i = threadIdx.x; i < h; i += blockDim.x) inv[i] = rope_inv(a, i);
   __syncthreads();
-  const int64_t offset = a.offset + (a.pos ? *a.pos : 0);
+  const int64_t offset = rope_pos0(a);
   for (int64_t e = bx * blockDim.x + threadIdx.x; e < n; e += nb * blockDim.x) {
     const int64_t q = e % h4, t = (e / h4) % a.T, g0 = e / (h4 * a.T) * ROPE_RPT;
     float co[4], sn[4];
@@ -623,8 +604,9 @@ template <bool INTER> __device__ __forceinline__ void rope_vec_body(const RopeAr
 #pragma unroll
       for (int u = 0; u < 4; u++) {
         const int i0 = INTER ? 2 * u : u, i1 = INTER ? 2 * u + 1 : u + 4;   // registers: INTER is fixed
-        y[i0] = p[i0] * co[u] - p[i1] * sn[u];
-        y[i1] = p[i1] * co[u] + p[i0] * sn[u];
+        const float2 yy = rope_rot(p[i0], p[i1], co[u], sn[u]);
+        y[i0] = yy.x;
+        y[i1] = yy.y;
       }
       const int64_t o = ((g0 + k) * a.T + t) * a.D;
       if (a.out_dtype == WK_F32) {
@@ -638,7 +620,7 @@ template <bool INTER> __device__ __forceinline__ void rope_vec_body(const RopeAr
     }
   }
 }
-// The body a's step takes (rope_args' vec, inter); inv: ROPE_MAXH floats of shared memory.
+// The body a's step takes (wkc_rope_args' vec, inter); inv: ROPE_MAXH floats of shared memory.
 __device__ __forceinline__ void rope_run(const RopeArgs &a, int64_t bx, int64_t nb, float *inv) {
   if (a.vec && a.inter) rope_vec_body<true>(a, bx, nb, inv);
   else if (a.vec) rope_vec_body<false>(a, bx, nb, inv);
@@ -672,7 +654,7 @@ __global__ void __launch_bounds__(256, 2) k_rope_group(const __grid_constant__ N
 }
 
 static int g_rope_vec = -1;   // WICK_CUDA_ROPE_VEC=0: rope_body (a pair a thread) always
-static wk_status rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
+wk_status wkc_rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   const wk_operand *x = &s->in[0];
   memset(&a, 0, sizeof a);
   a.x = wkc_dop(x, slots);
@@ -717,7 +699,7 @@ static int64_t rope_blocks(const RopeArgs &a) {
 
 wk_status wkc_rope(const wk_step *s, void *const *slots) {
   RopeArgs a;
-  wk_status st = rope_args(s, slots, a);
+  wk_status st = wkc_rope_args(s, slots, a);
   if (st || a.rows * (a.D / 2) == 0) return st;
   k_rope<<<(unsigned)rope_blocks(a), 256, 0, wkc_stream()>>>(a);
   return wkc_check_launch("rope");
@@ -800,7 +782,7 @@ static wk_status nn_group(const wk_step *s, int n, void *const *slots, Fill fill
   return wkc_check_launch(name);
 }
 wk_status wkc_rope_group(const wk_step *s, int n, void *const *slots) {
-  return nn_group<RopeArgs>(s, n, slots, rope_args,
+  return nn_group<RopeArgs>(s, n, slots, wkc_rope_args,
                             [](const RopeArgs &a) { return a.rows * (a.D / 2) != 0 ? rope_blocks(a) : (int64_t)0; },
                             k_rope_group, "rope (group)");
 }
