@@ -26,7 +26,7 @@ static wk_plan *cache[PLAN_CACHE_MAX];
 static size_t arena_bytes_held;
 static int cache_n;
 static uint64_t cache_clock;
-static uint64_t stat_compiles, stat_hits;
+static uint64_t stat_compiles, stat_hits, stat_ahead;
 static const wk_plan *last_plan;
 
 const wk_plan *wk_last_plan(void) { return last_plan; }
@@ -89,22 +89,37 @@ static void key_build(keybuf *k, const wk_topo *g, const int *rep, int ntargets,
   put(k, targets, sizeof(int) * (size_t)ntargets);
 }
 
-// Copies this graph's scalar attributes into the (possibly cached) plan.
-static void patch_scalars(wk_plan *p, const wk_topo *g) {
+// One scalar attribute set of the plan against the graph's: whether they differ, and
+// (write) the graph's copied over.
+static bool patch_attrs(wk_attrs *dst, const wk_attrs *src, bool write) {
+  bool differ = memcmp(dst->f, src->f, sizeof dst->f) || dst->u != src->u;
+  if (differ && write) {
+    memcpy(dst->f, src->f, sizeof dst->f);
+    dst->u = src->u;
+  }
+  return differ;
+}
+
+// Copies this graph's scalar attributes into the (possibly cached) plan (write), or
+// only tells whether any differs from the plan's.
+static bool patch_scalars(wk_plan *p, const wk_topo *g, bool write) {
+  bool differ = false;
   for (int k = 0; k < p->nsteps; k++) {
     wk_step *s = &p->steps[k];
-    if (s->op == WK_OP_LORA) s->attrs.f[0] = g->nodes[s->lora_src]->attrs.f[0];
-    else if (s->src >= 0) {
-      memcpy(s->attrs.f, g->nodes[s->src]->attrs.f, sizeof s->attrs.f);
-      s->attrs.u = g->nodes[s->src]->attrs.u;
+    if (s->op == WK_OP_LORA) {
+      float f = g->nodes[s->lora_src]->attrs.f[0];
+      bool d = memcmp(&s->attrs.f[0], &f, sizeof f) != 0;
+      if (d && write) s->attrs.f[0] = f;
+      differ |= d;
+    } else if (s->src >= 0) {
+      differ |= patch_attrs(&s->attrs, &g->nodes[s->src]->attrs, write);
     }
     for (int q = 0; q < s->prog.n; q++) {
       wk_ew_instr *in = &s->prog.code[q];
-      if (in->src < 0) continue;
-      memcpy(in->attrs.f, g->nodes[in->src]->attrs.f, sizeof in->attrs.f);
-      in->attrs.u = g->nodes[in->src]->attrs.u;
+      if (in->src >= 0) differ |= patch_attrs(&in->attrs, &g->nodes[in->src]->attrs, write);
     }
   }
+  return differ;
 }
 
 // The key is hashed on every evaluation (~100 bytes a node): four independent lanes
@@ -211,6 +226,7 @@ void wk_last_eval_stats(wk_eval_stats *out) {
   memset(out, 0, sizeof *out);
   out->plans_compiled = stat_compiles;
   out->plan_cache_hits = stat_hits;
+  out->bound_ahead = stat_ahead;
   if (!last_plan) return;
   out->graph_nodes = last_plan->ngraph;
   out->steps = last_plan->nsteps;
@@ -236,15 +252,18 @@ typedef struct job {
   struct job *next;    // in q_done
 } job;
 
-// One job runs at a time, on the executor thread. Everything else (building the next
-// graph, its plan lookup, reading what finished jobs wrote, reference counts) stays on
-// the API thread: a finished job is freed there (q_done), not by the executor, because
-// buffer reference counts are not atomic.
+// One job runs at a time, on the executor thread; one more may wait behind it (q_next:
+// a GPU job of the same plan, bound while the first ran, see bind_ahead). Everything
+// else (building the next graph, its plan lookup, reading what finished jobs wrote,
+// reference counts) stays on the API thread: a finished job is freed there (q_done),
+// not by the executor, because buffer reference counts are not atomic.
 static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
 static job *q_job;             // in flight, or NULL
+static job *q_next;            // submitted behind q_job, or NULL
 static job *q_done;            // finished, not yet freed
-static uint64_t q_submitted, q_finished;   // the last job numbers submitted and finished
+static uint64_t q_submitted;   // the last job number submitted
+static _Atomic uint64_t q_finished;   // the last job number finished (spun on without q_mu)
 static atomic_int q_state;     // Q_IDLE, or the kind of job in flight: readable without q_mu
 enum { Q_IDLE, Q_CPU, Q_GPU };
 
@@ -274,12 +293,26 @@ static double now_us(void) {
 // the cores.
 #define SPIN_US 2000.0
 
+static void pause_cpu(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 static void spin_while(int state) {
   double t0 = now_us();
   for (int i = 0; atomic_load_explicit(&q_state, memory_order_acquire) == state; i++) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    pause_cpu();
+    if ((i & 63) == 63 && now_us() - t0 > SPIN_US) return;
+  }
+}
+
+// The same around a GPU job, until job seq has finished.
+static void spin_until(uint64_t seq) {
+  double t0 = now_us();
+  for (int i = 0; atomic_load_explicit(&q_finished, memory_order_acquire) < seq; i++) {
+    if (atomic_load_explicit(&q_state, memory_order_acquire) != Q_GPU) return;
+    pause_cpu();
     if ((i & 63) == 63 && now_us() - t0 > SPIN_US) return;
   }
 }
@@ -367,13 +400,14 @@ static void *executor(void *arg) {
       q_status = s;
       snprintf(q_message, sizeof q_message, "%s", wk_last_error());
     }
-    q_finished = j->seq;
+    atomic_store_explicit(&q_finished, j->seq, memory_order_release);
     j->next = q_done;
     q_done = j;
-    q_job = NULL;
-    atomic_store_explicit(&q_state, Q_IDLE, memory_order_release);
+    q_job = q_next;   // the job queued behind it runs next, at once
+    q_next = NULL;
+    atomic_store_explicit(&q_state, !q_job ? Q_IDLE : q_job->gpu ? Q_GPU : Q_CPU, memory_order_release);
     pthread_cond_broadcast(&q_cv);
-    if (gpu) {
+    if (gpu && !q_job) {
       pthread_mutex_unlock(&q_mu);
       spin_while(Q_IDLE);
       pthread_mutex_lock(&q_mu);
@@ -405,14 +439,33 @@ wk_status wk_sync(void) {
   return WK_OK;
 }
 
+// The last job that reads or writes the buffers of ts' realized tensors.
+static uint64_t last_job(int n, wk_tensor *const *ts) {
+  uint64_t m = 0;
+  for (int i = 0; i < n; i++)
+    if (ts[i]->buf && ts[i]->buf->job > m) m = ts[i]->buf->job;
+  return m;
+}
+
 // Whether the realized tensors of ts can be read now: no job in flight reads or writes
 // their buffers, and no asynchronous failure waits to be reported (wk_sync reports it).
 static bool settled(int n, wk_tensor *const *ts) {
   pthread_mutex_lock(&q_mu);
-  bool ok = q_status == WK_OK;
-  for (int i = 0; i < n && ok; i++) ok = !ts[i]->buf || ts[i]->buf->job <= q_finished;
+  bool ok = q_status == WK_OK && last_job(n, ts) <= q_finished;
   reap_unlock();
   return ok;
+}
+
+// Waits for the jobs that use ts' buffers (not for a job queued after them), or, after
+// an asynchronous failure, for all of them (wk_sync, which reports it).
+static wk_status wait_for(int n, wk_tensor *const *ts) {
+  uint64_t seq = last_job(n, ts);
+  spin_until(seq);
+  pthread_mutex_lock(&q_mu);
+  while (q_finished < seq && q_job && q_status == WK_OK) pthread_cond_wait(&q_cv, &q_mu);   // no job: all are done
+  bool failed = q_status != WK_OK;
+  reap_unlock();
+  return failed ? wk_sync() : WK_OK;
 }
 
 static wk_status job_submit(job *j) {
@@ -421,15 +474,16 @@ static wk_status job_submit(job *j) {
     if (pthread_create(&q_thread, NULL, executor, NULL)) {
       pthread_mutex_unlock(&q_mu);
       wk_status s = job_run(j); // no thread: run inline
-      q_finished = j->seq;
+      atomic_store(&q_finished, j->seq);
       job_free(j);
       return s;
     }
     pthread_detach(q_thread);
     q_started = true;
   }
-  q_job = j;
-  atomic_store_explicit(&q_state, j->gpu ? Q_GPU : Q_CPU, memory_order_release);
+  if (q_job) q_next = j;   // bind_ahead made sure that the slot is free
+  else q_job = j;
+  atomic_store_explicit(&q_state, q_job->gpu ? Q_GPU : Q_CPU, memory_order_release);
   pthread_cond_broadcast(&q_cv);
   pthread_mutex_unlock(&q_mu);
   return WK_OK;
@@ -447,10 +501,26 @@ static void detach(int n, wk_tensor *const *ts) {
   }
 }
 
+// Whether an asynchronous evaluation of plan p may be bound and queued behind the job in
+// flight instead of waiting for it (a decode step fed ahead while the one before it
+// runs): that job is a GPU job of the same plan, so its arenas are there and the GPU
+// runs the two in stream order; the scalars are the same, so binding writes nothing the
+// executor reads; and no job is queued yet. The executor then starts it as soon as
+// the first is done, with no host work between them. WICK_BIND_AHEAD=0 turns it off.
+static bool bind_ahead(const wk_plan *p, const wk_topo *g) {
+  static int on = -1;
+  if (!wk_env_on("WICK_BIND_AHEAD", &on)) return false;
+  pthread_mutex_lock(&q_mu);
+  bool ok = q_job && !q_next && q_job->plan == p && q_job->gpu && q_status == WK_OK;
+  pthread_mutex_unlock(&q_mu);
+  return ok && !patch_scalars((wk_plan *)p, g, false);
+}
+
 // The host work before a plan runs (the graph, its key and the plan lookup) overlaps the
-// job in flight; the wait for it comes only before the plan's storage is bound (one plan
-// in flight at a time: its arena and scalars are reused), before a compile (the cache
-// may evict a plan), or when a target is realized already but the job in flight uses it.
+// job in flight; the wait for it comes only before the plan's storage is bound (its arena
+// and scalars are reused; bind_ahead says when that wait can go), before a compile (the
+// cache may evict a plan), or when a target is realized already but a job in flight
+// uses it.
 static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   wk_status s = WK_OK;
   int np = 0;
@@ -459,7 +529,7 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
     if (!ts[i]->buf) np++;
   }
   if (!np) {
-    if (!settled(n, ts)) s = wk_sync();
+    if (!settled(n, ts)) s = wait_for(n, ts);
     if (!s && cut) detach(n, ts);
     return s;
   }
@@ -503,8 +573,9 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
     cache_insert(plan);
   }
   free(targets);
-  if ((s = wk_sync())) { wk_topo_free(&g); return s; }
-  patch_scalars(plan, &g);
+  if (async && bind_ahead(plan, &g)) stat_ahead++;
+  else if ((s = wk_sync())) { wk_topo_free(&g); return s; }
+  patch_scalars(plan, &g, true);
   last_plan = plan;
   if ((s = plan_arenas(plan))) { wk_topo_free(&g); return s; }
   job *j = calloc(1, sizeof *j);
@@ -558,7 +629,7 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   } else {
     s = job_run(j);
     pthread_mutex_lock(&q_mu);
-    q_finished = j->seq;
+    atomic_store(&q_finished, j->seq);
     pthread_mutex_unlock(&q_mu);
     job_free(j);
   }

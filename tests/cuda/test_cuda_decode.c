@@ -182,8 +182,14 @@ static int stop_gen(const wk_gen_token *t, void *user) {
 static void test_feed_ahead(void) {
   static const int32_t prompt[] = {1, 7, 3, 99, 42};
   gen_out full;
+  wk_eval_stats e0, e1;
+  wk_last_eval_stats(&e0);
   wk_model *m = wk_model_load(fixture_in("models", "llama"));
   bool ok = gen_on(WK_CUDA, WK_BF16, 0, &full) && m && !wk_model_to_device(m, WK_CUDA);
+  wk_last_eval_stats(&e1);
+  // each step from the third on is bound while the one before it runs (eval.c's bind_ahead)
+  CHECK(e1.bound_ahead - e0.bound_ahead >= 16, "feed ahead: %llu of 32 decode steps queued behind the one in flight",
+        (unsigned long long)(e1.bound_ahead - e0.bound_ahead));
   wk_kv_cache *c = ok ? wk_kv_cache_new(m) : NULL;
   wk_generate_params p = wk_generate_defaults();
   p.ignore_eos = true;
