@@ -1366,14 +1366,6 @@ static bool same_operand(const wk_operand *x, const wk_operand *y) {
          !memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim) &&
          !memcmp(x->stride, y->stride, sizeof(int64_t) * (size_t)x->ndim);
 }
-static bool dense_operand(const wk_operand *o) {
-  int64_t st = 1;
-  for (int d = o->ndim - 1; d >= 0; d--) {
-    if (o->shape[d] != 1 && o->stride[d] != st) return false;
-    st *= o->shape[d];
-  }
-  return true;
-}
 
 // Whether s[0..4] (RoPE of q, RoPE of k, the k and v cache writes, SDPA) run as one
 // decode launch, and its arguments: the SDPA reads q from the first RoPE and the cache
@@ -1385,7 +1377,7 @@ static bool decode_group_args(const wk_step *s, void *const *slots, AttnArgs &a,
       sd->op != WK_OP_SDPA || !sd->attrs.i[1] || sd->attrs.i[2] || sd->in[1].dtype == WK_Q8_0)
     return false;
   if (!same_operand(&sd->in[0], &rq->out) || !same_operand(&sk->in[1], &rk->out) || !same_operand(&sd->in[1], &sk->out) ||
-      !same_operand(&sd->in[2], &sv->out) || !dense_operand(&sk->out) || !dense_operand(&sv->out) ||
+      !same_operand(&sd->in[2], &sv->out) || !wkc_is_dense(&sk->out) || !wkc_is_dense(&sv->out) ||
       sk->in[2].slot != sv->in[2].slot || sk->in[2].offset != sv->in[2].offset || sk->attrs.i[0] != 2 ||
       sv->attrs.i[0] != 2 || sk->in[1].ndim != 4 || sk->in[1].shape[2] != 1 || sv->in[1].ndim != 4 || sv->in[1].shape[2] != 1)
     return false;
