@@ -468,15 +468,20 @@ static wk_status wait_for(int n, wk_tensor *const *ts) {
   return failed ? wk_sync() : WK_OK;
 }
 
+// Runs j on this thread (no job is in flight) and frees it.
+static wk_status job_run_here(job *j) {
+  wk_status s = job_run(j);
+  atomic_store(&q_finished, j->seq);
+  job_free(j);
+  return s;
+}
+
 static wk_status job_submit(job *j) {
   pthread_mutex_lock(&q_mu);
   if (!q_started) {
     if (pthread_create(&q_thread, NULL, executor, NULL)) {
       pthread_mutex_unlock(&q_mu);
-      wk_status s = job_run(j); // no thread: run inline
-      atomic_store(&q_finished, j->seq);
-      job_free(j);
-      return s;
+      return job_run_here(j);   // no thread: run inline
     }
     pthread_detach(q_thread);
     q_started = true;
@@ -627,11 +632,7 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   if (async) {
     s = job_submit(j);
   } else {
-    s = job_run(j);
-    pthread_mutex_lock(&q_mu);
-    atomic_store(&q_finished, j->seq);
-    pthread_mutex_unlock(&q_mu);
-    job_free(j);
+    s = job_run_here(j);
   }
   // after submitting: freeing the graph behind the targets (a decode step's: some 500
   // nodes) overlaps the job instead of delaying it; the job holds what it uses

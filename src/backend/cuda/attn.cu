@@ -899,13 +899,6 @@ struct DecFuse {
 };
 struct NoFuse {};
 
-static __device__ __forceinline__ float round_to(float v, int dt) {
-  return dt == WK_BF16 ? bf16_round(v) : dt == WK_F16 ? f16_round(v) : v;
-}
-template <bool BF> static __device__ __forceinline__ uint16_t half_bits(float v) {
-  return BF ? wkm_f32_to_bf16(v) : __half_as_ushort(__float2half_rn(v));
-}
-
 // The group's prologue, in every CTA of (b, kv head hk): the group's q rows rotated
 // (rounded to RoPE's output dtype, as the SDPA would read them) into qs, scaled; the new
 // key (rotated) and value in the cache's dtype into kn, vn. The first CTA (first) also
@@ -1100,9 +1093,6 @@ static int *dec_counters(void) {
 static int grid_for(int64_t items) {
   return (int)(items < 1 ? 1 : items < ((int64_t)1 << 30) ? items : ((int64_t)1 << 30));
 }
-static char *slot_ptr(const wk_operand *o, void *const *slots) {
-  return (char *)slots[o->slot] + o->offset * (int64_t)wkc_esize(o->dtype);
-}
 
 // The common part of SDPA's and SDPA_BWD's operands; *nin: inputs before a mask.
 static void attn_args(const wk_step *s, void *const *slots, AttnArgs *a) {
@@ -1126,7 +1116,7 @@ static void attn_args(const wk_step *s, void *const *slots, AttnArgs *a) {
 }
 static void attn_mask(const wk_operand *mk, void *const *slots, AttnArgs *a) {
   a->has_mask = 1;
-  a->mask = slot_ptr(mk, slots);
+  a->mask = wkc_ptr(mk, slots);
   a->mask_dtype = mk->dtype;
   for (int d = 0; d < mk->ndim; d++) a->ms[4 - mk->ndim + d] = mk->shape[d] == 1 ? 0 : mk->stride[d];
 }
@@ -1138,7 +1128,7 @@ static bool mma_operand(const wk_operand *o, void *const *slots, wk_dtype dt) {
   if (o->stride[3] != 1 && o->shape[3] != 1) return false;
   for (int d = 0; d < 3; d++)
     if (o->shape[d] > 1 && o->stride[d] % 8) return false;
-  return ((uintptr_t)slot_ptr(o, slots) & 15) == 0;
+  return ((uintptr_t)wkc_ptr(o, slots) & 15) == 0;
 }
 
 static size_t simt_fwd_smem(int nj) { return (size_t)(3 * 64 * (16 * nj + 1) + 64 * 65) * sizeof(float); }
@@ -1283,7 +1273,7 @@ static wk_status lse_pass(const wk_step *s, void *const *slots, AttnArgs a, floa
 
 // Where an SDPA step with attrs.i[2] keeps L: after the output o (plan.h).
 static float *lse_after(const wk_operand *o, void *const *slots) {
-  return (float *)(slot_ptr(o, slots) + wk_sdpa_lse_offset(wkc_nbytes(o)));
+  return (float *)(wkc_ptr(o, slots) + wk_sdpa_lse_offset(wkc_nbytes(o)));
 }
 
 // Whether the decode kernel runs SDPA a (operands set up) over keys k and values v.
@@ -1297,9 +1287,9 @@ static bool decode_fits(const AttnArgs &a, const wk_operand *k, const wk_operand
 static void sdpa_args(const wk_step *s, void *const *slots, AttnArgs *a) {
   attn_args(s, slots, a);
   int nin = s->nin;
-  if (s->attrs.i[1]) a->kv_len = (const int32_t *)slot_ptr(&s->in[--nin], slots);
+  if (s->attrs.i[1]) a->kv_len = (const int32_t *)wkc_ptr(&s->in[--nin], slots);
   if (nin > 3) attn_mask(&s->in[3], slots, a);
-  a->out = slot_ptr(&s->out, slots);
+  a->out = wkc_ptr(&s->out, slots);
   a->out_dtype = s->out.dtype;
   a->want_out = 1;
 }
@@ -1395,7 +1385,7 @@ static bool decode_group_args(const wk_step *s, void *const *slots, AttnArgs &a,
   f.ko = r.out;
   f.ko_dtype = r.out_dtype;
   f.vx = wkc_dop(&sv->in[1], slots);
-  f.start = (const int32_t *)slot_ptr(&sk->in[2], slots);
+  f.start = (const int32_t *)wkc_ptr(&sk->in[2], slots);
   return true;
 }
 
@@ -1423,7 +1413,7 @@ wk_status wkc_sdpa_bwd(const wk_step *s, void *const *slots) {
   a.o = wkc_dop(&s->in[3], slots);
   a.dout = wkc_dop(&s->in[4], slots);
   if (s->nin > 5) attn_mask(&s->in[5], slots, &a);
-  a.dq = (float *)slot_ptr(&s->out, slots);
+  a.dq = (float *)wkc_ptr(&s->out, slots);
   a.dk = a.dq + a.B * a.Hq * a.T * a.D;
   a.dv = a.dk + a.B * a.Hkv * a.S * a.D;
   static int add2_on = -1;   // WICK_CUDA_ATTN_ADD2=0: one 4-byte atomic a value (to compare)

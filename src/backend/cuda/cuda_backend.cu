@@ -670,8 +670,8 @@ static wk_status lora_chain(const wk_step *s, int n, void *const *slots) {
 static wk_status transfer(const wk_step *s, void *const *slots) {
   int to = (int)s->attrs.i[0], from = (int)s->attrs.i[1];
   size_t bytes = wkc_nbytes(&s->out);
-  const char *src = (const char *)slots[s->in[0].slot] + wkc_off_bytes(&s->in[0]);
-  char *dst = (char *)slots[s->out.slot] + wkc_off_bytes(&s->out);
+  const char *src = wkc_ptr(&s->in[0], slots);
+  char *dst = wkc_ptr(&s->out, slots);
   if (!bytes) return WK_OK;
   g_last_kernel = "transfer";
   if (to == WK_CUDA && from == WK_CPU) return wkc_upload(dst, src, bytes);

@@ -285,6 +285,8 @@ static inline size_t wkc_nbytes(const wk_operand *o) {
 static inline int64_t wkc_off_bytes(const wk_operand *o) {
   return wk_dtype_is_quantized(o->dtype) ? (int64_t)wk_dtype_bytes(o->dtype, o->offset) : o->offset * (int64_t)wkc_esize(o->dtype);
 }
+// Where operand o starts in its slot.
+static inline char *wkc_ptr(const wk_operand *o, void *const *slots) { return (char *)slots[o->slot] + wkc_off_bytes(o); }
 
 // A device view of an operand (slot < 0: no memory, p = NULL).
 static inline DOp wkc_dop(const wk_operand *o, void *const *slots) {
@@ -415,6 +417,12 @@ WKC_DEV int64_t last_stride(const DOp &o) { return o.ndim ? o.stride[o.ndim - 1]
 WKC_DEV float expz(float x) { return x < -87.0f ? 0.0f : wkm_exp(x); }
 WKC_DEV float f16_round(float v) { return __half2float(__float2half_rn(v)); }
 WKC_DEV float bf16_round(float v) { return bits2f((uint32_t)wkm_f32_to_bf16(v) << 16); }
+// v as a value of dtype dt would hold it (f32: unchanged).
+WKC_DEV float round_to(float v, int dt) { return dt == WK_BF16 ? bf16_round(v) : dt == WK_F16 ? f16_round(v) : v; }
+// v's bits as bf16 (BF) or f16.
+template <bool BF> WKC_DEV uint16_t half_bits(float v) {
+  return BF ? wkm_f32_to_bf16(v) : __half_as_ushort(__float2half_rn(v));
+}
 // Four floats rounded to bf16 (wkm_f32_to_bf16), packed in memory order: an 8-byte store.
 WKC_DEV uint2 bf16x4(float a, float b, float c, float d) {
   return make_uint2(wkm_f32_to_bf16(a) | (uint32_t)wkm_f32_to_bf16(b) << 16,

@@ -306,7 +306,7 @@ static void release(std::vector<void *> *keep) {
 
 // An upload's device copy: from the unit's staging to the step's destination.
 static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const *slots) {
-  char *dst = (char *)slots[s->out.slot] + wkc_off_bytes(&s->out);
+  char *dst = wkc_ptr(&s->out, slots);
   if (!u.bytes) return WK_OK;
   cudaError_t e = cudaMemcpyAsync(dst, u.stage, u.bytes, cudaMemcpyHostToDevice, wkc_stream());
   return e == cudaSuccess ? WK_OK : wk_error(WK_ERR_DEVICE, "cuda: staged upload of %zu bytes: %s", u.bytes, cudaGetErrorString(e));
@@ -319,7 +319,7 @@ static void fill_stages(const Segment *sg, const wk_step *steps, void *const *sl
   for (const Unit &u : sg->units) {
     const wk_step *s = &steps[u.first];
     if (u.stage && u.bytes)
-      memcpy(u.stage, (const char *)slots[s->in[0].slot] + wkc_off_bytes(&s->in[0]), u.bytes);
+      memcpy(u.stage, wkc_ptr(&s->in[0], slots), u.bytes);
   }
   for (size_t j = 0; j < sg->rt.size(); j++) {
     const wk_attrs *a = &sg->rt[j]->attrs;

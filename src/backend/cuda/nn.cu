@@ -14,9 +14,6 @@ static int threads_for(int64_t D) {
   return (int)(t < 32 ? 32 : t > 1024 ? 1024 : t);
 }
 static int capped(int64_t n, int64_t cap) { return (int)(n < 1 ? 1 : n < cap ? n : cap); }
-static char *out_ptr(const wk_operand *o, void *const *slots) {
-  return (char *)slots[o->slot] + o->offset * (int64_t)wkc_esize(o->dtype);
-}
 
 // ---- row chains ----
 enum { IN_ROW = 0, IN_MEM = 1, IN_PRO = 2 };
@@ -260,7 +257,7 @@ wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
   const int in_regs = wkc_rows_chain_cap(s, n, slots);
   const chain_piece piece = in_regs ? wkc_rows_chain_piece : rowchain_piece;
   bool fits;
-  st = piece(s, n, slots, NULL, out_ptr(out, slots), out->dtype, &fits);
+  st = piece(s, n, slots, NULL, wkc_ptr(out, slots), out->dtype, &fits);
   if (st || fits) return st;
   size_t bytes = (size_t)rows * (size_t)D * sizeof(float);
   float *hand[2] = {(float *)wkc_tmp_alloc(bytes), (float *)wkc_tmp_alloc(bytes)};
@@ -270,7 +267,7 @@ wk_status wkc_rowchain(const wk_step *s, int n, void *const *slots) {
     int m = n - done < per ? n - done : per;
     for (fits = false; !fits && m > 0; m /= 2) {
       bool last = done + m == n;
-      st = piece(s + done, m, slots, done ? hand[k ^ 1] : NULL, last ? out_ptr(out, slots) : (char *)hand[k],
+      st = piece(s + done, m, slots, done ? hand[k ^ 1] : NULL, last ? wkc_ptr(out, slots) : (char *)hand[k],
                  last ? out->dtype : WK_F32, &fits);
       if (st || fits) break;
     }
@@ -352,7 +349,7 @@ static RowArgs row_args(const wk_step *s, void *const *slots, const wk_operand *
   a.dy = wkc_dop(dy, slots);
   a.D = x->ndim ? x->shape[x->ndim - 1] : 1;
   a.rows = a.D ? wkc_numel(x) / a.D : 0;
-  a.out = out_ptr(&s->out, slots);
+  a.out = wkc_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   a.op = (int32_t)s->op;
   a.eps = s->attrs.f[0];
@@ -455,8 +452,8 @@ static bool norm_bwd_rows(const wk_step *s, void *const *slots, const RowArgs &a
                           k_norm_bwd_rows<5>, k_norm_bwd_rows<6>, k_norm_bwd_rows<7>, k_norm_bwd_rows<8>};
   const wk_operand *w = &s->in[1];
   const wk_operand *x = &s->in[0], *dy = &s->in[s->nin - 1];
-  if (!wk_env_on("WICK_CUDA_NORM_BWD_ROWS", &g_norm_rows) || a.D > 1024 || !rows_vec4(x, out_ptr(x, slots), a.D) ||
-      !rows_vec4(dy, out_ptr(dy, slots), a.D) || (a.has_w && (!rows_vec4(w, out_ptr(w, slots), a.D) || w->ndim != 1)) ||
+  if (!wk_env_on("WICK_CUDA_NORM_BWD_ROWS", &g_norm_rows) || a.D > 1024 || !rows_vec4(x, wkc_ptr(x, slots), a.D) ||
+      !rows_vec4(dy, wkc_ptr(dy, slots), a.D) || (a.has_w && (!rows_vec4(w, wkc_ptr(w, slots), a.D) || w->ndim != 1)) ||
       (a.out_dtype != WK_F32 && a.out_dtype != WK_BF16) || (uintptr_t)a.out % 16 != 0)
     return false;
   const int nv = (int)((a.D / 4 + 31) / 32);
@@ -658,7 +655,7 @@ wk_status wkc_rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   const wk_operand *x = &s->in[0];
   memset(&a, 0, sizeof a);
   a.x = wkc_dop(x, slots);
-  a.out = out_ptr(&s->out, slots);
+  a.out = wkc_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   a.D = x->shape[x->ndim - 1];
   a.T = x->ndim >= 2 ? x->shape[x->ndim - 2] : 1;
@@ -667,8 +664,8 @@ wk_status wkc_rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   a.sign = s->attrs.f[1];
   a.offset = s->attrs.i[0];
   int freqs = s->attrs.i[2] != 0;
-  a.pos = s->nin > 1 + freqs ? (const int32_t *)out_ptr(&s->in[1], slots) : NULL;
-  a.inv = freqs ? (const float *)out_ptr(&s->in[s->nin - 1], slots) : NULL;
+  a.pos = s->nin > 1 + freqs ? (const int32_t *)wkc_ptr(&s->in[1], slots) : NULL;
+  a.inv = freqs ? (const float *)wkc_ptr(&s->in[s->nin - 1], slots) : NULL;
   a.scale = s->attrs.f[2] > 0 ? s->attrs.f[2] : 1.0f;
   const wk_operand *fq = &s->in[s->nin - 1];
   if (freqs && (fq->dtype != WK_F32 || (fq->stride[0] != 1 && fq->shape[0] > 1)))
@@ -688,7 +685,7 @@ wk_status wkc_rope_args(const wk_step *s, void *const *slots, RopeArgs &a) {
   // the vector body for enough pairs only: its thread takes four sincos in a row, where
   // at decode's 512 pairs one pair a thread ends sooner (3.4 -> 2.9 us a launch)
   a.vec = wk_env_on("WICK_CUDA_ROPE_VEC", &g_rope_vec) && pairs >= 32768 && a.D % 8 == 0 && a.D / 2 <= ROPE_MAXH &&
-          rows_vec4(x, out_ptr(x, slots), a.D) && (a.out_dtype == WK_F32 ? o % 16 == 0 : a.out_dtype == WK_BF16 && o % 8 == 0);
+          rows_vec4(x, wkc_ptr(x, slots), a.D) && (a.out_dtype == WK_F32 ? o % 16 == 0 : a.out_dtype == WK_BF16 && o % 8 == 0);
   return WK_OK;
 }
 static int64_t rope_blocks(const RopeArgs &a) {
@@ -736,8 +733,8 @@ static wk_status set_slice_args(const wk_step *s, void *const *slots, SetSliceAr
   memset(&a, 0, sizeof a);
   int ax = (int)s->attrs.i[0];
   a.src = wkc_dop(src, slots);
-  a.out = out_ptr(dst, slots);
-  a.start = (const int32_t *)out_ptr(&s->in[2], slots);
+  a.out = wkc_ptr(dst, slots);
+  a.start = (const int32_t *)wkc_ptr(&s->in[2], slots);
   a.out_dtype = dst->dtype;
   a.n = src->shape[ax];
   a.cap = dst->shape[ax];
@@ -838,7 +835,7 @@ wk_status wkc_embedding(const wk_step *s, void *const *slots) {
   memset(&a, 0, sizeof a);
   a.tab = wkc_dop(&s->in[0], slots);
   a.ids = wkc_dop(&s->in[1], slots);
-  a.out = out_ptr(&s->out, slots);
+  a.out = wkc_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   a.V = s->in[0].shape[0];
   a.D = s->in[0].shape[1];
@@ -856,7 +853,7 @@ wk_status wkc_embedding_bwd(const wk_step *s, void *const *slots) {
   memset(&a, 0, sizeof a);
   a.ids = wkc_dop(&s->in[0], slots);
   a.dy = wkc_dop(&s->in[1], slots);
-  a.out = out_ptr(&s->out, slots);
+  a.out = wkc_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   a.V = s->out.shape[0];
   a.D = s->out.shape[1];
@@ -971,11 +968,11 @@ wk_status wkc_sdpa_rows(const wk_step *s, void *const *slots) {
   a.G = a.Hq / (a.Hkv ? a.Hkv : 1);
   a.scale = s->attrs.f[0];
   a.causal = s->attrs.i[0] != 0;
-  a.out = out_ptr(&s->out, slots);
+  a.out = wkc_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   if (a.D > SDPA_MAXD) return wk_error(WK_ERR_SHAPE, "sdpa: head dimension %lld is above the CUDA kernel's %d", (long long)a.D, SDPA_MAXD);
   int nin = s->nin;
-  if (s->attrs.i[1]) a.kv_len = (const int32_t *)out_ptr(&s->in[--nin], slots);
+  if (s->attrs.i[1]) a.kv_len = (const int32_t *)wkc_ptr(&s->in[--nin], slots);
   if (k->dtype == WK_Q8_0)
     return wk_error(WK_ERR_DTYPE, "sdpa: q8_0 keys and values have no CUDA kernel (use an f16 or bf16 cache on CUDA)");
   if (nin > 3) {
@@ -1322,7 +1319,7 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
   a.N = wkc_numel(&s->in[1]);
   a.ignore = (int32_t)s->attrs.i[0];
   a.red = (int32_t)s->attrs.i[1];
-  a.out = out_ptr(&s->out, slots);
+  a.out = wkc_ptr(&s->out, slots);
   a.out_dtype = s->out.dtype;
   a.err = wkc_dev_err();
   wkc_arm_dev_err();
@@ -1447,14 +1444,14 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
       if (!(st = wkc_check_launch(name))) st = wkc_densify(&lv, lslot, WK_BF16, dl);
     }
     if (!st)
-      st = wkc_gemm(wkc_mat{dl, 0, V}, wkc_mat{w, 0, H}, WK_BF16, out_ptr(&s->out, slots) + (size_t)(r0 * H) * 4, m, H, V,
+      st = wkc_gemm(wkc_mat{dl, 0, V}, wkc_mat{w, 0, H}, WK_BF16, wkc_ptr(&s->out, slots) + (size_t)(r0 * H) * 4, m, H, V,
                     "linear_cross_entropy (dx, cublasGemmEx)");
   }
   if (!st && !bwd) {   // the mean or sum over every row, in a fixed order
     a.N = N;
     a.loss = loss;
     a.valid = valid;
-    a.out = out_ptr(&s->out, slots);
+    a.out = wkc_ptr(&s->out, slots);
     a.out_dtype = s->out.dtype;
     k_ce_final<<<1, 256, 0, wkc_stream()>>>(a);
     st = wkc_check_launch(name);

@@ -43,7 +43,7 @@ template <int T> struct Vec16 { // bf16 / f16: eight halves in a uint4
     return T == WK_BF16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
   }
   static __device__ __forceinline__ uint32_t put(float f) {
-    return T == WK_BF16 ? (uint32_t)wkm_f32_to_bf16(f) : (uint32_t)__half_as_ushort(__float2half_rn(f));
+    return half_bits<T == WK_BF16>(f);
   }
   static __device__ __forceinline__ void load(const char *p, int64_t i, float *v) {
     uint4 q = ((const uint4 *)p)[i];

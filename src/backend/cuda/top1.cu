@@ -106,7 +106,7 @@ wk_status wkc_top1(const wk_step *s, void *const *slots) {
     return wk_error(WK_ERR_SHAPE, "top1 (cuda): %lld rows are above the grid's 65535", (long long)rows);
   void *dense = NULL;
   if (wkc_is_dense(in)) {
-    a.x = (const char *)slots[in->slot] + wk_dtype_bytes(in->dtype, in->offset);
+    a.x = wkc_ptr(in, slots);
     a.dtype = in->dtype;
   } else {   // a strided view: made dense f32 first
     if (!(dense = wkc_tmp_alloc(sizeof(float) * (size_t)(rows * a.V))))
@@ -117,7 +117,7 @@ wk_status wkc_top1(const wk_step *s, void *const *slots) {
     a.x = (const char *)dense;
     a.dtype = WK_F32;
   }
-  a.out = (float *)((char *)slots[s->out.slot] + s->out.offset * 4);
+  a.out = (float *)wkc_ptr(&s->out, slots);
   a.splits = (a.V + TOP1_PIECE - 1) / TOP1_PIECE;
   if (a.splits > TOP1_SPLITS) a.splits = TOP1_SPLITS;
   if (a.splits > 1 && !(a.count = top1_counters())) a.splits = 1;   // out of memory: one CTA a row
