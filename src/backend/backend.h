@@ -45,7 +45,7 @@ typedef struct {
   wk_op op;             // the kernel; WK_OP_COUNT means a fused elementwise group
   wk_device device;     // whose backend runs it (a transfer: the accelerator's side)
   int src;              // graph node whose scalar attributes (attrs.f, attrs.u) it uses, or -1
-  int lora_src;         // LoRA: the node holding the scale
+  int scale_src;        // the node holding the scale (attrs.f[0]): LoRA, a scaled MATMUL (plan.h)
   wk_attrs attrs;
   int nin;
   wk_operand in[WK_MAX_IN];

@@ -106,8 +106,8 @@ static bool patch_scalars(wk_plan *p, const wk_topo *g, bool write) {
   bool differ = false;
   for (int k = 0; k < p->nsteps; k++) {
     wk_step *s = &p->steps[k];
-    if (s->op == WK_OP_LORA) {
-      float f = g->nodes[s->lora_src]->attrs.f[0];
+    if (s->op == WK_OP_LORA || (s->op == WK_OP_MATMUL && s->attrs.i[1])) {
+      float f = g->nodes[s->scale_src]->attrs.f[0];
       bool d = memcmp(&s->attrs.f[0], &f, sizeof f) != 0;
       if (d && write) s->attrs.f[0] = f;
       differ |= d;

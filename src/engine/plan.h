@@ -10,6 +10,13 @@
 // the GEMM applies it block by block.
 enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2, WK_EPI_BIAS_GELU = 3 };
 
+// Scaled products (compile.c's match_scaled_product / match_scaled_operand). A MATMUL
+// step of two inputs with attrs.i[1] = 1 computes attrs.f[0] * (in[0] @ in[1]): the
+// scale of a mul_scalar that read the product, or that both matmuls read as an
+// operand, folded into the GEMM's alpha. The step's scale_src names that node, whose
+// scalar eval.c copies in at run time (a LoRA scale, a loss scale).
+static inline float wk_matmul_alpha(const wk_step *s) { return s->nin == 2 && s->attrs.i[1] ? s->attrs.f[0] : 1.0f; }
+
 // Half-weight matmul ends (compile.c's match_qswiglu / match_qepilogue, CUDA only). A
 // QMATMUL step (x @ W^T, W a contiguous f16 / bf16 [N, K]) with attrs.i[1] = flags:
 //   WK_QMM_ADD: in[2] is added to the f32 product, broadcast to the output's shape (a

@@ -128,7 +128,7 @@ static inline wk_step step0(int op) {
   s.op = (wk_op)op;
   s.device = WK_CUDA;
   s.src = -1;
-  s.lora_src = -1;
+  s.scale_src = -1;
   return s;
 }
 

@@ -45,7 +45,7 @@ static wk_step group(int nin, const wk_operand *in, wk_operand out, wk_ew_instr 
   memset(&s, 0, sizeof s);
   s.op = (wk_op)WK_STEP_FUSED_EW;
   s.device = WK_CUDA;
-  s.src = s.lora_src = -1;
+  s.src = s.scale_src = -1;
   s.nin = nin;
   memcpy(s.in, in, sizeof(wk_operand) * (size_t)nin);
   s.out = out;

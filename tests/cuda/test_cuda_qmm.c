@@ -23,6 +23,10 @@
 //    product alone;
 //  - a dense x too wide for one scratch copy, multiplied in blocks of rows; an x that
 //    only a bf16 GEMM reads, stored in bf16 by its producer;
+//  - a residual added by the bf16 GEMM in place (x @ W^T, and x @ W as a backward's
+//    dX), apart when the residual is a target, against the unfused graph;
+//  - a LoRA projection (x @ W^T + s (x A) B) and its backward's products of s dy: the
+//    scale in the GEMMs' alpha, no elementwise step, values against the CPU's;
 //  - the tiny Qwen2 saved in bf16 (q/k/v biases, bf16 norm weights read by the norm
 //    kernels directly): logits of a 6-token forward within 2e-2 of the CPU's, and 16
 //    greedy tokens through a bf16 cache equal to the CPU's.
@@ -361,30 +365,100 @@ static int64_t arena_offset(const wk_plan *p, const wk_operand *o) {
 static void test_addend_in_place(void) {
   wk_scope_begin();
   wk_tensor *w = on(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){48, 256}, WK_F32, 91), 0.1f), WK_BF16), WK_CUDA);
-  for (int64_t M = 4; M <= 64 && w; M *= 16) {
-    wk_tensor *x = on(wk_randn(2, (int64_t[]){M, 256}, WK_F32, 92), WK_CUDA), *r0 = on(wk_randn(2, (int64_t[]){M, 48}, WK_F32, 93), WK_CUDA);
-    // (the sum feeds a softmax: a plan's result has a buffer of its own, not the arena's)
-    wk_tensor *r = wk_add_scalar(r0, 0.5f), *y = wk_softmax(wk_add(r, wk_qmatmul(x, w, 1)), -1);
-    CHECK(wk_eval(1, &y) == WK_OK, "eval [%s]", wk_last_error());
-    const wk_plan *p = wk_last_plan();
-    const wk_step *q = NULL;
-    for (int k = 0; p && k < p->nsteps; k++)
-      if (p->steps[k].op == WK_OP_QMATMUL) q = &p->steps[k];
-    const bool shared = q && q->op == WK_OP_QMATMUL && q->nin == 3 && arena_offset(p, &q->out) == arena_offset(p, &q->in[2]);
-    CHECK(q && q->op == WK_OP_QMATMUL && shared == (M > 8), "[%lld, 256] @ W^T + r: the output %s the residual's buffer",
-          (long long)M, M > 8 ? "takes" : "keeps apart from");
-    wk_tensor *r2 = wk_add_scalar(r0, 0.5f), *y2 = wk_softmax(wk_add(r2, wk_qmatmul(x, w, 1)), -1);
-    wk_tensor *both[2] = {r2, y2};
-    CHECK(wk_eval(2, both) == WK_OK, "eval with r a target");
-    float *v1 = read_all(y), *v2 = read_all(y2);
-    CHECK(v1 && v2 && !memcmp(v1, v2, sizeof(float) * (size_t)(M * 48)),
-          "[%lld, 256] @ W^T + r: in place = apart, bit for bit (max diff %g)", (long long)M,
-          v1 && v2 ? (double)max_abs_diff(v1, v2, M * 48) : -1.0);
-    free(v1), free(v2);
-    wk_tensor_free(x), wk_tensor_free(r0);
-  }
+  for (int t = 1; t >= 0; t--)   // t = 1: x [M, 256] @ W^T; t = 0: x [M, 48] @ W (a backward's dX)
+    for (int64_t M = 4; M <= 64 && w; M *= 16) {
+      const int64_t in = t ? 256 : 48, out = t ? 48 : 256;
+      const char *f = t ? "W^T" : "W";
+      wk_tensor *x = on(wk_randn(2, (int64_t[]){M, in}, WK_F32, 92), WK_CUDA), *r0 = on(wk_randn(2, (int64_t[]){M, out}, WK_F32, 93), WK_CUDA);
+      // (the sum feeds a softmax: a plan's result has a buffer of its own, not the arena's)
+      wk_tensor *r = wk_add_scalar(r0, 0.5f), *y = wk_softmax(wk_add(r, wk_qmatmul(x, w, t)), -1);
+      CHECK(wk_eval(1, &y) == WK_OK, "eval [%s]", wk_last_error());
+      const wk_plan *p = wk_last_plan();
+      const wk_step *q = NULL;
+      for (int k = 0; p && k < p->nsteps; k++)
+        if (p->steps[k].op == WK_OP_QMATMUL) q = &p->steps[k];
+      const bool fused = q && q->nin == 3, shared = fused && arena_offset(p, &q->out) == arena_offset(p, &q->in[2]);
+      CHECK(fused && shared == (M > 8), "[%lld, %lld] @ %s + r: one step, the output %s the residual's buffer", (long long)M,
+            (long long)in, f, M > 8 ? "takes" : "keeps apart from");
+      wk_tensor *r2 = wk_add_scalar(r0, 0.5f), *y2 = wk_softmax(wk_add(r2, wk_qmatmul(x, w, t)), -1);
+      wk_tensor *both[2] = {r2, y2};
+      CHECK(wk_eval(2, both) == WK_OK, "eval with r a target");
+      p = wk_last_plan();
+      q = NULL;
+      for (int k = 0; p && k < p->nsteps; k++)
+        if (p->steps[k].op == WK_OP_QMATMUL) q = &p->steps[k];
+      CHECK(q && q->nin == 3 && arena_offset(p, &q->out) != arena_offset(p, &q->in[2]),
+            "[%lld, %lld] @ %s + r, r a target: the addend is added apart", (long long)M, (long long)in, f);
+      // the product a target too: no fused end, an elementwise add after it
+      wk_tensor *r3 = wk_add_scalar(r0, 0.5f), *pr = wk_qmatmul(x, w, t), *y3 = wk_softmax(wk_add(r3, pr), -1);
+      wk_tensor *three[2] = {pr, y3};
+      CHECK(wk_eval(2, three) == WK_OK, "eval with the product a target");
+      float *v1 = read_all(y), *v2 = read_all(y2), *v3 = read_all(y3);
+      CHECK(v1 && v2 && !memcmp(v1, v2, sizeof(float) * (size_t)(M * out)),
+            "[%lld, %lld] @ %s + r: in place = apart, bit for bit (max diff %g)", (long long)M, (long long)in, f,
+            v1 && v2 ? (double)max_abs_diff(v1, v2, M * out) : -1.0);
+      CHECK(v1 && v3 && max_abs_diff(v1, v3, M * out) <= 1e-6f, "[%lld, %lld] @ %s + r: fused = unfused (max diff %g)",
+            (long long)M, (long long)in, f, v1 && v3 ? (double)max_abs_diff(v1, v3, M * out) : -1.0);
+      free(v1), free(v2), free(v3);
+      wk_tensor_free(x), wk_tensor_free(r0);
+    }
   wk_tensor_free(w);
   wk_scope_end();
+}
+
+// A LoRA projection of a frozen bf16 W as the trainer builds it, x @ W^T + s (x A) B
+// over 64 rows (compile.c's match_scaled_product, then match_qepilogue): the adapter's
+// product is scaled by its GEMM (alpha) and the bf16 GEMM adds into it in place, so the
+// plan has no elementwise step; and its backward's products of the scaled gradient
+// (dB = (x A)^T (s dy), d(x A) = (s dy) B^T) scale their own GEMMs. Values within
+// 2e-5 (relative) of the CPU's, which runs the same graph with its own rewrites.
+static void test_lora_scaled(void) {
+  const int64_t M = 64, K = 96, N = 80, R = 8;
+  const float s = 1.5f;
+  wk_tensor *got[4] = {NULL}, *want[4] = {NULL};
+  for (int d = 0; d < 2; d++) {
+    const wk_device dev = d ? WK_CUDA : WK_CPU;
+    wk_scope_begin();
+    wk_tensor *x = on(wk_randn(2, (int64_t[]){M, K}, WK_F32, 101), dev);
+    wk_tensor *w = on(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){N, K}, WK_F32, 102), 0.1f), WK_BF16), dev);
+    wk_tensor *a = on(wk_mul_scalar(wk_randn(2, (int64_t[]){K, R}, WK_F32, 103), 0.1f), dev);
+    wk_tensor *b = on(wk_mul_scalar(wk_randn(2, (int64_t[]){R, N}, WK_F32, 104), 0.1f), dev);
+    wk_tensor *dy = on(wk_randn(2, (int64_t[]){M, N}, WK_F32, 105), dev);
+    wk_tensor *xa = wk_matmul(x, a);
+    wk_tensor *y = wk_softmax(wk_add(wk_qmatmul(x, w, 1), wk_mul_scalar(wk_matmul(xa, b), s)), -1);
+    CHECK(wk_eval(1, &y) == WK_OK, "LoRA forward on %s: eval", d ? "cuda" : "cpu");
+    const wk_plan *p = wk_last_plan();
+    int scaled = 0, ew = 0, added = 0;
+    for (int k = 0; p && k < p->nsteps; k++) {
+      const wk_step *q = &p->steps[k];
+      scaled += q->op == WK_OP_MATMUL && q->attrs.i[1];
+      ew += q->op == WK_STEP_FUSED_EW;
+      added += q->op == WK_OP_QMATMUL && q->nin == 3 && arena_offset(p, &q->out) == arena_offset(p, &q->in[2]);
+    }
+    if (d) CHECK(scaled == 1 && ew == 0 && added == 1, "LoRA forward on cuda: %d scaled products (1), %d elementwise steps (0), "
+                 "%d bf16 GEMMs adding in place (1)", scaled, ew, added);
+    wk_tensor *sdy = wk_mul_scalar(dy, s);
+    wk_tensor *g[3] = {wk_matmul(wk_transpose(xa, 0, 1), sdy), wk_matmul_t(sdy, 0, b, 1), NULL};   // dB, d(x A)
+    CHECK(wk_eval(2, g) == WK_OK, "LoRA backward products on %s: eval", d ? "cuda" : "cpu");
+    p = wk_last_plan();
+    scaled = ew = 0;
+    for (int k = 0; p && k < p->nsteps; k++) {
+      scaled += p->steps[k].op == WK_OP_MATMUL && p->steps[k].attrs.i[1];
+      ew += p->steps[k].op == WK_STEP_FUSED_EW;
+    }
+    CHECK(scaled == 2 && ew == 0, "LoRA backward products on %s: %d scaled (2), %d elementwise steps (0)", d ? "cuda" : "cpu",
+          scaled, ew);
+    wk_tensor **dst = d ? got : want;
+    dst[0] = wk_keep(y), dst[1] = wk_keep(g[0]), dst[2] = wk_keep(g[1]);
+    wk_tensor_free(x), wk_tensor_free(w), wk_tensor_free(a), wk_tensor_free(b), wk_tensor_free(dy);
+    wk_scope_end();
+  }
+  const char *what[3] = {"softmax(x W^T + s (x A) B)", "(x A)^T (s dy)", "(s dy) B^T"};
+  for (int k = 0; k < 3; k++) {
+    const float e = max_rel_diff(got[k], want[k]);
+    CHECK(e <= 2e-5f, "%s: cuda within %g of the cpu (2e-5)", what[k], (double)e);
+    wk_tensor_free(got[k]), wk_tensor_free(want[k]);
+  }
 }
 
 int main(void) {
@@ -396,6 +470,7 @@ int main(void) {
   test_row_blocks();
   test_bf16_inputs();
   test_addend_in_place();
+  test_lora_scaled();
   const wk_dtype dts[] = {WK_BF16, WK_F16};
   for (int t = 0; t < 2; t++) test_siblings(dts[t], 1), test_siblings(dts[t], 3);
   test_model();

@@ -394,6 +394,7 @@ static wk_status matmul_kernel(const wk_step *s, void *const *slots) {
   int nd = out->ndim;
   int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[a->ndim - 1];
   int64_t batch = M * N > 0 ? numel_of(out) / (M * N) : 0;
+  const float alpha = wk_matmul_alpha(s);
   // f16/bf16 operands: widen to f32 (bf16 goes straight to the bf16 GEMM)
   bool half = a->dtype != WK_F32;
   float *da = NULL, *db = NULL, *dc = NULL;
@@ -427,7 +428,7 @@ static wk_status matmul_kernel(const wk_step *s, void *const *slots) {
   // batch * M rows, so W is packed once rather than once per batch.
   if (batch > 1 && shared_rhs(&bd, bnd) && rows_fold(&ad, out, bnd, M) && as_mat(&ad, sa, 0, &ma) && !ma.trans &&
       as_mat(&bd, sb, 0, &mb)) {
-    wk_gemm_f32(0, mb.trans, batch * M, N, K, 1.0f, ma.p, ma.ld, 0, mb.p, mb.ld, 0, 0.0f, c, N, 0, 1);
+    wk_gemm_f32(0, mb.trans, batch * M, N, K, alpha, ma.p, ma.ld, 0, mb.p, mb.ld, 0, 0.0f, c, N, 0, 1);
     goto stored;
   }
   // batch offsets: output batch index -> operand offsets (broadcast axes have stride 0)
@@ -441,7 +442,7 @@ static wk_status matmul_kernel(const wk_step *s, void *const *slots) {
     }
     as_mat(&ad, sa, oa, &ma);
     as_mat(&bd, sb, ob, &mb);
-    wk_gemm_f32(ma.trans, mb.trans, M, N, K, 1.0f, ma.p, ma.ld, 0, mb.p, mb.ld, 0, 0.0f, c + bi * M * N, N, 0, 1);
+    wk_gemm_f32(ma.trans, mb.trans, M, N, K, alpha, ma.p, ma.ld, 0, mb.p, mb.ld, 0, 0.0f, c + bi * M * N, N, 0, 1);
     for (int d = bnd - 1; d >= 0; d--) {
       if (++idx[d] < out->shape[d]) break;
       idx[d] = 0;

@@ -383,7 +383,8 @@ static wk_status matmul(const wk_step *s, void *const *slots) {
   }
   if (!st) {
     if (dt == WK_F32 && out->dtype != WK_F32 && !same) st = wk_error(WK_ERR_DTYPE, "matmul: mixed dtypes");
-    else st = gemm(m[0], m[1], bs[0], bs[1], dt, c, out->dtype, M, N, K, batch, 1.0f, 0.0f, "matmul (cublasGemmStridedBatchedEx)");
+    else st = gemm(m[0], m[1], bs[0], bs[1], dt, c, out->dtype, M, N, K, batch, wk_matmul_alpha(s), 0.0f,
+                "matmul (cublasGemmStridedBatchedEx)");
   }
   wkc_free(tmp[0]);
   wkc_free(tmp[1]);

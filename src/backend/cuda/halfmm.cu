@@ -645,7 +645,8 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
       !wkc_is_dense(&s->out))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input (or a dense "
                     "bf16 one for a bf16 weight) and a dense f32 output", dtn);
-  if (s->nin != 2 + has_add + (sw || norm) || (sw && norm) || (flags && !trans) || (glu && (flags & WK_QMM_SWIGLU)) ||
+  // x @ W (the backward's dX) takes an addend alone: compile.c's qmm_plain
+  if (s->nin != 2 + has_add + (sw || norm) || (sw && norm) || ((flags & ~WK_QMM_ADD) && !trans) || (glu && (flags & WK_QMM_SWIGLU)) ||
       (flags & ~(WK_QMM_ADD | WK_QMM_SWIGLU | WK_QMM_NORM | WK_QMM_SILU | WK_QMM_GLU)))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): fused ends %d with %d operands", dtn, flags, s->nin);
   const int64_t N = wo->shape[0], K = wo->shape[1], in = trans ? K : N, out = trans ? N : K;
@@ -662,8 +663,8 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   memset(&ad, 0, sizeof ad);
   if (has_add) {
     ad = wkc_dop(ao, slots);
-    const bool unit = N == 1 || (ao->ndim >= 1 && ao->stride[ao->ndim - 1] == 1);
-    if (!(ad.flags & DOP_ROWREG) || !unit || (ad.rs != 0 && ad.rs != N && M > 1) || wkc_numel(ao) != M * N ||
+    const bool unit = out == 1 || (ao->ndim >= 1 && ao->stride[ao->ndim - 1] == 1);
+    if (!(ad.flags & DOP_ROWREG) || !unit || (ad.rs != 0 && ad.rs != out && M > 1) || wkc_numel(ao) != M * out ||
         !wk_is_float(ao->dtype))
       return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): the addend must be a float bias row or a dense residual "
                       "of the output's shape", dtn);
@@ -676,7 +677,8 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   // no kernel reads the addend back afterwards.
   const bool add_in_place = has_add && (const void *)ad.p == (const void *)y;
   const float beta = add_in_place ? 1.0f : 0.0f;
-  a = HArgs{(const uint16_t *)w, NULL, (float *)y, M, N, K, 1, 0, has_add && !add_in_place ? ad.p : NULL, ad.dtype,
+  // (HArgs' N is y's row length here, as add_end reads it)
+  a = HArgs{(const uint16_t *)w, NULL, (float *)y, M, out, K, 1, 0, has_add && !add_in_place ? ad.p : NULL, ad.dtype,
              M > 1 ? ad.rs : 0, NULL};
   a.glu = glu, a.silu = silu;
   if (in == 0) {   // y = the addend (in place already, or added to zeros), then the silu
