@@ -42,6 +42,9 @@ typedef struct {
   bool half_out;       // stored as bf16 for the half-weight GEMM that alone reads it (bf16_inputs)
   int64_t lse_rows;    // an SDPA whose backward reads its row statistics after its output
   int scale_src;       // a MATMUL whose product is scaled by this MUL_SCALAR node's scalar (+1; 0: none)
+  size_t ce_dx_bytes;  // a LINEAR_CE that also computes its backward's dx, stored after the loss
+  bool ce_gconst;      // ... for the constant upstream gradient ce_g (else its in[3])
+  float ce_g;
 } irnode;
 
 // Nodes computed by one kernel in place of a subgraph (LoRA, matmul epilogues) read
@@ -595,6 +598,42 @@ static bool match_norm_weights(ir *r, int i) {
 // the backward reads it there instead of running the forward's products again (a
 // stats pass: 63 us of a ~290 us backward at Qwen2.5-0.5B's training shape, H200).
 // WICK_CUDA_SDPA_LSE=0 turns it off.
+// ---- the head's loss and its gradient in one sweep (CUDA) ----
+// wkc_linear_ce computes a block of logits per 256 rows, and the backward computes the
+// same block again (the logits never exist whole: 2.5 GB at Qwen2.5-0.5B's batch 8 x
+// 512). A training step evaluates both in one plan: then the forward step computes
+// dx as well, from the one GEMM a block, and the backward step copies it (plan.h). It
+// saves the recomputed GEMMs and the forward's own pass over each block (a q,v step:
+// 16 x 154 + 16 x 54 us on an H100). The upstream gradient must be known when the
+// forward runs: a constant or a realized tensor (the loss's seed), or a node before
+// the forward.
+// WICK_CUDA_CE_GRAD=0 turns it off.
+static bool ce_grad_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_CE_GRAD", &on); }
+static bool match_linear_ce_grad(ir *r, int bi) {
+  irnode *b = &r->n[bi];
+  if (b->op != WK_OP_LINEAR_CE_BWD || b->leaf || b->nin != 4 || b->t->device != WK_CUDA || b->t->dtype != WK_F32 ||
+      (b->t->attrs.i[1] != 1 && b->t->attrs.i[1] != 2))
+    return false;
+  const int gi = b->in[3];
+  const irnode *g = &r->n[gi];
+  const bool gconst = !g->leaf && g->op == WK_OP_CONST && g->has_const;
+  if (wk_numel(g->t) != 1) return false;
+  for (int fi = 0; fi < r->count; fi++) {
+    irnode *f = &r->n[fi];
+    if (f->op != WK_OP_LINEAR_CE || f->leaf || f->dead || f->ce_dx_bytes || f->nin != 3 || f->t->device != WK_CUDA ||
+        f->in[0] != b->in[0] || f->in[1] != b->in[1] || f->in[2] != b->in[2] || f->t->attrs.i[0] != b->t->attrs.i[0] ||
+        f->t->attrs.i[1] != b->t->attrs.i[1] || (!gconst && !g->leaf && gi > fi))
+      continue;
+    f->ce_dx_bytes = wk_dtype_bytes(WK_F32, wk_numel(b->t));
+    f->ce_gconst = gconst;
+    f->ce_g = gconst ? g->cval : 0.0f;
+    if (!gconst) f->in[f->nin++] = gi;
+    b->in[b->nin++] = fi;   // the backward reads the forward's buffer
+    return true;
+  }
+  return false;
+}
+
 static bool sdpa_lse_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_SDPA_LSE", &on); }
 static bool match_sdpa_lse(ir *r, int bi) {
   const irnode *b = &r->n[bi];
@@ -934,6 +973,13 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
   }
   if (x->op == WK_OP_SDPA && x->lse_rows) s->attrs.i[2] = 1;
   if (x->op == WK_OP_SDPA_BWD && r->n[x->in[3]].lse_rows) s->attrs.i[2] = 1;
+  if (x->op == WK_OP_LINEAR_CE && x->ce_dx_bytes) {   // its backward's dx too: see plan.h
+    s->attrs.i[2] = 1;
+    s->attrs.i[3] = x->ce_gconst;
+    s->attrs.f[0] = x->ce_g;
+    s->src = -1;   // (no run-time scalars of its own; a constant gradient is keyed by value)
+  }
+  if (x->op == WK_OP_LINEAR_CE_BWD && x->nin == 5) s->attrs.i[2] = 1;
   progbuf pb = {.row_reg = -1, .row_src = -1};
   if (is_ew(x->op)) {
     s->op = WK_STEP_FUSED_EW;
@@ -1008,6 +1054,7 @@ static void arena_release(span *used, int *nused, int64_t off) {
 
 static size_t node_bytes(const irnode *x) {
   size_t b = wk_dtype_bytes(x->half_out ? WK_BF16 : x->t->dtype, wk_numel(x->t));
+  if (x->ce_dx_bytes) return wk_linear_ce_dx_offset(b) + x->ce_dx_bytes;
   return x->lse_rows ? wk_sdpa_lse_offset(b) + sizeof(float) * (size_t)x->lse_rows : b;
 }
 static int64_t padded(size_t b) { return (int64_t)((b + 63) & ~(size_t)63); }
@@ -1659,6 +1706,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   if (qsilu_enabled()) rewrite_pass(&r, match_qsilu);
   if (normw_enabled()) rewrite_pass(&r, match_norm_weights);
   if (sdpa_lse_enabled()) rewrite_pass(&r, match_sdpa_lse);
+  if (ce_grad_enabled()) rewrite_pass(&r, match_linear_ce_grad);
   mark_roots(&r);
   bf16_inputs(&r);
 

@@ -36,6 +36,13 @@ enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2, WK_QMM_NORM = 4, WK_QMM_SILU = 8, WK_Q
 // its in[3] (that forward's output), instead of recomputing it.
 static inline size_t wk_sdpa_lse_offset(size_t out_bytes) { return (out_bytes + 15) & ~(size_t)15; }
 
+// The head's loss and its gradient in one sweep (compile.c's match_linear_ce_grad, CUDA
+// only): a LINEAR_CE step with attrs.i[2] = 1 also computes dx = d loss / d x for the
+// upstream gradient in[3] (with attrs.i[3] = 1: the constant attrs.f[0]) and stores it,
+// f32 of x's shape, at wk_linear_ce_dx_offset bytes into its own buffer; the
+// LINEAR_CE_BWD step with attrs.i[2] = 1 copies it from there (its in[4]: that forward).
+static inline size_t wk_linear_ce_dx_offset(size_t out_bytes) { return (out_bytes + 255) & ~(size_t)255; }
+
 // How the tensors of a graph map to slots at run time.
 typedef struct {
   int node;          // index in the graph's topological order

@@ -263,12 +263,14 @@ out:
 }
 
 // The head's loss by blocks of rows (wk_linear_cross_entropy, nn.cu's wkc_linear_ce):
-// x [3, 100, 64] f32 (300 rows, some targets ignored) and a bf16 W [70000, 64] (blocks
-// of 192 rows and 108): the loss and dx against the CPU's cross_entropy(x @ W^T), mean
-// and sum. Both round x and dlogits to bf16 before their products, so the losses agree
-// to f32 summation order (1e-5) and dx to an ulp of bf16 on some dlogits (2e-3 of max |dx|).
-static void head_loss_blocks(void) {
-  const int64_t N0 = 3, N1 = 100, H = 64, V = 70000;
+// x [3, 100, 64] f32 (300 rows, some targets ignored) and a bf16 W [V, 64], V = 70000
+// (rows split over clusters of CTAs) and 3000 (a CTA a row), blocks of 256 rows and 44:
+// the loss and dx against the CPU's cross_entropy(x @ W^T), mean and sum. Both round x
+// and dlogits to bf16 before their products, so the losses agree to f32 summation order
+// (1e-5) and dx to an ulp of bf16 on some dlogits (2e-3 of max |dx|). Then the loss and
+// dx evaluated in one plan, where the forward step computes both.
+static void head_loss_blocks(int64_t V) {
+  const int64_t N0 = 3, N1 = 100, H = 64;
   wk_scope_begin();
   wk_tensor *x = wk_keep(wk_randn(3, (int64_t[]){N0, N1, H}, WK_F32, 61));
   wk_tensor *w = wk_keep(wk_cast(wk_mul_scalar(wk_randn(2, (int64_t[]){V, H}, WK_F32, 62), 0.2f), WK_BF16));
@@ -296,16 +298,37 @@ static void head_loss_blocks(void) {
     CHECK(fabsf(lg - lc) <= 1e-5f * fabsf(lc), "reduction %d: loss by blocks %.7f, CPU %.7f", red, (double)lg, (double)lc);
     CHECK(e <= 2e-3f, "reduction %d: dx by blocks vs CPU: %g of max |dx|", red, (double)e);
     printf("head loss by blocks, reduction %d: loss %.7f (CPU %.7f), dx within %.2g\n", red, (double)lg, (double)lc, (double)e);
+    // the loss and dx in one plan: the forward step computes both (compile.c's
+    // match_linear_ce_grad), dx bit for bit the backward step's own, the loss to f32
+    // summation order (the rows' statistics come from the backward's cluster split)
+    wk_tensor *d1 = NULL;
+    float l1 = NAN;
+    CHECK(wk_value_and_grad(wk_linear_cross_entropy(xg, wg, tg, -100, red), 1, &xg, &d1, &l1) == WK_OK,
+          "CUDA head loss and dx in one plan [%s]", wk_last_error());
+    p = wk_last_plan();
+    int both = 0, copies = 0;
+    for (int k = 0; p && k < p->nsteps; k++) {
+      both += p->steps[k].op == WK_OP_LINEAR_CE && p->steps[k].attrs.i[2];
+      copies += p->steps[k].op == WK_OP_LINEAR_CE_BWD && p->steps[k].attrs.i[2];
+    }
+    CHECK(both == 1 && copies == 1, "reduction %d: the forward step computes dx (%d) and the backward copies it (%d)", red,
+          both, copies);
+    float *v1 = d1 ? read_all(d1) : NULL, *v0 = dg ? read_all(dg) : NULL;
+    CHECK(v1 && v0 && !memcmp(v1, v0, sizeof(float) * (size_t)(N0 * N1 * H)), "reduction %d: dx in one plan = dx alone, bit for bit", red);
+    CHECK(fabsf(l1 - lg) <= 1e-6f * fabsf(lg), "reduction %d: loss in one plan %.7f, alone %.7f", red, (double)l1, (double)lg);
+    free(v1), free(v0);
   }
   // a target past the vocabulary is an evaluation error naming it and its position
   // (row 250: in the second block), as cross_entropy's
   int32_t *bad = malloc(sizeof(int32_t) * 300);
   for (int i = 0; bad && i < 300; i++) bad[i] = i == 250 ? (int32_t)V + 5 : 3;
+  char badv[32];
+  snprintf(badv, sizeof badv, "%lld", (long long)V + 5);
   wk_tensor *tb = bad ? wk_to_device(wk_from_data(1, (int64_t[]){300}, WK_I32, bad), WK_CUDA) : NULL;
   free(bad);
   wk_tensor *lb = tb ? wk_linear_cross_entropy(wk_reshape(xg, 2, (int64_t[]){300, H}), wg, tb, -100, 1) : NULL;
   wk_clear_error();
-  CHECK(lb && wk_eval(1, &lb) != WK_OK && strstr(wk_last_error(), "70005") && strstr(wk_last_error(), "position 250"),
+  CHECK(lb && wk_eval(1, &lb) != WK_OK && strstr(wk_last_error(), badv) && strstr(wk_last_error(), "position 250"),
         "a bad target is reported: %s", wk_last_error());
   wk_set_trainable(x, 0);
   wk_set_trainable(xg, 0);
@@ -315,7 +338,8 @@ static void head_loss_blocks(void) {
 
 int main(void) {
   SKIP_WITHOUT_CUDA();
-  head_loss_blocks();
+  head_loss_blocks(70000);   // rows split over clusters of CTAs
+  head_loss_blocks(3000);    // a CTA a row
   bf16_model();
   grads_match();
   trainer_matches();

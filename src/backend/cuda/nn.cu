@@ -8,6 +8,7 @@
 #include <cooperative_groups.h>
 #include "cuda_internal.h"
 #include "rope.cuh"
+#include "../../engine/plan.h"   // wk_linear_ce_dx_offset
 
 static int threads_for(int64_t D) {
   int64_t t = (D / 4 + 31) / 32 * 32;
@@ -997,6 +998,10 @@ struct CeArgs {
   int32_t ignore, red;
   float *loss;        // forward, reductions 1 / 2: per-row losses
   int *valid;         // forward: per-row 1 / 0;  backward: count of valid targets (red == 1)
+  float *rloss;       // a backward that also gives the forward's per-row losses (k_ce_split) ...
+  int *rvalid;        // ... and flags (linear_cross_entropy computing both)
+  float gval;         // the upstream gradient when gconst (a constant), else read from g
+  int32_t gconst;
   char *out;
   int32_t out_dtype, pad;
   DevErr *err;
@@ -1080,7 +1085,7 @@ __global__ void k_ce_count(const __grid_constant__ CeArgs a) {
 // sum's over the rows counted valid; NaN when none is).
 WKC_DEV float ce_upstream(const CeArgs &a, int64_t r) {
   if (a.red == 0) return ldv(a.g.p, a.g.dtype, op_off(a.g, r));
-  const float g = ldv(a.g.p, a.g.dtype, 0);
+  const float g = a.gconst ? a.gval : ldv(a.g.p, a.g.dtype, 0);
   return a.red == 1 ? (*a.valid ? g / (float)*a.valid : NAN) : g;
 }
 
@@ -1243,11 +1248,12 @@ __global__ void __launch_bounds__(CE_THREADS)
   if (!ok) {   // the same for the whole cluster: no barrier is left waiting
     if (BWD)
       for (int64_t i = threadIdx.x; i < n; i += blockDim.x) stv(a.out, a.out_dtype, r * a.V + j0 + i, 0.0f);
-    else if (lead) ce_put_loss(a, r, 0.0f, 0);
+    if (!BWD && lead) ce_put_loss(a, r, 0.0f, 0);
+    if (BWD && a.rloss && lead) a.rloss[r] = 0.0f, a.rvalid[r] = 0;
     return;
   }
   const float *x = (const float *)a.x.p + row_off(a.x, r);
-  const float xt = !BWD && lead ? x[t] : 0.0f;
+  const float xt = (!BWD || a.rloss) && lead ? x[t] : 0.0f;   // (the backward writes dlogits elsewhere then)
   float2 ms = ce_piece_stats<BWD>(x + j0, n, c.vec, (float *)held4);
   ms = ce_block_merge(ms, red);
   if (threadIdx.x == 0) part = ms;
@@ -1260,6 +1266,7 @@ __global__ void __launch_bounds__(CE_THREADS)
     ce_put_loss(a, r, ms.x + logf(ms.y) - xt, 1);
     return;
   }
+  if (a.rloss && lead) a.rloss[r] = ms.x + logf(ms.y) - xt, a.rvalid[r] = 1;
   const float g = ce_upstream(a, r);
   ce_piece_grad(c, (const float *)held4, r, j0, n, ms.x, g / ms.y, g, t);
 }
@@ -1362,9 +1369,19 @@ wk_status wkc_cross_entropy(const wk_step *s, void *const *slots, bool bwd) {
 // cross_entropy(x @ W^T) with its gradient, whose values this gives (same roundings).
 wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
   const char *name = bwd ? "linear_cross_entropy (backward)" : "linear_cross_entropy";
+  if (bwd && s->attrs.i[2]) {   // dx was computed by the forward step: a copy out of its buffer (plan.h)
+    const wk_operand *fo = &s->in[4];
+    if (s->nin != 5 || s->out.dtype != WK_F32 || !wkc_is_dense(&s->out) || fo->dtype != WK_F32)
+      return wk_error(WK_ERR_STATE, "%s: expected the forward's buffer after its inputs and a dense f32 dx", name);
+    cudaMemcpyAsync(wkc_ptr(&s->out, slots), wkc_ptr(fo, slots) + wk_linear_ce_dx_offset(wkc_nbytes(fo)),
+                    wkc_nbytes(&s->out), cudaMemcpyDeviceToDevice, wkc_stream());
+    return wkc_check_launch(name);
+  }
+  const bool both = !bwd && s->attrs.i[2], grad = bwd || both;   // both: the loss, and dx after it
   const wk_operand *xo = &s->in[0], *wo = &s->in[1], *to = &s->in[2];
   if (wo->dtype != WK_BF16 || wo->ndim != 2 || !wkc_is_dense(wo) || xo->dtype != WK_F32 || to->dtype != WK_I32 ||
-      !wkc_is_dense(to) || (bwd && (s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))))
+      !wkc_is_dense(to) || (bwd && (s->out.dtype != WK_F32 || !wkc_is_dense(&s->out))) ||
+      (both && s->nin != 4 - (int)s->attrs.i[3]))
     return wk_error(WK_ERR_STATE, "%s: expected f32 x, a dense bf16 W [V, H], dense i32 targets and a dense f32 dx", name);
   const int64_t V = wo->shape[0], H = wo->shape[1], N = wkc_numel(to);
   if (N == 0 || wkc_numel(xo) != N * H) return wk_error(WK_ERR_STATE, "%s: x is not [N, %lld] for %lld targets", name, (long long)H, (long long)N);
@@ -1374,16 +1391,17 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
   int64_t R = (int64_t)(((size_t)256 << 20) / ((size_t)V * 4)) / 64 * 64;
   R = R > 256 ? 256 : R < 64 ? 64 : R;
   if (R > N) R = N;
-  // scratch: [logits block f32 R x V][its bf16 copy R x V (backward)][x's rows in bf16 R x H]
-  //          [per-row losses and flags N (forward) | the count of counted targets (backward)][x dense f32 (strided x)]
-  const size_t lb = wkc_align256((size_t)(R * V) * 4), db = bwd ? wkc_align256((size_t)(R * V) * 2) : 0, xb = wkc_align256((size_t)(R * H) * 2);
-  const size_t rb = wkc_align256(bwd ? sizeof(int) : (size_t)N * 8), dxb = wkc_is_dense(xo) ? 0 : (size_t)(N * H) * 4;
+  // scratch: [logits block f32 R x V][its bf16 copy R x V (gradient)][x's rows in bf16 R x H]
+  //          [per-row losses and flags N (forward), the count of counted targets (gradient)][x dense f32 (strided x)]
+  const size_t lb = wkc_align256((size_t)(R * V) * 4), db = grad ? wkc_align256((size_t)(R * V) * 2) : 0, xb = wkc_align256((size_t)(R * H) * 2);
+  const size_t rb = wkc_align256((bwd ? 0 : (size_t)N * 8) + (grad ? sizeof(int) : 0)), dxb = wkc_is_dense(xo) ? 0 : (size_t)(N * H) * 4;
   char *scr = (char *)wkc_tmp_alloc(lb + db + xb + rb + dxb);
   if (!scr)
     return wk_error(WK_ERR_OOM, "%s: out of device memory for %zu bytes of scratch (blocks of %lld rows of %lld logits)",
                     name, lb + db + xb + rb + dxb, (long long)R, (long long)V);
   char *logits = scr, *dl = scr + lb, *xr = dl + db, *rows = xr + xb, *xd = rows + rb;
   const char *w = (const char *)slots[wo->slot] + wo->offset * 2;
+  char *dx = bwd ? wkc_ptr(&s->out, slots) : both ? wkc_ptr(&s->out, slots) + wk_linear_ce_dx_offset(wkc_nbytes(&s->out)) : NULL;
   void *const *xslots = slots;
   void *dslot[1] = {xd};
   wk_operand x2 = {xo->slot, WK_F32, 2, {N, H}, {H, 1}, xo->offset};
@@ -1392,6 +1410,8 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
     st = wkc_densify(xo, slots, WK_F32, xd);
     x2.slot = 0, x2.offset = 0, xslots = dslot;
   }
+  float *loss = bwd ? NULL : (float *)rows;
+  int *valid = bwd ? NULL : (int *)(rows + (size_t)N * 4);
   CeArgs a;
   memset(&a, 0, sizeof a);
   a.V = V;
@@ -1399,15 +1419,15 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
   a.red = (int32_t)s->attrs.i[1];
   a.err = wkc_dev_err();
   wkc_arm_dev_err();
-  if (!st && bwd) {
-    a.g = wkc_dop(&s->in[3], slots);
+  if (!st && grad) {
+    a.gconst = both && s->attrs.i[3];
+    a.gval = s->attrs.f[0];
+    if (!a.gconst) a.g = wkc_dop(&s->in[3], slots);
     a.tg = wkc_dop(to, slots);
     a.N = N;
-    a.valid = (int *)rows;
+    a.valid = (int *)(rows + (bwd ? 0 : (size_t)N * 8));
     if (a.red == 1) k_ce_count<<<1, 256, 0, wkc_stream()>>>(a);
   }
-  float *loss = (float *)rows;
-  int *valid = (int *)(rows + (size_t)N * 4);
   void *lslot[1] = {logits};
   for (int64_t r0 = 0; !st && r0 < N; r0 += R) {
     const int64_t m = N - r0 < R ? N - r0 : R;
@@ -1421,30 +1441,34 @@ wk_status wkc_linear_ce(const wk_step *s, void *const *slots, bool bwd) {
     a.tg = wkc_dop(&tv, slots);
     a.N = m;
     a.row0 = r0;
-    if (!bwd) {
-      a.loss = loss + r0;
-      a.valid = valid + r0;
-      ce_launch(a, &lv, false);
+    CeArgs f = a;   // the forward's view: per-row losses and flags
+    f.loss = loss ? loss + r0 : NULL;
+    f.valid = valid ? valid + r0 : NULL;
+    if (!grad) {
+      ce_launch(f, &lv, false);
       st = wkc_check_launch(name);
       continue;
     }
     // dlogits: straight into their bf16 copy from the split kernel (no f32 write and
-    // no densify pass: the same rounding); else over the logits, then rounded.
+    // no densify pass: the same rounding), with the rows' losses when both; else the
+    // losses first, then dlogits over the logits, then rounded.
     CeArgs b = a;
     b.out = dl;
     b.out_dtype = WK_BF16;
+    b.rloss = f.loss, b.rvalid = f.valid;
     CeSplit c;
     if (ce_split_plan(b, &lv, true, c)) {
       ce_split_launch(c, true);
       st = wkc_check_launch(name);
     } else {
+      if (both) ce_launch(f, &lv, false);
       a.out = logits;   // row by row (k_ce_bwd reads a row whole first)
       a.out_dtype = WK_F32;
       k_ce_bwd<<<capped(m, 1 << 30), threads_for(V), 0, wkc_stream()>>>(a);
       if (!(st = wkc_check_launch(name))) st = wkc_densify(&lv, lslot, WK_BF16, dl);
     }
     if (!st)
-      st = wkc_gemm(wkc_mat{dl, 0, V}, wkc_mat{w, 0, H}, WK_BF16, wkc_ptr(&s->out, slots) + (size_t)(r0 * H) * 4, m, H, V,
+      st = wkc_gemm(wkc_mat{dl, 0, V}, wkc_mat{w, 0, H}, WK_BF16, dx + (size_t)(r0 * H) * 4, m, H, V,
                     "linear_cross_entropy (dx, cublasGemmEx)");
   }
   if (!st && !bwd) {   // the mean or sum over every row, in a fixed order
