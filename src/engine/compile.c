@@ -42,6 +42,9 @@ typedef struct {
   bool half_out;       // stored as bf16 for the half-weight GEMM that alone reads it (bf16_inputs)
   int64_t lse_rows;    // an SDPA whose backward reads its row statistics after its output
   int scale_src;       // a MATMUL whose product is scaled by this MUL_SCALAR node's scalar (+1; 0: none)
+  int nadd;            // this ADD runs as the RMS_NORM_BWD node nadd - 1 with its addend (match_norm_bwd_add)
+  int nadd_nin;
+  int nadd_in[WK_MAX_IN];
   size_t ce_dx_bytes;  // a LINEAR_CE that also computes its backward's dx, stored after the loss
   bool ce_gconst;      // ... for the constant upstream gradient ce_g (else its in[3])
   float ce_g;
@@ -49,10 +52,12 @@ typedef struct {
 
 // Nodes computed by one kernel in place of a subgraph (LoRA, matmul epilogues) read
 // these inputs instead of their own.
-static bool kern_fused(const irnode *x) { return x->lora || x->epi || x->qmm; }
-static int fused_nin(const irnode *x) { return x->lora ? 4 : x->epi ? 3 : x->qmm ? x->qmm_nin : x->nin; }
+static bool kern_fused(const irnode *x) { return x->lora || x->epi || x->qmm || x->nadd; }
+static int fused_nin(const irnode *x) {
+  return x->lora ? 4 : x->epi ? 3 : x->qmm ? x->qmm_nin : x->nadd ? x->nadd_nin : x->nin;
+}
 static const int *fused_in(const irnode *x) {
-  return x->lora ? x->lora_in : x->epi ? x->epi_in : x->qmm ? x->qmm_in : x->in;
+  return x->lora ? x->lora_in : x->epi ? x->epi_in : x->qmm ? x->qmm_in : x->nadd ? x->nadd_in : x->in;
 }
 
 typedef struct {
@@ -598,6 +603,32 @@ static bool match_norm_weights(ir *r, int i) {
 // the backward reads it there instead of running the forward's products again (a
 // stats pass: 63 us of a ~290 us backward at Qwen2.5-0.5B's training shape, H200).
 // WICK_CUDA_SDPA_LSE=0 turns it off.
+// ---- the RMSNorm backward with the residual's gradient added (CUDA) ----
+// A pre-norm block's input gradient is the residual's gradient plus the norm's
+// backward: add(r, rms_norm_bwd(x, w, dy)), two of them a layer, each a pass over
+// [tokens, hidden] f32 of its own after the norm's kernel wrote its output. Here the
+// norm's kernel adds r as it stores (r in[nin - 1], attrs.i[2] = 1), in r's buffer
+// where r dies there (inplace_candidate). WICK_CUDA_NORM_ADD=0 turns it off.
+static bool norm_add_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_NORM_ADD", &on); }
+static bool match_norm_bwd_add(ir *r, int i) {
+  irnode *x = &r->n[i];
+  if (x->leaf || x->op != WK_OP_ADD || kern_fused(x) || x->t->device != WK_CUDA || x->t->dtype != WK_F32 ||
+      x->in[0] == x->in[1])
+    return false;
+  for (int side = 0; side < 2; side++) {
+    const irnode *n = &r->n[x->in[side]], *a = &r->n[x->in[1 - side]];
+    if (n->leaf || n->op != WK_OP_RMS_NORM_BWD || kern_fused(n) || n->uses != 1 || n->target || n->escapes ||
+        n->nin + 1 > WK_MAX_IN || !f32_same_shape(n, x) || !f32_same_shape(a, x) || !wk_is_contiguous(a->t))
+      continue;
+    x->nadd = x->in[side] + 1;
+    x->nadd_nin = n->nin + 1;
+    memcpy(x->nadd_in, n->in, sizeof(int) * (size_t)n->nin);
+    x->nadd_in[n->nin] = x->in[1 - side];
+    return true;
+  }
+  return false;
+}
+
 // ---- the head's loss and its gradient in one sweep (CUDA) ----
 // wkc_linear_ce computes a block of logits per 256 rows, and the backward computes the
 // same block again (the logits never exist whole: 2.5 GB at Qwen2.5-0.5B's batch 8 x
@@ -959,6 +990,16 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
     out_as_product(s, r->n[x->epi_in[0]].t, r->n[x->epi_in[1]].t);
     return true;
   }
+  if (x->nadd) { // the norm's backward adding the residual's gradient as it stores
+    const irnode *n = &r->n[x->nadd - 1];
+    s->op = n->op;
+    s->nin = x->nadd_nin;
+    for (int k = 0; k < x->nadd_nin; k++) s->in[k] = operand_self(r, x->nadd_in[k]);
+    s->attrs = n->t->attrs;
+    s->attrs.i[2] = 1;
+    s->src = x->nadd - 1;   // its eps, patched at run time
+    return true;
+  }
   if (x->qmm) { // a half-weight matmul with a SwiGLU prologue and / or an addend: see plan.h
     s->op = WK_OP_QMATMUL;
     s->nin = x->qmm_nin;
@@ -1127,6 +1168,15 @@ static int inplace_candidate(ir *r, int i, int k) {
   irnode *x = &r->n[i];
   if (x->op == WK_OP_CROSS_ENTROPY_BWD && !kern_fused(x)) return buffer_passes(r, x->in[0], x, k) ? x->in[0] : -1;
   if (x->qmm & WK_QMM_ADD) return qmm_addend_in_place(r, i, k);
+  if (x->nadd) {   // the norm's kernel reads each addend element right before it stores that element
+    const int j = x->nadd_in[x->nadd_nin - 1];
+    if (!buffer_passes(r, j, x, k)) return -1;
+    for (int q = 0; q + 1 < x->nadd_nin; q++) {
+      const int b = aliases(&r->n[x->nadd_in[q]]) ? r->n[x->nadd_in[q]].base : x->nadd_in[q];
+      if (x->nadd_in[q] == j || b == j) return -1;
+    }
+    return j;
+  }
   if (!is_ew(x->op) || kern_fused(x) || x->half_out) return -1;
   for (int q = 0; q < x->nin; q++) {
     int j = x->in[q];
@@ -1707,6 +1757,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   if (normw_enabled()) rewrite_pass(&r, match_norm_weights);
   if (sdpa_lse_enabled()) rewrite_pass(&r, match_sdpa_lse);
   if (ce_grad_enabled()) rewrite_pass(&r, match_linear_ce_grad);
+  if (norm_add_enabled()) rewrite_pass(&r, match_norm_bwd_add);
   mark_roots(&r);
   bf16_inputs(&r);
 

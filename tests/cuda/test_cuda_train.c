@@ -337,10 +337,59 @@ static void head_loss_blocks(int64_t V) {
   wk_scope_end();
 }
 
+// A pre-norm residual's input gradient, r + rms_norm_bwd(h, w, dy) (compile.c's
+// match_norm_bwd_add): one RMS_NORM_BWD step that adds r as it stores, in r's buffer
+// (r dies there), for r = e (the gradient of sum(h e)) and exp(e); D = 896 (a warp a
+// row) and 100 (a block a row). Against the CPU's gradient, 1e-5 relative (the row
+// sums run in another order).
+static void norm_bwd_add(int64_t D) {
+  const int64_t R = 40;
+  wk_scope_begin();
+  wk_tensor *h = wk_keep(wk_randn(2, (int64_t[]){R, D}, WK_F32, 71)), *w = wk_keep(wk_randn(1, &D, WK_F32, 72));
+  wk_tensor *c = wk_keep(wk_randn(2, (int64_t[]){R, D}, WK_F32, 73)), *e = wk_keep(wk_randn(2, (int64_t[]){R, D}, WK_F32, 74));
+  wk_eval(1, &h), wk_eval(1, &w), wk_eval(1, &c), wk_eval(1, &e);
+  for (int computed = 0; computed < 2; computed++) {
+    wk_tensor *dh[2] = {NULL, NULL};
+    int fused = 0, shared = 0;
+    for (int d = 0; d < 2; d++) {
+      const wk_device dev = d ? WK_CUDA : WK_CPU;
+      wk_tensor *hd = wk_keep(wk_to_device(h, dev)), *wd = wk_to_device(w, dev), *cd = wk_to_device(c, dev);
+      wk_tensor *ed = wk_to_device(e, dev);
+      wk_eval(1, &hd);
+      wk_set_trainable(hd, 1);
+      wk_tensor *ep = computed ? wk_exp(ed) : ed;   // loss = sum(rms_norm(h, w) c) + sum(h e')
+      wk_tensor *loss = wk_add(wk_sum(wk_mul(wk_rms_norm(hd, wd, 1e-6f), cd), 0, NULL, 0), wk_sum(wk_mul(hd, ep), 0, NULL, 0));
+      wk_tensor *g = NULL;   // (2 dh: a plan's result has a buffer of its own, not the arena's)
+      CHECK(wk_grad(loss, 1, &hd, &g) == WK_OK && (dh[d] = wk_mul_scalar(g, 2.0f)) && wk_eval(1, &dh[d]) == WK_OK,
+            "norm + residual gradient on %s [%s]", d ? "cuda" : "cpu", wk_last_error());
+      const wk_plan *p = wk_last_plan();
+      for (int k = 0; d && p && k < p->nsteps; k++) {
+        const wk_step *q = &p->steps[k];
+        if (q->op != WK_OP_RMS_NORM_BWD || !q->attrs.i[2]) continue;
+        fused++;
+        const int first = p->nslots - p->narena, so = q->out.slot, sa = q->in[q->nin - 1].slot;
+        shared += so >= first && sa >= first && p->arena_off[so - first] == p->arena_off[sa - first];
+      }
+      wk_set_trainable(hd, 0);
+      wk_tensor_free(hd);
+    }
+    CHECK(fused == 1, "D %lld, residual %s: one norm backward adding it (%d)", (long long)D, computed ? "exp(e)" : "e", fused);
+    CHECK(shared == 1, "D %lld, residual %s: the norm's output takes the addend's buffer", (long long)D,
+          computed ? "exp(e)" : "e");
+    const float err = dh[0] && dh[1] ? rel(dh[1], dh[0]) : INFINITY;
+    CHECK(err <= 1e-5f, "D %lld, residual %s: cuda gradient within %g of the cpu's", (long long)D,
+          computed ? "exp(e)" : "e", (double)err);
+  }
+  wk_tensor_free(h), wk_tensor_free(w), wk_tensor_free(c), wk_tensor_free(e);
+  wk_scope_end();
+}
+
 int main(void) {
   SKIP_WITHOUT_CUDA();
   head_loss_blocks(70000);   // rows split over clusters of CTAs
   head_loss_blocks(3000);    // a CTA a row
+  norm_bwd_add(896);
+  norm_bwd_add(100);
   bf16_model();
   grads_match();
   trainer_matches();

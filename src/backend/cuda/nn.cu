@@ -285,6 +285,7 @@ struct RowArgs {
   DOp x, w, dy;
   int64_t rows, D;
   char *out;
+  const float *add;   // a norm backward's addend (dense f32 rows like out), added as it stores; or NULL
   int32_t out_dtype, op, has_w, pad;
   float eps;
 };
@@ -326,7 +327,8 @@ __global__ void __launch_bounds__(1024) k_norm_bwd(const __grid_constant__ RowAr
       ss = block_sum(ss, red);
       gx = block_sum(gx, red);
       float k = 1.0f / sqrtf(ss / (float)D + a.eps), c = k * k * k * gx / (float)D;
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) stv(a.out, a.out_dtype, r * D + j, k * G(j) - c * X(j));
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+        stv(a.out, a.out_dtype, r * D + j, k * G(j) - c * X(j) + (a.add ? a.add[r * D + j] : 0.0f));
     } else {
       float s1 = 0;
       for (int64_t j = threadIdx.x; j < D; j += blockDim.x) s1 += X(j);
@@ -337,7 +339,7 @@ __global__ void __launch_bounds__(1024) k_norm_bwd(const __grid_constant__ RowAr
       float mg = block_sum(sg, red) / (float)D, mgx = block_sum(sgx, red) / (float)D;
       for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
         float xh = (X(j) - mean) * k;
-        stv(a.out, a.out_dtype, r * D + j, k * (G(j) - mg - xh * mgx));
+        stv(a.out, a.out_dtype, r * D + j, k * (G(j) - mg - xh * mgx) + (a.add ? a.add[r * D + j] : 0.0f));
       }
     }
   }
@@ -432,6 +434,10 @@ __global__ void __launch_bounds__(32 * NB_ROWS) k_norm_bwd_rows(const __grid_con
     float y[4], *xv = &x[v].x, *gv = &g[v].x;
 #pragma unroll
     for (int u = 0; u < 4; u++) y[u] = layer ? k * (gv[u] - mg - (xv[u] - mean) * k * c) : k * gv[u] - c * xv[u];
+    if (a.add) {   // (read before the store: the output may be the addend's buffer)
+      const float4 ad = ((const float4 *)a.add)[r * D4 + col];
+      y[0] += ad.x, y[1] += ad.y, y[2] += ad.z, y[3] += ad.w;
+    }
     if (a.out_dtype == WK_F32) ((float4 *)a.out)[r * D4 + col] = make_float4(y[0], y[1], y[2], y[3]);
     else
       ((uint2 *)a.out)[r * D4 + col] = bf16x4(y[0], y[1], y[2], y[3]);
@@ -452,8 +458,9 @@ static bool norm_bwd_rows(const wk_step *s, void *const *slots, const RowArgs &a
   static const K ks[8] = {k_norm_bwd_rows<1>, k_norm_bwd_rows<2>, k_norm_bwd_rows<3>, k_norm_bwd_rows<4>,
                           k_norm_bwd_rows<5>, k_norm_bwd_rows<6>, k_norm_bwd_rows<7>, k_norm_bwd_rows<8>};
   const wk_operand *w = &s->in[1];
-  const wk_operand *x = &s->in[0], *dy = &s->in[s->nin - 1];
+  const wk_operand *x = &s->in[0], *dy = &s->in[s->nin - 1 - (a.add != NULL)];
   if (!wk_env_on("WICK_CUDA_NORM_BWD_ROWS", &g_norm_rows) || a.D > 1024 || !rows_vec4(x, wkc_ptr(x, slots), a.D) ||
+      (a.add && (uintptr_t)a.add % 16 != 0) ||
       !rows_vec4(dy, wkc_ptr(dy, slots), a.D) || (a.has_w && (!rows_vec4(w, wkc_ptr(w, slots), a.D) || w->ndim != 1)) ||
       (a.out_dtype != WK_F32 && a.out_dtype != WK_BF16) || (uintptr_t)a.out % 16 != 0)
     return false;
@@ -463,7 +470,13 @@ static bool norm_bwd_rows(const wk_step *s, void *const *slots, const RowArgs &a
 }
 
 wk_status wkc_norm_bwd(const wk_step *s, void *const *slots) {
-  RowArgs a = row_args(s, slots, &s->in[0], &s->in[s->nin - 1]);
+  // with attrs.i[2]: in[nin - 1] is an addend, dense f32 of the output's shape (compile.c's match_norm_bwd_add)
+  const bool add = s->attrs.i[2] != 0;
+  const wk_operand *ao = &s->in[s->nin - 1];
+  if (add && (ao->dtype != WK_F32 || !wkc_is_dense(ao) || wkc_numel(ao) != wkc_numel(&s->out) || s->out.dtype != WK_F32))
+    return wk_error(WK_ERR_STATE, "%s: the addend must be dense f32 of the output's shape", wk_ops[s->op].name);
+  RowArgs a = row_args(s, slots, &s->in[0], &s->in[s->nin - 1 - add]);
+  a.add = add ? (const float *)wkc_ptr(ao, slots) : NULL;
   a.has_w = s->attrs.i[0] != 0;
   if (a.has_w) a.w = wkc_dop(&s->in[1], slots);
   if (!a.rows) return WK_OK;
