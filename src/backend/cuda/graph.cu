@@ -56,6 +56,7 @@
 #include <new>
 #include <unordered_map>
 #include "cuda_internal.h"
+#include "../../engine/plan.h"   // the tails after outputs
 
 namespace {
 const int VARIANTS = 3;        // pointer sets remembered per run of steps
@@ -227,6 +228,34 @@ static void extent_add(Segment *sg, const wk_operand *o, bool write) {
   if (hi > e.hi) e.hi = hi;
 }
 
+// Steps that keep data after their output in its own buffer (plan.h): an SDPA's row
+// statistics, a LINEAR_CE's dx; and the backward steps that read it there. The tail is
+// part of the slot's extent, so a relocated slot's home holds it too.
+static void tail_extent(Segment *sg, const wk_step *s) {
+  const wk_operand *o = NULL;
+  size_t bytes = 0;
+  bool write = false;
+  if ((s->op == WK_OP_SDPA || s->op == WK_OP_SDPA_BWD) && s->attrs.i[2]) {
+    write = s->op == WK_OP_SDPA;
+    o = write ? &s->out : &s->in[3];
+    const int64_t D = o->ndim ? o->shape[o->ndim - 1] : 0;
+    bytes = wk_sdpa_lse_offset(wkc_nbytes(o)) + sizeof(float) * (size_t)(D ? wkc_numel(o) / D : 0);
+  } else if ((s->op == WK_OP_LINEAR_CE || s->op == WK_OP_LINEAR_CE_BWD) && s->attrs.i[2]) {
+    write = s->op == WK_OP_LINEAR_CE;
+    if (!write && s->nin < 5) return;
+    o = write ? &s->out : &s->in[4];
+    bytes = wk_linear_ce_dx_offset(wkc_nbytes(o)) + sizeof(float) * (size_t)wkc_numel(&s->in[0]);
+  }
+  if (!o || !wkc_is_dense(o)) return;
+  wk_operand t = *o;   // the buffer from o's start to the tail's end, in 2-byte units
+  t.dtype = WK_BF16;
+  t.ndim = 1;
+  t.shape[0] = (int64_t)((bytes + 1) / 2);
+  t.stride[0] = 1;
+  t.offset = (int64_t)((size_t)o->offset * wkc_esize(o->dtype) / 2);
+  extent_add(sg, &t, write);
+}
+
 // WICK_CUDA_GRAPH_STATS=1: the counters on stderr at exit (how a workload replays).
 static void print_stats(void) {
   fprintf(stderr, "wick: CUDA graphs: %llu captured, %llu replays, %llu units patched, %llu runs step by step, "
@@ -263,6 +292,7 @@ static Segment *segment_new(const wk_step *steps, int n) {
       for (int q = 0; q < s->npro; q++) add_slot(u, s->pro_in[q].slot, &sg->nslots), extent_add(sg, &s->pro_in[q], false);
       add_slot(u, s->out.slot, &sg->nslots);
       extent_add(sg, &s->out, true);
+      tail_extent(sg, s);
       for (int q = 0; q < s->prog.n; q++)
         if (wkc_rt_reads(&s->prog.code[q])) {
           sg->rt_index[&s->prog.code[q]] = (int)sg->rt.size();
