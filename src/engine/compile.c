@@ -399,26 +399,20 @@ static bool qgroup_enabled(void) { static int on = -1; return wk_env_on("WICK_CU
 static bool qnorm_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_QNORM", &on); }
 
 // A QMATMUL node the CUDA half-weight kernels run: x @ W^T, W a contiguous f16 / bf16 [N, K].
-static bool is_half_qmm(const ir *r, int i) {
+static bool half_qmm_form(const ir *r, int i, int trans) {
   const irnode *m = &r->n[i];
-  if (m->leaf || m->dead || m->op != WK_OP_QMATMUL || m->t->device != WK_CUDA || m->t->attrs.i[0] != 1) return false;
+  if (m->leaf || m->dead || m->op != WK_OP_QMATMUL || m->t->device != WK_CUDA || m->t->attrs.i[0] != trans) return false;
   const wk_tensor *w = r->n[m->in[1]].t;
   return (w->dtype == WK_BF16 || w->dtype == WK_F16) && w->ndim == 2 && wk_is_contiguous(w) &&
          r->n[m->in[0]].t->dtype == WK_F32;
 }
+static bool is_half_qmm(const ir *r, int i) { return half_qmm_form(r, i, 1); }
 // The backward's dX = dY @ W (attrs.i[0] = 0) of such a weight, with no fused ends: it
 // takes a residual addend only (the sum of a layer's input gradients, [tokens, hidden]),
 // which the GEMM adds in place like the forward's (qmm_addend_in_place). WICK_CUDA_DX_ADD=0
 // turns that off.
 static bool dx_add_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_DX_ADD", &on); }
-static bool is_half_qmm_plain(const ir *r, int i) {
-  const irnode *m = &r->n[i];
-  if (m->leaf || m->dead || m->qmm || m->op != WK_OP_QMATMUL || m->t->device != WK_CUDA || m->t->attrs.i[0] != 0)
-    return false;
-  const wk_tensor *w = r->n[m->in[1]].t;
-  return (w->dtype == WK_BF16 || w->dtype == WK_F16) && w->ndim == 2 && wk_is_contiguous(w) &&
-         r->n[m->in[0]].t->dtype == WK_F32;
-}
+static bool is_half_qmm_plain(const ir *r, int i) { return !r->n[i].qmm && half_qmm_form(r, i, 0); }
 static bool f32_same_shape(const irnode *a, const irnode *b) {
   return a->t->dtype == WK_F32 && b->t->dtype == WK_F32 && same_shape(a->t, b->t);
 }
