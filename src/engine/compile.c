@@ -45,7 +45,7 @@ typedef struct {
   int nadd;            // this ADD runs as the RMS_NORM_BWD node nadd - 1 with its addend (match_norm_bwd_add)
   int nadd_nin;
   int nadd_in[WK_MAX_IN];
-  size_t ce_dx_bytes;  // a LINEAR_CE that also computes its backward's dx, stored after the loss
+  int64_t ce_dx;       // a LINEAR_CE that also computes its backward's dx (this many values) after the loss
   bool ce_gconst;      // ... for the constant upstream gradient ce_g (else its in[3])
   float ce_g;
 } irnode;
@@ -592,11 +592,6 @@ static bool match_norm_weights(ir *r, int i) {
   return any;
 }
 
-// An attention backward on CUDA whose in[3] is the output of the forward over the same
-// q, k, v in this graph: the forward keeps its rows' log-sum-exp after its output, and
-// the backward reads it there instead of running the forward's products again (a
-// stats pass: 63 us of a ~290 us backward at Qwen2.5-0.5B's training shape, H200).
-// WICK_CUDA_SDPA_LSE=0 turns it off.
 // ---- the RMSNorm backward with the residual's gradient added (CUDA) ----
 // A pre-norm block's input gradient is the residual's gradient plus the norm's
 // backward: add(r, rms_norm_bwd(x, w, dy)), two of them a layer, each a pass over
@@ -645,11 +640,11 @@ static bool match_linear_ce_grad(ir *r, int bi) {
   if (wk_numel(g->t) != 1) return false;
   for (int fi = 0; fi < r->count; fi++) {
     irnode *f = &r->n[fi];
-    if (f->op != WK_OP_LINEAR_CE || f->leaf || f->dead || f->ce_dx_bytes || f->nin != 3 || f->t->device != WK_CUDA ||
+    if (f->op != WK_OP_LINEAR_CE || f->leaf || f->dead || f->ce_dx || f->nin != 3 || f->t->device != WK_CUDA ||
         f->in[0] != b->in[0] || f->in[1] != b->in[1] || f->in[2] != b->in[2] || f->t->attrs.i[0] != b->t->attrs.i[0] ||
         f->t->attrs.i[1] != b->t->attrs.i[1] || (!gconst && !g->leaf && gi > fi))
       continue;
-    f->ce_dx_bytes = wk_dtype_bytes(WK_F32, wk_numel(b->t));
+    f->ce_dx = wk_numel(b->t);
     f->ce_gconst = gconst;
     f->ce_g = gconst ? g->cval : 0.0f;
     if (!gconst) f->in[f->nin++] = gi;
@@ -659,6 +654,11 @@ static bool match_linear_ce_grad(ir *r, int bi) {
   return false;
 }
 
+// An attention backward on CUDA whose in[3] is the output of the forward over the same
+// q, k, v in this graph: the forward keeps its rows' log-sum-exp after its output, and
+// the backward reads it there instead of running the forward's products again (a
+// stats pass: 63 us of a ~290 us backward at Qwen2.5-0.5B's training shape, H200).
+// WICK_CUDA_SDPA_LSE=0 turns it off.
 static bool sdpa_lse_enabled(void) { static int on = -1; return wk_env_on("WICK_CUDA_SDPA_LSE", &on); }
 static bool match_sdpa_lse(ir *r, int bi) {
   const irnode *b = &r->n[bi];
@@ -1008,7 +1008,7 @@ static bool build_step(ir *r, int i, wk_step *s, int *pred) {
   }
   if (x->op == WK_OP_SDPA && x->lse_rows) s->attrs.i[2] = 1;
   if (x->op == WK_OP_SDPA_BWD && r->n[x->in[3]].lse_rows) s->attrs.i[2] = 1;
-  if (x->op == WK_OP_LINEAR_CE && x->ce_dx_bytes) {   // its backward's dx too: see plan.h
+  if (x->op == WK_OP_LINEAR_CE && x->ce_dx) {   // its backward's dx too: see plan.h
     s->attrs.i[2] = 1;
     s->attrs.i[3] = x->ce_gconst;
     s->attrs.f[0] = x->ce_g;
@@ -1089,8 +1089,8 @@ static void arena_release(span *used, int *nused, int64_t off) {
 
 static size_t node_bytes(const irnode *x) {
   size_t b = wk_dtype_bytes(x->half_out ? WK_BF16 : x->t->dtype, wk_numel(x->t));
-  if (x->ce_dx_bytes) return wk_linear_ce_dx_offset(b) + x->ce_dx_bytes;
-  return x->lse_rows ? wk_sdpa_lse_offset(b) + sizeof(float) * (size_t)x->lse_rows : b;
+  if (x->ce_dx) return wk_linear_ce_dx_end(b, x->ce_dx);
+  return x->lse_rows ? wk_sdpa_lse_end(b, x->lse_rows) : b;
 }
 static int64_t padded(size_t b) { return (int64_t)((b + 63) & ~(size_t)63); }
 
@@ -1132,6 +1132,19 @@ static bool buffer_passes(const ir *r, int j, const irnode *x, int k) {
          same_shape(y->t, x->t) && y->t->dtype == x->t->dtype && wk_is_contiguous(y->t) && y->t->offset == 0;
 }
 
+// The addend in[a] of a kernel that adds it as it stores may lend x its buffer at step
+// k: it dies there, and no other input is it or a view of it (those would read
+// elements the kernel already overwrote). Its index, or -1.
+static int addend_in_place(ir *r, int i, int k, const int *in, int nin, int a) {
+  const int j = in[a];
+  if (!buffer_passes(r, j, &r->n[i], k)) return -1;
+  for (int q = 0; q < nin; q++) {
+    const int b = aliases(&r->n[in[q]]) ? r->n[in[q]].base : in[q];
+    if (q != a && (in[q] == j || b == j)) return -1;
+  }
+  return j;
+}
+
 // A CUDA half-weight matmul of more than 8 rows with a dense f32 addend (a residual)
 // read last here: its output takes the addend's buffer and cuBLAS adds the product
 // into it (halfmm.cu, beta = 1), instead of a kernel that reads the product and the
@@ -1140,15 +1153,9 @@ static bool buffer_passes(const ir *r, int j, const irnode *x, int k) {
 // a view of it, and not on the CPU, whose kernel writes the product before adding.
 static int qmm_addend_in_place(ir *r, int i, int k) {
   irnode *x = &r->n[i];
-  const int j = x->qmm_in[2];
   const int64_t n = x->t->ndim ? x->t->shape[x->t->ndim - 1] : 0;
   if (x->t->device != WK_CUDA || x->t->dtype != WK_F32 || n <= 0 || wk_numel(x->t) / n <= 8) return -1;
-  if (!buffer_passes(r, j, x, k)) return -1;
-  for (int q = 0; q < x->qmm_nin; q++) {
-    const int b = aliases(&r->n[x->qmm_in[q]]) ? r->n[x->qmm_in[q]].base : x->qmm_in[q];
-    if (q != 2 && (x->qmm_in[q] == j || b == j)) return -1;
-  }
-  return j;
+  return addend_in_place(r, i, k, x->qmm_in, x->qmm_nin, 2);
 }
 
 // The input that an elementwise root at step k may overwrite: it dies here, has
@@ -1162,15 +1169,8 @@ static int inplace_candidate(ir *r, int i, int k) {
   irnode *x = &r->n[i];
   if (x->op == WK_OP_CROSS_ENTROPY_BWD && !kern_fused(x)) return buffer_passes(r, x->in[0], x, k) ? x->in[0] : -1;
   if (x->qmm & WK_QMM_ADD) return qmm_addend_in_place(r, i, k);
-  if (x->nadd) {   // the norm's kernel reads each addend element right before it stores that element
-    const int j = x->nadd_in[x->nadd_nin - 1];
-    if (!buffer_passes(r, j, x, k)) return -1;
-    for (int q = 0; q + 1 < x->nadd_nin; q++) {
-      const int b = aliases(&r->n[x->nadd_in[q]]) ? r->n[x->nadd_in[q]].base : x->nadd_in[q];
-      if (x->nadd_in[q] == j || b == j) return -1;
-    }
-    return j;
-  }
+  // (the norm's kernel reads each addend element right before it stores that element)
+  if (x->nadd) return addend_in_place(r, i, k, x->nadd_in, x->nadd_nin, x->nadd_nin - 1);
   if (!is_ew(x->op) || kern_fused(x) || x->half_out) return -1;
   for (int q = 0; q < x->nin; q++) {
     int j = x->in[q];

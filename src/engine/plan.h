@@ -35,6 +35,10 @@ enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2, WK_QMM_NORM = 4, WK_QMM_SILU = 8, WK_Q
 // wk_sdpa_lse_offset bytes; an SDPA_BWD step with attrs.i[2] = 1 reads L there, after
 // its in[3] (that forward's output), instead of recomputing it.
 static inline size_t wk_sdpa_lse_offset(size_t out_bytes) { return (out_bytes + 15) & ~(size_t)15; }
+// The end of that buffer, for `rows` query rows (what the planner allocates).
+static inline size_t wk_sdpa_lse_end(size_t out_bytes, int64_t rows) {
+  return wk_sdpa_lse_offset(out_bytes) + sizeof(float) * (size_t)rows;
+}
 
 // The head's loss and its gradient in one sweep (compile.c's match_linear_ce_grad, CUDA
 // only): a LINEAR_CE step with attrs.i[2] = 1 also computes dx = d loss / d x for the
@@ -42,6 +46,10 @@ static inline size_t wk_sdpa_lse_offset(size_t out_bytes) { return (out_bytes + 
 // f32 of x's shape, at wk_linear_ce_dx_offset bytes into its own buffer; the
 // LINEAR_CE_BWD step with attrs.i[2] = 1 copies it from there (its in[4]: that forward).
 static inline size_t wk_linear_ce_dx_offset(size_t out_bytes) { return (out_bytes + 255) & ~(size_t)255; }
+// The end of that buffer, for x of x_numel values.
+static inline size_t wk_linear_ce_dx_end(size_t out_bytes, int64_t x_numel) {
+  return wk_linear_ce_dx_offset(out_bytes) + sizeof(float) * (size_t)x_numel;
+}
 
 // How the tensors of a graph map to slots at run time.
 typedef struct {

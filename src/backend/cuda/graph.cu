@@ -239,12 +239,12 @@ static void tail_extent(Segment *sg, const wk_step *s) {
     write = s->op == WK_OP_SDPA;
     o = write ? &s->out : &s->in[3];
     const int64_t D = o->ndim ? o->shape[o->ndim - 1] : 0;
-    bytes = wk_sdpa_lse_offset(wkc_nbytes(o)) + sizeof(float) * (size_t)(D ? wkc_numel(o) / D : 0);
+    bytes = wk_sdpa_lse_end(wkc_nbytes(o), D ? wkc_numel(o) / D : 0);
   } else if ((s->op == WK_OP_LINEAR_CE || s->op == WK_OP_LINEAR_CE_BWD) && s->attrs.i[2]) {
     write = s->op == WK_OP_LINEAR_CE;
     if (!write && s->nin < 5) return;
     o = write ? &s->out : &s->in[4];
-    bytes = wk_linear_ce_dx_offset(wkc_nbytes(o)) + sizeof(float) * (size_t)wkc_numel(&s->in[0]);
+    bytes = wk_linear_ce_dx_end(wkc_nbytes(o), wkc_numel(&s->in[0]));
   }
   if (!o || !wkc_is_dense(o)) return;
   wk_operand t = *o;   // the buffer from o's start to the tail's end, in 2-byte units
