@@ -820,7 +820,7 @@ static void test_public(void) {
   wk_scope_end();
 }
 
-// wk_top1 on CUDA (top1.cu: a row split over up to 64 blocks, the last merging) against
+// wk_top1 on CUDA (top1.cu: a row split over up to 128 blocks, the last merging) against
 // the CPU: rows of 151,936 (Qwen2.5's vocabulary), 3000 (a few splits) and 100 (one
 // block), with a tie across two splits (the first index wins), the max in the last
 // element, a NaN row (max NaN), an all -inf row, bf16 input and a strided view. The max

@@ -484,6 +484,7 @@ __global__ void k_swiglu_x(const float *g, const float *u, void *x, int64_t n, i
 __global__ void k_norm_x(const float *h, const char *w, int w_dt, float eps, void *x, int64_t K, int to_bf16) {
   __shared__ float red[32];
   wkc_pdl_trigger();
+  wkc_pdl_wait();   // h is the kernel before's output (NORM_FIRST launches it as a dependent)
   const float *hr = h + blockIdx.x * K;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x) ss += hr[i] * hr[i];
@@ -623,7 +624,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   if (form == NORM_FIRST) {   // x normed into scratch by a block of its own, then the plain GEMV
     float *xn = (float *)scratch(sizeof(float) * (size_t)a.K, wk_dtype_name(s->in[1].dtype), "the RMSNorm of x");
     if (!xn) return WK_ERR_OOM;
-    k_norm_x<<<1, 256, 0, wkc_stream()>>>(a.x, a.nw, a.nw_dt, a.eps, xn, a.K, 0);
+    wkc_launch(k_norm_x, 1, 256, 0, true, (const float *)a.x, (const char *)a.nw, a.nw_dt, a.eps, (void *)xn, a.K, 0);
     a.x = xn;
     a.nw = NULL;
     c1 = cfg1(&a, c1.bf);

@@ -1,16 +1,16 @@
 // TOP1 on CUDA: each row's (max, sum of exp(x - max), first argmax), the statistics
 // greedy decoding reads instead of the logits. A row (151,936 logits for Qwen2.5) is
-// split over up to 64 CTAs, each folding its piece into one online (max, sum, index)
-// triple; the last CTA of a row to finish merges the row's triples in split order (so
-// the result does not depend on which is last) and resets the row's counter. One
-// launch, where the max, the sum and the argmax as reductions took six.
+// split over up to 128 CTAs, each folding its piece into one online (max, sum, index)
+// triple; the last CTA of a row to finish merges the row's triples, a thread each, as a
+// tree in split order (so the result does not depend on which is last) and resets the
+// row's counter. One launch, where the max, the sum and the argmax as reductions took six.
 #include <math.h>
 #include "cuda_internal.h"
 
 namespace {
 const int TOP1_THREADS = 256;
-const int TOP1_SPLITS = 64;      // CTAs a row, at most
-const int64_t TOP1_PIECE = 2048; // values a CTA, at least
+const int TOP1_SPLITS = 128;     // CTAs a row, at most (<= TOP1_THREADS: the last CTA merges a split a thread)
+const int64_t TOP1_PIECE = 1024; // values a CTA, at least
 const int TOP1_ROWS = 65536;     // counters: one a row, above the grid's 65535 rows
 
 struct Top1 {
@@ -56,35 +56,54 @@ __device__ Top1 block_merge(Top1 t) {
 }
 }  // namespace
 
+// Folds value v at index i into t.
+__device__ __forceinline__ void fold(Top1 &t, float v, int64_t i) {
+  if (v != v) {
+    t.nan = 1;
+  } else if (v > t.m) {
+    t.s = t.s * __expf(t.m - v) + 1.0f;   // t.s = 0 while t.m = -inf
+    t.m = v, t.i = i;
+  } else if (v > -INFINITY) {
+    t.s += __expf(v - t.m);
+  }
+}
+
 __global__ void __launch_bounds__(TOP1_THREADS) k_top1(const __grid_constant__ Top1Args a) {
+  __shared__ int last;
+  wkc_pdl_wait();   // launched as a dependent of the kernel writing the logits (the LM head)
   const int64_t row = blockIdx.y, sp = blockIdx.x, lo = sp * a.piece;
   const int64_t hi = lo + a.piece < a.V ? lo + a.piece : a.V;
   Top1 t = {-INFINITY, 0.0f, INT64_MAX, 0};
-  for (int64_t i = lo + threadIdx.x; i < hi; i += TOP1_THREADS) {
-    const float v = ldv(a.x, a.dtype, row * a.V + i);
-    if (v != v) {
-      t.nan = 1;
-    } else if (v > t.m) {
-      t.s = t.s * __expf(t.m - v) + 1.0f;   // t.s = 0 while t.m = -inf
-      t.m = v, t.i = i;
-    } else if (v > -INFINITY) {
-      t.s += __expf(v - t.m);
-    }
+  const int64_t step = 4 * TOP1_THREADS;
+  for (int64_t i0 = lo + threadIdx.x; i0 < hi; i0 += step) {   // 4 loads in flight before the first fold
+    float v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) v[u] = i0 + u * TOP1_THREADS < hi ? ldv(a.x, a.dtype, row * a.V + i0 + u * TOP1_THREADS) : 0.0f;
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+      if (i0 + u * TOP1_THREADS < hi) fold(t, v[u], i0 + u * TOP1_THREADS);
   }
   t = block_merge(t);
-  if (threadIdx.x) return;
   if (a.splits > 1) {
-    a.part[row * a.splits + sp] = t;
-    __threadfence();
-    if (atomicAdd(&a.count[row], 1) != a.splits - 1) return;
-    __threadfence();
-    for (int64_t k = 0; k < a.splits; k++) {   // past L1: other CTAs wrote them
-      const volatile Top1 *p = &a.part[row * a.splits + k];
-      const Top1 u = {p->m, p->s, p->i, p->nan};
-      t = k ? merge(t, u) : u;
+    if (threadIdx.x == 0) {
+      a.part[row * a.splits + sp] = t;
+      __threadfence();
+      last = atomicAdd(&a.count[row], 1) == a.splits - 1;
     }
-    a.count[row] = 0;
+    __syncthreads();
+    if (!last) return;
+    // the last CTA: a thread a split, merged as a tree in split order (the same result
+    // whichever CTA is last); a serial loop over the splits' L2 latencies took ~15 us
+    __threadfence();
+    Top1 u = {-INFINITY, 0.0f, INT64_MAX, 0};
+    if (threadIdx.x < a.splits) {
+      const Top1 *p = &a.part[row * a.splits + threadIdx.x];
+      u.m = __ldcg(&p->m), u.s = __ldcg(&p->s), u.i = __ldcg((const long long *)&p->i), u.nan = __ldcg(&p->nan);
+    }
+    t = block_merge(u);
+    if (threadIdx.x == 0) a.count[row] = 0;
   }
+  if (threadIdx.x) return;
   a.out[3 * row] = t.nan ? NAN : t.m;
   a.out[3 * row + 1] = t.s;
   a.out[3 * row + 2] = t.i == INT64_MAX ? 0.0f : (float)t.i;
@@ -128,7 +147,7 @@ wk_status wkc_top1(const wk_step *s, void *const *slots) {
     return wk_error(WK_ERR_OOM, "top1 (cuda): out of device memory for %lld rows' partial results", (long long)rows);
   }
   a.part = (Top1 *)part;
-  k_top1<<<dim3((unsigned)a.splits, (unsigned)rows), TOP1_THREADS, 0, wkc_stream()>>>(a);
+  wkc_launch(k_top1, dim3((unsigned)a.splits, (unsigned)rows), TOP1_THREADS, 0, true, a);
   wk_status st = wkc_check_launch("top1");
   wkc_tmp_free(part);
   wkc_tmp_free(dense);
