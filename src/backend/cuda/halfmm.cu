@@ -374,8 +374,8 @@ __global__ void __launch_bounds__(HG_WARPS * 32, HG_MIN_BLOCKS(XM)) k_hgemv1g(co
 // The RMSNorm GEMV reads h twice (XM_NORM_L1) rather than holding it in registers
 // (XM_NORM, WICK_HGEMV_NORM=reg): 48 registers instead of 80, so 5 blocks an SM rather
 // than 3, and a decode layer's gate/up grid (608 blocks on an H100) runs in one wave
-// instead of two. Alternated on an H100 (5 pairs, Qwen2.5-0.5B-shaped bf16 decode):
-// 955-1,010 tok/s holding h, 1,037-1,088 reading it twice, the same tokens; ncu, a
+// instead of two. Alternated on an H100 (8 pairs, Qwen2.5-0.5B-shaped bf16 decode):
+// reading it twice won each pair, medians 982 -> 1,069 tok/s, the same tokens; ncu, a
 // launch: q/k/v 7.2 -> 5.7 us, gate/up 13.4 -> 12.0 us.
 bool norm_l1() {
   static int v = -1;
