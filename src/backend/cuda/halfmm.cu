@@ -175,6 +175,8 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
 }
 // What x is (the step's fused prologue): as stored, silu(gate) * up, or rms_norm(h) * w.
 enum { XM_PLAIN = 0, XM_SWIGLU = 1, XM_NORM = 2, XM_NORM_L1 = 3 };
+// an RMSNorm x, h held in registers (XM_NORM) or read twice (XM_NORM_L1)
+__host__ __device__ constexpr bool xm_norm(int xm) { return xm == XM_NORM || xm == XM_NORM_L1; }
 
 // 8 values of x from global memory, chunk c (SWIGLU: silu(gate) * up, gate in a.x),
 // rounded to bf16 for a bf16 W
@@ -310,7 +312,7 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.0f;
-  if constexpr (XM == XM_NORM || XM == XM_NORM_L1) {
+  if constexpr (xm_norm(XM)) {
     norm_dots<BF, U, R, XM == XM_NORM>(a, wr, t, nt, acc);
   } else {
     uint4 w[U][R];
@@ -425,7 +427,7 @@ Cfg1 cfg1(HArgs *a, bool bf) {
 template <bool BF, int XM>
 void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
   const unsigned grid = g ? g->first[g->n] : c.grid;
-  constexpr int U = XM == XM_SWIGLU ? 4 : 2, R = XM == XM_NORM || XM == XM_NORM_L1 ? 2 : 4;   // loads a lane a round, rows a group (cfg1's r)
+  constexpr int U = XM == XM_SWIGLU ? 4 : 2, R = xm_norm(XM) ? 2 : 4;   // loads a lane a round, rows a group (cfg1's r)
   bool pdl = true;   // W is read before the wait: only where no step writes it
   for (int i = 0; i < (g ? g->n : 1); i++) {
     const HArgs &m = g ? g->m[i] : a;
@@ -612,7 +614,7 @@ int one_row_cfg(const wk_step *s, void *const *slots, HArgs *a, Cfg1 *c) {
   bool bf;
   if (!one_row(s, slots, a, &bf)) return NOT_ONE_ROW;
   *c = cfg1(a, bf);
-  return (c->xm == XM_NORM || c->xm == XM_NORM_L1) && c->grid > 8u * (unsigned)wkc_num_sms() ? NORM_FIRST : ONE_ROW;
+  return xm_norm(c->xm) && c->grid > 8u * (unsigned)wkc_num_sms() ? NORM_FIRST : ONE_ROW;
 }
 
 // y = x W^T (trans) or x W (+ beta y) for a dense f32 x [M, in] and a bf16 W, mb rows
