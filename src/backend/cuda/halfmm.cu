@@ -174,9 +174,7 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
   return v;
 }
 // What x is (the step's fused prologue): as stored, silu(gate) * up, or rms_norm(h) * w.
-enum { XM_PLAIN = 0, XM_SWIGLU = 1, XM_NORM = 2, XM_NORM_L1 = 3 };
-// an RMSNorm x, h held in registers (XM_NORM) or read twice (XM_NORM_L1)
-__host__ __device__ constexpr bool xm_norm(int xm) { return xm == XM_NORM || xm == XM_NORM_L1; }
+enum { XM_PLAIN = 0, XM_SWIGLU = 1, XM_NORM = 2 };
 
 // 8 values of x from global memory, chunk c (SWIGLU: silu(gate) * up, gate in a.x),
 // rounded to bf16 for a bf16 W
@@ -238,19 +236,11 @@ __device__ __forceinline__ void nw8(const HArgs &a, int c, float *v) {
   }
 }
 
-// 8 values of h from chunk c (zeros past nc): plain loads (PDL: cuda_internal.h)
-__device__ __forceinline__ void h8(const HArgs &a, int c, int nc, float *v) {
-  const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  const float4 h0 = c < nc ? ((const float4 *)a.x)[2 * c] : z, h1 = c < nc ? ((const float4 *)a.x)[2 * c + 1] : z;
-  v[0] = h0.x, v[1] = h0.y, v[2] = h0.z, v[3] = h0.w, v[4] = h1.x, v[5] = h1.y, v[6] = h1.z, v[7] = h1.w;
-}
 // The dot products of an RMSNorm x = h / sqrt(mean(h^2) + eps) * nw with the group's R
-// rows. Each lane takes its (at most NORM_CHUNKS: cfg1's split) 8-value chunks of h for the
-// sum of squares (a warp sum, plus one block barrier when `split` warps share a row),
-// then for the products: KEEP holds them in registers between the two passes; else
-// (XM_NORM_L1) the second pass reads them again, from L1 (a few KB the whole block
-// reads), for 32 registers fewer. W's first loads are issued before h's.
-template <bool BF, int U, int R, bool KEEP>
+// rows. Each lane holds its (at most NORM_CHUNKS: cfg1's split) 8-value chunks of h in registers,
+// so the sum of squares costs no second read: a warp sum, plus one block barrier when
+// `split` warps share a row. W's first loads are issued before h's.
+template <bool BF, int U, int R>
 __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr, int t, int nt, float *acc) {
   constexpr int MAXC = NORM_CHUNKS;
   __shared__ float red[HG_WARPS];
@@ -258,13 +248,15 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr
   uint4 w[U][R];
   load_round<U, R, true>(w, wr, t, nt, nc);
   wkc_pdl_wait();
-  float h[KEEP ? MAXC : 1][8], ss = 0.0f;
+  float h[MAXC][8], ss = 0.0f;
 #pragma unroll
   for (int k = 0; k < MAXC; k++) {
-    float *hk = h[KEEP ? k : 0];
-    h8(a, t + k * nt, nc, hk);
+    const int c = t + k * nt;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float4 h0 = c < nc ? ((const float4 *)a.x)[2 * c] : z, h1 = c < nc ? ((const float4 *)a.x)[2 * c + 1] : z;
+    h[k][0] = h0.x, h[k][1] = h0.y, h[k][2] = h0.z, h[k][3] = h0.w, h[k][4] = h1.x, h[k][5] = h1.y, h[k][6] = h1.z, h[k][7] = h1.w;
 #pragma unroll
-    for (int i = 0; i < 8; i++) ss += hk[i] * hk[i];
+    for (int i = 0; i < 8; i++) ss += h[k][i] * h[k][i];
   }
   ss = warp_sum(ss);
   if (a.split > 1) {   // uniform in a block: every thread reaches the barrier
@@ -285,10 +277,8 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, const uint4 *const *wr
       if (c0 + u * nt >= nc) break;
       float wn[8], xr[8];
       nw8(a, c0 + u * nt, wn);
-      const float *hk = h[KEEP ? k + u : 0];
-      if (!KEEP) h8(a, c0 + u * nt, nc, h[0]);
 #pragma unroll
-      for (int i = 0; i < 8; i++) xr[i] = xround<BF>(hk[i] * kn * wn[i]);   // as the CPU: (h k) w
+      for (int i = 0; i < 8; i++) xr[i] = xround<BF>(h[k + u][i] * kn * wn[i]);   // as the CPU: (h k) w
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = dot8r<BF>(w[u][r], xr, acc[r]);
     }
@@ -312,8 +302,8 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.0f;
-  if constexpr (xm_norm(XM)) {
-    norm_dots<BF, U, R, XM == XM_NORM>(a, wr, t, nt, acc);
+  if constexpr (XM == XM_NORM) {
+    norm_dots<BF, U, R>(a, wr, t, nt, acc);
   } else {
     uint4 w[U][R];
     load_round<U, R, true>(w, wr, t, nt, nc);   // W's first round before the wait (PDL), x after
@@ -351,10 +341,8 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx) {
     a.y[n0 + lane] = ends(a, s, 0, n0 + lane);
   }
 }
-// XM_NORM_L1 at 5 blocks an SM: a decode layer's gate/up grid (608 blocks) in one wave
-#define HG_MIN_BLOCKS(XM) ((XM) == XM_NORM_L1 ? 5 : 1)
 template <bool BF, int U, int R, int XM>
-__global__ void __launch_bounds__(HG_WARPS * 32, HG_MIN_BLOCKS(XM)) k_hgemv1(const HArgs a) {
+__global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const HArgs a) {
   hgemv1_body<BF, U, R, XM>(a, blockIdx.x);
 }
 
@@ -367,22 +355,10 @@ struct HGroup {
   int n;
 };
 template <bool BF, int U, int R, int XM>
-__global__ void __launch_bounds__(HG_WARPS * 32, HG_MIN_BLOCKS(XM)) k_hgemv1g(const __grid_constant__ HGroup g) {
+__global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1g(const __grid_constant__ HGroup g) {
   int i = 0;
   while (i + 1 < g.n && blockIdx.x >= g.first[i + 1]) i++;
   hgemv1_body<BF, U, R, XM>(g.m[i], blockIdx.x - g.first[i]);
-}
-
-// The RMSNorm GEMV reads h twice (XM_NORM_L1) rather than holding it in registers
-// (XM_NORM, WICK_HGEMV_NORM=reg): 48 registers instead of 80, so 5 blocks an SM rather
-// than 3, and a decode layer's gate/up grid (608 blocks on an H100) runs in one wave
-// instead of two. Alternated on an H100 (8 pairs, Qwen2.5-0.5B-shaped bf16 decode):
-// reading it twice won each pair, medians 982 -> 1,069 tok/s, the same tokens; ncu, a
-// launch: q/k/v 7.2 -> 5.7 us, gate/up 13.4 -> 12.0 us.
-bool norm_l1() {
-  static int v = -1;
-  if (v < 0) v = getenv("WICK_HGEMV_NORM") && !strcmp(getenv("WICK_HGEMV_NORM"), "reg") ? 0 : 1;
-  return v == 1;
 }
 
 // WICK_HGEMV=0 keeps k_hgemv for one-row products too (benchmarks compare the two).
@@ -422,12 +398,12 @@ Cfg1 cfg1(HArgs *a, bool bf) {
   a->split = 1;
   while (a->split < HG_WARPS && nc > (int64_t)a->split * 32 * most) a->split *= 2;
   while (a->split < HG_WARPS && blocks(a->split) * 2 < (int64_t)wkc_num_sms() * 3) a->split *= 2;
-  return Cfg1{bf, a->up ? XM_SWIGLU : a->nw ? (norm_l1() ? XM_NORM_L1 : XM_NORM) : XM_PLAIN, (unsigned)blocks(a->split)};
+  return Cfg1{bf, a->up ? XM_SWIGLU : a->nw ? XM_NORM : XM_PLAIN, (unsigned)blocks(a->split)};
 }
 template <bool BF, int XM>
 void launch1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
   const unsigned grid = g ? g->first[g->n] : c.grid;
-  constexpr int U = XM == XM_SWIGLU ? 4 : 2, R = xm_norm(XM) ? 2 : 4;   // loads a lane a round, rows a group (cfg1's r)
+  constexpr int U = XM == XM_SWIGLU ? 4 : 2, R = XM == XM_NORM ? 2 : 4;   // loads a lane a round, rows a group (cfg1's r)
   bool pdl = true;   // W is read before the wait: only where no step writes it
   for (int i = 0; i < (g ? g->n : 1); i++) {
     const HArgs &m = g ? g->m[i] : a;
@@ -440,7 +416,6 @@ template <bool BF>
 void launch1_x(const Cfg1 &c, const HArgs &a, const HGroup *g) {
   if (c.xm == XM_SWIGLU) launch1<BF, XM_SWIGLU>(c, a, g);
   else if (c.xm == XM_NORM) launch1<BF, XM_NORM>(c, a, g);
-  else if (c.xm == XM_NORM_L1) launch1<BF, XM_NORM_L1>(c, a, g);
   else launch1<BF, XM_PLAIN>(c, a, g);
 }
 // one step (g NULL) or a group of steps of configuration c
@@ -614,7 +589,7 @@ int one_row_cfg(const wk_step *s, void *const *slots, HArgs *a, Cfg1 *c) {
   bool bf;
   if (!one_row(s, slots, a, &bf)) return NOT_ONE_ROW;
   *c = cfg1(a, bf);
-  return xm_norm(c->xm) && c->grid > 8u * (unsigned)wkc_num_sms() ? NORM_FIRST : ONE_ROW;
+  return c->xm == XM_NORM && c->grid > 8u * (unsigned)wkc_num_sms() ? NORM_FIRST : ONE_ROW;
 }
 
 // y = x W^T (trans) or x W (+ beta y) for a dense f32 x [M, in] and a bf16 W, mb rows
