@@ -1,9 +1,11 @@
 // Batch-1 decode on CUDA against the CPU backend:
 //  - attention of one query row over an f16 / bf16 cache (attn.cu's decode kernel: a CTA
-//    per kv head and key chunk, chunks sized at run time from kv_len, tiles of 64 keys
-//    staged in shared memory, the last CTA merging): GQA 1:1 to 8:1,
+//    per kv head and key chunk, chunks sized at run time from kv_len, tiles of 32 keys
+//    staged in shared memory, parts merged in clusters of 8 CTAs through distributed
+//    shared memory, then across clusters by the last CTA): GQA 1:1 to 8:1,
 //    head dims 32, 64 and 128, an f32 q over the cache (the models' case) and all-bf16,
-//    kv_len from 1 to 20000 of a 32768-row cache (one CTA, a few, most of them), no
+//    kv_len from 1 to 20000 of a 32768-row cache (one CTA; one cluster, part full; many
+//    clusters, most CTAs busy), no
 //    kv_len, and additive masks (f32; a bf16 padding mask with -inf goes to the tiled
 //    kernels); kv_len 0 gives zeros;
 //  - greedy generation picked on the device (generate.c reads each row's max, sum of
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
 #include "check.h"
 #include "fixtures.h"
 #define DUAL_SEED 0x2545f4914f6cdd1dull
@@ -93,12 +96,12 @@ static void attn_case(const dcase *c, wk_dtype qdt, wk_dtype kvdt) {
 
 static void test_attention(void) {
   const dcase cases[] = {
-      {1, 14, 2, 4096, 64, 150, 0},      // Qwen2.5-0.5B: G 7, a few key chunks of a long cache
-      {1, 14, 2, 32768, 64, 2000, 0},    // its full capacity, ~30 chunks
-      {1, 14, 2, 32768, 64, 20000, 0},   // most CTAs busy
+      {1, 14, 2, 4096, 64, 150, 0},      // Qwen2.5-0.5B: G 7, one cluster, 5 of its 8 CTAs with keys
+      {1, 14, 2, 32768, 64, 2000, 0},    // its full capacity: 8 clusters merged in global memory, the last part full
+      {1, 14, 2, 32768, 64, 20000, 0},   // 16 clusters, 5 tiles a CTA
       {2, 9, 3, 300, 64, 1, 0},          // SmolLM2's G 3, batch 2, a single key
-      {1, 8, 8, 64, 128, 64, 0},         // 1:1, D 128, one chunk: the output written directly
-      {2, 8, 1, 200, 32, 129, 0},        // G 8, D 32: one key per 4 lanes; a chunk boundary + 1
+      {1, 8, 8, 64, 128, 64, 0},         // 1:1, D 128, two chunks of one cluster
+      {2, 8, 1, 200, 32, 129, 0},        // G 8, D 32 (16 words a head); a tile boundary + 1
       {2, 6, 2, 97, 64, 0, 2},           // no kv_len, a bf16 padding mask with -inf
       {1, 4, 2, 1000, 64, 700, 1},       // an f32 mask over chunks
   };
@@ -164,6 +167,26 @@ static void test_greedy(void) {
     CHECK(dc < 2e-4f, "greedy (%s cache): logprobs cuda vs cpu differ by %g", dname(dts[i]), (double)dc);
     CHECK(dh < 1e-5f, "greedy (%s cache): logprobs device vs host sampler differ by %g", dname(dts[i]), (double)dh);
   }
+}
+
+// ---- replayed decode steps (graph.cu: one capture, the decode attention a programmatic
+// dependent launched in clusters) against the same steps launched one by one ----
+static void test_replay_bits(void) {
+  gen_out g, s;
+  wk_cuda_graph_stats s0, s1;
+  wk_cuda_graph_stats_get(&s0);
+  bool ok = gen_on(WK_CUDA, WK_BF16, 0, &g);
+  wk_cuda_graph_stats_get(&s1);
+  wk_cuda_set_graphs(0);
+  ok = ok && gen_on(WK_CUDA, WK_BF16, 0, &s);
+  wk_cuda_set_graphs(1);
+  CHECK(ok, "generation with and without graphs: %s", ok ? "" : wk_last_error());
+  if (!ok) return;
+  CHECK(s1.replays > s0.replays, "decode steps replayed (%llu)", s1.replays - s0.replays);
+  float worst = 0;
+  for (int t = 0; t < 32; t++) worst = fmaxf(worst, fabsf(g.logprob[t] - s.logprob[t]));
+  CHECK(!memcmp(g.ids, s.ids, sizeof g.ids) && worst == 0,
+        "replayed decode steps give the tokens and logprobs of step-by-step launches (logprobs differ by %g)", (double)worst);
 }
 
 // ---- steps fed ahead (generate.c: each decode step is built from the last step's picks
@@ -338,6 +361,7 @@ int main(void) {
   test_attn_group();
   test_attention();
   test_greedy();
+  test_replay_bits();
   test_feed_ahead();
   return check_report();
 }

@@ -47,7 +47,7 @@ struct AttnArgs {
   int32_t out_dtype;
   char *out;                    // forward output, dense [B, Hq, T, D]
   float *lse, *delta;           // per query row [B, Hq, T] (the backward's statistics)
-  int *dec_count;               // decode: CTAs done per (b, kv head), zero between launches
+  int *dec_count;               // decode: clusters done per (b, kv head), zero between launches
   float *dq, *dk, *dv;          // backward outputs, dense f32
   int32_t add2;                 // backward: pairs of dq / dk / dv go in one 8-byte atomic
 };
@@ -801,28 +801,37 @@ __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
 }
 
 // ---- decode: one query row (T = 1) over an f16 / bf16 cache ----
-// A CTA (16 warps) owns one (b, kv head) and a chunk of the keys that exist (sized at
-// run time from kv_len, at least DEC_MIN keys, so a short context wakes few CTAs) and
+// A CTA (8 warps) owns one (b, kv head) and a chunk of the keys that exist (sized at run
+// time from kv_len: DEC_TILE keys at least, so a short context wakes few CTAs) and
 // serves all G query heads of the group, so each key and value row is read once per
-// group, not once per head. Each tile of DEC_TILE keys is staged in shared memory (all
-// its K and V rows loaded at once, 16 bytes a thread per load), then the G x DEC_TILE
-// scores, the online softmax and P V run as short loops over shared memory. The last
-// CTA of a group to finish merges the chunks' parts (no second kernel). The tiled
-// CUDA-core kernel above ran this case with 63 of its 64 query rows empty, scalar
-// loads and one CTA per query head (33 us per call under ncu on an H200 at ~150 keys;
-// this one 12.4 us; a variant holding everything in registers, its loops unrolled over
-// the heads, 14.9 us). The short loops are latency-bound (a few CTAs do all the work,
-// one warp a scheduler stalls on each instruction): 16 warps rather than 4 split each
-// loop 4 ways further, 11.9 -> 7.6 us a call (8 warps 9.6, 32 warps 8.7; Qwen2.5-0.5B
-// shapes, ~150 keys, H200).
-#define DEC_WARPS 16
-#define DEC_MIN 64   // keys a CTA takes at least
-#define DEC_GMAX 8   // query heads per kv head the decode kernel serves
+// group, not once per head. Each tile of DEC_TILE keys is staged in shared memory, the
+// next tile's loads in flight while this one is computed. Warp g owns head g: lane j
+// scores key j, the online softmax is two warp reductions, and P V takes p from the
+// lanes by shuffles, so a tile costs two block barriers.
+// The chunks' parts (o unnormalized, m, l) merge in two levels. CTAs form clusters of
+// DEC_CLUSTER: each pushes its part into the shared memory of the cluster's CTAs that
+// merge it (CTA r merges outputs [r SL, (r + 1) SL) of the group; remote stores do not
+// wait for a round trip as remote loads would), one cluster barrier, then each merges
+// its slice from its own shared memory. When more than one cluster has keys, the last
+// CTA of the group to finish merges the clusters' parts from global memory. A short
+// context (up to DEC_CLUSTER * DEC_TILE keys) is one cluster, with no global round trip;
+// clusters past the keys return at once.
+// Inside a captured decode step the kernel launches as a programmatic dependent (PDL),
+// so its CTAs are resident before the q, k, v projections finish; it waits before its
+// first read.
+// Phases of one CTA (globaltimer, Qwen2.5-0.5B shapes, ~150 keys, H100, launches step by
+// step): kv_len 0.7 us, first tile's loads and the angles 1.6, q, k, v and the rotation
+// 1.1, a tile 1.1, cluster barrier 0.6, merge 0.6; 6.8 us in all, where the previous
+// kernel (a CTA per 64-key chunk of 16 warps, four barriers a tile, the last CTA merging
+// through global memory) took 8.1 (ncu: 9.1 against 10.4 us a launch).
+#define DEC_WARPS 8
+#define DEC_TILE 32      // keys staged at a time, and the fewest a CTA takes
+#define DEC_CLUSTER 8    // CTAs of a cluster (the portable most)
+#define DEC_GMAX 8       // query heads per kv head the decode kernel serves
 
 static __device__ __forceinline__ int64_t dec_chunk(int64_t S, int64_t nsp) {
-  int64_t c = (S + nsp - 1) / nsp;
-  c = c < DEC_MIN ? DEC_MIN : c;
-  return (c + DEC_MIN - 1) / DEC_MIN * DEC_MIN;
+  const int64_t c = (S + nsp - 1) / nsp;
+  return c <= DEC_TILE ? DEC_TILE : (c + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
 }
 
 // 2^x in one MUFU instruction (relative error ~2^-22; 2^-inf = 0): the decode kernel
@@ -833,40 +842,6 @@ static __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-// After a decode CTA wrote its part (split sp of its group, rows b * Hq + hk * G + g):
-// the CTAs of a group that found keys count themselves in; the last one merges their
-// parts (in split order, so the result does not depend on which is last) and resets the
-// counter for the next launch. Parts hold o unnormalized, then m (log2 domain), l.
-template <int D>
-static __device__ __forceinline__ void dec_finish(const AttnArgs &a, int64_t b, int64_t hk, int64_t S, int64_t chunk,
-                                                  int *last) {
-  const int64_t nact = S > 0 ? (S + chunk - 1) / chunk : 1;
-  const int G = (int)a.G;
-  __threadfence();   // this CTA's part is visible before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) *last = atomicAdd(&a.dec_count[blockIdx.y], 1) == (int)nact - 1;
-  __syncthreads();
-  if (!*last) return;
-  __threadfence();
-  const int64_t st = a.B * a.Hq * (D + 2);
-  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-    const int g = i / D, d = i - g * D;
-    const int64_t r = b * a.Hq + hk * G + g;
-    const float *p = a.part + r * (D + 2);
-    float M = -INFINITY, L = 0.0f, O = 0.0f;
-    for (int64_t s = 0; s < nact; s++) M = fmaxf(M, __ldcg(p + s * st + D));
-    const float mu = M == -INFINITY ? 0.0f : M;
-    for (int64_t s = 0; s < nact; s++) {
-      const float f = ex2(__ldcg(p + s * st + D) - mu);
-      L += __ldcg(p + s * st + D + 1) * f;
-      O += __ldcg(p + s * st + d) * f;
-    }
-    stv(a.out, a.out_dtype, r * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
-  }
-  if (threadIdx.x == 0) a.dec_count[blockIdx.y] = 0;
-}
-
-#define DEC_TILE 64   // keys staged at a time (DEC_MIN is a multiple of it)
 // the two values of a 32-bit word of f16 / bf16 bits, the lower address first
 template <bool BF> static __device__ __forceinline__ float2 widen2w(uint32_t w) {
   if (BF) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
@@ -899,175 +874,267 @@ struct DecFuse {
 };
 struct NoFuse {};
 
-// The group's prologue, in every CTA of (b, kv head hk): the group's q rows rotated
-// (rounded to RoPE's output dtype, as the SDPA would read them) into qs, scaled; the new
-// key (rotated) and value in the cache's dtype into kn, vn. The first CTA (first) also
-// stores the rotated q and k, as RoPE's outputs. rc, rs: D / 2 floats each.
+// The group's RoPE angles, cos and sin of each of the D / 2 pairs, into rc, rs.
+template <int D> static __device__ __forceinline__ void dec_angles(const DecFuse &f, float *rc, float *rs) {
+  const int64_t p = rope_pos0(f.rope);
+  for (int i = threadIdx.x; i < D / 2; i += blockDim.x) rope_cs(f.rope, p, i, &rc[i], &rs[i]);
+}
+
+// The group's prologue, in every CTA of (b, kv head hk), after dec_angles and a barrier:
+// the group's q rows rotated (rounded to RoPE's output dtype, as the SDPA would read
+// them) into qs, scaled; the new key (rotated) and value in the cache's dtype into kn,
+// vn. The first CTA (first) also stores the rotated q and k, as RoPE's outputs. Every
+// load is issued before the first store (the stores could alias them, so the compiler
+// would not reorder them): one round trip to L2 after the PDL wait.
 template <int D, bool BF>
-static __device__ __forceinline__ void dec_rope(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, bool first,
-                                                float *qs, uint16_t *kn, uint16_t *vn, float *rc, float *rs) {
-  constexpr int H = D / 2;
+static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, bool first,
+                                               float *qs, uint16_t *kn, uint16_t *vn, const float *rc, const float *rs) {
+  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = ((DEC_GMAX + 1) * H + NT - 1) / NT;   // pairs a thread rotates
+  static_assert(D <= NT, "a value of v a thread");
   const RopeArgs &r = f.rope;
-  const int64_t p = rope_pos0(r);
-  for (int i = threadIdx.x; i < H; i += blockDim.x) rope_cs(r, p, i, &rc[i], &rs[i]);
-  __syncthreads();
   const float sc = a.scale * 1.4426950408889634f;   // log2 e: scores in the log2 domain (dec_q)
   const int G = (int)a.G;
   const int64_t lq = last_stride(r.x), lk = last_stride(f.kx), krow = b * a.Hkv + hk;
-  for (int e = threadIdx.x; e < (G + 1) * H; e += blockDim.x) {   // q's pairs, then k's
-    const int g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+  float x0[E], x1[E];
+#pragma unroll
+  for (int k = 0; k < E; k++) {   // q's pairs, then k's
+    const int e = threadIdx.x + k * NT, g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+    if (g > G) break;
+    const DOp &x = g < G ? r.x : f.kx;
+    const int64_t ro = g < G ? row_off(r.x, b * a.Hq + hk * G + g) : row_off(f.kx, krow), ls = g < G ? lq : lk;
+    x0[k] = ldv(x.p, x.dtype, ro + i0 * ls);
+    x1[k] = ldv(x.p, x.dtype, ro + i1 * ls);
+  }
+  const float vv = threadIdx.x < D ? ldv(f.vx.p, f.vx.dtype, op_off(f.vx, krow * D + threadIdx.x)) : 0.0f;
+#pragma unroll
+  for (int k = 0; k < E; k++) {
+    const int e = threadIdx.x + k * NT, g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+    if (g > G) break;
+    const float2 y = rope_rot(x0[k], x1[k], rc[i], rs[i]);
     if (g < G) {
-      const int64_t row = b * a.Hq + hk * G + g, ro = row_off(r.x, row);
-      const float2 y = rope_rot(ldv(r.x.p, r.x.dtype, ro + i0 * lq), ldv(r.x.p, r.x.dtype, ro + i1 * lq), rc[i], rs[i]);
+      const int64_t row = b * a.Hq + hk * G + g;
       qs[g * D + i0] = round_to(y.x, r.out_dtype) * sc;
       qs[g * D + i1] = round_to(y.y, r.out_dtype) * sc;
       if (first) stv(r.out, r.out_dtype, row * D + i0, y.x), stv(r.out, r.out_dtype, row * D + i1, y.y);
     } else {
-      const int64_t ro = row_off(f.kx, krow);
-      const float2 y = rope_rot(ldv(f.kx.p, f.kx.dtype, ro + i0 * lk), ldv(f.kx.p, f.kx.dtype, ro + i1 * lk), rc[i], rs[i]);
       kn[i0] = half_bits<BF>(round_to(y.x, f.ko_dtype));
       kn[i1] = half_bits<BF>(round_to(y.y, f.ko_dtype));
       if (first) stv(f.ko, f.ko_dtype, krow * D + i0, y.x), stv(f.ko, f.ko_dtype, krow * D + i1, y.y);
     }
   }
-  for (int d = threadIdx.x; d < D; d += blockDim.x) vn[d] = half_bits<BF>(ldv(f.vx.p, f.vx.dtype, op_off(f.vx, krow * D + d)));
+  if (threadIdx.x < D) vn[threadIdx.x] = half_bits<BF>(vv);
+}
+
+// One tile's loads, keys [t0, t0 + n) of the group: 16 bytes a thread per chunk of K and
+// of V, coherent loads through L2 (cuda_internal.h: not __ldg in a PDL-launched kernel).
+// Rows past n load row t0 (in bounds); dec_stage zeroes them.
+template <int D, int CH>
+static __device__ __forceinline__ void dec_load(uint4 (&kr)[CH], uint4 (&vr)[CH], const char *kb, const char *vb, int64_t kst,
+                                                int64_t vst, int64_t t0, int n) {
+  constexpr int NT = DEC_WARPS * 32, NCH = DEC_TILE * D / 8;
+#pragma unroll
+  for (int c = 0; c < CH; c++) {
+    const int e = threadIdx.x + c * NT < NCH ? threadIdx.x + c * NT : NCH - 1, j = e / (D / 8), q8 = e - j * (D / 8);
+    const int64_t jj = t0 + (j < n ? j : 0);
+    kr[c] = wkc_ld_early16(kb + jj * kst + 16 * q8);
+    vr[c] = wkc_ld_early16(vb + jj * vst + 16 * q8);
+  }
+}
+// The loaded tile into shared memory (rows of W words, one of padding: column reads hit
+// distinct banks); rows past n are zeros, and the group's new row (wpos) comes from kn, vn.
+template <int D, int CH, bool FUSE>
+static __device__ __forceinline__ void dec_stage(const uint4 (&kr)[CH], const uint4 (&vr)[CH], uint32_t *ks, uint32_t *vs,
+                                                 int64_t t0, int n, int64_t wpos, const uint16_t *kn, const uint16_t *vn) {
+  constexpr int NT = DEC_WARPS * 32, NCH = DEC_TILE * D / 8, W = D / 2 + 1;
+#pragma unroll
+  for (int c = 0; c < CH; c++) {
+    const int e = threadIdx.x + c * NT, j = e / (D / 8), q8 = e - j * (D / 8);
+    if (NCH % NT && e >= NCH) break;
+    uint4 k = kr[c], v = vr[c];
+    if (j >= n) k = v = make_uint4(0, 0, 0, 0);
+    else if (FUSE && t0 + j == wpos) k = ((const uint4 *)kn)[q8], v = ((const uint4 *)vn)[q8];
+    uint32_t *kd = ks + j * W + q8 * 4, *vd = vs + j * W + q8 * 4;
+    kd[0] = k.x, kd[1] = k.y, kd[2] = k.z, kd[3] = k.w;
+    vd[0] = v.x, vd[1] = v.y, vd[2] = v.z, vd[3] = v.w;
+  }
+}
+
+// The merge of n parts in order: o = sum o_s 2^(m_s - M) / sum l_s 2^(m_s - M) with M
+// the largest m_s. m(s), l(s), o(s): part s's values. *M, *L: M (0 when no part saw a
+// key) and the denominator; the result is the numerator.
+template <class Fm, class Fl, class Fo>
+static __device__ __forceinline__ float dec_merge(int n, Fm m, Fl l, Fo o, float *M, float *L) {
+  float mx = -INFINITY, num = 0.0f, den = 0.0f;
+  for (int s = 0; s < n; s++) mx = fmaxf(mx, m(s));
+  const float mu = mx == -INFINITY ? 0.0f : mx;
+  for (int s = 0; s < n; s++) {
+    const float w = ex2(m(s) - mu);
+    den += l(s) * w;
+    num += o(s) * w;
+  }
+  *M = mx, *L = den;
+  return num;
+}
+
+// After each CTA of the clusters with keys wrote its slice of its cluster's part
+// (cluster cl of the group, rows b * Hq + hk * G + g): the n CTAs count themselves in;
+// the last one merges the ncl = n / DEC_CLUSTER parts (in cluster order, so the result
+// does not depend on which is last) and resets the counter for the next launch. Parts
+// hold o unnormalized, then m, l.
+template <int D>
+static __device__ __forceinline__ void dec_finish(const AttnArgs &a, int64_t b, int64_t hk, int n, int *last) {
+  const int ncl = n / DEC_CLUSTER;
+  const int G = (int)a.G;
+  __threadfence();   // this cluster's part is visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) *last = atomicAdd(&a.dec_count[blockIdx.y], 1) == n - 1;
+  __syncthreads();
+  if (!*last) return;
+  __threadfence();
+  const int64_t st = a.B * a.Hq * (D + 2);
+  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+    const int g = i / D, d = i - g * D;
+    const int64_t r = b * a.Hq + hk * G + g;
+    const float *p = a.part + r * (D + 2);
+    float M, L;
+    const float O = dec_merge(
+        ncl, [&](int s) { return __ldcg(p + s * st + D); }, [&](int s) { return __ldcg(p + s * st + D + 1); },
+        [&](int s) { return __ldcg(p + s * st + d); }, &M, &L);
+    stv(a.out, a.out_dtype, r * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
+  }
+  if (threadIdx.x == 0) a.dec_count[blockIdx.y] = 0;
+}
+
+
+// Stores (x, y) to the shared memory of CTA `rank` of the cluster, at the address p has
+// in this CTA's (the merge pushes parts: a remote store does not wait, a remote load would).
+static __device__ __forceinline__ void st_cluster2(float *p, int rank, float x, float y) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  asm volatile("st.shared::cluster.v2.f32 [%0], {%1, %2};" ::"r"(r), "f"(x), "f"(y) : "memory");
+}
+// the cluster barrier, its arrival releasing this CTA's stores and its wait acquiring the others'
+static __device__ __forceinline__ void cluster_barrier(void) {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
 template <int D, bool BF, class F>
 __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a, const __grid_constant__ F f) {
-  constexpr bool FUSE = std::is_same<F, DecFuse>::value;
-  wkc_pdl_trigger();
-  constexpr int W = D / 2 + 1;   // 32-bit words a staged row, one of padding: column reads hit distinct banks
-  constexpr int NT = DEC_WARPS * 32, NCH = DEC_TILE * D / 8, CH = (NCH + NT - 1) / NT;   // 16-byte chunks a thread stages per matrix
-  constexpr int R = (DEC_GMAX * (D / 2) + NT - 1) / NT;     // (head, word) outputs a thread owns
+  constexpr bool FUSE = std::is_same<F, NoFuse>::value == false;
+  constexpr int W = D / 2 + 1, NT = DEC_WARPS * 32, NCH = DEC_TILE * D / 8, CH = (NCH + NT - 1) / NT;
+  constexpr int WL = (D / 2 + 31) / 32;              // 32-bit words of o a lane owns (its head's warp)
+  constexpr int SL = DEC_GMAX * D / DEC_CLUSTER;     // outputs of the group a CTA of the cluster merges
+  static_assert(DEC_TILE == 32 && DEC_GMAX <= DEC_WARPS && SL <= NT && SL % 2 == 0, "a lane a key, a warp a head");
   __shared__ uint32_t ks[DEC_TILE * W], vs[DEC_TILE * W];
-  __shared__ float qs[DEC_GMAX * D], ps[DEC_GMAX * DEC_TILE], hm[DEC_GMAX], hl[DEC_GMAX], hal[DEC_GMAX];
+  __shared__ float qs[DEC_GMAX * D];
+  __shared__ float rcv_o[DEC_CLUSTER][SL], rcv_ml[DEC_CLUSTER][2 * DEC_GMAX];   // the cluster's parts of my slice
   __shared__ int last;
   __shared__ __align__(16) uint16_t kn[FUSE ? D : 8], vn[FUSE ? D : 8];   // the group's new cache rows
   __shared__ float rc[FUSE ? D / 2 : 1], rs[FUSE ? D / 2 : 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  wkc_pdl_trigger();
+  wkc_pdl_wait();
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, G = (int)a.G;
   const int64_t sp = blockIdx.x, b = blockIdx.y / a.Hkv, hk = blockIdx.y % a.Hkv;
+  const int rank = (int)(sp % DEC_CLUSTER), cl = (int)(sp / DEC_CLUSTER);
   const int64_t S = eff_keys(a), chunk = dec_chunk(S, gridDim.x);
-  const int64_t k0 = sp * chunk, k1 = k0 + chunk < S ? k0 + chunk : S;
-  // past the keys that exist: no part (but with no key at all the first CTA writes the 0s)
-  if (k0 >= S && (gridDim.x > 1 && !(S == 0 && sp == 0))) return;
-  const int G = (int)a.G;
-  int64_t wpos = -1;   // the group's new row: staged from kn, vn instead of the cache
-  if constexpr (FUSE) {
-    dec_rope<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
-    wpos = *f.start;
-  } else if (a.q.dtype == WK_F32) {
-    dec_q<float>(a, b, hk, D, qs);
-  } else if (a.q.dtype == WK_BF16) {
-    dec_q<__nv_bfloat16>(a, b, hk, D, qs);
-  } else {
-    dec_q<__half>(a, b, hk, D, qs);
-  }
-  if (tid < G) hm[tid] = -INFINITY, hl[tid] = 0.0f;
-  float2 o[R];
-#pragma unroll
-  for (int r = 0; r < R; r++) o[r] = make_float2(0.0f, 0.0f);
+  const int64_t nact = S > 0 ? (S + chunk - 1) / chunk : 1;   // CTAs with keys (with none, the first writes the 0s)
+  const int ncl = (int)((nact + DEC_CLUSTER - 1) / DEC_CLUSTER);
+  if (cl >= ncl) return;   // the whole cluster is past the keys
+  const int nr = (int)(nact - (int64_t)cl * DEC_CLUSTER < DEC_CLUSTER ? nact - (int64_t)cl * DEC_CLUSTER : DEC_CLUSTER);
+  const int64_t k0 = sp * chunk < S ? sp * chunk : S, k1 = k0 + chunk < S ? k0 + chunk : S;
   const char *kb = a.k.p + 2 * (b * a.k.stride[0] + hk * a.k.stride[1]);
   const char *vb = a.v.p + 2 * (b * a.v.stride[0] + hk * a.v.stride[1]);
   const int64_t kst = 2 * a.k.stride[2], vst = 2 * a.v.stride[2];
+  uint4 kr[CH], vr[CH];
+  if (k0 < k1) dec_load<D, CH>(kr, vr, kb, vb, kst, vst, k0, k1 - k0 < DEC_TILE ? (int)(k1 - k0) : DEC_TILE);
+  int64_t wpos = -1;   // the group's new row: staged from kn, vn instead of the cache
+  if constexpr (FUSE) {
+    wpos = *f.start;
+    dec_angles<D>(f, rc, rs);
+    __syncthreads();
+    dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
+  } else if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
+  else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
+  else dec_q<__half>(a, b, hk, D, qs);
+  // warp g < G owns head g: its running max m and sum l (log2 domain, the same in every
+  // lane) and its o words lane + 32 i, unnormalized
+  float m = -INFINITY, l = 0.0f;
+  float2 o[WL];
+#pragma unroll
+  for (int i = 0; i < WL; i++) o[i] = make_float2(0.0f, 0.0f);
   for (int64_t t0 = k0; t0 < k1; t0 += DEC_TILE) {
     const int n = k1 - t0 < DEC_TILE ? (int)(k1 - t0) : DEC_TILE;
-    uint4 kr[CH], vr[CH];   // every load of the tile issued before the first store
-#pragma unroll
-    for (int c = 0; c < CH; c++) {
-      const int e = tid + c * NT < NCH ? tid + c * NT : NCH - 1, j = e / (D / 8), q8 = e - j * (D / 8);
-      const int64_t jj = t0 + (j < n ? j : 0);   // rows past the keys: zeros (loaded in bounds)
-      kr[c] = __ldg((const uint4 *)(kb + jj * kst) + q8);
-      vr[c] = __ldg((const uint4 *)(vb + jj * vst) + q8);
-      if (j >= n) kr[c] = vr[c] = make_uint4(0, 0, 0, 0);
-    }
-    __syncthreads();   // the last tile's readers are done
-#pragma unroll
-    for (int c = 0; c < CH; c++) {
-      const int e = tid + c * NT, j = e / (D / 8), q8 = e - j * (D / 8);
-      if (NCH % NT && e >= NCH) break;
-      uint32_t *kd = ks + j * W + q8 * 4, *vd = vs + j * W + q8 * 4;
-      if (FUSE && t0 + j == wpos && j < n) kr[c] = ((const uint4 *)kn)[q8], vr[c] = ((const uint4 *)vn)[q8];
-      kd[0] = kr[c].x, kd[1] = kr[c].y, kd[2] = kr[c].z, kd[3] = kr[c].w;
-      vd[0] = vr[c].x, vd[1] = vr[c].y, vd[2] = vr[c].z, vd[3] = vr[c].w;
-    }
+    __syncthreads();   // the last tile's readers are done (and the prologue's writes are seen)
+    dec_stage<D, CH, FUSE>(kr, vr, ks, vs, t0, n, wpos, kn, vn);
     __syncthreads();
-    // scores (log2 domain); keys past n: -inf
-    for (int i = tid; i < G * DEC_TILE; i += NT) {
-      const int g = i / DEC_TILE, j = i - g * DEC_TILE;
-      float sc = -INFINITY;
-      if (j < n) {
-        const float *qg = qs + g * D;
-        const uint32_t *kw = ks + j * W;
-        float acc = 0.0f;
+    if (t0 + DEC_TILE < k1)   // the next tile's loads fly while this one is computed
+      dec_load<D, CH>(kr, vr, kb, vb, kst, vst, t0 + DEC_TILE, k1 - t0 - DEC_TILE < DEC_TILE ? (int)(k1 - t0 - DEC_TILE) : DEC_TILE);
+    if (warp >= G) continue;
+    // lane j's score for key t0 + j (log2 domain; -inf past n)
+    float sc = -INFINITY;
+    if (lane < n) {
+      const float *qg = qs + warp * D;
+      const uint32_t *kw = ks + lane * W;
+      float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll 8
-        for (int w = 0; w < D / 2; w++) {
-          const float2 kf = widen2w<BF>(kw[w]);
-          acc = fmaf(qg[2 * w], kf.x, fmaf(qg[2 * w + 1], kf.y, acc));
-        }
-        sc = acc;
-        if (a.has_mask) {   // an f32 mask (decode_fwd sends others to the tiled kernels)
-          const int64_t at = b * a.ms[0] + (hk * G + g) * a.ms[1] + (t0 + j) * a.ms[3];
-          sc += 1.4426950408889634f * ((const float *)a.mask)[at];
-        }
+      for (int w = 0; w < D / 2; w++) {
+        const float2 kf = widen2w<BF>(kw[w]);
+        s0 = fmaf(qg[2 * w], kf.x, s0);
+        s1 = fmaf(qg[2 * w + 1], kf.y, s1);
       }
-      ps[i] = sc;
-    }
-    __syncthreads();
-    // online softmax per head: a warp per head
-    for (int g = warp; g < G; g += DEC_WARPS) {
-      const float v0 = ps[g * DEC_TILE + lane], v1 = ps[g * DEC_TILE + lane + 32];
-      float mt = fmaxf(v0, v1);
-      for (int off = 16; off > 0; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
-      const float mo = hm[g], mn = fmaxf(mo, mt), mu = mn == -INFINITY ? 0.0f : mn;
-      const float p0 = ex2(v0 - mu), p1 = ex2(v1 - mu);
-      ps[g * DEC_TILE + lane] = p0;
-      ps[g * DEC_TILE + lane + 32] = p1;
-      const float ls = warp_sum(p0 + p1);
-      __syncwarp();
-      if (lane == 0) {
-        const float al = ex2(mo - mu);   // 0 before the first key
-        hl[g] = hl[g] * al + ls;
-        hm[g] = mn;
-        hal[g] = al;
+      sc = s0 + s1;
+      if (a.has_mask) {   // an f32 mask (decode_fwd sends others to the tiled kernels)
+        const int64_t at = b * a.ms[0] + (hk * G + warp) * a.ms[1] + (t0 + lane) * a.ms[3];
+        sc += 1.4426950408889634f * ((const float *)a.mask)[at];
       }
     }
-    __syncthreads();
-    // o = o al + P V
+    // online softmax over the tile, then o = o al + P V with p from the lanes' shuffles
+    const float mn = fmaxf(m, warp_max(sc)), mu = mn == -INFINITY ? 0.0f : mn;
+    const float p = ex2(sc - mu), al = ex2(m - mu);   // al: 0 before the first key
+    l = l * al + warp_sum(p);
+    m = mn;
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-      const int i = tid + r * NT;
-      if (i >= G * (D / 2)) break;
-      const int g = i / (D / 2), w = i - g * (D / 2);
-      const float al = hal[g], *pg = ps + g * DEC_TILE;
-      float2 acc = make_float2(o[r].x * al, o[r].y * al);
+    for (int i = 0; i < WL; i++) o[i].x *= al, o[i].y *= al;
 #pragma unroll 8
-      for (int j = 0; j < DEC_TILE; j++) {   // p = 0 and V = 0 past n
-        const float p = pg[j];
-        const float2 vf = widen2w<BF>(vs[j * W + w]);
-        acc.x = fmaf(p, vf.x, acc.x);
-        acc.y = fmaf(p, vf.y, acc.y);
+    for (int j = 0; j < DEC_TILE; j++) {   // p = 0 and V = 0 past n
+      const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+      for (int i = 0; i < WL; i++) {
+        const int w = lane + 32 * i;
+        if (D / 2 % 32 == 0 || w < D / 2) {
+          const float2 vf = widen2w<BF>(vs[j * W + w]);
+          o[i].x = fmaf(pj, vf.x, o[i].x);
+          o[i].y = fmaf(pj, vf.y, o[i].y);
+        }
       }
-      o[r] = acc;
     }
   }
-  __syncthreads();   // hm, hl final
+  // The cluster's merge: output e of the group (head e / D) is merged by CTA e / SL of
+  // the cluster, so each CTA pushes its o words and every head's (m, l) to their owners.
+  if (rank < nr && warp < G) {
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    const int i = tid + r * NT;
-    if (i >= G * (D / 2)) break;
-    const int g = i / (D / 2), w = i - g * (D / 2);
+    for (int i = 0; i < WL; i++) {
+      const int e = warp * D + 2 * (lane + 32 * i);
+      if (D / 2 % 32 == 0 || lane + 32 * i < D / 2) st_cluster2(&rcv_o[rank][e % SL], e / SL, o[i].x, o[i].y);
+    }
+    if (lane < DEC_CLUSTER) st_cluster2(&rcv_ml[rank][2 * warp], lane, m, l);
+  }
+  cluster_barrier();   // every part pushed (and no CTA stores into one that has left)
+  const int e = rank * SL + tid;   // my output
+  if (tid < SL && e < G * D) {
+    const int g = e / D, d = e - g * D;
     const int64_t row = b * a.Hq + hk * G + g;   // T = 1
-    const float L = hl[g];
-    if (gridDim.x == 1) {
-      const float inv = L > 0.0f ? 1.0f / L : 0.0f;   // a row that sees no key: 0
-      stv(a.out, a.out_dtype, row * D + 2 * w, o[r].x * inv);
-      stv(a.out, a.out_dtype, row * D + 2 * w + 1, o[r].y * inv);
+    float M, L;
+    const float O = dec_merge(
+        nr, [&](int s) { return rcv_ml[s][2 * g]; }, [&](int s) { return rcv_ml[s][2 * g + 1]; },
+        [&](int s) { return rcv_o[s][tid]; }, &M, &L);
+    if (ncl == 1) {
+      stv(a.out, a.out_dtype, row * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
     } else {
-      float *pp = a.part + (sp * a.B * a.Hq + row) * (D + 2);
-      pp[2 * w] = o[r].x;
-      pp[2 * w + 1] = o[r].y;
-      if (w == 0) pp[D] = hm[g], pp[D + 1] = L;
+      float *pp = a.part + ((int64_t)cl * a.B * a.Hq + row) * (D + 2);
+      pp[d] = O;
+      if (d == 0) pp[D] = M, pp[D + 1] = L;
     }
   }
   // the new rows into the cache (as the cache writes would), by one CTA of the group;
@@ -1079,7 +1146,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
       char *row = (char *)(isv ? vb + wpos * vst : kb + wpos * kst);
       ((uint4 *)row)[q8] = ((const uint4 *)(isv ? vn : kn))[q8];
     }
-  if (gridDim.x > 1) dec_finish<D>(a, b, hk, S, chunk, &last);
+  if (ncl > 1) dec_finish<D>(a, b, hk, ncl * DEC_CLUSTER, &last);
 }
 
 // k_attn_decode's counters, one per (batch, kv head) grid row: zero between launches
@@ -1213,34 +1280,37 @@ template <class E> static wk_status mma_fwd(const AttnArgs &a, const char *what)
 
 // One query row per head over a cache of f16 / bf16 rows (k_attn_decode). The keys that
 // exist are known only at run time (kv_len, read by the kernels), so the grid is sized
-// for the capacity S, some 2 CTAs an SM, and the CTAs past the keys return at once.
-template <class F> static void decode_launch(const AttnArgs &a, const F &f, bool bf, dim3 grid) {
-  cudaStream_t cs = wkc_stream();
-  const int nt = DEC_WARPS * 32;
+// for the capacity S, some 2 CTAs an SM, and the clusters past the keys return at once.
+template <int D, bool BF, class F> static void decode_launch_d(const AttnArgs &a, const F &f, dim3 grid, bool pdl) {
+  wkc_launch_ex(k_attn_decode<D, BF, F>, grid, DEC_WARPS * 32, 0, pdl, DEC_CLUSTER, a, f);
+}
+template <class F> static void decode_launch(const AttnArgs &a, const F &f, bool bf, dim3 grid, bool pdl) {
   if (bf) {
-    if (a.D == 32) k_attn_decode<32, true><<<grid, nt, 0, cs>>>(a, f);
-    else if (a.D == 64) k_attn_decode<64, true><<<grid, nt, 0, cs>>>(a, f);
-    else k_attn_decode<128, true><<<grid, nt, 0, cs>>>(a, f);
+    if (a.D == 32) decode_launch_d<32, true>(a, f, grid, pdl);
+    else if (a.D == 64) decode_launch_d<64, true>(a, f, grid, pdl);
+    else decode_launch_d<128, true>(a, f, grid, pdl);
   } else {
-    if (a.D == 32) k_attn_decode<32, false><<<grid, nt, 0, cs>>>(a, f);
-    else if (a.D == 64) k_attn_decode<64, false><<<grid, nt, 0, cs>>>(a, f);
-    else k_attn_decode<128, false><<<grid, nt, 0, cs>>>(a, f);
+    if (a.D == 32) decode_launch_d<32, false>(a, f, grid, pdl);
+    else if (a.D == 64) decode_launch_d<64, false>(a, f, grid, pdl);
+    else decode_launch_d<128, false>(a, f, grid, pdl);
   }
 }
 // f: the decode attention group's RoPE and cache writes, or NULL (the SDPA alone).
 static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f) {
   const int64_t groups = a.B * a.Hkv;
-  int64_t nsp = (2 * wkc_num_sms() + groups - 1) / groups, most = (a.S + DEC_MIN - 1) / DEC_MIN;
+  int64_t nsp = (2 * wkc_num_sms() + groups - 1) / groups, most = (a.S + DEC_TILE - 1) / DEC_TILE;
   if (nsp > most) nsp = most;
   if (nsp < 1) nsp = 1;
+  nsp = (nsp + DEC_CLUSTER - 1) / DEC_CLUSTER * DEC_CLUSTER;   // whole clusters
   if (groups > 65535)
     return wk_error(WK_ERR_SHAPE, "sdpa (decode): %lld batch x kv heads is above the grid's 65535", (long long)groups);
   a.NSP = nsp;
+  const int64_t nparts = nsp / DEC_CLUSTER;   // clusters, whose parts merge through global memory
   void *part = NULL;
-  if (nsp > 1 && !(a.dec_count = dec_counters()))
+  if (nparts > 1 && !(a.dec_count = dec_counters()))
     return wk_error(WK_ERR_OOM, "sdpa (decode): out of device memory for 256 KB of split counters");
-  if (nsp > 1) {
-    const size_t bytes = sizeof(float) * (size_t)(nsp * a.B * a.Hq * (a.D + 2));
+  if (nparts > 1) {
+    const size_t bytes = sizeof(float) * (size_t)(nparts * a.B * a.Hq * (a.D + 2));
     if (!(part = wkc_tmp_alloc(bytes)))
       return wk_error(WK_ERR_OOM, "sdpa (decode): %zu bytes of split-key partial results (q %lldx%lldx1x%lld, %lld "
                       "keys): out of device memory", bytes, (long long)a.B, (long long)a.Hq, (long long)a.D,
@@ -1248,8 +1318,9 @@ static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f) {
     a.part = (float *)part;
   }
   const dim3 grid((unsigned)nsp, (unsigned)groups);
-  if (f) decode_launch(a, *f, bf, grid);
-  else decode_launch(a, NoFuse{}, bf, grid);
+  const bool pdl = wkc_pdl_const(NULL, 0);   // inside a one-capture graph: launch early, wait in the kernel
+  if (f) decode_launch(a, *f, bf, grid, pdl);
+  else decode_launch(a, NoFuse{}, bf, grid, pdl);
   wk_status st = wkc_check_launch(f ? "rope + cache writes + sdpa (decode group)" : "sdpa (decode)");
   wkc_tmp_free(part);
   return st;

@@ -176,20 +176,34 @@ __device__ __forceinline__ float wkc_ld_early(const float *p) {
   return v;
 }
 // Launches k<<<grid, block, smem>>>(args...) on wkc_stream(), as a programmatic
-// dependent of the work before it when pdl.
+// dependent of the work before it when pdl, in clusters of `cluster` CTAs along x when
+// above 1 (grid.x a multiple of it).
 template <typename... P, typename... A>
-void wkc_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, bool pdl, A &&...args) {
-  cudaLaunchAttribute at;
-  at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at.val.programmaticStreamSerializationAllowed = 1;
+void wkc_launch_ex(void (*k)(P...), dim3 grid, dim3 block, size_t smem, bool pdl, unsigned cluster, A &&...args) {
+  cudaLaunchAttribute at[2];
+  unsigned n = 0;
+  if (pdl) {
+    at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    at[n].id = cudaLaunchAttributeClusterDimension;
+    at[n].val.clusterDim.x = cluster;
+    at[n].val.clusterDim.y = at[n].val.clusterDim.z = 1;
+    n++;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = wkc_stream();
-  cfg.attrs = pdl ? &at : NULL;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.attrs = n ? at : NULL;
+  cfg.numAttrs = n;
   if (cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...) == cudaSuccess && pdl) wkc_pdl_launched();
+}
+template <typename... P, typename... A>
+void wkc_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, bool pdl, A &&...args) {
+  wkc_launch_ex(k, grid, block, smem, pdl, 1, static_cast<A &&>(args)...);
 }
 
 // ---- kernel families (ew.cu, nn.cu) ----
