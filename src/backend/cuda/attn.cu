@@ -817,13 +817,14 @@ __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
 // context (up to DEC_CLUSTER * DEC_TILE keys) is one cluster, with no global round trip;
 // clusters past the keys return at once.
 // Inside a captured decode step the kernel launches as a programmatic dependent (PDL),
-// so its CTAs are resident before the q, k, v projections finish; it waits before its
-// first read.
-// Phases of one CTA (globaltimer, Qwen2.5-0.5B shapes, ~150 keys, H100, launches step by
-// step): kv_len 0.7 us, first tile's loads and the angles 1.6, q, k, v and the rotation
-// 1.1, a tile 1.1, cluster barrier 0.6, merge 0.6; 6.8 us in all, where the previous
-// kernel (a CTA per 64-key chunk of 16 warps, four barriers a tile, the last CTA merging
-// through global memory) took 8.1 (ncu: 9.1 against 10.4 us a launch).
+// so its CTAs can be resident before the q, k, v projections finish; it waits before
+// its first read.
+// Phases of one CTA (globaltimer; Qwen2.5-0.5B shapes, ~150 keys, H100, launched step by
+// step): kv_len 0.7 us; the first tile's loads and RoPE's angles 1.6; q, k, v and the
+// rotation 1.1; one tile 1.3; the cluster barrier 0.6; the merge and its stores 1.0; 6.8
+// in all. The cluster's first CTA merging by remote loads took 1.9 for the merge (8.1 in
+// all). Under ncu the previous kernel (a CTA of 16 warps per 64-key chunk, four barriers
+// a tile, the last CTA merging through global memory) took 10.4 us a launch, this one 9.1.
 #define DEC_WARPS 8
 #define DEC_TILE 32      // keys staged at a time, and the fewest a CTA takes
 #define DEC_CLUSTER 8    // CTAs of a cluster (the portable most)
