@@ -830,6 +830,10 @@ __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
 #define DEC_CLUSTER 8    // CTAs of a cluster (the portable most)
 #define DEC_GMAX 8       // query heads per kv head the decode kernel serves
 
+// keys of the tile at t0 of a chunk ending at k1
+static __device__ __forceinline__ int dec_tile_n(int64_t t0, int64_t k1) {
+  return k1 - t0 < DEC_TILE ? (int)(k1 - t0) : DEC_TILE;
+}
 static __device__ __forceinline__ int64_t dec_chunk(int64_t S, int64_t nsp) {
   const int64_t c = (S + nsp - 1) / nsp;
   return c <= DEC_TILE ? DEC_TILE : (c + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
@@ -977,18 +981,17 @@ static __device__ __forceinline__ float dec_merge(int n, Fm m, Fl l, Fo o, float
   return num;
 }
 
-// After each CTA of the clusters with keys wrote its slice of its cluster's part
-// (cluster cl of the group, rows b * Hq + hk * G + g): the n CTAs count themselves in;
-// the last one merges the ncl = n / DEC_CLUSTER parts (in cluster order, so the result
-// does not depend on which is last) and resets the counter for the next launch. Parts
-// hold o unnormalized, then m, l.
+// After each CTA of the ncl clusters with keys wrote its slice of its cluster's part
+// (cluster cl of the group, rows b * Hq + hk * G + g): those CTAs count themselves in;
+// the last one merges the ncl parts (in cluster order, so the result does not depend on
+// which is last) and resets the counter for the next launch. Parts hold o
+// unnormalized, then m, l.
 template <int D>
-static __device__ __forceinline__ void dec_finish(const AttnArgs &a, int64_t b, int64_t hk, int n, int *last) {
-  const int ncl = n / DEC_CLUSTER;
+static __device__ __forceinline__ void dec_finish(const AttnArgs &a, int64_t b, int64_t hk, int ncl, int *last) {
   const int G = (int)a.G;
   __threadfence();   // this cluster's part is visible before it is counted
   __syncthreads();
-  if (threadIdx.x == 0) *last = atomicAdd(&a.dec_count[blockIdx.y], 1) == n - 1;
+  if (threadIdx.x == 0) *last = atomicAdd(&a.dec_count[blockIdx.y], 1) == ncl * DEC_CLUSTER - 1;
   __syncthreads();
   if (!*last) return;
   __threadfence();
@@ -1006,7 +1009,6 @@ static __device__ __forceinline__ void dec_finish(const AttnArgs &a, int64_t b, 
   if (threadIdx.x == 0) a.dec_count[blockIdx.y] = 0;
 }
 
-
 // Stores (x, y) to the shared memory of CTA `rank` of the cluster, at the address p has
 // in this CTA's (the merge pushes parts: a remote store does not wait, a remote load would).
 static __device__ __forceinline__ void st_cluster2(float *p, int rank, float x, float y) {
@@ -1022,7 +1024,7 @@ static __device__ __forceinline__ void cluster_barrier(void) {
 
 template <int D, bool BF, class F>
 __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_constant__ AttnArgs a, const __grid_constant__ F f) {
-  constexpr bool FUSE = std::is_same<F, NoFuse>::value == false;
+  constexpr bool FUSE = std::is_same<F, DecFuse>::value;
   constexpr int W = D / 2 + 1, NT = DEC_WARPS * 32, NCH = DEC_TILE * D / 8, CH = (NCH + NT - 1) / NT;
   constexpr int WL = (D / 2 + 31) / 32;              // 32-bit words of o a lane owns (its head's warp)
   constexpr int SL = DEC_GMAX * D / DEC_CLUSTER;     // outputs of the group a CTA of the cluster merges
@@ -1048,7 +1050,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   const char *vb = a.v.p + 2 * (b * a.v.stride[0] + hk * a.v.stride[1]);
   const int64_t kst = 2 * a.k.stride[2], vst = 2 * a.v.stride[2];
   uint4 kr[CH], vr[CH];
-  if (k0 < k1) dec_load<D, CH>(kr, vr, kb, vb, kst, vst, k0, k1 - k0 < DEC_TILE ? (int)(k1 - k0) : DEC_TILE);
+  if (k0 < k1) dec_load<D, CH>(kr, vr, kb, vb, kst, vst, k0, dec_tile_n(k0, k1));
   int64_t wpos = -1;   // the group's new row: staged from kn, vn instead of the cache
   if constexpr (FUSE) {
     wpos = *f.start;
@@ -1065,12 +1067,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
 #pragma unroll
   for (int i = 0; i < WL; i++) o[i] = make_float2(0.0f, 0.0f);
   for (int64_t t0 = k0; t0 < k1; t0 += DEC_TILE) {
-    const int n = k1 - t0 < DEC_TILE ? (int)(k1 - t0) : DEC_TILE;
+    const int n = dec_tile_n(t0, k1);
     __syncthreads();   // the last tile's readers are done (and the prologue's writes are seen)
     dec_stage<D, CH, FUSE>(kr, vr, ks, vs, t0, n, wpos, kn, vn);
     __syncthreads();
     if (t0 + DEC_TILE < k1)   // the next tile's loads fly while this one is computed
-      dec_load<D, CH>(kr, vr, kb, vb, kst, vst, t0 + DEC_TILE, k1 - t0 - DEC_TILE < DEC_TILE ? (int)(k1 - t0 - DEC_TILE) : DEC_TILE);
+      dec_load<D, CH>(kr, vr, kb, vb, kst, vst, t0 + DEC_TILE, dec_tile_n(t0 + DEC_TILE, k1));
     if (warp >= G) continue;
     // lane j's score for key t0 + j (log2 domain; -inf past n)
     float sc = -INFINITY;
@@ -1147,7 +1149,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
       char *row = (char *)(isv ? vb + wpos * vst : kb + wpos * kst);
       ((uint4 *)row)[q8] = ((const uint4 *)(isv ? vn : kn))[q8];
     }
-  if (ncl > 1) dec_finish<D>(a, b, hk, ncl * DEC_CLUSTER, &last);
+  if (ncl > 1) dec_finish<D>(a, b, hk, ncl, &last);
 }
 
 // k_attn_decode's counters, one per (batch, kv head) grid row: zero between launches
@@ -1282,19 +1284,10 @@ template <class E> static wk_status mma_fwd(const AttnArgs &a, const char *what)
 // One query row per head over a cache of f16 / bf16 rows (k_attn_decode). The keys that
 // exist are known only at run time (kv_len, read by the kernels), so the grid is sized
 // for the capacity S, some 2 CTAs an SM, and the clusters past the keys return at once.
-template <int D, bool BF, class F> static void decode_launch_d(const AttnArgs &a, const F &f, dim3 grid, bool pdl) {
-  wkc_launch_ex(k_attn_decode<D, BF, F>, grid, DEC_WARPS * 32, 0, pdl, DEC_CLUSTER, a, f);
-}
 template <class F> static void decode_launch(const AttnArgs &a, const F &f, bool bf, dim3 grid, bool pdl) {
-  if (bf) {
-    if (a.D == 32) decode_launch_d<32, true>(a, f, grid, pdl);
-    else if (a.D == 64) decode_launch_d<64, true>(a, f, grid, pdl);
-    else decode_launch_d<128, true>(a, f, grid, pdl);
-  } else {
-    if (a.D == 32) decode_launch_d<32, false>(a, f, grid, pdl);
-    else if (a.D == 64) decode_launch_d<64, false>(a, f, grid, pdl);
-    else decode_launch_d<128, false>(a, f, grid, pdl);
-  }
+  void (*k)(AttnArgs, F) = bf ? (a.D == 32 ? k_attn_decode<32, true, F> : a.D == 64 ? k_attn_decode<64, true, F> : k_attn_decode<128, true, F>)
+                              : (a.D == 32 ? k_attn_decode<32, false, F> : a.D == 64 ? k_attn_decode<64, false, F> : k_attn_decode<128, false, F>);
+  wkc_launch_ex(k, grid, DEC_WARPS * 32, 0, pdl, DEC_CLUSTER, a, f);
 }
 // f: the decode attention group's RoPE and cache writes, or NULL (the SDPA alone).
 static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f) {
