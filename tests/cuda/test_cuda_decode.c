@@ -17,10 +17,12 @@
 // other summation orders and expf vs the CPU's exp: rtol 1e-4, atol 2e-5 (as
 // test_cuda_attn); bf16 out: one rounding of the output (2^-8) -> rtol 8e-3, atol 4e-3.
 // Skipped (77) without a GPU.
+#define _POSIX_C_SOURCE 200809L   // mkdtemp
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "check.h"
@@ -129,10 +131,11 @@ static int on_gen(const wk_gen_token *t, void *user) {
   return 0;
 }
 
-// 32 greedy tokens after a prompt of 5 on dev, cache in cache_dt; top: top_logprobs.
-static bool gen_on(wk_device dev, wk_dtype cache_dt, int top, gen_out *o) {
+// 32 greedy tokens after a prompt of 5 on dev with the model at path, cache in
+// cache_dt; top: top_logprobs.
+static bool gen_with(const char *path, wk_device dev, wk_dtype cache_dt, int top, gen_out *o) {
   static const int32_t prompt[] = {1, 7, 3, 99, 42};
-  wk_model *m = wk_model_load(fixture_in("models", "llama"));
+  wk_model *m = wk_model_load(path);
   if (!m || (dev != WK_CPU && wk_model_to_device(m, dev))) { wk_model_free(m); return false; }
   wk_generate_params p = wk_generate_defaults();
   p.max_tokens = 32;
@@ -143,6 +146,56 @@ static bool gen_on(wk_device dev, wk_dtype cache_dt, int top, gen_out *o) {
   wk_status st = wk_generate(m, NULL, prompt, 5, &p, on_gen, o, NULL);
   wk_model_free(m);
   return st == WK_OK && o->n == 32;
+}
+// The same with the tiny Llama fixture (head dim 16: attention outside the decode kernel).
+static bool gen_on(wk_device dev, wk_dtype cache_dt, int top, gen_out *o) {
+  return gen_with(fixture_in("models", "llama"), dev, cache_dt, top, o);
+}
+
+// A Llama with head dim 64 (the decode kernel's), random bf16 weights, written to dir
+// (config.json, model.safetensors): 2 layers, hidden 256, 4 query heads on 2 kv heads.
+static bool write_llama64(const char *dir) {
+  enum { H = 256, HQ = 4, HKV = 2, D = 64, FF = 512, V = 256, L = 2 };
+  char path[512];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  FILE *f = fopen(path, "w");
+  if (!f) return false;
+  fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %d, "
+             "\"intermediate_size\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
+             "\"num_hidden_layers\": %d, \"vocab_size\": %d, \"max_position_embeddings\": 256, \"rms_norm_eps\": 1e-05, "
+             "\"rope_theta\": 10000.0, \"hidden_act\": \"silu\", \"tie_word_embeddings\": false, \"bos_token_id\": 1, "
+             "\"eos_token_id\": 2, \"torch_dtype\": \"bfloat16\"}\n", H, FF, HQ, HKV, D, L, V);
+  if (fclose(f)) return false;
+  static const char *const proj[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
+                                     "post_attention_layernorm"};
+  const int64_t shape[9][2] = {{HQ * D, H}, {HKV * D, H}, {HKV * D, H}, {H, HQ * D}, {FF, H}, {FF, H}, {H, FF}, {H, 0}, {H, 0}};
+  char names[3 + 9 * L][64];
+  wk_tensor *ts[3 + 9 * L];
+  int n = 0;
+  wk_scope_begin();
+  snprintf(names[n], 64, "model.embed_tokens.weight"), ts[n++] = wk_randn(2, (int64_t[]){V, H}, WK_F32, 1);
+  snprintf(names[n], 64, "lm_head.weight"), ts[n++] = wk_mul_scalar(wk_randn(2, (int64_t[]){V, H}, WK_F32, 2), 0.06f);
+  snprintf(names[n], 64, "model.norm.weight"), ts[n++] = wk_full(1, (int64_t[]){H}, WK_F32, 1.0f);
+  for (int l = 0; l < L; l++)
+    for (int k = 0; k < 9; k++, n++) {
+      snprintf(names[n], 64, "model.layers.%d.%s.weight", l, proj[k]);
+      ts[n] = shape[k][1] ? wk_mul_scalar(wk_randn(2, shape[k], WK_F32, (uint64_t)(10 + 9 * l + k)), 0.06f)
+                          : wk_add_scalar(wk_mul_scalar(wk_randn(1, shape[k], WK_F32, (uint64_t)(40 + 9 * l + k)), 0.1f), 1.0f);
+    }
+  const char *np[3 + 9 * L];
+  for (int i = 0; i < n; i++) np[i] = names[i], ts[i] = wk_cast(ts[i], WK_BF16);
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  bool ok = wk_st_save(path, n, np, ts, NULL) == WK_OK;
+  wk_scope_end();
+  return ok;
+}
+
+static void remove_llama64(const char *dir) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/config.json", dir), remove(path);
+  snprintf(path, sizeof path, "%s/model.safetensors", dir), remove(path);
+  remove(dir);
 }
 
 static void test_greedy(void) {
@@ -169,19 +222,29 @@ static void test_greedy(void) {
 }
 
 // ---- replayed decode steps (graph.cu: one capture, the decode attention a programmatic
-// dependent launched in clusters) against the same steps launched one by one ----
+// dependent launched in clusters, reading the cache, kv_len and the positions before its
+// wait: no earlier kernel of the graph writes them) against the same steps launched one
+// by one ----
 static void test_replay_bits(void) {
+  const char *env = getenv("WICK_CUDA_PDL");
+  const bool on = !env || atoi(env);
   gen_out g, s;
   wk_cuda_graph_stats s0, s1;
+  char dir[] = "/tmp/wick_llama64_XXXXXX";
+  bool ok = mkdtemp(dir) != NULL;
+  CHECK(ok && write_llama64(dir), "a head-dim-64 Llama written to %s: %s", dir, wk_last_error());
   wk_cuda_graph_stats_get(&s0);
-  bool ok = gen_on(WK_CUDA, WK_BF16, 0, &g);
+  ok = ok && gen_with(dir, WK_CUDA, WK_BF16, 0, &g);
   wk_cuda_graph_stats_get(&s1);
   wk_cuda_set_graphs(0);
-  ok = ok && gen_on(WK_CUDA, WK_BF16, 0, &s);
+  ok = ok && gen_with(dir, WK_CUDA, WK_BF16, 0, &s);
   wk_cuda_set_graphs(1);
+  remove_llama64(dir);
   CHECK(ok, "generation with and without graphs: %s", ok ? "" : wk_last_error());
   if (!ok) return;
-  CHECK(s1.replays > s0.replays, "decode steps replayed (%llu)", s1.replays - s0.replays);
+  CHECK(s1.replays > s0.replays && (on ? s1.early > s0.early : s1.early == s0.early),
+        "decode steps replayed (%llu), %llu attention launches read the cache before their wait", s1.replays - s0.replays,
+        s1.early - s0.early);
   float worst = 0;
   for (int t = 0; t < 32; t++) worst = fmaxf(worst, fabsf(g.logprob[t] - s.logprob[t]));
   CHECK(!memcmp(g.ids, s.ids, sizeof g.ids) && worst == 0,

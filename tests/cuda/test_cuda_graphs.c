@@ -9,8 +9,9 @@
 // split by host steps, LoRA training steps with gradient clipping and AdamW under a
 // warmup-cosine schedule (new parameter buffers, learning rate, bias corrections and
 // clip factor every step; one graph launch per plan), a model forward, decode steps
-// with the KV cache (one graph launch each), and a capture that fails (the
-// step-by-step fallback).
+// with the KV cache (one graph launch each), transfers inside a plan (an upload done
+// by the graph's head, a download after the device steps), and a capture that fails
+// (the step-by-step fallback).
 #include <stdlib.h>
 #include <string.h>
 #include "backend/cuda/cuda_backend.h"
@@ -398,6 +399,49 @@ static void test_decode(void) {
   wk_model_free(m);
 }
 
+// ---- transfers inside a plan (compile.c): a small upload moves ahead of the kernels,
+// where the graph's head does it (no copy node between kernels); a download moves
+// after the device steps that do not read it, so they stay in one graph. The upload's
+// values change every evaluation. ----
+#define TN 96
+static void transfers_plan(wk_tensor *x, const float *bias, wk_tensor **host_y, wk_tensor **z) {
+  wk_scope_begin();
+  wk_tensor *h = wk_softmax(wk_mul_scalar(x, 0.5f), -1);   // a kernel before the upload in the walk's order
+  wk_tensor *y = wk_add(h, wk_to_device(wk_from_data(1, (int64_t[]){TN}, WK_F32, bias), WK_CUDA));
+  *host_y = wk_keep(wk_to_device(y, WK_CPU));
+  // two device steps after the download (row ops on different axes: two kernels)
+  *z = wk_keep(wk_softmax(wk_transpose(wk_rms_norm(y, NULL, 1e-5f), 0, 1), -1));
+  wk_scope_end();
+}
+
+static void test_transfers(void) {
+  enum { EVALS = 4 };
+  wk_tensor *x = rnd(2, (int64_t[]){TN, TN}, 1.0f, 21), *ref[EVALS][2], *got[EVALS][2];
+  float bias[EVALS][TN];
+  for (int e = 0; e < EVALS; e++)
+    for (int i = 0; i < TN; i++) bias[e][i] = 0.01f * (float)((i * 7 + e * 13) % 29) - 0.1f * (float)e;
+  wk_cuda_graph_stats s0 = {0}, s1 = {0};
+  for (int pass = 0; pass < 2; pass++) {
+    wk_cuda_set_graphs(pass);
+    if (pass) s0 = stats();
+    for (int e = 0; e < EVALS; e++) {
+      wk_tensor **o = pass ? got[e] : ref[e];
+      transfers_plan(x, bias[e], &o[0], &o[1]);
+      CHECK(o[0] && o[1] && wk_eval(2, o) == WK_OK, "transfers plan, eval %d (graphs %s)", e, pass ? "on" : "off");
+    }
+    if (pass) s1 = stats();
+  }
+  int same = 0;
+  for (int e = 0; e < EVALS; e++) same += same_bits(ref[e][0], got[e][0]) && same_bits(ref[e][1], got[e][1]);
+  CHECK(same == EVALS, "transfers: %d of %d evaluations equal bit for bit with and without graphs", same, EVALS);
+  CHECK(s1.replays - s0.replays == EVALS - 1 && s1.copied == s0.copied && s1.folded > s0.folded,
+        "transfers: one graph launch an evaluation after the first (%llu launches for %d), the upload in the head "
+        "(%llu in heads, %llu copy nodes)", s1.replays - s0.replays, EVALS, s1.folded - s0.folded, s1.copied - s0.copied);
+  for (int e = 0; e < EVALS; e++)
+    for (int k = 0; k < 2; k++) { wk_tensor_free(ref[e][k]); wk_tensor_free(got[e][k]); }
+  wk_tensor_free(x);
+}
+
 // ---- a capture that fails: the run launches step by step, results unchanged ----
 static wk_tensor *fallback_plan(wk_tensor *x, wk_tensor *w) {
   wk_scope_begin();
@@ -437,6 +481,7 @@ int main(void) {
   test_train();
   test_forward();
   test_decode();
+  test_transfers();
   test_fallback();
   return check_report();
 }

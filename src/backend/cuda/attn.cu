@@ -23,6 +23,7 @@
 // no P V); the causal mask skips the row blocks that see none of a CTA's keys.
 // bf16 / f16 with head dims up to 64 run on tensor cores; the rest on CUDA cores.
 // B = batch, Hq / Hkv = query / kv heads, G = Hq / Hkv, T = queries, S = keys, D = head dim.
+#include <cstdio>
 #include <mutex>
 #include <type_traits>
 #include "cuda_internal.h"
@@ -48,6 +49,7 @@ struct AttnArgs {
   char *out;                    // forward output, dense [B, Hq, T, D]
   float *lse, *delta;           // per query row [B, Hq, T] (the backward's statistics)
   int *dec_count;               // decode: clusters done per (b, kv head), zero between launches
+  int32_t early;                // decode: the cache, kv_len, positions may be read before the PDL wait
   float *dq, *dk, *dv;          // backward outputs, dense f32
   int32_t add2;                 // backward: pairs of dq / dk / dv go in one 8-byte atomic
 };
@@ -816,9 +818,10 @@ __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
 // CTA of the group to finish merges the clusters' parts from global memory. A short
 // context (up to DEC_CLUSTER * DEC_TILE keys) is one cluster, with no global round trip;
 // clusters past the keys return at once.
-// Inside a captured decode step the kernel launches as a programmatic dependent (PDL),
-// so its CTAs can be resident before the q, k, v projections finish; it waits before
-// its first read.
+// Inside a captured decode step the kernel launches as a programmatic dependent (PDL):
+// where no earlier kernel of the graph writes the cache, kv_len and the positions
+// (wkc_pdl_prior), it reads them, computes RoPE's angles and issues its first tile's
+// loads before it waits for the q, k, v projections; else it waits first.
 // Phases of one CTA (globaltimer; Qwen2.5-0.5B shapes, ~150 keys, H100, launched step by
 // step): kv_len 0.7 us; the first tile's loads and RoPE's angles 1.6; q, k, v and the
 // rotation 1.1; one tile 1.3; the cluster barrier 0.6; the merge and its stores 1.0; 6.8
@@ -1036,7 +1039,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   __shared__ __align__(16) uint16_t kn[FUSE ? D : 8], vn[FUSE ? D : 8];   // the group's new cache rows
   __shared__ float rc[FUSE ? D / 2 : 1], rs[FUSE ? D / 2 : 1];
   wkc_pdl_trigger();
-  wkc_pdl_wait();
+  if (!a.early) wkc_pdl_wait();   // else: the cache, kv_len and positions are read before it
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, G = (int)a.G;
   const int64_t sp = blockIdx.x, b = blockIdx.y / a.Hkv, hk = blockIdx.y % a.Hkv;
   const int rank = (int)(sp % DEC_CLUSTER), cl = (int)(sp / DEC_CLUSTER);
@@ -1056,8 +1059,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
     wpos = *f.start;
     dec_angles<D>(f, rc, rs);
     __syncthreads();
-    dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
-  } else if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
+  }
+  if (a.early) wkc_pdl_wait();
+  if constexpr (FUSE) dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
+  else if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
   else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
   else dec_q<__half>(a, b, hk, D, qs);
   // warp g < G owns head g: its running max m and sum l (log2 domain, the same in every
@@ -1290,7 +1295,8 @@ template <class F> static void decode_launch(const AttnArgs &a, const F &f, bool
   wkc_launch_ex(k, grid, DEC_WARPS * 32, 0, pdl, DEC_CLUSTER, a, f);
 }
 // f: the decode attention group's RoPE and cache writes, or NULL (the SDPA alone).
-static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f) {
+// early: the kernel may read the cache, kv_len and positions before its PDL wait.
+static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f, bool early) {
   const int64_t groups = a.B * a.Hkv;
   int64_t nsp = (2 * wkc_num_sms() + groups - 1) / groups, most = (a.S + DEC_TILE - 1) / DEC_TILE;
   if (nsp > most) nsp = most;
@@ -1299,6 +1305,7 @@ static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f) {
   if (groups > 65535)
     return wk_error(WK_ERR_SHAPE, "sdpa (decode): %lld batch x kv heads is above the grid's 65535", (long long)groups);
   a.NSP = nsp;
+  a.early = early;
   const int64_t nparts = nsp / DEC_CLUSTER;   // clusters, whose parts merge through global memory
   void *part = NULL;
   if (nparts > 1 && !(a.dec_count = dec_counters()))
@@ -1312,12 +1319,37 @@ static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f) {
     a.part = (float *)part;
   }
   const dim3 grid((unsigned)nsp, (unsigned)groups);
-  const bool pdl = wkc_pdl_const(NULL, 0);   // inside a one-capture graph: launch early, wait in the kernel
+  const bool pdl = early || wkc_pdl_const(NULL, 0);   // inside a one-capture graph: launch early, wait in the kernel
   if (f) decode_launch(a, *f, bf, grid, pdl);
   else decode_launch(a, NoFuse{}, bf, grid, pdl);
   wk_status st = wkc_check_launch(f ? "rope + cache writes + sdpa (decode group)" : "sdpa (decode)");
+  if (!st && early) wkc_early_launched();
   wkc_tmp_free(part);
   return st;
+}
+
+// Whether the decode kernel may read SDPA step sd's cache (k, v) and kv_len, and the
+// group's positions (f), before its PDL wait: no earlier kernel of the graph writes them.
+// WICK_CUDA_EARLY_DEBUG=1: which one did not qualify, on stderr, at each capture.
+static bool decode_early(const wk_step *sd, void *const *slots, const AttnArgs &a, const DecFuse *f) {
+  static const bool dbg = getenv("WICK_CUDA_EARLY_DEBUG") && atoi(getenv("WICK_CUDA_EARLY_DEBUG")) > 0;
+  static const bool off = getenv("WICK_CUDA_EARLY") && !atoi(getenv("WICK_CUDA_EARLY"));   // A/B switch
+  const char *no = NULL;
+  if (off) no = "WICK_CUDA_EARLY=0";
+  else if (!wkc_pdl_prior(NULL, 0)) no = "not captured as one graph (or a write span unknown)";
+  for (int i = 1; !no && i <= 2; i++)
+    if (!wkc_is_dense(&sd->in[i]) || !wkc_pdl_prior(wkc_ptr(&sd->in[i], slots), wkc_nbytes(&sd->in[i])))
+      no = i == 1 ? "the key cache" : "the value cache";
+  if (!no && a.kv_len && !wkc_pdl_prior(a.kv_len, sizeof(int32_t))) no = "kv_len";
+  if (!no && f) {
+    const RopeArgs &r = f->rope;
+    if (!wkc_pdl_prior(f->start, sizeof(int32_t))) no = "the cache row";
+    else if (r.pos && !wkc_pdl_prior(r.pos, sizeof(int32_t))) no = "RoPE's position";
+    else if (r.inv && !wkc_pdl_prior(r.inv, sizeof(float) * (size_t)(a.D / 2))) no = "RoPE's frequencies";
+  }
+  if (dbg && wkc_pdl_const(NULL, 0)) fprintf(stderr, "wick: decode attention %s before its wait%s%s\n", no ? "waits" : "reads",
+                                             no ? ": " : "", no ? no : "");
+  return !no;
 }
 
 // The statistics pass: each query row's log-sum-exp L into lse, from the products the
@@ -1377,7 +1409,7 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   }
   if (!a.B || !a.Hq || !a.T || !a.D) return WK_OK;
   if (decode_fits(a, k, v, slots)) {
-    wk_status st = decode_fwd(a, k->dtype == WK_BF16, NULL);
+    wk_status st = decode_fwd(a, k->dtype == WK_BF16, NULL, decode_early(s, slots, a, NULL));
     return st || !lse ? st : lse_pass(s, slots, a, lse, "sdpa (row statistics)");
   }
   // Few CTAs (decode: T = 1, a handful of heads) and many key tiles: the keys are split
@@ -1461,7 +1493,8 @@ static bool decode_group_args(const wk_step *s, void *const *slots, AttnArgs &a,
 wk_status wkc_decode_attn_group(const wk_step *s, void *const *slots) {
   AttnArgs a;
   DecFuse f;
-  if (decode_group_args(s, slots, a, f)) return decode_fwd(a, s[4].in[1].dtype == WK_BF16, &f);
+  if (decode_group_args(s, slots, a, f))
+    return decode_fwd(a, s[4].in[1].dtype == WK_BF16, &f, decode_early(&s[4], slots, a, &f));
   wk_status st = wkc_rope_group(s, 2, slots);
   if (!st) st = wkc_set_slice_group(s + 2, 2, slots);
   return st ? st : wkc_sdpa(s + 4, slots);

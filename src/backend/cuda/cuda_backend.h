@@ -32,6 +32,9 @@ typedef struct {
   unsigned long long direct;     // step runs launched step by step (first use, too many changes)
   unsigned long long fallbacks;  // step runs whose capture failed (they run step by step from then on)
   unsigned long long pdl;        // kernels captured as programmatic dependents (WICK_CUDA_PDL)
+  unsigned long long early;      // of those, decode attention launches reading the cache before their wait
+  unsigned long long folded;     // uploads captured into a graph's head (done before its kernels)
+  unsigned long long copied;     // uploads captured as copy nodes between kernels
 } wk_cuda_graph_stats;
 void wk_cuda_graph_stats_get(wk_cuda_graph_stats *out);
 // Tests: the next capture fails as a host sync inside a step would (the fallback path).

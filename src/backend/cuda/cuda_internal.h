@@ -145,7 +145,20 @@ void wkc_segment_free(void *state);
 // captures a whole run as one graph (WICK_CUDA_PDL, default on) and no step of it
 // writes those bytes. False otherwise, and launches are ordinary.
 bool wkc_pdl_const(const void *p, size_t bytes);
+// Whether [p, p + bytes) may be read before the wait by a kernel that is its unit's
+// only launch: no kernel of the units captured before it writes those bytes. Writes
+// of later units do not matter: a later kernel writes only after its own wait, which
+// returns after this kernel completed. The graph's head (the copies in, the uploads
+// ahead of every kernel) and uploads captured as copy nodes are complete before any
+// later kernel starts. So a decode step's cache rows from earlier steps and its staged
+// positions qualify.
+bool wkc_pdl_prior(const void *p, size_t bytes);
+// True once, for the first launch of a one-capture build that has a head: that launch
+// gets a full edge to the head (not a programmatic one), so the head's writes are in
+// place before any kernel of the units starts.
+bool wkc_pdl_head_edge(void);
 void wkc_pdl_launched(void);   // counts a launch as a programmatic dependent (graph stats)
+void wkc_early_launched(void);   // counts a decode attention launch reading before its wait (graph stats)
 __device__ __forceinline__ void wkc_pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -182,6 +195,7 @@ template <typename... P, typename... A>
 void wkc_launch_ex(void (*k)(P...), dim3 grid, dim3 block, size_t smem, bool pdl, unsigned cluster, A &&...args) {
   cudaLaunchAttribute at[2];
   unsigned n = 0;
+  if (wkc_pdl_head_edge()) pdl = false;
   if (pdl) {
     at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[n++].val.programmaticStreamSerializationAllowed = 1;

@@ -42,10 +42,15 @@
 //
 // Scratch that steps allocate while being captured is kept alive with the graph
 // (the replay reuses its addresses). Small uploads inside a run (a decode step's
-// token ids and positions, made on the host each step) are captured as copies from
-// a pinned staging buffer of the run's, which the host fills before each launch:
-// the graph then never reads pageable memory, and the host tensor may live at a new
-// address every step. Downloads and large uploads are never handed here; a capture
+// token ids and positions, made on the host each step) go through the run's "head":
+// one pinned block the host fills before each launch with the run-time scalars, the
+// copy table and the uploads' bytes, copied to its device twin by the graph's one
+// copy node. The uploads the planner put ahead of every kernel (compile.c) are then
+// done by a kernel from the head's table; a copy node between kernels held the rest
+// of a graph back until the host's cudaGraphLaunch returned (190 us a decode token
+// under CUPTI tracing, H100). An upload after a kernel is captured as a copy from the head. So the graph
+// never reads pageable memory, and the host tensor may live at a new address every
+// step. Downloads and large uploads are never handed here; a capture
 // that fails anyway (a host sync inside a step, say) makes the run launch step by
 // step from then on.
 // WICK_CUDA_GRAPHS=0 turns replay off.
@@ -77,11 +82,20 @@ size_t reloc_total(void) {
 const int REBUILD_AFTER = 8;   // step-by-step runs in a row with new pointers before a variant is replaced
 const size_t STAGE_MAX = 1 << 20; // uploads up to this many bytes are staged into the graph
 
+struct USpan {                 // bytes [lo, hi) of a slot a unit writes; ok: known
+  int slot;
+  int64_t lo, hi;
+  bool ok;
+};
+
 struct Unit {                  // one launch unit: a step, or a row chain's head and its members
   int first, len;
   std::vector<int> slots;      // the slots its kernels read or write on the device
-  void *stage = NULL;          // an upload: pinned staging the graph copies from
-  size_t bytes = 0;
+  bool upload = false;         // a small host -> device transfer, staged in the head
+  bool folded = false;         // an upload ahead of every kernel unit: the head's copies do it
+  size_t bytes = 0, off = 0;   // an upload's bytes, at head offset off
+  char *stage = NULL;          // its staging in the head (pinned)
+  std::vector<USpan> writes;   // a kernel unit's outputs (wkc_pdl_prior)
 };
 
 // Where the units touch a slot, in bytes from its base; ok: every view of it has
@@ -120,6 +134,12 @@ struct Segment {
   // run-time scalars of the units' programs: instruction rt[j] at rt_dev[j]
   std::vector<const wk_ew_instr *> rt;
   std::unordered_map<const wk_ew_instr *, int> rt_index;
+  // the head, pinned (stage) and on the device: [rt scalars | copy table: in, folded
+  // uploads, out | uploads' bytes]; rt_*, cp_* and the units' stage point into it
+  char *head_stage = NULL, *head_dev = NULL;
+  size_t head_bytes = 0;
+  int nup = 0;                 // folded uploads
+  unsigned long long up_max = 0; // the largest
   DRt *rt_dev = NULL, *rt_stage = NULL;
   int nslots = 0;              // 1 + the largest slot index the units use
   std::vector<Extent> ext;     // per slot
@@ -151,6 +171,20 @@ const Segment *g_capturing;   // the run whose unit is being captured (wkc_rt_sc
 bool g_pdl;
 std::vector<std::pair<uintptr_t, uintptr_t>> g_written;
 bool g_written_unknown;
+// For wkc_pdl_prior: what the kernel units captured before the current one write.
+std::vector<std::pair<uintptr_t, uintptr_t>> g_prior;
+bool g_prior_unknown;
+// Set while a one-capture build's first kernel is to come: it is launched with a full
+// edge to the head's nodes (wkc_pdl_head_edge), so all they write is in place before
+// any unit's kernel starts.
+bool g_head_edge;
+
+bool overlaps(const std::vector<std::pair<uintptr_t, uintptr_t>> &spans, const void *p, size_t bytes) {
+  const uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+  for (const auto &w : spans)
+    if (lo < w.second && w.first < hi) return true;
+  return false;
+}
 }
 
 static bool pdl_enabled(void) {
@@ -159,13 +193,14 @@ static bool pdl_enabled(void) {
 }
 
 void wkc_pdl_launched(void) { g_stats.pdl++; }
+void wkc_early_launched(void) { g_stats.early++; }
 
-bool wkc_pdl_const(const void *p, size_t bytes) {
-  if (!g_pdl || g_written_unknown) return false;
-  const uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
-  for (const auto &w : g_written)
-    if (lo < w.second && w.first < hi) return false;
-  return true;
+bool wkc_pdl_const(const void *p, size_t bytes) { return g_pdl && !g_written_unknown && !overlaps(g_written, p, bytes); }
+bool wkc_pdl_prior(const void *p, size_t bytes) { return g_pdl && !g_prior_unknown && !overlaps(g_prior, p, bytes); }
+bool wkc_pdl_head_edge(void) {
+  const bool first = g_head_edge;
+  g_head_edge = false;
+  return first;
 }
 
 static double now_us(void) {
@@ -206,61 +241,110 @@ static void add_slot(Unit &u, int slot, int *nslots) {
   if (slot >= *nslots) *nslots = slot + 1;
 }
 
+// The bytes operand o spans from its slot's base, [*lo, *hi) (empty: no element);
+// false: not known (a negative stride or offset, a quantized dtype). *dense: one run.
+static bool operand_span(const wk_operand *o, int64_t *lo, int64_t *hi, bool *dense) {
+  int64_t span = 0, n = 1, st = 1;
+  bool ok = !wk_dtype_is_quantized(o->dtype) && o->offset >= 0;
+  *dense = true;
+  *lo = *hi = 0;
+  for (int d = o->ndim - 1; d >= 0; d--) {
+    n *= o->shape[d];
+    if (o->stride[d] < 0) ok = false;
+    if (o->shape[d] > 1) span += (o->shape[d] - 1) * o->stride[d];
+    if (o->shape[d] != 1 && o->stride[d] != st) *dense = false;
+    st *= o->shape[d];
+  }
+  if (!ok || n == 0) return ok;
+  const int64_t es = (int64_t)wkc_esize(o->dtype);
+  *lo = o->offset * es, *hi = (o->offset + span + 1) * es;
+  return true;
+}
+
 static void extent_add(Segment *sg, const wk_operand *o, bool write) {
   if (o->slot < 0) return;
   if ((int)sg->ext.size() <= o->slot) sg->ext.resize((size_t)o->slot + 1);
   Extent &e = sg->ext[o->slot];
   (write ? e.written : e.read) = true;
-  int64_t span = 0, n = 1, st = 1;
-  bool dense = true;
-  for (int d = o->ndim - 1; d >= 0; d--) {
-    n *= o->shape[d];
-    if (o->stride[d] < 0) e.ok = false;
-    if (o->shape[d] > 1) span += (o->shape[d] - 1) * o->stride[d];
-    if (o->shape[d] != 1 && o->stride[d] != st) dense = false;
-    st *= o->shape[d];
-  }
-  if (wk_dtype_is_quantized(o->dtype) || o->offset < 0) e.ok = false;
-  if (!e.ok || n == 0) return;
-  int64_t es = (int64_t)wkc_esize(o->dtype), lo = o->offset * es, hi = (o->offset + span + 1) * es;
+  int64_t lo, hi;
+  bool dense;
+  if (!operand_span(o, &lo, &hi, &dense)) e.ok = false;
+  if (!e.ok || hi == lo) return;
   if (write && dense && hi - lo > e.whi - e.wlo) e.wlo = lo, e.whi = hi;
   if (lo < e.lo) e.lo = lo;
   if (hi > e.hi) e.hi = hi;
 }
 
+// A kernel unit writes o (wkc_pdl_prior: the units after it see these bytes as written).
+static void unit_write(Unit &u, const wk_operand *o) {
+  if (o->slot < 0) return;
+  USpan w;
+  bool dense;
+  w.slot = o->slot;
+  w.ok = operand_span(o, &w.lo, &w.hi, &dense);
+  u.writes.push_back(w);
+}
+
 // Steps that keep data after their output in its own buffer (plan.h): an SDPA's row
 // statistics, a LINEAR_CE's dx; and the backward steps that read it there. The tail is
-// part of the slot's extent, so a relocated slot's home holds it too.
-static void tail_extent(Segment *sg, const wk_step *s) {
+// part of the slot's extent, so a relocated slot's home holds it too. *t: the buffer
+// from the output's start to the tail's end; false: s has none.
+static bool tail_operand(const wk_step *s, wk_operand *t, bool *write) {
   const wk_operand *o = NULL;
   size_t bytes = 0;
-  bool write = false;
+  *write = false;
   if ((s->op == WK_OP_SDPA || s->op == WK_OP_SDPA_BWD) && s->attrs.i[2]) {
-    write = s->op == WK_OP_SDPA;
-    o = write ? &s->out : &s->in[3];
+    *write = s->op == WK_OP_SDPA;
+    o = *write ? &s->out : &s->in[3];
     const int64_t D = o->ndim ? o->shape[o->ndim - 1] : 0;
     bytes = wk_sdpa_lse_end(wkc_nbytes(o), D ? wkc_numel(o) / D : 0);
   } else if ((s->op == WK_OP_LINEAR_CE || s->op == WK_OP_LINEAR_CE_BWD) && s->attrs.i[2]) {
-    write = s->op == WK_OP_LINEAR_CE;
-    if (!write && s->nin < 5) return;
-    o = write ? &s->out : &s->in[4];
+    *write = s->op == WK_OP_LINEAR_CE;
+    if (!*write && s->nin < 5) return false;
+    o = *write ? &s->out : &s->in[4];
     bytes = wk_linear_ce_dx_end(wkc_nbytes(o), wkc_numel(&s->in[0]));
   }
-  if (!o || !wkc_is_dense(o)) return;
-  wk_operand t = *o;   // the buffer from o's start to the tail's end, in 2-byte units
-  t.dtype = WK_BF16;
-  t.ndim = 1;
-  t.shape[0] = (int64_t)((bytes + 1) / 2);
-  t.stride[0] = 1;
-  t.offset = (int64_t)((size_t)o->offset * wkc_esize(o->dtype) / 2);
-  extent_add(sg, &t, write);
+  if (!o || !wkc_is_dense(o)) return false;
+  *t = *o;   // in 2-byte units
+  t->dtype = WK_BF16;
+  t->ndim = 1;
+  t->shape[0] = (int64_t)((bytes + 1) / 2);
+  t->stride[0] = 1;
+  t->offset = (int64_t)((size_t)o->offset * wkc_esize(o->dtype) / 2);
+  return true;
 }
 
 // WICK_CUDA_GRAPH_STATS=1: the counters on stderr at exit (how a workload replays).
 static void print_stats(void) {
   fprintf(stderr, "wick: CUDA graphs: %llu captured, %llu replays, %llu units patched, %llu runs step by step, "
-          "%llu failed captures, %llu PDL launches\n", g_stats.captures, g_stats.replays, g_stats.patched, g_stats.direct,
-          g_stats.fallbacks, g_stats.pdl);
+          "%llu failed captures, %llu PDL launches (%llu decode attention reading early), uploads: %llu in heads, "
+          "%llu copy nodes\n", g_stats.captures, g_stats.replays, g_stats.patched, g_stats.direct, g_stats.fallbacks,
+          g_stats.pdl, g_stats.early, g_stats.folded, g_stats.copied);
+}
+
+static size_t align16(size_t b) { return (b + 15) & ~(size_t)15; }
+
+// (Re)allocates the head for the run's scalars, copy table and uploads; false when
+// out of memory. The graphs bake head pointers in: a new head needs new variants.
+static bool head_build(Segment *sg) {
+  if (sg->head_stage) cudaFreeHost(sg->head_stage);
+  if (sg->head_dev) cudaFree(sg->head_dev);
+  sg->head_stage = sg->head_dev = NULL;
+  const size_t ncp = sg->copy_in.size() + (size_t)sg->nup + sg->copy_out.size();
+  const size_t rt_end = align16(sizeof(DRt) * sg->rt.size()), cp_end = rt_end + align16(sizeof(Copy) * ncp);
+  size_t b = cp_end;
+  for (Unit &u : sg->units)
+    if (u.upload) u.off = b, b += align16(u.bytes);
+  sg->head_bytes = b;
+  if (b && (cudaMallocHost((void **)&sg->head_stage, b) != cudaSuccess || cudaMalloc((void **)&sg->head_dev, b) != cudaSuccess)) {
+    cudaGetLastError();
+    return false;
+  }
+  sg->rt_stage = (DRt *)sg->head_stage, sg->rt_dev = (DRt *)sg->head_dev;
+  sg->cp_stage = (Copy *)(sg->head_stage + rt_end), sg->cp_dev = (Copy *)(sg->head_dev + rt_end);
+  for (Unit &u : sg->units)
+    if (u.upload) u.stage = sg->head_stage + u.off;
+  return true;
 }
 
 static Segment *segment_new(const wk_step *steps, int n) {
@@ -274,15 +358,15 @@ static Segment *segment_new(const wk_step *steps, int n) {
     Unit u;
     u.first = k;
     u.len = steps[k].chain > 0 ? steps[k].chain : 1;
-    if (is_upload(&steps[k])) { // the graph reads the staging, not the host tensor
+    if (is_upload(&steps[k])) { // the graph reads the head, not the host tensor
+      u.upload = true;
       u.bytes = upload_bytes(&steps[k]);
-      if (cudaMallocHost(&u.stage, u.bytes ? u.bytes : 1) != cudaSuccess) {
-        cudaGetLastError();
-        u.stage = NULL;
-        sg->broken = true;   // no pinned memory: this run launches step by step
-      }
+      u.folded = std::none_of(sg->units.begin(), sg->units.end(), [](const Unit &p) { return !p.upload; });
+      sg->nup += u.folded;
+      if (u.folded && u.bytes > sg->up_max) sg->up_max = u.bytes;
       add_slot(u, steps[k].out.slot, &sg->nslots);
       extent_add(sg, &steps[k].out, true);
+      unit_write(u, &steps[k].out);
       sg->units.push_back(u);
       continue;
     }
@@ -292,7 +376,13 @@ static Segment *segment_new(const wk_step *steps, int n) {
       for (int q = 0; q < s->npro; q++) add_slot(u, s->pro_in[q].slot, &sg->nslots), extent_add(sg, &s->pro_in[q], false);
       add_slot(u, s->out.slot, &sg->nslots);
       extent_add(sg, &s->out, true);
-      tail_extent(sg, s);
+      unit_write(u, &s->out);
+      wk_operand t;
+      bool tw;
+      if (tail_operand(s, &t, &tw)) {
+        extent_add(sg, &t, tw);
+        if (tw) unit_write(u, &t);
+      }
       for (int q = 0; q < s->prog.n; q++)
         if (wkc_rt_reads(&s->prog.code[q])) {
           sg->rt_index[&s->prog.code[q]] = (int)sg->rt.size();
@@ -307,12 +397,7 @@ static Segment *segment_new(const wk_step *steps, int n) {
   for (const Unit &u : sg->units)
     for (int s : u.slots)
       if (!seen[s]) seen[s] = 1, sg->used.push_back(s);
-  size_t rt_bytes = sizeof(DRt) * sg->rt.size();
-  if (rt_bytes && (cudaMalloc((void **)&sg->rt_dev, rt_bytes) != cudaSuccess ||
-                   cudaMallocHost((void **)&sg->rt_stage, rt_bytes) != cudaSuccess)) {
-    cudaGetLastError();
-    sg->broken = true;   // no table for the scalars: this run launches step by step
-  }
+  if (!head_build(sg)) sg->broken = true;   // no head: this run launches step by step
   return sg;
 }
 
@@ -357,34 +442,40 @@ static void release(std::vector<void *> *keep) {
   keep->clear();
 }
 
-// An upload's device copy: from the unit's staging to the step's destination.
+// An upload's device copy: from the unit's staging to the step's destination (none
+// for a folded one: the head's copies do it).
 static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const *slots) {
   char *dst = wkc_ptr(&s->out, slots);
-  if (!u.bytes) return WK_OK;
+  if (!u.bytes || u.folded) return WK_OK;
   cudaError_t e = cudaMemcpyAsync(dst, u.stage, u.bytes, cudaMemcpyHostToDevice, wkc_stream());
   return e == cudaSuccess ? WK_OK : wk_error(WK_ERR_DEVICE, "cuda: staged upload of %zu bytes: %s", u.bytes, cudaGetErrorString(e));
 }
 
-// Fills the uploads' staging from the host tensors of this evaluation, and the
-// run-time scalars' from the plan's instructions. The previous launch is done with
-// them: the executor syncs after every plan.
+// Fills the head: the uploads' bytes from the host tensors of this evaluation, the
+// run-time scalars from the plan's instructions, the copy table (a folded upload's
+// destination where the graphs see it: sg->eff). The previous launch is done with
+// it: the executor syncs after every plan.
 static void fill_stages(const Segment *sg, const wk_step *steps, void *const *slots) {
+  Copy *c = sg->cp_stage + sg->copy_in.size();
   for (const Unit &u : sg->units) {
     const wk_step *s = &steps[u.first];
-    if (u.stage && u.bytes)
-      memcpy(u.stage, wkc_ptr(&s->in[0], slots), u.bytes);
+    if (!u.upload) continue;
+    if (u.bytes) memcpy(u.stage, wkc_ptr(&s->in[0], slots), u.bytes);
+    if (u.folded) *c++ = Copy{wkc_ptr(&s->out, sg->eff.data()), sg->head_dev + u.off, (unsigned long long)u.bytes};
   }
   for (size_t j = 0; j < sg->rt.size(); j++) {
     const wk_attrs *a = &sg->rt[j]->attrs;
     sg->rt_stage[j] = DRt{a->f[0], a->f[1], a->u};
   }
-  Copy *c = sg->cp_stage;
-  for (int k = 0; k < 2; k++)
+  c = sg->cp_stage;
+  for (int k = 0; k < 2; k++) {
+    if (k) c += sg->nup;
     for (int s : k ? sg->copy_out : sg->copy_in) {
       const Extent &e = sg->ext[s];
       char *at = (char *)slots[s] + e.lo, *home = (char *)sg->home[s] + e.lo;
       *c++ = k ? Copy{at, home, (unsigned long long)(e.hi - e.lo)} : Copy{home, at, (unsigned long long)(e.hi - e.lo)};
     }
+  }
 }
 
 // ---- relocation ----
@@ -443,17 +534,8 @@ static bool relocate(Segment *sg, const Variant *v, void *const *eff, void *cons
     if ((unsigned long long)(e.hi - e.lo) > sg->cp_max) sg->cp_max = (unsigned long long)(e.hi - e.lo);
     any = true;
   }
-  if (!any) return false;
-  if (sg->cp_stage) cudaFreeHost(sg->cp_stage);
-  if (sg->cp_dev) cudaFree(sg->cp_dev);
-  sg->cp_stage = sg->cp_dev = NULL;
-  size_t n = sg->copy_in.size() + sg->copy_out.size();
-  if (cudaMallocHost((void **)&sg->cp_stage, sizeof(Copy) * n) != cudaSuccess ||
-      cudaMalloc((void **)&sg->cp_dev, sizeof(Copy) * n) != cudaSuccess) {
-    cudaGetLastError();
-    sg->broken = true;   // no table for the copies: step by step from now on
-  }
-  return true;
+  if (any && !head_build(sg)) sg->broken = true;   // no table for the copies: step by step from now on
+  return any;
 }
 
 // Whether a relocated slot shares memory with another slot the units use, at this
@@ -497,7 +579,7 @@ static bool capture_unit(const Segment *sg, const Unit &u, const wk_step *s, voi
   cudaError_t e = cudaStreamBeginCapture(cs, cudaStreamCaptureModeRelaxed);
   wk_status st = WK_OK;
   if (e == cudaSuccess) {
-    st = u.stage ? upload_from_stage(u, s, slots) : wkc_dispatch(s, slots);
+    st = u.upload ? upload_from_stage(u, s, slots) : wkc_dispatch(s, slots);
     if (g_fail_next) { // tests: what a host sync inside a step does to a capture
       g_fail_next = false;
       cudaStreamSynchronize(cs);
@@ -518,12 +600,25 @@ static bool capture_unit(const Segment *sg, const Unit &u, const wk_step *s, voi
 // homes included (the copies in write them): g_written for wkc_pdl_const.
 static void note_writes(const Segment *sg, void *const *eff) {
   g_written.clear();
-  g_written_unknown = false;
+  g_prior.clear();
+  g_written_unknown = g_prior_unknown = false;
   for (int s : sg->used) {
     const Extent &e = sg->ext[s];
     if (!e.written && !sg->home[s]) continue;
     if (!e.ok || !eff[s]) g_written_unknown = true;
     else if (e.hi > e.lo) g_written.push_back({(uintptr_t)eff[s] + (uintptr_t)e.lo, (uintptr_t)eff[s] + (uintptr_t)e.hi});
+  }
+}
+
+// After unit u is captured: a kernel unit's writes join g_prior. An upload's do not:
+// a folded one is done by the head, whose writes are in place before any unit's kernel
+// starts (g_head_edge); another is a copy node, which the kernel after it waits for in
+// full (no programmatic edge), and every later kernel starts after that one.
+static void note_unit_writes(const Unit &u, void *const *eff) {
+  if (u.upload) return;
+  for (const USpan &w : u.writes) {
+    if (!w.ok || !eff[w.slot]) g_prior_unknown = true;
+    else if (w.hi > w.lo) g_prior.push_back({(uintptr_t)eff[w.slot] + (uintptr_t)w.lo, (uintptr_t)eff[w.slot] + (uintptr_t)w.hi});
   }
 }
 
@@ -540,17 +635,19 @@ static bool capture_flat(const Segment *sg, Variant *v, const wk_step *steps, vo
   if (e == cudaSuccess) {
     g_capturing = sg;
     g_pdl = true;
+    g_head_edge = prev != NULL;
     note_writes(sg, slots);
     for (size_t i = 0; !st && i < sg->units.size(); i++) {
       const Unit &u = sg->units[i];
       wkc_capture_mode(&v->nodes[i].keep);
-      st = u.stage ? upload_from_stage(u, &steps[u.first], slots) : wkc_dispatch(&steps[u.first], slots);
+      st = u.upload ? upload_from_stage(u, &steps[u.first], slots) : wkc_dispatch(&steps[u.first], slots);
+      note_unit_writes(u, slots);
       scalars_of(steps, u, &v->nodes[i].scalars);
     }
-    g_pdl = false;
+    g_pdl = g_head_edge = false;
     g_capturing = NULL;
     const int nin = (int)sg->copy_in.size(), nout = (int)sg->copy_out.size();
-    if (!st && nout) k_copies<<<copies_grid(nout, sg->cp_max), 256, 0, cs>>>(sg->cp_dev + nin, nout);
+    if (!st && nout) k_copies<<<copies_grid(nout, sg->cp_max), 256, 0, cs>>>(sg->cp_dev + nin + sg->nup, nout);
     if ((*forced = g_fail_next)) { // tests: what a host sync inside a step does to a capture
       g_fail_next = false;
       cudaStreamSynchronize(cs);
@@ -581,29 +678,25 @@ static Variant *variant_build(Segment *sg, const wk_step *steps, void *const *sl
   bool ok = cudaGraphCreate(&v->graph, 0) == cudaSuccess;
   v->nodes.resize(sg->units.size());
   cudaGraphNode_t prev = NULL;
-  if (ok && !sg->rt.empty()) // first: the run-time scalars from their staging
-    ok = cudaGraphAddMemcpyNode1D(&prev, v->graph, NULL, 0, sg->rt_dev, sg->rt_stage, sizeof(DRt) * sg->rt.size(),
+  if (ok && sg->head_bytes) // first: the head, then the copies in, then the folded uploads
+    ok = cudaGraphAddMemcpyNode1D(&prev, v->graph, NULL, 0, sg->head_dev, sg->head_stage, sg->head_bytes,
                                   cudaMemcpyHostToDevice) == cudaSuccess;
   int nin = (int)sg->copy_in.size(), nout = (int)sg->copy_out.size();
-  if (ok && nin + nout) { // then the relocated slots' copy table, and the copies in
-    cudaGraphNode_t node;
-    ok = cudaGraphAddMemcpyNode1D(&node, v->graph, prev ? &prev : NULL, prev ? 1 : 0, sg->cp_dev, sg->cp_stage,
-                                  sizeof(Copy) * (size_t)(nin + nout), cudaMemcpyHostToDevice) == cudaSuccess;
-    prev = node;
-    ok = ok && add_copies(v->graph, &prev, sg->cp_dev, nin, sg->cp_max);
-  }
+  ok = ok && add_copies(v->graph, &prev, sg->cp_dev, nin, sg->cp_max);
+  ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin, sg->nup, sg->up_max);
   bool forced = false;
   if (v->flat) ok = ok && capture_flat(sg, v, steps, slots, prev, &forced);
   for (size_t i = 0; ok && !v->flat && i < sg->units.size(); i++) {
     cudaGraph_t g;
     Node &n = v->nodes[i];
+    if (sg->units[i].folded) continue;   // the head's copies do it: no node
     ok = capture_unit(sg, sg->units[i], &steps[sg->units[i].first], slots, &g, &n.keep);
     ok = ok && cudaGraphAddChildGraphNode(&n.node, v->graph, prev ? &prev : NULL, prev ? 1 : 0, g) == cudaSuccess;
     if (g) cudaGraphDestroy(g);
     prev = n.node;
     if (ok) scalars_of(steps, sg->units[i], &n.scalars);
   }
-  if (!v->flat) ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin, nout, sg->cp_max); // last: the copies out
+  if (!v->flat) ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin + sg->nup, nout, sg->cp_max); // last: the copies out
   ok = ok && cudaGraphInstantiate(&v->exec, v->graph, 0) == cudaSuccess;
   v->arms = wkc_dev_err_swap(armed);
   if (!ok) {
@@ -616,6 +709,8 @@ static Variant *variant_build(Segment *sg, const wk_step *steps, void *const *sl
   }
   v->slots.assign(slots, slots + sg->nslots);
   g_stats.captures++;
+  for (const Unit &u : sg->units)
+    if (u.upload) (u.folded ? g_stats.folded : g_stats.copied)++;
   return v;
 }
 
@@ -670,6 +765,7 @@ static void count_changes(const Segment *sg, const Variant *v, const wk_step *st
                           int *moved) {
   *changed = *moved = 0;
   for (size_t i = 0; i < sg->units.size(); i++) {
+    if (sg->units[i].folded) continue;   // the head's table has its pointers at each launch
     bool p = same_pointers(sg->units[i], v, slots);
     *moved += !p;
     *changed += !p || !same_scalars(steps, sg->units[i], v->nodes[i].scalars);
@@ -727,7 +823,7 @@ wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const
     double t0 = now_us();
     for (size_t i = 0; i < sg->units.size(); i++) {
       const Unit &u = sg->units[i];
-      if (same_pointers(u, v, eff) && same_scalars(steps, u, v->nodes[i].scalars)) continue;
+      if (u.folded || (same_pointers(u, v, eff) && same_scalars(steps, u, v->nodes[i].scalars))) continue;
       if (!variant_patch(v, sg, (int)i, steps, eff)) return rebuild(sg, best, steps, eff, slots);
     }
     v->slots.assign(eff, eff + sg->nslots);
@@ -745,12 +841,8 @@ void wkc_segment_free(void *state) {
   Segment *sg = (Segment *)state;
   if (!sg) return;
   for (Variant *v : sg->v) variant_free(v);
-  for (Unit &u : sg->units)
-    if (u.stage) cudaFreeHost(u.stage);
-  if (sg->rt_stage) cudaFreeHost(sg->rt_stage);
-  if (sg->rt_dev) cudaFree(sg->rt_dev);
-  if (sg->cp_stage) cudaFreeHost(sg->cp_stage);
-  if (sg->cp_dev) cudaFree(sg->cp_dev);
+  if (sg->head_stage) cudaFreeHost(sg->head_stage);
+  if (sg->head_dev) cudaFree(sg->head_dev);
   for (void *h : sg->home)
     if (h) cudaFree(h);
   delete sg;
