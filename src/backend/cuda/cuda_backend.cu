@@ -217,10 +217,11 @@ bool wkc_dev_err_swap(bool armed) {
   return was;
 }
 
-static wk_status check_dev_err(void) {
+// After a sync that queued the record's copy (wkc_sync): reads it on the host.
+static wk_status check_dev_err(bool copied) {
   if (!g_err_armed) return WK_OK;
   g_err_armed = false;
-  if (cudaMemcpy(g_err_host, g_err_dev, sizeof(DevErr), cudaMemcpyDeviceToHost) != cudaSuccess)
+  if (!copied)
     return wk_error(WK_ERR_DEVICE, "cuda: reading the kernel error record failed: %s", cudaGetErrorString(cudaGetLastError()));
   DevErr *e = g_err_host;
   if (!e->code) return WK_OK;
@@ -238,12 +239,15 @@ static wk_status check_dev_err(void) {
   }
 }
 
+// The error record's copy goes on the stream ahead of the wait (pinned memory): no
+// second round trip after it.
 static wk_status wkc_sync(void) {
+  const bool copied = !g_err_armed || cudaMemcpyAsync(g_err_host, g_err_dev, sizeof(DevErr), cudaMemcpyDeviceToHost, g_stream) == cudaSuccess;
   cudaError_t e = cudaStreamSynchronize(g_stream);
   if (e != cudaSuccess)
     return wk_error(WK_ERR_DEVICE, "cuda: %s (during the steps since the last sync; last kernel enqueued: %s; run with WICK_CUDA_SYNC=1 to name the failing one)",
                     cudaGetErrorString(e), g_last_kernel);
-  return check_dev_err();
+  return check_dev_err(copied);
 }
 
 static wk_status wkc_upload(void *dst, const void *src, size_t bytes) {
