@@ -118,14 +118,15 @@ def torch_decode(d, ids, a):
             "ids": out[0, x.shape[1]:].tolist()}
 
 
-def wick_cmd(d, a, n):
-    return [os.path.join(ROOT, a.build, "wick"), "generate", "-m", d, "-d", "cuda", "-p", PROMPT, "-n", str(n),
+def wick_cmd(d, a, n, build=None):
+    return [os.path.join(ROOT, build or a.build, "wick"), "generate", "-m", d, "-d", "cuda", "-p", PROMPT, "-n", str(n),
             "--temp", "0", "--ignore-eos", "--json", "--no-special", "--cache-type", "bf16"]
 
 
 def variants(a):
     """--variant NAME:VAR=VALUE,VAR=VALUE (repeatable): wick runs under each environment,
-    the runs of the variants alternating; none given: one plain "wick" side."""
+    the runs of the variants alternating; none given: one plain "wick" side. The key
+    build=DIR (not an environment variable) runs that build's wick instead of --build's."""
     out = []
     for v in a.variant or []:
         name, _, env = v.partition(":")
@@ -138,7 +139,9 @@ def wick_decode(d, a):
     runs = {name: [] for name, _ in vs}
     for _ in range(a.runs):
         for name, env in vs:   # alternating, so drifts of the card hit every variant alike
-            r = subprocess.run(wick_cmd(d, a, a.tokens), capture_output=True, text=True, env=dict(os.environ, **env))
+            e = {k: v for k, v in env.items() if k != "build"}
+            r = subprocess.run(wick_cmd(d, a, a.tokens, env.get("build")), capture_output=True, text=True,
+                               env=dict(os.environ, **e))
             if r.returncode:
                 sys.exit("wick generate (%s) failed: %s" % (name, r.stderr[-2000:]))
             runs[name].append([json.loads(x) for x in r.stdout.strip().splitlines()])
