@@ -75,6 +75,7 @@ typedef struct {
   uint64_t plans_compiled;  // since start-up
   uint64_t plan_cache_hits;
   uint64_t bound_ahead;     // asynchronous evaluations queued behind the job in flight
+  uint64_t launched_ahead;  // of those, launched while it ran (their devices defer completion)
 } wk_eval_stats;
 void wk_last_eval_stats(wk_eval_stats *out);   // 1: every op evaluates as it is built (baseline mode)
 int wk_eager(void);

@@ -138,6 +138,15 @@ typedef struct wk_backend {
   // each call's output the next one's x) runs as one launch; the planner groups
   // such chains only where it does (compile.c).
   bool (*lora_chain)(int64_t K, int64_t N, int64_t r);
+  // Optional: deferred completion (the executor launches the next job while this one
+  // runs). Between defer_begin and defer_end the steps may leave small downloads in
+  // flight (their bytes reach the host at finish); defer_end returns a ticket for the
+  // work enqueued since (0: none, sync instead); ticket_done polls it; finish waits for
+  // it, completes its downloads and reports asynchronous errors.
+  void (*defer_begin)(void);
+  uint64_t (*defer_end)(void);
+  bool (*ticket_done)(uint64_t ticket);
+  wk_status (*finish)(uint64_t ticket);
 } wk_backend;
 
 // The backend for a device, or NULL (with an error set) when it is not compiled in

@@ -27,6 +27,7 @@ static size_t arena_bytes_held;
 static int cache_n;
 static uint64_t cache_clock;
 static uint64_t stat_compiles, stat_hits, stat_ahead;
+static _Atomic uint64_t stat_launched_ahead;   // counted on the executor thread
 static const wk_plan *last_plan;
 
 const wk_plan *wk_last_plan(void) { return last_plan; }
@@ -227,6 +228,7 @@ void wk_last_eval_stats(wk_eval_stats *out) {
   out->plans_compiled = stat_compiles;
   out->plan_cache_hits = stat_hits;
   out->bound_ahead = stat_ahead;
+  out->launched_ahead = atomic_load(&stat_launched_ahead);
   if (!last_plan) return;
   out->graph_nodes = last_plan->ngraph;
   out->steps = last_plan->nsteps;
@@ -249,11 +251,18 @@ typedef struct job {
   int nhold;
   uint64_t seq;        // its number, in submission order (wk_buffer.job)
   bool gpu;            // a step runs on a device other than the CPU
+  const wk_backend *defer;   // every step runs on this backend, which can defer completion
+  bool launched;       // its steps are enqueued (job_launch)
+  uint64_t ticket;     // deferred: its completion, finished by job_finish
+  wk_status status;    // of the launch
   struct job *next;    // in q_done
 } job;
 
 // One job runs at a time, on the executor thread; one more may wait behind it (q_next:
-// a GPU job of the same plan, bound while the first ran, see bind_ahead). Everything
+// a GPU job of the same plan, bound while the first ran, see bind_ahead). A job whose
+// steps all run on a backend that defers completion (CUDA) is enqueued without a wait,
+// and the executor launches q_next behind it while it runs (launched ahead): the GPU
+// then goes from one decode step to the next with no host work between them. Everything
 // else (building the next graph, its plan lookup, reading what finished jobs wrote,
 // reference counts) stays on the API thread: a finished job is freed there (q_done),
 // not by the executor, because buffer reference counts are not atomic.
@@ -348,9 +357,14 @@ static int segment_end(wk_plan *p, int k, const wk_backend *be) {
   return e;
 }
 
-static wk_status job_run(job *j) {
+// Enqueues j's steps. On a backend that defers completion (j->defer) the work stays in
+// flight, its ticket for job_finish; otherwise (or after a failure) this waits for the
+// devices j used, which report kernel faults there.
+static wk_status job_launch(job *j) {
   bool used[WK_DEVICE_COUNT] = {0};
   wk_status s = WK_OK;
+  j->launched = true;
+  if (j->defer) j->defer->defer_begin();
   for (int k = 0; k < j->plan->nsteps && !s; k++) {
     const wk_step *st = &j->plan->steps[k];
     if (st->chain < 0) continue; // runs inside its chain's head
@@ -370,13 +384,54 @@ static wk_status job_run(job *j) {
       profile_line(j->plan, k, st, now_us() - t0);
     }
   }
-  // asynchronous backends report kernel faults here, so sync even after a failure
+  if (j->defer && (j->ticket = j->defer->defer_end()) && !s) return WK_OK;
+  if (j->ticket) j->defer->finish(j->ticket);   // a failed launch: drained, its own error first
+  j->ticket = 0;
   for (int d = 0; d < WK_DEVICE_COUNT; d++) {
     const wk_backend *be = used[d] ? wk_backend_get((wk_device)d) : NULL;
     wk_status e = be && be->sync ? be->sync() : WK_OK;
     if (!s) s = e;
   }
   return s;
+}
+
+// The rest of a launched job: its deferred work waited for (downloads completed,
+// asynchronous errors reported).
+static wk_status job_finish(job *j) {
+  wk_status s = j->status;
+  if (j->ticket) {
+    wk_status e = j->defer->finish(j->ticket);
+    j->ticket = 0;
+    if (!s) s = e;
+  }
+  return s;
+}
+
+// Launches the job queued behind deferred job j while j runs: bind_ahead queued it (a
+// GPU job of the same plan), and it runs on the same backend.
+static void launch_ahead(const job *j) {
+  pthread_mutex_lock(&q_mu);
+  job *n = q_next;
+  bool go = n && !n->launched && n->defer == j->defer && q_status == WK_OK;
+  pthread_mutex_unlock(&q_mu);
+  if (!go) return;
+  n->status = job_launch(n);
+  atomic_fetch_add(&stat_launched_ahead, 1);
+}
+
+// Waits for deferred job j, launching the job behind it as soon as it is queued.
+static wk_status job_wait(job *j) {
+  double t0 = now_us();
+  while (!j->defer->ticket_done(j->ticket)) {
+    launch_ahead(j);
+    if (now_us() - t0 < SPIN_US) {
+      pause_cpu();
+    } else {
+      struct timespec ts = {0, 20000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  return job_finish(j);
 }
 
 static void job_free(job *j) {
@@ -393,7 +448,8 @@ static void *executor(void *arg) {
     while (!q_job) pthread_cond_wait(&q_cv, &q_mu);
     job *j = q_job;
     pthread_mutex_unlock(&q_mu);
-    wk_status s = job_run(j);
+    if (!j->launched) j->status = job_launch(j);
+    wk_status s = j->ticket ? job_wait(j) : j->status;
     bool gpu = j->gpu;
     pthread_mutex_lock(&q_mu);
     if (s && !q_status) {
@@ -470,7 +526,8 @@ static wk_status wait_for(int n, wk_tensor *const *ts) {
 
 // Runs j on this thread (no job is in flight) and frees it.
 static wk_status job_run_here(job *j) {
-  wk_status s = job_run(j);
+  j->status = job_launch(j);
+  wk_status s = job_finish(j);
   atomic_store(&q_finished, j->seq);
   job_free(j);
   return s;
@@ -495,6 +552,17 @@ static wk_status job_submit(job *j) {
 }
 
 static bool pending(const wk_tensor *t) { return !t->buf; }
+
+// The backend that runs every step of p, if it can defer completion (and steps are
+// not being timed one by one). WICK_LAUNCH_AHEAD=0: never.
+static const wk_backend *job_defer(const wk_plan *p) {
+  static int on = -1;
+  if (!wk_env_on("WICK_LAUNCH_AHEAD", &on) || profiling() || !p->nsteps) return NULL;
+  for (int k = 1; k < p->nsteps; k++)
+    if (p->steps[k].device != p->steps[0].device) return NULL;
+  const wk_backend *be = p->steps[0].device != WK_CPU ? wk_backend_get(p->steps[0].device) : NULL;
+  return be && be->defer_begin && be->defer_end && be->ticket_done && be->finish ? be : NULL;
+}
 
 // Drops the graph behind realized tensors: they become plain leaves.
 static void detach(int n, wk_tensor *const *ts) {
@@ -594,9 +662,12 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   }
   j->plan = plan;
   j->seq = ++q_submitted;
+  j->defer = job_defer(plan);
   for (int k = 0; k < plan->nsteps && !j->gpu; k++) j->gpu = plan->steps[k].device != WK_CPU;
   for (int k = 0; k < plan->nleaves; k++) {
     wk_tensor *t = g.nodes[plan->leaf_nodes[k]];
+    if (t->device == WK_CPU && t->buf->job > atomic_load(&q_finished))
+      j->defer = NULL;   // reads host data a job in flight may still write: no launch ahead of it
     j->slots[k] = (char *)t->buf->data + t->offset * (int64_t)wk_dtype_size(t->dtype);
     j->hold[j->nhold++] = t->buf;
     t->buf->refcount++;

@@ -11,7 +11,7 @@
 // clip factor every step; one graph launch per plan), a model forward, decode steps
 // with the KV cache (one graph launch each), transfers inside a plan (an upload done
 // by the graph's head, a download after the device steps), and a capture that fails
-// (the step-by-step fallback).
+// (the step-by-step fallback), and an evaluation launched while the one before it runs.
 #include <stdlib.h>
 #include <string.h>
 #include "backend/cuda/cuda_backend.h"
@@ -442,6 +442,46 @@ static void test_transfers(void) {
   wk_tensor_free(x);
 }
 
+// ---- launched ahead (eval.c): an asynchronous evaluation of the same plan, queued
+// while a long one runs (8 GEMMs of 2048^3, some 3 ms), is launched behind it at once;
+// both give what synchronous evaluations give, their downloads included ----
+static void ahead_plan(wk_tensor *x, wk_tensor *w, wk_tensor **out) {
+  wk_scope_begin();
+  wk_tensor *h = x;
+  for (int i = 0; i < 8; i++) h = wk_tanh(wk_matmul(h, w));
+  out[0] = wk_keep(h);
+  out[1] = wk_keep(wk_to_device(wk_slice(h, 0, 5, 9, 1), WK_CPU));   // rows 5..8 on the host
+  wk_scope_end();
+}
+
+static void test_launch_ahead(void) {
+  const int64_t n = 2048;
+  wk_tensor *w = rnd(2, (int64_t[]){n, n}, 0.03f, 31), *x[2] = {rnd(2, (int64_t[]){n, n}, 1.0f, 32),
+                                                                   rnd(2, (int64_t[]){n, n}, 1.0f, 33)};
+  wk_tensor *ref[2][2], *got[2][2];
+  for (int i = 0; i < 2; i++) {
+    ahead_plan(x[i], w, ref[i]);
+    CHECK(wk_eval(2, ref[i]) == WK_OK, "launch ahead: reference %d", i);
+  }
+  wk_eval_stats e0, e1;
+  wk_last_eval_stats(&e0);
+  for (int i = 0; i < 2; i++) {
+    ahead_plan(x[i], w, got[i]);
+    CHECK(wk_eval_async(2, got[i]) == WK_OK, "launch ahead: asynchronous evaluation %d", i);
+  }
+  CHECK(wk_sync() == WK_OK, "launch ahead: sync: %s", wk_last_error());
+  wk_last_eval_stats(&e1);
+  CHECK(e1.bound_ahead - e0.bound_ahead == 1 && e1.launched_ahead - e0.launched_ahead == 1,
+        "launch ahead: the second evaluation bound (%llu) and launched (%llu) while the first ran",
+        (unsigned long long)(e1.bound_ahead - e0.bound_ahead), (unsigned long long)(e1.launched_ahead - e0.launched_ahead));
+  int same = 0;
+  for (int i = 0; i < 2; i++) same += same_bits(ref[i][0], got[i][0]) + same_bits(ref[i][1], got[i][1]);
+  CHECK(same == 4, "launch ahead: %d of 4 results (device and downloaded) equal the synchronous ones bit for bit", same);
+  for (int i = 0; i < 2; i++)
+    for (int k = 0; k < 2; k++) { wk_tensor_free(ref[i][k]); wk_tensor_free(got[i][k]); }
+  wk_tensor_free(w), wk_tensor_free(x[0]), wk_tensor_free(x[1]);
+}
+
 // ---- a capture that fails: the run launches step by step, results unchanged ----
 static wk_tensor *fallback_plan(wk_tensor *x, wk_tensor *w) {
   wk_scope_begin();
@@ -482,6 +522,7 @@ int main(void) {
   test_forward();
   test_decode();
   test_transfers();
+  test_launch_ahead();
   test_fallback();
   return check_report();
 }

@@ -217,13 +217,9 @@ bool wkc_dev_err_swap(bool armed) {
   return was;
 }
 
-// After a sync that queued the record's copy (wkc_sync): reads it on the host.
-static wk_status check_dev_err(bool copied) {
-  if (!g_err_armed) return WK_OK;
-  g_err_armed = false;
-  if (!copied)
-    return wk_error(WK_ERR_DEVICE, "cuda: reading the kernel error record failed: %s", cudaGetErrorString(cudaGetLastError()));
-  DevErr *e = g_err_host;
+// A host copy of the record (pinned, copied after the kernels): the error it holds, if
+// any; the device's record is cleared then.
+wk_status wkc_dev_err_report(DevErr *e) {
   if (!e->code) return WK_OK;
   DevErr c = *e;
   memset(e, 0, sizeof *e);
@@ -237,6 +233,15 @@ static wk_status check_dev_err(bool copied) {
                       c.a, c.b, c.c);
     default: return wk_error(WK_ERR_DEVICE, "cuda: a kernel reported error kind %d", c.kind);
   }
+}
+
+// After a sync that queued the record's copy (wkc_sync): reads it on the host.
+static wk_status check_dev_err(bool copied) {
+  if (!g_err_armed) return WK_OK;
+  g_err_armed = false;
+  if (!copied)
+    return wk_error(WK_ERR_DEVICE, "cuda: reading the kernel error record failed: %s", cudaGetErrorString(cudaGetLastError()));
+  return wkc_dev_err_report(g_err_host);
 }
 
 // The error record's copy goes on the stream ahead of the wait (pinned memory): no
@@ -680,7 +685,8 @@ static wk_status transfer(const wk_step *s, void *const *slots) {
   if (!bytes) return WK_OK;
   g_last_kernel = "transfer";
   if (to == WK_CUDA && from == WK_CPU) return wkc_upload(dst, src, bytes);
-  if (to == WK_CPU && from == WK_CUDA) return wkc_download(dst, src, bytes); // waits: host steps may read it next
+  if (to == WK_CPU && from == WK_CUDA) // waits (host steps may read it next), unless the job's completion is deferred
+    return wkc_defer_download(dst, src, bytes) ? WK_OK : wkc_download(dst, src, bytes);
   cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, wkc_stream());
   if (e != cudaSuccess) return wk_error(WK_ERR_DEVICE, "cuda: device copy of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
   return WK_OK;
@@ -799,6 +805,7 @@ static void init_once(void) {
 static const wk_backend cuda_backend = {
     "cuda",        WK_CUDA, wkc_alloc,      wkc_free,        wkc_upload,      wkc_download,
     wkc_run,       wkc_sync, wkc_capturable, wkc_run_segment, wkc_segment_free, wkc_lora_chain_fits,
+    wkc_defer_begin, wkc_defer_end, wkc_ticket_done, wkc_finish,
 };
 
 extern "C" const wk_backend *wk_backend_cuda(void) {

@@ -97,6 +97,13 @@ void wkc_tmp_free(void *p);
 wk_status wkc_check_launch(const char *kernel);   // cudaGetLastError -> wk_error naming the kernel
 struct DevErr { int code, kind; long long a, b, c; };
 DevErr *wkc_dev_err(void);                  // device error record (first error wins)
+wk_status wkc_dev_err_report(DevErr *host_copy);   // its error, if any (and clears the record)
+// Deferred completion (defer.cu; the backend's defer_* and finish).
+void wkc_defer_begin(void);
+bool wkc_defer_download(void *dst, const void *src, size_t bytes);   // false: download and wait instead
+uint64_t wkc_defer_end(void);
+bool wkc_ticket_done(uint64_t ticket);
+wk_status wkc_finish(uint64_t ticket);
 void wkc_arm_dev_err(void);                 // a kernel that may set it was enqueued
 bool wkc_dev_err_swap(bool armed);         // sets the "may have set it" flag, returns the old one
 int wkc_num_sms(void);

@@ -138,6 +138,9 @@ struct Segment {
   // uploads, out | uploads' bytes]; rt_*, cp_* and the units' stage point into it
   char *head_stage = NULL, *head_dev = NULL;
   size_t head_bytes = 0;
+  // recorded when a launch's copy of the head is done: the host refills the stage for
+  // the next launch only after it (the executor may launch a step while one runs)
+  cudaEvent_t head_copied = NULL;
   int nup = 0;                 // folded uploads
   unsigned long long up_max = 0; // the largest
   DRt *rt_dev = NULL, *rt_stage = NULL;
@@ -336,6 +339,11 @@ static bool head_build(Segment *sg) {
   for (Unit &u : sg->units)
     if (u.upload) u.off = b, b += align16(u.bytes);
   sg->head_bytes = b;
+  if (!sg->head_copied && cudaEventCreateWithFlags(&sg->head_copied, cudaEventDisableTiming) != cudaSuccess) {
+    cudaGetLastError();
+    sg->head_copied = NULL;
+    return false;
+  }
   if (b && (cudaMallocHost((void **)&sg->head_stage, b) != cudaSuccess || cudaMalloc((void **)&sg->head_dev, b) != cudaSuccess)) {
     cudaGetLastError();
     return false;
@@ -453,8 +461,8 @@ static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const 
 
 // Fills the head: the uploads' bytes from the host tensors of this evaluation, the
 // run-time scalars from the plan's instructions, the copy table (a folded upload's
-// destination where the graphs see it: sg->eff). The previous launch is done with
-// it: the executor syncs after every plan.
+// destination where the graphs see it: sg->eff). The launch before has copied it
+// (launch waits for head_copied).
 static void fill_stages(const Segment *sg, const wk_step *steps, void *const *slots) {
   Copy *c = sg->cp_stage + sg->copy_in.size();
   for (const Unit &u : sg->units) {
@@ -678,9 +686,12 @@ static Variant *variant_build(Segment *sg, const wk_step *steps, void *const *sl
   bool ok = cudaGraphCreate(&v->graph, 0) == cudaSuccess;
   v->nodes.resize(sg->units.size());
   cudaGraphNode_t prev = NULL;
-  if (ok && sg->head_bytes) // first: the head, then the copies in, then the folded uploads
+  if (ok && sg->head_bytes) { // first: the head, then the copies in, then the folded uploads
+    cudaGraphNode_t copied;
     ok = cudaGraphAddMemcpyNode1D(&prev, v->graph, NULL, 0, sg->head_dev, sg->head_stage, sg->head_bytes,
-                                  cudaMemcpyHostToDevice) == cudaSuccess;
+                                  cudaMemcpyHostToDevice) == cudaSuccess &&
+         cudaGraphAddEventRecordNode(&copied, v->graph, &prev, 1, sg->head_copied) == cudaSuccess;
+  }
   int nin = (int)sg->copy_in.size(), nout = (int)sg->copy_out.size();
   ok = ok && add_copies(v->graph, &prev, sg->cp_dev, nin, sg->cp_max);
   ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin, sg->nup, sg->up_max);
@@ -750,6 +761,7 @@ static wk_status run_direct(const Segment *sg, const wk_step *steps, void *const
 }
 
 static wk_status launch(const Segment *sg, Variant *v, const wk_step *steps, void *const *slots) {
+  if (sg->head_bytes) cudaEventSynchronize(sg->head_copied);   // the launch before has its copy of the stage
   fill_stages(sg, steps, slots);
   v->used = ++g_clock;
   if (v->arms) wkc_arm_dev_err();
@@ -843,6 +855,7 @@ void wkc_segment_free(void *state) {
   for (Variant *v : sg->v) variant_free(v);
   if (sg->head_stage) cudaFreeHost(sg->head_stage);
   if (sg->head_dev) cudaFree(sg->head_dev);
+  if (sg->head_copied) cudaEventDestroy(sg->head_copied);
   for (void *h : sg->home)
     if (h) cudaFree(h);
   delete sg;
