@@ -49,13 +49,19 @@ def main():
     if not toks:
         raise SystemExit("no complete tokens (is --end a kernel of every step?)")
     walls, shares, durs, counts = [], collections.defaultdict(list), collections.defaultdict(list), collections.Counter()
-    for t in toks:
+    idles = []   # the GPU's idle time a token: gaps from the previous pick's end on
+    for k, t in enumerate(toks):
         prev_end = t[0][0]   # the first kernel's share: its duration
         per = collections.Counter()
+        last = rows[ends[k + a.skip]][1]
+        idle = 0
         for s, e, n, _ in t:
             per[n] += max(e, prev_end) - prev_end
             durs[n].append(e - s)
             prev_end = max(prev_end, e)
+            idle += max(0, s - last)
+            last = max(last, e)
+        idles.append(idle)
         for n, v in per.items():
             shares[n].append(v)
         counts.update(n for _, _, n, _ in t)
@@ -63,6 +69,7 @@ def main():
     nt = len(toks)
     print("%d tokens: median %.1f us from a token's first kernel's start to its pick's end; %.1f us from pick to pick "
           "(%.0f tok/s)" % (nt, statistics.median(walls) / 1e3, statistics.median(periods) / 1e3, 1e9 / statistics.median(periods)))
+    print("GPU idle a token (median): %.1f us" % (statistics.median(idles) / 1e3))
     print("%-28s %8s %10s %12s" % ("kernel", "a token", "us each", "us a token"))
     for n in sorted(shares, key=lambda n: -statistics.median(shares[n])):
         print("%-28s %8.1f %10.2f %12.1f" % (n, counts[n] / nt, statistics.median(durs[n]) / 1e3,
