@@ -1305,14 +1305,19 @@ static bool has_inplace_updates(const ir *r) {
   return false;
 }
 
+// pos[i]: node i's place among the roots, -1 for nodes that are not roots.
+static void index_roots(const ir *r, const int *roots, int n, int *pos) {
+  for (int i = 0; i < r->count; i++) pos[i] = -1;
+  for (int k = 0; k < n; k++) pos[roots[k]] = k;
+}
+
 static void pull_up_small_sinks(ir *r, int *roots, int n) {
   if (has_inplace_updates(r)) return;
   int *pos = malloc(sizeof(int) * (size_t)(r->count + 1)), *deps = malloc(sizeof(int) * (size_t)(n + 1));
   int *movers = malloc(sizeof(int) * (size_t)(n + 1)), *tmp = malloc(sizeof(int) * (size_t)(n + 1));
   bool *mark = calloc((size_t)n + 1, sizeof *mark);
   if (!pos || !deps || !movers || !tmp || !mark) { free(pos), free(deps), free(movers), free(tmp), free(mark); return; }
-  for (int i = 0; i < r->count; i++) pos[i] = -1;
-  for (int k = 0; k < n; k++) pos[roots[k]] = k;
+  index_roots(r, roots, n, pos);
   for (int k = 0; k < n; k++) {
     const irnode *x = &r->n[roots[k]];
     if (x->op == WK_OP_TRANSFER || x->op == WK_OP_SET_SLICE || count_reads_of(r, roots[k], true) > n) continue;
@@ -1352,58 +1357,31 @@ static void pull_up_small_sinks(ir *r, int *roots, int n) {
   free(pos), free(deps), free(movers), free(tmp), free(mark);
 }
 
-// ---- downloads pushed down ----
+// ---- transfers moved ----
 // A download (a transfer to the host) ends the backend's replayed run of steps and
 // waits for the device, and a device step scheduled after it launches on its own and
 // waits again: a decode step's pick, cast for the next step's input, cost a launch and
 // a wait outside the graph after each token's download. So each download moves down to
 // just before the first root that reads it (or the end), never past an in-place update
 // (set_slice), whose write it may have to read before.
+// Small uploads (a decode step's token ids and positions) move the other way: up to
+// just after the last root they read (the front, for a host tensor), but not past a
+// host in-place update. The CUDA backend then does the uploads ahead of every kernel
+// from its graph's head, without a copy node between kernels (graph.cu).
+#define UPLOAD_EARLY_MAX (1 << 20)
 static bool is_download(const irnode *x) {
   return x->op == WK_OP_TRANSFER && x->t->device == WK_CPU && x->t->in[0]->device != WK_CPU;
 }
-
-// Small uploads (a decode step's token ids and positions) move the other way: up to
-// just after the last root they read (the front, for a host tensor), but not past a
-// host in-place update. The CUDA backend
-// then does the uploads ahead of every kernel from its graph's head, without a copy
-// node between kernels (graph.cu).
-#define UPLOAD_EARLY_MAX (1 << 20)
 static bool is_small_upload(const irnode *x) {
   return x->op == WK_OP_TRANSFER && x->t->device != WK_CPU && x->t->in[0]->device == WK_CPU &&
          node_bytes(x) <= UPLOAD_EARLY_MAX;
 }
 
-static void pull_uploads_up(ir *r, int *roots, int n) {
-  int *pos = NULL, *deps = NULL;
-  for (int k = 0; k < n; k++) {
-    if (!is_small_upload(&r->n[roots[k]])) continue;
-    if (!pos && (!(pos = malloc(sizeof(int) * (size_t)(r->count + 1))) || !(deps = malloc(sizeof(int) * (size_t)(r->count + 1))))) break;
-    if (count_reads_of(r, roots[k], true) > r->count) continue;
-    for (int i = 0; i < r->count; i++) pos[i] = -1;
-    for (int q = 0; q < n; q++) pos[roots[q]] = q;
-    int nd = 0, last = -1;
-    root_deps(r, roots[k], true, pos, deps, &nd);
-    for (int q = 0; q < nd; q++) if (deps[q] > last) last = deps[q];
-    for (int j = last + 1; j < k; j++) {   // not past earlier uploads (they keep their order),
-      const irnode *x = &r->n[roots[j]];    // nor a host in-place update (it may write the source)
-      if (is_small_upload(x) || (x->op == WK_OP_SET_SLICE && x->t->device == WK_CPU)) last = j;
-    }
-    int u = roots[k];   // roots last+1 .. k-1 move down one; the upload goes before them
-    memmove(&roots[last + 2], &roots[last + 1], sizeof(int) * (size_t)(k - last - 1));
-    roots[last + 1] = u;
-  }
-  free(pos);
-  free(deps);
-}
-
-static void push_downloads_down(ir *r, int *roots, int n) {
-  int *pos = NULL, *deps = NULL;
+// pos, deps: scratch of r->count + 1 entries.
+static void push_downloads_down(ir *r, int *roots, int n, int *pos, int *deps) {
   for (int k = n - 1; k >= 0; k--) {
     if (!is_download(&r->n[roots[k]])) continue;
-    if (!pos && (!(pos = malloc(sizeof(int) * (size_t)(r->count + 1))) || !(deps = malloc(sizeof(int) * (size_t)(r->count + 1))))) break;
-    for (int i = 0; i < r->count; i++) pos[i] = -1;
-    for (int q = 0; q < n; q++) pos[roots[q]] = q;
+    index_roots(r, roots, n, pos);
     int j = k + 1;
     for (; j < n && r->n[roots[j]].op != WK_OP_SET_SLICE; j++) {
       int nd = 0;
@@ -1416,6 +1394,34 @@ static void push_downloads_down(ir *r, int *roots, int n) {
     int d = roots[k];   // roots k+1 .. j-1 move up one; the download goes after them
     memmove(&roots[k], &roots[k + 1], sizeof(int) * (size_t)(j - 1 - k));
     roots[j - 1] = d;
+  }
+}
+
+static void pull_uploads_up(ir *r, int *roots, int n, int *pos, int *deps) {
+  for (int k = 0; k < n; k++) {
+    if (!is_small_upload(&r->n[roots[k]]) || count_reads_of(r, roots[k], true) > r->count) continue;
+    index_roots(r, roots, n, pos);
+    int nd = 0, last = -1;
+    root_deps(r, roots[k], true, pos, deps, &nd);
+    for (int q = 0; q < nd; q++) if (deps[q] > last) last = deps[q];
+    for (int j = last + 1; j < k; j++) {   // not past earlier uploads (they keep their order),
+      const irnode *x = &r->n[roots[j]];    // nor a host in-place update (it may write the source)
+      if (is_small_upload(x) || (x->op == WK_OP_SET_SLICE && x->t->device == WK_CPU)) last = j;
+    }
+    int u = roots[k];   // roots last+1 .. k-1 move down one; the upload goes before them
+    memmove(&roots[last + 2], &roots[last + 1], sizeof(int) * (size_t)(k - last - 1));
+    roots[last + 1] = u;
+  }
+}
+
+static void move_transfers(ir *r, int *roots, int n) {
+  bool any = false;
+  for (int k = 0; k < n && !any; k++) any = is_download(&r->n[roots[k]]) || is_small_upload(&r->n[roots[k]]);
+  int *pos = any ? malloc(sizeof(int) * (size_t)(r->count + 1)) : NULL;
+  int *deps = pos ? malloc(sizeof(int) * (size_t)(r->count + 1)) : NULL;
+  if (deps) {
+    push_downloads_down(r, roots, n, pos, deps);
+    pull_uploads_up(r, roots, n, pos, deps);
   }
   free(pos);
   free(deps);
@@ -1533,8 +1539,7 @@ static bool horizontal_schedule(ir *r, int *roots, int n, int *grp) {
   h.done = calloc((size_t)n, sizeof(bool));
   ok = pos && h.dstart && h.cstart && h.indeg && h.heap && h.dlist && h.chead && h.cnext && h.order && h.defer && h.done;
   if (ok) {
-    for (int i = 0; i < r->count; i++) pos[i] = -1;
-    for (int k = 0; k < n; k++) pos[roots[k]] = k;
+    index_roots(r, roots, n, pos);
     for (int k = 0; k < n; k++) h.dstart[k + 1] = h.dstart[k] + count_reads_of(r, roots[k], true);
     h.dep = malloc(sizeof(int) * (size_t)(h.dstart[n] + 1));
     h.cons = malloc(sizeof(int) * (size_t)(h.dstart[n] + 1));
@@ -1709,11 +1714,9 @@ static void group_siblings(ir *r, int *roots, int n, int *grp) {
   bool *written = calloc((size_t)r->count + 1, sizeof *written);
   int *pos = malloc(sizeof(int) * (size_t)(r->count + 1)), *deps = malloc(sizeof(int) * (size_t)(r->count + 1));
   if (!written || !pos || !deps) { free(written); free(pos); free(deps); return; }
-  for (int i = 0; i < r->count; i++) {
-    pos[i] = -1;
+  for (int i = 0; i < r->count; i++)
     if (!r->n[i].dead && !r->n[i].leaf && r->n[i].op == WK_OP_SET_SLICE) written[r->n[i].base] = true;
-  }
-  for (int k = 0; k < n; k++) pos[roots[k]] = k;
+  index_roots(r, roots, n, pos);
   for (int k = 0; k < n; k++) {
     int kind = 0, kind2 = 0, key = grp[k] ? -1 : sibling_key(r, roots[k], &kind);
     if (key < 0) continue;
@@ -1839,8 +1842,7 @@ wk_plan *wk_plan_compile(const wk_topo *g, int ntargets, const int *targets) {
   int *grp = calloc((size_t)nroots + 1, sizeof *grp);
   if (!grp) { free(roots); free(r.n); plan_fail(p, "out of memory"); return NULL; }
   pull_up_small_sinks(&r, roots, nroots);
-  push_downloads_down(&r, roots, nroots);
-  pull_uploads_up(&r, roots, nroots);
+  move_transfers(&r, roots, nroots);
   horizontal_schedule(&r, roots, nroots, grp);
   group_siblings(&r, roots, nroots, grp);
   group_lora_chains(&r, roots, nroots, grp);
