@@ -1333,9 +1333,9 @@ static wk_status decode_fwd(AttnArgs &a, bool bf, const DecFuse *f, bool early) 
 // WICK_CUDA_EARLY_DEBUG=1: which one did not qualify, on stderr, at each capture.
 static bool decode_early(const wk_step *sd, void *const *slots, const AttnArgs &a, const DecFuse *f) {
   static const bool dbg = getenv("WICK_CUDA_EARLY_DEBUG") && atoi(getenv("WICK_CUDA_EARLY_DEBUG")) > 0;
-  static const bool off = getenv("WICK_CUDA_EARLY") && !atoi(getenv("WICK_CUDA_EARLY"));   // A/B switch
+  static int on = -1;   // WICK_CUDA_EARLY=0: wait first (A/B)
   const char *no = NULL;
-  if (off) no = "WICK_CUDA_EARLY=0";
+  if (!wk_env_on("WICK_CUDA_EARLY", &on)) no = "WICK_CUDA_EARLY=0";
   else if (!wkc_pdl_prior(NULL, 0)) no = "not captured as one graph (or a write span unknown)";
   for (int i = 1; !no && i <= 2; i++)
     if (!wkc_is_dense(&sd->in[i]) || !wkc_pdl_prior(wkc_ptr(&sd->in[i], slots), wkc_nbytes(&sd->in[i])))

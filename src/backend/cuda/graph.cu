@@ -48,11 +48,11 @@
 // copy node. The uploads the planner put ahead of every kernel (compile.c) are then
 // done by a kernel from the head's table; a copy node between kernels held the rest
 // of a graph back until the host's cudaGraphLaunch returned (190 us a decode token
-// under CUPTI tracing, H100). An upload after a kernel is captured as a copy from the head. So the graph
-// never reads pageable memory, and the host tensor may live at a new address every
-// step. Downloads and large uploads are never handed here; a capture
-// that fails anyway (a host sync inside a step, say) makes the run launch step by
-// step from then on.
+// under CUPTI tracing, H100). An upload after a kernel is captured as a copy from the
+// head. So the graph never reads pageable memory, and the host tensor may live at a
+// new address every step. Downloads and large uploads are never handed here; a
+// capture that fails anyway (a host sync inside a step, say) makes the run launch
+// step by step from then on.
 // WICK_CUDA_GRAPHS=0 turns replay off.
 #include <limits.h>
 #include <stdio.h>
@@ -95,7 +95,7 @@ struct Unit {                  // one launch unit: a step, or a row chain's head
   bool folded = false;         // an upload ahead of every kernel unit: the head's copies do it
   size_t bytes = 0, off = 0;   // an upload's bytes, at head offset off
   char *stage = NULL;          // its staging in the head (pinned)
-  std::vector<USpan> writes;   // a kernel unit's outputs (wkc_pdl_prior)
+  std::vector<USpan> writes;   // a kernel unit's outputs (wkc_pdl_prior; none for an upload)
 };
 
 // Where the units touch a slot, in bytes from its base; ok: every view of it has
@@ -374,7 +374,6 @@ static Segment *segment_new(const wk_step *steps, int n) {
       if (u.folded && u.bytes > sg->up_max) sg->up_max = u.bytes;
       add_slot(u, steps[k].out.slot, &sg->nslots);
       extent_add(sg, &steps[k].out, true);
-      unit_write(u, &steps[k].out);
       sg->units.push_back(u);
       continue;
     }
@@ -464,26 +463,24 @@ static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const 
 // destination where the graphs see it: sg->eff). The launch before has copied it
 // (launch waits for head_copied).
 static void fill_stages(const Segment *sg, const wk_step *steps, void *const *slots) {
-  Copy *c = sg->cp_stage + sg->copy_in.size();
-  for (const Unit &u : sg->units) {
-    const wk_step *s = &steps[u.first];
-    if (!u.upload) continue;
-    if (u.bytes) memcpy(u.stage, wkc_ptr(&s->in[0], slots), u.bytes);
-    if (u.folded) *c++ = Copy{wkc_ptr(&s->out, sg->eff.data()), sg->head_dev + u.off, (unsigned long long)u.bytes};
-  }
   for (size_t j = 0; j < sg->rt.size(); j++) {
     const wk_attrs *a = &sg->rt[j]->attrs;
     sg->rt_stage[j] = DRt{a->f[0], a->f[1], a->u};
   }
-  c = sg->cp_stage;
-  for (int k = 0; k < 2; k++) {
-    if (k) c += sg->nup;
-    for (int s : k ? sg->copy_out : sg->copy_in) {
-      const Extent &e = sg->ext[s];
-      char *at = (char *)slots[s] + e.lo, *home = (char *)sg->home[s] + e.lo;
-      *c++ = k ? Copy{at, home, (unsigned long long)(e.hi - e.lo)} : Copy{home, at, (unsigned long long)(e.hi - e.lo)};
-    }
+  Copy *c = sg->cp_stage;   // the table: copies in, folded uploads, copies out
+  auto home_copy = [&](int s, bool in) {
+    const Extent &e = sg->ext[s];
+    char *at = (char *)slots[s] + e.lo, *home = (char *)sg->home[s] + e.lo;
+    *c++ = in ? Copy{home, at, (unsigned long long)(e.hi - e.lo)} : Copy{at, home, (unsigned long long)(e.hi - e.lo)};
+  };
+  for (int s : sg->copy_in) home_copy(s, true);
+  for (const Unit &u : sg->units) {
+    if (!u.upload) continue;
+    const wk_step *s = &steps[u.first];
+    if (u.bytes) memcpy(u.stage, wkc_ptr(&s->in[0], slots), u.bytes);
+    if (u.folded) *c++ = Copy{wkc_ptr(&s->out, sg->eff.data()), sg->head_dev + u.off, (unsigned long long)u.bytes};
   }
+  for (int s : sg->copy_out) home_copy(s, false);
 }
 
 // ---- relocation ----
@@ -618,12 +615,11 @@ static void note_writes(const Segment *sg, void *const *eff) {
   }
 }
 
-// After unit u is captured: a kernel unit's writes join g_prior. An upload's do not:
-// a folded one is done by the head, whose writes are in place before any unit's kernel
-// starts (g_head_edge); another is a copy node, which the kernel after it waits for in
-// full (no programmatic edge), and every later kernel starts after that one.
+// After unit u is captured: a kernel unit's writes join g_prior. An upload records
+// none: a folded one is done by the head, whose writes are in place before any unit's
+// kernel starts (g_head_edge); another is a copy node, which the kernel after it waits
+// for in full (no programmatic edge), and every later kernel starts after that one.
 static void note_unit_writes(const Unit &u, void *const *eff) {
-  if (u.upload) return;
   for (const USpan &w : u.writes) {
     if (!w.ok || !eff[w.slot]) g_prior_unknown = true;
     else if (w.hi > w.lo) g_prior.push_back({(uintptr_t)eff[w.slot] + (uintptr_t)w.lo, (uintptr_t)eff[w.slot] + (uintptr_t)w.hi});
