@@ -1,6 +1,8 @@
+#define _POSIX_C_SOURCE 200809L
 #include "gen_opts.h"
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int parse_float(const char *s, double lo, double hi, float *out) {
   char *end;
@@ -13,11 +15,22 @@ static int parse_float(const char *s, double lo, double hi, float *out) {
 #define WK_STR_(x) #x
 #define WK_STR(x) WK_STR_(x)
 
+// Milliseconds since the first call: when each token reached the host (a benchmark's
+// steady decode rate leaves the first steps, which capture CUDA graphs, out).
+static double ms_since_first(void) {
+  static double t0 = -1;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  const double t = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+  if (t0 < 0) t0 = t;
+  return t - t0;
+}
+
 void cli_print_token_json(const wk_gen_token *t, bool with_seq) {
   if (with_seq) printf("{\"seq\": %d, \"id\": %d, \"text\": ", t->seq, t->id);
   else printf("{\"id\": %d, \"text\": ", t->id);
   cli_json_string(stdout, t->text, t->len);
-  printf(", \"prob\": %.7g, \"logprob\": %.7g", (double)t->prob, (double)t->logprob);
+  printf(", \"prob\": %.7g, \"logprob\": %.7g, \"ms\": %.3f", (double)t->prob, (double)t->logprob, ms_since_first());
   if (t->n_top) {
     printf(", \"top\": [");
     for (int32_t i = 0; i < t->n_top; i++) {

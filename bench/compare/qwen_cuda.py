@@ -15,7 +15,8 @@ random model emits decodes).
 decode: greedy, batch 1, --tokens new tokens past the end-of-text, the same prompt
 ids on both sides, bf16 KV cache on both. Each side reports decode tokens/s, the
 median of --runs (wick: its --json summary; transformers: generate minus the
-prompt's forward pass). The bandwidth bound is the bytes one decode token reads
+prompt's forward pass); wick's steady_tok_s leaves out the first 8 tokens (the
+steps that capture CUDA graphs), from the times its token lines carry. The bandwidth bound is the bytes one decode token reads
 (every projection weight, the tied LM head, and the bf16 KV cache at the mean
 context length) over the device-to-device copy bandwidth torch measures here
 (bytes read + written per second).
@@ -153,7 +154,22 @@ def wick_decode(d, a):
                     "generated_tokens": s["generated_tokens"],
                     "decode_tok_s": statistics.median(x[-1]["decode_tok_s"] for x in rs),
                     "runs": [round(x[-1]["decode_tok_s"], 1) for x in rs], "ids": [x["id"] for x in rs[-1][:-1]]})
+        steady = [steady_rate(x[:-1]) for x in rs]
+        if None not in steady:
+            res[-1]["steady_tok_s"] = statistics.median(steady)
     return res
+
+
+STEADY_SKIP = 8   # tokens left out of the steady rate: the first steps capture the CUDA graphs
+
+
+def steady_rate(tokens):
+    """Tokens a second from the token after STEADY_SKIP to the last, by the times they
+    reached the host (the token lines' "ms"); None without them (an older build)."""
+    if len(tokens) <= STEADY_SKIP + 1 or "ms" not in tokens[0]:
+        return None
+    span = tokens[-1]["ms"] - tokens[STEADY_SKIP]["ms"]
+    return 1e3 * (len(tokens) - 1 - STEADY_SKIP) / span if span > 0 else None
 
 
 def decode(d, a):
@@ -167,6 +183,8 @@ def decode(d, a):
     bound = bw / (weights + kv)
     for r in ws + [t]:
         r["pct_of_bound"] = round(100 * r["decode_tok_s"] / bound, 1)
+        if "steady_tok_s" in r:
+            r["steady_pct_of_bound"] = round(100 * r["steady_tok_s"] / bound, 1)
         if r is not w and r is not t:
             r["same_ids_as_last"] = r["ids"] == w["ids"]
         print(json.dumps({k: v for k, v in r.items() if k != "ids"}))
