@@ -449,12 +449,16 @@ static void release(std::vector<void *> *keep) {
   keep->clear();
 }
 
-// An upload's device copy: from the unit's staging to the step's destination (none
-// for a folded one: the head's copies do it).
-static wk_status upload_from_stage(const Unit &u, const wk_step *s, void *const *slots) {
-  char *dst = wkc_ptr(&s->out, slots);
+// An upload's device copy: from the head's device twin to the step's destination (none
+// for a folded one: the head's copies do it). Not from the pinned stage: the host
+// refills it for the next launch once head_copied is recorded, while this copy may be
+// yet to run. A copy node, not a kernel: the kernel after a copy node waits for it,
+// while one after a kernel may start early (PDL) and read the destination before it is
+// written (uploads record no writes).
+static wk_status upload_from_head(const Segment *sg, const Unit &u, const wk_step *s, void *const *slots) {
   if (!u.bytes || u.folded) return WK_OK;
-  cudaError_t e = cudaMemcpyAsync(dst, u.stage, u.bytes, cudaMemcpyHostToDevice, wkc_stream());
+  cudaError_t e = cudaMemcpyAsync(wkc_ptr(&s->out, slots), sg->head_dev + u.off, u.bytes, cudaMemcpyDeviceToDevice,
+                                  wkc_stream());
   return e == cudaSuccess ? WK_OK : wk_error(WK_ERR_DEVICE, "cuda: staged upload of %zu bytes: %s", u.bytes, cudaGetErrorString(e));
 }
 
@@ -584,7 +588,7 @@ static bool capture_unit(const Segment *sg, const Unit &u, const wk_step *s, voi
   cudaError_t e = cudaStreamBeginCapture(cs, cudaStreamCaptureModeRelaxed);
   wk_status st = WK_OK;
   if (e == cudaSuccess) {
-    st = u.upload ? upload_from_stage(u, s, slots) : wkc_dispatch(s, slots);
+    st = u.upload ? upload_from_head(sg, u, s, slots) : wkc_dispatch(s, slots);
     if (g_fail_next) { // tests: what a host sync inside a step does to a capture
       g_fail_next = false;
       cudaStreamSynchronize(cs);
@@ -644,7 +648,7 @@ static bool capture_flat(const Segment *sg, Variant *v, const wk_step *steps, vo
     for (size_t i = 0; !st && i < sg->units.size(); i++) {
       const Unit &u = sg->units[i];
       wkc_capture_mode(&v->nodes[i].keep);
-      st = u.upload ? upload_from_stage(u, &steps[u.first], slots) : wkc_dispatch(&steps[u.first], slots);
+      st = u.upload ? upload_from_head(sg, u, &steps[u.first], slots) : wkc_dispatch(&steps[u.first], slots);
       note_unit_writes(u, slots);
       scalars_of(steps, u, &v->nodes[i].scalars);
     }
