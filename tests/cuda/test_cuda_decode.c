@@ -4,8 +4,8 @@
 //    staged in shared memory, parts merged in clusters of 8 CTAs through distributed
 //    shared memory, then across clusters by the last CTA): GQA 1:1 to 8:1,
 //    head dims 32, 64 and 128, an f32 q over the cache (the models' case) and all-bf16,
-//    kv_len from 1 to 20000 of a 32768-row cache (one CTA; one cluster, part full; many
-//    clusters, most CTAs busy), no kv_len, and additive masks (f32; a bf16 padding mask
+//    kv_len from 1 to 20000 of a 32768-row cache (one CTA; one cluster, part full, up to
+//    its 1024 keys; many clusters, most CTAs busy), no kv_len, and additive masks (f32; a bf16 padding mask
 //    with -inf goes to the tiled kernels); kv_len 0 gives zeros;
 //  - greedy generation picked on the device (generate.c reads each row's max, sum of
 //    exp and argmax instead of the logits): the tiny Llama's tokens equal the CPU's, and
@@ -98,13 +98,15 @@ static void attn_case(const dcase *c, wk_dtype qdt, wk_dtype kvdt) {
 static void test_attention(void) {
   const dcase cases[] = {
       {1, 14, 2, 4096, 64, 150, 0},      // Qwen2.5-0.5B: G 7, one cluster, 5 of its 8 CTAs with keys
+      {1, 14, 2, 4096, 64, 1024, 0},     // the most keys one cluster takes: 4 tiles a CTA
+      {1, 14, 2, 4096, 64, 1025, 0},     // one more: 32-key chunks in 5 clusters, merged in global memory
       {1, 14, 2, 32768, 64, 2000, 0},    // its full capacity: 8 clusters merged in global memory, the last part full
       {1, 14, 2, 32768, 64, 20000, 0},   // 16 clusters, 5 tiles a CTA
       {2, 9, 3, 300, 64, 1, 0},          // SmolLM2's G 3, batch 2, a single key
       {1, 8, 8, 64, 128, 64, 0},         // 1:1, D 128, two chunks of one cluster
       {2, 8, 1, 200, 32, 129, 0},        // G 8, D 32 (16 words a head); a tile boundary + 1
       {2, 6, 2, 97, 64, 0, 2},           // no kv_len, a bf16 padding mask with -inf
-      {1, 4, 2, 1000, 64, 700, 1},       // an f32 mask over chunks
+      {1, 4, 2, 1000, 64, 700, 1},       // an f32 mask over one cluster's chunks of 96 keys
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     attn_case(&cases[i], WK_F32, WK_BF16);
@@ -272,8 +274,11 @@ static void test_feed_ahead(void) {
   wk_model *m = wk_model_load(fixture_in("models", "llama"));
   bool ok = gen_on(WK_CUDA, WK_BF16, 0, &full) && m && !wk_model_to_device(m, WK_CUDA);
   wk_last_eval_stats(&e1);
-  // each step from the third on is bound while the one before it runs (eval.c's bind_ahead)
-  CHECK(e1.bound_ahead - e0.bound_ahead >= 16, "feed ahead: %llu of 32 decode steps queued behind the one in flight",
+  // A step is bound while the one before it runs (eval.c's bind_ahead) when the host gets
+  // there first; how many of the 32 depends on the two sides' speeds (usually over 16,
+  // 4 and 15 in two of some twenty runs, one under memcheck), so only "some" is asserted:
+  // with bind_ahead off none is.
+  CHECK(e1.bound_ahead - e0.bound_ahead >= 1, "feed ahead: %llu of 32 decode steps queued behind the one in flight",
         (unsigned long long)(e1.bound_ahead - e0.bound_ahead));
   wk_kv_cache *c = ok ? wk_kv_cache_new(m) : NULL;
   wk_generate_params p = wk_generate_defaults();
