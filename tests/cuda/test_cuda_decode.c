@@ -5,8 +5,8 @@
 //    shared memory, then across clusters by the last CTA): GQA 1:1 to 8:1,
 //    head dims 32, 64 and 128, an f32 q over the cache (the models' case) and all-bf16,
 //    kv_len from 1 to 20000 of a 32768-row cache (one CTA; one cluster, part full, up to
-//    its 1024 keys; many clusters, most CTAs busy), no kv_len, and additive masks (f32; a bf16 padding mask
-//    with -inf goes to the tiled kernels); kv_len 0 gives zeros;
+//    its 1024 keys; many clusters, most CTAs busy), no kv_len, and additive masks (f32;
+//    a bf16 padding mask with -inf goes to the tiled kernels); kv_len 0 gives zeros;
 //  - greedy generation picked on the device (generate.c reads each row's max, sum of
 //    exp and argmax instead of the logits): the tiny Llama's tokens equal the CPU's, and
 //    the logprobs those the host sampler computes from the same device logits

@@ -93,8 +93,7 @@ struct Unit {                  // one launch unit: a step, or a row chain's head
   std::vector<int> slots;      // the slots its kernels read or write on the device
   bool upload = false;         // a small host -> device transfer, staged in the head
   bool folded = false;         // an upload ahead of every kernel unit: the head's copies do it
-  size_t bytes = 0, off = 0;   // an upload's bytes, at head offset off
-  char *stage = NULL;          // its staging in the head (pinned)
+  size_t bytes = 0, off = 0;   // an upload's bytes, at head offset off (pinned stage and device twin)
   std::vector<USpan> writes;   // a kernel unit's outputs (wkc_pdl_prior; none for an upload)
 };
 
@@ -350,8 +349,6 @@ static bool head_build(Segment *sg) {
   }
   sg->rt_stage = (DRt *)sg->head_stage, sg->rt_dev = (DRt *)sg->head_dev;
   sg->cp_stage = (Copy *)(sg->head_stage + rt_end), sg->cp_dev = (Copy *)(sg->head_dev + rt_end);
-  for (Unit &u : sg->units)
-    if (u.upload) u.stage = sg->head_stage + u.off;
   return true;
 }
 
@@ -481,7 +478,7 @@ static void fill_stages(const Segment *sg, const wk_step *steps, void *const *sl
   for (const Unit &u : sg->units) {
     if (!u.upload) continue;
     const wk_step *s = &steps[u.first];
-    if (u.bytes) memcpy(u.stage, wkc_ptr(&s->in[0], slots), u.bytes);
+    if (u.bytes) memcpy(sg->head_stage + u.off, wkc_ptr(&s->in[0], slots), u.bytes);
     if (u.folded) *c++ = Copy{wkc_ptr(&s->out, sg->eff.data()), sg->head_dev + u.off, (unsigned long long)u.bytes};
   }
   for (int s : sg->copy_out) home_copy(s, false);
