@@ -12,6 +12,7 @@ const int TOP1_THREADS = 256;
 const int TOP1_SPLITS = 128;     // CTAs a row, at most (<= TOP1_THREADS: the last CTA merges a split a thread)
 const int64_t TOP1_PIECE = 1024; // values a CTA, at least
 const int TOP1_ROWS = 65536;     // counters: one a row, above the grid's 65535 rows
+const int TOP1_LOADS = 8;        // values a thread loads a round
 
 struct Top1 {
   float m, s;   // running max and sum of exp(x - m)
@@ -74,13 +75,16 @@ __global__ void __launch_bounds__(TOP1_THREADS) k_top1(const __grid_constant__ T
   const int64_t row = blockIdx.y, sp = blockIdx.x, lo = sp * a.piece;
   const int64_t hi = lo + a.piece < a.V ? lo + a.piece : a.V;
   Top1 t = {-INFINITY, 0.0f, INT64_MAX, 0};
-  const int64_t step = 4 * TOP1_THREADS;
-  for (int64_t i0 = lo + threadIdx.x; i0 < hi; i0 += step) {   // 4 loads in flight before the first fold
-    float v[4];
+  // TOP1_LOADS loads in flight before the first fold: a piece of Qwen2.5's row (1,187
+  // values) in one round trip to L2, not two
+  const int64_t step = TOP1_LOADS * TOP1_THREADS;
+  for (int64_t i0 = lo + threadIdx.x; i0 < hi; i0 += step) {
+    float v[TOP1_LOADS];
 #pragma unroll
-    for (int u = 0; u < 4; u++) v[u] = i0 + u * TOP1_THREADS < hi ? ldv(a.x, a.dtype, row * a.V + i0 + u * TOP1_THREADS) : 0.0f;
+    for (int u = 0; u < TOP1_LOADS; u++)
+      v[u] = i0 + u * TOP1_THREADS < hi ? ldv(a.x, a.dtype, row * a.V + i0 + u * TOP1_THREADS) : 0.0f;
 #pragma unroll
-    for (int u = 0; u < 4; u++)
+    for (int u = 0; u < TOP1_LOADS; u++)
       if (i0 + u * TOP1_THREADS < hi) fold(t, v[u], i0 + u * TOP1_THREADS);
   }
   t = block_merge(t);
