@@ -165,8 +165,9 @@ static void run_case(wk_dtype wdt, int64_t M, int64_t N, int64_t K) {
 
 static void test_ops(void) {
   // (M, N, K): one-row GEMV narrow / split over a long row / wide / wide enough that a norm
-  // runs first (halfmm.cu's NORM_FIRST), odd K, staged M = 3, cuBLAS M = 12
-  const int64_t cases[][3] = {{1, 37, 136}, {1, 64, 4864}, {1, 8485, 64}, {1, 20000, 64}, {1, 300, 100},
+  // runs first (halfmm.cu's NORM_FIRST) / Qwen2.5-0.5B's K (a lane's chunks of h past
+  // K / 256), odd K, staged M = 3, cuBLAS M = 12
+  const int64_t cases[][3] = {{1, 37, 136}, {1, 64, 4864}, {1, 8485, 64}, {1, 20000, 64}, {1, 300, 896}, {1, 300, 100},
                               {3, 37, 136}, {3, 45, 100},  {12, 70, 136}, {12, 33, 100}};
   const wk_dtype dts[] = {WK_BF16, WK_F16};
   for (int t = 0; t < 2; t++)
