@@ -313,13 +313,6 @@ __device__ __forceinline__ void norm_dots(const HArgs &a, uint4 (&w)[U][R], cons
   }
 }
 
-// A group of `split` warps owns R rows (R = 4 with a SwiGLU x, computed once for the 4
-// rows); rows past N repeat row N - 1 (in bounds, dropped).
-// After the PDL wait a decode GEMV is a chain of dependent round trips to L2, slow while
-// the kernels around it stream weights; so what does not depend on the kernel before is
-// read ahead of the wait (W's first round, a norm's weight), and the addend with x, not
-// after the sums. Qwen2.5-0.5B, H100, 128 tokens, steady decode (5 runs each, one call):
-// 1,362 tok/s; the addend with x 1,394; the norm weight ahead 1,409; both 1,434.
 // W's rows [n0, n0 + R) of group grp of block bx into L2: a hint, no registers held.
 template <int R>
 __device__ __forceinline__ void prefetch_rows(const HArgs &a, int64_t bx, int grp, int t, int nt) {
@@ -329,6 +322,14 @@ __device__ __forceinline__ void prefetch_rows(const HArgs &a, int64_t bx, int gr
   const char *p = (const char *)(a.w + n0 * a.K);
   for (int64_t o = 128 * (int64_t)t; o < bytes; o += 128 * (int64_t)nt) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
 }
+
+// A group of `split` warps owns R rows (R = 4 with a SwiGLU x, computed once for the 4
+// rows); rows past N repeat row N - 1 (in bounds, dropped).
+// After the PDL wait a decode GEMV is a chain of dependent round trips to L2, slow while
+// the kernels around it stream weights; so what does not depend on the kernel before is
+// read ahead of the wait (W's first round, a norm's weight), and the addend with x, not
+// after the sums. Qwen2.5-0.5B, H100, 128 tokens, steady decode (5 runs each, one call):
+// 1,362 tok/s; the addend with x 1,394; the norm weight ahead 1,409; both 1,434.
 // A norm GEMV (a layer's q, k, v; gate and up) has more blocks than fit at once (gate/up:
 // 608, 396 resident), and a block of the second wave gets an SM, and issues its loads,
 // only as one of the first finishes. So each first-wave block also prefetches into L2,
@@ -411,13 +412,17 @@ struct HGroup {
   unsigned first[HG_GROUP + 1];
   int n;
 };
+// the member whose blocks block b is one of
+__device__ __forceinline__ int member_of(const HGroup &g, unsigned b) {
+  int i = 0;
+  while (i + 1 < g.n && b >= g.first[i + 1]) i++;
+  return i;
+}
 template <bool BF, int U, int R, int XM>
 __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1g(const __grid_constant__ HGroup g) {
-  int i = 0;
-  while (i + 1 < g.n && blockIdx.x >= g.first[i + 1]) i++;
+  const int i = member_of(g, blockIdx.x);
   const unsigned nb = blockIdx.x + g.m[0].wave;   // the block one wave later, of member j
-  int j = i;
-  while (j + 1 < g.n && nb >= g.first[j + 1]) j++;
+  const int j = member_of(g, nb);
   hgemv1_body<BF, U, R, XM>(g.m[i], blockIdx.x - g.first[i], g.m[0].wave && nb < gridDim.x ? &g.m[j] : NULL,
                             nb - g.first[j]);
 }
