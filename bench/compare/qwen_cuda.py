@@ -16,10 +16,10 @@ decode: greedy, batch 1, --tokens new tokens past the end-of-text, the same prom
 ids on both sides, bf16 KV cache on both. Each side reports decode tokens/s, the
 median of --runs (wick: its --json summary; transformers: generate minus the
 prompt's forward pass); wick's steady_tok_s leaves out the first 8 tokens (the
-steps that capture CUDA graphs), from the times its token lines carry. The bandwidth bound is the bytes one decode token reads
-(every projection weight, the tied LM head, and the bf16 KV cache at the mean
-context length) over the device-to-device copy bandwidth torch measures here
-(bytes read + written per second).
+steps that capture CUDA graphs), from the times its token lines carry. The bandwidth
+bound is the bytes one decode token reads (every projection weight, the tied LM head,
+and the bf16 KV cache at the mean context length) over the device-to-device copy
+bandwidth torch measures here (bytes read + written per second).
 
 train: LoRA r=8 alpha 16 on q_proj,v_proj (or --targets / --rank, alpha twice the rank), dropout 0, AdamW lr 1e-4, no clipping,
 the bf16 base frozen with f32 adapters, batch x seq random tokens (every label

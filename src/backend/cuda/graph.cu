@@ -134,7 +134,8 @@ struct Segment {
   std::vector<const wk_ew_instr *> rt;
   std::unordered_map<const wk_ew_instr *, int> rt_index;
   // the head, pinned (stage) and on the device: [rt scalars | copy table: in, folded
-  // uploads, out | uploads' bytes]; rt_*, cp_* and the units' stage point into it
+  // uploads, out | uploads' bytes]; rt_* and cp_* point into it, and an upload's bytes
+  // lie at its unit's off
   char *head_stage = NULL, *head_dev = NULL;
   size_t head_bytes = 0;
   // recorded when a launch's copy of the head is done: the host refills the stage for

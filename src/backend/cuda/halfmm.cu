@@ -54,14 +54,14 @@ struct HArgs {
   unsigned wave;      // a norm GEMV's blocks resident at once (0: no prefetch; launch1)
 };
 
-__device__ __forceinline__ float ends(const HArgs &a, float v, int64_t m, int64_t n) {
-  const float y = a.add ? v + ldv(a.add, a.add_dt, m * a.add_rs + n) : v;
-  return a.silu ? wkm_silu(y) : y;
-}
-// ends with the addend already loaded (addv; a.add NULL: none)
+// y's fused ends, the addend already loaded (addv; a.add NULL: none)
 __device__ __forceinline__ float ends_pre(const HArgs &a, float v, float addv) {
   const float y = a.add ? v + addv : v;
   return a.silu ? wkm_silu(y) : y;
+}
+// the same, loading element (m, n) of the addend
+__device__ __forceinline__ float ends(const HArgs &a, float v, int64_t m, int64_t n) {
+  return ends_pre(a, v, a.add ? ldv(a.add, a.add_dt, m * a.add_rs + n) : 0.0f);
 }
 __device__ __forceinline__ float swiglu(float g, float u) { return wkm_silu(g) * u; }
 // x from the gate and up: the gate stored activated (glu, WK_QMM_GLU) or not
