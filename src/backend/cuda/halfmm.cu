@@ -30,6 +30,41 @@
 #include "cuda_internal.h"
 #include "../../engine/plan.h"
 
+// WICK_PROBE (a diagnostic build, -DWICK_PROBE): each block of the one-row GEMVs
+// records its SM, its start, the return of its PDL wait and its end (globaltimer), for
+// bench/compare/probe.py. Nothing of it is compiled otherwise.
+#ifdef WICK_PROBE
+#include <stdio.h>
+struct ProbeRec {
+  unsigned tag, block, sm, grid;
+  unsigned long long t0, t1, t2, pad;
+};
+#define PROBE_MAX (1u << 21)
+__device__ ProbeRec g_probe[PROBE_MAX];
+__device__ unsigned g_probe_n;
+__device__ __forceinline__ unsigned long long gtime() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#define PROBE_START unsigned long long pr_t0 = gtime(), pr_t1 = 0
+#define PROBE_WAITED pr_t1 = gtime()
+#define PROBE_END(tag_)                                                                 \
+  do {                                                                                  \
+    __syncthreads();                                                                    \
+    if (threadIdx.x == 0) {                                                             \
+      const unsigned k = atomicAdd(&g_probe_n, 1u);                                     \
+      unsigned sm;                                                                      \
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));                                   \
+      if (k < PROBE_MAX) g_probe[k] = ProbeRec{(unsigned)(tag_), blockIdx.x, sm, gridDim.x, pr_t0, pr_t1, gtime(), 0}; \
+    }                                                                                   \
+  } while (0)
+#else
+#define PROBE_START
+#define PROBE_WAITED
+#define PROBE_END(tag_)
+#endif
+
 namespace {
 
 #define HG_WARPS 8
@@ -341,6 +376,7 @@ __device__ __forceinline__ void prefetch_rows(const HArgs &a, int64_t bx, int gr
 template <bool BF, int U, int R, int XM>
 __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx, const HArgs *next, int64_t next_bx) {
   __shared__ float part[HG_WARPS][R];
+  PROBE_START;
   wkc_pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int grp = warp / a.split, sub = warp - grp * a.split;
@@ -359,6 +395,7 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx, const HA
   if (XM == XM_NORM && next) prefetch_rows<R>(*next, next_bx, grp, t, nt);
   if (XM == XM_NORM) stage_nw(a, nws);
   wkc_pdl_wait();
+  PROBE_WAITED;
   // the addend of the row this lane stores, loaded with x: one round trip to L2 after the wait
   const bool stores = sub == 0 && lane < R && n0 + lane < a.N;
   const float addv = a.add && stores ? ldv(a.add, a.add_dt, n0 + lane) : 0.0f;
@@ -386,6 +423,7 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx, const HA
       for (int r = 1; r < R; r++) v = lane == r ? acc[r] : v;
       a.y[n0 + lane] = ends_pre(a, v, addv);
     }
+    PROBE_END(XM * 1000000 + a.N);
     return;
   }
   if (lane == 0)
@@ -397,6 +435,7 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx, const HA
     for (int p = 0; p < a.split; p++) s += part[warp + p][lane];
     a.y[n0 + lane] = ends_pre(a, s, addv);
   }
+  PROBE_END(XM * 1000000 + a.N);
 }
 template <bool BF, int U, int R, int XM>
 __global__ void __launch_bounds__(HG_WARPS * 32) k_hgemv1(const __grid_constant__ HArgs a) {
@@ -719,9 +758,30 @@ wk_status half_gemm_blocks(const wk_operand *xo, void *const *slots, const char 
   return add ? add_end(*add) : WK_OK;
 }
 
+#ifdef WICK_PROBE
+// At exit: the records to $WICK_PROBE_OUT (tag block sm grid t0 t1 t2 per line).
+void probe_dump() {
+  const char *path = getenv("WICK_PROBE_OUT");
+  unsigned n = 0;
+  if (!path || cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(&n, g_probe_n, sizeof n) != cudaSuccess) return;
+  n = n < PROBE_MAX ? n : PROBE_MAX;
+  std::vector<ProbeRec> r(n);
+  if (n && cudaMemcpyFromSymbol(r.data(), g_probe, n * sizeof(ProbeRec)) != cudaSuccess) return;
+  FILE *f = fopen(path, "w");
+  if (!f) return;
+  for (const ProbeRec &p : r) fprintf(f, "%u %u %u %u %llu %llu %llu\n", p.tag, p.block, p.sm, p.grid, p.t0, p.t1, p.t2);
+  fclose(f);
+}
+struct ProbeAtExit {
+  ProbeAtExit() { atexit(probe_dump); }
+};
+#endif
 } // namespace
 
 wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
+#ifdef WICK_PROBE
+  static ProbeAtExit probe_at_exit;   // registered after the CUDA runtime's own exit handler: runs before it
+#endif
   HArgs a;
   Cfg1 c1;
   const int form = one_row_cfg(s, slots, &a, &c1);
