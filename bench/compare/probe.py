@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
-"""Per-block phases of the decode GEMVs, from a WICK_PROBE build's records.
+"""Per-block phases of a decode layer's kernels, from a WICK_PROBE build's records.
 
-Each GEMV block records (halfmm.cu, -DWICK_PROBE) its SM, its start, the return of its
-PDL wait and its end (globaltimer, ns). A launch is a grid's worth of one tag's records
-in the order of their starts (launches of one tag do not overlap). For every kind of
-launch (q/k/v, o, gate/up, down), medians over the steady layers of: when its blocks
-started, when their waits returned and when they ended, in us after the end of the
-launch before it (for q/k/v: the down projection; for o: the q/k/v GEMV, the attention
-between them unprobed).
+Each block of the one-row GEMVs and each working CTA of the decode attention records
+(src/backend/cuda/probe.h) its SM, its start, the return of its PDL wait, a mark (the
+attention: its keys done) and its end, on the GPU's global timer (ns); each source file
+writes its own records to $WICK_PROBE_OUT.<name>. A GEMV launch is a grid's worth of
+one tag's records in the order of their starts (launches of one tag do not overlap); an
+attention launch, whose idle clusters return without a record, the records whose starts
+lie within 10 us of the one before. For every kind of launch, medians over the steady
+layers of: when its blocks started, when their waits returned, the mark and their end,
+in us after the end of the launch before it.
 
-  WICK_PROBE_OUT=/tmp/p.txt build-probe/wick generate ...
-  python3 bench/compare/probe.py /tmp/p.txt [--skip 400]
+  WICK_PROBE_OUT=/tmp/p build-probe/wick generate ...
+  python3 bench/compare/probe.py /tmp/p [--skip 400]
 """
 import argparse
+import glob
 import statistics
 
-# tags (halfmm.cu's PROBE_END: x's form * 1e6 + the first member's N) of Qwen2.5-0.5B's layer
-NAMES = {2000896: "qkv", 896: "o", 2004864: "gate/up", 1000896: "down"}
+# tags (probe.h's PROBE_END): a GEMV's x form * 1e6 + its first member's N; the decode
+# attention 9e6 + the head dim. Qwen2.5-0.5B's layer:
+NAMES = {2000896: "qkv", 9000064: "attn", 896: "o", 2004864: "gate/up", 1000896: "down"}
+ATTN = 9000000
 
 
 def q(v, f):
@@ -24,42 +29,53 @@ def q(v, f):
     return v[min(len(v) - 1, int(f * len(v)))]
 
 
+def launches_of(recs):
+    open_, out = {}, []
+    for r in recs:
+        t0, tag, grid = r[0], r[4], r[7]
+        l = open_.get(tag)
+        new = l is None or (t0 - l["t0"][-1] > 10000 if tag >= ATTN else len(l["t0"]) == grid)
+        if new:
+            l = {"tag": tag, "t0": [], "t1": [], "t2": [], "t3": []}
+            open_[tag] = l
+            out.append(l)
+        l["t0"].append(r[0]), l["t1"].append(r[1]), l["t2"].append(r[2])
+        if r[3]:
+            l["t3"].append(r[3])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("path")
+    ap.add_argument("prefix", help="the WICK_PROBE_OUT of the run: its files are PREFIX.*")
     ap.add_argument("--skip", type=int, default=400, help="launches to skip first (prefill, captures)")
     a = ap.parse_args()
     recs = []
-    for line in open(a.path):
-        tag, blk, sm, grid, t0, t1, t2 = map(int, line.split())
-        recs.append((t0, t1, t2, tag, blk, sm, grid))
+    for path in sorted(glob.glob(a.prefix + ".*")):
+        for line in open(path):
+            tag, blk, sm, grid, t0, t1, t2, t3 = map(int, line.split())
+            recs.append((t0, t1, t2, t3, tag, blk, sm, grid))
     recs.sort()
-    open_, launches = {}, []
-    for r in recs:   # every block records once, and launches of one tag do not overlap
-        l = open_.get(r[3])
-        if l is None or len(l["t0"]) == r[6]:
-            l = {"tag": r[3], "t0": [], "t1": [], "t2": [], "sm": []}
-            open_[r[3]] = l
-            launches.append(l)
-        l["t0"].append(r[0]), l["t1"].append(r[1]), l["t2"].append(r[2]), l["sm"].append(r[5])
+    launches = [l for l in launches_of(recs) if l["tag"] in NAMES]
     launches.sort(key=lambda l: min(l["t0"]))
-    launches = [l for l in launches if l["tag"] in NAMES][a.skip:]
+    launches = launches[a.skip:]
     rows = {}
     for prev, l in zip(launches, launches[1:]):
         ref = max(prev["t2"])
         d = lambda v: (v - ref) / 1000.0
-        st = rows.setdefault(NAMES[l["tag"]] + " after " + NAMES[prev["tag"]], [])
-        st.append([d(min(l["t0"])), d(q(l["t0"], 0.5)), d(max(l["t0"])), d(min(l["t1"])), d(q(l["t1"], 0.5)),
-                   d(max(l["t1"])), d(q(l["t2"], 0.5)), d(max(l["t2"])), len(l["t0"])])
+        mark = [d(q(l["t3"], 0.5)), d(max(l["t3"]))] if l["t3"] else [float("nan")] * 2
+        rows.setdefault(NAMES[l["tag"]] + " after " + NAMES[prev["tag"]], []).append(
+            [d(min(l["t0"])), d(q(l["t0"], 0.5)), d(max(l["t0"])), d(min(l["t1"])), d(q(l["t1"], 0.5)),
+             d(max(l["t1"]))] + mark + [d(q(l["t2"], 0.5)), d(max(l["t2"])), len(l["t0"])])
     print("us after the end of the launch before (medians over launches): blocks' start first/median/last, "
-          "wait's return first/median/last, end median/last")
-    hdr = ("launch", "n", "st0", "st50", "st100", "w0", "w50", "w100", "e50", "e100", "blocks")
-    print("%-22s %5s" % hdr[:2] + "".join("%8s" % h for h in hdr[2:]))
+          "wait's return first/median/last, mark median/last, end median/last, blocks recorded")
+    hdr = ("launch", "n", "st0", "st50", "st100", "w0", "w50", "w100", "m50", "m100", "e50", "e100", "blocks")
+    print("%-20s %5s" % hdr[:2] + "".join("%8s" % h for h in hdr[2:]))
     for k, v in rows.items():
         if len(v) < 5:
             continue
         med = [statistics.median(c) for c in zip(*v)]
-        print("%-22s %5d" % (k, len(v)) + "".join("%8.2f" % m for m in med))
+        print("%-20s %5d" % (k, len(v)) + "".join("%8.2f" % m for m in med))
 
 
 if __name__ == "__main__":

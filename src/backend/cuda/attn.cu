@@ -29,6 +29,7 @@
 #include "cuda_internal.h"
 #include "rope.cuh"
 #include "../../engine/plan.h"   // wk_sdpa_lse_offset
+#include "probe.h"
 
 #define ATTN_BM 64          // query rows per CTA
 #define ATTN_BN 64          // keys per tile
@@ -1044,6 +1045,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   __shared__ int last;
   __shared__ __align__(16) uint16_t kn[FUSE ? D : 8], vn[FUSE ? D : 8];   // the group's new cache rows
   __shared__ float rc[FUSE ? D / 2 : 1], rs[FUSE ? D / 2 : 1];
+  PROBE_START;
   wkc_pdl_trigger();
   if (!a.early) wkc_pdl_wait();   // else: the cache, kv_len and positions are read before it
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, G = (int)a.G;
@@ -1067,6 +1069,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
     __syncthreads();
   }
   if (a.early) wkc_pdl_wait();
+  PROBE_WAITED;
   if constexpr (FUSE) dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
   else if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
   else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
@@ -1124,6 +1127,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
       }
     }
   }
+  PROBE_MARK;   // (the keys done)
   // The cluster's merge: output e of the group (head e / D) is merged by CTA e / SL of
   // the cluster, so each CTA pushes its o words and every head's (m, l) to their owners.
   if (rank < nr && warp < G) {
@@ -1160,6 +1164,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
       char *row = (char *)(isv ? vb + wpos * vst : kb + wpos * kst);
       ((uint4 *)row)[q8] = ((const uint4 *)(isv ? vn : kn))[q8];
     }
+  PROBE_END(9000000 + D);
   if (ncl > 1) dec_finish<D>(a, b, hk, ncl, &last);
 }
 
@@ -1298,6 +1303,7 @@ template <class E> static wk_status mma_fwd(const AttnArgs &a, const char *what)
 template <class F> static void decode_launch(const AttnArgs &a, const F &f, bool bf, dim3 grid, bool pdl) {
   void (*k)(AttnArgs, F) = bf ? (a.D == 32 ? k_attn_decode<32, true, F> : a.D == 64 ? k_attn_decode<64, true, F> : k_attn_decode<128, true, F>)
                               : (a.D == 32 ? k_attn_decode<32, false, F> : a.D == 64 ? k_attn_decode<64, false, F> : k_attn_decode<128, false, F>);
+  PROBE_AT_EXIT("attn");
   wkc_launch_ex(k, grid, DEC_WARPS * 32, 0, pdl, DEC_CLUSTER, a, f);
 }
 // f: the decode attention group's RoPE and cache writes, or NULL (the SDPA alone).

@@ -29,41 +29,8 @@
 #include <stdlib.h>
 #include "cuda_internal.h"
 #include "../../engine/plan.h"
+#include "probe.h"
 
-// WICK_PROBE (a diagnostic build, -DWICK_PROBE): each block of the one-row GEMVs
-// records its SM, its start, the return of its PDL wait and its end (globaltimer), for
-// bench/compare/probe.py. Nothing of it is compiled otherwise.
-#ifdef WICK_PROBE
-#include <stdio.h>
-struct ProbeRec {
-  unsigned tag, block, sm, grid;
-  unsigned long long t0, t1, t2, pad;
-};
-#define PROBE_MAX (1u << 21)
-__device__ ProbeRec g_probe[PROBE_MAX];
-__device__ unsigned g_probe_n;
-__device__ __forceinline__ unsigned long long gtime() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-#define PROBE_START unsigned long long pr_t0 = gtime(), pr_t1 = 0
-#define PROBE_WAITED pr_t1 = gtime()
-#define PROBE_END(tag_)                                                                 \
-  do {                                                                                  \
-    __syncthreads();                                                                    \
-    if (threadIdx.x == 0) {                                                             \
-      const unsigned k = atomicAdd(&g_probe_n, 1u);                                     \
-      unsigned sm;                                                                      \
-      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));                                   \
-      if (k < PROBE_MAX) g_probe[k] = ProbeRec{(unsigned)(tag_), blockIdx.x, sm, gridDim.x, pr_t0, pr_t1, gtime(), 0}; \
-    }                                                                                   \
-  } while (0)
-#else
-#define PROBE_START
-#define PROBE_WAITED
-#define PROBE_END(tag_)
-#endif
 
 namespace {
 
@@ -561,6 +528,7 @@ void launch1_x(const Cfg1 &c, const HArgs &a, const HGroup *g) {
 }
 // one step (g NULL) or a group of steps of configuration c
 void gemv1(const Cfg1 &c, const HArgs &a, const HGroup *g) {
+  PROBE_AT_EXIT("gemv");
   if (c.bf) launch1_x<true>(c, a, g);
   else launch1_x<false>(c, a, g);
 }
@@ -758,30 +726,9 @@ wk_status half_gemm_blocks(const wk_operand *xo, void *const *slots, const char 
   return add ? add_end(*add) : WK_OK;
 }
 
-#ifdef WICK_PROBE
-// At exit: the records to $WICK_PROBE_OUT (tag block sm grid t0 t1 t2 per line).
-void probe_dump() {
-  const char *path = getenv("WICK_PROBE_OUT");
-  unsigned n = 0;
-  if (!path || cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(&n, g_probe_n, sizeof n) != cudaSuccess) return;
-  n = n < PROBE_MAX ? n : PROBE_MAX;
-  std::vector<ProbeRec> r(n);
-  if (n && cudaMemcpyFromSymbol(r.data(), g_probe, n * sizeof(ProbeRec)) != cudaSuccess) return;
-  FILE *f = fopen(path, "w");
-  if (!f) return;
-  for (const ProbeRec &p : r) fprintf(f, "%u %u %u %u %llu %llu %llu\n", p.tag, p.block, p.sm, p.grid, p.t0, p.t1, p.t2);
-  fclose(f);
-}
-struct ProbeAtExit {
-  ProbeAtExit() { atexit(probe_dump); }
-};
-#endif
 } // namespace
 
 wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
-#ifdef WICK_PROBE
-  static ProbeAtExit probe_at_exit;   // registered after the CUDA runtime's own exit handler: runs before it
-#endif
   HArgs a;
   Cfg1 c1;
   const int form = one_row_cfg(s, slots, &a, &c1);
