@@ -14,7 +14,7 @@ struct WkcProbeRec {
   unsigned tag, block, sm, grid;
   unsigned long long t0, t1, t2, t3;
 };
-#define PROBE_MAX (1u << 20)
+#define PROBE_MAX (1u << 21)   // records a file keeps (a decode token: ~28,000 GEMV blocks)
 static __device__ WkcProbeRec g_probe[PROBE_MAX];
 static __device__ unsigned g_probe_n;
 static __device__ __forceinline__ unsigned long long wkc_gtime(void) {
