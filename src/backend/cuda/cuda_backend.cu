@@ -60,6 +60,14 @@ void wkc_set_last_kernel(const char *what) { g_last_kernel = what; }
 DevErr *wkc_dev_err(void) { return g_err_dev; }
 int wkc_num_sms(void) { return g_sms; }
 size_t wkc_max_smem(void) { return g_max_smem; }
+unsigned wkc_resident_blocks(const void *k, int threads, size_t smem) {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return (unsigned)per_sm * (unsigned)g_sms;
+}
 
 unsigned char *wkc_blob_buf(void) {
   alignas(16) static thread_local unsigned char buf[WKC_BLOB_LARGE + 64];

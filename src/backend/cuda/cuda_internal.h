@@ -108,6 +108,9 @@ void wkc_arm_dev_err(void);                 // a kernel that may set it was enqu
 bool wkc_dev_err_swap(bool armed);         // sets the "may have set it" flag, returns the old one
 int wkc_num_sms(void);
 size_t wkc_max_smem(void);                  // opt-in dynamic shared memory per block
+// Blocks of kernel k (threads each, smem bytes of dynamic shared memory) resident at once
+// on the device; 0 where the occupancy query fails (its error cleared).
+unsigned wkc_resident_blocks(const void *k, int threads, size_t smem);
 
 // A row-major matrix view for cuBLAS: trans = 1 when its rows are strided by 1 (a
 // transposed view); ld is the stride of the other axis.

@@ -31,7 +31,6 @@
 #include "../../engine/plan.h"
 #include "probe.h"
 
-
 namespace {
 
 #define HG_WARPS 8
@@ -486,11 +485,7 @@ unsigned resident_blocks(const void *k, size_t smem) {
   static const void *last_k = NULL;
   static size_t last_smem = 0;
   static unsigned last = 0;
-  if (k != last_k || smem != last_smem) {
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, HG_WARPS * 32, smem) != cudaSuccess) per_sm = 0;
-    last_k = k, last_smem = smem, last = (unsigned)per_sm * (unsigned)wkc_num_sms();
-  }
+  if (k != last_k || smem != last_smem) last_k = k, last_smem = smem, last = wkc_resident_blocks(k, HG_WARPS * 32, smem);
   return last;
 }
 template <bool BF, int XM>

@@ -476,12 +476,7 @@ static bool lc_launch(int64_t K, int64_t N, LcLaunch *l) {
     }
     allowed[ki] = l->smem;
   }
-  int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, l->k, LC_THREADS, l->smem) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return (int64_t)per_sm * wkc_num_sms() >= l->grid;
+  return wkc_resident_blocks((const void *)l->k, LC_THREADS, l->smem) >= l->grid;
 }
 
 // From 1024 x 1024 (4 MB) up. Below it a call reads W from L2 faster than the chain
