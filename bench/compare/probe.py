@@ -5,10 +5,11 @@ Each block of the one-row GEMVs and each working CTA of the decode attention rec
 (src/backend/cuda/probe.h) its SM, its start, the return of its PDL wait, a mark (the
 attention: its keys done) and its end, on the GPU's global timer (ns); each source file
 writes its own records to $WICK_PROBE_OUT.<name>. A GEMV launch is a grid's worth of
-one tag's records in the order of their starts (launches of one tag do not overlap); an
-attention launch, whose idle clusters return without a record, the records whose starts
-lie within 10 us of the one before. For every kind of launch, medians over the steady
-layers of: when its blocks started, when their waits returned, the mark and their end,
+records of one x form and grid in the order of their starts (such launches do not
+overlap); an attention launch, whose idle clusters return without a record, the records
+whose starts lie within 10 us of the one before. Launches are ordered by their waits'
+median return (blocks start in launch order only where they find room). For every kind
+of launch, medians over the steady layers of: when its blocks started, when their waits returned, the mark and their end,
 in us after the end of the launch before it.
 
   WICK_PROBE_OUT=/tmp/p build-probe/wick generate ...
@@ -18,7 +19,8 @@ import argparse
 import glob
 import statistics
 
-# tags (probe.h's PROBE_END): a GEMV's x form * 1e6 + its first member's N; the decode
+# tags (probe.h's PROBE_END): a GEMV's x form * 1e6 + its member's N (a group is named
+# by its largest member); the decode
 # attention 9e6 + the head dim. Qwen2.5-0.5B's layer:
 NAMES = {2000896: "qkv", 9000064: "attn", 896: "o", 2004864: "gate/up", 1000896: "down"}
 ATTN = 9000000
@@ -30,15 +32,21 @@ def q(v, f):
 
 
 def launches_of(recs):
+    """Records (in the order of their starts) into launches. A GEMV group's members
+    (q, k, v) tag their own N, so a GEMV launch is keyed by its x form and grid and is
+    complete at a grid's worth of records (every block records); it is named by its
+    largest member. An attention launch: the records starting within 10 us."""
     open_, out = {}, []
     for r in recs:
         t0, tag, grid = r[0], r[4], r[7]
-        l = open_.get(tag)
+        key = (tag, 0) if tag >= ATTN else (tag // 1000000, grid)
+        l = open_.get(key)
         new = l is None or (t0 - l["t0"][-1] > 10000 if tag >= ATTN else len(l["t0"]) == grid)
         if new:
             l = {"tag": tag, "t0": [], "t1": [], "t2": [], "t3": []}
-            open_[tag] = l
+            open_[key] = l
             out.append(l)
+        l["tag"] = max(l["tag"], tag)
         l["t0"].append(r[0]), l["t1"].append(r[1]), l["t2"].append(r[2])
         if r[3]:
             l["t3"].append(r[3])
@@ -57,7 +65,9 @@ def main():
             recs.append((t0, t1, t2, t3, tag, blk, sm, grid))
     recs.sort()
     launches = [l for l in launches_of(recs) if l["tag"] in NAMES]
-    launches.sort(key=lambda l: min(l["t0"]))
+    # in the order of their waits' returns: the order of the data dependencies (an
+    # attention's CTAs start before the q/k/v GEMV's blocks, once down's leave)
+    launches.sort(key=lambda l: statistics.median(l["t1"]))
     launches = launches[a.skip:]
     rows = {}
     for prev, l in zip(launches, launches[1:]):
