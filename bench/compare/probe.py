@@ -9,8 +9,8 @@ records of one x form and grid in the order of their starts (such launches do no
 overlap); an attention launch, whose idle clusters return without a record, the records
 whose starts lie within 10 us of the one before. Launches are ordered by their waits'
 median return (blocks start in launch order only where they find room). For every kind
-of launch, medians over the steady layers of: when its blocks started, when their waits returned, the mark and their end,
-in us after the end of the launch before it.
+of launch, medians over the steady layers of: when its blocks started, when their waits
+returned, the mark and their end, in us after the end of the launch before it.
 
   WICK_PROBE_OUT=/tmp/p build-probe/wick generate ...
   python3 bench/compare/probe.py /tmp/p [--skip 400]
@@ -20,8 +20,7 @@ import glob
 import statistics
 
 # tags (probe.h's PROBE_END): a GEMV's x form * 1e6 + its member's N (a group is named
-# by its largest member); the decode
-# attention 9e6 + the head dim. Qwen2.5-0.5B's layer:
+# by its largest member); the decode attention 9e6 + the head dim. Qwen2.5-0.5B's layer:
 NAMES = {2000896: "qkv", 9000064: "attn", 896: "o", 2004864: "gate/up", 1000896: "down"}
 ATTN = 9000000
 
