@@ -25,16 +25,18 @@ static __device__ __forceinline__ unsigned long long wkc_gtime(void) {
 #define PROBE_START unsigned long long pr_t0 = wkc_gtime(), pr_t1 = 0, pr_t3 = 0
 #define PROBE_WAITED pr_t1 = wkc_gtime()
 #define PROBE_MARK pr_t3 = wkc_gtime()
-// every thread of the block reaches it
+// every thread of the block reaches it; the end is stamped before the record's slot is
+// taken (an atomic on one counter, a round trip through L2 that is slow where L2 is)
 #define PROBE_END(tag_)                                                                      \
   do {                                                                                       \
     __syncthreads();                                                                         \
     if (threadIdx.x == 0) {                                                                  \
+      const unsigned long long t2_ = wkc_gtime();                                            \
       const unsigned k_ = atomicAdd(&g_probe_n, 1u);                                         \
       unsigned sm_;                                                                          \
       asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_));                                       \
       if (k_ < PROBE_MAX)                                                                    \
-        g_probe[k_] = WkcProbeRec{(unsigned)(tag_), blockIdx.x, sm_, gridDim.x, pr_t0, pr_t1, wkc_gtime(), pr_t3}; \
+        g_probe[k_] = WkcProbeRec{(unsigned)(tag_), blockIdx.x, sm_, gridDim.x, pr_t0, pr_t1, t2_, pr_t3}; \
     }                                                                                        \
   } while (0)
 // this file's records to $WICK_PROBE_OUT.name, a line each: tag block sm grid t0 t1 t2 t3
