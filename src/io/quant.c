@@ -11,6 +11,7 @@
 #include <math.h>
 #include <string.h>
 #include "engine/engine.h"
+#include "engine/kquants.h"
 #include "io/quant.h"
 
 #define QK 32     // values per block of the simple formats
@@ -101,84 +102,10 @@ static void deq_q4_1(const uint8_t *b, float *y) {
   }
 }
 
-// ---- K-quants: a 256-value super-block split into sub-blocks ----
-// Q4_K and Q5_K have 8 sub-blocks of 32 values, each with a 6-bit scale sc and a
-// 6-bit min m: x = (d * sc) * q - (dmin * m). The 16 six-bit numbers pack into 12
-// bytes (bit 7 on the left):
-//   bytes 0-3   S S s s s s s s   s = scale 0..3, S = top 2 bits of scale 4..7
-//   bytes 4-7   M M m m m m m m   m = min 0..3,   M = top 2 bits of min 4..7
-//   bytes 8-11  n n n n l l l l   l = low 4 bits of scale 4..7, n = of min 4..7
-static void k_scale_min(int j, const uint8_t *s, int *sc, int *m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
-// Q4_K: qs holds 4 chunks of 32 bytes; chunk c gives sub-block 2c its low nibbles
-// and sub-block 2c+1 its high nibbles.
-static void deq_q4_k(const uint8_t *b, float *y) {
-  float d = ldh(b), dmin = ldh(b + 2);
-  const uint8_t *scales = b + 4, *qs = b + 16;
-  for (int c = 0; c < 4; c++, qs += 32, y += 64) {
-    int sc0, m0, sc1, m1;
-    k_scale_min(2 * c, scales, &sc0, &m0);
-    k_scale_min(2 * c + 1, scales, &sc1, &m1);
-    float d0 = d * (float)sc0, min0 = dmin * (float)m0;
-    float d1 = d * (float)sc1, min1 = dmin * (float)m1;
-    for (int l = 0; l < 32; l++) y[l] = d0 * (float)(qs[l] & 0x0F) - min0;
-    for (int l = 0; l < 32; l++) y[32 + l] = d1 * (float)(qs[l] >> 4) - min1;
-  }
-}
-
-// Q5_K: the 4 low bits as in Q4_K; the fifth bit of value l of sub-block i is
-// bit i of qh[l].
-static void deq_q5_k(const uint8_t *b, float *y) {
-  float d = ldh(b), dmin = ldh(b + 2);
-  const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + 48;
-  for (int c = 0; c < 4; c++, qs += 32, y += 64) {
-    int sc0, m0, sc1, m1;
-    k_scale_min(2 * c, scales, &sc0, &m0);
-    k_scale_min(2 * c + 1, scales, &sc1, &m1);
-    float d0 = d * (float)sc0, min0 = dmin * (float)m0;
-    float d1 = d * (float)sc1, min1 = dmin * (float)m1;
-    for (int l = 0; l < 32; l++) {
-      int lo = (qs[l] & 0x0F) | (((qh[l] >> (2 * c)) & 1) << 4);
-      int hi = (qs[l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
-      y[l] = d0 * (float)lo - min0;
-      y[32 + l] = d1 * (float)hi - min1;
-    }
-  }
-}
-
-// Q6_K: 16 sub-blocks of 16 values, x = (d * scale) * (q - 32) with q 6 bits and
-// scale a signed byte. Each 128-value half h uses ql[64h..], qh[32h..], scales[8h..];
-// for l in 0..31 of that half:
-//   value l      = ql[l]    low nibble  | bits 0-1 of qh[l] << 4
-//   value l + 32 = ql[l+32] low nibble  | bits 2-3 of qh[l] << 4
-//   value l + 64 = ql[l]    high nibble | bits 4-5 of qh[l] << 4
-//   value l + 96 = ql[l+32] high nibble | bits 6-7 of qh[l] << 4
-static void deq_q6_k(const uint8_t *b, float *y) {
-  const uint8_t *ql = b, *qh = b + 128;
-  const int8_t *sc = (const int8_t *)(b + 192);
-  float d = ldh(b + 208);
-  for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, y += 128) {
-    for (int l = 0; l < 32; l++) {
-      int is = l / 16;
-      int q1 = ((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      int q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l] = d * (float)sc[is] * (float)q1;
-      y[l + 32] = d * (float)sc[is + 2] * (float)q2;
-      y[l + 64] = d * (float)sc[is + 4] * (float)q3;
-      y[l + 96] = d * (float)sc[is + 6] * (float)q4;
-    }
-  }
-}
+// ---- K-quants: a 256-value super-block split into sub-blocks (engine/kquants.h) ----
+static void deq_q4_k(const uint8_t *b, float *y) { wk_kq_q45(b, ldh(b), ldh(b + 2), 0, y); }
+static void deq_q5_k(const uint8_t *b, float *y) { wk_kq_q45(b, ldh(b), ldh(b + 2), 1, y); }
+static void deq_q6_k(const uint8_t *b, float *y) { wk_kq_q6(b, ldh(b + 208), y); }
 
 wk_status wk_dequantize_row(int type, const void *src, float *dst, int64_t n) {
   const qtype_info *q = qinfo(type);

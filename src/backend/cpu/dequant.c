@@ -5,6 +5,7 @@
 // ggml's): every product of an f16 scale and a quant is exact in f32, so neither the
 // vector width nor FMA contraction can change a value (tests check every type).
 #include "dequant.h"
+#include "engine/kquants.h"
 
 #include <string.h>
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -87,62 +88,13 @@ static void deq_q4(const uint8_t *b, float *y, int64_t nb, int has_min) {
   }
 }
 
-// ---- K-quants (layouts documented in src/io/quant.c) ----
-static void k_scale_min(int j, const uint8_t *s, int *sc, int *m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
-// Q4_K (has_high = 0) and Q5_K (has_high = 1, the fifth bit from qh).
+// ---- K-quants (engine/kquants.h: one super-block, plain C the compiler vectorizes) ----
 static void deq_q45_k(const uint8_t *b, float *y, int64_t nb, int has_high) {
   const size_t bs = has_high ? 176 : 144;
-  for (int64_t i = 0; i < nb; i++, b += bs) {
-    float d = ldh(b), dmin = ldh(b + 2);
-    const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + (has_high ? 48 : 16);
-    for (int c = 0; c < 4; c++, qs += 32, y += 64) {
-      int sc0, m0, sc1, m1;
-      k_scale_min(2 * c, scales, &sc0, &m0);
-      k_scale_min(2 * c + 1, scales, &sc1, &m1);
-      float d0 = d * (float)sc0, min0 = dmin * (float)m0;
-      float d1 = d * (float)sc1, min1 = dmin * (float)m1;
-      for (int l = 0; l < 32; l++) {
-        int lo = qs[l] & 0x0F, hi = qs[l] >> 4;
-        if (has_high) {
-          lo |= ((qh[l] >> (2 * c)) & 1) << 4;
-          hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
-        }
-        y[l] = d0 * (float)lo - min0;
-        y[32 + l] = d1 * (float)hi - min1;
-      }
-    }
-  }
+  for (int64_t i = 0; i < nb; i++, b += bs, y += 256) wk_kq_q45(b, ldh(b), ldh(b + 2), has_high, y);
 }
-
 static void deq_q6_k(const uint8_t *b, float *y, int64_t nb) {
-  for (int64_t i = 0; i < nb; i++, b += 210) {
-    const uint8_t *ql = b, *qh = b + 128;
-    const int8_t *sc = (const int8_t *)(b + 192);
-    float d = ldh(b + 208);
-    for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, y += 128) {
-      for (int l = 0; l < 32; l++) {
-        int is = l / 16;
-        int q1 = ((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
-        int q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
-        int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-        int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-        // (d * scale) first: the reference's order, the one product that can round
-        y[l] = d * (float)sc[is] * (float)q1;
-        y[l + 32] = d * (float)sc[is + 2] * (float)q2;
-        y[l + 64] = d * (float)sc[is + 4] * (float)q3;
-        y[l + 96] = d * (float)sc[is + 6] * (float)q4;
-      }
-    }
-  }
+  for (int64_t i = 0; i < nb; i++, b += 210, y += 256) wk_kq_q6(b, ldh(b + 208), y);
 }
 
 // f16 / bf16 weights read in place by the quantized-matmul kernel (blocks of one value).
@@ -243,7 +195,7 @@ KAI void kx_sub(const int T, const uint8_t *b, int s, vf *w) {
   }
   // Q4_K / Q5_K: sub-block s is the low (s even) or high nibbles of qs[32 (s / 2) ..]
   int sc, m;
-  k_scale_min(s, b + 4, &sc, &m);
+  wk_kq_scale_min(s, b + 4, &sc, &m);
   vf d0 = v1(ldh(b) * (float)sc), nm = v1(-(ldh(b + 2) * (float)m));
   const uint8_t *qs = b + (T == WK_Q5_K ? 48 : 16) + 32 * (s >> 1), *qh = b + 16;
   for (int v = 0; v < KV; v++) {
@@ -292,7 +244,7 @@ static void kx_sub(const int T, const uint8_t *b, int s, float *w) {
     return;
   }
   int sc, m;
-  k_scale_min(s, b + 4, &sc, &m);
+  wk_kq_scale_min(s, b + 4, &sc, &m);
   float d0 = ldh(b) * (float)sc, min0 = ldh(b + 2) * (float)m;
   const uint8_t *qs = b + (T == WK_Q5_K ? 48 : 16) + 32 * (s >> 1), *qh = b + 16;
   for (int i = 0; i < 32; i++) {

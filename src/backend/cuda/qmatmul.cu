@@ -29,22 +29,13 @@
 // Nothing syncs, and the one allocation (a dense copy of a strided x) comes from the
 // caching allocator, so captured plans replay these steps.
 #include "cuda_internal.h"
+#include "../../engine/kquants.h"
 
 namespace {
 
 // f16 scales sit at even byte addresses (every block size is even, rows are whole blocks).
 __device__ __forceinline__ float ldh(const uint8_t *p) {
   return __half2float(__ushort_as_half(*(const unsigned short *)p));
-}
-
-__device__ __forceinline__ void k_scale_min(int j, const uint8_t *s, int *sc, int *m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
 }
 
 // The 8 bytes at p as two words: Q4_1's and Q4_K/Q5_K's quants sit at multiples of 4
@@ -98,7 +89,7 @@ __device__ __forceinline__ void deq8(const uint8_t *row, int64_t j, int q, float
     const int s = (int)(j & 7);
     const float d = ldh(b), dmin = ldh(b + 2);
     int sc, m;
-    k_scale_min(s, b + 4, &sc, &m);
+    wk_kq_scale_min(s, b + 4, &sc, &m);
     const float d1 = d * (float)sc, m1 = dmin * (float)m;
     ld8<4>(b + (q5 ? 48 : 16) + 32 * (s >> 1) + 8 * q, lo, hi);
     const int sh = (s & 1) * 4;
@@ -110,7 +101,7 @@ __device__ __forceinline__ void deq8(const uint8_t *row, int64_t j, int q, float
     }
 #pragma unroll
     for (int i = 0; i < 8; i++) v[i] = d1 * (float)BYTE(lo, hi, i) - m1;
-  } else { // Q6_K: chunk s = 4h + p is part p of half h (see quant.c's deq_q6_k)
+  } else { // Q6_K: chunk s = 4h + p is part p of half h (see engine/kquants.h's wk_kq_q6)
     const uint8_t *b = row + (j >> 3) * 210;
     const int s = (int)(j & 7), h = s >> 2, p = s & 3;
     const int8_t *sc = (const int8_t *)(b + 192 + 8 * h);
