@@ -130,24 +130,42 @@ static float vsum(const float *x, int64_t n) {
   for (; i < n; i++) acc[i & 15] += x[i];
   return hsum16(acc);
 }
-// Four vector accumulators (GCC vectors: the compiler keeps them in registers, where an
-// array indexed by a variable stays in memory): adds in flight hide their latency.
-typedef float v16 __attribute__((vector_size(64)));
+// Four accumulators of 16 lanes, as GCC vectors of the ISA's own width (VW lanes, NS
+// of them a 16-lane accumulator): the compiler keeps them in registers, where an array
+// indexed by a variable stays in memory, and adds in flight hide their latency. 16
+// lanes on every ISA, summed in one order, give every path the same bits; a 64-byte
+// vector on AVX2 was lowered through the stack (~2 cycles a value).
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__)
+#define VW 8
+#else
+#define VW 4
+#endif
+#define NS (16 / VW)
+typedef float vw __attribute__((vector_size(VW * 4)));
+// sum of the four accumulators' lanes, lane by lane, then lanes 0..15 into sum
+static inline float vacc_sum(vw acc[4][NS], float sum) {
+  for (int h = 0; h < NS; h++) {
+    vw t = acc[0][h] + acc[1][h] + acc[2][h] + acc[3][h];
+    for (int l = 0; l < VW; l++) sum += t[l];
+  }
+  return sum;
+}
 static float vdot(const float *x, const float *y, int64_t n) {
-  v16 acc[4] = {{0}};
+  vw acc[4][NS] = {{{0}}};
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
-    for (int q = 0; q < 4; q++) {
-      v16 a, b;
-      memcpy(&a, x + i + 16 * q, sizeof a);
-      memcpy(&b, y + i + 16 * q, sizeof b);
-      acc[q] += a * b;
-    }
+    for (int q = 0; q < 4; q++)
+      for (int h = 0; h < NS; h++) {
+        vw a, b;
+        memcpy(&a, x + i + 16 * q + VW * h, sizeof a);
+        memcpy(&b, y + i + 16 * q + VW * h, sizeof b);
+        acc[q][h] += a * b;
+      }
   float sum = 0;
   for (; i < n; i++) sum += x[i] * y[i];
-  v16 t = acc[0] + acc[1] + acc[2] + acc[3];
-  for (int l = 0; l < 16; l++) sum += t[l];
-  return sum;
+  return vacc_sum(acc, sum);
 }
 // sum (x - c)^2
 static float vsqdev(const float *x, int64_t n, float c) {
@@ -560,26 +578,25 @@ static float rms_row(const float *x, float *y, int64_t D, float eps, const float
     else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
     return -1.0f;
   }
-  v16 acc[4] = {{0}}, wv = {0}; // as in vdot
+  vw acc[4][NS] = {{{0}}}, wv = {0}; // as in vdot
   int64_t i = 0;
   for (; i + 64 <= D; i += 64)
-    for (int q = 0; q < 4; q++) {
-      v16 v;
-      memcpy(&v, x + i + 16 * q, sizeof v);
-      if (w) memcpy(&wv, w + i + 16 * q, sizeof wv);
-      v = w ? v * k * wv : v * k;
-      memcpy(y + i + 16 * q, &v, sizeof v);
-      acc[q] += v * v;
-    }
+    for (int q = 0; q < 4; q++)
+      for (int h = 0; h < NS; h++) {
+        vw v;
+        memcpy(&v, x + i + 16 * q + VW * h, sizeof v);
+        if (w) memcpy(&wv, w + i + 16 * q + VW * h, sizeof wv);
+        v = w ? v * k * wv : v * k;
+        memcpy(y + i + 16 * q + VW * h, &v, sizeof v);
+        acc[q][h] += v * v;
+      }
   float sum = 0;
   for (; i < D; i++) {
     float v = x[i] * k * (w ? w[i] : 1.0f);
     y[i] = v;
     sum += v * v;
   }
-  v16 t = acc[0] + acc[1] + acc[2] + acc[3];
-  for (int l = 0; l < 16; l++) sum += t[l];
-  return sum;
+  return vacc_sum(acc, sum);
 }
 
 static void rms_range(void *vc, int64_t b, int64_t e, int tid) {
