@@ -60,7 +60,7 @@ def main():
     recs = []
     for path in sorted(glob.glob(a.prefix + ".*")):
         for line in open(path):
-            tag, blk, sm, grid, t0, t1, t2, t3 = map(int, line.split())
+            tag, blk, sm, grid, t0, t1, t2, t3 = map(int, line.split()[:8])   # (then PROBE_MARK2-4's)
             recs.append((t0, t1, t2, t3, tag, blk, sm, grid))
     recs.sort()
     launches = [l for l in launches_of(recs) if l["tag"] in NAMES]

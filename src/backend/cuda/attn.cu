@@ -898,13 +898,15 @@ template <int D> static __device__ __forceinline__ void dec_angles(const DecFuse
 // The group's prologue, in every CTA of (b, kv head hk), after dec_angles and a barrier:
 // the group's q rows rotated (rounded to RoPE's output dtype, as the SDPA would read
 // them) into qs, scaled; the new key (rotated) and value in the cache's dtype into kn,
-// vn. The first CTA (first) also stores the rotated q and k, as RoPE's outputs. Every
-// load is issued before the first store (the stores could alias them, so the compiler
-// would not reorder them): one round trip to L2 after the PDL wait.
+// vn; the rotated pairs into yo, for dec_rot_store. Every load is issued before the
+// first store (the stores could alias them, so the compiler would not reorder them):
+// one round trip to L2 after the PDL wait.
+template <int D> __host__ __device__ constexpr int dec_rot_pairs() { return ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32); }
 template <int D, bool BF>
-static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, bool first,
-                                               float *qs, uint16_t *kn, uint16_t *vn, const float *rc, const float *rs) {
-  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = ((DEC_GMAX + 1) * H + NT - 1) / NT;   // pairs a thread rotates
+static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, float *qs,
+                                               uint16_t *kn, uint16_t *vn, const float *rc, const float *rs,
+                                               float2 (&yo)[dec_rot_pairs<D>()]) {
+  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = dec_rot_pairs<D>();   // pairs a thread rotates
   static_assert(D <= NT, "a value of v a thread");
   const RopeArgs &r = f.rope;
   const float sc = a.scale * 1.4426950408889634f;   // log2 e: scores in the log2 domain (dec_q)
@@ -926,18 +928,38 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
     const int e = threadIdx.x + k * NT, g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
     if (g > G) break;
     const float2 y = rope_rot(x0[k], x1[k], rc[i], rs[i]);
+    yo[k] = y;
     if (g < G) {
-      const int64_t row = b * a.Hq + hk * G + g;
       qs[g * D + i0] = round_to(y.x, r.out_dtype) * sc;
       qs[g * D + i1] = round_to(y.y, r.out_dtype) * sc;
-      if (first) stv(r.out, r.out_dtype, row * D + i0, y.x), stv(r.out, r.out_dtype, row * D + i1, y.y);
     } else {
       kn[i0] = half_bits<BF>(round_to(y.x, f.ko_dtype));
       kn[i1] = half_bits<BF>(round_to(y.y, f.ko_dtype));
-      if (first) stv(f.ko, f.ko_dtype, krow * D + i0, y.x), stv(f.ko, f.ko_dtype, krow * D + i1, y.y);
     }
   }
   if (threadIdx.x < D) vn[threadIdx.x] = half_bits<BF>(vv);
+}
+// The rotated q and k as RoPE's outputs, from dec_rot's yo: by one CTA of the group,
+// after the cluster's merge, so that the barrier before it (a release) does not wait for
+// these global stores: the merge took ~0.6 us longer with them before it (the probe).
+template <int D>
+static __device__ __forceinline__ void dec_rot_store(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk,
+                                                     const float2 (&yo)[dec_rot_pairs<D>()]) {
+  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = dec_rot_pairs<D>();
+  const RopeArgs &r = f.rope;
+  const int G = (int)a.G;
+  const int64_t krow = b * a.Hkv + hk;
+#pragma unroll
+  for (int k = 0; k < E; k++) {
+    const int e = threadIdx.x + k * NT, g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+    if (g > G) break;
+    if (g < G) {
+      const int64_t row = b * a.Hq + hk * G + g;
+      stv(r.out, r.out_dtype, row * D + i0, yo[k].x), stv(r.out, r.out_dtype, row * D + i1, yo[k].y);
+    } else {
+      stv(f.ko, f.ko_dtype, krow * D + i0, yo[k].x), stv(f.ko, f.ko_dtype, krow * D + i1, yo[k].y);
+    }
+  }
 }
 
 // One tile's loads, keys [t0, t0 + n) of the group: 16 bytes a thread per chunk of K and
@@ -987,6 +1009,31 @@ static __device__ __forceinline__ float dec_merge(int n, Fm m, Fl l, Fo o, float
     den += l(s) * w;
     num += o(s) * w;
   }
+  *M = mx, *L = den;
+  return num;
+}
+
+// dec_merge over at most NMAX parts, unrolled: every part's loads issued at once, then
+// the same operations in the same order (the same bits). The cluster's merge, where
+// the loop's chain of shared-memory loads and exponentials took ~0.9 us (the probe).
+template <int NMAX, class Fm, class Fl, class Fo>
+static __device__ __forceinline__ float dec_merge_few(int n, Fm m, Fl l, Fo o, float *M, float *L) {
+  float mv[NMAX], lv[NMAX], ov[NMAX];
+#pragma unroll
+  for (int s = 0; s < NMAX; s++)
+    if (s < n) mv[s] = m(s), lv[s] = l(s), ov[s] = o(s);
+  float mx = -INFINITY, num = 0.0f, den = 0.0f;
+#pragma unroll
+  for (int s = 0; s < NMAX; s++)
+    if (s < n) mx = fmaxf(mx, mv[s]);
+  const float mu = mx == -INFINITY ? 0.0f : mx;
+#pragma unroll
+  for (int s = 0; s < NMAX; s++)
+    if (s < n) {
+      const float w = ex2(mv[s] - mu);
+      den += lv[s] * w;
+      num += ov[s] * w;
+    }
   *M = mx, *L = den;
   return num;
 }
@@ -1070,7 +1117,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   }
   if (a.early) wkc_pdl_wait();
   PROBE_WAITED;
-  if constexpr (FUSE) dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
+  float2 yo[dec_rot_pairs<D>()];   // FUSE: the rotated q and k (dec_rot_store)
+  if constexpr (FUSE) dec_rot<D, BF>(a, f, b, hk, qs, kn, vn, rc, rs, yo);
   else if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
   else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
   else dec_q<__half>(a, b, hk, D, qs);
@@ -1138,13 +1186,15 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
     }
     if (lane < DEC_CLUSTER) st_cluster2(&rcv_ml[rank][2 * warp], lane, m, l);
   }
+  PROBE_MARK2;   // (pushed)
   cluster_barrier();   // every part pushed (and no CTA stores into one that has left)
+  PROBE_MARK3;   // (the cluster's barrier passed)
   const int e = rank * SL + tid;   // my output
   if (tid < SL && e < G * D) {
     const int g = e / D, d = e - g * D;
     const int64_t row = b * a.Hq + hk * G + g;   // T = 1
     float M, L;
-    const float O = dec_merge(
+    const float O = dec_merge_few<DEC_CLUSTER>(
         nr, [&](int s) { return rcv_ml[s][2 * g]; }, [&](int s) { return rcv_ml[s][2 * g + 1]; },
         [&](int s) { return rcv_o[s][tid]; }, &M, &L);
     if (ncl == 1) {
@@ -1155,6 +1205,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
       if (d == 0) pp[D] = M, pp[D + 1] = L;
     }
   }
+  PROBE_MARK4;   // (merged and stored)
+  if constexpr (FUSE)
+    if (sp == 0) dec_rot_store<D>(a, f, b, hk, yo);
   // the new rows into the cache (as the cache writes would), by one CTA of the group;
   // the others staged them from kn, vn, so no CTA waits for these stores
   if (FUSE && sp == 0 && wpos >= 0 && wpos < a.S)
