@@ -12,8 +12,13 @@ median return (blocks start in launch order only where they find room). For ever
 of launch, medians over the steady layers of: when its blocks started, when their waits
 returned, the mark and their end, in us after the end of the launch before it.
 
+With --attn, the decode attention's CTAs instead, by their index in the grid row (the
+rank in a cluster of 8 for contexts up to 1,024 keys): medians of the phases between
+its marks: start, wait's return, keys done, part pushed to the cluster, the cluster's
+barrier passed, slice merged and stored, end.
+
   WICK_PROBE_OUT=/tmp/p build-probe/wick generate ...
-  python3 bench/compare/probe.py /tmp/p [--skip 400]
+  python3 bench/compare/probe.py /tmp/p [--skip 400] [--attn]
 """
 import argparse
 import glob
@@ -52,11 +57,34 @@ def launches_of(recs):
     return out
 
 
+def attn_phases(prefix):
+    """The attention's records by CTA (probe.h's t0 t1 t3 t4 t5 t6 t2: start, wait, keys,
+    pushed, barrier, merged, end), medians and 90th percentiles of the phases in us."""
+    by = {}
+    for path in glob.glob(prefix + ".*"):
+        for line in open(path):
+            v = list(map(int, line.split()))
+            if len(v) < 11 or v[0] // 1000000 != ATTN // 1000000:
+                continue
+            t0, t1, t2, t3, t4, t5, t6 = v[4:11]
+            by.setdefault(v[1], []).append((t1 - t0, t3 - t1, t4 - t3, t5 - t4, t6 - t5, t2 - t6, t2 - t0))
+    names = ("start>wait", "wait>keys", "keys>pushed", "pushed>barrier", "barrier>merged", "merged>end", "start>end")
+    print("CTA      n  " + "  ".join("%13s" % n for n in names) + "   (us: median [90th percentile])")
+    for b in sorted(by):
+        r = by[b]
+        print("%3d %6d  " % (b, len(r)) + "  ".join(
+            "%5.2f [%5.2f]" % (q([x[i] for x in r], 0.5) / 1000.0, q([x[i] for x in r], 0.9) / 1000.0) for i in range(7)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("prefix", help="the WICK_PROBE_OUT of the run: its files are PREFIX.*")
     ap.add_argument("--skip", type=int, default=400, help="launches to skip first (prefill, captures)")
+    ap.add_argument("--attn", action="store_true", help="the decode attention's phases by CTA instead")
     a = ap.parse_args()
+    if a.attn:
+        attn_phases(a.prefix)
+        return
     recs = []
     for path in sorted(glob.glob(a.prefix + ".*")):
         for line in open(path):
