@@ -57,6 +57,25 @@ __device__ void chase(const Args &a) {
   if (i == 0xffffffffu) a.sink[0] = i;
 }
 
+// The slice by 16-byte loads, 4 in flight a thread: each stored to shared memory (sd,
+// 16 KB), or (sd NULL) folded into the result.
+__device__ unsigned load_stream(const char *p, size_t slice, uint4 *sd) {
+  const uint4 *q = (const uint4 *)p;
+  const size_t n = slice / 16;
+  unsigned acc = 0;
+  for (size_t j = threadIdx.x; j < n; j += 4 * blockDim.x) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) v[u] = j + u * blockDim.x < n ? __ldcs(q + j + u * blockDim.x) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      if (sd) sd[u * 256 + threadIdx.x] = v[u];
+      else acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+  }
+  return acc;
+}
+
 __device__ void stream(const Args &a) {
   __shared__ __align__(128) unsigned char st[4 * STAGE];
   __shared__ __align__(8) uint64_t bar[4];
@@ -75,15 +94,7 @@ __device__ void stream(const Args &a) {
   const unsigned long long t0 = gtime();
   unsigned acc = 0;
   if (a.mode == 1) {
-    const uint4 *q = (const uint4 *)p;
-    const size_t n = a.slice / 16;
-    for (size_t j = threadIdx.x; j < n; j += 4 * blockDim.x) {
-      uint4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; u++) v[u] = j + u * blockDim.x < n ? __ldcs(q + j + u * blockDim.x) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int u = 0; u < 4; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-    }
+    acc = load_stream(p, a.slice, NULL);
   } else if (a.mode == 2) {
     for (size_t o = 128 * (size_t)threadIdx.x; o < a.slice; o += 128 * (size_t)blockDim.x)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
@@ -129,16 +140,7 @@ __device__ void stream(const Args &a) {
     asm volatile("cp.async.wait_group 0;" ::: "memory");
     acc = ((const unsigned *)st)[threadIdx.x];
   } else if (a.mode == 6) {   // mode 1's loads, each stored to shared memory
-    const uint4 *q = (const uint4 *)p;
-    uint4 *sd = (uint4 *)st;
-    const size_t n = a.slice / 16;
-    for (size_t j = threadIdx.x; j < n; j += 4 * blockDim.x) {
-      uint4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; u++) v[u] = j + u * blockDim.x < n ? __ldcs(q + j + u * blockDim.x) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int u = 0; u < 4; u++) sd[u * 256 + threadIdx.x] = v[u];
-    }
+    load_stream(p, a.slice, (uint4 *)st);
     __syncthreads();
     acc = ((const unsigned *)st)[threadIdx.x];
   }
