@@ -901,12 +901,14 @@ template <int D> static __device__ __forceinline__ void dec_angles(const DecFuse
 // vn; the rotated pairs into yo, for dec_rot_store. Every load is issued before the
 // first store (the stores could alias them, so the compiler would not reorder them):
 // one round trip to L2 after the PDL wait.
-template <int D> __host__ __device__ constexpr int dec_rot_pairs() { return ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32); }
+template <int D> __host__ __device__ constexpr int dec_rot_pairs() {   // pairs of q and k a thread rotates
+  return ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32);
+}
 template <int D, bool BF>
 static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, float *qs,
                                                uint16_t *kn, uint16_t *vn, const float *rc, const float *rs,
                                                float2 (&yo)[dec_rot_pairs<D>()]) {
-  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = dec_rot_pairs<D>();   // pairs a thread rotates
+  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = dec_rot_pairs<D>();
   static_assert(D <= NT, "a value of v a thread");
   const RopeArgs &r = f.rope;
   const float sc = a.scale * 1.4426950408889634f;   // log2 e: scores in the log2 domain (dec_q)
@@ -940,8 +942,9 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
   if (threadIdx.x < D) vn[threadIdx.x] = half_bits<BF>(vv);
 }
 // The rotated q and k as RoPE's outputs, from dec_rot's yo: by one CTA of the group,
-// after the cluster's merge, so that the barrier before it (a release) does not wait for
-// these global stores: the merge took ~0.6 us longer with them before it (the probe).
+// after the cluster's merge, where nothing waits for them (the cluster's barrier is a
+// release of this CTA's earlier stores; the probe put it at ~0.6 us with these stores
+// before it and after, so the move is not a measured gain).
 template <int D>
 static __device__ __forceinline__ void dec_rot_store(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk,
                                                      const float2 (&yo)[dec_rot_pairs<D>()]) {
