@@ -13,23 +13,18 @@
 #include <cstdio>
 #include <cstdint>
 #include <cuda_runtime.h>
+#include "sm90.cuh"
 
 #define CHASERS 8            // blocks that chase (one warp working in each)
 #define RING 64              // ring entries, 128 bytes apart (8 KB: touched often enough to stay in L2)
 #define STEPS 1000           // dependent loads a chaser times (well within the streaming)
 #define STAGE (8 * 1024)     // bytes a bulk request moves (4 stages: 32 KB of static shared memory)
 
-__device__ unsigned long long gtime() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 __device__ unsigned ld_cg(const unsigned *p) {
   unsigned v;
   asm volatile("ld.global.cg.u32 %0, [%1];" : "=r"(v) : "l"(p));
   return v;
 }
-__device__ unsigned smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
 __device__ unsigned smid() {
   unsigned r;
   asm volatile("mov.u32 %0, %%smid;" : "=r"(r));
@@ -103,29 +98,16 @@ __device__ void stream(const Args &a) {
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + o), "r"((unsigned)STAGE) : "memory");
   } else if (a.mode == 4) {
     if (threadIdx.x == 0) {
-      for (int s = 0; s < 4; s++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(&bar[s])));
+      for (int s = 0; s < 4; s++) mbar_init(&bar[s], 1);
       asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
       const size_t n = a.slice / STAGE;
       for (size_t k = 0; k < n; k++) {
         const int s = (int)(k % 4);
-        if (k >= 4) {   // the stage's last copy has landed (phase (k / 4 - 1) & 1)
-          unsigned done = 0;
-          const unsigned ph = (unsigned)((k / 4 - 1) & 1);
-          while (!done)
-            asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                         : "=r"(done) : "r"(smem_u32(&bar[s])), "r"(ph) : "memory");
-        }
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(&bar[s])), "r"((unsigned)STAGE) : "memory");
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                     ::"r"(smem_u32(st + s * STAGE)), "l"(p + k * STAGE), "r"((unsigned)STAGE), "r"(smem_u32(&bar[s])) : "memory");
+        if (k >= 4) mbar_wait(&bar[s], (unsigned)((k / 4 - 1) & 1));   // the stage's last copy has landed
+        bulk_copy(st + s * STAGE, p + k * STAGE, (unsigned)STAGE, &bar[s]);
       }
-      for (int s = 0; s < 4 && (size_t)s < n; s++) {   // the last copy of each stage, before the block leaves
-        const unsigned ph = (unsigned)(((n - 1 - (size_t)s) / 4) & 1);
-        unsigned done = 0;
-        while (!done)
-          asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                       : "=r"(done) : "r"(smem_u32(&bar[s])), "r"(ph) : "memory");
-      }
+      for (int s = 0; s < 4 && (size_t)s < n; s++)   // the last copy of each stage, before the block leaves
+        mbar_wait(&bar[s], (unsigned)(((n - 1 - (size_t)s) / 4) & 1));
       acc = st[0];
     }
     __syncthreads();

@@ -7,12 +7,8 @@
 // (BENCHMARKS.md: on an H100, A's time is the same either way; the wait is ACQBULK in SASS.)
 #include <cstdio>
 #include <cuda_runtime.h>
+#include "sm90.cuh"
 
-__device__ unsigned long long gtime() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 __global__ void __launch_bounds__(1024) k_busy(float *out, unsigned long long *ns, int iters) {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const unsigned long long t0 = gtime();

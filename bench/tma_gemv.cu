@@ -20,30 +20,12 @@
 #include <vector>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include "sm90.cuh"
 
 #define K 896
 #define N 9728             // gate and up of Qwen2.5-0.5B: 17.4 MB of bf16
 #define CONSUMERS 8        // consumer warps; warp CONSUMERS is the producer
 
-__device__ __forceinline__ unsigned smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(uint64_t *b, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count));
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *b, unsigned parity) {
-  unsigned done = 0;
-  while (!done)
-    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                 : "=r"(done) : "r"(smem_u32(b)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t *b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
-}
-// a page's bytes from global memory into shared memory, completing barrier b
-__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *b) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(b)) : "memory");
-}
 __device__ __forceinline__ float dot_bf16x8(uint4 w, const float *x) {
   const uint32_t u[4] = {w.x, w.y, w.z, w.w};
   float a = 0.0f;
@@ -60,11 +42,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-__device__ __forceinline__ unsigned long long gtime() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 // the launch's span, from its first warp's start to its last warp's end (span NULL: none);
 // lane 0 of every warp that works
 __device__ __forceinline__ void span_add(unsigned long long *span, unsigned long long t0) {
