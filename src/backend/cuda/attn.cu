@@ -904,12 +904,21 @@ template <int D> static __device__ __forceinline__ void dec_angles(const DecFuse
 template <int D> __host__ __device__ constexpr int dec_rot_pairs() {   // pairs of q and k a thread rotates
   return ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32);
 }
+// This thread's pair k (of dec_rot_pairs) in dec_rot's order: head g of the group (g = G:
+// the new key), pair i of its row and the two indices it rotates (RoPE's layout).
+struct DecPair {
+  int g, i, i0, i1;
+};
+template <int D> static __device__ __forceinline__ DecPair dec_pair(const RopeArgs &r, int k) {
+  const int e = threadIdx.x + k * DEC_WARPS * 32, g = e / (D / 2), i = e - g * (D / 2);
+  return DecPair{g, i, r.inter ? 2 * i : i, r.inter ? 2 * i + 1 : i + D / 2};
+}
 template <int D, bool BF>
 static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, float *qs,
                                                uint16_t *kn, uint16_t *vn, const float *rc, const float *rs,
                                                float2 (&yo)[dec_rot_pairs<D>()]) {
-  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = dec_rot_pairs<D>();
-  static_assert(D <= NT, "a value of v a thread");
+  constexpr int E = dec_rot_pairs<D>();
+  static_assert(D <= DEC_WARPS * 32, "a value of v a thread");
   const RopeArgs &r = f.rope;
   const float sc = a.scale * 1.4426950408889634f;   // log2 e: scores in the log2 domain (dec_q)
   const int G = (int)a.G;
@@ -917,7 +926,8 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
   float x0[E], x1[E];
 #pragma unroll
   for (int k = 0; k < E; k++) {   // q's pairs, then k's
-    const int e = threadIdx.x + k * NT, g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+    const DecPair q = dec_pair<D>(r, k);
+    const int g = q.g, i0 = q.i0, i1 = q.i1;
     if (g > G) break;
     const DOp &x = g < G ? r.x : f.kx;
     const int64_t ro = g < G ? row_off(r.x, b * a.Hq + hk * G + g) : row_off(f.kx, krow), ls = g < G ? lq : lk;
@@ -927,7 +937,8 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
   const float vv = threadIdx.x < D ? ldv(f.vx.p, f.vx.dtype, op_off(f.vx, krow * D + threadIdx.x)) : 0.0f;
 #pragma unroll
   for (int k = 0; k < E; k++) {
-    const int e = threadIdx.x + k * NT, g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+    const DecPair q = dec_pair<D>(r, k);
+    const int g = q.g, i = q.i, i0 = q.i0, i1 = q.i1;
     if (g > G) break;
     const float2 y = rope_rot(x0[k], x1[k], rc[i], rs[i]);
     yo[k] = y;
@@ -948,13 +959,14 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
 template <int D>
 static __device__ __forceinline__ void dec_rot_store(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk,
                                                      const float2 (&yo)[dec_rot_pairs<D>()]) {
-  constexpr int H = D / 2, NT = DEC_WARPS * 32, E = dec_rot_pairs<D>();
+  constexpr int E = dec_rot_pairs<D>();
   const RopeArgs &r = f.rope;
   const int G = (int)a.G;
   const int64_t krow = b * a.Hkv + hk;
 #pragma unroll
   for (int k = 0; k < E; k++) {
-    const int e = threadIdx.x + k * NT, g = e / H, i = e - g * H, i0 = r.inter ? 2 * i : i, i1 = r.inter ? 2 * i + 1 : i + H;
+    const DecPair q = dec_pair<D>(r, k);
+    const int g = q.g, i0 = q.i0, i1 = q.i1;
     if (g > G) break;
     if (g < G) {
       const int64_t row = b * a.Hq + hk * G + g;
