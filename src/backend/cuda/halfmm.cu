@@ -396,9 +396,11 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx, const HA
 #pragma unroll
     for (int r = 0; r < R; r++) part[warp][r] = acc[r];
   __syncthreads();
-  if (stores) {
+  if (stores) {   // the row's warps' parts in order, their loads issued at once (unrolled)
     float s = 0.0f;
-    for (int p = 0; p < a.split; p++) s += part[warp + p][lane];
+#pragma unroll
+    for (int p = 0; p < HG_WARPS; p++)
+      if (p < a.split) s += part[warp + p][lane];
     a.y[n0 + lane] = ends_pre(a, s, addv);
   }
   PROBE_END(XM * 1000000 + a.N);
