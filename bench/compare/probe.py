@@ -3,7 +3,7 @@
 
 Each block of the one-row GEMVs and each working CTA of the decode attention records
 (src/backend/cuda/probe.h) its SM, its start, the return of its PDL wait, a mark (the
-attention: its keys done) and its end, on the GPU's global timer (ns); each source file
+attention: its keys done; a GEMV: its dot products done) and its end, on the GPU's global timer (ns); each source file
 writes its own records to $WICK_PROBE_OUT.<name>. A GEMV launch is a grid's worth of
 records of one x form and grid in the order of their starts (such launches do not
 overlap); an attention launch, whose idle clusters return without a record, the records

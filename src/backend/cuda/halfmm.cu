@@ -380,6 +380,7 @@ __device__ __forceinline__ void hgemv1_body(const HArgs &a, int64_t bx, const HA
         }
     }
   }
+  PROBE_MARK;   // (the dots done)
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
   if (a.split == 1) {
