@@ -898,9 +898,12 @@ template <int D> static __device__ __forceinline__ void dec_angles(const DecFuse
 // The group's prologue, in every CTA of (b, kv head hk), after dec_angles and a barrier:
 // the group's q rows rotated (rounded to RoPE's output dtype, as the SDPA would read
 // them) into qs, scaled; the new key (rotated) and value in the cache's dtype into kn,
-// vn; the rotated pairs into yo, for dec_rot_store. Every load is issued before the
-// first store (the stores could alias them, so the compiler would not reorder them):
-// one round trip to L2 after the PDL wait.
+// vn; and, in the group's first CTA (first), the rotated q and k as RoPE's outputs.
+// Every load is issued before the first store (the stores could alias them, so the
+// compiler would not reorder them): one round trip to L2 after the PDL wait. Those
+// outputs were stored after the cluster's merge for a while (e70fcd3); here, where
+// they are computed, decode is faster (H100, qwen_cuda.py decode --runs 4 --tokens
+// 128, builds alternated, two calls: steady 1,507 / 1,513 -> 1,533 / 1,541 tok/s).
 template <int D> __host__ __device__ constexpr int dec_rot_pairs() {   // pairs of q and k a thread rotates
   return ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32);
 }
@@ -914,9 +917,8 @@ template <int D> static __device__ __forceinline__ DecPair dec_pair(const RopeAr
   return DecPair{g, i, r.inter ? 2 * i : i, r.inter ? 2 * i + 1 : i + D / 2};
 }
 template <int D, bool BF>
-static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, float *qs,
-                                               uint16_t *kn, uint16_t *vn, const float *rc, const float *rs,
-                                               float2 (&yo)[dec_rot_pairs<D>()]) {
+static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, bool first,
+                                               float *qs, uint16_t *kn, uint16_t *vn, const float *rc, const float *rs) {
   constexpr int E = dec_rot_pairs<D>();
   static_assert(D <= DEC_WARPS * 32, "a value of v a thread");
   const RopeArgs &r = f.rope;
@@ -941,42 +943,19 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
     const int g = q.g, i = q.i, i0 = q.i0, i1 = q.i1;
     if (g > G) break;
     const float2 y = rope_rot(x0[k], x1[k], rc[i], rs[i]);
-    yo[k] = y;
     if (g < G) {
       qs[g * D + i0] = round_to(y.x, r.out_dtype) * sc;
       qs[g * D + i1] = round_to(y.y, r.out_dtype) * sc;
+      const int64_t row = b * a.Hq + hk * G + g;
+      if (first) stv(r.out, r.out_dtype, row * D + i0, y.x), stv(r.out, r.out_dtype, row * D + i1, y.y);
     } else {
       kn[i0] = half_bits<BF>(round_to(y.x, f.ko_dtype));
       kn[i1] = half_bits<BF>(round_to(y.y, f.ko_dtype));
+      if (first) stv(f.ko, f.ko_dtype, krow * D + i0, y.x), stv(f.ko, f.ko_dtype, krow * D + i1, y.y);
     }
   }
   if (threadIdx.x < D) vn[threadIdx.x] = half_bits<BF>(vv);
 }
-// The rotated q and k as RoPE's outputs, from dec_rot's yo: by one CTA of the group,
-// after the cluster's merge, where nothing waits for them (the cluster's barrier is a
-// release of this CTA's earlier stores; the probe put it at ~0.6 us with these stores
-// before it and after, so the move is not a measured gain).
-template <int D>
-static __device__ __forceinline__ void dec_rot_store(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk,
-                                                     const float2 (&yo)[dec_rot_pairs<D>()]) {
-  constexpr int E = dec_rot_pairs<D>();
-  const RopeArgs &r = f.rope;
-  const int G = (int)a.G;
-  const int64_t krow = b * a.Hkv + hk;
-#pragma unroll
-  for (int k = 0; k < E; k++) {
-    const DecPair q = dec_pair<D>(r, k);
-    const int g = q.g, i0 = q.i0, i1 = q.i1;
-    if (g > G) break;
-    if (g < G) {
-      const int64_t row = b * a.Hq + hk * G + g;
-      stv(r.out, r.out_dtype, row * D + i0, yo[k].x), stv(r.out, r.out_dtype, row * D + i1, yo[k].y);
-    } else {
-      stv(f.ko, f.ko_dtype, krow * D + i0, yo[k].x), stv(f.ko, f.ko_dtype, krow * D + i1, yo[k].y);
-    }
-  }
-}
-
 // One tile's loads, keys [t0, t0 + n) of the group: 16 bytes a thread per chunk of K and
 // of V, coherent loads through L2 (cuda_internal.h: not __ldg in a PDL-launched kernel).
 // Rows past n load row t0 (in bounds); dec_stage zeroes them.
@@ -1132,8 +1111,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   }
   if (a.early) wkc_pdl_wait();
   PROBE_WAITED;
-  float2 yo[dec_rot_pairs<D>()];   // FUSE: the rotated q and k (dec_rot_store)
-  if constexpr (FUSE) dec_rot<D, BF>(a, f, b, hk, qs, kn, vn, rc, rs, yo);
+  if constexpr (FUSE) dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
   else if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
   else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
   else dec_q<__half>(a, b, hk, D, qs);
@@ -1221,8 +1199,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
     }
   }
   PROBE_MARK4;   // (merged and stored)
-  if constexpr (FUSE)
-    if (sp == 0) dec_rot_store<D>(a, f, b, hk, yo);
   // the new rows into the cache (as the cache writes would), by one CTA of the group;
   // the others staged them from kn, vn, so no CTA waits for these stores
   if (FUSE && sp == 0 && wpos >= 0 && wpos < a.S)
