@@ -895,15 +895,17 @@ template <int D> static __device__ __forceinline__ void dec_angles(const DecFuse
   for (int i = threadIdx.x; i < D / 2; i += blockDim.x) rope_cs(f.rope, p, i, &rc[i], &rs[i]);
 }
 
-// The group's prologue, in every CTA of (b, kv head hk), after dec_angles and a barrier:
-// the group's q rows rotated (rounded to RoPE's output dtype, as the SDPA would read
-// them) into qs, scaled; the new key (rotated) and value in the cache's dtype into kn,
-// vn; and, in the group's first CTA (first), the rotated q and k as RoPE's outputs.
-// Every load is issued before the first store (the stores could alias them, so the
-// compiler would not reorder them): one round trip to L2 after the PDL wait. Those
-// outputs were stored after the cluster's merge for a while (e70fcd3); here, where
-// they are computed, decode is faster (H100, qwen_cuda.py decode --runs 4 --tokens
-// 128, builds alternated, two calls: steady 1,507 / 1,513 -> 1,533 / 1,541 tok/s).
+// The group's prologue, in every CTA of (b, kv head hk), after dec_angles and a
+// barrier: the group's q rows rotated (rounded to RoPE's output dtype, as the SDPA
+// would read them) into qs, scaled; the new key (rotated) and value in the cache's
+// dtype into kn, vn; and, in the group's first CTA (first), the rotated q and k as
+// RoPE's outputs and the new rows into the cache at kc, vc (as the cache writes would;
+// the other CTAs stage those rows from kn, vn, so none waits for these stores). Every
+// load is issued before the first store (the stores could alias them, so the compiler
+// would not reorder them): one round trip to L2 after the PDL wait. Those outputs were
+// stored after the cluster's merge for a while (e70fcd3); here, where they are
+// computed, decode is faster (H100, qwen_cuda.py decode --runs 4 --tokens 128, builds
+// alternated, two calls: steady 1,507 / 1,513 -> 1,533 / 1,541 tok/s).
 template <int D> __host__ __device__ constexpr int dec_rot_pairs() {   // pairs of q and k a thread rotates
   return ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32);
 }
@@ -918,7 +920,8 @@ template <int D> static __device__ __forceinline__ DecPair dec_pair(const RopeAr
 }
 template <int D, bool BF>
 static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, bool first,
-                                               float *qs, uint16_t *kn, uint16_t *vn, const float *rc, const float *rs) {
+                                               float *qs, uint16_t *kn, uint16_t *vn, const float *rc, const float *rs,
+                                               uint16_t *kc, uint16_t *vc) {
   constexpr int E = dec_rot_pairs<D>();
   static_assert(D <= DEC_WARPS * 32, "a value of v a thread");
   const RopeArgs &r = f.rope;
@@ -949,12 +952,16 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
       const int64_t row = b * a.Hq + hk * G + g;
       if (first) stv(r.out, r.out_dtype, row * D + i0, y.x), stv(r.out, r.out_dtype, row * D + i1, y.y);
     } else {
-      kn[i0] = half_bits<BF>(round_to(y.x, f.ko_dtype));
-      kn[i1] = half_bits<BF>(round_to(y.y, f.ko_dtype));
+      const uint16_t k0b = half_bits<BF>(round_to(y.x, f.ko_dtype)), k1b = half_bits<BF>(round_to(y.y, f.ko_dtype));
+      kn[i0] = k0b, kn[i1] = k1b;
+      if (kc) kc[i0] = k0b, kc[i1] = k1b;
       if (first) stv(f.ko, f.ko_dtype, krow * D + i0, y.x), stv(f.ko, f.ko_dtype, krow * D + i1, y.y);
     }
   }
-  if (threadIdx.x < D) vn[threadIdx.x] = half_bits<BF>(vv);
+  if (threadIdx.x < D) {
+    vn[threadIdx.x] = half_bits<BF>(vv);
+    if (vc) vc[threadIdx.x] = half_bits<BF>(vv);
+  }
 }
 // One tile's loads, keys [t0, t0 + n) of the group: 16 bytes a thread per chunk of K and
 // of V, coherent loads through L2 (cuda_internal.h: not __ldg in a PDL-launched kernel).
@@ -1111,7 +1118,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
   }
   if (a.early) wkc_pdl_wait();
   PROBE_WAITED;
-  if constexpr (FUSE) dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs);
+  if constexpr (FUSE) {
+    const bool cw = sp == 0 && wpos >= 0 && wpos < a.S;
+    dec_rot<D, BF>(a, f, b, hk, sp == 0, qs, kn, vn, rc, rs, cw ? (uint16_t *)(kb + wpos * kst) : NULL,
+                   cw ? (uint16_t *)(vb + wpos * vst) : NULL);
+  }
   else if (a.q.dtype == WK_F32) dec_q<float>(a, b, hk, D, qs);
   else if (a.q.dtype == WK_BF16) dec_q<__nv_bfloat16>(a, b, hk, D, qs);
   else dec_q<__half>(a, b, hk, D, qs);
@@ -1199,15 +1210,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
     }
   }
   PROBE_MARK4;   // (merged and stored)
-  // the new rows into the cache (as the cache writes would), by one CTA of the group;
-  // the others staged them from kn, vn, so no CTA waits for these stores
-  if (FUSE && sp == 0 && wpos >= 0 && wpos < a.S)
-    for (int c = tid; c < 2 * (D / 8); c += NT) {
-      const bool isv = c >= D / 8;
-      const int q8 = isv ? c - D / 8 : c;
-      char *row = (char *)(isv ? vb + wpos * vst : kb + wpos * kst);
-      ((uint4 *)row)[q8] = ((const uint4 *)(isv ? vn : kn))[q8];
-    }
   PROBE_END(9000000 + D);
   if (ncl > 1) dec_finish<D>(a, b, hk, ncl, &last);
 }
