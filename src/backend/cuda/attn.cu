@@ -963,6 +963,7 @@ static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse 
     if (vc) vc[threadIdx.x] = half_bits<BF>(vv);
   }
 }
+
 // One tile's loads, keys [t0, t0 + n) of the group: 16 bytes a thread per chunk of K and
 // of V, coherent loads through L2 (cuda_internal.h: not __ldg in a PDL-launched kernel).
 // Rows past n load row t0 (in bounds); dec_stage zeroes them.
