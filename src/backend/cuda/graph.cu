@@ -318,11 +318,16 @@ static bool tail_operand(const wk_step *s, wk_operand *t, bool *write) {
 }
 
 // WICK_CUDA_GRAPH_STATS=1: the counters on stderr at exit (how a workload replays).
+// Host time spent building graphs (WICK_CUDA_GRAPH_STATS): capturing their units, and
+// instantiating them.
+static double g_capture_ms, g_instantiate_ms;
+
 static void print_stats(void) {
   fprintf(stderr, "wick: CUDA graphs: %llu captured, %llu replays, %llu units patched, %llu runs step by step, "
           "%llu failed captures, %llu PDL launches (%llu decode attention reading early), uploads: %llu in heads, "
-          "%llu copy nodes\n", g_stats.captures, g_stats.replays, g_stats.patched, g_stats.direct, g_stats.fallbacks,
-          g_stats.pdl, g_stats.early, g_stats.folded, g_stats.copied);
+          "%llu copy nodes; host time %.2f ms capturing, %.2f ms instantiating\n", g_stats.captures, g_stats.replays,
+          g_stats.patched, g_stats.direct, g_stats.fallbacks, g_stats.pdl, g_stats.early, g_stats.folded, g_stats.copied,
+          g_capture_ms, g_instantiate_ms);
 }
 
 static size_t align16(size_t b) { return (b + 15) & ~(size_t)15; }
@@ -680,6 +685,7 @@ static Variant *variant_build(Segment *sg, const wk_step *steps, void *const *sl
   Variant *v = new (std::nothrow) Variant;
   if (!v) return NULL;
   v->flat = pdl_enabled() && !g_always_patch && !sg->no_flat;
+  const double t_build = now_us();
   bool armed = wkc_dev_err_swap(false);
   bool ok = cudaGraphCreate(&v->graph, 0) == cudaSuccess;
   v->nodes.resize(sg->units.size());
@@ -706,7 +712,10 @@ static Variant *variant_build(Segment *sg, const wk_step *steps, void *const *sl
     if (ok) scalars_of(steps, sg->units[i], &n.scalars);
   }
   if (!v->flat) ok = ok && add_copies(v->graph, &prev, sg->cp_dev + nin + sg->nup, nout, sg->cp_max); // last: the copies out
+  const double t_inst = now_us();
+  g_capture_ms += (t_inst - t_build) * 1e-3;
   ok = ok && cudaGraphInstantiate(&v->exec, v->graph, 0) == cudaSuccess;
+  g_instantiate_ms += (now_us() - t_inst) * 1e-3;
   v->arms = wkc_dev_err_swap(armed);
   if (!ok) {
     const bool retry = v->flat && !forced;
