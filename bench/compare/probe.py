@@ -3,14 +3,15 @@
 
 Each block of the one-row GEMVs and each working CTA of the decode attention records
 (src/backend/cuda/probe.h) its SM, its start, the return of its PDL wait, a mark (the
-attention: its keys done; a GEMV: its dot products done) and its end, on the GPU's global timer (ns); each source file
-writes its own records to $WICK_PROBE_OUT.<name>. A GEMV launch is a grid's worth of
-records of one x form and grid in the order of their starts (such launches do not
-overlap); an attention launch, whose idle clusters return without a record, the records
-whose starts lie within 10 us of the one before. Launches are ordered by their waits'
-median return (blocks start in launch order only where they find room). For every kind
-of launch, medians over the steady layers of: when its blocks started, when their waits
-returned, the mark and their end, in us after the end of the launch before it.
+attention: its keys done; a GEMV: its dot products done) and its end, on the GPU's
+global timer (ns); each source file writes its own records to $WICK_PROBE_OUT.<name>. A
+GEMV launch is a grid's worth of records of one x form and grid in the order of their
+starts (such launches do not overlap); an attention launch, whose idle clusters return
+without a record, the records whose starts lie within 10 us of the one before. Launches
+are ordered by their waits' median return (blocks start in launch order only where they
+find room). For every kind of launch, medians over the steady layers of: when its blocks
+started, when their waits returned, the mark and their end, in us after the end of the
+launch before it.
 
 With --attn, the decode attention's CTAs instead, by their index in the grid row (the
 rank in a cluster of 8 for contexts up to 1,024 keys): medians of the phases between

@@ -906,10 +906,7 @@ template <int D> static __device__ __forceinline__ void dec_angles(const DecFuse
 // stored after the cluster's merge for a while (e70fcd3); here, where they are
 // computed, decode is faster (H100, qwen_cuda.py decode --runs 4 --tokens 128, builds
 // alternated, two calls: steady 1,507 / 1,513 -> 1,533 / 1,541 tok/s).
-template <int D> __host__ __device__ constexpr int dec_rot_pairs() {   // pairs of q and k a thread rotates
-  return ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32);
-}
-// This thread's pair k (of dec_rot_pairs) in dec_rot's order: head g of the group (g = G:
+// This thread's pair k (of dec_rot's E) in dec_rot's order: head g of the group (g = G:
 // the new key), pair i of its row and the two indices it rotates (RoPE's layout).
 struct DecPair {
   int g, i, i0, i1;
@@ -922,7 +919,7 @@ template <int D, bool BF>
 static __device__ __forceinline__ void dec_rot(const AttnArgs &a, const DecFuse &f, int64_t b, int64_t hk, bool first,
                                                float *qs, uint16_t *kn, uint16_t *vn, const float *rc, const float *rs,
                                                uint16_t *kc, uint16_t *vc) {
-  constexpr int E = dec_rot_pairs<D>();
+  constexpr int E = ((DEC_GMAX + 1) * (D / 2) + DEC_WARPS * 32 - 1) / (DEC_WARPS * 32);   // pairs of q and k a thread rotates
   static_assert(D <= DEC_WARPS * 32, "a value of v a thread");
   const RopeArgs &r = f.rope;
   const float sc = a.scale * 1.4426950408889634f;   // log2 e: scores in the log2 domain (dec_q)

@@ -317,11 +317,11 @@ static bool tail_operand(const wk_step *s, wk_operand *t, bool *write) {
   return true;
 }
 
-// WICK_CUDA_GRAPH_STATS=1: the counters on stderr at exit (how a workload replays).
 // Host time spent building graphs (WICK_CUDA_GRAPH_STATS): capturing their units, and
 // instantiating them.
 static double g_capture_ms, g_instantiate_ms;
 
+// WICK_CUDA_GRAPH_STATS=1: the counters on stderr at exit (how a workload replays).
 static void print_stats(void) {
   fprintf(stderr, "wick: CUDA graphs: %llu captured, %llu replays, %llu units patched, %llu runs step by step, "
           "%llu failed captures, %llu PDL launches (%llu decode attention reading early), uploads: %llu in heads, "
