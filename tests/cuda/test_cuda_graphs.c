@@ -10,7 +10,8 @@
 // warmup-cosine schedule (new parameter buffers, learning rate, bias corrections and
 // clip factor every step; one graph launch per plan), a model forward, decode steps
 // with the KV cache (one graph launch each), transfers inside a plan (an upload done
-// by the graph's head, a download after the device steps), and a capture that fails
+// by the graph's head, a download after the device steps), outputs that alternate
+// between buffers (relocated at the first capture: captured once), a capture that fails
 // (the step-by-step fallback), and an evaluation launched while the one before it runs.
 #include <stdlib.h>
 #include <string.h>
@@ -482,6 +483,43 @@ static void test_launch_ahead(void) {
   wk_tensor_free(w), wk_tensor_free(x[0]), wk_tensor_free(x[1]);
 }
 
+// ---- outputs that alternate between buffers (as a decode step fed ahead): each
+// evaluation reads the one before's output and writes new ones while the old stay
+// alive. The first capture relocates what moved since the first evaluation, so every
+// later evaluation replays it: one capture in all. y is written before it is read
+// (no copy in needed); x moves and is only read. ----
+static void pingpong_plan(wk_tensor *x, wk_tensor **y, wk_tensor **z) {
+  wk_scope_begin();
+  *y = wk_keep(wk_softmax(wk_mul_scalar(x, 0.9f), -1));
+  *z = wk_keep(wk_rms_norm(wk_transpose(wk_add_scalar(*y, 0.25f), 0, 1), NULL, 1e-5f));
+  wk_scope_end();
+}
+
+static void test_pingpong(void) {
+  enum { EVALS = 6 };
+  wk_tensor *x0 = rnd(2, (int64_t[]){48, 48}, 1.0f, 41), *out[2][EVALS][2];
+  wk_cuda_graph_stats s0 = {0}, s1 = {0};
+  for (int on = 0; on < 2; on++) {
+    wk_cuda_set_graphs(on);
+    if (on) s0 = stats();
+    for (int e = 0; e < EVALS; e++) {
+      wk_tensor **o = out[on][e];
+      pingpong_plan(e ? out[on][e - 1][1] : x0, &o[0], &o[1]);
+      CHECK(o[0] && o[1] && wk_eval(2, o) == WK_OK, "ping-pong eval %d (graphs %s)", e, on ? "on" : "off");
+    }
+    if (on) s1 = stats();
+  }
+  int same = 0;
+  for (int e = 0; e < EVALS; e++) same += same_bits(out[0][e][0], out[1][e][0]) && same_bits(out[0][e][1], out[1][e][1]);
+  CHECK(same == EVALS, "ping-pong: %d of %d evaluations equal bit for bit with and without graphs", same, EVALS);
+  CHECK(s1.captures - s0.captures == 1 && s1.replays - s0.replays == EVALS - 1 && s1.direct - s0.direct == 1,
+        "ping-pong: captured once, at the second evaluation (captures %llu, launches %llu, step by step %llu)",
+        s1.captures - s0.captures, s1.replays - s0.replays, s1.direct - s0.direct);
+  for (int on = 0; on < 2; on++)
+    for (int e = 0; e < EVALS; e++) wk_tensor_free(out[on][e][0]), wk_tensor_free(out[on][e][1]);
+  wk_tensor_free(x0);
+}
+
 // ---- a capture that fails: the run launches step by step, results unchanged ----
 static wk_tensor *fallback_plan(wk_tensor *x, wk_tensor *w) {
   wk_scope_begin();
@@ -522,6 +560,7 @@ int main(void) {
   test_forward();
   test_decode();
   test_transfers();
+  test_pingpong();
   test_launch_ahead();
   test_fallback();
   return check_report();

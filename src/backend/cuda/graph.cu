@@ -35,10 +35,13 @@
 // address (and no larger than RELOC_MAX) is relocated: the graphs see it at a
 // fixed block of the run's own ("home"), and every launch copies it in from where
 // it is now before the units (one kernel for all such slots, from a table the
-// host stages with the scalars) and copies it back out after them if the units
-// write it. That costs a device copy of the moved slots only (the adapter's
-// tensors, not the base weights); a run whose slots alias one another with a
-// relocated one among them launches step by step.
+// host stages with the scalars; not a slot the units overwrite before they read it)
+// and copies it back out after them if the units write it. That costs a device
+// copy of the moved slots only (the adapter's tensors, not the base weights); a run
+// whose slots alias one another with a relocated one among them launches step by
+// step. The first capture already relocates what moved since the first evaluation,
+// so a decode step (its token ids and outputs alternate between two buffers) is
+// captured once.
 //
 // Scratch that steps allocate while being captured is kept alive with the graph
 // (the replay reuses its addresses). Small uploads inside a run (a decode step's
@@ -61,6 +64,7 @@
 #include <new>
 #include <unordered_map>
 #include "cuda_internal.h"
+#include "rtc.h"
 #include "../../engine/plan.h"   // the tails after outputs
 
 namespace {
@@ -103,6 +107,7 @@ struct Extent {
   int64_t lo = INT64_MAX, hi = 0;
   int64_t wlo = 0, whi = 0;    // the widest dense write
   bool ok = true, read = false, written = false;
+  bool read_first = false;     // some read is not covered by a dense write before it
   bool full() const { return wlo <= lo && whi >= hi; }  // the units overwrite all of it
 };
 
@@ -150,6 +155,7 @@ struct Segment {
   // relocation: home[s] is where the graphs see slot s (NULL: where it is)
   std::vector<void *> home;
   std::vector<void *> eff;     // this evaluation's slot pointers as the graphs see them
+  std::vector<void *> first;   // the first evaluation's slot pointers, until the first capture
   size_t home_bytes = 0;
   std::vector<int> copy_in, copy_out; // relocated slots copied in before the units / out after them
   Copy *cp_dev = NULL, *cp_stage = NULL;
@@ -272,6 +278,7 @@ static void extent_add(Segment *sg, const wk_operand *o, bool write) {
   int64_t lo, hi;
   bool dense;
   if (!operand_span(o, &lo, &hi, &dense)) e.ok = false;
+  if (!write && (!e.ok || lo < e.wlo || hi > e.whi)) e.read_first = true;
   if (!e.ok || hi == lo) return;
   if (write && dense && hi - lo > e.whi - e.wlo) e.wlo = lo, e.whi = hi;
   if (lo < e.lo) e.lo = lo;
@@ -328,6 +335,10 @@ static void print_stats(void) {
           "%llu copy nodes; host time %.2f ms capturing, %.2f ms instantiating\n", g_stats.captures, g_stats.replays,
           g_stats.patched, g_stats.direct, g_stats.fallbacks, g_stats.pdl, g_stats.early, g_stats.folded, g_stats.copied,
           g_capture_ms, g_instantiate_ms);
+  unsigned long long compiled, failed;
+  double ms;
+  wkc_rtc_counts(&compiled, &failed, &ms);
+  fprintf(stderr, "wick: NVRTC: %llu kernels compiled in %.2f ms, %llu failed\n", compiled, ms, failed);
 }
 
 static size_t align16(size_t b) { return (b + 15) & ~(size_t)15; }
@@ -525,14 +536,15 @@ static bool add_copies(cudaGraph_t g, cudaGraphNode_t *prev, const Copy *tab, in
   return true;
 }
 
-// Relocates the slots the units use that moved since v was captured, where they
-// can be (known span, small enough, aligned as cudaMalloc aligns). True if any was.
-static bool relocate(Segment *sg, const Variant *v, void *const *eff, void *const *slots) {
+// Relocates the slots the units use that moved since an evaluation that saw them at
+// prev, where they can be (known span, small enough, aligned as cudaMalloc aligns).
+// True if any was. A slot the units overwrite before reading it is not copied in.
+static bool relocate(Segment *sg, void *const *prev, void *const *eff, void *const *slots) {
   bool any = false;
   for (int s : sg->used) {
     const Extent &e = sg->ext[s];
     size_t bytes = e.hi > e.lo ? (size_t)e.hi : 0;
-    if (sg->home[s] || v->slots[s] == eff[s] || !e.ok || !bytes || bytes > RELOC_MAX || !slots[s] ||
+    if (sg->home[s] || prev[s] == eff[s] || !e.ok || !bytes || bytes > RELOC_MAX || !slots[s] ||
         ((uintptr_t)slots[s] & 255) || sg->home_bytes + bytes > reloc_total())
       continue;
     if (cudaMalloc(&sg->home[s], bytes) != cudaSuccess) {
@@ -541,7 +553,7 @@ static bool relocate(Segment *sg, const Variant *v, void *const *eff, void *cons
       break;
     }
     sg->home_bytes += bytes;
-    if (e.read || !e.full()) sg->copy_in.push_back(s);
+    if (e.read_first || !e.full()) sg->copy_in.push_back(s);
     if (e.written) sg->copy_out.push_back(s);
     if ((unsigned long long)(e.hi - e.lo) > sg->cp_max) sg->cp_max = (unsigned long long)(e.hi - e.lo);
     any = true;
@@ -807,8 +819,10 @@ wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const
   if (!sg && !(sg = segment_new(steps, n))) return wk_error(WK_ERR_OOM, "cuda: out of host memory for a CUDA graph");
   *state = sg;
   // a plan evaluated once pays no capture: the second evaluation captures
-  if (!wkc_graphs_enabled() || sg->broken || sg->units.size() < 2 || ++sg->uses < 2 || aliased(sg, slots))
+  if (!wkc_graphs_enabled() || sg->broken || sg->units.size() < 2 || ++sg->uses < 2 || aliased(sg, slots)) {
+    if (sg->uses == 1) sg->first.assign(slots, slots + sg->nslots);
     return run_direct(sg, steps, slots, sg->uses > 1);
+  }
   // the pointers as the graphs see them: relocated slots at their homes
   sg->eff.assign(slots, slots + sg->nslots);
   for (int s : sg->used)
@@ -824,8 +838,17 @@ wk_status wkc_run_segment(void **state, const wk_step *steps, int n, void *const
   }
   if (best >= 0 && changed == 0) return launch(sg, sg->v[best], steps, slots);
   // Slots at new addresses are relocated where they can be; the variants then see
-  // them at their homes (all are captured again, once).
-  if (moved > 0 && !g_always_patch && relocate(sg, sg->v[best], eff, slots)) {
+  // them at their homes (all are captured again, once). The first capture already
+  // relocates what moved since the first evaluation (a decode step's token ids and
+  // outputs alternate between two buffers; a training step's tensors drift), rather
+  // than capture a variant that the next evaluation would throw away.
+  const bool first_capture = best < 0 && !sg->first.empty();
+  const bool first_moved = first_capture && std::any_of(sg->used.begin(), sg->used.end(),
+                                                        [&](int s) { return sg->first[s] != eff[s]; });
+  void *const *prev = first_capture ? sg->first.data() : best >= 0 ? sg->v[best]->slots.data() : NULL;
+  const bool relocated = (moved > 0 || first_moved) && !g_always_patch && relocate(sg, prev, eff, slots);
+  if (first_capture) sg->first = std::vector<void *>();
+  if (relocated) {
     for (Variant *&v : sg->v) variant_free(v), v = NULL;
     if (sg->broken) return run_direct(sg, steps, slots);
     for (int s : sg->used)
