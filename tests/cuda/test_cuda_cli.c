@@ -7,8 +7,14 @@
 //  - `wick logits -d cuda` on the tiny Llama gives the reference's top-1 token and its
 //    logit within 1e-3 (the CPU test's bound; logits are O(1));
 //  - an unknown device is a usage error naming it;
-//  - wick generate -d cuda keeps a bf16 model's KV cache in bf16 by default.
+//  - wick generate -d cuda keeps a bf16 model's KV cache in bf16 by default;
+//  - generated kernels are kept on disk (WICK_CUDA_KERNEL_CACHE): a second process
+//    loads every one instead of compiling it and prints the same tokens; a truncated
+//    or altered file is compiled again; "0" turns the cache off.
+#include <dirent.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "check.h"
 #include "cli/run_wick.h"
@@ -128,11 +134,97 @@ static void test_cache_default(void) {
   rmdir(dir);
 }
 
+// ---- the disk cache of generated kernels (rtc.cu) ----
+// Runs wick generate on the tiny chat model with every fused group generated; *compiled
+// and *loaded from the NVRTC line WICK_CUDA_GRAPH_STATS prints at exit.
+static int gen_counts(char *tokens, size_t cap, unsigned long long *compiled, unsigned long long *loaded) {
+  const char *args[] = {"generate", "-m", "tests/fixtures/chat/model", "-d", "cuda", "-p", "Hello there", "-n", "6",
+                        "--temp", "0", "--json", NULL};
+  int rc = run(NULL, tokens, cap, err, sizeof err, args);
+  const char *l = strstr(err, "wick: NVRTC: ");
+  if (!l || sscanf(l, "wick: NVRTC: %llu kernels compiled, %llu loaded", compiled, loaded) != 2) return -1;
+  return rc;
+}
+
+// The token ids of generate's --json lines, space-separated, into ids (the lines also
+// carry times, which differ from run to run).
+static const char *token_ids(const char *json, char *ids, size_t cap) {
+  size_t n = 0;
+  ids[0] = 0;
+  for (const char *p = json; (p = strstr(p, "{\"id\": ")) && n + 16 < cap; p += 8)
+    n += (size_t)snprintf(ids + n, cap - n, "%ld ", strtol(p + 8, NULL, 10));
+  return ids;
+}
+static bool same_tokens(const char *a, const char *b) {
+  char x[512], y[512];
+  return !strcmp(token_ids(a, x, sizeof x), token_ids(b, y, sizeof y)) && x[0];
+}
+
+// The cache's files (*.wkc) in dir: how many, and the path of the i-th in name order.
+static int cache_files(const char *dir, int i, char *path, size_t cap) {
+  struct dirent **ents;
+  int n = scandir(dir, &ents, NULL, alphasort), k = 0;
+  for (int e = 0; e < n; e++) {
+    const char *d = ents[e]->d_name;
+    size_t len = strlen(d);
+    if (len > 4 && !strcmp(d + len - 4, ".wkc") && k++ == i && path) snprintf(path, cap, "%s/%s", dir, d);
+    free(ents[e]);
+  }
+  if (n >= 0) free(ents);
+  return k;
+}
+
+static long file_size(const char *path) {
+  struct stat st;
+  return stat(path, &st) ? -1 : (long)st.st_size;
+}
+
+static void test_kernel_cache(void) {
+  char dir[] = "/tmp/wick_kcache_XXXXXX", path[2][256] = {"", ""};
+  static char first[1 << 16], again[1 << 16];
+  CHECK(mkdtemp(dir) != NULL, "a directory for the kernel cache");
+  setenv("WICK_CUDA_KERNEL_CACHE", dir, 1);
+  setenv("WICK_CUDA_GRAPH_STATS", "1", 1);
+  setenv("WICK_CUDA_NVRTC", "all", 1);   // the tiny model's groups are under the size threshold
+  unsigned long long c1 = 0, l1 = 0, c2 = 0, l2 = 0, c3 = 0, l3 = 0, c4 = 0, l4 = 0;
+  int rc = gen_counts(first, sizeof first, &c1, &l1), n = cache_files(dir, 0, NULL, 0);
+  CHECK(rc == 0 && c1 > 0 && l1 == 0 && n == (int)c1, "first run: %llu kernels compiled, %llu loaded, %d files: rc %d: %s",
+        c1, l1, n, rc, err);
+  rc = gen_counts(again, sizeof again, &c2, &l2);
+  CHECK(rc == 0 && c2 == 0 && l2 == c1 && same_tokens(first, again),
+        "second run: every kernel from the disk cache (%llu compiled, %llu loaded), the same tokens: rc %d: %s", c2, l2, rc,
+        err);
+  // one file cut short, another with a byte of its image changed: both compiled again
+  for (int i = 0; i < 2 && n >= 2; i++) cache_files(dir, i, path[i], sizeof path[i]);
+  long size0 = file_size(path[0]), size1 = file_size(path[1]);
+  if (n >= 2 && size0 > 64 && size1 > 64) {
+    CHECK(truncate(path[0], size0 / 2) == 0, "truncating %s", path[0]);
+    FILE *f = fopen(path[1], "r+b");
+    if (f) { fseek(f, size1 - 40, SEEK_SET); int b = fgetc(f); fseek(f, size1 - 40, SEEK_SET); fputc(b ^ 0x5a, f); fclose(f); }
+    rc = gen_counts(again, sizeof again, &c3, &l3);
+    CHECK(rc == 0 && c3 == 2 && l3 == c1 - 2 && same_tokens(first, again) && file_size(path[0]) == size0,
+          "damaged files compiled again and replaced (%llu compiled, %llu loaded; %ld of %ld bytes): rc %d: %s", c3, l3,
+          file_size(path[0]), size0, rc, err);
+  } else {
+    CHECK(0, "two cache files to damage (%d files)", n);
+  }
+  setenv("WICK_CUDA_KERNEL_CACHE", "0", 1);
+  rc = gen_counts(again, sizeof again, &c4, &l4);
+  CHECK(rc == 0 && c4 == c1 && l4 == 0 && strstr(err, "disk cache (off)") && same_tokens(first, again),
+        "WICK_CUDA_KERNEL_CACHE=0: %llu compiled, %llu loaded: rc %d: %s", c4, l4, rc, err);
+  for (char p[256]; cache_files(dir, 0, p, sizeof p) > 0;) unlink(p);
+  rmdir(dir);
+  unsetenv("WICK_CUDA_KERNEL_CACHE");
+  unsetenv("WICK_CUDA_GRAPH_STATS");
+  unsetenv("WICK_CUDA_NVRTC");
+}
+
 int main(void) {
   if (chdir(WICK_SOURCE_DIR)) { perror(WICK_SOURCE_DIR); return 1; }
   SKIP_WITHOUT_CUDA();
   test_embed();
   test_logits();
   test_cache_default();
+  test_kernel_cache();
   return check_report();
 }

@@ -54,6 +54,7 @@ typedef struct {
   unsigned long long launches;          // launches of generated kernels
   unsigned long long fallbacks;         // groups that generation would take but the interpreter ran
   double compile_ms;                    // host time spent compiling and loading
+  unsigned long long cache_loads;       // kernels loaded from the disk cache instead (rtc.cu)
 } wk_cuda_ew_gen_stats;
 void wk_cuda_ew_gen_stats_get(wk_cuda_ew_gen_stats *out);
 // Tests: unknown_op >= 0 is treated as an op the generator does not know (-1: none);

@@ -523,7 +523,7 @@ extern "C" void wk_cuda_set_ew_gen(int m) { g_mode.store(m < 0 ? 0 : m > 2 ? 2 :
 
 extern "C" void wk_cuda_ew_gen_stats_get(wk_cuda_ew_gen_stats *out) {
   memset(out, 0, sizeof *out);
-  wkc_rtc_counts(&out->compiled, &out->compile_failures, &out->compile_ms);
+  wkc_rtc_counts(&out->compiled, &out->compile_failures, &out->compile_ms, &out->cache_loads);
   out->launches = g_launches.load();
   out->fallbacks = g_fallbacks.load();
 }

@@ -335,10 +335,12 @@ static void print_stats(void) {
           "%llu copy nodes; host time %.2f ms capturing, %.2f ms instantiating\n", g_stats.captures, g_stats.replays,
           g_stats.patched, g_stats.direct, g_stats.fallbacks, g_stats.pdl, g_stats.early, g_stats.folded, g_stats.copied,
           g_capture_ms, g_instantiate_ms);
-  unsigned long long compiled, failed;
+  unsigned long long compiled, failed, loaded;
   double ms;
-  wkc_rtc_counts(&compiled, &failed, &ms);
-  fprintf(stderr, "wick: NVRTC: %llu kernels compiled in %.2f ms, %llu failed\n", compiled, ms, failed);
+  wkc_rtc_counts(&compiled, &failed, &ms, &loaded);
+  const char *dir = wkc_rtc_disk_dir();
+  fprintf(stderr, "wick: NVRTC: %llu kernels compiled, %llu loaded from the disk cache (%s), %.2f ms; %llu failed\n",
+          compiled, loaded, dir[0] ? dir : "off", ms, failed);
 }
 
 static size_t align16(size_t b) { return (b + 15) & ~(size_t)15; }

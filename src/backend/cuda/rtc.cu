@@ -7,10 +7,23 @@
 // text is embedded at build time), so generated code computes what the
 // interpreter and the CPU compute; a few stand-in system headers keep NVRTC from
 // needing any include path on the machine.
+//
+// Compiled images are also kept on disk, so that a later process loads them instead
+// of compiling again (~25 ms a kernel on the GPU hosts; a Qwen2.5 prefill compiles 4):
+// one file a source in WICK_CUDA_KERNEL_CACHE (default $XDG_CACHE_HOME/wick/kernels,
+// else ~/.cache/wick/kernels; "0" turns it off). A file holds the whole key (NVRTC's
+// version, the options, kernel_math.h and the source: an image is reused only for
+// exactly what made it) and the image with a checksum; it is written under a
+// temporary name and renamed, so a reader sees a whole file or none, and one that
+// does not check out is compiled again and replaced.
+#include <errno.h>
 #include <nvrtc.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <atomic>
 #include <mutex>
 #include <unordered_map>
@@ -34,7 +47,7 @@ bool g_dead;              // NVRTC cannot work in this process: stop paying for 
 std::string g_dead_why;
 std::string g_arch_opt;   // --gpu-architecture=sm_XY (cubin) or compute_XY (PTX for the driver to finish)
 bool g_cubin;
-unsigned long long g_compiled, g_failed;
+unsigned long long g_compiled, g_failed, g_loaded;
 double g_ms;
 std::atomic<bool> g_warned{false};
 
@@ -52,11 +65,12 @@ const char k_stdint_h[] =
     "typedef long long int64_t; typedef unsigned long long uint64_t;\n";
 const char k_string_h[] = "#pragma once\n";  // memcpy is a device built-in
 
-uint64_t fnv1a(const std::string &s) {
+uint64_t fnv1a(const char *p, size_t n) {
   uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
   return h;
 }
+uint64_t fnv1a(const std::string &s) { return fnv1a(s.data(), s.size()); }
 
 double now_ms(void) {
   struct timespec ts;
@@ -96,6 +110,84 @@ bool pick_arch(std::string *why) {
   return true;
 }
 
+// NVRTC's options besides the architecture. IEEE division and square root, FMA
+// contraction on: nvcc's defaults, under which the interpreter was built, so both give
+// the same bits. (-w: the helpers a kernel does not use would each draw a warning.)
+const char *const k_opts[] = {"--std=c++17", "-default-device", "-w"};
+const int k_nopts = (int)(sizeof k_opts / sizeof *k_opts);
+
+// ---- the disk cache ----
+const char k_magic[8] = {'W', 'K', 'R', 'T', 'C', '1', '\n', 0};
+
+// The cache's directory; empty: no disk cache.
+const std::string &disk_dir(void) {
+  static const std::string dir = [] {
+    const char *e = getenv("WICK_CUDA_KERNEL_CACHE"), *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (e) return std::string(strcmp(e, "0") ? e : "");
+    if (x && x[0] == '/') return std::string(x) + "/wick/kernels";
+    return home && home[0] ? std::string(home) + "/.cache/wick/kernels" : std::string();
+  }();
+  return dir;
+}
+
+bool make_dirs(const std::string &path) {
+  for (size_t i = 1; i <= path.size(); i++)
+    if (i == path.size() || path[i] == '/')
+      if (mkdir(path.substr(0, i).c_str(), 0700) && errno != EEXIST) return false;
+  return true;
+}
+
+// Everything an image depends on besides the device's architecture's name in it.
+std::string disk_key(const std::string &src) {
+  int major = 0, minor = 0;
+  nvrtcVersion(&major, &minor);
+  std::string k = "nvrtc " + std::to_string(major) + "." + std::to_string(minor) + " " + g_arch_opt;
+  for (const char *o : k_opts) k += std::string(" ") + o;
+  return k + "\n" + wkc_kernel_math_src + "\n" + src;
+}
+
+std::string disk_path(const std::string &key) {
+  char name[32];
+  snprintf(name, sizeof name, "/%016llx.wkc", (unsigned long long)fnv1a(key));
+  return disk_dir() + name;
+}
+
+// The image stored for key; false when there is none, or the file does not check out.
+bool disk_load(const std::string &key, std::vector<char> *image) {
+  FILE *f = fopen(disk_path(key).c_str(), "rb");
+  if (!f) return false;
+  char magic[8];
+  uint64_t kn = 0, in = 0, sum = 0;
+  bool ok = fread(magic, 1, 8, f) == 8 && !memcmp(magic, k_magic, 8) && fread(&kn, 8, 1, f) == 1 &&
+            fread(&in, 8, 1, f) == 1 && kn == key.size() && in > 0 && in < (1ull << 30);
+  std::string k;
+  if (ok) {
+    k.resize(kn);
+    ok = fread(&k[0], 1, kn, f) == kn && k == key;
+  }
+  if (ok) {
+    image->resize(in);
+    ok = fread(image->data(), 1, in, f) == in && fread(&sum, 8, 1, f) == 1 && sum == fnv1a(image->data(), in) &&
+         fgetc(f) == EOF;
+  }
+  fclose(f);
+  return ok;
+}
+
+// Stores image for key (atomically: a temporary file renamed); failures only cost the
+// next process a compile.
+void disk_store(const std::string &key, const std::vector<char> &image) {
+  if (!make_dirs(disk_dir())) return;
+  const std::string path = disk_path(key), tmp = path + ".tmp" + std::to_string(getpid());
+  FILE *f = fopen(tmp.c_str(), "wb");
+  if (!f) return;
+  const uint64_t kn = key.size(), in = image.size(), sum = fnv1a(image.data(), image.size());
+  bool ok = fwrite(k_magic, 1, 8, f) == 8 && fwrite(&kn, 8, 1, f) == 1 && fwrite(&in, 8, 1, f) == 1 &&
+            fwrite(key.data(), 1, kn, f) == kn && fwrite(image.data(), 1, in, f) == in && fwrite(&sum, 8, 1, f) == 1;
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp.c_str(), path.c_str())) remove(tmp.c_str());
+}
+
 // Compiles src to a loadable image. *hard: the failure is NVRTC's own (a missing
 // builtins library, an option it refuses), not this source's.
 bool compile(const std::string &src, std::vector<char> *image, std::string *why, bool *hard) {
@@ -107,11 +199,9 @@ bool compile(const std::string &src, std::vector<char> *image, std::string *why,
     *why = std::string("nvrtcCreateProgram: ") + nvrtcGetErrorString(r);
     return false;
   }
-  // IEEE division and square root, FMA contraction on: nvcc's defaults, under which
-  // the interpreter was built, so both give the same bits.
-  // (-w: the helpers a kernel does not use would each draw a warning.)
-  const char *opts[] = {g_arch_opt.c_str(), "--std=c++17", "-default-device", "-w"};
-  r = nvrtcCompileProgram(prog, 4, opts);
+  const char *opts[1 + k_nopts] = {g_arch_opt.c_str()};
+  for (int i = 0; i < k_nopts; i++) opts[1 + i] = k_opts[i];
+  r = nvrtcCompileProgram(prog, 1 + k_nopts, opts);
   bool ok = r == NVRTC_SUCCESS;
   if (!ok) {
     *hard = r != NVRTC_ERROR_COMPILATION;
@@ -138,6 +228,18 @@ bool compile(const std::string &src, std::vector<char> *image, std::string *why,
   nvrtcDestroyProgram(&prog);
   return ok;
 }
+// Loads image and finds its kernel `entry` into e; false (with *why) when it fails.
+bool load_image(const std::vector<char> &image, const char *entry, Entry *e, std::string *why) {
+  cudaError_t ce = cudaLibraryLoadData(&e->lib, image.data(), NULL, NULL, 0, NULL, NULL, 0);
+  if (ce == cudaSuccess) {
+    ce = cudaLibraryGetKernel(&e->kernel, e->lib, entry);
+    if (ce != cudaSuccess) cudaLibraryUnload(e->lib);
+  }
+  if (ce == cudaSuccess) return true;
+  cudaGetLastError();
+  *why = std::string("loading the compiled kernel: ") + cudaGetErrorString(ce);
+  return false;
+}
 }  // namespace
 
 void wkc_rtc_warn_once(const char *msg) {
@@ -145,12 +247,15 @@ void wkc_rtc_warn_once(const char *msg) {
   fprintf(stderr, "wick: %s\n", msg);
 }
 
-void wkc_rtc_counts(unsigned long long *compiled, unsigned long long *failed, double *ms) {
+void wkc_rtc_counts(unsigned long long *compiled, unsigned long long *failed, double *ms, unsigned long long *loaded) {
   std::lock_guard<std::mutex> lk(g_mu);
   *compiled = g_compiled;
   *failed = g_failed;
   *ms = g_ms;
+  if (loaded) *loaded = g_loaded;
 }
+
+const char *wkc_rtc_disk_dir(void) { return disk_dir().c_str(); }
 
 cudaKernel_t wkc_rtc_kernel(const std::string &src, const char *entry, std::string *why) {
   std::lock_guard<std::mutex> lk(g_mu);
@@ -168,9 +273,13 @@ cudaKernel_t wkc_rtc_kernel(const std::string &src, const char *entry, std::stri
     return NULL;
   }
   double t0 = now_ms();
+  const bool arch = pick_arch(why);
+  const std::string key = arch && !disk_dir().empty() ? disk_key(src) : std::string();
   std::vector<char> image;
+  Entry e{src, NULL, NULL};
+  const bool loaded = !key.empty() && disk_load(key, &image) && load_image(image, entry, &e, why);
   bool hard = true;
-  if (!pick_arch(why) || !compile(src, &image, why, &hard)) {
+  if (!loaded && (!arch || !compile(src, &image, why, &hard))) {
     g_failed++;
     if (hard) { // every later source would fail the same way
       g_dead = true;
@@ -181,22 +290,15 @@ cudaKernel_t wkc_rtc_kernel(const std::string &src, const char *entry, std::stri
                            .c_str());
     return NULL;
   }
-  Entry e{src, NULL, NULL};
-  cudaError_t ce = cudaLibraryLoadData(&e.lib, image.data(), NULL, NULL, 0, NULL, NULL, 0);
-  if (ce == cudaSuccess) {
-    ce = cudaLibraryGetKernel(&e.kernel, e.lib, entry);
-    if (ce != cudaSuccess) cudaLibraryUnload(e.lib);
-  }
-  if (ce != cudaSuccess) {
-    cudaGetLastError();
+  if (!loaded && !load_image(image, entry, &e, why)) {
     g_failed++;
-    *why = std::string("loading the compiled kernel: ") + cudaGetErrorString(ce);
     wkc_rtc_warn_once(("cuda: a generated kernel did not load, the interpreter runs its group (" + *why + ")").c_str());
     return NULL;
   }
+  if (!loaded && !key.empty()) disk_store(key, image);
   g_cache[h].push_back(e);
   g_kernels++;
-  g_compiled++;
+  (loaded ? g_loaded : g_compiled)++;
   g_ms += now_ms() - t0;
   return e.kernel;
 }

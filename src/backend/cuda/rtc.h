@@ -11,7 +11,10 @@
 // falls back, and a one-time warning went to stderr under WICK_DEBUG_ERRORS).
 cudaKernel_t wkc_rtc_kernel(const std::string &src, const char *entry, std::string *why);
 
-// Compilations done, failed, and the host milliseconds they took (successful ones).
-void wkc_rtc_counts(unsigned long long *compiled, unsigned long long *failed, double *ms);
+// Compilations done, failed, and the host milliseconds they took (successful ones, and
+// the loads from the disk cache); *loaded (NULL: not wanted): images the disk cache gave.
+void wkc_rtc_counts(unsigned long long *compiled, unsigned long long *failed, double *ms, unsigned long long *loaded);
+// The disk cache's directory ("": none).
+const char *wkc_rtc_disk_dir(void);
 // Writes "wick: <msg>" to stderr once per process, and only under WICK_DEBUG_ERRORS.
 void wkc_rtc_warn_once(const char *msg);
