@@ -159,7 +159,7 @@ bool disk_load(const std::string &key, std::vector<char> *image) {
   char magic[8];
   uint64_t kn = 0, in = 0, sum = 0;
   bool ok = fread(magic, 1, 8, f) == 8 && !memcmp(magic, k_magic, 8) && fread(&kn, 8, 1, f) == 1 &&
-            fread(&in, 8, 1, f) == 1 && kn == key.size() && in > 0 && in < (1ull << 30);
+            fread(&in, 8, 1, f) == 1 && kn == key.size() && in > 0 && in < (1ull << 28);
   std::string k;
   if (ok) {
     k.resize(kn);
