@@ -137,7 +137,8 @@ bool make_dirs(const std::string &path) {
   return true;
 }
 
-// Everything an image depends on besides the device's architecture's name in it.
+// Everything an image depends on: NVRTC's version, the architecture and the options,
+// kernel_math.h and the source.
 std::string disk_key(const std::string &src) {
   int major = 0, minor = 0;
   nvrtcVersion(&major, &minor);
