@@ -1,0 +1,377 @@
+// Whether a decode layer's MLP runs faster as one kernel than as two (issue 6's next
+// lever: a layer's kernel boundaries, not its bytes, hold decode at ~51% of the bound).
+//
+// Qwen2.5-0.5B's shapes: h [896] f32, the RMSNorm weight [896] f32, gate and up
+// W [4864, 896] bf16, down W [896, 4864] bf16:
+//     x = rms_norm(h) * nw,  a = silu(gate x) * (up x),  y = h + down a.
+// 24 layers with weights of their own (627 MB: nothing stays in the 50 MB L2), chained
+// (layer L's y is layer L + 1's h), captured as one CUDA graph in which every kernel is
+// a programmatic dependent of the one before (PDL, as wick's decode launches them), and
+// replayed. Each variant issues its constant W loads before its griddepcontrol.wait.
+//  two:   k_gateup (every block does the norm; 16 intermediate rows a block) writes a,
+//         then k_down (4 output rows a block, 2 warps a row) adds h. Like wick's decode.
+//  fused: k_mlp: block b owns intermediate rows [40 b, 40 b + 40): their gate and up
+//         dots, their a (in shared memory), and down's 40 columns for all 896 outputs,
+//         added to the layer's accumulator by float atomics (so the order of the sums
+//         varies from run to run). The next layer reads h as (the h before) + (that
+//         accumulator); its block 0 stores that h for the layer after, and zeroes the
+//         accumulator the layer after it will add to (three take turns).
+// Both are checked against a host reference in double (relative error over 1e-3 fails the
+// run); the figure is µs a layer.
+//
+//   nvcc -std=c++17 -arch=sm_90 -O3 -o /tmp/mlp_fused bench/mlp_fused.cu && /tmp/mlp_fused
+#include <cuda_runtime.h>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#define H 896
+#define I 4864
+#define LAYERS 24
+#define EPS 1e-6f
+
+#define CK(x)                                                                                   \
+  do {                                                                                          \
+    cudaError_t e_ = (x);                                                                       \
+    if (e_ != cudaSuccess) {                                                                    \
+      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
+      exit(1);                                                                                  \
+    }                                                                                           \
+  } while (0)
+
+struct Layer {
+  const uint16_t *wg, *wu, *wd;  // bf16 bits
+  const float *nw;
+};
+
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+// W's 16 bytes, L1 bypassed (read once); W is never written, so this may come before the wait
+__device__ __forceinline__ uint4 ldw(const uint4 *p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float dot8(uint4 w, const float *x, float acc) {
+  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    acc = fmaf(__uint_as_float(u[i] << 16), x[2 * i], acc);
+    acc = fmaf(__uint_as_float(u[i] & 0xffff0000u), x[2 * i + 1], acc);
+  }
+  return acc;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+
+// xs = rms_norm(base + acc) * nw (acc NULL: none), after the wait. hout: also store h there.
+template <int NT>
+__device__ void norm_x(const float *base, const float *acc, const float *nw, float *xs, float *red, float *hout) {
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < H; i += NT) {
+    const float v = base[i] + (acc ? acc[i] : 0.0f);
+    xs[i] = v;
+    ss += v * v;
+    if (hout) hout[i] = v;
+  }
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  float t = 0.0f;
+  for (int w = 0; w < NT / 32; w++) t += red[w];
+  const float r = rsqrtf(t / (float)H + EPS);
+  for (int i = threadIdx.x; i < H; i += NT) xs[i] = xs[i] * r * nw[i];   // the thread's own xs[i]
+  __syncthreads();
+}
+
+// ---- two kernels ----
+#define GU_WARPS 8
+#define GU_J (GU_WARPS * 2)   // intermediate rows a block: 2 a warp (their gate and up rows)
+#define KC (H / 8)            // 16-byte chunks of a gate/up row: 112
+#define KCL ((KC + 31) / 32)  // a lane's: 4 (the last for lanes < 16)
+
+__global__ void __launch_bounds__(GU_WARPS * 32) k_gateup(Layer w, const float *h, float *a) {
+  __shared__ __align__(16) float xs[H];
+  __shared__ float red[GU_WARPS];
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  uint4 wr[4][KCL];   // gate j0, up j0, gate j1, up j1
+#pragma unroll
+  for (int q = 0; q < 2; q++) {
+    const int j = blockIdx.x * GU_J + warp * 2 + q;
+    const uint4 *g = (const uint4 *)(w.wg + (size_t)j * H), *u = (const uint4 *)(w.wu + (size_t)j * H);
+#pragma unroll
+    for (int k = 0; k < KCL; k++) {
+      const int c = lane + 32 * k;
+      wr[2 * q][k] = c < KC ? ldw(g + c) : make_uint4(0, 0, 0, 0);
+      wr[2 * q + 1][k] = c < KC ? ldw(u + c) : make_uint4(0, 0, 0, 0);
+    }
+  }
+  pdl_wait();
+  norm_x<GU_WARPS * 32>(h, NULL, w.nw, xs, red, NULL);
+  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int k = 0; k < KCL; k++) {
+    const int c = lane + 32 * k;
+    if (c < KC)
+#pragma unroll
+      for (int r = 0; r < 4; r++) s[r] = dot8(wr[r][k], xs + 8 * c, s[r]);
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++) s[r] = warp_sum(s[r]);
+  if (lane < 2) a[blockIdx.x * GU_J + warp * 2 + lane] = silu(lane ? s[2] : s[0]) * (lane ? s[3] : s[1]);
+}
+
+#define DN_ROWS 4                      // output rows a block
+#define DN_T 64                        // threads a row
+#define DC (I / 8)                     // 16-byte chunks of a down row: 608
+#define DCL ((DC + DN_T - 1) / DN_T)   // a thread's: 10 (the last for threads < 32)
+
+__global__ void __launch_bounds__(DN_ROWS * DN_T) k_down(Layer w, const float *a, const float *h, float *y) {
+  __shared__ float red[DN_ROWS * DN_T / 32];
+  pdl_trigger();
+  const int row = blockIdx.x * DN_ROWS + threadIdx.x / DN_T, t = threadIdx.x % DN_T;
+  const uint4 *wd = (const uint4 *)(w.wd + (size_t)row * I);
+  uint4 wr[DCL];
+#pragma unroll
+  for (int k = 0; k < DCL; k++) wr[k] = t + DN_T * k < DC ? ldw(wd + t + DN_T * k) : make_uint4(0, 0, 0, 0);
+  pdl_wait();
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < DCL; k++) {
+    const int c = t + DN_T * k;
+    if (c < DC) {
+      const float4 a0 = ((const float4 *)a)[2 * c], a1 = ((const float4 *)a)[2 * c + 1];
+      const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      s = dot8(wr[k], av, s);
+    }
+  }
+  s = warp_sum(s);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (t == 0) y[row] = h[row] + red[threadIdx.x >> 5] + red[(threadIdx.x >> 5) + 1];
+}
+
+// ---- one kernel ----
+#define FR 40                          // intermediate rows a block (a multiple of 8: 16-byte slices of down)
+#define FW (FR / 4)                    // warps: 4 intermediate rows each, 2 at a time
+#define FNT (FW * 32)
+#define FNB ((I + FR - 1) / FR)        // 122 blocks: one wave at one block an SM
+#define FDC (FR / 8)                   // 16-byte chunks of a down row's slice: 5
+#define FDR ((H + FNT - 1) / FNT)      // down rows a thread: 3 (the last for threads < 256)
+
+__global__ void __launch_bounds__(FNT, 1) k_mlp(Layer w, const float *base, const float *acc_in, float *hout,
+                                                float *acc_out, float *acc_zero) {
+  __shared__ __align__(16) float xs[H];
+  __shared__ __align__(16) float as[FR];
+  __shared__ float red[FW];
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, j0 = blockIdx.x * FR;
+  // down's slice: rows threadIdx.x + FNT k, columns [j0, j0 + FR) (fewer in the last block)
+  uint4 wd[FDR][FDC];
+#pragma unroll
+  for (int k = 0; k < FDR; k++) {
+    const int i = threadIdx.x + FNT * k;
+    const uint4 *p = (const uint4 *)(w.wd + (size_t)(i < H ? i : 0) * I + j0);
+#pragma unroll
+    for (int c = 0; c < FDC; c++) wd[k][c] = i < H && j0 + 8 * c < I ? ldw(p + c) : make_uint4(0, 0, 0, 0);
+  }
+  uint4 wr[4][KCL];   // one round: gate and up of intermediate rows 2 r and 2 r + 1 of the warp's 4
+  auto load_round = [&](int rnd) {
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+      const int j = j0 + warp * 4 + rnd * 2 + q;
+      const bool ok = j < I;
+      const uint4 *g = (const uint4 *)(w.wg + (size_t)(ok ? j : 0) * H), *u = (const uint4 *)(w.wu + (size_t)(ok ? j : 0) * H);
+#pragma unroll
+      for (int k = 0; k < KCL; k++) {
+        const int c = lane + 32 * k;
+        wr[2 * q][k] = ok && c < KC ? ldw(g + c) : make_uint4(0, 0, 0, 0);
+        wr[2 * q + 1][k] = ok && c < KC ? ldw(u + c) : make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  load_round(0);
+  pdl_wait();
+  norm_x<FNT>(base, acc_in, w.nw, xs, red, blockIdx.x == 0 ? hout : NULL);
+  if (blockIdx.x == 0 && acc_zero)
+    for (int i = threadIdx.x; i < H; i += FNT) acc_zero[i] = 0.0f;
+#pragma unroll
+  for (int rnd = 0; rnd < 2; rnd++) {
+    if (rnd) load_round(1);
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int k = 0; k < KCL; k++) {
+      const int c = lane + 32 * k;
+      if (c < KC)
+#pragma unroll
+        for (int r = 0; r < 4; r++) s[r] = dot8(wr[r][k], xs + 8 * c, s[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) s[r] = warp_sum(s[r]);
+    if (lane < 2) as[warp * 4 + rnd * 2 + lane] = silu(lane ? s[2] : s[0]) * (lane ? s[3] : s[1]);   // 0 past I
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < FDR; k++) {
+    const int i = threadIdx.x + FNT * k;
+    if (i >= H) continue;
+    float p = 0.0f;
+#pragma unroll
+    for (int c = 0; c < FDC; c++) p = dot8(wd[k][c], as + 8 * c, p);
+    atomicAdd(acc_out + i, p);
+  }
+}
+
+// ---- host ----
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static float urand() {   // [-1, 1)
+  g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+  return (float)((g_rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+static uint16_t to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+static double from_bf16(uint16_t b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// The launch of k, with pdl a programmatic dependent of the kernel before it in the stream.
+template <typename... Args, typename... Act>
+static void launch(bool pdl, void (*k)(Args...), int grid, int block, cudaStream_t s, Act... args) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.stream = s;
+  cfg.attrs = at;
+  cfg.numAttrs = pdl ? 1 : 0;
+  CK(cudaLaunchKernelEx(&cfg, k, args...));
+}
+
+static double replay_us(cudaGraphExec_t ge, cudaStream_t s, int reps) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(ge, s));
+  CK(cudaEventRecord(a, s));
+  for (int i = 0; i < reps; i++) CK(cudaGraphLaunch(ge, s));
+  CK(cudaEventRecord(b, s));
+  CK(cudaEventSynchronize(b));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return 1e3 * ms / reps;
+}
+
+static double max_err(const std::vector<float> &got, const std::vector<double> &ref) {
+  double e = 0;
+  for (int i = 0; i < H; i++) e = fmax(e, fabs(got[i] - ref[i]) / fmax(1.0, fabs(ref[i])));
+  return e;
+}
+
+int main() {
+  const size_t gu = (size_t)I * H, per = 3 * gu;
+  std::vector<uint16_t> hw((size_t)LAYERS * per);
+  std::vector<float> hnw((size_t)LAYERS * H), h0(H);
+  for (size_t l = 0; l < LAYERS; l++) {
+    for (size_t i = 0; i < 2 * gu; i++) hw[l * per + i] = to_bf16(urand() * 0.0334f);         // gate, up: ~1/sqrt(H)
+    for (size_t i = 2 * gu; i < per; i++) hw[l * per + i] = to_bf16(urand() * 0.0143f);       // down: ~1/sqrt(I)
+    for (int i = 0; i < H; i++) hnw[l * H + i] = 1.0f + 0.1f * urand();
+  }
+  for (int i = 0; i < H; i++) h0[i] = urand();
+  // the reference, in double from the same bf16 weights
+  std::vector<double> ref(h0.begin(), h0.end()), x(H), av(I);
+  for (int l = 0; l < LAYERS; l++) {
+    const uint16_t *wg = &hw[l * per], *wu = wg + gu, *wd = wg + 2 * gu;
+    double ss = 0;
+    for (int i = 0; i < H; i++) ss += ref[i] * ref[i];
+    const double r = 1.0 / sqrt(ss / H + EPS);
+    for (int i = 0; i < H; i++) x[i] = ref[i] * r * hnw[l * H + i];
+    for (int j = 0; j < I; j++) {
+      double g = 0, u = 0;
+      for (int k = 0; k < H; k++) g += from_bf16(wg[(size_t)j * H + k]) * x[k], u += from_bf16(wu[(size_t)j * H + k]) * x[k];
+      av[j] = g / (1.0 + exp(-g)) * u;
+    }
+    for (int i = 0; i < H; i++) {
+      double d = 0;
+      for (int j = 0; j < I; j++) d += from_bf16(wd[(size_t)i * I + j]) * av[j];
+      ref[i] += d;
+    }
+  }
+  uint16_t *dw;
+  float *dnw, *hb, *abuf, *acc;
+  CK(cudaMalloc(&dw, hw.size() * 2));
+  CK(cudaMalloc(&dnw, hnw.size() * 4));
+  CK(cudaMalloc(&hb, (size_t)(LAYERS + 1) * H * 4));
+  CK(cudaMalloc(&abuf, (size_t)I * 4));
+  CK(cudaMalloc(&acc, (size_t)3 * H * 4));
+  CK(cudaMemcpy(dw, hw.data(), hw.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dnw, hnw.data(), hnw.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(hb, h0.data(), H * 4, cudaMemcpyHostToDevice));
+  std::vector<Layer> ly(LAYERS);
+  for (int l = 0; l < LAYERS; l++)
+    ly[l] = {dw + l * per, dw + l * per + gu, dw + l * per + 2 * gu, dnw + (size_t)l * H};
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  printf("MLP of Qwen2.5-0.5B's shapes, %d layers chained, %.1f MB of weights a layer; µs a layer, replays of one graph\n",
+         LAYERS, per * 2 / 1e6);
+  double us[2];
+  bool right = true;
+  for (int v = 0; v < 2; v++) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    if (v == 0) {
+      for (int l = 0; l < LAYERS; l++) {
+        launch(l > 0, k_gateup, I / GU_J, GU_WARPS * 32, s, ly[l], (const float *)(hb + (size_t)l * H), abuf);
+        launch(true, k_down, H / DN_ROWS, DN_ROWS * DN_T, s, ly[l], (const float *)abuf, (const float *)(hb + (size_t)l * H),
+               hb + (size_t)(l + 1) * H);
+      }
+    } else {
+      CK(cudaMemsetAsync(acc, 0, H * 4, s));
+      for (int l = 0; l < LAYERS; l++) {
+        const float *base = hb + (size_t)(l ? l - 1 : 0) * H, *ain = l ? acc + (size_t)((l - 1) % 3) * H : NULL;
+        float *hout = l ? hb + (size_t)l * H : NULL, *zero = l + 1 < LAYERS ? acc + (size_t)((l + 1) % 3) * H : NULL;
+        launch(l > 0, k_mlp, FNB, FNT, s, ly[l], base, ain, hout, acc + (size_t)(l % 3) * H, zero);
+      }
+    }
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    us[v] = replay_us(ge, s, 50) / LAYERS;
+    CK(cudaStreamSynchronize(s));
+    std::vector<float> out(H), part(H);
+    if (v == 0) {
+      CK(cudaMemcpy(out.data(), hb + (size_t)LAYERS * H, H * 4, cudaMemcpyDeviceToHost));
+    } else {   // y = the last layer's h + its accumulator
+      CK(cudaMemcpy(out.data(), hb + (size_t)(LAYERS - 1) * H, H * 4, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(part.data(), acc + (size_t)((LAYERS - 1) % 3) * H, H * 4, cudaMemcpyDeviceToHost));
+      for (int i = 0; i < H; i++) out[i] += part[i];
+    }
+    const double err = max_err(out, ref);
+    right &= err <= 1e-3;
+    printf("%-6s %7.2f µs a layer (%4.0f GB/s), max error against the reference %.2e%s\n", v ? "fused" : "two",
+           us[v], per * 2 / (us[v] * 1e3), err, err <= 1e-3 ? "" : "  WRONG (more than 1e-3)");
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+  }
+  printf("fused / two: %.3f\n", us[1] / us[0]);
+  return right ? 0 : 1;
+}
