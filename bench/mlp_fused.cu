@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+#include "sm90.cuh"
 
 #define H 896
 #define I 4864
@@ -57,20 +58,6 @@ __device__ __forceinline__ uint4 ldw(const uint4 *p) {
                : "l"(p));
   return v;
 }
-__device__ __forceinline__ float dot8(uint4 w, const float *x, float acc) {
-  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    acc = fmaf(__uint_as_float(u[i] << 16), x[2 * i], acc);
-    acc = fmaf(__uint_as_float(u[i] & 0xffff0000u), x[2 * i + 1], acc);
-  }
-  return acc;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 
 // xs = rms_norm(base + acc) * nw (acc NULL: none), after the wait. hout: also store h there.
@@ -93,42 +80,54 @@ __device__ void norm_x(const float *base, const float *acc, const float *nw, flo
   __syncthreads();
 }
 
-// ---- two kernels ----
-#define GU_WARPS 8
-#define GU_J (GU_WARPS * 2)   // intermediate rows a block: 2 a warp (their gate and up rows)
 #define KC (H / 8)            // 16-byte chunks of a gate/up row: 112
 #define KCL ((KC + 31) / 32)  // a lane's: 4 (the last for lanes < 16)
 
-__global__ void __launch_bounds__(GU_WARPS * 32) k_gateup(Layer w, const float *h, float *a) {
-  __shared__ __align__(16) float xs[H];
-  __shared__ float red[GU_WARPS];
-  pdl_trigger();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  uint4 wr[4][KCL];   // gate j0, up j0, gate j1, up j1
+// A warp's gate and up rows of intermediate rows j and j + 1 (zeros past I), a lane's
+// chunks of them: wr = gate j, up j, gate j + 1, up j + 1.
+__device__ __forceinline__ void load_pair(uint4 (&wr)[4][KCL], const Layer &w, int j, int lane) {
 #pragma unroll
   for (int q = 0; q < 2; q++) {
-    const int j = blockIdx.x * GU_J + warp * 2 + q;
-    const uint4 *g = (const uint4 *)(w.wg + (size_t)j * H), *u = (const uint4 *)(w.wu + (size_t)j * H);
+    const bool ok = j + q < I;
+    const uint4 *g = (const uint4 *)(w.wg + (size_t)(ok ? j + q : 0) * H), *u = (const uint4 *)(w.wu + (size_t)(ok ? j + q : 0) * H);
 #pragma unroll
     for (int k = 0; k < KCL; k++) {
       const int c = lane + 32 * k;
-      wr[2 * q][k] = c < KC ? ldw(g + c) : make_uint4(0, 0, 0, 0);
-      wr[2 * q + 1][k] = c < KC ? ldw(u + c) : make_uint4(0, 0, 0, 0);
+      wr[2 * q][k] = ok && c < KC ? ldw(g + c) : make_uint4(0, 0, 0, 0);
+      wr[2 * q + 1][k] = ok && c < KC ? ldw(u + c) : make_uint4(0, 0, 0, 0);
     }
   }
-  pdl_wait();
-  norm_x<GU_WARPS * 32>(h, NULL, w.nw, xs, red, NULL);
+}
+// Their dot products with xs (shared memory); lane q < 2 gets a of row j + q, silu(gate) * up.
+__device__ __forceinline__ float swiglu_pair(const uint4 (&wr)[4][KCL], const float *xs, int lane) {
   float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int k = 0; k < KCL; k++) {
     const int c = lane + 32 * k;
     if (c < KC)
 #pragma unroll
-      for (int r = 0; r < 4; r++) s[r] = dot8(wr[r][k], xs + 8 * c, s[r]);
+      for (int r = 0; r < 4; r++) s[r] = dot_bf16x8(wr[r][k], xs + 8 * c, s[r]);
   }
 #pragma unroll
   for (int r = 0; r < 4; r++) s[r] = warp_sum(s[r]);
-  if (lane < 2) a[blockIdx.x * GU_J + warp * 2 + lane] = silu(lane ? s[2] : s[0]) * (lane ? s[3] : s[1]);
+  return silu(lane ? s[2] : s[0]) * (lane ? s[3] : s[1]);
+}
+
+// ---- two kernels ----
+#define GU_WARPS 8
+#define GU_J (GU_WARPS * 2)   // intermediate rows a block: 2 a warp (their gate and up rows)
+__global__ void __launch_bounds__(GU_WARPS * 32) k_gateup(Layer w, const float *h, float *a) {
+  __shared__ __align__(16) float xs[H];
+  __shared__ float red[GU_WARPS];
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int j = blockIdx.x * GU_J + warp * 2;
+  uint4 wr[4][KCL];
+  load_pair(wr, w, j, lane);
+  pdl_wait();
+  norm_x<GU_WARPS * 32>(h, NULL, w.nw, xs, red, NULL);
+  const float av = swiglu_pair(wr, xs, lane);
+  if (lane < 2) a[j + lane] = av;
 }
 
 #define DN_ROWS 4                      // output rows a block
@@ -152,7 +151,7 @@ __global__ void __launch_bounds__(DN_ROWS * DN_T) k_down(Layer w, const float *a
     if (c < DC) {
       const float4 a0 = ((const float4 *)a)[2 * c], a1 = ((const float4 *)a)[2 * c + 1];
       const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      s = dot8(wr[k], av, s);
+      s = dot_bf16x8(wr[k], av, s);
     }
   }
   s = warp_sum(s);
@@ -185,40 +184,17 @@ __global__ void __launch_bounds__(FNT, 1) k_mlp(Layer w, const float *base, cons
 #pragma unroll
     for (int c = 0; c < FDC; c++) wd[k][c] = i < H && j0 + 8 * c < I ? ldw(p + c) : make_uint4(0, 0, 0, 0);
   }
-  uint4 wr[4][KCL];   // one round: gate and up of intermediate rows 2 r and 2 r + 1 of the warp's 4
-  auto load_round = [&](int rnd) {
-#pragma unroll
-    for (int q = 0; q < 2; q++) {
-      const int j = j0 + warp * 4 + rnd * 2 + q;
-      const bool ok = j < I;
-      const uint4 *g = (const uint4 *)(w.wg + (size_t)(ok ? j : 0) * H), *u = (const uint4 *)(w.wu + (size_t)(ok ? j : 0) * H);
-#pragma unroll
-      for (int k = 0; k < KCL; k++) {
-        const int c = lane + 32 * k;
-        wr[2 * q][k] = ok && c < KC ? ldw(g + c) : make_uint4(0, 0, 0, 0);
-        wr[2 * q + 1][k] = ok && c < KC ? ldw(u + c) : make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
-  load_round(0);
+  uint4 wr[4][KCL];   // a round: intermediate rows 2 r and 2 r + 1 of the warp's 4
+  load_pair(wr, w, j0 + warp * 4, lane);
   pdl_wait();
   norm_x<FNT>(base, acc_in, w.nw, xs, red, blockIdx.x == 0 ? hout : NULL);
   if (blockIdx.x == 0 && acc_zero)
     for (int i = threadIdx.x; i < H; i += FNT) acc_zero[i] = 0.0f;
 #pragma unroll
   for (int rnd = 0; rnd < 2; rnd++) {
-    if (rnd) load_round(1);
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int k = 0; k < KCL; k++) {
-      const int c = lane + 32 * k;
-      if (c < KC)
-#pragma unroll
-        for (int r = 0; r < 4; r++) s[r] = dot8(wr[r][k], xs + 8 * c, s[r]);
-    }
-#pragma unroll
-    for (int r = 0; r < 4; r++) s[r] = warp_sum(s[r]);
-    if (lane < 2) as[warp * 4 + rnd * 2 + lane] = silu(lane ? s[2] : s[0]) * (lane ? s[3] : s[1]);   // 0 past I
+    if (rnd) load_pair(wr, w, j0 + warp * 4 + 2, lane);
+    const float av = swiglu_pair(wr, xs, lane);   // 0 past I (zero W)
+    if (lane < 2) as[warp * 4 + rnd * 2 + lane] = av;
   }
   __syncthreads();
 #pragma unroll
@@ -227,7 +203,7 @@ __global__ void __launch_bounds__(FNT, 1) k_mlp(Layer w, const float *base, cons
     if (i >= H) continue;
     float p = 0.0f;
 #pragma unroll
-    for (int c = 0; c < FDC; c++) p = dot8(wd[k][c], as + 8 * c, p);
+    for (int c = 0; c < FDC; c++) p = dot_bf16x8(wd[k][c], as + 8 * c, p);
     atomicAdd(acc_out + i, p);
   }
 }

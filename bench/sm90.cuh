@@ -1,6 +1,6 @@
 // What the standalone sm_90 checks in bench/ share (each built by hand with nvcc; this
-// header sits beside them): the GPU's global timer, and shared-memory barriers with the
-// bulk copies (TMA) that complete them.
+// header sits beside them): the GPU's global timer, shared-memory barriers with the
+// bulk copies (TMA) that complete them, a warp's sum and a bf16 dot product.
 #pragma once
 #include <cstdint>
 
@@ -28,4 +28,20 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned b
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(b)) : "memory");
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+// acc + the 8 bf16 values of w (lower address first) times x[0..7]
+__device__ __forceinline__ float dot_bf16x8(uint4 w, const float *x, float acc = 0.0f) {
+  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    acc = fmaf(__uint_as_float(u[i] << 16), x[2 * i], acc);
+    acc = fmaf(__uint_as_float(u[i] & 0xffff0000u), x[2 * i + 1], acc);
+  }
+  return acc;
 }

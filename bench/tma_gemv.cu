@@ -26,21 +26,6 @@
 #define N 9728             // gate and up of Qwen2.5-0.5B: 17.4 MB of bf16
 #define CONSUMERS 8        // consumer warps; warp CONSUMERS is the producer
 
-__device__ __forceinline__ float dot_bf16x8(uint4 w, const float *x) {
-  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-  float a = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    a = fmaf(__uint_as_float(u[i] << 16), x[2 * i], a);
-    a = fmaf(__uint_as_float(u[i] & 0xffff0000u), x[2 * i + 1], a);
-  }
-  return a;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // the launch's span, from its first warp's start to its last warp's end (span NULL: none);
 // lane 0 of every warp that works
