@@ -279,24 +279,26 @@ cudaKernel_t wkc_rtc_kernel(const std::string &src, const char *entry, std::stri
   std::vector<char> image;
   Entry e{src, NULL, NULL};
   const bool loaded = !key.empty() && disk_load(key, &image) && load_image(image, entry, &e, why);
-  bool hard = true;
-  if (!loaded && (!arch || !compile(src, &image, why, &hard))) {
-    g_failed++;
-    if (hard) { // every later source would fail the same way
-      g_dead = true;
-      g_dead_why = *why;
+  if (!loaded) {
+    bool hard = true;
+    if (!arch || !compile(src, &image, why, &hard)) {
+      g_failed++;
+      if (hard) { // every later source would fail the same way
+        g_dead = true;
+        g_dead_why = *why;
+      }
+      wkc_rtc_warn_once((hard ? "cuda: generated kernels are off, the interpreter runs every group (" + *why + ")"
+                              : "cuda: a generated kernel did not compile, the interpreter runs its group (" + *why + ")")
+                             .c_str());
+      return NULL;
     }
-    wkc_rtc_warn_once((hard ? "cuda: generated kernels are off, the interpreter runs every group (" + *why + ")"
-                            : "cuda: a generated kernel did not compile, the interpreter runs its group (" + *why + ")")
-                           .c_str());
-    return NULL;
+    if (!load_image(image, entry, &e, why)) {
+      g_failed++;
+      wkc_rtc_warn_once(("cuda: a generated kernel did not load, the interpreter runs its group (" + *why + ")").c_str());
+      return NULL;
+    }
+    if (!key.empty()) disk_store(key, image);
   }
-  if (!loaded && !load_image(image, entry, &e, why)) {
-    g_failed++;
-    wkc_rtc_warn_once(("cuda: a generated kernel did not load, the interpreter runs its group (" + *why + ")").c_str());
-    return NULL;
-  }
-  if (!loaded && !key.empty()) disk_store(key, image);
   g_cache[h].push_back(e);
   g_kernels++;
   (loaded ? g_loaded : g_compiled)++;
