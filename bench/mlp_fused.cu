@@ -24,145 +24,7 @@
 // run); the figure is µs a layer.
 //
 //   nvcc -std=c++17 -arch=sm_90 -O3 -o /tmp/mlp_fused bench/mlp_fused.cu && /tmp/mlp_fused
-#include <cuda_runtime.h>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-#include "sm90.cuh"
-
-#define H 896
-#define I 4864
-#define LAYERS 24
-#define EPS 1e-6f
-
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
-      exit(1);                                                                                  \
-    }                                                                                           \
-  } while (0)
-
-struct Layer {
-  const uint16_t *wg, *wu, *wd;  // bf16 bits
-  const float *nw;
-};
-
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-// W's 16 bytes, L1 bypassed (read once); W is never written, so this may come before the wait
-__device__ __forceinline__ uint4 ldw(const uint4 *p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
-
-// xs = rms_norm(base + acc) * nw (acc NULL: none), after the wait. hout: also store h there.
-template <int NT>
-__device__ void norm_x(const float *base, const float *acc, const float *nw, float *xs, float *red, float *hout) {
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < H; i += NT) {
-    const float v = base[i] + (acc ? acc[i] : 0.0f);
-    xs[i] = v;
-    ss += v * v;
-    if (hout) hout[i] = v;
-  }
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  float t = 0.0f;
-  for (int w = 0; w < NT / 32; w++) t += red[w];
-  const float r = rsqrtf(t / (float)H + EPS);
-  for (int i = threadIdx.x; i < H; i += NT) xs[i] = xs[i] * r * nw[i];   // the thread's own xs[i]
-  __syncthreads();
-}
-
-#define KC (H / 8)            // 16-byte chunks of a gate/up row: 112
-#define KCL ((KC + 31) / 32)  // a lane's: 4 (the last for lanes < 16)
-
-// A warp's gate and up rows of intermediate rows j and j + 1 (zeros past I), a lane's
-// chunks of them: wr = gate j, up j, gate j + 1, up j + 1.
-__device__ __forceinline__ void load_pair(uint4 (&wr)[4][KCL], const Layer &w, int j, int lane) {
-#pragma unroll
-  for (int q = 0; q < 2; q++) {
-    const bool ok = j + q < I;
-    const uint4 *g = (const uint4 *)(w.wg + (size_t)(ok ? j + q : 0) * H), *u = (const uint4 *)(w.wu + (size_t)(ok ? j + q : 0) * H);
-#pragma unroll
-    for (int k = 0; k < KCL; k++) {
-      const int c = lane + 32 * k;
-      wr[2 * q][k] = ok && c < KC ? ldw(g + c) : make_uint4(0, 0, 0, 0);
-      wr[2 * q + 1][k] = ok && c < KC ? ldw(u + c) : make_uint4(0, 0, 0, 0);
-    }
-  }
-}
-// Their dot products with xs (shared memory); lane q < 2 gets a of row j + q, silu(gate) * up.
-__device__ __forceinline__ float swiglu_pair(const uint4 (&wr)[4][KCL], const float *xs, int lane) {
-  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-  for (int k = 0; k < KCL; k++) {
-    const int c = lane + 32 * k;
-    if (c < KC)
-#pragma unroll
-      for (int r = 0; r < 4; r++) s[r] = dot_bf16x8(wr[r][k], xs + 8 * c, s[r]);
-  }
-#pragma unroll
-  for (int r = 0; r < 4; r++) s[r] = warp_sum(s[r]);
-  return silu(lane ? s[2] : s[0]) * (lane ? s[3] : s[1]);
-}
-
-// ---- two kernels ----
-#define GU_WARPS 8
-#define GU_J (GU_WARPS * 2)   // intermediate rows a block: 2 a warp (their gate and up rows)
-__global__ void __launch_bounds__(GU_WARPS * 32) k_gateup(Layer w, const float *h, float *a) {
-  __shared__ __align__(16) float xs[H];
-  __shared__ float red[GU_WARPS];
-  pdl_trigger();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int j = blockIdx.x * GU_J + warp * 2;
-  uint4 wr[4][KCL];
-  load_pair(wr, w, j, lane);
-  pdl_wait();
-  norm_x<GU_WARPS * 32>(h, NULL, w.nw, xs, red, NULL);
-  const float av = swiglu_pair(wr, xs, lane);
-  if (lane < 2) a[j + lane] = av;
-}
-
-#define DN_ROWS 4                      // output rows a block
-#define DN_T 64                        // threads a row
-#define DC (I / 8)                     // 16-byte chunks of a down row: 608
-#define DCL ((DC + DN_T - 1) / DN_T)   // a thread's: 10 (the last for threads < 32)
-
-__global__ void __launch_bounds__(DN_ROWS * DN_T) k_down(Layer w, const float *a, const float *h, float *y) {
-  __shared__ float red[DN_ROWS * DN_T / 32];
-  pdl_trigger();
-  const int row = blockIdx.x * DN_ROWS + threadIdx.x / DN_T, t = threadIdx.x % DN_T;
-  const uint4 *wd = (const uint4 *)(w.wd + (size_t)row * I);
-  uint4 wr[DCL];
-#pragma unroll
-  for (int k = 0; k < DCL; k++) wr[k] = t + DN_T * k < DC ? ldw(wd + t + DN_T * k) : make_uint4(0, 0, 0, 0);
-  pdl_wait();
-  float s = 0.0f;
-#pragma unroll
-  for (int k = 0; k < DCL; k++) {
-    const int c = t + DN_T * k;
-    if (c < DC) {
-      const float4 a0 = ((const float4 *)a)[2 * c], a1 = ((const float4 *)a)[2 * c + 1];
-      const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      s = dot_bf16x8(wr[k], av, s);
-    }
-  }
-  s = warp_sum(s);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
-  __syncthreads();
-  if (t == 0) y[row] = h[row] + red[threadIdx.x >> 5] + red[(threadIdx.x >> 5) + 1];
-}
+#include "decode_layer.cuh"
 
 // ---- one kernel ----
 #define FR 40                          // intermediate rows a block (a multiple of 8: 16-byte slices of down)
@@ -200,7 +62,7 @@ __global__ void __launch_bounds__(FNT, 1) k_mlp(Layer w, const float *base, cons
   uint4 wr[4][KCL];   // a round: intermediate rows 2 r and 2 r + 1 of the warp's 4
   load_pair(wr, w, j0 + warp * 4, lane);
   pdl_wait();
-  norm_x<FNT>(base, acc_in, w.nw, xs, red, !DET && blockIdx.x == 0 ? hout : NULL);
+  norm_x<FNT>(base, acc_in, acc_in ? 1 : 0, w.nw, xs, red, !DET && blockIdx.x == 0 ? hout : NULL);
   if (!DET && blockIdx.x == 0 && acc_zero)
     for (int i = threadIdx.x; i < H; i += FNT) acc_zero[i] = 0.0f;
 #pragma unroll
@@ -241,61 +103,6 @@ __global__ void __launch_bounds__(FNT, 1) k_mlp(Layer w, const float *base, cons
     for (int q = 0; q < GROUPS; q++) y += sums[q][threadIdx.x];
     hout[col] = base[col] + y;
   }
-}
-
-// ---- host ----
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static float urand() {   // [-1, 1)
-  g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-  return (float)((g_rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
-static uint16_t to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-static double from_bf16(uint16_t b) {
-  uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-// The launch of k, with pdl a programmatic dependent of the kernel before it in the stream.
-template <typename... Args, typename... Act>
-static void launch(bool pdl, void (*k)(Args...), int grid, int block, cudaStream_t s, Act... args) {
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.stream = s;
-  cfg.attrs = at;
-  cfg.numAttrs = pdl ? 1 : 0;
-  CK(cudaLaunchKernelEx(&cfg, k, args...));
-}
-
-static double replay_us(cudaGraphExec_t ge, cudaStream_t s, int reps) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(ge, s));
-  CK(cudaEventRecord(a, s));
-  for (int i = 0; i < reps; i++) CK(cudaGraphLaunch(ge, s));
-  CK(cudaEventRecord(b, s));
-  CK(cudaEventSynchronize(b));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, a, b));
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return 1e3 * ms / reps;
-}
-
-static double max_err(const std::vector<float> &got, const std::vector<double> &ref) {
-  double e = 0;
-  for (int i = 0; i < H; i++) e = fmax(e, fabs(got[i] - ref[i]) / fmax(1.0, fabs(ref[i])));
-  return e;
 }
 
 int main() {
@@ -357,7 +164,8 @@ int main() {
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
     if (v == 0) {
       for (int l = 0; l < LAYERS; l++) {
-        launch(l > 0, k_gateup, I / GU_J, GU_WARPS * 32, s, ly[l], (const float *)(hb + (size_t)l * H), abuf);
+        launch(l > 0, k_gateup, I / GU_J, GU_WARPS * 32, s, ly[l], (const float *)(hb + (size_t)l * H),
+               (const float *)NULL, 0, (float *)NULL, abuf);
         launch(true, k_down, H / DN_ROWS, DN_ROWS * DN_T, s, ly[l], (const float *)abuf, (const float *)(hb + (size_t)l * H),
                hb + (size_t)(l + 1) * H);
       }

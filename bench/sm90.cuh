@@ -23,11 +23,16 @@ __device__ __forceinline__ void mbar_wait(uint64_t *b, unsigned parity) {
 __device__ __forceinline__ void mbar_arrive(uint64_t *b) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
 }
-// bytes from global memory into shared memory by one bulk copy, completing barrier b
-__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *b) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+// bytes from global memory into shared memory by one bulk copy, counted off barrier b's
+// expected bytes (an arrival with expect_tx elsewhere announced them)
+__device__ __forceinline__ void bulk_copy_tx(void *dst, const void *src, unsigned bytes, uint64_t *b) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(b)) : "memory");
+}
+// the same, this thread's arrival on b announcing the bytes
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *b) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+  bulk_copy_tx(dst, src, bytes, b);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
