@@ -64,7 +64,7 @@ typedef struct {
   int chain;
 } wk_step;
 
-// A decode layer's attention group (compile.c, CUDA): a ROPE head with chain = 5 heads
+// A decode layer's attention group (compile_schedule.c, CUDA): a ROPE head with chain = 5 heads
 // RoPE of q, RoPE of k, the k and v cache writes and the SDPA reading the cache.
 #define WK_DECODE_ATTN_GROUP 5
 
@@ -136,7 +136,7 @@ typedef struct wk_backend {
   void (*segment_free)(void *state);
   // Optional: whether a chain of one-row f32 LoRA calls (x [1, K], W [K, N], rank r,
   // each call's output the next one's x) runs as one launch; the planner groups
-  // such chains only where it does (compile.c).
+  // such chains only where it does (compile_schedule.c).
   bool (*lora_chain)(int64_t K, int64_t N, int64_t r);
   // Optional: deferred completion (the executor launches the next job while this one
   // runs). Between defer_begin and defer_end the steps may leave small downloads in

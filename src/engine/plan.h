@@ -10,14 +10,14 @@
 // the GEMM applies it block by block.
 enum { WK_EPI_BIAS = 1, WK_EPI_BIAS_GELU_TANH = 2, WK_EPI_BIAS_GELU = 3 };
 
-// Scaled products (compile.c's match_scaled_product / match_scaled_operand). A MATMUL
+// Scaled products (compile_rewrite.c's match_scaled_product / match_scaled_operand). A MATMUL
 // step of two inputs with attrs.i[1] = 1 computes attrs.f[0] * (in[0] @ in[1]): the
 // scale of a mul_scalar that read the product, or that both matmuls read as an
 // operand, folded into the GEMM's alpha. The step's scale_src names that node, whose
 // scalar eval.c copies in at run time (a LoRA scale, a loss scale).
 static inline float wk_matmul_alpha(const wk_step *s) { return s->nin == 2 && s->attrs.i[1] ? s->attrs.f[0] : 1.0f; }
 
-// Half-weight matmul ends (compile.c's match_qswiglu / match_qepilogue, CUDA only). A
+// Half-weight matmul ends (compile_rewrite.c's match_qswiglu / match_qepilogue, CUDA only). A
 // QMATMUL step (x @ W^T, W a contiguous f16 / bf16 [N, K]) with attrs.i[1] = flags:
 //   WK_QMM_ADD: in[2] is added to the f32 product, broadcast to the output's shape (a
 //     bias row [N] of f32 / f16 / bf16, or an f32 residual of the output's shape);
@@ -29,7 +29,7 @@ static inline float wk_matmul_alpha(const wk_step *s) { return s->nin == 2 && s-
 //     by a WK_QMM_SILU step (operands as for WK_QMM_SWIGLU).
 enum { WK_QMM_ADD = 1, WK_QMM_SWIGLU = 2, WK_QMM_NORM = 4, WK_QMM_SILU = 8, WK_QMM_GLU = 16 };
 
-// The attention forward's row statistics kept for its backward (compile.c's
+// The attention forward's row statistics kept for its backward (compile_rewrite.c's
 // match_sdpa_lse, CUDA only): an SDPA step with attrs.i[2] = 1 also writes each query
 // row's log-sum-exp L, f32 [B, Hq, T], into its own buffer after the output, at
 // wk_sdpa_lse_offset bytes; an SDPA_BWD step with attrs.i[2] = 1 reads L there, after
@@ -40,7 +40,7 @@ static inline size_t wk_sdpa_lse_end(size_t out_bytes, int64_t rows) {
   return wk_sdpa_lse_offset(out_bytes) + sizeof(float) * (size_t)rows;
 }
 
-// The head's loss and its gradient in one sweep (compile.c's match_linear_ce_grad, CUDA
+// The head's loss and its gradient in one sweep (compile_rewrite.c's match_linear_ce_grad, CUDA
 // only): a LINEAR_CE step with attrs.i[2] = 1 also computes dx = d loss / d x for the
 // upstream gradient in[3] (with attrs.i[3] = 1: the constant attrs.f[0]) and stores it,
 // f32 of x's shape, at wk_linear_ce_dx_offset bytes into its own buffer; the

@@ -456,7 +456,7 @@ stored:
   return WK_OK;
 }
 
-// ---- matmul + bias [+ GELU] (compile.c's epilogue rewrite), f32 ----
+// ---- matmul + bias [+ GELU] (compile_rewrite.c's epilogue rewrite), f32 ----
 // One GEMM whose blocks of C take the bias and the activation while still in L1,
 // instead of a second pass over C in memory.
 typedef struct { const float *bias; int kind; } epi_ctx;

@@ -1447,7 +1447,7 @@ static void sdpa_args(const wk_step *s, void *const *slots, AttnArgs *a) {
   a->want_out = 1;
 }
 
-// attrs.i[2]: L also goes after the output, for the backward (compile.c's match_sdpa_lse).
+// attrs.i[2]: L also goes after the output, for the backward (compile_rewrite.c's match_sdpa_lse).
 wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   float *lse = s->attrs.i[2] ? lse_after(&s->out, slots) : NULL;
   const wk_operand *q = &s->in[0], *k = &s->in[1], *v = &s->in[2];
@@ -1503,7 +1503,7 @@ wk_status wkc_sdpa(const wk_step *s, void *const *slots) {
   return st;
 }
 
-// ---- the decode attention group (compile.c's group_decode_attention) ----
+// ---- the decode attention group (compile_schedule.c's group_decode_attention) ----
 static bool same_operand(const wk_operand *x, const wk_operand *y) {
   return x->slot == y->slot && x->offset == y->offset && x->dtype == y->dtype && x->ndim == y->ndim &&
          !memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim) &&

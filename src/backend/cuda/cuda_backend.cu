@@ -639,7 +639,7 @@ static wk_status lora(const wk_step *s, void *const *slots) {
   return st;
 }
 
-// A LoRA chain group (compile.c): one launch keeping W on the chip when every call
+// A LoRA chain group (compile_schedule.c): one launch keeping W on the chip when every call
 // is one row of f32 reading the previous call's output with the first call's W, A and
 // B, else call by call.
 struct LoraChain {

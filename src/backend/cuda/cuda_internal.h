@@ -294,7 +294,7 @@ wk_status wkc_half_matmul_group(const wk_step *s, int n, void *const *slots);
 wk_status wkc_rope_group(const wk_step *s, int n, void *const *slots);
 wk_status wkc_set_slice_group(const wk_step *s, int n, void *const *slots);
 // A decode layer's RoPE of q and k, k and v cache writes and SDPA over the cache
-// (compile.c's decode attention group, five steps): one launch (attn.cu).
+// (compile_schedule.c's decode attention group, five steps): one launch (attn.cu).
 wk_status wkc_decode_attn_group(const wk_step *s, void *const *slots);
 
 // ---- host helpers for descriptors ----

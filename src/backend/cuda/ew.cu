@@ -502,7 +502,7 @@ wk_status wkc_pad(const wk_step *s, void *const *slots) {
 }
 
 // ---- horizontal groups: one launch for many tensors with the same program ----
-// A FUSED_EW step with chain = n heads n consecutive steps (compile.c's
+// A FUSED_EW step with chain = n heads n consecutive steps (compile_schedule.c's
 // horizontal_schedule): the same instructions over tensors of their own sizes,
 // every operand dense in its step's output shape or a single value. One launch
 // covers all of them: a table of (sizes, pointers, run-time scalars) per member,

@@ -48,7 +48,7 @@
 // token ids and positions, made on the host each step) go through the run's "head":
 // one pinned block the host fills before each launch with the run-time scalars, the
 // copy table and the uploads' bytes, copied to its device twin by the graph's one
-// copy node. The uploads the planner put ahead of every kernel (compile.c) are then
+// copy node. The uploads the planner put ahead of every kernel (compile_schedule.c) are then
 // done by a kernel from the head's table; a copy node between kernels held the rest
 // of a graph back until the host's cudaGraphLaunch returned (190 us a decode token
 // under CUPTI tracing, H100). An upload after a kernel is captured as a copy from the

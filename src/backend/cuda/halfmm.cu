@@ -13,7 +13,7 @@
 //     cores; products of bf16 values are exact in f32, so only the summation order
 //     differs from the CPU's). f16: W widened into an f32 scratch, then an f32 GEMM
 //     (TF32 only under WICK_CUDA_TF32=1, like every f32 matmul).
-// Fused ends (plan.h's WK_QMM_*, planned for CUDA by compile.c): an addend (bias row or
+// Fused ends (plan.h's WK_QMM_*, planned for CUDA by compile_rewrite.c): an addend (bias row or
 // residual) is added to each f32 dot product as it is stored, and a SwiGLU x = silu(gate)
 // * up or an RMSNorm x = h / rms(h) * w is computed as x is read (each GEMV block
 // recomputes its x chunks, and for the norm the sum of squares of h: a few thousand
@@ -749,13 +749,13 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const bool sw = (flags & (WK_QMM_SWIGLU | WK_QMM_GLU)) != 0, glu = (flags & WK_QMM_GLU) != 0;
   const bool silu = (flags & WK_QMM_SILU) != 0;
   const char *dtn = wk_dtype_name(wo->dtype);
-  // x: f32, or already rounded to bf16 by its producer (compile.c's bf16_inputs) for the GEMM
+  // x: f32, or already rounded to bf16 by its producer (compile_rewrite.c's wk_compile_bf16_inputs) for the GEMM
   const bool x_bf16 = xo->dtype == WK_BF16 && bf && wkc_is_dense(xo) && !(flags & (WK_QMM_SWIGLU | WK_QMM_NORM));
   if (wo->ndim != 2 || !wkc_is_dense(wo) || (xo->dtype != WK_F32 && !x_bf16) || s->out.dtype != WK_F32 ||
       !wkc_is_dense(&s->out))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): expected a dense [N, K] weight, an f32 input (or a dense "
                     "bf16 one for a bf16 weight) and a dense f32 output", dtn);
-  // x @ W (the backward's dX) takes an addend alone: compile.c's qmm_plain
+  // x @ W (the backward's dX) takes an addend alone: compile_rewrite.c's qmm_plain
   if (s->nin != 2 + has_add + (sw || norm) || (sw && norm) || ((flags & ~WK_QMM_ADD) && !trans) || (glu && (flags & WK_QMM_SWIGLU)) ||
       (flags & ~(WK_QMM_ADD | WK_QMM_SWIGLU | WK_QMM_NORM | WK_QMM_SILU | WK_QMM_GLU)))
     return wk_error(WK_ERR_STATE, "matmul (%s weight, cuda): fused ends %d with %d operands", dtn, flags, s->nin);
@@ -782,7 +782,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   const char *w = (const char *)slots[wo->slot] + wo->offset * 2;
   char *y = (char *)slots[s->out.slot] + s->out.offset * 4;
   if (M == 0 || out == 0) return WK_OK;
-  // The planner may give y the addend's buffer (compile.c's inplace_candidate: a dense
+  // The planner may give y the addend's buffer (compile_memory.c's inplace_candidate: a dense
   // f32 residual read last here): cuBLAS then adds the product into it (beta = 1), and
   // no kernel reads the addend back afterwards.
   const bool add_in_place = has_add && (const void *)ad.p == (const void *)y;
@@ -854,7 +854,7 @@ wk_status wkc_half_matmul(const wk_step *s, void *const *slots) {
   return st || !(a.add || silu) ? st : add_end(a);
 }
 
-// Consecutive sibling steps (compile.c's group of half-weight matmuls reading one x): the
+// Consecutive sibling steps (compile_schedule.c's group of half-weight matmuls reading one x): the
 // one-row GEMVs of one kernel configuration as one launch; any other member runs alone.
 wk_status wkc_half_matmul_group(const wk_step *s, int n, void *const *slots) {
   HGroup g;

@@ -470,7 +470,7 @@ static bool norm_bwd_rows(const wk_step *s, void *const *slots, const RowArgs &a
 }
 
 wk_status wkc_norm_bwd(const wk_step *s, void *const *slots) {
-  // with attrs.i[2]: in[nin - 1] is an addend, dense f32 of the output's shape (compile.c's match_norm_bwd_add)
+  // with attrs.i[2]: in[nin - 1] is an addend, dense f32 of the output's shape (compile_rewrite.c's match_norm_bwd_add)
   const bool add = s->attrs.i[2] != 0;
   const wk_operand *ao = &s->in[s->nin - 1];
   if (add && (ao->dtype != WK_F32 || !wkc_is_dense(ao) || wkc_numel(ao) != wkc_numel(&s->out) || s->out.dtype != WK_F32))
@@ -644,7 +644,7 @@ __global__ void __launch_bounds__(256, 2) k_rope(const __grid_constant__ RopeArg
   rope_run(a, blockIdx.x, gridDim.x, inv);
 }
 
-// Steps run as one launch (compile.c's sibling groups: a layer's q and k RoPE, its k and
+// Steps run as one launch (compile_schedule.c's sibling groups: a layer's q and k RoPE, its k and
 // v cache writes): member i owns blocks [first[i], first[i + 1]).
 #define NN_GROUP 4
 template <class A> struct NnGroup {
