@@ -484,7 +484,7 @@ static bool may_move(ir *r, const int *roots, int at, int jpos, const int *pos, 
 // as such (the SDPA reads the first group's q and both writes; the k write stores the
 // other RoPE), and whatever lies between them may run before them (the uploads of the
 // positions), they become one group [RoPE q, RoPE k, write k, write v, SDPA]
-// (WK_DECODE_ATTN_GROUP), which attn.cu runs as one launch: three launches' fixed costs
+// (WK_DECODE_ATTN_GROUP), which attn_decode.cu runs as one launch: three launches' fixed costs
 // and the round trips of q and the new key through memory go.
 // WICK_CUDA_ATTN_GROUP=0 turns it off.
 #define ATTN_GROUP_WINDOW 8

@@ -294,7 +294,7 @@ wk_status wkc_half_matmul_group(const wk_step *s, int n, void *const *slots);
 wk_status wkc_rope_group(const wk_step *s, int n, void *const *slots);
 wk_status wkc_set_slice_group(const wk_step *s, int n, void *const *slots);
 // A decode layer's RoPE of q and k, k and v cache writes and SDPA over the cache
-// (compile_schedule.c's decode attention group, five steps): one launch (attn.cu).
+// (compile_schedule.c's decode attention group, five steps): one launch (attn_decode.cu).
 wk_status wkc_decode_attn_group(const wk_step *s, void *const *slots);
 
 // ---- host helpers for descriptors ----
@@ -322,6 +322,20 @@ static inline size_t wkc_nbytes(const wk_operand *o) {
 }
 static inline int64_t wkc_off_bytes(const wk_operand *o) {
   return wk_dtype_is_quantized(o->dtype) ? (int64_t)wk_dtype_bytes(o->dtype, o->offset) : o->offset * (int64_t)wkc_esize(o->dtype);
+}
+// Threads for a row kernel of D values (4 a thread): whole warps, 32 to 1024.
+static inline int wkc_row_threads(int64_t D) {
+  int64_t t = (D / 4 + 31) / 32 * 32;
+  return (int)(t < 32 ? 32 : t > 1024 ? 1024 : t);
+}
+// n clamped to [1, cap] (a grid's size).
+static inline int wkc_capped(int64_t n, int64_t cap) { return (int)(n < 1 ? 1 : n < cap ? n : cap); }
+// An f32 operand at p, 16-byte aligned, whose rows (last axis D) have unit stride and
+// start every 4 elements: rows of float4.
+static inline bool wkc_rows_vec4(const wk_operand *o, const void *p, int64_t D) {
+  bool ok = o->dtype == WK_F32 && D % 4 == 0 && o->stride[o->ndim - 1] == 1 && (uintptr_t)p % 16 == 0;
+  for (int d = 0; d + 1 < o->ndim; d++) ok &= o->stride[d] % 4 == 0 || o->shape[d] == 1;
+  return ok;
 }
 // Where operand o starts in its slot.
 static inline char *wkc_ptr(const wk_operand *o, void *const *slots) { return (char *)slots[o->slot] + wkc_off_bytes(o); }

@@ -1,5 +1,5 @@
 // RoPE's launch arguments and its per-pair math, shared by nn.cu's RoPE kernels and
-// attn.cu's decode attention group (which rotates q and the new key itself), so
+// attn_decode.cu's decode attention group (which rotates q and the new key itself), so
 // both produce the same bits. Angles as the CPU's table: f32 position * inverse
 // frequency, cos / sin in double.
 #pragma once
