@@ -202,7 +202,7 @@ static void test_kernels(void) {
 }
 
 // Whether the last plan's attention forward kept its row statistics for its backward
-// (compile.c's match_sdpa_lse: SDPA and SDPA_BWD steps with attrs.i[2] = 1).
+// (compile_rewrite.c's match_sdpa_lse: SDPA and SDPA_BWD steps with attrs.i[2] = 1).
 static bool kept_lse(void) {
   const wk_plan *p = wk_last_plan();
   int fwd = 0, bwd = 0;

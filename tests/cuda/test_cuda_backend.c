@@ -674,7 +674,7 @@ static void test_nn(void) {
   reset();
 }
 
-// ---- cross-entropy over long rows: nn.cu's k_ce_split (a row over a cluster of CTAs,
+// ---- cross-entropy over long rows: ce.cu's k_ce_split (a row over a cluster of CTAs,
 // rows of at least 4096 f32; WICK_CUDA_CE_SPLIT=0 turns it off) ----
 // V = 4099: rows not 16-byte aligned (scalar loads) and a last piece shorter than the
 // others; V = 8192 through a view with padded rows (float4 loads). Targets at both ends

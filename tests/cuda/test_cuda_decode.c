@@ -1,5 +1,5 @@
 // Batch-1 decode on CUDA against the CPU backend:
-//  - attention of one query row over an f16 / bf16 cache (attn.cu's decode kernel: a CTA
+//  - attention of one query row over an f16 / bf16 cache (attn_decode.cu's decode kernel: a CTA
 //    per kv head and key chunk, chunks sized at run time from kv_len, tiles of 32 keys
 //    staged in shared memory, parts merged in clusters of 8 CTAs through distributed
 //    shared memory, then across clusters by the last CTA): GQA 1:1 to 8:1,
@@ -320,7 +320,7 @@ static void test_feed_ahead(void) {
 }
 
 // ---- the decode attention group: RoPE of q and k, the cache writes and the SDPA over
-// the cache as one launch (compile.c's group_decode_attention, attn.cu) ----
+// the cache as one launch (compile_schedule.c's group_decode_attention, attn_decode.cu) ----
 typedef struct {
   int64_t b, hq, hkv, d, cap;
   int pos;          // the new token's position: its cache row, kv_len pos + 1

@@ -400,7 +400,7 @@ static void test_decode(void) {
   wk_model_free(m);
 }
 
-// ---- transfers inside a plan (compile.c): a small upload moves ahead of the kernels,
+// ---- transfers inside a plan (compile_schedule.c): a small upload moves ahead of the kernels,
 // where the graph's head does it (no copy node between kernels); a download moves
 // after the device steps that do not read it, so they stay in one graph. The upload's
 // values change every evaluation. ----

@@ -1,5 +1,5 @@
 // Matmul epilogues on CUDA: matmul(x, W[^T]) + bias [then GELU] planned as one
-// cuBLASLt call (compile.c's match_epilogue, cuda_backend.cu's matmul_epi) against
+// cuBLASLt call (compile_rewrite.c's match_epilogue, cuda_backend.cu's matmul_epi) against
 // the CPU backend on the same inputs (in f32 the CPU fuses too, in its own GEMM:
 // test_matmul_epi checks that against a double reference; f16/bf16 it runs unfused). Also: the plan
 // really holds the fused step (with the GELU only for its tanh form), gradients

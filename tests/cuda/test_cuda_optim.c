@@ -1,5 +1,5 @@
 // Optimizer steps on CUDA, where the planner runs the per-parameter updates of one
-// program as one launch over all parameters (compile.c's horizontal_schedule, ew.cu's
+// program as one launch over all parameters (compile_schedule.c's horizontal_schedule, ew.cu's
 // wkc_ew_group): AdamW and SGD with momentum over many parameters of odd sizes, with
 // a new learning rate every step (the run-time scalars of each member, also inside
 // a replayed CUDA graph) and a device clip factor, against the CPU backend (1e-6

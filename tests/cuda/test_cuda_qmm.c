@@ -1,4 +1,4 @@
-// The half-weight matmul's fused ends on CUDA (compile.c's match_qswiglu /
+// The half-weight matmul's fused ends on CUDA (compile_rewrite.c's match_qswiglu /
 // match_qepilogue / match_qnorm / match_norm_weights, halfmm.cu) against the CPU
 // backend, which runs the unfused graph:
 //  - y = x @ W^T + b (b a bf16 / f16 bias read through its cast, or f32), r + x @ W^T
@@ -322,7 +322,7 @@ static void test_row_blocks(void) {
 }
 
 // An elementwise root read only by a bf16 GEMM (over 8 rows) is stored in bf16 and read
-// in place (compile.c's bf16_inputs): x = a * b [64, 256] times a bf16 W^T [48, 256]
+// in place (compile_rewrite.c's wk_compile_bf16_inputs): x = a * b [64, 256] times a bf16 W^T [48, 256]
 // plus a residual, and x times W [256, 48]. The producer's step stores bf16, and the
 // products equal, bit for bit, the same graphs with x a target (kept in f32, rounded by
 // the GEMM path's copy).
@@ -355,7 +355,7 @@ static void test_bf16_inputs(void) {
 }
 
 // A residual computed in the plan and read last by a bf16 GEMM (over 8 rows) lends the
-// product its buffer (compile.c's qmm_addend_in_place; cuBLAS adds into it, beta = 1):
+// product its buffer (compile_memory.c's qmm_addend_in_place; cuBLAS adds into it, beta = 1):
 // softmax(r + x @ W^T) with r = r0 + 0.5, against the same graph with r a target (the product
 // then written apart and the residual added after), bit for bit; at 4 rows (the GEMV)
 // the output keeps its own buffer.
@@ -408,7 +408,7 @@ static void test_addend_in_place(void) {
 }
 
 // A LoRA projection of a frozen bf16 W as the trainer builds it, x @ W^T + s (x A) B
-// over 64 rows (compile.c's match_scaled_product, then match_qepilogue): the adapter's
+// over 64 rows (compile_rewrite.c's match_scaled_product, then match_qepilogue): the adapter's
 // product is scaled by its GEMM (alpha) and the bf16 GEMM adds into it in place, so the
 // plan has no elementwise step; and its backward's products of the scaled gradient
 // (dB = (x A)^T (s dy), d(x A) = (s dy) B^T) scale their own GEMMs. Values within

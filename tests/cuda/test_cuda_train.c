@@ -262,7 +262,7 @@ out:
   wk_model_free(mg);
 }
 
-// The head's loss by blocks of rows (wk_linear_cross_entropy, nn.cu's wkc_linear_ce):
+// The head's loss by blocks of rows (wk_linear_cross_entropy, ce.cu's wkc_linear_ce):
 // x [3, 100, 64] f32 (300 rows, some targets ignored) and a bf16 W [V, 64], V = 70000
 // (rows split over clusters of CTAs) and 3000 (a CTA a row), blocks of 256 rows and 44:
 // the loss and dx against the CPU's cross_entropy(x @ W^T), mean and sum. Both round x
@@ -298,7 +298,7 @@ static void head_loss_blocks(int64_t V) {
     CHECK(fabsf(lg - lc) <= 1e-5f * fabsf(lc), "reduction %d: loss by blocks %.7f, CPU %.7f", red, (double)lg, (double)lc);
     CHECK(e <= 2e-3f, "reduction %d: dx by blocks vs CPU: %g of max |dx|", red, (double)e);
     printf("head loss by blocks, reduction %d: loss %.7f (CPU %.7f), dx within %.2g\n", red, (double)lg, (double)lc, (double)e);
-    // the loss and dx in one plan: the forward step computes both (compile.c's
+    // the loss and dx in one plan: the forward step computes both (compile_rewrite.c's
     // match_linear_ce_grad), dx bit for bit the backward step's own, the loss to f32
     // summation order (the rows' statistics come from the backward's cluster split)
     wk_tensor *d1 = NULL, *lt = wk_linear_cross_entropy(xg, wg, tg, -100, red);
@@ -359,7 +359,7 @@ static void head_loss_blocks(int64_t V) {
   wk_scope_end();
 }
 
-// A pre-norm residual's input gradient, r + rms_norm_bwd(h, w, dy) (compile.c's
+// A pre-norm residual's input gradient, r + rms_norm_bwd(h, w, dy) (compile_rewrite.c's
 // match_norm_bwd_add): one RMS_NORM_BWD step that adds r as it stores, in r's buffer
 // (r dies there), for r = e (the gradient of sum(h e)) and exp(e); D = 896 (a warp a
 // row) and 100 (a block a row). Against the CPU's gradient, 1e-5 relative (the row

@@ -157,7 +157,7 @@ static void test_recomputed_product(void) {
 
 // A small result off a chain (sum(a) beside a @ w @ w @ w, targets in that order) runs
 // right after a, not after the chain the depth-first order puts first: a dies at the
-// chain's first matmul instead of living to the end (compile.c's pull_up_small_sinks).
+// chain's first matmul instead of living to the end (compile_schedule.c's pull_up_small_sinks).
 static void test_small_sink_pulled_up(void) {
   wk_scope_begin();
   wk_tensor *x = gc_input(2, SHAPE(256, 256), -1, 1, 71), *w = gc_input(2, SHAPE(256, 256), -0.1f, 0.1f, 72);

@@ -1,11 +1,11 @@
 // Matmul epilogues on the CPU: act(x @ W[^T] + bias) planned as one GEMM step whose
-// blocks of C take the bias and the activation (compile.c's match_epilogue, the CPU's
+// blocks of C take the bias and the activation (compile_rewrite.c's match_epilogue, the CPU's
 // matmul_epi_kernel), against a double-precision reference. Shapes cover the packed
 // GEMM (whole and partial tiles) and its few-rows / few-columns paths; the plan is
 // checked to hold the fused step, and a plan that must keep the product (another
 // target) is checked not to fuse it. Tolerance 1e-5 relative to the largest value:
 // f32 sums in another order and the vector erf / tanh (both ~1e-7).
-// Scaled products (compile.c's match_scaled_product / match_scaled_operand): s (a @ b)
+// Scaled products (compile_rewrite.c's match_scaled_product / match_scaled_operand): s (a @ b)
 // and a scaled operand read only by matmuls ((s g) @ B^T and A^T @ (s g), a LoRA
 // backward's two products) run as matmul steps with the scale as alpha and no
 // elementwise step; a second evaluation with another s reuses the plan and takes the

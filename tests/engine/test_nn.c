@@ -489,7 +489,7 @@ static wk_tensor *f_ce_mm(wk_tensor *const *in, void *c) {
   return wk_cross_entropy(wk_matmul(in[0], in[1]), wk_from_data(1, &n, WK_I32, t), -1, 1);
 }
 
-// The cross-entropy backward writes the logits' gradient over the logits (compile.c's
+// The cross-entropy backward writes the logits' gradient over the logits (compile_memory.c's
 // inplace_candidate): the same arena span, and gradients that pass the check.
 static void test_ce_in_place(void) {
   wk_scope_begin();
