@@ -12,7 +12,11 @@
 #include <stdbool.h>
 
 #define CH_MAX 32 // ops per chain
-#define CH_U (64 / VM_L) // 64 values in flight per op: covers the FMA latency of exp, tanh
+// 4 vectors in flight per op: 64 values on AVX-512 cover the FMA latency of exp and
+// tanh; on AVX2, whose 16 registers spilled 8 vectors (64 values) around every op,
+// 32 values took chain8/16M from 8.5-8.7 to 5.0-5.3 ms (a Zen 4 host, WICK_CPU_ISA=avx2;
+// 2 vectors: 6.6-7.1). Two on AVX-512 were slower (6.3-9.7 ms against 5.7-5.9).
+#define CH_U 4
 #define CH_ACC -2 // operand: the running value itself (x * x)
 
 typedef struct {
