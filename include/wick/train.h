@@ -101,6 +101,9 @@ typedef struct {
   float eval_loss;              // NaN unless evaluated at this step
 } wk_train_progress;
 // Called after every step; non-zero stops training (after this step's checkpoint, if due).
+// Steps of one micro-batch without checkpointing run pipelined: the next step may be
+// queued already when the callback runs; a stop takes its update back, so the adapter
+// and the checkpoint hold this step's state.
 typedef int (*wk_train_callback)(const wk_train_progress *p, void *user);
 
 typedef struct {

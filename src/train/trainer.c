@@ -204,66 +204,112 @@ static wk_status micro_step(trainer *t, int64_t step, int micro, float *loss, ba
   return s;
 }
 
-// The one-plan step's evaluation: loss, norm and update together; the update is
-// committed only when the loss and the norm are both finite.
-static wk_status evaluate_step(trainer *t, int64_t step, float *loss, double *norm) {
+// A step between its submission and its read-back. One-plan steps (below) are queued
+// and their update installed at once, so that the next step's graph can be built while
+// this one runs: loss_t and norm_t are read later, and prev holds what the adapter and
+// the optimizer had before the step (its parameters, then the optimizer's states),
+// restored if the step is not taken. Other steps ran to the end: loss and norm are set.
+typedef struct {
+  bool live;
+  float loss;
+  double norm;
+  int64_t tokens;
+  wk_tensor *loss_t, *norm_t;
+  wk_tensor **prev;
+  int64_t prev_steps;
+} step_job;
+
+// The one-plan step's evaluation, queued: loss, norm and update together; the update
+// is installed now and taken back (step_restore) unless the loss and the norm read
+// after it are both finite.
+static wk_status evaluate_step(trainer *t, int64_t step, step_job *j) {
   const wk_train_options *o = t->o;
-  int total = t->n + wk_optim_state_count(t->opt);
-  wk_tensor **all = calloc((size_t)total + 2, sizeof *all), **next = calloc((size_t)t->n + 1, sizeof *next);
-  wk_status s = all && next ? WK_OK : wk_error(WK_ERR_OOM, "train: out of memory");
+  int n = t->n, total = n + wk_optim_state_count(t->opt);
+  wk_tensor **all = calloc((size_t)total + 2, sizeof *all), **next = calloc((size_t)n + 1, sizeof *next);
+  wk_tensor **prev = calloc((size_t)total + 1, sizeof *prev);
+  wk_status s = all && next && prev ? WK_OK : wk_error(WK_ERR_OOM, "train: out of memory");
   bool taken = false;
   wk_scope_begin();
-  wk_tensor *nt = s ? NULL : wk_global_norm_lazy(t->n, t->acc);
+  wk_tensor *nt = s ? NULL : wk_global_norm_lazy(n, t->acc);
   if (!s) s = nt ? WK_OK : WK_ERR_STATE;
   wk_adapter_params(t->a, t->params);
   if (!s) s = wk_optim_prepare(t->opt, t->params, t->acc, wk_schedule_lr(&o->schedule, step - 1), 1.0f,
                                o->clip > 0 ? wk_clip_coef_lazy(nt, o->clip) : NULL, all + 2);
   if (!s) {
     all[0] = t->loss, all[1] = nt;
-    s = wk_eval(total + 2, all);
+    s = wk_eval_async(total + 2, all);
   }
   if (!s) {
-    *loss = wk_item(t->loss);
-    *norm = (double)wk_item(nt);
-    if (isfinite(*loss) && isfinite(*norm)) {
-      wk_optim_commit(t->opt, all + 2, next);
-      for (int i = 0; i < t->n; i++) wk_adapter_set_param(t->a, i, next[i]), wk_tensor_free(next[i]);
-      taken = true;
-    }
+    for (int i = 0; i < n; i++) prev[i] = wk_tensor_ref(t->params[i]);
+    for (int k = n; k < total; k++) prev[k] = wk_tensor_ref(wk_optim_state(t->opt, k - n, NULL));
+    j->prev_steps = wk_optim_steps(t->opt);
+    wk_optim_commit(t->opt, all + 2, next);
+    for (int i = 0; i < n; i++) wk_adapter_set_param(t->a, i, next[i]), wk_tensor_free(next[i]);
+    j->loss_t = t->loss;
+    j->norm_t = wk_keep(nt);
+    j->prev = prev;
+    t->loss = NULL;
+    prev = NULL;
+    taken = true;
   }
   if (!taken)
     for (int i = 2; all && i < total + 2; i++) wk_tensor_free(all[i]);
   wk_scope_end();
   free(all);
   free(next);
+  free(prev);
   return s;
 }
 
-static wk_status train_step(trainer *t, int64_t step, float *loss, double *norm, int64_t *tokens) {
+// Puts back what the adapter and the optimizer held before job j, and lets go of it.
+static void step_release(trainer *t, step_job *j) {
+  int total = t->n + wk_optim_state_count(t->opt);
+  for (int k = 0; j->prev && k < total; k++) wk_tensor_free(j->prev[k]);
+  free(j->prev);
+  wk_tensor_free(j->loss_t);
+  wk_tensor_free(j->norm_t);
+  memset(j, 0, sizeof *j);
+}
+static void step_restore(trainer *t, step_job *j) {
+  if (!j->prev) return;
+  for (int i = 0; i < t->n; i++) wk_adapter_set_param(t->a, i, j->prev[i]);
+  for (int k = 0; k < wk_optim_state_count(t->opt); k++) wk_optim_set_state(t->opt, k, j->prev[t->n + k]);
+  wk_optim_set_steps(t->opt, j->prev_steps);
+}
+// A queued step that is not to be taken (the run stops before it): once it has run,
+// its update is put back.
+static void step_drop(trainer *t, step_job *j) {
+  if (!j->live) return;
+  wk_sync();   // its failure, if any, is moot
+  step_restore(t, j);
+  step_release(t, j);
+}
+
+// A step of grad_accum micro-batches (or with checkpointing), run to its end: the
+// micro-batches' gradients summed, the norm read back, then the update.
+static wk_status run_step(trainer *t, int64_t step, step_job *j) {
   const wk_train_options *o = t->o;
   double lsum = 0;
-  *tokens = 0;
   wk_status s = WK_OK;
   for (int k = 0; k < o->grad_accum && !s; k++) {
     batch_t b = {0};
     float l = NAN;
     s = micro_step(t, step, k, &l, &b);
-    *tokens += b.real;
+    j->tokens += b.real;
     free_batch(&b);
-    if (!s && one_plan(o)) s = evaluate_step(t, step, &l, norm);
     if (!s && !isfinite(l))
       s = wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
                    "is intact); try a lower learning rate or clipping", isnan(l) ? "NaN" : "infinite", (long long)step);
     lsum += l;
   }
-  *loss = (float)(lsum / o->grad_accum);
-  if (!s && !one_plan(o)) *norm = wk_global_norm(t->n, t->acc) / o->grad_accum;   // one plan: already read
-  if (!s && !isfinite(*norm))
+  j->loss = (float)(lsum / o->grad_accum);
+  if (!s) j->norm = wk_global_norm(t->n, t->acc) / o->grad_accum;
+  if (!s && !isfinite(j->norm))
     s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
                  "(the last checkpoint is intact)", (long long)step);
-  if (!s && !one_plan(o)) {
+  if (!s) {
     float lr = wk_schedule_lr(&o->schedule, step - 1);
-    float scale = wk_clip_coef(*norm, o->clip) / (float)o->grad_accum;
+    float scale = wk_clip_coef(j->norm, o->clip) / (float)o->grad_accum;
     wk_tensor **next = calloc((size_t)t->n, sizeof *next);
     wk_adapter_params(t->a, t->params);
     s = next ? wk_optim_step(t->opt, t->params, t->acc, lr, scale, next) : wk_error(WK_ERR_OOM, "train: out of memory");
@@ -271,12 +317,59 @@ static wk_status train_step(trainer *t, int64_t step, float *loss, double *norm,
     for (int i = 0; next && i < t->n; i++) wk_tensor_free(next[i]);
     free(next);
   }
+  return s;
+}
+
+// Submits step `step` into j: a one-plan step is queued (step_finish reads its loss and
+// norm), any other runs to its end.
+static wk_status step_submit(trainer *t, int64_t step, step_job *j) {
+  memset(j, 0, sizeof *j);
+  wk_status s;
+  if (one_plan(t->o)) {
+    batch_t b = {0};
+    float unused;
+    s = micro_step(t, step, 0, &unused, &b);
+    j->tokens = b.real;
+    free_batch(&b);
+    if (!s) s = evaluate_step(t, step, j);
+  } else {
+    s = run_step(t, step, j);
+  }
   for (int i = 0; i < t->n; i++) {
     wk_tensor_free(t->acc[i]);
     t->acc[i] = NULL;
   }
   wk_tensor_free(t->loss);
   t->loss = NULL;
+  j->live = !s;
+  return s;
+}
+
+// Completes submitted step j: a queued step's loss and norm are read (its job done); a
+// non-finite one stops the run before the update, which is taken back, and so is the
+// step queued behind it (next, submitted after j).
+static wk_status step_finish(trainer *t, int64_t step, step_job *j, step_job *next, float *loss, double *norm) {
+  wk_status s = WK_OK;
+  if (j->loss_t) {
+    wk_tensor *ts[2] = {j->loss_t, j->norm_t};
+    s = wk_eval(2, ts);
+    j->loss = s ? NAN : wk_item(j->loss_t);
+    j->norm = s ? NAN : (double)wk_item(j->norm_t);
+    if (!s && !isfinite(j->loss))
+      s = wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
+                   "is intact); try a lower learning rate or clipping", isnan(j->loss) ? "NaN" : "infinite",
+                   (long long)step);
+    else if (!s && !isfinite(j->norm))
+      s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
+                   "(the last checkpoint is intact)", (long long)step);
+  }
+  *loss = j->loss;
+  *norm = j->norm;
+  if (s) {
+    step_drop(t, next);
+    step_restore(t, j);
+  }
+  step_release(t, j);
   return s;
 }
 
@@ -330,19 +423,27 @@ wk_status wk_train(wk_model *m, wk_adapter *a, const wk_dataset *data, const wk_
   wk_train_result res = {.first_loss = NAN, .last_loss = NAN, .eval_loss = NAN};
   double t0 = now_s();
   int64_t tokens = 0, step = start;
+  // One-plan steps run pipelined: step k + 1 is built and queued while step k runs on
+  // the device (its graph, batch and plan lookup overlap it), except after a step that
+  // evaluates or saves (those read the adapter as step k left it). A stop after step k
+  // takes step k + 1's update back.
+  step_job cur = {0}, next = {0};
+  if (!s && start < total) s = step_submit(&t, start + 1, &cur);
   for (step = start + 1; !s && step <= total; step++) {
     wk_train_progress p = {.step = step, .total_steps = total, .eval_loss = NAN};
-    int64_t tk = 0;
-    s = train_step(&t, step, &p.loss, &p.grad_norm, &tk);
+    bool eval_now = o.eval && ((o.eval_every > 0 && step % o.eval_every == 0) || step == total);
+    bool save_due = (o.save_every > 0 && step % o.save_every == 0) || step == total;
+    wk_status s_next = one_plan(&o) && !eval_now && !save_due ? step_submit(&t, step + 1, &next) : WK_OK;
+    tokens += cur.tokens;
+    s = step_finish(&t, step, &cur, &next, &p.loss, &p.grad_norm);
     if (s) break;
-    tokens += tk;
     p.lr = wk_schedule_lr(&o.schedule, step - 1);
     p.epoch = (step * o.batch * o.grad_accum - 1) / wk_dataset_size(data);
     p.tokens = tokens;
     p.elapsed_s = now_s() - t0;
     p.tokens_per_s = (double)tokens / p.elapsed_s;
     p.eta_s = p.elapsed_s / (double)(step - start) * (double)(total - step);
-    if (o.eval && ((o.eval_every > 0 && step % o.eval_every == 0) || step == total)) {
+    if (eval_now) {
       s = wk_eval_loss(m, o.eval, o.batch, &p.eval_loss);
       res.eval_loss = p.eval_loss;
     }
@@ -351,12 +452,19 @@ wk_status wk_train(wk_model *m, wk_adapter *a, const wk_dataset *data, const wk_
     res.steps_done = step;
     if (!s) s = wk_metrics_add(mx, &p);
     int stop = !s && o.callback && o.callback(&p, o.user);
+    if (s || stop || s_next) step_drop(&t, &next);   // the adapter and optimizer as step k left them
     cs.step = step;
     cs.loss = p.loss;
-    if (!s && ((o.save_every > 0 && step % o.save_every == 0) || step == total || stop))
+    if (!s && (save_due || stop))
       s = wk_ckpt_save(o.out_dir, a, t.opt, &cs, o.keep_checkpoints, o.base_name);
     if (stop) { res.stopped = true; break; }
+    if (!s) s = s_next;
+    cur = next;
+    memset(&next, 0, sizeof next);
+    if (!s && !cur.live && step < total) s = step_submit(&t, step + 1, &cur);
   }
+  step_drop(&t, &cur);   // (none is left queued on any path; a guard)
+  step_drop(&t, &next);
   if (!s && !res.stopped) s = wk_adapter_save(a, o.out_dir, o.base_name);
   if (mx) {
     wk_status s2 = wk_metrics_close(mx, o.out_dir);
