@@ -190,6 +190,9 @@ static void test_kernel_cache(void) {
   int rc = gen_counts(first, sizeof first, &c1, &l1), n = cache_files(dir, 0, NULL, 0);
   CHECK(rc == 0 && c1 > 0 && l1 == 0 && n == (int)c1, "first run: %llu kernels compiled, %llu loaded, %d files: rc %d: %s",
         c1, l1, n, rc, err);
+  char named[64];   // the stats line, printed at exit, names the directory (it once printed freed memory)
+  snprintf(named, sizeof named, "disk cache (%s)", dir);
+  CHECK(strstr(err, named) != NULL, "the stats name the cache directory %s: %s", dir, err);
   rc = gen_counts(again, sizeof again, &c2, &l2);
   CHECK(rc == 0 && c2 == 0 && l2 == c1 && same_tokens(first, again),
         "second run: every kernel from the disk cache (%llu compiled, %llu loaded), the same tokens: rc %d: %s", c2, l2, rc,

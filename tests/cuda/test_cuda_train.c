@@ -110,8 +110,9 @@ static void trainer_matches(void) {
   }
   if (f) fclose(f);
   rec rc = {.gpu = false}, rg = {.gpu = true};
+  setup both[2];
   for (int k = 0; k < 2; k++) {
-    setup s = load(k ? WK_CUDA : WK_CPU);
+    setup s = both[k] = load(k ? WK_CUDA : WK_CPU);
     wk_dataset *d = wk_dataset_load(data, NULL, 256, NULL);
     wk_train_options o = wk_train_defaults();
     o.steps = 5;
@@ -124,16 +125,28 @@ static void trainer_matches(void) {
     CHECK(s.a && d && wk_train(s.m, s.a, d, &o, &r) == WK_OK, "%s: 5 trainer steps [%s]", k ? "GPU" : "CPU",
           wk_last_error());
     wk_dataset_free(d);
-    release(s);
   }
   float worst = 0;
   for (int s = 1; s <= 5; s++) worst = fmaxf(worst, fabsf(rg.loss[s] - rc.loss[s]) / fmaxf(1, fabsf(rc.loss[s])));
   CHECK(worst <= 1e-4f, "GPU trainer losses follow the CPU's (worst %g; step 5: %.6f vs %.6f)", (double)worst,
         (double)rg.loss[5], (double)rc.loss[5]);
+  // and so do the parameters after step 5: each step's AdamW step count and learning
+  // rate reached its own update (the GPU's steps are queued one ahead, bound while the
+  // step before runs)
+  int n = both[0].a && both[1].a ? wk_adapter_params(both[0].a, NULL) : 0;
+  wk_tensor **pc = calloc((size_t)n + 1, sizeof *pc), **pg = calloc((size_t)n + 1, sizeof *pg);
+  if (n) wk_adapter_params(both[0].a, pc), wk_adapter_params(both[1].a, pg);
+  float wp = 0;
+  for (int i = 0; i < n; i++) wp = fmaxf(wp, rel(pg[i], pc[i]));
+  CHECK(n > 0 && wp <= 1e-3f, "GPU-trained parameters follow the CPU's (%g relative)", (double)wp);
+  free(pc), free(pg);
+  release(both[0]);
+  release(both[1]);
   // One micro-batch per step: loss, gradients, norm, clip factor and update are one
-  // plan; the replay captures it on its third use, and from then on each step is one
-  // graph launch with nothing re-captured.
-  for (int s = 4; s <= 5; s++) {
+  // plan; the replay captures it by its third use, and from then on each step is one
+  // graph launch with nothing re-captured. (Steps are queued one ahead: the counters at
+  // step s's callback include step s + 1's launch, but for the last step's.)
+  for (int s = 3; s <= 4; s++) {
     const wk_cuda_graph_stats *a = &rg.at[s - 1], *b = &rg.at[s];
     CHECK(b->replays - a->replays == 1 && b->captures == a->captures && b->patched == a->patched &&
               b->direct == a->direct,

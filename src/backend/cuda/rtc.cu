@@ -120,14 +120,16 @@ const int k_nopts = (int)(sizeof k_opts / sizeof *k_opts);
 const char k_magic[8] = {'W', 'K', 'R', 'T', 'C', '1', '\n', 0};
 
 // The cache's directory; empty: no disk cache.
+// (Never destroyed: WICK_CUDA_GRAPH_STATS prints it from an atexit handler registered
+// before its first use, which would otherwise run after its destructor.)
 const std::string &disk_dir(void) {
-  static const std::string dir = [] {
+  static const std::string *dir = new std::string([] {
     const char *e = getenv("WICK_CUDA_KERNEL_CACHE"), *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     if (e) return std::string(strcmp(e, "0") ? e : "");
     if (x && x[0] == '/') return std::string(x) + "/wick/kernels";
     return home && home[0] ? std::string(home) + "/.cache/wick/kernels" : std::string();
-  }();
-  return dir;
+  }());
+  return *dir;
 }
 
 bool make_dirs(const std::string &path) {
