@@ -609,15 +609,15 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   wk_topo g;
   if (!wk_topo_build(&g, n, ts, pending)) return wk_error(WK_ERR_OOM, "eval: out of memory");
   int *targets = malloc(sizeof(int) * (size_t)n);
+  bool *seen = calloc((size_t)g.n + 1, sizeof *seen);   // a training step has ~1,000 targets
   int nt = 0;
-  if (!targets) { wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory"); }
+  if (!targets || !seen) { free(targets); free(seen); wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory"); }
   for (int i = 0; i < n; i++) {
     if (ts[i]->buf) continue;
     int idx = wk_topo_index(&g, ts[i]);
-    bool dup = false;
-    for (int q = 0; q < nt; q++) dup |= targets[q] == idx;
-    if (!dup) targets[nt++] = idx;
+    if (idx >= 0 && !seen[idx]) seen[idx] = true, targets[nt++] = idx;   // (every target is in g)
   }
+  free(seen);
   keybuf key = {0};
   int *rep = malloc(sizeof(int) * (size_t)(g.n + 1));
   if (!rep) { free(targets); wk_topo_free(&g); return wk_error(WK_ERR_OOM, "eval: out of memory"); }
