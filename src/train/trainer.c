@@ -261,7 +261,7 @@ static wk_status evaluate_step(trainer *t, int64_t step, step_job *j) {
   return s;
 }
 
-// Puts back what the adapter and the optimizer held before job j, and lets go of it.
+// Lets go of what job j kept (the state before it, its loss and norm).
 static void step_release(trainer *t, step_job *j) {
   int total = t->n + wk_optim_state_count(t->opt);
   for (int k = 0; j->prev && k < total; k++) wk_tensor_free(j->prev[k]);
@@ -270,6 +270,7 @@ static void step_release(trainer *t, step_job *j) {
   wk_tensor_free(j->norm_t);
   memset(j, 0, sizeof *j);
 }
+// Puts back what the adapter and the optimizer held before job j.
 static void step_restore(trainer *t, step_job *j) {
   if (!j->prev) return;
   for (int i = 0; i < t->n; i++) wk_adapter_set_param(t->a, i, j->prev[i]);
