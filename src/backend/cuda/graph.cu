@@ -106,7 +106,7 @@ struct Unit {                  // one launch unit: a step, or a row chain's head
 struct Extent {
   int64_t lo = INT64_MAX, hi = 0;
   int64_t wlo = 0, whi = 0;    // the widest dense write
-  bool ok = true, read = false, written = false;
+  bool ok = true, written = false;
   bool read_first = false;     // some read is not covered by a dense write before it
   bool full() const { return wlo <= lo && whi >= hi; }  // the units overwrite all of it
 };
@@ -274,7 +274,7 @@ static void extent_add(Segment *sg, const wk_operand *o, bool write) {
   if (o->slot < 0) return;
   if ((int)sg->ext.size() <= o->slot) sg->ext.resize((size_t)o->slot + 1);
   Extent &e = sg->ext[o->slot];
-  (write ? e.written : e.read) = true;
+  if (write) e.written = true;
   int64_t lo, hi;
   bool dense;
   if (!operand_span(o, &lo, &hi, &dense)) e.ok = false;
