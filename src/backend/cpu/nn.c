@@ -146,6 +146,31 @@ static void put_row(const rctx *c, int64_t r, const float *y) {
   else store(&c->s->out, c->slots, r * c->D, c->D, y);
 }
 
+// One row of a row kernel: y from x (input 0, through the step's prologue in a forward),
+// and dy (the last input) in a backward; tmp: the op's scratch rows.
+typedef void (*row_op)(const rctx *c, const float *x, const float *dy, float *y, float *tmp);
+
+// Runs op over rows [b, e) of a row kernel's task. Inlined at each caller, where op is
+// a constant: a direct call the compiler may inline in turn.
+static inline __attribute__((always_inline)) void rows_run(rctx *c, int64_t b, int64_t e, bool bwd, int tmp_rows,
+                                                           row_op op) {
+  const wk_step *s = c->s;
+  const int64_t D = c->D;
+  const int nin = bwd ? 2 : 1;   // rows read: x, and dy in a backward
+  float local[LOCAL_FLOATS];
+  scratch sc;
+  if (!scratch_get(&sc, local, (nin + 1 + tmp_rows) * D)) { c->oom = 1; return; }
+  for (int64_t r = b; r < e; r++) {
+    const float *x = bwd ? row_in(&s->in[0], c->slots, r, D, sc.p) : row_in0(s, c->slots, r, D, sc.p);
+    const float *dy = bwd ? row_in(&s->in[s->nin - 1], c->slots, r, D, sc.p + D) : NULL;
+    float *y = row_dst(c, r, sc.p + nin * D);
+    op(c, x, dy, y, sc.p + (nin + 1) * D);
+    put_row(c, r, y);
+  }
+  if (c->nt) stream_fence();
+  scratch_put(&sc);
+}
+
 // ---- softmax / log-softmax over the last axis ----
 // Softmax into a softmax: the first leaves its row v unnormalized and hands over p, the
 // reciprocal of its sum, with a bound B >= v >= 0; the second's input is p*v (up to a
@@ -187,54 +212,41 @@ static void softmax_row(const float *x, float *y, int64_t D, bool log_sm) {
   for (int64_t i = 0; i < D; i++) y[i] = x[i] - lse;
 }
 
-static void softmax_rows(void *vc, int64_t b, int64_t e, int tid, bool log_sm) {
-  (void)tid;
-  rctx *c = vc;
-  const wk_step *s = c->s;
-  int64_t D = c->D;
-  float local[LOCAL_FLOATS];
-  scratch sc;
-  if (!scratch_get(&sc, local, 2 * D)) { c->oom = 1; return; }
-  float *buf = sc.p, *tmp = sc.p + D;
-  for (int64_t r = b; r < e; r++) {
-    const float *x = row_in0(s, c->slots, r, D, buf);
-    float *y = row_dst(c, r, tmp);
-    softmax_row(x, y, D, log_sm);
-    put_row(c, r, y);
-  }
-  if (c->nt) stream_fence();
-  scratch_put(&sc);
+static void softmax_op(const rctx *c, const float *x, const float *dy, float *y, float *tmp) {
+  (void)dy, (void)tmp;
+  softmax_row(x, y, c->D, false);
 }
-static void softmax_range(void *c, int64_t b, int64_t e, int tid) { softmax_rows(c, b, e, tid, false); }
-static void log_softmax_range(void *c, int64_t b, int64_t e, int tid) { softmax_rows(c, b, e, tid, true); }
+static void log_softmax_op(const rctx *c, const float *x, const float *dy, float *y, float *tmp) {
+  (void)dy, (void)tmp;
+  softmax_row(x, y, c->D, true);
+}
+static void softmax_range(void *c, int64_t b, int64_t e, int tid) { (void)tid; rows_run(c, b, e, false, 0, softmax_op); }
+static void log_softmax_range(void *c, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rows_run(c, b, e, false, 0, log_softmax_op);
+}
 
 // (y, dy) -> y * (dy - sum(dy * y))  or, for log-softmax, dy - exp(y) * sum(dy)
-static void softmax_bwd_rows(void *vc, int64_t b, int64_t e, int tid, bool log_sm) {
-  (void)tid;
-  rctx *c = vc;
-  const wk_step *s = c->s;
-  int64_t D = c->D;
-  float local[LOCAL_FLOATS];
-  scratch sc;
-  if (!scratch_get(&sc, local, 3 * D)) { c->oom = 1; return; }
-  for (int64_t r = b; r < e; r++) {
-    const float *y = row_in(&s->in[0], c->slots, r, D, sc.p);
-    const float *dy = row_in(&s->in[1], c->slots, r, D, sc.p + D);
-    float *dx = row_dst(c, r, sc.p + 2 * D);
-    if (log_sm) {
-      float t = vsum(dy, D);
-      for (int64_t i = 0; i < D; i++) dx[i] = dy[i] - expz(y[i]) * t;
-    } else {
-      float t = vdot(y, dy, D);
-      for (int64_t i = 0; i < D; i++) dx[i] = y[i] * (dy[i] - t);
-    }
-    put_row(c, r, dx);
-  }
-  if (c->nt) stream_fence();
-  scratch_put(&sc);
+static void softmax_bwd_op(const rctx *c, const float *y, const float *dy, float *dx, float *tmp) {
+  (void)tmp;
+  const int64_t D = c->D;
+  float t = vdot(y, dy, D);
+  for (int64_t i = 0; i < D; i++) dx[i] = y[i] * (dy[i] - t);
 }
-static void softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) { softmax_bwd_rows(c, b, e, tid, false); }
-static void log_softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) { softmax_bwd_rows(c, b, e, tid, true); }
+static void log_softmax_bwd_op(const rctx *c, const float *y, const float *dy, float *dx, float *tmp) {
+  (void)tmp;
+  const int64_t D = c->D;
+  float t = vsum(dy, D);
+  for (int64_t i = 0; i < D; i++) dx[i] = dy[i] - expz(y[i]) * t;
+}
+static void softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rows_run(c, b, e, true, 0, softmax_bwd_op);
+}
+static void log_softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) {
+  (void)tid;
+  rows_run(c, b, e, true, 0, log_softmax_bwd_op);
+}
 
 // ---- norms ----
 static float rms_scale(const float *x, int64_t D, float eps) {
@@ -272,51 +284,22 @@ static float rms_row(const float *x, float *y, int64_t D, float eps, const float
   return vacc_sum(acc, sum);
 }
 
-static void rms_range(void *vc, int64_t b, int64_t e, int tid) {
-  (void)tid;
-  rctx *c = vc;
-  const wk_step *s = c->s;
-  int64_t D = c->D;
-  float eps = s->attrs.f[0];
-  const float *w = c->w;
-  float local[LOCAL_FLOATS];
-  scratch sc;
-  if (!scratch_get(&sc, local, 2 * D)) { c->oom = 1; return; }
-  for (int64_t r = b; r < e; r++) {
-    const float *x = row_in0(s, c->slots, r, D, sc.p);
-    float *y = row_dst(c, r, sc.p + D);
-    rms_row(x, y, D, eps, w, -1.0f, false);
-    put_row(c, r, y);
-  }
-  if (c->nt) stream_fence();
-  scratch_put(&sc);
+static void rms_op(const rctx *c, const float *x, const float *dy, float *y, float *tmp) {
+  (void)dy, (void)tmp;
+  rms_row(x, y, c->D, c->s->attrs.f[0], c->w, -1.0f, false);
 }
+static void rms_range(void *c, int64_t b, int64_t e, int tid) { (void)tid; rows_run(c, b, e, false, 0, rms_op); }
 // dx = r * (g - xhat * mean(g * xhat)), g = dy * w, xhat = x * r
-static void rms_bwd_range(void *vc, int64_t b, int64_t e, int tid) {
-  (void)tid;
-  rctx *c = vc;
-  const wk_step *s = c->s;
-  int64_t D = c->D;
-  float eps = s->attrs.f[0];
+static void rms_bwd_op(const rctx *c, const float *x, const float *dy, float *dx, float *g) {
+  const int64_t D = c->D;
   const float *w = c->w;
-  float local[LOCAL_FLOATS];
-  scratch sc;
-  if (!scratch_get(&sc, local, 4 * D)) { c->oom = 1; return; }
-  float *g = sc.p + 3 * D;
-  for (int64_t r = b; r < e; r++) {
-    const float *x = row_in(&s->in[0], c->slots, r, D, sc.p);
-    const float *dy = row_in(&s->in[s->nin - 1], c->slots, r, D, sc.p + D);
-    float *dx = row_dst(c, r, sc.p + 2 * D);
-    float k = rms_scale(x, D, eps);
-    if (w) { for (int64_t i = 0; i < D; i++) g[i] = dy[i] * w[i]; }
-    else memcpy(g, dy, sizeof(float) * (size_t)D);
-    float a = k * k * k * vdot(g, x, D) / (float)D;
-    for (int64_t i = 0; i < D; i++) dx[i] = k * g[i] - a * x[i];
-    put_row(c, r, dx);
-  }
-  if (c->nt) stream_fence();
-  scratch_put(&sc);
+  float k = rms_scale(x, D, c->s->attrs.f[0]);
+  if (w) { for (int64_t i = 0; i < D; i++) g[i] = dy[i] * w[i]; }
+  else memcpy(g, dy, sizeof(float) * (size_t)D);
+  float a = k * k * k * vdot(g, x, D) / (float)D;
+  for (int64_t i = 0; i < D; i++) dx[i] = k * g[i] - a * x[i];
 }
+static void rms_bwd_range(void *c, int64_t b, int64_t e, int tid) { (void)tid; rows_run(c, b, e, true, 1, rms_bwd_op); }
 
 static void ln_stats(const float *x, int64_t D, float eps, float *mean, float *rstd) {
   float m = vsum(x, D) / (float)D;
@@ -331,53 +314,26 @@ static void ln_row(const float *x, float *y, int64_t D, float eps, const float *
   else if (bb) for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k + bb[i];
   else for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * k;
 }
-static void ln_range(void *vc, int64_t b, int64_t e, int tid) {
-  (void)tid;
-  rctx *c = vc;
-  const wk_step *s = c->s;
-  int64_t D = c->D;
-  float eps = s->attrs.f[0];
-  const float *w = c->w, *bb = c->b;
-  float local[LOCAL_FLOATS];
-  scratch sc;
-  if (!scratch_get(&sc, local, 2 * D)) { c->oom = 1; return; }
-  for (int64_t r = b; r < e; r++) {
-    const float *x = row_in0(s, c->slots, r, D, sc.p);
-    float *y = row_dst(c, r, sc.p + D);
-    ln_row(x, y, D, eps, w, bb);
-    put_row(c, r, y);
-  }
-  if (c->nt) stream_fence();
-  scratch_put(&sc);
+static void ln_op(const rctx *c, const float *x, const float *dy, float *y, float *tmp) {
+  (void)dy, (void)tmp;
+  ln_row(x, y, c->D, c->s->attrs.f[0], c->w, c->b);
 }
+static void ln_range(void *c, int64_t b, int64_t e, int tid) { (void)tid; rows_run(c, b, e, false, 0, ln_op); }
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w
-static void ln_bwd_range(void *vc, int64_t b, int64_t e, int tid) {
-  (void)tid;
-  rctx *c = vc;
-  const wk_step *s = c->s;
-  int64_t D = c->D;
-  float eps = s->attrs.f[0];
+static void ln_bwd_op(const rctx *c, const float *x, const float *dy, float *dx, float *tmp) {
+  const int64_t D = c->D;
   const float *w = c->w;
-  float local[LOCAL_FLOATS];
-  scratch sc;
-  if (!scratch_get(&sc, local, 5 * D)) { c->oom = 1; return; }
-  float *g = sc.p + 3 * D, *xh = sc.p + 4 * D;
-  for (int64_t r = b; r < e; r++) {
-    const float *x = row_in(&s->in[0], c->slots, r, D, sc.p);
-    const float *dy = row_in(&s->in[s->nin - 1], c->slots, r, D, sc.p + D);
-    float *dx = row_dst(c, r, sc.p + 2 * D);
-    float m, k;
-    ln_stats(x, D, eps, &m, &k);
-    if (w) { for (int64_t i = 0; i < D; i++) g[i] = dy[i] * w[i]; }
-    else memcpy(g, dy, sizeof(float) * (size_t)D);
-    for (int64_t i = 0; i < D; i++) xh[i] = (x[i] - m) * k;
-    float mg = vsum(g, D) / (float)D, mgx = vdot(g, xh, D) / (float)D;
-    for (int64_t i = 0; i < D; i++) dx[i] = k * (g[i] - mg - xh[i] * mgx);
-    put_row(c, r, dx);
-  }
-  if (c->nt) stream_fence();
-  scratch_put(&sc);
+  float *g = tmp, *xh = tmp + D;
+  float m, k;
+  ln_stats(x, D, c->s->attrs.f[0], &m, &k);
+  if (w) { for (int64_t i = 0; i < D; i++) g[i] = dy[i] * w[i]; }
+  else memcpy(g, dy, sizeof(float) * (size_t)D);
+  for (int64_t i = 0; i < D; i++) xh[i] = (x[i] - m) * k;
+  float mg = vsum(g, D) / (float)D, mgx = vdot(g, xh, D) / (float)D;
+  for (int64_t i = 0; i < D; i++) dx[i] = k * (g[i] - mg - xh[i] * mgx);
 }
+static void ln_bwd_range(void *c, int64_t b, int64_t e, int tid) { (void)tid; rows_run(c, b, e, true, 2, ln_bwd_op); }
+
 // Per-task partial sums of dy * xhat (and dy for layer norm) into c->part[tid].
 static void norm_dw_range(void *vc, int64_t b, int64_t e, int tid) {
   rctx *c = vc;
