@@ -1,5 +1,6 @@
 // Row chains: softmax / norm stages with elementwise code between and after them
-// run as one pass; results must equal stage-by-stage (eager) evaluation.
+// run as one pass; results must equal stage-by-stage (eager) evaluation, within a few
+// ulps where a stage defers work to the next (softmax's normalization, RMSNorm's scale).
 #include <string.h>
 #include "gradcheck.h"
 #include "../../src/engine/engine.h"
@@ -18,7 +19,7 @@ static wk_tensor *c_norms(wk_tensor *x, wk_tensor *y, wk_tensor *w, wk_tensor *b
   return wk_layer_norm(wk_rms_norm(wk_rms_norm(x, w, 1e-5f), NULL, 1e-6f), w, b, 1e-5f);
 }
 static wk_tensor *c_rms4(wk_tensor *x, wk_tensor *y, wk_tensor *w, wk_tensor *b) {
-  (void)y, (void)b; // each norm hands its output's sum of squares to the next
+  (void)y, (void)b; // each norm hands its output's sum of squares and its scale to the next
   return wk_rms_norm(wk_rms_norm(wk_rms_norm(wk_rms_norm(x, w, 1e-5f), NULL, 1e-6f), w, 1e-5f), w, 1e-3f);
 }
 static wk_tensor *c_prologue_between(wk_tensor *x, wk_tensor *y, wk_tensor *w, wk_tensor *b) {
@@ -35,10 +36,13 @@ static wk_tensor *c_broadcast_epilogue(wk_tensor *x, wk_tensor *y, wk_tensor *w,
 }
 
 static void test_chains(void) {
-  struct { const char *name; chain_fn f; int min_chain; } cases[] = {
-      {"softmax x3", c_softmax3, 3}, {"rms, rms, layer norm", c_norms, 3}, {"rms x4", c_rms4, 4},
-      {"elementwise between stages", c_prologue_between, 2}, {"epilogues", c_epilogue, 2},
-      {"broadcast epilogue", c_broadcast_epilogue, 2},
+  // tol: the same f32 math in the same order, only the storage of intermediates differs
+  // (1e-6: the values are below 8); consecutive RMSNorms multiply by each one's scale
+  // in the next (a rounding or two more a stage on values below 4: 4e-6)
+  struct { const char *name; chain_fn f; int min_chain; float tol; } cases[] = {
+      {"softmax x3", c_softmax3, 3, 1e-6f}, {"rms, rms, layer norm", c_norms, 3, 4e-6f}, {"rms x4", c_rms4, 4, 4e-6f},
+      {"elementwise between stages", c_prologue_between, 2, 1e-6f}, {"epilogues", c_epilogue, 2, 1e-6f},
+      {"broadcast epilogue", c_broadcast_epilogue, 2, 1e-6f},
   };
   for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
     wk_scope_begin();
@@ -54,9 +58,8 @@ static void test_chains(void) {
     wk_set_eager(1);
     float *ev = read_all(cases[k].f(x, y, w, b));
     wk_set_eager(0);
-    // the same f32 math in the same order: only the storage of intermediates differs
-    CHECK(max_abs_diff(lv, ev, 3 * 5 * 96) <= 1e-6f, "%s: fused == stage by stage (%g)", cases[k].name,
-          max_abs_diff(lv, ev, 3 * 5 * 96));
+    CHECK(max_abs_diff(lv, ev, 3 * 5 * 96) <= cases[k].tol, "%s: fused == stage by stage (%g <= %g)", cases[k].name,
+          max_abs_diff(lv, ev, 3 * 5 * 96), cases[k].tol);
     free(lv);
     free(ev);
     wk_scope_end();
@@ -238,6 +241,68 @@ static void test_softmax_chain_accuracy(void) {
   wk_scope_end();
 }
 
+// RMSNorm chains (each stage's scale deferred to the next, its sum of squares handed
+// over) against a double reference, lazy and eager: x10 over row lengths, with weights
+// near 1, and 60 stages of weights 1/16 and 16 (the deferred scale passes 2^+-32 and is
+// applied instead), and one stage without a weight between. Both stay within 8 ulps
+// of the largest value (worst measured: see the printed line).
+static void test_rms_chain_accuracy(void) {
+  const int64_t Ds[] = {1, 7, 64, 96, 1000, 4099};
+  const struct { int stages; float lo, hi; } runs[] = {{10, 0.5f, 1.5f}, {60, 0.0625f, 0.0625f}, {60, 16.0f, 16.0f}};
+  const int R = 3;
+  double worst[2] = {0, 0};
+  uint64_t st = 777;
+  for (size_t di = 0; di < sizeof Ds / sizeof *Ds; di++)
+    for (size_t ri = 0; ri < sizeof runs / sizeof *runs; ri++) {
+      int64_t D = Ds[di], n = R * D;
+      float *x = malloc(sizeof(float) * (size_t)n), *w = malloc(sizeof(float) * (size_t)D);
+      double *ref = malloc(sizeof(double) * (size_t)n);
+      for (int64_t i = 0; i < n; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = 3.0f * ((float)(st >> 40) / 8388608.0f - 1.0f);
+      }
+      for (int64_t i = 0; i < D; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        w[i] = runs[ri].lo + (runs[ri].hi - runs[ri].lo) * (float)(st >> 40) / 16777216.0f;
+      }
+      const int plain = runs[ri].stages / 2;   // this stage has no weight
+      for (int64_t i = 0; i < n; i++) ref[i] = x[i];
+      for (int stage = 0; stage < runs[ri].stages; stage++)
+        for (int r = 0; r < R; r++) {
+          double ss = 0, *v = ref + r * D;
+          for (int64_t i = 0; i < D; i++) ss += v[i] * v[i];
+          double k = 1.0 / sqrt(ss / (double)D + 1e-5);
+          for (int64_t i = 0; i < D; i++) v[i] *= k * (stage == plain ? 1.0 : (double)w[i]);
+        }
+      double big = 0;
+      for (int64_t i = 0; i < n; i++) big = fabs(ref[i]) > big ? fabs(ref[i]) : big;
+      wk_scope_begin();
+      wk_tensor *xt = wk_from_data(2, SHAPE(R, D), WK_F32, x), *wt = wk_from_data(1, SHAPE(D), WK_F32, w);
+      for (int eager = 0; eager < 2; eager++) {
+        wk_set_eager(eager);
+        wk_tensor *y = xt;
+        for (int stage = 0; stage < runs[ri].stages; stage++) y = wk_rms_norm(y, stage == plain ? NULL : wt, 1e-5f);
+        float *v = read_all(y);
+        wk_set_eager(0);
+        double err = 0;
+        for (int64_t i = 0; i < n; i++) {
+          double e = fabs(v[i] - ref[i]) / big;
+          err = e > err || e != e ? e : err;
+        }
+        CHECK(err <= 0x1p-21, "rms_norm x%d, D %lld, weights in [%g, %g], %s: error %g of the largest value <= 2^-21",
+              runs[ri].stages, (long long)D, runs[ri].lo, runs[ri].hi, eager ? "eager" : "lazy", err);
+        worst[eager] = err > worst[eager] ? err : worst[eager];
+        free(v);
+      }
+      wk_scope_end();
+      free(x);
+      free(w);
+      free(ref);
+    }
+  printf("rms_norm chains worst error (of the largest value): lazy %.3g, eager %.3g (2^-24 = %.3g)\n", worst[0],
+         worst[1], 0x1p-24);
+}
+
 // A chain of any length is one pass: 200 alternating RMSNorms (with weights) and
 // softmaxes were refused past 64 stages; equal to stage by stage.
 static void test_long_chain(void) {
@@ -277,6 +342,7 @@ int main(void) {
   test_small_sink_pulled_up();
   test_long_chain();
   test_softmax_chain_accuracy();
+  test_rms_chain_accuracy();
   wk_scope_begin();
   wk_tensor *x = gc_input(2, SHAPE(3, 16), -1, 1, 41), *w = gc_input(1, SHAPE(16), 0.5f, 1.5f, 42);
   wk_tensor *in[2] = {x, w};

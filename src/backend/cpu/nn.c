@@ -252,17 +252,26 @@ static void log_softmax_bwd_range(void *c, int64_t b, int64_t e, int tid) {
 static float rms_scale(const float *x, int64_t D, float eps) {
   return 1.0f / sqrtf(vdot(x, x, D) / (float)D + eps);
 }
-// RMSNorm of a row: y = x * k * w, k from ss = sum(x^2) when the stage before it in a
-// row chain handed it over (ss >= 0), else from a pass of its own. With `hand_over` it returns
-// sum(y^2) for the RMSNorm that follows, accumulated in the scaling pass, so a chain
-// of norms makes one pass per stage instead of two.
-static float rms_row(const float *x, float *y, int64_t D, float eps, const float *w, float ss, bool hand_over) {
-  float k = 1.0f / sqrtf((ss >= 0 ? ss : vdot(x, x, D)) / (float)D + eps);
+// RMSNorm of a row whose values are K x: K = *scale (a scale the stage before deferred;
+// NULL: 1), k from ss = sum(x^2) when that stage handed it over (ss >= 0), else from a
+// pass of its own; y = K x k w. With `hand_over` (another RMSNorm follows) it stores
+// x * w instead, leaves K k in *scale, and returns sum((x w)^2), accumulated in that
+// pass: a chain of norms makes one pass per stage, of two multiplies a value. A K
+// outside [2^-32, 2^32] (weights far from 1 over many stages) is applied to the stored
+// row instead of deferred, so that the stored values stay far from f32's range limits.
+static float rms_row(const float *x, float *y, int64_t D, float eps, const float *w, float ss, float *scale,
+                     bool hand_over) {
+  const float K = scale ? *scale : 1.0f;
+  const float k = K / sqrtf(K * K * (ss >= 0 ? ss : vdot(x, x, D)) / (float)D + eps);
   if (!hand_over) {
     if (w) for (int64_t i = 0; i < D; i++) y[i] = x[i] * k * w[i];
     else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
+    if (scale) *scale = 1.0f;
     return -1.0f;
   }
+  const bool defer = k >= 0x1p-32f && k <= 0x1p32f;
+  const float m = defer ? 1.0f : k;
+  *scale = defer ? k : 1.0f;
   vw acc[4][NS] = {{{0}}}, wv = {0}; // as in vdot
   int64_t i = 0;
   for (; i + 64 <= D; i += 64)
@@ -271,13 +280,13 @@ static float rms_row(const float *x, float *y, int64_t D, float eps, const float
         vw v;
         memcpy(&v, x + i + 16 * q + VW * h, sizeof v);
         if (w) memcpy(&wv, w + i + 16 * q + VW * h, sizeof wv);
-        v = w ? v * k * wv : v * k;
+        v = defer ? (w ? v * wv : v) : (w ? v * m * wv : v * m);
         memcpy(y + i + 16 * q + VW * h, &v, sizeof v);
         acc[q][h] += v * v;
       }
   float sum = 0;
   for (; i < D; i++) {
-    float v = x[i] * k * (w ? w[i] : 1.0f);
+    float v = defer ? x[i] * (w ? w[i] : 1.0f) : x[i] * m * (w ? w[i] : 1.0f);
     y[i] = v;
     sum += v * v;
   }
@@ -286,7 +295,7 @@ static float rms_row(const float *x, float *y, int64_t D, float eps, const float
 
 static void rms_op(const rctx *c, const float *x, const float *dy, float *y, float *tmp) {
   (void)dy, (void)tmp;
-  rms_row(x, y, c->D, c->s->attrs.f[0], c->w, -1.0f, false);
+  rms_row(x, y, c->D, c->s->attrs.f[0], c->w, -1.0f, NULL, false);
 }
 static void rms_range(void *c, int64_t b, int64_t e, int tid) { (void)tid; rows_run(c, b, e, false, 0, rms_op); }
 // dx = r * (g - xhat * mean(g * xhat)), g = dy * w, xhat = x * r
@@ -953,6 +962,7 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
     const float *cur = NULL;
     pending pend = {0}; // p > 0: cur holds a softmax's unnormalized row (see chain_softmax)
     float ss = -1.0f;   // >= 0: sum(cur^2), handed over by an RMSNorm to the next
+    float scale = 1.0f; // the row is scale * cur: a scale an RMSNorm deferred to the next
     for (int j = 0; j < c->n; j++) {
       const wk_step *st = &c->s[j];
       float *dst = cur == ping ? pong : ping;
@@ -976,7 +986,7 @@ static void chain_range(void *vc, int64_t rb, int64_t re, int tid) {
           break;
         case WK_OP_LOG_SOFTMAX: softmax_row(x, dst, D, true); break;
         case WK_OP_RMS_NORM: // ss >= 0 only here: a handing-over norm is followed by op_of_prev
-          ss = rms_row(x, dst, D, eps, c->w[j], ss, j + 1 < c->n && op_of_prev(&c->s[j + 1], WK_OP_RMS_NORM));
+          ss = rms_row(x, dst, D, eps, c->w[j], ss, &scale, j + 1 < c->n && op_of_prev(&c->s[j + 1], WK_OP_RMS_NORM));
           break;
         default: ln_row(x, dst, D, eps, c->w[j], c->b[j]); break;
       }
