@@ -262,7 +262,7 @@ static float rms_scale(const float *x, int64_t D, float eps) {
 static float rms_row(const float *x, float *y, int64_t D, float eps, const float *w, float ss, float *scale,
                      bool hand_over) {
   const float K = scale ? *scale : 1.0f;
-  const float k = K / sqrtf(K * K * (ss >= 0 ? ss : vdot(x, x, D)) / (float)D + eps);
+  const float k = K / sqrtf(K * K * (ss >= 0 ? ss : vdot(x, x, D)) / (float)D + eps);   // K times this norm's
   if (!hand_over) {
     if (w) for (int64_t i = 0; i < D; i++) y[i] = x[i] * k * w[i];
     else for (int64_t i = 0; i < D; i++) y[i] = x[i] * k;
