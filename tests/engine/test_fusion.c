@@ -179,6 +179,12 @@ static void test_small_sink_pulled_up(void) {
   wk_scope_end();
 }
 
+// A value in [lo, hi) from a 64-bit LCG state.
+static float uniform(uint64_t *st, float lo, float hi) {
+  *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+  return lo + (hi - lo) * (float)(*st >> 40) / 16777216.0f;
+}
+
 // Ten chained softmaxes (one row chain, whose later stages take expm1 by a short
 // Taylor polynomial of their bounded input) and the same stage by stage (eager),
 // against a double reference, over row lengths and input scales that take each
@@ -195,10 +201,7 @@ static void test_softmax_chain_accuracy(void) {
       int64_t D = Ds[di], n = R * D;
       float *x = malloc(sizeof(float) * (size_t)n);
       double *ref = malloc(sizeof(double) * (size_t)n);
-      for (int64_t i = 0; i < n; i++) {
-        st = st * 6364136223846793005ull + 1442695040888963407ull;
-        x[i] = scales[si] * ((float)(st >> 40) / 8388608.0f - 1.0f);
-      }
+      for (int64_t i = 0; i < n; i++) x[i] = scales[si] * uniform(&st, -1.0f, 1.0f);
       if (D > 1) for (int64_t i = 1; i < D; i++) x[D + i] = -INFINITY; // row 1: a mask
       for (int64_t i = 0; i < n; i++) ref[i] = x[i];
       for (int stage = 0; stage < 10; stage++)
@@ -257,14 +260,8 @@ static void test_rms_chain_accuracy(void) {
       int64_t D = Ds[di], n = R * D;
       float *x = malloc(sizeof(float) * (size_t)n), *w = malloc(sizeof(float) * (size_t)D);
       double *ref = malloc(sizeof(double) * (size_t)n);
-      for (int64_t i = 0; i < n; i++) {
-        st = st * 6364136223846793005ull + 1442695040888963407ull;
-        x[i] = 3.0f * ((float)(st >> 40) / 8388608.0f - 1.0f);
-      }
-      for (int64_t i = 0; i < D; i++) {
-        st = st * 6364136223846793005ull + 1442695040888963407ull;
-        w[i] = runs[ri].lo + (runs[ri].hi - runs[ri].lo) * (float)(st >> 40) / 16777216.0f;
-      }
+      for (int64_t i = 0; i < n; i++) x[i] = uniform(&st, -3.0f, 3.0f);
+      for (int64_t i = 0; i < D; i++) w[i] = uniform(&st, runs[ri].lo, runs[ri].hi);
       const int plain = runs[ri].stages / 2;   // this stage has no weight
       for (int64_t i = 0; i < n; i++) ref[i] = x[i];
       for (int stage = 0; stage < runs[ri].stages; stage++)
