@@ -573,25 +573,26 @@ static void group_siblings(ir *r, int *roots, int n, int *grp) {
   free(deps);
 }
 
-// ---- LoRA chains (CUDA): one launch ----
+// ---- LoRA chains: one launch, one job ----
 // One-row LoRA calls in a row, each reading the previous one's output (which nothing
 // else reads) and all sharing W, A and B, are marked as a group (head chain = n,
-// members -1): lora.cu runs the chain as one launch that keeps W on the chip. Unlike
-// the sibling groups its members run in order (each hands its output to the next), so a
-// call's output lives only until the next call has read it. Only chains the backend
-// runs as one launch are grouped (its lora_chain; WICK_CUDA_LORA_CHAIN=0 turns it off).
+// members -1): lora.cu runs the chain as one launch that keeps W on the chip, the CPU
+// backend as one job whose threads each keep a slice of W. Unlike the sibling groups
+// its members run in order (each hands its output to the next), so a call's output
+// lives only until the next call has read it. Only chains the backend runs so are
+// grouped (its lora_chain; WICK_CUDA_LORA_CHAIN=0 / WICK_CPU_LORA_CHAIN=0 turn it off).
 
 
-// A one-row f32 LoRA call on CUDA.
+// A one-row f32 LoRA call.
 static bool lora_row_call(const irnode *x) {
   const wk_tensor *t = x->t;
-  return is_lora(x) && t->device == WK_CUDA && t->dtype == WK_F32 && t->ndim >= 1 && wk_numel(t) == t->shape[t->ndim - 1];
+  return is_lora(x) && t->dtype == WK_F32 && t->ndim >= 1 && wk_numel(t) == t->shape[t->ndim - 1];
 }
 
-// Whether the backend runs chains of call x's shapes as one launch.
+// Whether the call's backend runs chains of call x's shapes as one launch or job.
 static bool lora_chain_backend(const ir *r, const irnode *x) {
   const wk_tensor *t = x->t, *in = r->n[fused_in(x)[0]].t, *a = r->n[fused_in(x)[2]].t;
-  const wk_backend *b = wk_backend_get(WK_CUDA);
+  const wk_backend *b = wk_backend_get(t->device);
   return b && b->lora_chain && a->ndim == 2 && b->lora_chain(in->shape[in->ndim - 1], t->shape[t->ndim - 1], a->shape[1]);
 }
 

@@ -429,6 +429,7 @@ static void test_grad_semantics(void) {
 
 // ---- lazy evaluation, fusion, planning ----
 #include "../../src/engine/plan.h"
+#include "../../src/backend/cpu/threadpool.h"   // wk_threads: the CPU LoRA chain needs two
 
 static wk_tensor *chain8(wk_tensor *x, wk_tensor *y) {
   wk_tensor *t = wk_add(x, y);
@@ -628,6 +629,61 @@ static void test_lora_fusion(void) {
   wk_scope_end();
 }
 
+// One-row LoRA calls chained (each call's output the next one's x, the same W, A, B)
+// are one chain group that the CPU backend runs as one job with more than one thread
+// (kernels.c's wk_cpu_lora_chain): the same values as the calls one at a time (eager),
+// and as a double reference; W as stored and as a transposed view; an odd width.
+static void test_lora_chain(void) {
+  const int64_t Ks[] = {96, 77};
+  for (int wt = 0; wt < 2; wt++)
+    for (int ki = 0; ki < 2; ki++) {
+      const int64_t K = Ks[ki];
+      const int n = 7, r = 8;
+      wk_scope_begin();
+      wk_tensor *x = gc_input(2, SHAPE(1, K), -1, 1, 111), *A = gc_input(2, SHAPE(K, r), -0.2f, 0.2f, 113);
+      wk_tensor *Ws = gc_input(2, SHAPE(K, K), -0.15f, 0.15f, 112), *B = gc_input(2, SHAPE(r, K), -0.2f, 0.2f, 114);
+      wk_tensor *W = wt ? wk_transpose(Ws, 0, 1) : Ws;
+      float *xv = read_all(x), *wv = read_all(wk_contiguous(W)), *av = read_all(A), *bv = read_all(B);
+      double ref[96], t[8];
+      for (int64_t i = 0; i < K; i++) ref[i] = xv[i];
+      for (int c = 0; c < n; c++) {
+        double y[96];
+        for (int q = 0; q < r; q++) {
+          t[q] = 0;
+          for (int64_t k = 0; k < K; k++) t[q] += ref[k] * av[k * r + q];
+        }
+        for (int64_t j = 0; j < K; j++) {
+          y[j] = 0;
+          for (int64_t k = 0; k < K; k++) y[j] += ref[k] * wv[k * K + j];
+          for (int q = 0; q < r; q++) y[j] += 1.5 * t[q] * bv[q * K + j];
+        }
+        memcpy(ref, y, sizeof(double) * (size_t)K);
+      }
+      float *v[2];
+      for (int eager = 0; eager < 2; eager++) {
+        wk_set_eager(eager);
+        wk_tensor *y = x;
+        for (int c = 0; c < n; c++) y = wk_lora(y, W, A, B, 1.5f);
+        v[eager] = read_all(y);
+        wk_set_eager(0);
+        if (!eager) {
+          const wk_plan *p = wk_last_plan();
+          int want = wk_threads() > 1 ? n : 0;
+          CHECK(p && p->steps[0].op == WK_OP_LORA && p->steps[0].chain == want,
+                "%d chained LoRA calls (K %lld%s): chain group of %d (want %d)", n, (long long)K,
+                wt ? ", W transposed" : "", p ? p->steps[0].chain : -1, want);
+        }
+      }
+      double err = 0;
+      for (int64_t i = 0; i < K; i++) err = fmax(err, fabs(v[0][i] - ref[i]));
+      CHECK(!memcmp(v[0], v[1], sizeof(float) * (size_t)K), "LoRA chain (K %lld%s) == call by call, bit for bit",
+            (long long)K, wt ? ", W transposed" : "");
+      CHECK(err < 1e-5, "LoRA chain (K %lld%s) against doubles: %g", (long long)K, wt ? ", W transposed" : "", err);
+      free(v[0]); free(v[1]); free(xv); free(wv); free(av); free(bv);
+      wk_scope_end();
+    }
+}
+
 static void test_dropout(void) {
   wk_scope_begin();
   wk_tensor *x = wk_ones(1, SHAPE(100000), WK_F32);
@@ -662,6 +718,7 @@ int main(void) {
   test_fusion_and_plans();
   test_async_pipeline();
   test_lora_fusion();
+  test_lora_chain();
   test_dropout();
   return check_report();
 }

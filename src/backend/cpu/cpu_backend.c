@@ -2,6 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cpu_kernels.h"
+#include "threadpool.h"
+#include "../../engine/engine.h"
 #include "../../engine/plan.h"
 
 static void *cpu_alloc(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~(size_t)63); }
@@ -10,6 +12,13 @@ static wk_status cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst
 
 static wk_status cpu_run(const wk_step *s, void *const *slots) {
   bool ew = s->op == WK_STEP_FUSED_EW;
+  if (s->chain > 0 && s->op == WK_OP_LORA) {
+    switch (wk_cpu_isa()) {
+      case WK_ISA_AVX512: return wk_cpu_lora_chain_avx512(s, slots);
+      case WK_ISA_AVX2: return wk_cpu_lora_chain_avx2(s, slots);
+      default: return wk_cpu_lora_chain_scalar(s, slots);
+    }
+  }
   if (s->chain > 0) {
     switch (wk_cpu_isa()) {
       case WK_ISA_AVX512: return wk_cpu_rowchain_avx512(s, slots);
@@ -26,9 +35,16 @@ static wk_status cpu_run(const wk_step *s, void *const *slots) {
 
 static wk_status cpu_sync(void) { return WK_OK; }
 
+// Chains of one-row LoRA calls run as one job (kernels.c's wk_cpu_lora_chain) on more
+// than one thread, for ranks of up to 64 (WICK_CPU_LORA_CHAIN=0: call by call).
+static bool cpu_lora_chain(int64_t K, int64_t N, int64_t r) {
+  static int on = -1;
+  return wk_env_on("WICK_CPU_LORA_CHAIN", &on) && K == N && r <= 64 && wk_threads() > 1;
+}
+
 static const wk_backend cpu_backend = {
     .name = "cpu", .device = WK_CPU, .alloc = cpu_alloc, .free = cpu_free,
-    .upload = cpu_copy, .download = cpu_copy, .run = cpu_run, .sync = cpu_sync,
+    .upload = cpu_copy, .download = cpu_copy, .run = cpu_run, .sync = cpu_sync, .lora_chain = cpu_lora_chain,
 };
 
 const wk_backend *wk_backend_cpu(void) { return &cpu_backend; }

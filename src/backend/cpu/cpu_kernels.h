@@ -27,6 +27,8 @@ static inline void *wk_operand_ptr(const wk_operand *o, void *const *slots) {
   wk_status wk_cpu_kernel_##isa(const wk_step *s, void *const *slots);                           \
   /* a row chain starting at s (s->chain steps) */                                              \
   wk_status wk_cpu_rowchain_##isa(const wk_step *s, void *const *slots);                         \
+  /* a chain of one-row LoRA calls starting at s (s->chain steps) */                            \
+  wk_status wk_cpu_lora_chain_##isa(const wk_step *s, void *const *slots);                       \
   /* prog over linear indices [start, start + n); LOAD_ROW reads row[0..n) */                   \
   void wk_cpu_ew_eval_##isa(const wk_ew_prog *prog, const wk_operand *ops, void *const *slots,   \
                             int64_t start, int64_t n, const float *row, float *out);

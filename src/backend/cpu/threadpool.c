@@ -211,3 +211,10 @@ void wk_parallel_for(int64_t n, int64_t grain, wk_range_fn fn, void *ctx) {
     }
     atomic_flag_clear_explicit(&wk_pool.busy, memory_order_release);
 }
+
+void wk_wait_at_least(_Atomic int64_t *counter, int64_t target) {
+    for (int spins = 0; atomic_load_explicit(counter, memory_order_acquire) < target; spins++) {
+        if (spins < WK_SPIN_ITERS) WK_PAUSE();
+        else sched_yield();
+    }
+}

@@ -11,3 +11,9 @@ int wk_threads(void);
 // n <= grain or only one thread is available. Returns after every chunk is done.
 typedef void (*wk_range_fn)(void *ctx, int64_t begin, int64_t end, int tid);
 void wk_parallel_for(int64_t n, int64_t grain, wk_range_fn fn, void *ctx);
+
+// Waits until *counter >= target, spinning, then yielding the core: for the chunks of one
+// wk_parallel_for job that wait on each other's progress. That is safe because a job has
+// at most wk_threads() chunks, each thread runs one chunk to its end before it claims
+// another, and a nested or concurrent call runs the job inline as one chunk [0, n).
+void wk_wait_at_least(_Atomic int64_t *counter, int64_t target);
