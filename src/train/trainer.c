@@ -286,6 +286,18 @@ static void step_drop(trainer *t, step_job *j) {
   step_release(t, j);
 }
 
+// A non-finite loss or gradient norm stops the run before the step's update.
+static wk_status check_loss(float loss, int64_t step) {
+  if (isfinite(loss)) return WK_OK;
+  return wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
+                  "is intact); try a lower learning rate or clipping", isnan(loss) ? "NaN" : "infinite", (long long)step);
+}
+static wk_status check_norm(double norm, int64_t step) {
+  if (isfinite(norm)) return WK_OK;
+  return wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
+                  "(the last checkpoint is intact)", (long long)step);
+}
+
 // A step of grad_accum micro-batches (or with checkpointing), run to its end: the
 // micro-batches' gradients summed, the norm read back, then the update.
 static wk_status run_step(trainer *t, int64_t step, step_job *j) {
@@ -298,16 +310,12 @@ static wk_status run_step(trainer *t, int64_t step, step_job *j) {
     s = micro_step(t, step, k, &l, &b);
     j->tokens += b.real;
     free_batch(&b);
-    if (!s && !isfinite(l))
-      s = wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
-                   "is intact); try a lower learning rate or clipping", isnan(l) ? "NaN" : "infinite", (long long)step);
+    if (!s) s = check_loss(l, step);
     lsum += l;
   }
   j->loss = (float)(lsum / o->grad_accum);
   if (!s) j->norm = wk_global_norm(t->n, t->acc) / o->grad_accum;
-  if (!s && !isfinite(j->norm))
-    s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
-                 "(the last checkpoint is intact)", (long long)step);
+  if (!s) s = check_norm(j->norm, step);
   if (!s) {
     float lr = wk_schedule_lr(&o->schedule, step - 1);
     float scale = wk_clip_coef(j->norm, o->clip) / (float)o->grad_accum;
@@ -356,13 +364,8 @@ static wk_status step_finish(trainer *t, int64_t step, step_job *j, step_job *ne
     s = wk_eval(2, ts);
     j->loss = s ? NAN : wk_item(j->loss_t);
     j->norm = s ? NAN : (double)wk_item(j->norm_t);
-    if (!s && !isfinite(j->loss))
-      s = wk_error(WK_ERR_STATE, "train: the loss is %s at step %lld: stopping before the update (the last checkpoint "
-                   "is intact); try a lower learning rate or clipping", isnan(j->loss) ? "NaN" : "infinite",
-                   (long long)step);
-    else if (!s && !isfinite(j->norm))
-      s = wk_error(WK_ERR_STATE, "train: the gradient norm is not finite at step %lld: stopping before the update "
-                   "(the last checkpoint is intact)", (long long)step);
+    if (!s) s = check_loss(j->loss, step);
+    if (!s) s = check_norm(j->norm, step);
   }
   *loss = j->loss;
   *norm = j->norm;
