@@ -10,27 +10,19 @@ static void *cpu_alloc(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~
 static void cpu_free(void *p) { free(p); }
 static wk_status cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); return WK_OK; }
 
+// Each ISA's build of the kernels (cpu_kernels.h), chosen once a step.
+typedef struct {
+  wk_status (*ew)(const wk_step *, void *const *), (*kernel)(const wk_step *, void *const *);
+  wk_status (*rowchain)(const wk_step *, void *const *), (*lora_chain)(const wk_step *, void *const *);
+} isa_kernels;
+#define ISA_KERNELS(isa) {wk_cpu_ew_##isa, wk_cpu_kernel_##isa, wk_cpu_rowchain_##isa, wk_cpu_lora_chain_##isa}
+static const isa_kernels by_isa[] = {[WK_ISA_SCALAR] = ISA_KERNELS(scalar), [WK_ISA_AVX2] = ISA_KERNELS(avx2),
+                                     [WK_ISA_AVX512] = ISA_KERNELS(avx512)};
+
 static wk_status cpu_run(const wk_step *s, void *const *slots) {
-  bool ew = s->op == WK_STEP_FUSED_EW;
-  if (s->chain > 0 && s->op == WK_OP_LORA) {
-    switch (wk_cpu_isa()) {
-      case WK_ISA_AVX512: return wk_cpu_lora_chain_avx512(s, slots);
-      case WK_ISA_AVX2: return wk_cpu_lora_chain_avx2(s, slots);
-      default: return wk_cpu_lora_chain_scalar(s, slots);
-    }
-  }
-  if (s->chain > 0) {
-    switch (wk_cpu_isa()) {
-      case WK_ISA_AVX512: return wk_cpu_rowchain_avx512(s, slots);
-      case WK_ISA_AVX2: return wk_cpu_rowchain_avx2(s, slots);
-      default: return wk_cpu_rowchain_scalar(s, slots);
-    }
-  }
-  switch (wk_cpu_isa()) {
-    case WK_ISA_AVX512: return ew ? wk_cpu_ew_avx512(s, slots) : wk_cpu_kernel_avx512(s, slots);
-    case WK_ISA_AVX2: return ew ? wk_cpu_ew_avx2(s, slots) : wk_cpu_kernel_avx2(s, slots);
-    default: return ew ? wk_cpu_ew_scalar(s, slots) : wk_cpu_kernel_scalar(s, slots);
-  }
+  const isa_kernels *k = &by_isa[wk_cpu_isa()];
+  if (s->chain > 0) return s->op == WK_OP_LORA ? k->lora_chain(s, slots) : k->rowchain(s, slots);
+  return s->op == WK_STEP_FUSED_EW ? k->ew(s, slots) : k->kernel(s, slots);
 }
 
 static wk_status cpu_sync(void) { return WK_OK; }
