@@ -520,23 +520,21 @@ typedef struct {
   void *const *slots;
   int n;
   int64_t K, N, r, slices;
+  mat w, a, b;             // every call's (lora_chain_ok checked they are the same)
   _Atomic int64_t *done;   // done[j]: column slices of call j finished
 } lora_chain_ctx;
 
 static void lora_chain_range(void *vc, int64_t b, int64_t e, int tid) {
   (void)tid;
   lora_chain_ctx *c = vc;
+  const mat w = c->w, a = c->a, bm = c->b;
   float t[64];   // x A (r <= 64)
   for (int j = 0; j < c->n; j++) {
     const wk_step *st = &c->s[j];
     if (j) wk_wait_at_least(&c->done[j - 1], c->slices);
-    mat x, w, a, bm;
-    as_mat(&st->in[0], c->slots, 0, &x);
-    as_mat(&st->in[1], c->slots, 0, &w);
-    as_mat(&st->in[2], c->slots, 0, &a);
-    as_mat(&st->in[3], c->slots, 0, &bm);
+    const float *x = wk_operand_ptr(&st->in[0], c->slots);   // a row: lora_chain_ok
     float *out = (float *)wk_operand_ptr(&st->out, c->slots);
-    wk_gemm_f32_serial(x.trans, a.trans, 1, c->r, c->K, st->attrs.f[0], x.p, x.ld, a.p, a.ld, 0.0f, t, c->r);
+    wk_gemm_f32_serial(0, a.trans, 1, c->r, c->K, st->attrs.f[0], x, c->K, a.p, a.ld, 0.0f, t, c->r);
     for (int64_t q = b; q < e; q++) {
       // slices start at multiples of 16 columns, so that every column takes the same
       // vector or tail code as in one GEMV over all of them
@@ -545,18 +543,19 @@ static void lora_chain_range(void *vc, int64_t b, int64_t e, int tid) {
       if (c0 >= c1) continue;
       const float *wq = (const float *)w.p + (w.trans ? c0 * w.ld : c0);
       const float *bq = (const float *)bm.p + (bm.trans ? c0 * bm.ld : c0);
-      wk_gemm_f32_serial(x.trans, w.trans, 1, c1 - c0, c->K, 1.0f, x.p, x.ld, wq, w.ld, 0.0f, out + c0, c->N);
+      wk_gemm_f32_serial(0, w.trans, 1, c1 - c0, c->K, 1.0f, x, c->K, wq, w.ld, 0.0f, out + c0, c->N);
       wk_gemm_f32_serial(0, bm.trans, 1, c1 - c0, c->r, 1.0f, t, c->r, bq, bm.ld, 1.0f, out + c0, c->N);
     }
     atomic_fetch_add_explicit(&c->done[j], e - b, memory_order_release);
   }
 }
 
+static bool same_mat(const mat *x, const mat *y) { return x->p == y->p && x->trans == y->trans && x->ld == y->ld; }
+
 // Whether steps s[0..n) are such a chain as stored: f32 rows, each call's x the output
 // of the one before and apart from its own output (threads still read x while others
-// store), W, A and B the same.
-static bool lora_chain_ok(const wk_step *s, int n, void *const *slots) {
-  mat first[4] = {{0}};
+// store), W, A and B the same; if so, c's shapes and matrices are set.
+static bool lora_chain_ok(const wk_step *s, int n, void *const *slots, lora_chain_ctx *c) {
   const char *prev = NULL;
   for (int q = 0; q < n; q++) {
     const wk_step *t = &s[q];
@@ -564,14 +563,14 @@ static bool lora_chain_ok(const wk_step *s, int n, void *const *slots) {
     for (int k = 0; k < 4; k++)
       if (t->in[k].dtype != WK_F32 || t->in[k].ndim != 2 || !as_mat(&t->in[k], slots, 0, &m[k])) return false;
     const int64_t K = t->in[0].shape[1], N = t->in[1].shape[1], r = t->in[2].shape[1];
-    if (t->out.dtype != WK_F32 || t->in[0].shape[0] != 1 || m[0].trans || r > 64 || K != N ||
-        N != s->in[1].shape[1] || r != s->in[2].shape[1])
-      return false;
+    if (t->out.dtype != WK_F32 || t->in[0].shape[0] != 1 || m[0].trans || r > 64 || K != N) return false;
     const char *x = m[0].p, *o = wk_operand_ptr(&t->out, slots);
     if ((q && x != prev) || (o < x + 4 * K && x < o + 4 * N)) return false;
-    for (int k = 1; k < 4; k++) {
-      if (!q) first[k] = m[k];
-      else if (m[k].p != first[k].p || m[k].trans != first[k].trans || m[k].ld != first[k].ld) return false;
+    if (!q) {
+      c->K = K, c->N = N, c->r = r, c->w = m[1], c->a = m[2], c->b = m[3];
+    } else if (N != c->N || r != c->r || !same_mat(&m[1], &c->w) || !same_mat(&m[2], &c->a) ||
+               !same_mat(&m[3], &c->b)) {
+      return false;
     }
     prev = o;
   }
@@ -580,13 +579,12 @@ static bool lora_chain_ok(const wk_step *s, int n, void *const *slots) {
 
 wk_status WK_ISA_FN(wk_cpu_lora_chain)(const wk_step *s, void *const *slots) {
   const int n = s->chain;
-  if (!lora_chain_ok(s, n, slots)) {   // call by call
+  lora_chain_ctx c = {.s = s, .slots = slots, .n = n, .slices = wk_threads()};
+  if (!lora_chain_ok(s, n, slots, &c)) {   // call by call
     wk_status st = WK_OK;
     for (int q = 0; q < n && !st; q++) st = lora_kernel(&s[q], slots);
     return st;
   }
-  lora_chain_ctx c = {.s = s, .slots = slots, .n = n, .K = s->in[0].shape[1], .N = s->in[1].shape[1],
-                      .r = s->in[2].shape[1], .slices = wk_threads()};
   if (!(c.done = calloc((size_t)n, sizeof *c.done))) return wk_error(WK_ERR_OOM, "lora chain: out of memory");
   wk_parallel_for(c.slices, 1, lora_chain_range, &c);
   free((void *)c.done);
