@@ -430,6 +430,7 @@ static void test_grad_semantics(void) {
 // ---- lazy evaluation, fusion, planning ----
 #include "../../src/engine/plan.h"
 #include "../../src/backend/cpu/threadpool.h"   // wk_threads: the CPU LoRA chain needs two
+#include "../../src/backend/cpu/cpu_kernels.h"  // wk_cpu_lora_chain_jobs
 
 static wk_tensor *chain8(wk_tensor *x, wk_tensor *y) {
   wk_tensor *t = wk_add(x, y);
@@ -661,6 +662,7 @@ static void test_lora_chain(void) {
       }
       float *v[2];
       for (int eager = 0; eager < 2; eager++) {
+        long long jobs = wk_cpu_lora_chain_jobs();
         wk_set_eager(eager);
         wk_tensor *y = x;
         for (int c = 0; c < n; c++) y = wk_lora(y, W, A, B, 1.5f);
@@ -672,6 +674,8 @@ static void test_lora_chain(void) {
           CHECK(p && p->steps[0].op == WK_OP_LORA && p->steps[0].chain == want,
                 "%d chained LoRA calls (K %lld%s): chain group of %d (want %d)", n, (long long)K,
                 wt ? ", W transposed" : "", p ? p->steps[0].chain : -1, want);
+          CHECK(wk_cpu_lora_chain_jobs() - jobs == (want ? 1 : 0), "the chain ran as %lld job(s) (want %d), not call by call",
+                wk_cpu_lora_chain_jobs() - jobs, want ? 1 : 0);
         }
       }
       double err = 0;

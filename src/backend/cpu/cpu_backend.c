@@ -1,4 +1,5 @@
 // The CPU backend: host memory, synchronous execution, ISA dispatch.
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cpu_kernels.h"
@@ -26,6 +27,10 @@ static wk_status cpu_run(const wk_step *s, void *const *slots) {
 }
 
 static wk_status cpu_sync(void) { return WK_OK; }
+
+static _Atomic long long lora_chain_jobs;
+long long wk_cpu_lora_chain_jobs(void) { return lora_chain_jobs; }
+void wk_cpu_lora_chain_job_done(void) { lora_chain_jobs++; }
 
 // Chains of one-row LoRA calls run as one job (kernels.c's wk_cpu_lora_chain) on more
 // than one thread, for ranks of up to 64 (WICK_CPU_LORA_CHAIN=0: call by call).

@@ -36,3 +36,7 @@ WK_DECLARE_ISA(scalar)
 WK_DECLARE_ISA(avx2)
 WK_DECLARE_ISA(avx512)
 
+// LoRA chains run as one job (not call by call) since the process started: for tests.
+long long wk_cpu_lora_chain_jobs(void);
+void wk_cpu_lora_chain_job_done(void);
+

@@ -588,6 +588,7 @@ wk_status WK_ISA_FN(wk_cpu_lora_chain)(const wk_step *s, void *const *slots) {
   if (!(c.done = calloc((size_t)n, sizeof *c.done))) return wk_error(WK_ERR_OOM, "lora chain: out of memory");
   wk_parallel_for(c.slices, 1, lora_chain_range, &c);
   free((void *)c.done);
+  wk_cpu_lora_chain_job_done();
   return WK_OK;
 }
 
