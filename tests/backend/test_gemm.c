@@ -123,6 +123,10 @@ static void run_isa(const char *name) {
                 run_case(name, bf16, tA, tB, 4, 130, 45, -1.0f, betas[i], 2);
                 run_case(name, bf16, tA, tB, 333, 1, 97, 1.0f, betas[i], 1);
                 run_case(name, bf16, tA, tB, 200, 3, 70, 0.5f, betas[i], 3);
+                // At most 16 columns: Y kept in registers in four sums over k mod 4
+                run_case(name, bf16, tA, tB, 1, 8, 512, 1.5f, betas[i], 1);
+                run_case(name, bf16, tA, tB, 1, 13, 1003, 1.0f, betas[i], 1);
+                run_case(name, bf16, tA, tB, 3, 16, 77, -0.5f, betas[i], 2);
             }
             // Batches with strides, and blocks larger than MC / KC / NC.
             run_case(name, bf16, tA, tB, 33, 70, 19, 1.5f, 0.5f, 3);

@@ -570,14 +570,13 @@ static void wk_small_task(void *ctx, int64_t begin, int64_t end, int tid) {
     const int rows = sp->rows;
     const int64_t K = g->K;
     int64_t cw = wk_roundup((sp->n + sp->chunks - 1) / sp->chunks, 16);
-    int64_t kw = wk_roundup((K + sp->chunks - 1) / sp->chunks, 16);
     // Scratch: X (rows x K), then Y^T (rows x chunk) when C is transposed.
     float *x = wk_ws_get(2, (size_t)(rows * K + (sp->swap ? rows * cw : 0)) * sizeof(float));
     if (!x) return;
     for (int64_t it = begin; it < end; it++) {
         int64_t b = it / sp->chunks, c = it % sp->chunks;
         int64_t j0 = 0, j1 = sp->n, k0 = 0, k1 = K;
-        if (sp->part) k0 = c * kw, k1 = wk_min64(K, k0 + kw);
+        if (sp->part) wk_gemv_k_chunk(K, sp->chunks, (int)c, &k0, &k1);
         else j0 = c * cw, j1 = wk_min64(sp->n, j0 + cw);
         if (j0 >= j1 || k0 >= k1) {
             // K split: rounding the chunks up to 16 can leave the last ones empty, and
@@ -593,26 +592,53 @@ static void wk_small_task(void *ctx, int64_t begin, int64_t end, int tid) {
         int xt = sp->swap ? !g->transB : g->transA;
         int64_t xld = sp->swap ? g->ldb : g->lda;
         int64_t xrs = xt ? 1 : xld, xks = xt ? xld : 1;
-        for (int r = 0; r < rows; r++)
-            for (int64_t k = 0; k < kn; k++)
-                x[r * kn + k] = wk_ldw(g->bf16, xs, r * xrs + (k0 + k) * xks);
+        // f32 rows of X are read in place; other forms are gathered into f32 rows
+        const float *xp = (const float *)xs + k0;
+        int64_t xl = xrs;
+        if (g->bf16 || xks != 1) {
+            for (int r = 0; r < rows; r++)
+                for (int64_t k = 0; k < kn; k++)
+                    x[r * kn + k] = wk_ldw(g->bf16, xs, r * xrs + (k0 + k) * xks);
+            xp = x, xl = kn;
+        }
         const void *W = sp->swap ? A : B;
         const void *w = wk_at(W, sp->dot ? j0 * sp->ldw + k0 : k0 * sp->ldw + j0, es);
         if (sp->part) {
-            sp->fn(rows, kn, nw, x, kn, w, sp->ldw, sp->part + c * rows * sp->n, sp->n, 1.0f, 0.0f);
+            sp->fn(rows, kn, nw, xp, xl, w, sp->ldw, sp->part + c * rows * sp->n, sp->n, 1.0f, 0.0f);
         } else if (!sp->swap) {
-            sp->fn(rows, kn, nw, x, kn, w, sp->ldw, C + j0, g->ldc, g->alpha, g->beta);
+            sp->fn(rows, kn, nw, xp, xl, w, sp->ldw, C + j0, g->ldc, g->alpha, g->beta);
         } else {
             // Y^T lives in strided C columns: gather, compute contiguous, scatter.
             float *y = x + rows * K;
             if (g->beta != 0.0f)
                 for (int r = 0; r < rows; r++)
                     for (int64_t j = 0; j < nw; j++) y[r * nw + j] = C[(j0 + j) * g->ldc + r];
-            sp->fn(rows, kn, nw, x, kn, w, sp->ldw, y, nw, g->alpha, g->beta);
+            sp->fn(rows, kn, nw, xp, xl, w, sp->ldw, y, nw, g->alpha, g->beta);
             for (int r = 0; r < rows; r++)
                 for (int64_t j = 0; j < nw; j++) C[(j0 + j) * g->ldc + r] = y[r * nw + j];
         }
     }
+}
+
+// Memory bound: a thread pays off once it streams ~64 KiB of W.
+static int wk_small_threads(int64_t K, int64_t n, size_t esize) {
+    double bytes = (double)K * (double)n * (double)esize;
+    int T = wk_threads(), want = (int)(bytes / 65536.0);
+    return want < 1 ? 1 : want < T ? want : T;
+}
+
+// Axpy form reads W row by row: splitting K gives each thread whole contiguous rows
+// (one long sequential stream) instead of a slice of every row, at the cost of summing
+// the partial results at the end.
+int wk_gemv_k_chunks(int64_t K, int64_t n, int dot, int esize) {
+    int T = wk_small_threads(K, n, (size_t)esize);
+    return T > 1 && !dot && K >= 64 * T ? T : 1;
+}
+
+void wk_gemv_k_chunk(int64_t K, int chunks, int c, int64_t *k0, int64_t *k1) {
+    int64_t kw = wk_roundup((K + chunks - 1) / chunks, 16);
+    *k0 = wk_min64(K, c * kw);
+    *k1 = wk_min64(K, *k0 + kw);
 }
 
 static const wk_gemv_set *wk_gemv_for_isa(void) {
@@ -634,21 +660,13 @@ static void wk_gemm_small(const wk_gemm_args *g, int swap) {
     sp.ldw = swap ? g->lda : g->ldb;
     sp.fn = sp.dot ? (g->bf16 ? set->dot_bf16 : set->dot_f32)
                    : (g->bf16 ? set->axpy_bf16 : set->axpy_f32);
-    // Memory bound: a thread pays off once it streams ~64 KiB of W.
-    double bytes = (double)g->K * (double)sp.n * (double)wk_esize(g) * (double)g->batch;
-    int T = g->serial ? 1 : wk_threads();
-    int want = (int)(bytes / 65536.0);
-    if (want < 1) want = 1;
-    if (want < T) T = want;
+    int T = g->serial ? 1 : wk_small_threads(g->K, sp.n * g->batch, wk_esize(g));
     if (T == 1) {
         sp.chunks = 1;
         wk_small_task(&sp, 0, g->batch, 0);
         return;
     }
-    // Axpy form reads W row by row: splitting K gives each thread whole contiguous
-    // rows (one long sequential stream) instead of a slice of every row, at the cost
-    // of summing T partial results at the end.
-    if (!sp.dot && !swap && g->batch == 1 && g->K >= 64 * T) {
+    if (!swap && g->batch == 1 && wk_gemv_k_chunks(g->K, sp.n, sp.dot, (int)wk_esize(g)) > 1) {
         sp.chunks = T;
         sp.part = wk_ws_get(3, (size_t)(T * sp.rows * sp.n) * sizeof(float));
         if (sp.part) {

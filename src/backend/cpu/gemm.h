@@ -26,6 +26,14 @@ void wk_gemm_f32_serial(int transA, int transB, int64_t M, int64_t N, int64_t K,
                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                         float *C, int64_t ldc);
 
+// How a one-row f32 GEMV y = x @ W (W [K, n] row-major, or its transpose when dot) splits
+// its K across threads: the number of K chunks (1 when it does not split K); chunk c is
+// rows [k0, k1) (empty past K), and y is the partial sums of the chunks added in order.
+// For kernels that must give the same bits as wk_gemm_f32 while splitting the work
+// their own way (the CPU LoRA chain).
+int wk_gemv_k_chunks(int64_t K, int64_t n, int dot, int esize);
+void wk_gemv_k_chunk(int64_t K, int chunks, int c, int64_t *k0, int64_t *k1);
+
 // A B operand that expands itself into the GEMM's packed panels, for weights kept in
 // another form (GGUF blocks): the GEMM asks for pieces of op(B) as f32 while packing,
 // so no f32 copy of B exists beyond one thread's panel. One of the two callbacks is set:

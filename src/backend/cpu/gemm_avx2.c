@@ -125,9 +125,46 @@ WK_AI WK_T2 void wk_axpy2_pass(const int R, const int Q, const int BF, const flo
             for (int q = 0; q < Q; q++) y[r * ldy + j] += xf[r][q] * wk_ldw1(BF, w, (k + q) * ldw + j);
 }
 
+// One f32 row, at most 16 columns (x A of a LoRA rank): Y in registers, in four sums
+// over k mod 4, as gemm_avx512.c's wk_axpy_narrow (which says why).
+WK_AI WK_T2 void wk_axpy2_narrow(int64_t K, int64_t n, const float *x, const float *w, int64_t ldw, float *y,
+                                 float alpha, float beta) {
+    __m256i m[2];
+    for (int v = 0; v < 2; v++) {
+        int32_t lane[8];
+        for (int i = 0; i < 8; i++) lane[i] = 8 * v + i < n ? -1 : 0;
+        m[v] = _mm256_loadu_si256((const __m256i *)lane);
+    }
+    __m256 acc[2][4];
+    for (int v = 0; v < 2; v++)
+        for (int q = 0; q < 4; q++) acc[v][q] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4)
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            __m256 xk = _mm256_set1_ps(alpha * x[k + q]);
+            acc[0][q] = _mm256_fmadd_ps(xk, _mm256_maskload_ps(w + (k + q) * ldw, m[0]), acc[0][q]);
+            if (n > 8) acc[1][q] = _mm256_fmadd_ps(xk, _mm256_maskload_ps(w + (k + q) * ldw + 8, m[1]), acc[1][q]);
+        }
+    for (int q = 0; k < K; k++, q++) {
+        __m256 xk = _mm256_set1_ps(alpha * x[k]);
+        acc[0][q] = _mm256_fmadd_ps(xk, _mm256_maskload_ps(w + k * ldw, m[0]), acc[0][q]);
+        if (n > 8) acc[1][q] = _mm256_fmadd_ps(xk, _mm256_maskload_ps(w + k * ldw + 8, m[1]), acc[1][q]);
+    }
+    for (int v = 0; v < (n > 8 ? 2 : 1); v++) {
+        __m256 s = _mm256_add_ps(_mm256_add_ps(acc[v][0], acc[v][1]), _mm256_add_ps(acc[v][2], acc[v][3]));
+        if (beta != 0.0f) s = _mm256_add_ps(_mm256_mul_ps(_mm256_maskload_ps(y + 8 * v, m[v]), _mm256_set1_ps(beta)), s);
+        _mm256_maskstore_ps(y + 8 * v, m[v], s);
+    }
+}
+
 WK_AI WK_T2 void wk_axpy2_body(const int R, const int BF, int64_t K, int64_t n, const float *x,
                                int64_t ldx, const void *w, int64_t ldw, float *y, int64_t ldy,
                                float alpha, float beta) {
+    if (R == 1 && !BF && n <= 16) {
+        wk_axpy2_narrow(K, n, x, (const float *)w, ldw, y, alpha, beta);
+        return;
+    }
     for (int r = 0; r < R; r++)
         for (int64_t j = 0; j < n; j++) y[r * ldy + j] = beta != 0.0f ? beta * y[r * ldy + j] : 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += WK_AXPY_JB) {

@@ -511,42 +511,97 @@ static wk_status lora_kernel(const wk_step *s, void *const *slots) {
 // ---- a chain of one-row LoRA calls (compile_schedule.c's LoRA chain group) ----
 // Call j + 1 reads call j's output; all share W, A and B. lora_kernel ran each call as
 // three GEMMs, the GEMV split over the threads: a dispatch and a join a call, the other
-// threads idle during the rank-r products. Here one job runs the chain: each thread
-// owns a slice of W's columns for every call (in its L2 after the first), computes the
-// small x A itself, and the threads meet once a call, when the next call needs the whole
-// of this one's output. The same GEMV and products as lora_kernel, so the same values.
+// threads idle during the rank-r products. Here one job runs the chain, each thread
+// streaming the same contiguous block of W every call (in its L2 after the first),
+// and the threads meet once a call, when the next call needs the whole of this one's
+// output. The blocks are those lora_kernel's GEMV gives its threads, and every product
+// is the same call on the same values, so the results are the same bits:
+//   - W as stored ([K, N], axpy form), split along K (wk_gemv_k_chunks): each slice
+//     leaves partial sums of all N outputs; every thread adds them (in slice order, as
+//     the GEMV does), adds the rank-r term, and so has the whole next x in its own
+//     buffer, storing only its share of the output;
+//   - W transposed (dot form) or too small to split K: each slice owns a range of
+//     columns and stores them; the next call reads x from the output.
 typedef struct {
   const wk_step *s;
   void *const *slots;
   int n;
   int64_t K, N, r, slices;
   mat w, a, b;             // every call's (lora_chain_ok checked they are the same)
-  _Atomic int64_t *done;   // done[j]: column slices of call j finished
+  bool ksplit;             // slices are K chunks (else column ranges)
+  float *part;             // ksplit: [2][slices][N] partial sums, by call parity
+  float *xs;               // ksplit: [slices][K] each thread's copy of the current x
+  _Atomic int64_t *done;   // done[j]: slices of call j finished
 } lora_chain_ctx;
+
+// Slice q's columns [c0, c1): starts at multiples of 16, so that every column takes the
+// same vector or tail code as in one GEMV over all of them.
+static void chain_cols(const lora_chain_ctx *c, int64_t q, int64_t *c0, int64_t *c1) {
+  *c0 = q ? (c->N * q / c->slices) & ~(int64_t)15 : 0;
+  *c1 = q + 1 < c->slices ? (c->N * (q + 1) / c->slices) & ~(int64_t)15 : c->N;
+}
+
+// out[c0:c1] = x W + t B for the columns of slices [b, e); with K split, x W is the sum
+// of call j's partial sums.
+static void chain_out(const lora_chain_ctx *c, int j, const float *t, int64_t b, int64_t e, float *out) {
+  int64_t c0, c1, unused;
+  chain_cols(c, b, &c0, &unused);
+  chain_cols(c, e - 1, &unused, &c1);
+  if (c0 >= c1) return;
+  const float *part = c->part + (j & 1) * c->slices * c->N;
+  for (int64_t i = c0; i < c1; i++) out[i] = 0.0f + part[i];   // the GEMV's sum: 0 + p0 + p1 + ...
+  for (int64_t q = 1; q < c->slices; q++)
+    for (int64_t i = c0; i < c1; i++) out[i] += part[q * c->N + i];
+  const float *bq = (const float *)c->b.p + (c->b.trans ? c0 * c->b.ld : c0);
+  wk_gemm_f32_serial(0, c->b.trans, 1, c1 - c0, c->r, 1.0f, t, c->r, bq, c->b.ld, 1.0f, out + c0, c->N);
+}
 
 static void lora_chain_range(void *vc, int64_t b, int64_t e, int tid) {
   (void)tid;
   lora_chain_ctx *c = vc;
-  const mat w = c->w, a = c->a, bm = c->b;
+  const mat w = c->w, a = c->a;
+  const int64_t K = c->K, N = c->N;
   float t[64];   // x A (r <= 64)
+  float *xk = c->ksplit ? c->xs + b * K : NULL;
   for (int j = 0; j < c->n; j++) {
     const wk_step *st = &c->s[j];
-    if (j) wk_wait_at_least(&c->done[j - 1], c->slices);
     const float *x = wk_operand_ptr(&st->in[0], c->slots);   // a row: lora_chain_ok
     float *out = (float *)wk_operand_ptr(&st->out, c->slots);
-    wk_gemm_f32_serial(0, a.trans, 1, c->r, c->K, st->attrs.f[0], x, c->K, a.p, a.ld, 0.0f, t, c->r);
+    if (j) wk_wait_at_least(&c->done[j - 1], c->slices);
+    if (c->ksplit && j) {   // the whole of x = call j - 1's output (t is still its x A)
+      chain_out(c, j - 1, t, 0, c->slices, xk);
+      int64_t c0, c1, unused;
+      chain_cols(c, b, &c0, &unused);
+      chain_cols(c, e - 1, &unused, &c1);
+      if (c0 < c1) memcpy((float *)x + c0, xk + c0, sizeof(float) * (size_t)(c1 - c0));
+      x = xk;
+    }
+    wk_gemm_f32_serial(0, a.trans, 1, c->r, K, st->attrs.f[0], x, K, a.p, a.ld, 0.0f, t, c->r);
     for (int64_t q = b; q < e; q++) {
-      // slices start at multiples of 16 columns, so that every column takes the same
-      // vector or tail code as in one GEMV over all of them
-      int64_t c0 = q ? (c->N * q / c->slices) & ~(int64_t)15 : 0;
-      int64_t c1 = q + 1 < c->slices ? (c->N * (q + 1) / c->slices) & ~(int64_t)15 : c->N;
+      if (c->ksplit) {
+        int64_t k0, k1;
+        wk_gemv_k_chunk(K, (int)c->slices, (int)q, &k0, &k1);
+        float *part = c->part + ((j & 1) * c->slices + q) * N;
+        if (k0 < k1)
+          wk_gemm_f32_serial(0, 0, 1, N, k1 - k0, 1.0f, x + k0, K, (const float *)w.p + k0 * w.ld, w.ld, 0.0f,
+                             part, N);
+        else
+          memset(part, 0, sizeof(float) * (size_t)N);
+        continue;
+      }
+      int64_t c0, c1;
+      chain_cols(c, q, &c0, &c1);
       if (c0 >= c1) continue;
       const float *wq = (const float *)w.p + (w.trans ? c0 * w.ld : c0);
-      const float *bq = (const float *)bm.p + (bm.trans ? c0 * bm.ld : c0);
-      wk_gemm_f32_serial(0, w.trans, 1, c1 - c0, c->K, 1.0f, x, c->K, wq, w.ld, 0.0f, out + c0, c->N);
-      wk_gemm_f32_serial(0, bm.trans, 1, c1 - c0, c->r, 1.0f, t, c->r, bq, bm.ld, 1.0f, out + c0, c->N);
+      const float *bq = (const float *)c->b.p + (c->b.trans ? c0 * c->b.ld : c0);
+      wk_gemm_f32_serial(0, w.trans, 1, c1 - c0, K, 1.0f, x, K, wq, w.ld, 0.0f, out + c0, N);
+      wk_gemm_f32_serial(0, c->b.trans, 1, c1 - c0, c->r, 1.0f, t, c->r, bq, c->b.ld, 1.0f, out + c0, N);
     }
     atomic_fetch_add_explicit(&c->done[j], e - b, memory_order_release);
+  }
+  if (c->ksplit) {   // the last call's output, each thread its columns
+    wk_wait_at_least(&c->done[c->n - 1], c->slices);
+    chain_out(c, c->n - 1, t, b, e, (float *)wk_operand_ptr(&c->s[c->n - 1].out, c->slots));
   }
 }
 
@@ -585,9 +640,17 @@ wk_status WK_ISA_FN(wk_cpu_lora_chain)(const wk_step *s, void *const *slots) {
     for (int q = 0; q < n && !st; q++) st = lora_kernel(&s[q], slots);
     return st;
   }
-  if (!(c.done = calloc((size_t)n, sizeof *c.done))) return wk_error(WK_ERR_OOM, "lora chain: out of memory");
+  int kc = wk_gemv_k_chunks(c.K, c.N, c.w.trans, 4);
+  c.ksplit = kc > 1;
+  if (c.ksplit) c.slices = kc;
+  size_t floats = c.ksplit ? (size_t)(c.slices * (2 * c.N + c.K)) : 0;
+  void *mem = calloc(1, sizeof *c.done * (size_t)n + sizeof(float) * floats);
+  if (!mem) return wk_error(WK_ERR_OOM, "lora chain: out of memory");
+  c.done = mem;
+  c.part = (float *)(c.done + n);
+  c.xs = c.part + 2 * c.slices * c.N;
   wk_parallel_for(c.slices, 1, lora_chain_range, &c);
-  free((void *)c.done);
+  free(mem);
   wk_cpu_lora_chain_job_done();
   return WK_OK;
 }
