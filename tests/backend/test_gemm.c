@@ -101,7 +101,30 @@ static void run_case(const char *isa, int bf16, int tA, int tB, int64_t M, int64
     free(A), free(B), free(C), free(C0), free(Ah), free(Bh);
 }
 
+// A one-row product split into column chunks across threads gives each column the
+// bits it gets on one thread: at 12 threads N = 970 ends in a chunk 10 wide, which must
+// not take the kernel for narrow products (other sums) that N <= 16 takes.
+static void run_split_invariance(const char *isa) {
+    const int64_t K = 300, N = 970;
+    for (int tB = 0; tB < 2; tB++) {
+        float *x = malloc(K * 4), *w = malloc((size_t)(K * N) * 4), *y = malloc(N * 4), *y1 = malloc(N * 4);
+        for (int64_t i = 0; i < K; i++) x[i] = wk_rand();
+        for (int64_t i = 0; i < K * N; i++) w[i] = wk_rand();
+        wk_gemm_f32(0, tB, 1, N, K, 1.0f, x, K, 0, w, tB ? K : N, 0, 0.0f, y, N, 0, 1);
+        wk_gemm_f32_serial(0, tB, 1, N, K, 1.0f, x, K, w, tB ? K : N, 0.0f, y1, N);
+        if (memcmp(y, y1, N * 4)) {
+            printf("FAIL %s: [1,%lld] x W%s (N %lld): threads' column chunks != one thread\n", isa, (long long)K,
+                   tB ? "^T" : "", (long long)N);
+            g_fail++;
+        } else {
+            g_pass++;
+        }
+        free(x), free(w), free(y), free(y1);
+    }
+}
+
 static void run_isa(const char *name) {
+    run_split_invariance(name);
     static const int64_t sz[] = {1, 3, 17, 63, 65, 127, 129};
     const int nsz = (int)(sizeof sz / sizeof sz[0]);
     const float betas[] = {0.0f, 1.0f, 0.5f};

@@ -119,8 +119,8 @@ WK_DEF_GEMV_SCALAR(wk_gemv_s_axpy_f32, 0, 0)
 WK_DEF_GEMV_SCALAR(wk_gemv_s_dot_f32, 0, 1)
 WK_DEF_GEMV_SCALAR(wk_gemv_s_axpy_bf16, 1, 0)
 WK_DEF_GEMV_SCALAR(wk_gemv_s_dot_bf16, 1, 1)
-static const wk_gemv_set wk_gemv_scalar_set = {wk_gemv_s_axpy_f32, wk_gemv_s_dot_f32,
-                                               wk_gemv_s_axpy_bf16, wk_gemv_s_dot_bf16};
+static const wk_gemv_set wk_gemv_scalar_set = {wk_gemv_s_axpy_f32, wk_gemv_s_dot_f32, wk_gemv_s_axpy_bf16,
+                                               wk_gemv_s_dot_bf16, NULL, NULL};
 
 // ---------------------------------------------------------------------------
 // The problem, as every path sees it.
@@ -660,6 +660,8 @@ static void wk_gemm_small(const wk_gemm_args *g, int swap) {
     sp.ldw = swap ? g->lda : g->ldb;
     sp.fn = sp.dot ? (g->bf16 ? set->dot_bf16 : set->dot_f32)
                    : (g->bf16 ? set->axpy_bf16 : set->axpy_f32);
+    wk_gemv_fn narrow = g->bf16 ? set->narrow_bf16 : set->narrow_f32;
+    if (!sp.dot && sp.n <= 16 && narrow) sp.fn = narrow;
     int T = g->serial ? 1 : wk_small_threads(g->K, sp.n * g->batch, wk_esize(g));
     if (T == 1) {
         sp.chunks = 1;

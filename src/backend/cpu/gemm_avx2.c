@@ -161,10 +161,6 @@ WK_AI WK_T2 void wk_axpy2_narrow(int64_t K, int64_t n, const float *x, const flo
 WK_AI WK_T2 void wk_axpy2_body(const int R, const int BF, int64_t K, int64_t n, const float *x,
                                int64_t ldx, const void *w, int64_t ldw, float *y, int64_t ldy,
                                float alpha, float beta) {
-    if (R == 1 && !BF && n <= 16) {
-        wk_axpy2_narrow(K, n, x, (const float *)w, ldw, y, alpha, beta);
-        return;
-    }
     for (int r = 0; r < R; r++)
         for (int64_t j = 0; j < n; j++) y[r * ldy + j] = beta != 0.0f ? beta * y[r * ldy + j] : 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += WK_AXPY_JB) {
@@ -231,6 +227,13 @@ WK_DEF_GEMV2(wk_gemv_axpy_bf16_2, wk_axpy2_body, 1)
 WK_DEF_GEMV2(wk_gemv_dot_f32_2, wk_dot2_body, 0)
 WK_DEF_GEMV2(wk_gemv_dot_bf16_2, wk_dot2_body, 1)
 
-const wk_gemv_set wk_gemv_avx2 = {wk_gemv_axpy_f32_2, wk_gemv_dot_f32_2, wk_gemv_axpy_bf16_2,
-                                  wk_gemv_dot_bf16_2};
+// One row: Y in registers (wk_axpy2_narrow); more rows: the passes.
+static WK_T2 void wk_gemv_narrow_f32_2(int rows, int64_t K, int64_t n, const float *x, int64_t ldx, const void *w,
+                                       int64_t ldw, float *y, int64_t ldy, float alpha, float beta) {
+    if (rows == 1) wk_axpy2_narrow(K, n, x, (const float *)w, ldw, y, alpha, beta);
+    else wk_gemv_axpy_f32_2(rows, K, n, x, ldx, w, ldw, y, ldy, alpha, beta);
+}
+
+const wk_gemv_set wk_gemv_avx2 = {wk_gemv_axpy_f32_2, wk_gemv_dot_f32_2,    wk_gemv_axpy_bf16_2,
+                                  wk_gemv_dot_bf16_2, wk_gemv_narrow_f32_2, NULL};
 #endif

@@ -236,10 +236,6 @@ WK_AI WK_T512 void wk_axpy_narrow(const int R, const int BF, int64_t K, int64_t 
 WK_AI WK_T512 void wk_axpy_body(const int R, const int BF, int64_t K, int64_t n, const float *x,
                                 int64_t ldx, const void *w, int64_t ldw, float *y, int64_t ldy,
                                 float alpha, float beta) {
-    if (n <= 16) {
-        wk_axpy_narrow(R, BF, K, n, x, ldx, w, ldw, y, ldy, alpha, beta);
-        return;
-    }
     const __m512 vb = _mm512_set1_ps(beta);
     for (int r = 0; r < R; r++)
         for (int64_t j = 0; j < n; j += 16) {
@@ -313,9 +309,11 @@ WK_DEF_GEMV(wk_gemv_axpy_f32_512, wk_axpy_body, 0, )
 WK_DEF_GEMV(wk_gemv_axpy_bf16_512, wk_axpy_body, 1, )
 WK_DEF_GEMV(wk_gemv_dot_f32_512, WK_DOT8, 0, )
 WK_DEF_GEMV(wk_gemv_dot_bf16_512, WK_DOT8, 1, )
+WK_DEF_GEMV(wk_gemv_narrow_f32_512, wk_axpy_narrow, 0, )
+WK_DEF_GEMV(wk_gemv_narrow_bf16_512, wk_axpy_narrow, 1, )
 
-const wk_gemv_set wk_gemv_avx512 = {wk_gemv_axpy_f32_512, wk_gemv_dot_f32_512,
-                                    wk_gemv_axpy_bf16_512, wk_gemv_dot_bf16_512};
+const wk_gemv_set wk_gemv_avx512 = {wk_gemv_axpy_f32_512,  wk_gemv_dot_f32_512,    wk_gemv_axpy_bf16_512,
+                                    wk_gemv_dot_bf16_512,  wk_gemv_narrow_f32_512, wk_gemv_narrow_bf16_512};
 
 // ---- Transposing pack: dst[k*W + r] = 32-bit unit k of source row r (rows rs_bytes
 // apart) for r < w, zero for w <= r < W. Units are f32, or bf16 pairs (k, k+1). ----

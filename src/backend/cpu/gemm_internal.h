@@ -27,8 +27,11 @@ typedef struct {
 typedef void (*wk_gemv_fn)(int rows, int64_t K, int64_t n, const float *x, int64_t ldx,
                            const void *w, int64_t ldw, float *y, int64_t ldy, float alpha,
                            float beta);
+// narrow_*: the axpy form for n <= 16 with Y in registers (sums over k mod 4, so other
+// bits than axpy_*), chosen by the whole product's n so that splitting its columns
+// never changes a result; NULL where the ISA has none.
 typedef struct {
-    wk_gemv_fn axpy_f32, dot_f32, axpy_bf16, dot_bf16;
+    wk_gemv_fn axpy_f32, dot_f32, axpy_bf16, dot_bf16, narrow_f32, narrow_bf16;
 } wk_gemv_set;
 
 #define WK_GEMV_MAXROWS 4
