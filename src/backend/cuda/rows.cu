@@ -331,8 +331,10 @@ __global__ void __launch_bounds__(256) k_rows_chain(const __grid_constant__ Blob
   const float inv_d = 1.0f / (float)D;
   int phase = 0;
   bool unit = false;  // the row is a softmax's output: every value in [0, 1]
+  CStage nxt = stages[0];   // a stage's parameters are read one stage ahead
   for (int si = 0; si < h.nst; si++) {
-    const CStage s = stages[si];
+    const CStage s = nxt;
+    if (si + 1 < h.nst) nxt = stages[si + 1];
     if (s.op == C_SOFTMAX || s.op == C_LOG_SOFTMAX) {
       // The max is subtracted only to keep exp finite; values in [0, 1] need no
       // shift (exp <= e), which saves the stage's first reduction: the same softmax,
@@ -344,9 +346,13 @@ __global__ void __launch_bounds__(256) k_rows_chain(const __grid_constant__ Blob
         mx = row_reduce<WPR, true>(ok ? fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])) : -INFINITY, red, phase);
       }
       unit = s.op == C_SOFTMAX;
+      // every thread computes its four exps (an idle thread's x is 0) and masks them
+      // after: with `ok ? expf(..) : 0` the compiler put each exp behind a branch of its
+      // own, so the four ran one after another instead of side by side
+      const uint32_t keep = ok ? 0xffffffffu : 0u;
       float e[4];
 #pragma unroll
-      for (int k = 0; k < 4; k++) e[k] = ok ? expf(x[k] - mx) : 0.0f;
+      for (int k = 0; k < 4; k++) e[k] = __uint_as_float(__float_as_uint(expf(x[k] - mx)) & keep);
       const float sum = row_reduce<WPR, false>((e[0] + e[1]) + (e[2] + e[3]), red, phase);
       if (s.op == C_SOFTMAX) {
         const float inv = 1.0f / sum;
