@@ -673,13 +673,19 @@ static void wk_gemm_small(const wk_gemm_args *g, int swap) {
         sp.part = wk_ws_get(3, (size_t)(T * sp.rows * sp.n) * sizeof(float));
         if (sp.part) {
             wk_parallel_for(T, 1, wk_small_task, &sp);
+            // C = alpha (0 + p0 + p1 + ...) + beta C, the partial sums added in chunk order
+            // (kernels.c's LoRA chain adds them the same way), a loop over j at a time
             for (int r = 0; r < sp.rows; r++) {
-                float *c = g->C + r * g->ldc;
-                for (int64_t j = 0; j < sp.n; j++) {
-                    float acc = 0.0f;
-                    for (int t = 0; t < T; t++) acc += sp.part[(t * sp.rows + r) * sp.n + j];
-                    c[j] = g->beta != 0.0f ? g->alpha * acc + g->beta * c[j] : g->alpha * acc;
+                float *c = g->C + r * g->ldc, *acc = sp.part + r * sp.n;
+                for (int64_t j = 0; j < sp.n; j++) acc[j] = 0.0f + acc[j];
+                for (int t = 1; t < T; t++) {
+                    const float *pt = sp.part + (t * sp.rows + r) * sp.n;
+                    for (int64_t j = 0; j < sp.n; j++) acc[j] += pt[j];
                 }
+                if (g->beta != 0.0f)
+                    for (int64_t j = 0; j < sp.n; j++) c[j] = g->alpha * acc[j] + g->beta * c[j];
+                else
+                    for (int64_t j = 0; j < sp.n; j++) c[j] = g->alpha * acc[j];
             }
             return;
         }
