@@ -668,17 +668,18 @@ static void wk_gemm_small(const wk_gemm_args *g, int swap) {
         wk_small_task(&sp, 0, g->batch, 0);
         return;
     }
-    if (!swap && g->batch == 1 && wk_gemv_k_chunks(g->K, sp.n, sp.dot, (int)wk_esize(g)) > 1) {
-        sp.chunks = T;
-        sp.part = wk_ws_get(3, (size_t)(T * sp.rows * sp.n) * sizeof(float));
+    const int kc = swap || g->batch != 1 ? 1 : wk_gemv_k_chunks(g->K, sp.n, sp.dot, (int)wk_esize(g));
+    if (kc > 1) {
+        sp.chunks = kc;
+        sp.part = wk_ws_get(3, (size_t)(kc * sp.rows * sp.n) * sizeof(float));
         if (sp.part) {
-            wk_parallel_for(T, 1, wk_small_task, &sp);
+            wk_parallel_for(kc, 1, wk_small_task, &sp);
             // C = alpha (0 + p0 + p1 + ...) + beta C, the partial sums added in chunk order
             // (kernels.c's LoRA chain adds them the same way), a loop over j at a time
             for (int r = 0; r < sp.rows; r++) {
                 float *c = g->C + r * g->ldc, *acc = sp.part + r * sp.n;
                 for (int64_t j = 0; j < sp.n; j++) acc[j] = 0.0f + acc[j];
-                for (int t = 1; t < T; t++) {
+                for (int t = 1; t < kc; t++) {
                     const float *pt = sp.part + (t * sp.rows + r) * sp.n;
                     for (int64_t j = 0; j < sp.n; j++) acc[j] += pt[j];
                 }

@@ -541,12 +541,18 @@ static void chain_cols(const lora_chain_ctx *c, int64_t q, int64_t *c0, int64_t 
   *c1 = q + 1 < c->slices ? (c->N * (q + 1) / c->slices) & ~(int64_t)15 : c->N;
 }
 
+// The columns [c0, c1) of slices [b, e).
+static void chain_span(const lora_chain_ctx *c, int64_t b, int64_t e, int64_t *c0, int64_t *c1) {
+  int64_t unused;
+  chain_cols(c, b, c0, &unused);
+  chain_cols(c, e - 1, &unused, c1);
+}
+
 // out[c0:c1] = x W + t B for the columns of slices [b, e); with K split, x W is the sum
 // of call j's partial sums.
 static void chain_out(const lora_chain_ctx *c, int j, const float *t, int64_t b, int64_t e, float *out) {
-  int64_t c0, c1, unused;
-  chain_cols(c, b, &c0, &unused);
-  chain_cols(c, e - 1, &unused, &c1);
+  int64_t c0, c1;
+  chain_span(c, b, e, &c0, &c1);
   if (c0 >= c1) return;
   const float *part = c->part + (j & 1) * c->slices * c->N;
   for (int64_t i = c0; i < c1; i++) out[i] = 0.0f + part[i];   // the GEMV's sum: 0 + p0 + p1 + ...
@@ -570,9 +576,8 @@ static void lora_chain_range(void *vc, int64_t b, int64_t e, int tid) {
     if (j) wk_wait_at_least(&c->done[j - 1], c->slices);
     if (c->ksplit && j) {   // the whole of x = call j - 1's output (t is still its x A)
       chain_out(c, j - 1, t, 0, c->slices, xk);
-      int64_t c0, c1, unused;
-      chain_cols(c, b, &c0, &unused);
-      chain_cols(c, e - 1, &unused, &c1);
+      int64_t c0, c1;
+      chain_span(c, b, e, &c0, &c1);
       if (c0 < c1) memcpy((float *)x + c0, xk + c0, sizeof(float) * (size_t)(c1 - c0));
       x = xk;
     }
