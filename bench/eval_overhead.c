@@ -3,8 +3,8 @@
 // order, CSE, the plan key and cache lookup, binding, launch or graph replay:
 // wk_eval_async) and waiting for the device (wk_sync). One line per case:
 //   eval_overhead [cpu|cuda] [calls] [reps] [lora width]
-// Cases: lora (1,1,n) r8 (n = 512 unless given) and softmax (4,16,1024), chained as in
-// `wick bench`.
+// Cases: lora (1,1,n) r8 (n = 512 unless given), softmax (4,16,1024) and the LoRA
+// written as primitive ops (wick bench's lora_ops), chained as in `wick bench`.
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,15 +46,20 @@ int main(int argc, char **argv) {
   wk_tensor *rows = on(dev, wk_randn(3, (int64_t[]){4, 16, 1024}, WK_F32, 5));
   char lname[40];
   snprintf(lname, sizeof lname, "lora (1,1,%d) r8", n);
-  const char *names[2] = {lname, "softmax (4,16,1024)"};
+  char oname[48];
+  snprintf(oname, sizeof oname, "lora as ops (1,%d) r8", n);
+  const char *names[3] = {lname, "softmax (4,16,1024)", oname};
   double *t[3];
   for (int k = 0; k < 3; k++) t[k] = malloc(sizeof(double) * (size_t)reps);
-  for (int c = 0; c < 2; c++) {
+  for (int c = 0; c < 3; c++) {
     for (int it = -3; it < reps; it++) {
       double t0 = now_us();
       wk_scope_begin();
-      wk_tensor *y = c == 0 ? x : rows;
-      for (int i = 0; i < calls; i++) y = c == 0 ? wk_lora(y, w, a, b, 2.0f) : wk_softmax(y, -1);
+      wk_tensor *y = c == 1 ? rows : c == 2 ? wk_reshape(x, 2, (int64_t[]){1, n}) : x;
+      for (int i = 0; i < calls; i++)
+        y = c == 0 ? wk_lora(y, w, a, b, 2.0f)
+          : c == 1 ? wk_softmax(y, -1)
+                   : wk_add(wk_matmul(y, w), wk_mul_scalar(wk_matmul(wk_matmul(y, a), b), 2.0f));
       y = wk_keep(y);
       wk_scope_end();
       double t1 = now_us();
@@ -71,5 +76,6 @@ int main(int argc, char **argv) {
     printf("%-22s %s, %d calls: us per call (medians of %d): build %.3f, until enqueued %.3f, waiting %.3f\n",
            names[c], wk_device_name(dev), calls, reps, t[0][reps / 2], t[1][reps / 2], t[2][reps / 2]);
   }
+  for (int k = 0; k < 3; k++) free(t[k]);
   return 0;
 }

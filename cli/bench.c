@@ -77,6 +77,19 @@ static int lora_run(const bench_case *c, bench_env *e, wk_tensor **out) {
   wk_scope_end();
   return 1;
 }
+// The seed's v1.0 LoRA: x@W + s * (x@A)@B written as five primitive ops, which eager
+// mode runs one by one as they are built and lazy mode's planner recognizes as LoRA.
+static int lora_ops_run(const bench_case *c, bench_env *e, wk_tensor **out) {
+  wk_scope_begin();
+  wk_tensor *y = wk_reshape(e->in[0], 2, SH(1, c->a));
+  for (int i = 0; i < (int)c->d; i++) {
+    wk_tensor *xa = wk_matmul(y, e->in[2]);
+    y = wk_add(wk_matmul(y, e->in[1]), wk_mul_scalar(wk_matmul(xa, e->in[3]), 2.0f));
+  }
+  out[0] = wk_keep(y);
+  wk_scope_end();
+  return 1;
+}
 
 // forward, MSE loss, grads to A and B, AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-8, wd 0.01)
 static void train_setup(const bench_case *c, bench_env *e) {
@@ -288,6 +301,7 @@ static const bench_case cases[] = {
     {"lora_fwd/1024", LORA(1024, 0, LORA_FLOPS(1, 1024, 8), 0), 0},
     {"lora_fwd/2048", LORA(2048, 0, LORA_FLOPS(1, 2048, 8), 0), 0},
     {"lora_fwd/512x10", LORA(512, 10, 10 * LORA_FLOPS(1, 512, 8), 0), 0},
+    {"lora_ops/512x10", lora_setup, lora_ops_run, 512, 8, 1, 10, 10 * LORA_FLOPS(1, 512, 8), 0, 0},
     // the CUDA issue's cases: 1000 calls chained (each output the next input), one
     // evaluation; per call = the time / 1000 (bench/compare/torch_cuda.py)
     {"lora_fwd/512x1000", LORA(512, 1000, 1000 * LORA_FLOPS(1, 512, 8), 0, CASE_GPU)},

@@ -80,6 +80,8 @@ CASES = [
     Case("matmul/2048", "matmul", (2048, 2048), 2048),
     Case("copy/16M", "copy", (M16,)),
     Case("lora_fwd/512x10", "lora_fwd", (1, 1, 512), 512, 8, 16.0, chain=10),
+    # the same ten calls as wick's lora_ops case, which writes LoRA as primitive ops
+    Case("lora_ops/512x10", "lora_fwd", (1, 512), 512, 8, 16.0, chain=10),
     Case("softmax/4x16x1024x10", "softmax", (4, 16, 1024), chain=10),
     Case("rmsnorm/4x16x1024x10", "rmsnorm", (4, 16, 1024), chain=10),
 ]

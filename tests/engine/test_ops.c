@@ -680,13 +680,33 @@ static void test_lora_chain(void) {
                 wk_cpu_lora_chain_jobs() - jobs, want ? 1 : 0);
         }
       }
-      double err = 0, big = 0;   // err within ~25 ulps of the largest output
-      for (int64_t i = 0; i < K; i++) err = fmax(err, fabs(v[0][i] - ref[i])), big = fmax(big, fabs(ref[i]));
+      // the calls written as primitives (wick bench's lora_ops): lazily the same chain
+      // group and bits; eagerly five ops a call, which round on their own
+      float *o[2];
+      for (int eager = 0; eager < 2; eager++) {
+        wk_set_eager(eager);
+        wk_tensor *y = x;
+        for (int c = 0; c < n; c++) y = wk_add(wk_matmul(y, W), wk_mul_scalar(wk_matmul(wk_matmul(y, A), B), 1.5f));
+        o[eager] = read_all(y);
+        wk_set_eager(0);
+        if (!eager) {
+          const wk_plan *p = wk_last_plan();
+          CHECK(p && p->nsteps == n && p->steps[0].op == WK_OP_LORA, "%d LoRA calls as primitives (K %lld%s): %d LoRA steps",
+                n, (long long)K, wt ? ", W transposed" : "", p ? p->nsteps : -1);
+        }
+      }
+      CHECK(!memcmp(o[0], v[0], sizeof(float) * (size_t)K), "LoRA chain as primitives (K %lld%s) == wk_lora's, bit for bit",
+            (long long)K, wt ? ", W transposed" : "");
+      double err = 0, big = 0, erre = 0;   // err within ~25 ulps of the largest output
+      for (int64_t i = 0; i < K; i++)
+        err = fmax(err, fabs(v[0][i] - ref[i])), erre = fmax(erre, fabs(o[1][i] - ref[i])), big = fmax(big, fabs(ref[i]));
       CHECK(!memcmp(v[0], v[1], sizeof(float) * (size_t)K), "LoRA chain (K %lld%s) == call by call, bit for bit",
             (long long)K, wt ? ", W transposed" : "");
       CHECK(err < 3e-6 * big, "LoRA chain (K %lld%s) against doubles: %g (largest %g)", (long long)K,
             wt ? ", W transposed" : "", err, big);
-      free(v[0]); free(v[1]); free(xv); free(wv); free(av); free(bv); free(ref);
+      CHECK(erre < 3e-6 * big, "eager primitives (K %lld%s) against doubles: %g (largest %g)", (long long)K,
+            wt ? ", W transposed" : "", erre, big);
+      free(o[0]); free(o[1]); free(v[0]); free(v[1]); free(xv); free(wv); free(av); free(bv); free(ref);
       wk_scope_end();
     }
 }
