@@ -126,8 +126,26 @@ static wk_status prune(const char *out, int keep, int64_t newest) {
   return WK_OK;
 }
 
+// Deletes every checkpoint-<step> but `kept`: the first save of a run that overwrites
+// a directory. The old run's checkpoints would otherwise mix with the new run's (a
+// resume takes the newest, --keep counts them); until the new run has one of its own,
+// they stay as they were.
+static void remove_others(const char *out, int64_t kept) {
+  DIR *d = opendir(out);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    int64_t v = ckpt_step(e->d_name);
+    if (v < 0 || v == kept) continue;
+    char *p = wk_path_join(out, e->d_name);
+    if (p) remove_dir(p);
+    free(p);
+  }
+  closedir(d);
+}
+
 wk_status wk_ckpt_save(const char *out, const wk_adapter *a, const wk_optim *opt, const wk_ckpt_state *st, int keep,
-                       const char *base) {
+                       const char *base, bool replace_others) {
   char name[64], tmpname[96];
   snprintf(name, sizeof name, "checkpoint-%lld", (long long)st->step);
   snprintf(tmpname, sizeof tmpname, ".checkpoint-%lld.tmp.%d", (long long)st->step, (int)getpid());
@@ -155,7 +173,8 @@ wk_status wk_ckpt_save(const char *out, const wk_adapter *a, const wk_optim *opt
     remove_dir(tmp);
     s = wk_error(WK_ERR_IO, "checkpoint at step %lld not saved (earlier checkpoints are intact): %s",
                  (long long)st->step, why);
-  } else prune(out, keep, st->step);
+  } else if (replace_others) remove_others(out, st->step);
+  else prune(out, keep, st->step);
   free(dir);
   free(tmp);
   free(optp);

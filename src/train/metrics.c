@@ -1,6 +1,7 @@
 // metrics.csv (a row per step, flushed as it goes) and loss.svg (the loss curve, with
 // evaluation points), both in the trainer's output directory.
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +19,8 @@ typedef struct {
 } point;
 
 struct wk_metrics {
-  FILE *f;
+  FILE *f;   // opened at the first row
+  int64_t start;
   char *path;
   point *pts;
   int64_t n, cap;
@@ -70,17 +72,16 @@ wk_metrics *wk_metrics_open(const char *out_dir, int64_t start) {
   wk_metrics *m = calloc(1, sizeof *m);
   if (m) m->path = wk_path_join(out_dir, "metrics.csv");
   if (!m || !m->path) { free(m); wk_error(WK_ERR_OOM, "metrics: out of memory"); return NULL; }
-  if (keep_rows(m, start) || !(m->f = fopen(m->path, "a"))) {
-    if (!m->f) wk_error(WK_ERR_IO, "%s: can't open for appending", m->path);
-    free(m->pts);
-    free(m->path);
-    free(m);
-    return NULL;
-  }
+  m->start = start;
   return m;
 }
 
 wk_status wk_metrics_add(wk_metrics *m, const wk_train_progress *p) {
+  if (!m->f) {
+    wk_status s = keep_rows(m, m->start);
+    if (s) return s;
+    if (!(m->f = fopen(m->path, "a"))) return wk_error(WK_ERR_IO, "%s: can't open for appending: %s", m->path, strerror(errno));
+  }
   fprintf(m->f, "%lld,%lld,%.6f,%.6g,%.6g,%lld,%.1f,%.3f,", (long long)p->step, (long long)p->epoch, (double)p->loss,
           (double)p->lr, p->grad_norm, (long long)p->tokens, p->tokens_per_s, p->elapsed_s);
   if (!isnan(p->eval_loss)) fprintf(m->f, "%.6f", (double)p->eval_loss);
@@ -144,8 +145,8 @@ static wk_status write_svg(const wk_metrics *m, const char *out_dir) {
 
 wk_status wk_metrics_close(wk_metrics *m, const char *out_dir) {
   if (!m) return WK_OK;
-  wk_status s = fclose(m->f) ? wk_error(WK_ERR_IO, "%s: write failed", m->path) : WK_OK;
-  if (!s) s = write_svg(m, out_dir);
+  wk_status s = m->f && fclose(m->f) ? wk_error(WK_ERR_IO, "%s: write failed", m->path) : WK_OK;
+  if (!s && m->f) s = write_svg(m, out_dir);
   free(m->pts);
   free(m->path);
   free(m);

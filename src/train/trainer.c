@@ -420,6 +420,7 @@ wk_status wk_train(wk_model *m, wk_adapter *a, const wk_dataset *data, const wk_
   wk_ckpt_state cs = {.seed = o.seed, .batch = o.batch, .grad_accum = o.grad_accum, .total_steps = total};
   int64_t start = 0;
   if (!s) s = wk_ckpt_prepare_dir(o.out_dir, o.overwrite, o.resume != NULL);
+  bool replacing = o.overwrite && !o.resume;   // an old run's checkpoints go at this run's first save
   if (!s && o.resume) s = wk_ckpt_load(o.resume, a, t.opt, &cs, &start);
   wk_metrics *mx = s ? NULL : wk_metrics_open(o.out_dir, start);
   if (!s && !mx) s = WK_ERR_IO;
@@ -459,8 +460,10 @@ wk_status wk_train(wk_model *m, wk_adapter *a, const wk_dataset *data, const wk_
     if (s || stop || s_next) step_drop(&t, &next);   // the adapter and optimizer as step k left them
     cs.step = step;
     cs.loss = p.loss;
-    if (!s && (save_due || stop))
-      s = wk_ckpt_save(o.out_dir, a, t.opt, &cs, o.keep_checkpoints, o.base_name);
+    if (!s && (save_due || stop)) {
+      s = wk_ckpt_save(o.out_dir, a, t.opt, &cs, o.keep_checkpoints, o.base_name, replacing);
+      replacing = replacing && s;
+    }
     if (stop) { res.stopped = true; break; }
     if (!s) s = s_next;
     cur = next;

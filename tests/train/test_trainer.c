@@ -141,6 +141,54 @@ static void resume_is_exact(wk_model *m, const wk_dataset *d) {
   wk_adapter_free(a);
 }
 
+static int count_rows(const char *path) {
+  FILE *f = fopen(path, "r");
+  int lines = 0;
+  char line[512];
+  while (f && fgets(line, sizeof line, f)) lines++;
+  if (f) fclose(f);
+  return lines - 1;
+}
+
+// --overwrite starts a new run over an old one's directory: the old run's checkpoints
+// (here 4 and 6) stay until the new run saves its first, then go, so a later resume
+// continues the new run, not the old one's newest checkpoint; metrics.csv holds the
+// new run's rows only.
+static void overwrite_replaces_old_run(wk_model *m, const wk_dataset *d) {
+  recorder rec = {0};
+  struct stat sb;
+  wk_adapter *a = fresh(m);
+  wk_train_options o = options(tmp_path("over"), &rec);
+  o.steps = 6;
+  o.save_every = 2;
+  wk_train_result r;
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK && !stat(tmp_path("over/checkpoint-6"), &sb) &&
+            !stat(tmp_path("over/checkpoint-4"), &sb) && stat(tmp_path("over/checkpoint-2"), &sb),
+        "old run: checkpoints 4 and 6 kept");
+  wk_adapter_free(a);
+  a = fresh(m);
+  o = options(tmp_path("over"), &rec);
+  o.steps = 2;
+  o.save_every = 2;
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK, "new run over the old directory");
+  CHECK(!stat(tmp_path("over/checkpoint-2"), &sb) && stat(tmp_path("over/checkpoint-4"), &sb) &&
+            stat(tmp_path("over/checkpoint-6"), &sb),
+        "the new run's checkpoint-2 replaced the old run's 4 and 6");
+  CHECK(count_rows(tmp_path("over/metrics.csv")) == 2, "metrics.csv holds the new run's 2 rows (%d)",
+        count_rows(tmp_path("over/metrics.csv")));
+  wk_adapter_free(a);
+  a = fresh(m);
+  recorder rest = {0};
+  o = options(tmp_path("over"), &rest);
+  o.steps = 4;
+  o.resume = tmp_path("over");
+  CHECK(wk_train(m, a, d, &o, &r) == WK_OK && rest.loss[2] == 0 && rest.loss[3] != 0 && rest.n == 4,
+        "a resume continues the new run from step 2");
+  CHECK(count_rows(tmp_path("over/metrics.csv")) == 4, "and metrics.csv then has 4 rows (%d)",
+        count_rows(tmp_path("over/metrics.csv")));
+  wk_adapter_free(a);
+}
+
 // An exploding learning rate: the run stops with a message before applying a
 // non-finite update; the checkpoint of step 1 still loads.
 static void nonfinite_stops(wk_model *m, const wk_dataset *d) {
@@ -573,6 +621,7 @@ int main(void) {
     one_plan_step(m, d);
     pipelined_steps(m, d);
     resume_is_exact(m, d);
+    overwrite_replaces_old_run(m, d);
     nonfinite_stops(m, d);
     full_disk_keeps_checkpoint(m, d);
   }
