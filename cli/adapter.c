@@ -5,6 +5,8 @@
 // with the adapter folded in, written as a Hugging Face model directory.
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "common.h"
 
 static int info(const char *C, const char *dir, bool json) {
@@ -24,6 +26,7 @@ static int info(const char *C, const char *dir, bool json) {
     fclose(f);
   }
   if (!text) return cli_user_error(C, "%s: can't read it", cfgp);
+  if (wk_json_check(text, len, cfgp)) { free(text); return cli_lib_error(C); }   // (--json embeds it)
   // the few fields worth showing, pulled out with the tokenizer-free JSON of the CLI
   wk_st_file *st = wk_st_open(stp);
   if (!st) { free(text); return cli_lib_error(C); }
@@ -61,20 +64,34 @@ static int info(const char *C, const char *dir, bool json) {
   return 0;
 }
 
-// Copies src to dst (small text files: the tokenizer's); 0 on success.
+static bool same_file(const char *a, const char *b) {
+  struct stat sa, sb;
+  return !stat(a, &sa) && !stat(b, &sb) && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+// Copies src to dst (small text files: the tokenizer's) through a temporary file and a
+// rename, so dst is either as it was or complete; nothing to do when they are one file
+// (a merge into the base's own directory). 0 on success.
 static int copy_file(const char *src, const char *dst) {
-  FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
+  if (same_file(src, dst)) return 0;
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dst, (long)getpid());
+  FILE *in = fopen(src, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
   char buf[1 << 16];
   size_t n;
   int rc = in && out ? 0 : 1;
   while (!rc && (n = fread(buf, 1, sizeof buf, in)) > 0) rc = fwrite(buf, 1, n, out) != n;
+  if (in && ferror(in)) rc = 1;
   if (in) fclose(in);
+  if (out && (fflush(out) || fsync(fileno(out)))) rc = 1;
   if (out && fclose(out)) rc = 1;
+  if (!rc && rename(tmp, dst)) rc = 1;
+  if (rc && out) remove(tmp);
   return rc;
 }
 
-// The options merge and export share: -m MODEL, --adapter DIR, -o OUT, --dtype, and
-// for merge --overwrite (export also accepts --gguf, its only format).
+// The options merge and export share: -m MODEL, --adapter DIR, -o OUT, --dtype and
+// --overwrite (export also accepts --gguf, its only format).
 typedef struct {
   const char *model, *dir, *out, *dtype;
   bool overwrite, is_default;
@@ -93,7 +110,7 @@ static int parse_job(const char *C, const char *sub, int argc, char **argv, job 
     if (dst) {
       if (!(v = cli_opt_value(C, argc, argv, &i))) return 2;
       *dst = v;
-    } else if (!export && !strcmp(a, "--overwrite")) j->overwrite = true;
+    } else if (!strcmp(a, "--overwrite")) j->overwrite = true;
     else if (!(export && !strcmp(a, "--gguf"))) return cli_user_error(C, "%s: unknown option '%s'", sub, a);
   }
   if (!j->dir || !j->out) return cli_user_error(C, "%s: needs --adapter DIR and -o OUT", sub);
@@ -151,13 +168,18 @@ static int merge(const char *C, int argc, char **argv) {
   return rc;
 }
 
-// wick adapter export --gguf [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16]
+// wick adapter export --gguf [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16] [--overwrite]
 static int export_gguf(const char *C, int argc, char **argv) {
   job j = {0};
   wk_dtype dt = WK_F32;
   int rc = parse_job(C, "export", argc, argv, &j);
   if (!rc && j.dtype) rc = parse_dtype(C, "export", j.dtype, false, &dt);
   if (rc) return rc;
+  if (cli_is_dir(j.out)) return cli_user_error(C, "export: -o %s is a directory; give the .gguf file to write", j.out);
+  struct stat sb;
+  if (!stat(j.out, &sb) && !j.overwrite)
+    return cli_user_error(C, "export: %s already exists (pass --overwrite to replace it)", j.out);
+  if (same_file(j.out, j.model)) return cli_user_error(C, "export: -o %s is the base model itself", j.out);
   wk_adapter *a;
   wk_model *m = cli_load_model(j.model, WK_CPU, j.dir, &a);
   rc = !m || wk_adapter_export_gguf(a, j.out, dt) ? cli_lib_error(C) : 0;
@@ -173,7 +195,7 @@ int wick_adapter_main(int argc, char **argv) {
            "       wick adapter merge [-m MODEL] --adapter DIR -o OUT [--dtype f32|f16|bf16] [--overwrite]\n"
            "            the model with the adapter folded in, as a Hugging Face directory (default dtype: the\n"
            "            base's; f16 for a quantized base, which is never requantized)\n"
-           "       wick adapter export --gguf [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16]\n"
+           "       wick adapter export --gguf [-m MODEL] --adapter DIR -o FILE.gguf [--dtype f32|f16] [--overwrite]\n"
            "            llama.cpp's GGUF LoRA format (llama-cli -m BASE.gguf --lora FILE.gguf)\n");
     return argc < 2 ? 2 : 0;
   }

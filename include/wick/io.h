@@ -72,3 +72,7 @@ const char *wk_st_metadata_key(const wk_st_file *f, int i);
 // safetensors library (tensors laid out by descending element size, then name).
 wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tensor *const *tensors,
                      const char *const *metadata);
+
+// WK_OK if text[0..len) is one well-formed JSON value; else an error naming `source`
+// and the position (for tools that pass a JSON file's text on, like `wick adapter info`).
+wk_status wk_json_check(const char *text, size_t len, const char *source);

@@ -456,3 +456,10 @@ double wk_json_num(const wk_json *v, double def) { return v && v->type == WK_JSO
 int64_t wk_json_int(const wk_json *v, int64_t def) { return v && v->type == WK_JSON_NUMBER && v->is_int ? v->i : def; }
 bool wk_json_bool(const wk_json *v, bool def) { return v && v->type == WK_JSON_BOOL ? v->b : def; }
 const char *wk_json_str(const wk_json *v, const char *def) { return v && v->type == WK_JSON_STRING ? v->s : def; }
+
+wk_status wk_json_check(const char *text, size_t len, const char *source) {
+  wk_json *root = wk_json_parse(text, len, source, NULL);
+  if (!root) return WK_ERR_ARG;   // (the message says why: syntax, limits or memory)
+  wk_json_free(root);
+  return WK_OK;
+}

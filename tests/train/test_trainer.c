@@ -427,6 +427,24 @@ static void adapter_cli(void) {
   CHECK(system(cmd) == 0, "a bad --dtype is named");
   snprintf(cmd, sizeof cmd, "%s adapter info --json %s | grep -q '\"tensors\": 8'", WICK_CLI, fixture_in("lora", "qv"));
   CHECK(system(cmd) == 0, "wick adapter info counts the tensors");
+  // a merge into the base's own directory keeps the files it copies elsewhere (it
+  // truncated them: the copy read the file it was writing)
+  snprintf(cmd, sizeof cmd, "cp -r %s %s && cp %s/tokenizer.json %s/ && %s adapter merge -m %s --adapter %s -o %s "
+           "--overwrite > /dev/null && cmp -s %s/tokenizer.json %s/tokenizer.json", fixture_in("models", "qwen2"),
+           tmp_path("inplace"), fixture_in("chat", "model"), tmp_path("inplace"), WICK_CLI, tmp_path("inplace"),
+           fixture_in("lora", "qv"), tmp_path("inplace"), fixture_in("chat", "model"), tmp_path("inplace"));
+  CHECK(system(cmd) == 0, "a merge in place keeps the tokenizer's files");
+  // export: an existing file (here the base model itself) is not replaced without --overwrite
+  snprintf(cmd, sizeof cmd, "cp %s %s && %s adapter export --gguf -m %s --adapter %s -o %s 2>&1 | grep -q overwrite && "
+           "cmp -s %s %s", fixture_in("models", "qwen2_q8_0.gguf"), tmp_path("base.gguf"), WICK_CLI,
+           tmp_path("base.gguf"), fixture_in("lora", "qv"), tmp_path("base.gguf"), fixture_in("models", "qwen2_q8_0.gguf"),
+           tmp_path("base.gguf"));
+  CHECK(system(cmd) == 0, "export refuses an existing file without --overwrite");
+  // info: a config that is not JSON is named, not pasted into --json's output
+  snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/adapter_model.safetensors %s/ && printf '{\"r\": }' > %s/adapter_config.json"
+           " && %s adapter info --json %s 2>&1 | grep -q 'adapter_config.json:1:7'", tmp_path("badcfg"),
+           fixture_in("lora", "qv"), tmp_path("badcfg"), tmp_path("badcfg"), WICK_CLI, tmp_path("badcfg"));
+  CHECK(system(cmd) == 0, "adapter info names a malformed adapter_config.json");
   snprintf(cmd, sizeof cmd, "%s train -m %s --data /nonexistent.jsonl -o %s 2>&1 | grep -q nonexistent.jsonl", WICK_CLI,
            fixture_in("models", "qwen2"), out);
   CHECK(system(cmd) == 0, "a missing data file is named");
