@@ -4,9 +4,11 @@
 // embeds each input line (stdin by default). json: one array per line, floats with 7
 // significant digits, written as each chunk of lines is done; npy: one float32 [n, dim]
 // array (NumPy .npy), written at the end.
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "common.h"
 
 typedef struct {
@@ -77,7 +79,11 @@ static int embed_lines(wk_embedder *e, FILE *in, const char *name, long batch, s
     if (len && line[len - 1] == '\n') len--;
     if (len && line[len - 1] == '\r') len--;
     line[len] = 0;
-    if (!cli_utf8_valid(line, (size_t)len) || memchr(line, 0, (size_t)len)) {
+    if (memchr(line, 0, (size_t)len)) {
+      rc = cli_user_error("embed", "%s line %ld holds a NUL byte (one text per line)", name, lineno);
+      break;
+    }
+    if (!cli_utf8_valid(line, (size_t)len)) {
       rc = cli_user_error("embed", "%s line %ld is not valid UTF-8 text", name, lineno);
       break;
     }
@@ -91,7 +97,7 @@ static int embed_lines(wk_embedder *e, FILE *in, const char *name, long batch, s
     }
   }
   free(line);
-  if (!rc && ferror(in)) rc = cli_user_error("embed", "error reading %s", name);
+  if (!rc && ferror(in)) rc = cli_user_error("embed", "error reading %s: %s", name, strerror(errno));
   if (!rc && !lineno) rc = cli_user_error("embed", "no input: %s is empty (one text per line)", name);
   if (!rc) rc = flush_batch(e, nb, texts, out, s);
   for (int i = 0; texts && i < nb; i++) free(texts[i]);
@@ -146,22 +152,34 @@ int wick_embed_main(int argc, char **argv) {
   bool dflt = !model;
   if (!model) model = WICK_DEFAULT_EMBED;
   if (cli_check_path("embed", model, dflt)) return 2;
+  if (input && strcmp(input, "-") && cli_is_dir(input)) return cli_user_error("embed", "--input %s is a directory", input);
+  if (output && !strcmp(output, "-")) output = NULL;
+  if (output && cli_is_dir(output)) return cli_user_error("embed", "-o %s is a directory", output);
   FILE *in = stdin;
   if (input && strcmp(input, "-") && !(in = fopen(input, "rb")))
-    return cli_user_error("embed", "cannot open --input %s", input);
+    return cli_user_error("embed", "cannot open --input %s: %s", input, strerror(errno));
   sink s = {stdout, npy, 0, NULL, 0, 0};
   int rc = 0;
   wk_embedder *e = wk_embedder_load(model);
   if (!e || (wdt != WK_F32 && wk_embedder_set_weight_dtype(e, wdt)) || (dev != WK_CPU && wk_embedder_to_device(e, dev)))
     rc = cli_lib_error("embed");
-  if (!rc && output && strcmp(output, "-") && !(s.out = fopen(output, "wb")))
-    rc = cli_user_error("embed", "cannot create -o %s", output);
+  // -o FILE is written beside it and renamed over it at the end: a failed run (an
+  // invalid line, say, or FILE given as --input too) leaves it as it was
+  char tmp[4200];
+  if (output) snprintf(tmp, sizeof tmp, "%s.tmp.%ld", output, (long)getpid());
+  if (!rc && output && !(s.out = fopen(tmp, "wb")))
+    rc = cli_user_error("embed", "cannot create -o %s: %s", output, strerror(errno));
   if (!rc) {
     s.dim = wk_embedder_dim(e);
     rc = embed_lines(e, in, input ? input : "stdin", batch, &s);
   }
   if (!rc && npy && write_npy(s.out, s.rows, s.n, s.dim)) rc = cli_user_error("embed", "error writing the output");
-  if (s.out && s.out != stdout && fclose(s.out) && !rc) rc = cli_user_error("embed", "error writing %s", output);
+  if (s.out && s.out != stdout) {
+    if ((fflush(s.out) || fsync(fileno(s.out)) || fclose(s.out)) && !rc)
+      rc = cli_user_error("embed", "error writing %s: %s", output, strerror(errno));
+    if (!rc && rename(tmp, output)) rc = cli_user_error("embed", "cannot write -o %s: %s", output, strerror(errno));
+    if (rc) remove(tmp);
+  }
   free(s.rows);
   wk_embedder_free(e);
   if (in != stdin) fclose(in);

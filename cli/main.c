@@ -1,4 +1,5 @@
 // The wick command. Subcommands are thin: all logic lives in the library.
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include "common.h"
@@ -34,7 +35,7 @@ static void usage(FILE *f) {
           "  version                                                              print the version\n");
 }
 
-int main(int argc, char **argv) {
+static int run(int argc, char **argv) {
   if (argc < 2) { usage(stderr); return 2; }
   if (!strcmp(argv[1], "bench")) return wick_bench_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "info")) return wick_info_main(argc - 1, argv + 1);
@@ -49,8 +50,26 @@ int main(int argc, char **argv) {
     printf("wick %d.%d\n", WICK_VERSION_MAJOR, WICK_VERSION_MINOR);
     return 0;
   }
-  if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) { usage(stdout); return 0; }
+  if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    if (argc > 2 && strcmp(argv[2], "help")) {   // wick help CMD: that command's help
+      char *sub[] = {argv[0], argv[2], "--help", NULL};
+      return run(3, sub);
+    }
+    usage(stdout);
+    return 0;
+  }
   fprintf(stderr, "wick: unknown command '%s'\n", argv[1]);
   usage(stderr);
   return 2;
+}
+
+int main(int argc, char **argv) {
+  int rc = run(argc, argv);
+  // what went to stdout (embeddings, ids, generated text) must have arrived: a full
+  // disk or a closed pipe is an error, not a silent success
+  if (fflush(stdout) || ferror(stdout)) {
+    fprintf(stderr, "wick: error writing the standard output: %s\n", strerror(errno));
+    return rc ? rc : 1;
+  }
+  return rc;
 }

@@ -93,6 +93,16 @@ int main(void) {
   const char *noout[] = {"embed", "-m", MODEL, "-o", "/nonexistent/dir/x.npy", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, noout);
   CHECK(rc == 2 && strstr(err, "/nonexistent/dir/x.npy"), "bad -o: rc %d: %s", rc, err);
+  // a run that fails (an invalid line) leaves an existing -o FILE as it was
+  FILE *old = fopen(npy, "wb");
+  if (old) { fputs("kept\n", old); fclose(old); }
+  const char *keep[] = {"embed", "-m", MODEL, "-o", npy, NULL};
+  rc = run("fine\nbad \xff line\n", out, sizeof out, err, sizeof err, keep);
+  char back[16] = {0};
+  if ((f = fopen(npy, "rb"))) { if (!fread(back, 1, sizeof back - 1, f)) back[0] = 0; fclose(f); }
+  unlink(npy);
+  CHECK(rc == 2 && strstr(err, "line 2") && !strcmp(back, "kept\n"), "failed run keeps -o: rc %d, file '%s': %s", rc, back,
+        err);
   free(want);
   free(last);
   wk_embedder_free(e);
