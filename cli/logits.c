@@ -101,6 +101,13 @@ int wick_logits_main(int argc, char **argv) {
   if (!data) { rc = cli_lib_error("logits"); goto done; }
   int64_t V = wk_shape(logits)[2];
   const float *row = data + (int64_t)(n - 1) * V;
+  int64_t bad = 0;
+  for (int64_t j = 0; j < V; j++) bad += isnan(row[j]) || row[j] == INFINITY;
+  if (bad) {   // a table of NaNs is no answer: the weights (or an input) hold NaN or inf
+    rc = cli_user_error("logits", "%lld of the %lld logits at the last position are NaN or +inf: the model's weights "
+                        "(or its adapter's) hold non-finite values", (long long)bad, (long long)V);
+    goto done;
+  }
   double mx = -INFINITY, sum = 0;
   for (int64_t j = 0; j < V; j++) if (row[j] > mx) mx = row[j];
   for (int64_t j = 0; j < V; j++) sum += exp((double)row[j] - mx);

@@ -362,6 +362,23 @@ static void test_sdpa(void) {
   wk_tensor *oh = wk_sdpa(qh, kh, vh, mask, 1, 0);
   CHECK(oh && wk_tensor_dtype(oh) == WK_BF16, "sdpa keeps bf16");
   cmp("sdpa bf16", oh, ref, 4e-3);
+  // a NaN in a query (a NaN weight upstream) makes its row NaN, not a masked row's zeros
+  // (its scores' max is NaN: that read as "every key masked" and hid it); others unchanged
+  {
+    float *qn = host(q);
+    qn[(1 * T + 2) * D + 3] = NAN;   // batch 0, head 1, query 2
+    wk_tensor *o = wk_sdpa(wk_from_data(4, qs, WK_F32, qn), k, v, mask, 1, 0);
+    float *ov = host(o);
+    ref_sdpa(qv, kv, vv, mv, B, Hq, Hkv, T, S, D, 1, sc, ref);
+    int nan_row = 1, others = 1;
+    for (int64_t i = 0; i < B * Hq * T * D; i++) {
+      bool poisoned = i / D == 1 * T + 2;
+      if (poisoned) nan_row &= isnan(ov[i]);
+      else others &= fabs(ov[i] - ref[i]) < 1e-5;
+    }
+    CHECK(nan_row && others, "sdpa: a NaN query gives a NaN row (%d), the others as before (%d)", nan_row, others);
+    free(qn); free(ov);
+  }
   free(qv); free(kv); free(vv); free(qtv); free(k2v); free(v2v); free(qhv); free(khv); free(vhv); free(ref);
   wk_scope_end();
 }

@@ -55,3 +55,12 @@ static inline bool attn_mask(const wk_operand *mk, void *const *slots, const flo
   for (int d = 0; d < mk->ndim; d++) ms[4 - mk->ndim + d] = mk->shape[d] == 1 ? 0 : st[d];
   return true;
 }
+
+// A block of scores whose max is -inf or NaN: every key masked (the row skips the
+// block), unless a score is NaN (a NaN query or key upstream), which must make the
+// row NaN rather than read as masked. The max alone can't tell: vector max drops NaNs.
+static inline bool scores_nan(const float *s, int64_t n) {
+  for (int64_t j = 0; j < n; j++)
+    if (s[j] != s[j]) return true;
+  return false;
+}

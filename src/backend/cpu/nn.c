@@ -865,7 +865,11 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
         if (c->causal) // key s0 + j is visible when s0 + j <= t + S - T
           for (int64_t j = t + S - T + 1 - s0 > 0 ? t + S - T + 1 - s0 : 0; j < n; j++) srow[j] = -INFINITY;
         float bm = vmax(srow, n);
-        if (!(bm > -INFINITY)) { memset(srow, 0, sizeof(float) * (size_t)n); continue; } // all masked
+        if (!(bm > -INFINITY)) { // all masked, or NaN scores (then the row is NaN)
+          if (scores_nan(srow, n)) l[i] = NAN;
+          memset(srow, 0, sizeof(float) * (size_t)n);
+          continue;
+        }
         if (bm > m[i]) {
           float a = expz(m[i] - bm);
           l[i] *= a;
@@ -879,7 +883,7 @@ static void sdpa_range(void *vc, int64_t b, int64_t e, int tid) {
     }
     for (int64_t i = 0; i < rows; i++) {
       int64_t h = hk * G + i / tn, t = t0 + i % tn, r = (bb * c->Hq + h) * T + t;
-      float *y = row_out(&s->out, c->slots, r, D, tmp), inv = l[i] > 0 ? 1.0f / l[i] : 0.0f; // fully masked: 0
+      float *y = row_out(&s->out, c->slots, r, D, tmp), inv = l[i] == 0 ? 0.0f : 1.0f / l[i]; // fully masked: 0
       for (int64_t d = 0; d < D; d++) y[d] = o[i * D + d] * inv;
       store(&s->out, c->slots, r * D, D, y);
     }

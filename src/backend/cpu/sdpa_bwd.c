@@ -114,7 +114,10 @@ static void row_lse(const bwd_ctx *c, int64_t b, int64_t hk, const float *qs, in
       for (int64_t r = ra; r < rb; r++) {
         const float *srow = sc + (r - ra) * BK;
         float bm = row_max(srow, n);
-        if (!(bm > -INFINITY)) continue;
+        if (!(bm > -INFINITY)) {   // all masked, or NaN scores (then the row's L is NaN)
+          if (scores_nan(srow, n)) l[r] = NAN;
+          continue;
+        }
         if (bm > m[r]) {
           l[r] *= wkm_exp(m[r] - bm); // m = -inf: l is 0 and stays 0
           m[r] = bm;
@@ -123,14 +126,14 @@ static void row_lse(const bwd_ctx *c, int64_t b, int64_t hk, const float *qs, in
       }
     }
   }
-  for (int64_t r = 0; r < R; r++) lse[r] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+  for (int64_t r = 0; r < R; r++) lse[r] = l[r] == 0.0f ? -INFINITY : m[r] + logf(l[r]);
 }
 
 // In place: sc = P = exp(sc - L) (0 where hidden or the row sees nothing).
 static void probs(float *sc, int64_t rows, int64_t n, const float *lse) {
   for (int64_t i = 0; i < rows; i++) {
     float *p = sc + i * BK, L = lse[i];
-    if (!(L > -INFINITY)) { memset(p, 0, sizeof(float) * (size_t)n); continue; }
+    if (L == -INFINITY) { memset(p, 0, sizeof(float) * (size_t)n); continue; }
     for (int64_t j = 0; j < n; j++) {
       p[j] = exp_or_0(p[j], L);
     }
