@@ -170,8 +170,8 @@ int wick_train_main(int argc, char **argv) {
   if (!a) { rc = cli_lib_error(C); goto out; }
   const wk_lora_config *ac = wk_adapter_config(a);
   char tl[128];
-  fprintf(stderr, "wick train: %s, %lld examples (%lld tokens, %lld skipped), LoRA r=%d alpha=%g on %s, %zu adapter bytes\n",
-          model, (long long)wk_dataset_size(train), (long long)wk_dataset_tokens(train),
+  fprintf(stderr, "wick train: %s, %lld %s (%lld tokens, %lld skipped), LoRA r=%d alpha=%g on %s, %zu adapter bytes\n",
+          model, (long long)wk_dataset_size(train), pack ? "packed sequences" : "examples", (long long)wk_dataset_tokens(train),
           (long long)wk_dataset_skipped(train), ac->rank, (double)ac->alpha, wk_lora_targets_str(ac->targets, tl, sizeof tl),
           wk_adapter_bytes(a));
   o.eval = held;

@@ -65,7 +65,8 @@ const wk_example *wk_dataset_get(const wk_dataset *d, int64_t i);
 // Packing (--pack): the examples, in order, concatenated and cut into sequences of
 // exactly seq_len tokens (the last may be shorter), labels kept. Attention is not
 // masked at example boundaries (as in transformers' packing without position resets).
-// A new dataset; d is unchanged.
+// A sequence with no label to learn is dropped (counted in wk_dataset_skipped, after
+// d's skipped lines); none left is an error. A new dataset; d is unchanged.
 wk_dataset *wk_dataset_pack(const wk_dataset *d, int64_t seq_len);
 
 // ---- the trainer ----

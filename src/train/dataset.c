@@ -233,6 +233,16 @@ int64_t wk_dataset_skipped(const wk_dataset *d) { return d ? d->skipped : 0; }
 int64_t wk_dataset_tokens(const wk_dataset *d) { return d ? d->tokens : 0; }
 const wk_example *wk_dataset_get(const wk_dataset *d, int64_t i) { return d && i >= 0 && i < d->n ? &d->ex[i] : NULL; }
 
+// A packed sequence with nothing to learn (a chunk inside a long system prompt, say) is
+// dropped, as an unpacked example would be: a batch of only such chunks has no token
+// to average the loss over (0 / 0).
+static int add_packed(wk_dataset *p, seq *s) {
+  if (has_target(s, 0)) return add_example(p, s, 0);
+  p->skipped++;
+  s->n = 0;   // (its buffers are reused for the next sequence)
+  return 1;
+}
+
 wk_dataset *wk_dataset_pack(const wk_dataset *d, int64_t seq_len) {
   if (!d || seq_len < 2) { wk_error(WK_ERR_ARG, "dataset_pack: seq_len %lld must be >= 2", (long long)seq_len); return NULL; }
   wk_dataset *p = calloc(1, sizeof *p);
@@ -245,12 +255,19 @@ wk_dataset *wk_dataset_pack(const wk_dataset *d, int64_t seq_len) {
       ok = seq_push(&s, e->ids + at, (size_t)take, true);
       if (ok) memcpy(s.labels + s.n - take, e->labels + at, sizeof *s.labels * (size_t)take);
       at += take;
-      if (ok && s.n == seq_len) ok = add_example(p, &s, 0);
+      if (ok && s.n == seq_len) ok = add_packed(p, &s);
     }
   }
-  if (ok && s.n >= 2) ok = add_example(p, &s, 0);
+  if (ok && s.n >= 2) ok = add_packed(p, &s);
   free(s.ids);
   free(s.labels);
   if (!ok) { wk_dataset_free(p); wk_error(WK_ERR_OOM, "dataset_pack: out of memory"); return NULL; }
+  if (!p->n) {
+    wk_dataset_free(p);
+    wk_error(WK_ERR_ARG, "dataset_pack: no sequence of %lld tokens has a token to learn (every label in it is masked)",
+             (long long)seq_len);
+    return NULL;
+  }
+  p->skipped += d->skipped;   // the lines skipped at load, then the sequences dropped here
   return p;
 }

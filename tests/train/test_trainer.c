@@ -358,6 +358,26 @@ static void datasets(void) {
         "packed ids and labels follow the examples in order");
   wk_dataset_free(raw);
   wk_dataset_free(packed);
+  // a piece with every label masked (inside a long prompt) is dropped, not trained on
+  // as 0 / 0 tokens; none left at all is an error
+  write_text(p, "{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9], \"labels\": [-100, -100, -100, -100, -100, -100, -100, 8, 9]}\n");
+  raw = wk_dataset_load(p, NULL, 256, NULL);
+  packed = raw ? wk_dataset_pack(raw, 3) : NULL;
+  CHECK(packed && wk_dataset_size(packed) == 1 && wk_dataset_skipped(packed) == 2 && wk_dataset_get(packed, 0)->ids[0] == 7,
+        "pack drops the 2 pieces without a target (%lld kept)", packed ? (long long)wk_dataset_size(packed) : -1LL);
+  wk_dataset_free(packed);
+  packed = raw ? wk_dataset_pack(raw, 2) : NULL;   // pieces [7,8] and [9]: 8 is learnable at position 1
+  CHECK(packed && wk_dataset_size(packed) == 1, "a piece whose target sits after position 0 is kept");
+  wk_dataset_free(packed);
+  write_text(p, "{\"input_ids\": [1, 2, 3, 4], \"labels\": [-100, -100, -100, 4]}\n");
+  wk_dataset_free(raw);
+  raw = wk_dataset_load(p, NULL, 256, NULL);
+  packed = raw ? wk_dataset_pack(raw, 2) : NULL;   // [1,2] masked, [3,4]: 4 learnable
+  CHECK(packed && wk_dataset_size(packed) == 1, "the last learnable piece is kept");
+  wk_dataset_free(packed);
+  packed = raw ? wk_dataset_pack(raw, 3) : NULL;   // [1,2,3] masked; [4] alone (< 2 tokens) is not a sequence
+  CHECK(!packed && strstr(wk_last_error(), "no sequence"), "no piece with a target: %s", wk_last_error());
+  wk_dataset_free(raw);
   CHECK(!wk_dataset_load(tmp_path("missing.jsonl"), NULL, 256, NULL) && strstr(wk_last_error(), "missing.jsonl"),
         "a missing file is named");
 }
