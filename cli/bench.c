@@ -408,8 +408,14 @@ static int run_case(const bench_case *c, int eager, double budget_us, result *re
   return ok;
 }
 
-static void usage(void) {
-  fprintf(stderr, "usage: wick bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu|cuda] [--time SECONDS]\n");
+static void usage(FILE *f) {
+  fprintf(f, "usage: wick bench [--json] [--filter S] [--mode lazy|eager|both] [--device cpu|cuda] [--time SECONDS]\n"
+             "  --time: seconds of measurement a case and mode (default 1; 0.01 to 3600)\n");
+}
+
+static bool takes_value(const char *a) {
+  return !strcmp(a, "--filter") || !strcmp(a, "--time") || !strcmp(a, "--mode") || !strcmp(a, "--device") ||
+         !strcmp(a, "-d");
 }
 
 int wick_bench_main(int argc, char **argv) {
@@ -417,14 +423,26 @@ int wick_bench_main(int argc, char **argv) {
   const char *filter = NULL;
   double budget = 1.0;
   for (int i = 1; i < argc; i++) {
+    if (takes_value(argv[i]) && i + 1 == argc) {
+      fprintf(stderr, "wick bench: %s needs a value\n", argv[i]);
+      return 2;
+    }
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
     if (!strcmp(argv[i], "--json")) json = 1;
-    else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
-    else if (!strcmp(argv[i], "--time") && i + 1 < argc) budget = atof(argv[++i]);
-    else if (!strcmp(argv[i], "--mode") && i + 1 < argc) {
+    else if (!strcmp(argv[i], "--filter")) filter = argv[++i];
+    else if (!strcmp(argv[i], "--time")) {
+      char *end;
+      const char *v = argv[++i];
+      budget = strtod(v, &end);
+      if (end == v || *end || !(budget >= 0.01 && budget <= 3600)) {
+        fprintf(stderr, "wick bench: --time '%s' is not a number of seconds from 0.01 to 3600\n", v);
+        return 2;
+      }
+    } else if (!strcmp(argv[i], "--mode")) {
       const char *m = argv[++i];
       modes = !strcmp(m, "lazy") ? 1 : !strcmp(m, "eager") ? 2 : !strcmp(m, "both") ? 3 : 0;
       if (!modes) { fprintf(stderr, "wick bench: unknown mode '%s' (lazy, eager or both)\n", m); return 2; }
-    } else if ((!strcmp(argv[i], "--device") || !strcmp(argv[i], "-d")) && i + 1 < argc) {
+    } else if (!strcmp(argv[i], "--device") || !strcmp(argv[i], "-d")) {
       const char *d = argv[++i];
       if (!strcmp(d, "cpu")) bench_device = WK_CPU;
       else if (!strcmp(d, "cuda")) bench_device = WK_CUDA;
@@ -435,12 +453,12 @@ int wick_bench_main(int argc, char **argv) {
       }
     } else {
       fprintf(stderr, "wick bench: unknown option '%s'\n", argv[i]);
-      usage();
+      usage(stderr);
       return 2;
     }
   }
   if (!json) printf("%-32s %-6s %12s %12s %12s %8s %10s\n", "case", "mode", "median us", "p10", "p90", "iters", "rate");
-  int failures = 0;
+  int failures = 0, ran = 0;
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     const bench_case *c = &cases[i];
     if (filter && !strstr(c->name, filter)) continue;
@@ -453,6 +471,7 @@ int wick_bench_main(int argc, char **argv) {
     for (int m = 0; m < 2; m++) {
       if (!((modes >> m) & 1)) continue;
       result r = {0};
+      ran++;
       if (!run_case(c, m, budget * 1e6, &r)) {
         fprintf(stderr, "wick bench: %s (%s) failed: %s\n", c->name, m ? "eager" : "lazy", wk_last_error());
         failures++;
@@ -477,5 +496,10 @@ int wick_bench_main(int argc, char **argv) {
     }
   }
   embed_release();
+  if (!ran) {
+    fprintf(stderr, "wick bench: no case%s%s%s runs on %s\n", filter ? " matches '" : "", filter ? filter : "",
+            filter ? "' that" : "", wk_device_name(bench_device));
+    return 2;
+  }
   return failures ? 1 : 0;
 }

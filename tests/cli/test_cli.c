@@ -133,6 +133,10 @@ static void test_errors(void) {
   // output that could not be written is a failure (a full disk here), not a success
   rc = run(out, sizeof out, "tokenize -m tests/fixtures/tok/smollm2.json hello > /dev/full");
   CHECK(rc == 1, "stdout on a full disk: rc %d", rc);
+  rc = run(out, sizeof out, "bench --time nan");
+  CHECK(rc == 2 && strstr(out, "--time 'nan'"), "bench --time nan: rc %d: %s", rc, out);
+  rc = run(out, sizeof out, "bench --filter no_such_case");
+  CHECK(rc == 2 && strstr(out, "no_such_case"), "bench filter matching nothing: rc %d: %s", rc, out);
   rc = run(out, sizeof out, "help embed");
   CHECK(rc == 0 && strstr(out, "usage: wick embed"), "wick help embed: rc %d: %.80s", rc, out);
 }
