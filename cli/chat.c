@@ -47,6 +47,7 @@ static int converse(const char *C, wk_chat_session *s, const wk_generate_params 
   size_t cap = 0;
   long lineno = 0, turn = 0;
   int rc = 0;
+  bool failed = false;
   for (;;) {
     if (tty) { fputs("> ", stderr); fflush(stderr); }
     g_interrupted = 0;
@@ -67,15 +68,31 @@ static int converse(const char *C, wk_chat_session *s, const wk_generate_params 
       continue;
     }
     wk_generate_result r;
-    if (wk_chat_session_say(s, line, gp, on_token, &json, &r)) {
+    wk_status st = wk_chat_session_say(s, line, gp, on_token, &json, &r);
+    if (st == WK_ERR_ARG) {   // this turn can't be answered (it doesn't fit): the conversation is as before
+      if (json) {
+        printf("{\"error\": ");
+        cli_json_string(stdout, wk_last_error(), strlen(wk_last_error()));
+        printf("}\n");
+        fflush(stdout);
+      } else {
+        putchar('\n');
+        fflush(stdout);
+      }
+      cli_lib_error(C);
+      failed = true;   // the exit code says so unless a later turn succeeds
+      continue;
+    }
+    if (st) {
       if (!json) putchar('\n');
       rc = cli_lib_error(C);
       break;
     }
     report_turn(json, ++turn, &r, gp->cache_dtype);
+    failed = false;
   }
   free(line);
-  return rc;
+  return rc ? rc : failed ? 1 : 0;
 }
 
 int wick_chat_main(int argc, char **argv) {

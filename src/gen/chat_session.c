@@ -165,7 +165,8 @@ wk_status wk_chat_session_say(wk_chat_session *s, const char *user_text, const w
   size_t n = 0;
   wk_status st = push_msg(s, "user", user_text, strlen(user_text));
   if (!st) st = render(s, &ids, &n);
-  int64_t ctx = wk_model_get_config(s->m)->max_position_embeddings;
+  // the cache's context: the model's, or params' max_context where the cache is new
+  int64_t ctx = !wk_kv_cache_len(s->cache) && p.max_context > 0 ? p.max_context : wk_kv_cache_max_context(s->cache);
   if (!st && ctx > 0 && (int64_t)n >= ctx)
     st = wk_error(WK_ERR_ARG, "chat: the conversation is %zu tokens and the context holds %lld; "
                   "start over (reset) to go on", n, (long long)ctx);

@@ -163,6 +163,13 @@ static void test_bad_input(void) {
   snprintf(longline + n, sizeof longline - n, "\n");
   rc = run(longline, out, sizeof out, err, sizeof err, ok);
   CHECK(rc == 1 && strstr(err, "context holds 512") && strstr(err, "conversation"), "too long: rc %d: %s", rc, err);
+  // a turn that overflows a later point of the conversation (--ctx-size 100) is
+  // reported and the session goes on: /reset, and the next turn is answered
+  const char *small[] = {"chat", "-m", MODEL, "-n", "10", "--ctx-size", "100", "--ignore-eos", "--temp", "0", "--json", NULL};
+  rc = run("Hello there\nTell me more about it please\n/reset\nHi\n", out, sizeof out, err, sizeof err, small);
+  CHECK(rc == 0 && strstr(err, "context holds 100") && strstr(out, "\"error\": ") && strstr(out, "\"reset\": true") &&
+            strstr(out, "\"turn\": 2"),
+        "overflow mid-session, then /reset: rc %d: %s%s", rc, out, err);
   const char *missing[] = {"chat", "-m", "tests/fixtures/chat/nonexistent", NULL};
   rc = run("hi\n", out, sizeof out, err, sizeof err, missing);
   CHECK(rc == 2 && strstr(err, "nonexistent"), "missing model: rc %d: %s", rc, err);
