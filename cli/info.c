@@ -197,6 +197,19 @@ static void human(char *buf, size_t n, double v, const char *unit) {
   else snprintf(buf, n, "%.2f %s%s%s", v, pre[k], bytes ? "i" : "", unit);
 }
 
+// A string from the file, printed with its control bytes escaped: a crafted name must
+// not send escape sequences to the terminal (--json escapes them as JSON does).
+static const char *clean(const char *s, char *buf, size_t n) {
+  size_t o = 0;
+  for (; *s && o + 5 < n; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c < 0x20 || c == 0x7f) o += (size_t)snprintf(buf + o, n - o, "\\x%02x", c);
+    else buf[o++] = (char)c;
+  }
+  buf[o] = 0;
+  return buf;
+}
+
 static void print_text(const info *in) {
   char b1[32], b2[32];
   printf("path:          %s\n", in->path);
@@ -205,15 +218,17 @@ static void print_text(const info *in) {
   printf("file size:     %llu bytes (%s)\n", (unsigned long long)in->file_size, b1);
   if (in->g_name || in->g_arch || in->g_file_type >= 0 || in->tok_model || !strcmp(in->format, "gguf")) {
     printf("gguf version:  %lld, %lld metadata keys\n", (long long)in->g_version, (long long)in->g_nkv);
-    if (in->g_name) printf("general.name:  %s\n", in->g_name);
-    if (in->g_arch) printf("general.architecture: %s\n", in->g_arch);
+    char cb[1024];
+    if (in->g_name) printf("general.name:  %s\n", clean(in->g_name, cb, sizeof cb));
+    if (in->g_arch) printf("general.architecture: %s\n", clean(in->g_arch, cb, sizeof cb));
     if (in->g_file_type >= 0)
       printf("general.file_type: %s (%lld)\n", ftype_name(in->g_file_type), (long long)in->g_file_type);
-    if (in->tok_model) printf("tokenizer:     %s (%lld tokens)\n", in->tok_model, (long long)in->tok_vocab);
+    if (in->tok_model) printf("tokenizer:     %s (%lld tokens)\n", clean(in->tok_model, cb, sizeof cb), (long long)in->tok_vocab);
   }
   if (in->have_cfg) {
-    printf("architecture:  %s%s%s%s\n", in->arch, in->architecture[0] ? " (" : "", in->architecture,
-           in->architecture[0] ? ")" : "");
+    char ca[256], cb2[256];
+    printf("architecture:  %s%s%s%s\n", clean(in->arch, ca, sizeof ca), in->architecture[0] ? " (" : "",
+           clean(in->architecture, cb2, sizeof cb2), in->architecture[0] ? ")" : "");
 #define FIELD(label, v) if ((v) > 0) printf("%-15s%lld\n", label ":", (long long)(v))
     FIELD("layers", in->layers);
     FIELD("hidden size", in->hidden);

@@ -1,4 +1,4 @@
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE   // memmem
 // The wick command on the committed fixtures: runs the built binary (WICK_CLI, set by
 // CMake) from the source directory (WICK_SOURCE_DIR) and checks its output and exits.
 #include <math.h>
@@ -33,6 +33,24 @@ static void test_info(void) {
   CHECK(out[0] == '{' && strstr(out, "\"architecture\": \"llama\""), "info gguf json: %s", out);
   CHECK(strstr(out, "\"num_hidden_layers\": 2") && strstr(out, "\"type\": \"Q8_0\""), "info gguf json: %s", out);
   CHECK(strstr(out, "\"general.name\": \"tiny-llama\""), "info gguf json: %s", out);
+  // a control byte in general.name is escaped, not sent to the terminal
+  {
+    FILE *f = fopen("tests/fixtures/models/llama_q8_0.gguf", "rb");
+    static char bytes[1 << 18];
+    size_t n = f ? fread(bytes, 1, sizeof bytes, f) : 0;
+    if (f) fclose(f);
+    char *at = n ? memmem(bytes, n, "tiny-llama", 10) : NULL;
+    char path[] = "/tmp/wick_test_esc_XXXXXX";
+    int fd = mkstemp(path);
+    if (at) at[4] = 0x1b;
+    CHECK(at && fd >= 0 && write(fd, bytes, n) == (ssize_t)n, "write a GGUF with an escape in its name");
+    if (fd >= 0) close(fd);
+    char args[128];
+    snprintf(args, sizeof args, "info %s", path);
+    rc = run(out, sizeof out, args);
+    unlink(path);
+    CHECK(rc == 0 && strstr(out, "general.name:  tiny\\x1bllama") && !strchr(out, 0x1b), "escaped name: rc %d: %s", rc, out);
+  }
   rc = run(out, sizeof out, "info tests/fixtures/models/bert_tiny/model.safetensors");
   CHECK(rc == 0 && strstr(out, "architecture:  bert"), "info safetensors file: rc %d: %s", rc, out);
 }
