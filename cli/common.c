@@ -17,7 +17,10 @@ int cli_user_error(const char *cmd, const char *fmt, ...) {
 }
 
 int cli_lib_error(const char *cmd) {
-  fprintf(stderr, "wick %s: %s\n", cmd, wk_last_error());
+  const char *e = wk_last_error();
+  size_t n = strlen(cmd);
+  if (!strncmp(e, cmd, n) && !strncmp(e + n, ": ", 2)) e += n + 2;   // "wick chat: chat: ..." says it once
+  fprintf(stderr, "wick %s: %s\n", cmd, e);
   return 1;
 }
 

@@ -15,7 +15,9 @@ typedef struct { char *p; size_t n, cap; } text_buf;
 
 typedef struct {
   bool json, batch;
-  text_buf *texts;   // batch text mode: each sequence's text, printed at the end
+  text_buf *texts;    // batch text mode: each sequence's text, printed at the end
+  const char *echo;   // one prompt in text mode: printed with the first token, so a
+                      // generation that fails at its start prints nothing to stdout
   bool oom;
 } gen_ctx;
 
@@ -34,6 +36,7 @@ static void text_add(gen_ctx *g, text_buf *b, const char *s, size_t n) {
 
 static int on_token(const wk_gen_token *t, void *user) {
   gen_ctx *g = user;
+  if (g->echo) { fputs(g->echo, stdout); g->echo = NULL; }
   if (g->json) cli_print_token_json(t, g->batch);
   else if (g->batch) text_add(g, &g->texts[t->seq], t->text, t->len);
   else fwrite(t->text, 1, t->len, stdout);
@@ -76,7 +79,7 @@ static int run(const char *C, const char *model, const char *tokenizer, wk_devic
   int32_t **ids = calloc(np, sizeof *ids);
   size_t *n = calloc(np, sizeof *n);
   wk_generate_result *r = calloc(np, sizeof *r);
-  gen_ctx g = {json, np > 1, calloc(np, sizeof(text_buf)), false};
+  gen_ctx g = {.json = json, .batch = np > 1, .texts = calloc(np, sizeof(text_buf))};
   wk_model *m = NULL;
   wk_adapter *ad = NULL;
   int rc = !ids || !n || !r || !g.texts ? cli_user_error(C, "out of memory") : 0;
@@ -88,10 +91,11 @@ static int run(const char *C, const char *model, const char *tokenizer, wk_devic
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
-    if (!json && !g.batch) { fputs(prompts[0], stdout); fflush(stdout); }
+    if (!json && !g.batch) g.echo = prompts[0];
     wk_status st = g.batch ? wk_generate_batch(m, tok, np, (const int32_t *const *)ids, n, gp, on_token, &g, r)
                            : wk_generate(m, tok, ids[0], n[0], gp, on_token, &g, r);
-    if (!json && !g.batch) putchar('\n');
+    if (!st && g.echo) fputs(g.echo, stdout);   // no token came (-n 0, or an end at once)
+    if (!json && !g.batch && (!st || !g.echo)) putchar('\n');
     for (size_t k = 0; !st && !json && g.batch && k < np; k++)
       printf("%s%s%.*s\n", k ? "\n" : "", prompts[k], (int)g.texts[k].n, g.texts[k].p ? g.texts[k].p : "");
     fflush(stdout);

@@ -317,7 +317,7 @@ static void step_drop(wk_kv_cache *c, step_out *o) {
   step_free(o);
 }
 
-static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok, int64_t ctx, size_t B,
+static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok, int64_t ctx, int64_t vocab, size_t B,
                             const int32_t *const *prompts, const size_t *n_prompts) {
   for (size_t b = 0; b < B; b++) {
     char which[96] = "the prompt";   // both numberings: the CLI's -p count and the array index
@@ -327,6 +327,10 @@ static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok
     if (ctx > 0 && (int64_t)n_prompts[b] > ctx)
       return wk_error(WK_ERR_ARG, "generate: %s has %zu tokens but the context holds %lld", which, n_prompts[b],
                       (long long)ctx);
+    for (size_t i = 0; vocab > 0 && i < n_prompts[b]; i++)
+      if (prompts[b][i] < 0 || prompts[b][i] >= vocab)
+        return wk_error(WK_ERR_ARG, "generate: %s's token %zu is id %d, outside the model's vocabulary of %lld "
+                        "(a tokenizer of another model?)", which, i, prompts[b][i], (long long)vocab);
   }
   if (p->max_tokens < 0) return wk_error(WK_ERR_ARG, "generate: max_tokens %d must be >= 0", p->max_tokens);
   if (p->top_logprobs < 0 || p->top_logprobs > WK_MAX_TOP_LOGPROBS)
@@ -473,7 +477,7 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
   if (st) return st;
   gen_shared g = {tok, cfg, &p, tok ? wk_tokenizer_eos(tok) : -1, wk_kv_cache_max_context(c), cfg->vocab_size,
                   cb, user, NULL, NULL};
-  if ((st = check_args(&p, tok, g.ctx, B, prompts, n_prompts))) return st;
+  if ((st = check_args(&p, tok, g.ctx, cfg->vocab_size, B, prompts, n_prompts))) return st;
   int64_t cached = wk_kv_cache_len(c);
   if (cached > (int64_t)n_prompts[0] || (B > 1 && cached))
     return wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",

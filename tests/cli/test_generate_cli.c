@@ -148,6 +148,14 @@ static void test_cache_options(void) {
   const char *ctx[] = {"generate", "-m", MODEL, "-p", "Hello there my friend", "--ctx-size", "2", NULL};
   rc = run(NULL, out, sizeof out, err, sizeof err, ctx);
   CHECK(rc != 0 && strstr(err, "context holds 2"), "--ctx-size 2 under a longer prompt: rc %d: %s", rc, err);
+  CHECK(!out[0], "a generation that fails at its start prints nothing to stdout: '%s'", out);
+  CHECK(!strstr(err, "generate: generate:"), "the command is named once: %s", err);
+  // a tokenizer of another model: its ids past this model's vocabulary are named as the prompt's
+  const char *tok[] = {"generate", "-m", "tests/fixtures/models/llama", "--tokenizer", "tests/fixtures/chat/model/tokenizer.json",
+                       "-p", "Hello there friend", "-n", "2", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, tok);
+  CHECK(rc == 1 && strstr(err, "outside the model's vocabulary of 256") && strstr(err, "prompt"),
+        "a foreign tokenizer's ids: rc %d: %s", rc, err);
   const char *ctx0[] = {"generate", "-m", MODEL, "-p", "Hi", "--ctx-size", "0", NULL};
   rc = run(NULL, out, sizeof out, err, sizeof err, ctx0);
   CHECK(rc == 2 && strstr(err, "--ctx-size '0'"), "--ctx-size 0: rc %d: %s", rc, err);
