@@ -104,13 +104,21 @@ static wk_status check_features(const wk_json *cfg, const char *path) {
   if (strcmp(bias, "none")) return wk_error(WK_ERR_ARG, "%s: bias '%s' is not supported (only \"none\")", path, bias);
   if (wk_json_bool(wk_json_get(cfg, "fan_in_fan_out"), false))
     return wk_error(WK_ERR_ARG, "%s: fan_in_fan_out is true (a GPT-2-style Conv1D base) and not supported", path);
-  static const char *const empty_or_null[] = {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform",
-                                              "layer_replication"};
-  for (size_t i = 0; i < sizeof empty_or_null / sizeof *empty_or_null; i++) {
-    const wk_json *v = wk_json_get(cfg, empty_or_null[i]);
-    if (v && !wk_json_is(v, WK_JSON_NULL) && wk_json_len(v) > 0)
-      return wk_error(WK_ERR_ARG, "%s: %s is set: not supported by wick (every adapted module must share r and alpha)",
-                      path, empty_or_null[i]);
+  // fields that must be null or empty, and why wick can't honor them
+  static const struct { const char *key, *why; } unsupported[] = {
+      {"rank_pattern", "every adapted module must share r"},
+      {"alpha_pattern", "every adapted module must share alpha"},
+      {"modules_to_save", "wick adapts projections only; fully trained copies of other modules are not loaded"},
+      {"layers_to_transform", "wick adapts the targets in every layer"},
+      {"layer_replication", "layers are not replicated"},
+  };
+  for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++) {
+    const wk_json *v = wk_json_get(cfg, unsupported[i].key);
+    bool empty = !v || wk_json_is(v, WK_JSON_NULL) ||
+                 ((wk_json_is(v, WK_JSON_ARRAY) || wk_json_is(v, WK_JSON_OBJECT)) && !wk_json_len(v));
+    if (!empty)
+      return wk_error(WK_ERR_ARG, "%s: %s is set, which wick does not support (%s)", path, unsupported[i].key,
+                      unsupported[i].why);
   }
   return WK_OK;
 }

@@ -300,6 +300,15 @@ static void bad_input(void) {
     fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"use_dora\": true}", f);
     fclose(f);
     CHECK(!wk_adapter_load(m, tmp) && strstr(wk_last_error(), "DoRA"), "DoRA refused");
+    // peft options wick can't honor, each named with its own reason (a scalar too)
+    const char *opts[][2] = {{"\"layers_to_transform\": 1", "every layer"}, {"\"layers_to_transform\": [0]", "every layer"},
+                             {"\"modules_to_save\": [\"lm_head\"]", "modules_to_save"}, {"\"rank_pattern\": {\"q_proj\": 8}", "share r"}};
+    for (int k = 0; k < 4; k++) {
+      f = fopen(p, "w");
+      fprintf(f, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"], %s}", opts[k][0]);
+      fclose(f);
+      CHECK(!wk_adapter_load(m, tmp) && strstr(wk_last_error(), opts[k][1]), "%s refused: %s", opts[k][0], wk_last_error());
+    }
     f = fopen(p, "w");
     fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"]", f);
     fclose(f);
