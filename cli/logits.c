@@ -105,7 +105,7 @@ int wick_logits_main(int argc, char **argv) {
   for (int64_t j = 0; j < V; j++) bad += isnan(row[j]) || row[j] == INFINITY;
   if (bad) {   // a table of NaNs is no answer: the weights (or an input) hold NaN or inf
     rc = cli_user_error("logits", "%lld of the %lld logits at the last position are NaN or +inf: the model's weights "
-                        "(or its adapter's) hold non-finite values", (long long)bad, (long long)V);
+                        "(or its adapter's) hold non-finite values, or the file is corrupt", (long long)bad, (long long)V);
     goto done;
   }
   double mx = -INFINITY, sum = 0;

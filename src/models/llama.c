@@ -324,7 +324,17 @@ wk_status wk_llama_load_gguf(wk_model *m, const char *path) {
     goto done;
   c->num_key_value_heads = c->num_attention_heads;
   if ((st = gguf_int(g, arch, "attention.head_count_kv", &c->num_key_value_heads, 0))) goto done;
-  if (c->num_attention_heads <= 0 || c->hidden_size % c->num_attention_heads) {
+  const struct { const char *key; int64_t v; } sizes[] = {
+      {"block_count", c->num_hidden_layers}, {"embedding_length", c->hidden_size},
+      {"feed_forward_length", c->intermediate_size}, {"attention.head_count", c->num_attention_heads},
+      {"attention.head_count_kv", c->num_key_value_heads}};
+  for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+    if (sizes[i].v <= 0) {
+      st = wk_error(WK_ERR_ARG, "model %s: %s.%s is %lld; it must be positive", path, arch, sizes[i].key,
+                    (long long)sizes[i].v);
+      goto done;
+    }
+  if (c->hidden_size % c->num_attention_heads) {
     st = wk_error(WK_ERR_ARG, "model %s: %s.attention.head_count %lld does not divide embedding_length %lld", path,
                   arch, (long long)c->num_attention_heads, (long long)c->hidden_size);
     goto done;

@@ -25,6 +25,7 @@ typedef struct {
   float factor;       // rope.scaling.factor (0: left out)
   uint32_t orig_ctx;  // rope.scaling.original_context_length (0: left out)
   float freqs;        // a rope_freqs.weight of this value (0: none)
+  const char *zero;   // an int key written as 0 (a corrupt header), or NULL
 } variant;
 
 // The fixture's metadata and tensors (f32) plus the variant's scaling, written to path.
@@ -42,7 +43,7 @@ static bool write_variant(const char *path, const variant *v) {
   for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
     snprintf(k, sizeof k, "llama.%s", ints[i]);
     if (wk_gguf_get_int(g, k, &iv)) { wk_gguf_close(g); wk_gguf_writer_free(w); return false; }
-    wk_gguf_writer_u32(w, k, (uint32_t)iv);
+    wk_gguf_writer_u32(w, k, v->zero && !strcmp(v->zero, ints[i]) ? 0u : (uint32_t)iv);
     if (!strcmp(ints[i], "rope.dimension_count")) head_dim = iv;
   }
   for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++) {
@@ -95,8 +96,9 @@ static float max_diff(const float *a, const float *b, int64_t n) {
 int main(void) {
   snprintf(g_dir, sizeof g_dir, "/tmp/wick-gguf-rope-XXXXXX");
   CHECK(mkdtemp(g_dir) != NULL, "temporary directory");
-  const variant plain = {0}, linear = {"linear", 4, 0, 0}, freqs4 = {NULL, 0, 0, 4}, freqs1 = {NULL, 0, 0, 1},
-                yarn = {"yarn", 4, 64, 0}, bad = {"su", 4, 0, 0}, nofactor = {"linear", 0, 0, 0};
+  const variant plain = {0}, linear = {"linear", 4, 0, 0, NULL}, freqs4 = {NULL, 0, 0, 4, NULL},
+                freqs1 = {NULL, 0, 0, 1, NULL}, yarn = {"yarn", 4, 64, 0, NULL}, bad = {"su", 4, 0, 0, NULL},
+                nofactor = {"linear", 0, 0, 0, NULL};
   const char *names[] = {"plain.gguf", "linear.gguf", "freqs4.gguf", "freqs1.gguf", "yarn.gguf", "bad.gguf", "nofactor.gguf"};
   const variant *vs[] = {&plain, &linear, &freqs4, &freqs1, &yarn, &bad, &nofactor};
   for (int i = 0; i < 7; i++) CHECK(write_variant(tmp(names[i]), vs[i]), "write %s: %s", names[i], wk_last_error());
@@ -123,6 +125,16 @@ int main(void) {
         "an unknown scaling type is named: %s", wk_last_error());
   CHECK(!wk_model_load(tmp("nofactor.gguf")) && strstr(wk_last_error(), "rope.scaling.factor"),
         "a missing factor is named: %s", wk_last_error());
+  // a size of 0 is named as such (embedding_length 0 read as "partial RoPE": head dim 0)
+  const variant zero_emb = {.zero = "embedding_length"}, zero_kv = {.zero = "attention.head_count_kv"};
+  CHECK(write_variant(tmp("zero_emb.gguf"), &zero_emb) && !wk_model_load(tmp("zero_emb.gguf")) &&
+            strstr(wk_last_error(), "embedding_length is 0"),
+        "embedding_length 0 is named: %s", wk_last_error());
+  CHECK(write_variant(tmp("zero_kv.gguf"), &zero_kv) && !wk_model_load(tmp("zero_kv.gguf")) &&
+            strstr(wk_last_error(), "head_count_kv is 0"),
+        "head_count_kv 0 is named: %s", wk_last_error());
+  remove(tmp("zero_emb.gguf"));
+  remove(tmp("zero_kv.gguf"));
   for (int i = 0; i < 7; i++) remove(tmp(names[i]));
   rmdir(g_dir);
   return check_report();
