@@ -126,7 +126,7 @@ bool cli_utf8_valid(const char *s, size_t n) {
   return true;
 }
 
-void cli_json_string(FILE *f, const char *s, size_t n) {
+static void json_string(FILE *f, const char *s, size_t n, bool hex_bytes) {
   const unsigned char *u = (const unsigned char *)s;
   fputc('"', f);
   for (size_t i = 0; i < n;) {
@@ -134,7 +134,11 @@ void cli_json_string(FILE *f, const char *s, size_t n) {
     size_t l = utf8_seq(u + i, n - i);
     if (l > 1) { fwrite(u + i, 1, l, f); i += l; continue; }
     i++;
-    if (!l) { fprintf(f, "\\u%04x", c); continue; }
+    if (!l) {   // not UTF-8: the replacement character, or the byte written out as text
+      if (hex_bytes) fprintf(f, "<0x%02X>", c);
+      else fputs("\\ufffd", f);
+      continue;
+    }
     switch (c) {
       case '"': fputs("\\\"", f); break;
       case '\\': fputs("\\\\", f); break;
@@ -148,6 +152,8 @@ void cli_json_string(FILE *f, const char *s, size_t n) {
   }
   fputc('"', f);
 }
+void cli_json_string(FILE *f, const char *s, size_t n) { json_string(f, s, n, false); }
+void cli_json_piece(FILE *f, const char *s, size_t n) { json_string(f, s, n, true); }
 
 wk_model *cli_load_model(const char *path, wk_device dev, const char *adapter_dir, wk_adapter **adapter) {
   *adapter = NULL;

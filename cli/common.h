@@ -35,6 +35,9 @@ int cli_parse_device(const char *cmd, const char *v, wk_device *dev);
 void cli_model_free(wk_model *m, wk_adapter *adapter);
 // 1 if s[0..n) is valid UTF-8.
 bool cli_utf8_valid(const char *s, size_t n);
-// Writes s[0..n) as a JSON string (quotes included); bytes that are not valid UTF-8
-// are written as \u00XX of the byte value.
+// Writes s[0..n) as a JSON string (quotes included); a byte that is not part of valid
+// UTF-8 is written as U+FFFD (\ufffd), as JSON strings are Unicode text: callers that
+// need the exact bytes give them apart (cli_print_token_json's "bytes").
 void cli_json_string(FILE *f, const char *s, size_t n);
+// The same for a token's piece shown to a person: a stray byte is written as "<0xCE>".
+void cli_json_piece(FILE *f, const char *s, size_t n);

@@ -26,16 +26,26 @@ static double ms_since_first(void) {
   return t - t0;
 }
 
+// A token's text that is not whole UTF-8 (a character split across tokens) also goes
+// out as its bytes, so that a reader can join tokens exactly.
+static void json_text(const char *s, size_t n) {
+  cli_json_string(stdout, s, n);
+  if (cli_utf8_valid(s, n)) return;
+  printf(", \"bytes\": [");
+  for (size_t i = 0; i < n; i++) printf("%s%u", i ? ", " : "", (unsigned)(unsigned char)s[i]);
+  putchar(']');
+}
+
 void cli_print_token_json(const wk_gen_token *t, bool with_seq) {
   if (with_seq) printf("{\"seq\": %d, \"id\": %d, \"text\": ", t->seq, t->id);
   else printf("{\"id\": %d, \"text\": ", t->id);
-  cli_json_string(stdout, t->text, t->len);
+  json_text(t->text, t->len);
   printf(", \"prob\": %.7g, \"logprob\": %.7g, \"ms\": %.3f", (double)t->prob, (double)t->logprob, ms_since_first());
   if (t->n_top) {
     printf(", \"top\": [");
     for (int32_t i = 0; i < t->n_top; i++) {
       printf("%s{\"id\": %d, \"text\": ", i ? ", " : "", t->top[i].id);
-      cli_json_string(stdout, t->top[i].text, t->top[i].len);
+      json_text(t->top[i].text, t->top[i].len);
       printf(", \"logprob\": %.7g}", (double)t->top[i].logprob);
     }
     putchar(']');

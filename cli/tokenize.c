@@ -17,7 +17,7 @@ static int tokenize_one(const wk_tokenizer *tok, const char *text, size_t len, b
       size_t bl = 0;
       const char *b = wk_tokenizer_token_bytes(tok, ids[i], &bl);
       putchar(':');
-      cli_json_string(stdout, b ? b : "", b ? bl : 0);
+      cli_json_piece(stdout, b ? b : "", b ? bl : 0);
     }
   }
   putchar('\n');

@@ -69,7 +69,7 @@ static int on_id(const wk_gen_token *t, void *u) {
   return 0;
 }
 
-// The reply's bytes from its ids (the JSON text shows stray bytes as \u00XX).
+// The reply's bytes from its ids (the JSON text shows stray bytes as U+FFFD).
 static size_t reply_bytes(const wk_tokenizer *tok, const int32_t *ids, int n, char *dst, size_t cap) {
   size_t len = 0;
   for (int i = 0; i < n; i++) {

@@ -76,6 +76,19 @@ static void test_tokenize(void) {
   CHECK(rc == 0 && !out[0], "tokenize empty stdin: rc %d: %s", rc, out);
   rc = run(out, sizeof out, "tokenize -m tests/fixtures/models/bert_tiny --pieces 'Hello, World'");
   CHECK(rc == 0 && strstr(out, ":\"[CLS]\"") && strstr(out, ":\"[SEP]\""), "tokenize pieces: rc %d: %s", rc, out);
+  // byte-level pieces that split a character show their stray bytes as <0xXX>
+  rc = run(out, sizeof out, "tokenize -m tests/fixtures/chat/model --pieces 'Παλιά'");
+  CHECK(rc == 0 && strstr(out, "141:\"<0xCE>\" 257:\"<0xA0>\""), "pieces of a split character: rc %d: %s", rc, out);
+  // generate --json: such a token's text has U+FFFD and its exact bytes beside it
+  rc = run(out, sizeof out, "generate -m tests/fixtures/chat/model -p 'Παλιά' -n 12 --temp 0 --json --top-logprobs 3");
+  int split = 0, with_bytes = 0;
+  for (const char *q = out; (q = strstr(q, "\\ufffd")); q++) {
+    const char *end = strchr(q, '}');
+    split++;
+    with_bytes += end && memmem(q, (size_t)(end - q), "\"bytes\": [", 10) != NULL;
+  }
+  CHECK(rc == 0 && split > 0 && split == with_bytes,
+        "generate --json: %d texts with U+FFFD, %d with bytes: %.300s", split, with_bytes, out);
 }
 
 static void test_logits(void) {
