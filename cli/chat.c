@@ -132,6 +132,7 @@ int wick_chat_main(int argc, char **argv) {
   }
   if (gp.sliding_window) { rc = cli_user_error(C, "--sliding-window is not supported in chat (/reset when the context is full)"); goto out; }
   if (system && !cli_utf8_valid(system, strlen(system))) { rc = cli_user_error(C, "--system is not valid UTF-8"); goto out; }
+  if (gp.top_logprobs && !json) { rc = cli_user_error(C, "--top-logprobs prints with --json only"); goto out; }
   bool dflt = !model;
   if (!model) model = WICK_DEFAULT_LM;
   if (cli_check_path(C, model, dflt) || cli_check_tokenizer(C, model)) { rc = 2; goto out; }

@@ -152,6 +152,16 @@ static void json_string(FILE *f, const char *s, size_t n, bool hex_bytes) {
   }
   fputc('"', f);
 }
+int cli_parse_u64(const char *s, uint64_t *out) {
+  if (!s[0] || s[0] < '0' || s[0] > '9') return -1;   // no sign, no space
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (*end || errno == ERANGE) return -1;
+  *out = (uint64_t)v;
+  return 0;
+}
+
 void cli_json_string(FILE *f, const char *s, size_t n) { json_string(f, s, n, false); }
 void cli_json_piece(FILE *f, const char *s, size_t n) { json_string(f, s, n, true); }
 

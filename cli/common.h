@@ -14,6 +14,8 @@ int cli_user_error(const char *cmd, const char *fmt, ...) __attribute__((format(
 int cli_lib_error(const char *cmd);
 // The value of option argv[*i] (advances *i); NULL with a message if it is missing.
 const char *cli_opt_value(const char *cmd, int argc, char **argv, int *i);
+// Parses a decimal integer in [0, 2^64 - 1] (a seed): no sign; 0 on success.
+int cli_parse_u64(const char *s, uint64_t *out);
 // Parses a decimal integer in [lo, hi]; 0 on success.
 int cli_parse_int(const char *s, long lo, long hi, long *out);
 // 0 if path exists; else prints a user error (with a fetch-models hint when is_default).

@@ -62,6 +62,10 @@ wk_generate_params cli_gen_defaults(void) {
 
 void cli_gen_resolve(wk_generate_params *gp, const wk_model *m) {
   if (gp->cache_dtype == CLI_CACHE_AUTO) gp->cache_dtype = wk_model_cache_dtype(m);
+  int64_t mctx = wk_model_get_config(m)->max_position_embeddings;
+  if (mctx > 0 && gp->max_context > mctx)
+    fprintf(stderr, "wick: note: --ctx-size %lld is past the model's context of %lld positions (it was never trained "
+            "beyond them)\n", (long long)gp->max_context, (long long)mctx);
 }
 
 int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_params *gp, const char **stops,
@@ -82,12 +86,13 @@ int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_par
   else if (IS("--frequency-penalty")) { VAL(); if (parse_float(v, -1e6, 1e6, &sp->frequency_penalty)) BAD("a number"); }
   else if (IS("--seed")) {
     VAL();
-    char *end;
-    unsigned long long sv = strtoull(v, &end, 10);
-    if (end == v || *end || v[0] == '-') BAD("a non-negative integer");
-    sp->seed = (uint64_t)sv;
+    if (cli_parse_u64(v, &sp->seed)) BAD("an integer from 0 to 18446744073709551615");
   }
-  else if (IS("--stop")) { VAL(); if (!v[0]) BAD("a non-empty string"); stops[(*n_stop)++] = v; }
+  else if (IS("--stop")) {
+    VAL();
+    if (!v[0] || !cli_utf8_valid(v, strlen(v))) BAD("a non-empty UTF-8 string");
+    stops[(*n_stop)++] = v;
+  }
   else if (IS("--ignore-eos")) gp->ignore_eos = true;
   else if (IS("--sliding-window")) gp->sliding_window = true;
   else if (IS("--cache-type")) {

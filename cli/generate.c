@@ -158,6 +158,7 @@ int wick_generate_main(int argc, char **argv) {
   }
   if (rc) goto out;
   if (!np) { rc = cli_user_error(C, "missing -p PROMPT"); goto out; }
+  if (gp.top_logprobs && !json) { rc = cli_user_error(C, "--top-logprobs prints with --json only"); goto out; }
   for (size_t k = 0; k < np; k++) {
     if (!prompts[k][0]) { rc = cli_user_error(C, "prompt %zu is empty", k + 1); goto out; }
     if (!cli_utf8_valid(prompts[k], strlen(prompts[k]))) { rc = cli_user_error(C, "prompt %zu is not valid UTF-8", k + 1); goto out; }

@@ -67,7 +67,7 @@ int wick_train_main(int argc, char **argv) {
   const char *C = "train", *model = NULL, *data = NULL, *eval = NULL, *init = NULL, *targets = NULL, *v;
   wk_train_options o = wk_train_defaults();
   wk_lora_config lc = wk_lora_defaults();
-  bool strict = false, quiet = false, pack = false, sgd = false;
+  bool strict = false, quiet = false, pack = false, sgd = false, steps_set = false, epochs_set = false;
   // optimizer values apply after parsing, so their order against --optim doesn't matter
   float wd = NAN, beta1 = NAN, beta2 = NAN, eps = NAN, momentum = NAN;
   wk_device device = WK_CPU;
@@ -92,8 +92,8 @@ int wick_train_main(int argc, char **argv) {
     else if (!strcmp(a, "--schedule")) { VAL(); if (wk_schedule_parse(v, &o.schedule.kind)) return cli_lib_error(C); }
     else if (!strcmp(a, "--warmup")) INT(0, 1L << 40, o.schedule.warmup, "--warmup");
     else if (!strcmp(a, "--min-lr")) FLOAT(0, 10, o.schedule.min_lr, "--min-lr");
-    else if (!strcmp(a, "--steps")) INT(1, 1L << 40, o.steps, "--steps");
-    else if (!strcmp(a, "--epochs")) { float e; FLOAT(1e-6, 1e6, e, "--epochs"); o.epochs = e; }
+    else if (!strcmp(a, "--steps")) { INT(1, 1L << 40, o.steps, "--steps"); steps_set = true; }
+    else if (!strcmp(a, "--epochs")) { float e; FLOAT(1e-6, 1e6, e, "--epochs"); o.epochs = e; epochs_set = true; }
     else if (!strcmp(a, "--batch")) INT(1, 4096, o.batch, "--batch");
     else if (!strcmp(a, "--seq-len")) INT(2, 1L << 20, o.seq_len, "--seq-len");
     else if (!strcmp(a, "--grad-accum")) INT(1, 4096, o.grad_accum, "--grad-accum");
@@ -107,7 +107,10 @@ int wick_train_main(int argc, char **argv) {
     else if (!strcmp(a, "--beta2")) FLOAT(0, 0.999999, beta2, "--beta2");
     else if (!strcmp(a, "--eps")) FLOAT(1e-30, 1, eps, "--eps");
     else if (!strcmp(a, "--momentum")) FLOAT(0, 0.999999, momentum, "--momentum");
-    else if (!strcmp(a, "--seed")) { VAL(); char *e; o.seed = strtoull(v, &e, 10); if (e == v || *e) return cli_user_error(C, "--seed: '%s' is not an integer", v); }
+    else if (!strcmp(a, "--seed")) {
+      VAL();
+      if (cli_parse_u64(v, &o.seed)) return cli_user_error(C, "--seed: '%s' is not an integer from 0 to 2^64 - 1", v);
+    }
     else if (!strcmp(a, "--no-shuffle")) o.shuffle = false;
     else if (!strcmp(a, "--strict")) strict = true;
     else if (!strcmp(a, "--overwrite")) o.overwrite = true;
@@ -127,6 +130,12 @@ int wick_train_main(int argc, char **argv) {
 #undef VAL
 #undef FLOAT
 #undef INT
+  // options that would be ignored are refused instead
+  if (steps_set && epochs_set) return cli_user_error(C, "give --steps or --epochs, not both");
+  if (o.eval_every && !eval) return cli_user_error(C, "--eval-every needs --eval FILE");
+  if (sgd && (!isnan(beta1) || !isnan(beta2) || !isnan(eps)))
+    return cli_user_error(C, "--beta1, --beta2 and --eps are AdamW's; --optim sgd takes --momentum");
+  if (!sgd && !isnan(momentum)) return cli_user_error(C, "--momentum is SGD's (--optim sgd)");
   o.optim = sgd ? wk_sgd_defaults() : wk_adamw_defaults();
   if (!isnan(wd)) o.optim.weight_decay = wd;
   if (!isnan(beta1)) o.optim.beta1 = beta1;
@@ -154,7 +163,10 @@ int wick_train_main(int argc, char **argv) {
     wk_tokenizer_free(tok);
     return rc;
   }
-  int64_t vocab = wk_model_get_config(m)->vocab_size;
+  int64_t vocab = wk_model_get_config(m)->vocab_size, mctx = wk_model_get_config(m)->max_position_embeddings;
+  if (mctx > 0 && o.seq_len > mctx)
+    fprintf(stderr, "wick train: note: --seq-len %lld is past the model's context of %lld positions (it was never "
+            "trained beyond them)\n", (long long)o.seq_len, (long long)mctx);
   // packed: examples are joined first, so only the pieces are cut at seq_len
   wk_dataset_options dopt = {.max_len = pack ? 0 : o.seq_len, .strict = strict, .warn = on_warn};
   wk_dataset *train = wk_dataset_load(data, tok, vocab, &dopt);

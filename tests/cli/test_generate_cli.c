@@ -67,6 +67,12 @@ static void test_top_logprobs(void) {
   const char *bad[] = {"generate", "-m", MODEL, "-p", "Hi", "--top-logprobs", "1000", NULL};
   rc = run(NULL, out, sizeof out, err, sizeof err, bad);
   CHECK(rc == 2 && strstr(err, "--top-logprobs"), "bad --top-logprobs: rc %d: %s", rc, err);
+  const char *nojson[] = {"generate", "-m", MODEL, "-p", "Hi", "--top-logprobs", "2", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, nojson);
+  CHECK(rc == 2 && strstr(err, "--json"), "--top-logprobs without --json: rc %d: %s", rc, err);
+  const char *badseed[] = {"generate", "-m", MODEL, "-p", "Hi", "--seed", "18446744073709551616", NULL};
+  rc = run(NULL, out, sizeof out, err, sizeof err, badseed);
+  CHECK(rc == 2 && strstr(err, "--seed"), "--seed past 2^64 - 1: rc %d: %s", rc, err);
 }
 
 // Token ids of --json output lines with "seq" == seq (-1: lines without "seq").

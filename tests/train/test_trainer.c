@@ -477,6 +477,14 @@ static void adapter_cli(void) {
   snprintf(cmd, sizeof cmd, "%s train -m %s --data %s -o %s --steps 1 --quiet 2>&1 | grep -q overwrite", WICK_CLI,
            fixture_in("models", "qwen2"), tmp_path("train.jsonl"), out);
   CHECK(system(cmd) == 0, "an existing output directory is refused without --overwrite");
+  // options that would be ignored are refused, naming them
+  const char *conflicts[][2] = {{"--steps 2 --epochs 1", "not both"}, {"--eval-every 2", "--eval FILE"},
+                                {"--optim sgd --beta1 0.8", "AdamW's"}, {"--momentum 0.5", "SGD's"}, {"--seed -1", "--seed"}};
+  for (int k = 0; k < 5; k++) {
+    snprintf(cmd, sizeof cmd, "%s train -m %s --data %s -o %s %s 2>&1 | grep -q -- \"%s\"", WICK_CLI,
+             fixture_in("models", "qwen2"), tmp_path("train.jsonl"), tmp_path("never"), conflicts[k][0], conflicts[k][1]);
+    CHECK(system(cmd) == 0, "train %s is refused", conflicts[k][0]);
+  }
 }
 
 // Activation checkpointing gives the gradients of the plain backward pass (dropout on:
