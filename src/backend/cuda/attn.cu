@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_fwd_simt(const __grid_con
       const int64_t t = t0 + ty + 16 * i;
       if (t >= a.T) continue;
       const int64_t r = (b * a.Hq + h) * a.T + t;
-      if (a.lse && tx == 0) a.lse[r] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
+      if (a.lse && tx == 0) a.lse[r] = l[i] == 0.0f ? -INFINITY : m[i] + logf(l[i]);
       if (!a.want_out) continue;
       if (a.NSP > 1) {   // this split's share: combined by k_attn_combine
         float *pp = a.part + (sp * a.B * a.Hq * a.T + r) * (a.D + 2);
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(SIMT_THREADS) k_attn_fwd_simt(const __grid_con
         if (tx == 0) { pp[a.D] = m[i]; pp[a.D + 1] = l[i]; }
         continue;
       }
-      const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;   // a row that sees no key: 0
+      const float inv = l[i] == 0.0f ? 0.0f : 1.0f / l[i];   // a row that sees no key: 0 (NaN stays NaN)
 #pragma unroll
       for (int j = 0; j < NJ; j++) {
         int d = tx + 16 * j;
@@ -542,7 +542,7 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_fwd_mma(const __grid_const
       const int64_t t = tr[hr];
       if (t >= a.T) continue;
       if (a.lse && tg == 0)   // m is in base 2: L = m ln 2 + ln(sum)
-        a.lse[(b * a.Hq + h) * a.T + t] = sum > 0.0f ? m[hr] * 0.6931471805599453f + logf(sum) : -INFINITY;
+        a.lse[(b * a.Hq + h) * a.T + t] = sum == 0.0f ? -INFINITY : m[hr] * 0.6931471805599453f + logf(sum);
       if (!a.want_out) continue;
       if (a.NSP > 1) {   // this split's share, m in natural units: combined by k_attn_combine
         float *pp = a.part + (sp * a.B * a.Hq * a.T + (b * a.Hq + h) * a.T + t) * (a.D + 2);
@@ -554,7 +554,7 @@ __global__ void __launch_bounds__(MMA_THREADS) k_attn_fwd_mma(const __grid_const
         if (tg == 0) { pp[a.D] = m[hr] * 0.6931471805599453f; pp[a.D + 1] = sum; }
         continue;
       }
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;   // a row that sees no key: 0
+      const float inv = sum == 0.0f ? 0.0f : 1.0f / sum;   // a row that sees no key: 0 (NaN stays NaN)
       E *dst = (E *)a.out + ((b * a.Hq + h) * a.T + t) * a.D;
 #pragma unroll
       for (int d = 0; d < DT; d++) {
@@ -756,7 +756,7 @@ __global__ void k_attn_combine(const __grid_constant__ AttnArgs a) {
     for (int64_t i = 0; i < a.NSP; i++) M = fmaxf(M, p[i * st + a.D]);
     const float mu = M == -INFINITY ? 0.0f : M;
     for (int64_t i = 0; i < a.NSP; i++) L += p[i * st + a.D + 1] * expf(p[i * st + a.D] - mu);
-    const float inv = L > 0.0f ? 1.0f / L : 0.0f;   // a row that sees no key: 0
+    const float inv = L == 0.0f ? 0.0f : 1.0f / L;   // a row that sees no key: 0 (NaN stays NaN)
     for (int64_t d = lane; d < a.D; d += 32) {
       float acc = 0.0f;
       for (int64_t i = 0; i < a.NSP; i++) acc += p[i * st + d] * expf(p[i * st + a.D] - mu);

@@ -262,7 +262,7 @@ static __device__ __forceinline__ void dec_finish(const AttnArgs &a, int64_t b, 
     const float O = dec_merge(
         ncl, [&](int s) { return __ldcg(p + s * st + D); }, [&](int s) { return __ldcg(p + s * st + D + 1); },
         [&](int s) { return __ldcg(p + s * st + d); }, &M, &L);
-    stv(a.out, a.out_dtype, r * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
+    stv(a.out, a.out_dtype, r * D + d, L == 0.0f ? 0.0f : O / L);   // a row that sees no key: 0 (NaN stays NaN)
   }
   if (threadIdx.x == 0) a.dec_count[blockIdx.y] = 0;
 }
@@ -402,7 +402,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const __grid_con
         nr, [&](int s) { return rcv_ml[s][2 * g]; }, [&](int s) { return rcv_ml[s][2 * g + 1]; },
         [&](int s) { return rcv_o[s][tid]; }, &M, &L);
     if (ncl == 1) {
-      stv(a.out, a.out_dtype, row * D + d, L > 0.0f ? O / L : 0.0f);   // a row that sees no key: 0
+      stv(a.out, a.out_dtype, row * D + d, L == 0.0f ? 0.0f : O / L);   // a row that sees no key: 0 (NaN stays NaN)
     } else {
       float *pp = a.part + ((int64_t)cl * a.B * a.Hq + row) * (D + 2);
       pp[d] = O;

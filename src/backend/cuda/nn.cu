@@ -940,7 +940,7 @@ __global__ void __launch_bounds__(SDPA_THREADS) k_sdpa(const __grid_constant__ S
       }
       __syncthreads();
     }
-    float inv = l > 0 ? 1.0f / l : 0.0f;
+    float inv = l == 0.0f ? 0.0f : 1.0f / l;   // no key: 0 (NaN stays NaN)
     int64_t r = (b * a.Hq + h) * a.T + t;
 #pragma unroll
     for (int c = 0; c < PER; c++) {
