@@ -249,6 +249,7 @@ typedef struct job {
   void **slots;
   wk_buffer **hold;    // the buffers it reads or writes, kept alive while the plan runs
   int nhold;
+  int first_out;       // hold[first_out..]: the buffers it writes (its outputs)
   uint64_t seq;        // its number, in submission order (wk_buffer.job)
   bool gpu;            // a step runs on a device other than the CPU
   const wk_backend *defer;   // every step runs on this backend, which can defer completion
@@ -364,6 +365,10 @@ static wk_status job_launch(job *j) {
   bool used[WK_DEVICE_COUNT] = {0};
   wk_status s = WK_OK;
   j->launched = true;
+  for (int k = 0; k < j->first_out; k++) {   // an input a failed job was to write: garbage
+    const char *f = atomic_load(&j->hold[k]->failed);
+    if (f) return wk_error(WK_ERR_STATE, "eval: an input comes from an evaluation that failed: %s", f);
+  }
   if (j->defer) j->defer->defer_begin();
   for (int k = 0; k < j->plan->nsteps && !s; k++) {
     const wk_step *st = &j->plan->steps[k];
@@ -434,6 +439,12 @@ static wk_status job_wait(job *j) {
   return job_finish(j);
 }
 
+// A failed job's outputs hold garbage: they say so to whoever reads them later.
+static void job_fail_outputs(job *j, wk_status s) {
+  if (!s) return;
+  for (int k = j->first_out; k < j->nhold; k++) wk_buffer_fail(j->hold[k], wk_last_error());
+}
+
 static void job_free(job *j) {
   for (int k = 0; k < j->nhold; k++) wk_buffer_release(j->hold[k]);
   free(j->hold);
@@ -450,6 +461,7 @@ static void *executor(void *arg) {
     pthread_mutex_unlock(&q_mu);
     if (!j->launched) j->status = job_launch(j);
     wk_status s = j->ticket ? job_wait(j) : j->status;
+    job_fail_outputs(j, s);   // (before q_finished says it is done)
     bool gpu = j->gpu;
     pthread_mutex_lock(&q_mu);
     if (s && !q_status) {
@@ -528,6 +540,7 @@ static wk_status wait_for(int n, wk_tensor *const *ts) {
 static wk_status job_run_here(job *j) {
   j->status = job_launch(j);
   wk_status s = job_finish(j);
+  job_fail_outputs(j, s);
   atomic_store(&q_finished, j->seq);
   job_free(j);
   return s;
@@ -603,6 +616,10 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   }
   if (!np) {
     if (!settled(n, ts)) s = wait_for(n, ts);
+    for (int i = 0; i < n && !s; i++) {
+      const char *f = atomic_load(&ts[i]->buf->failed);
+      if (f) s = wk_error(WK_ERR_STATE, "eval: this tensor's evaluation failed: %s", f);
+    }
     if (!s && cut) detach(n, ts);
     return s;
   }
@@ -673,6 +690,7 @@ static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
     t->buf->refcount++;
     t->buf->job = j->seq;   // read, or written in place
   }
+  j->first_out = j->nhold;
   for (int o = 0; o < plan->nouts; o++) {
     outs[o] = wk_buffer_alloc(g.nodes[plan->outs[o].node]->device, plan->outs[o].bytes);
     if (!outs[o]) {

@@ -39,8 +39,21 @@ void wk_buffer_thaw(wk_buffer *b) {
   if (b->device == WK_CPU) wk_gemm_thaw(b->data);
 }
 
+static char fail_oom[] = "evaluation failed (no memory was left for its message)";   // not freed
+
+void wk_buffer_fail(wk_buffer *b, const char *message) {
+  if (!message || !*message) message = "evaluation failed";
+  size_t n = strlen(message) + 1;
+  char *m = malloc(n), *none = NULL;
+  if (m) memcpy(m, message, n);
+  else m = fail_oom;
+  if (!atomic_compare_exchange_strong(&b->failed, &none, m) && m != fail_oom) free(m);
+}
+
 void wk_buffer_release(wk_buffer *b) {
   if (!b || --b->refcount > 0) return;
+  char *failed = atomic_load(&b->failed);
+  if (failed != fail_oom) free(failed);
   wk_buffer_thaw(b);  // its address may come back for other data
   if (b->release) b->release(b->release_ctx);
   else if (b->device != WK_CPU) wk_backend_get(b->device)->free(b->data);
@@ -461,7 +474,7 @@ const int64_t *wk_shape(const wk_tensor *t) { return t ? t->shape : NULL; }
 int64_t wk_numel(const wk_tensor *t) { return t ? wk_shape_numel(t->ndim, t->shape) : 0; }
 wk_dtype wk_tensor_dtype(const wk_tensor *t) { return t ? t->dtype : WK_F32; }
 wk_device wk_tensor_device(const wk_tensor *t) { return t ? t->device : WK_CPU; }
-int wk_is_evaluated(const wk_tensor *t) { return t && t->buf; }
+int wk_is_evaluated(const wk_tensor *t) { return t && t->buf && !atomic_load(&t->buf->failed); }
 
 int wk_is_contiguous(const wk_tensor *t) {
   if (!t) return 0;

@@ -94,7 +94,38 @@ static void test_errors(void) {
 #endif
 }
 
+// An evaluation that fails in a kernel (an id past the table: found only when it runs)
+// leaves its tensors failed, not holding garbage that reads as valid: evaluating or
+// reading them again, or evaluating what uses them, returns the first error; the same
+// after wk_eval_async, whose failure wk_sync reports.
+static void test_failed_eval(void) {
+  wk_scope_begin();
+  float tab[4] = {1, 2, 3, 4};
+  int32_t id = 7;
+  wk_tensor *t = wk_from_data(2, (int64_t[]){2, 2}, WK_F32, tab), *i = wk_from_data(1, (int64_t[]){1}, WK_I32, &id);
+  for (int async = 0; async < 2; async++) {
+    wk_tensor *y = wk_add_scalar(wk_embedding(t, i), 1.0f);
+    wk_status s = async ? wk_eval_async(1, &y) : wk_eval(1, &y);
+    if (async) CHECK(s == WK_OK && wk_sync() != WK_OK, "async: wk_sync reports the failure");
+    else CHECK(s != WK_OK && strstr(wk_last_error(), "id 7"), "the failing evaluation: %s", wk_last_error());
+    CHECK(!wk_is_evaluated(y), "a failed tensor is not evaluated (async %d)", async);
+    float o[2];
+    CHECK(wk_tensor_read_f32(y, o, 2) != WK_OK && strstr(wk_last_error(), "failed") && strstr(wk_last_error(), "id 7"),
+          "reading it again fails, naming the first error: %s", wk_last_error());
+    CHECK(wk_eval(1, &y) != WK_OK, "evaluating it again fails");
+    wk_tensor *z = wk_mul_scalar(y, 2.0f);
+    CHECK(wk_eval(1, &z) != WK_OK && strstr(wk_last_error(), "an input comes from an evaluation that failed"),
+          "what uses it fails: %s", wk_last_error());
+    CHECK(wk_tensor_read_f32(z, o, 2) != WK_OK, "and reads as failed too");
+  }
+  wk_tensor *ok = wk_add_scalar(t, 1.0f);
+  float o[4];
+  CHECK(wk_tensor_read_f32(ok, o, 4) == WK_OK && o[3] == 5.0f, "the next evaluation is fine");
+  wk_scope_end();
+}
+
 int main(void) {
+  test_failed_eval();
   test_lifetime();
   test_data_access();
   test_errors();
