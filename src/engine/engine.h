@@ -1,7 +1,9 @@
 // Engine internals: the tensor struct, the op table and helpers shared by ops_*.c.
 #pragma once
 #include <stdarg.h>
+#ifndef __cplusplus
 #include <stdatomic.h>
+#endif
 #include <stdbool.h>
 #include <stdlib.h>
 #include "wick.h"
@@ -51,8 +53,12 @@ typedef struct wk_buffer {
                               // derived forms of it; wk_buffer_thaw before any write
   uint64_t job;               // the last evaluation job that reads or writes it (0: none):
                               // reading its data waits for that job only
+#ifndef __cplusplus
   _Atomic(char *) failed;     // the error of the job that was to write it (its contents are
                               // garbage): reading it, or a job reading it, fails with this
+#else
+  char *failed;               // (the same bytes: C++ backend sources never touch it)
+#endif
 } wk_buffer;
 // Marks b as written by a failed job (message copied); the first failure's message stays.
 void wk_buffer_fail(wk_buffer *b, const char *message);
