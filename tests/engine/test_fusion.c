@@ -331,7 +331,40 @@ static wk_tensor *g_chain(wk_tensor *const *in, void *ctx) {
   return wk_softmax(wk_mul_scalar(wk_rms_norm(in[0], in[1], 1e-5f), 2.0f), -1);
 }
 
+// Elementwise groups in f16 / bf16: each op's result is rounded to its dtype inside the
+// fused program, as eager mode stores it, so lazy and eager agree bit for bit (the
+// fused program kept f32 between ops: exp(cast(x, f16)) read back 0.299961, no f16 value).
+// A chain on a dense f32 input (the accumulator path), a shared input (the block
+// interpreter) and a long one; 1000 values cross blocks and the vector tails.
+static void test_half_groups(void) {
+  const int64_t n = 1000;
+  float *xs = malloc(sizeof(float) * (size_t)n);
+  for (int64_t i = 0; i < n; i++) xs[i] = (float)(i - 500) * 0.00731f;
+  for (int dt = 0; dt < 2; dt++)
+    for (int form = 0; form < 3; form++) {
+      wk_dtype d = dt ? WK_BF16 : WK_F16;
+      float *v[2];
+      for (int eager = 0; eager < 2; eager++) {
+        wk_set_eager(eager);
+        wk_scope_begin();
+        wk_tensor *h = wk_cast(wk_from_data(1, SHAPE(n), WK_F32, xs), d), *y;
+        if (form == 0) y = wk_exp(wk_mul_scalar(wk_add_scalar(h, 0.3f), 1.7f));
+        else if (form == 1) y = wk_add(wk_mul(h, h), wk_tanh(h));
+        else y = wk_sigmoid(wk_sub(wk_silu(wk_mul_scalar(h, 3.0f)), wk_square(wk_add_scalar(h, -0.25f))));
+        v[eager] = read_all(wk_cast(y, WK_F32));
+        wk_scope_end();
+        wk_set_eager(0);
+      }
+      CHECK(!memcmp(v[0], v[1], sizeof(float) * (size_t)n), "%s group form %d: lazy == eager, bit for bit",
+            dt ? "bf16" : "f16", form);
+      free(v[0]);
+      free(v[1]);
+    }
+  free(xs);
+}
+
 int main(void) {
+  test_half_groups();
   test_chains();
   test_no_chain_when_shared();
   test_duplicated_unary();
