@@ -28,6 +28,12 @@
 #endif
 
 WKM_FN float wkm_bits2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+// f32 -> i32 toward zero, saturating, NaN -> 0: CUDA's cvt.rzi.s32.f32 (C leaves an
+// out-of-range conversion undefined; x86 gave INT_MIN for 1e10 as for NaN).
+WKM_FN int32_t wkm_f32_to_i32(float f) {
+  return f != f ? 0 : f >= 2147483648.0f ? 2147483647 : f <= -2147483648.0f ? (-2147483647 - 1) : (int32_t)f;
+}
 WKM_FN uint32_t wkm_f2bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
 // f32 -> bf16 bits, rounded to nearest even; a NaN stays a quiet NaN (sign and top of

@@ -42,9 +42,13 @@ static void accumulate(wk_tensor **slot, wk_tensor *g) {
 
 wk_status wk_grad(wk_tensor *loss, int n, wk_tensor *const *params, wk_tensor **grads) {
   if (!wk_tensor_valid(loss, "grad")) return WK_ERR_ARG;
+  if (n < 0 || (n && (!params || !grads)))
+    return wk_error(WK_ERR_ARG, "grad: %d parameters%s", n, n < 0 ? "" : ", with params or grads NULL");
   for (int i = 0; i < n; i++) {
     grads[i] = NULL;
     if (!wk_tensor_valid(params[i], "grad")) return WK_ERR_ARG;
+    for (int j = 0; j < i; j++)   // one tensor, two gradients: they would share one reference
+      if (params[j] == params[i]) return wk_error(WK_ERR_ARG, "grad: parameter %d is parameter %d again", i, j);
   }
   if (wk_numel(loss) != 1) {
     char b[160];

@@ -610,6 +610,7 @@ static bool bind_ahead(const wk_plan *p, const wk_topo *g) {
 static wk_status eval_impl(int n, wk_tensor *const *ts, bool async, bool cut) {
   wk_status s = WK_OK;
   int np = 0;
+  if (n < 0 || (n && !ts)) return wk_error(WK_ERR_ARG, "eval: %d tensors%s", n, n < 0 ? "" : " at NULL");
   for (int i = 0; i < n; i++) {
     if (!wk_tensor_valid(ts[i], "eval")) return WK_ERR_ARG;
     if (!ts[i]->buf) np++;

@@ -132,6 +132,10 @@ static wk_tensor *rope_node(wk_tensor *x, float theta, int64_t offset, wk_tensor
     return NULL;
   }
   if (!(theta > 0)) { wk_error(WK_ERR_ARG, "rope: theta = %g must be > 0", (double)theta); return NULL; }
+  if (offset < 0 || offset > (1LL << 40)) {   // positions are computed in int64, their angles in float
+    wk_error(WK_ERR_ARG, "rope: position offset %lld is outside [0, 2^40]", (long long)offset);
+    return NULL;
+  }
   if (!(scale > 0)) { wk_error(WK_ERR_ARG, "rope: attention scale = %g must be > 0", (double)scale); return NULL; }
   wk_attrs at = {.f = {theta, 1.0f, scale}, .i = {offset, interleaved != 0, inv_freq != NULL}};
   wk_tensor *in[3] = {x};

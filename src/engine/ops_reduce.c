@@ -5,9 +5,17 @@
 static bool axes_mask(const char *op, const wk_tensor *a, int naxes, const int *axes, uint32_t *mask) {
   *mask = 0;
   if (naxes == 0) { *mask = (1u << a->ndim) - 1; return true; }
+  if (naxes < 0 || !axes) {
+    wk_error(WK_ERR_ARG, "%s: %d axes%s (0 means all)", op, naxes, naxes < 0 ? "" : " at NULL");
+    return false;
+  }
   for (int i = 0; i < naxes; i++) {
     int ax = wk_norm_axis(axes[i], a->ndim, op);
     if (ax < 0) return false;
+    if (*mask >> ax & 1) {
+      wk_error(WK_ERR_ARG, "%s: axis %d is given twice", op, ax);
+      return false;
+    }
     *mask |= 1u << ax;
   }
   return true;
@@ -32,6 +40,12 @@ static wk_tensor *reduce(wk_op op, wk_tensor *a, int naxes, const int *axes, int
   }
   uint32_t mask;
   if (!axes_mask(name, a, naxes, axes, &mask)) return NULL;
+  for (int d = 0; op == WK_OP_MAX && d < a->ndim; d++)
+    if (mask >> d & 1 && !a->shape[d]) {   // (a sum of none is 0; a max of none has no value)
+      char b[160];
+      wk_error(WK_ERR_SHAPE, "max: axis %d of %s has no values to take the max of", d, wk_shape_str(a, b, sizeof b));
+      return NULL;
+    }
   int64_t sh[WK_MAX_DIMS];
   for (int d = 0; d < a->ndim; d++) sh[d] = mask >> d & 1 ? 1 : a->shape[d];
   wk_attrs at = {.axes = mask};
@@ -49,8 +63,8 @@ wk_tensor *wk_max(wk_tensor *a, int naxes, const int *axes, int keepdims) {
 wk_tensor *wk_mean(wk_tensor *a, int naxes, const int *axes, int keepdims) {
   wk_tensor *s = wk_sum(a, naxes, axes, keepdims);
   if (!s) return NULL;
-  int64_t count = s ? wk_numel(a) / (wk_numel(s) ? wk_numel(s) : 1) : 1;
-  wk_tensor *m = wk_mul_scalar(s, count ? 1.0f / (float)count : 0.0f);
+  int64_t count = wk_numel(s) ? wk_numel(a) / wk_numel(s) : 0;
+  wk_tensor *m = wk_mul_scalar(s, count ? 1.0f / (float)count : __builtin_nanf(""));   // a mean of none: NaN
   wk_tensor_free(wk_keep(s));
   return m;
 }
@@ -59,6 +73,11 @@ wk_tensor *wk_argmax(wk_tensor *a, int axis, int keepdims) {
   if (!wk_tensor_valid(a, "argmax")) return NULL;
   int ax = wk_norm_axis(axis, a->ndim, "argmax");
   if (ax < 0) return NULL;
+  if (!a->shape[ax]) {
+    char b[160];
+    wk_error(WK_ERR_SHAPE, "argmax: axis %d of %s has no values to choose from", ax, wk_shape_str(a, b, sizeof b));
+    return NULL;
+  }
   int64_t sh[WK_MAX_DIMS];
   memcpy(sh, a->shape, sizeof sh);
   sh[ax] = 1;

@@ -57,15 +57,22 @@ wk_tensor *wk_reshape(wk_tensor *a, int ndim, const int64_t *shape) {
     wk_error(WK_ERR_SHAPE, "reshape: %d dimensions requested; at most %d", ndim, WK_MAX_DIMS);
     return NULL;
   }
+  if (ndim && !shape) { wk_error(WK_ERR_ARG, "reshape: the shape is NULL"); return NULL; }
   int64_t ns[WK_MAX_DIMS], known = 1;
   int infer = -1;
+  bool big = false;   // a product past int64: not the element count of any tensor
   for (int d = 0; d < ndim; d++) {
     ns[d] = shape[d];
     if (shape[d] == -1 && infer < 0) infer = d;
     else if (shape[d] < 0) {
       wk_error(WK_ERR_SHAPE, "reshape: bad dimension %lld at axis %d", (long long)shape[d], d);
       return NULL;
-    } else known *= shape[d];
+    } else big |= __builtin_mul_overflow(known, shape[d], &known);
+  }
+  if (big) {
+    wk_error(WK_ERR_SHAPE, "reshape: cannot view %s as %s (too large to address)", wk_fmt_shape(a->ndim, a->shape, x, sizeof x),
+             wk_fmt_shape(ndim, shape, y, sizeof y));
+    return NULL;
   }
   int64_t numel = wk_numel(a);
   if (infer >= 0) ns[infer] = known ? numel / known : 0;
@@ -88,6 +95,7 @@ wk_tensor *wk_reshape(wk_tensor *a, int ndim, const int64_t *shape) {
 
 wk_tensor *wk_permute(wk_tensor *a, const int *perm) {
   if (!wk_tensor_valid(a, "permute")) return NULL;
+  if (!perm && a->ndim) { wk_error(WK_ERR_ARG, "permute: the permutation is NULL"); return NULL; }
   int64_t sh[WK_MAX_DIMS], st[WK_MAX_DIMS];
   unsigned seen = 0;
   wk_attrs at = {.i = {VIEW_PERMUTE}};
@@ -127,12 +135,12 @@ wk_tensor *wk_slice(wk_tensor *a, int axis, int64_t start, int64_t stop, int64_t
   if (start < 0) start = 0;
   if (stop > n) stop = n;
   if (start > n) start = n;
-  int64_t len = stop > start ? (stop - start + step - 1) / step : 0;
+  int64_t len = stop > start ? (stop - start - 1) / step + 1 : 0;   // (no overflow for any step)
   int64_t sh[WK_MAX_DIMS], st[WK_MAX_DIMS];
   memcpy(sh, a->shape, sizeof sh);
   memcpy(st, a->stride, sizeof st);
   sh[ax] = len;
-  st[ax] = a->stride[ax] * step;
+  st[ax] = len > 1 ? a->stride[ax] * step : a->stride[ax];   // (step < n when two elements are taken)
   wk_attrs at = {.i = {VIEW_SLICE, ax, start, step}};
   return view_new(a, a->ndim, sh, st, a->offset + (len ? start * a->stride[ax] : 0), &at);
 }
@@ -161,7 +169,7 @@ wk_tensor *wk_broadcast_to(wk_tensor *a, int ndim, const int64_t *shape) {
 
 wk_tensor *wk_expand_dims(wk_tensor *a, int axis) {
   if (!wk_tensor_valid(a, "expand_dims")) return NULL;
-  int ax = wk_norm_axis(axis < 0 ? axis + 1 : axis, a->ndim + 1, "expand_dims");
+  int ax = wk_norm_axis(axis, a->ndim + 1, "expand_dims");   // -1: after the last axis (numpy's)
   if (ax < 0) return NULL;
   int64_t sh[WK_MAX_DIMS + 1];
   for (int d = 0, k = 0; d <= a->ndim; d++) sh[d] = d == ax ? 1 : a->shape[k++];
@@ -196,6 +204,7 @@ static bool same_except(const wk_tensor *a, const wk_tensor *b, int axis) {
 wk_tensor *wk_concat(int n, wk_tensor *const *ts, int axis) {
   if (n <= 0 || !ts) { wk_error(WK_ERR_ARG, "concat: no tensors given"); return NULL; }
   for (int i = 0; i < n; i++) if (!wk_tensor_valid(ts[i], "concat")) return NULL;
+  if (!ts[0]->ndim) { wk_error(WK_ERR_SHAPE, "concat: 0-d tensors have no axis to join along (reshape them to [1])"); return NULL; }
   int ax = wk_norm_axis(axis, ts[0]->ndim, "concat");
   if (ax < 0) return NULL;
   if (n == 1) return wk_node_finish(wk_tensor_ref(ts[0]));
@@ -211,6 +220,11 @@ wk_tensor *wk_concat(int n, wk_tensor *const *ts, int axis) {
   memcpy(sh, ts[0]->shape, sizeof sh);
   sh[ax] = 0;
   for (int i = 0; i < n; i++) {
+    if (ts[i]->dtype != ts[0]->dtype) {
+      wk_error(WK_ERR_DTYPE, "concat: tensor %d is %s, tensor 0 %s", i, wk_dtype_name(ts[i]->dtype),
+               wk_dtype_name(ts[0]->dtype));
+      return NULL;
+    }
     if (!same_except(ts[0], ts[i], ax)) {
       char x[160], y[160];
       wk_error(WK_ERR_SHAPE, "concat: tensor %d %s does not match tensor 0 %s outside axis %d", i,
@@ -228,6 +242,11 @@ wk_status wk_split(wk_tensor *a, int axis, int n, const int64_t *sizes, wk_tenso
   int ax = wk_norm_axis(axis, a->ndim, "split");
   if (ax < 0) return WK_ERR_ARG;
   if (n <= 0) return wk_error(WK_ERR_ARG, "split: %d parts requested", n);
+  if (!out) return wk_error(WK_ERR_ARG, "split: the output array is NULL");
+  for (int i = 0; sizes && i < n; i++)
+    if (sizes[i] < 0 || sizes[i] > a->shape[ax])
+      return wk_error(WK_ERR_SHAPE, "split: part %d has size %lld, outside [0, %lld] (axis %d)", i, (long long)sizes[i],
+                      (long long)a->shape[ax], axis);
   int64_t total = 0;
   for (int i = 0; i < n; i++) total += sizes ? sizes[i] : a->shape[ax] / n;
   if (total != a->shape[ax] || (sizes == NULL && a->shape[ax] % n))
@@ -248,7 +267,11 @@ wk_status wk_split(wk_tensor *a, int axis, int n, const int64_t *sizes, wk_tenso
 static wk_tensor *pad_axis(wk_tensor *a, int ax, int64_t before, int64_t after, float value) {
   int64_t sh[WK_MAX_DIMS];
   memcpy(sh, a->shape, sizeof sh);
-  sh[ax] += before + after;
+  if (__builtin_add_overflow(sh[ax], before, &sh[ax]) || __builtin_add_overflow(sh[ax], after, &sh[ax])) {
+    wk_error(WK_ERR_SHAPE, "pad: axis %d padded by %lld and %lld is too large to address", ax, (long long)before,
+             (long long)after);
+    return NULL;
+  }
   wk_attrs at = {.f = {value}, .i = {ax, before, after}};
   return wk_node_finish(wk_node_new(WK_OP_PAD, a->dtype, a->ndim, sh, 1, &a, &at));
 }

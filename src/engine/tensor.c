@@ -1,4 +1,5 @@
 // Tensor handles: creation, reference counting, scopes, inspection and data access.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -406,6 +407,12 @@ static void release_nothing(void *ctx) { (void)ctx; }
 wk_tensor *wk_from_external(int ndim, const int64_t *shape, wk_dtype dt, void *data,
                             void (*release)(void *ctx), void *ctx) {
   if (!check_shape("from_external", ndim, shape) || !check_stored("from_external", ndim, shape, dt)) return NULL;
+  size_t align = wk_dtype_is_quantized(dt) ? 1 : wk_dtype_size(dt);
+  if ((!data && wk_shape_numel(ndim, shape)) || (uintptr_t)data % align) {
+    wk_error(WK_ERR_ARG, "from_external: data %p is %s for %s values", data, data ? "misaligned" : "NULL",
+             wk_dtype_name(dt));
+    return NULL;
+  }
   // The node first: once the buffer exists, nothing below can fail, so on any
   // failure `release` has not run and the caller still owns `data`.
   wk_tensor *t = wk_node_new(WK_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
@@ -429,7 +436,16 @@ static wk_tensor *source(wk_op op, const char *name, int ndim, const int64_t *sh
   return wk_node_finish(wk_node_new(op, dt, ndim, shape, 0, NULL, a));
 }
 
+// i32 values go through f32 registers: exact up to 2^24 in magnitude
+#define I32_EXACT 16777216.0
+static bool i32_value_ok(const char *op, wk_dtype dt, double v) {
+  if (dt != WK_I32 || (v == __builtin_trunc(v) && __builtin_fabs(v) <= I32_EXACT)) return true;
+  wk_error(WK_ERR_ARG, "%s: %g is not an i32 value wick holds exactly (an integer within +-2^24)", op, v);
+  return false;
+}
+
 wk_tensor *wk_full(int ndim, const int64_t *shape, wk_dtype dt, double value) {
+  if (!i32_value_ok("full", dt, value)) return NULL;
   wk_attrs a = {.f = {(float)value}};
   return source(WK_OP_CONST, "full", ndim, shape, dt, &a);
 }
@@ -444,21 +460,37 @@ wk_tensor *wk_ones(int ndim, const int64_t *shape, wk_dtype dt) { return wk_full
 wk_tensor *wk_scalar(float value) { return wk_full(0, NULL, WK_F32, value); }
 
 wk_tensor *wk_arange(double start, double stop, double step, wk_dtype dt) {
-  if (step == 0 || (stop - start) / step < 0) {
+  double len = (stop - start) / step;
+  if (step == 0 || !(len >= 0) || len > 9.2e18) {   // (NaNs and infinities included)
     wk_error(WK_ERR_ARG, "arange: start %g, stop %g, step %g gives no sequence", start, stop, step);
     return NULL;
   }
-  int64_t n = (int64_t)__builtin_ceil((stop - start) / step);
+  int64_t n = (int64_t)__builtin_ceil(len);
+  if (!i32_value_ok("arange", dt, start) || !i32_value_ok("arange", dt, start + (double)(n ? n - 1 : 0) * step) ||
+      !i32_value_ok("arange", dt, step))
+    return NULL;
   wk_attrs a = {.f = {(float)start, (float)step}};
   return source(WK_OP_ARANGE, "arange", 1, &n, dt, &a);
 }
 
+static bool random_dtype_ok(const char *op, wk_dtype dt) {
+  if (dt != WK_I32) return true;
+  wk_error(WK_ERR_DTYPE, "%s: draws floats; i32 is not a float dtype (cast the draws)", op);
+  return false;
+}
+
 wk_tensor *wk_randn(int ndim, const int64_t *shape, wk_dtype dt, uint64_t seed) {
+  if (!random_dtype_ok("randn", dt)) return NULL;
   wk_attrs a = {.u = seed};
   return source(WK_OP_RANDN, "randn", ndim, shape, dt, &a);
 }
 
 wk_tensor *wk_rand(int ndim, const int64_t *shape, wk_dtype dt, double lo, double hi, uint64_t seed) {
+  if (!random_dtype_ok("rand", dt)) return NULL;
+  if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi)) {
+    wk_error(WK_ERR_ARG, "rand: the range [%g, %g) is not a finite interval", lo, hi);
+    return NULL;
+  }
   wk_attrs a = {.f = {(float)lo, (float)hi}, .u = seed};
   return source(WK_OP_RAND, "rand", ndim, shape, dt, &a);
 }
@@ -531,6 +563,7 @@ const void *wk_tensor_data(wk_tensor *t) {
 wk_status wk_tensor_read_f32(wk_tensor *t, float *out, int64_t n) {
   if (!wk_tensor_valid(t, "tensor_read_f32")) return WK_ERR_ARG;
   int64_t numel = wk_numel(t);
+  if (!out && numel) return wk_error(WK_ERR_ARG, "tensor_read_f32: the output buffer is NULL");
   if (n < numel) return wk_error(WK_ERR_ARG, "tensor_read_f32: buffer holds %lld floats, tensor has %lld",
                                  (long long)n, (long long)numel);
   if (wk_dtype_is_quantized(t->dtype)) { // through the dequantize kernel

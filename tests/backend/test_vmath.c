@@ -127,8 +127,9 @@ static void test_sweep(void) {
 
 // ---- accumulator chains ----
 // The block interpreter's semantics of the simple ops (ew.c), in plain C.
-static float sem_max(float a, float b) { return a >= b || b != b ? a : b; }
-static float sem_min(float a, float b) { return a <= b || b != b ? a : b; }
+// (a NaN on either side gives NaN, as in numpy and torch; relu keeps a NaN too)
+static float sem_max(float a, float b) { return a >= b || a != a ? a : b; }
+static float sem_min(float a, float b) { return a <= b || a != a ? a : b; }
 
 static bool same_bits(float a, float b) { return f2bits(a) == f2bits(b) || (a != a && b != b); }
 
@@ -166,7 +167,7 @@ static void test_chain_ops(void) {
     a = sem_max(a, xv[i]);
     a = sem_min(yv[i], a);
     a = yv[i] / a;
-    a = a > 0 ? a : 0.0f;
+    a = a > 0 || a != a ? a : 0.0f;
     a = -a;
     a = fabsf(a) + 1.0f;
     a = 1.0f / sqrtf(sqrtf(a)) * 0.5f;

@@ -1,4 +1,6 @@
 // Tensor lifetime, scopes, data access and user-error handling.
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include "check.h"
 
@@ -124,8 +126,60 @@ static void test_failed_eval(void) {
   wk_scope_end();
 }
 
+// Arguments the API sweep found crashing (NULL arrays, int64 overflow) or accepted with
+// a wrong result: each is now an error naming it, or the documented value.
+static void test_bad_arguments(void) {
+  wk_scope_begin();
+  wk_tensor *x = wk_ones(2, SHAPE(2, 3), WK_F32), *parts[2];
+  float buf[6];
+  CHECK(wk_eval(1, NULL) != WK_OK && wk_eval(-1, &x) != WK_OK, "wk_eval of NULL or -1 tensors");
+  CHECK(wk_tensor_read_f32(x, NULL, 6) != WK_OK, "read into NULL");
+  CHECK(!wk_sum(x, 1, NULL, 0) && !wk_sum(x, -1, (int[]){0}, 0) && !wk_sum(x, 2, (int[]){0, 0}, 0) &&
+            strstr(wk_last_error(), "twice"),
+        "reduction axes: NULL, -1 of them, one given twice: %s", wk_last_error());
+  CHECK(!wk_permute(x, NULL), "permute NULL");
+  CHECK(wk_split(x, 1, 2, SHAPE(4, -1), parts) != WK_OK && strstr(wk_last_error(), "part 0"), "split sizes 4, -1 of 3");
+  CHECK(wk_split(x, 1, 2, NULL, NULL) != WK_OK, "split into NULL");
+  CHECK(!wk_reshape(x, 3, SHAPE((int64_t)1 << 62, 4, 0)) && strstr(wk_last_error(), "too large"), "reshape overflow");
+  wk_tensor *s = wk_slice(x, 1, 0, 3, INT64_MAX);
+  CHECK(s && wk_shape(s)[1] == 1 && wk_item(wk_sum(s, 0, NULL, 0)) == 2.0f, "slice with step INT64_MAX: one column");
+  CHECK(!wk_pad(x, SHAPE(0, 0), SHAPE(0, INT64_MAX), 0) && strstr(wk_last_error(), "too large"), "pad overflow");
+  CHECK(!wk_rope(wk_ones(2, SHAPE(3, 4), WK_F32), 1e4f, INT64_MAX, 0), "rope offset INT64_MAX");
+  CHECK(!wk_concat(2, (wk_tensor *[]){wk_scalar(1), wk_scalar(2)}, 0) && strstr(wk_last_error(), "0-d"), "concat of scalars");
+  CHECK(!wk_concat(2, (wk_tensor *[]){x, wk_cast(x, WK_BF16)}, 0) && strstr(wk_last_error(), "bf16"), "concat dtypes named");
+  wk_tensor *e = wk_expand_dims(x, -1);
+  CHECK(e && wk_ndim(e) == 3 && wk_shape(e)[2] == 1 && !wk_expand_dims(x, -4), "expand_dims -1 appends; -4 of 2-d refused");
+  wk_tensor *empty = wk_zeros(2, SHAPE(0, 3), WK_F32);
+  CHECK(!wk_argmax(empty, 0, 0) && !wk_max(empty, 1, (int[]){0}, 0), "argmax and max over an empty axis");
+  CHECK(wk_tensor_read_f32(wk_mean(empty, 1, (int[]){0}, 0), buf, 3) == WK_OK && isnan(buf[0]), "mean of none is NaN");
+  CHECK(!wk_from_external(1, SHAPE(4), WK_F32, NULL, NULL, NULL) &&
+            !wk_from_external(1, SHAPE(2), WK_F32, (char *)buf + 1, NULL, NULL),
+        "from_external: NULL or misaligned data");
+  CHECK(!wk_full(1, SHAPE(2), WK_I32, 1e20) && !wk_full(1, SHAPE(2), WK_I32, NAN) && !wk_full(1, SHAPE(2), WK_I32, 0.5),
+        "full: i32 values it can't hold");
+  CHECK(!wk_arange(2147483640.0, 2147483650.0, 1, WK_I32) && !wk_randn(1, SHAPE(3), WK_I32, 1), "arange past 2^24, randn i32");
+  float big[3] = {1e10f, -1e10f, NAN};
+  wk_tensor *ci = wk_cast(wk_from_data(1, SHAPE(3), WK_F32, big), WK_I32);
+  const int32_t *cv = ci ? wk_tensor_data(ci) : NULL;
+  CHECK(cv && cv[0] == INT32_MAX && cv[1] == INT32_MIN && cv[2] == 0, "cast to i32 saturates, NaN -> 0");
+  float nv[3] = {NAN, 1, -2};
+  wk_tensor *a = wk_from_data(1, SHAPE(3), WK_F32, nv), *one = wk_ones(1, SHAPE(3), WK_F32);
+  float mx[3], mn[3], rl[3];
+  CHECK(!wk_tensor_read_f32(wk_maximum(one, a), mx, 3) && !wk_tensor_read_f32(wk_minimum(a, one), mn, 3) &&
+            !wk_tensor_read_f32(wk_relu(a), rl, 3) && isnan(mx[0]) && isnan(mn[0]) && isnan(rl[0]) && mx[1] == 1 &&
+            mn[2] == -2 && rl[2] == 0,
+        "maximum, minimum and relu keep a NaN");
+  wk_tensor *w = wk_ones(1, SHAPE(3), WK_F32), *g[2];
+  wk_set_trainable(w, 1);
+  CHECK(wk_grad(wk_sum(w, 0, NULL, 0), 2, (wk_tensor *[]){w, w}, g) != WK_OK && strstr(wk_last_error(), "again"),
+        "grad with one parameter twice");
+  CHECK(wk_grad(wk_sum(w, 0, NULL, 0), 1, NULL, g) != WK_OK, "grad with NULL params");
+  wk_scope_end();
+}
+
 int main(void) {
   test_failed_eval();
+  test_bad_arguments();
   test_lifetime();
   test_data_access();
   test_errors();

@@ -102,7 +102,7 @@ static void store(const wk_operand *o, void *const *slots, int64_t start, int64_
     }
     case WK_BF16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_bf16(v[i]); break; }
     case WK_F16: { uint16_t *d = (uint16_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wk_f32_to_f16(v[i]); break; }
-    case WK_I32: { int32_t *d = (int32_t *)p; for (int64_t i = 0; i < n; i++) d[i] = (int32_t)v[i]; break; }
+    case WK_I32: { int32_t *d = (int32_t *)p; for (int64_t i = 0; i < n; i++) d[i] = wkm_f32_to_i32(v[i]); break; }
     default: break;
   }
 }
@@ -145,7 +145,7 @@ static void exec_instr(const wk_ew_instr *in, float *R, const float *const *rp, 
     case WK_OP_SQUARE: LOOP(a[i] * a[i]);
     case WK_OP_TANH: vm_tanh(d, a, n); break;
     case WK_OP_SIGMOID: vm_sigmoid(d, a, n); break;
-    case WK_OP_RELU: LOOP(a[i] > 0 ? a[i] : 0.0f);
+    case WK_OP_RELU: LOOP(a[i] > 0 || a[i] != a[i] ? a[i] : 0.0f);   // NaN stays NaN, -0 gives +0
     case WK_OP_GELU: vm_gelu(d, a, n); break;
     case WK_OP_GELU_TANH: vm_gelu_tanh(d, a, n); break;
     case WK_OP_SILU: vm_silu(d, a, n); break;
@@ -170,8 +170,8 @@ static void exec_instr(const wk_ew_instr *in, float *R, const float *const *rp, 
     case WK_OP_SUB: LOOP(a[i] - b[i]);
     case WK_OP_MUL: LOOP(a[i] * b[i]);
     case WK_OP_DIV: LOOP(a[i] / b[i]);
-    case WK_OP_MAXIMUM: LOOP(a[i] >= b[i] || b[i] != b[i] ? a[i] : b[i]);
-    case WK_OP_MINIMUM: LOOP(a[i] <= b[i] || b[i] != b[i] ? a[i] : b[i]);
+    case WK_OP_MAXIMUM: LOOP(a[i] >= b[i] || a[i] != a[i] ? a[i] : b[i]);   // a NaN on either side wins
+    case WK_OP_MINIMUM: LOOP(a[i] <= b[i] || a[i] != a[i] ? a[i] : b[i]);
     case WK_OP_EQ: LOOP(a[i] == b[i] ? 1.0f : 0.0f);
     case WK_OP_NE: LOOP(a[i] != b[i] ? 1.0f : 0.0f);
     case WK_OP_LT: LOOP(a[i] < b[i] ? 1.0f : 0.0f);

@@ -101,20 +101,26 @@ typedef struct { vf v[CH_U]; } chv;
   }
 
 #if defined(__AVX512F__)
-VM_AI vf ch_ge_or_unord(vf a, vf b, vf x, vf y) { // a >= b || b != b ? x : y
-  return vsel((vm)(_mm512_cmp_ps_mask(a, b, _CMP_GE_OQ) | vunord(b)), x, y);
+VM_AI vf ch_ge_or_unord(vf a, vf b, vf x, vf y) { // a >= b || a != a ? x : y
+  return vsel((vm)(_mm512_cmp_ps_mask(a, b, _CMP_GE_OQ) | vunord(a)), x, y);
 }
 VM_AI vf ch_le_or_unord(vf a, vf b, vf x, vf y) {
-  return vsel((vm)(_mm512_cmp_ps_mask(a, b, _CMP_LE_OQ) | vunord(b)), x, y);
+  return vsel((vm)(_mm512_cmp_ps_mask(a, b, _CMP_LE_OQ) | vunord(a)), x, y);
+}
+VM_AI vf ch_gt_or_unord(vf a, vf b, vf x, vf y) {
+  return vsel((vm)(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) | vunord(a)), x, y);
 }
 VM_AI vf ch_neg(vf a) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN))); }
 VM_AI vf ch_sqrt(vf a) { return _mm512_sqrt_ps(a); }
 #else
 VM_AI vf ch_ge_or_unord(vf a, vf b, vf x, vf y) {
-  return vsel(_mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ), vunord(b)), x, y);
+  return vsel(_mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ), vunord(a)), x, y);
 }
 VM_AI vf ch_le_or_unord(vf a, vf b, vf x, vf y) {
-  return vsel(_mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ), vunord(b)), x, y);
+  return vsel(_mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ), vunord(a)), x, y);
+}
+VM_AI vf ch_gt_or_unord(vf a, vf b, vf x, vf y) {
+  return vsel(_mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ), vunord(a)), x, y);
 }
 VM_AI vf ch_neg(vf a) { return _mm256_xor_ps(a, v1(-0.0f)); }
 VM_AI vf ch_sqrt(vf a) { return _mm256_sqrt_ps(a); }
@@ -132,7 +138,7 @@ VM_AI chv ch_apply(const ch_op *o, chv x, const float *s) {
     case WK_OP_SQUARE: CH_EACH(vmul(a, a)); break;
     case WK_OP_TANH: CH_EACH(vtanh(a)); break;
     case WK_OP_SIGMOID: CH_EACH(vsigmoid(a)); break;
-    case WK_OP_RELU: CH_EACH(vmax(a, v1(0.0f))); break; // NaN and -0 give +0, as a > 0 ? a : 0
+    case WK_OP_RELU: CH_EACH(ch_gt_or_unord(a, v1(0.0f), a, v1(0.0f))); break; // NaN stays, -0 gives +0
     case WK_OP_GELU: CH_EACH(vgelu(a)); break;
     case WK_OP_GELU_TANH: CH_EACH(vgelu_tanh(a)); break;
     case WK_OP_SILU: CH_EACH(vsilu(a)); break;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cpu_kernels.h"
+#include "../kernel_math.h"
 #include "../../engine/plan.h"
 #include "gemm.h"
 #include "threadpool.h"
@@ -35,7 +36,7 @@ static void store_f32(const wk_operand *o, void *const *slots, int64_t start, in
     case WK_F32: memcpy(p, v, (size_t)n * sizeof(float)); break;
     case WK_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *)p)[i] = wk_f32_to_bf16(v[i]); break;
     case WK_F16: for (int64_t i = 0; i < n; i++) ((uint16_t *)p)[i] = wk_f32_to_f16(v[i]); break;
-    case WK_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)p)[i] = (int32_t)v[i]; break;
+    case WK_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)p)[i] = wkm_f32_to_i32(v[i]); break;
     default: break;
   }
 }

@@ -551,7 +551,7 @@ WKC_DEV void ew_run(const DInstr *code, int n, int out_reg, int64_t lin, const f
         case WK_OP_SQUARE: WKC_EACH(x * x);
         case WK_OP_TANH: WKC_EACH(wkm_tanh(x));
         case WK_OP_SIGMOID: WKC_EACH(wkm_sigmoid(x));
-        case WK_OP_RELU: WKC_EACH(x > 0 ? x : 0.0f);
+        case WK_OP_RELU: WKC_EACH(x > 0 || x != x ? x : 0.0f);
         case WK_OP_GELU: WKC_EACH(0.5f * x * (1.0f + wkm_erf(x * 0.70710678118f)));
         case WK_OP_GELU_TANH: WKC_EACH(0.5f * x * (1.0f + wkm_tanh(0.7978845608f * (x + 0.044715f * x * x * x))));
         case WK_OP_SILU: WKC_EACH(x * wkm_sigmoid(x));
@@ -573,8 +573,8 @@ WKC_DEV void ew_run(const DInstr *code, int n, int out_reg, int64_t lin, const f
         case WK_OP_SUB: WKC_EACH2(x - y);
         case WK_OP_MUL: WKC_EACH2(x * y);
         case WK_OP_DIV: WKC_EACH2(x / y);
-        case WK_OP_MAXIMUM: WKC_EACH2(x >= y || y != y ? x : y);
-        case WK_OP_MINIMUM: WKC_EACH2(x <= y || y != y ? x : y);
+        case WK_OP_MAXIMUM: WKC_EACH2(x >= y || x != x ? x : y);
+        case WK_OP_MINIMUM: WKC_EACH2(x <= y || x != x ? x : y);
         case WK_OP_EQ: WKC_EACH2(x == y ? 1.0f : 0.0f);
         case WK_OP_NE: WKC_EACH2(x != y ? 1.0f : 0.0f);
         case WK_OP_LT: WKC_EACH2(x < y ? 1.0f : 0.0f);

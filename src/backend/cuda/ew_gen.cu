@@ -177,7 +177,7 @@ std::string op_stmt(const wk_ew_instr &in, int q, const std::string &x, const st
   snprintf(u, sizeof u, "u_%d", q);
   const char *X = x.c_str(), *Y = y.c_str(), *Z = z.c_str();
   std::string s;
-  auto un = [&](const char *fmt) { *arity = 1; addf(&e, fmt, X, X, X); };
+  auto un = [&](const char *fmt) { *arity = 1; addf(&e, fmt, X, X, X, X); };   // (up to four uses of x)
   auto bin = [&](const char *fmt) { *arity = 2; addf(&e, fmt, X, Y, X, Y); };
   *arity = 0;
   switch (in.op) {
@@ -208,7 +208,7 @@ std::string op_stmt(const wk_ew_instr &in, int q, const std::string &x, const st
     case WK_OP_SQUARE: un("__fmul_rn(%s, %s)"); break;
     case WK_OP_TANH: un("wkm_tanh(%s)"); break;
     case WK_OP_SIGMOID: un("wkm_sigmoid(%s)"); break;
-    case WK_OP_RELU: un("%s > 0 ? %s : 0.0f"); break;
+    case WK_OP_RELU: un("%s > 0 || %s != %s ? %s : 0.0f"); break;
     case WK_OP_GELU: un("__fmul_rn(0.5f * %s, 1.0f + wkm_erf(%s * 0.70710678118f))"); break;
     case WK_OP_GELU_TANH:
       *arity = 1;
@@ -238,8 +238,8 @@ std::string op_stmt(const wk_ew_instr &in, int q, const std::string &x, const st
     case WK_OP_SUB: *arity = 2; addf(&e, "__fsub_rn(%s, %s)", X, Y); break;
     case WK_OP_MUL: *arity = 2; addf(&e, "__fmul_rn(%s, %s)", X, Y); break;
     case WK_OP_DIV: *arity = 2; addf(&e, "__fdiv_rn(%s, %s)", X, Y); break;
-    case WK_OP_MAXIMUM: *arity = 2; addf(&e, "%s >= %s || %s != %s ? %s : %s", X, Y, Y, Y, X, Y); break;
-    case WK_OP_MINIMUM: *arity = 2; addf(&e, "%s <= %s || %s != %s ? %s : %s", X, Y, Y, Y, X, Y); break;
+    case WK_OP_MAXIMUM: *arity = 2; addf(&e, "%s >= %s || %s != %s ? %s : %s", X, Y, X, X, X, Y); break;
+    case WK_OP_MINIMUM: *arity = 2; addf(&e, "%s <= %s || %s != %s ? %s : %s", X, Y, X, X, X, Y); break;
     case WK_OP_EQ: bin("%s == %s ? 1.0f : 0.0f"); break;
     case WK_OP_NE: bin("%s != %s ? 1.0f : 0.0f"); break;
     case WK_OP_LT: bin("%s < %s ? 1.0f : 0.0f"); break;
