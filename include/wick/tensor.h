@@ -64,6 +64,11 @@ char *wk_shape_str(const wk_tensor *t, char *buf, size_t len);
 wk_status wk_eval(int n, wk_tensor *const *tensors);   // realize; blocks until done
 wk_status wk_eval_async(int n, wk_tensor *const *tensors); // enqueue; returns at once
 wk_status wk_sync(void);                                // wait for all enqueued work
+// Eager mode (this thread): every op is evaluated as it is built. f32 results are the
+// same bits as lazy mode's. In f16 / bf16, lazy mode's fused elementwise groups compute
+// in f32 and round where a value is stored or explicitly cast, while eager mode rounds
+// after every op, so the two can differ by a few ulps of the 2-byte type (torch.compile
+// against eager PyTorch, the same way).
 void wk_set_eager(int on);
 // What the most recent evaluation on this process ran (WICK_DUMP_GRAPH=1 prints more).
 typedef struct {
