@@ -134,6 +134,16 @@ wk_tensor *wk_lora(wk_tensor *x, wk_tensor *W, wk_tensor *A, wk_tensor *B, float
     return wk_node_finish(wk_node_new(WK_OP_LORA, WK_F32, x->ndim, sh, 4, in, &at));
   }
   int64_t K = x->ndim ? x->shape[x->ndim - 1] : 0;
+  // the shapes named as LoRA's, not as the matmul or add they would fail in
+  bool wq = wk_dtype_is_quantized(W->dtype);   // (a block-quantized W: its matmul checks its own layout)
+  if (x->ndim < 1 || W->ndim != 2 || A->ndim != 2 || B->ndim != 2 || A->shape[0] != K || B->shape[0] != A->shape[1] ||
+      (!wq && (W->shape[0] != K || B->shape[1] != W->shape[1]))) {
+    char a[160], b[160], c[160], d[160];
+    wk_error(WK_ERR_SHAPE, "lora: x %s, W %s, A %s, B %s do not form x@W + s (x@A)@B (want x [..., K], W [K, N], "
+             "A [K, r], B [r, N])", wk_shape_str(x, a, sizeof a), wk_shape_str(W, b, sizeof b),
+             wk_shape_str(A, c, sizeof c), wk_shape_str(B, d, sizeof d));
+    return NULL;
+  }
   bool fold = x->ndim > 2 && W->ndim == 2 && W->shape[0] == K && !wk_dtype_is_quantized(W->dtype);
   wk_scope_begin();
   wk_tensor *rows = fold ? wk_reshape(x, 2, (int64_t[]){wk_numel(x) / (K ? K : 1), K}) : x;

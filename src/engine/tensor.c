@@ -331,8 +331,12 @@ wk_tensor *wk_node_finish(wk_tensor *t) {
 
 // ---- creation ----
 static bool check_shape(const char *op, int ndim, const int64_t *shape) {
-  if (ndim < 0 || ndim > WK_MAX_DIMS || (ndim && !shape)) {
+  if (ndim < 0 || ndim > WK_MAX_DIMS) {
     wk_error(WK_ERR_SHAPE, "%s: ndim %d is out of range [0, %d]", op, ndim, WK_MAX_DIMS);
+    return false;
+  }
+  if (ndim && !shape) {
+    wk_error(WK_ERR_ARG, "%s: the shape of %d dimensions is NULL", op, ndim);
     return false;
   }
   for (int d = 0; d < ndim; d++)

@@ -174,6 +174,10 @@ static void test_bad_arguments(void) {
   CHECK(wk_grad(wk_sum(w, 0, NULL, 0), 2, (wk_tensor *[]){w, w}, g) != WK_OK && strstr(wk_last_error(), "again"),
         "grad with one parameter twice");
   CHECK(wk_grad(wk_sum(w, 0, NULL, 0), 1, NULL, g) != WK_OK, "grad with NULL params");
+  CHECK(!wk_zeros(2, NULL, WK_F32) && strstr(wk_last_error(), "NULL"), "a NULL shape is named: %s", wk_last_error());
+  CHECK(!wk_lora(wk_ones(2, SHAPE(1, 4), WK_F32), wk_ones(2, SHAPE(4, 5), WK_F32), wk_ones(2, SHAPE(4, 2), WK_F32),
+                 wk_ones(2, SHAPE(2, 6), WK_F32), 1.0f) && strstr(wk_last_error(), "lora: x f32[1,4], W f32[4,5]"),
+        "LoRA shapes named as LoRA's: %s", wk_last_error());
   wk_scope_end();
 }
 
