@@ -126,7 +126,8 @@ wk_tensor *wk_sdpa_kv(wk_tensor *q, wk_tensor *k, wk_tensor *v, wk_tensor *mask,
 // at evaluation. No gradient.
 wk_tensor *wk_set_slice(wk_tensor *dst, wk_tensor *src, int axis, wk_tensor *start);
 // logits[..., V], targets i32[...]; targets == ignore_index don't count.
-// reduction: 0 = none (per-position losses), 1 = mean over counted, 2 = sum.
+// reduction: 0 = none (per-position losses), 1 = mean over counted (NaN when none
+// counts, as in PyTorch; its gradient is 0), 2 = sum.
 wk_tensor *wk_cross_entropy(wk_tensor *logits, wk_tensor *targets, int ignore_index, int reduction);
 // wk_cross_entropy(wk_matmul_t(x, 0, W, 1), ...) for x [..., H] and W [V, H] (a language
 // model's head), reduction 1 or 2. On CUDA with a bf16 W the logits never exist whole:

@@ -502,9 +502,11 @@ wk_tensor *wk_rand(int ndim, const int64_t *shape, wk_dtype dt, double lo, doubl
 // ---- inspection ----
 int wk_ndim(const wk_tensor *t) { return t ? t->ndim : 0; }
 int64_t wk_dim(const wk_tensor *t, int axis) {
-  if (!t) return -1;
+  if (!wk_tensor_valid(t, "dim")) return -1;
   int a = axis < 0 ? axis + t->ndim : axis;
-  return a >= 0 && a < t->ndim ? t->shape[a] : -1;
+  if (a >= 0 && a < t->ndim) return t->shape[a];
+  wk_error(WK_ERR_ARG, "dim: axis %d is out of range for a %d-d tensor", axis, t->ndim);
+  return -1;
 }
 const int64_t *wk_shape(const wk_tensor *t) { return t ? t->shape : NULL; }
 int64_t wk_numel(const wk_tensor *t) { return t ? wk_shape_numel(t->ndim, t->shape) : 0; }
