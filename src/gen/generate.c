@@ -473,11 +473,15 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
   }
   const wk_model_config *cfg = wk_model_get_config(m);
   if (p.max_context < 0) return wk_error(WK_ERR_ARG, "generate: max_context %lld must be >= 0", (long long)p.max_context);
-  wk_status st = !wk_kv_cache_len(c) && p.max_context ? wk_kv_cache_set_max_context(c, p.max_context) : WK_OK;
+  // the arguments against the context this call would give the cache, before it does:
+  // a call that fails leaves the cache as it was
+  bool resize = !wk_kv_cache_len(c) && p.max_context;
+  wk_status st = check_args(&p, tok, resize ? p.max_context : wk_kv_cache_max_context(c), cfg->vocab_size, B, prompts,
+                            n_prompts);
+  if (!st && resize) st = wk_kv_cache_set_max_context(c, p.max_context);
   if (st) return st;
   gen_shared g = {tok, cfg, &p, tok ? wk_tokenizer_eos(tok) : -1, wk_kv_cache_max_context(c), cfg->vocab_size,
                   cb, user, NULL, NULL};
-  if ((st = check_args(&p, tok, g.ctx, cfg->vocab_size, B, prompts, n_prompts))) return st;
   int64_t cached = wk_kv_cache_len(c);
   if (cached > (int64_t)n_prompts[0] || (B > 1 && cached))
     return wk_error(WK_ERR_ARG, "generate: the cache holds %lld tokens, more than the %zu of the prompt",

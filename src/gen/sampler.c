@@ -78,9 +78,14 @@ wk_sampler *wk_sampler_new(const wk_sampler_params *pp, int64_t vocab) {
     p.n_order = WK_SAMPLER_STAGE_COUNT;
     for (int i = 0; i < WK_SAMPLER_STAGE_COUNT; i++) p.order[i] = (wk_sampler_stage)i;
   }
+  if (p.n_bias && !p.bias) {
+    wk_error(WK_ERR_ARG, "sampler: %zu logit biases but the bias array is NULL", p.n_bias);
+    return NULL;
+  }
   for (size_t i = 0; i < p.n_bias; i++)
     if (p.bias[i].id < 0 || p.bias[i].id >= vocab || isnan(p.bias[i].bias)) {
-      wk_error(WK_ERR_ARG, "sampler: logit bias for id %d (vocabulary %lld) is invalid", p.bias[i].id, (long long)vocab);
+      wk_error(WK_ERR_ARG, "sampler: logit bias %zu, %g for id %d, is %s (vocabulary %lld)", i, (double)p.bias[i].bias,
+               p.bias[i].id, isnan(p.bias[i].bias) ? "NaN" : "outside the vocabulary", (long long)vocab);
       return NULL;
     }
   wk_sampler *s = calloc(1, sizeof *s);

@@ -129,6 +129,7 @@ char *wk_path_join(const char *dir, const char *name) {
 }
 
 int wk_mkdirs(const char *dir) {
+  if (!dir || !*dir) return wk_error(WK_ERR_ARG, "an output directory path is empty");
   char *p = strdup(dir);
   if (!p) return wk_error(WK_ERR_OOM, "%s: out of memory", dir);
   for (char *c = p + 1;; c++) {

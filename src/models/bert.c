@@ -527,8 +527,8 @@ static int by_len(const void *a, const void *b) {
 
 wk_status wk_embed(wk_embedder *e, int n, const char *const *texts, float *out) {
   if (!e) return wk_error(WK_ERR_ARG, "embed: embedder is NULL");
-  if (n < 1 || !texts)
-    return wk_error(WK_ERR_ARG, "embed: no texts given (n = %d): pass at least one", n);
+  if (n < 1) return wk_error(WK_ERR_ARG, "embed: no texts given (n = %d): pass at least one", n);
+  if (!texts) return wk_error(WK_ERR_ARG, "embed: the texts array is NULL (n = %d)", n);
   if (!out) return wk_error(WK_ERR_ARG, "embed: out is NULL");
   for (int i = 0; i < n; i++)
     if (!texts[i]) return wk_error(WK_ERR_ARG, "embed: texts[%d] is NULL", i);

@@ -117,14 +117,10 @@ static int from_ids(seq *s, const wk_json *line, int64_t vocab) {
   return 1;
 }
 
-// One parsed line into s; 0 with the error set.
-static int parse_example(seq *s, const wk_json *line, const wk_tokenizer *tok, const wk_chat_template **chat,
-                         int64_t vocab) {
-  if (!wk_json_is(line, WK_JSON_OBJECT)) { wk_error(WK_ERR_ARG, "a line must be a JSON object"); return 0; }
+// A text line ({"text"}, {"prompt", "completion"} or {"messages"}) through the tokenizer.
+static int from_text(seq *s, const wk_json *line, const wk_tokenizer *tok, const wk_chat_template **chat) {
   const wk_json *text = wk_json_get(line, "text"), *prompt = wk_json_get(line, "prompt"),
                 *completion = wk_json_get(line, "completion"), *msgs = wk_json_get(line, "messages");
-  if (wk_json_get(line, "input_ids")) return from_ids(s, line, vocab);
-  if (!tok) { wk_error(WK_ERR_ARG, "text examples need a tokenizer (only {\"input_ids\"} lines work without)"); return 0; }
   if (wk_json_is(text, WK_JSON_STRING)) return seq_text(s, tok, text->s, text->n, true, true) && seq_eos(s, tok);
   if (wk_json_is(prompt, WK_JSON_STRING) && wk_json_is(completion, WK_JSON_STRING))
     return seq_text(s, tok, prompt->s, prompt->n, true, false) &&
@@ -135,6 +131,22 @@ static int parse_example(seq *s, const wk_json *line, const wk_tokenizer *tok, c
   }
   wk_error(WK_ERR_ARG, "expected {\"text\"}, {\"prompt\", \"completion\"}, {\"messages\"} or {\"input_ids\"}");
   return 0;
+}
+
+// One parsed line into s; 0 with the error set.
+static int parse_example(seq *s, const wk_json *line, const wk_tokenizer *tok, const wk_chat_template **chat,
+                         int64_t vocab) {
+  if (!wk_json_is(line, WK_JSON_OBJECT)) { wk_error(WK_ERR_ARG, "a line must be a JSON object"); return 0; }
+  if (wk_json_get(line, "input_ids")) return from_ids(s, line, vocab);
+  if (!tok) { wk_error(WK_ERR_ARG, "text examples need a tokenizer (only {\"input_ids\"} lines work without)"); return 0; }
+  if (!from_text(s, line, tok, chat)) return 0;
+  for (int64_t i = 0; vocab > 0 && i < s->n; i++)   // a tokenizer of another model
+    if (s->ids[i] < 0 || s->ids[i] >= vocab) {
+      wk_error(WK_ERR_ARG, "the tokenizer gave id %d at token %lld, outside the model's vocabulary of %lld", s->ids[i],
+               (long long)i, (long long)vocab);
+      return 0;
+    }
+  return 1;
 }
 
 static int add_example(wk_dataset *d, seq *s, int64_t max_len) {
@@ -178,6 +190,12 @@ wk_dataset *wk_dataset_load(const char *path, const wk_tokenizer *tok, int64_t v
   const wk_chat_template *own = chat;
   int64_t max_len = o ? o->max_len : 0;
   bool strict = o && o->strict;
+  if (max_len < 0) {
+    free(text);
+    free(d);
+    wk_error(WK_ERR_ARG, "dataset %s: max_len %lld must be >= 0 (0: no limit)", path, (long long)max_len);
+    return NULL;
+  }
   wk_status st = d ? WK_OK : wk_error(WK_ERR_OOM, "dataset %s: out of memory", path);
   size_t lineno = 0;
   for (char *p = text, *end = text + len; !st && p < end;) {

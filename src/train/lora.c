@@ -58,7 +58,7 @@ char *wk_lora_targets_str(unsigned targets, char *buf, size_t len) {
 
 wk_status wk_lora_check_config(const wk_lora_config *c, const char *who) {
   if (c->rank < 1) return wk_error(WK_ERR_ARG, "%s: rank %d must be >= 1", who, c->rank);
-  if (!(c->alpha > 0)) return wk_error(WK_ERR_ARG, "%s: alpha %g must be > 0", who, c->alpha);
+  if (!(c->alpha > 0) || !isfinite(c->alpha)) return wk_error(WK_ERR_ARG, "%s: alpha %g must be finite and > 0", who, c->alpha);
   if (!(c->dropout >= 0 && c->dropout < 1)) return wk_error(WK_ERR_ARG, "%s: dropout %g is outside [0, 1)", who, c->dropout);
   if (!(c->targets & WK_LORA_ALL_LINEAR)) return wk_error(WK_ERR_ARG, "%s: no target projections", who);
   return WK_OK;
@@ -199,6 +199,8 @@ const char *wk_adapter_param_name(const wk_adapter *a, int i) {
 
 wk_status wk_adapter_set_param(wk_adapter *a, int i, wk_tensor *t) {
   if (!a || i < 0 || i >= a->n_params) return wk_error(WK_ERR_ARG, "adapter_set_param: no parameter %d", i);
+  if (a->merged)   // unmerge would subtract the new product, not the one merged in
+    return wk_error(WK_ERR_STATE, "adapter_set_param: the adapter is merged into the base weights; unmerge it first");
   wk_tensor *old = a->params[i];
   char x[160], y[160];
   if (!t || wk_tensor_dtype(t) != WK_F32 || wk_ndim(t) != 2 || wk_dim(t, 0) != wk_dim(old, 0) ||

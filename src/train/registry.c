@@ -46,6 +46,7 @@ static int find(const wk_adapter_registry *r, const char *name) {
 wk_status wk_registry_add(wk_adapter_registry *r, const char *name, wk_adapter *a) {
   wk_status s = WK_OK;
   if (!r || !name || !a) s = wk_error(WK_ERR_ARG, "registry_add: NULL argument");
+  else if (!*name) s = wk_error(WK_ERR_ARG, "registry_add: the name is empty");
   else if (a->model != r->m) s = wk_error(WK_ERR_ARG, "registry_add: adapter '%s' was made for another model", name);
   else if (find(r, name) >= 0) s = wk_error(WK_ERR_ARG, "registry_add: an adapter named '%s' is registered already", name);
   else if (r->n == r->cap) {
@@ -84,8 +85,9 @@ const char *wk_registry_name(const wk_adapter_registry *r, int i) { return r && 
 wk_adapter *wk_registry_get(const wk_adapter_registry *r, int i) { return r && i >= 0 && i < r->n ? r->e[i].a : NULL; }
 
 wk_status wk_registry_remove(wk_adapter_registry *r, const char *name) {
-  int i = r && name ? find(r, name) : -1;
-  if (i < 0) return wk_error(WK_ERR_ARG, "registry_remove: no adapter named '%s'", name ? name : "(null)");
+  if (!r || !name) return wk_error(WK_ERR_ARG, "registry_remove: %s is NULL", r ? "the name" : "the registry");
+  int i = find(r, name);
+  if (i < 0) return wk_error(WK_ERR_ARG, "registry_remove: no adapter named '%s'", name);
   if (r->active == i) r->active = -1;
   else if (r->active > i) r->active--;
   wk_adapter_free(r->e[i].a);   // detaches it if active

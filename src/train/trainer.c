@@ -10,6 +10,7 @@
 #include <time.h>
 #include "engine/engine.h"
 #include "models/llama.h"
+#include "train/adapter.h"
 #include "train/checkpoint.h"
 #include "wick/grad.h"
 #include "wick/ops.h"
@@ -384,21 +385,39 @@ static int64_t total_steps(const wk_train_options *o, const wk_dataset *d) {
   return s > 0 ? s : 1;
 }
 
+#define MAX_STEPS (1LL << 40)
 static wk_status check_options(const wk_train_options *o, const wk_dataset *d) {
-  if (!o->out_dir) return wk_error(WK_ERR_ARG, "train: an output directory is required");
-  if (o->batch < 1) return wk_error(WK_ERR_ARG, "train: batch %d must be >= 1", o->batch);
-  if (o->grad_accum < 1) return wk_error(WK_ERR_ARG, "train: grad_accum %d must be >= 1", o->grad_accum);
+  if (!o->out_dir || !*o->out_dir) return wk_error(WK_ERR_ARG, "train: an output directory is required");
+  if (o->batch < 1 || o->batch > 65536) return wk_error(WK_ERR_ARG, "train: batch %d is outside [1, 65536]", o->batch);
+  if (o->grad_accum < 1 || o->grad_accum > 65536)
+    return wk_error(WK_ERR_ARG, "train: grad_accum %d is outside [1, 65536]", o->grad_accum);
   if (o->seq_len < 2) return wk_error(WK_ERR_ARG, "train: seq_len %lld must be >= 2", (long long)o->seq_len);
-  if (o->steps <= 0 && !(o->epochs > 0)) return wk_error(WK_ERR_ARG, "train: give steps > 0 or epochs > 0");
-  if (!(o->schedule.lr >= 0)) return wk_error(WK_ERR_ARG, "train: learning rate %g must be >= 0", o->schedule.lr);
-  if (o->clip < 0) return wk_error(WK_ERR_ARG, "train: clip %g must be >= 0", o->clip);
+  if (o->steps < 0 || o->steps > MAX_STEPS)
+    return wk_error(WK_ERR_ARG, "train: steps %lld is outside [0, 2^40] (0: from epochs)", (long long)o->steps);
+  if (o->steps == 0 && !(o->epochs > 0 && o->epochs <= 1e9)) return wk_error(WK_ERR_ARG, "train: give steps > 0 or epochs in (0, 1e9]");
+  if (!(o->schedule.lr >= 0) || !isfinite(o->schedule.lr))
+    return wk_error(WK_ERR_ARG, "train: learning rate %g must be finite and >= 0", o->schedule.lr);
+  if (!(o->schedule.min_lr >= 0) || !isfinite(o->schedule.min_lr))
+    return wk_error(WK_ERR_ARG, "train: min_lr %g must be finite and >= 0", o->schedule.min_lr);
+  if (o->schedule.warmup < 0) return wk_error(WK_ERR_ARG, "train: warmup %lld must be >= 0", (long long)o->schedule.warmup);
+  if ((int)o->schedule.kind < 0 || o->schedule.kind > WK_SCHED_WARMUP_COSINE)
+    return wk_error(WK_ERR_ARG, "train: schedule kind %d is unknown", (int)o->schedule.kind);
+  if (!(o->clip >= 0)) return wk_error(WK_ERR_ARG, "train: clip %g must be >= 0 (0: off)", o->clip);
+  if (o->save_every < 0 || o->eval_every < 0)
+    return wk_error(WK_ERR_ARG, "train: save_every %lld and eval_every %lld must be >= 0 (0: at the end)",
+                    (long long)o->save_every, (long long)o->eval_every);
+  if (o->keep_checkpoints < 1) return wk_error(WK_ERR_ARG, "train: keep_checkpoints %d must be >= 1", o->keep_checkpoints);
   if (!d || !wk_dataset_size(d)) return wk_error(WK_ERR_ARG, "train: the dataset is empty");
+  double total = o->steps > 0 ? (double)o->steps : ceil(o->epochs * (double)wk_dataset_size(d) / ((double)o->batch * o->grad_accum));
+  if (total > (double)MAX_STEPS) return wk_error(WK_ERR_ARG, "train: %g epochs make %g steps, more than 2^40", o->epochs, total);
   return WK_OK;
 }
 
 wk_status wk_train(wk_model *m, wk_adapter *a, const wk_dataset *data, const wk_train_options *opts,
                    wk_train_result *r) {
   if (!m || !a || !opts) return wk_error(WK_ERR_ARG, "train: model, adapter or options is NULL");
+  if (a->model != m) return wk_error(WK_ERR_ARG, "train: the adapter was made for another model");
+  if (a->merged) return wk_error(WK_ERR_STATE, "train: the adapter is merged into the base weights; unmerge it first");
   wk_train_options o = *opts;
   wk_status s = check_options(&o, data);
   if (s) return s;

@@ -302,6 +302,17 @@ static void test_max_context(wk_model *m, int64_t V) {
   CHECK(!e && strstr(wk_last_error(), "maximum context"), "one past a full cache refused");
   wk_tensor_free(a); wk_tensor_free(d); wk_tensor_free(ids); wk_tensor_free(full);
   wk_kv_cache_free(c);
+  // a generation refused for its prompt leaves a fresh cache's context as it was
+  wk_kv_cache *f = wk_kv_cache_new(m);
+  wk_generate_params p = wk_generate_defaults();
+  p.max_context = 5;
+  p.max_tokens = 1;
+  CHECK(wk_generate_cached(m, NULL, f, seq, 8, &p, NULL, NULL, NULL) != WK_OK &&
+            wk_kv_cache_max_context(f) == wk_model_get_config(m)->max_position_embeddings,
+        "a refused call leaves the cache's context (%lld)", (long long)wk_kv_cache_max_context(f));
+  p.max_context = 0;
+  CHECK(wk_generate_cached(m, NULL, f, seq, 8, &p, NULL, NULL, NULL) == WK_OK, "and the retry with the model's works");
+  wk_kv_cache_free(f);
 }
 
 // q8_0 storage on SmolLM2-135M (head_dim 64; skipped without tools/fetch-models): a

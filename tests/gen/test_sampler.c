@@ -26,6 +26,11 @@ static void expect_probs(const char *what, const wk_sampler_params *p, const flo
 
 int main(void) {
   wk_sampler_params d = wk_sampler_defaults();
+  {   // a bias count with no bias array is an error, not a NULL read
+    wk_sampler_params p = d;
+    p.n_bias = 3;
+    CHECK(!wk_sampler_new(&p, 8) && strstr(wk_last_error(), "NULL"), "n_bias without bias: %s", wk_last_error());
+  }
 
   // greedy: the highest logit, ties to the lowest id; prob under softmax at T = 1
   {

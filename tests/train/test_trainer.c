@@ -189,6 +189,43 @@ static void overwrite_replaces_old_run(wk_model *m, const wk_dataset *d) {
   wk_adapter_free(a);
 }
 
+// Options and adapters the API sweep found accepted (or crashing): each is refused by name.
+static void bad_train_inputs(wk_model *m, const wk_dataset *d) {
+  recorder rec = {0};
+  wk_adapter *a = fresh(m);
+  wk_train_result r;
+  struct { const char *what, *want; wk_train_options o; } cases[8];
+  for (int k = 0; k < 8; k++) cases[k].o = options(tmp_path("bad"), &rec);
+  cases[0].what = "empty out_dir", cases[0].want = "output directory", cases[0].o.out_dir = "";
+  cases[1].what = "batch 2^20", cases[1].want = "batch", cases[1].o.batch = 1 << 20;
+  cases[2].what = "lr inf", cases[2].want = "learning rate", cases[2].o.schedule.lr = INFINITY;
+  cases[3].what = "steps -1", cases[3].want = "steps", cases[3].o.steps = -1;
+  cases[4].what = "epochs 1e30", cases[4].want = "epochs", cases[4].o.steps = 0, cases[4].o.epochs = 1e30f;
+  cases[5].what = "keep 0", cases[5].want = "keep_checkpoints", cases[5].o.keep_checkpoints = 0;
+  cases[6].what = "warmup -5", cases[6].want = "warmup", cases[6].o.schedule.warmup = -5;
+  cases[7].what = "clip NaN", cases[7].want = "clip", cases[7].o.clip = NAN;
+  for (int k = 0; k < 8; k++)
+    CHECK(wk_train(m, a, d, &cases[k].o, &r) != WK_OK && strstr(wk_last_error(), cases[k].want), "train with %s: %s",
+          cases[k].what, wk_last_error());
+  // an adapter of another model, a merged one: refused, the base untouched
+  wk_model *other = wk_model_load(fixture_in("models", "llama"));
+  wk_adapter *foreign = other ? fresh(other) : NULL;
+  wk_train_options o = options(tmp_path("bad"), &rec);
+  CHECK(foreign && wk_train(m, foreign, d, &o, &r) != WK_OK && strstr(wk_last_error(), "another model"),
+        "train with another model's adapter: %s", wk_last_error());
+  wk_adapter_free(foreign);
+  wk_model_free(other);
+  wk_tensor *p[64];
+  int n = wk_adapter_params(a, p);
+  CHECK(n > 1 && wk_adapter_merge(a) == WK_OK && wk_adapter_set_param(a, 1, p[1]) != WK_OK &&
+            strstr(wk_last_error(), "merged") && wk_train(m, a, d, &o, &r) != WK_OK && wk_adapter_unmerge(a) == WK_OK,
+        "a merged adapter's parameters can't change: %s", wk_last_error());
+  wk_lora_config c = wk_lora_defaults();
+  c.alpha = INFINITY;
+  CHECK(!wk_adapter_new(m, &c) && strstr(wk_last_error(), "alpha"), "alpha inf refused");
+  wk_adapter_free(a);
+}
+
 // An exploding learning rate: the run stops with a message before applying a
 // non-finite update; the checkpoint of step 1 still loads.
 static void nonfinite_stops(wk_model *m, const wk_dataset *d) {
@@ -668,6 +705,7 @@ int main(void) {
     pipelined_steps(m, d);
     resume_is_exact(m, d);
     overwrite_replaces_old_run(m, d);
+    bad_train_inputs(m, d);
     nonfinite_stops(m, d);
     full_disk_keeps_checkpoint(m, d);
   }
