@@ -459,6 +459,14 @@ wk_tensor *wk_embedder_forward(wk_embedder *e, wk_tensor *ids, wk_tensor *length
              (long long)T, (long long)e->cfg.max_position_embeddings);
     return NULL;
   }
+  float *len = malloc(sizeof(float) * (size_t)(B ? B : 1));   // each row's length in [1, T]: no row pools nothing
+  wk_status st = len ? wk_tensor_read_f32(lengths, len, B) : wk_error(WK_ERR_OOM, "embedder_forward: out of memory");
+  for (int64_t b = 0; !st && b < B; b++)
+    if (!(len[b] >= 1 && len[b] <= (float)T))
+      st = wk_error(WK_ERR_ARG, "embedder_forward: lengths[%lld] = %g is outside [1, %lld]", (long long)b, (double)len[b],
+                    (long long)T);
+  free(len);
+  if (st) return NULL;
   wk_scope_begin();
   wk_tensor *x = wk_reshape(embeddings(e, ids, wk_slice(e->pos, 0, 0, T, 1)), 2, (int64_t[]){B * T, D});
   x = encoder_layers(e, x, B, T, wk_padding_mask(lengths, T), NULL, NULL);

@@ -91,6 +91,12 @@ static void test_tiny(void) {
     free(tid);
   }
 
+  // lengths outside [1, T] are refused (a row of length 0 would pool nothing)
+  int32_t badlen[64] = {0};
+  wk_tensor *bl = wk_from_data(1, (int64_t[]){B}, WK_I32, badlen);
+  CHECK(B <= 64 && !wk_embedder_forward(e, ids, bl) && strstr(wk_last_error(), "lengths[0] = 0"), "length 0 refused: %s",
+        wk_last_error());
+  wk_tensor_free(bl);
   // hidden states of the padded batch, real positions only
   wk_tensor *h = wk_embedder_forward(e, ids, lens);
   float *hv = h ? read_all(h) : NULL;
