@@ -144,7 +144,7 @@ wk_tensor *wk_lora(wk_tensor *x, wk_tensor *W, wk_tensor *A, wk_tensor *B, float
              wk_shape_str(A, c, sizeof c), wk_shape_str(B, d, sizeof d));
     return NULL;
   }
-  bool fold = x->ndim > 2 && W->ndim == 2 && W->shape[0] == K && !wk_dtype_is_quantized(W->dtype);
+  bool fold = x->ndim > 2 && W->shape[0] == K && !wq;
   wk_scope_begin();
   wk_tensor *rows = fold ? wk_reshape(x, 2, (int64_t[]){wk_numel(x) / (K ? K : 1), K}) : x;
   wk_tensor *base = wk_matmul(rows, W);

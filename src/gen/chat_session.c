@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "engine/engine.h"
+#include "gen/kv_batch.h"
 
 struct wk_chat_session {
   wk_model *m;
@@ -165,8 +166,7 @@ wk_status wk_chat_session_say(wk_chat_session *s, const char *user_text, const w
   size_t n = 0;
   wk_status st = push_msg(s, "user", user_text, strlen(user_text));
   if (!st) st = render(s, &ids, &n);
-  // the cache's context: the model's, or params' max_context where the cache is new
-  int64_t ctx = !wk_kv_cache_len(s->cache) && p.max_context > 0 ? p.max_context : wk_kv_cache_max_context(s->cache);
+  int64_t ctx = wk_kv_cache_context_for(s->cache, p.max_context);   // what generating will give the cache
   if (!st && ctx > 0 && (int64_t)n >= ctx)
     st = wk_error(WK_ERR_ARG, "chat: the conversation is %zu tokens and the context holds %lld; "
                   "start over (reset) to go on", n, (long long)ctx);

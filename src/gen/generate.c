@@ -475,10 +475,9 @@ static wk_status generate(wk_model *m, const wk_tokenizer *tok, wk_kv_cache *c, 
   if (p.max_context < 0) return wk_error(WK_ERR_ARG, "generate: max_context %lld must be >= 0", (long long)p.max_context);
   // the arguments against the context this call would give the cache, before it does:
   // a call that fails leaves the cache as it was
-  bool resize = !wk_kv_cache_len(c) && p.max_context;
-  wk_status st = check_args(&p, tok, resize ? p.max_context : wk_kv_cache_max_context(c), cfg->vocab_size, B, prompts,
-                            n_prompts);
-  if (!st && resize) st = wk_kv_cache_set_max_context(c, p.max_context);
+  int64_t ctx = wk_kv_cache_context_for(c, p.max_context);
+  wk_status st = check_args(&p, tok, ctx, cfg->vocab_size, B, prompts, n_prompts);
+  if (!st && !wk_kv_cache_len(c) && p.max_context) st = wk_kv_cache_set_max_context(c, p.max_context);
   if (st) return st;
   gen_shared g = {tok, cfg, &p, tok ? wk_tokenizer_eos(tok) : -1, wk_kv_cache_max_context(c), cfg->vocab_size,
                   cb, user, NULL, NULL};

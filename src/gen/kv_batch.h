@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include "wick/model.h"
 
+// The context a generation asking for max_context (0: none asked) gives c: max_context
+// while c is empty (it resizes a fresh cache), else c's own.
+int64_t wk_kv_cache_context_for(const wk_kv_cache *c, int64_t max_context);
 // Row `row`'s leading positions that no query sees: its padding, and what its sliding
 // window forgot (wk_kv_cache_hide_front). Its own tokens are the rest: len - hidden.
 int64_t wk_kv_cache_row_hidden(const wk_kv_cache *c, int64_t row);

@@ -149,6 +149,10 @@ wk_status wk_kv_cache_drop_oldest(wk_kv_cache *c, int64_t n) {
   return keep_rows(c, c->batch, NULL, n);
 }
 
+int64_t wk_kv_cache_context_for(const wk_kv_cache *c, int64_t max_context) {
+  return !wk_kv_cache_len(c) && max_context > 0 ? max_context : wk_kv_cache_max_context(c);
+}
+
 int64_t wk_kv_cache_row_hidden(const wk_kv_cache *c, int64_t row) {
   return c && c->pad && row >= 0 && row < c->pad_batch ? c->pad[row] : 0;
 }

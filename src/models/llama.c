@@ -251,14 +251,19 @@ wk_status wk_llama_load_safetensors(wk_model *m, const char *dir) {
 }
 
 // ---- GGUF: config from metadata ----
-static wk_status gguf_int(wk_gguf *g, const char *arch, const char *key, int64_t *out, int required) {
+// Flags of gguf_int: the key must be there; its value must be positive.
+enum { GGUF_REQUIRED = 1, GGUF_POSITIVE = 2 };
+static wk_status gguf_int(wk_gguf *g, const char *arch, const char *key, int64_t *out, int flags) {
   char k[128];
   snprintf(k, sizeof k, "%s.%s", arch, key);
   if (!wk_gguf_has_key(g, k)) {
-    if (!required) return WK_OK;
+    if (!(flags & GGUF_REQUIRED)) return WK_OK;
     return wk_error(WK_ERR_ARG, "model %s: metadata key '%s' is missing", wk_gguf_path(g), k);
   }
-  return wk_gguf_get_int(g, k, out);
+  wk_status s = wk_gguf_get_int(g, k, out);
+  if (!s && flags & GGUF_POSITIVE && *out <= 0)
+    s = wk_error(WK_ERR_ARG, "model %s: %s is %lld; it must be positive", wk_gguf_path(g), k, (long long)*out);
+  return s;
 }
 
 static wk_status gguf_float(wk_gguf *g, const char *arch, const char *key, double *out) {
@@ -288,7 +293,7 @@ static wk_status gguf_rope_scaling(wk_gguf *g, const char *arch, const char *pat
                                        : wk_error(WK_ERR_ARG, "model %s: %s is required for rope scaling %s", path, k, type);
   if (!st && !(r->factor > 0)) st = wk_error(WK_ERR_ARG, "model %s: %s = %g must be > 0", path, k, r->factor);
   if (!st && r->type == WK_ROPE_YARN) st = gguf_int(g, arch, "rope.scaling.original_context_length",
-                                                    &r->original_max_position_embeddings, 1);
+                                                    &r->original_max_position_embeddings, GGUF_REQUIRED);
   return st;
 }
 
@@ -314,26 +319,17 @@ wk_status wk_llama_load_gguf(wk_model *m, const char *path) {
   c->bos_token_id = c->pad_token_id = -1;
   snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
   c->rope_scaling.factor = 1;
-  if ((st = gguf_int(g, arch, "block_count", &c->num_hidden_layers, 1)) ||
-      (st = gguf_int(g, arch, "embedding_length", &c->hidden_size, 1)) ||
-      (st = gguf_int(g, arch, "feed_forward_length", &c->intermediate_size, 1)) ||
-      (st = gguf_int(g, arch, "attention.head_count", &c->num_attention_heads, 1)) ||
+  const int size = GGUF_REQUIRED | GGUF_POSITIVE;
+  if ((st = gguf_int(g, arch, "block_count", &c->num_hidden_layers, size)) ||
+      (st = gguf_int(g, arch, "embedding_length", &c->hidden_size, size)) ||
+      (st = gguf_int(g, arch, "feed_forward_length", &c->intermediate_size, size)) ||
+      (st = gguf_int(g, arch, "attention.head_count", &c->num_attention_heads, size)) ||
       (st = gguf_int(g, arch, "context_length", &c->max_position_embeddings, 0)) ||
       (st = gguf_float(g, arch, "attention.layer_norm_rms_epsilon", &c->norm_eps)) ||
       (st = gguf_float(g, arch, "rope.freq_base", &c->rope_theta)))
     goto done;
   c->num_key_value_heads = c->num_attention_heads;
-  if ((st = gguf_int(g, arch, "attention.head_count_kv", &c->num_key_value_heads, 0))) goto done;
-  const struct { const char *key; int64_t v; } sizes[] = {
-      {"block_count", c->num_hidden_layers}, {"embedding_length", c->hidden_size},
-      {"feed_forward_length", c->intermediate_size}, {"attention.head_count", c->num_attention_heads},
-      {"attention.head_count_kv", c->num_key_value_heads}};
-  for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
-    if (sizes[i].v <= 0) {
-      st = wk_error(WK_ERR_ARG, "model %s: %s.%s is %lld; it must be positive", path, arch, sizes[i].key,
-                    (long long)sizes[i].v);
-      goto done;
-    }
+  if ((st = gguf_int(g, arch, "attention.head_count_kv", &c->num_key_value_heads, GGUF_POSITIVE))) goto done;
   if (c->hidden_size % c->num_attention_heads) {
     st = wk_error(WK_ERR_ARG, "model %s: %s.attention.head_count %lld does not divide embedding_length %lld", path,
                   arch, (long long)c->num_attention_heads, (long long)c->hidden_size);

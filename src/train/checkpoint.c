@@ -101,47 +101,33 @@ static wk_status save_optim(const char *path, const wk_optim *opt) {
   return s;
 }
 
-static wk_status prune(const char *out, int keep, int64_t newest) {
-  if (keep < 1) return WK_OK;
+// Deletes all but the `keep` newest checkpoints up to `newest` (later ones, left by a run
+// resumed from an earlier checkpoint, stay); or, with `others`, every one but `newest`:
+// the first save of a run that overwrites a directory. The old run's checkpoints would
+// otherwise mix with the new run's (a resume takes the newest, --keep counts them);
+// until the new run has one of its own, they stay as they were.
+static void prune(const char *out, int keep, int64_t newest, bool others) {
+  if (!others && keep < 1) return;
   DIR *d = opendir(out);
-  if (!d) return WK_OK;
+  if (!d) return;
   int64_t steps[4096];
   int n = 0;
   struct dirent *e;
   while ((e = readdir(d)) && n < 4096) {
     int64_t v = ckpt_step(e->d_name);
-    if (v >= 0 && v <= newest) steps[n++] = v;
+    if (v >= 0 && (others || v <= newest)) steps[n++] = v;
   }
   closedir(d);
-  for (int i = 0; i < n; i++) {   // delete every one with `keep` or more newer ones
+  for (int i = 0; i < n; i++) {
     int newer = 0;
     for (int j = 0; j < n; j++) newer += steps[j] > steps[i];
-    if (newer < keep) continue;
+    if (others ? steps[i] == newest : newer < keep) continue;
     char name[64];
     snprintf(name, sizeof name, "checkpoint-%lld", (long long)steps[i]);
     char *p = wk_path_join(out, name);
     if (p) remove_dir(p);
     free(p);
   }
-  return WK_OK;
-}
-
-// Deletes every checkpoint-<step> but `kept`: the first save of a run that overwrites
-// a directory. The old run's checkpoints would otherwise mix with the new run's (a
-// resume takes the newest, --keep counts them); until the new run has one of its own,
-// they stay as they were.
-static void remove_others(const char *out, int64_t kept) {
-  DIR *d = opendir(out);
-  if (!d) return;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    int64_t v = ckpt_step(e->d_name);
-    if (v < 0 || v == kept) continue;
-    char *p = wk_path_join(out, e->d_name);
-    if (p) remove_dir(p);
-    free(p);
-  }
-  closedir(d);
 }
 
 wk_status wk_ckpt_save(const char *out, const wk_adapter *a, const wk_optim *opt, const wk_ckpt_state *st, int keep,
@@ -173,8 +159,7 @@ wk_status wk_ckpt_save(const char *out, const wk_adapter *a, const wk_optim *opt
     remove_dir(tmp);
     s = wk_error(WK_ERR_IO, "checkpoint at step %lld not saved (earlier checkpoints are intact): %s",
                  (long long)st->step, why);
-  } else if (replace_others) remove_others(out, st->step);
-  else prune(out, keep, st->step);
+  } else prune(out, keep, st->step, replace_others);
   free(dir);
   free(tmp);
   free(optp);

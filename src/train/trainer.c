@@ -378,10 +378,13 @@ static wk_status step_finish(trainer *t, int64_t step, step_job *j, step_job *ne
   return s;
 }
 
+// The run's steps: o's, or its epochs over d (a double: check_options bounds it first).
+static double planned_steps(const wk_train_options *o, const wk_dataset *d) {
+  if (o->steps > 0) return (double)o->steps;
+  return ceil(o->epochs * (double)wk_dataset_size(d) / ((double)o->batch * o->grad_accum));
+}
 static int64_t total_steps(const wk_train_options *o, const wk_dataset *d) {
-  if (o->steps > 0) return o->steps;
-  double per = (double)o->batch * o->grad_accum;
-  int64_t s = (int64_t)ceil(o->epochs * (double)wk_dataset_size(d) / per);
+  int64_t s = (int64_t)planned_steps(o, d);
   return s > 0 ? s : 1;
 }
 
@@ -408,7 +411,7 @@ static wk_status check_options(const wk_train_options *o, const wk_dataset *d) {
                     (long long)o->save_every, (long long)o->eval_every);
   if (o->keep_checkpoints < 1) return wk_error(WK_ERR_ARG, "train: keep_checkpoints %d must be >= 1", o->keep_checkpoints);
   if (!d || !wk_dataset_size(d)) return wk_error(WK_ERR_ARG, "train: the dataset is empty");
-  double total = o->steps > 0 ? (double)o->steps : ceil(o->epochs * (double)wk_dataset_size(d) / ((double)o->batch * o->grad_accum));
+  double total = planned_steps(o, d);
   if (total > (double)MAX_STEPS) return wk_error(WK_ERR_ARG, "train: %g epochs make %g steps, more than 2^40", o->epochs, total);
   return WK_OK;
 }
@@ -481,7 +484,7 @@ wk_status wk_train(wk_model *m, wk_adapter *a, const wk_dataset *data, const wk_
     cs.loss = p.loss;
     if (!s && (save_due || stop)) {
       s = wk_ckpt_save(o.out_dir, a, t.opt, &cs, o.keep_checkpoints, o.base_name, replacing);
-      replacing = replacing && s;
+      if (!s) replacing = false;
     }
     if (stop) { res.stopped = true; break; }
     if (!s) s = s_next;
