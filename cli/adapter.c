@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include "common.h"
 
 static int info(const char *C, const char *dir, bool json) {
@@ -74,20 +73,17 @@ static bool same_file(const char *a, const char *b) {
 // (a merge into the base's own directory). 0 on success.
 static int copy_file(const char *src, const char *dst) {
   if (same_file(src, dst)) return 0;
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dst, (long)getpid());
-  FILE *in = fopen(src, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
+  FILE *in = fopen(src, "rb");
+  cli_file out;
+  if (!in) return 1;
+  if (cli_file_open(&out, dst)) { fclose(in); return 1; }
   char buf[1 << 16];
   size_t n;
-  int rc = in && out ? 0 : 1;
-  while (!rc && (n = fread(buf, 1, sizeof buf, in)) > 0) rc = fwrite(buf, 1, n, out) != n;
-  if (in && ferror(in)) rc = 1;
-  if (in) fclose(in);
-  if (out && (fflush(out) || fsync(fileno(out)))) rc = 1;
-  if (out && fclose(out)) rc = 1;
-  if (!rc && rename(tmp, dst)) rc = 1;
-  if (rc && out) remove(tmp);
-  return rc;
+  bool ok = true;
+  while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, n, out.f) == n;
+  ok = ok && !ferror(in);
+  fclose(in);
+  return cli_file_commit(&out, ok) ? 1 : 0;
 }
 
 // The options merge and export share: -m MODEL, --adapter DIR, -o OUT, --dtype and

@@ -153,7 +153,7 @@ int wick_chat_main(int argc, char **argv) {
     rc = cli_lib_error(C);
     goto done;
   }
-  cli_gen_resolve(&gp, m);
+  cli_gen_resolve(C, &gp, m);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;   // no SA_RESTART: Ctrl-C at the prompt ends the read

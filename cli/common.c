@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int cli_user_error(const char *cmd, const char *fmt, ...) {
   va_list ap;
@@ -53,6 +54,32 @@ int cli_check_path(const char *cmd, const char *path, bool is_default) {
 bool cli_is_dir(const char *path) {
   struct stat sb;
   return !stat(path, &sb) && S_ISDIR(sb.st_mode);
+}
+
+int cli_file_open(cli_file *w, const char *path) {
+  w->path = path;
+  snprintf(w->tmp, sizeof w->tmp, "%s.tmp.%ld", path, (long)getpid());
+  w->f = fopen(w->tmp, "wb");
+  return w->f ? 0 : -1;
+}
+
+int cli_file_commit(cli_file *w, bool ok) {
+  if (!w->f) return -1;
+  if (fflush(w->f) || fsync(fileno(w->f))) ok = false;
+  if (fclose(w->f)) ok = false;
+  w->f = NULL;
+  if (ok && !rename(w->tmp, w->path)) return 0;
+  int err = errno;
+  remove(w->tmp);
+  errno = err;
+  return -1;
+}
+
+void cli_note_past_context(const char *cmd, const char *opt, int64_t n, const wk_model *m) {
+  int64_t ctx = wk_model_get_config(m)->max_position_embeddings;
+  if (ctx > 0 && n > ctx)
+    fprintf(stderr, "wick %s: note: %s %lld is past the model's context of %lld positions (it was never trained "
+            "beyond them)\n", cmd, opt, (long long)n, (long long)ctx);
 }
 
 bool cli_is_gguf(const char *path) {

@@ -21,6 +21,14 @@ int cli_parse_int(const char *s, long lo, long hi, long *out);
 // 0 if path exists; else prints a user error (with a fetch-models hint when is_default).
 int cli_check_path(const char *cmd, const char *path, bool is_default);
 bool cli_is_dir(const char *path);
+// A note on stderr when an option's n positions (--ctx-size, --seq-len) pass m's context.
+void cli_note_past_context(const char *cmd, const char *opt, int64_t n, const wk_model *m);
+// A file written whole or not at all: cli_file_open creates "PATH.tmp.<pid>" beside PATH
+// (0, or -1 with errno); cli_file_commit flushes it to disk and renames it over PATH when
+// ok, else (or when that fails: -1 with errno) removes it, leaving PATH as it was.
+typedef struct { FILE *f; const char *path; char tmp[4200]; } cli_file;
+int cli_file_open(cli_file *w, const char *path);
+int cli_file_commit(cli_file *w, bool ok);
 bool cli_is_gguf(const char *path);
 // A tokenizer for `path`: a model directory (its tokenizer.json), a tokenizer.json
 // file or a .gguf file (its vocabulary). NULL with wk_last_error() set.

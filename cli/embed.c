@@ -8,7 +8,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include "common.h"
 
 typedef struct {
@@ -165,21 +164,18 @@ int wick_embed_main(int argc, char **argv) {
     rc = cli_lib_error("embed");
   // -o FILE is written beside it and renamed over it at the end: a failed run (an
   // invalid line, say, or FILE given as --input too) leaves it as it was
-  char tmp[4200];
-  if (output) snprintf(tmp, sizeof tmp, "%s.tmp.%ld", output, (long)getpid());
-  if (!rc && output && !(s.out = fopen(tmp, "wb")))
-    rc = cli_user_error("embed", "cannot create -o %s: %s", output, strerror(errno));
+  cli_file file = {0};
+  if (!rc && output) {
+    if (cli_file_open(&file, output)) rc = cli_user_error("embed", "cannot create -o %s: %s", output, strerror(errno));
+    else s.out = file.f;
+  }
   if (!rc) {
     s.dim = wk_embedder_dim(e);
     rc = embed_lines(e, in, input ? input : "stdin", batch, &s);
   }
   if (!rc && npy && write_npy(s.out, s.rows, s.n, s.dim)) rc = cli_user_error("embed", "error writing the output");
-  if (s.out && s.out != stdout) {
-    if ((fflush(s.out) || fsync(fileno(s.out)) || fclose(s.out)) && !rc)
-      rc = cli_user_error("embed", "error writing %s: %s", output, strerror(errno));
-    if (!rc && rename(tmp, output)) rc = cli_user_error("embed", "cannot write -o %s: %s", output, strerror(errno));
-    if (rc) remove(tmp);
-  }
+  if (file.f && cli_file_commit(&file, !rc) && !rc)
+    rc = cli_user_error("embed", "cannot write -o %s: %s", output, strerror(errno));
   free(s.rows);
   wk_embedder_free(e);
   if (in != stdin) fclose(in);

@@ -60,12 +60,9 @@ wk_generate_params cli_gen_defaults(void) {
   return gp;
 }
 
-void cli_gen_resolve(wk_generate_params *gp, const wk_model *m) {
+void cli_gen_resolve(const char *cmd, wk_generate_params *gp, const wk_model *m) {
   if (gp->cache_dtype == CLI_CACHE_AUTO) gp->cache_dtype = wk_model_cache_dtype(m);
-  int64_t mctx = wk_model_get_config(m)->max_position_embeddings;
-  if (mctx > 0 && gp->max_context > mctx)
-    fprintf(stderr, "wick: note: --ctx-size %lld is past the model's context of %lld positions (it was never trained "
-            "beyond them)\n", (long long)gp->max_context, (long long)mctx);
+  cli_note_past_context(cmd, "--ctx-size", gp->max_context, m);
 }
 
 int cli_gen_option(const char *C, int argc, char **argv, int *i, wk_generate_params *gp, const char **stops,

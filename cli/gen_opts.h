@@ -12,8 +12,9 @@ int cli_gen_option(const char *cmd, int argc, char **argv, int *i, wk_generate_p
 // to cli_gen_resolve (CLI_CACHE_AUTO) unless --cache-type names one.
 #define CLI_CACHE_AUTO WK_DTYPE_COUNT
 wk_generate_params cli_gen_defaults(void);
-// Once the model is loaded: an automatic cache dtype becomes wk_model_cache_dtype(m).
-void cli_gen_resolve(wk_generate_params *gp, const wk_model *m);
+// Once the model is loaded: an automatic cache dtype becomes wk_model_cache_dtype(m),
+// and a --ctx-size past the model's context gets a note.
+void cli_gen_resolve(const char *cmd, wk_generate_params *gp, const wk_model *m);
 // Writes a generated token as one JSON line: "seq" (with_seq: batches), id, text, prob,
 // logprob and, when the generator reported alternatives, "top": [{id, text, logprob}...].
 void cli_print_token_json(const wk_gen_token *t, bool with_seq);

@@ -86,7 +86,7 @@ static int run(const char *C, const char *model, const char *tokenizer, wk_devic
   if (!rc) rc = encode_prompts(C, tok, np, prompts, special, ids, n);
   if (!rc && !(m = cli_load_model(model, dev, adapter, &ad))) rc = cli_lib_error(C);
   if (!rc) {
-    cli_gen_resolve(gp, m);
+    cli_gen_resolve(C, gp, m);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;

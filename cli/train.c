@@ -163,10 +163,8 @@ int wick_train_main(int argc, char **argv) {
     wk_tokenizer_free(tok);
     return rc;
   }
-  int64_t vocab = wk_model_get_config(m)->vocab_size, mctx = wk_model_get_config(m)->max_position_embeddings;
-  if (mctx > 0 && o.seq_len > mctx)
-    fprintf(stderr, "wick train: note: --seq-len %lld is past the model's context of %lld positions (it was never "
-            "trained beyond them)\n", (long long)o.seq_len, (long long)mctx);
+  int64_t vocab = wk_model_get_config(m)->vocab_size;
+  cli_note_past_context(C, "--seq-len", o.seq_len, m);
   // packed: examples are joined first, so only the pieces are cut at seq_len
   wk_dataset_options dopt = {.max_len = pack ? 0 : o.seq_len, .strict = strict, .warn = on_warn};
   wk_dataset *train = wk_dataset_load(data, tok, vocab, &dopt);

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "check.h"
+#include "model_copy.h"
 
 // Runs `wick ARGS` (stderr folded into stdout); returns the exit status, output in buf.
 static int run(char *buf, size_t cap, const char *args) {
@@ -174,41 +175,23 @@ static void test_errors(void) {
 
 // A NaN in one q_proj weight: the logits are NaN (a masked attention row's zeros hid
 // it), and `wick logits` says so instead of printing a table of nan.
+static wk_tensor *poison_q(const char *name, wk_tensor *t) {
+  if (!t || !strstr(name, "layers.0.self_attn.q_proj.weight")) return t;
+  int64_t k = wk_numel(t);
+  float *v = malloc(sizeof(float) * (size_t)k);
+  wk_tensor *w = v && !wk_tensor_read_f32(t, v, k) ? (v[k / 2] = NAN, wk_from_data(wk_ndim(t), wk_shape(t), WK_F32, v)) : NULL;
+  free(v);
+  wk_tensor_free(t);
+  return w;
+}
+
 static void test_nan_weights(void) {
-  char dir[] = "/tmp/wick_test_nan_XXXXXX";
+  char dir[] = "/tmp/wick_test_nan_XXXXXX", args[512];
   if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
-  wk_st_file *f = wk_st_open("tests/fixtures/models/llama/model.safetensors");
-  CHECK(f != NULL, "open the llama fixture");
-  if (!f) return;
-  int n = wk_st_count(f);
-  const char **names = calloc((size_t)n, sizeof *names);
-  wk_tensor **ts = calloc((size_t)n, sizeof *ts);
-  for (int i = 0; i < n; i++) {
-    names[i] = wk_st_name(f, i);
-    ts[i] = wk_st_get(f, names[i]);
-    if (ts[i] && strstr(names[i], "layers.0.self_attn.q_proj.weight")) {
-      int64_t k = wk_numel(ts[i]);
-      float *v = malloc(sizeof(float) * (size_t)k);
-      wk_tensor_read_f32(ts[i], v, k);
-      v[k / 2] = NAN;
-      wk_tensor *w = wk_from_data(wk_ndim(ts[i]), wk_shape(ts[i]), WK_F32, v);
-      wk_tensor_free(ts[i]);
-      ts[i] = w;
-      free(v);
-    }
-  }
-  char path[256], args[512];
-  snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  CHECK(wk_st_save(path, n, names, ts, (const char *[]){"format", "pt", NULL}) == WK_OK, "save the poisoned model");
-  snprintf(args, sizeof args, "cp tests/fixtures/models/llama/config.json %s/", dir);
-  CHECK(system(args) == 0, "copy its config");
+  CHECK(test_model_copy(fixture_in("models", "llama"), dir, poison_q), "write the poisoned model");
   snprintf(args, sizeof args, "logits -m %s --ids 1,2,3", dir);
   int rc = run(out, sizeof out, args);
   CHECK(rc == 2 && strstr(out, "NaN"), "logits of a NaN weight: rc %d: %.200s", rc, out);
-  for (int i = 0; i < n; i++) wk_tensor_free(ts[i]);
-  free(ts);
-  free(names);
-  wk_st_close(f);
   snprintf(args, sizeof args, "rm -rf %s", dir);
   if (system(args)) fprintf(stderr, "cleanup of %s failed\n", dir);
 }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include "check.h"
 #include "fixtures.h"
+#include "model_copy.h"
 #include "models/llama.h"   // struct wk_model: to check weights keep their dtype
 
 // Every comparison is f32 math on the same weights as the reference (the bf16 and
@@ -281,30 +282,20 @@ out:
 // f16 weights (written here from the f32 fixture) against the f32 reference: weight
 // rounding to f16 (2^-11 relative) moves these logits by ~1e-3 (bf16, 2^-8, moves
 // them by 0.019), so 1e-2; the bf16 fixture checks exactness with its own reference.
+static wk_tensor *to_f16(const char *name, wk_tensor *t) {
+  (void)name;
+  wk_tensor *h = t ? wk_cast(t, WK_F16) : NULL;
+  wk_tensor_free(t);
+  return h;
+}
+
 static void f16_weights(void) {
   char dir[256], path[300], cfg[300];
   snprintf(dir, sizeof dir, "%s/wick_f16_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   CHECK(mkdtemp(dir) != NULL, "mkdtemp");
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   snprintf(cfg, sizeof cfg, "%s/config.json", dir);
-  wk_st_file *f = wk_st_open(fixture("llama/model.safetensors"));
-  CHECK(f != NULL, "open llama weights");
-  if (!f) return;
-  int n = wk_st_count(f);
-  const char **names = calloc((size_t)n, sizeof *names);
-  wk_tensor **ts = calloc((size_t)n, sizeof *ts);
-  for (int i = 0; i < n; i++) {
-    names[i] = wk_st_name(f, i);
-    wk_tensor *t = wk_st_get(f, names[i]);
-    ts[i] = wk_cast(t, WK_F16);
-    wk_tensor_free(t);
-  }
-  CHECK(wk_st_save(path, n, names, ts, NULL) == WK_OK, "save f16");
-  for (int i = 0; i < n; i++) wk_tensor_free(ts[i]);
-  free(ts);
-  free(names);
-  wk_st_close(f);
-  CHECK(symlink(fixture("llama/config.json"), cfg) == 0, "symlink config");
+  CHECK(test_model_copy(fixture("llama"), dir, to_f16), "save f16");
   wk_model *m = wk_model_load(dir);
   CHECK(m != NULL, "load f16 llama");
   ref_pair r = load_ref("llama/ref.safetensors");
