@@ -109,21 +109,27 @@ static void tensor_dispose(wk_tensor *t) {
 static void tensor_dispose(wk_tensor *t) { t->magic = WK_TENSOR_DEAD; free(t); }
 #endif
 
+// NULL (the result of a failed op) reads as empty without a new error, so the message
+// that names the failure stays; a freed handle (caught in debug builds, where freed
+// tensors stay readable a while) is an error of its own.
+static bool live(const wk_tensor *t, const char *op) {
+  if (!t) return false;
+  if (t->magic == WK_TENSOR_MAGIC) return true;
+  wk_error(WK_ERR_STATE, "%s: tensor %p was freed or is not a tensor", op, (const void *)t);
+  return false;
+}
 bool wk_tensor_valid(const wk_tensor *t, const char *op) {
   if (!t) {
     // The input failed earlier; keep its message, which names the real cause.
     if (!wk_last_error()[0]) wk_error(WK_ERR_ARG, "%s: input tensor is NULL", op);
     return false;
   }
-  if (t->magic != WK_TENSOR_MAGIC) {
-    wk_error(WK_ERR_STATE, "%s: tensor %p was freed or is not a tensor", op, (const void *)t);
-    return false;
-  }
-  return true;
+  return live(t, op);
 }
 
 wk_tensor *wk_tensor_ref(wk_tensor *t) {
-  if (t) t->refcount++;
+  if (!live(t, "tensor_ref")) return NULL;
+  t->refcount++;
   return t;
 }
 
@@ -210,7 +216,8 @@ static void scope_add(wk_tensor *t) {
 }
 
 wk_tensor *wk_keep(wk_tensor *t) {
-  if (t && t->magic == WK_TENSOR_MAGIC) scope_forget(t);
+  if (!live(t, "keep")) return NULL;
+  scope_forget(t);
   return t;
 }
 
@@ -500,7 +507,7 @@ wk_tensor *wk_rand(int ndim, const int64_t *shape, wk_dtype dt, double lo, doubl
 }
 
 // ---- inspection ----
-int wk_ndim(const wk_tensor *t) { return t ? t->ndim : 0; }
+int wk_ndim(const wk_tensor *t) { return live(t, "ndim") ? t->ndim : 0; }
 int64_t wk_dim(const wk_tensor *t, int axis) {
   if (!wk_tensor_valid(t, "dim")) return -1;
   int a = axis < 0 ? axis + t->ndim : axis;
@@ -508,14 +515,14 @@ int64_t wk_dim(const wk_tensor *t, int axis) {
   wk_error(WK_ERR_ARG, "dim: axis %d is out of range for a %d-d tensor", axis, t->ndim);
   return -1;
 }
-const int64_t *wk_shape(const wk_tensor *t) { return t ? t->shape : NULL; }
-int64_t wk_numel(const wk_tensor *t) { return t ? wk_shape_numel(t->ndim, t->shape) : 0; }
-wk_dtype wk_tensor_dtype(const wk_tensor *t) { return t ? t->dtype : WK_F32; }
-wk_device wk_tensor_device(const wk_tensor *t) { return t ? t->device : WK_CPU; }
-int wk_is_evaluated(const wk_tensor *t) { return t && t->buf && !atomic_load(&t->buf->failed); }
+const int64_t *wk_shape(const wk_tensor *t) { return live(t, "shape") ? t->shape : NULL; }
+int64_t wk_numel(const wk_tensor *t) { return live(t, "numel") ? wk_shape_numel(t->ndim, t->shape) : 0; }
+wk_dtype wk_tensor_dtype(const wk_tensor *t) { return live(t, "dtype") ? t->dtype : WK_F32; }
+wk_device wk_tensor_device(const wk_tensor *t) { return live(t, "device") ? t->device : WK_CPU; }
+int wk_is_evaluated(const wk_tensor *t) { return live(t, "is_evaluated") && t->buf && !atomic_load(&t->buf->failed); }
 
 int wk_is_contiguous(const wk_tensor *t) {
-  if (!t) return 0;
+  if (!live(t, "is_contiguous")) return 0;
   int64_t s = 1;
   for (int d = t->ndim - 1; d >= 0; d--) {
     if (t->shape[d] != 1 && t->stride[d] != s) return 0;
@@ -526,13 +533,13 @@ int wk_is_contiguous(const wk_tensor *t) {
 
 char *wk_shape_str(const wk_tensor *t, char *buf, size_t len) {
   char s[160];
-  if (!t) { snprintf(buf, len, "(null)"); return buf; }
+  if (!t || t->magic != WK_TENSOR_MAGIC) { snprintf(buf, len, t ? "(freed)" : "(null)"); return buf; }
   snprintf(buf, len, "%s%s", wk_dtype_name(t->dtype), wk_fmt_shape(t->ndim, t->shape, s, sizeof s));
   return buf;
 }
 
-void wk_set_trainable(wk_tensor *t, int on) { if (t) t->trainable = on != 0; }
-int wk_trainable(const wk_tensor *t) { return t && t->trainable; }
+void wk_set_trainable(wk_tensor *t, int on) { if (live(t, "set_trainable")) t->trainable = on != 0; }
+int wk_trainable(const wk_tensor *t) { return live(t, "trainable") && t->trainable; }
 
 // ---- data access ----
 // Makes t realized, contiguous and host-resident, replacing its storage if needed.

@@ -93,6 +93,19 @@ static void test_errors(void) {
   wk_tensor *dead = wk_ones(1, SHAPE(2), WK_F32);
   wk_tensor_free(dead);
   CHECK(wk_exp(dead) == NULL && strstr(wk_last_error(), "freed"), "use after free is caught in debug builds");
+  // the inspection calls too: a freed handle reads as nothing, with an error naming the call
+  wk_clear_error();
+  CHECK(wk_ndim(dead) == 0 && strstr(wk_last_error(), "ndim: tensor") && strstr(wk_last_error(), "freed"), "ndim of a freed tensor");
+  CHECK(wk_shape(dead) == NULL && strstr(wk_last_error(), "shape: "), "shape of a freed tensor");
+  CHECK(wk_numel(dead) == 0 && strstr(wk_last_error(), "numel: "), "numel of a freed tensor");
+  CHECK(!wk_is_evaluated(dead) && strstr(wk_last_error(), "is_evaluated: "), "is_evaluated of a freed tensor");
+  CHECK(!wk_is_contiguous(dead) && strstr(wk_last_error(), "is_contiguous: "), "is_contiguous of a freed tensor");
+  CHECK(wk_tensor_ref(dead) == NULL && strstr(wk_last_error(), "tensor_ref: "), "ref of a freed tensor");
+  CHECK(wk_keep(dead) == NULL && strstr(wk_last_error(), "keep: "), "keep of a freed tensor");
+  char sb[32];
+  CHECK(!strcmp(wk_shape_str(dead, sb, sizeof sb), "(freed)"), "shape_str of a freed tensor");
+  wk_clear_error();
+  CHECK(wk_ndim(NULL) == 0 && !wk_last_error()[0], "ndim of NULL is 0 without an error (a failed op's message stays)");
 #endif
 }
 
