@@ -46,7 +46,12 @@ wk_tensor *wk_max(wk_tensor *a, int naxes, const int *axes, int keepdims);
 wk_tensor *wk_argmax(wk_tensor *a, int axis, int keepdims);    // i32
 // Greedy decoding's statistics of each row along the last axis, f32 [..., 3]: the max,
 // the sum of exp(x - max) (so log-probability of the max = -log(sum)), and the index of
-// the first max as a float (exact below 2^24). A row holding a NaN has max NaN.
+// the first max as a float (exact below 2^24): always wk_argmax's index. Rows that are
+// not finite: a NaN anywhere gives max NaN, sum NaN and the first NaN's index (as
+// wk_argmax, torch.argmax); values equal to an infinite max count as equal values
+// (exp(0) = 1), where log_softmax gives NaN: a row of V values all -inf gives (-inf, V,
+// 0), the uniform distribution's -log(V); a row with k values +inf gives (+inf, k, the
+// first of them), as the sampler shares the probability among them.
 wk_tensor *wk_top1(wk_tensor *a);
 
 // ---- linear algebra ----

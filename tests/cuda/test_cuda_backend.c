@@ -823,34 +823,43 @@ static void test_public(void) {
 // wk_top1 on CUDA (top1.cu: a row split over up to 128 blocks, the last merging) against
 // the CPU: rows of 151,936 (Qwen2.5's vocabulary), 3000 (a few splits) and 100 (one
 // block), with a tie across two splits (the first index wins), the max in the last
-// element, a NaN row (max NaN), an all -inf row, bf16 input and a strided view. The max
-// and index must be equal; the sum, an f32 sum of exps against the CPU's double, within
-// 1e-5 relative.
+// element, a row with two NaNs after a larger value (max and sum NaN, the first NaN's
+// index, as wk_argmax), an all -inf row (sum V, index 0), a row with two +inf across
+// splits (sum 2, the first), bf16 input and a strided view. The max and index must be
+// equal; the sum, an f32 sum of exps against the CPU's double, within 1e-5 relative.
 static void test_top1(void) {
   const int64_t Vs[3] = {151936, 3000, 100};
   for (int vi = 0; vi < 3; vi++) {
     for (int bf = 0; bf < 2; bf++) {
       wk_scope_begin();
-      const int64_t V = Vs[vi], R = 6;
+      const int64_t V = Vs[vi], R = 7;
       float *x = malloc(sizeof(float) * (size_t)(R * V));
       uint64_t st = 7 + (uint64_t)vi;
       for (int64_t i = 0; i < R * V; i++)
         x[i] = (float)((st = st * 6364136223846793005ull + 1442695040888963407ull) >> 40) / 1e6f - 8;
       x[1 * V + 5] = x[1 * V + V - 3] = 40;   // a tie, across splits when the row has several
       x[2 * V + V - 1] = 41;
-      x[3 * V + V / 2] = NAN;
+      x[3 * V + 1] = 50;
+      x[3 * V + V / 2] = x[3 * V + V - 1] = NAN;
       for (int64_t i = 0; i < V; i++) x[4 * V + i] = -INFINITY;
+      x[6 * V + 2] = x[6 * V + V - 2] = INFINITY;
       wk_tensor *h = wk_from_data(2, (int64_t[]){R, V}, WK_F32, x);
       if (bf) h = wk_cast(h, WK_BF16);
       float *c = read_all(wk_top1(h)), *d = read_all(wk_to_device(wk_top1(wk_to_device(h, WK_CUDA)), WK_CPU));
       int bad = 0;
       for (int64_t r = 0; r < R; r++) {
-        if (r == 3) { bad += !isnan(d[3 * r]); continue; }
-        if (r == 4) { bad += d[3 * r] != -INFINITY || d[3 * r + 1] != 0; continue; }
-        bad += c[3 * r] != d[3 * r] || c[3 * r + 2] != d[3 * r + 2] || fabsf(c[3 * r + 1] - d[3 * r + 1]) > 1e-5f * c[3 * r + 1];
+        bool both_nan = isnan(c[3 * r]) && isnan(d[3 * r]) && isnan(c[3 * r + 1]) && isnan(d[3 * r + 1]);
+        bool sums = c[3 * r + 1] == d[3 * r + 1] || fabsf(c[3 * r + 1] - d[3 * r + 1]) <= 1e-5f * c[3 * r + 1];
+        bad += c[3 * r + 2] != d[3 * r + 2] || (!both_nan && (c[3 * r] != d[3 * r] || !sums));
       }
       CHECK(bad == 0 && d[5] == 5 && d[8] == (float)(V - 1), "top1 on cuda vs cpu, %lld rows of %lld %s: %d rows differ",
             (long long)R, (long long)V, bf ? "bf16" : "f32", bad);
+      CHECK(isnan(d[9]) && isnan(d[10]) && d[11] == (float)(V / 2), "top1 on cuda of a NaN row: %g %g %g (want NaN NaN %lld)",
+            (double)d[9], (double)d[10], (double)d[11], (long long)(V / 2));
+      CHECK(d[12] == -INFINITY && d[13] == (float)V && d[14] == 0, "top1 on cuda of an all -inf row: %g %g %g (want -inf %lld 0)",
+            (double)d[12], (double)d[13], (double)d[14], (long long)V);
+      CHECK(d[18] == INFINITY && d[19] == 2 && d[20] == 2, "top1 on cuda of a row with two +inf: %g %g %g (want inf 2 2)",
+            (double)d[18], (double)d[19], (double)d[20]);
       free(c);
       free(d);
       free(x);

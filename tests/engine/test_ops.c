@@ -213,6 +213,41 @@ static void test_top1(void) {
   wk_scope_end();
 }
 
+// wk_top1 of rows that are not finite, its index against wk_argmax's: a NaN anywhere
+// gives max and sum NaN at the first NaN (a larger value before it, a second NaN after
+// it); an all -inf row counts its V values as equal (sum V, -log V the log-probability
+// of index 0); +inf values as well (sum 2 for two of them, the first index); a row of
+// NaN only; -inf beside finite values adds nothing.
+static void test_top1_nonfinite(void) {
+  wk_scope_begin();
+  enum { R = 5, V = 6 };
+  const float I = INFINITY;
+  float x[R * V] = {1, 9, NAN, 3, NAN, 2,
+                    -I, -I, -I, -I, -I, -I,
+                    1, I, -I, 4, I, 2,
+                    NAN, NAN, NAN, NAN, NAN, NAN,
+                    -I, 0, -I, 0, -1, -I};
+  wk_tensor *xt = wk_from_data(2, SHAPE(R, V), WK_F32, x);
+  float *t = read_all(wk_top1(xt));
+  int32_t *am = (int32_t *)wk_tensor_data(wk_argmax(xt, 1, 0));
+  CHECK(isnan(t[0]) && isnan(t[1]) && t[2] == 2, "top1 of a row with NaN: max %g sum %g index %g (want NaN NaN 2)",
+        (double)t[0], (double)t[1], (double)t[2]);
+  CHECK(t[3] == -I && t[4] == V && t[5] == 0, "top1 of an all -inf row: max %g sum %g index %g (want -inf 6 0)",
+        (double)t[3], (double)t[4], (double)t[5]);
+  CHECK(t[6] == I && t[7] == 2 && t[8] == 1, "top1 of a row with two +inf: max %g sum %g index %g (want inf 2 1)",
+        (double)t[6], (double)t[7], (double)t[8]);
+  CHECK(isnan(t[9]) && isnan(t[10]) && t[11] == 0, "top1 of an all-NaN row: max %g sum %g index %g (want NaN NaN 0)",
+        (double)t[9], (double)t[10], (double)t[11]);
+  double s4 = 2 + exp(-1.0);
+  CHECK(t[12] == 0 && fabs(t[13] - s4) <= 1e-6 * s4 && t[14] == 1, "top1 of a row with -inf and ties: %g %g %g",
+        (double)t[12], (double)t[13], (double)t[14]);
+  for (int r = 0; am && r < R; r++)
+    CHECK(t[3 * r + 2] == (float)am[r], "top1's index of row %d, %g, is wk_argmax's %d", r, (double)t[3 * r + 2], am[r]);
+  CHECK(am != NULL, "argmax of the rows");
+  free(t);
+  wk_scope_end();
+}
+
 // ---- views ----
 static void test_views(void) {
   wk_scope_begin();
@@ -737,6 +772,7 @@ int main(void) {
   test_dtypes();
   test_reductions();
   test_top1();
+  test_top1_nonfinite();
   test_views();
   test_concat_split_pad();
   test_matmul();

@@ -207,8 +207,10 @@ static wk_status argmax_kernel(const wk_step *s, void *const *slots) {
   return WK_OK;
 }
 
-// Each row's (max, sum of exp(x - max), first argmax) along the last axis; a NaN
-// anywhere in the row makes its max NaN. Two passes over a row: its max, then the sum.
+// Each row's (max, sum of exp(x - max), first argmax) along the last axis (ops.h): the
+// first NaN is the argmax (as wk_argmax) and makes max and sum NaN; values equal to the
+// max count 1 even where it is infinite (-inf - -inf is NaN, not the 0 of equal values).
+// Two passes over a row: its max, then the sum.
 static wk_status top1_kernel(const wk_step *s, void *const *slots) {
   const wk_operand *in = &s->in[0];
   const int64_t V = in->shape[in->ndim - 1], rows = numel_of(in) / V;
@@ -218,14 +220,11 @@ static wk_status top1_kernel(const wk_step *s, void *const *slots) {
     input0(s, slots, r * V, V, row);
     float m = -INFINITY;
     int64_t at = 0;
-    bool nan = false;
-    for (int64_t i = 0; i < V; i++) {
-      nan |= row[i] != row[i];
-      if (row[i] > m) m = row[i], at = i;
-    }
-    double sum = 0;
-    for (int64_t i = 0; i < V && m > -INFINITY; i++) sum += exp((double)row[i] - (double)m);
-    out[3 * r] = nan ? NAN : m;
+    for (int64_t i = 0; i < V && m == m; i++)
+      if (row[i] > m || row[i] != row[i]) m = row[i], at = i;
+    double sum = m == m ? 0 : NAN;
+    for (int64_t i = 0; i < V && m == m; i++) sum += row[i] == m ? 1.0 : exp((double)row[i] - (double)m);
+    out[3 * r] = m;
     out[3 * r + 1] = (float)sum;
     out[3 * r + 2] = (float)at;
   }

@@ -14,9 +14,11 @@ const int64_t TOP1_PIECE = 1024; // values a CTA, at least
 const int TOP1_ROWS = 65536;     // counters: one a row, above the grid's 65535 rows
 const int TOP1_LOADS = 8;        // values a thread loads a round
 
+// Values equal to m count 1 in s even where m is infinite (ops.h's wk_top1): an all
+// -inf row sums to its length. A NaN ends a fold: i becomes the first NaN's index.
 struct Top1 {
   float m, s;   // running max and sum of exp(x - m)
-  int64_t i;    // first index of m; INT64_MAX: none yet
+  int64_t i;    // first index of m (or of a NaN); INT64_MAX: none yet
   int nan;
 };
 
@@ -30,13 +32,18 @@ struct Top1Args {
 };
 
 __device__ __forceinline__ Top1 merge(Top1 a, Top1 b) {
-  Top1 r;
-  r.nan = a.nan | b.nan;
-  if (a.m > b.m || (a.m == b.m && a.i < b.i)) r.m = a.m, r.i = a.i;
-  else r.m = b.m, r.i = b.i;
-  // terms of an empty side (m = -inf, s = 0) add nothing; -inf - -inf would be NaN
-  r.s = (a.s > 0.0f ? a.s * __expf(a.m - r.m) : 0.0f) + (b.s > 0.0f ? b.s * __expf(b.m - r.m) : 0.0f);
-  return r;
+  if (a.nan | b.nan) {   // the first NaN of either side
+    Top1 r = {NAN, NAN, INT64_MAX, 1};
+    if (a.nan) r.i = a.i;
+    if (b.nan && b.i < r.i) r.i = b.i;
+    return r;
+  }
+  Top1 hi = a, lo = b;
+  if (b.m > a.m || (a.m == b.m && b.i < a.i)) hi = b, lo = a;
+  // equal maxima add their counts as they are (-inf - -inf would be NaN); a smaller
+  // side's terms shrink by exp(lo.m - hi.m), 0 where that is -inf
+  hi.s += hi.m == lo.m ? lo.s : lo.s * __expf(lo.m - hi.m);
+  return hi;
 }
 
 __device__ Top1 block_merge(Top1 t) {
@@ -57,15 +64,19 @@ __device__ Top1 block_merge(Top1 t) {
 }
 }  // namespace
 
-// Folds value v at index i into t.
+// Folds value v at index i into t (a thread's indices rise, so its first NaN is kept).
 __device__ __forceinline__ void fold(Top1 &t, float v, int64_t i) {
+  if (t.nan) return;
   if (v != v) {
-    t.nan = 1;
+    t.nan = 1, t.m = t.s = NAN, t.i = i;
+  } else if (v == t.m) {   // t.m's first index stays; the first -inf of an empty t is kept
+    t.s += 1.0f;
+    if (t.i == INT64_MAX) t.i = i;
   } else if (v > t.m) {
-    t.s = t.s * __expf(t.m - v) + 1.0f;   // t.s = 0 while t.m = -inf
+    t.s = t.s * __expf(t.m - v) + 1.0f;   // t.m - v = -inf where t.m is -inf or v is +inf: the old terms are 0
     t.m = v, t.i = i;
-  } else if (v > -INFINITY) {
-    t.s += __expf(v - t.m);
+  } else {
+    t.s += __expf(v - t.m);   // -inf where v is -inf or t.m is +inf: adds 0
   }
 }
 
@@ -109,7 +120,7 @@ __global__ void __launch_bounds__(TOP1_THREADS) k_top1(const __grid_constant__ T
   }
   if (threadIdx.x) return;
   a.out[3 * row] = t.nan ? NAN : t.m;
-  a.out[3 * row + 1] = t.s;
+  a.out[3 * row + 1] = t.nan ? NAN : t.s;
   a.out[3 * row + 2] = t.i == INT64_MAX ? 0.0f : (float)t.i;
 }
 
