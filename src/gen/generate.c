@@ -161,6 +161,17 @@ static wk_status release_text(const gen_shared *g, seq_state *q, int32_t id, boo
   return WK_OK;
 }
 
+// A row holding NaN or +inf comes from non-finite weights (or an overflow), not from a
+// distribution: refused, where the sampler would drop a NaN and pick among the rest.
+static wk_status check_row(const gen_shared *g, const seq_state *q, int32_t index, const float *row) {
+  for (int64_t j = 0; j < g->V; j++)
+    if (isnan(row[j]) || row[j] == INFINITY)
+      return wk_error(WK_ERR_STATE, "generate: the logits for token %lld of sequence %d are %s at id %lld: the "
+                      "model's weights (or its adapter's) hold non-finite values, or the file is corrupt",
+                      (long long)q->res.generated_tokens, index, isnan(row[j]) ? "NaN" : "+inf", (long long)j);
+  return WK_OK;
+}
+
 // Samples sequence `index`'s next token from its logits row and streams it; marks it
 // done when it stops. held: the sequence's own positions in the cache.
 // pre: the token already picked on the device (greedy_on_device), or NULL: sample row.
@@ -170,6 +181,7 @@ static wk_status seq_token(const gen_shared *g, seq_state *q, int32_t index, con
   wk_sample smp;
   int32_t n_top = 0;
   wk_status st;
+  if (row && (st = check_row(g, q, index, row))) return st;
   if (p->top_logprobs) {   // before sampling: the same state, and it draws no randomness
     if ((st = wk_sampler_probs(q->s, row, g->probs))) return st;
     n_top = top_k_alts(g->tok, g->probs, g->V, p->top_logprobs, g->alts);

@@ -1,8 +1,10 @@
+#define _POSIX_C_SOURCE 200809L   // mkdtemp
 // Generation on the tiny llama fixture (ids only; a byte tokenizer for stop strings):
 // greedy through the KV cache equals repeated full forward argmax; callback and
-// stop-string stops; bad prompts.
+// stop-string stops; bad prompts; NaN logits.
 #include <string.h>
 #include "check.h"
+#include "model_copy.h"
 #include "wick/generate.h"
 
 static const char *fixture(const char *name) {
@@ -97,7 +99,45 @@ static void test_utf8_stream(wk_model *m, const int32_t *prompt, int np) {
   wk_tokenizer_free(tok);
 }
 
+// lm_head's row 7 gets a NaN: logit 7 is NaN at every position, the others are finite.
+static wk_tensor *poison_head(const char *name, wk_tensor *t) {
+  if (!t || strcmp(name, "lm_head.weight")) return t;
+  int64_t k = wk_numel(t);
+  float *v = malloc(sizeof(float) * (size_t)k);
+  wk_tensor *w = v && !wk_tensor_read_f32(t, v, k) ? (v[7 * 64 + 3] = NAN, wk_from_data(wk_ndim(t), wk_shape(t), WK_F32, v)) : NULL;
+  free(v);
+  wk_tensor_free(t);
+  return w;
+}
+
+// A NaN logit is an error that names it, greedy, sampled or with top_logprobs: the
+// sampler dropped it and picked among the others (a silent answer from a broken model).
+static void test_nan_logits(void) {
+  char dir[] = "/tmp/wick_test_gen_nan_XXXXXX", cmd[512];
+  if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+  CHECK(test_model_copy(fixture("llama"), dir, poison_head), "write the model with a NaN in lm_head");
+  wk_model *m = wk_model_load(dir);
+  CHECK(m != NULL, "load the poisoned model: %s", wk_last_error());
+  int32_t prompt[3] = {1, 5, 9};
+  for (int mode = 0; m && mode < 3; mode++) {
+    wk_generate_params p = wk_generate_defaults();
+    p.max_tokens = 3;
+    p.ignore_eos = true;
+    if (mode == 1) p.sampler.temperature = 1;
+    if (mode == 2) p.top_logprobs = 2;
+    wk_generate_result r;
+    wk_status st = wk_generate(m, NULL, prompt, 3, &p, NULL, NULL, &r);
+    CHECK(st != WK_OK && strstr(wk_last_error(), "NaN") && strstr(wk_last_error(), "id 7") && r.generated_tokens == 0,
+          "generation %d over NaN logits: status %d, %lld tokens, %s", mode, st, (long long)r.generated_tokens,
+          wk_last_error());
+  }
+  wk_model_free(m);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd)) fprintf(stderr, "cleanup of %s failed\n", dir);
+}
+
 int main(void) {
+  test_nan_logits();
   wk_model *m = wk_model_load(fixture("llama"));
   CHECK(m != NULL, "load fixture");
   if (!m) return check_report();
