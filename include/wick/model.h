@@ -153,8 +153,9 @@ int64_t wk_kv_cache_max_context(const wk_kv_cache *c);
 // text changed after them re-prefills from there. src/gen/kv_cache.c.
 wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len);
 // Left-padded batches: row b's first pad[b] positions hold padding that no position
-// attends to. Set on an empty cache, before its first forward (pad is copied; reset
-// forgets it). Several prompts of different lengths then decode as one batch
+// attends to; 0 <= pad[b] < wk_kv_cache_max_context (a row keeps a position of its
+// own; a later set_max_context must leave it one too). Set on an empty cache, before
+// its first forward (pad is copied; reset forgets it). Several prompts of different lengths then decode as one batch
 // (wk_generate_batch). src/gen/kv_cache.c.
 wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *pad);
 // Stores keys and values as dt: WK_F32 (the default), WK_F16 or WK_BF16 (half the

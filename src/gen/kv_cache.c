@@ -110,6 +110,10 @@ wk_status wk_kv_cache_set_max_context(wk_kv_cache *c, int64_t n) {
     return wk_error(WK_ERR_ARG, "wk_kv_cache_set_max_context: %lld positions (want 1 to %d)", (long long)n, INT32_MAX);
   if (c->len)
     return wk_error(WK_ERR_STATE, "wk_kv_cache_set_max_context: the cache already holds %lld positions", (long long)c->len);
+  for (int64_t b = 0; c->pad && b < c->pad_batch; b++)   // as set_padding checks in the other order
+    if (c->pad[b] >= n)
+      return wk_error(WK_ERR_ARG, "wk_kv_cache_set_max_context: %lld positions leave row %lld none of its own after "
+                      "its padding of %lld (wk_kv_cache_set_padding)", (long long)n, (long long)b, (long long)c->pad[b]);
   c->max_ctx = n;
   return WK_OK;
 }
@@ -117,8 +121,14 @@ wk_status wk_kv_cache_set_max_context(wk_kv_cache *c, int64_t n) {
 wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *pad) {
   if (!c || !pad || batch < 1) return wk_error(WK_ERR_ARG, "wk_kv_cache_set_padding: cache or pad is NULL, or batch < 1");
   if (c->len) return wk_error(WK_ERR_STATE, "wk_kv_cache_set_padding: the cache already holds %lld positions", (long long)c->len);
-  for (int64_t b = 0; b < batch; b++)
+  int64_t cap = wk_kv_cache_max_context(c);
+  for (int64_t b = 0; b < batch; b++) {
     if (pad[b] < 0) return wk_error(WK_ERR_ARG, "wk_kv_cache_set_padding: pad[%lld] = %lld is negative", (long long)b, (long long)pad[b]);
+    if (pad[b] >= cap)   // the mask would hide every key of the row: logits of no context
+      return wk_error(WK_ERR_ARG, "wk_kv_cache_set_padding: pad[%lld] = %lld leaves the row no position of its own in "
+                      "the cache's capacity of %lld (wk_kv_cache_set_max_context)", (long long)b, (long long)pad[b],
+                      (long long)cap);
+  }
   int64_t *copy = malloc((size_t)batch * sizeof *copy);
   if (!copy) return wk_error(WK_ERR_OOM, "wk_kv_cache_set_padding: out of memory");
   memcpy(copy, pad, (size_t)batch * sizeof *copy);

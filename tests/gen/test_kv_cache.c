@@ -315,6 +315,27 @@ static void test_max_context(wk_model *m, int64_t V) {
   wk_kv_cache_free(f);
 }
 
+// Padding must leave each row a position of its own within the capacity, whichever is
+// set first: a pad past it hid every key of the row (its logits came from no context).
+static void test_padding_capacity(wk_model *m) {
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  int64_t cap = wk_kv_cache_max_context(c), pads[2] = {3, cap};
+  CHECK(wk_kv_cache_set_padding(c, 2, pads) != WK_OK && strstr(wk_last_error(), "pad[1]") &&
+            strstr(wk_last_error(), "capacity") && !c->pad, "a pad of the whole capacity refused: %s", wk_last_error());
+  pads[1] = INT64_MAX;
+  CHECK(wk_kv_cache_set_padding(c, 2, pads) != WK_OK && strstr(wk_last_error(), "9223372036854775807"),
+        "a pad of INT64_MAX refused: %s", wk_last_error());
+  pads[1] = cap - 1;
+  CHECK(wk_kv_cache_set_padding(c, 2, pads) == WK_OK, "a pad of capacity - 1 is fine");
+  CHECK(wk_kv_cache_set_max_context(c, cap - 1) != WK_OK && strstr(wk_last_error(), "pad") &&
+            wk_kv_cache_max_context(c) == cap, "a capacity the padding fills refused: %s", wk_last_error());
+  CHECK(wk_kv_cache_set_max_context(c, cap) == WK_OK, "a capacity past the padding is fine");
+  wk_kv_cache_reset(c);
+  CHECK(wk_kv_cache_set_max_context(c, 4) == WK_OK && wk_kv_cache_set_padding(c, 2, pads) != WK_OK &&
+            strstr(wk_last_error(), "capacity of 4"), "a pad past a smaller capacity refused: %s", wk_last_error());
+  wk_kv_cache_free(c);
+}
+
 // q8_0 storage on SmolLM2-135M (head_dim 64; skipped without tools/fetch-models): a
 // 24-token prompt and 8 greedy steps through a q8_0 cache against the f32 cache.
 static void test_q8_0_smollm2(void) {
@@ -372,6 +393,7 @@ int main(void) {
   test_sliding_window(m, V);
   test_decode_plan_reused(m);
   test_max_context(m, V);
+  test_padding_capacity(m);
   test_keep_rows(m, V);
   test_forward_last(m, V);
   wk_model_free(m);
