@@ -15,7 +15,8 @@
 //               presence (logit -= presence if seen) and frequency (logit -= frequency
 //               * count) penalties (OpenAI), over the last repeat_last_n accepted ids
 //               (-1: all of them).
-//   bias        logit += bias for the listed ids (-INFINITY bans a token).
+//   bias        logit += bias for the listed ids (-INFINITY bans a token; a ban stays
+//               one whatever is added to it, a +INFINITY bias or penalty included).
 //   temperature logits /= T. T <= 0 is greedy: the highest logit wins (ties: lowest
 //               id); the filters still run (so prob is the token's probability under
 //               the filtered distribution at temperature 1).
@@ -27,7 +28,8 @@
 //               least one token. 1: off.
 //   min-p       keeps tokens with prob >= min_p * max prob (equality kept). 0: off.
 // The chosen token's prob / logprob are under the final distribution (softmax over
-// the kept tokens of the processed logits). The RNG (xoshiro256**, seeded through
+// the kept tokens of the processed logits). Logits of -INFINITY are removed tokens;
+// +INFINITY ones share the probability equally; a NaN logit is an error naming it. The RNG (xoshiro256**, seeded through
 // splitmix64) makes a given seed reproduce the same draws.
 #pragma once
 #include <stdbool.h>
@@ -75,10 +77,11 @@ void wk_sampler_free(wk_sampler *s);      // NULL is fine
 wk_status wk_sampler_accept(wk_sampler *s, int32_t id);
 // Forgets the history and reseeds the RNG with `seed`.
 void wk_sampler_reset(wk_sampler *s, uint64_t seed);
-// Samples from logits[0..vocab) (not modified).
+// Samples from logits[0..vocab) (not modified). Errors: a NaN logit (named), every
+// token removed.
 wk_status wk_sampler_sample(wk_sampler *s, const float *logits, wk_sample *out);
 // The final distribution the sampler would draw from: probs[0..vocab) (0 for removed
 // tokens). Uses no randomness. For tests and inspection.
 wk_status wk_sampler_probs(wk_sampler *s, const float *logits, float *probs);
-// Uniform double in [0, 1) from the sampler's RNG (advances it).
+// Uniform double in [0, 1) from the sampler's RNG (advances it); NaN for a NULL sampler.
 double wk_sampler_uniform(wk_sampler *s);

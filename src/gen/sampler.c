@@ -33,7 +33,10 @@ static uint64_t xoshiro_next(uint64_t *s) {
   s[2] ^= t; s[3] = rotl(s[3], 45);
   return r;
 }
-double wk_sampler_uniform(wk_sampler *s) { return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53; }
+double wk_sampler_uniform(wk_sampler *s) {
+  if (!s) { wk_error(WK_ERR_ARG, "wk_sampler_uniform: sampler is NULL"); return NAN; }
+  return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53;
+}
 
 wk_sampler_params wk_sampler_defaults(void) {
   wk_sampler_params p;
@@ -146,9 +149,25 @@ static void apply_penalties(wk_sampler *s) {
     float x = s->w[id];
     if (p->repeat_penalty != 1.0f) x = x > 0 ? x / p->repeat_penalty : x * p->repeat_penalty;
     x -= p->presence_penalty + p->frequency_penalty * (float)c;
-    s->w[id] = x;
+    s->w[id] = x == x ? x : -INFINITY;   // a ban stays one: -inf - (-inf)
     s->cnt[id] = 0;
   }
+}
+
+// logits /= T. Where some x / T would overflow, every positive logit became +inf (a
+// tie among them, far from the greedy limit a tiny T approaches): the finite maximum is
+// subtracted first then, which changes no probability and keeps the order.
+static void apply_temperature(wk_sampler *s) {
+  float T = s->p.temperature, big = 0, top = -INFINITY;
+  if (!(T > 0) || T == 1.0f) return;
+  for (int64_t i = 0; i < s->V; i++) {
+    float x = s->w[i];
+    if (!isfinite(x)) continue;
+    if (fabsf(x) > big) big = fabsf(x);
+    if (x > top) top = x;
+  }
+  float shift = big / T > FLT_MAX ? top : 0;
+  for (int64_t i = 0; i < s->V; i++) s->w[i] = (s->w[i] - shift) / T;
 }
 
 static int by_value_desc(const void *a, const void *b) {
@@ -230,19 +249,22 @@ static void apply_min_p(wk_sampler *s) {
 static wk_status process(wk_sampler *s, const float *logits) {
   if (!s || !logits) return wk_error(WK_ERR_ARG, "sampler: NULL argument");
   for (int64_t i = 0; i < s->V; i++) {
-    float x = logits[i];
-    s->w[i] = isnan(x) ? -INFINITY : x;
+    if (isnan(logits[i]))   // a model's failure, not a distribution: refused, not dropped
+      return wk_error(WK_ERR_ARG, "sampler: logits[%lld] is NaN (of %lld; -INFINITY bans a token)", (long long)i,
+                      (long long)s->V);
+    s->w[i] = logits[i];
   }
   for (int k = 0; k < s->p.n_order; k++) {
     switch (s->p.order[k]) {
       case WK_SAMPLER_PENALTIES: apply_penalties(s); break;
       case WK_SAMPLER_BIAS:
-        for (size_t i = 0; i < s->p.n_bias; i++) s->w[s->bias[i].id] += s->bias[i].bias;
+        for (size_t i = 0; i < s->p.n_bias; i++) {
+          float *x = &s->w[s->bias[i].id];
+          *x += s->bias[i].bias;
+          if (*x != *x) *x = -INFINITY;   // a ban wins: -inf + inf
+        }
         break;
-      case WK_SAMPLER_TEMPERATURE:
-        if (s->p.temperature > 0 && s->p.temperature != 1.0f)
-          for (int64_t i = 0; i < s->V; i++) s->w[i] /= s->p.temperature;
-        break;
+      case WK_SAMPLER_TEMPERATURE: apply_temperature(s); break;
       case WK_SAMPLER_TOP_K: apply_top_k(s); break;
       case WK_SAMPLER_TOP_P: apply_top_p(s); break;
       case WK_SAMPLER_MIN_P: apply_min_p(s); break;
@@ -250,11 +272,13 @@ static wk_status process(wk_sampler *s, const float *logits) {
     }
   }
   for (int64_t i = 0; i < s->V; i++) if (s->w[i] == INFINITY) s->w[i] = FLT_MAX;
-  if (max_kept(s) == -INFINITY) return wk_error(WK_ERR_ARG, "sampler: every token was removed (bias or NaN logits)");
+  if (max_kept(s) == -INFINITY)
+    return wk_error(WK_ERR_ARG, "sampler: every token was removed (-INFINITY logits, bans or penalties)");
   return WK_OK;
 }
 
 wk_status wk_sampler_probs(wk_sampler *s, const float *logits, float *probs) {
+  if (!probs) return wk_error(WK_ERR_ARG, "sampler: probs is NULL");
   wk_status st = process(s, logits);
   if (st) return st;
   float mx = max_kept(s);

@@ -174,6 +174,51 @@ int main(void) {
     p = d; p.n_order = 2; p.order[0] = WK_SAMPLER_TOP_K; p.order[1] = WK_SAMPLER_TOP_K;
     CHECK(!wk_sampler_new(&p, 4), "repeated stage refused");
   }
+  // non-finite logits and stage arithmetic: a NaN logit is refused by id (it was dropped
+  // and the rest sampled); +inf logits share the probability; a ban (-inf, from the
+  // logits or a bias) stays a ban whatever is added to it (-inf + inf was NaN, which
+  // gave NaN probabilities); a temperature so small that x / T overflows keeps the
+  // greedy limit (every positive logit became +inf: a uniform tie among them)
+  {
+    const float I = INFINITY;
+    wk_sampler_params p = d;
+    wk_sampler *s = wk_sampler_new(&p, 4);
+    wk_sample r = {-1, 0, 0};
+    float got[4];
+    CHECK(s && wk_sampler_sample(s, (float[]){1, NAN, 3, 0.5f}, &r) != WK_OK && strstr(wk_last_error(), "logits[1]") &&
+              strstr(wk_last_error(), "NaN"), "a NaN logit refused by id: %s (sampled %d)", wk_last_error(), r.id);
+    CHECK(s && wk_sampler_probs(s, (float[]){NAN, NAN, NAN, NAN}, got) != WK_OK && strstr(wk_last_error(), "logits[0]"),
+          "NaN logits refused by probs: %s", wk_last_error());
+    CHECK(s && wk_sampler_probs(s, (float[]){1, 2, 3, 4}, NULL) != WK_OK && strstr(wk_last_error(), "probs"),
+          "probs NULL refused: %s", wk_last_error());
+    wk_sampler_free(s);
+    expect_probs("two +inf logits", &p, (float[]){1, I, 3, I}, 4, (double[]){0, 0.5, 0, 0.5});
+    wk_logit_bias b[2] = {{0, I}, {1, -I}};
+    p.bias = b;
+    p.n_bias = 2;
+    expect_probs("+inf bias on a -inf logit, -inf bias on a +inf one", &p, (float[]){-I, I, 2, 2}, 4,
+                 (double[]){0, 0, 0.5, 0.5});
+    p.top_p = 0.5f;   // the filters after the bias see no NaN either
+    expect_probs("the same under top-p", &p, (float[]){-I, I, 2, LN(0.5) + 2}, 4, (double[]){0, 0, 1, 0});
+    p = d;
+    p.frequency_penalty = -3e38f;   // a seen -inf logit: -inf - (-inf) was NaN
+    s = wk_sampler_new(&p, 3);
+    CHECK(s && wk_sampler_accept(s, 0) == WK_OK && wk_sampler_accept(s, 0) == WK_OK &&
+              wk_sampler_probs(s, (float[]){-I, 0, 0}, got) == WK_OK && got[0] == 0 && got[1] == 0.5f && got[2] == 0.5f,
+          "a penalty of -inf on a banned token keeps it banned: %g %g %g", (double)got[0], (double)got[1], (double)got[2]);
+    wk_sampler_free(s);
+    p = d;
+    for (int k = 0; k < 2; k++) {
+      p.temperature = k ? 1e-40f : 1e-30f;   // 1e-30: no overflow, the same answer
+      s = wk_sampler_new(&p, 4);
+      CHECK(s && wk_sampler_sample(s, (float[]){1, 2, 3, -1}, &r) == WK_OK && r.id == 2 && r.prob == 1,
+            "temperature %g: id %d prob %g (want 2, 1)", (double)p.temperature, r.id, (double)r.prob);
+      CHECK(s && wk_sampler_probs(s, (float[]){3, I, 3, -1}, got) == WK_OK && got[1] == 1,
+            "temperature %g with a +inf logit: p %g", (double)p.temperature, (double)got[1]);
+      wk_sampler_free(s);
+    }
+    CHECK(isnan(wk_sampler_uniform(NULL)) && strstr(wk_last_error(), "NULL"), "uniform of NULL: %s", wk_last_error());
+  }
   // seeds: same seed, same draws; another seed, other draws
   {
     float l[8] = {0, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f};
