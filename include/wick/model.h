@@ -150,7 +150,8 @@ void wk_kv_cache_reset(wk_kv_cache *c);            // empties it (keeps the mode
 wk_status wk_kv_cache_set_max_context(wk_kv_cache *c, int64_t n);
 int64_t wk_kv_cache_max_context(const wk_kv_cache *c);
 // Keeps the first len positions (0 <= len <= wk_kv_cache_len): a conversation whose
-// text changed after them re-prefills from there. src/gen/kv_cache.c.
+// text changed after them re-prefills from there. A padded cache keeps at least each
+// row's padding (or 0: empty). src/gen/kv_cache.c.
 wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len);
 // Left-padded batches: row b's first pad[b] positions hold padding that no position
 // attends to; 0 <= pad[b] < wk_kv_cache_max_context (a row keeps a position of its

@@ -348,7 +348,8 @@ static wk_status check_args(const wk_generate_params *p, const wk_tokenizer *tok
   if (p->top_logprobs < 0 || p->top_logprobs > WK_MAX_TOP_LOGPROBS)
     return wk_error(WK_ERR_ARG, "generate: top_logprobs %d outside [0, %d]", p->top_logprobs, WK_MAX_TOP_LOGPROBS);
   if (p->cache_dtype != WK_F32 && p->cache_dtype != WK_F16 && p->cache_dtype != WK_BF16 && p->cache_dtype != WK_Q8_0)
-    return wk_error(WK_ERR_ARG, "generate: cache_dtype %s is not f32, f16, bf16 or q8_0", wk_dtype_name(p->cache_dtype));
+    return wk_error(WK_ERR_ARG, "generate: cache_dtype %d (%s) is not f32, f16, bf16 or q8_0", (int)p->cache_dtype,
+                    wk_dtype_name(p->cache_dtype));
   for (size_t k = 0; k < p->n_stop; k++) {
     if (!p->stop || !p->stop[k]) return wk_error(WK_ERR_ARG, "generate: stop string %zu is NULL", k);
     if (!tok && p->stop[k][0]) return wk_error(WK_ERR_ARG, "generate: stop strings need a tokenizer");

@@ -99,6 +99,10 @@ wk_status wk_kv_cache_truncate(wk_kv_cache *c, int64_t len) {
   if (len < 0 || len > c->len)
     return wk_error(WK_ERR_ARG, "wk_kv_cache_truncate: length %lld outside [0, %lld]", (long long)len,
                     (long long)c->len);
+  for (int64_t b = 0; len && c->pad && b < c->pad_batch; b++)   // the row's next tokens would stay hidden
+    if (len < c->pad[b])
+      return wk_error(WK_ERR_ARG, "wk_kv_cache_truncate: length %lld cuts into row %lld's padding of %lld positions "
+                      "(keep at least those, or 0 to empty the cache)", (long long)len, (long long)b, (long long)c->pad[b]);
   if (len == 0) wk_kv_cache_reset(c);
   else c->len = len;   // rows past the length are never read
   return WK_OK;
@@ -141,7 +145,8 @@ wk_status wk_kv_cache_set_padding(wk_kv_cache *c, int64_t batch, const int64_t *
 wk_status wk_kv_cache_set_dtype(wk_kv_cache *c, wk_dtype dt) {
   if (!c) return wk_error(WK_ERR_ARG, "wk_kv_cache_set_dtype: cache is NULL");
   if (dt != WK_F32 && dt != WK_F16 && dt != WK_BF16 && dt != WK_Q8_0)
-    return wk_error(WK_ERR_DTYPE, "wk_kv_cache_set_dtype: %s is not a cache type (f32, f16, bf16 or q8_0)", wk_dtype_name(dt));
+    return wk_error(WK_ERR_DTYPE, "wk_kv_cache_set_dtype: dtype %d (%s) is not a cache type (f32, f16, bf16 or q8_0)",
+                    (int)dt, wk_dtype_name(dt));
   int64_t D = c->m->cfg.head_dim;
   if (dt == WK_Q8_0 && D % 32)
     return wk_error(WK_ERR_SHAPE, "wk_kv_cache_set_dtype: a q8_0 cache stores blocks of 32 along the head dimension, "
@@ -168,7 +173,7 @@ int64_t wk_kv_cache_row_hidden(const wk_kv_cache *c, int64_t row) {
 }
 
 wk_status wk_kv_cache_hide_front(wk_kv_cache *c, int64_t row, int64_t n) {
-  if (!c || row < 0 || row >= c->batch || n < 0 || wk_kv_cache_row_hidden(c, row) + n >= c->len)
+  if (!c || row < 0 || row >= c->batch || n < 0 || n >= c->len - wk_kv_cache_row_hidden(c, row))
     return wk_error(WK_ERR_ARG, "wk_kv_cache_hide_front: row %lld of batch %lld, %lld more positions of %lld (want "
                     "at least one left)", (long long)row, c ? (long long)c->batch : 0LL, (long long)n,
                     c ? (long long)c->len : 0LL);

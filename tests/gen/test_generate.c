@@ -235,6 +235,10 @@ int main(void) {
   for (int i = 0; i < 129; i++) big[i] = 3;
   CHECK(wk_generate(m, NULL, big, 129, &p, NULL, NULL, NULL) != WK_OK && strstr(wk_last_error(), "129") &&
             strstr(wk_last_error(), "128"), "too long prompt names the lengths");
+  p.cache_dtype = (wk_dtype)77;   // an unknown dtype by its number (its name is "?")
+  CHECK(wk_generate(m, NULL, seq, 3, &p, NULL, NULL, NULL) != WK_OK && strstr(wk_last_error(), "cache_dtype 77"),
+        "an unknown cache dtype named: %s", wk_last_error());
+  p.cache_dtype = WK_F32;
   // the context limit stops generation: 126 prompt tokens leave room for 3 more
   p.max_tokens = 10;
   p.ignore_eos = true;

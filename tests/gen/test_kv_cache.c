@@ -336,6 +336,28 @@ static void test_padding_capacity(wk_model *m) {
   wk_kv_cache_free(c);
 }
 
+// Truncating a padded cache into a row's padding would leave the row's next tokens at
+// hidden positions (attending to nothing: logits 2.7 off a fresh cache's); refused,
+// while 0 (which forgets the padding) and the padding's length are fine. Hiding
+// INT64_MAX more positions is refused (hidden + n overflowed), and an unknown cache
+// dtype is named by its number.
+static void test_truncate_padding(wk_model *m) {
+  int32_t ids[5] = {1, 1, 1, 40, 41};
+  wk_kv_cache *c = wk_kv_cache_new(m);
+  CHECK(wk_kv_cache_set_padding(c, 1, (int64_t[]){3}) == WK_OK, "pad 3");
+  wk_tensor_free(feed(m, c, ids, 5));
+  CHECK(wk_kv_cache_truncate(c, 2) != WK_OK && strstr(wk_last_error(), "length 2") &&
+            strstr(wk_last_error(), "padding of 3") && wk_kv_cache_len(c) == 5,
+        "truncating into the padding refused: %s", wk_last_error());
+  CHECK(wk_kv_cache_truncate(c, 3) == WK_OK && wk_kv_cache_row_hidden(c, 0) == 3, "truncating to the padding is fine");
+  CHECK(wk_kv_cache_hide_front(c, 0, INT64_MAX) != WK_OK && wk_kv_cache_row_hidden(c, 0) == 3,
+        "hiding INT64_MAX positions refused: %s", wk_last_error());
+  CHECK(wk_kv_cache_truncate(c, 0) == WK_OK && wk_kv_cache_row_hidden(c, 0) == 0, "truncating to 0 forgets it");
+  CHECK(wk_kv_cache_set_dtype(c, (wk_dtype)999) != WK_OK && strstr(wk_last_error(), "999"),
+        "an unknown dtype named: %s", wk_last_error());
+  wk_kv_cache_free(c);
+}
+
 // q8_0 storage on SmolLM2-135M (head_dim 64; skipped without tools/fetch-models): a
 // 24-token prompt and 8 greedy steps through a q8_0 cache against the f32 cache.
 static void test_q8_0_smollm2(void) {
@@ -394,6 +416,7 @@ int main(void) {
   test_decode_plan_reused(m);
   test_max_context(m, V);
   test_padding_capacity(m);
+  test_truncate_padding(m);
   test_keep_rows(m, V);
   test_forward_last(m, V);
   wk_model_free(m);
