@@ -79,22 +79,37 @@ static bool read_literal(const char *t, size_t n, size_t *i, sbuf *lit) {
   return true;
 }
 
+static bool is_word(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
 static bool is_ident(const char *s, size_t n) {
   if (!n || (s[0] >= '0' && s[0] <= '9')) return false;
-  for (size_t k = 0; k < n; k++) {
-    char c = s[k];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return false;
-  }
+  for (size_t k = 0; k < n; k++)
+    if (!is_word(s[k])) return false;
   return true;
 }
 
 static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
-// The code inside a {{ }} or {% %} tag, t[from..to), spaces dropped.
+// Two characters that spaces between them keep apart: words ("f or" is no "for"), the
+// halves of a tag's delimiter ("% }" is no "%}") or of an operator ("! =" is no "!="):
+// Jinja refuses the one and runs the other.
+static bool kept_apart(char a, char b) {
+  return (is_word(a) && is_word(b)) || ((a == '%' || a == '}' || a == '#') && b == '}') ||
+         (a == '{' && (b == '%' || b == '{' || b == '#')) || (a && strchr("!=<>", a) && b == '=') ||
+         ((a == '*' || a == '/') && a == b);
+}
+
+// The code inside a {{ }} or {% %} tag, t[from..to), spaces dropped but where they keep
+// two characters apart.
 static bool emit_code(sbuf *out, const char *t, size_t from, size_t to, sbuf *lit) {
+  bool gap = false;
   for (size_t i = from; i < to;) {
     char c = t[i];
-    if (is_space(c)) { i++; continue; }
+    if (is_space(c)) { gap = true; i++; continue; }
+    if (gap && out->n && kept_apart(out->p[out->n - 1], c)) sb_chr(out, ' ');
+    gap = false;
     if (c == '\'' || c == '"') {
       if (!read_literal(t, to, &i, lit)) return false;
       emit_literal(out, lit->p, lit->n);
@@ -175,7 +190,8 @@ static bool normalize(const char *src, bool is_shape, sbuf *out) {
     emit_data(out, t, i, j, prev_strip, prev_block, mark == '-', block && mark != '+');
     if (!open) break;
     const char *close_s = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
-    size_t from = j + 2 + (mark == '-' || mark == '+');
+    bool plus = block && mark == '+';   // "{%+" and "+%}" are blocks' alone: "{{+ x" is a unary plus
+    size_t from = j + 2 + (mark == '-' || plus);
     // the closing marker, outside string literals
     size_t e = from;
     for (; e + 1 < n; e++) {
@@ -190,8 +206,9 @@ static bool normalize(const char *src, bool is_shape, sbuf *out) {
     if (!ok || e + 1 >= n) { ok = false; break; }
     size_t to = e;
     prev_strip = to > from && t[to - 1] == '-';
-    if (to > from && (t[to - 1] == '-' || t[to - 1] == '+')) to--;
-    prev_block = block;
+    plus = block && to > from && t[to - 1] == '+';
+    prev_block = block && !plus;   // "+%}" keeps the newline after it
+    if (prev_strip || plus) to--;
     if (kind != '#') {
       sb_chr(out, '{');
       sb_chr(out, kind);

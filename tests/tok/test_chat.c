@@ -110,6 +110,39 @@ static void test_variants(const wk_json *doc) {
   CHECK(same >= 5 && same < (int)wk_json_len(vs), "variants: %d of %zu render alike", same, wk_json_len(vs));
 }
 
+// SmolLM2's template with its first `from` replaced by `to`, parsed: whether it is
+// recognized. (Each case's answer is Jinja's own, checked with jinja2 3.1.)
+static bool smol_with(const wk_json *doc, const char *from, const char *to) {
+  const char *smol = wk_json_str(wk_json_get(wk_json_get(doc, "templates"), "smollm2"), "");
+  const char *at = strstr(smol, from);
+  if (!at) return false;
+  size_t n = strlen(smol) + strlen(to) + 1;
+  char *t = malloc(n);
+  if (!t) return false;
+  snprintf(t, n, "%.*s%s%s", (int)(at - smol), smol, to, at + strlen(from));
+  wk_chat_template *c = wk_chat_template_parse(t, "variant", 0);
+  free(t);
+  wk_chat_template_free(c);
+  return c != NULL;
+}
+
+// Found by mutating templates and rendering them with jinja2: a space inside a word of
+// a tag ("{% f or"), which Jinja refuses, was dropped and the template taken as ChatML;
+// so were "% }" and "! ="; "+#}" or "+%}" (which keep the newline after the tag: Jinja
+// prints it) were trimmed as if plain, and ChatML rendered without that newline; "{{+"
+// read as a modifier (a unary plus). All refused now; spacing between words and "+"
+// without a newline after it still change nothing.
+static void test_words_and_plus(const wk_json *doc) {
+  CHECK(!smol_with(doc, "{% for", "{% f or"), "a tag word split by a space refused");
+  CHECK(smol_with(doc, "{% for message in messages %}", "{%for  message\n in messages%}"), "spacing between words");
+  CHECK(!smol_with(doc, "{% for", "{# c +#}\n{% for"), "a newline kept by +#} refused");
+  CHECK(!smol_with(doc, "{% endfor %}", "{% endfor +%}\n"), "a newline kept by +%%} refused");
+  CHECK(smol_with(doc, "{% for", "{# c +#}{% for"), "+#} without a newline after it");
+  CHECK(!smol_with(doc, "messages %}", "messages % }"), "a delimiter split by a space refused");
+  CHECK(!smol_with(doc, "!= 'system'", "! = 'system'"), "an operator split by a space refused");
+  CHECK(!smol_with(doc, "{% endif %}{{'<|im_start|>'", "{% endif %}{{+'<|im_start|>'"), "{{+ (a unary plus) refused");
+}
+
 static char *template_of(const char *path, bool gguf) {
   wk_tokenizer *tok = NULL;
   if (gguf) {
@@ -195,6 +228,7 @@ int main(void) {
     test_fixture_cases(doc);
     test_refused(doc);
     test_variants(doc);
+    test_words_and_plus(doc);
     test_sources(doc);
   }
   test_real_model();
