@@ -20,7 +20,8 @@
 // non-zero. Text pieces are UTF-8 complete: the bytes of a character split over
 // several tokens reach the callback with the token that completes it (at the end,
 // leftover incomplete bytes are flushed as they are). Without a tokenizer (NULL)
-// pieces are empty and stop strings are refused.
+// pieces are empty and stop strings are refused. Logits holding NaN or +inf (a model
+// with non-finite weights) are an error naming the token and the id, not a sample.
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
