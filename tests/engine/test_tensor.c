@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "check.h"
+#include "engine/engine.h"
 
 #define SHAPE(...) (int64_t[]){__VA_ARGS__}
 
@@ -64,6 +65,10 @@ static void test_data_access(void) {
 }
 
 static void test_errors(void) {
+  // a message that quotes the last one (context added to a cause) reads it whole
+  wk_error(WK_ERR_ARG, "the cause");
+  wk_error(WK_ERR_ARG, "model m: %s", wk_last_error());
+  CHECK(!strcmp(wk_last_error(), "model m: the cause"), "an error may quote wk_last_error() [%s]", wk_last_error());
   wk_scope_begin();
   wk_clear_error();
   CHECK(wk_add(NULL, NULL) == NULL, "NULL input propagates");
