@@ -98,7 +98,10 @@ typedef struct wk_gguf wk_gguf;
 // Opens and validates a GGUF file through mmap. NULL on failure, with a message
 // naming the file and the field at fault (truncated header, bad magic, unsupported
 // version, string or array past the end, bad alignment, dims, unknown tensor type,
-// data out of range, misaligned or overlapping).
+// data out of range, misaligned or overlapping). The layout must be the one every
+// writer emits (and llama.cpp requires): zero padding before the data section, and
+// tensors' data back to back, each padded to the alignment, up to the file's end;
+// a header count or offset that disagrees with the file fails here, by name.
 wk_gguf *wk_gguf_open(const char *path);
 // Releases the handle (NULL is fine). Tensors made from it remain valid.
 void wk_gguf_close(wk_gguf *f);

@@ -6,7 +6,8 @@
 //                 value: fixed-size scalar, str, or array { u32 elem_type | u64 n | n values }
 //   tensor_count x { str name | u32 n_dims | u64 ne[n_dims] (innermost first) | u32 ggml_type
 //                    | u64 offset (relative to the data section, a multiple of the alignment) }
-//   padding to general.alignment (default 32) | data section
+//   zero padding to general.alignment (default 32) | data section: each tensor's
+//   data padded to the alignment, in any order, back to back to the end of the file
 // Versions 2 and 3 share this layout (v3 only allows big-endian files, which are refused);
 // version 1 used 32-bit counts and lengths.
 //
@@ -403,6 +404,44 @@ static int cmp_offset(const void *a, const void *b) {
   return x->file_offset < y->file_offset ? -1 : x->file_offset > y->file_offset;
 }
 
+static uint64_t align_up(uint64_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// Non-empty tensors (sorted by offset) must tile the data section: each starts where
+// the previous one's data, padded to the alignment, ends (the first at the section's
+// start), and the file ends within one alignment of the last one. Every writer lays
+// data out so (llama.cpp refuses any other layout); a wrong tensor count or offset
+// breaks it, where it would otherwise shift every tensor's bytes unnoticed.
+static bool tile_data(const wk_gguf *f, wk_gguf_tensor *const *order, int64_t n) {
+  uint64_t expect = f->data_offset;
+  for (int64_t i = 0; i < n; i++) {
+    const wk_gguf_tensor *a = i ? order[i - 1] : NULL, *b = order[i];
+    if (a && a->file_offset + a->bytes > b->file_offset) {
+      gguf_fail(f->path, "tensors '%.100s' (bytes %llu..%llu) and '%.100s' (bytes %llu..%llu) overlap",
+                a->name, (unsigned long long)a->file_offset, (unsigned long long)(a->file_offset + a->bytes),
+                b->name, (unsigned long long)b->file_offset, (unsigned long long)(b->file_offset + b->bytes));
+      return false;
+    }
+    if (b->file_offset != expect) {
+      gguf_fail(f->path, "%llu bytes at data offset %llu, before tensor '%.100s', belong to no tensor (wrong "
+                "tensor offsets or count?)", (unsigned long long)(b->file_offset - expect),
+                (unsigned long long)(expect - f->data_offset), b->name);
+      return false;
+    }
+    expect = align_up(b->file_offset + b->bytes, f->alignment);
+  }
+  if (n) {
+    const wk_gguf_tensor *last = order[n - 1];
+    uint64_t end = last->file_offset + last->bytes;
+    if (f->size - end >= f->alignment) {
+      gguf_fail(f->path, "the last tensor's data ('%.100s') ends at byte %llu, but the file goes on to byte %zu: "
+                "%llu bytes belong to no tensor (a tensor count too small?)", last->name, (unsigned long long)end,
+                f->size, (unsigned long long)(f->size - end));
+      return false;
+    }
+  }
+  return true;
+}
+
 // Sizes, offsets and overlaps, once the data section's start is known.
 static bool place_tensors(wk_gguf *f) {
   char shape[160];
@@ -452,24 +491,31 @@ static bool place_tensors(wk_gguf *f) {
     t->file_offset = start;  // absolute from here on
     t->data = f->map + start;
   }
-  // Non-empty tensors must not share bytes: sort by offset, compare neighbours.
   wk_gguf_tensor **order = malloc((size_t)(f->n_tensors ? f->n_tensors : 1) * sizeof *order);
   if (!order) return wk_error(WK_ERR_OOM, "gguf: %s: out of memory", f->path), false;
   int64_t n = 0;
   for (int64_t i = 0; i < f->n_tensors; i++)
     if (f->tensors[i].bytes) order[n++] = &f->tensors[i];
   qsort(order, (size_t)n, sizeof *order, cmp_offset);
-  for (int64_t i = 1; i < n; i++) {
-    const wk_gguf_tensor *a = order[i - 1], *b = order[i];
-    if (a->file_offset + a->bytes > b->file_offset) {
-      gguf_fail(f->path, "tensors '%.100s' (bytes %llu..%llu) and '%.100s' (bytes %llu..%llu) overlap",
-                a->name, (unsigned long long)a->file_offset, (unsigned long long)(a->file_offset + a->bytes),
-                b->name, (unsigned long long)b->file_offset, (unsigned long long)(b->file_offset + b->bytes));
-      free(order);
+  bool ok = tile_data(f, order, n);
+  free(order);
+  return ok;
+}
+
+// The bytes from the end of the tensor infos to the aligned data section are padding,
+// which writers fill with zeros (gguf-py, llama.cpp). Anything else there means the
+// counts do not describe the file: a tensor info left uncounted starts with its name
+// length, and reading on would take every tensor's data from the wrong bytes.
+static bool check_padding(const wk_gguf *f, size_t end) {
+  size_t stop = f->data_offset < f->size ? (size_t)f->data_offset : f->size;
+  for (size_t i = end; i < stop; i++)
+    if (f->map[i]) {
+      gguf_fail(f->path, "byte %zu, in the padding between the tensor infos (ending at byte %zu) and the data "
+                "section (byte %llu), is 0x%02x, not zero: the header's tensor count (%lld) or key count (%lld) "
+                "does not match the file", i, end, (unsigned long long)f->data_offset, f->map[i],
+                (long long)f->n_tensors, (long long)f->n_kv);
       return false;
     }
-  }
-  free(order);
   return true;
 }
 
@@ -514,8 +560,8 @@ static bool parse(wk_gguf *f) {
   f->n_kv = (int64_t)nkv;
   f->n_tensors = (int64_t)nt;
   if (!parse_kvs(f, &c) || !parse_alignment(f) || !parse_tensor_infos(f, &c)) return false;
-  f->data_offset = ((uint64_t)c.pos + f->alignment - 1) / f->alignment * f->alignment;
-  return place_tensors(f);
+  f->data_offset = align_up(c.pos, f->alignment);
+  return check_padding(f, c.pos) && place_tensors(f);
 }
 
 static wk_gguf *gguf_new(const char *name) {

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "check.h"
+#include "fixtures.h"
 #include "io/gguf.h"
 #include "io/quant.h"
 
@@ -465,6 +466,22 @@ static void test_corrupt(void) {
   expect_fail("dim_too_large", &w, "dim 0 is 18446744073709551615");
   header(&w, 3, 1, 0); tinfo(&w, "t", 1, s16, WK_QT_Q4_K, 0); pad(&w, 32, 256);
   expect_fail("partial_block", &w, "not a whole number of Q4_K blocks of 256");
+  // the data section must be the padded tensors, back to back: else the counts or
+  // offsets do not describe the file and every tensor would read shifted bytes
+  header(&w, 3, 1, 0); tinfo(&w, "t", 1, s8, WK_QT_F32, 0); while (w.n % 32) put(&w, "\xff", 1); pad(&w, 32, 32);
+  expect_fail("nonzero_padding", &w, "is 0xff, not zero: the header's tensor count (1)");
+  header(&w, 3, 2, 0); tinfo(&w, "a", 1, s4, WK_QT_F32, 0); tinfo(&w, "b", 1, s8, WK_QT_F32, 64); pad(&w, 32, 96);
+  expect_fail("gap_between", &w, "32 bytes at data offset 32, before tensor 'b', belong to no tensor");
+  header(&w, 3, 1, 0); tinfo(&w, "t", 1, s8, WK_QT_F32, 32); pad(&w, 32, 64);
+  expect_fail("gap_first", &w, "32 bytes at data offset 0, before tensor 't'");
+  header(&w, 3, 1, 0); tinfo(&w, "t", 1, s4, WK_QT_F32, 0); pad(&w, 32, 64);
+  expect_fail("gap_at_end", &w, "ends at byte 80, but the file goes on to byte 128: 48 bytes belong to no tensor");
+  // A tensor count one too small where the infos it still covers end on the alignment
+  // (no padding to check): the uncounted info and its data are left over at the end.
+  header(&w, 3, 1, 0); tinfo(&w, "aaaaaaaa", 1, s8, WK_QT_F32, 0); tinfo(&w, "b", 1, s8, WK_QT_F32, 32);
+  pad(&w, 32, 64);
+  CHECK(w.n == 192, "aligned-count image is %zu bytes", w.n);
+  expect_fail("count_low_aligned", &w, "belong to no tensor (a tensor count too small?)");
   wk_clear_error();
   CHECK(wk_gguf_open("/nonexistent/x.gguf") == NULL && strstr(wk_last_error(), "/nonexistent/x.gguf"), "missing file");
   CHECK(wk_gguf_open(tmpdir) == NULL && strstr(wk_last_error(), "not a regular file"), "directory");
@@ -477,6 +494,31 @@ static void test_corrupt(void) {
   wk_gguf_close(f);
   free(w.b);
   rmdir(tmpdir);
+}
+
+// Real files with the header's tensor count one too small: each fails by name (the
+// uncounted info sits where padding should be), never opens with shifted data.
+static void test_count_lowered(void) {
+  const char *dirs[] = {"models", "models", "gguf", "gguf"};
+  const char *names[] = {"llama_q8_0.gguf", "qwen2_q8_0.gguf", "all_types.gguf", "v2_align64.gguf"};
+  for (int k = 0; k < 4; k++) {
+    size_t n = 0;
+    uint8_t *b = (uint8_t *)test_slurp(fixture_in(dirs[k], names[k]), &n);
+    if (!b || n < 24) { CHECK(0, "read %s", names[k]); free(b); continue; }
+    wk_gguf *f = wk_gguf_open_memory(b, n, names[k]);
+    CHECK(f != NULL, "%s opens: %s", names[k], wk_last_error());
+    wk_gguf_close(f);
+    uint64_t nt;
+    memcpy(&nt, b + 8, 8);
+    nt--;
+    memcpy(b + 8, &nt, 8);
+    wk_clear_error();
+    f = wk_gguf_open_memory(b, n, names[k]);
+    CHECK(f == NULL && strstr(wk_last_error(), names[k]) && strstr(wk_last_error(), "tensor count"),
+          "%s with one tensor uncounted: %s", names[k], f ? "opened" : wk_last_error());
+    wk_gguf_close(f);
+    free(b);
+  }
 }
 
 // Touches everything a loader would read, so sanitizers see any bad access.
@@ -569,6 +611,7 @@ int main(void) {
   test_v2();
   test_quantizers();
   test_corrupt();
+  test_count_lowered();
   test_mutations();
   free(expvals);
   return check_report();

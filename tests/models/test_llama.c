@@ -213,6 +213,41 @@ static void bad_inputs(void) {
   wk_model_free(NULL);
 }
 
+// Corrupted copies of the GGUF fixture, through the loader: one tensor uncounted in
+// the header (it loaded with every tensor's data shifted), and a required tensor
+// renamed away (named as missing).
+static void gguf_corrupt(void) {
+  size_t n = 0;
+  char *b = test_slurp(fixture("llama_q8_0.gguf"), &n);
+  if (!b || n < 24) { CHECK(0, "read llama_q8_0.gguf"); free(b); return; }
+  char dir[256], path[300];
+  snprintf(dir, sizeof dir, "%s/wick_models_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+  snprintf(path, sizeof path, "%s/bad.gguf", dir);
+  uint64_t nt;
+  memcpy(&nt, b + 8, 8);
+  nt--;
+  memcpy(b + 8, &nt, 8);
+  FILE *f = fopen(path, "wb");
+  CHECK(f && fwrite(b, 1, n, f) == n && !fclose(f), "write %s", path);
+  CHECK(!wk_model_load(path) && has(path) && has("tensor count"), "uncounted tensor: %s", wk_last_error());
+  nt++;
+  memcpy(b + 8, &nt, 8);
+  const char *name = "blk.1.ffn_down.weight";
+  char *at = NULL;
+  for (size_t i = 0; !at && i + strlen(name) <= n; i++)
+    if (!memcmp(b + i, name, strlen(name))) at = b + i;
+  CHECK(at != NULL, "fixture holds %s", name);
+  if (at) at[strlen(name) - 1] = 'X';
+  f = fopen(path, "wb");
+  CHECK(f && fwrite(b, 1, n, f) == n && !fclose(f), "write %s", path);
+  CHECK(!wk_model_load(path) && has(path) && has("'blk.1.ffn_down.weight' not found"), "missing tensor: %s",
+        wk_last_error());
+  unlink(path);
+  rmdir(dir);
+  free(b);
+}
+
 // Live parity (make parity), skipped unless WICK_PARITY_MODEL names a real model and
 // WICK_PARITY_REF a safetensors file of "ids" i32 [B, T] and transformers' "logits"
 // (tools/parity_decoder.py writes both). Tolerance: same (dequantized) weights and
@@ -331,6 +366,7 @@ int main(void) {
   consistency("qwen2_q8_0.gguf", "qwen2_q8_0.ref.safetensors");
   real_model();
   bad_inputs();
+  gguf_corrupt();
   // weights are kept in the file's dtype (zero-copy bf16)
   wk_model *m = wk_model_load(fixture("llama_bf16"));
   if (m) {
