@@ -23,6 +23,15 @@
 // longest, honoring special, normalized, lstrip, rstrip, single_word). Anything else is
 // refused at load with an error naming the file and the part.
 //
+// Text that is not valid UTF-8 is tokenized, not refused or rewritten: each invalid
+// byte counts as one character that is neither letter, number nor space (U+FFFD's
+// class) when text is split, and the NFC normalizer copies it unchanged. Byte-level
+// and byte-fallback BPE have a token for every byte, so decode gives those bytes back:
+// decode(encode(x)) == x for any x that normalization and add_prefix_space leave as is.
+// (HF tokenizers never see such text; llama.cpp replaces each invalid byte by U+FFFD.)
+// WordPiece has no byte tokens: an invalid byte reads as U+FFFD, which BertNormalizer
+// removes, as HF does.
+//
 // Thread safety: a loaded tokenizer is read-only except for an internal cache guarded
 // by a lock that is never waited on, so any number of threads may encode at once.
 #pragma once

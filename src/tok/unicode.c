@@ -171,10 +171,20 @@ size_t wk_uc_compose_all(uint32_t *cps, size_t n) {
   return out;
 }
 
+// Whether s[0..n) starts with an invalid or truncated sequence: wk_utf8_decode reads
+// one byte as U+FFFD (a real U+FFFD takes three).
+static bool utf8_invalid_at(const unsigned char *s, size_t n) {
+  uint32_t cp;
+  return wk_utf8_decode(s, n, &cp) == 1 && cp == 0xFFFD;
+}
+
 // Text is normalized piecewise: a character below U+0300 has class 0, is its own NFC
 // when alone and never composes with what precedes it, so text can be cut before any
 // such character. Only the pieces holding a character >= U+0300 go through the
 // decompose / reorder / compose path; the rest is copied.
+// Bytes that are not valid UTF-8 are copied as they are and end a piece: the text's
+// bytes survive the normalizer (byte-level BPE encodes any byte, so decode gives them
+// back) instead of turning into U+FFFD.
 bool wk_uc_nfc(const char *s, size_t n, char **out, size_t *out_len) {
   const unsigned char *u = (const unsigned char *)s;
   char *o = malloc(n * 3 + 4);   // NFC grows text by at most 3x (e.g. U+1D160)
@@ -182,23 +192,26 @@ bool wk_uc_nfc(const char *s, size_t n, char **out, size_t *out_len) {
   size_t k = 0, i = 0;
   wk_cpbuf cps = {0};
   while (i < n) {
-    if (u[i] < 0xCC) {   // every code point below U+0300
-      o[k++] = (char)u[i++];
+    if (u[i] < 0xCC || utf8_invalid_at(u + i, n - i)) {
+      o[k++] = (char)u[i++];   // below U+0300, or not UTF-8: copied
       continue;
     }
-    // back up to the start of the last character below U+0300 (the piece's starter)
+    // back up to the start of the character before, if it is a valid one below U+0300
+    // (the piece's starter; it was copied; an invalid byte reads as U+FFFD, not below)
     size_t start = i;
     if (start > 0) {
       size_t j = start - 1;
       while (j > 0 && (u[j] & 0xC0) == 0x80 && start - j < 4) j--;
-      if (u[j] < 0xCC) start = j;
+      uint32_t cp;
+      int l = wk_utf8_decode(u + j, start - j, &cp);
+      if (j + (size_t)l == start && cp < 0x300) start = j;
     }
     k -= i - start;
     size_t end = i;
     while (end < n) {
       uint32_t cp;
       int l = wk_utf8_decode(u + end, n - end, &cp);
-      if (cp < 0x300 && end > i) break;
+      if ((cp < 0x300 || utf8_invalid_at(u + end, n - end)) && end > i) break;
       end += (size_t)l;
     }
     cps.n = 0;

@@ -82,6 +82,7 @@ void wk_uc_reorder(uint32_t *cps, size_t n);
 // Canonical composition in place (input in NFD order); returns the new length.
 size_t wk_uc_compose_all(uint32_t *cps, size_t n);
 
-// NFC of s[0..n) into a malloc'd buffer (*out, *out_len); returns false on OOM.
+// NFC of s[0..n) into a malloc'd buffer (*out, *out_len); returns false on OOM. Bytes
+// that are not valid UTF-8 are copied unchanged (and nothing composes across them).
 // Text below U+0300 is NFC already and comes back as a plain copy.
 bool wk_uc_nfc(const char *s, size_t n, char **out, size_t *out_len);

@@ -224,6 +224,47 @@ static void check_errors(void) {
         strstr(wk_last_error(), "merge 0"), "from_bpe: bad merge");
 }
 
+// Text that is not valid UTF-8: byte-level BPE has a token for every byte, so its bytes
+// come back from decode unchanged, through the NFC normalizer too (it used to turn them
+// into U+FFFD); valid text around them is still normalized.
+static void check_invalid_utf8(void) {
+  static const char *const inputs[] = {
+    "a\xff" "b", "\xcc", "x\xe2\x82", "\x80\xcc\x81", "\xc0\xaf", "\xed\xa0\x80", "ok \xf4\x90\x80\x80 end",
+    "\xf0\x9f\x98", "\xe2\x82\xac\xcc\x81", "\xcc\x81\xff\xcc\x81", "e\xff\xcc\x81", "\xfe\xff\xc3\xa9\xc3"};
+  const char *files[] = {"gpt2.json", "llama3.json", "qwen2.json", "smollm2.json", "bytefallback.json"};
+  for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+    wk_tokenizer *t = wk_tokenizer_load_json(fixture(files[f]));
+    CHECK(t != NULL, "load %s", files[f]);
+    if (!t) continue;
+    for (size_t k = 0; k < sizeof inputs / sizeof *inputs; k++) {
+      size_t in = strlen(inputs[k]), n = 0, len = 0;
+      int32_t *ids = NULL;
+      char *out = NULL;
+      bool ok = !wk_tokenizer_encode(t, inputs[k], in, false, &ids, &n) && !wk_tokenizer_decode(t, ids, n, &out, &len);
+      CHECK(ok && len == in && !memcmp(out, inputs[k], in), "%s: invalid UTF-8 input %zu round-trips", files[f], k);
+      free(ids);
+      free(out);
+    }
+    wk_tokenizer_free(t);
+  }
+  wk_tokenizer *q = wk_tokenizer_load_json(fixture("qwen2.json"));
+  if (!q) return;
+  int32_t *ids = NULL;
+  size_t n = 0, len = 0;
+  char *out = NULL;
+  int32_t ff = wk_tokenizer_token_id(q, "\xc3\xbf");   // byte 0xFF's byte-level symbol "ÿ"
+  CHECK(ff >= 0 && !wk_tokenizer_encode(q, "\xff", 1, false, &ids, &n) && n == 1 && ids[0] == ff,
+        "qwen2: byte 0xFF is its byte token %d (%zu ids)", ff, n);
+  free(ids);
+  // e + U+0301 composes to U+00E9; the U+0301 after the invalid byte has nothing to join
+  const char *mixed = "cafe\xcc\x81\xff\xcc\x81";
+  CHECK(!wk_tokenizer_encode(q, mixed, strlen(mixed), false, &ids, &n) && !wk_tokenizer_decode(q, ids, n, &out, &len) &&
+        len == 8 && !memcmp(out, "caf\xc3\xa9\xff\xcc\x81", 8), "qwen2: NFC around an invalid byte");
+  free(ids);
+  free(out);
+  wk_tokenizer_free(q);
+}
+
 int main(void) {
   size_t len;
   char *text = wk_read_file(fixture("expected.json"), 1 << 26, &len);
@@ -309,6 +350,7 @@ int main(void) {
   }
 
   check_errors();
+  check_invalid_utf8();
 
   // real models, when models/ has them (tools/fetch-models)
   const char *mdir = getenv("WICK_MODELS");
