@@ -119,20 +119,36 @@ bool wk_uc_decompose(uint32_t cp, wk_cpbuf *out) {
   return e->b ? wk_uc_decompose(e->b, out) : true;
 }
 
-void wk_uc_reorder(uint32_t *cps, size_t n) {
-  // insertion sort of each run of non-starters by combining class (stable)
-  for (size_t i = 1; i < n; i++) {
-    unsigned c = wk_uc_ccc_of(cps[i]);
-    if (!c) continue;
-    size_t j = i;
-    uint32_t v = cps[i];
-    while (j > 0) {
-      unsigned p = wk_uc_ccc_of(cps[j - 1]);
-      if (p <= c) break;   // stops at starters (ccc 0) too
-      cps[j] = cps[j - 1];
-      j--;
+// Stable sort of one run of non-starters by combining class. Runs are short in real
+// text (insertion sort); a long one gets a counting sort over the 256 classes, since
+// insertion sort is quadratic there (64 KB of alternating marks took seconds).
+static void sort_marks(uint32_t *cps, size_t n) {
+  uint32_t *tmp = n > 32 ? malloc(n * sizeof *tmp) : NULL;
+  if (!tmp) {   // short, or no memory: slow but right
+    for (size_t i = 1; i < n; i++) {
+      uint32_t v = cps[i];
+      unsigned c = wk_uc_ccc_of(v);
+      size_t j = i;
+      for (; j > 0 && wk_uc_ccc_of(cps[j - 1]) > c; j--) cps[j] = cps[j - 1];
+      cps[j] = v;
     }
-    cps[j] = v;
+    return;
+  }
+  size_t start[257] = {0};
+  for (size_t i = 0; i < n; i++) start[wk_uc_ccc_of(cps[i]) + 1]++;
+  for (int c = 1; c <= 256; c++) start[c] += start[c - 1];
+  for (size_t i = 0; i < n; i++) tmp[start[wk_uc_ccc_of(cps[i])]++] = cps[i];
+  memcpy(cps, tmp, n * sizeof *tmp);
+  free(tmp);
+}
+
+void wk_uc_reorder(uint32_t *cps, size_t n) {
+  for (size_t i = 0; i < n;) {
+    if (!wk_uc_ccc_of(cps[i])) { i++; continue; }
+    size_t j = i + 1;
+    while (j < n && wk_uc_ccc_of(cps[j])) j++;
+    sort_marks(cps + i, j - i);
+    i = j;
   }
 }
 
