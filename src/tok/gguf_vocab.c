@@ -10,6 +10,18 @@ static const struct { const char *name; wk_pretok_kind kind; } PRE[] = {
   {"smollm", WK_PRETOK_SMOLLM}, {"starcoder", WK_PRETOK_SMOLLM}, {"refact", WK_PRETOK_SMOLLM},
 };
 
+// An optional special token id: any integer type, as the model loader reads it (a
+// type the getter refuses was ignored, and an i32 bos silently went unused). Absent
+// or not a token id (llama.cpp, too, ignores those): -1.
+static wk_status token_id(const wk_gguf *f, const char *key, uint64_t nt, int32_t *id) {
+  *id = -1;
+  int64_t v;
+  if (!wk_gguf_has_key(f, key)) return WK_OK;
+  wk_status s = wk_gguf_get_int(f, key, &v);
+  if (!s && v >= 0 && (uint64_t)v < nt) *id = (int32_t)v;
+  return s;
+}
+
 wk_tokenizer *wk_tokenizer_from_gguf(const wk_gguf *f) {
   if (!f) { wk_error(WK_ERR_ARG, "wk_tokenizer_from_gguf: NULL file"); return NULL; }
   const char *path = wk_gguf_path(f), *model = NULL, *pre = "default";
@@ -72,13 +84,17 @@ wk_tokenizer *wk_tokenizer_from_gguf(const wk_gguf *f) {
   if (!t) goto done;
   free(t->source);
   t->source = wk_tok_strndup(path, strlen(path));
-  uint32_t bos = UINT32_MAX, eos = UINT32_MAX;
+  int32_t b, e;
   int add_bos = 0, add_eos = 0;
-  if (wk_gguf_has_key(f, "tokenizer.ggml.bos_token_id")) wk_gguf_get_u32(f, "tokenizer.ggml.bos_token_id", &bos);
-  if (wk_gguf_has_key(f, "tokenizer.ggml.eos_token_id")) wk_gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &eos);
-  if (wk_gguf_has_key(f, "tokenizer.ggml.add_bos_token")) wk_gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &add_bos);
-  if (wk_gguf_has_key(f, "tokenizer.ggml.add_eos_token")) wk_gguf_get_bool(f, "tokenizer.ggml.add_eos_token", &add_eos);
-  int32_t b = bos < nt ? (int32_t)bos : -1, e = eos < nt ? (int32_t)eos : -1;
+  if (token_id(f, "tokenizer.ggml.bos_token_id", nt, &b) || token_id(f, "tokenizer.ggml.eos_token_id", nt, &e) ||
+      (wk_gguf_has_key(f, "tokenizer.ggml.add_bos_token") &&
+       wk_gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &add_bos)) ||
+      (wk_gguf_has_key(f, "tokenizer.ggml.add_eos_token") &&
+       wk_gguf_get_bool(f, "tokenizer.ggml.add_eos_token", &add_eos))) {
+    wk_tokenizer_free(t);
+    t = NULL;
+    goto done;
+  }
   const char *tpl = NULL;
   if (wk_gguf_has_key(f, "tokenizer.chat_template") && !wk_gguf_get_str(f, "tokenizer.chat_template", &tpl))
     t->chat_template = wk_tok_strndup(tpl, strlen(tpl));

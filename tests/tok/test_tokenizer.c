@@ -10,6 +10,7 @@
 #include "check.h"
 #include "fixtures.h"
 #include "io/file.h"
+#include "io/gguf.h"
 #include "io/json.h"
 #include "wick/gguf.h"
 #include "wick/tokenizer.h"
@@ -171,6 +172,49 @@ static wk_tokenizer *from_gguf(const char *path) {
   wk_tokenizer *tok = f ? wk_tokenizer_from_gguf(f) : NULL;
   wk_gguf_close(f);
   return tok;
+}
+
+// Where the value of GGUF key `key` starts in the image (its u32 type just before), or NULL.
+static uint8_t *gguf_value_of(uint8_t *b, size_t n, const char *key) {
+  size_t kl = strlen(key);
+  for (size_t i = 8; i + kl + 4 < n; i++) {
+    uint64_t len;
+    memcpy(&len, b + i - 8, 8);
+    if (len == kl && !memcmp(b + i, key, kl)) return b + i + kl + 4;
+  }
+  return NULL;
+}
+
+// GGUF special token ids of another integer type than u32 (the model loader takes any;
+// the tokenizer ignored them, so an i32 bos was never added) and of a non-integer type.
+static void check_gguf_special_types(void) {
+  size_t n = 0;
+  uint8_t *b = (uint8_t *)test_slurp(fixture("smollm2_vocab.gguf"), &n);
+  uint8_t *bos = b ? gguf_value_of(b, n, "tokenizer.ggml.bos_token_id") : NULL;
+  uint8_t *add = b ? gguf_value_of(b, n, "tokenizer.ggml.add_bos_token") : NULL;
+  CHECK(bos && add, "smollm2_vocab.gguf holds bos_token_id and add_bos_token");
+  if (!bos || !add) { free(b); return; }
+  uint32_t i32 = WK_GGUF_I32, f32 = WK_GGUF_F32;
+  memcpy(bos - 4, &i32, 4);
+  *add = 1;
+  wk_gguf *f = wk_gguf_open_memory(b, n, "i32_bos.gguf");
+  wk_tokenizer *t = f ? wk_tokenizer_from_gguf(f) : NULL;
+  int32_t *ids = NULL;
+  size_t m = 0;
+  CHECK(t && wk_tokenizer_bos(t) == 1 && !wk_tokenizer_encode(t, "hi", 2, true, &ids, &m) && m >= 2 && ids[0] == 1,
+        "i32 bos_token_id is used and added: %s", wk_last_error());
+  free(ids);
+  wk_tokenizer_free(t);
+  wk_gguf_close(f);
+  memcpy(bos - 4, &f32, 4);
+  f = wk_gguf_open_memory(b, n, "f32_bos.gguf");
+  wk_clear_error();
+  t = f ? wk_tokenizer_from_gguf(f) : NULL;
+  CHECK(!t && strstr(wk_last_error(), "tokenizer.ggml.bos_token_id") && strstr(wk_last_error(), "f32_bos.gguf"),
+        "f32 bos_token_id is refused by name: %s", wk_last_error());
+  wk_tokenizer_free(t);
+  wk_gguf_close(f);
+  free(b);
 }
 
 static void check_errors(void) {
@@ -386,6 +430,7 @@ int main(void) {
   check_errors();
   check_invalid_utf8();
   check_long_marks();
+  check_gguf_special_types();
 
   // real models, when models/ has them (tools/fetch-models)
   const char *mdir = getenv("WICK_MODELS");
