@@ -359,10 +359,11 @@ wk_status wk_tokenizer_encode(const wk_tokenizer *t, const char *text, size_t le
 }
 
 // ---- decode ----
-static wk_status check_id(const wk_tokenizer *t, int32_t id) {
+// `what` names the caller's use of the id in the message ("decode: token id").
+static wk_status check_id(const wk_tokenizer *t, int32_t id, const char *what) {
   if (id < 0 || (size_t)id >= t->n_vocab || !t->tok_str[id])
-    return wk_error(WK_ERR_ARG, "%s: decode: token id %d is not in the vocabulary (size %zu)",
-                    t->source, (int)id, t->n_vocab);
+    return wk_error(WK_ERR_ARG, "%s: %s %d is not in the vocabulary (size %zu)", t->source, what, (int)id,
+                    t->n_vocab);
   return WK_OK;
 }
 
@@ -373,7 +374,7 @@ wk_status wk_tokenizer_decode(const wk_tokenizer *t, const int32_t *ids, size_t 
   *text = NULL;
   if (len) *len = 0;
   for (size_t i = 0; i < n; i++)
-    if (check_id(t, ids[i])) return WK_ERR_ARG;
+    if (check_id(t, ids[i], "decode: token id")) return WK_ERR_ARG;
   if (t->decoder == WK_DEC_WORDPIECE) return wk_wordpiece_decode(t, ids, n, text, len);
   size_t total = 1;
   for (size_t i = 0; i < n; i++)
@@ -427,7 +428,8 @@ bool wk_tokenizer_is_special(const wk_tokenizer *t, int32_t id) {
 wk_status wk_tokenizer_set_special(wk_tokenizer *t, int32_t bos, int32_t eos, bool add_bos,
                                    bool add_eos) {
   if (!t) return wk_error(WK_ERR_ARG, "wk_tokenizer_set_special: NULL tokenizer");
-  if ((bos >= 0 && check_id(t, bos)) || (eos >= 0 && check_id(t, eos))) return WK_ERR_ARG;
+  if ((bos >= 0 && check_id(t, bos, "set_special: bos id")) || (eos >= 0 && check_id(t, eos, "set_special: eos id")))
+    return WK_ERR_ARG;
   if ((add_bos && bos < 0) || (add_eos && eos < 0))
     return wk_error(WK_ERR_ARG, "%s: add_bos / add_eos without that token", t->source);
   t->bos = bos < 0 ? -1 : bos;

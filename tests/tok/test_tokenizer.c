@@ -261,6 +261,8 @@ static void check_errors(void) {
     CHECK(!wk_tokenizer_encode(t, "", 0, true, &ids, &n) && n == 0 && ids, "empty text");
     free(ids);
     CHECK(wk_tokenizer_token_bytes(t, 3, NULL) == NULL, "token_bytes of an invalid id");
+    CHECK(wk_tokenizer_set_special(t, 1, 9, false, false) == WK_ERR_ARG && strstr(wk_last_error(), "eos id 9 is not"),
+          "set_special names the bad eos id: %s", wk_last_error());
     wk_tokenizer_free(t);
   }
   const char *fb[] = {"a", "b"};
