@@ -42,7 +42,7 @@ int64_t wk_quant_block_size(int type);
 // so files holding types wick cannot compute with still open and validate.
 size_t wk_quant_type_size(int type);
 // Bytes of n consecutive values (one row). 0 with an error message if the type is
-// unknown or n is not a multiple of the block size (and 0 for n == 0).
+// unknown, n is not a multiple of the block size or the size overflows (and 0 for n == 0).
 size_t wk_quant_row_bytes(int type, int64_t n);
 // 1 if wk_dequantize_row handles the type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K.
 int wk_quant_can_dequantize(int type);

@@ -9,6 +9,7 @@
 #pragma STDC FP_CONTRACT OFF
 #endif
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include "engine/engine.h"
 #include "engine/kquants.h"
@@ -56,6 +57,10 @@ size_t wk_quant_row_bytes(int type, int64_t n) {
   if (n < 0 || n % q->block) {
     wk_error(WK_ERR_SHAPE, "a row of %lld values is not a whole number of %s blocks of %lld",
              (long long)n, q->name, (long long)q->block);
+    return 0;
+  }
+  if ((uint64_t)(n / q->block) > SIZE_MAX / q->size) {   // a count from a caller or a file
+    wk_error(WK_ERR_SHAPE, "a row of %lld %s values is too large to address", (long long)n, q->name);
     return 0;
   }
   return (size_t)(n / q->block) * q->size;
@@ -113,6 +118,7 @@ wk_status wk_dequantize_row(int type, const void *src, float *dst, int64_t n) {
   if (n < 0 || n % q->block)
     return wk_error(WK_ERR_SHAPE, "dequantize: %lld values are not a whole number of %s blocks of %lld",
                     (long long)n, q->name, (long long)q->block);
+  if (n && (!src || !dst)) return wk_error(WK_ERR_ARG, "dequantize: NULL %s", src ? "dst" : "src");
   const uint8_t *s = src;
   void (*blk)(const uint8_t *, float *) = NULL;
   switch (type) {
@@ -176,6 +182,7 @@ wk_status wk_quantize_row(int type, const float *src, void *dst, int64_t n) {
   if (n < 0 || n % q->block)
     return wk_error(WK_ERR_SHAPE, "quantize: %lld values are not a whole number of %s blocks of %lld",
                     (long long)n, q->name, (long long)q->block);
+  if (n && (!src || !dst)) return wk_error(WK_ERR_ARG, "quantize: NULL %s", src ? "dst" : "src");
   uint8_t *d = dst;
   void (*blk)(const float *, uint8_t *) = NULL;
   switch (type) {

@@ -341,6 +341,18 @@ static void test_quantizers(void) {
   CHECK(wk_quantize_row(WK_QT_Q4_K, x, q, 256) == WK_ERR_DTYPE, "no reference quantizer for Q4_K");
   CHECK(wk_dequantize_row(WK_QT_Q8_0, q, y, 33) == WK_ERR_SHAPE, "partial block refused");
   CHECK(wk_quant_row_bytes(WK_QT_Q6_K, 512) == 420 && wk_quant_row_bytes(WK_QT_Q4_K, 100) == 0, "row bytes");
+  // sizes past the address space are refused, not wrapped; NULL buffers are named
+  wk_clear_error();
+  CHECK(wk_quant_row_bytes(WK_QT_F32, INT64_MAX) == 0 && strstr(wk_last_error(), "too large"), "row bytes overflow: %s",
+        wk_last_error());
+  wk_clear_error();
+  CHECK(wk_quant_row_bytes(WK_QT_F32, INT64_C(1) << 62) == 0 && strstr(wk_last_error(), "too large"),
+        "2^64 bytes (it wrapped to 0 with no error)");
+  CHECK(wk_quant_row_bytes(WK_QT_F32, (INT64_C(1) << 62) - 1) == SIZE_MAX - 3, "the largest F32 row");
+  CHECK(wk_dequantize_row(WK_QT_Q8_0, NULL, y, 32) == WK_ERR_ARG && strstr(wk_last_error(), "NULL src"), "NULL src");
+  CHECK(wk_dequantize_row(WK_QT_F16, q, NULL, 32) == WK_ERR_ARG && strstr(wk_last_error(), "NULL dst"), "NULL dst");
+  CHECK(wk_quantize_row(WK_QT_Q8_0, x, NULL, 32) == WK_ERR_ARG, "quantize into NULL");
+  CHECK(wk_dequantize_row(WK_QT_Q8_0, NULL, NULL, 0) == WK_OK, "no values, no buffers");
   CHECK(wk_quant_block_size(WK_QT_Q5_K) == 256 && wk_quant_type_size(WK_QT_Q5_K) == 176 &&
         wk_quant_type_size(4) == 0 && !strcmp(wk_qtype_name(WK_QT_BF16), "BF16"), "type table");
 }
