@@ -68,8 +68,9 @@ const char *wk_st_metadata_key(const wk_st_file *f, int i);
 // ("path.tmp.XXXXXX"), which is fsynced and renamed over `path`, and the directory is
 // fsynced. On any failure `path` is left as it was. metadata is NULL or a
 // NULL-terminated list of key, value strings: {"format", "pt", NULL}. Names must be
-// unique and not "__metadata__". The output is readable by the reference
-// safetensors library (tensors laid out by descending element size, then name).
+// unique and not "__metadata__"; names and metadata must be UTF-8 (the header is
+// JSON). The output is readable by the reference safetensors library (tensors laid
+// out by descending element size, then name).
 wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tensor *const *tensors,
                      const char *const *metadata);
 

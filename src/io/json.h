@@ -80,6 +80,9 @@ void wk_jbuf_printf(wk_jbuf *b, const char *fmt, ...) __attribute__((format(prin
 // Writes s[0..n) as a quoted JSON string: ", \ and control characters escaped,
 // valid UTF-8 kept as is, invalid bytes replaced by U+FFFD so the output is valid JSON.
 void wk_json_write_string(wk_jbuf *b, const char *s, size_t n);
+// Offset of the first byte of s[0..n) that is not valid UTF-8 (what JSON text must
+// be), or n when all of it is: writers that must not alter text check first.
+size_t wk_json_utf8_check(const char *s, size_t n);
 // Writes a number that parses back to the same double (integers without exponent);
 // NaN and infinities, which JSON can't express, are written as null.
 void wk_json_write_number(wk_jbuf *b, double v);

@@ -61,6 +61,13 @@ static size_t valid_utf8(const unsigned char *p, const unsigned char *end) {
   return n;
 }
 
+size_t wk_json_utf8_check(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s, *end = p + n;
+  for (size_t k; p < end; p += k)
+    if (!(k = valid_utf8(p, end))) break;
+  return (size_t)(p - (const unsigned char *)s);
+}
+
 void wk_json_write_string(wk_jbuf *b, const char *s, size_t n) {
   const unsigned char *p = (const unsigned char *)s, *end = p + n;
   wk_jbuf_put(b, "\"", 1);

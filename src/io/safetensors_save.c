@@ -72,9 +72,26 @@ static wk_status build_header(const char *path, item *it, int n, const char *con
   return WK_OK;
 }
 
+// The header is JSON, which holds only UTF-8: other bytes would come back as U+FFFD,
+// so a name or metadata string that is not UTF-8 is refused rather than changed.
+static wk_status check_utf8(const char *path, const char *what, const char *s) {
+  size_t n = strlen(s), at = wk_json_utf8_check(s, n);
+  if (at == n) return WK_OK;
+  return wk_error(WK_ERR_ARG, "%s: %s \"%.200s\" is not valid UTF-8 (byte %zu is 0x%02x): a safetensors header is JSON",
+                  path, what, s, at, (unsigned char)s[at]);
+}
+
+// (A key without a value ends the list here; build_header reports it.)
+static wk_status check_metadata(const char *path, const char *const *meta) {
+  wk_status s = WK_OK;
+  for (int k = 0; meta && meta[k] && meta[k + 1] && !s; k += 2)
+    if (!(s = check_utf8(path, "metadata key", meta[k]))) s = check_utf8(path, "metadata value", meta[k + 1]);
+  return s;
+}
+
 wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tensor *const *tensors,
                      const char *const *metadata) {
-  if (!path) return wk_error(WK_ERR_ARG, "st_save: path is NULL");
+  if (!path || !*path) return wk_error(WK_ERR_ARG, "st_save: path is %s", path ? "empty" : "NULL");
   if (n < 0 || (n && (!names || !tensors))) return wk_error(WK_ERR_ARG, "%s: st_save: bad tensor list (n = %d)", path, n);
   item *it = calloc((size_t)(n ? n : 1), sizeof *it);
   if (!it) return wk_error(WK_ERR_OOM, "%s: out of memory", path);
@@ -82,6 +99,7 @@ wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tenso
   for (int i = 0; i < n && !s; i++) {
     if (!names[i]) s = wk_error(WK_ERR_ARG, "%s: name %d is NULL", path, i);
     else if (!strcmp(names[i], "__metadata__")) s = wk_error(WK_ERR_ARG, "%s: \"__metadata__\" can't name a tensor", path);
+    else if (check_utf8(path, "tensor name", names[i])) s = WK_ERR_ARG;
     else if (!tensors[i] || !wk_tensor_valid(tensors[i], "st_save"))
       s = wk_error(WK_ERR_ARG, "%s: tensor \"%.200s\" is NULL or freed", path, names[i]);
     else if (!wk_st_dtype_str(wk_tensor_dtype(tensors[i])))
@@ -89,6 +107,7 @@ wk_status wk_st_save(const char *path, int n, const char *const *names, wk_tenso
                    wk_dtype_name(wk_tensor_dtype(tensors[i])));
     else it[i] = (item){.name = names[i], .t = tensors[i]};
   }
+  if (!s) s = check_metadata(path, metadata);
   if (!s && n > 1) {
     qsort(it, (size_t)n, sizeof *it, cmp_name);
     for (int i = 1; i < n && !s; i++)

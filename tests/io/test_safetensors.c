@@ -451,6 +451,15 @@ static void test_save_failures(void) {
   CHECK(wk_st_save(path, 1, n1, &good, bad_meta) && strstr(wk_last_error(), "\"k\" has no value"), "odd metadata refused");
   const char *dup_meta[] = {"k", "1", "k", "2", NULL};
   CHECK(wk_st_save(path, 1, n1, &good, dup_meta) && strstr(wk_last_error(), "given twice"), "duplicate metadata refused");
+  // the header is JSON: text that is not UTF-8 came back as U+FFFD (another name)
+  const char *n_latin1[] = {"caf\xe9"};
+  CHECK(wk_st_save(path, 1, n_latin1, &good, NULL) && strstr(wk_last_error(), "tensor name") &&
+        strstr(wk_last_error(), "byte 3 is 0xe9"), "name not UTF-8 refused: %s", wk_last_error());
+  const char *meta_key[] = {"k\xff", "v", NULL}, *meta_val[] = {"k", "\xc3", NULL};
+  CHECK(wk_st_save(path, 1, n1, &good, meta_key) && strstr(wk_last_error(), "metadata key"), "metadata key not UTF-8");
+  CHECK(wk_st_save(path, 1, n1, &good, meta_val) && strstr(wk_last_error(), "metadata value"), "metadata value not UTF-8");
+  CHECK(wk_st_save("", 1, n1, &good, NULL) == WK_ERR_ARG && strstr(wk_last_error(), "path is empty"), "empty path: %s",
+        wk_last_error());
   size_t n1b;
   char *after = read_bytes(path, &n1b);
   CHECK(before && after && n0 == n1b && !memcmp(before, after, n0), "old file intact after failed saves");
