@@ -64,5 +64,6 @@ wk_status wk_embedder_tokenize(const wk_embedder *e, const char *text, int32_t *
 // lengths[b] real tokens followed by padding (lengths: i32[B]). New reference.
 wk_tensor *wk_embedder_forward(wk_embedder *e, wk_tensor *ids, wk_tensor *lengths);
 // Pools hidden f32[B, T, D] into f32[B, D] as the model is configured (mean over the
-// first lengths[b] tokens, or the first token) and normalizes when configured.
+// first lengths[b] tokens, or the first token) and normalizes when configured. Each
+// lengths[b] must be in [1, T] (it is read, as by wk_embedder_forward).
 wk_tensor *wk_embedder_pool(wk_embedder *e, wk_tensor *hidden, wk_tensor *lengths);

@@ -442,6 +442,19 @@ static wk_tensor *embeddings(wk_embedder *e, wk_tensor *ids, wk_tensor *pos) {
   return wk_layer_norm(x, e->emb_ln_w, e->emb_ln_b, (float)e->cfg.norm_eps);
 }
 
+// Each row's length must be in [1, T]: a row of none pools nothing, and a length past T
+// would count tokens that are not there.
+static wk_status check_lengths(const char *who, wk_tensor *lengths, int64_t B, int64_t T) {
+  float *len = malloc(sizeof(float) * (size_t)(B ? B : 1));
+  wk_status st = len ? wk_tensor_read_f32(lengths, len, B) : wk_error(WK_ERR_OOM, "%s: out of memory", who);
+  for (int64_t b = 0; !st && b < B; b++)
+    if (!(len[b] >= 1 && len[b] <= (float)T))
+      st = wk_error(WK_ERR_ARG, "%s: lengths[%lld] = %g is outside [1, %lld]", who, (long long)b, (double)len[b],
+                    (long long)T);
+  free(len);
+  return st;
+}
+
 wk_tensor *wk_embedder_forward(wk_embedder *e, wk_tensor *ids, wk_tensor *lengths) {
   if (!e || !ids || !lengths) { wk_error(WK_ERR_ARG, "embedder_forward: NULL argument"); return NULL; }
   if (wk_ndim(ids) != 2 || wk_tensor_dtype(ids) != WK_I32 || wk_ndim(lengths) != 1 ||
@@ -459,14 +472,7 @@ wk_tensor *wk_embedder_forward(wk_embedder *e, wk_tensor *ids, wk_tensor *length
              (long long)T, (long long)e->cfg.max_position_embeddings);
     return NULL;
   }
-  float *len = malloc(sizeof(float) * (size_t)(B ? B : 1));   // each row's length in [1, T]: no row pools nothing
-  wk_status st = len ? wk_tensor_read_f32(lengths, len, B) : wk_error(WK_ERR_OOM, "embedder_forward: out of memory");
-  for (int64_t b = 0; !st && b < B; b++)
-    if (!(len[b] >= 1 && len[b] <= (float)T))
-      st = wk_error(WK_ERR_ARG, "embedder_forward: lengths[%lld] = %g is outside [1, %lld]", (long long)b, (double)len[b],
-                    (long long)T);
-  free(len);
-  if (st) return NULL;
+  if (check_lengths("embedder_forward", lengths, B, T)) return NULL;
   wk_scope_begin();
   wk_tensor *x = wk_reshape(embeddings(e, ids, wk_slice(e->pos, 0, 0, T, 1)), 2, (int64_t[]){B * T, D});
   x = encoder_layers(e, x, B, T, wk_padding_mask(lengths, T), NULL, NULL);
@@ -504,6 +510,7 @@ wk_tensor *wk_embedder_pool(wk_embedder *e, wk_tensor *hidden, wk_tensor *length
     return NULL;
   }
   int64_t B = wk_dim(hidden, 0), T = wk_dim(hidden, 1);
+  if (check_lengths("embedder_pool", lengths, B, T)) return NULL;
   wk_scope_begin();
   wk_tensor *p;
   if (e->pooling == WK_POOL_CLS) {

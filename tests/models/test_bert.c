@@ -96,7 +96,14 @@ static void test_tiny(void) {
   wk_tensor *bl = wk_from_data(1, (int64_t[]){B}, WK_I32, badlen);
   CHECK(B <= 64 && !wk_embedder_forward(e, ids, bl) && strstr(wk_last_error(), "lengths[0] = 0"), "length 0 refused: %s",
         wk_last_error());
-  wk_tensor_free(bl);
+  // the same for pooling on its own: length -2 pooled nothing (zeros), 99 > T counted
+  // tokens that are not there
+  wk_tensor *hid = wk_zeros(3, (int64_t[]){1, 4, D}, WK_F32);
+  wk_tensor *neg = wk_from_data(1, (int64_t[]){1}, WK_I32, (int32_t[]){-2});
+  wk_tensor *past = wk_from_data(1, (int64_t[]){1}, WK_I32, (int32_t[]){99});
+  CHECK(!wk_embedder_pool(e, hid, neg) && strstr(wk_last_error(), "embedder_pool: lengths[0] = -2 is outside [1, 4]"),
+        "pool: negative length refused: %s", wk_last_error());
+  CHECK(!wk_embedder_pool(e, hid, past) && strstr(wk_last_error(), "lengths[0] = 99"), "pool: length past T refused");
   // hidden states of the padded batch, real positions only
   wk_tensor *h = wk_embedder_forward(e, ids, lens);
   float *hv = h ? read_all(h) : NULL;
