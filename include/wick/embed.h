@@ -13,8 +13,9 @@
 // sharded index; tensor names with or without a "bert." prefix; f32, f16 or bf16) and
 // tokenizer.json (WordPiece). When sentence-transformers files are present they are
 // honored: modules.json (a Normalize module turns L2 normalization on), the Pooling
-// module's config.json (mean or CLS; default mean) and sentence_bert_config.json
-// (max_seq_length). Without modules.json: mean pooling, no normalization.
+// module's config.json (mean or CLS; required when modules.json lists the module) and
+// sentence_bert_config.json (max_seq_length). Without modules.json: mean pooling, no
+// normalization.
 // Texts longer than the maximum length (the smallest of max_position_embeddings,
 // max_seq_length and the tokenizer's model_max_length) are truncated, keeping [CLS]
 // and the final [SEP], as HF tokenizers do.

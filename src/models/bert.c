@@ -201,6 +201,9 @@ static wk_status load_pooling(wk_embedder *e, const char *dir) {
   if (!pd) return wk_error(WK_ERR_OOM, "out of memory");
   wk_json *pc = NULL;
   s = load_optional_json(pd, "config.json", &pc);
+  // sentence-transformers fails without it; a default here could pool a CLS model by mean
+  if (!s && !pc)
+    s = wk_error(WK_ERR_IO, "%s/modules.json: the Pooling module's %s/config.json is missing", dir, pd);
   if (!s && pc) {
     int cls = wk_json_bool(wk_json_get(pc, "pooling_mode_cls_token"), false);
     int mean = wk_json_bool(wk_json_get(pc, "pooling_mode_mean_tokens"), false);

@@ -262,7 +262,11 @@ static void test_errors(void) {
     wk_scope_end();
     wk_embedder_free(e);
   }
+  // a Pooling module whose config.json is not there: sentence-transformers fails; wick
+  // pooled by mean, whatever the model was trained with
   remove(pc);
+  CHECK(wk_embedder_load(dir) == NULL && strstr(wk_last_error(), "1_Pooling/config.json is missing") &&
+        strstr(wk_last_error(), "modules.json"), "missing pooling config refused: %s", wk_last_error());
   rmdir(pd);
   remove(m);
   remove(t);
