@@ -57,7 +57,8 @@ enum { WK_TOKEN_NORMAL = 1, WK_TOKEN_UNKNOWN = 2, WK_TOKEN_CONTROL = 3,
 
 // Loads a HF tokenizer.json. bos/eos come from a tokenizer_config.json next to it when
 // there is one, else bos from the post-processor's leading special token. NULL with
-// wk_last_error() naming the file and the part at fault.
+// wk_last_error() naming the file and the part at fault (a tokenizer_config.json or
+// chat_template.jinja beside it that can't be read or parsed is such a fault).
 wk_tokenizer *wk_tokenizer_load_json(const char *path);
 // The same from text in memory; `source` names it in error messages.
 wk_tokenizer *wk_tokenizer_from_json(const char *text, size_t len, const char *source);

@@ -1,6 +1,7 @@
 // tokenizer.json (HF tokenizers' format) -> wk_tokenizer.
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include "engine/engine.h"
 #include "io/file.h"
 #include "io/json.h"
@@ -197,13 +198,28 @@ static const char *config_template(const wk_json *cfg) {
   return NULL;
 }
 
+// A side file's text, or NULL with *st = WK_OK when there is no such file. One that is
+// there but can't be read is an error: ignoring it would drop bos / eos or the chat
+// template without a word.
+static char *read_sibling(const char *path, const char *name, size_t *len, wk_status *st) {
+  char *p = wk_path_sibling(path, name), *text = NULL;
+  struct stat sb;
+  *st = p ? WK_OK : wk_error(WK_ERR_OOM, "%s: out of memory", path);
+  if (p && stat(p, &sb) == 0 && !(text = wk_read_file(p, 16u << 20, len))) *st = WK_ERR_IO;
+  free(p);
+  return text;
+}
+
 // The files transformers saves next to tokenizer.json: bos / eos and the chat template
 // (chat_template.jinja, which transformers prefers, else tokenizer_config.json's).
-static void config_from_siblings(wk_tokenizer *t, const char *path) {
-  char *cfg_path = wk_path_sibling(path, "tokenizer_config.json");
+static wk_status config_from_siblings(wk_tokenizer *t, const char *path) {
   size_t len;
-  char *text = cfg_path ? wk_read_file(cfg_path, 16u << 20, &len) : NULL;
-  wk_json *cfg = text ? wk_json_parse(text, len, cfg_path, NULL) : NULL;
+  wk_status st;
+  char *text = read_sibling(path, "tokenizer_config.json", &len, &st), *cfg_path = NULL;
+  wk_json *cfg = NULL;
+  if (text && !((cfg_path = wk_path_sibling(path, "tokenizer_config.json")) &&
+                (cfg = wk_json_parse(text, len, cfg_path, NULL))))
+    st = cfg_path ? WK_ERR_IO : wk_error(WK_ERR_OOM, "%s: out of memory", path);
   const char *names[2] = {"bos_token", "eos_token"};
   int32_t *dst[2] = {&t->bos, &t->eos};
   for (int k = 0; k < 2 && cfg; k++) {
@@ -212,15 +228,14 @@ static void config_from_siblings(wk_tokenizer *t, const char *path) {
     int32_t id = s ? wk_tokenizer_token_id(t, s) : -1;
     if (id >= 0) *dst[k] = id;
   }
-  char *jinja_path = wk_path_sibling(path, "chat_template.jinja");
-  t->chat_template = jinja_path ? wk_read_file(jinja_path, 16u << 20, &len) : NULL;
+  if (!st) t->chat_template = read_sibling(path, "chat_template.jinja", &len, &st);
   const char *tpl = cfg && !t->chat_template ? config_template(cfg) : NULL;
-  if (tpl) t->chat_template = wk_tok_strndup(tpl, strlen(tpl));
+  if (!st && tpl && !(t->chat_template = wk_tok_strndup(tpl, strlen(tpl))))
+    st = wk_error(WK_ERR_OOM, "%s: out of memory", path);
   wk_json_free(cfg);
   free(text);
   free(cfg_path);
-  free(jinja_path);
-  wk_clear_error();   // the files are optional
+  return st;
 }
 
 const char *wk_tokenizer_chat_template(const wk_tokenizer *tok) { return tok ? tok->chat_template : NULL; }
@@ -373,6 +388,9 @@ wk_tokenizer *wk_tokenizer_load_json(const char *path) {
   if (!text) return NULL;
   wk_tokenizer *t = wk_tokenizer_from_json(text, len, path);
   free(text);
-  if (t) config_from_siblings(t, path);
+  if (t && config_from_siblings(t, path)) {
+    wk_tokenizer_free(t);
+    return NULL;
+  }
   return t;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include "check.h"
 #include "fixtures.h"
 #include "io/file.h"
@@ -215,6 +216,43 @@ static void check_gguf_special_types(void) {
   wk_tokenizer_free(t);
   wk_gguf_close(f);
   free(b);
+}
+
+static void put_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  if (f) { fputs(text, f); fclose(f); }
+}
+
+// tokenizer_config.json and chat_template.jinja beside tokenizer.json are optional, but
+// one that is there and can't be read or parsed is an error: it was skipped silently,
+// losing bos / eos and the chat template.
+static void check_corrupt_siblings(void) {
+  char dir[] = "/tmp/wick_tok_XXXXXX", tj[64], tc[64], cj[64];
+  if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+  snprintf(tj, sizeof tj, "%s/tokenizer.json", dir);
+  snprintf(tc, sizeof tc, "%s/tokenizer_config.json", dir);
+  snprintf(cj, sizeof cj, "%s/chat_template.jinja", dir);
+  size_t n = 0;
+  char *text = test_slurp(fixture("smollm2.json"), &n);
+  if (text) put_file(tj, text);
+  free(text);
+  put_file(tc, "{\"eos_token\": \"<|im_end|>\", \"chat_template\": \"{{ x }}\"}");
+  wk_tokenizer *t = wk_tokenizer_load_json(tj);
+  CHECK(t && wk_tokenizer_eos(t) == wk_tokenizer_token_id(t, "<|im_end|>") && wk_tokenizer_eos(t) >= 0 &&
+        wk_tokenizer_chat_template(t) && !strcmp(wk_tokenizer_chat_template(t), "{{ x }}"), "siblings read");
+  wk_tokenizer_free(t);
+  put_file(tc, "{\"eos_token\": \"<|im_end|>\",");
+  t = wk_tokenizer_load_json(tj);
+  CHECK(!t && strstr(wk_last_error(), "tokenizer_config.json:1:"), "truncated tokenizer_config.json: %s", wk_last_error());
+  wk_tokenizer_free(t);
+  remove(tc);
+  mkdir(cj, 0755);   // there, but not a readable file
+  t = wk_tokenizer_load_json(tj);
+  CHECK(!t && strstr(wk_last_error(), "chat_template.jinja"), "unreadable chat_template.jinja: %s", wk_last_error());
+  wk_tokenizer_free(t);
+  rmdir(cj);
+  remove(tj);
+  rmdir(dir);
 }
 
 static void check_errors(void) {
@@ -433,6 +471,7 @@ int main(void) {
   check_invalid_utf8();
   check_long_marks();
   check_gguf_special_types();
+  check_corrupt_siblings();
 
   // real models, when models/ has them (tools/fetch-models)
   const char *mdir = getenv("WICK_MODELS");
