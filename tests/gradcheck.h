@@ -8,7 +8,43 @@
 // (atol 5e-3, rtol 1e-2): a wrong VJP is off by O(1), far outside it.
 #pragma once
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "check.h"
+#include "engine/engine.h"
+
+// Coverage: the ops of every forward graph checked here are recorded, and written at
+// exit to $WICK_GRADCOV/<pid>.txt (one name a line) when that is set; ctest sets it, and
+// test_grad_coverage then checks that every differentiable op was in some graph.
+static bool gc_covered[WK_OP_COUNT];
+static void gc_write_coverage(void) {
+  const char *dir = getenv("WICK_GRADCOV");
+  char path[4096];
+  if (!dir || snprintf(path, sizeof path, "%s/%d.txt", dir, (int)getpid()) >= (int)sizeof path) return;
+  mkdir(dir, 0777);   // the first writer makes it (ctest's gradcov_clean removed the last run's)
+  FILE *f = fopen(path, "w");
+  if (!f) return;
+  for (int op = 0; op < WK_OP_COUNT; op++)
+    if (gc_covered[op]) fprintf(f, "%s\n", wk_ops[op].name);
+  fclose(f);
+}
+static void gc_record(wk_tensor *y) {
+  static bool registered;
+  if (!registered) registered = true, atexit(gc_write_coverage);
+  enum { CAP = 4096 };
+  wk_tensor *stack[CAP], *seen[CAP];
+  int sp = 0, ns = 0;
+  stack[sp++] = y;
+  while (sp) {
+    wk_tensor *t = stack[--sp];
+    bool again = false;
+    for (int k = 0; k < ns && !again; k++) again = seen[k] == t;
+    if (again || t->nin == 0 || ns == CAP) continue;   // leaves and detached results end a path
+    seen[ns++] = t;
+    gc_covered[t->op] = true;
+    for (int q = 0; q < t->nin && sp < CAP; q++) if (t->in[q]) stack[sp++] = t->in[q];
+  }
+}
 
 typedef wk_tensor *(*gc_fn)(wk_tensor *const *in, void *ctx);
 
@@ -33,6 +69,7 @@ static int gradcheck_tol(const char *name, gc_fn f, void *ctx, int n, wk_tensor 
   for (int i = 0; i < n; i++) wk_set_trainable(in[i], (mask >> i) & 1);
   wk_tensor *y = f(in, ctx);
   if (!y) { CHECK(0, "%s: forward failed", name); wk_scope_end(); return 1; }
+  gc_record(y);
   wk_tensor *r = wk_randn(wk_ndim(y), wk_shape(y), WK_F32, 1234);
   float *rv = read_all(r);
   wk_tensor *loss = wk_sum(wk_mul(y, r), 0, NULL, 0);
