@@ -55,7 +55,9 @@ wk_adapter *wk_adapter_new(wk_model *m, const wk_lora_config *c);
 // Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors, or
 // adapter_model.bin is refused with a message) for model m. Checks peft_type LORA, r,
 // lora_alpha, use_rslora, target_modules, unsupported features (DoRA, rank/alpha
-// patterns, bias training, modules_to_save) and every tensor's name and shape against m.
+// patterns, bias training, modules_to_save) and every tensor's name and shape against m;
+// a NaN or infinite weight is refused, naming the tensor (checked on the host, before
+// the weights move to the model's device).
 wk_adapter *wk_adapter_load(wk_model *m, const char *dir);
 // Writes dir/adapter_config.json and dir/adapter_model.safetensors in PEFT's layout
 // (creating dir), each file atomically. base names the base model in the config.

@@ -123,7 +123,8 @@ typedef struct {
   bool overwrite;               // an existing out_dir with files is refused unless set (or resuming)
   int64_t save_every;           // 0: only at the end
   int keep_checkpoints;         // default 2
-  const char *resume;           // a checkpoint directory, or an out_dir holding checkpoint-* (the newest)
+  const char *resume;           // a checkpoint directory, or an out_dir holding checkpoint-* (the newest);
+                                // a NaN or infinite adapter weight in it is an error naming the tensor
   const wk_dataset *eval;       // held-out data, or NULL
   int64_t eval_every;           // steps between evaluations (0: only at the end)
   const char *base_name;        // base_model_name_or_path in adapter_config.json

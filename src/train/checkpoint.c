@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "io/file.h"
 #include "io/json.h"
+#include "train/adapter.h"
 #include "train/checkpoint.h"
 #include "wick/io.h"
 #include "wick/ops.h"
@@ -201,7 +202,9 @@ static wk_status load_params(const char *dir, wk_adapter *a) {
   for (int i = 0; !s && i < n; i++) {
     wk_tensor *t = wk_st_get(f, wk_adapter_param_name(a, i));
     wk_tensor *c = t ? wk_add_scalar(t, 0.0f) : NULL;   // a copy: the file may be replaced later
-    if (!c || wk_eval(1, &c) || wk_adapter_set_param(a, i, c)) s = WK_ERR_ARG;
+    if (!c || wk_eval(1, &c) || wk_adapter_check_finite(c, p, wk_adapter_param_name(a, i)) ||
+        wk_adapter_set_param(a, i, c))
+      s = WK_ERR_ARG;
     wk_tensor_free(c);
     wk_tensor_free(t);
   }

@@ -2,6 +2,7 @@
 // names "base_model.model.model.layers.<l>.<self_attn|mlp>.<proj>.lora_<A|B>.weight".
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,8 +178,20 @@ static wk_tensor *load_param(wk_st_file *f, const char *name, int64_t d0, int64_
   // a copy, so the adapter owns its memory and the file can be overwritten by a later save
   wk_tensor *c = wk_tensor_dtype(t) == WK_F32 ? wk_add_scalar(t, 0.0f) : wk_cast(t, WK_F32);
   wk_tensor_free(t);
-  if (c && wk_eval(1, &c)) { wk_tensor_free(c); c = NULL; }
+  if (c && (wk_eval(1, &c) || wk_adapter_check_finite(c, path, name))) { wk_tensor_free(c); c = NULL; }
   return c;
+}
+
+wk_status wk_adapter_check_finite(wk_tensor *t, const char *path, const char *name) {
+  const float *d = wk_tensor_data(t);
+  if (!d) return WK_ERR_STATE;
+  int64_t n = wk_numel(t), cols = wk_ndim(t) == 2 ? wk_dim(t, 1) : n;
+  for (int64_t i = 0; i < n; i++)
+    if (!isfinite(d[i]))
+      return wk_error(WK_ERR_ARG, "%s: tensor '%s' holds %s at [%lld, %lld]: adapter weights must be finite (a "
+                      "diverged training run, or a corrupt file)", path, name,
+                      isnan(d[i]) ? "NaN" : d[i] > 0 ? "+inf" : "-inf", (long long)(i / cols), (long long)(i % cols));
+  return WK_OK;
 }
 
 // Every name must be a LoRA weight of a projection in range, A and B in pairs; the

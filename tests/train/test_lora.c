@@ -272,6 +272,45 @@ static void fresh_adapter(void) {
   wk_model_free(m);
 }
 
+// An adapter whose weights hold NaN or inf is refused at load, naming the file, the
+// tensor and the element (it loaded, and generation later stopped on non-finite logits
+// with no word of the adapter).
+static void nonfinite_weights(wk_model *m) {
+  wk_adapter *a = m ? wk_adapter_load(m, lora_fixture("qv")) : NULL;
+  CHECK(a != NULL, "load the 'qv' adapter");
+  if (!a) return;
+  char tmp[] = "/tmp/wick_nanlora_XXXXXX";
+  CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
+  const float bad[] = {NAN, INFINITY, -INFINITY};
+  const char *word[] = {"NaN", "+inf", "-inf"};
+  for (int k = 0; k < 3; k++) {
+    wk_tensor *ps[64];
+    int n = wk_adapter_params(a, ps), i = k + 1;   // a B (odd), then an A, then a B
+    float *v = read_all(ps[i]);
+    int64_t shape[2] = {wk_dim(ps[i], 0), wk_dim(ps[i], 1)};   // ps[i] goes with the replacement
+    v[shape[1] + 1] = bad[k];   // element [1, 1]
+    wk_tensor *t = wk_from_data(2, shape, WK_F32, v);
+    CHECK(n > i && t && !wk_adapter_set_param(a, i, t), "set a %s weight", word[k]);
+    char name[200];
+    snprintf(name, sizeof name, "%s", wk_adapter_param_name(a, i));
+    CHECK(!wk_adapter_save(a, tmp, NULL), "save the adapter");
+    wk_clear_error();
+    wk_adapter *b = wk_adapter_load(m, tmp);
+    CHECK(!b && strstr(wk_last_error(), "adapter_model.safetensors") && strstr(wk_last_error(), name) &&
+              strstr(wk_last_error(), word[k]) && strstr(wk_last_error(), "[1, 1]"),
+          "%s weight refused at load: %s", word[k], wk_last_error());
+    wk_adapter_free(b);
+    v[shape[1] + 1] = 0;   // back to finite for the next round
+    wk_tensor_free(t);
+    t = wk_from_data(2, shape, WK_F32, v);
+    CHECK(!wk_adapter_set_param(a, i, t), "restore: %s", wk_last_error());
+    wk_tensor_free(t);
+    free(v);
+  }
+  wk_adapter_free(a);
+  remove_tmp(tmp);
+}
+
 static void bad_input(void) {
   wk_model *m = wk_model_load(qwen2_dir());
   wk_lora_config c = wk_lora_defaults();
@@ -315,6 +354,7 @@ static void bad_input(void) {
     CHECK(!wk_adapter_load(m, tmp) && strstr(wk_last_error(), "adapter_config.json"), "truncated config named");
     remove_tmp(tmp);
   }
+  nonfinite_weights(m);
   wk_model_free(llama);
   wk_model_free(m);
 }

@@ -252,6 +252,30 @@ static void nonfinite_stops(wk_model *m, const wk_dataset *d) {
   // the checkpoint of step 1 is complete and loads (its weights are what step 1 made)
   wk_adapter *c1 = wk_adapter_load(m, tmp_path("nan/checkpoint-1"));
   CHECK(c1 != NULL, "checkpoint-1 is intact and loads");
+  // a NaN written into its weights: the resume names the file and tensor (it ran, and
+  // the first step's loss was NaN)
+  wk_tensor *p0 = NULL;
+  wk_tensor *ps[256];
+  int n = c1 && wk_adapter_params(c1, NULL) <= 256 ? wk_adapter_params(c1, ps) : 0;
+  float *v = n ? read_all(ps[0]) : NULL;
+  if (v) {
+    v[0] = NAN;
+    p0 = wk_from_data(2, (int64_t[]){wk_dim(ps[0], 0), wk_dim(ps[0], 1)}, WK_F32, v);
+  }
+  CHECK(p0 && !wk_adapter_set_param(c1, 0, p0) && !wk_adapter_save(c1, tmp_path("nan/checkpoint-1"), NULL),
+        "write a NaN into checkpoint-1");
+  wk_adapter_free(a);
+  a = fresh(m);
+  o = options(tmp_path("nan"), &rec);
+  o.optim = wk_sgd_defaults();   // the run's optimizer: its state loads
+  o.optim.momentum = 0;
+  o.resume = tmp_path("nan/checkpoint-1");
+  o.steps = 3;
+  CHECK(wk_train(m, a, d, &o, &r) != WK_OK && strstr(wk_last_error(), "checkpoint-1/adapter_model.safetensors") &&
+            strstr(wk_last_error(), wk_adapter_param_name(c1, 0)) && strstr(wk_last_error(), "NaN"),
+        "a checkpoint with a NaN weight is refused by name: %s", wk_last_error());
+  wk_tensor_free(p0);
+  free(v);
   wk_adapter_free(c1);
   wk_adapter_free(a);
 }
