@@ -12,8 +12,10 @@
 //   wk_st_save("out.safetensors", 2, names, ts, (const char *[]){"format", "pt", NULL});
 //
 // Opening validates the whole header: length within the file (and at most 100 MB),
-// well-formed JSON object, known dtypes, shape x dtype size == byte span, spans inside
-// the data section and not overlapping. Errors name the file and the tensor or field.
+// well-formed JSON object, known dtypes, shape x dtype size == byte span, and spans
+// that tile the data section exactly, as the reference library requires: no overlap,
+// no gap between tensors, no byte after the last one (empty tensors hold no bytes and
+// may sit anywhere in it). Errors name the file and the tensor, field or byte range.
 // Tensors of dtypes wick doesn't compute in (F64, I64, U8, ...) are listed and can be
 // inspected with wk_st_info, but wk_st_get refuses them.
 // Files are mapped copy-on-write from a read-only descriptor: the file is never

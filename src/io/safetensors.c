@@ -265,24 +265,42 @@ static int cmp_off(const void *a, const void *b) {
   return (x->off > y->off) - (x->off < y->off);
 }
 
-static bool check_overlaps(wk_st_file *f) {
-  if (f->n < 2) return true;
-  st_entry **order = malloc((size_t)f->n * sizeof *order);
+// Non-empty tensors, sorted by offset, must tile the data section: the first starts at
+// 0, each where the previous one ends, and the last ends with the file. The reference
+// library refuses any other layout (MetadataIncompleteBuffer, InvalidOffset): bytes no
+// tensor owns mean wrong offsets or a wrong tensor list, and overlapping tensors alias.
+static bool check_layout(wk_st_file *f, uint64_t data_size) {
+  st_entry **order = malloc((size_t)(f->n ? f->n : 1) * sizeof *order);
   if (!order) { wk_error(WK_ERR_OOM, "%s: out of memory", f->path); return false; }
   for (int i = 0; i < f->n; i++) order[i] = &f->e[i];
   qsort(order, (size_t)f->n, sizeof *order, cmp_off);
-  const st_entry *reach = NULL;  // the span that reaches furthest so far
+  const st_entry *prev = NULL;
+  uint64_t at = 0;   // where the next tensor must start
   bool ok = true;
   for (int i = 0; i < f->n && ok; i++) {
     const st_entry *e = order[i];
     if (!e->nbytes) continue;
-    if (reach && e->off < reach->off + reach->nbytes) {
+    if (e->rel < at) {
       wk_error(WK_ERR_IO, "%s: tensors \"%.200s\" [%llu, %llu] and \"%.200s\" [%llu, %llu] overlap in the data section",
-               f->path, reach->name, (unsigned long long)reach->rel, (unsigned long long)(reach->rel + reach->nbytes),
-               e->name, (unsigned long long)e->rel, (unsigned long long)(e->rel + e->nbytes));
+               f->path, prev->name, (unsigned long long)prev->rel, (unsigned long long)at, e->name,
+               (unsigned long long)e->rel, (unsigned long long)(e->rel + e->nbytes));
+      ok = false;
+    } else if (e->rel > at) {
+      wk_error(WK_ERR_IO, "%s: bytes [%llu, %llu) of the data section, before tensor \"%.200s\", belong to no tensor "
+               "(tensors must cover the data section without gaps: wrong data_offsets?)", f->path,
+               (unsigned long long)at, (unsigned long long)e->rel, e->name);
       ok = false;
     }
-    if (!reach || e->off + e->nbytes > reach->off + reach->nbytes) reach = e;
+    at = e->rel + e->nbytes;
+    prev = e;
+  }
+  if (ok && at != data_size) {
+    char after[260] = "where the header lists no tensor data";
+    if (prev) snprintf(after, sizeof after, "after the last tensor (\"%.200s\")", prev->name);
+    wk_error(WK_ERR_IO, "%s: bytes [%llu, %llu) of the data section, %s, belong to no tensor (tensors must cover "
+             "the data section exactly: a tensor missing from the header, or bytes appended?)", f->path,
+             (unsigned long long)at, (unsigned long long)data_size, after);
+    ok = false;
   }
   free(order);
   return ok;
@@ -399,7 +417,7 @@ static wk_st_file *open_single(const char *path) {
     if (!parse_entry(f, e, v, data_start, data_size)) return fail_file(f, doc);
   }
   wk_json_free(doc);
-  if (!check_overlaps(f)) return fail_file(f, NULL);
+  if (!check_layout(f, data_size)) return fail_file(f, NULL);
   if (!build_index(f)) { wk_error(WK_ERR_OOM, "%s: out of memory", path); return fail_file(f, NULL); }
   return f;
 }
