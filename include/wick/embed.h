@@ -14,7 +14,8 @@
 // tokenizer.json (WordPiece). When sentence-transformers files are present they are
 // honored: modules.json (a Normalize module turns L2 normalization on), the Pooling
 // module's config.json (mean or CLS; required when modules.json lists the module) and
-// sentence_bert_config.json (max_seq_length). Without modules.json: mean pooling, no
+// sentence_bert_config.json (max_seq_length: a positive integer, or null for no limit of
+// its own; another value is an error naming it). Without modules.json: mean pooling, no
 // normalization.
 // Texts longer than the maximum length (the smallest of max_position_embeddings,
 // max_seq_length and the tokenizer's model_max_length) are truncated, keeping [CLS]

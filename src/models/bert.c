@@ -228,9 +228,24 @@ static wk_status load_max_len(wk_embedder *e, const char *dir) {
   wk_json *j = NULL;
   wk_status s = load_optional_json(dir, "sentence_bert_config.json", &j);
   if (s) return s;
-  int64_t m = wk_json_int(wk_json_get(j, "max_seq_length"), 0);
-  if (m > 0 && m < e->max_len) e->max_len = m;
+  // null (sentence-transformers then takes the tokenizer's limit) or a positive integer;
+  // another value was ignored, embedding at the model's full length
+  const wk_json *v = wk_json_get(j, "max_seq_length");
+  if (v && !wk_json_is(v, WK_JSON_NULL)) {
+    if (!wk_json_is(v, WK_JSON_NUMBER) || !v->is_int || v->i <= 0) {
+      char what[96];
+      const char *t = wk_json_type_name(v);
+      if (wk_json_is(v, WK_JSON_NUMBER)) snprintf(what, sizeof what, "%.17g", v->d);
+      else if (wk_json_is(v, WK_JSON_STRING)) snprintf(what, sizeof what, "a string (\"%.40s\")", v->s);
+      else snprintf(what, sizeof what, "%s %s", strchr("aeiou", t[0]) ? "an" : "a", t);
+      s = wk_error(WK_ERR_IO, "%s/sentence_bert_config.json: max_seq_length is %s; it must be a positive integer "
+                   "(or null)", dir, what);
+    } else if (v->i < e->max_len) {
+      e->max_len = v->i;
+    }
+  }
   wk_json_free(j);
+  if (s) return s;
   s = load_optional_json(dir, "tokenizer_config.json", &j);
   if (s) return s;
   double tm = wk_json_num(wk_json_get(j, "model_max_length"), 0);  // often 1e30: "no limit"

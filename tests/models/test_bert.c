@@ -262,6 +262,32 @@ static void test_errors(void) {
     wk_scope_end();
     wk_embedder_free(e);
   }
+  // sentence_bert_config.json's max_seq_length: a positive integer or null; other values
+  // were ignored (the model's full length was used)
+  char sb[1200];
+  snprintf(sb, sizeof sb, "%s/sentence_bert_config.json", dir);
+  const char *bad_len[][2] = {{"\"16\"", "a string (\"16\")"}, {"16.5", "16.5"}, {"0", "is 0;"}, {"-3", "is -3;"},
+                              {"[16]", "an array"}, {"true", "a boolean"}};
+  for (int k = 0; k < 6; k++) {
+    char text[96];
+    snprintf(text, sizeof text, "{\"max_seq_length\": %s, \"do_lower_case\": false}", bad_len[k][0]);
+    write_text(sb, text);
+    wk_clear_error();
+    e = wk_embedder_load(dir);
+    CHECK(!e && strstr(wk_last_error(), "sentence_bert_config.json") && strstr(wk_last_error(), "max_seq_length") &&
+              strstr(wk_last_error(), bad_len[k][1]),
+          "max_seq_length %s refused: %s", bad_len[k][0], wk_last_error());
+    wk_embedder_free(e);
+  }
+  write_text(sb, "{\"max_seq_length\": 16}");
+  e = wk_embedder_load(dir);
+  CHECK(e && wk_embedder_max_length(e) == 16, "max_seq_length 16 used");
+  wk_embedder_free(e);
+  write_text(sb, "{\"max_seq_length\": null}");
+  e = wk_embedder_load(dir);
+  CHECK(e && wk_embedder_max_length(e) == 64, "max_seq_length null: the model's 64");
+  wk_embedder_free(e);
+  remove(sb);
   // a Pooling module whose config.json is not there: sentence-transformers fails; wick
   // pooled by mean, whatever the model was trained with
   remove(pc);
