@@ -72,7 +72,8 @@ wk_tokenizer *wk_tokenizer_from_bpe(size_t n_tokens, const char *const *tokens,
                                     const char *const *merges, wk_pretok_kind pre);
 // Byte-level BPE from a GGUF file's tokenizer.ggml.* keys (model "gpt2"; pre "default",
 // "gpt2", "llama-bpe", "qwen2", "smollm", "starcoder"), with its bos / eos and
-// add_bos_token. The tokenizer copies what it needs: f may be closed afterwards.
+// add_bos_token, and tokenizer.chat_template (a key of another type than string is an
+// error naming it). The tokenizer copies what it needs: f may be closed afterwards.
 typedef struct wk_gguf wk_gguf;
 wk_tokenizer *wk_tokenizer_from_gguf(const wk_gguf *f);
 // Sets bos / eos (-1: none) and whether encode with add_special adds them.

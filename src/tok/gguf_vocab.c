@@ -95,9 +95,16 @@ wk_tokenizer *wk_tokenizer_from_gguf(const wk_gguf *f) {
     t = NULL;
     goto done;
   }
+  // a template of another type is an error naming it: ignored, chat ran without one
   const char *tpl = NULL;
-  if (wk_gguf_has_key(f, "tokenizer.chat_template") && !wk_gguf_get_str(f, "tokenizer.chat_template", &tpl))
+  if (wk_gguf_has_key(f, "tokenizer.chat_template")) {
+    if (wk_gguf_get_str(f, "tokenizer.chat_template", &tpl)) {
+      wk_tokenizer_free(t);
+      t = NULL;
+      goto done;
+    }
     t->chat_template = wk_tok_strndup(tpl, strlen(tpl));
+  }
   if (!t->source || (tpl && !t->chat_template) ||
       wk_tokenizer_set_special(t, b, e, add_bos && b >= 0, add_eos && e >= 0)) {
     if (!t->source || (tpl && !t->chat_template)) wk_error(WK_ERR_OOM, "%s: out of memory", path);

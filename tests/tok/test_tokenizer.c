@@ -218,6 +218,47 @@ static void check_gguf_special_types(void) {
   free(b);
 }
 
+// A tokenizer.chat_template that is not a string (here a u32, then an array of strings)
+// is an error naming the key and the type; it was ignored, so chat had no template.
+static void check_gguf_template_type(void) {
+  size_t n = 0;
+  uint8_t *b = (uint8_t *)test_slurp(fixture_in("chat", "vocab.gguf"), &n);
+  uint8_t *v = b ? gguf_value_of(b, n, "tokenizer.chat_template") : NULL;
+  CHECK(v != NULL, "chat/vocab.gguf holds tokenizer.chat_template");
+  if (!v) { free(b); return; }
+  // the template is the last key: its value is rewritten and the file ends after it
+  // (the tensor-free file needs no data section)
+  size_t at = (size_t)(v - 4 - b);
+  uint8_t *c = calloc(1, at + 64);
+  memcpy(c, b, at);
+  uint32_t u32 = WK_GGUF_U32, arr = WK_GGUF_ARRAY, str = WK_GGUF_STRING, seven = 7;
+  uint64_t one = 1, len = 2;
+  memcpy(c + at, &u32, 4);
+  memcpy(c + at + 4, &seven, 4);
+  const struct { const char *file, *type; size_t size; } cases[] = {{"u32_template.gguf", "u32", at + 8},
+                                                                     {"array_template.gguf", "array", at + 30}};
+  for (int k = 0; k < 2; k++) {
+    if (k) {   // array[string] of one "hi"
+      memcpy(c + at, &arr, 4);
+      memcpy(c + at + 4, &str, 4);
+      memcpy(c + at + 8, &one, 8);
+      memcpy(c + at + 16, &len, 8);
+      memcpy(c + at + 24, "hi", 2);
+    }
+    wk_gguf *f = wk_gguf_open_memory(c, cases[k].size, cases[k].file);
+    CHECK(f != NULL, "%s opens: %s", cases[k].file, wk_last_error());
+    wk_clear_error();
+    wk_tokenizer *t = f ? wk_tokenizer_from_gguf(f) : NULL;
+    CHECK(!t && strstr(wk_last_error(), "tokenizer.chat_template") && strstr(wk_last_error(), cases[k].type) &&
+              strstr(wk_last_error(), cases[k].file),
+          "a chat template of type %s is refused by name: %s", cases[k].type, wk_last_error());
+    wk_tokenizer_free(t);
+    wk_gguf_close(f);
+  }
+  free(c);
+  free(b);
+}
+
 static void put_file(const char *path, const char *text) {
   FILE *f = fopen(path, "wb");
   if (f) { fputs(text, f); fclose(f); }
@@ -471,6 +512,7 @@ int main(void) {
   check_invalid_utf8();
   check_long_marks();
   check_gguf_special_types();
+  check_gguf_template_type();
   check_corrupt_siblings();
 
   // real models, when models/ has them (tools/fetch-models)
