@@ -52,7 +52,9 @@ typedef struct {
   float repeat_penalty;     // 1: off
   float presence_penalty;   // 0: off
   float frequency_penalty;  // 0: off
-  int32_t repeat_last_n;    // window of accepted ids the penalties look at; -1: all (default 64)
+  int32_t repeat_last_n;    // window of accepted ids the penalties look at; -1: all (default 64).
+                            // Its memory grows with the ids accepted: a huge value costs no more
+                            // than -1 until that many were seen
   uint64_t seed;
   const wk_logit_bias *bias;  // copied by wk_sampler_new
   size_t n_bias;

@@ -15,7 +15,7 @@ struct wk_sampler {
   float *w;           // processed logits (-INFINITY: removed)
   int32_t *cnt;       // scratch counts (all zero between calls)
   pair *pairs;        // scratch for sorting
-  int32_t *hist;      // accepted ids (a ring of repeat_last_n, or all)
+  int32_t *hist;      // accepted ids: all of them until repeat_last_n, then a ring
   size_t n_hist, cap_hist, head;
   uint64_t rng[4];
 };
@@ -117,25 +117,23 @@ wk_status wk_sampler_accept(wk_sampler *s, int32_t id) {
   if (id < 0 || id >= s->V) return wk_error(WK_ERR_ARG, "sampler: id %d outside the vocabulary (%lld)", id, (long long)s->V);
   int32_t n = s->p.repeat_last_n;
   if (n == 0) return WK_OK;
-  if (n > 0) {   // ring
-    if (!s->hist) {
-      s->hist = malloc((size_t)n * sizeof *s->hist);
-      if (!s->hist) return wk_error(WK_ERR_OOM, "sampler: out of memory");
-      s->cap_hist = (size_t)n;
+  // The window grows with the ids accepted, up to n, then turns into a ring: a huge
+  // repeat_last_n costs what was seen, not n ids at the first accept (8 GB near INT32_MAX).
+  size_t lim = n < 0 ? SIZE_MAX : (size_t)n;
+  if (s->n_hist < lim) {
+    if (s->n_hist == s->cap_hist) {
+      size_t cap = s->cap_hist ? 2 * s->cap_hist : 256;
+      if (cap > lim) cap = lim;
+      int32_t *h = realloc(s->hist, cap * sizeof *h);
+      if (!h) return wk_error(WK_ERR_OOM, "sampler: out of memory");
+      s->hist = h;
+      s->cap_hist = cap;
     }
-    s->hist[s->head] = id;
-    s->head = (s->head + 1) % s->cap_hist;
-    if (s->n_hist < s->cap_hist) s->n_hist++;
+    s->hist[s->n_hist++] = id;
     return WK_OK;
   }
-  if (s->n_hist == s->cap_hist) {
-    size_t cap = s->cap_hist ? 2 * s->cap_hist : 256;
-    int32_t *h = realloc(s->hist, cap * sizeof *h);
-    if (!h) return wk_error(WK_ERR_OOM, "sampler: out of memory");
-    s->hist = h;
-    s->cap_hist = cap;
-  }
-  s->hist[s->n_hist++] = id;
+  s->hist[s->head] = id;   // full: the oldest (at head) goes
+  s->head = (s->head + 1) % lim;
   return WK_OK;
 }
 

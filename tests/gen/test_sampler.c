@@ -1,7 +1,11 @@
 // Samplers against hand-computed distributions: greedy ties, temperature, top-k /
 // top-p / min-p cut points and ties, penalties, bias, seeds, and a chi-square check.
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "check.h"
 #include "wick/sampler.h"
 
@@ -24,8 +28,50 @@ static void expect_probs(const char *what, const wk_sampler_params *p, const flo
   wk_sampler_free(s);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+// repeat_last_n near INT32_MAX: the first accept allocated the whole window (8 GB). In a
+// child whose address space is capped 1 GB above its current size, a few accepts and a
+// penalized sample must work. (Not under ASan, whose shadow memory an address-space
+// cap breaks.)
+static void huge_window(void) {
+#ifndef UNDER_ASAN
+  pid_t pid = fork();
+  if (pid == 0) {
+    long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%ld", &pages) != 1) _exit(3);
+    fclose(f);
+    rlim_t cap = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)1 << 30);
+    struct rlimit r = {cap, cap};
+    if (setrlimit(RLIMIT_AS, &r)) _exit(3);
+    wk_sampler_params p = wk_sampler_defaults();
+    p.repeat_last_n = INT32_MAX;
+    p.repeat_penalty = 2;
+    wk_sampler *s = wk_sampler_new(&p, 4);
+    bool ok = s != NULL;
+    for (int i = 0; ok && i < 1000; i++) ok = wk_sampler_accept(s, i % 2) == WK_OK;
+    float probs[4];
+    ok = ok && wk_sampler_probs(s, (float[]){2, 2, 1, 1}, probs) == WK_OK && fabsf(probs[0] - probs[2]) < 1e-6f;
+    if (!ok) fprintf(stderr, "huge window: %s\n", wk_last_error());
+    wk_sampler_free(s);
+    _exit(ok ? 0 : 1);
+  }
+  int st = -1;
+  CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+        "repeat_last_n INT32_MAX works in 1 GB of address space (child status %d)", st);
+#endif
+}
+
 int main(void) {
   wk_sampler_params d = wk_sampler_defaults();
+  huge_window();
   {   // a bias count with no bias array is an error, not a NULL read
     wk_sampler_params p = d;
     p.n_bias = 3;
@@ -126,6 +172,22 @@ int main(void) {
     CHECK(wk_sampler_probs(s, l, got) == WK_OK, "penalties probs");
     for (int i = 0; i < 4; i++) CHECK(fabs(got[i] - w[i]) < 1e-6, "penalties p[%d] %g want %g", i, (double)got[i], w[i]);
     wk_sampler_free(s);
+    // a window that grows past its first allocation (256 ids), then wraps: of
+    // 0, 1 x 299, 2 the last 300 are seen, so 0 is not
+    {
+      wk_sampler_params q = d;
+      q.repeat_last_n = 300;
+      q.frequency_penalty = 0.01f;
+      wk_sampler *r3 = wk_sampler_new(&q, 4);
+      wk_sampler_accept(r3, 0);
+      for (int i = 0; i < 299; i++) wk_sampler_accept(r3, 1);
+      wk_sampler_accept(r3, 2);
+      softmax((double[]){0, -2.99, -0.01, 0}, 4, w);
+      CHECK(wk_sampler_probs(r3, (float[]){0, 0, 0, 0}, got) == WK_OK, "grown window probs");
+      for (int i = 0; i < 4; i++)
+        CHECK(fabs(got[i] - w[i]) < 1e-6, "grown window p[%d] %g want %g", i, (double)got[i], w[i]);
+      wk_sampler_free(r3);
+    }
     // window: repeat_last_n = 1 sees only the last id (0)
     p.repeat_last_n = 1;
     s = wk_sampler_new(&p, 4);
