@@ -14,7 +14,11 @@
 //               positive, multiplied by R when negative; each distinct token once),
 //               presence (logit -= presence if seen) and frequency (logit -= frequency
 //               * count) penalties (OpenAI), over the last repeat_last_n accepted ids
-//               (-1: all of them).
+//               (-1: all of them). Any R > 0 works: where a penalized logit would
+//               leave float's range (R near 0 boosting, a huge R sinking), every logit
+//               is first shifted by the largest finite one, which changes no
+//               probability, so the seen token with the larger logit still wins (not
+//               a tie of +inf).
 //   bias        logit += bias for the listed ids (-INFINITY bans a token; a ban stays
 //               one whatever is added to it, a +INFINITY bias or penalty included).
 //   temperature logits /= T. T <= 0 is greedy: the highest logit wins (ties: lowest

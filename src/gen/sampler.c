@@ -1,6 +1,7 @@
 // Samplers over a logits row: penalties, bias, temperature, top-k, top-p, min-p.
 #include "wick/sampler.h"
 #include <float.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,17 +138,47 @@ wk_status wk_sampler_accept(wk_sampler *s, int32_t id) {
   return WK_OK;
 }
 
+// A seen logit penalized, in double: HF's repetition penalty (a positive logit divided
+// by R, a negative one multiplied), then the presence and frequency penalties.
+static double penalized(const wk_sampler_params *p, float x, int32_t c) {
+  double y = x, r = p->repeat_penalty;
+  if (r != 1.0) y = y > 0 ? y / r : y * r;
+  return y - ((double)p->presence_penalty + (double)p->frequency_penalty * c);
+}
+
+// NaN (a ban minus an infinite penalty) stays a ban; y is finite within float's range
+// or infinite.
+static float to_float(double y) { return y != y || y < -FLT_MAX ? -INFINITY : y > FLT_MAX ? INFINITY : (float)y; }
+
+// Where a finite logit's penalized value leaves float's range (a repeat_penalty near 0
+// boosts seen logits past FLT_MAX: +inf ties, far from the order the limit keeps; a huge
+// one sinks them to -inf, removed), every logit is shifted by the finite maximum first,
+// as apply_temperature does: no probability changes, and the order stays.
 static void apply_penalties(wk_sampler *s) {
   const wk_sampler_params *p = &s->p;
   if (!s->n_hist || (p->repeat_penalty == 1.0f && p->presence_penalty == 0 && p->frequency_penalty == 0)) return;
   for (size_t i = 0; i < s->n_hist; i++) s->cnt[s->hist[i]]++;
+  bool wide = false;
+  for (size_t i = 0; i < s->n_hist && !wide; i++) {
+    int32_t id = s->hist[i];
+    wide = isfinite(s->w[id]) && fabs(penalized(p, s->w[id], s->cnt[id])) > FLT_MAX;
+  }
+  if (wide) {
+    double top = -INFINITY;
+    for (int64_t v = 0; v < s->V; v++) {
+      double y = s->cnt[v] ? penalized(p, s->w[v], s->cnt[v]) : s->w[v];
+      if (isfinite(y) && y > top) top = y;
+    }
+    for (int64_t v = 0; v < s->V; v++) {
+      s->w[v] = to_float((s->cnt[v] ? penalized(p, s->w[v], s->cnt[v]) : s->w[v]) - top);
+      s->cnt[v] = 0;
+    }
+    return;
+  }
   for (size_t i = 0; i < s->n_hist; i++) {
-    int32_t id = s->hist[i], c = s->cnt[id];
-    if (!c) continue;   // already done
-    float x = s->w[id];
-    if (p->repeat_penalty != 1.0f) x = x > 0 ? x / p->repeat_penalty : x * p->repeat_penalty;
-    x -= p->presence_penalty + p->frequency_penalty * (float)c;
-    s->w[id] = x == x ? x : -INFINITY;   // a ban stays one: -inf - (-inf)
+    int32_t id = s->hist[i];
+    if (!s->cnt[id]) continue;   // already done
+    s->w[id] = to_float(penalized(p, s->w[id], s->cnt[id]));
     s->cnt[id] = 0;
   }
 }

@@ -279,6 +279,24 @@ int main(void) {
             "temperature %g with a +inf logit: p %g", (double)p.temperature, (double)got[1]);
       wk_sampler_free(s);
     }
+    // a repeat penalty near 0 boosts seen positive logits past FLT_MAX: they were +inf
+    // ties (0.5 each here); the larger one wins, as at 1e-30 where nothing overflows.
+    // A huge one sank every seen negative logit to -inf: "every token was removed".
+    p = d;
+    for (int k = 0; k < 3; k++) {
+      p.repeat_penalty = k == 0 ? 1e-30f : k == 1 ? 1e-40f : 1e38f;
+      const float *l = k < 2 ? (float[]){1, 2, 3, -1} : (float[]){-4, -5};
+      s = wk_sampler_new(&p, k < 2 ? 4 : 2);
+      wk_sampler_accept(s, 0);
+      wk_sampler_accept(s, 1);
+      wk_status st = s ? wk_sampler_probs(s, l, got) : WK_ERR_ARG;
+      CHECK(!st && got[0] == (k < 2 ? 0 : 1) && got[1] == (k < 2 ? 1 : 0),
+            "repeat_penalty %g: p %g %g (want the %s seen logit alone) %s", (double)p.repeat_penalty, (double)got[0],
+            (double)got[1], k < 2 ? "larger" : "least negative", st ? wk_last_error() : "");
+      CHECK(s && wk_sampler_sample(s, l, &r) == WK_OK && r.id == (k < 2 ? 1 : 0) && r.prob == 1,
+            "repeat_penalty %g: sampled id %d prob %g", (double)p.repeat_penalty, r.id, (double)r.prob);
+      wk_sampler_free(s);
+    }
     CHECK(isnan(wk_sampler_uniform(NULL)) && strstr(wk_last_error(), "NULL"), "uniform of NULL: %s", wk_last_error());
   }
   // seeds: same seed, same draws; another seed, other draws
