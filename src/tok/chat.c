@@ -274,8 +274,14 @@ static void quote_start(const char *text, char *out, size_t cap) {
     if (text[i] == '\n') { out[o++] = '\\'; out[o++] = 'n'; }
     else out[o++] = text[i];
   }
-  while (o > 0 && ((unsigned char)out[o - 1] & 0xC0) == 0x80) o--;   // no cut characters
-  if (o > 0 && (unsigned char)out[o - 1] >= 0xC0) o--;
+  // no cut character at the end: a last lead byte goes unless all its continuation bytes
+  // followed (stray continuation bytes go too)
+  size_t k = o;
+  while (k > 0 && ((unsigned char)out[k - 1] & 0xC0) == 0x80) k--;
+  unsigned char lead = k > 0 ? (unsigned char)out[k - 1] : 0;
+  size_t len = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  if (len == 1) o = k;
+  else if (o - (k - 1) < len) o = k - 1;
   out[o] = 0;
 }
 

@@ -85,6 +85,19 @@ static void test_refused(const wk_json *doc) {
           "fallback for %s", wk_json_at(bad, k)->key);
     wk_chat_template_free(t);
   }
+  // the quoted start keeps a complete multibyte character at its end, drops a cut one
+  const struct { const char *text, *begins; } quoted[] = {
+      {"caf\xc3\xa9", "begins \"caf\xc3\xa9\""},
+      {"\xe2\x9c\x93", "begins \"\xe2\x9c\x93\""},
+      {"{{ x }}\xf0\x9f\x99\x82", "begins \"{{ x }}\xf0\x9f\x99\x82\""},
+      {"0123456789012345678901234567890123456789012345678901234567\xe2\x9c\x93",
+       "begins \"0123456789012345678901234567890123456789012345678901234567\""},
+  };
+  for (size_t k = 0; k < sizeof quoted / sizeof *quoted; k++) {
+    wk_chat_template *q = wk_chat_template_parse(quoted[k].text, "q.jinja", 0);
+    CHECK(!q && strstr(wk_last_error(), quoted[k].begins), "quoted start %zu: %s", k, wk_last_error());
+    wk_chat_template_free(q);
+  }
   wk_chat_template *t;
   t = wk_chat_template_parse("{% for message in messages %}{{ 'x' }", "open", 0);
   CHECK(!t && strstr(wk_last_error(), "open"), "unterminated tag");
