@@ -4,6 +4,7 @@
 // trained adapter saves from the device. Tolerance 1e-4 relative: f32 throughout,
 // cuBLAS (TF32 off) and tree reductions vs the CPU's summation order.
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
@@ -419,8 +420,44 @@ static void norm_bwd_add(int64_t D) {
   wk_scope_end();
 }
 
+// An adapter with a NaN weight is refused at load for a CUDA model too: the check runs
+// on the host copy, before the weights move to the device.
+static void nonfinite_adapter(void) {
+  setup c = load(WK_CPU);
+  wk_model *g = wk_model_load(fixture_in("models", "qwen2"));
+  bool ok = c.a && g && wk_model_to_device(g, WK_CUDA) == WK_OK;
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s/wick_nanlora_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  if (ok && mkdtemp(dir)) {
+    wk_tensor *p[64];
+    wk_adapter_params(c.a, p);
+    float *v = read_all(p[1]);
+    v[0] = NAN;
+    wk_tensor *t = wk_from_data(2, (int64_t[]){wk_dim(p[1], 0), wk_dim(p[1], 1)}, WK_F32, v);
+    ok = wk_adapter_set_param(c.a, 1, t) == WK_OK && wk_adapter_save(c.a, dir, NULL) == WK_OK;
+    wk_tensor_free(t);
+    free(v);
+    wk_clear_error();
+    wk_adapter *a = ok ? wk_adapter_load(g, dir) : NULL;
+    CHECK(ok && !a && strstr(wk_last_error(), wk_adapter_param_name(c.a, 1)) && strstr(wk_last_error(), "NaN"),
+          "a NaN adapter weight is refused for a CUDA model [%s]", wk_last_error());
+    wk_adapter_free(a);
+    for (int f = 0; f < 2; f++) {
+      char path[320];
+      snprintf(path, sizeof path, "%s/%s", dir, f ? "adapter_model.safetensors" : "adapter_config.json");
+      unlink(path);
+    }
+    rmdir(dir);
+  } else {
+    CHECK(0, "CPU adapter and CUDA model [%s]", wk_last_error());
+  }
+  wk_model_free(g);
+  release(c);
+}
+
 int main(void) {
   SKIP_WITHOUT_CUDA();
+  nonfinite_adapter();
   head_loss_blocks(70000);   // rows split over clusters of CTAs
   head_loss_blocks(3000);    // a CTA a row
   norm_bwd_add(896);
