@@ -25,10 +25,11 @@ wk_adapter *wk_adapter_alloc(wk_model *m, const wk_lora_config *c);
 wk_status wk_adapter_put(wk_adapter *a, int64_t l, wk_proj p, wk_tensor *A, wk_tensor *B);
 wk_status wk_lora_check_config(const wk_lora_config *c, const char *who);
 // An error naming path, tensor `name` and the element unless every value of t (an
-// evaluated f32 tensor on the host) is finite. Checked on loading, before the upload
-// to the model's device: bad weights would only surface later, as non-finite logits
-// or losses that don't name the adapter.
-wk_status wk_adapter_check_finite(wk_tensor *t, const char *path, const char *name);
+// evaluated f32 tensor on the host) is finite (and >= 0 with nonneg: AdamW's second
+// moments). Checked on loading adapters and optimizer states, before the upload to the
+// model's device: bad values would only surface later, as non-finite logits or losses
+// that don't name the file. `what` names the values in the message ("adapter weights").
+wk_status wk_check_loaded(wk_tensor *t, const char *path, const char *name, const char *what, bool nonneg);
 // PEFT's name of A (ab 'A') or B of projection p in layer l:
 // "base_model.model.model.layers.<l>.self_attn.q_proj.lora_A.weight".
 void wk_lora_peft_name(char *buf, size_t len, int64_t l, wk_proj p, char ab);

@@ -202,7 +202,7 @@ static wk_status load_params(const char *dir, wk_adapter *a) {
   for (int i = 0; !s && i < n; i++) {
     wk_tensor *t = wk_st_get(f, wk_adapter_param_name(a, i));
     wk_tensor *c = t ? wk_add_scalar(t, 0.0f) : NULL;   // a copy: the file may be replaced later
-    if (!c || wk_eval(1, &c) || wk_adapter_check_finite(c, p, wk_adapter_param_name(a, i)) ||
+    if (!c || wk_eval(1, &c) || wk_check_loaded(c, p, wk_adapter_param_name(a, i), "adapter weights", false) ||
         wk_adapter_set_param(a, i, c))
       s = WK_ERR_ARG;
     wk_tensor_free(c);
@@ -222,7 +222,9 @@ static wk_status load_optim(const char *dir, wk_optim *opt) {
     wk_optim_state(opt, k, &name);
     wk_tensor *t = wk_st_get(f, name);
     wk_tensor *c = t ? wk_add_scalar(t, 0.0f) : NULL;
-    if (!c || wk_eval(1, &c) || wk_optim_set_state(opt, k, c)) s = WK_ERR_ARG;
+    if (!c || wk_eval(1, &c) || wk_check_loaded(c, p, name, "optimizer states", !strncmp(name, "exp_avg_sq", 10)) ||
+        wk_optim_set_state(opt, k, c))
+      s = WK_ERR_ARG;
     wk_tensor_free(c);
     wk_tensor_free(t);
   }

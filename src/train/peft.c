@@ -178,19 +178,19 @@ static wk_tensor *load_param(wk_st_file *f, const char *name, int64_t d0, int64_
   // a copy, so the adapter owns its memory and the file can be overwritten by a later save
   wk_tensor *c = wk_tensor_dtype(t) == WK_F32 ? wk_add_scalar(t, 0.0f) : wk_cast(t, WK_F32);
   wk_tensor_free(t);
-  if (c && (wk_eval(1, &c) || wk_adapter_check_finite(c, path, name))) { wk_tensor_free(c); c = NULL; }
+  if (c && (wk_eval(1, &c) || wk_check_loaded(c, path, name, "adapter weights", false))) { wk_tensor_free(c); c = NULL; }
   return c;
 }
 
-wk_status wk_adapter_check_finite(wk_tensor *t, const char *path, const char *name) {
+wk_status wk_check_loaded(wk_tensor *t, const char *path, const char *name, const char *what, bool nonneg) {
   const float *d = wk_tensor_data(t);
   if (!d) return WK_ERR_STATE;
   int64_t n = wk_numel(t), cols = wk_ndim(t) == 2 ? wk_dim(t, 1) : n;
   for (int64_t i = 0; i < n; i++)
-    if (!isfinite(d[i]))
-      return wk_error(WK_ERR_ARG, "%s: tensor '%s' holds %s at [%lld, %lld]: adapter weights must be finite (a "
-                      "diverged training run, or a corrupt file)", path, name,
-                      isnan(d[i]) ? "NaN" : d[i] > 0 ? "+inf" : "-inf", (long long)(i / cols), (long long)(i % cols));
+    if (!isfinite(d[i]) || (nonneg && d[i] < 0))
+      return wk_error(WK_ERR_ARG, "%s: tensor '%s' holds %s at [%lld, %lld]: %s must be %s (a diverged training "
+                      "run, or a corrupt file)", path, name, isnan(d[i]) ? "NaN" : isinf(d[i]) ? (d[i] > 0 ? "+inf" : "-inf") : "a negative value",
+                      (long long)(i / cols), (long long)(i % cols), what, nonneg ? "finite and >= 0" : "finite");
   return WK_OK;
 }
 

@@ -134,6 +134,43 @@ static void resume_is_exact(wk_model *m, const wk_dataset *d) {
   o.resume = tmp_path("split");
   o.batch = 3;
   CHECK(wk_train(m, a, d, &o, &r) != WK_OK && strstr(wk_last_error(), "batch"), "resume with another batch refused");
+  // optimizer states that no run can make (NaN; a negative second moment, whose sqrt is
+  // NaN) are refused by file and tensor at the resume, not found as a NaN loss after it
+  char op[300], orig[310];
+  snprintf(op, sizeof op, "%s", tmp_path("split/checkpoint-8/optimizer.safetensors"));
+  snprintf(orig, sizeof orig, "%s.orig", op);
+  CHECK(rename(op, orig) == 0, "set the optimizer state aside");
+  const char *bad[2][2] = {{"exp_avg.0", "NaN"}, {"exp_avg_sq.0", "a negative value"}};
+  for (int k = 0; k < 2; k++) {
+    wk_st_file *sf = wk_st_open(orig);
+    int n = f ? wk_st_count(sf) : 0;
+    const char *names[64];
+    wk_tensor *ts[64] = {0};
+    for (int i = 0; i < n && i < 64; i++) {
+      names[i] = wk_st_name(sf, i);
+      ts[i] = wk_st_get(sf, names[i]);
+      float *v = strcmp(names[i], bad[k][0]) ? NULL : read_all(ts[i]);
+      if (v) {
+        v[1] = k ? -1.0f : NAN;
+        wk_tensor *t = wk_from_data(wk_ndim(ts[i]), wk_shape(ts[i]), WK_F32, v);
+        wk_tensor_free(ts[i]);
+        ts[i] = t;
+        free(v);
+      }
+    }
+    const char *steps = sf ? wk_st_metadata(sf, "optimizer_steps") : NULL;
+    CHECK(n > 0 && n <= 64 && steps && !wk_st_save(op, n, names, ts, (const char *[]){"optimizer_steps", steps, NULL}),
+          "write %s into %s", bad[k][1], bad[k][0]);
+    for (int i = 0; i < n && i < 64; i++) wk_tensor_free(ts[i]);
+    wk_st_close(sf);
+    o = options(tmp_path("split"), &rest);
+    o.overwrite = false;
+    o.resume = tmp_path("split/checkpoint-8");
+    CHECK(wk_train(m, a, d, &o, &r) != WK_OK && strstr(wk_last_error(), "optimizer.safetensors") &&
+              strstr(wk_last_error(), bad[k][0]) && strstr(wk_last_error(), bad[k][1]),
+          "an optimizer state holding %s is refused by name: %s", bad[k][1], wk_last_error());
+  }
+  CHECK(rename(orig, op) == 0, "the optimizer state back");
   // an existing output directory is refused without overwrite or resume
   o = options(tmp_path("split"), &rest);
   o.overwrite = false;
