@@ -223,34 +223,43 @@ static wk_status load_pooling(wk_embedder *e, const char *dir) {
   return s;
 }
 
+// A length limit from a config file: absent or null means none (0); otherwise a positive
+// number, an integer where `whole` (tokenizer_config.json's "no limit" is often 1e30).
+// Anything else is an error naming the file, the key and the value: ignoring it would
+// embed at the model's full length.
+static wk_status read_limit(const wk_json *j, const char *dir, const char *file, const char *key, bool whole,
+                            double *out) {
+  const wk_json *v = wk_json_get(j, key);
+  *out = 0;
+  if (!v || wk_json_is(v, WK_JSON_NULL)) return WK_OK;
+  if (wk_json_is(v, WK_JSON_NUMBER) && v->d > 0 && (!whole || v->is_int)) {
+    *out = v->d;
+    return WK_OK;
+  }
+  char what[96];
+  const char *t = wk_json_type_name(v);
+  if (wk_json_is(v, WK_JSON_NUMBER)) snprintf(what, sizeof what, "%.17g", v->d);
+  else if (wk_json_is(v, WK_JSON_STRING)) snprintf(what, sizeof what, "a string (\"%.40s\")", v->s);
+  else snprintf(what, sizeof what, "%s %s", strchr("aeiou", t[0]) ? "an" : "a", t);
+  return wk_error(WK_ERR_IO, "%s/%s: %s is %s; it must be a positive %s (or null)", dir, file, key, what,
+                  whole ? "integer" : "number");
+}
+
+// sentence_bert_config.json's max_seq_length (null: sentence-transformers takes the
+// tokenizer's limit), then tokenizer_config.json's model_max_length, within the model's.
 static wk_status load_max_len(wk_embedder *e, const char *dir) {
   e->max_len = e->cfg.max_position_embeddings;
-  wk_json *j = NULL;
-  wk_status s = load_optional_json(dir, "sentence_bert_config.json", &j);
-  if (s) return s;
-  // null (sentence-transformers then takes the tokenizer's limit) or a positive integer;
-  // another value was ignored, embedding at the model's full length
-  const wk_json *v = wk_json_get(j, "max_seq_length");
-  if (v && !wk_json_is(v, WK_JSON_NULL)) {
-    if (!wk_json_is(v, WK_JSON_NUMBER) || !v->is_int || v->i <= 0) {
-      char what[96];
-      const char *t = wk_json_type_name(v);
-      if (wk_json_is(v, WK_JSON_NUMBER)) snprintf(what, sizeof what, "%.17g", v->d);
-      else if (wk_json_is(v, WK_JSON_STRING)) snprintf(what, sizeof what, "a string (\"%.40s\")", v->s);
-      else snprintf(what, sizeof what, "%s %s", strchr("aeiou", t[0]) ? "an" : "a", t);
-      s = wk_error(WK_ERR_IO, "%s/sentence_bert_config.json: max_seq_length is %s; it must be a positive integer "
-                   "(or null)", dir, what);
-    } else if (v->i < e->max_len) {
-      e->max_len = v->i;
-    }
+  const char *files[2] = {"sentence_bert_config.json", "tokenizer_config.json"};
+  const char *keys[2] = {"max_seq_length", "model_max_length"};
+  for (int k = 0; k < 2; k++) {
+    wk_json *j = NULL;
+    double lim = 0;
+    wk_status s = load_optional_json(dir, files[k], &j);
+    if (!s) s = read_limit(j, dir, files[k], keys[k], k == 0, &lim);
+    wk_json_free(j);
+    if (s) return s;
+    if (lim >= (k ? 2 : 1) && lim < (double)e->max_len) e->max_len = (int64_t)lim;
   }
-  wk_json_free(j);
-  if (s) return s;
-  s = load_optional_json(dir, "tokenizer_config.json", &j);
-  if (s) return s;
-  double tm = wk_json_num(wk_json_get(j, "model_max_length"), 0);  // often 1e30: "no limit"
-  if (tm >= 2 && tm < (double)e->max_len) e->max_len = (int64_t)tm;
-  wk_json_free(j);
   return WK_OK;
 }
 

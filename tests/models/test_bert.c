@@ -288,6 +288,21 @@ static void test_errors(void) {
   CHECK(e && wk_embedder_max_length(e) == 64, "max_seq_length null: the model's 64");
   wk_embedder_free(e);
   remove(sb);
+  // tokenizer_config.json's model_max_length the same way (a float: 1e30 means no limit)
+  char tc[1200];
+  snprintf(tc, sizeof tc, "%s/tokenizer_config.json", dir);
+  write_text(tc, "{\"model_max_length\": \"512\"}");
+  CHECK(wk_embedder_load(dir) == NULL && strstr(wk_last_error(), "tokenizer_config.json: model_max_length is a string"),
+        "model_max_length as a string refused: %s", wk_last_error());
+  write_text(tc, "{\"model_max_length\": 1e30}");
+  e = wk_embedder_load(dir);
+  CHECK(e && wk_embedder_max_length(e) == 64, "model_max_length 1e30: the model's 64");
+  wk_embedder_free(e);
+  write_text(tc, "{\"model_max_length\": 24}");
+  e = wk_embedder_load(dir);
+  CHECK(e && wk_embedder_max_length(e) == 24, "model_max_length 24 used");
+  wk_embedder_free(e);
+  remove(tc);
   // a Pooling module whose config.json is not there: sentence-transformers fails; wick
   // pooled by mean, whatever the model was trained with
   remove(pc);
