@@ -100,13 +100,16 @@ bool wk_adapter_is_merged(const wk_adapter *a);
 typedef struct wk_adapter_registry wk_adapter_registry;
 wk_adapter_registry *wk_registry_new(wk_model *m);
 void wk_registry_free(wk_adapter_registry *r);     // frees its adapters; NULL is fine
-// Takes ownership of a (freed on failure too). Names are unique.
+// Takes ownership of a (freed on failure too, unless a is registered already: that is
+// an error naming its entry, and a stays there). Names are unique.
 wk_status wk_registry_add(wk_adapter_registry *r, const char *name, wk_adapter *a);
 // wk_adapter_load + add.
 wk_status wk_registry_load(wk_adapter_registry *r, const char *name, const char *dir);
 // Activates the named adapter (NULL: the base model alone). Costs a pointer swap.
 wk_status wk_registry_activate(wk_adapter_registry *r, const char *name);
-const char *wk_registry_active(const wk_adapter_registry *r);   // NULL when none
+// The name of the adapter the model uses now (NULL when none, or one not registered):
+// merging it or wk_model_use_adapter on the model are seen too.
+const char *wk_registry_active(const wk_adapter_registry *r);
 int wk_registry_count(const wk_adapter_registry *r);
 const char *wk_registry_name(const wk_adapter_registry *r, int i);
 wk_adapter *wk_registry_get(const wk_adapter_registry *r, int i);

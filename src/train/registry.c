@@ -15,7 +15,6 @@ struct wk_adapter_registry {
   wk_model *m;
   entry *e;
   int n, cap;
-  int active;   // index, or -1
 };
 
 wk_adapter_registry *wk_registry_new(wk_model *m) {
@@ -23,7 +22,6 @@ wk_adapter_registry *wk_registry_new(wk_model *m) {
   wk_adapter_registry *r = calloc(1, sizeof *r);
   if (!r) { wk_error(WK_ERR_OOM, "registry_new: out of memory"); return NULL; }
   r->m = m;
-  r->active = -1;
   return r;
 }
 
@@ -43,7 +41,19 @@ static int find(const wk_adapter_registry *r, const char *name) {
   return -1;
 }
 
+static int find_adapter(const wk_adapter_registry *r, const wk_adapter *a) {
+  for (int i = 0; i < r->n; i++)
+    if (r->e[i].a == a) return i;
+  return -1;
+}
+
 wk_status wk_registry_add(wk_adapter_registry *r, const char *name, wk_adapter *a) {
+  // registered already: the registry owns it, so it is neither added twice (a double
+  // free) nor freed here (the entry would dangle)
+  int i = r && a ? find_adapter(r, a) : -1;
+  if (i >= 0)
+    return wk_error(WK_ERR_ARG, "registry_add: this adapter is registered already, as '%s' (not added as '%s')",
+                    r->e[i].name, name ? name : "(NULL)");
   wk_status s = WK_OK;
   if (!r || !name || !a) s = wk_error(WK_ERR_ARG, "registry_add: NULL argument");
   else if (!*name) s = wk_error(WK_ERR_ARG, "registry_add: the name is empty");
@@ -72,13 +82,16 @@ wk_status wk_registry_activate(wk_adapter_registry *r, const char *name) {
   if (!r) return wk_error(WK_ERR_ARG, "registry_activate: registry is NULL");
   int i = name ? find(r, name) : -1;
   if (name && i < 0) return wk_error(WK_ERR_ARG, "registry_activate: no adapter named '%s'", name);
-  wk_status s = wk_model_use_adapter(r->m, i >= 0 ? r->e[i].a : NULL);
-  if (!s) r->active = i;
-  return s;
+  return wk_model_use_adapter(r->m, i >= 0 ? r->e[i].a : NULL);
 }
 
+// Read from the model, not remembered: a merge, wk_model_use_adapter or
+// wk_adapter_free also change which adapter the model uses.
 const char *wk_registry_active(const wk_adapter_registry *r) {
-  return r && r->active >= 0 ? r->e[r->active].name : NULL;
+  if (!r || !r->m->lora) return NULL;
+  for (int i = 0; i < r->n; i++)
+    if (r->m->lora == &r->e[i].a->hook) return r->e[i].name;
+  return NULL;
 }
 int wk_registry_count(const wk_adapter_registry *r) { return r ? r->n : 0; }
 const char *wk_registry_name(const wk_adapter_registry *r, int i) { return r && i >= 0 && i < r->n ? r->e[i].name : NULL; }
@@ -88,8 +101,6 @@ wk_status wk_registry_remove(wk_adapter_registry *r, const char *name) {
   if (!r || !name) return wk_error(WK_ERR_ARG, "registry_remove: %s is NULL", r ? "the name" : "the registry");
   int i = find(r, name);
   if (i < 0) return wk_error(WK_ERR_ARG, "registry_remove: no adapter named '%s'", name);
-  if (r->active == i) r->active = -1;
-  else if (r->active > i) r->active--;
   wk_adapter_free(r->e[i].a);   // detaches it if active
   free(r->e[i].name);
   memmove(r->e + i, r->e + i + 1, sizeof *r->e * (size_t)(r->n - i - 1));

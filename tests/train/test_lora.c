@@ -223,9 +223,20 @@ static void merge_and_registry(void) {
   float *again = logits_of(m, ids);
   CHECK(max_abs_diff(base, again, n) == 0.0f, "no adapter: the base logits exactly");
   CHECK(wk_registry_activate(r, "nope") != WK_OK && strstr(wk_last_error(), "nope"), "unknown name is named");
-  // merge qv: the logits of the active adapter, from base weights alone
+  // the active name follows the model: wk_model_use_adapter directly, then a merge
+  // (which deactivates the adapter) are seen
   wk_adapter *qv = wk_registry_get(r, 0);
-  CHECK(wk_adapter_merge(qv) == WK_OK && wk_adapter_is_merged(qv), "merge");
+  CHECK(wk_model_use_adapter(m, wk_registry_get(r, 1)) == WK_OK && wk_registry_active(r) &&
+            !strcmp(wk_registry_active(r), "all"),
+        "wk_model_use_adapter is seen by wk_registry_active");
+  // an adapter registered already is refused and stays registered (not freed twice)
+  CHECK(wk_registry_add(r, "again", qv) != WK_OK && strstr(wk_last_error(), "'qv'") && wk_registry_count(r) == 2 &&
+            wk_registry_add(r, "qv", qv) != WK_OK && wk_registry_get(r, 0) == qv,
+        "adding a registered adapter again is an error naming its entry (%s)", wk_last_error());
+  // merge qv: the logits of the active adapter, from base weights alone
+  CHECK(wk_registry_activate(r, "qv") == WK_OK && wk_adapter_merge(qv) == WK_OK && wk_adapter_is_merged(qv), "merge");
+  CHECK(!wk_registry_active(r), "a merged adapter is no longer reported active (%s)",
+        wk_registry_active(r) ? wk_registry_active(r) : "none");
   float *merged = logits_of(m, ids);
   CHECK(max_abs_diff(merged, with_qv, n) <= 1e-5f, "merged logits = adapter logits (diff %g)",
         (double)max_abs_diff(merged, with_qv, n));
