@@ -39,7 +39,8 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
 // allowed. A malformed line is reported as "FILE:LINE: why" through warn and
 // skipped, or, with strict, stops the load with that message. Examples longer than
 // max_len (when > 0) are truncated on the right; examples left with nothing to learn
-// are skipped the same way.
+// are skipped the same way. A file with no example left is an error quoting the first
+// skipped line's reason.
 typedef struct {
   int32_t *ids, *labels;   // n each; labels WK_IGNORE_INDEX where the loss doesn't count
   int64_t n;
@@ -55,7 +56,7 @@ typedef struct {
 } wk_dataset_options;
 
 typedef struct wk_dataset wk_dataset;
-// tok may be NULL when every line is {"input_ids"}; vocab bounds the ids.
+// tok may be NULL when every line is {"input_ids"}; vocab (>= 1) bounds the ids.
 wk_dataset *wk_dataset_load(const char *path, const wk_tokenizer *tok, int64_t vocab, const wk_dataset_options *o);
 void wk_dataset_free(wk_dataset *d);
 int64_t wk_dataset_size(const wk_dataset *d);

@@ -190,14 +190,17 @@ wk_dataset *wk_dataset_load(const char *path, const wk_tokenizer *tok, int64_t v
   const wk_chat_template *own = chat;
   int64_t max_len = o ? o->max_len : 0;
   bool strict = o && o->strict;
-  if (max_len < 0) {
+  if (max_len < 0 || vocab < 1) {
     free(text);
     free(d);
-    wk_error(WK_ERR_ARG, "dataset %s: max_len %lld must be >= 0 (0: no limit)", path, (long long)max_len);
+    if (vocab < 1)
+      wk_error(WK_ERR_ARG, "dataset %s: vocab %lld must be >= 1 (the model's vocabulary size)", path, (long long)vocab);
+    else wk_error(WK_ERR_ARG, "dataset %s: max_len %lld must be >= 0 (0: no limit)", path, (long long)max_len);
     return NULL;
   }
   wk_status st = d ? WK_OK : wk_error(WK_ERR_OOM, "dataset %s: out of memory", path);
   size_t lineno = 0;
+  char first[960] = "";   // why the first line was skipped: the error if none is left
   for (char *p = text, *end = text + len; !st && p < end;) {
     char *nl = memchr(p, '\n', (size_t)(end - p));
     size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
@@ -224,6 +227,7 @@ wk_dataset *wk_dataset_load(const char *path, const wk_tokenizer *tok, int64_t v
       snprintf(why, sizeof why, "%s", wk_last_error());
       if (strict) st = wk_error(WK_ERR_ARG, "%s:%zu: %s", path, lineno, why);
       else {
+        if (!d->skipped) snprintf(first, sizeof first, "line %zu: %s", lineno, why);
         d->skipped++;
         warn(o, "%s:%zu: skipped: %s", path, lineno, why);
       }
@@ -231,7 +235,10 @@ wk_dataset *wk_dataset_load(const char *path, const wk_tokenizer *tok, int64_t v
   }
   if (own != chat) wk_chat_template_free((wk_chat_template *)own);
   free(text);
-  if (!st && d->n == 0) st = wk_error(WK_ERR_ARG, "dataset %s: no usable examples (%lld lines skipped)", path, (long long)d->skipped);
+  if (!st && d->n == 0 && !d->skipped) st = wk_error(WK_ERR_ARG, "dataset %s: no examples (the file is empty or blank)", path);
+  else if (!st && d->n == 0)
+    st = wk_error(WK_ERR_ARG, "dataset %s: no usable examples (%lld lines skipped; the first, %s)", path,
+                  (long long)d->skipped, first);
   if (st) { wk_dataset_free(d); return NULL; }
   return d;
 }
@@ -262,7 +269,8 @@ static int add_packed(wk_dataset *p, seq *s) {
 }
 
 wk_dataset *wk_dataset_pack(const wk_dataset *d, int64_t seq_len) {
-  if (!d || seq_len < 2) { wk_error(WK_ERR_ARG, "dataset_pack: seq_len %lld must be >= 2", (long long)seq_len); return NULL; }
+  if (!d) { wk_error(WK_ERR_ARG, "dataset_pack: the dataset is NULL"); return NULL; }
+  if (seq_len < 2) { wk_error(WK_ERR_ARG, "dataset_pack: seq_len %lld must be >= 2", (long long)seq_len); return NULL; }
   wk_dataset *p = calloc(1, sizeof *p);
   seq s = {0};
   int ok = p != NULL;

@@ -480,6 +480,23 @@ static void datasets(void) {
         "a missing file is named");
 }
 
+// Errors of a whole file or call: with nothing left, the error says why (the first
+// skipped line's reason: without a warn callback it was seen nowhere); an empty file,
+// a vocab below 1 and a NULL dataset to pack are named as such.
+static void dataset_errors(void) {
+  const char *p = tmp_path("errors.jsonl");
+  write_text(p, "{\"input_ids\": [1, 999]}\n{\"input_ids\": [1, 998]}\n");
+  CHECK(!wk_dataset_load(p, NULL, 256, NULL) && strstr(wk_last_error(), "2 lines skipped") &&
+            strstr(wk_last_error(), "line 1: input_ids[1] is not a token id in [0, 256)"),
+        "no usable line: the error quotes the first one's reason (%s)", wk_last_error());
+  write_text(p, "\n  \r\n");
+  CHECK(!wk_dataset_load(p, NULL, 256, NULL) && strstr(wk_last_error(), "errors.jsonl") && strstr(wk_last_error(), "empty"),
+        "a blank file is named as such (%s)", wk_last_error());
+  write_text(p, "{\"input_ids\": [1, 2]}\n");
+  CHECK(!wk_dataset_load(p, NULL, 0, NULL) && strstr(wk_last_error(), "vocab 0"), "vocab 0 is named (%s)", wk_last_error());
+  CHECK(!wk_dataset_pack(NULL, 4) && strstr(wk_last_error(), "NULL"), "packing NULL is named (%s)", wk_last_error());
+}
+
 // The text formats need a tokenizer: the real SmolLM2 one when fetched (skipped otherwise).
 static void text_formats(void) {
   char path[1200];
@@ -774,6 +791,7 @@ int main(void) {
   wk_model_free(m);
   kill9(data);
   datasets();
+  dataset_errors();
   text_formats();
   adapter_cli();
   char cmd[128];
