@@ -40,7 +40,8 @@ wk_status wk_causal_lm_value_and_grad_ckpt(wk_model *m, wk_tensor *ids, wk_tenso
 // skipped, or, with strict, stops the load with that message. Examples longer than
 // max_len (when > 0) are truncated on the right; examples left with nothing to learn
 // are skipped the same way. A file with no example left is an error quoting the first
-// skipped line's reason.
+// skipped line's reason. A role or content with a \u0000 is refused (the template
+// would cut the text there).
 typedef struct {
   int32_t *ids, *labels;   // n each; labels WK_IGNORE_INDEX where the loss doesn't count
   int64_t n;

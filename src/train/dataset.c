@@ -70,10 +70,16 @@ static int from_messages(seq *s, const wk_tokenizer *tok, const wk_chat_template
   int ok = m && sp;
   for (size_t i = 0; ok && i < n; i++) {
     const wk_json *msg = wk_json_at(msgs, i);
-    m[i].role = wk_json_str(wk_json_get(msg, "role"), NULL);
-    m[i].content = wk_json_str(wk_json_get(msg, "content"), NULL);
+    const wk_json *role = wk_json_get(msg, "role"), *content = wk_json_get(msg, "content");
+    m[i].role = wk_json_str(role, NULL);
+    m[i].content = wk_json_str(content, NULL);
     if (!m[i].role || !m[i].content) {
       wk_error(WK_ERR_ARG, "message %zu needs string \"role\" and \"content\"", i);
+      ok = 0;
+    } else if (strlen(m[i].role) != role->n || strlen(m[i].content) != content->n) {
+      // the template reads C strings: the text after a \u0000 would vanish unseen
+      wk_error(WK_ERR_ARG, "message %zu: \"%s\" contains a NUL character (\\u0000)", i,
+               strlen(m[i].role) != role->n ? "role" : "content");
       ok = 0;
     }
   }

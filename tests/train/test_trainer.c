@@ -482,7 +482,8 @@ static void datasets(void) {
 
 // Errors of a whole file or call: with nothing left, the error says why (the first
 // skipped line's reason: without a warn callback it was seen nowhere); an empty file,
-// a vocab below 1 and a NULL dataset to pack are named as such.
+// a vocab below 1 and a NULL dataset to pack are named as such; a \u0000 in a chat
+// message (which the template would cut the text at) is refused.
 static void dataset_errors(void) {
   const char *p = tmp_path("errors.jsonl");
   write_text(p, "{\"input_ids\": [1, 999]}\n{\"input_ids\": [1, 998]}\n");
@@ -495,6 +496,16 @@ static void dataset_errors(void) {
   write_text(p, "{\"input_ids\": [1, 2]}\n");
   CHECK(!wk_dataset_load(p, NULL, 0, NULL) && strstr(wk_last_error(), "vocab 0"), "vocab 0 is named (%s)", wk_last_error());
   CHECK(!wk_dataset_pack(NULL, 4) && strstr(wk_last_error(), "NULL"), "packing NULL is named (%s)", wk_last_error());
+  wk_tokenizer *tok = wk_tokenizer_load_json(fixture_in("chat", "model/tokenizer.json"));
+  CHECK(tok != NULL, "chat fixture tokenizer [%s]", wk_last_error());
+  if (!tok) return;
+  write_text(p, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
+                "{\"role\": \"assistant\", \"content\": \"Hello\\u0000 and the rest\"}]}\n");
+  wk_dataset_options o = {.strict = true};
+  CHECK(!wk_dataset_load(p, tok, 2000, &o) && strstr(wk_last_error(), "errors.jsonl:1") &&
+            strstr(wk_last_error(), "message 1") && strstr(wk_last_error(), "NUL"),
+        "a NUL in a message's content is refused, naming line and message (%s)", wk_last_error());
+  wk_tokenizer_free(tok);
 }
 
 // The text formats need a tokenizer: the real SmolLM2 one when fetched (skipped otherwise).
