@@ -10,6 +10,7 @@
 
 wk_status wk_adapter_export_gguf(const wk_adapter *a, const char *path, wk_dtype dt) {
   if (!a || !path) return wk_error(WK_ERR_ARG, "adapter_export_gguf: adapter or path is NULL");
+  if (!*path) return wk_error(WK_ERR_ARG, "adapter_export_gguf: the path is empty");   // the save's error would name no file
   if (dt != WK_F32 && dt != WK_F16) return wk_error(WK_ERR_DTYPE, "adapter_export_gguf: dtype must be f32 or f16");
   const wk_model_config *c = wk_model_get_config(a->model);
   wk_gguf_writer *w = wk_gguf_writer_new();

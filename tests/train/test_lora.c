@@ -521,6 +521,8 @@ static void gguf_export(void) {
   CHECK(wk_adapter_export_gguf(a, p1, WK_F32) == WK_OK && wk_adapter_save(a, tmp, "llama") == WK_OK, "export, save");
   wk_adapter *ah = wk_adapter_load(h, tmp);
   CHECK(ah && wk_adapter_export_gguf(ah, p2, WK_F32) == WK_OK, "export from the HF-layout model");
+  CHECK(wk_adapter_export_gguf(a, "", WK_F32) != WK_OK && strstr(wk_last_error(), "path is empty"),
+        "an empty path is named as such (%s)", wk_last_error());
   wk_gguf *f1 = wk_gguf_open(p1), *f2 = wk_gguf_open(p2);
   CHECK(f1 && f2, "both exports parse as GGUF");
   const char *type = NULL, *atype = NULL;
