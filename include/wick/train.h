@@ -113,7 +113,8 @@ typedef struct {
   int64_t steps;                // total optimizer steps; 0: from epochs
   double epochs;                // used when steps == 0 (default 1)
   int batch;                    // sequences per micro-batch (default 4)
-  int64_t seq_len;              // longest sequence (default 256; the dataset's max_len)
+  int64_t seq_len;              // longest sequence (default 256; the dataset's max_len): longer
+                                // examples are cut; one left with no label is an error naming it
   int grad_accum;               // micro-batches per step (default 1)
   bool grad_checkpoint;         // recompute each layer in the backward pass (less memory)
   float clip;                   // global-norm clip (default 1; 0 = off)

@@ -388,6 +388,22 @@ static int64_t total_steps(const wk_train_options *o, const wk_dataset *d) {
   return s > 0 ? s : 1;
 }
 
+// Every example must count a label within seq_len (batches are cut there): one whose
+// targets all lie past it (a long masked prompt, loaded without max_len) would make a
+// batch of 0 / 0 tokens, a NaN loss blamed on the learning rate.
+static wk_status check_targets(const wk_dataset *d, int64_t seq_len) {
+  for (int64_t i = 0; i < wk_dataset_size(d); i++) {
+    const wk_example *e = wk_dataset_get(d, i);
+    int64_t n = e->n < seq_len ? e->n : seq_len, t = 1;
+    while (t < n && e->labels[t] == WK_IGNORE_INDEX) t++;
+    if (t >= n)
+      return wk_error(WK_ERR_ARG, "train: example %lld has no label to learn in its first %lld tokens (seq_len): load "
+                      "the dataset with max_len = seq_len, which skips such examples, or raise seq_len",
+                      (long long)i, (long long)seq_len);
+  }
+  return WK_OK;
+}
+
 #define MAX_STEPS (1LL << 40)
 static wk_status check_options(const wk_train_options *o, const wk_dataset *d) {
   if (!o->out_dir || !*o->out_dir) return wk_error(WK_ERR_ARG, "train: an output directory is required");
@@ -411,6 +427,7 @@ static wk_status check_options(const wk_train_options *o, const wk_dataset *d) {
                     (long long)o->save_every, (long long)o->eval_every);
   if (o->keep_checkpoints < 1) return wk_error(WK_ERR_ARG, "train: keep_checkpoints %d must be >= 1", o->keep_checkpoints);
   if (!d || !wk_dataset_size(d)) return wk_error(WK_ERR_ARG, "train: the dataset is empty");
+  if (check_targets(d, o->seq_len)) return WK_ERR_ARG;
   double total = planned_steps(o, d);
   if (total > (double)MAX_STEPS) return wk_error(WK_ERR_ARG, "train: %g epochs make %g steps, more than 2^40", o->epochs, total);
   return WK_OK;

@@ -244,6 +244,13 @@ static void bad_train_inputs(wk_model *m, const wk_dataset *d) {
   for (int k = 0; k < 8; k++)
     CHECK(wk_train(m, a, d, &cases[k].o, &r) != WK_OK && strstr(wk_last_error(), cases[k].want), "train with %s: %s",
           cases[k].what, wk_last_error());
+  // seq_len 4 cuts every target off the examples whose prompt is longer (a 0 / 0
+  // loss, NaN, blamed on the learning rate): refused up front, naming the example
+  wk_train_options cut = options(tmp_path("bad"), &rec);
+  cut.seq_len = 4;
+  CHECK(wk_train(m, a, d, &cut, &r) != WK_OK && strstr(wk_last_error(), "example 0 has no label") &&
+            strstr(wk_last_error(), "seq_len"),
+        "examples without a target within seq_len are named: %s", wk_last_error());
   // an adapter of another model, a merged one: refused, the base untouched
   wk_model *other = wk_model_load(fixture_in("models", "llama"));
   wk_adapter *foreign = other ? fresh(other) : NULL;
