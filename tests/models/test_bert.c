@@ -279,29 +279,23 @@ static void test_errors(void) {
           "max_seq_length %s refused: %s", bad_len[k][0], wk_last_error());
     wk_embedder_free(e);
   }
-  write_text(sb, "{\"max_seq_length\": 16}");
-  e = wk_embedder_load(dir);
-  CHECK(e && wk_embedder_max_length(e) == 16, "max_seq_length 16 used");
-  wk_embedder_free(e);
-  write_text(sb, "{\"max_seq_length\": null}");
-  e = wk_embedder_load(dir);
-  CHECK(e && wk_embedder_max_length(e) == 64, "max_seq_length null: the model's 64");
-  wk_embedder_free(e);
-  remove(sb);
-  // tokenizer_config.json's model_max_length the same way (a float: 1e30 means no limit)
+  // accepted limits: the smaller of the model's (64) and the file's; tokenizer_config.json's
+  // model_max_length too (a float: 1e30 means no limit)
   char tc[1200];
   snprintf(tc, sizeof tc, "%s/tokenizer_config.json", dir);
+  const struct { const char *file, *json; int64_t want; } fine[] = {
+      {sb, "{\"max_seq_length\": 16}", 16}, {sb, "{\"max_seq_length\": null}", 64},
+      {tc, "{\"model_max_length\": 1e30}", 64}, {tc, "{\"model_max_length\": 24}", 24}};
+  for (size_t k = 0; k < sizeof fine / sizeof fine[0]; k++) {
+    write_text(fine[k].file, fine[k].json);
+    e = wk_embedder_load(dir);
+    CHECK(e && wk_embedder_max_length(e) == fine[k].want, "%s: the limit is %lld", fine[k].json, (long long)fine[k].want);
+    wk_embedder_free(e);
+    remove(fine[k].file);
+  }
   write_text(tc, "{\"model_max_length\": \"512\"}");
   CHECK(wk_embedder_load(dir) == NULL && strstr(wk_last_error(), "tokenizer_config.json: model_max_length is a string"),
         "model_max_length as a string refused: %s", wk_last_error());
-  write_text(tc, "{\"model_max_length\": 1e30}");
-  e = wk_embedder_load(dir);
-  CHECK(e && wk_embedder_max_length(e) == 64, "model_max_length 1e30: the model's 64");
-  wk_embedder_free(e);
-  write_text(tc, "{\"model_max_length\": 24}");
-  e = wk_embedder_load(dir);
-  CHECK(e && wk_embedder_max_length(e) == 24, "model_max_length 24 used");
-  wk_embedder_free(e);
   remove(tc);
   // a Pooling module whose config.json is not there: sentence-transformers fails; wick
   // pooled by mean, whatever the model was trained with
