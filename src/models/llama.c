@@ -173,6 +173,9 @@ static wk_status check_supported(const wk_model_config *c, const char *path) {
                     "model %s: inconsistent sizes (hidden %lld, heads %lld, kv heads %lld, head_dim %lld, layers %lld)",
                     path, (long long)c->hidden_size, (long long)c->num_attention_heads,
                     (long long)c->num_key_value_heads, (long long)c->head_dim, (long long)c->num_hidden_layers);
+  if (c->num_attention_heads > INT64_MAX / c->head_dim)   // the q_proj rows, heads * head_dim
+    return wk_error(WK_ERR_ARG, "model %s: num_attention_heads %lld times head_dim %lld is too large", path,
+                    (long long)c->num_attention_heads, (long long)c->head_dim);
   if (!(c->rope_theta > 0)) return wk_error(WK_ERR_ARG, "model %s: rope_theta %g must be > 0", path, c->rope_theta);
   return WK_OK;
 }

@@ -164,6 +164,11 @@ static void bad_inputs(void) {
                   " \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2}");
   CHECK(!wk_model_load(dir) && has("model.layers.2."), "missing layer: %s", wk_last_error());
   write_file(cfg, "{\"model_type\": \"llama\", \"vocab_size\": 256, \"hidden_size\": 64, \"intermediate_size\": 128,"
+                  " \"num_hidden_layers\": 2, \"num_attention_heads\": 1099511627776, \"num_key_value_heads\": 2,"
+                  " \"head_dim\": 1099511627776}");
+  CHECK(!wk_model_load(dir) && has("num_attention_heads") && has("head_dim"), "heads * head_dim overflow: %s",
+        wk_last_error());
+  write_file(cfg, "{\"model_type\": \"llama\", \"vocab_size\": 256, \"hidden_size\": 64, \"intermediate_size\": 128,"
                   " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"
                   " \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0,"
                   " \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}");
