@@ -186,7 +186,15 @@ static wk_status load_weights(wk_model *m, source *s, int gguf) {
   int64_t H = c->hidden_size, V = c->vocab_size, F = c->intermediate_size, D = c->head_dim;
   int64_t Q = c->num_attention_heads * D, KV = c->num_key_value_heads * D;
   const char *const *nm = gguf ? gguf_names : hf_names;
-  m->embed = get_shaped(s, gguf ? "token_embd.weight" : "model.embed_tokens.weight", 1, V, H);
+  const char *emb = gguf ? "token_embd.weight" : "model.embed_tokens.weight";
+  wk_tensor *e = src_get(s, emb, 1);
+  if (e && wk_ndim(e) == 2 && wk_dim(e, 1) == H && wk_dim(e, 0) != V) {   // (a GGUF's vocab is its rows)
+    wk_error(WK_ERR_SHAPE, "model %s: config.json vocab_size %lld does not match tensor '%s' of %lld rows", s->path,
+             (long long)V, emb, (long long)wk_dim(e, 0));
+    wk_tensor_free(e);
+    return WK_ERR_SHAPE;
+  }
+  m->embed = e ? expect(s, e, emb, V, H) : NULL;
   m->norm = get_shaped(s, gguf ? "output_norm.weight" : "model.norm.weight", 1, H, -1);
   // llama.cpp's converter stores Llama 3's scaled frequencies as per-dimension divisors
   if (gguf && src_has(s, "rope_freqs.weight")) {

@@ -160,6 +160,10 @@ static void bad_inputs(void) {
   write_file(cfg, "{\"model_type\": \"llama\", \"vocab_size\": 256, \"hidden_size\": 64, \"intermediate_size\": 96,"
                   " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2}");
   CHECK(!wk_model_load(dir) && has("mlp.gate_proj.weight") && has("[96, 64]"), "shape mismatch: %s", wk_last_error());
+  write_file(cfg, "{\"model_type\": \"llama\", \"vocab_size\": 300, \"hidden_size\": 64, \"intermediate_size\": 128,"
+                  " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2}");
+  CHECK(!wk_model_load(dir) && has("vocab_size 300") && has("embed_tokens") && has("256 rows"), "vocab mismatch: %s",
+        wk_last_error());
   write_file(cfg, "{\"model_type\": \"llama\", \"vocab_size\": 256, \"hidden_size\": 64, \"intermediate_size\": 128,"
                   " \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2}");
   CHECK(!wk_model_load(dir) && has("model.layers.2."), "missing layer: %s", wk_last_error());
