@@ -2,6 +2,7 @@
 // transformers' LlamaConfig, Qwen2Config and BertConfig; rope settings are read from
 // the 4.x layout (rope_theta, rope_scaling) and the 5.x one (rope_parameters).
 #include "io/config.h"
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,15 @@ static double get_num(ctx *c, const wk_json *obj, const char *key, double def, b
     return def;
   }
   return v->d;
+}
+
+// A positive number the model uses as a float32 (norm eps, rope theta): 1e308 would be
+// inf there (an RMS norm of all zeros), 1e-300 zero.
+static double get_f32(ctx *c, const wk_json *obj, const char *key, double def) {
+  double d = get_num(c, obj, key, def, true);
+  if (!c->s && (d > FLT_MAX || d < FLT_MIN))
+    c->s = wk_error(WK_ERR_IO, "%s: \"%s%s\" is %g, out of the range of a float32", c->src, c->where, key, d);
+  return d;
 }
 
 static bool get_bool(ctx *c, const wk_json *obj, const char *key, bool def) {
@@ -224,7 +234,7 @@ wk_status wk_model_config_from_json(const wk_json *root, const char *source, wk_
     return wk_error(WK_ERR_IO, "%s: num_attention_heads %lld is not a multiple of num_key_value_heads %lld", source,
                     (long long)m->num_attention_heads, (long long)m->num_key_value_heads);
 
-  m->norm_eps = bert ? get_num(&c, root, "layer_norm_eps", 1e-12, true) : get_num(&c, root, "rms_norm_eps", 1e-6, true);
+  m->norm_eps = bert ? get_f32(&c, root, "layer_norm_eps", 1e-12) : get_f32(&c, root, "rms_norm_eps", 1e-6);
   get_str(&c, root, "hidden_act", bert ? "gelu" : "silu", m->hidden_act, sizeof m->hidden_act);
   if (c.s) return c.s;
   static const char *const acts[] = {"silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu"};
@@ -239,7 +249,7 @@ wk_status wk_model_config_from_json(const wk_json *root, const char *source, wk_
       return wk_error(WK_ERR_IO, "%s: \"rope_parameters\" is a %s, not an object", source, wk_json_type_name(rp));
     if (rs && rs->type != WK_JSON_OBJECT)
       return wk_error(WK_ERR_IO, "%s: \"rope_scaling\" is a %s, not an object", source, wk_json_type_name(rs));
-    double top = get_num(&c, root, "rope_theta", 10000.0, true);
+    double top = get_f32(&c, root, "rope_theta", 10000.0);
     if (rp && !field(rp, "rope_type") && !field(rp, "type") && !field(rp, "rope_theta"))
       for (size_t k = 0; k < rp->n; k++)
         if (rp->items[k].type == WK_JSON_OBJECT)  // {"full_attention": {...}, ...}
@@ -247,7 +257,7 @@ wk_status wk_model_config_from_json(const wk_json *root, const char *source, wk_
                           rp->items[k].key);
     if (rp) {
       c.where = "rope_parameters.";
-      m->rope_theta = get_num(&c, rp, "rope_theta", top, true);
+      m->rope_theta = get_f32(&c, rp, "rope_theta", top);
       c.where = "";
       parse_rope(&c, rp, "rope_parameters.", &m->rope_scaling);
     } else {

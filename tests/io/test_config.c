@@ -124,6 +124,10 @@ static void test_errors(void) {
   bad("{\"model_type\": \"llama\", \"hidden_size\": \"576\"}", "\"hidden_size\" is a string, not an integer");
   bad("{\"model_type\": \"llama\", \"hidden_size\": 57.6}", "\"hidden_size\" is a fractional number");
   bad("{\"model_type\": \"llama\", \"vocab_size\": 0}", "\"vocab_size\" is 0; it must be at least 1");
+  bad("{\"model_type\": \"llama\", \"rms_norm_eps\": 1e308}", "\"rms_norm_eps\" is 1e+308, out of the range of a float32");
+  bad("{\"model_type\": \"llama\", \"rope_theta\": 1e-300}", "\"rope_theta\" is 1e-300, out of the range");
+  bad("{\"model_type\": \"llama\", \"rope_parameters\": {\"rope_theta\": 1e39}}", "\"rope_parameters.rope_theta\" is 1e+39");
+  bad("{\"model_type\": \"bert\", \"layer_norm_eps\": 1e-50}", "\"layer_norm_eps\" is 1e-50, out of the range");
   bad("{\"model_type\": \"llama\", \"hidden_size\": 100, \"num_attention_heads\": 3}",
       "hidden_size 100 is not a multiple of num_attention_heads 3");
   bad("{\"model_type\": \"qwen2\", \"num_attention_heads\": 14, \"num_key_value_heads\": 4, \"hidden_size\": 896}",
