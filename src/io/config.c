@@ -276,7 +276,8 @@ wk_status wk_model_config_from_json(const wk_json *root, const char *source, wk_
   m->tie_word_embeddings = get_bool(&c, root, "tie_word_embeddings", bert);
   m->bos_token_id = parse_bos(&c, root, m->arch == WK_ARCH_LLAMA ? 1 : -1);
   parse_eos(&c, root, m->arch == WK_ARCH_LLAMA ? 2 : -1, m);
-  m->pad_token_id = get_int(&c, root, "pad_token_id", bert ? 0 : -1, 0);
+  // -1: none (original LLaMA conversions write it; transformers accepts it)
+  m->pad_token_id = get_int(&c, root, "pad_token_id", bert ? 0 : -1, -1);
   if (c.s) return c.s;
 
   // dtype: 5.x writes "dtype", 4.x "torch_dtype"

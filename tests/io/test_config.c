@@ -76,6 +76,9 @@ static void test_defaults_and_variants(void) {
             c.arch == WK_ARCH_QWEN2 && !strcmp(c.model_type, "qwen2") && c.num_key_value_heads == 32 && c.head_dim == 128 &&
             c.max_position_embeddings == 32768 && c.n_eos == 0 && c.bos_token_id == -1,
         "architecture without model_type; nulls take defaults");
+  CHECK(!parse("{\"model_type\": \"llama\", \"pad_token_id\": -1}", &c) && c.pad_token_id == -1,
+        "pad_token_id -1 (no pad token, as original LLaMA conversions write it)");
+  bad("{\"model_type\": \"llama\", \"pad_token_id\": -2}", "pad_token_id");
   CHECK(!parse("{\"architectures\": [\"BertForMaskedLM\"], \"hidden_act\": \"gelu_new\"}", &c) && c.arch == WK_ARCH_BERT &&
             c.hidden_size == 768 && !strcmp(c.hidden_act, "gelu_new"),
         "BertForMaskedLM");
