@@ -201,25 +201,28 @@ static const char *config_template(const wk_json *cfg) {
 // A side file's text, or NULL with *st = WK_OK when there is no such file. One that is
 // there but can't be read is an error: ignoring it would drop bos / eos or the chat
 // template without a word.
-static char *read_sibling(const char *path, const char *name, size_t *len, wk_status *st) {
-  char *p = wk_path_sibling(path, name), *text = NULL;
+static char *read_optional(const char *p, size_t *len, wk_status *st) {
   struct stat sb;
-  *st = p ? WK_OK : wk_error(WK_ERR_OOM, "%s: out of memory", path);
-  if (p && stat(p, &sb) == 0 && !(text = wk_read_file(p, 16u << 20, len))) *st = WK_ERR_IO;
-  free(p);
+  char *text = NULL;
+  *st = WK_OK;
+  if (stat(p, &sb) == 0 && !(text = wk_read_file(p, 16u << 20, len))) *st = WK_ERR_IO;
   return text;
 }
 
 // The files transformers saves next to tokenizer.json: bos / eos and the chat template
 // (chat_template.jinja, which transformers prefers, else tokenizer_config.json's).
 static wk_status config_from_siblings(wk_tokenizer *t, const char *path) {
+  char *cfg_path = wk_path_sibling(path, "tokenizer_config.json"), *jinja = wk_path_sibling(path, "chat_template.jinja");
+  if (!cfg_path || !jinja) {
+    free(cfg_path);
+    free(jinja);
+    return wk_error(WK_ERR_OOM, "%s: out of memory", path);
+  }
   size_t len;
   wk_status st;
-  char *text = read_sibling(path, "tokenizer_config.json", &len, &st), *cfg_path = NULL;
-  wk_json *cfg = NULL;
-  if (text && !((cfg_path = wk_path_sibling(path, "tokenizer_config.json")) &&
-                (cfg = wk_json_parse(text, len, cfg_path, NULL))))
-    st = cfg_path ? WK_ERR_IO : wk_error(WK_ERR_OOM, "%s: out of memory", path);
+  char *text = read_optional(cfg_path, &len, &st);
+  wk_json *cfg = text ? wk_json_parse(text, len, cfg_path, NULL) : NULL;
+  if (text && !cfg) st = WK_ERR_IO;
   const char *names[2] = {"bos_token", "eos_token"};
   int32_t *dst[2] = {&t->bos, &t->eos};
   for (int k = 0; k < 2 && cfg; k++) {
@@ -228,13 +231,14 @@ static wk_status config_from_siblings(wk_tokenizer *t, const char *path) {
     int32_t id = s ? wk_tokenizer_token_id(t, s) : -1;
     if (id >= 0) *dst[k] = id;
   }
-  if (!st) t->chat_template = read_sibling(path, "chat_template.jinja", &len, &st);
+  if (!st) t->chat_template = read_optional(jinja, &len, &st);
   const char *tpl = cfg && !t->chat_template ? config_template(cfg) : NULL;
   if (!st && tpl && !(t->chat_template = wk_tok_strndup(tpl, strlen(tpl))))
     st = wk_error(WK_ERR_OOM, "%s: out of memory", path);
   wk_json_free(cfg);
   free(text);
   free(cfg_path);
+  free(jinja);
   return st;
 }
 

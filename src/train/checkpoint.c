@@ -191,6 +191,19 @@ static char *find_checkpoint(const char *path) {
   return wk_path_join(path, name);
 }
 
+// Tensor `name` of f (at path) copied into memory the run owns (a later save replaces
+// the file), evaluated and its values checked (wk_check_loaded); NULL with the error set.
+static wk_tensor *load_copy(wk_st_file *f, const char *path, const char *name, const char *what, bool nonneg) {
+  wk_tensor *t = wk_st_get(f, name);
+  wk_tensor *c = t ? wk_add_scalar(t, 0.0f) : NULL;
+  wk_tensor_free(t);
+  if (c && (wk_eval(1, &c) || wk_check_loaded(c, path, name, what, nonneg))) {
+    wk_tensor_free(c);
+    c = NULL;
+  }
+  return c;
+}
+
 static wk_status load_params(const char *dir, wk_adapter *a) {
   char *p = wk_path_join(dir, "adapter_model.safetensors");
   wk_st_file *f = p ? wk_st_open(p) : NULL;
@@ -200,13 +213,9 @@ static wk_status load_params(const char *dir, wk_adapter *a) {
     s = wk_error(WK_ERR_ARG, "resume %s: the checkpoint has %d adapter tensors, this run's adapter %d (different "
                  "rank or targets?)", p, wk_st_count(f), n);
   for (int i = 0; !s && i < n; i++) {
-    wk_tensor *t = wk_st_get(f, wk_adapter_param_name(a, i));
-    wk_tensor *c = t ? wk_add_scalar(t, 0.0f) : NULL;   // a copy: the file may be replaced later
-    if (!c || wk_eval(1, &c) || wk_check_loaded(c, p, wk_adapter_param_name(a, i), "adapter weights", false) ||
-        wk_adapter_set_param(a, i, c))
-      s = WK_ERR_ARG;
+    wk_tensor *c = load_copy(f, p, wk_adapter_param_name(a, i), "adapter weights", false);
+    if (!c || wk_adapter_set_param(a, i, c)) s = WK_ERR_ARG;
     wk_tensor_free(c);
-    wk_tensor_free(t);
   }
   wk_st_close(f);
   free(p);
@@ -220,13 +229,9 @@ static wk_status load_optim(const char *dir, wk_optim *opt) {
   for (int k = 0; !s && k < wk_optim_state_count(opt); k++) {
     const char *name;
     wk_optim_state(opt, k, &name);
-    wk_tensor *t = wk_st_get(f, name);
-    wk_tensor *c = t ? wk_add_scalar(t, 0.0f) : NULL;
-    if (!c || wk_eval(1, &c) || wk_check_loaded(c, p, name, "optimizer states", !strncmp(name, "exp_avg_sq", 10)) ||
-        wk_optim_set_state(opt, k, c))
-      s = WK_ERR_ARG;
+    wk_tensor *c = load_copy(f, p, name, "optimizer states", !strncmp(name, "exp_avg_sq", 10));
+    if (!c || wk_optim_set_state(opt, k, c)) s = WK_ERR_ARG;
     wk_tensor_free(c);
-    wk_tensor_free(t);
   }
   const char *steps = f ? wk_st_metadata(f, "optimizer_steps") : NULL;
   if (!s && !steps) s = wk_error(WK_ERR_ARG, "resume %s: metadata optimizer_steps is missing", p);
